@@ -1,0 +1,1 @@
+"""Extensible backup manager: native backups written onto the library's cartridges."""

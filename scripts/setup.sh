@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian 12 machine with Python 3.11:
+# the Debian tools the tests drive for real (libiscsi, qemu, mt-st, mtx, sg3_utils, tgt ...),
+# a virtualenv in .venv, and the project itself in editable mode with its test extras.
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  python3-venv          # the virtualenv
+  libiscsi-bin          # iscsi-ls / iscsi-inq: real initiators in the tests
+  libiscsi-dev          # the benchmark's one-command-at-a-time libiscsi client
+  tgt                   # the peer we benchmark against (tgt's --bstype ssc tape emulation)
+  qemu-system-x86       # boots Debian's kernel as a real st/ch initiator in the e2e tests
+  qemu-block-extra      # qemu's libiscsi block driver (-drive driver=iscsi)
+  busybox-static        # the guest's userland
+  cpio                  # packs the guest's initramfs
+  mt-st mtx sg3-utils   # the guest's tape tools (copied into the initramfs)
+  tar zstd              # GNU tar in the guest; tar | zstd as a backup peer
+  restic                # backup benchmark peer
+  sqlite3               # inspecting catalogs by hand
+  gcc                   # builds the benchmark client
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else SUDO="none"; fi
+  if [ "$SUDO" = none ]; then
+    echo "setup: missing Debian packages (${missing[*]}); run as root to install them" >&2
+  else
+    echo "setup: installing Debian packages: ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -e "$stamp" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+  rm -f .venv/.installed-* && touch "$stamp"
+fi

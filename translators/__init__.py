@@ -1,0 +1,1 @@
+"""Translators: one module per application, loaded through the ebm.translators entry points."""

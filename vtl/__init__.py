@@ -1,0 +1,1 @@
+"""Virtual tape library: cartridge store, SCSI device models and their transports."""

@@ -1,0 +1,234 @@
+"""The contract between SCSI device models and the transports that carry CDBs to them.
+
+A device model is pure: a CDB (plus any Data-Out bytes the initiator sent) goes in, a status,
+Data-In bytes and sense come out. The iSCSI target, the LIO/TCMU handler and the unit tests all
+drive models through this one interface, so the behaviour an initiator sees never depends on
+which transport carried the command.
+
+Models are synchronous and may block (file I/O, zstd): a transport calls ``execute`` from a
+worker thread dedicated to that LUN, which keeps commands to one LUN in order and keeps
+compression off the transport's event loop.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class Status(enum.IntEnum):
+    GOOD = 0x00
+    CHECK_CONDITION = 0x02
+    CONDITION_MET = 0x04
+    BUSY = 0x08
+    RESERVATION_CONFLICT = 0x18
+    TASK_SET_FULL = 0x28
+    ACA_ACTIVE = 0x30
+    TASK_ABORTED = 0x40
+
+
+class SenseKey(enum.IntEnum):
+    NO_SENSE = 0x0
+    RECOVERED_ERROR = 0x1
+    NOT_READY = 0x2
+    MEDIUM_ERROR = 0x3
+    HARDWARE_ERROR = 0x4
+    ILLEGAL_REQUEST = 0x5
+    UNIT_ATTENTION = 0x6
+    DATA_PROTECT = 0x7
+    BLANK_CHECK = 0x8
+    VENDOR_SPECIFIC = 0x9
+    COPY_ABORTED = 0xA
+    ABORTED_COMMAND = 0xB
+    VOLUME_OVERFLOW = 0xD
+    MISCOMPARE = 0xE
+
+
+@dataclass(frozen=True, slots=True)
+class Nexus:
+    """The I_T nexus a command arrived on: who is asking, for reservations and unit attentions.
+
+    ``initiator`` is the initiator port name (for iSCSI ``iqn...,i,0x<ISID>``); ``transport_id``
+    is the TransportID used by PERSISTENT RESERVE (iSCSI: the initiator name).
+    """
+
+    initiator: str
+    transport_id: str = ""
+
+
+LOCAL_NEXUS = Nexus(initiator="local")
+
+
+@dataclass(slots=True)
+class ScsiResult:
+    """What a command produced. ``data`` is the Data-In payload (may be a memoryview)."""
+
+    status: Status = Status.GOOD
+    data: bytes | bytearray | memoryview = b""
+    sense: bytes = b""
+
+
+class CheckCondition(Exception):  # noqa: N818 - named after the SCSI status it produces
+    """Raised inside a model to end a command with CHECK CONDITION and fixed-format sense.
+
+    ``information`` fills the INFORMATION field (residue for READ/WRITE/SPACE, in blocks or
+    bytes as SSC says) and sets the VALID bit. ``filemark``/``eom``/``ili`` are the SSC flag
+    bits in byte 2. ``field_pointer`` (with ``cd`` = error in the CDB, ``bit``) fills the
+    sense-key-specific bytes for ILLEGAL REQUEST, which lets initiators point at the bad field.
+    """
+
+    def __init__(
+        self,
+        key: SenseKey,
+        asc: int,
+        ascq: int = 0,
+        *,
+        information: int | None = None,
+        filemark: bool = False,
+        eom: bool = False,
+        ili: bool = False,
+        field_pointer: int | None = None,
+        cd: bool = True,
+        bit: int | None = None,
+        data: bytes | bytearray | memoryview = b"",
+    ) -> None:
+        super().__init__(f"{key.name} {asc:02x}/{ascq:02x}")
+        self.key = key
+        self.asc = asc
+        self.ascq = ascq
+        self.information = information
+        self.filemark = filemark
+        self.eom = eom
+        self.ili = ili
+        self.field_pointer = field_pointer
+        self.cd = cd
+        self.bit = bit
+        # Data already transferred before the condition (e.g. a short READ with ILI).
+        self.data = data
+
+    def sense(self) -> bytes:
+        return fixed_sense(
+            self.key,
+            self.asc,
+            self.ascq,
+            information=self.information,
+            filemark=self.filemark,
+            eom=self.eom,
+            ili=self.ili,
+            field_pointer=self.field_pointer,
+            cd=self.cd,
+            bit=self.bit,
+        )
+
+    def result(self) -> ScsiResult:
+        return ScsiResult(Status.CHECK_CONDITION, self.data, self.sense())
+
+
+def fixed_sense(
+    key: SenseKey,
+    asc: int,
+    ascq: int = 0,
+    *,
+    information: int | None = None,
+    filemark: bool = False,
+    eom: bool = False,
+    ili: bool = False,
+    field_pointer: int | None = None,
+    cd: bool = True,
+    bit: int | None = None,
+) -> bytes:
+    """Fixed-format sense data (SPC-4 4.5.3), 18 bytes, response code 0x70 (current)."""
+    s = bytearray(18)
+    s[0] = 0x70
+    if information is not None:
+        s[0] |= 0x80
+        s[3:7] = (information & 0xFFFFFFFF).to_bytes(4, "big")
+    s[2] = (int(key) & 0x0F) | (0x80 if filemark else 0) | (0x40 if eom else 0) | (
+        0x20 if ili else 0
+    )
+    s[7] = 10  # additional sense length
+    s[12] = asc
+    s[13] = ascq
+    if field_pointer is not None:
+        s[15] = 0x80 | (0x40 if cd else 0)
+        if bit is not None:
+            s[15] |= 0x08 | (bit & 0x07)
+        s[16:18] = field_pointer.to_bytes(2, "big")
+    return bytes(s)
+
+
+# Frequently used conditions, named by what they mean.
+def invalid_opcode() -> CheckCondition:
+    return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x20, 0x00, field_pointer=0)
+
+
+def invalid_field_in_cdb(byte: int, bit: int | None = None) -> CheckCondition:
+    return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x24, 0x00, field_pointer=byte, bit=bit)
+
+
+def invalid_field_in_parameter_list(byte: int, bit: int | None = None) -> CheckCondition:
+    return CheckCondition(
+        SenseKey.ILLEGAL_REQUEST, 0x26, 0x00, field_pointer=byte, cd=False, bit=bit
+    )
+
+
+def parameter_list_length_error() -> CheckCondition:
+    return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x1A, 0x00)
+
+
+def medium_not_present() -> CheckCondition:
+    return CheckCondition(SenseKey.NOT_READY, 0x3A, 0x00)
+
+
+def lun_not_supported() -> CheckCondition:
+    return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x25, 0x00)
+
+
+class UnitAttention(enum.Enum):
+    """Unit attention conditions a model queues per nexus, reported in this priority order."""
+
+    POWER_ON_RESET = (0x29, 0x00)
+    BUS_DEVICE_RESET = (0x29, 0x03)
+    NOT_READY_TO_READY = (0x28, 0x00)  # medium may have changed
+    IMPORT_EXPORT_ACCESSED = (0x28, 0x01)
+    MODE_PARAMETERS_CHANGED = (0x2A, 0x01)
+    RESERVATIONS_PREEMPTED = (0x2A, 0x03)
+    RESERVATIONS_RELEASED = (0x2A, 0x04)
+    REGISTRATIONS_PREEMPTED = (0x2A, 0x05)
+    MEDIUM_REMOVAL = (0x3A, 0x00)
+
+    def condition(self) -> CheckCondition:
+        asc, ascq = self.value
+        return CheckCondition(SenseKey.UNIT_ATTENTION, asc, ascq)
+
+
+class ResetKind(enum.Enum):
+    LUN_RESET = "lun"
+    TARGET_RESET = "target"
+    ABORT_TASK_SET = "abort_task_set"
+
+
+class ScsiDevice(Protocol):
+    """What a transport needs from a device model (one per LUN)."""
+
+    def execute(
+        self, nexus: Nexus, cdb: bytes, data_out: bytes | bytearray | memoryview | None = None
+    ) -> ScsiResult:
+        """Run one command to completion. Never raises: every failure becomes sense data."""
+        ...
+
+    def reset(self, kind: ResetKind, nexus: Nexus | None = None) -> None:
+        """Task management: a LUN or target reset (queues UNIT ATTENTION for every nexus)."""
+        ...
+
+    def nexus_lost(self, nexus: Nexus) -> None:
+        """The I_T nexus went away (logout or dropped connection): drop RESERVE(6) it held."""
+        ...
+
+
+@dataclass(slots=True)
+class DeviceSet:
+    """The LUN map one target exports: LUN number to device model."""
+
+    luns: dict[int, ScsiDevice] = field(default_factory=dict)
