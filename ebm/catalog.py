@@ -1,0 +1,521 @@
+"""The backup catalog: EBM tables living in the library's own ``catalog.sqlite``.
+
+Why the same file: a cartridge's place in the library and the backups on it change together
+(recycling a cartridge must drop the backups that lived on it), and one file is one thing to
+back up and one WAL to reason about. All EBM tables are prefixed ``ebm_`` so they never clash
+with the media catalog's.
+
+Layout (Bareos-like, kept compact because the file index dominates the size):
+
+- ``ebm_datasets``: a named thing to back up (translator, source, pool, options).
+- ``ebm_backups``: one row per backup job: uuid, level (full/incr), parent, times, size,
+  state (running/done/failed/expired), the pid that runs it (so a crashed job is detected).
+- ``ebm_backup_volumes``: JobMedia-like extents: for each cartridge a backup touches, the
+  first/last tape file and logical object, and which stream blocks of the data tape file
+  live there (``first_block``..``last_block`` starting at object ``data_object``).
+- ``ebm_paths`` + ``ebm_files``: the per-file index with normalised paths. A file's tape
+  position is stored as the stream offsets of its pax header and data; the block number is
+  ``offset // block_size`` and the volume row that holds that block gives cartridge, tape file
+  and logical object, so no per-file row repeats the cartridge.
+- ``ebm_states``: the translator's opaque state after each backup (the parent state of the
+  next incremental).
+- ``ebm_pools`` + ``ebm_pool_media``: cartridge pools; each member has a state
+  (scratch/append/full) and ``append_at``, the logical object right after the last *good*
+  backup on it, so a torn tail left by a crashed job is simply overwritten next time.
+- ``ebm_schedules``: "daily at 03:00" style schedules run by ``ebm scheduler``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import uuid as uuidlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BLOCK_SIZE = 256 * 1024
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ebm_pools (
+    name TEXT PRIMARY KEY,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ebm_pool_media (
+    barcode TEXT PRIMARY KEY,
+    pool TEXT NOT NULL REFERENCES ebm_pools(name),
+    state TEXT NOT NULL DEFAULT 'scratch',
+    append_at INTEGER NOT NULL DEFAULT 0,
+    busy INTEGER,
+    recycled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS ebm_datasets (
+    name TEXT PRIMARY KEY,
+    translator TEXT NOT NULL,
+    source TEXT NOT NULL,
+    pool TEXT,
+    options TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ebm_backups (
+    id INTEGER PRIMARY KEY,
+    uuid TEXT NOT NULL UNIQUE,
+    dataset TEXT NOT NULL,
+    level TEXT NOT NULL,
+    parent INTEGER,
+    translator TEXT NOT NULL,
+    started REAL NOT NULL,
+    finished REAL,
+    size INTEGER NOT NULL DEFAULT 0,
+    nfiles INTEGER NOT NULL DEFAULT 0,
+    blocks INTEGER NOT NULL DEFAULT 0,
+    sha256 TEXT,
+    state TEXT NOT NULL,
+    pid INTEGER,
+    options TEXT NOT NULL DEFAULT '{}',
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS ebm_backups_dataset ON ebm_backups(dataset, started);
+CREATE TABLE IF NOT EXISTS ebm_backup_volumes (
+    backup INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    barcode TEXT NOT NULL,
+    first_file INTEGER NOT NULL,
+    last_file INTEGER NOT NULL,
+    first_object INTEGER NOT NULL,
+    last_object INTEGER NOT NULL,
+    data_object INTEGER,
+    first_block INTEGER,
+    last_block INTEGER,
+    PRIMARY KEY (backup, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ebm_backup_volumes_barcode ON ebm_backup_volumes(barcode);
+CREATE TABLE IF NOT EXISTS ebm_paths (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS ebm_files (
+    backup INTEGER NOT NULL,
+    path INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    mode INTEGER NOT NULL,
+    uid INTEGER NOT NULL,
+    gid INTEGER NOT NULL,
+    sha256 BLOB,
+    header_offset INTEGER NOT NULL,
+    data_offset INTEGER NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (backup, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS ebm_states (
+    backup INTEGER PRIMARY KEY,
+    state BLOB
+);
+CREATE TABLE IF NOT EXISTS ebm_schedules (
+    id INTEGER PRIMARY KEY,
+    dataset TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    options TEXT NOT NULL DEFAULT '{}',
+    next_run REAL NOT NULL,
+    last_run REAL,
+    last_result TEXT
+);
+"""
+
+
+class CatalogError(Exception):
+    """A one-line catalog problem fit for ``error: ...``."""
+
+
+@dataclass(slots=True)
+class Backup:
+    id: int
+    uuid: str
+    dataset: str
+    level: str
+    parent: int | None
+    translator: str
+    started: float
+    finished: float | None
+    size: int
+    nfiles: int
+    blocks: int
+    sha256: str | None
+    state: str
+    pid: int | None
+    options: dict[str, Any]
+    error: str | None
+
+    @property
+    def encrypted(self) -> bool:
+        return bool(self.options.get("crypto"))
+
+    def to_json(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__slots__}
+        d["options"] = {k: v for k, v in self.options.items() if k != "crypto"}
+        d["encrypted"] = self.encrypted
+        return d
+
+
+@dataclass(slots=True)
+class Volume:
+    backup: int
+    seq: int
+    barcode: str
+    first_file: int
+    last_file: int
+    first_object: int
+    last_object: int
+    data_object: int | None
+    first_block: int | None
+    last_block: int | None
+
+
+@dataclass(slots=True)
+class FileRow:
+    path: str
+    kind: str
+    size: int
+    mtime_ns: int
+    mode: int
+    uid: int
+    gid: int
+    sha256: bytes | None
+    header_offset: int
+    data_offset: int
+    deleted: bool
+    backup: int = 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie is dead for our purposes (a test's killed child not yet reaped)
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class Catalog:
+    """The EBM tables over one sqlite connection (autocommit; explicit transactions)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute("PRAGMA busy_timeout=30000")
+        self.db.executescript(SCHEMA)
+
+    @classmethod
+    def for_root(cls, root: Path) -> Catalog:
+        return cls(Path(root) / "catalog.sqlite")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- transactions ---------------------------------------------------------------------
+    def tx(self) -> _Tx:
+        return _Tx(self.db)
+
+    def q(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        return self.db.execute(sql, tuple(args)).fetchall()
+
+    # -- pools ----------------------------------------------------------------------------
+    def create_pool(self, name: str) -> None:
+        if not name or "/" in name:
+            raise CatalogError(f"bad pool name {name!r}")
+        try:
+            self.db.execute("INSERT INTO ebm_pools(name, created) VALUES (?, ?)", (name, time.time()))
+        except sqlite3.IntegrityError:
+            raise CatalogError(f"pool {name!r} already exists") from None
+
+    def pools(self) -> list[str]:
+        return [r["name"] for r in self.q("SELECT name FROM ebm_pools ORDER BY name")]
+
+    def require_pool(self, name: str) -> None:
+        if not self.q("SELECT 1 FROM ebm_pools WHERE name=?", (name,)):
+            raise CatalogError(f"no pool named {name!r} (create it with `ebm pool create`)")
+
+    def add_to_pool(self, pool: str, barcode: str) -> None:
+        self.require_pool(pool)
+        row = self.q("SELECT pool FROM ebm_pool_media WHERE barcode=?", (barcode,))
+        if row:
+            raise CatalogError(f"cartridge {barcode} is already in pool {row[0]['pool']!r}")
+        self.db.execute(
+            "INSERT INTO ebm_pool_media(barcode, pool) VALUES (?, ?)", (barcode, pool)
+        )
+
+    def pool_media(self, pool: str | None = None) -> list[sqlite3.Row]:
+        if pool is None:
+            return self.q("SELECT * FROM ebm_pool_media ORDER BY pool, barcode")
+        return self.q("SELECT * FROM ebm_pool_media WHERE pool=? ORDER BY barcode", (pool,))
+
+    def reserve_media(self, pool: str, backup_id: int, exclude: Iterable[str] = ()) -> sqlite3.Row | None:
+        """Pick and mark busy the cartridge to write next: an appendable one first (fills
+        cartridges before opening new ones), else a scratch one. Atomic across processes."""
+        excl = list(exclude)
+        with self.tx():
+            marks = ",".join("?" * len(excl)) or "''"
+            row = self.db.execute(
+                f"""SELECT * FROM ebm_pool_media WHERE pool=? AND busy IS NULL
+                    AND state IN ('append','scratch') AND barcode NOT IN ({marks})
+                    ORDER BY state='scratch', barcode LIMIT 1""",
+                (pool, *excl),
+            ).fetchone()
+            if row is None:
+                return None
+            self.db.execute(
+                "UPDATE ebm_pool_media SET busy=? WHERE barcode=?", (backup_id, row["barcode"])
+            )
+        return row
+
+    def release_media(self, barcode: str, *, append_at: int | None = None,
+                      state: str | None = None) -> None:
+        sets, args = ["busy=NULL"], []
+        if append_at is not None:
+            sets.append("append_at=?")
+            args.append(append_at)
+        if state is not None:
+            sets.append("state=?")
+            args.append(state)
+        self.db.execute(
+            f"UPDATE ebm_pool_media SET {', '.join(sets)} WHERE barcode=?", (*args, barcode)
+        )
+
+    def media(self, barcode: str) -> sqlite3.Row | None:
+        rows = self.q("SELECT * FROM ebm_pool_media WHERE barcode=?", (barcode,))
+        return rows[0] if rows else None
+
+    # -- datasets -------------------------------------------------------------------------
+    def add_dataset(self, name: str, translator: str, source: str, pool: str | None,
+                    options: dict[str, Any] | None = None) -> None:
+        if not name or "@" in name or "/" in name or name.isdigit():
+            raise CatalogError(f"bad dataset name {name!r} (no '@' or '/', not all digits)")
+        try:
+            self.db.execute(
+                "INSERT INTO ebm_datasets VALUES (?, ?, ?, ?, ?, ?)",
+                (name, translator, source, pool, json.dumps(options or {}), time.time()),
+            )
+        except sqlite3.IntegrityError:
+            raise CatalogError(f"dataset {name!r} already exists") from None
+
+    def dataset(self, name: str) -> sqlite3.Row | None:
+        rows = self.q("SELECT * FROM ebm_datasets WHERE name=?", (name,))
+        return rows[0] if rows else None
+
+    def datasets(self) -> list[sqlite3.Row]:
+        return self.q("SELECT * FROM ebm_datasets ORDER BY name")
+
+    # -- backups --------------------------------------------------------------------------
+    def begin_backup(self, dataset: str, level: str, parent: int | None, translator: str,
+                     options: dict[str, Any], uuid: str | None = None) -> Backup:
+        u = uuid or str(uuidlib.uuid4())
+        cur = self.db.execute(
+            """INSERT INTO ebm_backups(uuid, dataset, level, parent, translator, started, state,
+               pid, options) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)""",
+            (u, dataset, level, parent, translator, time.time(), os.getpid(), json.dumps(options)),
+        )
+        return self.backup(cur.lastrowid)
+
+    def set_backup_options(self, backup_id: int, options: dict[str, Any]) -> None:
+        self.db.execute("UPDATE ebm_backups SET options=? WHERE id=?", (json.dumps(options), backup_id))
+
+    def _row_to_backup(self, r: sqlite3.Row) -> Backup:
+        d = dict(r)
+        d["options"] = json.loads(d["options"] or "{}")
+        return Backup(**d)
+
+    def backup(self, ident: int | str) -> Backup:
+        if isinstance(ident, int) or (isinstance(ident, str) and ident.isdigit()):
+            rows = self.q("SELECT * FROM ebm_backups WHERE id=?", (int(ident),))
+        else:
+            rows = self.q("SELECT * FROM ebm_backups WHERE uuid=? OR uuid LIKE ?",
+                          (ident, f"{ident}%"))
+            if len(rows) > 1:
+                raise CatalogError(f"backup id {ident!r} is ambiguous")
+        if not rows:
+            raise CatalogError(f"no backup {ident!r}")
+        return self._row_to_backup(rows[0])
+
+    def backups(self, dataset: str | None = None, states: Iterable[str] | None = None) -> list[Backup]:
+        sql, args = "SELECT * FROM ebm_backups WHERE 1", []
+        if dataset is not None:
+            sql += " AND dataset=?"
+            args.append(dataset)
+        if states is not None:
+            st = list(states)
+            sql += f" AND state IN ({','.join('?' * len(st))})"
+            args += st
+        return [self._row_to_backup(r) for r in self.q(sql + " ORDER BY started, id", args)]
+
+    def last_good(self, dataset: str) -> Backup | None:
+        rows = self.q(
+            "SELECT * FROM ebm_backups WHERE dataset=? AND state='done' ORDER BY started DESC, id DESC LIMIT 1",
+            (dataset,),
+        )
+        return self._row_to_backup(rows[0]) if rows else None
+
+    def chain(self, backup: Backup) -> list[Backup]:
+        """The baseline and incrementals, oldest first, that restore ``backup``'s point."""
+        out = [backup]
+        seen = {backup.id}
+        while out[-1].parent is not None:
+            parent = self.backup(out[-1].parent)
+            if parent.id in seen:
+                raise CatalogError(f"backup chain of {backup.uuid} loops")
+            seen.add(parent.id)
+            out.append(parent)
+        if out[-1].level != "full":
+            raise CatalogError(f"backup {backup.uuid} has no baseline in its chain")
+        return list(reversed(out))
+
+    def finish_backup(self, backup_id: int, *, size: int, nfiles: int, blocks: int, sha256: str,
+                      volumes: list[Volume], files: Iterable[FileRow], state: bytes | str | None,
+                      media_updates: list[tuple[str, int, str]]) -> None:
+        """Record a durable backup in one transaction: extents, file index, translator state,
+        the cartridges' new append points, and state=done. Called only after the trailer's
+        filemark is synced, so the catalog never claims more than the tape holds."""
+        with self.tx():
+            for v in volumes:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO ebm_backup_volumes VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (backup_id, v.seq, v.barcode, v.first_file, v.last_file, v.first_object,
+                     v.last_object, v.data_object, v.first_block, v.last_block),
+                )
+            self._insert_files(backup_id, files)
+            if state is not None:
+                self.db.execute("INSERT OR REPLACE INTO ebm_states VALUES (?, ?)", (backup_id, state))
+            for barcode, append_at, mstate in media_updates:
+                self.db.execute(
+                    "UPDATE ebm_pool_media SET append_at=?, state=?, busy=NULL WHERE barcode=?",
+                    (append_at, mstate, barcode),
+                )
+            self.db.execute(
+                """UPDATE ebm_backups SET state='done', finished=?, size=?, nfiles=?, blocks=?,
+                   sha256=?, error=NULL WHERE id=?""",
+                (time.time(), size, nfiles, blocks, sha256, backup_id),
+            )
+
+    def _path_ids(self, paths: list[str]) -> dict[str, int]:
+        self.db.executemany("INSERT OR IGNORE INTO ebm_paths(path) VALUES (?)", ((p,) for p in paths))
+        ids: dict[str, int] = {}
+        for i in range(0, len(paths), 500):
+            chunk = paths[i:i + 500]
+            for r in self.db.execute(
+                f"SELECT id, path FROM ebm_paths WHERE path IN ({','.join('?' * len(chunk))})", chunk
+            ):
+                ids[r[1]] = r[0]
+        return ids
+
+    def _insert_files(self, backup_id: int, files: Iterable[FileRow]) -> None:
+        rows = list(files)
+        ids = self._path_ids([f.path for f in rows])
+        self.db.executemany(
+            "INSERT OR REPLACE INTO ebm_files VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            ((backup_id, ids[f.path], f.kind, f.size, f.mtime_ns, f.mode, f.uid, f.gid, f.sha256,
+              f.header_offset, f.data_offset, int(f.deleted)) for f in rows),
+        )
+
+    def fail_backup(self, backup_id: int, error: str) -> None:
+        with self.tx():
+            self.db.execute(
+                "UPDATE ebm_backups SET state='failed', finished=?, error=? WHERE id=? AND state='running'",
+                (time.time(), error[:500], backup_id),
+            )
+            self.db.execute("UPDATE ebm_pool_media SET busy=NULL WHERE busy=?", (backup_id,))
+
+    def reap_dead_jobs(self) -> list[int]:
+        """Mark running jobs whose process is gone as failed and free their cartridges.
+        Why: a SIGKILLed backup cannot clean up after itself; the next process must."""
+        dead = [
+            r["id"] for r in self.q("SELECT id, pid FROM ebm_backups WHERE state='running'")
+            if r["pid"] is None or (not _pid_alive(r["pid"]))
+        ]
+        for bid in dead:
+            self.fail_backup(bid, "the backup process died (killed or crashed)")
+        return dead
+
+    def set_state(self, backup_id: int, state: str) -> None:
+        self.db.execute("UPDATE ebm_backups SET state=? WHERE id=?", (state, backup_id))
+
+    def volumes(self, backup_id: int) -> list[Volume]:
+        return [Volume(**dict(r)) for r in self.q(
+            "SELECT * FROM ebm_backup_volumes WHERE backup=? ORDER BY seq", (backup_id,))]
+
+    def translator_state(self, backup_id: int) -> bytes | str | None:
+        rows = self.q("SELECT state FROM ebm_states WHERE backup=?", (backup_id,))
+        return rows[0][0] if rows else None
+
+    def files(self, backup_id: int, like: str | None = None) -> list[FileRow]:
+        sql = """SELECT p.path, f.kind, f.size, f.mtime_ns, f.mode, f.uid, f.gid, f.sha256,
+                 f.header_offset, f.data_offset, f.deleted, f.backup
+                 FROM ebm_files f JOIN ebm_paths p ON p.id=f.path WHERE f.backup=?"""
+        args: list[Any] = [backup_id]
+        if like is not None:
+            sql += " AND p.path GLOB ?"
+            args.append(like)
+        return [FileRow(**{**dict(r), "deleted": bool(r["deleted"])}) for r in self.q(sql + " ORDER BY f.header_offset", args)]
+
+    def iter_file_counts(self) -> Iterator[tuple[int, int]]:
+        yield from ((r[0], r[1]) for r in self.q("SELECT backup, count(*) FROM ebm_files GROUP BY backup"))
+
+    def drop_backup_index(self, backup_id: int) -> None:
+        """Free an expired backup's index rows (the backup row stays, state=expired)."""
+        with self.tx():
+            self.db.execute("DELETE FROM ebm_files WHERE backup=?", (backup_id,))
+            self.db.execute("DELETE FROM ebm_states WHERE backup=?", (backup_id,))
+            self.db.execute("UPDATE ebm_backups SET state='expired' WHERE id=?", (backup_id,))
+
+    def compact(self) -> None:
+        """Drop paths no file row uses any more and give the space back."""
+        self.db.execute("DELETE FROM ebm_paths WHERE id NOT IN (SELECT DISTINCT path FROM ebm_files)")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.db.execute("VACUUM")
+
+    # -- schedules ------------------------------------------------------------------------
+    def add_schedule(self, dataset: str, spec: str, options: dict[str, Any], next_run: float) -> int:
+        cur = self.db.execute(
+            "INSERT INTO ebm_schedules(dataset, spec, options, next_run) VALUES (?,?,?,?)",
+            (dataset, spec, json.dumps(options), next_run),
+        )
+        return int(cur.lastrowid or 0)
+
+    def schedules(self) -> list[sqlite3.Row]:
+        return self.q("SELECT * FROM ebm_schedules ORDER BY id")
+
+    def remove_schedule(self, sid: int) -> None:
+        if self.db.execute("DELETE FROM ebm_schedules WHERE id=?", (sid,)).rowcount == 0:
+            raise CatalogError(f"no schedule {sid}")
+
+    def schedule_ran(self, sid: int, next_run: float, result: str) -> None:
+        self.db.execute(
+            "UPDATE ebm_schedules SET last_run=?, next_run=?, last_result=? WHERE id=?",
+            (time.time(), next_run, result, sid),
+        )
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT/ROLLBACK: takes the write lock up front so two processes
+    reserving cartridges can never both read the same free one."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
