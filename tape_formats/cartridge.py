@@ -1,7 +1,5 @@
 """A virtual cartridge: one file of construct-defined records, plus its index and MAM sidecars.
 
-API CONTRACT (implementation in progress; signatures are stable).
-
 The tape is a sequence of *logical objects* numbered from 0 at BOP: data blocks and filemarks,
 exactly as SSC counts them for READ POSITION / LOCATE. ``eod`` is the number of objects; the
 position ``eod`` is end of data. Writing (a block or filemarks) at position p < eod first
@@ -11,8 +9,17 @@ discards every object from p on, as overwriting a real tape does.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import errno
+import fcntl
+import os
+import threading
+import time
+import uuid as uuidlib
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import crc32c
+import zstandard
 
 
 class RecordKind(enum.IntEnum):
@@ -49,6 +56,18 @@ class EndOfMedium(CartridgeError):
     """No room for the object at all (VOLUME OVERFLOW 00/02, EOM bit)."""
 
 
+class EndOfData(CartridgeError):
+    """LOCATE past end of data: the tape is left at EOD (BLANK CHECK 00/05)."""
+
+
+class CartridgeInUse(CartridgeError):
+    """Another process has the cartridge open for writing (a flock is held)."""
+
+
+class NotACartridge(CartridgeError):
+    """The file is not a cartridge of this format (bad magic, version or header CRC)."""
+
+
 class CorruptRecord(CartridgeError):
     """A record's checksum or framing is wrong (MEDIUM ERROR 11/00); carries ``position``."""
 
@@ -83,19 +102,135 @@ class WriteResult:
     early_warning: bool  # position is past the early-warning point (report EOM, 00/02, GOOD data)
 
 
-class TapeCartridge:
-    """An open cartridge. Not thread safe: one drive owns it at a time (flock enforces that
-    across processes)."""
+
+
+# Early warning sits this far before the end of the medium, like the physical EW marker:
+# 2% of capacity, at least 1 MiB (or a quarter of a tiny test cartridge).
+def early_warning_margin(capacity: int) -> int:
+    return max(capacity // 50, min(capacity // 4, 1 << 20))
+
+
+# Blocks smaller than this are stored as they are: zstd cannot win on them.
+MIN_COMPRESS = 256
+ZSTD_LEVEL = 1  # LTO-class speed; zstd's fastest regular level still beats LTO's SLDC ratio
+
+
+@dataclass(slots=True)
+class _Counters:
+    """Bytes moved since load, for MAM totals and LOG SENSE page 0x0C."""
+
+    written_native: int = 0
+    written_stored: int = 0
+    read_native: int = 0
+    read_stored: int = 0
+
+
+from tape_formats.index import KIND_DATA, KIND_FILEMARK, PositionIndex  # noqa: E402
+from tape_formats.mam import MamStore  # noqa: E402
+from tape_formats.records import (  # noqa: E402
+    CARTRIDGE_HEADER_BODY,
+    DATA_START,
+    FORMAT_VERSION,
+    HEADER_FLAG_WORM,
+    HEADER_FLAG_WRITE_PROTECT,
+    HEADER_SIZE,
+    RECORD_MAGIC,
+    RECORD_STRUCT,
+)
+
+
+def _build_header(fields: dict) -> bytes:
+    body = CARTRIDGE_HEADER_BODY.build(fields)
+    block = body.ljust(HEADER_SIZE - 4, b"\0")
+    return block + crc32c.crc32c(block).to_bytes(4, "little")
+
+
+def _parse_header(raw: bytes, path: Path):
+    if len(raw) < HEADER_SIZE:
+        raise NotACartridge(f"{path}: too short to be a cartridge")
+    if crc32c.crc32c(raw[: HEADER_SIZE - 4]) != int.from_bytes(raw[HEADER_SIZE - 4 :], "little"):
+        raise NotACartridge(f"{path}: cartridge header checksum mismatch")
+    try:
+        hdr = CARTRIDGE_HEADER_BODY.parse(raw)
+    except Exception as exc:
+        raise NotACartridge(f"{path}: not a cartridge file ({exc.__class__.__name__})") from None
+    if hdr.version != FORMAT_VERSION:
+        raise NotACartridge(f"{path}: cartridge format version {hdr.version} is not supported")
+    return hdr
+
+
+def pack_record(kind: int, flags: int, stored_len: int, native_len: int, file_no: int,
+                obj: int, payload_crc: int) -> bytes:
+    head = RECORD_STRUCT.pack(RECORD_MAGIC, kind, flags, stored_len, native_len, file_no, obj,
+                              payload_crc, 0)
+    return head[:28] + crc32c.crc32c(head[:28]).to_bytes(4, "little")
+
+
+def unpack_record(raw: bytes | memoryview) -> tuple[int, int, int, int, int, int, int] | None:
+    """(kind, flags, stored_len, native_len, file_no, obj, payload_crc), None if not a valid
+    record header."""
+    if len(raw) < RECORD_STRUCT.size:
+        return None
+    magic, kind, flags, stored, native, file_no, obj, pcrc, hcrc = RECORD_STRUCT.unpack_from(raw)
+    if magic != RECORD_MAGIC or crc32c.crc32c(bytes(raw[:28])) != hcrc:
+        return None
+    if kind not in (KIND_DATA, KIND_FILEMARK):
+        return None
+    return kind, flags, stored, native, file_no, obj, pcrc
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """What a full walk of a cartridge file found."""
 
     path: Path
-    barcode: str
-    media: MediaType
-    capacity: int  # native bytes, may be smaller than media.capacity (test cartridges)
-    worm: bool
-    write_protected: bool
-    position: int
-    eod: int
+    objects: int = 0
+    blocks: int = 0
+    filemarks: int = 0
+    native_bytes: int = 0
+    stored_bytes: int = 0
+    errors: list[str] = field(default_factory=list)
+    torn_tail_bytes: int = 0  # bytes after the last whole record (a crash's leftovers)
 
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class TapeCartridge:
+    """An open cartridge. One drive owns it at a time: ``open`` takes an exclusive flock
+    (shared for read-only opens), so two processes never write one cartridge.
+
+    Thread use: one thread at a time (the drive's worker thread); ``_lock`` only guards the
+    counters read by LOG SENSE from another thread.
+    """
+
+    def __init__(self, path: Path, fd: int, hdr, readonly: bool) -> None:
+        self.path = path
+        self._fd = fd
+        self.readonly = readonly
+        self.barcode: str = hdr.barcode
+        self.uuid: bytes = hdr.uuid
+        self.created_ns: int = hdr.created_ns
+        from tape_formats.media import MEDIA, media_by_density
+
+        self.media: MediaType = MEDIA.get(hdr.media) or media_by_density(hdr.density_code) or \
+            MediaType(hdr.media, "", "", hdr.density_code, hdr.medium_type, hdr.capacity)
+        self.capacity: int = hdr.capacity
+        self._flags: int = hdr.flags
+        self.worm = bool(hdr.flags & HEADER_FLAG_WORM)
+        self.position = 0
+        self.index = PositionIndex(DATA_START)
+        self.mam = MamStore(path.with_name(path.name + ".mam"))
+        self.counters = _Counters()
+        self._cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        self._dctx = zstandard.ZstdDecompressor()
+        self._dirty = False  # records written since the last durable point
+        self._lock = threading.Lock()
+        self._closed = False
+        self.ew_point = self.capacity - early_warning_margin(self.capacity)
+
+    # -- creation and opening -----------------------------------------------------------
     @classmethod
     def create(
         cls,
@@ -105,36 +240,509 @@ class TapeCartridge:
         *,
         capacity: int | None = None,
         worm: bool = False,
-    ) -> None: ...
+    ) -> None:
+        """Write a blank cartridge (header only) and its MAM; refuses to replace a file."""
+        path = Path(path)
+        cap = capacity if capacity is not None else media.capacity
+        if cap <= 0:
+            raise CartridgeError(f"capacity must be positive, not {cap}")
+        fields = {
+            "version": FORMAT_VERSION,
+            "header_size": HEADER_SIZE,
+            "flags": HEADER_FLAG_WORM if worm else 0,
+            "barcode": barcode,
+            "media": media.name,
+            "density_code": media.density_code,
+            "medium_type": 0x01 if worm else media.medium_type,
+            "capacity": cap,
+            "created_ns": time.time_ns(),
+            "uuid": uuidlib.uuid4().bytes,
+        }
+        header = _build_header(fields)
+        tmp = path.with_name(path.name + ".new")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, header)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        mam = MamStore(path.with_name(path.name + ".mam"))
+        mam.set(0x0001, cap >> 20)
+        mam.set(0x0003, 0)
+        mam.set(0x0400, "VTL-EBM")
+        mam.set(0x0401, fields["uuid"].hex().upper())
+        mam.set(0x0405, media.density_code)
+        mam.set(0x0406, time.strftime("%Y%m%d", time.gmtime()))
+        mam.set(0x0407, 16384)
+        mam.set(0x0408, 0x80 if worm else 0x00)
+        mam.set(0x0220, 0)
+        mam.set(0x0221, 0)
+        mam.set(0x0806, barcode)
+        mam.save()
+        try:
+            os.link(tmp, path)  # fails if the cartridge exists: never replace one
+        except FileExistsError:
+            raise CartridgeError(f"{path} already exists") from None
+        finally:
+            os.unlink(tmp)
+        _fsync_dir(path.parent)
 
     @classmethod
-    def open(cls, path: Path, *, readonly: bool = False) -> TapeCartridge: ...
+    def open(cls, path: Path, *, readonly: bool = False, count_load: bool | None = None
+             ) -> TapeCartridge:
+        """Open a cartridge, rebuilding or extending its index from the records as needed.
 
-    # positioning
-    def rewind(self) -> None: ...  # durable (syncs) then position 0
-    def locate(self, obj: int) -> None: ...  # 0 <= obj <= eod else CartridgeError
-    def space_blocks(self, count: int) -> SpaceResult: ...  # count < 0 backward
-    def space_filemarks(self, count: int) -> SpaceResult: ...
-    def space_to_eod(self) -> None: ...
-    def block_number_at(self, obj: int) -> tuple[int, int]: ...  # (file number, block in file)
-    def filemarks_before(self, obj: int) -> int: ...
+        A read-write open is a load into a drive: it counts in the MAM load count (unless
+        ``count_load=False``) and cuts off a torn tail left by a crash.
+        """
+        path = Path(path)
+        try:
+            fd = os.open(path, os.O_RDONLY if readonly else os.O_RDWR)
+        except FileNotFoundError:
+            raise CartridgeError(f"cartridge file {path} does not exist") from None
+        try:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_SH if readonly else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise CartridgeInUse(f"{path.name} is in use by another process") from None
+            hdr = _parse_header(os.pread(fd, HEADER_SIZE, 0), path)
+            cart = cls(path, fd, hdr, readonly)
+            cart._recover()
+        except BaseException:
+            os.close(fd)
+            raise
+        if not readonly and (count_load if count_load is not None else True):
+            cart.mam.add_int(0x0003, 1)
+            cart.mam.save()
+        return cart
 
-    # data
-    def read_block(self, buf: memoryview | None = None) -> ReadResult: ...
-    def write_block(self, data: bytes | memoryview, *, compress: bool = True) -> WriteResult: ...
-    def write_filemarks(self, count: int = 1, *, sync: bool = True) -> WriteResult: ...
-    def erase(self) -> None: ...  # discard everything from position on
-    def sync(self) -> None: ...
-    def close(self) -> None: ...
+    def _recover(self) -> None:
+        """Load the sidecar index, check it against the data, then read the tail."""
+        idx = self.index
+        size = os.fstat(self._fd).st_size
+        if idx.load_sidecar(self.path, self.uuid) and len(idx):
+            last = len(idx) - 1
+            rec = unpack_record(os.pread(self._fd, RECORD_STRUCT.size, idx.offsets[last]))
+            if rec is None or rec[5] != last:
+                idx.__init__(DATA_START)  # stale: rebuild from the records
+            else:
+                idx.end = idx.offsets[last] + RECORD_STRUCT.size + rec[2]
+                if idx.end > size:
+                    idx.__init__(DATA_START)
+        elif len(idx) == 0:
+            idx.__init__(DATA_START)
+        trusted_end = idx.end
+        end, torn = self._scan(idx, idx.end, size, verify_payload=True)
+        if torn and not self.readonly:
+            # A record the crash cut short: drop it so the tape ends on a whole record.
+            os.ftruncate(self._fd, end)
+            os.fsync(self._fd)
+        if idx.end != trusted_end and not self.readonly:
+            idx.write_sidecar(self.path, self.uuid)
 
-    # accounting
+    def _scan(self, idx: PositionIndex, start: int, size: int, *, verify_payload: bool
+              ) -> tuple[int, bool]:
+        """Append records found from ``start`` to the index; returns (end, torn_tail)."""
+        off = start
+        while off < size:
+            rec = unpack_record(os.pread(self._fd, RECORD_STRUCT.size, off))
+            if rec is None:
+                return off, True
+            kind, flags, stored, native, _file_no, obj, pcrc = rec
+            if obj != len(idx) or off + RECORD_STRUCT.size + stored > size:
+                return off, True
+            if verify_payload and stored:
+                payload = os.pread(self._fd, stored, off + RECORD_STRUCT.size)
+                if crc32c.crc32c(payload) != pcrc:
+                    return off, True
+            idx.append(off, RECORD_STRUCT.size + stored, kind, native, bool(flags & 1))
+            off += RECORD_STRUCT.size + stored
+        return off, False
+
+    # -- state ------------------------------------------------------------------------
     @property
-    def used_bytes(self) -> int: ...  # native bytes up to EOD
+    def eod(self) -> int:
+        return len(self.index)
+
     @property
-    def remaining_bytes(self) -> int: ...
+    def write_protected(self) -> bool:
+        return bool(self._flags & HEADER_FLAG_WRITE_PROTECT) or self.readonly
+
     @property
-    def at_early_warning(self) -> bool: ...
+    def used_bytes(self) -> int:
+        """Medium bytes consumed up to EOD (compressed size: what a drive's capacity counts)."""
+        return self.index.end - DATA_START
+
     @property
-    def at_bop(self) -> bool: ...
+    def remaining_bytes(self) -> int:
+        return max(0, self.capacity - self.used_bytes)
+
     @property
-    def at_eod(self) -> bool: ...
+    def at_early_warning(self) -> bool:
+        return self.used_bytes >= self.ew_point
+
+    @property
+    def at_bop(self) -> bool:
+        return self.position == 0
+
+    @property
+    def at_eod(self) -> bool:
+        return self.position == len(self.index)
+
+    @property
+    def files(self) -> int:
+        return len(self.index.filemarks)
+
+    def block_number_at(self, obj: int) -> tuple[int, int]:
+        """(tape file number, block number within that file) of logical object ``obj``."""
+        fm = self.index.filemarks_before(obj)
+        first = self.index.filemarks[fm - 1] + 1 if fm else 0
+        return fm, obj - first
+
+    def filemarks_before(self, obj: int) -> int:
+        return self.index.filemarks_before(obj)
+
+    def object_kind(self, obj: int) -> RecordKind:
+        if obj >= len(self.index):
+            return RecordKind.EOD
+        return RecordKind(self.index.kind(obj))
+
+    def block_length(self, obj: int) -> int:
+        return self.index.native_len(obj)
+
+    def set_write_protect(self, on: bool) -> None:
+        """Slide the write-protect tab: rewrite the header in place (one sector, CRC'd)."""
+        if self.readonly:
+            raise WriteProtected(f"{self.barcode} is open read-only")
+        hdr = _parse_header(os.pread(self._fd, HEADER_SIZE, 0), self.path)
+        flags = (hdr.flags | HEADER_FLAG_WRITE_PROTECT) if on else (
+            hdr.flags & ~HEADER_FLAG_WRITE_PROTECT)
+        fields = dict(hdr)
+        fields.pop("_io", None)
+        fields["flags"] = flags
+        os.pwrite(self._fd, _build_header(fields), 0)
+        os.fsync(self._fd)
+        self._flags = flags
+
+    # -- positioning --------------------------------------------------------------------
+    def rewind(self) -> None:
+        self.sync()
+        self.position = 0
+
+    def locate(self, obj: int) -> None:
+        if obj < 0:
+            raise CartridgeError(f"cannot locate to negative object {obj}")
+        if obj > len(self.index):
+            self.position = len(self.index)
+            raise EndOfData(f"object {obj} is past end of data ({len(self.index)})")
+        self.position = obj
+
+    def space_blocks(self, count: int) -> SpaceResult:
+        idx, p = self.index, self.position
+        if count >= 0:
+            fm = idx.next_filemark(p)
+            if fm is not None and fm < p + count:
+                self.position = fm + 1
+                return SpaceResult(fm - p, RecordKind.FILEMARK)
+            if p + count > len(idx):
+                self.position = len(idx)
+                return SpaceResult(len(idx) - p, RecordKind.EOD)
+            self.position = p + count
+            return SpaceResult(count)
+        n = -count
+        fm = idx.prev_filemark(p)
+        if fm is not None and fm >= p - n:
+            self.position = fm
+            return SpaceResult(p - fm - 1, RecordKind.FILEMARK)
+        if p - n < 0:
+            self.position = 0
+            return SpaceResult(p, "BOP")
+        self.position = p - n
+        return SpaceResult(n)
+
+    def space_filemarks(self, count: int) -> SpaceResult:
+        idx, p = self.index, self.position
+        before = idx.filemarks_before(p)
+        if count >= 0:
+            if before + count - 1 < len(idx.filemarks):
+                if count:
+                    self.position = idx.filemarks[before + count - 1] + 1
+                return SpaceResult(count)
+            self.position = len(idx)
+            return SpaceResult(len(idx.filemarks) - before, RecordKind.EOD)
+        n = -count
+        if before - n >= 0:
+            self.position = idx.filemarks[before - n]
+            return SpaceResult(n)
+        self.position = 0
+        return SpaceResult(before, "BOP")
+
+    def space_to_eod(self) -> None:
+        self.position = len(self.index)
+
+    # -- data ---------------------------------------------------------------------------
+    def read_block(self, buf: memoryview | bytearray | None = None) -> ReadResult:
+        """Read the object at the position and move past it (not past EOD).
+
+        A data block longer than ``buf`` fills ``buf`` and reports its full length (the
+        drive turns that into ILI); the position still moves past the whole block.
+        """
+        p = self.position
+        idx = self.index
+        if p >= len(idx):
+            return ReadResult(RecordKind.EOD, 0)
+        meta = idx.meta[p]
+        kind = meta & 0xFF
+        if kind == KIND_FILEMARK:
+            self.position = p + 1
+            return ReadResult(RecordKind.FILEMARK, 0)
+        native = meta >> 16
+        compressed = bool(meta & 0x100)
+        off = idx.offsets[p]
+        stored = (idx.offsets[p + 1] if p + 1 < len(idx) else idx.end) - off - RECORD_STRUCT.size
+        raw = os.pread(self._fd, RECORD_STRUCT.size + stored, off)
+        rec = unpack_record(raw)
+        if rec is None or rec[5] != p or rec[2] != stored:
+            raise CorruptRecord(f"{self.barcode}: record header of block {p} is damaged", p)
+        payload = memoryview(raw)[RECORD_STRUCT.size :]
+        if crc32c.crc32c(payload) != rec[6]:
+            raise CorruptRecord(f"{self.barcode}: block {p} fails its checksum", p)
+        if compressed:
+            try:
+                data: bytes | memoryview = self._dctx.decompress(payload, max_output_size=native)
+            except zstandard.ZstdError as exc:
+                raise CorruptRecord(f"{self.barcode}: block {p} does not decompress: {exc}",
+                                    p) from None
+            if len(data) != native:
+                raise CorruptRecord(f"{self.barcode}: block {p} has the wrong length", p)
+        else:
+            data = payload
+        self.position = p + 1
+        with self._lock:
+            self.counters.read_native += native
+            self.counters.read_stored += stored
+        if buf is None:
+            return ReadResult(RecordKind.DATA, native, data)
+        n = min(len(buf), native)
+        out = memoryview(buf)
+        out[:n] = data[:n]
+        return ReadResult(RecordKind.DATA, native, out[:n])
+
+    def _check_writable(self) -> None:
+        if self.write_protected:
+            raise WriteProtected(f"{self.barcode} is write protected")
+        if self.worm and self.position < len(self.index):
+            raise WormOverwrite(
+                f"{self.barcode} is WORM: cannot overwrite object {self.position} "
+                f"(end of data is {len(self.index)})"
+            )
+
+    def _cut_at_position(self) -> None:
+        """Discard everything from the position on, as overwriting a real tape does."""
+        p = self.position
+        if p >= len(self.index):
+            return
+        self.index.drop_sidecar_after(self.path, p)  # index first: crash-consistent order
+        self.index.truncate(p)
+        os.ftruncate(self._fd, self.index.end)
+        self._dirty = True
+
+    def _append(self, kind: int, payload: bytes | memoryview, native: int, compressed: bool
+                ) -> None:
+        idx = self.index
+        obj = len(idx)
+        head = pack_record(kind, 1 if compressed else 0, len(payload), native,
+                           len(idx.filemarks), obj, crc32c.crc32c(payload))
+        off = idx.end
+        try:
+            if len(payload):
+                written = os.pwritev(self._fd, [head, payload], off)
+            else:
+                written = os.pwrite(self._fd, head, off)
+            if written != len(head) + len(payload):
+                raise OSError(errno.EIO, "short write")
+        except OSError:
+            # Leave nothing half-written behind: cut back to the last whole record.
+            try:
+                os.ftruncate(self._fd, off)
+            except OSError:
+                pass
+            raise
+        idx.append(off, len(head) + len(payload), kind, native, compressed)
+        self.position = obj + 1
+        self._dirty = True
+
+    def write_block(self, data: bytes | bytearray | memoryview, *, compress: bool = True
+                    ) -> WriteResult:
+        """Write one data block at the position. Raises EndOfMedium (nothing written) when
+        it would not fit; OSError when the disk fails (the drive reports MEDIUM ERROR)."""
+        self._check_writable()
+        native = len(data)
+        payload: bytes | memoryview = data if isinstance(data, bytes | memoryview) else \
+            memoryview(data)
+        compressed = False
+        if compress and native >= MIN_COMPRESS:
+            packed = self._cctx.compress(data)
+            if len(packed) < native:
+                payload, compressed = packed, True
+        if self.position < len(self.index):
+            self._cut_at_position()
+        if self.used_bytes + RECORD_STRUCT.size + len(payload) > self.capacity:
+            raise EndOfMedium(f"{self.barcode} is full ({self.capacity} bytes)")
+        self._append(KIND_DATA, payload, native, compressed)
+        with self._lock:
+            self.counters.written_native += native
+            self.counters.written_stored += len(payload)
+        return WriteResult(self.at_early_warning)
+
+    def write_filemarks(self, count: int = 1, *, sync: bool = True) -> WriteResult:
+        """Write ``count`` filemarks; with ``sync`` everything written so far is durable on
+        return (a filemark without the IMMED bit). Count 0 just syncs, as SSC says."""
+        if count < 0:
+            raise CartridgeError("filemark count must not be negative")
+        if count:
+            self._check_writable()
+            if self.position < len(self.index):
+                self._cut_at_position()
+            for _ in range(count):
+                if self.used_bytes + RECORD_STRUCT.size > self.capacity:
+                    raise EndOfMedium(f"{self.barcode} is full ({self.capacity} bytes)")
+                self._append(KIND_FILEMARK, b"", 0, False)
+        if sync:
+            self.sync()
+        return WriteResult(self.at_early_warning)
+
+    def erase(self) -> None:
+        """Erase from the position to the end of the medium (SSC long erase)."""
+        self._check_writable()
+        self._cut_at_position()
+        self.sync()
+
+    def sync(self) -> None:
+        """Make every record written so far durable, and the index with it."""
+        if self._dirty and not self.readonly:
+            os.fsync(self._fd)
+            self.index.write_sidecar(self.path, self.uuid)
+            self._dirty = False
+
+    def update_mam_counters(self) -> None:
+        """Fold this load's traffic into the MAM lifetime totals (at unload/close)."""
+        if self.readonly:
+            return
+        c = self.counters
+        mb_w, mb_r = c.written_native >> 20, c.read_native >> 20
+        self.mam.set(0x0222, mb_w)
+        self.mam.set(0x0223, mb_r)
+        self.mam.add_int(0x0220, mb_w)
+        self.mam.add_int(0x0221, mb_r)
+        self.mam.set(0x0000, self.remaining_bytes >> 20)
+        if c.written_native:
+            self.mam.set(0x0804, time.strftime("%Y%m%d%H%M", time.gmtime()))
+        self.mam.save()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.sync()
+            self.update_mam_counters()
+        finally:
+            self._closed = True
+            os.close(self._fd)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> TapeCartridge:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- file-level summaries ----------------------------------------------------------
+    def tape_files(self) -> list[tuple[int, int, int, int]]:
+        """(file number, first object, data blocks, native bytes) per tape file; the last
+        entry is the (possibly empty) file after the last filemark."""
+        idx = self.index
+        out = []
+        start = 0
+        bounds = list(idx.filemarks) + [len(idx)]
+        for n, end in enumerate(bounds):
+            nbytes = sum(idx.meta[i] >> 16 for i in range(start, end))
+            out.append((n, start, end - start, nbytes))
+            start = end + 1
+        if out and out[-1][2] == 0 and len(out) > 1:
+            out.pop()  # nothing after the last filemark
+        return out
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def verify_cartridge(path: Path) -> VerifyReport:
+    """Walk every record of a cartridge file and check framing and checksums (read-only).
+
+    This ignores the index sidecar on purpose: it is the independent check of the data.
+    """
+    path = Path(path)
+    report = VerifyReport(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _parse_header(os.pread(fd, HEADER_SIZE, 0), path)
+        size = os.fstat(fd).st_size
+        off = DATA_START
+        dctx = zstandard.ZstdDecompressor()
+        while off < size:
+            rec = unpack_record(os.pread(fd, RECORD_STRUCT.size, off))
+            if rec is None:
+                report.errors.append(f"object {report.objects}: damaged record header at "
+                                     f"offset {off}")
+                report.torn_tail_bytes = size - off
+                break
+            kind, flags, stored, native, _fno, obj, pcrc = rec
+            if obj != report.objects:
+                report.errors.append(f"offset {off}: object number {obj}, expected "
+                                     f"{report.objects}")
+            if off + RECORD_STRUCT.size + stored > size:
+                report.errors.append(f"object {obj}: record cut short at end of file")
+                report.torn_tail_bytes = size - off
+                break
+            payload = os.pread(fd, stored, off + RECORD_STRUCT.size)
+            if crc32c.crc32c(payload) != pcrc:
+                report.errors.append(f"object {obj}: checksum mismatch")
+            elif flags & 1:
+                try:
+                    if len(dctx.decompress(payload, max_output_size=native)) != native:
+                        report.errors.append(f"object {obj}: wrong decompressed length")
+                except zstandard.ZstdError:
+                    report.errors.append(f"object {obj}: compressed payload is damaged")
+            report.objects += 1
+            if kind == KIND_FILEMARK:
+                report.filemarks += 1
+            else:
+                report.blocks += 1
+                report.native_bytes += native
+                report.stored_bytes += stored
+            off += RECORD_STRUCT.size + stored
+    finally:
+        os.close(fd)
+    return report
+
+
+def rebuild_index(path: Path) -> int:
+    """Throw the index sidecar away and rebuild it from the records; returns objects found.
+    A torn tail is cut off, as at any read-write open."""
+    path = Path(path)
+    PositionIndex.sidecar(path).unlink(missing_ok=True)
+    cart = TapeCartridge.open(path, count_load=False)
+    try:
+        cart.index.write_sidecar(path, cart.uuid)
+        return cart.eod
+    finally:
+        cart.close()

@@ -1,0 +1,108 @@
+"""Binary layout of a cartridge file, declared with construct.
+
+A cartridge file is a 512-byte header followed by an append-only stream of records:
+
+    +--------------------+  offset 0
+    | CARTRIDGE_HEADER   |  512 bytes, CRC32C-protected, rewritten in place only for the
+    |                    |  write-protect tab
+    +--------------------+  offset 512 (DATA_START)
+    | RECORD_HEADER      |  32 bytes: kind, flags, stored/native length, object number,
+    | payload            |  file number, CRC32C of the payload, CRC32C of the header
+    +--------------------+
+    | ...                |
+    +--------------------+  end of file = end of data
+
+Every record carries enough to be checked on its own (the header's own CRC, the payload's
+CRC, its logical object number), so a scan from the start can rebuild the position index and
+a torn tail after a crash is recognised and cut off.
+
+The per-block hot path packs and unpacks record headers with ``struct`` using the format
+derived below; ``tests/test_cartridge.py`` proves it is byte-identical to the construct
+declaration, which stays the single source of truth for the layout.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from construct import (
+    Bytes,
+    Const,
+    Int8ul,
+    Int16ul,
+    Int32ul,
+    Int64ul,
+    PaddedString,
+    Padding,
+    Struct,
+)
+
+CARTRIDGE_MAGIC = b"VTLCART\x01"
+FORMAT_VERSION = 1
+HEADER_SIZE = 512
+DATA_START = HEADER_SIZE
+RECORD_MAGIC = b"RC"
+
+FLAG_COMPRESSED = 0x01  # payload is a zstd frame; native_len is the decompressed size
+HEADER_FLAG_WORM = 0x01
+HEADER_FLAG_WRITE_PROTECT = 0x02
+
+CARTRIDGE_HEADER_BODY = Struct(
+    "magic" / Const(CARTRIDGE_MAGIC),
+    "version" / Int16ul,
+    "header_size" / Int16ul,
+    "flags" / Int32ul,
+    "barcode" / PaddedString(32, "ascii"),
+    "media" / PaddedString(16, "ascii"),
+    "density_code" / Int8ul,
+    "medium_type" / Int8ul,
+    Padding(6),
+    "capacity" / Int64ul,
+    "created_ns" / Int64ul,
+    "uuid" / Bytes(16),
+)
+# The header is the body, zero padding, and a CRC32C of everything before it in the last 4
+# bytes of the 512-byte block.
+HEADER_BODY_SIZE = CARTRIDGE_HEADER_BODY.sizeof()
+
+RECORD_HEADER = Struct(
+    "magic" / Const(RECORD_MAGIC),
+    "kind" / Int8ul,
+    "flags" / Int8ul,
+    "stored_len" / Int32ul,
+    "native_len" / Int32ul,
+    "file_no" / Int32ul,
+    "obj" / Int64ul,
+    "payload_crc" / Int32ul,
+    "header_crc" / Int32ul,  # CRC32C of the 28 bytes before it
+)
+RECORD_HEADER_SIZE = RECORD_HEADER.sizeof()
+# struct twin of RECORD_HEADER for the hot path (checked against construct in the tests).
+RECORD_STRUCT = struct.Struct("<2sBBIIIQII")
+assert RECORD_STRUCT.size == RECORD_HEADER_SIZE == 32
+
+# Position index sidecar (<cartridge>.idx): a header, then one entry per logical object,
+# appended at every durable point, so reopening a cartridge reads the index instead of
+# scanning the tape. The data file stays the truth: the index is checked against it and
+# rebuilt from it when they disagree.
+INDEX_MAGIC = b"VTLIDX\x00\x01"
+INDEX_HEADER = Struct(
+    "magic" / Const(INDEX_MAGIC),
+    "uuid" / Bytes(16),  # the cartridge's uuid, so a stale index from another file is refused
+    Padding(8),
+)
+INDEX_HEADER_SIZE = INDEX_HEADER.sizeof()
+INDEX_ENTRY = Struct(
+    "offset" / Int64ul,  # file offset of the record header
+    "meta" / Int64ul,  # native_len << 16 | stored_len-is-compressed << 8 | kind
+)
+INDEX_ENTRY_SIZE = INDEX_ENTRY.sizeof()
+
+# MAM sidecar (<cartridge>.mam): the cartridge memory chip, as SSC attribute records.
+MAM_MAGIC = b"VTLMAM\x00\x01"
+MAM_ATTRIBUTE = Struct(
+    "id" / Int16ul,
+    "format" / Int8ul,
+    "length" / Int16ul,
+    "value" / Bytes(lambda ctx: ctx.length),
+)
