@@ -1,0 +1,1010 @@
+"""The library: elements (transport, slots, mailslots, drives), cartridges, and moves between them.
+
+This is the one API that both the SCSI models (SMC changer, SSC drives) and the backup manager
+use, in one process or several at once. Placement lives only in the media catalog
+(:mod:`vtl.catalog`); a :class:`Library` caches it and re-reads it when ``PRAGMA data_version``
+says another process committed, so a running server notices a CLI move cheaply.
+
+Two processes must never write one cartridge: mounting a cartridge takes an exclusive
+``flock`` on ``<root>/cartridges/<BARCODE>.lock`` (a separate file, so the cartridge module
+may lock its own files as it likes), and every operation that changes a cartridge from outside
+a drive (move out of a drive, erase, delete, WORM) takes the same lock first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vtl.catalog import AUTO_STATES, CATALOG_NAME, MediaCatalog, now_iso
+from vtl.config import CONFIG_NAME, ConfigError, LibraryConfig
+
+if TYPE_CHECKING:
+    from tape_formats.cartridge import MediaType, TapeCartridge
+
+CARTRIDGE_DIR = "cartridges"
+CARTRIDGE_EXT = ".vtape"
+
+
+# ---- errors -------------------------------------------------------------------------------
+class LibraryError(Exception):
+    """Any library failure; the message is one line fit for ``error: ...``."""
+
+
+class NoLibrary(LibraryError):
+    """There is no (valid) library at the given root."""
+
+
+class UnknownBarcode(LibraryError):
+    """No cartridge with this barcode in the catalog."""
+
+
+class DuplicateBarcode(LibraryError):
+    """A cartridge with this barcode already exists."""
+
+
+class BadBarcode(LibraryError):
+    """The label is not a valid LTO barcode (or does not match the media asked for)."""
+
+
+class InvalidElement(LibraryError):
+    """No element at that address, or the element cannot take part in the operation."""
+
+
+class SourceEmpty(LibraryError):
+    """The source element holds no cartridge."""
+
+
+class DestinationFull(LibraryError):
+    """The destination element is occupied (or no free element of the kind asked for)."""
+
+
+class MediumRemovalPrevented(LibraryError):
+    """The drive's PREVENT ALLOW MEDIUM REMOVAL is set."""
+
+
+class CartridgeBusy(LibraryError):
+    """The cartridge is open in another process, or the drive is claimed by another process."""
+
+
+class CartridgeInDrive(LibraryError):
+    """The operation needs the cartridge out of every drive."""
+
+
+class CartridgeOutside(LibraryError):
+    """The cartridge is outside the library (exported to the vault)."""
+
+
+class CartridgeProtected(LibraryError):
+    """The cartridge is WORM or write protected and the operation would change its data."""
+
+
+class CartridgeMissing(LibraryError):
+    """The catalog knows the cartridge but its file is missing or unreadable."""
+
+
+# ---- elements -----------------------------------------------------------------------------
+class ElementType(IntEnum):
+    MEDIUM_TRANSPORT = 1
+    STORAGE = 2
+    IMPORT_EXPORT = 3
+    DATA_TRANSFER = 4
+
+
+_TYPE_NAMES = {
+    ElementType.MEDIUM_TRANSPORT: "transport",
+    ElementType.STORAGE: "slot",
+    ElementType.IMPORT_EXPORT: "mailslot",
+    ElementType.DATA_TRANSFER: "drive",
+}
+# Like mtx: slots and mailslots are numbered from 1, drives from 0.
+_NAME_BASE = {
+    ElementType.MEDIUM_TRANSPORT: 0,
+    ElementType.STORAGE: 1,
+    ElementType.IMPORT_EXPORT: 1,
+    ElementType.DATA_TRANSFER: 0,
+}
+
+
+@dataclass
+class Element:
+    type: ElementType
+    address: int
+    index: int  # 0-based within its type
+    barcode: str | None
+    source_address: int | None
+    media: str | None
+
+    @property
+    def full(self) -> bool:
+        return self.barcode is not None
+
+    @property
+    def name(self) -> str:
+        """Human name, e.g. ``slot:1`` (slots/mailslots from 1), ``drive:0``, ``transport``."""
+        if self.type == ElementType.MEDIUM_TRANSPORT:
+            return "transport"
+        return f"{_TYPE_NAMES[self.type]}:{self.index + _NAME_BASE[self.type]}"
+
+
+# ---- barcodes -----------------------------------------------------------------------------
+BARCODE_RE = re.compile(r"^[A-Z0-9]{6}L[1-9T-Z]$")
+_WORM_SUFFIX_GEN = {"LT": 3, "LU": 4, "LV": 5, "LW": 6, "LX": 7, "LY": 8, "LZ": 9}
+
+
+def parse_barcode(barcode: str) -> tuple[str, bool]:
+    """Check an LTO label and return (media name, worm) from its suffix; BadBarcode if bad."""
+    if not isinstance(barcode, str) or not BARCODE_RE.match(barcode):
+        raise BadBarcode(
+            f"malformed barcode {barcode!r} (expected 6 letters/digits + L1..L9 or LT..LZ, "
+            "e.g. A00001L8)"
+        )
+    if barcode.startswith("CLN"):
+        raise BadBarcode(f"{barcode} is a cleaning cartridge label; cleaning cartridges are not supported")
+    suffix = barcode[6:]
+    worm = suffix in _WORM_SUFFIX_GEN
+    gen = _WORM_SUFFIX_GEN[suffix] if worm else int(suffix[1])
+    name = f"LTO-{gen}"
+    if name not in _media_table():
+        raise BadBarcode(f"{barcode}: media {name} is not supported")
+    return name, worm
+
+
+def _media_table() -> dict[str, MediaType]:
+    from tape_formats.media import MEDIA
+
+    return MEDIA
+
+
+def media_type(name: str) -> MediaType:
+    try:
+        return _media_table()[name]
+    except KeyError:
+        raise LibraryError(f"unknown media {name!r}") from None
+
+
+def _open_cartridge(path: Path, *, readonly: bool = False) -> TapeCartridge:
+    from tape_formats.cartridge import TapeCartridge
+
+    if not path.exists():
+        raise CartridgeMissing(f"cartridge file {path} is missing")
+    return TapeCartridge.open(path, readonly=readonly)
+
+
+def tape_files(cart: TapeCartridge) -> int:
+    """Number of tape files: filemarks, plus one if data follows the last filemark."""
+    eod = cart.eod
+    if eod == 0:
+        return 0
+    filemarks = cart.filemarks_before(eod)
+    _file, block_in_file = cart.block_number_at(eod)
+    return filemarks + (1 if block_in_file > 0 else 0)
+
+
+# ---- drive bays ---------------------------------------------------------------------------
+class DriveBay:
+    """One drive's mechanism. The SSC model and the SMC model of one process share it."""
+
+    def __init__(self, library: Library, index: int) -> None:
+        self.library = library
+        self.index = index
+        self.address = library.config.drive_base + index
+        self.serial = library.config.drive_serial(index)
+        self.prevent_removal = False
+        self.cartridge: TapeCartridge | None = None
+        self.media_generation = 0
+        self._lock_fd: int | None = None
+        self._mounted: str | None = None
+        self._at_mount: tuple[int, int] = (0, 0)
+
+    def __repr__(self) -> str:
+        return f"<DriveBay {self.index} @{self.address} {self.barcode or 'empty'}>"
+
+    @property
+    def barcode(self) -> str | None:
+        """What the catalog says is in this drive (re-read if another process changed it)."""
+        self.library.refresh()
+        return self.library._barcode_at(self.address)
+
+    @property
+    def mounted(self) -> bool:
+        return self.cartridge is not None
+
+    def mount(self) -> TapeCartridge:
+        """Open the cartridge in this drive for this process (idempotent).
+
+        Raises SourceEmpty if the drive is empty and CartridgeBusy if another process holds
+        the cartridge or has claimed the drive.
+        """
+        lib = self.library
+        with lib.lock:
+            if self.cartridge is not None:
+                return self.cartridge
+            lib.refresh()
+            barcode = lib._barcode_at(self.address)
+            if barcode is None:
+                raise SourceEmpty(f"drive {self.index} is empty")
+            lib._check_claim(self.index)
+            fd = lib._lock_cartridge(barcode)
+            try:
+                # re-check under the lock: another process may have moved it meanwhile
+                row = lib.catalog.cartridge(barcode)
+                if row is None or row["address"] != self.address:
+                    raise SourceEmpty(f"drive {self.index} is empty")
+                cart = _open_cartridge(lib.root / row["path"], readonly=bool(row["write_protected"]))
+            except BaseException:
+                os.close(fd)
+                raise
+            self.cartridge = cart
+            self._lock_fd = fd
+            self._mounted = barcode
+            self._at_mount = (cart.eod, cart.used_bytes)
+            lib.catalog.update_cartridge(barcode, last_mounted=now_iso())
+            return cart
+
+    def unmount(self) -> None:
+        """Sync and close the mounted cartridge, then record its stats in the catalog."""
+        lib = self.library
+        with lib.lock:
+            cart, barcode = self.cartridge, self._mounted
+            if cart is None or barcode is None:
+                return
+            try:
+                cart.sync()
+                stats = _cartridge_stats(cart)
+                if (cart.eod, cart.used_bytes) != self._at_mount:
+                    stats["last_written"] = now_iso()
+                if _mam_read_this_load(cart):
+                    stats["last_read"] = now_iso()
+            finally:
+                try:
+                    cart.close()
+                finally:
+                    self.cartridge = None
+                    self._mounted = None
+                    if self._lock_fd is not None:
+                        os.close(self._lock_fd)
+                        self._lock_fd = None
+            row = lib.catalog.cartridge(barcode)
+            if row is not None:
+                if row["state"] not in AUTO_STATES:
+                    stats.pop("state", None)
+                lib.catalog.update_cartridge(barcode, **stats)
+
+
+def _cartridge_stats(cart: TapeCartridge) -> dict[str, Any]:
+    """used bytes, objects, tape files and the automatic state of an open cartridge."""
+    stats: dict[str, Any] = {"used_bytes": cart.used_bytes, "blocks": cart.eod}
+    stats["files"] = tape_files(cart)
+    if cart.eod == 0:
+        stats["state"] = "scratch"
+    elif cart.remaining_bytes <= 0:
+        stats["state"] = "full"
+    else:
+        stats["state"] = "append"
+    return stats
+
+
+def _mam_read_this_load(cart: TapeCartridge) -> bool:
+    """Best effort: MAM 0x0223 (MiB read during this load) > 0."""
+    try:
+        value = cart.mam.get(0x0223)
+    except Exception:  # noqa: BLE001 - optional information only
+        return False
+    return bool(value) and int.from_bytes(value, "big") > 0
+
+
+# ---- the library --------------------------------------------------------------------------
+class Library:
+    """A changer, its drives, slots and mailslots, over one data directory."""
+
+    def __init__(self, root: Path, config: LibraryConfig, catalog: MediaCatalog) -> None:
+        """Use :meth:`open` or :meth:`create`."""
+        self.root = Path(root)
+        self.config = config
+        self.catalog = catalog
+        self.lock = threading.RLock()
+        self.drives = [DriveBay(self, i) for i in range(config.drives)]
+        self._placement: dict[int, dict[str, Any]] = {}
+        self._data_version: int | None = None
+        self._pid = os.getpid()
+        self._reload()
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: Path, config: LibraryConfig | None = None) -> Library:
+        """Create a new library directory; refuses one that already has a library."""
+        root = Path(root)
+        config = (config or LibraryConfig())
+        try:
+            config.validate()
+        except ConfigError as e:
+            raise LibraryError(str(e)) from None
+        if (root / CONFIG_NAME).exists() or (root / CATALOG_NAME).exists():
+            raise LibraryError(f"a library already exists at {root}")
+        if root.exists() and not root.is_dir():
+            raise LibraryError(f"{root} exists and is not a directory")
+        try:
+            (root / CARTRIDGE_DIR).mkdir(parents=True, exist_ok=True)
+            catalog = MediaCatalog(root / CATALOG_NAME)
+            config.save(root)
+        except OSError as e:
+            raise LibraryError(f"cannot create library at {root}: {e.strerror or e}") from None
+        lib = cls(root, config, catalog)
+        catalog.log("library-created", detail=config.to_dict())
+        return lib
+
+    @classmethod
+    def open(cls, root: Path) -> Library:
+        """Open an existing library; NoLibrary if there is none (or its config is invalid)."""
+        root = Path(root)
+        if not (root / CONFIG_NAME).is_file():
+            raise NoLibrary(f"no library at {root} (run 'vtl init' first)")
+        try:
+            config = LibraryConfig.load(root)
+        except ConfigError as e:
+            raise NoLibrary(str(e)) from None
+        (root / CARTRIDGE_DIR).mkdir(exist_ok=True)
+        return cls(root, config, MediaCatalog(root / CATALOG_NAME))
+
+    def close(self) -> None:
+        with self.lock:
+            for bay in self.drives:
+                try:
+                    bay.unmount()
+                except Exception:  # noqa: BLE001 - close the rest anyway
+                    pass
+            self.catalog.close()
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- placement cache ----------------------------------------------------------------
+    def _reload(self) -> bool:
+        with self.lock:
+            self._data_version = self.catalog.data_version()
+            new = self.catalog.placement()
+            changed = False
+            for bay in self.drives:
+                old_bc = self._placement.get(bay.address, {}).get("barcode")
+                new_bc = new.get(bay.address, {}).get("barcode")
+                if old_bc != new_bc:
+                    bay.media_generation += 1
+            if {a: r["barcode"] for a, r in new.items()} != {
+                a: r["barcode"] for a, r in self._placement.items()
+            }:
+                changed = True
+            self._placement = new
+            return changed
+
+    def refresh(self) -> bool:
+        """Re-read placement if another process committed to the catalog; True if it moved."""
+        with self.lock:
+            if self.catalog.data_version() == self._data_version:
+                return False
+            return self._reload()
+
+    def _barcode_at(self, address: int) -> str | None:
+        row = self._placement.get(address)
+        return row["barcode"] if row else None
+
+    # ---- elements ------------------------------------------------------------------------
+    def _ranges(self) -> list[tuple[ElementType, int, int]]:
+        c = self.config
+        return [
+            (ElementType.MEDIUM_TRANSPORT, c.transport_base, 1),
+            (ElementType.IMPORT_EXPORT, c.mailslot_base, c.mailslots),
+            (ElementType.DATA_TRANSFER, c.drive_base, c.drives),
+            (ElementType.STORAGE, c.slot_base, c.slots),
+        ]
+
+    def _classify(self, address: int) -> tuple[ElementType, int]:
+        for etype, base, count in self._ranges():
+            if base <= address < base + count:
+                return etype, address - base
+        raise InvalidElement(f"no element at address {address}")
+
+    def address_of(self, etype: ElementType, index: int) -> int:
+        for t, base, count in self._ranges():
+            if t == etype:
+                if not 0 <= index < count:
+                    raise InvalidElement(f"no {_TYPE_NAMES[etype]} {index + _NAME_BASE[etype]}")
+                return base + index
+        raise InvalidElement(f"unknown element type {etype}")
+
+    def _element(self, etype: ElementType, address: int, index: int) -> Element:
+        row = self._placement.get(address) if etype != ElementType.MEDIUM_TRANSPORT else None
+        return Element(
+            type=etype,
+            address=address,
+            index=index,
+            barcode=row["barcode"] if row else None,
+            source_address=row["source_address"] if row else None,
+            media=row["media"] if row else None,
+        )
+
+    def elements(self, type: ElementType | None = None) -> list[Element]:  # noqa: A002
+        """All elements (or those of one type), in address order."""
+        with self.lock:
+            self.refresh()
+            out = [
+                self._element(etype, base + i, i)
+                for etype, base, count in self._ranges()
+                if type is None or etype == type
+                for i in range(count)
+            ]
+        return sorted(out, key=lambda e: e.address)
+
+    def element(self, address: int) -> Element:
+        with self.lock:
+            self.refresh()
+            etype, index = self._classify(address)
+            return self._element(etype, address, index)
+
+    def element_name(self, address: int | None) -> str:
+        """``slot:3``-style name of an address (``vault`` for None)."""
+        if address is None:
+            return "vault"
+        try:
+            etype, index = self._classify(address)
+        except InvalidElement:
+            return str(address)
+        return Element(etype, address, index, None, None, None).name
+
+    def resolve(self, spec: str, *, allow_barcode: bool = False) -> int:
+        """An element address from ``1024``, ``slot:1``, ``drive:0``, ``mailslot:1``,
+        ``transport``, or (if allowed) a barcode naming where that cartridge is."""
+        spec = spec.strip()
+        if spec.isdigit():
+            address = int(spec)
+            self._classify(address)
+            return address
+        m = re.fullmatch(r"(slot|drive|mailslot|transport)(?::(\d+))?", spec.lower())
+        if m:
+            kind = {v: k for k, v in _TYPE_NAMES.items()}[m.group(1)]
+            if kind == ElementType.MEDIUM_TRANSPORT:
+                return self.config.transport_base
+            if m.group(2) is None:
+                raise InvalidElement(f"element {spec!r} needs a number, e.g. {m.group(1)}:1")
+            index = int(m.group(2)) - _NAME_BASE[kind]
+            if index < 0:
+                raise InvalidElement(f"no element {spec!r}")
+            return self.address_of(kind, index)
+        if allow_barcode and BARCODE_RE.match(spec.upper()):
+            element = self.find(spec.upper())
+            return element.address
+        raise InvalidElement(
+            f"bad element {spec!r} (use an address or slot:N, drive:N, mailslot:N"
+            + (", or a barcode)" if allow_barcode else ")")
+        )
+
+    def free(self, etype: ElementType) -> list[Element]:
+        return [e for e in self.elements(etype) if not e.full]
+
+    # ---- locating cartridges -------------------------------------------------------------
+    def cartridge(self, barcode: str) -> dict[str, Any]:
+        """The catalog row of a cartridge; UnknownBarcode if none."""
+        row = self.catalog.cartridge(barcode)
+        if row is None:
+            if isinstance(barcode, str) and not BARCODE_RE.match(barcode):
+                parse_barcode(barcode)  # raises BadBarcode with the reason
+            raise UnknownBarcode(f"unknown barcode {barcode}")
+        return row
+
+    def where(self, barcode: str) -> Element | None:
+        """The element holding a cartridge, None if it is in the vault."""
+        row = self.cartridge(barcode)
+        if row["address"] is None:
+            return None
+        return self.element(row["address"])
+
+    def find(self, barcode: str) -> Element:
+        """The element holding a cartridge; UnknownBarcode / CartridgeOutside otherwise."""
+        element = self.where(barcode)
+        if element is None:
+            raise CartridgeOutside(f"cartridge {barcode} is outside the library (vault)")
+        return element
+
+    def cartridge_path(self, barcode: str) -> Path:
+        return self.root / self.cartridge(barcode)["path"]
+
+    # ---- locks and claims ----------------------------------------------------------------
+    def _lock_path(self, barcode: str) -> Path:
+        return self.root / CARTRIDGE_DIR / f"{barcode}.lock"
+
+    def _lock_cartridge(self, barcode: str) -> int:
+        """Take the cartridge's exclusive flock (non-blocking); CartridgeBusy if held."""
+        fd = os.open(self._lock_path(barcode), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise CartridgeBusy(f"cartridge {barcode} is in use by another process") from None
+        return fd
+
+    def _mounted_here(self, barcode: str) -> DriveBay | None:
+        for bay in self.drives:
+            if bay._mounted == barcode:
+                return bay
+        return None
+
+    def _check_claim(self, drive: int) -> None:
+        claim = self.catalog.claims().get(drive)
+        if claim is not None and claim["pid"] != os.getpid():
+            raise CartridgeBusy(
+                f"drive {drive} is claimed by {claim['owner']} (pid {claim['pid']})"
+            )
+
+    class _Held:
+        """Context manager: a cartridge's flock for an offline operation (erase, delete...)."""
+
+        def __init__(self, lib: Library, barcode: str) -> None:
+            self.lib, self.barcode, self.fd = lib, barcode, -1
+
+        def __enter__(self) -> None:
+            if self.lib._mounted_here(self.barcode) is not None:
+                raise CartridgeBusy(f"cartridge {self.barcode} is mounted in this process")
+            self.fd = self.lib._lock_cartridge(self.barcode)
+
+        def __exit__(self, *exc: object) -> None:
+            os.close(self.fd)
+
+    def held(self, barcode: str) -> Library._Held:
+        return Library._Held(self, barcode)
+
+    def claims(self) -> dict[int, dict[str, Any]]:
+        """Live drive claims: drive index -> {owner, pid, host, since}."""
+        return self.catalog.claims()
+
+    def claim_drive(self, owner: str, drive: int | None = None) -> DriveBay:
+        """Reserve a drive for this process (the EBM), so no one else mounts or unloads it.
+
+        ``drive=None`` picks a free drive, preferring empty ones. CartridgeBusy if the drive
+        is claimed by another live process (stale claims of dead processes are taken over)
+        or its cartridge is open elsewhere.
+        """
+        with self.lock, self.catalog.transaction():
+            self.refresh()
+            claims = self.catalog.claims()
+            if drive is None:
+                free = [b for b in self.drives if b.index not in claims]
+                if not free:
+                    raise CartridgeBusy("every drive is claimed")
+                free.sort(key=lambda b: (self._barcode_at(b.address) is not None, b.index))
+                candidates = free
+            else:
+                if not 0 <= drive < len(self.drives):
+                    raise InvalidElement(f"no drive {drive}")
+                claim = claims.get(drive)
+                if claim is not None and (claim["pid"], claim["owner"]) != (os.getpid(), owner):
+                    raise CartridgeBusy(
+                        f"drive {drive} is claimed by {claim['owner']} (pid {claim['pid']})"
+                    )
+                candidates = [self.drives[drive]]
+            last: LibraryError | None = None
+            for bay in candidates:
+                barcode = self._barcode_at(bay.address)
+                if barcode is not None and self._mounted_here(barcode) is None:
+                    try:
+                        with self.held(barcode):
+                            pass
+                    except CartridgeBusy as e:
+                        last = e
+                        continue
+                self.catalog.claim(bay.index, owner)
+                self.catalog.log("drive-claimed", barcode, dst=bay.address, detail=owner)
+                return bay
+            raise last or CartridgeBusy("no drive can be claimed")
+
+    def release_drive(self, drive: int) -> None:
+        """Drop this process's claim on a drive (a no-op if it holds none)."""
+        with self.lock:
+            claim = self.catalog.claims().get(drive)
+            if claim is None:
+                return
+            if claim["pid"] != os.getpid():
+                raise CartridgeBusy(
+                    f"drive {drive} is claimed by {claim['owner']} (pid {claim['pid']})"
+                )
+            self.catalog.release(drive)
+            self.catalog.log("drive-released", dst=self.address_of(ElementType.DATA_TRANSFER, drive))
+
+    # ---- moves ---------------------------------------------------------------------------
+    def move_medium(self, src: int, dst: int) -> None:
+        """Move the cartridge at element ``src`` to the empty element ``dst``.
+
+        Moving out of a drive unmounts the cartridge first (sync + close), unless the drive's
+        medium removal is prevented. Placement changes in one IMMEDIATE transaction, while the
+        cartridge's flock is held so no other process can mount it half-way.
+        """
+        with self.lock:
+            self.refresh()
+            stype, sindex = self._classify(src)
+            dtype, dindex = self._classify(dst)
+            if ElementType.MEDIUM_TRANSPORT in (stype, dtype):
+                raise InvalidElement("the medium transport cannot be a source or destination")
+            barcode = self._barcode_at(src)
+            if barcode is None:
+                raise SourceEmpty(f"{self.element_name(src)} is empty")
+            if src == dst:
+                return
+            if self._barcode_at(dst) is not None:
+                raise DestinationFull(
+                    f"{self.element_name(dst)} is occupied by {self._barcode_at(dst)}"
+                )
+            if stype == ElementType.DATA_TRANSFER:
+                bay = self.drives[sindex]
+                if bay.prevent_removal:
+                    raise MediumRemovalPrevented(f"drive {sindex}: medium removal is prevented")
+                self._check_claim(sindex)
+                bay.unmount()
+            if dtype == ElementType.DATA_TRANSFER:
+                self._check_claim(dindex)
+            with self.held(barcode), self.catalog.transaction() as conn:
+                row = self.catalog.cartridge(barcode)
+                if row is None or row["address"] != src:
+                    raise SourceEmpty(f"{self.element_name(src)} changed meanwhile; retry")
+                if self.catalog.at(dst) is not None:
+                    raise DestinationFull(f"{self.element_name(dst)} is occupied")
+                home = src if stype == ElementType.STORAGE else row["home_address"]
+                conn.execute(
+                    "UPDATE cartridges SET address = ?, source_address = ?, home_address = ?, "
+                    "load_count = load_count + ? WHERE barcode = ?",
+                    (dst, src, home, 1 if dtype == ElementType.DATA_TRANSFER else 0, barcode),
+                )
+                self.catalog.log("move", barcode, src=src, dst=dst)
+            self._reload()
+
+    def load(self, barcode: str, drive: int) -> DriveBay:
+        """Move a cartridge into drive ``drive`` (0-based); a no-op if it is already there."""
+        if not 0 <= drive < len(self.drives):
+            raise InvalidElement(f"no drive {drive}")
+        bay = self.drives[drive]
+        src = self.find(barcode).address
+        if src != bay.address:
+            self.move_medium(src, bay.address)
+        return bay
+
+    def unload(self, drive: int) -> None:
+        """Move drive ``drive``'s cartridge back to its home slot (or the first free slot)."""
+        if not 0 <= drive < len(self.drives):
+            raise InvalidElement(f"no drive {drive}")
+        with self.lock:
+            self.refresh()
+            bay = self.drives[drive]
+            row = self._placement.get(bay.address)
+            if row is None:
+                raise SourceEmpty(f"drive {drive} is empty")
+            home = row["home_address"]
+            dst: int | None = None
+            if home is not None and self._is_type(home, ElementType.STORAGE):
+                if self._barcode_at(home) is None:
+                    dst = home
+            if dst is None:
+                free = self.free(ElementType.STORAGE)
+                if not free:
+                    raise DestinationFull("no free slot to unload into")
+                dst = free[0].address
+            self.move_medium(bay.address, dst)
+
+    def _is_type(self, address: int, etype: ElementType) -> bool:
+        try:
+            return self._classify(address)[0] == etype
+        except InvalidElement:
+            return False
+
+    # ---- import / export -----------------------------------------------------------------
+    def export_cartridge(self, barcode: str) -> Element:
+        """Move a cartridge from its slot into a free mailslot (as a library's export does)."""
+        with self.lock:
+            element = self.find(barcode)
+            if element.type == ElementType.DATA_TRANSFER:
+                raise CartridgeInDrive(
+                    f"cartridge {barcode} is in drive {element.index}; unload it first"
+                )
+            if element.type == ElementType.IMPORT_EXPORT:
+                raise LibraryError(f"cartridge {barcode} is already in {element.name}")
+            free = self.free(ElementType.IMPORT_EXPORT)
+            if not free:
+                raise DestinationFull("no free mailslot (empty the mailslots first)")
+            self.move_medium(element.address, free[0].address)
+            return self.element(free[0].address)
+
+    def import_cartridge(self, barcode: str) -> Element:
+        """Put a vaulted cartridge into a free mailslot, ready to be moved to a slot."""
+        with self.lock:
+            element = self.where(barcode)
+            if element is not None:
+                raise LibraryError(f"cartridge {barcode} is already in the library ({element.name})")
+            free = self.free(ElementType.IMPORT_EXPORT)
+            if not free:
+                raise DestinationFull("no free mailslot")
+            dst = free[0].address
+            with self.catalog.transaction():
+                if self.catalog.at(dst) is not None:
+                    raise DestinationFull(f"{self.element_name(dst)} is occupied")
+                self.catalog.update_cartridge(barcode, address=dst, source_address=None)
+                self.catalog.log("import", barcode, dst=dst)
+            self._reload()
+            return self.element(dst)
+
+    def empty_mailslots(self) -> list[str]:
+        """Take every cartridge out of the mailslots into the vault (opening the door)."""
+        with self.lock:
+            taken: list[str] = []
+            with self.catalog.transaction():
+                for element in self.elements(ElementType.IMPORT_EXPORT):
+                    if element.barcode is None:
+                        continue
+                    self.catalog.update_cartridge(
+                        element.barcode, address=None, source_address=element.address
+                    )
+                    self.catalog.log("vault", element.barcode, src=element.address)
+                    taken.append(element.barcode)
+            self._reload()
+            return taken
+
+    # ---- cartridges ----------------------------------------------------------------------
+    def _plan_cartridge(
+        self, barcode: str, media: str | None, capacity: int | None, worm: bool
+    ) -> tuple[MediaType, int, bool]:
+        name, suffix_worm = parse_barcode(barcode)
+        if media is not None and media != name:
+            raise BadBarcode(f"barcode {barcode} is {name} media, not {media}")
+        mtype = media_type(name)
+        if capacity is None:
+            capacity = mtype.capacity
+        if not isinstance(capacity, int) or capacity <= 0:
+            raise LibraryError(f"invalid capacity {capacity!r}")
+        if capacity > mtype.capacity:
+            raise LibraryError(
+                f"capacity {capacity} exceeds the native capacity of {name} ({mtype.capacity})"
+            )
+        return mtype, capacity, worm or suffix_worm
+
+    def create_cartridge(
+        self,
+        barcode: str,
+        *,
+        media: str | None = None,
+        capacity: int | None = None,
+        worm: bool = False,
+        slot: int | None = None,
+        vault: bool = False,
+        pool: str | None = "Scratch",
+    ) -> None:
+        """Create one cartridge in ``slot`` (an element address; default: first free slot)."""
+        self.create_cartridges(
+            [barcode], media=media, capacity=capacity, worm=worm,
+            slots=None if slot is None else [slot], vault=vault, pool=pool,
+        )
+
+    def create_cartridges(
+        self,
+        barcodes: Iterable[str],
+        *,
+        media: str | None = None,
+        capacity: int | None = None,
+        worm: bool = False,
+        slots: list[int] | None = None,
+        vault: bool = False,
+        pool: str | None = "Scratch",
+        progress: Callable[[str], None] | None = None,
+    ) -> list[str]:
+        """Create many cartridges, all or nothing: everything is validated first, and if a
+        cartridge fails half-way the ones created by this call are removed again."""
+        barcodes = list(barcodes)
+        with self.lock:
+            self.refresh()
+            plans = []
+            seen: set[str] = set()
+            for bc in barcodes:
+                if bc in seen:
+                    raise DuplicateBarcode(f"barcode {bc} given twice")
+                seen.add(bc)
+                plan = self._plan_cartridge(bc, media, capacity, worm)
+                if self.catalog.cartridge(bc) is not None:
+                    raise DuplicateBarcode(f"cartridge {bc} already exists")
+                if self._file_path(bc).exists():
+                    raise DuplicateBarcode(f"a cartridge file for {bc} already exists")
+                plans.append((bc, plan))
+            if pool is not None and pool not in {p["name"] for p in self.catalog.pools()}:
+                raise LibraryError(f"unknown pool {pool!r}")
+            targets: list[int | None]
+            if vault:
+                targets = [None] * len(plans)
+            elif slots is not None:
+                if len(slots) != len(plans):
+                    raise LibraryError("one slot per cartridge is needed")
+                targets = []
+                for address in slots:
+                    etype, _ = self._classify(address)
+                    if etype != ElementType.STORAGE:
+                        raise InvalidElement(f"{self.element_name(address)} is not a slot")
+                    if self._barcode_at(address) is not None or address in targets:
+                        raise DestinationFull(f"{self.element_name(address)} is occupied")
+                    targets.append(address)
+            else:
+                free = [e.address for e in self.free(ElementType.STORAGE)]
+                if len(free) < len(plans):
+                    raise DestinationFull(
+                        f"{len(plans)} cartridge(s) need free slots but only {len(free)} are free"
+                        " (use --vault to create them outside the library)"
+                    )
+                targets = list(free[: len(plans)])
+            created: list[str] = []
+            try:
+                for (bc, (mtype, cap, is_worm)), address in zip(plans, targets, strict=True):
+                    self._create_one(bc, mtype, cap, is_worm, address, pool)
+                    created.append(bc)
+                    if progress is not None:
+                        progress(bc)
+            except BaseException:
+                for bc in created:
+                    self._remove_files(bc)
+                    self.catalog.delete_cartridge(bc)
+                self._reload()
+                raise
+            self._reload()
+            return created
+
+    def _file_path(self, barcode: str) -> Path:
+        return self.root / CARTRIDGE_DIR / f"{barcode}{CARTRIDGE_EXT}"
+
+    def _create_one(
+        self, barcode: str, mtype: MediaType, capacity: int, worm: bool, address: int | None,
+        pool: str | None,
+    ) -> None:
+        from tape_formats.cartridge import TapeCartridge
+
+        path = self._file_path(barcode)
+        try:
+            TapeCartridge.create(path, barcode, mtype, capacity=capacity, worm=worm)
+        except BaseException:
+            self._remove_files(barcode)
+            raise
+        try:
+            with self.catalog.transaction():
+                if address is not None and self.catalog.at(address) is not None:
+                    raise DestinationFull(f"{self.element_name(address)} is occupied")
+                self.catalog.insert_cartridge(
+                    {
+                        "barcode": barcode,
+                        "media": mtype.name,
+                        "capacity": capacity,
+                        "worm": int(worm),
+                        "write_protected": 0,
+                        "state": "scratch",
+                        "pool": pool,
+                        "path": str(path.relative_to(self.root)),
+                        "address": address,
+                        "home_address": address,
+                    }
+                )
+                self.catalog.log("create", barcode, dst=address,
+                                 detail={"media": mtype.name, "capacity": capacity, "worm": worm})
+        except BaseException:
+            self._remove_files(barcode)
+            raise
+
+    def _remove_files(self, barcode: str) -> None:
+        """Remove a cartridge's file and its sidecars (``<BARCODE>.*``)."""
+        for p in (self.root / CARTRIDGE_DIR).glob(f"{barcode}.*"):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
+
+    def _offline(self, barcode: str) -> dict[str, Any]:
+        """The row of a cartridge that must not be in any drive for the next operation."""
+        self.refresh()
+        row = self.cartridge(barcode)
+        if row["address"] is not None and self._is_type(row["address"], ElementType.DATA_TRANSFER):
+            raise CartridgeInDrive(
+                f"cartridge {barcode} is in {self.element_name(row['address'])}; unload it first"
+            )
+        return row
+
+    def erase_cartridge(self, barcode: str) -> None:
+        """Erase all data (long erase from BOP); refuses WORM and write-protected cartridges."""
+        with self.lock:
+            row = self._offline(barcode)
+            if row["worm"]:
+                raise CartridgeProtected(f"cartridge {barcode} is WORM and cannot be erased")
+            if row["write_protected"]:
+                raise CartridgeProtected(f"cartridge {barcode} is write protected")
+            with self.held(barcode):
+                cart = _open_cartridge(self.root / row["path"])
+                try:
+                    cart.locate(0)
+                    cart.erase()
+                    cart.sync()
+                finally:
+                    cart.close()
+                self.catalog.update_cartridge(
+                    barcode, used_bytes=0, files=0, blocks=0, state="scratch",
+                    last_written=now_iso(),
+                )
+                self.catalog.log("erase", barcode)
+
+    def set_write_protect(self, barcode: str, protect: bool) -> None:
+        """Slide the write-protect tab (only outside the drives, like a real cartridge)."""
+        with self.lock:
+            row = self._offline(barcode)
+            with self.held(barcode):
+                values: dict[str, Any] = {"write_protected": int(protect)}
+                if protect and row["state"] in AUTO_STATES:
+                    values["state"] = "read-only"
+                elif not protect and row["state"] == "read-only":
+                    values["state"] = "append" if row["blocks"] else "scratch"
+                self.catalog.update_cartridge(barcode, **values)
+                self.catalog.log("protect" if protect else "unprotect", barcode)
+
+    def make_worm(self, barcode: str) -> None:
+        """Turn a blank cartridge into WORM (the header flag is rewritten); refuses data."""
+        from tape_formats.cartridge import TapeCartridge
+
+        with self.lock:
+            row = self._offline(barcode)
+            if row["worm"]:
+                raise LibraryError(f"cartridge {barcode} is already WORM")
+            with self.held(barcode):
+                path = self.root / row["path"]
+                cart = _open_cartridge(path, readonly=True)
+                try:
+                    blank = cart.eod == 0
+                    mtype = cart.media
+                finally:
+                    cart.close()
+                if not blank:
+                    raise CartridgeProtected(
+                        f"cartridge {barcode} holds data; only a blank cartridge can become WORM"
+                    )
+                for p in (self.root / CARTRIDGE_DIR).glob(f"{barcode}.*"):
+                    if p.suffix != ".lock":
+                        p.unlink()
+                TapeCartridge.create(path, barcode, mtype, capacity=row["capacity"], worm=True)
+                self.catalog.update_cartridge(barcode, worm=1)
+                self.catalog.log("worm", barcode)
+
+    def delete_cartridge(self, barcode: str, *, force: bool = False) -> None:
+        """Delete a cartridge and its file; one holding data needs ``force``."""
+        with self.lock:
+            row = self._offline(barcode)
+            if (row["blocks"] or row["used_bytes"]) and not force:
+                raise LibraryError(f"cartridge {barcode} holds data; confirm with --yes")
+            with self.held(barcode):
+                with self.catalog.transaction():
+                    self.catalog.delete_cartridge(barcode)
+                    self.catalog.log("delete", barcode, src=row["address"])
+                for p in (self.root / CARTRIDGE_DIR).glob(f"{barcode}.*"):
+                    if p.suffix != ".lock":
+                        p.unlink(missing_ok=True)
+            self._lock_path(barcode).unlink(missing_ok=True)
+            self._reload()
+
+    def set_state(self, barcode: str, state: str, *, pool: str | None = None) -> None:
+        """Set a cartridge's media state (and optionally pool), for admins and the EBM."""
+        self.cartridge(barcode)
+        try:
+            self.catalog.set_state(barcode, state)
+        except ValueError as e:
+            raise LibraryError(str(e)) from None
+        if pool is not None:
+            if pool not in {p["name"] for p in self.catalog.pools()}:
+                raise LibraryError(f"unknown pool {pool!r}")
+            self.catalog.update_cartridge(barcode, pool=pool)
+
+    def open_readonly(self, barcode: str) -> TapeCartridge:
+        """Open a cartridge read-only for inspection (works while it is mounted elsewhere)."""
+        return _open_cartridge(self.cartridge_path(barcode), readonly=True)
