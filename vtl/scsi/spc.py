@@ -1,0 +1,990 @@
+"""SPC-4 common command set for any device type: the base class every model subclasses.
+
+``ScsiModel`` owns what SPC-4 defines for all logical units: opcode dispatch with CDB
+validation, INQUIRY and VPD pages, REQUEST SENSE, UNIT ATTENTION queues per I_T nexus,
+RESERVE/RELEASE(6) and persistent reservations, the MODE and LOG page frameworks, PREVENT
+ALLOW MEDIUM REMOVAL and REPORT SUPPORTED OPERATION CODES. A device type (SSC tape drive,
+SMC changer) adds its commands by decorating methods with ``@command``:
+
+    class MediumChanger(ScsiModel):
+        PERIPHERAL_TYPE = 0x08
+
+        @command(0xA5, "MOVE MEDIUM", "a5 00 ff ff ff ff ff ff ff ff 00 00", pr=PR_WRITE)
+        def move_medium(self, req: Request) -> None: ...
+
+The usage string is the CDB usage data of REPORT SUPPORTED OPERATION CODES (opcode, then one
+mask byte per CDB byte naming the bits the device looks at). The same mask validates every
+incoming CDB: a set bit outside it is a reserved or unsupported field, answered with ILLEGAL
+REQUEST 24/00 and a field pointer, so a handler only ever sees CDBs it understands.
+
+``execute`` never raises: CheckCondition becomes sense, anything else becomes HARDWARE ERROR
+44/00 and is logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vtl.scsi.base import (
+    CheckCondition,
+    Nexus,
+    ResetKind,
+    ScsiResult,
+    SenseKey,
+    Status,
+    UnitAttention,
+    invalid_field_in_cdb,
+    invalid_field_in_parameter_list,
+    invalid_opcode,
+    parameter_list_length_error,
+)
+from vtl.scsi.identities import DeviceIdentity
+from vtl.scsi.pages import (
+    PC_CHANGEABLE,
+    PC_SAVED,
+    LogPage,
+    ModePage,
+    ascii_field,
+)
+
+log = logging.getLogger(__name__)
+
+# Persistent-reservation classes of a command (SPC-4 5.9.1, table "SPC commands that are
+# allowed in the presence of various reservations").
+PR_ALLOWED = 0  # allowed from any nexus, whatever is reserved
+PR_READ = 1  # conflicts only under Exclusive Access types for non-holders
+PR_WRITE = 2  # conflicts under every type for non-holders
+
+# Persistent reservation types.
+PR_WRITE_EXCLUSIVE = 1
+PR_EXCLUSIVE_ACCESS = 3
+PR_WRITE_EXCLUSIVE_RO = 5
+PR_EXCLUSIVE_ACCESS_RO = 6
+PR_WRITE_EXCLUSIVE_AR = 7
+PR_EXCLUSIVE_ACCESS_AR = 8
+_PR_TYPES = {1, 3, 5, 6, 7, 8}
+_PR_EA_FAMILY = {PR_EXCLUSIVE_ACCESS, PR_EXCLUSIVE_ACCESS_RO, PR_EXCLUSIVE_ACCESS_AR}
+_PR_REGISTRANTS = {5, 6, 7, 8}  # registrants-only and all-registrants types
+_PR_ALL_REG = {PR_WRITE_EXCLUSIVE_AR, PR_EXCLUSIVE_ACCESS_AR}
+
+# Opcodes whose byte 1 bits 4..0 carry a SERVICE ACTION when registered with ``sa=``.
+_SA_MASK = 0x1F
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    """One supported command (opcode + optional service action) and how to run it."""
+
+    opcode: int
+    name: str
+    usage: bytes  # CDB usage data; its length is the CDB length
+    method: str  # handler method name, looked up on the instance so subclasses can override
+    sa: int | None = None
+    pr: int = PR_READ
+    ua_exempt: bool = False  # INQUIRY, REPORT LUNS, REQUEST SENSE
+    timeout: int = 0  # recommended timeout in seconds (REPORT SUPPORTED OPCODES with RCTD)
+    check: bytes = b""  # validation mask (usage with the SA bits opened)
+
+    @property
+    def cdb_len(self) -> int:
+        return len(self.usage)
+
+
+def _parse_usage(usage: str) -> bytes:
+    return bytes.fromhex(usage.replace(" ", ""))
+
+
+def command(
+    opcode: int,
+    name: str,
+    usage: str,
+    *,
+    sa: int | None = None,
+    pr: int = PR_READ,
+    ua_exempt: bool = False,
+    timeout: int = 0,
+) -> Callable:
+    """Register the decorated method as the handler of ``opcode`` (and service action ``sa``).
+
+    The handler gets a ``Request`` and returns None (GOOD, no data), data bytes (GOOD), or a
+    ``ScsiResult``; it raises ``CheckCondition`` for errors. Stack several decorators to make
+    one method serve several opcodes or service actions.
+    """
+    raw = _parse_usage(usage)
+    if raw[0] != opcode:
+        raise ValueError(f"usage data for {name} must start with the opcode")
+    check = bytearray(raw)
+    if sa is not None:
+        check[1] |= _SA_MASK
+    # The CONTROL byte's vendor-specific bits are not ours to judge.
+    check[-1] |= 0xC0
+
+    def deco(fn: Callable) -> Callable:
+        specs = list(getattr(fn, "_scsi_commands", ()))
+        specs.append(
+            CommandSpec(opcode, name, raw, fn.__name__, sa, pr, ua_exempt, timeout, bytes(check))
+        )
+        fn._scsi_commands = specs  # type: ignore[attr-defined]
+        return fn
+
+    return deco
+
+
+@dataclass(slots=True)
+class Request:
+    """One command as a handler sees it."""
+
+    nexus: Nexus
+    cdb: bytes
+    data_out: bytes | bytearray | memoryview
+    spec: CommandSpec
+
+    def u16(self, off: int) -> int:
+        return int.from_bytes(self.cdb[off : off + 2], "big")
+
+    def u24(self, off: int) -> int:
+        return int.from_bytes(self.cdb[off : off + 3], "big")
+
+    def u32(self, off: int) -> int:
+        return int.from_bytes(self.cdb[off : off + 4], "big")
+
+    def u64(self, off: int) -> int:
+        return int.from_bytes(self.cdb[off : off + 8], "big")
+
+    def param_list(self, length: int) -> memoryview:
+        """The first ``length`` bytes of Data-Out; 1A/00 if the initiator sent fewer."""
+        data = self.data_out
+        if len(data) < length:
+            raise parameter_list_length_error()
+        return memoryview(data)[:length]
+
+
+@dataclass(slots=True)
+class _PrReservation:
+    holder: Nexus
+    type: int
+    scope: int = 0
+
+
+def trunc(data: bytes | bytearray | memoryview, alloc: int) -> bytes | bytearray | memoryview:
+    """Allocation-length truncation (SPC-4 4.2.5.6): never an error, just fewer bytes."""
+    return data if len(data) <= alloc else data[:alloc]
+
+
+def descriptor_sense(fixed: bytes) -> bytes:
+    """Convert fixed-format sense to descriptor format (SPC-4 4.5.2), keeping every field."""
+    if not fixed:
+        return fixed
+    key, asc, ascq = fixed[2] & 0x0F, fixed[12], fixed[13]
+    descs = bytearray()
+    if fixed[0] & 0x80:  # VALID: INFORMATION descriptor
+        info = int.from_bytes(fixed[3:7], "big")
+        descs += bytes((0x00, 0x0A, 0x80, 0)) + info.to_bytes(8, "big")
+    if fixed[15] & 0x80:  # sense-key specific
+        descs += bytes((0x02, 0x06, 0, 0)) + fixed[15:18] + b"\x00"
+    flags = fixed[2] & 0xE0
+    if flags:  # stream commands descriptor (FILEMARK, EOM, ILI)
+        descs += bytes((0x04, 0x02, 0, flags))
+    resp = 0x72 if (fixed[0] & 0x7F) == 0x70 else 0x73
+    return bytes((resp, key, asc, ascq, 0, 0, 0, len(descs))) + bytes(descs)
+
+
+class ScsiModel:
+    """SPC-4 base of every device model. Subclasses set the class attributes below, add
+    commands with ``@command``, pages with ``add_mode_page``/``add_log_page`` and VPD pages by
+    overriding ``vpd_pages``."""
+
+    PERIPHERAL_TYPE = 0x1F  # unknown; SSC 0x01, SMC 0x08
+    REMOVABLE = True  # RMB bit
+    # The block descriptor length a MODE SENSE returns when DBD=0 (0 = no block descriptors).
+    _table: dict[int, CommandSpec | dict[int, CommandSpec]] = {}
+    _specs: list[CommandSpec] = []
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._build_table()
+
+    @classmethod
+    def _build_table(cls) -> None:
+        """Collect every ``@command`` method along the MRO into the opcode dispatch table."""
+        table: dict[int, CommandSpec | dict[int, CommandSpec]] = {}
+        specs: dict[tuple[int, int | None], CommandSpec] = {}
+        for klass in reversed(cls.__mro__):
+            for attr in vars(klass).values():
+                for spec in getattr(attr, "_scsi_commands", ()):
+                    specs[(spec.opcode, spec.sa)] = spec
+        for spec in specs.values():
+            if spec.sa is None:
+                table[spec.opcode] = spec
+            else:
+                sub = table.setdefault(spec.opcode, {})
+                if isinstance(sub, CommandSpec):
+                    raise TypeError(f"opcode {spec.opcode:#x} registered with and without SA")
+                sub[spec.sa] = spec
+        cls._table = table
+        cls._specs = sorted(specs.values(), key=lambda s: (s.opcode, s.sa or 0))
+
+    def __init__(self, identity: DeviceIdentity, serial: str) -> None:
+        self.identity = identity
+        self.serial = serial
+        self.luns: list[int] = [0]  # what REPORT LUNS answers if the transport asks us
+        self.lock = threading.RLock()
+        self.mode_pages: dict[tuple[int, int], ModePage] = {}
+        self.log_pages: dict[tuple[int, int], LogPage] = {}
+        # Unit attention state per I_T nexus.
+        self._seen: set[Nexus] = set()
+        self._ua: dict[Nexus, set[UnitAttention]] = {}
+        self._first_ua = UnitAttention.POWER_ON_RESET
+        self._sense: dict[Nexus, bytes] = {}
+        # RESERVE(6) holder.
+        self._reserve6: Nexus | None = None
+        # Persistent reservations (registrations by I_T nexus).
+        self._pr_keys: dict[Nexus, int] = {}
+        self._pr_res: _PrReservation | None = None
+        self._pr_generation = 0
+        # PREVENT ALLOW MEDIUM REMOVAL per nexus.
+        self._prevent: set[Nexus] = set()
+        self.add_log_page(LogPage(0x00, self._supported_log_params, name="supported pages"))
+
+    # ------------------------------------------------------------------ registry helpers
+    def add_mode_page(self, page: ModePage) -> ModePage:
+        self.mode_pages[page.key] = page
+        return page
+
+    def add_log_page(self, page: LogPage) -> LogPage:
+        self.log_pages[page.key] = page
+        return page
+
+    def mode_page(self, page: int, subpage: int = 0) -> ModePage:
+        return self.mode_pages[(page, subpage)]
+
+    # ------------------------------------------------------------------ execution
+    def execute(
+        self, nexus: Nexus, cdb: bytes, data_out: bytes | bytearray | memoryview | None = None
+    ) -> ScsiResult:
+        """Run one command to completion; never raises (see module docstring)."""
+        with self.lock:
+            try:
+                result = self._execute(nexus, cdb, data_out if data_out is not None else b"")
+            except CheckCondition as cc:
+                result = cc.result()
+            except Exception:  # noqa: BLE001 - a model bug must not kill the transport
+                log.exception("internal error executing CDB %s", bytes(cdb[:16]).hex())
+                result = CheckCondition(SenseKey.HARDWARE_ERROR, 0x44, 0x00).result()
+            if result.status == Status.CHECK_CONDITION:
+                self._sense[nexus] = result.sense
+            elif cdb and cdb[0] != 0x03:
+                self._sense.pop(nexus, None)
+            return result
+
+    def _execute(
+        self, nexus: Nexus, cdb: bytes, data_out: bytes | bytearray | memoryview
+    ) -> ScsiResult:
+        if nexus not in self._seen:
+            self._seen.add(nexus)
+            self._ua.setdefault(nexus, set()).add(self._first_ua)
+        if not cdb:
+            raise invalid_opcode()
+        entry = self._table.get(cdb[0])
+        if entry is None:
+            raise invalid_opcode()
+        if isinstance(entry, dict):
+            if len(cdb) < 2:
+                raise invalid_field_in_cdb(0)
+            spec = entry.get(cdb[1] & _SA_MASK)
+            if spec is None:
+                raise invalid_field_in_cdb(1, 4)
+        else:
+            spec = entry
+        n = len(spec.usage)
+        if len(cdb) < n:
+            raise invalid_field_in_cdb(len(cdb))
+        if len(cdb) > n:
+            cdb = bytes(cdb[:n])
+        self.before_command(nexus, spec)
+        if not spec.ua_exempt:
+            pending = self._ua.get(nexus)
+            if pending:
+                raise self._pop_ua(pending).condition()
+        if spec.pr != PR_ALLOWED and self._conflicts(nexus, spec.pr):
+            return ScsiResult(Status.RESERVATION_CONFLICT)
+        check = spec.check
+        for i in range(1, n):
+            bad = cdb[i] & ~check[i]
+            if bad:
+                raise invalid_field_in_cdb(i, (bad & 0xFF).bit_length() - 1)
+        out = getattr(self, spec.method)(Request(nexus, bytes(cdb), data_out, spec))
+        if out is None:
+            return ScsiResult()
+        if isinstance(out, ScsiResult):
+            return out
+        return ScsiResult(Status.GOOD, out)
+
+    def before_command(self, nexus: Nexus, spec: CommandSpec) -> None:
+        """Hook run before UA/reservation checks (e.g. notice a media change, queue a UA)."""
+
+    # ------------------------------------------------------------------ unit attention
+    @staticmethod
+    def _pop_ua(pending: set[UnitAttention]) -> UnitAttention:
+        for ua in UnitAttention:  # enum order is priority order
+            if ua in pending:
+                pending.discard(ua)
+                return ua
+        raise AssertionError("empty UA set")
+
+    def queue_ua(self, ua: UnitAttention, *, exclude: Nexus | None = None,
+                 only: Nexus | None = None) -> None:
+        """Queue ``ua`` for every nexus seen so far (or just ``only``), except ``exclude``.
+
+        Nexuses that have not talked to us yet get the power-on/reset UA at first contact,
+        which already tells them to re-check everything.
+        """
+        targets = [only] if only is not None else list(self._seen)
+        for nx in targets:
+            if nx != exclude:
+                self._ua.setdefault(nx, set()).add(ua)
+
+    def pending_ua(self, nexus: Nexus) -> set[UnitAttention]:
+        return set(self._ua.get(nexus, ()))
+
+    def reset(self, kind: ResetKind, nexus: Nexus | None = None) -> None:
+        """LUN/target reset: UA 29/03 to every nexus, drop RESERVE(6) and PREVENT; PRs stay."""
+        with self.lock:
+            if kind == ResetKind.ABORT_TASK_SET:
+                return  # commands run to completion one at a time; nothing queued to abort
+            self._seen.clear()
+            self._ua.clear()
+            self._sense.clear()
+            self._first_ua = UnitAttention.BUS_DEVICE_RESET
+            self._reserve6 = None
+            if self._prevent:
+                self._prevent.clear()
+                self.on_prevent_changed(False)
+            self.on_reset(kind)
+
+    def on_reset(self, kind: ResetKind) -> None:
+        """Hook for subclasses (e.g. a drive drops buffered state)."""
+
+    def nexus_lost(self, nexus: Nexus) -> None:
+        """I_T nexus loss: drop its RESERVE(6), PREVENT and sense; its PR registration stays."""
+        with self.lock:
+            if self._reserve6 == nexus:
+                self._reserve6 = None
+            if nexus in self._prevent:
+                self._prevent.discard(nexus)
+                if not self._prevent:
+                    self.on_prevent_changed(False)
+            self._sense.pop(nexus, None)
+            self._seen.discard(nexus)
+            self._ua.pop(nexus, None)
+
+    # ------------------------------------------------------------------ reservations
+    def _pr_holder_like(self, nexus: Nexus) -> bool:
+        res = self._pr_res
+        if res is None:
+            return True
+        if res.type in _PR_REGISTRANTS:
+            return nexus in self._pr_keys
+        return res.holder == nexus
+
+    def _conflicts(self, nexus: Nexus, cls: int) -> bool:
+        if self._reserve6 is not None and self._reserve6 != nexus:
+            return True
+        res = self._pr_res
+        if res is None or self._pr_holder_like(nexus):
+            return False
+        if cls == PR_WRITE:
+            return True
+        return res.type in _PR_EA_FAMILY
+
+    # ------------------------------------------------------------------ identity pieces
+    @property
+    def prevent_removal(self) -> bool:
+        return bool(self._prevent)
+
+    def on_prevent_changed(self, prevented: bool) -> None:
+        """Hook: the union of all nexuses' PREVENT state changed (drive sets bay flag)."""
+
+    def peripheral(self) -> int:
+        """Byte 0 of INQUIRY/VPD: qualifier 0 (connected) and the device type."""
+        return self.PERIPHERAL_TYPE & 0x1F
+
+    def naa_designator(self) -> bytes:
+        """NAA 5 (IEEE registered): the vendor's OUI + 36 bits derived from the serial."""
+        h = int.from_bytes(hashlib.sha1(f"{self.identity.product}:{self.serial}".encode()).digest()[:5], "big")
+        value = (0x5 << 60) | ((self.identity.ieee_oui & 0xFFFFFF) << 36) | (h & ((1 << 36) - 1))
+        return value.to_bytes(8, "big")
+
+    def standard_inquiry(self) -> bytes:
+        ident = self.identity
+        d = bytearray(96)
+        d[0] = self.peripheral()
+        d[1] = 0x80 if self.REMOVABLE else 0x00
+        d[2] = 0x06  # SPC-4
+        d[3] = 0x12  # HISUP, response data format 2
+        d[4] = len(d) - 5
+        d[6] = self.inquiry_byte6()
+        d[7] = 0x02  # CMDQUE
+        d[8:16] = ascii_field(ident.vendor, 8)
+        d[16:32] = ascii_field(ident.product, 16)
+        d[32:36] = ascii_field(ident.revision, 4)
+        d[36:56] = ascii_field(self.serial, 20)  # vendor specific: IBM puts the serial here
+        for i, vd in enumerate(ident.version_descriptors[:8]):
+            d[58 + 2 * i : 60 + 2 * i] = vd.to_bytes(2, "big")
+        return bytes(d)
+
+    def inquiry_byte6(self) -> int:
+        """Byte 6 flags (MULTIP, MCHNGR...); subclasses may set MCHNGR etc."""
+        return 0x00
+
+    def vpd_pages(self) -> dict[int, Callable[[], bytes]]:
+        """VPD page code -> body builder (the bytes after the 4-byte page header).
+
+        Subclasses extend: ``pages = super().vpd_pages(); pages[0xB0] = self._vpd_b0``.
+        """
+        return {0x00: self._vpd_supported, 0x80: self._vpd_serial, 0x83: self._vpd_devid}
+
+    def _vpd_supported(self) -> bytes:
+        return bytes(sorted(self.vpd_pages()))
+
+    def _vpd_serial(self) -> bytes:
+        return self.serial.encode("ascii", "replace")
+
+    def device_designators(self) -> list[bytes]:
+        """Designation descriptors of VPD 0x83; a transport may append its own (target port)."""
+        ident = self.identity
+        t10 = ascii_field(ident.vendor, 8) + ascii_field(ident.product, 16).rstrip() + \
+            self.serial.encode("ascii", "replace")
+        naa = self.naa_designator()
+        return [
+            bytes((0x02, 0x01, 0x00, len(t10))) + t10,  # ASCII, LU, T10 vendor ID
+            bytes((0x01, 0x03, 0x00, len(naa))) + naa,  # binary, LU, NAA
+        ]
+
+    def _vpd_devid(self) -> bytes:
+        return b"".join(self.device_designators())
+
+    # ------------------------------------------------------------------ SPC commands
+    @command(0x12, "INQUIRY", "12 01 ff ff ff 00", pr=PR_ALLOWED, ua_exempt=True)
+    def cmd_inquiry(self, req: Request) -> bytes:
+        cdb = req.cdb
+        alloc = req.u16(3)
+        if not cdb[1] & 0x01:
+            if cdb[2]:
+                raise invalid_field_in_cdb(2)
+            return trunc(self.standard_inquiry(), alloc)
+        builder = self.vpd_pages().get(cdb[2])
+        if builder is None:
+            raise invalid_field_in_cdb(2)
+        body = builder()
+        page = bytes((self.peripheral(), cdb[2])) + len(body).to_bytes(2, "big") + body
+        return trunc(page, alloc)
+
+    @command(0x00, "TEST UNIT READY", "00 00 00 00 00 00", pr=PR_ALLOWED)
+    def cmd_test_unit_ready(self, req: Request) -> None:
+        self.check_ready(req)
+
+    def check_ready(self, req: Request) -> None:
+        """Hook: raise NOT READY when the unit cannot do medium access."""
+
+    @command(0x03, "REQUEST SENSE", "03 01 00 00 ff 00", pr=PR_ALLOWED, ua_exempt=True)
+    def cmd_request_sense(self, req: Request) -> bytes:
+        nexus = req.nexus
+        pending = self._ua.get(nexus)
+        if pending:
+            sense = self._pop_ua(pending).condition().sense()
+        else:
+            sense = self._sense.pop(nexus, None) or self.idle_sense()
+        if req.cdb[1] & 0x01:
+            sense = descriptor_sense(sense)
+        return trunc(sense, req.cdb[4])
+
+    def idle_sense(self) -> bytes:
+        """Sense for REQUEST SENSE with nothing pending (SSC: not-ready state, EOM...)."""
+        return CheckCondition(SenseKey.NO_SENSE, 0x00, 0x00).sense()
+
+    @command(0xA0, "REPORT LUNS", "a0 00 ff 00 00 00 ff ff ff ff 00 00", pr=PR_ALLOWED,
+             ua_exempt=True)
+    def cmd_report_luns(self, req: Request) -> bytes:
+        if req.cdb[2] not in (0x00, 0x01, 0x02):
+            raise invalid_field_in_cdb(2)
+        alloc = req.u32(6)
+        if alloc < 16:
+            raise invalid_field_in_cdb(6)
+        luns = b""
+        if req.cdb[2] != 0x01:  # 0x01 = well-known LUNs only: we have none
+            for lun in sorted(self.luns):
+                luns += (lun | (0x4000 if lun > 255 else 0)).to_bytes(2, "big") + bytes(6)
+        return trunc(len(luns).to_bytes(4, "big") + bytes(4) + luns, alloc)
+
+    # -- MODE SENSE / MODE SELECT -----------------------------------------------------------
+    def mode_header_fields(self) -> tuple[int, int]:
+        """(medium type, device-specific parameter) of the mode parameter header."""
+        return 0, 0
+
+    def block_descriptors(self, pc: int, long_lba: bool) -> bytes:
+        """Block descriptor bytes for MODE SENSE (none by default)."""
+        return b""
+
+    def select_header(self, medium_type: int, device_specific: int, offset: int) -> bool:
+        """MODE SELECT header fields; returns whether something changed. Default: ignore."""
+        return False
+
+    def select_block_descriptors(self, data: memoryview, offset: int) -> bool:
+        """MODE SELECT block descriptors; returns whether something changed."""
+        if len(data):
+            raise invalid_field_in_parameter_list(offset)
+        return False
+
+    def _pages_for(self, page: int, subpage: int) -> list[ModePage]:
+        if page == 0x3F:
+            if subpage == 0x00:
+                pages = [p for p in self.mode_pages.values() if p.subpage == 0]
+            elif subpage == 0xFF:
+                pages = list(self.mode_pages.values())
+            else:
+                raise invalid_field_in_cdb(3)
+            return sorted(pages, key=lambda p: p.key)
+        if subpage == 0xFF:
+            pages = [p for p in self.mode_pages.values() if p.page == page]
+            if not pages:
+                raise invalid_field_in_cdb(2, 5)
+            return sorted(pages, key=lambda p: p.key)
+        p = self.mode_pages.get((page, subpage))
+        if p is None:
+            raise invalid_field_in_cdb(2 if subpage == 0 else 3, 5 if subpage == 0 else None)
+        return [p]
+
+    def _mode_sense(self, req: Request, ten: bool) -> bytes:
+        cdb = req.cdb
+        dbd = bool(cdb[1] & 0x08)
+        llbaa = ten and bool(cdb[1] & 0x10)
+        pc = cdb[2] >> 6
+        page, subpage = cdb[2] & 0x3F, cdb[3]
+        alloc = req.u16(7) if ten else cdb[4]
+        if pc == PC_SAVED and not any(p.savable for p in self.mode_pages.values()):
+            raise CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x39, 0x00, field_pointer=2, bit=7)
+        pages = self._pages_for(page, subpage)
+        body = b"".join(p.encode(pc) for p in pages)
+        bd = b"" if dbd else self.block_descriptors(pc, llbaa)
+        medium, dsp = self.mode_header_fields()
+        if pc == PC_CHANGEABLE:
+            medium, dsp = 0, self.changeable_device_specific()
+        if ten:
+            total = 8 + len(bd) + len(body)
+            hdr = (total - 2).to_bytes(2, "big") + bytes((medium, dsp, 0x01 if llbaa and len(bd) == 16 else 0, 0)) + len(bd).to_bytes(2, "big")
+        else:
+            total = 4 + len(bd) + len(body)
+            hdr = bytes((min(total - 1, 255), medium, dsp, len(bd)))
+        return trunc(hdr + bd + body, alloc)
+
+    def changeable_device_specific(self) -> int:
+        return 0
+
+    @command(0x1A, "MODE SENSE(6)", "1a 08 ff ff ff 00", pr=PR_READ)
+    def cmd_mode_sense6(self, req: Request) -> bytes:
+        return self._mode_sense(req, ten=False)
+
+    @command(0x5A, "MODE SENSE(10)", "5a 18 ff ff 00 00 00 ff ff 00", pr=PR_READ)
+    def cmd_mode_sense10(self, req: Request) -> bytes:
+        return self._mode_sense(req, ten=True)
+
+    def _mode_select(self, req: Request, ten: bool) -> None:
+        cdb = req.cdb
+        save = bool(cdb[1] & 0x01)
+        plen = req.u16(7) if ten else cdb[4]
+        if plen == 0:
+            return
+        if save and not any(p.savable for p in self.mode_pages.values()):
+            raise invalid_field_in_cdb(1, 0)
+        data = req.param_list(plen)
+        hlen = 8 if ten else 4
+        if plen < hlen:
+            raise parameter_list_length_error()
+        if ten:
+            medium, dsp, bdlen = data[2], data[3], int.from_bytes(data[6:8], "big")
+        else:
+            medium, dsp, bdlen = data[1], data[2], data[3]
+        if hlen + bdlen > plen:
+            raise parameter_list_length_error()
+        # Validate every page before applying any (all or nothing).
+        staged: list[tuple[ModePage, memoryview]] = []
+        off = hlen + bdlen
+        while off < plen:
+            if off + 2 > plen:
+                raise parameter_list_length_error()
+            b0 = data[off]
+            spf = bool(b0 & 0x40)
+            page = b0 & 0x3F
+            if spf:
+                if off + 4 > plen:
+                    raise parameter_list_length_error()
+                subpage, length, hdr = data[off + 1], int.from_bytes(data[off + 2 : off + 4], "big"), 4
+            else:
+                subpage, length, hdr = 0, data[off + 1], 2
+            mp = self.mode_pages.get((page, subpage))
+            if mp is None:
+                raise invalid_field_in_parameter_list(off, 5)
+            if off + hdr + length > plen:
+                raise parameter_list_length_error()
+            body = data[off + hdr : off + hdr + length]
+            mp.check(body, off + hdr)
+            if save and not mp.savable:
+                raise invalid_field_in_cdb(1, 0)
+            staged.append((mp, body))
+            off += hdr + length
+        changed = self.select_header(medium, dsp, 1 if not ten else 2)
+        changed |= self.select_block_descriptors(data[hlen : hlen + bdlen], hlen)
+        for mp, body in staged:
+            changed |= mp.apply(body, save)
+        if changed:
+            self.queue_ua(UnitAttention.MODE_PARAMETERS_CHANGED, exclude=req.nexus)
+
+    @command(0x15, "MODE SELECT(6)", "15 11 00 00 ff 00", pr=PR_WRITE)
+    def cmd_mode_select6(self, req: Request) -> None:
+        self._mode_select(req, ten=False)
+
+    @command(0x55, "MODE SELECT(10)", "55 11 00 00 00 00 00 ff ff 00", pr=PR_WRITE)
+    def cmd_mode_select10(self, req: Request) -> None:
+        self._mode_select(req, ten=True)
+
+    # -- LOG SENSE / LOG SELECT ---------------------------------------------------------------
+    def _supported_log_params(self):
+        # Page 0x00 is special: its "parameters" are the page codes; encoded by cmd_log_sense.
+        return []
+
+    def _supported_log_pages(self, with_subpages: bool) -> bytes:
+        keys = sorted(self.log_pages)
+        if with_subpages:
+            return b"".join(bytes((p, s)) for p, s in keys) + bytes((0x00, 0xFF))
+        return bytes(sorted({p for p, s in keys if s == 0}))
+
+    @command(0x4D, "LOG SENSE", "4d 00 ff ff 00 ff ff ff ff 00", pr=PR_ALLOWED)
+    def cmd_log_sense(self, req: Request) -> bytes:
+        cdb = req.cdb
+        pc = cdb[2] >> 6
+        page, subpage = cdb[2] & 0x3F, cdb[3]
+        pointer = req.u16(5)
+        alloc = req.u16(7)
+        if page == 0x00 and subpage in (0x00, 0xFF):
+            if pointer:
+                raise invalid_field_in_cdb(5)
+            body = self._supported_log_pages(subpage == 0xFF)
+            b0 = 0x40 if subpage == 0xFF else 0x00
+            return trunc(bytes((b0, subpage)) + len(body).to_bytes(2, "big") + body, alloc)
+        lp = self.log_pages.get((page, subpage))
+        if lp is None:
+            raise invalid_field_in_cdb(2 if subpage == 0 else 3, 5 if subpage == 0 else None)
+        if pointer > lp.max_code():
+            raise invalid_field_in_cdb(5)
+        data = lp.encode(pc, pointer)
+        if pc in (0, 1):
+            lp.after_read()
+        return trunc(data, alloc)
+
+    @command(0x4C, "LOG SELECT", "4c 03 ff ff 00 00 00 ff ff 00", pr=PR_WRITE)
+    def cmd_log_select(self, req: Request) -> None:
+        cdb = req.cdb
+        if cdb[1] & 0x01:
+            raise invalid_field_in_cdb(1, 0)  # SP: log parameters are not savable
+        pcr = bool(cdb[1] & 0x02)
+        page, subpage = cdb[2] & 0x3F, cdb[3]
+        plen = req.u16(7)
+        if pcr or plen == 0:
+            if pcr and plen:
+                raise invalid_field_in_cdb(7)
+            targets = [lp for lp in self.log_pages.values()
+                       if page == 0 or lp.key == (page, subpage)]
+            if page and not targets:
+                raise invalid_field_in_cdb(2, 5)
+            for lp in targets:
+                lp.reset()
+            return
+        data = req.param_list(plen)
+        off = 0
+        while off < plen:
+            if off + 4 > plen:
+                raise parameter_list_length_error()
+            key = (data[off] & 0x3F, data[off + 1] if data[off] & 0x40 else 0)
+            length = int.from_bytes(data[off + 2 : off + 4], "big")
+            if off + 4 + length > plen:
+                raise parameter_list_length_error()
+            lp = self.log_pages.get(key)
+            if lp is None or key[0] == 0:
+                raise invalid_field_in_parameter_list(off, 5)
+            lp.select(data[off + 4 : off + 4 + length], off + 4)
+            off += 4 + length
+
+    # -- RESERVE(6) / RELEASE(6) --------------------------------------------------------------
+    @command(0x16, "RESERVE(6)", "16 00 00 00 00 00", pr=PR_WRITE)
+    def cmd_reserve6(self, req: Request) -> ScsiResult | None:
+        if self._pr_res is not None or self._pr_keys:
+            return ScsiResult(Status.RESERVATION_CONFLICT)
+        self._reserve6 = req.nexus
+        return None
+
+    @command(0x17, "RELEASE(6)", "17 00 00 00 00 00", pr=PR_ALLOWED)
+    def cmd_release6(self, req: Request) -> ScsiResult | None:
+        if self._pr_res is not None:
+            return ScsiResult(Status.RESERVATION_CONFLICT)
+        if self._reserve6 == req.nexus:
+            self._reserve6 = None
+        return None
+
+    # -- PERSISTENT RESERVE IN ----------------------------------------------------------------
+    @command(0x5E, "PERSISTENT RESERVE IN", "5e 00 00 00 00 00 00 ff ff 00", sa=0,
+             pr=PR_ALLOWED)
+    def cmd_pr_read_keys(self, req: Request) -> bytes:
+        keys = b"".join(k.to_bytes(8, "big") for k in self._pr_keys.values())
+        data = self._pr_generation.to_bytes(4, "big") + len(keys).to_bytes(4, "big") + keys
+        return trunc(data, req.u16(7))
+
+    @command(0x5E, "PERSISTENT RESERVE IN", "5e 01 00 00 00 00 00 ff ff 00", sa=1,
+             pr=PR_ALLOWED)
+    def cmd_pr_read_reservation(self, req: Request) -> bytes:
+        res = self._pr_res
+        data = bytearray(self._pr_generation.to_bytes(4, "big") + bytes(4))
+        if res is not None:
+            key = 0 if res.type in _PR_ALL_REG else self._pr_keys.get(res.holder, 0)
+            data[4:8] = (16).to_bytes(4, "big")
+            data += key.to_bytes(8, "big") + bytes(4) + bytes((0, (res.scope << 4) | res.type)) + bytes(2)
+        return trunc(bytes(data), req.u16(7))
+
+    @command(0x5E, "PERSISTENT RESERVE IN", "5e 02 00 00 00 00 00 ff ff 00", sa=2,
+             pr=PR_ALLOWED)
+    def cmd_pr_report_capabilities(self, req: Request) -> bytes:
+        data = bytearray(8)
+        data[1] = 8
+        data[2] = 0x10 | 0x04  # CRH (compatible reservation handling), ATP_C
+        data[3] = 0x80  # TMV: the type mask below is valid
+        data[4] = 0x80 | 0x40 | 0x20 | 0x08 | 0x02  # WR_EX_AR EX_AC_RO WR_EX_RO EX_AC WR_EX
+        data[5] = 0x01  # EX_AC_AR
+        return trunc(bytes(data), req.u16(7))
+
+    # -- PERSISTENT RESERVE OUT ---------------------------------------------------------------
+    def _pr_out_params(self, req: Request) -> tuple[int, int, int]:
+        plen = req.u32(5)
+        if plen != 24:
+            raise parameter_list_length_error()
+        data = req.param_list(24)
+        key = int.from_bytes(data[0:8], "big")
+        sa_key = int.from_bytes(data[8:16], "big")
+        flags = data[20]
+        if flags & 0x08:  # SPEC_I_PT not supported
+            raise invalid_field_in_parameter_list(20, 3)
+        if flags & 0x01:  # APTPL: we do not persist through power loss
+            raise invalid_field_in_parameter_list(20, 0)
+        return key, sa_key, flags
+
+    def _pr_type(self, req: Request, required: bool = True) -> tuple[int, int]:
+        scope, typ = req.cdb[2] >> 4, req.cdb[2] & 0x0F
+        if required:
+            if scope != 0:
+                raise invalid_field_in_cdb(2, 7)
+            if typ not in _PR_TYPES:
+                raise invalid_field_in_cdb(2, 3)
+        return scope, typ
+
+    def _key_matches(self, nexus: Nexus, key: int) -> bool:
+        return nexus in self._pr_keys and self._pr_keys[nexus] == key
+
+    def _unregister(self, nexus: Nexus) -> None:
+        """Remove one registration; a holder losing it releases (SPC-4 5.9.11)."""
+        self._pr_keys.pop(nexus, None)
+        res = self._pr_res
+        if res is None:
+            return
+        if res.type in _PR_ALL_REG:
+            if not self._pr_keys:
+                self._pr_res = None
+        elif res.holder == nexus:
+            self._pr_res = None
+            if res.type in _PR_REGISTRANTS:
+                for nx in self._pr_keys:
+                    self.queue_ua(UnitAttention.RESERVATIONS_RELEASED, only=nx)
+
+    @command(0x5F, "PERSISTENT RESERVE OUT", "5f 00 ff 00 00 ff ff ff ff 00", sa=0,
+             pr=PR_ALLOWED)
+    @command(0x5F, "PERSISTENT RESERVE OUT", "5f 06 ff 00 00 ff ff ff ff 00", sa=6,
+             pr=PR_ALLOWED)
+    def cmd_pr_register(self, req: Request) -> ScsiResult | None:
+        key, sa_key, _ = self._pr_out_params(req)
+        ignore = (req.cdb[1] & _SA_MASK) == 6
+        nexus = req.nexus
+        registered = nexus in self._pr_keys
+        if not ignore:
+            if not registered and key != 0:
+                return ScsiResult(Status.RESERVATION_CONFLICT)
+            if registered and self._pr_keys[nexus] != key:
+                return ScsiResult(Status.RESERVATION_CONFLICT)
+        if sa_key == 0:
+            if registered:
+                self._unregister(nexus)
+        else:
+            self._pr_keys[nexus] = sa_key
+        self._pr_generation = (self._pr_generation + 1) & 0xFFFFFFFF
+        return None
+
+    @command(0x5F, "PERSISTENT RESERVE OUT", "5f 01 ff 00 00 ff ff ff ff 00", sa=1,
+             pr=PR_ALLOWED)
+    def cmd_pr_reserve(self, req: Request) -> ScsiResult | None:
+        key, _, _ = self._pr_out_params(req)
+        scope, typ = self._pr_type(req)
+        nexus = req.nexus
+        if not self._key_matches(nexus, key) or self._reserve6 not in (None, nexus):
+            return ScsiResult(Status.RESERVATION_CONFLICT)
+        res = self._pr_res
+        if res is not None:
+            if self._pr_holder_like(nexus) and res.type == typ and res.scope == scope:
+                return None
+            return ScsiResult(Status.RESERVATION_CONFLICT)
+        self._pr_res = _PrReservation(nexus, typ, scope)
+        return None
+
+    @command(0x5F, "PERSISTENT RESERVE OUT", "5f 02 ff 00 00 ff ff ff ff 00", sa=2,
+             pr=PR_ALLOWED)
+    def cmd_pr_release(self, req: Request) -> ScsiResult | None:
+        key, _, _ = self._pr_out_params(req)
+        scope, typ = self._pr_type(req, required=False)
+        nexus = req.nexus
+        if not self._key_matches(nexus, key):
+            return ScsiResult(Status.RESERVATION_CONFLICT)
+        res = self._pr_res
+        if res is None or not self._pr_holder_like(nexus):
+            return None
+        if res.type != typ or res.scope != scope:
+            raise CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x26, 0x04)
+        self._pr_res = None
+        if res.type in _PR_REGISTRANTS:
+            for nx in self._pr_keys:
+                if nx != nexus:
+                    self.queue_ua(UnitAttention.RESERVATIONS_RELEASED, only=nx)
+        return None
+
+    @command(0x5F, "PERSISTENT RESERVE OUT", "5f 03 ff 00 00 ff ff ff ff 00", sa=3,
+             pr=PR_ALLOWED)
+    def cmd_pr_clear(self, req: Request) -> ScsiResult | None:
+        key, _, _ = self._pr_out_params(req)
+        nexus = req.nexus
+        if not self._key_matches(nexus, key):
+            return ScsiResult(Status.RESERVATION_CONFLICT)
+        for nx in self._pr_keys:
+            if nx != nexus:
+                self.queue_ua(UnitAttention.RESERVATIONS_PREEMPTED, only=nx)
+        self._pr_keys.clear()
+        self._pr_res = None
+        self._pr_generation = (self._pr_generation + 1) & 0xFFFFFFFF
+        return None
+
+    @command(0x5F, "PERSISTENT RESERVE OUT", "5f 04 ff 00 00 ff ff ff ff 00", sa=4,
+             pr=PR_ALLOWED)
+    @command(0x5F, "PERSISTENT RESERVE OUT", "5f 05 ff 00 00 ff ff ff ff 00", sa=5,
+             pr=PR_ALLOWED)
+    def cmd_pr_preempt(self, req: Request) -> ScsiResult | None:
+        key, sa_key, _ = self._pr_out_params(req)
+        scope, typ = self._pr_type(req)
+        nexus = req.nexus
+        if not self._key_matches(nexus, key):
+            return ScsiResult(Status.RESERVATION_CONFLICT)
+        res = self._pr_res
+        victims: list[Nexus]
+        if res is not None and res.type in _PR_ALL_REG:
+            if sa_key == 0:
+                victims = [nx for nx in self._pr_keys if nx != nexus]
+                self._pr_res = _PrReservation(nexus, typ, scope)
+            else:
+                victims = [nx for nx, k in self._pr_keys.items() if k == sa_key]
+        else:
+            if sa_key == 0:
+                raise invalid_field_in_parameter_list(8)
+            victims = [nx for nx, k in self._pr_keys.items() if k == sa_key]
+            if not victims:
+                return ScsiResult(Status.RESERVATION_CONFLICT)
+            if res is not None and self._pr_keys.get(res.holder) == sa_key:
+                self._pr_res = _PrReservation(nexus, typ, scope)
+        for nx in victims:
+            if nx != nexus:
+                del self._pr_keys[nx]
+                self.queue_ua(UnitAttention.REGISTRATIONS_PREEMPTED, only=nx)
+            elif self._pr_res is None or self._pr_res.holder != nexus:
+                del self._pr_keys[nx]  # preempting our own key unregisters us
+        if res is not None and self._pr_res is not None and self._pr_res.type != res.type:
+            for nx in self._pr_keys:
+                if nx != nexus:
+                    self.queue_ua(UnitAttention.RESERVATIONS_RELEASED, only=nx)
+        self._pr_generation = (self._pr_generation + 1) & 0xFFFFFFFF
+        return None
+
+    # -- PREVENT ALLOW MEDIUM REMOVAL -----------------------------------------------------------
+    @command(0x1E, "PREVENT ALLOW MEDIUM REMOVAL", "1e 00 00 00 03 00", pr=PR_WRITE)
+    def cmd_prevent_allow(self, req: Request) -> None:
+        before = bool(self._prevent)
+        prevent = req.cdb[4] & 0x03
+        if prevent == 0x01:
+            self._prevent.add(req.nexus)
+        elif prevent == 0x00:
+            self._prevent.discard(req.nexus)
+        else:
+            raise invalid_field_in_cdb(4, 1)  # changer-only (SMC) values
+        after = bool(self._prevent)
+        if after != before:
+            self.on_prevent_changed(after)
+
+    # -- REPORT SUPPORTED OPERATION CODES -----------------------------------------------------
+    def _timeouts(self, spec: CommandSpec) -> bytes:
+        t = spec.timeout or 60
+        return (10).to_bytes(2, "big") + bytes(2) + t.to_bytes(4, "big") + t.to_bytes(4, "big")
+
+    def _usage_of(self, spec: CommandSpec) -> bytes:
+        return spec.usage
+
+    @command(0xA3, "REPORT SUPPORTED OPERATION CODES", "a3 0c 87 ff ff ff ff ff ff ff 00 00",
+             sa=0x0C, pr=PR_ALLOWED)
+    def cmd_report_opcodes(self, req: Request) -> bytes:
+        cdb = req.cdb
+        rctd = bool(cdb[2] & 0x80)
+        opts = cdb[2] & 0x07
+        opcode = cdb[3]
+        want_sa = req.u16(4)
+        alloc = req.u32(6)
+        if opts == 0:
+            out = bytearray(4)
+            for spec in self._specs:
+                out += bytes((spec.opcode, 0)) + (spec.sa or 0).to_bytes(2, "big")
+                out += bytes((0, (0x02 if rctd else 0) | (0x01 if spec.sa is not None else 0)))
+                out += spec.cdb_len.to_bytes(2, "big")
+                if rctd:
+                    out += self._timeouts(spec)
+            out[0:4] = (len(out) - 4).to_bytes(4, "big")
+            return trunc(bytes(out), alloc)
+        if opts not in (1, 2, 3):
+            raise invalid_field_in_cdb(2, 2)
+        entry = self._table.get(opcode)
+        spec: CommandSpec | None
+        if entry is None:
+            spec = None
+        elif isinstance(entry, dict):
+            if opts == 1:
+                raise invalid_field_in_cdb(2, 2)
+            spec = entry.get(want_sa)
+        else:
+            if opts == 2:
+                raise invalid_field_in_cdb(2, 2)
+            if opts == 3 and want_sa:
+                spec = None
+            else:
+                spec = entry
+        if spec is None:
+            return trunc(bytes((0, 0x01, 0, 0)), alloc)  # SUPPORT = 001b: not supported
+        usage = self._usage_of(spec)
+        out = bytes((0, (0x80 if rctd else 0) | 0x03)) + len(usage).to_bytes(2, "big") + usage
+        if rctd:
+            out += self._timeouts(spec)
+        return trunc(out, alloc)
+
+
+ScsiModel._build_table()
