@@ -1,0 +1,156 @@
+"""Boots the e2e guest under qemu (TCG) with iSCSI LUNs attached as scsi-generic devices.
+
+qemu's libiscsi block driver is the iSCSI initiator; ``scsi-generic`` passes every CDB the
+guest's st/ch/sg drivers send straight through to the target, so the target sees exactly
+what a Linux host with a real HBA would send. The guest runs one shell script whose steps
+are framed by markers on the serial console; :func:`boot` parses them into :class:`Step`s.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .guest import Guest, overlay
+
+INITIATOR = "iqn.2026-11.org.vtl-ebm:e2e-guest"
+
+
+@dataclass(frozen=True)
+class Lun:
+    """One iSCSI LUN to attach: portal "host:port", target IQN, LUN number."""
+
+    portal: str
+    target: str
+    lun: int
+
+
+@dataclass
+class Step:
+    name: str
+    output: str
+    rc: int
+
+
+@dataclass
+class Run:
+    """What one boot produced: the whole serial log and the parsed steps."""
+
+    log: str
+    seconds: float
+    returncode: int | None
+    steps: dict[str, Step] = field(default_factory=dict)
+    done: bool = False
+
+    def __getitem__(self, name: str) -> Step:
+        if name not in self.steps:
+            raise AssertionError(f"guest step {name!r} did not run\n{self.describe()}")
+        return self.steps[name]
+
+    def ok(self, name: str) -> str:
+        """The step's output, asserting it exited 0 (the whole log in the message if not)."""
+        s = self[name]
+        assert s.rc == 0, f"guest step {name!r} exited {s.rc}:\n{s.output}\n{self.describe()}"
+        return s.output
+
+    def describe(self) -> str:
+        return f"--- guest serial log ({self.seconds:.0f}s, qemu rc={self.returncode}) ---\n{self.log}"
+
+
+def qemu_available() -> str | None:
+    """None when qemu with the iSCSI block driver can run here, else the reason it cannot."""
+    qemu = shutil.which("qemu-system-x86_64")
+    if not qemu:
+        return "qemu-system-x86_64 is not installed (Debian package qemu-system-x86)"
+    mods = list(Path("/usr/lib/x86_64-linux-gnu/qemu").glob("block-iscsi.so"))
+    if not mods:
+        return "qemu's iSCSI block driver is missing (Debian package qemu-block-extra)"
+    probe = subprocess.run(
+        [qemu, "-accel", "help"], capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    if "tcg" not in probe.stdout:
+        return "qemu has no TCG accelerator"
+    return None
+
+
+def parse_steps(log: str) -> dict[str, Step]:
+    steps: dict[str, Step] = {}
+    for m in re.finditer(
+        r"@@STEP-BEGIN (\S+)@@\n(.*?)@@STEP-END \1 rc=(\d+)@@", log, flags=re.S
+    ):
+        steps[m.group(1)] = Step(m.group(1), m.group(2), int(m.group(3)))
+    return steps
+
+
+def boot(
+    guest: Guest,
+    script: str,
+    luns: list[Lun],
+    *,
+    wait_devs: tuple[str, ...] = (),
+    timeout: float = 600,
+    memory_mb: int = 512,
+    workdir: Path | None = None,
+) -> Run:
+    """Boots the guest once, runs ``script`` (a sh fragment using ``step``) and returns the run.
+
+    The boot is bounded by ``timeout`` seconds; on expiry qemu is killed and the partial log
+    is returned (``done`` False) so the caller's assertion shows how far the guest got.
+    """
+    own_tmp = workdir is None
+    wd = Path(tempfile.mkdtemp(prefix="vtl-e2e-")) if own_tmp else workdir
+    assert wd is not None
+    try:
+        initrd = wd / "initrd.img"
+        env = {"E2E_WAIT_DEVS": " ".join(wait_devs)}
+        initrd.write_bytes(guest.initrd.read_bytes() + overlay(script, env))
+        serial = wd / "serial.log"
+        cmd = [
+            "qemu-system-x86_64",
+            "-accel", "tcg",
+            "-m", str(memory_mb),
+            "-smp", "1",
+            "-nodefaults",
+            "-display", "none",
+            "-no-reboot",
+            "-serial", f"file:{serial}",
+            "-kernel", str(guest.kernel),
+            "-initrd", str(initrd),
+            "-append", "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init",
+            "-iscsi", f"initiator-name={INITIATOR}",
+            "-device", "virtio-scsi-pci,id=scsi0",
+        ]  # fmt: skip
+        for i, lun in enumerate(luns):
+            cmd += [
+                "-drive",
+                f"driver=iscsi,transport=tcp,portal={lun.portal},target={lun.target},"
+                f"lun={lun.lun},if=none,id=d{i}",
+                "-device",
+                f"scsi-generic,drive=d{i},bus=scsi0.0,channel=0,scsi-id={i},lun=0",
+            ]
+        start = time.monotonic()
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        try:
+            qout, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            qout, _ = proc.communicate()
+        seconds = time.monotonic() - start
+        log = serial.read_text(errors="replace") if serial.exists() else ""
+        log = log.replace("\r\n", "\n")
+        if qout:
+            log += "\n--- qemu output ---\n" + qout.decode(errors="replace")
+        run = Run(log=log, seconds=seconds, returncode=proc.returncode)
+        run.steps = parse_steps(log)
+        run.done = "@@E2E-DONE@@" in log
+        return run
+    finally:
+        if own_tmp:
+            shutil.rmtree(wd, ignore_errors=True)
