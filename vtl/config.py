@@ -41,7 +41,7 @@ CONFIG_NAME = "library.toml"
 
 # Media generations the library knows even before tape_formats.media is importable; the real
 # table (capacities, density codes) lives there.
-KNOWN_MEDIA = ("LTO-5", "LTO-6", "LTO-7", "LTO-8", "LTO-9")
+KNOWN_MEDIA = ("LTO-3", "LTO-4", "LTO-5", "LTO-6", "LTO-7", "LTO-8", "LTO-9")
 
 # Models with identities in vtl.scsi.identities; kept open-ended (a new identity only needs a
 # name there), so validation only checks the shape "VENDOR-PRODUCT".

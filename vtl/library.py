@@ -135,26 +135,22 @@ class Element:
 
 
 # ---- barcodes -----------------------------------------------------------------------------
-BARCODE_RE = re.compile(r"^[A-Z0-9]{6}L[1-9T-Z]$")
-_WORM_SUFFIX_GEN = {"LT": 3, "LU": 4, "LV": 5, "LW": 6, "LX": 7, "LY": 8, "LZ": 9}
+# Loose shape of a label (for telling a barcode from an element name); parse_barcode is strict.
+BARCODE_RE = re.compile(r"^[A-Z0-9]{6}L[0-9A-Z]$")
 
 
 def parse_barcode(barcode: str) -> tuple[str, bool]:
     """Check an LTO label and return (media name, worm) from its suffix; BadBarcode if bad."""
-    if not isinstance(barcode, str) or not BARCODE_RE.match(barcode):
-        raise BadBarcode(
-            f"malformed barcode {barcode!r} (expected 6 letters/digits + L1..L9 or LT..LZ, "
-            "e.g. A00001L8)"
-        )
-    if barcode.startswith("CLN"):
-        raise BadBarcode(f"{barcode} is a cleaning cartridge label; cleaning cartridges are not supported")
-    suffix = barcode[6:]
-    worm = suffix in _WORM_SUFFIX_GEN
-    gen = _WORM_SUFFIX_GEN[suffix] if worm else int(suffix[1])
-    name = f"LTO-{gen}"
-    if name not in _media_table():
-        raise BadBarcode(f"{barcode}: media {name} is not supported")
-    return name, worm
+    from tape_formats.media import BadBarcode as MediaBadBarcode
+    from tape_formats.media import media_for_barcode
+
+    if not isinstance(barcode, str):
+        raise BadBarcode(f"malformed barcode {barcode!r}")
+    try:
+        mtype, worm = media_for_barcode(barcode)
+    except MediaBadBarcode as e:
+        raise BadBarcode(str(e)) from None
+    return mtype.name, worm
 
 
 def _media_table() -> dict[str, MediaType]:
@@ -170,12 +166,18 @@ def media_type(name: str) -> MediaType:
         raise LibraryError(f"unknown media {name!r}") from None
 
 
-def _open_cartridge(path: Path, *, readonly: bool = False) -> TapeCartridge:
-    from tape_formats.cartridge import TapeCartridge
+def _open_cartridge(
+    path: Path, *, readonly: bool = False, count_load: bool | None = None
+) -> TapeCartridge:
+    """Open a cartridge file, turning "held by another process" into CartridgeBusy."""
+    from tape_formats.cartridge import CartridgeInUse, TapeCartridge
 
     if not path.exists():
         raise CartridgeMissing(f"cartridge file {path} is missing")
-    return TapeCartridge.open(path, readonly=readonly)
+    try:
+        return TapeCartridge.open(path, readonly=readonly, count_load=count_load)
+    except CartridgeInUse as e:
+        raise CartridgeBusy(str(e)) from None
 
 
 def tape_files(cart: TapeCartridge) -> int:
@@ -238,7 +240,9 @@ class DriveBay:
                 row = lib.catalog.cartridge(barcode)
                 if row is None or row["address"] != self.address:
                     raise SourceEmpty(f"drive {self.index} is empty")
-                cart = _open_cartridge(lib.root / row["path"], readonly=bool(row["write_protected"]))
+                # read-write even when write protected: the header's flag refuses writes, and
+                # the MAM still counts the load
+                cart = _open_cartridge(lib.root / row["path"])
             except BaseException:
                 os.close(fd)
                 raise
@@ -496,8 +500,7 @@ class Library:
         """The catalog row of a cartridge; UnknownBarcode if none."""
         row = self.catalog.cartridge(barcode)
         if row is None:
-            if isinstance(barcode, str) and not BARCODE_RE.match(barcode):
-                parse_barcode(barcode)  # raises BadBarcode with the reason
+            parse_barcode(barcode)  # a malformed label gets BadBarcode with the reason
             raise UnknownBarcode(f"unknown barcode {barcode}")
         return row
 
@@ -924,7 +927,7 @@ class Library:
             if row["write_protected"]:
                 raise CartridgeProtected(f"cartridge {barcode} is write protected")
             with self.held(barcode):
-                cart = _open_cartridge(self.root / row["path"])
+                cart = _open_cartridge(self.root / row["path"], count_load=False)
                 try:
                     cart.locate(0)
                     cart.erase()
@@ -942,6 +945,11 @@ class Library:
         with self.lock:
             row = self._offline(barcode)
             with self.held(barcode):
+                cart = _open_cartridge(self.root / row["path"], count_load=False)
+                try:
+                    cart.set_write_protect(protect)
+                finally:
+                    cart.close()
                 values: dict[str, Any] = {"write_protected": int(protect)}
                 if protect and row["state"] in AUTO_STATES:
                     values["state"] = "read-only"

@@ -1,0 +1,35 @@
+"""Shared fixtures. Keep this small and additive: each fixture has one job."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vtl.config import LibraryConfig
+from vtl.library import Library
+
+SMALL_CAPACITY = 64 << 20  # test cartridges: 64 MiB native
+
+
+@pytest.fixture
+def library_root(tmp_path: Path) -> Path:
+    """Where a test library lives (not created yet)."""
+    return tmp_path / "library"
+
+
+@pytest.fixture
+def small_config() -> LibraryConfig:
+    """A small library: 2 drives, 8 slots, 2 mailslots, default addresses."""
+    return LibraryConfig(drives=2, slots=8, mailslots=2)
+
+
+@pytest.fixture
+def library(library_root: Path, small_config: LibraryConfig) -> Iterator[Library]:
+    """A fresh small library with three 64 MiB LTO-8 cartridges in slots 1-3
+    (A00001L8..A00003L8)."""
+    lib = Library.create(library_root, small_config)
+    lib.create_cartridges(["A00001L8", "A00002L8", "A00003L8"], capacity=SMALL_CAPACITY)
+    yield lib
+    lib.close()
