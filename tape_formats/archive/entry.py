@@ -144,6 +144,8 @@ def check_member_path(path: str) -> str:
 
 def normalize_member_name(name: str) -> str:
     """Turn a tar member name (``./a/b/``, ``a//b``) into the canonical relative path."""
+    if name.startswith("/"):
+        return name  # kept as is so that check_member_path refuses it by name
     while name.startswith("./"):
         name = name[2:]
     name = name.rstrip("/")

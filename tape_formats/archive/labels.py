@@ -1,0 +1,472 @@
+"""Backup header and trailer labels: the tape files that frame each backup's pax stream.
+
+On tape one backup is: a **header** tape file (one block, ``encode_header``), one or more data
+tape files holding the pax stream, and a **trailer** tape file (``encode_trailer``, possibly
+several blocks). Both labels are construct-defined::
+
+    RawCopy(signed part):
+        magic            b"EBM BACKUP HEADER\\n" | b"EBM BACKUP TRAILER\\n"   (readable)
+        text             UTF-8, NUL-terminated: what this is and how to restore it by hand
+        format_version   uint16 big-endian (this module writes 1)
+        body             uint32 length + HEADER_BODY / TRAILER_BODY
+    sha256               32 bytes over the whole signed part
+    (zero padding to a multiple of 512 bytes, ignored on decode)
+
+Like Amanda's tape headers, the text comes first, so ``dd if=/dev/nst0 bs=256k count=1 | head``
+shows a person what the backup is and the exact commands that restore it without the EBM. The
+trailer repeats the backup's identity and adds counts, byte totals, the sha256 of the whole pax
+stream, warnings, a free-form JSON ``extra`` (the data mover records its tape layout there)
+and the complete file index (JSON lines, zstd-compressed), so ``ebm catalog rebuild`` can
+rebuild the catalog from tapes alone.
+
+Errors: :class:`BadMagic` (not one of our labels), :class:`UnsupportedVersion`,
+:class:`LabelChecksumError` (damaged), all subclasses of :class:`LabelError`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import time
+import uuid as uuidlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import zstandard
+from construct import (
+    Bytes,
+    Checksum,
+    ChecksumError,
+    Const,
+    ConstructError,
+    CString,
+    Flag,
+    FlagsEnum,
+    GreedyBytes,
+    Int8ub,
+    Int16ub,
+    Int32sb,
+    Int32ub,
+    Int64sb,
+    Int64ub,
+    PascalString,
+    Prefixed,
+    RawCopy,
+    Struct,
+    this,
+)
+
+from .entry import ArchiveError, IndexEntry
+
+FORMAT_VERSION = 1
+HEADER_MAGIC = b"EBM BACKUP HEADER\n"
+TRAILER_MAGIC = b"EBM BACKUP TRAILER\n"
+LABEL_ALIGN = 512
+DEFAULT_RESTORE_BLOCK = 262144
+
+
+class LabelError(ArchiveError):
+    """A backup header or trailer could not be decoded."""
+
+
+class BadMagic(LabelError):
+    pass
+
+
+class UnsupportedVersion(LabelError):
+    pass
+
+
+class LabelChecksumError(LabelError):
+    pass
+
+
+_Str = PascalString(Int16ub, "utf8")
+_LongStr = PascalString(Int32ub, "utf8")
+
+HEADER_BODY = Struct(
+    "backup_uuid" / Bytes(16),
+    "parent_uuid" / Bytes(16),  # all zero for a baseline
+    "level" / Int32ub,  # 0 = baseline, n = n-th incremental
+    "created_ns" / Int64sb,
+    "flags" / FlagsEnum(Int32ub, compressed=1, encrypted=2),
+    "dataset" / _Str,
+    "translator" / _Str,
+    "translator_version" / _Str,
+    "cipher" / _Str,  # "" or e.g. "AES-256-GCM"
+    "kdf" / _Str,  # "" or e.g. "scrypt"
+    "kdf_params" / _LongStr,  # JSON object
+    "salt" / Prefixed(Int8ub, GreedyBytes),
+    "block_size" / Int32ub,  # tape block size the data mover uses (0 = unknown/variable)
+    "data_tape_file" / Int32sb,  # absolute tape file number of the pax stream, -1 = unknown
+    "options" / _LongStr,  # JSON object for what later versions add
+)
+
+TRAILER_BODY = Struct(
+    "backup_uuid" / Bytes(16),
+    "finished_ns" / Int64sb,
+    "complete" / Flag,
+    "entry_count" / Int64ub,
+    "file_count" / Int64ub,
+    "dir_count" / Int64ub,
+    "symlink_count" / Int64ub,
+    "hardlink_count" / Int64ub,
+    "other_count" / Int64ub,
+    "deleted_count" / Int64ub,
+    "torn_count" / Int64ub,
+    "data_bytes" / Int64ub,  # file content bytes (logical sizes of regular files)
+    "stream_bytes" / Int64ub,  # length of the pax stream
+    "stream_sha256" / Bytes(32),
+    "warnings" / _LongStr,  # JSON list of strings
+    "extra" / _LongStr,  # JSON object (e.g. the data mover's tape layout)
+    "index" / Prefixed(Int64ub, GreedyBytes),  # zstd(JSON lines of IndexEntry)
+)
+
+
+def _sha256(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _label(magic: bytes, body):
+    return Struct(
+        "signed"
+        / RawCopy(
+            Struct(
+                "magic" / Const(magic),
+                "text" / CString("utf8"),
+                "format_version" / Int16ub,
+                "body" / Prefixed(Int32ub, body),
+            )
+        ),
+        "sha256" / Checksum(Bytes(32), _sha256, this.signed.data),
+    )
+
+
+BACKUP_HEADER = _label(HEADER_MAGIC, HEADER_BODY)
+BACKUP_TRAILER = _label(TRAILER_MAGIC, TRAILER_BODY)
+
+
+@dataclass(slots=True)
+class BackupHeaderInfo:
+    """Everything the header says about a backup. ``text`` is filled in by encode/decode."""
+
+    backup_uuid: uuidlib.UUID
+    dataset: str
+    translator: str
+    translator_version: str
+    level: int = 0
+    parent_uuid: uuidlib.UUID | None = None
+    created_ns: int = field(default_factory=time.time_ns)
+    compressed: bool = False  # drive compression was on (transparent to readers)
+    encrypted: bool = False
+    cipher: str = ""
+    kdf: str = ""
+    kdf_params: dict = field(default_factory=dict)
+    salt: bytes = b""
+    block_size: int = 0
+    data_tape_file: int = -1
+    options: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    text: str = ""
+
+
+@dataclass(slots=True)
+class BackupTrailerInfo:
+    """Counts, totals, stream checksum and file index of a finished backup."""
+
+    backup_uuid: uuidlib.UUID
+    stream_bytes: int
+    stream_sha256: str  # hex
+    index: list[IndexEntry] = field(default_factory=list)
+    finished_ns: int = field(default_factory=time.time_ns)
+    complete: bool = True
+    entry_count: int = 0
+    file_count: int = 0
+    dir_count: int = 0
+    symlink_count: int = 0
+    hardlink_count: int = 0
+    other_count: int = 0
+    deleted_count: int = 0
+    torn_count: int = 0
+    data_bytes: int = 0
+    warnings: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    text: str = ""
+
+    @classmethod
+    def from_index(cls, backup_uuid: uuidlib.UUID, index: list[IndexEntry], *,
+                   stream_bytes: int, stream_sha256: str, warnings: Iterable[str] = (),
+                   extra: dict | None = None) -> BackupTrailerInfo:
+        """Build a trailer whose counts are computed from ``index``."""
+        info = cls(backup_uuid=backup_uuid, stream_bytes=stream_bytes,
+                   stream_sha256=stream_sha256, index=list(index),
+                   warnings=list(warnings), extra=dict(extra or {}))
+        for e in index:
+            if e.deleted:
+                info.deleted_count += 1
+                continue
+            info.entry_count += 1
+            if e.kind == "file":
+                info.file_count += 1
+                info.data_bytes += e.size
+            elif e.kind == "dir":
+                info.dir_count += 1
+            elif e.kind == "symlink":
+                info.symlink_count += 1
+            elif e.kind == "hardlink":
+                info.hardlink_count += 1
+            else:
+                info.other_count += 1
+            info.torn_count += int(e.torn)
+        return info
+
+
+def _iso(ns: int) -> str:
+    secs, frac = divmod(ns, 1_000_000_000)
+    stamp = dt.datetime.fromtimestamp(secs, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{frac:09d}Z"
+
+
+def header_text(info: BackupHeaderInfo) -> str:
+    """The human-readable part: identity plus the commands that restore without the EBM."""
+    bs = info.block_size if info.block_size >= 65536 else DEFAULT_RESTORE_BLOCK
+    if info.block_size and info.block_size > bs:
+        bs = info.block_size
+    if info.level == 0:
+        level = "0 (baseline: a complete copy)"
+    else:
+        level = f"{info.level} (incremental: only changes since backup {info.parent_uuid})"
+    lines = [
+        "This tape file is the header of a backup written by the EBM (extensible backup manager).",
+        f"  backup:      {info.backup_uuid}",
+        f"  dataset:     {info.dataset}",
+        f"  level:       {level}",
+        f"  translator:  {info.translator} {info.translator_version}",
+        f"  created:     {_iso(info.created_ns)}",
+        f"  format:      EBM archive v{info.format_version}: this header, then a POSIX pax (tar)",
+        "               stream in the next tape file(s), then a trailer tape file with the index.",
+        "",
+    ]
+    if info.encrypted:
+        lines += [
+            f"The pax stream is ENCRYPTED ({info.cipher or 'AES-256-GCM'}, key derived with "
+            f"{info.kdf or 'a KDF'} from a passphrase or key file).",
+            "tar alone cannot read it: restore it with `ebm restore` and the key.",
+        ]
+    else:
+        if info.data_tape_file >= 0:
+            pos = [
+                "  mt -f /dev/nst0 rewind",
+                f"  mt -f /dev/nst0 fsf {info.data_tape_file}",
+            ]
+        else:
+            pos = ["  mt -f /dev/nst0 fsf 1        # from this header to the data tape file"]
+        lines += [
+            "To restore without the EBM (Linux st driver, no-rewind device /dev/nst0):",
+            *pos,
+            f"  dd if=/dev/nst0 bs={bs} | tar -xvf -",
+            "List instead of extract with `tar -tvf -`. If the backup continues on another",
+            "cartridge, concatenate the data tape files: ( dd ...; dd ... ) | tar -xvf -",
+        ]
+    if info.level > 0:
+        lines += [
+            "An incremental must be restored after its baseline and earlier incrementals, in order.",
+            "Paths deleted since the parent are listed in pax global records EBM.deleted (JSON);",
+            "GNU tar ignores them, so remove those paths by hand after extracting.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def trailer_text(info: BackupTrailerInfo) -> str:
+    return (
+        "This tape file is the trailer of EBM backup "
+        f"{info.backup_uuid}: {info.entry_count} entries, {info.data_bytes} content bytes, "
+        f"{info.deleted_count} deletions, pax stream {info.stream_bytes} bytes, sha256 "
+        f"{info.stream_sha256}. It holds the backup's file index (zstd JSON lines).\n"
+    )
+
+
+def _pad(data: bytes) -> bytes:
+    return data + bytes(-len(data) % LABEL_ALIGN)
+
+
+def _json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def encode_header(info: BackupHeaderInfo) -> bytes:
+    """Encode the header label (padded to 512 bytes; the data mover writes it as one block)."""
+    if not 0 <= info.level < 2**32:
+        raise LabelError(f"bad backup level {info.level}")
+    if info.level > 0 and info.parent_uuid is None:
+        raise LabelError("an incremental backup header needs a parent backup uuid")
+    text = header_text(info)
+    body = dict(
+        backup_uuid=info.backup_uuid.bytes,
+        parent_uuid=info.parent_uuid.bytes if info.parent_uuid else bytes(16),
+        level=info.level,
+        created_ns=info.created_ns,
+        flags=dict(compressed=info.compressed, encrypted=info.encrypted),
+        dataset=info.dataset,
+        translator=info.translator,
+        translator_version=info.translator_version,
+        cipher=info.cipher,
+        kdf=info.kdf,
+        kdf_params=_json(info.kdf_params),
+        salt=info.salt,
+        block_size=info.block_size,
+        data_tape_file=info.data_tape_file,
+        options=_json(info.options),
+    )
+    try:
+        raw = BACKUP_HEADER.build(
+            dict(signed=dict(value=dict(text=text, format_version=FORMAT_VERSION, body=body)))
+        )
+    except ConstructError as exc:
+        raise LabelError(f"cannot encode backup header: {exc}") from None
+    return _pad(raw)
+
+
+def _decode(label, magic: bytes, what: str, data: bytes | memoryview):
+    data = bytes(data)
+    if not data.startswith(magic):
+        raise BadMagic(f"not an EBM backup {what} (bad magic)")
+    nul = data.find(b"\x00", len(magic))
+    if nul < 0 or nul + 3 > len(data):
+        raise LabelError(f"truncated EBM backup {what}")
+    version = int.from_bytes(data[nul + 1 : nul + 3], "big")
+    if version != FORMAT_VERSION:
+        raise UnsupportedVersion(
+            f"EBM backup {what} format version {version} is not supported (this reads {FORMAT_VERSION})"
+        )
+    try:
+        parsed = label.parse(data)
+    except ChecksumError:
+        raise LabelChecksumError(f"EBM backup {what} checksum mismatch: the label is damaged") from None
+    except (ConstructError, UnicodeDecodeError) as exc:
+        raise LabelError(f"damaged or truncated EBM backup {what}: {exc.__class__.__name__}") from None
+    return parsed.signed.value
+
+
+def decode_header(data: bytes | memoryview) -> BackupHeaderInfo:
+    v = _decode(BACKUP_HEADER, HEADER_MAGIC, "header", data)
+    b = v.body
+    try:
+        kdf_params = json.loads(b.kdf_params)
+        options = json.loads(b.options)
+    except ValueError:
+        raise LabelError("damaged EBM backup header: bad JSON field") from None
+    return BackupHeaderInfo(
+        backup_uuid=uuidlib.UUID(bytes=b.backup_uuid),
+        parent_uuid=None if b.parent_uuid == bytes(16) else uuidlib.UUID(bytes=b.parent_uuid),
+        dataset=b.dataset,
+        translator=b.translator,
+        translator_version=b.translator_version,
+        level=b.level,
+        created_ns=b.created_ns,
+        compressed=bool(b.flags.compressed),
+        encrypted=bool(b.flags.encrypted),
+        cipher=b.cipher,
+        kdf=b.kdf,
+        kdf_params=kdf_params,
+        salt=b.salt,
+        block_size=b.block_size,
+        data_tape_file=b.data_tape_file,
+        options=options,
+        format_version=v.format_version,
+        text=v.text,
+    )
+
+
+def encode_index(index: Iterable[IndexEntry]) -> bytes:
+    """The file index as zstd-compressed JSON lines (one IndexEntry per line)."""
+    lines = "".join(
+        json.dumps(e.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n" for e in index
+    ).encode("utf-8", "surrogateescape")
+    return zstandard.ZstdCompressor(level=6).compress(lines)
+
+
+def decode_index(blob: bytes) -> list[IndexEntry]:
+    try:
+        raw = zstandard.ZstdDecompressor().decompressobj().decompress(blob)
+        return [
+            IndexEntry.from_json(json.loads(line))
+            for line in raw.decode("utf-8", "surrogateescape").splitlines()
+            if line
+        ]
+    except (zstandard.ZstdError, ValueError, TypeError) as exc:
+        raise LabelError(f"damaged file index in EBM backup trailer: {exc}") from None
+
+
+def encode_trailer(info: BackupTrailerInfo) -> bytes:
+    """Encode the trailer label (padded to 512 bytes; may span several tape blocks)."""
+    text = trailer_text(info)
+    body = dict(
+        backup_uuid=info.backup_uuid.bytes,
+        finished_ns=info.finished_ns,
+        complete=info.complete,
+        entry_count=info.entry_count,
+        file_count=info.file_count,
+        dir_count=info.dir_count,
+        symlink_count=info.symlink_count,
+        hardlink_count=info.hardlink_count,
+        other_count=info.other_count,
+        deleted_count=info.deleted_count,
+        torn_count=info.torn_count,
+        data_bytes=info.data_bytes,
+        stream_bytes=info.stream_bytes,
+        stream_sha256=bytes.fromhex(info.stream_sha256),
+        warnings=_json(list(info.warnings)),
+        extra=_json(info.extra),
+        index=encode_index(info.index),
+    )
+    try:
+        raw = BACKUP_TRAILER.build(
+            dict(signed=dict(value=dict(text=text, format_version=FORMAT_VERSION, body=body)))
+        )
+    except ConstructError as exc:
+        raise LabelError(f"cannot encode backup trailer: {exc}") from None
+    return _pad(raw)
+
+
+def decode_trailer(data: bytes | memoryview, *, with_index: bool = True) -> BackupTrailerInfo:
+    v = _decode(BACKUP_TRAILER, TRAILER_MAGIC, "trailer", data)
+    b = v.body
+    try:
+        warnings = json.loads(b.warnings)
+        extra = json.loads(b.extra)
+    except ValueError:
+        raise LabelError("damaged EBM backup trailer: bad JSON field") from None
+    return BackupTrailerInfo(
+        backup_uuid=uuidlib.UUID(bytes=b.backup_uuid),
+        stream_bytes=b.stream_bytes,
+        stream_sha256=b.stream_sha256.hex(),
+        index=decode_index(b.index) if with_index else [],
+        finished_ns=b.finished_ns,
+        complete=bool(b.complete),
+        entry_count=b.entry_count,
+        file_count=b.file_count,
+        dir_count=b.dir_count,
+        symlink_count=b.symlink_count,
+        hardlink_count=b.hardlink_count,
+        other_count=b.other_count,
+        deleted_count=b.deleted_count,
+        torn_count=b.torn_count,
+        data_bytes=b.data_bytes,
+        warnings=warnings,
+        extra=extra,
+        format_version=v.format_version,
+        text=v.text,
+    )
+
+
+def label_kind(data: bytes | memoryview) -> str | None:
+    """"header", "trailer" or None: lets a scanner (catalog rebuild) classify a tape file."""
+    head = bytes(data[: len(TRAILER_MAGIC)])
+    if head.startswith(HEADER_MAGIC):
+        return "header"
+    if head.startswith(TRAILER_MAGIC):
+        return "trailer"
+    return None

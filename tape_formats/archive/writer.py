@@ -1,0 +1,290 @@
+"""PaxWriter: turns ArchiveEntry objects plus their data into a POSIX pax byte stream.
+
+What it writes, per entry (GNU tar lists and extracts all of it):
+
+* a pax 'x' extended header when anything does not fit plain ustar: long or non-ASCII
+  ``path``/``linkpath``, big ``size``/``uid``/``gid``, ``uname``/``gname``, nanosecond
+  ``mtime``/``atime``/``ctime``, ``SCHILY.xattr.<name>`` for extended attributes (raw bytes),
+  and for sparse files the GNU 1.0 keywords (``GNU.sparse.major=1``, ``minor=0``, ``name``,
+  ``realsize``) with the member stored as ``<dir>/GNUSparseFile.0/<name>`` and its data
+  prefixed by the decimal sparse map block; holes are *not* stored;
+* the ustar header (typeflag '0' file, '1' hard link, '2' symlink, '3'/'4' devices, '5' dir,
+  '6' fifo);
+* the data, streamed in 1 MiB chunks and padded to 512 bytes.
+
+Deletion markers (incremental backups) are written as a pax *global* header ('g') with one
+record ``EBM.deleted=<JSON list of paths>``. GNU tar silently ignores unknown keywords in
+global headers (it would warn for them in 'x' headers) and creates nothing for them, so a
+plain ``tar -x`` of an incremental just skips deletions, while :class:`PaxReader` yields one
+``ArchiveEntry(deleted=True)`` per path. Per-file sha256 digests are *not* written into the
+stream (they are only known after the data): they go into the trailer's file index.
+
+``close()`` writes the two zero blocks that end a tar archive. The writer hashes every byte it
+emits: ``stream_sha256`` and ``offset`` feed the backup trailer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import BinaryIO, Protocol
+
+from . import pax
+from .entry import ArchiveEntry, ArchiveError, EntryLocation, check_member_path
+
+CHUNK = 1024 * 1024
+
+_TYPEFLAGS = {
+    "file": pax.TYPE_FILE,
+    "dir": pax.TYPE_DIR,
+    "symlink": pax.TYPE_SYMLINK,
+    "hardlink": pax.TYPE_HARDLINK,
+    "chardev": pax.TYPE_CHARDEV,
+    "blockdev": pax.TYPE_BLOCKDEV,
+    "fifo": pax.TYPE_FIFO,
+}
+
+
+class ByteSink(Protocol):
+    def write(self, b: bytes | memoryview, /) -> object: ...
+
+
+def fsencode(path: str) -> bytes:
+    return path.encode("utf-8", "surrogateescape")
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class PaxWriter:
+    """Write a pax stream to ``out`` (anything with ``write``; ``tell`` is not required).
+
+    Offsets are counted from ``start_offset`` (default 0, or ``out.tell()`` if ``out`` has a
+    working ``tell``), so the EntryLocations are stream offsets the data mover can map to tape
+    blocks.
+    """
+
+    def __init__(self, out: ByteSink, *, start_offset: int | None = None) -> None:
+        self._out = out
+        if start_offset is None:
+            try:
+                start_offset = out.tell()  # type: ignore[attr-defined]
+            except (AttributeError, OSError, ValueError):
+                start_offset = 0
+        self._offset = start_offset
+        self._start = start_offset
+        self._hash = hashlib.sha256()
+        self._closed = False
+
+    # --- raw output -------------------------------------------------------------------
+    def _emit(self, b: bytes | memoryview) -> None:
+        if not b:
+            return
+        self._out.write(b)
+        self._hash.update(b)
+        self._offset += len(b)
+
+    def tell(self) -> int:
+        return self._offset
+
+    @property
+    def offset(self) -> int:
+        """Stream offset of the next byte (bytes written so far + start_offset)."""
+        return self._offset
+
+    @property
+    def bytes_written(self) -> int:
+        return self._offset - self._start
+
+    def stream_sha256(self) -> str:
+        """Hex sha256 of every byte written so far (call after close for the whole stream)."""
+        return self._hash.hexdigest()
+
+    # --- headers ----------------------------------------------------------------------
+    def _pax_header(self, name: bytes, records: list[bytes], mtime: int, typeflag: bytes) -> None:
+        body = b"".join(records)
+        base = name.rstrip(b"/").rsplit(b"/", 1)[-1][:80] or b"root"
+        hname = b"PaxHeaders/" + base if typeflag == pax.TYPE_PAX else b"GlobalHead.0"
+        self._emit(
+            pax.build_ustar(
+                name=hname, mode=0o644, uid=0, gid=0, size=len(body),
+                mtime=max(0, mtime), typeflag=typeflag,
+            )
+        )
+        self._emit(body)
+        self._emit(bytes(pax.padding(len(body))))
+
+    def add_deletions(self, paths: list[str]) -> int:
+        """Record deleted paths (incrementals) as one pax global header; returns its offset."""
+        if self._closed:
+            raise ArchiveError("archive writer is closed")
+        for p in paths:
+            check_member_path(p)
+        offset = self._offset
+        if paths:
+            value = json.dumps(paths, ensure_ascii=True).encode()
+            self._pax_header(b"", [pax.pax_record(b"EBM.deleted", value)], 0, pax.TYPE_GLOBAL)
+        return offset
+
+    def add(self, entry: ArchiveEntry, data: BinaryIO | bytes | memoryview | None = None) -> EntryLocation:
+        """Append one entry. ``data`` gives ``entry.data_size`` bytes for files (a file-like
+        with ``readinto`` or ``read``, or a bytes-like); it is ignored for other kinds.
+
+        A data source that ends early is padded with zeros and reported as ``short``; extra
+        bytes are not read.
+        """
+        if self._closed:
+            raise ArchiveError("archive writer is closed")
+        if entry.deleted:
+            self.add_deletions([entry.path])
+            return EntryLocation(self._offset, self._offset, 0, None)
+        check_member_path(entry.path)
+        kind = entry.kind
+        if kind not in _TYPEFLAGS:
+            raise ArchiveError(f"unknown entry kind {kind!r} for {entry.path!r}")
+        header_offset = self._offset
+        path_b = b"." if entry.path == "." else fsencode(entry.path)
+        records: list[bytes] = []
+        binary = False
+
+        sparse = kind == "file" and entry.sparse_map is not None
+        if kind == "dir":
+            tar_name = b"./" if entry.path == "." else path_b + b"/"
+        else:
+            tar_name = path_b
+        if sparse:
+            head, _, base = path_b.rpartition(b"/")
+            tar_name = (head + b"/" if head else b"") + b"GNUSparseFile.0/" + base
+            records += [
+                pax.pax_record(b"GNU.sparse.major", b"1"),
+                pax.pax_record(b"GNU.sparse.minor", b"0"),
+                pax.pax_record(b"GNU.sparse.name", path_b),
+                pax.pax_record(b"GNU.sparse.realsize", str(entry.size).encode()),
+            ]
+            binary = binary or not _is_utf8(path_b)
+        if not sparse and (
+            pax.split_ustar_name(tar_name) is None or not tar_name.isascii()
+        ):
+            records.append(pax.pax_record(b"path", tar_name))
+            binary = binary or not _is_utf8(tar_name)
+
+        link_b = fsencode(entry.linkname) if kind in ("symlink", "hardlink") else b""
+        if len(link_b) > 100 or not link_b.isascii():
+            records.append(pax.pax_record(b"linkpath", link_b))
+            binary = binary or not _is_utf8(link_b)
+
+        if sparse:
+            map_block = pax.encode_sparse_map(self._sparse_extents(entry))
+            stored_size = len(map_block) + entry.data_size
+        else:
+            map_block = b""
+            stored_size = entry.data_size if kind == "file" else 0
+        if not pax.fits_octal(stored_size, 12):
+            records.append(pax.pax_record(b"size", str(stored_size).encode()))
+        for key, val in ((b"uid", entry.uid), (b"gid", entry.gid)):
+            if not pax.fits_octal(val, 8):
+                records.append(pax.pax_record(key, str(val).encode()))
+        uname_b = entry.uname.encode("utf-8", "surrogateescape")
+        gname_b = entry.gname.encode("utf-8", "surrogateescape")
+        if len(uname_b) > 32 or not uname_b.isascii():
+            records.append(pax.pax_record(b"uname", uname_b))
+        if len(gname_b) > 32 or not gname_b.isascii():
+            records.append(pax.pax_record(b"gname", gname_b))
+        mtime_s = entry.mtime_ns // pax.NS
+        if entry.mtime_ns % pax.NS or not pax.fits_octal(mtime_s, 12):
+            records.append(pax.pax_record(b"mtime", pax.format_pax_time(entry.mtime_ns)))
+        if entry.atime_ns is not None:
+            records.append(pax.pax_record(b"atime", pax.format_pax_time(entry.atime_ns)))
+        if entry.ctime_ns is not None:
+            records.append(pax.pax_record(b"ctime", pax.format_pax_time(entry.ctime_ns)))
+        for name in sorted(entry.xattrs):
+            records.append(pax.pax_record(b"SCHILY.xattr." + fsencode(name), bytes(entry.xattrs[name])))
+        if binary:
+            records.insert(0, pax.pax_record(b"hdrcharset", b"BINARY"))
+        if records:
+            self._pax_header(tar_name, records, mtime_s, pax.TYPE_PAX)
+
+        self._emit(
+            pax.build_ustar(
+                name=tar_name, mode=entry.mode, uid=entry.uid, gid=entry.gid,
+                size=stored_size, mtime=mtime_s, typeflag=_TYPEFLAGS[kind],
+                linkname=link_b[:100], uname=uname_b[:32], gname=gname_b[:32],
+                devmajor=entry.devmajor, devminor=entry.devminor,
+            )
+        )
+        data_offset = self._offset
+        if kind != "file":
+            return EntryLocation(header_offset, data_offset, 0, None, end_offset=self._offset)
+        self._emit(map_block)
+        digest = hashlib.sha256()
+        written, short = self._copy_data(data, entry.data_size, digest)  # written == data_size
+        self._emit(bytes(pax.padding(stored_size)))
+        return EntryLocation(
+            header_offset, data_offset, written, digest.hexdigest(), short, end_offset=self._offset
+        )
+
+    @staticmethod
+    def _sparse_extents(entry: ArchiveEntry) -> list[tuple[int, int]]:
+        extents = list(entry.sparse_map or [])
+        # GNU tar expects a final (realsize, 0) extent when the file ends in a hole.
+        end = extents[-1][0] + extents[-1][1] if extents else 0
+        if end < entry.size or not extents:
+            extents.append((entry.size, 0))
+        return extents
+
+    def _copy_data(self, data, size: int, digest) -> tuple[int, bool]:
+        """Copy exactly ``size`` bytes from ``data``; pad with zeros if it ends early."""
+        remaining = size
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            mv = memoryview(data)[:size]
+            self._emit(mv)
+            digest.update(mv)
+            remaining -= len(mv)
+        elif data is not None and remaining:
+            buf = bytearray(min(CHUNK, remaining))
+            view = memoryview(buf)
+            readinto = getattr(data, "readinto", None)
+            while remaining:
+                want = min(len(buf), remaining)
+                if readinto is not None:
+                    n = readinto(view[:want])
+                else:
+                    chunk = data.read(want)
+                    n = len(chunk)
+                    view[:n] = chunk
+                if not n:
+                    break
+                self._emit(view[:n])
+                digest.update(view[:n])
+                remaining -= n
+        short = remaining > 0
+        while remaining:
+            zeros = bytes(min(CHUNK, remaining))
+            self._emit(zeros)  # keep the stream valid; the caller marks the copy torn
+            digest.update(zeros)
+            remaining -= len(zeros)
+        return size, short
+
+    def close(self) -> None:
+        """Write the end-of-archive marker (two zero blocks). Idempotent."""
+        if not self._closed:
+            self._emit(pax.ZERO_BLOCK * 2)
+            self._closed = True
+
+    def __enter__(self) -> PaxWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+def file_data(path: str | os.PathLike) -> BinaryIO:
+    """Convenience: open a file unbuffered for :meth:`PaxWriter.add`."""
+    return open(path, "rb", buffering=0)
