@@ -74,3 +74,60 @@ def check_tar_roundtrip(run: Run) -> None:
     assert st.file == 0, run.describe()
     verified = run.ok("tar_verify")
     assert verified.count(": OK") == 9, run.describe()
+
+
+@dataclass(frozen=True)
+class MtxElement:
+    full: bool
+    tag: str | None
+    source: int | None = None  # for a drive: the storage element it was loaded from
+
+
+@dataclass(frozen=True)
+class MtxStatus:
+    drives: dict[int, MtxElement]
+    slots: dict[int, MtxElement]
+    import_export: frozenset[int]
+    header: str
+
+
+def mtx_status(text: str) -> MtxStatus:
+    """Parses `mtx status`: drives, storage elements (with volume tags) and mailslots."""
+    header = next((ln.strip() for ln in text.splitlines() if "Storage Changer" in ln), "")
+    assert header, f"not mtx status output:\n{text}"
+    drives: dict[int, MtxElement] = {}
+    for m in re.finditer(
+        r"Data Transfer Element (\d+):(Full|Empty)"
+        r"(?: \(Storage Element (\d+) Loaded\))?(?::VolumeTag ?= ?(\S+))?",
+        text,
+    ):
+        drives[int(m.group(1))] = MtxElement(
+            m.group(2) == "Full", m.group(4), int(m.group(3)) if m.group(3) else None
+        )
+    slots: dict[int, MtxElement] = {}
+    ie: set[int] = set()
+    for m in re.finditer(
+        r"Storage Element (\d+)( IMPORT/EXPORT)?:(Full|Empty)(?: ?:VolumeTag ?= ?(\S+))?", text
+    ):
+        n = int(m.group(1))
+        slots[n] = MtxElement(m.group(3) == "Full", m.group(4))
+        if m.group(2):
+            ie.add(n)
+    return MtxStatus(drives, slots, frozenset(ie), header)
+
+
+def mt_tell(text: str) -> list[int]:
+    """Every block number `mt tell` printed ("At block N.") in order."""
+    return [int(x) for x in re.findall(r"At block (\d+)\.", text)]
+
+
+def mode_page_bytes(text: str, title: str) -> list[int]:
+    """The first hex dump line of the mode page whose `sg_modes` title contains ``title``."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if title.lower() in line.lower():
+            for dump in lines[i + 1 :]:
+                parts = dump.split()
+                if parts and parts[0] == "00":
+                    return [int(b, 16) for b in parts[1:]]
+    raise AssertionError(f"no {title!r} mode page in:\n{text}")

@@ -189,8 +189,7 @@ def resolve_modules(moddir: Path, wanted: tuple[str, ...]) -> list[tuple[str, by
     bfile = moddir / "modules.builtin"
     if bfile.exists():
         builtin = {
-            Path(line).name.split(".ko")[0].replace("-", "_")
-            for line in bfile.read_text().split()
+            Path(line).name.split(".ko")[0].replace("-", "_") for line in bfile.read_text().split()
         }
     order: list[tuple[str, bytes]] = []
     seen: set[str] = set()
@@ -275,7 +274,18 @@ def build_initramfs(kroot: Path, release: str) -> Path:
     if out.exists():
         return out
     cpio = CpioWriter()
-    for d in ("dev", "proc", "sys", "tmp", "etc", "bin", "sbin", "usr/bin", "usr/sbin", "lib/modules"):
+    for d in (
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "etc",
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "lib/modules",
+    ):
         cpio.mkdir(d)
     cpio.file("bin/busybox", Path(BUSYBOX).read_bytes())
     cpio.file("init", INIT_SCRIPT.encode())

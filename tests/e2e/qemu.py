@@ -59,7 +59,9 @@ class Run:
         return s.output
 
     def describe(self) -> str:
-        return f"--- guest serial log ({self.seconds:.0f}s, qemu rc={self.returncode}) ---\n{self.log}"
+        return (
+            f"--- guest serial log ({self.seconds:.0f}s, qemu rc={self.returncode}) ---\n{self.log}"
+        )
 
 
 def qemu_available() -> str | None:
@@ -80,9 +82,7 @@ def qemu_available() -> str | None:
 
 def parse_steps(log: str) -> dict[str, Step]:
     steps: dict[str, Step] = {}
-    for m in re.finditer(
-        r"@@STEP-BEGIN (\S+)@@\n(.*?)@@STEP-END \1 rc=(\d+)@@", log, flags=re.S
-    ):
+    for m in re.finditer(r"@@STEP-BEGIN (\S+)@@\n(.*?)@@STEP-END \1 rc=(\d+)@@", log, flags=re.S):
         steps[m.group(1)] = Step(m.group(1), m.group(2), int(m.group(3)))
     return steps
 

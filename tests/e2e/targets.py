@@ -11,6 +11,7 @@ import os
 import random
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,6 +98,92 @@ def start_tgt(workdir: Path, iqn: str = "iqn.2026-11.org.vtl-ebm:tgt-reference")
         tgt.adm("--mode", "target", "--op", "new", "--tid", "1", "--targetname", iqn)
         tgt.adm("--mode", "target", "--op", "bind", "--tid", "1", "-I", "ALL")
         return tgt
+    except BaseException:
+        stop(proc)
+        raise
+
+
+@dataclass(frozen=True)
+class DiscoveredLun:
+    target: str
+    lun: int
+    type: str  # as iscsi-ls prints it: MEDIUM_CHANGER, SEQUENTIAL_ACCESS, ...
+
+
+def discover(
+    portal: str, initiator: str = "iqn.2026-11.org.vtl-ebm:e2e-discovery"
+) -> list[DiscoveredLun]:
+    """SendTargets discovery plus REPORT LUNS/INQUIRY per target, by libiscsi's iscsi-ls.
+
+    Using a real initiator here (rather than knowing the IQN and LUN layout in advance) keeps
+    the e2e test valid whichever layout the target chose (one target with N LUNs, or one
+    target per device).
+    """
+    out = subprocess.run(
+        ["iscsi-ls", "-s", "-i", initiator, f"iscsi://{portal}"],
+        check=True, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    ).stdout  # fmt: skip
+    luns: list[DiscoveredLun] = []
+    target = None
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("Target:"):
+            target = line.split()[0].removeprefix("Target:")
+        elif line.startswith("Lun:") and target:
+            parts = line.split()
+            luns.append(
+                DiscoveredLun(
+                    target, int(parts[0].removeprefix("Lun:")), parts[1].removeprefix("Type:")
+                )
+            )
+    return luns
+
+
+def vtl_command() -> list[str]:
+    """The `vtl` console script of the interpreter running the tests."""
+    exe = Path(sys.executable).with_name("vtl")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "vtl.cli.main"]
+
+
+def vtl(root: Path, *args: str) -> str:
+    """Runs one `vtl --root ROOT ...` command, failing with its output if it fails."""
+    res = subprocess.run(
+        [*vtl_command(), "--root", str(root), *args],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    if res.returncode != 0:
+        raise RuntimeError(
+            f"vtl {' '.join(args)} exited {res.returncode}:\n{res.stdout}{res.stderr}"
+        )
+    return res.stdout
+
+
+@dataclass
+class VtlServer:
+    """A running `vtl serve` and what SendTargets discovery found on it."""
+
+    root: Path
+    portal: str
+    proc: subprocess.Popen
+    log: Path
+    luns: list[DiscoveredLun] = field(default_factory=list)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def start_vtl(root: Path, logdir: Path) -> VtlServer:
+    port = free_port()
+    log = logdir / "vtl-serve.log"
+    proc = subprocess.Popen(
+        [*vtl_command(), "--root", str(root), "serve", "--portal", f"127.0.0.1:{port}"],
+        stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_listening(port, proc, timeout=30)
+        server = VtlServer(root, f"127.0.0.1:{port}", proc, log)
+        server.luns = discover(server.portal)
+        return server
     except BaseException:
         stop(proc)
         raise

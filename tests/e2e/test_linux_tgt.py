@@ -29,9 +29,7 @@ step dmesg 'dmesg | grep -E "st |st0|sg0" | tail -40'
 
 def test_tgt_ssc_tar_roundtrip(guest, tgt, tmp_path):
     tgt.add_tape(1, tmp_path / "tape1", "TGT001L8")
-    run = boot(
-        guest, SCRIPT, [Lun(tgt.portal, tgt.iqn, 1)], wait_devs=("nst0",), timeout=400
-    )
+    run = boot(guest, SCRIPT, [Lun(tgt.portal, tgt.iqn, 1)], wait_devs=("nst0",), timeout=400)
     assert run.done, f"guest did not finish\n{run.describe()}"
 
     st = mt_status(run.ok("status0"))

@@ -1,0 +1,194 @@
+"""`vtl serve` driven by the Linux kernel as the initiator: st, ch and sg with mt, mtx, tar.
+
+One boot runs the whole story a backup admin would: inventory the changer, load a
+cartridge, check the drive's status and settings, write a multi-file tar tape, position
+with every mt verb and check the block numbers, read everything back bit-identical, unload,
+load another cartridge into another drive (fixed-block mode), and reload the first one to
+prove its data survived the unload. Each guest command is a separate step so a failure
+names the command, its output and the serial log (dmesg included, with the sense data the
+st driver logged).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .checks import (
+    TAR_ROUNDTRIP,
+    check_tar_roundtrip,
+    mode_page_bytes,
+    mt_status,
+    mt_tell,
+    mtx_status,
+)
+from .qemu import Lun, boot
+from .targets import VtlServer, start_vtl, stop, vtl
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        importlib.util.find_spec("vtl.cli.serve") is None,
+        reason="`vtl serve` (vtl/cli/serve.py) has not landed yet",
+    ),
+]
+
+BARCODES = ("E2E001L8", "E2E002L8")
+
+SETUP = r"""
+export CH=/dev/sch0
+export CHSG=/dev/$(ls /sys/class/scsi_changer/sch0/device/scsi_generic 2>/dev/null)
+export TAPE=/dev/nst0
+export TAPESG=/dev/$(ls /sys/class/scsi_tape/nst0/device/scsi_generic 2>/dev/null)
+export TAPE1=/dev/nst1
+export WAIT_READY='i=0; while ! sg_turs $DEV >/dev/null 2>&1 && [ $i -lt 30 ]; do i=$((i+1)); sleep 1; done'
+"""
+
+SCRIPT = (
+    SETUP
+    + r"""
+step devices 'echo changer=$CHSG tape=$TAPESG; ls /dev/sch* /dev/nst* /dev/sg*; for s in /sys/class/scsi_generic/*; do echo "$(basename $s) type=$(cat $s/device/type) $(cat $s/device/vendor) $(cat $s/device/model) $(cat $s/device/rev)"; done'
+step inq_changer 'sg_inq $CHSG'
+step inq_tape 'sg_inq $TAPESG && sg_inq -p 0x80 $TAPESG'
+step mtx_status0 'mtx -f $CHSG status'
+step mtx_sch0 'mtx -f $CH status'
+step mtx_load 'mtx -f $CHSG load 1 0 && mtx -f $CHSG status'
+step ready0 'DEV=$TAPESG; eval "$WAIT_READY"; sg_turs -v $TAPESG; mt -f $TAPE status'
+step status_again 'mt -f $TAPE status'
+step setblk 'mt -f $TAPE setblk 65536 && mt -f $TAPE status && mt -f $TAPE setblk 0 && mt -f $TAPE status'
+step comp_on 'mt -f $TAPE compression 1 && sg_modes -p 0x0f $TAPESG'
+step comp_off 'mt -f $TAPE compression 0 && sg_modes -p 0x0f $TAPESG'
+step comp_on2 'mt -f $TAPE compression 1'
+"""
+    + TAR_ROUNDTRIP
+    + r"""
+step records 'for d in a b c; do echo "$d $(( $(tar -cf - -b 128 -C src $d | wc -c) / 65536 ))"; done'
+step pos_rewind 'mt -f $TAPE rewind && mt -f $TAPE tell'
+step pos_fsf2 'mt -f $TAPE fsf 2 && mt -f $TAPE tell && mt -f $TAPE status'
+step pos_bsf1 'mt -f $TAPE bsf 1 && mt -f $TAPE tell'
+step pos_eod 'mt -f $TAPE eod && mt -f $TAPE tell && mt -f $TAPE status'
+step pos_seek 'NA=$(( $(tar -cf - -b 128 -C src a | wc -c) / 65536 )); mt -f $TAPE seek $((NA+1)) && mt -f $TAPE tell && tar -tf $TAPE -b 128'
+step pos_fsr 'mt -f $TAPE rewind && mt -f $TAPE fsr 3 && mt -f $TAPE tell && mt -f $TAPE bsr 1 && mt -f $TAPE tell'
+step read_big 'mt -f $TAPE rewind && dd if=$TAPE of=big bs=262144 count=1 && wc -c < big'
+step read_small 'mt -f $TAPE rewind && dd if=$TAPE of=small bs=1024 count=1'
+step append 'mt -f $TAPE eod && tar -cf $TAPE -b 128 -C src a && mt -f $TAPE rewind && mt -f $TAPE fsf 4 && tar -tf $TAPE -b 128'
+step logs 'sg_logs $TAPESG; sg_logs -p 0x2e $TAPESG'
+step mam 'sg_read_attr $TAPESG'
+step unload 'mt -f $TAPE offline; mtx -f $CHSG unload 1 0 && mtx -f $CHSG status'
+step load2 'mtx -f $CHSG load 2 1 && DEV=$TAPE1; eval "$WAIT_READY"; mt -f $TAPE1 status'
+step fixed 'mt -f $TAPE1 setblk 65536 && dd if=src/c/f3 of=$TAPE1 bs=65536 count=4 && mt -f $TAPE1 tell && mt -f $TAPE1 rewind && dd if=$TAPE1 of=fx bs=65536 count=4 && dd if=src/c/f3 of=fy bs=65536 count=4 && cmp fx fy && mt -f $TAPE1 setblk 0 && echo FIXED-OK'
+step unload2 'mt -f $TAPE1 offline; mtx -f $CHSG unload 2 1 && mtx -f $CHSG transfer 2 10 && mtx -f $CHSG status'
+step reload 'mtx -f $CHSG load 1 0 && DEV=$TAPE; eval "$WAIT_READY"; rm -rf out2 && mkdir out2 && mt -f $TAPE rewind && mt -f $TAPE fsf 1 && tar -xf $TAPE -b 128 -C out2 && cd out2 && grep " b/" ../sums | sha256sum -c'
+step final_unload 'mt -f $TAPE offline; mtx -f $CHSG unload 1 0 && mtx -f $CHSG status'
+step dmesg 'dmesg | grep -vE "^\[ *[0-9.]+\] (ACPI|PCI|pci|clocksource|x86|evm|Freeing|Key type|tsc|Last level|Run /init|  )"| tail -80'
+"""
+)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[VtlServer]:
+    root = tmp_path / "lib"
+    vtl(root, "init")
+    for barcode in BARCODES:
+        vtl(root, "cartridge", "create", barcode)
+    srv = start_vtl(root, tmp_path)
+    try:
+        yield srv
+    finally:
+        stop(srv.proc, timeout=30)
+
+
+def test_linux_st_ch_against_vtl_serve(guest, server):
+    changers = [lu for lu in server.luns if lu.type == "MEDIUM_CHANGER"]
+    drives = [lu for lu in server.luns if lu.type == "SEQUENTIAL_ACCESS"]
+    assert len(changers) == 1 and len(drives) >= 2, f"iscsi-ls found {server.luns}"
+    luns = [Lun(server.portal, lu.target, lu.lun) for lu in (changers[0], *drives[:2])]
+    run = boot(guest, SCRIPT, luns, wait_devs=("sch0", "nst0", "nst1"), timeout=900)
+    log = run.describe() + "\n--- vtl serve log ---\n" + server.log_text()
+
+    def ok(name: str) -> str:
+        s = run[name]
+        assert s.rc == 0, f"guest step {name!r} exited {s.rc}:\n{s.output}\n{log}"
+        return s.output
+
+    assert run.done, f"guest did not finish\n{log}"
+
+    # Identity: the emulated IBM library and drives, as INQUIRY shows them to Linux.
+    devices = ok("devices")
+    assert "/dev/sch0" in devices and "/dev/nst1" in devices, log
+    inq = ok("inq_changer")
+    assert "medium changer" in inq and "IBM" in inq and "3573-TL" in inq, log
+    inq = ok("inq_tape")
+    assert "Peripheral device type: tape" in inq and "ULT3580-TD8" in inq, log
+    assert "Unit serial number" in inq, log
+
+    # Inventory with barcodes; loading moves the cartridge into the drive.
+    st = mtx_status(ok("mtx_status0"))
+    assert len(st.drives) >= 2 and not any(d.full for d in st.drives.values()), log
+    assert st.slots[1] == st.slots[1].__class__(True, BARCODES[0]), log
+    assert st.slots[2].full and st.slots[2].tag == BARCODES[1], log
+    assert st.import_export, f"no import/export elements\n{log}"
+    assert mtx_status(ok("mtx_sch0")) == st, log
+    st = mtx_status(ok("mtx_load"))
+    assert st.drives[0].full and st.drives[0].tag == BARCODES[0], log
+    assert st.drives[0].source == 1 and not st.slots[1].full, log
+
+    # The drive: online at BOT, variable block mode, LTO-8 density.
+    ms = mt_status(ok("ready0"))
+    assert {"BOT", "ONLINE"} <= ms.flags and (ms.file, ms.block) == (0, 0), log
+    assert ms.block_size == 0 and ms.density == 0x5A, log
+    mt_status(ok("status_again"))
+    sizes = [int(x) for x in re.findall(r"Tape block size (\d+)", ok("setblk"))]
+    assert sizes == [65536, 0], log
+    dce_on = mode_page_bytes(ok("comp_on"), "compression")
+    dce_off = mode_page_bytes(ok("comp_off"), "compression")
+    assert dce_on[0] & 0x3F == 0x0F and dce_on[2] & 0x80, log
+    assert not dce_off[2] & 0x80, log
+    ok("comp_on2")
+
+    check_tar_roundtrip(run)
+
+    # Positioning: block numbers count data blocks and filemarks (logical objects).
+    recs = dict(line.split() for line in ok("records").splitlines() if line.strip())
+    na, nb, nc = (int(recs[k]) for k in "abc")
+    assert mt_tell(ok("pos_rewind")) == [0], log
+    out = ok("pos_fsf2")
+    assert mt_tell(out) == [na + nb + 2], log
+    assert (mt_status(out).file, mt_status(out).block) == (2, 0), log
+    assert mt_tell(ok("pos_bsf1")) == [na + nb + 1], log
+    out = ok("pos_eod")
+    assert mt_tell(out) == [na + nb + nc + 4], log
+    assert "EOD" in mt_status(out).flags, log
+    out = ok("pos_seek")
+    assert mt_tell(out) == [na + 1] and "b/f1" in out, log
+    assert mt_tell(ok("pos_fsr")) == [3, 2], log
+
+    # Variable mode: a big read returns one whole block (ILI residual handled by st); a
+    # short read of a bigger block is an error (ENOMEM), as on a real drive.
+    assert ok("read_big").split()[-1] == "65536", log
+    small = run["read_small"]
+    assert small.rc != 0 and "Cannot allocate memory" in small.output, log
+
+    # Appending at EOD makes a new tape file.
+    assert "a/f1" in ok("append").split(), log
+    ok("logs")
+    ok("mam")
+
+    # Unload back to the source slot; second cartridge in the second drive, fixed blocks.
+    st = mtx_status(ok("unload"))
+    assert not st.drives[0].full and st.slots[1] == st.slots[1].__class__(True, BARCODES[0]), log
+    ms = mt_status(ok("load2"))
+    assert {"BOT", "ONLINE"} <= ms.flags, log
+    out = ok("fixed")
+    assert "FIXED-OK" in out and mt_tell(out) == [5], log
+    st = mtx_status(ok("unload2"))
+    assert st.slots[10].full and st.slots[10].tag == BARCODES[1] and not st.slots[2].full, log
+
+    # The first cartridge's data survived unload and reload.
+    assert ok("reload").count(": OK") == 3, log
+    ok("final_unload")
+    assert "Traceback" not in server.log_text(), log
