@@ -146,12 +146,20 @@ def fetch_kernel() -> tuple[Path, str]:
         found = sorted(debs.glob(f"{pkg}_*.deb"))
     if not found:
         raise RuntimeError(f"apt-get download {pkg} produced no .deb")
-    tmp = root.with_name(root.name + ".tmp")
+    # Unpack beside the final place and rename, so concurrent or interrupted runs never see
+    # a half-unpacked kernel.
+    tmp = root.with_name(f"{root.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     _run(["dpkg-deb", "-x", str(found[-1]), str(tmp)])
     (tmp / ".done").write_text(found[-1].name)
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)
+    if not (root / ".done").exists():
+        shutil.rmtree(root, ignore_errors=True)
+    try:
+        tmp.rename(root)
+    except OSError:
+        if not (root / ".done").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     return root, release
 
 
@@ -303,7 +311,7 @@ def build_initramfs(kroot: Path, release: str) -> Path:
             files[lib] = lib
     for dest, src in sorted(files.items()):
         cpio.file(dest, Path(src).read_bytes(), 0o755)
-    tmp = out.with_suffix(".tmp")
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     tmp.write_bytes(gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
     tmp.rename(out)
     return out

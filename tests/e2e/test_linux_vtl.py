@@ -20,6 +20,7 @@ import pytest
 
 from .checks import (
     TAR_ROUNDTRIP,
+    MtxElement,
     check_tar_roundtrip,
     mode_page_bytes,
     mt_status,
@@ -129,7 +130,7 @@ def test_linux_st_ch_against_vtl_serve(guest, server):
     # Inventory with barcodes; loading moves the cartridge into the drive.
     st = mtx_status(ok("mtx_status0"))
     assert len(st.drives) >= 2 and not any(d.full for d in st.drives.values()), log
-    assert st.slots[1] == st.slots[1].__class__(True, BARCODES[0]), log
+    assert st.slots[1] == MtxElement(True, BARCODES[0]), log
     assert st.slots[2].full and st.slots[2].tag == BARCODES[1], log
     assert st.import_export, f"no import/export elements\n{log}"
     assert mtx_status(ok("mtx_sch0")) == st, log
@@ -180,7 +181,7 @@ def test_linux_st_ch_against_vtl_serve(guest, server):
 
     # Unload back to the source slot; second cartridge in the second drive, fixed blocks.
     st = mtx_status(ok("unload"))
-    assert not st.drives[0].full and st.slots[1] == st.slots[1].__class__(True, BARCODES[0]), log
+    assert not st.drives[0].full and st.slots[1] == MtxElement(True, BARCODES[0]), log
     ms = mt_status(ok("load2"))
     assert {"BOT", "ONLINE"} <= ms.flags, log
     out = ok("fixed")
