@@ -145,11 +145,16 @@ def vtl_command() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "vtl.cli.main"]
 
 
+def _env(root: Path) -> dict[str, str]:
+    """VTL_ROOT as well as --root, so the command never falls back to a default library."""
+    return {**os.environ, "VTL_ROOT": str(root)}
+
+
 def vtl(root: Path, *args: str) -> str:
     """Runs one `vtl --root ROOT ...` command, failing with its output if it fails."""
     res = subprocess.run(
         [*vtl_command(), "--root", str(root), *args],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, env=_env(root),
     )  # fmt: skip
     if res.returncode != 0:
         raise RuntimeError(
@@ -177,7 +182,7 @@ def start_vtl(root: Path, logdir: Path) -> VtlServer:
     log = logdir / "vtl-serve.log"
     proc = subprocess.Popen(
         [*vtl_command(), "--root", str(root), "serve", "--portal", f"127.0.0.1:{port}"],
-        stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=_env(root),
     )  # fmt: skip
     try:
         wait_listening(port, proc, timeout=30)

@@ -94,8 +94,8 @@ step dmesg 'dmesg | grep -vE "^\[ *[0-9.]+\] (ACPI|PCI|pci|clocksource|x86|evm|F
 def server(tmp_path: Path) -> Iterator[VtlServer]:
     root = tmp_path / "lib"
     vtl(root, "init")
-    for barcode in BARCODES:
-        vtl(root, "cartridge", "create", barcode)
+    for slot, barcode in enumerate(BARCODES, start=1):
+        vtl(root, "cartridge", "create", barcode, "--slot", f"slot:{slot}")
     srv = start_vtl(root, tmp_path)
     try:
         yield srv
