@@ -1,0 +1,556 @@
+# ruff: noqa: B008  (typer declares options as argument defaults by design)
+"""The ``ebm`` command line (typer + rich).
+
+Every bad input ends as one line ``error: ...`` on stderr and a non-zero exit (1 for a failed
+operation, 2 for bad usage); never a traceback. ``--json`` prints machine-readable results.
+Long work (backup, restore, verify) shows a progress bar with rate and ETA on a terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import typer
+
+try:  # typer >= 0.2x vendors click as typer._click
+    from typer._click import exceptions as click
+except ImportError:  # pragma: no cover
+    from click import exceptions as click  # type: ignore[no-redef]
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from ebm.catalog import CatalogError
+from ebm.controller import BackupRequest, RequestError, next_run, parse_schedule
+from ebm.crypto import CryptoError, read_secret
+from ebm.manager import Ebm, JobError, load_translator, root_default
+from ebm.mover import MoverError
+from ebm.restore import RestoreError, resolve
+
+
+class CliError(Exception):
+    pass
+
+
+KNOWN_ERRORS: tuple[type[BaseException], ...] = (
+    CliError, CatalogError, RequestError, CryptoError, JobError, MoverError, RestoreError,
+)
+
+
+class _App(typer.Typer):
+    """Runs the click command non-standalone so that *we* format every error as one line."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("standalone_mode", False)
+        try:
+            rv = super().__call__(*args, **kwargs)
+        except typer.Exit as e:
+            sys.exit(e.exit_code)
+        except click.NoArgsIsHelpError as e:
+            sys.stdout.write(e.format_message() + "\n")
+            sys.exit(0)
+        except typer.Abort:
+            _err("aborted")
+            sys.exit(130)
+        except click.UsageError as e:
+            _err(e.format_message().splitlines()[0] if e.format_message() else "bad usage")
+            sys.exit(2)
+        except click.ClickException as e:
+            _err(e.format_message())
+            sys.exit(e.exit_code or 1)
+        except KNOWN_ERRORS as e:
+            _err(str(e))
+            sys.exit(1)
+        except _library_errors() as e:
+            _err(str(e))
+            sys.exit(1)
+        except KeyboardInterrupt:
+            _err("interrupted")
+            sys.exit(130)
+        except OSError as e:
+            _err(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
+            sys.exit(1)
+        if isinstance(rv, int) and rv:
+            sys.exit(rv)
+        return rv
+
+
+def _library_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from tape_formats.cartridge import CartridgeError
+        from vtl.library import LibraryError
+        return (LibraryError, CartridgeError)
+    except ImportError:
+        return ()
+
+
+def _err(msg: str) -> None:
+    msg = " ".join(str(msg).split()) or "failed"
+    sys.stderr.write(f"error: {msg}\n")
+
+
+app = _App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+           help="Extensible backup manager: native backups onto the VTL's cartridges.")
+dataset_app = typer.Typer(no_args_is_help=True, help="Datasets (what to back up).")
+pool_app = typer.Typer(no_args_is_help=True, help="Cartridge pools for backups.")
+schedule_app = typer.Typer(no_args_is_help=True, help="Backup schedules.")
+catalog_app = typer.Typer(no_args_is_help=True, help="Catalog maintenance.")
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(pool_app, name="pool")
+app.add_typer(schedule_app, name="schedule")
+app.add_typer(catalog_app, name="catalog")
+
+out = Console()
+errc = Console(stderr=True)
+
+
+class State:
+    root: Path = Path("vtl-library")
+    json: bool = False
+    _ebm: Ebm | None = None
+
+    def ebm(self) -> Ebm:
+        if self._ebm is None:
+            self._ebm = Ebm(self.root)
+        return self._ebm
+
+
+S = State()
+
+
+@app.callback()
+def main(
+    root: Path = typer.Option(None, "--root", help="library directory ($VTL_ROOT or ./vtl-library)"),
+    json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    S.root = root or root_default()
+    S.json = json_out
+
+
+def emit(data: Any, human: Callable[[], None]) -> None:
+    if S.json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    else:
+        human()
+
+
+@contextlib.contextmanager
+def progress_bar(what: str) -> Iterator[Callable[[int, int | None], None] | None]:
+    """A rich bar with rate and ETA, only on a terminal and not with --json."""
+    if S.json or not errc.is_terminal:
+        yield None
+        return
+    cols = [TextColumn(what), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+            TimeRemainingColumn()]
+    with Progress(*cols, console=errc, transient=True) as p:
+        task = p.add_task(what, total=None)
+        last = [0.0]
+
+        def cb(done: int, total: int | None) -> None:
+            now = time.monotonic()
+            if now - last[0] > 0.1:
+                p.update(task, completed=done, total=total)
+                last[0] = now
+
+        yield cb
+
+
+def _ts(t: float | None) -> str:
+    return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+def _size(n: int) -> str:
+    f = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if f < 1024 or unit == "TiB":
+            return f"{f:.0f} {unit}" if unit == "B" else f"{f:.1f} {unit}"
+        f /= 1024
+    return str(n)
+
+
+def _secret(passphrase_file: Path | None, key_file: Path | None) -> bytes | None:
+    if passphrase_file is None and key_file is None:
+        return None
+    return read_secret(passphrase_file, key_file)
+
+
+# -- backup --------------------------------------------------------------------------------
+@app.command()
+def backup(
+    dataset: str = typer.Argument(..., help="dataset name (created on first use)"),
+    source: Path = typer.Option(None, "--source", help="what to back up (first use)"),
+    translator: str = typer.Option(None, "--translator", help="translator plugin (default filesystem)"),
+    pool: str = typer.Option(None, "--pool", help="cartridge pool"),
+    full: bool = typer.Option(False, "--full", help="force a baseline"),
+    encrypt: bool = typer.Option(False, "--encrypt", help="AES-256-GCM (needs a key)"),
+    passphrase_file: Path = typer.Option(None, "--passphrase-file"),
+    key_file: Path = typer.Option(None, "--key-file"),
+    verify: bool = typer.Option(False, "--verify", help="read back and check afterwards"),
+    no_compress: bool = typer.Option(False, "--no-compress", help="turn drive compression off"),
+    retries: int = typer.Option(1, "--retries", min=0, help="retries of a failed translator"),
+) -> None:
+    """Back up DATASET (baseline if it has none, else incremental)."""
+    req = BackupRequest(dataset=dataset, source=source, translator=translator, pool=pool,
+                        full=full, encrypt=encrypt, passphrase_file=passphrase_file,
+                        key_file=key_file, verify=verify, compress=not no_compress)
+    req.validate()
+    ebm = S.ebm()
+    t0 = time.monotonic()
+    with progress_bar(f"backup {dataset}") as cb:
+        b = ebm.backup(req, progress=cb, retries=retries)
+    secs = time.monotonic() - t0
+    result: dict[str, Any] = {**b.to_json(), "seconds": round(secs, 3),
+                              "volumes": [v.barcode for v in ebm.catalog.volumes(b.id)]}
+    if verify:
+        from ebm.verify import verify_backup
+
+        secret = _secret(passphrase_file, key_file)
+        with progress_bar("verify") as cb:
+            vr = verify_backup(ebm.catalog, ebm.library, b, secret, cb)
+        result["verify"] = {"ok": vr.ok, "problems": vr.problems}
+    emit(result, lambda: out.print(
+        f"backup {b.uuid} ({b.level}) of {dataset}: {b.nfiles} entries, {_size(b.size)} in "
+        f"{secs:.1f}s on {', '.join(result['volumes'])}"
+        + ("" if not verify else (" - verified OK" if result["verify"]["ok"] else " - VERIFY FAILED"))))
+    if verify and not result["verify"]["ok"]:
+        raise CliError("; ".join(result["verify"]["problems"]))
+
+
+# -- datasets and pools --------------------------------------------------------------------
+@dataset_app.command("add")
+def dataset_add(
+    name: str,
+    source: Path = typer.Option(..., "--source"),
+    translator: str = typer.Option("filesystem", "--translator"),
+    pool: str = typer.Option(..., "--pool"),
+) -> None:
+    """Register a dataset: what to back up, with which translator, into which pool."""
+    req = BackupRequest(dataset=name, source=source, translator=translator, pool=pool)
+    req.validate()
+    ebm = S.ebm()
+    if ebm.catalog.dataset(name) is not None:
+        raise CliError(f"dataset {name!r} already exists")
+    ebm.ensure_dataset(req)
+    emit({"dataset": name}, lambda: out.print(f"dataset {name} added"))
+
+
+@dataset_app.command("list")
+def dataset_list() -> None:
+    """List datasets."""
+    ebm = S.ebm()
+    rows = [dict(r) for r in ebm.catalog.datasets()]
+    for r in rows:
+        last = ebm.catalog.last_good(r["name"])
+        r["last_backup"] = last.uuid if last else None
+        r["last_time"] = _ts(last.started) if last else None
+
+    def human() -> None:
+        t = Table("name", "translator", "source", "pool", "last backup")
+        for r in rows:
+            t.add_row(r["name"], r["translator"], r["source"], r["pool"] or "-",
+                      r["last_time"] or "never")
+        out.print(t)
+    emit(rows, human)
+
+
+@pool_app.command("create")
+def pool_create(name: str) -> None:
+    """Create a cartridge pool."""
+    S.ebm().catalog.create_pool(name)
+    emit({"pool": name}, lambda: out.print(f"pool {name} created"))
+
+
+@pool_app.command("add")
+def pool_add(name: str, barcodes: list[str]) -> None:
+    """Add cartridges (by barcode) to a pool; they must exist in the library."""
+    ebm = S.ebm()
+    ebm.catalog.require_pool(name)
+    for bc in barcodes:
+        try:
+            ebm.library.cartridge(bc)
+        except Exception:
+            raise CliError(f"no cartridge {bc} in the library (create it with `vtl cartridge create`)") from None
+    for bc in barcodes:
+        ebm.catalog.add_to_pool(name, bc)
+    emit({"pool": name, "added": barcodes},
+         lambda: out.print(f"added {len(barcodes)} cartridge(s) to pool {name}"))
+
+
+@pool_app.command("list")
+def pool_list() -> None:
+    """Pools and their cartridges (state, append point)."""
+    cat = S.ebm().catalog
+    rows = [dict(r) for r in cat.pool_media()]
+    pools = cat.pools()
+
+    def human() -> None:
+        t = Table("pool", "barcode", "state", "append at", "busy")
+        for p in pools:
+            members = [r for r in rows if r["pool"] == p]
+            if not members:
+                t.add_row(p, "-", "-", "-", "-")
+            for r in members:
+                t.add_row(p, r["barcode"], r["state"], str(r["append_at"]), str(r["busy"] or ""))
+        out.print(t)
+    emit({"pools": pools, "media": rows}, human)
+
+
+# -- listing -------------------------------------------------------------------------------
+@app.command("list")
+def list_backups(dataset: str = typer.Argument(None), all_states: bool = typer.Option(
+        False, "--all", help="include failed and expired backups")) -> None:
+    """List backups (good ones; --all for failed/expired too)."""
+    cat = S.ebm().catalog
+    if dataset and cat.dataset(dataset) is None:
+        raise CliError(f"no dataset {dataset!r}")
+    bs = cat.backups(dataset, None if all_states else ["done", "running"])
+
+    def human() -> None:
+        t = Table("id", "uuid", "dataset", "level", "started", "size", "entries", "state")
+        for b in bs:
+            t.add_row(str(b.id), b.uuid[:8], b.dataset, b.level, _ts(b.started), _size(b.size),
+                      str(b.nfiles), b.state + (" (enc)" if b.encrypted else ""))
+        out.print(t)
+    emit([b.to_json() for b in bs], human)
+
+
+@app.command()
+def show(backup_spec: str = typer.Argument(..., metavar="BACKUP")) -> None:
+    """Show one backup: chain, volumes, state."""
+    cat = S.ebm().catalog
+    b = resolve(cat, backup_spec)
+    vols = cat.volumes(b.id)
+    chain = [c.uuid for c in cat.chain(b)] if b.state == "done" else []
+    data = {**b.to_json(), "chain": chain,
+            "volumes": [{k: getattr(v, k) for k in v.__slots__} for v in vols]}
+
+    def human() -> None:
+        out.print(f"backup {b.uuid} (id {b.id}) of {b.dataset}: {b.level}, {b.state}")
+        out.print(f"  started {_ts(b.started)}, finished {_ts(b.finished)}")
+        out.print(f"  {b.nfiles} entries, {_size(b.size)} stream, {b.blocks} blocks, sha256 {b.sha256}")
+        if b.encrypted:
+            out.print("  encrypted (AES-256-GCM, scrypt)")
+        if b.error:
+            out.print(f"  error: {b.error}")
+        out.print(f"  chain: {' -> '.join(c[:8] for c in chain)}")
+        for v in vols:
+            out.print(f"  volume {v.seq}: {v.barcode} tape files {v.first_file}-{v.last_file}, "
+                      f"objects {v.first_object}-{v.last_object}, blocks {v.first_block}-{v.last_block}")
+    emit(data, human)
+
+
+@app.command()
+def ls(backup_spec: str = typer.Argument(..., metavar="BACKUP"),
+       path: str = typer.Argument(None, help="glob or directory")) -> None:
+    """List the files of a backup as of its point in the chain."""
+    from ebm.restore import final_view, matches
+
+    cat = S.ebm().catalog
+    b = resolve(cat, backup_spec)
+    if b.state != "done":
+        raise CliError(f"backup {b.uuid} is {b.state}")
+    view = final_view(cat, cat.chain(b))
+    rows = sorted((r for p, r in view.items() if matches(p, [path] if path else [])),
+                  key=lambda r: r.path)
+    if path and not rows:
+        raise CliError(f"nothing in backup {b.uuid} matches {path}")
+    data = [{"path": r.path, "kind": r.kind, "size": r.size, "mode": oct(r.mode),
+             "mtime": _ts(r.mtime_ns / 1e9), "backup": r.backup} for r in rows]
+
+    def human() -> None:
+        for r in rows:
+            out.print(f"{r.kind[0] if r.kind != 'hardlink' else 'h'} {oct(r.mode)[2:]:>5} "
+                      f"{r.size:>12} {_ts(r.mtime_ns / 1e9)} {r.path}", highlight=False, markup=False)
+    emit(data, human)
+
+
+# -- restore / verify ----------------------------------------------------------------------
+@app.command()
+def restore(
+    spec: str = typer.Argument(..., metavar="BACKUP|DATASET[@TIME]"),
+    to: Path = typer.Option(..., "--to", help="target directory"),
+    path: list[str] = typer.Option(None, "--path", help="path or glob (repeatable)"),
+    passphrase_file: Path = typer.Option(None, "--passphrase-file"),
+    key_file: Path = typer.Option(None, "--key-file"),
+) -> None:
+    """Restore a backup (its whole chain point), or only matching paths, into --to."""
+    from ebm.restore import restore as do_restore
+
+    ebm = S.ebm()
+    b = resolve(ebm.catalog, spec)
+    if to.exists() and not to.is_dir():
+        raise CliError(f"{to} exists and is not a directory")
+    secret = _secret(passphrase_file, key_file)
+    t0 = time.monotonic()
+    with progress_bar(f"restore {b.uuid[:8]}") as cb:
+        st = do_restore(ebm.catalog, ebm.library, load_translator, b, to, list(path or []),
+                        secret, cb)
+    secs = time.monotonic() - t0
+    emit({"backup": b.uuid, "chain": st.backups, "entries": st.entries, "bytes": st.bytes,
+          "blocks_read": st.blocks_read, "seconds": round(secs, 3)},
+         lambda: out.print(f"restored {st.entries} entries ({_size(st.bytes)}) from "
+                           f"{len(st.backups)} backup(s) into {to} in {secs:.1f}s "
+                           f"({st.blocks_read} blocks read)"))
+
+
+@app.command()
+def verify(
+    spec: str = typer.Argument(None, metavar="[BACKUP|DATASET]"),
+    passphrase_file: Path = typer.Option(None, "--passphrase-file"),
+    key_file: Path = typer.Option(None, "--key-file"),
+) -> None:
+    """Read backups back: block checksums, file sha256s, trailer vs catalog."""
+    from ebm.verify import verify_backup
+
+    ebm = S.ebm()
+    cat = ebm.catalog
+    if spec is None:
+        targets = cat.backups(states=["done"])
+    elif cat.dataset(spec) is not None:
+        targets = cat.backups(spec, states=["done"])
+    else:
+        targets = [resolve(cat, spec)]
+    secret = _secret(passphrase_file, key_file)
+    results = []
+    for b in targets:
+        with progress_bar(f"verify {b.uuid[:8]}") as cb:
+            results.append(verify_backup(cat, ebm.library, b, secret, cb))
+    bad = [r for r in results if not r.ok]
+
+    def human() -> None:
+        for r in results:
+            out.print(f"{r.backup}: " + ("OK" if r.ok else "FAILED: " + "; ".join(r.problems)),
+                      highlight=False, markup=False)
+    emit([{"backup": r.backup, "ok": r.ok, "problems": r.problems, "entries": r.entries,
+           "bytes": r.bytes} for r in results], human)
+    if bad:
+        raise CliError(f"{len(bad)} of {len(results)} backup(s) failed verification: "
+                       + bad[0].problems[0])
+
+
+@app.command()
+def forget(
+    dataset: str = typer.Argument(None),
+    keep_last: int = typer.Option(0, "--keep-last", min=0),
+    keep_daily: int = typer.Option(0, "--keep-daily", min=0),
+    keep_weekly: int = typer.Option(0, "--keep-weekly", min=0),
+    keep_monthly: int = typer.Option(0, "--keep-monthly", min=0),
+    dry_run: bool = typer.Option(False, "--dry-run"),
+) -> None:
+    """Expire backups no retention rule keeps (never breaking a kept chain); recycle cartridges."""
+    from ebm.retention import Policy
+    from ebm.retention import forget as do_forget
+
+    policy = Policy(keep_last, keep_daily, keep_weekly, keep_monthly)
+    if policy.empty():
+        raise CliError("give at least one --keep-* rule (forgetting everything is not a default)")
+    cat = S.ebm().catalog
+    if dataset and cat.dataset(dataset) is None:
+        raise CliError(f"no dataset {dataset!r}")
+    r = do_forget(cat, policy, dataset, dry_run)
+    emit({"kept": [b.uuid for b in r.kept], "expired": [b.uuid for b in r.expired],
+          "recycled": r.recycled, "dry_run": dry_run},
+         lambda: out.print(f"kept {len(r.kept)}, {'would expire' if dry_run else 'expired'} "
+                           f"{len(r.expired)}, recycled {len(r.recycled)} cartridge(s)"
+                           + (f": {', '.join(r.recycled)}" if r.recycled else "")))
+
+
+# -- schedules -----------------------------------------------------------------------------
+@schedule_app.command("add")
+def schedule_add(dataset: str, spec: str = typer.Argument(..., help="'daily at 03:00', 'hourly', cron ..."),
+                 full: bool = typer.Option(False, "--full", help="always a baseline"),
+                 verify_opt: bool = typer.Option(False, "--verify"),
+                 passphrase_file: Path = typer.Option(None, "--passphrase-file")) -> None:
+    """Schedule backups of DATASET."""
+    cat = S.ebm().catalog
+    if cat.dataset(dataset) is None:
+        raise CliError(f"no dataset {dataset!r} (add it with `ebm dataset add`)")
+    parse_schedule(spec)
+    opts = {"full": full, "verify": verify_opt,
+            "passphrase_file": str(passphrase_file.resolve()) if passphrase_file else None}
+    if passphrase_file and not passphrase_file.is_file():
+        raise CliError(f"no such file: {passphrase_file}")
+    nr = next_run(spec, time.time())
+    sid = cat.add_schedule(dataset, spec, opts, nr)
+    emit({"id": sid, "next_run": _ts(nr)},
+         lambda: out.print(f"schedule {sid}: {dataset} {spec!r}, next run {_ts(nr)}"))
+
+
+@schedule_app.command("list")
+def schedule_list() -> None:
+    rows = [dict(r) for r in S.ebm().catalog.schedules()]
+
+    def human() -> None:
+        t = Table("id", "dataset", "schedule", "next run", "last run", "last result")
+        for r in rows:
+            t.add_row(str(r["id"]), r["dataset"], r["spec"], _ts(r["next_run"]),
+                      _ts(r["last_run"]), r["last_result"] or "-")
+        out.print(t)
+    emit(rows, human)
+
+
+@schedule_app.command("remove")
+def schedule_remove(sid: int) -> None:
+    S.ebm().catalog.remove_schedule(sid)
+    emit({"removed": sid}, lambda: out.print(f"schedule {sid} removed"))
+
+
+@app.command()
+def scheduler(
+    once: bool = typer.Option(False, "--once", help="run what is due and exit (systemd timer)"),
+    max_jobs: int = typer.Option(2, "--max-jobs", min=1, help="parallel backups"),
+    interval: float = typer.Option(30.0, "--interval", min=0.1, help="seconds between checks"),
+) -> None:
+    """Run due scheduled backups, up to --max-jobs at once, each in its own process."""
+    from ebm.scheduler import run_scheduler
+
+    stop = {"flag": False}
+
+    def _stop(*_a: object) -> None:
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    ran = run_scheduler(S.ebm(), S.root, once=once, max_jobs=max_jobs, interval=interval,
+                        should_stop=lambda: stop["flag"], log=lambda m: errc.print(m, markup=False))
+    emit({"ran": ran}, lambda: out.print(f"ran {len(ran)} job(s)"))
+
+
+# -- catalog -------------------------------------------------------------------------------
+@catalog_app.command("rebuild")
+def catalog_rebuild(
+    passphrase_file: Path = typer.Option(None, "--passphrase-file"),
+    key_file: Path = typer.Option(None, "--key-file"),
+    barcode: list[str] = typer.Option(None, "--barcode", help="only these cartridges"),
+) -> None:
+    """Rebuild the backup catalog from the cartridges (headers, data extents, trailers)."""
+    from ebm.rebuild import rebuild
+
+    ebm = S.ebm()
+    secret = _secret(passphrase_file, key_file)
+    r = rebuild(ebm.catalog, ebm.library, secret, list(barcode) if barcode else None)
+    emit({"backups": r.backups, "skipped": r.skipped, "cartridges": r.cartridges},
+         lambda: out.print(f"scanned {r.cartridges} cartridge(s): {len(r.backups)} backup(s) "
+                           f"added, {len(r.skipped)} skipped"
+                           + "".join(f"\n  skipped {s}" for s in r.skipped), markup=False))
+
+
+@catalog_app.command("compact")
+def catalog_compact() -> None:
+    """Drop unused path rows and vacuum the catalog."""
+    S.ebm().catalog.compact()
+    emit({"ok": True}, lambda: out.print("catalog compacted"))

@@ -1,0 +1,140 @@
+"""The backup controller: checks requests and keeps schedules.
+
+A request names a dataset, its translator, a cartridge pool and options; it is refused with a
+one-line reason before any cartridge is touched. Schedules are kept in the catalog as text and
+run by ``ebm scheduler`` (a loop, or ``--once`` from the shipped systemd timer), so a schedule
+survives restarts and is visible to every process.
+
+Schedule forms (local time):
+- ``hourly`` / ``daily`` (00:00) / ``weekly`` (Monday 00:00)
+- ``daily at HH:MM``, ``hourly at :MM``, ``weekly on DAY at HH:MM``
+- ``every N minutes`` / ``every N hours``
+- five-field cron: ``M H DOM MON DOW`` with ``*``, lists, ranges and ``*/step``
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class RequestError(Exception):
+    """A bad request or schedule; the message is one line."""
+
+
+DAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
+
+
+@dataclass
+class BackupRequest:
+    """What a caller asks for; ``validate`` refuses anything unusable."""
+
+    dataset: str
+    source: Path | None = None
+    translator: str | None = None
+    pool: str | None = None
+    full: bool = False
+    encrypt: bool = False
+    passphrase_file: Path | None = None
+    key_file: Path | None = None
+    verify: bool = False
+    compress: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.dataset or not re.fullmatch(r"[A-Za-z0-9_.:-]+", self.dataset) or self.dataset.isdigit():
+            raise RequestError(f"bad dataset name {self.dataset!r} (letters, digits, _ . : - only)")
+        if self.encrypt and not (self.passphrase_file or self.key_file):
+            raise RequestError("--encrypt needs --passphrase-file or --key-file")
+        if self.passphrase_file and self.key_file:
+            raise RequestError("give --passphrase-file or --key-file, not both")
+        for f in (self.passphrase_file, self.key_file):
+            if f is not None and not Path(f).is_file():
+                raise RequestError(f"no such file: {f}")
+        if self.source is not None and not Path(self.source).exists():
+            raise RequestError(f"source {self.source} does not exist")
+
+
+# -- schedules ----------------------------------------------------------------------------
+def _hm(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d{1,2}):(\d{2})", text)
+    if not m or int(m[1]) > 23 or int(m[2]) > 59:
+        raise RequestError(f"bad time {text!r} (want HH:MM)")
+    return int(m[1]), int(m[2])
+
+
+def _cron_field(text: str, lo: int, hi: int) -> set[int]:
+    out: set[int] = set()
+    for part in text.split(","):
+        m = re.fullmatch(r"(\*|\d+(?:-\d+)?)(?:/(\d+))?", part)
+        if not m:
+            raise RequestError(f"bad cron field {text!r}")
+        rng, step = m[1], int(m[2] or 1)
+        if rng == "*":
+            a, b = lo, hi
+        elif "-" in rng:
+            a, b = (int(x) for x in rng.split("-"))
+        else:
+            a = b = int(rng)
+        if not (lo <= a <= b <= hi) or step < 1:
+            raise RequestError(f"cron field {text!r} out of range {lo}-{hi}")
+        out.update(range(a, b + 1, step))
+    return out
+
+
+def parse_schedule(spec: str) -> Any:
+    """Return a function next(after: datetime) -> datetime; RequestError if unparsable."""
+    s = " ".join(spec.lower().split())
+    m = re.fullmatch(r"every (\d+) (minute|minutes|hour|hours)", s)
+    if m:
+        n = int(m[1])
+        if n < 1:
+            raise RequestError("the interval must be at least 1")
+        delta = dt.timedelta(minutes=n) if m[2].startswith("minute") else dt.timedelta(hours=n)
+        return lambda after: after.replace(second=0, microsecond=0) + delta
+    if s in ("hourly", "daily", "weekly"):
+        s = {"hourly": "0 * * * *", "daily": "0 0 * * *", "weekly": "0 0 * * 1"}[s]
+    elif (m := re.fullmatch(r"hourly at :(\d{2})", s)):
+        s = f"{int(m[1])} * * * *"
+    elif (m := re.fullmatch(r"daily at (\S+)", s)):
+        h, mi = _hm(m[1])
+        s = f"{mi} {h} * * *"
+    elif (m := re.fullmatch(r"weekly on (\w+) at (\S+)", s)):
+        day = DAYS.get(m[1][:3])
+        if day is None:
+            raise RequestError(f"bad weekday {m[1]!r}")
+        h, mi = _hm(m[2])
+        s = f"{mi} {h} * * {(day + 1) % 7}"
+    fields = s.split()
+    if len(fields) != 5:
+        raise RequestError(
+            f"bad schedule {spec!r} (try 'hourly', 'daily at 03:00', 'weekly on sun at 02:00', "
+            "'every 15 minutes' or a 5-field cron line)")
+    mins = _cron_field(fields[0], 0, 59)
+    hours = _cron_field(fields[1], 0, 23)
+    doms = _cron_field(fields[2], 1, 31)
+    mons = _cron_field(fields[3], 1, 12)
+    dows = {d % 7 for d in _cron_field(fields[4], 0, 7)}
+
+    def nxt(after: dt.datetime) -> dt.datetime:
+        t = after.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+        for _ in range(366 * 24 * 60):
+            if (t.month in mons and t.day in doms and (t.isoweekday() % 7) in dows
+                    and t.hour in hours and t.minute in mins):
+                return t
+            if t.month not in mons or t.day not in doms or (t.isoweekday() % 7) not in dows:
+                t = (t + dt.timedelta(days=1)).replace(hour=0, minute=0)
+            elif t.hour not in hours:
+                t = (t + dt.timedelta(hours=1)).replace(minute=0)
+            else:
+                t += dt.timedelta(minutes=1)
+        raise RequestError(f"schedule {spec!r} never fires")
+
+    return nxt
+
+
+def next_run(spec: str, after: float) -> float:
+    return parse_schedule(spec)(dt.datetime.fromtimestamp(after)).timestamp()

@@ -1,0 +1,293 @@
+"""The manager: runs one backup job end to end, and cleans up after failed ones.
+
+A job: pick the translator (entry point, loaded only now), decide baseline or incremental
+(baseline when the dataset has no good backup or ``--full``), record the job as *running*
+with our pid, claim a drive, write header / pax data / trailer through the data mover,
+sync, and only then record volumes, file index and translator state in one transaction.
+
+Failure handling, and why it is safe:
+- The catalog row says *failed*; the job's cartridges are released with their append point
+  unchanged, so the next backup LOCATEs to the end of the last good backup and its first
+  write cuts off the torn tail (writing before EOD discards the rest of the tape).
+- A SIGKILLed job cannot do any of that: the next process finds a *running* row whose pid
+  is dead and marks it failed (``Catalog.reap_dead_jobs``); the library drops the dead
+  process's drive claim and the cartridge left in that drive is unloaded on demand.
+- Restore reads only what the catalog recorded (done backups); ``catalog rebuild`` accepts a
+  backup only when its trailer is on tape. So a torn tail is never mistaken for data.
+- A translator failure (not a media failure) is retried (``retries``) as a fresh attempt.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ebm.catalog import BLOCK_SIZE, Backup, Catalog, CatalogError, FileRow
+from ebm.controller import BackupRequest, RequestError
+from ebm.crypto import BlockCipher, CryptoError, read_secret
+from ebm.media import DriveSession, MediaError, PoolMedia
+from ebm.mover import MoverError, TapeWriter
+from ebm.tapeformat import header_block, trailer_bytes
+
+FORMAT_VERSION = 1
+
+Progress = Callable[[int, int | None], None]  # (bytes done, bytes total or None)
+
+
+class JobError(Exception):
+    """A failed job, one line."""
+
+
+def root_default() -> Path:
+    return Path(os.environ.get("VTL_ROOT", "./vtl-library"))
+
+
+def open_library(root: Path) -> Any:
+    from vtl.library import Library, LibraryError
+
+    try:
+        return Library.open(Path(root))
+    except LibraryError as e:
+        raise JobError(f"{e}") from None
+    except FileNotFoundError:
+        raise JobError(f"no library at {root} (create it with `vtl init`)") from None
+
+
+def load_translator(name: str) -> Any:
+    """The translator plugin ``name`` from the ``ebm.translators`` entry points."""
+    from translators.base import load_translator as _load
+
+    try:
+        t = _load(name)
+    except Exception as e:  # unknown name, broken plugin: one line either way
+        raise RequestError(f"translator {name!r} is not available: {e}") from None
+    return t() if isinstance(t, type) else t
+
+
+def encode_state(state: Any) -> bytes | str | None:
+    if state is None or isinstance(state, bytes | str):
+        return state
+    return json.dumps(state)
+
+
+@dataclass
+class Ebm:
+    """The EBM over one library root: catalog + library, opened once per process."""
+
+    root: Path
+    catalog: Catalog = field(init=False)
+    _library: Any = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        if not (self.root / "catalog.sqlite").exists():
+            raise JobError(f"no library at {self.root} (create it with `vtl init`, or pass --root)")
+        self.catalog = Catalog.for_root(self.root)
+        self.catalog.reap_dead_jobs()
+
+    @property
+    def library(self) -> Any:
+        if self._library is None:
+            self._library = open_library(self.root)
+        return self._library
+
+    def close(self) -> None:
+        if self._library is not None:
+            with contextlib.suppress(Exception):
+                self._library.close()
+        self.catalog.close()
+
+    # -- datasets ----------------------------------------------------------------------
+    def ensure_dataset(self, req: BackupRequest) -> Any:
+        ds = self.catalog.dataset(req.dataset)
+        if ds is None:
+            if req.source is None or req.pool is None:
+                raise RequestError(
+                    f"no dataset {req.dataset!r}: give --source and --pool to create it")
+            tname = req.translator or "filesystem"
+            t = load_translator(tname)
+            self._validate_source(t, req.source)
+            self.catalog.require_pool(req.pool)
+            self.catalog.add_dataset(req.dataset, tname, str(Path(req.source).resolve()), req.pool)
+            return self.catalog.dataset(req.dataset)
+        if req.source is not None and str(Path(req.source).resolve()) != ds["source"]:
+            raise RequestError(f"dataset {req.dataset!r} backs up {ds['source']}, not {req.source}")
+        if req.translator is not None and req.translator != ds["translator"]:
+            raise RequestError(f"dataset {req.dataset!r} uses translator {ds['translator']!r}")
+        return ds
+
+    @staticmethod
+    def _validate_source(t: Any, source: Any) -> None:
+        try:
+            t.validate_source(Path(source))
+        except Exception as e:
+            raise RequestError(f"bad source {source}: {e}") from None
+
+    # -- backup ------------------------------------------------------------------------
+    def backup(self, req: BackupRequest, progress: Progress | None = None,
+               retries: int = 1) -> Backup:
+        req.validate()
+        ds = self.ensure_dataset(req)
+        pool = req.pool or ds["pool"]
+        if not pool:
+            raise RequestError(f"dataset {req.dataset!r} has no pool; give --pool")
+        self.catalog.require_pool(pool)
+        if req.pool and req.pool != ds["pool"]:
+            pass  # a one-off pool override is fine: volumes record where each backup lives
+        translator = load_translator(ds["translator"])
+        self._validate_source(translator, ds["source"])
+        secret = None
+        if req.encrypt or req.passphrase_file or req.key_file:
+            secret = read_secret(req.passphrase_file, req.key_file)
+        attempt = 0
+        while True:
+            try:
+                return self._run(ds, pool, translator, req, secret, progress)
+            except _TranslatorFailed as e:
+                attempt += 1
+                if attempt > retries:
+                    raise JobError(str(e)) from None
+
+    def _run(self, ds: Any, pool: str, translator: Any, req: BackupRequest,
+             secret: bytes | None, progress: Progress | None) -> Backup:
+        cat = self.catalog
+        parent = None if req.full else cat.last_good(ds["name"])
+        level = "incr" if parent is not None else "full"
+        parent_state = None
+        if parent is not None:
+            raw = cat.translator_state(parent.id)
+            if raw is None:
+                parent, level = None, "full"  # parent's state lost (rebuilt catalog): baseline
+            else:
+                parent_state = _decode_state(raw)
+        u = str(uuidlib.uuid4())
+        cipher = BlockCipher.new(secret, u) if secret is not None else None
+        options: dict[str, Any] = {"compress": req.compress, "block_size": BLOCK_SIZE}
+        if cipher is not None:
+            options["crypto"] = cipher.params
+        backup = cat.begin_backup(ds["name"], level, parent.id if parent else None,
+                                  ds["translator"], options, uuid=u)
+        tversion = str(getattr(translator, "version", "1"))
+        depth = len(cat.chain(parent)) if parent is not None else 0
+        hdr_opts = {"pool": pool, "source": ds["source"], "level_name": level,
+                    "compress": req.compress}
+
+        def header_for(seq: int) -> bytes:
+            first = writer.volumes[-1] if writer and writer.volumes else None
+            return header_block(
+                uuid=u, dataset=ds["name"], translator=ds["translator"],
+                translator_version=tversion, depth=depth,
+                parent=parent.uuid if parent else None, created=backup.started,
+                block_size=BLOCK_SIZE, data_tape_file=(first.first_file + 1) if first else -1,
+                seq=seq, crypto=cipher.params if cipher else None, options=hdr_opts)
+
+        session = None
+        writer = None
+        try:
+            session = DriveSession(self.library, f"ebm:{u}")
+            media = PoolMedia(cat, session, pool, backup.id)
+            writer = TapeWriter(media, header_for,
+                                cipher=cipher, compress=req.compress,
+                                on_block=(lambda n: progress(n, None)) if progress else None)
+            writer.start()
+            from tape_formats.archive.writer import PaxWriter
+
+            pax = PaxWriter(writer)
+            try:
+                result = translator.backup(Path(ds["source"]), parent_state, pax, progress)
+            except (MoverError, CryptoError):
+                raise
+            except Exception as e:
+                raise _TranslatorFailed(f"translator {ds['translator']} failed: {e}") from e
+            _finish_pax(pax)
+            size, blocks, digest = writer.finish_data()
+            entries = list(result.entries)
+            warnings = [str(w) for w in (getattr(result, "warnings", None) or [])]
+            trailer = trailer_bytes(
+                uuid=u, entries=entries, size=size, sha256=digest, warnings=warnings,
+                extra={"state": _state_b64(encode_state(result.state)), "dataset": ds["name"],
+                       "level_name": level, "blocks": blocks})
+            written = writer.write_trailer(trailer)
+            vols = []
+            for w in written:
+                w.volume.backup = backup.id
+                vols.append(w.volume)
+            cat.finish_backup(
+                backup.id, size=size, nfiles=len(entries), blocks=blocks, sha256=digest,
+                volumes=vols, files=(_row(e) for e in entries),
+                state=encode_state(result.state),
+                media_updates=[(w.volume.barcode, w.append_at, "full" if w.full else "append")
+                               for w in written],
+            )
+            if warnings:
+                cat.set_backup_options(backup.id, {**options, "warnings": warnings[:100]})
+        except BaseException as e:
+            msg = str(e) or type(e).__name__
+            if writer is not None:
+                with contextlib.suppress(Exception):
+                    writer.abort()
+            cat.fail_backup(backup.id, msg)
+            if isinstance(e, _TranslatorFailed):
+                raise
+            if isinstance(e, MoverError | MediaError | CryptoError | CatalogError):
+                raise JobError(f"backup of {ds['name']} failed: {msg}") from None
+            raise
+        finally:
+            if session is not None:
+                session.close()
+        return cat.backup(backup.id)
+
+
+class _TranslatorFailed(Exception):
+    pass
+
+
+def _finish_pax(pax: Any) -> None:
+    for name in ("finish", "close", "end"):
+        fn = getattr(pax, name, None)
+        if callable(fn):
+            fn()
+            return
+
+
+def _row(e: Any) -> FileRow:
+    return FileRow(
+        path=e.path, kind=e.kind, size=e.size, mtime_ns=e.mtime_ns, mode=e.mode, uid=e.uid,
+        gid=e.gid, sha256=bytes.fromhex(e.sha256) if e.sha256 else None,
+        header_offset=e.header_offset, data_offset=e.data_offset, deleted=e.deleted,
+    )
+
+
+def _state_b64(state: bytes | str | None) -> str | None:
+    if state is None:
+        return None
+    if isinstance(state, str):
+        return "s:" + state
+    return "b:" + base64.b64encode(state).decode()
+
+
+def state_from_b64(text: str | None) -> bytes | str | None:
+    if not text:
+        return None
+    return text[2:] if text.startswith("s:") else base64.b64decode(text[2:])
+
+
+def _decode_state(raw: bytes | str) -> Any:
+    if isinstance(raw, str):
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+    return raw
+
+
+def now() -> float:
+    return time.time()

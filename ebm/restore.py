@@ -1,0 +1,220 @@
+"""Restore: a whole backup, a point in a chain, or paths/globs, into a directory.
+
+How it reads as little tape as possible: the catalog's file index of every backup in the
+chain (baseline, then incrementals oldest first) is folded into the *final view* of the tree
+at the chosen point (a later entry replaces an earlier one, a deletion removes the path and
+everything under it). Only the entries of that view that match the selection are read, each
+by LOCATEing to the block that holds its pax header and reading up to the next entry's header
+through a bounded window, so a single-file restore reads that file's blocks and no other.
+The translator then turns the pax entries back into the application's own form.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fnmatch
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ebm.catalog import Backup, Catalog, CatalogError, FileRow
+from ebm.crypto import BlockCipher, CryptoError
+from ebm.media import DriveSession, ReadMedia
+from ebm.mover import MoverError, TapeReader
+
+
+class RestoreError(Exception):
+    """One-line restore failure."""
+
+
+def resolve(catalog: Catalog, spec: str) -> Backup:
+    """``ID``, ``UUID`` (or prefix), ``DATASET`` (its latest good backup) or ``DATASET@TIME``
+    (the latest good backup started at or before TIME: ISO date/time or epoch seconds)."""
+    name, at, when = spec, None, None
+    if "@" in spec:
+        name, _, at = spec.partition("@")
+        when = parse_time(at)
+    if catalog.dataset(name) is not None:
+        done = [b for b in catalog.backups(name, states=["done"])
+                if when is None or b.started <= when]
+        if not done:
+            raise RestoreError(f"dataset {name!r} has no good backup"
+                               + (f" at or before {at}" if at else ""))
+        return done[-1]
+    if at is not None:
+        raise RestoreError(f"no dataset {name!r}")
+    try:
+        return catalog.backup(spec)
+    except CatalogError:
+        raise RestoreError(f"no backup or dataset {spec!r}") from None
+
+
+def parse_time(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return dt.datetime.fromisoformat(text.replace("_", " ")).timestamp()
+    except ValueError:
+        raise RestoreError(f"bad time {text!r} (use ISO like 2026-11-25T14:00 or epoch seconds)") from None
+
+
+def final_view(catalog: Catalog, chain: list[Backup]) -> dict[str, FileRow]:
+    """path -> the row that defines it at the chain's last point (deleted paths absent)."""
+    view: dict[str, FileRow] = {}
+    for b in chain:
+        for row in catalog.files(b.id):
+            if row.deleted:
+                view.pop(row.path, None)
+                prefix = row.path + "/"
+                for p in [p for p in view if p.startswith(prefix)]:
+                    del view[p]
+            else:
+                view[row.path] = row
+    return view
+
+
+def matches(path: str, patterns: list[str]) -> bool:
+    """A path is selected if a pattern matches it or one of its parent directories."""
+    if not patterns:
+        return True
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pat in patterns:
+        pat = pat.strip("/") or "."
+        if pat == ".":
+            return True
+        if any(fnmatch.fnmatchcase(p, pat) for p in prefixes):
+            return True
+    return False
+
+
+class _Window:
+    """A read-only view of [start, end) of a TapeReader: the pax reader reads ahead in
+    1 MiB chunks, and this keeps that read-ahead from touching the next entry's blocks."""
+
+    def __init__(self, reader: TapeReader, start: int, end: int) -> None:
+        self.reader, self.pos, self.end = reader, start, end
+
+    def read(self, n: int) -> bytes:
+        n = min(n, self.end - self.pos)
+        if n <= 0:
+            return b""
+        self.reader.seek(self.pos)
+        data = self.reader.read(n)
+        self.pos += len(data)
+        return data
+
+
+@dataclass
+class RestoreStats:
+    backups: list[str]
+    entries: int = 0
+    bytes: int = 0
+    blocks_read: int = 0
+
+
+def cipher_for(backup: Backup, secret: bytes | None) -> BlockCipher | None:
+    params = backup.options.get("crypto")
+    if not params:
+        return None
+    if secret is None:
+        raise RestoreError(f"backup {backup.uuid} is encrypted: give --passphrase-file or --key-file")
+    try:
+        return BlockCipher.open(secret, backup.uuid, params)
+    except CryptoError as e:
+        raise RestoreError(str(e)) from None
+
+
+def restore(catalog: Catalog, library: Any, translator_loader: Callable[[str], Any],
+            backup: Backup, target: Path, patterns: list[str] | None = None,
+            secret: bytes | None = None,
+            progress: Callable[[int, int | None], None] | None = None) -> RestoreStats:
+    if backup.state != "done":
+        raise RestoreError(f"backup {backup.uuid} is {backup.state}, not restorable")
+    try:
+        chain = catalog.chain(backup)
+    except CatalogError as e:
+        raise RestoreError(str(e)) from None
+    for b in chain:
+        if b.state != "done":
+            raise RestoreError(f"backup {b.uuid} in the chain is {b.state}; cannot restore {backup.uuid}")
+    ciphers = {b.id: cipher_for(b, secret) for b in chain}  # wrong key: refused before any read
+    view = final_view(catalog, chain)
+    selected = [r for p, r in view.items() if matches(p, patterns or [])]
+    if patterns and not selected:
+        raise RestoreError(f"nothing in backup {backup.uuid} matches {' '.join(patterns)}")
+    total = sum(r.size for r in selected)
+    stats = RestoreStats([b.uuid for b in chain])
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    translator = translator_loader(backup.translator)
+    session = DriveSession(library, f"ebm-restore:{backup.uuid}")
+    opener = ReadMedia(session)
+    try:
+        by_backup: dict[int, list[FileRow]] = {}
+        for r in selected:
+            by_backup.setdefault(r.backup, []).append(r)
+
+        def entries() -> Iterator[tuple[Any, Any]]:
+            done_bytes = 0
+            for b in chain:
+                rows = sorted(by_backup.get(b.id, []), key=lambda r: r.header_offset)
+                if not rows:
+                    continue
+                yield from _read_rows(catalog, b, rows, opener, ciphers[b.id], stats)
+                done_bytes += sum(r.size for r in rows)
+                if progress:
+                    progress(done_bytes, total)
+
+        try:
+            translator.restore(entries(), target, None)
+        except (MoverError, RestoreError):
+            raise
+        except Exception as e:
+            name = type(e).__name__
+            if name in ("ArchiveCorrupt", "ArchiveError", "UnsafePath"):
+                raise RestoreError(f"backup {backup.uuid}: {e}") from None
+            raise
+    except MoverError as e:
+        raise RestoreError(str(e)) from None
+    finally:
+        with contextlib.suppress(Exception):
+            session.close()
+    return stats
+
+
+def _read_rows(catalog: Catalog, b: Backup, rows: list[FileRow], opener: ReadMedia,
+               cipher: BlockCipher | None, stats: RestoreStats) -> Iterator[tuple[Any, Any]]:
+    from tape_formats.archive.reader import PaxReader
+
+    # Each entry ends where the next one of the same backup begins (or at the stream end).
+    starts = sorted({r.header_offset for r in catalog.files(b.id) if r.header_offset >= 0})
+    nxt = {s: e for s, e in zip(starts, starts[1:] + [b.size], strict=True)}
+    reader = TapeReader(catalog.volumes(b.id), opener, b.size, cipher)
+    try:
+        for r in rows:
+            end = nxt.get(r.header_offset, b.size)
+            win = _Window(reader, r.header_offset, end)
+            expected = {r.header_offset: r.sha256.hex()} if r.sha256 else {}
+            pr = PaxReader(win, start_offset=r.header_offset, expected=expected, require_end=False)
+            got = False
+            for entry, data in pr:
+                if entry.deleted:
+                    continue
+                if entry.path != r.path:
+                    raise RestoreError(
+                        f"backup {b.uuid}: found {entry.path!r} where the index says {r.path!r}")
+                got = True
+                stats.entries += 1
+                stats.bytes += r.size
+                yield entry, data
+                break
+            if not got:
+                raise RestoreError(f"backup {b.uuid}: entry {r.path!r} is missing from the tape")
+    finally:
+        stats.blocks_read += reader.blocks_read
+        reader.close()
