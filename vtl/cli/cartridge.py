@@ -1,0 +1,425 @@
+"""``vtl cartridge ...``: create, list, show, import/export, erase, protect, WORM, verify.
+
+Every command validates all of its input before it changes anything; the library methods it
+calls do the same and roll back a batch that fails half-way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, is_dataclass
+from typing import Annotated, Any
+
+import typer
+
+from vtl.cli.common import (
+    CliError,
+    console,
+    emit_json,
+    err_console,
+    expand_range,
+    generate_labels,
+    human_size,
+    open_library,
+    parse_size,
+    say,
+    settings,
+)
+
+app = typer.Typer(help="Create and manage cartridges.", no_args_is_help=True)
+
+BarcodeArg = Annotated[str, typer.Argument(help="Cartridge barcode, e.g. A00001L8.")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Confirm a destructive action.")]
+
+
+def _row_json(lib: Any, row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    out["location"] = lib.element_name(row["address"])
+    out["worm"] = bool(row["worm"])
+    out["write_protected"] = bool(row["write_protected"])
+    return out
+
+
+@app.command()
+def create(
+    labels: Annotated[
+        str | None,
+        typer.Argument(help="A barcode (A00001L8) or a range (A00001L8-A00020L8)."),
+    ] = None,
+    count: Annotated[int | None, typer.Option(help="Create N new labels (with --prefix).")] = None,
+    prefix: Annotated[str | None, typer.Option(help="Label prefix for --count, e.g. A.")] = None,
+    media: Annotated[str | None, typer.Option(help="Media (LTO-8...); default from the label "
+                                                   "or the library.")] = None,
+    worm: Annotated[bool, typer.Option("--worm", help="Create WORM cartridges.")] = False,
+    capacity: Annotated[str | None, typer.Option(help="Native capacity, e.g. 64MiB "
+                                                      "(small test cartridges).")] = None,
+    slot: Annotated[str | None, typer.Option(help="Slot for a single cartridge (slot:N).")] = None,
+    vault: Annotated[bool, typer.Option("--vault", help="Create outside the library.")] = False,
+    pool: Annotated[str, typer.Option(help="Pool for the new cartridges.")] = "Scratch",
+) -> None:
+    """Create cartridges by barcode, barcode range, or --count/--prefix."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from vtl.library import ElementType, media_type
+
+    size = parse_size(capacity) if capacity is not None else None
+    with open_library() as lib:
+        if labels is not None and (count is not None or prefix is not None):
+            raise CliError("give either a barcode/range or --count/--prefix, not both")
+        if labels is None:
+            if count is None or prefix is None:
+                raise CliError("give a barcode, a range, or --count N --prefix P")
+            mname = (media or lib.config.media).upper()
+            mtype = media_type(mname)
+            suffix = mtype.worm_suffix if worm else mtype.suffix
+            existing = {r["barcode"] for r in lib.catalog.cartridges()}
+            barcodes = generate_labels(prefix, count, suffix, existing)
+        else:
+            barcodes = expand_range(labels)
+        slots = None
+        if slot is not None:
+            if len(barcodes) != 1:
+                raise CliError("--slot needs a single barcode")
+            if vault:
+                raise CliError("--slot and --vault exclude each other")
+            address = lib.resolve(slot)
+            if lib.element(address).type != ElementType.STORAGE:
+                raise CliError(f"{slot!r} is not a storage slot")
+            slots = [address]
+        quiet = settings().json or len(barcodes) < 10
+        with Progress(
+            TextColumn("creating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+            console=err_console(), transient=True, disable=quiet,
+        ) as progress:
+            task = progress.add_task("", total=len(barcodes))
+
+            def step(bc: str) -> None:
+                progress.update(task, advance=1, description=bc)
+
+            created = lib.create_cartridges(
+                barcodes, media=media.upper() if media else None, capacity=size, worm=worm,
+                slots=slots, vault=vault, pool=pool, progress=step,
+            )
+        rows = [lib.cartridge(bc) for bc in created]
+        where = ", ".join(f"{r['barcode']}@{lib.element_name(r['address'])}" for r in rows[:5])
+        more = f" ... ({len(rows)} total)" if len(rows) > 5 else ""
+        say(f"created {len(rows)} cartridge(s): {where}{more}",
+            {"cartridges": [_row_json(lib, r) for r in rows]})
+
+
+@app.command("list")
+def list_(
+    pool: Annotated[str | None, typer.Option(help="Only this pool.")] = None,
+    state: Annotated[str | None, typer.Option(help="Only this state.")] = None,
+) -> None:
+    """List cartridges: location, media, used/capacity, files, state, flags, pool."""
+    from rich.table import Table
+
+    with open_library() as lib:
+        rows = lib.catalog.cartridges(pool=pool, state=state)
+        if settings().json:
+            emit_json([_row_json(lib, r) for r in rows])
+            return
+        table = Table()
+        for col in ("Barcode", "Location", "Media", "Used / Capacity", "Files", "State", "Flags",
+                    "Pool"):
+            table.add_column(col)
+        for r in rows:
+            flags = " ".join(f for f, on in (("WORM", r["worm"]), ("WP", r["write_protected"]))
+                             if on)
+            pct = 100.0 * r["used_bytes"] / r["capacity"] if r["capacity"] else 0.0
+            table.add_row(
+                r["barcode"], lib.element_name(r["address"]), r["media"],
+                f"{human_size(r['used_bytes'])} / {human_size(r['capacity'])} ({pct:.0f}%)",
+                str(r["files"]), r["state"], flags, r["pool"] or "",
+            )
+        console().print(table)
+        console().print(f"{len(rows)} cartridge(s)", markup=False)
+
+
+def _tape_files(lib: Any, barcode: str) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """Tape files from the cartridge's index, or (None, why) when it cannot be opened now."""
+    from tape_formats.cartridge import CartridgeError
+    from vtl.library import LibraryError
+
+    try:
+        cart = lib.open_readonly(barcode)
+    except (LibraryError, CartridgeError) as e:
+        return None, str(e)
+    try:
+        files = [
+            {"file": n, "first_block": first, "blocks": blocks, "bytes": nbytes}
+            for n, first, blocks, nbytes in cart.tape_files()
+        ]
+    finally:
+        cart.close()
+    return files, None
+
+
+@app.command()
+def show(barcode: BarcodeArg) -> None:
+    """Everything about one cartridge, including its tape files."""
+    from rich.table import Table
+
+    barcode = barcode.upper()
+    with open_library() as lib:
+        row = lib.cartridge(barcode)
+        files, why = _tape_files(lib, barcode)
+        events = lib.catalog.events(barcode, limit=10)
+        if settings().json:
+            emit_json({**_row_json(lib, row), "tape_files": files, "tape_files_error": why,
+                       "events": events})
+            return
+        info = Table(show_header=False, title=f"cartridge {barcode}")
+        info.add_column("key")
+        info.add_column("value")
+        for key, value in _row_json(lib, row).items():
+            if key in ("address", "source_address", "home_address"):
+                value = f"{lib.element_name(value)} ({value})" if value is not None else "-"
+            elif key in ("capacity", "used_bytes"):
+                value = f"{human_size(value)} ({value})"
+            info.add_row(key, "-" if value is None else str(value))
+        console().print(info)
+        if files is None:
+            console().print(f"tape files unavailable: {why}", markup=False)
+        else:
+            t = Table(title="tape files")
+            for col in ("File", "First block", "Blocks", "Bytes"):
+                t.add_column(col, justify="right")
+            for f in files:
+                t.add_row(str(f["file"]), str(f["first_block"]), str(f["blocks"]),
+                          f"{f['bytes']} ({human_size(f['bytes'])})")
+            console().print(t)
+        if events:
+            t = Table(title="recent events")
+            for col in ("Time", "Action", "From", "To"):
+                t.add_column(col)
+            for ev in events:
+                t.add_row(ev["time"], ev["action"],
+                          lib.element_name(ev["src"]) if ev["src"] is not None else "",
+                          lib.element_name(ev["dst"]) if ev["dst"] is not None else "")
+            console().print(t)
+
+
+@app.command("export")
+def export_(barcodes: Annotated[list[str], typer.Argument(help="Cartridge(s) to export.")]
+            ) -> None:
+    """Move cartridges from their slots into free mailslots."""
+    with open_library() as lib:
+        barcodes = [b.upper() for b in barcodes]
+        _check_all_known(lib, barcodes)
+        from vtl.library import DestinationFull, ElementType
+
+        free = len(lib.free(ElementType.IMPORT_EXPORT))
+        if len(barcodes) > free:
+            raise DestinationFull(f"{len(barcodes)} cartridge(s) to export but {free} free mailslot(s)")
+        for bc in barcodes:  # check each can go before moving any
+            element = lib.find(bc)
+            if element.type == ElementType.DATA_TRANSFER:
+                from vtl.library import CartridgeInDrive
+
+                raise CartridgeInDrive(f"cartridge {bc} is in {element.name}; unload it first")
+            if element.type == ElementType.IMPORT_EXPORT:
+                raise CliError(f"cartridge {bc} is already in {element.name}")
+        done = [(bc, lib.export_cartridge(bc).name) for bc in barcodes]
+        say("exported " + ", ".join(f"{bc} -> {where}" for bc, where in done),
+            {"exported": [{"barcode": bc, "to": where} for bc, where in done]})
+
+
+@app.command("import")
+def import_(barcodes: Annotated[list[str], typer.Argument(help="Vaulted cartridge(s).")]
+            ) -> None:
+    """Put cartridges from the vault into free mailslots (then 'vtl move' them to slots)."""
+    from vtl.library import DestinationFull, ElementType
+
+    with open_library() as lib:
+        barcodes = [b.upper() for b in barcodes]
+        _check_all_known(lib, barcodes)
+        for bc in barcodes:
+            element = lib.where(bc)
+            if element is not None:
+                raise CliError(f"cartridge {bc} is already in the library ({element.name})")
+        free = len(lib.free(ElementType.IMPORT_EXPORT))
+        if len(barcodes) > free:
+            raise DestinationFull(f"{len(barcodes)} cartridge(s) to import but {free} free mailslot(s)")
+        done = [(bc, lib.import_cartridge(bc).name) for bc in barcodes]
+        say("imported " + ", ".join(f"{bc} -> {where}" for bc, where in done),
+            {"imported": [{"barcode": bc, "to": where} for bc, where in done]})
+
+
+def _check_all_known(lib: Any, barcodes: list[str]) -> None:
+    if len(set(barcodes)) != len(barcodes):
+        raise CliError("a barcode is given twice")
+    for bc in barcodes:
+        lib.cartridge(bc)
+
+
+@app.command()
+def erase(barcode: BarcodeArg, yes: YesOpt = False) -> None:
+    """Erase all data on a cartridge (refuses WORM and write-protected ones)."""
+    barcode = barcode.upper()
+    with open_library() as lib:
+        row = lib.cartridge(barcode)
+        if not yes:
+            raise CliError(f"erasing {barcode} destroys its data; confirm with --yes")
+        del row
+        lib.erase_cartridge(barcode)
+        say(f"erased {barcode}", {"barcode": barcode})
+
+
+@app.command()
+def protect(barcode: BarcodeArg) -> None:
+    """Set the write-protect tab."""
+    barcode = barcode.upper()
+    with open_library() as lib:
+        lib.set_write_protect(barcode, True)
+        say(f"{barcode} is write protected", {"barcode": barcode, "write_protected": True})
+
+
+@app.command()
+def unprotect(barcode: BarcodeArg) -> None:
+    """Clear the write-protect tab."""
+    barcode = barcode.upper()
+    with open_library() as lib:
+        lib.set_write_protect(barcode, False)
+        say(f"{barcode} is writable", {"barcode": barcode, "write_protected": False})
+
+
+@app.command()
+def worm(barcode: BarcodeArg) -> None:
+    """Make a blank cartridge WORM (write once, read many)."""
+    barcode = barcode.upper()
+    with open_library() as lib:
+        lib.make_worm(barcode)
+        say(f"{barcode} is now WORM", {"barcode": barcode, "worm": True})
+
+
+@app.command()
+def delete(barcode: BarcodeArg, yes: YesOpt = False) -> None:
+    """Delete a cartridge and its file (one holding data needs --yes)."""
+    barcode = barcode.upper()
+    with open_library() as lib:
+        lib.delete_cartridge(barcode, force=yes)
+        say(f"deleted {barcode}", {"barcode": barcode})
+
+
+def _plain(obj: Any) -> Any:
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {k: _plain(v) for k, v in asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, bytes):
+        return obj.hex()
+    if isinstance(obj, int | float | str | bool) or obj is None:
+        return obj
+    return str(obj)
+
+
+@app.command()
+def verify(
+    barcode: BarcodeArg,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Also rebuild the index sidecar.")]
+    = False,
+) -> None:
+    """Walk every record of the cartridge file and check framing and checksums."""
+    from tape_formats.cartridge import rebuild_index, verify_cartridge
+
+    barcode = barcode.upper()
+    with open_library() as lib:
+        row = lib.cartridge(barcode)
+        path = lib.cartridge_path(barcode)
+        rebuilt = None
+        if rebuild:
+            with lib.held(barcode):
+                if row["address"] is not None:
+                    lib._offline(barcode)  # not while it sits in a drive
+                rebuilt = rebuild_index(path)
+        report = verify_cartridge(path)
+        data = _plain(report)
+        data["ok"] = bool(report.ok)
+        data["barcode"] = barcode
+        if rebuilt is not None:
+            data["index_rebuilt_objects"] = rebuilt
+        if not report.ok and row["state"] != "error":
+            lib.catalog.log("verify-failed", barcode, detail="; ".join(report.errors[:5]))
+        if settings().json:
+            emit_json(data)
+        else:
+            summary = (
+                f"{barcode}: {report.objects} objects ({report.blocks} blocks, "
+                f"{report.filemarks} filemarks), {human_size(report.native_bytes)} native, "
+                f"{human_size(report.stored_bytes)} stored"
+            )
+            if rebuilt is not None:
+                summary += f"; index rebuilt ({rebuilt} objects)"
+            console().print(summary, markup=False)
+            for e in report.errors:
+                console().print(f"  {e}", markup=False)
+            console().print("OK" if report.ok else f"FAILED: {len(report.errors)} error(s)",
+                            markup=False)
+        if not report.ok:
+            raise typer.Exit(1)
+
+
+@app.command()
+def inspect(barcode: BarcodeArg) -> None:
+    """The cartridge file's header, MAM attributes and index summary."""
+    from rich.table import Table
+
+    from tape_formats.cartridge import HEADER_FLAG_WRITE_PROTECT
+    from tape_formats.mam import MAM_ATTRIBUTES
+
+    barcode = barcode.upper()
+    with open_library() as lib:
+        lib.cartridge(barcode)
+        cart = lib.open_readonly(barcode)
+        try:
+            header = {
+                "path": str(cart.path),
+                "barcode": cart.barcode,
+                "media": cart.media.name,
+                "density_code": f"0x{cart.media.density_code:02X}",
+                "capacity": cart.capacity,
+                "worm": cart.worm,
+                "write_protected": bool(cart._flags & HEADER_FLAG_WRITE_PROTECT),
+                "uuid": getattr(cart, "uuid", b"").hex(),
+                "created_ns": getattr(cart, "created_ns", None),
+            }
+            mam = []
+            for attr_id, fmt, value in cart.mam.items():
+                meta = MAM_ATTRIBUTES.get(attr_id)
+                if fmt == 0 and len(value) <= 8:
+                    shown: Any = int.from_bytes(value, "big")
+                else:
+                    shown = value.decode("utf-8", "replace").rstrip(" \x00")
+                mam.append({"id": f"0x{attr_id:04X}", "name": meta.name if meta else "?",
+                            "value": shown})
+            files = cart.tape_files()
+            index = {
+                "objects": cart.eod,
+                "filemarks": cart.filemarks_before(cart.eod),
+                "blocks": cart.eod - cart.filemarks_before(cart.eod),
+                "tape_files": len(files) if cart.eod else 0,
+                "used_bytes": cart.used_bytes,
+                "remaining_bytes": cart.remaining_bytes,
+                "native_bytes": sum(f[3] for f in files),
+            }
+        finally:
+            cart.close()
+        if settings().json:
+            emit_json({"header": header, "mam": mam, "index": index})
+            return
+        for title, section in (("header", header), ("index", index)):
+            t = Table(title=title, show_header=False)
+            t.add_column("key")
+            t.add_column("value")
+            for k, v in section.items():
+                t.add_row(k, str(v))
+            console().print(t)
+        t = Table(title="MAM attributes")
+        for col in ("Id", "Name", "Value"):
+            t.add_column(col)
+        for a in mam:
+            t.add_row(a["id"], a["name"], str(a["value"]))
+        console().print(t)

@@ -1,0 +1,242 @@
+"""``vtl``: the admin CLI for a virtual tape library (create it, manage cartridges, move them).
+
+Global options come first (``vtl --root DIR status``); ``--json`` may go anywhere. Element
+names are those ``vtl status`` shows: ``slot:N`` and ``mailslot:N`` count from 1, ``drive:N``
+from 0 (as mtx does), or a raw element address.
+
+Adding a command from another module (how ``vtl serve`` gets in): put a function
+``register(app: typer.Typer) -> None`` in that module and add its name to
+``OPTIONAL_COMMANDS`` below (``vtl.cli.serve`` is already listed). ``register`` does
+``app.command("serve")(serve)``; raise exceptions freely inside - the root group prints them
+as one ``error: ...`` line (LibraryError/ConfigError/CliError exit 2, others exit 1). Use
+``vtl.cli.common.settings().root`` / ``.json`` for the global options.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vtl.cli import cartridge as cartridge_cmds
+from vtl.cli.common import (
+    DEFAULT_ROOT,
+    CliError,
+    Settings,
+    VtlGroup,
+    console,
+    emit_json,
+    open_library,
+    say,
+    settings,
+)
+from vtl.config import LibraryConfig
+
+app = typer.Typer(
+    cls=VtlGroup,
+    name="vtl",
+    help="Manage a virtual tape library: its drives, slots, mailslots and cartridges.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+mailslot_app = typer.Typer(help="The import/export mailslots.", no_args_is_help=True)
+app.add_typer(cartridge_cmds.app, name="cartridge")
+app.add_typer(mailslot_app, name="mailslot")
+
+# Modules that add commands with register(app); missing ones are skipped.
+OPTIONAL_COMMANDS = ("vtl.cli.serve",)
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    root: Annotated[
+        Path,
+        typer.Option("--root", "-r", envvar="VTL_ROOT", help="Library directory.",
+                     show_default=True),
+    ] = Path(DEFAULT_ROOT),
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    ctx.obj = Settings(root=root, json=json_out)
+
+
+@app.command()
+def init(
+    drives: Annotated[int, typer.Option(help="Number of tape drives.")] = 4,
+    slots: Annotated[int, typer.Option(help="Number of storage slots.")] = 40,
+    mailslots: Annotated[int, typer.Option(help="Number of import/export mailslots.")] = 4,
+    media: Annotated[str, typer.Option(help="Default media for new cartridges.")] = "LTO-8",
+    changer_model: Annotated[str, typer.Option(help="Changer identity.")] = "IBM-3573-TL",
+    drive_model: Annotated[str, typer.Option(help="Drive identity.")] = "IBM-ULT3580-TD8",
+    name: Annotated[str, typer.Option(help="Library name.")] = "vtl",
+    serial_prefix: Annotated[str, typer.Option(help="Prefix of device serials.")] = "VTL",
+    portal: Annotated[str, typer.Option(help="iSCSI portal HOST:PORT.")] = "127.0.0.1:3260",
+    iqn: Annotated[str | None, typer.Option(help="iSCSI target IQN.")] = None,
+) -> None:
+    """Create a new library (refuses a directory that already has one)."""
+    from vtl.config import IscsiConfig
+    from vtl.library import Library
+
+    root = settings().root
+    iscsi = IscsiConfig(portal=portal)
+    iscsi.target_iqn = iqn or f"iqn.2026-01.org.vtl-ebm:{name.lower()}"
+    config = LibraryConfig(
+        name=name, drives=drives, slots=slots, mailslots=mailslots, media=media.upper(),
+        changer_model=changer_model, drive_model=drive_model,
+        serial_prefix=serial_prefix.upper(), iscsi=iscsi,
+    )
+    lib = Library.create(root, config)
+    lib.close()
+    say(
+        f"created library {name!r} at {root}: {drives} drives, {slots} slots, "
+        f"{mailslots} mailslots, {config.media}",
+        {"root": str(root), "config": config.to_dict()},
+    )
+
+
+def _element_rows(lib: Any) -> list[dict[str, Any]]:
+    from vtl.library import ElementType
+
+    claims = lib.claims()
+    rows = []
+    for e in lib.elements():
+        row: dict[str, Any] = {
+            "element": e.name,
+            "type": e.type.name.lower(),
+            "address": e.address,
+            "barcode": e.barcode,
+            "media": e.media,
+            "source": lib.element_name(e.source_address) if e.source_address else None,
+        }
+        if e.type == ElementType.DATA_TRANSFER:
+            row["serial"] = lib.drives[e.index].serial
+            claim = claims.get(e.index)
+            row["claimed_by"] = f"{claim['owner']} (pid {claim['pid']})" if claim else None
+        rows.append(row)
+    return rows
+
+
+@app.command()
+def status() -> None:
+    """Show every element: transport, mailslots, drives (serials, loaded cartridges), slots."""
+    from rich.table import Table
+
+    with open_library() as lib:
+        rows = _element_rows(lib)
+        cfg = lib.config
+        if settings().json:
+            emit_json({"library": cfg.name, "root": str(lib.root), "changer": cfg.changer_model,
+                       "drive_model": cfg.drive_model, "elements": rows})
+            return
+        table = Table(title=f"library {cfg.name} ({cfg.changer_model}, drives {cfg.drive_model})")
+        for col in ("Element", "Address", "Barcode", "Media", "Source", "Serial", "Claimed by"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["element"], str(r["address"]), r["barcode"] or "-", r["media"] or "",
+                          r["source"] or "", r.get("serial") or "", r.get("claimed_by") or "")
+        console().print(table)
+        full = sum(1 for r in rows if r["barcode"])
+        vaulted = sum(1 for c in lib.catalog.cartridges() if c["address"] is None)
+        console().print(f"{full} cartridge(s) in the library, {vaulted} in the vault",
+                        markup=False)
+
+
+@app.command()
+def move(
+    src: Annotated[str, typer.Argument(help="Source: address, slot:N, drive:N, mailslot:N or a barcode.")],
+    dst: Annotated[str, typer.Argument(help="Destination: address, slot:N, drive:N, mailslot:N.")],
+) -> None:
+    """Move a cartridge between elements, as the changer's MOVE MEDIUM does."""
+    with open_library() as lib:
+        s = lib.resolve(src, allow_barcode=True)
+        d = lib.resolve(dst)
+        barcode = lib.element(s).barcode
+        lib.move_medium(s, d)
+        say(f"moved {barcode} {lib.element_name(s)} -> {lib.element_name(d)}",
+            {"barcode": barcode, "from": lib.element_name(s), "to": lib.element_name(d)})
+
+
+def _drive_index(lib: Any, spec: str) -> int:
+    from vtl.library import ElementType
+
+    spec = spec.strip()
+    if spec.isdigit() and int(spec) < len(lib.drives):
+        return int(spec)
+    address = lib.resolve(spec if not spec.isdigit() else spec)
+    element = lib.element(address)
+    if element.type != ElementType.DATA_TRANSFER:
+        raise CliError(f"{spec!r} is not a drive")
+    return element.index
+
+
+@app.command()
+def load(
+    barcode: Annotated[str, typer.Argument(help="Cartridge to load.")],
+    drive: Annotated[str, typer.Argument(help="Drive number (0-based), drive:N or address.")],
+) -> None:
+    """Load a cartridge into a drive."""
+    with open_library() as lib:
+        barcode = barcode.upper()
+        index = _drive_index(lib, drive)
+        src = lib.find(barcode)
+        lib.load(barcode, index)
+        say(f"loaded {barcode} from {src.name} into drive:{index}",
+            {"barcode": barcode, "from": src.name, "to": f"drive:{index}"})
+
+
+@app.command()
+def unload(
+    drive: Annotated[str, typer.Argument(help="Drive number (0-based), drive:N or address.")],
+) -> None:
+    """Unload a drive: its cartridge goes back to its home slot (or the first free slot)."""
+    with open_library() as lib:
+        index = _drive_index(lib, drive)
+        barcode = lib.drives[index].barcode
+        lib.unload(index)
+        where = lib.find(barcode).name if barcode else "?"
+        say(f"unloaded {barcode} from drive:{index} to {where}",
+            {"barcode": barcode, "from": f"drive:{index}", "to": where})
+
+
+@mailslot_app.command("empty")
+def mailslot_empty() -> None:
+    """Open the mailslot door: take every cartridge in the mailslots out (to the vault)."""
+    with open_library() as lib:
+        taken = lib.empty_mailslots()
+        say(f"took {len(taken)} cartridge(s) out of the mailslots" +
+            (f": {', '.join(taken)}" if taken else ""), {"barcodes": taken})
+
+
+mailslot_app.command("open", help="Same as 'empty': take exported cartridges out.")(
+    mailslot_empty
+)
+
+
+def _register_optional() -> None:
+    for name in OPTIONAL_COMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as e:
+            if e.name == name:  # the module is simply not there
+                continue
+            _register_broken(name, e)  # keep the rest of the CLI usable, say why on use
+            continue
+        register = getattr(module, "register", None)
+        if register is not None:
+            register(app)
+
+
+def _register_broken(module: str, error: ImportError) -> None:
+    command = module.rsplit(".", 1)[-1]
+
+    def broken() -> None:
+        raise RuntimeError(f"'vtl {command}' is unavailable: {error}")
+
+    app.command(command, help=f"(unavailable: {error})")(broken)
+
+
+_register_optional()
