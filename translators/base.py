@@ -1,0 +1,156 @@
+"""The translator plugin interface: how the EBM talks to one kind of application.
+
+A translator converts a dataset (a directory tree, a database, a byte stream ...) to the
+neutral archive format (a pax stream written through :class:`PaxWriter`) and back, without
+needing the application at restore time. The EBM never looks inside a dataset; it only:
+
+1. ``load_translator(name)`` - finds the class through the entry point group
+   ``ebm.translators`` (``[project.entry-points."ebm.translators"] name = "pkg.mod:Class"``),
+   importing the module only now, so a third-party package can ship a translator;
+2. ``validate_source(source)`` - refuses a bad request up front with :class:`TranslatorError`
+   (one-line message, shown to the admin as is);
+3. ``backup(source, parent_state, writer, progress=...)`` - writes entries (and, for
+   incrementals, deletion markers) to the writer and returns a :class:`BackupResult`: the file
+   index (:class:`IndexEntry` rows with stream offsets and sha256), warnings, and the new
+   ``state`` (JSON-serialisable) that the EBM stores in its catalog and hands back as
+   ``parent_state`` for the next incremental. ``parent_state=None`` means a baseline. The EBM
+   closes the writer (end-of-archive blocks) after ``backup`` returns;
+4. ``restore(entries, target, select=...)`` - consumes ``(ArchiveEntry, EntryData)`` pairs
+   (from :class:`PaxReader`) into ``target``.
+
+Chain semantics (``apply_chain``): to restore backup N of a chain, restore the baseline and
+then every incremental up to N, in order, into the same (initially empty) target. Each
+incremental's deletion markers are applied when met (they come first in the stream), entries
+replace what is there, and directory metadata is applied after the children. The result is
+exactly the tree as it was at backup N.
+
+Progress: ``progress(Progress)`` is called from the backup/restore thread at most every
+~0.1 s and once at the end; it must be cheap and must not raise.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+from tape_formats.archive import ArchiveEntry, EntryData, IndexEntry, PaxWriter
+
+ENTRY_POINT_GROUP = "ebm.translators"
+
+# Used only when the package metadata does not (yet) list an entry point of that name, e.g. a
+# source checkout whose editable install predates the entry point.
+_BUILTIN = {
+    "filesystem": "translators.filesystem:FilesystemTranslator",
+}
+
+TranslatorState = dict[str, Any]
+
+
+class TranslatorError(Exception):
+    """A translator refused or failed; the message is one line fit for an admin."""
+
+
+@dataclass(slots=True)
+class Progress:
+    phase: str  # "scan", "backup", "restore"
+    entries_done: int = 0
+    entries_total: int | None = None
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    path: str = ""
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass(slots=True)
+class BackupResult:
+    state: TranslatorState
+    entries: list[IndexEntry]
+    warnings: list[str] = field(default_factory=list)
+    level_hint: str = "baseline"  # "baseline" or "incremental": what was actually written
+
+
+@dataclass(slots=True)
+class RestoreStats:
+    entries: int = 0
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    hardlinks: int = 0
+    others: int = 0
+    deleted: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def merge(self, other: RestoreStats) -> None:
+        for name in ("entries", "files", "dirs", "symlinks", "hardlinks", "others", "deleted",
+                     "bytes", "skipped"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.warnings.extend(other.warnings)
+
+
+class Translator(ABC):
+    """One application's converter to and from the archive format (see the module doc)."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    supports_incremental: ClassVar[bool] = True
+
+    @abstractmethod
+    def validate_source(self, source: str) -> None:
+        """Raise TranslatorError (one line) if ``source`` cannot be backed up."""
+
+    @abstractmethod
+    def backup(self, source: str, parent_state: TranslatorState | None, writer: PaxWriter, *,
+               progress: ProgressCallback | None = None) -> BackupResult:
+        """Write the dataset (or its changes since ``parent_state``) to ``writer``."""
+
+    @abstractmethod
+    def restore(self, entries: Iterable[tuple[ArchiveEntry, EntryData]], target: Path, *,
+                select: Callable[[str], bool] | None = None,
+                progress: ProgressCallback | None = None) -> RestoreStats:
+        """Recreate the archived entries under ``target``."""
+
+
+def apply_chain(translator: Translator,
+                archives: Iterable[Iterable[tuple[ArchiveEntry, EntryData]]], target: Path, *,
+                select: Callable[[str], bool] | None = None,
+                progress: ProgressCallback | None = None) -> RestoreStats:
+    """Restore baseline, then each incremental, in order, into ``target`` (see module doc)."""
+    total = RestoreStats()
+    for archive in archives:
+        total.merge(translator.restore(archive, Path(target), select=select, progress=progress))
+    return total
+
+
+def available_translators() -> list[str]:
+    names = {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return sorted(names | set(_BUILTIN))
+
+
+def load_translator(name: str) -> Translator:
+    """Import and instantiate the translator registered as ``name`` (lazily, on demand)."""
+    eps = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+    try:
+        if eps:
+            cls = eps[0].load()
+        elif name in _BUILTIN:
+            module, _, attr = _BUILTIN[name].partition(":")
+            cls = getattr(importlib.import_module(module), attr)
+        else:
+            known = ", ".join(available_translators()) or "none"
+            raise TranslatorError(f"unknown translator {name!r} (available: {known})")
+    except TranslatorError:
+        raise
+    except Exception as exc:  # a broken third-party plugin must not crash the manager
+        raise TranslatorError(f"cannot load translator {name!r}: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Translator)):
+        raise TranslatorError(f"translator {name!r} is not a Translator subclass")
+    return cls()

@@ -1,0 +1,737 @@
+"""The filesystem translator: a directory tree to a pax stream and back, exactly.
+
+What is captured: regular files, directories, symlinks, hard links (typeflag '1' to the first
+name of the inode in the same archive), FIFOs and device nodes, permission bits incl.
+setuid/setgid/sticky, numeric uid/gid (plus names for GNU tar), mtime and atime with
+nanoseconds, extended attributes (every namespace the process can read; ``user.*`` at least)
+and sparse files (data extents found with SEEK_DATA/SEEK_HOLE, stored as GNU sparse 1.0 so
+holes cost nothing on tape and GNU tar recreates them). Sockets are skipped with a warning.
+The walk stays on the source's filesystem (mount points below it are recorded as empty dirs).
+
+Incrementals. The state is, per path, ``[inode, size, mtime_ns, ctime_ns, st_mode]`` taken
+when the entry was captured. An entry is included in the next incremental when its path is
+new or any of those differ (ctime catches chmod, chown, xattr and link-count changes). Every
+name of a hard-linked inode is included when any is (they share one inode). Paths of the parent
+state that are gone are written as deletion markers (``EBM.deleted`` global records) *before*
+any entry. A rename (same inode, new path) is recorded as delete old path + add new path: the
+restore has no earlier archive at hand to copy from, and this keeps every incremental
+self-contained.
+
+Consistency without snapshots. A regular file is read between two ``fstat`` calls; if size,
+mtime or ctime moved, or the read came up short, it is read again (up to ``retries`` times,
+files up to ``buffer_limit`` bytes are buffered so a torn attempt never reaches the stream;
+bigger ones are re-appended and the later copy wins, as in tar). A file that never holds
+still is kept as its last copy, reported in ``warnings``, flagged ``torn`` in the index and
+left out of the state (recorded with mtime -1), so the next incremental takes it again.
+
+Restore. Paths must be relative without ``..`` (else :class:`UnsafePath`), and no parent of
+a restored path may be a symlink (a hostile archive could otherwise write through it).
+Existing entries are replaced (a file is unlinked first, so other hard links of the old inode
+keep their content); directories are created as needed and their mode/owner/xattrs/mtime set
+after their children; parent directories that the archive does not carry get their previous
+times back. Ownership is set (numerically) only when running as root.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import hashlib
+import os
+import pwd
+import shutil
+import stat
+import time
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+from pathlib import Path
+
+from tape_formats.archive import (
+    ArchiveCorrupt,
+    ArchiveEntry,
+    EntryData,
+    IndexEntry,
+    PaxWriter,
+    UnsafePath,
+    check_member_path,
+)
+
+from .base import (
+    BackupResult,
+    Progress,
+    ProgressCallback,
+    RestoreStats,
+    Translator,
+    TranslatorError,
+    TranslatorState,
+)
+
+STATE_FORMAT = "ebm-filesystem-state/1"
+CHUNK = 1024 * 1024
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+_IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@lru_cache(maxsize=4096)
+def _uname(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return ""
+
+
+@lru_cache(maxsize=4096)
+def _gname(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return ""
+
+
+def _kind_of(mode: int) -> str | None:
+    fmt = stat.S_IFMT(mode)
+    return {
+        stat.S_IFREG: "file",
+        stat.S_IFDIR: "dir",
+        stat.S_IFLNK: "symlink",
+        stat.S_IFCHR: "chardev",
+        stat.S_IFBLK: "blockdev",
+        stat.S_IFIFO: "fifo",
+    }.get(fmt)
+
+
+def _state_key(st: os.stat_result) -> list[int]:
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode]
+
+
+def _stable(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (b.st_size, b.st_mtime_ns, b.st_ctime_ns)
+
+
+def read_xattrs(target: str | int, *, follow: bool = False) -> dict[str, bytes]:
+    """All readable extended attributes of a path (not followed) or an open fd."""
+    try:
+        names = os.listxattr(target, follow_symlinks=follow) if isinstance(target, str) else os.listxattr(target)
+    except OSError:
+        return {}
+    out: dict[str, bytes] = {}
+    for name in names:
+        try:
+            if isinstance(target, str):
+                out[name] = os.getxattr(target, name, follow_symlinks=follow)
+            else:
+                out[name] = os.getxattr(target, name)
+        except OSError:
+            continue
+    return out
+
+
+def data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    """The (offset, length) data extents of an open file, from SEEK_DATA/SEEK_HOLE."""
+    extents: list[tuple[int, int]] = []
+    off = 0
+    while off < size:
+        try:
+            start = os.lseek(fd, off, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole remains
+                break
+            raise
+        if start >= size:
+            break
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        extents.append((start, end - start))
+        off = end
+    return extents
+
+
+def _sparse_map(fd: int, st: os.stat_result) -> list[tuple[int, int]] | None:
+    """The file's data extents if it has holes, else None (stored densely)."""
+    if st.st_size == 0 or st.st_blocks * 512 >= st.st_size:
+        return None
+    try:
+        extents = data_extents(fd, st.st_size)
+    except OSError:
+        return None
+    if extents == [(0, st.st_size)]:
+        return None
+    return extents
+
+
+class _ExtentReader:
+    """``readinto`` over a file's data extents via pread: what the pax writer streams."""
+
+    def __init__(self, fd: int, extents: list[tuple[int, int]]) -> None:
+        self._fd = fd
+        self._extents = iter(extents)
+        self._off = 0
+        self._left = 0
+
+    def readinto(self, b) -> int:
+        while self._left == 0:
+            nxt = next(self._extents, None)
+            if nxt is None:
+                return 0
+            self._off, self._left = nxt
+        view = memoryview(b)[: min(len(b), self._left)]
+        n = os.preadv(self._fd, [view], self._off)
+        self._off += n
+        self._left -= n
+        return n
+
+
+def _read_extents(fd: int, extents: list[tuple[int, int]], total: int) -> bytearray:
+    buf = bytearray(total)
+    view = memoryview(buf)
+    pos = 0
+    for off, length in extents:
+        end = pos + length
+        while pos < end:
+            n = os.preadv(fd, [view[pos:end]], off)
+            if n == 0:
+                return buf[:pos]  # short: the file shrank under us
+            pos += n
+            off += n
+    return buf
+
+
+class FilesystemTranslator(Translator):
+    name = "filesystem"
+    version = "1.0"
+
+    retries = 3
+    buffer_limit = 4 * CHUNK  # files up to this size are read fully before being written
+    # Test seam: called with the absolute path after each read attempt, before the second fstat.
+    _after_read: Callable[[str], None] | None = None
+
+    # ------------------------------------------------------------------ validation
+    def validate_source(self, source: str) -> None:
+        if not source:
+            raise TranslatorError("no source directory given")
+        try:
+            st = os.stat(source)
+        except FileNotFoundError:
+            raise TranslatorError(f"source {source} does not exist") from None
+        except OSError as exc:
+            raise TranslatorError(f"cannot stat source {source}: {exc.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise TranslatorError(f"source {source} is not a directory")
+        if not os.access(source, os.R_OK | os.X_OK):
+            raise TranslatorError(f"source {source} is not readable")
+
+    # ------------------------------------------------------------------ scan
+    def scan(self, source: str, warnings: list[str]) -> list[tuple[str, os.stat_result]]:
+        """Pre-order walk (parents first, names sorted): one lstat per entry."""
+        root_st = os.lstat(source)
+        out: list[tuple[str, os.stat_result]] = [(".", root_st)]
+        root_dev = root_st.st_dev
+
+        def walk(abs_dir: str, prefix: str) -> None:
+            try:
+                with os.scandir(abs_dir) as it:
+                    items = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                warnings.append(f"cannot list {prefix or '.'}: {exc.strerror}")
+                return
+            for item in items:
+                rel = prefix + item.name
+                try:
+                    st = item.stat(follow_symlinks=False)
+                except OSError as exc:
+                    warnings.append(f"cannot stat {rel}: {exc.strerror}")
+                    continue
+                out.append((rel, st))
+                if stat.S_ISDIR(st.st_mode):
+                    if st.st_dev != root_dev:
+                        warnings.append(f"not crossing into the mount point {rel}")
+                        continue
+                    walk(item.path, rel + "/")
+
+        walk(source, "")
+        return out
+
+    # ------------------------------------------------------------------ backup
+    def backup(self, source: str, parent_state: TranslatorState | None, writer: PaxWriter, *,
+               progress: ProgressCallback | None = None) -> BackupResult:
+        self.validate_source(source)
+        prev: dict[str, list[int]] | None = None
+        if parent_state is not None:
+            if not isinstance(parent_state, dict) or parent_state.get("format") != STATE_FORMAT:
+                raise TranslatorError("parent state is not a filesystem translator state")
+            prev = parent_state["entries"]
+        warnings: list[str] = []
+        t0 = time.monotonic()
+        scanned = self.scan(source, warnings)
+        current = {rel for rel, _ in scanned}
+
+        # What changed.
+        if prev is None:
+            changed = [True] * len(scanned)
+        else:
+            changed = [prev.get(rel) != _state_key(st) for rel, st in scanned]
+            groups: dict[tuple[int, int], list[int]] = {}
+            for i, (_, st) in enumerate(scanned):
+                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                    groups.setdefault((st.st_dev, st.st_ino), []).append(i)
+            for members in groups.values():
+                if any(changed[i] for i in members):
+                    for i in members:
+                        changed[i] = True
+        state_entries: dict[str, list[int]] = {}
+        index: list[IndexEntry] = []
+
+        if prev is not None:
+            gone = [p for p in prev if p not in current]
+            if gone:
+                off = writer.add_deletions(gone)
+                for p in gone:
+                    kind = _kind_of(prev[p][4]) or "file"
+                    index.append(IndexEntry(path=p, kind=kind, deleted=True, header_offset=off,
+                                            data_offset=off))
+
+        todo = [(rel, st) for (rel, st), c in zip(scanned, changed, strict=True) if c]
+        for (rel, _), c in zip(scanned, changed, strict=True):
+            if not c:  # unchanged entries carry their state over
+                state_entries[rel] = prev[rel]  # type: ignore[index]
+
+        bytes_total = sum(st.st_size for _, st in todo if stat.S_ISREG(st.st_mode))
+        prog = Progress("backup", 0, len(todo), 0, bytes_total)
+        last_report = 0.0
+        links: dict[tuple[int, int], str] = {}
+        vanished: list[str] = []
+        for rel, st in todo:
+            abs_path = source if rel == "." else os.path.join(source, rel)
+            kind = _kind_of(st.st_mode)
+            if kind is None:
+                warnings.append(f"skipped socket or unknown file type {rel}")
+                continue
+            try:
+                if kind == "file":
+                    result = self._backup_file(abs_path, rel, st, writer, links, warnings)
+                    if result is None:
+                        vanished.append(rel)
+                        continue
+                    row, key = result
+                    prog.bytes_done += row.size
+                else:
+                    row, key = self._backup_other(abs_path, rel, kind, st, writer)
+            except FileNotFoundError:
+                vanished.append(rel)
+                continue
+            except PermissionError as exc:
+                warnings.append(f"cannot read {rel}: {exc.strerror}")
+                continue
+            index.append(row)
+            state_entries[rel] = key
+            prog.entries_done += 1
+            if progress is not None and time.monotonic() - last_report > 0.1:
+                last_report = time.monotonic()
+                prog.path = rel
+                progress(prog)
+        if vanished:
+            if prev is not None:
+                gone = [p for p in vanished if p in prev]
+                if gone:
+                    off = writer.add_deletions(gone)
+                    index += [IndexEntry(path=p, kind="file", deleted=True, header_offset=off,
+                                         data_offset=off) for p in gone]
+            warnings.append(f"{len(vanished)} entries vanished during the backup (first: {vanished[0]})")
+        if progress is not None:
+            progress(prog)
+        state = {
+            "format": STATE_FORMAT,
+            "source": os.path.abspath(source),
+            "created_ns": time.time_ns(),
+            "scan_seconds": round(time.monotonic() - t0, 3),
+            "entries": state_entries,
+        }
+        return BackupResult(state=state, entries=index, warnings=warnings,
+                            level_hint="baseline" if prev is None else "incremental")
+
+    def _common(self, rel: str, kind: str, st: os.stat_result) -> ArchiveEntry:
+        return ArchiveEntry(
+            path=rel, kind=kind, mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,  # type: ignore[arg-type]
+            uname=_uname(st.st_uid), gname=_gname(st.st_gid), mtime_ns=st.st_mtime_ns,
+            atime_ns=st.st_atime_ns,
+        )
+
+    def _backup_other(self, abs_path: str, rel: str, kind: str, st: os.stat_result,
+                      writer: PaxWriter) -> tuple[IndexEntry, list[int]]:
+        entry = self._common(rel, kind, st)
+        if kind == "symlink":
+            entry.linkname = os.readlink(abs_path)
+        elif kind in ("chardev", "blockdev"):
+            entry.devmajor, entry.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        entry.xattrs = read_xattrs(abs_path)
+        loc = writer.add(entry, None)
+        row = IndexEntry(path=rel, kind=kind, size=0, mtime_ns=st.st_mtime_ns, mode=entry.mode,
+                         uid=st.st_uid, gid=st.st_gid, header_offset=loc.header_offset,
+                         data_offset=loc.data_offset, linkname=entry.linkname)
+        return row, _state_key(st)
+
+    def _backup_file(self, abs_path: str, rel: str, st_scan: os.stat_result, writer: PaxWriter,
+                     links: dict[tuple[int, int], str],
+                     warnings: list[str]) -> tuple[IndexEntry, list[int]] | None:
+        """Capture one regular file consistently; None if it vanished or stopped being one."""
+        if st_scan.st_nlink > 1:
+            first = links.get((st_scan.st_dev, st_scan.st_ino))
+            if first is not None:
+                entry = self._common(rel, "hardlink", st_scan)
+                entry.linkname = first
+                loc = writer.add(entry, None)
+                row = IndexEntry(path=rel, kind="hardlink", size=0, mtime_ns=st_scan.st_mtime_ns,
+                                 mode=entry.mode, uid=st_scan.st_uid, gid=st_scan.st_gid,
+                                 header_offset=loc.header_offset, data_offset=loc.data_offset,
+                                 linkname=first)
+                return row, _state_key(st_scan)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            fd = os.open(abs_path, flags | _O_NOATIME)
+        except PermissionError:
+            fd = os.open(abs_path, flags)  # O_NOATIME needs ownership; fine without it
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR):
+                return None
+            raise
+        try:
+            for attempt in range(self.retries + 1):
+                st0 = os.fstat(fd)
+                if not stat.S_ISREG(st0.st_mode):
+                    return None
+                entry = self._common(rel, "file", st0)
+                entry.size = st0.st_size
+                entry.sparse_map = _sparse_map(fd, st0)
+                entry.xattrs = read_xattrs(fd)
+                extents = entry.sparse_map if entry.sparse_map is not None else [(0, st0.st_size)]
+                want = entry.data_size
+                last = attempt == self.retries
+                if want <= self.buffer_limit:
+                    buf = _read_extents(fd, extents, want)
+                    if self._after_read is not None:
+                        self._after_read(abs_path)
+                    st1 = os.fstat(fd)
+                    ok = len(buf) == want and _stable(st0, st1)
+                    if not ok and not last:
+                        time.sleep(0.01 * (attempt + 1))
+                        continue
+                    loc = writer.add(entry, bytes(buf))
+                else:
+                    loc = writer.add(entry, _ExtentReader(fd, extents))
+                    if self._after_read is not None:
+                        self._after_read(abs_path)
+                    st1 = os.fstat(fd)
+                    ok = not loc.short and _stable(st0, st1)
+                    if not ok and not last:
+                        time.sleep(0.01 * (attempt + 1))
+                        continue  # the torn copy stays in the stream; the next one supersedes it
+                break
+        finally:
+            os.close(fd)
+        torn = not ok
+        if st0.st_nlink > 1:
+            links[(st0.st_dev, st0.st_ino)] = rel
+        if torn:
+            warnings.append(f"{rel} kept changing while being read ({self.retries + 1} attempts); "
+                            "its archived copy may be inconsistent")
+        row = IndexEntry(path=rel, kind="file", size=st0.st_size, mtime_ns=st0.st_mtime_ns,
+                         mode=entry.mode, uid=st0.st_uid, gid=st0.st_gid, sha256=loc.sha256,
+                         header_offset=loc.header_offset, data_offset=loc.data_offset, torn=torn)
+        key = _state_key(st0)
+        if torn:
+            key[2] = -1  # never matches: the next incremental takes the file again
+        return row, key
+
+    # ------------------------------------------------------------------ restore
+    def restore(self, entries: Iterable[tuple[ArchiveEntry, EntryData]], target: Path, *,
+                select: Callable[[str], bool] | None = None,
+                progress: ProgressCallback | None = None) -> RestoreStats:
+        return _Restorer(Path(target), select, progress).run(entries)
+
+
+class _Restorer:
+    """One restore of one archive into a target directory (see the module doc)."""
+
+    def __init__(self, target: Path, select: Callable[[str], bool] | None,
+                 progress: ProgressCallback | None) -> None:
+        self.target = str(target)
+        self.select = select
+        self.progress = progress
+        self.stats = RestoreStats()
+        self.dir_entries: list[ArchiveEntry] = []
+        self.seen_dirs: set[str] = set()
+        self.saved_times: dict[str, tuple[int, int]] = {}
+        self.safe_dirs: set[str] = {"."}
+
+    def abs(self, rel: str) -> str:
+        return self.target if rel == "." else os.path.join(self.target, rel)
+
+    def warn(self, msg: str) -> None:
+        if len(self.stats.warnings) < 1000:
+            self.stats.warnings.append(msg)
+
+    # -- safety -----------------------------------------------------------------------
+    def ensure_parents(self, rel: str, *, create: bool = True) -> bool:
+        """Make sure every parent of ``rel`` is a real directory inside the target.
+
+        With ``create=False`` (deletions) nothing is made: returns False when a parent is
+        missing or is not a real directory, i.e. there is nothing to delete.
+        """
+        if rel == ".":
+            return True
+        parts = rel.split("/")[:-1]
+        cur = "."
+        for part in parts:
+            cur = part if cur == "." else cur + "/" + part
+            if cur in self.safe_dirs:
+                continue
+            path = self.abs(cur)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                if not create:
+                    return False
+                self.remember_parent_times(cur)
+                os.mkdir(path, 0o700)
+                self.safe_dirs.add(cur)
+                continue
+            if not create and not stat.S_ISDIR(st.st_mode):
+                return False
+            if stat.S_ISLNK(st.st_mode):
+                raise UnsafePath(f"refusing to restore {rel!r}: its parent {cur!r} is a symlink")
+            if not stat.S_ISDIR(st.st_mode):
+                raise UnsafePath(f"refusing to restore {rel!r}: its parent {cur!r} is not a directory")
+            self.safe_dirs.add(cur)
+        return True
+
+    def remember_parent_times(self, rel: str) -> None:
+        """Before changing a directory the archive does not carry, note its times."""
+        parent = rel.rsplit("/", 1)[0] if "/" in rel else "."
+        if rel == "." or parent in self.seen_dirs or parent in self.saved_times:
+            return
+        try:
+            st = os.lstat(self.abs(parent))
+        except FileNotFoundError:
+            return
+        self.saved_times[parent] = (st.st_atime_ns, st.st_mtime_ns)
+
+    def remove(self, rel: str) -> bool:
+        path = self.abs(rel)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(path)
+            self.safe_dirs = {d for d in self.safe_dirs if d != rel and not d.startswith(rel + "/")}
+        else:
+            os.unlink(path)
+        return True
+
+    # -- main loop --------------------------------------------------------------------
+    def run(self, entries: Iterable[tuple[ArchiveEntry, EntryData]]) -> RestoreStats:
+        os.makedirs(self.target, exist_ok=True)
+        prog = Progress("restore")
+        last = 0.0
+        for entry, data in entries:
+            rel = check_member_path(entry.path)
+            if self.select is not None and not self.select(rel):
+                self.stats.skipped += 1
+                continue
+            if entry.deleted:
+                if self.ensure_parents(rel, create=False):
+                    self.remember_parent_times(rel)
+                    if self.remove(rel):
+                        self.stats.deleted += 1
+                continue
+            self.ensure_parents(rel)
+            self.remember_parent_times(rel)
+            self.stats.entries += 1
+            kind = entry.kind
+            if kind == "dir":
+                self.restore_dir(rel, entry)
+            elif kind == "file":
+                self.restore_file(rel, entry, data)
+            elif kind == "symlink":
+                self.restore_symlink(rel, entry)
+            elif kind == "hardlink":
+                self.restore_hardlink(rel, entry)
+            else:
+                self.restore_special(rel, entry)
+            prog.entries_done = self.stats.entries
+            prog.bytes_done = self.stats.bytes
+            if self.progress is not None and time.monotonic() - last > 0.1:
+                last = time.monotonic()
+                prog.path = rel
+                self.progress(prog)
+        self.finish_dirs()
+        if self.progress is not None:
+            self.progress(prog)
+        return self.stats
+
+    def restore_dir(self, rel: str, entry: ArchiveEntry) -> None:
+        path = self.abs(rel)
+        try:
+            st = os.lstat(path)
+            is_dir = stat.S_ISDIR(st.st_mode)
+        except FileNotFoundError:
+            is_dir = False
+            st = None
+        if not is_dir:
+            if st is not None:
+                self.remove(rel)
+            os.mkdir(path, 0o700)
+        self.safe_dirs.add(rel)
+        self.seen_dirs.add(rel)
+        self.saved_times.pop(rel, None)
+        self.dir_entries.append(entry)
+        self.stats.dirs += 1
+
+    def restore_file(self, rel: str, entry: ArchiveEntry, data: EntryData) -> None:
+        path = self.abs(rel)
+        self.remove(rel)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            buf = bytearray(CHUNK)
+            view = memoryview(buf)
+            extents = entry.sparse_map if entry.sparse_map is not None else [(0, entry.size)]
+            for off, length in extents:
+                left = length
+                while left:
+                    n = data.readinto(view[: min(CHUNK, left)])
+                    if not n:
+                        raise ArchiveCorrupt(f"archive data of {rel!r} ends early")
+                    os.pwrite(fd, view[:n], off)
+                    off += n
+                    left -= n
+            if data.remaining:
+                data.read()  # verify the digest over everything stored
+            if entry.sparse_map is not None:
+                os.ftruncate(fd, entry.size)
+            self.apply_meta(fd, entry, is_fd=True)
+        except BaseException:
+            os.close(fd)
+            fd = -1
+            try:
+                os.unlink(path)  # never leave a damaged or half-written file behind
+            except OSError:
+                pass
+            raise
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        self.stats.files += 1
+        self.stats.bytes += entry.data_size
+
+    def restore_symlink(self, rel: str, entry: ArchiveEntry) -> None:
+        path = self.abs(rel)
+        self.remove(rel)
+        os.symlink(entry.linkname, path)
+        self.apply_meta(path, entry, is_fd=False)
+        self.stats.symlinks += 1
+
+    def restore_hardlink(self, rel: str, entry: ArchiveEntry) -> None:
+        src_rel = check_member_path(entry.linkname)
+        self.ensure_parents(src_rel)
+        src = self.abs(src_rel)
+        try:
+            st = os.lstat(src)
+        except FileNotFoundError:
+            self.warn(f"hard link {rel} -> {src_rel}: target not restored (select it too)")
+            return
+        if stat.S_ISDIR(st.st_mode):
+            raise UnsafePath(f"refusing hard link {rel!r} to a directory")
+        self.remove(rel)
+        os.link(src, self.abs(rel), follow_symlinks=False)
+        self.stats.hardlinks += 1
+
+    def restore_special(self, rel: str, entry: ArchiveEntry) -> None:
+        path = self.abs(rel)
+        self.remove(rel)
+        try:
+            if entry.kind == "fifo":
+                os.mkfifo(path, 0o600)
+            else:
+                kind = stat.S_IFCHR if entry.kind == "chardev" else stat.S_IFBLK
+                os.mknod(path, kind | 0o600, os.makedev(entry.devmajor, entry.devminor))
+        except PermissionError:
+            self.warn(f"cannot create device node {rel} (needs root)")
+            return
+        self.apply_meta(path, entry, is_fd=False)
+        self.stats.others += 1
+
+    # -- metadata ---------------------------------------------------------------------
+    def apply_meta(self, target: str | int, entry: ArchiveEntry, *, is_fd: bool,
+                   sync_xattrs: bool = False) -> None:
+        link = entry.kind == "symlink"
+        follow = not link
+        if _IS_ROOT:
+            try:
+                os.chown(target, entry.uid, entry.gid, follow_symlinks=follow) if not is_fd else os.fchown(target, entry.uid, entry.gid)  # type: ignore[arg-type]
+            except OSError as exc:
+                self.warn(f"cannot chown {entry.path}: {exc.strerror}")
+        if not link:
+            os.chmod(target, entry.mode)
+        if sync_xattrs:
+            for name in read_xattrs(target) if isinstance(target, int) else read_xattrs(target, follow=follow):
+                if name not in entry.xattrs:
+                    try:
+                        os.removexattr(target, name, follow_symlinks=follow) if not is_fd else os.removexattr(target, name)
+                    except OSError:
+                        pass
+        for name, value in entry.xattrs.items():
+            try:
+                if is_fd:
+                    os.setxattr(target, name, value)
+                else:
+                    os.setxattr(target, name, value, follow_symlinks=follow)
+            except OSError as exc:
+                self.warn(f"cannot set xattr {name} on {entry.path}: {exc.strerror}")
+        atime = entry.atime_ns if entry.atime_ns is not None else entry.mtime_ns
+        if is_fd:
+            os.utime(target, ns=(atime, entry.mtime_ns))
+        else:
+            os.utime(target, ns=(atime, entry.mtime_ns), follow_symlinks=follow)
+
+    def finish_dirs(self) -> None:
+        """Directory metadata after all children, deepest first; then untouched parents' times."""
+        for entry in sorted(self.dir_entries, key=lambda e: -1 if e.path == "." else e.path.count("/"), reverse=True):
+            self.apply_meta(self.abs(entry.path), entry, is_fd=False, sync_xattrs=True)
+        for rel in sorted(self.saved_times, key=lambda p: -1 if p == "." else p.count("/"), reverse=True):
+            atime, mtime = self.saved_times[rel]
+            try:
+                os.utime(self.abs(rel), ns=(atime, mtime), follow_symlinks=False)
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------------- manifest
+def tree_manifest(root: str | os.PathLike) -> dict[str, tuple]:
+    """A comparable description of a tree: what an exact restore must reproduce.
+
+    Per path (``"."`` for the root): kind, permission bits, uid, gid, mtime_ns, and per kind:
+    files - size, sha256, the data-extent map when the file is sparse; symlinks - target;
+    devices - rdev; all - sorted xattrs; plus a hard-link group id (the group's first path).
+    """
+    root = os.fspath(root)
+    out: dict[str, tuple] = {}
+    groups: dict[tuple[int, int], str] = {}
+    for rel, st in FilesystemTranslator().scan(root, []):
+        path = root if rel == "." else os.path.join(root, rel)
+        kind = _kind_of(st.st_mode) or "other"
+        extra: tuple = ()
+        if kind == "file":
+            with open(path, "rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+                holes = _sparse_map(f.fileno(), st)
+            extra = (st.st_size, digest, tuple(holes) if holes is not None else None)
+            link_group = None
+            if st.st_nlink > 1:
+                link_group = groups.setdefault((st.st_dev, st.st_ino), rel)
+            extra += (link_group,)
+        elif kind == "symlink":
+            extra = (os.readlink(path),)
+        elif kind in ("chardev", "blockdev"):
+            extra = (st.st_rdev,)
+        xattrs = tuple(sorted(read_xattrs(path).items()))
+        out[rel] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns, extra, xattrs)
+    return out
