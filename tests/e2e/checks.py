@@ -98,7 +98,8 @@ def mtx_status(text: str) -> MtxStatus:
     drives: dict[int, MtxElement] = {}
     for m in re.finditer(
         r"Data Transfer Element (\d+):(Full|Empty)"
-        r"(?: \(Storage Element (\d+) Loaded\))?(?::VolumeTag ?= ?(\S+))?",
+        r"(?: \((?:Storage Element (\d+)|Unknown Storage Element) Loaded\))?"
+        r"(?::VolumeTag ?= ?(\S+))?",
         text,
     ):
         drives[int(m.group(1))] = MtxElement(
