@@ -1,0 +1,63 @@
+"""What the embedded target exports and how it behaves: targets, ACLs, CHAP, limits.
+
+Kept apart from the server so the CLI, the tests and a future LIO exporter can all build the
+same description without starting anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vtl.iscsi.chap import ChapCredentials
+from vtl.scsi.base import DeviceSet
+
+
+@dataclass
+class TargetConfig:
+    """One iSCSI target: its name, its LUN map and who may log in to it."""
+
+    iqn: str
+    devices: DeviceSet
+    alias: str = ""
+    # Initiator IQNs allowed to log in; empty means everyone (after CHAP, if configured).
+    allowed_initiators: frozenset[str] = frozenset()
+
+    def allows(self, initiator: str) -> bool:
+        return not self.allowed_initiators or initiator in self.allowed_initiators
+
+
+@dataclass
+class Limits:
+    """The target's side of the operational negotiation, plus resource bounds."""
+
+    max_recv_data_segment_length: int = 262144  # what we accept per PDU
+    max_burst_length: int = 16776192
+    first_burst_length: int = 262144
+    max_outstanding_r2t: int = 4
+    immediate_data: bool = True
+    initial_r2t: bool = False
+    default_time2wait: int = 2
+    default_time2retain: int = 0  # ErrorRecoveryLevel 0: nothing to retain
+    queue_depth: int = 32  # CmdSN window
+    max_transfer: int = 64 << 20  # largest Expected Data Transfer Length accepted
+    nop_interval: float = 30.0  # seconds of silence before a NOP-In ping (0 = never)
+    nop_timeout: float = 30.0  # seconds to wait for the ping's answer before dropping
+    login_timeout: float = 15.0  # seconds a connection may take to finish logging in
+
+
+@dataclass
+class ServerConfig:
+    """Everything the target needs: portals, targets, CHAP and limits."""
+
+    targets: list[TargetConfig]
+    portals: list[tuple[str, int]] = field(default_factory=lambda: [("127.0.0.1", 3260)])
+    chap: ChapCredentials | None = None  # initiator must authenticate with these
+    mutual_chap: ChapCredentials | None = None  # the target answers mutual CHAP with these
+    limits: Limits = field(default_factory=Limits)
+    portal_group_tag: int = 1
+
+    def target(self, iqn: str) -> TargetConfig | None:
+        for t in self.targets:
+            if t.iqn.lower() == iqn.lower():
+                return t
+        return None
