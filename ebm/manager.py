@@ -127,7 +127,7 @@ class Ebm:
     @staticmethod
     def _validate_source(t: Any, source: Any) -> None:
         try:
-            t.validate_source(Path(source))
+            t.validate_source(str(source))
         except Exception as e:
             raise RequestError(f"bad source {source}: {e}") from None
 
@@ -196,13 +196,14 @@ class Ebm:
             media = PoolMedia(cat, session, pool, backup.id)
             writer = TapeWriter(media, header_for,
                                 cipher=cipher, compress=req.compress,
-                                on_block=(lambda n: progress(n, None)) if progress else None)
+                                )
             writer.start()
             from tape_formats.archive.writer import PaxWriter
 
             pax = PaxWriter(writer)
             try:
-                result = translator.backup(Path(ds["source"]), parent_state, pax, progress)
+                result = translator.backup(ds["source"], parent_state, pax,
+                                           progress=_progress_adapter(progress))
             except (MoverError, CryptoError):
                 raise
             except Exception as e:
@@ -248,6 +249,16 @@ class Ebm:
 
 class _TranslatorFailed(Exception):
     pass
+
+
+def _progress_adapter(progress: Progress | None) -> Any:
+    """Translators report Progress objects; our bars want (done, total) bytes."""
+    if progress is None:
+        return None
+
+    def cb(p: Any) -> None:
+        progress(int(getattr(p, "bytes_done", 0) or 0), getattr(p, "bytes_total", None))
+    return cb
 
 
 def _finish_pax(pax: Any) -> None:

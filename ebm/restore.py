@@ -171,7 +171,7 @@ def restore(catalog: Catalog, library: Any, translator_loader: Callable[[str], A
                     progress(done_bytes, total)
 
         try:
-            translator.restore(entries(), target, None)
+            translator.restore(entries(), target)
         except (MoverError, RestoreError):
             raise
         except Exception as e:
