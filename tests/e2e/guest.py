@@ -125,10 +125,25 @@ def kernel_package() -> str:
     override = os.environ.get("VTL_E2E_KERNEL_PKG")
     if override:
         return override
-    out = _run(["apt-cache", "depends", "linux-image-amd64"])
-    for m in re.finditer(r"Depends:\s*(linux-image-[\w.+-]+-amd64)", out):
-        return m.group(1)
-    raise RuntimeError("apt-cache does not know linux-image-amd64's kernel package")
+    for attempt in range(2):
+        try:
+            out = _run(["apt-cache", "depends", "linux-image-amd64"])
+        except (subprocess.CalledProcessError, FileNotFoundError):
+            out = ""
+        m = re.search(r"Depends:\s*(linux-image-[\w.+-]+-amd64)", out)
+        if m:
+            return m.group(1)
+        # No package lists (a fresh CI container): use an already unpacked kernel if there
+        # is one, else fetch the lists once and ask again.
+        cached = sorted(CACHE.glob("kernel-*/.done"))
+        if cached:
+            return "linux-image-" + cached[-1].parent.name.removeprefix("kernel-")
+        if attempt == 0 and os.geteuid() == 0:
+            subprocess.run(["apt-get", "update", "-qq"], check=False, stdin=subprocess.DEVNULL)
+    raise RuntimeError(
+        "cannot find Debian's kernel package: `apt-cache depends linux-image-amd64` names none "
+        "(set VTL_E2E_KERNEL_PKG=linux-image-<release>-amd64 to choose one)"
+    )
 
 
 def fetch_kernel() -> tuple[Path, str]:
