@@ -1,0 +1,347 @@
+"""The library API: elements, moves between every element type, errors, claims, processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from vtl.config import ConfigError, LibraryConfig
+from vtl.library import (
+    BadBarcode,
+    CartridgeBusy,
+    CartridgeInDrive,
+    CartridgeOutside,
+    CartridgeProtected,
+    DestinationFull,
+    DuplicateBarcode,
+    ElementType,
+    InvalidElement,
+    Library,
+    LibraryError,
+    MediumRemovalPrevented,
+    NoLibrary,
+    SourceEmpty,
+    UnknownBarcode,
+)
+
+SLOT1, SLOT2, SLOT3, SLOT4 = 1024, 1025, 1026, 1027
+DRIVE0, DRIVE1 = 256, 257
+MAIL1, MAIL2 = 16, 17
+
+
+def run_py(code: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a snippet in another process (the 'other' server/CLI/EBM)."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True, text=True, timeout=60, check=check,
+    )
+
+
+# ---- create / open / config ----------------------------------------------------------------
+def test_create_and_open(library_root: Path, small_config: LibraryConfig) -> None:
+    lib = Library.create(library_root, small_config)
+    assert (library_root / "library.toml").is_file()
+    assert (library_root / "catalog.sqlite").is_file()
+    lib.close()
+    with pytest.raises(LibraryError, match="already exists"):
+        Library.create(library_root, small_config)
+    lib = Library.open(library_root)
+    assert lib.config == small_config
+    assert [b.serial for b in lib.drives] == ["VTLD000001", "VTLD000002"]
+    journal = lib.catalog.conn.execute("PRAGMA journal_mode").fetchone()[0]
+    assert journal == "wal"
+    lib.close()
+
+
+def test_open_missing(tmp_path: Path) -> None:
+    with pytest.raises(NoLibrary):
+        Library.open(tmp_path / "nothing")
+
+
+def test_config_defaults_and_validation(tmp_path: Path) -> None:
+    cfg = LibraryConfig()
+    assert (cfg.drives, cfg.slots, cfg.mailslots, cfg.media) == (4, 40, 4, "LTO-8")
+    assert (cfg.transport_base, cfg.mailslot_base, cfg.drive_base, cfg.slot_base) == (
+        1, 16, 256, 1024)
+    assert cfg.iscsi.portal_host == "127.0.0.1" and cfg.iscsi.portal_port == 3260
+    cfg.save(tmp_path)
+    assert LibraryConfig.load(tmp_path) == cfg
+    for bad in (
+        LibraryConfig(drives=0),
+        LibraryConfig(media="LTO-2"),
+        LibraryConfig(mailslots=300),
+        LibraryConfig(slot_base=18),  # overlaps the mailslots 16..19
+    ):
+        with pytest.raises(ConfigError):
+            bad.validate()
+    (tmp_path / "library.toml").write_text('drives = "four"\n')
+    with pytest.raises(ConfigError, match="drives"):
+        LibraryConfig.load(tmp_path)
+    (tmp_path / "library.toml").write_text("drivez = 4\n")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        LibraryConfig.load(tmp_path)
+
+
+# ---- elements ------------------------------------------------------------------------------
+def test_elements(library: Library) -> None:
+    els = library.elements()
+    kinds = [e.type for e in els]
+    assert kinds.count(ElementType.MEDIUM_TRANSPORT) == 1
+    assert kinds.count(ElementType.IMPORT_EXPORT) == 2
+    assert kinds.count(ElementType.DATA_TRANSFER) == 2
+    assert kinds.count(ElementType.STORAGE) == 8
+    assert [e.address for e in els] == sorted(e.address for e in els)
+    slots = library.elements(ElementType.STORAGE)
+    assert [e.barcode for e in slots[:4]] == ["A00001L8", "A00002L8", "A00003L8", None]
+    assert slots[0].media == "LTO-8" and slots[0].index == 0 and slots[0].name == "slot:1"
+    assert library.element(DRIVE1).name == "drive:1"
+    with pytest.raises(InvalidElement):
+        library.element(5000)
+    assert library.resolve("slot:2") == SLOT2
+    assert library.resolve("drive:0") == DRIVE0
+    assert library.resolve("mailslot:2") == MAIL2
+    assert library.resolve("A00003L8", allow_barcode=True) == SLOT3
+    for bad in ("slot:0", "slot:9", "drive:2", "nonsense", "mailslot"):
+        with pytest.raises(InvalidElement):
+            library.resolve(bad)
+
+
+# ---- moves -----------------------------------------------------------------------------------
+def test_moves_between_all_element_types(library: Library) -> None:
+    library.move_medium(SLOT1, DRIVE0)  # slot -> drive
+    assert library.element(DRIVE0).barcode == "A00001L8"
+    assert library.element(DRIVE0).source_address == SLOT1
+    library.move_medium(DRIVE0, DRIVE1)  # drive -> drive
+    library.move_medium(DRIVE1, MAIL1)  # drive -> mailslot
+    library.move_medium(MAIL1, MAIL2)  # mailslot -> mailslot
+    library.move_medium(MAIL2, DRIVE0)  # mailslot -> drive
+    library.move_medium(DRIVE0, SLOT4)  # drive -> slot
+    library.move_medium(SLOT4, MAIL1)  # slot -> mailslot
+    library.move_medium(MAIL1, SLOT1)  # mailslot -> slot
+    library.move_medium(SLOT1, SLOT4)  # slot -> slot
+    assert library.find("A00001L8").address == SLOT4
+    row = library.cartridge("A00001L8")
+    assert row["load_count"] == 3  # three moves into a drive
+    assert row["home_address"] == SLOT1  # the last storage slot it left from
+    moves = [e for e in library.catalog.events("A00001L8") if e["action"] == "move"]
+    assert len(moves) == 9
+
+
+def test_move_errors_change_nothing(library: Library) -> None:
+    before = {e.address: e.barcode for e in library.elements()}
+    with pytest.raises(SourceEmpty):
+        library.move_medium(SLOT4, DRIVE0)
+    with pytest.raises(DestinationFull):
+        library.move_medium(SLOT1, SLOT2)
+    with pytest.raises(InvalidElement):
+        library.move_medium(SLOT1, 1)  # the transport
+    with pytest.raises(InvalidElement):
+        library.move_medium(SLOT1, 9999)
+    assert {e.address: e.barcode for e in library.elements()} == before
+
+
+def test_load_unload_and_mount(library: Library) -> None:
+    bay = library.load("A00002L8", 1)
+    assert bay.barcode == "A00002L8"
+    gen = bay.media_generation
+    cart = bay.mount()
+    assert bay.mount() is cart  # idempotent
+    cart.write_block(b"x" * 1000)
+    cart.write_filemarks(1)
+    cart.write_block(b"y" * 10)
+    bay.prevent_removal = True
+    with pytest.raises(MediumRemovalPrevented):
+        library.unload(1)
+    bay.prevent_removal = False
+    library.unload(1)  # unmounts, records stats, goes home
+    assert bay.cartridge is None and bay.barcode is None
+    assert bay.media_generation > gen
+    row = library.cartridge("A00002L8")
+    assert row["address"] == SLOT2
+    assert (row["files"], row["blocks"], row["state"]) == (2, 3, "append")
+    assert row["used_bytes"] > 0 and row["last_written"]
+    with pytest.raises(SourceEmpty):
+        library.unload(1)
+    with pytest.raises(SourceEmpty):
+        library.drives[0].mount()
+
+
+def test_unload_when_home_taken(library: Library) -> None:
+    library.load("A00001L8", 0)
+    library.move_medium(SLOT2, SLOT1)  # someone takes its home slot
+    library.unload(0)
+    assert library.find("A00001L8").address == SLOT2  # first free slot
+
+
+# ---- cartridges ----------------------------------------------------------------------------
+def test_create_cartridge_errors(library: Library) -> None:
+    with pytest.raises(DuplicateBarcode):
+        library.create_cartridge("A00001L8")
+    with pytest.raises(BadBarcode):
+        library.create_cartridge("A0001L8")
+    with pytest.raises(BadBarcode):
+        library.create_cartridge("A00009L8", media="LTO-7")
+    with pytest.raises(DestinationFull):
+        library.create_cartridge("A00009L8", slot=SLOT1)
+    with pytest.raises(InvalidElement):
+        library.create_cartridge("A00009L8", slot=DRIVE0)
+    # all or nothing: 6 more do not fit into 5 free slots
+    with pytest.raises(DestinationFull):
+        library.create_cartridges([f"B0000{i}L8" for i in range(1, 7)], capacity=1 << 20)
+    assert library.catalog.cartridges(pool=None) and not any(
+        r["barcode"].startswith("B") for r in library.catalog.cartridges())
+    assert not list((library.root / "cartridges").glob("B*"))
+
+
+def test_worm_from_suffix_and_vault(library: Library) -> None:
+    library.create_cartridge("W00001LY", capacity=1 << 20, vault=True)
+    row = library.cartridge("W00001LY")
+    assert row["worm"] == 1 and row["address"] is None
+    assert library.where("W00001LY") is None
+    with pytest.raises(CartridgeOutside):
+        library.find("W00001LY")
+    with pytest.raises(UnknownBarcode):
+        library.find("Z00001L8")
+
+
+def test_erase_protect_worm_delete(library: Library) -> None:
+    bay = library.load("A00001L8", 0)
+    bay.mount().write_block(b"data")
+    with pytest.raises(CartridgeInDrive):
+        library.erase_cartridge("A00001L8")
+    with pytest.raises(CartridgeInDrive):
+        library.delete_cartridge("A00001L8", force=True)
+    library.unload(0)
+    with pytest.raises(CartridgeProtected):
+        library.make_worm("A00001L8")  # holds data
+    library.erase_cartridge("A00001L8")
+    row = library.cartridge("A00001L8")
+    assert (row["used_bytes"], row["blocks"], row["state"]) == (0, 0, "scratch")
+
+    library.set_write_protect("A00002L8", True)
+    assert library.cartridge("A00002L8")["state"] == "read-only"
+    with pytest.raises(CartridgeProtected):
+        library.erase_cartridge("A00002L8")
+    cart = library.load("A00002L8", 1).mount()
+    assert cart.write_protected
+    library.unload(1)
+    library.set_write_protect("A00002L8", False)
+    assert not library.cartridge("A00002L8")["write_protected"]
+
+    library.make_worm("A00003L8")
+    assert library.cartridge("A00003L8")["worm"] == 1
+    cart = library.load("A00003L8", 0).mount()
+    assert cart.worm
+    library.unload(0)
+    with pytest.raises(CartridgeProtected):
+        library.erase_cartridge("A00003L8")
+
+    library.delete_cartridge("A00001L8")
+    with pytest.raises(UnknownBarcode):
+        library.cartridge("A00001L8")
+    assert not list((library.root / "cartridges").glob("A00001L8*"))
+
+
+def test_import_export(library: Library) -> None:
+    assert library.export_cartridge("A00001L8").address == MAIL1
+    assert library.export_cartridge("A00002L8").address == MAIL2
+    with pytest.raises(DestinationFull):
+        library.export_cartridge("A00003L8")
+    assert library.empty_mailslots() == ["A00001L8", "A00002L8"]
+    assert library.where("A00001L8") is None
+    with pytest.raises(LibraryError, match="already in the library"):
+        library.import_cartridge("A00003L8")
+    assert library.import_cartridge("A00001L8").address == MAIL1
+    library.move_medium(MAIL1, SLOT4)
+    assert library.find("A00001L8").address == SLOT4
+
+
+# ---- claims and other processes --------------------------------------------------------------
+def test_drive_claims(library: Library) -> None:
+    bay = library.claim_drive("ebm-job-1")
+    assert bay.index == 0
+    assert library.claims()[0]["owner"] == "ebm-job-1"
+    assert library.claim_drive("ebm-job-2").index == 1
+    with pytest.raises(CartridgeBusy):
+        library.claim_drive("ebm-job-3")
+    with pytest.raises(CartridgeBusy):
+        library.claim_drive("ebm-job-3", 0)
+    library.release_drive(0)
+    library.release_drive(1)
+    assert library.claims() == {}
+
+
+def test_claim_by_other_process_and_stale_claim(library: Library) -> None:
+    code = """
+        import sys, time
+        from vtl.library import Library
+        lib = Library.open(sys.argv[1])
+        lib.claim_drive("other", 0)
+        print("claimed", flush=True)
+        time.sleep(float(sys.argv[2]))
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), str(library.root), "30"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "claimed"
+        with pytest.raises(CartridgeBusy, match="claimed by other"):
+            library.claim_drive("me", 0)
+        with pytest.raises(CartridgeBusy):
+            library.load("A00001L8", 0)  # cannot load into someone else's drive
+        assert library.claim_drive("me").index == 1  # the free one
+    finally:
+        proc.kill()
+        proc.wait()
+    assert library.claim_drive("me", 0).index == 0  # the dead process's claim is stale
+
+
+def test_cross_process_refresh(library: Library) -> None:
+    bay = library.drives[0]
+    gen = bay.media_generation
+    assert library.refresh() is False
+    run_py(
+        """
+        import sys
+        from vtl.library import Library
+        lib = Library.open(sys.argv[1])
+        lib.load("A00001L8", 0)
+        lib.close()
+        """,
+        str(library.root),
+    )
+    assert library.refresh() is True
+    assert bay.barcode == "A00001L8"
+    assert bay.media_generation == gen + 1
+    assert library.refresh() is False
+
+
+def test_mounted_cartridge_is_busy_for_other_processes(library: Library) -> None:
+    bay = library.load("A00001L8", 0)
+    bay.mount()
+    result = run_py(
+        """
+        import sys
+        from vtl.library import Library, CartridgeBusy
+        lib = Library.open(sys.argv[1])
+        for op in (lambda: lib.unload(0), lambda: lib.drives[0].mount()):
+            try:
+                op()
+                print("moved")
+            except CartridgeBusy as e:
+                print("busy", e)
+        """,
+        str(library.root),
+    )
+    assert result.stdout.count("busy") == 2, result.stdout + result.stderr
+    bay.unmount()
+    run_py(
+        "import sys; from vtl.library import Library; Library.open(sys.argv[1]).unload(0)",
+        str(library.root),
+    )
+    assert library.find("A00001L8").address == SLOT1
