@@ -1,0 +1,741 @@
+#!/usr/bin/env python3
+"""Stream variable-mode blocks to one tape drive over iSCSI and read them back: vtl vs tgt.
+
+Why this exists: issue 3 asks that ``vtl serve`` match the peer (Debian's tgt with its SSC
+tape emulation, ``--bstype ssc``) at every block size, reach 400 MB/s per drive at 256 KiB and
+above, and keep its resident memory flat while streaming several GB. This script measures all
+three in one run, on the same disk, with the same client, so the numbers are comparable.
+
+The client (bench/iscsi_tape_client.c, libiscsi) issues one command at a time, as the Linux st
+driver does: no queueing can hide per-command latency. It is compiled with gcc into
+.cache/bench/ on first use.
+
+Everything listens on 127.0.0.1 on free ports; every process started here is stopped at the
+end, also on failure or Ctrl-C.
+
+Usage (from the repository root):
+    .venv/bin/python bench/bench_drive.py            # 64K/256K/1M, 2 GiB each, both targets
+    .venv/bin/python bench/bench_drive.py --quick    # 256 MiB each
+    .venv/bin/python bench/bench_drive.py --long     # also 8 GB at 256 KiB, RSS start/mid/end
+    .venv/bin/python bench/bench_drive.py --json     # machine-readable result on stdout
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".cache" / "bench"
+CLIENT_SRC = REPO / "bench" / "iscsi_tape_client.c"
+CLIENT_BIN = CACHE / "iscsi_tape_client"
+TGT_IQN = "iqn.2026-01.dev.vtl:bench-tgt"
+VTL_IQN = "iqn.2026-01.dev.vtl:bench-vtl"
+BARCODE = "BNCH01L8"
+TGT_RUN_DIR = Path("/var/run/tgtd")
+
+
+class BenchError(Exception):
+    """A one-line reason the benchmark could not run (printed without a traceback)."""
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def parse_size(text: str) -> int:
+    """'64K', '256KiB', '1M', '2G', '1048576' -> bytes (binary units)."""
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
+    num = t[:-1] if t[-1:] in "KMGT" else t
+    try:
+        value = int(float(num) * mult)
+    except ValueError:
+        raise BenchError(f"bad size {text!r}") from None
+    if value <= 0:
+        raise BenchError(f"bad size {text!r}")
+    return value
+
+
+def human(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} B"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"{what} exited with status {proc.returncode} before listening")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise BenchError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f}s")
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 10.0) -> None:
+    """SIGTERM the process (its own session), then SIGKILL if it does not go in time."""
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(5)
+
+
+# ---------------------------------------------------------------- client
+
+
+def build_client() -> Path:
+    """Compile the libiscsi client into the cache when missing or older than its source."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    if CLIENT_BIN.exists() and CLIENT_BIN.stat().st_mtime >= CLIENT_SRC.stat().st_mtime:
+        return CLIENT_BIN
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        raise BenchError("gcc not found: install build-essential")
+    tmp = CLIENT_BIN.with_suffix(".tmp")
+    cmd = [gcc, "-O2", "-Wall", "-o", str(tmp), str(CLIENT_SRC), "-liscsi"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise BenchError(f"compiling the client failed (libiscsi-dev installed?): {res.stderr.strip()}")
+    tmp.replace(CLIENT_BIN)
+    log(f"built {CLIENT_BIN.relative_to(REPO)}")
+    return CLIENT_BIN
+
+
+def run_client(portal: str, iqn: str, lun: int, block_size: int, count: int, verify: bool,
+               timeout: float) -> dict[str, Any]:
+    cmd = [str(CLIENT_BIN), portal, iqn, str(lun), str(block_size), str(count)]
+    if not verify:
+        cmd.append("--no-verify")
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"client timed out after {timeout:.0f}s against {iqn}") from None
+    try:
+        out = json.loads(res.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise BenchError(f"client failed against {iqn}: {res.stderr.strip() or res.stdout.strip()}") from None
+    nbytes = out["written"] * block_size
+    wtime = out["write_s"] + out["wfm_s"]
+    out["bytes"] = nbytes
+    out["write_mbps"] = nbytes / 1e6 / wtime if wtime > 0 and nbytes else 0.0
+    out["read_mbps"] = out["read"] * block_size / 1e6 / out["read_s"] if out["read_s"] > 0 else 0.0
+    return out
+
+
+def data_ratio(block_size: int) -> float | None:
+    """zstd level-3 ratio of the client's data, computed on the same generator (Python copy).
+
+    Kept as a check on the claim "half compressible": it must stay near 2.
+    """
+    try:
+        import zstandard
+    except ImportError:
+        return None
+    chunk = 4096
+    x = 0x9E3779B97F4A7C15
+    mask = (1 << 64) - 1
+    out = bytearray()
+    line = 0
+    size = max(block_size, 1 << 20)
+    for off in range(0, size, chunk):
+        if (off // chunk) % 2 == 0:
+            buf = bytearray(chunk)
+            for i in range(chunk):
+                x ^= (x << 13) & mask
+                x ^= x >> 7
+                x ^= (x << 17) & mask
+                buf[i] = (x >> 32) & 0xFF
+            out += buf
+        else:
+            text = bytearray()
+            line = off // chunk
+            while len(text) < chunk:
+                text += (f"2026-11-25T14:{line % 60:02d}:{(line // 60) % 60:02d} host "
+                         f"backup[{4000 + line % 7}]: wrote block {line} ok\n").encode()
+                line += 1
+            out += text[:chunk]
+    c = zstandard.ZstdCompressor(level=3)
+    total = comp = 0
+    for off in range(0, len(out) - block_size + 1, block_size):
+        blk = bytes(out[off:off + block_size])
+        total += len(blk)
+        comp += len(c.compress(blk))
+    return total / comp if comp else None
+
+
+# ---------------------------------------------------------------- memory sampling
+
+
+@dataclass
+class RssSampler:
+    """Samples VmRSS of a process (and its children) every `interval` seconds in a thread."""
+
+    pid: int
+    interval: float = 0.25
+    samples: list[tuple[float, int]] = field(default_factory=list)
+    marks: dict[str, int] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    t0: float = field(default_factory=time.monotonic)
+
+    @staticmethod
+    def rss_kib(pid: int) -> int:
+        total = 0
+        pids = [pid]
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    kids = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+                    pids += [int(k) for k in kids]
+        for p in pids:
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        return total
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        self.t0 = time.monotonic()
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic() - self.t0, self.rss_kib(self.pid)))
+            self._stop.wait(self.interval)
+
+    def mark(self, name: str) -> int:
+        value = self.rss_kib(self.pid)
+        self.marks[name] = value
+        return value
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(2)
+
+    @property
+    def peak_kib(self) -> int:
+        return max((v for _, v in self.samples), default=0)
+
+    def peak_since(self, since: float) -> int:
+        """Largest sample taken after the monotonic time `since`."""
+        return max((v for t, v in self.samples if t >= since - self.t0), default=0)
+
+
+# ---------------------------------------------------------------- targets
+
+
+class Target:
+    """A running iSCSI target with one tape drive at (iqn, lun)."""
+
+    name = "?"
+    iqn = ""
+    lun = 1
+    portal = ""
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class TgtTarget(Target):
+    """Debian's tgt: tgtd in the foreground, a tape image from tgtimg, an SSC logical unit.
+
+    tgtd talks to tgtadm through /var/run/tgtd/socket.<control port>; a random unused control
+    port keeps this instance apart from any other tgtd on the machine.
+    """
+
+    name = "tgt"
+
+    def __init__(self, workdir: Path, capacity: int) -> None:
+        self.dir = workdir / "tgt"
+        self.capacity = capacity
+        self.iqn = TGT_IQN
+        self.lun = 1  # LUN 0 is tgt's own controller LU
+        self.cport = 0
+        self.log_file: Any = None
+
+    def _adm(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = ["tgtadm", "-C", str(self.cport), *args]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        if check and res.returncode != 0:
+            raise BenchError(f"{' '.join(cmd)}: {res.stderr.strip() or res.returncode}")
+        return res
+
+    def _pick_control_port(self) -> int:
+        for _ in range(200):
+            p = random.randint(10000, 32000)
+            if not (TGT_RUN_DIR / f"socket.{p}").exists() and not (TGT_RUN_DIR / f"socket.{p}.lock").exists():
+                return p
+        raise BenchError("no free tgtd control port")
+
+    def start(self) -> None:
+        for tool in ("tgtd", "tgtadm", "tgtimg"):
+            if shutil.which(tool) is None:
+                raise BenchError(f"{tool} not found: apt-get install tgt")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        image = self.dir / "tape.img"
+        size_mb = self.capacity // 1_000_000 + 256
+        res = subprocess.run(
+            ["tgtimg", "--op", "new", "--device-type", "tape", "--barcode", BARCODE,
+             "--size", str(size_mb), "--type", "data", "--file", str(image),
+             "--thin-provisioning"],
+            capture_output=True, text=True)
+        if res.returncode != 0:
+            raise BenchError(f"tgtimg failed: {res.stderr.strip()}")
+        TGT_RUN_DIR.mkdir(parents=True, exist_ok=True)
+        self.cport = self._pick_control_port()
+        port = free_port()
+        self.portal = f"127.0.0.1:{port}"
+        self.log_file = open(self.dir / "tgtd.log", "wb")
+        # -D: foreground without per-command debug logging (-f turns debug output on, which
+        # would make tgt slower than it is).
+        self.proc = subprocess.Popen(
+            ["tgtd", "-D", "-C", str(self.cport), "--iscsi", f"portal={self.portal}"],
+            stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True)
+        try:
+            wait_listening(port, self.proc, 15, "tgtd")
+        except BenchError as e:
+            log_text = (self.dir / "tgtd.log").read_text(errors="replace").strip()
+            raise BenchError(f"{e}: {log_text[-300:]}") from None
+        self._adm("--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", "1", "-T", self.iqn)
+        self._adm("--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", "1",
+                  "--lun", str(self.lun), "-b", str(image), "--bstype", "ssc",
+                  "--device-type", "tape")
+        self._adm("--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", "1",
+                  "--initiator-address", "127.0.0.1")
+        log(f"tgt: tgtd pid {self.proc.pid} on {self.portal} (control port {self.cport}), "
+            f"{self.iqn} lun {self.lun}, image {image}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            # tgtd ignores SIGTERM while it has targets: take it offline and delete the system.
+            with contextlib.suppress(Exception):
+                self._adm("--op", "update", "--mode", "sys", "--name", "State", "-v", "offline",
+                          check=False)
+                self._adm("--lld", "iscsi", "--op", "delete", "--mode", "target", "--tid", "1",
+                          "--force", check=False)
+                self._adm("--op", "delete", "--mode", "system", check=False)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                stop_process(self.proc, grace=3)
+        if self.cport:
+            for suffix in ("", ".lock"):
+                with contextlib.suppress(OSError):
+                    (TGT_RUN_DIR / f"socket.{self.cport}{suffix}").unlink()
+        if self.log_file:
+            self.log_file.close()
+            self.log_file = None
+
+
+class VtlTarget(Target):
+    """`vtl serve` on a fresh temporary library with one cartridge loaded into drive 0."""
+
+    name = "vtl"
+
+    def __init__(self, workdir: Path, media: str | None, profile: str | None) -> None:
+        self.root = workdir / "vtl-library"
+        self.iqn = VTL_IQN
+        self.lun = 1  # LUN 0 = changer, LUN 1 = drive 0 (vtl.scsi.devices.build_device_set)
+        self.media = media
+        self.profile = profile
+        self.log_path = workdir / "vtl-serve.log"
+        self.log_file: Any = None
+
+    def _vtl_cmd(self) -> list[str]:
+        exe = REPO / ".venv" / "bin" / "vtl"
+        if exe.exists():
+            return [str(exe)]
+        return [sys.executable, "-m", "vtl.cli.main"]
+
+    def _vtl(self, *args: str) -> str:
+        cmd = [*self._vtl_cmd(), "--root", str(self.root), *args]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+        if res.returncode != 0:
+            raise BenchError(f"{' '.join(cmd[len(self._vtl_cmd()):])}: "
+                             f"{(res.stderr or res.stdout).strip()}")
+        return res.stdout
+
+    def start(self) -> None:
+        port = free_port()
+        self.portal = f"127.0.0.1:{port}"
+        init = ["init", "--drives", "1", "--slots", "4", "--mailslots", "1",
+                "--portal", self.portal, "--iqn", self.iqn]
+        self._vtl(*init)
+        create = ["cartridge", "create", BARCODE]
+        if self.media:
+            create += ["--media", self.media]
+        self._vtl(*create)
+        self._vtl("load", BARCODE, "0")
+        env = dict(os.environ)
+        cmd = [*self._vtl_cmd(), "--root", str(self.root), "serve", "--portal", self.portal]
+        if self.profile == "py-spy":
+            pyspy = shutil.which("py-spy") or str(REPO / ".venv" / "bin" / "py-spy")
+            cmd = [pyspy, "record", "--nonblocking", "-r", "200", "-f", "speedscope",
+                   "-o", str(CACHE / "vtl-serve.speedscope.json"), "--", *cmd]
+        elif self.profile == "cprofile":
+            cmd = [sys.executable, "-m", "cProfile", "-o", str(CACHE / "vtl-serve.prof"),
+                   "-m", "vtl.cli.main", "--root", str(self.root), "serve", "--portal", self.portal]
+        self.log_file = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True,
+                                     cwd=REPO, env=env)
+        wait_listening(port, self.proc, 30, "vtl serve")
+        log(f"vtl: serve pid {self.proc.pid} on {self.portal}, {self.iqn} lun {self.lun}, "
+            f"library {self.root}")
+
+    @property
+    def server_pid(self) -> int | None:
+        """The Python process that serves (under py-spy it is py-spy's child)."""
+        if self.proc is None:
+            return None
+        if self.profile == "py-spy":
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+                return int(kids[0])
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            # SIGTERM: the server finishes in-flight commands and syncs cartridges (issue 3);
+            # under a profiler, signal the server itself so the profiler writes its output.
+            pid = self.server_pid
+            if self.profile == "py-spy" and pid and pid != self.proc.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGINT)
+                try:
+                    self.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    pass
+            elif self.profile == "cprofile":
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.send_signal(signal.SIGINT)
+                try:
+                    self.proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    pass
+            stop_process(self.proc, grace=20)
+        if self.log_file:
+            self.log_file.close()
+            self.log_file = None
+
+    def tail_log(self, n: int = 5) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        return ""
+
+
+# ---------------------------------------------------------------- the run
+
+
+@contextlib.contextmanager
+def running(target: Target) -> Iterator[Target]:
+    try:
+        target.start()
+        yield target
+    finally:
+        target.stop()
+
+
+def sigterm_as_interrupt() -> None:
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+    with contextlib.suppress(AttributeError, ValueError):
+        signal.signal(signal.SIGHUP, handler)
+
+
+def fmt_table(rows: list[dict[str, Any]], targets: list[str]) -> str:
+    head = ["block size"]
+    for t in targets:
+        head += [f"{t} write MB/s", f"{t} read MB/s"]
+    if "tgt" in targets and "vtl" in targets:
+        head += ["vtl/tgt write", "vtl/tgt read"]
+    lines = [head]
+    for r in rows:
+        line = [human(r["block_size"])]
+        for t in targets:
+            res = r.get(t)
+            if res is None or "error" in res:
+                line += ["FAIL", "FAIL"]
+            else:
+                line += [f"{res['write_mbps']:.0f}", f"{res['read_mbps']:.0f}"]
+        if "tgt" in targets and "vtl" in targets:
+            line += [f"{r['ratio_write']:.2f}" if r.get("ratio_write") else "-",
+                     f"{r['ratio_read']:.2f}" if r.get("ratio_read") else "-"]
+        lines.append(line)
+    widths = [max(len(row[i]) for row in lines) for i in range(len(head))]
+    out = []
+    for i, row in enumerate(lines):
+        out.append("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def measure(target: Target, bs: int, total: int, verify: bool, timeout: float,
+            sampler: RssSampler | None) -> dict[str, Any]:
+    count = max(1, total // bs)
+    log(f"{target.name}: {count} x {human(bs)} write + read ({human(count * bs)})")
+    t0 = time.monotonic()
+    before = sampler.rss_kib(sampler.pid) if sampler else None
+    try:
+        res = run_client(target.portal, target.iqn, target.lun, bs, count, verify, timeout)
+    except BenchError as e:
+        return {"error": str(e)}
+    if sampler:
+        res["rss_before_kib"] = before
+        res["rss_after_kib"] = sampler.rss_kib(sampler.pid)
+        res["rss_peak_kib"] = max(sampler.peak_since(t0), res["rss_after_kib"])
+    if not res.get("ok"):
+        res["error"] = "; ".join(
+            f"{e['op']}#{e['index']}: status {e['status']} {e['key']} {e['ascq']} sense={e['sense']} {e['msg']}".strip()
+            for e in res.get("errors", [])) or "client reported failure"
+    log(f"{target.name}: {human(bs)}: write {res['write_mbps']:.0f} MB/s "
+        f"(blocks {res['write_s']:.2f}s + filemark {res['wfm_s']:.2f}s), "
+        f"read {res['read_mbps']:.0f} MB/s ({res['read_s']:.2f}s)"
+        + (f"  ERROR {res['error']}" if "error" in res else ""))
+    return res
+
+
+def long_run(vtl: VtlTarget, total: int, bs: int, verify: bool, timeout: float) -> dict[str, Any]:
+    """Stream `total` bytes at `bs` and report the server's RSS at start, middle and end."""
+    pid = vtl.server_pid
+    assert pid is not None
+    sampler = RssSampler(pid, interval=0.5)
+    start_rss = sampler.rss_kib(pid)
+    sampler.start()
+    t0 = time.monotonic()
+    try:
+        res = measure(vtl, bs, total, verify, timeout, None)
+    finally:
+        sampler.stop()
+    elapsed = time.monotonic() - t0
+    samples = sampler.samples
+    wtime = res.get("write_s", 0) + res.get("wfm_s", 0)
+
+    def at(frac: float) -> int | None:
+        if not samples:
+            return None
+        target_t = frac * elapsed
+        return min(samples, key=lambda s: abs(s[0] - target_t))[1]
+
+    out = {
+        "block_size": bs, "bytes": res.get("bytes"),
+        "write_mbps": res.get("write_mbps"), "read_mbps": res.get("read_mbps"),
+        "rss_kib": {
+            "before": start_rss,
+            "write_start": at(0.02), "write_middle": at(wtime / 2 / elapsed if elapsed else 0),
+            "write_end": at(wtime / elapsed if elapsed else 0),
+            "read_middle": at((wtime + (elapsed - wtime) / 2) / elapsed if elapsed else 0),
+            "end": samples[-1][1] if samples else None,
+            "peak": sampler.peak_kib,
+        },
+        "samples": len(samples),
+    }
+    if "error" in res:
+        out["error"] = res["error"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="64K,256K,1M",
+                    help="comma-separated block sizes (default 64K,256K,1M)")
+    ap.add_argument("--total", default="2G", help="bytes streamed per block size (default 2G)")
+    ap.add_argument("--quick", action="store_true", help="256 MiB per block size")
+    ap.add_argument("--long", action="store_true",
+                    help="after the table, stream --long-total at --long-size to vtl and "
+                         "report the server's RSS at start/middle/end")
+    ap.add_argument("--long-total", default="8G")
+    ap.add_argument("--long-size", default="256K")
+    ap.add_argument("--only", choices=["tgt", "vtl"], help="benchmark one target only")
+    ap.add_argument("--media", default=None, help="vtl cartridge media (default: library default)")
+    ap.add_argument("--no-verify", action="store_true", help="do not compare read data")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="where the tape image and library live (default: a temp dir under "
+                         ".cache/bench, on the repository's disk - not tmpfs)")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir")
+    ap.add_argument("--profile", choices=["py-spy", "cprofile"], default=None,
+                    help="run vtl serve under a profiler; output in .cache/bench/")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    args = ap.parse_args(argv)
+    sigterm_as_interrupt()
+
+    try:
+        sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+        total = parse_size("256M" if args.quick else args.total)
+        long_total = parse_size(args.long_total)
+        long_size = parse_size(args.long_size)
+        if any(s > 0xFFFFFF for s in sizes):
+            raise BenchError("WRITE(6) carries at most 16 MiB - 1 per block")
+        build_client()
+        CACHE.mkdir(parents=True, exist_ok=True)
+        workdir = args.workdir or Path(tempfile.mkdtemp(prefix="run-", dir=CACHE))
+        workdir.mkdir(parents=True, exist_ok=True)
+        targets = [args.only] if args.only else ["tgt", "vtl"]
+        result = run_all(args, sizes, total, long_total, long_size, workdir, targets)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: all servers stopped", file=sys.stderr)
+        return 130
+    finally:
+        if "workdir" in locals() and not args.keep and args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_report(result)
+    failed = any("error" in r.get(t, {}) for r in result["rows"] for t in targets)
+    return 1 if failed else 0
+
+
+def run_all(args: argparse.Namespace, sizes: list[int], total: int, long_total: int,
+            long_size: int, workdir: Path, targets: list[str]) -> dict[str, Any]:
+    verify = not args.no_verify
+    capacity = max(total, long_total if args.long else 0)
+    result: dict[str, Any] = {
+        "config": {
+            "sizes": sizes, "total_per_size": total, "verify": verify,
+            "workdir": str(workdir), "filesystem": fs_type(workdir),
+            "data": "4 KiB chunks alternating xorshift random bytes and log-like text lines",
+            "zstd3_ratio": round(data_ratio(256 << 10) or 0, 2),
+            "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
+            "write_mbps": "bytes / (N WRITE(6) + 1 WRITE FILEMARKS(6), non-immediate)",
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+        "rows": [],
+    }
+    timeout = max(600.0, total / 20e6)
+    with contextlib.ExitStack() as stack:
+        running_targets: dict[str, Target] = {}
+        samplers: dict[str, RssSampler] = {}
+        if "tgt" in targets:
+            running_targets["tgt"] = stack.enter_context(running(TgtTarget(workdir, capacity)))
+        if "vtl" in targets:
+            vtl = VtlTarget(workdir, args.media, args.profile)
+            try:
+                running_targets["vtl"] = stack.enter_context(running(vtl))
+            except BenchError as e:
+                raise BenchError(f"{e}\n{vtl.tail_log()}") from None
+        for name, t in running_targets.items():
+            pid = t.server_pid if isinstance(t, VtlTarget) else (t.proc.pid if t.proc else None)
+            if pid:
+                s = RssSampler(pid)
+                s.start()
+                stack.callback(s.stop)
+                samplers[name] = s
+        for bs in sizes:
+            row: dict[str, Any] = {"block_size": bs}
+            for name, t in running_targets.items():
+                row[name] = measure(t, bs, total, verify, timeout, samplers.get(name))
+            tg, vt = row.get("tgt"), row.get("vtl")
+            if tg and vt and "error" not in tg and "error" not in vt:
+                row["ratio_write"] = vt["write_mbps"] / tg["write_mbps"] if tg["write_mbps"] else None
+                row["ratio_read"] = vt["read_mbps"] / tg["read_mbps"] if tg["read_mbps"] else None
+            result["rows"].append(row)
+        result["peak_rss_kib"] = {name: s.peak_kib for name, s in samplers.items()}
+        if args.long and "vtl" in running_targets:
+            vt = running_targets["vtl"]
+            assert isinstance(vt, VtlTarget)
+            log(f"long run: {human(long_total)} at {human(long_size)} to vtl")
+            result["long"] = long_run(vt, long_total, long_size, verify,
+                                      max(1800.0, long_total / 10e6))
+        if "vtl" in running_targets:
+            vt = running_targets["vtl"]
+            assert isinstance(vt, VtlTarget)
+            result["vtl_log_tail"] = vt.tail_log(10)
+    result["targets"] = targets
+    result["config"]["loadavg_end"] = os.getloadavg()[0]
+    return result
+
+
+def fs_type(path: Path) -> str:
+    """The filesystem type under `path` (so a tmpfs run is visible in the report)."""
+    best, kind = "", "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            mnt = parts[1]
+            if str(path.resolve()).startswith(mnt) and len(mnt) > len(best):
+                best, kind = mnt, parts[2]
+    return kind
+
+
+def print_report(result: dict[str, Any]) -> None:
+    cfg = result["config"]
+    targets = result["targets"]
+    print(f"\nVariable-mode stream, one command at a time (libiscsi), {human(cfg['total_per_size'])} "
+          f"per block size, verify={'on' if cfg['verify'] else 'off'}")
+    print(f"work dir {cfg['workdir']} ({cfg['filesystem']}); data: {cfg['data']} "
+          f"(zstd-3 ratio {cfg['zstd3_ratio']}); {cfg['cpus']} CPUs, "
+          f"load {cfg['loadavg_start']:.1f} -> {cfg['loadavg_end']:.1f}")
+    print(f"write MB/s = {cfg['write_mbps']}; MB = 10^6 bytes\n")
+    print(fmt_table(result["rows"], targets))
+    for r in result["rows"]:
+        for t in targets:
+            if "error" in r.get(t, {}):
+                print(f"  {t} {human(r['block_size'])}: {r[t]['error']}")
+    if result.get("peak_rss_kib"):
+        print("\npeak resident memory during the table: " + ", ".join(
+            f"{k} {v / 1024:.1f} MiB" for k, v in result["peak_rss_kib"].items()))
+    if "long" in result:
+        lg = result["long"]
+        rss = lg["rss_kib"]
+
+        def mib(v: int | None) -> str:
+            return "-" if v is None else f"{v / 1024:.1f}"
+
+        print(f"\nlong run, vtl, {human(lg['bytes'] or 0)} at {human(lg['block_size'])}: "
+              f"write {lg['write_mbps'] or 0:.0f} MB/s, read {lg['read_mbps'] or 0:.0f} MB/s")
+        print("  vtl serve RSS MiB: " + ", ".join(
+            f"{k} {mib(rss[k])}" for k in ("before", "write_start", "write_middle", "write_end",
+                                           "read_middle", "end", "peak")))
+        if "error" in lg:
+            print(f"  error: {lg['error']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

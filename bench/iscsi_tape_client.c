@@ -1,0 +1,379 @@
+/*
+ * iscsi_tape_client: stream variable-mode blocks to an iSCSI tape drive and read them back,
+ * one synchronous command at a time, the way the Linux st driver drives a tape.
+ *
+ * Why C and libiscsi: the benchmark must measure the target, not the client. A Python
+ * initiator would be the bottleneck; libiscsi is the same initiator stack the project's
+ * real-client tests use (iscsi-ls, iscsi-inq, qemu's iscsi driver).
+ *
+ * Sequence: TEST UNIT READY until ready -> MODE SENSE(6) (12 bytes, as st does at open) ->
+ * MODE SELECT(6) to block length 0 if the drive is in fixed mode -> REWIND ->
+ * N x WRITE(6) variable -> WRITE FILEMARKS(6) 1 -> REWIND -> N x READ(6) variable with SILI.
+ *
+ * Output: one JSON object on stdout (times in seconds, errors with raw sense bytes).
+ * Exit status 0 when every command returned GOOD (or a NO SENSE early-warning), else 1.
+ *
+ * Usage: iscsi_tape_client PORTAL TARGET_IQN LUN BLOCK_SIZE COUNT [--no-verify]
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <iscsi/iscsi.h>
+#include <iscsi/scsi-lowlevel.h>
+
+#define INITIATOR "iqn.2026-01.dev.vtl:bench-client"
+#define POOL_CHUNK 4096
+#define MAX_ERRORS 8
+
+static char errors_json[8192];
+static int n_errors;
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Raw sense bytes of a CHECK CONDITION: libiscsi keeps the sense segment in datain,
+ * prefixed by its 2-byte length. */
+static void sense_hex(struct scsi_task *t, char *out, size_t outlen)
+{
+    out[0] = 0;
+    if (t->datain.data == NULL || t->datain.size <= 2)
+        return;
+    int n = t->datain.size - 2;
+    if (n > 32)
+        n = 32;
+    size_t pos = 0;
+    for (int i = 0; i < n && pos + 3 < outlen; i++)
+        pos += snprintf(out + pos, outlen - pos, "%02x", t->datain.data[2 + i]);
+}
+
+static void record_error(const char *what, long index, struct scsi_task *t, const char *msg)
+{
+    if (n_errors >= MAX_ERRORS)
+        return;
+    char hex[80] = "";
+    int status = -1;
+    if (t != NULL) {
+        status = t->status;
+        if (t->status == SCSI_STATUS_CHECK_CONDITION)
+            sense_hex(t, hex, sizeof hex);
+    }
+    size_t len = strlen(errors_json);
+    snprintf(errors_json + len, sizeof errors_json - len,
+             "%s{\"op\":\"%s\",\"index\":%ld,\"status\":%d,\"sense\":\"%s\",\"key\":\"%s\",\"ascq\":\"%s\",\"msg\":\"%s\"}",
+             n_errors ? "," : "", what, index, status, hex,
+             t && t->status == SCSI_STATUS_CHECK_CONDITION ? scsi_sense_key_str(t->sense.key) : "",
+             t && t->status == SCSI_STATUS_CHECK_CONDITION ? scsi_sense_ascq_str(t->sense.ascq) : "",
+             msg ? msg : "");
+    n_errors++;
+}
+
+/* Run one CDB synchronously. Returns the task (caller frees) or NULL on transport failure. */
+static struct scsi_task *run(struct iscsi_context *ctx, int lun, unsigned char *cdb, int cdb_len,
+                             int dir, int xfer_len, unsigned char *out_buf, unsigned char *in_buf)
+{
+    struct scsi_task *t = scsi_create_task(cdb_len, cdb, dir, xfer_len);
+    if (t == NULL)
+        return NULL;
+    struct iscsi_data d, *dp = NULL;
+    if (dir == SCSI_XFER_WRITE) {
+        d.size = xfer_len;
+        d.data = out_buf;
+        dp = &d;
+    } else if (dir == SCSI_XFER_READ && in_buf != NULL) {
+        /* Land Data-In payload straight in our buffer: no copy inside the client. */
+        scsi_task_add_data_in_buffer(t, xfer_len, in_buf);
+    }
+    if (iscsi_scsi_command_sync(ctx, lun, t, dp) == NULL) {
+        scsi_free_scsi_task(t);
+        return NULL;
+    }
+    return t;
+}
+
+static void put24(unsigned char *p, uint32_t v)
+{
+    p[0] = (v >> 16) & 0xff;
+    p[1] = (v >> 8) & 0xff;
+    p[2] = v & 0xff;
+}
+
+/*
+ * Half-compressible data pool: 4 KiB chunks alternate between random bytes (incompressible)
+ * and log-like text lines (compress very well), so zstd does real work on every block and
+ * the overall ratio is about 2:1. Block i starts at a different offset in the pool, so
+ * consecutive blocks are not identical.
+ */
+static unsigned char *make_pool(size_t size)
+{
+    unsigned char *p = malloc(size);
+    if (p == NULL)
+        return NULL;
+    uint64_t x = 0x9E3779B97F4A7C15ULL;
+    for (size_t off = 0; off < size; off += POOL_CHUNK) {
+        size_t n = size - off < POOL_CHUNK ? size - off : POOL_CHUNK;
+        if ((off / POOL_CHUNK) % 2 == 0) {
+            for (size_t i = 0; i < n; i++) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                p[off + i] = (unsigned char)(x >> 32);
+            }
+        } else {
+            size_t i = 0;
+            unsigned line = (unsigned)(off / POOL_CHUNK);
+            while (i < n) {
+                char buf[96];
+                int l = snprintf(buf, sizeof buf,
+                                 "2026-11-25T14:%02u:%02u host backup[%u]: wrote block %u ok\n",
+                                 line % 60, (line / 60) % 60, 4000 + line % 7, line);
+                line++;
+                for (int j = 0; j < l && i < n; j++)
+                    p[off + i++] = (unsigned char)buf[j];
+            }
+        }
+    }
+    return p;
+}
+
+static size_t block_offset(long i, size_t pool_size, size_t bs)
+{
+    size_t slots = (pool_size - bs) / POOL_CHUNK + 1;
+    return ((size_t)i * 7 % slots) * POOL_CHUNK;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 6) {
+        fprintf(stderr, "usage: %s PORTAL TARGET_IQN LUN BLOCK_SIZE COUNT [--no-verify]\n", argv[0]);
+        return 2;
+    }
+    const char *portal = argv[1];
+    const char *iqn = argv[2];
+    int lun = atoi(argv[3]);
+    long bs = atol(argv[4]);
+    long count = atol(argv[5]);
+    int verify = !(argc > 6 && strcmp(argv[6], "--no-verify") == 0);
+    if (bs <= 0 || bs > 0xFFFFFF || count <= 0) {
+        fprintf(stderr, "bad block size or count\n");
+        return 2;
+    }
+
+    size_t pool_size = (size_t)bs + 64 * POOL_CHUNK * 2;
+    unsigned char *pool = make_pool(pool_size);
+    unsigned char *rbuf = malloc(bs);
+    if (pool == NULL || rbuf == NULL) {
+        fprintf(stderr, "out of memory\n");
+        return 2;
+    }
+
+    struct iscsi_context *ctx = iscsi_create_context(INITIATOR);
+    if (ctx == NULL) {
+        fprintf(stderr, "iscsi_create_context failed\n");
+        return 2;
+    }
+    iscsi_set_targetname(ctx, iqn);
+    iscsi_set_session_type(ctx, ISCSI_SESSION_NORMAL);
+    iscsi_set_header_digest(ctx, ISCSI_HEADER_DIGEST_NONE);
+    iscsi_set_noautoreconnect(ctx, 1);
+    if (iscsi_full_connect_sync(ctx, portal, lun) != 0) {
+        fprintf(stderr, "login to %s %s lun %d failed: %s\n", portal, iqn, lun, iscsi_get_error(ctx));
+        iscsi_destroy_context(ctx);
+        return 2;
+    }
+
+    unsigned char cdb[16];
+    struct scsi_task *t;
+    int ok = 1;
+    double t_write = 0, t_wfm = 0, t_read = 0;
+    long written = 0, read_n = 0, mismatches = 0, early_warning = 0;
+
+    /* TEST UNIT READY until ready (UNIT ATTENTION after login, NOT READY while loading). */
+    double deadline = now() + 60;
+    for (;;) {
+        memset(cdb, 0, sizeof cdb);
+        t = run(ctx, lun, cdb, 6, SCSI_XFER_NONE, 0, NULL, NULL);
+        if (t == NULL) {
+            record_error("test_unit_ready", 0, NULL, iscsi_get_error(ctx));
+            ok = 0;
+            goto out;
+        }
+        int st = t->status;
+        if (st == SCSI_STATUS_GOOD) {
+            scsi_free_scsi_task(t);
+            break;
+        }
+        if (now() > deadline) {
+            record_error("test_unit_ready", 0, t, "drive never became ready");
+            scsi_free_scsi_task(t);
+            ok = 0;
+            goto out;
+        }
+        scsi_free_scsi_task(t);
+        usleep(100000);
+    }
+
+    /* MODE SENSE(6), 12 bytes: header + one block descriptor, as st does at open. */
+    memset(cdb, 0, sizeof cdb);
+    cdb[0] = 0x1A;
+    cdb[2] = 0x3F;
+    cdb[4] = 12;
+    unsigned char ms[12];
+    memset(ms, 0, sizeof ms);
+    t = run(ctx, lun, cdb, 6, SCSI_XFER_READ, 12, NULL, NULL);
+    int need_select = 1;
+    unsigned char dev_specific = 0x10;
+    if (t != NULL && t->status == SCSI_STATUS_GOOD && t->datain.size >= 12) {
+        memcpy(ms, t->datain.data, 12);
+        dev_specific = ms[2] & 0x70; /* keep the buffered mode, clear WP */
+        uint32_t blen = ((uint32_t)ms[9] << 16) | ((uint32_t)ms[10] << 8) | ms[11];
+        need_select = ms[3] < 8 || blen != 0;
+    }
+    if (t)
+        scsi_free_scsi_task(t);
+
+    if (need_select) {
+        unsigned char param[12];
+        memset(param, 0, sizeof param);
+        param[2] = dev_specific;
+        param[3] = 8; /* block descriptor length */
+        /* density 0 (keep), number of blocks 0, block length 0 = variable */
+        memset(cdb, 0, sizeof cdb);
+        cdb[0] = 0x15;
+        cdb[1] = 0x10; /* PF */
+        cdb[4] = sizeof param;
+        t = run(ctx, lun, cdb, 6, SCSI_XFER_WRITE, sizeof param, param, NULL);
+        if (t == NULL || t->status != SCSI_STATUS_GOOD) {
+            record_error("mode_select", 0, t, t ? "" : iscsi_get_error(ctx));
+            ok = 0;
+            if (t)
+                scsi_free_scsi_task(t);
+            goto out;
+        }
+        scsi_free_scsi_task(t);
+    }
+
+    /* REWIND */
+    memset(cdb, 0, sizeof cdb);
+    cdb[0] = 0x01;
+    t = run(ctx, lun, cdb, 6, SCSI_XFER_NONE, 0, NULL, NULL);
+    if (t == NULL || t->status != SCSI_STATUS_GOOD) {
+        record_error("rewind", 0, t, t ? "" : iscsi_get_error(ctx));
+        ok = 0;
+        if (t)
+            scsi_free_scsi_task(t);
+        goto out;
+    }
+    scsi_free_scsi_task(t);
+
+    /* N x WRITE(6), variable mode. */
+    double t0 = now();
+    for (long i = 0; i < count; i++) {
+        memset(cdb, 0, sizeof cdb);
+        cdb[0] = 0x0A;
+        put24(cdb + 2, (uint32_t)bs);
+        t = run(ctx, lun, cdb, 6, SCSI_XFER_WRITE, bs, pool + block_offset(i, pool_size, bs), NULL);
+        if (t == NULL) {
+            record_error("write", i, NULL, iscsi_get_error(ctx));
+            ok = 0;
+            goto out;
+        }
+        if (t->status == SCSI_STATUS_CHECK_CONDITION && t->sense.key == SCSI_SENSE_NO_SENSE) {
+            early_warning++; /* EOM early warning: block was written */
+        } else if (t->status != SCSI_STATUS_GOOD) {
+            record_error("write", i, t, "");
+            scsi_free_scsi_task(t);
+            ok = 0;
+            break;
+        }
+        scsi_free_scsi_task(t);
+        written++;
+    }
+    double t1 = now();
+    t_write = t1 - t0;
+    if (!ok)
+        goto out;
+
+    /* WRITE FILEMARKS(6) 1, not immediate: the data is durable when it returns. */
+    memset(cdb, 0, sizeof cdb);
+    cdb[0] = 0x10;
+    put24(cdb + 2, 1);
+    t = run(ctx, lun, cdb, 6, SCSI_XFER_NONE, 0, NULL, NULL);
+    t_wfm = now() - t1;
+    if (t == NULL || !(t->status == SCSI_STATUS_GOOD ||
+                       (t->status == SCSI_STATUS_CHECK_CONDITION && t->sense.key == SCSI_SENSE_NO_SENSE))) {
+        record_error("write_filemarks", 0, t, t ? "" : iscsi_get_error(ctx));
+        ok = 0;
+        if (t)
+            scsi_free_scsi_task(t);
+        goto out;
+    }
+    scsi_free_scsi_task(t);
+
+    /* REWIND */
+    memset(cdb, 0, sizeof cdb);
+    cdb[0] = 0x01;
+    t = run(ctx, lun, cdb, 6, SCSI_XFER_NONE, 0, NULL, NULL);
+    if (t == NULL || t->status != SCSI_STATUS_GOOD) {
+        record_error("rewind", 1, t, t ? "" : iscsi_get_error(ctx));
+        ok = 0;
+        if (t)
+            scsi_free_scsi_task(t);
+        goto out;
+    }
+    scsi_free_scsi_task(t);
+
+    /* N x READ(6), variable mode, SILI. */
+    t0 = now();
+    for (long i = 0; i < written; i++) {
+        memset(cdb, 0, sizeof cdb);
+        cdb[0] = 0x08;
+        cdb[1] = 0x02; /* SILI */
+        put24(cdb + 2, (uint32_t)bs);
+        t = run(ctx, lun, cdb, 6, SCSI_XFER_READ, bs, NULL, rbuf);
+        if (t == NULL) {
+            record_error("read", i, NULL, iscsi_get_error(ctx));
+            ok = 0;
+            goto out;
+        }
+        if (t->status != SCSI_STATUS_GOOD) {
+            record_error("read", i, t, "");
+            scsi_free_scsi_task(t);
+            ok = 0;
+            break;
+        }
+        if (t->residual_status != SCSI_RESIDUAL_NO_RESIDUAL && t->residual != 0) {
+            record_error("read", i, t, "short block (residual)");
+            mismatches++;
+        } else if (verify && memcmp(rbuf, pool + block_offset(i, pool_size, bs), bs) != 0) {
+            if (mismatches == 0)
+                record_error("read", i, t, "data mismatch");
+            mismatches++;
+        }
+        scsi_free_scsi_task(t);
+        read_n++;
+    }
+    t_read = now() - t0;
+    if (mismatches)
+        ok = 0;
+
+out:
+    iscsi_logout_sync(ctx);
+    iscsi_destroy_context(ctx);
+    printf("{\"block_size\":%ld,\"count\":%ld,\"written\":%ld,\"read\":%ld,"
+           "\"write_s\":%.6f,\"wfm_s\":%.6f,\"read_s\":%.6f,\"early_warning\":%ld,"
+           "\"mismatches\":%ld,\"verified\":%s,\"ok\":%s,\"errors\":[%s]}\n",
+           bs, count, written, read_n, t_write, t_wfm, t_read, early_warning, mismatches,
+           verify ? "true" : "false", ok ? "true" : "false", errors_json);
+    free(pool);
+    free(rbuf);
+    return ok ? 0 : 1;
+}
