@@ -107,7 +107,7 @@ def start_tgt(workdir: Path, iqn: str = "iqn.2026-11.org.vtl-ebm:tgt-reference")
 class DiscoveredLun:
     target: str
     lun: int
-    type: str  # as iscsi-ls prints it: MEDIUM_CHANGER, SEQUENTIAL_ACCESS, ...
+    type: str  # as iscsi-ls prints it: MEDIA_CHANGER, SEQUENTIAL_ACCESS, ...
 
 
 def discover(

@@ -83,6 +83,9 @@ step unload 'mt -f $TAPE offline; mtx -f $CHSG unload 1 0 && mtx -f $CHSG status
 step load2 'mtx -f $CHSG load 2 1 && DEV=$TAPE1; eval "$WAIT_READY"; mt -f $TAPE1 status'
 step fixed 'mt -f $TAPE1 setblk 65536 && dd if=src/c/f3 of=$TAPE1 bs=65536 count=4 && mt -f $TAPE1 tell && mt -f $TAPE1 rewind && dd if=$TAPE1 of=fx bs=65536 count=4 && dd if=src/c/f3 of=fy bs=65536 count=4 && cmp fx fy && mt -f $TAPE1 setblk 0 && echo FIXED-OK'
 step unload2 'mt -f $TAPE1 offline; mtx -f $CHSG unload 2 1 && mtx -f $CHSG transfer 2 10 && mtx -f $CHSG status'
+step mailslot 'mtx -f $CHSG transfer 10 41 && mtx -f $CHSG status'
+step move_empty 'mtx -f $CHSG transfer 3 4'
+step move_full 'mtx -f $CHSG transfer 41 41'
 step reload 'mtx -f $CHSG load 1 0 && DEV=$TAPE; eval "$WAIT_READY"; rm -rf out2 && mkdir out2 && mt -f $TAPE rewind && mt -f $TAPE fsf 1 && tar -xf $TAPE -b 128 -C out2 && cd out2 && grep " b/" ../sums | sha256sum -c'
 step final_unload 'mt -f $TAPE offline; mtx -f $CHSG unload 1 0 && mtx -f $CHSG status'
 step dmesg 'dmesg | grep -vE "^\[ *[0-9.]+\] (ACPI|PCI|pci|clocksource|x86|evm|Freeing|Key type|tsc|Last level|Run /init|  )"| tail -80'
@@ -104,7 +107,7 @@ def server(tmp_path: Path) -> Iterator[VtlServer]:
 
 
 def test_linux_st_ch_against_vtl_serve(guest, server):
-    changers = [lu for lu in server.luns if lu.type == "MEDIUM_CHANGER"]
+    changers = [lu for lu in server.luns if lu.type == "MEDIA_CHANGER"]
     drives = [lu for lu in server.luns if lu.type == "SEQUENTIAL_ACCESS"]
     assert len(changers) == 1 and len(drives) >= 2, f"iscsi-ls found {server.luns}"
     luns = [Lun(server.portal, lu.target, lu.lun) for lu in (changers[0], *drives[:2])]
@@ -188,6 +191,14 @@ def test_linux_st_ch_against_vtl_serve(guest, server):
     assert "FIXED-OK" in out and mt_tell(out) == [5], log
     st = mtx_status(ok("unload2"))
     assert st.slots[10].full and st.slots[10].tag == BARCODES[1] and not st.slots[2].full, log
+
+    st = mtx_status(ok("mailslot"))
+    assert st.slots[41] == MtxElement(True, BARCODES[1]) and 41 in st.import_export, log
+    # Bad moves get the sense mtx decodes: 3B/0E source empty, 3B/0D destination full.
+    bad = run["move_empty"]
+    assert bad.rc != 0 and "is Empty" in bad.output, log
+    bad = run["move_full"]
+    assert bad.rc != 0 and "Already Full" in bad.output, log
 
     # The first cartridge's data survived unload and reload.
     assert ok("reload").count(": OK") == 3, log
