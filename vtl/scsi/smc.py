@@ -1,0 +1,337 @@
+"""The medium changer (SMC-3): the library's robot, slots, mailslots and drives as one LUN.
+
+``MediumChanger`` adds the SMC commands to the SPC-4 base: READ ELEMENT STATUS, MOVE MEDIUM,
+EXCHANGE MEDIUM, INITIALIZE ELEMENT STATUS (plain and WITH RANGE), POSITION TO ELEMENT and the
+mode pages 0x1D/0x1E/0x1F. All placement lives in the library's catalog; this model keeps no
+copy of it except a snapshot used to notice changes made behind its back.
+
+Changes from elsewhere (``vtl cartridge import`` in another process, the backup manager
+loading a drive) reach initiators as UNIT ATTENTION: 28/01 IMPORT OR EXPORT ELEMENT ACCESSED
+when a mailslot changed, 28/00 NOT READY TO READY CHANGE (medium may have changed) when any
+other element did. Moves this changer made itself raise no UNIT ATTENTION, like a real library.
+
+Library errors map to sense data as SMC-3 and SPC-4 name them:
+
+=========================  ==============================================================
+library error              sense
+=========================  ==============================================================
+InvalidElement             ILLEGAL REQUEST 21/01 INVALID ELEMENT ADDRESS
+SourceEmpty                ILLEGAL REQUEST 3B/0E MEDIUM SOURCE ELEMENT EMPTY
+DestinationFull            ILLEGAL REQUEST 3B/0D MEDIUM DESTINATION ELEMENT FULL
+MediumRemovalPrevented     ILLEGAL REQUEST 53/02 MEDIUM REMOVAL PREVENTED (drive PREVENT)
+CartridgeBusy              NOT READY 04/07 LOGICAL UNIT NOT READY, OPERATION IN PROGRESS
+other LibraryError         HARDWARE ERROR 3B/16 MECHANICAL POSITIONING OR CHANGER ERROR
+=========================  ==============================================================
+
+CartridgeBusy (the cartridge is open in another process, or the drive is claimed by the
+backup manager) is transient and not the initiator's fault, so it is NOT READY rather than
+ILLEGAL REQUEST: the same command succeeds once the other user is done. ASCQ 07h says
+"an operation is in progress", which is exactly the situation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from vtl.library import (
+    CartridgeBusy,
+    DestinationFull,
+    Element,
+    ElementType,
+    InvalidElement,
+    Library,
+    LibraryError,
+    MediumRemovalPrevented,
+    SourceEmpty,
+)
+from vtl.scsi.base import (
+    CheckCondition,
+    Nexus,
+    SenseKey,
+    UnitAttention,
+    invalid_field_in_cdb,
+)
+from vtl.scsi.identities import ChangerIdentity, changer_identity
+from vtl.scsi.pages import ModePage
+from vtl.scsi.smc_cdb import (
+    parse_exchange_medium,
+    parse_initialize_element_status_with_range,
+    parse_move_medium,
+    parse_position_to_element,
+)
+from vtl.scsi.smc_elements import (
+    ElementState,
+    ElementTypeCode,
+    MediumType,
+    invalid_element_address,
+    parse_read_element_status,
+    read_element_status,
+)
+from vtl.scsi.smc_pages import (
+    ElementRange,
+    device_capabilities_page,
+    element_address_assignment_page,
+    transport_geometry_page,
+)
+from vtl.scsi.spc import PR_READ, PR_WRITE, CommandSpec, Request, ScsiModel, command
+
+log = logging.getLogger(__name__)
+
+_MEDIA_TYPES = (ElementTypeCode.STORAGE, ElementTypeCode.IMPORT_EXPORT,
+                ElementTypeCode.DATA_TRANSFER)
+# Every move the library allows: any element that holds media to any other (the transport
+# never holds a cartridge between commands, so it is neither source nor destination).
+MOVES = [(s, d) for s in _MEDIA_TYPES for d in _MEDIA_TYPES]
+
+
+def sense_for(error: LibraryError) -> CheckCondition:
+    """The CHECK CONDITION a library error becomes (table in the module docstring)."""
+    if isinstance(error, InvalidElement):
+        return invalid_element_address()
+    if isinstance(error, SourceEmpty):
+        return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x3B, 0x0E)
+    if isinstance(error, DestinationFull):
+        return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x3B, 0x0D)
+    if isinstance(error, MediumRemovalPrevented):
+        return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x53, 0x02)
+    if isinstance(error, CartridgeBusy):
+        return CheckCondition(SenseKey.NOT_READY, 0x04, 0x07)
+    return CheckCondition(SenseKey.HARDWARE_ERROR, 0x3B, 0x16)
+
+
+@contextmanager
+def library_errors() -> Iterator[None]:
+    """Turn LibraryError raised inside the block into the matching CHECK CONDITION."""
+    try:
+        yield
+    except LibraryError as e:
+        log.info("changer: %s", e)
+        raise sense_for(e) from None
+
+
+def medium_type_of(barcode: str, worm: bool) -> MediumType:
+    if barcode.upper().startswith("CLN"):
+        return MediumType.CLEANING
+    return MediumType.WORM if worm else MediumType.DATA
+
+
+class MediumChanger(ScsiModel):
+    """SMC-3 medium changer over a :class:`vtl.library.Library` (peripheral type 0x08)."""
+
+    PERIPHERAL_TYPE = 0x08
+
+    def __init__(self, library: Library, identity: ChangerIdentity | None = None) -> None:
+        if identity is None:
+            identity = changer_identity(library.config.changer_model)
+        super().__init__(identity, library.config.changer_serial)
+        self.library = library
+        cfg = library.config
+        self.transport_address = cfg.transport_base
+        self.add_mode_page(_static_page(element_address_assignment_page(
+            ElementRange(cfg.transport_base, 1),
+            ElementRange(cfg.slot_base, cfg.slots),
+            ElementRange(cfg.mailslot_base, cfg.mailslots),
+            ElementRange(cfg.drive_base, cfg.drives),
+        ), "element address assignment"))
+        self.add_mode_page(_static_page(transport_geometry_page(1), "transport geometry"))
+        self.add_mode_page(_static_page(device_capabilities_page(
+            _MEDIA_TYPES, MOVES, MOVES), "device capabilities"))
+        self._snapshot = self._inventory()
+
+    # ------------------------------------------------------------------ inventory watch
+    def _inventory(self) -> dict[int, str | None]:
+        """Address -> barcode for every element, re-read from the catalog if it moved."""
+        return {e.address: e.barcode for e in self.library.elements()}
+
+    def before_command(self, nexus: Nexus, spec: CommandSpec) -> None:
+        """Notice changes made outside this changer and queue the matching UNIT ATTENTION."""
+        try:
+            current = self._inventory()
+        except LibraryError as e:  # a catalog hiccup must not block INQUIRY or REQUEST SENSE
+            log.warning("changer: cannot read inventory: %s", e)
+            return
+        if current == self._snapshot:
+            return
+        changed = {a for a in current.keys() | self._snapshot.keys()
+                   if current.get(a) != self._snapshot.get(a)}
+        self._snapshot = current
+        cfg = self.library.config
+        mailslots = range(cfg.mailslot_base, cfg.mailslot_base + cfg.mailslots)
+        if any(a in mailslots for a in changed):
+            self.queue_ua(UnitAttention.IMPORT_EXPORT_ACCESSED)
+        if any(a not in mailslots for a in changed):
+            self.queue_ua(UnitAttention.NOT_READY_TO_READY)
+
+    def _resync(self) -> None:
+        """Take the library's current state as known (after a move we made ourselves)."""
+        self._snapshot = self._inventory()
+
+    # ------------------------------------------------------------------ element snapshots
+    def element_states(self) -> list[ElementState]:
+        """Every element as READ ELEMENT STATUS reports it, in address order."""
+        lib = self.library
+        elements = lib.elements()
+        worm = {a: bool(r.get("worm")) for a, r in lib.catalog.placement().items()}
+        serial = {bay.address: bay.serial for bay in lib.drives}
+        return [self._state(e, worm.get(e.address, False), serial.get(e.address))
+                for e in elements]
+
+    @staticmethod
+    def _state(e: Element, worm: bool, serial: str | None) -> ElementState:
+        type_code = ElementTypeCode(int(e.type))
+        full = e.barcode is not None
+        return ElementState(
+            type=type_code,
+            address=e.address,
+            full=full,
+            barcode=e.barcode,
+            source=e.source_address if full else None,
+            # A cartridge in a mailslot with no source came in through the door (vtl
+            # cartridge import); one with a source was put there by the robot (export).
+            impexp=full and type_code == ElementTypeCode.IMPORT_EXPORT
+            and e.source_address is None,
+            device_id=serial.encode("ascii", "replace") if serial else None,
+            medium_type=medium_type_of(e.barcode, worm) if e.barcode else MediumType.UNSPECIFIED,
+        )
+
+    def _check_transport(self, address: int) -> None:
+        """0 names the default transport; anything else must be our one transport."""
+        if address not in (0, self.transport_address):
+            raise invalid_element_address()
+
+    def _check_element(self, address: int) -> Element:
+        with library_errors():
+            return self.library.element(address)
+
+    # ------------------------------------------------------------------ SMC commands
+    @command(0xB8, "READ ELEMENT STATUS", "b8 ff ff ff ff ff 03 ff ff ff 00 00", pr=PR_READ)
+    def cmd_read_element_status(self, req: Request) -> bytes:
+        parsed = parse_read_element_status(req.cdb)
+        with library_errors():
+            states = self.element_states()
+        return read_element_status(states, parsed)
+
+    @command(0xA5, "MOVE MEDIUM", "a5 e0 ff ff ff ff ff ff 00 00 01 00", pr=PR_WRITE,
+             timeout=300)
+    def cmd_move_medium(self, req: Request) -> None:
+        m = parse_move_medium(req.cdb)
+        self._check_transport(m.transport)
+        if m.invert:
+            raise invalid_field_in_cdb(10, 0)  # page 0x1E: ROTATE = 0
+        try:
+            with library_errors():
+                self.library.move_medium(m.source, m.destination)
+        finally:
+            self._resync()
+
+    @command(0xA6, "EXCHANGE MEDIUM", "a6 e0 ff ff ff ff ff ff ff ff 03 00", pr=PR_WRITE,
+             timeout=600)
+    def cmd_exchange_medium(self, req: Request) -> None:
+        x = parse_exchange_medium(req.cdb)
+        self._check_transport(x.transport)
+        if x.invert1 or x.invert2:
+            raise invalid_field_in_cdb(10, 1 if x.invert2 else 0)
+        try:
+            with library_errors():
+                self._exchange(x.source, x.first_destination, x.second_destination)
+        finally:
+            self._resync()
+
+    def _exchange(self, src: int, first: int, second: int) -> None:
+        """Source -> first destination, whose cartridge goes to the second destination.
+
+        Built from single moves. When the second destination is the source (a swap) the
+        first destination's cartridge waits in a free slot meanwhile; its source element is
+        then set back to where it really came from. A failed second step undoes the first.
+        """
+        lib = self.library
+        for address in (src, first, second):
+            element = lib.element(address)
+            if element.type == ElementType.MEDIUM_TRANSPORT:
+                raise InvalidElement("the medium transport cannot take part in an exchange")
+        if lib.element(src).barcode is None or lib.element(first).barcode is None:
+            raise SourceEmpty("exchange needs media in the source and first destination")
+        if second != src and lib.element(second).barcode is not None:
+            raise DestinationFull("second destination is occupied")
+        if src == first:
+            raise InvalidElement("source and first destination are the same element")
+        if second != src:
+            lib.move_medium(first, second)
+            try:
+                lib.move_medium(src, first)
+            except LibraryError:
+                lib.move_medium(second, first)
+                raise
+            return
+        free = [e for e in lib.free(ElementType.STORAGE) if e.address not in (src, first)]
+        if not free:
+            raise DestinationFull("no free slot to stage an exchange")
+        temp = free[0].address
+        moved = lib.element(first).barcode
+        lib.move_medium(first, temp)
+        try:
+            lib.move_medium(src, first)
+        except LibraryError:
+            lib.move_medium(temp, first)
+            raise
+        lib.move_medium(temp, src)
+        if moved is not None:
+            lib.catalog.update_cartridge(moved, source_address=first)
+            # our own write does not bump PRAGMA data_version, so refresh() would not see it
+            lib._reload()
+
+    @command(0x07, "INITIALIZE ELEMENT STATUS", "07 e0 00 00 00 00", pr=PR_WRITE,
+             timeout=600)
+    def cmd_initialize_element_status(self, req: Request) -> None:
+        self._rescan()
+
+    @command(0x37, "INITIALIZE ELEMENT STATUS WITH RANGE", "37 e3 ff ff 00 00 ff ff 00 00",
+             pr=PR_WRITE, timeout=600)
+    @command(0xE7, "INITIALIZE ELEMENT STATUS WITH RANGE", "e7 e3 ff ff 00 00 ff ff 00 00",
+             pr=PR_WRITE, timeout=600)
+    def cmd_initialize_element_status_with_range(self, req: Request) -> None:
+        r = parse_initialize_element_status_with_range(req.cdb)
+        if r.ranged:
+            self._check_element(r.start)
+        self._rescan()
+
+    def _rescan(self) -> None:
+        """Our "inventory" is the catalog: re-read it, as a robot would scan barcodes.
+
+        The initiator asked for it, so it gets no UNIT ATTENTION for what the scan finds;
+        other initiators do, if something changed since they last looked.
+        """
+        with library_errors():
+            self.library.refresh()
+        self._resync()
+
+    @command(0x2B, "POSITION TO ELEMENT", "2b e0 ff ff ff ff 00 00 01 00", pr=PR_WRITE)
+    def cmd_position_to_element(self, req: Request) -> None:
+        p = parse_position_to_element(req.cdb)
+        self._check_transport(p.transport)
+        if p.invert:
+            raise invalid_field_in_cdb(8, 0)
+        self._check_element(p.destination)
+
+    # ------------------------------------------------------------------ PREVENT ALLOW
+    def on_prevent_changed(self, prevented: bool) -> None:
+        """PREVENT on the changer locks the mailslot door (SMC-3 6.9).
+
+        Moves by the robot into and out of mailslots stay allowed; what is prevented is an
+        operator taking cartridges out. The library gets told when it offers a hook for it.
+        """
+        hook = getattr(self.library, "set_mailslots_locked", None)
+        if hook is not None:
+            with library_errors():
+                hook(prevented)
+
+    @property
+    def mailslots_locked(self) -> bool:
+        return self.prevent_removal
+
+
+def _static_page(page: bytes, name: str) -> ModePage:
+    """A mode page with no changeable field, from its full bytes (code, length, body)."""
+    return ModePage(page[0] & 0x3F, page[2:], name=name)
