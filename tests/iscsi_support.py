@@ -288,7 +288,7 @@ class RawInitiator:
 
     def data_out(self, itt: int, ttt: int, offset: int, data: bytes, datasn: int,
                  final: bool, lun: int = 0) -> None:
-        bhs = struct.pack(">BBBBI8sIIIIIII", Op.DATA_OUT, 0x80 if final else 0, 0, 0,
+        bhs = struct.pack(">BBBBI8sIIIIIIII", Op.DATA_OUT, 0x80 if final else 0, 0, 0,
                           len(data), pdu.encode_lun(lun), itt, ttt, 0, self.expstatsn, 0,
                           datasn, offset, 0)
         self.send(bhs, data)

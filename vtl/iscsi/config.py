@@ -43,6 +43,11 @@ class Limits:
     nop_interval: float = 30.0  # seconds of silence before a NOP-In ping (0 = never)
     nop_timeout: float = 30.0  # seconds to wait for the ping's answer before dropping
     login_timeout: float = 15.0  # seconds a connection may take to finish logging in
+    # Digests the target is willing to use, per RFC 7143 6.2.1 ("the first value in the
+    # initiator's list that the target supports and is allowed to use"): ("CRC32C",) makes
+    # CRC32C mandatory even when an initiator lists None first.
+    header_digests: tuple[str, ...] = ("None", "CRC32C")
+    data_digests: tuple[str, ...] = ("None", "CRC32C")
 
 
 @dataclass

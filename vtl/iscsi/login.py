@@ -273,7 +273,8 @@ class LoginHandler:
             result: str | None
             if key in ("HeaderDigest", "DataDigest"):
                 choices = [v.strip() for v in value.split(",")]
-                result = next((c for c in choices if c in ("None", "CRC32C")), None)
+                allowed = lim.header_digests if key == "HeaderDigest" else lim.data_digests
+                result = next((c for c in choices if c in allowed), None)
                 if result is not None:
                     setattr(p, "header_digest" if key == "HeaderDigest" else "data_digest",
                             result == "CRC32C")
