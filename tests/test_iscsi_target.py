@@ -382,11 +382,11 @@ def test_ipv6_portal():
     import asyncio
     import threading
 
+    from iscsi_support import FakeDevice
+
     from vtl.iscsi.config import ServerConfig, TargetConfig
     from vtl.iscsi.target import IscsiTarget
     from vtl.scsi.base import DeviceSet
-
-    from iscsi_support import FakeDevice
 
     cfg = ServerConfig([TargetConfig(TEST_IQN, DeviceSet({0: FakeDevice(8)}))],
                        portals=[("::1", 0)])
