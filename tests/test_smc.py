@@ -15,6 +15,7 @@ import pytest
 from vtl.library import Library
 from vtl.scsi.base import Nexus, SenseKey, Status
 from vtl.scsi.smc import MediumChanger
+from vtl.scsi.smc_lock import mailslot_lock, set_mailslot_lock
 
 A = Nexus("iqn.a,i,0x1", "iqn.a")
 B = Nexus("iqn.b,i,0x1", "iqn.b")
@@ -302,12 +303,30 @@ def test_position_to_element(changer):
         1:] == (0x24, 0x00)
 
 
-def test_prevent_allow_locks_mailslots(changer):
+def test_prevent_allow_locks_mailslots(changer, library, library_root):
+    assert mailslot_lock(library.catalog) is None
     ok(run(changer, [0x1E, 0, 0, 0, 1, 0]))
     assert changer.mailslots_locked
     ok(run(changer, move(1024, 16)))  # the robot may still use the mailslots
-    ok(run(changer, [0x1E, 0, 0, 0, 0, 0]))
+    other = Library.open(library_root)  # what the CLI in another process sees
+    try:
+        lock = mailslot_lock(other.catalog)
+        assert lock is not None and lock["pid"] == os.getpid()
+        assert lock["owner"] == f"changer {library.config.changer_serial}"
+        ok(run(changer, [0x1E, 0, 0, 0, 1, 0], B))
+        ok(run(changer, [0x1E, 0, 0, 0, 0, 0]))
+        assert mailslot_lock(other.catalog) is not None  # B still prevents
+        changer.nexus_lost(B)
+        assert mailslot_lock(other.catalog) is None
+    finally:
+        other.close()
     assert not changer.mailslots_locked
+
+
+def test_stale_mailslot_lock_of_dead_process_does_not_count(library):
+    set_mailslot_lock(library.catalog, True, "changer X")
+    library.catalog.conn.execute("UPDATE smc_mailslot_lock SET pid = 2147483646")
+    assert mailslot_lock(library.catalog) is None
 
 
 def test_report_supported_opcodes_lists_smc_commands(changer):

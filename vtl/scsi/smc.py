@@ -69,6 +69,7 @@ from vtl.scsi.smc_elements import (
     parse_read_element_status,
     read_element_status,
 )
+from vtl.scsi.smc_lock import set_mailslot_lock
 from vtl.scsi.smc_pages import (
     ElementRange,
     device_capabilities_page,
@@ -320,12 +321,14 @@ class MediumChanger(ScsiModel):
         """PREVENT on the changer locks the mailslot door (SMC-3 6.9).
 
         Moves by the robot into and out of mailslots stay allowed; what is prevented is an
-        operator taking cartridges out. The library gets told when it offers a hook for it.
+        operator taking cartridges out or pushing them in from another process, so the lock
+        is recorded in the shared catalog (see :mod:`vtl.scsi.smc_lock`). Also called from
+        reset and nexus loss, outside any command, so a catalog failure is only logged.
         """
-        hook = getattr(self.library, "set_mailslots_locked", None)
-        if hook is not None:
-            with library_errors():
-                hook(prevented)
+        try:
+            set_mailslot_lock(self.library.catalog, prevented, f"changer {self.serial}")
+        except Exception:  # noqa: BLE001 - the SCSI state is already changed; keep serving
+            log.exception("changer: cannot record the mailslot lock")
 
     @property
     def mailslots_locked(self) -> bool:
