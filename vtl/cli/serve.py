@@ -1,0 +1,195 @@
+"""``vtl serve``: export the library over the embedded iSCSI target until SIGTERM/SIGINT.
+
+One target per library (LUN 0 = changer, LUN 1..N = drives; see vtl.iscsi.target for why).
+Only one server may serve a data directory at a time: an exclusive ``flock`` on
+``<root>/serve.lock`` (which also records the pid) refuses a second one with one line. On
+SIGTERM or SIGINT the server stops listening, lets in-flight commands finish, closes the
+sessions, syncs and closes every mounted cartridge, and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vtl.cli.common import CliError, settings
+from vtl.iscsi.chap import ChapCredentials
+from vtl.iscsi.config import Limits, ServerConfig, TargetConfig
+from vtl.iscsi.target import IscsiTarget
+from vtl.library import Library
+from vtl.scsi.devices import CHANGER_LUN, build_device_set, drive_lun
+
+LOCK_NAME = "serve.lock"
+DEFAULT_PORT = 3260
+_PORTAL_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+))(?::(?P<port>\d{1,5}))?$")
+
+log = logging.getLogger("vtl.serve")
+
+
+def parse_portal(text: str) -> tuple[str, int]:
+    """``HOST[:PORT]`` or ``[IPv6][:PORT]`` -> (host, port); CliError if malformed."""
+    m = _PORTAL_RE.match(text.strip())
+    port = int(m.group("port") or DEFAULT_PORT) if m else 0
+    if not m or not 0 < port < 65536:
+        raise CliError(f"invalid portal {text!r} (expected HOST:PORT or [IPV6]:PORT)")
+    return (m.group("v6") or m.group("host"), port)
+
+
+class ServeLock:
+    """An exclusive flock on <root>/serve.lock, held for the server's lifetime."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / LOCK_NAME
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise CliError(
+                f"another 'vtl serve' (pid {pid}) is already serving {root}"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        try:
+            os.ftruncate(self.fd, 0)
+        finally:
+            os.close(self.fd)
+
+
+def _credentials(user: str, secret: str, what: str) -> ChapCredentials | None:
+    if bool(user) != bool(secret):
+        raise CliError(f"{what} needs both a user and a secret")
+    if secret and not 12 <= len(secret) <= 255:
+        # RFC 7143 12.1.3 / common initiator limits: 12..16 bytes is what open-iscsi expects.
+        raise CliError(f"{what} secret must be 12 to 255 characters")
+    return ChapCredentials(user, secret) if user else None
+
+
+def serve(
+    portal: Annotated[
+        list[str] | None,
+        typer.Option("--portal", "-p", help="HOST:PORT or [IPV6]:PORT to listen on (repeat "
+                     "for several); default from library.toml [iscsi], else 127.0.0.1:3260."),
+    ] = None,
+    chap_user: Annotated[str | None, typer.Option(help="CHAP user initiators must log in as.")] = None,
+    chap_secret: Annotated[str | None, typer.Option(help="CHAP secret (12+ characters).")] = None,
+    mutual_chap_user: Annotated[str | None, typer.Option(
+        help="Name the target answers mutual CHAP with.")] = None,
+    mutual_chap_secret: Annotated[str | None, typer.Option(
+        help="Secret the target answers mutual CHAP with.")] = None,
+    allow_initiator: Annotated[list[str] | None, typer.Option(
+        "--allow-initiator", help="Initiator IQN allowed to log in (repeat; default: any).")] = None,
+    require_header_digest: Annotated[bool, typer.Option(
+        help="Insist on HeaderDigest=CRC32C.")] = False,
+    require_data_digest: Annotated[bool, typer.Option(
+        help="Insist on DataDigest=CRC32C.")] = False,
+    nop_interval: Annotated[float, typer.Option(
+        help="Seconds of silence before the target pings with NOP-In (0 = never).")] = 30.0,
+    nop_timeout: Annotated[float, typer.Option(
+        help="Seconds to wait for a ping's answer before dropping the connection.")] = 30.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Serve the library over iSCSI: LUN 0 is the changer, LUN 1..N the drives."""
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        raise CliError(f"invalid log level {log_level!r}")
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    library = Library.open(settings().root)
+    lock: ServeLock | None = None
+    try:
+        lock = ServeLock(library.root)
+        cfg = library.config.iscsi
+        portals = [parse_portal(p) for p in (portal or [cfg.portal])]
+        chap = _credentials(cfg.chap_user if chap_user is None else chap_user,
+                            cfg.chap_secret if chap_secret is None else chap_secret, "CHAP")
+        mutual = _credentials(
+            cfg.mutual_user if mutual_chap_user is None else mutual_chap_user,
+            cfg.mutual_secret if mutual_chap_secret is None else mutual_chap_secret,
+            "mutual CHAP")
+        if mutual is not None and chap is None:
+            raise CliError("mutual CHAP needs --chap-user/--chap-secret too")
+        for iqn in allow_initiator or []:
+            if not re.match(r"^(iqn\.\d{4}-\d{2}\.\S+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]+)$", iqn):
+                raise CliError(f"invalid initiator name {iqn!r}")
+        devices = build_device_set(library)
+        target = TargetConfig(
+            iqn=cfg.target_iqn, devices=devices, alias=library.config.name,
+            allowed_initiators=frozenset(allow_initiator or ()),
+        )
+        limits = Limits(
+            nop_interval=nop_interval, nop_timeout=nop_timeout,
+            header_digests=("CRC32C",) if require_header_digest else ("None", "CRC32C"),
+            data_digests=("CRC32C",) if require_data_digest else ("None", "CRC32C"),
+        )
+        server_cfg = ServerConfig(targets=[target], portals=portals, chap=chap,
+                                  mutual_chap=mutual, limits=limits)
+        code = asyncio.run(_run(server_cfg, library, chap is not None, mutual is not None))
+    finally:
+        library.close()  # syncs and closes every mounted cartridge
+        if lock is not None:
+            lock.release()
+    if code:
+        raise typer.Exit(code)
+
+
+async def _run(config: ServerConfig, library, chap: bool, mutual: bool) -> int:
+    server = IscsiTarget(config)
+    try:
+        await server.start()
+    except OSError as e:
+        raise CliError(f"cannot listen on {_portals(config.portals)}: {e.strerror or e}") from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    _banner(config, library, server, chap, mutual)
+    await stop.wait()
+    log.info("stopping: finishing in-flight commands and closing sessions")
+    await server.stop(grace=60.0)
+    log.info("stopped")
+    return 0
+
+
+def _portals(portals: list[tuple[str, int]]) -> str:
+    return ", ".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in portals)
+
+
+def _banner(config: ServerConfig, library, server: IscsiTarget, chap: bool,
+            mutual: bool) -> None:
+    """What an admin (or a test) needs to attach: portals, the target IQN, the LUN layout."""
+    out = [f"vtl serve: library {library.config.name!r} at {library.root}"]
+    out.append(f"portal: {_portals(server.bound)}")
+    for t in config.targets:
+        out.append(f"target: {t.iqn}")
+        for lun, dev in sorted(t.devices.luns.items()):
+            ident = getattr(dev, "identity", None)
+            model = f"{ident.vendor} {ident.product}" if ident is not None else "?"
+            if lun == CHANGER_LUN:
+                what = "changer"
+            else:
+                index = next(i for i in range(len(library.drives)) if drive_lun(i) == lun)
+                what = f"drive {index} (element {library.drives[index].address})"
+            serial = getattr(dev, "serial", "")
+            out.append(f"  LUN {lun}: {what}, {model}, serial {serial}".rstrip(", "))
+        acl = ", ".join(sorted(t.allowed_initiators)) or "any initiator"
+        out.append(f"  allowed: {acl}")
+    out.append(f"auth: {'CHAP' if chap else 'none'}{' + mutual CHAP' if mutual else ''}")
+    out.append("ready")
+    print("\n".join(out), flush=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
