@@ -85,20 +85,30 @@ def create(
             if lib.element(address).type != ElementType.STORAGE:
                 raise CliError(f"{slot!r} is not a storage slot")
             slots = [address]
-        quiet = settings().json or len(barcodes) < 10
-        with Progress(
-            TextColumn("creating"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-            console=err_console(), transient=True, disable=quiet,
-        ) as progress:
-            task = progress.add_task("", total=len(barcodes))
+        # The bar starts at the first created cartridge: validation errors stay one line.
+        show_bar = not settings().json and len(barcodes) >= 10
+        bar: list[Progress] = []
 
-            def step(bc: str) -> None:
-                progress.update(task, advance=1, description=bc)
+        def step(bc: str) -> None:
+            if not show_bar:
+                return
+            if not bar:
+                bar.append(Progress(
+                    TextColumn("creating"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.description}"), console=err_console(), transient=True,
+                ))
+                bar[0].start()
+                bar[0].add_task("", total=len(barcodes))
+            bar[0].update(bar[0].task_ids[0], advance=1, description=bc)
 
+        try:
             created = lib.create_cartridges(
                 barcodes, media=media.upper() if media else None, capacity=size, worm=worm,
                 slots=slots, vault=vault, pool=pool, progress=step,
             )
+        finally:
+            if bar:
+                bar[0].stop()
         rows = [lib.cartridge(bc) for bc in created]
         where = ", ".join(f"{r['barcode']}@{lib.element_name(r['address'])}" for r in rows[:5])
         more = f" ... ({len(rows)} total)" if len(rows) > 5 else ""

@@ -164,9 +164,11 @@ def _drive_index(lib: Any, spec: str) -> int:
     from vtl.library import ElementType
 
     spec = spec.strip()
-    if spec.isdigit() and int(spec) < len(lib.drives):
+    if spec.isdigit() and int(spec) < lib.config.drive_base:  # a drive number, not an address
+        if int(spec) >= len(lib.drives):
+            raise CliError(f"no drive {spec} (drives are 0..{len(lib.drives) - 1})")
         return int(spec)
-    address = lib.resolve(spec if not spec.isdigit() else spec)
+    address = lib.resolve(spec)
     element = lib.element(address)
     if element.type != ElementType.DATA_TRANSFER:
         raise CliError(f"{spec!r} is not a drive")

@@ -1,0 +1,249 @@
+"""The ``vtl`` admin CLI: happy paths, and every bad input gives one line, exit 2, no change."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vtl.cli.main import app
+from vtl.library import Library
+
+runner = CliRunner()
+
+
+def vtl(root: Path, *args: str):
+    return runner.invoke(app, ["--root", str(root), *args])
+
+
+def vtl_json(root: Path, *args: str):
+    result = vtl(root, "--json", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def snapshot(root: Path) -> tuple:
+    """Everything a command could change: catalog rows and cartridge files."""
+    if not (root / "catalog.sqlite").exists():
+        return (None, sorted(p.name for p in root.rglob("*")) if root.exists() else None)
+    lib = Library.open(root)
+    try:
+        rows = lib.catalog.cartridges()
+    finally:
+        lib.close()
+    files = sorted(
+        (p.name, p.stat().st_size) for p in (root / "cartridges").iterdir()
+        if p.suffix != ".lock"
+    )
+    return rows, files
+
+
+def assert_bad_input(root: Path, *args: str, match: str = "", code: int = 2) -> None:
+    before = snapshot(root)
+    result = vtl(root, *args)
+    assert result.exit_code == code, (args, result.output)
+    err = result.stderr
+    assert err.startswith("error: "), (args, err)
+    assert err.count("\n") == 1, (args, err)
+    assert "Traceback" not in result.output
+    assert match.lower() in err.lower(), (args, err)
+    assert snapshot(root) == before, args
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "lib"
+    r = vtl(root, "init", "--drives", "2", "--slots", "8", "--mailslots", "2")
+    assert r.exit_code == 0, r.output
+    r = vtl(root, "cartridge", "create", "A00001L8-A00004L8", "--capacity", "64MiB")
+    assert r.exit_code == 0, r.output
+    return root
+
+
+# ---- happy paths ---------------------------------------------------------------------------
+def test_init_and_status(root: Path) -> None:
+    status = vtl_json(root, "status")
+    names = [e["element"] for e in status["elements"]]
+    assert names[:5] == ["transport", "mailslot:1", "mailslot:2", "drive:0", "drive:1"]
+    drives = [e for e in status["elements"] if e["type"] == "data_transfer"]
+    assert [d["serial"] for d in drives] == ["VTLD000001", "VTLD000002"]
+    human = vtl(root, "status")
+    assert human.exit_code == 0 and "A00001L8" in human.stdout and "VTLD000002" in human.stdout
+
+
+def test_create_variants(root: Path) -> None:
+    rows = vtl_json(root, "cartridge", "create", "--count", "2", "--prefix", "B",
+                    "--capacity", "1MiB")["cartridges"]
+    assert [r["barcode"] for r in rows] == ["B00001L8", "B00002L8"]
+    assert rows[0]["capacity"] == 1 << 20
+    row = vtl_json(root, "cartridge", "create", "W00001LY", "--capacity", "1MiB",
+                   "--vault")["cartridges"][0]
+    assert row["worm"] and row["location"] == "vault"
+    row = vtl_json(root, "cartridge", "create", "C00001L7", "--worm", "--slot", "slot:8",
+                   "--capacity", "1MiB")["cartridges"][0]
+    assert row["worm"] and row["media"] == "LTO-7" and row["location"] == "slot:8"
+    listing = vtl_json(root, "cartridge", "list")
+    assert len(listing) == 8
+    # --json also works after the subcommand
+    assert json.loads(vtl(root, "cartridge", "list", "--json").stdout) == listing
+
+
+def test_move_load_unload(root: Path) -> None:
+    vtl_json(root, "load", "A00001L8", "0")
+    vtl_json(root, "move", "A00002L8", "drive:1")
+    vtl_json(root, "move", "1026", "mailslot:1")  # slot:3 by address
+    where = {c["barcode"]: c["location"] for c in vtl_json(root, "cartridge", "list")}
+    assert where == {"A00001L8": "drive:0", "A00002L8": "drive:1", "A00003L8": "mailslot:1",
+                     "A00004L8": "slot:4"}
+    vtl_json(root, "unload", "drive:0")
+    vtl_json(root, "unload", "1")
+    where = {c["barcode"]: c["location"] for c in vtl_json(root, "cartridge", "list")}
+    assert where["A00001L8"] == "slot:1" and where["A00002L8"] == "slot:2"
+
+
+def test_export_vault_import(root: Path) -> None:
+    out = vtl_json(root, "cartridge", "export", "A00001L8", "A00002L8")
+    assert [e["to"] for e in out["exported"]] == ["mailslot:1", "mailslot:2"]
+    assert vtl_json(root, "mailslot", "empty")["barcodes"] == ["A00001L8", "A00002L8"]
+    out = vtl_json(root, "cartridge", "import", "A00002L8")
+    assert out["imported"][0]["to"] == "mailslot:1"
+    vtl_json(root, "move", "mailslot:1", "slot:2")
+    where = {c["barcode"]: c["location"] for c in vtl_json(root, "cartridge", "list")}
+    assert where["A00001L8"] == "vault" and where["A00002L8"] == "slot:2"
+
+
+def _write_some(root: Path, barcode: str) -> None:
+    lib = Library.open(root)
+    try:
+        bay = lib.load(barcode, 0)
+        cart = bay.mount()
+        for _ in range(3):
+            cart.write_block(os.urandom(4096))
+        cart.write_filemarks(1)
+        cart.write_block(b"tail" * 100)
+        lib.unload(0)
+    finally:
+        lib.close()
+
+
+def test_show_verify_inspect(root: Path) -> None:
+    _write_some(root, "A00001L8")
+    show = vtl_json(root, "cartridge", "show", "A00001L8")
+    assert show["files"] == 2 and show["location"] == "slot:1"
+    assert show["tape_files"] == [
+        {"file": 0, "first_block": 0, "blocks": 3, "bytes": 3 * 4096},
+        {"file": 1, "first_block": 4, "blocks": 1, "bytes": 400},
+    ]
+    report = vtl_json(root, "cartridge", "verify", "A00001L8")
+    assert report["ok"] and report["blocks"] == 4 and report["filemarks"] == 1
+    report = vtl_json(root, "cartridge", "verify", "A00001L8", "--rebuild")
+    assert report["ok"] and report["index_rebuilt_objects"] == 5
+    inspect = vtl_json(root, "cartridge", "inspect", "A00001L8")
+    assert inspect["header"]["barcode"] == "A00001L8"
+    assert inspect["index"]["objects"] == 5
+    assert any(a["name"] == "BARCODE" and a["value"] == "A00001L8" for a in inspect["mam"])
+    for args in (("cartridge", "show", "A00001L8"), ("cartridge", "inspect", "A00001L8"),
+                 ("cartridge", "verify", "A00001L8"), ("cartridge", "list")):
+        r = vtl(root, *args)
+        assert r.exit_code == 0, r.output
+
+
+def test_verify_reports_damage(root: Path) -> None:
+    _write_some(root, "A00001L8")
+    path = root / "cartridges" / "A00001L8.vtape"
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    r = vtl(root, "cartridge", "verify", "A00001L8")
+    assert r.exit_code == 1 and "FAILED" in r.stdout
+
+
+def test_erase_protect_worm_delete(root: Path) -> None:
+    _write_some(root, "A00001L8")
+    vtl_json(root, "cartridge", "erase", "A00001L8", "--yes")
+    row = vtl_json(root, "cartridge", "show", "A00001L8")
+    assert row["used_bytes"] == 0 and row["state"] == "scratch"
+    vtl_json(root, "cartridge", "protect", "A00002L8")
+    assert vtl_json(root, "cartridge", "show", "A00002L8")["write_protected"]
+    vtl_json(root, "cartridge", "unprotect", "A00002L8")
+    vtl_json(root, "cartridge", "worm", "A00003L8")
+    assert vtl_json(root, "cartridge", "show", "A00003L8")["worm"]
+    vtl_json(root, "cartridge", "delete", "A00004L8")
+    assert "A00004L8" not in {c["barcode"] for c in vtl_json(root, "cartridge", "list")}
+
+
+# ---- bad input -----------------------------------------------------------------------------
+def test_missing_library(tmp_path: Path) -> None:
+    assert_bad_input(tmp_path / "none", "status", match="no library")
+    assert_bad_input(tmp_path / "none", "cartridge", "list", match="no library")
+
+
+def test_init_refuses_existing_and_bad_options(root: Path, tmp_path: Path) -> None:
+    assert_bad_input(root, "init", match="already exists")
+    assert_bad_input(tmp_path / "new", "init", "--drives", "0", match="drives")
+    assert_bad_input(tmp_path / "new", "init", "--media", "LTO-1", match="media")
+    assert not (tmp_path / "new" / "library.toml").exists()
+
+
+def test_bad_cartridge_input(root: Path) -> None:
+    _write_some(root, "A00002L8")
+    assert_bad_input(root, "cartridge", "create", "A00001L8", match="already exists")
+    assert_bad_input(root, "cartridge", "create", "A0001L8", match="not an LTO barcode")
+    assert_bad_input(root, "cartridge", "create", "CLN001L1", match="cleaning")
+    assert_bad_input(root, "cartridge", "create", "A00020L8-A00010L8", match="range")
+    assert_bad_input(root, "cartridge", "create", "A00010L8-B00020L8", match="range")
+    assert_bad_input(root, "cartridge", "create", "A00005L8-A00020L8", match="free slots")
+    assert_bad_input(root, "cartridge", "create", "A00003L8-A00006L8", match="already exists")
+    assert_bad_input(root, "cartridge", "create", "A00009L8", "--capacity", "lots", match="size")
+    assert_bad_input(root, "cartridge", "create", "A00009L8", "--slot", "slot:1",
+                     match="occupied")
+    assert_bad_input(root, "cartridge", "create", "--count", "2", match="--prefix")
+    assert_bad_input(root, "cartridge", "show", "Z00009L8", match="unknown barcode")
+    assert_bad_input(root, "cartridge", "show", "nonsense", match="not an LTO barcode")
+    assert_bad_input(root, "cartridge", "erase", "A00002L8", match="--yes")
+    assert_bad_input(root, "cartridge", "delete", "A00002L8", match="--yes")
+    assert_bad_input(root, "cartridge", "worm", "A00002L8", match="blank")
+    assert_bad_input(root, "cartridge", "import", "A00001L8", match="already in the library")
+    assert_bad_input(root, "cartridge", "export", "A00001L8", "A00001L8", match="twice")
+    vtl_json(root, "cartridge", "worm", "A00003L8")
+    assert_bad_input(root, "cartridge", "erase", "A00003L8", "--yes", match="WORM")
+
+
+def test_bad_moves(root: Path) -> None:
+    assert_bad_input(root, "move", "slot:1", "slot:2", match="occupied")
+    assert_bad_input(root, "move", "slot:7", "slot:8", match="empty")
+    assert_bad_input(root, "move", "slot:1", "slot:99", match="no slot 99")
+    assert_bad_input(root, "move", "shelf:1", "slot:5", match="bad element")
+    assert_bad_input(root, "move", "Z00001L8", "slot:5", match="unknown barcode")
+    assert_bad_input(root, "load", "A00001L8", "7", match="drive")
+    assert_bad_input(root, "unload", "0", match="empty")
+    vtl_json(root, "load", "A00001L8", "0")
+    assert_bad_input(root, "load", "A00002L8", "0", match="occupied")
+    assert_bad_input(root, "cartridge", "erase", "A00001L8", "--yes", match="drive")
+    assert_bad_input(root, "cartridge", "delete", "A00001L8", "--yes", match="drive")
+    assert_bad_input(root, "cartridge", "protect", "A00001L8", match="drive")
+    assert_bad_input(root, "cartridge", "export", "A00001L8", match="drive")
+
+
+def test_usage_errors_are_one_line(root: Path) -> None:
+    assert_bad_input(root, "frobnicate", match="no such command")
+    assert_bad_input(root, "load", "A00001L8", match="missing argument")
+    assert_bad_input(root, "status", "--bogus", match="no such option")
+
+
+def test_console_script_subprocess(root: Path) -> None:
+    """The installed entry point: real exit codes, one-line stderr, no traceback."""
+    exe = [sys.executable, "-c", "from vtl.cli.main import app; app()"]
+    env = {**os.environ, "VTL_ROOT": str(root)}
+    ok = subprocess.run([*exe, "--json", "cartridge", "list"], capture_output=True,
+                        text=True, env=env, timeout=60)
+    assert ok.returncode == 0 and len(json.loads(ok.stdout)) == 4
+    bad = subprocess.run([*exe, "cartridge", "show", "Q00001L8"], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr == "error: unknown barcode Q00001L8\n"
