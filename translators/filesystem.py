@@ -414,7 +414,7 @@ class FilesystemTranslator(Translator):
                     if not ok and not last:
                         time.sleep(0.01 * (attempt + 1))
                         continue
-                    loc = writer.add(entry, bytes(buf))
+                    loc = writer.add(entry, buf)
                 else:
                     loc = writer.add(entry, _ExtentReader(fd, extents))
                     if self._after_read is not None:

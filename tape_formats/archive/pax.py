@@ -36,19 +36,29 @@ def padding(n: int) -> int:
     return -n % BLOCK
 
 
+_LIMITS = {8: 8**7, 12: 8**11}
+
+
 def fits_octal(value: int, width: int) -> bool:
-    return 0 <= value < 8 ** (width - 1)
+    return 0 <= value < _LIMITS[width]
 
 
 def _octal(value: int, width: int) -> bytes:
-    if fits_octal(value, width):
+    """A NUL-terminated octal field; GNU base-256 when it does not fit (the pax record that
+    always accompanies such a value is what readers use)."""
+    if 0 <= value < _LIMITS[width]:
         return b"%0*o\x00" % (width - 1, value)
-    # GNU base-256 for what does not fit (only reached when a pax record also carries it).
-    if value < 0:
-        value = 0
-    out = bytearray(value.to_bytes(width, "big", signed=False)) if value < 256 ** (width - 1) else bytearray(width)
+    if value < 0 or value >= 256 ** (width - 1):
+        return bytes(width)
+    out = bytearray(value.to_bytes(width, "big"))
     out[0] |= 0x80
     return bytes(out)
+
+
+def _octal_or_zero(value: int, width: int) -> bytes:
+    if 0 <= value < _LIMITS[width]:
+        return b"%0*o\x00" % (width - 1, value)
+    return b"%0*o\x00" % (width - 1, 0)
 
 
 def split_ustar_name(name: bytes) -> tuple[bytes, bytes] | None:
@@ -88,24 +98,25 @@ def build_ustar(
         prefix, short = b"", name[:100]
     else:
         prefix, short = split
-    hdr = bytearray(BLOCK)
-    hdr[0:100] = short.ljust(100, b"\x00")[:100]
-    hdr[100:108] = _octal(mode & 0o7777777, 8)
-    hdr[108:116] = _octal(uid, 8) if fits_octal(uid, 8) else _octal(0, 8)
-    hdr[116:124] = _octal(gid, 8) if fits_octal(gid, 8) else _octal(0, 8)
-    hdr[124:136] = _octal(size, 12)
-    hdr[136:148] = _octal(mtime, 12) if fits_octal(mtime, 12) else _octal(0, 12)
-    hdr[148:156] = b" " * 8
-    hdr[156:157] = typeflag
-    hdr[157:257] = linkname.ljust(100, b"\x00")[:100]
-    hdr[257:265] = b"ustar\x0000"
-    hdr[265:297] = uname.ljust(32, b"\x00")[:32]
-    hdr[297:329] = gname.ljust(32, b"\x00")[:32]
-    hdr[329:337] = _octal(devmajor, 8) if fits_octal(devmajor, 8) else _octal(0, 8)
-    hdr[337:345] = _octal(devminor, 8) if fits_octal(devminor, 8) else _octal(0, 8)
-    hdr[345:500] = prefix.ljust(155, b"\x00")[:155]
-    hdr[148:156] = b"%06o\x00 " % sum(hdr)
-    return bytes(hdr)
+    hdr = b"".join((
+        short.ljust(100, b"\x00")[:100],
+        _octal_or_zero(mode & 0o7777777, 8),
+        _octal_or_zero(uid, 8),
+        _octal_or_zero(gid, 8),
+        _octal(size, 12),
+        _octal_or_zero(mtime, 12),
+        b"        ",
+        typeflag,
+        linkname.ljust(100, b"\x00")[:100],
+        b"ustar\x0000",
+        uname.ljust(32, b"\x00")[:32],
+        gname.ljust(32, b"\x00")[:32],
+        _octal_or_zero(devmajor, 8),
+        _octal_or_zero(devminor, 8),
+        prefix.ljust(155, b"\x00")[:155],
+        b"\x00" * 12,
+    ))
+    return b"%s%06o\x00 %s" % (hdr[:148], sum(hdr), hdr[156:])
 
 
 def pax_record(key: bytes, value: bytes) -> bytes:

@@ -107,18 +107,16 @@ class PaxWriter:
         return self._hash.hexdigest()
 
     # --- headers ----------------------------------------------------------------------
-    def _pax_header(self, name: bytes, records: list[bytes], mtime: int, typeflag: bytes) -> None:
+    @staticmethod
+    def _pax_header(name: bytes, records: list[bytes], mtime: int, typeflag: bytes) -> bytes:
         body = b"".join(records)
         base = name.rstrip(b"/").rsplit(b"/", 1)[-1][:80] or b"root"
         hname = b"PaxHeaders/" + base if typeflag == pax.TYPE_PAX else b"GlobalHead.0"
-        self._emit(
-            pax.build_ustar(
-                name=hname, mode=0o644, uid=0, gid=0, size=len(body),
-                mtime=max(0, mtime), typeflag=typeflag,
-            )
+        ustar = pax.build_ustar(
+            name=hname, mode=0o644, uid=0, gid=0, size=len(body), mtime=max(0, mtime),
+            typeflag=typeflag,
         )
-        self._emit(body)
-        self._emit(bytes(pax.padding(len(body))))
+        return b"".join((ustar, body, bytes(pax.padding(len(body)))))
 
     def add_deletions(self, paths: list[str]) -> int:
         """Record deleted paths (incrementals) as one pax global header; returns its offset."""
@@ -129,7 +127,7 @@ class PaxWriter:
         offset = self._offset
         if paths:
             value = json.dumps(paths, ensure_ascii=True).encode()
-            self._pax_header(b"", [pax.pax_record(b"EBM.deleted", value)], 0, pax.TYPE_GLOBAL)
+            self._emit(self._pax_header(b"", [pax.pax_record(b"EBM.deleted", value)], 0, pax.TYPE_GLOBAL))
         return offset
 
     def add(self, entry: ArchiveEntry, data: BinaryIO | bytes | memoryview | None = None) -> EntryLocation:
@@ -207,10 +205,10 @@ class PaxWriter:
             records.append(pax.pax_record(b"SCHILY.xattr." + fsencode(name), bytes(entry.xattrs[name])))
         if binary:
             records.insert(0, pax.pax_record(b"hdrcharset", b"BINARY"))
+        head: list[bytes] = []
         if records:
-            self._pax_header(tar_name, records, mtime_s, pax.TYPE_PAX)
-
-        self._emit(
+            head.append(self._pax_header(tar_name, records, mtime_s, pax.TYPE_PAX))
+        head.append(
             pax.build_ustar(
                 name=tar_name, mode=entry.mode, uid=entry.uid, gid=entry.gid,
                 size=stored_size, mtime=mtime_s, typeflag=_TYPEFLAGS[kind],
@@ -218,12 +216,22 @@ class PaxWriter:
                 devmajor=entry.devmajor, devminor=entry.devminor,
             )
         )
-        data_offset = self._offset
+        data_offset = header_offset + sum(len(h) for h in head)
         if kind != "file":
+            self._emit(b"".join(head))
             return EntryLocation(header_offset, data_offset, 0, None, end_offset=self._offset)
-        self._emit(map_block)
+        head.append(map_block)
+        size = entry.data_size
+        if isinstance(data, (bytes, bytearray, memoryview)) and len(data) == size and size <= CHUNK:
+            # Small file: one write and one hash update for headers, data and padding.
+            digest = hashlib.sha256(data)
+            head += (data, bytes(pax.padding(stored_size)))
+            self._emit(b"".join(head))
+            return EntryLocation(header_offset, data_offset, size, digest.hexdigest(), False,
+                                 end_offset=self._offset)
+        self._emit(b"".join(head))
         digest = hashlib.sha256()
-        written, short = self._copy_data(data, entry.data_size, digest)  # written == data_size
+        written, short = self._copy_data(data, size, digest)  # written == data_size
         self._emit(bytes(pax.padding(stored_size)))
         return EntryLocation(
             header_offset, data_offset, written, digest.hexdigest(), short, end_offset=self._offset
