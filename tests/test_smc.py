@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -165,6 +166,21 @@ def test_dvcid_reports_drive_serials(changer, library):
         lens[data[p]] = int.from_bytes(data[p + 2 : p + 4], "big")
         p += 8 + int.from_bytes(data[p + 5 : p + 8], "big")
     assert lens[2] == lens[3] == lens[1] == 12 and lens[4] > 16
+
+
+def test_drive_descriptor_names_its_lun_and_access(changer, library):
+    d = descriptors(ok(run(changer, res(type_code=4))))
+    assert d[256][1][6] == 0x10 | 1 and d[257][1][6] == 0x10 | 2  # LU VALID, LUN i+1
+    assert d[256][1][2] & 0x08  # ACCESS
+    # a drive claimed by another (live) process is out of the robot's reach
+    from vtl.catalog import process_start_time
+
+    library.catalog.conn.execute(
+        "INSERT INTO drive_claims(drive, owner, pid, pid_start, host, since) "
+        "VALUES (1, 'ebm', 1, ?, ?, 'now')", (process_start_time(1), socket.gethostname()))
+    d = descriptors(ok(run(changer, res(type_code=4))))
+    assert d[256][1][2] & 0x08 and not d[257][1][2] & 0x08
+    assert sense(run(changer, move(1024, 257))) == (SenseKey.NOT_READY, 0x04, 0x07)
 
 
 def test_read_element_status_start_count_and_truncation(changer):

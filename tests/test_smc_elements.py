@@ -222,3 +222,9 @@ def test_mode_pages():
          for d in (T.STORAGE, T.IMPORT_EXPORT, T.DATA_TRANSFER)],
     )
     assert caps == bytes.fromhex("1f12 0e00 000e0e0e 00000000 00000000 00000000".replace(" ", ""))
+
+
+def test_type_with_no_elements_reports_empty():
+    only = [e for e in ELEMENTS if e.type != T.IMPORT_EXPORT]
+    req = parse_read_element_status(res_cdb(type_code=3, voltag=True))
+    assert read_element_status(only, req) == bytes(8)

@@ -32,12 +32,14 @@ ILLEGAL REQUEST: the same command succeeds once the other user is done. ASCQ 07h
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from vtl.library import (
     CartridgeBusy,
     DestinationFull,
+    DriveBay,
     Element,
     ElementType,
     InvalidElement,
@@ -175,12 +177,16 @@ class MediumChanger(ScsiModel):
         lib = self.library
         elements = lib.elements()
         worm = {a: bool(r.get("worm")) for a, r in lib.catalog.placement().items()}
-        serial = {bay.address: bay.serial for bay in lib.drives}
-        return [self._state(e, worm.get(e.address, False), serial.get(e.address))
+        bays = {bay.address: bay for bay in lib.drives}
+        me = os.getpid()
+        # A drive the backup manager (another process) claimed is out of the robot's reach.
+        claimed = {lib.drives[i].address for i, c in lib.claims().items()
+                   if c["pid"] != me and 0 <= i < len(lib.drives)}
+        return [self._state(e, worm.get(e.address, False), bays.get(e.address),
+                            e.address not in claimed)
                 for e in elements]
 
-    @staticmethod
-    def _state(e: Element, worm: bool, serial: str | None) -> ElementState:
+    def _state(self, e: Element, worm: bool, bay: DriveBay | None, access: bool) -> ElementState:
         type_code = ElementTypeCode(int(e.type))
         full = e.barcode is not None
         return ElementState(
@@ -193,9 +199,19 @@ class MediumChanger(ScsiModel):
             # cartridge import); one with a source was put there by the robot (export).
             impexp=full and type_code == ElementTypeCode.IMPORT_EXPORT
             and e.source_address is None,
-            device_id=serial.encode("ascii", "replace") if serial else None,
+            device_id=bay.serial.encode("ascii", "replace") if bay else None,
             medium_type=medium_type_of(e.barcode, worm) if e.barcode else MediumType.UNSPECIFIED,
+            access=access,
+            lun=self.drive_lun(bay.index) if bay else None,
         )
+
+    def drive_lun(self, index: int) -> int | None:
+        """The LUN drive ``index`` has next to this changer (vtl.scsi.devices: index + 1).
+
+        Reported in the data transfer element descriptor; a transport with another layout
+        overrides it (None = not on the changer's target).
+        """
+        return index + 1
 
     def _check_transport(self, address: int) -> None:
         """0 names the default transport; anything else must be our one transport."""

@@ -72,6 +72,7 @@ class ElementState:
     impexp: bool = False
     device_id: bytes | None = None
     medium_type: MediumType = MediumType.UNSPECIFIED
+    lun: int | None = None  # data transfer elements: the drive's LUN next to the changer
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +161,10 @@ def element_descriptor(
     d[2] = flags
     if e.exception is not None:
         d[4], d[5] = e.exception
+    if e.type == ElementTypeCode.DATA_TRANSFER and e.lun is not None and 0 <= e.lun <= 7:
+        # NOT BUS = 0, ID VALID = 0, LU VALID = 1: the drive is a LUN of the changer's own
+        # target; the Linux ch driver uses this to name the tape device of each drive.
+        d[6] = 0x10 | e.lun
     if e.full:
         if e.source is not None:
             d[9] |= 0x80  # SVALID; INVERT (0x40) stays 0: media are never turned over
@@ -180,16 +185,13 @@ def select_elements(
 
     The starting address need not be an element's own address (mtx's "all elements" polling
     starts at 0 and then at last-reported + 1); a start beyond every element of the type is
-    INVALID ELEMENT ADDRESS, which is also how mtx learns it has walked off the end.
+    INVALID ELEMENT ADDRESS, which is also how mtx learns it has walked off the end. A type
+    the library has none of (no mailslots) reports no elements rather than an error.
     """
-    candidates = sorted(
-        (
-            e
-            for e in elements
-            if (type_code == ElementTypeCode.ALL or e.type == type_code) and e.address >= start
-        ),
-        key=lambda e: e.address,
-    )
+    of_type = [e for e in elements if type_code == ElementTypeCode.ALL or e.type == type_code]
+    if not of_type:
+        return []
+    candidates = sorted((e for e in of_type if e.address >= start), key=lambda e: e.address)
     if not candidates:
         raise invalid_element_address()
     return candidates[:count]
