@@ -555,6 +555,8 @@ class ScsiModel:
                 raise invalid_field_in_cdb(2, 5)
             return sorted(pages, key=lambda p: p.key)
         p = self.mode_pages.get((page, subpage))
+        if p is None and page == 0 and subpage == 0:
+            return []  # page 0: header and block descriptors only (Linux st at open)
         if p is None:
             raise invalid_field_in_cdb(2 if subpage == 0 else 3, 5 if subpage == 0 else None)
         return [p]

@@ -287,8 +287,15 @@ class TapeDrive(ScsiModel):
         self.bay.prevent_removal = False
 
     # ------------------------------------------------------------------ mode header / bd
+    def _ready_cart(self) -> TapeCartridge | None:
+        """The loaded cartridge if there is one (mounting it), else None: never raises."""
+        try:
+            return self._medium()
+        except CheckCondition:
+            return None
+
     def mode_header_fields(self) -> tuple[int, int]:
-        cart = self._cart if self._loaded else None
+        cart = self._ready_cart()
         medium = 0
         wp = 0
         if cart is not None:
@@ -300,7 +307,7 @@ class TapeDrive(ScsiModel):
         return 0x70
 
     def _density(self) -> int:
-        cart = self._cart if self._loaded else None
+        cart = self._ready_cart()
         return cart.media.density_code if cart is not None else 0
 
     def block_descriptors(self, pc: int, long_lba: bool) -> bytes:
