@@ -247,3 +247,20 @@ def test_console_script_subprocess(root: Path) -> None:
                          text=True, env=env, timeout=60)
     assert bad.returncode == 2
     assert bad.stderr == "error: unknown barcode Q00001L8\n"
+
+
+def test_unexpected_exception_is_one_line(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def explode(*_a: object, **_k: object) -> None:
+        raise ValueError("something\nunexpected")
+
+    monkeypatch.setattr(Library, "elements", explode)
+    result = vtl(root, "status")
+    assert result.exit_code == 1
+    assert result.stderr == "error: internal error: ValueError: something unexpected\n"
+
+
+def test_missing_catalog(root: Path) -> None:
+    (root / "catalog.sqlite").rename(root / "moved.sqlite")
+    result = vtl(root, "status")
+    assert result.exit_code == 2 and "catalog" in result.stderr
+    assert not (root / "catalog.sqlite").exists()

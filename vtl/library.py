@@ -355,6 +355,9 @@ class Library:
             config = LibraryConfig.load(root)
         except ConfigError as e:
             raise NoLibrary(str(e)) from None
+        if not (root / CATALOG_NAME).is_file():
+            # never start a fresh, empty catalog under existing cartridges
+            raise NoLibrary(f"the media catalog {root / CATALOG_NAME} is missing")
         (root / CARTRIDGE_DIR).mkdir(exist_ok=True)
         return cls(root, config, MediaCatalog(root / CATALOG_NAME))
 
