@@ -345,3 +345,28 @@ def test_mounted_cartridge_is_busy_for_other_processes(library: Library) -> None
         str(library.root),
     )
     assert library.find("A00001L8").address == SLOT1
+
+
+def test_mailslot_door_locked_by_other_process(library: Library) -> None:
+    code = """
+        import sys, time
+        from vtl.library import Library
+        from vtl.scsi.smc_lock import set_mailslot_lock
+        lib = Library.open(sys.argv[1])
+        set_mailslot_lock(lib.catalog, True, "initiator-x")
+        print("locked", flush=True)
+        time.sleep(30)
+    """
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(library.root)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+        with pytest.raises(MediumRemovalPrevented, match="locked by initiator-x"):
+            library.export_cartridge("A00001L8")
+        with pytest.raises(MediumRemovalPrevented):
+            library.empty_mailslots()
+        library.move_medium(SLOT1, MAIL1)  # the robot itself may still use the mailslots
+    finally:
+        proc.kill()
+        proc.wait()
+    assert library.empty_mailslots() == ["A00001L8"]  # a dead server's lock does not count

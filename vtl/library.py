@@ -710,9 +710,23 @@ class Library:
             return False
 
     # ---- import / export -----------------------------------------------------------------
+    def _check_mailslot_door(self) -> None:
+        """Refuse door operations while an initiator's PREVENT locks the mailslots
+        (the changer keeps that lock in the catalog; our own process's lock does not count)."""
+        try:
+            from vtl.scsi.smc_lock import mailslot_lock
+        except ImportError:
+            return
+        lock = mailslot_lock(self.catalog)
+        if lock is not None and lock["pid"] != os.getpid():
+            raise MediumRemovalPrevented(
+                f"mailslots are locked by {lock['owner']} (pid {lock['pid']})"
+            )
+
     def export_cartridge(self, barcode: str) -> Element:
         """Move a cartridge from its slot into a free mailslot (as a library's export does)."""
         with self.lock:
+            self._check_mailslot_door()
             element = self.find(barcode)
             if element.type == ElementType.DATA_TRANSFER:
                 raise CartridgeInDrive(
@@ -729,6 +743,7 @@ class Library:
     def import_cartridge(self, barcode: str) -> Element:
         """Put a vaulted cartridge into a free mailslot, ready to be moved to a slot."""
         with self.lock:
+            self._check_mailslot_door()
             element = self.where(barcode)
             if element is not None:
                 raise LibraryError(f"cartridge {barcode} is already in the library ({element.name})")
@@ -747,6 +762,7 @@ class Library:
     def empty_mailslots(self) -> list[str]:
         """Take every cartridge out of the mailslots into the vault (opening the door)."""
         with self.lock:
+            self._check_mailslot_door()
             taken: list[str] = []
             with self.catalog.transaction():
                 for element in self.elements(ElementType.IMPORT_EXPORT):
