@@ -122,14 +122,13 @@ def boot(
             "-kernel", str(guest.kernel),
             "-initrd", str(initrd),
             "-append", "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init",
-            "-iscsi", f"initiator-name={INITIATOR}",
             "-device", "virtio-scsi-pci,id=scsi0",
         ]  # fmt: skip
         for i, lun in enumerate(luns):
             cmd += [
                 "-drive",
                 f"driver=iscsi,transport=tcp,portal={lun.portal},target={lun.target},"
-                f"lun={lun.lun},if=none,id=d{i}",
+                f"lun={lun.lun},initiator-name={INITIATOR},if=none,id=d{i}",
                 "-device",
                 f"scsi-generic,drive=d{i},bus=scsi0.0,channel=0,scsi-id={i},lun=0",
             ]
