@@ -1,0 +1,216 @@
+"""`vtl serve` as a subprocess against real clients: libiscsi tools and a raw initiator
+driving the real changer and drive models (load, write, filemark, rewind, read back)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from iscsi_support import RawInitiator, pattern, scsi_status, sense_of  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+
+VTL = [str(Path(sys.executable).with_name("vtl"))]
+IQN = "iqn.2026-11.org.vtl-ebm:servetest"
+
+
+def vtl(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([*VTL, "--root", str(root), *args], capture_output=True, text=True,
+                       timeout=60)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Served:
+    root: Path
+    port: int
+    proc: subprocess.Popen
+    banner: str
+
+    @property
+    def portal(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def stderr(self) -> str:
+        return (self.root / "serve.err").read_text()
+
+
+def start(root: Path, *args: str) -> Served:
+    port = free_port()
+    err = open(root / "serve.err", "w")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen([*VTL, "--root", str(root), "serve", "--portal",
+                             f"127.0.0.1:{port}", *args],
+                            stdout=subprocess.PIPE, stderr=err, text=True)
+    lines = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.strip() == "ready":
+            return Served(root, port, proc, "".join(lines))
+    proc.kill()
+    raise AssertionError(f"vtl serve did not start: {''.join(lines)}{(root / 'serve.err').read_text()}")
+
+
+@pytest.fixture(scope="module")
+def libdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("serve") / "lib"
+    vtl(root, "init", "--drives", "2", "--slots", "6", "--mailslots", "1", "--iqn", IQN)
+    vtl(root, "cartridge", "create", "SRV001L8-SRV003L8", "--capacity", "64MiB")
+    return root
+
+
+@pytest.fixture(scope="module")
+def served(libdir: Path) -> Iterator[Served]:
+    s = start(libdir)
+    yield s
+    assert s.stop() == 0
+    assert "Traceback" not in s.stderr()
+
+
+def tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=30)
+
+
+def test_banner_shows_target_and_lun_layout(served: Served):
+    b = served.banner
+    assert f"target: {IQN}" in b and f"portal: {served.portal}" in b
+    assert "LUN 0: changer, IBM 3573-TL" in b
+    assert "LUN 1: drive 0 (element 256), IBM ULT3580-TD8" in b
+    assert "LUN 2: drive 1 (element 257)" in b
+
+
+def test_iscsi_ls_and_inq_see_changer_and_drives(served: Served):
+    r = tool("iscsi-ls", "-s", f"iscsi://{served.portal}/")
+    assert r.returncode == 0, r.stderr
+    assert f"Target:{IQN} Portal:{served.portal},1" in r.stdout
+    assert "Lun:0    Type:MEDIA_CHANGER" in r.stdout
+    assert "Lun:1    Type:SEQUENTIAL_ACCESS" in r.stdout
+    assert "Lun:2    Type:SEQUENTIAL_ACCESS" in r.stdout
+    r = tool("iscsi-inq", f"iscsi://{served.portal}/{IQN}/0")
+    assert r.returncode == 0, r.stderr
+    assert "Peripheral Device Type:MEDIA_CHANGER" in r.stdout
+    assert "Vendor:IBM" in r.stdout and "Product:3573-TL" in r.stdout
+    r = tool("iscsi-inq", f"iscsi://{served.portal}/{IQN}/2")
+    assert "Peripheral Device Type:SEQUENTIAL_ACCESS" in r.stdout
+    assert "Product:ULT3580-TD8" in r.stdout
+    r = tool("iscsi-inq", "-e", "1", "-c", "0", f"iscsi://{served.portal}/{IQN}/1")
+    assert r.returncode == 0 and "SUPPORTED_VPD_PAGES" in r.stdout, r.stderr
+
+
+def test_second_server_refused(served: Served):
+    r = vtl(served.root, "serve", "--portal", f"127.0.0.1:{free_port()}", check=False)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "already serving" in lines[0], r.stderr
+    assert str(served.proc.pid) in lines[0]
+
+
+def _until_good(ini: RawInitiator, cdb: bytes, lun: int) -> None:
+    for _ in range(10):
+        rsp, _ = ini.collect(ini.scsi(cdb, lun=lun))
+        if scsi_status(rsp) == 0:
+            return
+        assert sense_of(rsp)[2] & 0xF in (2, 6), sense_of(rsp).hex()  # NOT READY / UA
+        time.sleep(0.1)
+    raise AssertionError("device never became ready")
+
+
+def test_load_write_read_back_through_real_models(served: Served):
+    ini = RawInitiator(served.port, timeout=20)
+    ini.login({"MaxRecvDataSegmentLength": "262144"}, target=IQN)
+    # MOVE MEDIUM slot 1 (1024) -> drive 0 (256) on the changer.
+    move = bytes([0xA5, 0, 0, 1, 0x04, 0x00, 0x01, 0x00, 0, 0, 0, 0])
+    _until_good(ini, bytes(6), 0)
+    rsp, _ = ini.collect(ini.scsi(move, lun=0))
+    assert scsi_status(rsp) == 0, sense_of(rsp).hex()
+    _until_good(ini, bytes(6), 1)
+    blocks = [pattern(262144), pattern(65536)[::-1], pattern(1 << 20)]
+    for b in blocks:
+        rsp = ini.write(bytes([0x0A, 0]) + len(b).to_bytes(3, "big") + b"\0", b, lun=1)
+        assert scsi_status(rsp) == 0, sense_of(rsp).hex()
+    rsp, _ = ini.collect(ini.scsi(bytes([0x10, 0, 0, 0, 1, 0]), lun=1))  # WRITE FILEMARKS 1
+    assert scsi_status(rsp) == 0
+    rsp, _ = ini.collect(ini.scsi(bytes([0x01, 0, 0, 0, 0, 0]), lun=1))  # REWIND
+    assert scsi_status(rsp) == 0
+    for b in blocks:
+        n = 1 << 20
+        itt = ini.scsi(bytes([0x08, 0]) + n.to_bytes(3, "big") + b"\0", lun=1, read=n)
+        rsp, data = ini.collect(itt)
+        # Variable mode, a shorter block than asked: CHECK CONDITION with ILI unless exact.
+        assert data == b
+        if len(b) < n:
+            assert scsi_status(rsp) == 2 and sense_of(rsp)[2] & 0x20
+        else:
+            assert scsi_status(rsp) == 0
+    # Reading on hits the filemark.
+    itt = ini.scsi(bytes([0x08, 0, 0, 0x10, 0, 0]), lun=1, read=4096)
+    rsp, data = ini.collect(itt)
+    assert scsi_status(rsp) == 2 and sense_of(rsp)[2] & 0x80 and data == b""
+    assert ini.logout().hdr.b2 == 0
+    ini.close()
+
+
+def test_chap_acl_and_sigterm_clean_stop(tmp_path: Path):
+    root = tmp_path / "lib"
+    vtl(root, "init", "--drives", "1", "--slots", "2", "--iqn", IQN)
+    vtl(root, "cartridge", "create", "CHP001L8", "--capacity", "64MiB")
+    r = vtl(root, "serve", "--portal", "127.0.0.1:99999", check=False)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "invalid portal" in r.stderr
+    s = start(root, "--chap-user", "backup", "--chap-secret", "backup-secret-1",
+              "--mutual-chap-user", "vtl", "--mutual-chap-secret", "vtl-secret-0002",
+              "--allow-initiator", "iqn.2026-11.org.example:host1")
+    try:
+        assert "auth: CHAP + mutual CHAP" in s.banner
+        host1 = ["-i", "iqn.2026-11.org.example:host1"]
+        url = f"{s.portal}/{IQN}/0"
+        r = tool("iscsi-inq", *host1, f"iscsi://{url}")
+        assert r.returncode != 0 and "Authentication failure" in r.stderr
+        r = tool("iscsi-inq", f"iscsi://backup%backup-secret-1@{url}")
+        assert r.returncode != 0 and "Authorization failure" in r.stderr
+        r = tool("iscsi-inq", *host1, f"iscsi://backup%backup-secret-1@{url}"
+                 "?target_user=vtl&target_password=vtl-secret-0002")
+        assert r.returncode == 0 and "MEDIA_CHANGER" in r.stdout, r.stderr
+        # A logged-in session is open when SIGTERM arrives: still a clean exit 0.
+        ini = RawInitiator(s.port)
+        with pytest.raises(Exception):  # noqa: B017 - CHAP is required, plain login refused
+            ini.login(target=IQN)
+        ini.close()
+    finally:
+        code = s.stop()
+    assert code == 0
+    err = s.stderr()
+    assert "Traceback" not in err and "stopped" in err
+    assert not (root / "serve.lock").read_text().strip()  # pid cleared on exit
+    # The library is usable again right away.
+    s2 = start(root)
+    assert s2.stop() == 0
