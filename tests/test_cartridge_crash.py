@@ -26,6 +26,7 @@ from tape_formats.cartridge import TapeCartridge
 c = TapeCartridge.open(Path(sys.argv[1]))
 c.space_to_eod()
 every = int(sys.argv[2])
+print("ready", flush=True)
 while True:
     obj = c.position
     if obj % every == every - 1:
@@ -71,7 +72,9 @@ def test_sigkill_many_times_loses_nothing_durable(tmp_path: Path) -> None:
             stdout=subprocess.PIPE,
             env=env,
         )
-        deadline = time.monotonic() + rng.uniform(0.15, 0.5)
+        # Kill at a random moment after the writer is writing, however loaded the machine is.
+        assert proc.stdout.readline() == b"ready\n"
+        deadline = time.monotonic() + rng.uniform(0.05, 0.4)
         os.set_blocking(proc.stdout.fileno(), False)
         out = b""
         while time.monotonic() < deadline:
