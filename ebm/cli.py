@@ -125,7 +125,9 @@ class State:
     _ebm: Ebm | None = None
 
     def ebm(self) -> Ebm:
-        if self._ebm is None:
+        if self._ebm is None or self._ebm.root != Path(self.root):
+            if self._ebm is not None:
+                self._ebm.close()
             self._ebm = Ebm(self.root)
         return self._ebm
 

@@ -121,7 +121,8 @@ def parse_schedule(spec: str) -> Any:
 
     def nxt(after: dt.datetime) -> dt.datetime:
         t = after.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
-        for _ in range(366 * 24 * 60):
+        horizon = after + dt.timedelta(days=8 * 366)  # Feb 29 on a given weekday can take years
+        while t < horizon:
             if (t.month in mons and t.day in doms and (t.isoweekday() % 7) in dows
                     and t.hour in hours and t.minute in mins):
                 return t
