@@ -1,0 +1,253 @@
+"""Property test: random tape command sequences, as raw CDBs, against a reference tape model.
+
+The reference is a plain list of objects (bytes for a data block, None for a filemark) and a
+position, with SSC's rules written out the obvious way. Every command's status, sense key,
+ASC/ASCQ, FILEMARK/EOM/ILI bits, INFORMATION residue and Data-In bytes must match.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vtl.library import Library
+from vtl.scsi.base import Nexus, Status
+from vtl.scsi.ssc import TapeDrive
+
+N = Nexus("iqn.prop,i,0x1")
+
+
+@dataclass
+class Outcome:
+    status: int
+    key: int = 0
+    asc: int = 0
+    ascq: int = 0
+    fm: bool = False
+    eom: bool = False
+    ili: bool = False
+    info: int | None = None
+    data: bytes = b""
+
+
+def good(data: bytes = b"") -> Outcome:
+    return Outcome(Status.GOOD, data=data)
+
+
+def cc(key, asc, ascq, *, fm=False, eom=False, ili=False, info=None, data=b"") -> Outcome:
+    return Outcome(Status.CHECK_CONDITION, key, asc, ascq, fm, eom, ili, info, data)
+
+
+class RefTape:
+    """The obvious tape: objects are bytes (data block) or None (filemark)."""
+
+    def __init__(self) -> None:
+        self.objs: list[bytes | None] = []
+        self.p = 0
+        self.bs = 0  # block size; 0 = variable mode
+
+    def write_fixed(self, data: bytes) -> Outcome:
+        if self.bs == 0:
+            return cc(5, 0x24, 0)
+        for i in range(0, len(data), self.bs):
+            self.write(data[i : i + self.bs])
+        return good()
+
+    def read_fixed(self, count: int) -> Outcome:
+        if self.bs == 0:
+            return cc(5, 0x24, 0)
+        out = b""
+        for i in range(count):
+            if self.p == len(self.objs):
+                return cc(8, 0, 5, info=count - i, data=out)
+            obj = self.objs[self.p]
+            self.p += 1
+            if obj is None:
+                return cc(0, 0, 1, fm=True, info=count - i, data=out)
+            if len(obj) != self.bs:
+                return cc(0, 0, 0, ili=True, info=count - i, data=out)
+            out += obj
+        return good(out)
+
+    def write(self, data: bytes) -> Outcome:
+        del self.objs[self.p :]
+        self.objs.append(data)
+        self.p += 1
+        return good()
+
+    def wfm(self, n: int) -> Outcome:
+        if n:
+            del self.objs[self.p :]
+            self.objs.extend([None] * n)
+            self.p += n
+        return good()
+
+    def read(self, length: int, sili: bool) -> Outcome:
+        if length == 0:
+            return good()
+        if self.p == len(self.objs):
+            return cc(8, 0, 5, info=length)
+        obj = self.objs[self.p]
+        self.p += 1
+        if obj is None:
+            return cc(0, 0, 1, fm=True, info=length)
+        if len(obj) == length or (len(obj) < length and sili):
+            return good(obj)
+        return cc(0, 0, 0, ili=True, info=length - len(obj), data=obj[:length])
+
+    def space_blocks(self, count: int) -> Outcome:
+        for k in range(abs(count)):
+            if count > 0:
+                if self.p == len(self.objs):
+                    return cc(8, 0, 5, info=count - k)
+                self.p += 1
+                if self.objs[self.p - 1] is None:
+                    return cc(0, 0, 1, fm=True, info=count - k)
+            else:
+                if self.p == 0:
+                    return cc(0, 0, 4, eom=True, info=count + k)
+                if self.objs[self.p - 1] is None:
+                    self.p -= 1
+                    return cc(0, 0, 1, fm=True, info=count + k)
+                self.p -= 1
+        return good()
+
+    def space_filemarks(self, count: int) -> Outcome:
+        for k in range(abs(count)):
+            if count > 0:
+                nxt = next((i for i in range(self.p, len(self.objs)) if self.objs[i] is None),
+                           None)
+                if nxt is None:
+                    self.p = len(self.objs)
+                    return cc(8, 0, 5, info=count - k)
+                self.p = nxt + 1
+            else:
+                prv = next((i for i in range(self.p - 1, -1, -1) if self.objs[i] is None), None)
+                if prv is None:
+                    self.p = 0
+                    return cc(0, 0, 4, eom=True, info=count + k)
+                self.p = prv
+        return good()
+
+    def locate(self, obj: int) -> Outcome:
+        if obj > len(self.objs):
+            self.p = len(self.objs)
+            return cc(8, 0, 5)
+        self.p = obj
+        return good()
+
+    def read_position(self) -> Outcome:
+        d = bytearray(20)
+        d[0] = 0x80 if self.p == 0 else 0
+        d[4:8] = self.p.to_bytes(4, "big")
+        d[8:12] = self.p.to_bytes(4, "big")
+        return good(bytes(d))
+
+
+# ---- operations: (reference call, CDB, Data-Out) ------------------------------------------
+blocks = st.binary(min_size=1, max_size=48)
+ops = st.one_of(
+    st.tuples(st.just("write"), blocks),
+    st.tuples(st.just("wfm"), st.integers(0, 2)),
+    st.tuples(st.just("read"), st.integers(0, 60), st.booleans()),
+    st.tuples(st.just("space_blocks"), st.integers(-4, 4), st.booleans()),
+    st.tuples(st.just("space_filemarks"), st.integers(-3, 3), st.booleans()),
+    st.tuples(st.just("eod"), st.booleans()),
+    st.tuples(st.just("locate"), st.integers(0, 14), st.booleans()),
+    st.tuples(st.just("rewind")),
+    st.tuples(st.just("setblk"), st.sampled_from([0, 0, 4, 8])),
+    st.tuples(st.just("wfixed"), st.integers(1, 3), st.binary(min_size=24, max_size=24)),
+    st.tuples(st.just("rfixed"), st.integers(0, 4)),
+    st.tuples(st.just("position")),
+)
+
+
+def apply(ref: RefTape, op: tuple) -> tuple[Outcome, bytes, bytes | None]:
+    name = op[0]
+    if name == "write":
+        data = op[1]
+        return ref.write(data), bytes([0x0A, 0, *len(data).to_bytes(3, "big"), 0]), data
+    if name == "wfm":
+        # IMMED keeps the test fast (no fsync); durability is tested elsewhere.
+        return ref.wfm(op[1]), bytes([0x10, 1, 0, 0, op[1], 0]), None
+    if name == "read":
+        length, sili = op[1], op[2]
+        cdb = bytes([0x08, 2 if sili else 0, *length.to_bytes(3, "big"), 0])
+        return ref.read(length, sili), cdb, None
+    if name in ("space_blocks", "space_filemarks"):
+        code = 0 if name == "space_blocks" else 1
+        count, sixteen = op[1], op[2]
+        if sixteen:
+            cdb = bytes([0x91, code, 0, 0, *count.to_bytes(8, "big", signed=True), 0, 0, 0, 0])
+        else:
+            cdb = bytes([0x11, code, *count.to_bytes(3, "big", signed=True), 0])
+        return getattr(ref, name)(count), cdb, None
+    if name == "eod":
+        ref.p = len(ref.objs)
+        if op[1]:
+            return good(), bytes([0x91, 3] + [0] * 14), None
+        return good(), bytes([0x11, 3, 0, 0, 0, 0]), None
+    if name == "locate":
+        obj, sixteen = op[1], op[2]
+        if sixteen:
+            cdb = bytes([0x92, 0, 0, 0, *obj.to_bytes(8, "big"), 0, 0, 0, 0])
+        else:
+            cdb = bytes([0x2B, 0, 0, *obj.to_bytes(4, "big"), 0, 0, 0])
+        return ref.locate(obj), cdb, None
+    if name == "setblk":
+        ref.bs = op[1]
+        bd = bytes([0, 0, 0x10, 8, 0, 0, 0, 0, 0, 0, 0, op[1]])
+        return good(), bytes([0x15, 0x10, 0, 0, 12, 0]), bd
+    if name == "wfixed":
+        count = op[1]
+        data = op[2][: count * ref.bs] if ref.bs else op[2][:count]
+        return ref.write_fixed(data), bytes([0x0A, 1, 0, 0, count, 0]), data
+    if name == "rfixed":
+        return ref.read_fixed(op[1]), bytes([0x08, 1, 0, 0, op[1], 0]), None
+    if name == "rewind":
+        ref.p = 0
+        return good(), bytes([0x01, 0, 0, 0, 0, 0]), None
+    return ref.read_position(), bytes([0x34, 0, 0, 0, 0, 0, 0, 0, 0, 0]), None
+
+
+def observe(res) -> Outcome:
+    s = res.sense
+    if not s:
+        return Outcome(res.status, data=bytes(res.data))
+    info = int.from_bytes(s[3:7], "big", signed=True) if s[0] & 0x80 else None
+    return Outcome(res.status, s[2] & 0x0F, s[12], s[13], bool(s[2] & 0x80), bool(s[2] & 0x40),
+                   bool(s[2] & 0x20), info, bytes(res.data))
+
+
+@pytest.fixture(scope="module")
+def drive():
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+    root = Path(tempfile.mkdtemp(prefix="vtl-prop-", dir=base))
+    lib = Library.create(root / "lib")
+    lib.create_cartridge("P00001L8", capacity=64 << 20)
+    drv = TapeDrive(lib.load("P00001L8", 0))
+    drv.execute(N, bytes(6))  # consume the power-on UA
+    yield drv
+    lib.close()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seq=st.lists(ops, min_size=1, max_size=30))
+def test_drive_matches_reference(drive, seq):
+    # Fresh tape for every example: rewind and erase through the model itself.
+    assert drive.execute(N, bytes([0x01, 0, 0, 0, 0, 0])).status == Status.GOOD
+    assert drive.execute(N, bytes([0x19, 1, 0, 0, 0, 0])).status == Status.GOOD
+    setblk0 = bytes([0, 0, 0x10, 8] + [0] * 8)
+    assert drive.execute(N, bytes([0x15, 0x10, 0, 0, 12, 0]), setblk0).status == Status.GOOD
+    ref = RefTape()
+    for step, op in enumerate(seq):
+        want, cdb, data = apply(ref, op)
+        got = observe(drive.execute(N, cdb, data))
+        assert got == want, f"step {step}: {op} -> got {got}, want {want}"
