@@ -264,3 +264,46 @@ def test_missing_catalog(root: Path) -> None:
     result = vtl(root, "status")
     assert result.exit_code == 2 and "catalog" in result.stderr
     assert not (root / "catalog.sqlite").exists()
+
+
+def test_pools_states_events_config(root: Path) -> None:
+    vtl_json(root, "pool", "create", "Offsite", "--retention-days", "30")
+    assert_bad_input(root, "pool", "create", "Offsite", match="already exists")
+    assert_bad_input(root, "pool", "create", "bad name!", match="bad pool name")
+    vtl_json(root, "cartridge", "state", "A00001L8", "archive", "--pool", "Offsite")
+    row = vtl_json(root, "cartridge", "show", "A00001L8")
+    assert (row["state"], row["pool"]) == ("archive", "Offsite")
+    assert_bad_input(root, "cartridge", "state", "A00001L8", "bogus", match="unknown state")
+    assert_bad_input(root, "cartridge", "state", "A00001L8", "full", "--pool", "Nope",
+                     match="unknown pool")
+    pools = {p["name"]: p["cartridges"] for p in vtl_json(root, "pool", "list")}
+    assert pools == {"Default": 0, "Offsite": 1, "Scratch": 3}
+    actions = [e["action"] for e in vtl_json(root, "events", "--barcode", "A00001L8")]
+    assert actions[0] == "state" and "create" in actions
+    assert vtl_json(root, "config")["drives"] == 2
+
+
+def test_status_shows_mounted(root: Path) -> None:
+    lib = Library.open(root)
+    try:
+        lib.load("A00001L8", 1).mount()
+        drives = [e for e in vtl_json(root, "status")["elements"] if e["type"] == "data_transfer"]
+        assert [d["in_use"] for d in drives] == [False, True]
+        assert_bad_input(root, "unload", "1", match="in use by another process")
+        show = vtl_json(root, "cartridge", "show", "A00001L8")
+        assert show["tape_files"] is None and "in use" in show["tape_files_error"]
+    finally:
+        lib.close()
+
+
+def test_verify_compares_catalog_and_rebuild_fixes_it(root: Path) -> None:
+    _write_some(root, "A00001L8")
+    lib = Library.open(root)
+    try:
+        lib.catalog.update_cartridge("A00001L8", blocks=1)  # a catalog that lags the tape
+    finally:
+        lib.close()
+    r = vtl(root, "--json", "cartridge", "verify", "A00001L8")
+    assert r.exit_code == 1 and "catalog says 1 objects" in r.stdout
+    report = vtl_json(root, "cartridge", "verify", "A00001L8", "--rebuild")
+    assert report["ok"] and vtl_json(root, "cartridge", "show", "A00001L8")["blocks"] == 5

@@ -538,6 +538,30 @@ class Library:
             raise CartridgeBusy(f"cartridge {barcode} is in use by another process") from None
         return fd
 
+    def in_use(self, barcode: str) -> bool:
+        """Whether some process (this one included) has the cartridge mounted right now."""
+        if self._mounted_here(barcode) is not None:
+            return True
+        try:
+            fd = os.open(self._lock_path(barcode), os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def record_stats(self, barcode: str, cart: TapeCartridge) -> None:
+        """Store what an open cartridge holds (used bytes, objects, files) in the catalog,
+        e.g. after an index rebuild, so catalog and tape agree."""
+        stats = _cartridge_stats(cart)
+        if self.cartridge(barcode)["state"] not in AUTO_STATES:
+            stats.pop("state")
+        self.catalog.update_cartridge(barcode, **stats)
+
     def _mounted_here(self, barcode: str) -> DriveBay | None:
         for bay in self.drives:
             if bay._mounted == barcode:
@@ -1023,14 +1047,15 @@ class Library:
     def set_state(self, barcode: str, state: str, *, pool: str | None = None) -> None:
         """Set a cartridge's media state (and optionally pool), for admins and the EBM."""
         self.cartridge(barcode)
-        try:
-            self.catalog.set_state(barcode, state)
-        except ValueError as e:
-            raise LibraryError(str(e)) from None
-        if pool is not None:
-            if pool not in {p["name"] for p in self.catalog.pools()}:
-                raise LibraryError(f"unknown pool {pool!r}")
-            self.catalog.update_cartridge(barcode, pool=pool)
+        if pool is not None and pool not in {p["name"] for p in self.catalog.pools()}:
+            raise LibraryError(f"unknown pool {pool!r}")
+        with self.catalog.transaction():
+            try:
+                self.catalog.set_state(barcode, state)
+            except ValueError as e:
+                raise LibraryError(str(e)) from None
+            if pool is not None:
+                self.catalog.update_cartridge(barcode, pool=pool)
 
     def open_readonly(self, barcode: str) -> TapeCartridge:
         """Open a cartridge read-only for inspection (works while it is mounted elsewhere)."""

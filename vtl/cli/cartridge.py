@@ -312,6 +312,27 @@ def delete(barcode: BarcodeArg, yes: YesOpt = False) -> None:
         say(f"deleted {barcode}", {"barcode": barcode})
 
 
+@app.command()
+def state(
+    barcode: BarcodeArg,
+    new_state: Annotated[str, typer.Argument(metavar="STATE", help="scratch, append, full, "
+                                             "used, recycle, purged, error, read-only, archive, "
+                                             "disabled")],
+    pool: Annotated[str | None, typer.Option(help="Also move it to this pool.")] = None,
+) -> None:
+    """Set a cartridge's media state (and pool), e.g. to clear 'error' after a good verify."""
+    from vtl.catalog import STATES
+
+    barcode = barcode.upper()
+    if new_state not in STATES:
+        raise CliError(f"unknown state {new_state!r} (one of: {', '.join(STATES)})")
+    with open_library() as lib:
+        lib.set_state(barcode, new_state, pool=pool)
+        lib.catalog.log("state", barcode, detail={"state": new_state, "pool": pool})
+        say(f"{barcode} is now {new_state}" + (f" in pool {pool}" if pool else ""),
+            {"barcode": barcode, "state": new_state, "pool": pool})
+
+
 def _plain(obj: Any) -> Any:
     if is_dataclass(obj) and not isinstance(obj, type):
         return {k: _plain(v) for k, v in asdict(obj).items()}
@@ -337,21 +358,34 @@ def verify(
 
     barcode = barcode.upper()
     with open_library() as lib:
-        row = lib.cartridge(barcode)
+        lib.cartridge(barcode)
         path = lib.cartridge_path(barcode)
         rebuilt = None
         if rebuild:
-            with lib.held(barcode):
-                if row["address"] is not None:
-                    lib._offline(barcode)  # not while it sits in a drive
+            with lib.held(barcode):  # CartridgeBusy while any process has it mounted
                 rebuilt = rebuild_index(path)
+                cart = lib.open_readonly(barcode)
+                try:
+                    lib.record_stats(barcode, cart)
+                finally:
+                    cart.close()
         report = verify_cartridge(path)
+        row = lib.cartridge(barcode)
+        errors = list(report.errors)
+        # The catalog is written at unmount; while mounted elsewhere it may lag behind.
+        if not lib.in_use(barcode) and row["blocks"] != report.objects:
+            errors.append(
+                f"catalog says {row['blocks']} objects but the tape holds {report.objects}"
+                " (verify --rebuild updates the catalog)"
+            )
         data = _plain(report)
-        data["ok"] = bool(report.ok)
+        data["errors"] = errors
+        data["ok"] = not errors
         data["barcode"] = barcode
         if rebuilt is not None:
             data["index_rebuilt_objects"] = rebuilt
-        if not report.ok and row["state"] != "error":
+        if report.errors:  # damage on tape (not a stale catalog): the medium is suspect
+            lib.catalog.set_state(barcode, "error")
             lib.catalog.log("verify-failed", barcode, detail="; ".join(report.errors[:5]))
         if settings().json:
             emit_json(data)
@@ -364,11 +398,11 @@ def verify(
             if rebuilt is not None:
                 summary += f"; index rebuilt ({rebuilt} objects)"
             console().print(summary, markup=False)
-            for e in report.errors:
+            for e in errors:
                 console().print(f"  {e}", markup=False)
-            console().print("OK" if report.ok else f"FAILED: {len(report.errors)} error(s)",
+            console().print("OK" if not errors else f"FAILED: {len(errors)} error(s)",
                             markup=False)
-        if not report.ok:
+        if errors:
             raise typer.Exit(1)
 
 

@@ -15,6 +15,7 @@ as one ``error: ...`` line (LibraryError/ConfigError/CliError exit 2, others exi
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,8 +45,10 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 mailslot_app = typer.Typer(help="The import/export mailslots.", no_args_is_help=True)
+pool_app = typer.Typer(help="Cartridge pools.", no_args_is_help=True)
 app.add_typer(cartridge_cmds.app, name="cartridge")
 app.add_typer(mailslot_app, name="mailslot")
+app.add_typer(pool_app, name="pool")
 
 # Modules that add commands with register(app); missing ones are skipped.
 OPTIONAL_COMMANDS = ("vtl.cli.serve",)
@@ -116,6 +119,7 @@ def _element_rows(lib: Any) -> list[dict[str, Any]]:
             row["serial"] = lib.drives[e.index].serial
             claim = claims.get(e.index)
             row["claimed_by"] = f"{claim['owner']} (pid {claim['pid']})" if claim else None
+            row["in_use"] = bool(e.barcode) and lib.in_use(e.barcode)
         rows.append(row)
     return rows
 
@@ -133,11 +137,13 @@ def status() -> None:
                        "drive_model": cfg.drive_model, "elements": rows})
             return
         table = Table(title=f"library {cfg.name} ({cfg.changer_model}, drives {cfg.drive_model})")
-        for col in ("Element", "Address", "Barcode", "Media", "Source", "Serial", "Claimed by"):
+        for col in ("Element", "Address", "Barcode", "Media", "Source", "Serial", "Mounted",
+                    "Claimed by"):
             table.add_column(col)
         for r in rows:
             table.add_row(r["element"], str(r["address"]), r["barcode"] or "-", r["media"] or "",
-                          r["source"] or "", r.get("serial") or "", r.get("claimed_by") or "")
+                          r["source"] or "", r.get("serial") or "",
+                          "yes" if r.get("in_use") else "", r.get("claimed_by") or "")
         console().print(table)
         full = sum(1 for r in rows if r["barcode"])
         vaulted = sum(1 for c in lib.catalog.cartridges() if c["address"] is None)
@@ -216,6 +222,91 @@ def mailslot_empty() -> None:
 mailslot_app.command("open", help="Same as 'empty': take exported cartridges out.")(
     mailslot_empty
 )
+
+
+@pool_app.command("list")
+def pool_list() -> None:
+    """List pools and how many cartridges each holds."""
+    from rich.table import Table
+
+    with open_library() as lib:
+        counts: dict[str, int] = {}
+        for c in lib.catalog.cartridges():
+            counts[c["pool"]] = counts.get(c["pool"], 0) + 1
+        pools = [{**p, "cartridges": counts.get(p["name"], 0)} for p in lib.catalog.pools()]
+        if settings().json:
+            emit_json(pools)
+            return
+        table = Table()
+        for col in ("Pool", "Cartridges", "Media", "Retention days", "Description"):
+            table.add_column(col)
+        for p in pools:
+            table.add_row(p["name"], str(p["cartridges"]), p["media"] or "",
+                          "" if p["retention_days"] is None else str(p["retention_days"]),
+                          p["description"])
+        console().print(table)
+
+
+@pool_app.command("create")
+def pool_create(
+    name: Annotated[str, typer.Argument(help="Pool name.")],
+    description: Annotated[str, typer.Option(help="What the pool is for.")] = "",
+    media: Annotated[str | None, typer.Option(help="Media the pool takes (LTO-8...).")] = None,
+    retention_days: Annotated[int | None, typer.Option(help="Keep data this long.")] = None,
+) -> None:
+    """Create a pool."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        raise CliError(f"bad pool name {name!r} (letters, digits, . _ -)")
+    if retention_days is not None and retention_days < 0:
+        raise CliError("--retention-days must not be negative")
+    with open_library() as lib:
+        if name in {p["name"] for p in lib.catalog.pools()}:
+            raise CliError(f"pool {name!r} already exists")
+        if media is not None:
+            from vtl.library import media_type
+
+            media = media_type(media.upper()).name
+        lib.catalog.add_pool(name, description, media=media, retention_days=retention_days)
+        say(f"created pool {name}", {"pool": name})
+
+
+@app.command()
+def events(
+    barcode: Annotated[str | None, typer.Option(help="Only this cartridge.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+) -> None:
+    """The audit log: who moved, created, erased... which cartridge, when."""
+    from rich.table import Table
+
+    with open_library() as lib:
+        rows = lib.catalog.events(barcode.upper() if barcode else None, limit=max(1, limit))
+        for r in rows:
+            r["from"] = lib.element_name(r["src"]) if r["src"] is not None else None
+            r["to"] = lib.element_name(r["dst"]) if r["dst"] is not None else None
+        if settings().json:
+            emit_json(rows)
+            return
+        table = Table()
+        for col in ("Time", "Action", "Barcode", "From", "To", "Pid", "Detail"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["time"], r["action"], r["barcode"] or "", r["from"] or "",
+                          r["to"] or "", str(r["pid"]), r["detail"] or "")
+        console().print(table)
+
+
+@app.command("config")
+def show_config() -> None:
+    """Show the library's configuration (library.toml)."""
+    from vtl.config import LibraryConfig, dumps_toml
+
+    cfg = LibraryConfig.load(settings().root)
+    if settings().json:
+        emit_json(cfg.to_dict())
+    else:
+        sys.stdout.write(dumps_toml(cfg.to_dict()))
 
 
 def _register_optional() -> None:
