@@ -39,6 +39,8 @@ pytestmark = [
 ]
 
 BARCODES = ("E2E001L8", "E2E002L8")
+PROTECTED = "E2E003L8"  # slot 3, write-protected
+SMALL = "E2E004L8"  # slot 4, 8 MiB native capacity: reaches end of medium quickly
 
 SETUP = r"""
 export CH=/dev/sch0
@@ -88,9 +90,11 @@ step load2 'mtx -f $CHSG load 2 1 && DEV=$TAPE1; eval "$WAIT_READY"; mt -f $TAPE
 step fixed 'mt -f $TAPE1 setblk 65536 && dd if=src/c/f3 of=$TAPE1 bs=65536 count=4 && mt -f $TAPE1 tell && mt -f $TAPE1 rewind && dd if=$TAPE1 of=fx bs=65536 count=4 && dd if=src/c/f3 of=fy bs=65536 count=4 && cmp fx fy && mt -f $TAPE1 setblk 0 && echo FIXED-OK'
 step unload2 'mt -f $TAPE1 offline; mtx -f $CHSG unload 2 1 && mtx -f $CHSG transfer 2 10 && mtx -f $CHSG status'
 step mailslot 'mtx -f $CHSG transfer 10 41 && mtx -f $CHSG status'
-step move_empty 'mtx -f $CHSG transfer 3 4'
+step move_empty 'mtx -f $CHSG transfer 20 21'
 step move_full 'mtx -f $CHSG transfer 41 1'
 step reload 'mtx -f $CHSG load 1 0 && DEV=$TAPE; eval "$WAIT_READY"; rm -rf out2 && mkdir out2 && mt -f $TAPE rewind && mt -f $TAPE fsf 1 && tar -xf $TAPE -b 128 -C out2 && cd out2 && grep " b/" ../sums | sha256sum -c'
+step wprot 'mtx -f $CHSG load 3 1 && DEV=$TAPE1; eval "$WAIT_READY"; mt -f $TAPE1 status; tar -cf $TAPE1 -C src a; echo "tar-rc=$?"; mtx -f $CHSG unload 3 1'
+step eom 'mtx -f $CHSG load 4 1 && DEV=$TAPE1; eval "$WAIT_READY"; dd if=/dev/urandom of=$TAPE1 bs=65536 count=400; echo "write-rc=$?"; mt -f $TAPE1 rewind && dd if=$TAPE1 of=/dev/null bs=65536; echo "read-rc=$?"; mtx -f $CHSG unload 4 1'
 step final_unload 'mt -f $TAPE offline; mtx -f $CHSG unload 1 0 && mtx -f $CHSG status'
 step dmesg 'dmesg | grep -vE "^\[ *[0-9.]+\] (ACPI|PCI|pci|clocksource|x86|evm|Freeing|Key type|tsc|Last level|Run /init|  )"| tail -80'
 """
@@ -103,6 +107,9 @@ def server(tmp_path: Path) -> Iterator[VtlServer]:
     vtl(root, "init")
     for slot, barcode in enumerate(BARCODES, start=1):
         vtl(root, "cartridge", "create", barcode, "--slot", f"slot:{slot}")
+    vtl(root, "cartridge", "create", PROTECTED, "--slot", "slot:3")
+    vtl(root, "cartridge", "protect", PROTECTED)
+    vtl(root, "cartridge", "create", SMALL, "--slot", "slot:4", "--capacity", "8MiB")
     srv = start_vtl(root, tmp_path)
     try:
         yield srv
@@ -207,5 +214,15 @@ def test_linux_st_ch_against_vtl_serve(guest, server):
 
     # The first cartridge's data survived unload and reload.
     assert ok("reload").count(": OK") == 3, log
+
+    # A write-protected cartridge: st reports WR_PROT and refuses to write.
+    out = ok("wprot")
+    assert "WR_PROT" in mt_status(out).flags and "tar-rc=0" not in out, log
+    # End of medium: st turns EOM into ENOSPC; everything acknowledged reads back.
+    out = ok("eom")
+    assert "No space left on device" in out and "write-rc=0" not in out, log
+    written = int(re.findall(r"(\d+)\+\d+ records out", out)[0])
+    read = int(re.findall(r"(\d+)\+\d+ records in", out)[1])
+    assert 0 < written < 400 and read == written, log
     ok("final_unload")
     assert "Traceback" not in server.log_text(), log
