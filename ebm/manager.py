@@ -195,8 +195,7 @@ class Ebm:
             session = DriveSession(self.library, f"ebm:{u}")
             media = PoolMedia(cat, session, pool, backup.id)
             writer = TapeWriter(media, header_for,
-                                cipher=cipher, compress=req.compress,
-                                )
+                                cipher=cipher, compress=req.compress, hash_stream=False)
             writer.start()
             from tape_formats.archive.writer import PaxWriter
 
@@ -209,7 +208,8 @@ class Ebm:
             except Exception as e:
                 raise _TranslatorFailed(f"translator {ds['translator']} failed: {e}") from e
             _finish_pax(pax)
-            size, blocks, digest = writer.finish_data()
+            size, blocks, _ = writer.finish_data()
+            digest = pax.stream_sha256()  # PaxWriter hashed every byte it wrote
             entries = list(result.entries)
             warnings = [str(w) for w in (getattr(result, "warnings", None) or [])]
             trailer = trailer_bytes(

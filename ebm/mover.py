@@ -83,6 +83,7 @@ class TapeWriter:
     compress: bool = True
     block_size: int = BLOCK_SIZE
     on_block: Callable[[int], None] | None = None  # progress: bytes written so far
+    hash_stream: bool = True  # off when the producer (PaxWriter) already hashes the stream
     volumes: list[_Vol] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -138,7 +139,8 @@ class TapeWriter:
     def write(self, data: bytes | memoryview) -> int:
         mv = memoryview(data).cast("B")
         n = len(mv)
-        self._hash.update(mv)
+        if self.hash_stream:
+            self._hash.update(mv)
         bs = self.block_size
         pos = 0
         if self._fill:
@@ -198,7 +200,8 @@ class TapeWriter:
     def finish_data(self) -> tuple[int, int, str]:
         """Flush the last short block and end the data tape file.
 
-        Returns (stream size, block count, sha256 hex of the whole stream)."""
+        Returns (stream size, block count, sha256 hex of the whole stream or "" when
+        ``hash_stream`` is off)."""
         if self._fill:
             self._emit(memoryview(self._buf)[:self._fill])
             self._fill = 0
@@ -207,7 +210,7 @@ class TapeWriter:
         if vol.data_object is None and self._block == 0:
             vol.data_object, vol.first_block, vol.last_block = vol.cart.position, 0, -1
         vol.cart.write_filemarks(1, sync=False)
-        return self._offset, self._block, self._hash.hexdigest()
+        return self._offset, self._block, self._hash.hexdigest() if self.hash_stream else ""
 
     def write_trailer(self, trailer: bytes) -> list[WrittenVolume]:
         """Write the trailer tape file, sync (the backup is durable from here), release."""
