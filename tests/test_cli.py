@@ -187,6 +187,7 @@ def test_init_refuses_existing_and_bad_options(root: Path, tmp_path: Path) -> No
     assert_bad_input(root, "init", match="already exists")
     assert_bad_input(tmp_path / "new", "init", "--drives", "0", match="drives")
     assert_bad_input(tmp_path / "new", "init", "--media", "LTO-1", match="media")
+    assert_bad_input(tmp_path / "new", "init", "--drive-model", "ACME-X1", match="drive model")
     assert not (tmp_path / "new" / "library.toml").exists()
 
 

@@ -75,6 +75,7 @@ def test_config_defaults_and_validation(tmp_path: Path) -> None:
         LibraryConfig(media="LTO-2"),
         LibraryConfig(mailslots=300),
         LibraryConfig(slot_base=18),  # overlaps the mailslots 16..19
+        LibraryConfig(changer_model="ACME-9000"),  # not an emulated identity
     ):
         with pytest.raises(ConfigError):
             bad.validate()

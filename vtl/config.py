@@ -123,6 +123,7 @@ class LibraryConfig:
             value = getattr(self, key)
             if not isinstance(value, str) or not _MODEL_RE.match(value):
                 raise ConfigError(f"invalid {key} {value!r} (expected VENDOR-PRODUCT)")
+        _check_identities(self.changer_model, self.drive_model)
         if not isinstance(self.serial_prefix, str) or not _SERIAL_PREFIX_RE.match(
             self.serial_prefix
         ):
@@ -240,6 +241,19 @@ class LibraryConfig:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         return path
+
+
+def _check_identities(changer_model: str, drive_model: str) -> None:
+    """The models must be ones the SCSI layer emulates (its table lists them)."""
+    try:
+        from vtl.scsi.identities import UnknownIdentity, changer_identity, drive_identity
+    except ImportError:
+        return
+    try:
+        changer_identity(changer_model)
+        drive_identity(drive_model)
+    except UnknownIdentity as e:
+        raise ConfigError(str(e)) from None
 
 
 def _media_names() -> set[str]:
