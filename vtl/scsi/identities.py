@@ -201,7 +201,8 @@ def _lookup(table: dict, name: str | None, default: str, kind: str):
         return table[default]
     want = name.strip().lower()
     for ident in table.values():
-        if want in (ident.name.lower(), ident.product.lower(), f"{ident.vendor} {ident.product}".lower()):
+        if want in (ident.name.lower(), ident.product.lower(), f"{ident.vendor} {ident.product}".lower(),
+                    f"{ident.vendor}-{ident.product}".lower()):  # library.toml's VENDOR-PRODUCT
             return ident
     choices = ", ".join(table)
     raise UnknownIdentity(f"unknown {kind} model {name!r}; emulated models: {choices}")
