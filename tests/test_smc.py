@@ -9,6 +9,8 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -434,3 +436,27 @@ def test_export_to_mailslot_by_another_process(changer, library_root):
         other.close()
     assert sense(run(changer, [0] * 6)) == (SenseKey.UNIT_ATTENTION, 0x28, 0x01)
     assert status(changer)[16] is None
+
+
+def test_prevent_refuses_import_from_another_process(changer, library, library_root):
+    library.create_cartridge("B00002L8", capacity=64 << 20, vault=True)
+    script = (
+        "import sys\n"
+        "from vtl.library import Library, LibraryError\n"
+        "lib = Library.open(sys.argv[1])\n"
+        "try:\n"
+        "    lib.import_cartridge('B00002L8')\n"
+        "except LibraryError as e:\n"
+        "    print(type(e).__name__, e)\n"
+        "    sys.exit(3)\n"
+    )
+    ok(run(changer, [0x1E, 0, 0, 0, 1, 0]))
+    r = subprocess.run([sys.executable, "-c", script, str(library_root)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3 and "MediumRemovalPrevented" in r.stdout, r.stdout + r.stderr
+    ok(run(changer, [0x1E, 0, 0, 0, 0, 0]))
+    r = subprocess.run([sys.executable, "-c", script, str(library_root)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sense(run(changer, [0] * 6)) == (SenseKey.UNIT_ATTENTION, 0x28, 0x01)
+    assert status(changer)[16] == "B00002L8"
