@@ -460,3 +460,17 @@ def test_prevent_refuses_import_from_another_process(changer, library, library_r
     assert r.returncode == 0, r.stdout + r.stderr
     assert sense(run(changer, [0] * 6)) == (SenseKey.UNIT_ATTENTION, 0x28, 0x01)
     assert status(changer)[16] == "B00002L8"
+
+
+def test_changer_without_barcode_reader_refuses_voltag(library):
+    import dataclasses
+
+    from vtl.scsi.identities import changer_identity
+
+    ident = dataclasses.replace(changer_identity("STK-L700"), has_barcode_reader=False)
+    dev = MediumChanger(library, ident)
+    run(dev, [0] * 6)
+    assert ok(run(dev, [0x12, 0, 0, 0, 36, 0]))[8:16] == b"STK     "
+    r = run(dev, res(voltag=True))
+    assert sense(r) == (SenseKey.ILLEGAL_REQUEST, 0x24, 0x00) and r.sense[15] == 0xC8 | 4
+    assert descriptors(ok(run(dev, res(voltag=False))))[1024][1][2] & 1

@@ -226,6 +226,9 @@ class MediumChanger(ScsiModel):
     @command(0xB8, "READ ELEMENT STATUS", "b8 ff ff ff ff ff 03 ff ff ff 00 00", pr=PR_READ)
     def cmd_read_element_status(self, req: Request) -> bytes:
         parsed = parse_read_element_status(req.cdb)
+        if parsed.voltag and not getattr(self.identity, "has_barcode_reader", True):
+            # what a library without a reader answers; mtx then retries without VOLTAG
+            raise invalid_field_in_cdb(1, 4)
         with library_errors():
             states = self.element_states()
         return read_element_status(states, parsed)
