@@ -24,6 +24,9 @@ incremental's deletion markers are applied when met (they come first in the stre
 replace what is there, and directory metadata is applied after the children. The result is
 exactly the tree as it was at backup N.
 
+Translators with ``supports_incremental = False`` (sqlite, stream) always write a complete
+copy: the manager should always make baselines for them (they ignore ``parent_state``).
+
 Progress: ``progress(Progress)`` is called from the backup/restore thread at most every
 ~0.1 s and once at the end; it must be cheap and must not raise.
 """
@@ -46,6 +49,8 @@ ENTRY_POINT_GROUP = "ebm.translators"
 # source checkout whose editable install predates the entry point.
 _BUILTIN = {
     "filesystem": "translators.filesystem:FilesystemTranslator",
+    "sqlite": "translators.sqlite:SqliteTranslator",
+    "stream": "translators.stream:StreamTranslator",
 }
 
 TranslatorState = dict[str, Any]

@@ -70,7 +70,8 @@ class PaxWriter:
     blocks.
     """
 
-    def __init__(self, out: ByteSink, *, start_offset: int | None = None) -> None:
+    def __init__(self, out: ByteSink, *, start_offset: int | None = None,
+                 hash_stream: bool = True) -> None:
         self._out = out
         if start_offset is None:
             try:
@@ -79,7 +80,9 @@ class PaxWriter:
                 start_offset = 0
         self._offset = start_offset
         self._start = start_offset
-        self._hash = hashlib.sha256()
+        # The whole-stream digest for the trailer; a data mover that already hashes every byte
+        # it puts on tape can pass hash_stream=False and save one sha256 pass.
+        self._hash = hashlib.sha256() if hash_stream else None
         self._closed = False
 
     # --- raw output -------------------------------------------------------------------
@@ -87,7 +90,8 @@ class PaxWriter:
         if not b:
             return
         self._out.write(b)
-        self._hash.update(b)
+        if self._hash is not None:
+            self._hash.update(b)
         self._offset += len(b)
 
     def tell(self) -> int:
@@ -104,6 +108,8 @@ class PaxWriter:
 
     def stream_sha256(self) -> str:
         """Hex sha256 of every byte written so far (call after close for the whole stream)."""
+        if self._hash is None:
+            raise ArchiveError("this writer was created with hash_stream=False")
         return self._hash.hexdigest()
 
     # --- headers ----------------------------------------------------------------------
