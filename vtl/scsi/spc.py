@@ -88,6 +88,7 @@ class CommandSpec:
     ua_exempt: bool = False  # INQUIRY, REPORT LUNS, REQUEST SENSE
     timeout: int = 0  # recommended timeout in seconds (REPORT SUPPORTED OPCODES with RCTD)
     check: bytes = b""  # validation mask (usage with the SA bits opened)
+    inv: int = 0  # the bits NOT in ``check`` (opcode byte excluded), as one big-endian int
 
     @property
     def cdb_len(self) -> int:
@@ -123,10 +124,14 @@ def command(
     # The CONTROL byte's vendor-specific bits are not ours to judge.
     check[-1] |= 0xC0
 
+    check[0] = 0xFF
+    inv = ~int.from_bytes(check, "big") & ((1 << (8 * len(check))) - 1)
+
     def deco(fn: Callable) -> Callable:
         specs = list(getattr(fn, "_scsi_commands", ()))
         specs.append(
-            CommandSpec(opcode, name, raw, fn.__name__, sa, pr, ua_exempt, timeout, bytes(check))
+            CommandSpec(opcode, name, raw, fn.__name__, sa, pr, ua_exempt, timeout, bytes(check),
+                        inv)
         )
         fn._scsi_commands = specs  # type: ignore[attr-defined]
         return fn
@@ -239,6 +244,7 @@ class ScsiModel:
         self._seen: set[Nexus] = set()
         self._ua: dict[Nexus, set[UnitAttention]] = {}
         self._first_ua = UnitAttention.POWER_ON_RESET
+        self._last_nexus: Nexus | None = None  # fast path: same nexus as the last command
         self._sense: dict[Nexus, bytes] = {}
         # RESERVE(6) holder.
         self._reserve6: Nexus | None = None
@@ -277,16 +283,18 @@ class ScsiModel:
                 result = CheckCondition(SenseKey.HARDWARE_ERROR, 0x44, 0x00).result()
             if result.status == Status.CHECK_CONDITION:
                 self._sense[nexus] = result.sense
-            elif cdb and cdb[0] != 0x03:
+            elif self._sense and cdb and cdb[0] != 0x03:
                 self._sense.pop(nexus, None)
             return result
 
     def _execute(
         self, nexus: Nexus, cdb: bytes, data_out: bytes | bytearray | memoryview
     ) -> ScsiResult:
-        if nexus not in self._seen:
-            self._seen.add(nexus)
-            self._ua.setdefault(nexus, set()).add(self._first_ua)
+        if nexus is not self._last_nexus:
+            if nexus not in self._seen:
+                self._seen.add(nexus)
+                self._ua.setdefault(nexus, set()).add(self._first_ua)
+            self._last_nexus = nexus
         if not cdb:
             raise invalid_opcode()
         entry = self._table.get(cdb[0])
@@ -301,23 +309,31 @@ class ScsiModel:
         else:
             spec = entry
         n = len(spec.usage)
-        if len(cdb) < n:
-            raise invalid_field_in_cdb(len(cdb))
-        if len(cdb) > n:
+        if len(cdb) != n or type(cdb) is not bytes:
+            if len(cdb) < n:
+                raise invalid_field_in_cdb(len(cdb))
             cdb = bytes(cdb[:n])
         self.before_command(nexus, spec)
-        if not spec.ua_exempt:
+        if self._ua and not spec.ua_exempt:
             pending = self._ua.get(nexus)
             if pending:
-                raise self._pop_ua(pending).condition()
-        if spec.pr != PR_ALLOWED and self._conflicts(nexus, spec.pr):
+                ua = self._pop_ua(pending)
+                if not pending:
+                    del self._ua[nexus]
+                raise ua.condition()
+        if (
+            spec.pr != PR_ALLOWED
+            and (self._reserve6 is not None or self._pr_res is not None)
+            and self._conflicts(nexus, spec.pr)
+        ):
             return ScsiResult(Status.RESERVATION_CONFLICT)
-        check = spec.check
-        for i in range(1, n):
-            bad = cdb[i] & ~check[i]
-            if bad:
-                raise invalid_field_in_cdb(i, (bad & 0xFF).bit_length() - 1)
-        out = getattr(self, spec.method)(Request(nexus, bytes(cdb), data_out, spec))
+        if int.from_bytes(cdb, "big") & spec.inv:
+            check = spec.check
+            for i in range(1, n):
+                bad = cdb[i] & ~check[i] & 0xFF
+                if bad:
+                    raise invalid_field_in_cdb(i, bad.bit_length() - 1)
+        out = getattr(self, spec.method)(Request(nexus, cdb, data_out, spec))
         if out is None:
             return ScsiResult()
         if isinstance(out, ScsiResult):
@@ -357,6 +373,7 @@ class ScsiModel:
             if kind == ResetKind.ABORT_TASK_SET:
                 return  # commands run to completion one at a time; nothing queued to abort
             self._seen.clear()
+            self._last_nexus = None
             self._ua.clear()
             self._sense.clear()
             self._first_ua = UnitAttention.BUS_DEVICE_RESET
@@ -380,6 +397,7 @@ class ScsiModel:
                     self.on_prevent_changed(False)
             self._sense.pop(nexus, None)
             self._seen.discard(nexus)
+            self._last_nexus = None
             self._ua.pop(nexus, None)
 
     # ------------------------------------------------------------------ reservations
@@ -497,6 +515,8 @@ class ScsiModel:
         pending = self._ua.get(nexus)
         if pending:
             sense = self._pop_ua(pending).condition().sense()
+            if not pending:
+                del self._ua[nexus]
         else:
             sense = self._sense.pop(nexus, None) or self.idle_sense()
         if req.cdb[1] & 0x01:
