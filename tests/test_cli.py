@@ -308,3 +308,25 @@ def test_verify_compares_catalog_and_rebuild_fixes_it(root: Path) -> None:
     assert r.exit_code == 1 and "catalog says 1 objects" in r.stdout
     report = vtl_json(root, "cartridge", "verify", "A00001L8", "--rebuild")
     assert report["ok"] and vtl_json(root, "cartridge", "show", "A00001L8")["blocks"] == 5
+
+
+def test_adopt_orphaned_files(root: Path) -> None:
+    _write_some(root, "A00001L8")
+    vtl_json(root, "cartridge", "protect", "A00001L8")
+    lib = Library.open(root)
+    try:  # lose the catalog rows, keep the files (a crash or a lost catalog)
+        lib.catalog.delete_cartridge("A00001L8")
+        lib.catalog.delete_cartridge("A00002L8")
+    finally:
+        lib.close()
+    assert_bad_input(root, "cartridge", "create", "A00001L8", match="adopt")
+    assert_bad_input(root, "cartridge", "adopt", "A00003L8", match="already in the catalog")
+    assert_bad_input(root, "cartridge", "adopt", "A00009L8", match="no cartridge file")
+    assert_bad_input(root, "cartridge", "adopt", match="--all")
+    out = vtl_json(root, "cartridge", "adopt", "--all")
+    assert [d["barcode"] for d in out["adopted"]] == ["A00001L8", "A00002L8"]
+    row = vtl_json(root, "cartridge", "show", "A00001L8")
+    assert row["write_protected"] and row["state"] == "read-only"
+    assert row["blocks"] == 5 and row["files"] == 2
+    assert row["location"] == "slot:1"
+    assert vtl_json(root, "cartridge", "adopt", "--all")["adopted"] == []

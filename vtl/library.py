@@ -862,7 +862,10 @@ class Library:
                 if self.catalog.cartridge(bc) is not None:
                     raise DuplicateBarcode(f"cartridge {bc} already exists")
                 if self._file_path(bc).exists():
-                    raise DuplicateBarcode(f"a cartridge file for {bc} already exists")
+                    raise DuplicateBarcode(
+                        f"a cartridge file for {bc} already exists but is not in the catalog"
+                        f" ('vtl cartridge adopt {bc}' takes it in)"
+                    )
                 plans.append((bc, plan))
             if pool is not None and pool not in {p["name"] for p in self.catalog.pools()}:
                 raise LibraryError(f"unknown pool {pool!r}")
@@ -903,6 +906,76 @@ class Library:
                 raise
             self._reload()
             return created
+
+    def orphans(self) -> list[str]:
+        """Barcodes of cartridge files the catalog does not know (e.g. after a crash
+        between writing the file and the catalog row, or a lost catalog)."""
+        known = {r["barcode"] for r in self.catalog.cartridges()}
+        return sorted(
+            p.name[: -len(CARTRIDGE_EXT)]
+            for p in (self.root / CARTRIDGE_DIR).glob(f"*{CARTRIDGE_EXT}")
+            if p.name[: -len(CARTRIDGE_EXT)] not in known
+        )
+
+    def adopt_cartridge(self, barcode: str, *, slot: int | None = None, vault: bool = False,
+                        pool: str | None = "Scratch") -> Element | None:
+        """Take a cartridge file the catalog does not know into the catalog, from what its
+        header and index say (like Bareos's bscan, for one cartridge). Returns where it went."""
+        from tape_formats.cartridge import HEADER_FLAG_WRITE_PROTECT
+
+        with self.lock:
+            self.refresh()
+            media, _worm = parse_barcode(barcode)
+            if self.catalog.cartridge(barcode) is not None:
+                raise DuplicateBarcode(f"cartridge {barcode} is already in the catalog")
+            path = self._file_path(barcode)
+            if not path.exists():
+                raise CartridgeMissing(f"no cartridge file {path}")
+            if slot is not None and vault:
+                raise LibraryError("a slot and the vault exclude each other")
+            if vault:
+                address = None
+            elif slot is not None:
+                etype, _ = self._classify(slot)
+                if etype != ElementType.STORAGE:
+                    raise InvalidElement(f"{self.element_name(slot)} is not a slot")
+                if self._barcode_at(slot) is not None:
+                    raise DestinationFull(f"{self.element_name(slot)} is occupied")
+                address = slot
+            else:
+                free = self.free(ElementType.STORAGE)
+                if not free:
+                    raise DestinationFull("no free slot (use --vault)")
+                address = free[0].address
+            with self.held(barcode):
+                cart = _open_cartridge(path, readonly=True)
+                try:
+                    if cart.barcode != barcode:
+                        raise BadBarcode(f"{path.name} holds cartridge {cart.barcode}, not {barcode}")
+                    stats = _cartridge_stats(cart)
+                    row = {
+                        "barcode": barcode,
+                        "media": cart.media.name or media,
+                        "capacity": cart.capacity,
+                        "worm": int(cart.worm),
+                        "write_protected": int(bool(cart._flags & HEADER_FLAG_WRITE_PROTECT)),
+                        "pool": pool,
+                        "path": str(path.relative_to(self.root)),
+                        "address": address,
+                        "home_address": address,
+                        **stats,
+                    }
+                    if row["write_protected"]:
+                        row["state"] = "read-only"
+                finally:
+                    cart.close()
+                with self.catalog.transaction():
+                    if address is not None and self.catalog.at(address) is not None:
+                        raise DestinationFull(f"{self.element_name(address)} is occupied")
+                    self.catalog.insert_cartridge(row)
+                    self.catalog.log("adopt", barcode, dst=address)
+            self._reload()
+            return None if address is None else self.element(address)
 
     def _file_path(self, barcode: str) -> Path:
         return self.root / CARTRIDGE_DIR / f"{barcode}{CARTRIDGE_EXT}"

@@ -313,6 +313,42 @@ def delete(barcode: BarcodeArg, yes: YesOpt = False) -> None:
 
 
 @app.command()
+def adopt(
+    barcodes: Annotated[list[str] | None, typer.Argument(help="Cartridge file(s) to adopt.")]
+    = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every file the catalog lacks.")] = False,
+    vault: Annotated[bool, typer.Option("--vault", help="Put them in the vault.")] = False,
+) -> None:
+    """Take cartridge files the catalog does not know back into it (after a crash or a lost
+    catalog): header, WORM, write protect and usage come from the file itself."""
+    from vtl.library import DestinationFull, DuplicateBarcode, ElementType, parse_barcode
+
+    with open_library() as lib:
+        orphans = lib.orphans()
+        if all_ and barcodes:
+            raise CliError("give barcodes or --all, not both")
+        wanted = orphans if all_ else [b.upper() for b in barcodes or []]
+        if not wanted and not all_:
+            raise CliError("give the barcodes to adopt, or --all")
+        for bc in wanted:
+            if bc in orphans:
+                continue
+            if lib.catalog.cartridge(bc) is not None:
+                raise DuplicateBarcode(f"cartridge {bc} is already in the catalog")
+            parse_barcode(bc)  # BadBarcode for a malformed label
+            raise CliError(f"no cartridge file for {bc}")
+        if not vault and len(wanted) > len(lib.free(ElementType.STORAGE)):
+            raise DestinationFull(f"{len(wanted)} cartridge(s) need free slots (use --vault)")
+        done = []
+        for bc in wanted:
+            element = lib.adopt_cartridge(bc, vault=vault)
+            done.append({"barcode": bc, "location": element.name if element else "vault"})
+        say(f"adopted {len(done)} cartridge(s)" +
+            (": " + ", ".join(f"{d['barcode']}@{d['location']}" for d in done) if done else ""),
+            {"adopted": done})
+
+
+@app.command()
 def state(
     barcode: BarcodeArg,
     new_state: Annotated[str, typer.Argument(metavar="STATE", help="scratch, append, full, "
