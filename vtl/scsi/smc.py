@@ -150,9 +150,19 @@ class MediumChanger(ScsiModel):
 
     def before_command(self, nexus: Nexus, spec: CommandSpec) -> None:
         """Notice changes made outside this changer and queue the matching UNIT ATTENTION."""
+        self._notice_changes()
+
+    def _notice_changes(self, ours: dict[int, str | None] | None = None) -> None:
+        """Compare the library with the last known state and tell every nexus what changed.
+
+        ``ours`` is what a move by this changer changed (address -> new barcode); those
+        differences are expected and raise nothing, anything else came from outside.
+        """
+        if ours:
+            self._snapshot.update(ours)
         try:
             current = self._inventory()
-        except LibraryError as e:  # a catalog hiccup must not block INQUIRY or REQUEST SENSE
+        except Exception as e:  # noqa: BLE001 - a catalog hiccup must not block INQUIRY
             log.warning("changer: cannot read inventory: %s", e)
             return
         if current == self._snapshot:
@@ -166,10 +176,6 @@ class MediumChanger(ScsiModel):
             self.queue_ua(UnitAttention.IMPORT_EXPORT_ACCESSED)
         if any(a not in mailslots for a in changed):
             self.queue_ua(UnitAttention.NOT_READY_TO_READY)
-
-    def _resync(self) -> None:
-        """Take the library's current state as known (after a move we made ourselves)."""
-        self._snapshot = self._inventory()
 
     # ------------------------------------------------------------------ element snapshots
     def element_states(self) -> list[ElementState]:
@@ -240,11 +246,11 @@ class MediumChanger(ScsiModel):
         self._check_transport(m.transport)
         if m.invert:
             raise invalid_field_in_cdb(10, 0)  # page 0x1E: ROTATE = 0
-        try:
-            with library_errors():
-                self.library.move_medium(m.source, m.destination)
-        finally:
-            self._resync()
+        with library_errors():
+            barcode = self.library.element(m.source).barcode
+            self.library.move_medium(m.source, m.destination)
+        if m.source != m.destination:
+            self._notice_changes({m.source: None, m.destination: barcode})
 
     @command(0xA6, "EXCHANGE MEDIUM", "a6 e0 ff ff ff ff ff ff ff ff 03 00", pr=PR_WRITE,
              timeout=600)
@@ -253,11 +259,19 @@ class MediumChanger(ScsiModel):
         self._check_transport(x.transport)
         if x.invert1 or x.invert2:
             raise invalid_field_in_cdb(10, 1 if x.invert2 else 0)
+        lib = self.library
+        with library_errors():
+            before = {a: lib.element(a).barcode
+                      for a in (x.source, x.first_destination, x.second_destination)}
         try:
             with library_errors():
                 self._exchange(x.source, x.first_destination, x.second_destination)
-        finally:
-            self._resync()
+        except CheckCondition:
+            self._notice_changes()  # a failed exchange is undone; report only outside changes
+            raise
+        ours = {x.source: None, x.second_destination: before[x.first_destination]}
+        ours[x.first_destination] = before[x.source]
+        self._notice_changes(ours)
 
     def _exchange(self, src: int, first: int, second: int) -> None:
         """Source -> first destination, whose cartridge goes to the second destination.
@@ -320,12 +334,12 @@ class MediumChanger(ScsiModel):
     def _rescan(self) -> None:
         """Our "inventory" is the catalog: re-read it, as a robot would scan barcodes.
 
-        The initiator asked for it, so it gets no UNIT ATTENTION for what the scan finds;
-        other initiators do, if something changed since they last looked.
+        Changes from outside were already noticed before this command ran (and queued as
+        UNIT ATTENTION for every nexus), so the rescan only makes sure the cache is fresh.
         """
         with library_errors():
             self.library.refresh()
-        self._resync()
+        self._notice_changes()
 
     @command(0x2B, "POSITION TO ELEMENT", "2b e0 ff ff ff ff 00 00 01 00", pr=PR_WRITE)
     def cmd_position_to_element(self, req: Request) -> None:
