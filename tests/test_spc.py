@@ -385,5 +385,8 @@ def test_identities_lookup():
     assert changer_identity("stk-l700").vendor == "STK"
     assert drive_identity("ULT3580-TD5").write_media[0] == "LTO-5"
     assert drive_identity("HP-LTO8").product == "Ultrium 8-SCSI"
+    assert drive_identity("IBM-ULT3580-TD5").generation == 5
+    assert drive_identity("HP-Ultrium 8-SCSI").vendor == "HP"
+    assert changer_identity("IBM-3573-TL").product == "3573-TL"
     with pytest.raises(ValueError, match="emulated models"):
         drive_identity("nope")

@@ -29,8 +29,9 @@ STK-L700               STK       L700              0310  StorageTek L700 (AWS Ta
 IBM-03584              IBM       03584L32          F360  IBM TS3500/TS4500 family
 =====================  ========  ================  ====  ================================
 
-Names are matched case-insensitively; the product string itself (e.g. ``ULT3580-TD8`` or
-``"3573-TL"``) is accepted too.
+Names are matched ignoring case, spaces and punctuation; the product string (``ULT3580-TD8``,
+``3573-TL``) and vendor plus product (``IBM-ULT3580-TD8``, ``HP Ultrium 8-SCSI``, the form
+``library.toml`` uses) are accepted too.
 """
 
 from __future__ import annotations

@@ -99,9 +99,11 @@ class TapeDrive(ScsiModel):
 
     def __init__(self, bay: DriveBay, identity: DriveIdentity | None = None) -> None:
         if identity is None:
+            model = getattr(getattr(bay.library, "config", None), "drive_model", None)
             try:
-                identity = drive_identity(bay.library.config.drive_model)
-            except (ValueError, AttributeError):
+                identity = drive_identity(model)
+            except ValueError as exc:
+                log.warning("%s; emulating the default drive", exc)
                 identity = drive_identity()
         super().__init__(identity, bay.serial)
         self.identity: DriveIdentity = identity
