@@ -217,12 +217,13 @@ def test_space_blocks_and_filemarks(drv):
     assert s.code == (0, 0, 1) and s.fm and s.info == 3
     assert pos(drv) == 3
     assert space(drv, 0, 2).status == Status.GOOD and pos(drv) == 5
-    # backward 4 blocks from 5: hits filemark at 2 after 2 blocks -> residue -2, before the FM
+    # backward 4 blocks from 5: hits filemark at 2 after 2 blocks -> residue 2 (SSC: never
+    # negative), positioned before the FM
     s = space(drv, 0, -4).s
-    assert s.fm and s.info == -2 and pos(drv) == 2
+    assert s.fm and s.info == 2 and pos(drv) == 2
     # backward blocks into BOP
     s = space(drv, 0, -5).s
-    assert s.code == (0, 0, 4) and s.eom and s.info == -3 and pos(drv) == 0
+    assert s.code == (0, 0, 4) and s.eom and s.info == 3 and pos(drv) == 0
     # filemarks forward
     assert space(drv, 1, 1).status == Status.GOOD and pos(drv) == 3
     assert space(drv, 1, 1).status == Status.GOOD and pos(drv) == 7
@@ -231,7 +232,7 @@ def test_space_blocks_and_filemarks(drv):
     # filemarks backward: lands on the BOP side of the filemark
     assert space(drv, 1, -1).status == Status.GOOD and pos(drv) == 6
     s = space(drv, 1, -3).s
-    assert s.code == (0, 0, 4) and s.eom and s.info == -2 and pos(drv) == 0
+    assert s.code == (0, 0, 4) and s.eom and s.info == 2 and pos(drv) == 0
     # blocks forward into EOD
     good(drv, 0x2B, 0, 0, 0, 0, 0, 7, 0, 0, 0)
     s = space(drv, 0, 3).s
@@ -249,7 +250,7 @@ def test_space16(drv):
     good(drv, 0x91, 1, 0, 0, *(2).to_bytes(8, "big"), 0, 0, 0, 0)
     assert pos(drv) == 7
     r = run(drv, 0x91, 0, 0, 0, *(-3).to_bytes(8, "big", signed=True), 0, 0, 0, 0)
-    assert r.s.fm and r.s.info == -3 and pos(drv) == 6
+    assert r.s.fm and r.s.info == 3 and pos(drv) == 6
     s = check(drv, 0x91, 0, 0, 0, *(1).to_bytes(8, "big"), 0, 1, 0, 0)
     assert s.code == (5, 0x24, 0) and s.fp == 12
     good(drv, 0x91, 3, 0, 0, *bytes(8), 0, 0, 0, 0)

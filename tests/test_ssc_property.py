@@ -111,10 +111,10 @@ class RefTape:
                     return cc(0, 0, 1, fm=True, info=count - k)
             else:
                 if self.p == 0:
-                    return cc(0, 0, 4, eom=True, info=count + k)
+                    return cc(0, 0, 4, eom=True, info=-count - k)
                 if self.objs[self.p - 1] is None:
                     self.p -= 1
-                    return cc(0, 0, 1, fm=True, info=count + k)
+                    return cc(0, 0, 1, fm=True, info=-count - k)
                 self.p -= 1
         return good()
 
@@ -131,7 +131,7 @@ class RefTape:
                 prv = next((i for i in range(self.p - 1, -1, -1) if self.objs[i] is None), None)
                 if prv is None:
                     self.p = 0
-                    return cc(0, 0, 4, eom=True, info=count + k)
+                    return cc(0, 0, 4, eom=True, info=-count - k)
                 self.p = prv
         return good()
 

@@ -517,11 +517,14 @@ class TapeDrive(ScsiModel):
         r = cart.space_blocks(count) if code == 0 else cart.space_filemarks(count)
         if r.stopped is None:
             return
-        residue = count - r.moved if count > 0 else count + r.moved
+        # SSC: early termination never yields a negative INFORMATION value, whatever the
+        # direction: the residue is the number of objects not spaced over.
+        residue = abs(count) - r.moved
         if r.stopped == RecordKind.FILEMARK:
             raise _no_sense(0x00, 0x01, filemark=True, information=residue)
         if r.stopped == RecordKind.EOD:
-            raise CheckCondition(SenseKey.BLANK_CHECK, 0x00, 0x05, information=residue)
+            raise CheckCondition(SenseKey.BLANK_CHECK, 0x00, 0x05, information=residue,
+                                 eom=cart.at_early_warning)
         raise _no_sense(0x00, 0x04, eom=True, information=residue)  # BOP
 
     @command(0x11, "SPACE(6)", "11 0f ff ff ff 00", pr=PR_READ, timeout=3600)
