@@ -164,7 +164,12 @@ def test_load_unload_and_mount(library: Library) -> None:
     row = library.cartridge("A00002L8")
     assert row["address"] == SLOT2
     assert (row["files"], row["blocks"], row["state"]) == (2, 3, "append")
-    assert row["used_bytes"] > 0 and row["last_written"]
+    assert row["used_bytes"] > 0 and row["last_written"] and row["last_read"] is None
+    cart = library.load("A00002L8", 1).mount()
+    cart.rewind()
+    assert cart.read_block().length == 1000
+    library.unload(1)
+    assert library.cartridge("A00002L8")["last_read"]
     with pytest.raises(SourceEmpty):
         library.unload(1)
     with pytest.raises(SourceEmpty):

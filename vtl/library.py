@@ -263,7 +263,10 @@ class DriveBay:
             try:
                 cart.sync()
                 stats = _cartridge_stats(cart)
-                if (cart.eod, cart.used_bytes) != self._at_mount:
+                counters = getattr(cart, "counters", None)
+                if (cart.eod, cart.used_bytes) != self._at_mount or (
+                    counters is not None and getattr(counters, "written_native", 0) > 0
+                ):
                     stats["last_written"] = now_iso()
                 if _mam_read_this_load(cart):
                     stats["last_read"] = now_iso()
@@ -297,12 +300,9 @@ def _cartridge_stats(cart: TapeCartridge) -> dict[str, Any]:
 
 
 def _mam_read_this_load(cart: TapeCartridge) -> bool:
-    """Best effort: MAM 0x0223 (MiB read during this load) > 0."""
-    try:
-        value = cart.mam.get(0x0223)
-    except Exception:  # noqa: BLE001 - optional information only
-        return False
-    return bool(value) and int.from_bytes(value, "big") > 0
+    """Whether anything was read since the mount (the cartridge's per-load counters)."""
+    counters = getattr(cart, "counters", None)
+    return bool(counters is not None and getattr(counters, "read_native", 0) > 0)
 
 
 # ---- the library --------------------------------------------------------------------------
