@@ -468,7 +468,8 @@ class Connection(asyncio.BufferedProtocol):
         lun = pdu.decode_lun(hdr.lun)
         task = Task(hdr.itt, hdr.lun, lun, cdb, edtl, read, write)
         p = session.params
-        if hdr.dsl and (not write or not p.immediate_data or hdr.dsl > p.first_burst):
+        if hdr.dsl and (not write or not p.immediate_data or hdr.dsl > p.first_burst
+                        or hdr.dsl > edtl):
             self._reject(hdr.raw, RejectReason.PROTOCOL_ERROR)
             return
         if write and edtl:
