@@ -212,7 +212,10 @@ class Catalog:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+        # check_same_thread=False: the mover's writer thread reserves the next cartridge when a
+        # backup spans; the producer thread does not touch the catalog meanwhile.
+        self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
+                                  check_same_thread=False)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")

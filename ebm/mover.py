@@ -20,6 +20,8 @@ stream offsets.
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -84,6 +86,7 @@ class TapeWriter:
     block_size: int = BLOCK_SIZE
     on_block: Callable[[int], None] | None = None  # progress: bytes written so far
     hash_stream: bool = True  # off when the producer (PaxWriter) already hashes the stream
+    threaded: bool = True  # seal/compress/write blocks on a second thread (zstd and AES drop the GIL)
     volumes: list[_Vol] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -93,6 +96,9 @@ class TapeWriter:
         self._block = 0
         self._hash = hashlib.sha256()
         self._vol: _Vol | None = None
+        self._q: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     # -- volumes ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -163,15 +169,51 @@ class TapeWriter:
 
     def _emit(self, block: memoryview) -> None:
         number = self._block
+        self._block += 1
+        if not self.threaded:
+            self._seal_and_put(block, number)
+            return
+        if self._thread is None:
+            self._q = queue.Queue(maxsize=4)
+            self._thread = threading.Thread(target=self._drain, name="tape-writer", daemon=True)
+            self._thread.start()
+        if self._error is not None:
+            raise self._error
+        assert self._q is not None
+        self._q.put((bytes(block), number))  # one copy: the caller reuses its buffer
+
+    def _drain(self) -> None:
+        """Writer thread: blocks in order; the first error stops it and is re-raised later."""
+        assert self._q is not None
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            if self._error is not None:
+                continue
+            try:
+                self._seal_and_put(item[0], item[1])
+            except BaseException as e:  # re-raised in the producer thread
+                self._error = e
+
+    def _join(self) -> None:
+        if self._thread is not None:
+            assert self._q is not None
+            self._q.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+
+    def _seal_and_put(self, block: bytes | memoryview, number: int) -> None:
         if self.cipher is not None:
             payload: bytes | memoryview = self.cipher.seal(number, block, compress=self.compress)
             compress = False
         else:
             payload, compress = block, self.compress
         self._put(payload, compress, data_block=number)
-        self._block += 1
         if self.on_block is not None:
-            self.on_block(self._block * self.block_size)
+            self.on_block((number + 1) * self.block_size)
 
     def _put(self, payload: bytes | memoryview, compress: bool, data_block: int | None) -> None:
         """Write one block on the current volume, spanning to the next when it is full."""
@@ -205,6 +247,7 @@ class TapeWriter:
         if self._fill:
             self._emit(memoryview(self._buf)[:self._fill])
             self._fill = 0
+        self._join()
         vol = self._vol
         assert vol is not None
         if vol.data_object is None and self._block == 0:
@@ -233,6 +276,10 @@ class TapeWriter:
 
     def abort(self) -> None:
         """Release whatever is mounted; the torn tail stays past the append point."""
+        try:
+            self._join()
+        except BaseException:
+            pass
         if self._vol is not None:
             try:
                 self.provider.release_volume(self._vol.barcode, self._vol.cart, full=False)
