@@ -37,6 +37,7 @@ from __future__ import annotations
 import errno
 import grp
 import hashlib
+import operator
 import os
 import pwd
 import shutil
@@ -86,6 +87,9 @@ def _gname(gid: int) -> str:
         return grp.getgrgid(gid).gr_name
     except KeyError:
         return ""
+
+
+_by_name = operator.attrgetter("name")
 
 
 def _kind_of(mode: int) -> str | None:
@@ -229,7 +233,7 @@ class FilesystemTranslator(Translator):
         def walk(abs_dir: str, prefix: str) -> None:
             try:
                 with os.scandir(abs_dir) as it:
-                    items = sorted(it, key=lambda e: e.name)
+                    items = sorted(it, key=_by_name)
             except OSError as exc:
                 warnings.append(f"cannot list {prefix or '.'}: {exc.strerror}")
                 return
@@ -268,7 +272,12 @@ class FilesystemTranslator(Translator):
         if prev is None:
             changed = [True] * len(scanned)
         else:
-            changed = [prev.get(rel) != _state_key(st) for rel, st in scanned]
+            changed = []
+            append, get = changed.append, prev.get
+            for rel, st in scanned:  # the hot loop of an incremental: no allocation per entry
+                p = get(rel)
+                append(p is None or p[2] != st.st_mtime_ns or p[3] != st.st_ctime_ns
+                       or p[0] != st.st_ino or p[1] != st.st_size or p[4] != st.st_mode)
             groups: dict[tuple[int, int], list[int]] = {}
             for i, (_, st) in enumerate(scanned):
                 if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):

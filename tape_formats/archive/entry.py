@@ -136,8 +136,8 @@ def check_member_path(path: str) -> str:
         return path
     if not path or path.startswith("/") or "\x00" in path:
         raise UnsafePath(f"refusing unsafe archive path {path!r}")
-    parts = path.split("/")
-    if any(p in ("", ".", "..") for p in parts):
+    wrapped = "/" + path + "/"
+    if "//" in wrapped or "/./" in wrapped or "/../" in wrapped:
         raise UnsafePath(f"refusing unsafe archive path {path!r}")
     return path
 
