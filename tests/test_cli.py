@@ -89,8 +89,10 @@ def test_create_variants(root: Path) -> None:
     assert row["worm"] and row["media"] == "LTO-7" and row["location"] == "slot:8"
     listing = vtl_json(root, "cartridge", "list")
     assert len(listing) == 8
-    # --json also works after the subcommand
+    # --json and --root also work after the subcommand
     assert json.loads(vtl(root, "cartridge", "list", "--json").stdout) == listing
+    late = runner.invoke(app, ["cartridge", "list", "--json", "--root", str(root)])
+    assert json.loads(late.stdout) == listing
 
 
 def test_move_load_unload(root: Path) -> None:

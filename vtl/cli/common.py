@@ -166,15 +166,27 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split()) or "unknown error"
 
 
-def _hoist_json(args: list[str]) -> list[str]:
-    """Accept ``--json`` anywhere (``vtl cartridge list --json``) by moving it to the front."""
+def _hoist_globals(args: list[str]) -> list[str]:
+    """Accept ``--json`` and ``--root DIR`` anywhere (``vtl cartridge list --json``) by
+    moving them to the front, where the root command parses them."""
     if "--" in args:
         head, rest = args[: args.index("--")], args[args.index("--"):]
     else:
         head, rest = args, []
-    if "--json" in head:
-        head = ["--json"] + [a for a in head if a != "--json"]
-    return head + rest
+    front: list[str] = []
+    kept: list[str] = []
+    i = 0
+    while i < len(head):
+        arg = head[i]
+        if arg == "--json" or arg.startswith("--root="):
+            front.append(arg)
+        elif arg == "--root" and i + 1 < len(head):
+            front += [arg, head[i + 1]]
+            i += 1
+        else:
+            kept.append(arg)
+        i += 1
+    return front + kept + rest
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -224,7 +236,7 @@ class VtlGroup(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
-        args = _hoist_json(list(sys.argv[1:] if args is None else args))
+        args = _hoist_globals(list(sys.argv[1:] if args is None else args))
         try:
             rv = super().main(
                 args=args,
