@@ -8,6 +8,7 @@ are framed by markers on the serial console; :func:`boot` parses them into :clas
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -146,6 +147,11 @@ def boot(
         log = log.replace("\r\n", "\n")
         if qout:
             log += "\n--- qemu output ---\n" + qout.decode(errors="replace")
+        keep = os.environ.get("VTL_E2E_LOGDIR")  # keep serial logs of passing runs too
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            name = os.environ.get("PYTEST_CURRENT_TEST", "run").split(" ")[0]
+            (Path(keep) / (re.sub(r"[^\w.-]+", "_", name) + ".log")).write_text(log)
         run = Run(log=log, seconds=seconds, returncode=proc.returncode)
         run.steps = parse_steps(log)
         run.done = "@@E2E-DONE@@" in log
