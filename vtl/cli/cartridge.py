@@ -6,6 +6,7 @@ calls do the same and roll back a batch that fails half-way.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, is_dataclass
 from typing import Annotated, Any
 
@@ -86,7 +87,7 @@ def create(
                 raise CliError(f"{slot!r} is not a storage slot")
             slots = [address]
         # The bar starts at the first created cartridge: validation errors stay one line.
-        show_bar = not settings().json and len(barcodes) >= 10
+        show_bar = not settings().json and len(barcodes) >= 10 and sys.stderr.isatty()
         bar: list[Progress] = []
 
         def step(bc: str) -> None:
