@@ -133,9 +133,37 @@ def build_client() -> Path:
     return CLIENT_BIN
 
 
-def run_client(portal: str, iqn: str, lun: int, block_size: int, count: int, verify: bool,
-               timeout: float) -> dict[str, Any]:
-    cmd = [str(CLIENT_BIN), portal, iqn, str(lun), str(block_size), str(count)]
+def proc_tree(pid: int) -> list[int]:
+    """pid and its descendants (through /proc/*/task/*/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError):
+                    todo += [int(k) for k in Path(f"/proc/{p}/task/{tid}/children").read_text().split()]
+    return out
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process tree (all threads), from /proc/PID/stat."""
+    if pid is None:
+        return 0.0
+    total = 0
+    for p in proc_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
+
+
+def _client(portal: str, iqn: str, lun: int, block_size: int, count: int, verify: bool,
+            timeout: float, phase: str) -> dict[str, Any]:
+    cmd = [str(CLIENT_BIN), portal, iqn, str(lun), str(block_size), str(count), f"--{phase}-only"]
     if not verify:
         cmd.append("--no-verify")
     try:
@@ -143,14 +171,42 @@ def run_client(portal: str, iqn: str, lun: int, block_size: int, count: int, ver
     except subprocess.TimeoutExpired:
         raise BenchError(f"client timed out after {timeout:.0f}s against {iqn}") from None
     try:
-        out = json.loads(res.stdout.strip().splitlines()[-1])
+        return json.loads(res.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
         raise BenchError(f"client failed against {iqn}: {res.stderr.strip() or res.stdout.strip()}") from None
+
+
+def run_client(portal: str, iqn: str, lun: int, block_size: int, count: int, verify: bool,
+               timeout: float, server_pid: int | None = None) -> dict[str, Any]:
+    """Write phase then read phase (two client runs), with the server's CPU time for each."""
+    c0 = cpu_seconds(server_pid)
+    w = _client(portal, iqn, lun, block_size, count, verify, timeout, "write")
+    c1 = cpu_seconds(server_pid)
+    out: dict[str, Any] = {k: w[k] for k in ("block_size", "count", "written", "write_s", "wfm_s",
+                                             "early_warning")}
+    out["errors"] = list(w["errors"])
+    out["ok"] = w["ok"]
+    out["read"], out["read_s"], out["mismatches"] = 0, 0.0, 0
+    out["server_cpu_write_s"] = c1 - c0
+    out["client_cpu_write_s"] = w["client_cpu_s"]
+    if w["ok"]:
+        r = _client(portal, iqn, lun, block_size, w["written"], verify, timeout, "read")
+        c2 = cpu_seconds(server_pid)
+        out["read"], out["read_s"], out["mismatches"] = r["read"], r["read_s"], r["mismatches"]
+        out["errors"] += r["errors"]
+        out["ok"] = r["ok"]
+        out["server_cpu_read_s"] = c2 - c1
+        out["client_cpu_read_s"] = r["client_cpu_s"]
     nbytes = out["written"] * block_size
     wtime = out["write_s"] + out["wfm_s"]
     out["bytes"] = nbytes
     out["write_mbps"] = nbytes / 1e6 / wtime if wtime > 0 and nbytes else 0.0
     out["read_mbps"] = out["read"] * block_size / 1e6 / out["read_s"] if out["read_s"] > 0 else 0.0
+    gb = nbytes / 1e9
+    if gb:
+        out["server_cpu_s_per_gb_write"] = out["server_cpu_write_s"] / gb
+        if "server_cpu_read_s" in out:
+            out["server_cpu_s_per_gb_read"] = out["server_cpu_read_s"] / gb
     return out
 
 
@@ -213,13 +269,7 @@ class RssSampler:
     @staticmethod
     def rss_kib(pid: int) -> int:
         total = 0
-        pids = [pid]
-        with contextlib.suppress(OSError):
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                with contextlib.suppress(OSError):
-                    kids = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
-                    pids += [int(k) for k in kids]
-        for p in pids:
+        for p in proc_tree(pid):
             with contextlib.suppress(OSError):
                 for line in Path(f"/proc/{p}/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):
@@ -272,6 +322,10 @@ class Target:
 
     def stop(self) -> None:
         raise NotImplementedError
+
+    def pid_for_stats(self) -> int | None:
+        """The server process whose CPU and memory are measured."""
+        return self.proc.pid if self.proc else None
 
 
 class TgtTarget(Target):
@@ -407,10 +461,13 @@ class VtlTarget(Target):
         self._vtl("load", BARCODE, "0")
         env = dict(os.environ)
         cmd = [*self._vtl_cmd(), "--root", str(self.root), "serve", "--portal", self.portal]
-        if self.profile == "py-spy":
+        if self.profile in ("py-spy", "py-spy-gil"):
+            # raw = collapsed stacks, one line per stack with its sample count (greppable);
+            # py-spy-gil samples only the thread holding the GIL (where Python CPU goes).
             pyspy = shutil.which("py-spy") or str(REPO / ".venv" / "bin" / "py-spy")
-            cmd = [pyspy, "record", "--nonblocking", "-r", "200", "-f", "speedscope",
-                   "-o", str(CACHE / "vtl-serve.speedscope.json"), "--", *cmd]
+            extra = ["--gil"] if self.profile == "py-spy-gil" else []
+            cmd = [pyspy, "record", "--nonblocking", "-r", "250", "-f", "raw", *extra,
+                   "-o", str(CACHE / f"vtl-serve.{self.profile}.txt"), "--", *cmd]
         elif self.profile == "cprofile":
             cmd = [sys.executable, "-m", "cProfile", "-o", str(CACHE / "vtl-serve.prof"),
                    "-m", "vtl.cli.main", "--root", str(self.root), "serve", "--portal", self.portal]
@@ -422,12 +479,15 @@ class VtlTarget(Target):
         log(f"vtl: serve pid {self.proc.pid} on {self.portal}, {self.iqn} lun {self.lun}, "
             f"library {self.root}")
 
+    def pid_for_stats(self) -> int | None:
+        return self.server_pid
+
     @property
     def server_pid(self) -> int | None:
         """The Python process that serves (under py-spy it is py-spy's child)."""
         if self.proc is None:
             return None
-        if self.profile == "py-spy":
+        if self.profile in ("py-spy", "py-spy-gil"):
             with contextlib.suppress(OSError, ValueError, IndexError):
                 kids = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
                 return int(kids[0])
@@ -438,7 +498,7 @@ class VtlTarget(Target):
             # SIGTERM: the server finishes in-flight commands and syncs cartridges (issue 3);
             # under a profiler, signal the server itself so the profiler writes its output.
             pid = self.server_pid
-            if self.profile == "py-spy" and pid and pid != self.proc.pid:
+            if self.profile in ("py-spy", "py-spy-gil") and pid and pid != self.proc.pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGINT)
                 try:
@@ -518,7 +578,8 @@ def measure(target: Target, bs: int, total: int, verify: bool, timeout: float,
     t0 = time.monotonic()
     before = sampler.rss_kib(sampler.pid) if sampler else None
     try:
-        res = run_client(target.portal, target.iqn, target.lun, bs, count, verify, timeout)
+        res = run_client(target.portal, target.iqn, target.lun, bs, count, verify, timeout,
+                         target.pid_for_stats())
     except BenchError as e:
         return {"error": str(e)}
     if sampler:
@@ -532,6 +593,8 @@ def measure(target: Target, bs: int, total: int, verify: bool, timeout: float,
     log(f"{target.name}: {human(bs)}: write {res['write_mbps']:.0f} MB/s "
         f"(blocks {res['write_s']:.2f}s + filemark {res['wfm_s']:.2f}s), "
         f"read {res['read_mbps']:.0f} MB/s ({res['read_s']:.2f}s)"
+        + (f", server CPU {res.get('server_cpu_s_per_gb_write', 0):.2f}/"
+           f"{res.get('server_cpu_s_per_gb_read', 0):.2f} s per GB w/r" if res.get("bytes") else "")
         + (f"  ERROR {res['error']}" if "error" in res else ""))
     return res
 
@@ -595,8 +658,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="where the tape image and library live (default: a temp dir under "
                          ".cache/bench, on the repository's disk - not tmpfs)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir")
-    ap.add_argument("--profile", choices=["py-spy", "cprofile"], default=None,
+    ap.add_argument("--profile", choices=["py-spy", "py-spy-gil", "cprofile"], default=None,
                     help="run vtl serve under a profiler; output in .cache/bench/")
+    ap.add_argument("--disk-baseline", action="store_true",
+                    help="first time a plain 1 MiB write + fsync of --total bytes in the work dir")
     ap.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     args = ap.parse_args(argv)
     sigterm_as_interrupt()
@@ -649,6 +714,9 @@ def run_all(args: argparse.Namespace, sizes: list[int], total: int, long_total: 
         "rows": [],
     }
     timeout = max(600.0, total / 20e6)
+    if args.disk_baseline:
+        log(f"disk baseline: {human(total)} sequential write + fsync in {workdir}")
+        result["config"]["disk_write_mbps"] = round(disk_baseline(workdir, total), 1)
     with contextlib.ExitStack() as stack:
         running_targets: dict[str, Target] = {}
         samplers: dict[str, RssSampler] = {}
@@ -661,7 +729,7 @@ def run_all(args: argparse.Namespace, sizes: list[int], total: int, long_total: 
             except BenchError as e:
                 raise BenchError(f"{e}\n{vtl.tail_log()}") from None
         for name, t in running_targets.items():
-            pid = t.server_pid if isinstance(t, VtlTarget) else (t.proc.pid if t.proc else None)
+            pid = t.pid_for_stats()
             if pid:
                 s = RssSampler(pid)
                 s.start()
@@ -692,6 +760,27 @@ def run_all(args: argparse.Namespace, sizes: list[int], total: int, long_total: 
     return result
 
 
+def disk_baseline(workdir: Path, total: int) -> float:
+    """MB/s of a plain sequential 1 MiB write + fsync of `total` bytes in the work dir.
+
+    Why: "400 MB/s where the disk allows" needs to know what the disk allows; a target
+    that compresses 2:1 may exceed this figure, one that stores raw bytes cannot.
+    """
+    path = workdir / "disk-baseline.bin"
+    buf = os.urandom(1 << 20)
+    t0 = time.monotonic()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for _ in range(max(1, total >> 20)):
+            os.write(fd, buf)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    elapsed = time.monotonic() - t0
+    path.unlink()
+    return max(1, total >> 20) * (1 << 20) / 1e6 / elapsed
+
+
 def fs_type(path: Path) -> str:
     """The filesystem type under `path` (so a tmpfs run is visible in the report)."""
     best, kind = "", "?"
@@ -712,8 +801,20 @@ def print_report(result: dict[str, Any]) -> None:
     print(f"work dir {cfg['workdir']} ({cfg['filesystem']}); data: {cfg['data']} "
           f"(zstd-3 ratio {cfg['zstd3_ratio']}); {cfg['cpus']} CPUs, "
           f"load {cfg['loadavg_start']:.1f} -> {cfg['loadavg_end']:.1f}")
-    print(f"write MB/s = {cfg['write_mbps']}; MB = 10^6 bytes\n")
+    print(f"write MB/s = {cfg['write_mbps']}; MB = 10^6 bytes")
+    if "disk_write_mbps" in cfg:
+        print(f"disk baseline: plain sequential write + fsync {cfg['disk_write_mbps']:.0f} MB/s")
+    print()
     print(fmt_table(result["rows"], targets))
+    print("\nserver CPU seconds per GB (user+sys, all threads; load-independent cost):")
+    for r in result["rows"]:
+        parts = []
+        for t in targets:
+            res = r.get(t, {})
+            w, rd = res.get("server_cpu_s_per_gb_write"), res.get("server_cpu_s_per_gb_read")
+            if w is not None:
+                parts.append(f"{t} write {w:.2f} read {rd if rd is not None else float('nan'):.2f}")
+        print(f"  {human(r['block_size']):>8}: " + "; ".join(parts))
     for r in result["rows"]:
         for t in targets:
             if "error" in r.get(t, {}):

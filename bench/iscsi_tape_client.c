@@ -14,7 +14,11 @@
  * Exit status 0 when every command returned GOOD (or a NO SENSE early-warning), else 1.
  *
  * Usage: iscsi_tape_client PORTAL TARGET_IQN LUN BLOCK_SIZE COUNT [--no-verify]
+ *                          [--write-only | --read-only]
+ * --write-only stops after the filemark; --read-only rewinds and reads COUNT blocks written
+ * by an earlier --write-only run (so the caller can measure the server's CPU per phase).
  */
+#include <sys/resource.h>
 #include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -153,7 +157,8 @@ static size_t block_offset(long i, size_t pool_size, size_t bs)
 int main(int argc, char **argv)
 {
     if (argc < 6) {
-        fprintf(stderr, "usage: %s PORTAL TARGET_IQN LUN BLOCK_SIZE COUNT [--no-verify]\n", argv[0]);
+        fprintf(stderr, "usage: %s PORTAL TARGET_IQN LUN BLOCK_SIZE COUNT [--no-verify] "
+                        "[--write-only|--read-only]\n", argv[0]);
         return 2;
     }
     const char *portal = argv[1];
@@ -161,7 +166,19 @@ int main(int argc, char **argv)
     int lun = atoi(argv[3]);
     long bs = atol(argv[4]);
     long count = atol(argv[5]);
-    int verify = !(argc > 6 && strcmp(argv[6], "--no-verify") == 0);
+    int verify = 1, do_write = 1, do_read = 1;
+    for (int a = 6; a < argc; a++) {
+        if (strcmp(argv[a], "--no-verify") == 0)
+            verify = 0;
+        else if (strcmp(argv[a], "--write-only") == 0)
+            do_read = 0;
+        else if (strcmp(argv[a], "--read-only") == 0)
+            do_write = 0;
+        else {
+            fprintf(stderr, "unknown option %s\n", argv[a]);
+            return 2;
+        }
+    }
     if (bs <= 0 || bs > 0xFFFFFF || count <= 0) {
         fprintf(stderr, "bad block size or count\n");
         return 2;
@@ -274,8 +291,14 @@ int main(int argc, char **argv)
     }
     scsi_free_scsi_task(t);
 
+    double t0;
+    if (!do_write) {
+        written = count;
+        goto read_phase;
+    }
+
     /* N x WRITE(6), variable mode. */
-    double t0 = now();
+    t0 = now();
     for (long i = 0; i < count; i++) {
         memset(cdb, 0, sizeof cdb);
         cdb[0] = 0x0A;
@@ -317,7 +340,10 @@ int main(int argc, char **argv)
         goto out;
     }
     scsi_free_scsi_task(t);
+    if (!do_read)
+        goto out;
 
+read_phase:
     /* REWIND */
     memset(cdb, 0, sizeof cdb);
     cdb[0] = 0x01;
@@ -368,10 +394,13 @@ int main(int argc, char **argv)
 out:
     iscsi_logout_sync(ctx);
     iscsi_destroy_context(ctx);
-    printf("{\"block_size\":%ld,\"count\":%ld,\"written\":%ld,\"read\":%ld,"
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double cpu = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+    printf("{\"client_cpu_s\":%.3f,\"block_size\":%ld,\"count\":%ld,\"written\":%ld,\"read\":%ld,"
            "\"write_s\":%.6f,\"wfm_s\":%.6f,\"read_s\":%.6f,\"early_warning\":%ld,"
            "\"mismatches\":%ld,\"verified\":%s,\"ok\":%s,\"errors\":[%s]}\n",
-           bs, count, written, read_n, t_write, t_wfm, t_read, early_warning, mismatches,
+           cpu, bs, count, written, read_n, t_write, t_wfm, t_read, early_warning, mismatches,
            verify ? "true" : "false", ok ? "true" : "false", errors_json);
     free(pool);
     free(rbuf);
