@@ -114,6 +114,11 @@ class PoolMedia:
                 raise MediaError(f"cartridge {barcode} ends at object {cart.eod}, before its "
                                  f"recorded append point {at} (erased outside the EBM?)")
             cart.locate(at)
+            if at > 0 and cart.at_early_warning:
+                # Nothing worth writing fits any more: close it and take the next one.
+                self.session.unload()
+                self.catalog.release_media(barcode, state="full")
+                continue
             return barcode, cart
 
     def release_volume(self, barcode: str, cart: TapeCartridge, *, full: bool) -> None:
