@@ -32,6 +32,15 @@ def vtl(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProce
     return r
 
 
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -186,7 +195,10 @@ def test_chap_acl_and_sigterm_clean_stop(tmp_path: Path):
     vtl(root, "cartridge", "create", "CHP001L8", "--capacity", "64MiB")
     r = vtl(root, "serve", "--portal", "127.0.0.1:99999", check=False)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "invalid portal" in r.stderr
-    s = start(root, "--chap-user", "backup", "--chap-secret", "backup-secret-1",
+    v6 = _has_ipv6_loopback()
+    v6_port = free_port()
+    extra = ["--portal", f"[::1]:{v6_port}"] if v6 else []
+    s = start(root, *extra, "--chap-user", "backup", "--chap-secret", "backup-secret-1",
               "--mutual-chap-user", "vtl", "--mutual-chap-secret", "vtl-secret-0002",
               "--allow-initiator", "iqn.2026-11.org.example:host1")
     try:
@@ -200,6 +212,10 @@ def test_chap_acl_and_sigterm_clean_stop(tmp_path: Path):
         r = tool("iscsi-inq", *host1, f"iscsi://backup%backup-secret-1@{url}"
                  "?target_user=vtl&target_password=vtl-secret-0002")
         assert r.returncode == 0 and "MEDIA_CHANGER" in r.stdout, r.stderr
+        if v6:
+            assert f"[::1]:{v6_port}" in s.banner
+            r = tool("iscsi-ls", "-s", *host1, f"iscsi://backup%backup-secret-1@[::1]:{v6_port}/")
+            assert r.returncode == 0 and "MEDIA_CHANGER" in r.stdout, r.stderr
         # A logged-in session is open when SIGTERM arrives: still a clean exit 0.
         ini = RawInitiator(s.port)
         with pytest.raises(Exception):  # noqa: B017 - CHAP is required, plain login refused

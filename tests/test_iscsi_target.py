@@ -118,6 +118,7 @@ def test_write_1mib_with_r2t_only():
         ini.recv = spy
         rsp = ini.write(write6(len(payload)), payload, lun=1)
         assert scsi_status(rsp) == 0
+        assert rsp.hdr.words[4] == 4  # ExpDataSN counts the R2Ts
         assert t.devices[1].last_write == payload
         assert [off for _sn, off, _len in r2ts] == [0, 262144, 524288, 786432]
         assert all(length == 262144 for _sn, _off, length in r2ts)

@@ -715,7 +715,8 @@ class Connection(asyncio.BufferedProtocol):
             payload = len(sense).to_bytes(2, "big") + bytes(sense)
         bhs = pdu.scsi_rsp_bhs(
             status=status, itt=task.itt, statsn=self._next_statsn(),
-            expcmdsn=session.exp_cmdsn, maxcmdsn=session.max_cmdsn, expdatasn=datasn,
+            expcmdsn=session.exp_cmdsn, maxcmdsn=session.max_cmdsn,
+            expdatasn=datasn + task.r2tsn,  # Data-In and R2T PDUs sent for the task
             dsl=len(payload), residual_flags=rflags, residual=residual,
         )
         self._send(bhs, payload)
