@@ -240,6 +240,11 @@ class PaxReader:
                 stored -= consumed
                 if stored < 0:
                     raise ArchiveCorrupt(f"sparse map of {entry.path!r} exceeds its size")
+                prev_end = 0
+                for o, n in extents:
+                    if o < prev_end or n < 0 or o + n > entry.size:
+                        raise ArchiveCorrupt(f"sparse map of {entry.path!r} is inconsistent")
+                    prev_end = o + n
                 entry.sparse_map = [(o, n) for o, n in extents if n > 0]
                 if sum(n for _, n in entry.sparse_map) != stored:
                     raise ArchiveCorrupt(f"sparse map of {entry.path!r} disagrees with its size")
@@ -284,9 +289,12 @@ class PaxReader:
         def num(key: bytes, default: int) -> int:
             if key in rec:
                 try:
-                    return int(rec[key])
+                    value = int(rec[key])
                 except ValueError:
                     raise ArchiveCorrupt(f"bad pax {key.decode()} value") from None
+                if value < 0:
+                    raise ArchiveCorrupt(f"negative pax {key.decode()} value")
+                return value
             return default
 
         stored = num(b"size", h.size) if kind == "file" else 0
