@@ -441,7 +441,7 @@ def test_mode_pages(drv):
     while off < len(d):
         codes.append(d[off] & 0x3F)
         off += 2 + d[off + 1]
-    assert codes == [0x0F, 0x10, 0x11, 0x1C]
+    assert codes == [0x0A, 0x0F, 0x10, 0x11, 0x1C]
     assert d[2] & 0x70 == 0x10  # buffered mode 1
     # DBD drops the block descriptor
     d = good(drv, 0x1A, 0x08, 0x0F, 0, 255, 0)
@@ -564,3 +564,50 @@ def test_corrupt_block_is_medium_error(drv):
     s = check(drv, 0x08, 0, 0, 1, 0x2C, 0)
     assert s.code == (SenseKey.MEDIUM_ERROR, 0x11, 0)
     assert good(drv, 0x08, 0, 0, 1, 0x2C, 0) == b"r" * 300
+
+
+def test_descriptor_sense_via_control_page(drv):
+    d = good(drv, 0x1A, 0x08, 0x0A, 0, 255, 0)
+    page = bytearray(d[4:])
+    assert page[:2] == b"\x0a\x0a"
+    page[2] |= 0x04  # D_SENSE
+    good(drv, 0x15, 0x10, 0, 0, 4 + len(page), 0, data=bytes(4) + bytes(page))
+    write(drv, b"abc")
+    rewind(drv)
+    r = drv.execute(A, bytes([0x08, 0, 0, 0, 10, 0]))
+    sense = bytes(r.sense)
+    assert sense[0] == 0x72 and sense[1:4] == bytes([0, 0, 0])
+    # INFORMATION descriptor (residue 7) and stream commands descriptor with ILI
+    assert sense[8:12] == bytes([0x00, 0x0A, 0x80, 0]) and int.from_bytes(sense[12:20], "big") == 7
+    assert sense[20:24] == bytes([0x04, 0x02, 0, 0x20])
+    page[2] &= ~0x04
+    good(drv, 0x15, 0x10, 0, 0, 4 + len(page), 0, data=bytes(4) + bytes(page))
+    assert bytes(drv.execute(A, bytes([0x08, 0, 0, 0, 10, 0])).sense)[0] == 0xF0
+
+
+def test_reservations_apply_to_tape_commands(drv):
+    def pr_out(sa, key, sa_key, typ=0, nexus=A):
+        params = key.to_bytes(8, "big") + sa_key.to_bytes(8, "big") + bytes(8)
+        return run(drv, 0x5F, sa, typ, 0, 0, 0, 0, 0, 24, 0, data=params, nexus=nexus)
+
+    assert pr_out(0, 0, 7).status == Status.GOOD
+    assert pr_out(1, 7, 0, typ=3).status == Status.GOOD  # exclusive access
+    assert run(drv, 0x0A, 0, 0, 0, 1, 0, data=b"x", nexus=B).status == Status.RESERVATION_CONFLICT
+    assert run(drv, 0x08, 0, 0, 0, 1, 0, nexus=B).status == Status.RESERVATION_CONFLICT
+    assert run(drv, 0x00, 0, 0, 0, 0, 0, nexus=B).status == Status.GOOD  # TUR allowed
+    assert run(drv, 0x12, 0, 0, 0, 36, 0, nexus=B).status == Status.GOOD
+    assert write(drv, b"mine").status == Status.GOOD
+    full = good(drv, 0x5E, 3, 0, 0, 0, 0, 0, 1, 0, 0)
+    assert int.from_bytes(full[4:8], "big") == len(full) - 8
+    assert full[8:16] == (7).to_bytes(8, "big") and full[20] & 0x01 and full[21] == 0x03
+    tid_len = int.from_bytes(full[28:32], "big")
+    assert full[32] == 0x05 and full[36 : 36 + 5] == b"iqn.a" and tid_len % 4 == 0
+    assert pr_out(3, 7, 0).status == Status.GOOD  # clear
+    assert run(drv, 0x08, 0, 0, 0, 4, 0, nexus=B).status != Status.RESERVATION_CONFLICT
+
+
+def test_transport_designators_in_vpd83(drv):
+    tgt = b"iqn.2026-11.org.vtl-ebm:x,t,0x1\0"
+    drv.extra_designators.append(bytes((0x53, 0xA8, 0, len(tgt))) + tgt)
+    d = good(drv, 0x12, 1, 0x83, 0, 255, 0)
+    assert tgt in d

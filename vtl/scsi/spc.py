@@ -237,6 +237,8 @@ class ScsiModel:
         self.identity = identity
         self.serial = serial
         self.luns: list[int] = [0]  # what REPORT LUNS answers if the transport asks us
+        # VPD 0x83 descriptors a transport adds (target port name, relative port...).
+        self.extra_designators: list[bytes] = []
         self.lock = threading.RLock()
         self.mode_pages: dict[tuple[int, int], ModePage] = {}
         self.log_pages: dict[tuple[int, int], LogPage] = {}
@@ -255,6 +257,12 @@ class ScsiModel:
         # PREVENT ALLOW MEDIUM REMOVAL per nexus.
         self._prevent: set[Nexus] = set()
         self.add_log_page(LogPage(0x00, self._supported_log_params, name="supported pages"))
+
+    @property
+    def descriptor_sense(self) -> bool:
+        """Control mode page 0x0A D_SENSE: autosense in descriptor format (if the page exists)."""
+        page = self.mode_pages.get((0x0A, 0))
+        return page is not None and bool(page.current[0] & 0x04)
 
     # ------------------------------------------------------------------ registry helpers
     def add_mode_page(self, page: ModePage) -> ModePage:
@@ -283,6 +291,8 @@ class ScsiModel:
                 result = CheckCondition(SenseKey.HARDWARE_ERROR, 0x44, 0x00).result()
             if result.status == Status.CHECK_CONDITION:
                 self._sense[nexus] = result.sense
+                if self.descriptor_sense:
+                    result.sense = descriptor_sense(result.sense)
             elif self._sense and cdb and cdb[0] != 0x03:
                 self._sense.pop(nexus, None)
             return result
@@ -475,12 +485,13 @@ class ScsiModel:
     def device_designators(self) -> list[bytes]:
         """Designation descriptors of VPD 0x83; a transport may append its own (target port)."""
         ident = self.identity
-        t10 = ascii_field(ident.vendor, 8) + ascii_field(ident.product, 16).rstrip() + \
+        t10 = ascii_field(ident.vendor, 8) + ascii_field(ident.product, 16) + \
             self.serial.encode("ascii", "replace")
         naa = self.naa_designator()
         return [
             bytes((0x02, 0x01, 0x00, len(t10))) + t10,  # ASCII, LU, T10 vendor ID
             bytes((0x01, 0x03, 0x00, len(naa))) + naa,  # binary, LU, NAA
+            *self.extra_designators,
         ]
 
     def _vpd_devid(self) -> bytes:
@@ -774,6 +785,28 @@ class ScsiModel:
             key = 0 if res.type in _PR_ALL_REG else self._pr_keys.get(res.holder, 0)
             data[4:8] = (16).to_bytes(4, "big")
             data += key.to_bytes(8, "big") + bytes(4) + bytes((0, (res.scope << 4) | res.type)) + bytes(2)
+        return trunc(bytes(data), req.u16(7))
+
+    @staticmethod
+    def transport_id(nexus: Nexus) -> bytes:
+        """An iSCSI TransportID (SPC-4 7.6.4.6, format 00b): the initiator name, NUL padded."""
+        name = (nexus.transport_id or nexus.initiator.split(",")[0]).encode("utf-8") + b"\0"
+        name += b"\0" * (-len(name) % 4)
+        return bytes((0x05, 0)) + len(name).to_bytes(2, "big") + name
+
+    @command(0x5E, "PERSISTENT RESERVE IN", "5e 03 00 00 00 00 00 ff ff 00", sa=3,
+             pr=PR_ALLOWED)
+    def cmd_pr_read_full_status(self, req: Request) -> bytes:
+        res = self._pr_res
+        descs = bytearray()
+        for nx, key in self._pr_keys.items():
+            holder = res is not None and (res.holder == nx or res.type in _PR_ALL_REG)
+            tid = self.transport_id(nx)
+            descs += key.to_bytes(8, "big") + bytes(4)
+            descs += bytes((0x01 if holder else 0x00,
+                            ((res.scope << 4) | res.type) if holder and res else 0))
+            descs += bytes(4) + (1).to_bytes(2, "big") + len(tid).to_bytes(4, "big") + tid
+        data = self._pr_generation.to_bytes(4, "big") + len(descs).to_bytes(4, "big") + descs
         return trunc(bytes(data), req.u16(7))
 
     @command(0x5E, "PERSISTENT RESERVE IN", "5e 02 00 00 00 00 00 ff ff 00", sa=2,

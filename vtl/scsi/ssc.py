@@ -127,6 +127,12 @@ class TapeDrive(ScsiModel):
 
     # ------------------------------------------------------------------ pages
     def _add_pages(self) -> None:
+        # 0x0A control: D_SENSE changeable (descriptor-format autosense), QERR 0, SWP 0.
+        self.add_mode_page(
+            ModePage(0x0A, bytes([0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0x00, 0x00]),
+                     bytes([0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00]),
+                     name="control")
+        )
         # 0x0F data compression: DCE changeable, DDE fixed on, algorithm 0x01 (LTO default).
         self.add_mode_page(
             ModePage(
