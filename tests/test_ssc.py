@@ -524,13 +524,23 @@ def test_attributes(drv):
     s = check(drv, 0x8D, 0, 0, 0, 0, 0, 0, 0, 0, 0, *len(plist).to_bytes(4, "big"), 0, 0,
               data=plist)
     assert s.code == (5, 0x26, 0) and s.fp == 7
+    # attributes out of ascending order: nothing changes
+    two = (0x0801).to_bytes(2, "big") + bytes([0x01]) + (32).to_bytes(2, "big") + b"x" * 32
+    two += (0x0800).to_bytes(2, "big") + bytes([0x01]) + (8).to_bytes(2, "big") + b"OTHER   "
+    plist = len(two).to_bytes(4, "big") + two
+    s = check(drv, 0x8D, 0, 0, 0, 0, 0, 0, 0, 0, 0, *len(plist).to_bytes(4, "big"), 0, 0,
+              data=plist)
+    assert s.code == (5, 0x26, 0) and drv._medium().mam.get(0x0801) is None
+    # deleting an attribute with length 0
+    gone = (0x0800).to_bytes(2, "big") + bytes([0x01]) + (0).to_bytes(2, "big")
+    plist = len(gone).to_bytes(4, "big") + gone
+    good(drv, 0x8D, 0, 0, 0, 0, 0, 0, 0, 0, 0, *len(plist).to_bytes(4, "big"), 0, 0, data=plist)
+    assert drv._medium().mam.get(0x0800) is None
     # other volume number
     s = check(drv, 0x8C, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0)
     assert s.code == (5, 0x24, 0) and s.fp == 5
     # unknown service action
     assert check(drv, 0x8C, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0).code == (5, 0x24, 0)
-    # persisted: survives a reload through the MAM sidecar
-    assert drv._medium().mam.get(0x0800) == b"BAREOS  "
 
 
 def test_report_supported_opcodes_lists_ssc(drv):
@@ -611,3 +621,16 @@ def test_transport_designators_in_vpd83(drv):
     drv.extra_designators.append(bytes((0x53, 0xA8, 0, len(tgt))) + tgt)
     d = good(drv, 0x12, 1, 0x83, 0, 255, 0)
     assert tgt in d
+
+
+def test_attributes_survive_unload(drv, lib):
+    attr = (0x0803).to_bytes(2, "big") + bytes([0x02]) + (160).to_bytes(2, "big") + \
+        b"weekly full".ljust(160, b"\0")
+    plist = len(attr).to_bytes(4, "big") + attr
+    good(drv, 0x8D, 0, 0, 0, 0, 0, 0, 0, 0, 0, *len(plist).to_bytes(4, "big"), 0, 0, data=plist)
+    good(drv, 0x1B, 0, 0, 0, 0, 0)  # unload: cartridge closed
+    lib.unload(0)
+    lib.load("A00001L8", 0)
+    check(drv, 0, 0, 0, 0, 0, 0)  # 28/00
+    d = good(drv, 0x8C, 0, 0, 0, 0, 0, 0, 0, 0x08, 0x03, 0, 0, 0x10, 0, 0, 0)
+    assert d[4:6] == b"\x08\x03" and d[9:20] == b"weekly full"

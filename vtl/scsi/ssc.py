@@ -788,7 +788,8 @@ class TapeDrive(ScsiModel):
             length = int.from_bytes(data[off + 3 : off + 5], "big")
             if off + 5 + length > end:
                 raise parameter_list_length_error()
-            if self._read_only(attr_id):
+            if self._read_only(attr_id) or (staged and attr_id <= staged[-1][0]):
+                # read-only, or not in ascending order: nothing is changed (SPC-4)
                 raise invalid_field_in_parameter_list(off)
             known = MAM_ATTRIBUTES.get(attr_id)
             if known is not None:
