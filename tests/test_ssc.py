@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -83,8 +86,21 @@ def pos(drv) -> int:
 
 
 @pytest.fixture
-def lib(tmp_path):
-    lib = Library.create(tmp_path / "lib")
+def fast_dir(tmp_path):
+    """A scratch directory on tmpfs when there is one: these tests fsync a lot, and the
+    durability itself is the cartridge tests' business, not the drive model's."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        yield tmp_path
+        return
+    d = Path(tempfile.mkdtemp(prefix="vtl-ssc-", dir=shm))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def lib(fast_dir):
+    lib = Library.create(fast_dir / "lib")
     lib.create_cartridge("A00001L8", capacity=4 * MiB)
     lib.create_cartridge("A00002L8", capacity=4 * MiB)
     lib.create_cartridge("W00001LY", capacity=4 * MiB)
