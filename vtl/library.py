@@ -17,6 +17,7 @@ import fcntl
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 CARTRIDGE_DIR = "cartridges"
 CARTRIDGE_EXT = ".vtape"
+LOCK_WAIT_S = 2.0  # how long an operation waits for another process's brief cartridge lock
 
 
 # ---- errors -------------------------------------------------------------------------------
@@ -528,15 +530,23 @@ class Library:
     def _lock_path(self, barcode: str) -> Path:
         return self.root / CARTRIDGE_DIR / f"{barcode}.lock"
 
-    def _lock_cartridge(self, barcode: str) -> int:
-        """Take the cartridge's exclusive flock (non-blocking); CartridgeBusy if held."""
+    def _lock_cartridge(self, barcode: str, wait: float = LOCK_WAIT_S) -> int:
+        """Take the cartridge's exclusive flock; CartridgeBusy if still held after ``wait``
+        seconds. Moves hold it for milliseconds, so a short wait turns a race between two
+        movers into a queue; a mount holds it for long, so the wait stays short."""
         fd = os.open(self._lock_path(barcode), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise CartridgeBusy(f"cartridge {barcode} is in use by another process") from None
-        return fd
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise CartridgeBusy(
+                        f"cartridge {barcode} is in use by another process"
+                    ) from None
+                time.sleep(0.02)
 
     def in_use(self, barcode: str) -> bool:
         """Whether some process (this one included) has the cartridge mounted right now."""
@@ -625,11 +635,9 @@ class Library:
             for bay in candidates:
                 barcode = self._barcode_at(bay.address)
                 if barcode is not None and self._mounted_here(barcode) is None:
-                    try:
-                        with self.held(barcode):
-                            pass
-                    except CartridgeBusy as e:
-                        last = e
+                    if self.in_use(barcode):  # a probe: never wait while holding the catalog
+                        last = CartridgeBusy(f"cartridge {barcode} in drive {bay.index} "
+                                             "is in use by another process")
                         continue
                 self.catalog.claim(bay.index, owner)
                 self.catalog.log("drive-claimed", barcode, dst=bay.address, detail=owner)
