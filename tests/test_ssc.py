@@ -650,3 +650,24 @@ def test_attributes_survive_unload(drv, lib):
     check(drv, 0, 0, 0, 0, 0, 0)  # 28/00
     d = good(drv, 0x8C, 0, 0, 0, 0, 0, 0, 0, 0x08, 0x03, 0, 0, 0x10, 0, 0, 0)
     assert d[4:6] == b"\x08\x03" and d[9:20] == b"weekly full"
+
+
+def test_media_generation_compatibility(lib):
+    from vtl.scsi.identities import drive_identity
+
+    lib.create_cartridge("OLD001L5", capacity=4 * MiB)
+    lib.create_cartridge("NEW001L9", capacity=4 * MiB)
+    # LTO-5 in an LTO-7 drive: readable, not writable
+    d = TapeDrive(lib.load("OLD001L5", 0), drive_identity("IBM-ULT3580-TD7"))
+    assert d.identity.product == "ULT3580-TD7"
+    check(d, 0, 0, 0, 0, 0, 0)
+    good(d, 0, 0, 0, 0, 0, 0)
+    assert check(d, 0x0A, 0, 0, 0, 1, 0, data=b"x").code == (SenseKey.DATA_PROTECT, 0x30, 0x05)
+    assert check(d, 0x08, 0, 0, 0, 1, 0).key == SenseKey.BLANK_CHECK
+    assert good(d, 0x1A, 0, 0, 0, 12, 0)[4] == 0x58
+    d2 = good(d, 0x44, 1, 0, 0, 0, 0, 0, 0x10, 0, 0)
+    assert d2[4] == 0x58 and not d2[6] & 0x80  # WRTOK clear for this medium
+    # LTO-9 in an LTO-8 drive: incompatible medium
+    d = TapeDrive(lib.load("NEW001L9", 1))
+    check(d, 0, 0, 0, 0, 0, 0)
+    assert check(d, 0, 0, 0, 0, 0, 0).code == (SenseKey.MEDIUM_ERROR, 0x30, 0x00)
