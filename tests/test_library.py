@@ -8,6 +8,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from vtl.config import ConfigError, LibraryConfig
 from vtl.library import (
@@ -410,3 +413,105 @@ def test_concurrent_movers_keep_placement_consistent(library: Library) -> None:
     assert sorted(placed) == ["A00001L8", "A00002L8", "A00003L8"]
     for bc in placed:
         assert library.find(bc).address == library.cartridge(bc)["address"]
+
+
+# ---- model check -----------------------------------------------------------------------------
+
+
+class LibraryModel(RuleBasedStateMachine):
+    """Random moves, loads, unloads, exports and imports against a dict of where each
+    cartridge is; every refusal must leave the library exactly as the model says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import tempfile
+
+        self.tmp = tempfile.TemporaryDirectory()
+        self.lib = Library.create(Path(self.tmp.name) / "lib",
+                                  LibraryConfig(drives=2, slots=4, mailslots=1))
+        self.lib.create_cartridges(["A00001L8", "A00002L8", "A00003L8"], capacity=1 << 20)
+        self.where: dict[str, int | None] = {"A00001L8": SLOT1, "A00002L8": SLOT2,
+                                             "A00003L8": SLOT3}
+        self.addresses = [e.address for e in self.lib.elements()
+                          if e.type != ElementType.MEDIUM_TRANSPORT]
+
+    def teardown(self) -> None:
+        self.lib.close()
+        self.tmp.cleanup()
+
+    def _at(self, address: int) -> str | None:
+        return next((b for b, a in self.where.items() if a == address), None)
+
+    @rule(data=st.data())
+    def move(self, data: st.DataObject) -> None:
+        src = data.draw(st.sampled_from(self.addresses))
+        dst = data.draw(st.sampled_from(self.addresses))
+        barcode = self._at(src)
+        try:
+            self.lib.move_medium(src, dst)
+        except SourceEmpty:
+            assert barcode is None
+        except DestinationFull:
+            assert barcode is not None and self._at(dst) is not None
+        else:
+            assert barcode is not None and (src == dst or self._at(dst) is None)
+            self.where[barcode] = dst
+
+    @rule(barcode=st.sampled_from(["A00001L8", "A00002L8", "A00003L8"]),
+          drive=st.sampled_from([0, 1]))
+    def load(self, barcode: str, drive: int) -> None:
+        address = DRIVE0 + drive
+        try:
+            self.lib.load(barcode, drive)
+        except CartridgeOutside:
+            assert self.where[barcode] is None
+        except DestinationFull:
+            assert self._at(address) not in (None, barcode)
+        else:
+            self.where[barcode] = address
+
+    @rule(drive=st.sampled_from([0, 1]))
+    def unload(self, drive: int) -> None:
+        barcode = self._at(DRIVE0 + drive)
+        try:
+            self.lib.unload(drive)
+        except SourceEmpty:
+            assert barcode is None
+        except DestinationFull:
+            assert all(self._at(a) for a in (SLOT1, SLOT2, SLOT3, SLOT4))
+        else:
+            assert barcode is not None
+            self.where[barcode] = self.lib.find(barcode).address
+            assert self.lib.element(self.where[barcode]).type == ElementType.STORAGE
+
+    @rule()
+    def empty_mailslots(self) -> None:
+        barcode = self._at(MAIL1)
+        assert self.lib.empty_mailslots() == ([barcode] if barcode else [])
+        if barcode:
+            self.where[barcode] = None
+
+    @rule(barcode=st.sampled_from(["A00001L8", "A00002L8", "A00003L8"]))
+    def import_(self, barcode: str) -> None:
+        try:
+            self.lib.import_cartridge(barcode)
+        except DestinationFull:
+            assert self.where[barcode] is None and self._at(MAIL1) is not None
+        except LibraryError:
+            assert self.where[barcode] is not None
+        else:
+            self.where[barcode] = MAIL1
+
+    @invariant()
+    def matches_model(self) -> None:
+        for barcode, address in self.where.items():
+            assert self.lib.cartridge(barcode)["address"] == address
+        placed = {e.address: e.barcode for e in self.lib.elements() if e.barcode}
+        assert placed == {a: b for b, a in self.where.items() if a is not None}
+
+
+LibraryModel.TestCase.settings = settings(
+    max_examples=12, stateful_step_count=15, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestLibraryModel = LibraryModel.TestCase
