@@ -671,3 +671,15 @@ def test_media_generation_compatibility(lib):
     d = TapeDrive(lib.load("NEW001L9", 1))
     check(d, 0, 0, 0, 0, 0, 0)
     assert check(d, 0, 0, 0, 0, 0, 0).code == (SenseKey.MEDIUM_ERROR, 0x30, 0x00)
+
+
+def test_first_command_after_load_elsewhere_sees_unit_attention(lib):
+    d = TapeDrive(lib.drives[0])
+    check(d, 0, 0, 0, 0, 0, 0)  # power-on UA
+    assert check(d, 0, 0, 0, 0, 0, 0).code == (2, 0x3A, 0)
+    other = Library.open(lib.root)  # e.g. `vtl load` from another process
+    other.load("A00001L8", 0)
+    other.close()
+    # even a data-path command first reports the media change
+    assert check(d, 0x08, 0, 0, 0, 1, 0).code == (6, 0x28, 0)
+    assert check(d, 0x08, 0, 0, 0, 1, 0).key == SenseKey.BLANK_CHECK

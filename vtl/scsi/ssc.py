@@ -113,7 +113,6 @@ class TapeDrive(ScsiModel):
         # A cartridge in the bay at start-up counts as loaded (threaded), like a drive that
         # powers on with a tape inside.
         self._loaded = True
-        self._busy = False
         self.block_size = 0  # 0 = variable block mode
         self.buffered_mode = DEFAULT_BUFFERED_MODE
         self._bufs = [bytearray(0), bytearray(0)]
@@ -227,7 +226,9 @@ class TapeDrive(ScsiModel):
     # ------------------------------------------------------------------ medium state
     def before_command(self, nexus: Nexus, spec: CommandSpec) -> None:
         bay = self.bay
-        if spec.opcode not in _HOT:
+        # The catalog is re-read unless a cartridge is mounted and the command is on the data
+        # path (a mounted cartridge is flocked by this process: nobody can swap it meanwhile).
+        if spec.opcode not in _HOT or self._cart is None:
             try:
                 bay.library.refresh()
             except Exception:  # noqa: BLE001 - a catalog hiccup must not fail INQUIRY
@@ -242,7 +243,6 @@ class TapeDrive(ScsiModel):
         self._gen = self.bay.media_generation
         self._cart = None
         self._loaded = True  # a newly inserted cartridge is loaded automatically
-        self._busy = False
         self.tapealert.clear()
         self._reset_traffic()
         if self.bay.barcode is not None:
