@@ -124,11 +124,14 @@ class RunningTarget:
 
 @contextmanager
 def running_target(*, luns: int = 2, limits: Limits | None = None, chap=None, mutual=None,
-                   allowed: frozenset[str] = frozenset()) -> Iterator[RunningTarget]:
-    """An IscsiTarget on a free 127.0.0.1 port, in its own event-loop thread."""
-    devices = {0: FakeDevice(8, "CHANGER")}
-    for i in range(1, luns + 1):
-        devices[i] = FakeDevice(1, f"DRIVE{i}")
+                   allowed: frozenset[str] = frozenset(),
+                   devices: dict | None = None) -> Iterator[RunningTarget]:
+    """An IscsiTarget on a free 127.0.0.1 port, in its own event-loop thread (default LUNs:
+    a fake changer at 0 and ``luns`` fake drives)."""
+    if devices is None:
+        devices = {0: FakeDevice(8, "CHANGER")}
+        for i in range(1, luns + 1):
+            devices[i] = FakeDevice(1, f"DRIVE{i}")
     cfg = ServerConfig(
         targets=[TargetConfig(TEST_IQN, DeviceSet(dict(devices)), alias="test",
                               allowed_initiators=allowed)],
@@ -384,3 +387,82 @@ def sense_of(p: Pdu) -> bytes:
         return b""
     n = int.from_bytes(p.data[:2], "big")
     return p.data[2:2 + n]
+
+
+class FakeDisk:
+    """A tiny SBC disk (512-byte blocks) so libiscsi's iscsi-test-cu iSCSI suite, which
+    checks CmdSN, DataSN, residuals and task management with block commands, can run against
+    the target's protocol layer."""
+
+    BLOCK = 512
+
+    def __init__(self, blocks: int = 2048) -> None:
+        self.data = bytearray(blocks * self.BLOCK)
+        self.blocks = blocks
+        self.resets: list[ResetKind] = []
+        self.lost: list[Nexus] = []
+
+    def _rw(self, cdb: bytes) -> tuple[int, int] | None:
+        op = cdb[0]
+        if op in (0x28, 0x2A, 0x2E):
+            return int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[7:9], "big")
+        if op in (0xA8, 0xAA, 0xAE):
+            return int.from_bytes(cdb[2:6], "big"), int.from_bytes(cdb[6:10], "big")
+        if op in (0x88, 0x8A, 0x8E):
+            return int.from_bytes(cdb[2:10], "big"), int.from_bytes(cdb[10:14], "big")
+        return None
+
+    def data_out_length(self, cdb: bytes) -> int | None:
+        rw = self._rw(cdb)
+        if rw is None or cdb[0] in (0x28, 0xA8, 0x88):
+            return None
+        return rw[1] * self.BLOCK
+
+    def execute(self, nexus: Nexus, cdb: bytes, data_out=None) -> ScsiResult:
+        op = cdb[0]
+        if op == 0x00:
+            return ScsiResult()
+        if op == 0x12:
+            alloc = int.from_bytes(cdb[3:5], "big")
+            if cdb[1] & 1:
+                if cdb[2] == 0x00:
+                    return ScsiResult(data=bytes([0, 0, 0, 1, 0])[:alloc])
+                return ScsiResult(Status.CHECK_CONDITION, b"",
+                                  fixed_sense(SenseKey.ILLEGAL_REQUEST, 0x24, 0))
+            data = bytearray(36)
+            data[2], data[3], data[4] = 6, 2, 31
+            data[8:16] = b"VTLTEST "
+            data[16:32] = b"FAKEDISK        "
+            data[32:36] = b"0001"
+            return ScsiResult(data=bytes(data[:alloc]))
+        if op == 0x25:
+            return ScsiResult(data=struct.pack(">II", self.blocks - 1, self.BLOCK))
+        if op == 0x9E and cdb[1] & 0x1F == 0x10:
+            alloc = int.from_bytes(cdb[10:14], "big")
+            return ScsiResult(data=struct.pack(">QI", self.blocks - 1, self.BLOCK)
+                              .ljust(32, b"\0")[:alloc])
+        if op == 0xA0:
+            return ScsiResult(data=bytes([0, 0, 0, 8, 0, 0, 0, 0]) + bytes(8))
+        if op == 0x1A:
+            return ScsiResult(data=bytes([3, 0, 0, 0])[: cdb[4]])
+        if op == 0x03:
+            return ScsiResult(data=fixed_sense(SenseKey.NO_SENSE, 0, 0)[: cdb[4]])
+        rw = self._rw(cdb)
+        if rw is not None:
+            lba, n = rw
+            if lba + n > self.blocks:
+                return ScsiResult(Status.CHECK_CONDITION, b"",
+                                  fixed_sense(SenseKey.ILLEGAL_REQUEST, 0x21, 0))
+            start, end = lba * self.BLOCK, (lba + n) * self.BLOCK
+            if op in (0x28, 0xA8, 0x88):
+                return ScsiResult(data=memoryview(self.data)[start:end])
+            got = bytes(data_out or b"")[: end - start]
+            self.data[start:start + len(got)] = got
+            return ScsiResult()
+        return invalid_opcode().result()
+
+    def reset(self, kind: ResetKind, nexus: Nexus | None = None) -> None:
+        self.resets.append(kind)
+
+    def nexus_lost(self, nexus: Nexus) -> None:
+        self.lost.append(nexus)

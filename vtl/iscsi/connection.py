@@ -75,10 +75,12 @@ class Task:
     unsolicited_done: bool = False
     next_r2t_offset: int = 0
     r2tsn: int = 0
-    r2ts: dict[int, list[int]] = field(default_factory=dict)  # ttt -> [next, end]
+    r2ts: dict[int, list[int]] = field(default_factory=dict)  # ttt -> [next, end, datasn]
+    unsolicited_datasn: int = 0
     overflow: int = 0
     aborted: bool = False
     failed_sense: bytes | None = None  # e.g. a data digest error on Data-Out
+    write_residual: tuple[int, int] | None = None  # (flag, count) when EDTL != CDB length
     future: concurrent.futures.Future | None = None
 
 
@@ -521,7 +523,7 @@ class Connection(asyncio.BufferedProtocol):
             offset = task.next_r2t_offset
             length = min(p.max_burst, task.edtl - offset)
             ttt = self._new_ttt()
-            task.r2ts[ttt] = [offset, offset + length]
+            task.r2ts[ttt] = [offset, offset + length, 0]
             self._ttt_map[ttt] = task
             task.next_r2t_offset = offset + length
             bhs = pdu.r2t_bhs(
@@ -541,13 +543,14 @@ class Connection(asyncio.BufferedProtocol):
         if task.state is not TaskState.RECEIVING or task.buffer is None:
             return False
         ttt = hdr.words[0]
+        datasn = hdr.words[4]
         offset = hdr.words[5]
         end = offset + hdr.dsl
         if ttt == ALL_ONES:
             return (not task.unsolicited_done and offset == task.unsolicited_next
-                    and end <= task.unsolicited_end)
+                    and end <= task.unsolicited_end and datasn == task.unsolicited_datasn)
         r2t = task.r2ts.get(ttt)
-        return r2t is not None and offset == r2t[0] and end <= r2t[1]
+        return r2t is not None and offset == r2t[0] and end <= r2t[1] and datasn == r2t[2]
 
     def _on_data_out(self, hdr: Header, data: memoryview) -> None:
         task = self._data_task
@@ -555,9 +558,21 @@ class Connection(asyncio.BufferedProtocol):
             task = self.tasks.get(hdr.itt)
             if task is None and hdr.itt in self._recently_aborted:
                 return  # data for an aborted task is silently discarded
-            if task is None or hdr.dsl or not self._data_out_fits(task, hdr):
-                self._reject(hdr.raw, RejectReason.INVALID_PDU_FIELD if task is None
-                             else RejectReason.PROTOCOL_ERROR)
+            if task is None:
+                self._reject(hdr.raw, RejectReason.INVALID_PDU_FIELD)
+                return
+            if hdr.dsl or not self._data_out_fits(task, hdr):
+                # Wrong offset or DataSN within a sequence: at ErrorRecoveryLevel 0 the
+                # task cannot be recovered. Reject the PDU and end the task with DATA PHASE
+                # ERROR; the rest of its data is discarded, the session goes on.
+                self._reject(hdr.raw, RejectReason.PROTOCOL_ERROR)
+                if task.state is TaskState.RECEIVING:
+                    self._recently_aborted.append(task.itt)
+                    for ttt in task.r2ts:
+                        self._ttt_map.pop(ttt, None)
+                    task.r2ts.clear()
+                    self._finish_local(task, CheckCondition(
+                        SenseKey.ABORTED_COMMAND, 0x4B, 0x00).result())
                 return
         self._account_data_out(task, hdr)
 
@@ -568,11 +583,13 @@ class Connection(asyncio.BufferedProtocol):
         end = hdr.words[5] + hdr.dsl
         if ttt == ALL_ONES:
             task.unsolicited_next = end
+            task.unsolicited_datasn += 1
             if hdr.final or end >= task.unsolicited_end:
                 self._end_unsolicited(task, end)
         else:
             r2t = task.r2ts[ttt]
             r2t[0] = end
+            r2t[2] += 1
             if end == r2t[1]:
                 del task.r2ts[ttt]
                 self._ttt_map.pop(ttt, None)
@@ -618,7 +635,11 @@ class Connection(asyncio.BufferedProtocol):
         session = self.session
         assert session is not None
         try:
-            result = worker.device.execute(session.nexus, task.cdb, data_out)
+            result = self._check_write_length(worker, task, data_out)
+            if result is None:
+                if task.write_residual and data_out is not None:
+                    data_out = data_out[: task.edtl - task.write_residual[1]]
+                result = worker.device.execute(session.nexus, task.cdb, data_out)
         except Exception:  # the contract says never, but a bug must not kill the worker
             log.exception("device raised on CDB %s", task.cdb.hex())
             result = ScsiResult(Status.CHECK_CONDITION, b"",
@@ -636,6 +657,30 @@ class Connection(asyncio.BufferedProtocol):
                     return
             except Exception:
                 return
+
+    @staticmethod
+    def _check_write_length(worker: LunWorker, task: Task,
+                            data_out: memoryview | None) -> ScsiResult | None:
+        """Compare a write's Expected Data Transfer Length with what the CDB asks for.
+
+        Only possible when the model offers the optional ``data_out_length(cdb) -> int | None``
+        (asked on the LUN thread, since e.g. a tape's fixed block size is device state).
+        EDTL larger than the CDB's length: the command runs on the first bytes and the
+        response says UNDERFLOW. Smaller: nothing is written (a tape must never get a torn
+        block) and the answer is CHECK CONDITION, INVALID FIELD IN INFORMATION UNIT, with
+        OVERFLOW (the FCP-4 rule iSCSI targets follow).
+        """
+        hook = getattr(worker.device, "data_out_length", None)
+        if not task.write or hook is None:
+            return None
+        wanted = hook(task.cdb)
+        if wanted is None or wanted == task.edtl:
+            return None
+        if wanted < task.edtl:
+            task.write_residual = (pdu.RESIDUAL_UNDERFLOW, task.edtl - wanted)
+            return None
+        task.write_residual = (pdu.RESIDUAL_OVERFLOW, wanted - task.edtl)
+        return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x0E, 0x03).result()
 
     def _finish_local(self, task: Task, result: ScsiResult) -> None:
         task.state = TaskState.QUEUED
@@ -684,7 +729,9 @@ class Connection(asyncio.BufferedProtocol):
                 rflags, residual = pdu.RESIDUAL_OVERFLOW, n - task.edtl
         else:
             xfer = 0
-            if n:
+            if task.write_residual:
+                rflags, residual = task.write_residual
+            elif n:
                 rflags, residual = pdu.RESIDUAL_OVERFLOW, n
         status_in_data = xfer > 0 and status == Status.GOOD and not sense
         datasn = 0
