@@ -132,7 +132,8 @@ def test_no_medium_not_ready(lib):
 
 
 def test_inquiry_vpd(drv):
-    assert good(drv, 0x12, 1, 0, 0, 255, 0)[4:] == bytes([0x00, 0x80, 0x83, 0xB0])
+    assert good(drv, 0x12, 1, 0, 0, 255, 0)[4:] == bytes([0x00, 0x80, 0x83, 0xB0, 0xB1])
+    assert good(drv, 0x12, 1, 0xB1, 0, 255, 0)[4:].strip() == drv.serial.encode()
     assert good(drv, 0x12, 1, 0xB0, 0, 255, 0)[4] & 1
     assert good(drv, 0x12, 1, 0x80, 0, 255, 0)[4:] == drv.serial.encode()
 

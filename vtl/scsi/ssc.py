@@ -354,6 +354,7 @@ class TapeDrive(ScsiModel):
     def vpd_pages(self):
         pages = super().vpd_pages()
         pages[0xB0] = lambda: bytes([0x01, 0x00])  # sequential-access capabilities: WORM
+        pages[0xB1] = lambda: ascii_field(self.serial, 12)  # manufacturer-assigned serial
         return pages
 
     # ------------------------------------------------------------------ helpers
