@@ -19,6 +19,25 @@ REQUEST 24/00 and a field pointer, so a handler only ever sees CDBs it understan
 
 ``execute`` never raises: CheckCondition becomes sense, anything else becomes HARDWARE ERROR
 44/00 and is logged.
+
+Order of checks for every command (SAM-5/SPC-4): first contact of a nexus queues the
+power-on (or reset) UNIT ATTENTION; unknown opcode -> 20/00, unknown service action or short
+CDB -> 24/00; ``before_command`` hook; a pending UNIT ATTENTION is reported (except INQUIRY,
+REPORT LUNS, REQUEST SENSE); RESERVATION CONFLICT from RESERVE(6) or persistent reservations
+(by the command's ``pr`` class); reserved bits -> 24/00 with field pointer; the handler.
+
+Hooks and knobs for subclasses (all optional):
+
+- ``before_command(nexus, spec)``: notice external changes and ``queue_ua`` before UA check.
+- ``queue_ua(ua, exclude=nexus, only=nexus)``: queue a UNIT ATTENTION for seen nexuses.
+- ``check_ready(req)`` (TEST UNIT READY), ``idle_sense()`` (REQUEST SENSE with nothing pending).
+- ``add_mode_page(ModePage(...))``, ``add_log_page(LogPage(...))``; ``mode_header_fields``,
+  ``block_descriptors``, ``select_header``, ``select_block_descriptors`` for the headers.
+- ``vpd_pages()`` (extend the dict), ``inquiry_byte6()``, ``device_designators()``;
+  transports may append VPD 0x83 descriptors to ``extra_designators``.
+- ``on_prevent_changed(prevented)``: union of PREVENT ALLOW MEDIUM REMOVAL over nexuses.
+- ``on_reset(kind)``: after a LUN/target reset was applied.
+- ``prevent_removal`` (property), ``pending_ua(nexus)``, ``lock`` (held around each command).
 """
 
 from __future__ import annotations
