@@ -186,6 +186,44 @@ def test_unload_when_home_taken(library: Library) -> None:
     assert library.find("A00001L8").address == SLOT2  # first free slot
 
 
+def test_unload_waits_for_a_running_command(library: Library) -> None:
+    """A changer thread's move never closes the cartridge under a drive thread's WRITE."""
+    import threading
+
+    bay = library.load("A00001L8", 0)
+    bay.mount()
+    errors: list[BaseException] = []
+    writes = 0
+    stop = threading.Event()
+
+    def drive_thread() -> None:
+        nonlocal writes
+        while not stop.is_set():
+            with bay.io_lock:
+                cart = bay.cartridge
+                if cart is None:
+                    return
+                try:
+                    cart.write_block(b"z" * 512)
+                    writes += 1
+                except BaseException as e:  # noqa: BLE001
+                    errors.append(e)
+                    return
+
+    t = threading.Thread(target=drive_thread)
+    t.start()
+    import time
+
+    deadline = time.monotonic() + 30
+    while writes < 20 and time.monotonic() < deadline and t.is_alive():
+        time.sleep(0.005)
+    library.unload(0)
+    stop.set()
+    t.join(10)
+    assert not errors
+    assert library.cartridge("A00001L8")["blocks"] >= 20
+
+
 # ---- cartridges ----------------------------------------------------------------------------
 def test_create_cartridge_errors(library: Library) -> None:
     with pytest.raises(DuplicateBarcode):

@@ -13,6 +13,7 @@ a drive (move out of a drive, erase, delete, WORM) takes the same lock first.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
@@ -202,6 +203,11 @@ class DriveBay:
         self.address = library.config.drive_base + index
         self.serial = library.config.drive_serial(index)
         self.prevent_removal = False
+        # Held while a command uses the mounted cartridge, and by mount/unmount, so a move
+        # by another thread (the changer) never closes the cartridge under a running READ or
+        # WRITE. The SSC model may replace it with its own per-device lock. Lock order:
+        # io_lock before library.lock, always.
+        self.io_lock: threading.RLock = threading.RLock()
         self.cartridge: TapeCartridge | None = None
         self.media_generation = 0
         self._lock_fd: int | None = None
@@ -228,7 +234,7 @@ class DriveBay:
         the cartridge or has claimed the drive.
         """
         lib = self.library
-        with lib.lock:
+        with self.io_lock, lib.lock:
             if self.cartridge is not None:
                 return self.cartridge
             lib.refresh()
@@ -258,7 +264,7 @@ class DriveBay:
     def unmount(self) -> None:
         """Sync and close the mounted cartridge, then record its stats in the catalog."""
         lib = self.library
-        with lib.lock:
+        with self.io_lock, lib.lock:
             cart, barcode = self.cartridge, self._mounted
             if cart is None or barcode is None:
                 return
@@ -364,12 +370,12 @@ class Library:
         return cls(root, config, MediaCatalog(root / CATALOG_NAME))
 
     def close(self) -> None:
+        for bay in self.drives:
+            try:
+                bay.unmount()
+            except Exception:  # noqa: BLE001 - close the rest anyway
+                pass
         with self.lock:
-            for bay in self.drives:
-                try:
-                    bay.unmount()
-                except Exception:  # noqa: BLE001 - close the rest anyway
-                    pass
             self.catalog.close()
 
     def __enter__(self) -> Library:
@@ -665,10 +671,12 @@ class Library:
         medium removal is prevented. Placement changes in one IMMEDIATE transaction, while the
         cartridge's flock is held so no other process can mount it half-way.
         """
-        with self.lock:
+        stype, sindex = self._classify(src)
+        dtype, dindex = self._classify(dst)
+        io = (self.drives[sindex].io_lock if stype == ElementType.DATA_TRANSFER
+              else contextlib.nullcontext())
+        with io, self.lock:
             self.refresh()
-            stype, sindex = self._classify(src)
-            dtype, dindex = self._classify(dst)
             if ElementType.MEDIUM_TRANSPORT in (stype, dtype):
                 raise InvalidElement("the medium transport cannot be a source or destination")
             barcode = self._barcode_at(src)
@@ -717,9 +725,9 @@ class Library:
         """Move drive ``drive``'s cartridge back to its home slot (or the first free slot)."""
         if not 0 <= drive < len(self.drives):
             raise InvalidElement(f"no drive {drive}")
-        with self.lock:
+        bay = self.drives[drive]
+        with bay.io_lock, self.lock:
             self.refresh()
-            bay = self.drives[drive]
             row = self._placement.get(bay.address)
             if row is None:
                 raise SourceEmpty(f"drive {drive} is empty")
