@@ -300,7 +300,7 @@ def _cartridge_stats(cart: TapeCartridge) -> dict[str, Any]:
     stats["files"] = tape_files(cart)
     if cart.eod == 0:
         stats["state"] = "scratch"
-    elif cart.remaining_bytes <= 0:
+    elif cart.remaining_bytes <= 0 or cart.at_early_warning:  # past EW: a drive reports EOM
         stats["state"] = "full"
     else:
         stats["state"] = "append"
