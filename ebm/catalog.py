@@ -472,6 +472,29 @@ class Catalog:
             args.append(like)
         return [FileRow(**{**dict(r), "deleted": bool(r["deleted"])}) for r in self.q(sql + " ORDER BY f.header_offset", args)]
 
+    def files_at(self, backup_id: int, exact: list[str], under: list[str]) -> list[FileRow]:
+        """Rows whose path is in ``exact`` or below a directory in ``under`` (no glob
+        characters in either): what a path restore needs without reading the whole index."""
+        conds, args = [], [backup_id]
+        if exact:
+            conds.append(f"p.path IN ({','.join('?' * len(exact))})")
+            args += exact
+        for d in under:
+            conds.append("p.path GLOB ?")
+            args.append(d + "/*")
+        if not conds:
+            return []
+        sql = f"""SELECT p.path, f.kind, f.size, f.mtime_ns, f.mode, f.uid, f.gid, f.sha256,
+                  f.header_offset, f.data_offset, f.deleted, f.backup
+                  FROM ebm_paths p JOIN ebm_files f ON f.path=p.id AND f.backup=?
+                  WHERE {' OR '.join(conds)} ORDER BY f.header_offset"""
+        return [FileRow(**{**dict(r), "deleted": bool(r["deleted"])}) for r in self.q(sql, args)]
+
+    def next_header_offset(self, backup_id: int, offset: int) -> int | None:
+        rows = self.q("SELECT min(header_offset) FROM ebm_files WHERE backup=? AND header_offset>?",
+                      (backup_id, offset))
+        return rows[0][0] if rows else None
+
     def iter_file_counts(self) -> Iterator[tuple[int, int]]:
         yield from ((r[0], r[1]) for r in self.q("SELECT backup, count(*) FROM ebm_files GROUP BY backup"))
 

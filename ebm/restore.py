@@ -62,11 +62,32 @@ def parse_time(text: str) -> float:
         raise RestoreError(f"bad time {text!r} (use ISO like 2026-11-25T14:00 or epoch seconds)") from None
 
 
-def final_view(catalog: Catalog, chain: list[Backup]) -> dict[str, FileRow]:
-    """path -> the row that defines it at the chain's last point (deleted paths absent)."""
+def _plain(patterns: list[str] | None) -> list[str] | None:
+    """The patterns as plain paths, or None if any is a glob (or there are none)."""
+    if not patterns:
+        return None
+    out = [p.strip("/") for p in patterns]
+    if any(not p or p == "." or any(c in p for c in "*?[") for p in out):
+        return None
+    return out
+
+
+def final_view(catalog: Catalog, chain: list[Backup],
+               patterns: list[str] | None = None) -> dict[str, FileRow]:
+    """path -> the row that defines it at the chain's last point (deleted paths absent).
+
+    With plain-path patterns only the rows of those paths, their ancestors (a deleted parent
+    deletes them) and their descendants are read from the index, not the whole index."""
     view: dict[str, FileRow] = {}
+    plain = _plain(patterns)
+    exact: list[str] = []
+    if plain is not None:
+        for p in plain:
+            parts = p.split("/")
+            exact += ["/".join(parts[: i + 1]) for i in range(len(parts))]
     for b in chain:
-        for row in catalog.files(b.id):
+        rows = catalog.files(b.id) if plain is None else catalog.files_at(b.id, exact, plain)
+        for row in rows:
             if row.deleted:
                 view.pop(row.path, None)
                 prefix = row.path + "/"
@@ -143,7 +164,7 @@ def restore(catalog: Catalog, library: Any, translator_loader: Callable[[str], A
         if b.state != "done":
             raise RestoreError(f"backup {b.uuid} in the chain is {b.state}; cannot restore {backup.uuid}")
     ciphers = {b.id: cipher_for(b, secret) for b in chain}  # wrong key: refused before any read
-    view = final_view(catalog, chain)
+    view = final_view(catalog, chain, patterns)
     selected = [r for p, r in view.items() if matches(p, patterns or [])]
     if patterns and not selected:
         raise RestoreError(f"nothing in backup {backup.uuid} matches {' '.join(patterns)}")
@@ -192,8 +213,12 @@ def _read_rows(catalog: Catalog, b: Backup, rows: list[FileRow], opener: ReadMed
     from tape_formats.archive.reader import PaxReader
 
     # Each entry ends where the next one of the same backup begins (or at the stream end).
-    starts = sorted({r.header_offset for r in catalog.files(b.id) if r.header_offset >= 0})
-    nxt = {s: e for s, e in zip(starts, starts[1:] + [b.size], strict=True)}
+    if len(rows) > 64:
+        starts = sorted({r.header_offset for r in catalog.files(b.id) if r.header_offset >= 0})
+        nxt = {s: e for s, e in zip(starts, starts[1:] + [b.size], strict=True)}
+    else:
+        nxt = {r.header_offset: catalog.next_header_offset(b.id, r.header_offset) or b.size
+               for r in rows}
     reader = TapeReader(catalog.volumes(b.id), opener, b.size, cipher)
     try:
         for r in rows:
