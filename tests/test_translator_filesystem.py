@@ -503,3 +503,18 @@ def test_unchanged_incremental_scan_is_fast(tmp_path):
     assert len(r1.state["entries"]) == n_dirs * per_dir + n_dirs + 1
     # Generous bound: the CI machine's 2 cores are shared with other test runs.
     assert elapsed < 0.8, f"unchanged incremental of 2k files took {elapsed:.2f}s"
+
+
+def test_directory_replaced_by_file_keeps_the_files_times(tmp_path):
+    """Regression: times noted for a deleted directory must not land on the file replacing it."""
+    src = tmp_path / "src"
+    (src / "x").mkdir(parents=True)
+    (src / "x" / "child").write_bytes(b"c")
+    (src / "f").write_bytes(b"f")
+    a0, r0 = backup(src)
+    shutil.rmtree(src / "x")
+    os.rename(src / "f", src / "x")
+    os.utime(src / "x", ns=(1, 1_188_947_486_422_180_773))
+    a1, r1 = backup(src, r0.state)
+    restore_chain([(a0, r0), (a1, r1)], tmp_path / "out")
+    assert tree_manifest(tmp_path / "out") == tree_manifest(src)

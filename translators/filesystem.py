@@ -531,7 +531,11 @@ class _Restorer:
             return False
         if stat.S_ISDIR(st.st_mode):
             shutil.rmtree(path)
-            self.safe_dirs = {d for d in self.safe_dirs if d != rel and not d.startswith(rel + "/")}
+            inside = rel + "/"
+            self.safe_dirs = {d for d in self.safe_dirs if d != rel and not d.startswith(inside)}
+            # Times noted for this directory (or below) must not land on what replaces it.
+            self.saved_times = {d: t for d, t in self.saved_times.items()
+                                if d != rel and not d.startswith(inside)}
         else:
             os.unlink(path)
         return True
