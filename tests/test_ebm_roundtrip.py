@@ -168,3 +168,31 @@ def test_random_trees_every_point_restores(base, steps) -> None:
             _restore(ebm, b, target)
             assert manifest(target) == want, f"point {i}"
         ebm.close()
+
+
+def test_path_and_glob_restores_follow_the_chain(tmp_path: Path) -> None:
+    import pytest
+
+    from ebm.restore import RestoreError
+
+    ebm = make_library(tmp_path / "lib", barcodes(1))
+    src = tmp_path / "src"
+    write_tree(src, {"keep/a.txt": b"a1", "keep/b.bin": b"b1", "gone/x.txt": b"x1"})
+    b0 = _backup(ebm, "ds", src)
+    shutil.rmtree(src / "gone")
+    (src / "keep/a.txt").write_bytes(b"a2")
+    _touch_mtime(src / "keep/a.txt")
+    b1 = _backup(ebm, "ds")
+    _restore(ebm, b1, tmp_path / "r1", ["keep/a.txt"])
+    assert (tmp_path / "r1/keep/a.txt").read_bytes() == b"a2"
+    assert not (tmp_path / "r1/keep/b.bin").exists()
+    with pytest.raises(RestoreError, match="nothing in backup"):
+        _restore(ebm, b1, tmp_path / "r2", ["gone/x.txt"])  # deleted with its directory
+    _restore(ebm, b0, tmp_path / "r3", ["gone/x.txt"])  # but there at the baseline
+    assert (tmp_path / "r3/gone/x.txt").read_bytes() == b"x1"
+    _restore(ebm, b1, tmp_path / "r4", ["keep/*.bin"])
+    assert sorted(p.name for p in (tmp_path / "r4/keep").iterdir()) == ["b.bin"]
+    _restore(ebm, b1, tmp_path / "r5", ["keep"])  # a directory brings its contents
+    assert (tmp_path / "r5/keep/a.txt").read_bytes() == b"a2"
+    assert (tmp_path / "r5/keep/b.bin").read_bytes() == b"b1"
+    ebm.close()
