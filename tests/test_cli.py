@@ -332,3 +332,18 @@ def test_adopt_orphaned_files(root: Path) -> None:
     assert row["blocks"] == 5 and row["files"] == 2
     assert row["location"] == "slot:1"
     assert vtl_json(root, "cartridge", "adopt", "--all")["adopted"] == []
+
+
+def test_damaged_and_missing_cartridge_files(root: Path) -> None:
+    path = root / "cartridges" / "A00001L8.vtape"
+    with path.open("r+b") as f:
+        f.write(b"garbage")
+    r = vtl(root, "cartridge", "verify", "A00001L8")
+    assert r.exit_code == 1 and "FAILED" in r.stdout and r.stderr == ""
+    assert vtl_json(root, "cartridge", "show", "A00001L8")["state"] == "error"
+    r = vtl(root, "cartridge", "inspect", "A00001L8")
+    assert r.exit_code == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
+    (root / "cartridges" / "A00002L8.vtape").unlink()
+    assert_bad_input(root, "cartridge", "erase", "A00002L8", "--yes", match="missing")
+    assert_bad_input(root, "cartridge", "verify", "A00002L8", match="missing")
+    vtl_json(root, "cartridge", "delete", "A00002L8")  # the catalog row can still go

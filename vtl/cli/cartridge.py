@@ -391,7 +391,13 @@ def verify(
     = False,
 ) -> None:
     """Walk every record of the cartridge file and check framing and checksums."""
-    from tape_formats.cartridge import rebuild_index, verify_cartridge
+    from tape_formats.cartridge import (
+        CartridgeError,
+        VerifyReport,
+        rebuild_index,
+        verify_cartridge,
+    )
+    from vtl.library import CartridgeMissing
 
     barcode = barcode.upper()
     with open_library() as lib:
@@ -406,7 +412,12 @@ def verify(
                     lib.record_stats(barcode, cart)
                 finally:
                     cart.close()
-        report = verify_cartridge(path)
+        if not path.exists():
+            raise CartridgeMissing(f"cartridge file {path} is missing")
+        try:
+            report = verify_cartridge(path)
+        except CartridgeError as e:  # e.g. a damaged header: the walk cannot even start
+            report = VerifyReport(path, errors=[str(e)])
         row = lib.cartridge(barcode)
         errors = list(report.errors)
         # The catalog is written at unmount; while mounted elsewhere it may lag behind.
