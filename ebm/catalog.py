@@ -112,6 +112,18 @@ CREATE TABLE IF NOT EXISTS ebm_files (
     deleted INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (backup, path)
 ) WITHOUT ROWID;
+-- Where each entry's pax header lies on tape: cartridge, tape file, block within that tape
+-- file, byte within the block, and the logical object to LOCATE to (256 KiB blocks).
+CREATE VIEW IF NOT EXISTS ebm_file_positions AS
+    SELECT f.backup AS backup, p.path AS path, v.barcode AS barcode,
+           v.first_file + 1 AS tape_file,
+           f.header_offset / 262144 - v.first_block AS block_in_file,
+           f.header_offset % 262144 AS byte_in_block,
+           v.data_object + (f.header_offset / 262144 - v.first_block) AS object
+    FROM ebm_files f JOIN ebm_paths p ON p.id = f.path
+    JOIN ebm_backup_volumes v ON v.backup = f.backup
+         AND f.header_offset / 262144 BETWEEN v.first_block AND v.last_block
+    WHERE f.header_offset >= 0;
 CREATE TABLE IF NOT EXISTS ebm_states (
     backup INTEGER PRIMARY KEY,
     state BLOB
@@ -494,6 +506,12 @@ class Catalog:
         rows = self.q("SELECT min(header_offset) FROM ebm_files WHERE backup=? AND header_offset>?",
                       (backup_id, offset))
         return rows[0][0] if rows else None
+
+    def positions(self, backup_id: int) -> dict[str, tuple[str, int, int, int, int]]:
+        """path -> (cartridge, tape file, block in file, byte in block, logical object)."""
+        return {r[0]: tuple(r[1:]) for r in self.q(
+            "SELECT path, barcode, tape_file, block_in_file, byte_in_block, object "
+            "FROM ebm_file_positions WHERE backup=?", (backup_id,))}
 
     def iter_file_counts(self) -> Iterator[tuple[int, int]]:
         yield from ((r[0], r[1]) for r in self.q("SELECT backup, count(*) FROM ebm_files GROUP BY backup"))

@@ -115,7 +115,7 @@ app.add_typer(pool_app, name="pool")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(catalog_app, name="catalog")
 
-out = Console()
+out = Console(soft_wrap=True)  # long paths stay on one line (greppable)
 errc = Console(stderr=True)
 
 
@@ -358,7 +358,9 @@ def show(backup_spec: str = typer.Argument(..., metavar="BACKUP")) -> None:
 
 @app.command()
 def ls(backup_spec: str = typer.Argument(..., metavar="BACKUP"),
-       path: str = typer.Argument(None, help="glob or directory")) -> None:
+       path: str = typer.Argument(None, help="glob or directory"),
+       positions: bool = typer.Option(False, "--positions",
+                                      help="show cartridge, tape file, block, byte of each entry")) -> None:
     """List the files of a backup as of its point in the chain."""
     from ebm.restore import final_view, matches
 
@@ -366,18 +368,30 @@ def ls(backup_spec: str = typer.Argument(..., metavar="BACKUP"),
     b = resolve(cat, backup_spec)
     if b.state != "done":
         raise CliError(f"backup {b.uuid} is {b.state}")
-    view = final_view(cat, cat.chain(b))
+    view = final_view(cat, cat.chain(b), [path] if path else None)
     rows = sorted((r for p, r in view.items() if matches(p, [path] if path else [])),
                   key=lambda r: r.path)
     if path and not rows:
         raise CliError(f"nothing in backup {b.uuid} matches {path}")
+    pos: dict[str, Any] = {}
+    if positions:
+        for bid in {r.backup for r in rows}:
+            pos.update({(bid, p): v for p, v in cat.positions(bid).items()})
     data = [{"path": r.path, "kind": r.kind, "size": r.size, "mode": oct(r.mode),
-             "mtime": _ts(r.mtime_ns / 1e9), "backup": r.backup} for r in rows]
+             "mtime": _ts(r.mtime_ns / 1e9), "backup": r.backup,
+             **({"position": dict(zip(("cartridge", "tape_file", "block", "byte", "object"),
+                                      pos.get((r.backup, r.path), ()), strict=False))}
+                if positions else {})} for r in rows]
 
     def human() -> None:
         for r in rows:
+            where = ""
+            if positions and (r.backup, r.path) in pos:
+                bc, tf, blk, byte, _obj = pos[(r.backup, r.path)]
+                where = f"  [{bc} file {tf} block {blk} +{byte}]"
             out.print(f"{r.kind[0] if r.kind != 'hardlink' else 'h'} {oct(r.mode)[2:]:>5} "
-                      f"{r.size:>12} {_ts(r.mtime_ns / 1e9)} {r.path}", highlight=False, markup=False)
+                      f"{r.size:>12} {_ts(r.mtime_ns / 1e9)} {r.path}{where}",
+                      highlight=False, markup=False)
     emit(data, human)
 
 

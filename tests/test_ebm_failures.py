@@ -155,3 +155,17 @@ def test_backup_killed_mid_stream(tmp_path: Path) -> None:
     _restore(ebm, nxt, tmp_path / "r1")
     assert manifest(tmp_path / "r1") == manifest(src)
     ebm.close()
+
+
+def test_key_file_round_trip(tmp_path: Path) -> None:
+    ebm = make_library(tmp_path / "lib", barcodes(1))
+    src = tmp_path / "src"
+    write_tree(src, {"a": os.urandom(10_000)})
+    kf = tmp_path / "key"
+    kf.write_bytes(os.urandom(32))
+    b = ebm.backup(BackupRequest(dataset="k", source=src, pool="pool", encrypt=True, key_file=kf))
+    _restore(ebm, b, tmp_path / "r", secret=kf.read_bytes())
+    assert manifest(tmp_path / "r") == manifest(src)
+    r = run_cli(tmp_path / "lib", "verify", "k", "--key-file", str(kf))
+    assert r.returncode == 0, r.stderr
+    ebm.close()
