@@ -31,7 +31,7 @@ from translators.base import TranslatorError, apply_chain, available_translators
 from translators.filesystem import FilesystemTranslator, tree_manifest
 
 IS_ROOT = os.geteuid() == 0
-NAMES = ["a", "b", "c", "dir", "file.txt", "ü-ñ", "sp ace", "L" * 120]
+NAMES = ["a", "b", "c", "dir", "file.txt", "ü-ñ", "sp ace", "L" * 120, "raw\udcff\udcfe", "new\nline"]
 MODES_FILE = [0o644, 0o600, 0o755, 0o400, 0o4755, 0o2750]
 MODES_DIR = [0o755, 0o700, 0o1777, 0o2755, 0o555]
 IDS = [0, 1000, 54321]
