@@ -19,6 +19,7 @@ import concurrent.futures
 import logging
 import secrets
 import struct
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -646,17 +647,42 @@ class Connection(asyncio.BufferedProtocol):
                                 fixed_sense(SenseKey.HARDWARE_ERROR, 0x44, 0x00))
         if task.aborted or self._closing:
             return
-        fut = asyncio.run_coroutine_threadsafe(self._complete(task, result), self.loop)
-        while True:
-            try:
-                fut.result(timeout=1.0)
+        # Hand the result to the event loop and wait until it has been queued on the socket
+        # (a plain lock, not run_coroutine_threadsafe: no Task or future chain per command).
+        handed = threading.Lock()
+        handed.acquire()
+        try:
+            self.loop.call_soon_threadsafe(self._complete_from_worker, task, result, handed)
+        except RuntimeError:  # loop closed
+            return
+        while not handed.acquire(timeout=1.0):
+            if self.loop.is_closed() or self._closing:
                 return
-            except concurrent.futures.TimeoutError:
-                if self.loop.is_closed() or self._closing:
-                    fut.cancel()
-                    return
-            except Exception:
-                return
+
+    def _complete_from_worker(self, task: Task, result: ScsiResult,
+                              handed: threading.Lock) -> None:
+        """On the loop: send the response now; release the worker once the transport can
+        take more (back-pressure from a slow initiator reaches the device)."""
+        try:
+            if not (task.aborted or self._closing):
+                self._send_result(task, result)
+        except Exception:
+            self._task_done(task)
+            handed.release()
+            raise
+        self._task_done(task)
+        if self._write_ok.is_set() or self._closing:
+            handed.release()
+            return
+        t = self.loop.create_task(self._release_when_writable(handed))
+        self._bg.add(t)
+        t.add_done_callback(self._bg.discard)
+
+    async def _release_when_writable(self, handed: threading.Lock) -> None:
+        try:
+            await self._write_ok.wait()
+        finally:
+            handed.release()
 
     @staticmethod
     def _check_write_length(worker: LunWorker, task: Task,
@@ -905,7 +931,7 @@ class Connection(asyncio.BufferedProtocol):
             elif function == TmfFunction.ABORT_TASK:
                 ref = hdr.words[0]
                 task = self.tasks.get(ref)
-                if task is None:
+                if task is None or task.state is TaskState.DONE:
                     response = TmfResponse.TASK_DOES_NOT_EXIST
                 else:
                     await self.server.abort_tasks([(self, task)])
@@ -937,16 +963,23 @@ class Connection(asyncio.BufferedProtocol):
         )
         self._send(bhs)
 
-    async def abort_task(self, task: Task) -> None:
-        """Abort one of this connection's tasks: no response will be sent for it."""
+    def abort_task(self, task: Task) -> asyncio.Future | None:
+        """Abort one of this connection's tasks: no response will be sent for it.
+
+        Marks the task at once (so a result arriving on the next loop iteration is dropped)
+        and returns what to await when the command is already running on its LUN thread.
+        """
         task.aborted = True
         self._recently_aborted.append(task.itt)
         fut = task.future
+        running = None
         if fut is not None and not fut.cancel() and not fut.done():
-            try:
-                await asyncio.wrap_future(fut)
-            except (Exception, asyncio.CancelledError):
-                pass
+            running = asyncio.wrap_future(fut)
+        if running is None:
+            self._forget(task)
+        return running
+
+    def _forget(self, task: Task) -> None:
         if self.tasks.get(task.itt) is task:
             self._task_done(task)
 

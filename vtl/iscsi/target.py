@@ -194,7 +194,18 @@ class IscsiTarget:
 
     # ---- task management -----------------------------------------------------------------
     async def abort_tasks(self, tasks: list[tuple[Connection, Task]]) -> None:
-        await asyncio.gather(*(conn.abort_task(task) for conn, task in tasks))
+        """Abort tasks (no responses for them), waiting for any already running to end."""
+        running = []
+        for conn, task in tasks:  # mark them all before yielding to the loop
+            fut = conn.abort_task(task)
+            if fut is not None:
+                running.append((conn, task, fut))
+        for conn, task, fut in running:
+            try:
+                await fut
+            except (Exception, asyncio.CancelledError):
+                pass
+            conn._forget(task)
 
     async def abort_lun(self, target: TargetConfig, lun: int, only: Connection | None) -> None:
         victims: list[tuple[Connection, Task]] = []
