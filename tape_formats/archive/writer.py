@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from functools import lru_cache
 from typing import BinaryIO, Protocol
 
 from . import pax
@@ -44,6 +45,13 @@ _TYPEFLAGS = {
     "blockdev": pax.TYPE_BLOCKDEV,
     "fifo": pax.TYPE_FIFO,
 }
+
+
+@lru_cache(maxsize=512)
+def _ext_ustar(size: int, typeflag: bytes) -> bytes:
+    name = b"././@PaxHeader" if typeflag == pax.TYPE_PAX else b"././@GlobalHeader"
+    return pax.build_ustar(name=name, mode=0o644, uid=0, gid=0, size=size, mtime=0,
+                           typeflag=typeflag)
 
 
 class ByteSink(Protocol):
@@ -115,14 +123,11 @@ class PaxWriter:
     # --- headers ----------------------------------------------------------------------
     @staticmethod
     def _pax_header(name: bytes, records: list[bytes], mtime: int, typeflag: bytes) -> bytes:
+        """An extended header block + its records. The header's own ustar block depends only
+        on the body length (constant name and time, as Python's tarfile and star write them),
+        so it is cached: one 512-byte build per entry instead of two."""
         body = b"".join(records)
-        base = name.rstrip(b"/").rsplit(b"/", 1)[-1][:80] or b"root"
-        hname = b"PaxHeaders/" + base if typeflag == pax.TYPE_PAX else b"GlobalHead.0"
-        ustar = pax.build_ustar(
-            name=hname, mode=0o644, uid=0, gid=0, size=len(body), mtime=max(0, mtime),
-            typeflag=typeflag,
-        )
-        return b"".join((ustar, body, bytes(pax.padding(len(body)))))
+        return b"".join((_ext_ustar(len(body), typeflag), body, bytes(pax.padding(len(body)))))
 
     def add_deletions(self, paths: list[str]) -> int:
         """Record deleted paths (incrementals) as one pax global header; returns its offset."""
