@@ -8,11 +8,12 @@ drive is library business kept here.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 from ebm.catalog import Catalog
 from ebm.mover import MoverError
-from tape_formats.cartridge import CartridgeError, TapeCartridge
+from tape_formats.cartridge import CartridgeError, RecordKind, TapeCartridge
 
 
 class MediaError(MoverError):
@@ -32,12 +33,19 @@ class DriveSession:
     processes; a claim whose process died is dropped by the library.
     """
 
-    def __init__(self, library: Any, owner: str) -> None:
+    def __init__(self, library: Any, owner: str, wait: float = 120.0) -> None:
+        """Claim a free drive, waiting up to ``wait`` seconds for one (more jobs than drives
+        queue here instead of failing)."""
         self.library = library
-        try:
-            self.bay = library.claim_drive(owner)
-        except _lib_errors() as e:
-            raise MediaError(f"no free drive: {e}") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self.bay = library.claim_drive(owner)
+                break
+            except _lib_errors() as e:
+                if time.monotonic() >= deadline:
+                    raise MediaError(f"no free drive: {e}") from None
+                time.sleep(0.5)
         self.loaded: str | None = None
 
     def close(self) -> None:
@@ -108,11 +116,22 @@ class PoolMedia:
                 if seq == 0 and len(self.used) < 64:
                     continue  # try another cartridge of the pool
                 raise
+            if cart.write_protected:
+                self.session.unload()
+                self.catalog.release_media(barcode, state="read-only")
+                continue
             at = row["append_at"] if row["state"] == "append" else 0
             if at > cart.eod:
                 self.catalog.release_media(barcode, state="error")
                 raise MediaError(f"cartridge {barcode} ends at object {cart.eod}, before its "
                                  f"recorded append point {at} (erased outside the EBM?)")
+            if cart.worm and at < cart.eod:
+                # WORM cannot overwrite a crashed job's tail: end it with a filemark (so no
+                # scanner runs it into our header) and append after it.
+                cart.space_to_eod()
+                if cart.object_kind(cart.eod - 1) != RecordKind.FILEMARK:
+                    cart.write_filemarks(1, sync=True)
+                at = cart.eod
             cart.locate(at)
             if at > 0 and cart.at_early_warning:
                 # Nothing worth writing fits any more: close it and take the next one.
