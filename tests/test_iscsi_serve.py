@@ -230,3 +230,32 @@ def test_chap_acl_and_sigterm_clean_stop(tmp_path: Path):
     # The library is usable again right away.
     s2 = start(root)
     assert s2.stop() == 0
+
+
+def test_reserve_conflict_between_sessions_and_release_on_logout(served: Served):
+    """Two initiators on drive 1: RESERVE(6) by one gives the other RESERVATION CONFLICT;
+    the holder's logout is an I_T nexus loss, which frees the drive."""
+    a = RawInitiator(served.port, name="iqn.2026-11.org.example:host-a", timeout=20)
+    b = RawInitiator(served.port, name="iqn.2026-11.org.example:host-b", timeout=20)
+    a.login(target=IQN)
+    b.login(target=IQN)
+    for ini in (a, b):  # consume the power-on UNIT ATTENTION (the drive may be empty)
+        for _ in range(3):
+            ini.collect(ini.scsi(bytes(6), lun=2))
+    rsp, _ = a.collect(a.scsi(bytes([0x16, 0, 0, 0, 0, 0]), lun=2))  # RESERVE(6)
+    assert scsi_status(rsp) == 0, sense_of(rsp).hex()
+    rsp, _ = b.collect(b.scsi(bytes([0x16, 0, 0, 0, 0, 0]), lun=2))
+    assert scsi_status(rsp) == 0x18  # RESERVATION CONFLICT
+    assert a.logout().hdr.b2 == 0
+    a.close()
+    deadline = time.monotonic() + 5
+    while True:
+        rsp, _ = b.collect(b.scsi(bytes([0x16, 0, 0, 0, 0, 0]), lun=2))
+        if scsi_status(rsp) == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert scsi_status(rsp) == 0
+    rsp, _ = b.collect(b.scsi(bytes([0x17, 0, 0, 0, 0, 0]), lun=2))  # RELEASE(6)
+    assert scsi_status(rsp) == 0
+    b.logout()
+    b.close()

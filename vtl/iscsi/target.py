@@ -102,9 +102,10 @@ class IscsiTarget:
             c.abort()
         for server in self._servers:
             await server.wait_closed()
-        # Let queued nexus_lost calls run before the threads go away.
+        # Let queued nexus_lost calls run before the threads go away (waiting off the loop:
+        # a worker may still need one loop iteration to notice its connection closed).
         for w in self.workers.values():
-            w.executor.shutdown(wait=True)
+            await asyncio.to_thread(w.executor.shutdown, wait=True)
 
     # ---- lookups -------------------------------------------------------------------------
     def worker(self, target: TargetConfig, lun: int | None) -> LunWorker | None:
