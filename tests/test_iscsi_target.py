@@ -462,3 +462,20 @@ def test_libiscsi_test_cu_iscsi_suite(name):
         assert summary, r.stdout[-2000:] + r.stderr[-2000:]
         total, ran, passed, failed = summary[0].split()[1:5]
         assert ran == total and failed == "0" and int(passed) > 0, r.stdout[-3000:]
+
+
+def test_write_buffer_limit_per_connection():
+    with running_target(limits=Limits(max_buffered=3 << 20)) as t:
+        ini = RawInitiator(t.port)
+        ini.login({"ImmediateData": "No", "InitialR2T": "Yes"})
+        # Two 1 MiB writes waiting for data fit; a third 2 MiB one gets TASK SET FULL.
+        ini.scsi(write6(1 << 20), lun=1, write=b"", edtl=1 << 20)
+        ini.scsi(write6(1 << 20), lun=1, write=b"", edtl=1 << 20)
+        itt = ini.scsi(write6(2 << 20), lun=1, write=b"", edtl=2 << 20)
+        while True:
+            p = ini.recv()
+            if p.op == Op.SCSI_RSP:
+                break
+            assert p.op == Op.R2T
+        assert p.hdr.itt == itt and scsi_status(p) == 0x28
+        ini.close()

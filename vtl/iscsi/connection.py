@@ -82,6 +82,7 @@ class Task:
     aborted: bool = False
     failed_sense: bytes | None = None  # e.g. a data digest error on Data-Out
     write_residual: tuple[int, int] | None = None  # (flag, count) when EDTL != CDB length
+    buffered: int = 0  # bytes of write buffer counted against the connection's limit
     future: concurrent.futures.Future | None = None
 
 
@@ -116,6 +117,7 @@ class Connection(asyncio.BufferedProtocol):
         self._login_itt = 0
         self._isid = b""
         self.tasks: dict[int, Task] = {}
+        self._buffered = 0  # write-buffer bytes held by this connection's tasks
         self._ttt_map: dict[int, Task] = {}
         self._next_ttt = secrets.randbelow(0x7FFFFFFF)
         self._recently_aborted: deque[int] = deque(maxlen=64)
@@ -282,7 +284,9 @@ class Connection(asyncio.BufferedProtocol):
                 return memoryview(task.buffer)[offset:offset + hdr.dsl]
         elif self.full_feature and op == Op.SCSI_CMD and hdr.flags & 0x20:
             edtl = hdr.words[0]
-            if 0 < hdr.dsl <= edtl <= self.server.config.limits.max_transfer:
+            lim = self.server.config.limits
+            if (0 < hdr.dsl <= edtl <= lim.max_transfer
+                    and self._buffered + edtl <= lim.max_buffered):
                 buf = bytearray(edtl)
                 self._data_task = Task(0, b"", None, b"", edtl, False, True, buffer=buf)
                 return memoryview(buf)[:hdr.dsl]
@@ -482,6 +486,14 @@ class Connection(asyncio.BufferedProtocol):
                 self._finish_local(task, CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x55, 0x03)
                                    .result())
                 return
+            if self._buffered + edtl > self.server.config.limits.max_buffered:
+                # Too much write data already waiting on this connection: ask the initiator
+                # to retry later instead of holding unbounded memory.
+                self.tasks[task.itt] = task
+                self._finish_local(task, ScsiResult(Status.TASK_SET_FULL))
+                return
+            self._buffered += edtl
+            task.buffered = edtl
             pre = self._data_task
             if pre is not None and pre.buffer is not None and len(pre.buffer) == edtl:
                 task.buffer = pre.buffer
@@ -728,6 +740,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def _task_done(self, task: Task) -> None:
         task.state = TaskState.DONE
+        self._buffered -= task.buffered
+        task.buffered = 0
         if self.tasks.get(task.itt) is task:
             del self.tasks[task.itt]
         for ttt in task.r2ts:
