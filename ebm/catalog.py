@@ -356,6 +356,8 @@ class Catalog:
     def backup(self, ident: int | str) -> Backup:
         if isinstance(ident, int) or (isinstance(ident, str) and ident.isdigit()):
             rows = self.q("SELECT * FROM ebm_backups WHERE id=?", (int(ident),))
+        elif len(ident) < 4:  # too short to be a uuid prefix anyone means
+            rows = self.q("SELECT * FROM ebm_backups WHERE uuid=?", (ident,))
         else:
             rows = self.q("SELECT * FROM ebm_backups WHERE uuid=? OR uuid LIKE ?",
                           (ident, f"{ident}%"))

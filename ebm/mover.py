@@ -121,7 +121,8 @@ class TapeWriter:
         vol = self._vol
         assert vol is not None
         vol.end_object = vol.cart.position
-        vol.end_file = vol.cart.filemarks_before(vol.end_object)
+        # the tape file of the last object we wrote (a filemark belongs to the file it ends)
+        vol.end_file = vol.cart.filemarks_before(max(vol.first_object, vol.end_object - 1)) + 1
         vol.full = full
         vol.cart.sync()
         self.provider.release_volume(vol.barcode, vol.cart, full=full)

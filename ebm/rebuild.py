@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,7 +73,7 @@ def scan_cartridge(cart: Any, barcode: str, secret: bytes | None) -> list[Segmen
         else:
             blocks = cart.position - 1 - data_obj
         seg = Segment(barcode, hdr, start, file_no, data_obj, blocks, cart.position,
-                      cart.filemarks_before(cart.position))
+                      cart.filemarks_before(max(start, cart.position - 1)) + 1)
         if cart.position < cart.eod:
             tstart = cart.position
             probe = cart.read_block(memoryview(buf))
@@ -97,7 +98,7 @@ def scan_cartridge(cart: Any, barcode: str, secret: bytes | None) -> list[Segmen
                     cart.space_filemarks(1)
                     seg.trailer = "opaque"
                 seg.end_object = cart.position
-                seg.end_file = cart.filemarks_before(cart.position)
+                seg.end_file = cart.filemarks_before(max(start, cart.position - 1)) + 1
         segs.append(seg)
     return segs
 
@@ -189,8 +190,9 @@ def _record(catalog: Catalog, parts: list[Segment], res: RebuildResult) -> None:
     with catalog.tx():
         cur = catalog.db.execute(
             """INSERT INTO ebm_backups(uuid, dataset, level, parent, translator, started, state,
-               pid, options) VALUES (?, ?, ?, ?, ?, ?, 'running', NULL, ?)""",
-            (h["uuid"], ds, level, parent_id, h["translator"], h["created"], json.dumps(options)))
+               pid, options) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)""",
+            (h["uuid"], ds, level, parent_id, h["translator"], h["created"], os.getpid(),
+             json.dumps(options)))
         bid = int(cur.lastrowid or 0)
     vols, first_block = [], 0
     for s in parts:
