@@ -121,12 +121,11 @@ def build_ustar(
 
 def pax_record(key: bytes, value: bytes) -> bytes:
     """One ``"<len> <key>=<value>\\n"`` record; ``len`` counts itself."""
-    body = b" " + key + b"=" + value + b"\n"
-    n = len(body)
-    digits = len(str(n))
-    while len(str(n + digits)) > digits:
-        digits += 1
-    return str(n + digits).encode() + body
+    n = len(key) + len(value) + 3  # " ", "=", "\\n"
+    total = n + len(str(n))
+    if len(str(total)) > len(str(n)):
+        total += 1
+    return b"%d %s=%s\n" % (total, key, value)
 
 
 def parse_pax_records(data: bytes) -> list[tuple[bytes, bytes]]:

@@ -35,6 +35,10 @@ from . import pax
 from .entry import ArchiveEntry, ArchiveError, EntryLocation, check_member_path
 
 CHUNK = 1024 * 1024
+_NS = 1_000_000_000
+_MAX_SIZE = 8**11  # what a 12-byte octal field holds
+_MAX_TIME = 8**11
+_MAX_ID = 8**7  # what an 8-byte octal field holds
 
 _TYPEFLAGS = {
     "file": pax.TYPE_FILE,
@@ -153,81 +157,90 @@ class PaxWriter:
         if entry.deleted:
             self.add_deletions([entry.path])
             return EntryLocation(self._offset, self._offset, 0, None)
-        check_member_path(entry.path)
+        path = entry.path
+        check_member_path(path)
         kind = entry.kind
-        if kind not in _TYPEFLAGS:
-            raise ArchiveError(f"unknown entry kind {kind!r} for {entry.path!r}")
+        typeflag = _TYPEFLAGS.get(kind)
+        if typeflag is None:
+            raise ArchiveError(f"unknown entry kind {kind!r} for {path!r}")
         header_offset = self._offset
-        path_b = b"." if entry.path == "." else fsencode(entry.path)
+        path_b = b"." if path == "." else path.encode("utf-8", "surrogateescape")
         records: list[bytes] = []
+        record = pax.pax_record
         binary = False
 
         sparse = kind == "file" and entry.sparse_map is not None
         if kind == "dir":
-            tar_name = b"./" if entry.path == "." else path_b + b"/"
+            tar_name = b"./" if path == "." else path_b + b"/"
         else:
             tar_name = path_b
         if sparse:
-            head, _, base = path_b.rpartition(b"/")
-            tar_name = (head + b"/" if head else b"") + b"GNUSparseFile.0/" + base
+            head_dir, _, base = path_b.rpartition(b"/")
+            tar_name = (head_dir + b"/" if head_dir else b"") + b"GNUSparseFile.0/" + base
             records += [
-                pax.pax_record(b"GNU.sparse.major", b"1"),
-                pax.pax_record(b"GNU.sparse.minor", b"0"),
-                pax.pax_record(b"GNU.sparse.name", path_b),
-                pax.pax_record(b"GNU.sparse.realsize", str(entry.size).encode()),
+                record(b"GNU.sparse.major", b"1"),
+                record(b"GNU.sparse.minor", b"0"),
+                record(b"GNU.sparse.name", path_b),
+                record(b"GNU.sparse.realsize", b"%d" % entry.size),
             ]
-            binary = binary or not _is_utf8(path_b)
-        if not sparse and (
-            pax.split_ustar_name(tar_name) is None or not tar_name.isascii()
-        ):
-            records.append(pax.pax_record(b"path", tar_name))
-            binary = binary or not _is_utf8(tar_name)
+            binary = not _is_utf8(path_b)
+        elif (len(tar_name) > 100 and pax.split_ustar_name(tar_name) is None) or not tar_name.isascii():
+            records.append(record(b"path", tar_name))
+            binary = not _is_utf8(tar_name)
 
-        link_b = fsencode(entry.linkname) if kind in ("symlink", "hardlink") else b""
-        if len(link_b) > 100 or not link_b.isascii():
-            records.append(pax.pax_record(b"linkpath", link_b))
-            binary = binary or not _is_utf8(link_b)
+        if kind == "symlink" or kind == "hardlink":
+            link_b = entry.linkname.encode("utf-8", "surrogateescape")
+            if len(link_b) > 100 or not link_b.isascii():
+                records.append(record(b"linkpath", link_b))
+                binary = binary or not _is_utf8(link_b)
+        else:
+            link_b = b""
 
         if sparse:
             map_block = pax.encode_sparse_map(self._sparse_extents(entry))
             stored_size = len(map_block) + entry.data_size
         else:
             map_block = b""
-            stored_size = entry.data_size if kind == "file" else 0
-        if not pax.fits_octal(stored_size, 12):
-            records.append(pax.pax_record(b"size", str(stored_size).encode()))
-        for key, val in ((b"uid", entry.uid), (b"gid", entry.gid)):
-            if not pax.fits_octal(val, 8):
-                records.append(pax.pax_record(key, str(val).encode()))
+            stored_size = entry.size if kind == "file" else 0
+        if stored_size >= _MAX_SIZE:
+            records.append(record(b"size", b"%d" % stored_size))
+        uid, gid = entry.uid, entry.gid
+        if not 0 <= uid < _MAX_ID:
+            records.append(record(b"uid", b"%d" % uid))
+        if not 0 <= gid < _MAX_ID:
+            records.append(record(b"gid", b"%d" % gid))
         uname_b = entry.uname.encode("utf-8", "surrogateescape")
         gname_b = entry.gname.encode("utf-8", "surrogateescape")
         if len(uname_b) > 32 or not uname_b.isascii():
-            records.append(pax.pax_record(b"uname", uname_b))
+            records.append(record(b"uname", uname_b))
         if len(gname_b) > 32 or not gname_b.isascii():
-            records.append(pax.pax_record(b"gname", gname_b))
-        mtime_s = entry.mtime_ns // pax.NS
-        if entry.mtime_ns % pax.NS or not pax.fits_octal(mtime_s, 12):
-            records.append(pax.pax_record(b"mtime", pax.format_pax_time(entry.mtime_ns)))
+            records.append(record(b"gname", gname_b))
+        mtime_ns = entry.mtime_ns
+        mtime_s = mtime_ns // _NS
+        if mtime_ns % _NS or not 0 <= mtime_s < _MAX_TIME:
+            records.append(record(b"mtime", pax.format_pax_time(mtime_ns)))
         if entry.atime_ns is not None:
-            records.append(pax.pax_record(b"atime", pax.format_pax_time(entry.atime_ns)))
+            records.append(record(b"atime", pax.format_pax_time(entry.atime_ns)))
         if entry.ctime_ns is not None:
-            records.append(pax.pax_record(b"ctime", pax.format_pax_time(entry.ctime_ns)))
-        for name in sorted(entry.xattrs):
-            records.append(pax.pax_record(b"SCHILY.xattr." + fsencode(name), bytes(entry.xattrs[name])))
+            records.append(record(b"ctime", pax.format_pax_time(entry.ctime_ns)))
+        if entry.xattrs:
+            for name in sorted(entry.xattrs):
+                records.append(record(b"SCHILY.xattr." + fsencode(name), bytes(entry.xattrs[name])))
         if binary:
-            records.insert(0, pax.pax_record(b"hdrcharset", b"BINARY"))
-        head: list[bytes] = []
-        if records:
-            head.append(self._pax_header(tar_name, records, mtime_s, pax.TYPE_PAX))
-        head.append(
-            pax.build_ustar(
-                name=tar_name, mode=entry.mode, uid=entry.uid, gid=entry.gid,
-                size=stored_size, mtime=mtime_s, typeflag=_TYPEFLAGS[kind],
-                linkname=link_b[:100], uname=uname_b[:32], gname=gname_b[:32],
-                devmajor=entry.devmajor, devminor=entry.devminor,
-            )
+            records.insert(0, record(b"hdrcharset", b"BINARY"))
+        ustar = pax.build_ustar(
+            name=tar_name, mode=entry.mode, uid=uid, gid=gid,
+            size=stored_size, mtime=mtime_s, typeflag=typeflag,
+            linkname=link_b[:100], uname=uname_b[:32], gname=gname_b[:32],
+            devmajor=entry.devmajor, devminor=entry.devminor,
         )
-        data_offset = header_offset + sum(len(h) for h in head)
+        if records:
+            body = b"".join(records)
+            head = [_ext_ustar(len(body), pax.TYPE_PAX), body, bytes(-len(body) % 512), ustar]
+            data_offset = header_offset + 1024 + len(body) + (-len(body) % 512)
+        else:
+            head = [ustar]
+            data_offset = header_offset + 512
         if kind != "file":
             self._emit(b"".join(head))
             return EntryLocation(header_offset, data_offset, 0, None, end_offset=self._offset)
