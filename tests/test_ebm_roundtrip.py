@@ -37,13 +37,21 @@ def test_chain_of_incrementals_every_point_restores_identical(tmp_path: Path) ->
     write_tree(src, {f"dir{i // 5}/file{i}.bin": os.urandom(3000 + i * 977) for i in range(20)})
     (src / "link").symlink_to("dir0/file0.bin")
     os.link(src / "dir1/file5.bin", src / "hard5")
+    with open(src / "sparse.img", "wb") as f:  # 8 MiB with two small data islands
+        f.seek(1 << 20)
+        f.write(os.urandom(5000))
+        f.seek(6 << 20)
+        f.write(b"tail")
+    os.setxattr(src / "dir0/file3.bin", "user.note", b"\x00binary\xff")
+    os.utime(src / "dir0/file4.bin", ns=(1, 1_700_000_000_123_456_789))
     points = []
     b = _backup(ebm, "ds", src)
     assert b.level == "full" and b.state == "done"
     points.append((b, manifest(src)))
 
-    # 1: edit, add, delete
+    # 1: edit, add, delete, change an xattr
     (src / "dir0/file1.bin").write_bytes(os.urandom(5000))
+    os.setxattr(src / "dir0/file3.bin", "user.note", b"changed")
     (src / "new.txt").write_text("new file")
     (src / "dir2/file10.bin").unlink()
     b = _backup(ebm, "ds")
