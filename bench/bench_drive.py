@@ -48,6 +48,7 @@ TGT_IQN = "iqn.2026-01.dev.vtl:bench-tgt"
 VTL_IQN = "iqn.2026-01.dev.vtl:bench-vtl"
 BARCODE = "BNCH01L8"
 TGT_RUN_DIR = Path("/var/run/tgtd")
+VTL_MAIN = "import sys; from vtl.cli.main import app; sys.argv[0] = 'vtl'; sys.exit(app())"
 
 
 class BenchError(Exception):
@@ -425,28 +426,38 @@ class VtlTarget(Target):
 
     name = "vtl"
 
-    def __init__(self, workdir: Path, media: str | None, profile: str | None) -> None:
+    def __init__(self, workdir: Path, media: str | None, profile: str | None,
+                 src: Path | None = None) -> None:
         self.root = workdir / "vtl-library"
         self.iqn = VTL_IQN
         self.lun = 1  # LUN 0 = changer, LUN 1 = drive 0 (vtl.scsi.devices.build_device_set)
         self.media = media
         self.profile = profile
+        # Another checkout of the code (A/B of a change) served with PYTHONPATH=src.
+        self.src = src
         self.log_path = workdir / "vtl-serve.log"
         self.log_file: Any = None
 
     def _vtl_cmd(self) -> list[str]:
         exe = REPO / ".venv" / "bin" / "vtl"
-        if exe.exists():
+        if self.src is None and exe.exists():
             return [str(exe)]
-        return [sys.executable, "-m", "vtl.cli.main"]
+        return [sys.executable, "-c", VTL_MAIN]
 
     def _vtl(self, *args: str) -> str:
         cmd = [*self._vtl_cmd(), "--root", str(self.root), *args]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                             cwd=self.src or REPO, env=self._env())
         if res.returncode != 0:
             raise BenchError(f"{' '.join(cmd[len(self._vtl_cmd()):])}: "
                              f"{(res.stderr or res.stdout).strip()}")
         return res.stdout
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.src is not None:
+            env["PYTHONPATH"] = str(self.src.resolve())
+        return env
 
     def start(self) -> None:
         port = free_port()
@@ -459,7 +470,7 @@ class VtlTarget(Target):
             create += ["--media", self.media]
         self._vtl(*create)
         self._vtl("load", BARCODE, "0")
-        env = dict(os.environ)
+        env = self._env()
         cmd = [*self._vtl_cmd(), "--root", str(self.root), "serve", "--portal", self.portal]
         if self.profile in ("py-spy", "py-spy-gil"):
             # raw = collapsed stacks, one line per stack with its sample count (greppable);
@@ -469,12 +480,15 @@ class VtlTarget(Target):
             cmd = [pyspy, "record", "--nonblocking", "-r", "250", "-f", "raw", *extra,
                    "-o", str(CACHE / f"vtl-serve.{self.profile}.txt"), "--", *cmd]
         elif self.profile == "cprofile":
+            # cProfile sees the event-loop thread only (the LUN workers are other threads).
+            script = CACHE / "vtl_main.py"
+            script.write_text(VTL_MAIN + "\n")
             cmd = [sys.executable, "-m", "cProfile", "-o", str(CACHE / "vtl-serve.prof"),
-                   "-m", "vtl.cli.main", "--root", str(self.root), "serve", "--portal", self.portal]
+                   str(script), "--root", str(self.root), "serve", "--portal", self.portal]
         self.log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True,
-                                     cwd=REPO, env=env)
+                                     cwd=self.src or REPO, env=env)
         wait_listening(port, self.proc, 30, "vtl serve")
         log(f"vtl: serve pid {self.proc.pid} on {self.portal}, {self.iqn} lun {self.lun}, "
             f"library {self.root}")
@@ -662,6 +676,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="run vtl serve under a profiler; output in .cache/bench/")
     ap.add_argument("--disk-baseline", action="store_true",
                     help="first time a plain 1 MiB write + fsync of --total bytes in the work dir")
+    ap.add_argument("--vtl-src", type=Path, default=None,
+                    help="serve vtl from another source tree (PYTHONPATH), to A/B a change")
     ap.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     args = ap.parse_args(argv)
     sigterm_as_interrupt()
@@ -723,7 +739,7 @@ def run_all(args: argparse.Namespace, sizes: list[int], total: int, long_total: 
         if "tgt" in targets:
             running_targets["tgt"] = stack.enter_context(running(TgtTarget(workdir, capacity)))
         if "vtl" in targets:
-            vtl = VtlTarget(workdir, args.media, args.profile)
+            vtl = VtlTarget(workdir, args.media, args.profile, args.vtl_src)
             try:
                 running_targets["vtl"] = stack.enter_context(running(vtl))
             except BenchError as e:
