@@ -44,6 +44,7 @@ import shutil
 import stat
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -51,6 +52,7 @@ from tape_formats.archive import (
     ArchiveCorrupt,
     ArchiveEntry,
     EntryData,
+    EntryLocation,
     IndexEntry,
     PaxWriter,
     UnsafePath,
@@ -68,6 +70,11 @@ from .base import (
 )
 
 STATE_FORMAT = "ebm-filesystem-state/1"
+_MISSING = object()  # no prefetched result: read the file now
+_LARGE = object()  # too big to buffer: stream it
+PREFETCH_BATCH = 64  # files per worker job
+PREFETCH_BATCH_BYTES = 8 * 1024 * 1024
+PREFETCH_WINDOW = 4  # jobs in flight ahead of the writer
 CHUNK = 1024 * 1024
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -305,10 +312,39 @@ class FilesystemTranslator(Translator):
 
         bytes_total = sum(st.st_size for _, st in todo if stat.S_ISREG(st.st_mode))
         prog = Progress("backup", 0, len(todo), 0, bytes_total)
-        last_report = 0.0
         links: dict[tuple[int, int], str] = {}
         vanished: list[str] = []
-        for rel, st in todo:
+        prefetch = _Prefetcher(self, source, todo)
+        try:
+            self._write_entries(source, todo, writer, prefetch, links, warnings, vanished, index,
+                                state_entries, prog, progress)
+        finally:
+            prefetch.close()
+        if vanished:
+            if prev is not None:
+                gone = [p for p in vanished if p in prev]
+                if gone:
+                    off = writer.add_deletions(gone)
+                    index += [IndexEntry(path=p, kind="file", deleted=True, header_offset=off,
+                                         data_offset=off) for p in gone]
+            warnings.append(f"{len(vanished)} entries vanished during the backup (first: {vanished[0]})")
+        if progress is not None:
+            progress(prog)
+        state = {
+            "format": STATE_FORMAT,
+            "source": os.path.abspath(source),
+            "created_ns": time.time_ns(),
+            "scan_seconds": round(time.monotonic() - t0, 3),
+            "entries": state_entries,
+        }
+        return BackupResult(state=state, entries=index, warnings=warnings,
+                            level_hint="baseline" if prev is None else "incremental")
+
+    def _write_entries(self, source, todo, writer, prefetch, links, warnings, vanished, index,
+                       state_entries, prog, progress) -> None:
+        """The writer thread: every changed entry, in scan order."""
+        last_report = 0.0
+        for i, (rel, st) in enumerate(todo):
             abs_path = source if rel == "." else os.path.join(source, rel)
             kind = _kind_of(st.st_mode)
             if kind is None:
@@ -316,7 +352,8 @@ class FilesystemTranslator(Translator):
                 continue
             try:
                 if kind == "file":
-                    result = self._backup_file(abs_path, rel, st, writer, links, warnings)
+                    result = self._backup_file(abs_path, rel, st, writer, links, warnings,
+                                               prefetch.result(i))
                     if result is None:
                         vanished.append(rel)
                         continue
@@ -337,25 +374,6 @@ class FilesystemTranslator(Translator):
                 last_report = time.monotonic()
                 prog.path = rel
                 progress(prog)
-        if vanished:
-            if prev is not None:
-                gone = [p for p in vanished if p in prev]
-                if gone:
-                    off = writer.add_deletions(gone)
-                    index += [IndexEntry(path=p, kind="file", deleted=True, header_offset=off,
-                                         data_offset=off) for p in gone]
-            warnings.append(f"{len(vanished)} entries vanished during the backup (first: {vanished[0]})")
-        if progress is not None:
-            progress(prog)
-        state = {
-            "format": STATE_FORMAT,
-            "source": os.path.abspath(source),
-            "created_ns": time.time_ns(),
-            "scan_seconds": round(time.monotonic() - t0, 3),
-            "entries": state_entries,
-        }
-        return BackupResult(state=state, entries=index, warnings=warnings,
-                            level_hint="baseline" if prev is None else "incremental")
 
     def _common(self, rel: str, kind: str, st: os.stat_result) -> ArchiveEntry:
         return ArchiveEntry(
@@ -378,9 +396,70 @@ class FilesystemTranslator(Translator):
                          data_offset=loc.data_offset, linkname=entry.linkname)
         return row, _state_key(st)
 
+    @staticmethod
+    def _open_file(abs_path: str) -> int | None:
+        """Open for reading without following a symlink swapped in; None if it is gone."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            return os.open(abs_path, flags | _O_NOATIME)
+        except PermissionError:
+            return os.open(abs_path, flags)  # O_NOATIME needs ownership; fine without it
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR):
+                return None
+            raise
+
+    def _file_entry(self, fd: int, rel: str, st0: os.stat_result) -> tuple[ArchiveEntry, list[tuple[int, int]]]:
+        entry = self._common(rel, "file", st0)
+        entry.size = st0.st_size
+        entry.sparse_map = _sparse_map(fd, st0)
+        entry.xattrs = read_xattrs(fd)
+        extents = entry.sparse_map if entry.sparse_map is not None else [(0, st0.st_size)]
+        return entry, extents
+
+    def _read_small(self, fd: int, rel: str, abs_path: str):
+        """Read a file of up to ``buffer_limit`` stored bytes between two fstats, retrying
+        while it changes. Returns (entry, data, st0, ok), None if it is no longer a regular
+        file, or _LARGE if it has grown past the buffer limit (the caller streams it)."""
+        for attempt in range(self.retries + 1):
+            st0 = os.fstat(fd)
+            if not stat.S_ISREG(st0.st_mode):
+                return None
+            entry, extents = self._file_entry(fd, rel, st0)
+            want = entry.data_size
+            if want > self.buffer_limit:
+                return _LARGE
+            buf = _read_extents(fd, extents, want)
+            if self._after_read is not None:
+                self._after_read(abs_path)
+            st1 = os.fstat(fd)
+            ok = len(buf) == want and _stable(st0, st1)
+            if ok or attempt == self.retries:
+                return entry, buf, st0, ok
+            time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    def _prefetch(self, items: list[tuple[str, str]]) -> list:
+        """Worker-thread job: read a batch of small files (syscalls release the GIL, so this
+        overlaps file I/O with header building in the writer thread)."""
+        out: list = []
+        for abs_path, rel in items:
+            try:
+                fd = self._open_file(abs_path)
+                if fd is None:
+                    out.append(None)
+                    continue
+                try:
+                    out.append(self._read_small(fd, rel, abs_path))
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                out.append(exc)
+        return out
+
     def _backup_file(self, abs_path: str, rel: str, st_scan: os.stat_result, writer: PaxWriter,
-                     links: dict[tuple[int, int], str],
-                     warnings: list[str]) -> tuple[IndexEntry, list[int]] | None:
+                     links: dict[tuple[int, int], str], warnings: list[str],
+                     prefetched=_MISSING) -> tuple[IndexEntry, list[int]] | None:
         """Capture one regular file consistently; None if it vanished or stopped being one."""
         if st_scan.st_nlink > 1:
             first = links.get((st_scan.st_dev, st_scan.st_ino))
@@ -393,49 +472,23 @@ class FilesystemTranslator(Translator):
                                  header_offset=loc.header_offset, data_offset=loc.data_offset,
                                  linkname=first)
                 return row, _state_key(st_scan)
-        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-        try:
-            fd = os.open(abs_path, flags | _O_NOATIME)
-        except PermissionError:
-            fd = os.open(abs_path, flags)  # O_NOATIME needs ownership; fine without it
-        except OSError as exc:
-            if exc.errno in (errno.ELOOP, errno.ENOENT, errno.ENOTDIR):
+        res = prefetched
+        if isinstance(res, BaseException):
+            raise res
+        if res is _MISSING or res is _LARGE:
+            fd = self._open_file(abs_path)
+            if fd is None:
                 return None
-            raise
-        try:
-            for attempt in range(self.retries + 1):
-                st0 = os.fstat(fd)
-                if not stat.S_ISREG(st0.st_mode):
-                    return None
-                entry = self._common(rel, "file", st0)
-                entry.size = st0.st_size
-                entry.sparse_map = _sparse_map(fd, st0)
-                entry.xattrs = read_xattrs(fd)
-                extents = entry.sparse_map if entry.sparse_map is not None else [(0, st0.st_size)]
-                want = entry.data_size
-                last = attempt == self.retries
-                if want <= self.buffer_limit:
-                    buf = _read_extents(fd, extents, want)
-                    if self._after_read is not None:
-                        self._after_read(abs_path)
-                    st1 = os.fstat(fd)
-                    ok = len(buf) == want and _stable(st0, st1)
-                    if not ok and not last:
-                        time.sleep(0.01 * (attempt + 1))
-                        continue
-                    loc = writer.add(entry, buf)
-                else:
-                    loc = writer.add(entry, _ExtentReader(fd, extents))
-                    if self._after_read is not None:
-                        self._after_read(abs_path)
-                    st1 = os.fstat(fd)
-                    ok = not loc.short and _stable(st0, st1)
-                    if not ok and not last:
-                        time.sleep(0.01 * (attempt + 1))
-                        continue  # the torn copy stays in the stream; the next one supersedes it
-                break
-        finally:
-            os.close(fd)
+            try:
+                res = self._read_small(fd, rel, abs_path) if res is _MISSING else _LARGE
+                if res is _LARGE:
+                    res = self._stream_large(fd, rel, abs_path, writer)
+            finally:
+                os.close(fd)
+        if res is None:
+            return None
+        entry, payload, st0, ok = res
+        loc = payload if isinstance(payload, EntryLocation) else writer.add(entry, payload)
         torn = not ok
         if st0.st_nlink > 1:
             links[(st0.st_dev, st0.st_ino)] = rel
@@ -450,11 +503,96 @@ class FilesystemTranslator(Translator):
             key[2] = -1  # never matches: the next incremental takes the file again
         return row, key
 
+    def _stream_large(self, fd: int, rel: str, abs_path: str, writer: PaxWriter):
+        """Stream a big file into the writer; a torn copy is followed by a fresh one (the
+        later copy wins on extraction, as in tar). Returns (entry, location, st0, ok)."""
+        for attempt in range(self.retries + 1):
+            st0 = os.fstat(fd)
+            if not stat.S_ISREG(st0.st_mode):
+                return None
+            entry, extents = self._file_entry(fd, rel, st0)
+            loc = writer.add(entry, _ExtentReader(fd, extents))
+            if self._after_read is not None:
+                self._after_read(abs_path)
+            st1 = os.fstat(fd)
+            ok = not loc.short and _stable(st0, st1)
+            if ok or attempt == self.retries:
+                return entry, loc, st0, ok
+            time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
+
     # ------------------------------------------------------------------ restore
     def restore(self, entries: Iterable[tuple[ArchiveEntry, EntryData]], target: Path, *,
                 select: Callable[[str], bool] | None = None,
                 progress: ProgressCallback | None = None) -> RestoreStats:
         return _Restorer(Path(target), select, progress).run(entries)
+
+
+class _Prefetcher:
+    """Reads small files ahead of the writer in worker threads, in batches, bounded in memory.
+
+    Only regular files that will be stored with their data (not the later names of a hard-link
+    group) and that fit the translator's buffer are prefetched; the writer takes the results
+    strictly in scan order, so the archive is identical to a sequential run.
+    """
+
+    def __init__(self, translator: FilesystemTranslator, source: str,
+                 todo: list[tuple[str, os.stat_result]], workers: int = 2) -> None:
+        self.t = translator
+        self.source = source
+        self.plan: list[list[int]] = []
+        self.batch_of: dict[int, tuple[int, int]] = {}
+        seen: set[tuple[int, int]] = set()
+        cur: list[int] = []
+        cur_bytes = 0
+        for i, (_, st) in enumerate(todo):
+            if not stat.S_ISREG(st.st_mode) or st.st_size > translator.buffer_limit:
+                continue
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    continue
+                seen.add(key)
+            cur.append(i)
+            cur_bytes += st.st_size
+            if len(cur) >= PREFETCH_BATCH or cur_bytes >= PREFETCH_BATCH_BYTES:
+                self.plan.append(cur)
+                cur, cur_bytes = [], 0
+        if cur:
+            self.plan.append(cur)
+        for b, idxs in enumerate(self.plan):
+            for pos, i in enumerate(idxs):
+                self.batch_of[i] = (b, pos)
+        self.todo = todo
+        self.pool = ThreadPoolExecutor(max_workers=workers) if len(self.plan) > 1 else None
+        self.futures: dict[int, Future] = {}
+        self.results: dict[int, list] = {}
+        self.submitted = 0
+
+    def _job(self, b: int) -> list:
+        items = []
+        for i in self.plan[b]:
+            rel = self.todo[i][0]
+            items.append((os.path.join(self.source, rel), rel))
+        return self.t._prefetch(items)
+
+    def result(self, i: int):
+        where = self.batch_of.get(i)
+        if where is None or self.pool is None:
+            return _MISSING
+        b, pos = where
+        while self.submitted < len(self.plan) and self.submitted <= b + PREFETCH_WINDOW:
+            self.futures[self.submitted] = self.pool.submit(self._job, self.submitted)
+            self.submitted += 1
+        if b not in self.results:
+            for old in [k for k in self.results if k < b]:
+                del self.results[old]  # free the buffers of finished batches
+            self.results[b] = self.futures.pop(b).result()
+        return self.results[b][pos]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Restorer:
