@@ -518,3 +518,33 @@ def test_directory_replaced_by_file_keeps_the_files_times(tmp_path):
     a1, r1 = backup(src, r0.state)
     restore_chain([(a0, r0), (a1, r1)], tmp_path / "out")
     assert tree_manifest(tmp_path / "out") == tree_manifest(src)
+
+
+def test_prefetched_backup_matches_tree_with_links_and_big_files(tmp_path, monkeypatch):
+    """Many small files go through the read-ahead threads; the archive stays in scan order."""
+    import translators.filesystem as fsmod
+
+    monkeypatch.setattr(fsmod, "PREFETCH_BATCH", 7)
+    rnd = random.Random(5)
+    src = tmp_path / "src"
+    for d in range(6):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(40):
+            (src / f"d{d}" / f"f{i:03d}").write_bytes(rnd.randbytes(rnd.choice([0, 10, 5000])))
+    for i in range(0, 40, 5):
+        os.link(src / "d0" / f"f{i:03d}", src / "d5" / f"link{i:03d}")
+    (src / "d3" / "big").write_bytes(rnd.randbytes(3 * 1024 * 1024))
+    t = FilesystemTranslator()
+    t.buffer_limit = 1024 * 1024  # "big" is streamed, the rest prefetched
+    prefetched = []
+    real_prefetch = t._prefetch
+    t._prefetch = lambda items: (prefetched.append(len(items)), real_prefetch(items))[1]
+    archive, result = backup(src, translator=t)
+    assert result.warnings == []
+    assert sum(prefetched) >= 200
+    paths = [e.path for e, _ in PaxReader(io.BytesIO(archive))]
+    assert paths == [r.path for r in result.entries]
+    assert paths == [rel for rel, _ in t.scan(str(src), [])]  # scan order
+    out = tmp_path / "out"
+    restore_chain([(archive, result)], out)
+    assert tree_manifest(out) == tree_manifest(src)
