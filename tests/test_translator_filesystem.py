@@ -197,7 +197,18 @@ class TreeBuilder:
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data(), seed=st.integers(0, 2**32 - 1))
 def test_random_chain_restores_every_point_exactly(data, seed):
+    import translators.filesystem as fsmod
+
     rnd = random.Random(seed)
+    # Small read-ahead batches so that even these small trees go through the worker threads.
+    saved_batch, fsmod.PREFETCH_BATCH = fsmod.PREFETCH_BATCH, 2
+    try:
+        _random_chain(data, rnd)
+    finally:
+        fsmod.PREFETCH_BATCH = saved_batch
+
+
+def _random_chain(data, rnd):
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         src = Path(tmp) / "src"
         src.mkdir()
