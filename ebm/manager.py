@@ -195,11 +195,9 @@ class Ebm:
             session = DriveSession(self.library, f"ebm:{u}")
             media = PoolMedia(cat, session, pool, backup.id)
             writer = TapeWriter(media, header_for,
-                                cipher=cipher, compress=req.compress, hash_stream=False)
+                                cipher=cipher, compress=req.compress)
             writer.start()
-            from tape_formats.archive.writer import PaxWriter
-
-            pax = PaxWriter(writer)
+            pax = _pax_writer(writer)
             try:
                 result = translator.backup(ds["source"], parent_state, pax,
                                            progress=_progress_adapter(progress))
@@ -208,8 +206,7 @@ class Ebm:
             except Exception as e:
                 raise _TranslatorFailed(f"translator {ds['translator']} failed: {e}") from e
             _finish_pax(pax)
-            size, blocks, _ = writer.finish_data()
-            digest = pax.stream_sha256()  # PaxWriter hashed every byte it wrote
+            size, blocks, digest = writer.finish_data()  # sha256 hashed on the writer thread
             entries = list(result.entries)
             warnings = [str(w) for w in (getattr(result, "warnings", None) or [])]
             trailer = trailer_bytes(
@@ -249,6 +246,27 @@ class Ebm:
 
 class _TranslatorFailed(Exception):
     pass
+
+
+def _pax_writer(out: TapeWriter) -> Any:
+    """A PaxWriter that leaves the stream sha256 to the data mover.
+
+    Why: PaxWriter hashes every byte on the producer thread; the mover hashes the same bytes
+    on its writer thread, in parallel with the translator, so hashing twice would only cost.
+    Falls back to the stock writer if its internals ever change shape.
+    """
+    from tape_formats.archive.writer import PaxWriter
+
+    class _MoverHashedPax(PaxWriter):
+        def _emit(self, b: bytes | memoryview) -> None:
+            if b:
+                self._out.write(b)
+                self._offset += len(b)
+
+    probe = PaxWriter(out)
+    if all(hasattr(probe, a) for a in ("_out", "_offset", "_emit")):
+        return _MoverHashedPax(out)
+    return probe
 
 
 def _progress_adapter(progress: Progress | None) -> Any:

@@ -146,7 +146,7 @@ class TapeWriter:
     def write(self, data: bytes | memoryview) -> int:
         mv = memoryview(data).cast("B")
         n = len(mv)
-        if self.hash_stream:
+        if self.hash_stream and not self.threaded:
             self._hash.update(mv)
         bs = self.block_size
         pos = 0
@@ -182,6 +182,7 @@ class TapeWriter:
             raise self._error
         assert self._q is not None
         self._q.put((bytes(block), number))  # one copy: the caller reuses its buffer
+        # (the stream hash is computed on the writer thread, block by block, in order)
 
     def _drain(self) -> None:
         """Writer thread: blocks in order; the first error stops it and is re-raised later."""
@@ -193,6 +194,8 @@ class TapeWriter:
             if self._error is not None:
                 continue
             try:
+                if self.hash_stream:
+                    self._hash.update(item[0])  # hashlib drops the GIL: runs beside the producer
                 self._seal_and_put(item[0], item[1])
             except BaseException as e:  # re-raised in the producer thread
                 self._error = e
