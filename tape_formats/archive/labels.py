@@ -380,11 +380,13 @@ def decode_header(data: bytes | memoryview) -> BackupHeaderInfo:
     )
 
 
+_INDEX_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def encode_index(index: Iterable[IndexEntry]) -> bytes:
     """The file index as zstd-compressed JSON lines (one IndexEntry per line)."""
-    lines = "".join(
-        json.dumps(e.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n" for e in index
-    ).encode("utf-8", "surrogateescape")
+    encode = _INDEX_ENCODER.encode  # one encoder for all rows (json.dumps builds one per call)
+    lines = "".join([encode(e.to_json()) + "\n" for e in index]).encode("utf-8", "surrogateescape")
     return zstandard.ZstdCompressor(level=6).compress(lines)
 
 
