@@ -229,6 +229,11 @@ def backup(
         f"backup {b.uuid} ({b.level}) of {dataset}: {b.nfiles} entries, {_size(b.size)} in "
         f"{secs:.1f}s on {', '.join(result['volumes'])}"
         + ("" if not verify else (" - verified OK" if result["verify"]["ok"] else " - VERIFY FAILED"))))
+    warns = b.options.get("warnings") or []
+    if warns and not S.json:
+        errc.print(f"{len(warns)} warning(s):", markup=False)
+        for w in warns[:10]:
+            errc.print(f"  {w}", markup=False, highlight=False)
     if verify and not result["verify"]["ok"]:
         raise CliError("; ".join(result["verify"]["problems"]))
 
@@ -272,8 +277,12 @@ def dataset_list() -> None:
 
 @pool_app.command("create")
 def pool_create(name: str) -> None:
-    """Create a cartridge pool."""
-    S.ebm().catalog.create_pool(name)
+    """Create a cartridge pool (also listed in the library's own pools)."""
+    ebm = S.ebm()
+    ebm.catalog.create_pool(name)
+    with contextlib.suppress(Exception):  # mirror for `vtl`; the EBM's table is authoritative
+        if name not in {p["name"] for p in ebm.library.catalog.pools()}:
+            ebm.library.catalog.add_pool(name, "EBM backup pool")
     emit({"pool": name}, lambda: out.print(f"pool {name} created"))
 
 
@@ -289,6 +298,8 @@ def pool_add(name: str, barcodes: list[str]) -> None:
             raise CliError(f"no cartridge {bc} in the library (create it with `vtl cartridge create`)") from None
     for bc in barcodes:
         ebm.catalog.add_to_pool(name, bc)
+        with contextlib.suppress(Exception):  # show the pool in `vtl` listings too
+            ebm.library.catalog.update_cartridge(bc, pool=name)
     emit({"pool": name, "added": barcodes},
          lambda: out.print(f"added {len(barcodes)} cartridge(s) to pool {name}"))
 
@@ -349,6 +360,8 @@ def show(backup_spec: str = typer.Argument(..., metavar="BACKUP")) -> None:
             out.print("  encrypted (AES-256-GCM, scrypt)")
         if b.error:
             out.print(f"  error: {b.error}")
+        for w in (b.options.get("warnings") or [])[:20]:
+            out.print(f"  warning: {w}", markup=False, highlight=False)
         out.print(f"  chain: {' -> '.join(c[:8] for c in chain)}")
         for v in vols:
             out.print(f"  volume {v.seq}: {v.barcode} tape files {v.first_file}-{v.last_file}, "

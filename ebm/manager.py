@@ -208,10 +208,11 @@ class Ebm:
             _finish_pax(pax)
             size, blocks, digest = writer.finish_data()  # sha256 hashed on the writer thread
             entries = list(result.entries)
+            state_enc = encode_state(result.state)  # JSON once, for trailer and catalog
             warnings = [str(w) for w in (getattr(result, "warnings", None) or [])]
             trailer = trailer_bytes(
                 uuid=u, entries=entries, size=size, sha256=digest, warnings=warnings,
-                extra={"state": _state_b64(encode_state(result.state)), "dataset": ds["name"],
+                extra={"state": _state_b64(state_enc), "dataset": ds["name"],
                        "level_name": level, "blocks": blocks})
             written = writer.write_trailer(trailer)
             vols = []
@@ -221,7 +222,7 @@ class Ebm:
             cat.finish_backup(
                 backup.id, size=size, nfiles=len(entries), blocks=blocks, sha256=digest,
                 volumes=vols, files=(_row(e) for e in entries),
-                state=encode_state(result.state),
+                state=state_enc,
                 media_updates=[(w.volume.barcode, w.append_at, "full" if w.full else "append")
                                for w in written],
             )
