@@ -559,3 +559,22 @@ def test_prefetched_backup_matches_tree_with_links_and_big_files(tmp_path, monke
     out = tmp_path / "out"
     restore_chain([(archive, result)], out)
     assert tree_manifest(out) == tree_manifest(src)
+
+
+def test_source_given_as_symlink_to_a_directory(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "f").write_bytes(b"data")
+    link = tmp_path / "link"
+    os.symlink(real, link)
+    archive, result = backup(link)
+    assert [(e.path, e.kind) for e in result.entries] == [(".", "dir"), ("f", "file")]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep").write_bytes(b"")
+    restore_chain([(archive, result)], out)
+    assert (out / "f").read_bytes() == b"data" and (out / "keep").exists()
+    bad = _crafted_archive([(ArchiveEntry(".", "symlink", linkname="/"), None)])
+    with pytest.raises(UnsafePath, match="root"):
+        FilesystemTranslator().restore(PaxReader(io.BytesIO(bad)), out)
+    assert (out / "f").exists()

@@ -233,7 +233,7 @@ class FilesystemTranslator(Translator):
     # ------------------------------------------------------------------ scan
     def scan(self, source: str, warnings: list[str]) -> list[tuple[str, os.stat_result]]:
         """Pre-order walk (parents first, names sorted): one lstat per entry."""
-        root_st = os.lstat(source)
+        root_st = os.stat(source)  # a source given as a symlink to a directory is that directory
         out: list[tuple[str, os.stat_result]] = [(".", root_st)]
         root_dev = root_st.st_dev
 
@@ -662,6 +662,8 @@ class _Restorer:
         self.saved_times[parent] = (st.st_atime_ns, st.st_mtime_ns)
 
     def remove(self, rel: str) -> bool:
+        if rel == ".":
+            raise UnsafePath("refusing to replace the restore target itself")
         path = self.abs(rel)
         try:
             st = os.lstat(path)
@@ -698,6 +700,8 @@ class _Restorer:
             self.remember_parent_times(rel)
             self.stats.entries += 1
             kind = entry.kind
+            if rel == "." and kind != "dir":
+                raise UnsafePath(f"refusing an archive whose root is a {kind}, not a directory")
             if kind == "dir":
                 self.restore_dir(rel, entry)
             elif kind == "file":
