@@ -185,6 +185,11 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _rules(last: int, daily: int, weekly: int, monthly: int) -> dict[str, int]:
+    r = {"keep_last": last, "keep_daily": daily, "keep_weekly": weekly, "keep_monthly": monthly}
+    return {k: v for k, v in r.items() if v}
+
+
 def _secret(passphrase_file: Path | None, key_file: Path | None) -> bytes | None:
     if passphrase_file is None and key_file is None:
         return None
@@ -205,11 +210,16 @@ def backup(
     verify: bool = typer.Option(False, "--verify", help="read back and check afterwards"),
     no_compress: bool = typer.Option(False, "--no-compress", help="turn drive compression off"),
     retries: int = typer.Option(1, "--retries", min=0, help="retries of a failed translator"),
+    keep_last: int = typer.Option(0, "--keep-last", min=0, help="then forget all but the last N"),
+    keep_daily: int = typer.Option(0, "--keep-daily", min=0),
+    keep_weekly: int = typer.Option(0, "--keep-weekly", min=0),
+    keep_monthly: int = typer.Option(0, "--keep-monthly", min=0),
 ) -> None:
-    """Back up DATASET (baseline if it has none, else incremental)."""
+    """Back up DATASET (baseline if it has none, else incremental); optional retention after."""
     req = BackupRequest(dataset=dataset, source=source, translator=translator, pool=pool,
                         full=full, encrypt=encrypt, passphrase_file=passphrase_file,
-                        key_file=key_file, verify=verify, compress=not no_compress)
+                        key_file=key_file, verify=verify, compress=not no_compress,
+                        retention=_rules(keep_last, keep_daily, keep_weekly, keep_monthly))
     req.validate()
     ebm = S.ebm()
     t0 = time.monotonic()
@@ -245,9 +255,14 @@ def dataset_add(
     source: Path = typer.Option(..., "--source"),
     translator: str = typer.Option("filesystem", "--translator"),
     pool: str = typer.Option(..., "--pool"),
+    keep_last: int = typer.Option(0, "--keep-last", min=0, help="retention after each backup"),
+    keep_daily: int = typer.Option(0, "--keep-daily", min=0),
+    keep_weekly: int = typer.Option(0, "--keep-weekly", min=0),
+    keep_monthly: int = typer.Option(0, "--keep-monthly", min=0),
 ) -> None:
     """Register a dataset: what to back up, with which translator, into which pool."""
-    req = BackupRequest(dataset=name, source=source, translator=translator, pool=pool)
+    req = BackupRequest(dataset=name, source=source, translator=translator, pool=pool,
+                        retention=_rules(keep_last, keep_daily, keep_weekly, keep_monthly))
     req.validate()
     ebm = S.ebm()
     if ebm.catalog.dataset(name) is not None:

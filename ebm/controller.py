@@ -43,6 +43,8 @@ class BackupRequest:
     verify: bool = False
     compress: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+    # retention applied after a good backup: keep_last / keep_daily / keep_weekly / keep_monthly
+    retention: dict[str, int] = field(default_factory=dict)
 
     def validate(self) -> None:
         if not self.dataset or not re.fullmatch(r"[A-Za-z0-9_.:-]+", self.dataset) or self.dataset.isdigit():
@@ -54,6 +56,11 @@ class BackupRequest:
         for f in (self.passphrase_file, self.key_file):
             if f is not None and not Path(f).is_file():
                 raise RequestError(f"no such file: {f}")
+        for k, v in self.retention.items():
+            if k not in ("keep_last", "keep_daily", "keep_weekly", "keep_monthly"):
+                raise RequestError(f"unknown retention rule {k!r}")
+            if not isinstance(v, int) or v < 0:
+                raise RequestError(f"retention {k} must be a non-negative integer")
         if self.source is not None and not Path(self.source).exists():
             raise RequestError(f"source {self.source} does not exist")
 

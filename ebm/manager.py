@@ -116,7 +116,9 @@ class Ebm:
             t = load_translator(tname)
             self._validate_source(t, req.source)
             self.catalog.require_pool(req.pool)
-            self.catalog.add_dataset(req.dataset, tname, str(Path(req.source).resolve()), req.pool)
+            opts = {"retention": req.retention} if any(req.retention.values()) else {}
+            self.catalog.add_dataset(req.dataset, tname, str(Path(req.source).resolve()), req.pool,
+                                     opts)
             return self.catalog.dataset(req.dataset)
         if req.source is not None and str(Path(req.source).resolve()) != ds["source"]:
             raise RequestError(f"dataset {req.dataset!r} backs up {ds['source']}, not {req.source}")
@@ -150,11 +152,19 @@ class Ebm:
         attempt = 0
         while True:
             try:
-                return self._run(ds, pool, translator, req, secret, progress)
+                b = self._run(ds, pool, translator, req, secret, progress)
+                break
             except _TranslatorFailed as e:
                 attempt += 1
                 if attempt > retries:
                     raise JobError(str(e)) from None
+        rules = {k: v for k, v in (req.retention or json.loads(ds["options"] or "{}").get(
+            "retention", {})).items() if v}
+        if rules:  # the request's retention, else the dataset's: applied after a good backup
+            from ebm.retention import Policy, forget
+
+            forget(self.catalog, Policy(**rules), ds["name"])
+        return b
 
     def _run(self, ds: Any, pool: str, translator: Any, req: BackupRequest,
              secret: bytes | None, progress: Progress | None) -> Backup:

@@ -179,3 +179,16 @@ def test_verify_compares_catalog_with_tape(tmp_path: Path) -> None:
     assert not vr.ok and any(b.uuid in p for p in vr.problems)
     assert any("differs from the trailer" in p for p in vr.problems)
     ebm.close()
+
+
+def test_retention_applied_after_each_backup(tmp_path: Path) -> None:
+    ebm = make_library(tmp_path / "lib", barcodes(2))
+    src = tmp_path / "src"
+    write_tree(src, {"a": b"1"})
+    ebm.backup(BackupRequest(dataset="ds", source=src, pool="pool", retention={"keep_last": 2}))
+    for _ in range(3):
+        ebm.backup(BackupRequest(dataset="ds", full=True))  # the dataset's rule applies
+    assert [b.state for b in ebm.catalog.backups("ds")] == ["expired", "expired", "done", "done"]
+    with pytest.raises(RequestError, match="unknown retention rule"):
+        ebm.backup(BackupRequest(dataset="ds", retention={"keep_forever": 1}))
+    ebm.close()
