@@ -147,6 +147,15 @@ def rebuild(catalog: Catalog, library: Any, secret: bytes | None = None,
             end, full = ends.get(s.barcode, (0, False))
             ends[s.barcode] = (max(end, s.end_object), full or s is not last)
         if u in existing:
+            old = catalog.backup(u)
+            if not (old.options.get("index_missing") and last.trailer != "opaque"):
+                continue
+            # the key is here now: replace the index-less row, keeping children linked
+            with catalog.tx():
+                catalog.db.execute("DELETE FROM ebm_backup_volumes WHERE backup=?", (old.id,))
+                catalog.db.execute("DELETE FROM ebm_backups WHERE id=?", (old.id,))
+            new_id = _record(catalog, parts, res)
+            catalog.db.execute("UPDATE ebm_backups SET parent=? WHERE parent=?", (new_id, old.id))
             continue
         _record(catalog, parts, res)
     for bc, (end, full) in ends.items():
@@ -160,7 +169,7 @@ def rebuild(catalog: Catalog, library: Any, secret: bytes | None = None,
     return res
 
 
-def _record(catalog: Catalog, parts: list[Segment], res: RebuildResult) -> None:
+def _record(catalog: Catalog, parts: list[Segment], res: RebuildResult) -> int:
     h = parts[0].header
     last = parts[-1]
     opts = h["options"]
@@ -183,6 +192,7 @@ def _record(catalog: Catalog, parts: list[Segment], res: RebuildResult) -> None:
     state = None
     if trailer == "opaque":
         options["note"] = "encrypted trailer: file index not rebuilt (rerun with the key)"
+        options["index_missing"] = True
     else:
         files = [_row(e) for e in trailer.index]
         size, sha, nfiles = trailer.stream_bytes, trailer.stream_sha256, len(trailer.index)
@@ -207,3 +217,4 @@ def _record(catalog: Catalog, parts: list[Segment], res: RebuildResult) -> None:
                           volumes=vols, files=files, state=state, media_updates=[])
     catalog.db.execute("UPDATE ebm_backups SET finished=? WHERE id=?", (time.time(), bid))
     res.backups.append(h["uuid"])
+    return bid

@@ -163,6 +163,9 @@ def restore(catalog: Catalog, library: Any, translator_loader: Callable[[str], A
     for b in chain:
         if b.state != "done":
             raise RestoreError(f"backup {b.uuid} in the chain is {b.state}; cannot restore {backup.uuid}")
+        if b.options.get("index_missing"):
+            raise RestoreError(f"backup {b.uuid} has no file index (encrypted trailer): run "
+                               "`ebm catalog rebuild` with its key first")
     ciphers = {b.id: cipher_for(b, secret) for b in chain}  # wrong key: refused before any read
     view = final_view(catalog, chain, patterns)
     selected = [r for p, r in view.items() if matches(p, patterns or [])]

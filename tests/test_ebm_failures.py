@@ -169,3 +169,25 @@ def test_key_file_round_trip(tmp_path: Path) -> None:
     r = run_cli(tmp_path / "lib", "verify", "k", "--key-file", str(kf))
     assert r.returncode == 0, r.stderr
     ebm.close()
+
+
+def test_rebuild_of_encrypted_backups_needs_the_key(tmp_path: Path) -> None:
+    ebm = make_library(tmp_path / "lib", barcodes(1))
+    src = tmp_path / "src"
+    write_tree(src, {"a": b"secret"})
+    pf = tmp_path / "pass"
+    pf.write_text("pw")
+    ebm.backup(BackupRequest(dataset="e", source=src, pool="pool", encrypt=True, passphrase_file=pf))
+    for t in ("ebm_backups", "ebm_backup_volumes", "ebm_files", "ebm_states"):
+        ebm.catalog.db.execute(f"DELETE FROM {t}")
+    rebuild(ebm.catalog, ebm.library)  # without the key: identity and extents only
+    b = ebm.catalog.backups("e")[0]
+    assert b.options.get("index_missing")
+    with pytest.raises(RestoreError, match="no file index"):
+        _restore(ebm, b, tmp_path / "r", secret=b"pw")
+    res = rebuild(ebm.catalog, ebm.library, secret=b"pw")  # with it: the full index
+    assert len(res.backups) == 1
+    b = ebm.catalog.backups("e")[0]
+    _restore(ebm, b, tmp_path / "r", secret=b"pw")
+    assert (tmp_path / "r/a").read_bytes() == b"secret"
+    ebm.close()
