@@ -578,3 +578,27 @@ def test_source_given_as_symlink_to_a_directory(tmp_path):
     with pytest.raises(UnsafePath, match="root"):
         FilesystemTranslator().restore(PaxReader(io.BytesIO(bad)), out)
     assert (out / "f").exists()
+
+
+def test_unreadable_directory_is_not_taken_as_deleted(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    (src / "locked").mkdir(parents=True)
+    (src / "locked" / "secret").write_bytes(b"s")
+    (src / "open").write_bytes(b"o")
+    a0, r0 = backup(src)
+    real_scandir = os.scandir
+
+    def failing_scandir(path):
+        if str(path).endswith("/locked"):
+            raise PermissionError(13, "Permission denied")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", failing_scandir)
+    a1, r1 = backup(src, r0.state)
+    monkeypatch.setattr(os, "scandir", real_scandir)
+    assert any("cannot list locked" in w for w in r1.warnings)
+    assert not [e for e in r1.entries if e.deleted]
+    assert "locked/secret" in r1.state["entries"]
+    out = tmp_path / "out"
+    restore_chain([(a0, r0), (a1, r1)], out)
+    assert (out / "locked" / "secret").read_bytes() == b"s"

@@ -231,8 +231,10 @@ class FilesystemTranslator(Translator):
             raise TranslatorError(f"source {source} is not readable")
 
     # ------------------------------------------------------------------ scan
-    def scan(self, source: str, warnings: list[str]) -> list[tuple[str, os.stat_result]]:
-        """Pre-order walk (parents first, names sorted): one lstat per entry."""
+    def scan(self, source: str, warnings: list[str],
+             unlisted: list[str] | None = None) -> list[tuple[str, os.stat_result]]:
+        """Pre-order walk (parents first, names sorted): one lstat per entry. Directories that
+        cannot be listed are appended to ``unlisted`` (their old contents are not "deleted")."""
         root_st = os.stat(source)  # a source given as a symlink to a directory is that directory
         out: list[tuple[str, os.stat_result]] = [(".", root_st)]
         root_dev = root_st.st_dev
@@ -243,6 +245,8 @@ class FilesystemTranslator(Translator):
                     items = sorted(it, key=_by_name)
             except OSError as exc:
                 warnings.append(f"cannot list {prefix or '.'}: {exc.strerror}")
+                if unlisted is not None:
+                    unlisted.append(prefix.rstrip("/") or ".")
                 return
             for item in items:
                 rel = prefix + item.name
@@ -272,7 +276,8 @@ class FilesystemTranslator(Translator):
             prev = parent_state["entries"]
         warnings: list[str] = []
         t0 = time.monotonic()
-        scanned = self.scan(source, warnings)
+        unlisted: list[str] = []
+        scanned = self.scan(source, warnings, unlisted)
         current = {rel for rel, _ in scanned}
 
         # What changed.
@@ -298,6 +303,13 @@ class FilesystemTranslator(Translator):
 
         if prev is not None:
             gone = [p for p in prev if p not in current]
+            if unlisted and gone:
+                # What an unreadable directory held is unknown, not gone: keep its old state.
+                hidden = tuple("" if d == "." else d + "/" for d in unlisted)
+                kept = [p for p in gone if p.startswith(hidden)]
+                for p in kept:
+                    state_entries[p] = prev[p]
+                gone = [p for p in gone if not p.startswith(hidden)]
             if gone:
                 off = writer.add_deletions(gone)
                 for p in gone:
@@ -325,8 +337,8 @@ class FilesystemTranslator(Translator):
                 gone = [p for p in vanished if p in prev]
                 if gone:
                     off = writer.add_deletions(gone)
-                    index += [IndexEntry(path=p, kind="file", deleted=True, header_offset=off,
-                                         data_offset=off) for p in gone]
+                    index += [IndexEntry(path=p, kind=_kind_of(prev[p][4]) or "file", deleted=True,
+                                         header_offset=off, data_offset=off) for p in gone]
             warnings.append(f"{len(vanished)} entries vanished during the backup (first: {vanished[0]})")
         if progress is not None:
             progress(prog)
