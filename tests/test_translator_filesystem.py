@@ -602,3 +602,16 @@ def test_unreadable_directory_is_not_taken_as_deleted(tmp_path, monkeypatch):
     out = tmp_path / "out"
     restore_chain([(a0, r0), (a1, r1)], out)
     assert (out / "locked" / "secret").read_bytes() == b"s"
+
+
+def test_directory_metadata_is_not_applied_through_a_later_symlink(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.chmod(outside, 0o755)
+    archive = _crafted_archive([
+        (ArchiveEntry("d", "dir", mode=0o777, mtime_ns=1), None),
+        (ArchiveEntry("d", "symlink", linkname=str(outside)), None),
+    ])
+    FilesystemTranslator().restore(PaxReader(io.BytesIO(archive)), tmp_path / "t")
+    assert os.stat(outside).st_mode & 0o777 == 0o755
+    assert os.path.islink(tmp_path / "t" / "d")

@@ -862,7 +862,14 @@ class _Restorer:
     def finish_dirs(self) -> None:
         """Directory metadata after all children, deepest first; then untouched parents' times."""
         for entry in sorted(self.dir_entries, key=lambda e: -1 if e.path == "." else e.path.count("/"), reverse=True):
-            self.apply_meta(self.abs(entry.path), entry, is_fd=False, sync_xattrs=True)
+            path = self.abs(entry.path)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                continue  # replaced later in the archive (maybe by a symlink): never follow it
+            self.apply_meta(path, entry, is_fd=False, sync_xattrs=True)
         for rel in sorted(self.saved_times, key=lambda p: -1 if p == "." else p.count("/"), reverse=True):
             atime, mtime = self.saved_times[rel]
             try:
