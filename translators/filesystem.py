@@ -7,13 +7,16 @@ nanoseconds, extended attributes (every namespace the process can read; ``user.*
 and sparse files (data extents found with SEEK_DATA/SEEK_HOLE, stored as GNU sparse 1.0 so
 holes cost nothing on tape and GNU tar recreates them). Sockets are skipped with a warning.
 The walk stays on the source's filesystem (mount points below it are recorded as empty dirs).
+A source that is a symlink to a directory is that directory. Small files are read ahead by two
+worker threads in bounded batches (the archive is still written strictly in scan order).
 
 Incrementals. The state is, per path, ``[inode, size, mtime_ns, ctime_ns, st_mode]`` taken
 when the entry was captured. An entry is included in the next incremental when its path is
 new or any of those differ (ctime catches chmod, chown, xattr and link-count changes). Every
 name of a hard-linked inode is included when any is (they share one inode). Paths of the parent
 state that are gone are written as deletion markers (``EBM.deleted`` global records) *before*
-any entry. A rename (same inode, new path) is recorded as delete old path + add new path: the
+any entry (a directory that cannot be listed keeps its old contents: unknown is not gone).
+A rename (same inode, new path) is recorded as delete old path + add new path: the
 restore has no earlier archive at hand to copy from, and this keeps every incremental
 self-contained.
 
@@ -29,7 +32,11 @@ a restored path may be a symlink (a hostile archive could otherwise write throug
 Existing entries are replaced (a file is unlinked first, so other hard links of the old inode
 keep their content); directories are created as needed and their mode/owner/xattrs/mtime set
 after their children; parent directories that the archive does not carry get their previous
-times back. Ownership is set (numerically) only when running as root.
+times back. Ownership is set (numerically) only when running as root. Restore into an empty
+directory for an exact tree: what the target already holds and the archive does not mention is
+left alone. A hard link is re-linked to its target path, which must have been restored first
+(a path-selective restore must select the ``linkname`` row of every selected hard link too);
+otherwise it is skipped with a warning.
 """
 
 from __future__ import annotations
