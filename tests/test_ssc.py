@@ -684,3 +684,19 @@ def test_first_command_after_load_elsewhere_sees_unit_attention(lib):
     # even a data-path command first reports the media change
     assert check(d, 0x08, 0, 0, 0, 1, 0).code == (6, 0x28, 0)
     assert check(d, 0x08, 0, 0, 0, 1, 0).key == SenseKey.BLANK_CHECK
+
+
+def test_changer_move_waits_for_running_command(drv, lib):
+    import threading
+
+    assert lib.drives[0].io_lock is drv.lock
+    write(drv, b"x" * 100)
+    moved = threading.Event()
+    with drv.lock:  # as if a long READ/WRITE/ERASE were running
+        t = threading.Thread(target=lambda: (lib.unload(0), moved.set()))
+        t.start()
+        assert not moved.wait(0.3)  # the move waits for the drive
+        assert lib.drives[0].cartridge is not None
+    assert moved.wait(10)
+    t.join()
+    assert check(drv, 0, 0, 0, 0, 0, 0).code == (2, 0x3A, 0)

@@ -108,6 +108,13 @@ class TapeDrive(ScsiModel):
         super().__init__(identity, bay.serial)
         self.identity: DriveIdentity = identity
         self.bay = bay
+        # One lock for "a command is using this drive" and "the bay's cartridge may change":
+        # a changer move out of this drive (library.move_medium takes bay.io_lock) waits for
+        # the running command instead of closing the cartridge under it. Lock order is
+        # io_lock -> library.lock everywhere, and every command holds only this lock when it
+        # calls into the library.
+        if hasattr(bay, "io_lock"):
+            bay.io_lock = self.lock
         self._gen = bay.media_generation
         self._cart: TapeCartridge | None = None
         # A cartridge in the bay at start-up counts as loaded (threaded), like a drive that
