@@ -197,13 +197,18 @@ class UnknownIdentity(ValueError):
     """The config names a model we do not emulate (one-line message listing the choices)."""
 
 
+def _norm(text: str) -> str:
+    """Case, spaces and punctuation do not matter in model names ("IBM-ULT3580-TD8")."""
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
 def _lookup(table: dict, name: str | None, default: str, kind: str):
     if name is None or name == "":
         return table[default]
-    want = name.strip().lower()
+    want = _norm(name)
     for ident in table.values():
-        if want in (ident.name.lower(), ident.product.lower(), f"{ident.vendor} {ident.product}".lower(),
-                    f"{ident.vendor}-{ident.product}".lower()):  # library.toml's VENDOR-PRODUCT
+        # table name, product, or VENDOR-PRODUCT as library.toml writes it
+        if want in (_norm(ident.name), _norm(ident.product), _norm(ident.vendor + ident.product)):
             return ident
     choices = ", ".join(table)
     raise UnknownIdentity(f"unknown {kind} model {name!r}; emulated models: {choices}")
