@@ -700,3 +700,15 @@ def test_changer_move_waits_for_running_command(drv, lib):
     assert moved.wait(10)
     t.join()
     assert check(drv, 0, 0, 0, 0, 0, 0).code == (2, 0x3A, 0)
+
+
+def test_data_out_length_hook(drv):
+    assert drv.data_out_length(bytes([0x0A, 0, 0, 1, 0, 0])) == 256
+    assert drv.data_out_length(bytes([0x0A, 1, 0, 0, 2, 0])) is None  # fixed, no block size
+    drv.block_size = 512
+    assert drv.data_out_length(bytes([0x0A, 1, 0, 0, 2, 0])) == 1024
+    assert drv.data_out_length(bytes([0x15, 0x10, 0, 0, 12, 0])) == 12
+    assert drv.data_out_length(bytes([0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0])) == 24
+    assert drv.data_out_length(bytes([0x8D] + [0] * 9 + [0, 0, 1, 0, 0, 0])) == 256
+    assert drv.data_out_length(bytes([0x08, 0, 0, 1, 0, 0])) is None
+    assert drv.data_out_length(b"") is None

@@ -369,6 +369,23 @@ class ScsiModel:
             return out
         return ScsiResult(Status.GOOD, out)
 
+    def data_out_length(self, cdb: bytes) -> int | None:
+        """Bytes of Data-Out the CDB asks for, or None for "no opinion" (optional transport
+        hook: the iSCSI target compares it with the Expected Data Transfer Length to set write
+        residuals, and refuses a short burst before a tape block could be torn)."""
+        if len(cdb) < 6:
+            return None
+        op = cdb[0]
+        if op == 0x15:  # MODE SELECT(6)
+            return cdb[4]
+        if len(cdb) < 10:
+            return None
+        if op in (0x55, 0x4C):  # MODE SELECT(10), LOG SELECT
+            return int.from_bytes(cdb[7:9], "big")
+        if op == 0x5F:  # PERSISTENT RESERVE OUT
+            return int.from_bytes(cdb[5:9], "big")
+        return None
+
     def before_command(self, nexus: Nexus, spec: CommandSpec) -> None:
         """Hook run before UA/reservation checks (e.g. notice a media change, queue a UA)."""
 

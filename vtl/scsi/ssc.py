@@ -394,6 +394,17 @@ class TapeDrive(ScsiModel):
         if name in DENSITY and not self.identity.can_write(name):
             raise CheckCondition(SenseKey.DATA_PROTECT, 0x30, 0x05)
 
+    def data_out_length(self, cdb: bytes) -> int | None:
+        """WRITE(6): the block (variable) or blocks x block size (fixed); WRITE ATTRIBUTE."""
+        if len(cdb) >= 6 and cdb[0] == 0x0A:
+            count = int.from_bytes(cdb[2:5], "big")
+            if cdb[1] & 0x01:
+                return count * self.block_size if self.block_size else None
+            return count
+        if len(cdb) >= 14 and cdb[0] == 0x8D:
+            return int.from_bytes(cdb[10:14], "big")
+        return super().data_out_length(cdb)
+
     # ------------------------------------------------------------------ READ / WRITE
     @command(0x08, "READ(6)", "08 03 ff ff ff 00", pr=PR_READ, timeout=600)
     def cmd_read6(self, req: Request):
