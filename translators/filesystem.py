@@ -22,6 +22,8 @@ self-contained.
 
 Consistency without snapshots. A regular file is read between two ``fstat`` calls; if size,
 mtime or ctime moved, or the read came up short, it is read again (up to ``retries`` times,
+a file whose ctime is under ``racy_window_ns`` old is also read a second time and must read
+identically, since timestamps move in coarse ticks and miss writes within one tick;
 files up to ``buffer_limit`` bytes are buffered so a torn attempt never reaches the stream;
 bigger ones are re-appended and the later copy wins, as in tar). A file that never holds
 still is kept as its last copy, reported in ``warnings``, flagged ``torn`` in the index and
@@ -198,6 +200,17 @@ class _ExtentReader:
         return n
 
 
+def _hash_extents(fd: int, extents: list[tuple[int, int]]) -> str:
+    """sha256 of a file's data extents, read again (the check of a racy streamed file)."""
+    digest = hashlib.sha256()
+    reader = _ExtentReader(fd, extents)
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    while n := reader.readinto(view):
+        digest.update(view[:n])
+    return digest.hexdigest()
+
+
 def _read_extents(fd: int, extents: list[tuple[int, int]], total: int) -> bytearray:
     buf = bytearray(total)
     view = memoryview(buf)
@@ -219,6 +232,7 @@ class FilesystemTranslator(Translator):
 
     retries = 3
     buffer_limit = 4 * CHUNK  # files up to this size are read fully before being written
+    racy_window_ns = 1_000_000_000  # files whose ctime is this recent are read twice
     # Test seam: called with the absolute path after each read attempt, before the second fstat.
     _after_read: Callable[[str], None] | None = None
 
@@ -436,6 +450,11 @@ class FilesystemTranslator(Translator):
         extents = entry.sparse_map if entry.sparse_map is not None else [(0, st0.st_size)]
         return entry, extents
 
+    def _racy(self, st: os.stat_result) -> bool:
+        """True if the inode changed so recently that its timestamps cannot prove a read clean
+        (file timestamps advance in coarse clock ticks; same idea as git's "racy" entries)."""
+        return time.time_ns() - st.st_ctime_ns < self.racy_window_ns
+
     def _read_small(self, fd: int, rel: str, abs_path: str):
         """Read a file of up to ``buffer_limit`` stored bytes between two fstats, retrying
         while it changes. Returns (entry, data, st0, ok), None if it is no longer a regular
@@ -453,6 +472,10 @@ class FilesystemTranslator(Translator):
                 self._after_read(abs_path)
             st1 = os.fstat(fd)
             ok = len(buf) == want and _stable(st0, st1)
+            if ok and self._racy(st0):
+                # Changed very recently: a write in the same timestamp tick (or one still in
+                # flight) would not move ctime, so only a second, identical read vouches for it.
+                ok = _read_extents(fd, extents, want) == buf and _stable(st0, os.fstat(fd))
             if ok or attempt == self.retries:
                 return entry, buf, st0, ok
             time.sleep(0.01 * (attempt + 1))
@@ -535,6 +558,8 @@ class FilesystemTranslator(Translator):
                 self._after_read(abs_path)
             st1 = os.fstat(fd)
             ok = not loc.short and _stable(st0, st1)
+            if ok and self._racy(st0):
+                ok = _hash_extents(fd, extents) == loc.sha256 and _stable(st0, os.fstat(fd))
             if ok or attempt == self.retries:
                 return entry, loc, st0, ok
             time.sleep(0.01 * (attempt + 1))
