@@ -712,3 +712,15 @@ def test_data_out_length_hook(drv):
     assert drv.data_out_length(bytes([0x8D] + [0] * 9 + [0, 0, 1, 0, 0, 0])) == 256
     assert drv.data_out_length(bytes([0x08, 0, 0, 1, 0, 0])) is None
     assert drv.data_out_length(b"") is None
+
+
+def test_verify6(drv):
+    write(drv, b"v" * 100)
+    wfm(drv)
+    rewind(drv)
+    r = run(drv, 0x13, 0, 0, 0, 100, 0)
+    assert r.status == Status.GOOD and r.d == b""
+    s = check(drv, 0x13, 0, 0, 0, 100, 0)
+    assert s.fm and s.info == 100 and s.data == b""
+    assert check(drv, 0x13, 0, 0, 0, 1, 0).key == SenseKey.BLANK_CHECK
+    assert check(drv, 0x13, 0x02, 0, 0, 1, 0).code == (5, 0x24, 0)  # BYTCMP unsupported

@@ -459,6 +459,19 @@ class TapeDrive(ScsiModel):
         self.bytes_read += count * bs
         return buf
 
+    @command(0x13, "VERIFY(6)", "13 01 ff ff ff 00", pr=PR_READ, timeout=600)
+    def cmd_verify6(self, req: Request) -> None:
+        """Read and check (checksums, decompression) without transferring data; the same
+        conditions and residues as READ(6). Byte compare (BYTCMP) is not supported."""
+        fixed = req.cdb[1] & 0x01
+        read = Request(req.nexus, bytes([0x08, fixed]) + req.cdb[2:], b"", req.spec)
+        try:
+            self.cmd_read6(read)
+        except CheckCondition as cc:
+            cc.data = b""
+            raise
+        return None
+
     def _read_failed(self, exc: CorruptRecord, residue: int, data) -> None:
         log.error("drive %s: %s", self.bay.index, exc)
         self.read_errors += 1
