@@ -148,6 +148,7 @@ class LoginHandler:
     _first: bool = True
     _declared_mrdsl: bool = False
     _pending: bytearray = field(default_factory=bytearray)
+    _stage: int | None = None  # the CSG the next request must carry
 
     def __post_init__(self) -> None:
         self.params.max_recv_dsl = self.server.limits.max_recv_data_segment_length
@@ -167,8 +168,13 @@ class LoginHandler:
         cont = bool(flags & 0x40)
         csg = (flags >> 2) & 3
         nsg = flags & 3
-        if csg == 2 or (transit and (nsg == 2 or nsg <= csg)) or (transit and cont):
+        if csg not in (SECURITY, OPERATIONAL) or (transit and (nsg == 2 or nsg <= csg)) or (
+            transit and cont
+        ):
             raise LoginFailed(LoginStatus.INITIATOR_ERROR, "invalid login stage transition")
+        if self._stage is not None and csg != self._stage:
+            raise LoginFailed(LoginStatus.INITIATOR_ERROR,
+                              f"login stage {csg} where stage {self._stage} was expected")
         self._pending += data
         if len(self._pending) > MAX_KEYS_BYTES:
             raise LoginFailed(LoginStatus.INITIATOR_ERROR, "login key text too long")
@@ -198,6 +204,7 @@ class LoginHandler:
             answer.append(("MaxRecvDataSegmentLength", str(self.params.max_recv_dsl)))
             self._declared_mrdsl = True
         complete = transit and nsg == FULL_FEATURE
+        self._stage = nsg if transit else csg
         return LoginResult(transit, csg, nsg if transit else 0, answer, complete=complete)
 
     # ---- first request: who is logging in to what ------------------------------------------
