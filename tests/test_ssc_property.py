@@ -251,3 +251,37 @@ def test_drive_matches_reference(drive, seq):
         want, cdb, data = apply(ref, op)
         got = observe(drive.execute(N, cdb, data))
         assert got == want, f"step {step}: {op} -> got {got}, want {want}"
+
+
+# ---- fuzz: no CDB, however malformed, is an internal error ---------------------------------
+def _cdb_len(op: int) -> int:
+    return {0: 6, 1: 10, 2: 10, 4: 16, 5: 12}.get(op >> 5, 16)
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    op=st.sampled_from(sorted({s.opcode for s in TapeDrive._specs}) + [0x02, 0xFF]),
+    body=st.binary(min_size=0, max_size=15),
+    data=st.one_of(st.none(), st.binary(max_size=64)),
+    sa_hint=st.integers(0, 0x1F),
+)
+def test_fuzzed_cdbs_never_internal_error(drive, op, body, data, sa_hint):
+    cdb = bytearray([op]) + bytearray(body)
+    if len(cdb) > 1 and op in (0x34, 0x5E, 0x5F, 0x8C, 0xA3):
+        cdb[1] = (cdb[1] & 0xE0) | sa_hint
+    cdb = bytes(cdb[: _cdb_len(op)])
+    if op in (0x1B, 0x19):  # keep the tape loaded and its data: not what this test is about
+        return
+    res = drive.execute(N, cdb, data)
+    assert res.status in (Status.GOOD, Status.CHECK_CONDITION, Status.RESERVATION_CONFLICT)
+    if res.status == Status.CHECK_CONDITION:
+        s = res.sense
+        if s[0] & 0x7F in (0x72, 0x73):  # descriptor format (a fuzzed MODE SELECT set D_SENSE)
+            key, asc = s[1] & 0x0F, s[2]
+        else:
+            assert len(s) == 18 and s[0] in (0x70, 0xF0)
+            key, asc = s[2] & 0x0F, s[12]
+        assert (key, asc) != (4, 0x44), cdb.hex()
+    # leave the drive usable for the next example
+    drive.execute(N, bytes([0x4C, 0x02, 0xC0, 0, 0, 0, 0, 0, 0, 0]))
