@@ -724,3 +724,19 @@ def test_verify6(drv):
     assert s.fm and s.info == 100 and s.data == b""
     assert check(drv, 0x13, 0, 0, 0, 1, 0).key == SenseKey.BLANK_CHECK
     assert check(drv, 0x13, 0x02, 0, 0, 1, 0).code == (5, 0x24, 0)  # BYTCMP unsupported
+
+
+def test_lun_reset_restores_mode_defaults_keeps_position(drv):
+    from vtl.scsi.base import ResetKind
+
+    write(drv, b"a")
+    write(drv, b"b")
+    good(drv, 0x15, 0x10, 0, 0, 12, 0, data=bytes([0, 0, 0x10, 8, 0, 0, 0, 0, 0, 0, 2, 0]))
+    page = bytes([0x0F, 14, 0x40, 0x80, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0])
+    good(drv, 0x15, 0x10, 0, 0, 4 + 16, 0, data=bytes(4) + page)
+    good(drv, 0x1E, 0, 0, 0, 1, 0)
+    assert drv.block_size == 512 and not drv.compression
+    drv.reset(ResetKind.LUN_RESET)
+    assert check(drv, 0, 0, 0, 0, 0, 0).code == (6, 0x29, 0x03)
+    assert drv.block_size == 0 and drv.compression and not drv.bay.prevent_removal
+    assert pos(drv) == 2

@@ -427,6 +427,10 @@ class ScsiModel:
             if self._prevent:
                 self._prevent.clear()
                 self.on_prevent_changed(False)
+            # SPC-4: after a logical unit reset the current mode values are the saved ones
+            # (or the defaults for pages that are not savable).
+            for page in self.mode_pages.values():
+                page.apply(page.saved if page.savable else page.default)
             self.on_reset(kind)
 
     def on_reset(self, kind: ResetKind) -> None:

@@ -299,7 +299,11 @@ class TapeDrive(ScsiModel):
         self.bay.prevent_removal = prevented
 
     def on_reset(self, kind: ResetKind) -> None:
+        """Block size and buffered mode return to their defaults with the mode pages; the
+        tape position is kept (the cartridge stays threaded)."""
         self.bay.prevent_removal = False
+        self.block_size = 0
+        self.buffered_mode = DEFAULT_BUFFERED_MODE
 
     # ------------------------------------------------------------------ mode header / bd
     def _ready_cart(self) -> TapeCartridge | None:
