@@ -359,7 +359,7 @@ def test_trailer_round_trip_with_index():
 def test_large_index_compresses():
     index = [IndexEntry(path=f"dir{i // 100}/file{i}", kind="file", size=i, mtime_ns=i * 1000,
                         mode=0o644, sha256=f"{i:064x}", header_offset=i * 1536, data_offset=i * 1536 + 1024)
-             for i in range(20000)]
+             for i in range(5000)]
     raw = encode_trailer(BackupTrailerInfo.from_index(uuid.uuid4(), index, stream_bytes=1, stream_sha256="00" * 32))
     raw_json = sum(len(json.dumps(e.to_json())) for e in index)
     assert len(raw) < raw_json / 3

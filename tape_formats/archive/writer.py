@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from functools import lru_cache
 from typing import BinaryIO, Protocol
 
@@ -315,8 +314,3 @@ class PaxWriter:
     def __exit__(self, *exc) -> None:
         if exc[0] is None:
             self.close()
-
-
-def file_data(path: str | os.PathLike) -> BinaryIO:
-    """Convenience: open a file unbuffered for :meth:`PaxWriter.add`."""
-    return open(path, "rb", buffering=0)
