@@ -390,3 +390,12 @@ def test_identities_lookup():
     assert changer_identity("IBM-3573-TL").product == "3573-TL"
     with pytest.raises(ValueError, match="emulated models"):
         drive_identity("nope")
+
+
+def test_model_table_lists_every_identity():
+    from vtl.scsi.identities import CHANGERS, DRIVES, model_table
+
+    rows = model_table()
+    assert len(rows) == len(DRIVES) + len(CHANGERS)
+    assert {r["product"] for r in rows} >= {"ULT3580-TD8", "3573-TL", "L700", "Ultrium 8-SCSI"}
+    assert [r["name"] for r in rows if r["default"]] == ["IBM-TD8", "IBM-3573-TL"]

@@ -230,3 +230,22 @@ def drive_for_media(media: str) -> DriveIdentity:
         if ident.vendor == "IBM" and ident.native_media == media:
             return ident
     raise UnknownIdentity(f"no emulated drive writes {media!r} natively")
+
+
+def model_table() -> list[dict[str, str]]:
+    """Every emulated model as plain rows (for a CLI listing or --json), drives first."""
+    rows: list[dict[str, str]] = []
+    for d in DRIVES.values():
+        rows.append({
+            "kind": "drive", "name": d.name, "vendor": d.vendor, "product": d.product,
+            "revision": d.revision, "default": "yes" if d.name == DEFAULT_DRIVE else "",
+            "writes": ", ".join(d.write_media), "reads": ", ".join(d.read_media),
+            "description": d.description,
+        })
+    for c in CHANGERS.values():
+        rows.append({
+            "kind": "changer", "name": c.name, "vendor": c.vendor, "product": c.product,
+            "revision": c.revision, "default": "yes" if c.name == DEFAULT_CHANGER else "",
+            "writes": "", "reads": "", "description": c.description,
+        })
+    return rows
