@@ -147,3 +147,44 @@ def test_stream_from_a_pipe_in_parts_joins_back_and_tar_concatenates(tmp_path):
 def test_stream_rejects_directories(tmp_path):
     with pytest.raises(TranslatorError, match="is a directory"):
         StreamTranslator().validate_source(str(tmp_path))
+
+
+def _backup_pipe(t, data, state=None):
+    r, w = os.pipe()
+
+    def feed():
+        with os.fdopen(w, "wb") as f:
+            f.write(data)
+
+    th = threading.Thread(target=feed)
+    th.start()
+    try:
+        return run_backup(t, f"/proc/self/fd/{r}", state)
+    finally:
+        th.join()
+        os.close(r)
+
+
+def test_stream_chain_never_mixes_in_stale_parts(tmp_path):
+    """If the manager chains complete copies anyway, the older copy's extra parts are deleted."""
+    t = StreamTranslator()
+    t.part_size = 1000
+    first, second = os.urandom(4500), os.urandom(1500)
+    a0, r0 = _backup_pipe(t, first)
+    a1, r1 = _backup_pipe(t, second, r0.state)
+    name = r0.state["name"]
+    assert sorted(e.path for e in r1.entries if e.deleted) == [f"{name}.part{i:06d}" for i in (2, 3, 4)]
+    from translators.base import apply_chain
+
+    out = tmp_path / "chain"
+    apply_chain(t, [PaxReader(io.BytesIO(a)) for a in (a0, a1)], out)
+    assert (out / name).read_bytes() == second
+    # The final view of the chain (what the EBM restores): only the second copy's parts.
+    view = {}
+    for i, r in enumerate((r0, r1)):
+        for row in r.entries:
+            if row.deleted:
+                view.pop(row.path, None)
+            else:
+                view[row.path] = i
+    assert set(view.values()) == {1}

@@ -25,7 +25,9 @@ replace what is there, and directory metadata is applied after the children. The
 exactly the tree as it was at backup N.
 
 Translators with ``supports_incremental = False`` (sqlite, stream) always write a complete
-copy: the manager should always make baselines for them (they ignore ``parent_state``).
+copy: the manager should make baselines for them. If it passes a ``parent_state`` anyway, the
+copy also records as deleted the parent's members it no longer has (``delete_stale_members``),
+so the chain still restores exactly.
 
 Progress: ``progress(Progress)`` is called from the backup/restore thread at most every
 ~0.1 s and once at the end; it must be cheap and must not raise.
@@ -122,6 +124,21 @@ class Translator(ABC):
                 select: Callable[[str], bool] | None = None,
                 progress: ProgressCallback | None = None) -> RestoreStats:
         """Recreate the archived entries under ``target``."""
+
+
+def delete_stale_members(parent_state: TranslatorState | None, members: list[str],
+                         writer: PaxWriter) -> list[IndexEntry]:
+    """For translators that always write a complete copy: record as deleted every member of the
+    parent backup (``parent_state["members"]``) that this one no longer has, so a chain restore
+    (or the EBM's final view of a chain) never mixes in stale members of an older copy."""
+    if not isinstance(parent_state, dict):
+        return []
+    gone = sorted(set(parent_state.get("members") or []) - set(members))
+    if not gone:
+        return []
+    off = writer.add_deletions(gone)
+    return [IndexEntry(path=p, kind="file", deleted=True, header_offset=off, data_offset=off)
+            for p in gone]
 
 
 def apply_chain(translator: Translator,

@@ -40,6 +40,7 @@ from .base import (
     Translator,
     TranslatorError,
     TranslatorState,
+    delete_stale_members,
 )
 
 CHUNK = 1024 * 1024
@@ -150,9 +151,12 @@ class SqliteTranslator(Translator):
                 rows.append(IndexEntry(path=path, kind="file", size=n, mtime_ns=mtime, mode=entry.mode,
                                        uid=st.st_uid, gid=st.st_gid, sha256=loc.sha256,
                                        header_offset=loc.header_offset, data_offset=loc.data_offset))
+        members = [r.path for r in rows]
+        rows += delete_stale_members(parent_state, members, writer)
         if progress is not None:
             progress(Progress("backup", 2, 2, size, size, name))
-        state = {"format": STATE_FORMAT, "sha256": meta["sha256"], "size": size, "created_ns": now}
+        state = {"format": STATE_FORMAT, "sha256": meta["sha256"], "size": size, "created_ns": now,
+                 "members": members}
         return BackupResult(state=state, entries=rows, warnings=[], level_hint="baseline")
 
     def restore(self, entries: Iterable[tuple[ArchiveEntry, EntryData]], target: Path, *,

@@ -36,6 +36,7 @@ from .base import (
     Translator,
     TranslatorError,
     TranslatorState,
+    delete_stale_members,
 )
 
 CHUNK = 1024 * 1024
@@ -93,10 +94,12 @@ class StreamTranslator(Translator):
         finally:
             if close:
                 os.close(fd)
+        members = [r.path for r in rows]
+        rows += delete_stale_members(parent_state, members, writer)
         if progress is not None:
-            progress(Progress("backup", len(rows), len(rows), total, total, name))
+            progress(Progress("backup", len(members), len(members), total, total, name))
         state = {"format": STATE_FORMAT, "name": name, "size": total, "sha256": digest,
-                 "created_ns": time.time_ns()}
+                 "created_ns": time.time_ns(), "members": members}
         return BackupResult(state=state, entries=rows, warnings=warnings, level_hint="baseline")
 
     def _entry(self, path: str, size: int) -> ArchiveEntry:
