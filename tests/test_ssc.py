@@ -359,6 +359,11 @@ def test_early_warning_and_end_of_medium(drv):
     # a filemark still fits: reported with early warning
     r = run(drv, 0x10, 0, 0, 0, 1, 0)
     assert r.status == Status.CHECK_CONDITION and r.s.code == (0, 0, 2) and r.s.eom
+    # more filemarks than fit: VOLUME OVERFLOW, residue = the ones not written
+    before = pos(drv)
+    r = run(drv, 0x10, 1, 0xFF, 0xFF, 0xFF, 0)
+    assert r.s.code == (SenseKey.VOLUME_OVERFLOW, 0, 2) and r.s.eom
+    assert r.s.info == 0xFFFFFF - (pos(drv) - before) and pos(drv) > before
 
 
 def test_disk_failure_is_medium_error(drv, monkeypatch):

@@ -539,10 +539,13 @@ class TapeDrive(ScsiModel):
         cart = self._medium()
         if count:
             self._check_write_compat(cart)
+        start = cart.position
         try:
             res = cart.write_filemarks(count, sync=not immed)
         except (CartridgeError, OSError) as exc:
-            raise self._write_error(exc, count) from None
+            # residue: the filemarks not written (some may fit before the end of medium)
+            done = max(0, cart.position - start) if isinstance(exc, EndOfMedium) else 0
+            raise self._write_error(exc, count - done) from None
         if count and res.early_warning:
             raise _no_sense(0x00, 0x02, eom=True, information=0)
 
