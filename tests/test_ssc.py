@@ -354,8 +354,10 @@ def test_early_warning_and_end_of_medium(drv):
     else:
         pytest.fail("never reached end of medium")
     assert saw_ew
-    # READ POSITION at EOD past early warning: EOP
+    # READ POSITION at EOD past early warning: EOP; reading there: BLANK CHECK with EOM
     assert good(drv, 0x34, 0, 0, 0, 0, 0, 0, 0, 0, 0)[0] & 0x40
+    s = check(drv, 0x08, 0, 0, 0, 1, 0)
+    assert s.code == (SenseKey.BLANK_CHECK, 0, 5) and s.eom
     # a filemark still fits: reported with early warning
     r = run(drv, 0x10, 0, 0, 0, 1, 0)
     assert r.status == Status.CHECK_CONDITION and r.s.code == (0, 0, 2) and r.s.eom

@@ -438,7 +438,8 @@ class TapeDrive(ScsiModel):
                 raise _no_sense(0, 0, ili=True, information=count - r.length, data=r.data)
             if r.kind == RecordKind.FILEMARK:
                 raise _no_sense(0x00, 0x01, filemark=True, information=count)
-            raise CheckCondition(SenseKey.BLANK_CHECK, 0x00, 0x05, information=count)
+            raise CheckCondition(SenseKey.BLANK_CHECK, 0x00, 0x05, information=count,
+                                 eom=cart.at_early_warning)
         bs = self.block_size
         if count * bs > MAX_FIXED_TRANSFER:
             raise invalid_field_in_cdb(2)
@@ -459,7 +460,7 @@ class TapeDrive(ScsiModel):
                 raise _no_sense(0x00, 0x01, filemark=True, information=count - i,
                                 data=buf[: i * bs])
             raise CheckCondition(SenseKey.BLANK_CHECK, 0x00, 0x05, information=count - i,
-                                 data=buf[: i * bs])
+                                 eom=cart.at_early_warning, data=buf[: i * bs])
         self.bytes_read += count * bs
         return buf
 
