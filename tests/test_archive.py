@@ -436,3 +436,20 @@ def test_damaged_labels_fail_only_with_label_errors(pos, x, cut):
         # Undetected only if the damage hit the zero padding after the checksum.
         signed_len = len(raw.rstrip(b"\x00"))
         assert pos >= signed_len - 1 or (cut is not None and cut >= signed_len)
+
+
+def test_gnu_tar_extracts_non_utf8_names_quietly(tmp_path):
+    raw = "raw\udcff\udcfe"  # the bytes b"raw\xff\xfe", as os.fsdecode gives them
+    archive, _ = write_archive([
+        (ArchiveEntry(raw, "file", size=2), b"ok"),
+        (ArchiveEntry("d/" + "n" * 150 + "\udce9", "file", size=1), b"y"),
+        (ArchiveEntry("ln", "symlink", linkname=raw), None),
+    ])
+    (tmp_path / "a.tar").write_bytes(archive)
+    out = tmp_path / "out"
+    out.mkdir()
+    res = subprocess.run(["tar", "-xf", str(tmp_path / "a.tar"), "-C", str(out)], capture_output=True)
+    assert res.returncode == 0 and res.stderr == b""
+    assert open(bytes(out) + b"/raw\xff\xfe", "rb").read() == b"ok"
+    assert open(bytes(out) + b"/d/" + b"n" * 150 + b"\xe9", "rb").read() == b"y"
+    assert [e.path for e, _ in PaxReader(io.BytesIO(archive))] == [raw, "d/" + "n" * 150 + "\udce9", "ln"]

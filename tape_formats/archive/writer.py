@@ -12,6 +12,9 @@ What it writes, per entry (GNU tar lists and extracts all of it):
   '6' fifo);
 * the data, streamed in 1 MiB chunks and padded to 512 bytes.
 
+Names that are not valid UTF-8 are written as their raw bytes (no ``hdrcharset`` record:
+GNU tar 1.34 warns about that keyword but extracts raw names as they are).
+
 Deletion markers (incremental backups) are written as a pax *global* header ('g') with one
 record ``EBM.deleted=<JSON list of paths>``. GNU tar silently ignores unknown keywords in
 global headers (it would warn for them in 'x' headers) and creates nothing for them, so a
@@ -63,14 +66,6 @@ class ByteSink(Protocol):
 
 def fsencode(path: str) -> bytes:
     return path.encode("utf-8", "surrogateescape")
-
-
-def _is_utf8(b: bytes) -> bool:
-    try:
-        b.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 class PaxWriter:
@@ -166,7 +161,6 @@ class PaxWriter:
         path_b = b"." if path == "." else path.encode("utf-8", "surrogateescape")
         records: list[bytes] = []
         record = pax.pax_record
-        binary = False
 
         sparse = kind == "file" and entry.sparse_map is not None
         if kind == "dir":
@@ -182,16 +176,13 @@ class PaxWriter:
                 record(b"GNU.sparse.name", path_b),
                 record(b"GNU.sparse.realsize", b"%d" % entry.size),
             ]
-            binary = not _is_utf8(path_b)
         elif (len(tar_name) > 100 and pax.split_ustar_name(tar_name) is None) or not tar_name.isascii():
             records.append(record(b"path", tar_name))
-            binary = not _is_utf8(tar_name)
 
         if kind == "symlink" or kind == "hardlink":
             link_b = entry.linkname.encode("utf-8", "surrogateescape")
             if len(link_b) > 100 or not link_b.isascii():
                 records.append(record(b"linkpath", link_b))
-                binary = binary or not _is_utf8(link_b)
         else:
             link_b = b""
 
@@ -225,8 +216,6 @@ class PaxWriter:
         if entry.xattrs:
             for name in sorted(entry.xattrs):
                 records.append(record(b"SCHILY.xattr." + fsencode(name), bytes(entry.xattrs[name])))
-        if binary:
-            records.insert(0, record(b"hdrcharset", b"BINARY"))
         ustar = pax.build_ustar(
             name=tar_name, mode=entry.mode, uid=uid, gid=gid,
             size=stored_size, mtime=mtime_s, typeflag=typeflag,
