@@ -453,3 +453,23 @@ def test_gnu_tar_extracts_non_utf8_names_quietly(tmp_path):
     assert open(bytes(out) + b"/raw\xff\xfe", "rb").read() == b"ok"
     assert open(bytes(out) + b"/d/" + b"n" * 150 + b"\xe9", "rb").read() == b"y"
     assert [e.path for e, _ in PaxReader(io.BytesIO(archive))] == [raw, "d/" + "n" * 150 + "\udce9", "ln"]
+
+
+def test_pythons_tarfile_reads_our_archives_too():
+    """A second, independent pax reader: names, sizes, link targets, xattrs and sparse data."""
+    import tarfile
+
+    items = [
+        (ArchiveEntry("dir", "dir", mtime_ns=5), None),
+        (ArchiveEntry("dir/" + "x" * 200, "file", size=5, xattrs={"user.k": b"v"}), b"hello"),
+        (ArchiveEntry("sp", "file", size=1 << 20, sparse_map=[(4096, 3)]), b"abc"),
+        (ArchiveEntry("sym", "symlink", linkname="dir"), None),
+    ]
+    archive, _ = write_archive(items, deletions=["old"])
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tf:
+        members = tf.getmembers()
+        assert [m.name for m in members] == ["dir", "dir/" + "x" * 200, "sp", "sym"]
+        assert tf.extractfile(members[1]).read() == b"hello"
+        assert members[1].pax_headers["SCHILY.xattr.user.k"] == "v"
+        assert members[2].size == 1 << 20 and members[2].sparse == [(4096, 3), (1 << 20, 0)]
+        assert members[3].issym() and members[3].linkname == "dir"
