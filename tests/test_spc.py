@@ -399,3 +399,29 @@ def test_model_table_lists_every_identity():
     assert len(rows) == len(DRIVES) + len(CHANGERS)
     assert {r["product"] for r in rows} >= {"ULT3580-TD8", "3573-TL", "L700", "Ultrium 8-SCSI"}
     assert [r["name"] for r in rows if r["default"]] == ["IBM-TD8", "IBM-3573-TL"]
+
+
+def test_reservations_state_machine_directly():
+    from vtl.scsi import reservations as r
+
+    told: list[tuple] = []
+    pr = r.PersistentReservations(lambda ua, nx: told.append((ua, nx)))
+    assert pr.register(A, 0, 1, ignore_existing=False)
+    assert pr.register(B, 0, 2, ignore_existing=False)
+    assert pr.reserve(A, 1, 0, r.WRITE_EXCLUSIVE)
+    assert pr.conflicts(B, r.WRITE) and not pr.conflicts(B, r.READ)
+    # preempting one's own key changes the type and keeps the registration
+    assert pr.preempt(A, 1, 1, 0, r.EXCLUSIVE_ACCESS)
+    assert pr.keys == {A: 1, B: 2} and pr.reservation.type == r.EXCLUSIVE_ACCESS
+    assert pr.conflicts(B, r.READ) and not pr.conflicts(A, r.WRITE)
+    assert told and told[-1][1] == B  # B learns the reservation changed
+    # all-registrants: everyone registered is a holder; preempt with key 0 takes it alone
+    assert pr.release(A, 1, 0, r.EXCLUSIVE_ACCESS)
+    assert pr.reserve(B, 2, 0, r.EXCLUSIVE_ACCESS_AR)
+    assert not pr.conflicts(A, r.WRITE)
+    assert pr.preempt(A, 1, 0, 0, r.WRITE_EXCLUSIVE)
+    assert pr.keys == {A: 1} and pr.reservation.holder == A
+    assert pr.read_reservation()[8:16] == (1).to_bytes(8, "big")
+    gen = pr.generation
+    assert not pr.clear(B, 2)  # not registered any more
+    assert pr.clear(A, 1) and not pr.active and pr.generation == gen + 1

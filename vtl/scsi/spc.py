@@ -48,6 +48,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from vtl.scsi import reservations
 from vtl.scsi.base import (
     CheckCondition,
     Nexus,
@@ -72,23 +73,10 @@ from vtl.scsi.pages import (
 
 log = logging.getLogger(__name__)
 
-# Persistent-reservation classes of a command (SPC-4 5.9.1, table "SPC commands that are
-# allowed in the presence of various reservations").
-PR_ALLOWED = 0  # allowed from any nexus, whatever is reserved
-PR_READ = 1  # conflicts only under Exclusive Access types for non-holders
-PR_WRITE = 2  # conflicts under every type for non-holders
-
-# Persistent reservation types.
-PR_WRITE_EXCLUSIVE = 1
-PR_EXCLUSIVE_ACCESS = 3
-PR_WRITE_EXCLUSIVE_RO = 5
-PR_EXCLUSIVE_ACCESS_RO = 6
-PR_WRITE_EXCLUSIVE_AR = 7
-PR_EXCLUSIVE_ACCESS_AR = 8
-_PR_TYPES = {1, 3, 5, 6, 7, 8}
-_PR_EA_FAMILY = {PR_EXCLUSIVE_ACCESS, PR_EXCLUSIVE_ACCESS_RO, PR_EXCLUSIVE_ACCESS_AR}
-_PR_REGISTRANTS = {5, 6, 7, 8}  # registrants-only and all-registrants types
-_PR_ALL_REG = {PR_WRITE_EXCLUSIVE_AR, PR_EXCLUSIVE_ACCESS_AR}
+# Persistent-reservation classes of a command (see vtl.scsi.reservations).
+PR_ALLOWED = reservations.ALLOWED  # allowed from any nexus, whatever is reserved
+PR_READ = reservations.READ  # conflicts only under Exclusive Access types for non-holders
+PR_WRITE = reservations.WRITE  # conflicts under every type for non-holders
 
 # Opcodes whose byte 1 bits 4..0 carry a SERVICE ACTION when registered with ``sa=``.
 _SA_MASK = 0x1F
@@ -187,13 +175,6 @@ class Request:
         return memoryview(data)[:length]
 
 
-@dataclass(slots=True)
-class _PrReservation:
-    holder: Nexus
-    type: int
-    scope: int = 0
-
-
 def trunc(data: bytes | bytearray | memoryview, alloc: int) -> bytes | bytearray | memoryview:
     """Allocation-length truncation (SPC-4 4.2.5.6): never an error, just fewer bytes."""
     return data if len(data) <= alloc else data[:alloc]
@@ -270,9 +251,8 @@ class ScsiModel:
         # RESERVE(6) holder.
         self._reserve6: Nexus | None = None
         # Persistent reservations (registrations by I_T nexus).
-        self._pr_keys: dict[Nexus, int] = {}
-        self._pr_res: _PrReservation | None = None
-        self._pr_generation = 0
+        self.pr = reservations.PersistentReservations(
+            lambda ua, nexus: self.queue_ua(ua, only=nexus))
         # PREVENT ALLOW MEDIUM REMOVAL per nexus.
         self._prevent: set[Nexus] = set()
         self.add_log_page(LogPage(0x00, self._supported_log_params, name="supported pages"))
@@ -352,7 +332,7 @@ class ScsiModel:
                 raise ua.condition()
         if (
             spec.pr != PR_ALLOWED
-            and (self._reserve6 is not None or self._pr_res is not None)
+            and (self._reserve6 is not None or self.pr.reservation is not None)
             and self._conflicts(nexus, spec.pr)
         ):
             return ScsiResult(Status.RESERVATION_CONFLICT)
@@ -451,23 +431,10 @@ class ScsiModel:
             self._ua.pop(nexus, None)
 
     # ------------------------------------------------------------------ reservations
-    def _pr_holder_like(self, nexus: Nexus) -> bool:
-        res = self._pr_res
-        if res is None:
-            return True
-        if res.type in _PR_REGISTRANTS:
-            return nexus in self._pr_keys
-        return res.holder == nexus
-
     def _conflicts(self, nexus: Nexus, cls: int) -> bool:
         if self._reserve6 is not None and self._reserve6 != nexus:
             return True
-        res = self._pr_res
-        if res is None or self._pr_holder_like(nexus):
-            return False
-        if cls == PR_WRITE:
-            return True
-        return res.type in _PR_EA_FAMILY
+        return self.pr.conflicts(nexus, cls)
 
     # ------------------------------------------------------------------ identity pieces
     @property
@@ -795,224 +762,92 @@ class ScsiModel:
     # -- RESERVE(6) / RELEASE(6) --------------------------------------------------------------
     @command(0x16, "RESERVE(6)", "16 00 00 00 00 00", pr=PR_WRITE)
     def cmd_reserve6(self, req: Request) -> ScsiResult | None:
-        if self._pr_res is not None or self._pr_keys:
+        if self.pr.active:
             return ScsiResult(Status.RESERVATION_CONFLICT)
         self._reserve6 = req.nexus
         return None
 
     @command(0x17, "RELEASE(6)", "17 00 00 00 00 00", pr=PR_ALLOWED)
     def cmd_release6(self, req: Request) -> ScsiResult | None:
-        if self._pr_res is not None:
+        if self.pr.reservation is not None:
             return ScsiResult(Status.RESERVATION_CONFLICT)
         if self._reserve6 == req.nexus:
             self._reserve6 = None
         return None
 
-    # -- PERSISTENT RESERVE IN ----------------------------------------------------------------
+    # -- PERSISTENT RESERVE IN / OUT (rules in vtl.scsi.reservations) ----------------------
     @command(0x5E, "PERSISTENT RESERVE IN", "5e 00 00 00 00 00 00 ff ff 00", sa=0,
              pr=PR_ALLOWED)
-    def cmd_pr_read_keys(self, req: Request) -> bytes:
-        keys = b"".join(k.to_bytes(8, "big") for k in self._pr_keys.values())
-        data = self._pr_generation.to_bytes(4, "big") + len(keys).to_bytes(4, "big") + keys
-        return trunc(data, req.u16(7))
-
     @command(0x5E, "PERSISTENT RESERVE IN", "5e 01 00 00 00 00 00 ff ff 00", sa=1,
              pr=PR_ALLOWED)
-    def cmd_pr_read_reservation(self, req: Request) -> bytes:
-        res = self._pr_res
-        data = bytearray(self._pr_generation.to_bytes(4, "big") + bytes(4))
-        if res is not None:
-            key = 0 if res.type in _PR_ALL_REG else self._pr_keys.get(res.holder, 0)
-            data[4:8] = (16).to_bytes(4, "big")
-            data += key.to_bytes(8, "big") + bytes(4) + bytes((0, (res.scope << 4) | res.type)) + bytes(2)
-        return trunc(bytes(data), req.u16(7))
-
-    @staticmethod
-    def transport_id(nexus: Nexus) -> bytes:
-        """An iSCSI TransportID (SPC-4 7.6.4.6, format 00b): the initiator name, NUL padded."""
-        name = (nexus.transport_id or nexus.initiator.split(",")[0]).encode("utf-8") + b"\0"
-        name += b"\0" * (-len(name) % 4)
-        return bytes((0x05, 0)) + len(name).to_bytes(2, "big") + name
-
-    @command(0x5E, "PERSISTENT RESERVE IN", "5e 03 00 00 00 00 00 ff ff 00", sa=3,
-             pr=PR_ALLOWED)
-    def cmd_pr_read_full_status(self, req: Request) -> bytes:
-        res = self._pr_res
-        descs = bytearray()
-        for nx, key in self._pr_keys.items():
-            holder = res is not None and (res.holder == nx or res.type in _PR_ALL_REG)
-            tid = self.transport_id(nx)
-            descs += key.to_bytes(8, "big") + bytes(4)
-            descs += bytes((0x01 if holder else 0x00,
-                            ((res.scope << 4) | res.type) if holder and res else 0))
-            descs += bytes(4) + (1).to_bytes(2, "big") + len(tid).to_bytes(4, "big") + tid
-        data = self._pr_generation.to_bytes(4, "big") + len(descs).to_bytes(4, "big") + descs
-        return trunc(bytes(data), req.u16(7))
-
     @command(0x5E, "PERSISTENT RESERVE IN", "5e 02 00 00 00 00 00 ff ff 00", sa=2,
              pr=PR_ALLOWED)
-    def cmd_pr_report_capabilities(self, req: Request) -> bytes:
-        data = bytearray(8)
-        data[1] = 8
-        data[2] = 0x10 | 0x04  # CRH (compatible reservation handling), ATP_C
-        data[3] = 0x80  # TMV: the type mask below is valid
-        data[4] = 0x80 | 0x40 | 0x20 | 0x08 | 0x02  # WR_EX_AR EX_AC_RO WR_EX_RO EX_AC WR_EX
-        data[5] = 0x01  # EX_AC_AR
-        return trunc(bytes(data), req.u16(7))
+    @command(0x5E, "PERSISTENT RESERVE IN", "5e 03 00 00 00 00 00 ff ff 00", sa=3,
+             pr=PR_ALLOWED)
+    def cmd_pr_in(self, req: Request) -> bytes:
+        sa = req.cdb[1] & _SA_MASK
+        pr = self.pr
+        if sa == 0:
+            data = pr.read_keys()
+        elif sa == 1:
+            data = pr.read_reservation()
+        elif sa == 2:
+            data = pr.capabilities()
+        else:
+            data = pr.full_status()
+        return trunc(data, req.u16(7))
 
-    # -- PERSISTENT RESERVE OUT ---------------------------------------------------------------
-    def _pr_out_params(self, req: Request) -> tuple[int, int, int]:
-        plen = req.u32(5)
-        if plen != 24:
+    @staticmethod
+    def _pr_out_params(req: Request) -> tuple[int, int]:
+        """(reservation key, service action reservation key) from the 24-byte list."""
+        if req.u32(5) != 24:
             raise parameter_list_length_error()
         data = req.param_list(24)
-        key = int.from_bytes(data[0:8], "big")
-        sa_key = int.from_bytes(data[8:16], "big")
         flags = data[20]
         if flags & 0x08:  # SPEC_I_PT not supported
             raise invalid_field_in_parameter_list(20, 3)
         if flags & 0x01:  # APTPL: we do not persist through power loss
             raise invalid_field_in_parameter_list(20, 0)
-        return key, sa_key, flags
+        return int.from_bytes(data[0:8], "big"), int.from_bytes(data[8:16], "big")
 
-    def _pr_type(self, req: Request, required: bool = True) -> tuple[int, int]:
+    @staticmethod
+    def _pr_type(req: Request) -> tuple[int, int]:
         scope, typ = req.cdb[2] >> 4, req.cdb[2] & 0x0F
-        if required:
-            if scope != 0:
-                raise invalid_field_in_cdb(2, 7)
-            if typ not in _PR_TYPES:
-                raise invalid_field_in_cdb(2, 3)
+        if scope != 0:
+            raise invalid_field_in_cdb(2, 7)
+        if typ not in reservations.TYPES:
+            raise invalid_field_in_cdb(2, 3)
         return scope, typ
-
-    def _key_matches(self, nexus: Nexus, key: int) -> bool:
-        return nexus in self._pr_keys and self._pr_keys[nexus] == key
-
-    def _unregister(self, nexus: Nexus) -> None:
-        """Remove one registration; a holder losing it releases (SPC-4 5.9.11)."""
-        self._pr_keys.pop(nexus, None)
-        res = self._pr_res
-        if res is None:
-            return
-        if res.type in _PR_ALL_REG:
-            if not self._pr_keys:
-                self._pr_res = None
-        elif res.holder == nexus:
-            self._pr_res = None
-            if res.type in _PR_REGISTRANTS:
-                for nx in self._pr_keys:
-                    self.queue_ua(UnitAttention.RESERVATIONS_RELEASED, only=nx)
 
     @command(0x5F, "PERSISTENT RESERVE OUT", "5f 00 ff 00 00 ff ff ff ff 00", sa=0,
              pr=PR_ALLOWED)
-    @command(0x5F, "PERSISTENT RESERVE OUT", "5f 06 ff 00 00 ff ff ff ff 00", sa=6,
-             pr=PR_ALLOWED)
-    def cmd_pr_register(self, req: Request) -> ScsiResult | None:
-        key, sa_key, _ = self._pr_out_params(req)
-        ignore = (req.cdb[1] & _SA_MASK) == 6
-        nexus = req.nexus
-        registered = nexus in self._pr_keys
-        if not ignore:
-            if not registered and key != 0:
-                return ScsiResult(Status.RESERVATION_CONFLICT)
-            if registered and self._pr_keys[nexus] != key:
-                return ScsiResult(Status.RESERVATION_CONFLICT)
-        if sa_key == 0:
-            if registered:
-                self._unregister(nexus)
-        else:
-            self._pr_keys[nexus] = sa_key
-        self._pr_generation = (self._pr_generation + 1) & 0xFFFFFFFF
-        return None
-
     @command(0x5F, "PERSISTENT RESERVE OUT", "5f 01 ff 00 00 ff ff ff ff 00", sa=1,
              pr=PR_ALLOWED)
-    def cmd_pr_reserve(self, req: Request) -> ScsiResult | None:
-        key, _, _ = self._pr_out_params(req)
-        scope, typ = self._pr_type(req)
-        nexus = req.nexus
-        if not self._key_matches(nexus, key) or self._reserve6 not in (None, nexus):
-            return ScsiResult(Status.RESERVATION_CONFLICT)
-        res = self._pr_res
-        if res is not None:
-            if self._pr_holder_like(nexus) and res.type == typ and res.scope == scope:
-                return None
-            return ScsiResult(Status.RESERVATION_CONFLICT)
-        self._pr_res = _PrReservation(nexus, typ, scope)
-        return None
-
     @command(0x5F, "PERSISTENT RESERVE OUT", "5f 02 ff 00 00 ff ff ff ff 00", sa=2,
              pr=PR_ALLOWED)
-    def cmd_pr_release(self, req: Request) -> ScsiResult | None:
-        key, _, _ = self._pr_out_params(req)
-        scope, typ = self._pr_type(req, required=False)
-        nexus = req.nexus
-        if not self._key_matches(nexus, key):
-            return ScsiResult(Status.RESERVATION_CONFLICT)
-        res = self._pr_res
-        if res is None or not self._pr_holder_like(nexus):
-            return None
-        if res.type != typ or res.scope != scope:
-            raise CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x26, 0x04)
-        self._pr_res = None
-        if res.type in _PR_REGISTRANTS:
-            for nx in self._pr_keys:
-                if nx != nexus:
-                    self.queue_ua(UnitAttention.RESERVATIONS_RELEASED, only=nx)
-        return None
-
     @command(0x5F, "PERSISTENT RESERVE OUT", "5f 03 ff 00 00 ff ff ff ff 00", sa=3,
              pr=PR_ALLOWED)
-    def cmd_pr_clear(self, req: Request) -> ScsiResult | None:
-        key, _, _ = self._pr_out_params(req)
-        nexus = req.nexus
-        if not self._key_matches(nexus, key):
-            return ScsiResult(Status.RESERVATION_CONFLICT)
-        for nx in self._pr_keys:
-            if nx != nexus:
-                self.queue_ua(UnitAttention.RESERVATIONS_PREEMPTED, only=nx)
-        self._pr_keys.clear()
-        self._pr_res = None
-        self._pr_generation = (self._pr_generation + 1) & 0xFFFFFFFF
-        return None
-
     @command(0x5F, "PERSISTENT RESERVE OUT", "5f 04 ff 00 00 ff ff ff ff 00", sa=4,
              pr=PR_ALLOWED)
     @command(0x5F, "PERSISTENT RESERVE OUT", "5f 05 ff 00 00 ff ff ff ff 00", sa=5,
              pr=PR_ALLOWED)
-    def cmd_pr_preempt(self, req: Request) -> ScsiResult | None:
-        key, sa_key, _ = self._pr_out_params(req)
-        scope, typ = self._pr_type(req)
-        nexus = req.nexus
-        if not self._key_matches(nexus, key):
-            return ScsiResult(Status.RESERVATION_CONFLICT)
-        res = self._pr_res
-        victims: list[Nexus]
-        if res is not None and res.type in _PR_ALL_REG:
-            if sa_key == 0:
-                victims = [nx for nx in self._pr_keys if nx != nexus]
-                self._pr_res = _PrReservation(nexus, typ, scope)
-            else:
-                victims = [nx for nx, k in self._pr_keys.items() if k == sa_key]
-        else:
-            if sa_key == 0:
-                raise invalid_field_in_parameter_list(8)
-            victims = [nx for nx, k in self._pr_keys.items() if k == sa_key]
-            if not victims:
-                return ScsiResult(Status.RESERVATION_CONFLICT)
-            if res is not None and self._pr_keys.get(res.holder) == sa_key:
-                self._pr_res = _PrReservation(nexus, typ, scope)
-        for nx in victims:
-            if nx != nexus:
-                del self._pr_keys[nx]
-                self.queue_ua(UnitAttention.REGISTRATIONS_PREEMPTED, only=nx)
-            elif self._pr_res is None or self._pr_res.holder != nexus:
-                del self._pr_keys[nx]  # preempting our own key unregisters us
-        if res is not None and self._pr_res is not None and self._pr_res.type != res.type:
-            for nx in self._pr_keys:
-                if nx != nexus:
-                    self.queue_ua(UnitAttention.RESERVATIONS_RELEASED, only=nx)
-        self._pr_generation = (self._pr_generation + 1) & 0xFFFFFFFF
-        return None
+    @command(0x5F, "PERSISTENT RESERVE OUT", "5f 06 ff 00 00 ff ff ff ff 00", sa=6,
+             pr=PR_ALLOWED)
+    def cmd_pr_out(self, req: Request) -> ScsiResult | None:
+        sa = req.cdb[1] & _SA_MASK
+        key, sa_key = self._pr_out_params(req)
+        nexus, pr = req.nexus, self.pr
+        if sa in (0, 6):  # REGISTER, REGISTER AND IGNORE EXISTING KEY
+            ok = pr.register(nexus, key, sa_key, ignore_existing=sa == 6)
+        elif sa == 1:  # RESERVE (a RESERVE(6) held elsewhere conflicts too)
+            ok = self._reserve6 in (None, nexus) and pr.reserve(nexus, key, *self._pr_type(req))
+        elif sa == 2:  # RELEASE: type and scope are compared, not validated
+            ok = pr.release(nexus, key, req.cdb[2] >> 4, req.cdb[2] & 0x0F)
+        elif sa == 3:
+            ok = pr.clear(nexus, key)
+        else:  # PREEMPT, PREEMPT AND ABORT
+            ok = pr.preempt(nexus, key, sa_key, *self._pr_type(req))
+        return None if ok else ScsiResult(Status.RESERVATION_CONFLICT)
 
     # -- PREVENT ALLOW MEDIUM REMOVAL -----------------------------------------------------------
     @command(0x1E, "PREVENT ALLOW MEDIUM REMOVAL", "1e 00 00 00 03 00", pr=PR_WRITE)
