@@ -401,7 +401,8 @@ class Catalog:
 
     def finish_backup(self, backup_id: int, *, size: int, nfiles: int, blocks: int, sha256: str,
                       volumes: list[Volume], files: Iterable[FileRow], state: bytes | str | None,
-                      media_updates: list[tuple[str, int, str]]) -> None:
+                      media_updates: list[tuple[str, int, str]], level: str | None = None,
+                      parent: int | None = None) -> None:
         """Record a durable backup in one transaction: extents, file index, translator state,
         the cartridges' new append points, and state=done. Called only after the trailer's
         filemark is synced, so the catalog never claims more than the tape holds."""
@@ -425,6 +426,9 @@ class Catalog:
                    sha256=?, error=NULL WHERE id=?""",
                 (time.time(), size, nfiles, blocks, sha256, backup_id),
             )
+            if level is not None:  # what was really written (a translator may fall back to full)
+                self.db.execute("UPDATE ebm_backups SET level=?, parent=? WHERE id=?",
+                                (level, parent, backup_id))
 
     def _path_ids(self, paths: list[str]) -> dict[str, int]:
         self.db.executemany("INSERT OR IGNORE INTO ebm_paths(path) VALUES (?)", ((p,) for p in paths))

@@ -36,6 +36,7 @@ from ebm.crypto import BlockCipher, CryptoError, read_secret
 from ebm.media import DriveSession, MediaError, PoolMedia
 from ebm.mover import MoverError, TapeWriter
 from ebm.tapeformat import header_block, trailer_bytes
+from tape_formats.cartridge import CartridgeError
 
 FORMAT_VERSION = 1
 
@@ -211,13 +212,15 @@ class Ebm:
             try:
                 result = translator.backup(ds["source"], parent_state, pax,
                                            progress=_progress_adapter(progress))
-            except (MoverError, CryptoError):
-                raise
+            except (MoverError, CryptoError, CartridgeError):
+                raise  # media trouble, not the translator's: no retry
             except Exception as e:
                 raise _TranslatorFailed(f"translator {ds['translator']} failed: {e}") from e
             _finish_pax(pax)
             size, blocks, digest = writer.finish_data()  # sha256 hashed on the writer thread
             entries = list(result.entries)
+            if level == "incr" and getattr(result, "level_hint", "") == "baseline":
+                level, parent = "full", None  # the translator wrote a complete copy after all
             state_enc = encode_state(result.state)  # JSON once, for trailer and catalog
             warnings = [str(w) for w in (getattr(result, "warnings", None) or [])]
             trailer = trailer_bytes(
@@ -235,6 +238,7 @@ class Ebm:
                 state=state_enc,
                 media_updates=[(w.volume.barcode, w.append_at, "full" if w.full else "append")
                                for w in written],
+                level=level, parent=parent.id if parent else None,
             )
             if warnings:
                 cat.set_backup_options(backup.id, {**options, "warnings": warnings[:100]})
@@ -246,7 +250,7 @@ class Ebm:
             cat.fail_backup(backup.id, msg)
             if isinstance(e, _TranslatorFailed):
                 raise
-            if isinstance(e, MoverError | MediaError | CryptoError | CatalogError):
+            if isinstance(e, MoverError | MediaError | CryptoError | CatalogError | CartridgeError):
                 raise JobError(f"backup of {ds['name']} failed: {msg}") from None
             raise
         finally:

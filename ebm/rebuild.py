@@ -181,6 +181,10 @@ def _record(catalog: Catalog, parts: list[Segment], res: RebuildResult) -> int:
         with contextlib.suppress(Exception):
             parent_id = catalog.backup(h["parent"]).id
     level = opts.get("level_name") or ("incr" if h["depth"] else "full")
+    if last.trailer not in (None, "opaque"):
+        level = last.trailer.extra.get("level_name", level)  # what was really written
+    if level == "full":
+        parent_id = None
     options = {"compress": opts.get("compress", True), "block_size": h["block_size"],
                "rebuilt": True}
     if h["crypto"]:
