@@ -69,11 +69,37 @@ for m in $(cat /etc/modules.load); do
   insmod /lib/modules/$m.ko || echo "@@E2E-WARN insmod $m failed@@"
 done
 [ -f /etc/e2e.env ] && . /etc/e2e.env
-i=0
+# E2E_HCTL lists the attached LUNs' SCSI addresses in attach order. Wait for each one's
+# driver node, then name it by attach index: /dev/e2e/<i>-sg, <i>-nst (tape), <i>-sch
+# (changer). Linux numbers st/sg devices in scan order, which need not be LUN order.
+mkdir -p /dev/e2e
+i=0; n=0
+for hctl in $E2E_HCTL; do
+  d=/sys/bus/scsi/devices/$hctl
+  while [ $i -lt ${E2E_WAIT_SECS:-60} ]; do
+    if [ -d $d/scsi_generic ]; then
+      case "$(cat $d/type 2>/dev/null)" in
+        1) [ -d $d/scsi_tape ] && break ;;
+        8) [ -d $d/scsi_changer ] && break ;;
+        *) break ;;
+      esac
+    fi
+    sleep 1; i=$((i+1))
+  done
+  for x in $d/scsi_generic/sg* $d/scsi_changer/sch* $d/scsi_tape/nst[0-9]*; do
+    [ -e "$x" ] || continue
+    name=$(basename $x)
+    case $name in nst*[alm]) continue ;; esac
+    ln -sf /dev/$name /dev/e2e/$n-$(echo $name | tr -d 0-9)
+  done
+  [ -e /dev/e2e/$n-sg ] || echo "@@E2E-WARN LUN $n ($hctl) did not appear@@"
+  n=$((n+1))
+done
 for dev in $E2E_WAIT_DEVS; do
   while [ ! -e /dev/$dev ] && [ $i -lt ${E2E_WAIT_SECS:-60} ]; do sleep 1; i=$((i+1)); done
   [ -e /dev/$dev ] || echo "@@E2E-WARN /dev/$dev did not appear@@"
 done
+ls -l /dev/e2e | grep -- '->' | sed 's/.* \([0-9]*-[a-z]*\) -> /\1 -> /'
 echo "@@E2E-READY@@ $(cut -d' ' -f1 /proc/uptime)s"
 cd /tmp
 . /etc/e2e-lib.sh

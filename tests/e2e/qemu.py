@@ -100,6 +100,9 @@ def boot(
 ) -> Run:
     """Boots the guest once, runs ``script`` (a sh fragment using ``step``) and returns the run.
 
+    LUN ``i`` of ``luns`` appears in the guest as ``/dev/e2e/<i>-sg`` plus ``<i>-nst`` for a
+    tape drive or ``<i>-sch`` for a changer, whatever order Linux numbered them in.
+
     The boot is bounded by ``timeout`` seconds; on expiry qemu is killed and the partial log
     is returned (``done`` False) so the caller's assertion shows how far the guest got.
     """
@@ -108,8 +111,6 @@ def boot(
     assert wd is not None
     try:
         initrd = wd / "initrd.img"
-        env = {"E2E_WAIT_DEVS": " ".join(wait_devs)}
-        initrd.write_bytes(guest.initrd.read_bytes() + overlay(script, env))
         serial = wd / "serial.log"
         cmd = [
             "qemu-system-x86_64",
@@ -125,14 +126,24 @@ def boot(
             "-append", "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init",
             "-device", "virtio-scsi-pci,id=scsi0",
         ]  # fmt: skip
+        # The guest sees the same topology as an open-iscsi login: one SCSI target id per
+        # iSCSI target, the iSCSI LUN as the LUN. (The ch driver matches the changer's DVCID
+        # drive addresses against it.)
+        target_ids: dict[tuple[str, str], int] = {}
         for i, lun in enumerate(luns):
+            tid = target_ids.setdefault((lun.portal, lun.target), len(target_ids))
             cmd += [
                 "-drive",
                 f"driver=iscsi,transport=tcp,portal={lun.portal},target={lun.target},"
                 f"lun={lun.lun},initiator-name={INITIATOR},if=none,id=d{i}",
                 "-device",
-                f"scsi-generic,drive=d{i},bus=scsi0.0,channel=0,scsi-id={i},lun=0",
+                f"scsi-generic,drive=d{i},bus=scsi0.0,channel=0,scsi-id={tid},lun={lun.lun}",
             ]
+        hctl = []
+        for lun in luns:
+            hctl.append(f"0:0:{target_ids[(lun.portal, lun.target)]}:{lun.lun}")
+        env = {"E2E_WAIT_DEVS": " ".join(wait_devs), "E2E_HCTL": " ".join(hctl)}
+        initrd.write_bytes(guest.initrd.read_bytes() + overlay(script, env))
         start = time.monotonic()
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT

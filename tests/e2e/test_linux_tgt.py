@@ -15,9 +15,9 @@ pytestmark = pytest.mark.e2e
 
 SCRIPT = (
     r"""
-export TAPE=/dev/nst0
+export TAPE=/dev/e2e/0-nst
 step status0 'mt -f $TAPE status'
-step inquiry 'sg_inq /dev/sg0'
+step inquiry 'sg_inq /dev/e2e/0-sg'
 step setblk 'mt -f $TAPE setblk 65536 && mt -f $TAPE status && mt -f $TAPE setblk 0 && mt -f $TAPE status'
 """
     + TAR_ROUNDTRIP
@@ -29,7 +29,7 @@ step dmesg 'dmesg | grep -E "st |st0|sg0" | tail -40'
 
 def test_tgt_ssc_tar_roundtrip(guest, tgt, tmp_path):
     tgt.add_tape(1, tmp_path / "tape1", "TGT001L8")
-    run = boot(guest, SCRIPT, [Lun(tgt.portal, tgt.iqn, 1)], wait_devs=("nst0",), timeout=400)
+    run = boot(guest, SCRIPT, [Lun(tgt.portal, tgt.iqn, 1)], timeout=400)
     assert run.done, f"guest did not finish\n{run.describe()}"
 
     st = mt_status(run.ok("status0"))
