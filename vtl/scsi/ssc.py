@@ -26,7 +26,8 @@ from tape_formats.cartridge import (
     WormOverwrite,
     WriteProtected,
 )
-from tape_formats.mam import MAM_ATTRIBUTES, MAM_CAPACITY, MamError
+from tape_formats.mam import MamError
+from vtl.scsi import ssc_attributes as attributes
 from vtl.scsi.base import (
     CheckCondition,
     Nexus,
@@ -744,32 +745,6 @@ class TapeDrive(ScsiModel):
         return trunc(out, req.u16(7))
 
     # ------------------------------------------------------------------ MAM attributes
-    def _device_attributes(self, cart: TapeCartridge) -> dict[int, tuple[int, bytes]]:
-        """Attributes the drive maintains live (override the stored copies)."""
-        ta = 0
-        for flag in self.tapealert:
-            ta |= 1 << (64 - flag)
-        return {
-            0x0000: (0, (cart.remaining_bytes >> 20).to_bytes(8, "big")),
-            0x0001: (0, (cart.capacity >> 20).to_bytes(8, "big")),
-            0x0002: (0, ta.to_bytes(8, "big")),
-            0x0004: (0, max(MAM_CAPACITY - cart.mam.used_bytes(), 0).to_bytes(8, "big")),
-            0x0005: (1, ascii_field("LTO-CVE", 8)),
-            0x0006: (0, bytes([cart.media.density_code])),
-        }
-
-    def _attributes(self, cart: TapeCartridge) -> dict[int, tuple[int, bytes]]:
-        attrs = {i: (f, v) for i, f, v in cart.mam.items()}
-        attrs.update(self._device_attributes(cart))
-        if 0x0003 not in attrs:
-            attrs[0x0003] = (0, bytes(8))
-        return dict(sorted(attrs.items()))
-
-    @staticmethod
-    def _read_only(attr_id: int) -> bool:
-        a = MAM_ATTRIBUTES.get(attr_id)
-        return a.read_only if a is not None else attr_id < 0x0800
-
     def _check_volume(self, req: Request) -> None:
         if req.cdb[5] != 0:
             raise invalid_field_in_cdb(5)
@@ -783,25 +758,11 @@ class TapeDrive(ScsiModel):
     @command(0x8C, "READ ATTRIBUTE", "8c 05 00 00 00 ff 00 ff ff ff ff ff ff ff 01 00", sa=0x05)
     def cmd_read_attribute(self, req: Request) -> bytes:
         sa = req.cdb[1] & 0x1F
-        first = req.u16(8)
-        alloc = req.u32(10)
         cart = self._medium()
-        if sa in (0x02, 0x03):  # volume list / partition list: one of each
-            return trunc(bytes([0, 2, 0, 1]), alloc)
-        self._check_volume(req)
-        if sa == 0x00:
-            body = b"".join(
-                i.to_bytes(2, "big")
-                + bytes([(0x80 if self._read_only(i) else 0) | (f & 0x03)])
-                + len(v).to_bytes(2, "big") + v
-                for i, (f, v) in self._attributes(cart).items() if i >= first
-            )
-        elif sa == 0x01:
-            body = b"".join(i.to_bytes(2, "big") for i in self._attributes(cart) if i >= first)
-        else:  # supported attributes
-            ids = sorted(set(MAM_ATTRIBUTES) | set(self._attributes(cart)))
-            body = b"".join(i.to_bytes(2, "big") for i in ids if i >= first)
-        return trunc(len(body).to_bytes(4, "big") + body, alloc)
+        if sa not in (attributes.VOLUME_LIST, attributes.PARTITION_LIST):
+            self._check_volume(req)
+        data = attributes.read_attribute(cart, self.tapealert, sa, req.u16(8))
+        return trunc(data, req.u32(10))
 
     @command(0x8D, "WRITE ATTRIBUTE", "8d 01 00 00 00 ff 00 ff 00 00 ff ff ff ff 00 00",
              pr=PR_WRITE)
@@ -811,45 +772,9 @@ class TapeDrive(ScsiModel):
         self._check_volume(req)
         if plen == 0:
             return
-        if plen < 4:
-            raise parameter_list_length_error()
-        data = req.param_list(plen)
-        avail = int.from_bytes(data[0:4], "big")
-        if avail + 4 > plen:
-            raise parameter_list_length_error()
-        staged: list[tuple[int, int, bytes]] = []
-        off = 4
-        end = 4 + avail
-        while off < end:
-            if off + 5 > end:
-                raise parameter_list_length_error()
-            attr_id = int.from_bytes(data[off : off + 2], "big")
-            fmt = data[off + 2] & 0x03
-            length = int.from_bytes(data[off + 3 : off + 5], "big")
-            if off + 5 + length > end:
-                raise parameter_list_length_error()
-            if self._read_only(attr_id) or (staged and attr_id <= staged[-1][0]):
-                # read-only, or not in ascending order: nothing is changed (SPC-4)
-                raise invalid_field_in_parameter_list(off)
-            known = MAM_ATTRIBUTES.get(attr_id)
-            if known is not None:
-                if fmt != int(known.format):
-                    raise invalid_field_in_parameter_list(off + 2, 1)
-                if length not in (0, known.length):
-                    raise invalid_field_in_parameter_list(off + 3)
-            elif fmt == 3:
-                raise invalid_field_in_parameter_list(off + 2, 1)
-            if data[off + 2] & 0x7C:
-                raise invalid_field_in_parameter_list(off + 2, 6)
-            staged.append((attr_id, fmt, bytes(data[off + 5 : off + 5 + length])))
-            off += 5 + length
-        need = sum(5 + len(v) for _, _, v in staged)
-        if cart.mam.used_bytes() + need > MAM_CAPACITY:
-            raise CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x55, 0x06)  # MAM space full
+        staged = attributes.parse_write_attribute(req.param_list(plen), plen)
         try:
-            for attr_id, fmt, value in staged:
-                cart.mam.set_raw(attr_id, fmt, value)
-            cart.mam.save()
+            attributes.apply_attributes(cart, staged)
         except MamError as exc:
             log.warning("drive %s: %s", self.bay.index, exc)
             raise invalid_field_in_parameter_list(4) from None
