@@ -613,6 +613,22 @@ def measure(target: Target, bs: int, total: int, verify: bool, timeout: float,
     return res
 
 
+def best_of(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """Keep the best of repeated runs: highest MB/s, lowest CPU per GB (noise only slows)."""
+    if old is None or "error" in new:
+        return new if old is None or "error" not in old else old
+    if "error" in old:
+        return new
+    out = dict(new)
+    out["runs"] = old.get("runs", 1) + 1
+    for key in ("write_mbps", "read_mbps"):
+        out[key] = max(old[key], new[key])
+    for key in ("server_cpu_s_per_gb_write", "server_cpu_s_per_gb_read"):
+        if key in old and key in new:
+            out[key] = min(old[key], new[key])
+    return out
+
+
 def long_run(vtl: VtlTarget, total: int, bs: int, verify: bool, timeout: float) -> dict[str, Any]:
     """Stream `total` bytes at `bs` and report the server's RSS at start, middle and end."""
     pid = vtl.server_pid
@@ -665,6 +681,9 @@ def main(argv: list[str] | None = None) -> int:
                          "report the server's RSS at start/middle/end")
     ap.add_argument("--long-total", default="8G")
     ap.add_argument("--long-size", default="256K")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run each size N times (alternating target order) and keep the best "
+                         "figures: on a shared machine noise only ever slows a run down")
     ap.add_argument("--only", choices=["tgt", "vtl"], help="benchmark one target only")
     ap.add_argument("--media", default=None, help="vtl cartridge media (default: library default)")
     ap.add_argument("--no-verify", action="store_true", help="do not compare read data")
@@ -719,7 +738,7 @@ def run_all(args: argparse.Namespace, sizes: list[int], total: int, long_total: 
     capacity = max(total, long_total if args.long else 0)
     result: dict[str, Any] = {
         "config": {
-            "sizes": sizes, "total_per_size": total, "verify": verify,
+            "sizes": sizes, "total_per_size": total, "verify": verify, "repeat": args.repeat,
             "workdir": str(workdir), "filesystem": fs_type(workdir),
             "data": "4 KiB chunks alternating xorshift random bytes and log-like text lines",
             "zstd3_ratio": round(data_ratio(256 << 10) or 0, 2),
@@ -753,8 +772,14 @@ def run_all(args: argparse.Namespace, sizes: list[int], total: int, long_total: 
                 samplers[name] = s
         for bs in sizes:
             row: dict[str, Any] = {"block_size": bs}
-            for name, t in running_targets.items():
-                row[name] = measure(t, bs, total, verify, timeout, samplers.get(name))
+            for rep in range(args.repeat):
+                # Alternate the order each repetition so neither target always runs first.
+                order = list(running_targets.items())
+                if rep % 2:
+                    order.reverse()
+                for name, t in order:
+                    res = measure(t, bs, total, verify, timeout, samplers.get(name))
+                    row[name] = best_of(row.get(name), res)
             tg, vt = row.get("tgt"), row.get("vtl")
             if tg and vt and "error" not in tg and "error" not in vt:
                 row["ratio_write"] = vt["write_mbps"] / tg["write_mbps"] if tg["write_mbps"] else None
@@ -812,8 +837,10 @@ def fs_type(path: Path) -> str:
 def print_report(result: dict[str, Any]) -> None:
     cfg = result["config"]
     targets = result["targets"]
+    rep = cfg.get("repeat", 1)
     print(f"\nVariable-mode stream, one command at a time (libiscsi), {human(cfg['total_per_size'])} "
-          f"per block size, verify={'on' if cfg['verify'] else 'off'}")
+          f"per block size, verify={'on' if cfg['verify'] else 'off'}"
+          + (f", best of {rep} runs" if rep > 1 else ""))
     print(f"work dir {cfg['workdir']} ({cfg['filesystem']}); data: {cfg['data']} "
           f"(zstd-3 ratio {cfg['zstd3_ratio']}); {cfg['cpus']} CPUs, "
           f"load {cfg['loadavg_start']:.1f} -> {cfg['loadavg_end']:.1f}")
@@ -830,6 +857,12 @@ def print_report(result: dict[str, Any]) -> None:
             w, rd = res.get("server_cpu_s_per_gb_write"), res.get("server_cpu_s_per_gb_read")
             if w is not None:
                 parts.append(f"{t} write {w:.2f} read {rd if rd is not None else float('nan'):.2f}")
+        tg, vt = r.get("tgt", {}), r.get("vtl", {})
+        if tg.get("server_cpu_s_per_gb_write") and vt.get("server_cpu_s_per_gb_write"):
+            ratio = vt["server_cpu_s_per_gb_write"] / tg["server_cpu_s_per_gb_write"]
+            parts.append(f"vtl/tgt write {ratio:.2f}")
+            if tg.get("server_cpu_s_per_gb_read") and vt.get("server_cpu_s_per_gb_read"):
+                parts.append(f"read {vt['server_cpu_s_per_gb_read'] / tg['server_cpu_s_per_gb_read']:.2f}")
         print(f"  {human(r['block_size']):>8}: " + "; ".join(parts))
     for r in result["rows"]:
         for t in targets:
