@@ -684,3 +684,19 @@ def test_racy_files_are_read_twice_when_timestamps_miss_a_write(tmp_path, monkey
     data = [d.read() for e, d in PaxReader(io.BytesIO(archive)) if e.path == "f"][-1]
     assert data == b"B" * 2500 + b"A" * 2500  # the copy taken once the file held still
     assert len(flips) == 2
+
+
+def test_selecting_only_a_hard_link_warns_instead_of_failing(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"shared")
+    os.link(src / "a", src / "b")
+    archive, result = backup(src)
+    assert [(e.path, e.kind, e.linkname) for e in result.entries if e.path in "ab"] == [
+        ("a", "file", ""), ("b", "hardlink", "a")]
+    stats = FilesystemTranslator().restore(PaxReader(io.BytesIO(archive)), tmp_path / "only-b",
+                                           select=lambda p: p == "b")
+    assert any("select it too" in w for w in stats.warnings)
+    stats = FilesystemTranslator().restore(PaxReader(io.BytesIO(archive)), tmp_path / "both",
+                                           select=lambda p: p in ("a", "b"))
+    assert os.stat(tmp_path / "both" / "b").st_ino == os.stat(tmp_path / "both" / "a").st_ino
