@@ -747,3 +747,16 @@ def test_lun_reset_restores_mode_defaults_keeps_position(drv):
     assert check(drv, 0, 0, 0, 0, 0, 0).code == (6, 0x29, 0x03)
     assert drv.block_size == 0 and drv.compression and not drv.bay.prevent_removal
     assert pos(drv) == 2
+
+
+def test_disk_read_failure_is_medium_error(drv, monkeypatch):
+    write(drv, b"abc")
+    rewind(drv)
+    cart = drv._medium()
+
+    def fail(*a, **k):
+        raise OSError(errno.EIO, "bad sector")
+
+    monkeypatch.setattr(cart, "read_block", fail)
+    s = check(drv, 0x08, 0, 0, 0, 3, 0)
+    assert s.code == (SenseKey.MEDIUM_ERROR, 0x11, 0) and s.info == 3

@@ -428,7 +428,7 @@ class TapeDrive(ScsiModel):
             buf = self._buffer(count)
             try:
                 r = cart.read_block(buf)
-            except CorruptRecord as exc:
+            except (CorruptRecord, OSError) as exc:
                 return self._read_failed(exc, count, b"")
             if r.kind == RecordKind.DATA:
                 self.bytes_read += min(r.length, count)
@@ -449,7 +449,7 @@ class TapeDrive(ScsiModel):
             chunk = buf[i * bs : (i + 1) * bs]
             try:
                 r = cart.read_block(chunk)
-            except CorruptRecord as exc:
+            except (CorruptRecord, OSError) as exc:
                 return self._read_failed(exc, count - i, buf[: i * bs])
             if r.kind == RecordKind.DATA:
                 if r.length != bs:
@@ -478,12 +478,13 @@ class TapeDrive(ScsiModel):
             raise
         return None
 
-    def _read_failed(self, exc: CorruptRecord, residue: int, data) -> None:
-        log.error("drive %s: %s", self.bay.index, exc)
+    def _read_failed(self, exc: CorruptRecord | OSError, residue: int, data) -> None:
+        """A damaged record or a failed disk read: MEDIUM ERROR 11/00, never a crash."""
+        log.error("drive %s: read failed: %s", self.bay.index, exc)
         self.read_errors += 1
         self.tapealert.update((TA_READ_FAILURE, TA_MEDIA))
         cart = self._cart
-        if cart is not None and cart.position == exc.position:
+        if isinstance(exc, CorruptRecord) and cart is not None and cart.position == exc.position:
             cart.position = exc.position + 1  # step past the bad block, as a drive would
         raise CheckCondition(SenseKey.MEDIUM_ERROR, 0x11, 0x00, information=residue, data=data)
 
