@@ -6,6 +6,28 @@ tar) steers by them: ILI plus INFORMATION for short variable reads, FILEMARK/EOM
 BLANK CHECK at end of data, early warning as NO SENSE/EOM after a good write, VOLUME OVERFLOW
 when nothing fits, and a failed disk write as MEDIUM ERROR, never as end of medium.
 
+Conditions and the sense they produce (fixed format; descriptor format if D_SENSE is set):
+
+=====================================  ==========================================================
+condition                              sense (flags, INFORMATION)
+=====================================  ==========================================================
+variable READ, block shorter/longer     NO SENSE 00/00, ILI, requested - actual (negative if longer)
+READ hits a filemark                   NO SENSE 00/01, FILEMARK, residue (bytes or blocks)
+READ/SPACE hits end of data            BLANK CHECK 00/05, residue (EOM if past early warning)
+SPACE hits a filemark / BOP            NO SENSE 00/01 FILEMARK / 00/04 EOM, residue (never < 0)
+WRITE/WFM past early warning           NO SENSE 00/02, EOM, 0 (the data *was* written)
+WRITE/WFM with no room left            VOLUME OVERFLOW 00/02, EOM, residue
+disk write / read failure              MEDIUM ERROR 0C/00 / 11/00, residue (never EOM)
+damaged record (checksum)              MEDIUM ERROR 11/00, residue
+write protected / WORM overwrite       DATA PROTECT 27/00 / 30/0C
+older medium the drive cannot write    DATA PROTECT 30/05
+medium the drive cannot read           MEDIUM ERROR 30/00
+no cartridge / unloaded                NOT READY 3A/00
+cartridge held by another process      NOT READY 04/01
+unload while PREVENT is in effect      ILLEGAL REQUEST 53/02
+cartridge changed in the bay           UNIT ATTENTION 28/00 (every nexus)
+=====================================  ==========================================================
+
 Data path: READ fills a per-drive buffer and returns a memoryview of it (no copy). The view is
 valid until the drive's next-but-one READ (two buffers alternate), which leaves a transport
 the time to send one response while the next command runs; a transport that pipelines deeper
