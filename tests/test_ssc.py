@@ -407,6 +407,7 @@ def test_worm(lib):
     wfm(d)
     rewind(d)
     assert good(d, 0x1A, 0, 0, 0, 255, 0)[1] == 0x01  # WORM medium type
+    assert good(d, 0x1A, 0x08, 0x1D, 0, 255, 0)[4:7] == bytes([0x1D, 30, 0x01])  # WORMM
     s = check(d, 0x0A, 0, 0, 0, 3, 0, data=b"bad")
     assert s.code == (SenseKey.DATA_PROTECT, 0x30, 0x0C)
     assert check(d, 0x10, 0, 0, 0, 1, 0).code == (7, 0x30, 0x0C)
@@ -465,7 +466,7 @@ def test_mode_pages(drv):
     while off < len(d):
         codes.append(d[off] & 0x3F)
         off += 2 + d[off + 1]
-    assert codes == [0x0A, 0x0F, 0x10, 0x11, 0x1C]
+    assert codes == [0x0A, 0x0F, 0x10, 0x11, 0x1C, 0x1D]
     assert d[2] & 0x70 == 0x10  # buffered mode 1
     # DBD drops the block descriptor
     d = good(drv, 0x1A, 0x08, 0x0F, 0, 255, 0)

@@ -183,6 +183,8 @@ class TapeDrive(ScsiModel):
                                     on_change=self._devconf_changed, name="device configuration"))
         # 0x11 medium partition: one partition, sizes in GB (PSUM 11b, units 10^9).
         self.add_mode_page(_PartitionPage(self))
+        # 0x1D medium configuration: WORMM reflects the loaded cartridge (SSC-3 8.3.7).
+        self.add_mode_page(_MediumConfigurationPage(self))
         # 0x1C informational exceptions control: DEXCPT off by default, MRIE 3.
         self.add_mode_page(
             ModePage(0x1C, bytes([0x08, 0x03, 0, 0, 0, 0, 0, 0, 0, 0]),
@@ -804,6 +806,21 @@ class TapeDrive(ScsiModel):
         except OSError as exc:
             log.error("drive %s: MAM write failed: %s", self.bay.index, exc)
             raise CheckCondition(SenseKey.MEDIUM_ERROR, 0x0C, 0x00) from None
+
+
+class _MediumConfigurationPage(ModePage):
+    """Mode page 0x1D: WORMM set while a WORM cartridge is loaded; label and filemark
+    restrictions as LTO drives report them (no overwrite of labels; filemarks only at EOD)."""
+
+    def __init__(self, drive: TapeDrive) -> None:
+        super().__init__(0x1D, bytes([0, 0, 0x01, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                      0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+                         name="medium configuration")
+        self.drive = drive
+
+    def refresh(self) -> None:
+        cart = self.drive._cart
+        self.current[0] = 0x01 if cart is not None and cart.worm else 0x00
 
 
 class _PartitionPage(ModePage):
