@@ -15,7 +15,6 @@ reuse its buffer and a slow reader pushes back on the device instead of filling 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import secrets
 import struct
@@ -83,7 +82,8 @@ class Task:
     failed_sense: bytes | None = None  # e.g. a data digest error on Data-Out
     write_residual: tuple[int, int] | None = None  # (flag, count) when EDTL != CDB length
     buffered: int = 0  # bytes of write buffer counted against the connection's limit
-    future: concurrent.futures.Future | None = None
+    started: bool = False  # set by the LUN thread when it begins the command
+    finished: asyncio.Event | None = None  # created by an abort that must wait for the end
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -154,8 +154,8 @@ class Connection(asyncio.BufferedProtocol):
             self._timer.cancel()
         for task in list(self.tasks.values()):
             task.aborted = True
-            if task.future is not None:
-                task.future.cancel()
+            if task.finished is not None:
+                task.finished.set()
         self.tasks.clear()
         self._ttt_map.clear()
         self._idle.set()
@@ -639,11 +639,17 @@ class Connection(asyncio.BufferedProtocol):
             self._finish_local(task, missing_lun_result(task.cdb))
             return
         data_out = memoryview(task.buffer) if task.buffer is not None else None
-        task.future = worker.submit(self._run_on_worker, worker, task, data_out)
+        worker.post(self._run_on_worker, worker, task, data_out)
 
     def _run_on_worker(self, worker: LunWorker, task: Task, data_out: memoryview | None) -> None:
         """Runs on the LUN's thread: execute, then wait until the response is queued."""
+        task.started = True
         if task.aborted or self._closing:
+            # Not run. An abort that saw ``started`` waits for _task_done: tell the loop.
+            try:
+                self.loop.call_soon_threadsafe(self._task_done, task)
+            except RuntimeError:  # loop closed
+                pass
             return
         session = self.session
         assert session is not None
@@ -657,8 +663,6 @@ class Connection(asyncio.BufferedProtocol):
             log.exception("device raised on CDB %s", task.cdb.hex())
             result = ScsiResult(Status.CHECK_CONDITION, b"",
                                 fixed_sense(SenseKey.HARDWARE_ERROR, 0x44, 0x00))
-        if task.aborted or self._closing:
-            return
         # Hand the result to the event loop and wait until it has been queued on the socket
         # (a plain lock, not run_coroutine_threadsafe: no Task or future chain per command).
         handed = threading.Lock()
@@ -673,8 +677,9 @@ class Connection(asyncio.BufferedProtocol):
 
     def _complete_from_worker(self, task: Task, result: ScsiResult,
                               handed: threading.Lock) -> None:
-        """On the loop: send the response now; release the worker once the transport can
-        take more (back-pressure from a slow initiator reaches the device)."""
+        """On the loop: send the response now (unless the task was aborted meanwhile);
+        release the worker once the transport can take more, so back-pressure from a slow
+        initiator reaches the device."""
         try:
             if not (task.aborted or self._closing):
                 self._send_result(task, result)
@@ -740,6 +745,8 @@ class Connection(asyncio.BufferedProtocol):
 
     def _task_done(self, task: Task) -> None:
         task.state = TaskState.DONE
+        if task.finished is not None:
+            task.finished.set()
         self._buffered -= task.buffered
         task.buffered = 0
         if self.tasks.get(task.itt) is task:
@@ -977,21 +984,20 @@ class Connection(asyncio.BufferedProtocol):
         )
         self._send(bhs)
 
-    def abort_task(self, task: Task) -> asyncio.Future | None:
+    def abort_task(self, task: Task) -> asyncio.Event | None:
         """Abort one of this connection's tasks: no response will be sent for it.
 
         Marks the task at once (so a result arriving on the next loop iteration is dropped)
-        and returns what to await when the command is already running on its LUN thread.
+        and returns an event to await when the command is already running on its LUN thread
+        (it cannot be interrupted; its result is discarded when it ends).
         """
         task.aborted = True
         self._recently_aborted.append(task.itt)
-        fut = task.future
-        running = None
-        if fut is not None and not fut.cancel() and not fut.done():
-            running = asyncio.wrap_future(fut)
-        if running is None:
-            self._forget(task)
-        return running
+        if task.started and task.state is not TaskState.DONE:
+            task.finished = task.finished or asyncio.Event()
+            return task.finished
+        self._forget(task)
+        return None
 
     def _forget(self, task: Task) -> None:
         if self.tasks.get(task.itt) is task:

@@ -24,8 +24,10 @@ import asyncio
 import concurrent.futures
 import ipaddress
 import logging
+import queue
 import secrets
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -39,16 +41,59 @@ log = logging.getLogger("vtl.iscsi")
 
 
 class LunWorker:
-    """One device and the single thread that runs its commands, in arrival order."""
+    """One device and the single thread that runs its commands, in arrival order.
+
+    A bare thread and a SimpleQueue rather than a ThreadPoolExecutor: the per-command path
+    (``post``) allocates no Future and takes no executor locks; ``submit`` (resets, nexus
+    loss) returns a Future for the rare callers that wait.
+    """
+
+    _STOP = object()
 
     def __init__(self, name: str, device: ScsiDevice) -> None:
         self.device = device
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"lun-{name}"
-        )
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name=f"lun-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._STOP:
+                return
+            fn, args = item
+            try:
+                fn(*args)
+            except Exception:  # keep the LUN alive whatever one job does
+                log.exception("LUN worker job failed")
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue ``fn(*args)`` on this LUN's thread (RuntimeError once shut down)."""
+        if self._closed:
+            raise RuntimeError("LUN worker is shut down")
+        self._queue.put((fn, args))
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
-        return self.executor.submit(fn, *args)
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+
+        def job() -> None:
+            if not fut.set_running_or_notify_cancel():
+                return
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:  # handed to whoever waits on the future
+                fut.set_exception(exc)
+
+        self.post(job)
+        return fut
+
+    def shutdown(self) -> None:
+        """Run what is queued, then stop the thread."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(self._STOP)
+        self._thread.join()
 
 
 def format_address(host: str, port: int, tpgt: int) -> str:
@@ -105,7 +150,7 @@ class IscsiTarget:
         # Let queued nexus_lost calls run before the threads go away (waiting off the loop:
         # a worker may still need one loop iteration to notice its connection closed).
         for w in self.workers.values():
-            await asyncio.to_thread(w.executor.shutdown, wait=True)
+            await asyncio.to_thread(w.shutdown)
 
     # ---- lookups -------------------------------------------------------------------------
     def worker(self, target: TargetConfig, lun: int | None) -> LunWorker | None:
@@ -156,8 +201,8 @@ class IscsiTarget:
             worker = self.workers.get((session.target.iqn, lun))
             if worker is not None:
                 try:
-                    worker.submit(_nexus_lost, worker.device, session.nexus)
-                except RuntimeError:  # executor already shut down
+                    worker.post(_nexus_lost, worker.device, session.nexus)
+                except RuntimeError:  # worker already shut down
                     _nexus_lost(worker.device, session.nexus)
 
     # ---- discovery -----------------------------------------------------------------------
@@ -201,11 +246,8 @@ class IscsiTarget:
             fut = conn.abort_task(task)
             if fut is not None:
                 running.append((conn, task, fut))
-        for conn, task, fut in running:
-            try:
-                await fut
-            except (Exception, asyncio.CancelledError):
-                pass
+        for conn, task, finished in running:
+            await finished.wait()
             conn._forget(task)
 
     async def abort_lun(self, target: TargetConfig, lun: int, only: Connection | None) -> None:
