@@ -438,6 +438,8 @@ def test_load_unload_and_prevent(drv, lib):
     assert check(drv, 0, 0, 0, 0, 0, 0).code == (2, 0x3A, 0)
     assert lib.drives[0].cartridge is None
     good(drv, 0x1B, 0, 0, 0, 1, 0)  # load
+    assert check(drv, 0, 0, 0, 0, 0, 0).code == (6, 0x28, 0)  # not ready -> ready
+    assert check(drv, 0, 0, 0, 0, 0, 0, nexus=B).code == (6, 0x28, 0)
     good(drv, 0, 0, 0, 0, 0, 0)
     assert pos(drv) == 0 and good(drv, 0x08, 0, 0, 0, 4, 0) == b"data"
     assert check(drv, 0x1B, 0, 0, 0, 5, 0).code == (5, 0x24, 0)  # EOT with LOAD

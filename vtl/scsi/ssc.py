@@ -697,9 +697,14 @@ class TapeDrive(ScsiModel):
         if load and eot:
             raise invalid_field_in_cdb(4, 2)
         if load:
+            was_loaded = self._loaded
             self._loaded = True
             cart = self._medium()
             cart.rewind()
+            if not was_loaded:
+                # not ready -> ready: every nexus (the loader too) learns the medium may have
+                # changed, which is how Linux st knows it is at BOT after `mt load`
+                self.queue_ua(UnitAttention.NOT_READY_TO_READY)
             return
         if self.bay.cartridge is None and self.bay.barcode is None:
             raise medium_not_present()
