@@ -97,6 +97,10 @@ step mailslot 'mtx -f $CHSG transfer 10 41 && mtx -f $CHSG status'
 step move_empty 'mtx -f $CHSG transfer 20 21'
 step move_full 'mtx -f $CHSG transfer 41 1'
 step reload 'mtx -f $CHSG load 1 0 && DEV=$TAPE; eval "$WAIT_READY"; rm -rf out2 && mkdir out2 && mt -f $TAPE rewind && mt -f $TAPE fsf 1 && tar -xf $TAPE -b 128 -C out2 && cd out2 && grep " b/" ../sums | sha256sum -c'
+step lock 'mt -f $TAPE lock; mtx -f $CHSG unload 1 0; echo "unload-rc=$?"; mt -f $TAPE unlock'
+step tapeinfo 'tapeinfo -f $TAPESG'
+step attr_barcode 'sg_read_attr -f 0x806 $TAPESG'
+step erase 'mt -f $TAPE rewind && mt -f $TAPE erase && sg_raw -r 64k $TAPESG 08 00 01 00 00 00; echo "read-rc=$?"'
 step wprot 'mtx -f $CHSG load 3 1 && DEV=$TAPE1; eval "$WAIT_READY"; mt -f $TAPE1 status; tar -cf $TAPE1 -C src a; echo "tar-rc=$?"; mtx -f $CHSG unload 3 1'
 step eom 'mtx -f $CHSG load 4 1 && DEV=$TAPE1; eval "$WAIT_READY"; dd if=/dev/urandom of=$TAPE1 bs=65536 count=400; echo "write-rc=$?"; mt -f $TAPE1 rewind && dd if=$TAPE1 of=/dev/null bs=65536; echo "read-rc=$?"; mtx -f $CHSG unload 4 1'
 step final_unload 'mt -f $TAPE offline; mtx -f $CHSG unload 1 0 && mtx -f $CHSG status'
@@ -219,6 +223,19 @@ def test_linux_st_ch_against_vtl_serve(guest, server):
 
     # The first cartridge's data survived unload and reload.
     assert ok("reload").count(": OK") == 3, log
+
+    # PREVENT MEDIUM REMOVAL from the drive blocks the changer's move (53/02).
+    out = ok("lock")
+    assert "unload-rc=1" in out and "Additional Sense Code = 53" in out, log
+    assert "Additional Sense Qualifier = 02" in out, log
+    serial = re.search(r"Unit serial number: *(\S+)", ok("inq_tape"))
+    out = ok("tapeinfo")
+    assert serial and f"SerialNumber: '{serial.group(1)}'" in out, log
+    assert "Density Code: 0x5e" in out, log
+    assert re.search(rf"Barcode: {BARCODES[0]}", ok("attr_barcode")), log
+    # After ERASE the tape reads blank: BLANK CHECK, END-OF-DATA DETECTED (00/05).
+    out = ok("erase")
+    assert "Blank Check" in out and "End-of-data detected" in out, log
 
     # A write-protected cartridge: st reports WR_PROT and refuses to write.
     out = ok("wprot")
