@@ -479,3 +479,20 @@ def test_write_buffer_limit_per_connection():
             assert p.op == Op.R2T
         assert p.hdr.itt == itt and scsi_status(p) == 0x28
         ini.close()
+
+
+def test_shutdown_asks_initiators_to_log_out():
+    import asyncio
+
+    with running_target() as t:
+        ini = RawInitiator(t.port)
+        ini.login()
+        stopping = asyncio.run_coroutine_threadsafe(t.server.stop(grace=5, logout_wait=5),
+                                                    t.loop)
+        p = ini.recv()
+        assert p.op == Op.ASYNC and p.hdr.raw[36] == 1  # AsyncEvent 1: please log out
+        assert int.from_bytes(p.hdr.raw[42:44], "big") == 5
+        rsp = ini.logout()
+        assert rsp.op == Op.LOGOUT_RSP and rsp.hdr.b2 == 0
+        stopping.result(10)
+        ini.close()

@@ -1032,6 +1032,20 @@ class Connection(asyncio.BufferedProtocol):
         if response == 0:
             self.close()
 
+    def request_logout(self, seconds: int) -> bool:
+        """Ask the initiator to log out (Async Message, AsyncEvent 1) - used at shutdown so
+        initiators leave cleanly instead of seeing the connection drop. False if there is
+        no full-feature session to ask."""
+        s = self.session
+        if not self.full_feature or s is None or self._closing:
+            return False
+        bhs = pdu.encode_layout(
+            Op.ASYNC, flags=0x80, itt=ALL_ONES, statsn=self._next_statsn(),
+            expcmdsn=s.exp_cmdsn, maxcmdsn=s.max_cmdsn, event=1, param3=seconds,
+        )
+        self._send(bhs)
+        return True
+
     async def wait_idle(self, timeout: float | None) -> bool:
         """Wait until no submitted command is still running (in-flight work finishes)."""
         try:

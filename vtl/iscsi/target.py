@@ -130,8 +130,9 @@ class IscsiTarget:
                 addr = sock.getsockname()
                 self.bound.append((addr[0], addr[1]))
 
-    async def stop(self, grace: float = 60.0) -> None:
-        """Stop listening, let in-flight commands finish, then close every connection."""
+    async def stop(self, grace: float = 60.0, logout_wait: float = 2.0) -> None:
+        """Stop listening, let in-flight commands finish, ask initiators to log out (give
+        them ``logout_wait`` seconds), then close every connection that is left."""
         for server in self._servers:
             server.close()
         conns = list(self.connections)
@@ -139,6 +140,10 @@ class IscsiTarget:
             c.draining = True
         if conns:
             await asyncio.gather(*(c.wait_idle(grace) for c in conns))
+        asked = [c for c in conns if c.request_logout(max(1, int(logout_wait)))]
+        if asked and logout_wait > 0:
+            await asyncio.wait([asyncio.ensure_future(c.closed.wait()) for c in asked],
+                               timeout=logout_wait)
         for c in conns:
             c.close()
         if conns:
