@@ -170,7 +170,8 @@ class Ebm:
     def _run(self, ds: Any, pool: str, translator: Any, req: BackupRequest,
              secret: bytes | None, progress: Progress | None) -> Backup:
         cat = self.catalog
-        parent = None if req.full else cat.last_good(ds["name"])
+        incremental_ok = getattr(translator, "supports_incremental", True)
+        parent = None if (req.full or not incremental_ok) else cat.last_good(ds["name"])
         level = "incr" if parent is not None else "full"
         parent_state = None
         if parent is not None:
