@@ -652,6 +652,7 @@ class _Restorer:
         self.seen_dirs: set[str] = set()
         self.saved_times: dict[str, tuple[int, int]] = {}
         self.safe_dirs: set[str] = {"."}
+        self.buffer = memoryview(bytearray(CHUNK))  # one copy buffer for every file
 
     def abs(self, rel: str) -> str:
         return self.target if rel == "." else os.path.join(self.target, rel)
@@ -790,8 +791,7 @@ class _Restorer:
         self.remove(rel)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            buf = bytearray(CHUNK)
-            view = memoryview(buf)
+            view = self.buffer
             extents = entry.sparse_map if entry.sparse_map is not None else [(0, entry.size)]
             for off, length in extents:
                 left = length
