@@ -513,7 +513,7 @@ def test_unchanged_incremental_scan_is_fast(tmp_path):
     assert r1.entries == []
     assert len(r1.state["entries"]) == n_dirs * per_dir + n_dirs + 1
     # Generous bound: the CI machine's 2 cores are shared with other test runs.
-    assert elapsed < 0.8, f"unchanged incremental of 2k files took {elapsed:.2f}s"
+    assert elapsed < 1.5, f"unchanged incremental of 2k files took {elapsed:.2f}s"
 
 
 def test_directory_replaced_by_file_keeps_the_files_times(tmp_path):
