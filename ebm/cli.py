@@ -115,7 +115,8 @@ app.add_typer(pool_app, name="pool")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(catalog_app, name="catalog")
 
-out = Console(soft_wrap=True)  # long paths stay on one line (greppable)
+# long paths and table rows stay on one line when piped (greppable)
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 errc = Console(stderr=True)
 
 
