@@ -425,3 +425,48 @@ def test_reservations_state_machine_directly():
     gen = pr.generation
     assert not pr.clear(B, 2)  # not registered any more
     assert pr.clear(A, 1) and not pr.active and pr.generation == gen + 1
+
+
+def test_mode_select10_and_subpage(dev):
+    page = bytes([0x0F, 14, 0x40, 0x80, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0])
+    hdr = bytes(8)
+    r = run(dev, [0x55, 0x10, 0, 0, 0, 0, 0, 0, 8 + len(page), 0], hdr + page)
+    assert r.status == Status.GOOD and dev.mode_page(0x0F).current[0] == 0x40
+    # a subpage-format page (0x1C/0x01) round-trips through MODE SENSE(10) and MODE SELECT(10)
+    d = bytes(run(dev, [0x5A, 0x08, 0x1C, 0x01, 0, 0, 0, 0, 255, 0]).data)
+    sub = d[8:]
+    assert sub[0] == 0x5C and sub[1] == 0x01 and int.from_bytes(sub[2:4], "big") == 10
+    r = run(dev, [0x55, 0x10, 0, 0, 0, 0, 0, 0, 8 + len(sub), 0], hdr + sub)
+    assert r.status == Status.GOOD
+    # truncated subpage header
+    r = run(dev, [0x55, 0x10, 0, 0, 0, 0, 0, 0, 8 + 3, 0], hdr + sub[:3])
+    assert sense_of(r) == (5, 0x1A, 0)
+
+
+def test_log_select_parameter_list_and_sp(dev):
+    assert sense_of(run(dev, [0x4C, 0x01, 0xC0, 0, 0, 0, 0, 0, 0, 0])) == (5, 0x24, 0)  # SP
+    assert sense_of(run(dev, [0x4C, 0x02, 0xC0, 0, 0, 0, 0, 0, 4, 0], bytes(4))) == (5, 0x24, 0)
+    r = run(dev, [0x4C, 0, 0xC0, 0, 0, 0, 0, 0, 6, 0], bytes([0x0C, 0, 0, 9, 0, 0]))
+    assert sense_of(r) == (5, 0x1A, 0)  # page length runs past the list
+    dev.counter = 9
+    assert run(dev, [0x4C, 0, 0xC0 | 0x0C, 0, 0, 0, 0, 0, 0, 0]).status == Status.GOOD
+    assert dev.counter == 0  # PC=3 with no list: reset that page to defaults
+
+
+def test_report_luns_well_known_only(dev):
+    d = bytes(run(dev, [0xA0, 0, 1, 0, 0, 0, 0, 0, 0, 64, 0, 0]).data)
+    assert d[:4] == bytes(4) and len(d) == 8
+    assert sense_of(run(dev, [0xA0, 0, 9, 0, 0, 0, 0, 0, 0, 64, 0, 0])) == (5, 0x24, 0)
+
+
+def test_release6_under_persistent_reservation(dev):
+    params = (0).to_bytes(8, "big") + (5).to_bytes(8, "big") + bytes(8)
+    assert run(dev, [0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0], params).status == Status.GOOD
+    params = (5).to_bytes(8, "big") + bytes(16)
+    assert run(dev, [0x5F, 1, 1, 0, 0, 0, 0, 0, 24, 0], params).status == Status.GOOD
+    assert run(dev, [0x17, 0, 0, 0, 0, 0], nexus=B).status == Status.RESERVATION_CONFLICT
+    # APTPL and SPEC_I_PT are refused, not silently ignored
+    bad = (5).to_bytes(8, "big") + bytes(12) + bytes([0x01, 0, 0, 0])
+    assert sense_of(run(dev, [0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0], bad)) == (5, 0x26, 0)
+    bad = (5).to_bytes(8, "big") + bytes(12) + bytes([0x08, 0, 0, 0])
+    assert sense_of(run(dev, [0x5F, 0, 0, 0, 0, 0, 0, 0, 24, 0], bad)) == (5, 0x26, 0)
