@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +89,20 @@ def parse_steps(log: str) -> dict[str, Step]:
     return steps
 
 
+def _watch(
+    proc: subprocess.Popen, serial: Path, actions: dict[str, Callable[[], object]], deadline: float
+) -> None:
+    """Waits for qemu to exit (or the deadline), running host actions the guest asks for."""
+    done: set[str] = set()
+    while proc.poll() is None and time.monotonic() < deadline:
+        if actions and serial.exists():
+            for name in re.findall(r"@@HOST (\S+)@@", serial.read_text(errors="replace")):
+                if name not in done and name in actions:
+                    done.add(name)
+                    actions[name]()
+        time.sleep(0.3)
+
+
 def boot(
     guest: Guest,
     script: str,
@@ -97,11 +112,16 @@ def boot(
     timeout: float = 600,
     memory_mb: int = 512,
     workdir: Path | None = None,
+    host_actions: dict[str, Callable[[], object]] | None = None,
 ) -> Run:
     """Boots the guest once, runs ``script`` (a sh fragment using ``step``) and returns the run.
 
     LUN ``i`` of ``luns`` appears in the guest as ``/dev/e2e/<i>-sg`` plus ``<i>-nst`` for a
     tape drive or ``<i>-sch`` for a changer, whatever order Linux numbered them in.
+
+    ``host_actions`` lets the guest ask the host to act mid-run: when the guest prints
+    ``@@HOST name@@`` the host calls ``host_actions[name]()`` once (e.g. a CLI command that
+    changes the library under the guest's feet); the guest polls for the effect.
 
     The boot is bounded by ``timeout`` seconds; on expiry qemu is killed and the partial log
     is returned (``done`` False) so the caller's assertion shows how far the guest got.
@@ -145,19 +165,23 @@ def boot(
         env = {"E2E_WAIT_DEVS": " ".join(wait_devs), "E2E_HCTL": " ".join(hctl)}
         initrd.write_bytes(guest.initrd.read_bytes() + overlay(script, env))
         start = time.monotonic()
-        proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        try:
-            qout, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            qout, _ = proc.communicate()
+        qlog = wd / "qemu.out"
+        with qlog.open("wb") as qout_file:
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=qout_file, stderr=subprocess.STDOUT
+            )
+            try:
+                _watch(proc, serial, host_actions or {}, start + timeout)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
         seconds = time.monotonic() - start
         log = serial.read_text(errors="replace") if serial.exists() else ""
         log = log.replace("\r\n", "\n")
+        qout = qlog.read_text(errors="replace")
         if qout:
-            log += "\n--- qemu output ---\n" + qout.decode(errors="replace")
+            log += "\n--- qemu output ---\n" + qout
         keep = os.environ.get("VTL_E2E_LOGDIR")  # keep serial logs of passing runs too
         if keep:
             Path(keep).mkdir(parents=True, exist_ok=True)

@@ -103,6 +103,9 @@ step attr_barcode 'sg_read_attr -f 0x806 $TAPESG'
 step erase 'mt -f $TAPE rewind && mt -f $TAPE erase && sg_raw -r 64k $TAPESG 08 00 01 00 00 00; echo "read-rc=$?"'
 step wprot 'mtx -f $CHSG load 3 1 && DEV=$TAPE1; eval "$WAIT_READY"; mt -f $TAPE1 status; tar -cf $TAPE1 -C src a; echo "tar-rc=$?"; mtx -f $CHSG unload 3 1'
 step eom 'mtx -f $CHSG load 4 1 && DEV=$TAPE1; eval "$WAIT_READY"; dd if=/dev/urandom of=$TAPE1 bs=65536 count=400; echo "write-rc=$?"; mt -f $TAPE1 rewind && dd if=$TAPE1 of=/dev/null bs=65536; echo "read-rc=$?"; mtx -f $CHSG unload 4 1'
+step host_load 'echo "@@HOST load@@"; i=0; until mtx -f $CHSG status 2>/dev/null | grep -q "Data Transfer Element 1:Full"; do i=$((i+1)); [ $i -ge 90 ] && exit 1; sleep 1; done; mtx -f $CHSG status'
+step host_load_st 'mt -f $TAPE1 status'
+step host_unload 'mtx -f $CHSG unload 3 1 && mtx -f $CHSG status'
 step final_unload 'mt -f $TAPE offline; mtx -f $CHSG unload 1 0 && mtx -f $CHSG status'
 step dmesg 'dmesg | grep -vE "^\[ *[0-9.]+\] (ACPI|PCI|pci|clocksource|x86|evm|Freeing|Key type|tsc|Last level|Run /init|  )"| tail -80'
 """
@@ -130,7 +133,10 @@ def test_linux_st_ch_against_vtl_serve(guest, server):
     drives = [lu for lu in server.luns if lu.type == "SEQUENTIAL_ACCESS"]
     assert len(changers) == 1 and len(drives) >= 2, f"iscsi-ls found {server.luns}"
     luns = [Lun(server.portal, lu.target, lu.lun) for lu in (changers[0], *drives[:2])]
-    run = boot(guest, SCRIPT, luns, timeout=420)
+    run = boot(
+        guest, SCRIPT, luns, timeout=420,
+        host_actions={"load": lambda: vtl(server.root, "load", PROTECTED, "1")},
+    )  # fmt: skip
     log = run.describe() + "\n--- vtl serve log ---\n" + server.log_text()
 
     def ok(name: str) -> str:
@@ -246,5 +252,14 @@ def test_linux_st_ch_against_vtl_serve(guest, server):
     written = int(re.findall(r"(\d+)\+\d+ records out", out)[0])
     read = int(re.findall(r"(\d+)\+\d+ records in", out)[1])
     assert 0 < written < 400 and read == written, log
+
+    # Another process (the CLI) loads a cartridge while the server runs: the changer's
+    # inventory follows, and st learns of the new tape through UNIT ATTENTION 28/00.
+    st = mtx_status(ok("host_load"))
+    assert st.drives[1] == MtxElement(True, PROTECTED, 3), log
+    ms = mt_status(ok("host_load_st"))
+    assert (ms.file, ms.block) == (0, 0) and {"BOT", "ONLINE"} <= ms.flags, log
+    st = mtx_status(ok("host_unload"))
+    assert not st.drives[1].full and st.slots[3] == MtxElement(True, PROTECTED), log
     ok("final_unload")
     assert "Traceback" not in server.log_text(), log
