@@ -763,3 +763,16 @@ def test_disk_read_failure_is_medium_error(drv, monkeypatch):
     monkeypatch.setattr(cart, "read_block", fail)
     s = check(drv, 0x08, 0, 0, 0, 3, 0)
     assert s.code == (SenseKey.MEDIUM_ERROR, 0x11, 0) and s.info == 3
+
+
+def test_cartridge_held_elsewhere_is_becoming_ready(lib):
+    lib.load("A00001L8", 0)
+    other = Library.open(lib.root)  # stands for another process (the backup manager)
+    try:
+        other.drives[0].mount()
+        d = TapeDrive(lib.drives[0])
+        check(d, 0, 0, 0, 0, 0, 0)  # power-on UA
+        assert check(d, 0, 0, 0, 0, 0, 0).code == (SenseKey.NOT_READY, 0x04, 0x01)
+    finally:
+        other.close()
+    good(d, 0, 0, 0, 0, 0, 0)  # free again: ready
