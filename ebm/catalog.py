@@ -458,16 +458,31 @@ class Catalog:
             )
             self.db.execute("UPDATE ebm_pool_media SET busy=NULL WHERE busy=?", (backup_id,))
 
-    def reap_dead_jobs(self) -> list[int]:
+    def reap_dead_jobs(self) -> list[tuple[int, list[str]]]:
         """Mark running jobs whose process is gone as failed and free their cartridges.
-        Why: a SIGKILLed backup cannot clean up after itself; the next process must."""
+
+        Why: a SIGKILLed backup cannot clean up after itself; the next process must. Returns
+        (job, cartridges it held) for the jobs *this* call reaped (the UPDATE is conditional,
+        so two processes never both reap one job), so the caller can erase the torn tails.
+        """
         dead = [
             r["id"] for r in self.q("SELECT id, pid FROM ebm_backups WHERE state='running'")
             if r["pid"] is None or (not _pid_alive(r["pid"]))
         ]
+        out = []
         for bid in dead:
-            self.fail_backup(bid, "the backup process died (killed or crashed)")
-        return dead
+            with self.tx():
+                held = [r[0] for r in self.db.execute(
+                    "SELECT barcode FROM ebm_pool_media WHERE busy=?", (bid,))]
+                cur = self.db.execute(
+                    "UPDATE ebm_backups SET state='failed', finished=?, error=? "
+                    "WHERE id=? AND state='running'",
+                    (time.time(), "the backup process died (killed or crashed)", bid))
+                if cur.rowcount != 1:
+                    continue
+                self.db.execute("UPDATE ebm_pool_media SET busy=NULL WHERE busy=?", (bid,))
+            out.append((bid, held))
+        return out
 
     def set_state(self, backup_id: int, state: str) -> None:
         self.db.execute("UPDATE ebm_backups SET state=? WHERE id=?", (state, backup_id))

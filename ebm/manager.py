@@ -10,8 +10,9 @@ Failure handling, and why it is safe:
   unchanged, so the next backup LOCATEs to the end of the last good backup and its first
   write cuts off the torn tail (writing before EOD discards the rest of the tape).
 - A SIGKILLed job cannot do any of that: the next process finds a *running* row whose pid
-  is dead and marks it failed (``Catalog.reap_dead_jobs``); the library drops the dead
-  process's drive claim and the cartridge left in that drive is unloaded on demand.
+  is dead, marks it failed (``Catalog.reap_dead_jobs``) and erases the torn tail from the
+  cartridges it held (best effort; otherwise the next backup overwrites it); the library
+  drops the dead process's drive claim and the cartridge left in that drive is unloaded.
 - Restore reads only what the catalog recorded (done backups); ``catalog rebuild`` accepts a
   backup only when its trailer is on tape. So a torn tail is never mistaken for data.
 - A translator failure (not a media failure) is retried (``retries``) as a fresh attempt.
@@ -92,13 +93,40 @@ class Ebm:
         if not (self.root / "catalog.sqlite").exists():
             raise JobError(f"no library at {self.root} (create it with `vtl init`, or pass --root)")
         self.catalog = Catalog.for_root(self.root)
-        self.catalog.reap_dead_jobs()
+        for _job, held in self.catalog.reap_dead_jobs():
+            for barcode in held:
+                self.erase_torn_tail(barcode)
 
     @property
     def library(self) -> Any:
         if self._library is None:
             self._library = open_library(self.root)
         return self._library
+
+    def erase_torn_tail(self, barcode: str) -> bool:
+        """Best effort: cut a dead job's partial tape files off ``barcode`` now, instead of
+        leaving them for the next backup to overwrite, so no reader (EBM or `dd | tar`) ever
+        meets them. Safe against a concurrent backup: the append point is re-read *after*
+        the cartridge is mounted (flock held), and a busy cartridge is simply skipped."""
+        try:
+            session = DriveSession(self.library, "ebm-cleanup", wait=0)
+        except (MediaError, JobError):
+            return False
+        try:
+            cart = session.mount(barcode)
+            row = self.catalog.media(barcode)
+            if row is None or row["busy"] is not None or cart.worm or cart.write_protected:
+                return False
+            at = row["append_at"] if row["state"] in ("append", "full") else 0
+            if at >= cart.eod:
+                return False
+            cart.locate(at)
+            cart.erase()
+            return True
+        except Exception:  # noqa: BLE001 - the next backup overwrites the tail anyway
+            return False
+        finally:
+            session.close()
 
     def close(self) -> None:
         if self._library is not None:

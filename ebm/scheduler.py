@@ -44,7 +44,9 @@ def run_scheduler(ebm: Any, root: Path, *, once: bool, max_jobs: int, interval: 
     ran: list[str] = []
     started_any = False
     while True:
-        cat.reap_dead_jobs()
+        for _job, held in cat.reap_dead_jobs():
+            for barcode in held:
+                ebm.erase_torn_tail(barcode)
         now = time.time()
         busy = {j.sid for j in running}
         for s in cat.schedules():

@@ -19,6 +19,7 @@ from ebm.crypto import BlockAuthError, BlockCipher
 from ebm.manager import Ebm, load_translator
 from ebm.rebuild import rebuild
 from ebm.restore import RestoreError, restore
+from vtl.library import Library
 
 
 def _restore(ebm, b, target, patterns=None, secret=None):
@@ -106,6 +107,18 @@ def test_missing_cartridge_is_a_clear_error(tmp_path: Path) -> None:
     assert r.returncode == 1 and bc in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def _copy_catalog(root: Path, dst: Path) -> Path:
+    """A copy of the catalog without EBM backups, for a rebuild that does not touch the real one."""
+    import shutil
+
+    shutil.copy(root / "catalog.sqlite", dst)
+    c = Catalog(dst)
+    c.db.execute("DELETE FROM ebm_backups")
+    c.db.execute("DELETE FROM ebm_backup_volumes")
+    c.close()
+    return dst
+
+
 def test_backup_killed_mid_stream(tmp_path: Path) -> None:
     root = tmp_path / "lib"
     ebm = make_library(root, barcodes(2))
@@ -131,20 +144,17 @@ def test_backup_killed_mid_stream(tmp_path: Path) -> None:
     cat = Catalog.for_root(root)
     assert [b.state for b in cat.backups("ds")] == ["done", "running"]
     cat.close()
-    ebm = Ebm(root)  # the next process reaps the dead job
+    torn = rebuild(Catalog(_copy_catalog(root, tmp_path / "torn.sqlite")), Library.open(root),
+                   barcodes=["E00001L8"])
+    assert len(torn.backups) == 1 and any("no trailer" in s for s in torn.skipped)
+    ebm = Ebm(root)  # the next process reaps the dead job and cuts its torn tail off
     states = [(b.state, b.error) for b in ebm.catalog.backups("ds")]
     assert states[0][0] == "done" and states[1][0] == "failed" and "died" in states[1][1]
-    # the torn tail is not a backup: a rebuild from tape skips it (no trailer)
-    fresh = tmp_path / "fresh.sqlite"
-    import shutil
-
-    shutil.copy(root / "catalog.sqlite", fresh)
-    fc = Catalog(fresh)
-    fc.db.execute("DELETE FROM ebm_backups")
-    fc.db.execute("DELETE FROM ebm_backup_volumes")
-    res = rebuild(fc, ebm.library, barcodes=["E00001L8"])
-    assert len(res.backups) == 1 and any("no trailer" in s for s in res.skipped)
-    fc.close()
+    with ebm.library.open_readonly("E00001L8") as c:
+        assert c.eod == good_end  # nothing after the last good backup any more
+    res = rebuild(Catalog(_copy_catalog(root, tmp_path / "fresh.sqlite")), ebm.library,
+                  barcodes=["E00001L8"])
+    assert len(res.backups) == 1 and not res.skipped
     # restore of the good backup is unaffected, and the next backup succeeds
     _restore(ebm, good, tmp_path / "r0")
     assert (tmp_path / "r0/base").read_bytes() == b"baseline data"
