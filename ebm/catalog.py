@@ -204,19 +204,34 @@ class FileRow:
     backup: int = 0
 
 
-def _pid_alive(pid: int) -> bool:
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/pid/stat (after the command name, which may hold spaces)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def proc_start(pid: int) -> str | None:
+    """The process's kernel start time: with the pid it names a process even after pid reuse."""
+    st = _proc_stat(pid)
+    return st[19] if st and len(st) > 19 else None
+
+
+def _pid_alive(pid: int, start: str | None = None) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    # a zombie is dead for our purposes (a test's killed child not yet reaped)
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
+    st = _proc_stat(pid)
+    if st is None:
         return True
+    if st[0] == "Z":  # a zombie is dead for our purposes (a killed child not yet reaped)
+        return False
+    return start is None or len(st) <= 19 or st[19] == start  # else: the pid was reused
 
 
 class Catalog:
@@ -338,6 +353,7 @@ class Catalog:
     def begin_backup(self, dataset: str, level: str, parent: int | None, translator: str,
                      options: dict[str, Any], uuid: str | None = None) -> Backup:
         u = uuid or str(uuidlib.uuid4())
+        options = {**options, "pid_start": proc_start(os.getpid())}
         cur = self.db.execute(
             """INSERT INTO ebm_backups(uuid, dataset, level, parent, translator, started, state,
                pid, options) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)""",
@@ -466,8 +482,9 @@ class Catalog:
         so two processes never both reap one job), so the caller can erase the torn tails.
         """
         dead = [
-            r["id"] for r in self.q("SELECT id, pid FROM ebm_backups WHERE state='running'")
-            if r["pid"] is None or (not _pid_alive(r["pid"]))
+            r["id"] for r in self.q("SELECT id, pid, options FROM ebm_backups WHERE state='running'")
+            if r["pid"] is None
+            or not _pid_alive(r["pid"], json.loads(r["options"] or "{}").get("pid_start"))
         ]
         out = []
         for bid in dead:

@@ -192,3 +192,22 @@ def test_retention_applied_after_each_backup(tmp_path: Path) -> None:
     with pytest.raises(RequestError, match="unknown retention rule"):
         ebm.backup(BackupRequest(dataset="ds", retention={"keep_forever": 1}))
     ebm.close()
+
+
+def test_reaper_sees_through_pid_reuse(tmp_path: Path) -> None:
+    import json as _json
+
+    from ebm.catalog import Catalog
+
+    cat = Catalog(tmp_path / "c.sqlite")
+    live = cat.begin_backup("ds", "full", None, "filesystem", {})  # this process: alive
+    reused = cat.begin_backup("ds", "full", None, "filesystem", {})
+    cat.db.execute("UPDATE ebm_backups SET options=? WHERE id=?",
+                   (_json.dumps({"pid_start": "1"}), reused.id))  # same pid, other process
+    gone = cat.begin_backup("ds", "full", None, "filesystem", {})
+    cat.db.execute("UPDATE ebm_backups SET pid=? WHERE id=?", (2**22 + 12345, gone.id))
+    reaped = {bid for bid, _ in cat.reap_dead_jobs()}
+    assert reaped == {reused.id, gone.id}
+    assert cat.backup(live.id).state == "running"
+    assert cat.reap_dead_jobs() == []  # a job is reaped once
+    cat.close()
