@@ -170,9 +170,7 @@ class Ebm:
         pool = req.pool or ds["pool"]
         if not pool:
             raise RequestError(f"dataset {req.dataset!r} has no pool; give --pool")
-        self.catalog.require_pool(pool)
-        if req.pool and req.pool != ds["pool"]:
-            pass  # a one-off pool override is fine: volumes record where each backup lives
+        self.catalog.require_pool(pool)  # a one-off --pool override is fine: volumes say where
         translator = load_translator(ds["translator"])
         self._validate_source(translator, ds["source"])
         secret = None

@@ -75,8 +75,9 @@ class TapeWriter:
     """A write-only stream (``write``/``tell``) that becomes the data tape file.
 
     Why a stream: the archive writer and translators only need ``.write``/``.tell``; the mover
-    owns blocking, hashing, encryption and spanning, and copies a caller's bytes at most once
-    (into the block buffer), none at all for aligned large writes.
+    owns blocking, hashing, encryption and spanning. A caller's bytes are copied once: into
+    the block buffer, or (for aligned whole blocks) into the hand-off to the writer thread,
+    which hashes, seals/compresses and writes while the producer makes the next block.
     """
 
     provider: MediaProvider
