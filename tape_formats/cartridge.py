@@ -500,11 +500,22 @@ class TapeCartridge:
         compressed = bool(meta & 0x100)
         off = idx.offsets[p]
         stored = (idx.offsets[p + 1] if p + 1 < len(idx) else idx.end) - off - RECORD_STRUCT.size
-        raw = os.pread(self._fd, RECORD_STRUCT.size + stored, off)
+        direct = buf is not None and not compressed and len(buf) >= native
+        if direct:
+            # The common streaming case: the payload lands straight in the caller's buffer.
+            out = memoryview(buf)[:native]
+            head = bytearray(RECORD_STRUCT.size)
+            got = os.preadv(self._fd, [head, out], off)
+            raw: bytes | bytearray = head
+            payload = out
+            if got != RECORD_STRUCT.size + stored:
+                raise CorruptRecord(f"{self.barcode}: block {p} is cut short", p)
+        else:
+            raw = os.pread(self._fd, RECORD_STRUCT.size + stored, off)
+            payload = memoryview(raw)[RECORD_STRUCT.size :]
         rec = unpack_record(raw)
         if rec is None or rec[5] != p or rec[2] != stored:
             raise CorruptRecord(f"{self.barcode}: record header of block {p} is damaged", p)
-        payload = memoryview(raw)[RECORD_STRUCT.size :]
         if crc32c.crc32c(payload) != rec[6]:
             raise CorruptRecord(f"{self.barcode}: block {p} fails its checksum", p)
         if compressed:
@@ -521,7 +532,7 @@ class TapeCartridge:
         with self._lock:
             self.counters.read_native += native
             self.counters.read_stored += stored
-        if buf is None:
+        if buf is None or direct:
             return ReadResult(RecordKind.DATA, native, data)
         n = min(len(buf), native)
         out = memoryview(buf)
