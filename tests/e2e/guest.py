@@ -355,6 +355,9 @@ def build_initramfs(kroot: Path, release: str) -> Path:
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
     tmp.write_bytes(gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
     tmp.rename(out)
+    for stale in CACHE.glob(f"initrd-{release}-*.cpio.gz"):  # earlier builds of this guest
+        if stale != out:
+            stale.unlink(missing_ok=True)
     return out
 
 
