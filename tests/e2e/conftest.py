@@ -32,4 +32,7 @@ def tgt(tmp_path: Path) -> Iterator[TgtTarget]:
     try:
         yield target
     finally:
-        stop(target.proc)
+        # tgtd in -f mode does not exit on SIGTERM; its data dies with tmp_path anyway.
+        stop(target.proc, timeout=1)
+        for suffix in ("", ".lock"):
+            Path(f"/var/run/tgtd/socket.{target.control_port}{suffix}").unlink(missing_ok=True)
