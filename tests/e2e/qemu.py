@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .guest import Guest, overlay
+from .targets import die_with_parent
 
 INITIATOR = "iqn.2026-11.org.vtl-ebm:e2e-guest"
 
@@ -168,7 +169,11 @@ def boot(
         qlog = wd / "qemu.out"
         with qlog.open("wb") as qout_file:
             proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=qout_file, stderr=subprocess.STDOUT
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=qout_file,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
             )
             try:
                 _watch(proc, serial, host_actions or {}, start + timeout)

@@ -17,6 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def die_with_parent() -> None:
+    """preexec_fn: SIGKILL this child when the test process dies (even by os._exit on a
+    pytest-timeout), so no qemu, tgtd or server outlives its test."""
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -91,6 +101,7 @@ def start_tgt(workdir: Path, iqn: str = "iqn.2026-11.org.vtl-ebm:tgt-reference")
     proc = subprocess.Popen(
         ["tgtd", "-f", "-C", str(cport), "--iscsi", f"portal=127.0.0.1:{port}"],
         stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent,
     )  # fmt: skip
     try:
         wait_listening(port, proc)
@@ -183,6 +194,7 @@ def start_vtl(root: Path, logdir: Path) -> VtlServer:
     proc = subprocess.Popen(
         [*vtl_command(), "--root", str(root), "serve", "--portal", f"127.0.0.1:{port}"],
         stdin=subprocess.DEVNULL, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=_env(root),
+        preexec_fn=die_with_parent,
     )  # fmt: skip
     try:
         wait_listening(port, proc, timeout=30)
