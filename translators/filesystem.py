@@ -28,6 +28,9 @@ files up to ``buffer_limit`` bytes are buffered so a torn attempt never reaches 
 bigger ones are re-appended and the later copy wins, as in tar). A file that never holds
 still is kept as its last copy, reported in ``warnings``, flagged ``torn`` in the index and
 left out of the state (recorded with mtime -1), so the next incremental takes it again.
+Limit: without a snapshot, a copy is what the file held at one instant; if an application was
+half-way through rewriting it then (and stayed so across both reads), that instant is what is
+archived, as a block-level snapshot would also capture it.
 
 Restore. Paths must be relative without ``..`` (else :class:`UnsafePath`), and no parent of
 a restored path may be a symlink (a hostile archive could otherwise write through it).
