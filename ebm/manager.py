@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import zstandard
+
 from ebm.catalog import BLOCK_SIZE, Backup, Catalog, CatalogError, FileRow
 from ebm.controller import BackupRequest, RequestError
 from ebm.crypto import BlockCipher, CryptoError, read_secret
@@ -74,10 +76,23 @@ def load_translator(name: str) -> Any:
     return t() if isinstance(t, type) else t
 
 
-def encode_state(state: Any) -> bytes | str | None:
-    if state is None or isinstance(state, bytes | str):
-        return state
-    return json.dumps(state)
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def encode_state(state: Any) -> bytes | None:
+    """The translator state as zstd-compressed compact JSON: what the catalog stores and the
+    trailer carries (base64). Why compressed: a 50k-file tree's state is megabytes of JSON,
+    and encoding it once, then moving opaque bytes, is what keeps a no-change incremental fast.
+    """
+    if state is None:
+        return None
+    if isinstance(state, bytes):
+        raw = state
+    else:
+        text = state if isinstance(state, str) else json.dumps(
+            state, separators=(",", ":"), check_circular=False)
+        raw = text.encode()
+    return zstandard.ZstdCompressor(level=3).compress(raw)
 
 
 @dataclass
@@ -352,12 +367,18 @@ def state_from_b64(text: str | None) -> bytes | str | None:
 
 
 def _decode_state(raw: bytes | str) -> Any:
-    if isinstance(raw, str):
+    if isinstance(raw, bytes) and raw.startswith(ZSTD_MAGIC):
+        raw = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
         try:
-            return json.loads(raw)
-        except ValueError:
+            raw = raw.decode()
+        except UnicodeDecodeError:
             return raw
-    return raw
+    if isinstance(raw, bytes):
+        return raw  # an opaque state some translator chose to keep as bytes
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
 
 
 def now() -> float:
