@@ -187,6 +187,12 @@ def _banner(config: ServerConfig, library, server: IscsiTarget, chap: bool,
         acl = ", ".join(sorted(t.allowed_initiators)) or "any initiator"
         out.append(f"  allowed: {acl}")
     out.append(f"auth: {'CHAP' if chap else 'none'}{' + mutual CHAP' if mutual else ''}")
+    if server.bound and config.targets:
+        host, port = server.bound[0]
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        out.append(f"attach: iscsi://{where}/{config.targets[0].iqn}/<LUN>"
+                   f"  (qemu: -drive driver=iscsi,portal={where},"
+                   f"target={config.targets[0].iqn},lun=<LUN>)")
     out.append("ready")
     print("\n".join(out), flush=True)
 
