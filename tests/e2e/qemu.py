@@ -31,6 +31,8 @@ class Lun:
     portal: str
     target: str
     lun: int
+    # Extra qemu iscsi driver options for this LUN's session, e.g. "header-digest=crc32c".
+    options: str = ""
 
 
 @dataclass
@@ -156,7 +158,8 @@ def boot(
             cmd += [
                 "-drive",
                 f"driver=iscsi,transport=tcp,portal={lun.portal},target={lun.target},"
-                f"lun={lun.lun},initiator-name={INITIATOR},if=none,id=d{i}",
+                f"lun={lun.lun},initiator-name={INITIATOR},if=none,id=d{i}"
+                + (f",{lun.options}" if lun.options else ""),
                 "-device",
                 f"scsi-generic,drive=d{i},bus=scsi0.0,channel=0,scsi-id={tid},lun={lun.lun}",
             ]

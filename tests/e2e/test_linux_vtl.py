@@ -132,7 +132,12 @@ def test_linux_st_ch_against_vtl_serve(guest, server):
     changers = [lu for lu in server.luns if lu.type == "MEDIA_CHANGER"]
     drives = [lu for lu in server.luns if lu.type == "SEQUENTIAL_ACCESS"]
     assert len(changers) == 1 and len(drives) >= 2, f"iscsi-ls found {server.luns}"
-    luns = [Lun(server.portal, lu.target, lu.lun) for lu in (changers[0], *drives[:2])]
+    # Drive 1's session negotiates CRC32C header digests (qemu's libiscsi initiator).
+    luns = [
+        Lun(server.portal, changers[0].target, changers[0].lun),
+        Lun(server.portal, drives[0].target, drives[0].lun),
+        Lun(server.portal, drives[1].target, drives[1].lun, "header-digest=crc32c"),
+    ]
     run = boot(
         guest, SCRIPT, luns, timeout=420,
         host_actions={"load": lambda: vtl(server.root, "load", PROTECTED, "1")},
@@ -263,3 +268,4 @@ def test_linux_st_ch_against_vtl_serve(guest, server):
     assert not st.drives[1].full and st.slots[3] == MtxElement(True, PROTECTED), log
     ok("final_unload")
     assert "Traceback" not in server.log_text(), log
+    assert "HeaderDigest=CRC32C" in server.log_text(), log
