@@ -38,25 +38,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# LTO density codes (SSC / LTO consortium).
-DENSITY = {
-    "LTO-3": 0x44,
-    "LTO-4": 0x46,
-    "LTO-5": 0x58,
-    "LTO-6": 0x5A,
-    "LTO-7": 0x5C,
-    "LTO-8": 0x5E,
-    "LTO-9": 0x60,
+from tape_formats.media import MEDIA
+
+# Density code and native capacity are facts of the media generation, kept once in
+# tape_formats.media (the cartridge file records them too); the drive models see them through
+# these two views rather than through tables of their own that could drift apart.
+DENSITY: dict[str, int] = {name: m.density_code for name, m in MEDIA.items()}
+NATIVE_CAPACITY_MB: dict[str, int] = {  # 10^6 bytes, as REPORT DENSITY SUPPORT reports it
+    name: m.capacity // 1_000_000 for name, m in MEDIA.items()
 }
-NATIVE_CAPACITY_MB = {  # 10^6 bytes, as REPORT DENSITY SUPPORT reports it
-    "LTO-3": 400_000,
-    "LTO-4": 800_000,
-    "LTO-5": 1_500_000,
-    "LTO-6": 2_500_000,
-    "LTO-7": 6_000_000,
-    "LTO-8": 12_000_000,
-    "LTO-9": 18_000_000,
-}
+# Physical LTO facts only REPORT DENSITY SUPPORT needs; tape_formats.media has no use for them.
 TRACKS = {"LTO-3": 704, "LTO-4": 896, "LTO-5": 1280, "LTO-6": 2176, "LTO-7": 3584,
           "LTO-8": 6656, "LTO-9": 8960}
 BITS_PER_MM = {"LTO-3": 9638, "LTO-4": 13250, "LTO-5": 15142, "LTO-6": 15142, "LTO-7": 19094,
