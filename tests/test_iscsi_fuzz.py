@@ -103,13 +103,18 @@ def drain(sock: socket.socket, seconds: float = 0.1) -> bytes:
     return bytes(out)
 
 
-def answers_are_wellformed(raw: bytes) -> None:
-    """Every complete PDU the target sent has a target opcode and sane lengths."""
+def answers_are_wellformed(raw: bytes, digests: bool = False) -> None:
+    """Every complete PDU the target sent has a target opcode, sane lengths and (when
+    negotiated) correct digests."""
     pos = 0
     while pos + 48 <= len(raw):
         h = pdu.parse_bhs(raw[pos:pos + 48])
         assert h.opcode in {int(o) for o in Op if o >= 0x20}, hex(h.opcode)
-        pos += 48 + h.total_ahs_len * 4 + h.dsl + pdu.pad_len(h.dsl)
+        assert h.total_ahs_len == 0
+        if digests and pos + 52 <= len(raw):
+            assert raw[pos + 48:pos + 52] == pdu.digest_bytes(raw[pos:pos + 48])
+        seg = h.dsl + pdu.pad_len(h.dsl)
+        pos += 48 + (4 if digests else 0) + seg + (4 if digests and h.dsl else 0)
 
 
 opcodes = st.one_of(st.sampled_from([int(o) for o in Op]), st.integers(0, 0x3F))
@@ -126,15 +131,21 @@ def bhs(draw) -> bytes:
 
 
 @FUZZ
-@given(header=bhs(), payload=st.binary(max_size=600), logged_in=st.booleans())
-def test_malformed_pdus(target, witness, header, payload, logged_in):
+@given(header=bhs(), payload=st.binary(max_size=600), logged_in=st.booleans(),
+       digests=st.sampled_from([None, "good", "bad"]))
+def test_malformed_pdus(target, witness, header, payload, logged_in, digests):
     port, errors = target
     ini = RawInitiator(port, isid=b"\x80\0\0\0\x01\x02", timeout=5)
     try:
         if logged_in:
-            ini.login(target=IQN)
-        ini.sock.sendall(header + payload)
-        answers_are_wellformed(drain(ini.sock))
+            keys = {"HeaderDigest": "CRC32C", "DataDigest": "CRC32C"} if digests else {}
+            ini.login(keys, target=IQN)
+        if logged_in and digests:
+            hd = pdu.digest_bytes(header) if digests == "good" else b"\0\0\0\0"
+            ini.sock.sendall(header + hd + payload)
+        else:
+            ini.sock.sendall(header + payload)
+        answers_are_wellformed(drain(ini.sock), digests=bool(logged_in and digests))
     finally:
         ini.close()
     still_serving(witness, errors)
