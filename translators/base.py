@@ -36,6 +36,7 @@ Progress: ``progress(Progress)`` is called from the backup/restore thread at mos
 from __future__ import annotations
 
 import importlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tape_formats.archive import ArchiveEntry, EntryData, IndexEntry, PaxWriter
+from tape_formats.archive import ArchiveEntry, EntryData, EntryLocation, IndexEntry, PaxWriter
 
 ENTRY_POINT_GROUP = "ebm.translators"
 
@@ -124,6 +125,25 @@ class Translator(ABC):
                 select: Callable[[str], bool] | None = None,
                 progress: ProgressCallback | None = None) -> RestoreStats:
         """Recreate the archived entries under ``target``."""
+
+
+def stat_source(source: str, noun: str = "source") -> os.stat_result:
+    """``os.stat(source)``, with the failures every ``validate_source`` must report turned into
+    one-line :class:`TranslatorError` messages (``noun`` names the thing: "database" ...)."""
+    try:
+        return os.stat(source)
+    except FileNotFoundError:
+        raise TranslatorError(f"{noun} {source} does not exist") from None
+    except OSError as exc:
+        raise TranslatorError(f"cannot stat {noun} {source}: {exc.strerror}") from None
+
+
+def file_row(entry: ArchiveEntry, loc: EntryLocation, *, torn: bool = False) -> IndexEntry:
+    """The index row of a regular-file member just written: its metadata as archived, where
+    the writer put it and the sha256 of its bytes, so every translator's rows agree."""
+    return IndexEntry(path=entry.path, kind="file", size=entry.size, mtime_ns=entry.mtime_ns,
+                      mode=entry.mode, uid=entry.uid, gid=entry.gid, sha256=loc.sha256,
+                      header_offset=loc.header_offset, data_offset=loc.data_offset, torn=torn)
 
 
 def delete_stale_members(parent_state: TranslatorState | None, members: list[str],

@@ -79,6 +79,7 @@ from .base import (
     Translator,
     TranslatorError,
     TranslatorState,
+    stat_source,
 )
 
 STATE_FORMAT = "ebm-filesystem-state/1"
@@ -243,12 +244,7 @@ class FilesystemTranslator(Translator):
     def validate_source(self, source: str) -> None:
         if not source:
             raise TranslatorError("no source directory given")
-        try:
-            st = os.stat(source)
-        except FileNotFoundError:
-            raise TranslatorError(f"source {source} does not exist") from None
-        except OSError as exc:
-            raise TranslatorError(f"cannot stat source {source}: {exc.strerror}") from None
+        st = stat_source(source)
         if not stat.S_ISDIR(st.st_mode):
             raise TranslatorError(f"source {source} is not a directory")
         if not os.access(source, os.R_OK | os.X_OK):

@@ -41,6 +41,8 @@ from .base import (
     TranslatorError,
     TranslatorState,
     delete_stale_members,
+    file_row,
+    stat_source,
 )
 
 CHUNK = 1024 * 1024
@@ -88,12 +90,7 @@ class SqliteTranslator(Translator):
     def validate_source(self, source: str) -> None:
         if not source:
             raise TranslatorError("no SQLite database given")
-        try:
-            st = os.stat(source)
-        except FileNotFoundError:
-            raise TranslatorError(f"database {source} does not exist") from None
-        except OSError as exc:
-            raise TranslatorError(f"cannot stat database {source}: {exc.strerror}") from None
+        st = stat_source(source, "database")
         if not stat.S_ISREG(st.st_mode):
             raise TranslatorError(f"database {source} is not a regular file")
         try:
@@ -148,9 +145,7 @@ class SqliteTranslator(Translator):
                         loc = writer.add(entry, f)
                 else:
                     loc = writer.add(entry, data)
-                rows.append(IndexEntry(path=path, kind="file", size=n, mtime_ns=mtime, mode=entry.mode,
-                                       uid=st.st_uid, gid=st.st_gid, sha256=loc.sha256,
-                                       header_offset=loc.header_offset, data_offset=loc.data_offset))
+                rows.append(file_row(entry, loc))
         members = [r.path for r in rows]
         rows += delete_stale_members(parent_state, members, writer)
         if progress is not None:

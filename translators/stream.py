@@ -37,6 +37,8 @@ from .base import (
     TranslatorError,
     TranslatorState,
     delete_stale_members,
+    file_row,
+    stat_source,
 )
 
 CHUNK = 1024 * 1024
@@ -62,12 +64,7 @@ class StreamTranslator(Translator):
             return
         if not source:
             raise TranslatorError("no source stream given (a path, or - for stdin)")
-        try:
-            st = os.stat(source)
-        except FileNotFoundError:
-            raise TranslatorError(f"source {source} does not exist") from None
-        except OSError as exc:
-            raise TranslatorError(f"cannot stat source {source}: {exc.strerror}") from None
+        st = stat_source(source)
         if stat.S_ISDIR(st.st_mode):
             raise TranslatorError(f"source {source} is a directory (use the filesystem translator)")
         if not os.access(source, os.R_OK):
@@ -124,11 +121,7 @@ class StreamTranslator(Translator):
                 break
             if attempt == self.retries:
                 warnings.append(f"{name} kept changing while being read; its copy may be inconsistent")
-        row = IndexEntry(path=name, kind="file", size=n, mtime_ns=entry.mtime_ns, mode=entry.mode,
-                         uid=entry.uid, gid=entry.gid, sha256=loc.sha256,
-                         header_offset=loc.header_offset, data_offset=loc.data_offset,
-                         torn=bool(warnings))
-        return [row], n, loc.sha256 or hashlib.sha256().hexdigest()
+        return [file_row(entry, loc, torn=bool(warnings))], n, loc.sha256 or hashlib.sha256().hexdigest()
 
     def _parts(self, fd: int, name: str, writer: PaxWriter,
                progress: ProgressCallback | None) -> tuple[list[IndexEntry], int, str]:
@@ -151,9 +144,7 @@ class StreamTranslator(Translator):
             loc = writer.add(entry, view[:got])
             whole.update(view[:got])
             total += got
-            rows.append(IndexEntry(path=entry.path, kind="file", size=got, mtime_ns=entry.mtime_ns,
-                                   mode=entry.mode, uid=entry.uid, gid=entry.gid, sha256=loc.sha256,
-                                   header_offset=loc.header_offset, data_offset=loc.data_offset))
+            rows.append(file_row(entry, loc))
             part += 1
             if progress is not None:
                 progress(Progress("backup", part, None, total, None, entry.path))
