@@ -317,6 +317,9 @@ class Connection(asyncio.BufferedProtocol):
         tail = pad
         if self._dd and n:
             tail = pad + pdu.digest_bytes(data, pad)
+        # Small PDUs go out as one write (one syscall). Large data segments are written
+        # separately so the device's buffer goes to the socket as is: on Python 3.11
+        # transport.writelines() joins its arguments, a copy of every Data-In payload.
         if n < 16384:
             t.write(b"".join((head, data, tail)) if n else head)
         else:
