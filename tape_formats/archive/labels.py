@@ -296,6 +296,25 @@ def _json(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
+def _encode(label: Struct, what: str, text: str, body: dict) -> bytes:
+    """Build one signed label and pad it; a field construct rejects is a LabelError."""
+    try:
+        raw = label.build(
+            dict(signed=dict(value=dict(text=text, format_version=FORMAT_VERSION, body=body)))
+        )
+    except ConstructError as exc:
+        raise LabelError(f"cannot encode backup {what}: {exc}") from None
+    return _pad(raw)
+
+
+def _json_fields(what: str, *texts: str) -> list:
+    """Parse a label's JSON text fields; bad JSON means the label is damaged, not a crash."""
+    try:
+        return [json.loads(t) for t in texts]
+    except ValueError:
+        raise LabelError(f"damaged EBM backup {what}: bad JSON field") from None
+
+
 def encode_header(info: BackupHeaderInfo) -> bytes:
     """Encode the header label (padded to 512 bytes; the data mover writes it as one block)."""
     if not 0 <= info.level < 2**32:
@@ -320,13 +339,7 @@ def encode_header(info: BackupHeaderInfo) -> bytes:
         data_tape_file=info.data_tape_file,
         options=_json(info.options),
     )
-    try:
-        raw = BACKUP_HEADER.build(
-            dict(signed=dict(value=dict(text=text, format_version=FORMAT_VERSION, body=body)))
-        )
-    except ConstructError as exc:
-        raise LabelError(f"cannot encode backup header: {exc}") from None
-    return _pad(raw)
+    return _encode(BACKUP_HEADER, "header", text, body)
 
 
 def _decode(label, magic: bytes, what: str, data: bytes | memoryview):
@@ -353,11 +366,7 @@ def _decode(label, magic: bytes, what: str, data: bytes | memoryview):
 def decode_header(data: bytes | memoryview) -> BackupHeaderInfo:
     v = _decode(BACKUP_HEADER, HEADER_MAGIC, "header", data)
     b = v.body
-    try:
-        kdf_params = json.loads(b.kdf_params)
-        options = json.loads(b.options)
-    except ValueError:
-        raise LabelError("damaged EBM backup header: bad JSON field") from None
+    kdf_params, options = _json_fields("header", b.kdf_params, b.options)
     return BackupHeaderInfo(
         backup_uuid=uuidlib.UUID(bytes=b.backup_uuid),
         parent_uuid=None if b.parent_uuid == bytes(16) else uuidlib.UUID(bytes=b.parent_uuid),
@@ -424,23 +433,13 @@ def encode_trailer(info: BackupTrailerInfo) -> bytes:
         extra=_json(info.extra),
         index=encode_index(info.index),
     )
-    try:
-        raw = BACKUP_TRAILER.build(
-            dict(signed=dict(value=dict(text=text, format_version=FORMAT_VERSION, body=body)))
-        )
-    except ConstructError as exc:
-        raise LabelError(f"cannot encode backup trailer: {exc}") from None
-    return _pad(raw)
+    return _encode(BACKUP_TRAILER, "trailer", text, body)
 
 
 def decode_trailer(data: bytes | memoryview, *, with_index: bool = True) -> BackupTrailerInfo:
     v = _decode(BACKUP_TRAILER, TRAILER_MAGIC, "trailer", data)
     b = v.body
-    try:
-        warnings = json.loads(b.warnings)
-        extra = json.loads(b.extra)
-    except ValueError:
-        raise LabelError("damaged EBM backup trailer: bad JSON field") from None
+    warnings, extra = _json_fields("trailer", b.warnings, b.extra)
     return BackupTrailerInfo(
         backup_uuid=uuidlib.UUID(bytes=b.backup_uuid),
         stream_bytes=b.stream_bytes,
