@@ -45,7 +45,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from vtl.scsi import reservations
@@ -141,6 +141,37 @@ def command(
                         inv)
         )
         fn._scsi_commands = specs  # type: ignore[attr-defined]
+        return fn
+
+    return deco
+
+
+def service_actions(
+    opcode: int,
+    name: str,
+    usage: str,
+    sas: Iterable[int],
+    *,
+    pr: int = PR_READ,
+    ua_exempt: bool = False,
+    timeout: int = 0,
+) -> Callable:
+    """``@command`` once per service action in ``sas``, for one method that serves them all.
+
+    ``usage`` is the usage data with byte 1's service action bits zero; each registration
+    gets its own service action filled in there, as REPORT SUPPORTED OPERATION CODES reports
+    it, so a list of service actions reads as one line instead of one decorator each.
+    """
+    raw = _parse_usage(usage)
+    decorators = [
+        command(opcode, name, bytes((raw[0], raw[1] | sa, *raw[2:])).hex(" "), sa=sa, pr=pr,
+                ua_exempt=ua_exempt, timeout=timeout)
+        for sa in sas
+    ]
+
+    def deco(fn: Callable) -> Callable:
+        for register in decorators:
+            fn = register(fn)
         return fn
 
     return deco
@@ -776,14 +807,8 @@ class ScsiModel:
         return None
 
     # -- PERSISTENT RESERVE IN / OUT (rules in vtl.scsi.reservations) ----------------------
-    @command(0x5E, "PERSISTENT RESERVE IN", "5e 00 00 00 00 00 00 ff ff 00", sa=0,
-             pr=PR_ALLOWED)
-    @command(0x5E, "PERSISTENT RESERVE IN", "5e 01 00 00 00 00 00 ff ff 00", sa=1,
-             pr=PR_ALLOWED)
-    @command(0x5E, "PERSISTENT RESERVE IN", "5e 02 00 00 00 00 00 ff ff 00", sa=2,
-             pr=PR_ALLOWED)
-    @command(0x5E, "PERSISTENT RESERVE IN", "5e 03 00 00 00 00 00 ff ff 00", sa=3,
-             pr=PR_ALLOWED)
+    @service_actions(0x5E, "PERSISTENT RESERVE IN", "5e 00 00 00 00 00 00 ff ff 00", range(4),
+                     pr=PR_ALLOWED)
     def cmd_pr_in(self, req: Request) -> bytes:
         sa = req.cdb[1] & _SA_MASK
         pr = self.pr
@@ -819,20 +844,8 @@ class ScsiModel:
             raise invalid_field_in_cdb(2, 3)
         return scope, typ
 
-    @command(0x5F, "PERSISTENT RESERVE OUT", "5f 00 ff 00 00 ff ff ff ff 00", sa=0,
-             pr=PR_ALLOWED)
-    @command(0x5F, "PERSISTENT RESERVE OUT", "5f 01 ff 00 00 ff ff ff ff 00", sa=1,
-             pr=PR_ALLOWED)
-    @command(0x5F, "PERSISTENT RESERVE OUT", "5f 02 ff 00 00 ff ff ff ff 00", sa=2,
-             pr=PR_ALLOWED)
-    @command(0x5F, "PERSISTENT RESERVE OUT", "5f 03 ff 00 00 ff ff ff ff 00", sa=3,
-             pr=PR_ALLOWED)
-    @command(0x5F, "PERSISTENT RESERVE OUT", "5f 04 ff 00 00 ff ff ff ff 00", sa=4,
-             pr=PR_ALLOWED)
-    @command(0x5F, "PERSISTENT RESERVE OUT", "5f 05 ff 00 00 ff ff ff ff 00", sa=5,
-             pr=PR_ALLOWED)
-    @command(0x5F, "PERSISTENT RESERVE OUT", "5f 06 ff 00 00 ff ff ff ff 00", sa=6,
-             pr=PR_ALLOWED)
+    @service_actions(0x5F, "PERSISTENT RESERVE OUT", "5f 00 ff 00 00 ff ff ff ff 00", range(7),
+                     pr=PR_ALLOWED)
     def cmd_pr_out(self, req: Request) -> ScsiResult | None:
         sa = req.cdb[1] & _SA_MASK
         key, sa_key = self._pr_out_params(req)
