@@ -292,25 +292,22 @@ class MediumChanger(ScsiModel):
         if src == first:
             raise InvalidElement("source and first destination are the same element")
         if second != src:
-            lib.move_medium(first, second)
-            try:
-                lib.move_medium(src, first)
-            except LibraryError:
-                lib.move_medium(second, first)
-                raise
-            return
-        free = [e for e in lib.free(ElementType.STORAGE) if e.address not in (src, first)]
-        if not free:
-            raise DestinationFull("no free slot to stage an exchange")
-        temp = free[0].address
+            stage = second
+        else:
+            free = [e for e in lib.free(ElementType.STORAGE) if e.address not in (src, first)]
+            if not free:
+                raise DestinationFull("no free slot to stage an exchange")
+            stage = free[0].address
         moved = lib.element(first).barcode
-        lib.move_medium(first, temp)
+        lib.move_medium(first, stage)
         try:
             lib.move_medium(src, first)
         except LibraryError:
-            lib.move_medium(temp, first)
+            lib.move_medium(stage, first)
             raise
-        lib.move_medium(temp, src)
+        if stage == second:  # not a swap: first's cartridge already sits where it belongs
+            return
+        lib.move_medium(stage, src)
         if moved is not None:
             lib.catalog.update_cartridge(moved, source_address=first)
             # our own write does not bump PRAGMA data_version, so refresh() would not see it

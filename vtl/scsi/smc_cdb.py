@@ -48,9 +48,14 @@ def check_reserved(cdb: bytes, *positions: int, mask_byte1: int = 0xFF) -> None:
     so callers leave them out of the mask.
     """
     for pos in positions:
-        mask = mask_byte1 if pos == 1 else 0xFF
-        if cdb[pos] & mask:
-            raise invalid_field_in_cdb(pos, (cdb[pos] & mask).bit_length() - 1)
+        check_bits(cdb, pos, mask_byte1 if pos == 1 else 0xFF)
+
+
+def check_bits(cdb: bytes, pos: int, mask: int) -> None:
+    """The bits of byte ``pos`` under ``mask`` must be zero; the field pointer names the highest
+    one set, so the initiator sees exactly which bit it got wrong."""
+    if cdb[pos] & mask:
+        raise invalid_field_in_cdb(pos, (cdb[pos] & mask).bit_length() - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +69,7 @@ class MoveMediumCdb:
 def parse_move_medium(cdb: bytes) -> MoveMediumCdb:
     check_length(cdb, OP_MOVE_MEDIUM)
     check_reserved(cdb, 1, 8, 9, mask_byte1=0x1F)
-    if cdb[10] & 0xFE:
-        raise invalid_field_in_cdb(10, (cdb[10] & 0xFE).bit_length() - 1)
+    check_bits(cdb, 10, 0xFE)
     return MoveMediumCdb(_u16(cdb, 2), _u16(cdb, 4), _u16(cdb, 6), bool(cdb[10] & 1))
 
 
@@ -82,8 +86,7 @@ class ExchangeMediumCdb:
 def parse_exchange_medium(cdb: bytes) -> ExchangeMediumCdb:
     check_length(cdb, OP_EXCHANGE_MEDIUM)
     check_reserved(cdb, 1, mask_byte1=0x1F)
-    if cdb[10] & 0xFC:
-        raise invalid_field_in_cdb(10, (cdb[10] & 0xFC).bit_length() - 1)
+    check_bits(cdb, 10, 0xFC)
     return ExchangeMediumCdb(
         _u16(cdb, 2), _u16(cdb, 4), _u16(cdb, 6), _u16(cdb, 8),
         bool(cdb[10] & 1), bool(cdb[10] & 2),
@@ -100,8 +103,7 @@ class PositionToElementCdb:
 def parse_position_to_element(cdb: bytes) -> PositionToElementCdb:
     check_length(cdb, OP_POSITION_TO_ELEMENT)
     check_reserved(cdb, 1, 6, 7, mask_byte1=0x1F)
-    if cdb[8] & 0xFE:
-        raise invalid_field_in_cdb(8, (cdb[8] & 0xFE).bit_length() - 1)
+    check_bits(cdb, 8, 0xFE)
     return PositionToElementCdb(_u16(cdb, 2), _u16(cdb, 4), bool(cdb[8] & 1))
 
 
