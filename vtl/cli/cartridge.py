@@ -277,22 +277,25 @@ def erase(barcode: BarcodeArg, yes: YesOpt = False) -> None:
         say(f"erased {barcode}", {"barcode": barcode})
 
 
+def _set_write_protect(barcode: str, on: bool) -> None:
+    """``protect`` and ``unprotect`` differ only in which way the tab slides."""
+    barcode = barcode.upper()
+    with open_library() as lib:
+        lib.set_write_protect(barcode, on)
+        state = "write protected" if on else "writable"
+        say(f"{barcode} is {state}", {"barcode": barcode, "write_protected": on})
+
+
 @app.command()
 def protect(barcode: BarcodeArg) -> None:
     """Set the write-protect tab."""
-    barcode = barcode.upper()
-    with open_library() as lib:
-        lib.set_write_protect(barcode, True)
-        say(f"{barcode} is write protected", {"barcode": barcode, "write_protected": True})
+    _set_write_protect(barcode, True)
 
 
 @app.command()
 def unprotect(barcode: BarcodeArg) -> None:
     """Clear the write-protect tab."""
-    barcode = barcode.upper()
-    with open_library() as lib:
-        lib.set_write_protect(barcode, False)
-        say(f"{barcode} is writable", {"barcode": barcode, "write_protected": False})
+    _set_write_protect(barcode, False)
 
 
 @app.command()
