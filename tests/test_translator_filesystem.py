@@ -294,10 +294,17 @@ def make_sample_tree(src: Path) -> None:
         os.utime(p, ns=(5, 1_700_000_000_987_654_321))
 
 
-def test_gnu_tar_lists_and_extracts_a_baseline_exactly(tmp_path):
+@pytest.fixture
+def sample_src(tmp_path: Path) -> Path:
+    """``tmp_path/src`` holding :func:`make_sample_tree`: one of every kind of entry."""
     src = tmp_path / "src"
     src.mkdir()
     make_sample_tree(src)
+    return src
+
+
+def test_gnu_tar_lists_and_extracts_a_baseline_exactly(tmp_path, sample_src):
+    src = sample_src
     archive, result = backup(src)
     tar_file = tmp_path / "backup.tar"
     tar_file.write_bytes(archive)
@@ -313,11 +320,9 @@ def test_gnu_tar_lists_and_extracts_a_baseline_exactly(tmp_path):
     assert tree_manifest(out) == tree_manifest(src)
 
 
-def test_gnu_tar_extracts_through_dd_like_block_reads(tmp_path):
+def test_gnu_tar_extracts_through_dd_like_block_reads(tmp_path, sample_src):
     """The stream read back in 256 KiB blocks and piped to tar (as `dd | tar -xf -` does)."""
-    src = tmp_path / "src"
-    src.mkdir()
-    make_sample_tree(src)
+    src = sample_src
     archive, _ = backup(src)
     out = tmp_path / "out"
     out.mkdir()
@@ -330,10 +335,8 @@ def test_gnu_tar_extracts_through_dd_like_block_reads(tmp_path):
     assert tree_manifest(out) == tree_manifest(src)
 
 
-def test_our_restore_reads_gnu_tar_pax_archives(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    make_sample_tree(src)
+def test_our_restore_reads_gnu_tar_pax_archives(tmp_path, sample_src):
+    src = sample_src
     tar_file = tmp_path / "gnu.tar"
     subprocess.run(["tar", "--format=pax", "--xattrs", "--sparse", "--numeric-owner", "-cf", str(tar_file),
                     "-C", str(src), "."], check=True)
@@ -348,10 +351,8 @@ def test_our_restore_reads_gnu_tar_pax_archives(tmp_path):
     }
 
 
-def test_incremental_records_deletions_renames_and_only_changes(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    make_sample_tree(src)
+def test_incremental_records_deletions_renames_and_only_changes(tmp_path, sample_src):
+    src = sample_src
     archive0, r0 = backup(src)
     archive1, r1 = backup(src, r0.state)
     assert [e.path for e in r1.entries] == []  # nothing changed: empty incremental
@@ -470,10 +471,8 @@ def test_corrupted_data_is_detected_and_not_left_behind(tmp_path):
     assert not (tmp_path / "out" / "f").exists()
 
 
-def test_select_restores_a_subset(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    make_sample_tree(src)
+def test_select_restores_a_subset(tmp_path, sample_src):
+    src = sample_src
     archive, result = backup(src)
     out = tmp_path / "out"
     stats = FilesystemTranslator().restore(PaxReader(io.BytesIO(archive)), out,

@@ -24,6 +24,23 @@ def run_backup(translator, source, state=None):
     return buf.getvalue(), result
 
 
+def _backup_pipe(t, data, state=None):
+    """Back up ``data`` as it arrives through a pipe (size unknown: the translator makes parts)."""
+    r, w = os.pipe()
+
+    def feed():
+        with os.fdopen(w, "wb") as f:
+            f.write(data)
+
+    th = threading.Thread(target=feed)
+    th.start()
+    try:
+        return run_backup(t, f"/proc/self/fd/{r}", state)
+    finally:
+        th.join()
+        os.close(r)
+
+
 def make_db(path, rows=2000):
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -121,18 +138,7 @@ def test_stream_from_a_pipe_in_parts_joins_back_and_tar_concatenates(tmp_path):
     t = StreamTranslator()
     t.part_size = 100_000
     data = os.urandom(345_678)
-    r, w = os.pipe()
-
-    def feed():
-        with os.fdopen(w, "wb") as f:
-            f.write(data)
-
-    th = threading.Thread(target=feed)
-    th.start()
-    fifo_path = f"/proc/self/fd/{r}"
-    archive, result = run_backup(t, fifo_path)
-    th.join()
-    os.close(r)
+    archive, result = _backup_pipe(t, data)
     assert len(result.entries) == 4
     assert result.state["size"] == len(data)
     out = tmp_path / "out"
@@ -147,22 +153,6 @@ def test_stream_from_a_pipe_in_parts_joins_back_and_tar_concatenates(tmp_path):
 def test_stream_rejects_directories(tmp_path):
     with pytest.raises(TranslatorError, match="is a directory"):
         StreamTranslator().validate_source(str(tmp_path))
-
-
-def _backup_pipe(t, data, state=None):
-    r, w = os.pipe()
-
-    def feed():
-        with os.fdopen(w, "wb") as f:
-            f.write(data)
-
-    th = threading.Thread(target=feed)
-    th.start()
-    try:
-        return run_backup(t, f"/proc/self/fd/{r}", state)
-    finally:
-        th.join()
-        os.close(r)
 
 
 def test_stream_chain_never_mixes_in_stale_parts(tmp_path):
