@@ -27,6 +27,11 @@ def vtl_json(root: Path, *args: str):
     return json.loads(result.stdout)
 
 
+def locations(root: Path) -> dict[str, str]:
+    """Barcode -> where ``cartridge list`` says it is (slot:N, drive:N, mailslot:N, vault)."""
+    return {c["barcode"]: c["location"] for c in vtl_json(root, "cartridge", "list")}
+
+
 def snapshot(root: Path) -> tuple:
     """Everything a command could change: catalog rows and cartridge files."""
     if not (root / "catalog.sqlite").exists():
@@ -99,12 +104,12 @@ def test_move_load_unload(root: Path) -> None:
     vtl_json(root, "load", "A00001L8", "0")
     vtl_json(root, "move", "A00002L8", "drive:1")
     vtl_json(root, "move", "1026", "mailslot:1")  # slot:3 by address
-    where = {c["barcode"]: c["location"] for c in vtl_json(root, "cartridge", "list")}
+    where = locations(root)
     assert where == {"A00001L8": "drive:0", "A00002L8": "drive:1", "A00003L8": "mailslot:1",
                      "A00004L8": "slot:4"}
     vtl_json(root, "unload", "drive:0")
     vtl_json(root, "unload", "1")
-    where = {c["barcode"]: c["location"] for c in vtl_json(root, "cartridge", "list")}
+    where = locations(root)
     assert where["A00001L8"] == "slot:1" and where["A00002L8"] == "slot:2"
 
 
@@ -115,7 +120,7 @@ def test_export_vault_import(root: Path) -> None:
     out = vtl_json(root, "cartridge", "import", "A00002L8")
     assert out["imported"][0]["to"] == "mailslot:1"
     vtl_json(root, "move", "mailslot:1", "slot:2")
-    where = {c["barcode"]: c["location"] for c in vtl_json(root, "cartridge", "list")}
+    where = locations(root)
     assert where["A00001L8"] == "vault" and where["A00002L8"] == "slot:2"
 
 
