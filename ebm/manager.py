@@ -39,6 +39,7 @@ from ebm.crypto import BlockCipher, CryptoError, read_secret
 from ebm.media import DriveSession, MediaError, PoolMedia
 from ebm.mover import MoverError, TapeWriter
 from ebm.tapeformat import header_block, trailer_bytes
+from tape_formats.archive.writer import PaxWriter
 from tape_formats.cartridge import CartridgeError
 
 FORMAT_VERSION = 1
@@ -258,7 +259,7 @@ class Ebm:
                 raise  # media trouble, not the translator's: no retry
             except Exception as e:
                 raise _TranslatorFailed(f"translator {ds['translator']} failed: {e}") from e
-            _finish_pax(pax)
+            pax.close()  # end-of-archive blocks
             size, blocks, digest = writer.finish_data()  # sha256 hashed on the writer thread
             entries = list(result.entries)
             if level == "incr" and getattr(result, "level_hint", "") == "baseline":
@@ -305,25 +306,13 @@ class _TranslatorFailed(Exception):
     pass
 
 
-def _pax_writer(out: TapeWriter) -> Any:
+def _pax_writer(out: TapeWriter) -> PaxWriter:
     """A PaxWriter that leaves the stream sha256 to the data mover.
 
-    Why: PaxWriter hashes every byte on the producer thread; the mover hashes the same bytes
-    on its writer thread, in parallel with the translator, so hashing twice would only cost.
-    Falls back to the stock writer if its internals ever change shape.
+    Why: the mover hashes every byte it puts on tape on its writer thread, in parallel with
+    the translator; PaxWriter hashing the same bytes on the producer thread would only cost.
     """
-    from tape_formats.archive.writer import PaxWriter
-
-    class _MoverHashedPax(PaxWriter):
-        def _emit(self, b: bytes | memoryview) -> None:
-            if b:
-                self._out.write(b)
-                self._offset += len(b)
-
-    probe = PaxWriter(out)
-    if all(hasattr(probe, a) for a in ("_out", "_offset", "_emit")):
-        return _MoverHashedPax(out)
-    return probe
+    return PaxWriter(out, start_offset=0, hash_stream=False)
 
 
 def _progress_adapter(progress: Progress | None) -> Any:
@@ -334,14 +323,6 @@ def _progress_adapter(progress: Progress | None) -> Any:
     def cb(p: Any) -> None:
         progress(int(getattr(p, "bytes_done", 0) or 0), getattr(p, "bytes_total", None))
     return cb
-
-
-def _finish_pax(pax: Any) -> None:
-    for name in ("finish", "close", "end"):
-        fn = getattr(pax, name, None)
-        if callable(fn):
-            fn()
-            return
 
 
 def _row(e: Any) -> FileRow:

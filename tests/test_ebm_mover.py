@@ -119,3 +119,64 @@ def test_reader_refuses_blocks_no_volume_holds(tmp_path: Path) -> None:
     with pytest.raises(MoverError, match="block 2 of the backup is on no recorded cartridge"):
         r.read(1)
     r.close()
+
+
+def _pax_entries(w) -> None:
+    from tape_formats.archive import ArchiveEntry
+
+    w.add(ArchiveEntry("d", "dir", mode=0o755, mtime_ns=1), b"")
+    w.add(ArchiveEntry("d/a", "file", size=300_000, mtime_ns=2), os.urandom(300_000))
+    w.add(ArchiveEntry("d/h", "hardlink", linkname="d/a"), b"")
+    w.close()
+
+
+def test_manager_pax_writer_leaves_the_hash_to_the_mover(tmp_path: Path) -> None:
+    """The manager's PaxWriter (public ``hash_stream=False``) writes the same stream as a
+    stock one, does not hash it itself, and the mover's sha256 is that of the stream."""
+    import io
+
+    from ebm.manager import _pax_writer
+    from tape_formats.archive import ArchiveError, PaxWriter
+
+    carts = Carts(tmp_path, [64 << 20])
+    w = TapeWriter(carts, lambda seq: b"HEADER %d" % seq)
+    w.start()
+    pax = _pax_writer(w)
+    assert isinstance(pax, PaxWriter)
+    _pax_entries(pax)
+    with pytest.raises(ArchiveError, match="hash_stream=False"):
+        pax.stream_sha256()
+    size, _, digest = w.finish_data()
+    vols = [x.volume for x in w.write_trailer(b"TRAILER")]
+    r = TapeReader(vols, carts, size)
+    stream = r.read()
+    r.close()
+    assert size == pax.bytes_written == len(stream) and digest == hashlib.sha256(stream).hexdigest()
+    ref = io.BytesIO()
+    _pax_entries(PaxWriter(ref))
+    assert len(ref.getvalue()) == len(stream)  # same layout (file data differs: random)
+
+
+def test_trailer_keeps_every_index_field() -> None:
+    """trailer_bytes uses the archive's own IndexEntry.to_json: every field the EBM relies on
+    (sha256, deletions, link targets, torn marks) survives the trailer round trip."""
+    import uuid
+
+    from ebm.tapeformat import parse_trailer, trailer_bytes
+    from tape_formats.archive import IndexEntry
+
+    entries = [
+        IndexEntry(path="f", kind="file", size=7, mtime_ns=1_700_000_000_123_456_789, mode=0o640,
+                   uid=1000, gid=100, sha256="ab" * 32, header_offset=0, data_offset=1024),
+        IndexEntry(path="h", kind="hardlink", linkname="f", header_offset=1536, data_offset=2048),
+        IndexEntry(path="s", kind="symlink", linkname="f", header_offset=2048, data_offset=2560),
+        IndexEntry(path="t", kind="file", size=3, torn=True, header_offset=2560, data_offset=3072),
+        IndexEntry(path="gone", kind="file", deleted=True, header_offset=3584, data_offset=3584),
+    ]
+    u = str(uuid.uuid4())
+    info = parse_trailer(trailer_bytes(uuid=u, entries=entries, size=4096, sha256="cd" * 32,
+                                       warnings=["w"], extra={"state": None, "blocks": 1}))
+    assert info is not None and str(info.backup_uuid) == u
+    assert info.index == entries
+    assert (info.entry_count, info.deleted_count, info.torn_count) == (4, 1, 1)
+    assert info.extra["blocks"] == 1 and info.warnings == ["w"]
