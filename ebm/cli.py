@@ -236,10 +236,12 @@ def backup(
         with progress_bar("verify") as cb:
             vr = verify_backup(ebm.catalog, ebm.library, b, secret, cb)
         result["verify"] = {"ok": vr.ok, "problems": vr.problems}
+    why_full = b.options.get("full_reason") if b.level == "full" else None
     emit(result, lambda: out.print(
         f"backup {b.uuid} ({b.level}) of {dataset}: {b.nfiles} entries, {_size(b.size)} in "
         f"{secs:.1f}s on {', '.join(result['volumes'])}"
-        + ("" if not verify else (" - verified OK" if result["verify"]["ok"] else " - VERIFY FAILED"))))
+        + ("" if not verify else (" - verified OK" if result["verify"]["ok"] else " - VERIFY FAILED"))
+        + (f"\nfull: {why_full}" if why_full else ""), highlight=False, markup=False))
     warns = b.options.get("warnings") or []
     if warns and not S.json:
         errc.print(f"{len(warns)} warning(s):", markup=False)
@@ -374,6 +376,8 @@ def show(backup_spec: str = typer.Argument(..., metavar="BACKUP")) -> None:
         out.print(f"  {b.nfiles} entries, {_size(b.size)} stream, {b.blocks} blocks, sha256 {b.sha256}")
         if b.encrypted:
             out.print("  encrypted (AES-256-GCM, scrypt)")
+        if b.level == "full" and b.options.get("full_reason"):
+            out.print(f"  full: {b.options['full_reason']}", markup=False, highlight=False)
         if b.error:
             out.print(f"  error: {b.error}")
         for w in (b.options.get("warnings") or [])[:20]:

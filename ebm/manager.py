@@ -171,6 +171,23 @@ class Ebm:
             raise RequestError(f"dataset {req.dataset!r} uses translator {ds['translator']!r}")
         return ds
 
+    def _baseline_reason(self, ds: Any, translator: Any,
+                         req: BackupRequest) -> tuple[Backup | None, str]:
+        """The parent of an incremental, or (None, why this backup must be a baseline).
+
+        A translator whose class says ``supports_incremental = False`` (sqlite, stream)
+        writes a complete copy every time: giving it a parent would chain restores through
+        backups it never needed, and expiring that parent would break a chain for nothing.
+        """
+        if req.full:
+            return None, "asked for (--full)"
+        if not getattr(translator, "supports_incremental", True):
+            return None, f"translator {ds['translator']} has no incrementals"
+        parent = self.catalog.last_good(ds["name"])
+        if parent is None:
+            return None, f"dataset {ds['name']} has no good backup yet"
+        return parent, ""
+
     @staticmethod
     def _validate_source(t: Any, source: Any) -> None:
         try:
@@ -212,14 +229,14 @@ class Ebm:
     def _run(self, ds: Any, pool: str, translator: Any, req: BackupRequest,
              secret: bytes | None, progress: Progress | None) -> Backup:
         cat = self.catalog
-        incremental_ok = getattr(translator, "supports_incremental", True)
-        parent = None if (req.full or not incremental_ok) else cat.last_good(ds["name"])
+        parent, why_full = self._baseline_reason(ds, translator, req)
         level = "incr" if parent is not None else "full"
         parent_state = None
         if parent is not None:
             raw = cat.translator_state(parent.id)
-            if raw is None:
-                parent, level = None, "full"  # parent's state lost (rebuilt catalog): baseline
+            if raw is None:  # parent's state lost (rebuilt catalog): baseline
+                why_full = f"backup {parent.uuid} has no translator state on record"
+                parent, level = None, "full"
             else:
                 parent_state = _decode_state(raw)
         u = str(uuidlib.uuid4())
@@ -227,6 +244,8 @@ class Ebm:
         options: dict[str, Any] = {"compress": req.compress, "block_size": BLOCK_SIZE}
         if cipher is not None:
             options["crypto"] = cipher.params
+        if why_full:
+            options["full_reason"] = why_full  # `ebm backup` and `ebm show` say why
         backup = cat.begin_backup(ds["name"], level, parent.id if parent else None,
                                   ds["translator"], options, uuid=u)
         tversion = str(getattr(translator, "version", "1"))
@@ -264,6 +283,7 @@ class Ebm:
             entries = list(result.entries)
             if level == "incr" and getattr(result, "level_hint", "") == "baseline":
                 level, parent = "full", None  # the translator wrote a complete copy after all
+                options["full_reason"] = f"translator {ds['translator']} wrote a complete copy"
             state_enc = encode_state(result.state)  # JSON once, for trailer and catalog
             warnings = [str(w) for w in (getattr(result, "warnings", None) or [])]
             trailer = trailer_bytes(
@@ -284,7 +304,9 @@ class Ebm:
                 level=level, parent=parent.id if parent else None,
             )
             if warnings:
-                cat.set_backup_options(backup.id, {**options, "warnings": warnings[:100]})
+                options["warnings"] = warnings[:100]
+            if warnings or options.get("full_reason", why_full) != why_full:
+                cat.set_backup_options(backup.id, options)
         except BaseException as e:
             msg = str(e) or type(e).__name__
             if writer is not None:

@@ -87,3 +87,57 @@ def test_failed_translator_is_retried_and_its_tail_overwritten(tmp_path: Path,
     os.utime(src, ns=(os.stat(tmp_path / "r").st_atime_ns, os.stat(tmp_path / "r").st_mtime_ns))
     assert manifest(tmp_path / "r") == manifest(src)
     ebm.close()
+
+
+class _NoIncrementals(FilesystemTranslator):
+    """A translator that *could* chain (filesystem) but whose class says it does not: the
+    manager must go by the attribute, and hand it no parent state."""
+
+    supports_incremental = False
+    seen: list = []
+
+    def backup(self, source, parent_state, writer, *, progress=None):
+        _NoIncrementals.seen.append(parent_state)
+        return super().backup(source, parent_state, writer, progress=progress)
+
+
+def test_translators_without_incrementals_always_get_a_baseline(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import sqlite3
+
+    from ebm.cli import app
+
+    root = tmp_path / "lib"
+    make_library(root, barcodes(1)).close()
+    db = tmp_path / "app.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE t(x)")
+    src = tmp_path / "src"
+    write_tree(src, {"a": b"alpha"})
+    cli = ["--root", str(root), "backup"]
+    for args in (["db", "--source", str(db), "--pool", "pool", "--translator", "sqlite"], ["db"]):
+        app([*cli, *args], prog_name="ebm")
+        out = capsys.readouterr().out
+        assert "(full) of db" in out and "full: translator sqlite has no incrementals" in out, out
+    app([*cli, "fs", "--source", str(src), "--pool", "pool"], prog_name="ebm")
+    assert "full: dataset fs has no good backup yet" in capsys.readouterr().out
+    app([*cli, "fs"], prog_name="ebm")
+    out = capsys.readouterr().out
+    assert "(incr) of fs" in out and "full:" not in out
+    app([*cli, "fs", "--full"], prog_name="ebm")
+    assert "full: asked for (--full)" in capsys.readouterr().out
+    app(["--root", str(root), "show", "db"], prog_name="ebm")
+    assert "full: translator sqlite has no incrementals" in capsys.readouterr().out
+    cat = Catalog.for_root(root)
+    assert [(b.level, b.parent) for b in cat.backups("db")] == [("full", None)] * 2
+    cat.close()
+
+    ebm = make_library(tmp_path / "lib2", barcodes(1))
+    monkeypatch.setattr(manager, "load_translator", lambda name: _NoIncrementals())
+    _NoIncrementals.seen = []
+    for _ in range(2):
+        b = ebm.backup(BackupRequest(dataset="ds", source=src, pool="pool"))
+        assert (b.level, b.parent, b.options["full_reason"]) == (
+            "full", None, "translator filesystem has no incrementals")
+    assert _NoIncrementals.seen == [None, None]
+    ebm.close()
