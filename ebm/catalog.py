@@ -110,6 +110,7 @@ CREATE TABLE IF NOT EXISTS ebm_files (
     header_offset INTEGER NOT NULL,
     data_offset INTEGER NOT NULL,
     deleted INTEGER NOT NULL DEFAULT 0,
+    linkname TEXT,
     PRIMARY KEY (backup, path)
 ) WITHOUT ROWID;
 -- Where each entry's pax header lies on tape: cartridge, tape file, block within that tape
@@ -202,6 +203,7 @@ class FileRow:
     data_offset: int
     deleted: bool
     backup: int = 0
+    linkname: str | None = None  # hard link / symlink target (None in pre-linkname catalogs)
 
 
 def _proc_stat(pid: int) -> list[str] | None:
@@ -248,6 +250,20 @@ class Catalog:
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA busy_timeout=30000")
         self.db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Columns added after a catalog was first created (SCHEMA only creates tables).
+
+        ``ebm_files.linkname``: a hard link's target (and a symlink's), so a path restore
+        can bring the target's data along; rows written before it have NULL there."""
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(ebm_files)")}
+        if "linkname" not in cols:
+            try:
+                self.db.execute("ALTER TABLE ebm_files ADD COLUMN linkname TEXT")
+            except sqlite3.OperationalError as e:  # another process added it just now
+                if "duplicate column" not in str(e):
+                    raise
 
     @classmethod
     def for_root(cls, root: Path) -> Catalog:
@@ -461,9 +477,11 @@ class Catalog:
         rows = list(files)
         ids = self._path_ids([f.path for f in rows])
         self.db.executemany(
-            "INSERT OR REPLACE INTO ebm_files VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT OR REPLACE INTO ebm_files(backup, path, kind, size, mtime_ns, mode, uid, gid, "
+            "sha256, header_offset, data_offset, deleted, linkname) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             ((backup_id, ids[f.path], f.kind, f.size, f.mtime_ns, f.mode, f.uid, f.gid, f.sha256,
-              f.header_offset, f.data_offset, int(f.deleted)) for f in rows),
+              f.header_offset, f.data_offset, int(f.deleted), f.linkname or None) for f in rows),
         )
 
     def fail_backup(self, backup_id: int, error: str) -> None:
@@ -514,7 +532,7 @@ class Catalog:
 
     def files(self, backup_id: int, like: str | None = None) -> list[FileRow]:
         sql = """SELECT p.path, f.kind, f.size, f.mtime_ns, f.mode, f.uid, f.gid, f.sha256,
-                 f.header_offset, f.data_offset, f.deleted, f.backup
+                 f.header_offset, f.data_offset, f.deleted, f.backup, f.linkname
                  FROM ebm_files f JOIN ebm_paths p ON p.id=f.path WHERE f.backup=?"""
         args: list[Any] = [backup_id]
         if like is not None:
@@ -535,10 +553,15 @@ class Catalog:
         if not conds:
             return []
         sql = f"""SELECT p.path, f.kind, f.size, f.mtime_ns, f.mode, f.uid, f.gid, f.sha256,
-                  f.header_offset, f.data_offset, f.deleted, f.backup
+                  f.header_offset, f.data_offset, f.deleted, f.backup, f.linkname
                   FROM ebm_paths p JOIN ebm_files f ON f.path=p.id AND f.backup=?
                   WHERE {' OR '.join(conds)} ORDER BY f.header_offset"""
         return [FileRow(**{**dict(r), "deleted": bool(r["deleted"])}) for r in self.q(sql, args)]
+
+    def file(self, backup_id: int, path: str) -> FileRow | None:
+        """One path's row in one backup (e.g. the file a hard link of that backup names)."""
+        rows = self.files_at(backup_id, [path], [])
+        return rows[0] if rows else None
 
     def next_header_offset(self, backup_id: int, offset: int) -> int | None:
         rows = self.q("SELECT min(header_offset) FROM ebm_files WHERE backup=? AND header_offset>?",

@@ -352,6 +352,7 @@ def _row(e: Any) -> FileRow:
         path=e.path, kind=e.kind, size=e.size, mtime_ns=e.mtime_ns, mode=e.mode, uid=e.uid,
         gid=e.gid, sha256=bytes.fromhex(e.sha256) if e.sha256 else None,
         header_offset=e.header_offset, data_offset=e.data_offset, deleted=e.deleted,
+        linkname=e.linkname or None,
     )
 
 

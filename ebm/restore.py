@@ -179,6 +179,10 @@ def restore(catalog: Catalog, library: Any, translator_loader: Callable[[str], A
     session = DriveSession(library, f"ebm-restore:{backup.uuid}")
     opener = ReadMedia(session)
     try:
+        if patterns:
+            extra = _link_targets(catalog, chain, selected, opener, ciphers, stats)
+            selected += extra
+            total += sum(r.size for r in extra)
         by_backup: dict[int, list[FileRow]] = {}
         for r in selected:
             by_backup.setdefault(r.backup, []).append(r)
@@ -209,6 +213,44 @@ def restore(catalog: Catalog, library: Any, translator_loader: Callable[[str], A
         with contextlib.suppress(Exception):
             session.close()
     return stats
+
+
+def _link_targets(catalog: Catalog, chain: list[Backup], selected: list[FileRow],
+                  opener: ReadMedia, ciphers: dict[int, BlockCipher | None],
+                  stats: RestoreStats) -> list[FileRow]:
+    """The rows a path restore must add so that no selected hard link loses its data.
+
+    Why: in the pax stream a hard link is a header naming an earlier member of the same
+    backup, which holds the data; selecting ``b`` (a link to ``a``) alone would restore
+    nothing. So the member each selected link names is restored too, from the link's own
+    backup (the filesystem translator re-sends a whole link group whenever one member
+    changes, so that is where the data is). Catalogs from before ``ebm_files.linkname``
+    have no target recorded: then the link's pax header is read from tape to learn it.
+    """
+    have = {(r.backup, r.path) for r in selected}
+    links = [r for r in selected if r.kind == "hardlink"]
+    unknown = [r for r in links if not r.linkname]
+    targets = {(r.backup, r.path): r.linkname for r in links if r.linkname}
+    if unknown:
+        peek = RestoreStats([])
+        for b in chain:
+            rows = sorted((r for r in unknown if r.backup == b.id), key=lambda r: r.header_offset)
+            if rows:
+                for entry, _data in _read_rows(catalog, b, rows, opener, ciphers[b.id], peek):
+                    targets[(b.id, entry.path)] = entry.linkname
+        stats.blocks_read += peek.blocks_read
+    extra: list[FileRow] = []
+    for (bid, path), target in targets.items():
+        if not target or (bid, target) in have:
+            continue
+        row = catalog.file(bid, target)
+        if row is None or row.deleted:
+            b = next(x for x in chain if x.id == bid)
+            raise RestoreError(f"backup {b.uuid}: hard link {path!r} names {target!r}, which "
+                               "the backup does not hold")
+        have.add((bid, target))
+        extra.append(row)
+    return extra
 
 
 def _read_rows(catalog: Catalog, b: Backup, rows: list[FileRow], opener: ReadMedia,

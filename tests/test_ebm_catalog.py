@@ -211,3 +211,18 @@ def test_reaper_sees_through_pid_reuse(tmp_path: Path) -> None:
     assert cat.backup(live.id).state == "running"
     assert cat.reap_dead_jobs() == []  # a job is reaped once
     cat.close()
+
+
+def test_catalog_from_before_linkname_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    from ebm.catalog import SCHEMA, Catalog
+
+    db = tmp_path / "catalog.sqlite"
+    with sqlite3.connect(db) as con:  # the ebm_files table as first released
+        con.executescript(SCHEMA.replace("    linkname TEXT,\n", ""))
+        assert "linkname" not in {r[1] for r in con.execute("PRAGMA table_info(ebm_files)")}
+    for _ in range(2):  # idempotent
+        cat = Catalog(db)
+        assert "linkname" in {r[1] for r in cat.q("PRAGMA table_info(ebm_files)")}
+        cat.close()
