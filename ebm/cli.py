@@ -40,7 +40,7 @@ from ebm.controller import BackupRequest, RequestError, next_run, parse_schedule
 from ebm.crypto import CryptoError, read_secret
 from ebm.manager import Ebm, JobError, load_translator, root_default
 from ebm.mover import MoverError
-from ebm.restore import RestoreError, resolve
+from ebm.restore import RestoreError, check_target, resolve
 
 
 class CliError(Exception):
@@ -436,19 +436,23 @@ def restore(
     path: list[str] = typer.Option(None, "--path", help="path or glob (repeatable)"),
     passphrase_file: Path = typer.Option(None, "--passphrase-file"),
     key_file: Path = typer.Option(None, "--key-file"),
+    into_existing: bool = typer.Option(
+        False, "--into-existing", "--force",
+        help="restore into a non-empty --to (paths the backup holds are replaced, others kept)"),
 ) -> None:
-    """Restore a backup (its whole chain point), or only matching paths, into --to."""
+    """Restore a backup (its whole chain point), or only matching paths, into --to.
+
+    --to must be empty (or not exist) unless --into-existing is given."""
     from ebm.restore import restore as do_restore
 
     ebm = S.ebm()
     b = resolve(ebm.catalog, spec)
-    if to.exists() and not to.is_dir():
-        raise CliError(f"{to} exists and is not a directory")
+    check_target(to, into_existing)  # before reading keys or touching a drive
     secret = _secret(passphrase_file, key_file)
     t0 = time.monotonic()
     with progress_bar(f"restore {b.uuid[:8]}") as cb:
         st = do_restore(ebm.catalog, ebm.library, load_translator, b, to, list(path or []),
-                        secret, cb)
+                        secret, cb, into_existing=into_existing)
     secs = time.monotonic() - t0
     emit({"backup": b.uuid, "chain": st.backups, "entries": st.entries, "bytes": st.bytes,
           "blocks_read": st.blocks_read, "seconds": round(secs, 3)},

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fnmatch
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,10 +151,30 @@ def cipher_for(backup: Backup, secret: bytes | None) -> BlockCipher | None:
         raise RestoreError(str(e)) from None
 
 
+def check_target(target: Path, into_existing: bool = False) -> None:
+    """One-line refusal of a target that is not a directory, or (unless ``into_existing``)
+    one that already holds anything."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if not target.is_dir():
+        raise RestoreError(f"{target} exists and is not a directory")
+    if into_existing:
+        return
+    with os.scandir(target) as it:
+        if next(it, None) is not None:
+            raise RestoreError(
+                f"{target} is not empty: restore into an empty directory, or pass "
+                "--into-existing to merge (paths the backup holds are replaced, others kept)")
+
+
 def restore(catalog: Catalog, library: Any, translator_loader: Callable[[str], Any],
             backup: Backup, target: Path, patterns: list[str] | None = None,
             secret: bytes | None = None,
-            progress: Callable[[int, int | None], None] | None = None) -> RestoreStats:
+            progress: Callable[[int, int | None], None] | None = None, *,
+            into_existing: bool = False) -> RestoreStats:
+    """Restore ``backup`` (its point of the chain), or the entries ``patterns`` select, into
+    ``target``. A non-empty ``target`` is refused unless ``into_existing``: a restore is meant
+    to be exact, and what the directory already holds would silently mix with it."""
     if backup.state != "done":
         raise RestoreError(f"backup {backup.uuid} is {backup.state}, not restorable")
     try:
@@ -166,6 +187,8 @@ def restore(catalog: Catalog, library: Any, translator_loader: Callable[[str], A
         if b.options.get("index_missing"):
             raise RestoreError(f"backup {b.uuid} has no file index (encrypted trailer): run "
                                "`ebm catalog rebuild` with its key first")
+    target = Path(target)
+    check_target(target, into_existing)
     ciphers = {b.id: cipher_for(b, secret) for b in chain}  # wrong key: refused before any read
     view = final_view(catalog, chain, patterns)
     selected = [r for p, r in view.items() if matches(p, patterns or [])]
@@ -173,7 +196,6 @@ def restore(catalog: Catalog, library: Any, translator_loader: Callable[[str], A
         raise RestoreError(f"nothing in backup {backup.uuid} matches {' '.join(patterns)}")
     total = sum(r.size for r in selected)
     stats = RestoreStats([b.uuid for b in chain])
-    target = Path(target)
     target.mkdir(parents=True, exist_ok=True)
     translator = translator_loader(backup.translator)
     session = DriveSession(library, f"ebm-restore:{backup.uuid}")

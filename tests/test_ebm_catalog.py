@@ -226,3 +226,39 @@ def test_catalog_from_before_linkname_is_migrated(tmp_path: Path) -> None:
         cat = Catalog(db)
         assert "linkname" in {r[1] for r in cat.q("PRAGMA table_info(ebm_files)")}
         cat.close()
+
+
+def test_restore_refuses_a_non_empty_target_unless_asked(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """A restore is exact: into a directory that already holds something only with
+    --into-existing (alias --force), which replaces what the backup holds and keeps the rest."""
+    from ebm.cli import app
+    from ebm.restore import RestoreError
+
+    root = tmp_path / "lib"
+    ebm = make_library(root, barcodes(1))
+    src = tmp_path / "src"
+    write_tree(src, {"a.txt": b"backed up", "d/b.txt": b"b"})
+    b = _bk(ebm, "ds", src)
+    to = tmp_path / "to"
+    write_tree(to, {"a.txt": b"local edit", "stray.txt": b"mine"})
+    with pytest.raises(RestoreError, match="is not empty.*--into-existing"):
+        restore(ebm.catalog, ebm.library, load_translator, b, to)
+    ebm.close()
+    for args in (["--to", str(to)], ["--to", str(to), "--path", "d/*"],
+                 ["--to", str(src / "a.txt"), "--force"]):  # a file is never a target
+        with pytest.raises(SystemExit) as exc:
+            app(["--root", str(root), "restore", "ds", *args], prog_name="ebm")
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exc.value.code == 1 and len(err) == 1 and err[0].startswith("error: "), err
+    assert (to / "a.txt").read_bytes() == b"local edit" and not (to / "d").exists()  # untouched
+    app(["--root", str(root), "restore", "ds", "--to", str(to), "--path", "d", "--force"],
+        prog_name="ebm")
+    assert (to / "d/b.txt").read_bytes() == b"b" and (to / "a.txt").read_bytes() == b"local edit"
+    app(["--root", str(root), "restore", "ds", "--to", str(to), "--into-existing"], prog_name="ebm")
+    assert "restored" in capsys.readouterr().out
+    assert (to / "a.txt").read_bytes() == b"backed up" and (to / "stray.txt").read_bytes() == b"mine"
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an existing but empty directory is fine without the flag
+    app(["--root", str(root), "restore", "ds", "--to", str(empty)], prog_name="ebm")
+    assert manifest(empty) == manifest(src)
