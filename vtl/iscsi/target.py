@@ -54,6 +54,9 @@ class LunWorker:
         self.device = device
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
+        # (connection, lock) of the last response handed to the loop; see
+        # Connection._run_on_worker
+        self.in_flight: tuple[Connection, threading.Lock] | None = None
         self._thread = threading.Thread(target=self._run, name=f"lun-{name}", daemon=True)
         self._thread.start()
 
