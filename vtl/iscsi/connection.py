@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
+import select
+import socket
 import struct
 import threading
 import time
@@ -136,6 +139,18 @@ class Connection(asyncio.BufferedProtocol):
         self._ping_sent = 0.0
         self._timer: asyncio.Task | None = None
         self._bg: set[asyncio.Task] = set()
+        # Direct sends from LUN workers (see _send_direct): the workers write a response to a
+        # dup of the socket themselves when nothing else is queued for it, so a command costs
+        # one thread crossing (loop -> worker) instead of two. _tx_lock orders the socket
+        # between them and the loop; loop writes that arrive while a worker is sending wait
+        # in _tx_later. Tasks a worker finished wait in _done until the loop sweeps them.
+        self._tx_lock = threading.Lock()
+        self._tx_busy = False
+        self._tx_later: list[bytes] = []
+        self._tx_sock: socket.socket | None = None
+        self._close_after_flush = False
+        self._done: deque[Task] = deque()
+        self._sweep_wanted = 0
 
     # ==== asyncio protocol ==================================================================
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -150,6 +165,11 @@ class Connection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        with self._tx_lock:
+            sock, self._tx_sock = self._tx_sock, None
+            busy = self._tx_busy
+        if sock is not None and not busy:
+            sock.close()  # else the sending worker closes it when it is done
         self._write_ok.set()
         if self._timer is not None:
             self._timer.cancel()
@@ -207,7 +227,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def _drain(self) -> None:
         """Consume whatever the staging buffer holds, PDU by PDU."""
-        while not self._closing:
+        while not (self._closing or self._close_after_flush):
             avail = self._end - self._start
             if self._hdr is None:
                 if avail < BHS_LEN:
@@ -321,19 +341,136 @@ class Connection(asyncio.BufferedProtocol):
         # Small PDUs go out as one write (one syscall). Large data segments are written
         # separately so the device's buffer goes to the socket as is: on Python 3.11
         # transport.writelines() joins its arguments, a copy of every Data-In payload.
-        if n < 16384:
-            t.write(b"".join((head, data, tail)) if n else head)
-        else:
-            t.write(head)
-            t.write(data)
-            if tail:
-                t.write(tail)
+        with self._tx_lock:
+            if self._tx_busy or self._tx_later:
+                # A LUN worker is writing to the socket: queue behind it (a copy, since the
+                # device may reuse its buffer before the worker is done).
+                self._tx_later.append(b"".join((head, data, tail)))
+                return
+            if n < 16384:
+                t.write(b"".join((head, data, tail)) if n else head)
+            else:
+                t.write(head)
+                t.write(data)
+                if tail:
+                    t.write(tail)
+
+    def _frames(self, bhs: bytes, data: bytes | bytearray | memoryview, out: list) -> None:
+        """Append one PDU's wire pieces to ``out`` (for a worker's sendmsg)."""
+        n = len(data)
+        out.append(bhs + pdu.digest_bytes(bhs) if self._hd else bhs)
+        if n:
+            out.append(data)
+            pad = b"\0" * pdu.pad_len(n)
+            if self._dd:
+                out.append(pad + pdu.digest_bytes(data, pad))
+            elif pad:
+                out.append(pad)
+
+    def _flush_later(self) -> None:
+        """On the loop: write what queued up while a worker was sending."""
+        with self._tx_lock:
+            if self._tx_busy:
+                return  # the worker schedules another flush when it is done
+            later, self._tx_later = self._tx_later, []
+            t = self.transport
+            if t is not None and not self._closing:
+                for part in later:
+                    t.write(part)
+        if self._close_after_flush:
+            self._close_after_flush = False
+            self.close()
+
+    def _send_direct(self, task: Task, result: ScsiResult) -> bool:
+        """On a LUN worker: send the response on the socket without the loop, when no
+        other write is queued or in progress. False: the caller hands it to the loop."""
+        t = self.transport
+        with self._tx_lock:
+            sock = self._tx_sock
+            if (sock is None or t is None or self._tx_busy or self._tx_later or self._closing
+                    or task.aborted or t.get_write_buffer_size()):
+                return False
+            self._tx_busy = True
+        sent = False
+        try:
+            try:
+                frames: list = []
+                self._send_result(task, result, frames)
+            except Exception:
+                log.exception("%s: cannot build the response", self.peer)
+                return False
+            # Queued for the loop's sweep before the initiator can see the response, so a
+            # reused ITT in the next command finds the task gone.
+            self._done.append(task)
+            sent = True
+            if self._sweep_wanted:
+                self.loop.call_soon_threadsafe(self._sweep)
+            self._sendall(sock, frames)
+        except RuntimeError:  # loop closed
+            pass
+        finally:
+            with self._tx_lock:
+                self._tx_busy = False
+                flush = bool(self._tx_later) or self._close_after_flush
+                dead = self._tx_sock is None
+            if dead:
+                sock.close()
+            if flush:
+                try:
+                    self.loop.call_soon_threadsafe(self._flush_later)
+                except RuntimeError:
+                    pass
+        return sent
+
+    def _sendall(self, sock: socket.socket, frames: list) -> None:
+        """Write all frames to the (non-blocking) socket, waiting while it is full; give
+        up when the connection closes or breaks (the loop notices that by itself)."""
+        bufs = [memoryview(f).cast("B") if isinstance(f, memoryview) else f for f in frames]
+        poller = None
+        while bufs:
+            try:
+                n = sock.sendmsg(bufs[:512])  # below IOV_MAX
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError:
+                return
+            while n and bufs:
+                size = len(bufs[0])
+                if n >= size:
+                    n -= size
+                    bufs.pop(0)
+                else:
+                    bufs[0] = memoryview(bufs[0])[n:]
+                    n = 0
+            if bufs:
+                if poller is None:
+                    poller = select.poll()
+                    poller.register(sock.fileno(), select.POLLOUT)
+                while not poller.poll(200):
+                    if self._closing:
+                        return
+
+    def _sweep(self) -> None:
+        """On the loop: finish the tasks whose responses LUN workers sent themselves."""
+        done = self._done
+        while done:
+            self._task_done(done.popleft())
+
+    async def wait_finished(self, task: Task, finished: asyncio.Event) -> None:
+        """Wait for a running task's end (also one a worker finished by itself)."""
+        self._sweep_wanted += 1
+        try:
+            self._sweep()
+            await finished.wait()
+        finally:
+            self._sweep_wanted -= 1
 
     def _next_statsn(self, advance: bool = True) -> int:
-        sn = self.statsn
-        if advance:
-            self.statsn = (sn + 1) & ALL_ONES
-        return sn
+        with self._tx_lock:  # the loop and a LUN worker may both number responses
+            sn = self.statsn
+            if advance:
+                self.statsn = (sn + 1) & ALL_ONES
+            return sn
 
     def _window(self) -> tuple[int, int]:
         if self.session is None:
@@ -350,6 +487,12 @@ class Connection(asyncio.BufferedProtocol):
 
     def close(self) -> None:
         if self.transport is not None and not self._closing:
+            with self._tx_lock:
+                pending = self._tx_busy or bool(self._tx_later)
+                if pending:
+                    self._close_after_flush = True  # after what a worker is still sending
+            if pending:
+                return
             self._closing = True
             self.transport.close()
 
@@ -360,6 +503,8 @@ class Connection(asyncio.BufferedProtocol):
 
     # ==== dispatch ==========================================================================
     def _dispatch(self, hdr: Header, data: memoryview, digest_ok: bool) -> None:
+        if self._done:
+            self._sweep()
         op = hdr.opcode
         if not self.full_feature:
             if op != Op.LOGIN_REQ:
@@ -427,6 +572,11 @@ class Connection(asyncio.BufferedProtocol):
         self._login_response(c, flags, LoginStatus.SUCCESS, encode_keys(result.keys), tsih)
         if result.complete:
             self.full_feature = True
+            sock = self.transport.get_extra_info("socket") if self.transport else None
+            if sock is not None and not self.session.discovery:
+                # Our own descriptor (never a reused number after the transport closes);
+                # it shares the transport's non-blocking mode, which must not be changed.
+                self._tx_sock = socket.socket(fileno=os.dup(sock.fileno()))
             p = self.login.params
             self._hd, self._dd = p.header_digest, p.data_digest
             log.info("%s: %s session %s for %s (HeaderDigest=%s DataDigest=%s MRDSL=%d/%d)",
@@ -667,23 +817,26 @@ class Connection(asyncio.BufferedProtocol):
             log.exception("device raised on CDB %s", task.cdb.hex())
             result = ScsiResult(Status.CHECK_CONDITION, b"",
                                 fixed_sense(SenseKey.HARDWARE_ERROR, 0x44, 0x00))
-        # Hand the result to the event loop and wait until it has been queued on the socket
-        # (a plain lock, not run_coroutine_threadsafe: no Task or future chain per command).
-        handed = threading.Lock()
-        handed.acquire()
-        # Wait for the PREVIOUS response of this LUN, not this one: the SSC model's two
-        # alternating READ buffers allow exactly one response in flight, and by the time a
-        # st-like initiator sends the next command the previous one is long on the socket,
-        # so this acquire rarely blocks (one futex wake-up less per command).
+        # Wait for the PREVIOUS response of this LUN handed to the loop, not this one: the SSC
+        # model's two alternating READ buffers allow exactly one response in flight, and by
+        # the time a st-like initiator sends the next command the previous one is long on
+        # the socket, so this acquire rarely blocks (one futex wake-up less per command).
         prev = worker.in_flight
-        worker.in_flight = (self, handed)
         if prev is not None:
+            worker.in_flight = None
             owner, lock = prev
             while not lock.acquire(timeout=1.0):
                 if self.loop.is_closed() or self._closing or owner._closing:
                     break  # that response will never be sent: do not wait for it
             else:
                 lock.release()
+        if self._send_direct(task, result):
+            return
+        # Hand the result to the event loop (a plain lock, not run_coroutine_threadsafe: no
+        # Task or future chain per command); the next command waits until it is handed over.
+        handed = threading.Lock()
+        handed.acquire()
+        worker.in_flight = (self, handed)
         try:
             self.loop.call_soon_threadsafe(self._complete_from_worker, task, result, handed)
         except RuntimeError:  # loop closed
@@ -770,7 +923,8 @@ class Connection(asyncio.BufferedProtocol):
         if not any(t.state is TaskState.QUEUED for t in self.tasks.values()):
             self._idle.set()
 
-    def _send_result(self, task: Task, result: ScsiResult) -> None:
+    def _send_result(self, task: Task, result: ScsiResult, frames: list | None = None) -> None:
+        """Send Data-In and status, or (``frames`` given, on a worker) collect the pieces."""
         session = self.session
         assert session is not None
         p = session.params
@@ -813,7 +967,10 @@ class Connection(asyncio.BufferedProtocol):
                 expcmdsn=session.exp_cmdsn, maxcmdsn=session.max_cmdsn, datasn=datasn,
                 offset=offset, dsl=chunk, residual_flags=rflags, residual=residual,
             )
-            self._send(bhs, data[offset:offset + chunk])
+            if frames is None:
+                self._send(bhs, data[offset:offset + chunk])
+            else:
+                self._frames(bhs, data[offset:offset + chunk], frames)
             datasn += 1
             offset += chunk
         if status_in_data:
@@ -827,7 +984,10 @@ class Connection(asyncio.BufferedProtocol):
             expdatasn=datasn + task.r2tsn,  # Data-In and R2T PDUs sent for the task
             dsl=len(payload), residual_flags=rflags, residual=residual,
         )
-        self._send(bhs, payload)
+        if frames is None:
+            self._send(bhs, payload)
+        else:
+            self._frames(bhs, payload, frames)
 
     # ---- NOP -----------------------------------------------------------------------------
     def _on_nop_out(self, hdr: Header, data: memoryview) -> None:
@@ -1062,11 +1222,15 @@ class Connection(asyncio.BufferedProtocol):
 
     async def wait_idle(self, timeout: float | None) -> bool:
         """Wait until no submitted command is still running (in-flight work finishes)."""
+        self._sweep_wanted += 1
         try:
+            self._sweep()
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
         except TimeoutError:
             return False
+        finally:
+            self._sweep_wanted -= 1
 
 
 def report_luns(luns: list[int], cdb: bytes) -> ScsiResult:

@@ -255,7 +255,7 @@ class IscsiTarget:
             if fut is not None:
                 running.append((conn, task, fut))
         for conn, task, finished in running:
-            await finished.wait()
+            await conn.wait_finished(task, finished)
             conn._forget(task)
 
     async def abort_lun(self, target: TargetConfig, lun: int, only: Connection | None) -> None:
