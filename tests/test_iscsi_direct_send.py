@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import pytest
 
@@ -75,4 +76,37 @@ def test_pipelined_reads_on_two_luns_and_nops_keep_the_stream_whole(digests, mon
         assert sorted(statsns) == list(range(min(statsns), min(statsns) + len(statsns)))
         assert ini.nop(b"end").data == b"end"
         assert any(direct), "no response went out directly from a LUN worker"
+        ini.close()
+
+
+def test_slow_reader_blocks_the_worker_not_the_loop_and_logout_is_clean():
+    """A response bigger than the socket buffers: the worker waits for the initiator to read,
+    the loop's own answers (NOP-In) queue behind it, and logout still ends cleanly."""
+    with running_target() as t:
+        ini = RawInitiator(t.port)
+        ini.login({"MaxRecvDataSegmentLength": "262144"})
+        n = 8 << 20
+        itt = ini.scsi(read6(n), lun=1, read=n)
+        nop_itt = ini.next_itt()
+        bhs = pdu.encode_layout(Op.NOP_OUT, immediate=True, dsl=4, flags=0x80, itt=nop_itt,
+                                ttt=ALL_ONES, cmdsn=ini.cmdsn, expstatsn=ini.expstatsn)
+        ini.send(bhs, b"ping")
+        time.sleep(0.5)  # the worker is stuck on a full socket meanwhile
+        data = bytearray()
+        got_nop = False
+        while True:
+            p = ini.recv()
+            if p.op == Op.NOP_IN:
+                assert p.hdr.itt == nop_itt and p.data == b"ping"
+                got_nop = True
+                continue
+            assert p.op == Op.DATA_IN and p.hdr.itt == itt
+            assert p.hdr.words[5] == len(data)
+            data += p.data
+            if p.hdr.flags & 1:
+                break
+        if not got_nop:
+            assert ini.recv().data == b"ping"
+        assert bytes(data) == pattern(n)
+        assert ini.logout().op == Op.LOGOUT_RSP
         ini.close()
