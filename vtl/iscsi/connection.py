@@ -83,6 +83,9 @@ class Task:
     unsolicited_datasn: int = 0
     overflow: int = 0
     aborted: bool = False
+    # A LUN worker has committed to sending the response itself (under _tx_lock): an ABORT
+    # TASK that comes later must answer "task does not exist", as for a completed task.
+    committed: bool = False
     failed_sense: bytes | None = None  # e.g. a data digest error on Data-Out
     write_residual: tuple[int, int] | None = None  # (flag, count) when EDTL != CDB length
     buffered: int = 0  # bytes of write buffer counted against the connection's limit
@@ -391,6 +394,7 @@ class Connection(asyncio.BufferedProtocol):
                     or task.aborted or t.get_write_buffer_size()):
                 return False
             self._tx_busy = True
+            task.committed = True
         sent = False
         try:
             try:
@@ -1125,8 +1129,13 @@ class Connection(asyncio.BufferedProtocol):
                 response = TmfResponse.AUTHORIZATION_FAILED
             elif function == TmfFunction.ABORT_TASK:
                 ref = hdr.words[0]
+                self._sweep()
                 task = self.tasks.get(ref)
-                if task is None or task.state is TaskState.DONE:
+                with self._tx_lock:  # decide against a worker's direct send, atomically
+                    gone = task is None or task.state is TaskState.DONE or task.committed
+                    if task is not None and not gone:
+                        task.aborted = True
+                if gone:
                     response = TmfResponse.TASK_DOES_NOT_EXIST
                 else:
                     await self.server.abort_tasks([(self, task)])
