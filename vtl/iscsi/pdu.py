@@ -97,6 +97,33 @@ _Common = (
     "dsl" / cs.Int24ub,
 )
 
+# Requests and responses that carry a Target Transfer Tag and no CDB: Text and NOP.
+_TTT_REQUEST = cs.Struct(
+    "op" / _Flags,
+    "flags" / cs.Int8ub,  # F C (Text); reserved (NOP)
+    cs.Padding(2),
+    *_Common,
+    "lun" / cs.Bytes(8),
+    "itt" / cs.Int32ub,
+    "ttt" / cs.Int32ub,
+    "cmdsn" / cs.Int32ub,
+    "expstatsn" / cs.Int32ub,
+    cs.Padding(16),
+)
+_TTT_RESPONSE = cs.Struct(
+    "op" / _Flags,
+    "flags" / cs.Int8ub,
+    cs.Padding(2),
+    *_Common,
+    "lun" / cs.Bytes(8),
+    "itt" / cs.Int32ub,
+    "ttt" / cs.Int32ub,
+    "statsn" / cs.Int32ub,
+    "expcmdsn" / cs.Int32ub,
+    "maxcmdsn" / cs.Int32ub,
+    cs.Padding(12),
+)
+
 LAYOUTS: dict[Op, cs.Struct] = {
     Op.SCSI_CMD: cs.Struct(
         "op" / _Flags,
@@ -204,56 +231,11 @@ LAYOUTS: dict[Op, cs.Struct] = {
         "status_detail" / cs.Int8ub,
         cs.Padding(10),
     ),
-    Op.TEXT_REQ: cs.Struct(
-        "op" / _Flags,
-        "flags" / cs.Int8ub,  # F C
-        cs.Padding(2),
-        *_Common,
-        "lun" / cs.Bytes(8),
-        "itt" / cs.Int32ub,
-        "ttt" / cs.Int32ub,
-        "cmdsn" / cs.Int32ub,
-        "expstatsn" / cs.Int32ub,
-        cs.Padding(16),
-    ),
-    Op.TEXT_RSP: cs.Struct(
-        "op" / _Flags,
-        "flags" / cs.Int8ub,
-        cs.Padding(2),
-        *_Common,
-        "lun" / cs.Bytes(8),
-        "itt" / cs.Int32ub,
-        "ttt" / cs.Int32ub,
-        "statsn" / cs.Int32ub,
-        "expcmdsn" / cs.Int32ub,
-        "maxcmdsn" / cs.Int32ub,
-        cs.Padding(12),
-    ),
-    Op.NOP_OUT: cs.Struct(
-        "op" / _Flags,
-        "flags" / cs.Int8ub,
-        cs.Padding(2),
-        *_Common,
-        "lun" / cs.Bytes(8),
-        "itt" / cs.Int32ub,
-        "ttt" / cs.Int32ub,
-        "cmdsn" / cs.Int32ub,
-        "expstatsn" / cs.Int32ub,
-        cs.Padding(16),
-    ),
-    Op.NOP_IN: cs.Struct(
-        "op" / _Flags,
-        "flags" / cs.Int8ub,
-        cs.Padding(2),
-        *_Common,
-        "lun" / cs.Bytes(8),
-        "itt" / cs.Int32ub,
-        "ttt" / cs.Int32ub,
-        "statsn" / cs.Int32ub,
-        "expcmdsn" / cs.Int32ub,
-        "maxcmdsn" / cs.Int32ub,
-        cs.Padding(12),
-    ),
+    # Text and NOP share their layouts (RFC 7143 11.10/11.11 and 11.18/11.19).
+    Op.TEXT_REQ: _TTT_REQUEST,
+    Op.TEXT_RSP: _TTT_RESPONSE,
+    Op.NOP_OUT: _TTT_REQUEST,
+    Op.NOP_IN: _TTT_RESPONSE,
     Op.TMF_REQ: cs.Struct(
         "op" / _Flags,
         "flags" / cs.Int8ub,  # 1 function(7)
