@@ -232,6 +232,14 @@ class TapeCartridge:
         self._lock = threading.Lock()
         self._closed = False
         self.ew_point = self.capacity - early_warning_margin(self.capacity)
+        # Read-ahead cache (one block, like a drive's read buffer): object number (-1 = empty),
+        # its native and stored sizes, and the decoded data (a view of the reused _ra_buf for
+        # a stored block, the decompressor's bytes for a compressed one).
+        self._ra_obj = -1
+        self._ra_native = 0
+        self._ra_stored = 0
+        self._ra_data: bytes | memoryview = b""
+        self._ra_buf = memoryview(bytearray(0))
 
     # -- creation and opening -----------------------------------------------------------
     @classmethod
@@ -321,6 +329,7 @@ class TapeCartridge:
 
     def _recover(self) -> None:
         """Load the sidecar index, check it against the data, then read the tail."""
+        self._ra_obj = -1
         idx = self.index
         size = os.fstat(self._fd).st_size
         if idx.load_sidecar(self.path, self.uuid) and len(idx):
@@ -492,13 +501,58 @@ class TapeCartridge:
         """
         p = self.position
         idx = self.index
-        if p >= len(idx):
-            return ReadResult(RecordKind.EOD, 0)
+        if p == self._ra_obj:
+            # Read ahead while the drive was idle: the block is already checked and decoded.
+            self._ra_obj = -1
+            native, stored, data, direct = self._ra_native, self._ra_stored, self._ra_data, False
+            if buf is None:
+                data = bytes(data)  # the cache buffer is reused: the caller gets its own copy
+        else:
+            if p >= len(idx):
+                return ReadResult(RecordKind.EOD, 0)
+            if idx.meta[p] & 0xFF == KIND_FILEMARK:
+                self.position = p + 1
+                return ReadResult(RecordKind.FILEMARK, 0)
+            native, stored, data, direct = self._decode(p, buf)
+        self.position = p + 1
+        with self._lock:
+            self.counters.read_native += native
+            self.counters.read_stored += stored
+        if buf is None or direct:
+            return ReadResult(RecordKind.DATA, native, data)
+        n = min(len(buf), native)
+        out = memoryview(buf)
+        out[:n] = data[:n]
+        return ReadResult(RecordKind.DATA, native, out[:n])
+
+    def read_ahead(self) -> None:
+        """Decode the data block at the position into the read-ahead cache, without moving
+        or counting: the next read_block of it then costs a copy instead of pread + crc32c +
+        zstd. Called while the drive is idle between commands; any failure just leaves the
+        cache empty, so the real read meets the same error and reports it."""
+        p = self.position
+        idx = self.index
+        if p == self._ra_obj or p >= len(idx) or idx.meta[p] & 0xFF != KIND_DATA:
+            return
+        self._ra_obj = -1
+        native = idx.meta[p] >> 16
+        if len(self._ra_buf) < native:
+            self._ra_buf = memoryview(bytearray(native))
+        try:
+            native, stored, data, _ = self._decode(p, self._ra_buf)
+        except (CartridgeError, OSError, zstandard.ZstdError):
+            return
+        self._ra_native, self._ra_stored, self._ra_data = native, stored, data
+        self._ra_obj = p
+
+    def _decode(self, p: int, buf: memoryview | bytearray | None
+                ) -> tuple[int, int, bytes | memoryview, bool]:
+        """Read data block ``p``: pread, header check, crc32c, zstd. Returns (native length,
+        stored length, data, direct): ``direct`` when the payload was read straight into
+        ``buf`` (a stored block that fits), so ``data`` is a view of ``buf``; else ``data``
+        is the whole block in memory of its own."""
+        idx = self.index
         meta = idx.meta[p]
-        kind = meta & 0xFF
-        if kind == KIND_FILEMARK:
-            self.position = p + 1
-            return ReadResult(RecordKind.FILEMARK, 0)
         native = meta >> 16
         compressed = bool(meta & 0x100)
         off = idx.offsets[p]
@@ -521,26 +575,16 @@ class TapeCartridge:
             raise CorruptRecord(f"{self.barcode}: record header of block {p} is damaged", p)
         if crc32c.crc32c(payload) != rec[6]:
             raise CorruptRecord(f"{self.barcode}: block {p} fails its checksum", p)
-        if compressed:
-            try:
-                data: bytes | memoryview = self._dctx.decompress(payload, max_output_size=native)
-            except zstandard.ZstdError as exc:
-                raise CorruptRecord(f"{self.barcode}: block {p} does not decompress: {exc}",
-                                    p) from None
-            if len(data) != native:
-                raise CorruptRecord(f"{self.barcode}: block {p} has the wrong length", p)
-        else:
-            data = payload
-        self.position = p + 1
-        with self._lock:
-            self.counters.read_native += native
-            self.counters.read_stored += stored
-        if buf is None or direct:
-            return ReadResult(RecordKind.DATA, native, data)
-        n = min(len(buf), native)
-        out = memoryview(buf)
-        out[:n] = data[:n]
-        return ReadResult(RecordKind.DATA, native, out[:n])
+        if not compressed:
+            return native, stored, payload, direct
+        try:
+            data = self._dctx.decompress(payload, max_output_size=native)
+        except zstandard.ZstdError as exc:
+            raise CorruptRecord(f"{self.barcode}: block {p} does not decompress: {exc}",
+                                p) from None
+        if len(data) != native:
+            raise CorruptRecord(f"{self.barcode}: block {p} has the wrong length", p)
+        return native, stored, data, False
 
     def _check_writable(self) -> None:
         if self.write_protected:
@@ -554,6 +598,7 @@ class TapeCartridge:
     def _cut_at_position(self) -> None:
         """Discard everything from the position on, as overwriting a real tape does."""
         p = self.position
+        self._ra_obj = -1
         if p >= len(self.index):
             return
         self.index.drop_sidecar_after(self.path, p)  # index first: crash-consistent order
@@ -590,6 +635,7 @@ class TapeCartridge:
                     ) -> WriteResult:
         """Write one data block at the position. Raises EndOfMedium (nothing written) when
         it would not fit; OSError when the disk fails (the drive reports MEDIUM ERROR)."""
+        self._ra_obj = -1  # the tape changes under the read-ahead cache
         self._check_writable()
         native = len(data)
         payload: bytes | memoryview = data if isinstance(data, bytes | memoryview) else \
@@ -614,6 +660,7 @@ class TapeCartridge:
         return (a filemark without the IMMED bit). Count 0 just syncs, as SSC says."""
         if count < 0:
             raise CartridgeError("filemark count must not be negative")
+        self._ra_obj = -1
         if count:
             self._check_writable()
             if self.position < len(self.index):
@@ -628,6 +675,7 @@ class TapeCartridge:
 
     def erase(self) -> None:
         """Erase from the position to the end of the medium (SSC long erase)."""
+        self._ra_obj = -1
         self._check_writable()
         self._cut_at_position()
         self.sync()
@@ -655,6 +703,8 @@ class TapeCartridge:
         self.mam.save()
 
     def close(self) -> None:
+        self._ra_obj = -1
+        self._ra_data = b""
         if self._closed:
             return
         try:

@@ -119,6 +119,13 @@ class TapeDrive(ScsiModel):
 
     PERIPHERAL_TYPE = 0x01
     REMOVABLE = True
+    # TEST UNIT READY, REQUEST SENSE, READ(6), WRITE(6), READ POSITION never block for long
+    # (at most one block of file I/O, no fsync, no medium load in the streaming case), so a
+    # transport may run them on the thread that received them. Rare exceptions: the first
+    # command after a cartridge was moved in mounts it (open + tail scan); a WRITE(6) that
+    # overwrites mid-tape fsyncs the shortened index sidecar; fixed-mode READ/WRITE move up
+    # to MAX_FIXED_TRANSFER bytes.
+    inline_opcodes = frozenset({0x00, 0x03, 0x08, 0x0A, 0x34})
 
     def __init__(self, bay: DriveBay, identity: DriveIdentity | None = None) -> None:
         if identity is None:
@@ -152,6 +159,7 @@ class TapeDrive(ScsiModel):
         self.read_errors = 0
         self.bytes_written = 0  # from initiators, this load
         self.bytes_read = 0
+        self._streaming = False  # the last command was a READ(6) that returned data
         self._add_pages()
 
     # ------------------------------------------------------------------ pages
@@ -257,6 +265,7 @@ class TapeDrive(ScsiModel):
 
     # ------------------------------------------------------------------ medium state
     def before_command(self, nexus: Nexus, spec: CommandSpec) -> None:
+        self._streaming = False
         bay = self.bay
         # The catalog is re-read unless a cartridge is mounted and the command is on the data
         # path (a mounted cartridge is flocked by this process: nobody can swap it meanwhile).
@@ -455,6 +464,7 @@ class TapeDrive(ScsiModel):
             except (CorruptRecord, OSError) as exc:
                 return self._read_failed(exc, count, b"")
             if r.kind == RecordKind.DATA:
+                self._streaming = True
                 self.bytes_read += min(r.length, count)
                 if r.length == count:
                     return r.data
@@ -487,7 +497,23 @@ class TapeDrive(ScsiModel):
             raise CheckCondition(SenseKey.BLANK_CHECK, 0x00, 0x05, information=count - i,
                                  eom=cart.at_early_warning, data=buf[: i * bs])
         self.bytes_read += count * bs
+        self._streaming = True
         return buf
+
+    def idle(self) -> None:
+        """Between commands (the transport calls this under the lock after sending a
+        response): after a READ, decode the next block ahead like a drive's read buffer, so a
+        one-READ-at-a-time initiator (Linux st) finds it ready. Never raises."""
+        if not self._streaming:
+            return
+        self._streaming = False
+        cart = self._cart
+        if cart is None or not self._loaded or cart.closed or self.bay.cartridge is not cart:
+            return
+        try:
+            cart.read_ahead()
+        except Exception:  # noqa: BLE001 - speculative work: the real READ reports errors
+            log.debug("drive %s: read-ahead failed", self.bay.index, exc_info=True)
 
     @command(0x13, "VERIFY(6)", "13 01 ff ff ff 00", pr=PR_READ, timeout=600)
     def cmd_verify6(self, req: Request) -> None:
