@@ -1,6 +1,8 @@
-"""LUN workers write responses to the socket themselves (Connection._send_direct): with two
-LUNs and NOP-Outs pipelined on one connection, the byte stream must stay whole PDUs, every
-task's data intact and every StatSN used exactly once."""
+"""Several threads write to one connection: its own thread (inline commands, NOP-In, R2T) and
+the LUN workers (long commands). With two LUNs and NOP-Outs pipelined on one connection the
+byte stream must stay whole PDUs, every task's data intact and every StatSN used exactly once;
+a command that may run inline still waits for a queued one to the same LUN; a long command
+does not stop the connection from answering NOP-Outs."""
 
 from __future__ import annotations
 
@@ -11,10 +13,9 @@ import time
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from iscsi_support import RawInitiator, pattern, running_target  # noqa: E402
+from iscsi_support import FakeDevice, RawInitiator, pattern, running_target  # noqa: E402
 
 from vtl.iscsi import pdu  # noqa: E402
-from vtl.iscsi.connection import Connection  # noqa: E402
 from vtl.iscsi.pdu import ALL_ONES, Op  # noqa: E402
 
 
@@ -23,16 +24,7 @@ def read6(n: int) -> bytes:
 
 
 @pytest.mark.parametrize("digests", [False, True])
-def test_pipelined_reads_on_two_luns_and_nops_keep_the_stream_whole(digests, monkeypatch):
-    direct = []
-    real = Connection._send_direct
-
-    def spy(self, task, result):
-        sent = real(self, task, result)
-        direct.append(sent)
-        return sent
-
-    monkeypatch.setattr(Connection, "_send_direct", spy)
+def test_pipelined_reads_on_two_luns_and_nops_keep_the_stream_whole(digests):
     with running_target() as t:
         ini = RawInitiator(t.port)
         keys = {"MaxRecvDataSegmentLength": "16384"}
@@ -75,7 +67,6 @@ def test_pipelined_reads_on_two_luns_and_nops_keep_the_stream_whole(digests, mon
         assert all(bytes(d) == pattern(n) for d in reads.values())
         assert sorted(statsns) == list(range(min(statsns), min(statsns) + len(statsns)))
         assert ini.nop(b"end").data == b"end"
-        assert any(direct), "no response went out directly from a LUN worker"
         ini.close()
 
 
@@ -109,4 +100,58 @@ def test_slow_reader_blocks_the_worker_not_the_loop_and_logout_is_clean():
             assert ini.recv().data == b"ping"
         assert bytes(data) == pattern(n)
         assert ini.logout().op == Op.LOGOUT_RSP
+        ini.close()
+
+
+class InlineDevice(FakeDevice):
+    """A device that lets the transport run TUR and READ(6) on the connection's thread."""
+
+    inline_opcodes = frozenset({0x00, 0x08})
+
+    def __init__(self) -> None:
+        super().__init__(1, "INLINE")
+        self.idle_calls = 0
+        self.threads: list[str] = []
+
+    def execute(self, nexus, cdb, data_out=None):
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        return super().execute(nexus, cdb, data_out)
+
+    def idle(self) -> None:
+        self.idle_calls += 1
+
+
+def test_inline_commands_wait_for_queued_ones_and_nops_are_answered_meanwhile():
+    dev = InlineDevice()
+    with running_target(devices={0: FakeDevice(8), 1: dev}) as t:
+        ini = RawInitiator(t.port)
+        ini.login()
+        slow = ini.scsi(bytes([0xC0, 40, 0, 0, 0, 0]), lun=1)  # 400 ms on the LUN's worker
+        n = 70000
+        read = ini.scsi(read6(n), lun=1, read=n)  # may run inline, but must wait
+        started = time.monotonic()
+        assert ini.nop(b"alive").data == b"alive"  # answered while the slow one runs
+        assert time.monotonic() - started < 0.3
+        order = []
+        data = bytearray()
+        while len(order) < 2:
+            p = ini.recv()
+            if p.op == Op.DATA_IN:
+                data += p.data
+                if p.hdr.flags & 1:
+                    order.append(p.hdr.itt)
+            elif p.op == Op.SCSI_RSP:
+                order.append(p.hdr.itt)
+        assert order == [slow, read] and bytes(data) == pattern(n)
+        assert [c[0] for c in dev.calls] == [0xC0, 0x08]
+        # Nothing queued any more: TUR and READ run on the connection's own thread, and the
+        # device gets an idle() call after each.
+        before = dev.idle_calls
+        for _ in range(3):
+            ini.collect(ini.scsi(read6(4096), lun=1, read=4096))
+        assert dev.idle_calls >= before + 3
+        assert all(name.startswith("iscsi ") for name in dev.threads[-3:])
+        assert dev.threads[0].startswith("lun-")
         ini.close()

@@ -1,27 +1,31 @@
-"""One iSCSI connection: PDU framing, login, and the full feature phase (RFC 7143).
+"""One iSCSI connection: PDU framing, login and the full feature phase (RFC 7143).
 
-Framing uses :class:`asyncio.BufferedProtocol` so the bytes of a Data-Out (or immediate data)
-are received straight into the task's preallocated buffer: headers and small segments land in
-a staging buffer, and once a large data segment's destination is known the socket reads into
-that destination directly (no ``readexactly`` copies). Data-In goes out as slices of whatever
-buffer the device model returned.
+Each connection runs on a thread of its own that owns the socket in blocking mode: it reads a
+PDU (the header into a small buffer, a data segment straight into its destination, e.g. the
+task's write buffer), handles it and writes the answer with one ``sendmsg`` of the header and
+slices of the device's buffer. No event loop sits in the data path: measured on this project's
+benchmark, the asyncio callbacks and the loop -> LUN-thread hand-off cost more than half of a
+64 KiB READ (bench/README.md), while a blocking ``recv_into``/``sendmsg`` pair is two system
+calls and no thread wake-up.
 
-Device models are blocking, so each command runs on its LUN's worker thread (one per LUN, shared
-by all sessions so commands to one LUN stay in arrival order). Before it hands a response to
-the loop, the worker waits until the PREVIOUS response of its LUN has been handed to the
-transport, so a model may alternate two buffers and a slow reader pushes back on the device
-instead of filling memory (one futex wake-up less per command than waiting for its own).
+Commands a device declares bounded (``inline_opcodes``: READ/WRITE of one block, TEST UNIT
+READY, ...) run right here under the LUN's lock; everything else (LOAD, WRITE FILEMARKS with
+its fsync, changer moves, anything a model may take seconds over) goes to the LUN's worker
+thread, so this thread keeps answering NOP-Outs and task management meanwhile. A command that
+follows a queued one to the same LUN also goes to the worker, which keeps the order. After an
+inline command the device gets an ``idle()`` call before the next read: a tape drive reads
+ahead there, while the initiator is still busy with the data it just got.
+
+Locks: ``LunWorker.lock`` (one device, one command at a time) is taken before
+``Connection.lock`` (the task table, abort/commit decisions) and before ``_tx_lock`` (the write
+side of the socket and StatSN numbering, reentrant); never the other way round.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import secrets
-import select
 import socket
-import struct
 import threading
 import time
 from collections import deque
@@ -52,17 +56,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vtl.iscsi")
 
-STAGE_SIZE = 64 * 1024
-DIRECT_MIN = 8 * 1024  # read a data segment straight into its destination above this size
 LOGIN_MAX_DSL = 64 * 1024
-_SCSI_CMD_WORDS = struct.Struct(">IIII")  # EDTL CmdSN ExpStatSN (bytes 20..31) + CDB start
+MAX_HEADER = BHS_LEN + 255 * 4 + 4  # BHS + the largest AHS + a header digest
+POLL = 0.002  # seconds between checks while waiting for a running task to end
 
 
 class ProtocolError(Exception):
     """The byte stream cannot be trusted any more: the connection is closed."""
 
 
-@dataclass(eq=False)
+class ConnectionGone(Exception):  # noqa: N818 - a state, not an error
+    """The initiator closed the connection, or the server shut it down."""
+
+
+@dataclass(eq=False, slots=True)
 class Task:
     itt: int
     lun_raw: bytes
@@ -81,37 +88,43 @@ class Task:
     r2tsn: int = 0
     r2ts: dict[int, list[int]] = field(default_factory=dict)  # ttt -> [next, end, datasn]
     unsolicited_datasn: int = 0
-    overflow: int = 0
     aborted: bool = False
-    # A LUN worker has committed to sending the response itself (under _tx_lock): an ABORT
-    # TASK that comes later must answer "task does not exist", as for a completed task.
+    # The response is being sent (decided under Connection.lock): an ABORT TASK that comes
+    # later answers "task does not exist", as for a completed task.
     committed: bool = False
+    started: bool = False  # the device has the command (set under the LUN's lock)
     failed_sense: bytes | None = None  # e.g. a data digest error on Data-Out
     write_residual: tuple[int, int] | None = None  # (flag, count) when EDTL != CDB length
     buffered: int = 0  # bytes of write buffer counted against the connection's limit
-    started: bool = False  # set by the LUN thread when it begins the command
-    finished: asyncio.Event | None = None  # created by an abort that must wait for the end
 
 
-class Connection(asyncio.BufferedProtocol):
-    def __init__(self, server: IscsiTarget) -> None:
+class Connection:
+    """One TCP connection from login to close, served by its own thread."""
+
+    def __init__(self, server: IscsiTarget, sock: socket.socket) -> None:
         self.server = server
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self.peer = "?"
-        self.local: tuple[str, int] | None = None
+        self.sock = sock
+        sock.setblocking(True)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        try:
+            peer = sock.getpeername()
+            self.peer = f"{peer[0]}:{peer[1]}"
+        except OSError:
+            self.peer = "?"
+        try:
+            local = sock.getsockname()
+            self.local: tuple[str, int] | None = (local[0], local[1])
+        except OSError:
+            self.local = None
+        self.lock = threading.Lock()
+        self._tx_lock = threading.RLock()
+        self._sock_closed = False
         # receive state
-        self._stage = bytearray(STAGE_SIZE)
-        self._stage_mv = memoryview(self._stage)
-        self._start = 0
-        self._end = 0
-        self._direct: memoryview | None = None
-        self._direct_pos = 0
-        self._hdr: Header | None = None
-        self._hdr_len = 0
-        self._dest: memoryview | None = None
-        self._dest_pos = 0
-        self._trailer = 0
+        self._hbuf = memoryview(bytearray(MAX_HEADER))
+        self._tbuf = memoryview(bytearray(8))  # padding + data digest
         self._data_task: Task | None = None
         self._hd = False
         self._dd = False
@@ -121,9 +134,9 @@ class Connection(asyncio.BufferedProtocol):
         self.full_feature = False
         self.statsn = 0
         self._login_cmdsn = 0
-        self._login_itt = 0
         self._isid = b""
         self.tasks: dict[int, Task] = {}
+        self._posted: dict[int | None, Task] = {}  # the last task handed to each LUN's worker
         self._buffered = 0  # write-buffer bytes held by this connection's tasks
         self._ttt_map: dict[int, Task] = {}
         self._next_ttt = secrets.randbelow(0x7FFFFFFF)
@@ -131,170 +144,113 @@ class Connection(asyncio.BufferedProtocol):
         self._text_pending: dict[int, bytes] = {}
         self._text_in = bytearray()
         self._closing = False
-        self.closed = asyncio.Event()
         self.draining = False
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._write_ok = asyncio.Event()
-        self._write_ok.set()
-        self._last_rx = time.monotonic()
+        self.closed = threading.Event()
+        self.opened = time.monotonic()
+        self._last_rx = self.opened
         self._ping_ttt: int | None = None
         self._ping_sent = 0.0
-        self._timer: asyncio.Task | None = None
-        self._bg: set[asyncio.Task] = set()
-        # Direct sends from LUN workers (see _send_direct): the workers write a response to a
-        # dup of the socket themselves when nothing else is queued for it, so a command costs
-        # one thread crossing (loop -> worker) instead of two. _tx_lock orders the socket
-        # between them and the loop; loop writes that arrive while a worker is sending wait
-        # in _tx_later. Tasks a worker finished wait in _done until the loop sweeps them.
-        self._tx_lock = threading.Lock()
-        self._tx_busy = False
-        self._tx_later: list[bytes] = []
-        self._tx_sock: socket.socket | None = None
-        self._close_after_flush = False
-        self._done: deque[Task] = deque()
-        self._sweep_wanted = 0
+        self.thread = threading.Thread(target=self._serve, name=f"iscsi {self.peer}",
+                                       daemon=True)
 
-    # ==== asyncio protocol ==================================================================
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
-        sock = transport.get_extra_info("sockname")
-        self.local = (sock[0], sock[1]) if sock else None
-        self.server.connections.add(self)
-        self._timer = self.loop.create_task(self._watchdog())
+    def start(self) -> None:
+        self.thread.start()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closing = True
-        with self._tx_lock:
-            sock, self._tx_sock = self._tx_sock, None
-            busy = self._tx_busy
-        if sock is not None and not busy:
-            sock.close()  # else the sending worker closes it when it is done
-        self._write_ok.set()
-        if self._timer is not None:
-            self._timer.cancel()
-        for task in list(self.tasks.values()):
-            task.aborted = True
-            if task.finished is not None:
-                task.finished.set()
-        self.tasks.clear()
-        self._ttt_map.clear()
-        self._idle.set()
-        self.server.connection_closed(self)
-        self.closed.set()
-
-    def pause_writing(self) -> None:
-        self._write_ok.clear()
-
-    def resume_writing(self) -> None:
-        self._write_ok.set()
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        if self._direct is not None:
-            return self._direct[self._direct_pos:]
-        if self._end == STAGE_SIZE:
-            self._compact()
-        return self._stage_mv[self._end:]
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self._last_rx = time.monotonic()
+    # ==== the connection's thread ===========================================================
+    def _serve(self) -> None:
         try:
-            if self._direct is not None:
-                self._direct_pos += nbytes
-                if self._direct_pos < len(self._direct):
-                    return
-                self._direct = None
-                self._dest_pos = len(self._dest) if self._dest is not None else 0
-            else:
-                self._end += nbytes
-            self._drain()
+            while not self._closing:
+                hdr, data, digest_ok = self._recv_pdu()
+                self._dispatch(hdr, data, digest_ok)
+        except ConnectionGone:
+            pass
+        except OSError as exc:
+            if not self._closing:
+                log.info("%s: connection lost: %s", self.peer, exc)
         except ProtocolError as exc:
             log.info("%s: protocol error, closing: %s", self.peer, exc)
-            self.close()
         except Exception:  # a bug must not take the server down; drop just this connection
             log.exception("%s: internal error, closing connection", self.peer)
-            self.close()
+        finally:
+            self._teardown()
 
-    def eof_received(self) -> bool | None:
-        return None  # close the transport
+    def _teardown(self) -> None:
+        self._closing = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        with self.lock:
+            for task in self.tasks.values():
+                task.aborted = True  # a worker still running one sends nothing
+            self.tasks.clear()
+            self._ttt_map.clear()
+        with self._tx_lock:  # no worker is inside sendmsg once we hold this
+            self._sock_closed = True
+            self.sock.close()
+        try:
+            self.server.connection_closed(self)
+        finally:
+            self.closed.set()
 
-    # ==== framing ===========================================================================
-    def _compact(self) -> None:
-        n = self._end - self._start
-        if n and self._start:
-            self._stage[:n] = self._stage_mv[self._start:self._end]
-        self._start, self._end = 0, n
+    def close(self) -> None:
+        """End the connection from any thread (what was sent is still delivered)."""
+        self._closing = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
-    def _drain(self) -> None:
-        """Consume whatever the staging buffer holds, PDU by PDU."""
-        while not (self._closing or self._close_after_flush):
-            avail = self._end - self._start
-            if self._hdr is None:
-                if avail < BHS_LEN:
-                    break
-                if self._hdr_len == 0:
-                    s = self._start
-                    ahs = self._stage[s + 4]
-                    self._hdr_len = BHS_LEN + ahs * 4 + (4 if self._hd else 0)
-                    if self._hdr_len > STAGE_SIZE // 2:
-                        raise ProtocolError("header too long")
-                if avail < self._hdr_len:
-                    if self._start + self._hdr_len > STAGE_SIZE:
-                        self._compact()
-                    break
-                self._take_header()
-                continue
-            if self._dest is not None and self._dest_pos < len(self._dest):
-                need = len(self._dest) - self._dest_pos
-                n = min(need, avail)
-                if n:
-                    s = self._start
-                    self._dest[self._dest_pos:self._dest_pos + n] = self._stage_mv[s:s + n]
-                    self._dest_pos += n
-                    self._start += n
-                if self._dest_pos < len(self._dest):
-                    self._start = self._end = 0
-                    if need - n >= DIRECT_MIN:
-                        self._direct = self._dest[self._dest_pos:]
-                        self._direct_pos = 0
-                    break
-                continue
-            if avail < self._trailer:
-                if self._start + self._trailer > STAGE_SIZE:
-                    self._compact()
-                break
-            s = self._start
-            trailer = bytes(self._stage_mv[s:s + self._trailer])
-            self._start += self._trailer
-            self._finish_pdu(trailer)
-        if self._start == self._end:
-            self._start = self._end = 0
+    abort = close
 
-    def _take_header(self) -> None:
-        s = self._start
-        raw = bytes(self._stage_mv[s:s + self._hdr_len])
-        self._start += self._hdr_len
-        self._hdr_len = 0
-        bhs = raw[:BHS_LEN]
+    # ==== receiving =========================================================================
+    def _recv_exact(self, view: memoryview) -> None:
+        recv_into = self.sock.recv_into
+        n = len(view)
+        got = recv_into(view)
+        while got < n:
+            if not got:
+                raise ConnectionGone()
+            self._last_rx = time.monotonic()
+            more = recv_into(view[got:])
+            if not more:
+                raise ConnectionGone()
+            got += more
+
+    def _recv_pdu(self) -> tuple[Header, memoryview | None, bool]:
+        hb = self._hbuf
+        self._recv_exact(hb[:BHS_LEN])
+        self._last_rx = time.monotonic()
+        hlen = BHS_LEN + hb[4] * 4 + (4 if self._hd else 0)
+        if hlen > BHS_LEN:
+            self._recv_exact(hb[BHS_LEN:hlen])
+        raw = bytes(hb[:hlen])
+        bhs = raw[:BHS_LEN] if hlen > BHS_LEN else raw
         hdr = pdu.parse_bhs(bhs)
         ahs_end = BHS_LEN + hdr.total_ahs_len * 4
-        hdr.ahs = raw[BHS_LEN:ahs_end]
-        if self._hd:
-            if pdu.digest_bytes(raw[:ahs_end]) != raw[ahs_end:ahs_end + 4]:
-                # The length fields cannot be trusted: at ERL 0 the connection must go.
-                raise ProtocolError("header digest error")
+        if ahs_end > BHS_LEN:
+            hdr.ahs = raw[BHS_LEN:ahs_end]
+        if self._hd and pdu.digest_bytes(raw[:ahs_end]) != raw[ahs_end:ahs_end + 4]:
+            # The length fields cannot be trusted: at ERL 0 the connection must go.
+            raise ProtocolError("header digest error")
         limit = self.login.params.max_recv_dsl if self.full_feature else LOGIN_MAX_DSL
-        if hdr.dsl > limit:
+        dsl = hdr.dsl
+        if dsl > limit:
             self._reject(bhs, RejectReason.PROTOCOL_ERROR)
-            raise ProtocolError(f"data segment of {hdr.dsl} bytes exceeds {limit}")
-        self._hdr = hdr
+            raise ProtocolError(f"data segment of {dsl} bytes exceeds {limit}")
         self._data_task = None
-        self._dest = self._data_destination(hdr) if hdr.dsl else None
-        self._dest_pos = 0
-        self._trailer = pdu.pad_len(hdr.dsl) + (4 if (self._dd and hdr.dsl) else 0)
+        if not dsl:
+            return hdr, None, True
+        dest = self._data_destination(hdr)
+        self._recv_exact(dest)
+        trailer = pdu.pad_len(dsl) + (4 if self._dd else 0)
+        if not trailer:
+            return hdr, dest, True
+        tb = self._tbuf[:trailer]
+        self._recv_exact(tb)
+        if not self._dd:
+            return hdr, dest, True
+        return hdr, dest, pdu.digest_bytes(dest, tb[:-4]) == bytes(tb[-4:])
 
     def _data_destination(self, hdr: Header) -> memoryview:
         """Where this PDU's data segment goes: a task buffer when possible, else a new one."""
@@ -316,50 +272,9 @@ class Connection(asyncio.BufferedProtocol):
                 return memoryview(buf)[:hdr.dsl]
         return memoryview(bytearray(hdr.dsl))
 
-    def _finish_pdu(self, trailer: bytes) -> None:
-        hdr = self._hdr
-        assert hdr is not None
-        dest = self._dest
-        self._hdr = None
-        self._dest = None
-        data = dest if dest is not None else memoryview(b"")
-        digest_ok = True
-        if self._dd and hdr.dsl:
-            digest_ok = pdu.digest_bytes(data, trailer[:-4]) == trailer[-4:]
-        self._dispatch(hdr, data, digest_ok)
-
     # ==== sending ===========================================================================
-    def _send(self, bhs: bytes, data: bytes | bytearray | memoryview = b"") -> None:
-        if self._closing or self.transport is None:
-            return
-        t = self.transport
-        n = len(data)
-        pad = b"\0" * pdu.pad_len(n)
-        head = bhs
-        if self._hd:
-            head = bhs + pdu.digest_bytes(bhs)
-        tail = pad
-        if self._dd and n:
-            tail = pad + pdu.digest_bytes(data, pad)
-        # Small PDUs go out as one write (one syscall). Large data segments are written
-        # separately so the device's buffer goes to the socket as is: on Python 3.11
-        # transport.writelines() joins its arguments, a copy of every Data-In payload.
-        with self._tx_lock:
-            if self._tx_busy or self._tx_later:
-                # A LUN worker is writing to the socket: queue behind it (a copy, since the
-                # device may reuse its buffer before the worker is done).
-                self._tx_later.append(b"".join((head, data, tail)))
-                return
-            if n < 16384:
-                t.write(b"".join((head, data, tail)) if n else head)
-            else:
-                t.write(head)
-                t.write(data)
-                if tail:
-                    t.write(tail)
-
     def _frames(self, bhs: bytes, data: bytes | bytearray | memoryview, out: list) -> None:
-        """Append one PDU's wire pieces to ``out`` (for a worker's sendmsg)."""
+        """Append one PDU's wire pieces to ``out`` (header digest, padding, data digest)."""
         n = len(data)
         out.append(bhs + pdu.digest_bytes(bhs) if self._hd else bhs)
         if n:
@@ -370,110 +285,45 @@ class Connection(asyncio.BufferedProtocol):
             elif pad:
                 out.append(pad)
 
-    def _flush_later(self) -> None:
-        """On the loop: write what queued up while a worker was sending."""
+    def _send(self, bhs: bytes, data: bytes | bytearray | memoryview = b"") -> None:
+        frames: list = []
+        self._frames(bhs, data, frames)
         with self._tx_lock:
-            if self._tx_busy:
-                return  # the worker schedules another flush when it is done
-            later, self._tx_later = self._tx_later, []
-            t = self.transport
-            if t is not None and not self._closing:
-                for part in later:
-                    t.write(part)
-        if self._close_after_flush:
-            self._close_after_flush = False
+            self._sendall(frames)
+
+    def _sendall(self, frames: list) -> None:
+        """Write every frame (blocking: a slow reader holds back the sender, not memory).
+        A broken connection is closed; the receiving thread notices by itself."""
+        if self._sock_closed:
+            return
+        sendmsg = self.sock.sendmsg
+        try:
+            while frames:
+                batch = frames[:512] if len(frames) > 512 else frames  # below IOV_MAX
+                sent = sendmsg(batch)
+                done = 0
+                for f in batch:
+                    size = len(f)
+                    if sent < size:
+                        break
+                    sent -= size
+                    done += 1
+                if done == len(frames):
+                    return
+                if not (done or sent):
+                    raise ConnectionGone()
+                frames = frames[done:]
+                if sent:  # a signal interrupted the send part-way through a frame
+                    frames[0] = memoryview(frames[0])[sent:]
+        except (OSError, ConnectionGone) as exc:
+            if not self._closing:
+                log.info("%s: cannot send: %s", self.peer, exc)
             self.close()
 
-    def _send_direct(self, task: Task, result: ScsiResult) -> bool:
-        """On a LUN worker: send the response on the socket without the loop, when no
-        other write is queued or in progress. False: the caller hands it to the loop."""
-        t = self.transport
-        with self._tx_lock:
-            sock = self._tx_sock
-            if (sock is None or t is None or self._tx_busy or self._tx_later or self._closing
-                    or task.aborted or t.get_write_buffer_size()):
-                return False
-            self._tx_busy = True
-            task.committed = True
-        sent = False
-        try:
-            try:
-                frames: list = []
-                self._send_result(task, result, frames)
-            except Exception:
-                log.exception("%s: cannot build the response", self.peer)
-                return False
-            # Queued for the loop's sweep before the initiator can see the response, so a
-            # reused ITT in the next command finds the task gone.
-            self._done.append(task)
-            sent = True
-            if self._sweep_wanted:
-                self.loop.call_soon_threadsafe(self._sweep)
-            self._sendall(sock, frames)
-        except RuntimeError:  # loop closed
-            pass
-        finally:
-            with self._tx_lock:
-                self._tx_busy = False
-                flush = bool(self._tx_later) or self._close_after_flush
-                dead = self._tx_sock is None
-            if dead:
-                sock.close()
-            if flush:
-                try:
-                    self.loop.call_soon_threadsafe(self._flush_later)
-                except RuntimeError:
-                    pass
-        return sent
-
-    def _sendall(self, sock: socket.socket, frames: list) -> None:
-        """Write all frames to the (non-blocking) socket, waiting while it is full; give
-        up when the connection closes or breaks (the loop notices that by itself)."""
-        bufs = [memoryview(f).cast("B") if isinstance(f, memoryview) else f for f in frames]
-        poller = None
-        while bufs:
-            try:
-                n = sock.sendmsg(bufs[:512])  # below IOV_MAX
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            except OSError:
-                return
-            while n and bufs:
-                size = len(bufs[0])
-                if n >= size:
-                    n -= size
-                    bufs.pop(0)
-                else:
-                    bufs[0] = memoryview(bufs[0])[n:]
-                    n = 0
-            if bufs:
-                if poller is None:
-                    poller = select.poll()
-                    poller.register(sock.fileno(), select.POLLOUT)
-                while not poller.poll(200):
-                    if self._closing:
-                        return
-
-    def _sweep(self) -> None:
-        """On the loop: finish the tasks whose responses LUN workers sent themselves."""
-        done = self._done
-        while done:
-            self._task_done(done.popleft())
-
-    async def wait_finished(self, task: Task, finished: asyncio.Event) -> None:
-        """Wait for a running task's end (also one a worker finished by itself)."""
-        self._sweep_wanted += 1
-        try:
-            self._sweep()
-            await finished.wait()
-        finally:
-            self._sweep_wanted -= 1
-
-    def _next_statsn(self, advance: bool = True) -> int:
-        with self._tx_lock:  # the loop and a LUN worker may both number responses
+    def _next_statsn(self) -> int:
+        with self._tx_lock:  # the connection's thread and LUN workers both number responses
             sn = self.statsn
-            if advance:
-                self.statsn = (sn + 1) & ALL_ONES
+            self.statsn = (sn + 1) & ALL_ONES
             return sn
 
     def _window(self) -> tuple[int, int]:
@@ -489,27 +339,11 @@ class Connection(asyncio.BufferedProtocol):
         )
         self._send(bhs, bytes(header[:BHS_LEN]))
 
-    def close(self) -> None:
-        if self.transport is not None and not self._closing:
-            with self._tx_lock:
-                pending = self._tx_busy or bool(self._tx_later)
-                if pending:
-                    self._close_after_flush = True  # after what a worker is still sending
-            if pending:
-                return
-            self._closing = True
-            self.transport.close()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self._closing = True
-            self.transport.abort()
-
     # ==== dispatch ==========================================================================
-    def _dispatch(self, hdr: Header, data: memoryview, digest_ok: bool) -> None:
-        if self._done:
-            self._sweep()
+    def _dispatch(self, hdr: Header, data: memoryview | None, digest_ok: bool) -> None:
         op = hdr.opcode
+        if data is None:
+            data = memoryview(b"")
         if not self.full_feature:
             if op != Op.LOGIN_REQ:
                 raise ProtocolError(f"opcode 0x{op:02x} before login completed")
@@ -521,7 +355,7 @@ class Connection(asyncio.BufferedProtocol):
         if op == Op.SCSI_CMD:
             self._on_scsi_cmd(hdr, data)
         elif op == Op.DATA_OUT:
-            self._on_data_out(hdr, data)
+            self._on_data_out(hdr)
         elif op == Op.NOP_OUT:
             self._on_nop_out(hdr, data)
         elif op == Op.TMF_REQ:
@@ -532,9 +366,7 @@ class Connection(asyncio.BufferedProtocol):
             self._on_logout(hdr)
         elif op == Op.LOGIN_REQ:
             self._reject(hdr.raw, RejectReason.PROTOCOL_ERROR)
-        elif op == Op.SNACK:
-            self._reject(hdr.raw, RejectReason.COMMAND_NOT_SUPPORTED)  # ERL 0: no SNACK
-        else:
+        else:  # SNACK (ERL 0 has none) and opcodes we do not know
             self._reject(hdr.raw, RejectReason.COMMAND_NOT_SUPPORTED)
 
     def _on_data_digest_error(self, hdr: Header) -> None:
@@ -552,7 +384,6 @@ class Connection(asyncio.BufferedProtocol):
             self._isid = c.isid
             self.statsn = c.expstatsn
             self._login_cmdsn = c.cmdsn
-        self._login_itt = c.itt
         try:
             if c.version_min > 0:
                 raise LoginFailed(LoginStatus.UNSUPPORTED_VERSION, "unsupported version")
@@ -566,7 +397,7 @@ class Connection(asyncio.BufferedProtocol):
         except LoginFailed as exc:
             log.info("%s: login refused (0x%04x): %s", self.peer, exc.status, exc)
             self._login_response(c, 0, exc.status, b"", tsih=0)
-            self.close()
+            self._closing = True
             return
         flags = (0x80 if result.transit else 0) | (result.csg << 2) | result.nsg
         tsih = 0
@@ -576,11 +407,6 @@ class Connection(asyncio.BufferedProtocol):
         self._login_response(c, flags, LoginStatus.SUCCESS, encode_keys(result.keys), tsih)
         if result.complete:
             self.full_feature = True
-            sock = self.transport.get_extra_info("socket") if self.transport else None
-            if sock is not None and not self.session.discovery:
-                # Our own descriptor (never a reused number after the transport closes);
-                # it shares the transport's non-blocking mode, which must not be changed.
-                self._tx_sock = socket.socket(fileno=os.dup(sock.fileno()))
             p = self.login.params
             self._hd, self._dd = p.header_digest, p.data_digest
             log.info("%s: %s session %s for %s (HeaderDigest=%s DataDigest=%s MRDSL=%d/%d)",
@@ -594,12 +420,13 @@ class Connection(asyncio.BufferedProtocol):
         if self.session is not None:
             exp = self.session.exp_cmdsn
         mx = (exp + self.server.config.limits.queue_depth - 1) & ALL_ONES
-        bhs = pdu.encode_layout(
-            Op.LOGIN_RSP, dsl=len(data), flags=flags, version_max=0, version_active=0,
-            isid=c.isid, tsih=tsih, itt=c.itt, statsn=self._next_statsn(), expcmdsn=exp,
-            maxcmdsn=mx, status_class=int(status) >> 8, status_detail=int(status) & 0xFF,
-        )
-        self._send(bhs, data)
+        with self._tx_lock:
+            bhs = pdu.encode_layout(
+                Op.LOGIN_RSP, dsl=len(data), flags=flags, version_max=0, version_active=0,
+                isid=c.isid, tsih=tsih, itt=c.itt, statsn=self._next_statsn(), expcmdsn=exp,
+                maxcmdsn=mx, status_class=int(status) >> 8, status_detail=int(status) & 0xFF,
+            )
+            self._send(bhs, data)
 
     # ---- SCSI commands -------------------------------------------------------------------
     def _on_scsi_cmd(self, hdr: Header, data: memoryview) -> None:
@@ -611,62 +438,73 @@ class Connection(asyncio.BufferedProtocol):
         if not session.accept_cmdsn(hdr.cmdsn, hdr.immediate):
             log.debug("%s: CmdSN %d outside window, ignored", self.peer, hdr.cmdsn)
             return
-        if hdr.itt in self.tasks or hdr.itt == ALL_ONES:
+        itt = hdr.itt
+        if itt in self.tasks or itt == ALL_ONES:
             self._reject(hdr.raw, RejectReason.TASK_IN_PROGRESS
-                         if hdr.itt in self.tasks else RejectReason.INVALID_PDU_FIELD)
+                         if itt in self.tasks else RejectReason.INVALID_PDU_FIELD)
             return
         if self.draining:
             # Shutting down: finish what is in flight, ask for new commands to be retried.
-            task = Task(hdr.itt, hdr.lun, None, b"", 0, False, False)
-            self.tasks[task.itt] = task
-            self._finish_local(task, ScsiResult(Status.BUSY))
+            self._answer(Task(itt, hdr.lun, None, b"", 0, False, False), ScsiResult(Status.BUSY))
             return
-        cdb = bytes(hdr.raw[32:48])
+        raw = hdr.raw
+        cdb = raw[32:48]
         if hdr.ahs:
             cdb = self._extended_cdb(hdr, cdb)
             if cdb is None:
-                self._reject(hdr.raw, RejectReason.INVALID_PDU_FIELD)
+                self._reject(raw, RejectReason.INVALID_PDU_FIELD)
                 return
-        read = bool(hdr.flags & 0x40)
-        write = bool(hdr.flags & 0x20)
+        flags = hdr.flags
+        write = bool(flags & 0x20)
         edtl = hdr.words[0]
-        lun = pdu.decode_lun(hdr.lun)
-        task = Task(hdr.itt, hdr.lun, lun, cdb, edtl, read, write)
-        p = session.params
-        if hdr.dsl and (not write or not p.immediate_data or hdr.dsl > p.first_burst
-                        or hdr.dsl > edtl):
-            self._reject(hdr.raw, RejectReason.PROTOCOL_ERROR)
-            return
+        lun_raw = hdr.lun
+        lun = lun_raw[1] if lun_raw == _LUN_FAST[lun_raw[1]] else pdu.decode_lun(lun_raw)
+        task = Task(itt, lun_raw, lun, cdb, edtl, bool(flags & 0x40), write)
+        dsl = hdr.dsl
+        if dsl:
+            p = session.params
+            if not write or not p.immediate_data or dsl > p.first_burst or dsl > edtl:
+                self._reject(raw, RejectReason.PROTOCOL_ERROR)
+                return
         if write and edtl:
-            if edtl > self.server.config.limits.max_transfer:
-                # Too big to buffer: refuse the command (any Data-Out for it gets rejected).
-                self.tasks[task.itt] = task
-                self._finish_local(task, CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x55, 0x03)
-                                   .result())
-                return
-            if self._buffered + edtl > self.server.config.limits.max_buffered:
-                # Too much write data already waiting on this connection: ask the initiator
-                # to retry later instead of holding unbounded memory.
-                self.tasks[task.itt] = task
-                self._finish_local(task, ScsiResult(Status.TASK_SET_FULL))
-                return
-            self._buffered += edtl
-            task.buffered = edtl
-            pre = self._data_task
-            if pre is not None and pre.buffer is not None and len(pre.buffer) == edtl:
-                task.buffer = pre.buffer
-            else:
-                task.buffer = bytearray(edtl)
-            task.received = hdr.dsl
-            task.unsolicited_next = hdr.dsl
-            task.unsolicited_end = min(p.first_burst, edtl)
-            self.tasks[task.itt] = task
-            if p.initial_r2t or hdr.final or hdr.dsl >= task.unsolicited_end:
-                self._end_unsolicited(task, hdr.dsl)
-            self._maybe_execute(task)
+            self._start_write(task, hdr)
             return
-        self.tasks[task.itt] = task
+        with self.lock:
+            self.tasks[itt] = task
         self._execute(task)
+
+    def _start_write(self, task: Task, hdr: Header) -> None:
+        """A write command: take its immediate data, solicit the rest, run it when complete."""
+        session = self.session
+        assert session is not None
+        p = session.params
+        lim = self.server.config.limits
+        edtl = task.edtl
+        if edtl > lim.max_transfer:
+            # Too big to buffer: refuse the command (any Data-Out for it gets rejected).
+            self._answer(task, CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x55, 0x03).result())
+            return
+        if self._buffered + edtl > lim.max_buffered:
+            # Too much write data already waiting on this connection: ask the initiator
+            # to retry later instead of holding unbounded memory.
+            self._answer(task, ScsiResult(Status.TASK_SET_FULL))
+            return
+        pre = self._data_task
+        if pre is not None and pre.buffer is not None and len(pre.buffer) == edtl:
+            task.buffer = pre.buffer
+        else:
+            task.buffer = bytearray(edtl)
+        dsl = hdr.dsl
+        task.received = dsl
+        task.unsolicited_next = dsl
+        task.unsolicited_end = min(p.first_burst, edtl)
+        task.buffered = edtl
+        with self.lock:
+            self._buffered += edtl
+            self.tasks[task.itt] = task
+        if p.initial_r2t or hdr.final or dsl >= task.unsolicited_end:
+            self._end_unsolicited(task, dsl)
+        self._maybe_execute(task)
 
     def _extended_cdb(self, hdr: Header, cdb: bytes) -> bytes | None:
         ahs = hdr.ahs
@@ -689,7 +527,6 @@ class Connection(asyncio.BufferedProtocol):
         session = self.session
         assert session is not None
         p = session.params
-        assert task.buffer is not None
         while task.next_r2t_offset < task.edtl and len(task.r2ts) < p.max_outstanding_r2t:
             offset = task.next_r2t_offset
             length = min(p.max_burst, task.edtl - offset)
@@ -723,7 +560,7 @@ class Connection(asyncio.BufferedProtocol):
         r2t = task.r2ts.get(ttt)
         return r2t is not None and offset == r2t[0] and end <= r2t[1] and datasn == r2t[2]
 
-    def _on_data_out(self, hdr: Header, data: memoryview) -> None:
+    def _on_data_out(self, hdr: Header) -> None:
         task = self._data_task
         if task is None:
             task = self.tasks.get(hdr.itt)
@@ -739,11 +576,8 @@ class Connection(asyncio.BufferedProtocol):
                 self._reject(hdr.raw, RejectReason.PROTOCOL_ERROR)
                 if task.state is TaskState.RECEIVING:
                     self._recently_aborted.append(task.itt)
-                    for ttt in task.r2ts:
-                        self._ttt_map.pop(ttt, None)
-                    task.r2ts.clear()
-                    self._finish_local(task, CheckCondition(
-                        SenseKey.ABORTED_COMMAND, 0x4B, 0x00).result())
+                    self._answer(task, CheckCondition(SenseKey.ABORTED_COMMAND, 0x4B, 0x00)
+                                 .result())
                 return
         self._account_data_out(task, hdr)
 
@@ -776,115 +610,81 @@ class Connection(asyncio.BufferedProtocol):
         self._send_r2ts(task)
 
     def _maybe_execute(self, task: Task) -> None:
-        if task.state is TaskState.RECEIVING and task.received >= task.edtl:
+        if task.state is TaskState.RECEIVING and task.received >= task.edtl and not task.aborted:
             if task.failed_sense is not None:
-                self._finish_local(task, ScsiResult(Status.CHECK_CONDITION, b"",
-                                                    task.failed_sense))
+                self._answer(task, ScsiResult(Status.CHECK_CONDITION, b"", task.failed_sense))
                 return
             self._execute(task)
 
+    # ---- running commands ----------------------------------------------------------------
     def _execute(self, task: Task) -> None:
-        """Hand the command to its LUN worker (or answer here for LUNs that do not exist)."""
+        """Run the command here (bounded commands) or on its LUN's worker thread."""
         task.state = TaskState.QUEUED
-        self._idle.clear()
         session = self.session
         assert session is not None and session.target is not None
-        if task.cdb[0] == 0xA0:  # REPORT LUNS belongs to the target, not to a device
-            self._finish_local(task, report_luns(sorted(session.target.devices.luns), task.cdb))
+        cdb = task.cdb
+        if cdb[0] == 0xA0:  # REPORT LUNS belongs to the target, not to a device
+            self._answer(task, report_luns(sorted(session.target.devices.luns), cdb))
             return
         worker = self.server.worker(session.target, task.lun)
         if worker is None:
-            self._finish_local(task, missing_lun_result(task.cdb))
+            self._answer(task, missing_lun_result(cdb))
             return
-        data_out = memoryview(task.buffer) if task.buffer is not None else None
-        worker.post(self._run_on_worker, worker, task, data_out)
+        if cdb[0] in getattr(worker.device, "inline_opcodes", _NO_OPCODES):
+            prev = self._posted.get(task.lun)
+            if prev is None or prev.state is TaskState.DONE:
+                self._run(worker, task)
+                return
+        self._posted[task.lun] = task
+        try:
+            worker.post(self._run, worker, task)
+        except RuntimeError:  # the server is shutting down
+            self._answer(task, ScsiResult(Status.BUSY))
 
-    def _run_on_worker(self, worker: LunWorker, task: Task, data_out: memoryview | None) -> None:
-        """Runs on the LUN's thread: execute, then hand the response to the loop."""
-        task.started = True
-        if task.aborted or self._closing:
-            # Not run. An abort that saw ``started`` waits for _task_done: tell the loop.
-            try:
-                self.loop.call_soon_threadsafe(self._task_done, task)
-            except RuntimeError:  # loop closed
-                pass
-            return
+    def _run(self, worker: LunWorker, task: Task) -> None:
+        """Execute on the device and send the response (this thread or the LUN's worker)."""
+        with worker.lock:
+            task.started = True
+            if task.aborted or self._closing:
+                self._answer(task, None)
+                return
+            result = self._call_device(worker, task)
+            self._answer(task, result)
+            idle = worker.idle
+            if idle is not None:
+                try:
+                    idle()
+                except Exception:
+                    log.exception("device idle() failed")
+
+    def _call_device(self, worker: LunWorker, task: Task) -> ScsiResult:
         session = self.session
         assert session is not None
+        data_out = memoryview(task.buffer) if task.buffer is not None else None
         try:
-            result = self._check_write_length(worker, task, data_out)
+            result = self._check_write_length(worker, task)
             if result is None:
                 if task.write_residual and data_out is not None:
                     data_out = data_out[: task.edtl - task.write_residual[1]]
                 result = worker.device.execute(session.nexus, task.cdb, data_out)
-        except Exception:  # the contract says never, but a bug must not kill the worker
+        except Exception:  # the contract says never, but a bug must not kill the thread
             log.exception("device raised on CDB %s", task.cdb.hex())
             result = ScsiResult(Status.CHECK_CONDITION, b"",
                                 fixed_sense(SenseKey.HARDWARE_ERROR, 0x44, 0x00))
-        # Wait for the PREVIOUS response of this LUN handed to the loop, not this one: the SSC
-        # model's two alternating READ buffers allow exactly one response in flight, and by
-        # the time a st-like initiator sends the next command the previous one is long on
-        # the socket, so this acquire rarely blocks (one futex wake-up less per command).
-        prev = worker.in_flight
-        if prev is not None:
-            worker.in_flight = None
-            owner, lock = prev
-            while not lock.acquire(timeout=1.0):
-                if self.loop.is_closed() or self._closing or owner._closing:
-                    break  # that response will never be sent: do not wait for it
-            else:
-                lock.release()
-        if self._send_direct(task, result):
-            return
-        # Hand the result to the event loop (a plain lock, not run_coroutine_threadsafe: no
-        # Task or future chain per command); the next command waits until it is handed over.
-        handed = threading.Lock()
-        handed.acquire()
-        worker.in_flight = (self, handed)
-        try:
-            self.loop.call_soon_threadsafe(self._complete_from_worker, task, result, handed)
-        except RuntimeError:  # loop closed
-            return
-
-    def _complete_from_worker(self, task: Task, result: ScsiResult,
-                              handed: threading.Lock) -> None:
-        """On the loop: send the response now (unless the task was aborted meanwhile);
-        release the worker once the transport can take more, so back-pressure from a slow
-        initiator reaches the device."""
-        try:
-            if not (task.aborted or self._closing):
-                self._send_result(task, result)
-        except Exception:
-            self._task_done(task)
-            handed.release()
-            raise
-        self._task_done(task)
-        if self._write_ok.is_set() or self._closing:
-            handed.release()
-            return
-        t = self.loop.create_task(self._release_when_writable(handed))
-        self._bg.add(t)
-        t.add_done_callback(self._bg.discard)
-
-    async def _release_when_writable(self, handed: threading.Lock) -> None:
-        try:
-            await self._write_ok.wait()
-        finally:
-            handed.release()
+        return result
 
     @staticmethod
-    def _check_write_length(worker: LunWorker, task: Task,
-                            data_out: memoryview | None) -> ScsiResult | None:
+    def _check_write_length(worker: LunWorker, task: Task) -> ScsiResult | None:
         """Compare a write's Expected Data Transfer Length with what the CDB asks for.
 
         Only possible when the model offers the optional ``data_out_length(cdb) -> int | None``
-        (asked on the LUN thread, since e.g. a tape's fixed block size is device state).
+        (asked under the LUN's lock, since e.g. a tape's fixed block size is device state).
         EDTL larger than the CDB's length: the command runs on the first bytes and the
         response says UNDERFLOW. Smaller: nothing is written (a tape must never get a torn
         block) and the answer is CHECK CONDITION, INVALID FIELD IN INFORMATION UNIT, with
         OVERFLOW (the FCP-4 rule iSCSI targets follow).
         """
-        hook = getattr(worker.device, "data_out_length", None)
+        hook = worker.data_out_length
         if not task.write or hook is None:
             return None
         wanted = hook(task.cdb)
@@ -896,39 +696,32 @@ class Connection(asyncio.BufferedProtocol):
         task.write_residual = (pdu.RESIDUAL_OVERFLOW, wanted - task.edtl)
         return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x0E, 0x03).result()
 
-    def _finish_local(self, task: Task, result: ScsiResult) -> None:
-        task.state = TaskState.QUEUED
-        self._idle.clear()
-        t = self.loop.create_task(self._complete(task, result))
-        self._bg.add(t)
-        t.add_done_callback(self._bg.discard)
+    def _answer(self, task: Task, result: ScsiResult | None) -> None:
+        """End a task: send its response (unless it was aborted or ``result`` is None).
 
-    async def _complete(self, task: Task, result: ScsiResult) -> None:
-        """Send Data-In and status for a finished command (on the event loop)."""
-        try:
-            if task.aborted or self._closing:
-                return
+        The task leaves the table before the response goes out, so an initiator that reuses
+        the ITT at once finds it free, and an ABORT TASK that comes later finds nothing."""
+        with self.lock:
+            send = result is not None and not task.aborted and not self._closing
+            task.committed = send
+            self._finish(task)
+        if send:
             self._send_result(task, result)
-            if not self._write_ok.is_set():
-                await self._write_ok.wait()
-        finally:
-            self._task_done(task)
 
-    def _task_done(self, task: Task) -> None:
+    def _finish(self, task: Task) -> None:
+        """Drop a task from the table (call with ``self.lock`` held; idempotent)."""
         task.state = TaskState.DONE
-        if task.finished is not None:
-            task.finished.set()
-        self._buffered -= task.buffered
-        task.buffered = 0
+        if task.buffered:
+            self._buffered -= task.buffered
+            task.buffered = 0
         if self.tasks.get(task.itt) is task:
             del self.tasks[task.itt]
-        for ttt in task.r2ts:
-            self._ttt_map.pop(ttt, None)
-        if not any(t.state is TaskState.QUEUED for t in self.tasks.values()):
-            self._idle.set()
+        if task.r2ts:
+            for ttt in task.r2ts:
+                self._ttt_map.pop(ttt, None)
 
-    def _send_result(self, task: Task, result: ScsiResult, frames: list | None = None) -> None:
-        """Send Data-In and status, or (``frames`` given, on a worker) collect the pieces."""
+    def _send_result(self, task: Task, result: ScsiResult) -> None:
+        """Data-In PDUs (status in the last one when it can be) or a SCSI Response."""
         session = self.session
         assert session is not None
         p = session.params
@@ -953,45 +746,41 @@ class Connection(asyncio.BufferedProtocol):
             elif n:
                 rflags, residual = pdu.RESIDUAL_OVERFLOW, n
         status_in_data = xfer > 0 and status == Status.GOOD and not sense
-        datasn = 0
-        offset = 0
-        mrdsl = p.max_xmit_dsl
-        burst_left = p.max_burst
-        while offset < xfer:
-            chunk = min(mrdsl, xfer - offset, burst_left)
-            last = offset + chunk == xfer
-            burst_left -= chunk
-            final = last or burst_left == 0
-            if burst_left == 0:
-                burst_left = p.max_burst
-            with_status = last and status_in_data
-            bhs = pdu.data_in_bhs(
-                final=final, status=status if with_status else None, lun=task.lun_raw,
-                itt=task.itt, statsn=self._next_statsn() if with_status else 0,
-                expcmdsn=session.exp_cmdsn, maxcmdsn=session.max_cmdsn, datasn=datasn,
-                offset=offset, dsl=chunk, residual_flags=rflags, residual=residual,
-            )
-            if frames is None:
-                self._send(bhs, data[offset:offset + chunk])
-            else:
+        frames: list = []
+        with self._tx_lock:
+            datasn = 0
+            offset = 0
+            mrdsl = p.max_xmit_dsl
+            burst_left = p.max_burst
+            while offset < xfer:
+                chunk = min(mrdsl, xfer - offset, burst_left)
+                last = offset + chunk == xfer
+                burst_left -= chunk
+                final = last or burst_left == 0
+                if burst_left == 0:
+                    burst_left = p.max_burst
+                with_status = last and status_in_data
+                bhs = pdu.data_in_bhs(
+                    final=final, status=status if with_status else None, lun=task.lun_raw,
+                    itt=task.itt, statsn=self._next_statsn() if with_status else 0,
+                    expcmdsn=session.exp_cmdsn, maxcmdsn=session.max_cmdsn, datasn=datasn,
+                    offset=offset, dsl=chunk, residual_flags=rflags, residual=residual,
+                )
                 self._frames(bhs, data[offset:offset + chunk], frames)
-            datasn += 1
-            offset += chunk
-        if status_in_data:
-            return
-        payload = b""
-        if sense:
-            payload = len(sense).to_bytes(2, "big") + bytes(sense)
-        bhs = pdu.scsi_rsp_bhs(
-            status=status, itt=task.itt, statsn=self._next_statsn(),
-            expcmdsn=session.exp_cmdsn, maxcmdsn=session.max_cmdsn,
-            expdatasn=datasn + task.r2tsn,  # Data-In and R2T PDUs sent for the task
-            dsl=len(payload), residual_flags=rflags, residual=residual,
-        )
-        if frames is None:
-            self._send(bhs, payload)
-        else:
-            self._frames(bhs, payload, frames)
+                datasn += 1
+                offset += chunk
+            if not status_in_data:
+                payload = b""
+                if sense:
+                    payload = len(sense).to_bytes(2, "big") + bytes(sense)
+                bhs = pdu.scsi_rsp_bhs(
+                    status=status, itt=task.itt, statsn=self._next_statsn(),
+                    expcmdsn=session.exp_cmdsn, maxcmdsn=session.max_cmdsn,
+                    expdatasn=datasn + task.r2tsn,  # Data-In and R2T PDUs sent for the task
+                    dsl=len(payload), residual_flags=rflags, residual=residual,
+                )
+                self._frames(bhs, payload, frames)
+            self._sendall(frames)
 
     # ---- NOP -----------------------------------------------------------------------------
     def _on_nop_out(self, hdr: Header, data: memoryview) -> None:
@@ -1009,46 +798,50 @@ class Connection(asyncio.BufferedProtocol):
             return
         if not session.accept_cmdsn(hdr.cmdsn, hdr.immediate):
             return
-        bhs = pdu.encode_layout(
-            Op.NOP_IN, dsl=len(data), flags=0x80, lun=hdr.lun, itt=hdr.itt, ttt=ALL_ONES,
-            statsn=self._next_statsn(), expcmdsn=session.exp_cmdsn, maxcmdsn=session.max_cmdsn,
-        )
-        self._send(bhs, bytes(data))
+        with self._tx_lock:
+            bhs = pdu.encode_layout(
+                Op.NOP_IN, dsl=len(data), flags=0x80, lun=hdr.lun, itt=hdr.itt, ttt=ALL_ONES,
+                statsn=self._next_statsn(), expcmdsn=session.exp_cmdsn,
+                maxcmdsn=session.max_cmdsn,
+            )
+            self._send(bhs, bytes(data))
 
-    async def _watchdog(self) -> None:
-        """Ping an idle initiator with NOP-In and drop the connection if it stays silent."""
+    def watchdog_check(self, now: float) -> str | None:
+        """Called about once a second by the server: 'ping' when the initiator has been
+        silent for the NOP interval (then call :meth:`ping`), 'drop' when it did not answer
+        the ping (or never finished logging in) in time."""
+        if self._closing:
+            return None
         lim = self.server.config.limits
-        started = time.monotonic()
-        try:
-            while not self._closing:
-                await asyncio.sleep(0.25 if lim.nop_interval < 5 else 1.0)
-                now = time.monotonic()
-                if not self.full_feature:
-                    if now - started > lim.login_timeout:
-                        log.info("%s: login timed out", self.peer)
-                        self.close()
-                    continue
-                if lim.nop_interval <= 0:
-                    continue
-                if self._ping_ttt is not None:
-                    if self._last_rx > self._ping_sent:
-                        self._ping_ttt = None  # traffic proves the initiator is alive
-                    elif now - self._ping_sent > lim.nop_timeout:
-                        log.info("%s: no answer to NOP-In ping, dropping connection", self.peer)
-                        self.abort()
-                        return
-                    continue
-                if now - self._last_rx >= lim.nop_interval and self.session is not None:
-                    self._ping_ttt = self._new_ttt()
-                    self._ping_sent = now
-                    s = self.session
-                    bhs = pdu.encode_layout(
-                        Op.NOP_IN, flags=0x80, itt=ALL_ONES, ttt=self._ping_ttt,
-                        statsn=self.statsn, expcmdsn=s.exp_cmdsn, maxcmdsn=s.max_cmdsn,
-                    )
-                    self._send(bhs)
-        except asyncio.CancelledError:
-            pass
+        if not self.full_feature:
+            return "drop" if now - self.opened > lim.login_timeout else None
+        if lim.nop_interval <= 0 or self.session is None:
+            return None
+        if self._ping_ttt is not None:
+            if self._last_rx > self._ping_sent:
+                self._ping_ttt = None  # traffic proves the initiator is alive
+            elif now - self._ping_sent > lim.nop_timeout:
+                return "drop"
+            return None
+        if now - self._last_rx >= lim.nop_interval:
+            self._ping_ttt = self._new_ttt()
+            self._ping_sent = now
+            return "ping"
+        return None
+
+    def ping(self) -> None:
+        """Send the NOP-In ping :meth:`watchdog_check` asked for (blocks while a response to
+        a slow reader is being written: call it off the event loop)."""
+        s = self.session
+        ttt = self._ping_ttt
+        if s is None or ttt is None:
+            return
+        with self._tx_lock:
+            bhs = pdu.encode_layout(
+                Op.NOP_IN, flags=0x80, itt=ALL_ONES, ttt=ttt, statsn=self.statsn,
+                expcmdsn=s.exp_cmdsn, maxcmdsn=s.max_cmdsn,
+            )
+            self._send(bhs)
 
     # ---- text (SendTargets) ----------------------------------------------------------------
     def _on_text(self, hdr: Header, data: memoryview) -> None:
@@ -1101,59 +894,48 @@ class Connection(asyncio.BufferedProtocol):
             ttt = self._new_ttt()
             if rest:
                 self._text_pending[ttt] = rest
-        bhs = pdu.encode_layout(
-            Op.TEXT_RSP, dsl=len(chunk), flags=flags, lun=hdr.lun, itt=hdr.itt, ttt=ttt,
-            statsn=self._next_statsn(), expcmdsn=session.exp_cmdsn, maxcmdsn=session.max_cmdsn,
-        )
-        self._send(bhs, chunk)
+        with self._tx_lock:
+            bhs = pdu.encode_layout(
+                Op.TEXT_RSP, dsl=len(chunk), flags=flags, lun=hdr.lun, itt=hdr.itt, ttt=ttt,
+                statsn=self._next_statsn(), expcmdsn=session.exp_cmdsn,
+                maxcmdsn=session.max_cmdsn,
+            )
+            self._send(bhs, chunk)
 
     # ---- task management ------------------------------------------------------------------
     def _on_tmf(self, hdr: Header) -> None:
+        """Task management, answered in order on this thread: commands the initiator sends
+        after the TMF only run once it is done (waiting for a running command included)."""
         session = self.session
         assert session is not None
         if not session.accept_cmdsn(hdr.cmdsn, hdr.immediate):
             return
-        t = self.loop.create_task(self._tmf(hdr))
-        self._bg.add(t)
-        t.add_done_callback(self._bg.discard)
-
-    async def _tmf(self, hdr: Header) -> None:
-        session = self.session
-        assert session is not None
         function = hdr.flags & 0x7F
         response = TmfResponse.FUNCTION_COMPLETE
         target = session.target
         lun = pdu.decode_lun(hdr.lun)
+        server = self.server
         try:
             if target is None:
                 response = TmfResponse.AUTHORIZATION_FAILED
             elif function == TmfFunction.ABORT_TASK:
-                ref = hdr.words[0]
-                self._sweep()
-                task = self.tasks.get(ref)
-                with self._tx_lock:  # decide against a worker's direct send, atomically
-                    gone = task is None or task.state is TaskState.DONE or task.committed
-                    if task is not None and not gone:
-                        task.aborted = True
-                if gone:
+                task = self.tasks.get(hdr.words[0])
+                if task is None or not server.abort_tasks([(self, task)]):
                     response = TmfResponse.TASK_DOES_NOT_EXIST
-                else:
-                    await self.server.abort_tasks([(self, task)])
             elif function in (TmfFunction.ABORT_TASK_SET, TmfFunction.CLEAR_TASK_SET,
                               TmfFunction.LOGICAL_UNIT_RESET):
                 if lun is None or lun not in target.devices.luns:
                     response = TmfResponse.LUN_DOES_NOT_EXIST
                 else:
                     only_me = function == TmfFunction.ABORT_TASK_SET
-                    await self.server.abort_lun(target, lun, self if only_me else None)
+                    server.abort_lun(target, lun, self if only_me else None)
                     kind = (ResetKind.LUN_RESET if function == TmfFunction.LOGICAL_UNIT_RESET
                             else ResetKind.ABORT_TASK_SET)
-                    await self.server.reset_device(target, lun, kind, session.nexus)
+                    server.reset_device(target, lun, kind, session.nexus)
             elif function == TmfFunction.TARGET_WARM_RESET:
                 for n in sorted(target.devices.luns):
-                    await self.server.abort_lun(target, n, None)
-                    await self.server.reset_device(target, n, ResetKind.TARGET_RESET,
-                                                   session.nexus)
+                    server.abort_lun(target, n, None)
+                    server.reset_device(target, n, ResetKind.TARGET_RESET, session.nexus)
             elif function == TmfFunction.TASK_REASSIGN:
                 response = TmfResponse.REASSIGNMENT_NOT_SUPPORTED
             else:
@@ -1161,30 +943,34 @@ class Connection(asyncio.BufferedProtocol):
         except Exception:
             log.exception("%s: task management function %d failed", self.peer, function)
             response = TmfResponse.REJECTED
-        bhs = pdu.encode_layout(
-            Op.TMF_RSP, flags=0x80, response=int(response), itt=hdr.itt,
-            statsn=self._next_statsn(), expcmdsn=session.exp_cmdsn, maxcmdsn=session.max_cmdsn,
-        )
-        self._send(bhs)
+        with self._tx_lock:
+            bhs = pdu.encode_layout(
+                Op.TMF_RSP, flags=0x80, response=int(response), itt=hdr.itt,
+                statsn=self._next_statsn(), expcmdsn=session.exp_cmdsn,
+                maxcmdsn=session.max_cmdsn,
+            )
+            self._send(bhs)
 
-    def abort_task(self, task: Task) -> asyncio.Event | None:
-        """Abort one of this connection's tasks: no response will be sent for it.
+    def abort_task(self, task: Task) -> str:
+        """Abort one of this connection's tasks (any thread): no response will be sent.
 
-        Marks the task at once (so a result arriving on the next loop iteration is dropped)
-        and returns an event to await when the command is already running on its LUN thread
-        (it cannot be interrupted; its result is discarded when it ends).
-        """
-        task.aborted = True
-        self._recently_aborted.append(task.itt)
-        if task.started and task.state is not TaskState.DONE:
-            task.finished = task.finished or asyncio.Event()
-            return task.finished
-        self._forget(task)
-        return None
+        'gone': too late (its response is on the way, or it ended); 'running': the device
+        has it (it cannot be interrupted; wait with :meth:`wait_task`); 'aborted': it never
+        reaches the device (still receiving data, or queued behind another command)."""
+        with self.lock:
+            if task.committed or task.state is TaskState.DONE:
+                return "gone"
+            task.aborted = True
+            self._recently_aborted.append(task.itt)
+            if task.started:
+                return "running"
+            self._finish(task)
+            return "aborted"
 
-    def _forget(self, task: Task) -> None:
-        if self.tasks.get(task.itt) is task:
-            self._task_done(task)
+    def wait_task(self, task: Task) -> None:
+        """Wait until a running task has ended (its result is dropped, as it was aborted)."""
+        while task.state is not TaskState.DONE and not self.closed.is_set():
+            time.sleep(POLL)
 
     # ---- logout --------------------------------------------------------------------------
     def _on_logout(self, hdr: Header) -> None:
@@ -1193,53 +979,56 @@ class Connection(asyncio.BufferedProtocol):
         if not session.accept_cmdsn(hdr.cmdsn, hdr.immediate):
             return
         reason = hdr.flags & 0x7F
-        cid = hdr.words[0] >> 16
-        t = self.loop.create_task(self._logout(hdr, reason, cid))
-        self._bg.add(t)
-        t.add_done_callback(self._bg.discard)
-
-    async def _logout(self, hdr: Header, reason: int, cid: int) -> None:
-        session = self.session
-        assert session is not None
         response = 0
         if reason == 2:
             response = 2  # connection recovery is not supported at ERL 0
         else:
-            await self.wait_idle(timeout=None)
-        bhs = pdu.encode_layout(
-            Op.LOGOUT_RSP, flags=0x80, response=response, itt=hdr.itt,
-            statsn=self._next_statsn(), expcmdsn=session.exp_cmdsn, maxcmdsn=session.max_cmdsn,
-            time2wait=0, time2retain=0,
-        )
-        self._send(bhs)
+            self.wait_idle(timeout=None)
+        with self._tx_lock:
+            bhs = pdu.encode_layout(
+                Op.LOGOUT_RSP, flags=0x80, response=response, itt=hdr.itt,
+                statsn=self._next_statsn(), expcmdsn=session.exp_cmdsn,
+                maxcmdsn=session.max_cmdsn, time2wait=0, time2retain=0,
+            )
+            self._send(bhs)
         if response == 0:
-            self.close()
+            self._closing = True
 
     def request_logout(self, seconds: int) -> bool:
         """Ask the initiator to log out (Async Message, AsyncEvent 1) - used at shutdown so
         initiators leave cleanly instead of seeing the connection drop. False if there is
-        no full-feature session to ask."""
+        no full-feature session to ask. May block behind a slow reader: not on the loop."""
         s = self.session
         if not self.full_feature or s is None or self._closing:
             return False
-        bhs = pdu.encode_layout(
-            Op.ASYNC, flags=0x80, itt=ALL_ONES, statsn=self._next_statsn(),
-            expcmdsn=s.exp_cmdsn, maxcmdsn=s.max_cmdsn, event=1, param3=seconds,
-        )
-        self._send(bhs)
+        with self._tx_lock:
+            bhs = pdu.encode_layout(
+                Op.ASYNC, flags=0x80, itt=ALL_ONES, statsn=self._next_statsn(),
+                expcmdsn=s.exp_cmdsn, maxcmdsn=s.max_cmdsn, event=1, param3=seconds,
+            )
+            self._send(bhs)
         return True
 
-    async def wait_idle(self, timeout: float | None) -> bool:
+    def busy(self) -> bool:
+        """Is a command of this connection queued or running on a device?"""
+        with self.lock:
+            return any(t.state is TaskState.QUEUED for t in self.tasks.values())
+
+    def wait_idle(self, timeout: float | None) -> bool:
         """Wait until no submitted command is still running (in-flight work finishes)."""
-        self._sweep_wanted += 1
-        try:
-            self._sweep()
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            self._sweep_wanted -= 1
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.busy():
+            if self.closed.is_set():
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL)
+        return True
+
+
+_NO_OPCODES: frozenset[int] = frozenset()
+# The 8-byte LUN field of LUNs 0..255 in peripheral addressing: a fast path for decode_lun.
+_LUN_FAST = [pdu.encode_lun(n) for n in range(256)]
 
 
 def report_luns(luns: list[int], cdb: bytes) -> ScsiResult:

@@ -14,20 +14,22 @@ Why, rather than one target per device (AWS Tape Gateway's choice):
 The ``TargetConfig`` list allows more targets later (e.g. per-device) without touching the
 protocol code.
 
-Every LUN has a worker thread (shared by all sessions) so commands to one device run in order
-and the blocking model code stays off the event loop.
+Threads: the event loop only accepts connections, runs the NOP-In watchdog and sequences a
+clean stop; every connection has a thread of its own (see ``connection.py`` for why), and
+every LUN a lock and a worker thread (shared by all sessions) for the commands that may take
+long, so a connection keeps answering NOP-Outs and task management while they run.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import ipaddress
 import logging
 import queue
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,22 +43,25 @@ log = logging.getLogger("vtl.iscsi")
 
 
 class LunWorker:
-    """One device and the single thread that runs its commands, in arrival order.
+    """One device: the lock that lets one command at a time reach it, and the thread that
+    runs its long commands in arrival order.
 
-    A bare thread and a SimpleQueue rather than a ThreadPoolExecutor: the per-command path
-    (``post``) allocates no Future and takes no executor locks; ``submit`` (resets, nexus
-    loss) returns a Future for the rare callers that wait.
+    A bare thread and a SimpleQueue rather than a ThreadPoolExecutor: posting a command
+    allocates no Future and takes no executor locks.
     """
 
     _STOP = object()
 
     def __init__(self, name: str, device: ScsiDevice) -> None:
         self.device = device
+        self.lock = threading.Lock()
+        # The optional parts of the device contract (vtl/scsi/base.py), looked up once
+        # (``inline_opcodes`` may change with the device's state: read per command).
+        self.idle: Callable[[], None] | None = getattr(device, "idle", None)
+        self.data_out_length: Callable[[bytes], int | None] | None = getattr(
+            device, "data_out_length", None)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
-        # (connection, lock) of the last response handed to the loop; see
-        # Connection._run_on_worker
-        self.in_flight: tuple[Connection, threading.Lock] | None = None
         self._thread = threading.Thread(target=self._run, name=f"lun-{name}", daemon=True)
         self._thread.start()
 
@@ -76,20 +81,6 @@ class LunWorker:
         if self._closed:
             raise RuntimeError("LUN worker is shut down")
         self._queue.put((fn, args))
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future:
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-
-        def job() -> None:
-            if not fut.set_running_or_notify_cancel():
-                return
-            try:
-                fut.set_result(fn(*args))
-            except BaseException as exc:  # handed to whoever waits on the future
-                fut.set_exception(exc)
-
-        self.post(job)
-        return fut
 
     def shutdown(self) -> None:
         """Run what is queued, then stop the thread."""
@@ -113,7 +104,9 @@ class IscsiTarget:
         self.connections: set[Connection] = set()
         self.sessions: dict[int, Session] = {}
         self._by_nexus: dict[tuple[str, bytes, str], Connection] = {}
-        self._servers: list[asyncio.base_events.Server] = []
+        self._lock = threading.Lock()  # the three tables above, used by connection threads
+        self._listeners: list[socket.socket] = []
+        self._background: list[asyncio.Task] = []
         self.workers: dict[tuple[str, int], LunWorker] = {}
         for t in config.targets:
             for lun, dev in t.devices.luns.items():
@@ -123,40 +116,84 @@ class IscsiTarget:
     # ---- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        for host, port in self.config.portals:
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            server = await loop.create_server(
-                lambda: Connection(self), host, port, family=family, reuse_address=True
-            )
-            self._servers.append(server)
-            for sock in server.sockets:
-                addr = sock.getsockname()
-                self.bound.append((addr[0], addr[1]))
+        try:
+            for host, port in self.config.portals:
+                self._listeners.append(_listen(host, port))
+        except OSError:
+            for sock in self._listeners:
+                sock.close()
+            self._listeners.clear()
+            raise
+        for sock in self._listeners:
+            addr = sock.getsockname()
+            self.bound.append((addr[0], addr[1]))
+            self._background.append(loop.create_task(self._accept(sock)))
+        self._background.append(loop.create_task(self._watchdog()))
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # e.g. out of descriptors: keep serving the others
+                log.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            conn = Connection(self, sock)
+            with self._lock:
+                self.connections.add(conn)
+            conn.start()
+
+    async def _watchdog(self) -> None:
+        """Login timeouts and NOP-In pings for every connection, from one timer."""
+        lim = self.config.limits
+        period = 0.25 if lim.nop_interval < 5 or lim.login_timeout < 5 else 1.0
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            with self._lock:
+                conns = list(self.connections)
+            for conn in conns:
+                action = conn.watchdog_check(now)
+                if action == "drop":
+                    log.info("%s: %s, dropping connection", conn.peer,
+                             "no answer to NOP-In ping" if conn.full_feature
+                             else "login timed out")
+                    conn.abort()
+                elif action == "ping":
+                    # The ping waits behind a response being written to a slow reader.
+                    threading.Thread(target=conn.ping, daemon=True).start()
 
     async def stop(self, grace: float = 60.0, logout_wait: float = 2.0) -> None:
         """Stop listening, let in-flight commands finish, ask initiators to log out (give
         them ``logout_wait`` seconds), then close every connection that is left."""
-        for server in self._servers:
-            server.close()
-        conns = list(self.connections)
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._background.clear()
+        for sock in self._listeners:
+            sock.close()
+        self._listeners.clear()
+        with self._lock:
+            conns = list(self.connections)
         for c in conns:
             c.draining = True
         if conns:
-            await asyncio.gather(*(c.wait_idle(grace) for c in conns))
-        asked = [c for c in conns if c.request_logout(max(1, int(logout_wait)))]
+            await asyncio.gather(*(asyncio.to_thread(c.wait_idle, grace) for c in conns))
+        seconds = max(1, int(logout_wait))
+        asked = [c for c, ok in zip(conns, await asyncio.gather(
+            *(asyncio.to_thread(c.request_logout, seconds) for c in conns)), strict=True) if ok]
         if asked and logout_wait > 0:
-            await asyncio.wait([asyncio.ensure_future(c.closed.wait()) for c in asked],
-                               timeout=logout_wait)
+            await asyncio.to_thread(_wait_closed, asked, logout_wait)
         for c in conns:
             c.close()
         if conns:
-            await asyncio.wait([asyncio.ensure_future(c.closed.wait()) for c in conns], timeout=5)
-        for c in list(self.connections):
+            await asyncio.to_thread(_wait_closed, conns, 5.0)
+        with self._lock:
+            left = list(self.connections)
+        for c in left:
             c.abort()
-        for server in self._servers:
-            await server.wait_closed()
-        # Let queued nexus_lost calls run before the threads go away (waiting off the loop:
-        # a worker may still need one loop iteration to notice its connection closed).
+        # Let queued nexus_lost calls run before the threads go away.
         for w in self.workers.values():
             await asyncio.to_thread(w.shutdown)
 
@@ -172,46 +209,52 @@ class IscsiTarget:
     # ---- sessions ------------------------------------------------------------------------
     def open_session(self, conn: Connection, login: LoginHandler, isid: bytes,
                      cmdsn: int) -> Session:
-        tsih = 0
-        while tsih == 0 or tsih in self.sessions:
-            tsih = secrets.randbelow(0xFFFF) + 1
-        session = Session(
-            tsih=tsih, isid=isid, initiator_name=login.initiator_name, target=login.target,
-            params=login.params, exp_cmdsn=cmdsn, queue_depth=self.config.limits.queue_depth,
-        )
-        self.sessions[tsih] = session
-        if login.target is not None:
-            key = (login.initiator_name, isid, login.target.iqn)
-            old = self._by_nexus.get(key)
-            if old is not None and old is not conn:
-                # Session reinstatement (RFC 7143 6.3.5): the old session is closed first.
-                log.info("reinstating session of %s", login.initiator_name)
-                self._cleanup(old)
-                old.abort()
-            self._by_nexus[key] = conn
+        old = None
+        with self._lock:
+            tsih = 0
+            while tsih == 0 or tsih in self.sessions:
+                tsih = secrets.randbelow(0xFFFF) + 1
+            session = Session(
+                tsih=tsih, isid=isid, initiator_name=login.initiator_name, target=login.target,
+                params=login.params, exp_cmdsn=cmdsn, queue_depth=self.config.limits.queue_depth,
+            )
+            self.sessions[tsih] = session
+            if login.target is not None:
+                key = (login.initiator_name, isid, login.target.iqn)
+                old = self._by_nexus.get(key)
+                if old is conn:
+                    old = None
+                self._by_nexus[key] = conn
+        if old is not None:
+            # Session reinstatement (RFC 7143 6.3.5): the old session is closed first.
+            log.info("reinstating session of %s", login.initiator_name)
+            self._cleanup(old)
+            old.abort()
         return session
 
     def connection_closed(self, conn: Connection) -> None:
-        self.connections.discard(conn)
+        with self._lock:
+            self.connections.discard(conn)
         self._cleanup(conn)
 
     def _cleanup(self, conn: Connection) -> None:
         session = conn.session
-        if session is None or self.sessions.get(session.tsih) is not session:
-            return
-        del self.sessions[session.tsih]
-        if session.target is None:
-            return
-        key = (session.initiator_name, session.isid, session.target.iqn)
-        if self._by_nexus.get(key) is conn:
-            del self._by_nexus[key]
+        with self._lock:
+            if session is None or self.sessions.get(session.tsih) is not session:
+                return
+            del self.sessions[session.tsih]
+            if session.target is None:
+                return
+            key = (session.initiator_name, session.isid, session.target.iqn)
+            if self._by_nexus.get(key) is conn:
+                del self._by_nexus[key]
         for lun in session.target.devices.luns:
             worker = self.workers.get((session.target.iqn, lun))
             if worker is not None:
-                try:
-                    worker.post(_nexus_lost, worker.device, session.nexus)
+                try:  # after the commands still queued for the LUN
+                    worker.post(_nexus_lost, worker, session.nexus)
                 except RuntimeError:  # worker already shut down
-                    _nexus_lost(worker.device, session.nexus)
+                    _nexus_lost(worker, session.nexus)
 
     # ---- discovery -----------------------------------------------------------------------
     def send_targets(self, conn: Connection, value: str) -> list[tuple[str, str]]:
@@ -246,38 +289,68 @@ class IscsiTarget:
                 out.append((host, port))
         return out
 
-    # ---- task management -----------------------------------------------------------------
-    async def abort_tasks(self, tasks: list[tuple[Connection, Task]]) -> None:
-        """Abort tasks (no responses for them), waiting for any already running to end."""
+    # ---- task management (called on the thread of the connection that got the TMF) --------
+    def abort_tasks(self, tasks: list[tuple[Connection, Task]]) -> bool:
+        """Abort tasks (no responses for them), waiting for any already running to end.
+        False when none of them could be aborted any more."""
         running = []
-        for conn, task in tasks:  # mark them all before yielding to the loop
-            fut = conn.abort_task(task)
-            if fut is not None:
-                running.append((conn, task, fut))
-        for conn, task, finished in running:
-            await conn.wait_finished(task, finished)
-            conn._forget(task)
+        any_aborted = False
+        for conn, task in tasks:  # mark them all before waiting for any
+            state = conn.abort_task(task)
+            any_aborted = any_aborted or state != "gone"
+            if state == "running":
+                running.append((conn, task))
+        for conn, task in running:
+            conn.wait_task(task)
+        return any_aborted
 
-    async def abort_lun(self, target: TargetConfig, lun: int, only: Connection | None) -> None:
+    def abort_lun(self, target: TargetConfig, lun: int, only: Connection | None) -> None:
         victims: list[tuple[Connection, Task]] = []
-        for conn in list(self.connections):
+        with self._lock:
+            conns = list(self.connections)
+        for conn in conns:
             if only is not None and conn is not only:
                 continue
             s = conn.session
             if s is None or s.target is not target:
                 continue
-            victims.extend((conn, t) for t in list(conn.tasks.values()) if t.lun == lun)
-        await self.abort_tasks(victims)
+            with conn.lock:
+                victims.extend((conn, t) for t in conn.tasks.values() if t.lun == lun)
+        self.abort_tasks(victims)
 
-    async def reset_device(self, target: TargetConfig, lun: int, kind: ResetKind,
-                           nexus: Nexus) -> None:
+    def reset_device(self, target: TargetConfig, lun: int, kind: ResetKind,
+                     nexus: Nexus) -> None:
         worker = self.workers.get((target.iqn, lun))
         if worker is not None:
-            await asyncio.wrap_future(worker.submit(worker.device.reset, kind, nexus))
+            with worker.lock:
+                worker.device.reset(kind, nexus)
 
 
-def _nexus_lost(device: ScsiDevice, nexus: Nexus) -> None:
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        device.nexus_lost(nexus)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(64)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _wait_closed(conns: list[Connection], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for c in conns:
+        c.closed.wait(max(0.0, deadline - time.monotonic()))
+
+
+def _nexus_lost(worker: LunWorker, nexus: Nexus) -> None:
+    try:
+        with worker.lock:
+            worker.device.nexus_lost(nexus)
     except Exception:
         log.exception("nexus_lost failed for %s", nexus.initiator)

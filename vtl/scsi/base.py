@@ -5,9 +5,20 @@ Data-In bytes and sense come out. The iSCSI target, the LIO/TCMU handler and the
 drive models through this one interface, so the behaviour an initiator sees never depends on
 which transport carried the command.
 
-Models are synchronous and may block (file I/O, zstd): a transport calls ``execute`` from a
-worker thread dedicated to that LUN, which keeps commands to one LUN in order and keeps
-compression off the transport's event loop.
+Models are synchronous and may block (file I/O, zstd). A transport calls a model from one
+thread at a time (it holds the LUN's lock), keeps one nexus's commands to a LUN in arrival
+order, and never calls a model from an event loop.
+
+Two optional attributes let a transport skip work on the hot path:
+
+* ``inline_opcodes: frozenset[int]``: commands that never block for long (at most one block of
+  file I/O: no fsync, no medium load). The embedded iSCSI target runs these on the thread that
+  received them instead of handing them to the LUN's worker thread, which saves a thread
+  wake-up per command; everything else goes to the worker, so a long command never stops the
+  connection from answering NOP-Outs and task management.
+* ``idle() -> None``: called (under the LUN's lock) right after a response has been sent,
+  before the transport waits for the next command. A model may do speculative work there
+  that no initiator can observe, as a tape drive reads the next block ahead into its buffer.
 """
 
 from __future__ import annotations

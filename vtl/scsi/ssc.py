@@ -94,6 +94,8 @@ DEFAULT_BUFFERED_MODE = 1
 # Commands on the data path: skip the catalog refresh (a cartridge being read or written is
 # flocked by this process, nobody can move it meanwhile).
 _HOT = frozenset({0x08, 0x0A, 0x10, 0x11, 0x34})
+_INLINE = frozenset({0x08, 0x0A, 0x34})
+_NOT_INLINE: frozenset[int] = frozenset()
 
 # TapeAlert flags (SSC-4 Annex A / the TapeAlert specification).
 TA_WRITE_FAILURE = 6
@@ -119,13 +121,6 @@ class TapeDrive(ScsiModel):
 
     PERIPHERAL_TYPE = 0x01
     REMOVABLE = True
-    # TEST UNIT READY, REQUEST SENSE, READ(6), WRITE(6), READ POSITION never block for long
-    # (at most one block of file I/O, no fsync, no medium load in the streaming case), so a
-    # transport may run them on the thread that received them. Rare exceptions: the first
-    # command after a cartridge was moved in mounts it (open + tail scan); a WRITE(6) that
-    # overwrites mid-tape fsyncs the shortened index sidecar; fixed-mode READ/WRITE move up
-    # to MAX_FIXED_TRANSFER bytes.
-    inline_opcodes = frozenset({0x00, 0x03, 0x08, 0x0A, 0x34})
 
     def __init__(self, bay: DriveBay, identity: DriveIdentity | None = None) -> None:
         if identity is None:
@@ -264,6 +259,19 @@ class TapeDrive(ScsiModel):
         return [counter(1, rem, 4), counter(2, 0, 4), counter(3, mx, 4), counter(4, 0, 4)]
 
     # ------------------------------------------------------------------ medium state
+    @property
+    def inline_opcodes(self) -> frozenset[int]:
+        """READ(6), WRITE(6) and READ POSITION while a cartridge is mounted: at most one
+        block of file I/O (fixed mode: up to MAX_FIXED_TRANSFER bytes), no fsync in the
+        streaming case, so a transport may run them on the thread that received them. Not
+        before the mount (the first command after a move opens and checks the cartridge and
+        re-reads the catalog), and never TEST UNIT READY / REQUEST SENSE (they re-read the
+        catalog). A WRITE(6) that overwrites mid-tape fsyncs the shortened index sidecar
+        once: short, and rare in streaming."""
+        if self._cart is not None and self._loaded:
+            return _INLINE
+        return _NOT_INLINE
+
     def before_command(self, nexus: Nexus, spec: CommandSpec) -> None:
         self._streaming = False
         bay = self.bay
