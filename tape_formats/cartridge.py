@@ -239,6 +239,7 @@ class TapeCartridge:
         self._ra_native = 0
         self._ra_stored = 0
         self._ra_data: bytes | memoryview = b""
+        self._ra_own = False  # _ra_data is memory of its own (not a view of _ra_buf)
         self._ra_buf = memoryview(bytearray(0))
 
     # -- creation and opening -----------------------------------------------------------
@@ -493,19 +494,24 @@ class TapeCartridge:
         self.position = len(self.index)
 
     # -- data ---------------------------------------------------------------------------
-    def read_block(self, buf: memoryview | bytearray | None = None) -> ReadResult:
+    def read_block(self, buf: memoryview | bytearray | None = None, *,
+                   own: bool = False) -> ReadResult:
         """Read the object at the position and move past it (not past EOD).
 
         A data block longer than ``buf`` fills ``buf`` and reports its full length (the
         drive turns that into ILI); the position still moves past the whole block.
+        ``own``: the caller takes the data wherever it is; a block that was decompressed
+        into memory of its own (never reused) then comes back as is instead of being copied
+        into ``buf`` (the result's ``data`` is what to use either way).
         """
         p = self.position
         idx = self.index
         if p == self._ra_obj:
             # Read ahead while the drive was idle: the block is already checked and decoded.
             self._ra_obj = -1
-            native, stored, data, direct = self._ra_native, self._ra_stored, self._ra_data, False
-            if buf is None:
+            native, stored, data = self._ra_native, self._ra_stored, self._ra_data
+            direct = own and self._ra_own and (buf is None or len(buf) >= native)
+            if buf is None and not self._ra_own:
                 data = bytes(data)  # the cache buffer is reused: the caller gets its own copy
         else:
             if p >= len(idx):
@@ -514,6 +520,8 @@ class TapeCartridge:
                 self.position = p + 1
                 return ReadResult(RecordKind.FILEMARK, 0)
             native, stored, data, direct = self._decode(p, buf)
+            if own and not direct and (buf is None or len(buf) >= native):
+                direct = True  # decompressed into memory of its own: no copy into buf
         self.position = p + 1
         with self._lock:
             self.counters.read_native += native
@@ -539,10 +547,11 @@ class TapeCartridge:
         if len(self._ra_buf) < native:
             self._ra_buf = memoryview(bytearray(native))
         try:
-            native, stored, data, _ = self._decode(p, self._ra_buf)
+            native, stored, data, direct = self._decode(p, self._ra_buf)
         except (CartridgeError, OSError, zstandard.ZstdError):
             return
         self._ra_native, self._ra_stored, self._ra_data = native, stored, data
+        self._ra_own = not direct  # zstd's output, not a view of the reused _ra_buf
         self._ra_obj = p
 
     def _decode(self, p: int, buf: memoryview | bytearray | None

@@ -151,6 +151,9 @@ def test_inline_commands_wait_for_queued_ones_and_nops_are_answered_meanwhile():
         before = dev.idle_calls
         for _ in range(3):
             ini.collect(ini.scsi(read6(4096), lun=1, read=4096))
+        deadline = time.monotonic() + 2  # idle() runs right after the response is sent
+        while dev.idle_calls < before + 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert dev.idle_calls >= before + 3
         assert all(name.startswith("iscsi ") for name in dev.threads[-3:])
         assert dev.threads[0].startswith("lun-")

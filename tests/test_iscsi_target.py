@@ -408,6 +408,15 @@ def test_ipv6_portal():
         loop.close()
 
 
+def test_single_pdu_fast_paths_match_the_general_encoders():
+    lun = pdu.encode_lun(1)
+    assert pdu.data_in_good(65536, lun, 7, 9, 10, 41) == pdu.data_in_bhs(
+        final=True, status=0, lun=lun, itt=7, statsn=9, expcmdsn=10, maxcmdsn=41, datasn=0,
+        offset=0, dsl=65536)
+    assert pdu.scsi_rsp_good(5, 1, 2, 3, 4) == pdu.scsi_rsp_bhs(
+        status=0, itt=5, statsn=1, expcmdsn=2, maxcmdsn=3, expdatasn=4, dsl=0)
+
+
 def test_struct_fast_paths_match_construct_layouts():
     bhs = pdu.data_in_bhs(final=True, status=0, lun=pdu.encode_lun(3), itt=7, statsn=9,
                           expcmdsn=10, maxcmdsn=41, datasn=2, offset=4096, dsl=512,

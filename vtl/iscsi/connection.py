@@ -128,6 +128,7 @@ class Connection:
         self._data_task: Task | None = None
         self._hd = False
         self._dd = False
+        self._max_dsl = LOGIN_MAX_DSL  # MaxRecvDataSegmentLength once logged in
         # protocol state
         self.login = LoginHandler(server.config)
         self.session: Session | None = None
@@ -137,6 +138,7 @@ class Connection:
         self._isid = b""
         self.tasks: dict[int, Task] = {}
         self._posted: dict[int | None, Task] = {}  # the last task handed to each LUN's worker
+        self._workers: dict[int | None, LunWorker] = {}  # this session's LUNs
         self._buffered = 0  # write-buffer bytes held by this connection's tasks
         self._ttt_map: dict[int, Task] = {}
         self._next_ttt = secrets.randbelow(0x7FFFFFFF)
@@ -233,7 +235,7 @@ class Connection:
         if self._hd and pdu.digest_bytes(raw[:ahs_end]) != raw[ahs_end:ahs_end + 4]:
             # The length fields cannot be trusted: at ERL 0 the connection must go.
             raise ProtocolError("header digest error")
-        limit = self.login.params.max_recv_dsl if self.full_feature else LOGIN_MAX_DSL
+        limit = self._max_dsl
         dsl = hdr.dsl
         if dsl > limit:
             self._reject(bhs, RejectReason.PROTOCOL_ERROR)
@@ -291,9 +293,10 @@ class Connection:
         with self._tx_lock:
             self._sendall(frames)
 
-    def _sendall(self, frames: list) -> None:
+    def _sendall(self, frames: list, total: int = -1) -> None:
         """Write every frame (blocking: a slow reader holds back the sender, not memory).
-        A broken connection is closed; the receiving thread notices by itself."""
+        A broken connection is closed; the receiving thread notices by itself. ``total``:
+        the frames' length when the caller knows it (spares counting in the common case)."""
         if self._sock_closed:
             return
         sendmsg = self.sock.sendmsg
@@ -301,6 +304,9 @@ class Connection:
             while frames:
                 batch = frames[:512] if len(frames) > 512 else frames  # below IOV_MAX
                 sent = sendmsg(batch)
+                if sent == total:
+                    return
+                total = -1
                 done = 0
                 for f in batch:
                     size = len(f)
@@ -343,7 +349,7 @@ class Connection:
     def _dispatch(self, hdr: Header, data: memoryview | None, digest_ok: bool) -> None:
         op = hdr.opcode
         if data is None:
-            data = memoryview(b"")
+            data = _EMPTY
         if not self.full_feature:
             if op != Op.LOGIN_REQ:
                 raise ProtocolError(f"opcode 0x{op:02x} before login completed")
@@ -409,6 +415,10 @@ class Connection:
             self.full_feature = True
             p = self.login.params
             self._hd, self._dd = p.header_digest, p.data_digest
+            self._max_dsl = p.max_recv_dsl
+            if self.session.target is not None:
+                self._workers = {lun: w for lun in self.session.target.devices.luns
+                                 if (w := self.server.worker(self.session.target, lun))}
             log.info("%s: %s session %s for %s (HeaderDigest=%s DataDigest=%s MRDSL=%d/%d)",
                      self.peer, "discovery" if self.session.discovery else "normal",
                      self.session.tsih, self.login.initiator_name,
@@ -435,8 +445,11 @@ class Connection:
         if session.discovery:
             self._reject(hdr.raw, RejectReason.PROTOCOL_ERROR)
             return
-        if not session.accept_cmdsn(hdr.cmdsn, hdr.immediate):
-            log.debug("%s: CmdSN %d outside window, ignored", self.peer, hdr.cmdsn)
+        cmdsn = hdr.words[1]
+        if cmdsn == session.exp_cmdsn and not hdr.immediate:
+            session.exp_cmdsn = (cmdsn + 1) & ALL_ONES  # the next one in order: in the window
+        elif not session.accept_cmdsn(cmdsn, hdr.immediate):
+            log.debug("%s: CmdSN %d outside window, ignored", self.peer, cmdsn)
             return
         itt = hdr.itt
         if itt in self.tasks or itt == ALL_ONES:
@@ -626,7 +639,7 @@ class Connection:
         if cdb[0] == 0xA0:  # REPORT LUNS belongs to the target, not to a device
             self._answer(task, report_luns(sorted(session.target.devices.luns), cdb))
             return
-        worker = self.server.worker(session.target, task.lun)
+        worker = self._workers.get(task.lun)
         if worker is None:
             self._answer(task, missing_lun_result(cdb))
             return
@@ -725,12 +738,37 @@ class Connection:
         session = self.session
         assert session is not None
         p = session.params
-        data = result.data if isinstance(result.data, memoryview) else memoryview(result.data)
-        if data.ndim != 1 or data.itemsize != 1:
+        data = result.data
+        if type(data) is memoryview and (data.ndim != 1 or data.itemsize != 1):
             data = data.cast("B")
         n = len(data)
         status = int(result.status)
         sense = result.sense
+        if not (status or sense or self._hd or self._dd):
+            # The streaming cases, one PDU each: a READ whose data fits one Data-In PDU
+            # (status in it), and a command without data (a WRITE, say) answered GOOD.
+            if task.read and 0 < n == task.edtl and n <= p.max_xmit_dsl and n <= p.max_burst:
+                pad = -n & 3
+                with self._tx_lock:
+                    sn = self.statsn
+                    self.statsn = (sn + 1) & ALL_ONES
+                    exp = session.exp_cmdsn
+                    bhs = pdu.data_in_good(n, task.lun_raw, task.itt, sn, exp,
+                                           (exp + session.queue_depth - 1) & ALL_ONES)
+                    self._sendall([bhs, data, b"\0" * pad] if pad else [bhs, data], 48 + n + pad)
+                return
+            if not n and not task.write_residual and not (task.read and task.edtl):
+                with self._tx_lock:
+                    sn = self.statsn
+                    self.statsn = (sn + 1) & ALL_ONES
+                    exp = session.exp_cmdsn
+                    bhs = pdu.scsi_rsp_good(task.itt, sn, exp,
+                                            (exp + session.queue_depth - 1) & ALL_ONES,
+                                            task.r2tsn)
+                    self._sendall([bhs], 48)
+                return
+        if type(data) is not memoryview:
+            data = memoryview(data)
         rflags = 0
         residual = 0
         if task.read:
@@ -1027,6 +1065,8 @@ class Connection:
 
 
 _NO_OPCODES: frozenset[int] = frozenset()
+_EMPTY = memoryview(b"")
+
 # The 8-byte LUN field of LUNs 0..255 in peripheral addressing: a fast path for decode_lun.
 _LUN_FAST = [pdu.encode_lun(n) for n in range(256)]
 

@@ -371,8 +371,8 @@ def decode_layout(header: bytes | bytearray | memoryview) -> cs.Container:
 
 
 # ---- fast paths ----------------------------------------------------------------------------
-_COMMON = struct.Struct(">BBBBB3s8sI")  # byte0 byte1 byte2 byte3 ahs dsl(3) lun itt
-_U32x7 = struct.Struct(">7I")  # bytes 20..47 as 7 words
+# The whole BHS: byte0..3, TotalAHSLength, DataSegmentLength (1 + 2 bytes), LUN, ITT, 7 words
+_BHS = struct.Struct(">BBBBBBH8sI7I")
 
 _DATA_IN = struct.Struct(">BBBBI8sIIIIIIII")
 _SCSI_RSP = struct.Struct(">BBBBI8sIIIIIIII")
@@ -412,20 +412,10 @@ class Header:
 
 
 def parse_bhs(raw: bytes) -> Header:
-    b0, b1, b2, b3, ahs, dsl, lun, itt = _COMMON.unpack_from(raw, 0)
-    return Header(
-        raw=raw,
-        opcode=b0 & 0x3F,
-        immediate=bool(b0 & 0x40),
-        flags=b1,
-        b2=b2,
-        b3=b3,
-        total_ahs_len=ahs,
-        dsl=int.from_bytes(dsl, "big"),
-        lun=lun,
-        itt=itt,
-        words=_U32x7.unpack_from(raw, 20),
-    )
+    f = _BHS.unpack_from(raw, 0)  # one unpack: this runs for every PDU
+    b0 = f[0]
+    return Header(raw, b0 & 0x3F, bool(b0 & 0x40), f[1], f[2], f[3], f[4],
+                  (f[5] << 16) | f[6], f[7], f[8], f[9:16])
 
 
 def data_in_bhs(*, final: bool, status: int | None, lun: bytes, itt: int, statsn: int,
@@ -455,6 +445,24 @@ def r2t_bhs(*, lun: bytes, itt: int, ttt: int, statsn: int, expcmdsn: int, maxcm
     return _R2T.pack(
         Op.R2T, 0x80, 0, 0, 0, lun, itt, ttt, statsn, expcmdsn, maxcmdsn, r2tsn, offset, length
     )
+
+
+def data_in_good(dsl: int, lun: bytes, itt: int, statsn: int, expcmdsn: int,
+                 maxcmdsn: int) -> bytes:
+    """The one Data-In of a READ answered GOOD in a single PDU, status included (the
+    streaming fast path of :func:`data_in_bhs`; positional, no residual)."""
+    return _DATA_IN.pack(0x25, 0x81, 0, 0, dsl, lun, itt, ALL_ONES, statsn, expcmdsn,
+                         maxcmdsn, 0, 0, 0)
+
+
+def scsi_rsp_good(itt: int, statsn: int, expcmdsn: int, maxcmdsn: int,
+                  expdatasn: int) -> bytes:
+    """SCSI Response GOOD without sense or residual (the fast path of :func:`scsi_rsp_bhs`)."""
+    return _SCSI_RSP.pack(0x21, 0x80, 0, 0, 0, _NO_LUN, itt, 0, statsn, expcmdsn, maxcmdsn,
+                          expdatasn, 0, 0)
+
+
+_NO_LUN = bytes(8)
 
 
 # Residual flag bits in SCSI Response byte 1 (the same positions in Data-In).

@@ -468,7 +468,7 @@ class TapeDrive(ScsiModel):
         if not fixed:
             buf = self._buffer(count)
             try:
-                r = cart.read_block(buf)
+                r = cart.read_block(buf, own=True)
             except (CorruptRecord, OSError) as exc:
                 return self._read_failed(exc, count, b"")
             if r.kind == RecordKind.DATA:
