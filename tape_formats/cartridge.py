@@ -196,7 +196,7 @@ def unpack_record(raw: bytes | memoryview) -> tuple[int, int, int, int, int, int
     if len(raw) < RECORD_STRUCT.size:
         return None
     magic, kind, flags, stored, native, file_no, obj, pcrc, hcrc = RECORD_STRUCT.unpack_from(raw)
-    if magic != RECORD_MAGIC or crc32c.crc32c(bytes(raw[:28])) != hcrc:
+    if magic != RECORD_MAGIC or crc32c.crc32c(memoryview(raw)[:28]) != hcrc:
         return None
     if kind not in (KIND_DATA, KIND_FILEMARK):
         return None

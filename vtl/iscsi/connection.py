@@ -124,6 +124,7 @@ class Connection:
         self._sock_closed = False
         # receive state
         self._hbuf = memoryview(bytearray(MAX_HEADER))
+        self._bhs_view = self._hbuf[:BHS_LEN]
         self._tbuf = memoryview(bytearray(8))  # padding + data digest
         self._data_task: Task | None = None
         self._hd = False
@@ -221,7 +222,11 @@ class Connection:
 
     def _recv_pdu(self) -> tuple[Header, memoryview | None, bool]:
         hb = self._hbuf
-        self._recv_exact(hb[:BHS_LEN])
+        got = self.sock.recv_into(self._bhs_view)
+        if got != BHS_LEN:  # rare: the header arrived in pieces (or the peer left)
+            if not got:
+                raise ConnectionGone()
+            self._recv_exact(hb[got:BHS_LEN])
         self._last_rx = time.monotonic()
         hlen = BHS_LEN + hb[4] * 4 + (4 if self._hd else 0)
         if hlen > BHS_LEN:
@@ -673,8 +678,10 @@ class Connection:
     def _call_device(self, worker: LunWorker, task: Task) -> ScsiResult:
         session = self.session
         assert session is not None
-        data_out = memoryview(task.buffer) if task.buffer is not None else None
         try:
+            if not task.write:
+                return worker.device.execute(session.nexus, task.cdb, None)
+            data_out = memoryview(task.buffer) if task.buffer is not None else None
             result = self._check_write_length(worker, task)
             if result is None:
                 if task.write_residual and data_out is not None:
