@@ -1,0 +1,201 @@
+"""The server's own cost per READ(6)/WRITE(6), without the network.
+
+A fake socket feeds pre-built SCSI Command PDUs to ``Connection._serve`` on this thread, one
+at a time (the next only after the previous response, as Linux st does), against a real
+library, drive model and cartridge. What is left is the interpreter, zstd, crc32c and pread:
+the part of a command vtl can make cheaper, measured without a second process to disturb it.
+
+    .venv/bin/python bench/bench_hot_path.py                  # us per command, 64 KiB
+    .venv/bin/python bench/bench_hot_path.py --block-size 256K
+    .venv/bin/python bench/bench_hot_path.py --callgrind      # instructions per READ
+
+``--callgrind`` runs the script twice under valgrind (600 writes, then 100 or 600 reads) and
+prints the difference per READ: a count that does not depend on the machine's load, for A/B
+comparisons of hot-path changes (needs Debian's valgrind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from vtl.config import LibraryConfig  # noqa: E402
+from vtl.iscsi import pdu  # noqa: E402
+from vtl.iscsi.config import Limits, ServerConfig, TargetConfig  # noqa: E402
+from vtl.iscsi.connection import Connection  # noqa: E402
+from vtl.iscsi.target import IscsiTarget  # noqa: E402
+from vtl.library import Library  # noqa: E402
+from vtl.scsi.devices import build_device_set  # noqa: E402
+
+IQN = "iqn.2026-11.org.vtl-ebm:hot-path"
+_SCSI_CMD = __import__("struct").Struct(">BBBB4s8sIIII16s")
+
+
+class OneAtATimeSocket:
+    """Serves the next PDU only once the previous one has been answered."""
+
+    def __init__(self, stream: bytes) -> None:
+        self.inp = memoryview(stream)
+        self.pos = 0
+        self.sent = 0
+        self.pdus = 0
+        self.responses = 0
+        self.cv = threading.Condition()
+
+    def recv_into(self, view: memoryview, nbytes: int = 0, flags: int = 0) -> int:
+        if len(view) == pdu.BHS_LEN:
+            if self.pdus:
+                with self.cv:
+                    self.cv.wait_for(lambda: self.responses >= self.pdus, timeout=10)
+            self.pdus += 1
+        n = min(len(view), len(self.inp) - self.pos)
+        view[:n] = self.inp[self.pos:self.pos + n]
+        self.pos += n
+        return n
+
+    def sendmsg(self, frames: list) -> int:
+        n = sum(len(f) for f in frames)
+        self.sent += n
+        with self.cv:
+            self.responses += 1
+            self.cv.notify()
+        return n
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def setsockopt(self, *args: object) -> None:
+        pass
+
+    def getpeername(self) -> tuple[str, int]:
+        return ("127.0.0.1", 1)
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", 3260)
+
+    def shutdown(self, how: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def command(itt: int, cdb: bytes, *, read: int = 0, data: bytes = b"") -> bytes:
+    flags = 0x80 | (0x40 if read else 0) | (0x20 if data else 0)
+    bhs = _SCSI_CMD.pack(0x01, flags, 0, 0, len(data).to_bytes(4, "big"), pdu.encode_lun(1),
+                         itt, read or len(data), itt + 1, 0, cdb.ljust(16, b"\0"))
+    return bhs + data + bytes(-len(data) & 3)
+
+
+def half_compressible(size: int) -> bytes:
+    """Like the benchmark client's data: 4 KiB of random bytes, 4 KiB of log lines, ..."""
+    rnd = random.Random(1)
+    out = []
+    for k in range(size // 4096 + 1):
+        if k % 2 == 0:
+            out.append(rnd.randbytes(4096))
+        else:
+            line = b"2026-11-25T14:00:00 host backup[4000]: wrote block %06d ok\n" % k
+            out.append((line * 80)[:4096])
+    return b"".join(out)[:size]
+
+
+def serve(server: IscsiTarget, target: TargetConfig, stream: bytes) -> float:
+    sock = OneAtATimeSocket(stream)
+    conn = Connection(server, sock)  # type: ignore[arg-type]
+    login = conn.login
+    login.initiator_name = "iqn.2026-11.org.vtl-ebm:bench"
+    login.target = target
+    p = login.params
+    p.max_xmit_dsl, p.max_burst, p.first_burst = 262144, 16776192, 262144
+    p.immediate_data, p.initial_r2t = True, False
+    conn.session = server.open_session(conn, login, b"\x80\0\0\0\0\1", 1)
+    conn.full_feature = True
+    conn._max_dsl = p.max_recv_dsl
+    conn._workers = {n: w for n in target.devices.luns if (w := server.worker(target, n))}
+    started = time.perf_counter()
+    conn._serve()
+    return time.perf_counter() - started
+
+
+def measure(block: int, writes: int, reads: int) -> tuple[float, float]:
+    work = Path(tempfile.mkdtemp(prefix="hot-path-", dir=REPO / ".cache"))
+    try:
+        lib = Library.create(work / "lib", LibraryConfig(drives=1, slots=4, mailslots=1))
+        lib.create_cartridge("H00001L8")
+        lib.load("H00001L8", 0)
+        target = TargetConfig(IQN, build_device_set(lib))
+        server = IscsiTarget(ServerConfig([target], portals=[("127.0.0.1", 0)],
+                                          limits=Limits(nop_interval=0)))
+        start = [command(i, bytes(6)) for i in range(3)]  # TEST UNIT READY: clears the UA
+        start.append(command(3, bytes([0x01, 0, 0, 0, 0, 0])))  # REWIND
+        data = half_compressible(block)
+        size = block.to_bytes(3, "big")
+        w = serve(server, target, b"".join(
+            start + [command(4 + i, bytes([0x0A, 0]) + size + b"\0", data=data)
+                     for i in range(writes)]))
+        r = serve(server, target, b"".join(
+            start + [command(4 + i, bytes([0x08, 2]) + size + b"\0", read=block)
+                     for i in range(reads)]))
+        lib.close()
+        return w / writes * 1e6, r / max(reads, 1) * 1e6
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def callgrind(block: int) -> int:
+    counts = []
+    for reads in (100, 600):
+        r = subprocess.run(
+            ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+             __file__, "--block-size", str(block), "--count", "600", "--reads", str(reads)],
+            capture_output=True, text=True, check=True)
+        m = re.search(r"Collected : (\d+)", r.stderr)
+        if m is None:
+            raise SystemExit("callgrind printed no total")
+        counts.append(int(m.group(1)))
+    return (counts[1] - counts[0]) // 500
+
+
+def size_arg(text: str) -> int:
+    text = text.strip().upper()
+    mult = {"K": 1024, "M": 1 << 20}.get(text[-1:], 1)
+    return int(text.rstrip("KM")) * mult
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--block-size", type=size_arg, default=65536)
+    ap.add_argument("--count", type=int, default=4096, help="blocks written")
+    ap.add_argument("--reads", type=int, default=None, help="blocks read (default: all)")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="instructions per READ under valgrind (repeatable under load)")
+    args = ap.parse_args()
+    if args.callgrind:
+        if shutil.which("valgrind") is None:
+            print("error: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
+            return 2
+        print(f"{callgrind(args.block_size)} instructions per READ(6) of "
+              f"{args.block_size} bytes (server side, no network)")
+        return 0
+    reads = args.count if args.reads is None else min(args.reads, args.count)
+    w, r = measure(args.block_size, args.count, reads)
+    print(f"{args.block_size >> 10} KiB: WRITE(6) {w:.1f} us, READ(6) {r:.1f} us per command "
+          f"(server side, no network; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
