@@ -178,11 +178,7 @@ class Connection:
             self._teardown()
 
     def _teardown(self) -> None:
-        self._closing = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        self.close()
         with self.lock:
             for task in self.tasks.values():
                 task.aborted = True  # a worker still running one sends nothing
