@@ -537,7 +537,7 @@ class TapeCartridge:
             if buf is None and not self._ra_own:
                 data = bytes(data)  # the cache buffer is reused: the caller gets its own copy
         else:
-            if p >= len(idx):
+            if p >= len(idx.offsets):
                 return ReadResult(RecordKind.EOD, 0)
             if idx.meta[p] & 0xFF == KIND_FILEMARK:
                 self.position = p + 1
@@ -563,7 +563,7 @@ class TapeCartridge:
         cache empty, so the real read meets the same error and reports it."""
         p = self.position
         idx = self.index
-        if p == self._ra_obj or p >= len(idx) or idx.meta[p] & 0xFF != KIND_DATA:
+        if p == self._ra_obj or p >= len(idx.offsets) or idx.meta[p] & 0xFF != KIND_DATA:
             return
         self._ra_obj = -1
         native = idx.meta[p] >> 16
@@ -588,7 +588,7 @@ class TapeCartridge:
         native = meta >> 16
         compressed = bool(meta & 0x100)
         off = idx.offsets[p]
-        stored = (idx.offsets[p + 1] if p + 1 < len(idx) else idx.end) - off - RECORD_STRUCT.size
+        stored = (idx.offsets[p + 1] if p + 1 < len(idx.offsets) else idx.end) - off - RECORD_STRUCT.size
         direct = buf is not None and not compressed and len(buf) >= native
         if direct:
             # The common streaming case: the payload lands straight in the caller's buffer.

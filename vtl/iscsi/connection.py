@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vtl.iscsi import pdu
@@ -86,7 +86,8 @@ class Task:
     unsolicited_done: bool = False
     next_r2t_offset: int = 0
     r2tsn: int = 0
-    r2ts: dict[int, list[int]] = field(default_factory=dict)  # ttt -> [next, end, datasn]
+    # ttt -> [next, end, datasn]; created for writes only (most commands never need one)
+    r2ts: dict[int, list[int]] | None = None
     unsolicited_datasn: int = 0
     aborted: bool = False
     # The response is being sent (decided under Connection.lock): an ABORT TASK that comes
@@ -462,9 +463,9 @@ class Connection:
             self._answer(Task(itt, hdr.lun, None, b"", 0, False, False), ScsiResult(Status.BUSY))
             return
         raw = hdr.raw
-        cdb = raw[32:48]
+        cdb = raw[32:_CDB_END[raw[32] >> 5]]  # the CDB's own length, by its group code
         if hdr.ahs:
-            cdb = self._extended_cdb(hdr, cdb)
+            cdb = self._extended_cdb(hdr, raw[32:48])
             if cdb is None:
                 self._reject(raw, RejectReason.INVALID_PDU_FIELD)
                 return
@@ -509,6 +510,7 @@ class Connection:
         else:
             task.buffer = bytearray(edtl)
         dsl = hdr.dsl
+        task.r2ts = {}
         task.received = dsl
         task.unsolicited_next = dsl
         task.unsolicited_end = min(p.first_burst, edtl)
@@ -1068,6 +1070,9 @@ class Connection:
 
 
 _NO_OPCODES: frozenset[int] = frozenset()
+# Where a CDB ends in the BHS, by opcode group (SPC-4 4.2.5.1): 6, 10, 10, variable, 16, 12
+# bytes; groups 3, 6 and 7 (variable length, vendor specific) keep all 16.
+_CDB_END = (38, 42, 42, 48, 48, 44, 48, 48)
 _EMPTY = memoryview(b"")
 
 # The 8-byte LUN field of LUNs 0..255 in peripheral addressing: a fast path for decode_lun.
