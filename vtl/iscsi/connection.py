@@ -735,7 +735,9 @@ class Connection:
         if self.tasks.get(task.itt) is task:
             del self.tasks[task.itt]
         if task.r2ts:
-            for ttt in task.r2ts:
+            # A copy: a task management function on another connection's thread may end a
+            # task while this connection's thread is still taking its Data-Out.
+            for ttt in list(task.r2ts):
                 self._ttt_map.pop(ttt, None)
 
     def _send_result(self, task: Task, result: ScsiResult) -> None:
