@@ -163,10 +163,12 @@ def cpu_seconds(pid: int | None) -> float:
 
 
 def _client(portal: str, iqn: str, lun: int, block_size: int, count: int, verify: bool,
-            timeout: float, phase: str) -> dict[str, Any]:
+            timeout: float, phase: str, compression: bool = True) -> dict[str, Any]:
     cmd = [str(CLIENT_BIN), portal, iqn, str(lun), str(block_size), str(count), f"--{phase}-only"]
     if not verify:
         cmd.append("--no-verify")
+    if not compression:
+        cmd.append("--no-compression")
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -178,10 +180,12 @@ def _client(portal: str, iqn: str, lun: int, block_size: int, count: int, verify
 
 
 def run_client(portal: str, iqn: str, lun: int, block_size: int, count: int, verify: bool,
-               timeout: float, server_pid: int | None = None) -> dict[str, Any]:
-    """Write phase then read phase (two client runs), with the server's CPU time for each."""
+               timeout: float, server_pid: int | None = None,
+               compression: bool = True) -> dict[str, Any]:
+    """Write phase then read phase (two client runs), with the server's CPU time for each.
+    ``compression=False``: the client turns the drive's compression off (MODE SELECT)."""
     c0 = cpu_seconds(server_pid)
-    w = _client(portal, iqn, lun, block_size, count, verify, timeout, "write")
+    w = _client(portal, iqn, lun, block_size, count, verify, timeout, "write", compression)
     c1 = cpu_seconds(server_pid)
     out: dict[str, Any] = {k: w[k] for k in ("block_size", "count", "written", "write_s", "wfm_s",
                                              "early_warning")}
@@ -191,7 +195,8 @@ def run_client(portal: str, iqn: str, lun: int, block_size: int, count: int, ver
     out["server_cpu_write_s"] = c1 - c0
     out["client_cpu_write_s"] = w["client_cpu_s"]
     if w["ok"]:
-        r = _client(portal, iqn, lun, block_size, w["written"], verify, timeout, "read")
+        r = _client(portal, iqn, lun, block_size, w["written"], verify, timeout, "read",
+                    compression)
         c2 = cpu_seconds(server_pid)
         out["read"], out["read_s"], out["mismatches"] = r["read"], r["read_s"], r["mismatches"]
         out["errors"] += r["errors"]
@@ -315,6 +320,7 @@ class Target:
     name = "?"
     iqn = ""
     lun = 1
+    compresses = False  # tgt's SSC emulation stores blocks as they come
     portal = ""
     proc: subprocess.Popen[bytes] | None = None
 
@@ -425,6 +431,7 @@ class VtlTarget(Target):
     """`vtl serve` on a fresh temporary library with one cartridge loaded into drive 0."""
 
     name = "vtl"
+    compresses = True
 
     def __init__(self, workdir: Path, media: str | None, profile: str | None,
                  src: Path | None = None) -> None:
@@ -586,14 +593,14 @@ def fmt_table(rows: list[dict[str, Any]], targets: list[str]) -> str:
 
 
 def measure(target: Target, bs: int, total: int, verify: bool, timeout: float,
-            sampler: RssSampler | None) -> dict[str, Any]:
+            sampler: RssSampler | None, compression: bool = True) -> dict[str, Any]:
     count = max(1, total // bs)
     log(f"{target.name}: {count} x {human(bs)} write + read ({human(count * bs)})")
     t0 = time.monotonic()
     before = sampler.rss_kib(sampler.pid) if sampler else None
     try:
         res = run_client(target.portal, target.iqn, target.lun, bs, count, verify, timeout,
-                         target.pid_for_stats())
+                         target.pid_for_stats(), compression or not target.compresses)
     except BenchError as e:
         return {"error": str(e)}
     if sampler:
@@ -629,7 +636,8 @@ def best_of(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def long_run(vtl: VtlTarget, total: int, bs: int, verify: bool, timeout: float) -> dict[str, Any]:
+def long_run(vtl: VtlTarget, total: int, bs: int, verify: bool, timeout: float,
+             compression: bool = True) -> dict[str, Any]:
     """Stream `total` bytes at `bs` and report the server's RSS at start, middle and end."""
     pid = vtl.server_pid
     assert pid is not None
@@ -638,7 +646,7 @@ def long_run(vtl: VtlTarget, total: int, bs: int, verify: bool, timeout: float) 
     sampler.start()
     t0 = time.monotonic()
     try:
-        res = measure(vtl, bs, total, verify, timeout, None)
+        res = measure(vtl, bs, total, verify, timeout, None, compression)
     finally:
         sampler.stop()
     elapsed = time.monotonic() - t0
@@ -687,6 +695,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=["tgt", "vtl"], help="benchmark one target only")
     ap.add_argument("--media", default=None, help="vtl cartridge media (default: library default)")
     ap.add_argument("--no-verify", action="store_true", help="do not compare read data")
+    ap.add_argument("--compression", choices=["on", "off"], default="on",
+                    help="vtl's drive compression (default on, as LTO drives ship; off = "
+                         "MODE SELECT DCE=0 first, the same work as tgt, which never compresses)")
     ap.add_argument("--workdir", type=Path, default=None,
                     help="where the tape image and library live (default: a temp dir under "
                          ".cache/bench, on the repository's disk - not tmpfs)")
@@ -742,6 +753,7 @@ def run_all(args: argparse.Namespace, sizes: list[int], total: int, long_total: 
             "workdir": str(workdir), "filesystem": fs_type(workdir),
             "data": "4 KiB chunks alternating xorshift random bytes and log-like text lines",
             "zstd3_ratio": round(data_ratio(256 << 10) or 0, 2),
+            "vtl_compression": args.compression,
             "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
             "write_mbps": "bytes / (N WRITE(6) + 1 WRITE FILEMARKS(6), non-immediate)",
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -778,7 +790,8 @@ def run_all(args: argparse.Namespace, sizes: list[int], total: int, long_total: 
                 if rep % 2:
                     order.reverse()
                 for name, t in order:
-                    res = measure(t, bs, total, verify, timeout, samplers.get(name))
+                    res = measure(t, bs, total, verify, timeout, samplers.get(name),
+                                  args.compression == "on")
                     row[name] = best_of(row.get(name), res)
             tg, vt = row.get("tgt"), row.get("vtl")
             if tg and vt and "error" not in tg and "error" not in vt:
@@ -791,7 +804,7 @@ def run_all(args: argparse.Namespace, sizes: list[int], total: int, long_total: 
             assert isinstance(vt, VtlTarget)
             log(f"long run: {human(long_total)} at {human(long_size)} to vtl")
             result["long"] = long_run(vt, long_total, long_size, verify,
-                                      max(1800.0, long_total / 10e6))
+                                      max(1800.0, long_total / 10e6), args.compression == "on")
         if "vtl" in running_targets:
             vt = running_targets["vtl"]
             assert isinstance(vt, VtlTarget)
@@ -844,7 +857,8 @@ def print_report(result: dict[str, Any]) -> None:
     print(f"work dir {cfg['workdir']} ({cfg['filesystem']}); data: {cfg['data']} "
           f"(zstd-3 ratio {cfg['zstd3_ratio']}); {cfg['cpus']} CPUs, "
           f"load {cfg['loadavg_start']:.1f} -> {cfg['loadavg_end']:.1f}")
-    print(f"write MB/s = {cfg['write_mbps']}; MB = 10^6 bytes")
+    print(f"write MB/s = {cfg['write_mbps']}; MB = 10^6 bytes; vtl drive compression "
+          f"{cfg.get('vtl_compression', 'on')} (tgt never compresses)")
     if "disk_write_mbps" in cfg:
         print(f"disk baseline: plain sequential write + fsync {cfg['disk_write_mbps']:.0f} MB/s")
     print()

@@ -158,7 +158,7 @@ int main(int argc, char **argv)
 {
     if (argc < 6) {
         fprintf(stderr, "usage: %s PORTAL TARGET_IQN LUN BLOCK_SIZE COUNT [--no-verify] "
-                        "[--write-only|--read-only]\n", argv[0]);
+                        "[--write-only|--read-only] [--no-compression]\n", argv[0]);
         return 2;
     }
     const char *portal = argv[1];
@@ -166,7 +166,7 @@ int main(int argc, char **argv)
     int lun = atoi(argv[3]);
     long bs = atol(argv[4]);
     long count = atol(argv[5]);
-    int verify = 1, do_write = 1, do_read = 1;
+    int verify = 1, do_write = 1, do_read = 1, compression = 1;
     for (int a = 6; a < argc; a++) {
         if (strcmp(argv[a], "--no-verify") == 0)
             verify = 0;
@@ -174,6 +174,8 @@ int main(int argc, char **argv)
             do_read = 0;
         else if (strcmp(argv[a], "--read-only") == 0)
             do_write = 0;
+        else if (strcmp(argv[a], "--no-compression") == 0)
+            compression = 0;
         else {
             fprintf(stderr, "unknown option %s\n", argv[a]);
             return 2;
@@ -270,6 +272,26 @@ int main(int argc, char **argv)
         t = run(ctx, lun, cdb, 6, SCSI_XFER_WRITE, sizeof param, param, NULL);
         if (t == NULL || t->status != SCSI_STATUS_GOOD) {
             record_error("mode_select", 0, t, t ? "" : iscsi_get_error(ctx));
+            ok = 0;
+            if (t)
+                scsi_free_scsi_task(t);
+            goto out;
+        }
+        scsi_free_scsi_task(t);
+    }
+
+    if (!compression) {
+        /* MODE SELECT(6) of the data compression page (0x0F) with DCE = 0, as
+         * `mt compression 0` does: the drive then stores blocks as they come. */
+        unsigned char param[20] = {0, 0, 0, 0, 0x0F, 0x0E, 0x40, 0x80, 0, 0, 0, 1, 0, 0, 0, 1};
+        param[2] = dev_specific;
+        memset(cdb, 0, sizeof cdb);
+        cdb[0] = 0x15;
+        cdb[1] = 0x10; /* PF */
+        cdb[4] = sizeof param;
+        t = run(ctx, lun, cdb, 6, SCSI_XFER_WRITE, sizeof param, param, NULL);
+        if (t == NULL || t->status != SCSI_STATUS_GOOD) {
+            record_error("mode_select_compression", 0, t, t ? "" : iscsi_get_error(ctx));
             ok = 0;
             if (t)
                 scsi_free_scsi_task(t);
