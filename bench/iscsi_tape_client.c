@@ -14,7 +14,9 @@
  * Exit status 0 when every command returned GOOD (or a NO SENSE early-warning), else 1.
  *
  * Usage: iscsi_tape_client PORTAL TARGET_IQN LUN BLOCK_SIZE COUNT [--no-verify]
- *                          [--write-only | --read-only]
+ *                          [--write-only | --read-only] [--no-compression]
+ * --no-compression sends MODE SELECT(6) with the data compression page's DCE bit cleared
+ * before the stream (as `mt compression 0` does).
  * --write-only stops after the filemark; --read-only rewinds and reads COUNT blocks written
  * by an earlier --write-only run (so the caller can measure the server's CPU per phase).
  */
