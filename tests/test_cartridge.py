@@ -224,3 +224,36 @@ def test_tape_files_summary(cart_path: Path) -> None:
         c.write_block(b"c" * 5)
         c.write_filemarks(1)
         assert c.tape_files() == [(0, 0, 2, 30), (1, 3, 1, 5)]
+
+
+def test_written_data_is_handed_to_the_disk_as_it_streams(cart_path: Path, monkeypatch) -> None:
+    """Every WRITEBACK_CHUNK bytes the cartridge starts write-out of what came before (not
+    waiting), so a filemark's fsync only has a short tail left; a cut starts it over."""
+    import tape_formats.cartridge as cartridge
+
+    calls: list[tuple[int, int]] = []
+
+    def start(fd: int, offset: int, length: int, flags: int) -> int:
+        calls.append((offset, length))
+        return 0
+
+    monkeypatch.setattr(cartridge, "WRITEBACK_CHUNK", 1 << 20)
+    monkeypatch.setattr(cartridge, "_START_WRITEBACK", start)
+    block = os.urandom(256 << 10)
+    with TapeCartridge.open(cart_path) as c:
+        for _ in range(10):
+            c.write_block(block, compress=False)
+        assert len(calls) == 2  # 4 blocks + headers pass 1 MiB, then 4 more
+        assert calls[1][0] == calls[0][0] + calls[0][1]  # contiguous ranges, none twice
+        assert calls[0][1] >= 1 << 20
+        c.locate(2)
+        c.write_block(block, compress=False)  # cut back: the range restarts from here
+        for _ in range(4):
+            c.write_block(block, compress=False)
+        assert calls[-1][0] == c.index.offsets[2]
+        c.write_filemarks(1)
+    with TapeCartridge.open(cart_path) as c:  # and the data is all there
+        assert len(c.index) == 8  # 7 blocks and the filemark
+        c.locate(6)
+        assert bytes(c.read_block().data) == block
+        assert c.read_block().kind == RecordKind.FILEMARK
