@@ -158,3 +158,30 @@ def test_inline_commands_wait_for_queued_ones_and_nops_are_answered_meanwhile():
         assert all(name.startswith("iscsi ") for name in dev.threads[-3:])
         assert dev.threads[0].startswith("lun-")
         ini.close()
+
+
+def test_pdus_split_across_many_tcp_segments_are_put_back_together():
+    """The connection thread reads a header in one recv when it can, and in pieces when the
+    initiator trickles it: a command and its immediate data sent a few bytes at a time."""
+    with running_target() as t:
+        ini = RawInitiator(t.port)
+        ini.login()
+        payload = pattern(5000)
+        itt = ini.next_itt()
+        cdb = bytes([0x0A, 0]) + len(payload).to_bytes(3, "big") + b"\0"
+        bhs = pdu.encode_layout(Op.SCSI_CMD, flags=0xA0, dsl=len(payload), lun=pdu.encode_lun(1),
+                                itt=itt, edtl=len(payload), cmdsn=ini.cmdsn,
+                                expstatsn=ini.expstatsn, cdb=cdb.ljust(16, b"\0"))
+        ini.cmdsn += 1
+        wire = bhs + payload + bytes(-len(payload) & 3)
+        pos = 0
+        while pos < len(wire):
+            step = 7 if pos < 60 else 1000  # the header in 7-byte pieces, then the data
+            ini.sock.sendall(wire[pos:pos + step])
+            pos += step
+            time.sleep(0.002)
+        rsp = ini.recv()
+        assert rsp.op == Op.SCSI_RSP and rsp.hdr.itt == itt and rsp.hdr.b3 == 0
+        assert t.devices[1].last_write == payload
+        assert ini.nop(b"still in sync").data == b"still in sync"
+        ini.close()
