@@ -33,6 +33,9 @@ class Lun:
     lun: int
     # Extra qemu iscsi driver options for this LUN's session, e.g. "header-digest=crc32c".
     options: str = ""
+    # Attach the same LUN again as another I_T nexus (its own iSCSI session and ISID): give
+    # each attachment of one LUN its own number; the guest sees it at another target id.
+    session: int = 0
 
 
 @dataclass
@@ -152,9 +155,10 @@ def boot(
         # The guest sees the same topology as an open-iscsi login: one SCSI target id per
         # iSCSI target, the iSCSI LUN as the LUN. (The ch driver matches the changer's DVCID
         # drive addresses against it.)
-        target_ids: dict[tuple[str, str], int] = {}
+        target_ids: dict[tuple[str, str, int], int] = {}
         for i, lun in enumerate(luns):
-            tid = target_ids.setdefault((lun.portal, lun.target), len(target_ids))
+            key = (lun.portal, lun.target, lun.session)
+            tid = target_ids.setdefault(key, len(target_ids))
             cmd += [
                 "-drive",
                 f"driver=iscsi,transport=tcp,portal={lun.portal},target={lun.target},"
@@ -165,7 +169,7 @@ def boot(
             ]
         hctl = []
         for lun in luns:
-            hctl.append(f"0:0:{target_ids[(lun.portal, lun.target)]}:{lun.lun}")
+            hctl.append(f"0:0:{target_ids[(lun.portal, lun.target, lun.session)]}:{lun.lun}")
         env = {"E2E_WAIT_DEVS": " ".join(wait_devs), "E2E_HCTL": " ".join(hctl)}
         initrd.write_bytes(guest.initrd.read_bytes() + overlay(script, env))
         start = time.monotonic()
