@@ -142,7 +142,13 @@ class IscsiTarget:
             conn = Connection(self, sock)
             with self._lock:
                 self.connections.add(conn)
-            conn.start()
+            try:
+                conn.start()
+            except RuntimeError as exc:  # no thread to be had: refuse this one, keep going
+                log.warning("%s: cannot serve the connection: %s", conn.peer, exc)
+                with self._lock:
+                    self.connections.discard(conn)
+                sock.close()
 
     async def _watchdog(self) -> None:
         """Login timeouts and NOP-In pings for every connection, from one timer."""
