@@ -185,3 +185,21 @@ def test_pdus_split_across_many_tcp_segments_are_put_back_together():
         assert t.devices[1].last_write == payload
         assert ini.nop(b"still in sync").data == b"still in sync"
         ini.close()
+
+
+def test_stop_is_not_held_up_by_an_initiator_that_never_reads():
+    """A response stuck on a full socket holds the connection's send side; SIGTERM's stop
+    must still finish (asking that initiator to log out times out, the close breaks it)."""
+    import asyncio
+
+    with running_target() as t:
+        ini = RawInitiator(t.port)
+        ini.login({"MaxRecvDataSegmentLength": "262144"})
+        n = (8 << 20) - 1
+        for _ in range(3):  # 24 MiB the initiator never reads: far more than socket buffers
+            ini.scsi(read6(n), lun=1, read=n)
+        time.sleep(0.5)
+        started = time.monotonic()
+        asyncio.run_coroutine_threadsafe(t.server.stop(grace=1, logout_wait=1), t.loop).result(30)
+        assert time.monotonic() - started < 15
+        ini.close()

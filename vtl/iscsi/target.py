@@ -187,8 +187,14 @@ class IscsiTarget:
         if conns:
             await asyncio.gather(*(asyncio.to_thread(c.wait_idle, grace) for c in conns))
         seconds = max(1, int(logout_wait))
-        asked = [c for c, ok in zip(conns, await asyncio.gather(
-            *(asyncio.to_thread(c.request_logout, seconds) for c in conns)), strict=True) if ok]
+        # Asking may block behind a response stuck on an initiator that does not read: give
+        # up on those after a while (the close below breaks their send).
+        asks = [asyncio.ensure_future(asyncio.to_thread(c.request_logout, seconds))
+                for c in conns]
+        if asks:
+            await asyncio.wait(asks, timeout=max(1.0, logout_wait))
+        asked = [c for c, a in zip(conns, asks, strict=True)
+                 if a.done() and not a.cancelled() and a.exception() is None and a.result()]
         if asked and logout_wait > 0:
             await asyncio.to_thread(_wait_closed, asked, logout_wait)
         for c in conns:
