@@ -105,6 +105,33 @@ static struct scsi_task *run(struct iscsi_context *ctx, int lun, unsigned char *
     return t;
 }
 
+/* Run a control command that must end GOOD (6-byte CDB); record the failure otherwise. */
+static int run_good(struct iscsi_context *ctx, int lun, unsigned char *cdb, int dir,
+                    int xfer_len, unsigned char *out_buf, const char *what, long index)
+{
+    struct scsi_task *t = run(ctx, lun, cdb, 6, dir, xfer_len, out_buf, NULL);
+    int good = t != NULL && t->status == SCSI_STATUS_GOOD;
+    if (!good)
+        record_error(what, index, t, t ? "" : iscsi_get_error(ctx));
+    if (t)
+        scsi_free_scsi_task(t);
+    return good;
+}
+
+/* MODE SELECT(6) with PF set, parameter list `param` of `len` bytes. */
+static int mode_select6(struct iscsi_context *ctx, int lun, unsigned char *param, int len,
+                        const char *what)
+{
+    unsigned char cdb[6] = {0x15, 0x10, 0, 0, (unsigned char)len, 0};
+    return run_good(ctx, lun, cdb, SCSI_XFER_WRITE, len, param, what, 0);
+}
+
+static int rewind_tape(struct iscsi_context *ctx, int lun, long index)
+{
+    unsigned char cdb[6] = {0x01, 0, 0, 0, 0, 0};
+    return run_good(ctx, lun, cdb, SCSI_XFER_NONE, 0, NULL, "rewind", index);
+}
+
 static void put24(unsigned char *p, uint32_t v)
 {
     p[0] = (v >> 16) & 0xff;
@@ -267,19 +294,10 @@ int main(int argc, char **argv)
         param[2] = dev_specific;
         param[3] = 8; /* block descriptor length */
         /* density 0 (keep), number of blocks 0, block length 0 = variable */
-        memset(cdb, 0, sizeof cdb);
-        cdb[0] = 0x15;
-        cdb[1] = 0x10; /* PF */
-        cdb[4] = sizeof param;
-        t = run(ctx, lun, cdb, 6, SCSI_XFER_WRITE, sizeof param, param, NULL);
-        if (t == NULL || t->status != SCSI_STATUS_GOOD) {
-            record_error("mode_select", 0, t, t ? "" : iscsi_get_error(ctx));
+        if (!mode_select6(ctx, lun, param, sizeof param, "mode_select")) {
             ok = 0;
-            if (t)
-                scsi_free_scsi_task(t);
             goto out;
         }
-        scsi_free_scsi_task(t);
     }
 
     if (!compression) {
@@ -287,33 +305,16 @@ int main(int argc, char **argv)
          * `mt compression 0` does: the drive then stores blocks as they come. */
         unsigned char param[20] = {0, 0, 0, 0, 0x0F, 0x0E, 0x40, 0x80, 0, 0, 0, 1, 0, 0, 0, 1};
         param[2] = dev_specific;
-        memset(cdb, 0, sizeof cdb);
-        cdb[0] = 0x15;
-        cdb[1] = 0x10; /* PF */
-        cdb[4] = sizeof param;
-        t = run(ctx, lun, cdb, 6, SCSI_XFER_WRITE, sizeof param, param, NULL);
-        if (t == NULL || t->status != SCSI_STATUS_GOOD) {
-            record_error("mode_select_compression", 0, t, t ? "" : iscsi_get_error(ctx));
+        if (!mode_select6(ctx, lun, param, sizeof param, "mode_select_compression")) {
             ok = 0;
-            if (t)
-                scsi_free_scsi_task(t);
             goto out;
         }
-        scsi_free_scsi_task(t);
     }
 
-    /* REWIND */
-    memset(cdb, 0, sizeof cdb);
-    cdb[0] = 0x01;
-    t = run(ctx, lun, cdb, 6, SCSI_XFER_NONE, 0, NULL, NULL);
-    if (t == NULL || t->status != SCSI_STATUS_GOOD) {
-        record_error("rewind", 0, t, t ? "" : iscsi_get_error(ctx));
+    if (!rewind_tape(ctx, lun, 0)) {
         ok = 0;
-        if (t)
-            scsi_free_scsi_task(t);
         goto out;
     }
-    scsi_free_scsi_task(t);
 
     double t0;
     if (!do_write) {
@@ -368,18 +369,10 @@ int main(int argc, char **argv)
         goto out;
 
 read_phase:
-    /* REWIND */
-    memset(cdb, 0, sizeof cdb);
-    cdb[0] = 0x01;
-    t = run(ctx, lun, cdb, 6, SCSI_XFER_NONE, 0, NULL, NULL);
-    if (t == NULL || t->status != SCSI_STATUS_GOOD) {
-        record_error("rewind", 1, t, t ? "" : iscsi_get_error(ctx));
+    if (!rewind_tape(ctx, lun, 1)) {
         ok = 0;
-        if (t)
-            scsi_free_scsi_task(t);
         goto out;
     }
-    scsi_free_scsi_task(t);
 
     /* N x READ(6), variable mode, SILI. */
     t0 = now();
