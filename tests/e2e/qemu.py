@@ -54,6 +54,8 @@ class Run:
     returncode: int | None
     steps: dict[str, Step] = field(default_factory=dict)
     done: bool = False
+    # More to show when an assertion fails, e.g. the target's log (set by the test).
+    context: str = ""
 
     def __getitem__(self, name: str) -> Step:
         if name not in self.steps:
@@ -69,6 +71,7 @@ class Run:
     def describe(self) -> str:
         return (
             f"--- guest serial log ({self.seconds:.0f}s, qemu rc={self.returncode}) ---\n{self.log}"
+            + (f"\n{self.context}" if self.context else "")
         )
 
 

@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,6 +188,16 @@ class VtlServer:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@contextmanager
+def serving_vtl(root: Path, logdir: Path) -> Iterator[VtlServer]:
+    """`vtl serve` on an initialised library for the length of a test."""
+    srv = start_vtl(root, logdir)
+    try:
+        yield srv
+    finally:
+        stop(srv.proc, timeout=30)
 
 
 def start_vtl(root: Path, logdir: Path) -> VtlServer:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from .qemu import Lun, boot
-from .targets import VtlServer, start_vtl, stop, vtl
+from .targets import VtlServer, serving_vtl, vtl
 
 pytestmark = [
     pytest.mark.e2e,
@@ -69,11 +69,8 @@ def server(tmp_path: Path) -> Iterator[VtlServer]:
     root = tmp_path / "lib"
     vtl(root, "init")
     vtl(root, "cartridge", "create", "RES001L8", "--slot", "slot:1")
-    srv = start_vtl(root, tmp_path)
-    try:
+    with serving_vtl(root, tmp_path) as srv:
         yield srv
-    finally:
-        stop(srv.proc, timeout=30)
 
 
 def test_two_linux_nexuses_share_a_drive_under_reservations(guest, server):
@@ -85,12 +82,9 @@ def test_two_linux_nexuses_share_a_drive_under_reservations(guest, server):
         Lun(server.portal, drive.target, drive.lun, session=1),  # the same drive, nexus B
     ]
     run = boot(guest, SCRIPT, luns, timeout=300)
-    log = run.describe() + "\n--- vtl serve log ---\n" + server.log_text()
-
-    def ok(name: str) -> str:
-        s = run[name]
-        assert s.rc == 0, f"guest step {name!r} exited {s.rc}:\n{s.output}\n{log}"
-        return s.output
+    run.context = "--- vtl serve log ---\n" + server.log_text()
+    log = run.describe()
+    ok = run.ok
 
     def conflict(name: str) -> None:
         out = run[name].output

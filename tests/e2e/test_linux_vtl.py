@@ -28,7 +28,7 @@ from .checks import (
     mtx_status,
 )
 from .qemu import Lun, boot
-from .targets import VtlServer, start_vtl, stop, vtl
+from .targets import VtlServer, serving_vtl, vtl
 
 pytestmark = [
     pytest.mark.e2e,
@@ -121,11 +121,8 @@ def server(tmp_path: Path) -> Iterator[VtlServer]:
     vtl(root, "cartridge", "create", PROTECTED, "--slot", "slot:3")
     vtl(root, "cartridge", "protect", PROTECTED)
     vtl(root, "cartridge", "create", SMALL, "--slot", "slot:4", "--capacity", "8MiB")
-    srv = start_vtl(root, tmp_path)
-    try:
+    with serving_vtl(root, tmp_path) as srv:
         yield srv
-    finally:
-        stop(srv.proc, timeout=30)
 
 
 def test_linux_st_ch_against_vtl_serve(guest, server):
@@ -142,12 +139,9 @@ def test_linux_st_ch_against_vtl_serve(guest, server):
         guest, SCRIPT, luns, timeout=420,
         host_actions={"load": lambda: vtl(server.root, "load", PROTECTED, "1")},
     )  # fmt: skip
-    log = run.describe() + "\n--- vtl serve log ---\n" + server.log_text()
-
-    def ok(name: str) -> str:
-        s = run[name]
-        assert s.rc == 0, f"guest step {name!r} exited {s.rc}:\n{s.output}\n{log}"
-        return s.output
+    run.context = "--- vtl serve log ---\n" + server.log_text()
+    log = run.describe()
+    ok = run.ok
 
     assert run.done, f"guest did not finish\n{log}"
 
