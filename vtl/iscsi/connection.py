@@ -447,11 +447,8 @@ class Connection:
         if session.discovery:
             self._reject(hdr.raw, RejectReason.PROTOCOL_ERROR)
             return
-        cmdsn = hdr.words[1]
-        if cmdsn == session.exp_cmdsn and not hdr.immediate:
-            session.exp_cmdsn = (cmdsn + 1) & ALL_ONES  # the next one in order: in the window
-        elif not session.accept_cmdsn(cmdsn, hdr.immediate):
-            log.debug("%s: CmdSN %d outside window, ignored", self.peer, cmdsn)
+        if not session.accept_cmdsn(hdr.words[1], hdr.immediate):
+            log.debug("%s: CmdSN %d outside window, ignored", self.peer, hdr.words[1])
             return
         itt = hdr.itt
         if itt in self.tasks or itt == ALL_ONES:

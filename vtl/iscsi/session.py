@@ -55,6 +55,9 @@ class Session:
         """
         if immediate:
             return True
+        if cmdsn == self.exp_cmdsn and self.queue_depth > 0:  # the usual case: next in order
+            self.exp_cmdsn = (cmdsn + 1) & ALL_ONES
+            return True
         if not (serial_le(self.exp_cmdsn, cmdsn) and serial_le(cmdsn, self.max_cmdsn)):
             return False
         if not serial_lt(cmdsn, self.exp_cmdsn):
