@@ -46,12 +46,14 @@ class OneAtATimeSocket:
     """Serves the next PDU only once the previous one has been answered (cheaply: the
     harness must cost little next to what it measures)."""
 
-    def __init__(self, stream: bytes) -> None:
+    def __init__(self, stream: bytes, setup_pdus: int = 0) -> None:
         self.inp = memoryview(stream)
         self.pos = 0
         self.sent = 0
         self.pdus = 0
         self.responses = 0
+        self.setup_pdus = setup_pdus
+        self.started = 0.0  # when the first measured PDU was handed out
 
     def recv_into(self, view: memoryview, nbytes: int = 0, flags: int = 0) -> int:
         n = len(view)
@@ -60,6 +62,8 @@ class OneAtATimeSocket:
                 deadline = time.monotonic() + 10
                 while self.responses < self.pdus and time.monotonic() < deadline:
                     time.sleep(0.0005)
+            if self.pdus == self.setup_pdus:
+                self.started = time.perf_counter()
             self.pdus += 1
         pos = self.pos
         n = min(n, len(self.inp) - pos)
@@ -114,8 +118,10 @@ def half_compressible(size: int) -> bytes:
     return b"".join(out)[:size]
 
 
-def serve(server: IscsiTarget, target: TargetConfig, stream: bytes) -> float:
-    sock = OneAtATimeSocket(stream)
+def serve(server: IscsiTarget, target: TargetConfig, stream: bytes, setup_pdus: int) -> float:
+    """Seconds from the first PDU after the ``setup_pdus`` (TEST UNIT READY, REWIND: they
+    run on the LUN's worker and the harness polls for their answers) to the end."""
+    sock = OneAtATimeSocket(stream, setup_pdus)
     conn = Connection(server, sock)  # type: ignore[arg-type]
     login = conn.login
     login.initiator_name = "iqn.2026-11.org.vtl-ebm:bench"
@@ -126,10 +132,9 @@ def serve(server: IscsiTarget, target: TargetConfig, stream: bytes) -> float:
     conn.session = server.open_session(conn, login, b"\x80\0\0\0\0\1", 1)
     conn.full_feature = True
     conn._max_dsl = p.max_recv_dsl
-    conn._workers = {n: w for n in target.devices.luns if (w := server.worker(target, n))}
-    started = time.perf_counter()
+    conn.bind_luns(target)
     conn._serve()
-    return time.perf_counter() - started
+    return time.perf_counter() - sock.started
 
 
 def measure(block: int, writes: int, reads: int) -> tuple[float, float]:
@@ -147,10 +152,10 @@ def measure(block: int, writes: int, reads: int) -> tuple[float, float]:
         size = block.to_bytes(3, "big")
         w = serve(server, target, b"".join(
             start + [command(4 + i, bytes([0x0A, 0]) + size + b"\0", data=data)
-                     for i in range(writes)]))
+                     for i in range(writes)]), len(start))
         r = serve(server, target, b"".join(
             start + [command(4 + i, bytes([0x08, 2]) + size + b"\0", read=block)
-                     for i in range(reads)]))
+                     for i in range(reads)]), len(start))
         lib.close()
         return w / writes * 1e6, r / max(reads, 1) * 1e6
     finally:

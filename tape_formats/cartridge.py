@@ -517,6 +517,16 @@ class TapeCartridge:
         self.position = len(self.index)
 
     # -- data ---------------------------------------------------------------------------
+    def next_data_length(self) -> int:
+        """The length of the data block at the position, -1 when the next object is a
+        filemark or the end of data (a look at the index: no I/O, nothing moves)."""
+        p = self.position
+        idx = self.index
+        if p >= len(idx.offsets):
+            return -1
+        meta = idx.meta[p]
+        return meta >> 16 if meta & 0xFF == KIND_DATA else -1
+
     def read_block(self, buf: memoryview | bytearray | None = None, *,
                    own: bool = False) -> ReadResult:
         """Read the object at the position and move past it (not past EOD).

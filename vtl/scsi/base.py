@@ -9,7 +9,7 @@ Models are synchronous and may block (file I/O, zstd). A transport calls a model
 thread at a time (it holds the LUN's lock), keeps one nexus's commands to a LUN in arrival
 order, and never calls a model from an event loop.
 
-Two optional attributes let a transport skip work on the hot path:
+Three optional attributes let a transport skip work on the hot path:
 
 * ``inline_opcodes: frozenset[int]``: commands that never block for long (at most one block of
   file I/O: no fsync, no medium load). The embedded iSCSI target runs these on the thread that
@@ -19,6 +19,11 @@ Two optional attributes let a transport skip work on the hot path:
 * ``idle() -> None``: called (under the LUN's lock) right after a response has been sent,
   before the transport waits for the next command. A model may do speculative work there
   that no initiator can observe, as a tape drive reads the next block ahead into its buffer.
+* ``stream_read(nexus, cdb, length) -> bytes | memoryview | None``: the streaming READ of a
+  sequential device, answered GOOD with exactly ``length`` bytes, or None: then nothing has
+  changed and the transport runs the command through ``execute`` as usual (which handles
+  every unusual case: unit attentions, reservations, filemarks, ILI, errors). It lets a
+  transport answer the commonest command of a restore without building a task for it.
 """
 
 from __future__ import annotations

@@ -380,6 +380,26 @@ class ScsiModel:
             return out
         return ScsiResult(Status.GOOD, out)
 
+    def _plain_nexus(self, nexus: Nexus, pr_class: int) -> bool:
+        """Would a command of reservation class ``pr_class`` from ``nexus`` pass the general
+        path's checks untouched: the nexus spoke last (no first-contact UA), has no UA
+        pending and meets no reservation conflict? A fast path that bypasses ``execute`` asks
+        this first (under ``self.lock``), so it never differs from the general path; after
+        success it calls ``_plain_done``."""
+        if nexus is not self._last_nexus:
+            return False
+        ua = self._ua
+        if ua and ua.get(nexus):
+            return False
+        if self._reserve6 is not None or self.pr.reservation is not None:
+            return not self._conflicts(nexus, pr_class)
+        return True
+
+    def _plain_done(self, nexus: Nexus) -> None:
+        """What ``execute`` does after a command answered GOOD: the nexus's sense is gone."""
+        if self._sense:
+            self._sense.pop(nexus, None)
+
     def data_out_length(self, cdb: bytes) -> int | None:
         """Bytes of Data-Out the CDB asks for, or None for "no opinion" (optional transport
         hook: the iSCSI target compares it with the Expected Data Transfer Length to set write

@@ -508,6 +508,31 @@ class TapeDrive(ScsiModel):
         self._streaming = True
         return buf
 
+    def stream_read(self, nexus: Nexus, cdb: bytes | memoryview, length: int
+                    ) -> bytes | memoryview | None:
+        """READ(6) in the streaming case (the transport's fast path, see vtl/scsi/base.py):
+        variable mode, the next object a data block of exactly the requested and expected
+        ``length``, nothing pending for ``nexus``. None otherwise, with nothing changed, and
+        the command goes through ``execute``: the same answer either way, but filemarks,
+        ILI, errors, UAs and reservations live in one place only (``cmd_read6``)."""
+        if cdb[0] != 0x08 or cdb[1] & 0xFD or cdb[5] or int.from_bytes(cdb[2:5], "big") != length:
+            return None
+        with self.lock:
+            cart = self._cart
+            bay = self.bay
+            if (cart is None or not self._loaded or bay.cartridge is not cart
+                    or bay.media_generation != self._gen or length <= 0
+                    or cart.next_data_length() != length or not self._plain_nexus(nexus, PR_READ)):
+                return None
+            try:
+                r = cart.read_block(self._buffer(length), own=True)
+            except (CorruptRecord, OSError):
+                return None  # nothing moved: execute meets the error again and reports it
+            self._streaming = True
+            self.bytes_read += length
+            self._plain_done(nexus)
+            return r.data
+
     def idle(self) -> None:
         """Between commands (the transport calls this under the lock after sending a
         response): after a READ, decode the next block ahead like a drive's read buffer, so a

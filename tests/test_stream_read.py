@@ -1,0 +1,162 @@
+"""The streaming READ fast path (``Connection._stream_read`` + ``TapeDrive.stream_read``) must
+be invisible: the same command sequence, sent to a drive with the fast path and to one
+without it, gets byte-identical answers, PDU headers included.
+
+The sequence mixes what the fast path serves (in-order READ(6) of exactly the next block) with
+everything it must hand back to the general path: unit attentions, another session's
+RESERVE(6), filemarks, wrong lengths (ILI), SILI, fixed mode, end of data, an expected
+length that differs from the CDB's, replies larger than one Data-In PDU, immediate commands
+and out-of-order CmdSN.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(__file__))
+from iscsi_support import RawInitiator, running_target  # noqa: E402
+
+from vtl.config import LibraryConfig  # noqa: E402
+from vtl.iscsi import pdu  # noqa: E402
+from vtl.iscsi.pdu import ALL_ONES, Op  # noqa: E402
+from vtl.library import Library  # noqa: E402
+from vtl.scsi.devices import build_device_set  # noqa: E402
+
+SIZES = [65536, 1000, 65536, 300, 131072, 70000, 4096, 65536]
+MRDSL = 65536  # a 131072-byte block needs two Data-In PDUs: never the fast path
+
+
+def _blocks() -> list[bytes | None]:
+    rnd = random.Random(3)
+    out: list[bytes | None] = []
+    for i, n in enumerate(SIZES * 2):
+        out.append(rnd.randbytes(n // 2) + bytes(n - n // 2))
+        if i % 5 == 4:
+            out.append(None)  # a filemark
+    return out
+
+
+def read6(n: int, flags: int = 0) -> bytes:
+    return bytes([0x08, flags]) + n.to_bytes(3, "big") + b"\0"
+
+
+def _answers(ini: RawInitiator, itt: int) -> list[bytes]:
+    """Every PDU of one command's answer, header and data, as bytes."""
+    out = []
+    while True:
+        p = ini.recv()
+        assert p.hdr.itt == itt, f"unexpected PDU 0x{p.op:02x}"
+        out.append(bytes(p.hdr.raw) + p.data)
+        if p.op == Op.SCSI_RSP or (p.op == Op.DATA_IN and p.hdr.flags & 1):
+            return out
+
+
+def _script(lib_dir: Path, *, fast: bool) -> tuple[list[list[bytes]], int]:
+    """Run the fixed command sequence against a fresh library; (answers, fast-path hits)."""
+    lib = Library.create(lib_dir, LibraryConfig(drives=1, slots=4, mailslots=1))
+    lib.create_cartridge("S00001L8")
+    lib.load("S00001L8", 0)
+    devices = dict(build_device_set(lib).luns)
+    drive = devices[1]
+    hits = 0
+    if fast:
+        plain = drive.stream_read
+
+        def counting(*args):
+            nonlocal hits
+            data = plain(*args)
+            hits += data is not None
+            return data
+
+        drive.stream_read = counting
+    else:
+        drive.stream_read = None  # the transport finds no fast path
+    log: list[list[bytes]] = []
+    rnd = random.Random(11)
+    try:
+        with running_target(devices=devices) as t:
+            a = RawInitiator(t.port, isid=b"\x80\0\0\0\0\x01")
+            b = RawInitiator(t.port, isid=b"\x80\0\0\0\0\x02")
+            for ini in (a, b):
+                ini.login({"MaxRecvDataSegmentLength": str(MRDSL), "ImmediateData": "Yes",
+                           "InitialR2T": "No", "FirstBurstLength": "262144"})
+
+            def cmd(ini: RawInitiator, cdb: bytes, **kw) -> None:
+                log.append(_answers(ini, ini.scsi(cdb, lun=1, **kw)))
+
+            def write(block: bytes | None) -> None:
+                if block is None:
+                    cmd(a, bytes([0x10, 0, 0, 0, 1, 0]))
+                else:
+                    log.append([bytes(a.write(bytes([0x0A, 0]) + len(block).to_bytes(3, "big")
+                                              + b"\0", block).hdr.raw)])
+
+            cmd(a, bytes(6))  # TEST UNIT READY: the power-on UA
+            cmd(b, bytes(6))
+            cmd(a, bytes([0x01, 0, 0, 0, 0, 0]))  # REWIND
+            for block in _blocks():
+                write(block)
+            cmd(a, bytes([0x01, 0, 0, 0, 0, 0]))
+            for _ in range(400):
+                n = rnd.choice(SIZES)
+                cart = drive._cart  # the same state in both runs: peeking changes nothing
+                if cart is not None and cart.next_data_length() > 0 and rnd.random() < 0.8:
+                    n = cart.next_data_length()  # mostly the length a restore would ask for
+                roll = rnd.random()
+                if cart is not None and cart.at_eod and rnd.random() < 0.6:
+                    roll = 0.7  # rewind: a few BLANK CHECKs are enough
+                if roll < 0.55:
+                    cmd(a, read6(n), read=n)  # the streaming case, when n is the next block
+                elif roll < 0.62:
+                    cmd(a, read6(n, 0x02), read=n)  # SILI
+                elif roll < 0.66:
+                    cmd(a, read6(n + rnd.choice([-7, 9])), read=n)  # EDTL != CDB length
+                elif roll < 0.69:
+                    cmd(a, read6(1, 0x01), read=n)  # fixed mode with block size 0
+                elif roll < 0.72:
+                    cmd(a, bytes([0x01, 0, 0, 0, 0, 0]))  # REWIND
+                elif roll < 0.75:
+                    cmd(a, bytes([0x11, 0]) + (-1 & 0xFFFFFF).to_bytes(3, "big") + b"\0")
+                elif roll < 0.76:
+                    cmd(b, bytes([0x16, 0, 0, 0, 0, 0]))  # B: RESERVE(6)
+                elif roll < 0.82:
+                    cmd(b, bytes([0x17, 0, 0, 0, 0, 0]))  # B: RELEASE(6): no UA, A goes on
+                elif roll < 0.85:
+                    cmd(a, bytes([0x03, 0, 0, 0, 18, 0]), read=18)  # REQUEST SENSE
+                elif roll < 0.88:
+                    itt = a.next_itt()  # an immediate READ: CmdSN not advanced
+                    bhs = pdu.encode_layout(Op.SCSI_CMD, immediate=True, flags=0xC0,
+                                            lun=pdu.encode_lun(1), itt=itt, edtl=n,
+                                            cmdsn=a.cmdsn, expstatsn=a.expstatsn,
+                                            cdb=read6(n).ljust(16, b"\0"))
+                    a.send(bhs)
+                    log.append(_answers(a, itt))
+                elif roll < 0.91:
+                    itt = a.next_itt()  # CmdSN behind the window: ignored, then a NOP
+                    bhs = pdu.encode_layout(Op.SCSI_CMD, flags=0xC0, lun=pdu.encode_lun(1),
+                                            itt=itt, edtl=n, cmdsn=(a.cmdsn - 5) & ALL_ONES,
+                                            expstatsn=a.expstatsn,
+                                            cdb=read6(n).ljust(16, b"\0"))
+                    a.send(bhs)
+                    log.append([bytes(a.nop(b"after").hdr.raw)])
+                else:
+                    cmd(a, bytes([0x11, 1, 0, 0, 1, 0]))  # SPACE 1 filemark
+            a.logout()
+            b.logout()
+            a.close()
+            b.close()
+    finally:
+        lib.close()
+    return log, hits
+
+
+def test_fast_and_general_paths_answer_identically(tmp_path: Path) -> None:
+    fast, hits = _script(tmp_path / "fast", fast=True)
+    slow, _ = _script(tmp_path / "slow", fast=False)
+    assert len(fast) == len(slow)
+    for i, (x, y) in enumerate(zip(fast, slow, strict=True)):
+        assert x == y, f"answer {i} differs"
+    assert hits > 100  # the fast path did serve the plain reads
