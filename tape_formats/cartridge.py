@@ -12,6 +12,7 @@ import ctypes
 import enum
 import errno
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -118,6 +119,11 @@ MIN_COMPRESS = 256
 # tail instead of everything since the last one (seconds for GBs of dirty pages, long
 # enough for an initiator's NOP-Out timeout), and the disk works while data still arrives.
 WRITEBACK_CHUNK = 8 << 20
+# The write-behind buffer (queue_block) holds at most this many worst-case medium bytes: a
+# few blocks in flight are enough to keep the compressor busy, and memory stays flat.
+WRITE_BEHIND_BYTES = 4 << 20
+
+log = logging.getLogger("tape_formats.cartridge")
 
 
 def _sync_file_range() -> ctypes._CFuncPtr | None:
@@ -161,6 +167,7 @@ from tape_formats.records import (  # noqa: E402
     RECORD_MAGIC,
     RECORD_STRUCT,
 )
+from tape_formats.write_behind import WriteBehind  # noqa: E402
 
 
 def _build_header(fields: dict) -> bytes:
@@ -225,8 +232,10 @@ class TapeCartridge:
     """An open cartridge. One drive owns it at a time: ``open`` takes an exclusive flock
     (shared for read-only opens), so two processes never write one cartridge.
 
-    Thread use: one thread at a time (the drive's worker thread); ``_lock`` only guards the
-    counters read by LOG SENSE from another thread.
+    Thread use: one thread at a time (the drive's), plus the write-behind thread while
+    blocks queued with ``queue_block`` are being stored: every other operation first waits
+    for those (``_settle``). ``_lock`` guards the counters read by LOG SENSE from another
+    thread.
     """
 
     def __init__(self, path: Path, fd: int, hdr, readonly: bool) -> None:
@@ -263,6 +272,8 @@ class TapeCartridge:
         self._ra_data: bytes | memoryview = b""
         self._ra_own = False  # _ra_data is memory of its own (not a view of _ra_buf)
         self._ra_buf = memoryview(bytearray(0))
+        # Write-behind buffer (buffered mode), started by the first queue_block.
+        self._wb: WriteBehind | None = None
 
     # -- creation and opening -----------------------------------------------------------
     @classmethod
@@ -448,6 +459,7 @@ class TapeCartridge:
 
     def set_write_protect(self, on: bool) -> None:
         """Slide the write-protect tab: rewrite the header in place (one sector, CRC'd)."""
+        self._settle()  # what the drive accepted before the tab moved goes to tape
         if self.readonly:
             raise WriteProtected(f"{self.barcode} is open read-only")
         hdr = _parse_header(os.pread(self._fd, HEADER_SIZE, 0), self.path)
@@ -466,6 +478,7 @@ class TapeCartridge:
         self.position = 0
 
     def locate(self, obj: int) -> None:
+        self._settle()
         if obj < 0:
             raise CartridgeError(f"cannot locate to negative object {obj}")
         if obj > len(self.index):
@@ -474,6 +487,7 @@ class TapeCartridge:
         self.position = obj
 
     def space_blocks(self, count: int) -> SpaceResult:
+        self._settle()
         idx, p = self.index, self.position
         if count >= 0:
             fm = idx.next_filemark(p)
@@ -497,6 +511,7 @@ class TapeCartridge:
         return SpaceResult(n)
 
     def space_filemarks(self, count: int) -> SpaceResult:
+        self._settle()
         idx, p = self.index, self.position
         before = idx.filemarks_before(p)
         if count >= 0:
@@ -514,12 +529,14 @@ class TapeCartridge:
         return SpaceResult(before, "BOP")
 
     def space_to_eod(self) -> None:
+        self._settle()
         self.position = len(self.index)
 
     # -- data ---------------------------------------------------------------------------
     def next_data_length(self) -> int:
         """The length of the data block at the position, -1 when the next object is a
         filemark or the end of data (a look at the index: no I/O, nothing moves)."""
+        self._settle()
         p = self.position
         idx = self.index
         if p >= len(idx.offsets):
@@ -537,6 +554,9 @@ class TapeCartridge:
         into memory of its own (never reused) then comes back as is instead of being copied
         into ``buf`` (the result's ``data`` is what to use either way).
         """
+        wb = self._wb
+        if wb is not None and wb.blocks:
+            wb.wait()
         p = self.position
         idx = self.index
         if p == self._ra_obj:
@@ -571,6 +591,7 @@ class TapeCartridge:
         or counting: the next read_block of it then costs a copy instead of pread + crc32c +
         zstd. Called while the drive is idle between commands; any failure just leaves the
         cache empty, so the real read meets the same error and reports it."""
+        self._settle()
         p = self.position
         idx = self.index
         if p == self._ra_obj or p >= len(idx.offsets) or idx.meta[p] & 0xFF != KIND_DATA:
@@ -683,8 +704,67 @@ class TapeCartridge:
                     ) -> WriteResult:
         """Write one data block at the position. Raises EndOfMedium (nothing written) when
         it would not fit; OSError when the disk fails (the drive reports MEDIUM ERROR)."""
+        self._settle()
         self._ra_obj = -1  # the tape changes under the read-ahead cache
         self._check_writable()
+        if self.position < len(self.index):
+            self._cut_at_position()
+        self._store(data, compress)
+        return WriteResult(self.at_early_warning)
+
+    def queue_block(self, data: bytes | bytearray | memoryview, *, compress: bool = True
+                    ) -> bool:
+        """Accept a block to be written behind (a drive's buffered mode) when nothing but a
+        disk error can keep it off the tape: an append at end of data that ends before the
+        early-warning point even stored uncompressed. False: nothing queued, and the caller
+        writes it with ``write_block`` (which first stores what is queued). ``data`` must not
+        change until it is stored. WriteProtected/WormOverwrite are raised at once, as by
+        ``write_block``; a disk error is raised later, by ``flush_writes``."""
+        wb = self._wb
+        if wb is None or not wb.blocks:
+            if self.position != len(self.index) or self.readonly:
+                return False
+            self._check_writable()
+            if wb is None:
+                wb = self._wb = WriteBehind(self._store, WRITE_BEHIND_BYTES, self.barcode)
+        elif self.write_protected:
+            raise WriteProtected(f"{self.barcode} is write protected")
+        self._ra_obj = -1
+        return wb.put(data, compress, RECORD_STRUCT.size + len(data), self._end,
+                      DATA_START + self.ew_point)
+
+    def _end(self) -> int:
+        return self.index.end
+
+    @property
+    def writes_pending(self) -> bool:
+        """Blocks queued by ``queue_block`` are still being stored (or one failed)."""
+        wb = self._wb
+        return wb is not None and (wb.blocks > 0 or wb.failed)
+
+    @property
+    def write_failed(self) -> bool:
+        """A queued block could not be stored: ``flush_writes`` raises it."""
+        return self._wb is not None and self._wb.failed
+
+    def wait_writes(self) -> None:
+        """Wait until queued blocks are stored, keeping any failure for ``flush_writes``."""
+        self._settle()
+
+    def flush_writes(self) -> None:
+        """Wait until every queued block is stored; DeferredWriteError (once) if any was not."""
+        if self._wb is not None:
+            self._wb.flush()
+
+    def _settle(self) -> None:
+        """Let queued blocks reach the tape before anything else looks at it (a failure
+        stays for ``flush_writes``: the drive reports it on its next command)."""
+        wb = self._wb
+        if wb is not None and wb.blocks:
+            wb.wait()
+
+    def _store(self, data: bytes | bytearray | memoryview, compress: bool) -> None:
+        """Compress (when it pays) and append one data block at end of data."""
         native = len(data)
         payload: bytes | memoryview = data if isinstance(data, bytes | memoryview) else \
             memoryview(data)
@@ -693,21 +773,19 @@ class TapeCartridge:
             packed = self._cctx.compress(data)
             if len(packed) < native:
                 payload, compressed = packed, True
-        if self.position < len(self.index):
-            self._cut_at_position()
         if self.used_bytes + RECORD_STRUCT.size + len(payload) > self.capacity:
             raise EndOfMedium(f"{self.barcode} is full ({self.capacity} bytes)")
         self._append(KIND_DATA, payload, native, compressed)
         with self._lock:
             self.counters.written_native += native
             self.counters.written_stored += len(payload)
-        return WriteResult(self.at_early_warning)
 
     def write_filemarks(self, count: int = 1, *, sync: bool = True) -> WriteResult:
         """Write ``count`` filemarks; with ``sync`` everything written so far is durable on
         return (a filemark without the IMMED bit). Count 0 just syncs, as SSC says."""
         if count < 0:
             raise CartridgeError("filemark count must not be negative")
+        self._settle()
         self._ra_obj = -1
         if count:
             self._check_writable()
@@ -723,6 +801,7 @@ class TapeCartridge:
 
     def erase(self) -> None:
         """Erase from the position to the end of the medium (SSC long erase)."""
+        self._settle()
         self._ra_obj = -1
         self._check_writable()
         self._cut_at_position()
@@ -730,6 +809,7 @@ class TapeCartridge:
 
     def sync(self) -> None:
         """Make every record written so far durable, and the index with it."""
+        self._settle()
         if self._dirty and not self.readonly:
             os.fsync(self._fd)
             self.index.write_sidecar(self.path, self.uuid)
@@ -737,6 +817,7 @@ class TapeCartridge:
 
     def update_mam_counters(self) -> None:
         """Fold this load's traffic into the MAM lifetime totals (at unload/close)."""
+        self._settle()
         if self.readonly:
             return
         c = self.counters
@@ -755,6 +836,11 @@ class TapeCartridge:
         self._ra_data = b""
         if self._closed:
             return
+        wb, self._wb = self._wb, None
+        if wb is not None:
+            lost = wb.close()
+            if lost is not None:  # nobody asked since: say so where an admin will look
+                log.error("%s: %s", self.barcode, lost)
         try:
             self.sync()
             self.update_mam_counters()
@@ -776,6 +862,7 @@ class TapeCartridge:
     def tape_files(self) -> list[tuple[int, int, int, int]]:
         """(file number, first object, data blocks, native bytes) per tape file; the last
         entry is the (possibly empty) file after the last filemark."""
+        self._settle()
         idx = self.index
         out = []
         start = 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,3 +35,16 @@ def library(library_root: Path, small_config: LibraryConfig) -> Iterator[Library
     lib.create_cartridges(["A00001L8", "A00002L8", "A00003L8"], capacity=SMALL_CAPACITY)
     yield lib
     lib.close()
+
+
+@pytest.fixture
+def fast_dir(tmp_path: Path) -> Iterator[Path]:
+    """A scratch directory on tmpfs when there is one: drive model tests fsync a lot, and
+    the durability itself is the cartridge tests' business, not the drive model's."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        yield tmp_path
+        return
+    d = Path(tempfile.mkdtemp(prefix="vtl-test-", dir=shm))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

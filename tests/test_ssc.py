@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import pytest
 
@@ -83,19 +80,6 @@ def rewind(drv):
 def pos(drv) -> int:
     d = good(drv, 0x34, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     return int.from_bytes(d[4:8], "big")
-
-
-@pytest.fixture
-def fast_dir(tmp_path):
-    """A scratch directory on tmpfs when there is one: these tests fsync a lot, and the
-    durability itself is the cartridge tests' business, not the drive model's."""
-    shm = Path("/dev/shm")
-    if not shm.is_dir():
-        yield tmp_path
-        return
-    d = Path(tempfile.mkdtemp(prefix="vtl-ssc-", dir=shm))
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -108,6 +108,7 @@ class CheckCondition(Exception):  # noqa: N818 - named after the SCSI status it 
         cd: bool = True,
         bit: int | None = None,
         data: bytes | bytearray | memoryview = b"",
+        deferred: bool = False,
     ) -> None:
         super().__init__(f"{key.name} {asc:02x}/{ascq:02x}")
         self.key = key
@@ -122,6 +123,7 @@ class CheckCondition(Exception):  # noqa: N818 - named after the SCSI status it 
         self.bit = bit
         # Data already transferred before the condition (e.g. a short READ with ILI).
         self.data = data
+        self.deferred = deferred
 
     def sense(self) -> bytes:
         return fixed_sense(
@@ -135,6 +137,7 @@ class CheckCondition(Exception):  # noqa: N818 - named after the SCSI status it 
             field_pointer=self.field_pointer,
             cd=self.cd,
             bit=self.bit,
+            deferred=self.deferred,
         )
 
     def result(self) -> ScsiResult:
@@ -153,10 +156,12 @@ def fixed_sense(
     field_pointer: int | None = None,
     cd: bool = True,
     bit: int | None = None,
+    deferred: bool = False,
 ) -> bytes:
-    """Fixed-format sense data (SPC-4 4.5.3), 18 bytes, response code 0x70 (current)."""
+    """Fixed-format sense data (SPC-4 4.5.3), 18 bytes, response code 0x70 (current) or
+    0x71 (deferred: about an earlier command, e.g. a buffered write that failed)."""
     s = bytearray(18)
-    s[0] = 0x70
+    s[0] = 0x71 if deferred else 0x70
     if information is not None:
         s[0] |= 0x80
         s[3:7] = (information & 0xFFFFFFFF).to_bytes(4, "big")

@@ -49,6 +49,7 @@ from tape_formats.cartridge import (
     WriteProtected,
 )
 from tape_formats.mam import MamError
+from tape_formats.write_behind import DeferredWriteError
 from vtl.scsi import ssc_attributes as attributes
 from vtl.scsi.base import (
     CheckCondition,
@@ -90,6 +91,10 @@ log = logging.getLogger(__name__)
 MAX_BLOCK = 8 * 1024 * 1024  # READ BLOCK LIMITS maximum (LTO drives report 8 MiB)
 MAX_FIXED_TRANSFER = 64 * 1024 * 1024  # fixed-mode READ/WRITE byte cap per command
 DEFAULT_BUFFERED_MODE = 1
+# In buffered mode a variable-mode WRITE(6) of at least this many bytes is answered once the
+# block is in the drive's buffer (TapeCartridge.queue_block); smaller blocks cost less to
+# write than to hand to another thread.
+MIN_BUFFERED_WRITE = 16 * 1024
 
 # Commands on the data path: skip the catalog refresh (a cartridge being read or written is
 # flocked by this process, nobody can move it meanwhile).
@@ -286,6 +291,26 @@ class TapeDrive(ScsiModel):
             self._cart is not None and bay.cartridge is not self._cart
         ):
             self._media_changed()
+        cart = self._cart
+        if cart is not None and cart.writes_pending and not cart.closed:
+            # Blocks still in the buffer: a WRITE(6) may add to them; anything else waits
+            # until they are on tape. A block that failed there is reported now, as a
+            # deferred error (but not to INQUIRY, REPORT LUNS, REQUEST SENSE, like a UA).
+            if spec.ua_exempt:
+                cart.wait_writes()
+            elif spec.opcode != 0x0A or cart.write_failed:
+                self._flush_writes(cart)
+
+    def _flush_writes(self, cart: TapeCartridge) -> None:
+        """Wait until the buffered blocks are on tape; a failure among them ends the current
+        command with a deferred error: sense response code 0x71, INFORMATION = blocks lost."""
+        try:
+            cart.flush_writes()
+        except DeferredWriteError as exc:
+            self.bytes_written -= exc.lost_bytes
+            cc = self._write_error(exc.cause, exc.lost)
+            cc.deferred = True
+            raise cc from None
 
     def _media_changed(self) -> None:
         """The bay's cartridge changed (changer move, CLI load, unmount underneath us)."""
@@ -521,7 +546,7 @@ class TapeDrive(ScsiModel):
             cart = self._cart
             bay = self.bay
             if (cart is None or not self._loaded or bay.cartridge is not cart
-                    or bay.media_generation != self._gen or length <= 0
+                    or bay.media_generation != self._gen or length <= 0 or cart.writes_pending
                     or cart.next_data_length() != length or not self._plain_nexus(nexus, PR_READ)):
                 return None
             try:
@@ -591,6 +616,15 @@ class TapeDrive(ScsiModel):
             if len(data) > count:
                 data = memoryview(data)[:count]
             try:
+                # data_out is the transport's until we return: the buffer keeps a copy.
+                if (self.buffered_mode and count >= MIN_BUFFERED_WRITE
+                        and cart.queue_block(bytes(data), compress=compress)):
+                    self.bytes_written += count
+                    return None
+            except (CartridgeError, OSError) as exc:
+                raise self._write_error(exc, count) from None
+            self._flush_writes(cart)  # not buffered: what is buffered goes first
+            try:
                 res = cart.write_block(data, compress=compress)
             except (CartridgeError, OSError) as exc:
                 raise self._write_error(exc, count) from None
@@ -605,6 +639,7 @@ class TapeDrive(ScsiModel):
         data = memoryview(req.data_out)
         if len(data) < total:
             raise parameter_list_length_error()
+        self._flush_writes(cart)
         early = False
         for i in range(count):
             try:

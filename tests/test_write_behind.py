@@ -1,0 +1,220 @@
+"""Buffered mode: WRITE(6) answered once the block is in the drive's buffer, stored behind.
+
+What an initiator sees must be what an unbuffered drive shows, except when the disk fails
+under a buffered block: then the next command gets a deferred error (sense 0x71) that counts
+the blocks lost, and the tape ends after the last block stored.
+"""
+
+from __future__ import annotations
+
+import errno
+import random
+import threading
+
+import pytest
+from test_ssc import A, MiB, check, good, pos, read, rewind, run, wfm, write
+
+from tape_formats.cartridge import TapeCartridge
+from tape_formats.write_behind import DeferredWriteError, WriteBehind
+from vtl.library import Library
+from vtl.scsi.base import SenseKey, Status
+from vtl.scsi.ssc import TapeDrive
+
+BLOCK = 64 * 1024
+
+
+# ---- the buffer on its own ---------------------------------------------------------------
+def test_blocks_are_stored_in_order_and_a_failure_drops_the_rest_once():
+    stored: list[bytes] = []
+    gate = threading.Event()
+
+    def store(data, compress):
+        gate.wait(5)
+        if data == b"bad":
+            raise OSError(errno.EIO, "disk on fire")
+        stored.append(bytes(data))
+
+    wb = WriteBehind(store, limit=1 << 20, name="t")
+    end = lambda: 0  # noqa: E731 - the medium offset after what is stored
+    for item in (b"a", b"b", b"bad", b"c", b"d"):
+        assert wb.put(item, False, 100, end, 1 << 30)
+    gate.set()
+    with pytest.raises(DeferredWriteError) as exc:
+        wb.flush()
+    assert stored == [b"a", b"b"]
+    assert exc.value.lost == 3 and exc.value.lost_bytes == 5
+    assert isinstance(exc.value.cause, OSError)
+    wb.flush()  # reported once
+    assert wb.put(b"e", False, 100, end, 1 << 30)
+    assert wb.close() is None and stored[-1] == b"e"
+
+
+def test_put_refuses_what_could_reach_the_ceiling_and_waits_for_room():
+    release = threading.Event()
+    wb = WriteBehind(lambda d, c: release.wait(5), limit=250, name="t")
+    assert not wb.put(b"x", False, 100, lambda: 950, 1000)  # 950 + 100 >= 1000
+    assert wb.put(b"x", False, 100, lambda: 0, 1000)
+    assert wb.put(b"y", False, 100, lambda: 0, 1000)
+    threading.Timer(0.2, release.set).start()
+    assert wb.put(b"z", False, 600, lambda: 0, 10_000)  # bigger than the limit: waits alone
+    assert wb.blocks <= 1
+    assert wb.close() is None and wb.blocks == 0
+
+
+# ---- the drive -------------------------------------------------------------------------------
+@pytest.fixture
+def two(fast_dir):
+    """Two drives on one library, the first buffered (the default), the second not."""
+    lib = Library.create(fast_dir / "lib", _two_drive_config())
+    drives = []
+    for i, barcode in enumerate(("B00001L8", "U00001L8")):
+        lib.create_cartridge(barcode, capacity=4 * MiB)
+        d = TapeDrive(lib.load(barcode, i))
+        check(d, 0, 0, 0, 0, 0, 0)  # power-on UA
+        drives.append(d)
+    good(drives[1], 0x15, 0x10, 0, 0, 4, 0, data=bytes([0, 0, 0x00, 0]))  # buffered mode 0
+    assert drives[0].buffered_mode == 1 and drives[1].buffered_mode == 0
+    yield drives
+    lib.close()
+
+
+def _two_drive_config():
+    from vtl.config import LibraryConfig
+
+    return LibraryConfig(drives=2, slots=4, mailslots=1)
+
+
+def _block(rnd: random.Random, n: int) -> bytes:
+    return rnd.randbytes(n // 2) + bytes(n - n // 2)
+
+
+def test_buffered_and_unbuffered_drives_answer_alike(two, monkeypatch):
+    """A random mix of writes (past early warning to the end of the medium), filemarks,
+    reads, spacing and READ POSITION: every answer identical, status, sense and data."""
+    buffered, plain = two
+    queued = []
+    real_queue = TapeCartridge.queue_block
+
+    def counting_queue(self, data, *, compress=True):
+        ok = real_queue(self, data, compress=compress)
+        queued.append(ok)
+        return ok
+
+    monkeypatch.setattr(TapeCartridge, "queue_block", counting_queue)
+    rnd = random.Random(5)
+    sizes = [512, 20000, 65536, 100000, 262144, 300000]
+    for step in range(300):
+        roll = rnd.random()
+        n = rnd.choice(sizes)
+        if roll < 0.55:
+            data = _block(rnd, n) if rnd.random() < 0.7 else rnd.randbytes(n)
+            cmds = [(bytes([0x0A, 0]) + n.to_bytes(3, "big") + b"\0", data)]
+        elif roll < 0.62:
+            cmds = [(bytes([0x10, rnd.choice([0, 1]), 0, 0, 1, 0]), None)]
+        elif roll < 0.75:
+            cmds = [(bytes([0x08, rnd.choice([0, 2])]) + n.to_bytes(3, "big") + b"\0", None)]
+        elif roll < 0.8:
+            cmds = [(bytes([0x01, 0, 0, 0, 0, 0]), None)]
+        elif roll < 0.85:
+            cmds = [(bytes([0x11, 0]) + (-2 & 0xFFFFFF).to_bytes(3, "big") + b"\0", None)]
+        elif roll < 0.9:
+            cmds = [(bytes([0x11, 3, 0, 0, 0, 0]), None)]  # to end of data
+        elif roll < 0.95:
+            cmds = [(bytes([0x34, 0, 0, 0, 0, 0, 0, 0, 0, 0]), None)]
+        else:
+            cmds = [(bytes([0x4D, 0, 0x40 | 0x0C, 0, 0, 0, 0, 0x40, 0, 0]), None)]  # LOG SENSE
+        for cdb, data in cmds:
+            a = buffered.execute(A, cdb, data)
+            b = plain.execute(A, cdb, data)
+            assert (a.status, bytes(a.sense), bytes(a.data)) == \
+                (b.status, bytes(b.sense), bytes(b.data)), f"step {step}: {cdb.hex()}"
+    assert queued.count(True) > 30 and queued.count(False) > 5  # both ways were taken
+
+
+def test_disk_failure_under_buffered_blocks_is_a_deferred_error(two, monkeypatch):
+    drv = two[0]
+    rnd = random.Random(9)
+    blocks = [_block(rnd, BLOCK) for _ in range(6)]
+    for b in blocks[:3]:
+        assert write(drv, b).status == Status.GOOD
+    cart = drv._medium()
+    cart.wait_writes()
+    real_append = cart._append
+    go = threading.Event()
+
+    def failing_append(*args):
+        go.wait(5)
+        raise OSError(errno.EIO, "disk on fire")
+
+    monkeypatch.setattr(cart, "_append", failing_append)
+    for b in blocks[3:]:  # all three wait in the buffer: answered GOOD
+        assert write(drv, b).status == Status.GOOD
+    go.set()
+    cart.wait_writes()
+    monkeypatch.setattr(cart, "_append", real_append)
+    # INQUIRY does not take the deferred error (as with a UA); the next command does
+    assert good(drv, 0x12, 0, 0, 0, 36, 0)[0] == 0x01
+    r = run(drv, 0, 0, 0, 0, 0, 0)
+    assert r.status == Status.CHECK_CONDITION
+    assert r.s.raw[0] & 0x7F == 0x71  # deferred
+    assert r.s.code == (SenseKey.MEDIUM_ERROR, 0x0C, 0) and r.s.info == 3
+    assert pos(drv) == 3  # the tape ends after the last block stored
+    flags = good(drv, 0x4D, 0, 0x40 | 0x2E, 0, 0, 0, 0, 1, 0, 0)
+    assert flags[4 + 5 * 5 + 4] == 1  # TapeAlert flag 6, write failure
+    # the initiator writes the lost blocks again; everything reads back in order
+    for b in blocks[3:]:
+        assert write(drv, b).status == Status.GOOD
+    wfm(drv)
+    rewind(drv)
+    for b in blocks:
+        assert read(drv, BLOCK).d == b
+
+
+def test_a_deferred_error_ends_the_next_write_which_is_not_written(two, monkeypatch):
+    drv = two[0]
+    cart = drv._medium()
+    blocks = [bytes([i]) * BLOCK for i in range(3)]
+    assert write(drv, blocks[0]).status == Status.GOOD
+    cart.wait_writes()
+
+    def failing_append(*args):
+        raise OSError(errno.ENOSPC, "no space left")
+
+    real_append = cart._append
+    monkeypatch.setattr(cart, "_append", failing_append)
+    assert write(drv, blocks[1]).status == Status.GOOD
+    cart.wait_writes()
+    monkeypatch.setattr(cart, "_append", real_append)
+    r = write(drv, blocks[2])
+    assert r.status == Status.CHECK_CONDITION and r.s.raw[0] & 0x7F == 0x71
+    assert r.s.code == (SenseKey.MEDIUM_ERROR, 0x0C, 0) and r.s.info == 1
+    assert pos(drv) == 1
+    assert write(drv, blocks[2]).status == Status.GOOD
+    assert pos(drv) == 2
+
+
+def test_descriptor_sense_keeps_deferred(two, monkeypatch):
+    drv = two[0]
+    page = bytearray(good(drv, 0x1A, 0x08, 0x0A, 0, 255, 0)[4:])
+    page[2] |= 0x04  # D_SENSE on; the header keeps buffered mode 1
+    good(drv, 0x15, 0x10, 0, 0, 4 + len(page), 0, data=bytes([0, 0, 0x10, 0]) + bytes(page))
+    cart = drv._medium()
+    monkeypatch.setattr(cart, "_append", lambda *a: (_ for _ in ()).throw(OSError(errno.EIO,
+                                                                                  "x")))
+    assert write(drv, bytes(BLOCK)).status == Status.GOOD
+    cart.wait_writes()
+    r = drv.execute(A, bytes(6))
+    assert r.status == Status.CHECK_CONDITION and r.sense[0] == 0x73
+
+
+def test_unload_stores_what_is_buffered(two):
+    drv = two[0]
+    data = [bytes([7]) * BLOCK for _ in range(8)]
+    for b in data:
+        assert write(drv, b).status == Status.GOOD
+    lib = drv.bay.library
+    barcode = drv.bay.barcode
+    lib.unload(0)  # the changer takes the cartridge away right after the last WRITE
+    bay = lib.load(barcode, 0)
+    cart = bay.mount()
+    assert cart.eod == 8 and cart.read_block().data == data[0]
