@@ -119,6 +119,10 @@ MIN_COMPRESS = 256
 # tail instead of everything since the last one (seconds for GBs of dirty pages, long
 # enough for an initiator's NOP-Out timeout), and the disk works while data still arrives.
 WRITEBACK_CHUNK = 8 << 20
+# Every BACKGROUND_SYNC_CHUNK bytes written, an fdatasync starts on a thread of its own
+# (tape_formats/background_sync.py): the disk's write cache drains during the stream, not
+# all at the next filemark.
+BACKGROUND_SYNC_CHUNK = 64 << 20
 # The write-behind buffer (queue_block) holds at most this many worst-case medium bytes: a
 # few blocks in flight are enough to keep the compressor busy, and memory stays flat.
 WRITE_BEHIND_BYTES = 4 << 20
@@ -155,6 +159,7 @@ class _Counters:
     read_stored: int = 0
 
 
+from tape_formats.background_sync import BackgroundSync  # noqa: E402
 from tape_formats.index import KIND_DATA, KIND_FILEMARK, PositionIndex  # noqa: E402
 from tape_formats.mam import MamStore  # noqa: E402
 from tape_formats.records import (  # noqa: E402
@@ -260,6 +265,8 @@ class TapeCartridge:
         self._dctx = zstandard.ZstdDecompressor()
         self._dirty = False  # records written since the last durable point
         self._wb_from = DATA_START  # data before this offset was handed to the disk
+        self._bg_from = DATA_START  # data before this offset had a background fdatasync
+        self._bg = BackgroundSync(fd, self.barcode)
         self._lock = threading.Lock()
         self._closed = False
         self.ew_point = self.capacity - early_warning_margin(self.capacity)
@@ -695,10 +702,14 @@ class TapeCartridge:
         self._dirty = True
         if self._wb_from > off:
             self._wb_from = off  # the tape was cut back
+            self._bg_from = min(self._bg_from, off)
         elif idx.end - self._wb_from >= WRITEBACK_CHUNK and _START_WRITEBACK is not None:
             _START_WRITEBACK(self._fd, self._wb_from, idx.end - self._wb_from,
                              _SYNC_FILE_RANGE_WRITE)  # a hint: errors surface at fsync
             self._wb_from = idx.end
+            if idx.end - self._bg_from >= BACKGROUND_SYNC_CHUNK:
+                self._bg_from = idx.end
+                self._bg.kick()
 
     def write_block(self, data: bytes | bytearray | memoryview, *, compress: bool = True
                     ) -> WriteResult:
@@ -811,6 +822,9 @@ class TapeCartridge:
         """Make every record written so far durable, and the index with it."""
         self._settle()
         if self._dirty and not self.readonly:
+            error = self._bg.take_error()
+            if error is not None:  # Linux reports a writeback error once: it was ours
+                raise error
             os.fsync(self._fd)
             self.index.write_sidecar(self.path, self.uuid)
             self._dirty = False
@@ -841,6 +855,7 @@ class TapeCartridge:
             lost = wb.close()
             if lost is not None:  # nobody asked since: say so where an admin will look
                 log.error("%s: %s", self.barcode, lost)
+        self._bg.close()  # no fdatasync may outlive the descriptor
         try:
             self.sync()
             self.update_mam_counters()

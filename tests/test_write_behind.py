@@ -218,3 +218,39 @@ def test_unload_stores_what_is_buffered(two):
     bay = lib.load(barcode, 0)
     cart = bay.mount()
     assert cart.eod == 8 and cart.read_block().data == data[0]
+
+
+# ---- background fdatasync ------------------------------------------------------------------
+def test_background_sync_error_reaches_the_next_sync(fast_dir, monkeypatch):
+    """A writeback error met by the background fdatasync is Linux's one report of it: the
+    cartridge's next sync (a filemark) must raise it, not find a clean fsync."""
+    import tape_formats.background_sync as bgs
+    import tape_formats.cartridge as cartridge_module
+    from tape_formats.media import MEDIA
+
+    monkeypatch.setattr(cartridge_module, "WRITEBACK_CHUNK", 64 * 1024)
+    monkeypatch.setattr(cartridge_module, "BACKGROUND_SYNC_CHUNK", 128 * 1024)
+    calls = []
+
+    def failing_fdatasync(fd):
+        calls.append(fd)
+        raise OSError(errno.EIO, "lost page")
+
+    monkeypatch.setattr(bgs.os, "fdatasync", failing_fdatasync)
+    path = fast_dir / "S00001L8.vtape"
+    TapeCartridge.create(path, "S00001L8", MEDIA["LTO-8"], capacity=64 * MiB)
+    cart = TapeCartridge.open(path)
+    try:
+        for i in range(8):
+            cart.write_block(random.Random(i).randbytes(BLOCK))
+        cart._bg.wait()
+        assert calls
+        with pytest.raises(OSError) as exc:
+            cart.write_filemarks(1)
+        assert exc.value.errno == errno.EIO
+        monkeypatch.undo()
+        cart.write_filemarks(1)  # reported once; the data is still there to be synced
+    finally:
+        cart.close()
+    with TapeCartridge.open(path) as again:
+        assert again.eod == 10
