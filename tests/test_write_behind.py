@@ -12,7 +12,7 @@ import random
 import threading
 
 import pytest
-from test_ssc import A, MiB, check, good, pos, read, rewind, run, wfm, write
+from test_ssc import A, B, MiB, check, good, pos, read, rewind, run, wfm, write
 
 from tape_formats.cartridge import TapeCartridge
 from tape_formats.write_behind import DeferredWriteError, WriteBehind
@@ -191,6 +191,21 @@ def test_a_deferred_error_ends_the_next_write_which_is_not_written(two, monkeypa
     assert pos(drv) == 1
     assert write(drv, blocks[2]).status == Status.GOOD
     assert pos(drv) == 2
+
+
+def test_a_deferred_error_goes_to_the_initiator_whose_write_failed(two, monkeypatch):
+    drv = two[0]
+    assert check(drv, 0, 0, 0, 0, 0, 0, nexus=B).code == (6, 0x29, 0)  # B's power-on UA
+    cart = drv._medium()
+    monkeypatch.setattr(cart, "_append", lambda *a: (_ for _ in ()).throw(OSError(errno.EIO,
+                                                                                  "x")))
+    assert write(drv, bytes(BLOCK)).status == Status.GOOD  # A's block, buffered
+    cart.wait_writes()
+    monkeypatch.undo()
+    good(drv, 0, 0, 0, 0, 0, 0, nexus=B)  # not B's error
+    r = run(drv, 0, 0, 0, 0, 0, 0)
+    assert r.s.raw[0] & 0x7F == 0x71 and r.s.info == 1  # A's
+    good(drv, 0, 0, 0, 0, 0, 0)
 
 
 def test_descriptor_sense_keeps_deferred(two, monkeypatch):

@@ -160,6 +160,7 @@ class TapeDrive(ScsiModel):
         self.bytes_written = 0  # from initiators, this load
         self.bytes_read = 0
         self._streaming = False  # the last command was a READ(6) that returned data
+        self._buffered_for: Nexus | None = None  # whose WRITEs are in the write buffer
         self._add_pages()
 
     # ------------------------------------------------------------------ pages
@@ -299,11 +300,16 @@ class TapeDrive(ScsiModel):
             if spec.ua_exempt:
                 cart.wait_writes()
             elif spec.opcode != 0x0A or cart.write_failed:
-                self._flush_writes(cart)
+                self._flush_writes(cart, nexus)
 
-    def _flush_writes(self, cart: TapeCartridge) -> None:
+    def _flush_writes(self, cart: TapeCartridge, nexus: Nexus) -> None:
         """Wait until the buffered blocks are on tape; a failure among them ends the current
-        command with a deferred error: sense response code 0x71, INFORMATION = blocks lost."""
+        command with a deferred error: sense response code 0x71, INFORMATION = blocks lost.
+        Only the nexus whose writes were buffered hears of it (SPC: a deferred error goes to
+        the initiator whose command caused it); another one just waits for the buffer."""
+        if nexus != self._buffered_for:
+            cart.wait_writes()
+            return
         try:
             cart.flush_writes()
         except DeferredWriteError as exc:
@@ -618,12 +624,14 @@ class TapeDrive(ScsiModel):
             try:
                 # data_out is the transport's until we return: the buffer keeps a copy.
                 if (self.buffered_mode and count >= MIN_BUFFERED_WRITE
+                        and (req.nexus == self._buffered_for or not cart.writes_pending)
                         and cart.queue_block(bytes(data), compress=compress)):
+                    self._buffered_for = req.nexus
                     self.bytes_written += count
                     return None
             except (CartridgeError, OSError) as exc:
                 raise self._write_error(exc, count) from None
-            self._flush_writes(cart)  # not buffered: what is buffered goes first
+            self._flush_writes(cart, req.nexus)  # not buffered: what is buffered goes first
             try:
                 res = cart.write_block(data, compress=compress)
             except (CartridgeError, OSError) as exc:
@@ -639,7 +647,7 @@ class TapeDrive(ScsiModel):
         data = memoryview(req.data_out)
         if len(data) < total:
             raise parameter_list_length_error()
-        self._flush_writes(cart)
+        self._flush_writes(cart, req.nexus)
         early = False
         for i in range(count):
             try:
