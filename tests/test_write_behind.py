@@ -17,7 +17,7 @@ from test_ssc import A, B, MiB, check, good, pos, read, rewind, run, wfm, write
 from tape_formats.cartridge import TapeCartridge
 from tape_formats.write_behind import DeferredWriteError, WriteBehind
 from vtl.library import Library
-from vtl.scsi.base import SenseKey, Status
+from vtl.scsi.base import DonatedBuffer, SenseKey, Status
 from vtl.scsi.ssc import TapeDrive
 
 BLOCK = 64 * 1024
@@ -206,6 +206,34 @@ def test_a_deferred_error_goes_to_the_initiator_whose_write_failed(two, monkeypa
     r = run(drv, 0, 0, 0, 0, 0, 0)
     assert r.s.raw[0] & 0x7F == 0x71 and r.s.info == 1  # A's
     good(drv, 0, 0, 0, 0, 0, 0)
+
+
+def test_a_buffered_block_is_safe_from_the_transport_reusing_its_memory(two, monkeypatch):
+    """data_out that is not a DonatedBuffer is the transport's again once execute returns:
+    the buffer must hold a copy. A DonatedBuffer is kept as it is (no copy)."""
+    drv = two[0]
+    cart = drv._medium()
+    gate = threading.Event()
+    real_store = cart._store
+    kept = []
+
+    def slow_store(data, compress):
+        gate.wait(5)
+        kept.append(data)
+        real_store(data, compress)
+
+    monkeypatch.setattr(cart, "_store", slow_store)
+    reused = bytearray(b"A" * BLOCK)
+    assert write(drv, reused).status == Status.GOOD
+    reused[:] = b"B" * BLOCK  # the transport's next command lands in the same memory
+    gift = DonatedBuffer(b"C" * BLOCK)
+    assert write(drv, memoryview(gift)).status == Status.GOOD
+    gate.set()
+    wfm(drv)
+    assert kept[1].obj is gift  # kept, not copied
+    rewind(drv)
+    assert read(drv, BLOCK).d == b"A" * BLOCK
+    assert read(drv, BLOCK).d == b"C" * BLOCK
 
 
 def test_descriptor_sense_keeps_deferred(two, monkeypatch):

@@ -46,6 +46,7 @@ from vtl.iscsi.pdu import ALL_ONES, BHS_LEN, Header, Op, RejectReason, TmfFuncti
 from vtl.iscsi.session import Session, TaskState
 from vtl.scsi.base import (
     CheckCondition,
+    DonatedBuffer,
     ResetKind,
     ScsiResult,
     SenseKey,
@@ -317,7 +318,7 @@ class Connection:
             lim = self.server.config.limits
             if (0 < hdr.dsl <= edtl <= lim.max_transfer
                     and self._buffered + edtl <= lim.max_buffered):
-                buf = bytearray(edtl)
+                buf = DonatedBuffer(edtl)
                 self._data_task = Task(0, b"", None, b"", edtl, False, True, buffer=buf)
                 return memoryview(buf)[:hdr.dsl]
         return memoryview(bytearray(hdr.dsl))
@@ -558,7 +559,7 @@ class Connection:
         if pre is not None and pre.buffer is not None and len(pre.buffer) == edtl:
             task.buffer = pre.buffer
         else:
-            task.buffer = bytearray(edtl)
+            task.buffer = DonatedBuffer(edtl)
         dsl = hdr.dsl
         task.r2ts = {}
         task.received = dsl

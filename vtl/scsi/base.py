@@ -9,7 +9,7 @@ Models are synchronous and may block (file I/O, zstd). A transport calls a model
 thread at a time (it holds the LUN's lock), keeps one nexus's commands to a LUN in arrival
 order, and never calls a model from an event loop.
 
-Three optional attributes let a transport skip work on the hot path:
+Optional parts that let a transport skip work on the hot path:
 
 * ``inline_opcodes: frozenset[int]``: commands that never block for long (at most one block of
   file I/O: no fsync, no medium load). The embedded iSCSI target runs these on the thread that
@@ -19,6 +19,8 @@ Three optional attributes let a transport skip work on the hot path:
 * ``idle() -> None``: called (under the LUN's lock) right after a response has been sent,
   before the transport waits for the next command. A model may do speculative work there
   that no initiator can observe, as a tape drive reads the next block ahead into its buffer.
+* ``DonatedBuffer`` (below): a transport that allocates each command's Data-Out memory afresh
+  says so by its type, and a model may then keep it instead of copying.
 * ``stream_read(nexus, cdb, length) -> bytes | memoryview | None``: the streaming READ of a
   sequential device, answered GOOD with exactly ``length`` bytes, or None: then nothing has
   changed and the transport runs the command through ``execute`` as usual (which handles
@@ -74,6 +76,22 @@ class Nexus:
 
 
 LOCAL_NEXUS = Nexus(initiator="local")
+
+
+class DonatedBuffer(bytearray):
+    """Data-Out memory a transport gives away with the command: allocated for this one
+    command and never touched by the transport once ``execute`` is called, so a model may
+    keep it (a tape drive holds a buffered WRITE's block until it is stored) instead of
+    copying it. Any other ``data_out`` is only the model's until ``execute`` returns."""
+
+    __slots__ = ()
+
+
+def donated(data: bytes | bytearray | memoryview) -> bool:
+    """May a model keep ``data`` (or the memory it views) past ``execute``?"""
+    if type(data) is memoryview:
+        data = data.obj
+    return type(data) is bytes or type(data) is DonatedBuffer
 
 
 @dataclass(slots=True)

@@ -57,6 +57,7 @@ from vtl.scsi.base import (
     ResetKind,
     SenseKey,
     UnitAttention,
+    donated,
     invalid_field_in_cdb,
     invalid_field_in_parameter_list,
     medium_not_present,
@@ -622,10 +623,12 @@ class TapeDrive(ScsiModel):
             if len(data) > count:
                 data = memoryview(data)[:count]
             try:
-                # data_out is the transport's until we return: the buffer keeps a copy.
+                # The buffer keeps data_out itself when the transport gave it away, else
+                # a copy (data_out is the transport's once we return).
                 if (self.buffered_mode and count >= MIN_BUFFERED_WRITE
                         and (req.nexus == self._buffered_for or not cart.writes_pending)
-                        and cart.queue_block(bytes(data), compress=compress)):
+                        and cart.queue_block(data if donated(data) else bytes(data),
+                                             compress=compress)):
                     self._buffered_for = req.nexus
                     self.bytes_written += count
                     return None
