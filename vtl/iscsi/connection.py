@@ -32,7 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from vtl.iscsi import pdu
 from vtl.iscsi.login import (
@@ -71,6 +71,16 @@ class ProtocolError(Exception):
 
 class ConnectionGone(Exception):  # noqa: N818 - a state, not an error
     """The initiator closed the connection, or the server shut it down."""
+
+
+class _StreamLun(NamedTuple):
+    """A LUN whose device offers streaming fast paths (vtl/scsi/base.py)."""
+
+    lun: int
+    lun_raw: bytes
+    worker: LunWorker
+    read: Callable | None
+    write: Callable | None
 
 
 @dataclass(eq=False, slots=True)
@@ -145,8 +155,8 @@ class Connection:
         self.tasks: dict[int, Task] = {}
         self._posted: dict[int | None, Task] = {}  # the last task handed to each LUN's worker
         self._workers: dict[int | None, LunWorker] = {}  # this session's LUNs
-        # Encoded LUN -> (LUN, worker, the device's stream_read) for devices offering it.
-        self._stream_reads: dict[bytes, tuple[int, LunWorker, Callable]] = {}
+        # Encoded LUN -> the device's streaming fast paths, for devices offering them.
+        self._streams: dict[bytes, _StreamLun] = {}
         self._buffered = 0  # write-buffer bytes held by this connection's tasks
         self._ttt_map: dict[int, Task] = {}
         self._next_ttt = secrets.randbelow(0x7FFFFFFF)
@@ -234,8 +244,14 @@ class Connection:
                 raise ConnectionGone()
             self._recv_exact(hb[got:BHS_LEN])
         self._last_rx = time.monotonic()
-        if hb[0] == 0x01 and hb[32] == 0x08 and self._stream_reads and self._stream_read():
-            return None, None, True
+        if hb[0] == 0x01 and self._streams:  # a SCSI command: a streaming READ or WRITE?
+            op = hb[32]
+            if op == 0x08 and self._stream_read():
+                return None, None, True
+            if op == 0x0A:
+                streamed = self._stream_write()
+                if streamed is not None:
+                    return streamed
         hlen = BHS_LEN + hb[4] * 4 + (4 if self._hd else 0)
         if hlen > BHS_LEN:
             self._recv_exact(hb[BHS_LEN:hlen])
@@ -277,31 +293,86 @@ class Connection:
         hb = self._hbuf
         if hb[1] & 0xE0 != 0xC0 or hb[4] or hb[5] or hb[6] or hb[7] or self._hd:
             return False
-        entry = self._stream_reads.get(hb[8:16].tobytes())
-        session = self.session
-        if entry is None or session is None or self.draining or self._closing:
+        stream = self._stream_for(hb)
+        if stream is None or stream.read is None:
             return False
+        session = self.session
+        assert session is not None
         itt, edtl, cmdsn = _ITT_EDTL_CMDSN.unpack_from(hb, 16)
         p = session.params
-        if (cmdsn != session.exp_cmdsn or not session.queue_depth or itt == ALL_ONES
-                or itt in self.tasks or edtl > p.max_xmit_dsl or edtl > p.max_burst):
+        if (cmdsn != session.exp_cmdsn or itt == ALL_ONES or itt in self.tasks
+                or edtl > p.max_xmit_dsl or edtl > p.max_burst):
             return False
-        lun, worker, stream_read = entry
-        prev = self._posted.get(lun)
-        if prev is not None and prev.state is not TaskState.DONE:
-            return False
-        with worker.lock:
+        with stream.worker.lock:
             try:
-                data = stream_read(session.nexus, hb[32:48], edtl)
+                data = stream.read(session.nexus, hb[32:48], edtl)
             except Exception:  # a model bug: the general path answers (HARDWARE ERROR)
                 log.exception("stream_read raised on CDB %s", hb[32:38].hex())
                 return False
             if data is None:
                 return False
             session.exp_cmdsn = (cmdsn + 1) & ALL_ONES
-            self._send_data_in_good(itt, hb[8:16].tobytes(), data, edtl)
-            self._after_command(worker)
+            self._send_data_in_good(itt, stream.lun_raw, data, edtl)
+            self._after_command(stream.worker)
         return True
+
+    def _stream_write(self) -> tuple[Header | None, memoryview | None, bool] | None:
+        """The WRITE(6) whose header is in ``_hbuf``, in the streaming case: the whole block
+        as immediate data in this PDU, no digests, in-order CmdSN, a free ITT, nothing
+        queued for the LUN. Its data segment is read into a DonatedBuffer and offered to the
+        device's ``stream_write``; taken, the answer is GOOD at once and the result is
+        (None, None, True). Declined, the PDU goes the general way with its data already
+        in: (header, data, True). None: not the case, nothing read past the header."""
+        hb = self._hbuf
+        if hb[1] & 0xE0 != 0xA0 or hb[4] or self._hd or self._dd:
+            return None
+        stream = self._stream_for(hb)
+        if stream is None or stream.write is None:
+            return None
+        session = self.session
+        assert session is not None
+        dsl = int.from_bytes(hb[5:8], "big")
+        itt, edtl, cmdsn = _ITT_EDTL_CMDSN.unpack_from(hb, 16)
+        p = session.params
+        lim = self.server.config.limits
+        if (dsl != edtl or not dsl or cmdsn != session.exp_cmdsn or itt == ALL_ONES
+                or itt in self.tasks or not p.immediate_data or dsl > p.first_burst
+                or dsl > self._max_dsl or edtl > lim.max_transfer
+                or self._buffered + edtl > lim.max_buffered):
+            return None
+        buf = DonatedBuffer(dsl)
+        view = memoryview(buf)
+        self._recv_exact(view)
+        pad = -dsl & 3
+        if pad:
+            self._recv_exact(self._tbuf[:pad])
+        with stream.worker.lock:
+            try:
+                taken = stream.write(session.nexus, hb[32:48], view)
+            except Exception:  # a model bug: the general path answers (HARDWARE ERROR)
+                log.exception("stream_write raised on CDB %s", hb[32:38].hex())
+                taken = False
+            if taken:
+                session.exp_cmdsn = (cmdsn + 1) & ALL_ONES
+                self._send_rsp_good(itt, 0)
+                self._after_command(stream.worker)
+                return None, None, True
+        self._data_task = Task(0, b"", None, b"", edtl, False, True, buffer=buf)
+        return pdu.parse_bhs(hb[:BHS_LEN].tobytes()), view, True
+
+    def _stream_for(self, hb: memoryview) -> _StreamLun | None:
+        """The LUN's fast paths when a command to it may take one now: a normal session
+        that is not closing, and no command of the LUN still queued (order is kept)."""
+        stream = self._streams.get(hb[8:16].tobytes())
+        if stream is None or self.draining or self._closing:
+            return None
+        session = self.session
+        if session is None or not session.queue_depth:
+            return None
+        prev = self._posted.get(stream.lun)
+        if prev is not None and prev.state is not TaskState.DONE:
+            return None
+        return stream
 
     def _data_destination(self, hdr: Header) -> memoryview:
         """Where this PDU's data segment goes: a task buffer when possible, else a new one."""
@@ -477,9 +548,13 @@ class Connection:
         """Look up the session's LUN workers (and their fast paths) once, at login."""
         self._workers = {lun: w for lun in target.devices.luns
                          if (w := self.server.worker(target, lun))}
-        self._stream_reads = {
-            pdu.encode_lun(lun): (lun, w, fn) for lun, w in self._workers.items()
-            if lun is not None and (fn := getattr(w.device, "stream_read", None)) is not None}
+        self._streams = {}
+        for lun, w in self._workers.items():
+            read = getattr(w.device, "stream_read", None)
+            write = getattr(w.device, "stream_write", None)
+            if lun is not None and (read is not None or write is not None):
+                raw = pdu.encode_lun(lun)
+                self._streams[raw] = _StreamLun(lun, raw, w, read, write)
 
     def _login_response(self, c, flags: int, status: LoginStatus, data: bytes, tsih: int) -> None:
         exp = self._login_cmdsn
@@ -810,6 +885,18 @@ class Connection:
                                    (exp + session.queue_depth - 1) & ALL_ONES)
             self._sendall([bhs, data, b"\0" * pad] if pad else [bhs, data], 48 + n + pad)
 
+    def _send_rsp_good(self, itt: int, r2tsn: int) -> None:
+        """SCSI Response GOOD without data, sense or residual (no digests)."""
+        session = self.session
+        assert session is not None
+        with self._tx_lock:
+            sn = self.statsn
+            self.statsn = (sn + 1) & ALL_ONES
+            exp = session.exp_cmdsn
+            bhs = pdu.scsi_rsp_good(itt, sn, exp, (exp + session.queue_depth - 1) & ALL_ONES,
+                                    r2tsn)
+            self._sendall([bhs], 48)
+
     def _send_result(self, task: Task, result: ScsiResult) -> None:
         """Data-In PDUs (status in the last one when it can be) or a SCSI Response."""
         session = self.session
@@ -828,14 +915,7 @@ class Connection:
                 self._send_data_in_good(task.itt, task.lun_raw, data, n)
                 return
             if not n and not task.write_residual and not (task.read and task.edtl):
-                with self._tx_lock:
-                    sn = self.statsn
-                    self.statsn = (sn + 1) & ALL_ONES
-                    exp = session.exp_cmdsn
-                    bhs = pdu.scsi_rsp_good(task.itt, sn, exp,
-                                            (exp + session.queue_depth - 1) & ALL_ONES,
-                                            task.r2tsn)
-                    self._sendall([bhs], 48)
+                self._send_rsp_good(task.itt, task.r2tsn)
                 return
         if type(data) is not memoryview:
             data = memoryview(data)

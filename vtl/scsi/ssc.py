@@ -468,9 +468,13 @@ class TapeDrive(ScsiModel):
         return CheckCondition(SenseKey.MEDIUM_ERROR, 0x0C, 0x00, information=residue)
 
     def _check_write_compat(self, cart: TapeCartridge) -> None:
-        name = cart.media.name
-        if name in DENSITY and not self.identity.can_write(name):
+        if not self._can_write(cart):
             raise CheckCondition(SenseKey.DATA_PROTECT, 0x30, 0x05)
+
+    def _can_write(self, cart: TapeCartridge) -> bool:
+        """Does this drive write the cartridge's generation (LTO writes n and n-1)?"""
+        name = cart.media.name
+        return name not in DENSITY or self.identity.can_write(name)
 
     def data_out_length(self, cdb: bytes) -> int | None:
         """WRITE(6): the block (variable) or blocks x block size (fixed); WRITE ATTRIBUTE."""
@@ -550,11 +554,9 @@ class TapeDrive(ScsiModel):
         if cdb[0] != 0x08 or cdb[1] & 0xFD or cdb[5] or int.from_bytes(cdb[2:5], "big") != length:
             return None
         with self.lock:
-            cart = self._cart
-            bay = self.bay
-            if (cart is None or not self._loaded or bay.cartridge is not cart
-                    or bay.media_generation != self._gen or length <= 0 or cart.writes_pending
-                    or cart.next_data_length() != length or not self._plain_nexus(nexus, PR_READ)):
+            cart = self._stream_cart(nexus, PR_READ)
+            if (cart is None or length <= 0 or cart.writes_pending
+                    or cart.next_data_length() != length):
                 return None
             try:
                 r = cart.read_block(self._buffer(length), own=True)
@@ -564,6 +566,44 @@ class TapeDrive(ScsiModel):
             self.bytes_read += length
             self._plain_done(nexus)
             return r.data
+
+    def stream_write(self, nexus: Nexus, cdb: bytes | memoryview, data: memoryview) -> bool:
+        """WRITE(6) in the streaming case (the transport's fast path, see vtl/scsi/base.py):
+        variable mode, buffered mode, a block of MIN_BUFFERED_WRITE bytes or more that the
+        transport gave away (DonatedBuffer) and the write buffer takes, nothing pending for
+        ``nexus``. False otherwise, with nothing changed, and the command goes through
+        ``execute`` (``cmd_write6`` handles every other case and every error)."""
+        n = len(data)
+        if (cdb[0] != 0x0A or cdb[1] or cdb[5] or int.from_bytes(cdb[2:5], "big") != n
+                or n < MIN_BUFFERED_WRITE or n > MAX_BLOCK or not donated(data)):
+            return False
+        with self.lock:
+            cart = self._stream_cart(nexus, PR_WRITE)
+            if (cart is None or not self.buffered_mode or cart.write_failed
+                    or (nexus != self._buffered_for and cart.writes_pending)
+                    or not self._can_write(cart)):
+                return False
+            try:
+                if not cart.queue_block(data, compress=self.compression):
+                    return False
+            except (CartridgeError, OSError):
+                return False  # nothing queued: execute meets it again and reports it
+            self._streaming = False
+            self._buffered_for = nexus
+            self.bytes_written += n
+            self._plain_done(nexus)
+            return True
+
+    def _stream_cart(self, nexus: Nexus, pr_class: int) -> TapeCartridge | None:
+        """The mounted cartridge when a streaming fast path may use it: loaded, the same as
+        at the last command, and the general path would have nothing to say to ``nexus``
+        first (UA, reservation). None: take the general path. Call under ``self.lock``."""
+        cart = self._cart
+        bay = self.bay
+        if (cart is None or not self._loaded or bay.cartridge is not cart
+                or bay.media_generation != self._gen or not self._plain_nexus(nexus, pr_class)):
+            return None
+        return cart
 
     def idle(self) -> None:
         """Between commands (the transport calls this under the lock after sending a

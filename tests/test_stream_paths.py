@@ -1,12 +1,14 @@
-"""The streaming READ fast path (``Connection._stream_read`` + ``TapeDrive.stream_read``) must
-be invisible: the same command sequence, sent to a drive with the fast path and to one
-without it, gets byte-identical answers, PDU headers included.
+"""The streaming fast paths (``Connection._stream_read``/``_stream_write`` with the drive's
+``stream_read``/``stream_write``) must be invisible: the same command sequence, sent to a
+drive with the fast paths and to one without them, gets byte-identical answers, PDU headers
+included, and leaves the same tape.
 
-The sequence mixes what the fast path serves (in-order READ(6) of exactly the next block) with
-everything it must hand back to the general path: unit attentions, another session's
-RESERVE(6), filemarks, wrong lengths (ILI), SILI, fixed mode, end of data, an expected
-length that differs from the CDB's, replies larger than one Data-In PDU, immediate commands
-and out-of-order CmdSN.
+The sequence mixes what the fast paths serve (in-order READ(6) of exactly the next block; a
+WRITE(6) whose whole block comes as immediate data, in buffered mode) with everything they
+must hand back to the general path: unit attentions, another session's RESERVE(6),
+filemarks, wrong lengths (ILI), SILI, fixed mode, end of data and end of medium, an expected
+length that differs from the CDB's, replies larger than one Data-In PDU, writes that need an
+R2T, small blocks, unbuffered mode, immediate commands and out-of-order CmdSN.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from vtl.library import Library  # noqa: E402
 from vtl.scsi.devices import build_device_set  # noqa: E402
 
 SIZES = [65536, 1000, 65536, 300, 131072, 70000, 4096, 65536]
+WRITE_SIZES = [1000, 16384, 65536, 100000, 262144, 300000]
+MAX_READ = 300000
+FIRST_BURST = 262144  # also the target's MaxRecvDataSegmentLength
 MRDSL = 65536  # a 131072-byte block needs two Data-In PDUs: never the fast path
 
 
@@ -57,23 +62,27 @@ def _answers(ini: RawInitiator, itt: int) -> list[bytes]:
 def _script(lib_dir: Path, *, fast: bool) -> tuple[list[list[bytes]], int]:
     """Run the fixed command sequence against a fresh library; (answers, fast-path hits)."""
     lib = Library.create(lib_dir, LibraryConfig(drives=1, slots=4, mailslots=1))
-    lib.create_cartridge("S00001L8")
+    lib.create_cartridge("S00001L8", capacity=6 << 20)  # small: writes reach EW and EOM
     lib.load("S00001L8", 0)
     devices = dict(build_device_set(lib).luns)
     drive = devices[1]
-    hits = 0
+    hits = {"read": 0, "write": 0}
     if fast:
-        plain = drive.stream_read
+        plain_read, plain_write = drive.stream_read, drive.stream_write
 
-        def counting(*args):
-            nonlocal hits
-            data = plain(*args)
-            hits += data is not None
+        def counting_read(*args):
+            data = plain_read(*args)
+            hits["read"] += data is not None
             return data
 
-        drive.stream_read = counting
+        def counting_write(*args):
+            taken = plain_write(*args)
+            hits["write"] += taken
+            return taken
+
+        drive.stream_read, drive.stream_write = counting_read, counting_write
     else:
-        drive.stream_read = None  # the transport finds no fast path
+        drive.stream_read = drive.stream_write = None  # the transport finds no fast path
     log: list[list[bytes]] = []
     rnd = random.Random(11)
     try:
@@ -82,7 +91,7 @@ def _script(lib_dir: Path, *, fast: bool) -> tuple[list[list[bytes]], int]:
             b = RawInitiator(t.port, isid=b"\x80\0\0\0\0\x02")
             for ini in (a, b):
                 ini.login({"MaxRecvDataSegmentLength": str(MRDSL), "ImmediateData": "Yes",
-                           "InitialR2T": "No", "FirstBurstLength": "262144"})
+                           "InitialR2T": "No", "FirstBurstLength": str(FIRST_BURST)})
 
             def cmd(ini: RawInitiator, cdb: bytes, **kw) -> None:
                 log.append(_answers(ini, ini.scsi(cdb, lun=1, **kw)))
@@ -142,8 +151,55 @@ def _script(lib_dir: Path, *, fast: bool) -> tuple[list[list[bytes]], int]:
                                             cdb=read6(n).ljust(16, b"\0"))
                     a.send(bhs)
                     log.append([bytes(a.nop(b"after").hdr.raw)])
-                else:
+                elif roll < 0.94:
                     cmd(a, bytes([0x11, 1, 0, 0, 1, 0]))  # SPACE 1 filemark
+                else:
+                    block = rnd.randbytes(rnd.choice(WRITE_SIZES))
+                    way = rnd.random()
+                    if way < 0.7 and len(block) <= FIRST_BURST:  # all immediate: fast path
+                        cdb = bytes([0x0A, 0]) + len(block).to_bytes(3, "big") + b"\0"
+                        cmd(a, cdb, write=block, immediate_data=len(block))
+                    elif way < 0.8:
+                        write(block)  # the negotiated flow (R2T for the big ones)
+                    elif way < 0.9:
+                        cmd(a, bytes([0x10, 0, 0, 0, 1, 0]))  # WRITE FILEMARKS
+                    else:  # MODE SELECT: buffered mode off or on
+                        mode = rnd.choice([0x00, 0x10])
+                        cmd(a, bytes([0x15, 0x10, 0, 0, 4, 0]), write=bytes([0, 0, mode, 0]),
+                            immediate_data=4)
+            cmd(a, bytes([0x11, 3, 0, 0, 0, 0]))  # SPACE to end of data, then write on
+            for _ in range(260):  # through early warning to the end of the medium
+                block = rnd.randbytes(rnd.choice(WRITE_SIZES) // 2)
+                block += bytes(len(block))  # half compressible
+                way = rnd.random()
+                if way < 0.85 and len(block) <= FIRST_BURST:
+                    cdb = bytes([0x0A, 0]) + len(block).to_bytes(3, "big") + b"\0"
+                    cmd(a, cdb, write=block, immediate_data=len(block))
+                elif way < 0.9:
+                    write(block)
+                elif way < 0.92:
+                    cmd(a, bytes([0x10, 1, 0, 0, 1, 0]))  # WRITE FILEMARKS, IMMED
+                elif way < 0.94:
+                    cmd(a, bytes([0x34, 0, 0, 0, 0, 0, 0, 0, 0, 0]), read=20)  # READ POSITION
+                elif way < 0.96:  # B changes buffered mode: a UA for A
+                    mode = rnd.choice([0x00, 0x10])
+                    cmd(b, bytes([0x15, 0x10, 0, 0, 4, 0]), write=bytes([0, 0, mode, 0]),
+                        immediate_data=4)
+                elif way < 0.975:
+                    cmd(b, bytes([0x16, 0, 0, 0, 0, 0]))  # B: RESERVE(6)
+                else:
+                    cmd(b, bytes([0x17, 0, 0, 0, 0, 0]))  # B: RELEASE(6)
+            tape_after = []
+            cmd(a, bytes([0x01, 0, 0, 0, 0, 0]))  # REWIND: read the whole tape back
+            while True:
+                itt = a.scsi(read6(MAX_READ, 0x02), lun=1, read=MAX_READ)
+                answer = _answers(a, itt)
+                tape_after.append(answer)
+                if len(answer[-1]) > 48 and answer[-1][0] & 0x3F == Op.SCSI_RSP:
+                    sense = answer[-1][50:]
+                    if sense[2] & 0x0F == 8:  # BLANK CHECK: end of data
+                        break
+            log.append([b"".join(x) for x in tape_after])
             a.logout()
             b.logout()
             a.close()
@@ -159,4 +215,4 @@ def test_fast_and_general_paths_answer_identically(tmp_path: Path) -> None:
     assert len(fast) == len(slow)
     for i, (x, y) in enumerate(zip(fast, slow, strict=True)):
         assert x == y, f"answer {i} differs"
-    assert hits > 100  # the fast path did serve the plain reads
+    assert hits["read"] > 50 and hits["write"] > 10, hits  # the fast paths did serve
