@@ -16,6 +16,11 @@ follows a queued one to the same LUN also goes to the worker, which keeps the or
 inline command the device gets an ``idle()`` call before the next read: a tape drive reads
 ahead there, while the initiator is still busy with the data it just got.
 
+The two commands a tape stream is made of take a shorter way still when the device offers
+it (``stream_read``/``stream_write``): decided from the 48-byte header before any Header
+object or task exists, answered with one struct pack, and handed back to the general path,
+unchanged, whenever anything about the command is unusual.
+
 Locks: ``LunWorker.lock`` (one device, one command at a time) is taken before
 ``Connection.lock`` (the task table, abort/commit decisions) and before ``_tx_lock`` (the write
 side of the socket and StatSN numbering, reentrant); never the other way round.
@@ -236,7 +241,7 @@ class Connection:
 
     def _recv_pdu(self) -> tuple[Header | None, memoryview | None, bool]:
         """The next PDU: (header, data segment, data digest good); header None when the PDU
-        was a streaming READ answered already (``_stream_read``)."""
+        was a streaming READ or WRITE answered already (``_stream_read``/``_stream_write``)."""
         hb = self._hbuf
         got = self.sock.recv_into(self._bhs_view)
         if got != BHS_LEN:  # rare: the header arrived in pieces (or the peer left)
