@@ -12,11 +12,13 @@ import ctypes
 import enum
 import errno
 import fcntl
+import functools
 import logging
 import os
 import threading
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,6 +128,8 @@ BACKGROUND_SYNC_CHUNK = 64 << 20
 # The write-behind buffer (queue_block) holds at most this many worst-case medium bytes: a
 # few blocks in flight are enough to keep the compressor busy, and memory stays flat.
 WRITE_BEHIND_BYTES = 4 << 20
+# Threads compressing buffered blocks (the second one only helps when blocks pile up).
+WRITE_BEHIND_PACKERS = 2
 
 log = logging.getLogger("tape_formats.cartridge")
 
@@ -173,6 +177,25 @@ from tape_formats.records import (  # noqa: E402
     RECORD_STRUCT,
 )
 from tape_formats.write_behind import WriteBehind  # noqa: E402
+
+# A data block ready to append: (payload, compressed, payload CRC32C).
+_Packed = tuple[bytes | memoryview, bool, int]
+
+
+def _pack(cctx: zstandard.ZstdCompressor, data: bytes | bytearray | memoryview,
+          compress: bool) -> _Packed:
+    """Compress a block when it pays (as an LTO drive, never store it bigger) and checksum
+    what will be stored: the part of a write that needs no tape position, so the write-behind
+    buffer runs it on several threads at once."""
+    native = len(data)
+    payload: bytes | memoryview = data if isinstance(data, bytes | memoryview) else \
+        memoryview(data)
+    compressed = False
+    if compress and native >= MIN_COMPRESS:
+        packed = cctx.compress(data)
+        if len(packed) < native:
+            payload, compressed = packed, True
+    return payload, compressed, crc32c.crc32c(payload)
 
 
 def _build_header(fields: dict) -> bytes:
@@ -676,12 +699,14 @@ class TapeCartridge:
         os.ftruncate(self._fd, self.index.end)
         self._dirty = True
 
-    def _append(self, kind: int, payload: bytes | memoryview, native: int, compressed: bool
-                ) -> None:
+    def _append(self, kind: int, payload: bytes | memoryview, native: int, compressed: bool,
+                crc: int | None = None) -> None:
         idx = self.index
         obj = len(idx)
+        if crc is None:
+            crc = crc32c.crc32c(payload)
         head = pack_record(kind, 1 if compressed else 0, len(payload), native,
-                           len(idx.filemarks), obj, crc32c.crc32c(payload))
+                           len(idx.filemarks), obj, crc)
         off = idx.end
         try:
             if len(payload):
@@ -737,7 +762,9 @@ class TapeCartridge:
                 return False
             self._check_writable()
             if wb is None:
-                wb = self._wb = WriteBehind(self._store, WRITE_BEHIND_BYTES, self.barcode)
+                wb = self._wb = WriteBehind(self._new_packer, self._store_packed,
+                                            WRITE_BEHIND_BYTES, self.barcode,
+                                            packers=WRITE_BEHIND_PACKERS)
         elif self.write_protected:
             raise WriteProtected(f"{self.barcode} is write protected")
         self._ra_obj = -1
@@ -776,20 +803,23 @@ class TapeCartridge:
 
     def _store(self, data: bytes | bytearray | memoryview, compress: bool) -> None:
         """Compress (when it pays) and append one data block at end of data."""
-        native = len(data)
-        payload: bytes | memoryview = data if isinstance(data, bytes | memoryview) else \
-            memoryview(data)
-        compressed = False
-        if compress and native >= MIN_COMPRESS:
-            packed = self._cctx.compress(data)
-            if len(packed) < native:
-                payload, compressed = packed, True
+        self._store_packed(len(data), _pack(self._cctx, data, compress))
+
+    def _store_packed(self, native: int, packed: _Packed) -> None:
+        """Append one data block that ``_pack`` prepared, at end of data."""
+        payload, compressed, crc = packed
         if self.used_bytes + RECORD_STRUCT.size + len(payload) > self.capacity:
             raise EndOfMedium(f"{self.barcode} is full ({self.capacity} bytes)")
-        self._append(KIND_DATA, payload, native, compressed)
+        self._append(KIND_DATA, payload, native, compressed, crc)
         with self._lock:
             self.counters.written_native += native
             self.counters.written_stored += len(payload)
+
+    @staticmethod
+    def _new_packer() -> Callable[[bytes | bytearray | memoryview, bool], _Packed]:
+        """A ``_pack`` with a compressor of its own, for one write-behind packer thread
+        (a zstd context must not be shared between threads)."""
+        return functools.partial(_pack, zstandard.ZstdCompressor(level=ZSTD_LEVEL))
 
     def write_filemarks(self, count: int = 1, *, sync: bool = True) -> WriteResult:
         """Write ``count`` filemarks; with ``sync`` everything written so far is durable on

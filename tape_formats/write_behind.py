@@ -1,11 +1,14 @@
-"""A drive's write buffer: blocks accepted at once, compressed and appended on a thread of
+"""A drive's write buffer: blocks accepted at once, compressed and appended on threads of
 their own.
 
 An LTO drive in buffered mode (SSC: MODE SELECT Buffered Mode 1, the default) answers a
 WRITE as soon as the block is in its buffer and streams the buffer to tape while the next
-block arrives. Here the costly part of a write (zstd, crc32c, pwrite: all release the GIL)
-runs on one thread per cartridge while the initiator's thread goes back for the next
-command, so a one-command-at-a-time initiator no longer waits for the compressor.
+block arrives. Here the costly part of a write runs behind the initiator's back: packers
+(zstd and crc32c, which release the GIL) work on the next blocks in parallel, each with a
+compressor of its own, and one appender writes the packed blocks to the cartridge strictly in
+the order they were accepted. Compression is the bottleneck of a stream of real data (a
+core compresses a tar of source code at ~250 MB/s), so it gets a second core when the
+buffer fills up faster than one thread empties it.
 
 What may be queued is decided by ``TapeCartridge.queue_block``: only appends that nothing but
 a disk error can stop. Every other operation waits until the buffer is empty, so positions,
@@ -19,8 +22,11 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
-Store = Callable[[bytes | bytearray | memoryview, bool], None]
+Data = bytes | bytearray | memoryview
+Pack = Callable[[Data, bool], Any]  # (data, compress) -> packed block
+Append = Callable[[int, Any], None]  # (native length, packed block) -> stored
 
 
 class DeferredWriteError(Exception):
@@ -34,48 +40,81 @@ class DeferredWriteError(Exception):
         self.lost_bytes = lost_bytes
 
 
+class _Block:
+    __slots__ = ("data", "native", "compress", "worst", "packed", "error", "ready")
+
+    def __init__(self, data: Data, compress: bool, worst: int) -> None:
+        self.data: Data | None = data
+        self.native = len(data)
+        self.compress = compress
+        self.worst = worst
+        self.packed: Any = None
+        self.error: BaseException | None = None
+        self.ready = False
+
+
 class WriteBehind:
-    """A FIFO of blocks and the thread that stores them with ``store(data, compress)``.
+    """Blocks in acceptance order, stored by one thread that packs (``new_packer()`` gives
+    each thread its own ``pack``) and appends them in order with ``append``; ``packers - 1``
+    helper threads pack blocks further back when they pile up (a quarter of ``limit``
+    waiting to be packed), so a buffer that keeps up costs one thread hand-off per block and
+    a backlog gets more cores.
 
     ``limit`` bounds the worst-case medium bytes waiting (each block counted as stored
     uncompressed, with its record header): ``put`` blocks while the buffer is full, which keeps
     memory flat however fast the initiator sends.
     """
 
-    def __init__(self, store: Store, limit: int, name: str) -> None:
-        self._store = store
+    def __init__(self, new_packer: Callable[[], Pack], append: Append, limit: int, name: str,
+                 packers: int = 2) -> None:
+        self._append = append
         self._limit = limit
-        self._cv = threading.Condition(threading.Lock())
-        self._jobs: deque[tuple[bytes | bytearray | memoryview, bool, int]] = deque()
+        lock = threading.Lock()
+        self._room = threading.Condition(lock)  # put() and flush() wait here
+        self._head = threading.Condition(lock)  # the storing thread waits for its next block
+        self._help = threading.Condition(lock)  # helpers wait for a backlog
+        self._blocks: deque[_Block] = deque()  # accepted, not yet appended (in order)
+        self._to_pack: deque[_Block] = deque()  # accepted, nobody packing them yet
+        self._backlog = 0  # bytes in _to_pack
+        self._help_from = max(1, limit // 4)  # helpers pack while the backlog is this big
         self.blocks = 0  # queued or being stored
         self.reserved = 0  # their worst-case medium bytes
         self._error: BaseException | None = None
         self._lost = 0
         self._lost_bytes = 0
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name=f"write-behind {name}",
-                                        daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._store, args=(new_packer(),),
+                                          daemon=True, name=f"write-behind {name}")]
+        for i in range(1, max(1, packers)):
+            self._threads.append(threading.Thread(
+                target=self._helper, args=(new_packer(),), daemon=True,
+                name=f"write-behind {name} packer {i}"))
+        for t in self._threads:
+            t.start()
 
-    def put(self, data: bytes | bytearray | memoryview, compress: bool, worst: int,
-            end: Callable[[], int], ceiling: int) -> bool:
+    def put(self, data: Data, compress: bool, worst: int, end: Callable[[], int],
+            ceiling: int) -> bool:
         """Queue ``data`` if ``end() + reserved + worst`` stays below ``ceiling``; False (and
         nothing queued) otherwise. ``end()`` is the medium offset after the last block stored:
         it is read under the buffer's lock, where it never lags behind ``reserved``, so the
         sum can only overestimate."""
-        cv = self._cv
-        with cv:
+        with self._room:
             while self.blocks and self.reserved + worst > self._limit:
-                cv.wait()
+                self._room.wait()
             if self._error is not None or self._stopping:
                 return False
             if end() + self.reserved + worst >= ceiling:
                 return False
-            self._jobs.append((data, compress, worst))
+            block = _Block(data, compress, worst)
+            self._blocks.append(block)
+            self._to_pack.append(block)
+            self._backlog += block.native
             self.blocks += 1
             self.reserved += worst
             if self.blocks == 1:
-                cv.notify_all()
+                self._head.notify()
+            elif self._backlog >= self._help_from:
+                self._help.notify()
         return True
 
     @property
@@ -84,15 +123,15 @@ class WriteBehind:
 
     def wait(self) -> None:
         """Until every queued block is stored or dropped (an error stays for ``flush``)."""
-        with self._cv:
+        with self._room:
             while self.blocks:
-                self._cv.wait()
+                self._room.wait()
 
     def flush(self) -> None:
         """``wait``, then raise the error a queued block met, once."""
-        with self._cv:
+        with self._room:
             while self.blocks:
-                self._cv.wait()
+                self._room.wait()
             error = self._error
             if error is None:
                 return
@@ -101,43 +140,92 @@ class WriteBehind:
         raise DeferredWriteError(error, lost, lost_bytes)
 
     def close(self) -> DeferredWriteError | None:
-        """Store what is queued, stop the thread; returns the error nobody collected."""
+        """Store what is queued, stop the threads; returns the error nobody collected."""
         try:
             self.flush()
             error = None
         except DeferredWriteError as exc:
             error = exc
-        with self._cv:
+        with self._room:
             self._stopping = True
-            self._cv.notify_all()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
+            self._head.notify_all()
+            self._help.notify_all()
+        me = threading.current_thread()
+        for t in self._threads:
+            if t is not me:
+                t.join()
         return error
 
-    def _run(self) -> None:
-        cv = self._cv
-        jobs = self._jobs
+    @staticmethod
+    def _pack(pack: Pack, block: _Block) -> None:
+        try:
+            block.packed = pack(block.data, block.compress)
+        except BaseException as exc:  # noqa: BLE001 - kept for the next flush
+            block.error = exc
+
+    def _store(self, pack: Pack) -> None:
+        """The storing thread: appends the next block in order once it is packed, and packs
+        the oldest unclaimed block itself whenever that one is not ready yet."""
+        head = self._head
+        blocks = self._blocks
+        to_pack = self._to_pack
         while True:
-            with cv:
-                while not jobs:
+            with head:
+                while not blocks:
                     if self._stopping:
                         return
-                    cv.wait()
-                data, compress, worst = jobs[0]
+                    head.wait()
+                block = blocks[0]
+                work = None
+                if not block.ready:
+                    if to_pack:
+                        work = to_pack.popleft()  # the head itself, or one a helper will not
+                        self._backlog -= work.native
+                    else:
+                        while not block.ready:  # a helper is packing it
+                            head.wait()
                 skip = self._error is not None
-            error = None
-            if not skip:
+            if work is not None:
+                if not skip:
+                    self._pack(pack, work)
+                work.ready = True
+                if work is not block:
+                    continue  # packed a later one while a helper has the head: go round
+            error = block.error
+            if not skip and error is None:
                 try:
-                    self._store(data, compress)
+                    self._append(block.native, block.packed)
                 except BaseException as exc:  # noqa: BLE001 - kept for the next flush
                     error = exc
-            with cv:
-                jobs.popleft()
+            block.data = block.packed = None  # the memory goes back now
+            with head:
+                blocks.popleft()
                 self.blocks -= 1
-                self.reserved -= worst
+                self.reserved -= block.worst
                 if skip or error is not None:
                     if error is not None:
                         self._error = error
                     self._lost += 1
-                    self._lost_bytes += len(data)
-                cv.notify_all()
+                    self._lost_bytes += block.native
+                self._room.notify_all()
+
+    def _helper(self, pack: Pack) -> None:
+        """A helper thread: packs the oldest unclaimed block while the backlog is big."""
+        help_ = self._help
+        to_pack = self._to_pack
+        while True:
+            with help_:
+                while not to_pack or self._backlog < self._help_from:
+                    if self._stopping:
+                        return
+                    help_.wait()
+                block = to_pack.popleft()
+                self._backlog -= block.native
+                skip = self._error is not None
+                if to_pack and self._backlog >= self._help_from:
+                    help_.notify()
+            if not skip:
+                self._pack(pack, block)
+            with help_:
+                block.ready = True
+                self._head.notify()
