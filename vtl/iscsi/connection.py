@@ -298,15 +298,12 @@ class Connection:
         hb = self._hbuf
         if hb[1] & 0xE0 != 0xC0 or hb[4] or hb[5] or hb[6] or hb[7] or self._hd:
             return False
-        stream = self._stream_for(hb)
-        if stream is None or stream.read is None:
+        found = self._stream_for(hb)
+        if found is None:
             return False
-        session = self.session
-        assert session is not None
-        itt, edtl, cmdsn = _ITT_EDTL_CMDSN.unpack_from(hb, 16)
+        stream, session, itt, edtl = found
         p = session.params
-        if (cmdsn != session.exp_cmdsn or itt == ALL_ONES or itt in self.tasks
-                or edtl > p.max_xmit_dsl or edtl > p.max_burst):
+        if stream.read is None or edtl > p.max_xmit_dsl or edtl > p.max_burst:
             return False
         with stream.worker.lock:
             try:
@@ -316,7 +313,7 @@ class Connection:
                 return False
             if data is None:
                 return False
-            session.exp_cmdsn = (cmdsn + 1) & ALL_ONES
+            session.exp_cmdsn = (session.exp_cmdsn + 1) & ALL_ONES
             self._send_data_in_good(itt, stream.lun_raw, data, edtl)
             self._after_command(stream.worker)
         return True
@@ -331,18 +328,15 @@ class Connection:
         hb = self._hbuf
         if hb[1] & 0xE0 != 0xA0 or hb[4] or self._hd or self._dd:
             return None
-        stream = self._stream_for(hb)
-        if stream is None or stream.write is None:
+        found = self._stream_for(hb)
+        if found is None:
             return None
-        session = self.session
-        assert session is not None
+        stream, session, itt, edtl = found
         dsl = int.from_bytes(hb[5:8], "big")
-        itt, edtl, cmdsn = _ITT_EDTL_CMDSN.unpack_from(hb, 16)
         p = session.params
         lim = self.server.config.limits
-        if (dsl != edtl or not dsl or cmdsn != session.exp_cmdsn or itt == ALL_ONES
-                or itt in self.tasks or not p.immediate_data or dsl > p.first_burst
-                or dsl > self._max_dsl or edtl > lim.max_transfer
+        if (stream.write is None or dsl != edtl or not dsl or not p.immediate_data
+                or dsl > p.first_burst or dsl > self._max_dsl or edtl > lim.max_transfer
                 or self._buffered + edtl > lim.max_buffered):
             return None
         buf = DonatedBuffer(dsl)
@@ -358,26 +352,29 @@ class Connection:
                 log.exception("stream_write raised on CDB %s", hb[32:38].hex())
                 taken = False
             if taken:
-                session.exp_cmdsn = (cmdsn + 1) & ALL_ONES
+                session.exp_cmdsn = (session.exp_cmdsn + 1) & ALL_ONES
                 self._send_rsp_good(itt, 0)
                 self._after_command(stream.worker)
                 return None, None, True
         self._data_task = Task(0, b"", None, b"", edtl, False, True, buffer=buf)
         return pdu.parse_bhs(hb[:BHS_LEN].tobytes()), view, True
 
-    def _stream_for(self, hb: memoryview) -> _StreamLun | None:
-        """The LUN's fast paths when a command to it may take one now: a normal session
-        that is not closing, and no command of the LUN still queued (order is kept)."""
+    def _stream_for(self, hb: memoryview) -> tuple[_StreamLun, Session, int, int] | None:
+        """(the LUN's fast paths, the session, ITT, EDTL) when the SCSI Command in ``hb``
+        may take a fast path now: a normal session that is not closing, the next CmdSN in
+        order, a free ITT, and no command of the LUN still queued (order is kept)."""
         stream = self._streams.get(hb[8:16].tobytes())
-        if stream is None or self.draining or self._closing:
-            return None
         session = self.session
-        if session is None or not session.queue_depth:
+        if (stream is None or session is None or self.draining or self._closing
+                or not session.queue_depth):
+            return None
+        itt, edtl, cmdsn = _ITT_EDTL_CMDSN.unpack_from(hb, 16)
+        if cmdsn != session.exp_cmdsn or itt == ALL_ONES or itt in self.tasks:
             return None
         prev = self._posted.get(stream.lun)
         if prev is not None and prev.state is not TaskState.DONE:
             return None
-        return stream
+        return stream, session, itt, edtl
 
     def _data_destination(self, hdr: Header) -> memoryview:
         """Where this PDU's data segment goes: a task buffer when possible, else a new one."""
