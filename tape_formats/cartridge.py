@@ -262,7 +262,7 @@ class TapeCartridge:
 
     Thread use: one thread at a time (the drive's), plus the write-behind thread while
     blocks queued with ``queue_block`` are being stored: every other operation first waits
-    for those (``_settle``). ``_lock`` guards the counters read by LOG SENSE from another
+    for those (``wait_writes``). ``_lock`` guards the counters read by LOG SENSE from another
     thread.
     """
 
@@ -489,7 +489,7 @@ class TapeCartridge:
 
     def set_write_protect(self, on: bool) -> None:
         """Slide the write-protect tab: rewrite the header in place (one sector, CRC'd)."""
-        self._settle()  # what the drive accepted before the tab moved goes to tape
+        self.wait_writes()  # what the drive accepted before the tab moved goes to tape
         if self.readonly:
             raise WriteProtected(f"{self.barcode} is open read-only")
         hdr = _parse_header(os.pread(self._fd, HEADER_SIZE, 0), self.path)
@@ -508,7 +508,7 @@ class TapeCartridge:
         self.position = 0
 
     def locate(self, obj: int) -> None:
-        self._settle()
+        self.wait_writes()
         if obj < 0:
             raise CartridgeError(f"cannot locate to negative object {obj}")
         if obj > len(self.index):
@@ -517,7 +517,7 @@ class TapeCartridge:
         self.position = obj
 
     def space_blocks(self, count: int) -> SpaceResult:
-        self._settle()
+        self.wait_writes()
         idx, p = self.index, self.position
         if count >= 0:
             fm = idx.next_filemark(p)
@@ -541,7 +541,7 @@ class TapeCartridge:
         return SpaceResult(n)
 
     def space_filemarks(self, count: int) -> SpaceResult:
-        self._settle()
+        self.wait_writes()
         idx, p = self.index, self.position
         before = idx.filemarks_before(p)
         if count >= 0:
@@ -559,14 +559,14 @@ class TapeCartridge:
         return SpaceResult(before, "BOP")
 
     def space_to_eod(self) -> None:
-        self._settle()
+        self.wait_writes()
         self.position = len(self.index)
 
     # -- data ---------------------------------------------------------------------------
     def next_data_length(self) -> int:
         """The length of the data block at the position, -1 when the next object is a
         filemark or the end of data (a look at the index: no I/O, nothing moves)."""
-        self._settle()
+        self.wait_writes()
         p = self.position
         idx = self.index
         if p >= len(idx.offsets):
@@ -621,7 +621,7 @@ class TapeCartridge:
         or counting: the next read_block of it then costs a copy instead of pread + crc32c +
         zstd. Called while the drive is idle between commands; any failure just leaves the
         cache empty, so the real read meets the same error and reports it."""
-        self._settle()
+        self.wait_writes()
         p = self.position
         idx = self.index
         if p == self._ra_obj or p >= len(idx.offsets) or idx.meta[p] & 0xFF != KIND_DATA:
@@ -740,7 +740,7 @@ class TapeCartridge:
                     ) -> WriteResult:
         """Write one data block at the position. Raises EndOfMedium (nothing written) when
         it would not fit; OSError when the disk fails (the drive reports MEDIUM ERROR)."""
-        self._settle()
+        self.wait_writes()
         self._ra_obj = -1  # the tape changes under the read-ahead cache
         self._check_writable()
         if self.position < len(self.index):
@@ -785,16 +785,13 @@ class TapeCartridge:
         """A queued block could not be stored: ``flush_writes`` raises it."""
         return self._wb is not None and self._wb.failed
 
-    def wait_writes(self) -> None:
-        """Wait until queued blocks are stored, keeping any failure for ``flush_writes``."""
-        self._settle()
 
     def flush_writes(self) -> None:
         """Wait until every queued block is stored; DeferredWriteError (once) if any was not."""
         if self._wb is not None:
             self._wb.flush()
 
-    def _settle(self) -> None:
+    def wait_writes(self) -> None:
         """Let queued blocks reach the tape before anything else looks at it (a failure
         stays for ``flush_writes``: the drive reports it on its next command)."""
         wb = self._wb
@@ -826,7 +823,7 @@ class TapeCartridge:
         return (a filemark without the IMMED bit). Count 0 just syncs, as SSC says."""
         if count < 0:
             raise CartridgeError("filemark count must not be negative")
-        self._settle()
+        self.wait_writes()
         self._ra_obj = -1
         if count:
             self._check_writable()
@@ -842,7 +839,7 @@ class TapeCartridge:
 
     def erase(self) -> None:
         """Erase from the position to the end of the medium (SSC long erase)."""
-        self._settle()
+        self.wait_writes()
         self._ra_obj = -1
         self._check_writable()
         self._cut_at_position()
@@ -850,7 +847,7 @@ class TapeCartridge:
 
     def sync(self) -> None:
         """Make every record written so far durable, and the index with it."""
-        self._settle()
+        self.wait_writes()
         if self._dirty and not self.readonly:
             error = self._bg.take_error()
             if error is not None:  # Linux reports a writeback error once: it was ours
@@ -861,7 +858,7 @@ class TapeCartridge:
 
     def update_mam_counters(self) -> None:
         """Fold this load's traffic into the MAM lifetime totals (at unload/close)."""
-        self._settle()
+        self.wait_writes()
         if self.readonly:
             return
         c = self.counters
@@ -907,7 +904,7 @@ class TapeCartridge:
     def tape_files(self) -> list[tuple[int, int, int, int]]:
         """(file number, first object, data blocks, native bytes) per tape file; the last
         entry is the (possibly empty) file after the last filemark."""
-        self._settle()
+        self.wait_writes()
         idx = self.index
         out = []
         start = 0

@@ -339,8 +339,7 @@ class Connection:
                 or dsl > p.first_burst or dsl > self._max_dsl or edtl > lim.max_transfer
                 or self._buffered + edtl > lim.max_buffered):
             return None
-        buf = DonatedBuffer(dsl)
-        view = memoryview(buf)
+        view = memoryview(self._write_buffer(edtl))
         self._recv_exact(view)
         pad = -dsl & 3
         if pad:
@@ -356,8 +355,14 @@ class Connection:
                 self._send_rsp_good(itt, 0)
                 self._after_command(stream.worker)
                 return None, None, True
-        self._data_task = Task(0, b"", None, b"", edtl, False, True, buffer=buf)
         return pdu.parse_bhs(hb[:BHS_LEN].tobytes()), view, True
+
+    def _write_buffer(self, edtl: int) -> DonatedBuffer:
+        """A write command's whole buffer, for its immediate data to land in; kept as the
+        pre-task whose buffer ``_start_write`` adopts if the command goes the general way."""
+        buf = DonatedBuffer(edtl)
+        self._data_task = Task(0, b"", None, b"", edtl, False, True, buffer=buf)
+        return buf
 
     def _stream_for(self, hb: memoryview) -> tuple[_StreamLun, Session, int, int] | None:
         """(the LUN's fast paths, the session, ITT, EDTL) when the SCSI Command in ``hb``
@@ -391,9 +396,7 @@ class Connection:
             lim = self.server.config.limits
             if (0 < hdr.dsl <= edtl <= lim.max_transfer
                     and self._buffered + edtl <= lim.max_buffered):
-                buf = DonatedBuffer(edtl)
-                self._data_task = Task(0, b"", None, b"", edtl, False, True, buffer=buf)
-                return memoryview(buf)[:hdr.dsl]
+                return memoryview(self._write_buffer(edtl))[:hdr.dsl]
         return memoryview(bytearray(hdr.dsl))
 
     # ==== sending ===========================================================================

@@ -26,6 +26,9 @@ Optional parts that let a transport skip work on the hot path:
   changed and the transport runs the command through ``execute`` as usual (which handles
   every unusual case: unit attentions, reservations, filemarks, ILI, errors). It lets a
   transport answer the commonest command of a restore without building a task for it.
+* ``stream_write(nexus, cdb, data) -> bool``: the same for a sequential device's streaming
+  WRITE, its whole block in ``data`` (a DonatedBuffer): True once taken and answered GOOD,
+  False with nothing changed, and ``execute`` runs it.
 """
 
 from __future__ import annotations

@@ -575,24 +575,36 @@ class TapeDrive(ScsiModel):
         ``execute`` (``cmd_write6`` handles every other case and every error)."""
         n = len(data)
         if (cdb[0] != 0x0A or cdb[1] or cdb[5] or int.from_bytes(cdb[2:5], "big") != n
-                or n < MIN_BUFFERED_WRITE or n > MAX_BLOCK or not donated(data)):
+                or n > MAX_BLOCK):
             return False
         with self.lock:
             cart = self._stream_cart(nexus, PR_WRITE)
-            if (cart is None or not self.buffered_mode or cart.write_failed
-                    or (nexus != self._buffered_for and cart.writes_pending)
-                    or not self._can_write(cart)):
+            if cart is None or cart.write_failed or not self._can_write(cart):
                 return False
             try:
-                if not cart.queue_block(data, compress=self.compression):
+                if not self._buffer_block(cart, nexus, data, self.compression):
                     return False
             except (CartridgeError, OSError):
                 return False  # nothing queued: execute meets it again and reports it
             self._streaming = False
-            self._buffered_for = nexus
-            self.bytes_written += n
             self._plain_done(nexus)
             return True
+
+    def _buffer_block(self, cart: TapeCartridge, nexus: Nexus, data: bytes | memoryview,
+                      compress: bool) -> bool:
+        """Hand a variable-mode block to the write buffer (buffered mode, a block big enough
+        to be worth a thread hand-off, no other initiator's blocks waiting, and room before
+        early warning). False: nothing queued, write it now. The buffer keeps ``data`` itself
+        when the transport gave it away, else a copy (it is the transport's once we return).
+        Raises what ``queue_block`` raises (write protect, WORM)."""
+        if (not self.buffered_mode or len(data) < MIN_BUFFERED_WRITE
+                or (nexus != self._buffered_for and cart.writes_pending)):
+            return False
+        if not cart.queue_block(data if donated(data) else bytes(data), compress=compress):
+            return False
+        self._buffered_for = nexus
+        self.bytes_written += len(data)
+        return True
 
     def _stream_cart(self, nexus: Nexus, pr_class: int) -> TapeCartridge | None:
         """The mounted cartridge when a streaming fast path may use it: loaded, the same as
@@ -663,14 +675,7 @@ class TapeDrive(ScsiModel):
             if len(data) > count:
                 data = memoryview(data)[:count]
             try:
-                # The buffer keeps data_out itself when the transport gave it away, else
-                # a copy (data_out is the transport's once we return).
-                if (self.buffered_mode and count >= MIN_BUFFERED_WRITE
-                        and (req.nexus == self._buffered_for or not cart.writes_pending)
-                        and cart.queue_block(data if donated(data) else bytes(data),
-                                             compress=compress)):
-                    self._buffered_for = req.nexus
-                    self.bytes_written += count
+                if self._buffer_block(cart, req.nexus, data, compress):
                     return None
             except (CartridgeError, OSError) as exc:
                 raise self._write_error(exc, count) from None
