@@ -17,7 +17,7 @@ CRC, its logical object number), so a scan from the start can rebuild the positi
 a torn tail after a crash is recognised and cut off.
 
 The per-block hot path packs and unpacks record headers with ``struct`` using the format
-derived below; ``tests/test_cartridge.py`` proves it is byte-identical to the construct
+derived below; ``tests/tape_formats/test_cartridge.py`` proves it is byte-identical to the construct
 declaration, which stays the single source of truth for the layout.
 """
 

@@ -3,7 +3,6 @@ driving the real changer and drive models (load, write, filemark, rewind, read b
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
@@ -14,9 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
-from iscsi_support import RawInitiator, pattern, scsi_status, sense_of  # noqa: E402
+from iscsi_support import RawInitiator, pattern, scsi_status, sense_of
 
 pytestmark = pytest.mark.e2e
 

@@ -13,19 +13,16 @@ R2T, small blocks, unbuffered mode, immediate commands and out-of-order CmdSN.
 
 from __future__ import annotations
 
-import os
 import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(__file__))
-from iscsi_support import RawInitiator, running_target  # noqa: E402
+from iscsi_support import RawInitiator, running_target
 
-from vtl.config import LibraryConfig  # noqa: E402
-from vtl.iscsi import pdu  # noqa: E402
-from vtl.iscsi.pdu import ALL_ONES, Op  # noqa: E402
-from vtl.library import Library  # noqa: E402
-from vtl.scsi.devices import build_device_set  # noqa: E402
+from vtl.config import LibraryConfig
+from vtl.iscsi import pdu
+from vtl.iscsi.pdu import ALL_ONES, Op
+from vtl.library import Library
+from vtl.scsi.devices import build_device_set
 
 SIZES = [65536, 1000, 65536, 300, 131072, 70000, 4096, 65536]
 WRITE_SIZES = [1000, 16384, 65536, 100000, 262144, 300000]

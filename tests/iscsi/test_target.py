@@ -7,13 +7,10 @@ import os
 import socket
 import struct
 import subprocess
-import sys
 import time
 
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
-from iscsi_support import (  # noqa: E402
+from iscsi_support import (
     TEST_IQN,
     LoginRefused,
     RawInitiator,
@@ -23,12 +20,12 @@ from iscsi_support import (  # noqa: E402
     sense_of,
 )
 
-from vtl.iscsi import pdu  # noqa: E402
-from vtl.iscsi.chap import ChapCredentials  # noqa: E402
-from vtl.iscsi.config import Limits  # noqa: E402
-from vtl.iscsi.login import parse_keys  # noqa: E402
-from vtl.iscsi.pdu import ALL_ONES, Op  # noqa: E402
-from vtl.scsi.base import ResetKind  # noqa: E402
+from vtl.iscsi import pdu
+from vtl.iscsi.chap import ChapCredentials
+from vtl.iscsi.config import Limits
+from vtl.iscsi.login import parse_keys
+from vtl.iscsi.pdu import ALL_ONES, Op
+from vtl.scsi.base import ResetKind
 
 CHAP = ChapCredentials("alice", "alice-secret-1")
 MUTUAL = ChapCredentials("target", "target-secret-2")

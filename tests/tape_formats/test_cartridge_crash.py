@@ -65,7 +65,7 @@ def test_sigkill_many_times_loses_nothing_durable(tmp_path: Path) -> None:
     rng = random.Random(7)
     every = 17
     durable = 0
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     for _round in range(25):
         proc = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(path), str(every)],

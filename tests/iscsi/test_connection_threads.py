@@ -6,17 +6,13 @@ does not stop the connection from answering NOP-Outs."""
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 
 import pytest
+from iscsi_support import FakeDevice, RawInitiator, pattern, running_target
 
-sys.path.insert(0, os.path.dirname(__file__))
-from iscsi_support import FakeDevice, RawInitiator, pattern, running_target  # noqa: E402
-
-from vtl.iscsi import pdu  # noqa: E402
-from vtl.iscsi.pdu import ALL_ONES, Op  # noqa: E402
+from vtl.iscsi import pdu
+from vtl.iscsi.pdu import ALL_ONES, Op
 
 
 def read6(n: int) -> bytes:

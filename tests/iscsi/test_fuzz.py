@@ -9,25 +9,22 @@ import logging
 import os
 import socket
 import struct
-import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from iscsi_support import RawInitiator, scsi_status
 
-sys.path.insert(0, os.path.dirname(__file__))
-from iscsi_support import RawInitiator, scsi_status  # noqa: E402
-
-from vtl.config import LibraryConfig  # noqa: E402
-from vtl.iscsi import pdu  # noqa: E402
-from vtl.iscsi.config import Limits, ServerConfig, TargetConfig  # noqa: E402
-from vtl.iscsi.login import encode_keys  # noqa: E402
-from vtl.iscsi.pdu import ALL_ONES, Op  # noqa: E402
-from vtl.iscsi.target import IscsiTarget  # noqa: E402
-from vtl.library import Library  # noqa: E402
-from vtl.scsi.devices import build_device_set  # noqa: E402
+from vtl.config import LibraryConfig
+from vtl.iscsi import pdu
+from vtl.iscsi.config import Limits, ServerConfig, TargetConfig
+from vtl.iscsi.login import encode_keys
+from vtl.iscsi.pdu import ALL_ONES, Op
+from vtl.iscsi.target import IscsiTarget
+from vtl.library import Library
+from vtl.scsi.devices import build_device_set
 
 IQN = "iqn.2026-11.org.vtl-ebm:fuzz"
 FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "50")), deadline=None,

@@ -18,7 +18,7 @@ from translators.filesystem import tree_manifest
 from vtl.config import LibraryConfig
 from vtl.library import Library
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_library(root: Path, barcodes: list[str], capacity: int = 64 << 20,
