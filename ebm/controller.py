@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,7 +93,7 @@ def _cron_field(text: str, lo: int, hi: int) -> set[int]:
     return out
 
 
-def parse_schedule(spec: str) -> Any:
+def parse_schedule(spec: str) -> Callable[[dt.datetime], dt.datetime]:
     """Return a function next(after: datetime) -> datetime; RequestError if unparsable."""
     s = " ".join(spec.lower().split())
     m = re.fullmatch(r"every (\d+) (minute|minutes|hour|hours)", s)

@@ -24,23 +24,30 @@ import base64
 import contextlib
 import json
 import os
+import sqlite3
 import time
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zstandard
 
+from ebm.backup_labels import header_block, trailer_bytes
 from ebm.catalog import BLOCK_SIZE, Backup, Catalog, CatalogError, FileRow
 from ebm.controller import BackupRequest, RequestError
 from ebm.crypto import BlockCipher, CryptoError, read_secret
-from ebm.media import DriveSession, MediaError, PoolMedia
+from ebm.drive_session import DriveSession, MediaError, PoolMedia
 from ebm.mover import MoverError, TapeWriter
-from ebm.tapeformat import header_block, trailer_bytes
+from tape_formats.archive.entry import IndexEntry
 from tape_formats.archive.writer import PaxWriter
 from tape_formats.cartridge import CartridgeError
+
+if TYPE_CHECKING:  # the library and the translators are imported only when a job needs them
+    from translators.base import Progress as TranslatorProgress
+    from translators.base import ProgressCallback, Translator
+    from vtl.library import Library
 
 FORMAT_VERSION = 1
 
@@ -55,7 +62,7 @@ def root_default() -> Path:
     return Path(os.environ.get("VTL_ROOT", "./vtl-library"))
 
 
-def open_library(root: Path) -> Any:
+def open_library(root: Path) -> Library:
     from vtl.library import Library, LibraryError
 
     try:
@@ -66,15 +73,14 @@ def open_library(root: Path) -> Any:
         raise JobError(f"no library at {root} (create it with `vtl init`)") from None
 
 
-def load_translator(name: str) -> Any:
+def load_translator(name: str) -> Translator:
     """The translator plugin ``name`` from the ``ebm.translators`` entry points."""
     from translators.base import load_translator as _load
 
     try:
-        t = _load(name)
+        return _load(name)
     except Exception as e:  # unknown name, broken plugin: one line either way
         raise RequestError(f"translator {name!r} is not available: {e}") from None
-    return t() if isinstance(t, type) else t
 
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -102,7 +108,7 @@ class Ebm:
 
     root: Path
     catalog: Catalog = field(init=False)
-    _library: Any = field(default=None, init=False)
+    _library: Library | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -114,7 +120,7 @@ class Ebm:
                 self.erase_torn_tail(barcode)
 
     @property
-    def library(self) -> Any:
+    def library(self) -> Library:
         if self._library is None:
             self._library = open_library(self.root)
         return self._library
@@ -151,7 +157,7 @@ class Ebm:
         self.catalog.close()
 
     # -- datasets ----------------------------------------------------------------------
-    def ensure_dataset(self, req: BackupRequest) -> Any:
+    def ensure_dataset(self, req: BackupRequest) -> sqlite3.Row:
         ds = self.catalog.dataset(req.dataset)
         if ds is None:
             if req.source is None or req.pool is None:
@@ -164,14 +170,16 @@ class Ebm:
             opts = {"retention": req.retention} if any(req.retention.values()) else {}
             self.catalog.add_dataset(req.dataset, tname, str(Path(req.source).resolve()), req.pool,
                                      opts)
-            return self.catalog.dataset(req.dataset)
+            ds = self.catalog.dataset(req.dataset)
+            assert ds is not None
+            return ds
         if req.source is not None and str(Path(req.source).resolve()) != ds["source"]:
             raise RequestError(f"dataset {req.dataset!r} backs up {ds['source']}, not {req.source}")
         if req.translator is not None and req.translator != ds["translator"]:
             raise RequestError(f"dataset {req.dataset!r} uses translator {ds['translator']!r}")
         return ds
 
-    def _baseline_reason(self, ds: Any, translator: Any,
+    def _baseline_reason(self, ds: sqlite3.Row, translator: Translator,
                          req: BackupRequest) -> tuple[Backup | None, str]:
         """The parent of an incremental, or (None, why this backup must be a baseline).
 
@@ -181,7 +189,7 @@ class Ebm:
         """
         if req.full:
             return None, "asked for (--full)"
-        if not getattr(translator, "supports_incremental", True):
+        if not translator.supports_incremental:
             return None, f"translator {ds['translator']} has no incrementals"
         parent = self.catalog.last_good(ds["name"])
         if parent is None:
@@ -189,7 +197,7 @@ class Ebm:
         return parent, ""
 
     @staticmethod
-    def _validate_source(t: Any, source: Any) -> None:
+    def _validate_source(t: Translator, source: str | Path) -> None:
         try:
             t.validate_source(str(source))
         except Exception as e:
@@ -226,7 +234,7 @@ class Ebm:
             forget(self.catalog, Policy(**rules), ds["name"])
         return b
 
-    def _run(self, ds: Any, pool: str, translator: Any, req: BackupRequest,
+    def _run(self, ds: sqlite3.Row, pool: str, translator: Translator, req: BackupRequest,
              secret: bytes | None, progress: Progress | None) -> Backup:
         cat = self.catalog
         parent, why_full = self._baseline_reason(ds, translator, req)
@@ -248,7 +256,7 @@ class Ebm:
             options["full_reason"] = why_full  # `ebm backup` and `ebm show` say why
         backup = cat.begin_backup(ds["name"], level, parent.id if parent else None,
                                   ds["translator"], options, uuid=u)
-        tversion = str(getattr(translator, "version", "1"))
+        tversion = str(translator.version)
         depth = len(cat.chain(parent)) if parent is not None else 0
         hdr_opts = {"pool": pool, "source": ds["source"], "level_name": level,
                     "compress": req.compress}
@@ -281,11 +289,11 @@ class Ebm:
             pax.close()  # end-of-archive blocks
             size, blocks, digest = writer.finish_data()  # sha256 hashed on the writer thread
             entries = list(result.entries)
-            if level == "incr" and getattr(result, "level_hint", "") == "baseline":
+            if level == "incr" and result.level_hint == "baseline":
                 level, parent = "full", None  # the translator wrote a complete copy after all
                 options["full_reason"] = f"translator {ds['translator']} wrote a complete copy"
             state_enc = encode_state(result.state)  # JSON once, for trailer and catalog
-            warnings = [str(w) for w in (getattr(result, "warnings", None) or [])]
+            warnings = [str(w) for w in result.warnings]
             trailer = trailer_bytes(
                 uuid=u, entries=entries, size=size, sha256=digest, warnings=warnings,
                 extra={"state": _state_b64(state_enc), "dataset": ds["name"],
@@ -337,17 +345,17 @@ def _pax_writer(out: TapeWriter) -> PaxWriter:
     return PaxWriter(out, start_offset=0, hash_stream=False)
 
 
-def _progress_adapter(progress: Progress | None) -> Any:
+def _progress_adapter(progress: Progress | None) -> ProgressCallback | None:
     """Translators report Progress objects; our bars want (done, total) bytes."""
     if progress is None:
         return None
 
-    def cb(p: Any) -> None:
-        progress(int(getattr(p, "bytes_done", 0) or 0), getattr(p, "bytes_total", None))
+    def cb(p: TranslatorProgress) -> None:
+        progress(p.bytes_done, p.bytes_total)
     return cb
 
 
-def _row(e: Any) -> FileRow:
+def _row(e: IndexEntry) -> FileRow:
     return FileRow(
         path=e.path, kind=e.kind, size=e.size, mtime_ns=e.mtime_ns, mode=e.mode, uid=e.uid,
         gid=e.gid, sha256=bytes.fromhex(e.sha256) if e.sha256 else None,

@@ -19,15 +19,19 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ebm.backup_labels import parse_header, parse_trailer
 from ebm.catalog import BLOCK_SIZE, Catalog, FileRow, Volume
 from ebm.crypto import BlockCipher, CryptoError
+from ebm.drive_session import DriveSession
 from ebm.manager import _row, state_from_b64
-from ebm.media import DriveSession
 from ebm.mover import MoverError, read_trailer_blocks
-from ebm.tapeformat import parse_header, parse_trailer
-from tape_formats.cartridge import RecordKind
+from tape_formats.archive.labels import BackupTrailerInfo
+from tape_formats.cartridge import RecordKind, TapeCartridge
+
+if TYPE_CHECKING:  # vtl is imported only when a command needs the library
+    from vtl.library import Library
 
 
 @dataclass
@@ -40,7 +44,7 @@ class Segment:
     blocks: int
     end_object: int
     end_file: int
-    trailer: Any = None
+    trailer: BackupTrailerInfo | None = None
     trailer_error: str | None = None
 
 
@@ -51,7 +55,7 @@ class RebuildResult:
     cartridges: int = 0
 
 
-def scan_cartridge(cart: Any, barcode: str, secret: bytes | None) -> list[Segment]:
+def scan_cartridge(cart: TapeCartridge, barcode: str, secret: bytes | None) -> list[Segment]:
     segs: list[Segment] = []
     buf = bytearray(BLOCK_SIZE + 4096)
     cart.rewind()
@@ -103,7 +107,7 @@ def scan_cartridge(cart: Any, barcode: str, secret: bytes | None) -> list[Segmen
     return segs
 
 
-def rebuild(catalog: Catalog, library: Any, secret: bytes | None = None,
+def rebuild(catalog: Catalog, library: Library, secret: bytes | None = None,
             barcodes: list[str] | None = None,
             progress: Callable[[int, int | None], None] | None = None) -> RebuildResult:
     res = RebuildResult()

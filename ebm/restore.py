@@ -18,12 +18,17 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ebm.catalog import Backup, Catalog, CatalogError, FileRow
 from ebm.crypto import BlockCipher, CryptoError
-from ebm.media import DriveSession, ReadMedia
+from ebm.drive_session import DriveSession, ReadMedia
 from ebm.mover import MoverError, TapeReader
+
+if TYPE_CHECKING:  # vtl, the reader and the translators are imported only when a restore runs
+    from tape_formats.archive import ArchiveEntry, EntryData
+    from translators.base import Translator
+    from vtl.library import Library
 
 
 class RestoreError(Exception):
@@ -167,7 +172,7 @@ def check_target(target: Path, into_existing: bool = False) -> None:
                 "--into-existing to merge (paths the backup holds are replaced, others kept)")
 
 
-def restore(catalog: Catalog, library: Any, translator_loader: Callable[[str], Any],
+def restore(catalog: Catalog, library: Library, translator_loader: Callable[[str], Translator],
             backup: Backup, target: Path, patterns: list[str] | None = None,
             secret: bytes | None = None,
             progress: Callable[[int, int | None], None] | None = None, *,
@@ -209,7 +214,7 @@ def restore(catalog: Catalog, library: Any, translator_loader: Callable[[str], A
         for r in selected:
             by_backup.setdefault(r.backup, []).append(r)
 
-        def entries() -> Iterator[tuple[Any, Any]]:
+        def entries() -> Iterator[tuple[ArchiveEntry, EntryData]]:
             done_bytes = 0
             for b in chain:
                 rows = sorted(by_backup.get(b.id, []), key=lambda r: r.header_offset)
@@ -276,7 +281,7 @@ def _link_targets(catalog: Catalog, chain: list[Backup], selected: list[FileRow]
 
 
 def _read_rows(catalog: Catalog, b: Backup, rows: list[FileRow], opener: ReadMedia,
-               cipher: BlockCipher | None, stats: RestoreStats) -> Iterator[tuple[Any, Any]]:
+               cipher: BlockCipher | None, stats: RestoreStats) -> Iterator[tuple[ArchiveEntry, EntryData]]:
     from tape_formats.archive.reader import PaxReader
 
     # Each entry ends where the next one of the same backup begins (or at the stream end).

@@ -18,9 +18,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ebm.controller import RequestError, next_run
+
+if TYPE_CHECKING:
+    from ebm.manager import Ebm
 
 
 @dataclass
@@ -35,7 +38,7 @@ def _cmd(root: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "ebm", "--root", str(root), "--json", *args]
 
 
-def run_scheduler(ebm: Any, root: Path, *, once: bool, max_jobs: int, interval: float,
+def run_scheduler(ebm: Ebm, root: Path, *, once: bool, max_jobs: int, interval: float,
                   should_stop: Callable[[], bool], log: Callable[[str], None]) -> list[str]:
     cat = ebm.catalog
     running: list[_Job] = []

@@ -15,14 +15,17 @@ import contextlib
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
+from ebm.backup_labels import parse_trailer
 from ebm.catalog import Backup, Catalog
 from ebm.crypto import BlockCipher
-from ebm.media import DriveSession, ReadMedia
+from ebm.drive_session import DriveSession, ReadMedia
 from ebm.mover import MoverError, TapeReader, read_trailer_blocks
 from ebm.restore import RestoreError, cipher_for
-from ebm.tapeformat import parse_trailer
+
+if TYPE_CHECKING:  # vtl is imported only when a command needs the library
+    from vtl.library import Library
 
 
 @dataclass
@@ -45,7 +48,7 @@ class _Hashing:
         return data
 
 
-def verify_backup(catalog: Catalog, library: Any, backup: Backup, secret: bytes | None = None,
+def verify_backup(catalog: Catalog, library: Library, backup: Backup, secret: bytes | None = None,
                   progress: Callable[[int, int | None], None] | None = None) -> VerifyResult:
     from tape_formats.archive.reader import PaxReader
 

@@ -162,7 +162,7 @@ def test_trailer_keeps_every_index_field() -> None:
     (sha256, deletions, link targets, torn marks) survives the trailer round trip."""
     import uuid
 
-    from ebm.tapeformat import parse_trailer, trailer_bytes
+    from ebm.backup_labels import parse_trailer, trailer_bytes
     from tape_formats.archive import IndexEntry
 
     entries = [

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ebm.catalog import Catalog
 from ebm.mover import MoverError
 from tape_formats.cartridge import CartridgeError, RecordKind, TapeCartridge
+
+if TYPE_CHECKING:  # vtl is imported only when a command needs the library
+    from vtl.library import Library
 
 
 class MediaError(MoverError):
@@ -33,7 +36,7 @@ class DriveSession:
     processes; a claim whose process died is dropped by the library.
     """
 
-    def __init__(self, library: Any, owner: str, wait: float = 120.0) -> None:
+    def __init__(self, library: Library, owner: str, wait: float = 120.0) -> None:
         """Claim a free drive, waiting up to ``wait`` seconds for one (more jobs than drives
         queue here instead of failing)."""
         self.library = library
