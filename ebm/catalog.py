@@ -1,4 +1,4 @@
-"""The backup catalog: EBM tables living in the library's own ``catalog.sqlite``.
+"""The backup catalog: EBM tables living in the library's own catalog file (``CATALOG_NAME``).
 
 Why the same file: a cartridge's place in the library and the backups on it change together
 (recycling a cartridge must drop the backups that lived on it), and one file is one thing to
@@ -36,6 +36,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from vtl import CATALOG_NAME
 
 BLOCK_SIZE = 256 * 1024
 
@@ -267,7 +269,7 @@ class Catalog:
 
     @classmethod
     def for_root(cls, root: Path) -> Catalog:
-        return cls(Path(root) / "catalog.sqlite")
+        return cls(Path(root) / CATALOG_NAME)
 
     def close(self) -> None:
         self.db.close()

@@ -43,6 +43,7 @@ from ebm.mover import MoverError, TapeWriter
 from tape_formats.archive.entry import IndexEntry
 from tape_formats.archive.writer import PaxWriter
 from tape_formats.cartridge import CartridgeError
+from vtl import CATALOG_NAME
 
 if TYPE_CHECKING:  # the library and the translators are imported only when a job needs them
     from translators.base import Progress as TranslatorProgress
@@ -112,7 +113,7 @@ class Ebm:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
-        if not (self.root / "catalog.sqlite").exists():
+        if not (self.root / CATALOG_NAME).exists():
             raise JobError(f"no library at {self.root} (create it with `vtl init`, or pass --root)")
         self.catalog = Catalog.for_root(self.root)
         for _job, held in self.catalog.reap_dead_jobs():

@@ -29,7 +29,8 @@ from typing import Any
 
 import sqlite_utils
 
-CATALOG_NAME = "catalog.sqlite"
+from vtl import CATALOG_NAME as CATALOG_NAME  # re-exported: vtl.library names it from here
+
 SCHEMA_COMPONENT = "vtl"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0

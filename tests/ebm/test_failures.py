@@ -19,6 +19,7 @@ from ebm.crypto import BlockAuthError, BlockCipher
 from ebm.manager import Ebm, load_translator
 from ebm.rebuild import rebuild
 from ebm.restore import RestoreError, restore
+from vtl import CATALOG_NAME
 from vtl.library import Library
 
 
@@ -111,7 +112,7 @@ def _copy_catalog(root: Path, dst: Path) -> Path:
     """A copy of the catalog without EBM backups, for a rebuild that does not touch the real one."""
     import shutil
 
-    shutil.copy(root / "catalog.sqlite", dst)
+    shutil.copy(root / CATALOG_NAME, dst)
     c = Catalog(dst)
     c.db.execute("DELETE FROM ebm_backups")
     c.db.execute("DELETE FROM ebm_backup_volumes")
