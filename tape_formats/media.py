@@ -6,8 +6,6 @@ suffix to decide what a cartridge is, so these numbers follow the LTO/SSC tables
 
 from __future__ import annotations
 
-import re
-
 from tape_formats.cartridge import MediaType
 
 TB = 1000**4
@@ -30,25 +28,13 @@ DEFAULT_MEDIA = "LTO-8"
 _SUFFIXES = {m.suffix: (m, False) for m in MEDIA.values()} | {
     m.worm_suffix: (m, True) for m in MEDIA.values()
 }
-# Six label characters then the two-character media suffix, as printed on LTO barcodes.
-BARCODE_RE = re.compile(r"^[A-Z0-9]{6}(L[3-9]|L[T-Z])$")
-CLEANING_RE = re.compile(r"^CLN[A-Z0-9]{3}L[1-9U]$")
 
 
-class BadBarcode(ValueError):
-    """A label that is not an LTO data or WORM barcode (one line, names the label)."""
-
-
-def media_for_barcode(barcode: str) -> tuple[MediaType, bool]:
-    """The media generation and WORM-ness a barcode declares, e.g. A00001L8 -> (LTO-8, False)."""
-    if CLEANING_RE.match(barcode):
-        raise BadBarcode(f"{barcode!r} is a cleaning cartridge label, not a data cartridge")
-    if not BARCODE_RE.match(barcode):
-        raise BadBarcode(
-            f"{barcode!r} is not an LTO barcode (six characters A-Z/0-9 then L3..L9 or LT..LZ,"
-            " e.g. A00001L8)"
-        )
-    return _SUFFIXES[barcode[6:]]
+def media_for_suffix(suffix: str) -> tuple[MediaType, bool] | None:
+    """The media generation and WORM-ness of a barcode suffix (``L8`` -> (LTO-8, False),
+    ``LY`` -> (LTO-8, True)); None for a suffix no generation uses. Labels are parsed by
+    :func:`vtl.barcode.parse_barcode`."""
+    return _SUFFIXES.get(suffix)
 
 
 def media_by_density(code: int) -> MediaType | None:

@@ -1,4 +1,4 @@
-"""The library: elements (transport, slots, mailslots, drives), cartridges, and moves between them.
+"""The library: elements (transport, slots, mailslots, drives), catalog access, and moves.
 
 This is the one API that both the SCSI models (SMC changer, SSC drives) and the backup manager
 use, in one process or several at once. Placement lives only in the media catalog
@@ -9,6 +9,10 @@ Two processes must never write one cartridge: mounting a cartridge takes an excl
 ``flock`` on ``<root>/cartridges/<BARCODE>.lock`` (a separate file, so the cartridge module
 may lock its own files as it likes), and every operation that changes a cartridge from outside
 a drive (move out of a drive, erase, delete, WORM) takes the same lock first.
+
+Inventory operations (create, adopt, erase, WORM, protect, delete) live in
+:mod:`vtl.inventory`, the mailslot door (import, export) in :mod:`vtl.mailslots`; labels are
+read by :mod:`vtl.barcode` and the error types are in :mod:`vtl.errors`.
 """
 
 from __future__ import annotations
@@ -19,78 +23,49 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vtl.barcode import is_barcode, parse_barcode
 from vtl.catalog import AUTO_STATES, CATALOG_NAME, MediaCatalog, now_iso
 from vtl.config import CONFIG_NAME, ConfigError, LibraryConfig
+from vtl.errors import (
+    BadBarcode,
+    CartridgeBusy,
+    CartridgeInDrive,
+    CartridgeMissing,
+    CartridgeOutside,
+    CartridgeProtected,
+    CatalogDamaged,
+    DestinationFull,
+    DuplicateBarcode,
+    InvalidElement,
+    LibraryError,
+    MediumRemovalPrevented,
+    NoLibrary,
+    SourceEmpty,
+    UnknownBarcode,
+)
 
 if TYPE_CHECKING:
     from tape_formats.cartridge import MediaType, TapeCartridge
 
+# The error types and the barcode parser are part of this module's API (callers import them
+# from here); they live in vtl.errors and vtl.barcode.
+__all__ = [
+    "BadBarcode", "CartridgeBusy", "CartridgeInDrive", "CartridgeMissing", "CartridgeOutside",
+    "CartridgeProtected", "CatalogDamaged", "DestinationFull", "DriveBay", "DuplicateBarcode",
+    "Element", "ElementType", "InvalidElement", "Library", "LibraryError",
+    "MediumRemovalPrevented", "NoLibrary", "SourceEmpty", "UnknownBarcode", "media_type",
+    "parse_barcode",
+]
+
 CARTRIDGE_DIR = "cartridges"
 CARTRIDGE_EXT = ".vtape"
 LOCK_WAIT_S = 2.0  # how long an operation waits for another process's brief cartridge lock
-
-
-# ---- errors -------------------------------------------------------------------------------
-class LibraryError(Exception):
-    """Any library failure; the message is one line fit for ``error: ...``."""
-
-
-class NoLibrary(LibraryError):
-    """There is no (valid) library at the given root."""
-
-
-class UnknownBarcode(LibraryError):
-    """No cartridge with this barcode in the catalog."""
-
-
-class DuplicateBarcode(LibraryError):
-    """A cartridge with this barcode already exists."""
-
-
-class BadBarcode(LibraryError):
-    """The label is not a valid LTO barcode (or does not match the media asked for)."""
-
-
-class InvalidElement(LibraryError):
-    """No element at that address, or the element cannot take part in the operation."""
-
-
-class SourceEmpty(LibraryError):
-    """The source element holds no cartridge."""
-
-
-class DestinationFull(LibraryError):
-    """The destination element is occupied (or no free element of the kind asked for)."""
-
-
-class MediumRemovalPrevented(LibraryError):
-    """The drive's PREVENT ALLOW MEDIUM REMOVAL is set."""
-
-
-class CartridgeBusy(LibraryError):
-    """The cartridge is open in another process, or the drive is claimed by another process."""
-
-
-class CartridgeInDrive(LibraryError):
-    """The operation needs the cartridge out of every drive."""
-
-
-class CartridgeOutside(LibraryError):
-    """The cartridge is outside the library (exported to the vault)."""
-
-
-class CartridgeProtected(LibraryError):
-    """The cartridge is WORM or write protected and the operation would change its data."""
-
-
-class CartridgeMissing(LibraryError):
-    """The catalog knows the cartridge but its file is missing or unreadable."""
 
 
 # ---- elements -----------------------------------------------------------------------------
@@ -137,25 +112,6 @@ class Element:
         return f"{_TYPE_NAMES[self.type]}:{self.index + _NAME_BASE[self.type]}"
 
 
-# ---- barcodes -----------------------------------------------------------------------------
-# Loose shape of a label (for telling a barcode from an element name); parse_barcode is strict.
-BARCODE_RE = re.compile(r"^[A-Z0-9]{6}L[0-9A-Z]$")
-
-
-def parse_barcode(barcode: str) -> tuple[str, bool]:
-    """Check an LTO label and return (media name, worm) from its suffix; BadBarcode if bad."""
-    from tape_formats.media import BadBarcode as MediaBadBarcode
-    from tape_formats.media import media_for_barcode
-
-    if not isinstance(barcode, str):
-        raise BadBarcode(f"malformed barcode {barcode!r}")
-    try:
-        mtype, worm = media_for_barcode(barcode)
-    except MediaBadBarcode as e:
-        raise BadBarcode(str(e)) from None
-    return mtype.name, worm
-
-
 def _media_table() -> dict[str, MediaType]:
     from tape_formats.media import MEDIA
 
@@ -169,7 +125,7 @@ def media_type(name: str) -> MediaType:
         raise LibraryError(f"unknown media {name!r}") from None
 
 
-def _open_cartridge(
+def open_cartridge(
     path: Path, *, readonly: bool = False, count_load: bool | None = None
 ) -> TapeCartridge:
     """Open a cartridge file, turning "held by another process" into CartridgeBusy."""
@@ -250,7 +206,7 @@ class DriveBay:
                     raise SourceEmpty(f"drive {self.index} is empty")
                 # read-write even when write protected: the header's flag refuses writes, and
                 # the MAM still counts the load
-                cart = _open_cartridge(lib.root / row["path"])
+                cart = open_cartridge(lib.root / row["path"])
             except BaseException:
                 os.close(fd)
                 raise
@@ -270,7 +226,7 @@ class DriveBay:
                 return
             try:
                 cart.sync()
-                stats = _cartridge_stats(cart)
+                stats = cartridge_stats(cart)
                 counters = getattr(cart, "counters", None)
                 if (cart.eod, cart.used_bytes) != self._at_mount or (
                     counters is not None and getattr(counters, "written_native", 0) > 0
@@ -294,7 +250,7 @@ class DriveBay:
                 lib.catalog.update_cartridge(barcode, **stats)
 
 
-def _cartridge_stats(cart: TapeCartridge) -> dict[str, Any]:
+def cartridge_stats(cart: TapeCartridge) -> dict[str, Any]:
     """used bytes, objects, tape files and the automatic state of an open cartridge."""
     stats: dict[str, Any] = {"used_bytes": cart.used_bytes, "blocks": cart.eod}
     stats["files"] = tape_files(cart)
@@ -495,7 +451,7 @@ class Library:
             if index < 0:
                 raise InvalidElement(f"no element {spec!r}")
             return self.address_of(kind, index)
-        if allow_barcode and BARCODE_RE.match(spec.upper()):
+        if allow_barcode and is_barcode(spec.upper()):
             element = self.find(spec.upper())
             return element.address
         raise InvalidElement(
@@ -573,7 +529,7 @@ class Library:
     def record_stats(self, barcode: str, cart: TapeCartridge) -> None:
         """Store what an open cartridge holds (used bytes, objects, files) in the catalog,
         e.g. after an index rebuild, so catalog and tape agree."""
-        stats = _cartridge_stats(cart)
+        stats = cartridge_stats(cart)
         if self.cartridge(barcode)["state"] not in AUTO_STATES:
             stats.pop("state")
         self.catalog.update_cartridge(barcode, **stats)
@@ -749,403 +705,38 @@ class Library:
         except InvalidElement:
             return False
 
-    # ---- import / export -----------------------------------------------------------------
-    def _check_mailslot_door(self) -> None:
-        """Refuse door operations while an initiator's PREVENT locks the mailslots
-        (the changer keeps that lock in the catalog; our own process's lock does not count)."""
-        try:
-            from vtl.scsi.smc_lock import mailslot_lock
-        except ImportError:
-            return
-        lock = mailslot_lock(self.catalog)
-        if lock is not None and lock["pid"] != os.getpid():
-            raise MediumRemovalPrevented(
-                f"mailslots are locked by {lock['owner']} (pid {lock['pid']})"
-            )
-
-    def export_cartridge(self, barcode: str) -> Element:
-        """Move a cartridge from its slot into a free mailslot (as a library's export does)."""
-        with self.lock:
-            self._check_mailslot_door()
-            element = self.find(barcode)
-            if element.type == ElementType.DATA_TRANSFER:
-                raise CartridgeInDrive(
-                    f"cartridge {barcode} is in drive {element.index}; unload it first"
-                )
-            if element.type == ElementType.IMPORT_EXPORT:
-                raise LibraryError(f"cartridge {barcode} is already in {element.name}")
-            free = self.free(ElementType.IMPORT_EXPORT)
-            if not free:
-                raise DestinationFull("no free mailslot (empty the mailslots first)")
-            self.move_medium(element.address, free[0].address)
-            return self.element(free[0].address)
-
-    def import_cartridge(self, barcode: str) -> Element:
-        """Put a vaulted cartridge into a free mailslot, ready to be moved to a slot."""
-        with self.lock:
-            self._check_mailslot_door()
-            element = self.where(barcode)
-            if element is not None:
-                raise LibraryError(f"cartridge {barcode} is already in the library ({element.name})")
-            free = self.free(ElementType.IMPORT_EXPORT)
-            if not free:
-                raise DestinationFull("no free mailslot")
-            dst = free[0].address
-            with self.catalog.transaction():
-                if self.catalog.at(dst) is not None:
-                    raise DestinationFull(f"{self.element_name(dst)} is occupied")
-                self.catalog.update_cartridge(barcode, address=dst, source_address=None)
-                self.catalog.log("import", barcode, dst=dst)
-            self._reload()
-            return self.element(dst)
-
-    def empty_mailslots(self) -> list[str]:
-        """Take every cartridge out of the mailslots into the vault (opening the door)."""
-        with self.lock:
-            self._check_mailslot_door()
-            taken: list[str] = []
-            with self.catalog.transaction():
-                for element in self.elements(ElementType.IMPORT_EXPORT):
-                    if element.barcode is None:
-                        continue
-                    self.catalog.update_cartridge(
-                        element.barcode, address=None, source_address=element.address
-                    )
-                    self.catalog.log("vault", element.barcode, src=element.address)
-                    taken.append(element.barcode)
-            self._reload()
-            return taken
-
-    # ---- cartridges ----------------------------------------------------------------------
-    def _plan_cartridge(
-        self, barcode: str, media: str | None, capacity: int | None, worm: bool
-    ) -> tuple[MediaType, int, bool]:
-        name, suffix_worm = parse_barcode(barcode)
-        if media is not None and media != name:
-            raise BadBarcode(f"barcode {barcode} is {name} media, not {media}")
-        mtype = media_type(name)
-        if capacity is None:
-            capacity = mtype.capacity
-        if not isinstance(capacity, int) or capacity <= 0:
-            raise LibraryError(f"invalid capacity {capacity!r}")
-        if capacity > mtype.capacity:
-            raise LibraryError(
-                f"capacity {capacity} exceeds the native capacity of {name} ({mtype.capacity})"
-            )
-        return mtype, capacity, worm or suffix_worm
-
-    def create_cartridge(
-        self,
-        barcode: str,
-        *,
-        media: str | None = None,
-        capacity: int | None = None,
-        worm: bool = False,
-        slot: int | None = None,
-        vault: bool = False,
-        pool: str | None = "Scratch",
-    ) -> None:
-        """Create one cartridge in ``slot`` (an element address; default: first free slot)."""
-        self.create_cartridges(
-            [barcode], media=media, capacity=capacity, worm=worm,
-            slots=None if slot is None else [slot], vault=vault, pool=pool,
-        )
-
-    def create_cartridges(
-        self,
-        barcodes: Iterable[str],
-        *,
-        media: str | None = None,
-        capacity: int | None = None,
-        worm: bool = False,
-        slots: list[int] | None = None,
-        vault: bool = False,
-        pool: str | None = "Scratch",
-        progress: Callable[[str], None] | None = None,
-    ) -> list[str]:
-        """Create many cartridges, all or nothing: everything is validated first, and if a
-        cartridge fails half-way the ones created by this call are removed again."""
-        barcodes = list(barcodes)
-        with self.lock:
-            self.refresh()
-            plans = []
-            seen: set[str] = set()
-            for bc in barcodes:
-                if bc in seen:
-                    raise DuplicateBarcode(f"barcode {bc} given twice")
-                seen.add(bc)
-                plan = self._plan_cartridge(bc, media, capacity, worm)
-                if self.catalog.cartridge(bc) is not None:
-                    raise DuplicateBarcode(f"cartridge {bc} already exists")
-                if self._file_path(bc).exists():
-                    raise DuplicateBarcode(
-                        f"a cartridge file for {bc} already exists but is not in the catalog"
-                        f" ('vtl cartridge adopt {bc}' takes it in)"
-                    )
-                plans.append((bc, plan))
-            if pool is not None and pool not in {p["name"] for p in self.catalog.pools()}:
-                raise LibraryError(f"unknown pool {pool!r}")
-            targets: list[int | None]
-            if vault:
-                targets = [None] * len(plans)
-            elif slots is not None:
-                if len(slots) != len(plans):
-                    raise LibraryError("one slot per cartridge is needed")
-                targets = []
-                for address in slots:
-                    etype, _ = self._classify(address)
-                    if etype != ElementType.STORAGE:
-                        raise InvalidElement(f"{self.element_name(address)} is not a slot")
-                    if self._barcode_at(address) is not None or address in targets:
-                        raise DestinationFull(f"{self.element_name(address)} is occupied")
-                    targets.append(address)
-            else:
-                free = [e.address for e in self.free(ElementType.STORAGE)]
-                if len(free) < len(plans):
-                    raise DestinationFull(
-                        f"{len(plans)} cartridge(s) need free slots but only {len(free)} are free"
-                        " (use --vault to create them outside the library)"
-                    )
-                targets = list(free[: len(plans)])
-            created: list[str] = []
-            try:
-                for (bc, (mtype, cap, is_worm)), address in zip(plans, targets, strict=True):
-                    self._create_one(bc, mtype, cap, is_worm, address, pool)
-                    created.append(bc)
-                    if progress is not None:
-                        progress(bc)
-            except BaseException:
-                for bc in created:
-                    self._remove_files(bc)
-                    self.catalog.delete_cartridge(bc)
-                self._reload()
-                raise
-            self._reload()
-            return created
-
-    def orphans(self) -> list[str]:
-        """Barcodes of cartridge files the catalog does not know (e.g. after a crash
-        between writing the file and the catalog row, or a lost catalog)."""
-        known = {r["barcode"] for r in self.catalog.cartridges()}
-        return sorted(
-            p.name[: -len(CARTRIDGE_EXT)]
-            for p in (self.root / CARTRIDGE_DIR).glob(f"*{CARTRIDGE_EXT}")
-            if p.name[: -len(CARTRIDGE_EXT)] not in known
-        )
-
-    def adopt_cartridge(self, barcode: str, *, slot: int | None = None, vault: bool = False,
-                        pool: str | None = "Scratch") -> Element | None:
-        """Take a cartridge file the catalog does not know into the catalog, from what its
-        header and index say (like Bareos's bscan, for one cartridge). Returns where it went."""
-        from tape_formats.cartridge import HEADER_FLAG_WRITE_PROTECT
-
-        with self.lock:
-            self.refresh()
-            media, _worm = parse_barcode(barcode)
-            if self.catalog.cartridge(barcode) is not None:
-                raise DuplicateBarcode(f"cartridge {barcode} is already in the catalog")
-            path = self._file_path(barcode)
-            if not path.exists():
-                raise CartridgeMissing(f"no cartridge file {path}")
-            if slot is not None and vault:
-                raise LibraryError("a slot and the vault exclude each other")
-            if vault:
-                address = None
-            elif slot is not None:
-                etype, _ = self._classify(slot)
-                if etype != ElementType.STORAGE:
-                    raise InvalidElement(f"{self.element_name(slot)} is not a slot")
-                if self._barcode_at(slot) is not None:
-                    raise DestinationFull(f"{self.element_name(slot)} is occupied")
-                address = slot
-            else:
-                free = self.free(ElementType.STORAGE)
-                if not free:
-                    raise DestinationFull("no free slot (use --vault)")
-                address = free[0].address
-            with self.held(barcode):
-                cart = _open_cartridge(path, readonly=True)
-                try:
-                    if cart.barcode != barcode:
-                        raise BadBarcode(f"{path.name} holds cartridge {cart.barcode}, not {barcode}")
-                    stats = _cartridge_stats(cart)
-                    row = {
-                        "barcode": barcode,
-                        "media": cart.media.name or media,
-                        "capacity": cart.capacity,
-                        "worm": int(cart.worm),
-                        "write_protected": int(bool(cart._flags & HEADER_FLAG_WRITE_PROTECT)),
-                        "pool": pool,
-                        "path": str(path.relative_to(self.root)),
-                        "address": address,
-                        "home_address": address,
-                        **stats,
-                    }
-                    if row["write_protected"]:
-                        row["state"] = "read-only"
-                finally:
-                    cart.close()
-                with self.catalog.transaction():
-                    if address is not None and self.catalog.at(address) is not None:
-                        raise DestinationFull(f"{self.element_name(address)} is occupied")
-                    self.catalog.insert_cartridge(row)
-                    self.catalog.log("adopt", barcode, dst=address)
-            self._reload()
-            return None if address is None else self.element(address)
-
-    def _file_path(self, barcode: str) -> Path:
-        return self.root / CARTRIDGE_DIR / f"{barcode}{CARTRIDGE_EXT}"
-
-    def _create_one(
-        self, barcode: str, mtype: MediaType, capacity: int, worm: bool, address: int | None,
-        pool: str | None,
-    ) -> None:
-        from tape_formats.cartridge import TapeCartridge
-
-        path = self._file_path(barcode)
-        try:
-            TapeCartridge.create(path, barcode, mtype, capacity=capacity, worm=worm)
-        except BaseException:
-            self._remove_files(barcode)
-            raise
-        try:
-            with self.catalog.transaction():
-                if address is not None and self.catalog.at(address) is not None:
-                    raise DestinationFull(f"{self.element_name(address)} is occupied")
-                self.catalog.insert_cartridge(
-                    {
-                        "barcode": barcode,
-                        "media": mtype.name,
-                        "capacity": capacity,
-                        "worm": int(worm),
-                        "write_protected": 0,
-                        "state": "scratch",
-                        "pool": pool,
-                        "path": str(path.relative_to(self.root)),
-                        "address": address,
-                        "home_address": address,
-                    }
-                )
-                self.catalog.log("create", barcode, dst=address,
-                                 detail={"media": mtype.name, "capacity": capacity, "worm": worm})
-        except BaseException:
-            self._remove_files(barcode)
-            raise
-
-    def _remove_files(self, barcode: str) -> None:
-        """Remove a cartridge's file and its sidecars (``<BARCODE>.*``)."""
-        for p in (self.root / CARTRIDGE_DIR).glob(f"{barcode}.*"):
-            try:
-                p.unlink()
-            except FileNotFoundError:
-                pass
-
-    def _offline(self, barcode: str) -> dict[str, Any]:
-        """The row of a cartridge that must not be in any drive for the next operation."""
-        self.refresh()
-        row = self.cartridge(barcode)
-        if row["address"] is not None and self._is_type(row["address"], ElementType.DATA_TRANSFER):
-            raise CartridgeInDrive(
-                f"cartridge {barcode} is in {self.element_name(row['address'])}; unload it first"
-            )
-        return row
-
-    def erase_cartridge(self, barcode: str) -> None:
-        """Erase all data (long erase from BOP); refuses WORM and write-protected cartridges."""
-        with self.lock:
-            row = self._offline(barcode)
-            if row["worm"]:
-                raise CartridgeProtected(f"cartridge {barcode} is WORM and cannot be erased")
-            if row["write_protected"]:
-                raise CartridgeProtected(f"cartridge {barcode} is write protected")
-            with self.held(barcode):
-                cart = _open_cartridge(self.root / row["path"], count_load=False)
-                try:
-                    cart.locate(0)
-                    cart.erase()
-                    cart.sync()
-                finally:
-                    cart.close()
-                self.catalog.update_cartridge(
-                    barcode, used_bytes=0, files=0, blocks=0, state="scratch",
-                    last_written=now_iso(),
-                )
-                self.catalog.log("erase", barcode)
-
-    def set_write_protect(self, barcode: str, protect: bool) -> None:
-        """Slide the write-protect tab (only outside the drives, like a real cartridge)."""
-        with self.lock:
-            row = self._offline(barcode)
-            with self.held(barcode):
-                cart = _open_cartridge(self.root / row["path"], count_load=False)
-                try:
-                    cart.set_write_protect(protect)
-                finally:
-                    cart.close()
-                values: dict[str, Any] = {"write_protected": int(protect)}
-                if protect and row["state"] in AUTO_STATES:
-                    values["state"] = "read-only"
-                elif not protect and row["state"] == "read-only":
-                    values["state"] = "append" if row["blocks"] else "scratch"
-                self.catalog.update_cartridge(barcode, **values)
-                self.catalog.log("protect" if protect else "unprotect", barcode)
-
-    def make_worm(self, barcode: str) -> None:
-        """Turn a blank cartridge into WORM (the header flag is rewritten); refuses data."""
-        from tape_formats.cartridge import TapeCartridge
-
-        with self.lock:
-            row = self._offline(barcode)
-            if row["worm"]:
-                raise LibraryError(f"cartridge {barcode} is already WORM")
-            with self.held(barcode):
-                path = self.root / row["path"]
-                cart = _open_cartridge(path, readonly=True)
-                try:
-                    blank = cart.eod == 0
-                    mtype = cart.media
-                finally:
-                    cart.close()
-                if not blank:
-                    raise CartridgeProtected(
-                        f"cartridge {barcode} holds data; only a blank cartridge can become WORM"
-                    )
-                for p in (self.root / CARTRIDGE_DIR).glob(f"{barcode}.*"):
-                    if p.suffix != ".lock":
-                        p.unlink()
-                TapeCartridge.create(path, barcode, mtype, capacity=row["capacity"], worm=True)
-                self.catalog.update_cartridge(barcode, worm=1)
-                self.catalog.log("worm", barcode)
-
-    def delete_cartridge(self, barcode: str, *, force: bool = False) -> None:
-        """Delete a cartridge and its file; one holding data needs ``force``."""
-        with self.lock:
-            row = self._offline(barcode)
-            if (row["blocks"] or row["used_bytes"]) and not force:
-                raise LibraryError(f"cartridge {barcode} holds data; confirm with --yes")
-            with self.held(barcode):
-                with self.catalog.transaction():
-                    self.catalog.delete_cartridge(barcode)
-                    self.catalog.log("delete", barcode, src=row["address"])
-                for p in (self.root / CARTRIDGE_DIR).glob(f"{barcode}.*"):
-                    if p.suffix != ".lock":
-                        p.unlink(missing_ok=True)
-            self._lock_path(barcode).unlink(missing_ok=True)
-            self._reload()
-
-    def set_state(self, barcode: str, state: str, *, pool: str | None = None) -> None:
-        """Set a cartridge's media state (and optionally pool), for admins and the EBM."""
-        self.cartridge(barcode)
-        if pool is not None and pool not in {p["name"] for p in self.catalog.pools()}:
-            raise LibraryError(f"unknown pool {pool!r}")
-        with self.catalog.transaction():
-            try:
-                self.catalog.set_state(barcode, state)
-            except ValueError as e:
-                raise LibraryError(str(e)) from None
-            if pool is not None:
-                self.catalog.update_cartridge(barcode, pool=pool)
-
     def open_readonly(self, barcode: str) -> TapeCartridge:
         """Open a cartridge read-only for inspection (works while it is mounted elsewhere)."""
-        return _open_cartridge(self.cartridge_path(barcode), readonly=True)
+        return open_cartridge(self.cartridge_path(barcode), readonly=True)
+
+    # ---- shortcuts used across the project (tests, benchmarks, the EBM helpers) -----------
+    def create_cartridge(self, barcode: str, **options: Any) -> None:
+        """:func:`vtl.inventory.create_cartridge` on this library."""
+        from vtl import inventory
+
+        inventory.create_cartridge(self, barcode, **options)
+
+    def create_cartridges(self, barcodes: Iterable[str], **options: Any) -> list[str]:
+        """:func:`vtl.inventory.create_cartridges` on this library."""
+        from vtl import inventory
+
+        return inventory.create_cartridges(self, barcodes, **options)
+
+    def import_cartridge(self, barcode: str) -> Element:
+        """:func:`vtl.mailslots.import_cartridge` on this library."""
+        from vtl import mailslots
+
+        return mailslots.import_cartridge(self, barcode)
+
+    def export_cartridge(self, barcode: str) -> Element:
+        """:func:`vtl.mailslots.export_cartridge` on this library."""
+        from vtl import mailslots
+
+        return mailslots.export_cartridge(self, barcode)
+
+    def empty_mailslots(self) -> list[str]:
+        """:func:`vtl.mailslots.empty_mailslots` on this library."""
+        from vtl import mailslots
+
+        return mailslots.empty_mailslots(self)
+

@@ -21,7 +21,7 @@ from tape_formats.cartridge import (
     rebuild_index,
     verify_cartridge,
 )
-from tape_formats.media import MEDIA, BadBarcode, media_for_barcode
+from tape_formats.media import MEDIA
 from tape_formats.records import RECORD_HEADER, RECORD_STRUCT
 
 LTO8 = MEDIA["LTO-8"]
@@ -42,14 +42,6 @@ def test_record_struct_matches_construct_declaration() -> None:
     rebuilt = RECORD_HEADER.build(dict(parsed))
     assert rebuilt == raw
     assert RECORD_STRUCT.size == RECORD_HEADER.sizeof()
-
-
-def test_barcodes() -> None:
-    assert media_for_barcode("A00001L8") == (LTO8, False)
-    assert media_for_barcode("WORM01LY") == (LTO8, True)
-    for bad in ("A0001L8", "a00001L8", "A00001X8", "CLN001L1", ""):
-        with pytest.raises(BadBarcode):
-            media_for_barcode(bad)
 
 
 def test_create_refuses_existing(cart_path: Path) -> None:

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from vtl import inventory, mailslots
 from vtl.config import ConfigError, LibraryConfig
 from vtl.library import (
     BadBarcode,
@@ -259,50 +260,50 @@ def test_erase_protect_worm_delete(library: Library) -> None:
     bay = library.load("A00001L8", 0)
     bay.mount().write_block(b"data")
     with pytest.raises(CartridgeInDrive):
-        library.erase_cartridge("A00001L8")
+        inventory.erase_cartridge(library, "A00001L8")
     with pytest.raises(CartridgeInDrive):
-        library.delete_cartridge("A00001L8", force=True)
+        inventory.delete_cartridge(library, "A00001L8", force=True)
     library.unload(0)
     with pytest.raises(CartridgeProtected):
-        library.make_worm("A00001L8")  # holds data
-    library.erase_cartridge("A00001L8")
+        inventory.make_worm(library, "A00001L8")  # holds data
+    inventory.erase_cartridge(library, "A00001L8")
     row = library.cartridge("A00001L8")
     assert (row["used_bytes"], row["blocks"], row["state"]) == (0, 0, "scratch")
 
-    library.set_write_protect("A00002L8", True)
+    inventory.set_write_protect(library, "A00002L8", True)
     assert library.cartridge("A00002L8")["state"] == "read-only"
     with pytest.raises(CartridgeProtected):
-        library.erase_cartridge("A00002L8")
+        inventory.erase_cartridge(library, "A00002L8")
     cart = library.load("A00002L8", 1).mount()
     assert cart.write_protected
     library.unload(1)
-    library.set_write_protect("A00002L8", False)
+    inventory.set_write_protect(library, "A00002L8", False)
     assert not library.cartridge("A00002L8")["write_protected"]
 
-    library.make_worm("A00003L8")
+    inventory.make_worm(library, "A00003L8")
     assert library.cartridge("A00003L8")["worm"] == 1
     cart = library.load("A00003L8", 0).mount()
     assert cart.worm
     library.unload(0)
     with pytest.raises(CartridgeProtected):
-        library.erase_cartridge("A00003L8")
+        inventory.erase_cartridge(library, "A00003L8")
 
-    library.delete_cartridge("A00001L8")
+    inventory.delete_cartridge(library, "A00001L8")
     with pytest.raises(UnknownBarcode):
         library.cartridge("A00001L8")
     assert not list((library.root / "cartridges").glob("A00001L8*"))
 
 
 def test_import_export(library: Library) -> None:
-    assert library.export_cartridge("A00001L8").address == MAIL1
-    assert library.export_cartridge("A00002L8").address == MAIL2
+    assert mailslots.export_cartridge(library, "A00001L8").address == MAIL1
+    assert mailslots.export_cartridge(library, "A00002L8").address == MAIL2
     with pytest.raises(DestinationFull):
-        library.export_cartridge("A00003L8")
-    assert library.empty_mailslots() == ["A00001L8", "A00002L8"]
+        mailslots.export_cartridge(library, "A00003L8")
+    assert mailslots.empty_mailslots(library) == ["A00001L8", "A00002L8"]
     assert library.where("A00001L8") is None
     with pytest.raises(LibraryError, match="already in the library"):
-        library.import_cartridge("A00003L8")
-    assert library.import_cartridge("A00001L8").address == MAIL1
+        mailslots.import_cartridge(library, "A00003L8")
+    assert mailslots.import_cartridge(library, "A00001L8").address == MAIL1
     library.move_medium(MAIL1, SLOT4)
     assert library.find("A00001L8").address == SLOT4
 
@@ -409,14 +410,14 @@ def test_mailslot_door_locked_by_other_process(library: Library) -> None:
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
         with pytest.raises(MediumRemovalPrevented, match="locked by initiator-x"):
-            library.export_cartridge("A00001L8")
+            mailslots.export_cartridge(library, "A00001L8")
         with pytest.raises(MediumRemovalPrevented):
-            library.empty_mailslots()
+            mailslots.empty_mailslots(library)
         library.move_medium(SLOT1, MAIL1)  # the robot itself may still use the mailslots
     finally:
         proc.kill()
         proc.wait()
-    assert library.empty_mailslots() == ["A00001L8"]  # a dead server's lock does not count
+    assert mailslots.empty_mailslots(library) == ["A00001L8"]  # a dead server's lock does not count
 
 
 def test_concurrent_movers_keep_placement_consistent(library: Library) -> None:
@@ -525,14 +526,14 @@ class LibraryModel(RuleBasedStateMachine):
     @rule()
     def empty_mailslots(self) -> None:
         barcode = self._at(MAIL1)
-        assert self.lib.empty_mailslots() == ([barcode] if barcode else [])
+        assert mailslots.empty_mailslots(self.lib) == ([barcode] if barcode else [])
         if barcode:
             self.where[barcode] = None
 
     @rule(barcode=st.sampled_from(["A00001L8", "A00002L8", "A00003L8"]))
     def import_(self, barcode: str) -> None:
         try:
-            self.lib.import_cartridge(barcode)
+            mailslots.import_cartridge(self.lib, barcode)
         except DestinationFull:
             assert self.where[barcode] is None and self._at(MAIL1) is not None
         except LibraryError:

@@ -63,6 +63,8 @@ def create(
     from vtl.library import ElementType, media_type
 
     size = parse_size(capacity) if capacity is not None else None
+    from vtl import inventory
+
     with open_library() as lib:
         if labels is not None and (count is not None or prefix is not None):
             raise CliError("give either a barcode/range or --count/--prefix, not both")
@@ -103,8 +105,8 @@ def create(
             bar[0].update(bar[0].task_ids[0], advance=1, description=bc)
 
         try:
-            created = lib.create_cartridges(
-                barcodes, media=media.upper() if media else None, capacity=size, worm=worm,
+            created = inventory.create_cartridges(
+                lib, barcodes, media=media.upper() if media else None, capacity=size, worm=worm,
                 slots=slots, vault=vault, pool=pool, progress=step,
             )
         finally:
@@ -215,6 +217,8 @@ def show(barcode: BarcodeArg) -> None:
 def export_(barcodes: Annotated[list[str], typer.Argument(help="Cartridge(s) to export.")]
             ) -> None:
     """Move cartridges from their slots into free mailslots."""
+    from vtl import mailslots
+
     with open_library() as lib:
         barcodes = [b.upper() for b in barcodes]
         _check_all_known(lib, barcodes)
@@ -231,7 +235,7 @@ def export_(barcodes: Annotated[list[str], typer.Argument(help="Cartridge(s) to 
                 raise CartridgeInDrive(f"cartridge {bc} is in {element.name}; unload it first")
             if element.type == ElementType.IMPORT_EXPORT:
                 raise CliError(f"cartridge {bc} is already in {element.name}")
-        done = [(bc, lib.export_cartridge(bc).name) for bc in barcodes]
+        done = [(bc, mailslots.export_cartridge(lib, bc).name) for bc in barcodes]
         say("exported " + ", ".join(f"{bc} -> {where}" for bc, where in done),
             {"exported": [{"barcode": bc, "to": where} for bc, where in done]})
 
@@ -240,6 +244,7 @@ def export_(barcodes: Annotated[list[str], typer.Argument(help="Cartridge(s) to 
 def import_(barcodes: Annotated[list[str], typer.Argument(help="Vaulted cartridge(s).")]
             ) -> None:
     """Put cartridges from the vault into free mailslots (then 'vtl move' them to slots)."""
+    from vtl import mailslots
     from vtl.library import DestinationFull, ElementType
 
     with open_library() as lib:
@@ -252,7 +257,7 @@ def import_(barcodes: Annotated[list[str], typer.Argument(help="Vaulted cartridg
         free = len(lib.free(ElementType.IMPORT_EXPORT))
         if len(barcodes) > free:
             raise DestinationFull(f"{len(barcodes)} cartridge(s) to import but {free} free mailslot(s)")
-        done = [(bc, lib.import_cartridge(bc).name) for bc in barcodes]
+        done = [(bc, mailslots.import_cartridge(lib, bc).name) for bc in barcodes]
         say("imported " + ", ".join(f"{bc} -> {where}" for bc, where in done),
             {"imported": [{"barcode": bc, "to": where} for bc, where in done]})
 
@@ -268,20 +273,24 @@ def _check_all_known(lib: Any, barcodes: list[str]) -> None:
 def erase(barcode: BarcodeArg, yes: YesOpt = False) -> None:
     """Erase all data on a cartridge (refuses WORM and write-protected ones)."""
     barcode = barcode.upper()
+    from vtl import inventory
+
     with open_library() as lib:
         row = lib.cartridge(barcode)
         if not yes:
             raise CliError(f"erasing {barcode} destroys its data; confirm with --yes")
         del row
-        lib.erase_cartridge(barcode)
+        inventory.erase_cartridge(lib, barcode)
         say(f"erased {barcode}", {"barcode": barcode})
 
 
 def _set_write_protect(barcode: str, on: bool) -> None:
     """``protect`` and ``unprotect`` differ only in which way the tab slides."""
     barcode = barcode.upper()
+    from vtl import inventory
+
     with open_library() as lib:
-        lib.set_write_protect(barcode, on)
+        inventory.set_write_protect(lib, barcode, on)
         state = "write protected" if on else "writable"
         say(f"{barcode} is {state}", {"barcode": barcode, "write_protected": on})
 
@@ -302,8 +311,10 @@ def unprotect(barcode: BarcodeArg) -> None:
 def worm(barcode: BarcodeArg) -> None:
     """Make a blank cartridge WORM (write once, read many)."""
     barcode = barcode.upper()
+    from vtl import inventory
+
     with open_library() as lib:
-        lib.make_worm(barcode)
+        inventory.make_worm(lib, barcode)
         say(f"{barcode} is now WORM", {"barcode": barcode, "worm": True})
 
 
@@ -311,8 +322,10 @@ def worm(barcode: BarcodeArg) -> None:
 def delete(barcode: BarcodeArg, yes: YesOpt = False) -> None:
     """Delete a cartridge and its file (one holding data needs --yes)."""
     barcode = barcode.upper()
+    from vtl import inventory
+
     with open_library() as lib:
-        lib.delete_cartridge(barcode, force=yes)
+        inventory.delete_cartridge(lib, barcode, force=yes)
         say(f"deleted {barcode}", {"barcode": barcode})
 
 
@@ -325,10 +338,12 @@ def adopt(
 ) -> None:
     """Take cartridge files the catalog does not know back into it (after a crash or a lost
     catalog): header, WORM, write protect and usage come from the file itself."""
-    from vtl.library import DestinationFull, DuplicateBarcode, ElementType, parse_barcode
+    from vtl import inventory
+    from vtl.barcode import parse_barcode
+    from vtl.library import DestinationFull, DuplicateBarcode, ElementType
 
     with open_library() as lib:
-        orphans = lib.orphans()
+        orphans = inventory.orphans(lib)
         if all_ and barcodes:
             raise CliError("give barcodes or --all, not both")
         wanted = orphans if all_ else [b.upper() for b in barcodes or []]
@@ -345,7 +360,7 @@ def adopt(
             raise DestinationFull(f"{len(wanted)} cartridge(s) need free slots (use --vault)")
         done = []
         for bc in wanted:
-            element = lib.adopt_cartridge(bc, vault=vault)
+            element = inventory.adopt_cartridge(lib, bc, vault=vault)
             done.append({"barcode": bc, "location": element.name if element else "vault"})
         say(f"adopted {len(done)} cartridge(s)" +
             (": " + ", ".join(f"{d['barcode']}@{d['location']}" for d in done) if done else ""),
@@ -366,8 +381,10 @@ def state(
     barcode = barcode.upper()
     if new_state not in STATES:
         raise CliError(f"unknown state {new_state!r} (one of: {', '.join(STATES)})")
+    from vtl import inventory
+
     with open_library() as lib:
-        lib.set_state(barcode, new_state, pool=pool)
+        inventory.set_state(lib, barcode, new_state, pool=pool)
         lib.catalog.log("state", barcode, detail={"state": new_state, "pool": pool})
         say(f"{barcode} is now {new_state}" + (f" in pool {pool}" if pool else ""),
             {"barcode": barcode, "state": new_state, "pool": pool})

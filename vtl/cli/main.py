@@ -214,7 +214,9 @@ def unload(
 def mailslot_empty() -> None:
     """Open the mailslot door: take every cartridge in the mailslots out (to the vault)."""
     with open_library() as lib:
-        taken = lib.empty_mailslots()
+        from vtl import mailslots
+
+        taken = mailslots.empty_mailslots(lib)
         say(f"took {len(taken)} cartridge(s) out of the mailslots" +
             (f": {', '.join(taken)}" if taken else ""), {"barcodes": taken})
 

@@ -1,0 +1,34 @@
+"""vtl.barcode: the one parser of LTO labels (data, WORM; cleaning labels refused)."""
+
+from __future__ import annotations
+
+import pytest
+
+from vtl.barcode import is_barcode, parse_barcode
+from vtl.errors import BadBarcode, LibraryError
+
+
+def test_data_and_worm_labels() -> None:
+    assert parse_barcode("A00001L8") == ("LTO-8", False)
+    assert parse_barcode("WORM01LY") == ("LTO-8", True)
+    assert parse_barcode("OLD001L3") == ("LTO-3", False)
+    assert parse_barcode("NEW001LZ") == ("LTO-9", True)
+
+
+@pytest.mark.parametrize("bad", ["A0001L8", "a00001L8", "A00001X8", "A00001L2", "A00001LS",
+                                 "CLN001L1", "", "A00001L8 "])
+def test_bad_labels(bad: str) -> None:
+    with pytest.raises(BadBarcode):
+        parse_barcode(bad)
+    assert not is_barcode(bad)
+
+
+def test_one_error_type_for_every_caller() -> None:
+    """The library, the CLIs and the EBM all catch LibraryError; a bad label is one."""
+    with pytest.raises(LibraryError, match="cleaning cartridge"):
+        parse_barcode("CLN001L1")
+    with pytest.raises(BadBarcode, match="malformed"):
+        parse_barcode(None)  # type: ignore[arg-type]
+    import vtl.library
+
+    assert vtl.library.BadBarcode is BadBarcode and vtl.library.parse_barcode is parse_barcode

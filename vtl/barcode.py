@@ -1,0 +1,48 @@
+"""LTO barcode labels: the one parser of a cartridge label, used by the library, the CLIs
+and the backup manager.
+
+A data label is six characters A-Z/0-9 then the media suffix: ``L3``..``L9`` for LTO-3..9
+data cartridges, ``LT``..``LZ`` for their WORM cartridges (``A00001L8``, ``WORM01LY``).
+Cleaning labels (``CLNxxxLx``) are recognised only to be refused with a clear reason. What a
+suffix means (generation, capacity, density) is :mod:`tape_formats.media`'s table; this
+module only reads labels.
+"""
+
+from __future__ import annotations
+
+import re
+
+from vtl.errors import BadBarcode
+
+_DATA_LABEL = re.compile(r"^[A-Z0-9]{6}(L[0-9A-Z])$")
+_CLEANING_LABEL = re.compile(r"^CLN[A-Z0-9]{3}L[1-9U]$")
+
+
+def parse_barcode(label: object) -> tuple[str, bool]:
+    """The media name and WORM-ness a label declares (``A00001L8`` -> ``("LTO-8", False)``);
+    :class:`BadBarcode` with the reason if it is not an LTO data or WORM label."""
+    from tape_formats.media import media_for_suffix  # deferred: keeps CLI start-up fast
+
+    if not isinstance(label, str):
+        raise BadBarcode(f"malformed barcode {label!r}")
+    if _CLEANING_LABEL.match(label):
+        raise BadBarcode(f"{label!r} is a cleaning cartridge label, not a data cartridge")
+    m = _DATA_LABEL.match(label)
+    found = media_for_suffix(m.group(1)) if m else None
+    if found is None:
+        raise BadBarcode(
+            f"{label!r} is not an LTO barcode (six characters A-Z/0-9 then L3..L9 or LT..LZ,"
+            " e.g. A00001L8)"
+        )
+    mtype, worm = found
+    return mtype.name, worm
+
+
+def is_barcode(text: str) -> bool:
+    """Whether ``text`` is a valid data/WORM label (for telling a barcode from an element
+    name); never raises."""
+    try:
+        parse_barcode(text)
+    except BadBarcode:
+        return False
+    return True
