@@ -184,7 +184,7 @@ class Ebm:
                          req: BackupRequest) -> tuple[Backup | None, str]:
         """The parent of an incremental, or (None, why this backup must be a baseline).
 
-        A translator whose class says ``supports_incremental = False`` (sqlite, stream)
+        A translator whose class says ``supports_incremental = False`` (stream)
         writes a complete copy every time: giving it a parent would chain restores through
         backups it never needed, and expiring that parent would break a chain for nothing.
         """

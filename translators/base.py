@@ -24,7 +24,7 @@ incremental's deletion markers are applied when met (they come first in the stre
 replace what is there, and directory metadata is applied after the children. The result is
 exactly the tree as it was at backup N.
 
-Translators with ``supports_incremental = False`` (sqlite, stream) always write a complete
+Translators with ``supports_incremental = False`` (stream) always write a complete
 copy: the manager should make baselines for them. If it passes a ``parent_state`` anyway, the
 copy also records as deleted the parent's members it no longer has (``delete_stale_members``),
 so the chain still restores exactly.

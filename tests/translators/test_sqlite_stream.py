@@ -9,19 +9,12 @@ import subprocess
 import threading
 
 import pytest
+from pax_helpers import run_backup
 
-from tape_formats.archive import PaxReader, PaxWriter
+from tape_formats.archive import PaxReader
 from translators.base import TranslatorError, load_translator
 from translators.sqlite import SqliteTranslator
 from translators.stream import StreamTranslator
-
-
-def run_backup(translator, source, state=None):
-    buf = io.BytesIO()
-    w = PaxWriter(buf)
-    result = translator.backup(str(source), state, w)
-    w.close()
-    return buf.getvalue(), result
 
 
 def _backup_pipe(t, data, state=None):
