@@ -364,6 +364,10 @@ class Catalog:
         rows = self.q("SELECT * FROM ebm_datasets WHERE name=?", (name,))
         return rows[0] if rows else None
 
+    def set_dataset_options(self, name: str, options: dict[str, Any]) -> None:
+        self.db.execute("UPDATE ebm_datasets SET options=? WHERE name=?",
+                        (json.dumps(options), name))
+
     def datasets(self) -> list[sqlite3.Row]:
         return self.q("SELECT * FROM ebm_datasets ORDER BY name")
 

@@ -528,18 +528,22 @@ def forget(
 def schedule_add(dataset: str, spec: str = typer.Argument(..., help="'daily at 03:00', 'hourly', cron ..."),
                  full: bool = typer.Option(False, "--full", help="always a baseline"),
                  verify_opt: bool = typer.Option(False, "--verify"),
-                 passphrase_file: Path = typer.Option(None, "--passphrase-file")) -> None:
-    """Schedule backups of DATASET."""
-    cat = S.ebm().catalog
-    if cat.dataset(dataset) is None:
+                 passphrase_file: Path = typer.Option(None, "--passphrase-file"),
+                 key_file: Path = typer.Option(None, "--key-file")) -> None:
+    """Schedule backups of DATASET (an encrypted dataset needs its key file here)."""
+    ebm = S.ebm()
+    ds = ebm.catalog.dataset(dataset)
+    if ds is None:
         raise CliError(f"no dataset {dataset!r} (add it with `ebm dataset add`)")
     parse_schedule(spec)
+    req = BackupRequest(dataset=dataset, passphrase_file=passphrase_file, key_file=key_file)
+    req.validate()
+    ebm.dataset_secret(ds, req)  # an encrypted dataset's schedule without (the right) key: refused
     opts = {"full": full, "verify": verify_opt,
-            "passphrase_file": str(passphrase_file.resolve()) if passphrase_file else None}
-    if passphrase_file and not passphrase_file.is_file():
-        raise CliError(f"no such file: {passphrase_file}")
+            "passphrase_file": str(passphrase_file.resolve()) if passphrase_file else None,
+            "key_file": str(key_file.resolve()) if key_file else None}
     nr = next_run(spec, time.time())
-    sid = cat.add_schedule(dataset, spec, opts, nr)
+    sid = ebm.catalog.add_schedule(dataset, spec, opts, nr)
     emit({"id": sid, "next_run": _ts(nr)},
          lambda: out.print(f"schedule {sid}: {dataset} {spec!r}, next run {_ts(nr)}"))
 

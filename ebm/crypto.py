@@ -8,6 +8,12 @@ Key derivation (stated here because restores years later depend on it):
 raw bytes of a key file. salt, n, r, p and kcv are stored in the backup header's options
 (``crypto``), so a wrong passphrase is refused up front, before any block is read.
 
+Encryption is a property of the dataset: its catalog row keeps a *key verifier* (its own
+random salt, the scrypt params and the kcv derived with them: never the key), made by the
+first encrypted backup; every later backup must bring a secret that matches it
+(:func:`check_key`), so no incremental of an encrypted dataset is written in plaintext or
+under another key.
+
 Each tape block carries ``flags(1) || AES-GCM(enc_key, nonce, payload, aad)``:
 - flags bit 0: payload is zstd-compressed (we compress before encrypting, since the drive's
   compression cannot shrink ciphertext);
@@ -98,14 +104,7 @@ class BlockCipher:
     @classmethod
     def open(cls, secret: bytes, uuid: str, params: dict[str, Any]) -> BlockCipher:
         """Derive the key from stored params; WrongKey if the check value differs."""
-        try:
-            key, kcv = _derive(secret, bytes.fromhex(params["salt"]), int(params["n"]),
-                               int(params["r"]), int(params["p"]))
-        except (KeyError, ValueError) as e:
-            raise CryptoError(f"backup {uuid} has unusable encryption parameters ({e})") from None
-        if not hmac.compare_digest(kcv.hex(), params.get("kcv", "")):
-            raise WrongKey(f"wrong passphrase or key for backup {uuid}")
-        return cls(key, uuid, params)
+        return cls(check_key(secret, params, f"backup {uuid}"), uuid, params)
 
     def _nonce_aad(self, number: int, flags: int) -> tuple[bytes, bytes]:
         n8 = struct.pack(">Q", number)
@@ -134,6 +133,28 @@ class BlockCipher:
         if flags & FLAG_ZSTD:
             plain = self._dctx.decompress(plain)
         return plain
+
+
+def key_verifier(secret: bytes) -> dict[str, Any]:
+    """A fresh salt, the KDF params and the key check value for ``secret``: what a dataset
+    keeps so that a later backup can refuse a missing or wrong key before writing."""
+    salt = os.urandom(16)
+    _key, kcv = _derive(secret, salt, KDF_N, KDF_R, KDF_P)
+    return {"kdf": "scrypt", "salt": salt.hex(), "n": KDF_N, "r": KDF_R, "p": KDF_P,
+            "kcv": kcv.hex()}
+
+
+def check_key(secret: bytes, params: dict[str, Any], what: str) -> bytes:
+    """The key ``secret`` derives under ``params`` (a backup's crypto or a dataset's
+    verifier); WrongKey naming ``what`` if its check value differs."""
+    try:
+        key, kcv = _derive(secret, bytes.fromhex(params["salt"]), int(params["n"]),
+                           int(params["r"]), int(params["p"]))
+    except (KeyError, ValueError) as e:
+        raise CryptoError(f"{what} has unusable encryption parameters ({e})") from None
+    if not hmac.compare_digest(kcv.hex(), params.get("kcv", "")):
+        raise WrongKey(f"wrong passphrase or key for {what}")
+    return key
 
 
 def _derive(secret: bytes, salt: bytes, n: int, r: int, p: int) -> tuple[bytes, bytes]:

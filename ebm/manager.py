@@ -37,7 +37,7 @@ import zstandard
 from ebm.backup_labels import header_block, trailer_bytes
 from ebm.catalog import BLOCK_SIZE, Backup, Catalog, CatalogError, FileRow
 from ebm.controller import BackupRequest, RequestError
-from ebm.crypto import BlockCipher, CryptoError, read_secret
+from ebm.crypto import BlockCipher, CryptoError, check_key, key_verifier, read_secret
 from ebm.drive_session import DriveSession, MediaError, PoolMedia
 from ebm.mover import MoverError, TapeWriter
 from tape_formats.archive.entry import IndexEntry
@@ -197,6 +197,40 @@ class Ebm:
             return None, f"dataset {ds['name']} has no good backup yet"
         return parent, ""
 
+    def dataset_secret(self, ds: sqlite3.Row, req: BackupRequest) -> bytes | None:
+        """The secret for this backup of ``ds``, or None for a plaintext one.
+
+        Why the dataset decides, not the run: once a dataset was backed up encrypted, every
+        later backup of it (manual or scheduled) must be too, under the same secret, or an
+        incremental would lie in plaintext next to encrypted data. The dataset keeps a key
+        verifier (salt, KDF params, check value; see ebm.crypto), so a missing or wrong key
+        is refused here, before a drive or cartridge is touched. A dataset from before the
+        verifier is recognised by its encrypted backups and checked against the newest one.
+        """
+        name = ds["name"]
+        given = req.encrypt or req.passphrase_file or req.key_file
+        secret = read_secret(req.passphrase_file, req.key_file) if given else None
+        opts = json.loads(ds["options"] or "{}")
+        params = opts.get("encryption")
+        what = f"dataset {name}"
+        if params is None:
+            older = [b for b in self.catalog.backups(name, states=["done"]) if b.encrypted]
+            if older:
+                params, what = older[-1].options["crypto"], f"dataset {name} (backup {older[-1].uuid})"
+        if params is None:
+            if secret is not None:
+                opts["encryption"] = key_verifier(secret)
+                self.catalog.set_dataset_options(name, opts)
+            return secret
+        if secret is None:
+            raise RequestError(f"dataset {name} is encrypted: give --passphrase-file or "
+                               "--key-file (its backups are never written in plaintext)")
+        check_key(secret, params, what)  # WrongKey: one line, nothing written
+        if "encryption" not in opts:
+            opts["encryption"] = key_verifier(secret)
+            self.catalog.set_dataset_options(name, opts)
+        return secret
+
     @staticmethod
     def _validate_source(t: Translator, source: str | Path) -> None:
         try:
@@ -215,9 +249,7 @@ class Ebm:
         self.catalog.require_pool(pool)  # a one-off --pool override is fine: volumes say where
         translator = load_translator(ds["translator"])
         self._validate_source(translator, ds["source"])
-        secret = None
-        if req.encrypt or req.passphrase_file or req.key_file:
-            secret = read_secret(req.passphrase_file, req.key_file)
+        secret = self.dataset_secret(ds, req)
         attempt = 0
         while True:
             try:

@@ -38,6 +38,15 @@ def _cmd(root: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "ebm", "--root", str(root), "--json", *args]
 
 
+def _key_args(opts: dict[str, Any]) -> list[str]:
+    """The key options a schedule passes on (an encrypted dataset refuses a run without)."""
+    if opts.get("passphrase_file"):
+        return ["--passphrase-file", opts["passphrase_file"]]
+    if opts.get("key_file"):
+        return ["--key-file", opts["key_file"]]
+    return []
+
+
 def run_scheduler(ebm: Ebm, root: Path, *, once: bool, max_jobs: int, interval: float,
                   should_stop: Callable[[], bool], log: Callable[[str], None]) -> list[str]:
     cat = ebm.catalog
@@ -61,8 +70,7 @@ def run_scheduler(ebm: Ebm, root: Path, *, once: bool, max_jobs: int, interval: 
             args = ["backup", s["dataset"]]
             if opts.get("full"):
                 args.append("--full")
-            if opts.get("passphrase_file"):
-                args += ["--passphrase-file", opts["passphrase_file"]]
+            args += _key_args(opts)
             log(f"starting scheduled backup of {s['dataset']} (schedule {s['id']})")
             proc = subprocess.Popen(_cmd(root, *args), stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
@@ -86,8 +94,7 @@ def run_scheduler(ebm: Ebm, root: Path, *, once: bool, max_jobs: int, interval: 
                 try:
                     uuid = json.loads(stdout)["uuid"]
                     vargs = ["verify", uuid]
-                    if j.opts.get("passphrase_file"):
-                        vargs += ["--passphrase-file", j.opts["passphrase_file"]]
+                    vargs += _key_args(j.opts)
                     serial.append((f"verify {uuid[:8]}", vargs))
                 except (ValueError, KeyError):
                     pass
