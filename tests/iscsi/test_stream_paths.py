@@ -1,4 +1,4 @@
-"""The streaming fast paths (``Connection._stream_read``/``_stream_write`` with the drive's
+"""The streaming fast paths (vtl/iscsi/stream_paths.py, with the drive's
 ``stream_read``/``stream_write``) must be invisible: the same command sequence, sent to a
 drive with the fast paths and to one without them, gets byte-identical answers, PDU headers
 included, and leaves the same tape.

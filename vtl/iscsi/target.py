@@ -25,69 +25,20 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import queue
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
 
 from vtl.iscsi.config import ServerConfig, TargetConfig
-from vtl.iscsi.connection import Connection, Task
+from vtl.iscsi.connection import Connection
 from vtl.iscsi.login import LoginHandler
+from vtl.iscsi.lun_worker import LunWorker
 from vtl.iscsi.session import Session
-from vtl.scsi.base import Nexus, ResetKind, ScsiDevice
+from vtl.iscsi.task import Task
+from vtl.scsi.base import Nexus, ResetKind
 
 log = logging.getLogger("vtl.iscsi")
-
-
-class LunWorker:
-    """One device: the lock that lets one command at a time reach it, and the thread that
-    runs its long commands in arrival order.
-
-    A bare thread and a SimpleQueue rather than a ThreadPoolExecutor: posting a command
-    allocates no Future and takes no executor locks.
-    """
-
-    _STOP = object()
-
-    def __init__(self, name: str, device: ScsiDevice) -> None:
-        self.device = device
-        self.lock = threading.Lock()
-        # The optional parts of the device contract (vtl/scsi/base.py), looked up once
-        # (``inline_opcodes`` may change with the device's state: read per command).
-        self.idle: Callable[[], None] | None = getattr(device, "idle", None)
-        self.data_out_length: Callable[[bytes], int | None] | None = getattr(
-            device, "data_out_length", None)
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name=f"lun-{name}", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is self._STOP:
-                return
-            fn, args = item
-            try:
-                fn(*args)
-            except Exception:  # keep the LUN alive whatever one job does
-                log.exception("LUN worker job failed")
-
-    def post(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Queue ``fn(*args)`` on this LUN's thread (RuntimeError once shut down)."""
-        if self._closed:
-            raise RuntimeError("LUN worker is shut down")
-        self._queue.put((fn, args))
-
-    def shutdown(self) -> None:
-        """Run what is queued, then stop the thread."""
-        if not self._closed:
-            self._closed = True
-            self._queue.put(self._STOP)
-        self._thread.join()
 
 
 def format_address(host: str, port: int, tpgt: int) -> str:
