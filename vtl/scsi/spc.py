@@ -211,6 +211,23 @@ def trunc(data: bytes | bytearray | memoryview, alloc: int) -> bytes | bytearray
     return data if len(data) <= alloc else data[:alloc]
 
 
+def report_luns(luns: Iterable[int], cdb: bytes) -> bytes | bytearray | memoryview:
+    """REPORT LUNS parameter data (SPC-4 6.33) for a LUN inventory: the one builder, used by
+    the SPC model and by transports that answer REPORT LUNS for every LUN address (the
+    iSCSI target does, as the kernel's target core does). CheckCondition on a bad CDB."""
+    if cdb[2] not in (0x00, 0x01, 0x02):
+        raise invalid_field_in_cdb(2)
+    alloc = int.from_bytes(cdb[6:10], "big")
+    if alloc < 16:
+        raise invalid_field_in_cdb(6)
+    body = b""
+    if cdb[2] != 0x01:  # 0x01 = well-known LUNs only: we have none
+        for lun in sorted(luns):
+            # SAM-5 4.7: peripheral addressing below 256, flat space addressing above.
+            body += (lun | (0x4000 if lun > 255 else 0)).to_bytes(2, "big") + bytes(6)
+    return trunc(len(body).to_bytes(4, "big") + bytes(4) + body, alloc)
+
+
 def descriptor_sense(fixed: bytes) -> bytes:
     """Convert fixed-format sense to descriptor format (SPC-4 4.5.2), keeping every field."""
     if not fixed:
@@ -599,16 +616,7 @@ class ScsiModel:
     @command(0xA0, "REPORT LUNS", "a0 00 ff 00 00 00 ff ff ff ff 00 00", pr=PR_ALLOWED,
              ua_exempt=True)
     def cmd_report_luns(self, req: Request) -> bytes:
-        if req.cdb[2] not in (0x00, 0x01, 0x02):
-            raise invalid_field_in_cdb(2)
-        alloc = req.u32(6)
-        if alloc < 16:
-            raise invalid_field_in_cdb(6)
-        luns = b""
-        if req.cdb[2] != 0x01:  # 0x01 = well-known LUNs only: we have none
-            for lun in sorted(self.luns):
-                luns += (lun | (0x4000 if lun > 255 else 0)).to_bytes(2, "big") + bytes(6)
-        return trunc(len(luns).to_bytes(4, "big") + bytes(4) + luns, alloc)
+        return report_luns(self.luns, req.cdb)
 
     # -- MODE SENSE / MODE SELECT -----------------------------------------------------------
     def mode_header_fields(self) -> tuple[int, int]:
