@@ -3,30 +3,19 @@ driving the real changer and drive models (load, write, filemark, rewind, read b
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from iscsi_support import RawInitiator, pattern, scsi_status, sense_of
+from served_library import Served, free_port, start, vtl
 
 pytestmark = pytest.mark.e2e
 
-VTL = [str(Path(sys.executable).with_name("vtl"))]
 IQN = "iqn.2026-11.org.vtl-ebm:servetest"
-
-
-def vtl(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run([*VTL, "--root", str(root), *args], capture_output=True, text=True,
-                       timeout=60)
-    if check:
-        assert r.returncode == 0, r.stderr
-    return r
 
 
 def _has_ipv6_loopback() -> bool:
@@ -36,55 +25,6 @@ def _has_ipv6_loopback() -> bool:
         return True
     except OSError:
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Served:
-    root: Path
-    port: int
-    proc: subprocess.Popen
-    banner: str
-
-    @property
-    def portal(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
-
-    def stderr(self) -> str:
-        return (self.root / "serve.err").read_text()
-
-
-def start(root: Path, *args: str) -> Served:
-    port = free_port()
-    err = open(root / "serve.err", "w")  # noqa: SIM115 - lives as long as the server
-    proc = subprocess.Popen([*VTL, "--root", str(root), "serve", "--portal",
-                             f"127.0.0.1:{port}", *args],
-                            stdout=subprocess.PIPE, stderr=err, text=True)
-    lines = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if line.strip() == "ready":
-            return Served(root, port, proc, "".join(lines))
-    proc.kill()
-    raise AssertionError(f"vtl serve did not start: {''.join(lines)}{(root / 'serve.err').read_text()}")
 
 
 @pytest.fixture(scope="module")
