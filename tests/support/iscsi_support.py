@@ -28,8 +28,8 @@ from vtl.scsi.base import (
     SenseKey,
     Status,
     fixed_sense,
-    invalid_opcode,
 )
+from vtl.scsi.sense import invalid_opcode
 
 TEST_IQN = "iqn.2026-11.org.vtl-ebm:test"
 INITIATOR = "iqn.2026-11.org.vtl-ebm:tester"

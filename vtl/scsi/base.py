@@ -109,6 +109,9 @@ class ScsiResult:
 class CheckCondition(Exception):  # noqa: N818 - named after the SCSI status it produces
     """Raised inside a model to end a command with CHECK CONDITION and fixed-format sense.
 
+    Made from a named condition of ``vtl.scsi.sense`` (``raise MEDIUM_NOT_PRESENT()``); the
+    key/ASC/ASCQ arguments are that table's to fill, not a call site's.
+
     ``information`` fills the INFORMATION field (residue for READ/WRITE/SPACE, in blocks or
     bytes as SSC says) and sets the VALID bit. ``filemark``/``eom``/``ili`` are the SSC flag
     bits in byte 2. ``field_pointer`` (with ``cd`` = error in the CDB, ``bit``) fills the
@@ -198,51 +201,6 @@ def fixed_sense(
             s[15] |= 0x08 | (bit & 0x07)
         s[16:18] = field_pointer.to_bytes(2, "big")
     return bytes(s)
-
-
-# Frequently used conditions, named by what they mean.
-def invalid_opcode() -> CheckCondition:
-    return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x20, 0x00, field_pointer=0)
-
-
-def invalid_field_in_cdb(byte: int, bit: int | None = None) -> CheckCondition:
-    return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x24, 0x00, field_pointer=byte, bit=bit)
-
-
-def invalid_field_in_parameter_list(byte: int, bit: int | None = None) -> CheckCondition:
-    return CheckCondition(
-        SenseKey.ILLEGAL_REQUEST, 0x26, 0x00, field_pointer=byte, cd=False, bit=bit
-    )
-
-
-def parameter_list_length_error() -> CheckCondition:
-    return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x1A, 0x00)
-
-
-def medium_not_present() -> CheckCondition:
-    return CheckCondition(SenseKey.NOT_READY, 0x3A, 0x00)
-
-
-def lun_not_supported() -> CheckCondition:
-    return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x25, 0x00)
-
-
-class UnitAttention(enum.Enum):
-    """Unit attention conditions a model queues per nexus, reported in this priority order."""
-
-    POWER_ON_RESET = (0x29, 0x00)
-    BUS_DEVICE_RESET = (0x29, 0x03)
-    NOT_READY_TO_READY = (0x28, 0x00)  # medium may have changed
-    IMPORT_EXPORT_ACCESSED = (0x28, 0x01)
-    MODE_PARAMETERS_CHANGED = (0x2A, 0x01)
-    RESERVATIONS_PREEMPTED = (0x2A, 0x03)
-    RESERVATIONS_RELEASED = (0x2A, 0x04)
-    REGISTRATIONS_PREEMPTED = (0x2A, 0x05)
-    MEDIUM_REMOVAL = (0x3A, 0x00)
-
-    def condition(self) -> CheckCondition:
-        asc, ascq = self.value
-        return CheckCondition(SenseKey.UNIT_ATTENTION, asc, ascq)
 
 
 class ResetKind(enum.Enum):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from vtl.scsi.base import CheckCondition, SenseKey, invalid_field_in_parameter_list
+from vtl.scsi.sense import invalid_field_in_parameter_list
 
 # Page control values (MODE SENSE PC field).
 PC_CURRENT = 0
@@ -201,8 +201,3 @@ def ascii_field(text: str, size: int) -> bytes:
     raw = text.encode("ascii", "replace")[:size]
     return raw + b" " * (size - len(raw))
 
-
-def check_not_ready(ready: bool) -> None:
-    """Convenience for models: raise NOT READY 04/00 when not ``ready``."""
-    if not ready:
-        raise CheckCondition(SenseKey.NOT_READY, 0x04, 0x00)

@@ -15,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vtl.scsi.base import (
-    CheckCondition,
-    Nexus,
-    SenseKey,
+from vtl.scsi.base import Nexus
+from vtl.scsi.sense import (
+    INVALID_RELEASE_OF_PERSISTENT_RESERVATION,
     UnitAttention,
     invalid_field_in_parameter_list,
 )
@@ -149,7 +148,7 @@ class PersistentReservations:
         if res is None or not self.holder_like(nexus):
             return True  # nothing of ours to release: GOOD, no change
         if res.type != typ or res.scope != scope:
-            raise CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x26, 0x04)  # invalid release
+            raise INVALID_RELEASE_OF_PERSISTENT_RESERVATION()
         self.reservation = None
         if res.type in REGISTRANTS_TYPES:
             self._tell_others(UnitAttention.RESERVATIONS_RELEASED, nexus)

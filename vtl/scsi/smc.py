@@ -10,7 +10,8 @@ loading a drive) reach initiators as UNIT ATTENTION: 28/01 IMPORT OR EXPORT ELEM
 when a mailslot changed, 28/00 NOT READY TO READY CHANGE (medium may have changed) when any
 other element did. Moves this changer made itself raise no UNIT ATTENTION, like a real library.
 
-Library errors map to sense data as SMC-3 and SPC-4 name them:
+Library errors map to sense data as SMC-3 and SPC-4 name them (``sense_for``; the names are
+the conditions of ``vtl.scsi.sense``):
 
 =========================  ==============================================================
 library error              sense
@@ -48,15 +49,20 @@ from vtl.library import (
     MediumRemovalPrevented,
     SourceEmpty,
 )
-from vtl.scsi.base import (
-    CheckCondition,
-    Nexus,
-    SenseKey,
+from vtl.scsi.base import CheckCondition, Nexus
+from vtl.scsi.identities import ChangerIdentity, changer_identity
+from vtl.scsi.opcodes import Opcode
+from vtl.scsi.pages import ModePage
+from vtl.scsi.sense import (
+    INVALID_ELEMENT_ADDRESS,
+    LUN_NOT_READY_OPERATION_IN_PROGRESS,
+    MECHANICAL_POSITIONING_OR_CHANGER_ERROR,
+    MEDIUM_DESTINATION_ELEMENT_FULL,
+    MEDIUM_REMOVAL_PREVENTED,
+    MEDIUM_SOURCE_ELEMENT_EMPTY,
     UnitAttention,
     invalid_field_in_cdb,
 )
-from vtl.scsi.identities import ChangerIdentity, changer_identity
-from vtl.scsi.pages import ModePage
 from vtl.scsi.smc_cdb import (
     parse_exchange_medium,
     parse_initialize_element_status_with_range,
@@ -67,7 +73,6 @@ from vtl.scsi.smc_elements import (
     ElementState,
     ElementTypeCode,
     MediumType,
-    invalid_element_address,
     parse_read_element_status,
     read_element_status,
 )
@@ -92,16 +97,16 @@ MOVES = [(s, d) for s in _MEDIA_TYPES for d in _MEDIA_TYPES]
 def sense_for(error: LibraryError) -> CheckCondition:
     """The CHECK CONDITION a library error becomes (table in the module docstring)."""
     if isinstance(error, InvalidElement):
-        return invalid_element_address()
+        return INVALID_ELEMENT_ADDRESS()
     if isinstance(error, SourceEmpty):
-        return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x3B, 0x0E)
+        return MEDIUM_SOURCE_ELEMENT_EMPTY()
     if isinstance(error, DestinationFull):
-        return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x3B, 0x0D)
+        return MEDIUM_DESTINATION_ELEMENT_FULL()
     if isinstance(error, MediumRemovalPrevented):
-        return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x53, 0x02)
+        return MEDIUM_REMOVAL_PREVENTED()
     if isinstance(error, CartridgeBusy):
-        return CheckCondition(SenseKey.NOT_READY, 0x04, 0x07)
-    return CheckCondition(SenseKey.HARDWARE_ERROR, 0x3B, 0x16)
+        return LUN_NOT_READY_OPERATION_IN_PROGRESS()
+    return MECHANICAL_POSITIONING_OR_CHANGER_ERROR()
 
 
 @contextmanager
@@ -222,14 +227,15 @@ class MediumChanger(ScsiModel):
     def _check_transport(self, address: int) -> None:
         """0 names the default transport; anything else must be our one transport."""
         if address not in (0, self.transport_address):
-            raise invalid_element_address()
+            raise INVALID_ELEMENT_ADDRESS()
 
     def _check_element(self, address: int) -> Element:
         with library_errors():
             return self.library.element(address)
 
     # ------------------------------------------------------------------ SMC commands
-    @command(0xB8, "READ ELEMENT STATUS", "b8 ff ff ff ff ff 03 ff ff ff 00 00", pr=PR_READ)
+    @command(Opcode.READ_ELEMENT_STATUS, "READ ELEMENT STATUS",
+             "b8 ff ff ff ff ff 03 ff ff ff 00 00", pr=PR_READ)
     def cmd_read_element_status(self, req: Request) -> bytes:
         parsed = parse_read_element_status(req.cdb)
         if parsed.voltag and not getattr(self.identity, "has_barcode_reader", True):
@@ -239,7 +245,7 @@ class MediumChanger(ScsiModel):
             states = self.element_states()
         return read_element_status(states, parsed)
 
-    @command(0xA5, "MOVE MEDIUM", "a5 e0 ff ff ff ff ff ff 00 00 01 00", pr=PR_WRITE,
+    @command(Opcode.MOVE_MEDIUM, "MOVE MEDIUM", "a5 e0 ff ff ff ff ff ff 00 00 01 00", pr=PR_WRITE,
              timeout=300)
     def cmd_move_medium(self, req: Request) -> None:
         m = parse_move_medium(req.cdb)
@@ -252,7 +258,8 @@ class MediumChanger(ScsiModel):
         if m.source != m.destination:
             self._notice_changes({m.source: None, m.destination: barcode})
 
-    @command(0xA6, "EXCHANGE MEDIUM", "a6 e0 ff ff ff ff ff ff ff ff 03 00", pr=PR_WRITE,
+    @command(Opcode.EXCHANGE_MEDIUM, "EXCHANGE MEDIUM", "a6 e0 ff ff ff ff ff ff ff ff 03 00",
+             pr=PR_WRITE,
              timeout=600)
     def cmd_exchange_medium(self, req: Request) -> None:
         x = parse_exchange_medium(req.cdb)
@@ -313,14 +320,17 @@ class MediumChanger(ScsiModel):
             # our own write does not bump PRAGMA data_version, so refresh() would not see it
             lib._reload()
 
-    @command(0x07, "INITIALIZE ELEMENT STATUS", "07 e0 00 00 00 00", pr=PR_WRITE,
+    @command(Opcode.INITIALIZE_ELEMENT_STATUS, "INITIALIZE ELEMENT STATUS", "07 e0 00 00 00 00",
+             pr=PR_WRITE,
              timeout=600)
     def cmd_initialize_element_status(self, req: Request) -> None:
         self._rescan()
 
-    @command(0x37, "INITIALIZE ELEMENT STATUS WITH RANGE", "37 e3 ff ff 00 00 ff ff 00 00",
+    @command(Opcode.INITIALIZE_ELEMENT_STATUS_WITH_RANGE, "INITIALIZE ELEMENT STATUS WITH RANGE",
+             "37 e3 ff ff 00 00 ff ff 00 00",
              pr=PR_WRITE, timeout=600)
-    @command(0xE7, "INITIALIZE ELEMENT STATUS WITH RANGE", "e7 e3 ff ff 00 00 ff ff 00 00",
+    @command(Opcode.INITIALIZE_ELEMENT_STATUS_WITH_RANGE_LEGACY,
+             "INITIALIZE ELEMENT STATUS WITH RANGE", "e7 e3 ff ff 00 00 ff ff 00 00",
              pr=PR_WRITE, timeout=600)
     def cmd_initialize_element_status_with_range(self, req: Request) -> None:
         r = parse_initialize_element_status_with_range(req.cdb)
@@ -338,7 +348,8 @@ class MediumChanger(ScsiModel):
             self.library.refresh()
         self._notice_changes()
 
-    @command(0x2B, "POSITION TO ELEMENT", "2b e0 ff ff ff ff 00 00 01 00", pr=PR_WRITE)
+    @command(Opcode.POSITION_TO_ELEMENT, "POSITION TO ELEMENT", "2b e0 ff ff ff ff 00 00 01 00",
+             pr=PR_WRITE)
     def cmd_position_to_element(self, req: Request) -> None:
         p = parse_position_to_element(req.cdb)
         self._check_transport(p.transport)

@@ -10,25 +10,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vtl.scsi.base import invalid_field_in_cdb
-
-OP_INITIALIZE_ELEMENT_STATUS = 0x07
-OP_POSITION_TO_ELEMENT = 0x2B
-OP_INITIALIZE_ELEMENT_STATUS_WITH_RANGE = 0x37
-OP_MOVE_MEDIUM = 0xA5
-OP_EXCHANGE_MEDIUM = 0xA6
-OP_READ_ELEMENT_STATUS = 0xB8
-# Pre-SMC-2 libraries (Exabyte) used 0xE7 for the ranged form; some software still sends it.
-OP_INITIALIZE_ELEMENT_STATUS_WITH_RANGE_LEGACY = 0xE7
+from vtl.scsi.opcodes import Opcode
+from vtl.scsi.sense import invalid_field_in_cdb
 
 CDB_LENGTH = {
-    OP_INITIALIZE_ELEMENT_STATUS: 6,
-    OP_POSITION_TO_ELEMENT: 10,
-    OP_INITIALIZE_ELEMENT_STATUS_WITH_RANGE: 10,
-    OP_INITIALIZE_ELEMENT_STATUS_WITH_RANGE_LEGACY: 10,
-    OP_MOVE_MEDIUM: 12,
-    OP_EXCHANGE_MEDIUM: 12,
-    OP_READ_ELEMENT_STATUS: 12,
+    Opcode.INITIALIZE_ELEMENT_STATUS: 6,
+    Opcode.POSITION_TO_ELEMENT: 10,
+    Opcode.INITIALIZE_ELEMENT_STATUS_WITH_RANGE: 10,
+    Opcode.INITIALIZE_ELEMENT_STATUS_WITH_RANGE_LEGACY: 10,
+    Opcode.MOVE_MEDIUM: 12,
+    Opcode.EXCHANGE_MEDIUM: 12,
+    Opcode.READ_ELEMENT_STATUS: 12,
 }
 
 
@@ -67,7 +59,7 @@ class MoveMediumCdb:
 
 
 def parse_move_medium(cdb: bytes) -> MoveMediumCdb:
-    check_length(cdb, OP_MOVE_MEDIUM)
+    check_length(cdb, Opcode.MOVE_MEDIUM)
     check_reserved(cdb, 1, 8, 9, mask_byte1=0x1F)
     check_bits(cdb, 10, 0xFE)
     return MoveMediumCdb(_u16(cdb, 2), _u16(cdb, 4), _u16(cdb, 6), bool(cdb[10] & 1))
@@ -84,7 +76,7 @@ class ExchangeMediumCdb:
 
 
 def parse_exchange_medium(cdb: bytes) -> ExchangeMediumCdb:
-    check_length(cdb, OP_EXCHANGE_MEDIUM)
+    check_length(cdb, Opcode.EXCHANGE_MEDIUM)
     check_reserved(cdb, 1, mask_byte1=0x1F)
     check_bits(cdb, 10, 0xFC)
     return ExchangeMediumCdb(
@@ -101,14 +93,14 @@ class PositionToElementCdb:
 
 
 def parse_position_to_element(cdb: bytes) -> PositionToElementCdb:
-    check_length(cdb, OP_POSITION_TO_ELEMENT)
+    check_length(cdb, Opcode.POSITION_TO_ELEMENT)
     check_reserved(cdb, 1, 6, 7, mask_byte1=0x1F)
     check_bits(cdb, 8, 0xFE)
     return PositionToElementCdb(_u16(cdb, 2), _u16(cdb, 4), bool(cdb[8] & 1))
 
 
 def parse_initialize_element_status(cdb: bytes) -> None:
-    check_length(cdb, OP_INITIALIZE_ELEMENT_STATUS)
+    check_length(cdb, Opcode.INITIALIZE_ELEMENT_STATUS)
     check_reserved(cdb, 1, 2, 3, 4, mask_byte1=0x1F)
 
 

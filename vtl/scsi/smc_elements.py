@@ -13,9 +13,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from vtl.scsi.base import CheckCondition, SenseKey, invalid_field_in_cdb
-
-OP_READ_ELEMENT_STATUS = 0xB8
+from vtl.scsi.sense import INVALID_ELEMENT_ADDRESS, invalid_field_in_cdb
 
 
 class ElementTypeCode(enum.IntEnum):
@@ -45,11 +43,6 @@ BASE_DESCRIPTOR_LEN = 12
 DEVICE_ID_HEADER_LEN = 4
 CODE_SET_ASCII = 2
 IDENTIFIER_TYPE_VENDOR_SPECIFIC = 0
-
-
-def invalid_element_address() -> CheckCondition:
-    """ILLEGAL REQUEST, INVALID ELEMENT ADDRESS (21/01)."""
-    return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x21, 0x01)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +186,7 @@ def select_elements(
         return []
     candidates = sorted((e for e in of_type if e.address >= start), key=lambda e: e.address)
     if not candidates:
-        raise invalid_element_address()
+        raise INVALID_ELEMENT_ADDRESS()
     return candidates[:count]
 
 

@@ -9,7 +9,8 @@ SMC changer) adds its commands by decorating methods with ``@command``:
     class MediumChanger(ScsiModel):
         PERIPHERAL_TYPE = 0x08
 
-        @command(0xA5, "MOVE MEDIUM", "a5 00 ff ff ff ff ff ff ff ff 00 00", pr=PR_WRITE)
+        @command(Opcode.MOVE_MEDIUM, "MOVE MEDIUM", "a5 00 ff ff ff ff ff ff ff ff 00 00",
+                 pr=PR_WRITE)
         def move_medium(self, req: Request) -> None: ...
 
 The usage string is the CDB usage data of REPORT SUPPORTED OPERATION CODES (opcode, then one
@@ -49,26 +50,25 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from vtl.scsi import reservations
-from vtl.scsi.base import (
-    CheckCondition,
-    Nexus,
-    ResetKind,
-    ScsiResult,
-    SenseKey,
-    Status,
-    UnitAttention,
-    invalid_field_in_cdb,
-    invalid_field_in_parameter_list,
-    invalid_opcode,
-    parameter_list_length_error,
-)
+from vtl.scsi.base import CheckCondition, Nexus, ResetKind, ScsiResult, Status
 from vtl.scsi.identities import DeviceIdentity
+from vtl.scsi.opcodes import REPORT_SUPPORTED_OPERATION_CODES, Opcode
 from vtl.scsi.pages import (
     PC_CHANGEABLE,
     PC_SAVED,
     LogPage,
     ModePage,
     ascii_field,
+)
+from vtl.scsi.sense import (
+    INTERNAL_TARGET_FAILURE,
+    NO_ADDITIONAL_SENSE,
+    PARAMETER_LIST_LENGTH_ERROR,
+    SAVING_PARAMETERS_NOT_SUPPORTED,
+    UnitAttention,
+    invalid_field_in_cdb,
+    invalid_field_in_parameter_list,
+    invalid_opcode,
 )
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,8 @@ PR_WRITE = reservations.WRITE  # conflicts under every type for non-holders
 
 # Opcodes whose byte 1 bits 4..0 carry a SERVICE ACTION when registered with ``sa=``.
 _SA_MASK = 0x1F
+# REQUEST SENSE reads the sense a nexus's last command left; every other GOOD command clears it.
+_REQUEST_SENSE = int(Opcode.REQUEST_SENSE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +204,7 @@ class Request:
         """The first ``length`` bytes of Data-Out; 1A/00 if the initiator sent fewer."""
         data = self.data_out
         if len(data) < length:
-            raise parameter_list_length_error()
+            raise PARAMETER_LIST_LENGTH_ERROR()
         return memoryview(data)[:length]
 
 
@@ -335,12 +337,12 @@ class ScsiModel:
                 result = cc.result()
             except Exception:  # noqa: BLE001 - a model bug must not kill the transport
                 log.exception("internal error executing CDB %s", bytes(cdb[:16]).hex())
-                result = CheckCondition(SenseKey.HARDWARE_ERROR, 0x44, 0x00).result()
+                result = INTERNAL_TARGET_FAILURE.result()
             if result.status == Status.CHECK_CONDITION:
                 self._sense[nexus] = result.sense
                 if self.descriptor_sense:
                     result.sense = descriptor_sense(result.sense)
-            elif self._sense and cdb and cdb[0] != 0x03:
+            elif self._sense and cdb and cdb[0] != _REQUEST_SENSE:
                 self._sense.pop(nexus, None)
             return result
 
@@ -573,7 +575,7 @@ class ScsiModel:
         return b"".join(self.device_designators())
 
     # ------------------------------------------------------------------ SPC commands
-    @command(0x12, "INQUIRY", "12 01 ff ff ff 00", pr=PR_ALLOWED, ua_exempt=True)
+    @command(Opcode.INQUIRY, "INQUIRY", "12 01 ff ff ff 00", pr=PR_ALLOWED, ua_exempt=True)
     def cmd_inquiry(self, req: Request) -> bytes:
         cdb = req.cdb
         alloc = req.u16(3)
@@ -588,14 +590,15 @@ class ScsiModel:
         page = bytes((self.peripheral(), cdb[2])) + len(body).to_bytes(2, "big") + body
         return trunc(page, alloc)
 
-    @command(0x00, "TEST UNIT READY", "00 00 00 00 00 00", pr=PR_ALLOWED)
+    @command(Opcode.TEST_UNIT_READY, "TEST UNIT READY", "00 00 00 00 00 00", pr=PR_ALLOWED)
     def cmd_test_unit_ready(self, req: Request) -> None:
         self.check_ready(req)
 
     def check_ready(self, req: Request) -> None:
         """Hook: raise NOT READY when the unit cannot do medium access."""
 
-    @command(0x03, "REQUEST SENSE", "03 01 00 00 ff 00", pr=PR_ALLOWED, ua_exempt=True)
+    @command(Opcode.REQUEST_SENSE, "REQUEST SENSE", "03 01 00 00 ff 00", pr=PR_ALLOWED,
+             ua_exempt=True)
     def cmd_request_sense(self, req: Request) -> bytes:
         nexus = req.nexus
         pending = self._ua.get(nexus)
@@ -611,9 +614,10 @@ class ScsiModel:
 
     def idle_sense(self) -> bytes:
         """Sense for REQUEST SENSE with nothing pending (SSC: not-ready state, EOM...)."""
-        return CheckCondition(SenseKey.NO_SENSE, 0x00, 0x00).sense()
+        return NO_ADDITIONAL_SENSE.sense()
 
-    @command(0xA0, "REPORT LUNS", "a0 00 ff 00 00 00 ff ff ff ff 00 00", pr=PR_ALLOWED,
+    @command(Opcode.REPORT_LUNS, "REPORT LUNS", "a0 00 ff 00 00 00 ff ff ff ff 00 00",
+             pr=PR_ALLOWED,
              ua_exempt=True)
     def cmd_report_luns(self, req: Request) -> bytes:
         return report_luns(self.luns, req.cdb)
@@ -666,7 +670,7 @@ class ScsiModel:
         page, subpage = cdb[2] & 0x3F, cdb[3]
         alloc = req.u16(7) if ten else cdb[4]
         if pc == PC_SAVED and not any(p.savable for p in self.mode_pages.values()):
-            raise CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x39, 0x00, field_pointer=2, bit=7)
+            raise SAVING_PARAMETERS_NOT_SUPPORTED(field_pointer=2, bit=7)
         pages = self._pages_for(page, subpage)
         body = b"".join(p.encode(pc) for p in pages)
         bd = b"" if dbd else self.block_descriptors(pc, llbaa)
@@ -684,11 +688,11 @@ class ScsiModel:
     def changeable_device_specific(self) -> int:
         return 0
 
-    @command(0x1A, "MODE SENSE(6)", "1a 08 ff ff ff 00", pr=PR_READ)
+    @command(Opcode.MODE_SENSE_6, "MODE SENSE(6)", "1a 08 ff ff ff 00", pr=PR_READ)
     def cmd_mode_sense6(self, req: Request) -> bytes:
         return self._mode_sense(req, ten=False)
 
-    @command(0x5A, "MODE SENSE(10)", "5a 18 ff ff 00 00 00 ff ff 00", pr=PR_READ)
+    @command(Opcode.MODE_SENSE_10, "MODE SENSE(10)", "5a 18 ff ff 00 00 00 ff ff 00", pr=PR_READ)
     def cmd_mode_sense10(self, req: Request) -> bytes:
         return self._mode_sense(req, ten=True)
 
@@ -703,25 +707,25 @@ class ScsiModel:
         data = req.param_list(plen)
         hlen = 8 if ten else 4
         if plen < hlen:
-            raise parameter_list_length_error()
+            raise PARAMETER_LIST_LENGTH_ERROR()
         if ten:
             medium, dsp, bdlen = data[2], data[3], int.from_bytes(data[6:8], "big")
         else:
             medium, dsp, bdlen = data[1], data[2], data[3]
         if hlen + bdlen > plen:
-            raise parameter_list_length_error()
+            raise PARAMETER_LIST_LENGTH_ERROR()
         # Validate every page before applying any (all or nothing).
         staged: list[tuple[ModePage, memoryview]] = []
         off = hlen + bdlen
         while off < plen:
             if off + 2 > plen:
-                raise parameter_list_length_error()
+                raise PARAMETER_LIST_LENGTH_ERROR()
             b0 = data[off]
             spf = bool(b0 & 0x40)
             page = b0 & 0x3F
             if spf:
                 if off + 4 > plen:
-                    raise parameter_list_length_error()
+                    raise PARAMETER_LIST_LENGTH_ERROR()
                 subpage, length, hdr = data[off + 1], int.from_bytes(data[off + 2 : off + 4], "big"), 4
             else:
                 subpage, length, hdr = 0, data[off + 1], 2
@@ -729,7 +733,7 @@ class ScsiModel:
             if mp is None:
                 raise invalid_field_in_parameter_list(off, 5)
             if off + hdr + length > plen:
-                raise parameter_list_length_error()
+                raise PARAMETER_LIST_LENGTH_ERROR()
             body = data[off + hdr : off + hdr + length]
             mp.check(body, off + hdr)
             if save and not mp.savable:
@@ -743,11 +747,11 @@ class ScsiModel:
         if changed:
             self.queue_ua(UnitAttention.MODE_PARAMETERS_CHANGED, exclude=req.nexus)
 
-    @command(0x15, "MODE SELECT(6)", "15 11 00 00 ff 00", pr=PR_WRITE)
+    @command(Opcode.MODE_SELECT_6, "MODE SELECT(6)", "15 11 00 00 ff 00", pr=PR_WRITE)
     def cmd_mode_select6(self, req: Request) -> None:
         self._mode_select(req, ten=False)
 
-    @command(0x55, "MODE SELECT(10)", "55 11 00 00 00 00 00 ff ff 00", pr=PR_WRITE)
+    @command(Opcode.MODE_SELECT_10, "MODE SELECT(10)", "55 11 00 00 00 00 00 ff ff 00", pr=PR_WRITE)
     def cmd_mode_select10(self, req: Request) -> None:
         self._mode_select(req, ten=True)
 
@@ -762,7 +766,7 @@ class ScsiModel:
             return b"".join(bytes((p, s)) for p, s in keys) + bytes((0x00, 0xFF))
         return bytes(sorted({p for p, s in keys if s == 0}))
 
-    @command(0x4D, "LOG SENSE", "4d 00 ff ff 00 ff ff ff ff 00", pr=PR_ALLOWED)
+    @command(Opcode.LOG_SENSE, "LOG SENSE", "4d 00 ff ff 00 ff ff ff ff 00", pr=PR_ALLOWED)
     def cmd_log_sense(self, req: Request) -> bytes:
         cdb = req.cdb
         pc = cdb[2] >> 6
@@ -785,7 +789,7 @@ class ScsiModel:
             lp.after_read()
         return trunc(data, alloc)
 
-    @command(0x4C, "LOG SELECT", "4c 03 ff ff 00 00 00 ff ff 00", pr=PR_WRITE)
+    @command(Opcode.LOG_SELECT, "LOG SELECT", "4c 03 ff ff 00 00 00 ff ff 00", pr=PR_WRITE)
     def cmd_log_select(self, req: Request) -> None:
         cdb = req.cdb
         if cdb[1] & 0x01:
@@ -807,11 +811,11 @@ class ScsiModel:
         off = 0
         while off < plen:
             if off + 4 > plen:
-                raise parameter_list_length_error()
+                raise PARAMETER_LIST_LENGTH_ERROR()
             key = (data[off] & 0x3F, data[off + 1] if data[off] & 0x40 else 0)
             length = int.from_bytes(data[off + 2 : off + 4], "big")
             if off + 4 + length > plen:
-                raise parameter_list_length_error()
+                raise PARAMETER_LIST_LENGTH_ERROR()
             lp = self.log_pages.get(key)
             if lp is None or key[0] == 0:
                 raise invalid_field_in_parameter_list(off, 5)
@@ -819,14 +823,14 @@ class ScsiModel:
             off += 4 + length
 
     # -- RESERVE(6) / RELEASE(6) --------------------------------------------------------------
-    @command(0x16, "RESERVE(6)", "16 00 00 00 00 00", pr=PR_WRITE)
+    @command(Opcode.RESERVE_6, "RESERVE(6)", "16 00 00 00 00 00", pr=PR_WRITE)
     def cmd_reserve6(self, req: Request) -> ScsiResult | None:
         if self.pr.active:
             return ScsiResult(Status.RESERVATION_CONFLICT)
         self._reserve6 = req.nexus
         return None
 
-    @command(0x17, "RELEASE(6)", "17 00 00 00 00 00", pr=PR_ALLOWED)
+    @command(Opcode.RELEASE_6, "RELEASE(6)", "17 00 00 00 00 00", pr=PR_ALLOWED)
     def cmd_release6(self, req: Request) -> ScsiResult | None:
         if self.pr.reservation is not None:
             return ScsiResult(Status.RESERVATION_CONFLICT)
@@ -835,7 +839,8 @@ class ScsiModel:
         return None
 
     # -- PERSISTENT RESERVE IN / OUT (rules in vtl.scsi.reservations) ----------------------
-    @service_actions(0x5E, "PERSISTENT RESERVE IN", "5e 00 00 00 00 00 00 ff ff 00", range(4),
+    @service_actions(Opcode.PERSISTENT_RESERVE_IN, "PERSISTENT RESERVE IN",
+                     "5e 00 00 00 00 00 00 ff ff 00", range(4),
                      pr=PR_ALLOWED)
     def cmd_pr_in(self, req: Request) -> bytes:
         sa = req.cdb[1] & _SA_MASK
@@ -854,7 +859,7 @@ class ScsiModel:
     def _pr_out_params(req: Request) -> tuple[int, int]:
         """(reservation key, service action reservation key) from the 24-byte list."""
         if req.u32(5) != 24:
-            raise parameter_list_length_error()
+            raise PARAMETER_LIST_LENGTH_ERROR()
         data = req.param_list(24)
         flags = data[20]
         if flags & 0x08:  # SPEC_I_PT not supported
@@ -872,7 +877,8 @@ class ScsiModel:
             raise invalid_field_in_cdb(2, 3)
         return scope, typ
 
-    @service_actions(0x5F, "PERSISTENT RESERVE OUT", "5f 00 ff 00 00 ff ff ff ff 00", range(7),
+    @service_actions(Opcode.PERSISTENT_RESERVE_OUT, "PERSISTENT RESERVE OUT",
+                     "5f 00 ff 00 00 ff ff ff ff 00", range(7),
                      pr=PR_ALLOWED)
     def cmd_pr_out(self, req: Request) -> ScsiResult | None:
         sa = req.cdb[1] & _SA_MASK
@@ -891,7 +897,8 @@ class ScsiModel:
         return None if ok else ScsiResult(Status.RESERVATION_CONFLICT)
 
     # -- PREVENT ALLOW MEDIUM REMOVAL -----------------------------------------------------------
-    @command(0x1E, "PREVENT ALLOW MEDIUM REMOVAL", "1e 00 00 00 03 00", pr=PR_WRITE)
+    @command(Opcode.PREVENT_ALLOW_MEDIUM_REMOVAL, "PREVENT ALLOW MEDIUM REMOVAL",
+             "1e 00 00 00 03 00", pr=PR_WRITE)
     def cmd_prevent_allow(self, req: Request) -> None:
         before = bool(self._prevent)
         prevent = req.cdb[4] & 0x03
@@ -913,8 +920,9 @@ class ScsiModel:
     def _usage_of(self, spec: CommandSpec) -> bytes:
         return spec.usage
 
-    @command(0xA3, "REPORT SUPPORTED OPERATION CODES", "a3 0c 87 ff ff ff ff ff ff ff 00 00",
-             sa=0x0C, pr=PR_ALLOWED)
+    @command(Opcode.MAINTENANCE_IN, "REPORT SUPPORTED OPERATION CODES",
+             "a3 0c 87 ff ff ff ff ff ff ff 00 00",
+             sa=REPORT_SUPPORTED_OPERATION_CODES, pr=PR_ALLOWED)
     def cmd_report_opcodes(self, req: Request) -> bytes:
         cdb = req.cdb
         rctd = bool(cdb[2] & 0x80)

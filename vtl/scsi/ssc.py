@@ -6,7 +6,9 @@ tar) steers by them: ILI plus INFORMATION for short variable reads, FILEMARK/EOM
 BLANK CHECK at end of data, early warning as NO SENSE/EOM after a good write, VOLUME OVERFLOW
 when nothing fits, and a failed disk write as MEDIUM ERROR, never as end of medium.
 
-Conditions and the sense they produce (fixed format; descriptor format if D_SENSE is set):
+Conditions and the sense they produce (fixed format; descriptor format if D_SENSE is set),
+each raised as the named condition of ``vtl.scsi.sense`` that carries this key and ASC/ASCQ
+(END_OF_DATA_DETECTED, WRITE_PROTECTED, ...); CDB fields come from ``vtl.scsi.ssc_cdb``:
 
 =====================================  ==========================================================
 condition                              sense (flags, INFORMATION)
@@ -51,18 +53,7 @@ from tape_formats.cartridge import (
 from tape_formats.mam import MamError
 from tape_formats.write_behind import DeferredWriteError
 from vtl.scsi import ssc_attributes as attributes
-from vtl.scsi.base import (
-    CheckCondition,
-    Nexus,
-    ResetKind,
-    SenseKey,
-    UnitAttention,
-    donated,
-    invalid_field_in_cdb,
-    invalid_field_in_parameter_list,
-    medium_not_present,
-    parameter_list_length_error,
-)
+from vtl.scsi.base import CheckCondition, Nexus, ResetKind, donated
 from vtl.scsi.identities import (
     BITS_PER_MM,
     DENSITY,
@@ -72,7 +63,29 @@ from vtl.scsi.identities import (
     DriveIdentity,
     drive_identity,
 )
+from vtl.scsi.opcodes import Opcode
 from vtl.scsi.pages import LogPage, LogParameter, ModePage, ascii_field, counter
+from vtl.scsi.sense import (
+    BEGINNING_OF_MEDIUM_DETECTED,
+    CANNOT_WRITE_MEDIUM_INCOMPATIBLE_FORMAT,
+    END_OF_DATA_DETECTED,
+    END_OF_PARTITION_MEDIUM_DETECTED,
+    FILEMARK_DETECTED,
+    INCOMPATIBLE_MEDIUM_INSTALLED,
+    LUN_BECOMING_READY,
+    MEDIUM_NOT_PRESENT,
+    MEDIUM_REMOVAL_PREVENTED,
+    NO_ADDITIONAL_SENSE,
+    PARAMETER_LIST_LENGTH_ERROR,
+    UNRECOVERED_READ_ERROR,
+    VOLUME_OVERFLOW,
+    WORM_MEDIUM_OVERWRITE_ATTEMPTED,
+    WRITE_ERROR,
+    WRITE_PROTECTED,
+    UnitAttention,
+    invalid_field_in_cdb,
+    invalid_field_in_parameter_list,
+)
 from vtl.scsi.spc import (
     PR_ALLOWED,
     PR_READ,
@@ -81,7 +94,31 @@ from vtl.scsi.spc import (
     Request,
     ScsiModel,
     command,
+    service_actions,
     trunc,
+)
+from vtl.scsi.ssc_cdb import (
+    DEST_END_OF_DATA,
+    DEST_FILEMARK,
+    DEST_LOGICAL_OBJECT,
+    POSITION_EXTENDED,
+    POSITION_LONG,
+    POSITION_SHORT,
+    POSITION_SHORT_VENDOR,
+    SPACE_BLOCKS,
+    SPACE_END_OF_DATA,
+    SPACE_FILEMARKS,
+    decode_load_unload,
+    decode_locate10,
+    decode_locate16,
+    decode_read_position,
+    decode_read_write6,
+    decode_space6,
+    decode_space16,
+    decode_write_filemarks,
+    streaming_read_length,
+    streaming_write_length,
+    verify_as_read6,
 )
 
 if TYPE_CHECKING:
@@ -99,8 +136,10 @@ MIN_BUFFERED_WRITE = 16 * 1024
 
 # Commands on the data path: skip the catalog refresh (a cartridge being read or written is
 # flocked by this process, nobody can move it meanwhile).
-_HOT = frozenset({0x08, 0x0A, 0x10, 0x11, 0x34})
-_INLINE = frozenset({0x08, 0x0A, 0x34})
+_HOT = frozenset(map(int, (Opcode.READ_6, Opcode.WRITE_6, Opcode.WRITE_FILEMARKS_6,
+                           Opcode.SPACE_6, Opcode.READ_POSITION)))
+_INLINE = frozenset(map(int, (Opcode.READ_6, Opcode.WRITE_6, Opcode.READ_POSITION)))
+_WRITE_6 = int(Opcode.WRITE_6)  # may join the blocks in the write buffer (before_command)
 _NOT_INLINE: frozenset[int] = frozenset()
 
 # TapeAlert flags (SSC-4 Annex A / the TapeAlert specification).
@@ -112,14 +151,6 @@ TA_WRITE_PROTECT = 9
 TA_NO_REMOVAL = 10
 TA_UNSUPPORTED_FORMAT = 12
 TA_WORM_OVERWRITE = 60
-
-
-def _s24(b: bytes) -> int:
-    return int.from_bytes(b, "big", signed=True)
-
-
-def _no_sense(asc: int, ascq: int, **kw) -> CheckCondition:
-    return CheckCondition(SenseKey.NO_SENSE, asc, ascq, **kw)
 
 
 class TapeDrive(ScsiModel):
@@ -300,7 +331,7 @@ class TapeDrive(ScsiModel):
             # deferred error (but not to INQUIRY, REPORT LUNS, REQUEST SENSE, like a UA).
             if spec.ua_exempt:
                 cart.wait_writes()
-            elif spec.opcode != 0x0A or cart.write_failed:
+            elif spec.opcode != _WRITE_6 or cart.write_failed:
                 self._flush_writes(cart, nexus)
 
     def _flush_writes(self, cart: TapeCartridge, nexus: Nexus) -> None:
@@ -335,25 +366,25 @@ class TapeDrive(ScsiModel):
         if cart is not None and self._loaded:
             return cart
         if not self._loaded:
-            raise medium_not_present()
+            raise MEDIUM_NOT_PRESENT()
         bay = self.bay
         if bay.cartridge is None and bay.barcode is None:
-            raise medium_not_present()
+            raise MEDIUM_NOT_PRESENT()
         from vtl.library import CartridgeBusy, LibraryError, SourceEmpty
 
         try:
             cart = bay.mount()
         except SourceEmpty:
-            raise medium_not_present() from None
+            raise MEDIUM_NOT_PRESENT() from None
         except CartridgeBusy as exc:
             log.info("drive %s: %s", bay.index, exc)
-            raise CheckCondition(SenseKey.NOT_READY, 0x04, 0x01) from None
+            raise LUN_BECOMING_READY() from None
         except (LibraryError, CartridgeError, OSError) as exc:
             log.warning("drive %s: cannot mount: %s", bay.index, exc)
-            raise CheckCondition(SenseKey.MEDIUM_ERROR, 0x30, 0x00) from None
+            raise INCOMPATIBLE_MEDIUM_INSTALLED() from None
         if not self.identity.can_read(cart.media.name) and cart.media.name in DENSITY:
             self.tapealert.add(TA_UNSUPPORTED_FORMAT)
-            raise CheckCondition(SenseKey.MEDIUM_ERROR, 0x30, 0x00)
+            raise INCOMPATIBLE_MEDIUM_INSTALLED()
         self._cart = cart
         self._gen = bay.media_generation
         return cart
@@ -367,7 +398,7 @@ class TapeDrive(ScsiModel):
         except CheckCondition as cc:
             return cc.sense()
         eom = cart.at_eod and cart.at_early_warning
-        return _no_sense(0, 0, eom=eom).sense()
+        return NO_ADDITIONAL_SENSE(eom=eom).sense()
 
     def on_prevent_changed(self, prevented: bool) -> None:
         self.bay.prevent_removal = prevented
@@ -454,22 +485,21 @@ class TapeDrive(ScsiModel):
     def _write_error(self, exc: Exception, residue: int) -> CheckCondition:
         if isinstance(exc, WriteProtected):
             self.tapealert.add(TA_WRITE_PROTECT)
-            return CheckCondition(SenseKey.DATA_PROTECT, 0x27, 0x00)
+            return WRITE_PROTECTED()
         if isinstance(exc, WormOverwrite):
             self.tapealert.add(TA_WORM_OVERWRITE)
-            return CheckCondition(SenseKey.DATA_PROTECT, 0x30, 0x0C)
+            return WORM_MEDIUM_OVERWRITE_ATTEMPTED()
         if isinstance(exc, EndOfMedium):
-            return CheckCondition(SenseKey.VOLUME_OVERFLOW, 0x00, 0x02, eom=True,
-                                  information=residue)
+            return VOLUME_OVERFLOW(eom=True, information=residue)
         # Disk failure: MEDIUM ERROR, never EOM (mhVTL's lesson).
         log.error("drive %s: write failed: %s", self.bay.index, exc)
         self.write_errors += 1
         self.tapealert.update((TA_WRITE_FAILURE, TA_MEDIA))
-        return CheckCondition(SenseKey.MEDIUM_ERROR, 0x0C, 0x00, information=residue)
+        return WRITE_ERROR(information=residue)
 
     def _check_write_compat(self, cart: TapeCartridge) -> None:
         if not self._can_write(cart):
-            raise CheckCondition(SenseKey.DATA_PROTECT, 0x30, 0x05)
+            raise CANNOT_WRITE_MEDIUM_INCOMPATIBLE_FORMAT()
 
     def _can_write(self, cart: TapeCartridge) -> bool:
         """Does this drive write the cartridge's generation (LTO writes n and n-1)?"""
@@ -478,24 +508,19 @@ class TapeDrive(ScsiModel):
 
     def data_out_length(self, cdb: bytes) -> int | None:
         """WRITE(6): the block (variable) or blocks x block size (fixed); WRITE ATTRIBUTE."""
-        if len(cdb) >= 6 and cdb[0] == 0x0A:
+        if len(cdb) >= 6 and cdb[0] == _WRITE_6:
             count = int.from_bytes(cdb[2:5], "big")
             if cdb[1] & 0x01:
                 return count * self.block_size if self.block_size else None
             return count
-        if len(cdb) >= 14 and cdb[0] == 0x8D:
+        if len(cdb) >= 14 and cdb[0] == Opcode.WRITE_ATTRIBUTE:
             return int.from_bytes(cdb[10:14], "big")
         return super().data_out_length(cdb)
 
     # ------------------------------------------------------------------ READ / WRITE
-    @command(0x08, "READ(6)", "08 03 ff ff ff 00", pr=PR_READ, timeout=600)
+    @command(Opcode.READ_6, "READ(6)", "08 03 ff ff ff 00", pr=PR_READ, timeout=600)
     def cmd_read6(self, req: Request):
-        cdb = req.cdb
-        fixed = cdb[1] & 0x01
-        sili = cdb[1] & 0x02
-        count = req.u24(2)
-        if fixed and sili:
-            raise invalid_field_in_cdb(1, 1)
+        fixed, sili, count = decode_read_write6(req.cdb)
         if fixed and self.block_size == 0:
             raise invalid_field_in_cdb(1, 0)
         cart = self._medium()
@@ -514,11 +539,10 @@ class TapeDrive(ScsiModel):
                     return r.data
                 if r.length < count and sili:
                     return r.data
-                raise _no_sense(0, 0, ili=True, information=count - r.length, data=r.data)
+                raise NO_ADDITIONAL_SENSE(ili=True, information=count - r.length, data=r.data)
             if r.kind == RecordKind.FILEMARK:
-                raise _no_sense(0x00, 0x01, filemark=True, information=count)
-            raise CheckCondition(SenseKey.BLANK_CHECK, 0x00, 0x05, information=count,
-                                 eom=cart.at_early_warning)
+                raise FILEMARK_DETECTED(filemark=True, information=count)
+            raise END_OF_DATA_DETECTED(information=count, eom=cart.at_early_warning)
         bs = self.block_size
         if count * bs > MAX_FIXED_TRANSFER:
             raise invalid_field_in_cdb(2)
@@ -532,14 +556,14 @@ class TapeDrive(ScsiModel):
             if r.kind == RecordKind.DATA:
                 if r.length != bs:
                     self.bytes_read += i * bs
-                    raise _no_sense(0, 0, ili=True, information=count - i, data=buf[: i * bs])
+                    raise NO_ADDITIONAL_SENSE(ili=True, information=count - i, data=buf[: i * bs])
                 continue
             self.bytes_read += i * bs
             if r.kind == RecordKind.FILEMARK:
-                raise _no_sense(0x00, 0x01, filemark=True, information=count - i,
-                                data=buf[: i * bs])
-            raise CheckCondition(SenseKey.BLANK_CHECK, 0x00, 0x05, information=count - i,
-                                 eom=cart.at_early_warning, data=buf[: i * bs])
+                raise FILEMARK_DETECTED(filemark=True, information=count - i,
+                                        data=buf[: i * bs])
+            raise END_OF_DATA_DETECTED(information=count - i, eom=cart.at_early_warning,
+                                       data=buf[: i * bs])
         self.bytes_read += count * bs
         self._streaming = True
         return buf
@@ -551,7 +575,7 @@ class TapeDrive(ScsiModel):
         ``length``, nothing pending for ``nexus``. None otherwise, with nothing changed, and
         the command goes through ``execute``: the same answer either way, but filemarks,
         ILI, errors, UAs and reservations live in one place only (``cmd_read6``)."""
-        if cdb[0] != 0x08 or cdb[1] & 0xFD or cdb[5] or int.from_bytes(cdb[2:5], "big") != length:
+        if streaming_read_length(cdb) != length:
             return None
         with self.lock:
             cart = self._stream_cart(nexus, PR_READ)
@@ -574,8 +598,7 @@ class TapeDrive(ScsiModel):
         ``nexus``. False otherwise, with nothing changed, and the command goes through
         ``execute`` (``cmd_write6`` handles every other case and every error)."""
         n = len(data)
-        if (cdb[0] != 0x0A or cdb[1] or cdb[5] or int.from_bytes(cdb[2:5], "big") != n
-                or n > MAX_BLOCK):
+        if streaming_write_length(cdb) != n or n > MAX_BLOCK:
             return False
         with self.lock:
             cart = self._stream_cart(nexus, PR_WRITE)
@@ -632,12 +655,11 @@ class TapeDrive(ScsiModel):
         except Exception:  # noqa: BLE001 - speculative work: the real READ reports errors
             log.debug("drive %s: read-ahead failed", self.bay.index, exc_info=True)
 
-    @command(0x13, "VERIFY(6)", "13 01 ff ff ff 00", pr=PR_READ, timeout=600)
+    @command(Opcode.VERIFY_6, "VERIFY(6)", "13 01 ff ff ff 00", pr=PR_READ, timeout=600)
     def cmd_verify6(self, req: Request) -> None:
         """Read and check (checksums, decompression) without transferring data; the same
         conditions and residues as READ(6). Byte compare (BYTCMP) is not supported."""
-        fixed = req.cdb[1] & 0x01
-        read = Request(req.nexus, bytes([0x08, fixed]) + req.cdb[2:], b"", req.spec)
+        read = Request(req.nexus, verify_as_read6(req.cdb), b"", req.spec)
         try:
             self.cmd_read6(read)
         except CheckCondition as cc:
@@ -653,12 +675,11 @@ class TapeDrive(ScsiModel):
         cart = self._cart
         if isinstance(exc, CorruptRecord) and cart is not None and cart.position == exc.position:
             cart.position = exc.position + 1  # step past the bad block, as a drive would
-        raise CheckCondition(SenseKey.MEDIUM_ERROR, 0x11, 0x00, information=residue, data=data)
+        raise UNRECOVERED_READ_ERROR(information=residue, data=data)
 
-    @command(0x0A, "WRITE(6)", "0a 01 ff ff ff 00", pr=PR_WRITE, timeout=600)
+    @command(Opcode.WRITE_6, "WRITE(6)", "0a 01 ff ff ff 00", pr=PR_WRITE, timeout=600)
     def cmd_write6(self, req: Request) -> None:
-        fixed = req.cdb[1] & 0x01
-        count = req.u24(2)
+        fixed, _, count = decode_read_write6(req.cdb)
         if fixed and self.block_size == 0:
             raise invalid_field_in_cdb(1, 0)
         cart = self._medium()
@@ -671,7 +692,7 @@ class TapeDrive(ScsiModel):
                 raise invalid_field_in_cdb(2)
             data = req.data_out
             if len(data) < count:
-                raise parameter_list_length_error()
+                raise PARAMETER_LIST_LENGTH_ERROR()
             if len(data) > count:
                 data = memoryview(data)[:count]
             try:
@@ -686,7 +707,7 @@ class TapeDrive(ScsiModel):
                 raise self._write_error(exc, count) from None
             self.bytes_written += count
             if res.early_warning:
-                raise _no_sense(0x00, 0x02, eom=True, information=0)
+                raise END_OF_PARTITION_MEDIUM_DETECTED(eom=True, information=0)
             return None
         bs = self.block_size
         total = count * bs
@@ -694,7 +715,7 @@ class TapeDrive(ScsiModel):
             raise invalid_field_in_cdb(2)
         data = memoryview(req.data_out)
         if len(data) < total:
-            raise parameter_list_length_error()
+            raise PARAMETER_LIST_LENGTH_ERROR()
         self._flush_writes(cart, req.nexus)
         early = False
         for i in range(count):
@@ -706,13 +727,13 @@ class TapeDrive(ScsiModel):
             early = res.early_warning
         self.bytes_written += total
         if early:
-            raise _no_sense(0x00, 0x02, eom=True, information=0)
+            raise END_OF_PARTITION_MEDIUM_DETECTED(eom=True, information=0)
         return None
 
-    @command(0x10, "WRITE FILEMARKS(6)", "10 01 ff ff ff 00", pr=PR_WRITE, timeout=600)
+    @command(Opcode.WRITE_FILEMARKS_6, "WRITE FILEMARKS(6)", "10 01 ff ff ff 00", pr=PR_WRITE,
+             timeout=600)
     def cmd_write_filemarks(self, req: Request) -> None:
-        immed = bool(req.cdb[1] & 0x01)
-        count = req.u24(2)
+        immed, count = decode_write_filemarks(req.cdb)
         cart = self._medium()
         if count:
             self._check_write_compat(cart)
@@ -724,67 +745,58 @@ class TapeDrive(ScsiModel):
             done = max(0, cart.position - start) if isinstance(exc, EndOfMedium) else 0
             raise self._write_error(exc, count - done) from None
         if count and res.early_warning:
-            raise _no_sense(0x00, 0x02, eom=True, information=0)
+            raise END_OF_PARTITION_MEDIUM_DETECTED(eom=True, information=0)
 
     # ------------------------------------------------------------------ positioning
-    def _space(self, code: int, count: int, code_byte: int = 1) -> None:
+    def _space(self, code: int, count: int) -> None:
         cart = self._medium()
-        if code == 3:
+        if code == SPACE_END_OF_DATA:
             cart.space_to_eod()
             return
-        if code not in (0, 1):
-            raise invalid_field_in_cdb(code_byte, 3)
+        if code not in (SPACE_BLOCKS, SPACE_FILEMARKS):
+            raise invalid_field_in_cdb(1, 3)
         if count == 0:
             return
-        r = cart.space_blocks(count) if code == 0 else cart.space_filemarks(count)
+        r = cart.space_blocks(count) if code == SPACE_BLOCKS else cart.space_filemarks(count)
         if r.stopped is None:
             return
         # SSC: early termination never yields a negative INFORMATION value, whatever the
         # direction: the residue is the number of objects not spaced over.
         residue = abs(count) - r.moved
         if r.stopped == RecordKind.FILEMARK:
-            raise _no_sense(0x00, 0x01, filemark=True, information=residue)
+            raise FILEMARK_DETECTED(filemark=True, information=residue)
         if r.stopped == RecordKind.EOD:
-            raise CheckCondition(SenseKey.BLANK_CHECK, 0x00, 0x05, information=residue,
-                                 eom=cart.at_early_warning)
-        raise _no_sense(0x00, 0x04, eom=True, information=residue)  # BOP
+            raise END_OF_DATA_DETECTED(information=residue, eom=cart.at_early_warning)
+        raise BEGINNING_OF_MEDIUM_DETECTED(eom=True, information=residue)  # BOP
 
-    @command(0x11, "SPACE(6)", "11 0f ff ff ff 00", pr=PR_READ, timeout=3600)
+    @command(Opcode.SPACE_6, "SPACE(6)", "11 0f ff ff ff 00", pr=PR_READ, timeout=3600)
     def cmd_space6(self, req: Request) -> None:
-        self._space(req.cdb[1] & 0x0F, _s24(req.cdb[2:5]))
+        self._space(*decode_space6(req.cdb))
 
-    @command(0x91, "SPACE(16)", "91 0f 00 00 ff ff ff ff ff ff ff ff ff ff 00 00",
+    @command(Opcode.SPACE_16, "SPACE(16)", "91 0f 00 00 ff ff ff ff ff ff ff ff ff ff 00 00",
              pr=PR_READ, timeout=3600)
     def cmd_space16(self, req: Request) -> None:
-        if req.u16(12):
-            raise invalid_field_in_cdb(12)
-        self._space(req.cdb[1] & 0x0F, int.from_bytes(req.cdb[4:12], "big", signed=True))
+        self._space(*decode_space16(req.cdb))
 
     def _locate(self, obj: int) -> None:
         cart = self._medium()
         try:
             cart.locate(obj)
         except CartridgeError:
-            raise CheckCondition(SenseKey.BLANK_CHECK, 0x00, 0x05) from None
+            raise END_OF_DATA_DETECTED() from None
 
-    @command(0x2B, "LOCATE(10)", "2b 07 00 ff ff ff ff 00 ff 00", pr=PR_READ, timeout=3600)
+    @command(Opcode.LOCATE_10, "LOCATE(10)", "2b 07 00 ff ff ff ff 00 ff 00", pr=PR_READ,
+             timeout=3600)
     def cmd_locate10(self, req: Request) -> None:
-        cdb = req.cdb
-        if cdb[1] & 0x02 and cdb[8] != 0:
-            raise invalid_field_in_cdb(8)
-        self._locate(req.u32(3))
+        self._locate(decode_locate10(req.cdb))
 
-    @command(0x92, "LOCATE(16)", "92 3b 01 ff ff ff ff ff ff ff ff ff 00 00 00 00",
+    @command(Opcode.LOCATE_16, "LOCATE(16)", "92 3b 01 ff ff ff ff ff ff ff ff ff 00 00 00 00",
              pr=PR_READ, timeout=3600)
     def cmd_locate16(self, req: Request) -> None:
-        cdb = req.cdb
-        if cdb[1] & 0x02 and cdb[3] != 0:
-            raise invalid_field_in_cdb(3)
-        dest = (cdb[1] >> 3) & 0x07
-        ident = req.u64(4)
-        if dest == 0:
+        dest, ident = decode_locate16(req.cdb)
+        if dest == DEST_LOGICAL_OBJECT:
             self._locate(ident)
-        elif dest == 1:
+        elif dest == DEST_FILEMARK:
             cart = self._medium()
             fms = cart.index.filemarks if hasattr(cart, "index") else None
             if ident == 0:
@@ -793,24 +805,22 @@ class TapeDrive(ScsiModel):
                 cart.locate(fms[ident - 1] + 1)
             else:
                 cart.space_to_eod()
-                raise CheckCondition(SenseKey.BLANK_CHECK, 0x00, 0x05)
-        elif dest == 3:
+                raise END_OF_DATA_DETECTED()
+        elif dest == DEST_END_OF_DATA:
             self._medium().space_to_eod()
         else:
             raise invalid_field_in_cdb(1, 5)
 
-    @command(0x34, "READ POSITION", "34 00 00 00 00 00 00 ff ff 00", sa=0x00, pr=PR_READ)
-    @command(0x34, "READ POSITION", "34 01 00 00 00 00 00 ff ff 00", sa=0x01, pr=PR_READ)
-    @command(0x34, "READ POSITION", "34 06 00 00 00 00 00 ff ff 00", sa=0x06, pr=PR_READ)
-    @command(0x34, "READ POSITION", "34 08 00 00 00 00 00 ff ff 00", sa=0x08, pr=PR_READ)
+    @service_actions(Opcode.READ_POSITION, "READ POSITION", "34 00 00 00 00 00 00 ff ff 00",
+                     (POSITION_SHORT, POSITION_SHORT_VENDOR, POSITION_LONG, POSITION_EXTENDED),
+                     pr=PR_READ)
     def cmd_read_position(self, req: Request) -> bytes:
-        form = req.cdb[1] & 0x1F
-        alloc = req.u16(7)
+        form, alloc = decode_read_position(req.cdb)
         cart = self._medium()
         pos = cart.position
         bop = 0x80 if pos == 0 else 0
         eop = 0x40 if (cart.at_eod and cart.at_early_warning) else 0
-        if form in (0x00, 0x01):
+        if form in (POSITION_SHORT, POSITION_SHORT_VENDOR):
             d = bytearray(20)
             d[0] = bop | eop
             if pos > 0xFFFFFFFF:
@@ -819,7 +829,7 @@ class TapeDrive(ScsiModel):
                 d[4:8] = pos.to_bytes(4, "big")
                 d[8:12] = pos.to_bytes(4, "big")
             return bytes(d)
-        if form == 0x06:
+        if form == POSITION_LONG:
             d = bytearray(32)
             d[0] = bop | eop
             d[8:16] = pos.to_bytes(8, "big")
@@ -832,7 +842,7 @@ class TapeDrive(ScsiModel):
         d[16:24] = pos.to_bytes(8, "big")
         return trunc(bytes(d), alloc) if alloc else bytes(d)
 
-    @command(0x01, "REWIND", "01 01 00 00 00 00", pr=PR_READ, timeout=600)
+    @command(Opcode.REWIND, "REWIND", "01 01 00 00 00 00", pr=PR_READ, timeout=600)
     def cmd_rewind(self, req: Request) -> None:
         cart = self._medium()
         try:
@@ -840,13 +850,9 @@ class TapeDrive(ScsiModel):
         except OSError as exc:
             raise self._write_error(exc, 0) from None
 
-    @command(0x1B, "LOAD UNLOAD", "1b 01 00 00 0f 00", pr=PR_READ, timeout=600)
+    @command(Opcode.LOAD_UNLOAD, "LOAD UNLOAD", "1b 01 00 00 0f 00", pr=PR_READ, timeout=600)
     def cmd_load_unload(self, req: Request) -> None:
-        b4 = req.cdb[4]
-        load, eot = b4 & 0x01, b4 & 0x04
-        if load and eot:
-            raise invalid_field_in_cdb(4, 2)
-        if load:
+        if decode_load_unload(req.cdb).load:
             was_loaded = self._loaded
             self._loaded = True
             cart = self._medium()
@@ -857,10 +863,10 @@ class TapeDrive(ScsiModel):
                 self.queue_ua(UnitAttention.NOT_READY_TO_READY)
             return
         if self.bay.cartridge is None and self.bay.barcode is None:
-            raise medium_not_present()
+            raise MEDIUM_NOT_PRESENT()
         if self.prevent_removal:
             self.tapealert.add(TA_NO_REMOVAL)
-            raise CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x53, 0x02)
+            raise MEDIUM_REMOVAL_PREVENTED()
         if self._loaded and self._cart is not None:
             try:
                 self._cart.rewind()
@@ -871,7 +877,7 @@ class TapeDrive(ScsiModel):
         self._loaded = False
         self._gen = self.bay.media_generation
 
-    @command(0x19, "ERASE", "19 03 00 00 00 00", pr=PR_WRITE, timeout=3600)
+    @command(Opcode.ERASE, "ERASE", "19 03 00 00 00 00", pr=PR_WRITE, timeout=3600)
     def cmd_erase(self, req: Request) -> None:
         cart = self._medium()
         self._check_write_compat(cart)
@@ -881,7 +887,7 @@ class TapeDrive(ScsiModel):
             raise self._write_error(exc, 0) from None
 
     # ------------------------------------------------------------------ limits / density
-    @command(0x05, "READ BLOCK LIMITS", "05 01 00 00 00 00", pr=PR_READ)
+    @command(Opcode.READ_BLOCK_LIMITS, "READ BLOCK LIMITS", "05 01 00 00 00 00", pr=PR_READ)
     def cmd_read_block_limits(self, req: Request) -> bytes:
         if req.cdb[1] & 0x01:  # MLOI: maximum logical object identifier
             d = bytearray(20)
@@ -905,7 +911,8 @@ class TapeDrive(ScsiModel):
         d[32:52] = ascii_field(f"Ultrium {media[4:]}/16T", 20)
         return bytes(d)
 
-    @command(0x44, "REPORT DENSITY SUPPORT", "44 03 00 00 00 00 00 ff ff 00", pr=PR_READ)
+    @command(Opcode.REPORT_DENSITY_SUPPORT, "REPORT DENSITY SUPPORT",
+             "44 03 00 00 00 00 00 ff ff 00", pr=PR_READ)
     def cmd_report_density(self, req: Request) -> bytes:
         media_only = bool(req.cdb[1] & 0x01)
         if req.cdb[1] & 0x02:  # MEDIUM TYPE: report medium types instead of densities
@@ -931,11 +938,11 @@ class TapeDrive(ScsiModel):
         if req.cdb[7] != 0:
             raise invalid_field_in_cdb(7)
 
-    @command(0x8C, "READ ATTRIBUTE", "8c 00 00 00 00 ff 00 ff ff ff ff ff ff ff 01 00", sa=0x00)
-    @command(0x8C, "READ ATTRIBUTE", "8c 01 00 00 00 ff 00 ff ff ff ff ff ff ff 01 00", sa=0x01)
-    @command(0x8C, "READ ATTRIBUTE", "8c 02 00 00 00 ff 00 ff ff ff ff ff ff ff 01 00", sa=0x02)
-    @command(0x8C, "READ ATTRIBUTE", "8c 03 00 00 00 ff 00 ff ff ff ff ff ff ff 01 00", sa=0x03)
-    @command(0x8C, "READ ATTRIBUTE", "8c 05 00 00 00 ff 00 ff ff ff ff ff ff ff 01 00", sa=0x05)
+    @service_actions(Opcode.READ_ATTRIBUTE, "READ ATTRIBUTE",
+                     "8c 00 00 00 00 ff 00 ff ff ff ff ff ff ff 01 00",
+                     (attributes.ATTRIBUTE_VALUES, attributes.ATTRIBUTE_LIST,
+                      attributes.VOLUME_LIST, attributes.PARTITION_LIST,
+                      attributes.SUPPORTED_ATTRIBUTES))
     def cmd_read_attribute(self, req: Request) -> bytes:
         sa = req.cdb[1] & 0x1F
         cart = self._medium()
@@ -944,7 +951,8 @@ class TapeDrive(ScsiModel):
         data = attributes.read_attribute(cart, self.tapealert, sa, req.u16(8))
         return trunc(data, req.u32(10))
 
-    @command(0x8D, "WRITE ATTRIBUTE", "8d 01 00 00 00 ff 00 ff 00 00 ff ff ff ff 00 00",
+    @command(Opcode.WRITE_ATTRIBUTE, "WRITE ATTRIBUTE",
+             "8d 01 00 00 00 ff 00 ff 00 00 ff ff ff ff 00 00",
              pr=PR_WRITE)
     def cmd_write_attribute(self, req: Request) -> None:
         plen = req.u32(10)
@@ -960,7 +968,7 @@ class TapeDrive(ScsiModel):
             raise invalid_field_in_parameter_list(4) from None
         except OSError as exc:
             log.error("drive %s: MAM write failed: %s", self.bay.index, exc)
-            raise CheckCondition(SenseKey.MEDIUM_ERROR, 0x0C, 0x00) from None
+            raise WRITE_ERROR() from None
 
 
 class _MediumConfigurationPage(ModePage):

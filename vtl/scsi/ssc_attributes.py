@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from tape_formats.cartridge import TapeCartridge
 from tape_formats.mam import MAM_ATTRIBUTES, MAM_CAPACITY
-from vtl.scsi.base import (
-    CheckCondition,
-    SenseKey,
-    invalid_field_in_parameter_list,
-    parameter_list_length_error,
-)
 from vtl.scsi.pages import ascii_field
+from vtl.scsi.sense import (
+    AUXILIARY_MEMORY_OUT_OF_SPACE,
+    PARAMETER_LIST_LENGTH_ERROR,
+    invalid_field_in_parameter_list,
+)
 
 # READ ATTRIBUTE service actions.
 ATTRIBUTE_VALUES = 0x00
@@ -74,20 +73,20 @@ def read_attribute(cart: TapeCartridge, tapealert: set[int], sa: int, first: int
 def parse_write_attribute(data: memoryview, plen: int) -> Staged:
     """Validate a WRITE ATTRIBUTE parameter list completely before anything is written."""
     if plen < 4:
-        raise parameter_list_length_error()
+        raise PARAMETER_LIST_LENGTH_ERROR()
     avail = int.from_bytes(data[0:4], "big")
     if avail + 4 > plen:
-        raise parameter_list_length_error()
+        raise PARAMETER_LIST_LENGTH_ERROR()
     staged: Staged = []
     off, end = 4, 4 + avail
     while off < end:
         if off + 5 > end:
-            raise parameter_list_length_error()
+            raise PARAMETER_LIST_LENGTH_ERROR()
         attr_id = int.from_bytes(data[off : off + 2], "big")
         fmt = data[off + 2] & 0x03
         length = int.from_bytes(data[off + 3 : off + 5], "big")
         if off + 5 + length > end:
-            raise parameter_list_length_error()
+            raise PARAMETER_LIST_LENGTH_ERROR()
         if read_only(attr_id) or (staged and attr_id <= staged[-1][0]):
             raise invalid_field_in_parameter_list(off)
         known = MAM_ATTRIBUTES.get(attr_id)
@@ -109,7 +108,7 @@ def apply_attributes(cart: TapeCartridge, staged: Staged) -> None:
     """Write validated attributes and make them durable (the MAM sidecar is replaced)."""
     need = sum(5 + len(v) for _, _, v in staged)
     if cart.mam.used_bytes() + need > MAM_CAPACITY:
-        raise CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x55, 0x06)  # MAM full
+        raise AUXILIARY_MEMORY_OUT_OF_SPACE()  # MAM full
     for attr_id, fmt, value in staged:
         cart.mam.set_raw(attr_id, fmt, value)
     cart.mam.save()
