@@ -54,6 +54,7 @@ _BUILTIN = {
     "filesystem": "translators.filesystem:FilesystemTranslator",
     "sqlite": "translators.sqlite:SqliteTranslator",
     "stream": "translators.stream:StreamTranslator",
+    "volume": "translators.volume:VolumeTranslator",
 }
 
 TranslatorState = dict[str, Any]
