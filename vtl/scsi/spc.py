@@ -29,6 +29,9 @@ REPORT LUNS, REQUEST SENSE); RESERVATION CONFLICT from RESERVE(6) or persistent 
 
 Hooks and knobs for subclasses (all optional):
 
+- ``@command(..., data_out=...)``: how many Data-Out bytes the CDB asks for, declared with
+  the command (``parameter_list_length(offset, width)`` or a function of model and CDB);
+  ``data_out_length(cdb)`` answers transports from it.
 - ``before_command(nexus, spec)``: notice external changes and ``queue_ua`` before UA check.
 - ``queue_ua(ua, exclude=nexus, only=nexus)``: queue a UNIT ATTENTION for seen nexuses.
 - ``check_ready(req)`` (TEST UNIT READY), ``idle_sense()`` (REQUEST SENSE with nothing pending).
@@ -48,6 +51,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from vtl.scsi import reservations
 from vtl.scsi.base import CheckCondition, Nexus, ResetKind, ScsiResult, Status
@@ -84,6 +88,11 @@ _SA_MASK = 0x1F
 _REQUEST_SENSE = int(Opcode.REQUEST_SENSE)
 
 
+# How many bytes of Data-Out a CDB asks for, given the model (a tape's fixed block size is
+# device state) and the CDB; None when the model cannot tell (fixed mode with no block size).
+DataOutLength = Callable[[Any, bytes], "int | None"]
+
+
 @dataclass(frozen=True, slots=True)
 class CommandSpec:
     """One supported command (opcode + optional service action) and how to run it."""
@@ -98,10 +107,22 @@ class CommandSpec:
     timeout: int = 0  # recommended timeout in seconds (REPORT SUPPORTED OPCODES with RCTD)
     check: bytes = b""  # validation mask (usage with the SA bits opened)
     inv: int = 0  # the bits NOT in ``check`` (opcode byte excluded), as one big-endian int
+    data_out: DataOutLength | None = None  # Data-Out bytes the CDB asks for (None: none)
 
     @property
     def cdb_len(self) -> int:
         return len(self.usage)
+
+
+def parameter_list_length(offset: int, width: int) -> DataOutLength:
+    """``data_out=`` for the commands whose Data-Out length is a CDB field (the PARAMETER
+    LIST LENGTH of MODE SELECT, LOG SELECT, PERSISTENT RESERVE OUT, WRITE ATTRIBUTE)."""
+    end = offset + width
+
+    def length(model: Any, cdb: bytes) -> int:
+        return int.from_bytes(cdb[offset:end], "big")
+
+    return length
 
 
 def _parse_usage(usage: str) -> bytes:
@@ -117,13 +138,17 @@ def command(
     pr: int = PR_READ,
     ua_exempt: bool = False,
     timeout: int = 0,
+    data_out: DataOutLength | None = None,
 ) -> Callable:
     """Register the decorated method as the handler of ``opcode`` (and service action ``sa``).
 
     The handler gets a ``Request`` and returns None (GOOD, no data), data bytes (GOOD), or a
     ``ScsiResult``; it raises ``CheckCondition`` for errors. Stack several decorators to make
-    one method serve several opcodes or service actions.
+    one method serve several opcodes or service actions. A command that takes Data-Out
+    declares its length here (``data_out=``), as the kernel's CDB parser sets the transfer
+    size with the handler; ``data_out_length`` answers transports from it.
     """
+    opcode = int(opcode)  # plain int keys: the dispatch table is looked up per command
     raw = _parse_usage(usage)
     if raw[0] != opcode:
         raise ValueError(f"usage data for {name} must start with the opcode")
@@ -140,7 +165,7 @@ def command(
         specs = list(getattr(fn, "_scsi_commands", ()))
         specs.append(
             CommandSpec(opcode, name, raw, fn.__name__, sa, pr, ua_exempt, timeout, bytes(check),
-                        inv)
+                        inv, data_out)
         )
         fn._scsi_commands = specs  # type: ignore[attr-defined]
         return fn
@@ -157,6 +182,7 @@ def service_actions(
     pr: int = PR_READ,
     ua_exempt: bool = False,
     timeout: int = 0,
+    data_out: DataOutLength | None = None,
 ) -> Callable:
     """``@command`` once per service action in ``sas``, for one method that serves them all.
 
@@ -167,7 +193,7 @@ def service_actions(
     raw = _parse_usage(usage)
     decorators = [
         command(opcode, name, bytes((raw[0], raw[1] | sa, *raw[2:])).hex(" "), sa=sa, pr=pr,
-                ua_exempt=ua_exempt, timeout=timeout)
+                ua_exempt=ua_exempt, timeout=timeout, data_out=data_out)
         for sa in sas
     ]
 
@@ -258,6 +284,7 @@ class ScsiModel:
     # The block descriptor length a MODE SENSE returns when DBD=0 (0 = no block descriptors).
     _table: dict[int, CommandSpec | dict[int, CommandSpec]] = {}
     _specs: list[CommandSpec] = []
+    _data_out: dict[int, tuple[int, DataOutLength]] = {}
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -282,6 +309,9 @@ class ScsiModel:
                 sub[spec.sa] = spec
         cls._table = table
         cls._specs = sorted(specs.values(), key=lambda s: (s.opcode, s.sa or 0))
+        # Data-Out lengths by opcode alone: every service action of an opcode declares the
+        # same one, and an unknown service action still tells a transport what to expect.
+        cls._data_out = {s.opcode: (s.cdb_len, s.data_out) for s in cls._specs if s.data_out}
 
     def __init__(self, identity: DeviceIdentity, serial: str) -> None:
         self.identity = identity
@@ -420,21 +450,15 @@ class ScsiModel:
             self._sense.pop(nexus, None)
 
     def data_out_length(self, cdb: bytes) -> int | None:
-        """Bytes of Data-Out the CDB asks for, or None for "no opinion" (optional transport
-        hook: the iSCSI target compares it with the Expected Data Transfer Length to set write
-        residuals, and refuses a short burst before a tape block could be torn)."""
-        if len(cdb) < 6:
+        """Bytes of Data-Out the CDB asks for, as its ``@command`` declares (``data_out=``),
+        or None for "no opinion": a command without Data-Out, or a CDB too short for its
+        opcode (optional transport hook: the iSCSI target compares it with the Expected Data
+        Transfer Length to set write residuals, and refuses a short burst before a tape
+        block could be torn)."""
+        entry = self._data_out.get(cdb[0]) if cdb else None
+        if entry is None or len(cdb) < entry[0]:
             return None
-        op = cdb[0]
-        if op == 0x15:  # MODE SELECT(6)
-            return cdb[4]
-        if len(cdb) < 10:
-            return None
-        if op in (0x55, 0x4C):  # MODE SELECT(10), LOG SELECT
-            return int.from_bytes(cdb[7:9], "big")
-        if op == 0x5F:  # PERSISTENT RESERVE OUT
-            return int.from_bytes(cdb[5:9], "big")
-        return None
+        return entry[1](self, cdb)
 
     def before_command(self, nexus: Nexus, spec: CommandSpec) -> None:
         """Hook run before UA/reservation checks (e.g. notice a media change, queue a UA)."""
@@ -747,11 +771,13 @@ class ScsiModel:
         if changed:
             self.queue_ua(UnitAttention.MODE_PARAMETERS_CHANGED, exclude=req.nexus)
 
-    @command(Opcode.MODE_SELECT_6, "MODE SELECT(6)", "15 11 00 00 ff 00", pr=PR_WRITE)
+    @command(Opcode.MODE_SELECT_6, "MODE SELECT(6)", "15 11 00 00 ff 00", pr=PR_WRITE,
+             data_out=parameter_list_length(4, 1))
     def cmd_mode_select6(self, req: Request) -> None:
         self._mode_select(req, ten=False)
 
-    @command(Opcode.MODE_SELECT_10, "MODE SELECT(10)", "55 11 00 00 00 00 00 ff ff 00", pr=PR_WRITE)
+    @command(Opcode.MODE_SELECT_10, "MODE SELECT(10)", "55 11 00 00 00 00 00 ff ff 00",
+             pr=PR_WRITE, data_out=parameter_list_length(7, 2))
     def cmd_mode_select10(self, req: Request) -> None:
         self._mode_select(req, ten=True)
 
@@ -789,7 +815,8 @@ class ScsiModel:
             lp.after_read()
         return trunc(data, alloc)
 
-    @command(Opcode.LOG_SELECT, "LOG SELECT", "4c 03 ff ff 00 00 00 ff ff 00", pr=PR_WRITE)
+    @command(Opcode.LOG_SELECT, "LOG SELECT", "4c 03 ff ff 00 00 00 ff ff 00", pr=PR_WRITE,
+             data_out=parameter_list_length(7, 2))
     def cmd_log_select(self, req: Request) -> None:
         cdb = req.cdb
         if cdb[1] & 0x01:
@@ -879,7 +906,7 @@ class ScsiModel:
 
     @service_actions(Opcode.PERSISTENT_RESERVE_OUT, "PERSISTENT RESERVE OUT",
                      "5f 00 ff 00 00 ff ff ff ff 00", range(7),
-                     pr=PR_ALLOWED)
+                     pr=PR_ALLOWED, data_out=parameter_list_length(5, 4))
     def cmd_pr_out(self, req: Request) -> ScsiResult | None:
         sa = req.cdb[1] & _SA_MASK
         key, sa_key = self._pr_out_params(req)

@@ -94,6 +94,7 @@ from vtl.scsi.spc import (
     Request,
     ScsiModel,
     command,
+    parameter_list_length,
     service_actions,
     trunc,
 )
@@ -101,6 +102,7 @@ from vtl.scsi.ssc_cdb import (
     DEST_END_OF_DATA,
     DEST_FILEMARK,
     DEST_LOGICAL_OBJECT,
+    FIXED,
     POSITION_EXTENDED,
     POSITION_LONG,
     POSITION_SHORT,
@@ -118,6 +120,7 @@ from vtl.scsi.ssc_cdb import (
     decode_write_filemarks,
     streaming_read_length,
     streaming_write_length,
+    transfer_length,
     verify_as_read6,
 )
 
@@ -151,6 +154,15 @@ TA_WRITE_PROTECT = 9
 TA_NO_REMOVAL = 10
 TA_UNSUPPORTED_FORMAT = 12
 TA_WORM_OVERWRITE = 60
+
+
+def _write6_length(drive: TapeDrive, cdb: bytes) -> int | None:
+    """WRITE(6)'s Data-Out: the block (variable mode) or blocks x block size (fixed mode;
+    None while no block size is set: the command fails on its FIXED bit anyway)."""
+    count = transfer_length(cdb)
+    if cdb[1] & FIXED:
+        return count * drive.block_size if drive.block_size else None
+    return count
 
 
 class TapeDrive(ScsiModel):
@@ -506,17 +518,6 @@ class TapeDrive(ScsiModel):
         name = cart.media.name
         return name not in DENSITY or self.identity.can_write(name)
 
-    def data_out_length(self, cdb: bytes) -> int | None:
-        """WRITE(6): the block (variable) or blocks x block size (fixed); WRITE ATTRIBUTE."""
-        if len(cdb) >= 6 and cdb[0] == _WRITE_6:
-            count = int.from_bytes(cdb[2:5], "big")
-            if cdb[1] & 0x01:
-                return count * self.block_size if self.block_size else None
-            return count
-        if len(cdb) >= 14 and cdb[0] == Opcode.WRITE_ATTRIBUTE:
-            return int.from_bytes(cdb[10:14], "big")
-        return super().data_out_length(cdb)
-
     # ------------------------------------------------------------------ READ / WRITE
     @command(Opcode.READ_6, "READ(6)", "08 03 ff ff ff 00", pr=PR_READ, timeout=600)
     def cmd_read6(self, req: Request):
@@ -677,7 +678,8 @@ class TapeDrive(ScsiModel):
             cart.position = exc.position + 1  # step past the bad block, as a drive would
         raise UNRECOVERED_READ_ERROR(information=residue, data=data)
 
-    @command(Opcode.WRITE_6, "WRITE(6)", "0a 01 ff ff ff 00", pr=PR_WRITE, timeout=600)
+    @command(Opcode.WRITE_6, "WRITE(6)", "0a 01 ff ff ff 00", pr=PR_WRITE, timeout=600,
+             data_out=_write6_length)
     def cmd_write6(self, req: Request) -> None:
         fixed, _, count = decode_read_write6(req.cdb)
         if fixed and self.block_size == 0:
@@ -953,7 +955,7 @@ class TapeDrive(ScsiModel):
 
     @command(Opcode.WRITE_ATTRIBUTE, "WRITE ATTRIBUTE",
              "8d 01 00 00 00 ff 00 ff 00 00 ff ff ff ff 00 00",
-             pr=PR_WRITE)
+             pr=PR_WRITE, data_out=parameter_list_length(10, 4))
     def cmd_write_attribute(self, req: Request) -> None:
         plen = req.u32(10)
         cart = self._medium()
