@@ -251,6 +251,31 @@ def backup(
         raise CliError("; ".join(result["verify"]["problems"]))
 
 
+@app.command()
+def consolidate(
+    dataset: str = typer.Argument(..., help="dataset whose latest chain becomes one baseline"),
+    passphrase_file: Path = typer.Option(None, "--passphrase-file"),
+    key_file: Path = typer.Option(None, "--key-file"),
+    no_compress: bool = typer.Option(False, "--no-compress", help="turn drive compression off"),
+) -> None:
+    """Build a new baseline of DATASET from its chain on tape (a synthetic full), without
+    reading the source; `ebm forget` can then expire the old chain."""
+    from ebm.consolidate import consolidate as do_consolidate
+
+    ebm = S.ebm()
+    t0 = time.monotonic()
+    with progress_bar(f"consolidate {dataset}") as cb:
+        b = do_consolidate(ebm, dataset, passphrase_file=passphrase_file, key_file=key_file,
+                           compress=not no_compress, progress=cb)
+    secs = time.monotonic() - t0
+    result = {**b.to_json(), "seconds": round(secs, 3),
+              "volumes": [v.barcode for v in ebm.catalog.volumes(b.id)]}
+    emit(result, lambda: out.print(
+        f"backup {b.uuid} (full) of {dataset}: {b.nfiles} entries, {_size(b.size)} in "
+        f"{secs:.1f}s on {', '.join(result['volumes'])}\nfull: {b.options['full_reason']}",
+        highlight=False, markup=False))
+
+
 # -- datasets and pools --------------------------------------------------------------------
 @dataset_app.command("add")
 def dataset_add(

@@ -29,6 +29,42 @@ copy: the manager should make baselines for them. If it passes a ``parent_state`
 copy also records as deleted the parent's members it no longer has (``delete_stale_members``),
 so the chain still restores exactly.
 
+Translators whose incrementals are deltas of one object (sqlite pages, volume chunks) name
+each delta member uniquely within the chain (``NAME.ebm-sqlite-delta.000003``), so the final
+view keeps every delta, and their ``restore`` applies them in the order met. ``restore`` must
+also accept one call per archive of the chain (``apply_chain``): it continues from what an
+earlier call left in ``target``.
+
+Consolidation (``ebm consolidate DATASET``, a synthetic full) runs in two steps, because the
+cartridges holding the chain may be the ones the new baseline is appended to:
+
+5. ``merge_chain(entries, workdir)`` - consumes the chain's entries exactly as ``restore``
+   would get them (final view, chain order) into a private work directory;
+6. ``write_merged(workdir, state, writer)`` - writes a baseline from that directory and
+   returns its :class:`BackupResult`; ``state`` is the chain's last state, and the returned
+   state is what the next incremental compares against (the data did not change, so it is
+   normally the same state).
+
+The defaults (:mod:`translators.merge`) spool the final view and copy it back: right for any
+translator whose members replace each other by path (filesystem, stream). A translator with
+deltas overrides both (sqlite and volume restore the chain into ``workdir`` and write that).
+
+Writing a translator (docs/writing-a-translator.md has a worked example package):
+
+- subclass :class:`Translator`, set ``name``, ``version`` and ``supports_incremental``;
+- ``backup`` writes members with ``writer.add(ArchiveEntry(...), data)`` (data: bytes, or an
+  object with ``readinto``/``read`` giving exactly ``entry.data_size`` bytes, so big members
+  stream) and returns one :class:`IndexEntry` per member (``file_row`` builds a file's), plus
+  a JSON-serialisable ``state`` that lets the next incremental find what changed without
+  reading tape; ``level_hint="incremental"`` only when the stream needs its parent;
+- member paths are relative, without ``..`` (``check_member_path``); GNU tar must be able to
+  list and extract them, and a reader without the EBM should be able to use what it gets;
+- ``restore`` writes under ``target`` through temporary names and renames into place only
+  after checking what it wrote (a sha256 recorded at backup time), so a failed restore leaves
+  no half-written result; every failure is a one-line :class:`TranslatorError`;
+- register it: ``[project.entry-points."ebm.translators"] NAME = "package.module:Class"``,
+  then ``ebm backup DATASET --translator NAME --source ... --pool ...``.
+
 Progress: ``progress(Progress)`` is called from the backup/restore thread at most every
 ~0.1 s and once at the end; it must be cheap and must not raise.
 """
@@ -126,6 +162,22 @@ class Translator(ABC):
                 select: Callable[[str], bool] | None = None,
                 progress: ProgressCallback | None = None) -> RestoreStats:
         """Recreate the archived entries under ``target``."""
+
+    def merge_chain(self, entries: Iterable[tuple[ArchiveEntry, EntryData]], workdir: Path, *,
+                    progress: ProgressCallback | None = None) -> None:
+        """Consolidation step 1: the chain's entries (as ``restore`` gets them) into ``workdir``.
+        Default: spool them as one pax file (member replacement, see the module doc)."""
+        from .merge import spool_view
+
+        spool_view(entries, Path(workdir), progress)
+
+    def write_merged(self, workdir: Path, state: TranslatorState, writer: PaxWriter, *,
+                     progress: ProgressCallback | None = None) -> BackupResult:
+        """Consolidation step 2: a baseline from ``workdir`` into ``writer``. Default: copy the
+        spool back, keeping the chain's last ``state``."""
+        from .merge import write_spool
+
+        return write_spool(Path(workdir), state, writer, progress)
 
 
 def stat_source(source: str, noun: str = "source") -> os.stat_result:

@@ -9,7 +9,7 @@ written, and a chunk that changed in between fails the attempt (the manager retr
 
 On tape, per backup (see docs/volume-format.md):
 
-* ``<name>.ebm-volume.json`` - the extent map: image size, chunk size, the ``data`` extents
+* ``<data member>.ebm-volume.json`` - the extent map: image size, chunk size, the ``data`` extents
   this backup stores and the ``zero`` extents it records as zero, ``(offset, length)`` each,
   plus a digest of the image at this point (sha256 over all chunk hashes) and its parent's;
 * the data, as one GNU sparse 1.0 member whose apparent size is the image size and whose data
@@ -249,7 +249,7 @@ class VolumeTranslator(Translator):
         body = json.dumps(meta, separators=(",", ":")).encode() + b"\n"
         mode = stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else 0o600
         now = time.time_ns()
-        meta_entry = ArchiveEntry(path=name + META_SUFFIX, kind="file", size=len(body), mode=mode,
+        meta_entry = ArchiveEntry(path=member + META_SUFFIX, kind="file", size=len(body), mode=mode,
                                   uid=st.st_uid, gid=st.st_gid, mtime_ns=now)
         rows = [file_row(meta_entry, writer.add(meta_entry, body))]
         entry = ArchiveEntry(path=member, kind="file", size=scan.size, mode=mode, uid=st.st_uid,
@@ -281,8 +281,8 @@ class VolumeTranslator(Translator):
                 path = check_member_path(entry.path)
                 if "/" in path:
                     raise TranslatorError(f"unexpected member {path!r} in a volume backup")
-                name = path[: -len(META_SUFFIX)] if path.endswith(META_SUFFIX) else \
-                    path.rpartition(DELTA_INFIX)[0] or path
+                member = path[: -len(META_SUFFIX)] if path.endswith(META_SUFFIX) else path
+                name = member.rpartition(DELTA_INFIX)[0] or member
                 if select is not None and not select(name):
                     stats.skipped += 1
                     continue

@@ -92,7 +92,7 @@ def test_gnu_tar_extracts_the_baseline_image_and_the_delta_chunks(tmp_path):
     subprocess.run(["tar", "-xf", str(tmp_path / "i.tar"), "-C", str(out)], check=True)
     delta = (out / "disk.img.ebm-volume-delta.000001").read_bytes()
     assert delta[2 * MiB:3 * MiB] == img.read_bytes()[2 * MiB:3 * MiB]
-    meta = json.loads((out / "disk.img.ebm-volume.json").read_text())
+    meta = json.loads((out / "disk.img.ebm-volume-delta.000001.ebm-volume.json").read_text())
     assert meta["data"] == [[2 * MiB, MiB]] and meta["zero"] == []
 
 
