@@ -9,7 +9,6 @@ discards every object from p on, as overwriting a real tape does.
 from __future__ import annotations
 
 import ctypes
-import enum
 import errno
 import fcntl
 import functools
@@ -25,23 +24,25 @@ from pathlib import Path
 import crc32c
 import zstandard
 
+from tape_formats.background_sync import BackgroundSync
+from tape_formats.index import PositionIndex
+from tape_formats.mam import MamStore
+from tape_formats.media import MEDIA, MediaType, media_by_density
+from tape_formats.read_ahead import ReadAhead
+from tape_formats.records import (
+    CARTRIDGE_HEADER_BODY,
+    DATA_START,
+    FORMAT_VERSION,
+    HEADER_FLAG_WORM,
+    HEADER_FLAG_WRITE_PROTECT,
+    HEADER_SIZE,
+    RECORD_HEADER_SIZE,
+    RecordHeader,
+    RecordKind,
+)
+from tape_formats.write_behind import WriteBehind
 
-class RecordKind(enum.IntEnum):
-    DATA = 1
-    FILEMARK = 2
-    EOD = 3  # what a read finds at end of data (never stored as an object)
-
-
-@dataclass(frozen=True)
-class MediaType:
-    """A cartridge generation, e.g. LTO-8: density code, native capacity, barcode suffix."""
-
-    name: str  # "LTO-8"
-    suffix: str  # "L8"; WORM suffix "LW"
-    worm_suffix: str
-    density_code: int  # SSC density code (LTO-8: 0x5E)
-    medium_type: int  # MODE header medium type (0x00 data, 0x01 WORM per IBM)
-    capacity: int  # native bytes
+_DATA = int(RecordKind.DATA)  # the kind byte compared on the per-block path
 
 
 class CartridgeError(Exception):
@@ -163,21 +164,6 @@ class _Counters:
     read_stored: int = 0
 
 
-from tape_formats.background_sync import BackgroundSync  # noqa: E402
-from tape_formats.index import KIND_DATA, KIND_FILEMARK, PositionIndex  # noqa: E402
-from tape_formats.mam import MamStore  # noqa: E402
-from tape_formats.records import (  # noqa: E402
-    CARTRIDGE_HEADER_BODY,
-    DATA_START,
-    FORMAT_VERSION,
-    HEADER_FLAG_WORM,
-    HEADER_FLAG_WRITE_PROTECT,
-    HEADER_SIZE,
-    RECORD_MAGIC,
-    RECORD_STRUCT,
-)
-from tape_formats.write_behind import WriteBehind  # noqa: E402
-
 # A data block ready to append: (payload, compressed, payload CRC32C).
 _Packed = tuple[bytes | memoryview, bool, int]
 
@@ -218,26 +204,6 @@ def _parse_header(raw: bytes, path: Path):
     return hdr
 
 
-def pack_record(kind: int, flags: int, stored_len: int, native_len: int, file_no: int,
-                obj: int, payload_crc: int) -> bytes:
-    head = RECORD_STRUCT.pack(RECORD_MAGIC, kind, flags, stored_len, native_len, file_no, obj,
-                              payload_crc, 0)
-    return head[:28] + crc32c.crc32c(head[:28]).to_bytes(4, "little")
-
-
-def unpack_record(raw: bytes | memoryview) -> tuple[int, int, int, int, int, int, int] | None:
-    """(kind, flags, stored_len, native_len, file_no, obj, payload_crc), None if not a valid
-    record header."""
-    if len(raw) < RECORD_STRUCT.size:
-        return None
-    magic, kind, flags, stored, native, file_no, obj, pcrc, hcrc = RECORD_STRUCT.unpack_from(raw)
-    if magic != RECORD_MAGIC or crc32c.crc32c(memoryview(raw)[:28]) != hcrc:
-        return None
-    if kind not in (KIND_DATA, KIND_FILEMARK):
-        return None
-    return kind, flags, stored, native, file_no, obj, pcrc
-
-
 @dataclass(slots=True)
 class VerifyReport:
     """What a full walk of a cartridge file found."""
@@ -273,8 +239,6 @@ class TapeCartridge:
         self.barcode: str = hdr.barcode
         self.uuid: bytes = hdr.uuid
         self.created_ns: int = hdr.created_ns
-        from tape_formats.media import MEDIA, media_by_density
-
         self.media: MediaType = MEDIA.get(hdr.media) or media_by_density(hdr.density_code) or \
             MediaType(hdr.media, "", "", hdr.density_code, hdr.medium_type, hdr.capacity)
         self.capacity: int = hdr.capacity
@@ -293,15 +257,7 @@ class TapeCartridge:
         self._lock = threading.Lock()
         self._closed = False
         self.ew_point = self.capacity - early_warning_margin(self.capacity)
-        # Read-ahead cache (one block, like a drive's read buffer): object number (-1 = empty),
-        # its native and stored sizes, and the decoded data (a view of the reused _ra_buf for
-        # a stored block, the decompressor's bytes for a compressed one).
-        self._ra_obj = -1
-        self._ra_native = 0
-        self._ra_stored = 0
-        self._ra_data: bytes | memoryview = b""
-        self._ra_own = False  # _ra_data is memory of its own (not a view of _ra_buf)
-        self._ra_buf = memoryview(bytearray(0))
+        self._ahead = ReadAhead()  # one decoded block, like a drive's read buffer
         # Write-behind buffer (buffered mode), started by the first queue_block.
         self._wb: WriteBehind | None = None
 
@@ -394,20 +350,21 @@ class TapeCartridge:
 
     def _recover(self) -> None:
         """Load the sidecar index, check it against the data, then read the tail."""
-        self._ra_obj = -1
+        self._ahead.clear()
         idx = self.index
         size = os.fstat(self._fd).st_size
-        if idx.load_sidecar(self.path, self.uuid) and len(idx):
-            last = len(idx) - 1
-            rec = unpack_record(os.pread(self._fd, RECORD_STRUCT.size, idx.offsets[last]))
-            if rec is None or rec[5] != last:
-                idx.__init__(DATA_START)  # stale: rebuild from the records
+        if idx.load_sidecar(self.path, self.uuid) and idx.records:
+            last = idx.records - 1
+            rec = RecordHeader.unpack(os.pread(self._fd, RECORD_HEADER_SIZE, idx.offsets[last]))
+            if rec is None or rec.obj != idx.first_object(last) or rec.objects != (
+                    idx.objects - rec.obj):
+                idx.clear()  # stale: rebuild from the records
             else:
-                idx.end = idx.offsets[last] + RECORD_STRUCT.size + rec[2]
+                idx.end = idx.offsets[last] + RECORD_HEADER_SIZE + rec.stored_len
                 if idx.end > size:
-                    idx.__init__(DATA_START)
-        elif len(idx) == 0:
-            idx.__init__(DATA_START)
+                    idx.clear()
+        elif idx.records == 0:
+            idx.clear()
         trusted_end = idx.end
         end, torn = self._scan(idx, idx.end, size, verify_payload=True)
         if torn and not self.readonly:
@@ -422,18 +379,19 @@ class TapeCartridge:
         """Append records found from ``start`` to the index; returns (end, torn_tail)."""
         off = start
         while off < size:
-            rec = unpack_record(os.pread(self._fd, RECORD_STRUCT.size, off))
+            rec = RecordHeader.unpack(os.pread(self._fd, RECORD_HEADER_SIZE, off))
             if rec is None:
                 return off, True
-            kind, flags, stored, native, _file_no, obj, pcrc = rec
-            if obj != len(idx) or off + RECORD_STRUCT.size + stored > size:
+            stored = rec.stored_len
+            if rec.obj != idx.objects or off + RECORD_HEADER_SIZE + stored > size:
                 return off, True
             if verify_payload and stored:
-                payload = os.pread(self._fd, stored, off + RECORD_STRUCT.size)
-                if crc32c.crc32c(payload) != pcrc:
+                payload = os.pread(self._fd, stored, off + RECORD_HEADER_SIZE)
+                if crc32c.crc32c(payload) != rec.payload_crc:
                     return off, True
-            idx.append(off, RECORD_STRUCT.size + stored, kind, native, bool(flags & 1))
-            off += RECORD_STRUCT.size + stored
+            idx.append(off, RECORD_HEADER_SIZE + stored, rec.kind, rec.native_len,
+                       bool(rec.flags & 1))
+            off += RECORD_HEADER_SIZE + stored
         return off, False
 
     # -- state ------------------------------------------------------------------------
@@ -447,8 +405,9 @@ class TapeCartridge:
 
     @property
     def used_bytes(self) -> int:
-        """Medium bytes consumed up to EOD (compressed size: what a drive's capacity counts)."""
-        return self.index.end - DATA_START
+        """Medium bytes consumed up to EOD (compressed size: what a drive's capacity counts;
+        each filemark of a run as much as a filemark record)."""
+        return self.index.medium_end - DATA_START
 
     @property
     def remaining_bytes(self) -> int:
@@ -468,12 +427,21 @@ class TapeCartridge:
 
     @property
     def files(self) -> int:
-        return len(self.index.filemarks)
+        return self.index.fm_total
+
+    def file_start(self, file_no: int) -> int | None:
+        """The object where tape file ``file_no`` starts (just past its filemark), None when
+        the tape has fewer filemarks (LOCATE(16) to a file number)."""
+        if file_no == 0:
+            return 0
+        if file_no > self.index.fm_total:
+            return None
+        return self.index.filemark_object(file_no - 1) + 1
 
     def block_number_at(self, obj: int) -> tuple[int, int]:
         """(tape file number, block number within that file) of logical object ``obj``."""
         fm = self.index.filemarks_before(obj)
-        first = self.index.filemarks[fm - 1] + 1 if fm else 0
+        first = self.index.filemark_object(fm - 1) + 1 if fm else 0
         return fm, obj - first
 
     def filemarks_before(self, obj: int) -> int:
@@ -482,7 +450,7 @@ class TapeCartridge:
     def object_kind(self, obj: int) -> RecordKind:
         if obj >= len(self.index):
             return RecordKind.EOD
-        return RecordKind(self.index.kind(obj))
+        return self.index.kind(obj)
 
     def block_length(self, obj: int) -> int:
         return self.index.native_len(obj)
@@ -545,15 +513,15 @@ class TapeCartridge:
         idx, p = self.index, self.position
         before = idx.filemarks_before(p)
         if count >= 0:
-            if before + count - 1 < len(idx.filemarks):
+            if before + count - 1 < idx.fm_total:
                 if count:
-                    self.position = idx.filemarks[before + count - 1] + 1
+                    self.position = idx.filemark_object(before + count - 1) + 1
                 return SpaceResult(count)
             self.position = len(idx)
-            return SpaceResult(len(idx.filemarks) - before, RecordKind.EOD)
+            return SpaceResult(idx.fm_total - before, RecordKind.EOD)
         n = -count
         if before - n >= 0:
-            self.position = idx.filemarks[before - n]
+            self.position = idx.filemark_object(before - n)
             return SpaceResult(n)
         self.position = 0
         return SpaceResult(before, "BOP")
@@ -569,10 +537,10 @@ class TapeCartridge:
         self.wait_writes()
         p = self.position
         idx = self.index
-        if p >= len(idx.offsets):
+        if p >= idx.objects:
             return -1
-        meta = idx.meta[p]
-        return meta >> 16 if meta & 0xFF == KIND_DATA else -1
+        meta = idx.meta[p if not idx.run_rec else idx.record_of(p)]
+        return meta >> 16 if meta & 0xFF == _DATA else -1
 
     def read_block(self, buf: memoryview | bytearray | None = None, *,
                    own: bool = False) -> ReadResult:
@@ -588,21 +556,23 @@ class TapeCartridge:
         if wb is not None and wb.blocks:
             wb.wait()
         p = self.position
-        idx = self.index
-        if p == self._ra_obj:
+        ahead = self._ahead
+        if p == ahead.obj:
             # Read ahead while the drive was idle: the block is already checked and decoded.
-            self._ra_obj = -1
-            native, stored, data = self._ra_native, self._ra_stored, self._ra_data
-            direct = own and self._ra_own and (buf is None or len(buf) >= native)
-            if buf is None and not self._ra_own:
+            ahead.obj = -1
+            native, stored, data = ahead.native, ahead.stored, ahead.data
+            direct = own and ahead.own and (buf is None or len(buf) >= native)
+            if buf is None and not ahead.own:
                 data = bytes(data)  # the cache buffer is reused: the caller gets its own copy
         else:
-            if p >= len(idx.offsets):
+            idx = self.index
+            if p >= idx.objects:
                 return ReadResult(RecordKind.EOD, 0)
-            if idx.meta[p] & 0xFF == KIND_FILEMARK:
+            r = p if not idx.run_rec else idx.record_of(p)
+            if idx.meta[r] & 0xFF != _DATA:  # a filemark, alone or in a run
                 self.position = p + 1
                 return ReadResult(RecordKind.FILEMARK, 0)
-            native, stored, data, direct = self._decode(p, buf)
+            native, stored, data, direct = self._decode(p, r, buf)
             if own and not direct and (buf is None or len(buf) >= native):
                 direct = True  # decompressed into memory of its own: no copy into buf
         self.position = p + 1
@@ -624,49 +594,50 @@ class TapeCartridge:
         self.wait_writes()
         p = self.position
         idx = self.index
-        if p == self._ra_obj or p >= len(idx.offsets) or idx.meta[p] & 0xFF != KIND_DATA:
+        ahead = self._ahead
+        if p == ahead.obj or p >= idx.objects:
             return
-        self._ra_obj = -1
-        native = idx.meta[p] >> 16
-        if len(self._ra_buf) < native:
-            self._ra_buf = memoryview(bytearray(native))
+        r = p if not idx.run_rec else idx.record_of(p)
+        meta = idx.meta[r]
+        if meta & 0xFF != _DATA:
+            return
+        ahead.clear()
         try:
-            native, stored, data, direct = self._decode(p, self._ra_buf)
+            native, stored, data, direct = self._decode(p, r, ahead.buffer(meta >> 16))
         except (CartridgeError, OSError, zstandard.ZstdError):
             return
-        self._ra_native, self._ra_stored, self._ra_data = native, stored, data
-        self._ra_own = not direct  # zstd's output, not a view of the reused _ra_buf
-        self._ra_obj = p
+        ahead.hold(p, native, stored, data, own=not direct)  # zstd's output: its own memory
 
-    def _decode(self, p: int, buf: memoryview | bytearray | None
+    def _decode(self, p: int, r: int, buf: memoryview | bytearray | None
                 ) -> tuple[int, int, bytes | memoryview, bool]:
-        """Read data block ``p``: pread, header check, crc32c, zstd. Returns (native length,
-        stored length, data, direct): ``direct`` when the payload was read straight into
-        ``buf`` (a stored block that fits), so ``data`` is a view of ``buf``; else ``data``
-        is the whole block in memory of its own."""
+        """Read data block ``p`` (record ``r``): pread, header check, crc32c, zstd. Returns
+        (native length, stored length, data, direct): ``direct`` when the payload was read
+        straight into ``buf`` (a stored block that fits), so ``data`` is a view of ``buf``;
+        else ``data`` is the whole block in memory of its own."""
         idx = self.index
-        meta = idx.meta[p]
+        meta = idx.meta[r]
         native = meta >> 16
         compressed = bool(meta & 0x100)
-        off = idx.offsets[p]
-        stored = (idx.offsets[p + 1] if p + 1 < len(idx.offsets) else idx.end) - off - RECORD_STRUCT.size
+        off = idx.offsets[r]
+        stored = (idx.offsets[r + 1] if r + 1 < len(idx.offsets) else idx.end) - off \
+            - RECORD_HEADER_SIZE
         direct = buf is not None and not compressed and len(buf) >= native
         if direct:
             # The common streaming case: the payload lands straight in the caller's buffer.
             out = memoryview(buf)[:native]
-            head = bytearray(RECORD_STRUCT.size)
+            head = bytearray(RECORD_HEADER_SIZE)
             got = os.preadv(self._fd, [head, out], off)
             raw: bytes | bytearray = head
             payload = out
-            if got != RECORD_STRUCT.size + stored:
+            if got != RECORD_HEADER_SIZE + stored:
                 raise CorruptRecord(f"{self.barcode}: block {p} is cut short", p)
         else:
-            raw = os.pread(self._fd, RECORD_STRUCT.size + stored, off)
-            payload = memoryview(raw)[RECORD_STRUCT.size :]
-        rec = unpack_record(raw)
-        if rec is None or rec[5] != p or rec[2] != stored:
+            raw = os.pread(self._fd, RECORD_HEADER_SIZE + stored, off)
+            payload = memoryview(raw)[RECORD_HEADER_SIZE :]
+        rec = RecordHeader.unpack(raw)
+        if rec is None or rec.obj != p or rec.stored_len != stored:
             raise CorruptRecord(f"{self.barcode}: record header of block {p} is damaged", p)
-        if crc32c.crc32c(payload) != rec[6]:
+        if crc32c.crc32c(payload) != rec.payload_crc:
             raise CorruptRecord(f"{self.barcode}: block {p} fails its checksum", p)
         if not compressed:
             return native, stored, payload, direct
@@ -689,14 +660,25 @@ class TapeCartridge:
             )
 
     def _cut_at_position(self) -> None:
-        """Discard everything from the position on, as overwriting a real tape does."""
+        """Discard everything from the position on, as overwriting a real tape does. Inside
+        a run of filemarks, the run keeps the filemarks before the position: its header is
+        rewritten with the shorter count (one sector, CRC'd) before the file is cut."""
         p = self.position
-        self._ra_obj = -1
-        if p >= len(self.index):
+        idx = self.index
+        self._ahead.clear()
+        if p >= len(idx):
             return
-        self.index.drop_sidecar_after(self.path, p)  # index first: crash-consistent order
-        self.index.truncate(p)
-        os.ftruncate(self._fd, self.index.end)
+        rec, keep = idx.cut_point(p)
+        idx.drop_sidecar_after(self.path, rec)  # index first: crash-consistent order
+        if keep:
+            first = p - keep
+            kind = RecordKind.FILEMARK_RUN if keep > 1 else RecordKind.FILEMARK
+            head = RecordHeader(kind, 0, 0, keep if keep > 1 else 0,
+                                idx.filemarks_before(first), first, 0).pack()
+            if os.pwrite(self._fd, head, idx.offsets[rec]) != len(head):
+                raise OSError(errno.EIO, "short write")
+        idx.truncate(p)
+        os.ftruncate(self._fd, idx.end)
         self._dirty = True
 
     def _append(self, kind: int, payload: bytes | memoryview, native: int, compressed: bool,
@@ -705,8 +687,8 @@ class TapeCartridge:
         obj = len(idx)
         if crc is None:
             crc = crc32c.crc32c(payload)
-        head = pack_record(kind, 1 if compressed else 0, len(payload), native,
-                           len(idx.filemarks), obj, crc)
+        head = RecordHeader(kind, 1 if compressed else 0, len(payload), native,
+                            idx.fm_total, obj, crc).pack()
         off = idx.end
         try:
             if len(payload):
@@ -723,7 +705,7 @@ class TapeCartridge:
                 pass
             raise
         idx.append(off, len(head) + len(payload), kind, native, compressed)
-        self.position = obj + 1
+        self.position = idx.objects
         self._dirty = True
         if self._wb_from > off:
             self._wb_from = off  # the tape was cut back
@@ -741,7 +723,7 @@ class TapeCartridge:
         """Write one data block at the position. Raises EndOfMedium (nothing written) when
         it would not fit; OSError when the disk fails (the drive reports MEDIUM ERROR)."""
         self.wait_writes()
-        self._ra_obj = -1  # the tape changes under the read-ahead cache
+        self._ahead.clear()  # the tape changes under the read-ahead cache
         self._check_writable()
         if self.position < len(self.index):
             self._cut_at_position()
@@ -767,12 +749,13 @@ class TapeCartridge:
                                             packers=WRITE_BEHIND_PACKERS)
         elif self.write_protected:
             raise WriteProtected(f"{self.barcode} is write protected")
-        self._ra_obj = -1
-        return wb.put(data, compress, RECORD_STRUCT.size + len(data), self._end,
+        self._ahead.clear()
+        return wb.put(data, compress, RECORD_HEADER_SIZE + len(data), self._end,
                       DATA_START + self.ew_point)
 
     def _end(self) -> int:
-        return self.index.end
+        """End of data on the medium, for the write buffer's early-warning check."""
+        return self.index.medium_end
 
     @property
     def writes_pending(self) -> bool:
@@ -805,9 +788,9 @@ class TapeCartridge:
     def _store_packed(self, native: int, packed: _Packed) -> None:
         """Append one data block that ``_pack`` prepared, at end of data."""
         payload, compressed, crc = packed
-        if self.used_bytes + RECORD_STRUCT.size + len(payload) > self.capacity:
+        if self.used_bytes + RECORD_HEADER_SIZE + len(payload) > self.capacity:
             raise EndOfMedium(f"{self.barcode} is full ({self.capacity} bytes)")
-        self._append(KIND_DATA, payload, native, compressed, crc)
+        self._append(RecordKind.DATA, payload, native, compressed, crc)
         with self._lock:
             self.counters.written_native += native
             self.counters.written_stored += len(payload)
@@ -820,19 +803,27 @@ class TapeCartridge:
 
     def write_filemarks(self, count: int = 1, *, sync: bool = True) -> WriteResult:
         """Write ``count`` filemarks; with ``sync`` everything written so far is durable on
-        return (a filemark without the IMMED bit). Count 0 just syncs, as SSC says."""
+        return (a filemark without the IMMED bit). Count 0 just syncs, as SSC says.
+
+        Two or more are one FILEMARK_RUN record, so the time and the file and index sizes do
+        not grow with the count; each still takes a filemark record's room on the medium.
+        When not all fit, as many as fit are written and EndOfMedium is raised (the
+        position says how many)."""
         if count < 0:
             raise CartridgeError("filemark count must not be negative")
         self.wait_writes()
-        self._ra_obj = -1
+        self._ahead.clear()
         if count:
             self._check_writable()
             if self.position < len(self.index):
                 self._cut_at_position()
-            for _ in range(count):
-                if self.used_bytes + RECORD_STRUCT.size > self.capacity:
-                    raise EndOfMedium(f"{self.barcode} is full ({self.capacity} bytes)")
-                self._append(KIND_FILEMARK, b"", 0, False)
+            fit = min(count, max(0, self.capacity - self.used_bytes) // RECORD_HEADER_SIZE)
+            if fit > 1:
+                self._append(RecordKind.FILEMARK_RUN, b"", fit, False)
+            elif fit == 1:
+                self._append(RecordKind.FILEMARK, b"", 0, False)
+            if fit < count:
+                raise EndOfMedium(f"{self.barcode} is full ({self.capacity} bytes)")
         if sync:
             self.sync()
         return WriteResult(self.at_early_warning)
@@ -840,7 +831,7 @@ class TapeCartridge:
     def erase(self) -> None:
         """Erase from the position to the end of the medium (SSC long erase)."""
         self.wait_writes()
-        self._ra_obj = -1
+        self._ahead.clear()
         self._check_writable()
         self._cut_at_position()
         self.sync()
@@ -873,8 +864,7 @@ class TapeCartridge:
         self.mam.save()
 
     def close(self) -> None:
-        self._ra_obj = -1
-        self._ra_data = b""
+        self._ahead.release()
         if self._closed:
             return
         wb, self._wb = self._wb, None
@@ -908,14 +898,24 @@ class TapeCartridge:
         idx = self.index
         out = []
         start = 0
-        bounds = list(idx.filemarks) + [len(idx)]
-        for n, end in enumerate(bounds):
-            nbytes = sum(idx.meta[i] >> 16 for i in range(start, end))
-            out.append((n, start, end - start, nbytes))
-            start = end + 1
-        if out and out[-1][2] == 0 and len(out) > 1:
+        for i, fm in enumerate(idx.fm_first):
+            n, count = len(out), idx.filemark_count(i)
+            out.append((n, start, fm - start, self._native_bytes(start, fm)))
+            # the empty files between the filemarks of a run
+            out.extend((n + k, fm + k, 0, 0) for k in range(1, count))
+            start = fm + count
+        out.append((len(out), start, len(idx) - start, self._native_bytes(start, len(idx))))
+        if out[-1][2] == 0 and len(out) > 1:
             out.pop()  # nothing after the last filemark
         return out
+
+    def _native_bytes(self, start: int, end: int) -> int:
+        """Native bytes of the data blocks start..end-1 (no filemark among them)."""
+        if start >= end:
+            return 0
+        idx = self.index
+        first = idx.record_of(start)
+        return sum(m >> 16 for m in idx.meta[first:first + end - start])
 
 
 def _fsync_dir(path: Path) -> None:
@@ -940,7 +940,7 @@ def verify_cartridge(path: Path) -> VerifyReport:
         off = DATA_START
         dctx = zstandard.ZstdDecompressor()
         while off < size:
-            rec = unpack_record(os.pread(fd, RECORD_STRUCT.size, off))
+            rec = RecordHeader.unpack(os.pread(fd, RECORD_HEADER_SIZE, off))
             if rec is None:
                 report.errors.append(f"object {report.objects}: damaged record header at "
                                      f"offset {off}")
@@ -950,11 +950,11 @@ def verify_cartridge(path: Path) -> VerifyReport:
             if obj != report.objects:
                 report.errors.append(f"offset {off}: object number {obj}, expected "
                                      f"{report.objects}")
-            if off + RECORD_STRUCT.size + stored > size:
+            if off + RECORD_HEADER_SIZE + stored > size:
                 report.errors.append(f"object {obj}: record cut short at end of file")
                 report.torn_tail_bytes = size - off
                 break
-            payload = os.pread(fd, stored, off + RECORD_STRUCT.size)
+            payload = os.pread(fd, stored, off + RECORD_HEADER_SIZE)
             if crc32c.crc32c(payload) != pcrc:
                 report.errors.append(f"object {obj}: checksum mismatch")
             elif flags & 1:
@@ -963,14 +963,14 @@ def verify_cartridge(path: Path) -> VerifyReport:
                         report.errors.append(f"object {obj}: wrong decompressed length")
                 except zstandard.ZstdError:
                     report.errors.append(f"object {obj}: compressed payload is damaged")
-            report.objects += 1
-            if kind == KIND_FILEMARK:
-                report.filemarks += 1
+            report.objects += rec.objects
+            if kind != RecordKind.DATA:
+                report.filemarks += rec.objects
             else:
                 report.blocks += 1
                 report.native_bytes += native
                 report.stored_bytes += stored
-            off += RECORD_STRUCT.size + stored
+            off += RECORD_HEADER_SIZE + stored
     finally:
         os.close(fd)
     return report

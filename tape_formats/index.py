@@ -1,11 +1,18 @@
 """The position index of a cartridge: where every logical object starts in the file.
 
-LOCATE and SPACE must not scan the tape, so the index keeps, per object, its record's file
-offset and a packed (native length, compressed, kind) word, plus the sorted list of filemark
-positions, which turns "space N filemarks" into a bisect. It lives in memory while the
-cartridge is open and in an append-only sidecar file, extended at every durable point
-(filemark, rewind, unload, close); after a crash the tail past the last durable point is
-re-read from the records themselves.
+LOCATE and SPACE must not scan the tape, so the index keeps, per *record*, its file offset and
+a packed (native length, compressed, kind) word. A data block or a filemark is one record and
+one logical object; a run of N filemarks (``RecordKind.FILEMARK_RUN``, what WRITE FILEMARKS
+with a count of N writes) is one record and N objects. Runs are rare, so object -> record is
+the identity up to the first run and a bisect over the runs after it. Filemark records (single
+or run) are listed with their first object and the filemarks before them, so "filemarks
+before object p", "the n-th filemark" and "the next/previous filemark" are bisects, whatever
+the counts: SPACE over millions of filemarks or blocks costs microseconds.
+
+The index lives in memory while the cartridge is open and in an append-only sidecar of one
+16-byte entry per record, extended at every durable point (filemark, rewind, unload, close);
+after a crash the tail past the last durable point is re-read from the records themselves.
+This module never touches the data file: ``tape_formats.cartridge`` does.
 """
 
 from __future__ import annotations
@@ -16,10 +23,17 @@ import sys
 from array import array
 from pathlib import Path
 
-from tape_formats.records import INDEX_ENTRY_SIZE, INDEX_HEADER, INDEX_HEADER_SIZE
+from tape_formats.records import (
+    INDEX_ENTRY_SIZE,
+    INDEX_HEADER,
+    INDEX_HEADER_SIZE,
+    RECORD_HEADER_SIZE,
+    RecordKind,
+)
 
-KIND_DATA = 1
-KIND_FILEMARK = 2
+_DATA = int(RecordKind.DATA)
+_FILEMARK = int(RecordKind.FILEMARK)
+_RUN = int(RecordKind.FILEMARK_RUN)
 
 
 def pack_meta(kind: int, native_len: int, compressed: bool) -> int:
@@ -27,55 +41,156 @@ def pack_meta(kind: int, native_len: int, compressed: bool) -> int:
 
 
 class PositionIndex:
-    """In-memory index plus its sidecar. ``offsets[i]`` is object i's record offset;
-    ``end`` is the file offset of end of data (where the next record goes)."""
+    """In-memory index plus its sidecar. ``offsets[r]``/``meta[r]`` describe record r;
+    ``objects`` counts logical objects (end of data); ``end`` is the file offset of end of
+    data (where the next record goes)."""
 
     def __init__(self, data_start: int) -> None:
+        self.data_start = data_start
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget everything (a blank tape, or a stale sidecar about to be rebuilt)."""
         self.offsets = array("Q")
         self.meta = array("Q")
-        self.filemarks = array("Q")
-        self.end = data_start
-        self.data_start = data_start
-        self.durable_count = 0  # entries already in the sidecar
+        self.end = self.data_start
+        self.objects = 0
+        self.durable_count = 0  # records already in the sidecar
+        # Filemark records, single or run: first object, filemarks before it.
+        self.fm_first = array("Q")
+        self.fm_before = array("Q")
+        self.fm_total = 0
+        # Run records: record number, first object, and the objects beyond one per record
+        # up to and including this run (object = record + that, after the run).
+        self.run_rec = array("Q")
+        self.run_first = array("Q")
+        self.run_extra = array("Q")
 
     def __len__(self) -> int:
+        return self.objects
+
+    @property
+    def records(self) -> int:
         return len(self.offsets)
 
+    @property
+    def medium_end(self) -> int:
+        """Where end of data is on the *medium*: a filemark in a run takes the room of a
+        filemark record (capacity, early warning, VOLUME OVERFLOW stay as they were), though
+        the file holds one record for the run."""
+        return self.end + (self.run_extra[-1] * RECORD_HEADER_SIZE if self.run_extra else 0)
+
     def append(self, offset: int, size: int, kind: int, native_len: int, compressed: bool) -> None:
-        if kind == KIND_FILEMARK:
-            self.filemarks.append(len(self.offsets))
+        rec = len(self.offsets)
+        if kind != _DATA:
+            count = native_len if kind == _RUN else 1
+            self._add_filemarks(rec, self.objects, count)
+            self.objects += count
+        else:
+            self.objects += 1
         self.offsets.append(offset)
         self.meta.append(pack_meta(kind, native_len, compressed))
         self.end = offset + size
 
-    def kind(self, obj: int) -> int:
-        return self.meta[obj] & 0xFF
+    def _add_filemarks(self, rec: int, first: int, count: int) -> None:
+        self.fm_first.append(first)
+        self.fm_before.append(self.fm_total)
+        self.fm_total += count
+        if count > 1:
+            self.run_rec.append(rec)
+            self.run_first.append(first)
+            self.run_extra.append((self.run_extra[-1] if self.run_extra else 0) + count - 1)
+
+    # object <-> record ---------------------------------------------------------------
+    def record_of(self, obj: int) -> int:
+        """The record holding object ``obj`` (0 <= obj < objects)."""
+        if not self.run_rec:
+            return obj
+        j = bisect.bisect_right(self.run_first, obj) - 1
+        if j < 0:
+            return obj
+        rec = self.run_rec[j]
+        if obj < self.run_first[j] + (self.meta[rec] >> 16):
+            return rec
+        return obj - self.run_extra[j]
+
+    def first_object(self, rec: int) -> int:
+        """The logical object number of record ``rec``'s (first) object."""
+        j = bisect.bisect_left(self.run_rec, rec) - 1
+        return rec + (self.run_extra[j] if j >= 0 else 0)
+
+    def kind(self, obj: int) -> RecordKind:
+        """DATA or FILEMARK (a filemark inside a run is a filemark like any other)."""
+        return RecordKind.DATA if self.meta[self.record_of(obj)] & 0xFF == _DATA \
+            else RecordKind.FILEMARK
 
     def native_len(self, obj: int) -> int:
-        return self.meta[obj] >> 16
+        m = self.meta[self.record_of(obj)]
+        return m >> 16 if m & 0xFF == _DATA else 0
+
+    def cut_point(self, obj: int) -> tuple[int, int]:
+        """(record holding ``obj``, objects of it kept when the tape is cut at ``obj``): the
+        second is 0 unless ``obj`` lies inside a run, which then ends just before it."""
+        rec = self.record_of(obj)
+        return rec, obj - self.first_object(rec)
 
     def truncate(self, obj: int) -> None:
-        """Drop objects obj.. (an overwrite in the middle of the tape)."""
-        if obj >= len(self.offsets):
+        """Drop objects obj.. (an overwrite in the middle of the tape); a run that ``obj``
+        lies inside keeps its filemarks before ``obj`` (as a FILEMARK if only one is left)."""
+        if obj >= self.objects:
             return
-        self.end = self.offsets[obj]
-        del self.offsets[obj:]
-        del self.meta[obj:]
-        del self.filemarks[bisect.bisect_left(self.filemarks, obj) :]
-        self.durable_count = min(self.durable_count, obj)
+        rec, keep = self.cut_point(obj)
+        first = obj - keep
+        before = self.filemarks_before(first)
+        offset = self.offsets[rec]
+        del self.offsets[rec:]
+        del self.meta[rec:]
+        fm = bisect.bisect_left(self.fm_first, first)
+        del self.fm_first[fm:]
+        del self.fm_before[fm:]
+        run = bisect.bisect_left(self.run_rec, rec)
+        del self.run_rec[run:]
+        del self.run_first[run:]
+        del self.run_extra[run:]
+        self.fm_total = before
+        self.objects = first
+        self.end = offset
+        self.durable_count = min(self.durable_count, rec)
+        if keep:
+            self.append(offset, RECORD_HEADER_SIZE, _RUN if keep > 1 else _FILEMARK,
+                        keep if keep > 1 else 0, False)
 
     # filemark arithmetic -------------------------------------------------------------
+    def filemark_count(self, i: int) -> int:
+        """Filemarks in filemark record i (of ``fm_first``): 1, or a run's count."""
+        nxt = self.fm_before[i + 1] if i + 1 < len(self.fm_before) else self.fm_total
+        return nxt - self.fm_before[i]
+
     def filemarks_before(self, obj: int) -> int:
-        return bisect.bisect_left(self.filemarks, obj)
+        i = bisect.bisect_right(self.fm_first, obj) - 1
+        if i < 0:
+            return 0
+        return self.fm_before[i] + min(self.filemark_count(i), obj - self.fm_first[i])
+
+    def filemark_object(self, n: int) -> int:
+        """The object number of filemark ``n`` (0-based, n < fm_total)."""
+        i = bisect.bisect_right(self.fm_before, n) - 1
+        return self.fm_first[i] + n - self.fm_before[i]
 
     def next_filemark(self, obj: int) -> int | None:
-        i = bisect.bisect_left(self.filemarks, obj)
-        return self.filemarks[i] if i < len(self.filemarks) else None
+        """The first filemark at or after obj."""
+        i = bisect.bisect_right(self.fm_first, obj) - 1
+        if i >= 0 and obj < self.fm_first[i] + self.filemark_count(i):
+            return obj
+        i += 1
+        return self.fm_first[i] if i < len(self.fm_first) else None
 
     def prev_filemark(self, obj: int) -> int | None:
         """The last filemark strictly before obj."""
-        i = bisect.bisect_left(self.filemarks, obj) - 1
-        return self.filemarks[i] if i >= 0 else None
+        i = bisect.bisect_left(self.fm_first, obj) - 1
+        if i < 0:
+            return None
+        return min(obj - 1, self.fm_first[i] + self.filemark_count(i) - 1)
 
     # sidecar -------------------------------------------------------------------------
     @staticmethod
@@ -101,11 +216,18 @@ class PositionIndex:
         words.frombytes(body)
         if sys.byteorder != "little":  # pragma: no cover - the sidecar is little-endian
             words.byteswap()
+        self.clear()
         self.offsets = words[0::2]
         self.meta = words[1::2]
-        self.filemarks = array(
-            "Q", (i for i, m in enumerate(self.meta) if m & 0xFF == KIND_FILEMARK)
-        )
+        extra = 0
+        for rec, m in enumerate(self.meta):
+            kind = m & 0xFF
+            if kind == _DATA:
+                continue
+            count = m >> 16 if kind == _RUN else 1
+            self._add_filemarks(rec, rec + extra, count)
+            extra += count - 1
+        self.objects = len(self.meta) + extra
         self.durable_count = len(self.offsets)
         return True
 
@@ -135,14 +257,15 @@ class PositionIndex:
                 os.fsync(f.fileno())
         self.durable_count = n
 
-    def drop_sidecar_after(self, path: Path, obj: int) -> None:
-        """Shorten the sidecar to obj entries before the data file is cut (crash order)."""
+    def drop_sidecar_after(self, path: Path, records: int) -> None:
+        """Shorten the sidecar to ``records`` entries before the data file is cut (crash
+        order: the sidecar never points past the data)."""
         side = self.sidecar(path)
         if not side.exists():
             return
         with open(side, "r+b") as f:
-            size = INDEX_HEADER_SIZE + obj * INDEX_ENTRY_SIZE
+            size = INDEX_HEADER_SIZE + records * INDEX_ENTRY_SIZE
             if os.fstat(f.fileno()).st_size > size:
                 f.truncate(size)
                 os.fsync(f.fileno())
-        self.durable_count = min(self.durable_count, obj)
+        self.durable_count = min(self.durable_count, records)

@@ -6,7 +6,20 @@ suffix to decide what a cartridge is, so these numbers follow the LTO/SSC tables
 
 from __future__ import annotations
 
-from tape_formats.cartridge import MediaType
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MediaType:
+    """A cartridge generation, e.g. LTO-8: density code, native capacity, barcode suffix."""
+
+    name: str  # "LTO-8"
+    suffix: str  # "L8"; WORM suffix "LW"
+    worm_suffix: str
+    density_code: int  # SSC density code (LTO-8: 0x5E)
+    medium_type: int  # MODE header medium type (0x00 data, 0x01 WORM per IBM)
+    capacity: int  # native bytes
+
 
 TB = 1000**4
 GB = 1000**3

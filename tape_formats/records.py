@@ -17,14 +17,19 @@ CRC, its logical object number), so a scan from the start can rebuild the positi
 a torn tail after a crash is recognised and cut off.
 
 The per-block hot path packs and unpacks record headers with ``struct`` using the format
-derived below; ``tests/tape_formats/test_cartridge.py`` proves it is byte-identical to the construct
-declaration, which stays the single source of truth for the layout.
+derived below (``RecordHeader.pack``/``unpack``); ``tests/tape_formats/test_cartridge.py`` proves
+it is byte-identical to the construct declaration, which stays the single source of truth for
+the layout. ``RecordKind`` is the one vocabulary for what a record holds, used by the file, the
+position index and the drive's read results.
 """
 
 from __future__ import annotations
 
+import enum
 import struct
+from typing import NamedTuple
 
+import crc32c
 from construct import (
     Bytes,
     Const,
@@ -65,6 +70,21 @@ CARTRIDGE_HEADER_BODY = Struct(
 # bytes of the 512-byte block.
 HEADER_BODY_SIZE = CARTRIDGE_HEADER_BODY.sizeof()
 
+
+
+class RecordKind(enum.IntEnum):
+    """What a record holds (the ``kind`` byte), and what a read finds past the last one."""
+
+    EOD = 0  # end of data: what a read or a space finds there; never stored
+    DATA = 1  # one data block
+    FILEMARK = 2  # one filemark
+    # ``native_len`` filemarks in a row (at least 2), one logical object each: WRITE FILEMARKS
+    # with a count of millions is one record, not millions (docs/cartridge-format.md).
+    FILEMARK_RUN = 3
+
+
+STORED_KINDS = frozenset({RecordKind.DATA, RecordKind.FILEMARK, RecordKind.FILEMARK_RUN})
+
 RECORD_HEADER = Struct(
     "magic" / Const(RECORD_MAGIC),
     "kind" / Int8ul,
@@ -80,8 +100,44 @@ RECORD_HEADER_SIZE = RECORD_HEADER.sizeof()
 # struct twin of RECORD_HEADER for the hot path (checked against construct in the tests).
 RECORD_STRUCT = struct.Struct("<2sBBIIIQII")
 assert RECORD_STRUCT.size == RECORD_HEADER_SIZE == 32
+_CRC_SPAN = RECORD_HEADER_SIZE - 4  # the header CRC covers the bytes before it
 
-# Position index sidecar (<cartridge>.idx): a header, then one entry per logical object,
+
+class RecordHeader(NamedTuple):
+    """One record header's fields (RECORD_HEADER), packed and unpacked on the hot path."""
+
+    kind: int
+    flags: int
+    stored_len: int  # payload bytes in the file
+    native_len: int  # the block's length as written; a FILEMARK_RUN's filemark count
+    file_no: int  # filemarks before this record's first object
+    obj: int  # logical object number of the record's (first) object
+    payload_crc: int
+
+    @property
+    def objects(self) -> int:
+        """Logical objects the record stands for: a run's count, else one."""
+        return self.native_len if self.kind == RecordKind.FILEMARK_RUN else 1
+
+    def pack(self) -> bytes:
+        head = RECORD_STRUCT.pack(RECORD_MAGIC, *self, 0)
+        return head[:_CRC_SPAN] + crc32c.crc32c(head[:_CRC_SPAN]).to_bytes(4, "little")
+
+    @classmethod
+    def unpack(cls, raw: bytes | bytearray | memoryview) -> RecordHeader | None:
+        """The header at the start of ``raw``; None when it is not a whole, valid record
+        header (short, wrong magic or CRC, unknown kind, a run of fewer than 2)."""
+        if len(raw) < RECORD_HEADER_SIZE:
+            return None
+        magic, kind, flags, stored, native, file_no, obj, pcrc, hcrc = \
+            RECORD_STRUCT.unpack_from(raw)
+        if magic != RECORD_MAGIC or crc32c.crc32c(memoryview(raw)[:_CRC_SPAN]) != hcrc:
+            return None
+        if kind not in STORED_KINDS or (kind == RecordKind.FILEMARK_RUN and native < 2):
+            return None
+        return tuple.__new__(cls, (kind, flags, stored, native, file_no, obj, pcrc))
+
+# Position index sidecar (<cartridge>.idx): a header, then one entry per record,
 # appended at every durable point, so reopening a cartridge reads the index instead of
 # scanning the tape. The data file stays the truth: the index is checked against it and
 # rebuilt from it when they disagree.
@@ -94,7 +150,8 @@ INDEX_HEADER = Struct(
 INDEX_HEADER_SIZE = INDEX_HEADER.sizeof()
 INDEX_ENTRY = Struct(
     "offset" / Int64ul,  # file offset of the record header
-    "meta" / Int64ul,  # native_len << 16 | stored_len-is-compressed << 8 | kind
+    # native_len << 16 | compressed << 8 | kind (a FILEMARK_RUN's native_len is its count)
+    "meta" / Int64ul,
 )
 INDEX_ENTRY_SIZE = INDEX_ENTRY.sizeof()
 

@@ -1,7 +1,9 @@
 """Property test: random tape command sequences, as raw CDBs, against a reference tape model.
 
 The reference is a plain list of objects (bytes for a data block, None for a filemark) and a
-position, with SSC's rules written out the obvious way. Every command's status, sense key,
+position, with SSC's rules written out the obvious way. WRITE FILEMARKS counts up to a few
+hundred make the drive store runs of filemarks (one record each) that SPACE, LOCATE, READ and
+overwrites then cross, enter and cut, while the reference keeps one None per filemark. Every command's status, sense key,
 ASC/ASCQ, FILEMARK/EOM/ILI bits, INFORMATION residue and Data-In bytes must match.
 """
 
@@ -152,14 +154,18 @@ class RefTape:
 
 # ---- operations: (reference call, CDB, Data-Out) ------------------------------------------
 blocks = st.binary(min_size=1, max_size=48)
+# Mostly small counts (every boundary case), sometimes long enough to cross runs of filemarks.
 ops = st.one_of(
     st.tuples(st.just("write"), blocks),
-    st.tuples(st.just("wfm"), st.integers(0, 2)),
+    st.tuples(st.just("wfm"), st.one_of(st.integers(0, 3), st.integers(4, 200))),
     st.tuples(st.just("read"), st.integers(0, 60), st.booleans()),
-    st.tuples(st.just("space_blocks"), st.integers(-4, 4), st.booleans()),
-    st.tuples(st.just("space_filemarks"), st.integers(-3, 3), st.booleans()),
+    st.tuples(st.just("space_blocks"), st.one_of(st.integers(-4, 4), st.integers(-150, 150)),
+              st.booleans()),
+    st.tuples(st.just("space_filemarks"),
+              st.one_of(st.integers(-3, 3), st.integers(-150, 150)), st.booleans()),
     st.tuples(st.just("eod"), st.booleans()),
-    st.tuples(st.just("locate"), st.integers(0, 14), st.booleans()),
+    st.tuples(st.just("locate"), st.one_of(st.integers(0, 14), st.integers(0, 400)),
+              st.booleans()),
     st.tuples(st.just("rewind")),
     st.tuples(st.just("setblk"), st.sampled_from([0, 0, 4, 8])),
     st.tuples(st.just("wfixed"), st.integers(1, 3), st.binary(min_size=24, max_size=24)),
@@ -175,7 +181,7 @@ def apply(ref: RefTape, op: tuple) -> tuple[Outcome, bytes, bytes | None]:
         return ref.write(data), bytes([0x0A, 0, *len(data).to_bytes(3, "big"), 0]), data
     if name == "wfm":
         # IMMED keeps the test fast (no fsync); durability is tested elsewhere.
-        return ref.wfm(op[1]), bytes([0x10, 1, 0, 0, op[1], 0]), None
+        return ref.wfm(op[1]), bytes([0x10, 1, *op[1].to_bytes(3, "big"), 0]), None
     if name == "read":
         length, sili = op[1], op[2]
         cdb = bytes([0x08, 2 if sili else 0, *length.to_bytes(3, "big"), 0])
@@ -238,7 +244,7 @@ def drive():
     shutil.rmtree(root, ignore_errors=True)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seq=st.lists(ops, min_size=1, max_size=30))
 def test_drive_matches_reference(drive, seq):
     # Fresh tape for every example: rewind and erase through the model itself.

@@ -91,14 +91,14 @@ def test_buffer_none_result_is_a_private_copy(cart: TapeCartridge) -> None:
 
 
 def test_read_ahead_at_filemark_and_eod_does_nothing(cart: TapeCartridge) -> None:
-    fm = cart.index.filemarks[0]
+    fm = cart.index.filemark_object(0)
     cart.locate(fm)
     cart.read_ahead()
-    assert cart._ra_obj == -1 and cart.position == fm
+    assert cart._ahead.obj == -1 and cart.position == fm
     assert cart.read_block().kind == RecordKind.FILEMARK
     cart.space_to_eod()
     cart.read_ahead()
-    assert cart._ra_obj == -1
+    assert cart._ahead.obj == -1
     assert cart.read_block().kind == RecordKind.EOD
 
 
@@ -106,7 +106,7 @@ def test_read_ahead_at_filemark_and_eod_does_nothing(cart: TapeCartridge) -> Non
 def test_no_stale_block_after_a_write(cart: TapeCartridge, how: str) -> None:
     cart.locate(3)
     cart.read_ahead()
-    assert cart._ra_obj == 3
+    assert cart._ahead.obj == 3
     if how == "block":
         cart.write_block(b"new" * 100)
     elif how == "filemark":
@@ -146,7 +146,7 @@ def test_corrupt_block_still_raises(cart: TapeCartridge) -> None:
     os.pwrite(cart._fd, b"\xff\xff\xff\xff", off + 40)
     cart.locate(4)
     cart.read_ahead()
-    assert cart._ra_obj == -1 and cart.position == 4
+    assert cart._ahead.obj == -1 and cart.position == 4
     with pytest.raises(CorruptRecord) as ei:
         cart.read_block(bytearray(1 << 20))
     assert ei.value.position == 4
@@ -155,7 +155,7 @@ def test_corrupt_block_still_raises(cart: TapeCartridge) -> None:
 def test_close_drops_the_cache(cart: TapeCartridge) -> None:
     cart.read_ahead()
     cart.close()
-    assert cart._ra_obj == -1
+    assert cart._ahead.obj == -1
 
 
 # ---------------------------------------------------------------- drive level
@@ -236,7 +236,7 @@ def test_drive_write_after_idle_is_seen(drv: TapeDrive) -> None:
         wr(drv, b)
     rewind(drv)
     assert rd(drv, 400, idle=True)[1] == b"a" * 400
-    assert drv._cart._ra_obj == 1
+    assert drv._cart._ahead.obj == 1
     assert wr(drv, b"N" * 300, idle=True)[0] == Status.GOOD  # overwrites object 1
     assert run(drv, 0x2B, 0, 0, 0, 0, 0, 1, 0, 0, 0)[0] == Status.GOOD  # LOCATE(10) to 1
     assert rd(drv, 300)[1] == b"N" * 300
@@ -258,8 +258,8 @@ def test_idle_after_other_commands_does_nothing(drv: TapeDrive) -> None:
     wr(drv, b"z" * 400)
     rewind(drv)
     drv.idle()
-    assert drv._cart._ra_obj == -1
+    assert drv._cart._ahead.obj == -1
     rd(drv, 400)
     run(drv, 0x00, 0, 0, 0, 0, 0)  # TEST UNIT READY clears the streaming flag
     drv.idle()
-    assert drv._cart._ra_obj == -1
+    assert drv._cart._ahead.obj == -1

@@ -17,12 +17,11 @@ from tape_formats.cartridge import (
     TapeCartridge,
     WormOverwrite,
     WriteProtected,
-    pack_record,
     rebuild_index,
     verify_cartridge,
 )
 from tape_formats.media import MEDIA
-from tape_formats.records import RECORD_HEADER, RECORD_STRUCT
+from tape_formats.records import RECORD_HEADER, RECORD_STRUCT, RecordHeader
 
 LTO8 = MEDIA["LTO-8"]
 
@@ -35,13 +34,14 @@ def cart_path(tmp_path: Path) -> Path:
 
 
 def test_record_struct_matches_construct_declaration() -> None:
-    raw = pack_record(1, 1, 100, 200, 3, 42, 0xDEADBEEF)
+    raw = RecordHeader(1, 1, 100, 200, 3, 42, 0xDEADBEEF).pack()
     parsed = RECORD_HEADER.parse(raw)
     assert (parsed.kind, parsed.flags, parsed.stored_len, parsed.native_len) == (1, 1, 100, 200)
     assert (parsed.file_no, parsed.obj, parsed.payload_crc) == (3, 42, 0xDEADBEEF)
     rebuilt = RECORD_HEADER.build(dict(parsed))
     assert rebuilt == raw
     assert RECORD_STRUCT.size == RECORD_HEADER.sizeof()
+    assert RecordHeader.unpack(raw) == (1, 1, 100, 200, 3, 42, 0xDEADBEEF)
 
 
 def test_create_refuses_existing(cart_path: Path) -> None:

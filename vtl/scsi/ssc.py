@@ -800,14 +800,11 @@ class TapeDrive(ScsiModel):
             self._locate(ident)
         elif dest == DEST_FILEMARK:
             cart = self._medium()
-            fms = cart.index.filemarks if hasattr(cart, "index") else None
-            if ident == 0:
-                cart.locate(0)
-            elif fms is not None and ident <= len(fms):
-                cart.locate(fms[ident - 1] + 1)
-            else:
+            start = cart.file_start(ident)
+            if start is None:
                 cart.space_to_eod()
                 raise END_OF_DATA_DETECTED()
+            cart.locate(start)
         elif dest == DEST_END_OF_DATA:
             self._medium().space_to_eod()
         else:
