@@ -16,7 +16,11 @@ Layout (Bareos-like, kept compact because the file index dominates the size):
 - ``ebm_paths`` + ``ebm_files``: the per-file index with normalised paths. A file's tape
   position is stored as the stream offsets of its pax header and data; the block number is
   ``offset // block_size`` and the volume row that holds that block gives cartridge, tape file
-  and logical object, so no per-file row repeats the cartridge.
+  and logical object, so no per-file row repeats the cartridge. A path (or link target) that
+  is valid UTF-8 is stored as TEXT; a Linux name that is not (its bytes, which Python carries
+  as ``surrogateescape`` str) is stored as a BLOB of those exact bytes, so the index is
+  lossless and the two forms never collide. Globs compare ``CAST(path AS TEXT)``, which
+  matches both.
 - ``ebm_states``: the translator's opaque state after each backup (the parent state of the
   next incremental).
 - ``ebm_pools`` + ``ebm_pool_media``: cartridge pools; each member has a state
@@ -37,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tape_formats.archive.entry import printable_path
 from vtl import CATALOG_NAME
 
 BLOCK_SIZE = 256 * 1024
@@ -206,6 +211,29 @@ class FileRow:
     deleted: bool
     backup: int = 0
     linkname: str | None = None  # hard link / symlink target (None in pre-linkname catalogs)
+
+
+def _to_db(path: str) -> str | bytes:
+    """``path`` as the catalog stores it: TEXT if it is UTF-8, else a BLOB of its bytes."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape")
+    return path
+
+
+def _from_db(value: str | bytes | None) -> str | None:
+    """The inverse of :func:`_to_db` (a BLOB back to its ``surrogateescape`` str)."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+def _file_row(r: sqlite3.Row) -> FileRow:
+    d = dict(r)
+    return FileRow(**{**d, "path": _from_db(d["path"]), "linkname": _from_db(d["linkname"]),
+                      "deleted": bool(d["deleted"])})
+
+
+_GLOB = "CAST(p.path AS TEXT) GLOB CAST(? AS TEXT)"  # TEXT and BLOB paths alike
 
 
 def _proc_stat(pid: int) -> list[str] | None:
@@ -469,14 +497,15 @@ class Catalog:
                                 (level, parent, backup_id))
 
     def _path_ids(self, paths: list[str]) -> dict[str, int]:
-        self.db.executemany("INSERT OR IGNORE INTO ebm_paths(path) VALUES (?)", ((p,) for p in paths))
+        stored = [_to_db(p) for p in paths]
+        self.db.executemany("INSERT OR IGNORE INTO ebm_paths(path) VALUES (?)", ((p,) for p in stored))
         ids: dict[str, int] = {}
-        for i in range(0, len(paths), 500):
-            chunk = paths[i:i + 500]
+        for i in range(0, len(stored), 500):
+            chunk = stored[i:i + 500]
             for r in self.db.execute(
                 f"SELECT id, path FROM ebm_paths WHERE path IN ({','.join('?' * len(chunk))})", chunk
             ):
-                ids[r[1]] = r[0]
+                ids[_from_db(r[1])] = r[0]
         return ids
 
     def _insert_files(self, backup_id: int, files: Iterable[FileRow]) -> None:
@@ -487,14 +516,15 @@ class Catalog:
             "sha256, header_offset, data_offset, deleted, linkname) "
             "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             ((backup_id, ids[f.path], f.kind, f.size, f.mtime_ns, f.mode, f.uid, f.gid, f.sha256,
-              f.header_offset, f.data_offset, int(f.deleted), f.linkname or None) for f in rows),
+              f.header_offset, f.data_offset, int(f.deleted), _to_db(f.linkname) if f.linkname else None)
+             for f in rows),
         )
 
     def fail_backup(self, backup_id: int, error: str) -> None:
         with self.tx():
             self.db.execute(
                 "UPDATE ebm_backups SET state='failed', finished=?, error=? WHERE id=? AND state='running'",
-                (time.time(), error[:500], backup_id),
+                (time.time(), printable_path(error)[:500], backup_id),
             )
             self.db.execute("UPDATE ebm_pool_media SET busy=NULL WHERE busy=?", (backup_id,))
 
@@ -542,9 +572,9 @@ class Catalog:
                  FROM ebm_files f JOIN ebm_paths p ON p.id=f.path WHERE f.backup=?"""
         args: list[Any] = [backup_id]
         if like is not None:
-            sql += " AND p.path GLOB ?"
-            args.append(like)
-        return [FileRow(**{**dict(r), "deleted": bool(r["deleted"])}) for r in self.q(sql + " ORDER BY f.header_offset", args)]
+            sql += f" AND {_GLOB}"
+            args.append(_to_db(like))
+        return [_file_row(r) for r in self.q(sql + " ORDER BY f.header_offset", args)]
 
     def files_at(self, backup_id: int, exact: list[str], under: list[str]) -> list[FileRow]:
         """Rows whose path is in ``exact`` or below a directory in ``under`` (no glob
@@ -552,17 +582,17 @@ class Catalog:
         conds, args = [], [backup_id]
         if exact:
             conds.append(f"p.path IN ({','.join('?' * len(exact))})")
-            args += exact
+            args += [_to_db(p) for p in exact]
         for d in under:
-            conds.append("p.path GLOB ?")
-            args.append(d + "/*")
+            conds.append(_GLOB)
+            args.append(_to_db(d + "/*"))
         if not conds:
             return []
         sql = f"""SELECT p.path, f.kind, f.size, f.mtime_ns, f.mode, f.uid, f.gid, f.sha256,
                   f.header_offset, f.data_offset, f.deleted, f.backup, f.linkname
                   FROM ebm_paths p JOIN ebm_files f ON f.path=p.id AND f.backup=?
                   WHERE {' OR '.join(conds)} ORDER BY f.header_offset"""
-        return [FileRow(**{**dict(r), "deleted": bool(r["deleted"])}) for r in self.q(sql, args)]
+        return [_file_row(r) for r in self.q(sql, args)]
 
     def file(self, backup_id: int, path: str) -> FileRow | None:
         """One path's row in one backup (e.g. the file a hard link of that backup names)."""
@@ -576,7 +606,7 @@ class Catalog:
 
     def positions(self, backup_id: int) -> dict[str, tuple[str, int, int, int, int]]:
         """path -> (cartridge, tape file, block in file, byte in block, logical object)."""
-        return {r[0]: tuple(r[1:]) for r in self.q(
+        return {_from_db(r[0]): tuple(r[1:]) for r in self.q(
             "SELECT path, barcode, tape_file, block_in_file, byte_in_block, object "
             "FROM ebm_file_positions WHERE backup=?", (backup_id,))}
 

@@ -41,6 +41,7 @@ from ebm.crypto import CryptoError, read_secret
 from ebm.manager import Ebm, JobError, load_translator, root_default
 from ebm.mover import MoverError
 from ebm.restore import RestoreError, check_target, resolve
+from tape_formats.archive.entry import printable_path
 
 
 class CliError(Exception):
@@ -246,7 +247,7 @@ def backup(
     if warns and not S.json:
         errc.print(f"{len(warns)} warning(s):", markup=False)
         for w in warns[:10]:
-            errc.print(f"  {w}", markup=False, highlight=False)
+            errc.print(f"  {printable_path(w)}", markup=False, highlight=False)
     if verify and not result["verify"]["ok"]:
         raise CliError("; ".join(result["verify"]["problems"]))
 
@@ -404,9 +405,9 @@ def show(backup_spec: str = typer.Argument(..., metavar="BACKUP")) -> None:
         if b.level == "full" and b.options.get("full_reason"):
             out.print(f"  full: {b.options['full_reason']}", markup=False, highlight=False)
         if b.error:
-            out.print(f"  error: {b.error}")
+            out.print(f"  error: {printable_path(b.error)}", markup=False, highlight=False)
         for w in (b.options.get("warnings") or [])[:20]:
-            out.print(f"  warning: {w}", markup=False, highlight=False)
+            out.print(f"  warning: {printable_path(w)}", markup=False, highlight=False)
         out.print(f"  chain: {' -> '.join(c[:8] for c in chain)}")
         for v in vols:
             out.print(f"  volume {v.seq}: {v.barcode} tape files {v.first_file}-{v.last_file}, "
@@ -448,7 +449,7 @@ def ls(backup_spec: str = typer.Argument(..., metavar="BACKUP"),
                 bc, tf, blk, byte, _obj = pos[(r.backup, r.path)]
                 where = f"  [{bc} file {tf} block {blk} +{byte}]"
             out.print(f"{r.kind[0] if r.kind != 'hardlink' else 'h'} {oct(r.mode)[2:]:>5} "
-                      f"{r.size:>12} {_ts(r.mtime_ns / 1e9)} {r.path}{where}",
+                      f"{r.size:>12} {_ts(r.mtime_ns / 1e9)} {printable_path(r.path)}{where}",
                       highlight=False, markup=False)
     emit(data, human)
 
@@ -512,7 +513,8 @@ def verify(
 
     def human() -> None:
         for r in results:
-            out.print(f"{r.backup}: " + ("OK" if r.ok else "FAILED: " + "; ".join(r.problems)),
+            out.print(f"{r.backup}: " + ("OK" if r.ok else "FAILED: " + printable_path(
+                "; ".join(r.problems))),
                       highlight=False, markup=False)
     emit([{"backup": r.backup, "ok": r.ok, "problems": r.problems, "entries": r.entries,
            "bytes": r.bytes} for r in results], human)

@@ -32,6 +32,7 @@ from .entry import (
     UnsafePath,
     check_member_path,
     normalize_member_name,
+    printable_path,
 )
 from .labels import (
     BACKUP_HEADER,
@@ -86,4 +87,5 @@ __all__ = [
     "header_text",
     "label_kind",
     "normalize_member_name",
+    "printable_path",
 ]

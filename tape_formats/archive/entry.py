@@ -5,7 +5,8 @@ of :class:`IndexEntry`) and the translators, so they live apart from all three.
 
 Paths are always *relative*, POSIX-style, without a leading ``./`` or trailing ``/``; the
 root of a backed-up tree is the path ``"."``. Names that are not valid UTF-8 are carried as
-``str`` with ``surrogateescape`` (what ``os.fsdecode`` gives) and written as their raw bytes.
+``str`` with ``surrogateescape`` (what ``os.fsdecode`` gives) and written as their raw bytes
+(with the pax ``hdrcharset=BINARY`` record); :func:`printable_path` shows them escaped.
 """
 
 from __future__ import annotations
@@ -134,6 +135,33 @@ class IndexEntry:
     @classmethod
     def from_json(cls, d: dict) -> IndexEntry:
         return cls(**d)
+
+
+_CONTROL_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def printable_path(path: str) -> str:
+    """``path`` fit for a terminal or a log line, one line, never raising on output.
+
+    Why: a Linux name is bytes; one that is not UTF-8 (carried as ``surrogateescape``) cannot
+    be written to a UTF-8 stdout, and a newline or escape sequence in a name would forge
+    listing lines. Such bytes show as ``\\xHH``, controls as ``\\n``/``\\t``/``\\r``/``\\xHH``,
+    and a backslash as ``\\\\`` (as ``ls -b`` does), so the shown form is unambiguous.
+    """
+    if path.isprintable() and "\\" not in path:
+        return path  # the common case: nothing to escape
+    out = []
+    for ch in path:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif ch in _CONTROL_ESCAPES:
+            out.append(_CONTROL_ESCAPES[ch])
+        elif code < 0x20 or code == 0x7F or 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def check_member_path(path: str) -> str:

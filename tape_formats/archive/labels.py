@@ -269,6 +269,8 @@ def header_text(info: BackupHeaderInfo) -> str:
             f"  dd if=/dev/nst0 bs={bs} | tar -xvf -",
             "List instead of extract with `tar -tvf -`. If the backup continues on another",
             "cartridge, concatenate the data tape files: ( dd ...; dd ... ) | tar -xvf -",
+            "Names that are not UTF-8 are stored as raw bytes (pax hdrcharset=BINARY): GNU tar",
+            "extracts them exactly; add --warning=no-unknown-keyword to quiet its notice.",
         ]
     if info.level > 0:
         lines += [

@@ -12,8 +12,12 @@ What it writes, per entry (GNU tar lists and extracts all of it):
   '6' fifo);
 * the data, streamed in 1 MiB chunks and padded to 512 bytes.
 
-Names that are not valid UTF-8 are written as their raw bytes (no ``hdrcharset`` record:
-GNU tar 1.34 warns about that keyword but extracts raw names as they are).
+Names that are not valid UTF-8 (Linux names are bytes) are written as their raw bytes with a
+``hdrcharset=BINARY`` record first in that entry's extended header, as POSIX asks (without it
+the ``path``/``linkpath``/``uname``/``gname`` values must be UTF-8). GNU tar 1.34 extracts
+such names byte-exact, exit status 0, but says "Ignoring unknown extended header keyword
+'hdrcharset'" once per such entry (``--warning=no-unknown-keyword`` silences it); Python's
+tarfile and libarchive honour the record.
 
 Deletion markers (incremental backups) are written as a pax *global* header ('g') with one
 record ``EBM.deleted=<JSON list of paths>``. GNU tar silently ignores unknown keywords in
@@ -62,6 +66,16 @@ def _ext_ustar(size: int, typeflag: bytes) -> bytes:
 
 class ByteSink(Protocol):
     def write(self, b: bytes | memoryview, /) -> object: ...
+
+
+def _is_utf8(b: bytes) -> bool:
+    if b.isascii():
+        return True
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def fsencode(path: str) -> bytes:
@@ -205,6 +219,10 @@ class PaxWriter:
             records.append(record(b"uname", uname_b))
         if len(gname_b) > 32 or not gname_b.isascii():
             records.append(record(b"gname", gname_b))
+        if records and not all(_is_utf8(b) for b in (path_b, link_b, uname_b, gname_b)):
+            # POSIX: path/linkpath/uname/gname values are UTF-8 unless this record says they
+            # are raw bytes (a Linux name that is not UTF-8); GNU tar and Python read it.
+            records.insert(0, record(b"hdrcharset", b"BINARY"))
         mtime_ns = entry.mtime_ns
         mtime_s = mtime_ns // _NS
         if mtime_ns % _NS or not 0 <= mtime_s < _MAX_TIME:

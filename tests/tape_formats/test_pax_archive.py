@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import uuid
 
@@ -30,6 +31,7 @@ from tape_formats.archive import (
     encode_header,
     encode_trailer,
     label_kind,
+    printable_path,
 )
 
 # ----------------------------------------------------------------------------- pax streams
@@ -438,21 +440,44 @@ def test_damaged_labels_fail_only_with_label_errors(pos, x, cut):
         assert pos >= signed_len - 1 or (cut is not None and cut >= signed_len)
 
 
-def test_gnu_tar_extracts_non_utf8_names_quietly(tmp_path):
+def test_non_utf8_names_are_binary_and_gnu_tar_extracts_them_exactly(tmp_path):
+    """Linux names are bytes: a name that is not UTF-8 goes into the pax records raw, under
+    ``hdrcharset=BINARY`` (POSIX), and GNU tar extracts the same bytes (it only notes that it
+    does not know the keyword, which --warning=no-unknown-keyword silences)."""
     raw = "raw\udcff\udcfe"  # the bytes b"raw\xff\xfe", as os.fsdecode gives them
+    names = [raw, "d/" + "n" * 150 + "\udce9", "caf\udce9", "caf\udce9/in", "ln", "utf8-é"]
     archive, _ = write_archive([
         (ArchiveEntry(raw, "file", size=2), b"ok"),
-        (ArchiveEntry("d/" + "n" * 150 + "\udce9", "file", size=1), b"y"),
-        (ArchiveEntry("ln", "symlink", linkname=raw), None),
+        (ArchiveEntry(names[1], "file", size=1), b"y"),
+        (ArchiveEntry(names[2], "dir"), None),
+        (ArchiveEntry(names[3], "file", size=1), b"z"),
+        (ArchiveEntry("ln", "symlink", linkname="\udcff\udcfe/x"), None),
+        (ArchiveEntry("utf8-é", "file", size=1), b"u"),
     ])
+    assert archive.count(b"hdrcharset=BINARY") == 5  # not for the UTF-8 name
     (tmp_path / "a.tar").write_bytes(archive)
     out = tmp_path / "out"
     out.mkdir()
-    res = subprocess.run(["tar", "-xf", str(tmp_path / "a.tar"), "-C", str(out)], capture_output=True)
+    res = subprocess.run(["tar", "--warning=no-unknown-keyword", "-xf", str(tmp_path / "a.tar"),
+                          "-C", str(out)], capture_output=True)
     assert res.returncode == 0 and res.stderr == b""
     assert open(bytes(out) + b"/raw\xff\xfe", "rb").read() == b"ok"
     assert open(bytes(out) + b"/d/" + b"n" * 150 + b"\xe9", "rb").read() == b"y"
-    assert [e.path for e, _ in PaxReader(io.BytesIO(archive))] == [raw, "d/" + "n" * 150 + "\udce9", "ln"]
+    assert open(bytes(out) + b"/caf\xe9/in", "rb").read() == b"z"
+    assert os.readlink(bytes(out) + b"/ln") == b"\xff\xfe/x"
+    plain = subprocess.run(["tar", "-tf", str(tmp_path / "a.tar")], capture_output=True)
+    assert plain.returncode == 0 and b"caf\\351/in\n" in plain.stdout  # GNU tar's escapes
+    assert set(plain.stderr.splitlines()) == {
+        b"tar: Ignoring unknown extended header keyword 'hdrcharset'"}
+    got = [(e.path, e.linkname) for e, _ in PaxReader(io.BytesIO(archive))]
+    assert [p for p, _ in got] == names and got[4][1] == "\udcff\udcfe/x"
+
+
+def test_printable_path_escapes_what_a_terminal_cannot_show():
+    assert printable_path("caf\udce9") == "caf\\xe9"
+    assert printable_path("\udcff\udcfe") == "\\xff\\xfe"
+    assert printable_path("a\nb\\c") == "a\\nb\\\\c"
+    assert printable_path("café/plain") == "café/plain"
 
 
 def test_pythons_tarfile_reads_our_archives_too():
