@@ -71,7 +71,7 @@ class OneAtATimeSocket:
         self.pos = pos + n
         return n
 
-    def sendmsg(self, frames: list) -> int:
+    def sendmsg(self, frames: list, ancdata: object = (), flags: int = 0) -> int:
         n = 0
         for f in frames:
             n += len(f)

@@ -41,6 +41,9 @@ class Limits:
     queue_depth: int = 32  # CmdSN window
     max_transfer: int = 64 << 20  # largest Expected Data Transfer Length accepted
     max_buffered: int = 256 << 20  # write data one connection may hold before TASK SET FULL
+    # Responses one connection may hold for an initiator that does not read them; beyond,
+    # the sender waits (with the CmdSN window, rarely reached: QueueDepth responses).
+    max_unsent: int = 16 << 20
     nop_interval: float = 30.0  # seconds of silence before a NOP-In ping (0 = never)
     nop_timeout: float = 30.0  # seconds to wait for the ping's answer before dropping
     login_timeout: float = 15.0  # seconds a connection may take to finish logging in

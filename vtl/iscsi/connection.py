@@ -91,6 +91,12 @@ class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, Re
             self.local = None
         self.lock = threading.Lock()
         self._tx_lock = threading.RLock()
+        self._tx_cond = threading.Condition(self._tx_lock)
+        self._unsent: deque[bytes] = deque()
+        self._unsent_bytes = 0
+        self._flushing = False
+        self._poller = None
+        self._limits = server.config.limits
         self._sock_closed = False
         # receive state
         self._hbuf = memoryview(bytearray(MAX_HEADER))
@@ -135,6 +141,8 @@ class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, Re
     def _serve(self) -> None:
         try:
             while not self._closing:
+                if self._unsent_bytes:
+                    self._await_unsent()
                 hdr, data, digest_ok = self._recv_pdu()
                 if hdr is not None:  # None: answered on the streaming fast path
                     self._dispatch(hdr, data, digest_ok)

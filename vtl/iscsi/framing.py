@@ -5,27 +5,33 @@ to the streaming fast paths (stream_paths.py) before any Header object exists, t
 AHS, checks the header digest and reads the data segment straight into its destination (a
 task's write buffer, data_out.py), padding and data digest after it. The send side turns a
 header and its data into wire frames (header digest, padding, data digest) and writes them
-with ``sendmsg``, numbering StatSN under the connection's ``_tx_lock``.
+with ``sendmsg``, numbering StatSN under the connection's ``_tx_lock``; a socket that stays
+full is never waited on by a thread holding a device (``_sendall`` says how).
 """
 
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 from vtl.iscsi import pdu
 from vtl.iscsi.pdu import ALL_ONES, BHS_LEN, Header, RejectReason
 
 if TYPE_CHECKING:
+    from vtl.iscsi.config import Limits
     from vtl.iscsi.task import Task
 
 log = logging.getLogger("vtl.iscsi")
 
 LOGIN_MAX_DSL = 64 * 1024
 MAX_HEADER = BHS_LEN + 255 * 4 + 4  # BHS + the largest AHS + a header digest
+SEND_WAIT = 0.1  # seconds a full socket may hold up a sender before its frames are set aside
+FLUSH_CHUNK = 1 << 20  # bytes the flusher joins into one write
 
 
 class ProtocolError(Exception):
@@ -43,6 +49,12 @@ class PduFraming:
     peer: str
     statsn: int
     _tx_lock: threading.RLock
+    _tx_cond: threading.Condition  # on _tx_lock: unsent output shrank or the socket closed
+    _unsent: deque[bytes]  # output set aside while the socket is full, for the flusher
+    _unsent_bytes: int
+    _flushing: bool  # a flusher thread is running
+    _poller: select.poll | None
+    _limits: Limits
     _sock_closed: bool
     _closing: bool
     _hbuf: memoryview
@@ -139,16 +151,30 @@ class PduFraming:
             self._sendall(frames)
 
     def _sendall(self, frames: list, total: int = -1) -> None:
-        """Write every frame (blocking: a slow reader holds back the sender, not memory).
-        A broken connection is closed; the receiving thread notices by itself. ``total``:
-        the frames' length when the caller knows it (spares counting in the common case)."""
+        """Write every frame, in order, without ever blocking for long (call with
+        ``_tx_lock`` held). ``total``: the frames' length when the caller knows it (spares
+        counting in the common case).
+
+        Callers may hold a LUN's lock, shared by every session: an initiator that stops
+        reading must not stop the device for the others. So the socket is written without
+        blocking; when it stays full for ``SEND_WAIT`` the rest is copied aside (the
+        frames may be views of the device's buffer) and a flusher thread writes it while
+        the connection's thread stops reading new PDUs (``_await_unsent``): the initiator's
+        own back-pressure, and with the CmdSN window a bound on what it makes us hold.
+        A broken connection is closed; the receiving thread notices by itself."""
         if self._sock_closed:
+            return
+        if self._unsent_bytes:  # earlier output still waits: queue behind it, in order
+            self._hold(frames)
             return
         sendmsg = self.sock.sendmsg
         try:
             while frames:
                 batch = frames[:512] if len(frames) > 512 else frames  # below IOV_MAX
-                sent = sendmsg(batch)
+                try:
+                    sent = sendmsg(batch, (), socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    sent = 0
                 if sent == total:
                     return
                 total = -1
@@ -161,15 +187,78 @@ class PduFraming:
                     done += 1
                 if done == len(frames):
                     return
-                if not (done or sent):
-                    raise ConnectionGone()
                 frames = frames[done:]
-                if sent:  # a signal interrupted the send part-way through a frame
+                if sent:  # part of a frame went out
                     frames[0] = memoryview(frames[0])[sent:]
+                if not self._writable():
+                    self._hold(frames)
+                    return
         except (OSError, ConnectionGone) as exc:
             if not self._closing:
                 log.info("%s: cannot send: %s", self.peer, exc)
             self.close()
+
+    def _writable(self) -> bool:
+        """Wait up to SEND_WAIT for room in the socket's send buffer."""
+        poller = self._poller
+        if poller is None:
+            poller = self._poller = select.poll()
+            poller.register(self.sock, select.POLLOUT)
+        return bool(poller.poll(SEND_WAIT * 1000))
+
+    def _hold(self, frames: list) -> None:
+        """Copy frames aside for the flusher (under ``_tx_lock``); past ``max_unsent`` bytes
+        wait for it first, the last-resort bound (a LUN's lock may be held meanwhile)."""
+        limit = self._limits.max_unsent
+        while (self._unsent_bytes > limit and not self._sock_closed
+               and not self._closing):
+            self._tx_cond.wait(0.5)
+        if self._sock_closed or self._closing:
+            return
+        for f in frames:
+            chunk = bytes(f)
+            self._unsent.append(chunk)
+            self._unsent_bytes += len(chunk)
+        if not self._flushing:
+            self._flushing = True
+            threading.Thread(target=self._flush_unsent, name=f"iscsi-tx {self.peer}",
+                             daemon=True).start()
+
+    def _flush_unsent(self) -> None:
+        """The flusher: write what ``_hold`` set aside, blocking, outside ``_tx_lock``."""
+        size = 0
+        try:
+            while True:
+                with self._tx_lock:
+                    self._unsent_bytes -= size
+                    self._tx_cond.notify_all()
+                    chunks: list[bytes] = []
+                    size = 0
+                    unsent = self._unsent
+                    while unsent and size < FLUSH_CHUNK:
+                        chunk = unsent.popleft()
+                        chunks.append(chunk)
+                        size += len(chunk)
+                    if not chunks or self._sock_closed:
+                        self._flushing = False
+                        return
+                self.sock.sendall(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+        except OSError as exc:
+            if not self._closing:
+                log.info("%s: cannot send: %s", self.peer, exc)
+            self.close()
+            with self._tx_lock:
+                self._unsent.clear()
+                self._unsent_bytes = 0
+                self._flushing = False
+                self._tx_cond.notify_all()
+
+    def _await_unsent(self) -> None:
+        """Back-pressure, on the connection's thread: read no new PDU while responses
+        wait to be written (the initiator is not reading them)."""
+        with self._tx_cond:
+            while self._unsent_bytes and not self._closing and not self._sock_closed:
+                self._tx_cond.wait(0.5)
 
     def _next_statsn(self) -> int:
         with self._tx_lock:  # the connection's thread and LUN workers both number responses

@@ -52,6 +52,9 @@ class ResponseSender:
     def _finish(self, task: Task) -> None:
         """Drop a task from the table (call with ``self.lock`` held; idempotent)."""
         task.state = TaskState.DONE
+        if task.slot:  # MaxCmdSN moves on: the initiator may send one more command
+            task.slot = False
+            self.session.freed += 1
         if task.buffered:
             self._buffered -= task.buffered
             task.buffered = 0
@@ -72,9 +75,9 @@ class ResponseSender:
         with self._tx_lock:
             sn = self.statsn
             self.statsn = (sn + 1) & ALL_ONES
-            exp = session.exp_cmdsn
-            bhs = pdu.data_in_good(n, lun_raw, itt, sn, exp,
-                                   (exp + session.queue_depth - 1) & ALL_ONES)
+            exp = session.exp_cmdsn  # before the slot counters (Session.taken says why)
+            bhs = pdu.data_in_good(n, lun_raw, itt, sn, exp, (
+                exp + session.queue_depth - 1 - (session.taken - session.freed)) & ALL_ONES)
             self._sendall([bhs, data, b"\0" * pad] if pad else [bhs, data], 48 + n + pad)
 
     def _send_rsp_good(self, itt: int, r2tsn: int) -> None:
@@ -84,9 +87,10 @@ class ResponseSender:
         with self._tx_lock:
             sn = self.statsn
             self.statsn = (sn + 1) & ALL_ONES
-            exp = session.exp_cmdsn
-            bhs = pdu.scsi_rsp_good(itt, sn, exp, (exp + session.queue_depth - 1) & ALL_ONES,
-                                    r2tsn)
+            exp = session.exp_cmdsn  # before the slot counters (Session.taken says why)
+            bhs = pdu.scsi_rsp_good(itt, sn, exp, (
+                exp + session.queue_depth - 1 - (session.taken - session.freed)) & ALL_ONES,
+                r2tsn)
             self._sendall([bhs], 48)
 
     def _send_result(self, task: Task, result: ScsiResult) -> None:

@@ -78,43 +78,56 @@ class ScsiCommandRunner:
         if session.discovery:
             self._reject(hdr.raw, RejectReason.PROTOCOL_ERROR)
             return
-        if not session.accept_cmdsn(hdr.words[1], hdr.immediate):
+        immediate = hdr.immediate
+        if not session.accept_cmdsn(hdr.words[1], immediate, task=True):
             log.debug("%s: CmdSN %d outside window, ignored", self.peer, hdr.words[1])
             return
         itt = hdr.itt
         if itt in self.tasks or itt == ALL_ONES:
-            self._reject(hdr.raw, RejectReason.TASK_IN_PROGRESS
-                         if itt in self.tasks else RejectReason.INVALID_PDU_FIELD)
+            self._refuse(hdr.raw, RejectReason.TASK_IN_PROGRESS
+                         if itt in self.tasks else RejectReason.INVALID_PDU_FIELD, immediate)
+            return
+        if immediate and len(self.tasks) >= session.queue_depth:
+            # Immediate commands hold no CmdSN slot: bound them by the task table instead.
+            self._reject(hdr.raw, RejectReason.IMMEDIATE_COMMAND_REJECT)
             return
         if self.draining:
             # Shutting down: finish what is in flight, ask for new commands to be retried.
-            self._answer(Task(itt, hdr.lun, None, b"", 0, False, False), ScsiResult(Status.BUSY))
+            self._answer(Task(itt, hdr.lun, None, b"", 0, False, False, slot=not immediate),
+                         ScsiResult(Status.BUSY))
             return
         raw = hdr.raw
         cdb = raw[32:_CDB_END[raw[32] >> 5]]  # the CDB's own length, by its group code
         if hdr.ahs:
             cdb = self._extended_cdb(hdr, raw[32:48])
             if cdb is None:
-                self._reject(raw, RejectReason.INVALID_PDU_FIELD)
+                self._refuse(raw, RejectReason.INVALID_PDU_FIELD, immediate)
                 return
         flags = hdr.flags
         write = bool(flags & 0x20)
         edtl = hdr.words[0]
-        lun_raw = hdr.lun
-        lun = lun_raw[1] if lun_raw == _LUN_FAST[lun_raw[1]] else pdu.decode_lun(lun_raw)
-        task = Task(itt, lun_raw, lun, cdb, edtl, bool(flags & 0x40), write)
         dsl = hdr.dsl
         if dsl:
             p = session.params
             if not write or not p.immediate_data or dsl > p.first_burst or dsl > edtl:
-                self._reject(raw, RejectReason.PROTOCOL_ERROR)
+                self._refuse(raw, RejectReason.PROTOCOL_ERROR, immediate)
                 return
+        lun_raw = hdr.lun
+        lun = lun_raw[1] if lun_raw == _LUN_FAST[lun_raw[1]] else pdu.decode_lun(lun_raw)
+        task = Task(itt, lun_raw, lun, cdb, edtl, bool(flags & 0x40), write, slot=not immediate)
         if write and edtl:
             self._start_write(task, hdr)
             return
         with self.lock:
             self.tasks[itt] = task
         self._execute(task)
+
+    def _refuse(self, header: bytes, reason: RejectReason, immediate: bool) -> None:
+        """Reject a SCSI Command that never became a task, giving back its CmdSN slot."""
+        if not immediate:
+            with self.lock:
+                self.session.freed += 1
+        self._reject(header, reason)
 
     def _extended_cdb(self, hdr: Header, cdb: bytes) -> bytes | None:
         ahs = hdr.ahs

@@ -3,6 +3,11 @@
 With MaxConnections=1 and ErrorRecoveryLevel=0 a session has exactly one connection, so this
 is small: who the initiator is (the I_T nexus the device models see), the command numbering
 window (RFC 7143 section 4.2.2) and the tasks in flight.
+
+The window is what bounds the work one initiator can make the target hold: a SCSI command
+that becomes a task keeps its CmdSN slot until the task ends (its response is handed to the
+socket, or it is aborted), so MaxCmdSN advances only as tasks end, never past QueueDepth
+commands in flight; commands beyond MaxCmdSN are dropped (RFC 7143 4.2.2.1).
 """
 
 from __future__ import annotations
@@ -34,6 +39,11 @@ class Session:
     exp_cmdsn: int
     queue_depth: int
     nexus: Nexus = field(init=False)
+    # CmdSN slots held by tasks: ``taken`` only grows on the connection's thread (before
+    # ExpCmdSN moves, so a response built meanwhile on another thread never advertises a
+    # MaxCmdSN above the true one), ``freed`` only under Connection.lock as tasks end.
+    taken: int = field(init=False, default=0)
+    freed: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self.nexus = make_nexus(self.initiator_name, self.isid)
@@ -44,22 +54,29 @@ class Session:
 
     @property
     def max_cmdsn(self) -> int:
-        return (self.exp_cmdsn + self.queue_depth - 1) & ALL_ONES
+        exp = self.exp_cmdsn  # read before the slot counters (see ``taken``)
+        return (exp + self.queue_depth - 1 - (self.taken - self.freed)) & ALL_ONES
 
-    def accept_cmdsn(self, cmdsn: int, immediate: bool) -> bool:
+    def accept_cmdsn(self, cmdsn: int, immediate: bool, task: bool = False) -> bool:
         """Apply the CmdSN rules; False means the PDU is outside the window and is ignored.
 
         Immediate commands carry the current CmdSN and do not advance it. A non-immediate
         command must fall in [ExpCmdSN, MaxCmdSN]; on one connection they arrive in order, so
-        accepting one moves ExpCmdSN past it.
+        accepting one moves ExpCmdSN past it. ``task``: the command becomes a task that holds
+        its slot until the caller frees it (``freed += 1`` under Connection.lock).
         """
         if immediate:
             return True
-        if cmdsn == self.exp_cmdsn and self.queue_depth > 0:  # the usual case: next in order
+        held = self.taken - self.freed
+        if cmdsn == self.exp_cmdsn and held < self.queue_depth:  # the usual case
+            if task:
+                self.taken += 1
             self.exp_cmdsn = (cmdsn + 1) & ALL_ONES
             return True
         if not (serial_le(self.exp_cmdsn, cmdsn) and serial_le(cmdsn, self.max_cmdsn)):
             return False
+        if task:
+            self.taken += 1
         if not serial_lt(cmdsn, self.exp_cmdsn):
             self.exp_cmdsn = (cmdsn + 1) & ALL_ONES
         return True

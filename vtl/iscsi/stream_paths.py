@@ -142,14 +142,16 @@ class StreamPaths:
     def _stream_for(self, hb: memoryview) -> tuple[StreamLun, Session, int, int] | None:
         """(the LUN's fast paths, the session, ITT, EDTL) when the SCSI Command in ``hb``
         may take a fast path now: a normal session that is not closing, the next CmdSN in
-        order, a free ITT, and no command of the LUN still queued (order is kept)."""
+        order and inside the window, a free ITT, and no command of the LUN still queued
+        (order is kept)."""
         stream = self._streams.get(hb[8:16].tobytes())
         session = self.session
         if (stream is None or session is None or self.draining or self._closing
                 or not session.queue_depth):
             return None
         itt, edtl, cmdsn = _ITT_EDTL_CMDSN.unpack_from(hb, 16)
-        if cmdsn != session.exp_cmdsn or itt == ALL_ONES or itt in self.tasks:
+        if (cmdsn != session.exp_cmdsn or itt == ALL_ONES or itt in self.tasks
+                or session.taken - session.freed >= session.queue_depth):  # window full
             return None
         prev = self._posted.get(stream.lun)
         if prev is not None and prev.state is not TaskState.DONE:

@@ -39,3 +39,4 @@ class Task:
     failed_sense: bytes | None = None  # e.g. a data digest error on Data-Out
     write_residual: tuple[int, int] | None = None  # (flag, count) when EDTL != CDB length
     buffered: int = 0  # bytes of write buffer counted against the connection's limit
+    slot: bool = False  # holds a CmdSN slot of the session's window until it ends

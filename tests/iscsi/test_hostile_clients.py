@@ -1,0 +1,130 @@
+"""Hostile initiators against `vtl serve` in a subprocess: what they can make the server hold
+(resident memory, threads) stays bounded, and a well-behaved initiator keeps being served.
+
+* Initiators that log in and send SCSI commands as fast as they can without ever reading
+  their socket: the CmdSN window (MaxCmdSN moves only as tasks end) drops what is beyond
+  it, immediate commands are bounded by the task table, and once responses pile up unsent
+  the connection stops reading (back-pressure). A response that cannot be written never
+  holds up a device shared with other initiators.
+
+Bounds (stated here, asserted below): the server's VmRSS grows by less than RSS_BOUND over
+its baseline; the well-behaved initiator's INQUIRY answers within LATENCY_BOUND.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from iscsi_support import RawInitiator, scsi_status
+from served_library import Served, proc_status, start, vtl
+
+from vtl.iscsi import pdu
+from vtl.iscsi.pdu import Op
+
+IQN = "iqn.2026-11.org.vtl-ebm:hostile"
+GOOD = "iqn.2026-11.org.vtl-ebm:good"
+RSS_BOUND_KIB = 32 << 10  # +32 MiB over the baseline (main before the fix: +47 MiB in 4 s)
+LATENCY_BOUND = 1.0  # seconds for one INQUIRY of the well-behaved initiator
+FLOOD_SECONDS = 4.0
+
+INQUIRY = bytes([0x12, 0, 0, 0, 96, 0])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[Served]:
+    root: Path = tmp_path_factory.mktemp("hostile") / "lib"
+    vtl(root, "init", "--drives", "1", "--slots", "2", "--mailslots", "1", "--iqn", IQN)
+    s = start(root)
+    yield s
+    assert s.stop() == 0
+    assert "Traceback" not in s.stderr()
+
+
+def _commands(ini: RawInitiator, count: int, immediate: bool) -> bytes:
+    """``count`` INQUIRYs to LUN 0 with rising CmdSN (or all immediate), as one buffer."""
+    first = 0x40 if immediate else 0
+    out = bytearray()
+    lun = pdu.encode_lun(0)
+    for i in range(count):
+        cmdsn = ini.cmdsn if immediate else ini.cmdsn + i
+        out += struct.pack(">BBBBI8sIIII16s", Op.SCSI_CMD | first, 0xC0, 0, 0, 0, lun,
+                           0x1000 + i, 96, cmdsn & 0xFFFFFFFF, ini.expstatsn,
+                           INQUIRY.ljust(16, b"\0"))
+    return bytes(out)
+
+
+def _never_read(port: int, k: int, immediate: bool, sent: list[int]) -> None:
+    """Log in, then send INQUIRYs for FLOOD_SECONDS without reading a byte."""
+    ini = RawInitiator(port, name=f"iqn.2026-11.org.vtl-ebm:hostile{k}",
+                       isid=bytes([0x80, 0, 0, 0, 0x10, k]))
+    ini.login(target=IQN)
+    burst = _commands(ini, 200_000, immediate)
+    ini.sock.settimeout(0.2)
+    total = 0
+    deadline = time.monotonic() + FLOOD_SECONDS
+    view = memoryview(burst)
+    off = 0
+    try:
+        while time.monotonic() < deadline:
+            try:
+                n = ini.sock.send(view[off:off + 65536])
+            except TimeoutError:  # the server stopped reading us: back-pressure
+                continue
+            off += n
+            total += n
+            if off == len(burst):
+                off = 0  # the same CmdSNs again: stale, dropped
+    except OSError:
+        pass
+    sent.append(total // 48)
+    ini.close()
+
+
+def _attack(served: Served, kinds: list[bool]) -> tuple[int, int, float, int]:
+    """Run never-reading initiators (True: immediate commands) while a well-behaved one
+    sends INQUIRYs; (baseline RSS KiB, peak RSS KiB, worst latency s, commands sent)."""
+    pid = served.proc.pid
+    good = RawInitiator(served.port, name=GOOD, isid=b"\x80\0\0\0\x20\x01")
+    good.login(target=IQN)
+    base = proc_status(pid, "VmRSS")
+    sent: list[int] = []
+    threads = [threading.Thread(target=_never_read, args=(served.port, k, imm, sent))
+               for k, imm in enumerate(kinds)]
+    for t in threads:
+        t.start()
+    peak, worst = base, 0.0
+    while any(t.is_alive() for t in threads):
+        t0 = time.monotonic()
+        itt = good.scsi(INQUIRY, lun=0, read=96)
+        rsp, data = good.collect(itt)
+        worst = max(worst, time.monotonic() - t0)
+        assert scsi_status(rsp) == 0 and data[8:11] == b"IBM"
+        peak = max(peak, proc_status(pid, "VmRSS"))
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    good.logout()
+    good.close()
+    return base, peak, worst, sum(sent)
+
+
+def test_never_reading_initiator_gets_bounded_memory(served: Served):
+    base, peak, worst, sent = _attack(served, [False])
+    print(f"1 never-reading initiator: {sent} commands sent, RSS {base >> 10} -> "
+          f"{peak >> 10} MiB, worst INQUIRY latency of another {worst * 1000:.0f} ms")
+    assert sent > 100_000
+    assert peak - base < RSS_BOUND_KIB
+    assert worst < LATENCY_BOUND
+
+
+def test_four_never_reading_initiators_get_bounded_memory(served: Served):
+    base, peak, worst, sent = _attack(served, [False, True, False, True])
+    print(f"4 never-reading initiators: {sent} commands sent, RSS {base >> 10} -> "
+          f"{peak >> 10} MiB, worst INQUIRY latency of another {worst * 1000:.0f} ms")
+    assert peak - base < RSS_BOUND_KIB
+    assert worst < LATENCY_BOUND
