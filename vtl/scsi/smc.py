@@ -245,8 +245,8 @@ class MediumChanger(ScsiModel):
             states = self.element_states()
         return read_element_status(states, parsed)
 
-    @command(Opcode.MOVE_MEDIUM, "MOVE MEDIUM", "a5 e0 ff ff ff ff ff ff 00 00 01 00", pr=PR_WRITE,
-             timeout=300)
+    @command(Opcode.MOVE_MEDIUM, "MOVE MEDIUM", "a5 e0 ff ff ff ff ff ff 00 00 01 00",
+             pr=PR_WRITE, timeout=300)
     def cmd_move_medium(self, req: Request) -> None:
         m = parse_move_medium(req.cdb)
         self._check_transport(m.transport)
@@ -259,8 +259,7 @@ class MediumChanger(ScsiModel):
             self._notice_changes({m.source: None, m.destination: barcode})
 
     @command(Opcode.EXCHANGE_MEDIUM, "EXCHANGE MEDIUM", "a6 e0 ff ff ff ff ff ff ff ff 03 00",
-             pr=PR_WRITE,
-             timeout=600)
+             pr=PR_WRITE, timeout=600)
     def cmd_exchange_medium(self, req: Request) -> None:
         x = parse_exchange_medium(req.cdb)
         self._check_transport(x.transport)
@@ -321,14 +320,12 @@ class MediumChanger(ScsiModel):
             lib._reload()
 
     @command(Opcode.INITIALIZE_ELEMENT_STATUS, "INITIALIZE ELEMENT STATUS", "07 e0 00 00 00 00",
-             pr=PR_WRITE,
-             timeout=600)
+             pr=PR_WRITE, timeout=600)
     def cmd_initialize_element_status(self, req: Request) -> None:
         self._rescan()
 
     @command(Opcode.INITIALIZE_ELEMENT_STATUS_WITH_RANGE, "INITIALIZE ELEMENT STATUS WITH RANGE",
-             "37 e3 ff ff 00 00 ff ff 00 00",
-             pr=PR_WRITE, timeout=600)
+             "37 e3 ff ff 00 00 ff ff 00 00", pr=PR_WRITE, timeout=600)
     @command(Opcode.INITIALIZE_ELEMENT_STATUS_WITH_RANGE_LEGACY,
              "INITIALIZE ELEMENT STATUS WITH RANGE", "e7 e3 ff ff 00 00 ff ff 00 00",
              pr=PR_WRITE, timeout=600)

@@ -274,6 +274,35 @@ def descriptor_sense(fixed: bytes) -> bytes:
     return bytes((resp, key, asc, ascq, 0, 0, 0, len(descs))) + bytes(descs)
 
 
+def _mode_parameter_header(data: memoryview, ten: bool) -> tuple[int, int, int, int]:
+    """(header length, medium type, device-specific parameter, block descriptor length) of a
+    MODE SELECT parameter list (SPC-4 7.5, mode parameter header); 1A/00 if it is cut short."""
+    hlen = 8 if ten else 4
+    if len(data) < hlen:
+        raise PARAMETER_LIST_LENGTH_ERROR()
+    if ten:
+        medium, dsp, bdlen = data[2], data[3], int.from_bytes(data[6:8], "big")
+    else:
+        medium, dsp, bdlen = data[1], data[2], data[3]
+    if hlen + bdlen > len(data):
+        raise PARAMETER_LIST_LENGTH_ERROR()
+    return hlen, medium, dsp, bdlen
+
+
+def _mode_page_header(data: memoryview, off: int) -> tuple[int, int, int, int]:
+    """(page, subpage, page length, header length) of the mode page at ``off``: page_0
+    format (2-byte header) or, with SPF set, sub_page format (4 bytes) (SPC-4 7.5)."""
+    plen = len(data)
+    if off + 2 > plen:
+        raise PARAMETER_LIST_LENGTH_ERROR()
+    b0 = data[off]
+    if not b0 & 0x40:
+        return b0 & 0x3F, 0, data[off + 1], 2
+    if off + 4 > plen:
+        raise PARAMETER_LIST_LENGTH_ERROR()
+    return b0 & 0x3F, data[off + 1], int.from_bytes(data[off + 2 : off + 4], "big"), 4
+
+
 class ScsiModel:
     """SPC-4 base of every device model. Subclasses set the class attributes below, add
     commands with ``@command``, pages with ``add_mode_page``/``add_log_page`` and VPD pages by
@@ -641,8 +670,7 @@ class ScsiModel:
         return NO_ADDITIONAL_SENSE.sense()
 
     @command(Opcode.REPORT_LUNS, "REPORT LUNS", "a0 00 ff 00 00 00 ff ff ff ff 00 00",
-             pr=PR_ALLOWED,
-             ua_exempt=True)
+             pr=PR_ALLOWED, ua_exempt=True)
     def cmd_report_luns(self, req: Request) -> bytes:
         return report_luns(self.luns, req.cdb)
 
@@ -721,38 +749,31 @@ class ScsiModel:
         return self._mode_sense(req, ten=True)
 
     def _mode_select(self, req: Request, ten: bool) -> None:
-        cdb = req.cdb
-        save = bool(cdb[1] & 0x01)
-        plen = req.u16(7) if ten else cdb[4]
+        """MODE SELECT(6)/(10): header, block descriptors and pages, all or nothing."""
+        save = bool(req.cdb[1] & 0x01)  # SP: save pages
+        plen = req.u16(7) if ten else req.cdb[4]
         if plen == 0:
             return
         if save and not any(p.savable for p in self.mode_pages.values()):
             raise invalid_field_in_cdb(1, 0)
         data = req.param_list(plen)
-        hlen = 8 if ten else 4
-        if plen < hlen:
-            raise PARAMETER_LIST_LENGTH_ERROR()
-        if ten:
-            medium, dsp, bdlen = data[2], data[3], int.from_bytes(data[6:8], "big")
-        else:
-            medium, dsp, bdlen = data[1], data[2], data[3]
-        if hlen + bdlen > plen:
-            raise PARAMETER_LIST_LENGTH_ERROR()
-        # Validate every page before applying any (all or nothing).
+        hlen, medium, dsp, bdlen = _mode_parameter_header(data, ten)
+        staged = self._stage_mode_pages(data, hlen + bdlen, save)
+        changed = self.select_header(medium, dsp, 1 if not ten else 2)
+        changed |= self.select_block_descriptors(data[hlen : hlen + bdlen], hlen)
+        for mp, body in staged:
+            changed |= mp.apply(body, save)
+        if changed:
+            self.queue_ua(UnitAttention.MODE_PARAMETERS_CHANGED, exclude=req.nexus)
+
+    def _stage_mode_pages(self, data: memoryview, off: int, save: bool
+                          ) -> list[tuple[ModePage, memoryview]]:
+        """Every mode page from ``off`` to the end of the list, each checked against what
+        may change, before any is applied (SPC-4 7.5: the whole list or nothing)."""
         staged: list[tuple[ModePage, memoryview]] = []
-        off = hlen + bdlen
+        plen = len(data)
         while off < plen:
-            if off + 2 > plen:
-                raise PARAMETER_LIST_LENGTH_ERROR()
-            b0 = data[off]
-            spf = bool(b0 & 0x40)
-            page = b0 & 0x3F
-            if spf:
-                if off + 4 > plen:
-                    raise PARAMETER_LIST_LENGTH_ERROR()
-                subpage, length, hdr = data[off + 1], int.from_bytes(data[off + 2 : off + 4], "big"), 4
-            else:
-                subpage, length, hdr = 0, data[off + 1], 2
+            page, subpage, length, hdr = _mode_page_header(data, off)
             mp = self.mode_pages.get((page, subpage))
             if mp is None:
                 raise invalid_field_in_parameter_list(off, 5)
@@ -764,12 +785,7 @@ class ScsiModel:
                 raise invalid_field_in_cdb(1, 0)
             staged.append((mp, body))
             off += hdr + length
-        changed = self.select_header(medium, dsp, 1 if not ten else 2)
-        changed |= self.select_block_descriptors(data[hlen : hlen + bdlen], hlen)
-        for mp, body in staged:
-            changed |= mp.apply(body, save)
-        if changed:
-            self.queue_ua(UnitAttention.MODE_PARAMETERS_CHANGED, exclude=req.nexus)
+        return staged
 
     @command(Opcode.MODE_SELECT_6, "MODE SELECT(6)", "15 11 00 00 ff 00", pr=PR_WRITE,
              data_out=parameter_list_length(4, 1))
@@ -867,8 +883,7 @@ class ScsiModel:
 
     # -- PERSISTENT RESERVE IN / OUT (rules in vtl.scsi.reservations) ----------------------
     @service_actions(Opcode.PERSISTENT_RESERVE_IN, "PERSISTENT RESERVE IN",
-                     "5e 00 00 00 00 00 00 ff ff 00", range(4),
-                     pr=PR_ALLOWED)
+                     "5e 00 00 00 00 00 00 ff ff 00", range(4), pr=PR_ALLOWED)
     def cmd_pr_in(self, req: Request) -> bytes:
         sa = req.cdb[1] & _SA_MASK
         pr = self.pr
