@@ -967,38 +967,12 @@ class ScsiModel:
              sa=REPORT_SUPPORTED_OPERATION_CODES, pr=PR_ALLOWED)
     def cmd_report_opcodes(self, req: Request) -> bytes:
         cdb = req.cdb
-        rctd = bool(cdb[2] & 0x80)
-        opts = cdb[2] & 0x07
-        opcode = cdb[3]
-        want_sa = req.u16(4)
+        rctd = bool(cdb[2] & 0x80)  # return command timeouts descriptors
+        opts = cdb[2] & 0x07  # REPORTING OPTIONS
         alloc = req.u32(6)
         if opts == 0:
-            out = bytearray(4)
-            for spec in self._specs:
-                out += bytes((spec.opcode, 0)) + (spec.sa or 0).to_bytes(2, "big")
-                out += bytes((0, (0x02 if rctd else 0) | (0x01 if spec.sa is not None else 0)))
-                out += spec.cdb_len.to_bytes(2, "big")
-                if rctd:
-                    out += self._timeouts(spec)
-            out[0:4] = (len(out) - 4).to_bytes(4, "big")
-            return trunc(bytes(out), alloc)
-        if opts not in (1, 2, 3):
-            raise invalid_field_in_cdb(2, 2)
-        entry = self._table.get(opcode)
-        spec: CommandSpec | None
-        if entry is None:
-            spec = None
-        elif isinstance(entry, dict):
-            if opts == 1:
-                raise invalid_field_in_cdb(2, 2)
-            spec = entry.get(want_sa)
-        else:
-            if opts == 2:
-                raise invalid_field_in_cdb(2, 2)
-            if opts == 3 and want_sa:
-                spec = None
-            else:
-                spec = entry
+            return trunc(self._all_commands(rctd), alloc)
+        spec = self._one_command(opts, cdb[3], req.u16(4))
         if spec is None:
             return trunc(bytes((0, 0x01, 0, 0)), alloc)  # SUPPORT = 001b: not supported
         usage = self._usage_of(spec)
@@ -1007,5 +981,33 @@ class ScsiModel:
             out += self._timeouts(spec)
         return trunc(out, alloc)
 
+    def _all_commands(self, rctd: bool) -> bytes:
+        """REPORTING OPTIONS 000b: one command descriptor per opcode and service action."""
+        out = bytearray(4)
+        for spec in self._specs:
+            out += bytes((spec.opcode, 0)) + (spec.sa or 0).to_bytes(2, "big")
+            out += bytes((0, (0x02 if rctd else 0) | (0x01 if spec.sa is not None else 0)))
+            out += spec.cdb_len.to_bytes(2, "big")
+            if rctd:
+                out += self._timeouts(spec)
+        out[0:4] = (len(out) - 4).to_bytes(4, "big")
+        return bytes(out)
+
+    def _one_command(self, opts: int, opcode: int, want_sa: int) -> CommandSpec | None:
+        """The command REPORTING OPTIONS 001b-011b ask about (None: not supported). 001b
+        names an opcode without service actions, 010b one with; asking the wrong way for
+        an opcode we have is an invalid field, as is any other option."""
+        if opts not in (1, 2, 3):
+            raise invalid_field_in_cdb(2, 2)
+        entry = self._table.get(opcode)
+        if entry is None:
+            return None
+        if isinstance(entry, dict):
+            if opts == 1:
+                raise invalid_field_in_cdb(2, 2)
+            return entry.get(want_sa)
+        if opts == 2:
+            raise invalid_field_in_cdb(2, 2)
+        return None if opts == 3 and want_sa else entry
 
 ScsiModel._build_table()
