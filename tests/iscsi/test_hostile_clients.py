@@ -6,13 +6,18 @@
   it, immediate commands are bounded by the task table, and once responses pile up unsent
   the connection stops reading (back-pressure). A response that cannot be written never
   holds up a device shared with other initiators.
+* A connection flood: past the per-portal cap a new connection first pushes out the oldest
+  one that has not logged in, else is closed at once; past the per-initiator cap the login
+  is refused (status 0x0302, out of resources).
 
 Bounds (stated here, asserted below): the server's VmRSS grows by less than RSS_BOUND over
-its baseline; the well-behaved initiator's INQUIRY answers within LATENCY_BOUND.
+its baseline; the well-behaved initiator's INQUIRY answers within LATENCY_BOUND; the
+server's thread count stays below its baseline plus the per-portal cap plus THREAD_SLACK.
 """
 
 from __future__ import annotations
 
+import socket
 import struct
 import threading
 import time
@@ -20,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from iscsi_support import RawInitiator, scsi_status
+from iscsi_support import LoginRefused, RawInitiator, scsi_status
 from served_library import Served, proc_status, start, vtl
 
 from vtl.iscsi import pdu
@@ -31,6 +36,9 @@ GOOD = "iqn.2026-11.org.vtl-ebm:good"
 RSS_BOUND_KIB = 32 << 10  # +32 MiB over the baseline (main before the fix: +47 MiB in 4 s)
 LATENCY_BOUND = 1.0  # seconds for one INQUIRY of the well-behaved initiator
 FLOOD_SECONDS = 4.0
+PORTAL_CAP = 64  # vtl serve's defaults
+INITIATOR_CAP = 8
+THREAD_SLACK = 8  # flushers, connections on their way out
 
 INQUIRY = bytes([0x12, 0, 0, 0, 96, 0])
 
@@ -128,3 +136,78 @@ def test_four_never_reading_initiators_get_bounded_memory(served: Served):
           f"{peak >> 10} MiB, worst INQUIRY latency of another {worst * 1000:.0f} ms")
     assert peak - base < RSS_BOUND_KIB
     assert worst < LATENCY_BOUND
+
+
+def _inquiry_works(port: int, name: str = GOOD, isid: bytes = b"\x80\0\0\0\x20\x02") -> float:
+    """Log in, INQUIRY LUN 0, log out; the seconds it took."""
+    t0 = time.monotonic()
+    ini = RawInitiator(port, name=name, isid=isid)
+    ini.login(target=IQN)
+    rsp, data = ini.collect(ini.scsi(INQUIRY, lun=0, read=96))
+    assert scsi_status(rsp) == 0 and data[8:11] == b"IBM"
+    ini.logout()
+    ini.close()
+    return time.monotonic() - t0
+
+
+def test_connection_flood_keeps_threads_and_memory_bounded(served: Served):
+    pid = served.proc.pid
+    base_threads = proc_status(pid, "Threads")
+    base_rss = proc_status(pid, "VmRSS")
+    flood = []
+    for _ in range(300):
+        flood.append(socket.create_connection(("127.0.0.1", served.port), timeout=5))
+    try:
+        peak_threads, peak_rss = base_threads, base_rss
+        for _ in range(10):
+            time.sleep(0.1)
+            peak_threads = max(peak_threads, proc_status(pid, "Threads"))
+            peak_rss = max(peak_rss, proc_status(pid, "VmRSS"))
+        took = _inquiry_works(served.port)  # pushes out the oldest idle flood socket
+        closed = 0
+        for s in flood:
+            s.settimeout(0.01)
+            try:
+                closed += s.recv(1) == b""
+            except (TimeoutError, OSError):
+                pass
+        print(f"300 idle connections: threads {base_threads} -> {peak_threads}, RSS "
+              f"{base_rss >> 10} -> {peak_rss >> 10} MiB, {closed} closed by the server, "
+              f"another initiator's login + INQUIRY {took * 1000:.0f} ms")
+        assert peak_threads <= base_threads + PORTAL_CAP + THREAD_SLACK
+        assert peak_rss - base_rss < RSS_BOUND_KIB
+        assert closed >= 300 - PORTAL_CAP
+        assert took < LATENCY_BOUND
+    finally:
+        for s in flood:
+            s.close()
+    assert "max_connections_per_portal" in served.stderr()
+
+
+def test_initiator_over_its_connection_cap_is_refused(served: Served):
+    name = "iqn.2026-11.org.vtl-ebm:greedy"
+    held = []
+    try:
+        for k in range(INITIATOR_CAP):
+            ini = RawInitiator(served.port, name=name, isid=bytes([0x80, 0, 0, 0, 0x30, k]))
+            ini.login(target=IQN)
+            held.append(ini)
+        extra = RawInitiator(served.port, name=name, isid=b"\x80\0\0\0\x30\xff")
+        with pytest.raises(LoginRefused) as refused:
+            extra.login(target=IQN)
+        assert refused.value.status == 0x0302  # target error, out of resources
+        extra.close()
+        _inquiry_works(served.port)  # another initiator is not affected
+        held.pop().logout()  # one leaves: the initiator may log in again
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                _inquiry_works(served.port, name, b"\x80\0\0\0\x30\xfe")
+                break
+            except LoginRefused:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        for ini in held:
+            ini.close()
+    assert "max_connections_per_initiator" in served.stderr()

@@ -99,6 +99,12 @@ def serve(
         help="Seconds of silence before the target pings with NOP-In (0 = never).")] = 30.0,
     nop_timeout: Annotated[float, typer.Option(
         help="Seconds to wait for a ping's answer before dropping the connection.")] = 30.0,
+    max_connections_per_portal: Annotated[int, typer.Option(
+        min=1, help="Connections one portal serves at once (each costs a thread); past it "
+        "the oldest one not logged in is dropped, else the new one is closed.")] = 64,
+    max_connections_per_initiator: Annotated[int, typer.Option(
+        min=1, help="Connections one initiator name may hold; past it its login is "
+        "refused (out of resources).")] = 8,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve the library over iSCSI: LUN 0 is the changer, LUN 1..N the drives."""
@@ -131,6 +137,8 @@ def serve(
         )
         limits = Limits(
             nop_interval=nop_interval, nop_timeout=nop_timeout,
+            max_connections_per_portal=max_connections_per_portal,
+            max_connections_per_initiator=max_connections_per_initiator,
             header_digests=("CRC32C",) if require_header_digest else ("None", "CRC32C"),
             data_digests=("CRC32C",) if require_data_digest else ("None", "CRC32C"),
         )

@@ -71,8 +71,11 @@ _EMPTY = memoryview(b"")
 class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, ResponseSender):
     """One TCP connection from login to close, served by its own thread."""
 
-    def __init__(self, server: TargetServices, sock: socket.socket) -> None:
+    def __init__(self, server: TargetServices, sock: socket.socket,
+                 portal: tuple[str, int] | None = None) -> None:
         self.server = server
+        self.portal = portal  # the listening address it came in on (the per-portal cap)
+        self.initiator = ""  # set once admitted (the per-initiator cap)
         self.sock = sock
         sock.setblocking(True)
         try:
@@ -183,6 +186,11 @@ class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, Re
 
     abort = close
 
+    @property
+    def closing(self) -> bool:
+        """Is the connection on its way out (it no longer counts against the caps)?"""
+        return self._closing
+
     # ==== dispatch ==========================================================================
     def _dispatch(self, hdr: Header, data: memoryview | None, digest_ok: bool) -> None:
         op = hdr.opcode
@@ -231,6 +239,10 @@ class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, Re
                     "MaxConnections=1: no connections can be added to a session",
                 )
             result = self.login.handle(c.flags, data)
+            name = self.login.initiator_name
+            if name and not self.initiator and not self.server.admit_initiator(self, name):
+                raise LoginFailed(LoginStatus.OUT_OF_RESOURCES,
+                                  f"too many connections from {name}")
         except LoginFailed as exc:
             log.info("%s: login refused (0x%04x): %s", self.peer, exc.status, exc)
             self._login_response(c, 0, exc.status, b"", tsih=0)

@@ -15,7 +15,8 @@ The ``TargetConfig`` list allows more targets later (e.g. per-device) without to
 protocol code.
 
 Threads: the event loop only accepts connections, runs the NOP-In watchdog and sequences a
-clean stop; every connection has a thread of its own (see ``connection.py`` for why), and
+clean stop; every connection has a thread of its own (see ``connection.py`` for why; capped
+per portal and per initiator name, ``Limits.max_connections_per_*``), and
 every LUN a lock and a worker thread (shared by all sessions) for the commands that may take
 long, so a connection keeps answering NOP-Outs and task management while they run.
 """
@@ -83,6 +84,8 @@ class IscsiTarget:
 
     async def _accept(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        name = listener.getsockname()
+        portal = (name[0], name[1])
         while True:
             try:
                 sock, _ = await loop.sock_accept(listener)
@@ -90,7 +93,10 @@ class IscsiTarget:
                 log.warning("accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
-            conn = Connection(self, sock)
+            if not self._make_room(portal, sock):
+                sock.close()
+                continue
+            conn = Connection(self, sock, portal)
             with self._lock:
                 self.connections.add(conn)
             try:
@@ -100,6 +106,46 @@ class IscsiTarget:
                 with self._lock:
                     self.connections.discard(conn)
                 sock.close()
+
+    def _make_room(self, portal: tuple[str, int], sock: socket.socket) -> bool:
+        """Enforce ``max_connections_per_portal`` (each connection costs a thread): at the
+        cap, the oldest connection that has not logged in yet makes room (a flood of idle
+        sockets cannot lock initiators out); with none, the new one is refused."""
+        cap = self.config.limits.max_connections_per_portal
+        with self._lock:
+            live = [c for c in self.connections if c.portal == portal and not c.closing]
+            if len(live) < cap:
+                return True
+            waiting = [c for c in live if not c.full_feature]
+            victim = min(waiting, key=lambda c: c.opened) if waiting else None
+        where = format_address(*portal, self.config.portal_group_tag)
+        try:
+            peer = "{}:{}".format(*sock.getpeername()[:2])
+        except OSError:
+            peer = "?"
+        if victim is None:
+            log.warning("%s: connection refused: portal %s has its maximum of %d connections "
+                        "(max_connections_per_portal)", peer, where, cap)
+            return False
+        log.warning("%s: portal %s has its maximum of %d connections "
+                    "(max_connections_per_portal): dropping %s, not logged in after %.1f s",
+                    peer, where, cap, victim.peer, time.monotonic() - victim.opened)
+        victim.abort()
+        return True
+
+    def admit_initiator(self, conn: Connection, name: str) -> bool:
+        """Count a logging-in connection against ``max_connections_per_initiator``; False
+        (and a log line) when that initiator already has as many."""
+        cap = self.config.limits.max_connections_per_initiator
+        with self._lock:
+            n = sum(1 for c in self.connections
+                    if c is not conn and c.initiator == name and not c.closing)
+            if n < cap:
+                conn.initiator = name
+                return True
+        log.warning("%s: login refused: initiator %s already has its maximum of %d "
+                    "connections (max_connections_per_initiator)", conn.peer, name, cap)
+        return False
 
     async def _watchdog(self) -> None:
         """Login timeouts and NOP-In pings for every connection, from one timer."""
