@@ -30,7 +30,7 @@ log = logging.getLogger("vtl.iscsi")
 
 LOGIN_MAX_DSL = 64 * 1024
 MAX_HEADER = BHS_LEN + 255 * 4 + 4  # BHS + the largest AHS + a header digest
-SEND_WAIT = 0.1  # seconds a full socket may hold up a sender before its frames are set aside
+SEND_WAIT = 0.05  # seconds a full socket may hold up a sender before its frames are set aside
 FLUSH_CHUNK = 1 << 20  # bytes the flusher joins into one write
 
 

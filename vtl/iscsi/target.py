@@ -343,7 +343,7 @@ def _listen(host: str, port: int) -> socket.socket:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
-        sock.listen(64)
+        sock.listen(socket.SOMAXCONN)  # a burst of connections waits, not SYN retries
         sock.setblocking(False)
     except OSError:
         sock.close()
