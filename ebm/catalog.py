@@ -23,9 +23,15 @@ Layout (Bareos-like, kept compact because the file index dominates the size):
   matches both.
 - ``ebm_states``: the translator's opaque state after each backup (the parent state of the
   next incremental).
-- ``ebm_pools`` + ``ebm_pool_media``: cartridge pools; each member has a state
-  (scratch/append/full) and ``append_at``, the logical object right after the last *good*
-  backup on it, so a torn tail left by a crashed job is simply overwritten next time.
+- pools are the library's own: the media catalog's ``pools`` table (name, description,
+  media, ``retention_days``) and ``cartridges.pool`` say which pools exist and which pool a
+  cartridge is in, for ``vtl`` and the EBM alike (one pool notion). ``ebm_media`` holds only
+  what the EBM adds for a cartridge handed to it (``ebm pool add``): its write state
+  (scratch/append/full/read-only/error), ``busy`` (the backup writing it) and ``append_at``,
+  the logical object right after the last *good* backup on it, so a torn tail left by a
+  crashed job is simply overwritten next time. A pool's ``retention_days`` is enforced by
+  ``ebm.retention``. Catalogs from before (``ebm_pools`` + ``ebm_pool_media`` with its own
+  pool column, mirrored into ``pools``) are migrated when a writer opens them.
 - ``ebm_schedules``: "daily at 03:00" style schedules run by ``ebm scheduler``.
 """
 
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
 import uuid as uuidlib
@@ -45,15 +52,11 @@ from tape_formats.archive.entry import printable_path
 from vtl import CATALOG_NAME
 
 BLOCK_SIZE = 256 * 1024
+POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as `vtl pool create` takes
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS ebm_pools (
-    name TEXT PRIMARY KEY,
-    created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS ebm_pool_media (
+CREATE TABLE IF NOT EXISTS ebm_media (
     barcode TEXT PRIMARY KEY,
-    pool TEXT NOT NULL REFERENCES ebm_pools(name),
     state TEXT NOT NULL DEFAULT 'scratch',
     append_at INTEGER NOT NULL DEFAULT 0,
     busy INTEGER,
@@ -279,14 +282,23 @@ class Catalog:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA busy_timeout=30000")
+        if not self.q("SELECT 1 FROM sqlite_master WHERE name='pools'"):
+            # A file the library did not make (tests, tools): give it the media catalog's
+            # tables first, since pools and cartridges are the library's.
+            from vtl.catalog import MediaCatalog
+
+            MediaCatalog(self.path).close()
         self.db.executescript(SCHEMA)
         self._migrate()
 
     def _migrate(self) -> None:
-        """Columns added after a catalog was first created (SCHEMA only creates tables).
+        """Bring a catalog written by an older EBM up to date (SCHEMA only creates tables).
 
         ``ebm_files.linkname``: a hard link's target (and a symlink's), so a path restore
-        can bring the target's data along; rows written before it have NULL there."""
+        can bring the target's data along; rows written before it have NULL there.
+        ``ebm_pools``/``ebm_pool_media``: the EBM's own pool table and membership column,
+        folded into the library's ``pools`` and ``cartridges.pool``."""
+        self._merge_old_pools()
         cols = {r[1] for r in self.db.execute("PRAGMA table_info(ebm_files)")}
         if "linkname" not in cols:
             try:
@@ -294,6 +306,26 @@ class Catalog:
             except sqlite3.OperationalError as e:  # another process added it just now
                 if "duplicate column" not in str(e):
                     raise
+
+    def _merge_old_pools(self) -> None:
+        if not self.q("SELECT 1 FROM sqlite_master WHERE name='ebm_pool_media'"):
+            return  # the common case: no write lock taken
+        with self.tx():
+            if not self.q("SELECT 1 FROM sqlite_master WHERE name='ebm_pool_media'"):
+                return  # already merged (possibly by another process just now)
+            created = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+            self.db.execute(
+                "INSERT OR IGNORE INTO pools(name, description, created) "
+                "SELECT name, 'EBM backup pool', ? FROM ebm_pools", (created,))
+            self.db.execute(
+                "UPDATE cartridges SET pool = (SELECT m.pool FROM ebm_pool_media m "
+                "WHERE m.barcode = cartridges.barcode) "
+                "WHERE barcode IN (SELECT barcode FROM ebm_pool_media)")
+            self.db.execute(
+                "INSERT OR IGNORE INTO ebm_media(barcode, state, append_at, busy, recycled) "
+                "SELECT barcode, state, append_at, busy, recycled FROM ebm_pool_media")
+            self.db.execute("DROP TABLE ebm_pool_media")
+            self.db.execute("DROP TABLE IF EXISTS ebm_pools")
 
     @classmethod
     def for_root(cls, root: Path) -> Catalog:
@@ -309,35 +341,54 @@ class Catalog:
     def q(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
         return self.db.execute(sql, tuple(args)).fetchall()
 
-    # -- pools ----------------------------------------------------------------------------
-    def create_pool(self, name: str) -> None:
-        if not name or "/" in name:
-            raise CatalogError(f"bad pool name {name!r}")
+    # -- pools (the library's pools table; ebm_media for the EBM's write state) -----------
+    def create_pool(self, name: str, description: str = "EBM backup pool", *,
+                    retention_days: int | None = None) -> None:
+        """A new pool in the library's ``pools`` table (``vtl pool list`` shows it too)."""
+        if not POOL_NAME.fullmatch(name or ""):
+            raise CatalogError(f"bad pool name {name!r} (letters, digits, . _ -)")
+        if retention_days is not None and retention_days < 0:
+            raise CatalogError("the retention in days must not be negative")
+        created = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
         try:
-            self.db.execute("INSERT INTO ebm_pools(name, created) VALUES (?, ?)", (name, time.time()))
+            self.db.execute(
+                "INSERT INTO pools(name, description, retention_days, created) VALUES (?,?,?,?)",
+                (name, description, retention_days, created))
         except sqlite3.IntegrityError:
             raise CatalogError(f"pool {name!r} already exists") from None
 
     def pools(self) -> list[str]:
-        return [r["name"] for r in self.q("SELECT name FROM ebm_pools ORDER BY name")]
+        return [r["name"] for r in self.q("SELECT name FROM pools ORDER BY name")]
+
+    def pool(self, name: str) -> sqlite3.Row | None:
+        rows = self.q("SELECT * FROM pools WHERE name=?", (name,))
+        return rows[0] if rows else None
 
     def require_pool(self, name: str) -> None:
-        if not self.q("SELECT 1 FROM ebm_pools WHERE name=?", (name,)):
+        if self.pool(name) is None:
             raise CatalogError(f"no pool named {name!r} (create it with `ebm pool create`)")
 
     def add_to_pool(self, pool: str, barcode: str) -> None:
+        """Hand a library cartridge to the EBM as a member of ``pool`` (its pool in the
+        library's catalog changes too: that is the one place membership is kept)."""
         self.require_pool(pool)
-        row = self.q("SELECT pool FROM ebm_pool_media WHERE barcode=?", (barcode,))
-        if row:
-            raise CatalogError(f"cartridge {barcode} is already in pool {row[0]['pool']!r}")
-        self.db.execute(
-            "INSERT INTO ebm_pool_media(barcode, pool) VALUES (?, ?)", (barcode, pool)
-        )
+        with self.tx():
+            cart = self.db.execute("SELECT pool FROM cartridges WHERE barcode=?", (barcode,)).fetchone()
+            if cart is None:
+                raise CatalogError(f"no cartridge {barcode} in the library "
+                                   "(create it with `vtl cartridge create`)")
+            if self.db.execute("SELECT 1 FROM ebm_media WHERE barcode=?", (barcode,)).fetchone():
+                raise CatalogError(f"cartridge {barcode} is already in pool {cart['pool']!r}")
+            self.db.execute("UPDATE cartridges SET pool=? WHERE barcode=?", (pool, barcode))
+            self.db.execute("INSERT INTO ebm_media(barcode) VALUES (?)", (barcode,))
+
+    _MEDIA = "SELECT m.*, c.pool AS pool FROM ebm_media m LEFT JOIN cartridges c USING (barcode)"
 
     def pool_media(self, pool: str | None = None) -> list[sqlite3.Row]:
+        """The EBM's cartridges (with their pool), of one pool or all."""
         if pool is None:
-            return self.q("SELECT * FROM ebm_pool_media ORDER BY pool, barcode")
-        return self.q("SELECT * FROM ebm_pool_media WHERE pool=? ORDER BY barcode", (pool,))
+            return self.q(f"{self._MEDIA} ORDER BY c.pool, m.barcode")
+        return self.q(f"{self._MEDIA} WHERE c.pool=? ORDER BY m.barcode", (pool,))
 
     def reserve_media(self, pool: str, backup_id: int, exclude: Iterable[str] = ()) -> sqlite3.Row | None:
         """Pick and mark busy the cartridge to write next: an appendable one first (fills
@@ -346,16 +397,14 @@ class Catalog:
         with self.tx():
             marks = ",".join("?" * len(excl)) or "''"
             row = self.db.execute(
-                f"""SELECT * FROM ebm_pool_media WHERE pool=? AND busy IS NULL
-                    AND state IN ('append','scratch') AND barcode NOT IN ({marks})
-                    ORDER BY state='scratch', barcode LIMIT 1""",
+                f"""{self._MEDIA} WHERE c.pool=? AND m.busy IS NULL
+                    AND m.state IN ('append','scratch') AND m.barcode NOT IN ({marks})
+                    ORDER BY m.state='scratch', m.barcode LIMIT 1""",
                 (pool, *excl),
             ).fetchone()
             if row is None:
                 return None
-            self.db.execute(
-                "UPDATE ebm_pool_media SET busy=? WHERE barcode=?", (backup_id, row["barcode"])
-            )
+            self.db.execute("UPDATE ebm_media SET busy=? WHERE barcode=?", (backup_id, row["barcode"]))
         return row
 
     def release_media(self, barcode: str, *, append_at: int | None = None,
@@ -368,11 +417,11 @@ class Catalog:
             sets.append("state=?")
             args.append(state)
         self.db.execute(
-            f"UPDATE ebm_pool_media SET {', '.join(sets)} WHERE barcode=?", (*args, barcode)
+            f"UPDATE ebm_media SET {', '.join(sets)} WHERE barcode=?", (*args, barcode)
         )
 
     def media(self, barcode: str) -> sqlite3.Row | None:
-        rows = self.q("SELECT * FROM ebm_pool_media WHERE barcode=?", (barcode,))
+        rows = self.q(f"{self._MEDIA} WHERE m.barcode=?", (barcode,))
         return rows[0] if rows else None
 
     # -- datasets -------------------------------------------------------------------------
@@ -484,7 +533,7 @@ class Catalog:
                 self.db.execute("INSERT OR REPLACE INTO ebm_states VALUES (?, ?)", (backup_id, state))
             for barcode, append_at, mstate in media_updates:
                 self.db.execute(
-                    "UPDATE ebm_pool_media SET append_at=?, state=?, busy=NULL WHERE barcode=?",
+                    "UPDATE ebm_media SET append_at=?, state=?, busy=NULL WHERE barcode=?",
                     (append_at, mstate, barcode),
                 )
             self.db.execute(
@@ -526,7 +575,7 @@ class Catalog:
                 "UPDATE ebm_backups SET state='failed', finished=?, error=? WHERE id=? AND state='running'",
                 (time.time(), printable_path(error)[:500], backup_id),
             )
-            self.db.execute("UPDATE ebm_pool_media SET busy=NULL WHERE busy=?", (backup_id,))
+            self.db.execute("UPDATE ebm_media SET busy=NULL WHERE busy=?", (backup_id,))
 
     def reap_dead_jobs(self) -> list[tuple[int, list[str]]]:
         """Mark running jobs whose process is gone as failed and free their cartridges.
@@ -544,14 +593,14 @@ class Catalog:
         for bid in dead:
             with self.tx():
                 held = [r[0] for r in self.db.execute(
-                    "SELECT barcode FROM ebm_pool_media WHERE busy=?", (bid,))]
+                    "SELECT barcode FROM ebm_media WHERE busy=?", (bid,))]
                 cur = self.db.execute(
                     "UPDATE ebm_backups SET state='failed', finished=?, error=? "
                     "WHERE id=? AND state='running'",
                     (time.time(), "the backup process died (killed or crashed)", bid))
                 if cur.rowcount != 1:
                     continue
-                self.db.execute("UPDATE ebm_pool_media SET busy=NULL WHERE busy=?", (bid,))
+                self.db.execute("UPDATE ebm_media SET busy=NULL WHERE busy=?", (bid,))
             out.append((bid, held))
         return out
 

@@ -320,51 +320,48 @@ def dataset_list() -> None:
 
 
 @pool_app.command("create")
-def pool_create(name: str) -> None:
-    """Create a cartridge pool (also listed in the library's own pools)."""
-    ebm = S.ebm()
-    ebm.catalog.create_pool(name)
-    with contextlib.suppress(Exception):  # mirror for `vtl`; the EBM's table is authoritative
-        if name not in {p["name"] for p in ebm.library.catalog.pools()}:
-            ebm.library.catalog.add_pool(name, "EBM backup pool")
-    emit({"pool": name}, lambda: out.print(f"pool {name} created"))
+def pool_create(name: str,
+                retention_days: int = typer.Option(
+                    None, "--retention-days", min=0,
+                    help="keep backups at least N days; older ones expire after each backup"),
+                description: str = typer.Option("EBM backup pool", "--description")) -> None:
+    """Create a cartridge pool (the library's pools: `vtl pool list` shows it too)."""
+    S.ebm().catalog.create_pool(name, description, retention_days=retention_days)
+    emit({"pool": name, "retention_days": retention_days},
+         lambda: out.print(f"pool {name} created"))
 
 
 @pool_app.command("add")
 def pool_add(name: str, barcodes: list[str]) -> None:
     """Add cartridges (by barcode) to a pool; they must exist in the library."""
-    ebm = S.ebm()
-    ebm.catalog.require_pool(name)
+    cat = S.ebm().catalog
+    cat.require_pool(name)
     for bc in barcodes:
-        try:
-            ebm.library.cartridge(bc)
-        except Exception:
-            raise CliError(f"no cartridge {bc} in the library (create it with `vtl cartridge create`)") from None
-    for bc in barcodes:
-        ebm.catalog.add_to_pool(name, bc)
-        with contextlib.suppress(Exception):  # show the pool in `vtl` listings too
-            ebm.library.catalog.update_cartridge(bc, pool=name)
+        cat.add_to_pool(name, bc)
     emit({"pool": name, "added": barcodes},
          lambda: out.print(f"added {len(barcodes)} cartridge(s) to pool {name}"))
 
 
 @pool_app.command("list")
 def pool_list() -> None:
-    """Pools and their cartridges (state, append point)."""
+    """Pools (the library's) and the EBM's cartridges in them (state, append point)."""
     cat = S.ebm().catalog
     rows = [dict(r) for r in cat.pool_media()]
     pools = cat.pools()
+    days = {p: cat.pool(p)["retention_days"] for p in pools}
 
     def human() -> None:
-        t = Table("pool", "barcode", "state", "append at", "busy")
+        t = Table("pool", "retention", "barcode", "state", "append at", "busy")
         for p in pools:
+            keep = f"{days[p]} d" if days[p] is not None else "-"
             members = [r for r in rows if r["pool"] == p]
             if not members:
-                t.add_row(p, "-", "-", "-", "-")
+                t.add_row(p, keep, "-", "-", "-", "-")
             for r in members:
-                t.add_row(p, r["barcode"], r["state"], str(r["append_at"]), str(r["busy"] or ""))
+                t.add_row(p, keep, r["barcode"], r["state"], str(r["append_at"]),
+                          str(r["busy"] or ""))
         out.print(t)
-    emit({"pools": pools, "media": rows}, human)
+    emit({"pools": pools, "retention_days": days, "media": rows}, human)
 
 
 # -- listing -------------------------------------------------------------------------------
@@ -532,14 +529,17 @@ def forget(
     keep_monthly: int = typer.Option(0, "--keep-monthly", min=0),
     dry_run: bool = typer.Option(False, "--dry-run"),
 ) -> None:
-    """Expire backups no retention rule keeps (never breaking a kept chain); recycle cartridges."""
+    """Expire backups no retention rule keeps (never breaking a kept chain); recycle cartridges.
+
+    A dataset's pool with --retention-days N adds "keep what is younger than N days"."""
     from ebm.retention import Policy
     from ebm.retention import forget as do_forget
 
     policy = Policy(keep_last, keep_daily, keep_weekly, keep_monthly)
-    if policy.empty():
-        raise CliError("give at least one --keep-* rule (forgetting everything is not a default)")
     cat = S.ebm().catalog
+    if policy.empty() and not any(cat.pool(p)["retention_days"] for p in cat.pools()):
+        raise CliError("give at least one --keep-* rule, or give a pool --retention-days "
+                       "(forgetting everything is not a default)")
     if dataset and cat.dataset(dataset) is None:
         raise CliError(f"no dataset {dataset!r}")
     r = do_forget(cat, policy, dataset, dry_run)

@@ -261,9 +261,11 @@ class Ebm:
                     raise JobError(str(e)) from None
         rules = {k: v for k, v in (req.retention or json.loads(ds["options"] or "{}").get(
             "retention", {})).items() if v}
-        if rules:  # the request's retention, else the dataset's: applied after a good backup
-            from ebm.retention import Policy, forget
+        from ebm.retention import Policy, forget, pool_policy
 
+        # the request's retention, else the dataset's, with its pool's retention_days: applied
+        # after a good backup
+        if not pool_policy(self.catalog, Policy(**rules), ds["pool"]).empty():
             forget(self.catalog, Policy(**rules), ds["name"])
         return b
 

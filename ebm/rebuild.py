@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ebm.backup_labels import parse_header, parse_trailer
-from ebm.catalog import BLOCK_SIZE, Catalog, FileRow, Volume
+from ebm.catalog import BLOCK_SIZE, Catalog, CatalogError, FileRow, Volume
 from ebm.crypto import BlockCipher, CryptoError
 from ebm.drive_session import DriveSession
 from ebm.manager import _row, state_from_b64
@@ -165,9 +165,10 @@ def rebuild(catalog: Catalog, library: Library, secret: bytes | None = None,
     for bc, (end, full) in ends.items():
         hdr_pool = next((s.header["options"].get("pool") for s in segs if s.barcode == bc), None)
         if catalog.media(bc) is None and hdr_pool:
-            if hdr_pool not in catalog.pools():
-                catalog.create_pool(hdr_pool)
-            catalog.add_to_pool(hdr_pool, bc)
+            with contextlib.suppress(CatalogError):  # a pool name the library cannot take
+                if hdr_pool not in catalog.pools():
+                    catalog.create_pool(hdr_pool)
+                catalog.add_to_pool(hdr_pool, bc)
         if catalog.media(bc) is not None:
             catalog.release_media(bc, append_at=end, state="full" if full else "append")
     return res

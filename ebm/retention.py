@@ -4,7 +4,11 @@ Rules (restic-like, applied per dataset to *done* backups, newest first):
 - keep_last N: the N newest;
 - keep_daily/weekly/monthly N: the newest backup of each of the N newest days/ISO weeks/months
   that have one.
-A backup is kept if any rule keeps it. Then every kept backup's whole chain (its parent,
+- the pool's ``retention_days`` N (``ebm pool create --retention-days N``, or the same in
+  ``vtl pool create``): every backup of a dataset whose pool has it, started less than N days
+  ago. It applies with or without the rules above, so a pool with a retention also expires
+  what is older (the library's one pool notion, enforced here).
+A backup is kept if any rule keeps it; a dataset with no rule at all is left alone. Then every kept backup's whole chain (its parent,
 grandparent ... baseline) is kept too, because an incremental is useless without it.
 Everything else (and every failed backup) expires: its file index rows are dropped and its
 state becomes *expired*. A cartridge none of whose backups is still done returns to
@@ -14,7 +18,8 @@ state becomes *expired*. A cartridge none of whose backups is still done returns
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 
 from ebm.catalog import Backup, Catalog
 
@@ -25,9 +30,11 @@ class Policy:
     keep_daily: int = 0
     keep_weekly: int = 0
     keep_monthly: int = 0
+    keep_within_days: int = 0  # from the dataset's pool (retention_days), not the command line
 
     def empty(self) -> bool:
-        return not (self.keep_last or self.keep_daily or self.keep_weekly or self.keep_monthly)
+        return not (self.keep_last or self.keep_daily or self.keep_weekly or self.keep_monthly
+                    or self.keep_within_days)
 
 
 @dataclass
@@ -51,9 +58,12 @@ def _bucket_keep(backups: list[Backup], n: int, key) -> set[int]:
     return keep
 
 
-def select_kept(backups: list[Backup], policy: Policy) -> set[int]:
+def select_kept(backups: list[Backup], policy: Policy, now: float | None = None) -> set[int]:
     newest = sorted(backups, key=lambda b: (b.started, b.id), reverse=True)
     keep = {b.id for b in newest[: policy.keep_last]}
+    if policy.keep_within_days:
+        since = (time.time() if now is None else now) - policy.keep_within_days * 86400
+        keep |= {b.id for b in newest if b.started >= since}
     if policy.keep_daily:
         keep |= _bucket_keep(newest, policy.keep_daily, lambda t: t.date())
     if policy.keep_weekly:
@@ -63,13 +73,24 @@ def select_kept(backups: list[Backup], policy: Policy) -> set[int]:
     return keep
 
 
+def pool_policy(catalog: Catalog, policy: Policy, pool: str | None) -> Policy:
+    """``policy`` plus the keep-within rule of ``pool``'s ``retention_days`` (if it has one)."""
+    row = catalog.pool(pool) if pool else None
+    days = row["retention_days"] if row is not None else None
+    return replace(policy, keep_within_days=days) if days else policy
+
+
 def forget(catalog: Catalog, policy: Policy, dataset: str | None = None,
-           dry_run: bool = False) -> ForgetResult:
+           dry_run: bool = False, now: float | None = None) -> ForgetResult:
     res = ForgetResult()
-    names = [dataset] if dataset else [r["name"] for r in catalog.datasets()]
-    for name in names:
+    rows = [r for r in catalog.datasets() if dataset is None or r["name"] == dataset]
+    for ds in rows:
+        name = ds["name"]
+        rules = pool_policy(catalog, policy, ds["pool"])
+        if rules.empty():
+            continue  # no rule for this dataset: forgetting everything is never a default
         done = catalog.backups(name, states=["done"])
-        keep = select_kept(done, policy)
+        keep = select_kept(done, rules, now)
         by_id = {b.id: b for b in done}
         for bid in list(keep):  # never break a chain a kept backup needs
             b = by_id[bid]
@@ -90,7 +111,7 @@ def forget(catalog: Catalog, policy: Policy, dataset: str | None = None,
 def recycle(catalog: Catalog) -> list[str]:
     """Cartridges whose every recorded backup has expired go back to scratch."""
     out = []
-    for m in catalog.pool_media():
+    for m in catalog.pool_media():  # the EBM's cartridges, of every pool
         if m["state"] == "scratch" or m["busy"] is not None:
             continue
         live = catalog.q(
@@ -100,7 +121,7 @@ def recycle(catalog: Catalog) -> list[str]:
             continue
         with catalog.tx():
             catalog.db.execute(
-                "UPDATE ebm_pool_media SET state='scratch', append_at=0, recycled=recycled+1 "
+                "UPDATE ebm_media SET state='scratch', append_at=0, recycled=recycled+1 "
                 "WHERE barcode=? AND busy IS NULL", (m["barcode"],))
             catalog.db.execute("DELETE FROM ebm_backup_volumes WHERE barcode=?", (m["barcode"],))
         out.append(m["barcode"])

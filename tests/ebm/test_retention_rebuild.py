@@ -81,7 +81,7 @@ def test_catalog_rebuild_from_tapes_alone(tmp_path: Path) -> None:
                             for v in ebm.catalog.volumes(b.id)] for b in (b1, b2)}
     # lose the whole EBM catalog
     for t in ("ebm_backups", "ebm_backup_volumes", "ebm_files", "ebm_paths", "ebm_states",
-              "ebm_datasets", "ebm_pool_media", "ebm_pools"):
+              "ebm_datasets", "ebm_media"):  # pools and cartridges are the library's
         ebm.catalog.db.execute(f"DELETE FROM {t}")
     res = rebuild(ebm.catalog, ebm.library)
     assert sorted(res.backups) == sorted([b1.uuid, b2.uuid])
