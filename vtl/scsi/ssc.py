@@ -527,23 +527,35 @@ class TapeDrive(ScsiModel):
         cart = self._medium()
         if count == 0:
             return None
-        if not fixed:
-            buf = self._buffer(count)
-            try:
-                r = cart.read_block(buf, own=True)
-            except (CorruptRecord, OSError) as exc:
-                return self._read_failed(exc, count, b"")
-            if r.kind == RecordKind.DATA:
-                self._streaming = True
-                self.bytes_read += min(r.length, count)
-                if r.length == count:
-                    return r.data
-                if r.length < count and sili:
-                    return r.data
-                raise NO_ADDITIONAL_SENSE(ili=True, information=count - r.length, data=r.data)
-            if r.kind == RecordKind.FILEMARK:
-                raise FILEMARK_DETECTED(filemark=True, information=count)
-            raise END_OF_DATA_DETECTED(information=count, eom=cart.at_early_warning)
+        if fixed:
+            return self._read_fixed(cart, count)
+        return self._read_variable(cart, count, sili)
+
+    def _read_variable(self, cart: TapeCartridge, count: int, sili: int):
+        """One block of up to ``count`` bytes. Another length is ILI with INFORMATION =
+        requested - actual (negative if longer: the rest is lost), except a shorter block
+        with SILI (SSC-4: READ(6) in variable mode)."""
+        buf = self._buffer(count)
+        try:
+            r = cart.read_block(buf, own=True)
+        except (CorruptRecord, OSError) as exc:
+            return self._read_failed(exc, count, b"")
+        if r.kind == RecordKind.DATA:
+            self._streaming = True
+            self.bytes_read += min(r.length, count)
+            if r.length == count:
+                return r.data
+            if r.length < count and sili:
+                return r.data
+            raise NO_ADDITIONAL_SENSE(ili=True, information=count - r.length, data=r.data)
+        if r.kind == RecordKind.FILEMARK:
+            raise FILEMARK_DETECTED(filemark=True, information=count)
+        raise END_OF_DATA_DETECTED(information=count, eom=cart.at_early_warning)
+
+    def _read_fixed(self, cart: TapeCartridge, count: int):
+        """``count`` blocks of the mode's block size; the first block of another length, a
+        filemark or end of data ends the transfer there, with the blocks before it as data
+        and the blocks not read as INFORMATION (SSC-4: READ(6) in fixed mode)."""
         bs = self.block_size
         if count * bs > MAX_FIXED_TRANSFER:
             raise invalid_field_in_cdb(2)
@@ -688,29 +700,42 @@ class TapeDrive(ScsiModel):
         if count == 0:
             return None
         self._check_write_compat(cart)
+        if fixed:
+            self._write_fixed(cart, req, count)
+        else:
+            self._write_variable(cart, req, count)
+        return None
+
+    def _write_variable(self, cart: TapeCartridge, req: Request, count: int) -> None:
+        """One block of ``count`` bytes: into the write buffer when buffered mode lets it
+        (``_buffer_block``), else written now behind whatever is buffered. Past early
+        warning the block is written and the answer is NO SENSE, EOM, INFORMATION 0."""
         compress = self.compression
-        if not fixed:
-            if count > MAX_BLOCK:
-                raise invalid_field_in_cdb(2)
-            data = req.data_out
-            if len(data) < count:
-                raise PARAMETER_LIST_LENGTH_ERROR()
-            if len(data) > count:
-                data = memoryview(data)[:count]
-            try:
-                if self._buffer_block(cart, req.nexus, data, compress):
-                    return None
-            except (CartridgeError, OSError) as exc:
-                raise self._write_error(exc, count) from None
-            self._flush_writes(cart, req.nexus)  # not buffered: what is buffered goes first
-            try:
-                res = cart.write_block(data, compress=compress)
-            except (CartridgeError, OSError) as exc:
-                raise self._write_error(exc, count) from None
-            self.bytes_written += count
-            if res.early_warning:
-                raise END_OF_PARTITION_MEDIUM_DETECTED(eom=True, information=0)
-            return None
+        if count > MAX_BLOCK:
+            raise invalid_field_in_cdb(2)
+        data = req.data_out
+        if len(data) < count:
+            raise PARAMETER_LIST_LENGTH_ERROR()
+        if len(data) > count:
+            data = memoryview(data)[:count]
+        try:
+            if self._buffer_block(cart, req.nexus, data, compress):
+                return
+        except (CartridgeError, OSError) as exc:
+            raise self._write_error(exc, count) from None
+        self._flush_writes(cart, req.nexus)  # not buffered: what is buffered goes first
+        try:
+            res = cart.write_block(data, compress=compress)
+        except (CartridgeError, OSError) as exc:
+            raise self._write_error(exc, count) from None
+        self.bytes_written += count
+        if res.early_warning:
+            raise END_OF_PARTITION_MEDIUM_DETECTED(eom=True, information=0)
+
+    def _write_fixed(self, cart: TapeCartridge, req: Request, count: int) -> None:
+        """``count`` blocks of the mode's block size, written now; a failure reports the
+        blocks not written as INFORMATION."""
+        compress = self.compression
         bs = self.block_size
         total = count * bs
         if total > MAX_FIXED_TRANSFER:
@@ -730,7 +755,6 @@ class TapeDrive(ScsiModel):
         self.bytes_written += total
         if early:
             raise END_OF_PARTITION_MEDIUM_DETECTED(eom=True, information=0)
-        return None
 
     @command(Opcode.WRITE_FILEMARKS_6, "WRITE FILEMARKS(6)", "10 01 ff ff ff 00", pr=PR_WRITE,
              timeout=600)
