@@ -17,7 +17,8 @@ from vtl.iscsi import pdu
 from vtl.iscsi.pdu import ALL_ONES, Header, Op, RejectReason
 from vtl.iscsi.session import Session, TaskState
 from vtl.iscsi.task import Task
-from vtl.scsi.base import CheckCondition, DonatedBuffer, ScsiResult, SenseKey, Status, fixed_sense
+from vtl.scsi.base import DonatedBuffer, ScsiResult, Status
+from vtl.scsi.sense import DATA_PHASE_CRC_ERROR_DETECTED, DATA_PHASE_ERROR, INSUFFICIENT_RESOURCES
 
 if TYPE_CHECKING:
     from vtl.iscsi.services import TargetServices
@@ -72,7 +73,7 @@ class DataOutReceiver:
         edtl = task.edtl
         if edtl > lim.max_transfer:
             # Too big to buffer: refuse the command (any Data-Out for it gets rejected).
-            self._answer(task, CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x55, 0x03).result())
+            self._answer(task, INSUFFICIENT_RESOURCES.result())
             return
         if self._buffered + edtl > lim.max_buffered:
             # Too much write data already waiting on this connection: ask the initiator
@@ -150,8 +151,7 @@ class DataOutReceiver:
                 self._reject(hdr.raw, RejectReason.PROTOCOL_ERROR)
                 if task.state is TaskState.RECEIVING:
                     self._recently_aborted.append(task.itt)
-                    self._answer(task, CheckCondition(SenseKey.ABORTED_COMMAND, 0x4B, 0x00)
-                                 .result())
+                    self._answer(task, DATA_PHASE_ERROR.result())
                 return
         self._account_data_out(task, hdr)
 
@@ -195,5 +195,5 @@ class DataOutReceiver:
         self._reject(hdr.raw, RejectReason.DATA_DIGEST_ERROR)
         task = self._data_task if hdr.opcode == Op.DATA_OUT else None
         if task is not None and self.tasks.get(task.itt) is task:
-            task.failed_sense = fixed_sense(SenseKey.ABORTED_COMMAND, 0x47, 0x01)
+            task.failed_sense = DATA_PHASE_CRC_ERROR_DETECTED.sense()
             self._account_data_out(task, hdr)

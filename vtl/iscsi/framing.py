@@ -20,7 +20,8 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from vtl.iscsi import pdu
-from vtl.iscsi.pdu import ALL_ONES, BHS_LEN, Header, RejectReason
+from vtl.iscsi.pdu import ALL_ONES, BHS_LEN, Header, Op, RejectReason
+from vtl.scsi.opcodes import Opcode
 
 if TYPE_CHECKING:
     from vtl.iscsi.config import Limits
@@ -32,6 +33,10 @@ LOGIN_MAX_DSL = 64 * 1024
 MAX_HEADER = BHS_LEN + 255 * 4 + 4  # BHS + the largest AHS + a header digest
 SEND_WAIT = 0.05  # seconds a full socket may hold up a sender before its frames are set aside
 FLUSH_CHUNK = 1 << 20  # bytes the flusher joins into one write
+# Compared per PDU: plain ints, not enum attribute lookups (vtl/scsi/opcodes.py says why).
+_SCSI_CMD = int(Op.SCSI_CMD)
+_READ_6 = int(Opcode.READ_6)
+_WRITE_6 = int(Opcode.WRITE_6)
 
 
 class ProtocolError(Exception):
@@ -91,11 +96,11 @@ class PduFraming:
                 raise ConnectionGone()
             self._recv_exact(hb[got:BHS_LEN])
         self._last_rx = time.monotonic()
-        if hb[0] == 0x01 and self._streams:  # a SCSI command: a streaming READ or WRITE?
+        if hb[0] == _SCSI_CMD and self._streams:  # a streaming READ or WRITE?
             op = hb[32]
-            if op == 0x08 and self._stream_read():
+            if op == _READ_6 and self._stream_read():
                 return None, None, True
-            if op == 0x0A:
+            if op == _WRITE_6:
                 streamed = self._stream_write()
                 if streamed is not None:
                     return streamed

@@ -23,7 +23,13 @@ from vtl.iscsi.lun_worker import LunWorker
 from vtl.iscsi.pdu import ALL_ONES, Header, RejectReason
 from vtl.iscsi.session import Session, TaskState
 from vtl.iscsi.task import Task
-from vtl.scsi.base import CheckCondition, ScsiResult, SenseKey, Status, fixed_sense
+from vtl.scsi.base import CheckCondition, ScsiResult, Status
+from vtl.scsi.opcodes import Opcode
+from vtl.scsi.sense import (
+    INTERNAL_TARGET_FAILURE,
+    INVALID_FIELD_IN_COMMAND_INFORMATION_UNIT,
+    LOGICAL_UNIT_NOT_SUPPORTED,
+)
 from vtl.scsi.spc import report_luns
 
 if TYPE_CHECKING:
@@ -35,7 +41,7 @@ _NO_OPCODES: frozenset[int] = frozenset()
 # Where a CDB ends in the BHS, by opcode group (SPC-4 4.2.5.1): 6, 10, 10, variable, 16, 12
 # bytes; groups 3, 6 and 7 (variable length, vendor specific) keep all 16.
 _CDB_END = (38, 42, 42, 48, 48, 44, 48, 48)
-_EMPTY = memoryview(b"")
+_REPORT_LUNS = int(Opcode.REPORT_LUNS)  # a plain int: compared for every command
 
 # The 8-byte LUN field of LUNs 0..255 in peripheral addressing: a fast path for decode_lun.
 _LUN_FAST = [pdu.encode_lun(n) for n in range(256)]
@@ -43,20 +49,20 @@ _LUN_FAST = [pdu.encode_lun(n) for n in range(256)]
 def missing_lun_result(cdb: bytes) -> ScsiResult:
     """What a LUN that does not exist answers (SPC-4: INQUIRY says 'not present')."""
     op = cdb[0]
-    if op == 0x12:  # INQUIRY
+    if op == Opcode.INQUIRY:
         alloc = int.from_bytes(cdb[3:5], "big")
         if cdb[1] & 1:
-            return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x25, 0x00).result()
+            return LOGICAL_UNIT_NOT_SUPPORTED.result()
         data = bytearray(36)
         data[0] = 0x7F  # peripheral qualifier 3, device type 0x1F
         data[2] = 0x06
         data[3] = 0x02
         data[4] = 31
         return ScsiResult(Status.GOOD, bytes(data[:alloc]))
-    if op == 0x03:  # REQUEST SENSE
+    if op == Opcode.REQUEST_SENSE:
         alloc = cdb[4]
-        return ScsiResult(Status.GOOD, fixed_sense(SenseKey.ILLEGAL_REQUEST, 0x25, 0x00)[:alloc])
-    return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x25, 0x00).result()
+        return ScsiResult(Status.GOOD, LOGICAL_UNIT_NOT_SUPPORTED.sense()[:alloc])
+    return LOGICAL_UNIT_NOT_SUPPORTED.result()
 
 
 class ScsiCommandRunner:
@@ -153,7 +159,7 @@ class ScsiCommandRunner:
         session = self.session
         assert session is not None and session.target is not None
         cdb = task.cdb
-        if cdb[0] == 0xA0:  # REPORT LUNS belongs to the target, not to a device
+        if cdb[0] == _REPORT_LUNS:  # belongs to the target, not to a device
             try:
                 result = ScsiResult(Status.GOOD, report_luns(session.target.devices.luns, cdb))
             except CheckCondition as exc:
@@ -210,8 +216,7 @@ class ScsiCommandRunner:
                 result = worker.device.execute(session.nexus, task.cdb, data_out)
         except Exception:  # the contract says never, but a bug must not kill the thread
             log.exception("device raised on CDB %s", task.cdb.hex())
-            result = ScsiResult(Status.CHECK_CONDITION, b"",
-                                fixed_sense(SenseKey.HARDWARE_ERROR, 0x44, 0x00))
+            result = INTERNAL_TARGET_FAILURE.result()
         return result
 
     @staticmethod
@@ -235,4 +240,4 @@ class ScsiCommandRunner:
             task.write_residual = (pdu.RESIDUAL_UNDERFLOW, task.edtl - wanted)
             return None
         task.write_residual = (pdu.RESIDUAL_OVERFLOW, wanted - task.edtl)
-        return CheckCondition(SenseKey.ILLEGAL_REQUEST, 0x0E, 0x03).result()
+        return INVALID_FIELD_IN_COMMAND_INFORMATION_UNIT.result()

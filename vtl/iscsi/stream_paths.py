@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("vtl.iscsi")
 
 _ITT_EDTL_CMDSN = struct.Struct(">III")  # SCSI Command BHS bytes 16..27
+# SCSI Command flags (byte 1, RFC 7143 11.3.1): Final, Read, Write.
+_FRW = 0xE0
+_FINAL_READ = 0xC0
+_FINAL_WRITE = 0xA0
 
 
 class StreamLun(NamedTuple):
@@ -78,7 +82,7 @@ class StreamPaths:
         the header object, the task and the generic result halves its cost. False: nothing
         happened, and the PDU goes the general way."""
         hb = self._hbuf
-        if hb[1] & 0xE0 != 0xC0 or hb[4] or hb[5] or hb[6] or hb[7] or self._hd:
+        if hb[1] & _FRW != _FINAL_READ or hb[4] or hb[5] or hb[6] or hb[7] or self._hd:
             return False
         found = self._stream_for(hb)
         if found is None:
@@ -108,7 +112,7 @@ class StreamPaths:
         (None, None, True). Declined, the PDU goes the general way with its data already
         in: (header, data, True). None: not the case, nothing read past the header."""
         hb = self._hbuf
-        if hb[1] & 0xE0 != 0xA0 or hb[4] or self._hd or self._dd:
+        if hb[1] & _FRW != _FINAL_WRITE or hb[4] or self._hd or self._dd:
             return None
         found = self._stream_for(hb)
         if found is None:
