@@ -462,26 +462,57 @@ def restore(
     into_existing: bool = typer.Option(
         False, "--into-existing", "--force",
         help="restore into a non-empty --to (paths the backup holds are replaced, others kept)"),
+    lsn: str = typer.Option(None, "--lsn", help="recover to this WAL position, e.g. 0/3000060 "
+                            "(translators with a WAL catalogue: postgresql)"),
+    form: str = typer.Option(None, "--as", help="restore form: physical (default) or csv "
+                             "(postgresql's logical export)"),
 ) -> None:
     """Restore a backup (its whole chain point), or only matching paths, into --to.
 
+    For a postgresql dataset DATASET@TIME (or --lsn) is a point in time: the data directory
+    recovers to exactly that point when PostgreSQL starts on it.
     --to must be empty (or not exist) unless --into-existing is given."""
     from ebm.restore import restore as do_restore
 
     ebm = S.ebm()
-    b = resolve(ebm.catalog, spec)
+    b, options = _restore_point(ebm, spec, lsn, form)
     check_target(to, into_existing)  # before reading keys or touching a drive
     secret = _secret(passphrase_file, key_file)
     t0 = time.monotonic()
     with progress_bar(f"restore {b.uuid[:8]}") as cb:
         st = do_restore(ebm.catalog, ebm.library, load_translator, b, to, list(path or []),
-                        secret, cb, into_existing=into_existing)
+                        secret, cb, into_existing=into_existing, options=options)
     secs = time.monotonic() - t0
     emit({"backup": b.uuid, "chain": st.backups, "entries": st.entries, "bytes": st.bytes,
           "blocks_read": st.blocks_read, "seconds": round(secs, 3)},
          lambda: out.print(f"restored {st.entries} entries ({_size(st.bytes)}) from "
                            f"{len(st.backups)} backup(s) into {to} in {secs:.1f}s "
                            f"({st.blocks_read} blocks read)"))
+
+
+def _restore_point(ebm: Ebm, spec: str, lsn: str | None,
+                   form: str | None) -> tuple[Any, dict[str, Any] | None]:
+    """The backup to restore and, for a translator that restores to points in its WAL
+    (``ebm.points``), the options saying which point and in which form."""
+    from ebm.points import resolve_point, restores_to_points
+    from ebm.restore import parse_time
+
+    name, _, at = spec.partition("@")
+    ds = ebm.catalog.dataset(name)
+    translator = load_translator(ds["translator"]) if ds is not None else None
+    if translator is not None and restores_to_points(translator):
+        if at and lsn:
+            raise CliError("give DATASET@TIME or --lsn, not both")
+        return resolve_point(ebm.catalog, name, translator, when=parse_time(at) if at else None,
+                             lsn=lsn, form=form or "physical")
+    b = resolve(ebm.catalog, spec)
+    translator = translator or load_translator(b.translator)
+    if restores_to_points(translator):
+        return b, {"form": form or "physical"}
+    if lsn or form:
+        raise CliError(f"--lsn and --as need a translator with a WAL catalogue (postgresql), "
+                       f"not {b.translator}")
+    return b, None
 
 
 @app.command()

@@ -77,7 +77,7 @@ def consolidate(ebm: Ebm, dataset: str, *, passphrase_file: Path | None = None,
                 key_file: Path | None = None, compress: bool = True,
                 workdir: Path | None = None, progress: Progress | None = None) -> Backup:
     """Build and record a new baseline of ``dataset`` from its latest chain; return it."""
-    from ebm.manager import _decode_state
+    from ebm.manager import decode_state
 
     cat = ebm.catalog
     ds = cat.dataset(dataset)
@@ -95,7 +95,7 @@ def consolidate(ebm: Ebm, dataset: str, *, passphrase_file: Path | None = None,
     raw = cat.translator_state(last.id)
     if raw is None:
         raise JobError(f"backup {last.uuid} has no translator state on record: cannot consolidate")
-    state = _decode_state(raw)
+    state = decode_state(raw)
     translator = load_translator(ds["translator"])
     req = BackupRequest(dataset=dataset, full=True, compress=compress,
                         passphrase_file=passphrase_file, key_file=key_file)

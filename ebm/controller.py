@@ -62,8 +62,6 @@ class BackupRequest:
                 raise RequestError(f"unknown retention rule {k!r}")
             if not isinstance(v, int) or v < 0:
                 raise RequestError(f"retention {k} must be a non-negative integer")
-        if self.source is not None and not Path(self.source).exists():
-            raise RequestError(f"source {self.source} does not exist")
 
 
 # -- schedules ----------------------------------------------------------------------------

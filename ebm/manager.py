@@ -169,12 +169,13 @@ class Ebm:
             self._validate_source(t, req.source)
             self.catalog.require_pool(req.pool)
             opts = {"retention": req.retention} if any(req.retention.values()) else {}
-            self.catalog.add_dataset(req.dataset, tname, str(Path(req.source).resolve()), req.pool,
+            self.catalog.add_dataset(req.dataset, tname, _canonical(t, req.source), req.pool,
                                      opts)
             ds = self.catalog.dataset(req.dataset)
             assert ds is not None
             return ds
-        if req.source is not None and str(Path(req.source).resolve()) != ds["source"]:
+        if req.source is not None and _canonical(load_translator(ds["translator"]),
+                                                 req.source) != ds["source"]:
             raise RequestError(f"dataset {req.dataset!r} backs up {ds['source']}, not {req.source}")
         if req.translator is not None and req.translator != ds["translator"]:
             raise RequestError(f"dataset {req.dataset!r} uses translator {ds['translator']!r}")
@@ -281,7 +282,7 @@ class Ebm:
                 why_full = f"backup {parent.uuid} has no translator state on record"
                 parent, level = None, "full"
             else:
-                parent_state = _decode_state(raw)
+                parent_state = decode_state(raw)
         u = str(uuidlib.uuid4())
         cipher = BlockCipher.new(secret, u) if secret is not None else None
         options: dict[str, Any] = {"compress": req.compress, "block_size": BLOCK_SIZE}
@@ -371,6 +372,15 @@ class _TranslatorFailed(Exception):
     pass
 
 
+def _canonical(t: Translator, source: str | Path) -> str:
+    """The source as the catalog keeps it (the translator's spelling: a path made absolute,
+    a connection string normalised); a malformed one is a bad request."""
+    try:
+        return t.canonical_source(str(source))
+    except Exception as e:
+        raise RequestError(f"bad source {source}: {e}") from None
+
+
 def _pax_writer(out: TapeWriter) -> PaxWriter:
     """A PaxWriter that leaves the stream sha256 to the data mover.
 
@@ -413,7 +423,7 @@ def state_from_b64(text: str | None) -> bytes | str | None:
     return text[2:] if text.startswith("s:") else base64.b64decode(text[2:])
 
 
-def _decode_state(raw: bytes | str) -> Any:
+def decode_state(raw: bytes | str) -> Any:
     if isinstance(raw, bytes) and raw.startswith(ZSTD_MAGIC):
         raw = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
         try:

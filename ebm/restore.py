@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ebm.catalog import Backup, Catalog, CatalogError, FileRow
 from ebm.crypto import BlockCipher, CryptoError
@@ -176,10 +176,14 @@ def restore(catalog: Catalog, library: Library, translator_loader: Callable[[str
             backup: Backup, target: Path, patterns: list[str] | None = None,
             secret: bytes | None = None,
             progress: Callable[[int, int | None], None] | None = None, *,
-            into_existing: bool = False) -> RestoreStats:
+            into_existing: bool = False,
+            options: dict[str, Any] | None = None) -> RestoreStats:
     """Restore ``backup`` (its point of the chain), or the entries ``patterns`` select, into
     ``target``. A non-empty ``target`` is refused unless ``into_existing``: a restore is meant
-    to be exact, and what the directory already holds would silently mix with it."""
+    to be exact, and what the directory already holds would silently mix with it.
+
+    ``options`` (from :func:`ebm.points.resolve_point`) go to a translator that restores to
+    a point or in another form; it names the members they need (``restore_paths``)."""
     if backup.state != "done":
         raise RestoreError(f"backup {backup.uuid} is {backup.state}, not restorable")
     try:
@@ -195,6 +199,14 @@ def restore(catalog: Catalog, library: Library, translator_loader: Callable[[str
     target = Path(target)
     check_target(target, into_existing)
     ciphers = {b.id: cipher_for(b, secret) for b in chain}  # wrong key: refused before any read
+    from translators.base import TranslatorError
+
+    translator = translator_loader(backup.translator)
+    if options is not None and not patterns:
+        try:
+            patterns = translator.restore_paths(options)  # type: ignore[attr-defined]
+        except TranslatorError as e:
+            raise RestoreError(str(e)) from None
     view = final_view(catalog, chain, patterns)
     selected = [r for p, r in view.items() if matches(p, patterns or [])]
     if patterns and not selected:
@@ -202,7 +214,6 @@ def restore(catalog: Catalog, library: Library, translator_loader: Callable[[str
     total = sum(r.size for r in selected)
     stats = RestoreStats([b.uuid for b in chain])
     target.mkdir(parents=True, exist_ok=True)
-    translator = translator_loader(backup.translator)
     session = DriveSession(library, f"ebm-restore:{backup.uuid}")
     opener = ReadMedia(session)
     try:
@@ -226,9 +237,14 @@ def restore(catalog: Catalog, library: Library, translator_loader: Callable[[str
                     progress(done_bytes, total)
 
         try:
-            translator.restore(entries(), target)
+            if options is None:
+                translator.restore(entries(), target)
+            else:
+                translator.restore(entries(), target, options=options)  # type: ignore[call-arg]
         except (MoverError, RestoreError):
             raise
+        except TranslatorError as e:
+            raise RestoreError(f"backup {backup.uuid}: {e}") from None
         except Exception as e:
             name = type(e).__name__
             if name in ("ArchiveCorrupt", "ArchiveError", "UnsafePath"):

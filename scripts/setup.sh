@@ -19,6 +19,7 @@ APT_PACKAGES=(
   tar zstd              # GNU tar in the guest; tar | zstd as a backup peer
   restic                # backup benchmark peer
   sqlite3               # inspecting catalogs by hand
+  postgresql            # a real server for the postgresql translator: tests and bench
   gcc                   # builds the benchmark client
 )
 
@@ -44,6 +45,6 @@ fi
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -e "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[test]'
+  .venv/bin/pip install -q -e '.[test,postgresql]'
   rm -f .venv/.installed-* && touch "$stamp"
 fi

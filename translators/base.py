@@ -7,7 +7,8 @@ needing the application at restore time. The EBM never looks inside a dataset; i
 1. ``load_translator(name)`` - finds the class through the entry point group
    ``ebm.translators`` (``[project.entry-points."ebm.translators"] name = "pkg.mod:Class"``),
    importing the module only now, so a third-party package can ship a translator;
-2. ``validate_source(source)`` - refuses a bad request up front with :class:`TranslatorError`
+2. ``canonical_source(source)`` - how the catalog spells the source (default: the absolute
+   path); ``validate_source(source)`` - refuses a bad request up front with :class:`TranslatorError`
    (one-line message, shown to the admin as is);
 3. ``backup(source, parent_state, writer, progress=...)`` - writes entries (and, for
    incrementals, deletion markers) to the writer and returns a :class:`BackupResult`: the file
@@ -88,6 +89,7 @@ ENTRY_POINT_GROUP = "ebm.translators"
 # source checkout whose editable install predates the entry point.
 _BUILTIN = {
     "filesystem": "translators.filesystem:FilesystemTranslator",
+    "postgresql": "translators.postgresql:PostgresqlTranslator",
     "sqlite": "translators.sqlite:SqliteTranslator",
     "stream": "translators.stream:StreamTranslator",
     "volume": "translators.volume:VolumeTranslator",
@@ -151,6 +153,12 @@ class Translator(ABC):
     @abstractmethod
     def validate_source(self, source: str) -> None:
         """Raise TranslatorError (one line) if ``source`` cannot be backed up."""
+
+    def canonical_source(self, source: str) -> str:
+        """The source as the catalog stores and compares it. By default a path, made absolute;
+        a translator whose source is something else (a connection string) gives its own
+        spelling, or raises TranslatorError for a malformed one."""
+        return str(Path(source).resolve())
 
     @abstractmethod
     def backup(self, source: str, parent_state: TranslatorState | None, writer: PaxWriter, *,

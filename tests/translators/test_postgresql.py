@@ -1,0 +1,185 @@
+"""The postgresql translator against a real PostgreSQL (Debian's package, started per test in
+a temp directory by tests/support/pg_cluster.py): base backup + archived WAL onto real
+cartridges, point-in-time restore that a real server recovers from, the logical export as
+plain CSV, and one clear error for each bad input with nothing half-restored."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import pytest
+from ebm_helpers import barcodes, make_library, run_cli
+from pg_cluster import PgCluster, free_port, pg_bindir
+
+from ebm.controller import BackupRequest, RequestError
+from ebm.manager import JobError, decode_state, load_translator
+from ebm.points import resolve_point
+from ebm.restore import RestoreError, restore
+from translators.pg.wal import parse_lsn
+
+pytestmark = pytest.mark.skipif(
+    pg_bindir() is None,
+    reason="PostgreSQL server binaries missing (scripts/setup.sh installs Debian's postgresql)")
+
+
+@pytest.fixture
+def pg():
+    with PgCluster() as cluster:
+        yield cluster
+
+
+def _library(tmp_path: Path):
+    return make_library(tmp_path / "lib", barcodes(2), capacity=256 << 20)
+
+
+def _backup(ebm, source: str | None = None, dataset: str = "pg", **kw):
+    req = BackupRequest(dataset=dataset, source=source, pool="pool" if source else None,
+                        translator="postgresql" if source else None, **kw)
+    return ebm.backup(req, retries=0)
+
+
+def _restore(ebm, dataset: str, target: Path, **point) -> None:
+    """What `ebm restore DATASET[@TIME] [--lsn] [--as]` does, in-process (the CLI costs a
+    second or two per start on a busy machine; one test goes through it)."""
+    backup, options = resolve_point(ebm.catalog, dataset, load_translator("postgresql"), **point)
+    restore(ebm.catalog, ebm.library, load_translator, backup, target, options=options)
+
+
+def _insert(pg: PgCluster, i: int) -> float:
+    """Commit row ``i``; the server's clock just after the commit."""
+    pg.sql(f"INSERT INTO t VALUES ({i}, 'row {i}')")
+    return float(pg.sql("SELECT extract(epoch FROM clock_timestamp())"))
+
+
+def _rows_after_recovery(pg: PgCluster, datadir: Path) -> list[int]:
+    port = free_port()
+    pg.start(datadir, port=port)
+    try:
+        for _ in range(200):  # promotion after the target: wait until it takes writes
+            if pg.sql("SELECT pg_is_in_recovery()", port=port) == "f":
+                break
+            time.sleep(0.05)
+        return [int(x) for x in pg.sql("SELECT i FROM t ORDER BY i", port=port).split()]
+    finally:
+        pg.stop_server(datadir)
+
+
+def test_point_in_time_restore_recovers_exactly_the_commits_before_it(tmp_path, pg):
+    ebm = _library(tmp_path)
+    pg.sql("CREATE TABLE t (i int PRIMARY KEY, s text)")
+    src = pg.source(ebm_logical="on")
+    base = _backup(ebm, src)
+    assert base.level == "full"
+    _insert(pg, 1)
+    between = _insert(pg, 2)
+    time.sleep(0.2)
+    _insert(pg, 3)
+    pg.sql("SELECT pg_switch_wal()")
+    _insert(pg, 4)
+    incr = _backup(ebm)
+    assert incr.level == "incr"
+
+    latest = pg.dir / "latest"
+    _restore(ebm, "pg", latest)
+    assert _rows_after_recovery(pg, latest) == [1, 2, 3, 4]
+    plain = tmp_path / "csv"
+    _restore(ebm, "pg", plain, form="csv")
+    ebm.close()
+
+    to_time = pg.dir / "at-time"
+    r = run_cli(tmp_path / "lib", "restore", f"pg@{between}", "--to", str(to_time))
+    assert r.returncode == 0, r.stderr
+    assert "recovery_target_time" in (to_time / "postgresql.auto.conf").read_text()
+    assert _rows_after_recovery(pg, to_time) == [1, 2]
+    with open(plain / "tables" / "public.t.csv", newline="") as f:
+        assert [row[0] for row in csv.reader(f)] == ["i", "1", "2", "3", "4"]
+    assert "CREATE TABLE public.t" in (plain / "schema-pre.sql").read_text()
+    assert "\\copy \"public\".\"t\" FROM" in (plain / "load.sql").read_text()
+
+
+def test_wal_catalogue_has_lsn_ranges_sha256_and_commit_times(tmp_path, pg):
+    ebm = _library(tmp_path)
+    pg.sql("CREATE TABLE t (i int PRIMARY KEY, s text)")
+    _backup(ebm, pg.source())
+    before = time.time()
+    _insert(pg, 1)
+    incr = _backup(ebm)
+    state = decode_state(ebm.catalog.translator_state(incr.id))
+    segs = state["segments"]
+    assert segs and all(len(s["sha256"]) == 64 for s in segs)
+    assert [s["name"] for s in segs] == sorted(s["name"] for s in segs)
+    assert all(parse_lsn(s["end_lsn"]) - parse_lsn(s["start_lsn"]) == 1 << 20 for s in segs)
+    commits = [s["last_commit"] for s in segs if s["last_commit"]]
+    assert commits and before - 1 <= max(commits) <= state["until"]["time"]
+    files = {r.path: r for r in ebm.catalog.files(incr.id)}
+    assert all(files["wal/" + s["name"]].sha256.hex() == s["sha256"] for s in segs)
+    assert all((pg.spool / s["name"]).exists() for s in segs)  # pruned by the next backup
+    _backup(ebm)
+    assert not any((pg.spool / s["name"]).exists() for s in segs)
+    ebm.close()
+
+
+def test_server_down_and_wrong_password_are_one_line_errors(tmp_path, pg, monkeypatch):
+    ebm = _library(tmp_path)
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{pg.port}:*:postgres:not-the-password\n")
+    passfile.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    tcp = (f"host=127.0.0.1 port={pg.port} user=postgres dbname=postgres "
+           f"ebm_wal_spool={pg.spool}")
+    with pytest.raises(RequestError, match="password authentication failed"):
+        _backup(ebm, tcp, dataset="pw")
+    pg.stop_server()
+    with pytest.raises(RequestError, match="server is not running"):
+        _backup(ebm, pg.source(), dataset="down")
+    assert ebm.catalog.dataset("down") is None and ebm.catalog.dataset("pw") is None
+    ebm.close()
+
+
+def test_archiving_not_configured_is_refused(tmp_path):
+    with PgCluster(archive=False) as pg:
+        ebm = _library(tmp_path)
+        with pytest.raises(RequestError, match="archive_mode is off"):
+            _backup(ebm, pg.source())
+        ebm.close()
+
+
+def test_wal_gap_fails_the_backup_and_keeps_the_chain(tmp_path, pg):
+    ebm = _library(tmp_path)
+    pg.sql("CREATE TABLE t (i int PRIMARY KEY, s text)")
+    _backup(ebm, pg.source())
+    on_tape = {p.name for p in pg.spool.iterdir()}
+    for i in (1, 2):
+        _insert(pg, i)
+        pg.sql("SELECT pg_switch_wal()")
+    deadline = time.monotonic() + 20
+    while len({p.name for p in pg.spool.iterdir()} - on_tape) < 2:
+        assert time.monotonic() < deadline, "the switched segments were not archived"
+        time.sleep(0.05)
+    missing = min({p.name for p in pg.spool.iterdir()} - on_tape)
+    (pg.spool / missing).unlink()
+    with pytest.raises(JobError, match=f"WAL gap: segment {missing} is missing"):
+        _backup(ebm)
+    assert [b.state for b in ebm.catalog.backups("pg")] == ["done", "failed"]
+    ebm.close()
+
+
+def test_restore_target_outside_the_chain_is_refused_untouched(tmp_path, pg):
+    ebm = _library(tmp_path)
+    pg.sql("CREATE TABLE t (i int PRIMARY KEY, s text)")
+    before = time.time() - 60
+    _backup(ebm, pg.source())
+    _insert(pg, 1)
+    _backup(ebm)
+    target = tmp_path / "never"
+    with pytest.raises(RestoreError, match="before the earliest consistent point"):
+        _restore(ebm, "pg", target, when=before)
+    with pytest.raises(RestoreError, match="has a logical export|no logical export"):
+        _restore(ebm, "pg", target, form="csv")
+    ebm.close()
+    r = run_cli(tmp_path / "lib", "restore", f"pg@{time.time() + 3600}", "--to", str(target))
+    assert r.returncode == 1
+    assert "after the last WAL on tape" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert not target.exists()
