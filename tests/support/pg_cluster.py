@@ -7,8 +7,8 @@ that directory. initdb refuses to run as root, so under root the server runs as 
 chowned to it; as any other user it runs as that user. ``stop()`` (or leaving the ``with``
 block) stops the server with ``-m immediate`` and removes the directory, even after a failure.
 
-Clusters use 1 MiB WAL segments (``initdb --wal-segsize=1``) so that switching and archiving
-segments stays quick, and ``fsync=off`` (a test server is thrown away anyway).
+Test clusters use 1 MiB WAL segments (``initdb --wal-segsize=1``) so that switching and
+archiving segments stays quick (the bench passes ``segment_mb=16``, the default), and ``fsync=off`` (a test server is thrown away anyway).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class PgCluster:
     """One cluster: ``start()``, ``sql()``, ``conninfo``, ``stop()``."""
 
     def __init__(self, *, archive: bool = True, settings: dict[str, str] | None = None,
-                 base: Path | None = None) -> None:
+                 base: Path | None = None, segment_mb: int = 1) -> None:
         bindir = pg_bindir()
         if bindir is None:
             raise RuntimeError("PostgreSQL server binaries are not installed")
@@ -64,6 +64,7 @@ class PgCluster:
         self.data = self.dir / "data"
         self.spool = self.dir / "wal-spool"
         self.port = free_port()
+        self.segment_mb = segment_mb
         self.settings = {"archive_mode": "on" if archive else "off", "fsync": "off",
                          "listen_addresses": "'127.0.0.1'", "port": str(self.port),
                          "unix_socket_directories": f"'{self.dir}'", "max_wal_senders": "4",
@@ -89,7 +90,7 @@ class PgCluster:
         self.spool.mkdir()
         self.own(self.dir)
         self.as_server([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
-                        "--wal-segsize=1", "--auth-local=trust", "--auth-host=scram-sha-256",
+                        f"--wal-segsize={self.segment_mb}", "--auth-local=trust", "--auth-host=scram-sha-256",
                         f"--pwfile={pwfile}", "-N", "-E", "UTF8", "--locale=C"])
         with open(self.data / "postgresql.conf", "a") as f:
             for k, v in self.settings.items():
