@@ -4,11 +4,16 @@ The tape is a sequence of *logical objects* numbered from 0 at BOP: data blocks 
 exactly as SSC counts them for READ POSITION / LOCATE. ``eod`` is the number of objects; the
 position ``eod`` is end of data. Writing (a block or filemarks) at position p < eod first
 discards every object from p on, as overwriting a real tape does.
+
+``TapeCartridge`` owns the tape's state and the order of file operations (what is appended,
+cut, synced); the parts with a job of their own live beside it: the record layout and its
+pack/unpack in ``records.py``, object positions in ``index.py``, the one-block read-ahead in
+``read_ahead.py``, the buffered-mode write buffer in ``write_behind.py`` and the pacing of
+write-back to the disk in ``writeback_pacing.py``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fcntl
 import functools
@@ -24,7 +29,6 @@ from pathlib import Path
 import crc32c
 import zstandard
 
-from tape_formats.background_sync import BackgroundSync
 from tape_formats.index import PositionIndex
 from tape_formats.mam import MamStore
 from tape_formats.media import MEDIA, MediaType, media_by_density
@@ -41,6 +45,7 @@ from tape_formats.records import (
     RecordKind,
 )
 from tape_formats.write_behind import WriteBehind
+from tape_formats.writeback_pacing import WritebackPacer
 
 _DATA = int(RecordKind.DATA)  # the kind byte compared on the per-block path
 
@@ -107,8 +112,6 @@ class WriteResult:
     early_warning: bool  # position is past the early-warning point (report EOM, 00/02, GOOD data)
 
 
-
-
 # Early warning sits this far before the end of the medium, like the physical EW marker:
 # 2% of capacity, at least 1 MiB (or a quarter of a tiny test cartridge).
 def early_warning_margin(capacity: int) -> int:
@@ -117,15 +120,6 @@ def early_warning_margin(capacity: int) -> int:
 
 # Blocks smaller than this are stored as they are: zstd cannot win on them.
 MIN_COMPRESS = 256
-# Written data is handed to the disk every WRITEBACK_CHUNK bytes (sync_file_range, not
-# waiting), as a drive streams its buffer to tape: a filemark's fsync then flushes a short
-# tail instead of everything since the last one (seconds for GBs of dirty pages, long
-# enough for an initiator's NOP-Out timeout), and the disk works while data still arrives.
-WRITEBACK_CHUNK = 8 << 20
-# Every BACKGROUND_SYNC_CHUNK bytes written, an fdatasync starts on a thread of its own
-# (tape_formats/background_sync.py): the disk's write cache drains during the stream, not
-# all at the next filemark.
-BACKGROUND_SYNC_CHUNK = 64 << 20
 # The write-behind buffer (queue_block) holds at most this many worst-case medium bytes: a
 # few blocks in flight are enough to keep the compressor busy, and memory stays flat.
 WRITE_BEHIND_BYTES = 4 << 20
@@ -134,20 +128,6 @@ WRITE_BEHIND_PACKERS = 2
 
 log = logging.getLogger("tape_formats.cartridge")
 
-
-def _sync_file_range() -> ctypes._CFuncPtr | None:
-    """Linux's sync_file_range(2) through ctypes (the os module has no binding)."""
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_START_WRITEBACK = _sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2  # start write-out of dirty pages, do not wait
 # Like an LTO drive's hardware compression, this must keep up with the line rate rather than
 # squeeze the last bytes: zstd's fast level -1 compresses text about 4:1 (LTO's SLDC manages
 # about 2.5:1) at ~1.4x the speed of level 1 on this class of machine (docs/cartridge-format.md).
@@ -251,9 +231,7 @@ class TapeCartridge:
         self._cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         self._dctx = zstandard.ZstdDecompressor()
         self._dirty = False  # records written since the last durable point
-        self._wb_from = DATA_START  # data before this offset was handed to the disk
-        self._bg_from = DATA_START  # data before this offset had a background fdatasync
-        self._bg = BackgroundSync(fd, self.barcode)
+        self._pacer = WritebackPacer(fd, self.barcode, DATA_START)
         self._lock = threading.Lock()
         self._closed = False
         self.ew_point = self.capacity - early_warning_margin(self.capacity)
@@ -339,7 +317,7 @@ class TapeCartridge:
             hdr = _parse_header(os.pread(fd, HEADER_SIZE, 0), path)
             cart = cls(path, fd, hdr, readonly)
             cart._recover()
-            cart._wb_from = cart.index.end  # what is there was written (and synced) before
+            cart._pacer.restart(cart.index.end)
         except BaseException:
             os.close(fd)
             raise
@@ -707,16 +685,7 @@ class TapeCartridge:
         idx.append(off, len(head) + len(payload), kind, native, compressed)
         self.position = idx.objects
         self._dirty = True
-        if self._wb_from > off:
-            self._wb_from = off  # the tape was cut back
-            self._bg_from = min(self._bg_from, off)
-        elif idx.end - self._wb_from >= WRITEBACK_CHUNK and _START_WRITEBACK is not None:
-            _START_WRITEBACK(self._fd, self._wb_from, idx.end - self._wb_from,
-                             _SYNC_FILE_RANGE_WRITE)  # a hint: errors surface at fsync
-            self._wb_from = idx.end
-            if idx.end - self._bg_from >= BACKGROUND_SYNC_CHUNK:
-                self._bg_from = idx.end
-                self._bg.kick()
+        self._pacer.appended(off, idx.end)
 
     def write_block(self, data: bytes | bytearray | memoryview, *, compress: bool = True
                     ) -> WriteResult:
@@ -840,7 +809,7 @@ class TapeCartridge:
         """Make every record written so far durable, and the index with it."""
         self.wait_writes()
         if self._dirty and not self.readonly:
-            error = self._bg.take_error()
+            error = self._pacer.take_error()
             if error is not None:  # Linux reports a writeback error once: it was ours
                 raise error
             os.fsync(self._fd)
@@ -872,7 +841,7 @@ class TapeCartridge:
             lost = wb.close()
             if lost is not None:  # nobody asked since: say so where an admin will look
                 log.error("%s: %s", self.barcode, lost)
-        self._bg.close()  # no fdatasync may outlive the descriptor
+        self._pacer.close()  # no fdatasync may outlive the descriptor
         try:
             self.sync()
             self.update_mam_counters()

@@ -306,11 +306,11 @@ def test_background_sync_error_reaches_the_next_sync(fast_dir, monkeypatch):
     """A writeback error met by the background fdatasync is Linux's one report of it: the
     cartridge's next sync (a filemark) must raise it, not find a clean fsync."""
     import tape_formats.background_sync as bgs
-    import tape_formats.cartridge as cartridge_module
+    import tape_formats.writeback_pacing as pacing
     from tape_formats.media import MEDIA
 
-    monkeypatch.setattr(cartridge_module, "WRITEBACK_CHUNK", 64 * 1024)
-    monkeypatch.setattr(cartridge_module, "BACKGROUND_SYNC_CHUNK", 128 * 1024)
+    monkeypatch.setattr(pacing, "WRITEBACK_CHUNK", 64 * 1024)
+    monkeypatch.setattr(pacing, "BACKGROUND_SYNC_CHUNK", 128 * 1024)
     calls = []
 
     def failing_fdatasync(fd):
@@ -324,7 +324,7 @@ def test_background_sync_error_reaches_the_next_sync(fast_dir, monkeypatch):
     try:
         for i in range(8):
             cart.write_block(random.Random(i).randbytes(BLOCK))
-        cart._bg.wait()
+        cart._pacer.background.wait()
         assert calls
         with pytest.raises(OSError) as exc:
             cart.write_filemarks(1)

@@ -221,7 +221,7 @@ def test_tape_files_summary(cart_path: Path) -> None:
 def test_written_data_is_handed_to_the_disk_as_it_streams(cart_path: Path, monkeypatch) -> None:
     """Every WRITEBACK_CHUNK bytes the cartridge starts write-out of what came before (not
     waiting), so a filemark's fsync only has a short tail left; a cut starts it over."""
-    import tape_formats.cartridge as cartridge
+    import tape_formats.writeback_pacing as pacing
 
     calls: list[tuple[int, int]] = []
 
@@ -229,8 +229,8 @@ def test_written_data_is_handed_to_the_disk_as_it_streams(cart_path: Path, monke
         calls.append((offset, length))
         return 0
 
-    monkeypatch.setattr(cartridge, "WRITEBACK_CHUNK", 1 << 20)
-    monkeypatch.setattr(cartridge, "_START_WRITEBACK", start)
+    monkeypatch.setattr(pacing, "WRITEBACK_CHUNK", 1 << 20)
+    monkeypatch.setattr(pacing, "_START_WRITEBACK", start)
     block = os.urandom(256 << 10)
     with TapeCartridge.open(cart_path) as c:
         for _ in range(10):
