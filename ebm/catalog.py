@@ -48,7 +48,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tape_formats.archive.entry import printable_path
 from vtl import CATALOG_NAME
 
 BLOCK_SIZE = 256 * 1024
@@ -282,12 +281,6 @@ class Catalog:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA busy_timeout=30000")
-        if not self.q("SELECT 1 FROM sqlite_master WHERE name='pools'"):
-            # A file the library did not make (tests, tools): give it the media catalog's
-            # tables first, since pools and cartridges are the library's.
-            from vtl.catalog import MediaCatalog
-
-            MediaCatalog(self.path).close()
         self.db.executescript(SCHEMA)
         self._migrate()
 
@@ -570,6 +563,8 @@ class Catalog:
         )
 
     def fail_backup(self, backup_id: int, error: str) -> None:
+        from tape_formats.archive.entry import printable_path  # a name in it may not be UTF-8
+
         with self.tx():
             self.db.execute(
                 "UPDATE ebm_backups SET state='failed', finished=?, error=? WHERE id=? AND state='running'",

@@ -41,7 +41,6 @@ from ebm.crypto import CryptoError, read_secret
 from ebm.manager import Ebm, JobError, load_translator, root_default
 from ebm.mover import MoverError
 from ebm.restore import RestoreError, check_target, resolve
-from tape_formats.archive.entry import printable_path
 
 
 class CliError(Exception):
@@ -176,6 +175,13 @@ def progress_bar(what: str) -> Iterator[Callable[[int, int | None], None] | None
 
 def _ts(t: float | None) -> str:
     return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+def printable_path(path: str) -> str:
+    """A name fit for the terminal (bytes that are not UTF-8 escaped); deferred import."""
+    from tape_formats.archive.entry import printable_path as printable
+
+    return printable(path)
 
 
 def _size(n: int) -> str:
