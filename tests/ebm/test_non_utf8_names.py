@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 from ebm_helpers import barcodes, make_library, manifest, run_cli
 
 from ebm.catalog import Catalog
+from ebm.rebuild import rebuild
 from tape_formats.cartridge import RecordKind, TapeCartridge
+from vtl import CATALOG_NAME
+from vtl.library import Library
 
 CAFE = b"caf\xe9"  # Latin-1 "café"
 RAW = b"\xff\xfe"
@@ -108,3 +112,19 @@ def test_names_that_are_not_utf8_round_trip_byte_exact(tmp_path: Path) -> None:
     assert os.readlink(os.fsencode(two) + b"/" + DIR + b"/ln-" + CAFE) == CAFE
     with open(os.fsencode(two) + b"/" + DIR + b"/sub/deep", "rb") as f:
         assert f.read() == b"deeper"
+
+    # the catalog rebuilt from the cartridges (trailer index) keeps the same byte names
+    copy = tmp_path / "rebuilt.sqlite"
+    shutil.copy(root / CATALOG_NAME, copy)
+    rebuilt = Catalog(copy)
+    for t in ("ebm_backups", "ebm_backup_volumes", "ebm_files", "ebm_paths", "ebm_states"):
+        rebuilt.db.execute(f"DELETE FROM {t}")
+    lib = Library.open(root)
+    res = rebuild(rebuilt, lib)
+    lib.close()
+    assert len(res.backups) == 2
+    b = rebuilt.backup(full["uuid"])
+    assert {CAFE, RAW, DIR + b"/\xfe\xfd"} <= {os.fsencode(r.path) for r in rebuilt.files(b.id)}
+    assert [r.linkname for r in rebuilt.files(b.id) if r.path == "ln"] == [
+        os.fsdecode(RAW + b"/not-utf8-target")]
+    rebuilt.close()
