@@ -315,12 +315,15 @@ def dataset_list() -> None:
         last = ebm.catalog.last_good(r["name"])
         r["last_backup"] = last.uuid if last else None
         r["last_time"] = _ts(last.started) if last else None
+        # a dataset property: every backup of it is encrypted (see Ebm.dataset_secret)
+        r["encrypted"] = bool(json.loads(r["options"] or "{}").get("encryption")
+                              or (last is not None and last.encrypted))
 
     def human() -> None:
-        t = Table("name", "translator", "source", "pool", "last backup")
+        t = Table("name", "translator", "source", "pool", "encrypted", "last backup")
         for r in rows:
             t.add_row(r["name"], r["translator"], r["source"], r["pool"] or "-",
-                      r["last_time"] or "never")
+                      "yes" if r["encrypted"] else "no", r["last_time"] or "never")
         out.print(t)
     emit(rows, human)
 

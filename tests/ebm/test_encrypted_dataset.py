@@ -69,6 +69,8 @@ def test_backup_of_an_encrypted_dataset_without_its_key_is_refused(tmp_path: Pat
     cat = Catalog.for_root(root)
     assert all(x.encrypted for x in cat.backups("home"))
     cat.close()
+    r = run_cli(root, "--json", "dataset", "list")
+    assert [(d["name"], d["encrypted"]) for d in json.loads(r.stdout)] == [("home", True)]
 
 
 def test_scheduled_backup_of_an_encrypted_dataset_needs_its_key(tmp_path: Path) -> None:
