@@ -300,8 +300,8 @@ class SqliteTranslator(Translator):
                     stats.bytes += rb.write_full(data)
                 else:
                     if (rb is None or rb.sha256 is None) and (target / name).is_file():
-                        rb = pending[name] = _Rebuild(target, name)  # apply_chain: one call each
-                        rb.resume()
+                        rb = pending.setdefault(name, _Rebuild(target, name))
+                        rb.resume()  # apply_chain: one call per archive
                     if rb is None or rb.sha256 is None:
                         raise TranslatorError(f"page delta {path!r} without the database it applies to")
                     stats.bytes += rb.apply(path, data)
@@ -402,6 +402,10 @@ class _Rebuild:
         return header.body_size()
 
     def finish(self) -> None:
+        if self.meta is None:  # e.g. `ebm restore --path NAME`: the deltas may be missing too
+            raise TranslatorError(
+                f"{self.name}: its metadata member {self.name}{META_SUFFIX} was not among the "
+                f"restored members; select '{self.name}*' so that every page delta comes too")
         with open(self.tmp, "rb+") as f:
             os.fsync(f.fileno())
         actual = _sha256_file(self.tmp)

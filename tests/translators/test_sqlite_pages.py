@@ -104,6 +104,8 @@ def test_delta_refuses_the_wrong_base_and_tar_lists_the_members(tmp_path):
     with pytest.raises(TranslatorError, match="does not apply"):
         t.restore((p for a in (a0, a2) for p in entries(a)), tmp_path / "bad")
     assert not (tmp_path / "bad" / "x.db").exists()
+    with pytest.raises(TranslatorError, match="select 'x.db\\*'"):
+        t.restore((p for p in entries(a0) if p[0].path == "x.db"), tmp_path / "nometa")
     with pytest.raises(TranslatorError, match="without the database"):
         t.restore(entries(a1), tmp_path / "alone")
     (tmp_path / "a1.tar").write_bytes(a1)
