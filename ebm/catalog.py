@@ -215,6 +215,11 @@ class FileRow:
     linkname: str | None = None  # hard link / symlink target (None in pre-linkname catalogs)
 
 
+def _pool_created() -> str:
+    """Now, as the library's pools table records it (UTC ISO 8601, seconds)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+
+
 def _to_db(path: str) -> str | bytes:
     """``path`` as the catalog stores it: TEXT if it is UTF-8, else a BLOB of its bytes."""
     try:
@@ -306,10 +311,9 @@ class Catalog:
         with self.tx():
             if not self.q("SELECT 1 FROM sqlite_master WHERE name='ebm_pool_media'"):
                 return  # already merged (possibly by another process just now)
-            created = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
             self.db.execute(
                 "INSERT OR IGNORE INTO pools(name, description, created) "
-                "SELECT name, 'EBM backup pool', ? FROM ebm_pools", (created,))
+                "SELECT name, 'EBM backup pool', ? FROM ebm_pools", (_pool_created(),))
             self.db.execute(
                 "UPDATE cartridges SET pool = (SELECT m.pool FROM ebm_pool_media m "
                 "WHERE m.barcode = cartridges.barcode) "
@@ -342,11 +346,10 @@ class Catalog:
             raise CatalogError(f"bad pool name {name!r} (letters, digits, . _ -)")
         if retention_days is not None and retention_days < 0:
             raise CatalogError("the retention in days must not be negative")
-        created = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
         try:
             self.db.execute(
                 "INSERT INTO pools(name, description, retention_days, created) VALUES (?,?,?,?)",
-                (name, description, retention_days, created))
+                (name, description, retention_days, _pool_created()))
         except sqlite3.IntegrityError:
             raise CatalogError(f"pool {name!r} already exists") from None
 
