@@ -364,19 +364,22 @@ class Catalog:
         if self.pool(name) is None:
             raise CatalogError(f"no pool named {name!r} (create it with `ebm pool create`)")
 
-    def add_to_pool(self, pool: str, barcode: str) -> None:
-        """Hand a library cartridge to the EBM as a member of ``pool`` (its pool in the
-        library's catalog changes too: that is the one place membership is kept)."""
+    def add_to_pool(self, pool: str, *barcodes: str) -> None:
+        """Hand library cartridges to the EBM as members of ``pool`` (their pool in the
+        library's catalog changes too: that is the one place membership is kept). All or
+        none: one unknown or already handed-over cartridge refuses the lot."""
         self.require_pool(pool)
         with self.tx():
-            cart = self.db.execute("SELECT pool FROM cartridges WHERE barcode=?", (barcode,)).fetchone()
-            if cart is None:
-                raise CatalogError(f"no cartridge {barcode} in the library "
-                                   "(create it with `vtl cartridge create`)")
-            if self.db.execute("SELECT 1 FROM ebm_media WHERE barcode=?", (barcode,)).fetchone():
-                raise CatalogError(f"cartridge {barcode} is already in pool {cart['pool']!r}")
-            self.db.execute("UPDATE cartridges SET pool=? WHERE barcode=?", (pool, barcode))
-            self.db.execute("INSERT INTO ebm_media(barcode) VALUES (?)", (barcode,))
+            for barcode in barcodes:
+                cart = self.db.execute("SELECT pool FROM cartridges WHERE barcode=?",
+                                       (barcode,)).fetchone()
+                if cart is None:
+                    raise CatalogError(f"no cartridge {barcode} in the library "
+                                       "(create it with `vtl cartridge create`)")
+                if self.db.execute("SELECT 1 FROM ebm_media WHERE barcode=?", (barcode,)).fetchone():
+                    raise CatalogError(f"cartridge {barcode} is already in pool {cart['pool']!r}")
+                self.db.execute("UPDATE cartridges SET pool=? WHERE barcode=?", (pool, barcode))
+                self.db.execute("INSERT INTO ebm_media(barcode) VALUES (?)", (barcode,))
 
     _MEDIA = "SELECT m.*, c.pool AS pool FROM ebm_media m LEFT JOIN cartridges c USING (barcode)"
 

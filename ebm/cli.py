@@ -343,10 +343,7 @@ def pool_create(name: str,
 @pool_app.command("add")
 def pool_add(name: str, barcodes: list[str]) -> None:
     """Add cartridges (by barcode) to a pool; they must exist in the library."""
-    cat = S.ebm().catalog
-    cat.require_pool(name)
-    for bc in barcodes:
-        cat.add_to_pool(name, bc)
+    S.ebm().catalog.add_to_pool(name, *barcodes)  # all or none
     emit({"pool": name, "added": barcodes},
          lambda: out.print(f"added {len(barcodes)} cartridge(s) to pool {name}"))
 

@@ -28,6 +28,9 @@ def test_vtl_and_ebm_share_one_pools_table(tmp_path: Path, capsys: pytest.Captur
     lib.create_cartridges(["E00003L8"], capacity=1 << 20)  # in the library's Scratch pool
     lib.close()
     app(["--root", str(root), "pool", "create", "weekly", "--retention-days", "30"], prog_name="ebm")
+    with pytest.raises(SystemExit):  # one unknown barcode refuses the lot
+        app(["--root", str(root), "pool", "add", "weekly", "E00003L8", "NOPE01L8"], prog_name="ebm")
+    assert "no cartridge NOPE01L8" in capsys.readouterr().err
     app(["--root", str(root), "pool", "add", "weekly", "E00003L8"], prog_name="ebm")
     capsys.readouterr()
     lib = Library.open(root)
