@@ -628,7 +628,8 @@ class TapeCartridge:
             raise CorruptRecord(f"{self.barcode}: block {p} has the wrong length", p)
         return native, stored, data, False
 
-    def _check_writable(self) -> None:
+    def check_writable(self) -> None:
+        """WriteProtected or WormOverwrite if writing at the position would be refused."""
         if self.write_protected:
             raise WriteProtected(f"{self.barcode} is write protected")
         if self.worm and self.position < len(self.index):
@@ -693,7 +694,7 @@ class TapeCartridge:
         it would not fit; OSError when the disk fails (the drive reports MEDIUM ERROR)."""
         self.wait_writes()
         self._ahead.clear()  # the tape changes under the read-ahead cache
-        self._check_writable()
+        self.check_writable()
         if self.position < len(self.index):
             self._cut_at_position()
         self._store(data, compress)
@@ -711,7 +712,7 @@ class TapeCartridge:
         if wb is None or not wb.blocks:
             if self.position != len(self.index) or self.readonly:
                 return False
-            self._check_writable()
+            self.check_writable()
             if wb is None:
                 wb = self._wb = WriteBehind(self._new_packer, self._store_packed,
                                             WRITE_BEHIND_BYTES, self.barcode,
@@ -783,7 +784,7 @@ class TapeCartridge:
         self.wait_writes()
         self._ahead.clear()
         if count:
-            self._check_writable()
+            self.check_writable()
             if self.position < len(self.index):
                 self._cut_at_position()
             fit = min(count, max(0, self.capacity - self.used_bytes) // RECORD_HEADER_SIZE)
@@ -801,7 +802,7 @@ class TapeCartridge:
         """Erase from the position to the end of the medium (SSC long erase)."""
         self.wait_writes()
         self._ahead.clear()
-        self._check_writable()
+        self.check_writable()
         self._cut_at_position()
         self.sync()
 

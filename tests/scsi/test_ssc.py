@@ -418,7 +418,8 @@ def test_load_unload_and_prevent(drv, lib):
     assert s.code == (SenseKey.ILLEGAL_REQUEST, 0x53, 0x02)
     good(drv, 0x1E, 0, 0, 0, 0, 0)
     assert not lib.drives[0].prevent_removal
-    good(drv, 0x1B, 1, 0, 0, 0, 0)  # unload, IMMED
+    good(drv, 0x1B, 1, 0, 0, 0, 0)  # unload, IMMED: GOOD at once, the unload after it
+    drv._immediate.wait()
     assert check(drv, 0, 0, 0, 0, 0, 0).code == (2, 0x3A, 0)
     assert lib.drives[0].cartridge is None
     good(drv, 0x1B, 0, 0, 0, 1, 0)  # load

@@ -28,6 +28,8 @@ no cartridge / unloaded                NOT READY 3A/00
 cartridge held by another process      NOT READY 04/01
 unload while PREVENT is in effect      ILLEGAL REQUEST 53/02
 cartridge changed in the bay           UNIT ATTENTION 28/00 (every nexus)
+IMMED REWIND/LOAD/UNLOAD/ERASE running  NOT READY 04/07 at once (ssc_immediate; INQUIRY: BUSY)
+IMMED work failed                      its error, deferred (0x71), to the nexus that asked
 =====================================  ==========================================================
 
 Data path: READ fills a per-drive buffer and returns a memoryview of it (no copy). The view is
@@ -39,6 +41,7 @@ must copy. WRITE hands the Data-Out view straight to the cartridge.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tape_formats.cartridge import (
@@ -53,7 +56,7 @@ from tape_formats.cartridge import (
 from tape_formats.mam import MamError
 from tape_formats.write_behind import DeferredWriteError
 from vtl.scsi import ssc_attributes as attributes
-from vtl.scsi.base import CheckCondition, Nexus, ResetKind, donated
+from vtl.scsi.base import CheckCondition, Nexus, ResetKind, ScsiResult, Status, donated
 from vtl.scsi.identities import (
     BITS_PER_MM,
     DENSITY,
@@ -73,6 +76,7 @@ from vtl.scsi.sense import (
     FILEMARK_DETECTED,
     INCOMPATIBLE_MEDIUM_INSTALLED,
     LUN_BECOMING_READY,
+    LUN_NOT_READY_OPERATION_IN_PROGRESS,
     MEDIUM_NOT_PRESENT,
     MEDIUM_REMOVAL_PREVENTED,
     NO_ADDITIONAL_SENSE,
@@ -94,6 +98,7 @@ from vtl.scsi.spc import (
     Request,
     ScsiModel,
     command,
+    descriptor_sense,
     parameter_list_length,
     service_actions,
     trunc,
@@ -123,6 +128,7 @@ from vtl.scsi.ssc_cdb import (
     transfer_length,
     verify_as_read6,
 )
+from vtl.scsi.ssc_immediate import ImmediateWork
 
 if TYPE_CHECKING:
     from vtl.library import DriveBay
@@ -205,6 +211,8 @@ class TapeDrive(ScsiModel):
         self.bytes_read = 0
         self._streaming = False  # the last command was a READ(6) that returned data
         self._buffered_for: Nexus | None = None  # whose WRITEs are in the write buffer
+        # REWIND, LOAD UNLOAD, ERASE with IMMED: the work after the status (ssc_immediate).
+        self._immediate = ImmediateWork(self.lock, f"drive{bay.index}")
         self._add_pages()
 
     # ------------------------------------------------------------------ pages
@@ -322,8 +330,49 @@ class TapeDrive(ScsiModel):
             return _INLINE
         return _NOT_INLINE
 
+    def execute(self, nexus: Nexus, cdb: bytes,
+                data_out: bytes | bytearray | memoryview | None = None) -> ScsiResult:
+        """While an IMMED command's work runs, answer at once (ssc_immediate) instead of
+        waiting for it; otherwise the general path."""
+        if self._immediate.running:
+            answer = self._answer_in_progress(nexus, cdb)
+            if answer is not None:
+                return answer
+        return super().execute(nexus, cdb, data_out)
+
+    def _answer_in_progress(self, nexus: Nexus, cdb: bytes) -> ScsiResult | None:
+        """The answer to ``cdb`` while IMMED work holds the drive; None for a CDB that only
+        the general path can judge (it waits for the work)."""
+        entry = self._table.get(cdb[0]) if cdb else None
+        spec = entry.get(cdb[1] & 0x1F) if isinstance(entry, dict) and len(cdb) > 1 else entry
+        if not isinstance(spec, CommandSpec):
+            return None
+        if spec.opcode in (Opcode.INQUIRY, Opcode.REPORT_LUNS):
+            return ScsiResult(Status.BUSY)
+        if (spec.pr != PR_ALLOWED and (self._reserve6 is not None or self.pr.reservation)
+                and self._conflicts(nexus, spec.pr)):
+            return ScsiResult(Status.RESERVATION_CONFLICT)
+        if spec.opcode == Opcode.REQUEST_SENSE:
+            alloc = cdb[4] if len(cdb) > 4 else 0
+            return ScsiResult(Status.GOOD, LUN_NOT_READY_OPERATION_IN_PROGRESS.sense()[:alloc])
+        result = LUN_NOT_READY_OPERATION_IN_PROGRESS.result()
+        if self.descriptor_sense:
+            result.sense = descriptor_sense(result.sense)
+        return result
+
+    def _run_immediate(self, req: Request, work: Callable[[], None]) -> None:
+        """IMMED set (byte 1 bit 0 or ``immed``): status now, ``work`` after it; else now."""
+        if req.cdb[1] & (0x02 if req.spec.opcode == Opcode.ERASE else 0x01):
+            self._immediate.start(req.nexus, work)
+        else:
+            work()
+
     def before_command(self, nexus: Nexus, spec: CommandSpec) -> None:
         self._streaming = False
+        if not spec.ua_exempt:
+            failed = self._immediate.take_failure(nexus)
+            if failed is not None:  # the IMMED work this nexus asked for did not succeed
+                raise failed
         bay = self.bay
         # The catalog is re-read unless a cartridge is mounted and the command is on the data
         # path (a mounted cartridge is flocked by this process: nobody can swap it meanwhile).
@@ -645,11 +694,13 @@ class TapeDrive(ScsiModel):
     def _stream_cart(self, nexus: Nexus, pr_class: int) -> TapeCartridge | None:
         """The mounted cartridge when a streaming fast path may use it: loaded, the same as
         at the last command, and the general path would have nothing to say to ``nexus``
-        first (UA, reservation). None: take the general path. Call under ``self.lock``."""
+        first (UA, reservation, IMMED work running or failed). None: take the general path.
+        Call under ``self.lock``."""
         cart = self._cart
         bay = self.bay
         if (cart is None or not self._loaded or bay.cartridge is not cart
-                or bay.media_generation != self._gen or not self._plain_nexus(nexus, pr_class)):
+                or bay.media_generation != self._gen or not self._plain_nexus(nexus, pr_class)
+                or self._immediate.running or self._immediate.failed_for(nexus)):
             return None
         return cart
 
@@ -760,6 +811,9 @@ class TapeDrive(ScsiModel):
              timeout=600)
     def cmd_write_filemarks(self, req: Request) -> None:
         immed, count = decode_write_filemarks(req.cdb)
+        # SSC: IMMED means "do not wait for the medium" only in buffered mode; unbuffered,
+        # the filemarks (and what came before) are durable before GOOD, IMMED or not.
+        immed = immed and bool(self.buffered_mode)
         cart = self._medium()
         if count:
             self._check_write_compat(cart)
@@ -868,28 +922,40 @@ class TapeDrive(ScsiModel):
     @command(Opcode.REWIND, "REWIND", "01 01 00 00 00 00", pr=PR_READ, timeout=600)
     def cmd_rewind(self, req: Request) -> None:
         cart = self._medium()
-        try:
-            cart.rewind()
-        except OSError as exc:
-            raise self._write_error(exc, 0) from None
+
+        def rewind() -> None:
+            try:
+                cart.rewind()
+            except OSError as exc:
+                raise self._write_error(exc, 0) from None
+
+        self._run_immediate(req, rewind)
 
     @command(Opcode.LOAD_UNLOAD, "LOAD UNLOAD", "1b 01 00 00 0f 00", pr=PR_READ, timeout=600)
     def cmd_load_unload(self, req: Request) -> None:
         if decode_load_unload(req.cdb).load:
-            was_loaded = self._loaded
-            self._loaded = True
-            cart = self._medium()
-            cart.rewind()
-            if not was_loaded:
-                # not ready -> ready: every nexus (the loader too) learns the medium may have
-                # changed, which is how Linux st knows it is at BOT after `mt load`
-                self.queue_ua(UnitAttention.NOT_READY_TO_READY)
+            if self.bay.cartridge is None and self.bay.barcode is None:
+                raise MEDIUM_NOT_PRESENT()
+            self._run_immediate(req, self._load)
             return
         if self.bay.cartridge is None and self.bay.barcode is None:
             raise MEDIUM_NOT_PRESENT()
         if self.prevent_removal:
             self.tapealert.add(TA_NO_REMOVAL)
             raise MEDIUM_REMOVAL_PREVENTED()
+        self._run_immediate(req, self._unload)
+
+    def _load(self) -> None:
+        was_loaded = self._loaded
+        self._loaded = True
+        cart = self._medium()
+        cart.rewind()
+        if not was_loaded:
+            # not ready -> ready: every nexus (the loader too) learns the medium may have
+            # changed, which is how Linux st knows it is at BOT after `mt load`
+            self.queue_ua(UnitAttention.NOT_READY_TO_READY)
+
+    def _unload(self) -> None:
         if self._loaded and self._cart is not None:
             try:
                 self._cart.rewind()
@@ -905,9 +971,17 @@ class TapeDrive(ScsiModel):
         cart = self._medium()
         self._check_write_compat(cart)
         try:
-            cart.erase()
-        except (CartridgeError, OSError) as exc:
+            cart.check_writable()  # write protect and WORM are told now, IMMED or not
+        except CartridgeError as exc:
             raise self._write_error(exc, 0) from None
+
+        def erase() -> None:
+            try:
+                cart.erase()
+            except (CartridgeError, OSError) as exc:
+                raise self._write_error(exc, 0) from None
+
+        self._run_immediate(req, erase)
 
     # ------------------------------------------------------------------ limits / density
     @command(Opcode.READ_BLOCK_LIMITS, "READ BLOCK LIMITS", "05 01 00 00 00 00", pr=PR_READ)
