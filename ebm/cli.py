@@ -1,111 +1,45 @@
 # ruff: noqa: B008  (typer declares options as argument defaults by design)
 """The ``ebm`` command line (typer + rich).
 
-Every bad input ends as one line ``error: ...`` on stderr and a non-zero exit (1 for a failed
-operation, 2 for bad usage); never a traceback. ``--json`` prints machine-readable results.
-Long work (backup, restore, verify) shows a progress bar with rate and ETA on a terminal.
+Errors follow the one policy of both CLIs (:mod:`vtl.cli.errors`, stated in ``--help``): one
+line ``error: ...`` on stderr, exit 2 when the request was refused (bad arguments, an unknown
+dataset, backup or pool) and exit 1 when a valid operation failed; never a traceback.
+``--json`` prints machine-readable results. Long work (backup, restore, verify) shows a
+progress bar with rate and ETA on a terminal. Start-up is kept short (``ebm --help`` well
+under 0.3 s): the manager, the crypto and the tape code are imported by the commands that use
+them, rich only when something is printed with it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
+import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-try:  # typer >= 0.2x vendors click as typer._click
-    from typer._click import exceptions as click
-except ImportError:  # pragma: no cover
-    from click import exceptions as click  # type: ignore[no-redef]
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
+from ebm.controller import BackupRequest, next_run, parse_schedule
+from vtl.access import apply_umask
+from vtl.cli.errors import EPILOG, CliError, OperationFailed
+from vtl.cli.formatting import human_duration, human_size, human_time
+from vtl.cli.group import OneLineErrorsGroup
+from vtl.config import default_root
 
-from ebm.catalog import CatalogError
-from ebm.controller import BackupRequest, RequestError, next_run, parse_schedule
-from ebm.crypto import CryptoError, read_secret
-from ebm.manager import Ebm, JobError, load_translator, root_default
-from ebm.mover import MoverError
-from ebm.restore import RestoreError, check_target, resolve
+if TYPE_CHECKING:
+    from rich.console import Console
 
+    from ebm.catalog import Backup, Catalog
+    from ebm.manager import Ebm
 
-class CliError(Exception):
-    pass
-
-
-KNOWN_ERRORS: tuple[type[BaseException], ...] = (
-    CliError, CatalogError, RequestError, CryptoError, JobError, MoverError, RestoreError,
-)
-
-
-class _App(typer.Typer):
-    """Runs the click command non-standalone so that *we* format every error as one line."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("standalone_mode", False)
-        try:
-            rv = super().__call__(*args, **kwargs)
-        except typer.Exit as e:
-            sys.exit(e.exit_code)
-        except click.NoArgsIsHelpError as e:
-            sys.stdout.write(e.format_message() + "\n")
-            sys.exit(0)
-        except typer.Abort:
-            _err("aborted")
-            sys.exit(130)
-        except click.UsageError as e:
-            _err(e.format_message().splitlines()[0] if e.format_message() else "bad usage")
-            sys.exit(2)
-        except click.ClickException as e:
-            _err(e.format_message())
-            sys.exit(e.exit_code or 1)
-        except KNOWN_ERRORS as e:
-            _err(str(e))
-            sys.exit(1)
-        except _library_errors() as e:
-            _err(str(e))
-            sys.exit(1)
-        except KeyboardInterrupt:
-            _err("interrupted")
-            sys.exit(130)
-        except OSError as e:
-            _err(f"{e.strerror or e}" + (f": {e.filename}" if e.filename else ""))
-            sys.exit(1)
-        if isinstance(rv, int) and rv:
-            sys.exit(rv)
-        return rv
-
-
-def _library_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from tape_formats.cartridge import CartridgeError
-        from vtl.library import LibraryError
-        return (LibraryError, CartridgeError)
-    except ImportError:
-        return ()
-
-
-def _err(msg: str) -> None:
-    msg = " ".join(str(msg).split()) or "failed"
-    sys.stderr.write(f"error: {msg}\n")
-
-
-app = _App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-           help="Extensible backup manager: native backups onto the VTL's cartridges.")
+app = typer.Typer(cls=OneLineErrorsGroup, name="ebm", add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False, rich_markup_mode=None, epilog=EPILOG,
+                  help="Extensible backup manager: native backups onto the VTL's cartridges.")
 dataset_app = typer.Typer(no_args_is_help=True, help="Datasets (what to back up).")
 pool_app = typer.Typer(no_args_is_help=True, help="Cartridge pools for backups.")
 schedule_app = typer.Typer(no_args_is_help=True, help="Backup schedules.")
@@ -115,17 +49,52 @@ app.add_typer(pool_app, name="pool")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(catalog_app, name="catalog")
 
-# long paths and table rows stay on one line when piped (greppable)
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-errc = Console(stderr=True)
+def out() -> Console:
+    """stdout; long paths and table rows stay on one line when piped (greppable)."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+
+def errc() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def table(*columns: str) -> Any:
+    from rich.table import Table
+
+    return Table(*columns)
+
+
+# The EBM's own modules, imported when a command first needs them (start-up stays fast).
+def resolve(catalog: Catalog, spec: str) -> Backup:
+    from ebm.restore import resolve as resolve_backup
+
+    return resolve_backup(catalog, spec)
+
+
+def check_target(target: Path, into_existing: bool = False) -> None:
+    from ebm.restore import check_target as check
+
+    check(target, into_existing)
+
+
+def load_translator(name: str) -> Any:
+    from ebm.manager import load_translator as load
+
+    return load(name)
 
 
 class State:
-    root: Path = Path("vtl-library")
+    root: Path = default_root()
     json: bool = False
     _ebm: Ebm | None = None
 
     def ebm(self) -> Ebm:
+        from ebm.manager import Ebm
+
         if self._ebm is None or self._ebm.root != Path(self.root):
             if self._ebm is not None:
                 self._ebm.close()
@@ -138,11 +107,13 @@ S = State()
 
 @app.callback()
 def main(
-    root: Path = typer.Option(None, "--root", help="library directory ($VTL_ROOT or ./vtl-library)"),
+    root: Path = typer.Option(None, "--root", "-r",
+                              help="library directory ($VTL_ROOT, else ./vtl-library)"),
     json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
-    S.root = root or root_default()
+    S.root = root or default_root()
     S.json = json_out
+    apply_umask(S.root)  # files made from here on: the owner's only, or the library group's
 
 
 def emit(data: Any, human: Callable[[], None]) -> None:
@@ -155,12 +126,21 @@ def emit(data: Any, human: Callable[[], None]) -> None:
 @contextlib.contextmanager
 def progress_bar(what: str) -> Iterator[Callable[[int, int | None], None] | None]:
     """A rich bar with rate and ETA, only on a terminal and not with --json."""
-    if S.json or not errc.is_terminal:
+    if S.json or not sys.stderr.isatty():
         yield None
         return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     cols = [TextColumn(what), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
             TimeRemainingColumn()]
-    with Progress(*cols, console=errc, transient=True) as p:
+    with Progress(*cols, console=errc(), transient=True) as p:
         task = p.add_task(what, total=None)
         last = [0.0]
 
@@ -173,24 +153,11 @@ def progress_bar(what: str) -> Iterator[Callable[[int, int | None], None] | None
         yield cb
 
 
-def _ts(t: float | None) -> str:
-    return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
-
-
 def printable_path(path: str) -> str:
     """A name fit for the terminal (bytes that are not UTF-8 escaped); deferred import."""
     from tape_formats.archive.entry import printable_path as printable
 
     return printable(path)
-
-
-def _size(n: int) -> str:
-    f = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if f < 1024 or unit == "TiB":
-            return f"{f:.0f} {unit}" if unit == "B" else f"{f:.1f} {unit}"
-        f /= 1024
-    return str(n)
 
 
 def _rules(last: int, daily: int, weekly: int, monthly: int) -> dict[str, int]:
@@ -199,7 +166,11 @@ def _rules(last: int, daily: int, weekly: int, monthly: int) -> dict[str, int]:
 
 
 def _secret(passphrase_file: Path | None, key_file: Path | None) -> bytes | None:
-    if passphrase_file is None and key_file is None:
+    """The key material given by file or ``$EBM_PASSPHRASE`` (never an argument: ps shows
+    those), or None."""
+    from ebm.crypto import PASSPHRASE_ENV, read_secret
+
+    if passphrase_file is None and key_file is None and not os.environ.get(PASSPHRASE_ENV):
         return None
     return read_secret(passphrase_file, key_file)
 
@@ -244,18 +215,18 @@ def backup(
             vr = verify_backup(ebm.catalog, ebm.library, b, secret, cb)
         result["verify"] = {"ok": vr.ok, "problems": vr.problems}
     why_full = b.options.get("full_reason") if b.level == "full" else None
-    emit(result, lambda: out.print(
-        f"backup {b.uuid} ({b.level}) of {dataset}: {b.nfiles} entries, {_size(b.size)} in "
-        f"{secs:.1f}s on {', '.join(result['volumes'])}"
+    emit(result, lambda: out().print(
+        f"backup {b.uuid} ({b.level}) of {dataset}: {b.nfiles} entries, {human_size(b.size)} in "
+        f"{human_duration(secs)} on {', '.join(result['volumes'])}"
         + ("" if not verify else (" - verified OK" if result["verify"]["ok"] else " - VERIFY FAILED"))
         + (f"\nfull: {why_full}" if why_full else ""), highlight=False, markup=False))
     warns = b.options.get("warnings") or []
     if warns and not S.json:
-        errc.print(f"{len(warns)} warning(s):", markup=False)
+        errc().print(f"{len(warns)} warning(s):", markup=False)
         for w in warns[:10]:
-            errc.print(f"  {printable_path(w)}", markup=False, highlight=False)
+            errc().print(f"  {printable_path(w)}", markup=False, highlight=False)
     if verify and not result["verify"]["ok"]:
-        raise CliError("; ".join(result["verify"]["problems"]))
+        raise OperationFailed("; ".join(result["verify"]["problems"]))
 
 
 @app.command()
@@ -277,9 +248,9 @@ def consolidate(
     secs = time.monotonic() - t0
     result = {**b.to_json(), "seconds": round(secs, 3),
               "volumes": [v.barcode for v in ebm.catalog.volumes(b.id)]}
-    emit(result, lambda: out.print(
-        f"backup {b.uuid} (full) of {dataset}: {b.nfiles} entries, {_size(b.size)} in "
-        f"{secs:.1f}s on {', '.join(result['volumes'])}\nfull: {b.options['full_reason']}",
+    emit(result, lambda: out().print(
+        f"backup {b.uuid} (full) of {dataset}: {b.nfiles} entries, {human_size(b.size)} in "
+        f"{human_duration(secs)} on {', '.join(result['volumes'])}\nfull: {b.options['full_reason']}",
         highlight=False, markup=False))
 
 
@@ -303,7 +274,7 @@ def dataset_add(
     if ebm.catalog.dataset(name) is not None:
         raise CliError(f"dataset {name!r} already exists")
     ebm.ensure_dataset(req)
-    emit({"dataset": name}, lambda: out.print(f"dataset {name} added"))
+    emit({"dataset": name}, lambda: out().print(f"dataset {name} added"))
 
 
 @dataset_app.command("list")
@@ -314,17 +285,17 @@ def dataset_list() -> None:
     for r in rows:
         last = ebm.catalog.last_good(r["name"])
         r["last_backup"] = last.uuid if last else None
-        r["last_time"] = _ts(last.started) if last else None
+        r["last_time"] = human_time(last.started) if last else None
         # a dataset property: every backup of it is encrypted (see Ebm.dataset_secret)
         r["encrypted"] = bool(json.loads(r["options"] or "{}").get("encryption")
                               or (last is not None and last.encrypted))
 
     def human() -> None:
-        t = Table("name", "translator", "source", "pool", "encrypted", "last backup")
+        t = table("name", "translator", "source", "pool", "encrypted", "last backup")
         for r in rows:
             t.add_row(r["name"], r["translator"], r["source"], r["pool"] or "-",
                       "yes" if r["encrypted"] else "no", r["last_time"] or "never")
-        out.print(t)
+        out().print(t)
     emit(rows, human)
 
 
@@ -337,7 +308,7 @@ def pool_create(name: str,
     """Create a cartridge pool (the library's pools: `vtl pool list` shows it too)."""
     S.ebm().catalog.create_pool(name, description, retention_days=retention_days)
     emit({"pool": name, "retention_days": retention_days},
-         lambda: out.print(f"pool {name} created"))
+         lambda: out().print(f"pool {name} created"))
 
 
 @pool_app.command("add")
@@ -345,7 +316,7 @@ def pool_add(name: str, barcodes: list[str]) -> None:
     """Add cartridges (by barcode) to a pool; they must exist in the library."""
     S.ebm().catalog.add_to_pool(name, *barcodes)  # all or none
     emit({"pool": name, "added": barcodes},
-         lambda: out.print(f"added {len(barcodes)} cartridge(s) to pool {name}"))
+         lambda: out().print(f"added {len(barcodes)} cartridge(s) to pool {name}"))
 
 
 @pool_app.command("list")
@@ -357,7 +328,7 @@ def pool_list() -> None:
     days = {p: cat.pool(p)["retention_days"] for p in pools}
 
     def human() -> None:
-        t = Table("pool", "retention", "barcode", "state", "append at", "busy")
+        t = table("pool", "retention", "barcode", "state", "append at", "busy")
         for p in pools:
             keep = f"{days[p]} d" if days[p] is not None else "-"
             members = [r for r in rows if r["pool"] == p]
@@ -366,7 +337,7 @@ def pool_list() -> None:
             for r in members:
                 t.add_row(p, keep, r["barcode"], r["state"], str(r["append_at"]),
                           str(r["busy"] or ""))
-        out.print(t)
+        out().print(t)
     emit({"pools": pools, "retention_days": days, "media": rows}, human)
 
 
@@ -381,11 +352,11 @@ def list_backups(dataset: str = typer.Argument(None), all_states: bool = typer.O
     bs = cat.backups(dataset, None if all_states else ["done", "running"])
 
     def human() -> None:
-        t = Table("id", "uuid", "dataset", "level", "started", "size", "entries", "state")
+        t = table("id", "uuid", "dataset", "level", "started", "size", "entries", "state")
         for b in bs:
-            t.add_row(str(b.id), b.uuid[:8], b.dataset, b.level, _ts(b.started), _size(b.size),
+            t.add_row(str(b.id), b.uuid[:8], b.dataset, b.level, human_time(b.started), human_size(b.size),
                       str(b.nfiles), b.state + (" (enc)" if b.encrypted else ""))
-        out.print(t)
+        out().print(t)
     emit([b.to_json() for b in bs], human)
 
 
@@ -400,20 +371,20 @@ def show(backup_spec: str = typer.Argument(..., metavar="BACKUP")) -> None:
             "volumes": [{k: getattr(v, k) for k in v.__slots__} for v in vols]}
 
     def human() -> None:
-        out.print(f"backup {b.uuid} (id {b.id}) of {b.dataset}: {b.level}, {b.state}")
-        out.print(f"  started {_ts(b.started)}, finished {_ts(b.finished)}")
-        out.print(f"  {b.nfiles} entries, {_size(b.size)} stream, {b.blocks} blocks, sha256 {b.sha256}")
+        out().print(f"backup {b.uuid} (id {b.id}) of {b.dataset}: {b.level}, {b.state}")
+        out().print(f"  started {human_time(b.started)}, finished {human_time(b.finished)}")
+        out().print(f"  {b.nfiles} entries, {human_size(b.size)} stream, {b.blocks} blocks, sha256 {b.sha256}")
         if b.encrypted:
-            out.print("  encrypted (AES-256-GCM, scrypt)")
+            out().print("  encrypted (AES-256-GCM, scrypt)")
         if b.level == "full" and b.options.get("full_reason"):
-            out.print(f"  full: {b.options['full_reason']}", markup=False, highlight=False)
+            out().print(f"  full: {b.options['full_reason']}", markup=False, highlight=False)
         if b.error:
-            out.print(f"  error: {printable_path(b.error)}", markup=False, highlight=False)
+            out().print(f"  error: {printable_path(b.error)}", markup=False, highlight=False)
         for w in (b.options.get("warnings") or [])[:20]:
-            out.print(f"  warning: {printable_path(w)}", markup=False, highlight=False)
-        out.print(f"  chain: {' -> '.join(c[:8] for c in chain)}")
+            out().print(f"  warning: {printable_path(w)}", markup=False, highlight=False)
+        out().print(f"  chain: {' -> '.join(c[:8] for c in chain)}")
         for v in vols:
-            out.print(f"  volume {v.seq}: {v.barcode} tape files {v.first_file}-{v.last_file}, "
+            out().print(f"  volume {v.seq}: {v.barcode} tape files {v.first_file}-{v.last_file}, "
                       f"objects {v.first_object}-{v.last_object}, blocks {v.first_block}-{v.last_block}")
     emit(data, human)
 
@@ -440,7 +411,7 @@ def ls(backup_spec: str = typer.Argument(..., metavar="BACKUP"),
         for bid in {r.backup for r in rows}:
             pos.update({(bid, p): v for p, v in cat.positions(bid).items()})
     data = [{"path": r.path, "kind": r.kind, "size": r.size, "mode": oct(r.mode),
-             "mtime": _ts(r.mtime_ns / 1e9), "backup": r.backup,
+             "mtime": human_time(r.mtime_ns / 1e9), "backup": r.backup,
              **({"position": dict(zip(("cartridge", "tape_file", "block", "byte", "object"),
                                       pos.get((r.backup, r.path), ()), strict=False))}
                 if positions else {})} for r in rows]
@@ -451,8 +422,8 @@ def ls(backup_spec: str = typer.Argument(..., metavar="BACKUP"),
             if positions and (r.backup, r.path) in pos:
                 bc, tf, blk, byte, _obj = pos[(r.backup, r.path)]
                 where = f"  [{bc} file {tf} block {blk} +{byte}]"
-            out.print(f"{r.kind[0] if r.kind != 'hardlink' else 'h'} {oct(r.mode)[2:]:>5} "
-                      f"{r.size:>12} {_ts(r.mtime_ns / 1e9)} {printable_path(r.path)}{where}",
+            out().print(f"{r.kind[0] if r.kind != 'hardlink' else 'h'} {oct(r.mode)[2:]:>5} "
+                      f"{r.size:>12} {human_time(r.mtime_ns / 1e9)} {printable_path(r.path)}{where}",
                       highlight=False, markup=False)
     emit(data, human)
 
@@ -491,8 +462,8 @@ def restore(
     secs = time.monotonic() - t0
     emit({"backup": b.uuid, "chain": st.backups, "entries": st.entries, "bytes": st.bytes,
           "blocks_read": st.blocks_read, "seconds": round(secs, 3)},
-         lambda: out.print(f"restored {st.entries} entries ({_size(st.bytes)}) from "
-                           f"{len(st.backups)} backup(s) into {to} in {secs:.1f}s "
+         lambda: out().print(f"restored {st.entries} entries ({human_size(st.bytes)}) from "
+                           f"{len(st.backups)} backup(s) into {to} in {human_duration(secs)} "
                            f"({st.blocks_read} blocks read)"))
 
 
@@ -547,13 +518,13 @@ def verify(
 
     def human() -> None:
         for r in results:
-            out.print(f"{r.backup}: " + ("OK" if r.ok else "FAILED: " + printable_path(
+            out().print(f"{r.backup}: " + ("OK" if r.ok else "FAILED: " + printable_path(
                 "; ".join(r.problems))),
                       highlight=False, markup=False)
     emit([{"backup": r.backup, "ok": r.ok, "problems": r.problems, "entries": r.entries,
            "bytes": r.bytes} for r in results], human)
     if bad:
-        raise CliError(f"{len(bad)} of {len(results)} backup(s) failed verification: "
+        raise OperationFailed(f"{len(bad)} of {len(results)} backup(s) failed verification: "
                        + bad[0].problems[0])
 
 
@@ -582,7 +553,7 @@ def forget(
     r = do_forget(cat, policy, dataset, dry_run)
     emit({"kept": [b.uuid for b in r.kept], "expired": [b.uuid for b in r.expired],
           "recycled": r.recycled, "dry_run": dry_run},
-         lambda: out.print(f"kept {len(r.kept)}, {'would expire' if dry_run else 'expired'} "
+         lambda: out().print(f"kept {len(r.kept)}, {'would expire' if dry_run else 'expired'} "
                            f"{len(r.expired)}, recycled {len(r.recycled)} cartridge(s)"
                            + (f": {', '.join(r.recycled)}" if r.recycled else "")))
 
@@ -608,8 +579,8 @@ def schedule_add(dataset: str, spec: str = typer.Argument(..., help="'daily at 0
             "key_file": str(key_file.resolve()) if key_file else None}
     nr = next_run(spec, time.time())
     sid = ebm.catalog.add_schedule(dataset, spec, opts, nr)
-    emit({"id": sid, "next_run": _ts(nr)},
-         lambda: out.print(f"schedule {sid}: {dataset} {spec!r}, next run {_ts(nr)}"))
+    emit({"id": sid, "next_run": human_time(nr)},
+         lambda: out().print(f"schedule {sid}: {dataset} {spec!r}, next run {human_time(nr)}"))
 
 
 @schedule_app.command("list")
@@ -617,18 +588,18 @@ def schedule_list() -> None:
     rows = [dict(r) for r in S.ebm().catalog.schedules()]
 
     def human() -> None:
-        t = Table("id", "dataset", "schedule", "next run", "last run", "last result")
+        t = table("id", "dataset", "schedule", "next run", "last run", "last result")
         for r in rows:
-            t.add_row(str(r["id"]), r["dataset"], r["spec"], _ts(r["next_run"]),
-                      _ts(r["last_run"]), r["last_result"] or "-")
-        out.print(t)
+            t.add_row(str(r["id"]), r["dataset"], r["spec"], human_time(r["next_run"]),
+                      human_time(r["last_run"]), r["last_result"] or "-")
+        out().print(t)
     emit(rows, human)
 
 
 @schedule_app.command("remove")
 def schedule_remove(sid: int) -> None:
     S.ebm().catalog.remove_schedule(sid)
-    emit({"removed": sid}, lambda: out.print(f"schedule {sid} removed"))
+    emit({"removed": sid}, lambda: out().print(f"schedule {sid} removed"))
 
 
 @app.command()
@@ -647,8 +618,8 @@ def scheduler(
 
     signal.signal(signal.SIGTERM, _stop)
     ran = run_scheduler(S.ebm(), S.root, once=once, max_jobs=max_jobs, interval=interval,
-                        should_stop=lambda: stop["flag"], log=lambda m: errc.print(m, markup=False))
-    emit({"ran": ran}, lambda: out.print(f"ran {len(ran)} job(s)"))
+                        should_stop=lambda: stop["flag"], log=lambda m: errc().print(m, markup=False))
+    emit({"ran": ran}, lambda: out().print(f"ran {len(ran)} job(s)"))
 
 
 # -- catalog -------------------------------------------------------------------------------
@@ -665,7 +636,7 @@ def catalog_rebuild(
     secret = _secret(passphrase_file, key_file)
     r = rebuild(ebm.catalog, ebm.library, secret, list(barcode) if barcode else None)
     emit({"backups": r.backups, "skipped": r.skipped, "cartridges": r.cartridges},
-         lambda: out.print(f"scanned {r.cartridges} cartridge(s): {len(r.backups)} backup(s) "
+         lambda: out().print(f"scanned {r.cartridges} cartridge(s): {len(r.backups)} backup(s) "
                            f"added, {len(r.skipped)} skipped"
                            + "".join(f"\n  skipped {s}" for s in r.skipped), markup=False))
 
@@ -674,4 +645,4 @@ def catalog_rebuild(
 def catalog_compact() -> None:
     """Drop unused path rows and vacuum the catalog."""
     S.ebm().catalog.compact()
-    emit({"ok": True}, lambda: out.print("catalog compacted"))
+    emit({"ok": True}, lambda: out().print("catalog compacted"))

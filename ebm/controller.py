@@ -15,6 +15,7 @@ Schedule forms (local time):
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,8 +51,9 @@ class BackupRequest:
     def validate(self) -> None:
         if not self.dataset or not re.fullmatch(r"[A-Za-z0-9_.:-]+", self.dataset) or self.dataset.isdigit():
             raise RequestError(f"bad dataset name {self.dataset!r} (letters, digits, _ . : - only)")
-        if self.encrypt and not (self.passphrase_file or self.key_file):
-            raise RequestError("--encrypt needs --passphrase-file or --key-file")
+        if self.encrypt and not (self.passphrase_file or self.key_file
+                                 or os.environ.get("EBM_PASSPHRASE")):
+            raise RequestError("--encrypt needs --passphrase-file, --key-file or $EBM_PASSPHRASE")
         if self.passphrase_file and self.key_file:
             raise RequestError("give --passphrase-file or --key-file, not both")
         for f in (self.passphrase_file, self.key_file):

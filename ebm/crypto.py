@@ -57,9 +57,13 @@ class BlockAuthError(CryptoError):
     pass
 
 
+# The passphrase from the environment, when no file is named: kept out of ``ps`` like a file.
+PASSPHRASE_ENV = "EBM_PASSPHRASE"
+
+
 def read_secret(passphrase_file: Path | None = None, key_file: Path | None = None,
                 passphrase: str | None = None) -> bytes:
-    """The secret bytes from exactly one source; errors are one line."""
+    """The secret bytes from exactly one source (else ``$EBM_PASSPHRASE``); errors are one line."""
     if passphrase is not None:
         secret = passphrase.encode()
     elif passphrase_file is not None:
@@ -72,8 +76,10 @@ def read_secret(passphrase_file: Path | None = None, key_file: Path | None = Non
             secret = Path(key_file).read_bytes()
         except OSError as e:
             raise CryptoError(f"cannot read key file {key_file}: {e.strerror}") from None
+    elif os.environ.get(PASSPHRASE_ENV):
+        secret = os.environ[PASSPHRASE_ENV].encode()
     else:
-        raise CryptoError("encryption needs --passphrase-file or --key-file")
+        raise CryptoError(f"encryption needs --passphrase-file, --key-file or ${PASSPHRASE_ENV}")
     if not secret:
         raise CryptoError("the passphrase/key is empty")
     return secret

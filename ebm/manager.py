@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import sqlite3
 import time
 import uuid as uuidlib
@@ -57,10 +56,6 @@ Progress = Callable[[int, int | None], None]  # (bytes done, bytes total or None
 
 class JobError(Exception):
     """A failed job, one line."""
-
-
-def root_default() -> Path:
-    return Path(os.environ.get("VTL_ROOT", "./vtl-library"))
 
 
 def open_library(root: Path) -> Library:
@@ -114,7 +109,9 @@ class Ebm:
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         if not (self.root / CATALOG_NAME).exists():
-            raise JobError(f"no library at {self.root} (create it with `vtl init`, or pass --root)")
+            from vtl.library import NoLibrary  # the same refusal as vtl's (exit 2)
+
+            raise NoLibrary(f"no library at {self.root} (create it with `vtl init`, or pass --root)")
         self.catalog = Catalog.for_root(self.root)
         for _job, held in self.catalog.reap_dead_jobs():
             for barcode in held:

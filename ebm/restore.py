@@ -35,6 +35,10 @@ class RestoreError(Exception):
     """One-line restore failure."""
 
 
+class UnknownBackup(RestoreError):
+    """The backup, dataset or time asked for names nothing (the CLIs exit 2: bad input)."""
+
+
 def resolve(catalog: Catalog, spec: str) -> Backup:
     """``ID``, ``UUID`` (or prefix), ``DATASET`` (its latest good backup) or ``DATASET@TIME``
     (the latest good backup started at or before TIME: ISO date/time or epoch seconds)."""
@@ -46,15 +50,15 @@ def resolve(catalog: Catalog, spec: str) -> Backup:
         done = [b for b in catalog.backups(name, states=["done"])
                 if when is None or b.started <= when]
         if not done:
-            raise RestoreError(f"dataset {name!r} has no good backup"
-                               + (f" at or before {at}" if at else ""))
+            raise UnknownBackup(f"dataset {name!r} has no good backup"
+                                + (f" at or before {at}" if at else ""))
         return done[-1]
     if at is not None:
-        raise RestoreError(f"no dataset {name!r}")
+        raise UnknownBackup(f"no dataset {name!r}")
     try:
         return catalog.backup(spec)
     except CatalogError:
-        raise RestoreError(f"no backup or dataset {spec!r}") from None
+        raise UnknownBackup(f"no backup or dataset {spec!r}") from None
 
 
 def parse_time(text: str) -> float:
@@ -65,7 +69,7 @@ def parse_time(text: str) -> float:
     try:
         return dt.datetime.fromisoformat(text.replace("_", " ")).timestamp()
     except ValueError:
-        raise RestoreError(f"bad time {text!r} (use ISO like 2026-11-25T14:00 or epoch seconds)") from None
+        raise UnknownBackup(f"bad time {text!r} (use ISO like 2026-11-25T14:00 or epoch seconds)") from None
 
 
 def _plain(patterns: list[str] | None) -> list[str] | None:

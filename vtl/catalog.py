@@ -16,6 +16,7 @@ Other components (the EBM) add their own tables to this same file through :attr:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -26,8 +27,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import sqlite_utils
 
 from vtl import CATALOG_NAME as CATALOG_NAME  # re-exported: vtl.library names it from here
 
@@ -159,7 +158,6 @@ class MediaCatalog:
         )
         conn.row_factory = None
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
         with self.lock:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -168,6 +166,13 @@ class MediaCatalog:
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             self._migrate()
+
+    @functools.cached_property
+    def db(self) -> Any:
+        """sqlite-utils over the same connection, made on first use (its import is slow)."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn)
 
     # ---- schema ---------------------------------------------------------------------------
     def _migrate(self) -> None:

@@ -38,6 +38,9 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_NAME = "library.toml"
+# Where both CLIs look for the library without --root: $VTL_ROOT, else this.
+ROOT_ENV = "VTL_ROOT"
+DEFAULT_ROOT = "./vtl-library"
 
 # Media generations the library knows even before tape_formats.media is importable; the real
 # table (capacities, density codes) lives there.
@@ -51,10 +54,22 @@ _SERIAL_PREFIX_RE = re.compile(r"^[A-Z0-9]{1,6}$")
 _IQN_RE = re.compile(r"^(iqn\.\d{4}-\d{2}\.[^\s]+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})$")
 
 MAX_ELEMENTS = 0xFFFF  # element addresses are 16-bit in SMC
+# Settings a library.toml must state: a default here would silently move every element.
+_LAYOUT_KEYS = ("drives", "slots", "mailslots")
+
+
+def default_root() -> Path:
+    """The library directory when no ``--root`` is given: ``$VTL_ROOT``, else ./vtl-library."""
+    return Path(os.environ.get(ROOT_ENV) or DEFAULT_ROOT)
 
 
 class ConfigError(Exception):
     """The library configuration is missing or invalid (one-line message)."""
+
+
+class ConfigFileError(ConfigError):
+    """``library.toml`` exists but cannot be used: unreadable, not UTF-8, not TOML, empty, or
+    holding a wrong value. The library is damaged, not the command line (the CLIs exit 1)."""
 
 
 @dataclass
@@ -213,31 +228,57 @@ class LibraryConfig:
 
     @classmethod
     def load(cls, root: Path) -> LibraryConfig:
-        """Read ``<root>/library.toml``; ConfigError if missing or invalid."""
+        """Read ``<root>/library.toml``; ConfigError if missing, ConfigFileError if invalid."""
         path = Path(root) / CONFIG_NAME
         try:
-            with path.open("rb") as f:
-                doc = tomllib.load(f)
+            raw = path.read_bytes()
         except FileNotFoundError:
             raise ConfigError(f"no library at {root} ({CONFIG_NAME} not found)") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{path}: {e}") from None
         except OSError as e:
-            raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+            raise ConfigFileError(f"cannot read {path}: {e.strerror}") from None
+        return cls.parse(raw, path)
+
+    @classmethod
+    def parse(cls, raw: bytes, path: Path) -> LibraryConfig:
+        """The config in ``raw`` (the bytes of ``path``); every problem one line naming it."""
         try:
-            return cls.from_dict(doc)
-        except TypeError as e:  # wrong value types that dataclass construction rejects
-            raise ConfigError(f"{path}: {e}") from None
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigFileError(
+                f"{path}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})"
+            ) from None
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigFileError(f"{path}: not valid TOML: {e}") from None
+        if not doc:
+            raise ConfigFileError(
+                f"{path} is empty: it must describe the library (as 'vtl init' writes it)"
+            )
+        try:
+            config = cls.from_dict(doc)
+        except (TypeError, ConfigError) as e:  # TypeError: a value dataclasses reject
+            raise ConfigFileError(f"{path}: {e}") from None
+        missing = [key for key in _LAYOUT_KEYS if key not in doc]
+        if missing:
+            raise ConfigFileError(
+                f"{path}: {', '.join(missing)} missing (the library's layout must be explicit)"
+            )
+        return config
 
     def save(self, root: Path) -> Path:
-        """Validate, then write ``<root>/library.toml`` atomically (temp file + rename)."""
+        """Validate, then write ``<root>/library.toml`` atomically (temp file + rename), readable
+        by the owner only (or the library's group): it may hold CHAP secrets."""
+        from vtl.access import file_mode
+
         self.validate()
         path = Path(root) / CONFIG_NAME
         tmp = path.with_suffix(".toml.tmp")
-        tmp.write_text(dumps_toml(self.to_dict()), encoding="utf-8")
-        with tmp.open("rb") as f:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode(Path(root)))
+        os.fchmod(fd, file_mode(Path(root)))  # a stale temp file keeps its old mode otherwise
+        with os.fdopen(fd, "wb") as f:
+            f.write(dumps_toml(self.to_dict()).encode("utf-8"))
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         return path

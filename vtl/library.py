@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from vtl.barcode import is_barcode, parse_barcode
 from vtl.catalog import AUTO_STATES, CATALOG_NAME, MediaCatalog, now_iso
-from vtl.config import CONFIG_NAME, ConfigError, LibraryConfig
+from vtl.config import CONFIG_NAME, ConfigError, ConfigFileError, LibraryConfig
 from vtl.errors import (
     BadBarcode,
     CartridgeBusy,
@@ -317,6 +317,8 @@ class Library:
             raise NoLibrary(f"no library at {root} (run 'vtl init' first)")
         try:
             config = LibraryConfig.load(root)
+        except ConfigFileError:
+            raise  # a damaged library.toml is not a missing library
         except ConfigError as e:
             raise NoLibrary(str(e)) from None
         if not (root / CATALOG_NAME).is_file():

@@ -161,7 +161,7 @@ def test_cli_flow_and_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) 
         assert r.returncode != 0 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
     r = run_cli(tmp_path / "nolib", "list")
-    assert r.returncode == 1 and r.stderr.startswith("error: no library")
+    assert r.returncode == 2 and r.stderr.startswith("error: no library")  # refused, as vtl
 
 
 def test_verify_compares_catalog_with_tape(tmp_path: Path) -> None:

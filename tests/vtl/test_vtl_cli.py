@@ -348,7 +348,7 @@ def test_damaged_and_missing_cartridge_files(root: Path) -> None:
     assert vtl_json(root, "cartridge", "show", "A00001L8")["state"] == "error"
     r = vtl(root, "cartridge", "inspect", "A00001L8")
     assert r.exit_code == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1
-    (root / "cartridges" / "A00002L8.vtape").unlink()
-    assert_bad_input(root, "cartridge", "erase", "A00002L8", "--yes", match="missing")
-    assert_bad_input(root, "cartridge", "verify", "A00002L8", match="missing")
+    (root / "cartridges" / "A00002L8.vtape").unlink()  # damage: the operation fails (exit 1)
+    assert_bad_input(root, "cartridge", "erase", "A00002L8", "--yes", match="missing", code=1)
+    assert_bad_input(root, "cartridge", "verify", "A00002L8", match="missing", code=1)
     vtl_json(root, "cartridge", "delete", "A00002L8")  # the catalog row can still go

@@ -19,12 +19,11 @@ from vtl.cli.common import (
     err_console,
     expand_range,
     generate_labels,
-    human_size,
     open_library,
-    parse_size,
     say,
     settings,
 )
+from vtl.cli.formatting import human_size, parse_size
 
 app = typer.Typer(help="Create and manage cartridges.", no_args_is_help=True)
 

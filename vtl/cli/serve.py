@@ -1,6 +1,10 @@
 """``vtl serve``: export the library over the embedded iSCSI target until SIGTERM/SIGINT.
 
 One target per library (LUN 0 = changer, LUN 1..N = drives; see vtl.iscsi.target for why).
+CHAP secrets come from library.toml, a file (``--chap-secret-file``), or the environment
+(``VTL_CHAP_SECRET``, ``VTL_MUTUAL_CHAP_SECRET``); ``--chap-secret`` still works but warns,
+since every local user sees a command line in ``ps``. The iSCSI modules are imported when the
+command runs, not when ``vtl`` starts.
 Only one server may serve a data directory at a time: an exclusive ``flock`` on
 ``<root>/serve.lock`` (which also records the pid) refuses a second one with one line. On
 SIGTERM or SIGINT the server stops listening, lets in-flight commands finish, closes the
@@ -9,7 +13,6 @@ sessions, syncs and closes every mounted cartridge, and exits 0.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import logging
 import os
@@ -17,16 +20,18 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from vtl.cli.common import CliError, settings
-from vtl.iscsi.chap import ChapCredentials
-from vtl.iscsi.config import Limits, ServerConfig, TargetConfig
-from vtl.iscsi.target import IscsiTarget
-from vtl.library import Library
-from vtl.scsi.devices import CHANGER_LUN, build_device_set, drive_lun
+from vtl.cli.errors import OperationFailed
+from vtl.cli.secrets import secret_option
+
+if TYPE_CHECKING:
+    from vtl.iscsi.chap import ChapCredentials
+    from vtl.iscsi.config import ServerConfig
+    from vtl.iscsi.target import IscsiTarget
 
 LOCK_NAME = "serve.lock"
 DEFAULT_PORT = 3260
@@ -69,6 +74,8 @@ class ServeLock:
 
 
 def _credentials(user: str, secret: str, what: str) -> ChapCredentials | None:
+    from vtl.iscsi.chap import ChapCredentials
+
     if bool(user) != bool(secret):
         raise CliError(f"{what} needs both a user and a secret")
     if secret and not 12 <= len(secret) <= 255:
@@ -84,11 +91,18 @@ def serve(
                      "for several); default from library.toml [iscsi], else 127.0.0.1:3260."),
     ] = None,
     chap_user: Annotated[str | None, typer.Option(help="CHAP user initiators must log in as.")] = None,
-    chap_secret: Annotated[str | None, typer.Option(help="CHAP secret (12+ characters).")] = None,
+    chap_secret: Annotated[str | None, typer.Option(
+        help="CHAP secret (12+ characters); visible in ps: prefer --chap-secret-file or "
+             "$VTL_CHAP_SECRET.")] = None,
+    chap_secret_file: Annotated[Path | None, typer.Option(
+        help="File whose first line is the CHAP secret.")] = None,
     mutual_chap_user: Annotated[str | None, typer.Option(
         help="Name the target answers mutual CHAP with.")] = None,
     mutual_chap_secret: Annotated[str | None, typer.Option(
-        help="Secret the target answers mutual CHAP with.")] = None,
+        help="Secret the target answers mutual CHAP with; visible in ps: prefer "
+             "--mutual-chap-secret-file or $VTL_MUTUAL_CHAP_SECRET.")] = None,
+    mutual_chap_secret_file: Annotated[Path | None, typer.Option(
+        help="File whose first line is the mutual CHAP secret.")] = None,
     allow_initiator: Annotated[list[str] | None, typer.Option(
         "--allow-initiator", help="Initiator IQN allowed to log in (repeat; default: any).")] = None,
     require_header_digest: Annotated[bool, typer.Option(
@@ -108,6 +122,14 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Serve the library over iSCSI: LUN 0 is the changer, LUN 1..N the drives."""
+    from vtl.iscsi.config import Limits, ServerConfig, TargetConfig
+    from vtl.library import Library
+    from vtl.scsi.devices import build_device_set
+
+    chap_secret = secret_option("--chap-secret", chap_secret, chap_secret_file,
+                                "VTL_CHAP_SECRET")
+    mutual_chap_secret = secret_option("--mutual-chap-secret", mutual_chap_secret,
+                                       mutual_chap_secret_file, "VTL_MUTUAL_CHAP_SECRET")
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         raise CliError(f"invalid log level {log_level!r}")
@@ -144,6 +166,8 @@ def serve(
         )
         server_cfg = ServerConfig(targets=[target], portals=portals, chap=chap,
                                   mutual_chap=mutual, limits=limits)
+        import asyncio
+
         code = asyncio.run(_run(server_cfg, library, chap is not None, mutual is not None))
     finally:
         library.close()  # syncs and closes every mounted cartridge
@@ -154,11 +178,15 @@ def serve(
 
 
 async def _run(config: ServerConfig, library, chap: bool, mutual: bool) -> int:
+    from vtl.iscsi.target import IscsiTarget
+
     server = IscsiTarget(config)
     try:
         await server.start()
     except OSError as e:
-        raise CliError(f"cannot listen on {_portals(config.portals)}: {e.strerror or e}") from None
+        raise OperationFailed(f"cannot listen on {_portals(config.portals)}: {e.strerror or e}") from None
+    import asyncio
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -178,6 +206,8 @@ def _portals(portals: list[tuple[str, int]]) -> str:
 def _banner(config: ServerConfig, library, server: IscsiTarget, chap: bool,
             mutual: bool) -> None:
     """What an admin (or a test) needs to attach: portals, the target IQN, the LUN layout."""
+    from vtl.scsi.devices import CHANGER_LUN, drive_lun
+
     out = [f"vtl serve: library {library.config.name!r} at {library.root}"]
     out.append(f"portal: {_portals(server.bound)}")
     for t in config.targets:
