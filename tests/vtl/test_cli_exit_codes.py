@@ -94,11 +94,11 @@ def test_policy_table() -> None:
     from ebm.restore import RestoreError, UnknownBackup
     from tape_formats.cartridge import WriteProtected
     from vtl.config import ConfigError, ConfigFileError
-    from vtl.library import CartridgeMissing, DestinationFull, UnknownBarcode
+    from vtl.errors import CartridgeMissing, CatalogDamaged, DestinationFull, UnknownBarcode
 
     refused = [CliError("x"), UnknownBarcode("x"), DestinationFull("x"), ConfigError("x"),
                RequestError("x"), CatalogError("x"), UnknownBackup("x")]
-    failed = [OperationFailed("x"), CartridgeMissing("x"), ConfigFileError("x"),
+    failed = [OperationFailed("x"), CartridgeMissing("x"), CatalogDamaged("x"), ConfigFileError("x"),
               JobError("x"), RestoreError("x"), WrongKey("x"), WriteProtected("x"),
               OSError(5, "I/O error"), RuntimeError("boom")]
     assert [exit_code_for(e) for e in refused] == [EXIT_USAGE] * len(refused)

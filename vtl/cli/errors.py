@@ -51,17 +51,18 @@ class OperationFailed(CliError):
 # Domain errors that mean "refused, nothing changed", as (module, class name). Subclasses of
 # these count too, except the ones in _FAILED below, which are checked first.
 _REFUSED = (
-    ("vtl.library", "LibraryError"),
+    ("vtl.errors", "LibraryError"),
     ("vtl.config", "ConfigError"),
+    ("vtl.access", "UnknownGroup"),
     ("vtl.scsi.identities", "UnknownIdentity"),
-    ("tape_formats.media", "BadBarcode"),
     ("ebm.controller", "RequestError"),
     ("ebm.catalog", "CatalogError"),
     ("ebm.restore", "UnknownBackup"),
 )
 # Damage and failures, even where they subclass a "refused" class above.
 _FAILED = (
-    ("vtl.library", "CartridgeMissing"),
+    ("vtl.errors", "CartridgeMissing"),
+    ("vtl.errors", "CatalogDamaged"),
     ("vtl.config", "ConfigFileError"),
 )
 

@@ -89,8 +89,9 @@ def init(
              "default: the owner only (0700/0600).")] = None,
 ) -> None:
     """Create a new library (refuses a directory that already has one)."""
-    from vtl.access import UnknownGroup, group_id, make_root
-    from vtl.config import IscsiConfig
+    from vtl.access import group_id, make_root
+    from vtl.catalog import CATALOG_NAME
+    from vtl.config import CONFIG_NAME, IscsiConfig
     from vtl.library import Library
 
     root = settings().root
@@ -101,16 +102,10 @@ def init(
         changer_model=changer_model, drive_model=drive_model,
         serial_prefix=serial_prefix.upper(), iscsi=iscsi,
     )
-    try:
-        if group:
-            group_id(group)
-        config.validate()  # both before the directory is made: a refusal changes nothing
-    except UnknownGroup as e:
-        raise CliError(str(e)) from None
-    from vtl.catalog import CATALOG_NAME
-    from vtl.config import CONFIG_NAME
-
-    taken = any((root / name).exists() for name in (CONFIG_NAME, CATALOG_NAME))
+    if group:
+        group_id(group)  # UnknownGroup before anything is made: a refusal changes nothing
+    config.validate()
+    taken = any((root / file).exists() for file in (CONFIG_NAME, CATALOG_NAME))
     if not root.exists() or (root.is_dir() and not taken):  # else Library.create refuses
         make_root(root, group)
     lib = Library.create(root, config)
