@@ -14,7 +14,7 @@ import pytest
 from ebm_helpers import barcodes, make_library, manifest, run_cli, write_tree
 
 from ebm.consolidate import consolidate
-from ebm.controller import BackupRequest
+from ebm.controller import BackupRequest, RequestError
 from ebm.manager import JobError, load_translator
 from ebm.restore import restore
 from ebm.retention import Policy, forget
@@ -140,3 +140,22 @@ def test_consolidate_refusals_are_one_line(tmp_path: Path) -> None:
     assert run_cli(tmp_path / "lib", "backup", "fs").returncode == 0
     r = run_cli(tmp_path / "lib", "consolidate", "fs")
     assert r.returncode == 0 and "consolidated from 2 backups" in r.stdout, r.stderr
+
+
+def test_an_encrypted_chain_needs_its_key_and_stays_encrypted(tmp_path: Path) -> None:
+    ebm = make_library(tmp_path / "lib", barcodes(1))
+    key = tmp_path / "pass"
+    key.write_text("correct horse")
+    src = tmp_path / "src"
+    write_tree(src, {"a": b"secret a", "b/c": b"secret c"})
+    ebm.backup(BackupRequest(dataset="enc", source=src, pool="pool", encrypt=True,
+                             passphrase_file=key))
+    (src / "a").write_bytes(b"changed")
+    ebm.backup(BackupRequest(dataset="enc", passphrase_file=key))
+    with pytest.raises(RequestError, match="is encrypted"):
+        consolidate(ebm, "enc")
+    c = consolidate(ebm, "enc", passphrase_file=key)
+    assert c.encrypted and c.parent is None
+    target = tmp_path / "r"
+    restore(ebm.catalog, ebm.library, load_translator, c, target, secret=b"correct horse")
+    assert manifest(target) == manifest(src)
