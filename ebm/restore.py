@@ -72,6 +72,16 @@ def parse_time(text: str) -> float:
         raise UnknownBackup(f"bad time {text!r} (use ISO like 2026-11-25T14:00 or epoch seconds)") from None
 
 
+def with_shown_names(patterns: list[str] | None) -> list[str] | None:
+    """``patterns`` plus, for each written the way ``ebm ls`` shows a name that is not UTF-8
+    (``caf\\xe9``), the name itself, so a path copied from a listing selects that file."""
+    if not patterns or not any("\\" in p for p in patterns):
+        return patterns
+    from tape_formats.archive.entry import parse_printable_path
+
+    return list(dict.fromkeys([*patterns, *(parse_printable_path(p) for p in patterns)]))
+
+
 def _plain(patterns: list[str] | None) -> list[str] | None:
     """The patterns as plain paths, or None if any is a glob (or there are none)."""
     if not patterns:
@@ -89,7 +99,7 @@ def final_view(catalog: Catalog, chain: list[Backup],
     With plain-path patterns only the rows of those paths, their ancestors (a deleted parent
     deletes them) and their descendants are read from the index, not the whole index."""
     view: dict[str, FileRow] = {}
-    plain = _plain(patterns)
+    plain = _plain(with_shown_names(patterns))
     exact: list[str] = []
     if plain is not None:
         for p in plain:
@@ -114,7 +124,7 @@ def matches(path: str, patterns: list[str]) -> bool:
         return True
     parts = path.split("/")
     prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    for pat in patterns:
+    for pat in with_shown_names(patterns) or []:
         pat = pat.strip("/") or "."
         if pat == ".":
             return True

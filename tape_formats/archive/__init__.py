@@ -32,6 +32,7 @@ from .entry import (
     UnsafePath,
     check_member_path,
     normalize_member_name,
+    parse_printable_path,
     printable_path,
 )
 from .labels import (
@@ -87,5 +88,6 @@ __all__ = [
     "header_text",
     "label_kind",
     "normalize_member_name",
+    "parse_printable_path",
     "printable_path",
 ]

@@ -11,6 +11,7 @@ root of a backed-up tree is the path ``"."``. Names that are not valid UTF-8 are
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -162,6 +163,21 @@ def printable_path(path: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+_UNESCAPE = re.compile(r"\\(\\|n|t|r|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4})")
+
+
+def parse_printable_path(text: str) -> str:
+    """The name :func:`printable_path` showed as ``text`` (``\\xe9`` back to the byte), so
+    what ``ebm ls`` prints can be given back as a path. Unknown escapes stay as they are."""
+    def one(m: re.Match[str]) -> str:
+        code = m[1]
+        if code[0] in "xu":
+            n = int(code[1:], 16)
+            return chr(0xDC00 + n) if code[0] == "x" and n >= 0x80 else chr(n)
+        return {"\\": "\\", "n": "\n", "t": "\t", "r": "\r"}[code]
+    return _UNESCAPE.sub(one, text) if "\\" in text else text
 
 
 def check_member_path(path: str) -> str:

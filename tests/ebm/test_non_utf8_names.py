@@ -112,6 +112,12 @@ def test_names_that_are_not_utf8_round_trip_byte_exact(tmp_path: Path) -> None:
     assert os.readlink(os.fsencode(two) + b"/" + DIR + b"/ln-" + CAFE) == CAFE
     with open(os.fsencode(two) + b"/" + DIR + b"/sub/deep", "rb") as f:
         assert f.read() == b"deeper"
+    three = tmp_path / "three"  # the name as `ebm ls` shows it selects the same file
+    r = run_cli(root, "restore", "home", "--to", str(three), "--path", "dir\\xe9\\xff/\\xfe\\xfd")
+    assert r.returncode == 0, r.stderr
+    assert os.listdir(os.fsencode(three) + b"/" + DIR) == [b"\xfe\xfd"]
+    r = run_cli(root, "ls", "home", "caf\\xe9")
+    assert r.returncode == 0 and r.stdout.split()[-1] == "caf\\xe9", r.stdout
 
     # the catalog rebuilt from the cartridges (trailer index) keeps the same byte names
     copy = tmp_path / "rebuilt.sqlite"

@@ -31,6 +31,7 @@ from tape_formats.archive import (
     encode_header,
     encode_trailer,
     label_kind,
+    parse_printable_path,
     printable_path,
 )
 
@@ -478,6 +479,8 @@ def test_printable_path_escapes_what_a_terminal_cannot_show():
     assert printable_path("\udcff\udcfe") == "\\xff\\xfe"
     assert printable_path("a\nb\\c") == "a\\nb\\\\c"
     assert printable_path("café/plain") == "café/plain"
+    for name in ("caf\udce9", "\udcff\udcfe", "a\nb\\c", "café/plain", "x\x01\x7fy", "a\\xe9"):
+        assert parse_printable_path(printable_path(name)) == name
 
 
 def test_pythons_tarfile_reads_our_archives_too():
