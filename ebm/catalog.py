@@ -43,7 +43,7 @@ import re
 import sqlite3
 import time
 import uuid as uuidlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -659,9 +659,6 @@ class Catalog:
         return {_from_db(r[0]): tuple(r[1:]) for r in self.q(
             "SELECT path, barcode, tape_file, block_in_file, byte_in_block, object "
             "FROM ebm_file_positions WHERE backup=?", (backup_id,))}
-
-    def iter_file_counts(self) -> Iterator[tuple[int, int]]:
-        yield from ((r[0], r[1]) for r in self.q("SELECT backup, count(*) FROM ebm_files GROUP BY backup"))
 
     def drop_backup_index(self, backup_id: int) -> None:
         """Free an expired backup's index rows (the backup row stays, state=expired)."""

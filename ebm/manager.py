@@ -143,7 +143,7 @@ class Ebm:
             cart.locate(at)
             cart.erase()
             return True
-        except Exception:  # noqa: BLE001 - the next backup overwrites the tail anyway
+        except Exception:  # best effort: the next backup overwrites the tail anyway
             return False
         finally:
             session.close()

@@ -39,10 +39,6 @@ def padding(n: int) -> int:
 _LIMITS = {8: 8**7, 12: 8**11}
 
 
-def fits_octal(value: int, width: int) -> bool:
-    return 0 <= value < _LIMITS[width]
-
-
 def _octal(value: int, width: int) -> bytes:
     """A NUL-terminated octal field; GNU base-256 when it does not fit (the pax record that
     always accompanies such a value is what readers use)."""
