@@ -162,7 +162,8 @@ class PostgresqlTranslator(Translator):
         segments = [describe(n, size) for n in names]
         for seg in segments:
             check_segment(src.spool / seg.name, info.system_identifier, size)
-        commit_times(find_tool("pg_waldump", src.bindir), src.spool, segments, size)
+        times_complete = commit_times(find_tool("pg_waldump", src.bindir), src.spool, segments,
+                                      size)
         rows: list[IndexEntry] = []
         for i, seg in enumerate(segments):
             rows.append(self._add_file(writer, src.spool / seg.name, WAL_PREFIX + seg.name))
@@ -176,6 +177,7 @@ class PostgresqlTranslator(Translator):
         state = self._state(info, parent["base"], until_time, until_lsn,
                             segments[-1].name if segments else parent["wal_end"], segments,
                             members, src)
+        state["commit_times_complete"] = times_complete
         return BackupResult(state=state, entries=rows, level_hint="incremental")
 
     @staticmethod
@@ -239,9 +241,13 @@ class PostgresqlTranslator(Translator):
         pick = self._pick(history, when, lsn)
         options: dict[str, Any] = {"form": "physical"}
         if when is not None:
-            last_commit = max((s.get("last_commit") or 0 for s in history[pick]["segments"]),
+            # Earlier backups of the chain end before ``when``; if this one's WAL has no commit
+            # after it either, recovery would never reach the target (PostgreSQL refuses
+            # that), and replaying all of it gives exactly the commits up to ``when``.
+            chosen = history[pick]
+            last_commit = max((s.get("last_commit") or 0 for s in chosen["segments"]),
                               default=0)
-            if last_commit > when:  # else every commit of the chain is before it: replay all
+            if last_commit > when or not chosen.get("commit_times_complete", True):
                 options["target_time"] = when
         else:
             options["target_lsn"] = lsn

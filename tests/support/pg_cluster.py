@@ -1,7 +1,7 @@
 """A real, throwaway PostgreSQL cluster for the tests and the bench (never a mock).
 
-``initdb`` + ``pg_ctl`` from Debian's ``postgresql`` package (``/usr/lib/postgresql/*/bin``) in
-a fresh directory under /tmp, listening on a free port of 127.0.0.1 and on a unix socket in
+``initdb`` (once per process, then copied) + ``pg_ctl`` from Debian's ``postgresql`` package (``/usr/lib/postgresql/*/bin``) in
+a fresh directory (under /dev/shm when there is one, else /tmp), listening on a free port of 127.0.0.1 and on a unix socket in
 that directory. initdb refuses to run as root, so under root the server runs as the
 ``postgres`` user that the Debian package creates (else ``nobody``) and the directory is
 chowned to it; as any other user it runs as that user. ``stop()`` (or leaving the ``with``
@@ -13,6 +13,7 @@ archiving segments stays quick (the bench passes ``segment_mb=16``, the default)
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import glob
 import os
@@ -33,6 +34,13 @@ def pg_bindir() -> Path | None:
     return Path(found[-1]).parent if found else None
 
 
+def scratch_dir() -> str | None:
+    """Where clusters live: /dev/shm when there is one (a tmpfs: a busy disk shared with other
+    jobs makes initdb, copies and checkpoints take seconds there), else the default temp dir."""
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -50,6 +58,30 @@ def _server_user() -> str | None:
     raise RuntimeError("running as root and neither a postgres nor a nobody user exists")
 
 
+_TEMPLATES: dict[int, Path] = {}
+
+
+def _template(cluster: PgCluster) -> Path:
+    """An initdb'd data directory per segment size, made once per process and copied for
+    each cluster: initdb costs seconds, a copy a fraction of one (the clusters then share a
+    system identifier, which nothing here relies on being unique)."""
+    found = _TEMPLATES.get(cluster.segment_mb)
+    if found is not None:
+        return found
+    base = Path(tempfile.mkdtemp(prefix="ebm-pg-template-", dir=scratch_dir()))
+    atexit.register(shutil.rmtree, base, True)
+    pwfile = base / "pw"
+    pwfile.write_text(PASSWORD + "\n")
+    cluster.own(base)
+    data = base / "data"
+    cluster.as_server([str(cluster.bin / "initdb"), "-D", str(data), "-U", "postgres",
+                       f"--wal-segsize={cluster.segment_mb}", "--auth-local=trust",
+                       "--auth-host=scram-sha-256", f"--pwfile={pwfile}", "-N", "-E", "UTF8",
+                       "--locale=C"])
+    _TEMPLATES[cluster.segment_mb] = data
+    return data
+
+
 class PgCluster:
     """One cluster: ``start()``, ``sql()``, ``conninfo``, ``stop()``."""
 
@@ -60,7 +92,7 @@ class PgCluster:
             raise RuntimeError("PostgreSQL server binaries are not installed")
         self.bin = bindir
         self.user = _server_user()
-        self.dir = Path(tempfile.mkdtemp(prefix="ebm-pg-", dir=base))
+        self.dir = Path(tempfile.mkdtemp(prefix="ebm-pg-", dir=base or scratch_dir()))
         self.data = self.dir / "data"
         self.spool = self.dir / "wal-spool"
         self.port = free_port()
@@ -85,13 +117,10 @@ class PgCluster:
 
     # -- life cycle --------------------------------------------------------------------------
     def init(self) -> PgCluster:
-        pwfile = self.dir / "pw"
-        pwfile.write_text(PASSWORD + "\n")
         self.spool.mkdir()
         self.own(self.dir)
-        self.as_server([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
-                        f"--wal-segsize={self.segment_mb}", "--auth-local=trust", "--auth-host=scram-sha-256",
-                        f"--pwfile={pwfile}", "-N", "-E", "UTF8", "--locale=C"])
+        template = _template(self)
+        subprocess.run(["cp", "-a", str(template), str(self.data)], check=True)  # owner kept
         with open(self.data / "postgresql.conf", "a") as f:
             for k, v in self.settings.items():
                 f.write(f"{k} = {v}\n")

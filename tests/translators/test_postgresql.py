@@ -74,6 +74,7 @@ def test_point_in_time_restore_recovers_exactly_the_commits_before_it(tmp_path, 
     assert base.level == "full"
     _insert(pg, 1)
     between = _insert(pg, 2)
+    lsn_between = pg.sql("SELECT pg_current_wal_lsn()")
     time.sleep(0.2)
     _insert(pg, 3)
     pg.sql("SELECT pg_switch_wal()")
@@ -84,6 +85,9 @@ def test_point_in_time_restore_recovers_exactly_the_commits_before_it(tmp_path, 
     latest = pg.dir / "latest"
     _restore(ebm, "pg", latest)
     assert _rows_after_recovery(pg, latest) == [1, 2, 3, 4]
+    at_lsn = pg.dir / "at-lsn"
+    _restore(ebm, "pg", at_lsn, lsn=lsn_between)
+    assert _rows_after_recovery(pg, at_lsn) == [1, 2]
     plain = tmp_path / "csv"
     _restore(ebm, "pg", plain, form="csv")
     ebm.close()
@@ -104,6 +108,7 @@ def test_wal_catalogue_has_lsn_ranges_sha256_and_commit_times(tmp_path, pg):
     pg.sql("CREATE TABLE t (i int PRIMARY KEY, s text)")
     _backup(ebm, pg.source())
     before = time.time()
+    pg.sql("CREATE TABLE u (i int)")  # a commit whose WAL record carries invalidations
     _insert(pg, 1)
     incr = _backup(ebm)
     state = decode_state(ebm.catalog.translator_state(incr.id))
@@ -176,6 +181,10 @@ def test_restore_target_outside_the_chain_is_refused_untouched(tmp_path, pg):
     target = tmp_path / "never"
     with pytest.raises(RestoreError, match="before the earliest consistent point"):
         _restore(ebm, "pg", target, when=before)
+    with pytest.raises(RestoreError, match="before the earliest consistent point"):
+        _restore(ebm, "pg", target, lsn="0/10")
+    with pytest.raises(RestoreError, match="bad LSN"):
+        _restore(ebm, "pg", target, lsn="nonsense")
     with pytest.raises(RestoreError, match="has a logical export|no logical export"):
         _restore(ebm, "pg", target, form="csv")
     ebm.close()

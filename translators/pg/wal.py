@@ -30,7 +30,7 @@ _HISTORY = re.compile(r"^[0-9A-F]{8}\.history$")
 _LONG_HEADER = struct.Struct("<HHIQI4xQII")
 _XLP_LONG_HEADER = 0x0002
 _COMMIT = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+),.*desc: COMMIT "
-                     r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) (\S+)")
+                     r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) ([A-Za-z0-9_+:/-]+)")
 
 
 def parse_lsn(text: str) -> int:
@@ -110,33 +110,46 @@ def check_segment(path: Path, system_identifier: str, size: int) -> None:
                               f"identifier {sysid}, expected {system_identifier})")
 
 
-def _utc(stamp: str, zone: str) -> float:
+def _utc(stamp: str, zone: str) -> float | None:
+    """pg_waldump's commit time (we run it with TZ=UTC) as epoch seconds; None if its zone is
+    one we cannot read (the segment is then catalogued without commit times)."""
     when = dt.datetime.fromisoformat(stamp)
     if zone in ("UTC", "GMT", "+00", "Z"):
         return when.replace(tzinfo=dt.UTC).timestamp()
-    from zoneinfo import ZoneInfo
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    return when.replace(tzinfo=ZoneInfo(zone)).timestamp()
+    try:
+        return when.replace(tzinfo=ZoneInfo(zone)).timestamp()
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
 
 
-def commit_times(waldump: str, spool: Path, segments: list[Segment], size: int) -> None:
+def commit_times(waldump: str, spool: Path, segments: list[Segment], size: int) -> bool:
     """Fill first/last commit time of each segment (contiguous, in order) from one pg_waldump
     run. pg_waldump stops at the end of valid WAL with a message and exit status 1; that is
-    the normal end of the last segment, so only its records count, not its status."""
+    the normal end of the last segment, so only its records count, not its status.
+
+    Returns whether every commit was read: a segment without times then surely has no
+    commits, which is what lets a restore drop a time target no commit goes past."""
     if not segments:
-        return
+        return True
     by_segno = {split_name(s.name, size)[1]: s for s in segments}
     env = {**os.environ, "TZ": "UTC", "LC_ALL": "C"}
     proc = subprocess.run([waldump, "--rmgr=Transaction", "-p", str(spool), segments[0].name,
                            segments[-1].name], capture_output=True, text=True, env=env)
+    complete = proc.returncode in (0, 1)
     for m in _COMMIT.finditer(proc.stdout):
         seg = by_segno.get(parse_lsn(m.group(1)) // size)
         if seg is None:
             continue
         t = _utc(m.group(2), m.group(3))
+        if t is None:
+            complete = False
+            continue
         if seg.first_commit is None:
             seg.first_commit = t
         seg.last_commit = t
+    return complete
 
 
 class Spool:
