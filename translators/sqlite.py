@@ -42,25 +42,23 @@ import tempfile
 import time
 import urllib.parse
 from array import array
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tape_formats.archive import ArchiveEntry, EntryData, IndexEntry, PaxWriter, check_member_path
+from tape_formats.archive import ArchiveEntry, EntryData, IndexEntry, PaxWriter
 
 from . import block_hashes
 from .base import (
     BackupResult,
     Progress,
     ProgressCallback,
-    RestoreStats,
-    Translator,
     TranslatorError,
     TranslatorState,
     delete_stale_members,
     file_row,
     stat_source,
 )
+from .delta_restore import DeltaRebuild, DeltaTranslator
 from .page_delta import DeltaError, DeltaHeader, DeltaReader, apply_delta, read_header
 
 CHUNK = 1024 * 1024
@@ -146,10 +144,95 @@ def delta_member(name: str, seq: int) -> str:
     return f"{name}{DELTA_INFIX}{seq:06d}"
 
 
-class SqliteTranslator(Translator):
+def _split_member(path: str) -> tuple[str, bool]:
+    """(database name, whether it is the metadata member) of an archive member."""
+    if path.endswith(META_SUFFIX):
+        return path[: -len(META_SUFFIX)], True
+    base, infix, seq = path.rpartition(DELTA_INFIX)
+    return (base if infix and seq.isdigit() else path), False
+
+
+class _Rebuild(DeltaRebuild):
+    """One database: the baseline file, then each page delta, chained by sha256."""
+
+    def apply(self, path: str, entry: ArchiveEntry, data: EntryData) -> int:
+        if path == self.name:
+            return self._write_full(data)
+        if self.digest is None and self.final.is_file():
+            self._resume()
+        if self.digest is None:
+            raise TranslatorError(f"page delta {path!r} without the database it applies to")
+        try:
+            header = read_header(data)
+            if header.parent_sha256.hex() != self.digest:
+                raise TranslatorError(f"page delta {path!r} does not apply to the database "
+                                      "restored so far (chain out of order or damaged)")
+            fd = os.open(self.tmp, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                apply_delta(header, data, fd)
+            finally:
+                os.close(fd)
+        except DeltaError as exc:
+            raise TranslatorError(f"{path}: {exc}") from None
+        self.digest = header.sha256.hex()
+        return header.body_size()
+
+    def _write_full(self, data: EntryData) -> int:
+        digest = hashlib.sha256()
+        n = 0
+        with open(self.tmp, "wb") as out:
+            while chunk := data.read(CHUNK):
+                out.write(chunk)
+                digest.update(chunk)
+                n += len(chunk)
+        self.digest = digest.hexdigest()
+        return n
+
+    def _resume(self) -> None:
+        """Continue from the database an earlier restore call left in the target (what
+        ``apply_chain`` does: one call per archive of the chain)."""
+        shutil.copyfile(self.final, self.tmp)
+        self.digest = _sha256_file(self.tmp)
+
+    def finish(self) -> None:
+        if self.meta is None:  # e.g. `ebm restore --path NAME`: the deltas may be missing too
+            raise TranslatorError(
+                f"{self.name}: its metadata member {self.name}{META_SUFFIX} was not among the "
+                f"restored members; select '{self.name}*' so that every page delta comes too")
+        with open(self.tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        actual = _sha256_file(self.tmp)
+        if actual != self.digest or self.meta.get("sha256") not in (None, actual):
+            raise TranslatorError(f"restored database {self.name} does not match its recorded sha256")
+        _check_integrity(self.tmp, self.name)
+        if self.entry is not None:
+            os.chmod(self.tmp, self.entry.mode)
+            os.utime(self.tmp, ns=(self.entry.mtime_ns, self.entry.mtime_ns))
+        os.replace(self.tmp, self.final)
+
+
+def _check_integrity(path: Path, name: str) -> None:
+    """``PRAGMA integrity_check`` on a restored file, opened immutable: a WAL-mode database
+    then leaves no -wal/-shm files beside it, and its bytes are never touched."""
+    try:
+        conn = sqlite3.connect(_ro_uri(str(path)) + "&immutable=1", uri=True)
+        try:
+            result = conn.execute("PRAGMA integrity_check").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise TranslatorError(f"restored database {name} cannot be opened: {exc}") from None
+    if result != "ok":
+        raise TranslatorError(f"restored database {name} fails integrity_check: {result}")
+
+
+class SqliteTranslator(DeltaTranslator):
     name = "sqlite"
     version = "2.0"
     supports_incremental = True
+    split_member = staticmethod(_split_member)
+    rebuild = _Rebuild
+    restore_noun = "an SQLite backup"
     step_pages = 1024
 
     def validate_source(self, source: str) -> None:
@@ -268,62 +351,7 @@ class SqliteTranslator(Translator):
         rows.append(file_row(entry, loc, torn=loc.short))
         return rows, size
 
-    # ------------------------------------------------------------------ restore
-    def restore(self, entries: Iterable[tuple[ArchiveEntry, EntryData]], target: Path, *,
-                select: Callable[[str], bool] | None = None,
-                progress: ProgressCallback | None = None) -> RestoreStats:
-        target = Path(target)
-        target.mkdir(parents=True, exist_ok=True)
-        stats = RestoreStats()
-        pending: dict[str, _Rebuild] = {}
-        try:
-            for entry, data in entries:
-                if entry.deleted or entry.kind != "file":
-                    continue
-                path = check_member_path(entry.path)
-                if "/" in path:
-                    raise TranslatorError(f"unexpected member {path!r} in an SQLite backup")
-                name, kind = _member_kind(path)
-                if select is not None and not select(name):
-                    stats.skipped += 1
-                    continue
-                rb = pending.get(name)
-                if kind == "meta":
-                    try:
-                        meta = json.loads(data.read())
-                    except ValueError:
-                        raise TranslatorError(f"damaged metadata member {path!r}") from None
-                    pending.setdefault(name, _Rebuild(target, name)).meta = meta
-                    continue
-                if kind == "full":
-                    rb = pending.setdefault(name, _Rebuild(target, name))
-                    stats.bytes += rb.write_full(data)
-                else:
-                    if (rb is None or rb.sha256 is None) and (target / name).is_file():
-                        rb = pending.setdefault(name, _Rebuild(target, name))
-                        rb.resume()  # apply_chain: one call per archive
-                    if rb is None or rb.sha256 is None:
-                        raise TranslatorError(f"page delta {path!r} without the database it applies to")
-                    stats.bytes += rb.apply(path, data)
-                rb.entry = entry
-                stats.entries += 1
-                if progress is not None:
-                    progress(Progress("restore", stats.entries, None, stats.bytes, None, path))
-            for rb in pending.values():
-                if rb.sha256 is not None:
-                    rb.finish()
-                    stats.files += 1
-        finally:
-            for rb in pending.values():
-                rb.discard()
-        return stats
-
     # ------------------------------------------------------------------ consolidation
-    def merge_chain(self, entries: Iterable[tuple[ArchiveEntry, EntryData]], workdir: Path, *,
-                    progress: ProgressCallback | None = None) -> None:
-        """The chain's pages merged: exactly a restore (checked by sha256 and integrity_check)."""
-        self.restore(entries, workdir, progress=progress)
-
     def write_merged(self, workdir: Path, state: TranslatorState, writer: PaxWriter, *,
                      progress: ProgressCallback | None = None) -> BackupResult:
         """The merged database written as a baseline; the state (page hashes included) is the
@@ -345,92 +373,3 @@ class SqliteTranslator(Translator):
         new_state = {**state, "members": [r.path for r in rows], "size": size,
                      "created_ns": time.time_ns()}
         return BackupResult(state=new_state, entries=rows, level_hint="baseline")
-
-
-def _member_kind(path: str) -> tuple[str, str]:
-    """(database name, "meta" | "full" | "delta") of an archive member."""
-    if path.endswith(META_SUFFIX):
-        return path[: -len(META_SUFFIX)], "meta"
-    base, infix, seq = path.rpartition(DELTA_INFIX)
-    if infix and seq.isdigit():
-        return base, "delta"
-    return path, "full"
-
-
-class _Rebuild:
-    """One database being rebuilt under a temporary name in the target: baseline, deltas."""
-
-    def __init__(self, target: Path, name: str) -> None:
-        self.final = target / name
-        self.tmp = target / f".{name}.ebm-partial"
-        self.name = name
-        self.meta: dict | None = None
-        self.entry: ArchiveEntry | None = None
-        self.sha256: str | None = None  # of the file as the last applied member left it
-
-    def write_full(self, data: EntryData) -> int:
-        digest = hashlib.sha256()
-        n = 0
-        with open(self.tmp, "wb") as out:
-            while chunk := data.read(CHUNK):
-                out.write(chunk)
-                digest.update(chunk)
-                n += len(chunk)
-        self.sha256 = digest.hexdigest()
-        return n
-
-    def resume(self) -> None:
-        """Continue from the database an earlier restore call left in the target (what
-        ``apply_chain`` does: one call per archive of the chain)."""
-        shutil.copyfile(self.final, self.tmp)
-        self.sha256 = _sha256_file(self.tmp)
-
-    def apply(self, path: str, data: EntryData) -> int:
-        try:
-            header = read_header(data)
-            if header.parent_sha256.hex() != self.sha256:
-                raise TranslatorError(f"page delta {path!r} does not apply to the database "
-                                      "restored so far (chain out of order or damaged)")
-            fd = os.open(self.tmp, os.O_RDWR | os.O_CLOEXEC)
-            try:
-                apply_delta(header, data, fd)
-            finally:
-                os.close(fd)
-        except DeltaError as exc:
-            raise TranslatorError(f"{path}: {exc}") from None
-        self.sha256 = header.sha256.hex()
-        return header.body_size()
-
-    def finish(self) -> None:
-        if self.meta is None:  # e.g. `ebm restore --path NAME`: the deltas may be missing too
-            raise TranslatorError(
-                f"{self.name}: its metadata member {self.name}{META_SUFFIX} was not among the "
-                f"restored members; select '{self.name}*' so that every page delta comes too")
-        with open(self.tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        actual = _sha256_file(self.tmp)
-        if actual != self.sha256 or (self.meta and self.meta.get("sha256") not in (None, actual)):
-            raise TranslatorError(f"restored database {self.name} does not match its recorded sha256")
-        _check_integrity(self.tmp, self.name)
-        if self.entry is not None:
-            os.chmod(self.tmp, self.entry.mode)
-            os.utime(self.tmp, ns=(self.entry.mtime_ns, self.entry.mtime_ns))
-        os.replace(self.tmp, self.final)
-
-    def discard(self) -> None:
-        self.tmp.unlink(missing_ok=True)
-
-
-def _check_integrity(path: Path, name: str) -> None:
-    """``PRAGMA integrity_check`` on a restored file, opened immutable: a WAL-mode database
-    then leaves no -wal/-shm files beside it, and its bytes are never touched."""
-    try:
-        conn = sqlite3.connect(_ro_uri(str(path)) + "&immutable=1", uri=True)
-        try:
-            result = conn.execute("PRAGMA integrity_check").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.Error as exc:
-        raise TranslatorError(f"restored database {name} cannot be opened: {exc}") from None
-    if result != "ok":
-        raise TranslatorError(f"restored database {name} fails integrity_check: {result}")

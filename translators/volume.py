@@ -36,25 +36,24 @@ import os
 import stat
 import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tape_formats.archive import ArchiveEntry, EntryData, IndexEntry, PaxWriter, check_member_path
+from tape_formats.archive import ArchiveEntry, EntryData, IndexEntry, PaxWriter
 
 from . import block_hashes
 from .base import (
     BackupResult,
     Progress,
     ProgressCallback,
-    RestoreStats,
-    Translator,
     TranslatorError,
     TranslatorState,
     delete_stale_members,
     file_row,
     stat_source,
 )
+from .delta_restore import DeltaRebuild, DeltaTranslator
 from .filesystem import data_extents
 
 CHUNK_SIZE = 1024 * 1024
@@ -195,10 +194,96 @@ def delta_member(name: str, seq: int) -> str:
     return f"{name}{DELTA_INFIX}{seq:06d}"
 
 
-class VolumeTranslator(Translator):
+def _punch(fd: int, off: int, length: int) -> None:
+    """Make [off, off+length) a hole (zeros that take no space); written zeros as a fallback."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, off, length) == 0:
+        return
+    if ctypes.get_errno() not in (errno.EOPNOTSUPP, errno.ENOSYS):
+        raise OSError(ctypes.get_errno(), "fallocate")
+    zeros = bytes(min(length, CHUNK_SIZE))
+    while length > 0:
+        n = os.pwrite(fd, zeros[:length], off)
+        off, length = off + n, length - n
+
+
+def _split_member(path: str) -> tuple[str, bool]:
+    """(volume name, whether it is an extent map) of an archive member."""
+    member = path[: -len(META_SUFFIX)] if path.endswith(META_SUFFIX) else path
+    return member.rpartition(DELTA_INFIX)[0] or member, path.endswith(META_SUFFIX)
+
+
+class _Rebuild(DeltaRebuild):
+    """One image: the baseline's data at its offsets, then each delta, chained by digest."""
+
+    def apply(self, path: str, entry: ArchiveEntry, data: EntryData) -> int:
+        meta = self.meta
+        if meta is None or meta.get("data_member") != path:
+            raise TranslatorError(f"volume member {path!r} without its extent map")
+        if meta["kind"] == "baseline":
+            flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC
+        else:
+            if self.digest is None and self.final.is_file():
+                self._resume()
+            if self.digest is None or meta.get("parent_digest") != self.digest:
+                raise TranslatorError(f"volume delta {path!r} does not apply to the image "
+                                      "restored so far (chain out of order or damaged)")
+            flags = os.O_RDWR
+        fd = os.open(self.tmp, flags | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, meta["size"])
+            for off, length in meta["zero"]:
+                _punch(fd, off, length)
+            written = self._write_extents(fd, entry, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.digest = meta["digest"]
+        return written
+
+    @staticmethod
+    def _write_extents(fd: int, entry: ArchiveEntry, data: EntryData) -> int:
+        buf = bytearray(CHUNK_SIZE)
+        total = 0
+        extents = entry.sparse_map if entry.sparse_map is not None else [(0, entry.size)]
+        for off, length in extents:
+            while length > 0:
+                view = memoryview(buf)[: min(length, len(buf))]
+                n = data.readinto(view)
+                if n == 0:
+                    raise TranslatorError(f"volume member {entry.path!r} ends early")
+                os.pwrite(fd, view[:n], off)
+                off, length, total = off + n, length - n, total + n
+        return total
+
+    def _resume(self) -> None:
+        """Continue from the image an earlier restore call left (``apply_chain``)."""
+        os.replace(self.final, self.tmp)
+        self.digest = self._digest_of_tmp(self.meta["chunk_size"] if self.meta else CHUNK_SIZE)
+
+    def _digest_of_tmp(self, chunk_size: int) -> str:
+        fd = os.open(self.tmp, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return scan_chunks(fd, chunk_size, None).digest()
+        finally:
+            os.close(fd)
+
+    def finish(self) -> None:
+        if self._digest_of_tmp(self.meta["chunk_size"] if self.meta else CHUNK_SIZE) != self.digest:
+            raise TranslatorError(f"restored image {self.name} does not match its recorded digest")
+        if self.entry is not None:
+            os.chmod(self.tmp, self.entry.mode)
+        os.replace(self.tmp, self.final)
+
+
+class VolumeTranslator(DeltaTranslator):
     name = "volume"
     version = "1.0"
     supports_incremental = True
+    split_member = staticmethod(_split_member)
+    rebuild = _Rebuild
+    restore_noun = "a volume backup"
     chunk_size = CHUNK_SIZE
 
     def validate_source(self, source: str) -> None:
@@ -266,54 +351,7 @@ class VolumeTranslator(Translator):
             progress(Progress("backup", 2, 2, stored, stored, name))
         return rows
 
-    # ------------------------------------------------------------------ restore
-    def restore(self, entries: Iterable[tuple[ArchiveEntry, EntryData]], target: Path, *,
-                select: Callable[[str], bool] | None = None,
-                progress: ProgressCallback | None = None) -> RestoreStats:
-        target = Path(target)
-        target.mkdir(parents=True, exist_ok=True)
-        stats = RestoreStats()
-        pending: dict[str, _Rebuild] = {}
-        try:
-            for entry, data in entries:
-                if entry.deleted or entry.kind != "file":
-                    continue
-                path = check_member_path(entry.path)
-                if "/" in path:
-                    raise TranslatorError(f"unexpected member {path!r} in a volume backup")
-                member = path[: -len(META_SUFFIX)] if path.endswith(META_SUFFIX) else path
-                name = member.rpartition(DELTA_INFIX)[0] or member
-                if select is not None and not select(name):
-                    stats.skipped += 1
-                    continue
-                rb = pending.get(name)
-                if rb is None:
-                    rb = pending[name] = _Rebuild(target, name)
-                if path.endswith(META_SUFFIX):
-                    try:
-                        rb.meta = json.loads(data.read())
-                    except ValueError:
-                        raise TranslatorError(f"damaged extent map {path!r}") from None
-                    continue
-                stats.bytes += rb.apply(path, entry, data)
-                stats.entries += 1
-                if progress is not None:
-                    progress(Progress("restore", stats.entries, None, stats.bytes, None, path))
-            for rb in pending.values():
-                if rb.digest is not None:
-                    rb.finish(self.chunk_size)
-                    stats.files += 1
-        finally:
-            for rb in pending.values():
-                rb.discard()
-        return stats
-
     # ------------------------------------------------------------------ consolidation
-    def merge_chain(self, entries: Iterable[tuple[ArchiveEntry, EntryData]], workdir: Path, *,
-                    progress: ProgressCallback | None = None) -> None:
-        """The chain's chunks merged: exactly a restore (checked against the recorded digest)."""
-        self.restore(entries, workdir, progress=progress)
-
     def write_merged(self, workdir: Path, state: TranslatorState, writer: PaxWriter, *,
                      progress: ProgressCallback | None = None) -> BackupResult:
         """The merged image as a baseline; its chunks are checked against the last state's
@@ -336,92 +374,3 @@ class VolumeTranslator(Translator):
         new_state = {**state, "seq": 0, "members": [r.path for r in rows],
                      "created_ns": time.time_ns()}
         return BackupResult(state=new_state, entries=rows, level_hint="baseline")
-
-
-def _punch(fd: int, off: int, length: int) -> None:
-    """Make [off, off+length) a hole (zeros that take no space); written zeros as a fallback."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    if libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, off, length) == 0:
-        return
-    if ctypes.get_errno() not in (errno.EOPNOTSUPP, errno.ENOSYS):
-        raise OSError(ctypes.get_errno(), "fallocate")
-    zeros = bytes(min(length, CHUNK_SIZE))
-    while length > 0:
-        n = os.pwrite(fd, zeros[:length], off)
-        off, length = off + n, length - n
-
-
-class _Rebuild:
-    """One image being rebuilt under a temporary name in the target: baseline, then deltas."""
-
-    def __init__(self, target: Path, name: str) -> None:
-        self.final = target / name
-        self.tmp = target / f".{name}.ebm-partial"
-        self.name = name
-        self.meta: dict | None = None
-        self.entry: ArchiveEntry | None = None
-        self.digest: str | None = None  # of the image as the last applied member left it
-
-    def apply(self, path: str, entry: ArchiveEntry, data: EntryData) -> int:
-        meta = self.meta
-        if meta is None or meta.get("data_member") != path:
-            raise TranslatorError(f"volume member {path!r} without its extent map")
-        if meta["kind"] == "baseline":
-            flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC
-        else:
-            if self.digest is None and self.final.is_file():
-                self._resume()
-            if self.digest is None or meta.get("parent_digest") != self.digest:
-                raise TranslatorError(f"volume delta {path!r} does not apply to the image "
-                                      "restored so far (chain out of order or damaged)")
-            flags = os.O_RDWR
-        fd = os.open(self.tmp, flags | os.O_CLOEXEC, 0o600)
-        try:
-            os.ftruncate(fd, meta["size"])
-            for off, length in meta["zero"]:
-                _punch(fd, off, length)
-            written = self._write_extents(fd, entry, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self.digest, self.entry = meta["digest"], entry
-        return written
-
-    @staticmethod
-    def _write_extents(fd: int, entry: ArchiveEntry, data: EntryData) -> int:
-        buf = bytearray(CHUNK_SIZE)
-        total = 0
-        extents = entry.sparse_map if entry.sparse_map is not None else [(0, entry.size)]
-        for off, length in extents:
-            while length > 0:
-                view = memoryview(buf)[: min(length, len(buf))]
-                n = data.readinto(view)
-                if n == 0:
-                    raise TranslatorError(f"volume member {entry.path!r} ends early")
-                os.pwrite(fd, view[:n], off)
-                off, length, total = off + n, length - n, total + n
-        return total
-
-    def _resume(self) -> None:
-        """Continue from the image an earlier restore call left (``apply_chain``)."""
-        os.replace(self.final, self.tmp)
-        self.digest = self._digest_of_tmp(self.meta["chunk_size"] if self.meta else CHUNK_SIZE)
-
-    def _digest_of_tmp(self, chunk_size: int) -> str:
-        fd = os.open(self.tmp, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            return scan_chunks(fd, chunk_size, None).digest()
-        finally:
-            os.close(fd)
-
-    def finish(self, chunk_size: int) -> None:
-        size = self.meta["chunk_size"] if self.meta else chunk_size
-        if self._digest_of_tmp(size) != self.digest:
-            raise TranslatorError(f"restored image {self.name} does not match its recorded digest")
-        if self.entry is not None:
-            os.chmod(self.tmp, self.entry.mode)
-        os.replace(self.tmp, self.final)
-
-    def discard(self) -> None:
-        self.tmp.unlink(missing_ok=True)
