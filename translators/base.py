@@ -48,7 +48,10 @@ cartridges holding the chain may be the ones the new baseline is appended to:
 
 The defaults (:mod:`translators.merge`) spool the final view and copy it back: right for any
 translator whose members replace each other by path (filesystem, stream). A translator with
-deltas overrides both (sqlite and volume restore the chain into ``workdir`` and write that).
+deltas overrides both: sqlite and volume derive from
+:class:`translators.delta_restore.DeltaTranslator`, whose ``restore`` rebuilds each file from
+its baseline and deltas and whose ``merge_chain`` is that restore into ``workdir``; their
+``write_merged`` writes the merged file as a baseline.
 
 Writing a translator (docs/writing-a-translator.md has a worked example package):
 
