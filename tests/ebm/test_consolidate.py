@@ -159,3 +159,32 @@ def test_an_encrypted_chain_needs_its_key_and_stays_encrypted(tmp_path: Path) ->
     target = tmp_path / "r"
     restore(ebm.catalog, ebm.library, load_translator, c, target, secret=b"correct horse")
     assert manifest(target) == manifest(src)
+
+
+def test_a_consolidated_full_survives_a_catalog_rebuild(tmp_path: Path) -> None:
+    from ebm.rebuild import rebuild
+
+    ebm = make_library(tmp_path / "lib", barcodes(1))
+    img = tmp_path / "disk.img"
+    with open(img, "wb") as f:
+        f.truncate(6 * MiB)
+        f.write(os.urandom(MiB))
+    _backup(ebm, "vol", img, "volume")
+    with open(img, "r+b") as f:
+        f.seek(4 * MiB)
+        f.write(b"incremental")
+    _backup(ebm, "vol")
+    c = consolidate(ebm, "vol")
+    for t in ("ebm_backups", "ebm_backup_volumes", "ebm_files", "ebm_paths", "ebm_states",
+              "ebm_datasets", "ebm_media"):  # lose the EBM catalog; tapes alone remain
+        ebm.catalog.db.execute(f"DELETE FROM {t}")
+    rebuild(ebm.catalog, ebm.library)
+    nc = ebm.catalog.backup(c.uuid)
+    assert (nc.level, nc.parent) == ("full", None)
+    with open(img, "r+b") as f:
+        f.seek(5 * MiB)
+        f.write(b"after the rebuild")
+    nxt = _backup(ebm, "vol")
+    assert (nxt.level, nxt.parent) == ("incr", nc.id) and nxt.size < 2 * MiB
+    out = _restore(ebm, nxt, tmp_path / "r")
+    assert (out / "disk.img").read_bytes() == img.read_bytes()
