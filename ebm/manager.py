@@ -31,20 +31,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import zstandard
-
-from ebm.backup_labels import header_block, trailer_bytes
 from ebm.catalog import BLOCK_SIZE, Backup, Catalog, CatalogError, FileRow
 from ebm.controller import BackupRequest, RequestError
-from ebm.crypto import BlockCipher, CryptoError, check_key, key_verifier, read_secret
-from ebm.drive_session import DriveSession, MediaError, PoolMedia
-from ebm.mover import MoverError, TapeWriter
-from tape_formats.archive.entry import IndexEntry
-from tape_formats.archive.writer import PaxWriter
-from tape_formats.cartridge import CartridgeError
 from vtl import CATALOG_NAME
 
+# The tape, crypto and compression code is imported by the methods that run a job, so that
+# opening the EBM for a listing (``ebm list``) stays fast.
 if TYPE_CHECKING:  # the library and the translators are imported only when a job needs them
+    from ebm.mover import TapeWriter
+    from tape_formats.archive.entry import IndexEntry
+    from tape_formats.archive.writer import PaxWriter
     from translators.base import Progress as TranslatorProgress
     from translators.base import ProgressCallback, Translator
     from vtl.library import Library
@@ -95,6 +91,8 @@ def encode_state(state: Any) -> bytes | None:
         text = state if isinstance(state, str) else json.dumps(
             state, separators=(",", ":"), check_circular=False)
         raw = text.encode()
+    import zstandard
+
     return zstandard.ZstdCompressor(level=3).compress(raw)
 
 
@@ -128,6 +126,8 @@ class Ebm:
         leaving them for the next backup to overwrite, so no reader (EBM or `dd | tar`) ever
         meets them. Safe against a concurrent backup: the append point is re-read *after*
         the cartridge is mounted (flock held), and a busy cartridge is simply skipped."""
+        from ebm.drive_session import DriveSession, MediaError
+
         try:
             session = DriveSession(self.library, "ebm-cleanup", wait=0)
         except (MediaError, JobError):
@@ -205,6 +205,8 @@ class Ebm:
         is refused here, before a drive or cartridge is touched. A dataset from before the
         verifier is recognised by its encrypted backups and checked against the newest one.
         """
+        from ebm.crypto import check_key, key_verifier, read_secret
+
         name = ds["name"]
         given = req.encrypt or req.passphrase_file or req.key_file
         secret = read_secret(req.passphrase_file, req.key_file) if given else None
@@ -269,6 +271,12 @@ class Ebm:
 
     def _run(self, ds: sqlite3.Row, pool: str, translator: Translator, req: BackupRequest,
              secret: bytes | None, progress: Progress | None) -> Backup:
+        from ebm.backup_labels import header_block, trailer_bytes
+        from ebm.crypto import BlockCipher, CryptoError
+        from ebm.drive_session import DriveSession, MediaError, PoolMedia
+        from ebm.mover import MoverError, TapeWriter
+        from tape_formats.cartridge import CartridgeError
+
         cat = self.catalog
         parent, why_full = self._baseline_reason(ds, translator, req)
         level = "incr" if parent is not None else "full"
@@ -384,6 +392,8 @@ def _pax_writer(out: TapeWriter) -> PaxWriter:
     Why: the mover hashes every byte it puts on tape on its writer thread, in parallel with
     the translator; PaxWriter hashing the same bytes on the producer thread would only cost.
     """
+    from tape_formats.archive.writer import PaxWriter
+
     return PaxWriter(out, start_offset=0, hash_stream=False)
 
 
@@ -422,6 +432,8 @@ def state_from_b64(text: str | None) -> bytes | str | None:
 
 def decode_state(raw: bytes | str) -> Any:
     if isinstance(raw, bytes) and raw.startswith(ZSTD_MAGIC):
+        import zstandard
+
         raw = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
         try:
             raw = raw.decode()
