@@ -125,7 +125,7 @@ def test_never_reading_initiator_gets_bounded_memory(served: Served):
     base, peak, worst, sent = _attack(served, [False])
     print(f"1 never-reading initiator: {sent} commands sent, RSS {base >> 10} -> "
           f"{peak >> 10} MiB, worst INQUIRY latency of another {worst * 1000:.0f} ms")
-    assert sent > 100_000
+    assert sent > 20_000  # the flood happened (kernel buffers alone hold fewer)
     assert peak - base < RSS_BOUND_KIB
     assert worst < LATENCY_BOUND
 
