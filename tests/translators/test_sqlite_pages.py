@@ -113,3 +113,22 @@ def test_delta_refuses_the_wrong_base_and_tar_lists_the_members(tmp_path):
                            text=True, check=True).stdout.split()
     assert names == ["x.db.ebm-sqlite.json", "x.db.ebm-sqlite-delta.000001"]
     conn.close()
+
+
+def test_one_percent_of_the_pages_gives_a_delta_near_one_percent(tmp_path):
+    db = tmp_path / "big.db"
+    conn = make_db(db, rows=3000, wal=False)  # 200-byte rows: ~170 pages
+    conn.executemany("INSERT INTO t (v) VALUES (?)", [(os.urandom(1000),) for _ in range(4000)])
+    conn.commit()
+    t = SqliteTranslator()
+    a0, r0 = backup(t, db)
+    pages = r0.state["page_count"]
+    rows = conn.execute("SELECT max(id) FROM t").fetchone()[0]
+    for i in range(pages // 100):
+        conn.execute("UPDATE t SET v=? WHERE id=?", (os.urandom(1000), rows - 40 * i))
+    conn.commit()
+    a1, r1 = backup(t, db, r0.state)
+    size = r0.state["size"]
+    assert len(a1) < 0.02 * size, (len(a1), size)  # ~1% of pages + page 1 + metadata
+    check_restored(restore_chain(t, [a0, a1], tmp_path / "r") / "big.db", r1.state["sha256"])
+    conn.close()
