@@ -26,6 +26,8 @@ Restore (physical, the default): the data directory with every chain segment in 
 started on it replays to the target and promotes. ``--as csv`` writes the logical export
 (:mod:`translators.pg.logical`) instead: schema SQL, one CSV per table, ``load.sql``.
 Either appears in the target only once complete (:mod:`translators.pg.unpack`).
+
+``ebm consolidate`` is refused (``merge_chain``): a new baseline is a new base backup.
 """
 
 from __future__ import annotations
@@ -282,6 +284,16 @@ class PostgresqlTranslator(Translator):
             raise TranslatorError(f"unknown restore form {options.get('form')!r} "
                                   f"(known: {', '.join(FORMS)})")
         return ["logical"] if options.get("form") == "csv" else ["data", "wal"]
+
+    # -- consolidation -------------------------------------------------------------------
+    def merge_chain(self, entries: Iterable[tuple[ArchiveEntry, EntryData]], workdir: Path, *,
+                    progress: ProgressCallback | None = None) -> None:
+        """Refused: a base backup image rebuilt from base + WAL is not offered (the issue
+        does not ask for one). ``ebm backup DATASET --full`` is this translator's new full;
+        retention can expire the old chain after it."""
+        raise TranslatorError("PostgreSQL chains are not consolidated: take a new base backup "
+                              "with `ebm backup DATASET --full`, then let retention expire the "
+                              "old chain")
 
     # -- restore -------------------------------------------------------------------------
     def restore(self, entries: Iterable[tuple[ArchiveEntry, EntryData]], target: Path, *,

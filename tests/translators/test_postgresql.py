@@ -13,6 +13,7 @@ import pytest
 from ebm_helpers import barcodes, make_library, run_cli
 from pg_cluster import PgCluster, free_port, pg_bindir
 
+from ebm.consolidate import consolidate
 from ebm.controller import BackupRequest, RequestError
 from ebm.manager import JobError, decode_state, load_translator
 from ebm.points import resolve_point
@@ -123,6 +124,8 @@ def test_wal_catalogue_has_lsn_ranges_sha256_and_commit_times(tmp_path, pg):
     assert all((pg.spool / s["name"]).exists() for s in segs)  # pruned by the next backup
     _backup(ebm)
     assert not any((pg.spool / s["name"]).exists() for s in segs)
+    with pytest.raises(JobError, match="PostgreSQL chains are not consolidated"):
+        consolidate(ebm, "pg")
     ebm.close()
 
 

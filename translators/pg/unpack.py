@@ -56,16 +56,10 @@ class StagedDir:
             os.lchown(path, entry.uid, entry.gid)
 
     def commit(self) -> None:
-        """fsync what was written, then make it the target."""
-        for root, _dirs, files in os.walk(self.path):
-            for name in files:
-                p = os.path.join(root, name)
-                if not os.path.islink(p):
-                    fd = os.open(p, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+        """Make the staged directory the target. Files are not fsynced one by one (as in the
+        filesystem translator's restore): PostgreSQL fsyncs a data directory whose control
+        file says it was not shut down cleanly (a base backup's) before it recovers, and a
+        thousand fsyncs on a busy disk took 4.5 of a 6.7 s restore."""
         try:
             os.rename(self.path, self.target)
         except OSError as exc:
