@@ -113,6 +113,19 @@ def test_move_load_unload(root: Path) -> None:
     assert where["A00001L8"] == "slot:1" and where["A00002L8"] == "slot:2"
 
 
+def test_load_into_the_drive_it_is_in(root: Path) -> None:
+    """Loading a cartridge into the drive that holds it is not a move (issue 10, item 9)."""
+    vtl_json(root, "load", "A00001L8", "0")
+    events_before = len(vtl_json(root, "events"))
+    result = vtl(root, "load", "A00001L8", "drive:0")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "A00001L8 is already in drive:0\n"
+    again = vtl_json(root, "load", "A00001L8", "0")
+    assert again["from"] == again["to"] == "drive:0" and again["moved"] is False
+    assert len(vtl_json(root, "events")) == events_before  # no move was logged
+    assert locations(root)["A00001L8"] == "drive:0"
+
+
 def test_export_vault_import(root: Path) -> None:
     out = vtl_json(root, "cartridge", "export", "A00001L8", "A00002L8")
     assert [e["to"] for e in out["exported"]] == ["mailslot:1", "mailslot:2"]

@@ -207,9 +207,14 @@ def load(
         barcode = barcode.upper()
         index = _drive_index(lib, drive)
         src = lib.find(barcode)
+        dst = f"drive:{index}"
+        if src.name == dst:
+            say(f"{barcode} is already in {dst}",
+                {"barcode": barcode, "from": dst, "to": dst, "moved": False})
+            return
         lib.load(barcode, index)
-        say(f"loaded {barcode} from {src.name} into drive:{index}",
-            {"barcode": barcode, "from": src.name, "to": f"drive:{index}"})
+        say(f"loaded {barcode} from {src.name} into {dst}",
+            {"barcode": barcode, "from": src.name, "to": dst, "moved": True})
 
 
 @app.command()
