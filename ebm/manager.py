@@ -106,10 +106,15 @@ class Ebm:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
-        if not (self.root / CATALOG_NAME).exists():
+        from vtl.catalog import check_catalog_file
+        from vtl.config import CONFIG_NAME
+
+        if not (self.root / CATALOG_NAME).exists() and not (self.root / CONFIG_NAME).exists():
             from vtl.library import NoLibrary  # the same refusal as vtl's (exit 2)
 
             raise NoLibrary(f"no library at {self.root} (create it with `vtl init`, or pass --root)")
+        # a missing, empty or garbage catalog is one line (CatalogDamaged), never a new file
+        check_catalog_file(self.root / CATALOG_NAME)
         self.catalog = Catalog.for_root(self.root)
         for _job, held in self.catalog.reap_dead_jobs():
             for barcode in held:

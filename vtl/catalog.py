@@ -11,6 +11,13 @@ index on ``address`` makes "two cartridges in one slot" impossible even if two p
 
 Other components (the EBM) add their own tables to this same file through :attr:`db` and
 :meth:`transaction`, and version them with :meth:`schema_version` under their own name.
+
+Only ``vtl init`` and a rebuild create the file; a command that only looks opens it
+``mode=ro`` (nothing created, migrated or written), and a missing, empty or foreign file is
+:class:`~vtl.errors.CatalogDamaged`, whose one line names the file and the two ways back
+(``vtl catalog restore``/``rebuild``, :mod:`vtl.catalog_recovery`). ``open_since`` marks a
+cartridge a drive has open; one left set by a crash is reconciled by
+:meth:`vtl.library.Library.reconcile`.
 """
 
 from __future__ import annotations
@@ -23,15 +30,17 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from vtl import CATALOG_NAME as CATALOG_NAME  # re-exported: vtl.library names it from here
+from vtl.errors import CatalogDamaged, LibraryError
 
 SCHEMA_COMPONENT = "vtl"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: cartridges.open_since
 BUSY_TIMEOUT_S = 30.0
 
 # Bareos-like media states. The library sets scratch/append/full from what is on tape; the
@@ -49,6 +58,8 @@ STATES = (
     "disabled",  # not to be used
 )
 AUTO_STATES = ("scratch", "append", "full")
+# Events that put a cartridge somewhere (dst; None = the vault) or take it away.
+PLACEMENT_ACTIONS = frozenset({"create", "adopt", "move", "import", "vault", "delete"})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_versions (
@@ -82,7 +93,8 @@ CREATE TABLE IF NOT EXISTS cartridges (
     last_written TEXT,
     last_read TEXT,
     last_mounted TEXT,
-    label TEXT
+    label TEXT,
+    open_since TEXT             -- set while a drive has it open, left set by a crash
 );
 CREATE UNIQUE INDEX IF NOT EXISTS cartridges_address ON cartridges(address)
     WHERE address IS NOT NULL;
@@ -147,25 +159,114 @@ def pid_alive(pid: int, start: str | None, host: str) -> bool:
     return True
 
 
-class MediaCatalog:
-    """The catalog file, opened by one process. Thread safe: one connection behind an RLock."""
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
-    def __init__(self, path: Path) -> None:
+
+def damaged_message(path: Path, why: str) -> str:
+    """The one line a user sees for a missing or damaged catalog: which file, and what to do."""
+    return (
+        f"media catalog {path} is {why}; restore the backup copy with `vtl catalog restore`"
+        " or rebuild it from the cartridges with `vtl catalog rebuild`"
+    )
+
+
+def check_catalog_file(path: Path) -> None:
+    """Refuse a catalog file that is missing, empty or not SQLite, before anything opens it
+    (SQLite would silently start a new, empty database over a missing or 0-byte file)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except FileNotFoundError:
+        raise CatalogDamaged(damaged_message(path, "missing")) from None
+    except OSError as e:
+        raise CatalogDamaged(damaged_message(path, f"unreadable ({e.strerror or e})")) from None
+    if not head:
+        raise CatalogDamaged(damaged_message(path, "damaged (empty file)"))
+    if head != SQLITE_MAGIC:
+        raise CatalogDamaged(damaged_message(path, "damaged (file is not a database)"))
+
+
+class MediaCatalog:
+    """The catalog file, opened by one process. Thread safe: one connection behind an RLock.
+
+    Three ways to open it: ``create=True`` makes a new file (``vtl init``, a rebuild); the
+    default opens an existing one for a process that changes state and brings its schema up
+    to date; ``readonly=True`` (SQLite ``mode=ro``) is for commands that only look, and never
+    creates, migrates or writes anything. A missing, empty or foreign file, and a "not a
+    database"/"malformed" error met later, is :class:`CatalogDamaged`: one line saying what
+    to do.
+    """
+
+    def __init__(self, path: Path, *, create: bool = False, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
         self.lock = threading.RLock()
-        conn = sqlite3.connect(
-            str(self.path), timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None
-        )
+        # called with each placement event (see log()); the library keeps a journal with it
+        self.placement_hook: Callable[[dict[str, Any]], None] | None = None
+        if not create or self.path.exists():
+            check_catalog_file(self.path)
+        uri = f"file:{quote(str(self.path.absolute()))}" + ("?mode=ro" if readonly else "")
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S,
+                                   check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as e:
+            raise CatalogDamaged(damaged_message(self.path, f"unreadable ({e})")) from None
         conn.row_factory = None
         self.conn = conn
-        with self.lock:
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise sqlite3.OperationalError(f"cannot switch {self.path} to WAL ({mode})")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            self._migrate()
+        try:
+            with self.lock:
+                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+                if readonly:
+                    self._check_schema()
+                    return
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise sqlite3.OperationalError(f"cannot switch {self.path} to WAL ({mode})")
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("PRAGMA foreign_keys = ON")
+                if not create:
+                    self._check_schema()
+                self._migrate()
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise self.damaged(e) from None
+        except BaseException:
+            conn.close()
+            raise
+
+    def damaged(self, error: sqlite3.DatabaseError) -> LibraryError:
+        """A sqlite error that means the file is broken, as CatalogDamaged; "locked" and the
+        like as a plain one-line LibraryError."""
+        text = str(error)
+        if isinstance(error, sqlite3.OperationalError) and (
+            "locked" in text or "busy" in text or "readonly" in text
+        ):
+            return LibraryError(f"media catalog {self.path}: {text}")
+        return CatalogDamaged(damaged_message(self.path, f"damaged ({text})"))
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Turn "file is not a database"/"malformed" met mid-way into CatalogDamaged (a
+        constraint violation or a programming error passes unchanged)."""
+        try:
+            yield
+        except (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError):
+            raise
+        except sqlite3.DatabaseError as e:
+            text = str(e)
+            if type(e) is sqlite3.DatabaseError or "malformed" in text or "disk I/O" in text:
+                raise self.damaged(e) from None
+            raise
+
+    def _check_schema(self) -> None:
+        """An existing file must hold a media catalog (not some other SQLite database)."""
+        tables = {r[0] for r in self.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"schema_versions", "cartridges", "pools", "events"} <= tables or (
+            self.schema_version(SCHEMA_COMPONENT) == 0
+        ):
+            raise CatalogDamaged(damaged_message(self.path, "damaged (no media catalog in it)"))
 
     @functools.cached_property
     def db(self) -> Any:
@@ -178,22 +279,31 @@ class MediaCatalog:
     def _migrate(self) -> None:
         with self.transaction():
             # statement by statement: executescript() would COMMIT the open transaction
+            have = self.schema_version(SCHEMA_COMPONENT) if self._has_versions() else 0
+            if have > SCHEMA_VERSION:
+                raise LibraryError(
+                    f"{self.path} has catalog schema {have}, newer than this program"
+                    f" ({SCHEMA_VERSION})"
+                )
+            if 0 < have < 2:  # before CREATE TABLE IF NOT EXISTS, which would skip the column
+                self.conn.execute("ALTER TABLE cartridges ADD COLUMN open_since TEXT")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self.conn.execute(statement)
-            have = self.schema_version(SCHEMA_COMPONENT)
-            if have > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(
-                    f"{self.path} has catalog schema {have}, newer than this program ({SCHEMA_VERSION})"
-                )
             if have == 0:
                 for name, desc in DEFAULT_POOLS:
                     self.conn.execute(
                         "INSERT OR IGNORE INTO pools(name, description, created) VALUES (?,?,?)",
                         (name, desc, now_iso()),
                     )
+            if have < SCHEMA_VERSION:
                 self.set_schema_version(SCHEMA_COMPONENT, SCHEMA_VERSION)
-            # future: `if have < 2: ALTER TABLE ...` steps go here, in order.
+            # future: `if 0 < have < 3: ALTER TABLE ...` steps go above, in order.
+
+    def _has_versions(self) -> bool:
+        return self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_versions'"
+        ).fetchone() is not None
 
     def schema_version(self, component: str) -> int:
         """The schema version ``component`` recorded in this file (0 = never created)."""
@@ -225,7 +335,8 @@ class MediaCatalog:
                     raise
                 self.conn.execute(f"RELEASE {name}")
                 return
-            self.conn.execute("BEGIN IMMEDIATE")
+            with self._guard():
+                self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
             except BaseException:
@@ -236,7 +347,7 @@ class MediaCatalog:
 
     def data_version(self) -> int:
         """Changes whenever *another* connection commits (PRAGMA data_version)."""
-        with self.lock:
+        with self.lock, self._guard():
             return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
 
     def close(self) -> None:
@@ -245,7 +356,7 @@ class MediaCatalog:
 
     # ---- queries --------------------------------------------------------------------------
     def _rows(self, sql: str, params: tuple | dict = ()) -> list[dict[str, Any]]:
-        with self.lock:
+        with self.lock, self._guard():
             cur = self.conn.execute(sql, params)
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
@@ -277,6 +388,10 @@ class MediaCatalog:
     def at(self, address: int) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM cartridges WHERE address = ?", (address,))
         return rows[0] if rows else None
+
+    def left_open(self) -> list[dict[str, Any]]:
+        """Cartridges a drive opened and no unmount closed: in use now, or left by a crash."""
+        return self._rows("SELECT * FROM cartridges WHERE open_since IS NOT NULL ORDER BY barcode")
 
     def pools(self) -> list[dict[str, Any]]:
         return self._rows("SELECT * FROM pools ORDER BY name")
@@ -328,12 +443,16 @@ class MediaCatalog:
         """Append an audit event (who did what to which cartridge, when)."""
         if detail is not None and not isinstance(detail, str):
             detail = json.dumps(detail, sort_keys=True, default=str)
+        when = now_iso()
         with self.transaction() as conn:
             conn.execute(
                 "INSERT INTO events(time, action, barcode, src, dst, pid, detail) "
                 "VALUES (?,?,?,?,?,?,?)",
-                (now_iso(), action, barcode, src, dst, os.getpid(), detail),
+                (when, action, barcode, src, dst, os.getpid(), detail),
             )
+        if self.placement_hook is not None and barcode and action in PLACEMENT_ACTIONS:
+            self.placement_hook({"time": when, "action": action, "barcode": barcode,
+                                 "src": src, "dst": dst})
 
     # ---- drive claims ---------------------------------------------------------------------
     def claims(self) -> dict[int, dict[str, Any]]:
@@ -346,7 +465,7 @@ class MediaCatalog:
                 live[r["drive"]] = r
             else:
                 stale.append(r["drive"])
-        if stale:
+        if stale and not self.readonly:
             with self.transaction() as conn:
                 conn.executemany(
                     "DELETE FROM drive_claims WHERE drive = ?", [(d,) for d in stale]

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable
@@ -214,7 +216,12 @@ class DriveBay:
             self._lock_fd = fd
             self._mounted = barcode
             self._at_mount = (cart.eod, cart.used_bytes)
-            lib.catalog.update_cartridge(barcode, last_mounted=now_iso())
+            values: dict[str, Any] = {"last_mounted": now_iso(), "open_since": now_iso()}
+            if row.get("open_since") is not None:  # a crash left it open: count it afresh
+                values.update(cartridge_stats(cart))
+                if row["state"] not in AUTO_STATES:
+                    values.pop("state")
+            lib.catalog.update_cartridge(barcode, **values)
             return cart
 
     def unmount(self) -> None:
@@ -247,7 +254,7 @@ class DriveBay:
             if row is not None:
                 if row["state"] not in AUTO_STATES:
                     stats.pop("state", None)
-                lib.catalog.update_cartridge(barcode, **stats)
+                lib.catalog.update_cartridge(barcode, open_since=None, **stats)
 
 
 def cartridge_stats(cart: TapeCartridge) -> dict[str, Any]:
@@ -283,6 +290,10 @@ class Library:
         self._placement: dict[int, dict[str, Any]] = {}
         self._data_version: int | None = None
         self._pid = os.getpid()
+        if not catalog.readonly:
+            from vtl import catalog_backup
+
+            catalog.placement_hook = functools.partial(catalog_backup.note_placement, self.root)
         self._reload()
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -301,7 +312,7 @@ class Library:
             raise LibraryError(f"{root} exists and is not a directory")
         try:
             (root / CARTRIDGE_DIR).mkdir(parents=True, exist_ok=True)
-            catalog = MediaCatalog(root / CATALOG_NAME)
+            catalog = MediaCatalog(root / CATALOG_NAME, create=True)
             config.save(root)
         except OSError as e:
             raise LibraryError(f"cannot create library at {root}: {e.strerror or e}") from None
@@ -310,8 +321,14 @@ class Library:
         return lib
 
     @classmethod
-    def open(cls, root: Path) -> Library:
-        """Open an existing library; NoLibrary if there is none (or its config is invalid)."""
+    def open(cls, root: Path, *, readonly: bool = False) -> Library:
+        """Open an existing library; NoLibrary if there is none (or its config is invalid),
+        CatalogDamaged if its catalog is missing or damaged (never a fresh, empty catalog
+        under existing cartridges).
+
+        ``readonly`` is for commands that only look: the catalog is opened ``mode=ro`` and
+        nothing is created, migrated, reconciled or backed up. A writer reconciles the
+        catalog with cartridges a crashed process left open (:meth:`reconcile`)."""
         root = Path(root)
         if not (root / CONFIG_NAME).is_file():
             raise NoLibrary(f"no library at {root} (run 'vtl init' first)")
@@ -321,20 +338,97 @@ class Library:
             raise  # a damaged library.toml is not a missing library
         except ConfigError as e:
             raise NoLibrary(str(e)) from None
-        if not (root / CATALOG_NAME).is_file():
-            # never start a fresh, empty catalog under existing cartridges
-            raise NoLibrary(f"the media catalog {root / CATALOG_NAME} is missing")
-        (root / CARTRIDGE_DIR).mkdir(exist_ok=True)
-        return cls(root, config, MediaCatalog(root / CATALOG_NAME))
+        catalog = MediaCatalog(root / CATALOG_NAME, readonly=readonly)
+        if not readonly:
+            (root / CARTRIDGE_DIR).mkdir(exist_ok=True)
+        lib = cls(root, config, catalog)
+        if not readonly:
+            lib.reconcile()
+        return lib
 
-    def close(self) -> None:
+    def close(self, *, back_up: bool | None = None) -> None:
+        """Unmount every drive of this process and close the catalog. A writer that changed
+        the catalog leaves a rotating backup copy (at most every few minutes); ``back_up=True``
+        always does (``vtl serve`` at stop), ``False`` never."""
         for bay in self.drives:
             try:
                 bay.unmount()
             except Exception:  # noqa: BLE001 - close the rest anyway
                 pass
         with self.lock:
+            if back_up is None:
+                back_up = not self.catalog.readonly and self.catalog.conn.total_changes > 0
+                interval = None
+            else:
+                interval = 0.0
+            if back_up and not self.catalog.readonly:
+                self.back_up_catalog(min_interval=interval, strict=False)
             self.catalog.close()
+
+    def back_up_catalog(self, *, min_interval: float | None = 0.0, strict: bool = True
+                        ) -> Path | None:
+        """A rotating backup copy of the catalog (:mod:`vtl.catalog_backup`), unless the
+        newest is younger than ``min_interval`` seconds (None: the module's default). Not
+        ``strict``: a copy that cannot be written never fails the command that changed the
+        catalog."""
+        from vtl import catalog_backup
+
+        if min_interval is None:
+            min_interval = catalog_backup.MIN_INTERVAL_S
+        try:
+            return catalog_backup.maybe_take_copy(self.catalog, self.root, min_interval)
+        except (OSError, sqlite3.Error) as e:
+            if strict:
+                raise LibraryError(f"cannot copy the catalog: {e}") from None
+            return None
+
+    # ---- reconciling after a crash -------------------------------------------------------
+    def reconcile(self) -> list[str]:
+        """Bring the catalog in line with cartridges a crashed process left open.
+
+        A drive records what a cartridge holds (used bytes, objects, tape files) when it is
+        unmounted; a process killed meanwhile leaves ``open_since`` set and the counts stale.
+        Each such cartridge that no live process holds is opened read-write under its lock
+        (which also cuts a torn tail, as any read-write open does), its counts are stored and
+        the mark is cleared. Returns the barcodes it fixed; busy ones are left for later."""
+        fixed: list[str] = []
+        with self.lock:
+            for row in self.catalog.left_open():
+                barcode = row["barcode"]
+                if self._mounted_here(barcode) is not None:
+                    continue
+                try:
+                    fd = self._lock_cartridge(barcode, wait=0)
+                except CartridgeBusy:
+                    continue  # a live process has it mounted: its unmount records the stats
+                try:
+                    stats = self._stats_from_file(row)
+                finally:
+                    os.close(fd)
+                self.catalog.update_cartridge(barcode, open_since=None, **stats)
+                self.catalog.log("reconcile", barcode, detail=stats)
+                fixed.append(barcode)
+        return fixed
+
+    def _stats_from_file(self, row: dict[str, Any]) -> dict[str, Any]:
+        """What the cartridge file of ``row`` holds, as catalog values (state kept when an
+        admin or the EBM set it); {} if the file cannot be opened (verify reports why)."""
+        from tape_formats.cartridge import CartridgeError
+
+        try:
+            cart = open_cartridge(self.root / row["path"], count_load=False)
+        except (LibraryError, CartridgeError, OSError):
+            return {}
+        try:
+            cart.sync()
+            stats = cartridge_stats(cart)
+        finally:
+            cart.close()
+        if row["state"] not in AUTO_STATES:
+            stats.pop("state")
+        if (stats["blocks"], stats["used_bytes"]) != (row["blocks"], row["used_bytes"]):
+            stats["last_written"] = now_iso()
+        return stats
 
     def __enter__(self) -> Library:
         return self

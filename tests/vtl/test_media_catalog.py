@@ -20,7 +20,7 @@ def _row(barcode: str, address: int | None) -> dict:
 
 
 def test_schema_wal_and_version(tmp_path: Path) -> None:
-    cat = MediaCatalog(tmp_path / "c.sqlite")
+    cat = MediaCatalog(tmp_path / "c.sqlite", create=True)
     assert cat.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert cat.schema_version("vtl") == SCHEMA_VERSION
     assert {"cartridges", "pools", "drive_claims", "events", "schema_versions"} <= set(
@@ -34,7 +34,7 @@ def test_schema_wal_and_version(tmp_path: Path) -> None:
 
 
 def test_unique_address_and_rollback(tmp_path: Path) -> None:
-    cat = MediaCatalog(tmp_path / "c.sqlite")
+    cat = MediaCatalog(tmp_path / "c.sqlite", create=True)
     cat.insert_cartridge(_row("A00001L8", 1024))
     cat.insert_cartridge(_row("A00002L8", None))
     cat.insert_cartridge(_row("A00003L8", None))  # many cartridges may sit in the vault
@@ -51,7 +51,7 @@ def test_unique_address_and_rollback(tmp_path: Path) -> None:
 
 
 def test_data_version_sees_other_connections(tmp_path: Path) -> None:
-    a = MediaCatalog(tmp_path / "c.sqlite")
+    a = MediaCatalog(tmp_path / "c.sqlite", create=True)
     b = MediaCatalog(tmp_path / "c.sqlite")
     v = a.data_version()
     a.insert_cartridge(_row("A00001L8", 1024))
@@ -63,7 +63,7 @@ def test_data_version_sees_other_connections(tmp_path: Path) -> None:
 
 
 def test_claims_and_stale_pids(tmp_path: Path) -> None:
-    cat = MediaCatalog(tmp_path / "c.sqlite")
+    cat = MediaCatalog(tmp_path / "c.sqlite", create=True)
     cat.claim(0, "me")
     assert cat.claims()[0]["owner"] == "me"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

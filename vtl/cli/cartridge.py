@@ -126,7 +126,7 @@ def list_(
     """List cartridges: location, media, used/capacity, files, state, flags, pool."""
     from rich.table import Table
 
-    with open_library() as lib:
+    with open_library(readonly=True) as lib:
         rows = lib.catalog.cartridges(pool=pool, state=state)
         if settings().json:
             emit_json([_row_json(lib, r) for r in rows])
@@ -173,7 +173,7 @@ def show(barcode: BarcodeArg) -> None:
     from rich.table import Table
 
     barcode = barcode.upper()
-    with open_library() as lib:
+    with open_library(readonly=True) as lib:
         row = lib.cartridge(barcode)
         files, why = _tape_files(lib, barcode)
         events = lib.catalog.events(barcode, limit=10)
@@ -482,7 +482,7 @@ def inspect(barcode: BarcodeArg) -> None:
     from tape_formats.mam import MAM_ATTRIBUTES
 
     barcode = barcode.upper()
-    with open_library() as lib:
+    with open_library(readonly=True) as lib:
         lib.cartridge(barcode)
         cart = lib.open_readonly(barcode)
         try:

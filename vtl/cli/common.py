@@ -68,10 +68,12 @@ def say(message: str, data: dict[str, Any] | None = None) -> None:
 
 
 @contextmanager
-def open_library() -> Iterator[Any]:
+def open_library(*, readonly: bool = False) -> Iterator[Any]:
+    """The library at ``--root``; ``readonly`` for commands that only look (the catalog is
+    opened ``mode=ro``: never created, migrated or written)."""
     from vtl.library import Library
 
-    lib = Library.open(settings().root)
+    lib = Library.open(settings().root, readonly=readonly)
     try:
         yield lib
     finally:

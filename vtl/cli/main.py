@@ -55,7 +55,7 @@ app.add_typer(mailslot_app, name="mailslot")
 app.add_typer(pool_app, name="pool")
 
 # Modules that add commands with register(app); missing ones are skipped.
-OPTIONAL_COMMANDS = ("vtl.cli.serve",)
+OPTIONAL_COMMANDS = ("vtl.cli.serve", "vtl.cli.catalog")
 
 
 @app.callback()
@@ -145,7 +145,7 @@ def status() -> None:
     """Show every element: transport, mailslots, drives (serials, loaded cartridges), slots."""
     from rich.table import Table
 
-    with open_library() as lib:
+    with open_library(readonly=True) as lib:
         rows = _element_rows(lib)
         cfg = lib.config
         if settings().json:
@@ -252,7 +252,7 @@ def pool_list() -> None:
     """List pools and how many cartridges each holds."""
     from rich.table import Table
 
-    with open_library() as lib:
+    with open_library(readonly=True) as lib:
         counts: dict[str, int] = {}
         for c in lib.catalog.cartridges():
             counts[c["pool"]] = counts.get(c["pool"], 0) + 1
@@ -303,7 +303,7 @@ def events(
     """The audit log: who moved, created, erased... which cartridge, when."""
     from rich.table import Table
 
-    with open_library() as lib:
+    with open_library(readonly=True) as lib:
         rows = lib.catalog.events(barcode.upper() if barcode else None, limit=max(1, limit))
         for r in rows:
             r["from"] = lib.element_name(r["src"]) if r["src"] is not None else None

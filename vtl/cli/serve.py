@@ -139,6 +139,7 @@ def serve(
     lock: ServeLock | None = None
     try:
         lock = ServeLock(library.root)
+        library.back_up_catalog(strict=False)  # at start: the state a crash is reconciled to
         cfg = library.config.iscsi
         portals = [parse_portal(p) for p in (portal or [cfg.portal])]
         chap = _credentials(cfg.chap_user if chap_user is None else chap_user,
@@ -170,7 +171,7 @@ def serve(
 
         code = asyncio.run(_run(server_cfg, library, chap is not None, mutual is not None))
     finally:
-        library.close()  # syncs and closes every mounted cartridge
+        library.close(back_up=True)  # syncs and closes every mounted cartridge
         if lock is not None:
             lock.release()
     if code:
