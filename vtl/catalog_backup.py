@@ -2,7 +2,8 @@
 
 The catalog (media catalog and the EBM's backup catalog, one SQLite file) is copied with
 SQLite's online backup API, which gives a consistent snapshot while other processes keep
-using the file, to ``<root>/catalog-backups/catalog-<UTC time>.sqlite``. A copy is taken
+using the file, to ``<root>/catalog-backups/catalog-<UTC time>.sqlite`` (to the microsecond, so names sort
+by age). A copy is taken
 when a process that changed the catalog closes it, at most every :data:`MIN_INTERVAL_S`
 seconds (and always when there is none yet), and at ``vtl serve`` start and stop; the newest
 :data:`KEEP` copies are kept. :func:`restore_copy` puts one back over a missing or damaged
@@ -38,7 +39,22 @@ def backup_dir(root: Path) -> Path:
 
 
 def copies(root: Path) -> list[Path]:
-    """The backup copies, newest first."""
+    """Rotating backup copies of the catalog file, and putting one back.
+
+The catalog (media catalog and the EBM's backup catalog, one SQLite file) is copied with
+SQLite's online backup API, which gives a consistent snapshot while other processes keep
+using the file, to ``<root>/catalog-backups/catalog-<UTC time to the microsecond>.sqlite``
+(names sort by age). A copy is taken when a process that changed the catalog closes it, at
+most every :data:`MIN_INTERVAL_S` seconds (and always when there is none yet), at ``vtl
+serve`` start and stop, and by ``vtl catalog backup``; the newest :data:`KEEP` copies are
+kept. :func:`restore_copy` puts one back over a missing or damaged catalog, keeping the
+damaged file beside it; what changed on the cartridges since the copy was taken is then
+reconciled by the caller (:mod:`vtl.catalog_recovery`).
+
+Between copies, every placement event (create, move, import, vault, delete) is also appended
+to ``placements.jsonl`` beside them, so a rebuild puts cartridges where they were last seen
+even when the newest copy is minutes old; taking a copy trims what it already holds.
+"""
     folder = backup_dir(root)
     if not folder.is_dir():
         return []
@@ -92,12 +108,13 @@ def take_copy(catalog: MediaCatalog, root: Path) -> Path:
     folder = backup_dir(root)
     folder.mkdir(mode=0o700, exist_ok=True)
     started = now_iso()
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    final = folder / f"catalog-{stamp}.sqlite"
-    n = 1
-    while final.exists():  # two copies within one second
-        final = folder / f"catalog-{stamp}-{n}.sqlite"
-        n += 1
+    ns = time.time_ns()
+    while True:  # names sort by time: catalog-20261203T130920.123456.sqlite
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(ns // 10**9))
+        final = folder / f"catalog-{stamp}.{ns // 1000 % 10**6:06d}.sqlite"
+        if not final.exists():
+            break
+        ns += 1000
     tmp = final.with_suffix(".tmp")
     dest = sqlite3.connect(str(tmp))
     try:

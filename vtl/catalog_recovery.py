@@ -15,6 +15,7 @@ from the backup headers and trailers on tape.
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,7 +86,8 @@ def rebuild(root: Path, *, secret: bytes | None = None, force: bool = False) -> 
             f"media catalog {root / CATALOG_NAME} is healthy; rebuilding it loses its history"
             " (events, pools without cartridges, schedules): confirm with --force"
         )
-    hints, pools = _last_known(root)
+    hints, pools, copy = _last_known(root)
+    ebm_media = _ebm_media(copy)
     aside = catalog_backup.set_aside(root)
     rec = Recovery(source="cartridges", set_aside=str(aside) if aside else None)
     lib = Library(root, config, MediaCatalog(root / CATALOG_NAME, create=True))
@@ -95,7 +97,7 @@ def rebuild(root: Path, *, secret: bytes | None = None, force: bool = False) -> 
                 lib.catalog.add_pool(pool["name"], pool["description"], media=pool["media"],
                                      retention_days=pool["retention_days"])
         _adopt_files(lib, hints, rec)
-        _rebuild_backups(lib, None, secret, rec)
+        _rebuild_backups(lib, None, secret, rec, ebm_media)
         lib.catalog.log("catalog-rebuilt", detail={"cartridges": len(rec.cartridges),
                                                     "backups": len(rec.backups)})
         lib.back_up_catalog()
@@ -132,25 +134,28 @@ def _healthy(root: Path) -> bool:
     return True
 
 
-def _last_known(root: Path) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
-    """Rows by barcode and pools from the newest readable backup copy, with the placements
-    journalled since replayed over them (the last event for a barcode wins)."""
+def _last_known(root: Path) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]],
+                                     Path | None]:
+    """Rows by barcode and pools from the newest readable backup copy (and which copy), with
+    the placements journalled since replayed over the rows (the last event for a barcode
+    wins)."""
     rows: dict[str, dict[str, Any]] = {}
     pools: list[dict[str, Any]] = []
+    used = None
     for copy in catalog_backup.copies(root):
         try:
             cat = MediaCatalog(copy, readonly=True)
         except CatalogDamaged:
             continue
         try:
-            rows, pools = {r["barcode"]: r for r in cat.cartridges()}, cat.pools()
+            rows, pools, used = {r["barcode"]: r for r in cat.cartridges()}, cat.pools(), copy
             break
         except LibraryError:
             continue
         finally:
             cat.close()
     _apply_journal(root, rows)
-    return rows, pools
+    return rows, pools, used
 
 
 def _apply_journal(root: Path, rows: dict[str, dict[str, Any]]) -> set[str]:
@@ -252,12 +257,15 @@ def _pool_names(lib: Library) -> set[str]:
 
 
 def _rebuild_backups(lib: Library, barcodes: list[str] | None, secret: bytes | None,
-                     rec: Recovery) -> None:
-    """The EBM's part of the catalog from the backups on tape (all cartridges, or these)."""
+                     rec: Recovery, ebm_media: set[str] = frozenset()) -> None:
+    """The EBM's part of the catalog from the backups on tape (all cartridges, or these).
+
+    Cartridges the EBM had been handed (``ebm_media`` as the last copy knew it) but that
+    hold no backup yet are handed to it again, in the pool the library's catalog gives."""
     if barcodes is not None and not barcodes:
         return
     try:
-        from ebm.catalog import Catalog
+        from ebm.catalog import Catalog, CatalogError
         from ebm.rebuild import rebuild as rebuild_backups
     except ImportError:  # the library without the backup manager
         return
@@ -266,12 +274,27 @@ def _rebuild_backups(lib: Library, barcodes: list[str] | None, secret: bytes | N
         found = rebuild_backups(catalog, lib, secret, barcodes)
         rec.backups += found.backups
         rec.skipped += found.skipped
-        for row in catalog.pool_media():  # the media catalog's pools mirror the EBM's
-            pool, barcode = row["pool"], row["barcode"]
-            if lib.catalog.cartridge(barcode) is None:
+        for barcode in sorted(ebm_media):
+            row = lib.catalog.cartridge(barcode)
+            if row is None or row["pool"] is None or catalog.media(barcode) is not None:
                 continue
-            if pool not in _pool_names(lib):
-                lib.catalog.add_pool(pool, "EBM backup pool")
-            lib.catalog.update_cartridge(barcode, pool=pool)
+            try:
+                catalog.add_to_pool(row["pool"], barcode)
+            except CatalogError as e:
+                rec.skipped.append(f"{barcode}: {e}")
     finally:
         catalog.close()
+
+
+def _ebm_media(copy: Path | None) -> set[str]:
+    """The cartridges handed to the EBM, as a catalog copy says (empty if it cannot)."""
+    if copy is None:
+        return set()
+    cat = MediaCatalog(copy, readonly=True)
+    try:
+        with cat.lock:
+            return {r[0] for r in cat.conn.execute("SELECT barcode FROM ebm_media")}
+    except sqlite3.Error:
+        return set()
+    finally:
+        cat.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from ebm_helpers import barcodes, make_library, manifest, run_cli, write_tree
 
+from ebm.catalog import Catalog
 from ebm.controller import BackupRequest
 from vtl import catalog_backup
 from vtl.library import Library
@@ -44,6 +45,7 @@ def library(tmp_path: Path) -> tuple[Path, Path]:
     ebm.backup(BackupRequest(dataset="home"))
     ebm.close()
     lib = Library.open(root)
+    lib.back_up_catalog()  # as `vtl catalog backup`; what comes after is in the journal only
     lib.move_medium(lib.find(BARCODES[2]).address, lib.resolve("slot:6"))
     lib.close()
     return root, src
@@ -112,6 +114,13 @@ def test_rebuild_from_the_cartridges_alone(library, tmp_path: Path, how: str) ->
     assert "3 cartridge(s), 2 backup(s)" in r.stdout
     assert _listing(root) == listing  # places from the last backup copy, usage from tape
     assert _backups(root) == backups
+    # the EBM's blank pool member is the EBM's again, in its pool
+    ebm = Catalog.for_root(root)
+    try:
+        assert [(m["barcode"], m["pool"]) for m in ebm.pool_media()] == [
+            (bc, "pool") for bc in BARCODES]
+    finally:
+        ebm.close()
     r = run_cli(root, "restore", "home", "--to", str(tmp_path / "r"))
     assert r.returncode == 0, r.stderr
     assert manifest(tmp_path / "r") == manifest(src)
