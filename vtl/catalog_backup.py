@@ -67,7 +67,7 @@ def note_placement(root: Path, event: dict[str, Any]) -> None:
     A hint, not a record: best effort, no fsync, never fails the move."""
     folder = backup_dir(root)
     try:
-        folder.mkdir(mode=0o700, exist_ok=True)
+        folder.mkdir(exist_ok=True)  # mode from the umask (vtl.access)
         with open(folder / PLACEMENT_JOURNAL, "a", encoding="utf-8") as f:
             f.write(json.dumps(event, sort_keys=True) + "\n")
     except OSError:
@@ -106,7 +106,7 @@ def take_copy(catalog: MediaCatalog, root: Path) -> Path:
     """Copy the open catalog to a new file in the backup folder (durable before it is named
     a copy), then drop all but the newest :data:`KEEP`."""
     folder = backup_dir(root)
-    folder.mkdir(mode=0o700, exist_ok=True)
+    folder.mkdir(exist_ok=True)  # mode from the umask (vtl.access)
     started = now_iso()
     ns = time.time_ns()
     while True:  # names sort by time: catalog-20261203T130920.123456.sqlite

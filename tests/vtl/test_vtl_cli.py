@@ -283,7 +283,7 @@ def test_unexpected_exception_is_one_line(root: Path, monkeypatch: pytest.Monkey
 def test_missing_catalog(root: Path) -> None:
     (root / "catalog.sqlite").rename(root / "moved.sqlite")
     result = vtl(root, "status")
-    assert result.exit_code == 2 and "catalog" in result.stderr
+    assert result.exit_code == 1 and "catalog.sqlite is missing" in result.stderr  # damage
     assert not (root / "catalog.sqlite").exists()
 
 
