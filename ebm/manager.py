@@ -106,16 +106,22 @@ class Ebm:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
-        from vtl.catalog import check_catalog_file
+        from vtl.catalog import MediaCatalog
         from vtl.config import CONFIG_NAME
 
-        if not (self.root / CATALOG_NAME).exists() and not (self.root / CONFIG_NAME).exists():
+        path = self.root / CATALOG_NAME
+        if not path.exists() and not (self.root / CONFIG_NAME).exists():
             from vtl.library import NoLibrary  # the same refusal as vtl's (exit 2)
 
             raise NoLibrary(f"no library at {self.root} (create it with `vtl init`, or pass --root)")
-        # a missing, empty or garbage catalog is one line (CatalogDamaged), never a new file
-        check_catalog_file(self.root / CATALOG_NAME)
-        self.catalog = Catalog.for_root(self.root)
+        # a missing, empty, foreign or garbage catalog is one line (CatalogDamaged) naming the
+        # way back, and never replaced by a new file: look at it read-only first
+        probe = MediaCatalog(path, readonly=True)
+        probe.close()
+        try:
+            self.catalog = Catalog.for_root(self.root)
+        except sqlite3.DatabaseError as e:
+            raise probe.damaged(e) from None
         for _job, held in self.catalog.reap_dead_jobs():
             for barcode in held:
                 self.erase_torn_tail(barcode)

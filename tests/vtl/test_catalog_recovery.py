@@ -76,15 +76,18 @@ def damage(root: Path, how: str) -> None:
         cat.unlink()
     elif how == "truncated":
         cat.write_bytes(b"")
+    elif how == "malformed":  # a good header over garbage pages
+        cat.write_bytes(cat.read_bytes()[:100] + os.urandom(cat.stat().st_size - 100))
     else:
         cat.write_bytes(os.urandom(20_000))
 
 
 WHY = {"deleted": "is missing", "truncated": "is damaged (empty file)",
-       "garbage": "is damaged (file is not a database)"}
+       "garbage": "is damaged (file is not a database)",
+       "malformed": "is damaged (database disk image is malformed)"}
 
 
-@pytest.mark.parametrize("how", ["deleted", "truncated", "garbage"])
+@pytest.mark.parametrize("how", ["deleted", "truncated", "garbage", "malformed"])
 def test_read_only_commands_refuse_a_damaged_catalog(library, how: str) -> None:
     root, _src = library
     damage(root, how)

@@ -89,6 +89,8 @@ def _row(root: Path) -> dict:
 def test_sigkill_then_verify_needs_nobody(root: Path) -> None:
     _serve_and_write(root, kill=True)
     assert _row(root)["open_since"] is not None  # read-only commands change nothing
+    listing = runner.invoke(app, ["--root", str(root), "cartridge", "list"])
+    assert "STALE" in listing.stdout  # and say the counts wait for a recount
     assert verify(root) == 0  # the writer's open reconciled first
     row = _row(root)
     assert (row["blocks"], row["files"], row["state"]) == (27, 2, "append")

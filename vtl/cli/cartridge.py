@@ -136,8 +136,11 @@ def list_(
                     "Pool"):
             table.add_column(col)
         for r in rows:
-            flags = " ".join(f for f, on in (("WORM", r["worm"]), ("WP", r["write_protected"]))
-                             if on)
+            # left open by a process that died: the counts are the last ones recorded, until
+            # the next process that changes the library recounts them (Library.reconcile)
+            stale = r.get("open_since") is not None and not lib.in_use(r["barcode"])
+            flags = " ".join(f for f, on in (("WORM", r["worm"]), ("WP", r["write_protected"]),
+                                             ("STALE", stale)) if on)
             pct = 100.0 * r["used_bytes"] / r["capacity"] if r["capacity"] else 0.0
             table.add_row(
                 r["barcode"], lib.element_name(r["address"]), r["media"],
