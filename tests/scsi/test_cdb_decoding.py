@@ -17,6 +17,7 @@ from vtl.scsi.ssc_cdb import (
     decode_space6,
     decode_space16,
     decode_write_filemarks,
+    immediate,
     streaming_read_length,
     streaming_write_length,
     verify_as_read6,
@@ -84,3 +85,10 @@ def test_every_data_out_command_declares_its_length():
     takes_data = {Opcode.WRITE_6, Opcode.MODE_SELECT_6, Opcode.MODE_SELECT_10,
                   Opcode.LOG_SELECT, Opcode.PERSISTENT_RESERVE_OUT, Opcode.WRITE_ATTRIBUTE}
     assert set(TapeDrive._data_out) == takes_data
+
+
+def test_immediate_bit_by_command():
+    assert immediate(bytes([0x01, 0x01, 0, 0, 0, 0]))  # REWIND
+    assert immediate(bytes([0x1B, 0x01, 0, 0, 1, 0]))  # LOAD UNLOAD
+    assert not immediate(bytes([0x19, 0x01, 0, 0, 0, 0]))  # ERASE: bit 0 is LONG
+    assert immediate(bytes([0x19, 0x02, 0, 0, 0, 0]))

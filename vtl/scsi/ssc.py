@@ -123,6 +123,7 @@ from vtl.scsi.ssc_cdb import (
     decode_space6,
     decode_space16,
     decode_write_filemarks,
+    immediate,
     streaming_read_length,
     streaming_write_length,
     transfer_length,
@@ -361,8 +362,8 @@ class TapeDrive(ScsiModel):
         return result
 
     def _run_immediate(self, req: Request, work: Callable[[], None]) -> None:
-        """IMMED set (byte 1 bit 0 or ``immed``): status now, ``work`` after it; else now."""
-        if req.cdb[1] & (0x02 if req.spec.opcode == Opcode.ERASE else 0x01):
+        """IMMED set (``ssc_cdb.immediate``): status now, ``work`` after it; else now."""
+        if immediate(req.cdb):
             self._immediate.start(req.nexus, work)
         else:
             work()

@@ -74,6 +74,15 @@ def verify_as_read6(cdb: bytes) -> bytes:
     return bytes((_READ_6, cdb[1] & FIXED)) + cdb[2:]
 
 
+_ERASE = int(Opcode.ERASE)
+
+
+def immediate(cdb: bytes) -> bool:
+    """IMMED of REWIND, LOAD UNLOAD, WRITE FILEMARKS (byte 1 bit 0) and ERASE (byte 1 bit 1,
+    bit 0 being LONG): return status once the CDB is checked, do the work after."""
+    return bool(cdb[1] & (0x02 if cdb[0] == _ERASE else 0x01))
+
+
 class WriteFilemarks(NamedTuple):
     immed: bool  # return before the filemarks are on the medium (no sync)
     count: int
