@@ -174,11 +174,11 @@ class Ebm:
                     f"no dataset {req.dataset!r}: give --source and --pool to create it")
             tname = req.translator or "filesystem"
             t = load_translator(tname)
+            source = _canonical(t, req.source)  # first: a malformed source is not echoed
             self._validate_source(t, req.source)
             self.catalog.require_pool(req.pool)
             opts = {"retention": req.retention} if any(req.retention.values()) else {}
-            self.catalog.add_dataset(req.dataset, tname, _canonical(t, req.source), req.pool,
-                                     opts)
+            self.catalog.add_dataset(req.dataset, tname, source, req.pool, opts)
             ds = self.catalog.dataset(req.dataset)
             assert ds is not None
             return ds
@@ -390,11 +390,12 @@ class _TranslatorFailed(Exception):
 
 def _canonical(t: Translator, source: str | Path) -> str:
     """The source as the catalog keeps it (the translator's spelling: a path made absolute,
-    a connection string normalised); a malformed one is a bad request."""
+    a connection string normalised); a malformed one is a bad request, whose message does not
+    repeat the source (it may hold what must not be shown, such as a password)."""
     try:
         return t.canonical_source(str(source))
     except Exception as e:
-        raise RequestError(f"bad source {source}: {e}") from None
+        raise RequestError(f"bad source: {e}") from None
 
 
 def _pax_writer(out: TapeWriter) -> PaxWriter:

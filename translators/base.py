@@ -36,6 +36,13 @@ view keeps every delta, and their ``restore`` applies them in the order met. ``r
 also accept one call per archive of the chain (``apply_chain``): it continues from what an
 earlier call left in ``target``.
 
+Restoring to a point (optional; ``ebm/points.py``): a translator that keeps a log of changes
+(postgresql's WAL) has ``choose_point(states, when, lsn, form) -> (index, options)``, which
+picks among the dataset's good backups (their states, oldest first) the one whose chain
+reaches the point, and ``restore_paths(options)``, the members that form needs; ``restore``
+then gets ``options=`` (e.g. ``{"form": "physical", "target_time": ...}``). ``ebm restore
+DATASET@TIME``, ``--lsn`` and ``--as`` go through them.
+
 Consolidation (``ebm consolidate DATASET``, a synthetic full) runs in two steps, because the
 cartridges holding the chain may be the ones the new baseline is appended to:
 

@@ -139,6 +139,9 @@ def test_server_down_and_wrong_password_are_one_line_errors(tmp_path, pg, monkey
            f"ebm_wal_spool={pg.spool}")
     with pytest.raises(RequestError, match="password authentication failed"):
         _backup(ebm, tcp, dataset="pw")
+    with pytest.raises(RequestError, match="do not put a password in the source") as refused:
+        _backup(ebm, tcp + " password=s3cret", dataset="pw")
+    assert "s3cret" not in str(refused.value)
     pg.stop_server()
     with pytest.raises(RequestError, match="server is not running"):
         _backup(ebm, pg.source(), dataset="down")
