@@ -46,3 +46,29 @@ def is_barcode(text: str) -> bool:
     except BadBarcode:
         return False
     return True
+
+
+def _counted_parts(label: str) -> tuple[str, str, str]:
+    """(prefix, number, suffix) of a valid label: ``A00001L8`` -> ("A", "00001", "L8")."""
+    parse_barcode(label)
+    serial = label[:6]
+    prefix = serial.rstrip("0123456789")
+    if prefix == serial:
+        raise BadBarcode(f"{label!r} has no number to count")
+    return prefix, serial[len(prefix):], label[6:]
+
+
+def barcode_range(first: str, last: str) -> list[str]:
+    """Every label from ``first`` to ``last`` (``A00001L8``, ``A00020L8``: twenty), which
+    share their prefix, suffix and number width; BadBarcode naming the range otherwise."""
+    spec = f"{first}-{last}"
+    try:
+        (pa, na, sa), (pb, nb, sb) = _counted_parts(first), _counted_parts(last)
+    except BadBarcode as e:
+        raise BadBarcode(f"bad barcode range {spec!r}: {e}") from None
+    if pa != pb or sa != sb or len(na) != len(nb):
+        raise BadBarcode(f"bad barcode range {spec!r}: both ends need the same prefix and suffix")
+    lo, hi = int(na), int(nb)
+    if lo > hi:
+        raise BadBarcode(f"bad barcode range {spec!r}: the first label is after the last")
+    return [f"{pa}{n:0{len(na)}d}{sa}" for n in range(lo, hi + 1)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vtl.barcode import is_barcode, parse_barcode
+from vtl.barcode import barcode_range, is_barcode, parse_barcode
 from vtl.errors import BadBarcode, LibraryError
 
 
@@ -32,3 +32,15 @@ def test_one_error_type_for_every_caller() -> None:
     import vtl.library
 
     assert vtl.library.BadBarcode is BadBarcode and vtl.library.parse_barcode is parse_barcode
+
+
+def test_ranges() -> None:
+    assert barcode_range("A00001L8", "A00003L8") == ["A00001L8", "A00002L8", "A00003L8"]
+    assert barcode_range("AB0098LY", "AB0100LY") == ["AB0098LY", "AB0099LY", "AB0100LY"]
+    for first, last, why in (("A00003L8", "A00001L8", "after the last"),
+                             ("A00001L8", "B00002L8", "same prefix and suffix"),
+                             ("A00001L8", "A00002L7", "same prefix and suffix"),
+                             ("A0001L8", "A00002L8", "not an LTO barcode"),
+                             ("ABCDEFL8", "ABCDEGL8", "no number")):
+        with pytest.raises(BadBarcode, match=why):
+            barcode_range(first, last)

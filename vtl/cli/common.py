@@ -81,28 +81,22 @@ def open_library(*, readonly: bool = False) -> Iterator[Any]:
 
 
 # ---- parsers ------------------------------------------------------------------------------
-_LABEL_RE = re.compile(r"^([A-Z0-9]*?)(\d+)(L[0-9A-Z])$")
 MAX_RANGE = 10000
 
 
 def expand_range(spec: str) -> list[str]:
-    """``A00001L8`` -> [it]; ``A00001L8-A00020L8`` -> the 20 labels (same prefix, suffix)."""
+    """``A00001L8`` -> [it]; ``A00001L8-A00020L8`` -> the 20 labels (same prefix, suffix).
+    Labels are read by :mod:`vtl.barcode` (BadBarcode, with the reason, for a bad range)."""
     spec = spec.strip().upper()
     if "-" not in spec:
         return [spec]
+    from vtl.barcode import barcode_range
+
     first, _, last = spec.partition("-")
-    a, b = _LABEL_RE.match(first), _LABEL_RE.match(last)
-    if len(first) != 8 or len(last) != 8 or not a or not b:
-        raise CliError(f"bad barcode range {spec!r} (e.g. A00001L8-A00020L8)")
-    if a.group(1) != b.group(1) or a.group(3) != b.group(3) or len(a.group(2)) != len(b.group(2)):
-        raise CliError(f"bad barcode range {spec!r}: both ends need the same prefix and suffix")
-    lo, hi = int(a.group(2)), int(b.group(2))
-    if lo > hi:
-        raise CliError(f"bad barcode range {spec!r}: the first label is after the last")
-    if hi - lo + 1 > MAX_RANGE:
+    labels = barcode_range(first, last)
+    if len(labels) > MAX_RANGE:
         raise CliError(f"barcode range {spec!r} is larger than {MAX_RANGE}")
-    width = len(a.group(2))
-    return [f"{a.group(1)}{n:0{width}d}{a.group(3)}" for n in range(lo, hi + 1)]
+    return labels
 
 
 def generate_labels(prefix: str, count: int, suffix: str, existing: set[str],
