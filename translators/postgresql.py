@@ -85,6 +85,26 @@ def _when(t: float) -> str:
     return dt.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
 
 
+def _check_chain(history: list[TranslatorState], pick: int) -> None:
+    """Refuse a chain whose WAL has a hole: each backup after the base must continue at the
+    segment after the previous one's last (backups refuse gaps, so this only catches a chain
+    the catalog lost a backup of), since recovery would stop short at the hole."""
+    chosen = history[pick]
+    start = max((i for i in range(pick + 1) if history[i].get("kind") == "base"
+                 and history[i]["base"] == chosen["base"]), default=None)
+    if start is None:
+        raise TranslatorError("the chain of that point has no base backup on record")
+    size = chosen["segment_size"]
+    tli, expected = split_name(history[start]["wal_end"], size)
+    for state in history[start + 1:pick + 1]:
+        for seg in state["segments"]:
+            segno = split_name(seg["name"], size)[1]
+            if segno != expected + 1:
+                missing = segment_name(tli, expected + 1, size)
+                raise TranslatorError(f"WAL gap in the chain: segment {missing} is on no backup")
+            expected = segno
+
+
 class PostgresqlTranslator(Translator):
     name = "postgresql"
     version = "1.0"
@@ -140,7 +160,8 @@ class PostgresqlTranslator(Translator):
         state = self._state(info, {"start_lsn": format_lsn(bb.start_lsn),
                                    "stop_lsn": format_lsn(bb.stop_lsn),
                                    "consistent_time": consistent, "timeline": bb.timeline},
-                            consistent, bb.stop_lsn, last.name, bb.segments, members, src)
+                            consistent, bb.stop_lsn, last.name, bb.segments, members, src,
+                            segments_only=False)
         return BackupResult(state=state, entries=rows, level_hint="baseline")
 
     def _incremental(self, conn: Any, src: PgSource, info: Any, parent: TranslatorState,
@@ -178,7 +199,7 @@ class PostgresqlTranslator(Translator):
         members = self._logical(src, writer, rows, parent, None)
         state = self._state(info, parent["base"], until_time, until_lsn,
                             segments[-1].name if segments else parent["wal_end"], segments,
-                            members, src)
+                            members, src, segments_only=True)
         state["commit_times_complete"] = times_complete
         return BackupResult(state=state, entries=rows, level_hint="incremental")
 
@@ -207,8 +228,10 @@ class PostgresqlTranslator(Translator):
 
     @staticmethod
     def _state(info: Any, base: dict, until_time: float, until_lsn: int, wal_end: str,
-               segments: list[Segment], members: list[str], src: PgSource) -> TranslatorState:
-        return {"format": STATE_FORMAT, "system_identifier": info.system_identifier,
+               segments: list[Segment], members: list[str], src: PgSource, *,
+               segments_only: bool) -> TranslatorState:
+        return {"format": STATE_FORMAT, "kind": "wal" if segments_only else "base",
+                "system_identifier": info.system_identifier,
                 "server_version": info.version, "segment_size": info.segment_size,
                 "timeline": info.timeline, "base": base,
                 "until": {"time": until_time, "lsn": format_lsn(until_lsn)},
@@ -239,8 +262,10 @@ class PostgresqlTranslator(Translator):
                                       "with ebm_logical=on)")
             return pick, {"form": "csv"}
         if when is None and lsn is None:
+            _check_chain(history, len(history) - 1)
             return len(history) - 1, {"form": "physical"}
         pick = self._pick(history, when, lsn)
+        _check_chain(history, pick)
         options: dict[str, Any] = {"form": "physical"}
         if when is not None:
             # Earlier backups of the chain end before ``when``; if this one's WAL has no commit

@@ -18,6 +18,7 @@ from ebm.controller import BackupRequest, RequestError
 from ebm.manager import JobError, decode_state, load_translator
 from ebm.points import resolve_point
 from ebm.restore import RestoreError, restore
+from translators.base import TranslatorError
 from translators.pg.wal import parse_lsn
 
 pytestmark = pytest.mark.skipif(
@@ -198,3 +199,41 @@ def test_restore_target_outside_the_chain_is_refused_untouched(tmp_path, pg):
     assert r.returncode == 1
     assert "after the last WAL on tape" in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert not target.exists()
+
+
+def _states(*incrementals: list[tuple[int, float | None]]) -> list[dict]:
+    """A base (consistent at t=100, WAL up to segment 7) and incrementals given as their
+    (segment number, last commit time) lists, each reaching 100 s further."""
+    base = {"start_lsn": "0/700028", "stop_lsn": "0/700100", "consistent_time": 100.0,
+            "timeline": 1}
+    common = {"segment_size": 1 << 20, "logical": False, "base": base}
+    states = [{**common, "kind": "base", "until": {"time": 100.0, "lsn": "0/700100"},
+               "wal_end": "000000010000000000000007", "segments": []}]
+    for i, segs in enumerate(incrementals, 1):
+        names = [(f"0000000100000000{n:08X}", t) for n, t in segs]
+        states.append({**common, "kind": "wal",
+                       "until": {"time": 100.0 + 100 * i, "lsn": f"0/{(segs[-1][0] + 1):X}00000"},
+                       "wal_end": names[-1][0], "commit_times_complete": True,
+                       "segments": [{"name": n, "last_commit": t} for n, t in names]})
+    return states
+
+
+def test_choose_point_picks_the_chain_and_drops_a_target_no_commit_passes():
+    t = load_translator("postgresql")
+    history = _states([(8, 150.0), (9, 190.0)], [(10, 250.0)])
+    assert t.choose_point(history, 170.0, None, "physical") == (
+        1, {"form": "physical", "target_time": 170.0})
+    assert t.choose_point(history, 195.0, None, "physical") == (1, {"form": "physical"})
+    assert t.choose_point(history, 240.0, None, "physical") == (
+        2, {"form": "physical", "target_time": 240.0})
+    assert t.choose_point(history, None, "0/950000", "physical") == (
+        1, {"form": "physical", "target_lsn": "0/950000"})
+    assert t.choose_point(history, None, None, "physical") == (2, {"form": "physical"})
+
+
+def test_choose_point_refuses_a_wal_gap_in_the_chain():
+    t = load_translator("postgresql")
+    with pytest.raises(TranslatorError, match="WAL gap in the chain: segment 000000010000000000000008"):
+        t.choose_point(_states([(9, 150.0)]), 140.0, None, "physical")
+    with pytest.raises(TranslatorError, match="WAL gap in the chain: segment 00000001000000000000000A"):
+        t.choose_point(_states([(8, 150.0), (9, 160.0)], [(11, 250.0)]), None, None, "physical")
