@@ -413,19 +413,7 @@ class ScsiModel:
                 self._seen.add(nexus)
                 self._ua.setdefault(nexus, set()).add(self._first_ua)
             self._last_nexus = nexus
-        if not cdb:
-            raise invalid_opcode()
-        entry = self._table.get(cdb[0])
-        if entry is None:
-            raise invalid_opcode()
-        if isinstance(entry, dict):
-            if len(cdb) < 2:
-                raise invalid_field_in_cdb(0)
-            spec = entry.get(cdb[1] & _SA_MASK)
-            if spec is None:
-                raise invalid_field_in_cdb(1, 4)
-        else:
-            spec = entry
+        spec = self._command_for(cdb)
         n = len(spec.usage)
         if len(cdb) != n or type(cdb) is not bytes:
             if len(cdb) < n:
@@ -457,6 +445,22 @@ class ScsiModel:
         if isinstance(out, ScsiResult):
             return out
         return ScsiResult(Status.GOOD, out)
+
+    def _command_for(self, cdb: bytes) -> CommandSpec:
+        """The ``@command`` entry ``cdb`` names: by opcode, and by service action where the
+        opcode has them. 20/00 for an unknown opcode, 24/00 (byte 1) for an unknown service
+        action, with the field pointer."""
+        entry = self._table.get(cdb[0]) if cdb else None
+        if entry is None:
+            raise invalid_opcode()
+        if not isinstance(entry, dict):
+            return entry
+        if len(cdb) < 2:
+            raise invalid_field_in_cdb(0)
+        spec = entry.get(cdb[1] & _SA_MASK)
+        if spec is None:
+            raise invalid_field_in_cdb(1, 4)
+        return spec
 
     def _plain_nexus(self, nexus: Nexus, pr_class: int) -> bool:
         """Would a command of reservation class ``pr_class`` from ``nexus`` pass the general

@@ -344,10 +344,10 @@ class TapeDrive(ScsiModel):
     def _answer_in_progress(self, nexus: Nexus, cdb: bytes) -> ScsiResult | None:
         """The answer to ``cdb`` while IMMED work holds the drive; None for a CDB that only
         the general path can judge (it waits for the work)."""
-        entry = self._table.get(cdb[0]) if cdb else None
-        spec = entry.get(cdb[1] & 0x1F) if isinstance(entry, dict) and len(cdb) > 1 else entry
-        if not isinstance(spec, CommandSpec):
-            return None
+        try:
+            spec = self._command_for(cdb)
+        except CheckCondition:
+            return None  # unknown: the general path says why, after the work
         if spec.opcode in (Opcode.INQUIRY, Opcode.REPORT_LUNS):
             return ScsiResult(Status.BUSY)
         if (spec.pr != PR_ALLOWED and (self._reserve6 is not None or self.pr.reservation)
