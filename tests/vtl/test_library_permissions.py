@@ -165,3 +165,19 @@ def test_ebm_passphrase_from_the_environment(tmp_path: Path) -> None:
     assert r.returncode != 0 and "encrypted" in r.stderr  # no key, no restore
     run("ebm", root, "restore", "ds", "--to", str(tmp_path / "r"), env=env)
     assert (tmp_path / "r" / "f.txt").read_text() == "hello"
+
+
+def test_in_process_callers_keep_their_umask(tmp_path: Path) -> None:
+    """The CLIs set a private umask while they run, and give the caller's back."""
+    from typer.testing import CliRunner
+
+    from vtl.cli.main import app
+
+    before = os.umask(0o022)
+    try:
+        r = CliRunner().invoke(app, ["--root", str(tmp_path / "lib"), "init", "--slots", "2"])
+        assert r.exit_code == 0, r.output
+        assert stat.S_IMODE((tmp_path / "lib" / "library.toml").stat().st_mode) == 0o600
+        assert os.umask(0o022) == 0o022
+    finally:
+        os.umask(before)

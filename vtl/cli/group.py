@@ -1,5 +1,5 @@
 """The root command class of both CLIs (``vtl`` and ``ebm``): one-line errors, one exit code
-policy (:mod:`vtl.cli.errors`), a private umask, and the global options anywhere.
+policy (:mod:`vtl.cli.errors`), a private umask (:mod:`vtl.access`), global options anywhere.
 
 Errors are handled in the group's ``main`` rather than in ``Typer.__call__`` so that the same
 holds under typer's ``CliRunner`` and when a test calls ``app([...])`` in-process. A command
@@ -17,18 +17,13 @@ from typing import Any
 from typer import Abort
 from typer.core import TyperGroup
 
+from vtl.access import PRIVATE_UMASK
 from vtl.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, report
 
 try:  # recent typer vendors its own click: its exceptions are those
     from typer._click.exceptions import NoArgsIsHelpError
 except ImportError:  # pragma: no cover - older typer runs on the click package
     from click.exceptions import NoArgsIsHelpError
-
-# Files a CLI creates (library.toml, the catalog and its backups, cartridges and their sidecars)
-# are readable by their owner only, unless the library was created for a group (``vtl init
-# --group``): then the library's own code widens what it creates explicitly.
-PRIVATE_UMASK = 0o077
-
 
 def hoist_globals(args: list[str], flags: tuple[str, ...] = ("--json",),
                   options: tuple[str, ...] = ("--root",)) -> list[str]:
@@ -65,7 +60,16 @@ class OneLineErrorsGroup(TyperGroup):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
-        os.umask(PRIVATE_UMASK)  # secrets and backups are nobody else's business
+        # Files a command creates are its owner's only until the root callback knows the
+        # library and widens this for one shared with a group (vtl.access.apply_umask).
+        previous = os.umask(PRIVATE_UMASK)
+        try:
+            return self._main_one_line(args, prog_name, complete_var, **extra)
+        finally:
+            os.umask(previous)  # an in-process caller (a test) keeps its own
+
+    def _main_one_line(self, args: Sequence[str] | None, prog_name: str | None,
+                       complete_var: str | None, **extra: Any) -> Any:
         args = hoist_globals(list(sys.argv[1:] if args is None else args))
         try:
             rv = super().main(
