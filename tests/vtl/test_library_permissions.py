@@ -30,7 +30,8 @@ def run(cli: str, root: Path, *args: str, env: dict[str, str] | None = None,
 
 
 def build_library(root: Path, tmp_path: Path, *init_args: str) -> None:
-    """What creates files: init, cartridges, an EBM backup (index and MAM sidecars)."""
+    """What creates files: init, cartridges, an EBM backup (index and MAM sidecars), a backup
+    copy of the catalog."""
     run("vtl", root, "init", "--drives", "1", "--slots", "4", *init_args)
     run("vtl", root, "cartridge", "create", "A00001L8-A00002L8", "--capacity", "16MiB")
     src = tmp_path / "src"
@@ -39,6 +40,7 @@ def build_library(root: Path, tmp_path: Path, *init_args: str) -> None:
     run("ebm", root, "pool", "create", "p")
     run("ebm", root, "pool", "add", "p", "A00001L8")
     run("ebm", root, "backup", "ds", "--source", str(src), "--pool", "p")
+    run("vtl", root, "catalog", "backup")
 
 
 def modes(root: Path) -> dict[str, int]:
@@ -56,6 +58,7 @@ def test_private_library(tmp_path: Path) -> None:
     names = set(found)
     assert {"library.toml", "catalog.sqlite", "cartridges/A00001L8.vtape"} <= names, names
     assert len([n for n in names if n.startswith("cartridges/A00001L8.")]) > 1  # sidecars too
+    assert any("catalog" in n and n != "catalog.sqlite" for n in names), names  # its copy
     wrong = {n: oct(m) for n, m in found.items()
              if m != (0o700 if (root / n).is_dir() else 0o600)}
     assert wrong == {}
