@@ -22,9 +22,10 @@ import os
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import crc32c
 import zstandard
@@ -37,10 +38,14 @@ from tape_formats.records import (
     CARTRIDGE_HEADER_BODY,
     DATA_START,
     FORMAT_VERSION,
+    FORMAT_VERSION_FEATURES,
     HEADER_FLAG_WORM,
     HEADER_FLAG_WRITE_PROTECT,
     HEADER_SIZE,
+    KNOWN_INCOMPAT,
+    READABLE_VERSIONS,
     RECORD_HEADER_SIZE,
+    IncompatFeature,
     RecordHeader,
     RecordKind,
 )
@@ -179,8 +184,14 @@ def _parse_header(raw: bytes, path: Path):
         hdr = CARTRIDGE_HEADER_BODY.parse(raw)
     except Exception as exc:
         raise NotACartridge(f"{path}: not a cartridge file ({exc.__class__.__name__})") from None
-    if hdr.version != FORMAT_VERSION:
+    if hdr.version not in READABLE_VERSIONS:
         raise NotACartridge(f"{path}: cartridge format version {hdr.version} is not supported")
+    incompat = hdr.incompat if hdr.version == FORMAT_VERSION_FEATURES else 0
+    unknown = incompat & ~KNOWN_INCOMPAT
+    if unknown:
+        raise NotACartridge(f"{path}: written with format features this vtl does not know "
+                            f"(0x{unknown:x}): open it with a newer vtl")
+    hdr.incompat = incompat
     return hdr
 
 
@@ -223,6 +234,7 @@ class TapeCartridge:
             MediaType(hdr.media, "", "", hdr.density_code, hdr.medium_type, hdr.capacity)
         self.capacity: int = hdr.capacity
         self._flags: int = hdr.flags
+        self._incompat = IncompatFeature(hdr.incompat)
         self.worm = bool(hdr.flags & HEADER_FLAG_WORM)
         self.position = 0
         self.index = PositionIndex(DATA_START)
@@ -266,6 +278,7 @@ class TapeCartridge:
             "capacity": cap,
             "created_ns": time.time_ns(),
             "uuid": uuidlib.uuid4().bytes,
+            "incompat": 0,
         }
         header = _build_header(fields)
         tmp = path.with_name(path.name + ".new")
@@ -317,6 +330,9 @@ class TapeCartridge:
             hdr = _parse_header(os.pread(fd, HEADER_SIZE, 0), path)
             cart = cls(path, fd, hdr, readonly)
             cart._recover()
+            if cart.index.run_rec and not readonly:
+                # runs written by a build that did not flag them yet
+                cart._require(IncompatFeature.FILEMARK_RUNS)
             cart._pacer.restart(cart.index.end)
         except BaseException:
             os.close(fd)
@@ -438,15 +454,35 @@ class TapeCartridge:
         self.wait_writes()  # what the drive accepted before the tab moved goes to tape
         if self.readonly:
             raise WriteProtected(f"{self.barcode} is open read-only")
+        flags = (self._flags | HEADER_FLAG_WRITE_PROTECT) if on else (
+            self._flags & ~HEADER_FLAG_WRITE_PROTECT)
+        self._rewrite_header(flags=flags)
+        self._flags = flags
+
+    def _require(self, feature: IncompatFeature) -> None:
+        """Flag ``feature`` in the header (version 2) before the first record that needs it
+        is written, so a build that does not know it refuses the cartridge instead of taking
+        the record for a damaged tail and cutting it off (docs/cartridge-format.md)."""
+        if self._incompat & feature:
+            return
+        incompat = self._incompat | feature
+        self._rewrite_header(version=FORMAT_VERSION_FEATURES, incompat=int(incompat))
+        self._incompat = incompat
+
+    def _rewrite_header(self, **changes: int) -> None:
+        """Rewrite the header sector in place with ``changes`` (CRC'd, fsync'd)."""
         hdr = _parse_header(os.pread(self._fd, HEADER_SIZE, 0), self.path)
-        flags = (hdr.flags | HEADER_FLAG_WRITE_PROTECT) if on else (
-            hdr.flags & ~HEADER_FLAG_WRITE_PROTECT)
         fields = dict(hdr)
         fields.pop("_io", None)
-        fields["flags"] = flags
-        os.pwrite(self._fd, _build_header(fields), 0)
+        fields.update(changes)
+        if os.pwrite(self._fd, _build_header(fields), 0) != HEADER_SIZE:
+            raise OSError(errno.EIO, "short write")
         os.fsync(self._fd)
-        self._flags = flags
+
+    @property
+    def format_features(self) -> IncompatFeature:
+        """The incompatible format features this cartridge uses (header ``incompat``)."""
+        return self._incompat
 
     # -- positioning --------------------------------------------------------------------
     def rewind(self) -> None:
@@ -789,6 +825,7 @@ class TapeCartridge:
                 self._cut_at_position()
             fit = min(count, max(0, self.capacity - self.used_bytes) // RECORD_HEADER_SIZE)
             if fit > 1:
+                self._require(IncompatFeature.FILEMARK_RUNS)
                 self._append(RecordKind.FILEMARK_RUN, b"", fit, False)
             elif fit == 1:
                 self._append(RecordKind.FILEMARK, b"", 0, False)
@@ -861,31 +898,49 @@ class TapeCartridge:
         self.close()
 
     # -- file-level summaries ----------------------------------------------------------
-    def tape_files(self) -> list[tuple[int, int, int, int]]:
-        """(file number, first object, data blocks, native bytes) per tape file; the last
-        entry is the (possibly empty) file after the last filemark."""
+    def tape_files(self) -> Iterator[TapeFile]:
+        """The tape files in order, as an iterator with flat memory: the empty files between
+        the filemarks of a run come as one entry (``count`` files), so a run of 10 million
+        filemarks is one entry, not 10 million. The last entry is the file after the last
+        filemark, left out when empty (unless the tape holds nothing else)."""
         self.wait_writes()
         idx = self.index
-        out = []
-        start = 0
-        for i, fm in enumerate(idx.fm_first):
-            n, count = len(out), idx.filemark_count(i)
-            out.append((n, start, fm - start, self._native_bytes(start, fm)))
-            # the empty files between the filemarks of a run
-            out.extend((n + k, fm + k, 0, 0) for k in range(1, count))
+        eod = len(idx)
+        n = start = 0
+        for i in range(len(idx.fm_first)):
+            fm, count = idx.fm_first[i], idx.filemark_count(i)
+            yield TapeFile(n, start, fm - start, self._native_bytes(start, fm))
+            if count > 1:  # the empty files between the filemarks of a run
+                yield TapeFile(n + 1, fm + 1, 0, 0, count - 1)
+            n += count
             start = fm + count
-        out.append((len(out), start, len(idx) - start, self._native_bytes(start, len(idx))))
-        if out[-1][2] == 0 and len(out) > 1:
-            out.pop()  # nothing after the last filemark
-        return out
+        if start < eod or n == 0:
+            yield TapeFile(n, start, eod - start, self._native_bytes(start, eod))
 
     def _native_bytes(self, start: int, end: int) -> int:
-        """Native bytes of the data blocks start..end-1 (no filemark among them)."""
-        if start >= end:
-            return 0
+        """Native bytes of the data blocks start..end-1 (no filemark among them), summed a
+        slice at a time so a file of millions of blocks needs no copy of its index."""
         idx = self.index
-        first = idx.record_of(start)
-        return sum(m >> 16 for m in idx.meta[first:first + end - start])
+        total = 0
+        first = idx.record_of(start) if start < end else 0
+        for lo in range(first, first + end - start, _SUM_SLICE):
+            hi = min(lo + _SUM_SLICE, first + end - start)
+            total += sum(m >> 16 for m in idx.meta[lo:hi])
+        return total
+
+
+class TapeFile(NamedTuple):
+    """One tape file (``count`` 1), or ``count`` empty ones in a row (between the filemarks
+    of a run): where it starts, its data blocks and their native bytes."""
+
+    number: int
+    first_object: int
+    blocks: int
+    native_bytes: int
+    count: int = 1
+
+
+_SUM_SLICE = 1 << 16  # index entries summed per slice (512 KiB of the meta array)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -43,7 +43,13 @@ from construct import (
 )
 
 CARTRIDGE_MAGIC = b"VTLCART\x01"
+# Version 1: only what every build reads (data blocks, single filemarks). Version 2: the
+# header's ``incompat`` word names the features a reader must know to touch the cartridge.
+# A cartridge stays at version 1 until it first needs such a feature, so builds that know
+# only version 1 keep reading it, and refuse it (never truncate it) once it has one.
 FORMAT_VERSION = 1
+FORMAT_VERSION_FEATURES = 2
+READABLE_VERSIONS = frozenset({FORMAT_VERSION, FORMAT_VERSION_FEATURES})
 HEADER_SIZE = 512
 DATA_START = HEADER_SIZE
 RECORD_MAGIC = b"RC"
@@ -51,6 +57,16 @@ RECORD_MAGIC = b"RC"
 FLAG_COMPRESSED = 0x01  # payload is a zstd frame; native_len is the decompressed size
 HEADER_FLAG_WORM = 0x01
 HEADER_FLAG_WRITE_PROTECT = 0x02
+
+
+class IncompatFeature(enum.IntFlag):
+    """Bits of the header's ``incompat`` word: what a reader must understand, or refuse the
+    cartridge. An unknown bit means a newer writer: refuse rather than misread or cut."""
+
+    FILEMARK_RUNS = 0x01  # records of kind FILEMARK_RUN
+
+
+KNOWN_INCOMPAT = int(IncompatFeature.FILEMARK_RUNS)  # a plain int: ~ on it keeps every bit
 
 CARTRIDGE_HEADER_BODY = Struct(
     "magic" / Const(CARTRIDGE_MAGIC),
@@ -65,6 +81,8 @@ CARTRIDGE_HEADER_BODY = Struct(
     "capacity" / Int64ul,
     "created_ns" / Int64ul,
     "uuid" / Bytes(16),
+    # IncompatFeature bits (version 2; zero padding in a version 1 header).
+    "incompat" / Int32ul,
 )
 # The header is the body, zero padding, and a CRC32C of everything before it in the last 4
 # bytes of the 512-byte block.

@@ -215,7 +215,7 @@ def test_tape_files_summary(cart_path: Path) -> None:
         c.write_filemarks(1)
         c.write_block(b"c" * 5)
         c.write_filemarks(1)
-        assert c.tape_files() == [(0, 0, 2, 30), (1, 3, 1, 5)]
+        assert list(c.tape_files()) == [(0, 0, 2, 30, 1), (1, 3, 1, 5, 1)]
 
 
 def test_written_data_is_handed_to_the_disk_as_it_streams(cart_path: Path, monkeypatch) -> None:

@@ -81,11 +81,10 @@ def test_a_run_is_one_record_of_many_objects(path: Path) -> None:
         assert c.block_number_at(700) == (699, 0)
         assert c.file_start(1) == 2 and c.file_start(1_000_000) == 1_000_001
         assert c.file_start(1_000_001) == 1_000_003 and c.file_start(1_000_002) is None
-        files = c.tape_files()
-        assert len(files) == 1_000_002
-        assert files[0] == (0, 0, 1, 100) and files[5] == (5, 6, 0, 0)
-        assert files[1_000_000] == (1_000_000, 1_000_001, 1, 50)
-        assert files[-1] == (1_000_001, 1_000_003, 1, 1)
+        # the run's 999 999 empty files are one entry: the listing does not grow with it
+        assert list(c.tape_files()) == [
+            (0, 0, 1, 100, 1), (1, 2, 0, 0, 999_999),
+            (1_000_000, 1_000_001, 1, 50, 1), (1_000_001, 1_000_003, 1, 1, 1)]
 
 
 def test_space_into_and_over_a_run(path: Path) -> None:

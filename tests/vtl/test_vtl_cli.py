@@ -173,6 +173,32 @@ def test_show_verify_inspect(root: Path) -> None:
         assert r.exit_code == 0, r.output
 
 
+def test_a_run_of_filemarks_is_one_row(root: Path) -> None:
+    """A million filemarks in one WRITE FILEMARKS (as many as the small test cartridge
+    holds): show lists their empty files as one entry, inspect counts them without a list."""
+    lib = Library.open(root)
+    try:
+        cart = lib.load("A00001L8", 0).mount()
+        cart.write_block(b"a" * 100)
+        cart.write_filemarks(1_000_000)
+        cart.write_block(b"b" * 10)
+        lib.unload(0)
+    finally:
+        lib.close()
+    show = vtl_json(root, "cartridge", "show", "A00001L8")
+    assert show["tape_files"] == [
+        {"file": 0, "first_block": 0, "blocks": 1, "bytes": 100},
+        {"file": 1, "first_block": 2, "blocks": 0, "bytes": 0, "empty_files": 999_999},
+        {"file": 1_000_000, "first_block": 1_000_001, "blocks": 1, "bytes": 10},
+    ]
+    inspect = vtl_json(root, "cartridge", "inspect", "A00001L8")
+    assert inspect["index"]["tape_files"] == 1_000_001
+    assert inspect["index"]["native_bytes"] == 110
+    assert inspect["header"]["format_features"] == "filemark_runs"
+    r = vtl(root, "cartridge", "show", "A00001L8")
+    assert r.exit_code == 0 and "999999 empty tape files" in r.output
+
+
 def test_verify_reports_damage(root: Path) -> None:
     _write_some(root, "A00001L8")
     path = root / "cartridges" / "A00001L8.vtape"

@@ -161,13 +161,19 @@ def _tape_files(lib: Any, barcode: str) -> tuple[list[dict[str, Any]] | None, st
     except (LibraryError, CartridgeError) as e:
         return None, str(e)
     try:
-        files = [
-            {"file": n, "first_block": first, "blocks": blocks, "bytes": nbytes}
-            for n, first, blocks, nbytes in cart.tape_files()
-        ]
+        files = [_tape_file_json(f) for f in cart.tape_files()]
     finally:
         cart.close()
     return files, None
+
+
+def _tape_file_json(f: Any) -> dict[str, Any]:
+    """One ``TapeFile``; the empty files of a run of filemarks are one entry with their count."""
+    row = {"file": f.number, "first_block": f.first_object, "blocks": f.blocks,
+           "bytes": f.native_bytes}
+    if f.count > 1:
+        row["empty_files"] = f.count
+    return row
 
 
 @app.command()
@@ -201,6 +207,11 @@ def show(barcode: BarcodeArg) -> None:
             for col in ("File", "First block", "Blocks", "Bytes"):
                 t.add_column(col, justify="right")
             for f in files:
+                if "empty_files" in f:  # a run of filemarks: its empty files in one row
+                    last = f["file"] + f["empty_files"] - 1
+                    t.add_row(f"{f['file']}-{last}", str(f["first_block"]),
+                              f"{f['empty_files']} empty tape files", "0")
+                    continue
                 t.add_row(str(f["file"]), str(f["first_block"]), str(f["blocks"]),
                           f"{f['bytes']} ({human_size(f['bytes'])})")
             console().print(t)
@@ -483,6 +494,7 @@ def inspect(barcode: BarcodeArg) -> None:
 
     from tape_formats.cartridge import HEADER_FLAG_WRITE_PROTECT
     from tape_formats.mam import MAM_ATTRIBUTES
+    from vtl.library import tape_files as count_tape_files
 
     barcode = barcode.upper()
     with open_library(readonly=True) as lib:
@@ -499,6 +511,8 @@ def inspect(barcode: BarcodeArg) -> None:
                 "write_protected": bool(cart._flags & HEADER_FLAG_WRITE_PROTECT),
                 "uuid": getattr(cart, "uuid", b"").hex(),
                 "created_ns": getattr(cart, "created_ns", None),
+                "format_features": ",".join(f.name.lower() for f in cart.format_features)
+                or "none",
             }
             mam = []
             for attr_id, fmt, value in cart.mam.items():
@@ -509,15 +523,14 @@ def inspect(barcode: BarcodeArg) -> None:
                     shown = value.decode("utf-8", "replace").rstrip(" \x00")
                 mam.append({"id": f"0x{attr_id:04X}", "name": meta.name if meta else "?",
                             "value": shown})
-            files = cart.tape_files()
             index = {
                 "objects": cart.eod,
                 "filemarks": cart.filemarks_before(cart.eod),
                 "blocks": cart.eod - cart.filemarks_before(cart.eod),
-                "tape_files": len(files) if cart.eod else 0,
+                "tape_files": count_tape_files(cart),
                 "used_bytes": cart.used_bytes,
                 "remaining_bytes": cart.remaining_bytes,
-                "native_bytes": sum(f[3] for f in files),
+                "native_bytes": sum(f.native_bytes for f in cart.tape_files()),
             }
         finally:
             cart.close()
