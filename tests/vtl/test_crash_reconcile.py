@@ -135,3 +135,15 @@ def _writer_catalog(root: Path):
     from vtl.catalog import MediaCatalog
 
     return MediaCatalog(root / "catalog.sqlite")
+
+
+def test_no_catalog_swap_while_serving(root: Path) -> None:
+    """Restore and rebuild set the catalog file aside: never under a running server."""
+    s = start(root)
+    try:
+        for args in (["rebuild", "--force"], ["restore"]):
+            r = runner.invoke(app, ["--root", str(root), "catalog", *args])
+            assert r.exit_code == 2 and "already serving" in r.stderr, r.output
+        assert not list(root.glob("catalog.sqlite.damaged-*"))
+    finally:
+        assert s.stop() == 0

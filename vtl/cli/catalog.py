@@ -6,6 +6,8 @@ these covers both (see :mod:`vtl.catalog_backup` and :mod:`vtl.catalog_recovery`
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -73,6 +75,23 @@ def _secret(passphrase_file: Path | None) -> bytes | None:
     return read_secret(passphrase_file)
 
 
+@contextmanager
+def _no_server() -> Iterator[None]:
+    """Hold the server's lock while the catalog file is swapped: refuses while `vtl serve`
+    runs on this library (it would go on writing the file set aside), and keeps one from
+    starting meanwhile. No directory, no lock: the recovery then says there is no library."""
+    from vtl.cli.serve import ServeLock
+
+    if not settings().root.is_dir():
+        yield
+        return
+    lock = ServeLock(settings().root)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 @app.command()
 def restore(
     source: Annotated[Path | None, typer.Option("--from", help="This copy instead of the "
@@ -84,7 +103,9 @@ def restore(
     The old file is kept as catalog.sqlite.damaged-TIME."""
     from vtl.catalog_recovery import restore as restore_catalog
 
-    rec = restore_catalog(settings().root, source, _secret(passphrase_file))
+    secret = _secret(passphrase_file)
+    with _no_server():
+        rec = restore_catalog(settings().root, source, secret)
     say(f"restored the catalog from {rec.source}: {len(rec.updated)} cartridge(s) caught up, "
         f"{len(rec.cartridges)} taken in, {len(rec.backups)} backup(s) found on tape"
         + (f", {len(rec.skipped)} skipped ({'; '.join(rec.skipped)})" if rec.skipped else ""),
@@ -101,7 +122,9 @@ def rebuild(
     (barcodes, media, WORM, usage, last known places, tape files, EBM backups)."""
     from vtl.catalog_recovery import rebuild as rebuild_catalog
 
-    rec = rebuild_catalog(settings().root, secret=_secret(passphrase_file), force=force)
+    secret = _secret(passphrase_file)
+    with _no_server():
+        rec = rebuild_catalog(settings().root, secret=secret, force=force)
     say(f"rebuilt the catalog: {len(rec.cartridges)} cartridge(s), {len(rec.backups)} "
         "backup(s)" + (f", {len(rec.skipped)} skipped ({'; '.join(rec.skipped)})"
                        if rec.skipped else ""),
