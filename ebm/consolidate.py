@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ebm.catalog import Backup, CatalogError
-from ebm.controller import BackupRequest
+from ebm.controller import BackupRequest, RequestError
 from ebm.manager import Ebm, JobError, Progress, _TranslatorFailed, load_translator
 from ebm.restore import RestoreError, restore
 from tape_formats.archive import ArchiveEntry, EntryData, PaxWriter
@@ -82,7 +82,7 @@ def consolidate(ebm: Ebm, dataset: str, *, passphrase_file: Path | None = None,
     cat = ebm.catalog
     ds = cat.dataset(dataset)
     if ds is None:
-        raise JobError(f"no dataset {dataset!r}")
+        raise RequestError(f"no dataset {dataset!r}")  # an unknown name: refused (exit 2)
     last = cat.last_good(dataset)
     if last is None:
         raise JobError(f"dataset {dataset} has no good backup to consolidate")

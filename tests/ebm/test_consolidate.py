@@ -135,7 +135,7 @@ def test_consolidate_refusals_are_one_line(tmp_path: Path) -> None:
         consolidate(ebm, "fs")
     ebm.close()
     r = run_cli(tmp_path / "lib", "consolidate", "nope")
-    assert r.returncode == 1 and r.stderr == "error: no dataset 'nope'\n", r.stderr
+    assert r.returncode == 2 and r.stderr == "error: no dataset 'nope'\n", r.stderr
     (src / "b").write_text("more")
     assert run_cli(tmp_path / "lib", "backup", "fs").returncode == 0
     r = run_cli(tmp_path / "lib", "consolidate", "fs")
