@@ -147,3 +147,21 @@ def test_no_catalog_swap_while_serving(root: Path) -> None:
         assert not list(root.glob("catalog.sqlite.damaged-*"))
     finally:
         assert s.stop() == 0
+
+
+def test_verify_while_another_process_writes(root: Path) -> None:
+    """The record a drive is writing looks torn to a reader: not damage, no 'error' state
+    left behind for a clean stop to keep."""
+    lib = Library.open(root)
+    try:
+        lib.load("K00001L8", 0)
+        lib.drives[0].mount()  # the cartridge's lock is held, as a serving drive holds it
+        with (root / "cartridges" / "K00001L8.vtape").open("ab") as f:
+            f.write(b"\x5a" * 3000)  # half a record, still being written
+        r = runner.invoke(app, ["--root", str(root), "--json", "cartridge", "verify",
+                                "K00001L8"])
+        assert r.exit_code == 0, r.output
+        assert "being written" in r.stdout
+        assert lib.catalog.cartridge("K00001L8")["state"] == "scratch"
+    finally:
+        lib.close()

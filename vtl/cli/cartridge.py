@@ -452,22 +452,31 @@ def verify(
         except CartridgeError as e:  # e.g. a damaged header: the walk cannot even start
             report = VerifyReport(path, errors=[str(e)])
         row = lib.cartridge(barcode)
-        errors = list(report.errors)
+        damage, notes = list(report.errors), []
+        in_use = lib.in_use(barcode)
+        if report.torn_tail_bytes and in_use and damage:
+            # the record another process is writing right now, not damage (a crash's torn
+            # tail is cut when the next writer opens the library, before this runs)
+            damage.pop()
+            notes.append(f"the last {report.torn_tail_bytes} bytes are a record being written"
+                         " (the cartridge is mounted by another process)")
+        errors = list(damage)
         # The catalog is written at unmount; while mounted elsewhere it may lag behind.
-        if not lib.in_use(barcode) and row["blocks"] != report.objects:
+        if not in_use and row["blocks"] != report.objects:
             errors.append(
                 f"catalog says {row['blocks']} objects but the tape holds {report.objects}"
                 " (verify --rebuild updates the catalog)"
             )
         data = _plain(report)
         data["errors"] = errors
+        data["notes"] = notes
         data["ok"] = not errors
         data["barcode"] = barcode
         if rebuilt is not None:
             data["index_rebuilt_objects"] = rebuilt
-        if report.errors:  # damage on tape (not a stale catalog): the medium is suspect
+        if damage:  # damage on tape (not a stale catalog): the medium is suspect
             lib.catalog.set_state(barcode, "error")
-            lib.catalog.log("verify-failed", barcode, detail="; ".join(report.errors[:5]))
+            lib.catalog.log("verify-failed", barcode, detail="; ".join(damage[:5]))
         if settings().json:
             emit_json(data)
         else:
@@ -481,6 +490,8 @@ def verify(
             console().print(summary, markup=False)
             for e in errors:
                 console().print(f"  {e}", markup=False)
+            for n in notes:
+                console().print(f"  note: {n}", markup=False)
             console().print("OK" if not errors else f"FAILED: {len(errors)} error(s)",
                             markup=False)
         if errors:
