@@ -32,11 +32,13 @@ class UnknownGroup(ValueError):
 
 
 def shared_with_group(root: Path) -> bool:
-    """True when the library directory grants its group access (made by ``--group``)."""
+    """True when ``vtl init --group`` made the directory: setgid, and open to its group. A
+    library from before (a plain 0755 directory) counts as private: new files get 0600."""
     try:
-        return bool(os.stat(root).st_mode & stat.S_IRWXG)
+        mode = os.stat(root).st_mode
     except OSError:
         return False
+    return bool(mode & stat.S_ISGID) and bool(mode & stat.S_IRWXG)
 
 
 def umask_for(root: Path) -> int:

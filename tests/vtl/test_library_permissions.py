@@ -85,6 +85,16 @@ def test_library_shared_with_a_group(tmp_path: Path) -> None:
     assert groups == {group.gr_gid}
 
 
+def test_a_library_from_before_gets_private_files_from_now_on(tmp_path: Path) -> None:
+    """A library created before this (a 0755 directory, not made for a group) is not taken
+    for a shared one: what is created in it now is private."""
+    root = tmp_path / "lib"
+    run("vtl", root, "init", "--drives", "1", "--slots", "2")
+    os.chmod(root, 0o755)
+    run("vtl", root, "cartridge", "create", "A00001L8", "--capacity", "16MiB")
+    assert stat.S_IMODE((root / "cartridges" / "A00001L8.vtape").stat().st_mode) == 0o600
+
+
 def test_init_refuses_an_unknown_group(tmp_path: Path) -> None:
     r = run("vtl", tmp_path / "lib", "init", "--group", "no-such-group-xyz", check=False)
     assert r.returncode == 2 and r.stderr == "error: unknown group 'no-such-group-xyz'\n"
