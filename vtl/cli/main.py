@@ -55,7 +55,7 @@ app.add_typer(mailslot_app, name="mailslot")
 app.add_typer(pool_app, name="pool")
 
 # Modules that add commands with register(app); missing ones are skipped.
-OPTIONAL_COMMANDS = ("vtl.cli.serve", "vtl.cli.catalog")
+OPTIONAL_COMMANDS = ("vtl.cli.serve", "vtl.cli.catalog", "vtl.cli.lio")
 
 
 @app.callback()

@@ -50,10 +50,10 @@ def parse_portal(text: str) -> tuple[str, int]:
 
 
 class ServeLock:
-    """An exclusive flock on <root>/serve.lock, held for the server's lifetime."""
+    """An exclusive flock on <root>/serve.lock (or ``name``), held for the server's lifetime."""
 
-    def __init__(self, root: Path) -> None:
-        self.path = root / LOCK_NAME
+    def __init__(self, root: Path, name: str = LOCK_NAME, what: str = "vtl serve") -> None:
+        self.path = root / name
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -61,7 +61,7 @@ class ServeLock:
             pid = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(self.fd)
             raise CliError(
-                f"another 'vtl serve' (pid {pid}) is already serving {root}"
+                f"another '{what}' (pid {pid}) is already serving {root}"
             ) from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
@@ -71,6 +71,15 @@ class ServeLock:
             os.ftruncate(self.fd, 0)
         finally:
             os.close(self.fd)
+
+
+def setup_logging(log_level: str) -> None:
+    """Log lines to stderr at ``log_level`` (CliError for an unknown level name)."""
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        raise CliError(f"invalid log level {log_level!r}")
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def _credentials(user: str, secret: str, what: str) -> ChapCredentials | None:
@@ -130,11 +139,7 @@ def serve(
                                 "VTL_CHAP_SECRET")
     mutual_chap_secret = secret_option("--mutual-chap-secret", mutual_chap_secret,
                                        mutual_chap_secret_file, "VTL_MUTUAL_CHAP_SECRET")
-    level = getattr(logging, log_level.upper(), None)
-    if not isinstance(level, int):
-        raise CliError(f"invalid log level {log_level!r}")
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(log_level)
     library = Library.open(settings().root)
     lock: ServeLock | None = None
     try:
