@@ -90,6 +90,7 @@ def load_translator(name: str) -> Any:
 class State:
     root: Path = default_root()
     json: bool = False
+    remote: dict[str, Any] | None = None  # --library URL and its login (ebm.remote)
     _ebm: Ebm | None = None
 
     def ebm(self) -> Ebm:
@@ -98,8 +99,18 @@ class State:
         if self._ebm is None or self._ebm.root != Path(self.root):
             if self._ebm is not None:
                 self._ebm.close()
-            self._ebm = Ebm(self.root)
+            self._ebm = Ebm(self.root, remote=self._remote_spec())
         return self._ebm
+
+    def _remote_spec(self) -> Any:
+        if not self.remote:
+            return None
+        from ebm.remote.ebm_host import RemoteSetupError, RemoteSpec
+
+        try:
+            return RemoteSpec.from_options(**self.remote)
+        except RemoteSetupError as e:
+            raise CliError(str(e)) from None
 
 
 S = State()
@@ -110,9 +121,29 @@ def main(
     root: Path = typer.Option(None, "--root", "-r",
                               help="library directory ($VTL_ROOT, else ./vtl-library)"),
     json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
+    library: str = typer.Option(None, "--library", envvar="EBM_LIBRARY",
+                                help="a library on another host: iscsi://HOST[:PORT]/IQN[/LUN] "
+                                     "(then --catalog is the EBM's own catalog directory)"),
+    catalog_dir: Path = typer.Option(None, "--catalog", envvar="EBM_CATALOG",
+                                     help="with --library: the EBM's catalog directory"),
+    chap_file: Path = typer.Option(None, "--chap-file",
+                                   help="with --library: a 0600 file, user:secret (and "
+                                        "mutual_user:mutual_secret on line 2)"),
+    initiator_name: str = typer.Option(None, "--initiator-name",
+                                       help="with --library: our iSCSI initiator name"),
+    digests: bool = typer.Option(False, "--digests", help="with --library: CRC32C digests"),
 ) -> None:
     S.root = root or default_root()
     S.json = json_out
+    S.remote = None
+    if catalog_dir is not None and not library:
+        raise CliError("--catalog is for a remote library: give --library iscsi://... too")
+    if library:
+        if catalog_dir is None:
+            raise CliError("--library needs --catalog DIR (the EBM's own catalog directory)")
+        S.root = catalog_dir
+        S.remote = {"url": library, "chap_file": chap_file, "initiator_name": initiator_name,
+                    "digests": digests}
     apply_umask(S.root)  # files made from here on: the owner's only, or the library group's
 
 
@@ -314,7 +345,10 @@ def pool_create(name: str,
 @pool_app.command("add")
 def pool_add(name: str, barcodes: list[str]) -> None:
     """Add cartridges (by barcode) to a pool; they must exist in the library."""
-    S.ebm().catalog.add_to_pool(name, *barcodes)  # all or none
+    ebm = S.ebm()
+    if ebm.remote is not None:
+        ebm.library  # noqa: B018 - a remote library's barcodes enter the local catalog
+    ebm.catalog.add_to_pool(name, *barcodes)  # all or none
     emit({"pool": name, "added": barcodes},
          lambda: out().print(f"added {len(barcodes)} cartridge(s) to pool {name}"))
 

@@ -39,6 +39,7 @@ from vtl import CATALOG_NAME
 # opening the EBM for a listing (``ebm list``) stays fast.
 if TYPE_CHECKING:  # the library and the translators are imported only when a job needs them
     from ebm.mover import TapeWriter
+    from ebm.remote.ebm_host import RemoteSpec
     from tape_formats.archive.entry import IndexEntry
     from tape_formats.archive.writer import PaxWriter
     from translators.base import Progress as TranslatorProgress
@@ -101,11 +102,17 @@ class Ebm:
     """The EBM over one library root: catalog + library, opened once per process."""
 
     root: Path
+    # A library on another host (ebm.remote): ``root`` is then the EBM's own catalog directory.
+    remote: RemoteSpec | None = None
     catalog: Catalog = field(init=False)
     _library: Library | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
+        if self.remote is not None:
+            from ebm.remote.ebm_host import prepare_catalog_dir
+
+            prepare_catalog_dir(self.root)
         from vtl.catalog import MediaCatalog
         from vtl.config import CONFIG_NAME
 
@@ -128,6 +135,12 @@ class Ebm:
 
     @property
     def library(self) -> Library:
+        if self._library is None and self.remote is not None:
+            from ebm.remote.ebm_host import register_barcodes
+
+            remote = self.remote.open_library()
+            register_barcodes(self.catalog, remote.barcodes(), str(self.remote.url))
+            self._library = remote  # type: ignore[assignment]  # the drive session's part of Library
         if self._library is None:
             self._library = open_library(self.root)
         return self._library

@@ -267,14 +267,22 @@ class TapeDevice(ScsiDevice):
         written); EndOfMedium when it was not."""
         n = len(data)
         cdb = bytes([Opcode.WRITE_6, 0]) + n.to_bytes(3, "big") + b"\0"
-        _res, sense = self.run("WRITE(6)", cdb, data_out=data)
+        return self._write_outcome("WRITE(6)", self._execute(cdb, data_out=data))
+
+    def _write_outcome(self, what: str, result: ScsiResult) -> bool:
+        """Early warning is CHECK CONDITION, NO SENSE with EOM after a write that *did* happen
+        (SSC-4 4.2.5); anything else that is not GOOD is an error."""
+        sense = parse_sense(result.sense)
+        if result.status == STATUS_CHECK_CONDITION and sense is not None and sense.eom and \
+                sense.key in (NO_SENSE, RECOVERED_ERROR):
+            return True
+        check(f"{self.name}: {what}", result)
         return bool(sense and sense.eom)
 
     def write_filemarks(self, count: int = 1, *, immediate: bool = False) -> bool:
         cdb = bytes([Opcode.WRITE_FILEMARKS_6, 1 if immediate else 0]) + \
             count.to_bytes(3, "big") + b"\0"
-        _res, sense = self.run("WRITE FILEMARKS", cdb, timeout=600)
-        return bool(sense and sense.eom)
+        return self._write_outcome("WRITE FILEMARKS", self._execute(cdb, timeout=600))
 
     def read(self, length: int) -> ReadOutcome:
         """READ(6) of one variable block of at most ``length`` bytes."""
