@@ -30,6 +30,17 @@ from typing import NamedTuple
 import crc32c
 import zstandard
 
+from tape_formats.block_crypto import (
+    ENVELOPE_OVERHEAD,
+    CryptoSettings,
+    DataKey,
+    DecryptError,
+    Envelope,
+    check_plain,
+    envelope,
+    seal,
+    unseal,
+)
 from tape_formats.index import PositionIndex
 from tape_formats.mam import MamStore
 from tape_formats.media import MEDIA, MediaType, media_by_density
@@ -37,6 +48,8 @@ from tape_formats.read_ahead import ReadAhead
 from tape_formats.records import (
     CARTRIDGE_HEADER_BODY,
     DATA_START,
+    FLAG_COMPRESSED,
+    FLAG_ENCRYPTED,
     FORMAT_VERSION,
     FORMAT_VERSION_FEATURES,
     HEADER_FLAG_WORM,
@@ -89,6 +102,17 @@ class CorruptRecord(CartridgeError):
     def __init__(self, message: str, position: int) -> None:
         super().__init__(message)
         self.position = position
+
+
+class UndecryptableBlock(CorruptRecord):
+    """A whole block the drive's encryption settings do not let it read (no key, another
+    key, a failed tag, a plain block while decrypting only): DATA PROTECT 74/xx, not a
+    medium error. ``reason`` is a ``DecryptError`` reason, ``kad`` the block's KAD."""
+
+    def __init__(self, message: str, position: int, reason: str, kad: bytes) -> None:
+        super().__init__(message, position)
+        self.reason = reason
+        self.kad = kad
 
 
 @dataclass(slots=True)
@@ -149,24 +173,27 @@ class _Counters:
     read_stored: int = 0
 
 
-# A data block ready to append: (payload, compressed, payload CRC32C).
-_Packed = tuple[bytes | memoryview, bool, int]
+# A data block ready to append: (payload, record flags, payload CRC32C).
+_Packed = tuple[bytes | memoryview, int, int]
 
 
 def _pack(cctx: zstandard.ZstdCompressor, data: bytes | bytearray | memoryview,
-          compress: bool) -> _Packed:
-    """Compress a block when it pays (as an LTO drive, never store it bigger) and checksum
-    what will be stored: the part of a write that needs no tape position, so the write-behind
-    buffer runs it on several threads at once."""
+          compress: bool, key: DataKey | None = None) -> _Packed:
+    """Compress a block when it pays (as an LTO drive, never store it bigger), encrypt it
+    when the drive has a key to write with (after compressing: ciphertext does not shrink)
+    and checksum what will be stored: the part of a write that needs no tape position, so
+    the write-behind buffer runs it on several threads at once."""
     native = len(data)
     payload: bytes | memoryview = data if isinstance(data, bytes | memoryview) else \
         memoryview(data)
-    compressed = False
+    flags = 0
     if compress and native >= MIN_COMPRESS:
         packed = cctx.compress(data)
         if len(packed) < native:
-            payload, compressed = packed, True
-    return payload, compressed, crc32c.crc32c(payload)
+            payload, flags = packed, FLAG_COMPRESSED
+    if key is not None:
+        payload, flags = seal(key, payload, native), flags | FLAG_ENCRYPTED
+    return payload, flags, crc32c.crc32c(payload)
 
 
 def _build_header(fields: dict) -> bytes:
@@ -250,6 +277,8 @@ class TapeCartridge:
         self._ahead = ReadAhead()  # one decoded block, like a drive's read buffer
         # Write-behind buffer (buffered mode), started by the first queue_block.
         self._wb: WriteBehind | None = None
+        # The drive's tape data encryption settings (keys in memory only): set_crypto.
+        self.crypto: CryptoSettings | None = None
 
     # -- creation and opening -----------------------------------------------------------
     @classmethod
@@ -383,8 +412,7 @@ class TapeCartridge:
                 payload = os.pread(self._fd, stored, off + RECORD_HEADER_SIZE)
                 if crc32c.crc32c(payload) != rec.payload_crc:
                     return off, True
-            idx.append(off, RECORD_HEADER_SIZE + stored, rec.kind, rec.native_len,
-                       bool(rec.flags & 1))
+            idx.append(off, RECORD_HEADER_SIZE + stored, rec.kind, rec.native_len, rec.flags)
             off += RECORD_HEADER_SIZE + stored
         return off, False
 
@@ -631,11 +659,12 @@ class TapeCartridge:
         idx = self.index
         meta = idx.meta[r]
         native = meta >> 16
-        compressed = bool(meta & 0x100)
+        compressed = bool(meta & (FLAG_COMPRESSED << 8))
+        encrypted = bool(meta & (FLAG_ENCRYPTED << 8))
         off = idx.offsets[r]
         stored = (idx.offsets[r + 1] if r + 1 < len(idx.offsets) else idx.end) - off \
             - RECORD_HEADER_SIZE
-        direct = buf is not None and not compressed and len(buf) >= native
+        direct = buf is not None and not compressed and not encrypted and len(buf) >= native
         if direct:
             # The common streaming case: the payload lands straight in the caller's buffer.
             out = memoryview(buf)[:native]
@@ -653,7 +682,17 @@ class TapeCartridge:
             raise CorruptRecord(f"{self.barcode}: record header of block {p} is damaged", p)
         if crc32c.crc32c(payload) != rec.payload_crc:
             raise CorruptRecord(f"{self.barcode}: block {p} fails its checksum", p)
+        try:
+            if encrypted:
+                payload = unseal(self.crypto, payload, native)
+            else:
+                check_plain(self.crypto)
+        except DecryptError as exc:
+            raise UndecryptableBlock(f"{self.barcode}: block {p}: {exc.reason}", p,
+                                     exc.reason, exc.kad) from None
         if not compressed:
+            if encrypted and len(payload) != native:
+                raise CorruptRecord(f"{self.barcode}: block {p} has the wrong length", p)
             return native, stored, payload, direct
         try:
             data = self._dctx.decompress(payload, max_output_size=native)
@@ -696,13 +735,13 @@ class TapeCartridge:
         os.ftruncate(self._fd, idx.end)
         self._dirty = True
 
-    def _append(self, kind: int, payload: bytes | memoryview, native: int, compressed: bool,
+    def _append(self, kind: int, payload: bytes | memoryview, native: int, flags: int,
                 crc: int | None = None) -> None:
         idx = self.index
         obj = len(idx)
         if crc is None:
             crc = crc32c.crc32c(payload)
-        head = RecordHeader(kind, 1 if compressed else 0, len(payload), native,
+        head = RecordHeader(kind, flags, len(payload), native,
                             idx.fm_total, obj, crc).pack()
         off = idx.end
         try:
@@ -719,7 +758,7 @@ class TapeCartridge:
             except OSError:
                 pass
             raise
-        idx.append(off, len(head) + len(payload), kind, native, compressed)
+        idx.append(off, len(head) + len(payload), kind, native, flags)
         self.position = idx.objects
         self._dirty = True
         self._pacer.appended(off, idx.end)
@@ -756,7 +795,11 @@ class TapeCartridge:
         elif self.write_protected:
             raise WriteProtected(f"{self.barcode} is write protected")
         self._ahead.clear()
-        return wb.put(data, compress, RECORD_HEADER_SIZE + len(data), self._end,
+        worst = RECORD_HEADER_SIZE + len(data)
+        key = self._sealing_key
+        if key is not None:
+            worst += ENVELOPE_OVERHEAD + len(key.kad)
+        return wb.put(data, compress, worst, self._end,
                       DATA_START + self.ew_point)
 
     def _end(self) -> int:
@@ -789,23 +832,54 @@ class TapeCartridge:
 
     def _store(self, data: bytes | bytearray | memoryview, compress: bool) -> None:
         """Compress (when it pays) and append one data block at end of data."""
-        self._store_packed(len(data), _pack(self._cctx, data, compress))
+        self._store_packed(len(data), _pack(self._cctx, data, compress, self._sealing_key))
 
     def _store_packed(self, native: int, packed: _Packed) -> None:
         """Append one data block that ``_pack`` prepared, at end of data."""
-        payload, compressed, crc = packed
+        payload, flags, crc = packed
         if self.used_bytes + RECORD_HEADER_SIZE + len(payload) > self.capacity:
             raise EndOfMedium(f"{self.barcode} is full ({self.capacity} bytes)")
-        self._append(RecordKind.DATA, payload, native, compressed, crc)
+        if flags & FLAG_ENCRYPTED:
+            self._require(IncompatFeature.ENCRYPTED_BLOCKS)
+        self._append(RecordKind.DATA, payload, native, flags, crc)
         with self._lock:
             self.counters.written_native += native
             self.counters.written_stored += len(payload)
 
-    @staticmethod
-    def _new_packer() -> Callable[[bytes | bytearray | memoryview, bool], _Packed]:
+    def _new_packer(self) -> Callable[[bytes | bytearray | memoryview, bool], _Packed]:
         """A ``_pack`` with a compressor of its own, for one write-behind packer thread
-        (a zstd context must not be shared between threads)."""
-        return functools.partial(_pack, zstandard.ZstdCompressor(level=ZSTD_LEVEL))
+        (a zstd context must not be shared between threads). The key is the one in force
+        when the block is packed: ``set_crypto`` waits for the buffer to empty first."""
+        pack = functools.partial(_pack, zstandard.ZstdCompressor(level=ZSTD_LEVEL))
+        return lambda data, compress: pack(data, compress, self._sealing_key)
+
+    # -- encryption ---------------------------------------------------------------------
+    @property
+    def _sealing_key(self) -> DataKey | None:
+        crypto = self.crypto
+        return crypto.sealing_key if crypto is not None else None
+
+    def set_crypto(self, settings: CryptoSettings | None) -> None:
+        """Take the drive's encryption settings: blocks queued before are stored with the
+        old ones, and no block decoded ahead with the old key is handed out later."""
+        self.wait_writes()
+        self._ahead.clear()
+        self.crypto = settings
+
+    def block_envelope(self, obj: int) -> Envelope | None:
+        """The clear header of data block ``obj`` when it is encrypted (which key, which
+        KAD), else None (NEXT BLOCK ENCRYPTION STATUS asks this without reading it)."""
+        self.wait_writes()
+        idx = self.index
+        if obj >= idx.objects:
+            return None
+        r = idx.record_of(obj)
+        meta = idx.meta[r]
+        if meta & 0xFF != _DATA or not meta & (FLAG_ENCRYPTED << 8):
+            return None
+        head = os.pread(self._fd, RECORD_HEADER_SIZE + ENVELOPE_OVERHEAD + (1 << 16),
+                        idx.offsets[r])
+        return envelope(head[RECORD_HEADER_SIZE:])
 
     def write_filemarks(self, count: int = 1, *, sync: bool = True) -> WriteResult:
         """Write ``count`` filemarks; with ``sync`` everything written so far is durable on
@@ -826,9 +900,9 @@ class TapeCartridge:
             fit = min(count, max(0, self.capacity - self.used_bytes) // RECORD_HEADER_SIZE)
             if fit > 1:
                 self._require(IncompatFeature.FILEMARK_RUNS)
-                self._append(RecordKind.FILEMARK_RUN, b"", fit, False)
+                self._append(RecordKind.FILEMARK_RUN, b"", fit, 0)
             elif fit == 1:
-                self._append(RecordKind.FILEMARK, b"", 0, False)
+                self._append(RecordKind.FILEMARK, b"", 0, 0)
             if fit < count:
                 raise EndOfMedium(f"{self.barcode} is full ({self.capacity} bytes)")
         if sync:
@@ -982,7 +1056,7 @@ def verify_cartridge(path: Path) -> VerifyReport:
             payload = os.pread(fd, stored, off + RECORD_HEADER_SIZE)
             if crc32c.crc32c(payload) != pcrc:
                 report.errors.append(f"object {obj}: checksum mismatch")
-            elif flags & 1:
+            elif flags & FLAG_COMPRESSED and not flags & FLAG_ENCRYPTED:  # sealed: no key here
                 try:
                     if len(dctx.decompress(payload, max_output_size=native)) != native:
                         report.errors.append(f"object {obj}: wrong decompressed length")

@@ -1,7 +1,7 @@
 """The position index of a cartridge: where every logical object starts in the file.
 
 LOCATE and SPACE must not scan the tape, so the index keeps, per *record*, its file offset and
-a packed (native length, compressed, kind) word. A data block or a filemark is one record and
+a packed (native length, record flags, kind) word. A data block or a filemark is one record and
 one logical object; a run of N filemarks (``RecordKind.FILEMARK_RUN``, what WRITE FILEMARKS
 with a count of N writes) is one record and N objects. Runs are rare, so object -> record is
 the identity up to the first run and a bisect over the runs after it. Filemark records (single
@@ -38,8 +38,10 @@ _RUN = int(RecordKind.FILEMARK_RUN)
 _NOT_DATA = re.compile(b"[^" + re.escape(bytes([_DATA])) + b"]")
 
 
-def pack_meta(kind: int, native_len: int, compressed: bool) -> int:
-    return (native_len << 16) | (int(compressed) << 8) | kind
+def pack_meta(kind: int, native_len: int, flags: int) -> int:
+    """An index entry's word: native length, the record's flags byte (FLAG_COMPRESSED,
+    FLAG_ENCRYPTED), kind."""
+    return (native_len << 16) | (flags << 8) | kind
 
 
 class PositionIndex:
@@ -82,7 +84,7 @@ class PositionIndex:
         the file holds one record for the run."""
         return self.end + (self.run_extra[-1] * RECORD_HEADER_SIZE if self.run_extra else 0)
 
-    def append(self, offset: int, size: int, kind: int, native_len: int, compressed: bool) -> None:
+    def append(self, offset: int, size: int, kind: int, native_len: int, flags: int) -> None:
         rec = len(self.offsets)
         if kind != _DATA:
             count = native_len if kind == _RUN else 1
@@ -91,7 +93,7 @@ class PositionIndex:
         else:
             self.objects += 1
         self.offsets.append(offset)
-        self.meta.append(pack_meta(kind, native_len, compressed))
+        self.meta.append(pack_meta(kind, native_len, flags))
         self.end = offset + size
 
     def _add_filemarks(self, rec: int, first: int, count: int) -> None:
@@ -160,7 +162,7 @@ class PositionIndex:
         self.durable_count = min(self.durable_count, rec)
         if keep:
             self.append(offset, RECORD_HEADER_SIZE, _RUN if keep > 1 else _FILEMARK,
-                        keep if keep > 1 else 0, False)
+                        keep if keep > 1 else 0, 0)
 
     # filemark arithmetic -------------------------------------------------------------
     def filemark_count(self, i: int) -> int:

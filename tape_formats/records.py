@@ -55,6 +55,7 @@ DATA_START = HEADER_SIZE
 RECORD_MAGIC = b"RC"
 
 FLAG_COMPRESSED = 0x01  # payload is a zstd frame; native_len is the decompressed size
+FLAG_ENCRYPTED = 0x02  # payload is an AES-256-GCM envelope (tape_formats/block_crypto.py)
 HEADER_FLAG_WORM = 0x01
 HEADER_FLAG_WRITE_PROTECT = 0x02
 
@@ -64,9 +65,11 @@ class IncompatFeature(enum.IntFlag):
     cartridge. An unknown bit means a newer writer: refuse rather than misread or cut."""
 
     FILEMARK_RUNS = 0x01  # records of kind FILEMARK_RUN
+    ENCRYPTED_BLOCKS = 0x02  # data records with FLAG_ENCRYPTED
 
 
-KNOWN_INCOMPAT = int(IncompatFeature.FILEMARK_RUNS)  # a plain int: ~ on it keeps every bit
+# a plain int: ~ on it keeps every bit
+KNOWN_INCOMPAT = int(IncompatFeature.FILEMARK_RUNS | IncompatFeature.ENCRYPTED_BLOCKS)
 
 CARTRIDGE_HEADER_BODY = Struct(
     "magic" / Const(CARTRIDGE_MAGIC),
@@ -168,7 +171,7 @@ INDEX_HEADER = Struct(
 INDEX_HEADER_SIZE = INDEX_HEADER.sizeof()
 INDEX_ENTRY = Struct(
     "offset" / Int64ul,  # file offset of the record header
-    # native_len << 16 | compressed << 8 | kind (a FILEMARK_RUN's native_len is its count)
+    # native_len << 16 | record flags << 8 | kind (a FILEMARK_RUN's native_len is its count)
     "meta" / Int64ul,
 )
 INDEX_ENTRY_SIZE = INDEX_ENTRY.sizeof()
