@@ -14,6 +14,7 @@ from vtl.scsi.ssc_cdb import (
     decode_locate16,
     decode_read_position,
     decode_read_write6,
+    decode_security_protocol,
     decode_space6,
     decode_space16,
     decode_write_filemarks,
@@ -83,8 +84,17 @@ def test_positioning_fields():
 def test_every_data_out_command_declares_its_length():
     """The commands that take Data-Out say how much with their @command; the rest none."""
     takes_data = {Opcode.WRITE_6, Opcode.MODE_SELECT_6, Opcode.MODE_SELECT_10,
-                  Opcode.LOG_SELECT, Opcode.PERSISTENT_RESERVE_OUT, Opcode.WRITE_ATTRIBUTE}
+                  Opcode.LOG_SELECT, Opcode.PERSISTENT_RESERVE_OUT, Opcode.WRITE_ATTRIBUTE,
+                  Opcode.SECURITY_PROTOCOL_OUT}
     assert set(TapeDrive._data_out) == takes_data
+
+
+def test_security_protocol_fields():
+    cdb = bytes([0xB5, 0x20, 0x00, 0x10, 0, 0, 0, 0, 0, 52, 0, 0])
+    assert decode_security_protocol(cdb) == (0x20, 0x0010, 52)
+    with pytest.raises(CheckCondition) as e:
+        decode_security_protocol(bytes([0xA2, 0x20, 0, 0x20, 0x80, 0, 0, 0, 1, 0, 0, 0]))
+    assert field_pointer(e.value) == (4, 7)
 
 
 def test_immediate_bit_by_command():

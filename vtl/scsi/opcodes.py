@@ -36,7 +36,9 @@ class Opcode(enum.IntEnum):
     READ_ATTRIBUTE = 0x8C
     WRITE_ATTRIBUTE = 0x8D
     REPORT_LUNS = 0xA0
+    SECURITY_PROTOCOL_IN = 0xA2
     MAINTENANCE_IN = 0xA3  # service action 0x0C: REPORT SUPPORTED OPERATION CODES
+    SECURITY_PROTOCOL_OUT = 0xB5
 
     # SSC-3 (sequential-access devices)
     REWIND = 0x01

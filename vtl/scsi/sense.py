@@ -91,6 +91,11 @@ AUXILIARY_MEMORY_OUT_OF_SPACE = Condition(_IR, 0x55, 0x06)  # MAM full
 WRITE_PROTECTED = Condition(_DP, 0x27, 0x00)
 CANNOT_WRITE_MEDIUM_INCOMPATIBLE_FORMAT = Condition(_DP, 0x30, 0x05)
 WORM_MEDIUM_OVERWRITE_ATTEMPTED = Condition(_DP, 0x30, 0x0C)
+# SSC-4 tape data encryption: a block the drive's key settings do not let it read
+UNABLE_TO_DECRYPT_DATA = Condition(_DP, 0x74, 0x01)  # encrypted, no key (or not decrypting)
+UNENCRYPTED_DATA_ENCOUNTERED_WHILE_DECRYPTING = Condition(_DP, 0x74, 0x02)
+INCORRECT_DATA_ENCRYPTION_KEY = Condition(_DP, 0x74, 0x03)
+CRYPTOGRAPHIC_INTEGRITY_VALIDATION_FAILED = Condition(_DP, 0x74, 0x04)
 
 # ---- ABORTED COMMAND
 DATA_PHASE_CRC_ERROR_DETECTED = Condition(_AC, 0x47, 0x01)

@@ -21,6 +21,7 @@ WRITE/WFM past early warning           NO SENSE 00/02, EOM, 0 (the data *was* wr
 WRITE/WFM with no room left            VOLUME OVERFLOW 00/02, EOM, residue
 disk write / read failure              MEDIUM ERROR 0C/00 / 11/00, residue (never EOM)
 damaged record (checksum)              MEDIUM ERROR 11/00, residue
+block the encryption keys do not open  DATA PROTECT 74/01-04, residue (ssc_encryption)
 write protected / WORM overwrite       DATA PROTECT 27/00 / 30/0C
 older medium the drive cannot write    DATA PROTECT 30/05
 medium the drive cannot read           MEDIUM ERROR 30/00
@@ -50,6 +51,7 @@ from tape_formats.cartridge import (
     EndOfMedium,
     RecordKind,
     TapeCartridge,
+    UndecryptableBlock,
     WormOverwrite,
     WriteProtected,
 )
@@ -129,6 +131,7 @@ from vtl.scsi.ssc_cdb import (
     transfer_length,
     verify_as_read6,
 )
+from vtl.scsi.ssc_encryption import DriveEncryption, EncryptionCommands, decrypt_refusal
 from vtl.scsi.ssc_immediate import ImmediateWork
 
 if TYPE_CHECKING:
@@ -172,7 +175,7 @@ def _write6_length(drive: TapeDrive, cdb: bytes) -> int | None:
     return count
 
 
-class TapeDrive(ScsiModel):
+class TapeDrive(EncryptionCommands, ScsiModel):
     """One LTO tape drive (SSC), the data-transfer element of a library drive bay."""
 
     PERIPHERAL_TYPE = 0x01
@@ -214,6 +217,8 @@ class TapeDrive(ScsiModel):
         self._buffered_for: Nexus | None = None  # whose WRITEs are in the write buffer
         # REWIND, LOAD UNLOAD, ERASE with IMMED: the work after the status (ssc_immediate).
         self._immediate = ImmediateWork(self.lock, f"drive{bay.index}")
+        # SSC-4 data encryption: the key lives here, in memory (ssc_encryption).
+        self.encryption = DriveEncryption()
         self._add_pages()
 
     # ------------------------------------------------------------------ pages
@@ -417,6 +422,7 @@ class TapeDrive(ScsiModel):
         self._gen = self.bay.media_generation
         self._cart = None
         self._loaded = True  # a newly inserted cartridge is loaded automatically
+        self.encryption.medium_removed()
         self.tapealert.clear()
         self._reset_traffic()
         if self.bay.barcode is not None:
@@ -447,6 +453,7 @@ class TapeDrive(ScsiModel):
         if not self.identity.can_read(cart.media.name) and cart.media.name in DENSITY:
             self.tapealert.add(TA_UNSUPPORTED_FORMAT)
             raise INCOMPATIBLE_MEDIUM_INSTALLED()
+        cart.set_crypto(self.encryption.settings)
         self._cart = cart
         self._gen = bay.media_generation
         return cart
@@ -733,13 +740,16 @@ class TapeDrive(ScsiModel):
         return None
 
     def _read_failed(self, exc: CorruptRecord | OSError, residue: int, data) -> None:
-        """A damaged record or a failed disk read: MEDIUM ERROR 11/00, never a crash."""
-        log.error("drive %s: read failed: %s", self.bay.index, exc)
-        self.read_errors += 1
-        self.tapealert.update((TA_READ_FAILURE, TA_MEDIA))
+        """A damaged record or a failed disk read: MEDIUM ERROR 11/00, never a crash; a
+        block the encryption key settings refuse: DATA PROTECT 74/xx (ssc_encryption)."""
         cart = self._cart
         if isinstance(exc, CorruptRecord) and cart is not None and cart.position == exc.position:
             cart.position = exc.position + 1  # step past the bad block, as a drive would
+        if isinstance(exc, UndecryptableBlock):
+            raise decrypt_refusal(exc)(information=residue, data=data)
+        log.error("drive %s: read failed: %s", self.bay.index, exc)
+        self.read_errors += 1
+        self.tapealert.update((TA_READ_FAILURE, TA_MEDIA))
         raise UNRECOVERED_READ_ERROR(information=residue, data=data)
 
     @command(Opcode.WRITE_6, "WRITE(6)", "0a 01 ff ff ff 00", pr=PR_WRITE, timeout=600,
@@ -966,6 +976,7 @@ class TapeDrive(ScsiModel):
         self._cart = None
         self._loaded = False
         self._gen = self.bay.media_generation
+        self.encryption.medium_removed()
 
     @command(Opcode.ERASE, "ERASE", "19 03 00 00 00 00", pr=PR_WRITE, timeout=3600)
     def cmd_erase(self, req: Request) -> None:

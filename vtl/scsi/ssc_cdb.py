@@ -172,3 +172,21 @@ def decode_load_unload(cdb: bytes) -> LoadUnload:
     if load and eot:
         raise invalid_field_in_cdb(4, 2)
     return LoadUnload(load, eot)
+
+
+class SecurityProtocol(NamedTuple):
+    """SECURITY PROTOCOL IN / OUT (SPC-4 6.30/6.31): which protocol and page, and the
+    ALLOCATION (IN) or TRANSFER (OUT) LENGTH in bytes."""
+
+    protocol: int
+    specific: int  # SECURITY PROTOCOL SPECIFIC: the page, for tape data encryption
+    length: int
+
+
+def decode_security_protocol(cdb: bytes) -> SecurityProtocol:
+    """Protocol, page and length. INC_512 (lengths in 512-byte units) is refused at byte 4
+    bit 7: the encryption pages are a few dozen bytes."""
+    if cdb[4] & 0x80:
+        raise invalid_field_in_cdb(4, 7)
+    return SecurityProtocol(cdb[1], int.from_bytes(cdb[2:4], "big"),
+                            int.from_bytes(cdb[6:10], "big"))
