@@ -9,15 +9,22 @@ around the mean), same machine, same moment:
    (EBM incremental, restic's next snapshot, GNU tar ``--listed-incremental``);
 3. an incremental with nothing changed (the scan cost: goal < 2 s for 50k files);
 4. single-file restore of one file from the full backup (EBM LOCATEs to its blocks and
-   reports how many tape blocks it read; tar must decompress the stream up to the file).
+   reports how many tape blocks it read; tar must decompress the stream up to the file);
+5. full restore of the full backup into an empty directory.
+
+Peak resident memory: each tool runs in its own process (the EBM in a fresh interpreter that
+runs this script with ``--child``), and ``wait4`` reports that process's peak RSS; the EBM's
+peak during the full backup alone is printed too.
 
 Usage::
 
     .venv/bin/python bench/bench_backup.py                 # 500 MB in 20k files (~1-2 min)
     .venv/bin/python bench/bench_backup.py --size 2G --files 50000   # the issue's reference size
     .venv/bin/python bench/bench_backup.py --size 100M --files 5000 --keep  # quick, keep tmp
+    .venv/bin/python bench/bench_backup.py --small        # 200,000 files of ~100 B in 400 dirs
+    .venv/bin/python bench/bench_backup.py --small --files 50000   # the same shape, fewer files
 
-The EBM runs in-process through its API (the CLI adds only Python start-up). restic runs with
+The EBM runs through its API in a child interpreter (the CLI adds only Python start-up). restic runs with
 a throwaway password in a local repository; ``tar | zstd`` uses ``zstd -T0 -1``.
 """
 
@@ -27,6 +34,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -46,27 +54,36 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
-def generate(root: Path, total: int, nfiles: int, seed: int = 1) -> list[str]:
-    """Half random, half compressible files in a few hundred directories."""
+def generate(root: Path, total: int, nfiles: int, seed: int = 1, ndirs: int | None = None) -> list[str]:
+    """Half random, half compressible files in ``ndirs`` directories (default: a few hundred,
+    each with 7 subdirectories); sizes spread exponentially around the mean."""
     rng = random.Random(seed)
     words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9)))
              for _ in range(2000)]
     mean = max(1, total // nfiles)
-    ndirs = max(1, nfiles // 100)
+    flat = ndirs is not None
+    ndirs = ndirs or max(1, nfiles // 100)
     paths = []
     text_pool = b" ".join(rng.choice(words) for _ in range(400_000))
     rnd_pool = os.urandom(8 << 20)
+    made: set[str] = set()
     for i in range(nfiles):
-        d = root / f"d{i % ndirs:04d}" / f"s{(i // ndirs) % 7}"
-        d.mkdir(parents=True, exist_ok=True)
+        rel_dir = f"d{i % ndirs:04d}" if flat else f"d{i % ndirs:04d}/s{(i // ndirs) % 7}"
+        if rel_dir not in made:
+            os.makedirs(root / rel_dir, exist_ok=True)
+            made.add(rel_dir)
         size = max(0, int(rng.expovariate(1 / mean)))
         size = min(size, 64 * mean)
-        p = d / f"f{i:06d}.{'bin' if i % 2 else 'txt'}"
+        rel = f"{rel_dir}/f{i:07d}.{'bin' if i % 2 else 'txt'}"
         pool = rnd_pool if i % 2 else text_pool
         off = rng.randrange(0, max(1, len(pool) - size)) if size < len(pool) else 0
         data = pool[off:off + size] if size <= len(pool) else (pool * (size // len(pool) + 1))[:size]
-        p.write_bytes(data)
-        paths.append(str(p.relative_to(root)))
+        fd = os.open(root / rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        paths.append(rel)
     return paths
 
 
@@ -93,12 +110,35 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - t0, r
 
 
+PEAK_RSS = {"kb": 0}  # the largest peak RSS of any command run() waited for
+
+
 def run(cmd: list[str] | str, **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, capture_output=True, text=True, shell=isinstance(cmd, str), **kw)
+    """Run a command to the end; its peak RSS (from wait4) raises PEAK_RSS."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, shell=isinstance(cmd, str), **kw)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        PEAK_RSS["kb"] = max(PEAK_RSS["kb"], usage.ru_maxrss)
+        out.seek(0)
+        err.seek(0)
+        r = subprocess.CompletedProcess(cmd, proc.returncode, out.read().decode(errors="replace"),
+                                        err.read().decode(errors="replace"))
     if r.returncode != 0:
         raise SystemExit(f"error: {cmd if isinstance(cmd, str) else ' '.join(cmd)} failed: "
                          f"{r.stderr.strip()[-300:]}")
     return r
+
+
+def run_ebm_child(work: Path, src: Path, probe: str, change_seed_paths: Path) -> dict:
+    """The EBM phases in a fresh interpreter, so its peak RSS is its own."""
+    before = PEAK_RSS["kb"]
+    PEAK_RSS["kb"] = 0
+    r = run([sys.executable, __file__, "--child", str(work), str(src), probe, str(change_seed_paths)])
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out["peak_rss_kb"] = PEAK_RSS["kb"]
+    PEAK_RSS["kb"] = before
+    return out
 
 
 def bench_ebm(work: Path, src: Path, change, probe: str) -> dict:
@@ -122,6 +162,7 @@ def bench_ebm(work: Path, src: Path, change, probe: str) -> dict:
     out: dict = {}
     out["full_s"], b_full = timed(lambda: ebm.backup(
         BackupRequest(dataset="bench", source=src, pool="bench")))
+    out["full_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out["noop_incr_s"], _ = timed(lambda: ebm.backup(BackupRequest(dataset="bench")))
     change()
     out["incr_s"], b_inc = timed(lambda: ebm.backup(BackupRequest(dataset="bench")))
@@ -131,6 +172,8 @@ def bench_ebm(work: Path, src: Path, change, probe: str) -> dict:
                                                    b_full, target, [probe]))
     out["restore1_blocks"] = st.blocks_read
     out["total_blocks"] = b_full.blocks
+    out["restore_s"], _ = timed(lambda: restore(ebm.catalog, ebm.library, load_translator,
+                                                 b_full, work / "ebm-restore-full"))
     ebm.close()
     return out
 
@@ -151,6 +194,8 @@ def bench_restic(work: Path, src: Path, change, probe: str) -> dict:
     out["restore1_s"], _ = timed(lambda: run(
         ["restic", "restore", "-q", first, "--target", str(work / "restic-restore"),
          "--include", f"/{probe}"], env=env))
+    out["restore_s"], _ = timed(lambda: run(
+        ["restic", "restore", "-q", first, "--target", str(work / "restic-restore-full")], env=env))
     return out
 
 
@@ -171,53 +216,98 @@ def bench_tar(work: Path, src: Path, change, probe: str) -> dict:
     (d / "restore").mkdir()
     out["restore1_s"], _ = timed(lambda: run(
         f"zstd -dc {d}/full.tar.zst | tar -C {d}/restore -xf - ./{probe}"))
+    (d / "restore-full").mkdir()
+    out["restore_s"], _ = timed(lambda: run(
+        f"zstd -dc {d}/full.tar.zst | tar -C {d}/restore-full -xf -"))
     return out
 
 
+def child_main(argv: list[str]) -> None:
+    """``--child WORK SRC PROBE PATHS_FILE``: the EBM phases, result as one JSON line."""
+    work, src, probe, paths_file = Path(argv[0]), Path(argv[1]), argv[2], Path(argv[3])
+
+    def change() -> list[str]:
+        return change_one_percent(src, paths_file.read_text().splitlines())
+
+    print(json.dumps(bench_ebm(work, src, change, probe)))
+
+
+def tool_run(tool: str, work: Path, src: Path, paths: list[str], probe: str) -> dict:
+    """One tool's phases on its own copy of the tree, with its peak RSS."""
+    if tool == "ebm":
+        paths_file = work / "paths.txt"
+        paths_file.write_text("\n".join(paths))
+        return run_ebm_child(work, src, probe, paths_file)
+    PEAK_RSS["kb"] = 0
+    fn = {"restic": bench_restic, "tar": bench_tar}[tool]
+    out = fn(work, src, lambda: change_one_percent(src, paths), probe)
+    out["peak_rss_kb"] = PEAK_RSS["kb"]
+    return out
+
+
+def report(results: dict[str, dict], tools: list[str], total: int, nfiles: int) -> None:
+    print(f"tree: {total / 1e6:.0f} MB, {nfiles} files; 1% = {max(1, nfiles // 100)} files changed")
+    print(f"{'':24}" + "".join(f"{t:>14}" for t in tools))
+    rows = [("full backup (s)", "full_s"), ("1% incremental (s)", "incr_s"),
+            ("no-change incr (s)", "noop_incr_s"), ("single-file restore (s)", "restore1_s"),
+            ("full restore (s)", "restore_s")]
+    for label, key in rows:
+        print(f"{label:24}" + "".join(f"{results[t][key]:>14.2f}" for t in tools))
+    print(f"{'stored (MB)':24}" + "".join(f"{results[t]['stored_bytes'] / 1e6:>14.1f}" for t in tools))
+    print(f"{'peak RSS (MB)':24}" + "".join(f"{results[t]['peak_rss_kb'] / 1024:>14.0f}" for t in tools))
+    if "ebm" not in results:
+        return
+    e = results["ebm"]
+    print(f"\nEBM full throughput: {total / e['full_s'] / 1e6:.0f} MB/s, "
+          f"{nfiles / e['full_s']:.0f} files/s; peak RSS during the full backup "
+          f"{e['full_rss_kb'] / 1024:.0f} MB; single-file restore read "
+          f"{e['restore1_blocks']} of {e['total_blocks']} tape blocks")
+    for other in ("restic", "tar"):
+        if other in results:
+            o = results[other]
+            print(f"EBM time / {other} time: full {e['full_s'] / o['full_s']:.2f}, "
+                  f"incremental {e['incr_s'] / o['incr_s']:.2f}, "
+                  f"no-change {e['noop_incr_s'] / o['noop_incr_s']:.2f}, "
+                  f"single-file restore {e['restore1_s'] / o['restore1_s']:.2f}, "
+                  f"full restore {e['restore_s'] / o['restore_s']:.2f}; "
+                  f"peak RSS {e['peak_rss_kb'] / max(1, o['peak_rss_kb']):.2f} (<1: EBM better)")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--child"]:
+        child_main(sys.argv[2:])
+        return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size", default="500M", help="total tree size (e.g. 500M, 2G)")
-    ap.add_argument("--files", type=int, default=20000, help="number of files")
+    ap.add_argument("--size", default=None, help="total tree size (default 500M; --small: files x 100 B)")
+    ap.add_argument("--files", type=int, default=None, help="number of files (default 20000; --small: 200000)")
+    ap.add_argument("--dirs", type=int, default=None,
+                    help="directories holding the files (default: files/100, 7 subdirs each; --small: files/500)")
+    ap.add_argument("--small", action="store_true",
+                    help="many small files: 200,000 of ~100 bytes in 400 directories")
     ap.add_argument("--tmp", default=None, help="work directory (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--only", default="ebm,restic,tar", help="which tools to run")
     args = ap.parse_args()
-    total = parse_size(args.size)
+    nfiles = args.files or (200_000 if args.small else 20_000)
+    total = parse_size(args.size) if args.size else (nfiles * 100 if args.small else parse_size("500M"))
+    ndirs = args.dirs or (max(1, nfiles // 500) if args.small else None)
     work = Path(tempfile.mkdtemp(prefix="ebm-bench-", dir=args.tmp))
     tools = args.only.split(",")
     try:
-        print(f"generating {total / 1e6:.0f} MB in {args.files} files under {work} ...", flush=True)
+        print(f"generating {total / 1e6:.0f} MB in {nfiles} files under {work} ...", flush=True)
         results: dict[str, dict] = {}
         for tool in tools:
             # a fresh identical tree per tool, so each sees the same full/changed states
             src = work / f"src-{tool}"
-            t, paths = timed(lambda src=src: generate(src, total, args.files))
+            t, paths = timed(lambda src=src: generate(src, total, nfiles, ndirs=ndirs))
             probe = paths[len(paths) // 2]
             print(f"  tree for {tool}: {t:.1f}s; running {tool} ...", flush=True)
-            fn = {"ebm": bench_ebm, "restic": bench_restic, "tar": bench_tar}[tool]
-            results[tool] = fn(work, src, lambda src=src, paths=paths: change_one_percent(src, paths), probe)
+            results[tool] = tool_run(tool, work, src, paths, probe)
             shutil.rmtree(src)
-        size_real = total
+            for leftover in work.glob("*restore*"):
+                shutil.rmtree(leftover, ignore_errors=True)  # the restored copies: disk space
         print()
-        print(f"tree: {size_real / 1e6:.0f} MB, {args.files} files; 1% = {max(1, args.files // 100)} files changed")
-        hdr = f"{'':24}" + "".join(f"{t:>14}" for t in tools)
-        print(hdr)
-        rows = [("full backup (s)", "full_s"), ("1% incremental (s)", "incr_s"),
-                ("no-change incr (s)", "noop_incr_s"), ("single-file restore (s)", "restore1_s")]
-        for label, key in rows:
-            print(f"{label:24}" + "".join(f"{results[t][key]:>14.2f}" for t in tools))
-        print(f"{'stored (MB)':24}" + "".join(f"{results[t]['stored_bytes'] / 1e6:>14.1f}" for t in tools))
-        if "ebm" in results:
-            e = results["ebm"]
-            print(f"\nEBM full throughput: {total / e['full_s'] / 1e6:.0f} MB/s; single-file restore read "
-                  f"{e['restore1_blocks']} of {e['total_blocks']} tape blocks")
-            for other in ("restic", "tar"):
-                if other in results:
-                    o = results[other]
-                    print(f"EBM vs {other}: full {o['full_s'] / e['full_s']:.2f}x faster, "
-                          f"incremental {o['incr_s'] / e['incr_s']:.2f}x, "
-                          f"single-file restore {o['restore1_s'] / e['restore1_s']:.2f}x "
-                          "(>1 means the EBM is faster)")
+        report(results, tools, total, nfiles)
         print(json.dumps(results))
     finally:
         if not args.keep:
