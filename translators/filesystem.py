@@ -112,16 +112,18 @@ def _gname(gid: int) -> str:
 _by_name = operator.attrgetter("name")
 
 
+_KINDS = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "dir",
+    stat.S_IFLNK: "symlink",
+    stat.S_IFCHR: "chardev",
+    stat.S_IFBLK: "blockdev",
+    stat.S_IFIFO: "fifo",
+}
+
+
 def _kind_of(mode: int) -> str | None:
-    fmt = stat.S_IFMT(mode)
-    return {
-        stat.S_IFREG: "file",
-        stat.S_IFDIR: "dir",
-        stat.S_IFLNK: "symlink",
-        stat.S_IFCHR: "chardev",
-        stat.S_IFBLK: "blockdev",
-        stat.S_IFIFO: "fifo",
-    }.get(fmt)
+    return _KINDS.get(stat.S_IFMT(mode))
 
 
 def _state_key(st: os.stat_result) -> list[int]:
@@ -215,7 +217,11 @@ def _hash_extents(fd: int, extents: list[tuple[int, int]]) -> str:
     return digest.hexdigest()
 
 
-def _read_extents(fd: int, extents: list[tuple[int, int]], total: int) -> bytearray:
+def _read_extents(fd: int, extents: list[tuple[int, int]], total: int) -> bytes | bytearray:
+    if len(extents) == 1 and extents[0] == (0, total):  # a dense file: one pread, no copy
+        data = os.pread(fd, total, 0)
+        if len(data) == total or not data:
+            return data
     buf = bytearray(total)
     view = memoryview(buf)
     pos = 0

@@ -8,6 +8,7 @@ generic parser here. The layout follows POSIX ``pax`` (ustar header, 'x' extende
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 from .entry import ArchiveCorrupt, ArchiveError
@@ -72,6 +73,12 @@ def split_ustar_name(name: bytes) -> tuple[bytes, bytes] | None:
     return None
 
 
+# name mode uid gid size mtime chksum typeflag linkname magic+version uname gname devmajor
+# devminor prefix pad: one struct call pads (with NULs) and truncates every field.
+_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
+_BLANK_CHKSUM = b"        "
+
+
 def build_ustar(
     *,
     name: bytes,
@@ -89,37 +96,29 @@ def build_ustar(
 ) -> bytes:
     """One 512-byte ustar header. Fields that do not fit are truncated/zeroed: the caller puts
     the true values in a pax 'x' header first."""
-    split = split_ustar_name(name)
-    if split is None:
-        prefix, short = b"", name[:100]
+    if len(name) <= 100:
+        prefix, short = b"", name
     else:
-        prefix, short = split
-    hdr = b"".join((
-        short.ljust(100, b"\x00")[:100],
-        _octal_or_zero(mode & 0o7777777, 8),
-        _octal_or_zero(uid, 8),
-        _octal_or_zero(gid, 8),
-        _octal(size, 12),
-        _octal_or_zero(mtime, 12),
-        b"        ",
-        typeflag,
-        linkname.ljust(100, b"\x00")[:100],
-        b"ustar\x0000",
-        uname.ljust(32, b"\x00")[:32],
-        gname.ljust(32, b"\x00")[:32],
-        _octal_or_zero(devmajor, 8),
-        _octal_or_zero(devminor, 8),
-        prefix.ljust(155, b"\x00")[:155],
-        b"\x00" * 12,
-    ))
+        split = split_ustar_name(name)
+        prefix, short = (b"", name[:100]) if split is None else split
+    hdr = _USTAR.pack(
+        short, _octal_or_zero(mode & 0o7777777, 8), _octal_or_zero(uid, 8),
+        _octal_or_zero(gid, 8), _octal(size, 12), _octal_or_zero(mtime, 12), _BLANK_CHKSUM,
+        typeflag, linkname, b"ustar\x0000", uname, gname, _octal_or_zero(devmajor, 8),
+        _octal_or_zero(devminor, 8), prefix,
+    )
     return b"%s%06o\x00 %s" % (hdr[:148], sum(hdr), hdr[156:])
+
+
+_POWERS_OF_TEN = tuple(10**i for i in range(40))
 
 
 def pax_record(key: bytes, value: bytes) -> bytes:
     """One ``"<len> <key>=<value>\\n"`` record; ``len`` counts itself."""
     n = len(key) + len(value) + 3  # " ", "=", "\\n"
-    total = n + len(str(n))
-    if len(str(total)) > len(str(n)):
+    digits = len(str(n))
+    total = n + digits
+    if total >= _POWERS_OF_TEN[digits]:  # adding the length made the length one digit longer
         total += 1
     return b"%d %s=%s\n" % (total, key, value)
 
@@ -153,11 +152,11 @@ def parse_pax_records(data: bytes) -> list[tuple[bytes, bytes]]:
 
 def format_pax_time(ns: int) -> bytes:
     """Nanoseconds since the epoch as a pax decimal time value (``"1700000000.5"``)."""
-    sign = "-" if ns < 0 else ""
-    secs, frac = divmod(abs(ns), NS)
+    secs, frac = divmod(ns if ns >= 0 else -ns, NS)
+    sign = b"-" if ns < 0 else b""
     if frac == 0:
-        return f"{sign}{secs}".encode()
-    return f"{sign}{secs}.{frac:09d}".rstrip("0").encode()
+        return b"%s%d" % (sign, secs)
+    return (b"%s%d.%09d" % (sign, secs, frac)).rstrip(b"0")
 
 
 def parse_pax_time(value: bytes) -> int:

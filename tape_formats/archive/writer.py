@@ -219,7 +219,8 @@ class PaxWriter:
             records.append(record(b"uname", uname_b))
         if len(gname_b) > 32 or not gname_b.isascii():
             records.append(record(b"gname", gname_b))
-        if records and not all(_is_utf8(b) for b in (path_b, link_b, uname_b, gname_b)):
+        if records and not (path_b + link_b + uname_b + gname_b).isascii() and not all(
+                _is_utf8(b) for b in (path_b, link_b, uname_b, gname_b)):
             # POSIX: path/linkpath/uname/gname values are UTF-8 unless this record says they
             # are raw bytes (a Linux name that is not UTF-8); GNU tar and Python read it.
             records.insert(0, record(b"hdrcharset", b"BINARY"))
@@ -231,9 +232,10 @@ class PaxWriter:
             records.append(record(b"atime", pax.format_pax_time(entry.atime_ns)))
         if entry.ctime_ns is not None:
             records.append(record(b"ctime", pax.format_pax_time(entry.ctime_ns)))
-        if entry.xattrs:
-            for name in sorted(entry.xattrs):
-                records.append(record(b"SCHILY.xattr." + fsencode(name), bytes(entry.xattrs[name])))
+        xattrs = entry.xattrs
+        if xattrs:
+            for name in sorted(xattrs):
+                records.append(record(b"SCHILY.xattr." + fsencode(name), bytes(xattrs[name])))
         ustar = pax.build_ustar(
             name=tar_name, mode=entry.mode, uid=uid, gid=gid,
             size=stored_size, mtime=mtime_s, typeflag=typeflag,
