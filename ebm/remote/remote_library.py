@@ -222,9 +222,10 @@ class RemoteElement:
 class RemoteBay:
     """One drive of the remote library: its LUN, what it holds, its mounted cartridge."""
 
-    def __init__(self, library: RemoteLibrary, index: int, address: int, lun: int) -> None:
+    def __init__(self, library: RemoteLibrary, index: int, address: int, lun: int,
+                 tape: TapeDevice | None = None) -> None:
         self.library, self.index, self.address, self.lun = library, index, address, lun
-        self.tape = TapeDevice(library.transport, lun, f"drive {index} (LUN {lun})")
+        self.tape = tape or TapeDevice(library.transport, lun, f"drive {index} (LUN {lun})")
         self.barcode: str | None = None
         self.cartridge: RemoteCartridge | None = None
 
@@ -254,7 +255,9 @@ class RemoteLibrary:
 
     def __init__(self, transport: Transport, *, changer_lun: int = 0,
                  drive_luns: list[int] | None = None, key: int | None = None,
-                 name: str = "remote library") -> None:
+                 name: str = "remote library", tapes: list[TapeDevice] | None = None) -> None:
+        """``tapes``: the drives' devices in element-address order, when they are not LUNs
+        of ``transport`` (kernel devices: ``RemoteLibrary.kernel``)."""
         self.transport = transport
         self.name = name
         self.changer = ChangerDevice(transport, changer_lun, "changer")
@@ -263,10 +266,13 @@ class RemoteLibrary:
         self.refresh()
         drives = sorted((e for e in self._elements if e.type == ElementType.DATA_TRANSFER),
                         key=lambda e: e.address)
-        if drive_luns is None:
-            drive_luns = self._drive_luns(drives, changer_lun)
-        self.bays = [RemoteBay(self, i, d.address, lun)
-                     for i, (d, lun) in enumerate(zip(drives, drive_luns, strict=False))]
+        if tapes is not None:
+            self.bays = [RemoteBay(self, i, d.address, 0, tape)
+                         for i, (d, tape) in enumerate(zip(drives, tapes, strict=False))]
+        else:
+            luns = drive_luns if drive_luns is not None else self._drive_luns(drives, changer_lun)
+            self.bays = [RemoteBay(self, i, d.address, lun)
+                         for i, (d, lun) in enumerate(zip(drives, luns, strict=False))]
         self.claimed: set[int] = set()
 
     @classmethod
@@ -282,6 +288,21 @@ class RemoteLibrary:
             ini.close()
             raise RemoteError(str(e)) from None
         except OSError as e:
+            raise RemoteError(str(e)) from None
+
+    @classmethod
+    def kernel(cls, changer: str, drives: list[str], *, initiator_name: str) -> RemoteLibrary:
+        """A kernel-attached library: the changer's node (``/dev/sch0`` or its ``/dev/sgN``)
+        and the drives' ``/dev/nstN`` in element-address order."""
+        from ebm.remote.kernel_devices import SgTransport, StTape
+
+        try:
+            tapes = [StTape(path) for path in drives]
+            return cls(SgTransport(changer), key=reservation_key(initiator_name),
+                       name=changer, tapes=tapes)  # type: ignore[arg-type]
+        except OSError as e:
+            raise RemoteError(f"{e.filename or changer}: {e.strerror}") from None
+        except ScsiError as e:
             raise RemoteError(str(e)) from None
 
     def _drive_luns(self, drives: list[Element], changer_lun: int) -> list[int]:
