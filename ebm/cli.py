@@ -29,6 +29,7 @@ from vtl.access import apply_umask
 from vtl.cli.errors import EPILOG, CliError, OperationFailed
 from vtl.cli.formatting import human_duration, human_size, human_time
 from vtl.cli.group import OneLineErrorsGroup
+from vtl.cli.version import version_option
 from vtl.config import default_root
 
 if TYPE_CHECKING:
@@ -132,6 +133,8 @@ def main(
     initiator_name: str = typer.Option(None, "--initiator-name",
                                        help="with --library: our iSCSI initiator name"),
     digests: bool = typer.Option(False, "--digests", help="with --library: CRC32C digests"),
+    _version: bool = typer.Option(False, "--version", is_eager=True,
+                                  callback=version_option("ebm"), help="print the version and exit"),
 ) -> None:
     S.root = root or default_root()
     S.json = json_out

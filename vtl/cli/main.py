@@ -36,6 +36,7 @@ from vtl.cli.common import (
 )
 from vtl.cli.errors import EPILOG
 from vtl.cli.group import OneLineErrorsGroup
+from vtl.cli.version import version_option
 from vtl.config import DEFAULT_ROOT, ROOT_ENV, LibraryConfig
 
 app = typer.Typer(
@@ -55,7 +56,7 @@ app.add_typer(mailslot_app, name="mailslot")
 app.add_typer(pool_app, name="pool")
 
 # Modules that add commands with register(app); missing ones are skipped.
-OPTIONAL_COMMANDS = ("vtl.cli.serve", "vtl.cli.catalog", "vtl.cli.lio")
+OPTIONAL_COMMANDS = ("vtl.cli.serve", "vtl.cli.catalog", "vtl.cli.lio", "vtl.cli.service")
 
 
 @app.callback()
@@ -67,6 +68,9 @@ def _global(
                      show_default=True),
     ] = Path(DEFAULT_ROOT),
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    _version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=version_option("vtl"),
+        help="Print the version and exit.")] = False,
 ) -> None:
     ctx.obj = Settings(root=root, json=json_out)
     apply_umask(root)  # files made from here on: the owner's only, or the library group's

@@ -8,7 +8,9 @@ command runs, not when ``vtl`` starts.
 Only one server may serve a data directory at a time: an exclusive ``flock`` on
 ``<root>/serve.lock`` (which also records the pid) refuses a second one with one line. On
 SIGTERM or SIGINT the server stops listening, lets in-flight commands finish, closes the
-sessions, syncs and closes every mounted cartridge, and exits 0.
+sessions, syncs and closes every mounted cartridge, and exits 0. Log lines go to stderr, with
+their own timestamps on a terminal and without in the journal (:mod:`vtl.logs`);
+``vtl service install`` writes the systemd unit that runs this (:mod:`vtl.service`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import logging
 import os
 import re
 import signal
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -27,6 +28,7 @@ import typer
 from vtl.cli.common import CliError, settings
 from vtl.cli.errors import OperationFailed
 from vtl.cli.secrets import secret_option
+from vtl.logs import configure as configure_logging
 
 if TYPE_CHECKING:
     from vtl.iscsi.chap import ChapCredentials
@@ -78,8 +80,7 @@ def setup_logging(log_level: str) -> None:
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         raise CliError(f"invalid log level {log_level!r}")
-    logging.basicConfig(level=level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(level)  # the journal's format when run by systemd (vtl.logs)
 
 
 def _credentials(user: str, secret: str, what: str) -> ChapCredentials | None:
