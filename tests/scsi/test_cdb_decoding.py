@@ -85,7 +85,7 @@ def test_every_data_out_command_declares_its_length():
     """The commands that take Data-Out say how much with their @command; the rest none."""
     takes_data = {Opcode.WRITE_6, Opcode.MODE_SELECT_6, Opcode.MODE_SELECT_10,
                   Opcode.LOG_SELECT, Opcode.PERSISTENT_RESERVE_OUT, Opcode.WRITE_ATTRIBUTE,
-                  Opcode.SECURITY_PROTOCOL_OUT}
+                  Opcode.SECURITY_PROTOCOL_OUT, Opcode.SEND_DIAGNOSTIC}
     assert set(TapeDrive._data_out) == takes_data
 
 

@@ -488,7 +488,7 @@ def test_mode_pages(drv):
 
 def test_log_pages(drv):
     d = good(drv, 0x4D, 0, 0, 0, 0, 0, 0, 0, 255, 0)
-    assert d[4:] == bytes([0x00, 0x02, 0x03, 0x0C, 0x2E, 0x31])
+    assert d[4:] == bytes([0x00, 0x02, 0x03, 0x0C, 0x17, 0x2E, 0x31])
     write(drv, b"z" * 1000)
     d = good(drv, 0x4D, 0, 0x40 | 0x0C, 0, 0, 0, 0, 1, 0, 0)
     assert int.from_bytes(d[4:6], "big") == 0 and int.from_bytes(d[8:16], "big") == 1000

@@ -16,6 +16,8 @@ IBM-TD7            IBM       ULT3580-TD7       J4D1  LTO-7, LTO-6 (LTO-5..7)
 IBM-TD8 (default)  IBM       ULT3580-TD8       K4K1  LTO-8, LTO-7 (LTO-7..8)
 IBM-TD9            IBM       ULT3580-TD9       N9M1  LTO-9, LTO-8 (LTO-8..9)
 HP-LTO8            HP        Ultrium 8-SCSI    Q3B7  LTO-8, LTO-7 (LTO-7..8)
+HPE-LTO8           HPE       Ultrium 8-SCSI    Q3B7  LTO-8, LTO-7 (LTO-7..8)
+HPE-LTO9           HPE       Ultrium 9-SCSI    Q3B7  LTO-9, LTO-8 (LTO-8..9)
 HP-LTO7            HP        Ultrium 7-SCSI    P3CW  LTO-7, LTO-6 (LTO-5..7)
 =================  ========  ================  ====  =====================================
 
@@ -31,7 +33,10 @@ IBM-03584              IBM       03584L32          F360  IBM TS3500/TS4500 famil
 
 Names are matched ignoring case, spaces and punctuation; the product string (``ULT3580-TD8``,
 ``3573-TL``) and vendor plus product (``IBM-ULT3580-TD8``, ``HP Ultrium 8-SCSI``, the form
-``library.toml`` uses) are accepted too.
+``library.toml`` uses) are accepted too; ``Ultrium 8-SCSI`` alone is HP-LTO8. HPE drives of
+LTO-8 and later say ``HPE`` where older ones said ``HP``, and IBM's LTFS accepts an LTO-8/9
+HPE drive only by that vendor string: HPE-LTO8 is what such a drive reports, HP-LTO8 stays
+as it was for configurations that name it.
 """
 
 from __future__ import annotations
@@ -120,6 +125,20 @@ def _ibm_td(gen: int, revision: str, writes: tuple[int, ...], reads: tuple[int, 
     )
 
 
+def _hpe(gen: int, writes: tuple[str, ...], reads: tuple[str, ...]) -> DriveIdentity:
+    return DriveIdentity(
+        name=f"HPE-LTO{gen}",
+        vendor="HPE",
+        product=f"Ultrium {gen}-SCSI",
+        revision="Q3B7",
+        description=f"HPE StoreEver LTO-{gen} Ultrium (vendor string HPE)",
+        ieee_oui=0x001438,
+        generation=gen,
+        write_media=writes,
+        read_media=reads,
+    )
+
+
 DRIVES: dict[str, DriveIdentity] = {
     d.name: d
     for d in (
@@ -139,6 +158,8 @@ DRIVES: dict[str, DriveIdentity] = {
             write_media=("LTO-8", "LTO-7"),
             read_media=("LTO-8", "LTO-7"),
         ),
+        _hpe(8, ("LTO-8", "LTO-7"), ("LTO-8", "LTO-7")),
+        _hpe(9, ("LTO-9", "LTO-8"), ("LTO-9", "LTO-8")),
         DriveIdentity(
             name="HP-LTO7",
             vendor="HP",

@@ -26,7 +26,9 @@ class Opcode(enum.IntEnum):
     RESERVE_6 = 0x16
     RELEASE_6 = 0x17
     MODE_SENSE_6 = 0x1A
+    SEND_DIAGNOSTIC = 0x1D
     PREVENT_ALLOW_MEDIUM_REMOVAL = 0x1E
+    READ_BUFFER = 0x3C
     LOG_SELECT = 0x4C
     LOG_SENSE = 0x4D
     MODE_SELECT_10 = 0x55

@@ -131,8 +131,11 @@ from vtl.scsi.ssc_cdb import (
     transfer_length,
     verify_as_read6,
 )
+from vtl.scsi.ssc_diagnostics import DiagnosticCommands
 from vtl.scsi.ssc_encryption import DriveEncryption, EncryptionCommands, decrypt_refusal
 from vtl.scsi.ssc_immediate import ImmediateWork
+from vtl.scsi.ssc_protection import ControlDataProtectionPage
+from vtl.scsi.ssc_volume_pages import device_configuration_extension, volume_statistics
 
 if TYPE_CHECKING:
     from vtl.library import DriveBay
@@ -175,7 +178,7 @@ def _write6_length(drive: TapeDrive, cdb: bytes) -> int | None:
     return count
 
 
-class TapeDrive(EncryptionCommands, ScsiModel):
+class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
     """One LTO tape drive (SSC), the data-transfer element of a library drive bay."""
 
     PERIPHERAL_TYPE = 0x01
@@ -248,6 +251,11 @@ class TapeDrive(EncryptionCommands, ScsiModel):
         dc_mask[12] = 0xFF
         self.add_mode_page(ModePage(0x10, bytes(dc), bytes(dc_mask),
                                     on_change=self._devconf_changed, name="device configuration"))
+        # 0x10/0x01 device configuration extension (LTFS cannot do without it).
+        self.add_mode_page(device_configuration_extension())
+        # 0x0A/0xF0 control data protection: logical block protection (ssc_protection).
+        self.protection = ControlDataProtectionPage()
+        self.add_mode_page(self.protection)
         # 0x11 medium partition: one partition, sizes in GB (PSUM 11b, units 10^9).
         self.add_mode_page(_PartitionPage(self))
         # 0x1D medium configuration: WORMM reflects the loaded cartridge (SSC-3 8.3.7).
@@ -267,6 +275,7 @@ class TapeDrive(EncryptionCommands, ScsiModel):
         self.add_log_page(LogPage(0x2E, self._tapealert_params, name="TapeAlert",
                                   after_read=self.tapealert.clear, reset=self.tapealert.clear))
         self.add_log_page(LogPage(0x31, self._capacity_params, name="tape capacity"))
+        self.add_log_page(volume_statistics(lambda: self._cart))
 
     @property
     def compression(self) -> bool:
@@ -594,7 +603,10 @@ class TapeDrive(EncryptionCommands, ScsiModel):
         with SILI (SSC-4: READ(6) in variable mode)."""
         buf = self._buffer(count)
         try:
-            r = cart.read_block(buf, own=True)
+            if self.protection.read:  # the block with its CRC32C appended (ssc_protection)
+                r = self.protection.read_block(cart, buf)
+            else:
+                r = cart.read_block(buf, own=True)
         except (CorruptRecord, OSError) as exc:
             return self._read_failed(exc, count, b"")
         if r.kind == RecordKind.DATA:
@@ -620,7 +632,8 @@ class TapeDrive(EncryptionCommands, ScsiModel):
         for i in range(count):
             chunk = buf[i * bs : (i + 1) * bs]
             try:
-                r = cart.read_block(chunk)
+                r = self.protection.read_block(cart, chunk) if self.protection.read else \
+                    cart.read_block(chunk)
             except (CorruptRecord, OSError) as exc:
                 return self._read_failed(exc, count - i, buf[: i * bs])
             if r.kind == RecordKind.DATA:
@@ -645,7 +658,7 @@ class TapeDrive(EncryptionCommands, ScsiModel):
         ``length``, nothing pending for ``nexus``. None otherwise, with nothing changed, and
         the command goes through ``execute``: the same answer either way, but filemarks,
         ILI, errors, UAs and reservations live in one place only (``cmd_read6``)."""
-        if streaming_read_length(cdb) != length:
+        if streaming_read_length(cdb) != length or self.protection.active:
             return None
         with self.lock:
             cart = self._stream_cart(nexus, PR_READ)
@@ -668,7 +681,7 @@ class TapeDrive(EncryptionCommands, ScsiModel):
         ``nexus``. False otherwise, with nothing changed, and the command goes through
         ``execute`` (``cmd_write6`` handles every other case and every error)."""
         n = len(data)
-        if streaming_write_length(cdb) != n or n > MAX_BLOCK:
+        if streaming_write_length(cdb) != n or n > MAX_BLOCK or self.protection.active:
             return False
         with self.lock:
             cart = self._stream_cart(nexus, PR_WRITE)
@@ -780,6 +793,9 @@ class TapeDrive(EncryptionCommands, ScsiModel):
             raise PARAMETER_LIST_LENGTH_ERROR()
         if len(data) > count:
             data = memoryview(data)[:count]
+        if self.protection.write:  # check and drop the block's CRC32C (ssc_protection)
+            data = self.protection.strip(memoryview(data))
+            count = len(data)
         try:
             if self._buffer_block(cart, req.nexus, data, compress):
                 return
@@ -805,11 +821,14 @@ class TapeDrive(EncryptionCommands, ScsiModel):
         data = memoryview(req.data_out)
         if len(data) < total:
             raise PARAMETER_LIST_LENGTH_ERROR()
+        blocks = [data[i * bs : (i + 1) * bs] for i in range(count)]
+        if self.protection.write:  # every block's CRC32C checks before any is written
+            blocks = [self.protection.strip(b) for b in blocks]
         self._flush_writes(cart, req.nexus)
         early = False
         for i in range(count):
             try:
-                res = cart.write_block(data[i * bs : (i + 1) * bs], compress=compress)
+                res = cart.write_block(blocks[i], compress=compress)
             except (CartridgeError, OSError) as exc:
                 self.bytes_written += i * bs
                 raise self._write_error(exc, count - i) from None
