@@ -16,6 +16,7 @@ APT_PACKAGES=(
   busybox-static        # the guest's userland
   cpio                  # packs the guest's initramfs
   mt-st mtx sg3-utils   # the guest's tape tools (copied into the initramfs)
+  stenc                 # drive encryption from the guest (SECURITY PROTOCOL IN/OUT)
   tar zstd              # GNU tar in the guest; tar | zstd as a backup peer
   restic                # backup benchmark peer
   sqlite3               # inspecting catalogs by hand

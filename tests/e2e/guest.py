@@ -50,8 +50,10 @@ TOOLS = (
     "/usr/bin/sg_raw",
     "/usr/bin/sg_requests",
     "/usr/bin/sg_reset",
+    "/usr/bin/stenc",  # tape data encryption (skipped when the host lacks it)
 )
-TOOL_PACKAGES = ("busybox-static", "dash", "mt-st", "mtx", "tar", "coreutils", "sg3-utils")
+TOOL_PACKAGES = ("busybox-static", "dash", "mt-st", "mtx", "tar", "coreutils", "sg3-utils",
+                 "stenc")
 BUSYBOX = "/bin/busybox"
 
 INIT_SCRIPT = r"""#!/bin/busybox sh
