@@ -9,8 +9,11 @@ TCP connection cut in the middle of a backup.
 from __future__ import annotations
 
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,7 @@ from tcp_proxy import CuttableProxy
 
 from ebm.remote.ebm_host import RemoteSpec
 from ebm.remote.initiator import Initiator
-from ebm.remote.scsi_client import ReservationConflict, TapeDevice
+from ebm.remote.scsi_client import ReservationConflict, ScsiDevice, TapeDevice
 
 IQN = "iqn.2026-11.org.vtl-ebm:remote-test"
 _FIRST_BACKUP: dict[str, Path] = {}  # what the in-process restore test checks
@@ -48,6 +51,21 @@ def remote_ebm(served: Served, catalog: Path, *args: str, port: int | None = Non
     if check:
         assert r.returncode == 0, r.stderr
     return r
+
+
+def make_pool(served: Served, catalog: Path, pool: str, *barcodes: str,
+              port: int | None = None) -> None:
+    """`ebm pool create` + `ebm pool add`, in this process (each CLI run costs a start-up)."""
+    from ebm.manager import Ebm
+
+    spec = RemoteSpec.from_options(f"iscsi://127.0.0.1:{port or served.port}/{IQN}")
+    ebm = Ebm(catalog, remote=spec)
+    try:
+        ebm.catalog.create_pool(pool)
+        ebm.library  # noqa: B018 - the changer's barcodes into the local catalog
+        ebm.catalog.add_to_pool(pool, *barcodes)
+    finally:
+        ebm.close()
 
 
 def test_backup_restore_verify_rebuild_over_iscsi(served: Served, tmp_path: Path):
@@ -112,8 +130,7 @@ def test_connection_cut_mid_backup_is_settled_by_read_position(served: Served, t
     write_tree(src, {f"d/f{i}": os.urandom(256 << 10) for i in range(10)})  # 2.5 MiB
     proxy = CuttableProxy(served.port, cut_after=1 << 20)
     try:
-        remote_ebm(served, cat, "pool", "create", "p", port=proxy.port)
-        remote_ebm(served, cat, "pool", "add", "p", "R00005L8", "R00006L8", port=proxy.port)
+        make_pool(served, cat, "p", "R00005L8", "R00006L8", port=proxy.port)
         r = remote_ebm(served, cat, "backup", "data", "--source", str(src), "--pool", "p",
                        port=proxy.port, check=False)
         assert proxy.cuts == 1
@@ -128,6 +145,40 @@ def test_connection_cut_mid_backup_is_settled_by_read_position(served: Served, t
         remote_ebm(served, cat, "verify", "data", port=proxy.port)
     finally:
         proxy.close()
+
+
+def test_killed_backup_leaves_a_reservation_the_next_job_preempts(served: Served, tmp_path: Path):
+    """SIGKILL mid-backup: the dead job's reservation stays on the target (it is persistent);
+    the next EBM process on this host sees the holder's pid is gone, preempts it, marks the
+    job failed and backs up again."""
+    src, cat = tmp_path / "src", tmp_path / "ebm-catalog"
+    write_tree(src, {f"d/f{i}": os.urandom(256 << 10) for i in range(12)})
+    make_pool(served, cat, "k", "R00007L8", "R00008L8")
+    url = f"iscsi://127.0.0.1:{served.port}/{IQN}"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "ebm", "--library", url, "--catalog", str(cat),
+                             "backup", "k", "--source", str(src), "--pool", "k"],
+                            env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        with sqlite3.connect(cat / "catalog.sqlite") as db:
+            busy = db.execute("SELECT count(*) FROM ebm_media WHERE busy IS NOT NULL").fetchone()[0]
+        if busy:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    watcher = Initiator("127.0.0.1", served.port, IQN, initiator_name="iqn.2026-11.org.example:w")
+    with watcher:
+        drives = [ScsiDevice(watcher, lun, f"LUN {lun}") for lun in (1, 2)]
+        assert any(d.reservation() for d in drives)  # the dead job's, still there
+        r = remote_ebm(served, cat, "backup", "k", "--source", str(src), "--pool", "k")
+        assert "backup" in r.stdout
+        assert not any(d.reservation() for d in drives)  # preempted, then released
+    assert "failed" in remote_ebm(served, cat, "list", "--all").stdout  # the killed job
+    out = tmp_path / "out"
+    remote_ebm(served, cat, "restore", "k", "--to", str(out))
+    assert manifest(out) == manifest(src)
 
 
 def test_backup_written_over_iscsi_restores_in_process(served: Served, tmp_path: Path):
