@@ -26,6 +26,14 @@ Example::
     [iscsi]
     portal = "127.0.0.1:3260"
     target_iqn = "iqn.2026-01.org.vtl-ebm:vtl"
+
+    # One table per initiator allowed in (``vtl target acl add``); with any, only these log in.
+    [acl."iqn.1994-05.com.redhat:backup1"]
+    chap_user = "backup1"          # its own CHAP (else the [iscsi] one, if any)
+    chap_secret = "..."
+    mutual_user = ""               # its own mutual CHAP (else the [iscsi] one)
+    mutual_secret = ""
+    luns = [0, 1]                  # the LUNs it sees (absent: all)
 """
 
 from __future__ import annotations
@@ -94,6 +102,62 @@ class IscsiConfig:
 
 
 @dataclass
+class InitiatorAcl:
+    """What one initiator may do on the target: log in (with its own CHAP and mutual CHAP
+    credentials, when set, instead of the library's), and see which LUNs (None: all)."""
+
+    chap_user: str = ""
+    chap_secret: str = ""
+    mutual_user: str = ""
+    mutual_secret: str = ""
+    luns: tuple[int, ...] | None = None
+
+    def validate(self, iqn: str) -> None:
+        if not _IQN_RE.match(iqn):
+            raise ConfigError(f"invalid initiator name {iqn!r} in [acl]")
+        for key in ("chap_user", "chap_secret", "mutual_user", "mutual_secret"):
+            if not isinstance(getattr(self, key), str):
+                raise ConfigError(f"acl {iqn}: {key} must be a string")
+        for user, secret, what in ((self.chap_user, self.chap_secret, "chap"),
+                                   (self.mutual_user, self.mutual_secret, "mutual")):
+            if bool(user) != bool(secret):
+                raise ConfigError(f"acl {iqn}: {what}_user and {what}_secret go together")
+            if secret and not 12 <= len(secret) <= 255:
+                raise ConfigError(f"acl {iqn}: {what}_secret must be 12 to 255 characters")
+        if self.mutual_user and not self.chap_user:
+            raise ConfigError(f"acl {iqn}: mutual CHAP needs its chap_user/chap_secret too")
+        if self.luns is not None and (
+            not isinstance(self.luns, tuple)
+            or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 16384
+                       for n in self.luns)):
+            raise ConfigError(f"acl {iqn}: luns must be a list of LUN numbers")
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {k: getattr(self, k) for k in
+                               ("chap_user", "chap_secret", "mutual_user", "mutual_secret")}
+        if self.luns is not None:
+            doc["luns"] = list(self.luns)
+        return doc
+
+    @classmethod
+    def from_dict(cls, iqn: str, doc: Any) -> InitiatorAcl:
+        if not isinstance(doc, dict):
+            raise ConfigError(f"acl {iqn!r} must be a table")
+        known = {f.name for f in fields(cls)}
+        for key in doc:
+            if key not in known:
+                raise ConfigError(f"unknown setting acl.{iqn!r}.{key}")
+        doc = dict(doc)
+        if "luns" in doc:
+            if not isinstance(doc["luns"], list):
+                raise ConfigError(f"acl {iqn}: luns must be a list of LUN numbers")
+            doc["luns"] = tuple(doc["luns"])
+        acl = cls(**doc)
+        acl.validate(iqn)
+        return acl
+
+
+@dataclass
 class LibraryConfig:
     """One library: a changer, ``drives`` drives, ``slots`` slots and ``mailslots`` mailslots."""
 
@@ -111,6 +175,8 @@ class LibraryConfig:
     drive_base: int = 256
     slot_base: int = 1024
     iscsi: IscsiConfig = field(default_factory=IscsiConfig)
+    # Per-initiator access, by initiator IQN (``[acl."IQN"]`` tables; see InitiatorAcl).
+    acls: dict[str, InitiatorAcl] = field(default_factory=dict)
 
     # ---- derived identities -------------------------------------------------------------
     def drive_serial(self, index: int) -> str:
@@ -170,6 +236,8 @@ class LibraryConfig:
             raise ConfigError("iscsi chap_user and chap_secret must be set together")
         if bool(self.iscsi.mutual_user) != bool(self.iscsi.mutual_secret):
             raise ConfigError("iscsi mutual_user and mutual_secret must be set together")
+        for iqn, acl in self.acls.items():
+            acl.validate(iqn)
         return self
 
     # ---- (de)serialisation ----------------------------------------------------------------
@@ -195,6 +263,8 @@ class LibraryConfig:
             "slots": self.slot_base,
         }
         doc["iscsi"] = {f.name: getattr(self.iscsi, f.name) for f in fields(IscsiConfig)}
+        if self.acls:
+            doc["acl"] = {iqn: acl.to_dict() for iqn, acl in sorted(self.acls.items())}
         return doc
 
     @classmethod
@@ -203,8 +273,10 @@ class LibraryConfig:
         doc = dict(doc)
         addresses = doc.pop("addresses", {}) or {}
         iscsi = doc.pop("iscsi", {}) or {}
-        if not isinstance(addresses, dict) or not isinstance(iscsi, dict):
-            raise ConfigError("[addresses] and [iscsi] must be tables")
+        acl_tables = doc.pop("acl", {}) or {}
+        if not all(isinstance(t, dict) for t in (addresses, iscsi, acl_tables)):
+            raise ConfigError("[addresses], [iscsi] and [acl] must be tables")
+        acls = {iqn: InitiatorAcl.from_dict(iqn, t) for iqn, t in acl_tables.items()}
         top = {"name", "drives", "slots", "mailslots", "media", "changer_model", "drive_model",
                "serial_prefix"}
         for key in doc:
@@ -224,7 +296,7 @@ class LibraryConfig:
                 raise ConfigError(f"iscsi.{key} must be a string")
         kwargs = dict(doc)
         kwargs.update({addr_keys[k]: v for k, v in addresses.items()})
-        return cls(**kwargs, iscsi=IscsiConfig(**iscsi)).validate()
+        return cls(**kwargs, iscsi=IscsiConfig(**iscsi), acls=acls).validate()
 
     @classmethod
     def load(cls, root: Path) -> LibraryConfig:
@@ -310,6 +382,8 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, str):
         escaped = (
             value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -320,15 +394,19 @@ def _toml_value(value: Any) -> str:
 
 
 def dumps_toml(doc: dict[str, Any]) -> str:
-    """Write a one-level-nested dict of scalars as TOML (enough for library.toml)."""
+    """Write a dict of scalars, lists of scalars, tables and tables of tables (``[acl."IQN"]``)
+    as TOML (enough for library.toml)."""
     lines: list[str] = []
     tables = {k: v for k, v in doc.items() if isinstance(v, dict)}
     for key, value in doc.items():
         if not isinstance(value, dict):
             lines.append(f"{key} = {_toml_value(value)}")
     for name, table in tables.items():
-        lines.append("")
-        lines.append(f"[{name}]")
-        for key, value in table.items():
-            lines.append(f"{key} = {_toml_value(value)}")
+        subtables = {k: v for k, v in table.items() if isinstance(v, dict)}
+        if len(subtables) < len(table) or not table:
+            lines += ["", f"[{name}]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if k not in subtables]
+        for sub, values in subtables.items():
+            lines += ["", f"[{name}.{_toml_value(sub)}]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
     return "\n".join(lines) + "\n"

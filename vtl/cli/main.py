@@ -56,7 +56,8 @@ app.add_typer(mailslot_app, name="mailslot")
 app.add_typer(pool_app, name="pool")
 
 # Modules that add commands with register(app); missing ones are skipped.
-OPTIONAL_COMMANDS = ("vtl.cli.serve", "vtl.cli.catalog", "vtl.cli.lio", "vtl.cli.service")
+OPTIONAL_COMMANDS = ("vtl.cli.serve", "vtl.cli.catalog", "vtl.cli.lio", "vtl.cli.service",
+                     "vtl.cli.target")
 
 
 @app.callback()

@@ -8,7 +8,9 @@ command runs, not when ``vtl`` starts.
 Only one server may serve a data directory at a time: an exclusive ``flock`` on
 ``<root>/serve.lock`` (which also records the pid) refuses a second one with one line. On
 SIGTERM or SIGINT the server stops listening, lets in-flight commands finish, closes the
-sessions, syncs and closes every mounted cartridge, and exits 0. Log lines go to stderr, with
+sessions, syncs and closes every mounted cartridge, and exits 0. SIGHUP re-reads the ACLs of
+library.toml and applies them without a restart (:mod:`vtl.iscsi.admin`); live sessions are
+published in ``<root>/serve-status.json`` (:mod:`vtl.serve_status`) for ``vtl target sessions``. Log lines go to stderr, with
 their own timestamps on a terminal and without in the journal (:mod:`vtl.logs`);
 ``vtl service install`` writes the systemd unit that runs this (:mod:`vtl.service`).
 """
@@ -25,17 +27,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from vtl import serve_status
 from vtl.cli.common import CliError, settings
 from vtl.cli.errors import OperationFailed
 from vtl.cli.secrets import secret_option
 from vtl.logs import configure as configure_logging
+from vtl.serve_status import LOCK_NAME
 
 if TYPE_CHECKING:
     from vtl.iscsi.chap import ChapCredentials
     from vtl.iscsi.config import ServerConfig
     from vtl.iscsi.target import IscsiTarget
 
-LOCK_NAME = "serve.lock"
 DEFAULT_PORT = 3260
 _PORTAL_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+))(?::(?P<port>\d{1,5}))?$")
 
@@ -162,7 +165,7 @@ def serve(
         devices = build_device_set(library)
         target = TargetConfig(
             iqn=cfg.target_iqn, devices=devices, alias=library.config.name,
-            allowed_initiators=frozenset(allow_initiator or ()),
+            allowed_initiators=frozenset(allow_initiator or ()), acls=library.config.acls,
         )
         limits = Limits(
             nop_interval=nop_interval, nop_timeout=nop_timeout,
@@ -198,12 +201,54 @@ async def _run(config: ServerConfig, library, chap: bool, mutual: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload, server, library.root)
     _banner(config, library, server, chap, mutual)
+    publisher = loop.create_task(_publish_status(server, library.root))
     await stop.wait()
+    publisher.cancel()
+    await asyncio.gather(publisher, return_exceptions=True)
+    serve_status.remove(library.root)
     log.info("stopping: finishing in-flight commands and closing sessions")
     await server.stop(grace=60.0)
     log.info("stopped")
     return 0
+
+
+def _reload(server: IscsiTarget, root: Path) -> None:
+    """SIGHUP (``systemctl reload``, ``vtl target acl ...``): re-read library.toml's ACLs and
+    apply them to the running target (vtl.iscsi.admin); a bad file keeps the old ones."""
+    from vtl.config import ConfigError, LibraryConfig
+    from vtl.iscsi.admin import apply_acls
+
+    try:
+        acls = LibraryConfig.load(root).acls
+    except ConfigError as e:
+        log.error("reload refused, keeping the current ACLs: %s", e)
+        return
+    evicted = apply_acls(server, acls)
+    log.info("reloaded: %d initiator ACL(s)%s", len(acls),
+             f"; asked to log out: {', '.join(sorted(set(evicted)))}" if evicted else "")
+    _write_status(server, root)
+
+
+def _write_status(server: IscsiTarget, root: Path) -> None:
+    from vtl.iscsi.admin import sessions
+
+    try:
+        serve_status.write(root, {"pid": os.getpid(), "portals": _portals(server.bound),
+                                  "targets": [t.iqn for t in server.config.targets],
+                                  "sessions": sessions(server)})
+    except OSError as e:
+        log.warning("cannot write %s: %s", serve_status.STATUS_NAME, e)
+
+
+async def _publish_status(server: IscsiTarget, root: Path) -> None:
+    """Rewrite the status file ``vtl target sessions`` reads, every INTERVAL seconds."""
+    import asyncio
+
+    while True:
+        _write_status(server, root)
+        await asyncio.sleep(serve_status.INTERVAL)
 
 
 def _portals(portals: list[tuple[str, int]]) -> str:
@@ -232,6 +277,10 @@ def _banner(config: ServerConfig, library, server: IscsiTarget, chap: bool,
         acl = ", ".join(sorted(t.allowed_initiators)) or "any initiator"
         out.append(f"  allowed: {acl}")
     out.append(f"auth: {'CHAP' if chap else 'none'}{' + mutual CHAP' if mutual else ''}")
+    acls = config.targets[0].acls if config.targets else {}
+    if acls:
+        out.append(f"acls: {len(acls)} initiator(s) ({', '.join(sorted(acls))}); "
+                   "SIGHUP re-reads them")
     if server.bound and config.targets:
         host, port = server.bound[0]
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from vtl.config import InitiatorAcl
 from vtl.iscsi.chap import ChapCredentials
 from vtl.scsi.base import DeviceSet
 
@@ -21,9 +22,35 @@ class TargetConfig:
     alias: str = ""
     # Initiator IQNs allowed to log in; empty means everyone (after CHAP, if configured).
     allowed_initiators: frozenset[str] = frozenset()
+    # Per-initiator ACLs (library.toml [acl."IQN"]): with any, an initiator needs one (or to be
+    # in allowed_initiators) to log in; its CHAP and LUNs then come from it. The server swaps
+    # the whole dict on a reload (IscsiTarget.apply_acls), never edits it in place.
+    acls: dict[str, InitiatorAcl] = field(default_factory=dict)
 
     def allows(self, initiator: str) -> bool:
-        return not self.allowed_initiators or initiator in self.allowed_initiators
+        if not self.allowed_initiators and not self.acls:
+            return True
+        return initiator in self.allowed_initiators or initiator in self.acls
+
+    def visible_luns(self, initiator: str) -> frozenset[int]:
+        """The LUNs ``initiator`` sees: its ACL's list (those that exist), else all."""
+        acl = self.acls.get(initiator)
+        luns = frozenset(self.devices.luns)
+        if acl is None or acl.luns is None:
+            return luns
+        return luns & frozenset(acl.luns)
+
+    def credentials(self, initiator: str, chap: ChapCredentials | None,
+                    mutual: ChapCredentials | None
+                    ) -> tuple[ChapCredentials | None, ChapCredentials | None]:
+        """(CHAP, mutual CHAP) ``initiator`` logs in with: its ACL's where set, else the
+        server-wide ``chap``/``mutual``."""
+        acl = self.acls.get(initiator)
+        if acl is not None and acl.chap_user:
+            chap = ChapCredentials(acl.chap_user, acl.chap_secret)
+            mutual = (ChapCredentials(acl.mutual_user, acl.mutual_secret)
+                      if acl.mutual_user else mutual)
+        return chap, mutual
 
 
 @dataclass

@@ -114,6 +114,7 @@ class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, Re
         self.session: Session | None = None
         self.full_feature = False
         self.statsn = 0
+        self.commands = 0
         self._login_cmdsn = 0
         self._isid = b""
         self.tasks: dict[int, Task] = {}
@@ -260,7 +261,7 @@ class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, Re
             self._hd, self._dd = p.header_digest, p.data_digest
             self._max_dsl = p.max_recv_dsl
             if self.session.target is not None:
-                self.bind_luns(self.session.target)
+                self.bind_luns(self.session.target, self.session.luns)
             log.info("%s: %s session %s for %s (HeaderDigest=%s DataDigest=%s MRDSL=%d/%d)",
                      self.peer, "discovery" if self.session.discovery else "normal",
                      self.session.tsih, self.login.initiator_name,
@@ -424,7 +425,7 @@ class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, Re
                     response = TmfResponse.TASK_DOES_NOT_EXIST
             elif function in (TmfFunction.ABORT_TASK_SET, TmfFunction.CLEAR_TASK_SET,
                               TmfFunction.LOGICAL_UNIT_RESET):
-                if lun is None or lun not in target.devices.luns:
+                if lun is None or lun not in session.luns:
                     response = TmfResponse.LUN_DOES_NOT_EXIST
                 else:
                     only_me = function == TmfFunction.ABORT_TASK_SET
@@ -433,7 +434,7 @@ class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, Re
                             else ResetKind.ABORT_TASK_SET)
                     server.reset_device(target, lun, kind, session.nexus)
             elif function == TmfFunction.TARGET_WARM_RESET:
-                for n in sorted(target.devices.luns):
+                for n in sorted(session.luns):
                     server.abort_lun(target, n, None)
                     server.reset_device(target, n, ResetKind.TARGET_RESET, session.nexus)
             elif function == TmfFunction.TASK_REASSIGN:

@@ -71,6 +71,7 @@ class PduFraming:
     _max_dsl: int
     _last_rx: float
     _streams: dict
+    commands: int  # SCSI commands received (read by the status snapshot, vtl.iscsi.admin)
 
     # ==== receiving =========================================================================
     def _recv_exact(self, view: memoryview) -> None:
@@ -96,6 +97,8 @@ class PduFraming:
                 raise ConnectionGone()
             self._recv_exact(hb[got:BHS_LEN])
         self._last_rx = time.monotonic()
+        if hb[0] & 0x3F == _SCSI_CMD:
+            self.commands += 1  # `vtl target sessions` shows it; one add per command
         if hb[0] == _SCSI_CMD and self._streams:  # a streaming READ or WRITE?
             op = hb[32]
             if op == _READ_6 and self._stream_read():

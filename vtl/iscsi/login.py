@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from vtl.iscsi.chap import ChapError, ChapExchange
+from vtl.iscsi.chap import ChapCredentials, ChapError, ChapExchange
 from vtl.iscsi.config import ServerConfig, TargetConfig
 
 SECURITY, OPERATIONAL, FULL_FEATURE = 0, 1, 3
@@ -193,7 +193,7 @@ class LoginHandler:
             self._declare(keys, answer)
         if csg == SECURITY:
             self._security(keys, answer)
-        elif self.server.chap is not None and self.auth is not AuthState.DONE:
+        elif self._credentials()[0] is not None and self.auth is not AuthState.DONE:
             raise LoginFailed(LoginStatus.AUTH_FAILURE, "authentication required")
         else:
             self.auth = AuthState.DONE
@@ -235,8 +235,19 @@ class LoginHandler:
             answer.append(("TargetAlias", target.alias))
 
     # ---- security stage ------------------------------------------------------------------
+    def _credentials(self) -> tuple[ChapCredentials | None, ChapCredentials | None]:
+        """(CHAP, mutual CHAP) for this initiator: its ACL's, else the server's."""
+        target = self.target
+        if target is None:  # discovery: the initiator's ACL on any target, if it has one
+            target = next((t for t in self.server.targets if self.initiator_name in t.acls),
+                          None)
+        if target is None:
+            return self.server.chap, self.server.mutual_chap
+        return target.credentials(self.initiator_name, self.server.chap,
+                                       self.server.mutual_chap)
+
     def _security(self, keys: dict[str, str], answer: list[tuple[str, str]]) -> None:
-        chap = self.server.chap
+        chap, mutual = self._credentials()
         try:
             if "AuthMethod" in keys and self.auth is AuthState.START:
                 offered = [m.strip() for m in keys["AuthMethod"].split(",")]
@@ -244,7 +255,7 @@ class LoginHandler:
                     if "CHAP" not in offered:
                         raise LoginFailed(LoginStatus.AUTH_FAILURE, "CHAP required")
                     answer.append(("AuthMethod", "CHAP"))
-                    self._chap = ChapExchange(chap, self.server.mutual_chap)
+                    self._chap = ChapExchange(chap, mutual)
                     self.auth = AuthState.WAIT_CHAP_A
                 elif "None" in offered:
                     answer.append(("AuthMethod", "None"))

@@ -161,7 +161,7 @@ class ScsiCommandRunner:
         cdb = task.cdb
         if cdb[0] == _REPORT_LUNS:  # belongs to the target, not to a device
             try:
-                result = ScsiResult(Status.GOOD, report_luns(session.target.devices.luns, cdb))
+                result = ScsiResult(Status.GOOD, report_luns(session.luns, cdb))
             except CheckCondition as exc:
                 result = exc.result()
             self._answer(task, result)

@@ -44,6 +44,9 @@ class Session:
     # MaxCmdSN above the true one), ``freed`` only under Connection.lock as tasks end.
     taken: int = field(init=False, default=0)
     freed: int = field(init=False, default=0)
+    # The LUNs this session sees (its initiator's ACL, at login; a reload that takes one away
+    # logs the session out rather than shrinking this under running commands).
+    luns: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
         self.nexus = make_nexus(self.initiator_name, self.isid)

@@ -62,10 +62,11 @@ class StreamPaths:
     _streams: dict[bytes, StreamLun]
     _tx_lock: threading.RLock
 
-    def bind_luns(self, target: TargetConfig) -> None:
-        """Look up the session's LUN workers (and their fast paths) once, at login."""
+    def bind_luns(self, target: TargetConfig, luns: frozenset[int]) -> None:
+        """Look up the workers (and fast paths) of the LUNs the session sees, once at login
+        (again when a reload shows it more)."""
         self._workers = {lun: w for lun in target.devices.luns
-                         if (w := self.server.worker(target, lun))}
+                         if lun in luns and (w := self.server.worker(target, lun))}
         self._streams = {}
         for lun, w in self._workers.items():
             read = getattr(w.device, "stream_read", None)

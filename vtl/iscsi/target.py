@@ -226,6 +226,8 @@ class IscsiTarget:
             session = Session(
                 tsih=tsih, isid=isid, initiator_name=login.initiator_name, target=login.target,
                 params=login.params, exp_cmdsn=cmdsn, queue_depth=self.config.limits.queue_depth,
+                luns=(login.target.visible_luns(login.initiator_name)
+                      if login.target is not None else frozenset()),
             )
             self.sessions[tsih] = session
             if login.target is not None:
