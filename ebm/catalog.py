@@ -33,6 +33,14 @@ Layout (Bareos-like, kept compact because the file index dominates the size):
   ``ebm.retention``. Catalogs from before (``ebm_pools`` + ``ebm_pool_media`` with its own
   pool column, mirrored into ``pools``) are migrated when a writer opens them.
 - ``ebm_schedules``: "daily at 03:00" style schedules run by ``ebm scheduler``.
+
+Only a command that changes state opens the catalog as a writer (``Catalog(path)``), and only
+a writer creates the EBM tables or migrates an older layout. A command that only looks
+(``ebm list``, ``show``, ``ls``, ``verify``, ``restore`` ...) opens it ``readonly`` (SQLite
+``mode=ro``): the file is never written, missing tables are stood in for by empty TEMP
+tables (``has_tables`` says there are no EBM backups yet) and an older layout by TEMP views
+that read it as the current one. A "malformed"/"not a database" error met in any query is
+:class:`vtl.errors.CatalogDamaged`, the same one line ``vtl`` gives (exit 1).
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from vtl import CATALOG_NAME
 
@@ -152,6 +161,70 @@ CREATE TABLE IF NOT EXISTS ebm_schedules (
 
 class CatalogError(Exception):
     """A one-line catalog problem fit for ``error: ...``."""
+
+
+def _damage(path: Path, error: sqlite3.DatabaseError) -> Exception | None:
+    """The one-line :class:`~vtl.errors.CatalogDamaged` for an error that means the file is
+    broken (a corrupt page, not a database), else None (a constraint, a lock, our own bug)."""
+    if isinstance(error, sqlite3.IntegrityError | sqlite3.ProgrammingError
+                  | sqlite3.InterfaceError):
+        return None
+    text = str(error)
+    if type(error) is sqlite3.DatabaseError or "malformed" in text or "disk I/O" in text:
+        from vtl.catalog import damaged_message
+        from vtl.errors import CatalogDamaged
+
+        return CatalogDamaged(damaged_message(path, f"damaged ({text})"))
+    return None
+
+
+def _guarded(method: Any) -> Any:
+    """``method`` of a cursor or connection, with a corrupt page met in it raised as
+    :class:`~vtl.errors.CatalogDamaged` (other sqlite errors unchanged)."""
+    def run(self: Any, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except sqlite3.DatabaseError as e:
+            damage = _damage(self.catalog_path, e)
+            if damage is None:
+                raise
+            raise damage from None
+    return run
+
+
+class _GuardedCursor(sqlite3.Cursor):
+    """A cursor whose statements and reads (a corrupt page may be met mid-result) turn
+    damage into CatalogDamaged."""
+
+    catalog_path: Path
+    execute = _guarded(sqlite3.Cursor.execute)
+    executemany = _guarded(sqlite3.Cursor.executemany)
+    fetchone = _guarded(sqlite3.Cursor.fetchone)
+    fetchmany = _guarded(sqlite3.Cursor.fetchmany)
+    fetchall = _guarded(sqlite3.Cursor.fetchall)
+    __next__ = _guarded(sqlite3.Cursor.__next__)
+
+
+class _GuardedConnection(sqlite3.Connection):
+    """The catalog's connection: every statement runs on a :class:`_GuardedCursor`, so no
+    EBM query can end in a ``sqlite3.DatabaseError`` traceback on a damaged file."""
+
+    catalog_path: Path
+    executescript = _guarded(sqlite3.Connection.executescript)
+
+    def cursor(self, factory: Any = _GuardedCursor) -> Any:  # type: ignore[override]
+        cur = super().cursor(factory)
+        cur.catalog_path = self.catalog_path
+        return cur
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:  # type: ignore[override]
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> Any:  # type: ignore[override]
+        return self.cursor().executemany(sql, parameters)
+
+
+_SCHEMA_OBJECT = re.compile(r"CREATE (TABLE|VIEW|INDEX) IF NOT EXISTS (\w+)")
 
 
 @dataclass(slots=True)
@@ -274,15 +347,28 @@ def _pid_alive(pid: int, start: str | None = None) -> bool:
 
 
 class Catalog:
-    """The EBM tables over one sqlite connection (autocommit; explicit transactions)."""
+    """The EBM tables over one sqlite connection (autocommit; explicit transactions).
 
-    def __init__(self, path: Path) -> None:
+    ``readonly=True`` is for commands that only look (see the module docstring): nothing is
+    created, migrated or written, and :attr:`has_tables` is False when the file holds no EBM
+    tables yet.
+    """
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
+        self.has_tables = True
         # check_same_thread=False: the mover's writer thread reserves the next cartridge when a
         # backup spans; the producer thread does not touch the catalog meanwhile.
-        self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
-                                  check_same_thread=False)
+        uri = f"file:{quote(str(self.path.absolute()))}" + ("?mode=ro" if readonly else "")
+        self.db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None,
+                                  check_same_thread=False, factory=_GuardedConnection)
+        self.db.catalog_path = self.path
         self.db.row_factory = sqlite3.Row
+        if readonly:
+            self.db.execute("PRAGMA busy_timeout=30000")
+            self._stand_in()
+            return
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.execute("PRAGMA busy_timeout=30000")
@@ -305,6 +391,41 @@ class Catalog:
                 if "duplicate column" not in str(e):
                     raise
 
+    def _stand_in(self) -> None:
+        """Read-only: make an older or table-less file read as the current layout, with TEMP
+        objects only (they live in this connection, never in the file)."""
+        main = {r[0] for r in self.q(
+            "SELECT name FROM main.sqlite_master WHERE type IN ('table', 'view')")}
+        self.has_tables = "ebm_backups" in main
+        old_pools = "ebm_pool_media" in main
+        if old_pools and "ebm_media" not in main:
+            main.add("ebm_media")
+            self.db.execute("CREATE TEMP VIEW ebm_media AS SELECT barcode, state, append_at, "
+                            "busy, recycled FROM main.ebm_pool_media")
+        if old_pools:  # membership and pool names as the migration will merge them
+            cols = [r[1] for r in self.q("PRAGMA main.table_info(cartridges)")]
+            picked = ", ".join("coalesce(m.pool, c.pool) AS pool" if c == "pool" else f"c.{c}"
+                               for c in cols)
+            self.db.execute(f"CREATE TEMP VIEW cartridges AS SELECT {picked} FROM "
+                            "main.cartridges c LEFT JOIN main.ebm_pool_media m "
+                            "ON m.barcode = c.barcode")
+            if "ebm_pools" in main:
+                self.db.execute(
+                    "CREATE TEMP VIEW pools AS SELECT name, description, media, "
+                    "retention_days, created FROM main.pools UNION ALL SELECT name, "
+                    "'EBM backup pool', NULL, NULL, "
+                    "strftime('%Y-%m-%dT%H:%M:%S+00:00', created, 'unixepoch') "
+                    "FROM main.ebm_pools WHERE name NOT IN (SELECT name FROM main.pools)")
+        if "ebm_files" in main and "linkname" not in {
+                r[1] for r in self.q("PRAGMA main.table_info(ebm_files)")}:
+            main.add("ebm_files")
+            self.db.execute("CREATE TEMP VIEW ebm_files AS SELECT *, NULL AS linkname "
+                            "FROM main.ebm_files")
+        for statement in SCHEMA.split(";"):
+            found = _SCHEMA_OBJECT.search(statement)
+            if found and found[1] != "INDEX" and found[2] not in main:
+                self.db.execute(statement.replace("CREATE ", "CREATE TEMP ", 1))
+
     def _merge_old_pools(self) -> None:
         if not self.q("SELECT 1 FROM sqlite_master WHERE name='ebm_pool_media'"):
             return  # the common case: no write lock taken
@@ -324,9 +445,14 @@ class Catalog:
             self.db.execute("DROP TABLE ebm_pool_media")
             self.db.execute("DROP TABLE IF EXISTS ebm_pools")
 
+    @property
+    def empty_note(self) -> str:
+        """What "not found" messages add when the file holds no EBM tables yet."""
+        return "" if self.has_tables else " (no EBM backups yet)"
+
     @classmethod
-    def for_root(cls, root: Path) -> Catalog:
-        return cls(Path(root) / CATALOG_NAME)
+    def for_root(cls, root: Path, *, readonly: bool = False) -> Catalog:
+        return cls(Path(root) / CATALOG_NAME, readonly=readonly)
 
     def close(self) -> None:
         self.db.close()
@@ -478,7 +604,7 @@ class Catalog:
             if len(rows) > 1:
                 raise CatalogError(f"backup id {ident!r} is ambiguous")
         if not rows:
-            raise CatalogError(f"no backup {ident!r}")
+            raise CatalogError(f"no backup {ident!r}{self.empty_note}")
         return self._row_to_backup(rows[0])
 
     def backups(self, dataset: str | None = None, states: Iterable[str] | None = None) -> list[Backup]:

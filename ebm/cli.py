@@ -94,13 +94,17 @@ class State:
     remote: dict[str, Any] | None = None  # --library URL and its login (ebm.remote)
     _ebm: Ebm | None = None
 
-    def ebm(self) -> Ebm:
+    def ebm(self, *, readonly: bool = False) -> Ebm:
+        """The EBM over ``--root``. ``readonly`` for commands that only look at backups: the
+        backup catalog is opened ``mode=ro``, so they never create its tables or migrate it
+        (only commands that change state do)."""
         from ebm.manager import Ebm
 
-        if self._ebm is None or self._ebm.root != Path(self.root):
-            if self._ebm is not None:
-                self._ebm.close()
-            self._ebm = Ebm(self.root, remote=self._remote_spec())
+        e = self._ebm
+        if e is None or e.root != Path(self.root) or e.readonly != readonly:
+            if e is not None:
+                e.close()
+            self._ebm = Ebm(self.root, remote=self._remote_spec(), readonly=readonly)
         return self._ebm
 
     def _remote_spec(self) -> Any:
@@ -185,6 +189,16 @@ def progress_bar(what: str) -> Iterator[Callable[[int, int | None], None] | None
                 last[0] = now
 
         yield cb
+
+
+def none_yet(catalog: Catalog) -> bool:
+    """Say so (on a terminal, not with --json) when the library holds no EBM tables yet:
+    a read-only command does not create them."""
+    if catalog.has_tables:
+        return False
+    if not S.json:
+        out().print("no EBM backups yet")
+    return True
 
 
 def printable_path(path: str) -> str:
@@ -314,7 +328,10 @@ def dataset_add(
 @dataset_app.command("list")
 def dataset_list() -> None:
     """List datasets."""
-    ebm = S.ebm()
+    ebm = S.ebm(readonly=True)
+    if none_yet(ebm.catalog):
+        emit([], lambda: None)
+        return
     rows = [dict(r) for r in ebm.catalog.datasets()]
     for r in rows:
         last = ebm.catalog.last_good(r["name"])
@@ -359,7 +376,7 @@ def pool_add(name: str, barcodes: list[str]) -> None:
 @pool_app.command("list")
 def pool_list() -> None:
     """Pools (the library's) and the EBM's cartridges in them (state, append point)."""
-    cat = S.ebm().catalog
+    cat = S.ebm(readonly=True).catalog
     rows = [dict(r) for r in cat.pool_media()]
     pools = cat.pools()
     days = {p: cat.pool(p)["retention_days"] for p in pools}
@@ -383,7 +400,10 @@ def pool_list() -> None:
 def list_backups(dataset: str = typer.Argument(None), all_states: bool = typer.Option(
         False, "--all", help="include failed and expired backups")) -> None:
     """List backups (good ones; --all for failed/expired too)."""
-    cat = S.ebm().catalog
+    cat = S.ebm(readonly=True).catalog
+    if none_yet(cat):
+        emit([], lambda: None)
+        return
     if dataset and cat.dataset(dataset) is None:
         raise CliError(f"no dataset {dataset!r}")
     bs = cat.backups(dataset, None if all_states else ["done", "running"])
@@ -400,7 +420,7 @@ def list_backups(dataset: str = typer.Argument(None), all_states: bool = typer.O
 @app.command()
 def show(backup_spec: str = typer.Argument(..., metavar="BACKUP")) -> None:
     """Show one backup: chain, volumes, state."""
-    cat = S.ebm().catalog
+    cat = S.ebm(readonly=True).catalog
     b = resolve(cat, backup_spec)
     vols = cat.volumes(b.id)
     chain = [c.uuid for c in cat.chain(b)] if b.state == "done" else []
@@ -434,7 +454,7 @@ def ls(backup_spec: str = typer.Argument(..., metavar="BACKUP"),
     """List the files of a backup as of its point in the chain."""
     from ebm.restore import final_view, matches
 
-    cat = S.ebm().catalog
+    cat = S.ebm(readonly=True).catalog
     b = resolve(cat, backup_spec)
     if b.state != "done":
         raise CliError(f"backup {b.uuid} is {b.state}")
@@ -488,7 +508,7 @@ def restore(
     --to must be empty (or not exist) unless --into-existing is given."""
     from ebm.restore import restore as do_restore
 
-    ebm = S.ebm()
+    ebm = S.ebm(readonly=True)  # the backup catalog is only read
     b, options = _restore_point(ebm, spec, lsn, form)
     check_target(to, into_existing)  # before reading keys or touching a drive
     secret = _secret(passphrase_file, key_file)
@@ -538,8 +558,11 @@ def verify(
     """Read backups back: block checksums, file sha256s, trailer vs catalog."""
     from ebm.verify import verify_backup
 
-    ebm = S.ebm()
+    ebm = S.ebm(readonly=True)  # results are reported, not recorded in the catalog
     cat = ebm.catalog
+    if spec is None and none_yet(cat):
+        emit([], lambda: None)
+        return
     if spec is None:
         targets = cat.backups(states=["done"])
     elif cat.dataset(spec) is not None:
@@ -622,7 +645,12 @@ def schedule_add(dataset: str, spec: str = typer.Argument(..., help="'daily at 0
 
 @schedule_app.command("list")
 def schedule_list() -> None:
-    rows = [dict(r) for r in S.ebm().catalog.schedules()]
+    """List schedules."""
+    cat = S.ebm(readonly=True).catalog
+    if none_yet(cat):
+        emit([], lambda: None)
+        return
+    rows = [dict(r) for r in cat.schedules()]
 
     def human() -> None:
         t = table("id", "dataset", "schedule", "next run", "last run", "last result")

@@ -99,11 +99,18 @@ def encode_state(state: Any) -> bytes | None:
 
 @dataclass
 class Ebm:
-    """The EBM over one library root: catalog + library, opened once per process."""
+    """The EBM over one library root: catalog + library, opened once per process.
+
+    ``readonly=True`` opens the backup catalog read-only (``Catalog(readonly=True)``: no
+    tables created, nothing migrated, no dead job reaped) for commands that only look at
+    backups; ``library`` still mounts cartridges for verify and restore, which the media
+    catalog records as any cartridge move is.
+    """
 
     root: Path
     # A library on another host (ebm.remote): ``root`` is then the EBM's own catalog directory.
     remote: RemoteSpec | None = None
+    readonly: bool = False
     catalog: Catalog = field(init=False)
     _library: Library | None = field(default=None, init=False)
 
@@ -126,9 +133,11 @@ class Ebm:
         probe = MediaCatalog(path, readonly=True)
         probe.close()
         try:
-            self.catalog = Catalog.for_root(self.root)
+            self.catalog = Catalog.for_root(self.root, readonly=self.readonly)
         except sqlite3.DatabaseError as e:
             raise probe.damaged(e) from None
+        if self.readonly:
+            return
         for _job, held in self.catalog.reap_dead_jobs():
             for barcode in held:
                 self.erase_torn_tail(barcode)
@@ -139,7 +148,8 @@ class Ebm:
             from ebm.remote.ebm_host import register_barcodes
 
             remote = self.remote.open_library()
-            register_barcodes(self.catalog, remote.barcodes(), str(self.remote.url))
+            if not self.readonly:  # a read-only catalog knows the cartridges it reads already
+                register_barcodes(self.catalog, remote.barcodes(), str(self.remote.url))
             self._library = remote  # type: ignore[assignment]  # the drive session's part of Library
         if self._library is None:
             self._library = open_library(self.root)

@@ -58,7 +58,7 @@ def resolve(catalog: Catalog, spec: str) -> Backup:
     try:
         return catalog.backup(spec)
     except CatalogError:
-        raise UnknownBackup(f"no backup or dataset {spec!r}") from None
+        raise UnknownBackup(f"no backup or dataset {spec!r}{catalog.empty_note}") from None
 
 
 def parse_time(text: str) -> float:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ebm_helpers import barcodes, make_library, write_tree
+from ebm_helpers import OLD_POOL_TABLES, barcodes, make_library, write_tree
 
 from ebm.catalog import Catalog
 from ebm.cli import app
@@ -56,11 +56,7 @@ def test_catalog_with_the_old_ebm_pool_tables_is_migrated(tmp_path: Path) -> Non
     root = tmp_path / "lib"
     make_library(root, barcodes(2), pool="daily").close()
     con = sqlite3.connect(root / CATALOG_NAME)  # as the EBM left it before pools were one
-    con.executescript("""
-        CREATE TABLE ebm_pools (name TEXT PRIMARY KEY, created REAL NOT NULL);
-        CREATE TABLE ebm_pool_media (barcode TEXT PRIMARY KEY, pool TEXT NOT NULL,
-            state TEXT NOT NULL DEFAULT 'scratch', append_at INTEGER NOT NULL DEFAULT 0,
-            busy INTEGER, recycled INTEGER NOT NULL DEFAULT 0);
+    con.executescript(OLD_POOL_TABLES + """
         INSERT INTO ebm_pools VALUES ('daily', 1.0), ('olden', 2.0);
         INSERT INTO ebm_pool_media VALUES ('E00001L8', 'olden', 'append', 7, NULL, 1),
                                           ('E00002L8', 'daily', 'scratch', 0, NULL, 0);

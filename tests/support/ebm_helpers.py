@@ -20,6 +20,15 @@ from vtl.library import Library
 
 REPO = Path(__file__).resolve().parents[2]
 
+# The EBM's own pool tables as catalogs from before one pool notion have them (migrated by a
+# writer, read through stand-ins by a read-only opener).
+OLD_POOL_TABLES = """
+    CREATE TABLE ebm_pools (name TEXT PRIMARY KEY, created REAL NOT NULL);
+    CREATE TABLE ebm_pool_media (barcode TEXT PRIMARY KEY, pool TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'scratch', append_at INTEGER NOT NULL DEFAULT 0,
+        busy INTEGER, recycled INTEGER NOT NULL DEFAULT 0);
+"""
+
 
 def make_library(root: Path, barcodes: list[str], capacity: int = 64 << 20,
                  pool: str = "pool", drives: int = 2) -> Ebm:
