@@ -56,14 +56,14 @@ class JobError(Exception):
 
 
 def open_library(root: Path) -> Library:
-    from vtl.library import Library, LibraryError
+    """The library at ``root``; none there is :class:`~vtl.errors.NoLibrary` (refused, exit
+    2), a damaged one its own one-line :class:`~vtl.errors.LibraryError`."""
+    from vtl.library import Library, NoLibrary
 
     try:
         return Library.open(Path(root))
-    except LibraryError as e:
-        raise JobError(f"{e}") from None
     except FileNotFoundError:
-        raise JobError(f"no library at {root} (create it with `vtl init`)") from None
+        raise NoLibrary(f"no library at {root} (create it with `vtl init`)") from None
 
 
 def load_translator(name: str) -> Translator:
@@ -161,10 +161,11 @@ class Ebm:
         meets them. Safe against a concurrent backup: the append point is re-read *after*
         the cartridge is mounted (flock held), and a busy cartridge is simply skipped."""
         from ebm.drive_session import DriveSession, MediaError
+        from vtl.errors import LibraryError
 
         try:
             session = DriveSession(self.library, "ebm-cleanup", wait=0)
-        except (MediaError, JobError):
+        except (MediaError, LibraryError):
             return False
         try:
             cart = session.mount(barcode)

@@ -39,6 +39,11 @@ class UnknownBackup(RestoreError):
     """The backup, dataset or time asked for names nothing (the CLIs exit 2: bad input)."""
 
 
+class TargetRefused(RestoreError):
+    """The restore target is not a directory, or not empty without ``--into-existing``: a
+    refused request, nothing changed (the CLIs exit 2)."""
+
+
 def resolve(catalog: Catalog, spec: str) -> Backup:
     """``ID``, ``UUID`` (or prefix), ``DATASET`` (its latest good backup) or ``DATASET@TIME``
     (the latest good backup started at or before TIME: ISO date/time or epoch seconds)."""
@@ -176,12 +181,12 @@ def check_target(target: Path, into_existing: bool = False) -> None:
     if not target.exists() and not target.is_symlink():
         return
     if not target.is_dir():
-        raise RestoreError(f"{target} exists and is not a directory")
+        raise TargetRefused(f"{target} exists and is not a directory")
     if into_existing:
         return
     with os.scandir(target) as it:
         if next(it, None) is not None:
-            raise RestoreError(
+            raise TargetRefused(
                 f"{target} is not empty: restore into an empty directory, or pass "
                 "--into-existing to merge (paths the backup holds are replaced, others kept)")
 

@@ -202,3 +202,19 @@ def test_rebuild_of_encrypted_backups_needs_the_key(tmp_path: Path) -> None:
     _restore(ebm, b, tmp_path / "r", secret=b"pw")
     assert (tmp_path / "r/a").read_bytes() == b"secret"
     ebm.close()
+
+
+def test_a_library_gone_under_the_ebm_is_a_refusal(tmp_path: Path) -> None:
+    """A root whose library.toml is gone holds no library: refused (exit 2), as `vtl` says."""
+    from vtl.cli.errors import EXIT_USAGE, exit_code_for
+    from vtl.config import CONFIG_NAME
+    from vtl.errors import NoLibrary
+
+    root = tmp_path / "lib"
+    make_library(root, barcodes(1)).close()
+    (root / CONFIG_NAME).unlink()
+    ebm = Ebm(root, readonly=True)
+    with pytest.raises(NoLibrary, match="no library at") as exc:
+        ebm.library  # noqa: B018
+    assert exit_code_for(exc.value) == EXIT_USAGE
+    ebm.close()

@@ -250,7 +250,7 @@ def test_restore_refuses_a_non_empty_target_unless_asked(tmp_path: Path,
         with pytest.raises(SystemExit) as exc:
             app(["--root", str(root), "restore", "ds", *args], prog_name="ebm")
         err = capsys.readouterr().err.strip().splitlines()
-        assert exc.value.code == 1 and len(err) == 1 and err[0].startswith("error: "), err
+        assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
     assert (to / "a.txt").read_bytes() == b"local edit" and not (to / "d").exists()  # untouched
     app(["--root", str(root), "restore", "ds", "--to", str(to), "--path", "d", "--force"],
         prog_name="ebm")

@@ -58,6 +58,7 @@ _REFUSED = (
     ("ebm.controller", "RequestError"),
     ("ebm.catalog", "CatalogError"),
     ("ebm.restore", "UnknownBackup"),
+    ("ebm.restore", "TargetRefused"),
 )
 # Damage and failures, even where they subclass a "refused" class above.
 _FAILED = (
