@@ -5,9 +5,9 @@ How: the chain's final view is read from tape exactly as a restore reads it (res
 encryption, seeks and checksums are the restore's), but handed to the translator's
 ``merge_chain`` instead of ``restore``, which merges it into a private work directory (member
 replacement for the filesystem, pages for SQLite, chunks for volumes; translators.base). That
-drive session is closed, then an ordinary baseline job (manager) runs with the translator's
-``write_merged`` in place of ``backup``: header, pax stream and trailer written and synced,
-then recorded in one transaction. The two steps cannot overlap because the chain's cartridges
+drive session is closed, then an ordinary baseline job (``Ebm.run_job``) runs with the
+translator's ``write_merged`` in place of ``backup``: header, pax stream and trailer written
+and synced, then recorded in one transaction. The two steps cannot overlap because the chain's cartridges
 may be the ones the new baseline is appended to. The new backup is a full (no parent) whose
 translator state is the chain's last state, so the next incremental's parent is it, and
 retention (``ebm forget``) may then expire the old chain. Work space: the dataset's size, in
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ebm.catalog import Backup, CatalogError
 from ebm.controller import BackupRequest, RequestError
-from ebm.manager import Ebm, JobError, Progress, _TranslatorFailed, load_translator
+from ebm.manager import Ebm, JobError, Progress, load_translator
 from ebm.restore import RestoreError, restore
 from tape_formats.archive import ArchiveEntry, EntryData, PaxWriter
 from translators.base import (
@@ -110,11 +110,8 @@ def consolidate(ebm: Ebm, dataset: str, *, passphrase_file: Path | None = None,
             raise JobError(f"consolidation of {dataset} failed: {e}") from None
         except RestoreError as e:
             raise JobError(f"consolidation of {dataset}: {e}") from None
-        try:
-            b = ebm._run(ds, ds["pool"], _MergeWrite(translator, work, state), req, secret,
-                         progress)
-        except _TranslatorFailed as e:
-            raise JobError(str(e)) from None
+        b = ebm.run_job(ds, ds["pool"], _MergeWrite(translator, work, state), req, secret,
+                        progress)
     options = {**b.options, "full_reason": f"consolidated from {len(chain)} backups "
                f"({chain[0].uuid} .. {last.uuid})",
                "consolidated_from": [c.uuid for c in chain]}

@@ -304,6 +304,18 @@ class Ebm:
             forget(self.catalog, Policy(**rules), ds["name"])
         return b
 
+    def run_job(self, ds: sqlite3.Row, pool: str, translator: Translator, req: BackupRequest,
+                secret: bytes | None, progress: Progress | None = None) -> Backup:
+        """One attempt of a backup job of ``ds`` into ``pool`` with a translator the caller
+        prepared (``ebm.consolidate`` hands one whose ``backup`` writes a merged chain):
+        header, pax stream and trailer written, synced and recorded as :meth:`backup` does,
+        without its dataset checks, retries or retention. A translator failure is a
+        :class:`JobError` (the job is recorded failed); so is media trouble."""
+        try:
+            return self._run(ds, pool, translator, req, secret, progress)
+        except _TranslatorFailed as e:
+            raise JobError(str(e)) from None
+
     def _run(self, ds: sqlite3.Row, pool: str, translator: Translator, req: BackupRequest,
              secret: bytes | None, progress: Progress | None) -> Backup:
         from ebm.backup_labels import header_block, trailer_bytes
