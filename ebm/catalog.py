@@ -45,6 +45,7 @@ that read it as the current one. A "malformed"/"not a database" error met in any
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -60,6 +61,7 @@ from urllib.parse import quote
 from vtl import CATALOG_NAME
 
 BLOCK_SIZE = 256 * 1024
+_FILE_BATCH = 10_000  # file index rows per INSERT batch
 POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as `vtl pool create` takes
 
 SCHEMA = """
@@ -683,16 +685,19 @@ class Catalog:
         return ids
 
     def _insert_files(self, backup_id: int, files: Iterable[FileRow]) -> None:
-        rows = list(files)
-        ids = self._path_ids([f.path for f in rows])
-        self.db.executemany(
-            "INSERT OR REPLACE INTO ebm_files(backup, path, kind, size, mtime_ns, mode, uid, gid, "
-            "sha256, header_offset, data_offset, deleted, linkname) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            ((backup_id, ids[f.path], f.kind, f.size, f.mtime_ns, f.mode, f.uid, f.gid, f.sha256,
-              f.header_offset, f.data_offset, int(f.deleted), _to_db(f.linkname) if f.linkname else None)
-             for f in rows),
-        )
+        """Insert the file index in batches, so memory does not grow with the file count."""
+        it = iter(files)
+        while rows := list(itertools.islice(it, _FILE_BATCH)):
+            ids = self._path_ids([f.path for f in rows])
+            self.db.executemany(
+                "INSERT OR REPLACE INTO ebm_files(backup, path, kind, size, mtime_ns, mode, uid, gid, "
+                "sha256, header_offset, data_offset, deleted, linkname) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                ((backup_id, ids[f.path], f.kind, f.size, f.mtime_ns, f.mode, f.uid, f.gid, f.sha256,
+                  f.header_offset, f.data_offset, int(f.deleted),
+                  _to_db(f.linkname) if f.linkname else None)
+                 for f in rows),
+            )
 
     def fail_backup(self, backup_id: int, error: str) -> None:
         from tape_formats.archive.entry import printable_path  # a name in it may not be UTF-8

@@ -322,6 +322,7 @@ class Ebm:
         from ebm.crypto import BlockCipher, CryptoError
         from ebm.drive_session import DriveSession, MediaError, PoolMedia
         from ebm.mover import MoverError, TapeWriter
+        from tape_formats.archive.packed_index import PackedIndex
         from tape_formats.cartridge import CartridgeError
 
         cat = self.catalog
@@ -376,7 +377,9 @@ class Ebm:
                 raise _TranslatorFailed(f"translator {ds['translator']} failed: {e}") from e
             pax.close()  # end-of-archive blocks
             size, blocks, digest = writer.finish_data()  # sha256 hashed on the writer thread
-            entries = list(result.entries)
+            entries = result.entries
+            if not isinstance(entries, PackedIndex):
+                entries = list(entries)  # iterated three times below
             if level == "incr" and result.level_hint == "baseline":
                 level, parent = "full", None  # the translator wrote a complete copy after all
                 options["full_reason"] = f"translator {ds['translator']} wrote a complete copy"

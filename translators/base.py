@@ -91,7 +91,14 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar
 
-from tape_formats.archive import ArchiveEntry, EntryData, EntryLocation, IndexEntry, PaxWriter
+from tape_formats.archive import (
+    ArchiveEntry,
+    EntryData,
+    EntryLocation,
+    IndexEntry,
+    PackedIndex,
+    PaxWriter,
+)
 
 ENTRY_POINT_GROUP = "ebm.translators"
 
@@ -128,7 +135,7 @@ ProgressCallback = Callable[[Progress], None]
 @dataclass(slots=True)
 class BackupResult:
     state: TranslatorState
-    entries: list[IndexEntry]
+    entries: list[IndexEntry] | PackedIndex  # PackedIndex: a big index without a row object each
     warnings: list[str] = field(default_factory=list)
     level_hint: str = "baseline"  # "baseline" or "incremental": what was actually written
 

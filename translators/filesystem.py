@@ -55,6 +55,7 @@ import pwd
 import shutil
 import stat
 import time
+from array import array
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
@@ -66,6 +67,7 @@ from tape_formats.archive import (
     EntryData,
     EntryLocation,
     IndexEntry,
+    PackedIndex,
     PaxWriter,
     UnsafePath,
     check_member_path,
@@ -304,7 +306,7 @@ class FilesystemTranslator(Translator):
         t0 = time.monotonic()
         unlisted: list[str] = []
         scanned = self.scan(source, warnings, unlisted)
-        current = {rel for rel, _ in scanned}
+        current = {rel for rel, _ in scanned} if prev is not None else set()
 
         # What changed.
         if prev is None:
@@ -325,7 +327,7 @@ class FilesystemTranslator(Translator):
                     for i in members:
                         changed[i] = True
         state_entries: dict[str, list[int]] = {}
-        index: list[IndexEntry] = []
+        index = PackedIndex()  # ~100 bytes a row, not ~600 as objects
 
         if prev is not None:
             gone = [p for p in prev if p not in current]
@@ -348,6 +350,7 @@ class FilesystemTranslator(Translator):
             if not c:  # unchanged entries carry their state over
                 state_entries[rel] = prev[rel]  # type: ignore[index]
 
+        del scanned, current, changed  # todo holds what is left to write; _write_entries frees it
         bytes_total = sum(st.st_size for _, st in todo if stat.S_ISREG(st.st_mode))
         prog = Progress("backup", 0, len(todo), 0, bytes_total)
         links: dict[tuple[int, int], str] = {}
@@ -380,9 +383,12 @@ class FilesystemTranslator(Translator):
 
     def _write_entries(self, source, todo, writer, prefetch, links, warnings, vanished, index,
                        state_entries, prog, progress) -> None:
-        """The writer thread: every changed entry, in scan order."""
+        """The writer thread: every changed entry, in scan order. Each entry's scan result is
+        dropped once written (memory stays that of the index, not index plus stat results)."""
         last_report = 0.0
         for i, (rel, st) in enumerate(todo):
+            if i:
+                todo[i - 1] = None  # written; the prefetcher reads only this entry and later ones
             abs_path = source if rel == "." else os.path.join(source, rel)
             kind = _kind_of(st.st_mode)
             if kind is None:
@@ -589,10 +595,14 @@ class _Prefetcher:
                  todo: list[tuple[str, os.stat_result]], workers: int = 2) -> None:
         self.t = translator
         self.source = source
-        self.plan: list[list[int]] = []
-        self.batch_of: dict[int, tuple[int, int]] = {}
+        # The plan in flat arrays (8 bytes per entry, not a dict and lists of int objects):
+        # batch b reads todo[order[starts[b]:starts[b + 1]]]; entry i is in batch batch_of[i]
+        # (-1: not prefetched) at position slot_of[i] - starts[batch_of[i]].
+        self.order = array("q")
+        self.starts = array("q", [0])
+        self.batch_of = array("i", [-1]) * len(todo)
+        self.slot_of = array("q", [0]) * len(todo)
         seen: set[tuple[int, int]] = set()
-        cur: list[int] = []
         cur_bytes = 0
         for i, (_, st) in enumerate(todo):
             if not stat.S_ISREG(st.st_mode) or st.st_size > translator.buffer_limit:
@@ -602,35 +612,35 @@ class _Prefetcher:
                 if key in seen:
                     continue
                 seen.add(key)
-            cur.append(i)
+            self.batch_of[i] = len(self.starts) - 1
+            self.slot_of[i] = len(self.order)
+            self.order.append(i)
             cur_bytes += st.st_size
-            if len(cur) >= PREFETCH_BATCH or cur_bytes >= PREFETCH_BATCH_BYTES:
-                self.plan.append(cur)
-                cur, cur_bytes = [], 0
-        if cur:
-            self.plan.append(cur)
-        for b, idxs in enumerate(self.plan):
-            for pos, i in enumerate(idxs):
-                self.batch_of[i] = (b, pos)
+            if len(self.order) - self.starts[-1] >= PREFETCH_BATCH or cur_bytes >= PREFETCH_BATCH_BYTES:
+                self.starts.append(len(self.order))
+                cur_bytes = 0
+        if self.starts[-1] != len(self.order):
+            self.starts.append(len(self.order))
+        self.batches = len(self.starts) - 1
         self.todo = todo
-        self.pool = ThreadPoolExecutor(max_workers=workers) if len(self.plan) > 1 else None
+        self.pool = ThreadPoolExecutor(max_workers=workers) if self.batches > 1 else None
         self.futures: dict[int, Future] = {}
         self.results: dict[int, list] = {}
         self.submitted = 0
 
     def _job(self, b: int) -> list:
         items = []
-        for i in self.plan[b]:
+        for i in self.order[self.starts[b]:self.starts[b + 1]]:
             rel = self.todo[i][0]
             items.append((os.path.join(self.source, rel), rel))
         return self.t._prefetch(items)
 
     def result(self, i: int):
-        where = self.batch_of.get(i)
-        if where is None or self.pool is None:
+        b = self.batch_of[i]
+        if b < 0 or self.pool is None:
             return _MISSING
-        b, pos = where
-        while self.submitted < len(self.plan) and self.submitted <= b + PREFETCH_WINDOW:
+        pos = self.slot_of[i] - self.starts[b]
+        while self.submitted < self.batches and self.submitted <= b + PREFETCH_WINDOW:
             self.futures[self.submitted] = self.pool.submit(self._job, self.submitted)
             self.submitted += 1
         if b not in self.results:

@@ -54,10 +54,12 @@ from .labels import (
     header_text,
     label_kind,
 )
+from .packed_index import PackedIndex
 from .reader import EntryData, PaxReader
 from .writer import PaxWriter
 
 __all__ = [
+    "PackedIndex",
     "BACKUP_HEADER",
     "BACKUP_TRAILER",
     "FORMAT_VERSION",

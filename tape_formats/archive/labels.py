@@ -58,6 +58,7 @@ from construct import (
 )
 
 from .entry import ArchiveError, IndexEntry
+from .packed_index import PackedIndex
 
 FORMAT_VERSION = 1
 HEADER_MAGIC = b"EBM BACKUP HEADER\n"
@@ -178,7 +179,7 @@ class BackupTrailerInfo:
     backup_uuid: uuidlib.UUID
     stream_bytes: int
     stream_sha256: str  # hex
-    index: list[IndexEntry] = field(default_factory=list)
+    index: list[IndexEntry] | PackedIndex = field(default_factory=list)
     finished_ns: int = field(default_factory=time.time_ns)
     complete: bool = True
     entry_count: int = 0
@@ -196,12 +197,13 @@ class BackupTrailerInfo:
     text: str = ""
 
     @classmethod
-    def from_index(cls, backup_uuid: uuidlib.UUID, index: list[IndexEntry], *,
+    def from_index(cls, backup_uuid: uuidlib.UUID, index: list[IndexEntry] | PackedIndex, *,
                    stream_bytes: int, stream_sha256: str, warnings: Iterable[str] = (),
                    extra: dict | None = None) -> BackupTrailerInfo:
         """Build a trailer whose counts are computed from ``index``."""
         info = cls(backup_uuid=backup_uuid, stream_bytes=stream_bytes,
-                   stream_sha256=stream_sha256, index=list(index),
+                   stream_sha256=stream_sha256,
+                   index=index if isinstance(index, PackedIndex) else list(index),
                    warnings=list(warnings), extra=dict(extra or {}))
         for e in index:
             if e.deleted:
@@ -394,11 +396,27 @@ def decode_header(data: bytes | memoryview) -> BackupHeaderInfo:
 _INDEX_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
+_INDEX_BATCH = 4096  # rows encoded and handed to the compressor at a time
+
+
 def encode_index(index: Iterable[IndexEntry]) -> bytes:
-    """The file index as zstd-compressed JSON lines (one IndexEntry per line)."""
+    """The file index as zstd-compressed JSON lines (one IndexEntry per line).
+
+    Streamed through the compressor a batch of rows at a time: the uncompressed text of a
+    200,000-file index is ~35 MB, its compressed form a tenth of that."""
     encode = _INDEX_ENCODER.encode  # one encoder for all rows (json.dumps builds one per call)
-    lines = "".join([encode(e.to_json()) + "\n" for e in index]).encode("utf-8", "surrogateescape")
-    return zstandard.ZstdCompressor(level=6).compress(lines)
+    comp = zstandard.ZstdCompressor(level=6).compressobj()
+    out: list[bytes] = []
+    batch: list[str] = []
+    for e in index:
+        batch.append(encode(e.to_json()))
+        if len(batch) >= _INDEX_BATCH:
+            out.append(comp.compress(("\n".join(batch) + "\n").encode("utf-8", "surrogateescape")))
+            batch.clear()
+    if batch:
+        out.append(comp.compress(("\n".join(batch) + "\n").encode("utf-8", "surrogateescape")))
+    out.append(comp.flush())
+    return b"".join(out)
 
 
 def decode_index(blob: bytes) -> list[IndexEntry]:

@@ -1,0 +1,49 @@
+"""PackedIndex keeps a file index as bytes: every row must come back exactly as appended."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+import pytest
+
+from tape_formats.archive import IndexEntry, PackedIndex
+from tape_formats.archive.labels import BackupTrailerInfo, decode_trailer, encode_trailer
+
+
+def _rows() -> list[IndexEntry]:
+    sha = hashlib.sha256(b"x").hexdigest()
+    return [
+        IndexEntry(path=".", kind="dir", mode=0o755, header_offset=0, data_offset=512),
+        IndexEntry(path="a/f", kind="file", size=2**40, mtime_ns=1_700_000_000_123_456_789,
+                   mode=0o4755, uid=2**32 - 2, gid=7, sha256=sha, header_offset=1024,
+                   data_offset=2048),
+        IndexEntry(path="a/\udcff-raw", kind="file", sha256=sha, torn=True),
+        IndexEntry(path="a/l", kind="symlink", linkname="../t\u00e9"),
+        IndexEntry(path="a/h", kind="hardlink", linkname="a/f"),
+        IndexEntry(path="gone", kind="fifo", deleted=True, header_offset=5, data_offset=5),
+        IndexEntry(path="n", kind="file", mtime_ns=-1),
+    ]
+
+
+def test_rows_round_trip_in_order():
+    packed = PackedIndex(_rows()[:3])
+    packed += _rows()[3:]
+    assert len(packed) == 7
+    assert list(packed) == _rows()
+    assert list(packed) == _rows()  # re-iterable
+
+
+def test_unknown_kind_is_refused():
+    with pytest.raises(ValueError, match="unknown index entry kind"):
+        PackedIndex().append(IndexEntry(path="x", kind="socket"))
+
+
+def test_trailer_from_packed_index_equals_from_list():
+    u = uuid.uuid4()
+    infos = [BackupTrailerInfo.from_index(u, index, stream_bytes=10, stream_sha256="00" * 32)
+             for index in (_rows(), PackedIndex(_rows()))]
+    assert infos[0].file_count == infos[1].file_count == 3
+    assert infos[0].deleted_count == infos[1].deleted_count == 1
+    decoded = [decode_trailer(encode_trailer(i)).index for i in infos]
+    assert decoded[0] == decoded[1] == _rows()
