@@ -88,6 +88,9 @@ def load_translator(name: str) -> Any:
     return load(name)
 
 
+REMOTE_CONFIG = "ebm-remote.toml"  # ebm.remote.ebm_host.REMOTE_CONFIG, without importing it
+
+
 class State:
     root: Path = default_root()
     json: bool = False
@@ -108,13 +111,20 @@ class State:
         return self._ebm
 
     def _remote_spec(self) -> Any:
-        if not self.remote:
-            return None
-        from ebm.remote.ebm_host import RemoteSetupError, RemoteSpec
+        """--library's remote library, else the one the catalog directory remembers."""
+        if not self.remote and not (Path(self.root) / REMOTE_CONFIG).exists():
+            return None  # a local library: the initiator is not even imported
+        from ebm.remote import ebm_host
 
         try:
-            return RemoteSpec.from_options(**self.remote)
-        except RemoteSetupError as e:
+            if self.remote:
+                spec = ebm_host.RemoteSpec.from_options(**self.remote)
+                ebm_host.prepare_catalog_dir(Path(self.root))
+                ebm_host.save_remote_config(Path(self.root), self.remote)
+                return spec
+            saved = ebm_host.load_remote_config(Path(self.root))
+            return ebm_host.RemoteSpec.from_options(**saved) if saved else None  # type: ignore[arg-type]
+        except ebm_host.RemoteSetupError as e:
             raise CliError(str(e)) from None
 
 
@@ -144,7 +154,10 @@ def main(
     S.json = json_out
     S.remote = None
     if catalog_dir is not None and not library:
-        raise CliError("--catalog is for a remote library: give --library iscsi://... too")
+        S.root = catalog_dir  # its ebm-remote.toml names the library (ebm.remote.ebm_host)
+        if not (catalog_dir / REMOTE_CONFIG).exists():
+            raise CliError(f"{catalog_dir} remembers no remote library: give --library "
+                           "iscsi://... once")
     if library:
         if catalog_dir is None:
             raise CliError("--library needs --catalog DIR (the EBM's own catalog directory)")

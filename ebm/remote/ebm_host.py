@@ -7,6 +7,11 @@ the same ``catalog.sqlite`` layout (pools, cartridges, the ``ebm_`` tables), mad
 use, 0700/0600. The cartridges it knows are the barcodes the changer reports (READ ELEMENT
 STATUS with volume tags); ``ebm pool add`` takes them by those barcodes, as it does locally.
 
+The first command given ``--library`` writes ``ebm-remote.toml`` (``REMOTE_CONFIG``) into the
+catalog directory: the URL, the CHAP file's path, the initiator name, digests. Later
+commands, and ``ebm scheduler``'s jobs (``ebm --root DIR ...``), then need only the
+directory: a catalog directory with that file always means its remote library.
+
 Credentials come from a file that only its owner may read (``--chap-file F``, mode 0600):
 ``user:secret`` on the first line, and optionally ``mutual_user:mutual_secret`` on the second.
 """
@@ -26,6 +31,9 @@ from vtl import CATALOG_NAME
 if TYPE_CHECKING:
     from ebm.catalog import Catalog
     from ebm.remote.remote_library import RemoteLibrary
+
+
+REMOTE_CONFIG = "ebm-remote.toml"
 
 
 class RemoteSetupError(ValueError):
@@ -105,3 +113,48 @@ def register_barcodes(catalog: Catalog, barcodes: list[str], where: str) -> None
         for barcode in barcodes:
             catalog.db.execute("INSERT OR IGNORE INTO cartridges(barcode, media, capacity, created, path)"
                        " VALUES (?, 'remote', 0, ?, ?)", (barcode, now_iso(), where))
+
+
+def save_remote_config(root: Path, options: dict[str, object]) -> None:
+    """Remember ``--library`` and its login options in the catalog directory (0600)."""
+    import json
+
+    lines = ["# written by `ebm --library ...`: this catalog directory's remote library",
+             "[library]"]
+    for key in ("url", "chap_file", "initiator_name", "digests"):
+        value = options.get(key)
+        if isinstance(value, bool):
+            lines.append(f"{key} = {'true' if value else 'false'}")
+        elif value is not None:
+            lines.append(f"{key} = {json.dumps(str(value))}")
+    text = "\n".join(lines) + "\n"
+    path = Path(root) / REMOTE_CONFIG
+    if path.exists() and path.read_text() == text:
+        return
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_remote_config(root: Path) -> dict[str, object] | None:
+    """The options ``save_remote_config`` wrote, or None for a directory without them."""
+    import tomllib
+
+    path = Path(root) / REMOTE_CONFIG
+    try:
+        with path.open("rb") as f:
+            table = tomllib.load(f).get("library", {})
+    except FileNotFoundError:
+        return None
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise RemoteSetupError(f"cannot read {path}: {e}") from None
+    if not isinstance(table, dict) or not isinstance(table.get("url"), str):
+        raise RemoteSetupError(f"{path} names no library url")
+    chap = table.get("chap_file")
+    return {"url": table["url"], "chap_file": Path(chap) if isinstance(chap, str) else None,
+            "initiator_name": table.get("initiator_name"),
+            "digests": bool(table.get("digests", False))}

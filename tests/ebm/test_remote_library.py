@@ -22,21 +22,33 @@ from served_library import Served, start, vtl
 from tcp_proxy import CuttableProxy
 
 from ebm.remote.ebm_host import RemoteSpec
-from ebm.remote.initiator import Initiator
+from ebm.remote.initiator import Chap, Initiator
 from ebm.remote.scsi_client import ReservationConflict, ScsiDevice, TapeDevice
 
 IQN = "iqn.2026-11.org.vtl-ebm:remote-test"
 _FIRST_BACKUP: dict[str, Path] = {}  # what the in-process restore test checks
+# The served library wants CHAP and proves itself with mutual CHAP.
+CHAP = Chap("ebm-host", "initiator-secret-1", "vtl-lib", "target-secret-22")
+CHAP_FILE = Path("unset")  # `user:secret` lines for --chap-file; the fixture writes it
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory):
-    """One served library for the module (each test uses its own cartridges); the first
-    test stops it last, to restore in-process."""
-    root = tmp_path_factory.mktemp("remote") / "lib"
+    """One served library for the module, CHAP and mutual CHAP required (each test uses its
+    own cartridges); the last test stops it, to restore in-process."""
+    global CHAP_FILE
+    base = tmp_path_factory.mktemp("remote")
+    CHAP_FILE = base / "chap"
+    root = base / "lib"
     vtl(root, "init", "--drives", "2", "--slots", "12", "--iqn", IQN)
     vtl(root, "cartridge", "create", "R00001L8-R00008L8", "--capacity", "4MiB")
-    s = start(root)
+    CHAP_FILE.write_text(f"{CHAP.user}:{CHAP.secret}\n{CHAP.mutual_user}:{CHAP.mutual_secret}\n")
+    CHAP_FILE.chmod(0o600)  # the EBM refuses a CHAP file others can read
+    (base / "secret").write_text(CHAP.secret + "\n")
+    (base / "mutual").write_text(CHAP.mutual_secret + "\n")
+    s = start(root, "--chap-user", CHAP.user, "--chap-secret-file", str(base / "secret"),
+              "--mutual-chap-user", CHAP.mutual_user, "--mutual-chap-secret-file",
+              str(base / "mutual"))
     yield s
     s.stop()
 
@@ -46,7 +58,7 @@ def remote_ebm(served: Served, catalog: Path, *args: str, port: int | None = Non
     url = f"iscsi://127.0.0.1:{port or served.port}/{IQN}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-m", "ebm", "--library", url, "--catalog",
-                        str(catalog), *args], capture_output=True, text=True, timeout=120,
+                        str(catalog), "--chap-file", str(CHAP_FILE), *args], capture_output=True, text=True, timeout=120,
                        env=env, cwd=str(REPO))
     if check:
         assert r.returncode == 0, r.stderr
@@ -58,7 +70,8 @@ def make_pool(served: Served, catalog: Path, pool: str, *barcodes: str,
     """`ebm pool create` + `ebm pool add`, in this process (each CLI run costs a start-up)."""
     from ebm.manager import Ebm
 
-    spec = RemoteSpec.from_options(f"iscsi://127.0.0.1:{port or served.port}/{IQN}")
+    spec = RemoteSpec.from_options(f"iscsi://127.0.0.1:{port or served.port}/{IQN}",
+                                   chap_file=CHAP_FILE)
     ebm = Ebm(catalog, remote=spec)
     try:
         ebm.catalog.create_pool(pool)
@@ -82,8 +95,12 @@ def test_backup_restore_verify_rebuild_over_iscsi(served: Served, tmp_path: Path
     assert "R00001L8, R00002L8" in r.stdout  # spanned at early warning
     assert oct((cat / "catalog.sqlite").stat().st_mode & 0o777) == "0o600"
     (src / "docs" / "new.txt").write_bytes(b"added later\n")
-    r = remote_ebm(served, cat, "backup", "home", "--passphrase-file", str(pw))
-    assert "(incr)" in r.stdout
+    # The catalog directory remembers its library (ebm-remote.toml): --catalog alone will do.
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-m", "ebm", "--catalog", str(cat), "backup", "home",
+                        "--passphrase-file", str(pw)], capture_output=True, text=True,
+                       timeout=120, env=env, cwd=str(REPO))
+    assert r.returncode == 0 and "(incr)" in r.stdout, r.stderr
     out = tmp_path / "one"
     r = remote_ebm(served, cat, "restore", "home", "--to", str(out), "--path", "docs/notes.txt",
                    "--passphrase-file", str(pw))
@@ -104,10 +121,10 @@ def test_backup_restore_verify_rebuild_over_iscsi(served: Served, tmp_path: Path
     _FIRST_BACKUP.update(src=src, passphrase=pw)
 
 def test_claimed_drive_is_reserved_against_other_initiators(served: Served):
-    spec = RemoteSpec.from_options(f"iscsi://127.0.0.1:{served.port}/{IQN}",
+    spec = RemoteSpec.from_options(f"iscsi://127.0.0.1:{served.port}/{IQN}", chap_file=CHAP_FILE,
                                    initiator_name="iqn.2026-11.org.example:ebm-host")
     lib = spec.open_library()
-    legacy = Initiator("127.0.0.1", served.port, IQN,
+    legacy = Initiator("127.0.0.1", served.port, IQN, chap_auth=CHAP,
                        initiator_name="iqn.2026-11.org.example:legacy").connect()
     try:
         bay = lib.claim_drive("test")
@@ -157,6 +174,7 @@ def test_killed_backup_leaves_a_reservation_the_next_job_preempts(served: Served
     url = f"iscsi://127.0.0.1:{served.port}/{IQN}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "ebm", "--library", url, "--catalog", str(cat),
+                             "--chap-file", str(CHAP_FILE),
                              "backup", "k", "--source", str(src), "--pool", "k"],
                             env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
@@ -168,7 +186,8 @@ def test_killed_backup_leaves_a_reservation_the_next_job_preempts(served: Served
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
-    watcher = Initiator("127.0.0.1", served.port, IQN, initiator_name="iqn.2026-11.org.example:w")
+    watcher = Initiator("127.0.0.1", served.port, IQN, initiator_name="iqn.2026-11.org.example:w",
+                        chap_auth=CHAP)
     with watcher:
         drives = [ScsiDevice(watcher, lun, f"LUN {lun}") for lun in (1, 2)]
         assert any(d.reservation() for d in drives)  # the dead job's, still there
@@ -195,3 +214,20 @@ def test_backup_written_over_iscsi_restores_in_process(served: Served, tmp_path:
                            env=env, cwd=str(REPO))
         assert r.returncode == 0, r.stderr
     assert manifest(tmp_path / "local") == manifest(src)
+
+
+def test_chap_file_must_be_private_and_well_formed(tmp_path: Path):
+    from ebm.remote.ebm_host import RemoteSetupError, read_chap_file
+
+    f = tmp_path / "chap"
+    f.write_text("ebm:initiator-secret-1\nvtl:target-secret-22\n")
+    f.chmod(0o644)
+    with pytest.raises(RemoteSetupError, match="chmod 600"):
+        read_chap_file(f)
+    f.chmod(0o600)
+    c = read_chap_file(f)
+    assert (c.user, c.secret, c.mutual_user, c.mutual_secret) == \
+        ("ebm", "initiator-secret-1", "vtl", "target-secret-22")
+    f.write_text("no colon here\n")
+    with pytest.raises(RemoteSetupError, match="expected user:secret"):
+        read_chap_file(f)
