@@ -192,6 +192,17 @@ def test_an_entry_of_length_zero_is_refused():
         list(r.Ring(kernel.area).pending())
 
 
+def test_layout_offsets_match_the_kernel_header():
+    """The offsets a 64-bit kernel uses (pahole of struct tcmu_cmd_entry): the request
+    struct inside the packed entry keeps its natural alignment."""
+    assert (r.CMD_HEAD_OFFSET, r.CMD_TAIL_OFFSET, r.MAILBOX_SIZE) == (12, 64, 128)
+    assert r.ENTRY_HDR.size == 8 and r.REQ.size == 40 and r.REQ_IOV_OFFSET == 48
+    entry = bytearray(64)
+    r.REQ.pack_into(entry, r.ENTRY_HDR.size, 2, 0, 0, 0x1234, 0, 0)
+    assert entry[24:32] == (0x1234).to_bytes(8, "little")  # cdb_off
+    assert r.SENSE_OFFSET == 16 and r.RSP.size == 8
+
+
 @pytest.mark.parametrize("cdb,length", [
     (bytes([0x12]) + bytes(7), 6), (bytes([0x28]) + bytes(7), 10),
     (bytes([0xA5]) + bytes(7), 12), (bytes([0x88]) + bytes(7), 16),

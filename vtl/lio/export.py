@@ -39,6 +39,7 @@ NOMINAL_SIZE = 1 << 30  # a user backstore must have a size; nothing reads it fo
 HW_MAX_SECTORS = MAX_BLOCK // 512  # the largest block READ BLOCK LIMITS offers, in one command
 MAX_DATA_AREA_MB = 2 * MAX_BLOCK >> 20  # two such blocks in flight
 FABRICS = ("iscsi", "loopback")
+DBROOT = Path("/etc/target")
 
 
 class ExportError(Exception):
@@ -119,6 +120,12 @@ def _root(rtslib):
     if not Path("/sys/kernel/config").exists():
         raise ExportError("no configfs: this kernel has no LIO target (load target_core_mod)")
     try:
+        # rtslib points the kernel's dbroot (PR and ALUA state) at /etc/target, the folder
+        # targetcli-fb's package makes; make it where that package is not installed.
+        DBROOT.mkdir(mode=0o755, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create {DBROOT} (rtslib's dbroot): {e.strerror}") from None
+    try:
         return rtslib.RTSRoot()
     except rtslib.RTSLibError as e:
         raise ExportError(f"LIO target not available: {e}") from None
@@ -187,11 +194,12 @@ def export(p: ExportPlan) -> dict[str, Any]:
     try:
         stores = {s.name: _backstore(rtslib, s, p) for s in p.backstores}
         _, tpg = _fabric_target(rtslib, p)
+        if p.fabric == "loopback" and not tpg.nexus:
+            # tcm_loop: the I_T nexus first, so each LUN made below is scanned as it comes
+            tpg.nexus = p.loopback_wwn.replace("naa.5001405", "naa.5001406", 1)
         luns = _luns(rtslib, tpg, stores, p)
         if p.fabric == "iscsi":
             _iscsi_access(rtslib, tpg, luns, p)
-        elif not tpg.nexus:  # tcm_loop: the nexus makes the local SCSI host scan the LUNs
-            tpg.nexus = p.loopback_wwn.replace("naa.5001405", "naa.5001406", 1)
     except rtslib.RTSLibError as e:
         raise ExportError(str(e)) from None
     return status(p)

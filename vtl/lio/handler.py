@@ -128,6 +128,7 @@ class DeviceRunner:
         self._stop_fd = stop_fd
         self._open_ring = open_ring
         self.gone = False
+        self.broken = False  # the ring made no sense: left alone until the device goes
         self.thread = threading.Thread(target=self._run, name=f"tcmu-{uio.role}", daemon=True)
 
     def start(self) -> None:
@@ -142,7 +143,10 @@ class DeviceRunner:
             return
         try:
             self._serve(port)
-        except (OSError, RingError) as e:
+        except RingError as e:
+            self.broken = True
+            log.error("TCMU device %s (%s) left alone: %s", self.uio.backstore, self.uio.uio, e)
+        except OSError as e:
             log.warning("TCMU device %s (%s) ended: %s", self.uio.backstore, self.uio.uio, e)
         finally:
             self.gone = True
@@ -186,11 +190,14 @@ class Handler:
 
     def rescan(self) -> list[str]:
         """Start runners for devices that appeared; forget those whose device went."""
-        for name in [n for n, r in self.runners.items() if r.gone]:
-            del self.runners[name]
         kwargs = {} if self._uio_class is None else {"uio_class": self._uio_class}
+        present = find_devices(self.library.root, **kwargs)
+        names = {uio.uio for uio in present}
+        for name in [n for n, r in self.runners.items()
+                     if r.gone and (not r.broken or n not in names)]:
+            del self.runners[name]
         started = []
-        for uio in find_devices(self.library.root, **kwargs):
+        for uio in present:
             if uio.uio in self.runners:
                 continue
             model = self.model_for(uio.role)

@@ -14,8 +14,8 @@ Design"; all fields little-endian on the machines we run on, declared once below
 * The command ring, ``cmdr_size`` bytes from ``cmdr_off``: ``struct tcmu_cmd_entry`` records,
   each starting with ``struct tcmu_cmd_entry_hdr`` (``len_op u32`` = length | opcode in the
   low 3 bits, ``cmd_id u16, kflags u8, uflags u8``). A PAD entry fills the ring's end so that
-  no entry wraps; a CMD entry's request (``iov_cnt, iov_bidi_cnt, iov_dif_cnt u32; cdb_off
-  u64; two u64 pads``) is followed by ``struct iovec`` pairs (``iov_base``, an *offset* into
+  no entry wraps; a CMD entry's request (``iov_cnt, iov_bidi_cnt, iov_dif_cnt u32``, 4 bytes
+  of alignment, ``cdb_off u64``, two u64 pads) is followed by ``struct iovec`` pairs (``iov_base``, an *offset* into
   the shared area, and ``iov_len``, both u64). The response overwrites the request in place:
   ``scsi_status u8, pad u8, pad u16, read_len u32, sense_buffer[96]``.
 * The data area: everything after the ring; the iovecs point into it.
@@ -49,10 +49,12 @@ ENTRY_HDR = struct.Struct("<IHBB")  # len_op, cmd_id, kflags, uflags
 OP_MASK = 0x7
 UFLAG_UNKNOWN_OP = 0x1  # a CMD the handler does not know (we answer every CDB instead)
 UFLAG_READ_LEN = 0x2
-# req: after the header
-REQ = struct.Struct("<IIIQQQ")  # iov_cnt, iov_bidi_cnt, iov_dif_cnt, cdb_off, __pad1, __pad2
+# req: after the header. ``packed`` applies to tcmu_cmd_entry's own members only: the req
+# struct inside the union keeps natural alignment, so 4 pad bytes put cdb_off at 16 in req
+# (24 in the entry) and the iovecs at 48.
+REQ = struct.Struct("<III4xQQQ")  # iov_cnt, iov_bidi_cnt, iov_dif_cnt, cdb_off, pads
 IOVEC = struct.Struct("<QQ")  # struct iovec on a 64-bit kernel: iov_base, iov_len
-REQ_IOV_OFFSET = ENTRY_HDR.size + REQ.size  # 44
+REQ_IOV_OFFSET = ENTRY_HDR.size + REQ.size  # 48
 # rsp: over the req, after the header
 RSP = struct.Struct("<BBHI")  # scsi_status, __pad1, __pad2, read_len
 SENSE_OFFSET = ENTRY_HDR.size + RSP.size  # 16
