@@ -413,7 +413,9 @@ class ScsiModel:
                 self._seen.add(nexus)
                 self._ua.setdefault(nexus, set()).add(self._first_ua)
             self._last_nexus = nexus
-        spec = self._command_for(cdb)
+        entry = self._table.get(cdb[0]) if cdb else None
+        # Most opcodes have no service actions: their entry is the command itself.
+        spec = entry if type(entry) is CommandSpec else self._command_for(cdb)
         n = len(spec.usage)
         if len(cdb) != n or type(cdb) is not bytes:
             if len(cdb) < n:

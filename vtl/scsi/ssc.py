@@ -587,6 +587,10 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
     # ------------------------------------------------------------------ READ / WRITE
     @command(Opcode.READ_6, "READ(6)", "08 03 ff ff ff 00", pr=PR_READ, timeout=600)
     def cmd_read6(self, req: Request):
+        """READ(6). Variable mode, here: one block of up to ``count`` bytes; another length
+        is ILI with INFORMATION = requested - actual (negative if longer: the rest is lost),
+        except a shorter block with SILI. Fixed mode: ``_read_fixed``. (The variable case
+        stays inline: it is the general path's commonest command.)"""
         fixed, sili, count = decode_read_write6(req.cdb)
         if fixed and self.block_size == 0:
             raise invalid_field_in_cdb(1, 0)
@@ -595,12 +599,6 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
             return None
         if fixed:
             return self._read_fixed(cart, count)
-        return self._read_variable(cart, count, sili)
-
-    def _read_variable(self, cart: TapeCartridge, count: int, sili: int):
-        """One block of up to ``count`` bytes. Another length is ILI with INFORMATION =
-        requested - actual (negative if longer: the rest is lost), except a shorter block
-        with SILI (SSC-4: READ(6) in variable mode)."""
         buf = self._buffer(count)
         try:
             if self.protection.read:  # the block with its CRC32C appended (ssc_protection)
@@ -768,6 +766,10 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
     @command(Opcode.WRITE_6, "WRITE(6)", "0a 01 ff ff ff 00", pr=PR_WRITE, timeout=600,
              data_out=_write6_length)
     def cmd_write6(self, req: Request) -> None:
+        """WRITE(6). Variable mode, here: one block of ``count`` bytes, into the write
+        buffer when buffered mode lets it (``_buffer_block``), else written now behind
+        whatever is buffered; past early warning the block is written and the answer is NO
+        SENSE, EOM, INFORMATION 0. Fixed mode: ``_write_fixed``."""
         fixed, _, count = decode_read_write6(req.cdb)
         if fixed and self.block_size == 0:
             raise invalid_field_in_cdb(1, 0)
@@ -775,17 +777,9 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
         if count == 0:
             return None
         self._check_write_compat(cart)
-        if fixed:
-            self._write_fixed(cart, req, count)
-        else:
-            self._write_variable(cart, req, count)
-        return None
-
-    def _write_variable(self, cart: TapeCartridge, req: Request, count: int) -> None:
-        """One block of ``count`` bytes: into the write buffer when buffered mode lets it
-        (``_buffer_block``), else written now behind whatever is buffered. Past early
-        warning the block is written and the answer is NO SENSE, EOM, INFORMATION 0."""
         compress = self.compression
+        if fixed:
+            return self._write_fixed(cart, req, count, compress)
         if count > MAX_BLOCK:
             raise invalid_field_in_cdb(2)
         data = req.data_out
@@ -798,7 +792,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
             count = len(data)
         try:
             if self._buffer_block(cart, req.nexus, data, compress):
-                return
+                return None
         except (CartridgeError, OSError) as exc:
             raise self._write_error(exc, count) from None
         self._flush_writes(cart, req.nexus)  # not buffered: what is buffered goes first
@@ -809,11 +803,12 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
         self.bytes_written += count
         if res.early_warning:
             raise END_OF_PARTITION_MEDIUM_DETECTED(eom=True, information=0)
+        return None
 
-    def _write_fixed(self, cart: TapeCartridge, req: Request, count: int) -> None:
+    def _write_fixed(self, cart: TapeCartridge, req: Request, count: int,
+                     compress: bool) -> None:
         """``count`` blocks of the mode's block size, written now; a failure reports the
         blocks not written as INFORMATION."""
-        compress = self.compression
         bs = self.block_size
         total = count * bs
         if total > MAX_FIXED_TRANSFER:

@@ -34,21 +34,15 @@ def transfer_length(cdb: bytes | memoryview) -> int:
     return int.from_bytes(cdb[2:5], "big")
 
 
-class ReadWrite6(NamedTuple):
-    """READ(6), WRITE(6) or VERIFY(6) (SSC-4): FIXED, SILI and the transfer length."""
-
-    fixed: int  # FIXED bit (0/1)
-    sili: int  # SILI bit as set in byte 1 (0/2), READ(6) only
-    length: int
-
-
-def decode_read_write6(cdb: bytes | memoryview) -> ReadWrite6:
-    """FIXED, SILI, TRANSFER LENGTH. FIXED with SILI is an invalid READ(6) (SSC-4: the
-    device may reject it; LTO drives do), reported at byte 1 bit 1."""
+def decode_read_write6(cdb: bytes | memoryview) -> tuple[int, int, int]:
+    """(FIXED, SILI, TRANSFER LENGTH) of READ(6), WRITE(6) or VERIFY(6) (SSC-4), the bits
+    as set in byte 1 (FIXED 0/1, SILI 0/2). FIXED with SILI is an invalid READ(6) (the
+    device may reject it; LTO drives do), reported at byte 1 bit 1. A plain tuple: a named
+    one costs a Python-level constructor call on every block."""
     b1 = cdb[1]
     if b1 & FIXED and b1 & SILI:
         raise invalid_field_in_cdb(1, 1)
-    return ReadWrite6(b1 & FIXED, b1 & SILI, int.from_bytes(cdb[2:5], "big"))
+    return b1 & FIXED, b1 & SILI, int.from_bytes(cdb[2:5], "big")
 
 
 def streaming_read_length(cdb: bytes | memoryview) -> int | None:
