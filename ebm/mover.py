@@ -75,9 +75,10 @@ class TapeWriter:
     """A write-only stream (``write``/``tell``) that becomes the data tape file.
 
     Why a stream: the archive writer and translators only need ``.write``/``.tell``; the mover
-    owns blocking, hashing, encryption and spanning. A caller's bytes are copied once: into
-    the block buffer, or (for aligned whole blocks) into the hand-off to the writer thread,
-    which hashes, seals/compresses and writes while the producer makes the next block.
+    owns blocking, hashing, encryption and spanning. A caller's bytes are copied once, into a
+    block buffer that is then handed to the writer thread as it is (the thread hashes,
+    seals/compresses and writes it while the producer fills the next one, and gives it back
+    to a small pool): no block is copied a second time on its way to the cartridge.
     """
 
     provider: MediaProvider
@@ -98,6 +99,7 @@ class TapeWriter:
         self._hash = hashlib.sha256()
         self._vol: _Vol | None = None
         self._q: queue.Queue | None = None
+        self._spares: list[bytearray] = []  # block buffers the writer thread gave back
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -157,7 +159,7 @@ class TapeWriter:
             self._fill += take
             pos = take
             if self._fill == bs:
-                self._emit(memoryview(self._buf))
+                self._emit_buffer(bs)
                 self._fill = 0
         while n - pos >= bs:  # aligned whole blocks go straight from the caller's buffer
             self._emit(mv[pos:pos + bs])
@@ -170,11 +172,34 @@ class TapeWriter:
         return n
 
     def _emit(self, block: memoryview) -> None:
+        """One block of the caller's bytes (which the caller reuses): copied once, into a
+        block buffer handed on as it is."""
+        if not self.threaded:
+            self._block += 1
+            self._seal_and_put(block, self._block - 1)
+            return
+        buf = self._spare()
+        buf[:len(block)] = block
+        self._hand_off(buf, len(block))
+
+    def _emit_buffer(self, length: int) -> None:
+        """The first ``length`` bytes of the block buffer as the next block: handed on as
+        it is (threaded), a spare buffer taking its place."""
+        if not self.threaded:
+            self._emit(memoryview(self._buf)[:length])
+            return
+        buf, self._buf = self._buf, self._spare()
+        self._hand_off(buf, length)
+
+    def _spare(self) -> bytearray:
+        try:
+            return self._spares.pop()  # list.pop/append are atomic: the writer thread appends
+        except IndexError:
+            return bytearray(self.block_size)
+
+    def _hand_off(self, buf: bytearray, length: int) -> None:
         number = self._block
         self._block += 1
-        if not self.threaded:
-            self._seal_and_put(block, number)
-            return
         if self._thread is None:
             self._q = queue.Queue(maxsize=4)
             self._thread = threading.Thread(target=self._drain, name="tape-writer", daemon=True)
@@ -182,7 +207,7 @@ class TapeWriter:
         if self._error is not None:
             raise self._error
         assert self._q is not None
-        self._q.put((bytes(block), number))  # one copy: the caller reuses its buffer
+        self._q.put((buf, length, number))
         # (the stream hash is computed on the writer thread, block by block, in order)
 
     def _drain(self) -> None:
@@ -192,14 +217,19 @@ class TapeWriter:
             item = self._q.get()
             if item is None:
                 return
+            buf, length, number = item
             if self._error is not None:
                 continue
+            block = buf if length == len(buf) else memoryview(buf)[:length]
             try:
                 if self.hash_stream:
-                    self._hash.update(item[0])  # hashlib drops the GIL: runs beside the producer
-                self._seal_and_put(item[0], item[1])
+                    self._hash.update(block)  # hashlib drops the GIL: runs beside the producer
+                self._seal_and_put(block, number)
             except BaseException as e:  # re-raised in the producer thread
                 self._error = e
+            else:  # the cartridge stored it (write_block keeps no reference): reuse
+                del block
+                self._spares.append(buf)
 
     def _join(self) -> None:
         if self._thread is not None:
@@ -250,7 +280,7 @@ class TapeWriter:
         Returns (stream size, block count, sha256 hex of the whole stream or "" when
         ``hash_stream`` is off)."""
         if self._fill:
-            self._emit(memoryview(self._buf)[:self._fill])
+            self._emit_buffer(self._fill)
             self._fill = 0
         self._join()
         vol = self._vol
