@@ -1,9 +1,9 @@
 """The contract between SCSI device models and the transports that carry CDBs to them.
 
 A device model is pure: a CDB (plus any Data-Out bytes the initiator sent) goes in, a status,
-Data-In bytes and sense come out. The iSCSI target and the unit tests drive models through
-this one interface (so would any other transport), so the behaviour an initiator sees never
-depends on what carried the command.
+Data-In bytes and sense come out. The iSCSI target (``vtl.iscsi``), the LIO/TCMU handler
+(``vtl.lio``) and the unit tests all drive models through this one interface, so the
+behaviour an initiator sees never depends on which transport carried the command.
 
 Models are synchronous and may block (file I/O, zstd). A transport calls a model from one
 thread at a time (it holds the LUN's lock), keeps one nexus's commands to a LUN in arrival

@@ -1,9 +1,9 @@
 """The LUN map a transport exports for one library: LUN 0 the changer, LUN i+1 drive i.
 
-The embedded iSCSI target takes its devices from here (as any other transport would), so the
-layout is decided in one place. Drive LUNs follow the changer's data-transfer element order,
-which is what autochanger configurations (Bacula's ``Drive Index``, mtx's drive numbers)
-assume.
+Both transports (the embedded iSCSI target and the LIO/TCMU export in ``vtl.lio``) take their
+devices from here, so an initiator sees the same layout whichever carries its commands. Drive
+LUNs follow the changer's data-transfer element order, which is what autochanger
+configurations (Bacula's ``Drive Index``, mtx's drive numbers) assume.
 """
 
 from __future__ import annotations
