@@ -342,6 +342,13 @@ class Library:
         if not readonly:
             (root / CARTRIDGE_DIR).mkdir(exist_ok=True)
         lib = cls(root, config, catalog)
+        try:
+            from vtl import layout_check
+
+            layout_check.check(lib)  # slots shrunk under cartridges: refused, not orphaned
+        except BaseException:
+            catalog.close()
+            raise
         if not readonly:
             lib.reconcile()
         return lib

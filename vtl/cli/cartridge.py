@@ -29,6 +29,8 @@ app = typer.Typer(help="Create and manage cartridges.", no_args_is_help=True)
 
 BarcodeArg = Annotated[str, typer.Argument(help="Cartridge barcode, e.g. A00001L8.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Confirm a destructive action.")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Go ahead although the cartridge holds EBM backups still under retention.")]
 
 
 def _row_json(lib: Any, row: dict[str, Any]) -> dict[str, Any]:
@@ -103,6 +105,11 @@ def create(
                 bar[0].add_task("", total=len(barcodes))
             bar[0].update(bar[0].task_ids[0], advance=1, description=bc)
 
+        from vtl.barcode import parse_barcode
+        from vtl.media_compat import check_writable
+
+        for bc in barcodes:  # before anything is made: a refusal changes nothing
+            check_writable(lib.config, media.upper() if media else parse_barcode(bc)[0], bc)
         try:
             created = inventory.create_cartridges(
                 lib, barcodes, media=media.upper() if media else None, capacity=size, worm=worm,
@@ -227,9 +234,10 @@ def show(barcode: BarcodeArg) -> None:
 
 
 @app.command("export")
-def export_(barcodes: Annotated[list[str], typer.Argument(help="Cartridge(s) to export.")]
-            ) -> None:
-    """Move cartridges from their slots into free mailslots."""
+def export_(barcodes: Annotated[list[str], typer.Argument(help="Cartridge(s) to export.")],
+            force: ForceOpt = False) -> None:
+    """Move cartridges from their slots into free mailslots (without --force, not one that
+    holds EBM backups still under retention)."""
     from vtl import mailslots
 
     with open_library() as lib:
@@ -248,6 +256,7 @@ def export_(barcodes: Annotated[list[str], typer.Argument(help="Cartridge(s) to 
                 raise CartridgeInDrive(f"cartridge {bc} is in {element.name}; unload it first")
             if element.type == ElementType.IMPORT_EXPORT:
                 raise CliError(f"cartridge {bc} is already in {element.name}")
+            _guard_backups(lib, bc, "export it", force)
         done = [(bc, mailslots.export_cartridge(lib, bc).name) for bc in barcodes]
         say("exported " + ", ".join(f"{bc} -> {where}" for bc, where in done),
             {"exported": [{"barcode": bc, "to": where} for bc, where in done]})
@@ -283,18 +292,29 @@ def _check_all_known(lib: Any, barcodes: list[str]) -> None:
 
 
 @app.command()
-def erase(barcode: BarcodeArg, yes: YesOpt = False) -> None:
-    """Erase all data on a cartridge (refuses WORM and write-protected ones)."""
+def erase(barcode: BarcodeArg, yes: YesOpt = False, force: ForceOpt = False) -> None:
+    """Erase all data on a cartridge (refuses WORM and write-protected ones, and without
+    --force one holding EBM backups still under retention)."""
     barcode = barcode.upper()
     from vtl import inventory
 
     with open_library() as lib:
         row = lib.cartridge(barcode)
+        _guard_backups(lib, barcode, "erase it", force)
         if not yes:
             raise CliError(f"erasing {barcode} destroys its data; confirm with --yes")
         del row
         inventory.erase_cartridge(lib, barcode)
         say(f"erased {barcode}", {"barcode": barcode})
+
+
+def _guard_backups(lib: Any, barcode: str, action: str, force: bool) -> None:
+    """Refuse (or with --force warn about) a cartridge holding EBM backups under retention."""
+    from vtl.backup_guard import check
+
+    warning = check(lib.catalog.conn, barcode, action, force)
+    if warning:
+        sys.stderr.write(warning + "\n")
 
 
 def _set_write_protect(barcode: str, on: bool) -> None:
@@ -332,12 +352,15 @@ def worm(barcode: BarcodeArg) -> None:
 
 
 @app.command()
-def delete(barcode: BarcodeArg, yes: YesOpt = False) -> None:
-    """Delete a cartridge and its file (one holding data needs --yes)."""
+def delete(barcode: BarcodeArg, yes: YesOpt = False, force: ForceOpt = False) -> None:
+    """Delete a cartridge and its file (one holding data needs --yes; one holding EBM
+    backups still under retention, --force)."""
     barcode = barcode.upper()
     from vtl import inventory
 
     with open_library() as lib:
+        lib.cartridge(barcode)  # an unknown barcode: that error first
+        _guard_backups(lib, barcode, "delete it", force)
         inventory.delete_cartridge(lib, barcode, force=yes)
         say(f"deleted {barcode}", {"barcode": barcode})
 

@@ -84,7 +84,9 @@ def init(
     mailslots: Annotated[int, typer.Option(help="Number of import/export mailslots.")] = 4,
     media: Annotated[str, typer.Option(help="Default media for new cartridges.")] = "LTO-8",
     changer_model: Annotated[str, typer.Option(help="Changer identity.")] = "IBM-3573-TL",
-    drive_model: Annotated[str, typer.Option(help="Drive identity.")] = "IBM-ULT3580-TD8",
+    drive_model: Annotated[str | None, typer.Option(
+        help="Drive identity; default: the IBM drive of --media's generation "
+             "(LTO-8: IBM-ULT3580-TD8).")] = None,
     name: Annotated[str, typer.Option(help="Library name.")] = "vtl",
     serial_prefix: Annotated[str, typer.Option(help="Prefix of device serials.")] = "VTL",
     portal: Annotated[str, typer.Option(help="iSCSI portal HOST:PORT.")] = "127.0.0.1:3260",
@@ -98,8 +100,14 @@ def init(
     from vtl.catalog import CATALOG_NAME
     from vtl.config import CONFIG_NAME, IscsiConfig
     from vtl.library import Library
+    from vtl.media_compat import check_writable, drive_model_for
 
     root = settings().root
+    if drive_model is None:
+        try:
+            drive_model = drive_model_for(media.upper())
+        except ValueError:  # an unknown media: validate() below names it
+            drive_model = "IBM-ULT3580-TD8"
     iscsi = IscsiConfig(portal=portal)
     iscsi.target_iqn = iqn or f"iqn.2026-01.org.vtl-ebm:{name.lower()}"
     config = LibraryConfig(
@@ -110,6 +118,7 @@ def init(
     if group:
         group_id(group)  # UnknownGroup before anything is made: a refusal changes nothing
     config.validate()
+    check_writable(config, config.media)  # --media LTO-9 --drive-model ...TD7 is refused
     taken = any((root / file).exists() for file in (CONFIG_NAME, CATALOG_NAME))
     if not root.exists() or (root.is_dir() and not taken):  # else Library.create refuses
         make_root(root, group)
@@ -213,6 +222,11 @@ def load(
         index = _drive_index(lib, drive)
         src = lib.find(barcode)
         dst = f"drive:{index}"
+        row = lib.cartridge(barcode)
+        if row is not None and row.get("media"):
+            from vtl.media_compat import check_readable
+
+            check_readable(lib.config, row["media"], barcode)
         if src.name == dst:
             say(f"{barcode} is already in {dst}",
                 {"barcode": barcode, "from": dst, "to": dst, "moved": False})
