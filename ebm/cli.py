@@ -474,8 +474,6 @@ def ls(backup_spec: str = typer.Argument(..., metavar="BACKUP"),
     view = final_view(cat, cat.chain(b), [path] if path else None)
     rows = sorted((r for p, r in view.items() if matches(p, [path] if path else [])),
                   key=lambda r: r.path)
-    if path and not rows:
-        raise CliError(f"nothing in backup {b.uuid} matches {path}")
     pos: dict[str, Any] = {}
     if positions:
         for bid in {r.backup for r in rows}:

@@ -9,7 +9,9 @@ Schedule forms (local time):
 - ``hourly`` / ``daily`` (00:00) / ``weekly`` (Monday 00:00)
 - ``daily at HH:MM``, ``hourly at :MM``, ``weekly on DAY at HH:MM``
 - ``every N minutes`` / ``every N hours``
-- five-field cron: ``M H DOM MON DOW`` with ``*``, lists, ranges and ``*/step``
+- cron: five fields ``M H DOM MON DOW`` or a macro (``@daily``, ``@weekly``, ``@hourly`` ...),
+  with cron's own semantics (day-of-month OR day-of-week when both are restricted, names like
+  ``mon``, ``jan``), computed by croniter
 """
 
 from __future__ import annotations
@@ -74,25 +76,6 @@ def _hm(text: str) -> tuple[int, int]:
     return int(m[1]), int(m[2])
 
 
-def _cron_field(text: str, lo: int, hi: int) -> set[int]:
-    out: set[int] = set()
-    for part in text.split(","):
-        m = re.fullmatch(r"(\*|\d+(?:-\d+)?)(?:/(\d+))?", part)
-        if not m:
-            raise RequestError(f"bad cron field {text!r}")
-        rng, step = m[1], int(m[2] or 1)
-        if rng == "*":
-            a, b = lo, hi
-        elif "-" in rng:
-            a, b = (int(x) for x in rng.split("-"))
-        else:
-            a = b = int(rng)
-        if not (lo <= a <= b <= hi) or step < 1:
-            raise RequestError(f"cron field {text!r} out of range {lo}-{hi}")
-        out.update(range(a, b + 1, step))
-    return out
-
-
 def parse_schedule(spec: str) -> Callable[[dt.datetime], dt.datetime]:
     """Return a function next(after: datetime) -> datetime; RequestError if unparsable."""
     s = " ".join(spec.lower().split())
@@ -116,32 +99,27 @@ def parse_schedule(spec: str) -> Callable[[dt.datetime], dt.datetime]:
             raise RequestError(f"bad weekday {m[1]!r}")
         h, mi = _hm(m[2])
         s = f"{mi} {h} * * {(day + 1) % 7}"
-    fields = s.split()
-    if len(fields) != 5:
+    return _cron(spec, s)
+
+
+def _cron(spec: str, expr: str) -> Callable[[dt.datetime], dt.datetime]:
+    """Cron's own semantics through croniter (a maintained library, imported only here:
+    start-up stays fast): a day matches when day-of-month OR day-of-week does if both are
+    restricted, names (``mon``, ``jan``) and ``@daily``-style macros work."""
+    from croniter import CroniterBadDateError, croniter
+
+    if len(expr.split()) not in (1, 5) or not croniter.is_valid(expr):
         raise RequestError(
             f"bad schedule {spec!r} (try 'hourly', 'daily at 03:00', 'weekly on sun at 02:00', "
-            "'every 15 minutes' or a 5-field cron line)")
-    mins = _cron_field(fields[0], 0, 59)
-    hours = _cron_field(fields[1], 0, 23)
-    doms = _cron_field(fields[2], 1, 31)
-    mons = _cron_field(fields[3], 1, 12)
-    dows = {d % 7 for d in _cron_field(fields[4], 0, 7)}
+            "'every 15 minutes', '@daily' or a 5-field cron line such as '0 3 * * mon-fri')")
 
     def nxt(after: dt.datetime) -> dt.datetime:
-        t = after.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
-        horizon = after + dt.timedelta(days=8 * 366)  # Feb 29 on a given weekday can take years
-        while t < horizon:
-            if (t.month in mons and t.day in doms and (t.isoweekday() % 7) in dows
-                    and t.hour in hours and t.minute in mins):
-                return t
-            if t.month not in mons or t.day not in doms or (t.isoweekday() % 7) not in dows:
-                t = (t + dt.timedelta(days=1)).replace(hour=0, minute=0)
-            elif t.hour not in hours:
-                t = (t + dt.timedelta(hours=1)).replace(minute=0)
-            else:
-                t += dt.timedelta(minutes=1)
-        raise RequestError(f"schedule {spec!r} never fires")
+        try:
+            return croniter(expr, after.replace(second=0, microsecond=0)).get_next(dt.datetime)
+        except (CroniterBadDateError, StopIteration):
+            raise RequestError(f"schedule {spec!r} never fires") from None
 
+    nxt(dt.datetime.now())  # one that never fires is refused when it is added
     return nxt
 
 

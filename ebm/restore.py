@@ -45,12 +45,19 @@ class TargetRefused(RestoreError):
 
 
 def resolve(catalog: Catalog, spec: str) -> Backup:
-    """``ID``, ``UUID`` (or prefix), ``DATASET`` (its latest good backup) or ``DATASET@TIME``
-    (the latest good backup started at or before TIME: ISO date/time or epoch seconds)."""
+    """``ID``, ``UUID`` (or the short prefix ``ebm list`` prints), ``DATASET`` (its latest good
+    backup), ``DATASET@TIME`` (the latest good backup started at or before TIME: ISO date/time
+    or epoch seconds), ``DATASET@latest``, or ``latest`` (the newest good backup of any
+    dataset, unless a dataset is called so)."""
     name, at, when = spec, None, None
+    if spec == "latest" and catalog.dataset(spec) is None:
+        done = catalog.backups(None, states=["done"])
+        if not done:
+            raise UnknownBackup(f"no good backup yet{catalog.empty_note}")
+        return max(done, key=lambda b: (b.started, b.id))
     if "@" in spec:
         name, _, at = spec.partition("@")
-        when = parse_time(at)
+        when = None if at == "latest" else parse_time(at)
     if catalog.dataset(name) is not None:
         done = [b for b in catalog.backups(name, states=["done"])
                 if when is None or b.started <= when]

@@ -138,7 +138,6 @@ def test_cli_flow_and_bad_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) 
         ("restore", "ds", "--to", str(tmp_path / "r"), "--path", "no/such/*"),
         ("restore", "ds"),  # missing --to
         ("show", "99"),
-        ("ls", "ds", "zzz"),
         ("forget", "ds"),  # no rule
         ("forget", "--keep-last", "-1"),
         ("pool", "add", "pool", "NOPE01L8"),

@@ -12,7 +12,8 @@ The policy, as both ``--help`` epilogs and the README state it:
   translator that failed, or any unexpected error;
 - exit 130: interrupted.
 
-Either way the error is exactly one ``error: ...`` line on stderr, never a traceback.
+Either way the error is exactly one ``error: ...`` line on stderr, never a traceback; with
+``--json`` the same error is also one JSON object on stdout (:func:`write_json_error`).
 
 The domain modules keep their own exception classes (``LibraryError``, ``CatalogError`` ...);
 :func:`exit_code_for` maps them here, by class name and module, without importing them, so
@@ -130,8 +131,26 @@ def one_line(text: str) -> str:
     return " ".join(str(text).split()) or "unknown error"
 
 
-def report(exc: BaseException) -> int:
-    """Write the one ``error: ...`` line for ``exc`` to stderr; return its exit code."""
-    sys.stderr.write(f"error: {one_line(error_message(exc))}\n")
+def report(exc: BaseException, as_json: bool = False) -> int:
+    """Write the one ``error: ...`` line for ``exc`` to stderr (and, for ``--json``, the same
+    as a JSON object on stdout); return its exit code."""
+    message = one_line(error_message(exc))
+    code = exit_code_for(exc)
+    if as_json:
+        write_json_error(message, code)
+    sys.stderr.write(f"error: {message}\n")
     sys.stderr.flush()
-    return exit_code_for(exc)
+    return code
+
+
+_KINDS = {EXIT_USAGE: "refused", EXIT_FAILED: "failed", EXIT_INTERRUPTED: "interrupted"}
+
+
+def write_json_error(message: str, code: int) -> None:
+    """``{"ok": false, "error": ..., "exit_code": N, "kind": ...}`` on stdout: what a script
+    reading ``--json`` output gets instead of a result."""
+    import json
+
+    sys.stdout.write(json.dumps({"ok": False, "error": message, "exit_code": code,
+                                 "kind": _KINDS.get(code, "failed")}) + "\n")
+    sys.stdout.flush()

@@ -18,7 +18,7 @@ from typer import Abort
 from typer.core import TyperGroup
 
 from vtl.access import PRIVATE_UMASK
-from vtl.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, report
+from vtl.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, report, write_json_error
 
 try:  # recent typer vendors its own click: its exceptions are those
     from typer._click.exceptions import NoArgsIsHelpError
@@ -71,6 +71,7 @@ class OneLineErrorsGroup(TyperGroup):
     def _main_one_line(self, args: Sequence[str] | None, prog_name: str | None,
                        complete_var: str | None, **extra: Any) -> Any:
         args = hoist_globals(list(sys.argv[1:] if args is None else args))
+        as_json = "--json" in (args[: args.index("--")] if "--" in args else args)
         try:
             rv = super().main(
                 args=args,
@@ -83,15 +84,19 @@ class OneLineErrorsGroup(TyperGroup):
             sys.stdout.write((e.ctx.get_help() if e.ctx else str(e)) + "\n")
             sys.exit(0)
         except Abort:
+            if as_json:
+                write_json_error("aborted", EXIT_FAILED)
             sys.stderr.write("error: aborted\n")
             sys.exit(EXIT_FAILED)
         except SystemExit:
             raise
         except KeyboardInterrupt:
+            if as_json:
+                write_json_error("interrupted", EXIT_INTERRUPTED)
             sys.stderr.write("error: interrupted\n")
             sys.exit(EXIT_INTERRUPTED)
         except BaseException as e:  # noqa: BLE001 - the last line of defence: no tracebacks
-            sys.exit(report(e))
+            sys.exit(report(e, as_json))
         if isinstance(rv, int) and rv:
             sys.exit(rv)
         return rv

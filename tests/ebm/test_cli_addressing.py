@@ -1,0 +1,82 @@
+"""How ``ebm`` addresses backups and reports: the short id ``ebm list`` prints, ``latest``,
+``DATASET@TIME`` and ``DATASET@latest`` in show/ls/restore/verify; an empty ``ls`` match is an
+empty list; ``--json`` errors as JSON objects; cron schedules with cron's own semantics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+from ebm_helpers import barcodes, make_library, run_cli, write_tree
+
+from ebm.controller import RequestError, next_run
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("addr") / "lib"
+    src = root.parent / "src"
+    write_tree(src, {"a/one.txt": b"one\n", "b/two.txt": b"two\n"})
+    make_library(root, barcodes(2)).close()
+    for _ in range(2):
+        r = run_cli(root, "backup", "home", "--source", str(src), "--pool", "pool")
+        assert r.returncode == 0, r.stderr
+    return root
+
+
+def ids(root: Path) -> list[dict]:
+    r = run_cli(root, "--json", "list")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_short_id_latest_and_dataset_at_time(library: Path):
+    first, second = ids(library)
+    short = first["uuid"][:8]  # what the table of `ebm list` shows
+    for spec, want in ((short, first), ("latest", second), ("home@latest", second),
+                       ("home", second), (f"home@{first['started'] + 0.001}", first)):
+        r = run_cli(library, "--json", "show", spec)
+        assert r.returncode == 0, (spec, r.stderr)
+        assert json.loads(r.stdout)["uuid"] == want["uuid"], spec
+    for command in (["ls", "latest"], ["verify", "latest"], ["ls", short]):
+        r = run_cli(library, *command)
+        assert r.returncode == 0, (command, r.stderr)
+    r = run_cli(library, "restore", "latest", "--to", str(library.parent / "r"))
+    assert r.returncode == 0, r.stderr
+    assert (library.parent / "r" / "a" / "one.txt").read_bytes() == b"one\n"
+
+
+def test_ls_of_nothing_is_an_empty_list(library: Path):
+    r = run_cli(library, "--json", "ls", "latest", "no/such/*")
+    assert r.returncode == 0 and json.loads(r.stdout) == []
+    r = run_cli(library, "ls", "latest", "no/such/*")
+    assert r.returncode == 0 and r.stdout == ""
+
+
+def test_json_errors_are_json_on_stdout_and_one_line_on_stderr(library: Path):
+    r = run_cli(library, "--json", "show", "nosuch")
+    assert r.returncode == 2
+    assert json.loads(r.stdout) == {"ok": False, "error": r.stderr[len("error: "):].strip(),
+                                    "exit_code": 2, "kind": "refused"}
+    assert r.stderr.startswith("error: no backup or dataset 'nosuch'")
+    r = run_cli(library, "show", "nosuch")
+    assert r.stdout == "" and r.returncode == 2
+
+
+def test_cron_semantics():
+    t = dt.datetime(2026, 12, 3, 13, 0).timestamp()
+
+    def at(spec: str) -> dt.datetime:
+        return dt.datetime.fromtimestamp(next_run(spec, t))
+
+    # Day of month OR day of week when both are restricted: Friday the 4th, not a Friday 13th.
+    assert at("0 3 13 * 5") == dt.datetime(2026, 12, 4, 3, 0)
+    assert at("@daily") == dt.datetime(2026, 12, 4, 0, 0)
+    assert at("0 2 * * mon") == dt.datetime(2026, 12, 7, 2, 0)
+    assert at("30 1 * jan *") == dt.datetime(2027, 1, 1, 1, 30)
+    assert at("daily at 03:00") == dt.datetime(2026, 12, 4, 3, 0)
+    for bad in ("0 2 * * xyz", "@sometimes", "0 0 30 2 *", "1 2 3"):
+        with pytest.raises(RequestError):
+            next_run(bad, t)
