@@ -1,7 +1,7 @@
 """What the embedded target exports and how it behaves: targets, ACLs, CHAP, limits.
 
-Kept apart from the server so the CLI, the tests and a future LIO exporter can all build the
-same description without starting anything.
+Kept apart from the server so the CLI and the tests can build the same description without
+starting anything.
 """
 
 from __future__ import annotations
