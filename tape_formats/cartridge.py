@@ -219,6 +219,8 @@ def _parse_header(raw: bytes, path: Path):
         raise NotACartridge(f"{path}: written with format features this vtl does not know "
                             f"(0x{unknown:x}): open it with a newer vtl")
     hdr.incompat = incompat
+    if not incompat & IncompatFeature.PARTITIONS:
+        hdr.extra_partitions = 0
     return hdr
 
 
@@ -279,6 +281,9 @@ class TapeCartridge:
         self._wb: WriteBehind | None = None
         # The drive's tape data encryption settings (keys in memory only): set_crypto.
         self.crypto: CryptoSettings | None = None
+        # Partitions after this one (partition 0), opened on first use (``partition``).
+        self.extra_partitions: int = hdr.extra_partitions
+        self._partitions: dict[int, TapeCartridge] = {}
 
     # -- creation and opening -----------------------------------------------------------
     @classmethod
@@ -308,6 +313,7 @@ class TapeCartridge:
             "created_ns": time.time_ns(),
             "uuid": uuidlib.uuid4().bytes,
             "incompat": 0,
+            "extra_partitions": 0,
         }
         header = _build_header(fields)
         tmp = path.with_name(path.name + ".new")
@@ -865,6 +871,8 @@ class TapeCartridge:
         self.wait_writes()
         self._ahead.clear()
         self.crypto = settings
+        for part in self._partitions.values():
+            part.set_crypto(settings)
 
     def block_envelope(self, obj: int) -> Envelope | None:
         """The clear header of data block ``obj`` when it is encrypted (which key, which
@@ -948,6 +956,9 @@ class TapeCartridge:
         self._ahead.release()
         if self._closed:
             return
+        parts, self._partitions = self._partitions, {}
+        for part in parts.values():
+            part.close()
         wb, self._wb = self._wb, None
         if wb is not None:
             lost = wb.close()
@@ -970,6 +981,71 @@ class TapeCartridge:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # -- partitions ---------------------------------------------------------------------
+    @property
+    def partition_count(self) -> int:
+        return 1 + self.extra_partitions
+
+    def partition_path(self, number: int) -> Path:
+        """Where partition ``number`` (1 or more) lives: a cartridge file of its own."""
+        return self.path.with_name(f"{self.path.name}.p{number}")
+
+    def partition(self, number: int) -> TapeCartridge:
+        """Partition ``number`` of this cartridge (0 is this file), opened on first use and
+        closed with it. Each partition is its own stream of objects, numbered from 0."""
+        if number == 0:
+            return self
+        if not 0 < number <= self.extra_partitions:
+            raise CartridgeError(f"{self.barcode} has no partition {number}")
+        part = self._partitions.get(number)
+        if part is None:
+            part = TapeCartridge.open(self.partition_path(number), readonly=self.readonly,
+                                      count_load=False)
+            part.set_crypto(self.crypto)
+            self._partitions[number] = part
+        return part
+
+    @property
+    def medium_capacity(self) -> int:
+        """The whole medium's capacity: what its partitions share."""
+        return self.capacity + sum(self.partition(n).capacity
+                                   for n in range(1, self.partition_count))
+
+    def format_partitions(self, leading: list[int]) -> None:
+        """FORMAT MEDIUM: erase the whole cartridge and lay it out as ``len(leading) + 1``
+        partitions, the first ones of ``leading`` bytes each and the last one the rest of
+        the medium (no ``leading``: one partition, the whole medium). The header is flagged
+        PARTITIONS before it names more than one, and partition files are made before the
+        header names them, so a crash leaves at worst an unused file."""
+        self.wait_writes()
+        self.check_writable()
+        if self.worm:
+            raise WormOverwrite(f"{self.barcode} is WORM: it cannot be formatted")
+        total = self.medium_capacity
+        rest = total - sum(leading)
+        if any(n <= 0 for n in leading) or rest <= 0:
+            raise CartridgeError(f"partitions of {leading} bytes leave no room in {total}")
+        sizes = [*leading, rest]
+        for part in self._partitions.values():
+            part.close()
+        self._partitions = {}
+        for number in range(1, 1 + max(self.extra_partitions, len(leading))):
+            name = self.partition_path(number).name
+            for side in self.path.parent.glob(f"{name}*"):
+                side.unlink(missing_ok=True)
+        self.position = 0
+        self._cut_at_position()
+        self.sync()
+        if leading:
+            self._require(IncompatFeature.PARTITIONS)
+            for number, size in enumerate(sizes[1:], start=1):
+                TapeCartridge.create(self.partition_path(number), self.barcode, self.media,
+                                     capacity=size)
+        self._rewrite_header(capacity=sizes[0], extra_partitions=len(leading))
+        self.capacity = sizes[0]
+        self.ew_point = sizes[0] - early_warning_margin(sizes[0])
+        self.extra_partitions = len(leading)
 
     # -- file-level summaries ----------------------------------------------------------
     def tape_files(self) -> Iterator[TapeFile]:

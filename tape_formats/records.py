@@ -66,10 +66,12 @@ class IncompatFeature(enum.IntFlag):
 
     FILEMARK_RUNS = 0x01  # records of kind FILEMARK_RUN
     ENCRYPTED_BLOCKS = 0x02  # data records with FLAG_ENCRYPTED
+    PARTITIONS = 0x04  # more than one partition: ``extra_partitions`` sibling files
 
 
 # a plain int: ~ on it keeps every bit
-KNOWN_INCOMPAT = int(IncompatFeature.FILEMARK_RUNS | IncompatFeature.ENCRYPTED_BLOCKS)
+KNOWN_INCOMPAT = int(IncompatFeature.FILEMARK_RUNS | IncompatFeature.ENCRYPTED_BLOCKS
+                     | IncompatFeature.PARTITIONS)
 
 CARTRIDGE_HEADER_BODY = Struct(
     "magic" / Const(CARTRIDGE_MAGIC),
@@ -86,6 +88,8 @@ CARTRIDGE_HEADER_BODY = Struct(
     "uuid" / Bytes(16),
     # IncompatFeature bits (version 2; zero padding in a version 1 header).
     "incompat" / Int32ul,
+    # Partitions after partition 0 (this file), each in ``<file>.p<N>`` (PARTITIONS).
+    "extra_partitions" / Int8ul,
 )
 # The header is the body, zero padding, and a CRC32C of everything before it in the last 4
 # bytes of the 512-byte block.

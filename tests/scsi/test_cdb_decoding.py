@@ -69,11 +69,11 @@ def test_positioning_fields():
     with pytest.raises(CheckCondition) as e:
         decode_space16(bytes([0x91, 0, 0, 0] + [0] * 8 + [0, 1, 0, 0]))
     assert field_pointer(e.value) == (12, None)
-    assert decode_locate10(bytes([0x2B, 0, 0, 0, 0, 1, 2, 0, 0, 0])) == 0x102
-    with pytest.raises(CheckCondition):
-        decode_locate10(bytes([0x2B, 2, 0, 0, 0, 1, 2, 0, 1, 0]))
+    assert decode_locate10(bytes([0x2B, 0, 0, 0, 0, 1, 2, 0, 0, 0])) == (0x102, None)
+    assert decode_locate10(bytes([0x2B, 2, 0, 0, 0, 1, 2, 0, 1, 0])) == (0x102, 1)
+    assert decode_locate16(bytes([0x92, 0x02, 0, 3] + [0] * 8 + [0] * 4)).partition == 3
     assert decode_locate16(bytes([0x92, 0x08, 0, 0] + [0] * 7 + [3] + [0] * 4)) == (
-        DEST_FILEMARK, 3)
+        DEST_FILEMARK, 3, None)
     assert decode_read_position(bytes([0x34, 6, 0, 0, 0, 0, 0, 0, 32, 0])) == (6, 32)
     assert decode_load_unload(bytes([0x1B, 0, 0, 0, 1, 0])).load
     with pytest.raises(CheckCondition) as e:

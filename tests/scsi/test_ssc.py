@@ -461,13 +461,13 @@ def test_mode_pages(drv):
     # MODE SENSE(10)
     d = good(drv, 0x5A, 0, 0x10, 0, 0, 0, 0, 0, 255, 0)
     assert int.from_bytes(d[6:8], "big") == 8 and d[16] == 0x10
-    # medium partition page: one partition, echo back accepted
+    # medium partition page: up to 3 more partitions on LTO-8 (one now), echo back accepted
     d = good(drv, 0x1A, 0x08, 0x11, 0, 255, 0)
     page = d[4:]
-    assert page[2] == 0 and page[3] == 0
+    assert page[2] == 3 and page[3] == 0
     good(drv, 0x15, 0x10, 0, 0, len(d), 0, data=bytes(4) + page)
     bad = bytearray(page)
-    bad[3] = 1  # one additional partition
+    bad[3] = 4  # four additional partitions
     assert check(drv, 0x15, 0x10, 0, 0, len(d), 0, data=bytes(4) + bytes(bad)).code == (5, 0x26, 0)
     # SDCA in page 0x10 toggles DCE
     d = good(drv, 0x1A, 0x08, 0x10, 0, 255, 0)

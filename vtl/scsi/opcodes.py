@@ -44,9 +44,11 @@ class Opcode(enum.IntEnum):
 
     # SSC-3 (sequential-access devices)
     REWIND = 0x01
+    FORMAT_MEDIUM = 0x04
     READ_BLOCK_LIMITS = 0x05
     READ_6 = 0x08
     WRITE_6 = 0x0A
+    SET_CAPACITY = 0x0B
     WRITE_FILEMARKS_6 = 0x10
     SPACE_6 = 0x11
     VERIFY_6 = 0x13

@@ -22,6 +22,7 @@ WRITE/WFM with no room left            VOLUME OVERFLOW 00/02, EOM, residue
 disk write / read failure              MEDIUM ERROR 0C/00 / 11/00, residue (never EOM)
 damaged record (checksum)              MEDIUM ERROR 11/00, residue
 block the encryption keys do not open  DATA PROTECT 74/01-04, residue (ssc_encryption)
+LOCATE CP to a partition not there     ILLEGAL REQUEST 24/00 (ssc_partitions; layout: 26/00)
 write protected / WORM overwrite       DATA PROTECT 27/00 / 30/0C
 older medium the drive cannot write    DATA PROTECT 30/05
 medium the drive cannot read           MEDIUM ERROR 30/00
@@ -134,6 +135,7 @@ from vtl.scsi.ssc_cdb import (
 from vtl.scsi.ssc_diagnostics import DiagnosticCommands
 from vtl.scsi.ssc_encryption import DriveEncryption, EncryptionCommands, decrypt_refusal
 from vtl.scsi.ssc_immediate import ImmediateWork
+from vtl.scsi.ssc_partitions import MediumPartitionPage, PartitionCommands
 from vtl.scsi.ssc_protection import ControlDataProtectionPage
 from vtl.scsi.ssc_volume_pages import device_configuration_extension, volume_statistics
 
@@ -178,7 +180,7 @@ def _write6_length(drive: TapeDrive, cdb: bytes) -> int | None:
     return count
 
 
-class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
+class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiModel):
     """One LTO tape drive (SSC), the data-transfer element of a library drive bay."""
 
     PERIPHERAL_TYPE = 0x01
@@ -204,6 +206,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
             bay.io_lock = self.lock
         self._gen = bay.media_generation
         self._cart: TapeCartridge | None = None
+        self._part = 0  # the partition the drive is in (ssc_partitions)
         # A cartridge in the bay at start-up counts as loaded (threaded), like a drive that
         # powers on with a tape inside.
         self._loaded = True
@@ -256,8 +259,9 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
         # 0x0A/0xF0 control data protection: logical block protection (ssc_protection).
         self.protection = ControlDataProtectionPage()
         self.add_mode_page(self.protection)
-        # 0x11 medium partition: one partition, sizes in GB (PSUM 11b, units 10^9).
-        self.add_mode_page(_PartitionPage(self))
+        # 0x11 medium partition: the layout FORMAT MEDIUM applies (ssc_partitions).
+        self.partition_page = MediumPartitionPage(self.identity, lambda: self._ready_cart())
+        self.add_mode_page(self.partition_page)
         # 0x1D medium configuration: WORMM reflects the loaded cartridge (SSC-3 8.3.7).
         self.add_mode_page(_MediumConfigurationPage(self))
         # 0x1C informational exceptions control: DEXCPT off by default, MRIE 3.
@@ -326,10 +330,13 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
                 for i in range(1, 65)]
 
     def _capacity_params(self) -> list[LogParameter]:
+        """Tape capacity (0x31): remaining and maximum MiB of partitions 0 and 1."""
         c = self._cart
-        rem = (c.remaining_bytes >> 20) if c is not None else 0
-        mx = (c.capacity >> 20) if c is not None else 0
-        return [counter(1, rem, 4), counter(2, 0, 4), counter(3, mx, 4), counter(4, 0, 4)]
+        parts = [c.partition(n) for n in range(min(c.partition_count, 2))] if c else []
+        rem = [p.remaining_bytes >> 20 for p in parts] + [0, 0]
+        mx = [p.capacity >> 20 for p in parts] + [0, 0]
+        return [counter(1, rem[0], 4), counter(2, rem[1], 4), counter(3, mx[0], 4),
+                counter(4, mx[1], 4)]
 
     # ------------------------------------------------------------------ medium state
     @property
@@ -431,6 +438,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
         self._gen = self.bay.media_generation
         self._cart = None
         self._loaded = True  # a newly inserted cartridge is loaded automatically
+        self._part = 0
         self.encryption.medium_removed()
         self.tapealert.clear()
         self._reset_traffic()
@@ -438,7 +446,16 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
             self.queue_ua(UnitAttention.NOT_READY_TO_READY)
 
     def _medium(self) -> TapeCartridge:
-        """The loaded cartridge, mounting it on first use; NOT READY otherwise."""
+        """The partition the drive is in, of the loaded cartridge (``_base_cartridge``)."""
+        cart = self._cart
+        if cart is not None and self._loaded and not self._part:
+            return cart
+        cart = self._base_cartridge()
+        return cart.partition(self._part) if self._part else cart
+
+    def _base_cartridge(self) -> TapeCartridge:
+        """The loaded cartridge (partition 0), mounting it on first use; NOT READY
+        otherwise."""
         cart = self._cart
         if cart is not None and self._loaded:
             return cart
@@ -492,7 +509,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
     def _ready_cart(self) -> TapeCartridge | None:
         """The loaded cartridge if there is one (mounting it), else None: never raises."""
         try:
-            return self._medium()
+            return self._base_cartridge()
         except CheckCondition:
             return None
 
@@ -701,7 +718,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
         early warning). False: nothing queued, write it now. The buffer keeps ``data`` itself
         when the transport gave it away, else a copy (it is the transport's once we return).
         Raises what ``queue_block`` raises (write protect, WORM)."""
-        if (not self.buffered_mode or len(data) < MIN_BUFFERED_WRITE
+        if (not self.buffered_mode or len(data) < MIN_BUFFERED_WRITE or self._part
                 or (nexus != self._buffered_for and cart.writes_pending)):
             return False
         if not cart.queue_block(data if donated(data) else bytes(data), compress=compress):
@@ -717,7 +734,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
         Call under ``self.lock``."""
         cart = self._cart
         bay = self.bay
-        if (cart is None or not self._loaded or bay.cartridge is not cart
+        if (cart is None or not self._loaded or bay.cartridge is not cart or self._part
                 or bay.media_generation != self._gen or not self._plain_nexus(nexus, pr_class)
                 or self._immediate.running or self._immediate.failed_for(nexus)):
             return None
@@ -731,7 +748,8 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
             return
         self._streaming = False
         cart = self._cart
-        if cart is None or not self._loaded or cart.closed or self.bay.cartridge is not cart:
+        if (cart is None or not self._loaded or cart.closed or self.bay.cartridge is not cart
+                or self._part):
             return
         try:
             cart.read_ahead()
@@ -893,12 +911,27 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
     @command(Opcode.LOCATE_10, "LOCATE(10)", "2b 07 00 ff ff ff ff 00 ff 00", pr=PR_READ,
              timeout=3600)
     def cmd_locate10(self, req: Request) -> None:
-        self._locate(decode_locate10(req.cdb))
+        ident, partition = decode_locate10(req.cdb)
+        self._change_partition(partition, 8)
+        self._locate(ident)
+
+    def _change_partition(self, partition: int | None, byte: int) -> None:
+        """LOCATE with CP: move to ``partition`` (its BOP until the locate moves on)."""
+        if partition is None or partition == self._part:
+            return
+        base = self._base_cartridge()
+        if partition >= base.partition_count:
+            raise invalid_field_in_cdb(byte)
+        self._medium().wait_writes()
+        self._part = partition
 
     @command(Opcode.LOCATE_16, "LOCATE(16)", "92 3b 01 ff ff ff ff ff ff ff ff ff 00 00 00 00",
              pr=PR_READ, timeout=3600)
     def cmd_locate16(self, req: Request) -> None:
-        dest, ident = decode_locate16(req.cdb)
+        dest, ident, partition = decode_locate16(req.cdb)
+        if dest not in (DEST_LOGICAL_OBJECT, DEST_FILEMARK, DEST_END_OF_DATA):
+            raise invalid_field_in_cdb(1, 5)
+        self._change_partition(partition, 3)
         if dest == DEST_LOGICAL_OBJECT:
             self._locate(ident)
         elif dest == DEST_FILEMARK:
@@ -925,6 +958,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
         if form in (POSITION_SHORT, POSITION_SHORT_VENDOR):
             d = bytearray(20)
             d[0] = bop | eop
+            d[1] = self._part
             if pos > 0xFFFFFFFF:
                 d[0] |= 0x20 | 0x04 | 0x02  # LOCU, LOLU, PERR: does not fit the short form
             else:
@@ -934,11 +968,13 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
         if form == POSITION_LONG:
             d = bytearray(32)
             d[0] = bop | eop
+            d[4:8] = self._part.to_bytes(4, "big")
             d[8:16] = pos.to_bytes(8, "big")
             d[16:24] = cart.filemarks_before(pos).to_bytes(8, "big")
             return trunc(bytes(d), alloc) if alloc else bytes(d)
         d = bytearray(32)
         d[0] = bop | eop
+        d[1] = self._part
         d[2:4] = (0x1C).to_bytes(2, "big")
         d[8:16] = pos.to_bytes(8, "big")
         d[16:24] = pos.to_bytes(8, "big")
@@ -947,10 +983,13 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
     @command(Opcode.REWIND, "REWIND", "01 01 00 00 00 00", pr=PR_READ, timeout=600)
     def cmd_rewind(self, req: Request) -> None:
         cart = self._medium()
+        base = self._base_cartridge()
 
-        def rewind() -> None:
+        def rewind() -> None:  # to BOP of partition 0 (SSC-4), from any partition
             try:
                 cart.rewind()
+                base.rewind()
+                self._part = 0
             except OSError as exc:
                 raise self._write_error(exc, 0) from None
 
@@ -973,6 +1012,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
     def _load(self) -> None:
         was_loaded = self._loaded
         self._loaded = True
+        self._part = 0
         cart = self._medium()
         cart.rewind()
         if not was_loaded:
@@ -990,6 +1030,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
         self._cart = None
         self._loaded = False
         self._gen = self.bay.media_generation
+        self._part = 0
         self.encryption.medium_removed()
 
     @command(Opcode.ERASE, "ERASE", "19 03 00 00 00 00", pr=PR_WRITE, timeout=3600)
@@ -1055,11 +1096,14 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
         return trunc(out, req.u16(7))
 
     # ------------------------------------------------------------------ MAM attributes
-    def _check_volume(self, req: Request) -> None:
+    def _attribute_partition(self, req: Request) -> TapeCartridge:
+        """The partition whose attributes READ/WRITE ATTRIBUTE address (volume 0 only)."""
+        base = self._base_cartridge()
         if req.cdb[5] != 0:
             raise invalid_field_in_cdb(5)
-        if req.cdb[7] != 0:
+        if req.cdb[7] >= base.partition_count:
             raise invalid_field_in_cdb(7)
+        return base.partition(req.cdb[7])
 
     @service_actions(Opcode.READ_ATTRIBUTE, "READ ATTRIBUTE",
                      "8c 00 00 00 00 ff 00 ff ff ff ff ff ff ff 01 00",
@@ -1068,9 +1112,10 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
                       attributes.SUPPORTED_ATTRIBUTES))
     def cmd_read_attribute(self, req: Request) -> bytes:
         sa = req.cdb[1] & 0x1F
-        cart = self._medium()
         if sa not in (attributes.VOLUME_LIST, attributes.PARTITION_LIST):
-            self._check_volume(req)
+            cart = self._attribute_partition(req)
+        else:
+            cart = self._base_cartridge()
         data = attributes.read_attribute(cart, self.tapealert, sa, req.u16(8))
         return trunc(data, req.u32(10))
 
@@ -1079,8 +1124,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, ScsiModel):
              pr=PR_WRITE, data_out=parameter_list_length(10, 4))
     def cmd_write_attribute(self, req: Request) -> None:
         plen = req.u32(10)
-        cart = self._medium()
-        self._check_volume(req)
+        cart = self._attribute_partition(req)
         if plen == 0:
             return
         staged = attributes.parse_write_attribute(req.param_list(plen), plen)
@@ -1107,27 +1151,3 @@ class _MediumConfigurationPage(ModePage):
     def refresh(self) -> None:
         cart = self.drive._cart
         self.current[0] = 0x01 if cart is not None and cart.worm else 0x00
-
-
-class _PartitionPage(ModePage):
-    """Mode page 0x11: exactly one partition, its size in GB from the loaded cartridge."""
-
-    def __init__(self, drive: TapeDrive) -> None:
-        super().__init__(0x11, bytes([0, 0, 0x18, 0x03, 0x09, 0, 0, 0]), name="medium partition")
-        self.drive = drive
-
-    def refresh(self) -> None:
-        cart = self.drive._cart
-        size = min((cart.capacity // 1_000_000_000) if cart is not None else 0, 0xFFFF)
-        self.current[6:8] = size.to_bytes(2, "big")
-
-    def check(self, body, offset: int) -> None:
-        # Hosts echo the page back; accept any partition size value for partition 0.
-        self.refresh()
-        body = bytearray(body)
-        if len(body) >= 8:
-            body[6:8] = self.current[6:8]
-        super().check(bytes(body), offset)
-
-
-__all__ = ["TapeDrive", "MAX_BLOCK", "PR_ALLOWED"]

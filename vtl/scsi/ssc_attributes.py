@@ -53,8 +53,10 @@ def attribute_values(cart: TapeCartridge, tapealert: set[int]) -> dict[int, tupl
 
 def read_attribute(cart: TapeCartridge, tapealert: set[int], sa: int, first: int) -> bytes:
     """The parameter data of one READ ATTRIBUTE service action (before allocation length)."""
-    if sa in (VOLUME_LIST, PARTITION_LIST):  # one volume, one partition
+    if sa == VOLUME_LIST:  # one volume
         return bytes([0, 2, 0, 1])
+    if sa == PARTITION_LIST:  # its partitions, from 0 (``cart`` is partition 0)
+        return bytes([0, 2, 0, cart.partition_count])
     attrs = attribute_values(cart, tapealert)
     if sa == ATTRIBUTE_VALUES:
         body = b"".join(

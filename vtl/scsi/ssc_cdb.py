@@ -119,24 +119,27 @@ DEST_END_OF_DATA = 3
 _CP = 0x02  # change partition: the PARTITION field names the partition to move to
 
 
-def decode_locate10(cdb: bytes) -> int:
-    """LOCATE(10): the logical object identifier (bytes 3-6). Only partition 0 exists, so a
-    change to another partition (CP with a non-zero PARTITION, byte 8) is refused."""
-    if cdb[1] & _CP and cdb[8]:
-        raise invalid_field_in_cdb(8)
-    return int.from_bytes(cdb[3:7], "big")
+class Locate10(NamedTuple):
+    identifier: int  # LOGICAL OBJECT IDENTIFIER (bytes 3-6)
+    partition: int | None  # PARTITION (byte 8) when CP is set: the partition to move to
+
+
+def decode_locate10(cdb: bytes) -> Locate10:
+    """LOCATE(10): the logical object identifier, and the partition when CP is set (the
+    drive judges whether it exists: byte 8)."""
+    return Locate10(int.from_bytes(cdb[3:7], "big"), cdb[8] if cdb[1] & _CP else None)
 
 
 class Locate16(NamedTuple):
     dest_type: int  # DEST_LOGICAL_OBJECT, DEST_FILEMARK, DEST_END_OF_DATA, or unsupported
     identifier: int  # LOGICAL IDENTIFIER (bytes 4-11)
+    partition: int | None = None  # PARTITION (byte 3) when CP is set
 
 
 def decode_locate16(cdb: bytes) -> Locate16:
-    """LOCATE(16): destination type and identifier; partition as in LOCATE(10) (byte 3)."""
-    if cdb[1] & _CP and cdb[3]:
-        raise invalid_field_in_cdb(3)
-    return Locate16((cdb[1] >> 3) & 0x07, int.from_bytes(cdb[4:12], "big"))
+    """LOCATE(16): destination type, identifier, and the partition when CP is set (byte 3)."""
+    return Locate16((cdb[1] >> 3) & 0x07, int.from_bytes(cdb[4:12], "big"),
+                    cdb[3] if cdb[1] & _CP else None)
 
 
 # READ POSITION service actions (byte 1 bits 0-4): the forms of the returned data.

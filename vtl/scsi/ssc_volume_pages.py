@@ -39,20 +39,22 @@ def _per_partition(values: list[int]) -> bytes:
 
 
 def volume_statistics(cartridge: Callable[[], TapeCartridge | None]) -> LogPage:
-    """0x17 for the cartridge ``cartridge()`` returns (all zero without one), in MiB as the
-    tape capacity page 0x31 counts."""
+    """0x17 for the cartridge ``cartridge()`` returns (partition 0; all zero without one),
+    one record per partition, in MiB as the tape capacity page 0x31 counts."""
 
     def params() -> list[LogParameter]:
         cart = cartridge()
         if cart is None:
             return [counter(0x0000, 0, 1), counter(VOLUME_MOUNTS, 0, 4)]
         loads = cart.mam.get_int(0x0003) or 0
+        parts = [cart.partition(n) for n in range(cart.partition_count)]
         return [
             counter(0x0000, 1, 1),  # page valid
             counter(VOLUME_MOUNTS, loads, 4),
-            LogParameter(NATIVE_CAPACITY, _per_partition([cart.capacity >> 20])),
-            LogParameter(USED_CAPACITY, _per_partition([cart.used_bytes >> 20])),
-            LogParameter(REMAINING_CAPACITY, _per_partition([cart.remaining_bytes >> 20])),
+            LogParameter(NATIVE_CAPACITY, _per_partition([p.capacity >> 20 for p in parts])),
+            LogParameter(USED_CAPACITY, _per_partition([p.used_bytes >> 20 for p in parts])),
+            LogParameter(REMAINING_CAPACITY,
+                         _per_partition([p.remaining_bytes >> 20 for p in parts])),
         ]
 
     return LogPage(0x17, params, name="volume statistics")
