@@ -1,19 +1,22 @@
 """The EBM on the remote tape path: `ebm --library iscsi://...` against `vtl serve`.
 
-Backup (full, spanning at early warning, encrypted, incremental), single-file restore that
-LOCATEs to its block, verify, catalog rebuild from the tapes, a backup written over iSCSI
-restored in-process, the drive's persistent reservation against a second initiator, and a
-TCP connection cut in the middle of a backup.
+The served library requires CHAP and answers mutual CHAP. Backup (full, spanning at early
+warning, encrypted, incremental), single-file restore that LOCATEs to its block, verify,
+catalog rebuild from the tapes, backups crossing between the iSCSI and in-process paths both
+ways, the drive's persistent reservation against a second initiator, a SIGKILLed job's
+reservation preempted, and a TCP connection cut in the middle of a backup.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +24,13 @@ from ebm_helpers import REPO, manifest, write_tree
 from served_library import Served, start, vtl
 from tcp_proxy import CuttableProxy
 
+from ebm.manager import Ebm, load_translator
+from ebm.rebuild import rebuild
 from ebm.remote.ebm_host import RemoteSpec
 from ebm.remote.initiator import Chap, Initiator
 from ebm.remote.scsi_client import ReservationConflict, ScsiDevice, TapeDevice
+from ebm.restore import restore
+from ebm.verify import verify_backup
 
 IQN = "iqn.2026-11.org.vtl-ebm:remote-test"
 _FIRST_BACKUP: dict[str, Path] = {}  # what the in-process restore test checks
@@ -46,11 +53,15 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     CHAP_FILE.chmod(0o600)  # the EBM refuses a CHAP file others can read
     (base / "secret").write_text(CHAP.secret + "\n")
     (base / "mutual").write_text(CHAP.mutual_secret + "\n")
-    s = start(root, "--chap-user", CHAP.user, "--chap-secret-file", str(base / "secret"),
-              "--mutual-chap-user", CHAP.mutual_user, "--mutual-chap-secret-file",
-              str(base / "mutual"))
+    s = start(root, *_chap_args(base))
     yield s
     s.stop()
+
+
+def _chap_args(base: Path) -> list[str]:
+    return ["--chap-user", CHAP.user, "--chap-secret-file", str(base / "secret"),
+            "--mutual-chap-user", str(CHAP.mutual_user), "--mutual-chap-secret-file",
+            str(base / "mutual")]
 
 
 def remote_ebm(served: Served, catalog: Path, *args: str, port: int | None = None,
@@ -58,27 +69,32 @@ def remote_ebm(served: Served, catalog: Path, *args: str, port: int | None = Non
     url = f"iscsi://127.0.0.1:{port or served.port}/{IQN}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-m", "ebm", "--library", url, "--catalog",
-                        str(catalog), "--chap-file", str(CHAP_FILE), *args], capture_output=True, text=True, timeout=120,
-                       env=env, cwd=str(REPO))
+                        str(catalog), "--chap-file", str(CHAP_FILE), *args],
+                       capture_output=True, text=True, timeout=120, env=env, cwd=str(REPO))
     if check:
         assert r.returncode == 0, r.stderr
     return r
 
 
-def make_pool(served: Served, catalog: Path, pool: str, *barcodes: str,
-              port: int | None = None) -> None:
-    """`ebm pool create` + `ebm pool add`, in this process (each CLI run costs a start-up)."""
-    from ebm.manager import Ebm
-
+@contextlib.contextmanager
+def remote_api(served: Served, catalog: Path, port: int | None = None) -> Iterator[Ebm]:
+    """The EBM on the remote path in this process, as `ebm --library` opens it."""
     spec = RemoteSpec.from_options(f"iscsi://127.0.0.1:{port or served.port}/{IQN}",
                                    chap_file=CHAP_FILE)
     ebm = Ebm(catalog, remote=spec)
     try:
+        yield ebm
+    finally:
+        ebm.close()
+
+
+def make_pool(served: Served, catalog: Path, pool: str, *barcodes: str,
+              port: int | None = None) -> None:
+    """`ebm pool create` + `ebm pool add`, in this process (each CLI run costs a start-up)."""
+    with remote_api(served, catalog, port) as ebm:
         ebm.catalog.create_pool(pool)
         ebm.library  # noqa: B018 - the changer's barcodes into the local catalog
         ebm.catalog.add_to_pool(pool, *barcodes)
-    finally:
-        ebm.close()
 
 
 def test_backup_restore_verify_rebuild_over_iscsi(served: Served, tmp_path: Path):
@@ -88,7 +104,7 @@ def test_backup_restore_verify_rebuild_over_iscsi(served: Served, tmp_path: Path
                      **{f"docs/f{i}.txt": os.urandom(3000) for i in range(20)}})
     pw = tmp_path / "pass"
     pw.write_text("correct horse\n")
-    remote_ebm(served, cat, "pool", "create", "daily")
+    remote_ebm(served, cat, "pool", "create", "daily")  # the CLI once; in-process elsewhere
     remote_ebm(served, cat, "pool", "add", "daily", "R00001L8", "R00002L8", "R00003L8")
     r = remote_ebm(served, cat, "backup", "home", "--source", str(src), "--pool", "daily",
                    "--encrypt", "--passphrase-file", str(pw))
@@ -109,16 +125,21 @@ def test_backup_restore_verify_rebuild_over_iscsi(served: Served, tmp_path: Path
     full = tmp_path / "full"
     remote_ebm(served, cat, "restore", "home", "--to", str(full), "--passphrase-file", str(pw))
     assert manifest(full) == manifest(src)
-    r = remote_ebm(served, cat, "verify", "home", "--passphrase-file", str(pw))
-    assert r.stdout.count(": OK") == 2
-    # The catalog again, from the tapes alone, on a host that lost it.
-    cat2 = tmp_path / "rebuilt"
-    r = remote_ebm(served, cat2, "catalog", "rebuild", "--passphrase-file", str(pw))
-    assert "2 backup(s) added" in r.stdout, r.stdout
-    again = tmp_path / "again"
-    remote_ebm(served, cat2, "restore", "home", "--to", str(again), "--passphrase-file", str(pw))
-    assert manifest(again) == manifest(src)
+    # verify, and the catalog again from the tapes alone on a host that lost it: through
+    # the same code in this process (each CLI start-up costs seconds on a loaded machine)
+    with remote_api(served, cat) as ebm:
+        assert all(verify_backup(ebm.catalog, ebm.library, b, b"correct horse").ok
+                   for b in ebm.catalog.backups("home"))
+    with remote_api(served, tmp_path / "rebuilt") as ebm:
+        rebuilt = rebuild(ebm.catalog, ebm.library, b"correct horse")
+        assert len(rebuilt.backups) == 2, rebuilt.skipped
+        latest = ebm.catalog.last_good("home")
+        assert latest is not None and latest.level == "incr"
+        restore(ebm.catalog, ebm.library, load_translator, latest, tmp_path / "again",
+                secret=b"correct horse")
+    assert manifest(tmp_path / "again") == manifest(src)
     _FIRST_BACKUP.update(src=src, passphrase=pw)
+
 
 def test_claimed_drive_is_reserved_against_other_initiators(served: Served):
     spec = RemoteSpec.from_options(f"iscsi://127.0.0.1:{served.port}/{IQN}", chap_file=CHAP_FILE,
@@ -200,20 +221,34 @@ def test_killed_backup_leaves_a_reservation_the_next_job_preempts(served: Served
     assert manifest(out) == manifest(src)
 
 
-def test_backup_written_over_iscsi_restores_in_process(served: Served, tmp_path: Path):
-    """Last: stops the server, then the library's own host restores what went over iSCSI."""
+def test_backups_cross_between_iscsi_and_in_process(served: Served, tmp_path: Path):
+    """Last: stops the server; the library's own host restores what went over iSCSI, backs up
+    in-process, and a remote host restores that over iSCSI."""
     if not _FIRST_BACKUP:
         pytest.skip("needs the first test's backup")
     src, pw = _FIRST_BACKUP["src"], _FIRST_BACKUP["passphrase"]
     served.stop()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     ebm_local = [sys.executable, "-m", "ebm", "--root", str(served.root)]
+    local_src = tmp_path / "local-src"
+    write_tree(local_src, {"written/in-process.txt": b"on the library's host\n"})
     for args in (["catalog", "rebuild", "--passphrase-file", str(pw)],
-                 ["restore", "home", "--to", str(tmp_path / "local"), "--passphrase-file", str(pw)]):
+                 ["restore", "home", "--to", str(tmp_path / "local"), "--passphrase-file", str(pw)],
+                 ["backup", "here", "--source", str(local_src), "--pool", "daily"]):
         r = subprocess.run([*ebm_local, *args], capture_output=True, text=True, timeout=120,
                            env=env, cwd=str(REPO))
         assert r.returncode == 0, r.stderr
     assert manifest(tmp_path / "local") == manifest(src)
+    again = start(served.root, *_chap_args(served.root.parent))
+    try:
+        with remote_api(again, tmp_path / "remote-catalog") as ebm:
+            rebuild(ebm.catalog, ebm.library, b"correct horse")
+            here = ebm.catalog.last_good("here")
+            assert here is not None
+            restore(ebm.catalog, ebm.library, load_translator, here, tmp_path / "remote")
+        assert manifest(tmp_path / "remote") == manifest(local_src)
+    finally:
+        again.stop()
 
 
 def test_chap_file_must_be_private_and_well_formed(tmp_path: Path):
