@@ -128,6 +128,8 @@ def test_ltfs_formats_two_partitions_and_uses_both(drv, lib: Library) -> None:
 def test_back_to_one_partition_and_layout_errors(drv) -> None:
     ltfs_partition(drv, 3, b"\x00\x01", b"\x00\x01", b"\x00\x02" + REST)  # four
     assert len(volume_stats(drv)[0x0202]) == 4
+    page = good(drv, 0x1A, 0x08, 0x11, 0, 255, 0)  # echoed back: the layout stays
+    good(drv, 0x15, 0x10, 0, 0, len(page), 0, data=bytes(4) + page[4:])
     ltfs_partition(drv, 0, REST, b"\x00\x00")  # LTFS's unformat
     assert len(volume_stats(drv)[0x0202]) == 1
     buf = bytearray(good(drv, 0x5A, 0, 0x11, 0, 0, 0, 0, 0, 255, 0))

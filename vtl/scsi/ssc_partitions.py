@@ -94,7 +94,10 @@ class MediumPartitionPage(ModePage):
         unit = _unit(cur[2], cur[4])
         for n in range(self.slots):
             size = cart.partition(n).capacity if n < cart.partition_count else 0
-            cur[6 + 2 * n:8 + 2 * n] = min(size // unit, REST - 1).to_bytes(2, "big")
+            # rounded up: a partition smaller than the unit still reads back as 1, so a host
+            # that echoes the page (the layout unchanged) is not refused for a size of 0
+            units = min(-(-size // unit), REST - 1)
+            cur[6 + 2 * n:8 + 2 * n] = units.to_bytes(2, "big")
 
     def validate(self, body, offset: int) -> None:
         cart = self._cartridge()
