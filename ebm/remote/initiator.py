@@ -123,6 +123,10 @@ class _Conn:
     reader: threading.Thread | None = None
 
 
+# Target PDUs whose bytes 32-35 are MaxCmdSN (RFC 7143 11.4, 11.7, 11.8, 11.19 ...).
+_CARRIES_MAXCMDSN = frozenset(int(o) for o in (
+    Op.SCSI_RSP, Op.DATA_IN, Op.R2T, Op.NOP_IN, Op.TMF_RSP, Op.TEXT_RSP, Op.LOGOUT_RSP,
+    Op.ASYNC, Op.REJECT))
 _LOST = object()  # queued to every pending command when the connection dies
 _ABORTED = object()  # queued to a command that task management ended (it gets no status)
 
@@ -144,6 +148,8 @@ class Initiator:
         # A random ISID per Initiator (type 0x80 "random"), kept across reconnects.
         self.isid = b"\x80" + secrets.token_bytes(5)
         self.cmdsn = 1
+        self.maxcmdsn = 1  # the target's window: CmdSN up to this may be sent (RFC 7143 4.2.2.1)
+        self._window = threading.Condition()
         self.expstatsn = 0
         self._itt = secrets.randbelow(0x10000)
         self._itt_lock = threading.Lock()
@@ -359,6 +365,7 @@ class Initiator:
         self._login_tsih = rsp.tsih
         self.expstatsn = (rsp.statsn + 1) & ALL_ONES
         self.cmdsn = rsp.expcmdsn
+        self.maxcmdsn = rsp.maxcmdsn
         try:
             reply = dict(parse_keys(payload))
         except ValueError:
@@ -385,6 +392,8 @@ class Initiator:
         if op in (Op.SCSI_RSP, Op.TMF_RSP, Op.LOGOUT_RSP, Op.TEXT_RSP) or (
                 op == Op.DATA_IN and hdr.flags & 0x01) or (op == Op.NOP_IN and hdr.itt != ALL_ONES):
             self.expstatsn = (hdr.words[1] + 1) & ALL_ONES
+        if op in _CARRIES_MAXCMDSN:
+            self._open_window(hdr.words[3])
         if op == Op.NOP_IN and hdr.itt == ALL_ONES:
             if hdr.words[0] != ALL_ONES:  # a ping that wants an answer (RFC 7143 11.19)
                 bhs = pdu.encode_layout(Op.NOP_OUT, immediate=True, flags=0x80, lun=hdr.lun,
@@ -410,6 +419,23 @@ class Initiator:
             q.put((hdr, data))
         else:
             log.debug("%s: PDU 0x%02x for unknown ITT 0x%x", self, op, hdr.itt)
+
+    def _open_window(self, maxcmdsn: int) -> None:
+        with self._window:
+            if pdu.serial_lt(self.maxcmdsn, maxcmdsn):
+                self.maxcmdsn = maxcmdsn
+                self._window.notify_all()
+
+    def _take_cmdsn(self, timeout: float) -> int:
+        """The next CmdSN, once the target's window admits it (a full queue waits here)."""
+        with self._window:
+            if not self._window.wait_for(
+                    lambda: not pdu.serial_lt(self.maxcmdsn, self.cmdsn), timeout):
+                raise TaskTimeout(f"{self}: the target's command window stayed closed for "
+                                  f"{timeout:g} s")
+            cmdsn = self.cmdsn
+            self.cmdsn = (self.cmdsn + 1) & ALL_ONES
+            return cmdsn
 
     # -- sending ---------------------------------------------------------------------------
     def _send(self, conn: _Conn, bhs: bytes, data: bytes | memoryview = b"") -> None:
@@ -487,9 +513,7 @@ class Initiator:
         if out is not None:
             flags |= 0x20
         flags |= 0x01  # SIMPLE task attribute
-        with conn.send_lock:  # CmdSN order on the wire = CmdSN order assigned
-            cmdsn = self.cmdsn
-            self.cmdsn = (self.cmdsn + 1) & ALL_ONES
+        cmdsn = self._take_cmdsn(timeout)
         bhs = _SCSI_CMD.pack(Op.SCSI_CMD, flags, 0, 0, immediate, lun_bytes, itt, length, cmdsn,
                              self.expstatsn, bytes(cdb).ljust(16, b"\0"))
         self._send(conn, bhs, out[:immediate] if out is not None else b"")

@@ -128,3 +128,21 @@ def test_url_parsing():
                 "iscsi://h/notaniqn", "iscsi://h/iqn.2026-01.x:y/99999"):
         with pytest.raises(UrlError):
             parse_url(bad)
+
+
+def test_concurrent_commands_wait_for_the_command_window():
+    """QueueDepth 1: the target's MaxCmdSN admits one command at a time; four threads'
+    commands must each wait for the window instead of overrunning it."""
+    with running_target(limits=Limits(queue_depth=1)) as t, \
+            Initiator("127.0.0.1", t.port, TEST_IQN, timeout=20) as ini:
+        results: list[int] = []
+
+        def run(lun: int) -> None:
+            results.append(ini.execute(lun, bytes([0xC0, 5, 0, 0, 0, 0])).status)
+
+        threads = [threading.Thread(target=run, args=(1 + i % 2,)) for i in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+        assert results == [0, 0, 0, 0]
