@@ -18,6 +18,8 @@ Usage (from the repository root):
     .venv/bin/python bench/bench_drive.py --quick    # 256 MiB each
     .venv/bin/python bench/bench_drive.py --long     # also 8 GB at 256 KiB, RSS start/mid/end
     .venv/bin/python bench/bench_drive.py --json     # machine-readable result on stdout
+    .venv/bin/python bench/bench_drive.py --legacy --data random --quick
+                                  # 10K/32K/64512/64K/256K/1M of incompressible data
 """
 
 from __future__ import annotations
@@ -42,6 +44,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "bench"
+LEGACY_SIZES = "10K,32K,64512,64K,256K,1M"
+DATA_KINDS = {  # the client's --data, and what the report says of it
+    "mixed": "4 KiB chunks alternating xorshift random bytes and log-like text lines",
+    "random": "xorshift random bytes (incompressible)",
+    "text": "log-like text lines",
+    "zero": "zero bytes",
+}
 CLIENT_SRC = REPO / "bench" / "iscsi_tape_client.c"
 CLIENT_BIN = CACHE / "iscsi_tape_client"
 TGT_IQN = "iqn.2026-01.dev.vtl:bench-tgt"
@@ -163,8 +172,10 @@ def cpu_seconds(pid: int | None) -> float:
 
 
 def _client(portal: str, iqn: str, lun: int, block_size: int, count: int, verify: bool,
-            timeout: float, phase: str, compression: bool = True) -> dict[str, Any]:
-    cmd = [str(CLIENT_BIN), portal, iqn, str(lun), str(block_size), str(count), f"--{phase}-only"]
+            timeout: float, phase: str, compression: bool = True,
+            data: str = "mixed") -> dict[str, Any]:
+    cmd = [str(CLIENT_BIN), portal, iqn, str(lun), str(block_size), str(count), f"--{phase}-only",
+           "--data", data]
     if not verify:
         cmd.append("--no-verify")
     if not compression:
@@ -181,11 +192,11 @@ def _client(portal: str, iqn: str, lun: int, block_size: int, count: int, verify
 
 def run_client(portal: str, iqn: str, lun: int, block_size: int, count: int, verify: bool,
                timeout: float, server_pid: int | None = None,
-               compression: bool = True) -> dict[str, Any]:
+               compression: bool = True, data: str = "mixed") -> dict[str, Any]:
     """Write phase then read phase (two client runs), with the server's CPU time for each.
     ``compression=False``: the client turns the drive's compression off (MODE SELECT)."""
     c0 = cpu_seconds(server_pid)
-    w = _client(portal, iqn, lun, block_size, count, verify, timeout, "write", compression)
+    w = _client(portal, iqn, lun, block_size, count, verify, timeout, "write", compression, data)
     c1 = cpu_seconds(server_pid)
     out: dict[str, Any] = {k: w[k] for k in ("block_size", "count", "written", "write_s", "wfm_s",
                                              "early_warning")}
@@ -196,7 +207,7 @@ def run_client(portal: str, iqn: str, lun: int, block_size: int, count: int, ver
     out["client_cpu_write_s"] = w["client_cpu_s"]
     if w["ok"]:
         r = _client(portal, iqn, lun, block_size, w["written"], verify, timeout, "read",
-                    compression)
+                    compression, data)
         c2 = cpu_seconds(server_pid)
         out["read"], out["read_s"], out["mismatches"] = r["read"], r["read_s"], r["mismatches"]
         out["errors"] += r["errors"]
@@ -216,10 +227,10 @@ def run_client(portal: str, iqn: str, lun: int, block_size: int, count: int, ver
     return out
 
 
-def data_ratio(block_size: int) -> float | None:
+def data_ratio(block_size: int, kind: str = "mixed") -> float | None:
     """zstd level-3 ratio of the client's data, computed on the same generator (Python copy).
 
-    Kept as a check on the claim "half compressible": it must stay near 2.
+    Kept as a check on the claim "half compressible": it must stay near 2 for ``mixed``.
     """
     try:
         import zstandard
@@ -232,7 +243,9 @@ def data_ratio(block_size: int) -> float | None:
     line = 0
     size = max(block_size, 1 << 20)
     for off in range(0, size, chunk):
-        if (off // chunk) % 2 == 0:
+        if kind == "zero":
+            out += bytes(chunk)
+        elif kind == "random" or (kind == "mixed" and (off // chunk) % 2 == 0):
             buf = bytearray(chunk)
             for i in range(chunk):
                 x ^= (x << 13) & mask
@@ -593,14 +606,15 @@ def fmt_table(rows: list[dict[str, Any]], targets: list[str]) -> str:
 
 
 def measure(target: Target, bs: int, total: int, verify: bool, timeout: float,
-            sampler: RssSampler | None, compression: bool = True) -> dict[str, Any]:
+            sampler: RssSampler | None, compression: bool = True,
+            data: str = "mixed") -> dict[str, Any]:
     count = max(1, total // bs)
     log(f"{target.name}: {count} x {human(bs)} write + read ({human(count * bs)})")
     t0 = time.monotonic()
     before = sampler.rss_kib(sampler.pid) if sampler else None
     try:
         res = run_client(target.portal, target.iqn, target.lun, bs, count, verify, timeout,
-                         target.pid_for_stats(), compression or not target.compresses)
+                         target.pid_for_stats(), compression or not target.compresses, data)
     except BenchError as e:
         return {"error": str(e)}
     if sampler:
@@ -637,7 +651,7 @@ def best_of(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
 
 
 def long_run(vtl: VtlTarget, total: int, bs: int, verify: bool, timeout: float,
-             compression: bool = True) -> dict[str, Any]:
+             compression: bool = True, data: str = "mixed") -> dict[str, Any]:
     """Stream `total` bytes at `bs` and report the server's RSS at start, middle and end."""
     pid = vtl.server_pid
     assert pid is not None
@@ -646,7 +660,7 @@ def long_run(vtl: VtlTarget, total: int, bs: int, verify: bool, timeout: float,
     sampler.start()
     t0 = time.monotonic()
     try:
-        res = measure(vtl, bs, total, verify, timeout, None, compression)
+        res = measure(vtl, bs, total, verify, timeout, None, compression, data)
     finally:
         sampler.stop()
     elapsed = time.monotonic() - t0
@@ -680,8 +694,16 @@ def long_run(vtl: VtlTarget, total: int, bs: int, verify: bool, timeout: float,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", default="64K,256K,1M",
-                    help="comma-separated block sizes (default 64K,256K,1M)")
+    ap.add_argument("--sizes", default=None,
+                    help="comma-separated block sizes (default 64K,256K,1M; --legacy: "
+                         f"{LEGACY_SIZES})")
+    ap.add_argument("--legacy", action="store_true",
+                    help="the block sizes legacy backup software writes, and the large ones: "
+                         "10 KiB (GNU tar), 32 KiB (Amanda), 64,512 B (Bacula), 64 KiB, 256 KiB, 1 MiB")
+    ap.add_argument("--data", choices=DATA_KINDS, default="mixed",
+                    help="what the client writes: mixed (default; half random, half text, zstd "
+                         "~2:1), random (incompressible, as compressed or encrypted backups), "
+                         "text (compresses well) or zero")
     ap.add_argument("--total", default="2G", help="bytes streamed per block size (default 2G)")
     ap.add_argument("--quick", action="store_true", help="256 MiB per block size")
     ap.add_argument("--long", action="store_true",
@@ -713,7 +735,8 @@ def main(argv: list[str] | None = None) -> int:
     sigterm_as_interrupt()
 
     try:
-        sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+        sizes_text = args.sizes or (LEGACY_SIZES if args.legacy else "64K,256K,1M")
+        sizes = [parse_size(s) for s in sizes_text.split(",") if s.strip()]
         total = parse_size("256M" if args.quick else args.total)
         long_total = parse_size(args.long_total)
         long_size = parse_size(args.long_size)
@@ -751,8 +774,8 @@ def run_all(args: argparse.Namespace, sizes: list[int], total: int, long_total: 
         "config": {
             "sizes": sizes, "total_per_size": total, "verify": verify, "repeat": args.repeat,
             "workdir": str(workdir), "filesystem": fs_type(workdir),
-            "data": "4 KiB chunks alternating xorshift random bytes and log-like text lines",
-            "zstd3_ratio": round(data_ratio(256 << 10) or 0, 2),
+            "data": DATA_KINDS[args.data],
+            "zstd3_ratio": round(data_ratio(256 << 10, args.data) or 0, 2),
             "vtl_compression": args.compression,
             "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
             "write_mbps": "bytes / (N WRITE(6) + 1 WRITE FILEMARKS(6), non-immediate)",
@@ -791,7 +814,7 @@ def run_all(args: argparse.Namespace, sizes: list[int], total: int, long_total: 
                     order.reverse()
                 for name, t in order:
                     res = measure(t, bs, total, verify, timeout, samplers.get(name),
-                                  args.compression == "on")
+                                  args.compression == "on", args.data)
                     row[name] = best_of(row.get(name), res)
             tg, vt = row.get("tgt"), row.get("vtl")
             if tg and vt and "error" not in tg and "error" not in vt:
@@ -804,7 +827,7 @@ def run_all(args: argparse.Namespace, sizes: list[int], total: int, long_total: 
             assert isinstance(vt, VtlTarget)
             log(f"long run: {human(long_total)} at {human(long_size)} to vtl")
             result["long"] = long_run(vt, long_total, long_size, verify,
-                                      max(1800.0, long_total / 10e6), args.compression == "on")
+                                      max(1800.0, long_total / 10e6), args.compression == "on", args.data)
         if "vtl" in running_targets:
             vt = running_targets["vtl"]
             assert isinstance(vt, VtlTarget)

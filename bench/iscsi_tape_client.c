@@ -15,10 +15,12 @@
  *
  * Usage: iscsi_tape_client PORTAL TARGET_IQN LUN BLOCK_SIZE COUNT [--no-verify]
  *                          [--write-only | --read-only] [--no-compression]
+ *                          [--data mixed|random|text|zero]
  * --no-compression sends MODE SELECT(6) with the data compression page's DCE bit cleared
  * before the stream (as `mt compression 0` does).
  * --write-only stops after the filemark; --read-only rewinds and reads COUNT blocks written
  * by an earlier --write-only run (so the caller can measure the server's CPU per phase).
+ * --data picks the pool (below): mixed (default), random (incompressible), text or zero.
  */
 #include <sys/resource.h>
 #include <errno.h>
@@ -145,15 +147,17 @@ static void put24(unsigned char *p, uint32_t v)
  * the overall ratio is about 2:1. Block i starts at a different offset in the pool, so
  * consecutive blocks are not identical.
  */
-static unsigned char *make_pool(size_t size)
+enum data_kind { DATA_MIXED, DATA_RANDOM, DATA_TEXT, DATA_ZERO };
+
+static unsigned char *make_pool(size_t size, enum data_kind kind)
 {
-    unsigned char *p = malloc(size);
-    if (p == NULL)
-        return NULL;
+    unsigned char *p = calloc(1, size);
+    if (p == NULL || kind == DATA_ZERO)
+        return p;
     uint64_t x = 0x9E3779B97F4A7C15ULL;
     for (size_t off = 0; off < size; off += POOL_CHUNK) {
         size_t n = size - off < POOL_CHUNK ? size - off : POOL_CHUNK;
-        if ((off / POOL_CHUNK) % 2 == 0) {
+        if (kind == DATA_RANDOM || (kind == DATA_MIXED && (off / POOL_CHUNK) % 2 == 0)) {
             for (size_t i = 0; i < n; i++) {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -187,7 +191,8 @@ int main(int argc, char **argv)
 {
     if (argc < 6) {
         fprintf(stderr, "usage: %s PORTAL TARGET_IQN LUN BLOCK_SIZE COUNT [--no-verify] "
-                        "[--write-only|--read-only] [--no-compression]\n", argv[0]);
+                        "[--write-only|--read-only] [--no-compression] "
+                        "[--data mixed|random|text|zero]\n", argv[0]);
         return 2;
     }
     const char *portal = argv[1];
@@ -196,6 +201,7 @@ int main(int argc, char **argv)
     long bs = atol(argv[4]);
     long count = atol(argv[5]);
     int verify = 1, do_write = 1, do_read = 1, compression = 1;
+    enum data_kind data = DATA_MIXED;
     for (int a = 6; a < argc; a++) {
         if (strcmp(argv[a], "--no-verify") == 0)
             verify = 0;
@@ -205,6 +211,21 @@ int main(int argc, char **argv)
             do_write = 0;
         else if (strcmp(argv[a], "--no-compression") == 0)
             compression = 0;
+        else if (strcmp(argv[a], "--data") == 0 && a + 1 < argc) {
+            const char *k = argv[++a];
+            if (strcmp(k, "mixed") == 0)
+                data = DATA_MIXED;
+            else if (strcmp(k, "random") == 0)
+                data = DATA_RANDOM;
+            else if (strcmp(k, "text") == 0)
+                data = DATA_TEXT;
+            else if (strcmp(k, "zero") == 0)
+                data = DATA_ZERO;
+            else {
+                fprintf(stderr, "unknown --data %s\n", k);
+                return 2;
+            }
+        }
         else {
             fprintf(stderr, "unknown option %s\n", argv[a]);
             return 2;
@@ -216,7 +237,7 @@ int main(int argc, char **argv)
     }
 
     size_t pool_size = (size_t)bs + 64 * POOL_CHUNK * 2;
-    unsigned char *pool = make_pool(pool_size);
+    unsigned char *pool = make_pool(pool_size, data);
     unsigned char *rbuf = malloc(bs);
     if (pool == NULL || rbuf == NULL) {
         fprintf(stderr, "out of memory\n");
