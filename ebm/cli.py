@@ -460,6 +460,55 @@ def show(backup_spec: str = typer.Argument(..., metavar="BACKUP")) -> None:
 
 
 @app.command()
+def diff(old: str = typer.Argument(..., metavar="BACKUP_A"),
+         new: str = typer.Argument(..., metavar="BACKUP_B")) -> None:
+    """What changed from BACKUP_A to BACKUP_B (+ added, - removed, M modified), from the
+    catalog alone."""
+    from ebm.diff import diff_backups
+
+    cat = S.ebm(readonly=True).catalog
+    a, b = resolve(cat, old), resolve(cat, new)
+    for x in (a, b):
+        if x.state != "done":
+            raise CliError(f"backup {x.uuid} is {x.state}")
+    changes = diff_backups(cat, a, b)
+    marks = {"added": "+", "removed": "-", "modified": "M"}
+
+    def human() -> None:
+        for c in changes:
+            what = f"  ({', '.join(c.what)})" if c.what else ""
+            out().print(f"{marks[c.change]} {printable_path(c.path)}{what}",
+                        highlight=False, markup=False)
+    emit([{"change": c.change, "path": c.path, "attributes": list(c.what)} for c in changes],
+         human)
+
+
+@app.command()
+def find(pattern: str = typer.Argument(..., help="a name glob (*.txt) or a path glob (a/*.txt)"),
+         dataset: str = typer.Option(None, "--dataset", help="only this dataset")) -> None:
+    """Every stored version of the files matching PATTERN in the good backups, newest first."""
+    from ebm.diff import find as find_versions
+
+    cat = S.ebm(readonly=True).catalog
+    if none_yet(cat):
+        emit([], lambda: None)
+        return
+    if dataset and cat.dataset(dataset) is None:
+        raise CliError(f"no dataset {dataset!r}")
+    hits = find_versions(cat, pattern, cat.backups(dataset, ["done"]))
+    data = [{"path": r.path, "kind": r.kind, "size": r.size, "mode": oct(r.mode),
+             "mtime": human_time(r.mtime_ns / 1e9), "backup": b.uuid[:8], "dataset": b.dataset,
+             "started": human_time(b.started)} for b, r in hits]
+
+    def human() -> None:
+        for b, r in hits:
+            out().print(f"{b.uuid[:8]} {b.dataset} {human_time(b.started)}  {r.size:>12} "
+                        f"{human_time(r.mtime_ns / 1e9)} {printable_path(r.path)}",
+                        highlight=False, markup=False)
+    emit(data, human)
+
+
+@app.command()
 def ls(backup_spec: str = typer.Argument(..., metavar="BACKUP"),
        path: str = typer.Argument(None, help="glob or directory"),
        positions: bool = typer.Option(False, "--positions",

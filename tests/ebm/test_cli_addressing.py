@@ -1,4 +1,4 @@
-"""How ``ebm`` addresses backups and reports: the short id ``ebm list`` prints, ``latest``,
+"""How ``ebm`` addresses backups and reports (``diff``, ``find`` too): the short id ``ebm list`` prints, ``latest``,
 ``DATASET@TIME`` and ``DATASET@latest`` in show/ls/restore/verify; an empty ``ls`` match is an
 empty list; ``--json`` errors as JSON objects; cron schedules with cron's own semantics."""
 
@@ -20,7 +20,9 @@ def library(tmp_path_factory) -> Path:
     src = root.parent / "src"
     write_tree(src, {"a/one.txt": b"one\n", "b/two.txt": b"two\n"})
     make_library(root, barcodes(2)).close()
-    for _ in range(2):
+    for step in range(2):
+        if step:  # the second backup: one file changed, one added
+            write_tree(src, {"b/two.txt": b"two, longer\n", "c/new.txt": b"new\n"})
         r = run_cli(root, "backup", "home", "--source", str(src), "--pool", "pool")
         assert r.returncode == 0, r.stderr
     return root
@@ -80,3 +82,30 @@ def test_cron_semantics():
     for bad in ("0 2 * * xyz", "@sometimes", "0 0 30 2 *", "1 2 3"):
         with pytest.raises(RequestError):
             next_run(bad, t)
+
+
+def test_diff_between_two_backups(library: Path):
+    first, second = ids(library)
+    r = run_cli(library, "--json", "diff", first["uuid"][:8], "latest")
+    assert r.returncode == 0, r.stderr
+    changes = {c["path"]: c for c in json.loads(r.stdout)}
+    assert changes["c/new.txt"]["change"] == "added"
+    assert changes["b/two.txt"]["change"] == "modified"
+    assert "size" in changes["b/two.txt"]["attributes"]
+    assert "a/one.txt" not in changes
+    human = run_cli(library, "diff", "latest", first["uuid"][:8]).stdout
+    assert "- c/new.txt" in human and "M b/two.txt" in human
+    assert run_cli(library, "--json", "diff", "latest", "latest").stdout.strip() == "[]"
+
+
+def test_find_lists_every_version_newest_first(library: Path):
+    r = run_cli(library, "--json", "find", "two.txt")
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)
+    assert [x["size"] for x in rows] == [len(b"two, longer\n"), len(b"two\n")]
+    assert {x["path"] for x in json.loads(run_cli(library, "--json", "find", "*.txt").stdout)} \
+        == {"a/one.txt", "b/two.txt", "c/new.txt"}
+    assert json.loads(run_cli(library, "--json", "find", "c/*").stdout)[0]["path"] == "c/new.txt"
+    assert run_cli(library, "--json", "find", "*.nope").stdout.strip() == "[]"
+    r = run_cli(library, "find", "x", "--dataset", "nosuch")
+    assert r.returncode == 2 and r.stderr.startswith("error: no dataset")
