@@ -26,6 +26,7 @@ import typer
 
 from ebm.controller import BackupRequest, next_run, parse_schedule
 from vtl.access import apply_umask
+from vtl.cli.completion import command as completion_command
 from vtl.cli.errors import EPILOG, CliError, OperationFailed
 from vtl.cli.formatting import human_duration, human_size, human_time
 from vtl.cli.group import OneLineErrorsGroup
@@ -49,6 +50,7 @@ app.add_typer(dataset_app, name="dataset")
 app.add_typer(pool_app, name="pool")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(catalog_app, name="catalog")
+app.command("completion")(completion_command("ebm"))
 
 def out() -> Console:
     """stdout; long paths and table rows stay on one line when piped (greppable)."""

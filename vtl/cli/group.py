@@ -18,6 +18,7 @@ from typer import Abort
 from typer.core import TyperGroup
 
 from vtl.access import PRIVATE_UMASK
+from vtl.cli.completion import prepare as prepare_completion
 from vtl.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, report, write_json_error
 
 try:  # recent typer vendors its own click: its exceptions are those
@@ -70,6 +71,7 @@ class OneLineErrorsGroup(TyperGroup):
 
     def _main_one_line(self, args: Sequence[str] | None, prog_name: str | None,
                        complete_var: str | None, **extra: Any) -> Any:
+        prepare_completion(prog_name or self.name or "")  # the shell asking for completions
         args = hoist_globals(list(sys.argv[1:] if args is None else args))
         as_json = "--json" in (args[: args.index("--")] if "--" in args else args)
         try:

@@ -34,6 +34,7 @@ from vtl.cli.common import (
     say,
     settings,
 )
+from vtl.cli.completion import command as completion_command
 from vtl.cli.errors import EPILOG
 from vtl.cli.group import OneLineErrorsGroup
 from vtl.cli.version import version_option
@@ -58,6 +59,9 @@ app.add_typer(pool_app, name="pool")
 # Modules that add commands with register(app); missing ones are skipped.
 OPTIONAL_COMMANDS = ("vtl.cli.serve", "vtl.cli.catalog", "vtl.cli.lio", "vtl.cli.service",
                      "vtl.cli.target")
+
+
+app.command("completion")(completion_command("vtl"))
 
 
 @app.callback()
