@@ -139,8 +139,9 @@ def main(
                               help="library directory ($VTL_ROOT, else ./vtl-library)"),
     json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
     library: str = typer.Option(None, "--library", envvar="EBM_LIBRARY",
-                                help="a library on another host: iscsi://HOST[:PORT]/IQN[/LUN] "
-                                     "(then --catalog is the EBM's own catalog directory)"),
+                                help="a library on another host: iscsi://HOST[:PORT]/IQN[/LUN], "
+                                     "or kernel devices /dev/sch0,/dev/nst0[,...] (then "
+                                     "--catalog is the EBM's own catalog directory)"),
     catalog_dir: Path = typer.Option(None, "--catalog", envvar="EBM_CATALOG",
                                      help="with --library: the EBM's catalog directory"),
     chap_file: Path = typer.Option(None, "--chap-file",

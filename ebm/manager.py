@@ -149,7 +149,7 @@ class Ebm:
 
             remote = self.remote.open_library()
             if not self.readonly:  # a read-only catalog knows the cartridges it reads already
-                register_barcodes(self.catalog, remote.barcodes(), str(self.remote.url))
+                register_barcodes(self.catalog, remote.barcodes(), str(self.remote))
             self._library = remote  # type: ignore[assignment]  # the drive session's part of Library
         if self._library is None:
             self._library = open_library(self.root)

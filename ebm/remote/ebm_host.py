@@ -42,27 +42,43 @@ class RemoteSetupError(ValueError):
 
 @dataclass(frozen=True)
 class RemoteSpec:
-    """A remote library as the EBM is told of it."""
+    """A library the EBM drives as SCSI devices: an iSCSI target (``url``), or this host's
+    kernel devices (``devices``: the changer's node, then the drives' ``/dev/nstN`` in
+    element-address order, given as ``--library /dev/sch0,/dev/nst0,/dev/nst1``)."""
 
-    url: IscsiUrl
+    url: IscsiUrl | None
     chap: Chap | None = None
     initiator_name: str = ""
     header_digest: bool = False
     data_digest: bool = False
+    devices: tuple[str, ...] = ()
 
     @classmethod
     def from_options(cls, url: str, *, chap_file: Path | None = None,
                      initiator_name: str | None = None, digests: bool = False) -> RemoteSpec:
+        name = initiator_name or initiator_name_for_host()
+        if url.startswith("/dev/"):
+            devices = tuple(part for part in url.split(",") if part)
+            if len(devices) < 2 or not all(d.startswith("/dev/") for d in devices):
+                raise RemoteSetupError(f"kernel devices: expected CHANGER,DRIVE[,DRIVE...] "
+                                       f"under /dev, got {url!r}")
+            return cls(None, initiator_name=name, devices=devices)
         try:
             parsed = parse_url(url)
         except ValueError as e:
             raise RemoteSetupError(str(e)) from None
-        return cls(parsed, read_chap_file(chap_file) if chap_file else None,
-                   initiator_name or initiator_name_for_host(), digests, digests)
+        return cls(parsed, read_chap_file(chap_file) if chap_file else None, name, digests,
+                   digests)
+
+    def __str__(self) -> str:
+        return ",".join(self.devices) if self.url is None else str(self.url)
 
     def open_library(self) -> RemoteLibrary:
         from ebm.remote.remote_library import RemoteLibrary
 
+        if self.url is None:
+            return RemoteLibrary.kernel(self.devices[0], list(self.devices[1:]),
+                                        initiator_name=self.initiator_name)
         return RemoteLibrary.open(self.url, chap=self.chap, initiator_name=self.initiator_name,
                                   header_digest=self.header_digest, data_digest=self.data_digest)
 

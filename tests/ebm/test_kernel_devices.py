@@ -8,6 +8,8 @@ from __future__ import annotations
 import ctypes
 import os
 
+import pytest
+
 from ebm.remote import kernel_devices as kd
 from ebm.remote.scsi_client import SPACE_EOD, SPACE_FILEMARKS, Kind, TapeDevice
 
@@ -102,3 +104,20 @@ def test_st_operations_map_to_mtioctop():
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_library_option_names_kernel_devices(monkeypatch):
+    from ebm.remote.ebm_host import RemoteSetupError, RemoteSpec
+    from ebm.remote.remote_library import RemoteLibrary
+
+    spec = RemoteSpec.from_options("/dev/sch0,/dev/nst0,/dev/nst1")
+    assert spec.url is None and spec.devices == ("/dev/sch0", "/dev/nst0", "/dev/nst1")
+    assert str(spec) == "/dev/sch0,/dev/nst0,/dev/nst1"
+    opened: list[tuple] = []
+    monkeypatch.setattr(RemoteLibrary, "kernel",
+                        classmethod(lambda cls, ch, drives, **kw: opened.append((ch, drives))))
+    spec.open_library()
+    assert opened == [("/dev/sch0", ["/dev/nst0", "/dev/nst1"])]
+    for bad in ("/dev/sch0", "/dev/sch0,nst0"):
+        with pytest.raises(RemoteSetupError, match="CHANGER,DRIVE"):
+            RemoteSpec.from_options(bad)
