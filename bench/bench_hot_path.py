@@ -132,7 +132,7 @@ def serve(server: IscsiTarget, target: TargetConfig, stream: bytes, setup_pdus: 
     conn.session = server.open_session(conn, login, b"\x80\0\0\0\0\1", 1)
     conn.full_feature = True
     conn._max_dsl = p.max_recv_dsl
-    conn.bind_luns(target)
+    conn.bind_luns(target, conn.session.luns)
     conn._serve()
     return time.perf_counter() - sock.started
 
