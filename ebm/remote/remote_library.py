@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from ebm.remote.initiator import Chap, Initiator, PositionUncertain, TransportError
 from ebm.remote.iscsi_url import IscsiUrl
 from ebm.remote.scsi_client import (
+    MEDIUM_ERROR,
     SPACE_EOD,
     SPACE_FILEMARKS,
     ChangerDevice,
@@ -43,8 +44,14 @@ from ebm.remote.scsi_client import (
     TapeDevice,
     Transport,
 )
+from tape_formats.cartridge import (
+    CorruptRecord,
+    ReadResult,
+    RecordKind,
+    SpaceResult,
+    WriteResult,
+)
 from tape_formats.cartridge import EndOfMedium as CartridgeEndOfMedium
-from tape_formats.cartridge import ReadResult, RecordKind, SpaceResult, WriteResult
 from vtl.catalog import pid_alive
 from vtl.errors import LibraryError
 
@@ -144,7 +151,13 @@ class RemoteCartridge:
     def read_block(self, buf: memoryview | bytearray | None = None, *,
                    own: bool = False) -> ReadResult:
         size = len(buf) if buf is not None else 1 << 24
-        out = self.tape.read(size)
+        try:
+            out = self.tape.read(size)
+        except ScsiError as e:
+            if e.sense is not None and e.sense.key == MEDIUM_ERROR:
+                # the drive's word for a damaged record: the mover names cartridge and block
+                raise CorruptRecord(f"{self.barcode}: {e}", self.position) from None
+            raise
         kind = _KIND[out.kind]
         if kind == RecordKind.DATA:
             self.position += 1

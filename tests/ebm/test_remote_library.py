@@ -4,7 +4,8 @@ The served library requires CHAP and answers mutual CHAP. Backup (full, spanning
 warning, encrypted, incremental), single-file restore that LOCATEs to its block, verify,
 catalog rebuild from the tapes, backups crossing between the iSCSI and in-process paths both
 ways, the drive's persistent reservation against a second initiator, a SIGKILLed job's
-reservation preempted, and a TCP connection cut in the middle of a backup.
+reservation preempted, a TCP connection cut in the middle of a backup, and a damaged
+record on the library host reported by a remote verify.
 """
 
 from __future__ import annotations
@@ -183,6 +184,16 @@ def test_connection_cut_mid_backup_is_settled_by_read_position(served: Served, t
         remote_ebm(served, cat, "verify", "data", port=proxy.port)
     finally:
         proxy.close()
+    # A damaged record on the library's disk: MEDIUM ERROR over SCSI, named by the mover.
+    tape = served.root / "cartridges" / "R00005L8.vtape"
+    with tape.open("r+b") as f:
+        f.seek(tape.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    r = remote_ebm(served, cat, "verify", "data", check=False)
+    assert r.returncode == 1 and "cartridge R00005L8 file" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert "corrupt" in r.stdout + r.stderr
 
 
 def test_killed_backup_leaves_a_reservation_the_next_job_preempts(served: Served, tmp_path: Path):
