@@ -240,6 +240,19 @@ def _secret(passphrase_file: Path | None, key_file: Path | None) -> bytes | None
 
 
 # -- backup --------------------------------------------------------------------------------
+def _exclude_lines(path: Path | None) -> list[str]:
+    """The globs of an ``--exclude-file``: one per line, blank lines and ``#`` comments skipped."""
+    if path is None:
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise CliError(f"cannot read exclude file {path}: {getattr(e, 'strerror', None) or e}"
+                       ) from None
+    return [line.strip() for line in text.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
 @app.command()
 def backup(
     dataset: str = typer.Argument(..., help="dataset name (created on first use)"),
@@ -257,12 +270,21 @@ def backup(
     keep_daily: int = typer.Option(0, "--keep-daily", min=0),
     keep_weekly: int = typer.Option(0, "--keep-weekly", min=0),
     keep_monthly: int = typer.Option(0, "--keep-monthly", min=0),
+    exclude: list[str] = typer.Option(None, "--exclude", metavar="GLOB",
+                                      help="skip matching paths (name glob, or path glob with /; "
+                                           "repeat); kept for the dataset's next runs"),
+    exclude_file: Path = typer.Option(None, "--exclude-file", metavar="FILE",
+                                      help="one exclude glob per line (# comments)"),
 ) -> None:
     """Back up DATASET (baseline if it has none, else incremental); optional retention after."""
+    options: dict[str, Any] = {}
+    if exclude or exclude_file:
+        options["exclude"] = [*(exclude or []), *_exclude_lines(exclude_file)]
     req = BackupRequest(dataset=dataset, source=source, translator=translator, pool=pool,
                         full=full, encrypt=encrypt, passphrase_file=passphrase_file,
                         key_file=key_file, verify=verify, compress=not no_compress,
-                        retention=_rules(keep_last, keep_daily, keep_weekly, keep_monthly))
+                        retention=_rules(keep_last, keep_daily, keep_weekly, keep_monthly),
+                        options=options)
     req.validate()
     ebm = S.ebm()
     t0 = time.monotonic()

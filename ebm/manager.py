@@ -266,6 +266,19 @@ class Ebm:
             self.catalog.set_dataset_options(name, opts)
         return secret
 
+    def _apply_excludes(self, ds: sqlite3.Row, req: BackupRequest, t: Translator) -> None:
+        """``--exclude`` patterns: kept with the dataset (so scheduled runs skip the same), a
+        new list replacing the old; handed to translators that walk a tree (``exclude``)."""
+        opts = json.loads(ds["options"] or "{}")
+        if "exclude" in req.options:
+            opts["exclude"] = list(req.options["exclude"])
+            self.catalog.set_dataset_options(ds["name"], opts)
+        patterns = tuple(opts.get("exclude") or ())
+        if patterns and not hasattr(t, "exclude"):
+            raise RequestError(f"translator {ds['translator']} has no excludes")
+        if hasattr(t, "exclude"):
+            t.exclude = patterns
+
     @staticmethod
     def _validate_source(t: Translator, source: str | Path) -> None:
         try:
@@ -284,6 +297,7 @@ class Ebm:
         self.catalog.require_pool(pool)  # a one-off --pool override is fine: volumes say where
         translator = load_translator(ds["translator"])
         self._validate_source(translator, ds["source"])
+        self._apply_excludes(ds, req, translator)
         secret = self.dataset_secret(ds, req)
         attempt = 0
         while True:

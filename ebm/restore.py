@@ -130,6 +130,21 @@ def final_view(catalog: Catalog, chain: list[Backup],
     return view
 
 
+def _parent_dirs(view: dict[str, FileRow], selected: list[FileRow]) -> list[FileRow]:
+    """The recorded directories above the selected entries (not selected themselves), so a
+    path restore gives them their mode, owner and times instead of a bare 0700 ``mkdir``."""
+    chosen = {r.path for r in selected}
+    parents: dict[str, FileRow] = {}
+    for r in selected:
+        parts = r.path.split("/")[:-1]
+        for i in range(len(parts)):
+            p = "/".join(parts[: i + 1])
+            row = view.get(p)
+            if p not in chosen and p not in parents and row is not None and row.kind == "dir":
+                parents[p] = row
+    return list(parents.values())
+
+
 def matches(path: str, patterns: list[str]) -> bool:
     """A path is selected if a pattern matches it or one of its parent directories."""
     if not patterns:
@@ -237,6 +252,8 @@ def restore(catalog: Catalog, library: Library, translator_loader: Callable[[str
     selected = [r for p, r in view.items() if matches(p, patterns or [])]
     if patterns and not selected:
         raise RestoreError(f"nothing in backup {backup.uuid} matches {' '.join(patterns)}")
+    if patterns:
+        selected += _parent_dirs(view, selected)
     total = sum(r.size for r in selected)
     stats = RestoreStats([b.uuid for b in chain])
     target.mkdir(parents=True, exist_ok=True)

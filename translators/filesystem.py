@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import grp
 import hashlib
 import operator
@@ -256,6 +257,17 @@ class FilesystemTranslator(Translator):
     racy_window_ns = 1_000_000_000  # files whose ctime is this recent are read twice
     # Test seam: called with the absolute path after each read attempt, before the second fstat.
     _after_read: Callable[[str], None] | None = None
+    # Globs of paths not to back up (``ebm backup --exclude``, set by the manager): one without
+    # "/" matches a name at any depth, one with "/" the path from the source; an excluded
+    # directory is skipped whole.
+    exclude: tuple[str, ...] = ()
+
+    def _excluded(self, rel: str, name: str) -> bool:
+        for pat in self.exclude:
+            pat = pat.strip("/")
+            if fnmatch.fnmatchcase(rel if "/" in pat else name, pat):
+                return True
+        return False
 
     # ------------------------------------------------------------------ validation
     def validate_source(self, source: str) -> None:
@@ -287,6 +299,8 @@ class FilesystemTranslator(Translator):
                 return
             for item in items:
                 rel = prefix + item.name
+                if self.exclude and self._excluded(rel, item.name):
+                    continue
                 try:
                     st = item.stat(follow_symlinks=False)
                 except OSError as exc:
