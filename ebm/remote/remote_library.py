@@ -60,7 +60,13 @@ _KIND = {Kind.DATA: RecordKind.DATA, Kind.FILEMARK: RecordKind.FILEMARK,
 
 
 class RemoteError(LibraryError):
-    """A remote library failure, one line (the drive session reports it as a media error)."""
+    """The remote library refuses (no free drive, no such cartridge, no empty slot): one
+    line; the drive session reports it as a media error, the CLIs exit 2."""
+
+
+class RemoteFailure(Exception):
+    """The remote library cannot be reached or failed a command (connection, login, a
+    SCSI error): one line; the CLIs exit 1, as for any failed operation."""
 
 
 def reservation_key(initiator_name: str, pid: int | None = None) -> int:
@@ -299,9 +305,9 @@ class RemoteLibrary:
                        name=str(url))
         except (TransportError, ScsiError) as e:
             ini.close()
-            raise RemoteError(str(e)) from None
+            raise RemoteFailure(str(e)) from None
         except OSError as e:
-            raise RemoteError(str(e)) from None
+            raise RemoteFailure(str(e)) from None
 
     @classmethod
     def kernel(cls, changer: str, drives: list[str], *, initiator_name: str) -> RemoteLibrary:
@@ -314,9 +320,9 @@ class RemoteLibrary:
             return cls(SgTransport(changer), key=reservation_key(initiator_name),
                        name=changer, tapes=tapes)  # type: ignore[arg-type]
         except OSError as e:
-            raise RemoteError(f"{e.filename or changer}: {e.strerror}") from None
+            raise RemoteFailure(f"{e.filename or changer}: {e.strerror}") from None
         except ScsiError as e:
-            raise RemoteError(str(e)) from None
+            raise RemoteFailure(str(e)) from None
 
     def _drive_luns(self, drives: list[Element], changer_lun: int) -> list[int]:
         """Each drive's LUN: as the changer reports it (LU VALID), else the target's other
@@ -363,7 +369,7 @@ class RemoteLibrary:
             except ReservationConflict:
                 continue
             except ScsiError as e:
-                raise RemoteError(str(e)) from None
+                raise RemoteFailure(str(e)) from None
             self.claimed.add(bay.index)
             return bay
         raise RemoteError(f"no free drive in {self.name}: every drive is reserved")
@@ -408,6 +414,11 @@ class RemoteLibrary:
         if el is None or not el.full:
             bay.barcode = None
             return
+        if drive not in self.claimed:
+            holder = bay.tape.reservation()
+            if holder is not None and holder[0] != self.key and not self._stale(holder[0]):
+                raise RemoteError(f"cartridge {el.barcode} is in drive {drive}, which another "
+                                  "initiator has reserved")
         with contextlib.suppress(ScsiError):
             bay.tape.unload()
         dest = el.source if el.source is not None and self._empty(el.source) else None

@@ -29,6 +29,7 @@ from ebm.manager import Ebm, load_translator
 from ebm.rebuild import rebuild
 from ebm.remote.ebm_host import RemoteSpec
 from ebm.remote.initiator import Chap, Initiator
+from ebm.remote.remote_library import RemoteError
 from ebm.remote.scsi_client import ReservationConflict, ScsiDevice, TapeDevice
 from ebm.restore import restore
 from ebm.verify import verify_backup
@@ -156,6 +157,14 @@ def test_claimed_drive_is_reserved_against_other_initiators(served: Served):
         with pytest.raises(ReservationConflict, match="RESERVATION CONFLICT"):
             other.write(b"legacy data that must not interleave")
         assert lib.claim_drive("second job").index != bay.index  # the other drive
+        elsewhere = RemoteSpec.from_options(
+            f"iscsi://127.0.0.1:{served.port}/{IQN}", chap_file=CHAP_FILE,
+            initiator_name="iqn.2026-11.org.example:other-host").open_library()
+        try:  # another EBM host may not take the cartridge out of our reserved drive
+            with pytest.raises(RemoteError, match="another initiator has reserved"):
+                elsewhere.unload(bay.index)
+        finally:
+            elsewhere.close()
         lib.release_drive(bay.index)
         other.locate(1)
         other.write(b"after release: allowed")
@@ -184,16 +193,20 @@ def test_connection_cut_mid_backup_is_settled_by_read_position(served: Served, t
         remote_ebm(served, cat, "verify", "data", port=proxy.port)
     finally:
         proxy.close()
-    # A damaged record on the library's disk: MEDIUM ERROR over SCSI, named by the mover.
-    tape = served.root / "cartridges" / "R00005L8.vtape"
+    # Damaged records on the library's disk: MEDIUM ERROR over SCSI, named by the mover.
+    with sqlite3.connect(cat / "catalog.sqlite") as db:
+        barcode = db.execute("SELECT v.barcode FROM ebm_backup_volumes v JOIN ebm_backups b "
+                             "ON b.id = v.backup WHERE b.state = 'done'").fetchone()[0]
+    tape = served.root / "cartridges" / f"{barcode}.vtape"
     with tape.open("r+b") as f:
-        f.seek(tape.stat().st_size // 2)
-        byte = f.read(1)
-        f.seek(-1, 1)
-        f.write(bytes([byte[0] ^ 0xFF]))
+        for offset in range(256 << 10, tape.stat().st_size, 128 << 10):
+            f.seek(offset)
+            byte = f.read(1)
+            f.seek(offset)
+            f.write(bytes([byte[0] ^ 0xFF]))
     r = remote_ebm(served, cat, "verify", "data", check=False)
-    assert r.returncode == 1 and "cartridge R00005L8 file" in r.stdout + r.stderr, r.stdout + r.stderr
-    assert "corrupt" in r.stdout + r.stderr
+    said = r.stdout + r.stderr
+    assert r.returncode == 1 and f"cartridge {barcode} file" in said and "corrupt" in said, said
 
 
 def test_killed_backup_leaves_a_reservation_the_next_job_preempts(served: Served, tmp_path: Path):
