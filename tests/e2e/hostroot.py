@@ -1,0 +1,121 @@
+"""A guest with a full userland: Debian's kernel, and this machine's own root over 9p.
+
+The LIO tests need more than busybox: the project's venv (Python, rtslib-fb), the kernel's
+target modules, and the tape tools, all in one guest. Rather than build a disk image, the
+guest mounts the host's ``/`` read-only over virtio-9p, puts tmpfs over the places that must
+be writable (``/tmp``, ``/run``, ``/var/tmp``; not ``/root``, where pyenv may keep the
+venv's Python; an overlay on ``/etc``), mounts proc, sysfs, devtmpfs and
+configfs, and chroots into it: the guest then runs the very binaries and venv the host has.
+The initramfs only carries busybox, the modules (loaded before the chroot, since the host
+has none for this kernel) and /init; it is cached beside the other guest's.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .guest import BUSYBOX, CACHE, LIB_SCRIPT, CpioWriter, Guest, fetch_kernel, resolve_modules
+from .qemu import Run, parse_steps
+from .targets import die_with_parent
+
+# iscsi_target_mod too: rtslib's saveconfig walks every fabric and loads those missing.
+MODULES = ("virtio_pci", "9p", "9pnet_virtio", "scsi_mod", "st", "ch", "sg", "configfs",
+           "target_core_mod", "target_core_user", "uio", "tcm_loop", "iscsi_target_mod",
+           "overlay")
+
+INIT = r"""#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /host
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+echo "@@E2E-INIT@@ $(cut -d' ' -f1 /proc/uptime)s"
+for m in $(cat /etc/modules.load); do
+  insmod /lib/modules/$m.ko || echo "@@E2E-WARN insmod $m failed@@"
+done
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host \
+  || echo "@@E2E-WARN 9p mount failed@@"
+for d in proc sys dev; do mount --move /$d /host/$d 2>/dev/null || mount -t $d $d /host/$d; done
+mount -t configfs configfs /host/sys/kernel/config
+for d in tmp run var/tmp; do mount -t tmpfs -o size=256m tmpfs /host/$d; done
+# /etc writable too (rtslib wants /etc/target, as targetcli-fb's package makes it)
+mkdir -p /ovl && mount -t tmpfs tmpfs /ovl && mkdir -p /ovl/up /ovl/work
+mount -t overlay overlay -o lowerdir=/host/etc,upperdir=/ovl/up,workdir=/ovl/work /host/etc \
+  || echo "@@E2E-WARN overlay on /etc failed@@"
+cp /test.sh /etc/e2e-lib.sh /host/tmp/
+echo "@@E2E-READY@@"
+chroot /host /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp \
+  PYTHONDONTWRITEBYTECODE=1 /bin/sh -c 'cd /tmp && . /tmp/e2e-lib.sh && . /tmp/test.sh'
+echo "@@E2E-DONE@@"
+sync
+poweroff -f
+"""
+
+
+def build_hostroot_guest() -> Guest:
+    """Debian's kernel and the (cached) initramfs that chroots into the host's root."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    kroot, release = fetch_kernel()
+    out = CACHE / f"hostroot-{release}.cpio.gz"
+    stamp = hashlib.sha256(repr((INIT, MODULES)).encode()).hexdigest()[:16]
+    if not out.exists() or out.with_suffix(".key").read_text() != stamp:
+        cpio = CpioWriter()
+        for d in ("dev", "proc", "sys", "host", "bin", "etc", "lib/modules"):
+            cpio.mkdir(d)
+        cpio.file("bin/busybox", Path(BUSYBOX).read_bytes())
+        cpio.file("init", INIT.encode())
+        cpio.file("etc/e2e-lib.sh", LIB_SCRIPT.encode(), 0o644)
+        modules = resolve_modules(kroot / "lib" / "modules" / release, MODULES)
+        for name, blob in modules:
+            cpio.file(f"lib/modules/{name}.ko", blob, 0o644)
+        cpio.file("etc/modules.load", "\n".join(n for n, _ in modules).encode() + b"\n")
+        out.write_bytes(gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
+        out.with_suffix(".key").write_text(stamp)
+    kernel = kroot / "boot" / f"vmlinuz-{release}"
+    return Guest(kernel=kernel, initrd=out, kernel_version=release)
+
+
+def boot_hostroot(guest: Guest, script: str, *, timeout: float = 400,
+                  memory_mb: int = 1024) -> Run:
+    """Boot once and run ``script`` (sh, using ``step``) in the chroot of the host's root."""
+    wd = Path(tempfile.mkdtemp(prefix="vtl-lio-e2e-"))
+    try:
+        cpio = CpioWriter()
+        cpio.file("test.sh", script.encode(), 0o755)
+        initrd = wd / "initrd.img"
+        initrd.write_bytes(guest.initrd.read_bytes() + gzip.compress(cpio.finish(), mtime=0))
+        serial = wd / "serial.log"
+        cmd = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(memory_mb), "-smp", "1",
+               "-nodefaults", "-display", "none", "-no-reboot", "-serial", f"file:{serial}",
+               "-kernel", str(guest.kernel), "-initrd", str(initrd),
+               "-append", "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init",
+               "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"]
+        start = time.monotonic()
+        with (wd / "qemu.out").open("wb") as qout:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=qout,
+                                    stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log = serial.read_text(errors="replace").replace("\r\n", "\n") if serial.exists() else ""
+        log += "\n--- qemu output ---\n" + (wd / "qemu.out").read_text(errors="replace")
+        keep = os.environ.get("VTL_E2E_LOGDIR")
+        if keep:
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            (Path(keep) / "lio.log").write_text(log)
+        run = Run(log=log, seconds=time.monotonic() - start, returncode=proc.returncode)
+        run.steps = parse_steps(log)
+        run.done = "@@E2E-DONE@@" in log
+        return run
+    finally:
+        shutil.rmtree(wd, ignore_errors=True)
