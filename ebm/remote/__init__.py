@@ -8,6 +8,12 @@ sense back into exceptions, over either transport; ``remote_library`` shows a re
 to the data mover through the same small surface the in-process ``vtl.library`` offers it
 (claim a drive, load a barcode, a cartridge to read and write).
 
+Why under ``ebm/`` and not ``vtl/iscsi/``: ``vtl/`` is the library's side (device models and
+the transports that carry CDBs *to* them); this package is a client of any tape library and
+serves the data mover only, on a host that need not hold a library at all. It shares just
+the wire format (``vtl.iscsi.pdu``, ``vtl.iscsi.chap``) and the opcode and element-type
+names with the target.
+
 What it must not do: import the library's own device models or cartridge store. Everything
 it knows about the far side arrives as SCSI data and sense, so the same code drives
 ``vtl serve``, tgt or a real library.
