@@ -310,6 +310,18 @@ class CpioWriter:
         return data + b"\x00" * (-len(data) % 512)
 
 
+def pack_base(cpio: CpioWriter, init: str, moddir: Path, wanted: tuple[str, ...]) -> None:
+    """Busybox, ``init`` as /init, the step helpers, and the ``wanted`` modules (with their
+    dependencies, loaded in /etc/modules.load order): what every guest's initramfs holds."""
+    cpio.file("bin/busybox", Path(BUSYBOX).read_bytes())
+    cpio.file("init", init.encode())
+    cpio.file("etc/e2e-lib.sh", LIB_SCRIPT.encode(), 0o644)
+    modules = resolve_modules(moddir, wanted)
+    for name, blob in modules:
+        cpio.file(f"lib/modules/{name}.ko", blob, 0o644)
+    cpio.file("etc/modules.load", "\n".join(n for n, _ in modules).encode() + b"\n", 0o644)
+
+
 def _cache_key(release: str) -> str:
     h = hashlib.sha256()
     h.update(release.encode())
@@ -338,13 +350,7 @@ def build_initramfs(kroot: Path, release: str) -> Path:
         "lib/modules",
     ):
         cpio.mkdir(d)
-    cpio.file("bin/busybox", Path(BUSYBOX).read_bytes())
-    cpio.file("init", INIT_SCRIPT.encode())
-    cpio.file("etc/e2e-lib.sh", LIB_SCRIPT.encode(), 0o644)
-    modules = resolve_modules(kroot / "lib" / "modules" / release, MODULES)
-    for name, blob in modules:
-        cpio.file(f"lib/modules/{name}.ko", blob, 0o644)
-    cpio.file("etc/modules.load", "\n".join(n for n, _ in modules).encode() + b"\n", 0o644)
+    pack_base(cpio, INIT_SCRIPT, kroot / "lib" / "modules" / release, MODULES)
     files: dict[str, str] = {}
     for tool in TOOLS:
         if not Path(tool).exists():

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .guest import BUSYBOX, CACHE, LIB_SCRIPT, CpioWriter, Guest, fetch_kernel, resolve_modules
+from .guest import CACHE, CpioWriter, Guest, fetch_kernel, pack_base
 from .qemu import Run, parse_steps
 from .targets import die_with_parent
 
@@ -65,18 +65,13 @@ def build_hostroot_guest() -> Guest:
     CACHE.mkdir(parents=True, exist_ok=True)
     kroot, release = fetch_kernel()
     out = CACHE / f"hostroot-{release}.cpio.gz"
-    stamp = hashlib.sha256(repr((INIT, MODULES)).encode()).hexdigest()[:16]
+    stamp = hashlib.sha256(Path(__file__).read_bytes()
+                           + Path(pack_base.__code__.co_filename).read_bytes()).hexdigest()[:16]
     if not out.exists() or out.with_suffix(".key").read_text() != stamp:
         cpio = CpioWriter()
         for d in ("dev", "proc", "sys", "host", "bin", "etc", "lib/modules"):
             cpio.mkdir(d)
-        cpio.file("bin/busybox", Path(BUSYBOX).read_bytes())
-        cpio.file("init", INIT.encode())
-        cpio.file("etc/e2e-lib.sh", LIB_SCRIPT.encode(), 0o644)
-        modules = resolve_modules(kroot / "lib" / "modules" / release, MODULES)
-        for name, blob in modules:
-            cpio.file(f"lib/modules/{name}.ko", blob, 0o644)
-        cpio.file("etc/modules.load", "\n".join(n for n, _ in modules).encode() + b"\n")
+        pack_base(cpio, INIT, kroot / "lib" / "modules" / release, MODULES)
         out.write_bytes(gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
         out.with_suffix(".key").write_text(stamp)
     kernel = kroot / "boot" / f"vmlinuz-{release}"
