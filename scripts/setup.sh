@@ -22,6 +22,7 @@ APT_PACKAGES=(
   sqlite3               # inspecting catalogs by hand
   postgresql            # a real server for the postgresql translator: tests and bench
   gcc                   # builds the benchmark client
+  chromium              # renders the status page (vtl web) headless in its test
 )
 
 missing=()

@@ -58,7 +58,7 @@ app.add_typer(pool_app, name="pool")
 
 # Modules that add commands with register(app); missing ones are skipped.
 OPTIONAL_COMMANDS = ("vtl.cli.serve", "vtl.cli.catalog", "vtl.cli.lio", "vtl.cli.service",
-                     "vtl.cli.target")
+                     "vtl.cli.target", "vtl.cli.web")
 
 
 app.command("completion")(completion_command("vtl"))
@@ -163,12 +163,16 @@ def status() -> None:
     """Show every element: transport, mailslots, drives (serials, loaded cartridges), slots."""
     from rich.table import Table
 
+    from vtl.capacity import capacity_totals
+    from vtl.cli.formatting import human_size
+
     with open_library(readonly=True) as lib:
         rows = _element_rows(lib)
         cfg = lib.config
+        totals = capacity_totals(lib.catalog.cartridges())
         if settings().json:
             emit_json({"library": cfg.name, "root": str(lib.root), "changer": cfg.changer_model,
-                       "drive_model": cfg.drive_model, "elements": rows})
+                       "drive_model": cfg.drive_model, "elements": rows, "capacity": totals})
             return
         table = Table(title=f"library {cfg.name} ({cfg.changer_model}, drives {cfg.drive_model})")
         for col in ("Element", "Address", "Barcode", "Media", "Source", "Serial", "Mounted",
@@ -183,6 +187,11 @@ def status() -> None:
         vaulted = sum(1 for c in lib.catalog.cartridges() if c["address"] is None)
         console().print(f"{full} cartridge(s) in the library, {vaulted} in the vault",
                         markup=False)
+        for name, t in [("library", totals["library"]),
+                        *((f"pool {p}", v) for p, v in totals["pools"].items())]:
+            console().print(f"{name}: {t['cartridges']} cartridge(s), {human_size(t['used'])} "
+                            f"used, {human_size(t['free'])} free of "
+                            f"{human_size(t['capacity'])}", markup=False, highlight=False)
 
 
 @app.command()

@@ -133,6 +133,9 @@ def serve(
         min=1, help="Connections one initiator name may hold; past it its login is "
         "refused (out of resources).")] = 8,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    web: Annotated[str | None, typer.Option(
+        "--web", help="Also serve the status page and Prometheus /metrics on HOST:PORT "
+        "(e.g. 127.0.0.1:9180; see vtl web).")] = None,
 ) -> None:
     """Serve the library over iSCSI: LUN 0 is the changer, LUN 1..N the drives."""
     from vtl.iscsi.config import Limits, ServerConfig, TargetConfig
@@ -146,6 +149,7 @@ def serve(
     setup_logging(log_level)
     library = Library.open(settings().root)
     lock: ServeLock | None = None
+    status_page = None
     try:
         lock = ServeLock(library.root)
         library.back_up_catalog(strict=False)  # at start: the state a crash is reconciled to
@@ -176,10 +180,19 @@ def serve(
         )
         server_cfg = ServerConfig(targets=[target], portals=portals, chap=chap,
                                   mutual_chap=mutual, limits=limits)
+        if web is not None:
+            from vtl.cli.web import start_web
+
+            status_page = start_web(web)
+            status_page.start_thread()
+            log.info("status page: %s", status_page.url)
         import asyncio
 
         code = asyncio.run(_run(server_cfg, library, chap is not None, mutual is not None))
     finally:
+        if status_page is not None:
+            status_page.shutdown()
+            status_page.server_close()
         library.close(back_up=True)  # syncs and closes every mounted cartridge
         if lock is not None:
             lock.release()
@@ -232,12 +245,13 @@ def _reload(server: IscsiTarget, root: Path) -> None:
 
 
 def _write_status(server: IscsiTarget, root: Path) -> None:
-    from vtl.iscsi.admin import sessions
+    from vtl.iscsi.admin import device_counters, sessions
 
     try:
         serve_status.write(root, {"pid": os.getpid(), "portals": _portals(server.bound),
                                   "targets": [t.iqn for t in server.config.targets],
-                                  "sessions": sessions(server)})
+                                  "sessions": sessions(server),
+                                  "drives": device_counters(server)})
     except OSError as e:
         log.warning("cannot write %s: %s", serve_status.STATUS_NAME, e)
 

@@ -108,3 +108,17 @@ def _log_out(conn: Connection) -> None:
         asked = False
     if not asked or not conn.closed.wait(LOGOUT_WAIT + 1):
         conn.close()
+
+
+def device_counters(server: IscsiTarget) -> list[dict[str, Any]]:
+    """Per LUN of each target: the drive models' byte and error counters since their load
+    (LOG SENSE's own numbers); the changer has none."""
+    rows = []
+    for t in server.config.targets:
+        for lun, dev in sorted(t.devices.luns.items()):
+            if not hasattr(dev, "bytes_written"):
+                continue
+            rows.append({"target": t.iqn, "lun": lun, "serial": getattr(dev, "serial", ""),
+                         "bytes_written": dev.bytes_written, "bytes_read": dev.bytes_read,
+                         "write_errors": dev.write_errors, "read_errors": dev.read_errors})
+    return rows

@@ -1,0 +1,116 @@
+"""The status page and Prometheus ``/metrics`` (``vtl web``, ``vtl serve --web``), and the
+capacity totals of ``vtl status``: the metrics read back with prometheus_client's own parser,
+the page rendered by headless Chromium (screenshot kept with the test's files)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from iscsi_support import RawInitiator
+from served_library import free_port, start, vtl
+
+IQN = "iqn.2026-11.org.vtl-ebm:webtest"
+VTL = str(Path(sys.executable).with_name("vtl"))
+
+
+def get(url: str) -> tuple[int, str, str]:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.status, r.headers["Content-Type"], r.read().decode()
+
+
+def parse_metrics(text: str) -> dict[str, list]:
+    parser = pytest.importorskip("prometheus_client.parser")
+    return {f.name: f.samples for f in parser.text_string_to_metric_families(text)}
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "lib"
+    vtl(root, "init", "--drives", "2", "--slots", "6", "--mailslots", "1", "--iqn", IQN)
+    vtl(root, "pool", "create", "daily")
+    vtl(root, "cartridge", "create", "WEB001L8-WEB003L8", "--capacity", "2MiB", "--pool", "daily")
+    vtl(root, "load", "WEB001L8", "0")
+    return root
+
+
+def test_status_shows_capacity_totals(root: Path):
+    out = vtl(root, "status").stdout
+    assert "library: 3 cartridge(s), 0 B used, 6.0 MiB free of 6.0 MiB" in out
+    assert "pool daily: 3 cartridge(s)" in out
+    cap = json.loads(vtl(root, "status", "--json").stdout)["capacity"]
+    assert cap["pools"]["daily"] == {"cartridges": 3, "capacity": 3 << 21, "used": 0,
+                                     "free": 3 << 21}
+
+
+def test_vtl_web_page_and_metrics(root: Path, tmp_path: Path):
+    port = free_port()
+    proc = subprocess.Popen([VTL, "--root", str(root), "web", "--listen", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert f"http://127.0.0.1:{port}/" in proc.stdout.readline()
+        code, kind, page = get(f"http://127.0.0.1:{port}/")
+        assert code == 200 and kind.startswith("text/html")
+        for text in ("WEB001L8", "WEB003L8", "daily", "not served", "no EBM backups yet"):
+            assert text in page
+        code, kind, text = get(f"http://127.0.0.1:{port}/metrics")
+        assert kind.startswith("text/plain; version=0.0.4")
+        m = parse_metrics(text)
+        loaded = {s.labels["drive"]: s.value for s in m["vtl_drive_loaded"]}
+        assert loaded == {"drive:0": 1, "drive:1": 0}
+        pools = {s.labels["pool"]: s.value for s in m["vtl_pool_capacity_bytes"]}
+        assert pools["daily"] == 3 << 21
+        assert m["vtl_sessions"][0].value == 0 and m["vtl_serving"][0].value == 0
+        assert m["vtl_catalog_bytes"][0].value > 0
+        with pytest.raises(urllib.error.HTTPError):
+            get(f"http://127.0.0.1:{port}/nope")
+        _screenshot(f"http://127.0.0.1:{port}/", tmp_path / "status.png")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    assert "Traceback" not in proc.stderr.read()
+
+
+def test_serve_web_shows_sessions_and_drive_counters(root: Path):
+    port = free_port()
+    s = start(root, "--web", f"127.0.0.1:{port}")
+    try:
+        ini = RawInitiator(s.port, name="iqn.2026-11.org.example:webhost")
+        ini.login(target=IQN)
+        ini.collect(ini.scsi(bytes(6), lun=0))
+        deadline = time.monotonic() + 5
+        while True:
+            m = parse_metrics(get(f"http://127.0.0.1:{port}/metrics")[2])
+            if m["vtl_sessions"][0].value == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert m["vtl_serving"][0].value == 1 and m["vtl_sessions"][0].value == 1
+        (cmds,) = m["vtl_session_commands"]
+        assert cmds.labels["initiator"] == "iqn.2026-11.org.example:webhost" and cmds.value >= 1
+        assert {s.labels["lun"] for s in m["vtl_drive_bytes_written"]} == {"1", "2"}
+        page = get(f"http://127.0.0.1:{port}/")[2]
+        assert "iqn.2026-11.org.example:webhost" in page and "serving over iSCSI" in page
+        ini.close()
+    finally:
+        assert s.stop() == 0
+
+
+def _screenshot(url: str, png: Path) -> None:
+    """Headless Chromium renders the page to ``png`` (skipped where Chromium is missing)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium for the screenshot (Debian package chromium)")
+    r = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                        "--disable-dev-shm-usage", f"--screenshot={png}",
+                        "--window-size=1200,900", url],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert png.stat().st_size > 5000  # a rendered page, not an empty image
+    print(f"status page screenshot: {png}")
