@@ -20,6 +20,7 @@ from typer.core import TyperGroup
 from vtl.access import PRIVATE_UMASK
 from vtl.cli.completion import prepare as prepare_completion
 from vtl.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, report, write_json_error
+from vtl.cli.metavars import name_placeholders
 
 try:  # recent typer vendors its own click: its exceptions are those
     from typer._click.exceptions import NoArgsIsHelpError
@@ -72,6 +73,7 @@ class OneLineErrorsGroup(TyperGroup):
     def _main_one_line(self, args: Sequence[str] | None, prog_name: str | None,
                        complete_var: str | None, **extra: Any) -> Any:
         prepare_completion(prog_name or self.name or "")  # the shell asking for completions
+        name_placeholders(self)  # --portal PORTAL in --help, not typer's <str>
         args = hoist_globals(list(sys.argv[1:] if args is None else args))
         as_json = "--json" in (args[: args.index("--")] if "--" in args else args)
         try:

@@ -100,7 +100,7 @@ def _credentials(user: str, secret: str, what: str) -> ChapCredentials | None:
 def serve(
     portal: Annotated[
         list[str] | None,
-        typer.Option("--portal", "-p", help="HOST:PORT or [IPV6]:PORT to listen on (repeat "
+        typer.Option("--portal", "-p", metavar="HOST:PORT", help="HOST:PORT or [IPV6]:PORT to listen on (repeat "
                      "for several); default from library.toml [iscsi], else 127.0.0.1:3260."),
     ] = None,
     chap_user: Annotated[str | None, typer.Option(help="CHAP user initiators must log in as.")] = None,
@@ -134,7 +134,7 @@ def serve(
         "refused (out of resources).")] = 8,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
     web: Annotated[str | None, typer.Option(
-        "--web", help="Also serve the status page and Prometheus /metrics on HOST:PORT "
+        "--web", metavar="HOST:PORT", help="Also serve the status page and Prometheus /metrics on HOST:PORT "
         "(e.g. 127.0.0.1:9180; see vtl web).")] = None,
 ) -> None:
     """Serve the library over iSCSI: LUN 0 is the changer, LUN 1..N the drives."""

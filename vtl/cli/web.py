@@ -39,7 +39,7 @@ def start_web(listen: str):
 
 def web(
     listen: Annotated[str, typer.Option(
-        "--listen", "-l", help="HOST:PORT of the page and /metrics (port 0: any free one).")]
+        "--listen", "-l", metavar="HOST:PORT", help="HOST:PORT of the page and /metrics (port 0: any free one).")]
     = DEFAULT_LISTEN,
 ) -> None:
     """Serve the read-only status page and Prometheus /metrics until SIGTERM/SIGINT."""
