@@ -62,6 +62,7 @@ from tape_formats.records import (
     RecordHeader,
     RecordKind,
 )
+from tape_formats.store.medium import MediumFile, PlainMedium, open_medium, recipe_path
 from tape_formats.write_behind import WriteBehind
 from tape_formats.writeback_pacing import WritebackPacer
 
@@ -252,9 +253,14 @@ class TapeCartridge:
     thread.
     """
 
-    def __init__(self, path: Path, fd: int, hdr, readonly: bool) -> None:
+    def __init__(self, path: Path, fd: int, hdr, readonly: bool,
+                 medium: MediumFile | None = None) -> None:
         self.path = path
         self._fd = fd
+        # Where the bytes live (tape_formats/store): the file itself, or a dedup store that
+        # compresses per chunk, so blocks then go to it as they are.
+        self._io = medium if medium is not None else PlainMedium(fd)
+        self._block_zstd = not self._io.compresses
         self.readonly = readonly
         self.barcode: str = hdr.barcode
         self.uuid: bytes = hdr.uuid
@@ -295,8 +301,10 @@ class TapeCartridge:
         *,
         capacity: int | None = None,
         worm: bool = False,
+        chunk_store: Path | None = None,
     ) -> None:
-        """Write a blank cartridge (header only) and its MAM; refuses to replace a file."""
+        """Write a blank cartridge (header only) and its MAM; refuses to replace a file.
+        With ``chunk_store`` it is a dedup cartridge whose data goes to that store."""
         path = Path(path)
         cap = capacity if capacity is not None else media.capacity
         if cap <= 0:
@@ -336,6 +344,10 @@ class TapeCartridge:
         mam.set(0x0221, 0)
         mam.set(0x0806, barcode)
         mam.save()
+        if chunk_store is not None and not path.exists():
+            from tape_formats.store.dedup_medium import create_recipe
+
+            os.rename(create_recipe(path, Path(chunk_store)), recipe_path(path))
         try:
             os.link(tmp, path)  # fails if the cartridge exists: never replace one
         except FileExistsError:
@@ -363,7 +375,7 @@ class TapeCartridge:
             except BlockingIOError:
                 raise CartridgeInUse(f"{path.name} is in use by another process") from None
             hdr = _parse_header(os.pread(fd, HEADER_SIZE, 0), path)
-            cart = cls(path, fd, hdr, readonly)
+            cart = cls(path, fd, hdr, readonly, open_medium(path, fd, readonly=readonly))
             cart._recover()
             if cart.index.run_rec and not readonly:
                 # runs written by a build that did not flag them yet
@@ -381,10 +393,10 @@ class TapeCartridge:
         """Load the sidecar index, check it against the data, then read the tail."""
         self._ahead.clear()
         idx = self.index
-        size = os.fstat(self._fd).st_size
+        size = self._io.size()
         if idx.load_sidecar(self.path, self.uuid) and idx.records:
             last = idx.records - 1
-            rec = RecordHeader.unpack(os.pread(self._fd, RECORD_HEADER_SIZE, idx.offsets[last]))
+            rec = RecordHeader.unpack(self._io.pread(RECORD_HEADER_SIZE, idx.offsets[last]))
             if rec is None or rec.obj != idx.first_object(last) or rec.objects != (
                     idx.objects - rec.obj):
                 idx.clear()  # stale: rebuild from the records
@@ -398,8 +410,8 @@ class TapeCartridge:
         end, torn = self._scan(idx, idx.end, size, verify_payload=True)
         if torn and not self.readonly:
             # A record the crash cut short: drop it so the tape ends on a whole record.
-            os.ftruncate(self._fd, end)
-            os.fsync(self._fd)
+            self._io.truncate(end)
+            self._io.fsync()
         if idx.end != trusted_end and not self.readonly:
             idx.write_sidecar(self.path, self.uuid)
 
@@ -408,14 +420,14 @@ class TapeCartridge:
         """Append records found from ``start`` to the index; returns (end, torn_tail)."""
         off = start
         while off < size:
-            rec = RecordHeader.unpack(os.pread(self._fd, RECORD_HEADER_SIZE, off))
+            rec = RecordHeader.unpack(self._io.pread(RECORD_HEADER_SIZE, off))
             if rec is None:
                 return off, True
             stored = rec.stored_len
             if rec.obj != idx.objects or off + RECORD_HEADER_SIZE + stored > size:
                 return off, True
             if verify_payload and stored:
-                payload = os.pread(self._fd, stored, off + RECORD_HEADER_SIZE)
+                payload = self._io.pread(stored, off + RECORD_HEADER_SIZE)
                 if crc32c.crc32c(payload) != rec.payload_crc:
                     return off, True
             idx.append(off, RECORD_HEADER_SIZE + stored, rec.kind, rec.native_len, rec.flags)
@@ -505,13 +517,13 @@ class TapeCartridge:
 
     def _rewrite_header(self, **changes: int) -> None:
         """Rewrite the header sector in place with ``changes`` (CRC'd, fsync'd)."""
-        hdr = _parse_header(os.pread(self._fd, HEADER_SIZE, 0), self.path)
+        hdr = _parse_header(self._io.pread(HEADER_SIZE, 0), self.path)
         fields = dict(hdr)
         fields.pop("_io", None)
         fields.update(changes)
-        if os.pwrite(self._fd, _build_header(fields), 0) != HEADER_SIZE:
+        if self._io.pwrite(_build_header(fields), 0) != HEADER_SIZE:
             raise OSError(errno.EIO, "short write")
-        os.fsync(self._fd)
+        self._io.fsync()
 
     @property
     def format_features(self) -> IncompatFeature:
@@ -675,13 +687,13 @@ class TapeCartridge:
             # The common streaming case: the payload lands straight in the caller's buffer.
             out = memoryview(buf)[:native]
             head = bytearray(RECORD_HEADER_SIZE)
-            got = os.preadv(self._fd, [head, out], off)
+            got = self._io.preadv([head, out], off)
             raw: bytes | bytearray = head
             payload = out
             if got != RECORD_HEADER_SIZE + stored:
                 raise CorruptRecord(f"{self.barcode}: block {p} is cut short", p)
         else:
-            raw = os.pread(self._fd, RECORD_HEADER_SIZE + stored, off)
+            raw = self._io.pread(RECORD_HEADER_SIZE + stored, off)
             payload = memoryview(raw)[RECORD_HEADER_SIZE :]
         rec = RecordHeader.unpack(raw)
         if rec is None or rec.obj != p or rec.stored_len != stored:
@@ -735,10 +747,10 @@ class TapeCartridge:
             kind = RecordKind.FILEMARK_RUN if keep > 1 else RecordKind.FILEMARK
             head = RecordHeader(kind, 0, 0, keep if keep > 1 else 0,
                                 idx.filemarks_before(first), first, 0).pack()
-            if os.pwrite(self._fd, head, idx.offsets[rec]) != len(head):
+            if self._io.pwrite(head, idx.offsets[rec]) != len(head):
                 raise OSError(errno.EIO, "short write")
         idx.truncate(p)
-        os.ftruncate(self._fd, idx.end)
+        self._io.truncate(idx.end)
         self._dirty = True
 
     def _append(self, kind: int, payload: bytes | memoryview, native: int, flags: int,
@@ -752,15 +764,15 @@ class TapeCartridge:
         off = idx.end
         try:
             if len(payload):
-                written = os.pwritev(self._fd, [head, payload], off)
+                written = self._io.pwritev([head, payload], off)
             else:
-                written = os.pwrite(self._fd, head, off)
+                written = self._io.pwrite(head, off)
             if written != len(head) + len(payload):
                 raise OSError(errno.EIO, "short write")
         except OSError:
             # Leave nothing half-written behind: cut back to the last whole record.
             try:
-                os.ftruncate(self._fd, off)
+                self._io.truncate(off)
             except OSError:
                 pass
             raise
@@ -778,7 +790,7 @@ class TapeCartridge:
         self.check_writable()
         if self.position < len(self.index):
             self._cut_at_position()
-        self._store(data, compress)
+        self._store(data, compress and self._block_zstd)
         return WriteResult(self.at_early_warning)
 
     def queue_block(self, data: bytes | bytearray | memoryview, *, compress: bool = True
@@ -805,7 +817,7 @@ class TapeCartridge:
         key = self._sealing_key
         if key is not None:
             worst += ENVELOPE_OVERHEAD + len(key.kad)
-        return wb.put(data, compress, worst, self._end,
+        return wb.put(data, compress and self._block_zstd, worst, self._end,
                       DATA_START + self.ew_point)
 
     def _end(self) -> int:
@@ -885,8 +897,8 @@ class TapeCartridge:
         meta = idx.meta[r]
         if meta & 0xFF != _DATA or not meta & (FLAG_ENCRYPTED << 8):
             return None
-        head = os.pread(self._fd, RECORD_HEADER_SIZE + ENVELOPE_OVERHEAD + (1 << 16),
-                        idx.offsets[r])
+        head = self._io.pread(RECORD_HEADER_SIZE + ENVELOPE_OVERHEAD + (1 << 16),
+                              idx.offsets[r])
         return envelope(head[RECORD_HEADER_SIZE:])
 
     def write_filemarks(self, count: int = 1, *, sync: bool = True) -> WriteResult:
@@ -932,7 +944,7 @@ class TapeCartridge:
             error = self._pacer.take_error()
             if error is not None:  # Linux reports a writeback error once: it was ours
                 raise error
-            os.fsync(self._fd)
+            self._io.fsync()
             self.index.write_sidecar(self.path, self.uuid)
             self._dirty = False
 
@@ -970,7 +982,7 @@ class TapeCartridge:
             self.update_mam_counters()
         finally:
             self._closed = True
-            os.close(self._fd)
+            self._io.close()
 
     @property
     def closed(self) -> bool:
@@ -1108,14 +1120,14 @@ def verify_cartridge(path: Path) -> VerifyReport:
     """
     path = Path(path)
     report = VerifyReport(path)
-    fd = os.open(path, os.O_RDONLY)
+    medium = open_medium(path, os.open(path, os.O_RDONLY), readonly=True)
     try:
-        _parse_header(os.pread(fd, HEADER_SIZE, 0), path)
-        size = os.fstat(fd).st_size
+        _parse_header(medium.pread(HEADER_SIZE, 0), path)
+        size = medium.size()
         off = DATA_START
         dctx = zstandard.ZstdDecompressor()
         while off < size:
-            rec = RecordHeader.unpack(os.pread(fd, RECORD_HEADER_SIZE, off))
+            rec = RecordHeader.unpack(medium.pread(RECORD_HEADER_SIZE, off))
             if rec is None:
                 report.errors.append(f"object {report.objects}: damaged record header at "
                                      f"offset {off}")
@@ -1129,7 +1141,11 @@ def verify_cartridge(path: Path) -> VerifyReport:
                 report.errors.append(f"object {obj}: record cut short at end of file")
                 report.torn_tail_bytes = size - off
                 break
-            payload = os.pread(fd, stored, off + RECORD_HEADER_SIZE)
+            try:
+                payload = medium.pread(stored, off + RECORD_HEADER_SIZE)
+            except OSError as exc:  # a dedup store's chunk is missing or damaged
+                report.errors.append(f"object {obj}: {exc}")
+                payload, pcrc = b"", 0
             if crc32c.crc32c(payload) != pcrc:
                 report.errors.append(f"object {obj}: checksum mismatch")
             elif flags & FLAG_COMPRESSED and not flags & FLAG_ENCRYPTED:  # sealed: no key here
@@ -1147,7 +1163,7 @@ def verify_cartridge(path: Path) -> VerifyReport:
                 report.stored_bytes += stored
             off += RECORD_HEADER_SIZE + stored
     finally:
-        os.close(fd)
+        medium.close()
     return report
 
 

@@ -101,6 +101,9 @@ class IscsiConfig:
         return int(self.portal.rsplit(":", 1)[1])
 
 
+STORES = ("plain", "dedup")
+
+
 @dataclass
 class InitiatorAcl:
     """What one initiator may do on the target: log in (with its own CHAP and mutual CHAP
@@ -169,6 +172,10 @@ class LibraryConfig:
     changer_model: str = "IBM-3573-TL"
     drive_model: str = "IBM-ULT3580-TD8"
     serial_prefix: str = "VTL"
+    # Where cartridge data lives (tape_formats/store): "plain" files, or "dedup" chunks
+    # stored once per library under <root>/store. Chosen at init; plain cartridges keep
+    # working in a dedup library.
+    store: str = "plain"
     # First element address of each element type (SMC mode page 0x1D).
     transport_base: int = 1
     mailslot_base: int = 16
@@ -205,6 +212,8 @@ class LibraryConfig:
             if not isinstance(value, str) or not _MODEL_RE.match(value):
                 raise ConfigError(f"invalid {key} {value!r} (expected VENDOR-PRODUCT)")
         _check_identities(self.changer_model, self.drive_model)
+        if self.store not in STORES:
+            raise ConfigError(f"unknown store {self.store!r} (known: {', '.join(STORES)})")
         if not isinstance(self.serial_prefix, str) or not _SERIAL_PREFIX_RE.match(
             self.serial_prefix
         ):
@@ -256,6 +265,8 @@ class LibraryConfig:
                 "serial_prefix",
             )
         }
+        if self.store != "plain":  # absent from older files: plain
+            doc["store"] = self.store
         doc["addresses"] = {
             "transport": self.transport_base,
             "mailslots": self.mailslot_base,
@@ -278,7 +289,7 @@ class LibraryConfig:
             raise ConfigError("[addresses], [iscsi] and [acl] must be tables")
         acls = {iqn: InitiatorAcl.from_dict(iqn, t) for iqn, t in acl_tables.items()}
         top = {"name", "drives", "slots", "mailslots", "media", "changer_model", "drive_model",
-               "serial_prefix"}
+               "serial_prefix", "store"}
         for key in doc:
             if key not in top:
                 raise ConfigError(f"unknown setting {key!r}")

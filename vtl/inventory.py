@@ -223,6 +223,14 @@ def adopt_cartridge(lib: Library, barcode: str, *, slot: int | None = None, vaul
         return None if address is None else lib.element(address)
 
 
+STORE_DIR = "store"  # a dedup library's chunk store, beside cartridges/
+
+
+def chunk_store_of(lib: Library) -> Path | None:
+    """Where new cartridges of ``lib`` keep their data: None for plain files."""
+    return lib.root / STORE_DIR if lib.config.store == "dedup" else None
+
+
 def _file_path(lib: Library, barcode: str) -> Path:
     return lib.root / CARTRIDGE_DIR / f"{barcode}{CARTRIDGE_EXT}"
 
@@ -235,7 +243,8 @@ def _create_one(
 
     path = _file_path(lib, barcode)
     try:
-        TapeCartridge.create(path, barcode, mtype, capacity=capacity, worm=worm)
+        TapeCartridge.create(path, barcode, mtype, capacity=capacity, worm=worm,
+                             chunk_store=chunk_store_of(lib))
     except BaseException:
         _remove_files(lib, barcode)
         raise
@@ -349,7 +358,8 @@ def make_worm(lib: Library, barcode: str) -> None:
             for p in (lib.root / CARTRIDGE_DIR).glob(f"{barcode}.*"):
                 if p.suffix != ".lock":
                     p.unlink()
-            TapeCartridge.create(path, barcode, mtype, capacity=row["capacity"], worm=True)
+            TapeCartridge.create(path, barcode, mtype, capacity=row["capacity"], worm=True,
+                                 chunk_store=chunk_store_of(lib))
             lib.catalog.update_cartridge(barcode, worm=1)
             lib.catalog.log("worm", barcode)
 

@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from tape_formats.store.medium import recipe_path
+from vtl.config import STORES, LibraryConfig
 from vtl.library import Library
 from vtl.scsi.base import Nexus, SenseKey, Status
 from vtl.scsi.ssc import TapeDrive
@@ -82,9 +84,10 @@ def pos(drv) -> int:
     return int.from_bytes(d[4:8], "big")
 
 
-@pytest.fixture
-def lib(fast_dir):
-    lib = Library.create(fast_dir / "lib")
+@pytest.fixture(params=STORES)
+def lib(fast_dir, request):
+    """Every test runs on a plain and on a dedup library: SSC must not see the store."""
+    lib = Library.create(fast_dir / "lib", LibraryConfig(store=request.param))
     lib.create_cartridge("A00001L8", capacity=4 * MiB)
     lib.create_cartridge("A00002L8", capacity=4 * MiB)
     lib.create_cartridge("W00001LY", capacity=4 * MiB)
@@ -580,6 +583,8 @@ def test_corrupt_block_is_medium_error(drv):
     write(drv, b"r" * 300)
     wfm(drv)
     cart = drv._medium()
+    if recipe_path(cart.path).exists():
+        pytest.skip("dedup: payloads live in chunks (test_dedup_store damages one)")
     off = cart.index.offsets[0]
     os.pwrite(cart._fd, b"\xff\xff\xff\xff", off + 40)
     rewind(drv)

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vtl.config import STORES, LibraryConfig
 from vtl.library import Library
 from vtl.scsi.base import Nexus, Status
 from vtl.scsi.ssc import TapeDrive
@@ -231,11 +232,12 @@ def observe(res) -> Outcome:
                    bool(s[2] & 0x20), info, bytes(res.data))
 
 
-@pytest.fixture(scope="module")
-def drive():
+@pytest.fixture(scope="module", params=STORES)
+def drive(request):
+    """One drive per store kind: the reference model holds for plain and dedup alike."""
     base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
     root = Path(tempfile.mkdtemp(prefix="vtl-prop-", dir=base))
-    lib = Library.create(root / "lib")
+    lib = Library.create(root / "lib", LibraryConfig(store=request.param))
     lib.create_cartridge("P00001L8", capacity=64 << 20)
     drv = TapeDrive(lib.load("P00001L8", 0))
     drv.execute(N, bytes(6))  # consume the power-on UA

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from crash_check import check_tape
+
 from tape_formats.cartridge import RecordKind, TapeCartridge, verify_cartridge
 from tape_formats.media import MEDIA
 
@@ -48,15 +50,7 @@ def expected_block(obj: int) -> bytes:
 
 
 def check_cartridge(path: Path, every: int) -> int:
-    with TapeCartridge.open(path, count_load=False) as c:
-        for obj in range(c.eod):
-            r = c.read_block()
-            if obj % every == every - 1:
-                assert r.kind is RecordKind.FILEMARK, obj
-            else:
-                assert r.kind is RecordKind.DATA and bytes(r.data) == expected_block(obj), obj
-        assert c.read_block().kind is RecordKind.EOD
-        return c.eod
+    return check_tape(path, every, expected_block)
 
 
 def test_sigkill_many_times_loses_nothing_durable(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ app.add_typer(pool_app, name="pool")
 
 # Modules that add commands with register(app); missing ones are skipped.
 OPTIONAL_COMMANDS = ("vtl.cli.serve", "vtl.cli.catalog", "vtl.cli.lio", "vtl.cli.service",
-                     "vtl.cli.target", "vtl.cli.web")
+                     "vtl.cli.target", "vtl.cli.web", "vtl.cli.store")
 
 
 app.command("completion")(completion_command("vtl"))
@@ -98,6 +98,9 @@ def init(
     group: Annotated[str | None, typer.Option(
         help="Share the library with this group (directory 2750, files 0640); "
              "default: the owner only (0700/0600).")] = None,
+    store: Annotated[str, typer.Option(
+        help="Cartridge store: plain (a file per cartridge) or dedup (chunks stored once "
+             "per library, compressed; see docs/store-format.md).")] = "plain",
 ) -> None:
     """Create a new library (refuses a directory that already has one)."""
     from vtl.access import group_id, make_root
@@ -117,7 +120,7 @@ def init(
     config = LibraryConfig(
         name=name, drives=drives, slots=slots, mailslots=mailslots, media=media.upper(),
         changer_model=changer_model, drive_model=drive_model,
-        serial_prefix=serial_prefix.upper(), iscsi=iscsi,
+        serial_prefix=serial_prefix.upper(), iscsi=iscsi, store=store.lower(),
     )
     if group:
         group_id(group)  # UnknownGroup before anything is made: a refusal changes nothing
@@ -128,6 +131,11 @@ def init(
         make_root(root, group)
     lib = Library.create(root, config)
     lib.close()
+    if config.store == "dedup":
+        from tape_formats.store.chunk_store import ChunkStore
+        from vtl.inventory import STORE_DIR
+
+        ChunkStore.create(root / STORE_DIR)
     say(
         f"created library {name!r} at {root}: {drives} drives, {slots} slots, "
         f"{mailslots} mailslots, {config.media}",

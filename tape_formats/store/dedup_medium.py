@@ -1,0 +1,282 @@
+"""The dedup medium: a cartridge file whose record payloads live in the chunk store.
+
+The cartridge file stays where it was, with the same size and offsets, as a sparse
+*skeleton*: the header, the record headers and filemarks are written into it as before; a
+record's payload (the second buffer of a ``pwritev``) is not, its range stays a hole.
+Instead the payload joins the cartridge's data stream, which FastCDC cuts into chunks
+(cut across blocks, so block boundaries do not matter to dedup); each new chunk is hashed
+(BLAKE3), compressed and stored once per library. Reads put skeleton and payloads back
+together, so the cartridge above sees the plain file's bytes at every offset.
+
+Sync point (``fsync``): the stream's tail becomes a last chunk, chunk files are made
+durable (one syncfs), the skeleton is fsync'd, then the recipe batch is appended and
+fsync'd. A crash before the recipe is durable leaves record headers whose payload the
+recipe lacks: they fail their CRC at the next open and are cut off like any torn tail.
+"""
+
+from __future__ import annotations
+
+import os
+from array import array
+from bisect import bisect_right
+from pathlib import Path
+
+import blake3
+import pyfastcdc
+import zstandard
+
+from tape_formats.store import recipe as recipes
+from tape_formats.store.chunk_store import CHUNK_ZSTD_LEVEL, ChunkStore, StoreError
+
+# FastCDC sizes: 32 KiB on average (8 KiB..128 KiB), small enough that a changed file costs
+# little beyond itself, large enough that a GB is ~30,000 chunk files.
+AVG_CHUNK = 32 << 10
+# The stream tail is cut once it holds this much; the last chunk found stays pending (its
+# end is only where the buffer ended, not a content-defined cut).
+CUT_BATCH = 1 << 20
+_CACHE = 4  # decoded chunks kept for reads (a block spans several, a chunk several blocks)
+
+
+class DedupMedium:
+    """One open dedup cartridge (see the module docstring). Owns ``fd``."""
+
+    compresses = True
+
+    def __init__(self, fd: int, recipe_path: Path, *, readonly: bool) -> None:
+        self.fd = fd
+        self._path = recipe_path
+        self._readonly = readonly
+        try:
+            rec = recipes.load(recipe_path)
+        except (OSError, recipes.RecipeError) as exc:
+            raise StoreError(str(exc)) from None
+        self._store_rel = rec.store
+        self._store = ChunkStore((recipe_path.parent / rec.store).resolve())
+        self._cctx = zstandard.ZstdCompressor(level=CHUNK_ZSTD_LEVEL)
+        self._dctx = zstandard.ZstdDecompressor()
+        self._cdc = pyfastcdc.FastCDC(avg_size=AVG_CHUNK)
+        self._hold = self._store.hold()
+        # extents: payload ranges of the file, with their stream offsets
+        self._ext_off, self._ext_len = rec.ext_off, rec.ext_len
+        self._ext_stream = _running(rec.ext_len)
+        # chunks of the stream, then the pending tail not cut yet
+        self._ch_len, self._ch_ids = rec.ch_len, rec.ch_ids
+        self._ch_start = _running(rec.ch_len)
+        self._chunked = sum(rec.ch_len)
+        self._pending = bytearray()
+        if sum(rec.ext_len) != self._chunked:
+            raise StoreError(f"{recipe_path}: recipe extents and chunks disagree")
+        self._good_end = rec.good_end
+        self._rewrite = rec.good_end != rec.file_size  # a torn batch: rewrite at next sync
+        self._saved_ext, self._saved_ch = len(self._ext_off), len(self._ch_ids)
+        self._cut_since_sync = False
+        self._cache: dict[int, bytes] = {}
+        self._end = os.fstat(fd).st_size
+        # payloads past the skeleton's end were cut off (or never made durable with it)
+        if self._ext_off and self._ext_off[-1] + self._ext_len[-1] > self._end:
+            self._drop_from(self._end)
+            self._end = os.fstat(fd).st_size
+
+    # -- reads ------------------------------------------------------------------------------
+    def size(self) -> int:
+        return self._end
+
+    def pread(self, n: int, offset: int) -> bytes:
+        n = max(0, min(n, self._end - offset))
+        buf = bytearray(n)
+        if n:
+            os.preadv(self.fd, [buf], offset)  # a hole or past the skeleton's end reads 0
+            self._overlay(memoryview(buf), offset)
+        return bytes(buf)
+
+    def preadv(self, buffers: list, offset: int) -> int:
+        data = self.pread(sum(len(b) for b in buffers), offset)
+        at = 0
+        for b in buffers:
+            take = min(len(b), len(data) - at)
+            memoryview(b)[:take] = data[at:at + take]
+            at += take
+        return len(data)
+
+    def _overlay(self, out: memoryview, offset: int) -> None:
+        """Copy the payload bytes that fall in [offset, offset + len(out)) into ``out``."""
+        end = offset + len(out)
+        i = max(0, bisect_right(self._ext_off, offset) - 1)
+        ext_off, ext_len, ext_stream = self._ext_off, self._ext_len, self._ext_stream
+        while i < len(ext_off) and ext_off[i] < end:
+            a = max(offset, ext_off[i])
+            b = min(end, ext_off[i] + ext_len[i])
+            if a < b:
+                self._read_stream(ext_stream[i] + a - ext_off[i], out[a - offset:b - offset])
+            i += 1
+
+    def _read_stream(self, pos: int, out: memoryview) -> None:
+        at = 0
+        while at < len(out):
+            if pos >= self._chunked:
+                src = memoryview(self._pending)[pos - self._chunked:]
+                take = min(len(out) - at, len(src))
+                if take <= 0:
+                    raise StoreError(f"{self._path}: data stream ends early")
+                out[at:at + take] = src[:take]
+            else:
+                j = bisect_right(self._ch_start, pos) - 1
+                data = self._chunk(j)
+                skip = pos - self._ch_start[j]
+                take = min(len(out) - at, len(data) - skip)
+                out[at:at + take] = data[skip:skip + take]
+            at += take
+            pos += take
+
+    def _chunk(self, j: int) -> bytes:
+        data = self._cache.get(j)
+        if data is None:
+            data = self._store.get(self._ch_ids[j], self._ch_len[j], self._dctx)
+            if len(self._cache) >= _CACHE:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[j] = data
+        return data
+
+    # -- writes -----------------------------------------------------------------------------
+    def pwrite(self, data: bytes | memoryview, offset: int) -> int:
+        """Header-sized writes (a record header, a filemark, the cartridge header): into
+        the skeleton as they are."""
+        n = os.pwrite(self.fd, data, offset)
+        self._end = max(self._end, offset + n)
+        return n
+
+    def pwritev(self, buffers: list, offset: int) -> int:
+        """A record: its header into the skeleton, its payload into the data stream."""
+        if len(buffers) != 2:
+            return self.pwrite(b"".join(bytes(b) for b in buffers), offset)
+        head, payload = buffers
+        if offset != self._end:
+            raise StoreError(f"{self._path}: a dedup cartridge only appends at its end")
+        n = os.pwrite(self.fd, head, offset)
+        if n != len(head):
+            return n
+        start = offset + n
+        self._ext_off.append(start)
+        self._ext_len.append(len(payload))
+        self._ext_stream.append(self._chunked + len(self._pending))
+        self._pending += payload
+        self._end = start + len(payload)
+        if len(self._pending) >= CUT_BATCH:
+            self._cut(final=False)
+        return n + len(payload)
+
+    def _cut(self, *, final: bool) -> None:
+        """Cut the pending tail into chunks and store the new ones; without ``final`` the
+        last chunk found stays pending (the buffer's end is not a content-defined cut)."""
+        pending = self._pending
+        if not pending:
+            return
+        self._hold.acquire()  # before any chunk is looked up: the collector waits from here
+        view = memoryview(pending)
+        cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(view)]  # (no view kept)
+        if not final:
+            cuts = cuts[:-1]
+        used = 0
+        self._cut_since_sync = True  # a hit may be another writer's chunk, not durable yet
+        try:
+            for offset, length in cuts:
+                data = view[offset:offset + length]
+                cid = blake3.blake3(data).digest()
+                self._store.put(cid, data, self._cctx)
+                self._ch_start.append(self._chunked)
+                self._ch_len.append(length)
+                self._ch_ids.append(cid)
+                self._chunked += length
+                used += length
+                data.release()
+        finally:
+            view.release()
+            del pending[:used]
+
+    def truncate(self, length: int) -> None:
+        os.ftruncate(self.fd, length)
+        self._end = length
+        self._drop_from(length)
+
+    def _drop_from(self, length: int) -> None:
+        """Forget the payload bytes at and past file offset ``length``."""
+        i = bisect_right(self._ext_off, length - 1) if length else 0
+        keep_ext = i
+        stream_end = 0
+        if i:
+            last_end = self._ext_off[i - 1] + self._ext_len[i - 1]
+            if last_end > length:
+                self._ext_len[i - 1] = length - self._ext_off[i - 1]
+            stream_end = self._ext_stream[i - 1] + self._ext_len[i - 1]
+        if keep_ext == len(self._ext_off) and stream_end == self._chunked + len(self._pending):
+            return
+        del self._ext_off[keep_ext:], self._ext_len[keep_ext:], self._ext_stream[keep_ext:]
+        if stream_end >= self._chunked:
+            del self._pending[stream_end - self._chunked:]
+        else:
+            j = bisect_right(self._ch_start, stream_end) - 1
+            head = self._chunk(j)[:stream_end - self._ch_start[j]] if j >= 0 else b""
+            self._pending = bytearray(head)
+            drop = j if j >= 0 else 0
+            if j >= 0 and self._ch_start[j] == stream_end:
+                self._pending = bytearray()
+            del self._ch_start[drop:], self._ch_len[drop:], self._ch_ids[drop:]
+            self._chunked = stream_end - len(self._pending)
+            self._cache.clear()
+        self._rewrite = True
+        self._saved_ext = min(self._saved_ext, len(self._ext_off))
+        self._saved_ch = min(self._saved_ch, len(self._ch_ids))
+
+    def fsync(self) -> None:
+        """A sync point: chunks, skeleton, then the recipe, each durable before the next."""
+        if self._readonly:
+            return
+        self._cut(final=True)
+        if self._cut_since_sync:
+            self._store.sync()
+            self._cut_since_sync = False
+        if os.fstat(self.fd).st_size < self._end:
+            os.ftruncate(self.fd, self._end)  # a payload at the end is a hole: extend
+        os.fsync(self.fd)
+        self._save_recipe()
+        self._hold.release()
+
+    def _save_recipe(self) -> None:
+        if self._rewrite:
+            recipes.write_new(self._path, self._store_rel, self._extents(0), self._chunks(0))
+            self._good_end = self._path.stat().st_size
+            self._rewrite = False
+        elif (self._saved_ext, self._saved_ch) != (len(self._ext_off), len(self._ch_ids)):
+            data = recipes.batch(self._extents(self._saved_ext), self._chunks(self._saved_ch))
+            self._good_end = recipes.append(self._path, self._good_end, data)
+        self._saved_ext, self._saved_ch = len(self._ext_off), len(self._ch_ids)
+
+    def _extents(self, start: int) -> list[tuple[int, int]]:
+        return list(zip(self._ext_off[start:], self._ext_len[start:], strict=True))
+
+    def _chunks(self, start: int) -> list[tuple[int, bytes]]:
+        return list(zip(self._ch_len[start:], self._ch_ids[start:], strict=True))
+
+    def close(self) -> None:
+        self._hold.release()
+        os.close(self.fd)
+
+
+def _running(lengths: array) -> array:
+    """Start offsets of consecutive pieces of the given lengths."""
+    out = array("q")
+    total = 0
+    for n in lengths:
+        out.append(total)
+        total += n
+    return out
+
+
+def create_recipe(cartridge: Path, store_root: Path) -> Path:
+    """Write an empty recipe for a new cartridge under a temporary name; the caller renames
+    it into place (``recipe_path``) when the cartridge itself appears."""
+    ChunkStore.create(store_root)
+    rel = os.path.relpath(store_root, cartridge.parent)
+    tmp = cartridge.with_name(cartridge.name + ".recipe.new")
+    recipes.write_new(tmp, rel, [], [])
+    return tmp

@@ -1,0 +1,85 @@
+"""``vtl store ...``: a dedup library's chunk store: what it saves, and freeing what no
+cartridge references any more (tape_formats/store, docs/store-format.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vtl.cli.common import console, emit_json, open_library, say, settings
+from vtl.cli.errors import CliError
+
+app = typer.Typer(help="The chunk store of a dedup library: stats, garbage collection.",
+                  no_args_is_help=True)
+
+
+def register(root_app: typer.Typer) -> None:
+    root_app.add_typer(app, name="store")
+
+
+def _store_dirs(lib: Any) -> tuple[Any, Path]:
+    """(ChunkStore, cartridge folder) of a dedup library; refused for a plain one."""
+    from tape_formats.store.chunk_store import ChunkStore
+    from vtl.inventory import chunk_store_of
+    from vtl.library import CARTRIDGE_DIR
+
+    root = chunk_store_of(lib)
+    if root is None:
+        raise CliError(f"library {lib.root} stores plain cartridge files (vtl init --store "
+                       "dedup makes a dedup library)")
+    return ChunkStore(root), lib.root / CARTRIDGE_DIR
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return str(n)
+
+
+@app.command()
+def stats() -> None:
+    """Logical bytes on the cartridges against bytes stored: dedup and compression ratios."""
+    from tape_formats.store.gc import stats as store_stats
+
+    with open_library(readonly=True) as lib:
+        store, cartridges = _store_dirs(lib)
+        s = store_stats(store, cartridges)
+    data = {"cartridges": s.cartridges, "logical_bytes": s.logical_bytes,
+            "unique_bytes": s.unique_bytes, "stored_bytes": s.stored_bytes,
+            "chunks": s.chunks, "chunk_files": s.chunk_files,
+            "dedup_ratio": round(s.dedup_ratio, 3),
+            "compression_ratio": round(s.compression_ratio, 3),
+            "total_ratio": round(s.total_ratio, 3)}
+    if settings().json:
+        emit_json(data)
+        return
+    console().print(
+        f"{s.cartridges} cartridge(s): {_size(s.logical_bytes)} logical, "
+        f"{_size(s.unique_bytes)} distinct in {s.chunks} chunk(s), "
+        f"{_size(s.stored_bytes)} stored in {s.chunk_files} chunk file(s)\n"
+        f"dedup {s.dedup_ratio:.2f}x, compression {s.compression_ratio:.2f}x, "
+        f"total {s.total_ratio:.2f}x", markup=False)
+
+
+@app.command()
+def gc(
+    timeout: Annotated[float, typer.Option(
+        help="Seconds to wait for cartridges being written to reach a filemark.")] = 30.0,
+) -> None:
+    """Free the chunks no cartridge references (after erase, relabel, delete)."""
+    from tape_formats.store.chunk_store import StoreBusy
+    from tape_formats.store.gc import collect
+
+    with open_library() as lib:
+        store, cartridges = _store_dirs(lib)
+        try:
+            r = collect(store, cartridges, timeout=timeout)
+        except StoreBusy as exc:
+            raise CliError(str(exc)) from None
+    say(f"freed {r.chunks_freed} chunk(s), {_size(r.bytes_freed)}; kept {r.chunks_kept}",
+        {"chunks_freed": r.chunks_freed, "bytes_freed": r.bytes_freed,
+         "chunks_kept": r.chunks_kept, "temporaries_freed": r.temporaries_freed})
