@@ -30,6 +30,7 @@ from vtl.cli.completion import command as completion_command
 from vtl.cli.errors import EPILOG, CliError, OperationFailed
 from vtl.cli.formatting import human_duration, human_size, human_time
 from vtl.cli.group import OneLineErrorsGroup
+from vtl.cli.manpage import command as manpage_command
 from vtl.cli.version import version_option
 from vtl.config import default_root
 
@@ -51,6 +52,7 @@ app.add_typer(pool_app, name="pool")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(catalog_app, name="catalog")
 app.command("completion")(completion_command("ebm"))
+app.command("manpage")(manpage_command("ebm", "extensible backup manager for the VTL"))
 
 def out() -> Console:
     """stdout; long paths and table rows stay on one line when piped (greppable)."""

@@ -37,6 +37,7 @@ from vtl.cli.common import (
 from vtl.cli.completion import command as completion_command
 from vtl.cli.errors import EPILOG
 from vtl.cli.group import OneLineErrorsGroup
+from vtl.cli.manpage import command as manpage_command
 from vtl.cli.version import version_option
 from vtl.config import DEFAULT_ROOT, ROOT_ENV, LibraryConfig
 
@@ -62,6 +63,7 @@ OPTIONAL_COMMANDS = ("vtl.cli.serve", "vtl.cli.catalog", "vtl.cli.lio", "vtl.cli
 
 
 app.command("completion")(completion_command("vtl"))
+app.command("manpage")(manpage_command("vtl", "manage a virtual tape library"))
 
 
 @app.callback()
