@@ -142,3 +142,18 @@ def test_ltfs_front_sequence(drv) -> None:
     buf = mode_sense10(drv, 0x10, 0x01)
     mode_select10(drv, buf)
     assert run(drv, 0x5A, 0, 0x11, 0, 0, 0, 0, 0, 28, 0).status == Status.GOOD
+
+
+def test_medium_type_and_attributes_as_ltfs_reads_them(drv) -> None:
+    run(drv, 0, 0, 0, 0, 0, 0)
+    assert mode_sense10(drv, 0x3F, 0, 255)[2] == 0x88  # IBM's code for an LTO-8 data cartridge
+    # an attribute the cartridge does not hold (LTFS's volume lock 0x1623): 24/00
+    s = check(drv, 0x8C, 0, 0, 0, 0, 0, 0, 0, 0x16, 0x23, 0, 0, 0, 0x10, 0, 0)
+    assert s.code == (5, 0x24, 0) and s.fp == 8
+    # LTFS counts the 4-byte header in PARAMETER DATA LENGTH; IBM drives take that
+    attr = (0x0800).to_bytes(2, "big") + bytes([1]) + (8).to_bytes(2, "big") + b"IBM     "
+    data = (len(attr) + 4).to_bytes(4, "big") + attr
+    good(drv, 0x8D, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, *len(data).to_bytes(4, "big"), 0, 0,
+         data=data)
+    got = good(drv, 0x8C, 0, 0, 0, 0, 0, 0, 0, 0x08, 0x00, 0, 0, 0, 0x20, 0, 0)
+    assert got[4:6] == b"\x08\x00" and got[9:17] == b"IBM     "

@@ -62,6 +62,12 @@ MEDIA_LENGTH_M = {"LTO-3": 680, "LTO-4": 820, "LTO-5": 846, "LTO-6": 846, "LTO-7
                   "LTO-8": 960, "LTO-9": 1035}
 
 
+# The MEDIUM TYPE an IBM LTO drive reports in the mode parameter header for a data cartridge
+# of each generation (0x88: LTO-8); IBM's LTFS checks it against the density before it
+# formats. Other vendors report 0 (and LTFS takes the type from the density for them).
+IBM_MEDIUM_TYPE = {f"LTO-{g}": g * 0x10 + 0x08 for g in range(1, 10)}
+
+
 @dataclass(frozen=True, kw_only=True)
 class DeviceIdentity:
     """What INQUIRY says about a device. Strings are padded/truncated to the SPC field widths

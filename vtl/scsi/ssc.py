@@ -63,6 +63,7 @@ from vtl.scsi.base import CheckCondition, Nexus, ResetKind, ScsiResult, Status, 
 from vtl.scsi.identities import (
     BITS_PER_MM,
     DENSITY,
+    IBM_MEDIUM_TYPE,
     MEDIA_WIDTH_MM_X10,
     NATIVE_CAPACITY_MB,
     TRACKS,
@@ -519,6 +520,8 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         wp = 0
         if cart is not None:
             medium = 0x01 if cart.worm else cart.media.medium_type
+            if not cart.worm and self.identity.vendor == "IBM":
+                medium = IBM_MEDIUM_TYPE.get(cart.media.name, medium)
             wp = 0x80 if cart.write_protected else 0
         return medium, wp | (self.buffered_mode << 4)
 

@@ -14,6 +14,7 @@ from vtl.scsi.pages import ascii_field
 from vtl.scsi.sense import (
     AUXILIARY_MEMORY_OUT_OF_SPACE,
     PARAMETER_LIST_LENGTH_ERROR,
+    invalid_field_in_cdb,
     invalid_field_in_parameter_list,
 )
 
@@ -58,6 +59,10 @@ def read_attribute(cart: TapeCartridge, tapealert: set[int], sa: int, first: int
     if sa == PARTITION_LIST:  # its partitions, from 0 (``cart`` is partition 0)
         return bytes([0, 2, 0, cart.partition_count])
     attrs = attribute_values(cart, tapealert)
+    if sa == ATTRIBUTE_VALUES and first and first not in attrs:
+        # An attribute the cartridge does not hold: 24/00, as IBM LTO drives answer (LTFS
+        # asks for its volume lock 0x1623 and volume coherency 0x080C and counts on it).
+        raise invalid_field_in_cdb(8)
     if sa == ATTRIBUTE_VALUES:
         body = b"".join(
             i.to_bytes(2, "big") + bytes([(0x80 if read_only(i) else 0) | (f & 0x03)])
@@ -77,6 +82,9 @@ def parse_write_attribute(data: memoryview, plen: int) -> Staged:
     if plen < 4:
         raise PARAMETER_LIST_LENGTH_ERROR()
     avail = int.from_bytes(data[0:4], "big")
+    if avail == plen:
+        # IBM's LTFS counts the 4-byte header in PARAMETER DATA LENGTH; IBM drives take it
+        avail = plen - 4
     if avail + 4 > plen:
         raise PARAMETER_LIST_LENGTH_ERROR()
     staged: Staged = []
