@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import fnmatch
 import os
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,8 +132,9 @@ def final_view(catalog: Catalog, chain: list[Backup],
 
 
 def _parent_dirs(view: dict[str, FileRow], selected: list[FileRow]) -> list[FileRow]:
-    """The recorded directories above the selected entries (not selected themselves), so a
-    path restore gives them their mode, owner and times instead of a bare 0700 ``mkdir``."""
+    """The recorded directories above the selected entries (not selected themselves): a path
+    restore gives them their mode, owner and times (:func:`_set_dir_metadata`) instead of
+    leaving the translator's bare 0700 ``mkdir``."""
     chosen = {r.path for r in selected}
     parents: dict[str, FileRow] = {}
     for r in selected:
@@ -143,6 +145,25 @@ def _parent_dirs(view: dict[str, FileRow], selected: list[FileRow]) -> list[File
             if p not in chosen and p not in parents and row is not None and row.kind == "dir":
                 parents[p] = row
     return list(parents.values())
+
+
+def _set_dir_metadata(target: Path, rows: list[FileRow]) -> None:
+    """Mode, owner (as root) and times of the restored parent directories, from the catalog
+    (no tape read), deepest first so a parent's mtime is set after its children's. A path
+    that is not a real directory inside ``target`` is left alone."""
+    top = os.path.realpath(target)
+    for row in sorted(rows, key=lambda r: r.path.count("/"), reverse=True):
+        path = os.path.join(target, row.path)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISDIR(st.st_mode) or not os.path.realpath(path).startswith(top + os.sep):
+                continue
+            if os.geteuid() == 0:
+                os.lchown(path, row.uid, row.gid)
+            os.chmod(path, stat.S_IMODE(row.mode))
+            os.utime(path, ns=(row.mtime_ns, row.mtime_ns), follow_symlinks=False)
+        except OSError:
+            continue  # best effort, as the translator's own metadata: the data is restored
 
 
 def matches(path: str, patterns: list[str]) -> bool:
@@ -252,8 +273,7 @@ def restore(catalog: Catalog, library: Library, translator_loader: Callable[[str
     selected = [r for p, r in view.items() if matches(p, patterns or [])]
     if patterns and not selected:
         raise RestoreError(f"nothing in backup {backup.uuid} matches {' '.join(patterns)}")
-    if patterns:
-        selected += _parent_dirs(view, selected)
+    parents = _parent_dirs(view, selected) if patterns else []
     total = sum(r.size for r in selected)
     stats = RestoreStats([b.uuid for b in chain])
     target.mkdir(parents=True, exist_ok=True)
@@ -293,6 +313,7 @@ def restore(catalog: Catalog, library: Library, translator_loader: Callable[[str
             if name in ("ArchiveCorrupt", "ArchiveError", "UnsafePath"):
                 raise RestoreError(f"backup {backup.uuid}: {e}") from None
             raise
+        _set_dir_metadata(target, parents)
     except MoverError as e:
         raise RestoreError(str(e)) from None
     finally:
