@@ -146,3 +146,16 @@ def test_iscsi_ls_with_per_initiator_chap(root: Path, tmp_path: Path):
         assert "Lun:0" in r.stdout and "Lun:2" in r.stdout and "Lun:1" not in r.stdout
     finally:
         assert s.stop() == 0
+
+
+def test_a_secret_file_others_may_read_gets_a_warning(root: Path, tmp_path: Path):
+    secret = tmp_path / "secret"
+    secret.write_text("host-a-secret-01\n")
+    secret.chmod(0o644)
+    r = vtl(root, "target", "acl", "add", HOST_A, "--chap-user", "a", "--chap-secret-file",
+            str(secret))
+    assert "warning: chap secret file" in r.stderr and "chmod 600" in r.stderr
+    secret.chmod(0o600)
+    r = vtl(root, "target", "acl", "add", HOST_A, "--chap-user", "a", "--chap-secret-file",
+            str(secret))
+    assert r.stderr == ""

@@ -3,7 +3,8 @@
 Every local user can read every process's command line (``ps``, ``/proc/PID/cmdline``), so a
 secret passed as an argument is public on the machine. It is still accepted (scripts rely on
 it) but each use warns on stderr; the file (first line) and the environment variable are the
-quiet ways. One source at a time: an argument and a file together are refused.
+quiet ways (a file others may read gets a warning: keep it 0600). One source at a time: an
+argument and a file together are refused.
 """
 
 from __future__ import annotations
@@ -26,7 +27,19 @@ def read_secret_file(path: Path, what: str) -> str:
     secret = text.split("\n", 1)[0].rstrip("\r")
     if not secret:
         raise CliError(f"{what} file {path} is empty")
+    warn_if_others_read(Path(path), what)
     return secret
+
+
+def warn_if_others_read(path: Path, what: str) -> None:
+    """A secret file others may read is no secret: say so (0600 is the mode to keep it at)."""
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return
+    if mode & 0o077:
+        sys.stderr.write(f"warning: {what} file {path} is readable by others (mode "
+                         f"{mode:04o}); chmod 600 it\n")
 
 
 def warn_visible(flag: str, alternatives: str) -> None:
