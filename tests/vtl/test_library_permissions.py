@@ -138,6 +138,7 @@ def lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_chap_secret_from_a_file_or_the_environment_is_quiet(lib: Path, tmp_path: Path) -> None:
     secret_file = tmp_path / "chap"
     secret_file.write_text(SECRET + "\n")
+    secret_file.chmod(0o600)  # one others may read gets a warning
     banner, err = serve_banner(lib, "--chap-user", "u", "--chap-secret-file", str(secret_file))
     assert "auth: CHAP" in banner and "warning" not in err, err
     banner, err = serve_banner(lib, "--chap-user", "u", env={"VTL_CHAP_SECRET": SECRET})
