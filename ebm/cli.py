@@ -140,11 +140,11 @@ def main(
     root: Path = typer.Option(None, "--root", "-r",
                               help="library directory ($VTL_ROOT, else ./vtl-library)"),
     json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
-    library: str = typer.Option(None, "--library", envvar="EBM_LIBRARY",
+    library: str = typer.Option(None, "--library", envvar="EBM_LIBRARY", metavar="URL",
                                 help="a library on another host: iscsi://HOST[:PORT]/IQN[/LUN], "
                                      "or kernel devices /dev/sch0,/dev/nst0[,...] (then "
                                      "--catalog is the EBM's own catalog directory)"),
-    catalog_dir: Path = typer.Option(None, "--catalog", envvar="EBM_CATALOG",
+    catalog_dir: Path = typer.Option(None, "--catalog", envvar="EBM_CATALOG", metavar="DIR",
                                      help="with --library: the EBM's catalog directory"),
     chap_file: Path = typer.Option(None, "--chap-file",
                                    help="with --library: a 0600 file, user:secret (and "
