@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 
 
 class BackgroundSync:
-    """One fdatasync at a time on ``fd``, started by ``kick`` without waiting for it."""
+    """One fdatasync at a time on ``fd``, started by ``kick`` without waiting for it
+    (``flush``: another call on ``fd`` that raises OSError, e.g. a syncfs)."""
 
-    def __init__(self, fd: int, name: str) -> None:
+    def __init__(self, fd: int, name: str,
+                 flush: Callable[[int], None] = os.fdatasync) -> None:
         self._fd = fd
+        self._flush = flush
         self._name = name
         self._cv = threading.Condition(threading.Lock())
         self._wanted = False
@@ -76,7 +80,7 @@ class BackgroundSync:
                 self._wanted = False
                 self._running = True
             try:
-                os.fdatasync(self._fd)
+                self._flush(self._fd)
             except OSError as exc:
                 with cv:
                     if self._error is None:

@@ -5,7 +5,9 @@ flag byte (0 stored as is, 1 a zstd frame with its checksum) and the payload. A 
 appears whole or not at all (written under a temporary name, then renamed), so a file that
 exists may be shared by any writer without reading it. Durability is batched: ``sync``
 flushes the file system the store lives on (syncfs) once, at a cartridge's sync point,
-instead of an fsync per chunk.
+instead of an fsync per chunk; while new chunks stream in, a syncfs on a thread of its own
+every ``BACKGROUND_SYNC_BYTES`` keeps that last one short (as the plain cartridge's write-back
+pacing does, tape_formats/writeback_pacing.py).
 
 The collector and the writers meet at ``gc.lock``: a writer holds it shared from its first
 chunk after a sync point until its recipe is durable (``Hold``); the collector takes it
@@ -24,12 +26,15 @@ from pathlib import Path
 
 import zstandard
 
+from tape_formats.background_sync import BackgroundSync
+
 CHUNKS_DIR = "chunks"
 LOCK_NAME = "gc.lock"
 # Per-chunk compression: fast, like the drive's (cartridge.ZSTD_LEVEL), since new chunks
 # are compressed on the drive's write path.
 CHUNK_ZSTD_LEVEL = 1
 _RAW, _ZSTD = 0, 1
+BACKGROUND_SYNC_BYTES = 32 << 20
 
 
 class StoreError(OSError):
@@ -55,6 +60,15 @@ def _libc_syncfs() -> ctypes._CFuncPtr | None:
 _SYNCFS = _libc_syncfs()
 
 
+def _syncfs(fd: int) -> None:
+    """Flush the whole file system ``fd`` is on (os.sync where syncfs is missing)."""
+    if _SYNCFS is None:
+        os.sync()
+    elif _SYNCFS(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"syncfs: {os.strerror(err)}")
+
+
 class ChunkStore:
     """The chunk files of one store directory."""
 
@@ -64,6 +78,9 @@ class ChunkStore:
         if not self.chunks.is_dir():
             raise StoreError(f"chunk store {self.root} is missing")
         self._made: set[str] = set()
+        self._unsynced = 0  # new chunk bytes since the last (background) flush
+        self._dir_fd: int | None = None
+        self._background: BackgroundSync | None = None
 
     @staticmethod
     def create(root: Path) -> ChunkStore:
@@ -104,7 +121,18 @@ class ChunkStore:
             raise
         os.close(fd)
         os.rename(tmp, final)
+        self._unsynced += 1 + len(body)
+        if self._unsynced >= BACKGROUND_SYNC_BYTES:
+            self._unsynced = 0
+            self._flusher().kick()
         return 1 + len(body)
+
+    def _flusher(self) -> BackgroundSync:
+        if self._background is None:
+            self._dir_fd = os.open(self.chunks, os.O_RDONLY)
+            self._background = BackgroundSync(self._dir_fd, f"chunk store {self.root}",
+                                              flush=_syncfs)
+        return self._background
 
     def get(self, chunk_id: bytes, length: int, dctx: zstandard.ZstdDecompressor) -> bytes:
         """The chunk's bytes (``length`` long, as the recipe says)."""
@@ -128,12 +156,25 @@ class ChunkStore:
 
     def sync(self) -> None:
         """Make every chunk file written so far durable (one syncfs for the batch)."""
+        self._unsynced = 0
+        if self._background is not None:
+            error = self._background.take_error()
+            if error is not None:  # a background flush met it: it is this sync's to raise
+                raise error
         fd = os.open(self.chunks, os.O_RDONLY)
         try:
-            if _SYNCFS is None or _SYNCFS(fd) != 0:
-                os.sync()
+            _syncfs(fd)
         finally:
             os.close(fd)
+
+    def close(self) -> None:
+        """Stop the background flush (no flush outlives the store's descriptor)."""
+        background, self._background = self._background, None
+        if background is not None:
+            background.close()
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
     def chunk_files(self) -> Iterator[tuple[bytes | None, Path]]:
         """Every file under chunks/: (chunk id, path), or (None, path) for a leftover

@@ -259,6 +259,7 @@ class DedupMedium:
 
     def close(self) -> None:
         self._hold.release()
+        self._store.close()
         os.close(self.fd)
 
 
