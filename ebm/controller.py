@@ -9,6 +9,8 @@ Schedule forms (local time):
 - ``hourly`` / ``daily`` (00:00) / ``weekly`` (Monday 00:00)
 - ``daily at HH:MM``, ``hourly at :MM``, ``weekly on DAY at HH:MM``
 - ``every N minutes`` / ``every N hours``
+- systemd ``OnCalendar`` forms: ``Mon..Fri *-*-* 02:00``, ``*-*-01 03:30``, ``Sat,Sun 10:00``
+  (day of week AND date, as systemd; the year ``*``, whole minutes)
 - cron: five fields ``M H DOM MON DOW`` or a macro (``@daily``, ``@weekly``, ``@hourly`` ...),
   with cron's own semantics (day-of-month OR day-of-week when both are restricted, names like
   ``mon``, ``jan``), computed by croniter
@@ -99,13 +101,62 @@ def parse_schedule(spec: str) -> Callable[[dt.datetime], dt.datetime]:
             raise RequestError(f"bad weekday {m[1]!r}")
         h, mi = _hm(m[2])
         s = f"{mi} {h} * * {(day + 1) % 7}"
+    elif _looks_like_calendar(s):
+        return _cron(spec, _calendar_to_cron(spec, s), day_or=False)
     return _cron(spec, s)
 
 
-def _cron(spec: str, expr: str) -> Callable[[dt.datetime], dt.datetime]:
+_CAL_FIELD = r"[0-9*.,/]+"
+_CALENDAR_RE = re.compile(
+    rf"(?:(?P<dow>[a-z.,]+) )?(?:(?P<date>{_CAL_FIELD}-{_CAL_FIELD}(?:-{_CAL_FIELD})?) ?)?"
+    rf"(?P<time>{_CAL_FIELD}:{_CAL_FIELD}(?::{_CAL_FIELD})?)?")
+
+
+def _looks_like_calendar(s: str) -> bool:
+    """systemd OnCalendar rather than cron: at most three parts, a HH:MM or a Y-M-D in them."""
+    return len(s.split()) <= 3 and bool(re.search(r"\d:\d|[\d*]-[\d*]", s))
+
+
+def _calendar_values(text: str, lo: int, hi: int) -> str:
+    """One OnCalendar component (``*``, ``1,15``, ``1..5``, ``0/15``) as a cron field."""
+    parts = []
+    for part in text.split(","):
+        value, _, step = part.partition("/")
+        value = value.replace("..", "-")
+        if step:
+            value = f"{lo if value == '*' else value}-{hi}" if "-" not in value else value
+            value += f"/{step}"
+        parts.append(value)
+    return ",".join(parts)
+
+
+def _calendar_to_cron(spec: str, s: str) -> str:
+    """A systemd OnCalendar expression (``Mon..Fri *-*-* 02:00``, ``*-*-01 03:30``,
+    ``Sat,Sun 10:00``) as the cron line with the same instants; day-of-week and date are
+    AND-ed there, as systemd does. Years and seconds other than 0 are refused."""
+    m = _CALENDAR_RE.fullmatch(s)
+    if not m or not (m["date"] or m["time"]):
+        raise RequestError(f"bad calendar schedule {spec!r} (e.g. 'Mon..Fri *-*-* 02:00')")
+    date = (m["date"] or "*-*-*").split("-")
+    if len(date) == 2:
+        date = ["*", *date]
+    if date[0] != "*":
+        raise RequestError(f"schedule {spec!r}: a year other than * is not supported")
+    clock = (m["time"] or "00:00").split(":")
+    if len(clock) == 3 and clock[2].lstrip("0") not in ("", "*"):
+        raise RequestError(f"schedule {spec!r}: schedules run on whole minutes")
+    dow = "*"
+    if m["dow"]:
+        dow = ",".join(p.replace("..", "-") for p in m["dow"].split(","))
+    return " ".join((_calendar_values(clock[1], 0, 59), _calendar_values(clock[0], 0, 23),
+                     _calendar_values(date[2], 1, 31), _calendar_values(date[1], 1, 12), dow))
+
+
+def _cron(spec: str, expr: str, day_or: bool = True) -> Callable[[dt.datetime], dt.datetime]:
     """Cron's own semantics through croniter (a maintained library, imported only here:
     start-up stays fast): a day matches when day-of-month OR day-of-week does if both are
-    restricted, names (``mon``, ``jan``) and ``@daily``-style macros work."""
+    restricted (``day_or``; systemd calendars AND them), names (``mon``, ``jan``) and
+    ``@daily``-style macros work."""
     from croniter import CroniterBadDateError, croniter
 
     if len(expr.split()) not in (1, 5) or not croniter.is_valid(expr):
@@ -115,7 +166,8 @@ def _cron(spec: str, expr: str) -> Callable[[dt.datetime], dt.datetime]:
 
     def nxt(after: dt.datetime) -> dt.datetime:
         try:
-            return croniter(expr, after.replace(second=0, microsecond=0)).get_next(dt.datetime)
+            return croniter(expr, after.replace(second=0, microsecond=0),
+                            day_or=day_or).get_next(dt.datetime)
         except (CroniterBadDateError, StopIteration):
             raise RequestError(f"schedule {spec!r} never fires") from None
 

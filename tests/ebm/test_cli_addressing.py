@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,34 @@ def test_find_lists_every_version_newest_first(library: Path):
     assert run_cli(library, "--json", "find", "*.nope").stdout.strip() == "[]"
     r = run_cli(library, "find", "x", "--dataset", "nosuch")
     assert r.returncode == 2 and r.stderr.startswith("error: no dataset")
+
+
+CALENDARS = ["Mon..Fri *-*-* 02:00", "*-*-01 03:30", "Sat,Sun 10:00", "*-*-* *:0/15",
+             "Fri *-*-13 00:00", "*-02,08-1..3 12:00"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
+@pytest.mark.parametrize("spec", CALENDARS)
+def test_oncalendar_forms_fire_when_systemd_would(spec: str):
+    base = dt.datetime(2026, 12, 3, 13, 0)
+    r = subprocess.run(["systemd-analyze", "calendar", "--iterations=3",
+                        f"--base-time={base:%Y-%m-%d %H:%M:%S}", spec],
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode != 0 and "base-time" in r.stderr:
+        pytest.skip("systemd-analyze without --base-time")
+    assert r.returncode == 0, r.stderr
+    want = [dt.datetime.strptime(" ".join(line.split()[-3:-1]), "%Y-%m-%d %H:%M:%S")
+            for line in r.stdout.splitlines()
+            if line.strip().startswith(("Next elapse:", "Iter. #"))]
+    got, t = [], base.timestamp()
+    for _ in want:
+        t = next_run(spec, t)
+        got.append(dt.datetime.fromtimestamp(t))
+    assert got == want and len(want) == 3
+
+
+def test_oncalendar_refusals():
+    t = dt.datetime(2026, 12, 3, 13, 0).timestamp()
+    for bad in ("2027-*-* 02:00", "*-*-* 02:00:30", "Funday 02:00"):
+        with pytest.raises(RequestError):
+            next_run(bad, t)
