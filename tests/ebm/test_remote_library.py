@@ -54,8 +54,9 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     vtl(root, "cartridge", "create", "R00001L8-R00012L8", "--capacity", "4MiB")
     CHAP_FILE.write_text(f"{CHAP.user}:{CHAP.secret}\n{CHAP.mutual_user}:{CHAP.mutual_secret}\n")
     CHAP_FILE.chmod(0o600)  # the EBM refuses a CHAP file others can read
-    (base / "secret").write_text(CHAP.secret + "\n")
-    (base / "mutual").write_text(CHAP.mutual_secret + "\n")
+    for name, secret in (("secret", CHAP.secret), ("mutual", CHAP.mutual_secret)):
+        (base / name).write_text(f"{secret}\n")
+        (base / name).chmod(0o600)  # vtl serve warns about a secret others can read
     s = start(root, *_chap_args(base))
     yield s
     s.stop()
