@@ -52,8 +52,7 @@ def _connection_row(conn: Connection) -> dict[str, Any]:
 def sessions(server: IscsiTarget) -> list[dict[str, Any]]:
     """Every logged-in session: initiator, target, LUNs, and per connection its address,
     SCSI commands and bytes (totals on the session too)."""
-    with server._lock:
-        conns = [c for c in server.connections if c.session is not None and c.full_feature]
+    conns = server.logged_in()
     by_session: dict[int, list[Connection]] = {}
     for c in conns:
         by_session.setdefault(c.session.tsih, []).append(c)
@@ -79,9 +78,7 @@ def apply_acls(server: IscsiTarget, acls: dict[str, InitiatorAcl]) -> list[str]:
     initiators asked to leave (for the log and the tests)."""
     for target in server.config.targets:
         target.acls = dict(acls)
-    with server._lock:
-        conns = [c for c in server.connections if c.session is not None and c.full_feature
-                 and c.session.target is not None and not c.closing]
+    conns = [c for c in server.logged_in() if c.session.target is not None and not c.closing]
     evicted = []
     for conn in conns:
         session, target = conn.session, conn.session.target

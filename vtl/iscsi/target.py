@@ -207,6 +207,11 @@ class IscsiTarget:
             await asyncio.to_thread(w.shutdown)
 
     # ---- lookups -------------------------------------------------------------------------
+    def logged_in(self) -> list[Connection]:
+        """The connections in full-feature phase (a snapshot, for vtl.iscsi.admin)."""
+        with self._lock:
+            return [c for c in self.connections if c.session is not None and c.full_feature]
+
     def worker(self, target: TargetConfig, lun: int | None) -> LunWorker | None:
         if lun is None:
             return None
