@@ -17,6 +17,8 @@ APT_PACKAGES=(
   cpio                  # packs the guest's initramfs
   mt-st mtx sg3-utils   # the guest's tape tools (copied into the initramfs)
   stenc                 # drive encryption from the guest (SECURITY PROTOCOL IN/OUT)
+  autoconf automake libtool pkg-config libfuse-dev libxml2-dev libicu-dev icu-devtools \
+  uuid-dev libsnmp-dev  # build IBM's LTFS (../shared/third_party) for the LTFS e2e test
   tar zstd              # GNU tar in the guest; tar | zstd as a backup peer
   restic                # backup benchmark peer
   sqlite3               # inspecting catalogs by hand
