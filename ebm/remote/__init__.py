@@ -4,9 +4,10 @@ What it owns: the client side of SCSI. ``iscsi_url`` parses ``iscsi://HOST[:PORT
 ``initiator`` is an iSCSI initiator (RFC 7143) built on the target's own PDU layouts
 (``vtl.iscsi.pdu``); ``kernel_devices`` reaches the same commands through Linux ``/dev/sg*``
 (SG_IO) and ``/dev/nst*`` (st ioctls); ``scsi_client`` turns SSC/SMC commands into CDBs and
-sense back into exceptions, over either transport; ``remote_library`` shows a remote library
-to the data mover through the same small surface the in-process ``vtl.library`` offers it
-(claim a drive, load a barcode, a cartridge to read and write).
+sense back into exceptions, over either transport; ``drive_encryption`` loads and clears
+the drive's own encryption key (SECURITY PROTOCOL OUT, SSC-4); ``remote_library`` shows a
+remote library to the data mover through the same small surface the in-process
+``vtl.library`` offers it (claim a drive, load a barcode, a cartridge to read and write).
 
 Why under ``ebm/`` and not ``vtl/iscsi/``: ``vtl/`` is the library's side (device models and
 the transports that carry CDBs *to* them); this package is a client of any tape library and

@@ -27,6 +27,13 @@ import socket
 import time
 from dataclasses import dataclass
 
+from ebm.remote.drive_encryption import (
+    DriveEncryptionError,
+    DriveKey,
+    aes_algorithm,
+    clear_key,
+    load_key,
+)
 from ebm.remote.initiator import Chap, Initiator, PositionUncertain, TransportError
 from ebm.remote.iscsi_url import IscsiUrl
 from ebm.remote.scsi_client import (
@@ -247,6 +254,8 @@ class RemoteBay:
         self.tape = tape or TapeDevice(library.transport, lun, f"drive {index} (LUN {lun})")
         self.barcode: str | None = None
         self.cartridge: RemoteCartridge | None = None
+        self.algorithm: int | None = None  # AES-256-GCM's index, once the drive was asked
+        self.keyed = False  # the drive holds our key (ebm.remote.drive_encryption)
 
     def mount(self) -> RemoteCartridge:
         if self.barcode is None:
@@ -261,8 +270,23 @@ class RemoteBay:
                 if not not_ready or time.monotonic() > deadline:
                     raise RemoteError(f"{e}") from None
                 time.sleep(0.1)
+        key = self.library.drive_key
+        if key is not None and self.algorithm is not None:
+            try:
+                load_key(self.tape, key, self.algorithm)
+            except ScsiError as e:
+                raise RemoteError(f"{e}") from None
+            self.keyed = True
         self.cartridge = RemoteCartridge(self.tape, self.barcode)
         return self.cartridge
+
+    def clear_key(self) -> None:
+        """SECURITY PROTOCOL OUT with encryption off: the key leaves the drive (best effort;
+        the key was set clear-on-demount, so the drive drops it with the cartridge anyway)."""
+        if self.keyed:
+            with contextlib.suppress(ScsiError, TransportError):
+                clear_key(self.tape)
+                self.keyed = False
 
     def unmount(self) -> None:
         self.cartridge = None
@@ -293,6 +317,22 @@ class RemoteLibrary:
             self.bays = [RemoteBay(self, i, d.address, lun)
                          for i, (d, lun) in enumerate(zip(drives, luns, strict=False))]
         self.claimed: set[int] = set()
+        self.drive_key: DriveKey | None = None  # see use_drive_key
+
+    def use_drive_key(self, key: DriveKey | None) -> None:
+        """Let the drives encrypt (and decrypt) with ``key``: loaded into a drive when a
+        cartridge is mounted, cleared before it leaves and when the drive is released.
+        Refused (DriveEncryptionError) unless every drive offers AES-256-GCM under host
+        control, checked now, before any cartridge moves."""
+        if key is not None:
+            try:
+                for bay in self.bays:
+                    bay.algorithm = aes_algorithm(bay.tape)
+            except ScsiError as e:
+                raise DriveEncryptionError(str(e)) from None
+            if not self.bays:
+                raise DriveEncryptionError(f"{self.name} has no drive")
+        self.drive_key = key
 
     @classmethod
     def open(cls, url: IscsiUrl, *, chap: Chap | None = None, initiator_name: str,
@@ -394,6 +434,7 @@ class RemoteLibrary:
     def release_drive(self, index: int) -> None:
         bay = self.bays[index]
         self.claimed.discard(index)
+        bay.clear_key()
         with contextlib.suppress(ScsiError, TransportError):
             bay.tape.release(self.key)
         with contextlib.suppress(ScsiError, TransportError):
@@ -419,6 +460,7 @@ class RemoteLibrary:
             if holder is not None and holder[0] != self.key and not self._stale(holder[0]):
                 raise RemoteError(f"cartridge {el.barcode} is in drive {drive}, which another "
                                   "initiator has reserved")
+        bay.clear_key()
         with contextlib.suppress(ScsiError):
             bay.tape.unload()
         dest = el.source if el.source is not None and self._empty(el.source) else None

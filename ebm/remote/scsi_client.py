@@ -116,6 +116,15 @@ class WriteProtectedMedium(ScsiError):
     """DATA PROTECT: the cartridge is write-protected or WORM."""
 
 
+class UndecryptableBlock(ScsiError):
+    """DATA PROTECT 74/xx: an encrypted block the drive's key settings do not let it read
+    (no key, another key, a tag that does not check)."""
+
+
+# ASC of the SSC-4 data encryption conditions (74/01 no key, 74/03 wrong key, ...).
+ASC_SECURITY_ERROR = 0x74
+
+
 def check(what: str, result: ScsiResult) -> Sense | None:
     """Raise the matching ScsiError for a failed status; return the sense of a GOOD one."""
     sense = parse_sense(result.sense)
@@ -128,6 +137,8 @@ def check(what: str, result: ScsiResult) -> Sense | None:
             raise EndOfMedium(what, result.status, sense)
         if sense.key == NOT_READY and sense.asc == 0x3A:
             raise NoMedium(what, result.status, sense)
+        if sense.key == DATA_PROTECT and sense.asc == ASC_SECURITY_ERROR:
+            raise UndecryptableBlock(what, result.status, sense)
         if sense.key == DATA_PROTECT:
             raise WriteProtectedMedium(what, result.status, sense)
     raise ScsiError(what, result.status, sense)
@@ -334,6 +345,20 @@ class TapeDevice(ScsiDevice):
     def erase(self, *, long: bool = False) -> None:
         """ERASE: short (an end of data here) or long (to the end of the medium)."""
         self.run("ERASE", bytes([Opcode.ERASE, 1 if long else 0, 0, 0, 0, 0]), timeout=3600)
+
+    def security_protocol_in(self, protocol: int, page: int, length: int = 1024) -> bytes:
+        """SECURITY PROTOCOL IN (SPC-4 6.40): one page of ``protocol`` (0x20: tape data
+        encryption, ``ebm.remote.drive_encryption``)."""
+        cdb = struct.pack(">BBHBxIxx", Opcode.SECURITY_PROTOCOL_IN, protocol, page, 0, length)
+        res, _ = self.run(f"SECURITY PROTOCOL IN (0x{protocol:02x}/0x{page:04x})", cdb,
+                          read_len=length)
+        return res.data
+
+    def security_protocol_out(self, protocol: int, page: int, data: bytes) -> None:
+        """SECURITY PROTOCOL OUT (SPC-4 6.41): hand the drive one page (a key, for 0x20)."""
+        cdb = struct.pack(">BBHBxIxx", Opcode.SECURITY_PROTOCOL_OUT, protocol, page, 0,
+                          len(data))
+        self.run(f"SECURITY PROTOCOL OUT (0x{protocol:02x}/0x{page:04x})", cdb, data_out=data)
 
     def unload(self) -> None:
         self.run("LOAD UNLOAD", bytes([Opcode.LOAD_UNLOAD, 0, 0, 0, 0, 0]), timeout=600)
