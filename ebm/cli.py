@@ -241,6 +241,26 @@ def _secret(passphrase_file: Path | None, key_file: Path | None) -> bytes | None
     return read_secret(passphrase_file, key_file)
 
 
+DRIVE_KEY_HELP = ("with --library: the drive encrypts (SSC-4, AES-256-GCM) with this key "
+                  "(32 bytes, or 64 hex digits); kept on no disk, its signature in the catalog")
+
+
+def _drive_key(path: Path) -> Any:
+    """The drive's key from ``--drive-key-file`` (``ebm.remote.drive_encryption``)."""
+    from ebm.remote.drive_encryption import read_drive_key
+
+    return read_drive_key(path)
+
+
+def _check_drive_key(ebm: Ebm, path: Path | None, backups: list[Backup]) -> None:
+    """Refuse to read backups the drive encrypted without their key, before any drive is
+    touched; with the right key, hand it to the remote library."""
+    key = _drive_key(path) if path is not None else None
+    ebm.check_drive_key(backups, key)
+    if key is not None:
+        ebm.use_drive_key(key)
+
+
 # -- backup --------------------------------------------------------------------------------
 def _exclude_lines(path: Path | None) -> list[str]:
     """The globs of an ``--exclude-file``: one per line, blank lines and ``#`` comments skipped."""
@@ -265,6 +285,8 @@ def backup(
     encrypt: bool = typer.Option(False, "--encrypt", help="AES-256-GCM (needs a key)"),
     passphrase_file: Path = typer.Option(None, "--passphrase-file"),
     key_file: Path = typer.Option(None, "--key-file"),
+    drive_key_file: Path = typer.Option(None, "--drive-key-file", metavar="FILE",
+                                        help=DRIVE_KEY_HELP),
     verify: bool = typer.Option(False, "--verify", help="read back and check afterwards"),
     no_compress: bool = typer.Option(False, "--no-compress", help="turn drive compression off"),
     retries: int = typer.Option(1, "--retries", min=0, help="retries of a failed translator"),
@@ -289,6 +311,8 @@ def backup(
                         options=options)
     req.validate()
     ebm = S.ebm()
+    if drive_key_file is not None:
+        ebm.use_drive_key(_drive_key(drive_key_file))
     t0 = time.monotonic()
     with progress_bar(f"backup {dataset}") as cb:
         b = ebm.backup(req, progress=cb, retries=retries)
@@ -580,6 +604,8 @@ def restore(
     path: list[str] = typer.Option(None, "--path", help="path or glob (repeatable)"),
     passphrase_file: Path = typer.Option(None, "--passphrase-file"),
     key_file: Path = typer.Option(None, "--key-file"),
+    drive_key_file: Path = typer.Option(None, "--drive-key-file", metavar="FILE",
+                                        help=DRIVE_KEY_HELP),
     into_existing: bool = typer.Option(
         False, "--into-existing", "--force",
         help="restore into a non-empty --to (paths the backup holds are replaced, others kept)"),
@@ -599,6 +625,7 @@ def restore(
     b, options = _restore_point(ebm, spec, lsn, form)
     check_target(to, into_existing)  # before reading keys or touching a drive
     secret = _secret(passphrase_file, key_file)
+    _check_drive_key(ebm, drive_key_file, ebm.catalog.chain(b))
     t0 = time.monotonic()
     with progress_bar(f"restore {b.uuid[:8]}") as cb:
         st = do_restore(ebm.catalog, ebm.library, load_translator, b, to, list(path or []),
@@ -641,6 +668,8 @@ def verify(
     spec: str = typer.Argument(None, metavar="[BACKUP|DATASET]"),
     passphrase_file: Path = typer.Option(None, "--passphrase-file"),
     key_file: Path = typer.Option(None, "--key-file"),
+    drive_key_file: Path = typer.Option(None, "--drive-key-file", metavar="FILE",
+                                        help=DRIVE_KEY_HELP),
 ) -> None:
     """Read backups back: block checksums, file sha256s, trailer vs catalog."""
     from ebm.verify import verify_backup
@@ -657,6 +686,7 @@ def verify(
     else:
         targets = [resolve(cat, spec)]
     secret = _secret(passphrase_file, key_file)
+    _check_drive_key(ebm, drive_key_file, targets)
     results = []
     for b in targets:
         with progress_bar(f"verify {b.uuid[:8]}") as cb:

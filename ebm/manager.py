@@ -39,6 +39,7 @@ from vtl import CATALOG_NAME
 # opening the EBM for a listing (``ebm list``) stays fast.
 if TYPE_CHECKING:  # the library and the translators are imported only when a job needs them
     from ebm.mover import TapeWriter
+    from ebm.remote.drive_encryption import DriveKey
     from ebm.remote.ebm_host import RemoteSpec
     from tape_formats.archive.entry import IndexEntry
     from tape_formats.archive.writer import PaxWriter
@@ -113,6 +114,7 @@ class Ebm:
     readonly: bool = False
     catalog: Catalog = field(init=False)
     _library: Library | None = field(default=None, init=False)
+    _drive_key: DriveKey | None = field(default=None, init=False)  # see use_drive_key
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -154,6 +156,32 @@ class Ebm:
         if self._library is None:
             self._library = open_library(self.root)
         return self._library
+
+    def use_drive_key(self, key: DriveKey) -> None:
+        """Encrypt with the drive's own AES-256-GCM (SSC-4 tape data encryption), not the
+        EBM's: the remote library loads ``key`` into the drive for each cartridge and clears
+        it afterwards (``ebm.remote.drive_encryption``). A backup so written records the
+        key's signature (never the key), so restore and verify ask for it."""
+        if self.remote is None:
+            raise RequestError("the drive's encryption (--drive-key-file) needs a library on "
+                               "another host (--library iscsi://...)")
+        self.library.use_drive_key(key)  # type: ignore[attr-defined]  # RemoteLibrary's
+        self._drive_key = key
+
+    def check_drive_key(self, backups: list[Backup], key: DriveKey | None) -> None:
+        """Refuse, before a drive is touched, to read backups written with the drive's
+        encryption without their key (or with another key)."""
+        for b in backups:
+            need = b.options.get("drive_encryption")
+            if need is None:
+                continue
+            sig = need["key_signature"]
+            if key is None:
+                raise RequestError(f"backup {b.uuid} was written with the drive's encryption: "
+                                   f"give --drive-key-file (the key with signature {sig})")
+            if key.signature != sig:
+                raise RequestError(f"--drive-key-file is not the key backup {b.uuid} was "
+                                   f"written with (signature {key.signature}, needs {sig})")
 
     def erase_torn_tail(self, barcode: str) -> bool:
         """Best effort: cut a dead job's partial tape files off ``barcode`` now, instead of
@@ -266,6 +294,17 @@ class Ebm:
             self.catalog.set_dataset_options(name, opts)
         return secret
 
+    def _dataset_drive_encryption(self, ds: sqlite3.Row) -> None:
+        """Once a dataset was backed up with the drive's encryption, every later backup of it
+        is too (a dataset property, as ``dataset_secret`` keeps the EBM's own encryption)."""
+        opts = json.loads(ds["options"] or "{}")
+        if self._drive_key is not None and not opts.get("drive_encryption"):
+            opts["drive_encryption"] = True
+            self.catalog.set_dataset_options(ds["name"], opts)
+        elif self._drive_key is None and opts.get("drive_encryption"):
+            raise RequestError(f"dataset {ds['name']} is backed up with the drive's "
+                               "encryption: give --drive-key-file")
+
     def _apply_excludes(self, ds: sqlite3.Row, req: BackupRequest, t: Translator) -> None:
         """``--exclude`` patterns: kept with the dataset (so scheduled runs skip the same), a
         new list replacing the old; handed to translators that walk a tree (``exclude``)."""
@@ -299,6 +338,7 @@ class Ebm:
         self._validate_source(translator, ds["source"])
         self._apply_excludes(ds, req, translator)
         secret = self.dataset_secret(ds, req)
+        self._dataset_drive_encryption(ds)
         attempt = 0
         while True:
             try:
@@ -355,6 +395,9 @@ class Ebm:
         options: dict[str, Any] = {"compress": req.compress, "block_size": BLOCK_SIZE}
         if cipher is not None:
             options["crypto"] = cipher.params
+        if self._drive_key is not None:  # the key's signature only: restore asks for the key
+            options["drive_encryption"] = {"algorithm": "AES-256-GCM",
+                                           "key_signature": self._drive_key.signature}
         if why_full:
             options["full_reason"] = why_full  # `ebm backup` and `ebm show` say why
         backup = cat.begin_backup(ds["name"], level, parent.id if parent else None,
