@@ -25,10 +25,11 @@ from .guest import CACHE, CpioWriter, Guest, fetch_kernel, pack_base
 from .qemu import Run, parse_steps
 from .targets import die_with_parent
 
-# iscsi_target_mod too: rtslib's saveconfig walks every fabric and loads those missing.
+# iscsi_target_mod with crc32c_generic, which it asks for by name at each login (the chroot
+# has no modules for this kernel, so nothing would load it on demand).
 MODULES = ("virtio_pci", "9p", "9pnet_virtio", "scsi_mod", "st", "ch", "sg", "configfs",
-           "target_core_mod", "target_core_user", "uio", "tcm_loop", "iscsi_target_mod",
-           "overlay")
+           "target_core_mod", "target_core_user", "uio", "tcm_loop", "crc32c_generic",
+           "iscsi_target_mod", "overlay")
 
 INIT = r"""#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /host

@@ -6,7 +6,9 @@ export --fabric loopback``: tcm_loop makes the exported LUNs local SCSI devices,
 guest's own ch, st and sg drivers (with the real mtx, mt-st, GNU tar and sg3_utils) drive
 the changer and the drives through LIO and the TCMU ring. Then: a second export changes
 nothing, the handler is killed and restarted under a loaded drive (the tape still answers),
-rtslib's saveconfig/restore (what ``targetcli saveconfig`` and ``target.service`` do) brings
+the same devices through the kernel's iSCSI target on 127.0.0.1 (libiscsi's iscsi-ls and
+iscsi-inq with CHAP; refused without the secret), rtslib's saveconfig/restore (what
+``targetcli saveconfig`` and ``target.service`` do) brings
 the devices back with the running handler re-attaching, and unexport leaves no configfs
 debris.
 """
@@ -47,6 +49,9 @@ step status0 "echo tape \$TAPE; mt -f \$TAPE status"
 """ + TAR_ROUNDTRIP + r"""
 step restart "kill -9 \$(cat /tmp/handler.pid); sleep 1; (setsid $V lio handler >>/tmp/handler.log 2>&1 </dev/null &); for i in \$(seq 120); do [ \$(grep -c ready /tmp/handler.log) -ge 2 ] && break; sleep 1; done; mt -f \$TAPE status || mt -f \$TAPE status; mt -f \$TAPE rewind && tar -tf \$TAPE -b 128"
 step unload "mtx -f /dev/sch0 unload 1 0 && mtx -f /dev/sch0 status"
+IQN=iqn.2026-01.org.vtl-ebm:vtl
+step iscsi "ip link set lo up && echo lio-chap-secret-1 >/tmp/secret && $V lio export --portal 127.0.0.1:3260 --chap-user vtluser --chap-secret-file /tmp/secret && iscsi-ls iscsi://vtluser%lio-chap-secret-1@127.0.0.1 && iscsi-inq iscsi://vtluser%lio-chap-secret-1@127.0.0.1/$IQN/0 && iscsi-inq iscsi://vtluser%lio-chap-secret-1@127.0.0.1/$IQN/2"
+step iscsi_nochap "iscsi-inq iscsi://127.0.0.1/$IQN/1; iscsi-inq iscsi://vtluser%wrong-secret-12@127.0.0.1/$IQN/1"
 step saveconfig "PY -c 'import rtslib; rtslib.RTSRoot().save_to_file(\"/tmp/saveconfig.json\")' && cat /tmp/saveconfig.json"
 step restore "$V lio unexport >/dev/null && ! ls /dev/sch0 2>/dev/null && PY -c 'import rtslib; print(rtslib.RTSRoot().restore_from_file(\"/tmp/saveconfig.json\"))' && for i in \$(seq 120); do [ -e /dev/sch0 ] && [ -e /dev/nst1 ] && break; sleep 1; done; mtx -f /dev/sch0 status || mtx -f /dev/sch0 status"
 step unexport "$V lio unexport && ls -A $CFG/core $CFG/loopback; $V lio status"
@@ -91,6 +96,17 @@ def test_lio_tcm_loop_changer_and_drive(hostroot_guest):
     check_tar_roundtrip(run)
     assert sorted(run.ok("restart").split()[-4:]) == ["a/", "a/f1", "a/f2", "a/f3"], run.describe()
     assert not mtx_status(run.ok("unload")).drives[0].full, run.describe()
+    iscsi = run.ok("iscsi")  # the kernel's iSCSI target, LUN 0 changer, 1..2 drives, CHAP
+    assert "iscsi/iqn.2026-01.org.vtl-ebm:vtl tpg 1: 3 LUNs, 127.0.0.1:3260" in iscsi, (
+        run.describe())
+    # iscsi-inq, not iscsi-ls -s: INQUIRY passes the UNIT ATTENTION (3F/0E, REPORTED LUNS
+    # DATA HAS CHANGED) that LIO itself queues for a new initiator; iscsi-ls's TEST UNIT READY
+    # stops at it.
+    assert "Target:iqn.2026-01.org.vtl-ebm:vtl Portal:127.0.0.1:3260,1" in iscsi, run.describe()
+    assert "Peripheral Device Type:MEDIA_CHANGER" in iscsi, run.describe()
+    assert "Product:3573-TL" in iscsi and "Product:ULT3580-TD8" in iscsi, run.describe()
+    refused = run["iscsi_nochap"].output
+    assert "ULT3580" not in refused and refused.lower().count("fail") >= 2, run.describe()
     saved = json.loads(run.ok("saveconfig"))
     users = [so for so in saved["storage_objects"] if so["plugin"] == "user"]
     assert sorted(so["name"] for so in users) == ["vtl-changer", "vtl-drive0", "vtl-drive1"]
