@@ -50,6 +50,7 @@ from ebm.remote.scsi_client import (
     ScsiError,
     TapeDevice,
     Transport,
+    UndecryptableBlock,
 )
 from tape_formats.cartridge import (
     CorruptRecord,
@@ -62,6 +63,9 @@ from tape_formats.cartridge import EndOfMedium as CartridgeEndOfMedium
 from vtl.catalog import pid_alive
 from vtl.errors import LibraryError
 
+# ASCQ of DATA PROTECT 74/xx (SSC-4 tape data encryption), as the drive names them.
+_DECRYPT_REFUSALS = {0x01: "it holds no key", 0x02: "it decrypts only, the block is plain",
+                     0x03: "it holds another key", 0x04: "the integrity check failed"}
 _KIND = {Kind.DATA: RecordKind.DATA, Kind.FILEMARK: RecordKind.FILEMARK,
          Kind.END_OF_DATA: RecordKind.EOD}
 
@@ -170,6 +174,11 @@ class RemoteCartridge:
             if e.sense is not None and e.sense.key == MEDIUM_ERROR:
                 # the drive's word for a damaged record: the mover names cartridge and block
                 raise CorruptRecord(f"{self.barcode}: {e}", self.position) from None
+            if isinstance(e, UndecryptableBlock):
+                raise RemoteError(
+                    f"cartridge {self.barcode}: block {self.position} was encrypted by the drive "
+                    f"and the drive cannot decrypt it ({_DECRYPT_REFUSALS.get(e.sense.ascq if e.sense else 0, e)});"
+                    " give --drive-key-file with its key") from None
             raise
         kind = _KIND[out.kind]
         if kind == RecordKind.DATA:

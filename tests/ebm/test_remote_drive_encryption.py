@@ -2,12 +2,14 @@
 
 The EBM hands the served drive a key (SECURITY PROTOCOL OUT), the cartridge file then holds
 no plaintext, restore with the key gives the tree back, restore without it is refused in one
-line, and the drive holds no key after the job (data encryption status page). A drive
+line, the drive holds no key after the job (data encryption status page), and a read the
+drive refuses (DATA PROTECT 74/01) is named as such by verify. A drive
 without the capability is refused before anything moves (a stub transport).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import pytest
 from ebm_helpers import REPO, manifest, write_tree
 from served_library import Served, start, vtl
 
+from ebm.manager import Ebm
 from ebm.remote.drive_encryption import (
     DriveEncryptionError,
     aes_algorithm,
@@ -26,6 +29,7 @@ from ebm.remote.drive_encryption import (
 from ebm.remote.ebm_host import RemoteSpec
 from ebm.remote.initiator import STATUS_CHECK_CONDITION, ScsiResult
 from ebm.remote.scsi_client import TapeDevice
+from ebm.verify import verify_backup
 
 IQN = "iqn.2026-12.org.vtl-ebm:drive-encryption"
 MARKER = b"PLAINTEXT-MARKER-drive-encryption-0123456789"
@@ -65,9 +69,10 @@ def test_backup_with_the_drives_encryption(served: Served, tmp_path: Path):
 
     tapes = [p for p in served.root.rglob("*") if p.is_file() and "E00001L8" in p.name]
     assert tapes and all(MARKER not in p.read_bytes() for p in tapes)
-    show = ebm(served, cat, "--json", "list").stdout
-    assert read_drive_key(key).signature in (cat / "catalog.sqlite").read_bytes().decode(
-        "latin-1") and key.read_text().strip() not in show
+    catalog = (cat / "catalog.sqlite").read_bytes()
+    drive_key = read_drive_key(key)
+    assert drive_key.signature.encode() in catalog  # the key's signature, never the key
+    assert drive_key.key not in catalog and key.read_text().strip().encode() not in catalog
 
     ok = ebm(served, cat, "restore", "docs", "--to", str(tmp_path / "out"),
              "--drive-key-file", str(key))
@@ -85,11 +90,18 @@ def test_backup_with_the_drives_encryption(served: Served, tmp_path: Path):
     wrong = ebm(served, cat, "verify", "docs", "--drive-key-file", str(other), check=False)
     assert wrong.returncode == 2 and "is not the key" in wrong.stderr
 
-    lib = RemoteSpec.from_options(f"iscsi://127.0.0.1:{served.port}/{IQN}").open_library()
+    spec = RemoteSpec.from_options(f"iscsi://127.0.0.1:{served.port}/{IQN}")
+    lib = spec.open_library()
     try:
         assert encryption_status(lib.bays[0].tape) == (0, 0)  # the key left the drive
     finally:
         lib.close()
+
+    # past the catalog's check (a rebuilt catalog has no signature): the drive's refusal
+    with contextlib.closing(Ebm(cat, remote=spec)) as api:
+        b = api.catalog.backups("docs", states=["done"])[-1]
+        result = verify_backup(api.catalog, api.library, b, None)
+    assert not result.ok and "cannot decrypt it (it holds no key)" in result.problems[0]
 
 
 class _NoSecurityProtocol:
