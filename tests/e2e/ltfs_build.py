@@ -23,7 +23,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from .guest import CACHE, REPO, CpioWriter, Guest, _libraries
+from .guest import CACHE, REPO, CpioWriter, Guest, _libraries, fetch_kernel, resolve_modules
 
 # shared/ sits beside the clone (CI) or beside the folder of worktrees (a helper's worktree)
 TARBALLS = sorted(p for up in (REPO.parent, REPO.parent.parent)
@@ -83,8 +83,14 @@ def ltfs_prefix() -> Path | None:
 
 
 def guest_with_ltfs(guest: Guest, prefix: Path, workdir: Path) -> Guest:
-    """``guest`` with LTFS under ``prefix`` (same path in the guest) and its libraries."""
+    """``guest`` with LTFS under ``prefix`` (same path in the guest) and its libraries, plus
+    what ``ltfs`` needs to mount: the fuse module (``/lib/modules/extra-fuse.ko``, for the
+    script to insmod) and fusermount."""
     cpio = CpioWriter()
+    kroot, release = fetch_kernel()
+    for name, blob in resolve_modules(kroot / "lib" / "modules" / release, ("fuse",)):
+        cpio.file(f"lib/modules/extra-{name}.ko", blob, 0o644)
+    cpio.file("usr/bin/fusermount", Path("/usr/bin/fusermount").read_bytes(), 0o4755)
     files: dict[str, Path] = {}
     for p in prefix.rglob("*"):
         top = p.relative_to(prefix).parts[0]
