@@ -25,6 +25,7 @@ APT_PACKAGES=(
   postgresql            # a real server for the postgresql translator: tests and bench
   gcc                   # builds the benchmark client
   chromium              # renders the status page (vtl web) headless in its test
+  ceph-mon ceph-osd radosgw ceph-common  # a real S3 (single-node Ceph) for the store's S3 tier test
 )
 
 missing=()
