@@ -41,15 +41,11 @@ times back. Ownership is set (numerically) only when running as root. Restore in
 directory for an exact tree: what the target already holds and the archive does not mention is
 left alone. A hard link is re-linked to its target path, which must have been restored first
 (a path-selective restore must select the ``linkname`` row of every selected hard link too);
-otherwise it is skipped with a warning. The archive is read and checked in order on one thread;
-small files (data in memory and verified) are created, written and closed by four creator
-threads, since file creation mostly waits on the file system; hard links, deletions, a path
-seen twice, a directory replaced and the final directory times wait for them first.
+otherwise it is skipped with a warning.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fnmatch
 import grp
@@ -59,10 +55,8 @@ import os
 import pwd
 import shutil
 import stat
-import threading
 import time
 from array import array
-from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
@@ -98,9 +92,6 @@ PREFETCH_BATCH = 64  # files per worker job
 PREFETCH_BATCH_BYTES = 8 * 1024 * 1024
 PREFETCH_WINDOW = 4  # jobs in flight ahead of the writer
 CHUNK = 1024 * 1024
-RESTORE_SMALL = 256 * 1024  # files up to this size are created on the restore's creator threads
-RESTORE_WORKERS = 4
-RESTORE_IN_FLIGHT = 256  # files handed to the creators and not yet done (bounds memory)
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -677,49 +668,6 @@ class _Prefetcher:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-class _FileCreators:
-    """Creates small restored files on a few threads, in the background of the archive read.
-
-    Why: creating a file waits on the file system (directory and journal locks) far longer
-    than it costs CPU; restic restores with many goroutines for that reason. The archive is
-    still read and checked in order on the caller's thread; only the create, write, metadata
-    and close of a file whose data is already in memory (and verified) move here. The caller
-    calls :meth:`drain` before anything that depends on earlier files being there (see
-    ``_Restorer.run``). A worker's error surfaces on the caller's thread.
-    """
-
-    def __init__(self, workers: int = RESTORE_WORKERS) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore")
-        self.futures: deque[Future] = deque()
-        self.paths: set[str] = set()
-        self.lock = threading.Lock()
-
-    def submit(self, rel: str, fn: Callable[[], None]) -> None:
-        while len(self.futures) >= RESTORE_IN_FLIGHT:
-            self.futures.popleft().result()
-        with self.lock:
-            self.paths.add(rel)
-
-        def job() -> None:
-            try:
-                fn()
-            finally:
-                with self.lock:
-                    self.paths.discard(rel)
-        self.futures.append(self.pool.submit(job))
-
-    def pending(self, rel: str) -> bool:
-        with self.lock:
-            return rel in self.paths
-
-    def drain(self) -> None:
-        while self.futures:
-            self.futures.popleft().result()
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
 class _Restorer:
     """One restore of one archive into a target directory (see the module doc)."""
 
@@ -734,7 +682,6 @@ class _Restorer:
         self.saved_times: dict[str, tuple[int, int]] = {}
         self.safe_dirs: set[str] = {"."}
         self.buffer = memoryview(bytearray(CHUNK))  # one copy buffer for every file
-        self.creators: _FileCreators | None = None
 
     def abs(self, rel: str) -> str:
         return self.target if rel == "." else os.path.join(self.target, rel)
@@ -797,8 +744,6 @@ class _Restorer:
         except FileNotFoundError:
             return False
         if stat.S_ISDIR(st.st_mode):
-            if self.creators is not None:
-                self.creators.drain()  # nothing may still be writing below it
             shutil.rmtree(path)
             inside = rel + "/"
             self.safe_dirs = {d for d in self.safe_dirs if d != rel and not d.startswith(inside)}
@@ -812,31 +757,13 @@ class _Restorer:
     # -- main loop --------------------------------------------------------------------
     def run(self, entries: Iterable[tuple[ArchiveEntry, EntryData]]) -> RestoreStats:
         os.makedirs(self.target, exist_ok=True)
-        self.creators = _FileCreators()
-        try:
-            self._run(entries)
-            self.creators.drain()  # every file is there before directory times are set
-        finally:
-            self.creators.close()
-        self.finish_dirs()
-        if self.progress is not None:
-            self.progress(Progress("restore", self.stats.entries, None, self.stats.bytes))
-        return self.stats
-
-    def _run(self, entries: Iterable[tuple[ArchiveEntry, EntryData]]) -> None:
         prog = Progress("restore")
         last = 0.0
-        creators = self.creators
-        assert creators is not None
         for entry, data in entries:
             rel = check_member_path(entry.path)
             if self.select is not None and not self.select(rel):
                 self.stats.skipped += 1
                 continue
-            if entry.deleted or entry.kind not in ("file", "dir") or creators.pending(rel):
-                # Deletions, hard links (to a file maybe still being written) and a second
-                # copy of a path wait for the files already handed to the creators.
-                creators.drain()
             if entry.deleted:
                 if self.ensure_parents(rel, create=False):
                     self.remember_parent_times(rel)
@@ -865,6 +792,10 @@ class _Restorer:
                 last = time.monotonic()
                 prog.path = rel
                 self.progress(prog)
+        self.finish_dirs()
+        if self.progress is not None:
+            self.progress(prog)
+        return self.stats
 
     def restore_dir(self, rel: str, entry: ArchiveEntry) -> None:
         path = self.abs(rel)
@@ -887,14 +818,6 @@ class _Restorer:
     def restore_file(self, rel: str, entry: ArchiveEntry, data: EntryData) -> None:
         path = self.abs(rel)
         self.remove(rel)
-        if self.creators is not None and entry.sparse_map is None and entry.size <= RESTORE_SMALL:
-            content = data.read(entry.size)  # verified against the index digest when read whole
-            if len(content) != entry.size:
-                raise ArchiveCorrupt(f"archive data of {rel!r} ends early")
-            self.creators.submit(rel, lambda: self.create_small(path, entry, content))
-            self.stats.files += 1
-            self.stats.bytes += entry.size
-            return
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             view = self.buffer
@@ -926,24 +849,6 @@ class _Restorer:
                 os.close(fd)
         self.stats.files += 1
         self.stats.bytes += entry.data_size
-
-    def create_small(self, path: str, entry: ArchiveEntry, content: bytes) -> None:
-        """A creator thread's job: one small file, its data already read and checked."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(content)
-            while view:
-                view = view[os.write(fd, view):]
-            self.apply_meta(fd, entry, is_fd=True)
-        except BaseException:
-            os.close(fd)
-            fd = -1
-            with contextlib.suppress(OSError):
-                os.unlink(path)  # never leave a half-written file behind
-            raise
-        finally:
-            if fd >= 0:
-                os.close(fd)
 
     def restore_symlink(self, rel: str, entry: ArchiveEntry) -> None:
         path = self.abs(rel)
