@@ -5,9 +5,9 @@ A chunk's object name is ``<prefix>/chunks/<hex id>`` and its body is the chunk 
 is (flag byte and payload), so the same bytes verify the same way on either side. Uploads are
 conditional (``If-None-Match: *``): a chunk another gateway or an earlier push already put is
 answered 412 and skipped, never rewritten, so a push never overwrites and can be retried or
-run by several writers at once. Not wired to the CLI yet (issue 16): the library setting and
-``vtl cartridge archive/retrieve`` are to come; tests/tape_formats/test_s3_tier.py runs this
-against a real single-node Ceph radosgw.
+run by several writers at once. ``vtl store push/pull`` run it for a whole store; a library
+setting and ``vtl cartridge archive/retrieve`` are to come (issue 16). The tests run it
+against a real single-node Ceph radosgw (tests/support/ceph_cluster.py).
 """
 
 from __future__ import annotations

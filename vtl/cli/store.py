@@ -83,3 +83,60 @@ def gc(
     say(f"freed {r.chunks_freed} chunk(s), {_size(r.bytes_freed)}; kept {r.chunks_kept}",
         {"chunks_freed": r.chunks_freed, "bytes_freed": r.bytes_freed,
          "chunks_kept": r.chunks_kept, "temporaries_freed": r.temporaries_freed})
+
+
+def _s3_target(url: str, endpoint: str | None) -> tuple[Any, str, str]:
+    """(boto3 client, bucket, prefix) for ``s3://BUCKET/PREFIX``; keys from the environment
+    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), endpoint from ``--endpoint`` or
+    $VTL_S3_ENDPOINT."""
+    import os
+
+    if not url.startswith("s3://") or not url[5:].split("/", 1)[0]:
+        raise CliError(f"not an S3 location: {url!r} (expected s3://BUCKET/PREFIX)")
+    bucket, _, prefix = url[5:].partition("/")
+    try:
+        import boto3
+    except ImportError:
+        raise CliError("the S3 tier needs boto3 (pip install boto3)") from None
+    endpoint = endpoint or os.environ.get("VTL_S3_ENDPOINT") or None
+    client = boto3.client("s3", endpoint_url=endpoint,
+                          region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    return client, bucket, prefix.strip("/")
+
+
+EndpointOpt = Annotated[str | None, typer.Option(
+    help="S3 endpoint URL (default $VTL_S3_ENDPOINT, else AWS); keys from "
+         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.")]
+
+
+@app.command()
+def push(
+    location: Annotated[str, typer.Argument(metavar="s3://BUCKET/PREFIX")],
+    endpoint: EndpointOpt = None,
+) -> None:
+    """Copy the store's chunks to an S3 bucket (conditional: a chunk there is not resent)."""
+    from tape_formats.store.s3_tier import push as push_chunks
+
+    client, bucket, prefix = _s3_target(location, endpoint)
+    with open_library(readonly=True) as lib:
+        store, _cartridges = _store_dirs(lib)
+        r = push_chunks(store, client, bucket, prefix)
+    say(f"uploaded {r.uploaded} chunk(s), {_size(r.bytes_uploaded)}; {r.already_there} "
+        "already there", {"uploaded": r.uploaded, "bytes_uploaded": r.bytes_uploaded,
+                          "already_there": r.already_there})
+
+
+@app.command()
+def pull(
+    location: Annotated[str, typer.Argument(metavar="s3://BUCKET/PREFIX")],
+    endpoint: EndpointOpt = None,
+) -> None:
+    """Fetch from an S3 bucket every chunk a cartridge references and the store lacks."""
+    from tape_formats.store.gc import referenced
+    from tape_formats.store.s3_tier import pull as pull_chunks
+
+    client, bucket, prefix = _s3_target(location, endpoint)
+    with open_library() as lib:
+        store, cartridges = _store_dirs(lib)
+        n = pull_chunks(store, client, bucket, prefix, referenced(cartridges, store))
+    say(f"fetched {n} chunk(s)", {"fetched": n})
