@@ -18,14 +18,17 @@ import threading
 from collections.abc import Callable
 
 
+def _fdatasync(fd: int) -> None:
+    os.fdatasync(fd)  # looked up at each call, not bound once
+
+
 class BackgroundSync:
     """One fdatasync at a time on ``fd``, started by ``kick`` without waiting for it
     (``flush``: another call on ``fd`` that raises OSError, e.g. a syncfs)."""
 
-    def __init__(self, fd: int, name: str,
-                 flush: Callable[[int], None] = os.fdatasync) -> None:
+    def __init__(self, fd: int, name: str, flush: Callable[[int], None] | None = None) -> None:
         self._fd = fd
-        self._flush = flush
+        self._flush = flush if flush is not None else _fdatasync
         self._name = name
         self._cv = threading.Condition(threading.Lock())
         self._wanted = False
