@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_backup import generate, parse_size  # noqa: E402
+from bench_backup import generate, parse_size
 
 IQN = "iqn.2026-01.org.vtl-ebm:vtl"  # a new library's default target name
 BARCODES = ["BENCH1L8", "BENCH2L8"]

@@ -160,7 +160,7 @@ class WriteBehind:
     def _pack(pack: Pack, block: _Block) -> None:
         try:
             block.packed = pack(block.data, block.compress)
-        except BaseException as exc:  # noqa: BLE001 - kept for the next flush
+        except BaseException as exc:  # kept for the next flush
             block.error = exc
 
     def _store(self, pack: Pack) -> None:
@@ -195,7 +195,7 @@ class WriteBehind:
             if not skip and error is None:
                 try:
                     self._append(block.native, block.packed)
-                except BaseException as exc:  # noqa: BLE001 - kept for the next flush
+                except BaseException as exc:  # kept for the next flush
                     error = exc
             block.data = block.packed = None  # the memory goes back now
             with head:

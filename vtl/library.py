@@ -360,7 +360,7 @@ class Library:
         for bay in self.drives:
             try:
                 bay.unmount()
-            except Exception:  # noqa: BLE001 - close the rest anyway
+            except Exception:  # close the rest anyway
                 pass
         with self.lock:
             if back_up is None:
@@ -507,7 +507,7 @@ class Library:
             media=row["media"] if row else None,
         )
 
-    def elements(self, type: ElementType | None = None) -> list[Element]:  # noqa: A002
+    def elements(self, type: ElementType | None = None) -> list[Element]:
         """All elements (or those of one type), in address order."""
         with self.lock:
             self.refresh()

@@ -102,7 +102,7 @@ td,th{{border:1px solid #bbb;padding:2px 8px;text-align:left}}th{{background:#ee
 class _Handler(BaseHTTPRequestHandler):
     server: StatusServer
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server name
+    def do_GET(self) -> None:  # the http.server name
         from vtl import metrics
         from vtl.status_snapshot import snapshot
 
@@ -112,7 +112,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             snap = snapshot(self.server.root)
-        except Exception as e:  # noqa: BLE001 - a page, not a traceback
+        except Exception as e:  # a page, not a traceback
             log.warning("status snapshot failed: %s", e)
             self._send(503, "text/plain; charset=utf-8", f"library unavailable: {e}\n")
             return
@@ -132,7 +132,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's name
+    def log_message(self, format: str, *args: Any) -> None:  # http.server's name
         log.debug("%s %s", self.address_string(), format % args)
 
 

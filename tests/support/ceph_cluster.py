@@ -101,7 +101,7 @@ class CephCluster:
         return r.stdout
 
     def _daemon(self, *args: str) -> None:
-        log = open(self.root / f"{args[0]}.out", "wb")  # noqa: SIM115 (closed with the proc)
+        log = open(self.root / f"{args[0]}.out", "wb")  # closed with the proc
         self.procs.append(subprocess.Popen([*args, "-f", "-c", str(self.conf)], stdout=log,
                                            stderr=subprocess.STDOUT))
         log.close()

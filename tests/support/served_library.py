@@ -54,7 +54,7 @@ class Served:
 
 def start(root: Path, *args: str) -> Served:
     port = free_port()
-    err = open(root / "serve.err", "w")  # noqa: SIM115 - lives as long as the server
+    err = open(root / "serve.err", "w")  # lives as long as the server
     proc = subprocess.Popen([*VTL, "--root", str(root), "serve", "--portal",
                              f"127.0.0.1:{port}", *args],
                             stdout=subprocess.PIPE, stderr=err, text=True)

@@ -207,7 +207,7 @@ def test_unload_waits_for_a_running_command(library: Library) -> None:
                 try:
                     cart.write_block(b"z" * 512)
                     writes += 1
-                except BaseException as e:  # noqa: BLE001
+                except BaseException as e:
                     errors.append(e)
                     return
 

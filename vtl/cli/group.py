@@ -99,7 +99,7 @@ class OneLineErrorsGroup(TyperGroup):
                 write_json_error("interrupted", EXIT_INTERRUPTED)
             sys.stderr.write("error: interrupted\n")
             sys.exit(EXIT_INTERRUPTED)
-        except BaseException as e:  # noqa: BLE001 - the last line of defence: no tracebacks
+        except BaseException as e:  # the last line of defence: no tracebacks
             sys.exit(report(e, as_json))
         if isinstance(rv, int) and rv:
             sys.exit(rv)

@@ -43,7 +43,7 @@ class ProtocolError(Exception):
     """The byte stream cannot be trusted any more: the connection is closed."""
 
 
-class ConnectionGone(Exception):  # noqa: N818 - a state, not an error
+class ConnectionGone(Exception):  # a state, not an error
     """The initiator closed the connection, or the server shut it down."""
 
 

@@ -106,7 +106,7 @@ class ScsiResult:
     sense: bytes = b""
 
 
-class CheckCondition(Exception):  # noqa: N818 - named after the SCSI status it produces
+class CheckCondition(Exception):  # named after the SCSI status it produces
     """Raised inside a model to end a command with CHECK CONDITION and fixed-format sense.
 
     Made from a named condition of ``vtl.scsi.sense`` (``raise MEDIUM_NOT_PRESENT()``); the

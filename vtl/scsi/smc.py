@@ -167,7 +167,7 @@ class MediumChanger(ScsiModel):
             self._snapshot.update(ours)
         try:
             current = self._inventory()
-        except Exception as e:  # noqa: BLE001 - a catalog hiccup must not block INQUIRY
+        except Exception as e:  # a catalog hiccup must not block INQUIRY
             log.warning("changer: cannot read inventory: %s", e)
             return
         if current == self._snapshot:
@@ -365,7 +365,7 @@ class MediumChanger(ScsiModel):
         """
         try:
             set_mailslot_lock(self.library.catalog, prevented, f"changer {self.serial}")
-        except Exception:  # noqa: BLE001 - the SCSI state is already changed; keep serving
+        except Exception:  # the SCSI state is already changed; keep serving
             log.exception("changer: cannot record the mailslot lock")
 
     @property

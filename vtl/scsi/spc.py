@@ -394,7 +394,7 @@ class ScsiModel:
                 result = self._execute(nexus, cdb, data_out if data_out is not None else b"")
             except CheckCondition as cc:
                 result = cc.result()
-            except Exception:  # noqa: BLE001 - a model bug must not kill the transport
+            except Exception:  # a model bug must not kill the transport
                 log.exception("internal error executing CDB %s", bytes(cdb[:16]).hex())
                 result = INTERNAL_TARGET_FAILURE.result()
             if result.status == Status.CHECK_CONDITION:

@@ -402,7 +402,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         if spec.opcode not in _HOT or self._cart is None:
             try:
                 bay.library.refresh()
-            except Exception:  # noqa: BLE001 - a catalog hiccup must not fail INQUIRY
+            except Exception:  # a catalog hiccup must not fail INQUIRY
                 log.exception("catalog refresh failed")
         if bay.media_generation != self._gen or (
             self._cart is not None and bay.cartridge is not self._cart
@@ -756,7 +756,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
             return
         try:
             cart.read_ahead()
-        except Exception:  # noqa: BLE001 - speculative work: the real READ reports errors
+        except Exception:  # speculative work: the real READ reports errors
             log.debug("drive %s: read-ahead failed", self.bay.index, exc_info=True)
 
     @command(Opcode.VERIFY_6, "VERIFY(6)", "13 01 ff ff ff 00", pr=PR_READ, timeout=600)

@@ -57,7 +57,7 @@ class ImmediateWork:
             except CheckCondition as cc:
                 cc.deferred = True
                 self._failed = (nexus, cc)
-            except Exception:  # noqa: BLE001 - a model bug must not vanish with the thread
+            except Exception:  # a model bug must not vanish with the thread
                 log.exception("%s: immediate work failed", self._name)
                 cc = INTERNAL_TARGET_FAILURE()
                 cc.deferred = True
