@@ -219,6 +219,18 @@ def none_yet(catalog: Catalog) -> bool:
     return True
 
 
+def listing_catalog(dataset: str | None) -> Catalog | None:
+    """The catalog for a read-only listing, checked: None (an empty list already emitted) when
+    the library holds no EBM tables yet, a usage error when DATASET is unknown."""
+    cat = S.ebm(readonly=True).catalog
+    if none_yet(cat):
+        emit([], lambda: None)
+        return None
+    if dataset and cat.dataset(dataset) is None:
+        raise CliError(f"no dataset {dataset!r}")
+    return cat
+
+
 def printable_path(path: str) -> str:
     """A name fit for the terminal (bytes that are not UTF-8 escaped); deferred import."""
     from tape_formats.archive.entry import printable_path as printable
@@ -464,12 +476,9 @@ def pool_list() -> None:
 def list_backups(dataset: str = typer.Argument(None), all_states: bool = typer.Option(
         False, "--all", help="include failed and expired backups")) -> None:
     """List backups (good ones; --all for failed/expired too)."""
-    cat = S.ebm(readonly=True).catalog
-    if none_yet(cat):
-        emit([], lambda: None)
+    cat = listing_catalog(dataset)
+    if cat is None:
         return
-    if dataset and cat.dataset(dataset) is None:
-        raise CliError(f"no dataset {dataset!r}")
     bs = cat.backups(dataset, None if all_states else ["done", "running"])
 
     def human() -> None:
@@ -540,12 +549,9 @@ def find(pattern: str = typer.Argument(..., help="a name glob (*.txt) or a path 
     """Every stored version of the files matching PATTERN in the good backups, newest first."""
     from ebm.diff import find as find_versions
 
-    cat = S.ebm(readonly=True).catalog
-    if none_yet(cat):
-        emit([], lambda: None)
+    cat = listing_catalog(dataset)
+    if cat is None:
         return
-    if dataset and cat.dataset(dataset) is None:
-        raise CliError(f"no dataset {dataset!r}")
     hits = find_versions(cat, pattern, cat.backups(dataset, ["done"]))
     data = [{"path": r.path, "kind": r.kind, "size": r.size, "mode": oct(r.mode),
              "mtime": human_time(r.mtime_ns / 1e9), "backup": b.uuid[:8], "dataset": b.dataset,
