@@ -359,16 +359,19 @@ def consolidate(
     passphrase_file: Path = typer.Option(None, "--passphrase-file"),
     key_file: Path = typer.Option(None, "--key-file"),
     no_compress: bool = typer.Option(False, "--no-compress", help="turn drive compression off"),
+    drive_key_file: Path = typer.Option(None, "--drive-key-file", metavar="FILE",
+                                        help=DRIVE_KEY_HELP),
 ) -> None:
     """Build a new baseline of DATASET from its chain on tape (a synthetic full), without
     reading the source; `ebm forget` can then expire the old chain."""
     from ebm.consolidate import consolidate as do_consolidate
 
     ebm = S.ebm()
+    drive_key = _drive_key(drive_key_file) if drive_key_file is not None else None
     t0 = time.monotonic()
     with progress_bar(f"consolidate {dataset}") as cb:
         b = do_consolidate(ebm, dataset, passphrase_file=passphrase_file, key_file=key_file,
-                           compress=not no_compress, progress=cb)
+                           compress=not no_compress, progress=cb, drive_key=drive_key)
     secs = time.monotonic() - t0
     result = {**b.to_json(), "seconds": round(secs, 3),
               "volumes": [v.barcode for v in ebm.catalog.volumes(b.id)]}
@@ -747,8 +750,12 @@ def schedule_add(dataset: str, spec: str = typer.Argument(..., help="'daily at 0
                  full: bool = typer.Option(False, "--full", help="always a baseline"),
                  verify_opt: bool = typer.Option(False, "--verify"),
                  passphrase_file: Path = typer.Option(None, "--passphrase-file"),
-                 key_file: Path = typer.Option(None, "--key-file")) -> None:
-    """Schedule backups of DATASET (an encrypted dataset needs its key file here)."""
+                 key_file: Path = typer.Option(None, "--key-file"),
+                 drive_key_file: Path = typer.Option(None, "--drive-key-file", metavar="FILE",
+                                                     help=DRIVE_KEY_HELP + "; the file's path "
+                                                     "is kept, read at each run")) -> None:
+    """Schedule backups of DATASET (an encrypted dataset needs its key file here; a dataset
+    backed up with the drive's encryption needs --drive-key-file)."""
     ebm = S.ebm()
     ds = ebm.catalog.dataset(dataset)
     if ds is None:
@@ -757,9 +764,13 @@ def schedule_add(dataset: str, spec: str = typer.Argument(..., help="'daily at 0
     req = BackupRequest(dataset=dataset, passphrase_file=passphrase_file, key_file=key_file)
     req.validate()
     ebm.dataset_secret(ds, req)  # an encrypted dataset's schedule without (the right) key: refused
+    if drive_key_file is not None:
+        ebm.use_drive_key(_drive_key(drive_key_file))  # a readable key, a remote library
+    ebm.check_dataset_drive_key(ds)  # a drive-encrypted dataset without its key: refused
     opts = {"full": full, "verify": verify_opt,
             "passphrase_file": str(passphrase_file.resolve()) if passphrase_file else None,
-            "key_file": str(key_file.resolve()) if key_file else None}
+            "key_file": str(key_file.resolve()) if key_file else None,
+            "drive_key_file": str(drive_key_file.resolve()) if drive_key_file else None}
     nr = next_run(spec, time.time())
     sid = ebm.catalog.add_schedule(dataset, spec, opts, nr)
     emit({"id": sid, "next_run": human_time(nr)},
@@ -816,12 +827,17 @@ def catalog_rebuild(
     passphrase_file: Path = typer.Option(None, "--passphrase-file"),
     key_file: Path = typer.Option(None, "--key-file"),
     barcode: list[str] = typer.Option(None, "--barcode", help="only these cartridges"),
+    drive_key_file: Path = typer.Option(None, "--drive-key-file", metavar="FILE",
+                                        help=DRIVE_KEY_HELP + "; cartridges written with the "
+                                        "drive's encryption are read with it"),
 ) -> None:
     """Rebuild the backup catalog from the cartridges (headers, data extents, trailers)."""
     from ebm.rebuild import rebuild
 
     ebm = S.ebm()
     secret = _secret(passphrase_file, key_file)
+    if drive_key_file is not None:
+        ebm.use_drive_key(_drive_key(drive_key_file))
     r = rebuild(ebm.catalog, ebm.library, secret, list(barcode) if barcode else None)
     emit({"backups": r.backups, "skipped": r.skipped, "cartridges": r.cartridges},
          lambda: out().print(f"scanned {r.cartridges} cartridge(s): {len(r.backups)} backup(s) "

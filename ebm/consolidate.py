@@ -22,6 +22,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ebm.catalog import Backup, CatalogError
 from ebm.controller import BackupRequest, RequestError
@@ -36,6 +37,9 @@ from translators.base import (
     TranslatorError,
     TranslatorState,
 )
+
+if TYPE_CHECKING:
+    from ebm.remote.drive_encryption import DriveKey
 
 
 class _MergeRead(Translator):
@@ -75,8 +79,12 @@ class _MergeWrite(_MergeRead):
 
 def consolidate(ebm: Ebm, dataset: str, *, passphrase_file: Path | None = None,
                 key_file: Path | None = None, compress: bool = True,
-                workdir: Path | None = None, progress: Progress | None = None) -> Backup:
-    """Build and record a new baseline of ``dataset`` from its latest chain; return it."""
+                workdir: Path | None = None, progress: Progress | None = None,
+                drive_key: DriveKey | None = None) -> Backup:
+    """Build and record a new baseline of ``dataset`` from its latest chain; return it.
+
+    ``drive_key``: a chain written with the drive's encryption is read with it, and the new
+    baseline is written with it (a dataset keeps its encryption)."""
     from ebm.manager import decode_state
 
     cat = ebm.catalog
@@ -90,6 +98,9 @@ def consolidate(ebm: Ebm, dataset: str, *, passphrase_file: Path | None = None,
         chain = cat.chain(last)
     except CatalogError as e:
         raise JobError(str(e)) from None
+    ebm.check_drive_key(chain, drive_key)  # before a drive is touched
+    if drive_key is not None:
+        ebm.use_drive_key(drive_key)
     if len(chain) == 1:
         raise JobError(f"backup {last.uuid} of {dataset} is already a full: nothing to consolidate")
     raw = cat.translator_state(last.id)

@@ -294,16 +294,20 @@ class Ebm:
             self.catalog.set_dataset_options(name, opts)
         return secret
 
+    def check_dataset_drive_key(self, ds: sqlite3.Row) -> None:
+        """Refuse a run (or a schedule) of a drive-encrypted dataset without the drive's key."""
+        if self._drive_key is None and json.loads(ds["options"] or "{}").get("drive_encryption"):
+            raise RequestError(f"dataset {ds['name']} is backed up with the drive's "
+                               "encryption: give --drive-key-file")
+
     def _dataset_drive_encryption(self, ds: sqlite3.Row) -> None:
         """Once a dataset was backed up with the drive's encryption, every later backup of it
         is too (a dataset property, as ``dataset_secret`` keeps the EBM's own encryption)."""
+        self.check_dataset_drive_key(ds)
         opts = json.loads(ds["options"] or "{}")
         if self._drive_key is not None and not opts.get("drive_encryption"):
             opts["drive_encryption"] = True
             self.catalog.set_dataset_options(ds["name"], opts)
-        elif self._drive_key is None and opts.get("drive_encryption"):
-            raise RequestError(f"dataset {ds['name']} is backed up with the drive's "
-                               "encryption: give --drive-key-file")
 
     def _apply_excludes(self, ds: sqlite3.Row, req: BackupRequest, t: Translator) -> None:
         """``--exclude`` patterns: kept with the dataset (so scheduled runs skip the same), a
@@ -406,6 +410,8 @@ class Ebm:
         depth = len(cat.chain(parent)) if parent is not None else 0
         hdr_opts = {"pool": pool, "source": ds["source"], "level_name": level,
                     "compress": req.compress}
+        if "drive_encryption" in options:  # so a rebuilt catalog still asks for the key
+            hdr_opts["drive_encryption"] = options["drive_encryption"]
 
         def header_for(seq: int) -> bytes:
             first = writer.volumes[-1] if writer and writer.volumes else None

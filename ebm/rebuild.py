@@ -181,6 +181,8 @@ def _record(catalog: Catalog, parts: list[Segment], res: RebuildResult) -> int:
     ds = h["dataset"]
     if catalog.dataset(ds) is None:
         catalog.add_dataset(ds, h["translator"], opts.get("source", ""), opts.get("pool"))
+        if opts.get("drive_encryption"):  # later backups of it need the drive's key too
+            catalog.set_dataset_options(ds, {"drive_encryption": True})
     parent_id = None
     if h["parent"]:
         with contextlib.suppress(Exception):
@@ -194,6 +196,8 @@ def _record(catalog: Catalog, parts: list[Segment], res: RebuildResult) -> int:
                "rebuilt": True}
     if h["crypto"]:
         options["crypto"] = h["crypto"]
+    if opts.get("drive_encryption"):
+        options["drive_encryption"] = opts["drive_encryption"]
     trailer = last.trailer
     files: list[FileRow] = []
     size = nfiles = 0

@@ -39,12 +39,16 @@ def _cmd(root: Path, *args: str) -> list[str]:
 
 
 def _key_args(opts: dict[str, Any]) -> list[str]:
-    """The key options a schedule passes on (an encrypted dataset refuses a run without)."""
+    """The key options a schedule passes on (an encrypted dataset refuses a run without):
+    the EBM's own key, and the drive's (a path: the key itself is never stored)."""
+    args: list[str] = []
     if opts.get("passphrase_file"):
-        return ["--passphrase-file", opts["passphrase_file"]]
-    if opts.get("key_file"):
-        return ["--key-file", opts["key_file"]]
-    return []
+        args += ["--passphrase-file", opts["passphrase_file"]]
+    elif opts.get("key_file"):
+        args += ["--key-file", opts["key_file"]]
+    if opts.get("drive_key_file"):
+        args += ["--drive-key-file", opts["drive_key_file"]]
+    return args
 
 
 def run_scheduler(ebm: Ebm, root: Path, *, once: bool, max_jobs: int, interval: float,

@@ -10,15 +10,18 @@ without the capability is refused before anything moves (a stub transport).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from ebm_helpers import REPO, manifest, write_tree
 from served_library import Served, start, vtl
 
+from ebm.catalog import Catalog
 from ebm.manager import Ebm
 from ebm.remote.drive_encryption import (
     DriveEncryptionError,
@@ -40,6 +43,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("lib")
     vtl(root, "init", "--drives", "1", "--slots", "4", "--iqn", IQN)
     vtl(root, "cartridge", "create", "E00001L8", "--capacity", "8MiB")
+    vtl(root, "cartridge", "create", "E00002L8", "--capacity", "8MiB")
     s = start(root)
     yield s
     s.stop()
@@ -102,6 +106,56 @@ def test_backup_with_the_drives_encryption(served: Served, tmp_path: Path):
         b = api.catalog.backups("docs", states=["done"])[-1]
         result = verify_backup(api.catalog, api.library, b, None)
     assert not result.ok and "cannot decrypt it (it holds no key)" in result.problems[0]
+
+
+def test_schedule_consolidate_and_rebuild_take_the_drives_key(served: Served, tmp_path: Path):
+    """The drive's key reaches every job that reads or writes: a schedule keeps the key
+    file's path (never the key), a synthetic full reads and writes with it, and a catalog
+    rebuilt from the tapes reads them with it and still asks for it afterwards."""
+    src, cat = tmp_path / "src", tmp_path / "catalog"
+    write_tree(src, {"a.txt": MARKER * 50, "b/c.txt": b"first\n"})
+    key = tmp_path / "drive.key"
+    key.write_bytes(os.urandom(32))
+    ebm(served, cat, "pool", "create", "sched")
+    ebm(served, cat, "pool", "add", "sched", "E00002L8")
+    ebm(served, cat, "backup", "app", "--source", str(src), "--pool", "sched",
+        "--drive-key-file", str(key))
+
+    refused = ebm(served, cat, "schedule", "add", "app", "hourly", check=False)
+    assert refused.returncode == 2 and "give --drive-key-file" in refused.stderr
+    ebm(served, cat, "schedule", "add", "app", "hourly", "--drive-key-file", str(key))
+    assert key.read_bytes() not in (cat / "catalog.sqlite").read_bytes()
+    (src / "b" / "c.txt").write_bytes(b"second, scheduled\n")
+    c = Catalog.for_root(cat)
+    c.db.execute("UPDATE ebm_schedules SET next_run=?", (time.time() - 1,))
+    c.close()
+    ebm(served, cat, "scheduler", "--once")
+    c = Catalog.for_root(cat)
+    assert c.schedules()[0]["last_result"] == "ok"
+    done = c.backups("app", states=["done"])
+    assert [b.level for b in done] == ["full", "incr"]
+    assert all(b.options["drive_encryption"]["key_signature"] == read_drive_key(key).signature
+               for b in done)
+    c.close()
+
+    no_key = ebm(served, cat, "consolidate", "app", check=False)
+    assert no_key.returncode == 2 and "--drive-key-file" in no_key.stderr
+    full = json.loads(ebm(served, cat, "--json", "consolidate", "app", "--drive-key-file",
+                          str(key)).stdout)
+    assert full["level"] == "full" and full["options"]["drive_encryption"]
+    assert all(MARKER not in p.read_bytes()
+               for p in served.root.rglob("*") if p.is_file() and "E00002L8" in p.name)
+
+    rebuilt = tmp_path / "rebuilt"
+    r = json.loads(ebm(served, rebuilt, "--json", "catalog", "rebuild", "--barcode",
+                       "E00002L8", "--drive-key-file", str(key)).stdout)
+    assert len(r["backups"]) == 3, r
+    asks = ebm(served, rebuilt, "restore", full["uuid"], "--to", str(tmp_path / "x"),
+               check=False)
+    assert asks.returncode == 2 and "drive's encryption" in asks.stderr
+    ebm(served, rebuilt, "restore", full["uuid"], "--to", str(tmp_path / "out"),
+        "--drive-key-file", str(key))
+    assert manifest(tmp_path / "out") == manifest(src)
 
 
 class _NoSecurityProtocol:
