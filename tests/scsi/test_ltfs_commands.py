@@ -109,7 +109,7 @@ def test_logical_block_protection_crc32c(drv) -> None:
     assert good(drv, 0x08, 0, *len(block).to_bytes(3, "big"), 0) == block  # stored plain
     assert read(drv, 10).s.code == (8, 0, 5)  # end of data after the one block
     buf = bytearray(mode_sense10(drv, 0x0A, 0xF0))
-    buf[20:23] = bytes([1, 4, 0xC0])  # Reed-Solomon: not offered
+    buf[20:23] = bytes([3, 4, 0xC0])  # no such method
     sel = bytes(2) + bytes(buf[2:])
     assert run(drv, 0x55, 0x10, 0, 0, 0, 0, 0, 0, 48, 0, data=sel).s.fp == 20
 

@@ -137,7 +137,7 @@ from vtl.scsi.ssc_diagnostics import DiagnosticCommands
 from vtl.scsi.ssc_encryption import DriveEncryption, EncryptionCommands, decrypt_refusal
 from vtl.scsi.ssc_immediate import ImmediateWork
 from vtl.scsi.ssc_partitions import MediumPartitionPage, PartitionCommands
-from vtl.scsi.ssc_protection import ControlDataProtectionPage
+from vtl.scsi.ssc_protection import ControlDataProtectionPage, methods_for_generation
 from vtl.scsi.ssc_volume_pages import device_configuration_extension, volume_statistics
 
 if TYPE_CHECKING:
@@ -257,8 +257,10 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
                                     on_change=self._devconf_changed, name="device configuration"))
         # 0x10/0x01 device configuration extension (LTFS cannot do without it).
         self.add_mode_page(device_configuration_extension())
-        # 0x0A/0xF0 control data protection: logical block protection (ssc_protection).
-        self.protection = ControlDataProtectionPage()
+        # 0x0A/0xF0 control data protection: logical block protection (ssc_protection), with
+        # the methods this generation offers (Reed-Solomon from LTO-5, CRC32C from LTO-7).
+        self.protection = ControlDataProtectionPage(
+            methods_for_generation(self.identity.generation))
         self.add_mode_page(self.protection)
         # 0x11 medium partition: the layout FORMAT MEDIUM applies (ssc_partitions).
         self.partition_page = MediumPartitionPage(self.identity, lambda: self._ready_cart())
@@ -621,7 +623,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
             return self._read_fixed(cart, count)
         buf = self._buffer(count)
         try:
-            if self.protection.read:  # the block with its CRC32C appended (ssc_protection)
+            if self.protection.read:  # the block with its LBP CRC appended (ssc_protection)
                 r = self.protection.read_block(cart, buf)
             else:
                 r = cart.read_block(buf, own=True)
@@ -808,7 +810,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
             raise PARAMETER_LIST_LENGTH_ERROR()
         if len(data) > count:
             data = memoryview(data)[:count]
-        if self.protection.write:  # check and drop the block's CRC32C (ssc_protection)
+        if self.protection.write:  # check and drop the block's LBP CRC (ssc_protection)
             data = self.protection.strip(memoryview(data))
             count = len(data)
         try:
@@ -838,7 +840,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         if len(data) < total:
             raise PARAMETER_LIST_LENGTH_ERROR()
         blocks = [data[i * bs : (i + 1) * bs] for i in range(count)]
-        if self.protection.write:  # every block's CRC32C checks before any is written
+        if self.protection.write:  # every block's LBP CRC checks before any is written
             blocks = [self.protection.strip(b) for b in blocks]
         self._flush_writes(cart, req.nexus)
         early = False
