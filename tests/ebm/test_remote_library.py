@@ -50,8 +50,8 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("remote")
     CHAP_FILE = base / "chap"
     root = base / "lib"
-    vtl(root, "init", "--drives", "2", "--slots", "16", "--iqn", IQN)
-    vtl(root, "cartridge", "create", "R00001L8-R00012L8", "--capacity", "4MiB")
+    vtl(root, "init", "--drives", "2", "--slots", "40", "--iqn", IQN)
+    vtl(root, "cartridge", "create", "R00001L8-R00030L8", "--capacity", "4MiB")
     CHAP_FILE.write_text(f"{CHAP.user}:{CHAP.secret}\n{CHAP.mutual_user}:{CHAP.mutual_secret}\n")
     CHAP_FILE.chmod(0o600)  # the EBM refuses a CHAP file others can read
     for name, secret in (("secret", CHAP.secret), ("mutual", CHAP.mutual_secret)):
@@ -249,24 +249,50 @@ def test_killed_backup_leaves_a_reservation_the_next_job_preempts(served: Served
     assert manifest(out) == manifest(src)
 
 
-@pytest.mark.parametrize("name, pool", [
-    ("test_chain_of_incrementals_every_point_restores_identical", ("R00009L8", "R00010L8")),
-    ("test_path_and_glob_restores_follow_the_chain", ("R00011L8", "R00012L8")),
-])
-def test_in_process_roundtrips_run_over_iscsi(served: Served, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch, name: str,
-                                              pool: tuple[str, ...]):
-    """The EBM's own round-trip tests (tests/ebm/test_roundtrip.py), unchanged, with the
-    library they make swapped for the served one over iSCSI."""
-    import test_roundtrip
+def _pool(first: int, n: int) -> tuple[str, ...]:
+    return tuple(f"R{i:05d}L8" for i in range(first, first + n))
+
+
+# The EBM's own tests, unchanged, with the library they make swapped for the served one over
+# iSCSI (4 MiB cartridges, so the larger trees span). Left out: the in-process kill test
+# (it watches the library's cartridge file grow; the kill over iSCSI is tested above).
+MATRIX = [
+    ("test_roundtrip", "test_chain_of_incrementals_every_point_restores_identical", _pool(9, 2)),
+    ("test_roundtrip", "test_path_and_glob_restores_follow_the_chain", _pool(11, 2)),
+    ("test_roundtrip", "test_full_flag_forces_baseline_and_restore_by_dataset_at_time",
+     _pool(13, 1)),
+    ("test_roundtrip", "test_spanning_over_tiny_cartridges", _pool(14, 5)),
+    ("test_roundtrip", "test_single_file_restore_reads_only_its_blocks", _pool(19, 4)),
+    ("test_roundtrip", "test_path_restore_of_a_hard_link_brings_its_target", _pool(23, 1)),
+    ("test_failures", "test_encrypted_round_trip_and_wrong_passphrase", _pool(24, 2)),
+    ("test_failures", "test_corrupted_cartridge_bytes_are_detected_and_named", _pool(26, 2)),
+    ("test_failures", "test_key_file_round_trip", _pool(28, 1)),
+]
+
+
+@pytest.mark.parametrize("module, name, pool", MATRIX, ids=[m[1][5:] for m in MATRIX])
+def test_in_process_tests_run_over_iscsi(served: Served, tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch, module: str,
+                                         name: str, pool: tuple[str, ...]):
+    """The catalog directory the test makes remembers the served library (so the test's own
+    `ebm --root DIR` CLI runs go over iSCSI too), and its ``cartridges`` is the served
+    library's, so a test that reads or damages cartridge files finds them."""
+    import importlib
+
+    from ebm.remote import ebm_host
+
+    mod = importlib.import_module(module)
+    url = f"iscsi://127.0.0.1:{served.port}/{IQN}"
 
     def remote_library(root: Path, _barcodes: list[str], **_kw: object) -> Ebm:
+        ebm_host.prepare_catalog_dir(root)
+        ebm_host.save_remote_config(root, {"url": url, "chap_file": CHAP_FILE})
+        (root / "cartridges").symlink_to(served.root / "cartridges")
         make_pool(served, root, "pool", *pool)
-        return Ebm(root, remote=RemoteSpec.from_options(
-            f"iscsi://127.0.0.1:{served.port}/{IQN}", chap_file=CHAP_FILE))
+        return Ebm(root, remote=RemoteSpec.from_options(url, chap_file=CHAP_FILE))
 
-    monkeypatch.setattr(test_roundtrip, "make_library", remote_library)
-    getattr(test_roundtrip, name)(tmp_path)
+    monkeypatch.setattr(mod, "make_library", remote_library)
+    getattr(mod, name)(tmp_path)
 
 
 def test_backups_cross_between_iscsi_and_in_process(served: Served, tmp_path: Path):
