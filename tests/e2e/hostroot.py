@@ -6,6 +6,9 @@ guest mounts the host's ``/`` read-only over virtio-9p, puts tmpfs over the plac
 be writable (``/tmp``, ``/run``, ``/var/tmp``; not ``/root``, where pyenv may keep the
 venv's Python; an overlay on ``/etc``), mounts proc, sysfs, devtmpfs and
 configfs, and chroots into it: the guest then runs the very binaries and venv the host has.
+A checkout (or its venv) under one of the tmpfs places, as a fresh ``git clone`` in /tmp
+is, would be hidden by the tmpfs: the guest binds it from the 9p root before the tmpfs
+mounts and back onto the same path after them (:func:`covered_paths`, ``/binds``).
 The initramfs only carries busybox, the modules (loaded before the chroot, since the host
 has none for this kernel) and /init; it is cached beside the other guest's.
 """
@@ -17,6 +20,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +28,8 @@ from pathlib import Path
 from .guest import CACHE, CpioWriter, Guest, fetch_kernel, pack_base
 from .qemu import Run, parse_steps
 from .targets import die_with_parent
+
+COVERED = ("/tmp", "/run", "/var/tmp")  # tmpfs in the guest (INIT)
 
 # iscsi_target_mod with crc32c_generic, which it asks for by name at each login (the chroot
 # has no modules for this kernel, so nothing would load it on demand).
@@ -46,7 +52,11 @@ mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroo
   || echo "@@E2E-WARN 9p mount failed@@"
 for d in proc sys dev; do mount --move /$d /host/$d 2>/dev/null || mount -t $d $d /host/$d; done
 mount -t configfs configfs /host/sys/kernel/config
+# the checkout and its venv where the tmpfs below would hide them: bound aside, then back
+n=0; while read -r p; do mkdir -p /stash/$n && mount --bind "/host$p" /stash/$n; n=$((n+1)); done </binds
 for d in tmp run var/tmp; do mount -t tmpfs -o size=256m tmpfs /host/$d; done
+n=0; while read -r p; do mkdir -p "/host$p" && mount --bind /stash/$n "/host$p" \
+  || echo "@@E2E-WARN bind $p failed@@"; n=$((n+1)); done </binds
 # /etc writable too (rtslib wants /etc/target, as targetcli-fb's package makes it)
 mkdir -p /ovl && mount -t tmpfs tmpfs /ovl && mkdir -p /ovl/up /ovl/work
 mount -t overlay overlay -o lowerdir=/host/etc,upperdir=/ovl/up,workdir=/ovl/work /host/etc \
@@ -59,6 +69,16 @@ echo "@@E2E-DONE@@"
 sync
 poweroff -f
 """
+
+
+def covered_paths() -> list[str]:
+    """This checkout and the venv running the tests, where they lie under a place the guest
+    covers with tmpfs (COVERED); nested ones are left out, their outer path brings them."""
+    here = {Path(__file__).resolve().parents[2], Path(sys.prefix).resolve(),
+            Path(sys.base_prefix).resolve()}
+    under = sorted(str(p) for p in here
+                   if any(str(p).startswith(d + "/") for d in COVERED))
+    return [p for p in under if not any(p.startswith(q + "/") for q in under)]
 
 
 def build_hostroot_guest() -> Guest:
@@ -86,6 +106,7 @@ def boot_hostroot(guest: Guest, script: str, *, timeout: float = 400,
     try:
         cpio = CpioWriter()
         cpio.file("test.sh", script.encode(), 0o755)
+        cpio.file("binds", "".join(p + "\n" for p in covered_paths()).encode(), 0o644)
         initrd = wd / "initrd.img"
         initrd.write_bytes(guest.initrd.read_bytes() + gzip.compress(cpio.finish(), mtime=0))
         serial = wd / "serial.log"
