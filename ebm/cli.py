@@ -622,11 +622,15 @@ def restore(
                             "(translators with a WAL catalogue: postgresql)"),
     form: str = typer.Option(None, "--as", help="restore form: physical (default) or csv "
                              "(postgresql's logical export)"),
+    wal_local: bool = typer.Option(
+        False, "--wal-local", help="postgresql: put the chain's WAL into pg_wal now, instead "
+        "of restore_command fetching it from tape (for a host without access to the library)"),
 ) -> None:
     """Restore a backup (its whole chain point), or only matching paths, into --to.
 
     For a postgresql dataset DATASET@TIME (or --lsn) is a point in time: the data directory
-    recovers to exactly that point when PostgreSQL starts on it.
+    recovers to exactly that point when PostgreSQL starts on it, fetching the WAL it replays
+    from tape through `ebm wal-fetch` (its restore_command), or from pg_wal with --wal-local.
     --to must be empty (or not exist) unless --into-existing is given."""
     from ebm.restore import restore as do_restore
 
@@ -635,6 +639,10 @@ def restore(
     check_target(to, into_existing)  # before reading keys or touching a drive
     secret = _secret(passphrase_file, key_file)
     _check_drive_key(ebm, drive_key_file, ebm.catalog.chain(b))
+    if options is not None and options.get("form") == "physical":
+        _wal_from_tape(ebm, b, options, wal_local, passphrase_file, key_file, drive_key_file)
+    elif wal_local:
+        raise CliError("--wal-local is for a physical postgresql restore")
     t0 = time.monotonic()
     with progress_bar(f"restore {b.uuid[:8]}") as cb:
         st = do_restore(ebm.catalog, ebm.library, load_translator, b, to, list(path or []),
@@ -645,6 +653,55 @@ def restore(
          lambda: out().print(f"restored {st.entries} entries ({human_size(st.bytes)}) from "
                            f"{len(st.backups)} backup(s) into {to} in {human_duration(secs)} "
                            f"({st.blocks_read} blocks read)"))
+
+
+def _wal_from_tape(ebm: Ebm, b: Backup, options: dict[str, Any], wal_local: bool,
+                   *key_files: Path | None) -> None:
+    """Tell the translator how the restored server fetches WAL: ``ebm wal-fetch`` on this
+    catalog (with the same key files, by absolute path), unless ``--wal-local``."""
+    if wal_local:
+        return
+    from ebm.wal_fetch import fetch_command
+
+    argv = fetch_command(ebm.root, b)
+    for flag, path in zip(("--passphrase-file", "--key-file", "--drive-key-file"), key_files,
+                          strict=True):
+        if path is not None:
+            argv += [flag, str(path.absolute())]
+    options["wal_fetch"] = argv
+
+
+@app.command("wal-fetch")
+def wal_fetch(
+    backup_spec: str = typer.Argument(..., metavar="BACKUP", help="the restored backup (its "
+                                      "chain is searched)"),
+    name: str = typer.Argument(..., metavar="NAME", help="WAL file name (restore_command's %f)"),
+    dest: Path = typer.Argument(..., metavar="PATH", help="where to write it (%p)"),
+    passphrase_file: Path = typer.Option(None, "--passphrase-file"),
+    key_file: Path = typer.Option(None, "--key-file"),
+    drive_key_file: Path = typer.Option(None, "--drive-key-file", metavar="FILE",
+                                        help=DRIVE_KEY_HELP),
+) -> None:
+    """PostgreSQL's restore_command: one WAL file of a backup's chain from tape to PATH.
+
+    Written by `ebm restore` into the restored data directory. Exit status is what
+    PostgreSQL expects of a restore_command: 0 fetched (sha256 checked, written atomically),
+    1 not in the chain (the end of the archive), 126 any other failure (recovery stops)."""
+    from ebm.wal_fetch import EXIT_FATAL, EXIT_NOT_IN_CHAIN, WalNotInChain, fetch, locate
+
+    try:
+        ebm = S.ebm(readonly=True)
+        b = ebm.catalog.backup(backup_spec)
+        locate(ebm.catalog, b, name)  # "not in the chain" before anything heavy is loaded
+        secret = _secret(passphrase_file, key_file)
+        _check_drive_key(ebm, drive_key_file, ebm.catalog.chain(b))
+        fetch(ebm.catalog, ebm.library, b, name, dest, secret)
+    except WalNotInChain as e:
+        sys.stderr.write(f"ebm wal-fetch: {e}\n")
+        raise typer.Exit(EXIT_NOT_IN_CHAIN) from None
+    except Exception as e:  # any failure must stop recovery, in one line
+        sys.stderr.write(f"error: wal-fetch {name}: {e}\n")
+        raise typer.Exit(EXIT_FATAL) from None
 
 
 def _restore_point(ebm: Ebm, spec: str, lsn: str | None,

@@ -294,7 +294,7 @@ def restore(catalog: Catalog, library: Library, translator_loader: Callable[[str
                 rows = sorted(by_backup.get(b.id, []), key=lambda r: r.header_offset)
                 if not rows:
                     continue
-                yield from _read_rows(catalog, b, rows, opener, ciphers[b.id], stats)
+                yield from read_rows(catalog, b, rows, opener, ciphers[b.id], stats)
                 done_bytes += sum(r.size for r in rows)
                 if progress:
                     progress(done_bytes, total)
@@ -343,7 +343,7 @@ def _link_targets(catalog: Catalog, chain: list[Backup], selected: list[FileRow]
         for b in chain:
             rows = sorted((r for r in unknown if r.backup == b.id), key=lambda r: r.header_offset)
             if rows:
-                for entry, _data in _read_rows(catalog, b, rows, opener, ciphers[b.id], peek):
+                for entry, _data in read_rows(catalog, b, rows, opener, ciphers[b.id], peek):
                     targets[(b.id, entry.path)] = entry.linkname
         stats.blocks_read += peek.blocks_read
     extra: list[FileRow] = []
@@ -360,8 +360,11 @@ def _link_targets(catalog: Catalog, chain: list[Backup], selected: list[FileRow]
     return extra
 
 
-def _read_rows(catalog: Catalog, b: Backup, rows: list[FileRow], opener: ReadMedia,
+def read_rows(catalog: Catalog, b: Backup, rows: list[FileRow], opener: ReadMedia,
                cipher: BlockCipher | None, stats: RestoreStats) -> Iterator[tuple[ArchiveEntry, EntryData]]:
+    """The pax entries of ``rows`` (one backup's, in tape order), each read by seeking to its
+    header and checked against the sha256 the index holds. Also what ``ebm wal-fetch`` reads
+    one WAL segment with (:mod:`ebm.wal_fetch`)."""
     from tape_formats.archive.reader import PaxReader
 
     # Each entry ends where the next one of the same backup begins (or at the stream end).

@@ -21,9 +21,12 @@ sha256 and first/last commit time, plus ``until``: the server time and LSN up to
 backup's chain holds every commit. ``choose_point`` uses it to pick the backup whose chain
 reaches a time or LSN.
 
-Restore (physical, the default): the data directory with every chain segment in ``pg_wal``,
-``recovery.signal`` and recovery settings (:mod:`translators.pg.recovery`); PostgreSQL
-started on it replays to the target and promotes. ``--as csv`` writes the logical export
+Restore (physical, the default): the base backup's data directory, ``recovery.signal`` and
+recovery settings (:mod:`translators.pg.recovery`) whose ``restore_command`` is the EBM's
+``ebm wal-fetch`` (the restore's option ``wal_fetch``, :mod:`ebm.wal_fetch`), so PostgreSQL
+started on it fetches each segment it replays from tape, reaches the target and promotes.
+Without that option (``ebm restore --wal-local``, for a host that cannot reach the library)
+every chain segment is written into ``pg_wal`` instead. ``--as csv`` writes the logical export
 (:mod:`translators.pg.logical`) instead: schema SQL, one CSV per table, ``load.sql``.
 Either appears in the target only once complete (:mod:`translators.pg.unpack`).
 
@@ -308,7 +311,9 @@ class PostgresqlTranslator(Translator):
         if options.get("form", "physical") not in FORMS:
             raise TranslatorError(f"unknown restore form {options.get('form')!r} "
                                   f"(known: {', '.join(FORMS)})")
-        return ["logical"] if options.get("form") == "csv" else ["data", "wal"]
+        if options.get("form") == "csv":
+            return ["logical"]
+        return ["data"] if options.get("wal_fetch") else ["data", "wal"]
 
     # -- consolidation -------------------------------------------------------------------
     def merge_chain(self, entries: Iterable[tuple[ArchiveEntry, EntryData]], workdir: Path, *,
@@ -349,7 +354,7 @@ class PostgresqlTranslator(Translator):
                 if not (staged.path / "backup_label").exists():
                     raise TranslatorError("the backup holds no base backup (backup_label)")
                 recovery.prepare(staged.path, options.get("target_time"),
-                                 options.get("target_lsn"))
+                                 options.get("target_lsn"), options.get("wal_fetch"))
             staged.commit()
         except BaseException:
             staged.discard()

@@ -19,8 +19,10 @@ import glob
 import os
 import pwd
 import shutil
+import site
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -163,6 +165,28 @@ class PgCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def ebm_program(self) -> list[str]:
+        """How the server's user runs this checkout's ``ebm`` (what restore_command calls):
+        the venv's own script, unless that user cannot execute its interpreter (a venv made
+        from a Python under /root, while the server runs as ``postgres``); then the system
+        ``python3`` of the same version with the venv's packages on ``PYTHONPATH``."""
+        from ebm.wal_fetch import ebm_program
+
+        program = ebm_program()
+        if self.user is None or subprocess.run(
+                ["runuser", "-u", self.user, "--", sys.executable, "-c", "pass"],
+                capture_output=True).returncode == 0:
+            return program
+        system = shutil.which("python3", path="/usr/bin:/bin")
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        if system is None or subprocess.run(
+                [system, "-c", f"import sys; assert sys.version[:{len(version)}] == '{version}'"],
+                capture_output=True).returncode != 0:
+            raise RuntimeError(f"the server's user {self.user} cannot run {sys.executable} "
+                               f"and there is no system python{version}")
+        paths = [str(Path(__file__).resolve().parents[2]), *site.getsitepackages()]
+        return ["env", "PYTHONPATH=" + ":".join(paths), system, "-m", "ebm"]
 
     # -- talking to it -----------------------------------------------------------------------
     @property

@@ -6,6 +6,8 @@ plain CSV, and one clear error for each bad input with nothing half-restored."""
 from __future__ import annotations
 
 import csv
+import hashlib
+import shlex
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from ebm.controller import BackupRequest, RequestError
 from ebm.manager import JobError, decode_state, load_translator
 from ebm.points import resolve_point
 from ebm.restore import RestoreError, restore
+from ebm.wal_fetch import WalNotInChain, ebm_program, fetch, fetch_command
 from translators.base import TranslatorError
 from translators.pg.wal import parse_lsn
 
@@ -36,17 +39,38 @@ def _library(tmp_path: Path):
     return make_library(tmp_path / "lib", barcodes(2), capacity=256 << 20)
 
 
+def _served_library(pg: PgCluster):
+    """A library the restored server's restore_command (`ebm wal-fetch`, run as the
+    server's OS user) can open: inside the cluster's directory, handed to that user before
+    a recovery starts (:func:`_rows_after_recovery`)."""
+    return make_library(pg.dir / "lib", barcodes(2), capacity=256 << 20)
+
+
 def _backup(ebm, source: str | None = None, dataset: str = "pg", **kw):
     req = BackupRequest(dataset=dataset, source=source, pool="pool" if source else None,
                         translator="postgresql" if source else None, **kw)
     return ebm.backup(req, retries=0)
 
 
-def _restore(ebm, dataset: str, target: Path, **point) -> None:
+def _restore(ebm, dataset: str, target: Path, program: list[str] | None = None,
+             **point) -> None:
     """What `ebm restore DATASET[@TIME] [--lsn] [--as]` does, in-process (the CLI costs a
-    second or two per start on a busy machine; one test goes through it)."""
+    second or two per start on a busy machine; one test goes through it): with ``program``
+    (how the server's user runs ``ebm``) restore_command fetches WAL from tape, without it
+    the WAL goes into pg_wal as with ``--wal-local``."""
     backup, options = resolve_point(ebm.catalog, dataset, load_translator("postgresql"), **point)
+    if options["form"] == "physical" and program is not None:
+        options["wal_fetch"] = fetch_command(ebm.root, backup, program)
     restore(ebm.catalog, ebm.library, load_translator, backup, target, options=options)
+
+
+def _run_ebm_as_server(pg: PgCluster, datadir: Path) -> None:
+    """Point the restore_command that `ebm restore` wrote at the ``ebm`` the test server's
+    user can run (:meth:`PgCluster.ebm_program`); the rest of the line stays as written."""
+    conf = datadir / "postgresql.auto.conf"
+    mine = " ".join(map(shlex.quote, ebm_program()))
+    theirs = " ".join(map(shlex.quote, pg.ebm_program()))
+    conf.write_text(conf.read_text().replace(f"'{mine} ", f"'{theirs} "))
 
 
 def _insert(pg: PgCluster, i: int) -> float:
@@ -56,6 +80,7 @@ def _insert(pg: PgCluster, i: int) -> float:
 
 
 def _rows_after_recovery(pg: PgCluster, datadir: Path) -> list[int]:
+    pg.own(pg.dir / "lib")  # restore_command runs as the server's user
     port = free_port()
     pg.start(datadir, port=port)
     try:
@@ -69,7 +94,7 @@ def _rows_after_recovery(pg: PgCluster, datadir: Path) -> list[int]:
 
 
 def test_point_in_time_restore_recovers_exactly_the_commits_before_it(tmp_path, pg):
-    ebm = _library(tmp_path)
+    ebm = _served_library(pg)
     pg.sql("CREATE TABLE t (i int PRIMARY KEY, s text)")
     src = pg.source(ebm_logical="on")
     base = _backup(ebm, src)
@@ -85,20 +110,34 @@ def test_point_in_time_restore_recovers_exactly_the_commits_before_it(tmp_path, 
     assert incr.level == "incr"
 
     latest = pg.dir / "latest"
-    _restore(ebm, "pg", latest)
+    _restore(ebm, "pg", latest, pg.ebm_program())
+    segment = decode_state(ebm.catalog.translator_state(incr.id))["segments"][-1]
+    assert not (latest / "pg_wal" / segment["name"]).exists()  # restore_command fetches it
     assert _rows_after_recovery(pg, latest) == [1, 2, 3, 4]
     at_lsn = pg.dir / "at-lsn"
-    _restore(ebm, "pg", at_lsn, lsn=lsn_between)
+    _restore(ebm, "pg", at_lsn, lsn=lsn_between)  # --wal-local: no restore_command
+    assert "restore_command = 'false'" in (at_lsn / "postgresql.auto.conf").read_text()
     assert _rows_after_recovery(pg, at_lsn) == [1, 2]
     plain = tmp_path / "csv"
     _restore(ebm, "pg", plain, form="csv")
+    fetched = tmp_path / "fetched"
+    fetch(ebm.catalog, ebm.library, incr, segment["name"], fetched)
+    assert hashlib.sha256(fetched.read_bytes()).hexdigest() == segment["sha256"]
+    with pytest.raises(WalNotInChain):
+        fetch(ebm.catalog, ebm.library, incr, "00000001000000000000FFFF", fetched)
     ebm.close()
 
     to_time = pg.dir / "at-time"
-    r = run_cli(tmp_path / "lib", "restore", f"pg@{between}", "--to", str(to_time))
+    r = run_cli(pg.dir / "lib", "restore", f"pg@{between}", "--to", str(to_time))
     assert r.returncode == 0, r.stderr
-    assert "recovery_target_time" in (to_time / "postgresql.auto.conf").read_text()
+    conf = (to_time / "postgresql.auto.conf").read_text()
+    assert "recovery_target_time" in conf and " wal-fetch " in conf
+    assert not (to_time / "pg_wal" / segment["name"]).exists()
+    _run_ebm_as_server(pg, to_time)
     assert _rows_after_recovery(pg, to_time) == [1, 2]
+    # Not "not found" (exit 1, the end of the archive) but "stop recovery" (above 125).
+    r = run_cli(pg.dir / "lib", "wal-fetch", "no-such-backup", segment["name"], str(fetched))
+    assert r.returncode == 126 and r.stderr.count("\n") == 1, r.stderr
     with open(plain / "tables" / "public.t.csv", newline="") as f:
         assert [row[0] for row in csv.reader(f)] == ["i", "1", "2", "3", "4"]
     assert "CREATE TABLE public.t" in (plain / "schema-pre.sql").read_text()

@@ -1,26 +1,44 @@
 """The settings a restored data directory starts with, so that PostgreSQL recovers to exactly
 the chosen point and then opens for writes.
 
-The restore puts every WAL segment the point needs into ``pg_wal`` itself, so recovery never
-has to reach back to tape; ``restore_command`` is still required for a targeted recovery
-(``recovery.signal``), and ``false`` tells the server "not in the archive, use pg_wal". The
-copy must not archive into the original dataset's spool (its new timeline would mix with the
-live server's WAL there), so ``archive_mode`` is switched off: an admin who takes the
-restored server into service sets up archiving for it anew.
+WAL comes from tape: ``restore_command`` is the EBM's ``ebm wal-fetch BACKUP %f %p``
+(:mod:`ebm.wal_fetch`), which the server runs, as its own OS user, for each WAL file it
+replays; that user must be able to open the library (or the restore is made with
+``--wal-local``). With ``--wal-local`` the restore has put every segment the point needs into
+``pg_wal`` itself, and ``restore_command = 'false'`` (still required for a targeted recovery)
+tells the server "not in the archive, use pg_wal". The copy must not archive into the
+original dataset's spool (its new timeline would mix with the live server's WAL there), so
+``archive_mode`` is switched off: an admin who takes the restored server into service sets up
+archiving for it anew.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import os
+import shlex
 from pathlib import Path
 
 AUTO_CONF = "postgresql.auto.conf"
 
 
-def recovery_settings(target_time: float | None, target_lsn: str | None) -> list[str]:
-    lines = ["# Added by `ebm restore`: the WAL this point needs is already in pg_wal.",
-             "restore_command = 'false'",
+def restore_command(fetch: list[str] | None) -> str:
+    """The shell command line, quoted for the shell and then for a configuration file."""
+    if not fetch:
+        return "false"
+    return " ".join(map(shlex.quote, fetch)) + " %f %p"
+
+
+def _conf_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def recovery_settings(target_time: float | None, target_lsn: str | None,
+                      fetch: list[str] | None = None) -> list[str]:
+    where = ("`ebm wal-fetch` reads the WAL this point needs from tape." if fetch else
+             "the WAL this point needs is already in pg_wal.")
+    lines = [f"# Added by `ebm restore`: {where}",
+             f"restore_command = {_conf_quote(restore_command(fetch))}",
              "archive_mode = 'off'"]
     if target_time is not None:
         stamp = dt.datetime.fromtimestamp(target_time, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
@@ -32,11 +50,12 @@ def recovery_settings(target_time: float | None, target_lsn: str | None) -> list
     return lines
 
 
-def prepare(datadir: Path, target_time: float | None, target_lsn: str | None) -> None:
+def prepare(datadir: Path, target_time: float | None, target_lsn: str | None,
+            fetch: list[str] | None = None) -> None:
     """recovery.signal plus the settings appended to postgresql.auto.conf (later lines win)."""
     conf = datadir / AUTO_CONF
     with open(conf, "a") as f:
-        f.write("\n" + "\n".join(recovery_settings(target_time, target_lsn)) + "\n")
+        f.write("\n" + "\n".join(recovery_settings(target_time, target_lsn, fetch)) + "\n")
     (datadir / "recovery.signal").write_bytes(b"")
     st = (datadir / "PG_VERSION").stat()
     if os.geteuid() == 0:
