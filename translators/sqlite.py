@@ -5,7 +5,13 @@ connection, copying ``step_pages`` pages at a time, so writers in other processe
 only for one step and the copy is one transaction-consistent snapshot (SQLite restarts the copy
 if another connection writes mid-way; a database in WAL mode is read with its WAL). The
 snapshot goes to a temporary file (``TMPDIR``), is checked with ``PRAGMA integrity_check``,
-and is hashed page by page (16 bytes a page, :mod:`translators.block_hashes`). Then:
+and is hashed page by page (BLAKE3, 16 bytes a page, :mod:`translators.block_hashes`; the
+file's sha256 on a second thread). An incremental of a WAL-mode database skips the copy: a
+TRUNCATE checkpoint, then one read transaction that pins the database file as its snapshot
+(:func:`_pin_in_place`) while the live file is hashed and its changed pages are written, with
+no integrity_check or row counts (they would read every page again; the restore runs
+integrity_check). A rollback-journal database, or one busy at that moment, is copied as above.
+Then:
 
 * baseline (no usable parent state, or the page size changed): two members,
   ``<name>.ebm-sqlite.json`` (metadata: page size and count, user_version, application_id,
@@ -32,7 +38,9 @@ back as a baseline whose state is the last incremental's (same pages, same hashe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -42,6 +50,8 @@ import tempfile
 import time
 import urllib.parse
 from array import array
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,9 +72,10 @@ from .delta_restore import DeltaRebuild, DeltaTranslator
 from .page_delta import DeltaError, DeltaHeader, DeltaReader, apply_delta, read_header
 
 CHUNK = 1024 * 1024
+SCAN_CHUNK = 4 * CHUNK
 META_SUFFIX = ".ebm-sqlite.json"
 DELTA_INFIX = ".ebm-sqlite-delta."
-STATE_FORMAT = "ebm-sqlite-state/2"
+STATE_FORMAT = "ebm-sqlite-state/3"  # /3: page hashes are BLAKE3 (/2: sha256)
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -72,7 +83,9 @@ def _ro_uri(path: str) -> str:
     return "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
 
 
-def _describe(conn: sqlite3.Connection) -> dict:
+def _describe(conn: sqlite3.Connection, *, checks: bool = True) -> dict:
+    """The metadata member's facts. ``checks=False`` (an incremental read in place) leaves
+    out what reads every page again, integrity_check and row counts (``null``)."""
     def one(sql: str):
         return conn.execute(sql).fetchone()[0]
 
@@ -81,16 +94,52 @@ def _describe(conn: sqlite3.Connection) -> dict:
         "SELECT name FROM sqlite_schema WHERE type='table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
     ):
         quoted = '"' + tname.replace('"', '""') + '"'
-        tables[tname] = one(f"SELECT count(*) FROM {quoted}")
+        tables[tname] = one(f"SELECT count(*) FROM {quoted}") if checks else None
     return {
         "page_size": one("PRAGMA page_size"),
         "page_count": one("PRAGMA page_count"),
         "user_version": one("PRAGMA user_version"),
         "application_id": one("PRAGMA application_id"),
-        "integrity_check": one("PRAGMA integrity_check"),
+        "integrity_check": one("PRAGMA integrity_check") if checks else "not run (in place)",
         "tables": tables,
         "sqlite_version": sqlite3.sqlite_version,
     }
+
+
+def _pin_in_place(source: str) -> sqlite3.Connection | None:
+    """A read transaction in which the database file itself is the snapshot, or None.
+
+    For a WAL-mode database: a TRUNCATE checkpoint empties the WAL, then a read transaction
+    begun on the empty WAL reads the database file alone (WAL read-mark 0), and while it is
+    open no checkpoint may write into that file (a checkpointer needs read-lock 0 for itself),
+    so its bytes stay the transaction's snapshot however much others write meanwhile (they
+    append to the WAL). An empty WAL seen after the transaction began proves it reads from
+    mark 0 (the WAL is only truncated when no reader holds a later mark). None (the caller
+    then copies a snapshot with the backup API) for a rollback-journal database, one we may
+    not write (the checkpoint), a busy checkpoint, or a writer that came in between."""
+    wal = source + "-wal"
+    conn = None
+    try:
+        conn = sqlite3.connect(_ro_uri(source), uri=True, isolation_level=None)
+        rw = sqlite3.connect(_ro_uri(source).replace("?mode=ro", "?mode=rw"), uri=True,
+                             timeout=1.0)
+        try:
+            if rw.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                raise sqlite3.OperationalError("not in WAL mode")
+            busy = rw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        finally:
+            rw.close()
+        if busy:
+            raise sqlite3.OperationalError("checkpoint busy")
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+        if os.path.exists(wal) and os.path.getsize(wal) != 0:
+            raise sqlite3.OperationalError("written meanwhile")
+        return conn
+    except (sqlite3.Error, OSError):
+        if conn is not None:
+            conn.close()
+        return None
 
 
 def _sha256_file(path: str | Path) -> str:
@@ -108,25 +157,42 @@ class PageScan:
     changed: array = field(default_factory=lambda: array("I"))
 
 
-def scan_pages(path: str | Path, page_size: int, parent: bytes | None) -> PageScan:
-    """Hash ``path`` page by page in 1 MiB reads (memory stays flat whatever the size)."""
+def scan_pages(path: str | Path, page_size: int, parent: bytes | None,
+               pages: int | None = None) -> PageScan:
+    """Hash ``path`` (its first ``pages`` pages, or all of it) page by page in 4 MiB reads
+    (memory stays flat whatever the size). The file's sha256 runs on a second thread
+    (hashlib lets go of the GIL for large buffers) while this one hashes the pages of the same
+    chunk, and the next chunk is read while the sha256 of the last one finishes."""
     whole = hashlib.sha256()
     hashes = bytearray()
     changed = array("I")
-    buf = bytearray(max(CHUNK, page_size))
-    view = memoryview(buf)
+    bufs = (bytearray(SCAN_CHUNK), bytearray(SCAN_CHUNK))  # a multiple of any page size
+    left = pages * page_size if pages is not None else None
     pgno = 0
     hl = block_hashes.HASH_LEN
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            whole.update(view[:n])
+    page_hash = block_hashes.page_hash
+    with ThreadPoolExecutor(1, thread_name_prefix="ebm-sqlite-sha256") as pool, \
+            open(path, "rb", buffering=0) as f:
+        pending = None
+        for turn in itertools.count():
+            view = memoryview(bufs[turn % 2])
+            n = f.readinto(view if left is None else view[:min(left, SCAN_CHUNK)])
+            if pending is not None:
+                pending.result()  # the other buffer is free again
+            if not n:
+                break
+            if left is not None:
+                left -= n
+            pending = pool.submit(whole.update, view[:n])
             for off in range(0, n - n % page_size, page_size):
-                digest = block_hashes.block_hash(view[off:off + page_size])
+                digest = page_hash(view[off:off + page_size])
                 hashes += digest
                 p = pgno * hl
                 if parent is None or parent[p:p + hl] != digest:
                     changed.append(pgno + 1)
                 pgno += 1
+    if pages is not None and pgno != pages:
+        raise TranslatorError(f"{path} holds {pgno} pages, the database says {pages}")
     return PageScan(whole.hexdigest(), hashes, changed)
 
 
@@ -276,18 +342,45 @@ class SqliteTranslator(DeltaTranslator):
             raise TranslatorError(f"snapshot of {source} fails integrity_check: {meta['integrity_check']}")
         return meta
 
+    @contextlib.contextmanager
+    def _image(self, source: str, snap: str, name: str, parent_state: TranslatorState | None,
+               progress: ProgressCallback | None) -> Iterator[tuple[str, dict]]:
+        """The file to read and its metadata: for an incremental of a WAL-mode database the
+        live file itself, pinned by a read transaction (:func:`_pin_in_place`: no copy, no
+        second pass for checks; the restore runs integrity_check), else a snapshot copy."""
+        usable = (isinstance(parent_state, dict) and parent_state.get("format") == STATE_FORMAT
+                  and parent_state.get("name") == name)
+        conn = _pin_in_place(source) if usable else None
+        if conn is None:
+            yield snap, self._snapshot(source, snap, name, progress)
+            return
+        try:
+            try:
+                meta = _describe(conn, checks=False)
+            except sqlite3.Error as exc:
+                raise TranslatorError(f"cannot read {source}: {exc}") from None
+            if meta["page_size"] != parent_state.get("page_size"):  # type: ignore[union-attr]
+                conn.close()  # every page differs: a checked baseline from a snapshot
+                conn = None
+                yield snap, self._snapshot(source, snap, name, progress)
+            else:
+                yield source, meta
+        finally:
+            if conn is not None:
+                conn.close()
+
     def backup(self, source: str, parent_state: TranslatorState | None, writer: PaxWriter, *,
                progress: ProgressCallback | None = None) -> BackupResult:
         self.validate_source(source)
         name = os.path.basename(source)
         st = os.stat(source)
-        with tempfile.TemporaryDirectory(prefix="ebm-sqlite-") as tmp:
-            snap = os.path.join(tmp, name)
-            meta = self._snapshot(source, snap, name, progress)
+        with tempfile.TemporaryDirectory(prefix="ebm-sqlite-") as tmp, \
+                self._image(source, os.path.join(tmp, name), name, parent_state,
+                            progress) as (snap, meta):
             meta["name"] = name
             meta["source"] = os.path.abspath(source)
             parent = _parent_hashes(parent_state, name, meta["page_size"])
-            scan = scan_pages(snap, meta["page_size"], parent)
+            scan = scan_pages(snap, meta["page_size"], parent, meta["page_count"])
             meta["sha256"] = scan.sha256
             base = {"page_size": meta["page_size"], "page_count": meta["page_count"],
                     "sha256": scan.sha256, "hashes": block_hashes.encode(scan.hashes)}
@@ -356,7 +449,8 @@ class SqliteTranslator(DeltaTranslator):
                      progress: ProgressCallback | None = None) -> BackupResult:
         """The merged database written as a baseline; the state (page hashes included) is the
         last incremental's, since the bytes are the same."""
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        if not isinstance(state, dict) or state.get("format") not in (STATE_FORMAT,
+                                                                      "ebm-sqlite-state/2"):
             raise TranslatorError("the chain's last state is not an SQLite page state")
         name = state["name"]
         db = Path(workdir) / name

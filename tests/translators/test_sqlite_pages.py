@@ -5,6 +5,7 @@ mode, VACUUM shrinking the file and a page-size change."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from pax_helpers import entries
 from pax_helpers import run_backup as backup
 
+from translators import sqlite as sqlite_translator
 from translators.base import TranslatorError, apply_chain
 from translators.page_delta import HEADER_SIZE
 from translators.sqlite import SqliteTranslator, delta_member
@@ -131,4 +133,35 @@ def test_one_percent_of_the_pages_gives_a_delta_near_one_percent(tmp_path):
     size = r0.state["size"]
     assert len(a1) < 0.02 * size, (len(a1), size)  # ~1% of pages + page 1 + metadata
     check_restored(restore_chain(t, [a0, a1], tmp_path / "r") / "big.db", r1.state["sha256"])
+    conn.close()
+
+
+def test_wal_incremental_reads_the_live_file_pinned_against_writers(tmp_path, monkeypatch):
+    """A WAL-mode incremental reads the database file in place, inside a read transaction:
+    a commit and a checkpoint attempt while it hashes must not reach its bytes."""
+    db = tmp_path / "live.db"
+    conn = make_db(db)
+    t = SqliteTranslator()
+    a0, r0 = backup(t, db)
+    conn.execute("UPDATE t SET v=? WHERE id=7", (b"before",))
+    conn.commit()
+    real_scan = sqlite_translator.scan_pages
+
+    def scan_while_writing(*args, **kw):
+        conn.execute("UPDATE t SET v=? WHERE id=7", (b"after",))
+        conn.commit()
+        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # may not write the pinned file
+        return real_scan(*args, **kw)
+
+    monkeypatch.setattr(sqlite_translator, "scan_pages", scan_while_writing)
+    a1, r1 = backup(t, db, r0.state)
+    monkeypatch.undo()
+    meta = next(json.loads(d.read()) for e, d in entries(a1) if e.path.endswith(".json"))
+    assert meta["kind"] == "delta" and meta["integrity_check"] == "not run (in place)"
+    a2, r2 = backup(t, db, r1.state)
+    for n, chain, want in ((1, [a0, a1], b"before"), (2, [a0, a1, a2], b"after")):
+        out = restore_chain(t, chain, tmp_path / f"r{n}") / "live.db"
+        check_restored(out, (r1, r2)[n - 1].state["sha256"])
+        with sqlite3.connect(out) as restored:
+            assert restored.execute("SELECT v FROM t WHERE id=7").fetchone()[0] == want
     conn.close()
