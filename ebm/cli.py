@@ -28,7 +28,14 @@ from ebm.controller import BackupRequest, next_run, parse_schedule
 from vtl.access import apply_umask
 from vtl.cli.completion import command as completion_command
 from vtl.cli.errors import EPILOG, CliError, OperationFailed
-from vtl.cli.formatting import human_duration, human_size, human_time
+from vtl.cli.formatting import (
+    human_duration,
+    human_rate,
+    human_size,
+    human_time,
+    iso_time,
+    mode_text,
+)
 from vtl.cli.group import OneLineErrorsGroup
 from vtl.cli.manpage import command as manpage_command
 from vtl.cli.version import version_option
@@ -179,23 +186,35 @@ def emit(data: Any, human: Callable[[], None]) -> None:
         human()
 
 
+def backup_json(b: Backup) -> dict[str, Any]:
+    """A backup for ``--json``: its catalog fields, times as ISO 8601 (``iso_time``)."""
+    return {**b.to_json(), "started": iso_time(b.started), "finished": iso_time(b.finished)}
+
+
+def _summary_rate(nbytes: int, secs: float) -> str:
+    """`` (12.5 MiB/s)`` after a summary's size and duration, as the progress bar showed it."""
+    return f" ({human_rate(nbytes / secs)})" if secs > 0 else ""
+
+
 @contextlib.contextmanager
 def progress_bar(what: str) -> Iterator[Callable[[int, int | None], None] | None]:
-    """A rich bar with rate and ETA, only on a terminal and not with --json."""
+    """A rich bar with rate and ETA, only on a terminal and not with --json. Sizes and rate in
+    the units of every summary (``vtl.cli.formatting``: MiB, MiB/s), not rich's decimal MB."""
     if S.json or not sys.stderr.isatty():
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
+    from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 
-    cols = [TextColumn(what), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-            TimeRemainingColumn()]
+    class Bytes(ProgressColumn):
+        def render(self, task: Any) -> Any:
+            total = f" / {human_size(int(task.total))}" if task.total is not None else ""
+            return f"{human_size(int(task.completed))}{total}"
+
+    class Rate(ProgressColumn):
+        def render(self, task: Any) -> Any:
+            return human_rate(task.speed)
+
+    cols = [TextColumn(what), BarColumn(), Bytes(), Rate(), TimeRemainingColumn()]
     with Progress(*cols, console=errc(), transient=True) as p:
         task = p.add_task(what, total=None)
         last = [0.0]
@@ -329,7 +348,7 @@ def backup(
     with progress_bar(f"backup {dataset}") as cb:
         b = ebm.backup(req, progress=cb, retries=retries)
     secs = time.monotonic() - t0
-    result: dict[str, Any] = {**b.to_json(), "seconds": round(secs, 3),
+    result: dict[str, Any] = {**backup_json(b), "seconds": round(secs, 3),
                               "volumes": [v.barcode for v in ebm.catalog.volumes(b.id)]}
     if verify:
         from ebm.verify import verify_backup
@@ -341,7 +360,7 @@ def backup(
     why_full = b.options.get("full_reason") if b.level == "full" else None
     emit(result, lambda: out().print(
         f"backup {b.uuid} ({b.level}) of {dataset}: {b.nfiles} entries, {human_size(b.size)} in "
-        f"{human_duration(secs)} on {', '.join(result['volumes'])}"
+        f"{human_duration(secs)}{_summary_rate(b.size, secs)} on {', '.join(result['volumes'])}"
         + ("" if not verify else (" - verified OK" if result["verify"]["ok"] else " - VERIFY FAILED"))
         + (f"\nfull: {why_full}" if why_full else ""), highlight=False, markup=False))
     warns = b.options.get("warnings") or []
@@ -373,11 +392,11 @@ def consolidate(
         b = do_consolidate(ebm, dataset, passphrase_file=passphrase_file, key_file=key_file,
                            compress=not no_compress, progress=cb, drive_key=drive_key)
     secs = time.monotonic() - t0
-    result = {**b.to_json(), "seconds": round(secs, 3),
+    result = {**backup_json(b), "seconds": round(secs, 3),
               "volumes": [v.barcode for v in ebm.catalog.volumes(b.id)]}
     emit(result, lambda: out().print(
         f"backup {b.uuid} (full) of {dataset}: {b.nfiles} entries, {human_size(b.size)} in "
-        f"{human_duration(secs)} on {', '.join(result['volumes'])}\nfull: {b.options['full_reason']}",
+        f"{human_duration(secs)}{_summary_rate(b.size, secs)} on {', '.join(result['volumes'])}\nfull: {b.options['full_reason']}",
         highlight=False, markup=False))
 
 
@@ -415,7 +434,7 @@ def dataset_list() -> None:
     for r in rows:
         last = ebm.catalog.last_good(r["name"])
         r["last_backup"] = last.uuid if last else None
-        r["last_time"] = human_time(last.started) if last else None
+        r["last_time"] = iso_time(last.started) if last else None
         # a dataset property: every backup of it is encrypted (see Ebm.dataset_secret)
         r["encrypted"] = bool(json.loads(r["options"] or "{}").get("encryption")
                               or (last is not None and last.encrypted))
@@ -490,7 +509,7 @@ def list_backups(dataset: str = typer.Argument(None), all_states: bool = typer.O
             t.add_row(str(b.id), b.uuid[:8], b.dataset, b.level, human_time(b.started), human_size(b.size),
                       str(b.nfiles), b.state + (" (enc)" if b.encrypted else ""))
         out().print(t)
-    emit([b.to_json() for b in bs], human)
+    emit([backup_json(b) for b in bs], human)
 
 
 @app.command()
@@ -500,7 +519,7 @@ def show(backup_spec: str = typer.Argument(..., metavar="BACKUP")) -> None:
     b = resolve(cat, backup_spec)
     vols = cat.volumes(b.id)
     chain = [c.uuid for c in cat.chain(b)] if b.state == "done" else []
-    data = {**b.to_json(), "chain": chain,
+    data = {**backup_json(b), "chain": chain,
             "volumes": [{k: getattr(v, k) for k in v.__slots__} for v in vols]}
 
     def human() -> None:
@@ -539,11 +558,29 @@ def diff(old: str = typer.Argument(..., metavar="BACKUP_A"),
 
     def human() -> None:
         for c in changes:
-            what = f"  ({', '.join(c.what)})" if c.what else ""
+            what = f"  ({', '.join(_attribute_text(c, k) for k in c.what)})" if c.what else ""
             out().print(f"{marks[c.change]} {printable_path(c.path)}{what}",
                         highlight=False, markup=False)
-    emit([{"change": c.change, "path": c.path, "attributes": list(c.what)} for c in changes],
-         human)
+    emit([_change_json(c) for c in changes], human)
+
+
+def _attribute_text(c: Any, key: str) -> str:
+    """``mode 0644 -> 0600`` for a changed mode (the number, as ``ebm ls`` prints it), else the
+    attribute's name."""
+    if key == "mode" and c.old is not None and c.new is not None:
+        return f"mode {mode_text(c.old.mode)} -> {mode_text(c.new.mode)}"
+    return key
+
+
+def _change_json(c: Any) -> dict[str, Any]:
+    """One ``ebm diff --json`` entry: its mode in B (in A when removed), and A's when it
+    changed."""
+    row = c.new or c.old
+    data = {"change": c.change, "path": c.path, "attributes": list(c.what),
+            "mode": mode_text(row.mode) if row else None}
+    if "mode" in c.what and c.old is not None:
+        data["old_mode"] = mode_text(c.old.mode)
+    return data
 
 
 @app.command()
@@ -556,14 +593,14 @@ def find(pattern: str = typer.Argument(..., help="a name glob (*.txt) or a path 
     if cat is None:
         return
     hits = find_versions(cat, pattern, cat.backups(dataset, ["done"]))
-    data = [{"path": r.path, "kind": r.kind, "size": r.size, "mode": oct(r.mode),
-             "mtime": human_time(r.mtime_ns / 1e9), "backup": b.uuid[:8], "dataset": b.dataset,
-             "started": human_time(b.started)} for b, r in hits]
+    data = [{"path": r.path, "kind": r.kind, "size": r.size, "mode": mode_text(r.mode),
+             "mtime": iso_time(r.mtime_ns / 1e9), "backup": b.uuid[:8], "dataset": b.dataset,
+             "started": iso_time(b.started)} for b, r in hits]
 
     def human() -> None:
         for b, r in hits:
-            out().print(f"{b.uuid[:8]} {b.dataset} {human_time(b.started)}  {r.size:>12} "
-                        f"{human_time(r.mtime_ns / 1e9)} {printable_path(r.path)}",
+            out().print(f"{b.uuid[:8]} {b.dataset} {human_time(b.started)}  {mode_text(r.mode)} "
+                        f"{r.size:>12} {human_time(r.mtime_ns / 1e9)} {printable_path(r.path)}",
                         highlight=False, markup=False)
     emit(data, human)
 
@@ -587,8 +624,8 @@ def ls(backup_spec: str = typer.Argument(..., metavar="BACKUP"),
     if positions:
         for bid in {r.backup for r in rows}:
             pos.update({(bid, p): v for p, v in cat.positions(bid).items()})
-    data = [{"path": r.path, "kind": r.kind, "size": r.size, "mode": oct(r.mode),
-             "mtime": human_time(r.mtime_ns / 1e9), "backup": r.backup,
+    data = [{"path": r.path, "kind": r.kind, "size": r.size, "mode": mode_text(r.mode),
+             "mtime": iso_time(r.mtime_ns / 1e9), "backup": r.backup,
              **({"position": dict(zip(("cartridge", "tape_file", "block", "byte", "object"),
                                       pos.get((r.backup, r.path), ()), strict=False))}
                 if positions else {})} for r in rows]
@@ -599,7 +636,7 @@ def ls(backup_spec: str = typer.Argument(..., metavar="BACKUP"),
             if positions and (r.backup, r.path) in pos:
                 bc, tf, blk, byte, _obj = pos[(r.backup, r.path)]
                 where = f"  [{bc} file {tf} block {blk} +{byte}]"
-            out().print(f"{r.kind[0] if r.kind != 'hardlink' else 'h'} {oct(r.mode)[2:]:>5} "
+            out().print(f"{r.kind[0] if r.kind != 'hardlink' else 'h'} {mode_text(r.mode)} "
                       f"{r.size:>12} {human_time(r.mtime_ns / 1e9)} {printable_path(r.path)}{where}",
                       highlight=False, markup=False)
     emit(data, human)
@@ -651,8 +688,8 @@ def restore(
     emit({"backup": b.uuid, "chain": st.backups, "entries": st.entries, "bytes": st.bytes,
           "blocks_read": st.blocks_read, "seconds": round(secs, 3)},
          lambda: out().print(f"restored {st.entries} entries ({human_size(st.bytes)}) from "
-                           f"{len(st.backups)} backup(s) into {to} in {human_duration(secs)} "
-                           f"({st.blocks_read} blocks read)"))
+                           f"{len(st.backups)} backup(s) into {to} in {human_duration(secs)}"
+                           f"{_summary_rate(st.bytes, secs)}, {st.blocks_read} blocks read"))
 
 
 def _wal_from_tape(ebm: Ebm, b: Backup, options: dict[str, Any], wal_local: bool,
@@ -830,7 +867,7 @@ def schedule_add(dataset: str, spec: str = typer.Argument(..., help="'daily at 0
             "drive_key_file": str(drive_key_file.resolve()) if drive_key_file else None}
     nr = next_run(spec, time.time())
     sid = ebm.catalog.add_schedule(dataset, spec, opts, nr)
-    emit({"id": sid, "next_run": human_time(nr)},
+    emit({"id": sid, "next_run": iso_time(nr)},
          lambda: out().print(f"schedule {sid}: {dataset} {spec!r}, next run {human_time(nr)}"))
 
 
@@ -841,13 +878,14 @@ def schedule_list() -> None:
     if none_yet(cat):
         emit([], lambda: None)
         return
-    rows = [dict(r) for r in cat.schedules()]
+    rows = [{**dict(r), "next_run": iso_time(r["next_run"]), "last_run": iso_time(r["last_run"])}
+            for r in cat.schedules()]
 
     def human() -> None:
         t = table("id", "dataset", "schedule", "next run", "last run", "last result")
         for r in rows:
-            t.add_row(str(r["id"]), r["dataset"], r["spec"], human_time(r["next_run"]),
-                      human_time(r["last_run"]), r["last_result"] or "-")
+            t.add_row(str(r["id"]), r["dataset"], r["spec"], r["next_run"] or "-",
+                      r["last_run"] or "-", r["last_result"] or "-")
         out().print(t)
     emit(rows, human)
 

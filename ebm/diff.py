@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ebm.catalog import Backup, Catalog, FileRow
 
@@ -24,6 +24,8 @@ class Change:
     change: str  # "added", "removed" or "modified"
     path: str
     what: tuple[str, ...] = ()  # for "modified": the attributes that differ
+    old: FileRow | None = field(default=None, compare=False)  # the row in A (None: added)
+    new: FileRow | None = field(default=None, compare=False)  # the row in B (None: removed)
 
 
 def diff_views(old: dict[str, FileRow], new: dict[str, FileRow]) -> list[Change]:
@@ -32,13 +34,13 @@ def diff_views(old: dict[str, FileRow], new: dict[str, FileRow]) -> list[Change]
     for path in sorted(old.keys() | new.keys()):
         a, b = old.get(path), new.get(path)
         if a is None:
-            out.append(Change("added", path))
+            out.append(Change("added", path, new=b))
         elif b is None:
-            out.append(Change("removed", path))
+            out.append(Change("removed", path, old=a))
         else:
             what = tuple(k for k in _COMPARED if getattr(a, k) != getattr(b, k))
             if what:
-                out.append(Change("modified", path, what))
+                out.append(Change("modified", path, what, old=a, new=b))
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fnmatch
+import math
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -61,7 +62,7 @@ def resolve(catalog: Catalog, spec: str) -> Backup:
         when = None if at == "latest" else parse_time(at)
     if catalog.dataset(name) is not None:
         done = [b for b in catalog.backups(name, states=["done"])
-                if when is None or b.started <= when]
+                if when is None or _started_by(b, when)]
         if not done:
             raise UnknownBackup(f"dataset {name!r} has no good backup"
                                 + (f" at or before {at}" if at else ""))
@@ -72,6 +73,13 @@ def resolve(catalog: Catalog, spec: str) -> Backup:
         return catalog.backup(spec)
     except CatalogError:
         raise UnknownBackup(f"no backup or dataset {spec!r}{catalog.empty_note}") from None
+
+
+def _started_by(b: Backup, when: float) -> bool:
+    """Whether ``b`` started at or before ``when``. A whole-second ``when`` names its whole
+    second: listings print times to the second, so ``home@2026-12-03T15:50:07+00:00``
+    copied from ``ebm list`` picks the backup started at 15:50:07.4."""
+    return (b.started if when % 1 else math.floor(b.started)) <= when
 
 
 def parse_time(text: str) -> float:

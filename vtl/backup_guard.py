@@ -11,9 +11,9 @@ catalog file; a library without the EBM simply has none (nothing is guarded then
 from __future__ import annotations
 
 import sqlite3
-import time
 from typing import Any
 
+from vtl.cli.formatting import iso_time
 from vtl.errors import LibraryError
 
 
@@ -36,7 +36,7 @@ def live_backups(conn: sqlite3.Connection, barcode: str) -> list[dict[str, Any]]
 
 def describe(backups: list[dict[str, Any]], most: int = 3) -> str:
     shown = ", ".join(
-        f"{b['dataset']} #{b['id']} of {time.strftime('%Y-%m-%d', time.localtime(b['started']))}"
+        f"{b['dataset']} #{b['id']} of {iso_time(b['started'])}"
         for b in backups[:most])
     return shown + (f" and {len(backups) - most} more" if len(backups) > most else "")
 

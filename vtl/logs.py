@@ -40,13 +40,26 @@ class JournalFormatter(logging.Formatter):
         return f"<{priority}>{text}"
 
 
+class TerminalFormatter(logging.Formatter):
+    """``2026-12-03T15:50:00.123+00:00 INFO vtl.serve: message``: the time as every other
+    time we print (ISO 8601 with the offset, :func:`vtl.cli.formatting.iso_time`)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        from vtl.cli.formatting import iso_time
+
+        return iso_time(record.created, "milliseconds") or ""
+
+
 def configure(level: int, journal: bool | None = None) -> None:
     """Send log records to stderr, formatted for the journal or for a terminal."""
     handler = logging.StreamHandler(sys.stderr)
     if stderr_is_journal() if journal is None else journal:
         handler.setFormatter(JournalFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TerminalFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

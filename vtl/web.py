@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from vtl.cli.formatting import human_duration, human_size, human_time
+from vtl.cli.formatting import human_duration, human_rate, human_size, human_time
 
 log = logging.getLogger("vtl.web")
 
@@ -61,7 +61,7 @@ def render_page(snap: dict[str, Any], speeds: Throughput) -> str:
         drive_rows.append([r["element"], r.get("serial") or "", r["barcode"] or "-", state,
                            human_size(c["bytes_written"]) if c else "-",
                            human_size(c["bytes_read"]) if c else "-",
-                           f"{human_size(int(speed))}/s" if speed is not None else "-",
+                           human_rate(speed),
                            r.get("claimed_by") or ""])
     changer = [[r["element"], r["address"], r["barcode"] or "", r["media"] or "",
                 r["source"] or ""] for r in elements if r["type"] != "data_transfer"]

@@ -1,11 +1,14 @@
 """How ``ebm`` addresses backups and reports (``diff``, ``find`` too): the short id ``ebm list`` prints, ``latest``,
-``DATASET@TIME`` and ``DATASET@latest`` in show/ls/restore/verify; an empty ``ls`` match is an
-empty list; ``--json`` errors as JSON objects; cron schedules with cron's own semantics."""
+``DATASET@TIME`` (a time as listings print it) and ``DATASET@latest`` in show/ls/restore/verify;
+an empty ``ls`` match is an empty list; ``--json`` errors as JSON objects; times as ISO 8601 with
+the offset and modes as octal numbers, in tables and JSON; cron schedules with cron's own
+semantics."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +16,12 @@ from pathlib import Path
 import pytest
 from ebm_helpers import barcodes, make_library, run_cli, write_tree
 
+from ebm.catalog import FileRow
+from ebm.cli import _attribute_text, _change_json
 from ebm.controller import RequestError, next_run
+from ebm.diff import diff_views
+
+ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d$")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +48,7 @@ def test_short_id_latest_and_dataset_at_time(library: Path):
     first, second = ids(library)
     short = first["uuid"][:8]  # what the table of `ebm list` shows
     for spec, want in ((short, first), ("latest", second), ("home@latest", second),
-                       ("home", second), (f"home@{first['started'] + 0.001}", first)):
+                       ("home", second), (f"home@{first['started']}", first)):
         r = run_cli(library, "--json", "show", spec)
         assert r.returncode == 0, (spec, r.stderr)
         assert json.loads(r.stdout)["uuid"] == want["uuid"], spec
@@ -50,6 +58,31 @@ def test_short_id_latest_and_dataset_at_time(library: Path):
     r = run_cli(library, "restore", "latest", "--to", str(library.parent / "r"))
     assert r.returncode == 0, r.stderr
     assert (library.parent / "r" / "a" / "one.txt").read_bytes() == b"one\n"
+
+
+def test_times_are_iso_with_offset_and_modes_octal(library: Path):
+    first, second = ids(library)
+    assert ISO.match(first["started"]) and ISO.match(first["finished"])
+    assert first["started"] in run_cli(library, "list").stdout
+    human = run_cli(library, "show", "latest").stdout
+    assert f"started {second['started']}, finished {second['finished']}" in human
+    (row,) = json.loads(run_cli(library, "--json", "ls", "latest", "a/one.txt").stdout)
+    assert re.fullmatch(r"0[0-7]{3}", row["mode"]) and ISO.match(row["mtime"])
+    line = run_cli(library, "ls", "latest", "a/one.txt").stdout.strip()
+    assert line.split()[:4] == ["f", row["mode"], "4", row["mtime"]]
+    hits = json.loads(run_cli(library, "--json", "find", "one.txt").stdout)
+    assert hits[0]["mode"] == row["mode"] and hits[0]["started"] == first["started"]
+    assert f"{row['mode']} " in run_cli(library, "find", "one.txt").stdout
+
+
+def test_diff_shows_a_mode_change_as_numbers():
+    def row(mode: int) -> FileRow:
+        return FileRow("x", "file", 1, 0, mode, 0, 0, None, 0, 0, False)
+
+    (c,) = diff_views({"x": row(0o100644)}, {"x": row(0o100600)})
+    assert _attribute_text(c, "mode") == "mode 0644 -> 0600"
+    assert _change_json(c) == {"change": "modified", "path": "x", "attributes": ["mode"],
+                               "mode": "0600", "old_mode": "0644"}
 
 
 def test_ls_of_nothing_is_an_empty_list(library: Path):

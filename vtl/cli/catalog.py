@@ -51,13 +51,17 @@ def backup() -> None:
 def list_backups() -> None:
     """The backup copies of the catalog, newest first."""
     from vtl.catalog_backup import copies
+    from vtl.cli.formatting import iso_time
 
-    found = [{"path": str(p), "bytes": p.stat().st_size} for p in copies(settings().root)]
+    found = []
+    for p in copies(settings().root):
+        st = p.stat()
+        found.append({"path": str(p), "bytes": st.st_size, "time": iso_time(st.st_mtime)})
     if settings().json:
         emit_json(found)
         return
     for f in found:
-        console().print(f"{f['path']}  {f['bytes']} bytes", markup=False)
+        console().print(f"{f['time']}  {f['path']}  {f['bytes']} bytes", markup=False)
     console().print(f"{len(found)} backup cop{'y' if len(found) == 1 else 'ies'}",
                     markup=False)
 

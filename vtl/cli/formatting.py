@@ -1,14 +1,20 @@
-"""Sizes, durations and times as both CLIs (``vtl`` and ``ebm``) print and parse them.
+"""Sizes, rates, durations, times and file modes as both CLIs (``vtl`` and ``ebm``), the
+status page and the progress bars print them, and sizes as they parse them.
 
-One module, so that ``64.0 MiB`` or ``2m 05s`` reads the same whichever command printed it.
-Binary units for what we print (a cartridge's capacity is a power of two); both kinds accepted
-on input (``64MiB`` and ``64M`` are binary, ``64MB`` decimal, as the admin wrote it).
+One module, so that ``64.0 MiB``, ``12.5 MiB/s``, ``2m 05s``, ``2026-12-03T15:50:00+00:00``
+or ``0644`` reads the same whichever command printed it, in a table, a progress line or a
+summary. Binary units for every size and rate we print (MiB = 2**20 bytes: a cartridge's
+capacity is a power of two), never decimal MB; both kinds accepted on input (``64MiB`` and
+``64M`` are binary, ``64MB`` decimal, as the admin wrote it). Times are ISO 8601 with the
+local offset, to the second, in human output and ``--json`` alike. Imports nothing heavy:
+``--help`` loads it.
 """
 
 from __future__ import annotations
 
 import re
-import time
+import stat
+from datetime import datetime
 
 from vtl.cli.errors import CliError
 
@@ -59,8 +65,29 @@ def human_duration(seconds: float | None) -> str:
     return f"{whole // 86400}d {whole % 86400 // 3600:02d}h"
 
 
-def human_time(epoch: float | None) -> str:
-    """Local wall-clock time, to the second (``2026-12-03 14:05:09``); None or 0 -> ``-``."""
-    if not epoch:
+def human_rate(bytes_per_second: float | None) -> str:
+    """``13107200.0`` -> ``12.5 MiB/s`` (the unit of :func:`human_size`); None -> ``-``."""
+    if bytes_per_second is None:
         return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+    return f"{human_size(int(bytes_per_second))}/s"
+
+
+def iso_time(epoch: float | None, timespec: str = "seconds") -> str | None:
+    """Seconds since the epoch as ISO 8601 with the local offset, to the second
+    (``2026-12-03T15:50:00+00:00``; a log line: ``timespec="milliseconds"``); None or 0
+    (never) -> None (``null`` in JSON)."""
+    if not epoch:
+        return None
+    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec=timespec)
+
+
+def human_time(epoch: float | None) -> str:
+    """:func:`iso_time` for a table cell: ``-`` when there is no time."""
+    return iso_time(epoch) or "-"
+
+
+def mode_text(mode: int) -> str:
+    """The permission bits of ``st_mode`` as four octal digits (``0o100644`` -> ``0644``;
+    setuid, setgid and sticky in the first), as ``ebm ls``, ``find`` and ``diff`` print them
+    and ``--json`` gives them (the file type is the entry's ``kind``)."""
+    return f"{stat.S_IMODE(mode):04o}"

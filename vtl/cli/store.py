@@ -10,6 +10,7 @@ import typer
 
 from vtl.cli.common import console, emit_json, open_library, say, settings
 from vtl.cli.errors import CliError
+from vtl.cli.formatting import human_size
 
 app = typer.Typer(help="The chunk store of a dedup library: stats, garbage collection.",
                   no_args_is_help=True)
@@ -32,14 +33,6 @@ def _store_dirs(lib: Any) -> tuple[Any, Path]:
     return ChunkStore(root), lib.root / CARTRIDGE_DIR
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024
-    return str(n)
-
-
 @app.command()
 def stats() -> None:
     """Logical bytes on the cartridges against bytes stored: dedup and compression ratios."""
@@ -58,9 +51,9 @@ def stats() -> None:
         emit_json(data)
         return
     console().print(
-        f"{s.cartridges} cartridge(s): {_size(s.logical_bytes)} logical, "
-        f"{_size(s.unique_bytes)} distinct in {s.chunks} chunk(s), "
-        f"{_size(s.stored_bytes)} stored in {s.chunk_files} chunk file(s)\n"
+        f"{s.cartridges} cartridge(s): {human_size(s.logical_bytes)} logical, "
+        f"{human_size(s.unique_bytes)} distinct in {s.chunks} chunk(s), "
+        f"{human_size(s.stored_bytes)} stored in {s.chunk_files} chunk file(s)\n"
         f"dedup {s.dedup_ratio:.2f}x, compression {s.compression_ratio:.2f}x, "
         f"total {s.total_ratio:.2f}x", markup=False)
 
@@ -80,7 +73,7 @@ def gc(
             r = collect(store, cartridges, timeout=timeout)
         except StoreBusy as exc:
             raise CliError(str(exc)) from None
-    say(f"freed {r.chunks_freed} chunk(s), {_size(r.bytes_freed)}; kept {r.chunks_kept}",
+    say(f"freed {r.chunks_freed} chunk(s), {human_size(r.bytes_freed)}; kept {r.chunks_kept}",
         {"chunks_freed": r.chunks_freed, "bytes_freed": r.bytes_freed,
          "chunks_kept": r.chunks_kept, "temporaries_freed": r.temporaries_freed})
 
@@ -121,7 +114,7 @@ def push(
     with open_library(readonly=True) as lib:
         store, _cartridges = _store_dirs(lib)
         r = push_chunks(store, client, bucket, prefix)
-    say(f"uploaded {r.uploaded} chunk(s), {_size(r.bytes_uploaded)}; {r.already_there} "
+    say(f"uploaded {r.uploaded} chunk(s), {human_size(r.bytes_uploaded)}; {r.already_there} "
         "already there", {"uploaded": r.uploaded, "bytes_uploaded": r.bytes_uploaded,
                           "already_there": r.already_there})
 
