@@ -123,6 +123,7 @@ def final_view(catalog: Catalog, chain: list[Backup],
     plain = _plain(with_shown_names(patterns))
     exact: list[str] = []
     if plain is not None:
+        exact.append(".")  # the root: a restore into a new --to gives it its recorded mode
         for p in plain:
             parts = p.split("/")
             exact += ["/".join(parts[: i + 1]) for i in range(len(parts))]
@@ -139,12 +140,17 @@ def final_view(catalog: Catalog, chain: list[Backup],
     return view
 
 
-def _parent_dirs(view: dict[str, FileRow], selected: list[FileRow]) -> list[FileRow]:
+def _parent_dirs(view: dict[str, FileRow], selected: list[FileRow],
+                 new_target: bool) -> list[FileRow]:
     """The recorded directories above the selected entries (not selected themselves): a path
     restore gives them their mode, owner and times (:func:`_set_dir_metadata`) instead of
-    leaving the translator's bare 0700 ``mkdir``."""
+    leaving the translator's bare 0700 ``mkdir``; the root ``.`` too when the restore made
+    the target directory (one that existed keeps what its owner gave it)."""
     chosen = {r.path for r in selected}
     parents: dict[str, FileRow] = {}
+    root = view.get(".")
+    if new_target and "." not in chosen and root is not None and root.kind == "dir":
+        parents["."] = root
     for r in selected:
         parts = r.path.split("/")[:-1]
         for i in range(len(parts)):
@@ -160,11 +166,13 @@ def _set_dir_metadata(target: Path, rows: list[FileRow]) -> None:
     (no tape read), deepest first so a parent's mtime is set after its children's. A path
     that is not a real directory inside ``target`` is left alone."""
     top = os.path.realpath(target)
-    for row in sorted(rows, key=lambda r: r.path.count("/"), reverse=True):
-        path = os.path.join(target, row.path)
+    for row in sorted(rows, key=lambda r: -1 if r.path == "." else r.path.count("/"),
+                      reverse=True):
+        path = os.path.normpath(os.path.join(target, row.path))
         try:
             st = os.lstat(path)
-            if not stat.S_ISDIR(st.st_mode) or not os.path.realpath(path).startswith(top + os.sep):
+            real = os.path.realpath(path)
+            if not stat.S_ISDIR(st.st_mode) or not (real == top or real.startswith(top + os.sep)):
                 continue
             if os.geteuid() == 0:
                 os.lchown(path, row.uid, row.gid)
@@ -281,7 +289,7 @@ def restore(catalog: Catalog, library: Library, translator_loader: Callable[[str
     selected = [r for p, r in view.items() if matches(p, patterns or [])]
     if patterns and not selected:
         raise RestoreError(f"nothing in backup {backup.uuid} matches {' '.join(patterns)}")
-    parents = _parent_dirs(view, selected) if patterns else []
+    parents = _parent_dirs(view, selected, not target.exists()) if patterns else []
     total = sum(r.size for r in selected)
     stats = RestoreStats([b.uuid for b in chain])
     target.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """``ebm backup --exclude/--exclude-file`` (kept for the dataset's later runs), and a path
-restore that gives the file's parent directories their recorded mode and times."""
+restore that gives the file's parent directories, and the ``--to`` directory it makes, their
+recorded mode and times."""
 
 from __future__ import annotations
 
@@ -48,9 +49,11 @@ def test_path_restore_gives_parents_their_recorded_metadata(tmp_path: Path):
     write_tree(src, {"alice/docs/notes.txt": b"hello\n", "bob/x": b"x"})
     os.chmod(src / "alice", 0o751)
     os.chmod(src / "alice" / "docs", 0o755)
+    os.chmod(src, 0o750)
     old = 1_600_000_000
     os.utime(src / "alice" / "docs", (old, old))
     os.utime(src / "alice", (old + 60, old + 60))
+    os.utime(src, (old + 120, old + 120))
     make_library(root, barcodes(2)).close()
     assert run_cli(root, "backup", "home", "--source", str(src), "--pool", "pool").returncode == 0
     (src / "bob" / "y").write_bytes(b"y")  # an incremental above, parents from the baseline
@@ -59,8 +62,15 @@ def test_path_restore_gives_parents_their_recorded_metadata(tmp_path: Path):
     r = run_cli(root, "restore", "home", "--to", str(out), "--path", "alice/docs/notes.txt")
     assert r.returncode == 0, r.stderr
     assert (out / "alice/docs/notes.txt").read_bytes() == b"hello\n"
-    for rel, mode, mtime in (("alice", 0o751, old + 60), ("alice/docs", 0o755, old)):
+    # the --to the restore made: the recorded root's mode, not the 0700 of ebm's 077 umask
+    for rel, mode, mtime in ((".", 0o750, old + 120), ("alice", 0o751, old + 60),
+                             ("alice/docs", 0o755, old)):
         st = os.stat(out / rel)
         assert stat.S_IMODE(st.st_mode) == mode, rel
         assert int(st.st_mtime) == mtime, rel
     assert not (out / "bob").exists()
+    mine = tmp_path / "mine"  # a --to that exists keeps the mode its owner gave it
+    mine.mkdir(mode=0o700)
+    r = run_cli(root, "restore", "home", "--to", str(mine), "--path", "bob")
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE(os.stat(mine).st_mode) == 0o700 and (mine / "bob/y").exists()
