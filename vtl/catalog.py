@@ -40,7 +40,7 @@ from vtl import CATALOG_NAME as CATALOG_NAME  # re-exported: vtl.library names i
 from vtl.errors import CatalogDamaged, LibraryError
 
 SCHEMA_COMPONENT = "vtl"
-SCHEMA_VERSION = 2  # 2: cartridges.open_since
+SCHEMA_VERSION = 3  # 2: cartridges.open_since; 3: cartridges.native_bytes
 BUSY_TIMEOUT_S = 30.0
 
 # Bareos-like media states. The library sets scratch/append/full from what is on tape; the
@@ -94,7 +94,8 @@ CREATE TABLE IF NOT EXISTS cartridges (
     last_read TEXT,
     last_mounted TEXT,
     label TEXT,
-    open_since TEXT             -- set while a drive has it open, left set by a crash
+    open_since TEXT,            -- set while a drive has it open, left set by a crash
+    native_bytes INTEGER        -- data bytes written, before compression (NULL: not yet counted)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS cartridges_address ON cartridges(address)
     WHERE address IS NOT NULL;
@@ -287,6 +288,8 @@ class MediaCatalog:
                 )
             if 0 < have < 2:  # before CREATE TABLE IF NOT EXISTS, which would skip the column
                 self.conn.execute("ALTER TABLE cartridges ADD COLUMN open_since TEXT")
+            if 0 < have < 3:  # counted at each cartridge's next unmount (Library.cartridge_stats)
+                self.conn.execute("ALTER TABLE cartridges ADD COLUMN native_bytes INTEGER")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self.conn.execute(statement)
@@ -298,7 +301,7 @@ class MediaCatalog:
                     )
             if have < SCHEMA_VERSION:
                 self.set_schema_version(SCHEMA_COMPONENT, SCHEMA_VERSION)
-            # future: `if 0 < have < 3: ALTER TABLE ...` steps go above, in order.
+            # future: `if 0 < have < 4: ALTER TABLE ...` steps go above, in order.
 
     def _has_versions(self) -> bool:
         return self.conn.execute(

@@ -264,6 +264,7 @@ def _create_one(
                     "path": str(path.relative_to(lib.root)),
                     "address": address,
                     "home_address": address,
+                    "native_bytes": 0,
                 }
             )
             lib.catalog.log("create", barcode, dst=address,
@@ -310,7 +311,7 @@ def erase_cartridge(lib: Library, barcode: str) -> None:
             finally:
                 cart.close()
             lib.catalog.update_cartridge(
-                barcode, used_bytes=0, files=0, blocks=0, state="scratch",
+                barcode, used_bytes=0, native_bytes=0, files=0, blocks=0, state="scratch",
                 last_written=now_iso(),
             )
             lib.catalog.log("erase", barcode)

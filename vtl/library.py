@@ -258,8 +258,11 @@ class DriveBay:
 
 
 def cartridge_stats(cart: TapeCartridge) -> dict[str, Any]:
-    """used bytes, objects, tape files and the automatic state of an open cartridge."""
-    stats: dict[str, Any] = {"used_bytes": cart.used_bytes, "blocks": cart.eod}
+    """used bytes (on the medium, compressed), native bytes (as written: their ratio is the
+    compression ``vtl status`` shows), objects, tape files and the automatic state of an
+    open cartridge."""
+    stats: dict[str, Any] = {"used_bytes": cart.used_bytes, "blocks": cart.eod,
+                             "native_bytes": sum(f.native_bytes for f in cart.tape_files())}
     stats["files"] = tape_files(cart)
     if cart.eod == 0:
         stats["state"] = "scratch"

@@ -5,6 +5,7 @@ the page rendered by headless Chromium (screenshot kept with the test's files)."
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 from iscsi_support import RawInitiator
 from served_library import free_port, start, vtl
+
+from vtl.library import Library
 
 IQN = "iqn.2026-11.org.vtl-ebm:webtest"
 VTL = str(Path(sys.executable).with_name("vtl"))
@@ -47,7 +50,24 @@ def test_status_shows_capacity_totals(root: Path):
     assert "pool daily: 3 cartridge(s)" in out
     cap = json.loads(vtl(root, "status", "--json").stdout)["capacity"]
     assert cap["pools"]["daily"] == {"cartridges": 3, "capacity": 3 << 21, "used": 0,
-                                     "free": 3 << 21}
+                                     "free": 3 << 21, "written": 0, "compression_ratio": None,
+                                     "uncounted": 0}
+    # 256 KiB of text and 64 KiB of noise written through a drive: the catalog counts the
+    # native bytes at the unmount, and the ratio is written / on the medium.
+    with Library.open(root) as lib:
+        cart = lib.drives[0].mount()
+        for _ in range(4):
+            cart.write_block(b"all work and no play " * 3120)
+        cart.write_filemarks(1)
+        cart.write_block(os.urandom(65536))
+        lib.drives[0].unmount()
+    cap = json.loads(vtl(root, "status", "--json").stdout)["capacity"]
+    t = cap["pools"]["daily"]
+    assert t["written"] == 4 * 65520 + 65536 and t["uncounted"] == 0
+    assert t["compression_ratio"] == round(t["written"] / t["used"], 3) and t[
+        "compression_ratio"] > 2
+    assert cap["library"]["compression_ratio"] == t["compression_ratio"]
+    assert f"compression {t['compression_ratio']:.2f}:1" in vtl(root, "status").stdout
 
 
 def test_vtl_web_page_and_metrics(root: Path, tmp_path: Path):

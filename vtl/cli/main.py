@@ -170,11 +170,11 @@ def _element_rows(lib: Any) -> list[dict[str, Any]]:
 
 @app.command()
 def status() -> None:
-    """Show every element: transport, mailslots, drives (serials, loaded cartridges), slots."""
+    """Show every element: transport, mailslots, drives (serials, loaded cartridges), slots;
+    then capacity of the library and each pool: used, free, written and compression."""
     from rich.table import Table
 
-    from vtl.capacity import capacity_totals
-    from vtl.cli.formatting import human_size
+    from vtl.capacity import capacity_totals, totals_line
 
     with open_library(readonly=True) as lib:
         rows = _element_rows(lib)
@@ -199,9 +199,7 @@ def status() -> None:
                         markup=False)
         for name, t in [("library", totals["library"]),
                         *((f"pool {p}", v) for p, v in totals["pools"].items())]:
-            console().print(f"{name}: {t['cartridges']} cartridge(s), {human_size(t['used'])} "
-                            f"used, {human_size(t['free'])} free of "
-                            f"{human_size(t['capacity'])}", markup=False, highlight=False)
+            console().print(totals_line(name, t), markup=False, highlight=False)
 
 
 @app.command()
