@@ -159,3 +159,68 @@ def test_a_secret_file_others_may_read_gets_a_warning(root: Path, tmp_path: Path
     r = vtl(root, "target", "acl", "add", HOST_A, "--chap-user", "a", "--chap-secret-file",
             str(secret))
     assert r.stderr == ""
+
+
+def test_a_new_chap_secret_keeps_the_live_session(root: Path, tmp_path: Path):
+    """Over the project's own initiator (ebm.remote.initiator, CHAP as RFC 7143 12.1.3): a
+    changed secret applies to new logins only; removing the ACL logs the session out."""
+    from ebm.remote.initiator import Chap, Initiator, LoginError, TransportError
+
+    def secret_file(name: str, text: str) -> str:
+        path = tmp_path / name
+        path.write_text(text + "\n")
+        path.chmod(0o600)
+        return str(path)
+
+    def login(secret: str) -> Initiator:
+        return Initiator("127.0.0.1", s.port, IQN, initiator_name=HOST_A,
+                         chap_auth=Chap("host-a", secret), reconnect_attempts=0,
+                         timeout=10).connect()
+
+    def ready(ini: Initiator) -> bool:
+        """TEST UNIT READY on the changer passes (after the UNIT ATTENTION of a new nexus)."""
+        for _ in range(3):
+            r = ini.execute(0, bytes(6))
+            if r.status == 0:
+                return True
+            assert r.sense[2] & 0x0F == 6, r.sense.hex()
+        return False
+
+    def refused(secret: str) -> bool:
+        try:
+            login(secret).close()
+        except LoginError:
+            return True
+        return False
+
+    vtl(root, "target", "acl", "add", HOST_A, "--chap-user", "host-a", "--chap-secret-file",
+        secret_file("old", "host-a-secret-01"))
+    vtl(root, "target", "acl", "add", HOST_C)  # with no ACL left, anyone may log in
+    s = start(root)
+    try:
+        live = login("host-a-secret-01")
+        assert ready(live)
+        assert "applied to the running vtl serve" in vtl(
+            root, "target", "acl", "add", HOST_A, "--chap-user", "host-a",
+            "--chap-secret-file", secret_file("new", "host-a-secret-02")).stdout
+        assert wait_for(lambda: refused("host-a-secret-01"))  # the reload has happened
+        fresh = login("host-a-secret-02")
+        assert ready(fresh)
+        assert ready(live) and live.reconnects == 0
+        assert len(sessions(root)) == 2
+        # The ACL removed: both sessions asked to leave, then their connections closed.
+        vtl(root, "target", "acl", "remove", HOST_A)
+
+        def gone(ini: Initiator) -> bool:
+            try:
+                ini.execute(0, bytes(6), timeout=2)
+            except TransportError:
+                return True
+            return False
+        assert wait_for(lambda: gone(live), 10) and wait_for(lambda: gone(fresh), 10)
+        assert wait_for(lambda: sessions(root) == [], 10)
+        live.close()
+        fresh.close()
+    finally:
+        assert s.stop() == 0
+    assert "Traceback" not in s.stderr()
