@@ -9,6 +9,7 @@ are missing or the cluster does not come up in time: tests skip on it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +74,7 @@ log file = {d}/$name.log
 pid file = {d}/run/$name.pid
 keyring = {d}/keyring
 [client.rgw]
-rgw frontends = beast endpoint=127.0.0.1:{rgw_port}
+rgw frontends = beast endpoint=127.0.0.1:{rgw_port} tcp_nodelay=1
 rgw data = {d}/rgw
 rgw enable usage log = false
 """
@@ -93,6 +95,18 @@ class CephCluster:
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.rgw_port}"
+
+    def client(self):
+        """A boto3 S3 client of this cluster's radosgw, as the test user."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+
+    def env(self) -> dict[str, str]:
+        """The environment a ``vtl`` command needs to reach this cluster as the test user."""
+        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+                "VTL_S3_ENDPOINT": self.endpoint}
 
     def _run(self, *args: str, timeout: float = 30) -> str:
         r = subprocess.run([*args], capture_output=True, text=True, timeout=timeout)
@@ -162,11 +176,27 @@ class CephCluster:
                 proc.send_signal(signal.SIGTERM)
         for proc in reversed(self.procs):
             try:
-                proc.wait(timeout=3)  # memstore: nothing to save
+                proc.wait(timeout=1)  # memstore: nothing to save
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
         self.procs.clear()
+
+
+@contextlib.contextmanager
+def running(root: Path) -> Iterator[CephCluster]:
+    """A cluster started for a test module and stopped after it; the test is skipped (with
+    the reason) where Ceph cannot be had."""
+    import pytest
+
+    try:
+        cluster = CephCluster(root).start()
+    except CephUnavailable as exc:
+        pytest.skip(f"no Ceph here: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 if __name__ == "__main__":  # a manual check: how long does it take here?

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ceph_cluster import ACCESS_KEY, SECRET_KEY, CephCluster, CephUnavailable
+from ceph_cluster import running
 
 from tape_formats.cartridge import RecordKind, TapeCartridge
 from tape_formats.media import MEDIA
@@ -23,17 +23,10 @@ boto3 = pytest.importorskip("boto3")
 
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    try:
-        cluster = CephCluster(tmp_path_factory.mktemp("ceph")).start()
-    except CephUnavailable as exc:
-        pytest.skip(f"no Ceph here: {exc}")
-    try:
-        client = boto3.client("s3", endpoint_url=cluster.endpoint, region_name="us-east-1",
-                              aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+    with running(tmp_path_factory.mktemp("ceph")) as cluster:
+        client = cluster.client()
         client.create_bucket(Bucket="vtl")
         yield client
-    finally:
-        cluster.stop()
 
 
 def test_radosgw_refuses_a_second_conditional_put(s3) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ceph_cluster import ACCESS_KEY, SECRET_KEY, CephCluster, CephUnavailable
+from ceph_cluster import CephCluster, running
 from typer.testing import CliRunner
 
 from vtl.cli.main import app
@@ -18,27 +18,17 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    try:
-        cluster = CephCluster(tmp_path_factory.mktemp("ceph")).start()
-    except CephUnavailable as exc:
-        pytest.skip(f"no Ceph here: {exc}")
-    try:
-        boto3.client("s3", endpoint_url=cluster.endpoint, region_name="us-east-1",
-                     aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY
-                     ).create_bucket(Bucket="vault")
-        yield cluster.endpoint
-    finally:
-        cluster.stop()
+def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephCluster]:
+    with running(tmp_path_factory.mktemp("ceph")) as cluster:
+        cluster.client().create_bucket(Bucket="vault")
+        yield cluster
 
 
-def vtl(root: Path, endpoint: str, *args: str):
-    env = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-           "VTL_S3_ENDPOINT": endpoint}
-    return runner.invoke(app, ["--root", str(root), "--json", *args], env=env)
+def vtl(root: Path, endpoint: CephCluster, *args: str):
+    return runner.invoke(app, ["--root", str(root), "--json", *args], env=endpoint.env())
 
 
-def test_push_drop_pull_reads_back(endpoint: str, tmp_path: Path) -> None:
+def test_push_drop_pull_reads_back(endpoint: CephCluster, tmp_path: Path) -> None:
     root = tmp_path / "lib"
     assert vtl(root, endpoint, "init", "--store", "dedup", "--drives", "1", "--slots", "2"
                ).exit_code == 0
