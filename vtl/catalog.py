@@ -40,7 +40,8 @@ from vtl import CATALOG_NAME as CATALOG_NAME  # re-exported: vtl.library names i
 from vtl.errors import CatalogDamaged, LibraryError
 
 SCHEMA_COMPONENT = "vtl"
-SCHEMA_VERSION = 3  # 2: cartridges.open_since; 3: cartridges.native_bytes
+# 2: cartridges.open_since; 3: cartridges.native_bytes; 4: cartridges.archived_to
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_S = 30.0
 
 # Bareos-like media states. The library sets scratch/append/full from what is on tape; the
@@ -95,7 +96,8 @@ CREATE TABLE IF NOT EXISTS cartridges (
     last_mounted TEXT,
     label TEXT,
     open_since TEXT,            -- set while a drive has it open, left set by a crash
-    native_bytes INTEGER        -- data bytes written, before compression (NULL: not yet counted)
+    native_bytes INTEGER,       -- data bytes written, before compression (NULL: not yet counted)
+    archived_to TEXT            -- s3://... while the cartridge lives only in the object store
 );
 CREATE UNIQUE INDEX IF NOT EXISTS cartridges_address ON cartridges(address)
     WHERE address IS NOT NULL;
@@ -290,6 +292,8 @@ class MediaCatalog:
                 self.conn.execute("ALTER TABLE cartridges ADD COLUMN open_since TEXT")
             if 0 < have < 3:  # counted at each cartridge's next unmount (Library.cartridge_stats)
                 self.conn.execute("ALTER TABLE cartridges ADD COLUMN native_bytes INTEGER")
+            if 0 < have < 4:
+                self.conn.execute("ALTER TABLE cartridges ADD COLUMN archived_to TEXT")
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     self.conn.execute(statement)
@@ -301,7 +305,7 @@ class MediaCatalog:
                     )
             if have < SCHEMA_VERSION:
                 self.set_schema_version(SCHEMA_COMPONENT, SCHEMA_VERSION)
-            # future: `if 0 < have < 4: ALTER TABLE ...` steps go above, in order.
+            # future: `if 0 < have < 5: ALTER TABLE ...` steps go above, in order.
 
     def _has_versions(self) -> bool:
         return self.conn.execute(

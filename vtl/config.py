@@ -34,6 +34,9 @@ Example::
     mutual_user = ""               # its own mutual CHAP (else the [iscsi] one)
     mutual_secret = ""
     luns = [0, 1]                  # the LUNs it sees (absent: all)
+
+    [s3]                           # the object store for archived cartridges (vtl.s3_settings)
+    location = "s3://vault/lib1"
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from vtl.errors import LibraryError
+from vtl.s3_settings import S3Settings
 
 CONFIG_NAME = "library.toml"
 # Where both CLIs look for the library without --root: $VTL_ROOT, else this.
@@ -184,6 +190,8 @@ class LibraryConfig:
     iscsi: IscsiConfig = field(default_factory=IscsiConfig)
     # Per-initiator access, by initiator IQN (``[acl."IQN"]`` tables; see InitiatorAcl).
     acls: dict[str, InitiatorAcl] = field(default_factory=dict)
+    # The object store for archived cartridges (``[s3]``, vtl.s3_settings).
+    s3: S3Settings = field(default_factory=S3Settings)
 
     # ---- derived identities -------------------------------------------------------------
     def drive_serial(self, index: int) -> str:
@@ -247,6 +255,10 @@ class LibraryConfig:
             raise ConfigError("iscsi mutual_user and mutual_secret must be set together")
         for iqn, acl in self.acls.items():
             acl.validate(iqn)
+        try:
+            self.s3.validate()
+        except LibraryError as e:
+            raise ConfigError(str(e)) from None
         return self
 
     # ---- (de)serialisation ----------------------------------------------------------------
@@ -276,6 +288,8 @@ class LibraryConfig:
         doc["iscsi"] = {f.name: getattr(self.iscsi, f.name) for f in fields(IscsiConfig)}
         if self.acls:
             doc["acl"] = {iqn: acl.to_dict() for iqn, acl in sorted(self.acls.items())}
+        if self.s3.to_dict():
+            doc["s3"] = self.s3.to_dict()
         return doc
 
     @classmethod
@@ -285,6 +299,10 @@ class LibraryConfig:
         addresses = doc.pop("addresses", {}) or {}
         iscsi = doc.pop("iscsi", {}) or {}
         acl_tables = doc.pop("acl", {}) or {}
+        try:
+            s3 = S3Settings.from_dict(doc.pop("s3", {}))
+        except LibraryError as e:
+            raise ConfigError(str(e)) from None
         if not all(isinstance(t, dict) for t in (addresses, iscsi, acl_tables)):
             raise ConfigError("[addresses], [iscsi] and [acl] must be tables")
         acls = {iqn: InitiatorAcl.from_dict(iqn, t) for iqn, t in acl_tables.items()}
@@ -307,7 +325,7 @@ class LibraryConfig:
                 raise ConfigError(f"iscsi.{key} must be a string")
         kwargs = dict(doc)
         kwargs.update({addr_keys[k]: v for k, v in addresses.items()})
-        return cls(**kwargs, iscsi=IscsiConfig(**iscsi), acls=acls).validate()
+        return cls(**kwargs, iscsi=IscsiConfig(**iscsi), acls=acls, s3=s3).validate()
 
     @classmethod
     def load(cls, root: Path) -> LibraryConfig:

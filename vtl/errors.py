@@ -65,3 +65,7 @@ class CartridgeProtected(LibraryError):
 
 class CartridgeMissing(LibraryError):
     """The catalog knows the cartridge but its file is missing or unreadable."""
+
+
+class CartridgeArchived(LibraryError):
+    """The cartridge lives only in the object store; ``vtl cartridge retrieve`` brings it back."""

@@ -18,6 +18,7 @@ from vtl.barcode import parse_barcode
 from vtl.catalog import AUTO_STATES, now_iso
 from vtl.errors import (
     BadBarcode,
+    CartridgeArchived,
     CartridgeInDrive,
     CartridgeMissing,
     CartridgeProtected,
@@ -287,11 +288,20 @@ def _offline(lib: Library, barcode: str) -> dict[str, Any]:
     """The row of a cartridge that must not be in any drive for the next operation."""
     lib.refresh()
     row = lib.cartridge(barcode)
+    refuse_archived(row)
     if row["address"] is not None and lib._is_type(row["address"], ElementType.DATA_TRANSFER):
         raise CartridgeInDrive(
             f"cartridge {barcode} is in {lib.element_name(row['address'])}; unload it first"
         )
     return row
+
+
+def refuse_archived(row: dict[str, Any]) -> None:
+    """CartridgeArchived for a cartridge whose data lives only in the object store."""
+    if row.get("archived_to"):
+        raise CartridgeArchived(
+            f"cartridge {row['barcode']} is archived to {row['archived_to']}; "
+            f"'vtl cartridge retrieve {row['barcode']}' brings it back first")
 
 
 def erase_cartridge(lib: Library, barcode: str) -> None:

@@ -36,6 +36,7 @@ from vtl.catalog import AUTO_STATES, CATALOG_NAME, MediaCatalog, now_iso
 from vtl.config import CONFIG_NAME, ConfigError, ConfigFileError, LibraryConfig
 from vtl.errors import (
     BadBarcode,
+    CartridgeArchived,
     CartridgeBusy,
     CartridgeInDrive,
     CartridgeMissing,
@@ -592,7 +593,12 @@ class Library:
         return element
 
     def cartridge_path(self, barcode: str) -> Path:
-        return self.root / self.cartridge(barcode)["path"]
+        """The cartridge's local file; CartridgeArchived when it lives in the object store."""
+        row = self.cartridge(barcode)
+        if row.get("archived_to"):
+            raise CartridgeArchived(f"cartridge {barcode} is archived to {row['archived_to']}"
+                                    f" ('vtl cartridge retrieve {barcode}' brings it back)")
+        return self.root / row["path"]
 
     # ---- locks and claims ----------------------------------------------------------------
     def _lock_path(self, barcode: str) -> Path:

@@ -57,6 +57,9 @@ def import_cartridge(lib: Library, barcode: str) -> Element:
         element = lib.where(barcode)
         if element is not None:
             raise LibraryError(f"cartridge {barcode} is already in the library ({element.name})")
+        from vtl.inventory import refuse_archived
+
+        refuse_archived(lib.cartridge(barcode))
         free = lib.free(ElementType.IMPORT_EXPORT)
         if not free:
             raise DestinationFull("no free mailslot")

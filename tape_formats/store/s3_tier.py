@@ -5,8 +5,8 @@ A chunk's object name is ``<prefix>/chunks/<hex id>`` and its body is the chunk 
 is (flag byte and payload), so the same bytes verify the same way on either side. Uploads are
 conditional (``If-None-Match: *``): a chunk another gateway or an earlier push already put is
 answered 412 and skipped, never rewritten, so a push never overwrites and can be retried or
-run by several writers at once. ``vtl store push/pull`` run it for a whole store; a library
-setting and ``vtl cartridge archive/retrieve`` are to come (issue 16). The tests run it
+run by several writers at once. ``vtl store push/pull`` run it for a whole store, ``vtl
+cartridge archive/retrieve`` for one cartridge's chunks (vtl/archive.py). The tests run it
 against a real single-node Ceph radosgw (tests/support/ceph_cluster.py).
 """
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tape_formats.store.chunk_store import ChunkStore, StoreError
+from tape_formats.store.s3_objects import ObjectLock, md5_b64
 
 
 @dataclass(slots=True)
@@ -32,8 +33,9 @@ def _key(prefix: str, chunk_id: bytes) -> str:
 
 
 def push(store: ChunkStore, client: Any, bucket: str, prefix: str,
-         ids: Iterable[bytes] | None = None) -> PushReport:
-    """Upload the chunks ``ids`` (default: every chunk of the store) the bucket lacks."""
+         ids: Iterable[bytes] | None = None, *, lock: ObjectLock | None = None) -> PushReport:
+    """Upload the chunks ``ids`` (default: every chunk of the store) the bucket lacks, each
+    with its Content-MD5 (and ``lock``'s retention, for a WORM cartridge's chunks)."""
     from botocore.exceptions import ClientError
 
     report = PushReport()
@@ -43,7 +45,8 @@ def push(store: ChunkStore, client: Any, bucket: str, prefix: str,
         body = path.read_bytes()
         try:
             client.put_object(Bucket=bucket, Key=_key(prefix, cid), Body=body,
-                              IfNoneMatch="*")
+                              IfNoneMatch="*", ContentMD5=md5_b64(body),
+                              **(lock.put_args() if lock else {}))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
                 report.already_there += 1

@@ -33,19 +33,21 @@ def test_schema_wal_and_version(tmp_path: Path) -> None:
     cat.close()
 
 
-def test_a_schema_2_catalog_gains_native_bytes(tmp_path: Path) -> None:
+def test_a_schema_2_catalog_gains_native_bytes_and_archived_to(tmp_path: Path) -> None:
     cat = MediaCatalog(tmp_path / "c.sqlite", create=True)
     cat.insert_cartridge(_row("A00001L8", None))
     cols = [r[1] for r in cat.conn.execute("PRAGMA table_info(cartridges)")]
-    with cat.transaction() as conn:  # the table as schema 2 made it: no native_bytes column
-        conn.execute(f"CREATE TABLE old AS SELECT {', '.join(cols[:-1])} FROM cartridges")
+    assert cols[-2:] == ["native_bytes", "archived_to"]
+    with cat.transaction() as conn:  # the table as schema 2 made it: neither column
+        conn.execute(f"CREATE TABLE old AS SELECT {', '.join(cols[:-2])} FROM cartridges")
         conn.execute("DROP TABLE cartridges")
         conn.execute("ALTER TABLE old RENAME TO cartridges")
     cat.set_schema_version("vtl", 2)
     cat.close()
     cat = MediaCatalog(tmp_path / "c.sqlite")
-    assert cat.schema_version("vtl") == SCHEMA_VERSION == 3
+    assert cat.schema_version("vtl") == SCHEMA_VERSION == 4
     assert cat.cartridge("A00001L8")["native_bytes"] is None  # counted at its next unmount
+    assert cat.cartridge("A00001L8")["archived_to"] is None  # local
     cat.close()
 
 

@@ -1,4 +1,5 @@
-"""``vtl cartridge ...``: create, list, show, import/export, erase, protect, WORM, verify.
+"""``vtl cartridge ...``: create, list, show, import/export, archive/retrieve, erase, protect,
+WORM, verify.
 
 Every command validates all of its input before it changes anything; the library methods it
 calls do the same and roll back a batch that fails half-way.
@@ -35,7 +36,7 @@ ForceOpt = Annotated[bool, typer.Option(
 
 def _row_json(lib: Any, row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
-    out["location"] = lib.element_name(row["address"])
+    out["location"] = row.get("archived_to") or lib.element_name(row["address"])
     out["worm"] = bool(row["worm"])
     out["write_protected"] = bool(row["write_protected"])
     return out
@@ -150,7 +151,7 @@ def list_(
                                              ("STALE", stale)) if on)
             pct = 100.0 * r["used_bytes"] / r["capacity"] if r["capacity"] else 0.0
             table.add_row(
-                r["barcode"], lib.element_name(r["address"]), r["media"],
+                r["barcode"], r.get("archived_to") or lib.element_name(r["address"]), r["media"],
                 f"{human_size(r['used_bytes'])} / {human_size(r['capacity'])} ({pct:.0f}%)",
                 str(r["files"]), r["state"], flags, r["pool"] or "",
             )
@@ -282,6 +283,53 @@ def import_(barcodes: Annotated[list[str], typer.Argument(help="Vaulted cartridg
         done = [(bc, mailslots.import_cartridge(lib, bc).name) for bc in barcodes]
         say("imported " + ", ".join(f"{bc} -> {where}" for bc, where in done),
             {"imported": [{"barcode": bc, "to": where} for bc, where in done]})
+
+
+@app.command()
+def archive(barcodes: Annotated[list[str], typer.Argument(
+                help="Cartridge(s) in a slot, a mailslot or the vault (not in a drive).")],
+            to: Annotated[str | None, typer.Option(
+                "--to", metavar="s3://BUCKET/PREFIX",
+                help="Where to (default: location in library.toml's [s3], or "
+                     "$VTL_S3_LOCATION).")] = None,
+            force: ForceOpt = False) -> None:
+    """Move cartridges to the object store (multipart, checked) and free their local files;
+    endpoint and keys from library.toml's [s3] table or the environment."""
+    from vtl import archive as archives
+    from vtl.cli.s3_access import object_store
+
+    with open_library() as lib, object_store(lib, to) as (client, bucket, prefix):
+        barcodes = [b.upper() for b in barcodes]
+        _check_all_known(lib, barcodes)
+        for bc in barcodes:
+            _guard_backups(lib, bc, "archive it", force)
+        archives.settle(lib, client)
+        done = [archives.archive(lib, bc, client, bucket, prefix, lib.config.s3)
+                for bc in barcodes]
+        say("archived " + ", ".join(
+            f"{r.barcode} -> {r.url} ({human_size(r.bytes_uploaded)} sent)" for r in done),
+            {"archived": [asdict(r) for r in done]})
+
+
+@app.command()
+def retrieve(barcodes: Annotated[list[str], typer.Argument(help="Archived cartridge(s).")]
+             ) -> None:
+    """Bring archived cartridges back from the object store, checked, into free mailslots
+    (the vault when none is free)."""
+    from vtl import archive as archives
+    from vtl.cli.s3_access import object_store
+
+    with open_library() as lib, object_store(lib, None, need_location=False) as (
+            client, _bucket, _prefix):
+        barcodes = [b.upper() for b in barcodes]
+        _check_all_known(lib, barcodes)
+        archives.settle(lib, client)
+        done = []
+        for bc in barcodes:
+            element = archives.retrieve(lib, bc, client)
+            done.append((bc, element.name if element is not None else "vault"))
+        say("retrieved " + ", ".join(f"{bc} -> {where}" for bc, where in done),
+            {"retrieved": [{"barcode": bc, "to": where} for bc, where in done]})
 
 
 def _check_all_known(lib: Any, barcodes: list[str]) -> None:

@@ -64,6 +64,7 @@ _REFUSED = (
 # Damage and failures, even where they subclass a "refused" class above.
 _FAILED = (
     ("vtl.errors", "CartridgeMissing"),
+    ("vtl.archive", "ArchiveFailed"),
     ("vtl.errors", "CatalogDamaged"),
     ("vtl.config", "ConfigFileError"),
 )

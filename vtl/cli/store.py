@@ -12,7 +12,8 @@ from vtl.cli.common import console, emit_json, open_library, say, settings
 from vtl.cli.errors import CliError
 from vtl.cli.formatting import human_size
 
-app = typer.Typer(help="The chunk store of a dedup library: stats, garbage collection.",
+app = typer.Typer(help="The chunk store of a dedup library (stats, garbage collection, S3 "
+                       "push/pull) and settling interrupted archives.",
                   no_args_is_help=True)
 
 
@@ -78,40 +79,24 @@ def gc(
          "chunks_kept": r.chunks_kept, "temporaries_freed": r.temporaries_freed})
 
 
-def _s3_target(url: str, endpoint: str | None) -> tuple[Any, str, str]:
-    """(boto3 client, bucket, prefix) for ``s3://BUCKET/PREFIX``; keys from the environment
-    (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), endpoint from ``--endpoint`` or
-    $VTL_S3_ENDPOINT."""
-    import os
-
-    if not url.startswith("s3://") or not url[5:].split("/", 1)[0]:
-        raise CliError(f"not an S3 location: {url!r} (expected s3://BUCKET/PREFIX)")
-    bucket, _, prefix = url[5:].partition("/")
-    try:
-        import boto3
-    except ImportError:
-        raise CliError("the S3 tier needs boto3 (pip install boto3)") from None
-    endpoint = endpoint or os.environ.get("VTL_S3_ENDPOINT") or None
-    client = boto3.client("s3", endpoint_url=endpoint,
-                          region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
-    return client, bucket, prefix.strip("/")
-
-
 EndpointOpt = Annotated[str | None, typer.Option(
-    help="S3 endpoint URL (default $VTL_S3_ENDPOINT, else AWS); keys from "
-         "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.")]
+    help="S3 endpoint URL (default: library.toml's [s3] endpoint, else $VTL_S3_ENDPOINT, "
+         "else AWS); keys from [s3] or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.")]
+LocationArg = Annotated[str | None, typer.Argument(
+    metavar="[s3://BUCKET/PREFIX]", help="Default: location in library.toml's [s3].")]
 
 
 @app.command()
 def push(
-    location: Annotated[str, typer.Argument(metavar="s3://BUCKET/PREFIX")],
+    location: LocationArg = None,
     endpoint: EndpointOpt = None,
 ) -> None:
     """Copy the store's chunks to an S3 bucket (conditional: a chunk there is not resent)."""
     from tape_formats.store.s3_tier import push as push_chunks
+    from vtl.cli.s3_access import object_store
 
-    client, bucket, prefix = _s3_target(location, endpoint)
-    with open_library(readonly=True) as lib:
+    with open_library(readonly=True) as lib, object_store(lib, location, endpoint=endpoint) as (
+            client, bucket, prefix):
         store, _cartridges = _store_dirs(lib)
         r = push_chunks(store, client, bucket, prefix)
     say(f"uploaded {r.uploaded} chunk(s), {human_size(r.bytes_uploaded)}; {r.already_there} "
@@ -121,15 +106,34 @@ def push(
 
 @app.command()
 def pull(
-    location: Annotated[str, typer.Argument(metavar="s3://BUCKET/PREFIX")],
+    location: LocationArg = None,
     endpoint: EndpointOpt = None,
 ) -> None:
     """Fetch from an S3 bucket every chunk a cartridge references and the store lacks."""
     from tape_formats.store.gc import referenced
     from tape_formats.store.s3_tier import pull as pull_chunks
+    from vtl.cli.s3_access import object_store
 
-    client, bucket, prefix = _s3_target(location, endpoint)
-    with open_library() as lib:
+    with open_library() as lib, object_store(lib, location, endpoint=endpoint) as (
+            client, bucket, prefix):
         store, cartridges = _store_dirs(lib)
         n = pull_chunks(store, client, bucket, prefix, referenced(cartridges, store))
     say(f"fetched {n} chunk(s)", {"fetched": n})
+
+
+@app.command()
+def settle(endpoint: EndpointOpt = None) -> None:
+    """Finish or roll back cartridge archives and retrievals a crash interrupted (the next
+    'vtl cartridge archive' or 'retrieve' does this too)."""
+    from vtl import archive as archives
+    from vtl.cli.s3_access import object_store
+
+    with open_library() as lib:
+        if not archives.pending(lib):
+            say("nothing to settle", {"completed": [], "rolled_back": []})
+            return
+        with object_store(lib, None, endpoint=endpoint, need_location=False) as (client, _b, _p):
+            r = archives.settle(lib, client)
+    say(f"completed {', '.join(r.completed) or 'none'}; rolled back "
+        f"{', '.join(r.rolled_back) or 'none'}",
+        {"completed": r.completed, "rolled_back": r.rolled_back})

@@ -1,0 +1,110 @@
+"""Where a library's object store is and how to reach it: the ``[s3]`` table of library.toml,
+completed from the environment.
+
+Example::
+
+    [s3]
+    location = "s3://vault/lib1"        # bucket and prefix for archived cartridges and chunks
+    endpoint = "http://10.0.0.5:7480"   # absent: $VTL_S3_ENDPOINT, else AWS
+    access_key_id = "..."               # absent: $AWS_ACCESS_KEY_ID (or boto3's own lookup)
+    secret_access_key = "..."           # absent: $AWS_SECRET_ACCESS_KEY
+    part_size = 16777216                # multipart part size (at least 5 MiB)
+    worm_lock = "compliance"            # object lock for WORM cartridges ("" = none)
+    worm_retention_days = 3650
+
+Keys never need to be on a command line: a setting absent from the file comes from the
+environment. This module imports nothing heavy; :meth:`S3Settings.client` imports boto3.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+from vtl.errors import LibraryError
+
+MIN_PART = 5 << 20
+LOCK_MODES = ("", "governance", "compliance")
+
+
+class S3SettingsError(LibraryError):
+    """An [s3] setting that cannot be used; one line naming it."""
+
+
+def split_location(url: str) -> tuple[str, str]:
+    """(bucket, prefix) of ``s3://BUCKET/PREFIX``; S3SettingsError for anything else."""
+    if not isinstance(url, str) or not url.startswith("s3://") or not url[5:].split("/")[0]:
+        raise S3SettingsError(f"not an S3 location: {url!r} (expected s3://BUCKET/PREFIX)")
+    bucket, _, prefix = url[5:].partition("/")
+    return bucket, prefix.strip("/")
+
+
+@dataclass
+class S3Settings:
+    location: str = ""
+    endpoint: str = ""
+    region: str = ""
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    part_size: int = 16 << 20
+    worm_lock: str = ""
+    worm_retention_days: int = 0
+
+    def validate(self) -> S3Settings:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            want = int if f.name in ("part_size", "worm_retention_days") else str
+            if not isinstance(value, want) or isinstance(value, bool):
+                raise S3SettingsError(f"s3.{f.name} must be {'an integer' if want is int else 'a string'}")
+        if self.location:
+            split_location(self.location)
+        if self.part_size < MIN_PART:
+            raise S3SettingsError(f"s3.part_size must be at least {MIN_PART} (5 MiB)")
+        if self.worm_lock not in LOCK_MODES:
+            raise S3SettingsError(f"s3.worm_lock must be governance, compliance or empty, "
+                                  f"not {self.worm_lock!r}")
+        if self.worm_lock and self.worm_retention_days <= 0:
+            raise S3SettingsError("s3.worm_lock needs a positive s3.worm_retention_days")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The non-default settings (an empty table is left out of library.toml)."""
+        default = S3Settings()
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if getattr(self, f.name) != getattr(default, f.name)}
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> S3Settings:
+        if not isinstance(doc, dict):
+            raise S3SettingsError("[s3] must be a table")
+        known = {f.name for f in fields(cls)}
+        for key in doc:
+            if key not in known:
+                raise S3SettingsError(f"unknown setting s3.{key!r}")
+        return cls(**doc).validate()
+
+    # ---- use ------------------------------------------------------------------------------
+    def target(self, location: str | None = None) -> tuple[str, str]:
+        """(bucket, prefix): ``location`` if given, else the configured one."""
+        url = location or self.location or os.environ.get("VTL_S3_LOCATION", "")
+        if not url:
+            raise S3SettingsError("no S3 location: set location in the [s3] table of "
+                                  "library.toml (or $VTL_S3_LOCATION)")
+        return split_location(url)
+
+    def client(self, endpoint: str | None = None) -> Any:
+        """A boto3 S3 client: endpoint and keys from these settings, else the environment."""
+        try:
+            import boto3
+        except ImportError:
+            raise S3SettingsError("the S3 tier needs boto3 (pip install 'vtl-ebm[s3]')") from None
+        env = os.environ
+        kwargs: dict[str, Any] = {
+            "endpoint_url": endpoint or self.endpoint or env.get("VTL_S3_ENDPOINT") or None,
+            "region_name": self.region or env.get("AWS_DEFAULT_REGION", "us-east-1"),
+        }
+        if self.access_key_id:
+            kwargs["aws_access_key_id"] = self.access_key_id
+            kwargs["aws_secret_access_key"] = self.secret_access_key
+        return boto3.client("s3", **kwargs)
