@@ -353,6 +353,11 @@ class Library:
         except BaseException:
             catalog.close()
             raise
+        if config.store == "dedup" and config.s3.location:  # chunks may live in S3
+            from vtl.inventory import STORE_DIR
+            from vtl.s3_settings import attach_chunk_remote
+
+            attach_chunk_remote(root / STORE_DIR, config.s3)
         if not readonly:
             lib.reconcile()
         return lib

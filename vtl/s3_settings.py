@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from vtl.errors import LibraryError
@@ -108,3 +109,13 @@ class S3Settings:
             kwargs["aws_access_key_id"] = self.access_key_id
             kwargs["aws_secret_access_key"] = self.secret_access_key
         return boto3.client("s3", **kwargs)
+
+
+def attach_chunk_remote(store_root: Path, settings: S3Settings) -> None:
+    """Let reads of a dedup library fetch the chunks its local store lacks from the bucket
+    (``<location>/chunks/``), with read-ahead; the client is made at the first miss."""
+    from tape_formats.store.chunk_store import attach_remote
+    from tape_formats.store.s3_tier import S3ChunkRemote
+
+    bucket, prefix = settings.target()
+    attach_remote(store_root, S3ChunkRemote(settings.client, bucket, prefix))

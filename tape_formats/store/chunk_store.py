@@ -21,8 +21,9 @@ import errno
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import zstandard
 
@@ -69,6 +70,33 @@ def _syncfs(fd: int) -> None:
         raise OSError(err, f"syncfs: {os.strerror(err)}")
 
 
+class Remote(Protocol):
+    """Where chunks the local store lacks are fetched from (the S3 tier, s3_tier.py); the
+    local store is then its cache."""
+
+    def fetch(self, store: ChunkStore, chunk_id: bytes) -> bytes:
+        """The chunk file's bytes (flag byte and payload), left in ``store`` as a cached copy;
+        StoreError when the remote lacks it too."""
+        ...
+
+    def prefetch(self, store: ChunkStore, ids: Sequence[bytes]) -> None:
+        """Start fetching those of ``ids`` the store lacks, in the background (read-ahead)."""
+        ...
+
+
+_REMOTES: dict[Path, Remote] = {}
+
+
+def attach_remote(root: Path, remote: Remote | None) -> None:
+    """Make ``remote`` the source of the chunks missing from the store at ``root``, for every
+    ChunkStore opened on it from now on in this process (None: detach)."""
+    key = Path(root).resolve()
+    if remote is None:
+        _REMOTES.pop(key, None)
+    else:
+        _REMOTES[key] = remote
+
+
 class ChunkStore:
     """The chunk files of one store directory."""
 
@@ -77,6 +105,7 @@ class ChunkStore:
         self.chunks = self.root / CHUNKS_DIR
         if not self.chunks.is_dir():
             raise StoreError(f"chunk store {self.root} is missing")
+        self.remote: Remote | None = _REMOTES.get(self.root.resolve()) if _REMOTES else None
         self._made: set[str] = set()
         self._unsynced = 0  # new chunk bytes since the last (background) flush
         self._dir_fd: int | None = None
@@ -140,7 +169,9 @@ class ChunkStore:
             with open(self.path_of(chunk_id), "rb") as f:
                 raw = f.read()
         except FileNotFoundError:
-            raise StoreError(f"chunk {chunk_id.hex()} is missing from {self.root}") from None
+            if self.remote is None:
+                raise StoreError(f"chunk {chunk_id.hex()} is missing from {self.root}") from None
+            raw = self.remote.fetch(self, chunk_id)
         if raw[:1] == bytes((_RAW,)):
             data = raw[1:]
         elif raw[:1] == bytes((_ZSTD,)):

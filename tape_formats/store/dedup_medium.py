@@ -35,6 +35,8 @@ AVG_CHUNK = 32 << 10
 # end is only where the buffer ended, not a content-defined cut).
 CUT_BATCH = 1 << 20
 _CACHE = 4  # decoded chunks kept for reads (a block spans several, a chunk several blocks)
+# Chunks fetched ahead of a read from a remote store (about 1 MiB at 32 KiB a chunk).
+READ_AHEAD = 32
 
 
 class DedupMedium:
@@ -131,6 +133,8 @@ class DedupMedium:
     def _chunk(self, j: int) -> bytes:
         data = self._cache.get(j)
         if data is None:
+            if self._store.remote is not None:  # chunks may live in S3: ask for the next ones
+                self._store.remote.prefetch(self._store, self._ch_ids[j + 1:j + 1 + READ_AHEAD])
             data = self._store.get(self._ch_ids[j], self._ch_len[j], self._dctx)
             if len(self._cache) >= _CACHE:
                 self._cache.pop(next(iter(self._cache)))

@@ -13,8 +13,10 @@ against a real single-node Ceph radosgw (tests/support/ceph_cluster.py).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from tape_formats.store.chunk_store import ChunkStore, StoreError
@@ -26,6 +28,7 @@ class PushReport:
     uploaded: int = 0
     already_there: int = 0
     bytes_uploaded: int = 0
+    in_bucket: list[bytes] = field(default_factory=list)  # ids the bucket now holds
 
 
 def _key(prefix: str, chunk_id: bytes) -> str:
@@ -50,11 +53,29 @@ def push(store: ChunkStore, client: Any, bucket: str, prefix: str,
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
                 report.already_there += 1
+                report.in_bucket.append(cid)
                 continue
             raise
         report.uploaded += 1
         report.bytes_uploaded += len(body)
+        report.in_bucket.append(cid)
     return report
+
+
+def evict(store: ChunkStore, ids: Iterable[bytes]) -> tuple[int, int]:
+    """Delete the local copies of chunks the bucket holds (after a push), so the store is a
+    cache: a read fetches them back (S3ChunkRemote). Returns (files, bytes) freed."""
+    files = freed = 0
+    for cid in ids:
+        path = store.path_of(cid)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        files += 1
+        freed += size
+    return files, freed
 
 
 def pull(store: ChunkStore, client: Any, bucket: str, prefix: str,
@@ -81,3 +102,85 @@ def pull(store: ChunkStore, client: Any, bucket: str, prefix: str,
     if fetched:
         store.sync()
     return fetched
+
+
+class S3ChunkRemote:
+    """The bucket as the source of chunks a read finds missing locally (the Remote of
+    chunk_store.py): a missing chunk is fetched while the reader waits, the next ones of
+    the cartridge (``prefetch``) on a few threads meanwhile, so a restore of one tape file
+    GETs its own chunks and a read-ahead window, not the cartridge. Fetched chunk files stay
+    in the local store (the cache), written as a pushed chunk is read back: whole or not at
+    all. ``gets`` counts the GETs (tests, stats)."""
+
+    def __init__(self, connect: Callable[[], Any], bucket: str, prefix: str,
+                 workers: int = 4) -> None:
+        self._connect = connect
+        self._client: Any = None
+        self.bucket, self.prefix = bucket, prefix
+        self._lock = threading.Lock()
+        self._inflight: dict[bytes, Future] = {}
+        self._seen: set[bytes] = set()  # ids known to be local (checked or fetched)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="chunk-fetch")
+        self.gets = 0
+
+    def _s3(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._connect()
+            return self._client
+
+    def _get(self, store: ChunkStore, cid: bytes) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            body = self._s3().get_object(Bucket=self.bucket, Key=_key(self.prefix, cid)
+                                         )["Body"].read()
+        except ClientError as exc:
+            raise StoreError(f"chunk {cid.hex()} is in neither {store.root} nor "
+                             f"s3://{self.bucket}/{self.prefix}: {exc}") from None
+        with self._lock:
+            self.gets += 1
+        final = store.path_of(cid)
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:  # the cached copy is a convenience: the bytes in hand are the answer
+            final.parent.mkdir(exist_ok=True)
+            tmp.write_bytes(body)
+            os.rename(tmp, final)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+        with self._lock:
+            self._seen.add(cid)
+        return body
+
+    def fetch(self, store: ChunkStore, chunk_id: bytes) -> bytes:
+        with self._lock:
+            pending = self._inflight.get(chunk_id)
+        if pending is not None:
+            try:
+                return pending.result()
+            except Exception:  # a failed read-ahead: try again in the open
+                pass
+        try:  # a read-ahead may have brought it since the caller looked
+            return store.path_of(chunk_id).read_bytes()
+        except FileNotFoundError:
+            return self._get(store, chunk_id)
+
+    def prefetch(self, store: ChunkStore, ids: Sequence[bytes]) -> None:
+        for cid in ids:
+            with self._lock:
+                if cid in self._seen or cid in self._inflight:
+                    continue
+                self._seen.add(cid)
+            if store.has(cid):
+                continue
+            future = self._pool.submit(self._get, store, cid)
+            with self._lock:
+                self._inflight[cid] = future
+            future.add_done_callback(lambda _f, c=cid: self._done(c))
+
+    def _done(self, cid: bytes) -> None:
+        with self._lock:
+            self._inflight.pop(cid, None)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cartridge_io import read_blocks, write_tape_files
 from ceph_cluster import CephCluster, running
 from typer.testing import CliRunner
 
-from tape_formats.cartridge import RecordKind
 from vtl.cli.main import app
 from vtl.library import Library
 
@@ -50,28 +50,17 @@ def make_library(root: Path, cluster: CephCluster, store: str, location: str,
 
 
 def write(root: Path, barcode: str, blocks: list[bytes]) -> None:
-    lib = Library.open(root)
-    try:
-        lib.load(barcode, 0)
-        cart = lib.drives[0].mount()
-        for b in blocks:
-            cart.write_block(b)
-        cart.write_filemarks(1)
-        lib.unload(0)
-    finally:
-        lib.close()
+    write_tape_files(root, barcode, [blocks])
 
 
 def read(root: Path, barcode: str) -> list[bytes]:
     lib = Library.open(root, readonly=True)
     try:
         cart = lib.open_readonly(barcode)
-        got = []
-        while (r := cart.read_block()).kind is not RecordKind.EOD:
-            if r.kind is RecordKind.DATA:
-                got.append(bytes(r.data))
-        cart.close()
-        return got
+        try:
+            return read_blocks(cart)
+        finally:
+            cart.close()
     finally:
         lib.close()
 

@@ -90,18 +90,28 @@ LocationArg = Annotated[str | None, typer.Argument(
 def push(
     location: LocationArg = None,
     endpoint: EndpointOpt = None,
+    evict: Annotated[bool, typer.Option(
+        "--evict", help="Then delete the local copies: reads fetch them back on demand "
+                        "(only to the library's own [s3] location).")] = False,
 ) -> None:
     """Copy the store's chunks to an S3 bucket (conditional: a chunk there is not resent)."""
+    from tape_formats.store.s3_tier import evict as evict_chunks
     from tape_formats.store.s3_tier import push as push_chunks
     from vtl.cli.s3_access import object_store
 
-    with open_library(readonly=True) as lib, object_store(lib, location, endpoint=endpoint) as (
-            client, bucket, prefix):
+    with open_library(readonly=not evict) as lib, object_store(
+            lib, location, endpoint=endpoint) as (client, bucket, prefix):
+        if evict and (bucket, prefix) != lib.config.s3.target():
+            raise CliError("--evict needs the library's own [s3] location (reads fetch "
+                           "evicted chunks from there)")
         store, _cartridges = _store_dirs(lib)
         r = push_chunks(store, client, bucket, prefix)
+        files, freed = evict_chunks(store, r.in_bucket) if evict else (0, 0)
     say(f"uploaded {r.uploaded} chunk(s), {human_size(r.bytes_uploaded)}; {r.already_there} "
-        "already there", {"uploaded": r.uploaded, "bytes_uploaded": r.bytes_uploaded,
-                          "already_there": r.already_there})
+        "already there" + (f"; evicted {files} local cop(ies), {human_size(freed)}"
+                           if evict else ""),
+        {"uploaded": r.uploaded, "bytes_uploaded": r.bytes_uploaded,
+         "already_there": r.already_there, "evicted": files, "bytes_evicted": freed})
 
 
 @app.command()

@@ -1,0 +1,35 @@
+"""Writing and reading a library's cartridge the way a backup does, for store tests: load it
+into drive 0, write tape files (each ended by a filemark), unload; read data blocks back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tape_formats.cartridge import RecordKind, TapeCartridge
+from vtl.library import Library
+
+
+def write_tape_files(root: Path, barcode: str, files: list[list[bytes]]) -> None:
+    """Each list of blocks as one tape file, through drive 0 of the library at ``root``."""
+    lib = Library.open(root)
+    try:
+        lib.load(barcode, 0)
+        cart = lib.drives[0].mount()
+        for blocks in files:
+            for block in blocks:
+                cart.write_block(block)
+            cart.write_filemarks(1)
+        lib.unload(0)
+    finally:
+        lib.close()
+
+
+def read_blocks(cart: TapeCartridge, *, to_filemark: bool = False) -> list[bytes]:
+    """The data blocks from the cartridge's position to end of data (or the next filemark)."""
+    got = []
+    while (rec := cart.read_block()).kind is not RecordKind.EOD:
+        if rec.kind is RecordKind.DATA:
+            got.append(bytes(rec.data))
+        elif to_filemark:
+            break
+    return got

@@ -1,0 +1,77 @@
+"""A dedup library whose chunks live in S3 (pushed, then evicted locally): a read fetches a
+missing chunk from the bucket with read-ahead, so restoring one tape file GETs its own chunks
+and a read-ahead window, not the cartridge's. Against a real single-node Ceph radosgw."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cartridge_io import read_blocks, write_tape_files
+from ceph_cluster import CephCluster, running
+from typer.testing import CliRunner
+
+from tape_formats.store import recipe as recipes
+from tape_formats.store.chunk_store import ChunkStore
+from tape_formats.store.dedup_medium import READ_AHEAD
+from tape_formats.store.medium import recipe_path
+from vtl.cli.main import app
+from vtl.library import Library
+
+pytest.importorskip("boto3")
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephCluster]:
+    with running(tmp_path_factory.mktemp("ceph")) as cluster:
+        cluster.client().create_bucket(Bucket="chunks")
+        yield cluster
+
+
+def vtl(root: Path, cluster: CephCluster, *args: str):
+    return runner.invoke(app, ["--root", str(root), "--json", *args], env=cluster.env())
+
+
+def test_restoring_one_file_gets_only_its_chunks(cluster: CephCluster, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in cluster.env().items():  # the library's own reads reach the bucket too
+        monkeypatch.setenv(key, value)
+    root = tmp_path / "lib"
+    assert vtl(root, cluster, "init", "--store", "dedup", "--drives", "1", "--slots", "2"
+               ).exit_code == 0
+    with open(root / "library.toml", "a") as f:
+        f.write('\n[s3]\nlocation = "s3://chunks/lib"\n')
+    assert vtl(root, cluster, "cartridge", "create", "A00001L8", "--capacity", "64MiB"
+               ).exit_code == 0
+    rng = random.Random(5)
+    files = [[rng.randbytes(64 << 10) for _ in range(24)] for _ in range(4)]  # 1.5 MiB each
+    write_tape_files(root, "A00001L8", files)
+    r = vtl(root, cluster, "store", "push", "--evict")
+    assert r.exit_code == 0, r.output
+    pushed = json.loads(r.stdout)
+    assert pushed["evicted"] == pushed["uploaded"] > 0
+    store = ChunkStore(root / "store")
+    assert not [p for _cid, p in store.chunk_files()]  # nothing local any more
+    total = len(recipes.load(recipe_path(root / "cartridges" / "A00001L8.vtape")).ch_ids)
+
+    lib = Library.open(root, readonly=True)
+    try:
+        cart = lib.open_readonly("A00001L8")
+        remote = ChunkStore(root / "store").remote
+        assert remote is not None
+        third = list(cart.tape_files())[2]
+        cart.locate(third.first_object)
+        assert read_blocks(cart, to_filemark=True) == files[2]
+        per_file = total // len(files)
+        print(f"one file of {len(files)}: {remote.gets} GETs of {total} chunks")
+        assert remote.gets <= per_file + READ_AHEAD + 2 and remote.gets < total * 0.7
+        cart.locate(0)  # the rest of the cartridge comes down as it is read
+        assert read_blocks(cart) == [b for blocks in files for b in blocks]
+        assert remote.gets <= total  # each chunk fetched once, then read from the cache
+        cart.close()
+    finally:
+        lib.close()
