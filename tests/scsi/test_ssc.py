@@ -393,7 +393,7 @@ def test_worm(lib):
     write(d, b"two")
     wfm(d)
     rewind(d)
-    assert good(d, 0x1A, 0, 0, 0, 255, 0)[1] == 0x01  # WORM medium type
+    assert good(d, 0x1A, 0, 0, 0, 255, 0)[1] == 0x8C  # an IBM drive: LTO-8 WORM medium type
     assert good(d, 0x1A, 0x08, 0x1D, 0, 255, 0)[4:7] == bytes([0x1D, 30, 0x01])  # WORMM
     s = check(d, 0x0A, 0, 0, 0, 3, 0, data=b"bad")
     assert s.code == (SenseKey.DATA_PROTECT, 0x30, 0x0C)

@@ -63,9 +63,11 @@ MEDIA_LENGTH_M = {"LTO-3": 680, "LTO-4": 820, "LTO-5": 846, "LTO-6": 846, "LTO-7
 
 
 # The MEDIUM TYPE an IBM LTO drive reports in the mode parameter header for a data cartridge
-# of each generation (0x88: LTO-8); IBM's LTFS checks it against the density before it
-# formats. Other vendors report 0 (and LTFS takes the type from the density for them).
+# of each generation (0x88: LTO-8) and for a WORM one (0x8C; from LTO-3); IBM's LTFS checks
+# it against the density before it formats, and mtx's tapeinfo prints it. Other vendors
+# report 0 for data (and LTFS takes the type from the density for them), 1 for WORM.
 IBM_MEDIUM_TYPE = {f"LTO-{g}": g * 0x10 + 0x08 for g in range(1, 10)}
+IBM_WORM_MEDIUM_TYPE = {f"LTO-{g}": g * 0x10 + 0x0C for g in range(3, 10)}
 
 
 @dataclass(frozen=True, kw_only=True)

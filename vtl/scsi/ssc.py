@@ -64,6 +64,7 @@ from vtl.scsi.identities import (
     BITS_PER_MM,
     DENSITY,
     IBM_MEDIUM_TYPE,
+    IBM_WORM_MEDIUM_TYPE,
     MEDIA_WIDTH_MM_X10,
     NATIVE_CAPACITY_MB,
     TRACKS,
@@ -522,8 +523,9 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         wp = 0
         if cart is not None:
             medium = 0x01 if cart.worm else cart.media.medium_type
-            if not cart.worm and self.identity.vendor == "IBM":
-                medium = IBM_MEDIUM_TYPE.get(cart.media.name, medium)
+            if self.identity.vendor == "IBM":
+                ibm = IBM_WORM_MEDIUM_TYPE if cart.worm else IBM_MEDIUM_TYPE
+                medium = ibm.get(cart.media.name, medium)
             wp = 0x80 if cart.write_protected else 0
         return medium, wp | (self.buffered_mode << 4)
 
