@@ -29,6 +29,7 @@ from ebm.manager import _row, state_from_b64
 from ebm.mover import MoverError, read_trailer_blocks
 from tape_formats.archive.labels import BackupTrailerInfo
 from tape_formats.cartridge import RecordKind, TapeCartridge
+from vtl.barcode import is_cleaning_label
 
 if TYPE_CHECKING:  # vtl is imported only when a command needs the library
     from vtl.library import Library
@@ -113,7 +114,9 @@ def rebuild(catalog: Catalog, library: Library, secret: bytes | None = None,
     res = RebuildResult()
     if barcodes is None:
         library.refresh()
-        barcodes = [el.barcode for el in library.elements() if el.barcode]
+        # a cleaning cartridge holds no backup, and loading it would use up a cleaning
+        barcodes = [el.barcode for el in library.elements()
+                    if el.barcode and not is_cleaning_label(el.barcode)]
         barcodes = sorted(set(barcodes))
     segs: list[Segment] = []
     session = DriveSession(library, "ebm-rebuild")

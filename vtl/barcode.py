@@ -3,7 +3,9 @@ and the backup manager.
 
 A data label is six characters A-Z/0-9 then the media suffix: ``L3``..``L9`` for LTO-3..9
 data cartridges, ``LT``..``LZ`` for their WORM cartridges (``A00001L8``, ``WORM01LY``).
-Cleaning labels (``CLNxxxLx``) are recognised only to be refused with a clear reason. What a
+Cleaning labels (``CLNxxxL1``..``CLNxxxL9``, ``CLNxxxLU`` for universal ones) name cleaning
+cartridges (:mod:`vtl.cleaning`): ``is_cleaning_label`` tells them apart, and
+``parse_barcode`` refuses them with that reason where a data cartridge is needed. What a
 suffix means (generation, capacity, density) is :mod:`tape_formats.media`'s table; this
 module only reads labels.
 """
@@ -38,9 +40,16 @@ def parse_barcode(label: object) -> tuple[str, bool]:
     return mtype.name, worm
 
 
+def is_cleaning_label(label: object) -> bool:
+    """Whether ``label`` names a cleaning cartridge (``CLN001L1``); never raises."""
+    return isinstance(label, str) and _CLEANING_LABEL.match(label) is not None
+
+
 def is_barcode(text: str) -> bool:
-    """Whether ``text`` is a valid data/WORM label (for telling a barcode from an element
-    name); never raises."""
+    """Whether ``text`` is a valid data, WORM or cleaning label (for telling a barcode from
+    an element name); never raises."""
+    if is_cleaning_label(text):
+        return True
     try:
         parse_barcode(text)
     except BadBarcode:
@@ -49,8 +58,10 @@ def is_barcode(text: str) -> bool:
 
 
 def _counted_parts(label: str) -> tuple[str, str, str]:
-    """(prefix, number, suffix) of a valid label: ``A00001L8`` -> ("A", "00001", "L8")."""
-    parse_barcode(label)
+    """(prefix, number, suffix) of a valid label: ``A00001L8`` -> ("A", "00001", "L8"),
+    ``CLN001L1`` -> ("CLN", "001", "L1")."""
+    if not is_cleaning_label(label):
+        parse_barcode(label)
     serial = label[:6]
     prefix = serial.rstrip("0123456789")
     if prefix == serial:

@@ -57,6 +57,7 @@ STATES = (
     "read-only",  # write protected
     "archive",  # kept forever, never recycled
     "disabled",  # not to be used
+    "cleaning",  # a cleaning cartridge (vtl.cleaning): never written, never in a pool
 )
 AUTO_STATES = ("scratch", "append", "full")
 # Events that put a cartridge somewhere (dst; None = the vault) or take it away.

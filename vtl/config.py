@@ -2,7 +2,7 @@
 
 A library is described by ``<root>/library.toml``. The file is small and meant to be read and
 edited by people, so it is loaded with :mod:`tomllib` and written by a tiny writer here (the
-values are only strings, integers and booleans, so a full TOML serializer is not needed).
+values are only strings, numbers and booleans, so a full TOML serializer is not needed).
 Validation happens on load and on save, and each problem is one line, because the CLI prints
 it as ``error: ...``.
 
@@ -26,6 +26,16 @@ Example::
     [iscsi]
     portal = "127.0.0.1:3260"
     target_iqn = "iqn.2026-01.org.vtl-ebm:vtl"
+
+    # When the drives ask for cleaning (TapeAlert 21 CLEAN PERIODIC), and what cleaning takes
+    # (vtl.cleaning). Absent: drives never ask, a cleaning cartridge cleans for 30 s.
+    [cleaning]
+    after_hours = 0                # hours with a cartridge loaded since the last cleaning (0: off)
+    after_loads = 0                # loads since the last cleaning (0: off)
+    seconds = 30                   # how long a cleaning cartridge keeps a drive busy
+    cycles = 50                    # cleanings a new cleaning cartridge (CLNxxxL1) is good for
+    [cleaning.drive1]              # one drive's own after_hours / after_loads
+    after_loads = 100
 
     # One table per initiator allowed in (``vtl target acl add``); with any, only these log in.
     [acl."iqn.1994-05.com.redhat:backup1"]
@@ -167,6 +177,72 @@ class InitiatorAcl:
 
 
 @dataclass
+class CleaningConfig:
+    """When a drive asks for cleaning and what cleaning takes (``[cleaning]``; vtl.cleaning).
+
+    A real LTO drive asks for cleaning from its own wear counters; here the admin chooses
+    the counter: hours with a cartridge loaded (``after_hours``, the stand-in for tape
+    motion hours), loads (``after_loads``), or both (whichever comes first); 0 turns one
+    off, and both are off by default, so drives never ask unless told to. ``drives`` holds
+    per-drive overrides of the two (drive index -> {"after_hours": h, "after_loads": n})."""
+
+    after_hours: float = 0
+    after_loads: int = 0
+    seconds: float = 30
+    cycles: int = 50
+    drives: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    def thresholds(self, drive: int) -> tuple[float, int]:
+        """(after_hours, after_loads) for drive ``drive`` (0-based)."""
+        own = self.drives.get(drive, {})
+        return (own.get("after_hours", self.after_hours),
+                int(own.get("after_loads", self.after_loads)))
+
+    def validate(self) -> None:
+        tables = [("cleaning", {"after_hours": self.after_hours,
+                                "after_loads": self.after_loads})]
+        tables += [(f"cleaning.drive{n}", t) for n, t in sorted(self.drives.items())]
+        for name, table in tables:
+            for key, value in table.items():
+                if key not in ("after_hours", "after_loads"):
+                    raise ConfigError(f"unknown setting {name}.{key}")
+                _check_number(f"{name}.{key}", value, integer=key == "after_loads")
+        _check_number("cleaning.seconds", self.seconds, integer=False, upper=3600)
+        _check_number("cleaning.cycles", self.cycles, integer=True, upper=1000)
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {k: getattr(self, k)
+                               for k in ("after_hours", "after_loads", "seconds", "cycles")}
+        doc.update({f"drive{n}": dict(t) for n, t in sorted(self.drives.items())})
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> CleaningConfig:
+        if not isinstance(doc, dict):
+            raise ConfigError("[cleaning] must be a table")
+        values: dict[str, Any] = {}
+        drives: dict[int, dict[str, float]] = {}
+        for key, value in doc.items():
+            m = re.fullmatch(r"drive(\d{1,2})", key)
+            if m and isinstance(value, dict):
+                drives[int(m.group(1))] = dict(value)
+            elif key in ("after_hours", "after_loads", "seconds", "cycles"):
+                values[key] = value
+            else:
+                raise ConfigError(f"unknown setting cleaning.{key}")
+        config = cls(**values, drives=drives)
+        config.validate()
+        return config
+
+
+def _check_number(name: str, value: Any, *, integer: bool, upper: float = 1_000_000) -> None:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not 0 <= value <= upper:
+        what = "an integer" if integer else "a number"
+        raise ConfigError(f"{name} must be {what} from 0 to {upper:.0f}, not {value!r}")
+
+
+@dataclass
 class LibraryConfig:
     """One library: a changer, ``drives`` drives, ``slots`` slots and ``mailslots`` mailslots."""
 
@@ -192,6 +268,8 @@ class LibraryConfig:
     acls: dict[str, InitiatorAcl] = field(default_factory=dict)
     # The object store for archived cartridges (``[s3]``, vtl.s3_settings).
     s3: S3Settings = field(default_factory=S3Settings)
+    # When drives ask for cleaning, what cleaning takes (``[cleaning]``).
+    cleaning: CleaningConfig = field(default_factory=CleaningConfig)
 
     # ---- derived identities -------------------------------------------------------------
     def drive_serial(self, index: int) -> str:
@@ -259,6 +337,10 @@ class LibraryConfig:
             self.s3.validate()
         except LibraryError as e:
             raise ConfigError(str(e)) from None
+        self.cleaning.validate()
+        for drive in self.cleaning.drives:
+            if drive >= self.drives:
+                raise ConfigError(f"[cleaning.drive{drive}]: the library has no drive {drive}")
         return self
 
     # ---- (de)serialisation ----------------------------------------------------------------
@@ -290,6 +372,8 @@ class LibraryConfig:
             doc["acl"] = {iqn: acl.to_dict() for iqn, acl in sorted(self.acls.items())}
         if self.s3.to_dict():
             doc["s3"] = self.s3.to_dict()
+        if self.cleaning != CleaningConfig():  # absent from older files: the defaults
+            doc["cleaning"] = self.cleaning.to_dict()
         return doc
 
     @classmethod
@@ -303,6 +387,7 @@ class LibraryConfig:
             s3 = S3Settings.from_dict(doc.pop("s3", {}))
         except LibraryError as e:
             raise ConfigError(str(e)) from None
+        cleaning = CleaningConfig.from_dict(doc.pop("cleaning", {}))
         if not all(isinstance(t, dict) for t in (addresses, iscsi, acl_tables)):
             raise ConfigError("[addresses], [iscsi] and [acl] must be tables")
         acls = {iqn: InitiatorAcl.from_dict(iqn, t) for iqn, t in acl_tables.items()}
@@ -325,7 +410,8 @@ class LibraryConfig:
                 raise ConfigError(f"iscsi.{key} must be a string")
         kwargs = dict(doc)
         kwargs.update({addr_keys[k]: v for k, v in addresses.items()})
-        return cls(**kwargs, iscsi=IscsiConfig(**iscsi), acls=acls, s3=s3).validate()
+        return cls(**kwargs, iscsi=IscsiConfig(**iscsi), acls=acls, s3=s3,
+                   cleaning=cleaning).validate()
 
     @classmethod
     def load(cls, root: Path) -> LibraryConfig:
@@ -409,8 +495,8 @@ def _media_names() -> set[str]:
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
+    if isinstance(value, int | float):
+        return repr(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, str):

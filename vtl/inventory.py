@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vtl.barcode import parse_barcode
+from vtl.barcode import is_cleaning_label, parse_barcode
 from vtl.catalog import AUTO_STATES, now_iso
+from vtl.cleaning import CLEANING_CAPACITY, make_cleaning_medium
 from vtl.errors import (
     BadBarcode,
     CartridgeArchived,
@@ -45,6 +46,11 @@ if TYPE_CHECKING:
 def _plan_cartridge(
     lib: Library, barcode: str, media: str | None, capacity: int | None, worm: bool
 ) -> tuple[MediaType, int, bool]:
+    if is_cleaning_label(barcode):
+        # a cleaning cartridge fits the library's drives (a universal one, as LTO's are)
+        if worm or capacity is not None:
+            raise LibraryError(f"{barcode} is a cleaning cartridge: no WORM, no capacity")
+        return media_type(media or lib.config.media), CLEANING_CAPACITY, False
     name, suffix_worm = parse_barcode(barcode)
     if media is not None and media != name:
         raise BadBarcode(f"barcode {barcode} is {name} media, not {media}")
@@ -70,12 +76,13 @@ def create_cartridge(
     slot: int | None = None,
     vault: bool = False,
     pool: str | None = "Scratch",
+    cycles: int | None = None,
 ) -> None:
     """Create one cartridge in ``slot`` (an element address; default: first free slot)."""
     create_cartridges(
         lib,
         [barcode], media=media, capacity=capacity, worm=worm,
-        slots=None if slot is None else [slot], vault=vault, pool=pool,
+        slots=None if slot is None else [slot], vault=vault, pool=pool, cycles=cycles,
     )
 
 
@@ -90,10 +97,17 @@ def create_cartridges(
     vault: bool = False,
     pool: str | None = "Scratch",
     progress: Callable[[str], None] | None = None,
+    cycles: int | None = None,
 ) -> list[str]:
     """Create many cartridges, all or nothing: everything is validated first, and if a
-    cartridge fails half-way the ones created by this call are removed again."""
+    cartridge fails half-way the ones created by this call are removed again. Cleaning
+    labels (``CLN001L1``) make cleaning cartridges good for ``cycles`` cleanings (default:
+    library.toml's ``[cleaning] cycles``), in no pool (vtl.cleaning)."""
     barcodes = list(barcodes)
+    if cycles is None:
+        cycles = lib.config.cleaning.cycles
+    if isinstance(cycles, bool) or not isinstance(cycles, int) or not 1 <= cycles <= 1000:
+        raise LibraryError(f"cleaning cycles must be 1 to 1000, not {cycles!r}")
     with lib.lock:
         lib.refresh()
         plans = []
@@ -138,7 +152,7 @@ def create_cartridges(
         created: list[str] = []
         try:
             for (bc, (mtype, cap, is_worm)), address in zip(plans, targets, strict=True):
-                _create_one(lib, bc, mtype, cap, is_worm, address, pool)
+                _create_one(lib, bc, mtype, cap, is_worm, address, pool, cycles)
                 created.append(bc)
                 if progress is not None:
                     progress(bc)
@@ -171,7 +185,8 @@ def adopt_cartridge(lib: Library, barcode: str, *, slot: int | None = None, vaul
 
     with lib.lock:
         lib.refresh()
-        media, _worm = parse_barcode(barcode)
+        cleaner = is_cleaning_label(barcode)
+        media = lib.config.media if cleaner else parse_barcode(barcode)[0]
         if lib.catalog.cartridge(barcode) is not None:
             raise DuplicateBarcode(f"cartridge {barcode} is already in the catalog")
         path = _file_path(lib, barcode)
@@ -213,6 +228,8 @@ def adopt_cartridge(lib: Library, barcode: str, *, slot: int | None = None, vaul
                 }
                 if row["write_protected"]:
                     row["state"] = "read-only"
+                if cleaner:
+                    row.update(state="cleaning", pool=None)
             finally:
                 cart.close()
             with lib.catalog.transaction():
@@ -238,14 +255,18 @@ def _file_path(lib: Library, barcode: str) -> Path:
 
 def _create_one(
     lib: Library, barcode: str, mtype: MediaType, capacity: int, worm: bool, address: int | None,
-    pool: str | None,
+    pool: str | None, cycles: int,
 ) -> None:
     from tape_formats.cartridge import TapeCartridge
+    from tape_formats.mam import MamStore
 
     path = _file_path(lib, barcode)
+    cleaner = is_cleaning_label(barcode)
     try:
         TapeCartridge.create(path, barcode, mtype, capacity=capacity, worm=worm,
-                             chunk_store=chunk_store_of(lib))
+                             chunk_store=None if cleaner else chunk_store_of(lib))
+        if cleaner:
+            make_cleaning_medium(MamStore(path.with_name(path.name + ".mam")), cycles)
     except BaseException:
         _remove_files(lib, barcode)
         raise
@@ -260,16 +281,18 @@ def _create_one(
                     "capacity": capacity,
                     "worm": int(worm),
                     "write_protected": 0,
-                    "state": "scratch",
-                    "pool": pool,
+                    "state": "cleaning" if cleaner else "scratch",
+                    "pool": None if cleaner else pool,
                     "path": str(path.relative_to(lib.root)),
                     "address": address,
                     "home_address": address,
                     "native_bytes": 0,
                 }
             )
-            lib.catalog.log("create", barcode, dst=address,
-                             detail={"media": mtype.name, "capacity": capacity, "worm": worm})
+            detail: dict[str, Any] = {"media": mtype.name, "capacity": capacity, "worm": worm}
+            if cleaner:
+                detail["cleaning_cycles"] = cycles
+            lib.catalog.log("create", barcode, dst=address, detail=detail)
     except BaseException:
         _remove_files(lib, barcode)
         raise
@@ -304,10 +327,16 @@ def refuse_archived(row: dict[str, Any]) -> None:
             f"'vtl cartridge retrieve {row['barcode']}' brings it back first")
 
 
+def _refuse_cleaning(barcode: str, what: str) -> None:
+    if is_cleaning_label(barcode):
+        raise CartridgeProtected(f"{barcode} is a cleaning cartridge and cannot be {what}")
+
+
 def erase_cartridge(lib: Library, barcode: str) -> None:
     """Erase all data (long erase from BOP); refuses WORM and write-protected cartridges."""
     with lib.lock:
         row = _offline(lib, barcode)
+        _refuse_cleaning(barcode, "erased")
         if row["worm"]:
             raise CartridgeProtected(f"cartridge {barcode} is WORM and cannot be erased")
         if row["write_protected"]:
@@ -352,6 +381,7 @@ def make_worm(lib: Library, barcode: str) -> None:
 
     with lib.lock:
         row = _offline(lib, barcode)
+        _refuse_cleaning(barcode, "made WORM")
         if row["worm"]:
             raise LibraryError(f"cartridge {barcode} is already WORM")
         with lib.held(barcode):

@@ -20,18 +20,20 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import logging
 import os
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vtl.barcode import is_barcode, parse_barcode
+from vtl import cleaning
+from vtl.barcode import is_barcode, is_cleaning_label, parse_barcode
 from vtl.catalog import AUTO_STATES, CATALOG_NAME, MediaCatalog, now_iso
 from vtl.config import CONFIG_NAME, ConfigError, ConfigFileError, LibraryConfig
 from vtl.errors import (
@@ -55,6 +57,8 @@ from vtl.errors import (
 
 if TYPE_CHECKING:
     from tape_formats.cartridge import MediaType, TapeCartridge
+    from vtl.cleaning import DriveUsage
+    from vtl.faults import FaultTable
 
 # The error types and the barcode parser are part of this module's API (callers import them
 # from here); they live in vtl.errors and vtl.barcode.
@@ -65,6 +69,8 @@ __all__ = [
     "MediumRemovalPrevented", "NoLibrary", "SourceEmpty", "UnknownBarcode", "media_type",
     "parse_barcode",
 ]
+
+log = logging.getLogger(__name__)
 
 CARTRIDGE_DIR = "cartridges"
 CARTRIDGE_EXT = ".vtape"
@@ -172,6 +178,8 @@ class DriveBay:
         self._lock_fd: int | None = None
         self._mounted: str | None = None
         self._at_mount: tuple[int, int] = (0, 0)
+        self._loaded_since: float | None = None  # a data cartridge's mount (vtl.cleaning)
+        self._usage: DriveUsage | None = None
 
     def __repr__(self) -> str:
         return f"<DriveBay {self.index} @{self.address} {self.barcode or 'empty'}>"
@@ -223,7 +231,30 @@ class DriveBay:
                 if row["state"] not in AUTO_STATES:
                     values.pop("state")
             lib.catalog.update_cartridge(barcode, **values)
+            if not is_cleaning_label(barcode):
+                self._note_wear(cleaning.count_load)
+                self._loaded_since = cleaning.monotonic()
             return cart
+
+    @property
+    def usage(self) -> DriveUsage:
+        """The drive's wear since its last cleaning (vtl.cleaning), as this process last
+        read or wrote it: it changes only at a load, an unload or a cleaning."""
+        if self._usage is None:
+            self._usage = cleaning.read_usage(self.library.root).get(self.index,
+                                                                     cleaning.DriveUsage())
+        return self._usage
+
+    def _note_wear(self, change: Callable[[DriveUsage], None]) -> None:
+        """Record wear (a load, loaded time, a cleaning); never fails the operation."""
+        try:
+            self._usage = cleaning.update_usage(self.library.root, self.index, change)
+        except OSError as e:
+            log.warning("drive %s: cannot record its wear: %s", self.index, e)
+
+    def cleaned(self) -> None:
+        """A cleaning cartridge has cleaned this drive: its wear counters start again."""
+        self._note_wear(cleaning.cleaned)
 
     def unmount(self) -> None:
         """Sync and close the mounted cartridge, then record its stats in the catalog."""
@@ -232,6 +263,10 @@ class DriveBay:
             cart, barcode = self.cartridge, self._mounted
             if cart is None or barcode is None:
                 return
+            if self._loaded_since is not None:
+                self._note_wear(cleaning.counter_adding(cleaning.monotonic()
+                                                        - self._loaded_since))
+                self._loaded_since = None
             try:
                 cart.sync()
                 stats = cartridge_stats(cart)
@@ -299,6 +334,13 @@ class Library:
 
             catalog.placement_hook = functools.partial(catalog_backup.note_placement, self.root)
         self._reload()
+
+    @functools.cached_property
+    def faults(self) -> FaultTable:
+        """Faults injected for testing (vtl.faults), as the device models consult them."""
+        from vtl.faults import FaultTable
+
+        return FaultTable(self.root)
 
     # ---- lifecycle ----------------------------------------------------------------------
     @classmethod

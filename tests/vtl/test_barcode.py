@@ -1,10 +1,10 @@
-"""vtl.barcode: the one parser of LTO labels (data, WORM; cleaning labels refused)."""
+"""vtl.barcode: the one parser of LTO labels (data, WORM; cleaning labels told apart)."""
 
 from __future__ import annotations
 
 import pytest
 
-from vtl.barcode import barcode_range, is_barcode, parse_barcode
+from vtl.barcode import barcode_range, is_barcode, is_cleaning_label, parse_barcode
 from vtl.errors import BadBarcode, LibraryError
 
 
@@ -16,11 +16,18 @@ def test_data_and_worm_labels() -> None:
 
 
 @pytest.mark.parametrize("bad", ["A0001L8", "a00001L8", "A00001X8", "A00001L2", "A00001LS",
-                                 "CLN001L1", "", "A00001L8 "])
+                                 "CLN001L0", "", "A00001L8 "])
 def test_bad_labels(bad: str) -> None:
     with pytest.raises(BadBarcode):
         parse_barcode(bad)
     assert not is_barcode(bad)
+
+
+def test_cleaning_labels() -> None:
+    for label in ("CLN001L1", "CLN123LU", "CLNA01L8"):
+        assert is_cleaning_label(label) and is_barcode(label)
+    assert not is_cleaning_label("A00001L8") and not is_cleaning_label(None)
+    assert barcode_range("CLN001L1", "CLN003L1") == ["CLN001L1", "CLN002L1", "CLN003L1"]
 
 
 def test_one_error_type_for_every_caller() -> None:

@@ -241,7 +241,7 @@ def test_bad_cartridge_input(root: Path) -> None:
     _write_some(root, "A00002L8")
     assert_bad_input(root, "cartridge", "create", "A00001L8", match="already exists")
     assert_bad_input(root, "cartridge", "create", "A0001L8", match="not an LTO barcode")
-    assert_bad_input(root, "cartridge", "create", "CLN001L1", match="cleaning")
+    assert_bad_input(root, "cartridge", "create", "CLN001L1", "--worm", match="cleaning")
     assert_bad_input(root, "cartridge", "create", "A00020L8-A00010L8", match="range")
     assert_bad_input(root, "cartridge", "create", "A00010L8-B00020L8", match="range")
     assert_bad_input(root, "cartridge", "create", "A00005L8-A00020L8", match="free slots")

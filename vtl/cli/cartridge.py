@@ -39,7 +39,22 @@ def _row_json(lib: Any, row: dict[str, Any]) -> dict[str, Any]:
     out["location"] = row.get("archived_to") or lib.element_name(row["address"])
     out["worm"] = bool(row["worm"])
     out["write_protected"] = bool(row["write_protected"])
+    left = _cleanings_left(lib, row)
+    if left is not None:
+        out["cleanings_left"] = left
     return out
+
+
+def _cleanings_left(lib: Any, row: dict[str, Any]) -> int | None:
+    """A cleaning cartridge's cleanings left (from its memory); None for data cartridges."""
+    from vtl.barcode import is_cleaning_label
+
+    if not is_cleaning_label(row["barcode"]):
+        return None
+    from vtl.cleaning import read_cleanings_left
+
+    left = read_cleanings_left(lib.root / row["path"])
+    return None if left is None else max(left, 0)
 
 
 @app.command()
@@ -58,8 +73,12 @@ def create(
     slot: Annotated[str | None, typer.Option(help="Slot for a single cartridge (slot:N).")] = None,
     vault: Annotated[bool, typer.Option("--vault", help="Create outside the library.")] = False,
     pool: Annotated[str, typer.Option(help="Pool for the new cartridges.")] = "Scratch",
+    cycles: Annotated[int | None, typer.Option(
+        help="Cleanings a new cleaning cartridge (CLN001L1) is good for; default: "
+             "library.toml's [cleaning] cycles, 50.")] = None,
 ) -> None:
-    """Create cartridges by barcode, barcode range, or --count/--prefix."""
+    """Create cartridges by barcode, barcode range, or --count/--prefix. Cleaning labels
+    (CLN001L1..CLN999L1) make cleaning cartridges."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from vtl.library import ElementType, media_type
@@ -106,15 +125,16 @@ def create(
                 bar[0].add_task("", total=len(barcodes))
             bar[0].update(bar[0].task_ids[0], advance=1, description=bc)
 
-        from vtl.barcode import parse_barcode
+        from vtl.barcode import is_cleaning_label, parse_barcode
         from vtl.media_compat import check_writable
 
         for bc in barcodes:  # before anything is made: a refusal changes nothing
-            check_writable(lib.config, media.upper() if media else parse_barcode(bc)[0], bc)
+            if not is_cleaning_label(bc):
+                check_writable(lib.config, media.upper() if media else parse_barcode(bc)[0], bc)
         try:
             created = inventory.create_cartridges(
                 lib, barcodes, media=media.upper() if media else None, capacity=size, worm=worm,
-                slots=slots, vault=vault, pool=pool, progress=step,
+                slots=slots, vault=vault, pool=pool, progress=step, cycles=cycles,
             )
         finally:
             if bar:
@@ -147,8 +167,11 @@ def list_(
             # left open by a process that died: the counts are the last ones recorded, until
             # the next process that changes the library recounts them (Library.reconcile)
             stale = r.get("open_since") is not None and not lib.in_use(r["barcode"])
+            left = _cleanings_left(lib, r)
             flags = " ".join(f for f, on in (("WORM", r["worm"]), ("WP", r["write_protected"]),
-                                             ("STALE", stale)) if on)
+                                             ("STALE", stale),
+                                             (f"{left} cleanings left", left is not None))
+                             if on)
             pct = 100.0 * r["used_bytes"] / r["capacity"] if r["capacity"] else 0.0
             table.add_row(
                 r["barcode"], r.get("archived_to") or lib.element_name(r["address"]), r["media"],

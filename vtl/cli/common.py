@@ -80,6 +80,24 @@ def open_library(*, readonly: bool = False) -> Iterator[Any]:
         lib.close()
 
 
+def notify_server(root: Path) -> str:
+    """SIGHUP the running ``vtl serve`` of the library, if any, so it re-reads what the
+    command changed (ACLs, injected faults); a sentence for the user."""
+    import os
+    import signal
+
+    from vtl.serve_status import server_pid
+
+    pid = server_pid(root)
+    if pid is None:
+        return "takes effect when vtl serve starts"
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as e:
+        return f"could not signal vtl serve (pid {pid}): {e.strerror}; restart it"
+    return f"applied to the running vtl serve (pid {pid})"
+
+
 # ---- parsers ------------------------------------------------------------------------------
 MAX_RANGE = 10000
 

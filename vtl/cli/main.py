@@ -59,7 +59,7 @@ app.add_typer(pool_app, name="pool")
 
 # Modules that add commands with register(app); missing ones are skipped.
 OPTIONAL_COMMANDS = ("vtl.cli.serve", "vtl.cli.catalog", "vtl.cli.lio", "vtl.cli.service",
-                     "vtl.cli.target", "vtl.cli.web", "vtl.cli.store")
+                     "vtl.cli.target", "vtl.cli.web", "vtl.cli.store", "vtl.cli.faults")
 
 
 app.command("completion")(completion_command("vtl"))

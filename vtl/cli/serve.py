@@ -9,7 +9,8 @@ Only one server may serve a data directory at a time: an exclusive ``flock`` on
 ``<root>/serve.lock`` (which also records the pid) refuses a second one with one line. On
 SIGTERM or SIGINT the server stops listening, lets in-flight commands finish, closes the
 sessions, syncs and closes every mounted cartridge, and exits 0. SIGHUP re-reads the ACLs of
-library.toml and applies them without a restart (:mod:`vtl.iscsi.admin`); live sessions are
+library.toml and applies them without a restart (:mod:`vtl.iscsi.admin`), and the faults
+injected for testing (:mod:`vtl.faults`); live sessions are
 published in ``<root>/serve-status.json`` (:mod:`vtl.serve_status`) for ``vtl target sessions``. Log lines go to stderr, with
 their own timestamps on a terminal and without in the journal (:mod:`vtl.logs`);
 ``vtl service install`` writes the systemd unit that runs this (:mod:`vtl.service`).
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from vtl.iscsi.chap import ChapCredentials
     from vtl.iscsi.config import ServerConfig
     from vtl.iscsi.target import IscsiTarget
+    from vtl.library import Library
 
 DEFAULT_PORT = 3260
 _PORTAL_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+))(?::(?P<port>\d{1,5}))?$")
@@ -214,7 +216,7 @@ async def _run(config: ServerConfig, library, chap: bool, mutual: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, _reload, server, library.root)
+    loop.add_signal_handler(signal.SIGHUP, _reload, server, library.root, library)
     _banner(config, library, server, chap, mutual)
     publisher = loop.create_task(_publish_status(server, library.root))
     await stop.wait()
@@ -227,11 +229,15 @@ async def _run(config: ServerConfig, library, chap: bool, mutual: bool) -> int:
     return 0
 
 
-def _reload(server: IscsiTarget, root: Path) -> None:
-    """SIGHUP (``systemctl reload``, ``vtl target acl ...``): re-read library.toml's ACLs and
-    apply them to the running target (vtl.iscsi.admin); a bad file keeps the old ones."""
+def _reload(server: IscsiTarget, root: Path, library: Library | None = None) -> None:
+    """SIGHUP (``systemctl reload``, ``vtl target acl ...``, ``vtl drive tapealert``...):
+    re-read the injected faults (vtl.faults) and library.toml's ACLs and apply them to the
+    running target (vtl.iscsi.admin); a bad file keeps the old ACLs."""
     from vtl.config import ConfigError, LibraryConfig
     from vtl.iscsi.admin import apply_acls
+
+    if library is not None:
+        library.faults.reload()
 
     try:
         acls = LibraryConfig.load(root).acls

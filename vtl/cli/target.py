@@ -7,14 +7,12 @@ to it (SIGHUP): it applies the ACLs at once and logs out sessions that lost acce
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from vtl.cli.common import CliError, emit_json, settings
+from vtl.cli.common import CliError, emit_json, notify_server, settings
 from vtl.cli.secrets import secret_option
 
 app = typer.Typer(help="iSCSI target administration: initiator ACLs, live sessions.",
@@ -36,20 +34,6 @@ def _parse_luns(text: str) -> tuple[int, ...]:
     if not luns:
         raise CliError("--luns needs at least one LUN")
     return tuple(sorted(luns))
-
-
-def _notify_server(root: Path) -> str:
-    """SIGHUP the running server, if any; a sentence for the user."""
-    from vtl.serve_status import server_pid
-
-    pid = server_pid(root)
-    if pid is None:
-        return "takes effect when vtl serve starts"
-    try:
-        os.kill(pid, signal.SIGHUP)
-    except OSError as e:
-        return f"could not signal vtl serve (pid {pid}): {e.strerror}; restart it"
-    return f"applied to the running vtl serve (pid {pid})"
 
 
 def _acl_rows(acls: dict[str, Any]) -> list[dict[str, Any]]:
@@ -109,7 +93,7 @@ def acl_add(
     existed = initiator in config.acls
     config.acls = {**config.acls, initiator: acl}
     config.save(root)
-    done = f"{'changed' if existed else 'added'} ACL for {initiator}; {_notify_server(root)}"
+    done = f"{'changed' if existed else 'added'} ACL for {initiator}; {notify_server(root)}"
     if settings().json:
         emit_json({"ok": True, "message": done, **_acl_rows({initiator: acl})[0]})
     else:
@@ -127,7 +111,7 @@ def acl_remove(initiator: Annotated[str, typer.Argument(help="Initiator name.")]
         raise CliError(f"no ACL for {initiator!r}")
     config.acls = {k: v for k, v in config.acls.items() if k != initiator}
     config.save(root)
-    done = f"removed ACL for {initiator}; {_notify_server(root)}"
+    done = f"removed ACL for {initiator}; {notify_server(root)}"
     if not config.acls:
         done += " (no ACLs left: any initiator may log in)"
     if settings().json:

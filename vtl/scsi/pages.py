@@ -9,7 +9,7 @@ never re-parses a page.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass
 
 from vtl.scsi.sense import invalid_field_in_parameter_list
@@ -194,6 +194,12 @@ class LogPage:
     def select(self, params: bytes | memoryview, offset: int) -> None:
         """LOG SELECT with parameter data: by default no parameter is settable."""
         raise invalid_field_in_parameter_list(offset)
+
+
+def tapealert_parameters(flags: Set[int]) -> list[LogParameter]:
+    """The TapeAlert log page's parameters (0x2E, SSC-4 and SMC-3): flags 1..64, one byte
+    each, 1 when raised (binary list, target save disabled as devices report it)."""
+    return [LogParameter(i, bytes([1 if i in flags else 0]), 0x03) for i in range(1, 65)]
 
 
 def ascii_field(text: str, size: int) -> bytes:

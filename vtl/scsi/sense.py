@@ -52,6 +52,7 @@ NO_ADDITIONAL_SENSE = Condition(_NO, 0x00, 0x00)  # with ILI: a block of another
 FILEMARK_DETECTED = Condition(_NO, 0x00, 0x01)
 END_OF_PARTITION_MEDIUM_DETECTED = Condition(_NO, 0x00, 0x02)  # early warning: data written
 BEGINNING_OF_MEDIUM_DETECTED = Condition(_NO, 0x00, 0x04)
+CLEANING_REQUESTED = Condition(_NO, 0x00, 0x17)  # REQUEST SENSE of a drive due for cleaning
 
 # ---- BLANK CHECK / VOLUME OVERFLOW
 END_OF_DATA_DETECTED = Condition(_BC, 0x00, 0x05)
@@ -61,11 +62,13 @@ VOLUME_OVERFLOW = Condition(_VO, 0x00, 0x02)  # END-OF-PARTITION/MEDIUM DETECTED
 LUN_BECOMING_READY = Condition(_NR, 0x04, 0x01)  # the cartridge is held elsewhere, retry
 LUN_NOT_READY_OPERATION_IN_PROGRESS = Condition(_NR, 0x04, 0x07)
 MEDIUM_NOT_PRESENT = Condition(_NR, 0x3A, 0x00)
+CLEANING_IN_PROGRESS = Condition(_NR, 0x30, 0x03)  # CLEANING CARTRIDGE INSTALLED, cleaning
 
 # ---- MEDIUM ERROR
 WRITE_ERROR = Condition(_ME, 0x0C, 0x00)
 UNRECOVERED_READ_ERROR = Condition(_ME, 0x11, 0x00)
 INCOMPATIBLE_MEDIUM_INSTALLED = Condition(_ME, 0x30, 0x00)
+CLEANING_CARTRIDGE_INSTALLED = Condition(_ME, 0x30, 0x03)  # not for data; or worn out
 
 # ---- HARDWARE ERROR
 MECHANICAL_POSITIONING_OR_CHANGER_ERROR = Condition(_HW, 0x3B, 0x16)

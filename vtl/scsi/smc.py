@@ -37,6 +37,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from vtl.faults import CHANGER, take_injected
 from vtl.library import (
     CartridgeBusy,
     DestinationFull,
@@ -52,7 +53,7 @@ from vtl.library import (
 from vtl.scsi.base import CheckCondition, Nexus
 from vtl.scsi.identities import ChangerIdentity, changer_identity
 from vtl.scsi.opcodes import Opcode
-from vtl.scsi.pages import ModePage
+from vtl.scsi.pages import LogPage, ModePage, tapealert_parameters
 from vtl.scsi.sense import (
     INVALID_ELEMENT_ADDRESS,
     LUN_NOT_READY_OPERATION_IN_PROGRESS,
@@ -146,6 +147,13 @@ class MediumChanger(ScsiModel):
         self.add_mode_page(_static_page(transport_geometry_page(1), "transport geometry"))
         self.add_mode_page(_static_page(device_capabilities_page(
             _MEDIA_TYPES, MOVES, MOVES), "device capabilities"))
+        # TapeAlert 0x2E with the library's flags (SMC-3): raised by ``vtl changer
+        # tapealert`` (vtl.faults), cleared when read, as a real library's are.
+        self.tapealert: set[int] = set()
+        self._alerts_seen = 0
+        self.add_log_page(LogPage(0x2E, lambda: tapealert_parameters(self.tapealert),
+                                  name="TapeAlert", after_read=self.tapealert.clear,
+                                  reset=self.tapealert.clear))
         self._snapshot = self._inventory()
 
     # ------------------------------------------------------------------ inventory watch
@@ -154,8 +162,11 @@ class MediumChanger(ScsiModel):
         return {e.address: e.barcode for e in self.library.elements()}
 
     def before_command(self, nexus: Nexus, spec: CommandSpec) -> None:
-        """Notice changes made outside this changer and queue the matching UNIT ATTENTION."""
+        """Notice changes made outside this changer and queue the matching UNIT ATTENTION;
+        raise TapeAlert flags injected since the last command."""
         self._notice_changes()
+        self._alerts_seen = take_injected(self.library.faults, CHANGER, self._alerts_seen,
+                                          self.tapealert)
 
     def _notice_changes(self, ours: dict[int, str | None] | None = None) -> None:
         """Compare the library with the last known state and tell every nexus what changed.

@@ -21,6 +21,9 @@ WRITE/WFM past early warning           NO SENSE 00/02, EOM, 0 (the data *was* wr
 WRITE/WFM with no room left            VOLUME OVERFLOW 00/02, EOM, residue
 disk write / read failure              MEDIUM ERROR 0C/00 / 11/00, residue (never EOM)
 damaged record (checksum)              MEDIUM ERROR 11/00, residue
+error injected at the block (faults)   MEDIUM ERROR 0C/00 / 11/00, residue (vtl.faults)
+cleaning cartridge cleaning / worn     NOT READY 30/03 / MEDIUM ERROR 30/03 (ssc_cleaning)
+due for cleaning (REQUEST SENSE)       NO SENSE 00/17 (ssc_cleaning)
 block the encryption keys do not open  DATA PROTECT 74/01-04, residue (ssc_encryption)
 LOCATE CP to a partition not there     ILLEGAL REQUEST 24/00 (ssc_partitions; layout: 26/00)
 write protected / WORM overwrite       DATA PROTECT 27/00 / 30/0C
@@ -42,6 +45,7 @@ must copy. WRITE hands the Data-Out view straight to the cartridge.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -58,6 +62,8 @@ from tape_formats.cartridge import (
 )
 from tape_formats.mam import MamError
 from tape_formats.write_behind import DeferredWriteError
+from vtl.barcode import is_cleaning_label
+from vtl.faults import READ, WRITE, device_key, take_injected
 from vtl.scsi import ssc_attributes as attributes
 from vtl.scsi.base import CheckCondition, Nexus, ResetKind, ScsiResult, Status, donated
 from vtl.scsi.identities import (
@@ -72,10 +78,18 @@ from vtl.scsi.identities import (
     drive_identity,
 )
 from vtl.scsi.opcodes import Opcode
-from vtl.scsi.pages import LogPage, LogParameter, ModePage, ascii_field, counter
+from vtl.scsi.pages import (
+    LogPage,
+    LogParameter,
+    ModePage,
+    ascii_field,
+    counter,
+    tapealert_parameters,
+)
 from vtl.scsi.sense import (
     BEGINNING_OF_MEDIUM_DETECTED,
     CANNOT_WRITE_MEDIUM_INCOMPATIBLE_FORMAT,
+    CLEANING_REQUESTED,
     END_OF_DATA_DETECTED,
     END_OF_PARTITION_MEDIUM_DETECTED,
     FILEMARK_DETECTED,
@@ -134,6 +148,7 @@ from vtl.scsi.ssc_cdb import (
     transfer_length,
     verify_as_read6,
 )
+from vtl.scsi.ssc_cleaning import CLEANING_FLAGS, DriveCleaning
 from vtl.scsi.ssc_diagnostics import DiagnosticCommands
 from vtl.scsi.ssc_encryption import DriveEncryption, EncryptionCommands, decrypt_refusal
 from vtl.scsi.ssc_immediate import ImmediateWork
@@ -216,7 +231,10 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         self.buffered_mode = DEFAULT_BUFFERED_MODE
         self._bufs = [bytearray(0), bytearray(0)]
         self._which = 0
-        self.tapealert: set[int] = set()
+        self.tapealert: set[int] = set()  # raised by events, cleared when read (LOG SENSE)
+        self._alerts_seen = 0  # the last injected TapeAlert raised (vtl.faults)
+        # cleaning cartridges and wear (ssc_cleaning); it unloads a cleaning cartridge itself
+        self.cleaning = DriveCleaning(bay, self.tapealert, unloaded=self._unload)
         self.write_errors = 0
         self.read_errors = 0
         self.bytes_written = 0  # from initiators, this load
@@ -326,12 +344,13 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
             counter(0x0002, stored_r), counter(0x0003, self.bytes_read),
             counter(0x0004, used, 4), counter(0x0005, ew, 4), counter(0x0006, max(cap - ew, 0), 4),
             counter(0x0007, pos_mb, 4), counter(0x0008, 0, 4),
-            LogParameter(0x0100, b"\x00", 0x00),  # cleaning required: never
+            LogParameter(0x0100, bytes([self.cleaning.requested]), 0x00),  # cleaning required
         ]
 
     def _tapealert_params(self) -> list[LogParameter]:
-        return [LogParameter(i, bytes([1 if i in self.tapealert else 0]), 0x03)
-                for i in range(1, 65)]
+        """Flags 1..64: the events since the last read, and the conditions that last
+        (a drive due for cleaning, ssc_cleaning)."""
+        return tapealert_parameters(self.tapealert | self.cleaning.wear_flags())
 
     def _capacity_params(self) -> list[LogParameter]:
         """Tape capacity (0x31): remaining and maximum MiB of partitions 0 and 1."""
@@ -407,6 +426,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
                 bay.library.refresh()
             except Exception:  # a catalog hiccup must not fail INQUIRY
                 log.exception("catalog refresh failed")
+            self._take_injected_alerts()
         if bay.media_generation != self._gen or (
             self._cart is not None and bay.cartridge is not self._cart
         ):
@@ -420,6 +440,19 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
                 cart.wait_writes()
             elif spec.opcode != _WRITE_6 or cart.write_failed:
                 self._flush_writes(cart, nexus)
+
+    def _take_injected_alerts(self) -> None:
+        """Raise the TapeAlert flags ``vtl drive tapealert`` injected since the last look
+        (vtl.faults: each injection once, cleared by the LOG SENSE that reports it)."""
+        self._alerts_seen = take_injected(self.bay.library.faults, device_key(self.bay.index),
+                                          self._alerts_seen, self.tapealert)
+
+    def _injected(self, cart: TapeCartridge, op: str) -> bool:
+        """Whether ``vtl cartridge inject-error`` made ``op`` fail at the position."""
+        errors = self.bay.library.faults.media_errors(cart.barcode)
+        if not errors or op not in errors.get((self._part, cart.position), ()):
+            return False
+        return op == WRITE or cart.position < cart.eod  # a READ past the data meets EOD
 
     def _flush_writes(self, cart: TapeCartridge, nexus: Nexus) -> None:
         """Wait until the buffered blocks are on tape; a failure among them ends the current
@@ -444,7 +477,8 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         self._loaded = True  # a newly inserted cartridge is loaded automatically
         self._part = 0
         self.encryption.medium_removed()
-        self.tapealert.clear()
+        self.cleaning.medium_changed()
+        self.tapealert.intersection_update(CLEANING_FLAGS)  # the drive's, not the medium's
         self._reset_traffic()
         if self.bay.barcode is not None:
             self.queue_ua(UnitAttention.NOT_READY_TO_READY)
@@ -466,12 +500,28 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         if not self._loaded:
             raise MEDIUM_NOT_PRESENT()
         bay = self.bay
-        if bay.cartridge is None and bay.barcode is None:
+        inside = bay.cartridge
+        barcode = inside.barcode if inside is not None else bay.barcode
+        if barcode is None:
             raise MEDIUM_NOT_PRESENT()
+        if is_cleaning_label(barcode):
+            self.cleaning.refuse(self._mount)  # raises: it cleans, it holds no data
+        cart = self._mount()
+        if not self.identity.can_read(cart.media.name) and cart.media.name in DENSITY:
+            self.tapealert.add(TA_UNSUPPORTED_FORMAT)
+            raise INCOMPATIBLE_MEDIUM_INSTALLED()
+        cart.set_crypto(self.encryption.settings)
+        self._cart = cart
+        self._gen = bay.media_generation
+        return cart
+
+    def _mount(self) -> TapeCartridge:
+        """The bay's cartridge, opened; NOT READY or MEDIUM ERROR when that fails."""
         from vtl.library import CartridgeBusy, LibraryError, SourceEmpty
 
+        bay = self.bay
         try:
-            cart = bay.mount()
+            return bay.mount()
         except SourceEmpty:
             raise MEDIUM_NOT_PRESENT() from None
         except CartridgeBusy as exc:
@@ -480,13 +530,6 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         except (LibraryError, CartridgeError, OSError) as exc:
             log.warning("drive %s: cannot mount: %s", bay.index, exc)
             raise INCOMPATIBLE_MEDIUM_INSTALLED() from None
-        if not self.identity.can_read(cart.media.name) and cart.media.name in DENSITY:
-            self.tapealert.add(TA_UNSUPPORTED_FORMAT)
-            raise INCOMPATIBLE_MEDIUM_INSTALLED()
-        cart.set_crypto(self.encryption.settings)
-        self._cart = cart
-        self._gen = bay.media_generation
-        return cart
 
     def check_ready(self, req: Request) -> None:
         self._medium()
@@ -497,6 +540,8 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         except CheckCondition as cc:
             return cc.sense()
         eom = cart.at_eod and cart.at_early_warning
+        if self.cleaning.requested:
+            return CLEANING_REQUESTED(eom=eom).sense()
         return NO_ADDITIONAL_SENSE(eom=eom).sense()
 
     def on_prevent_changed(self, prevented: bool) -> None:
@@ -624,6 +669,8 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         if fixed:
             return self._read_fixed(cart, count)
         buf = self._buffer(count)
+        if self._injected(cart, READ):
+            return self._read_failed(CorruptRecord("injected error", cart.position), count, b"")
         try:
             if self.protection.read:  # the block with its LBP CRC appended (ssc_protection)
                 r = self.protection.read_block(cart, buf)
@@ -653,6 +700,9 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         buf = self._buffer(count * bs)
         for i in range(count):
             chunk = buf[i * bs : (i + 1) * bs]
+            if self._injected(cart, READ):
+                return self._read_failed(CorruptRecord("injected error", cart.position),
+                                         count - i, buf[: i * bs])
             try:
                 r = self.protection.read_block(cart, chunk) if self.protection.read else \
                     cart.read_block(chunk)
@@ -685,7 +735,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         with self.lock:
             cart = self._stream_cart(nexus, PR_READ)
             if (cart is None or length <= 0 or cart.writes_pending
-                    or cart.next_data_length() != length):
+                    or cart.next_data_length() != length or self._has_injected(cart)):
                 return None
             try:
                 r = cart.read_block(self._buffer(length), own=True)
@@ -707,7 +757,8 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
             return False
         with self.lock:
             cart = self._stream_cart(nexus, PR_WRITE)
-            if cart is None or cart.write_failed or not self._can_write(cart):
+            if (cart is None or cart.write_failed or not self._can_write(cart)
+                    or self._has_injected(cart)):
                 return False
             try:
                 if not self._buffer_block(cart, nexus, data, self.compression):
@@ -726,13 +777,18 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         when the transport gave it away, else a copy (it is the transport's once we return).
         Raises what ``queue_block`` raises (write protect, WORM)."""
         if (not self.buffered_mode or len(data) < MIN_BUFFERED_WRITE or self._part
-                or (nexus != self._buffered_for and cart.writes_pending)):
+                or (nexus != self._buffered_for and cart.writes_pending)
+                or self._has_injected(cart)):  # written now, at a position that is known
             return False
         if not cart.queue_block(data if donated(data) else bytes(data), compress=compress):
             return False
         self._buffered_for = nexus
         self.bytes_written += len(data)
         return True
+
+    def _has_injected(self, cart: TapeCartridge) -> bool:
+        """Whether the cartridge has injected media errors (the general path handles it)."""
+        return bool(self.bay.library.faults.media_errors(cart.barcode))
 
     def _stream_cart(self, nexus: Nexus, pr_class: int) -> TapeCartridge | None:
         """The mounted cartridge when a streaming fast path may use it: loaded, the same as
@@ -821,6 +877,8 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         except (CartridgeError, OSError) as exc:
             raise self._write_error(exc, count) from None
         self._flush_writes(cart, req.nexus)  # not buffered: what is buffered goes first
+        if self._injected(cart, WRITE):
+            raise self._write_error(OSError(errno.EIO, "injected error"), count)
         try:
             res = cart.write_block(data, compress=compress)
         except (CartridgeError, OSError) as exc:
@@ -848,6 +906,8 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         early = False
         for i in range(count):
             try:
+                if self._injected(cart, WRITE):
+                    raise OSError(errno.EIO, "injected error")
                 res = cart.write_block(blocks[i], compress=compress)
             except (CartridgeError, OSError) as exc:
                 self.bytes_written += i * bs
@@ -1034,11 +1094,18 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
                 self.bay.unmount()
             except (CartridgeError, OSError) as exc:
                 raise self._write_error(exc, 0) from None
+        elif self.bay.cartridge is not None:  # a cleaning cartridge (ssc_cleaning)
+            try:
+                self.bay.unmount()
+            except (CartridgeError, OSError) as exc:  # it holds no data: nothing is lost
+                log.warning("drive %s: unloading the cleaning cartridge: %s", self.bay.index,
+                            exc)
         self._cart = None
         self._loaded = False
         self._gen = self.bay.media_generation
         self._part = 0
         self.encryption.medium_removed()
+        self.cleaning.medium_changed()
 
     @command(Opcode.ERASE, "ERASE", "19 03 00 00 00 00", pr=PR_WRITE, timeout=3600)
     def cmd_erase(self, req: Request) -> None:
