@@ -511,13 +511,30 @@ def _plain(obj: Any) -> Any:
     return str(obj)
 
 
+def _partition_paths(lib: Any, barcode: str) -> list[Any]:
+    """The files of partitions 1.. of a cartridge (none if it has one partition, or if its
+    header cannot be read: verify reports that itself)."""
+    from tape_formats.cartridge import CartridgeError
+    from vtl.library import LibraryError
+
+    try:
+        cart = lib.open_readonly(barcode)
+    except (LibraryError, CartridgeError, OSError):
+        return []
+    try:
+        return [cart.partition_path(n) for n in range(1, cart.partition_count)]
+    finally:
+        cart.close()
+
+
 @app.command()
 def verify(
     barcode: BarcodeArg,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Also rebuild the index sidecar.")]
     = False,
 ) -> None:
-    """Walk every record of the cartridge file and check framing and checksums."""
+    """Walk every record of the cartridge file, and of each partition after the first, and
+    check framing and checksums."""
     from tape_formats.cartridge import (
         CartridgeError,
         VerifyReport,
@@ -534,6 +551,8 @@ def verify(
         if rebuild:
             with lib.held(barcode):  # CartridgeBusy while any process has it mounted
                 rebuilt = rebuild_index(path)
+                for extra in _partition_paths(lib, barcode):
+                    rebuild_index(extra)
                 cart = lib.open_readonly(barcode)
                 try:
                     lib.record_stats(barcode, cart)
@@ -545,6 +564,14 @@ def verify(
             report = verify_cartridge(path)
         except CartridgeError as e:  # e.g. a damaged header: the walk cannot even start
             report = VerifyReport(path, errors=[str(e)])
+        partitions = []  # partitions 1.. (their own files): verified the same way
+        for number, extra in enumerate(_partition_paths(lib, barcode), start=1):
+            try:
+                part = verify_cartridge(extra)
+            except (CartridgeError, OSError) as e:
+                part = VerifyReport(extra, errors=[str(e)])
+            partitions.append(part)
+            report.errors += [f"partition {number}: {e}" for e in part.errors]
         row = lib.cartridge(barcode)
         damage, notes = list(report.errors), []
         in_use = lib.in_use(barcode)
@@ -562,6 +589,8 @@ def verify(
                 " (verify --rebuild updates the catalog)"
             )
         data = _plain(report)
+        data["partitions"] = [{"partition": n, **_plain(p)} for n, p in
+                              enumerate(partitions, start=1)]
         data["errors"] = errors
         data["notes"] = notes
         data["ok"] = not errors
@@ -582,6 +611,10 @@ def verify(
             if rebuilt is not None:
                 summary += f"; index rebuilt ({rebuilt} objects)"
             console().print(summary, markup=False)
+            for n, p in enumerate(partitions, start=1):
+                console().print(f"  partition {n}: {p.objects} objects ({p.blocks} blocks, "
+                                f"{p.filemarks} filemarks), {human_size(p.native_bytes)} "
+                                "native", markup=False)
             for e in errors:
                 console().print(f"  {e}", markup=False)
             for n in notes:
@@ -592,9 +625,20 @@ def verify(
             raise typer.Exit(1)
 
 
+def _partition_summary(part: Any, number: int) -> dict[str, Any]:
+    """What ``inspect`` shows of a partition after the first (its own file and index)."""
+    from vtl.library import tape_files as count_tape_files
+
+    return {"partition": number, "path": str(part.path), "capacity": part.capacity,
+            "objects": part.eod, "filemarks": part.filemarks_before(part.eod),
+            "tape_files": count_tape_files(part), "used_bytes": part.used_bytes,
+            "remaining_bytes": part.remaining_bytes}
+
+
 @app.command()
 def inspect(barcode: BarcodeArg) -> None:
-    """The cartridge file's header, MAM attributes and index summary."""
+    """The cartridge file's header, MAM attributes and index summary, and each further
+    partition's."""
     from rich.table import Table
 
     from tape_formats.cartridge import HEADER_FLAG_WRITE_PROTECT
@@ -637,12 +681,16 @@ def inspect(barcode: BarcodeArg) -> None:
                 "remaining_bytes": cart.remaining_bytes,
                 "native_bytes": sum(f.native_bytes for f in cart.tape_files()),
             }
+            partitions = [_partition_summary(cart.partition(n), n)
+                          for n in range(1, cart.partition_count)]
         finally:
             cart.close()
         if settings().json:
-            emit_json({"header": header, "mam": mam, "index": index})
+            emit_json({"header": header, "mam": mam, "index": index, "partitions": partitions})
             return
-        for title, section in (("header", header), ("index", index)):
+        sections = [("header", header), ("index", index)]
+        sections += [(f"partition {p['partition']}", p) for p in partitions]
+        for title, section in sections:
             t = Table(title=title, show_header=False)
             t.add_column("key")
             t.add_column("value")
