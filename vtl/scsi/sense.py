@@ -52,6 +52,7 @@ NO_ADDITIONAL_SENSE = Condition(_NO, 0x00, 0x00)  # with ILI: a block of another
 FILEMARK_DETECTED = Condition(_NO, 0x00, 0x01)
 END_OF_PARTITION_MEDIUM_DETECTED = Condition(_NO, 0x00, 0x02)  # early warning: data written
 BEGINNING_OF_MEDIUM_DETECTED = Condition(_NO, 0x00, 0x04)
+PROGRAMMABLE_EARLY_WARNING_DETECTED = Condition(_NO, 0x00, 0x07)  # PEWS: data written
 CLEANING_REQUESTED = Condition(_NO, 0x00, 0x17)  # REQUEST SENSE of a drive due for cleaning
 
 # ---- BLANK CHECK / VOLUME OVERFLOW

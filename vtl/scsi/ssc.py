@@ -18,6 +18,7 @@ READ hits a filemark                   NO SENSE 00/01, FILEMARK, residue (bytes 
 READ/SPACE hits end of data            BLANK CHECK 00/05, residue (EOM if past early warning)
 SPACE hits a filemark / BOP            NO SENSE 00/01 FILEMARK / 00/04 EOM, residue (never < 0)
 WRITE/WFM past early warning           NO SENSE 00/02, EOM, 0 (the data *was* written)
+WRITE/WFM into the PEW zone (PEWS set)  NO SENSE 00/07, once, 0 (the data *was* written)
 WRITE/WFM with no room left            VOLUME OVERFLOW 00/02, EOM, residue
 disk write / read failure              MEDIUM ERROR 0C/00 / 11/00, residue (never EOM)
 damaged record (checksum)              MEDIUM ERROR 11/00, residue
@@ -51,6 +52,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tape_formats.cartridge import (
+    WRITE_BEHIND_BYTES,
     CartridgeError,
     CorruptRecord,
     EndOfMedium,
@@ -100,6 +102,7 @@ from vtl.scsi.sense import (
     MEDIUM_REMOVAL_PREVENTED,
     NO_ADDITIONAL_SENSE,
     PARAMETER_LIST_LENGTH_ERROR,
+    PROGRAMMABLE_EARLY_WARNING_DETECTED,
     UNRECOVERED_READ_ERROR,
     VOLUME_OVERFLOW,
     WORM_MEDIUM_OVERWRITE_ATTEMPTED,
@@ -275,7 +278,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         self.add_mode_page(ModePage(0x10, bytes(dc), bytes(dc_mask),
                                     on_change=self._devconf_changed, name="device configuration"))
         # 0x10/0x01 device configuration extension (LTFS cannot do without it).
-        self.add_mode_page(device_configuration_extension())
+        self.devconf_ext = self.add_mode_page(device_configuration_extension())
         # 0x0A/0xF0 control data protection: logical block protection (ssc_protection), with
         # the methods this generation offers (Reed-Solomon from LTO-5, CRC32C from LTO-7).
         self.protection = ControlDataProtectionPage(
@@ -778,7 +781,8 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         Raises what ``queue_block`` raises (write protect, WORM)."""
         if (not self.buffered_mode or len(data) < MIN_BUFFERED_WRITE or self._part
                 or (nexus != self._buffered_for and cart.writes_pending)
-                or self._has_injected(cart)):  # written now, at a position that is known
+                or self._has_injected(cart)  # written now, at a position that is known
+                or self._near_pew(cart, len(data))):
             return False
         if not cart.queue_block(data if donated(data) else bytes(data), compress=compress):
             return False
@@ -879,6 +883,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         self._flush_writes(cart, req.nexus)  # not buffered: what is buffered goes first
         if self._injected(cart, WRITE):
             raise self._write_error(OSError(errno.EIO, "injected error"), count)
+        before = cart.used_bytes
         try:
             res = cart.write_block(data, compress=compress)
         except (CartridgeError, OSError) as exc:
@@ -886,6 +891,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         self.bytes_written += count
         if res.early_warning:
             raise END_OF_PARTITION_MEDIUM_DETECTED(eom=True, information=0)
+        self._report_pew(cart, before)
         return None
 
     def _write_fixed(self, cart: TapeCartridge, req: Request, count: int,
@@ -903,6 +909,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         if self.protection.write:  # every block's LBP CRC checks before any is written
             blocks = [self.protection.strip(b) for b in blocks]
         self._flush_writes(cart, req.nexus)
+        before = cart.used_bytes
         early = False
         for i in range(count):
             try:
@@ -916,6 +923,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         self.bytes_written += total
         if early:
             raise END_OF_PARTITION_MEDIUM_DETECTED(eom=True, information=0)
+        self._report_pew(cart, before)
 
     @command(Opcode.WRITE_FILEMARKS_6, "WRITE FILEMARKS(6)", "10 01 ff ff ff 00", pr=PR_WRITE,
              timeout=600)
@@ -927,7 +935,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         cart = self._medium()
         if count:
             self._check_write_compat(cart)
-        start = cart.position
+        start, before = cart.position, cart.used_bytes
         try:
             res = cart.write_filemarks(count, sync=not immed)
         except (CartridgeError, OSError) as exc:
@@ -936,6 +944,28 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
             raise self._write_error(exc, count - done) from None
         if count and res.early_warning:
             raise END_OF_PARTITION_MEDIUM_DETECTED(eom=True, information=0)
+        self._report_pew(cart, before)
+
+    # ------------------------------------------------------------------ programmable EW
+    def _pew_point(self, cart: TapeCartridge) -> int | None:
+        """Where the programmable early warning zone of ``cart`` (the partition written)
+        starts, in bytes used: PEWS megabytes (page 0x10/0x01, as LTFS sets it) before early
+        warning. None while PEWS is 0 (SSC-4 4.2.5)."""
+        pews = int.from_bytes(self.devconf_ext.current[2:4], "big")
+        return max(0, cart.ew_point - pews * 1_000_000) if pews else None
+
+    def _report_pew(self, cart: TapeCartridge, before: int) -> None:
+        """A write that took the medium from before the PEW into its zone succeeded, and
+        says so once: NO SENSE 00/07 PROGRAMMABLE EARLY WARNING DETECTED, INFORMATION 0."""
+        pew = self._pew_point(cart)
+        if pew is not None and before < pew <= cart.used_bytes:
+            raise PROGRAMMABLE_EARLY_WARNING_DETECTED(information=0)
+
+    def _near_pew(self, cart: TapeCartridge, n: int) -> bool:
+        """Whether ``n`` more bytes may reach the PEW zone, counting what the write buffer
+        may still hold: such blocks are written now, so the crossing is seen and told."""
+        pew = self._pew_point(cart)
+        return pew is not None and cart.used_bytes + 2 * WRITE_BEHIND_BYTES + n >= pew
 
     # ------------------------------------------------------------------ positioning
     def _space(self, code: int, count: int) -> None:

@@ -5,8 +5,9 @@ LTFS treats a refused MODE SENSE of 0x10/0x01 as fatal ("Cannot set up tape devi
 takes the capacity of each partition from LOG SENSE 0x17 (native capacity 0x0202, used
 0x0203, remaining 0x0204, each a list of per-partition records ``[7][0][partition u16][MiB
 u32]``), so both exist here. Page 0x10/0x01 reports WRITE MODE 0 (overwrite allowed) and
-keeps the PROGRAMMABLE EARLY WARNING SIZE a host sets (LTFS sets it; this drive reports
-early warning where it always does, so the value is only kept and reported back).
+keeps the PROGRAMMABLE EARLY WARNING SIZE a host sets (LTFS sets it to half the index
+partition), which the drive honours: a write into the zone of PEWS megabytes before early
+warning answers NO SENSE 00/07 once (``TapeDrive._report_pew``).
 """
 
 from __future__ import annotations
