@@ -11,7 +11,7 @@ which reloads it at once, so even a stream of READs meets a new error at its nex
 - A media error stays until it is cleared, like a bad spot on a tape: every READ or VERIFY
   of that block answers MEDIUM ERROR 11/00 (and steps past it, as for a damaged record),
   every WRITE there MEDIUM ERROR 0C/00 with nothing written, with the TapeAlert flags a real
-  failure raises (4 MEDIA, 5 READ FAILURE or 6 WRITE FAILURE).
+  failure raises (3 HARD ERROR, 4 MEDIA, 5 READ FAILURE or 6 WRITE FAILURE).
 - A TapeAlert flag is an event: each running drive (or changer) raises it once, and the LOG
   SENSE that reports it clears it, as TapeAlert flags are. Raising it again (even the same
   flag) raises it again.

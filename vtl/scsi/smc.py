@@ -1,8 +1,9 @@
 """The medium changer (SMC-3): the library's robot, slots, mailslots and drives as one LUN.
 
 ``MediumChanger`` adds the SMC commands to the SPC-4 base: READ ELEMENT STATUS, MOVE MEDIUM,
-EXCHANGE MEDIUM, INITIALIZE ELEMENT STATUS (plain and WITH RANGE), POSITION TO ELEMENT and the
-mode pages 0x1D/0x1E/0x1F. All placement lives in the library's catalog; this model keeps no
+EXCHANGE MEDIUM, INITIALIZE ELEMENT STATUS (plain and WITH RANGE), POSITION TO ELEMENT, the
+mode pages 0x1D/0x1E/0x1F and the log pages 0x00 and 0x2E (TapeAlert: the library's flags,
+raised by ``vtl changer tapealert``, cleared when read). All placement lives in the library's catalog; this model keeps no
 copy of it except a snapshot used to notice changes made behind its back.
 
 Changes from elsewhere (``vtl cartridge import`` in another process, the backup manager

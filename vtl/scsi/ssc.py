@@ -644,7 +644,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         # Disk failure: MEDIUM ERROR, never EOM (mhVTL's lesson).
         log.error("drive %s: write failed: %s", self.bay.index, exc)
         self.write_errors += 1
-        self.tapealert.update((TA_WRITE_FAILURE, TA_MEDIA))
+        self.tapealert.update((TA_HARD_ERROR, TA_WRITE_FAILURE, TA_MEDIA))  # 3 with 4 and 6
         return WRITE_ERROR(information=residue)
 
     def _check_write_compat(self, cart: TapeCartridge) -> None:
@@ -845,7 +845,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
             raise decrypt_refusal(exc)(information=residue, data=data)
         log.error("drive %s: read failed: %s", self.bay.index, exc)
         self.read_errors += 1
-        self.tapealert.update((TA_READ_FAILURE, TA_MEDIA))
+        self.tapealert.update((TA_HARD_ERROR, TA_READ_FAILURE, TA_MEDIA))  # 3 with 4 and 5
         raise UNRECOVERED_READ_ERROR(information=residue, data=data)
 
     @command(Opcode.WRITE_6, "WRITE(6)", "0a 01 ff ff ff 00", pr=PR_WRITE, timeout=600,
