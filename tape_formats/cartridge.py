@@ -7,7 +7,8 @@ discards every object from p on, as overwriting a real tape does.
 
 ``TapeCartridge`` owns the tape's state and the order of file operations (what is appended,
 cut, synced); the parts with a job of their own live beside it: the record layout and its
-pack/unpack in ``records.py``, object positions in ``index.py``, the one-block read-ahead in
+pack/unpack in ``records.py``, compressing, sealing and checksumming a block in
+``block_packing.py``, object positions in ``index.py``, the one-block read-ahead in
 ``read_ahead.py``, the buffered-mode write buffer in ``write_behind.py`` and the pacing of
 write-back to the disk in ``writeback_pacing.py``.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import functools
 import logging
 import os
 import threading
@@ -38,9 +38,9 @@ from tape_formats.block_crypto import (
     Envelope,
     check_plain,
     envelope,
-    seal,
     unseal,
 )
+from tape_formats.block_packing import BlockPacker, Packed
 from tape_formats.index import PositionIndex
 from tape_formats.mam import MamStore
 from tape_formats.media import MEDIA, MediaType, media_by_density
@@ -148,8 +148,6 @@ def early_warning_margin(capacity: int) -> int:
     return max(capacity // 50, min(capacity // 4, 1 << 20))
 
 
-# Blocks smaller than this are stored as they are: zstd cannot win on them.
-MIN_COMPRESS = 256
 # The write-behind buffer (queue_block) holds at most this many worst-case medium bytes: a
 # few blocks in flight are enough to keep the compressor busy, and memory stays flat.
 WRITE_BEHIND_BYTES = 4 << 20
@@ -157,11 +155,6 @@ WRITE_BEHIND_BYTES = 4 << 20
 WRITE_BEHIND_PACKERS = 2
 
 log = logging.getLogger("tape_formats.cartridge")
-
-# Like an LTO drive's hardware compression, this must keep up with the line rate rather than
-# squeeze the last bytes: zstd's fast level -1 compresses text about 4:1 (LTO's SLDC manages
-# about 2.5:1) at ~1.4x the speed of level 1 on this class of machine (docs/cartridge-format.md).
-ZSTD_LEVEL = -1
 
 
 @dataclass(slots=True)
@@ -172,29 +165,6 @@ class _Counters:
     written_stored: int = 0
     read_native: int = 0
     read_stored: int = 0
-
-
-# A data block ready to append: (payload, record flags, payload CRC32C).
-_Packed = tuple[bytes | memoryview, int, int]
-
-
-def _pack(cctx: zstandard.ZstdCompressor, data: bytes | bytearray | memoryview,
-          compress: bool, key: DataKey | None = None) -> _Packed:
-    """Compress a block when it pays (as an LTO drive, never store it bigger), encrypt it
-    when the drive has a key to write with (after compressing: ciphertext does not shrink)
-    and checksum what will be stored: the part of a write that needs no tape position, so
-    the write-behind buffer runs it on several threads at once."""
-    native = len(data)
-    payload: bytes | memoryview = data if isinstance(data, bytes | memoryview) else \
-        memoryview(data)
-    flags = 0
-    if compress and native >= MIN_COMPRESS:
-        packed = cctx.compress(data)
-        if len(packed) < native:
-            payload, flags = packed, FLAG_COMPRESSED
-    if key is not None:
-        payload, flags = seal(key, payload, native), flags | FLAG_ENCRYPTED
-    return payload, flags, crc32c.crc32c(payload)
 
 
 def _build_header(fields: dict) -> bytes:
@@ -275,7 +245,7 @@ class TapeCartridge:
         self.index = PositionIndex(DATA_START)
         self.mam = MamStore(path.with_name(path.name + ".mam"))
         self.counters = _Counters()
-        self._cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        self._packer = BlockPacker()  # for blocks written on the drive's thread
         self._dctx = zstandard.ZstdDecompressor()
         self._dirty = False  # records written since the last durable point
         self._pacer = WritebackPacer(fd, self.barcode, DATA_START)
@@ -820,6 +790,29 @@ class TapeCartridge:
         return wb.put(data, compress and self._block_zstd, worst, self._end,
                       DATA_START + self.ew_point)
 
+    def append_now(self, data: bytes | bytearray | memoryview, *, compress: bool = True
+                   ) -> bool:
+        """Write one data block at once when that is a plain append: nothing queued, the
+        position at end of data, and the block ends before the early-warning point even
+        stored uncompressed, so nothing but a disk error can make its answer anything but
+        GOOD (small blocks: cheaper written now than handed to the write buffer's threads).
+        False: nothing written, and the caller takes ``write_block``'s way. Raises what
+        ``write_block`` raises, with nothing written."""
+        wb = self._wb
+        if ((wb is not None and (wb.blocks or wb.failed)) or self.position != len(self.index)
+                or self.readonly):
+            return False
+        self.check_writable()
+        worst = RECORD_HEADER_SIZE + len(data)
+        key = self._sealing_key
+        if key is not None:
+            worst += ENVELOPE_OVERHEAD + len(key.kad)
+        if self.index.medium_end + worst >= DATA_START + self.ew_point:
+            return False
+        self._ahead.clear()
+        self._store(data, compress and self._block_zstd)
+        return True
+
     def _end(self) -> int:
         """End of data on the medium, for the write buffer's early-warning check."""
         return self.index.medium_end
@@ -850,10 +843,10 @@ class TapeCartridge:
 
     def _store(self, data: bytes | bytearray | memoryview, compress: bool) -> None:
         """Compress (when it pays) and append one data block at end of data."""
-        self._store_packed(len(data), _pack(self._cctx, data, compress, self._sealing_key))
+        self._store_packed(len(data), self._packer.pack(data, compress, self._sealing_key))
 
-    def _store_packed(self, native: int, packed: _Packed) -> None:
-        """Append one data block that ``_pack`` prepared, at end of data."""
+    def _store_packed(self, native: int, packed: Packed) -> None:
+        """Append one data block that ``BlockPacker.pack`` prepared, at end of data."""
         payload, flags, crc = packed
         if self.used_bytes + RECORD_HEADER_SIZE + len(payload) > self.capacity:
             raise EndOfMedium(f"{self.barcode} is full ({self.capacity} bytes)")
@@ -864,11 +857,11 @@ class TapeCartridge:
             self.counters.written_native += native
             self.counters.written_stored += len(payload)
 
-    def _new_packer(self) -> Callable[[bytes | bytearray | memoryview, bool], _Packed]:
-        """A ``_pack`` with a compressor of its own, for one write-behind packer thread
-        (a zstd context must not be shared between threads). The key is the one in force
-        when the block is packed: ``set_crypto`` waits for the buffer to empty first."""
-        pack = functools.partial(_pack, zstandard.ZstdCompressor(level=ZSTD_LEVEL))
+    def _new_packer(self) -> Callable[[bytes | bytearray | memoryview, bool], Packed]:
+        """A packer of its own (zstd context, skip state) for one write-behind thread. The
+        key is the one in force when the block is packed: ``set_crypto`` waits for the
+        buffer to empty first."""
+        pack = BlockPacker().pack
         return lambda data, compress: pack(data, compress, self._sealing_key)
 
     # -- encryption ---------------------------------------------------------------------

@@ -23,6 +23,7 @@ from vtl.iscsi import pdu
 from vtl.iscsi.pdu import ALL_ONES, Op
 from vtl.library import Library
 from vtl.scsi.devices import build_device_set
+from vtl.scsi.ssc import MIN_BUFFERED_WRITE
 
 SIZES = [65536, 1000, 65536, 300, 131072, 70000, 4096, 65536]
 WRITE_SIZES = [1000, 16384, 65536, 100000, 262144, 300000]
@@ -63,7 +64,7 @@ def _script(lib_dir: Path, *, fast: bool) -> tuple[list[list[bytes]], int]:
     lib.load("S00001L8", 0)
     devices = dict(build_device_set(lib).luns)
     drive = devices[1]
-    hits = {"read": 0, "write": 0}
+    hits = {"read": 0, "write": 0, "small write": 0}
     if fast:
         plain_read, plain_write = drive.stream_read, drive.stream_write
 
@@ -75,6 +76,7 @@ def _script(lib_dir: Path, *, fast: bool) -> tuple[list[list[bytes]], int]:
         def counting_write(*args):
             taken = plain_write(*args)
             hits["write"] += taken
+            hits["small write"] += taken and len(args[2]) < MIN_BUFFERED_WRITE
             return taken
 
         drive.stream_read, drive.stream_write = counting_read, counting_write
@@ -213,3 +215,4 @@ def test_fast_and_general_paths_answer_identically(tmp_path: Path) -> None:
     for i, (x, y) in enumerate(zip(fast, slow, strict=True)):
         assert x == y, f"answer {i} differs"
     assert hits["read"] > 50 and hits["write"] > 10, hits  # the fast paths did serve
+    assert hits["small write"] > 3, hits  # written at once (TapeCartridge.append_now)

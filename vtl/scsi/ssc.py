@@ -169,7 +169,7 @@ MAX_FIXED_TRANSFER = 64 * 1024 * 1024  # fixed-mode READ/WRITE byte cap per comm
 DEFAULT_BUFFERED_MODE = 1
 # In buffered mode a variable-mode WRITE(6) of at least this many bytes is answered once the
 # block is in the drive's buffer (TapeCartridge.queue_block); smaller blocks cost less to
-# write than to hand to another thread.
+# write at once than to hand to another thread (TapeCartridge.append_now, on the fast path).
 MIN_BUFFERED_WRITE = 16 * 1024
 
 # Commands on the data path: skip the catalog refresh (a cartridge being read or written is
@@ -751,10 +751,11 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
 
     def stream_write(self, nexus: Nexus, cdb: bytes | memoryview, data: memoryview) -> bool:
         """WRITE(6) in the streaming case (the transport's fast path, see vtl/scsi/base.py):
-        variable mode, buffered mode, a block of MIN_BUFFERED_WRITE bytes or more that the
-        transport gave away (DonatedBuffer) and the write buffer takes, nothing pending for
-        ``nexus``. False otherwise, with nothing changed, and the command goes through
-        ``execute`` (``cmd_write6`` handles every other case and every error)."""
+        variable mode, a block that the write buffer takes (buffered mode, MIN_BUFFERED_WRITE
+        bytes or more, given away by the transport: DonatedBuffer) or that is written at once
+        as a plain append before early warning (``_write_now``). False otherwise, with
+        nothing changed, and the command goes through ``execute`` (``cmd_write6`` handles
+        every other case and every error)."""
         n = len(data)
         if streaming_write_length(cdb) != n or n > MAX_BLOCK or self.protection.active:
             return False
@@ -763,11 +764,13 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
             if (cart is None or cart.write_failed or not self._can_write(cart)
                     or self._has_injected(cart)):
                 return False
+            compress = self.compression
             try:
-                if not self._buffer_block(cart, nexus, data, self.compression):
+                if (not self._buffer_block(cart, nexus, data, compress)
+                        and not self._write_now(cart, data, compress)):
                     return False
             except (CartridgeError, OSError):
-                return False  # nothing queued: execute meets it again and reports it
+                return False  # nothing stored: execute meets it again and reports it
             self._streaming = False
             self._plain_done(nexus)
             return True
@@ -793,6 +796,17 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
     def _has_injected(self, cart: TapeCartridge) -> bool:
         """Whether the cartridge has injected media errors (the general path handles it)."""
         return bool(self.bay.library.faults.media_errors(cart.barcode))
+
+    def _write_now(self, cart: TapeCartridge, data: memoryview, compress: bool) -> bool:
+        """A block the write buffer did not take (smaller than MIN_BUFFERED_WRITE, say),
+        written at once when it is a plain append whose answer can only be GOOD
+        (``TapeCartridge.append_now``; nowhere near the PEW zone, whose crossing the general
+        path reports): what ``cmd_write6`` would do, without its general path. False:
+        nothing written. Raises what ``append_now`` raises."""
+        if self._near_pew(cart, len(data)) or not cart.append_now(data, compress=compress):
+            return False
+        self.bytes_written += len(data)
+        return True
 
     def _stream_cart(self, nexus: Nexus, pr_class: int) -> TapeCartridge | None:
         """The mounted cartridge when a streaming fast path may use it: loaded, the same as
