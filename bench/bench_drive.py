@@ -20,6 +20,8 @@ Usage (from the repository root):
     .venv/bin/python bench/bench_drive.py --json     # machine-readable result on stdout
     .venv/bin/python bench/bench_drive.py --legacy --data random --quick
                                   # 10K/32K/64512/64K/256K/1M of incompressible data
+    .venv/bin/python bench/bench_drive.py --streams 4 --quick
+                                  # 4 drives at once against one, 256 KiB, CPU per GB
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,8 +330,13 @@ class RssSampler:
 # ---------------------------------------------------------------- targets
 
 
+def bench_barcode(i: int) -> str:
+    """The cartridge (or tgt tape image) of drive ``i``."""
+    return BARCODE if i == 0 else f"BNCH{i + 1:02d}L8"
+
+
 class Target:
-    """A running iSCSI target with one tape drive at (iqn, lun)."""
+    """A running iSCSI target with tape drives at (iqn, lun), (iqn, lun + 1), ..."""
 
     name = "?"
     iqn = ""
@@ -357,9 +365,10 @@ class TgtTarget(Target):
 
     name = "tgt"
 
-    def __init__(self, workdir: Path, capacity: int) -> None:
+    def __init__(self, workdir: Path, capacity: int, drives: int = 1) -> None:
         self.dir = workdir / "tgt"
         self.capacity = capacity
+        self.drives = drives  # tape LUNs 1..drives, an image each
         self.iqn = TGT_IQN
         self.lun = 1  # LUN 0 is tgt's own controller LU
         self.cport = 0
@@ -384,15 +393,17 @@ class TgtTarget(Target):
             if shutil.which(tool) is None:
                 raise BenchError(f"{tool} not found: apt-get install tgt")
         self.dir.mkdir(parents=True, exist_ok=True)
-        image = self.dir / "tape.img"
+        images = [self.dir / ("tape.img" if i == 0 else f"tape{i}.img")
+                  for i in range(self.drives)]
         size_mb = self.capacity // 1_000_000 + 256
-        res = subprocess.run(
-            ["tgtimg", "--op", "new", "--device-type", "tape", "--barcode", BARCODE,
-             "--size", str(size_mb), "--type", "data", "--file", str(image),
-             "--thin-provisioning"],
-            capture_output=True, text=True)
-        if res.returncode != 0:
-            raise BenchError(f"tgtimg failed: {res.stderr.strip()}")
+        for i, image in enumerate(images):
+            res = subprocess.run(
+                ["tgtimg", "--op", "new", "--device-type", "tape", "--barcode",
+                 bench_barcode(i), "--size", str(size_mb), "--type", "data", "--file",
+                 str(image), "--thin-provisioning"],
+                capture_output=True, text=True)
+            if res.returncode != 0:
+                raise BenchError(f"tgtimg failed: {res.stderr.strip()}")
         TGT_RUN_DIR.mkdir(parents=True, exist_ok=True)
         self.cport = self._pick_control_port()
         port = free_port()
@@ -410,13 +421,15 @@ class TgtTarget(Target):
             log_text = (self.dir / "tgtd.log").read_text(errors="replace").strip()
             raise BenchError(f"{e}: {log_text[-300:]}") from None
         self._adm("--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", "1", "-T", self.iqn)
-        self._adm("--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", "1",
-                  "--lun", str(self.lun), "-b", str(image), "--bstype", "ssc",
-                  "--device-type", "tape")
+        for i, image in enumerate(images):
+            self._adm("--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", "1",
+                      "--lun", str(self.lun + i), "-b", str(image), "--bstype", "ssc",
+                      "--device-type", "tape")
         self._adm("--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", "1",
                   "--initiator-address", "127.0.0.1")
         log(f"tgt: tgtd pid {self.proc.pid} on {self.portal} (control port {self.cport}), "
-            f"{self.iqn} lun {self.lun}, image {image}")
+            f"{self.iqn} lun {self.lun}" + (f"-{self.lun + self.drives - 1}" if self.drives > 1
+                                             else "") + f", image {images[0]}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -447,8 +460,9 @@ class VtlTarget(Target):
     compresses = True
 
     def __init__(self, workdir: Path, media: str | None, profile: str | None,
-                 src: Path | None = None) -> None:
+                 src: Path | None = None, drives: int = 1) -> None:
         self.root = workdir / "vtl-library"
+        self.drives = drives  # drive i is LUN 1 + i, a cartridge loaded in each
         self.iqn = VTL_IQN
         self.lun = 1  # LUN 0 = changer, LUN 1 = drive 0 (vtl.scsi.devices.build_device_set)
         self.media = media
@@ -482,14 +496,15 @@ class VtlTarget(Target):
     def start(self) -> None:
         port = free_port()
         self.portal = f"127.0.0.1:{port}"
-        init = ["init", "--drives", "1", "--slots", "4", "--mailslots", "1",
-                "--portal", self.portal, "--iqn", self.iqn]
+        init = ["init", "--drives", str(self.drives), "--slots", str(max(4, self.drives)),
+                "--mailslots", "1", "--portal", self.portal, "--iqn", self.iqn]
         self._vtl(*init)
-        create = ["cartridge", "create", BARCODE]
-        if self.media:
-            create += ["--media", self.media]
-        self._vtl(*create)
-        self._vtl("load", BARCODE, "0")
+        for i in range(self.drives):
+            create = ["cartridge", "create", bench_barcode(i)]
+            if self.media:
+                create += ["--media", self.media]
+            self._vtl(*create)
+            self._vtl("load", bench_barcode(i), str(i))
         env = self._env()
         cmd = [*self._vtl_cmd(), "--root", str(self.root), "serve", "--portal", self.portal]
         if self.profile in ("py-spy", "py-spy-gil"):
@@ -650,6 +665,100 @@ def best_of(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _phase_together(target: Target, luns: list[int], bs: int, count: int, verify: bool,
+                    timeout: float, phase: str, compression: bool, data: str
+                    ) -> tuple[list[dict[str, Any]], float, float]:
+    """One phase (write or read) on every LUN at once, one client each: (the clients'
+    results, wall seconds from the first start to the last end, server CPU seconds)."""
+    pid = target.pid_for_stats()
+    c0 = cpu_seconds(pid)
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(len(luns)) as pool:
+        results = list(pool.map(lambda lun: _client(
+            target.portal, target.iqn, lun, bs, count, verify, timeout, phase, compression,
+            data), luns))
+    return results, time.monotonic() - t0, cpu_seconds(pid) - c0
+
+
+def measure_streams(target: Target, streams: int, bs: int, total: int, verify: bool,
+                    timeout: float, compression: bool, data: str) -> dict[str, Any]:
+    """``total`` bytes at ``bs`` on one drive, then on ``streams`` drives at once (one client
+    each, the same bytes per drive): aggregate MB/s of each (bytes / wall time of the phase,
+    client start-up and login included alike) and the server's CPU per GB."""
+    count = max(1, total // bs)
+    out: dict[str, Any] = {"block_size": bs, "streams": streams, "count": count}
+    for n in (1, streams):
+        log(f"{target.name}: {n} stream(s) x {count} x {human(bs)} write + read")
+        luns = [target.lun + i for i in range(n)]
+        res: dict[str, Any] = {}
+        for phase in ("write", "read"):
+            try:
+                got, wall, cpu = _phase_together(target, luns, bs, count, verify, timeout,
+                                                 phase, compression, data)
+            except BenchError as e:
+                return {**out, "error": str(e)}
+            bad = [r for r in got if not r.get("ok")]
+            if bad:
+                return {**out, "error": f"{phase}: {bad[0].get('errors')}"}
+            nbytes = sum(r["written" if phase == "write" else "read"] for r in got) * bs
+            res[f"{phase}_mbps"] = nbytes / 1e6 / wall
+            res[f"cpu_s_per_gb_{phase}"] = cpu / (nbytes / 1e9)
+        out[f"x{n}"] = res
+        log(f"{target.name}: {n} stream(s): write {res['write_mbps']:.0f} MB/s, read "
+            f"{res['read_mbps']:.0f} MB/s, server CPU {res['cpu_s_per_gb_write']:.2f}/"
+            f"{res['cpu_s_per_gb_read']:.2f} s per GB w/r")
+    one, many = out["x1"], out[f"x{streams}"]
+    out["scaling_write"] = many["write_mbps"] / one["write_mbps"]
+    out["scaling_read"] = many["read_mbps"] / one["read_mbps"]
+    return out
+
+
+def print_streams(result: dict[str, Any]) -> None:
+    cfg = result["config"]
+    n = cfg["streams"]
+    print(f"\n{n} streams on {n} drives of one target (one libiscsi client each, one command "
+          f"at a time) against one stream, {human(cfg['total_per_size'])} per drive at "
+          f"{human(cfg['streams_size'])}, best of {cfg['repeat']}; data: {cfg['data']}; "
+          f"{cfg['cpus']} CPUs, load {cfg['loadavg_start']:.1f} -> {cfg['loadavg_end']:.1f}")
+    print("MB/s = all drives' bytes / wall time of the phase (client start and login "
+          "included); CPU = server user+sys seconds per GB\n")
+    rows = [["target", "streams", "write MB/s", "read MB/s", "CPU/GB write", "CPU/GB read"]]
+    for name, res in result["streams"].items():
+        if "error" in res:
+            rows.append([name, "-", "FAIL", "FAIL", "-", res["error"][:40]])
+            continue
+        for k in (1, n):
+            r = res[f"x{k}"]
+            rows.append([name, str(k), f"{r['write_mbps']:.0f}", f"{r['read_mbps']:.0f}",
+                         f"{r['cpu_s_per_gb_write']:.2f}", f"{r['cpu_s_per_gb_read']:.2f}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    print()
+    for name, res in result["streams"].items():
+        if "error" not in res:
+            print(f"{name}: {n} streams / 1 stream: write {res['scaling_write']:.2f}x, read "
+                  f"{res['scaling_read']:.2f}x")
+
+
+def best_streams(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """The best of repeated stream runs, figure by figure (as ``best_of``)."""
+    if old is None or "error" in old:
+        return new
+    if "error" in new:
+        return old
+    out = dict(new)
+    for k in ("x1", f"x{new['streams']}"):
+        a, b = old[k], new[k]
+        out[k] = {key: (max if key.endswith("mbps") else min)(a[key], b[key]) for key in a}
+    one, many = out["x1"], out[f"x{new['streams']}"]
+    out["scaling_write"] = many["write_mbps"] / one["write_mbps"]
+    out["scaling_read"] = many["read_mbps"] / one["read_mbps"]
+    return out
+
+
 def long_run(vtl: VtlTarget, total: int, bs: int, verify: bool, timeout: float,
              compression: bool = True, data: str = "mixed") -> dict[str, Any]:
     """Stream `total` bytes at `bs` and report the server's RSS at start, middle and end."""
@@ -730,6 +839,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="first time a plain 1 MiB write + fsync of --total bytes in the work dir")
     ap.add_argument("--vtl-src", type=Path, default=None,
                     help="serve vtl from another source tree (PYTHONPATH), to A/B a change")
+    ap.add_argument("--streams", type=int, default=0, metavar="N",
+                    help="instead of the table: N streams on N drives of one target at once "
+                         "(one client each) against one stream, at --streams-size, with the "
+                         "server's CPU per GB")
+    ap.add_argument("--streams-size", default="256K")
     ap.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     args = ap.parse_args(argv)
     sigterm_as_interrupt()
@@ -740,6 +854,10 @@ def main(argv: list[str] | None = None) -> int:
         total = parse_size("256M" if args.quick else args.total)
         long_total = parse_size(args.long_total)
         long_size = parse_size(args.long_size)
+        if args.streams:
+            if args.streams < 2:
+                raise BenchError("--streams needs at least 2 (it compares with one stream)")
+            sizes = [parse_size(args.streams_size)]
         if any(s > 0xFFFFFF for s in sizes):
             raise BenchError("WRITE(6) carries at most 16 MiB - 1 per block")
         build_client()
@@ -760,9 +878,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.json:
         print(json.dumps(result, indent=2))
+    elif args.streams:
+        print_streams(result)
     else:
         print_report(result)
-    failed = any("error" in r.get(t, {}) for r in result["rows"] for t in targets)
+    failed = any("error" in r.get(t, {}) for r in result["rows"] for t in targets) or any(
+        "error" in r for r in result.get("streams", {}).values())
     return 1 if failed else 0
 
 
@@ -780,6 +901,7 @@ def run_all(args: argparse.Namespace, sizes: list[int], total: int, long_total: 
             "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
             "write_mbps": "bytes / (N WRITE(6) + 1 WRITE FILEMARKS(6), non-immediate)",
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "streams": args.streams, "streams_size": sizes[0],
         },
         "rows": [],
     }
@@ -790,10 +912,12 @@ def run_all(args: argparse.Namespace, sizes: list[int], total: int, long_total: 
     with contextlib.ExitStack() as stack:
         running_targets: dict[str, Target] = {}
         samplers: dict[str, RssSampler] = {}
+        drives = max(1, args.streams)
         if "tgt" in targets:
-            running_targets["tgt"] = stack.enter_context(running(TgtTarget(workdir, capacity)))
+            running_targets["tgt"] = stack.enter_context(running(
+                TgtTarget(workdir, capacity, drives)))
         if "vtl" in targets:
-            vtl = VtlTarget(workdir, args.media, args.profile, args.vtl_src)
+            vtl = VtlTarget(workdir, args.media, args.profile, args.vtl_src, drives)
             try:
                 running_targets["vtl"] = stack.enter_context(running(vtl))
             except BenchError as e:
@@ -805,6 +929,19 @@ def run_all(args: argparse.Namespace, sizes: list[int], total: int, long_total: 
                 s.start()
                 stack.callback(s.stop)
                 samplers[name] = s
+        if args.streams:
+            result["streams"] = {}
+            for rep in range(args.repeat):
+                order = list(running_targets.items())
+                if rep % 2:
+                    order.reverse()
+                for name, t in order:
+                    result["streams"][name] = best_streams(
+                        result["streams"].get(name),
+                        measure_streams(t, args.streams, sizes[0], total, verify, timeout,
+                                        args.compression == "on" or not t.compresses,
+                                        args.data))
+            sizes = []  # the streams replace the table
         for bs in sizes:
             row: dict[str, Any] = {"block_size": bs}
             for rep in range(args.repeat):

@@ -7,11 +7,13 @@ the part of a command vtl can make cheaper, measured without a second process to
 
     .venv/bin/python bench/bench_hot_path.py                  # us per command, 64 KiB
     .venv/bin/python bench/bench_hot_path.py --block-size 256K
-    .venv/bin/python bench/bench_hot_path.py --callgrind      # instructions per READ
+    .venv/bin/python bench/bench_hot_path.py --callgrind      # instructions per WRITE and READ
 
-``--callgrind`` runs the script twice under valgrind (600 writes, then 100 or 600 reads) and
-prints the difference per READ: a count that does not depend on the machine's load, for A/B
-comparisons of hot-path changes (needs Debian's valgrind).
+``--callgrind`` runs the script three times under valgrind (100 or 600 writes, then 100 or
+600 reads) and prints the differences per WRITE and per READ: counts that do not depend on the
+machine's load, for A/B comparisons of hot-path changes (needs Debian's valgrind; the
+kernel's share, syscalls included, is not counted). ``--data random|text`` changes what the
+blocks hold (default: half compressible, like bench_drive.py's ``mixed``).
 """
 
 from __future__ import annotations
@@ -118,6 +120,17 @@ def half_compressible(size: int) -> bytes:
     return b"".join(out)[:size]
 
 
+def block_data(kind: str, size: int) -> bytes:
+    """One block as the drive benchmark writes it: ``mixed`` (half compressible), ``random``
+    (incompressible, as compressed or encrypted backups) or ``text`` (compresses well)."""
+    if kind == "random":
+        return random.Random(2).randbytes(size)
+    if kind == "text":
+        line = b"2026-11-25T14:00:00 host backup[4000]: wrote block 000001 ok\n"
+        return (line * (size // len(line) + 1))[:size]
+    return half_compressible(size)
+
+
 def serve(server: IscsiTarget, target: TargetConfig, stream: bytes, setup_pdus: int) -> float:
     """Seconds from the first PDU after the ``setup_pdus`` (TEST UNIT READY, REWIND: they
     run on the LUN's worker and the harness polls for their answers) to the end."""
@@ -137,7 +150,7 @@ def serve(server: IscsiTarget, target: TargetConfig, stream: bytes, setup_pdus: 
     return time.perf_counter() - sock.started
 
 
-def measure(block: int, writes: int, reads: int) -> tuple[float, float]:
+def measure(block: int, writes: int, reads: int, kind: str = "mixed") -> tuple[float, float]:
     work = Path(tempfile.mkdtemp(prefix="hot-path-", dir=REPO / ".cache"))
     try:
         lib = Library.create(work / "lib", LibraryConfig(drives=1, slots=4, mailslots=1))
@@ -148,7 +161,7 @@ def measure(block: int, writes: int, reads: int) -> tuple[float, float]:
                                           limits=Limits(nop_interval=0)))
         start = [command(i, bytes(6)) for i in range(3)]  # TEST UNIT READY: clears the UA
         start.append(command(3, bytes([0x01, 0, 0, 0, 0, 0])))  # REWIND
-        data = half_compressible(block)
+        data = block_data(kind, block)
         size = block.to_bytes(3, "big")
         w = serve(server, target, b"".join(
             start + [command(4 + i, bytes([0x0A, 0]) + size + b"\0", data=data)
@@ -167,18 +180,22 @@ def measure(block: int, writes: int, reads: int) -> tuple[float, float]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def callgrind(block: int) -> int:
-    counts = []
-    for reads in (100, 600):
+def callgrind(block: int, kind: str) -> tuple[int, int]:
+    """Instructions per WRITE and per READ: three runs under valgrind (100 writes and 100
+    reads, 600 and 100, 600 and 600), the differences divided by the 500 extra commands."""
+    counts = {}
+    for writes, reads in ((100, 100), (600, 100), (600, 600)):
         r = subprocess.run(
             ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-             __file__, "--block-size", str(block), "--count", "600", "--reads", str(reads)],
+             __file__, "--block-size", str(block), "--count", str(writes), "--reads",
+             str(reads), "--data", kind],
             capture_output=True, text=True, check=True)
         m = re.search(r"Collected : (\d+)", r.stderr)
         if m is None:
             raise SystemExit("callgrind printed no total")
-        counts.append(int(m.group(1)))
-    return (counts[1] - counts[0]) // 500
+        counts[writes, reads] = int(m.group(1))
+    return ((counts[600, 100] - counts[100, 100]) // 500,
+            (counts[600, 600] - counts[600, 100]) // 500)
 
 
 def size_arg(text: str) -> int:
@@ -193,18 +210,21 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=4096, help="blocks written")
     ap.add_argument("--reads", type=int, default=None, help="blocks read (default: all)")
     ap.add_argument("--callgrind", action="store_true",
-                    help="instructions per READ under valgrind (repeatable under load)")
+                    help="instructions per WRITE and READ under valgrind (repeatable under load)")
+    ap.add_argument("--data", choices=("mixed", "random", "text"), default="mixed",
+                    help="what the blocks hold (bench_drive.py's --data)")
     args = ap.parse_args()
     if args.callgrind:
         if shutil.which("valgrind") is None:
             print("error: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
             return 2
-        print(f"{callgrind(args.block_size)} instructions per READ(6) of "
-              f"{args.block_size} bytes (server side, no network)")
+        per_write, per_read = callgrind(args.block_size, args.data)
+        print(f"{per_write} instructions per WRITE(6), {per_read} per READ(6) of "
+              f"{args.block_size} bytes, {args.data} data (server side, no network)")
         return 0
     reads = args.count if args.reads is None else min(args.reads, args.count)
-    w, r = measure(args.block_size, args.count, reads)
-    print(f"{args.block_size >> 10} KiB: WRITE(6) {w:.1f} us, READ(6) {r:.1f} us per command "
+    w, r = measure(args.block_size, args.count, reads, args.data)
+    print(f"{args.block_size >> 10} KiB {args.data}: WRITE(6) {w:.1f} us, READ(6) {r:.1f} us per command "
           f"(server side, no network; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})")
     return 0
 
