@@ -59,6 +59,7 @@ from typing import Any
 from urllib.parse import quote
 
 from vtl import CATALOG_NAME
+from vtl.barcode import is_cleaning_label
 
 BLOCK_SIZE = 256 * 1024
 _FILE_BATCH = 10_000  # file index rows per INSERT batch
@@ -504,6 +505,8 @@ class Catalog:
                 if cart is None:
                     raise CatalogError(f"no cartridge {barcode} in the library "
                                        "(create it with `vtl cartridge create`)")
+                if is_cleaning_label(barcode):
+                    raise CatalogError(f"{barcode} is a cleaning cartridge: it holds no data")
                 if self.db.execute("SELECT 1 FROM ebm_media WHERE barcode=?", (barcode,)).fetchone():
                     raise CatalogError(f"cartridge {barcode} is already in pool {cart['pool']!r}")
                 self.db.execute("UPDATE cartridges SET pool=? WHERE barcode=?", (pool, barcode))

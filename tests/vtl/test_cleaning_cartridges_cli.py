@@ -47,3 +47,15 @@ def test_load_and_rebuild_keep_it_a_cleaning_cartridge(root: Path) -> None:
     assert r.exit_code == 0, r.output
     row = _row(root, "CLN001L1")
     assert (row["state"], row["pool"], row["cleanings_left"]) == ("cleaning", None, 5)
+
+
+def test_the_backup_manager_never_takes_one(root: Path) -> None:
+    from ebm.catalog import Catalog, CatalogError
+
+    vtl_json(root, "cartridge", "create", "CLN001L1")
+    catalog = Catalog.for_root(root)
+    try:
+        with pytest.raises(CatalogError, match="cleaning cartridge"):
+            catalog.add_to_pool("Default", "CLN001L1")
+    finally:
+        catalog.close()
