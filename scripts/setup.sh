@@ -26,6 +26,9 @@ APT_PACKAGES=(
   gcc                   # builds the benchmark client
   chromium              # renders the status page (vtl web) headless in its test
   ceph-mon ceph-osd radosgw ceph-common  # a real S3 (single-node Ceph) for the store's S3 tier test
+  bacula-sd             # Bacula's btape and mtx-changer script, run in the full-userland e2e guest
+  amanda-server amanda-client  # Amanda (chg-robot, amdump, amfetchdump) in the same guest
+  libencode-locale-perl # Amanda's perl needs Encode::Locale; Debian's amanda does not declare it
 )
 
 missing=()
@@ -38,6 +41,14 @@ if ((${#missing[@]})); then
     echo "setup: missing Debian packages (${missing[*]}); run as root to install them" >&2
   else
     echo "setup: installing Debian packages: ${missing[*]}"
+    # Package scripts must not start daemons here (bacula-sd, and exim4 and openbsd-inetd
+    # that Amanda pulls in; the tests run their programs in a guest, never as services):
+    # a policy-rc.d that refuses every start, for the length of the install only.
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+      $SUDO chmod 755 /usr/sbin/policy-rc.d
+      trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi

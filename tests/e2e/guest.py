@@ -56,21 +56,9 @@ TOOL_PACKAGES = ("busybox-static", "dash", "mt-st", "mtx", "tar", "coreutils", "
                  "stenc")
 BUSYBOX = "/bin/busybox"
 
-INIT_SCRIPT = r"""#!/bin/busybox sh
-# Guest /init: mount the pseudo file systems, load the SCSI modules, wait for the devices the
-# test asked for, run /test.sh and power off. Markers (@@...@@) let the host parse the log.
-/bin/busybox mkdir -p /proc /sys /dev /tmp /usr/bin /usr/sbin /sbin
-/bin/busybox mount -t proc proc /proc
-/bin/busybox --install -s /bin
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs -o size=256m tmpfs /tmp
-echo "@@E2E-INIT@@ $(cut -d' ' -f1 /proc/uptime)s"
-for m in $(cat /etc/modules.load); do
-  insmod /lib/modules/$m.ko || echo "@@E2E-WARN insmod $m failed@@"
-done
-[ -f /etc/e2e.env ] && . /etc/e2e.env
+# The part of /init that names the attached LUNs (E2E_HCTL, from the per-run
+# /etc/e2e.env) under /dev/e2e: the busybox guest and the host-root guest share it.
+NAME_LUNS = r"""[ -f /etc/e2e.env ] && . /etc/e2e.env
 # E2E_HCTL lists the attached LUNs' SCSI addresses in attach order. Wait for each one's
 # driver node, then name it by attach index: /dev/e2e/<i>-sg, <i>-nst (tape), <i>-sch
 # (changer). Linux numbers st/sg devices in scan order, which need not be LUN order.
@@ -102,7 +90,23 @@ for dev in $E2E_WAIT_DEVS; do
   [ -e /dev/$dev ] || echo "@@E2E-WARN /dev/$dev did not appear@@"
 done
 ls -l /dev/e2e | grep -- '->' | sed 's/.* \([0-9]*-[a-z]*\) -> /\1 -> /'
-echo "@@E2E-READY@@ $(cut -d' ' -f1 /proc/uptime)s"
+"""
+
+INIT_SCRIPT = r"""#!/bin/busybox sh
+# Guest /init: mount the pseudo file systems, load the SCSI modules, wait for the devices the
+# test asked for, run /test.sh and power off. Markers (@@...@@) let the host parse the log.
+/bin/busybox mkdir -p /proc /sys /dev /tmp /usr/bin /usr/sbin /sbin
+/bin/busybox mount -t proc proc /proc
+/bin/busybox --install -s /bin
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs -o size=256m tmpfs /tmp
+echo "@@E2E-INIT@@ $(cut -d' ' -f1 /proc/uptime)s"
+for m in $(cat /etc/modules.load); do
+  insmod /lib/modules/$m.ko || echo "@@E2E-WARN insmod $m failed@@"
+done
+""" + NAME_LUNS + r"""echo "@@E2E-READY@@ $(cut -d' ' -f1 /proc/uptime)s"
 cd /tmp
 . /etc/e2e-lib.sh
 . /test.sh
@@ -133,6 +137,8 @@ class Guest:
     kernel: Path
     initrd: Path
     kernel_version: str
+    # More qemu arguments this guest needs on every boot (the host-root guest's -virtfs).
+    qemu_args: tuple[str, ...] = ()
 
 
 def _run(cmd: list[str], cwd: Path | None = None) -> str:
@@ -377,10 +383,13 @@ def build_guest() -> Guest:
     return Guest(kernel=kernel, initrd=build_initramfs(kroot, release), kernel_version=release)
 
 
-def overlay(script: str, env: dict[str, str]) -> bytes:
-    """The per-run cpio appended to the base initramfs: /test.sh and /etc/e2e.env."""
+def overlay(script: str, env: dict[str, str], files: dict[str, bytes] | None = None) -> bytes:
+    """The per-run cpio appended to the base initramfs: /test.sh, /etc/e2e.env and ``files``
+    (path in the initramfs: contents)."""
     cpio = CpioWriter()
     cpio.file("test.sh", script.encode(), 0o755)
+    for path, data in (files or {}).items():
+        cpio.file(path, data, 0o644)
     envtext = "".join(f"{k}='{v}'\n" for k, v in env.items())
     cpio.file("etc/e2e.env", envtext.encode(), 0o644)
     return gzip.compress(cpio.finish(), mtime=0)

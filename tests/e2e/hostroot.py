@@ -3,39 +3,41 @@
 The LIO tests need more than busybox: the project's venv (Python, rtslib-fb), the kernel's
 target modules, and the tape tools, all in one guest. Rather than build a disk image, the
 guest mounts the host's ``/`` read-only over virtio-9p, puts tmpfs over the places that must
-be writable (``/tmp``, ``/run``, ``/var/tmp``; not ``/root``, where pyenv may keep the
-venv's Python; an overlay on ``/etc``), mounts proc, sysfs, devtmpfs and
+be writable (``/tmp``, ``/run``, ``/var/tmp``, ``/dev/shm``; not ``/root``, where pyenv may
+keep the venv's Python; an overlay on ``/etc``), mounts proc, sysfs, devtmpfs and
 configfs, and chroots into it: the guest then runs the very binaries and venv the host has.
 A checkout (or its venv) under one of the tmpfs places, as a fresh ``git clone`` in /tmp
 is, would be hidden by the tmpfs: the guest binds it from the 9p root before the tmpfs
 mounts and back onto the same path after them (:func:`covered_paths`, ``/binds``).
 The initramfs only carries busybox, the modules (loaded before the chroot, since the host
-has none for this kernel) and /init; it is cached beside the other guest's.
+has none for this kernel) and /init; it is cached beside the other guest's. iSCSI LUNs of a
+host target can be attached as in the busybox guest (``boot_hostroot(..., luns=...)``),
+named ``/dev/e2e/<i>-sg|nst|sch`` by the same /init snippet (guest.NAME_LUNS).
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from .guest import CACHE, CpioWriter, Guest, fetch_kernel, pack_base
-from .qemu import Run, parse_steps
-from .targets import die_with_parent
+from .guest import CACHE, NAME_LUNS, CpioWriter, Guest, fetch_kernel, pack_base
+from .qemu import Lun, Run, boot
 
 COVERED = ("/tmp", "/run", "/var/tmp")  # tmpfs in the guest (INIT)
 
 # iscsi_target_mod with crc32c_generic, which it asks for by name at each login (the chroot
 # has no modules for this kernel, so nothing would load it on demand).
-MODULES = ("virtio_pci", "9p", "9pnet_virtio", "scsi_mod", "st", "ch", "sg", "configfs",
-           "target_core_mod", "target_core_user", "uio", "tcm_loop", "crc32c_generic",
+# virtio_scsi for the iSCSI LUNs qemu attaches (boot_hostroot's ``luns``).
+MODULES = ("virtio_pci", "9p", "9pnet_virtio", "scsi_mod", "virtio_scsi", "st", "ch", "sg",
+           "configfs", "target_core_mod", "target_core_user", "uio", "tcm_loop", "crc32c_generic",
            "iscsi_target_mod", "overlay")
+
+# The host's root, read-only, as the 9p share /init mounts.
+VIRTFS = ("-virtfs",
+          "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap")
 
 INIT = r"""#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /host
@@ -48,7 +50,7 @@ echo "@@E2E-INIT@@ $(cut -d' ' -f1 /proc/uptime)s"
 for m in $(cat /etc/modules.load); do
   insmod /lib/modules/$m.ko || echo "@@E2E-WARN insmod $m failed@@"
 done
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host \
+""" + NAME_LUNS + r"""mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host \
   || echo "@@E2E-WARN 9p mount failed@@"
 for d in proc sys dev; do mount --move /$d /host/$d 2>/dev/null || mount -t $d $d /host/$d; done
 mount -t configfs configfs /host/sys/kernel/config
@@ -57,6 +59,8 @@ n=0; while read -r p; do mkdir -p /stash/$n && mount --bind "/host$p" /stash/$n;
 for d in tmp run var/tmp; do mount -t tmpfs -o size=256m tmpfs /host/$d; done
 n=0; while read -r p; do mkdir -p "/host$p" && mount --bind /stash/$n "/host$p" \
   || echo "@@E2E-WARN bind $p failed@@"; n=$((n+1)); done </binds
+# POSIX shared memory (shm_open), as on any Linux system: Amanda's taper needs it
+mkdir -p /host/dev/shm && mount -t tmpfs -o size=64m tmpfs /host/dev/shm
 # /etc writable too (rtslib wants /etc/target, as targetcli-fb's package makes it)
 mkdir -p /ovl && mount -t tmpfs tmpfs /ovl && mkdir -p /ovl/up /ovl/work
 mount -t overlay overlay -o lowerdir=/host/etc,upperdir=/ovl/up,workdir=/ovl/work /host/etc \
@@ -96,43 +100,15 @@ def build_hostroot_guest() -> Guest:
         out.write_bytes(gzip.compress(cpio.finish(), compresslevel=6, mtime=0))
         out.with_suffix(".key").write_text(stamp)
     kernel = kroot / "boot" / f"vmlinuz-{release}"
-    return Guest(kernel=kernel, initrd=out, kernel_version=release)
+    return Guest(kernel=kernel, initrd=out, kernel_version=release, qemu_args=VIRTFS)
 
 
-def boot_hostroot(guest: Guest, script: str, *, timeout: float = 400,
-                  memory_mb: int = 1024) -> Run:
-    """Boot once and run ``script`` (sh, using ``step``) in the chroot of the host's root."""
-    wd = Path(tempfile.mkdtemp(prefix="vtl-lio-e2e-"))
-    try:
-        cpio = CpioWriter()
-        cpio.file("test.sh", script.encode(), 0o755)
-        cpio.file("binds", "".join(p + "\n" for p in covered_paths()).encode(), 0o644)
-        initrd = wd / "initrd.img"
-        initrd.write_bytes(guest.initrd.read_bytes() + gzip.compress(cpio.finish(), mtime=0))
-        serial = wd / "serial.log"
-        cmd = ["qemu-system-x86_64", "-accel", "tcg", "-m", str(memory_mb), "-smp", "1",
-               "-nodefaults", "-display", "none", "-no-reboot", "-serial", f"file:{serial}",
-               "-kernel", str(guest.kernel), "-initrd", str(initrd),
-               "-append", "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init",
-               "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"]
-        start = time.monotonic()
-        with (wd / "qemu.out").open("wb") as qout:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=qout,
-                                    stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log = serial.read_text(errors="replace").replace("\r\n", "\n") if serial.exists() else ""
-        log += "\n--- qemu output ---\n" + (wd / "qemu.out").read_text(errors="replace")
-        keep = os.environ.get("VTL_E2E_LOGDIR")
-        if keep:
-            Path(keep).mkdir(parents=True, exist_ok=True)
-            (Path(keep) / "lio.log").write_text(log)
-        run = Run(log=log, seconds=time.monotonic() - start, returncode=proc.returncode)
-        run.steps = parse_steps(log)
-        run.done = "@@E2E-DONE@@" in log
-        return run
-    finally:
-        shutil.rmtree(wd, ignore_errors=True)
+def boot_hostroot(guest: Guest, script: str, *, luns: Sequence[Lun] = (),
+                  timeout: float = 400, memory_mb: int = 1024) -> Run:
+    """Boot once and run ``script`` (sh, using ``step``) in the chroot of the host's root.
+
+    ``luns`` are attached as in :func:`qemu.boot` and named ``/dev/e2e/<i>-sg|nst|sch``
+    before the chroot (its /dev is the same devtmpfs)."""
+    binds = "".join(p + "\n" for p in covered_paths()).encode()
+    return boot(guest, script, list(luns), timeout=timeout, memory_mb=memory_mb,
+                files={"binds": binds})

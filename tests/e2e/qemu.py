@@ -122,11 +122,14 @@ def boot(
     memory_mb: int = 512,
     workdir: Path | None = None,
     host_actions: dict[str, Callable[[], object]] | None = None,
+    files: dict[str, bytes] | None = None,
 ) -> Run:
     """Boots the guest once, runs ``script`` (a sh fragment using ``step``) and returns the run.
 
     LUN ``i`` of ``luns`` appears in the guest as ``/dev/e2e/<i>-sg`` plus ``<i>-nst`` for a
     tape drive or ``<i>-sch`` for a changer, whatever order Linux numbered them in.
+
+    ``files`` are more per-run files for /init (path in the initramfs: contents).
 
     ``host_actions`` lets the guest ask the host to act mid-run: when the guest prints
     ``@@HOST name@@`` the host calls ``host_actions[name]()`` once (e.g. a CLI command that
@@ -154,6 +157,7 @@ def boot(
             "-initrd", str(initrd),
             "-append", "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init",
             "-device", "virtio-scsi-pci,id=scsi0",
+            *guest.qemu_args,
         ]  # fmt: skip
         # The guest sees the same topology as an open-iscsi login: one SCSI target id per
         # iSCSI target, the iSCSI LUN as the LUN. (The ch driver matches the changer's DVCID
@@ -174,7 +178,7 @@ def boot(
         for lun in luns:
             hctl.append(f"0:0:{target_ids[(lun.portal, lun.target, lun.session)]}:{lun.lun}")
         env = {"E2E_WAIT_DEVS": " ".join(wait_devs), "E2E_HCTL": " ".join(hctl)}
-        initrd.write_bytes(guest.initrd.read_bytes() + overlay(script, env))
+        initrd.write_bytes(guest.initrd.read_bytes() + overlay(script, env, files))
         start = time.monotonic()
         qlog = wd / "qemu.out"
         with qlog.open("wb") as qout_file:
