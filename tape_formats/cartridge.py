@@ -8,7 +8,7 @@ discards every object from p on, as overwriting a real tape does.
 ``TapeCartridge`` owns the tape's state and the order of file operations (what is appended,
 cut, synced); the parts with a job of their own live beside it: the record layout and its
 pack/unpack in ``records.py``, compressing, sealing and checksumming a block in
-``block_packing.py``, object positions in ``index.py``, the one-block read-ahead in
+``block_packing.py``, object positions in ``index.py``, the read-ahead cache in
 ``read_ahead.py``, the buffered-mode write buffer in ``write_behind.py`` and the pacing of
 write-back to the disk in ``writeback_pacing.py``.
 """
@@ -44,7 +44,7 @@ from tape_formats.block_packing import BlockPacker, Packed
 from tape_formats.index import PositionIndex
 from tape_formats.mam import MamStore
 from tape_formats.media import MEDIA, MediaType, media_by_density
-from tape_formats.read_ahead import ReadAhead
+from tape_formats.read_ahead import SPAN_BYTES, SPAN_RECORD_MAX, ReadAhead
 from tape_formats.records import (
     CARTRIDGE_HEADER_BODY,
     DATA_START,
@@ -252,7 +252,7 @@ class TapeCartridge:
         self._lock = threading.Lock()
         self._closed = False
         self.ew_point = self.capacity - early_warning_margin(self.capacity)
-        self._ahead = ReadAhead()  # one decoded block, like a drive's read buffer
+        self._ahead = ReadAhead()  # a decoded block and the records ahead: a read buffer
         # Write-behind buffer (buffered mode), started by the first queue_block.
         self._wb: WriteBehind | None = None
         # The drive's tape data encryption settings (keys in memory only): set_crypto.
@@ -619,8 +619,9 @@ class TapeCartridge:
     def read_ahead(self) -> None:
         """Decode the data block at the position into the read-ahead cache, without moving
         or counting: the next read_block of it then costs a copy instead of pread + crc32c +
-        zstd. Called while the drive is idle between commands; any failure just leaves the
-        cache empty, so the real read meets the same error and reports it."""
+        zstd. A small record is decoded from the span, the records ahead read in one go
+        (``read_ahead.py``). Called while the drive is idle between commands; any failure
+        just leaves the cache empty, so the real read meets the same error and reports it."""
         self.wait_writes()
         p = self.position
         idx = self.index
@@ -631,19 +632,44 @@ class TapeCartridge:
         meta = idx.meta[r]
         if meta & 0xFF != _DATA:
             return
-        ahead.clear()
+        ahead.obj = -1
         try:
-            native, stored, data, direct = self._decode(p, r, ahead.buffer(meta >> 16))
+            raw = self._from_span(r)
+            native, stored, data, _ = self._decode(p, r, ahead.buffer(meta >> 16)
+                                                   if raw is None else None, raw)
         except (CartridgeError, OSError, zstandard.ZstdError):
             return
-        ahead.hold(p, native, stored, data, own=not direct)  # zstd's output: its own memory
+        # zstd's (or the decryption's) output is memory of its own; a view is reused memory
+        ahead.hold(p, native, stored, data, own=type(data) is bytes)
 
-    def _decode(self, p: int, r: int, buf: memoryview | bytearray | None
+    def _from_span(self, r: int) -> memoryview | None:
+        """Record ``r`` (header and payload) out of the read-ahead span, refilled with one
+        read from ``r`` on when it does not hold it; None for a record too big for the span
+        (read straight into its destination instead) or when the read fails."""
+        idx = self.index
+        off = idx.offsets[r]
+        end = idx.offsets[r + 1] if r + 1 < len(idx.offsets) else idx.end
+        size = end - off
+        if size > SPAN_RECORD_MAX:
+            return None
+        ahead = self._ahead
+        raw = ahead.in_span(off, size)
+        if raw is not None:
+            return raw
+        want = min(SPAN_BYTES, idx.end - off)
+        got = self._io.preadv([ahead.span_buffer(want)], off)
+        ahead.filled(off, got)
+        return ahead.in_span(off, size)
+
+    def _decode(self, p: int, r: int, buf: memoryview | bytearray | None,
+                raw_record: memoryview | None = None
                 ) -> tuple[int, int, bytes | memoryview, bool]:
-        """Read data block ``p`` (record ``r``): pread, header check, crc32c, zstd. Returns
-        (native length, stored length, data, direct): ``direct`` when the payload was read
-        straight into ``buf`` (a stored block that fits), so ``data`` is a view of ``buf``;
-        else ``data`` is the whole block in memory of its own."""
+        """Read data block ``p`` (record ``r``): pread, header check, crc32c, zstd; the pread
+        is spared when ``raw_record`` holds the record already (the read-ahead span).
+        Returns (native length, stored length, data, direct): ``direct`` when the payload
+        was read straight into ``buf`` (a stored block that fits), so ``data`` is a view of
+        ``buf``; else ``data`` is the whole block in memory of its own, or a view of
+        ``raw_record``."""
         idx = self.index
         meta = idx.meta[r]
         native = meta >> 16
@@ -652,13 +678,18 @@ class TapeCartridge:
         off = idx.offsets[r]
         stored = (idx.offsets[r + 1] if r + 1 < len(idx.offsets) else idx.end) - off \
             - RECORD_HEADER_SIZE
-        direct = buf is not None and not compressed and not encrypted and len(buf) >= native
-        if direct:
+        direct = (buf is not None and raw_record is None and not compressed and not encrypted
+                  and len(buf) >= native)
+        raw: bytes | bytearray | memoryview
+        if raw_record is not None:
+            raw = raw_record
+            payload = raw_record[RECORD_HEADER_SIZE:]
+        elif direct:
             # The common streaming case: the payload lands straight in the caller's buffer.
             out = memoryview(buf)[:native]
             head = bytearray(RECORD_HEADER_SIZE)
             got = self._io.preadv([head, out], off)
-            raw: bytes | bytearray = head
+            raw = head
             payload = out
             if got != RECORD_HEADER_SIZE + stored:
                 raise CorruptRecord(f"{self.barcode}: block {p} is cut short", p)
