@@ -99,6 +99,23 @@ def notify_server(root: Path) -> str:
 
 
 # ---- parsers ------------------------------------------------------------------------------
+def drive_index(lib: Any, spec: str) -> int:
+    """A drive's 0-based index from ``0``, ``drive:0`` or its element address; one-line
+    errors for anything else."""
+    from vtl.library import ElementType
+
+    spec = spec.strip()
+    if spec.isdigit() and int(spec) < lib.config.drive_base:  # a drive number, not an address
+        if int(spec) >= len(lib.drives):
+            raise CliError(f"no drive {spec} (drives are 0..{len(lib.drives) - 1})")
+        return int(spec)
+    address = lib.resolve(spec)
+    element = lib.element(address)
+    if element.type != ElementType.DATA_TRANSFER:
+        raise CliError(f"{spec!r} is not a drive")
+    return element.index
+
+
 MAX_RANGE = 10000
 
 

@@ -11,7 +11,15 @@ from typing import Annotated, Any
 
 import typer
 
-from vtl.cli.common import CliError, emit_json, notify_server, open_library, say, settings
+from vtl.cli.common import (
+    CliError,
+    drive_index,
+    emit_json,
+    notify_server,
+    open_library,
+    say,
+    settings,
+)
 
 drive_app = typer.Typer(help="Tape drives: wear and cleaning, injected TapeAlert flags.",
                         no_args_is_help=True)
@@ -56,11 +64,10 @@ def drive_tapealert(
 ) -> None:
     """Raise TapeAlert flags on a drive, once, as if it had met those conditions (LOG
     SENSE 0x2E reports them, then clears them)."""
-    from vtl.cli.main import _drive_index
     from vtl.faults import DRIVE_FLAGS, device_key
 
     with open_library(readonly=True) as lib:
-        index = _drive_index(lib, drive)
+        index = drive_index(lib, drive)
     _inject(device_key(index), f"drive:{index}", _flags(flags, DRIVE_FLAGS, clear), clear)
 
 

@@ -29,6 +29,7 @@ from vtl.cli.common import (
     CliError,
     Settings,
     console,
+    drive_index,
     emit_json,
     open_library,
     say,
@@ -217,21 +218,6 @@ def move(
             {"barcode": barcode, "from": lib.element_name(s), "to": lib.element_name(d)})
 
 
-def _drive_index(lib: Any, spec: str) -> int:
-    from vtl.library import ElementType
-
-    spec = spec.strip()
-    if spec.isdigit() and int(spec) < lib.config.drive_base:  # a drive number, not an address
-        if int(spec) >= len(lib.drives):
-            raise CliError(f"no drive {spec} (drives are 0..{len(lib.drives) - 1})")
-        return int(spec)
-    address = lib.resolve(spec)
-    element = lib.element(address)
-    if element.type != ElementType.DATA_TRANSFER:
-        raise CliError(f"{spec!r} is not a drive")
-    return element.index
-
-
 @app.command()
 def load(
     barcode: Annotated[str, typer.Argument(help="Cartridge to load.")],
@@ -240,7 +226,7 @@ def load(
     """Load a cartridge into a drive."""
     with open_library() as lib:
         barcode = barcode.upper()
-        index = _drive_index(lib, drive)
+        index = drive_index(lib, drive)
         src = lib.find(barcode)
         dst = f"drive:{index}"
         row = lib.cartridge(barcode)
@@ -263,7 +249,7 @@ def unload(
 ) -> None:
     """Unload a drive: its cartridge goes back to its home slot (or the first free slot)."""
     with open_library() as lib:
-        index = _drive_index(lib, drive)
+        index = drive_index(lib, drive)
         barcode = lib.drives[index].barcode
         lib.unload(index)
         where = lib.find(barcode).name if barcode else "?"
