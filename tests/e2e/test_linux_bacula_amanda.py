@@ -7,8 +7,8 @@ the programs Debian ships, unchanged:
 - Bacula 9.6 ``btape``: ``test`` (write/re-read, positioning, append at EOD, backspace and
   re-read, the autochanger part), then ``autochanger`` through the shipped ``mtx-changer``
   script on the changer's sg node. btape asks y/n questions; its stdin answers them.
-  ``Maximum Block Size`` is 16 KiB (btape writes and re-reads some 40000 blocks; its
-  repetitive data compresses to little in the drive, so 64 MiB cartridges hold it).
+  ``Maximum Block Size`` is 2 KiB: btape writes and re-reads 20000 blocks whatever their
+  size, so small ones keep the bytes TCG copies down (40 MB each way).
 - Amanda 3.5 with the ``chg-robot`` changer: amlabel, amcheck, amdump of a small directory,
   amfetchdump restoring identical files.
 
@@ -76,7 +76,7 @@ Device {
   AlwaysOpen = yes
   RemovableMedia = yes
   RandomAccess = no
-  Maximum Block Size = 16384          # small blocks: btape's test writes ~4000 of them
+  Maximum Block Size = 2048           # small blocks: btape's test writes 20000 of them
 }
 Device {
   Name = Drive1
@@ -88,7 +88,7 @@ Device {
   AlwaysOpen = yes
   RemovableMedia = yes
   RandomAccess = no
-  Maximum Block Size = 16384
+  Maximum Block Size = 2048
 }
 """
 
@@ -153,7 +153,6 @@ chown -R backup:backup /var/lib/amanda /var/log/amanda /tmp/amanda /etc/amanda/e
 chmod 666 $CHSG $NST0 $NST1
 # Amanda's programs refuse to run as anyone but their dumpuser (Debian: backup).
 export AM="runuser -u backup --"
-step amtape '$AM amtape e2e inventory'
 step amlabel '$AM amlabel e2e E2E-01 slot 3'
 step amcheck '$AM amcheck e2e'
 step amdump '$AM amdump e2e; echo amdump-rc=$?; cat /tmp/amanda/log/log.*'
@@ -192,7 +191,7 @@ def test_bacula_btape_test_and_autochanger(guest_run: Run) -> None:
         "=== Test Succeeded. End Write, rewind, and re-read test ===",  # write/re-read, position
         "We should be in file 3. I am at file 3. This is correct!",  # EOD
         "We should be in file 4. I am at file 4. This is correct!",  # appended after EOD
-        "Total files=4, blocks=7, bytes = 114,240",  # btape's scan: 1, 2, 3, 1 blocks
+        "Total files=4, blocks=7,",  # btape's scan of the appended tape: 1, 2, 3, 1 blocks
         "Block re-read correct. Test succeeded!",  # backspace over EOF and a record
         "We should be in file 5. I am at file 5. This is correct!",  # forward space files
         "The test autochanger worked!!",
@@ -208,11 +207,11 @@ def test_bacula_btape_test_and_autochanger(guest_run: Run) -> None:
 
 def test_amanda_chg_robot_dump_and_restore(guest_run: Run) -> None:
     run = guest_run
-    inventory = run.ok("amtape")
-    assert "slot 3:" in inventory and "barcode BAC003L8" in inventory, run.describe()
-    assert "Success!" in run.ok("amlabel"), run.describe()
+    label = run.ok("amlabel")  # chg-robot loads slot 3 by mtx, Amanda labels it
+    assert "Found an empty tape." in label and "Success!" in label, run.describe()
     assert "0 problems found" in run.ok("amcheck"), run.describe()
     dump = run.ok("amdump")
     assert "amdump-rc=0" in dump and "SUCCESS dumper localhost /tmp/data" in dump, run.describe()
+    assert "Slot 3 with label E2E-01 is usable" in dump, run.describe()
     assert "INFO taper tape E2E-01" in dump, run.describe()
     assert "RESTORED-IDENTICAL" in run.ok("amfetchdump"), run.describe()
