@@ -10,8 +10,13 @@ gets a pgbench database (``--scale 20`` is about 300 MB on disk). Then, each tim
    drive compression on, as ``ebm backup`` does by default; ``--no-compress`` turns it off);
 2. ``pg_basebackup -D DIR -Ft -X fetch -c fast`` (a base.tar on local disk, fsynced);
 3. ``pg_dump -Fc`` of the pgbench database to a file;
-4. ``pgbench -T`` writes WAL, then an EBM incremental archives it (MB/s of WAL);
-5. ``ebm restore`` of the latest point, and PostgreSQL's recovery on it until it promotes.
+4. ``pgbench`` writes WAL (``--wal-seconds``, or with ``--wal-mb N`` until N MB of WAL are
+   written), then an EBM incremental archives it (MB/s of WAL), against ``cp`` of the same
+   archived segments to a directory on the same disk, synced;
+5. point-in-time restore of the latest point, both ways: ``ebm restore`` (the base backup)
+   then PostgreSQL's recovery until it promotes, fetching each segment from tape through
+   ``ebm wal-fetch`` (its restore_command); and ``--wal-local`` (every segment put into
+   pg_wal by the restore, recovery reads them there).
 
 Ratios are EBM / peer (below 1 is faster). Goal: baseline within 1.2x of pg_basebackup.
 
@@ -19,11 +24,13 @@ Usage::
 
     .venv/bin/python bench/bench_postgresql.py                # scale 20, ~300 MB
     .venv/bin/python bench/bench_postgresql.py --scale 60     # ~900 MB
+    .venv/bin/python bench/bench_postgresql.py --wal-mb 1024  # 1 GB of WAL archived
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
 import subprocess
@@ -52,16 +59,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=int, default=20, help="pgbench scale (15 MB per unit)")
     ap.add_argument("--wal-seconds", type=int, default=20, help="pgbench -T for the WAL step")
+    ap.add_argument("--wal-mb", type=int, default=0,
+                    help="instead: run pgbench until this much WAL is written")
     ap.add_argument("--no-compress", action="store_true", help="EBM without drive compression")
     args = ap.parse_args()
 
     from ebm_helpers import barcodes, make_library
     from pg_cluster import PgCluster, free_port
 
+    for module in ("ebm.mover", "ebm.drive_session", "tape_formats.cartridge",
+                   "translators.pg.basebackup", "psycopg"):
+        importlib.import_module(module)  # the data path's: imported before any timing
     from ebm.controller import BackupRequest
-    from ebm.manager import load_translator
+    from ebm.manager import decode_state, load_translator
     from ebm.points import resolve_point
     from ebm.restore import restore
+    from ebm.wal_fetch import fetch_command
 
     with PgCluster(segment_mb=16, base=Path(tempfile.gettempdir()),  # local disk, not tmpfs
                    settings={"shared_buffers": "128MB", "fsync": "on",
@@ -80,8 +93,7 @@ def main() -> None:
         ebm = make_library(work / "lib", barcodes(2), capacity=8 << 30)
         req = BackupRequest(dataset="pg", source=pg.source(), translator="postgresql",
                             pool="pool", compress=not args.no_compress)
-        load_translator("postgresql").canonical_source(pg.source())  # imports done up front:
-        import psycopg  # noqa: F401  # one-time process cost, not the backup's
+        load_translator("postgresql").canonical_source(pg.source())  # imports done up front
         results: dict[str, float] = {}
         results["ebm"] = timed("EBM baseline", lambda: ebm.backup(req, retries=0))
         base = ebm.catalog.backups("pg")[-1]
@@ -94,29 +106,52 @@ def main() -> None:
             [str(pg.bin / "pg_dump"), *conn, "-Fc", "-f", str(dump), "postgres"],
             check=True, capture_output=True))
         lsn0 = pg.sql("SELECT pg_current_wal_lsn()")
-        print(f"pgbench -T {args.wal_seconds} (writing WAL) ...", flush=True)
-        subprocess.run([pgbench, *conn, "-T", str(args.wal_seconds), "-c", "2", "postgres"],
-                       check=True, capture_output=True)
-        wal = int(pg.sql(f"SELECT pg_current_wal_lsn() - '{lsn0}'::pg_lsn"))
+        wal_sql = f"SELECT pg_current_wal_lsn() - '{lsn0}'::pg_lsn"
+        bench_run = [pgbench, *conn, "-c", "2", "postgres"]
+        if args.wal_mb:
+            print(f"pgbench until {args.wal_mb} MB of WAL ...", flush=True)
+            while int(pg.sql(wal_sql)) < args.wal_mb * 1e6:
+                subprocess.run([*bench_run, "-T", "5"], check=True, capture_output=True)
+        else:
+            print(f"pgbench -T {args.wal_seconds} (writing WAL) ...", flush=True)
+            subprocess.run([*bench_run, "-T", str(args.wal_seconds)], check=True,
+                           capture_output=True)
+        wal = int(pg.sql(wal_sql))
         results["wal"] = timed(f"EBM incremental ({wal / 1e6:.0f} MB of WAL)",
                                lambda: ebm.backup(BackupRequest(dataset="pg"), retries=0))
-        target = pg.dir / "restored"
+        incr = ebm.catalog.backups("pg")[-1]
+        names = [seg["name"] for seg in decode_state(ebm.catalog.translator_state(incr.id))
+                 ["segments"]]
+        copied = work / "wal-copy"
+        copied.mkdir()
+        results["cp"] = timed(f"cp of the same {len(names)} segments, synced", lambda: subprocess.run(
+            ["sh", "-c", 'cp "$@" && sync', "cp", *(str(pg.spool / n) for n in names),
+             str(copied)], check=True))
+        seg_bytes = len(names) * pg.segment_mb << 20
+        pg.own(work)  # restore_command runs as the server's user and opens the library
+        program = pg.ebm_program()
 
-        def do_restore() -> None:
+        def pitr(target: Path, fetch: bool) -> None:
             b, options = resolve_point(ebm.catalog, "pg", load_translator("postgresql"))
+            if fetch:
+                options["wal_fetch"] = fetch_command(ebm.root, b, program)
             restore(ebm.catalog, ebm.library, load_translator, b, target, options=options)
-
-        results["restore"] = timed("EBM restore (latest)", do_restore)
 
         port = free_port()
 
-        def recover() -> None:
+        def recover(target: Path) -> None:
             pg.start(target, port=port)
             while pg.sql("SELECT pg_is_in_recovery()", port=port) != "f":
                 time.sleep(0.1)
 
-        results["recovery"] = timed("PostgreSQL recovery to promotion", recover)
-        pg.stop_server(target)
+        for how, fetch in (("restore_command", True), ("wal-local", False)):
+            target = pg.dir / f"restored-{how}"
+            results[f"restore {how}"] = timed(f"EBM restore (latest, {how})",
+                                              lambda t=target, f=fetch: pitr(t, f))
+            results[f"recovery {how}"] = timed("PostgreSQL recovery to promotion",
+                                               lambda t=target: recover(t))
+            pg.stop_server(target)
+            shutil.rmtree(target, ignore_errors=True)
         print()
         print(f"stored: EBM baseline {base.size / 1e6:.0f} MB (pax stream), "
               f"pg_basebackup {du(bb_dir) / 1e6:.0f} MB, pg_dump -Fc {dump.stat().st_size / 1e6:.0f} MB")
@@ -124,10 +159,13 @@ def main() -> None:
               f" = {results['ebm'] / results['pg_basebackup']:.2f}x (goal <= 1.2x)")
         print(f"baseline: EBM {results['ebm']:.2f} s / pg_dump -Fc {results['pg_dump']:.2f} s"
               f" = {results['ebm'] / results['pg_dump']:.2f}x")
-        print(f"WAL archive: {wal / 1e6:.0f} MB in {results['wal']:.2f} s "
-              f"= {wal / 1e6 / results['wal']:.0f} MB/s")
-        print(f"PITR restore: {results['restore']:.2f} s restore + {results['recovery']:.2f} s "
-              "recovery")
+        print(f"WAL archive: {wal / 1e6:.0f} MB written, {len(names)} segments "
+              f"({seg_bytes / 1e6:.0f} MB) in {results['wal']:.2f} s "
+              f"= {seg_bytes / 1e6 / results['wal']:.0f} MB/s; cp + sync {results['cp']:.2f} s"
+              f" = {results['wal'] / results['cp']:.2f}x")
+        for how in ("restore_command", "wal-local"):
+            r, c = results[f"restore {how}"], results[f"recovery {how}"]
+            print(f"PITR ({how}): {r:.2f} s restore + {c:.2f} s recovery = {r + c:.2f} s")
         ebm.close()
         shutil.rmtree(work, ignore_errors=True)
     os.sync()

@@ -140,6 +140,12 @@ class EntryData:
             self._finish_hash()
         return mv
 
+    def read_view(self, n: int) -> memoryview:
+        """Up to ``n`` bytes as a view of the reader's own buffer, without a copy (empty at
+        the end): for a consumer that only passes the bytes on, such as the pax writer
+        re-archiving pg_basebackup's tar member by member."""
+        return self._take(n)
+
     def readinto(self, b) -> int:
         view = memoryview(b).cast("B")
         n = 0

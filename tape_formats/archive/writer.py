@@ -286,6 +286,11 @@ class PaxWriter:
             self._emit(mv)
             digest.update(mv)
             remaining -= len(mv)
+        elif (read_view := getattr(data, "read_view", None)) is not None:
+            while remaining and (mv := read_view(min(CHUNK, remaining))):  # no copy in between
+                self._emit(mv)
+                digest.update(mv)
+                remaining -= len(mv)
         elif data is not None and remaining:
             buf = bytearray(min(CHUNK, remaining))
             view = memoryview(buf)
