@@ -20,6 +20,7 @@ import ctypes
 import errno
 import fcntl
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -139,7 +140,7 @@ class ChunkStore:
         if h[:2] not in self._made:
             sub.mkdir(exist_ok=True)
             self._made.add(h[:2])
-        tmp = sub / f".{h[2:]}.{os.getpid()}.tmp"
+        tmp = sub / f".{h[2:]}.{os.getpid()}.{threading.get_ident()}.tmp"  # per writer thread
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             if os.writev(fd, [bytes((flag,)), body]) != 1 + len(body):
