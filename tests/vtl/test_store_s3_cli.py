@@ -65,3 +65,19 @@ def test_a_bad_location_is_refused(tmp_path: Path) -> None:
     assert runner.invoke(app, ["--root", str(root), "init", "--store", "dedup"]).exit_code == 0
     r = runner.invoke(app, ["--root", str(root), "store", "push", "vault/lib1"])
     assert r.exit_code == 2 and "s3://" in r.output
+
+
+def test_init_with_an_s3_store_makes_a_dedup_library_on_that_bucket(tmp_path: Path) -> None:
+    root = tmp_path / "lib"
+    r = runner.invoke(app, ["--root", str(root), "init", "--store", "s3://vault/lib1"])
+    assert r.exit_code == 0, r.output
+    lib = Library.open(root, readonly=True)
+    try:
+        assert lib.config.store == "dedup"
+        assert lib.config.s3.location == "s3://vault/lib1"
+    finally:
+        lib.close()
+    assert (root / "store" / "chunks").is_dir()
+    r = runner.invoke(app, ["--root", str(tmp_path / "bad"), "init", "--store", "s3://"])
+    assert r.exit_code == 2 and "s3://BUCKET/PREFIX" in r.stderr
+    assert not (tmp_path / "bad").exists()  # refused before anything was made

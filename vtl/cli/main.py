@@ -102,8 +102,11 @@ def init(
         help="Share the library with this group (directory 2750, files 0640); "
              "default: the owner only (0700/0600).")] = None,
     store: Annotated[str, typer.Option(
-        help="Cartridge store: plain (a file per cartridge) or dedup (chunks stored once "
-             "per library, compressed; see docs/store-format.md).")] = "plain",
+        help="Cartridge store: plain (a file per cartridge), dedup (chunks stored once "
+             "per library, compressed), or s3://BUCKET/PREFIX (dedup whose chunks may live "
+             "in that bucket: 'store push --evict', reads fetch on demand, cartridge "
+             "archive/retrieve; endpoint and keys from the environment or library.toml's "
+             "[s3]); see docs/store-format.md.")] = "plain",
 ) -> None:
     """Create a new library (refuses a directory that already has one)."""
     from vtl.access import group_id, make_root
@@ -120,10 +123,15 @@ def init(
             drive_model = "IBM-ULT3580-TD8"
     iscsi = IscsiConfig(portal=portal)
     iscsi.target_iqn = iqn or f"iqn.2026-01.org.vtl-ebm:{name.lower()}"
+    from vtl.s3_settings import S3Settings
+
+    s3 = S3Settings()
+    if store.startswith("s3://"):  # a dedup library backed by that bucket
+        s3.location, store = store, "dedup"
     config = LibraryConfig(
         name=name, drives=drives, slots=slots, mailslots=mailslots, media=media.upper(),
         changer_model=changer_model, drive_model=drive_model,
-        serial_prefix=serial_prefix.upper(), iscsi=iscsi, store=store.lower(),
+        serial_prefix=serial_prefix.upper(), iscsi=iscsi, store=store.lower(), s3=s3,
     )
     if group:
         group_id(group)  # UnknownGroup before anything is made: a refusal changes nothing
