@@ -16,6 +16,9 @@ Failure handling, and why it is safe:
 - Restore reads only what the catalog recorded (done backups); ``catalog rebuild`` accepts a
   backup only when its trailer is on tape. So a torn tail is never mistaken for data.
 - A translator failure (not a media failure) is retried (``retries``) as a fresh attempt.
+
+While it runs, a job publishes its bytes, files and rate for the status page
+(:mod:`ebm.job_progress`, a small file per job that goes when the job ends).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from ebm.catalog import BLOCK_SIZE, Backup, Catalog, CatalogError, FileRow
 from ebm.controller import BackupRequest, RequestError
+from ebm.job_progress import JobProgress
 from vtl import CATALOG_NAME
 
 # The tape, crypto and compression code is imported by the methods that run a job, so that
@@ -424,6 +428,7 @@ class Ebm:
 
         session = None
         writer = None
+        job = JobProgress(self.root, u, ds["name"], level)  # live numbers for the status page
         try:
             session = DriveSession(self.library, f"ebm:{u}")
             media = PoolMedia(cat, session, pool, backup.id)
@@ -433,7 +438,7 @@ class Ebm:
             pax = _pax_writer(writer)
             try:
                 result = translator.backup(ds["source"], parent_state, pax,
-                                           progress=_progress_adapter(progress))
+                                           progress=_progress_adapter(progress, job))
             except (MoverError, CryptoError, CartridgeError):
                 raise  # media trouble, not the translator's: no retry
             except Exception as e:
@@ -481,6 +486,7 @@ class Ebm:
                 raise JobError(f"backup of {ds['name']} failed: {msg}") from None
             raise
         finally:
+            job.close()
             if session is not None:
                 session.close()
         return cat.backup(backup.id)
@@ -511,13 +517,13 @@ def _pax_writer(out: TapeWriter) -> PaxWriter:
     return PaxWriter(out, start_offset=0, hash_stream=False)
 
 
-def _progress_adapter(progress: Progress | None) -> ProgressCallback | None:
-    """Translators report Progress objects; our bars want (done, total) bytes."""
-    if progress is None:
-        return None
-
+def _progress_adapter(progress: Progress | None, job: JobProgress) -> ProgressCallback:
+    """Translators report Progress objects: the job's published numbers take them all, our
+    bars (done, total) bytes."""
     def cb(p: TranslatorProgress) -> None:
-        progress(p.bytes_done, p.bytes_total)
+        job.update(p.bytes_done, p.bytes_total, p.entries_done, p.entries_total)
+        if progress is not None:
+            progress(p.bytes_done, p.bytes_total)
     return cb
 
 

@@ -1,6 +1,7 @@
 """The Prometheus text exposition (format 0.0.4) of a status snapshot
 (:mod:`vtl.status_snapshot`): gauges for what is, counters for what a running server has
-counted (drive bytes and errors since each load, session commands and bytes)."""
+counted (drive bytes and errors since each load, session commands and bytes), a histogram of
+the EBM's backup durations, and gauges of each running backup's live numbers."""
 
 from __future__ import annotations
 
@@ -28,6 +29,16 @@ class _Exposition:
         self.lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
         for labels, value in samples:
             self.lines.append(f"{name}{_labels(labels)} {value!r}")
+
+    def histogram(self, name: str, help_text: str,
+                  series: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        """``series``: (labels, {"buckets": [(le, cumulative count)], "sum", "count"})."""
+        self.lines += [f"# HELP {name} {help_text}", f"# TYPE {name} histogram"]
+        for labels, h in series:
+            for le, count in [*h["buckets"], ("+Inf", h["count"])]:
+                self.lines.append(f"{name}_bucket{_labels({**labels, 'le': le})} {count}")
+            self.lines.append(f"{name}_sum{_labels(labels)} {float(h['sum'])!r}")
+            self.lines.append(f"{name}_count{_labels(labels)} {h['count']}")
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
@@ -86,4 +97,26 @@ def render(snap: dict[str, Any]) -> str:
              [({"dataset": d}, float(j["finished"] or 0)) for d, j in sorted(last.items())])
     e.metric("ebm_jobs_running", "gauge", "EBM backups running now.",
              [({}, sum(1 for j in snap["jobs"] if j["state"] == "running"))])
+    e.histogram("ebm_backup_duration_seconds", "Durations of the finished EBM backups.",
+                [({"state": state}, h) for state, h in sorted(snap["job_durations"].items())])
+    _live_jobs(e, [j for j in snap["jobs"] if j.get("live")])
     return e.text()
+
+
+def _live_jobs(e: _Exposition, jobs: list[dict[str, Any]]) -> None:
+    """Gauges of each running backup (what the status page shows live)."""
+    def labels(j: dict[str, Any]) -> dict[str, Any]:
+        return {"backup": j["uuid"][:8], "dataset": j["dataset"]}
+
+    e.metric("ebm_job_bytes_done", "gauge", "Bytes a running backup has read from its source.",
+             [(labels(j), j["live"]["bytes_done"]) for j in jobs])
+    e.metric("ebm_job_files_done", "gauge", "Entries a running backup has archived.",
+             [(labels(j), j["live"]["files_done"]) for j in jobs])
+    e.metric("ebm_job_rate_bytes_per_second", "gauge",
+             "A running backup's rate over its last second or so.",
+             [(labels(j), float(j["live"]["rate"])) for j in jobs
+              if j["live"]["rate"] is not None])
+    e.metric("ebm_job_progress_ratio", "gauge",
+             "Done / total of a running backup, where its translator knows the total.",
+             [(labels(j), j["live"]["percent"] / 100) for j in jobs
+              if j["live"]["percent"] is not None])

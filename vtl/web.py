@@ -2,8 +2,9 @@
 (on its own) and ``vtl serve --web`` (beside the iSCSI target).
 
 Routes: ``/`` the page (changer map with barcodes, drives with their state and throughput,
-sessions, pools with used/free capacity, the EBM's recent jobs; it refreshes itself every
-5 s), ``/metrics`` (:mod:`vtl.metrics`), ``/status.json`` (the snapshot itself). Every request
+sessions, pools with used/free capacity and compression, the EBM's running backups with their
+live bytes, files, rate and percent, and its recent jobs; it refreshes itself every 5 s, every
+2 s while a backup runs), ``/metrics`` (:mod:`vtl.metrics`), ``/status.json`` (the snapshot itself). Every request
 takes a fresh read-only snapshot (:mod:`vtl.status_snapshot`); the server changes nothing.
 It listens where it is told, 127.0.0.1 by default: the page shows barcodes and initiator names,
 so put it behind a proxy with authentication before exposing it further.
@@ -70,15 +71,18 @@ def render_page(snap: dict[str, Any], speeds: Throughput) -> str:
                  human_size(s["bytes_out"])] for s in snap["sessions"]]
     cap = snap["capacity"]
     pools = [[name, t["cartridges"], human_size(t["used"]), human_size(t["free"]),
-              human_size(t["capacity"])]
+              human_size(t["capacity"]), human_size(t["written"]),
+              f"{t['compression_ratio']:.2f}:1" if t["compression_ratio"] else "-"]
              for name, t in [("(library)", cap["library"]), *cap["pools"].items()]]
+    running = [j for j in snap["jobs"] if j["state"] == "running"]
     jobs = [[j["uuid"][:8], j["dataset"], j["level"], j["state"], human_time(j["started"]),
              human_duration(j["seconds"]), human_size(j["size"]), j["nfiles"]]
             for j in snap["jobs"]]
     title = f"vtl {snap['library']}"
+    refresh = 2 if running else 5
     serving = "serving over iSCSI" if snap["serving"] else "not served (vtl serve is not running)"
     return f"""<!doctype html>
-<html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content=5>
+<html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content={refresh}>
 <title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;margin-bottom:1em}}
 td,th{{border:1px solid #bbb;padding:2px 8px;text-align:left}}th{{background:#eee}}
@@ -90,13 +94,45 @@ td,th{{border:1px solid #bbb;padding:2px 8px;text-align:left}}th{{background:#ee
                          "throughput", "claimed by"], drive_rows, "no drives")}
 <h2>Sessions</h2>{_table(["initiator", "address", "LUNs", "commands", "in", "out"], sessions,
                           "no sessions")}
-<h2>Pools</h2>{_table(["pool", "cartridges", "used", "free", "capacity"], pools, "no pools")}
+<h2>Pools</h2>{_table(["pool", "cartridges", "used", "free", "capacity", "written",
+                       "compression"], pools, "no pools")}
+<h2>Running backups</h2>{_running_jobs(running, snap["time"])}
 <h2>Recent backups</h2>{_table(["backup", "dataset", "level", "state", "started", "duration",
                                 "size", "entries"], jobs, "no EBM backups yet")}
 <h2>Changer</h2>{_table(["element", "address", "barcode", "media", "source"], changer,
                          "no elements")}
 </body></html>
 """
+
+
+def _running_jobs(jobs: list[dict[str, Any]], now: float) -> str:
+    """The running backups with their live numbers (ebm.job_progress) and a progress bar
+    when the total is known."""
+    if not jobs:
+        return "<p class=empty>no backup running</p>"
+    head = "".join(f"<th>{h}</th>" for h in ("backup", "dataset", "level", "started",
+                                              "elapsed", "bytes", "files", "rate", "done"))
+    rows = []
+    for j in jobs:
+        live = j.get("live") or {}
+        pct = live.get("percent")
+        cells = [j["uuid"][:8], j["dataset"], j["level"], human_time(j["started"]),
+                 human_duration(now - j["started"]),
+                 _of(live.get("bytes_done"), live.get("bytes_total"), human_size),
+                 _of(live.get("files_done"), live.get("files_total"), str),
+                 human_rate(live.get("rate")) if live else "-"]
+        bar = (f"<progress max=100 value={pct:.1f}></progress> {pct:.1f}%" if pct is not None
+               else "-" if live else "no progress published")
+        rows.append("<tr class=job>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells)
+                    + f"<td>{bar}</td></tr>")
+    return f"<table id=running><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _of(done: int | None, total: int | None, fmt: Any) -> str:
+    """``12.0 MiB of 40.0 MiB``, ``12.0 MiB`` without a total, ``-`` without numbers."""
+    if done is None:
+        return "-"
+    return f"{fmt(done)} of {fmt(total)}" if total else fmt(done)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -1,6 +1,8 @@
 """The status page and Prometheus ``/metrics`` (``vtl web``, ``vtl serve --web``), and the
 capacity totals of ``vtl status``: the metrics read back with prometheus_client's own parser,
-the page rendered by headless Chromium (screenshot kept with the test's files)."""
+the page rendered by headless Chromium (screenshot kept with the test's files). A backup
+running in this process shows its live numbers there (ebm.job_progress), and its duration
+lands in the histogram when it ends."""
 
 from __future__ import annotations
 
@@ -10,14 +12,21 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+from ebm_helpers import barcodes, make_library, write_tree
 from iscsi_support import RawInitiator
 from served_library import free_port, start, vtl
 
+from ebm import manager
+from ebm.controller import BackupRequest
+from ebm.manager import Ebm
+from translators.base import Progress
+from translators.filesystem import FilesystemTranslator
 from vtl.library import Library
 
 IQN = "iqn.2026-11.org.vtl-ebm:webtest"
@@ -122,15 +131,92 @@ def test_serve_web_shows_sessions_and_drive_counters(root: Path):
         assert s.stop() == 0
 
 
-def _screenshot(url: str, png: Path) -> None:
-    """Headless Chromium renders the page to ``png`` (skipped where Chromium is missing)."""
+class _Paused(FilesystemTranslator):
+    """Reports 3 of 10 files (3 of 10 MiB) until released, then backs up for real."""
+
+    release = threading.Event()
+
+    def backup(self, source, parent_state, writer, *, progress=None):
+        while not _Paused.release.wait(0.2):
+            progress(Progress("backup", 3, 10, 3 << 20, 10 << 20, "c"))
+        return super().backup(source, parent_state, writer, progress=progress)
+
+
+def test_a_running_backup_shows_live_on_the_page_and_in_metrics(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    root = tmp_path / "lib"
+    make_library(root, barcodes(1)).close()
+    write_tree(tmp_path / "src", {"a": b"alpha"})
+    monkeypatch.setattr(manager, "load_translator", lambda name: _Paused())
+    _Paused.release.clear()
+    done: list = []
+
+    def run() -> None:
+        ebm = Ebm(root)
+        try:
+            done.append(ebm.backup(BackupRequest(dataset="home", source=tmp_path / "src",
+                                                 pool="pool")))
+        finally:
+            ebm.close()
+    job = threading.Thread(target=run)
+    job.start()
+    port = free_port()
+    proc = subprocess.Popen([VTL, "--root", str(root), "web", "--listen", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        proc.stdout.readline()
+        deadline = time.monotonic() + 10
+        while True:
+            m = parse_metrics(get(url + "metrics")[2])
+            files = m.get("ebm_job_files_done")  # the first second's file says 0 of ?
+            if (files and files[0].value) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        (files,) = m["ebm_job_files_done"]
+        assert files.labels["dataset"] == "home" and files.value == 3
+        assert m["ebm_job_bytes_done"][0].value == 3 << 20
+        assert m["ebm_job_progress_ratio"][0].value == 0.3
+        assert m["ebm_jobs_running"][0].value == 1
+        dom = _chromium(url, "--dump-dom", "--virtual-time-budget=1000")
+        row = dom[dom.index("<table id=\"running\">"):]
+        assert "home" in row and "3.0 MiB of 10.0 MiB" in row and "3 of 10" in row
+        assert '<progress max="100" value="30.0">' in row and "30.0%" in row
+        _screenshot(url, tmp_path / "running.png")
+        _Paused.release.set()
+        job.join(60)
+        assert done and done[0].state == "done"
+        assert not list((root / "ebm-jobs").glob("*.json"))  # gone with the job
+        m = parse_metrics(get(url + "metrics")[2])
+        assert "ebm_job_files_done" not in m or not m["ebm_job_files_done"]
+        hist = {(s.name, s.labels.get("state"), s.labels.get("le")): s.value
+                for s in m["ebm_backup_duration_seconds"]}
+        assert hist[("ebm_backup_duration_seconds_count", "done", None)] == 1
+        assert hist[("ebm_backup_duration_seconds_bucket", "done", "+Inf")] == 1
+        assert hist[("ebm_backup_duration_seconds_bucket", "failed", "+Inf")] == 0
+        assert "no backup running" in get(url)[2]
+    finally:
+        _Paused.release.set()
+        job.join(60)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    assert "Traceback" not in proc.stderr.read()
+
+
+def _chromium(url: str, *args: str) -> str:
+    """Headless Chromium on ``url`` with ``args`` (its stdout); skipped where it is missing."""
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
-        pytest.skip("no chromium for the screenshot (Debian package chromium)")
+        pytest.skip("no chromium for the page (Debian package chromium)")
     r = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
-                        "--disable-dev-shm-usage", f"--screenshot={png}",
-                        "--window-size=1200,900", url],
+                        "--disable-dev-shm-usage", *args, url],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout
+
+
+def _screenshot(url: str, png: Path) -> None:
+    """Headless Chromium renders the page to ``png`` (skipped where Chromium is missing)."""
+    _chromium(url, f"--screenshot={png}", "--window-size=1200,900")
     assert png.stat().st_size > 5000  # a rendered page, not an empty image
     print(f"status page screenshot: {png}")
