@@ -75,7 +75,8 @@ def errc() -> Console:
 
 
 def table(*columns: str) -> Any:
-    from rich.table import Table
+    """A listing's table: plain columns (vtl.cli.tables), so listings never import rich."""
+    from vtl.cli.tables import Table
 
     return Table(*columns)
 
@@ -234,7 +235,7 @@ def none_yet(catalog: Catalog) -> bool:
     if catalog.has_tables:
         return False
     if not S.json:
-        out().print("no EBM backups yet")
+        print("no EBM backups yet")
     return True
 
 
@@ -444,7 +445,7 @@ def dataset_list() -> None:
         for r in rows:
             t.add_row(r["name"], r["translator"], r["source"], r["pool"] or "-",
                       "yes" if r["encrypted"] else "no", r["last_time"] or "never")
-        out().print(t)
+        t.print()
     emit(rows, human)
 
 
@@ -489,7 +490,7 @@ def pool_list() -> None:
             for r in members:
                 t.add_row(p, keep, r["barcode"], r["state"], str(r["append_at"]),
                           str(r["busy"] or ""))
-        out().print(t)
+        t.print()
     emit({"pools": pools, "retention_days": days, "media": rows}, human)
 
 
@@ -508,7 +509,7 @@ def list_backups(dataset: str = typer.Argument(None), all_states: bool = typer.O
         for b in bs:
             t.add_row(str(b.id), b.uuid[:8], b.dataset, b.level, human_time(b.started), human_size(b.size),
                       str(b.nfiles), b.state + (" (enc)" if b.encrypted else ""))
-        out().print(t)
+        t.print()
     emit([backup_json(b) for b in bs], human)
 
 
@@ -886,7 +887,7 @@ def schedule_list() -> None:
         for r in rows:
             t.add_row(str(r["id"]), r["dataset"], r["spec"], r["next_run"] or "-",
                       r["last_run"] or "-", r["last_result"] or "-")
-        out().print(t)
+        t.print()
     emit(rows, human)
 
 

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -434,6 +433,8 @@ class LibraryConfig:
             raise ConfigFileError(
                 f"{path}: not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})"
             ) from None
+        import tomllib  # here, not at the top: `--help` never reads a config
+
         try:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:

@@ -152,7 +152,7 @@ def list_(
     state: Annotated[str | None, typer.Option(help="Only this state.")] = None,
 ) -> None:
     """List cartridges: location, media, used/capacity, files, state, flags, pool."""
-    from rich.table import Table
+    from vtl.cli.tables import Table
 
     with open_library(readonly=True) as lib:
         rows = lib.catalog.cartridges(pool=pool, state=state)
@@ -178,8 +178,8 @@ def list_(
                 f"{human_size(r['used_bytes'])} / {human_size(r['capacity'])} ({pct:.0f}%)",
                 str(r["files"]), r["state"], flags, r["pool"] or "",
             )
-        console().print(table)
-        console().print(f"{len(rows)} cartridge(s)", markup=False)
+        table.print()
+        print(f"{len(rows)} cartridge(s)")
 
 
 def _tape_files(lib: Any, barcode: str) -> tuple[list[dict[str, Any]] | None, str | None]:

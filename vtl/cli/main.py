@@ -28,7 +28,6 @@ from vtl.cli import cartridge as cartridge_cmds
 from vtl.cli.common import (
     CliError,
     Settings,
-    console,
     drive_index,
     emit_json,
     open_library,
@@ -181,9 +180,8 @@ def _element_rows(lib: Any) -> list[dict[str, Any]]:
 def status() -> None:
     """Show every element: transport, mailslots, drives (serials, loaded cartridges), slots;
     then capacity of the library and each pool: used, free, written and compression."""
-    from rich.table import Table
-
     from vtl.capacity import capacity_totals, totals_line
+    from vtl.cli.tables import Table
 
     with open_library(readonly=True) as lib:
         rows = _element_rows(lib)
@@ -201,14 +199,13 @@ def status() -> None:
             table.add_row(r["element"], str(r["address"]), r["barcode"] or "-", r["media"] or "",
                           r["source"] or "", r.get("serial") or "",
                           "yes" if r.get("in_use") else "", r.get("claimed_by") or "")
-        console().print(table)
+        table.print()
         full = sum(1 for r in rows if r["barcode"])
         vaulted = sum(1 for c in lib.catalog.cartridges() if c["address"] is None)
-        console().print(f"{full} cartridge(s) in the library, {vaulted} in the vault",
-                        markup=False)
+        print(f"{full} cartridge(s) in the library, {vaulted} in the vault")
         for name, t in [("library", totals["library"]),
                         *((f"pool {p}", v) for p, v in totals["pools"].items())]:
-            console().print(totals_line(name, t), markup=False, highlight=False)
+            print(totals_line(name, t))
 
 
 @app.command()
@@ -284,7 +281,7 @@ mailslot_app.command("open", help="Same as 'empty': take exported cartridges out
 @pool_app.command("list")
 def pool_list() -> None:
     """List pools and how many cartridges each holds."""
-    from rich.table import Table
+    from vtl.cli.tables import Table
 
     with open_library(readonly=True) as lib:
         counts: dict[str, int] = {}
@@ -301,7 +298,7 @@ def pool_list() -> None:
             table.add_row(p["name"], str(p["cartridges"]), p["media"] or "",
                           "" if p["retention_days"] is None else str(p["retention_days"]),
                           p["description"])
-        console().print(table)
+        table.print()
 
 
 @pool_app.command("create")
@@ -335,7 +332,7 @@ def events(
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
 ) -> None:
     """The audit log: who moved, created, erased... which cartridge, when."""
-    from rich.table import Table
+    from vtl.cli.tables import Table
 
     with open_library(readonly=True) as lib:
         rows = lib.catalog.events(barcode.upper() if barcode else None, limit=max(1, limit))
@@ -351,7 +348,7 @@ def events(
         for r in rows:
             table.add_row(r["time"], r["action"], r["barcode"] or "", r["from"] or "",
                           r["to"] or "", str(r["pid"]), r["detail"] or "")
-        console().print(table)
+        table.print()
 
 
 @app.command("config")
