@@ -35,7 +35,6 @@ Either appears in the target only once complete (:mod:`translators.pg.unpack`).
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -85,7 +84,10 @@ FORMS = ("physical", "csv")
 
 
 def _when(t: float) -> str:
-    return dt.datetime.fromtimestamp(t).isoformat(sep=" ", timespec="seconds")
+    """A point in time in a message, as both CLIs print times (ISO 8601 with the offset)."""
+    from vtl.cli.formatting import iso_time
+
+    return iso_time(t) or str(t)
 
 
 def _check_chain(history: list[TranslatorState], pick: int) -> None:
