@@ -88,15 +88,20 @@ def encode_state(state: Any) -> bytes | None:
     """The translator state as zstd-compressed compact JSON: what the catalog stores and the
     trailer carries (base64). Why compressed: a 50k-file tree's state is megabytes of JSON,
     and encoding it once, then moving opaque bytes, is what keeps a no-change incremental fast.
+
+    A state the translator hands as ``bytes`` is its own encoding (the filesystem
+    translator's packed, compressed rows): stored as is, and given back as is by
+    :func:`decode_state`, so it must not start with the zstd magic.
     """
     if state is None:
         return None
     if isinstance(state, bytes):
-        raw = state
-    else:
-        text = state if isinstance(state, str) else json.dumps(
-            state, separators=(",", ":"), check_circular=False)
-        raw = text.encode()
+        if state.startswith(ZSTD_MAGIC):
+            raise ValueError("a bytes translator state must not start with the zstd magic")
+        return state
+    text = state if isinstance(state, str) else json.dumps(
+        state, separators=(",", ":"), check_circular=False)
+    raw = text.encode()
     import zstandard
 
     return zstandard.ZstdCompressor(level=3).compress(raw)

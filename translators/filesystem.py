@@ -11,8 +11,10 @@ A source that is a symlink to a directory is that directory. Small files are rea
 worker threads in bounded batches (the archive is still written strictly in scan order).
 
 Incrementals. The state is, per path, ``[inode, size, mtime_ns, ctime_ns, st_mode]`` taken
-when the entry was captured. An entry is included in the next incremental when its path is
-new or any of those differ (ctime catches chmod, chown, xattr and link-count changes). Every
+when the entry was captured, kept as a compressed stream of rows in walk order
+(:mod:`translators.filesystem_state`): a backup walks the tree into a spool file merged with
+the parent's rows, then writes from the spool, so memory does not grow with the tree. An
+entry is included in the next incremental when its path is new or any of those differ (ctime catches chmod, chown, xattr and link-count changes). Every
 name of a hard-linked inode is included when any is (they share one inode). Paths of the parent
 state that are gone are written as deletion markers (``EBM.deleted`` global records) *before*
 any entry (a directory that cannot be listed keeps its old contents: unknown is not gone).
@@ -56,9 +58,9 @@ import pwd
 import shutil
 import stat
 import time
-from array import array
-from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
@@ -84,13 +86,24 @@ from .base import (
     TranslatorState,
     stat_source,
 )
+from .filesystem_state import (
+    CHANGED,
+    IN_PREV,
+    KEPT,
+    BadState,
+    ScanRecord,
+    ScanSpool,
+    StateWriter,
+    read_state,
+    walk_key,
+)
 
-STATE_FORMAT = "ebm-filesystem-state/1"
 _MISSING = object()  # no prefetched result: read the file now
 _LARGE = object()  # too big to buffer: stream it
 PREFETCH_BATCH = 64  # files per worker job
 PREFETCH_BATCH_BYTES = 8 * 1024 * 1024
 PREFETCH_WINDOW = 4  # jobs in flight ahead of the writer
+PREFETCH_MAX_ENTRIES = 1024  # spooled entries per batch, changed or not
 CHUNK = 1024 * 1024
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
@@ -271,167 +284,203 @@ class FilesystemTranslator(Translator):
             raise TranslatorError(f"source {source} is not readable")
 
     # ------------------------------------------------------------------ scan
-    def scan(self, source: str, warnings: list[str],
-             unlisted: list[str] | None = None) -> list[tuple[str, os.stat_result]]:
-        """Pre-order walk (parents first, names sorted): one lstat per entry. Directories that
-        cannot be listed are appended to ``unlisted`` (their old contents are not "deleted")."""
+    def walk(self, source: str, warnings: list[str],
+             unlisted: list[str] | None = None) -> Iterator[tuple[str, os.DirEntry | os.stat_result, os.stat_result]]:
+        """Pre-order walk (parents first, names sorted), one lstat per entry (the DirEntry's),
+        lazily: only the directories on the current path are held. Directories that cannot be
+        listed are appended to ``unlisted`` before the walk goes on past them (their old
+        contents are not "deleted")."""
         root_st = os.stat(source)  # a source given as a symlink to a directory is that directory
-        out: list[tuple[str, os.stat_result]] = [(".", root_st)]
+        yield ".", root_st, root_st
         root_dev = root_st.st_dev
+        stack: list[tuple[str, Iterator[os.DirEntry]]] = []
 
-        def walk(abs_dir: str, prefix: str) -> None:
+        def listing(abs_dir: str, prefix: str) -> Iterator[os.DirEntry] | None:
             try:
                 with os.scandir(abs_dir) as it:
-                    items = sorted(it, key=_by_name)
+                    return iter(sorted(it, key=_by_name))
             except OSError as exc:
                 warnings.append(f"cannot list {prefix or '.'}: {exc.strerror}")
                 if unlisted is not None:
                     unlisted.append(prefix.rstrip("/") or ".")
-                return
-            for item in items:
-                rel = prefix + item.name
-                if self.exclude and self._excluded(rel, item.name):
-                    continue
-                try:
-                    st = item.stat(follow_symlinks=False)
-                except OSError as exc:
-                    warnings.append(f"cannot stat {rel}: {exc.strerror}")
-                    continue
-                out.append((rel, st))
-                if stat.S_ISDIR(st.st_mode):
-                    if st.st_dev != root_dev:
-                        warnings.append(f"not crossing into the mount point {rel}")
-                        continue
-                    walk(item.path, rel + "/")
+                return None
 
-        walk(source, "")
-        return out
+        items = listing(source, "")
+        if items is not None:
+            stack.append(("", items))
+        while stack:
+            prefix, items = stack[-1]
+            item = next(items, None)
+            if item is None:
+                stack.pop()
+                continue
+            rel = prefix + item.name
+            if self.exclude and self._excluded(rel, item.name):
+                continue
+            try:
+                st = item.stat(follow_symlinks=False)
+            except OSError as exc:
+                warnings.append(f"cannot stat {rel}: {exc.strerror}")
+                continue
+            yield rel, item, st
+            if stat.S_ISDIR(st.st_mode):
+                if st.st_dev != root_dev:
+                    warnings.append(f"not crossing into the mount point {rel}")
+                    continue
+                sub = listing(item.path, rel + "/")
+                if sub is not None:
+                    stack.append((rel + "/", sub))
+
+    def scan(self, source: str, warnings: list[str],
+             unlisted: list[str] | None = None) -> list[tuple[str, os.stat_result]]:
+        """The whole walk as a list of (path, lstat): for small trees and tools (the backup
+        streams the walk instead)."""
+        return [(rel, st) for rel, _, st in self.walk(source, warnings, unlisted)]
+
+    def _scan_into(self, source: str, prev: Iterator[tuple[str, list[int]]] | None,
+                   spool: ScanSpool, warnings: list[str]) -> tuple[list[tuple[str, int]], int, int]:
+        """Pass 1: the walk merged with the parent state (both in walk order) into ``spool``.
+
+        Each entry is flagged CHANGED (new, or any key field differs) and IN_PREV; a parent
+        path that the walk did not meet is gone, unless it lies under a directory that could
+        not be listed (then its parent row is spooled as KEPT, in its place). Returns the gone
+        paths with their parent modes, and the count and bytes of what is to be written."""
+        unlisted: list[str] = []
+        gone: list[tuple[str, int]] = []
+        todo_count = todo_bytes = 0
+        link_changed: dict[tuple[int, int], bool] = {}  # (dev, ino) of hard-linked files
+        pending = next(prev, None) if prev is not None else None
+        pending_key = walk_key(pending[0]) if pending is not None else ""
+
+        def missing(path: str, key: list[int]) -> None:
+            if unlisted and path.startswith(tuple("" if d == "." else d + "/" for d in unlisted)):
+                spool.add_kept(path, key)
+            else:
+                gone.append((path, key[4]))
+
+        for rel, _, st in self.walk(source, warnings, unlisted):
+            flags = CHANGED
+            prev_mode = 0
+            if prev is not None:
+                k = walk_key(rel)
+                while pending is not None and pending_key < k:
+                    missing(*pending)
+                    pending = next(prev, None)
+                    pending_key = walk_key(pending[0]) if pending is not None else ""
+                if pending is not None and pending[0] == rel:
+                    p = pending[1]
+                    prev_mode = p[4]
+                    flags = IN_PREV
+                    if (p[2] != st.st_mtime_ns or p[3] != st.st_ctime_ns or p[0] != st.st_ino
+                            or p[1] != st.st_size or p[4] != st.st_mode):
+                        flags |= CHANGED
+                    pending = next(prev, None)
+                    pending_key = walk_key(pending[0]) if pending is not None else ""
+                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                    key = (st.st_dev, st.st_ino)
+                    link_changed[key] = link_changed.get(key, False) or bool(flags & CHANGED)
+            spool.add(rel, st, flags, prev_mode)
+            if flags & CHANGED:
+                todo_count += 1
+                if stat.S_ISREG(st.st_mode):
+                    todo_bytes += st.st_size
+        while pending is not None:
+            missing(*pending)
+            pending = next(prev, None)  # type: ignore[arg-type]
+        self._link_changed = link_changed
+        return gone, todo_count, todo_bytes
 
     # ------------------------------------------------------------------ backup
     def backup(self, source: str, parent_state: TranslatorState | None, writer: PaxWriter, *,
                progress: ProgressCallback | None = None) -> BackupResult:
         self.validate_source(source)
-        prev: dict[str, list[int]] | None = None
+        prev = None
         if parent_state is not None:
-            if not isinstance(parent_state, dict) or parent_state.get("format") != STATE_FORMAT:
-                raise TranslatorError("parent state is not a filesystem translator state")
-            prev = parent_state["entries"]
+            try:
+                prev = read_state(parent_state)
+            except BadState as exc:
+                raise TranslatorError(str(exc)) from None
         warnings: list[str] = []
-        t0 = time.monotonic()
-        unlisted: list[str] = []
-        scanned = self.scan(source, warnings, unlisted)
-        current = {rel for rel, _ in scanned} if prev is not None else set()
-
-        # What changed.
-        if prev is None:
-            changed = [True] * len(scanned)
-        else:
-            changed = []
-            append, get = changed.append, prev.get
-            for rel, st in scanned:  # the hot loop of an incremental: no allocation per entry
-                p = get(rel)
-                append(p is None or p[2] != st.st_mtime_ns or p[3] != st.st_ctime_ns
-                       or p[0] != st.st_ino or p[1] != st.st_size or p[4] != st.st_mode)
-            groups: dict[tuple[int, int], list[int]] = {}
-            for i, (_, st) in enumerate(scanned):
-                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-                    groups.setdefault((st.st_dev, st.st_ino), []).append(i)
-            for members in groups.values():
-                if any(changed[i] for i in members):
-                    for i in members:
-                        changed[i] = True
-        state_entries: dict[str, list[int]] = {}
-        index = PackedIndex()  # ~100 bytes a row, not ~600 as objects
-
-        if prev is not None:
-            gone = [p for p in prev if p not in current]
-            if unlisted and gone:
-                # What an unreadable directory held is unknown, not gone: keep its old state.
-                hidden = tuple("" if d == "." else d + "/" for d in unlisted)
-                kept = [p for p in gone if p.startswith(hidden)]
-                for p in kept:
-                    state_entries[p] = prev[p]
-                gone = [p for p in gone if not p.startswith(hidden)]
-            if gone:
-                off = writer.add_deletions(gone)
-                for p in gone:
-                    kind = _kind_of(prev[p][4]) or "file"
-                    index.append(IndexEntry(path=p, kind=kind, deleted=True, header_offset=off,
-                                            data_offset=off))
-
-        todo = [(rel, st) for (rel, st), c in zip(scanned, changed, strict=True) if c]
-        for (rel, _), c in zip(scanned, changed, strict=True):
-            if not c:  # unchanged entries carry their state over
-                state_entries[rel] = prev[rel]  # type: ignore[index]
-
-        del scanned, current, changed  # todo holds what is left to write; _write_entries frees it
-        bytes_total = sum(st.st_size for _, st in todo if stat.S_ISREG(st.st_mode))
-        prog = Progress("backup", 0, len(todo), 0, bytes_total)
-        links: dict[tuple[int, int], str] = {}
-        vanished: list[str] = []
-        prefetch = _Prefetcher(self, source, todo)
+        index = PackedIndex(spill=True)  # rows on disk past a few MiB: memory stays flat
+        spool = ScanSpool()
         try:
-            self._write_entries(source, todo, writer, prefetch, links, warnings, vanished, index,
-                                state_entries, prog, progress)
+            try:
+                gone, todo_count, todo_bytes = self._scan_into(source, prev, spool, warnings)
+            except BadState as exc:
+                raise TranslatorError(str(exc)) from None
+            if gone:  # deletion markers come before any entry
+                off = writer.add_deletions([p for p, _ in gone])
+                for p, mode in gone:
+                    index.append(IndexEntry(path=p, kind=_kind_of(mode) or "file", deleted=True,
+                                            header_offset=off, data_offset=off))
+            del gone
+            prog = Progress("backup", 0, todo_count, 0, todo_bytes)
+            state = StateWriter()
+            vanished: list[tuple[str, int]] = []
+            self._write_entries(source, spool, writer, warnings, vanished, index, state, prog,
+                                progress)
         finally:
-            prefetch.close()
+            spool.close()
         if vanished:
-            if prev is not None:
-                gone = [p for p in vanished if p in prev]
-                if gone:
-                    off = writer.add_deletions(gone)
-                    index += [IndexEntry(path=p, kind=_kind_of(prev[p][4]) or "file", deleted=True,
-                                         header_offset=off, data_offset=off) for p in gone]
-            warnings.append(f"{len(vanished)} entries vanished during the backup (first: {vanished[0]})")
+            gone_now = [(p, mode) for p, mode in vanished if mode]
+            if gone_now:
+                off = writer.add_deletions([p for p, _ in gone_now])
+                index += [IndexEntry(path=p, kind=_kind_of(mode) or "file", deleted=True,
+                                     header_offset=off, data_offset=off) for p, mode in gone_now]
+            warnings.append(f"{len(vanished)} entries vanished during the backup (first: {vanished[0][0]})")
         if progress is not None:
             progress(prog)
-        state = {
-            "format": STATE_FORMAT,
-            "source": os.path.abspath(source),
-            "created_ns": time.time_ns(),
-            "scan_seconds": round(time.monotonic() - t0, 3),
-            "entries": state_entries,
-        }
-        return BackupResult(state=state, entries=index, warnings=warnings,
+        return BackupResult(state=state.finish(), entries=index, warnings=warnings,
                             level_hint="baseline" if prev is None else "incremental")
 
-    def _write_entries(self, source, todo, writer, prefetch, links, warnings, vanished, index,
-                       state_entries, prog, progress) -> None:
-        """The writer thread: every changed entry, in scan order. Each entry's scan result is
-        dropped once written (memory stays that of the index, not index plus stat results)."""
+    def _write_entries(self, source: str, spool: ScanSpool, writer: PaxWriter,
+                       warnings: list[str], vanished: list[tuple[str, int]], index: PackedIndex,
+                       state: StateWriter, prog: Progress, progress: ProgressCallback | None) -> None:
+        """Pass 2, the writer thread: every spooled entry in walk order. A changed one is
+        archived (small files come read ahead by the prefetcher) and its key taken from what
+        was read; an unchanged or kept one carries its key over into the new state."""
         last_report = 0.0
-        for i, (rel, st) in enumerate(todo):
-            if i:
-                todo[i - 1] = None  # written; the prefetcher reads only this entry and later ones
-            abs_path = source if rel == "." else os.path.join(source, rel)
-            kind = _kind_of(st.st_mode)
-            if kind is None:
-                warnings.append(f"skipped socket or unknown file type {rel}")
-                continue
-            try:
-                if kind == "file":
-                    result = self._backup_file(abs_path, rel, st, writer, links, warnings,
-                                               prefetch.result(i))
-                    if result is None:
-                        vanished.append(rel)
-                        continue
-                    row, key = result
-                    prog.bytes_done += row.size
-                else:
-                    row, key = self._backup_other(abs_path, rel, kind, st, writer)
-            except FileNotFoundError:
-                vanished.append(rel)
-                continue
-            except PermissionError as exc:
-                warnings.append(f"cannot read {rel}: {exc.strerror}")
-                continue
-            index.append(row)
-            state_entries[rel] = key
-            prog.entries_done += 1
-            if progress is not None and time.monotonic() - last_report > 0.1:
-                last_report = time.monotonic()
-                prog.path = rel
-                progress(prog)
+        links: dict[tuple[int, int], str] = {}
+        link_changed = self._link_changed
+        prefetch = _Prefetcher(self, source, spool, link_changed)
+        try:
+            for rec, prefetched in prefetch:
+                rel = rec.rel
+                if not _to_write(rec, link_changed):
+                    state.add(rel, [rec.st_ino, rec.st_size, rec.st_mtime_ns, rec.st_ctime_ns,
+                                    rec.st_mode])
+                    continue
+                abs_path = source if rel == "." else os.path.join(source, rel)
+                kind = _kind_of(rec.st_mode)
+                if kind is None:
+                    warnings.append(f"skipped socket or unknown file type {rel}")
+                    continue
+                try:
+                    if kind == "file":
+                        result = self._backup_file(abs_path, rel, rec, writer, links, warnings,  # type: ignore[arg-type]
+                                                   prefetched)
+                        if result is None:
+                            vanished.append((rel, rec.prev_mode))
+                            continue
+                        row, key = result
+                        prog.bytes_done += row.size
+                    else:
+                        row, key = self._backup_other(abs_path, rel, kind, rec, writer)  # type: ignore[arg-type]
+                except FileNotFoundError:
+                    vanished.append((rel, rec.prev_mode))
+                    continue
+                except PermissionError as exc:
+                    warnings.append(f"cannot read {rel}: {exc.strerror}")
+                    continue
+                index.append(row)
+                state.add(rel, key)
+                prog.entries_done += 1
+                if progress is not None and time.monotonic() - last_report > 0.1:
+                    last_report = time.monotonic()
+                    prog.path = rel
+                    progress(prog)
+        finally:
+            prefetch.close()
 
     def _common(self, rel: str, kind: str, st: os.stat_result) -> ArchiveEntry:
         return ArchiveEntry(
@@ -597,71 +646,86 @@ class FilesystemTranslator(Translator):
         return _Restorer(Path(target), select, progress).run(entries)
 
 
-class _Prefetcher:
-    """Reads small files ahead of the writer in worker threads, in batches, bounded in memory.
+def _to_write(rec: ScanRecord, link_changed: dict[tuple[int, int], bool] | None) -> bool:
+    """Whether a spooled entry is archived: changed, or a name of a hard-linked inode of
+    which some name changed (every name is re-sent then, they share one inode)."""
+    if rec.flags & CHANGED:
+        return True
+    if rec.flags & KEPT or not link_changed or rec.st_nlink < 2 or stat.S_ISDIR(rec.st_mode):
+        return False
+    return link_changed.get((rec.st_dev, rec.st_ino), False)
 
-    Only regular files that will be stored with their data (not the later names of a hard-link
-    group) and that fit the translator's buffer are prefetched; the writer takes the results
-    strictly in scan order, so the archive is identical to a sequential run.
+
+class _Prefetcher:
+    """The spooled entries in walk order, with small files read ahead in worker threads.
+
+    The entries come in batches (bounded in count and bytes); up to ``PREFETCH_WINDOW``
+    batches ahead of the writer are being read. Only regular files that will be stored with
+    their data (not the later names of a hard-link group) and that fit the translator's
+    buffer are prefetched; the writer takes the results strictly in walk order, so the
+    archive is identical to a sequential run. A walk that fits one batch is read inline.
     """
 
     def __init__(self, translator: FilesystemTranslator, source: str,
-                 todo: list[tuple[str, os.stat_result]], workers: int = 2) -> None:
+                 records: Iterable[ScanRecord],
+                 link_changed: dict[tuple[int, int], bool] | None, workers: int = 2) -> None:
         self.t = translator
         self.source = source
-        # The plan in flat arrays (8 bytes per entry, not a dict and lists of int objects):
-        # batch b reads todo[order[starts[b]:starts[b + 1]]]; entry i is in batch batch_of[i]
-        # (-1: not prefetched) at position slot_of[i] - starts[batch_of[i]].
-        self.order = array("q")
-        self.starts = array("q", [0])
-        self.batch_of = array("i", [-1]) * len(todo)
-        self.slot_of = array("q", [0]) * len(todo)
-        seen: set[tuple[int, int]] = set()
-        cur_bytes = 0
-        for i, (_, st) in enumerate(todo):
-            if not stat.S_ISREG(st.st_mode) or st.st_size > translator.buffer_limit:
-                continue
-            if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                if key in seen:
-                    continue
-                seen.add(key)
-            self.batch_of[i] = len(self.starts) - 1
-            self.slot_of[i] = len(self.order)
-            self.order.append(i)
-            cur_bytes += st.st_size
-            if len(self.order) - self.starts[-1] >= PREFETCH_BATCH or cur_bytes >= PREFETCH_BATCH_BYTES:
-                self.starts.append(len(self.order))
-                cur_bytes = 0
-        if self.starts[-1] != len(self.order):
-            self.starts.append(len(self.order))
-        self.batches = len(self.starts) - 1
-        self.todo = todo
-        self.pool = ThreadPoolExecutor(max_workers=workers) if self.batches > 1 else None
-        self.futures: dict[int, Future] = {}
-        self.results: dict[int, list] = {}
-        self.submitted = 0
+        self.records = iter(records)
+        self.link_changed = link_changed
+        self.seen: set[tuple[int, int]] = set()  # hard-linked inodes already planned
+        self.window: deque[list] = deque()  # [batch, wanted positions, future or None]
+        for _ in range(PREFETCH_WINDOW + 1):
+            if not self._plan():
+                break
+        self.pool = None
+        if len(self.window) > 1:
+            self.pool = ThreadPoolExecutor(max_workers=workers)
+            for item in self.window:
+                self._submit(item)
 
-    def _job(self, b: int) -> list:
-        items = []
-        for i in self.order[self.starts[b]:self.starts[b + 1]]:
-            rel = self.todo[i][0]
-            items.append((os.path.join(self.source, rel), rel))
-        return self.t._prefetch(items)
+    def _plan(self) -> bool:
+        """Append the next batch to the window; False at the end of the spool."""
+        batch: list[ScanRecord] = []
+        wanted: list[int] = []
+        nbytes = 0
+        limit = self.t.buffer_limit
+        for rec in self.records:
+            batch.append(rec)
+            if (stat.S_ISREG(rec.st_mode) and rec.st_size <= limit
+                    and _to_write(rec, self.link_changed)):
+                if rec.st_nlink > 1:
+                    key = (rec.st_dev, rec.st_ino)
+                    if key in self.seen:
+                        continue
+                    self.seen.add(key)
+                wanted.append(len(batch) - 1)
+                nbytes += rec.st_size
+            if (len(wanted) >= PREFETCH_BATCH or nbytes >= PREFETCH_BATCH_BYTES
+                    or len(batch) >= PREFETCH_MAX_ENTRIES):
+                break
+        if not batch:
+            return False
+        self.window.append([batch, wanted, None])
+        return True
 
-    def result(self, i: int):
-        b = self.batch_of[i]
-        if b < 0 or self.pool is None:
-            return _MISSING
-        pos = self.slot_of[i] - self.starts[b]
-        while self.submitted < self.batches and self.submitted <= b + PREFETCH_WINDOW:
-            self.futures[self.submitted] = self.pool.submit(self._job, self.submitted)
-            self.submitted += 1
-        if b not in self.results:
-            for old in [k for k in self.results if k < b]:
-                del self.results[old]  # free the buffers of finished batches
-            self.results[b] = self.futures.pop(b).result()
-        return self.results[b][pos]
+    def _submit(self, item: list) -> None:
+        batch, wanted = item[0], item[1]
+        if wanted and self.pool is not None:
+            jobs = [(os.path.join(self.source, batch[i].rel), batch[i].rel) for i in wanted]
+            item[2] = self.pool.submit(self.t._prefetch, jobs)
+
+    def __iter__(self) -> Iterator[tuple[ScanRecord, object]]:
+        while self.window:
+            batch, wanted, future = self.window.popleft()
+            if self._plan() and self.pool is not None:
+                self._submit(self.window[-1])
+            results: list = [_MISSING] * len(batch)
+            if future is not None:
+                for pos, res in zip(wanted, future.result(), strict=True):
+                    results[pos] = res
+            del future
+            yield from zip(batch, results, strict=True)
 
     def close(self) -> None:
         if self.pool is not None:

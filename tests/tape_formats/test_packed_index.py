@@ -47,3 +47,19 @@ def test_trailer_from_packed_index_equals_from_list():
     assert infos[0].deleted_count == infos[1].deleted_count == 1
     decoded = [decode_trailer(encode_trailer(i)).index for i in infos]
     assert decoded[0] == decoded[1] == _rows()
+
+
+def test_spilled_rows_round_trip_across_read_chunks(monkeypatch):
+    """A spilling index writes rows out past SPILL_BYTES and reads them back in chunks that
+    cut rows in two: every row comes back, in order, on every iteration."""
+    from tape_formats.archive import packed_index
+
+    monkeypatch.setattr(packed_index, "SPILL_BYTES", 300)
+    monkeypatch.setattr(packed_index, "_READ_CHUNK", 97)
+    rows = _rows() * 40
+    packed = PackedIndex(rows, spill=True)
+    assert packed._file is not None and len(packed._buf) < 300
+    assert len(packed) == len(rows)
+    assert list(packed) == rows
+    assert list(packed) == rows
+    packed.close()

@@ -29,6 +29,7 @@ from tape_formats.archive import (
 )
 from translators.base import TranslatorError, apply_chain, available_translators, load_translator
 from translators.filesystem import FilesystemTranslator, tree_manifest
+from translators.filesystem_state import state_dict
 
 IS_ROOT = os.geteuid() == 0
 NAMES = ["a", "b", "c", "dir", "file.txt", "ü-ñ", "sp ace", "L" * 120, "raw\udcff\udcfe", "new\nline"]
@@ -394,7 +395,7 @@ def test_file_changing_during_read_is_retried_then_reported(tmp_path):
     assert any("busy" in w and "changing" in w for w in result.warnings)
     row = next(e for e in result.entries if e.path == "busy")
     assert row.torn
-    assert result.state["entries"]["busy"][2] == -1  # next incremental takes it again
+    assert state_dict(result.state)["busy"][2] == -1  # next incremental takes it again
     assert not next(e for e in result.entries if e.path == "calm").torn
     # The stream stays a valid archive.
     assert [e.path for e, _ in PaxReader(io.BytesIO(archive))] == [".", "busy", "calm"]
@@ -510,7 +511,7 @@ def test_unchanged_incremental_scan_is_fast(tmp_path):
     archive, r1 = backup(src, r0.state)
     elapsed = time.perf_counter() - t0
     assert len(r1.entries) == 0
-    assert len(r1.state["entries"]) == n_dirs * per_dir + n_dirs + 1
+    assert len(state_dict(r1.state)) == n_dirs * per_dir + n_dirs + 1
     # Generous bound: the CI machine's 2 cores are shared with other test runs.
     assert elapsed < 1.5, f"unchanged incremental of 2k files took {elapsed:.2f}s"
 
@@ -597,7 +598,7 @@ def test_unreadable_directory_is_not_taken_as_deleted(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "scandir", real_scandir)
     assert any("cannot list locked" in w for w in r1.warnings)
     assert not [e for e in r1.entries if e.deleted]
-    assert "locked/secret" in r1.state["entries"]
+    assert "locked/secret" in state_dict(r1.state)
     out = tmp_path / "out"
     restore_chain([(a0, r0), (a1, r1)], out)
     assert (out / "locked" / "secret").read_bytes() == b"s"
