@@ -52,7 +52,7 @@ import re
 import sqlite3
 import time
 import uuid as uuidlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -759,6 +759,26 @@ class Catalog:
             sql += f" AND {_GLOB}"
             args.append(_to_db(like))
         return [_file_row(r) for r in self.q(sql + " ORDER BY f.header_offset", args)]
+
+    def iter_files(self, backup_id: int) -> Iterator[FileRow]:
+        """Every row of a backup that is not a deletion, in stream order, read as it goes
+        (a cursor, not a list): what a whole-backup restore checks each entry against."""
+        cur = self.db.execute(
+            """SELECT p.path, f.kind, f.size, f.mtime_ns, f.mode, f.uid, f.gid, f.sha256,
+               f.header_offset, f.data_offset, f.deleted, f.backup, f.linkname
+               FROM ebm_files f JOIN ebm_paths p ON p.id=f.path
+               WHERE f.backup=? AND f.deleted=0 ORDER BY f.header_offset""", (backup_id,))
+        try:
+            for r in cur:
+                yield _file_row(r)
+        finally:
+            cur.close()
+
+    def files_summary(self, backup_id: int) -> tuple[int, int, int]:
+        """(rows that are not deletions, their bytes, how many have no stream offset)."""
+        r = self.q("""SELECT count(*), coalesce(sum(size), 0), coalesce(sum(header_offset < 0), 0)
+                      FROM ebm_files WHERE backup=? AND deleted=0""", (backup_id,))[0]
+        return r[0], r[1], r[2]
 
     def files_at(self, backup_id: int, exact: list[str], under: list[str]) -> list[FileRow]:
         """Rows whose path is in ``exact`` or below a directory in ``under`` (no glob

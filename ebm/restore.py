@@ -6,6 +6,8 @@ at the chosen point (a later entry replaces an earlier one, a deletion removes t
 everything under it). Only the entries of that view that match the selection are read, each
 by LOCATEing to the block that holds its pax header and reading up to the next entry's header
 through a bounded window, so a single-file restore reads that file's blocks and no other.
+A whole full backup (no paths, a chain of one) skips the view: its stream is read once, front
+to back, each entry checked against the catalog row at its offset (``_restore_whole``).
 The translator then turns the pax entries back into the application's own form.
 """
 
@@ -17,7 +19,7 @@ import fnmatch
 import math
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -285,6 +287,11 @@ def restore(catalog: Catalog, library: Library, translator_loader: Callable[[str
             patterns = translator.restore_paths(options)  # type: ignore[attr-defined]
         except TranslatorError as e:
             raise RestoreError(str(e)) from None
+    if not patterns and len(chain) == 1:
+        _, total, unplaced = catalog.files_summary(backup.id)
+        if not unplaced:
+            return _restore_whole(catalog, library, translator, backup, target,
+                                  ciphers[backup.id], total, progress, options)
     view = final_view(catalog, chain, patterns)
     selected = [r for p, r in view.items() if matches(p, patterns or [])]
     if patterns and not selected:
@@ -315,20 +322,7 @@ def restore(catalog: Catalog, library: Library, translator_loader: Callable[[str
                 if progress:
                     progress(done_bytes, total)
 
-        try:
-            if options is None:
-                translator.restore(entries(), target)
-            else:
-                translator.restore(entries(), target, options=options)  # type: ignore[call-arg]
-        except (MoverError, RestoreError):
-            raise
-        except TranslatorError as e:
-            raise RestoreError(f"backup {backup.uuid}: {e}") from None
-        except Exception as e:
-            name = type(e).__name__
-            if name in ("ArchiveCorrupt", "ArchiveError", "UnsafePath"):
-                raise RestoreError(f"backup {backup.uuid}: {e}") from None
-            raise
+        _run_translator(translator, entries(), target, backup, options)
         _set_dir_metadata(target, parents)
     except MoverError as e:
         raise RestoreError(str(e)) from None
@@ -336,6 +330,117 @@ def restore(catalog: Catalog, library: Library, translator_loader: Callable[[str
         with contextlib.suppress(Exception):
             session.close()
     return stats
+
+
+def _restore_whole(catalog: Catalog, library: Library, translator: Translator, backup: Backup,
+                   target: Path, cipher: BlockCipher | None, total: int,
+                   progress: Callable[[int, int | None], None] | None,
+                   options: dict[str, Any] | None) -> RestoreStats:
+    """A whole full backup: its pax stream read once, front to back, with no per-entry LOCATE
+    or reader, and no final view held in memory. Each entry is checked against the catalog
+    row at its offset (path, sha256; rows streamed in the same order), and every row must be
+    met, as the entry-by-entry path checks."""
+    stats = RestoreStats([backup.uuid])
+    target.mkdir(parents=True, exist_ok=True)
+    session = DriveSession(library, f"ebm-restore:{backup.uuid}")
+    reader = TapeReader(catalog.volumes(backup.id), ReadMedia(session), backup.size, cipher)
+    rows = catalog.iter_files(backup.id)
+    try:
+        entries = _whole_stream(backup, reader, rows, stats, total, progress)
+        _run_translator(translator, entries, target, backup, options)
+    except MoverError as e:
+        raise RestoreError(str(e)) from None
+    finally:
+        stats.blocks_read += reader.blocks_read
+        rows.close()  # type: ignore[attr-defined]
+        with contextlib.suppress(Exception):
+            reader.close()
+        with contextlib.suppress(Exception):
+            session.close()
+    return stats
+
+
+class _RowDigests(Mapping[int, str]):
+    """The sha256 the catalog recorded at each header offset, for PaxReader's ``expected``,
+    looked up in increasing offset order only (the stream's): the rows are a cursor, not a
+    dict. The row met at each offset is kept for the path check."""
+
+    def __init__(self, backup: Backup, rows: Iterator[FileRow]) -> None:
+        self.backup, self.rows = backup, rows
+        self.row: FileRow | None = next(rows, None)
+        self.met: FileRow | None = None
+
+    def get(self, offset: int, default: Any = None) -> Any:  # type: ignore[override]
+        if self.row is not None and self.row.header_offset < offset:
+            raise RestoreError(f"backup {self.backup.uuid}: entry {self.row.path!r} is missing "
+                               "from the tape")
+        self.met = None
+        if self.row is not None and self.row.header_offset == offset:
+            self.met, self.row = self.row, next(self.rows, None)
+            return self.met.sha256.hex() if self.met.sha256 else default
+        return default
+
+    def __getitem__(self, offset: int) -> str:
+        raise KeyError(offset)  # only get() is used, in stream order
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __bool__(self) -> bool:
+        return True  # PaxReader takes a falsy mapping for "no digests"
+
+
+def _whole_stream(backup: Backup, reader: TapeReader, rows: Iterator[FileRow],
+                  stats: RestoreStats, total: int,
+                  progress: Callable[[int, int | None], None] | None,
+                  ) -> Iterator[tuple[ArchiveEntry, EntryData]]:
+    from tape_formats.archive.reader import PaxReader
+
+    digests = _RowDigests(backup, rows)
+    done = last = 0
+    for entry, data in PaxReader(reader, expected=digests, require_end=False):
+        met = digests.met
+        if entry.deleted:
+            continue
+        if met is not None and entry.path != met.path:
+            raise RestoreError(
+                f"backup {backup.uuid}: found {entry.path!r} where the index says {met.path!r}")
+        stats.entries += 1
+        stats.bytes += entry.size
+        yield entry, data
+        done += entry.size
+        if progress and done - last >= 64 << 20:
+            last = done
+            progress(done, total)
+    if digests.row is not None:
+        raise RestoreError(f"backup {backup.uuid}: entry {digests.row.path!r} is missing from "
+                           "the tape")
+    if progress:
+        progress(done, total)
+
+
+def _run_translator(translator: Translator, entries: Iterator[tuple[ArchiveEntry, EntryData]],
+                    target: Path, backup: Backup, options: dict[str, Any] | None) -> None:
+    """The translator's restore, its failures as one-line RestoreErrors."""
+    from translators.base import TranslatorError
+
+    try:
+        if options is None:
+            translator.restore(entries, target)
+        else:
+            translator.restore(entries, target, options=options)  # type: ignore[call-arg]
+    except (MoverError, RestoreError):
+        raise
+    except TranslatorError as e:
+        raise RestoreError(f"backup {backup.uuid}: {e}") from None
+    except Exception as e:
+        name = type(e).__name__
+        if name in ("ArchiveCorrupt", "ArchiveError", "UnsafePath"):
+            raise RestoreError(f"backup {backup.uuid}: {e}") from None
+        raise
 
 
 def _link_targets(catalog: Catalog, chain: list[Backup], selected: list[FileRow],
