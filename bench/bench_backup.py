@@ -14,7 +14,9 @@ around the mean), same machine, same moment:
 
 Peak resident memory: each tool runs in its own process (the EBM in a fresh interpreter that
 runs this script with ``--child``), and ``wait4`` reports that process's peak RSS; the EBM's
-peak during the full backup alone is printed too.
+peak during the full backup alone is printed too. CPU seconds (user + system, all threads and
+child processes) of the full backup and the full restore are printed beside the wall times:
+on a shared machine they move less with the load than the wall times do.
 
 Usage::
 
@@ -23,6 +25,8 @@ Usage::
     .venv/bin/python bench/bench_backup.py --size 100M --files 5000 --keep  # quick, keep tmp
     .venv/bin/python bench/bench_backup.py --small        # 200,000 files of ~100 B in 400 dirs
     .venv/bin/python bench/bench_backup.py --small --files 50000   # the same shape, fewer files
+    .venv/bin/python bench/bench_backup.py --small --files 2000000 --only ebm --backup-only
+        # peak RSS at 2M files: full backup and no-change incremental only
 
 The EBM runs through its API in a child interpreter (the CLI adds only Python start-up). restic runs with
 a throwaway password in a local repository; ``tar | zstd`` uses ``zstd -T0 -1``.
@@ -111,6 +115,20 @@ def timed(fn) -> tuple[float, object]:
 
 
 PEAK_RSS = {"kb": 0}  # the largest peak RSS of any command run() waited for
+CPU = {"s": 0.0}  # user + system seconds of the commands run() waited for (and their children)
+
+
+def self_cpu() -> float:
+    """User + system seconds of this process so far, all threads."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def cpu_timed(fn, cpu=self_cpu) -> tuple[float, float, object]:
+    """(wall seconds, CPU seconds, result) of one phase."""
+    c0, t0 = cpu(), time.perf_counter()
+    r = fn()
+    return time.perf_counter() - t0, cpu() - c0, r
 
 
 def run(cmd: list[str] | str, **kw) -> subprocess.CompletedProcess:
@@ -120,6 +138,7 @@ def run(cmd: list[str] | str, **kw) -> subprocess.CompletedProcess:
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
         PEAK_RSS["kb"] = max(PEAK_RSS["kb"], usage.ru_maxrss)
+        CPU["s"] += usage.ru_utime + usage.ru_stime
         out.seek(0)
         err.seek(0)
         r = subprocess.CompletedProcess(cmd, proc.returncode, out.read().decode(errors="replace"),
@@ -134,11 +153,19 @@ def run_ebm_child(work: Path, src: Path, probe: str, change_seed_paths: Path) ->
     """The EBM phases in a fresh interpreter, so its peak RSS is its own."""
     before = PEAK_RSS["kb"]
     PEAK_RSS["kb"] = 0
-    r = run([sys.executable, __file__, "--child", str(work), str(src), probe, str(change_seed_paths)])
+    r = run([sys.executable, __file__, "--child", str(work), str(src), probe, str(change_seed_paths)]
+            + (["--backup-only"] if BACKUP_ONLY["on"] else []))
     out = json.loads(r.stdout.strip().splitlines()[-1])
     out["peak_rss_kb"] = PEAK_RSS["kb"]
     PEAK_RSS["kb"] = before
     return out
+
+
+BACKUP_ONLY = {"on": False}  # --backup-only: full backup and no-change incremental only
+
+
+def child_cpu() -> float:
+    return CPU["s"]
 
 
 def bench_ebm(work: Path, src: Path, change, probe: str) -> dict:
@@ -160,20 +187,25 @@ def bench_ebm(work: Path, src: Path, change, probe: str) -> dict:
     cat.close()
     ebm = Ebm(root)
     out: dict = {}
-    out["full_s"], b_full = timed(lambda: ebm.backup(
+    out["full_s"], out["full_cpu"], b_full = cpu_timed(lambda: ebm.backup(
         BackupRequest(dataset="bench", source=src, pool="bench")))
     out["full_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out["noop_incr_s"], _ = timed(lambda: ebm.backup(BackupRequest(dataset="bench")))
+    out["noop_incr_s"], out["noop_incr_cpu"], _ = cpu_timed(
+        lambda: ebm.backup(BackupRequest(dataset="bench")))
+    out["stored_bytes"] = du(root / "cartridges")
+    if BACKUP_ONLY["on"]:
+        ebm.close()
+        return out
     change()
-    out["incr_s"], b_inc = timed(lambda: ebm.backup(BackupRequest(dataset="bench")))
+    out["incr_s"], out["incr_cpu"], b_inc = cpu_timed(lambda: ebm.backup(BackupRequest(dataset="bench")))
     out["stored_bytes"] = du(root / "cartridges")
     target = work / "ebm-restore"
-    out["restore1_s"], st = timed(lambda: restore(ebm.catalog, ebm.library, load_translator,
-                                                   b_full, target, [probe]))
+    out["restore1_s"], _, st = cpu_timed(lambda: restore(ebm.catalog, ebm.library, load_translator,
+                                                          b_full, target, [probe]))
     out["restore1_blocks"] = st.blocks_read
     out["total_blocks"] = b_full.blocks
-    out["restore_s"], _ = timed(lambda: restore(ebm.catalog, ebm.library, load_translator,
-                                                 b_full, work / "ebm-restore-full"))
+    out["restore_s"], out["restore_cpu"], _ = cpu_timed(lambda: restore(
+        ebm.catalog, ebm.library, load_translator, b_full, work / "ebm-restore-full"))
     ebm.close()
     return out
 
@@ -184,18 +216,25 @@ def bench_restic(work: Path, src: Path, change, probe: str) -> dict:
            "RESTIC_CACHE_DIR": str(work / "restic-cache")}
     run(["restic", "init", "-q"], env=env)
     out: dict = {}
-    out["full_s"], _ = timed(lambda: run(["restic", "backup", "-q", "."], env=env, cwd=src))
-    out["noop_incr_s"], _ = timed(lambda: run(["restic", "backup", "-q", "."], env=env, cwd=src))
+    out["full_s"], out["full_cpu"], _ = cpu_timed(
+        lambda: run(["restic", "backup", "-q", "."], env=env, cwd=src), child_cpu)
+    out["noop_incr_s"], out["noop_incr_cpu"], _ = cpu_timed(
+        lambda: run(["restic", "backup", "-q", "."], env=env, cwd=src), child_cpu)
+    out["stored_bytes"] = du(repo)
+    if BACKUP_ONLY["on"]:
+        return out
     change()
-    out["incr_s"], _ = timed(lambda: run(["restic", "backup", "-q", "."], env=env, cwd=src))
+    out["incr_s"], out["incr_cpu"], _ = cpu_timed(
+        lambda: run(["restic", "backup", "-q", "."], env=env, cwd=src), child_cpu)
     out["stored_bytes"] = du(repo)
     snaps = json.loads(run(["restic", "snapshots", "--json"], env=env).stdout)
     first = snaps[0]["short_id"]
-    out["restore1_s"], _ = timed(lambda: run(
+    out["restore1_s"], _, _ = cpu_timed(lambda: run(
         ["restic", "restore", "-q", first, "--target", str(work / "restic-restore"),
-         "--include", f"/{probe}"], env=env))
-    out["restore_s"], _ = timed(lambda: run(
-        ["restic", "restore", "-q", first, "--target", str(work / "restic-restore-full")], env=env))
+         "--include", f"/{probe}"], env=env), child_cpu)
+    out["restore_s"], out["restore_cpu"], _ = cpu_timed(lambda: run(
+        ["restic", "restore", "-q", first, "--target", str(work / "restic-restore-full")], env=env),
+        child_cpu)
     return out
 
 
@@ -204,27 +243,34 @@ def bench_tar(work: Path, src: Path, change, probe: str) -> dict:
     d.mkdir()
     out: dict = {}
     snar = d / "snar"
-    out["full_s"], _ = timed(lambda: run(
-        f"tar -C {src} --listed-incremental={snar} -cf - . | zstd -q -T0 -1 -o {d}/full.tar.zst"))
+    out["full_s"], out["full_cpu"], _ = cpu_timed(lambda: run(
+        f"tar -C {src} --listed-incremental={snar} -cf - . | zstd -q -T0 -1 -o {d}/full.tar.zst"),
+        child_cpu)
     shutil.copy(snar, d / "snar1")
-    out["noop_incr_s"], _ = timed(lambda: run(
-        f"tar -C {src} --listed-incremental={d}/snar1 -cf - . | zstd -q -T0 -1 -o {d}/noop.tar.zst"))
+    out["noop_incr_s"], out["noop_incr_cpu"], _ = cpu_timed(lambda: run(
+        f"tar -C {src} --listed-incremental={d}/snar1 -cf - . | zstd -q -T0 -1 -o {d}/noop.tar.zst"),
+        child_cpu)
+    out["stored_bytes"] = (d / "full.tar.zst").stat().st_size
+    if BACKUP_ONLY["on"]:
+        return out
     change()
-    out["incr_s"], _ = timed(lambda: run(
-        f"tar -C {src} --listed-incremental={snar} -cf - . | zstd -q -T0 -1 -o {d}/incr.tar.zst"))
+    out["incr_s"], out["incr_cpu"], _ = cpu_timed(lambda: run(
+        f"tar -C {src} --listed-incremental={snar} -cf - . | zstd -q -T0 -1 -o {d}/incr.tar.zst"),
+        child_cpu)
     out["stored_bytes"] = (d / "full.tar.zst").stat().st_size + (d / "incr.tar.zst").stat().st_size
     (d / "restore").mkdir()
-    out["restore1_s"], _ = timed(lambda: run(
-        f"zstd -dc {d}/full.tar.zst | tar -C {d}/restore -xf - ./{probe}"))
+    out["restore1_s"], _, _ = cpu_timed(lambda: run(
+        f"zstd -dc {d}/full.tar.zst | tar -C {d}/restore -xf - ./{probe}"), child_cpu)
     (d / "restore-full").mkdir()
-    out["restore_s"], _ = timed(lambda: run(
-        f"zstd -dc {d}/full.tar.zst | tar -C {d}/restore-full -xf -"))
+    out["restore_s"], out["restore_cpu"], _ = cpu_timed(lambda: run(
+        f"zstd -dc {d}/full.tar.zst | tar -C {d}/restore-full -xf -"), child_cpu)
     return out
 
 
 def child_main(argv: list[str]) -> None:
     """``--child WORK SRC PROBE PATHS_FILE``: the EBM phases, result as one JSON line."""
     work, src, probe, paths_file = Path(argv[0]), Path(argv[1]), argv[2], Path(argv[3])
+    BACKUP_ONLY["on"] = "--backup-only" in argv[4:]
 
     def change() -> list[str]:
         return change_one_percent(src, paths_file.read_text().splitlines())
@@ -248,11 +294,13 @@ def tool_run(tool: str, work: Path, src: Path, paths: list[str], probe: str) -> 
 def report(results: dict[str, dict], tools: list[str], total: int, nfiles: int) -> None:
     print(f"tree: {total / 1e6:.0f} MB, {nfiles} files; 1% = {max(1, nfiles // 100)} files changed")
     print(f"{'':24}" + "".join(f"{t:>14}" for t in tools))
-    rows = [("full backup (s)", "full_s"), ("1% incremental (s)", "incr_s"),
-            ("no-change incr (s)", "noop_incr_s"), ("single-file restore (s)", "restore1_s"),
-            ("full restore (s)", "restore_s")]
+    rows = [("full backup (s)", "full_s"), ("  CPU user+sys (s)", "full_cpu"),
+            ("1% incremental (s)", "incr_s"), ("no-change incr (s)", "noop_incr_s"),
+            ("single-file restore (s)", "restore1_s"), ("full restore (s)", "restore_s"),
+            ("  CPU user+sys (s)", "restore_cpu")]
     for label, key in rows:
-        print(f"{label:24}" + "".join(f"{results[t][key]:>14.2f}" for t in tools))
+        if all(key in results[t] for t in tools):
+            print(f"{label:24}" + "".join(f"{results[t][key]:>14.2f}" for t in tools))
     print(f"{'stored (MB)':24}" + "".join(f"{results[t]['stored_bytes'] / 1e6:>14.1f}" for t in tools))
     print(f"{'peak RSS (MB)':24}" + "".join(f"{results[t]['peak_rss_kb'] / 1024:>14.0f}" for t in tools))
     if "ebm" not in results:
@@ -260,17 +308,18 @@ def report(results: dict[str, dict], tools: list[str], total: int, nfiles: int) 
     e = results["ebm"]
     print(f"\nEBM full throughput: {total / e['full_s'] / 1e6:.0f} MB/s, "
           f"{nfiles / e['full_s']:.0f} files/s; peak RSS during the full backup "
-          f"{e['full_rss_kb'] / 1024:.0f} MB; single-file restore read "
-          f"{e['restore1_blocks']} of {e['total_blocks']} tape blocks")
+          f"{e['full_rss_kb'] / 1024:.0f} MB"
+          + (f"; single-file restore read {e['restore1_blocks']} of {e['total_blocks']} tape blocks"
+             if "restore1_blocks" in e else ""))
     for other in ("restic", "tar"):
         if other in results:
             o = results[other]
-            print(f"EBM time / {other} time: full {e['full_s'] / o['full_s']:.2f}, "
-                  f"incremental {e['incr_s'] / o['incr_s']:.2f}, "
-                  f"no-change {e['noop_incr_s'] / o['noop_incr_s']:.2f}, "
-                  f"single-file restore {e['restore1_s'] / o['restore1_s']:.2f}, "
-                  f"full restore {e['restore_s'] / o['restore_s']:.2f}; "
-                  f"peak RSS {e['peak_rss_kb'] / max(1, o['peak_rss_kb']):.2f} (<1: EBM better)")
+            pairs = [("full", "full_s"), ("full CPU", "full_cpu"), ("incremental", "incr_s"),
+                     ("no-change", "noop_incr_s"), ("single-file restore", "restore1_s"),
+                     ("full restore", "restore_s"), ("full restore CPU", "restore_cpu")]
+            parts = [f"{label} {e[k] / o[k]:.2f}" for label, k in pairs if k in e and k in o and o[k]]
+            print(f"EBM / {other}: " + ", ".join(parts)
+                  + f"; peak RSS {e['peak_rss_kb'] / max(1, o['peak_rss_kb']):.2f} (<1: EBM better)")
 
 
 def main() -> None:
@@ -287,7 +336,10 @@ def main() -> None:
     ap.add_argument("--tmp", default=None, help="work directory (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--only", default="ebm,restic,tar", help="which tools to run")
+    ap.add_argument("--backup-only", action="store_true",
+                    help="full backup and no-change incremental only (RSS at millions of files)")
     args = ap.parse_args()
+    BACKUP_ONLY["on"] = args.backup_only
     nfiles = args.files or (200_000 if args.small else 20_000)
     total = parse_size(args.size) if args.size else (nfiles * 100 if args.small else parse_size("500M"))
     ndirs = args.dirs or (max(1, nfiles // 500) if args.small else None)
