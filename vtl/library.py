@@ -178,6 +178,7 @@ class DriveBay:
         self._lock_fd: int | None = None
         self._mounted: str | None = None
         self._at_mount: tuple[int, int] = (0, 0)
+        self._native_known = False  # the catalog has the mounted cartridge's native bytes
         self._loaded_since: float | None = None  # a data cartridge's mount (vtl.cleaning)
         self._usage: DriveUsage | None = None
 
@@ -225,6 +226,7 @@ class DriveBay:
             self._lock_fd = fd
             self._mounted = barcode
             self._at_mount = (cart.eod, cart.used_bytes)
+            self._native_known = row.get("native_bytes") is not None
             values: dict[str, Any] = {"last_mounted": now_iso(), "open_since": now_iso()}
             if row.get("open_since") is not None:  # a crash left it open: count it afresh
                 values.update(cartridge_stats(cart))
@@ -269,11 +271,13 @@ class DriveBay:
                 self._loaded_since = None
             try:
                 cart.sync()
-                stats = cartridge_stats(cart)
                 counters = getattr(cart, "counters", None)
-                if (cart.eod, cart.used_bytes) != self._at_mount or (
-                    counters is not None and getattr(counters, "written_native", 0) > 0
-                ):
+                written = (cart.eod, cart.used_bytes) != self._at_mount or (
+                    counters is not None and getattr(counters, "written_native", 0) > 0)
+                # a load that only read keeps the count: summing a large index costs ~0.2 s
+                # per million blocks
+                stats = cartridge_stats(cart, native=written or not self._native_known)
+                if written:
                     stats["last_written"] = now_iso()
                 if _mam_read_this_load(cart):
                     stats["last_read"] = now_iso()
@@ -293,12 +297,13 @@ class DriveBay:
                 lib.catalog.update_cartridge(barcode, open_since=None, **stats)
 
 
-def cartridge_stats(cart: TapeCartridge) -> dict[str, Any]:
+def cartridge_stats(cart: TapeCartridge, native: bool = True) -> dict[str, Any]:
     """used bytes (on the medium, compressed), native bytes (as written: their ratio is the
-    compression ``vtl status`` shows), objects, tape files and the automatic state of an
-    open cartridge."""
-    stats: dict[str, Any] = {"used_bytes": cart.used_bytes, "blocks": cart.eod,
-                             "native_bytes": sum(f.native_bytes for f in cart.tape_files())}
+    compression ``vtl status`` shows; left out with ``native=False``), objects, tape files and
+    the automatic state of an open cartridge."""
+    stats: dict[str, Any] = {"used_bytes": cart.used_bytes, "blocks": cart.eod}
+    if native:
+        stats["native_bytes"] = sum(f.native_bytes for f in cart.tape_files())
     stats["files"] = tape_files(cart)
     if cart.eod == 0:
         stats["state"] = "scratch"
