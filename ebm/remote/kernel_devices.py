@@ -25,6 +25,7 @@ import errno
 import fcntl
 import os
 import struct
+import time
 
 from ebm.remote.initiator import STATUS_CHECK_CONDITION, ScsiResult
 from ebm.remote.scsi_client import (
@@ -44,6 +45,8 @@ def _ioc(direction: int, kind: str, nr: int, size: int) -> int:
     """Linux _IOC(dir, type, nr, size) for x86/arm (dir: 1 write, 2 read)."""
     return (direction << 30) | (size << 16) | (ord(kind) << 8) | nr
 
+
+OPEN_WAIT_S = 60.0  # how long a freshly loaded drive may take to open (st waits for ready)
 
 # <scsi/sg.h>
 SG_IO = 0x2285
@@ -111,17 +114,49 @@ class StTape:
     ``TapeDevice`` methods ``remote_library.RemoteCartridge`` calls. Persistent reservations
     go through SG_IO on the same node (``ScsiDevice`` over ``SgTransport``)."""
 
-    def __init__(self, path: str, *, ioctl=fcntl.ioctl, fd: int | None = None) -> None:
+    def __init__(self, path: str, *, ioctl=fcntl.ioctl, fd: int | None = None,
+                 ready_wait: float = OPEN_WAIT_S) -> None:
         self.path = self.name = path
-        self.fd = os.open(path, os.O_RDWR) if fd is None else fd
         self._ioctl = ioctl
         self._pr: ScsiDevice | None = None
+        self._ready_wait = ready_wait
+        # st refuses a plain open of a drive that holds no cartridge (ENOMEDIUM), and the
+        # library opens its drives before the changer loads one: O_NONBLOCK opens it empty,
+        # and the first tape operation after a load reopens it blocking (``_ready``), which
+        # is when st checks the medium (UNIT ATTENTION, write protect, block limits).
+        self._owns_fd = fd is None
+        self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK) if fd is None else fd
+        self._loaded = not self._owns_fd
+
+    def _ready(self) -> int:
+        """The descriptor, opened blocking once a cartridge is in the drive. st allows one
+        open at a time, so the empty-drive descriptor is closed first."""
+        if self._loaded:
+            return self.fd
+        os.close(self.fd)
+        deadline = time.monotonic() + self._ready_wait
+        while True:
+            try:
+                self.fd = os.open(self.path, os.O_RDWR)
+                break
+            except OSError as e:
+                if e.errno not in (errno.ENOMEDIUM, errno.EIO, errno.EAGAIN, errno.EBUSY) \
+                        or time.monotonic() > deadline:
+                    self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
+                    raise ScsiError(f"{self.path}: not ready: {e.strerror}", 0, None) from None
+                time.sleep(0.2)
+        self._loaded, self._pr = True, None
+        return self.fd
+
+    def close(self) -> None:
+        if self._owns_fd:
+            os.close(self.fd)
 
     def _op(self, op: int, count: int = 1) -> None:
-        self._ioctl(self.fd, MTIOCTOP, MTOP.pack(op, count))
+        self._ioctl(self._ready(), MTIOCTOP, MTOP.pack(op, count))
 
     def _status(self) -> tuple[int, ...]:
-        return MTGET.unpack(self._ioctl(self.fd, MTIOCGET, bytes(MTGET.size)))
+        return MTGET.unpack(self._ioctl(self._ready(), MTIOCGET, bytes(MTGET.size)))
 
     # -- TapeDevice's surface --------------------------------------------------------------
     def prepare(self) -> None:
@@ -132,7 +167,7 @@ class StTape:
         return bool(self._status()[3] & GMT_WR_PROT)
 
     def read_position(self) -> Position:
-        block = MTPOS.unpack(self._ioctl(self.fd, MTIOCPOS, bytes(MTPOS.size)))[0]
+        block = MTPOS.unpack(self._ioctl(self._ready(), MTIOCPOS, bytes(MTPOS.size)))[0]
         fileno = self._status()[5]
         return Position(block, max(fileno, 0), bop=block == 0)
 
@@ -144,7 +179,7 @@ class StTape:
         after the data went down: the data was written, so that is early warning; ENOSPC
         before anything was written is end of medium."""
         try:
-            n = os.write(self.fd, data)
+            n = os.write(self._ready(), data)
         except OSError as e:
             if e.errno == errno.ENOSPC:
                 raise EndOfMedium(f"{self.path}: write", STATUS_CHECK_CONDITION,
@@ -158,7 +193,7 @@ class StTape:
 
     def read(self, length: int) -> ReadOutcome:
         try:
-            data = os.read(self.fd, length)
+            data = os.read(self._ready(), length)
         except OSError as e:
             if e.errno in (errno.EIO, errno.ENOSPC):
                 return ReadOutcome(Kind.END_OF_DATA)
@@ -186,6 +221,10 @@ class StTape:
 
     def unload(self) -> None:
         self._op(MTOFFL)
+        if self._owns_fd:  # the drive is empty now: back to the descriptor st allows then
+            os.close(self.fd)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
+            self._loaded, self._pr = False, None
 
     # -- persistent reservations through SG_IO on the same node --------------------------
     def _reservations(self) -> ScsiDevice:

@@ -498,6 +498,10 @@ class RemoteLibrary:
     def close(self) -> None:
         for index in list(self.claimed):
             self.release_drive(index)
+        for bay in self.bays:  # kernel devices hold a descriptor per drive (st: one open)
+            close_tape = getattr(bay.tape, "close", None)
+            if close_tape is not None:
+                close_tape()
         close = getattr(self.transport, "close", None)
         if close is not None:
             close()
