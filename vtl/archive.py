@@ -44,19 +44,26 @@ from vtl.errors import (
     CartridgeArchived,
     CartridgeInDrive,
     CartridgeMissing,
+    DuplicateBarcode,
     LibraryError,
 )
+from vtl.leases import kept
 from vtl.library import CARTRIDGE_DIR, CARTRIDGE_EXT, ElementType
 from vtl.s3_settings import S3Settings, split_location
 
 if TYPE_CHECKING:
     from tape_formats.store.recipe import Recipe
     from tape_formats.store.s3_objects import ObjectLock
+    from vtl.leases import Lease, LeaseStore
     from vtl.library import Element, Library
 
 JOURNAL_DIR = "archive-journal"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "vtl-archive-1"
+# catalog fields a manifest carries, so another gateway's catalog can take the cartridge in
+CARRIED_FIELDS = ("media", "capacity", "worm", "write_protected", "state", "pool", "label",
+                  "load_count", "used_bytes", "files", "blocks", "last_written",
+                  "native_bytes")
 _PARTIAL = (".new", ".tmp", ".retrieving")
 
 
@@ -183,10 +190,13 @@ def _offline_row(lib: Library, barcode: str) -> dict[str, Any]:
 
 def archive(lib: Library, barcode: str, client: Any, bucket: str, prefix: str,
             s3: S3Settings) -> ArchiveReport:
-    """Upload a cartridge that sits in no drive, mark it archived, free its local files."""
+    """Upload a cartridge that sits in no drive, mark it archived, free its local files.
+    A gateway of several (``[s3] gateway``) holds the cartridge's lease meanwhile, replaces
+    the cartridge's earlier archive with this one, then gives the lease back."""
     from tape_formats.store import recipe as recipes
     from tape_formats.store.medium import recipe_path
 
+    leases = leases_for(lib, client, bucket, prefix)
     with lib.lock:
         row = _offline_row(lib, barcode)
         with lib.held(barcode):  # no mount, erase or second archive meanwhile
@@ -194,6 +204,8 @@ def archive(lib: Library, barcode: str, client: Any, bucket: str, prefix: str,
             main = _cartridge_dir(lib) / f"{barcode}{CARTRIDGE_EXT}"
             if main not in files:
                 raise CartridgeMissing(f"cartridge file {main} is missing")
+            lease, held_before = _lease_to_archive(lib, leases, barcode, client, bucket,
+                                                   prefix)
             archive_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + secrets.token_hex(2)
             base = "/".join(p for p in (prefix, "tapes", barcode, archive_id) if p)
             url = f"s3://{bucket}/{base}"
@@ -202,20 +214,119 @@ def archive(lib: Library, barcode: str, client: Any, bucket: str, prefix: str,
             report = ArchiveReport(barcode, url, locked_until=lock and lock.until.isoformat())
             rec = recipes.load(recipe_path(main)) if recipe_path(main) in files else None
             try:
-                entries = _upload(lib, client, bucket, prefix, base, files, rec, lock, s3,
-                                  report)
+                with kept(lib.root, leases):
+                    entries = _upload(lib, client, bucket, prefix, base, files, rec, lock, s3,
+                                      report)
                 manifest = {"format": MANIFEST_FORMAT, "barcode": barcode, "url": url,
                             "created": datetime.now(UTC).isoformat(timespec="seconds"),
                             "worm": bool(row["worm"]), "locked_until": report.locked_until,
                             "chunk_prefix": prefix,
+                            "cartridge": {k: row.get(k) for k in CARRIED_FIELDS},
                             "files": entries}
                 _put_manifest(client, bucket, base, manifest, lock)
             except Exception as exc:
                 _roll_back_archive(lib, client, barcode, url)
+                if lease is not None and not held_before:
+                    _give_back(lib, leases, lease)
                 raise ArchiveFailed(f"archiving {barcode} failed, it stays local: "
                                     f"{exc}") from None
             _finish_archive(lib, barcode, url, row, files)
+            if lease is not None:
+                _drop_other_archives(client, bucket, prefix, barcode, keep=archive_id)
+                _give_back(lib, leases, lease)
             return report
+
+
+def leases_for(lib: Library, client: Any, bucket: str, prefix: str) -> LeaseStore | None:
+    """The bucket's leases when this library is one gateway of several (``[s3] gateway``)."""
+    from vtl.leases import LeaseStore
+
+    s3 = lib.config.s3
+    return LeaseStore(client, bucket, prefix, s3.gateway, s3.lease_ttl) if s3.gateway else None
+
+
+def _lease_to_archive(lib: Library, leases: LeaseStore | None, barcode: str, client: Any,
+                      bucket: str, prefix: str) -> tuple[Lease | None, bool]:
+    """(lease, whether this gateway held it before): the lease it holds, renewed (so a copy
+    another gateway took over after this one's lease expired is not archived over that
+    one's), or a new one for a cartridge made here, refused when the bucket already holds
+    another gateway's cartridge of that barcode."""
+    from vtl import leases as lease_files
+
+    if leases is None:
+        return None, False
+    with lease_files.local_lock(lib.root):
+        mine = lease_files.held(lib.root).get(barcode)
+        if mine is not None:
+            try:
+                lease = leases.renew(mine)
+            except lease_files.LeaseLost as exc:
+                lease_files.forget(lib.root, barcode)
+                raise lease_files.LeaseLost(f"{exc}; this copy of {barcode} is stale, "
+                                            f"not archived") from None
+        else:
+            if latest_archive(client, bucket, prefix, barcode) is not None:
+                raise DuplicateBarcode(f"the bucket already holds a cartridge {barcode} "
+                                       f"(another gateway's): 'vtl cartridge import --from s3' "
+                                       f"it instead")
+            lease = leases.take(barcode)
+        lease_files.remember(lib.root, lease)
+    return lease, mine is not None
+
+
+def _take_lease(lib: Library, leases: LeaseStore, barcode: str) -> Lease:
+    from vtl import leases as lease_files
+
+    with lease_files.local_lock(lib.root):
+        mine = lease_files.held(lib.root).get(barcode)
+        lease = leases.renew(mine) if mine is not None else leases.take(barcode)
+        lease_files.remember(lib.root, lease)
+    return lease
+
+
+def _give_back(lib: Library, leases: LeaseStore | None, lease: Lease) -> None:
+    """Release the lease in the bucket (when still ours) and forget it here."""
+    from vtl import leases as lease_files
+
+    if leases is None:
+        return
+    with lease_files.local_lock(lib.root):
+        try:
+            leases.release(lease_files.held(lib.root).get(lease.barcode) or lease)
+        except lease_files.LeaseLost:
+            pass  # another gateway's now: not ours to delete
+        lease_files.forget(lib.root, lease.barcode)
+
+
+def archives_of(client: Any, bucket: str, prefix: str, barcode: str) -> list[str]:
+    """The ids of the complete archives (with a manifest) of ``barcode``, oldest first."""
+    start = "/".join(p for p in (prefix, "tapes", barcode) if p) + "/"
+    ids = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start):
+        for obj in page.get("Contents", []):
+            archive_id, _, name = obj["Key"][len(start):].partition("/")
+            if name == MANIFEST:
+                ids.append(archive_id)
+    return sorted(ids)
+
+
+def latest_archive(client: Any, bucket: str, prefix: str, barcode: str) -> str | None:
+    """The URL of ``barcode``'s newest complete archive in the bucket, None when none."""
+    ids = archives_of(client, bucket, prefix, barcode)
+    if not ids:
+        return None
+    return f"s3://{bucket}/" + "/".join(p for p in (prefix, "tapes", barcode, ids[-1]) if p)
+
+
+def _drop_other_archives(client: Any, bucket: str, prefix: str, barcode: str,
+                         keep: str) -> None:
+    """After a gateway archived ``barcode`` again, the earlier archives go (WORM ones stay:
+    the store refuses; the newest id is the current one)."""
+    for archive_id in archives_of(client, bucket, prefix, barcode):
+        if archive_id != keep:
+            url = f"s3://{bucket}/" + "/".join(
+                p for p in (prefix, "tapes", barcode, archive_id) if p)
+            _delete_archive(client, url, read_manifest(client, url))
 
 
 def _reader(path: Path) -> Callable[[int, int], bytes]:
@@ -315,7 +426,10 @@ def read_manifest(client: Any, url: str) -> dict[str, Any] | None:
 
 def retrieve(lib: Library, barcode: str, client: Any) -> Element | None:
     """Bring an archived cartridge back: download, check, walk, then a free mailslot (the
-    vault when none is free). Returns where it went."""
+    vault when none is free). Returns where it went. A gateway of several takes the
+    cartridge's lease first (CartridgeLeased when another gateway holds it), fetches the
+    newest archive in the bucket and leaves it there (the state another gateway takes over
+    if this one dies)."""
     from tape_formats.cartridge import verify_cartridge
 
     with lib.lock:
@@ -324,28 +438,40 @@ def retrieve(lib: Library, barcode: str, client: Any) -> Element | None:
         url = row.get("archived_to")
         if not url:
             raise LibraryError(f"cartridge {barcode} is not archived")
-        manifest = read_manifest(client, url)
-        if manifest is None:
-            raise ArchiveFailed(f"archive {url} has no {MANIFEST}")
-        _journal_write(lib, barcode, {"op": "retrieve", "barcode": barcode, "url": url})
-        with lib.held(barcode):
-            try:
-                main = _download(lib, client, url, manifest)
-                report = verify_cartridge(main)
-                if report.errors:
-                    raise ArchiveFailed(f"{main.name}: {report.errors[0]}")
-            except Exception as exc:
-                _remove_local_copy(lib, barcode)
+        bucket, prefix = lib.config.s3.target() if lib.config.s3.gateway else ("", "")
+        leases = leases_for(lib, client, bucket, prefix)
+        lease = _take_lease(lib, leases, barcode) if leases is not None else None
+        try:
+            if leases is not None:
+                url = latest_archive(client, bucket, prefix, barcode) or url
+            manifest = read_manifest(client, url)
+            if manifest is None:
+                raise ArchiveFailed(f"archive {url} has no {MANIFEST}")
+            _journal_write(lib, barcode, {"op": "retrieve", "barcode": barcode, "url": url})
+            with lib.held(barcode):
+                try:
+                    with kept(lib.root, leases):
+                        main = _download(lib, client, url, manifest)
+                    report = verify_cartridge(main)
+                    if report.errors:
+                        raise ArchiveFailed(f"{main.name}: {report.errors[0]}")
+                except Exception as exc:
+                    _remove_local_copy(lib, barcode)
+                    _journal_drop(lib, barcode)
+                    if isinstance(exc, ArchiveFailed):
+                        raise
+                    raise ArchiveFailed(f"retrieving {barcode} failed, it stays archived: "
+                                        f"{exc}") from None
+                with lib.catalog.transaction():
+                    lib.catalog.update_cartridge(barcode, archived_to=None, address=None)
+                    lib.catalog.log("retrieve", barcode, detail={"from": url})
                 _journal_drop(lib, barcode)
-                if isinstance(exc, ArchiveFailed):
-                    raise
-                raise ArchiveFailed(f"retrieving {barcode} failed, it stays archived: "
-                                    f"{exc}") from None
-            with lib.catalog.transaction():
-                lib.catalog.update_cartridge(barcode, archived_to=None, address=None)
-                lib.catalog.log("retrieve", barcode, detail={"from": url})
-            _journal_drop(lib, barcode)
-        _delete_archive(client, url, manifest)
+        except BaseException:
+            if lease is not None:
+                _give_back(lib, leases, lease)
+            raise
+        if lease is None:
+            _delete_archive(client, url, manifest)
         return _into_mailslot(lib, barcode)
 
 
@@ -489,5 +615,6 @@ def _settle_retrieve(lib: Library, client: Any, barcode: str, url: str,
         _journal_drop(lib, barcode)
         return False
     _journal_drop(lib, barcode)
-    _delete_archive(client, url, read_manifest(client, url))
+    if not lib.config.s3.gateway:  # one gateway of several keeps it (see retrieve)
+        _delete_archive(client, url, read_manifest(client, url))
     return True

@@ -11,6 +11,9 @@ Example::
     part_size = 16777216                # multipart part size (at least 5 MiB)
     worm_lock = "compliance"            # object lock for WORM cartridges ("" = none)
     worm_retention_days = 3650
+    gateway = "gw-a"                    # set: this library is one gateway of several sharing
+                                        # the bucket (leases, vtl/leases.py); absent: it owns it
+    lease_ttl = 60                      # seconds a gateway's lease on a cartridge lasts unrenewed
 
 Keys never need to be on a command line: a setting absent from the file comes from the
 environment. This module imports nothing heavy; :meth:`S3Settings.client` imports boto3.
@@ -51,11 +54,13 @@ class S3Settings:
     part_size: int = 16 << 20
     worm_lock: str = ""
     worm_retention_days: int = 0
+    gateway: str = ""
+    lease_ttl: int = 60
 
     def validate(self) -> S3Settings:
         for f in fields(self):
             value = getattr(self, f.name)
-            want = int if f.name in ("part_size", "worm_retention_days") else str
+            want = int if f.name in ("part_size", "worm_retention_days", "lease_ttl") else str
             if not isinstance(value, want) or isinstance(value, bool):
                 raise S3SettingsError(f"s3.{f.name} must be {'an integer' if want is int else 'a string'}")
         if self.location:
@@ -65,6 +70,11 @@ class S3Settings:
         if self.worm_lock not in LOCK_MODES:
             raise S3SettingsError(f"s3.worm_lock must be governance, compliance or empty, "
                                   f"not {self.worm_lock!r}")
+        if self.lease_ttl < 1:
+            raise S3SettingsError("s3.lease_ttl must be at least 1 (seconds)")
+        if self.gateway and not all(c.isalnum() or c in "-_.:@" for c in self.gateway):
+            raise S3SettingsError(f"s3.gateway must be letters, digits and -_.:@, not "
+                                  f"{self.gateway!r}")
         if self.worm_lock and self.worm_retention_days <= 0:
             raise S3SettingsError("s3.worm_lock needs a positive s3.worm_retention_days")
         return self

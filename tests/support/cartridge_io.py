@@ -33,3 +33,16 @@ def read_blocks(cart: TapeCartridge, *, to_filemark: bool = False) -> list[bytes
         elif to_filemark:
             break
     return got
+
+
+def read_cartridge(root: Path, barcode: str) -> list[bytes]:
+    """Every data block of a cartridge of the library at ``root``, opened read-only."""
+    lib = Library.open(root, readonly=True)
+    try:
+        cart = lib.open_readonly(barcode)
+        try:
+            return read_blocks(cart)
+        finally:
+            cart.close()
+    finally:
+        lib.close()

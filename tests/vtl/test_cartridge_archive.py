@@ -16,12 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cartridge_io import read_blocks, write_tape_files
+from cartridge_io import read_cartridge as read
+from cartridge_io import write_tape_files
 from ceph_cluster import CephCluster, running
 from typer.testing import CliRunner
 
 from vtl.cli.main import app
-from vtl.library import Library
 
 boto3 = pytest.importorskip("boto3")
 runner = CliRunner()
@@ -51,18 +51,6 @@ def make_library(root: Path, cluster: CephCluster, store: str, location: str,
 
 def write(root: Path, barcode: str, blocks: list[bytes]) -> None:
     write_tape_files(root, barcode, [blocks])
-
-
-def read(root: Path, barcode: str) -> list[bytes]:
-    lib = Library.open(root, readonly=True)
-    try:
-        cart = lib.open_readonly(barcode)
-        try:
-            return read_blocks(cart)
-        finally:
-            cart.close()
-    finally:
-        lib.close()
 
 
 def keys(client, bucket: str, prefix: str) -> list[str]:

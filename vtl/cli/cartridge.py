@@ -37,6 +37,7 @@ ForceOpt = Annotated[bool, typer.Option(
 def _row_json(lib: Any, row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     out["location"] = row.get("archived_to") or lib.element_name(row["address"])
+    out["lease"] = _lease_of(lib, row["barcode"])
     out["worm"] = bool(row["worm"])
     out["write_protected"] = bool(row["write_protected"])
     left = _cleanings_left(lib, row)
@@ -150,12 +151,20 @@ def create(
 def list_(
     pool: Annotated[str | None, typer.Option(help="Only this pool.")] = None,
     state: Annotated[str | None, typer.Option(help="Only this state.")] = None,
+    remote: Annotated[bool, typer.Option(
+        "--remote", help="What the object store holds instead: every gateway's archived "
+        "cartridges and which gateway holds which (leases).")] = False,
 ) -> None:
     """List cartridges: location, media, used/capacity, files, state, flags, pool."""
     from vtl.cli.tables import Table
+    from vtl.leases import held
 
+    if remote:
+        _list_remote()
+        return
     with open_library(readonly=True) as lib:
         rows = lib.catalog.cartridges(pool=pool, state=state)
+        leased = held(lib.root)
         if settings().json:
             emit_json([_row_json(lib, r) for r in rows])
             return
@@ -170,6 +179,8 @@ def list_(
             left = _cleanings_left(lib, r)
             flags = " ".join(f for f, on in (("WORM", r["worm"]), ("WP", r["write_protected"]),
                                              ("STALE", stale),
+                                             (f"lease {lib.config.s3.gateway}",
+                                              r["barcode"] in leased),
                                              (f"{left} cleanings left", left is not None))
                              if on)
             pct = 100.0 * r["used_bytes"] / r["capacity"] if r["capacity"] else 0.0
@@ -180,6 +191,33 @@ def list_(
             )
         table.print()
         print(f"{len(rows)} cartridge(s)")
+
+
+def _lease_of(lib: Any, barcode: str) -> str | None:
+    """The gateway (this one) holding ``barcode``'s lease in a shared bucket, else None."""
+    from vtl.leases import held
+
+    return lib.config.s3.gateway if barcode in held(lib.root) else None
+
+
+def _list_remote() -> None:
+    from vtl.cli.s3_access import object_store
+    from vtl.cli.tables import Table
+    from vtl.shared_bucket import remote_cartridges
+
+    with open_library(readonly=True) as lib, object_store(lib, None) as (client, bucket,
+                                                                         prefix):
+        rows = remote_cartridges(client, bucket, prefix, lib.config.s3.lease_ttl)
+    if settings().json:
+        emit_json([asdict(r) for r in rows])
+        return
+    table = Table()
+    for col in ("Barcode", "Held by", "Lease until", "Archive"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.barcode, r.held_by or "", r.lease_until or "", r.archive or "")
+    table.print()
+    print(f"{len(rows)} cartridge(s) in s3://{bucket}/{prefix}")
 
 
 def _tape_files(lib: Any, barcode: str) -> tuple[list[dict[str, Any]] | None, str | None]:
@@ -287,12 +325,18 @@ def export_(barcodes: Annotated[list[str], typer.Argument(help="Cartridge(s) to 
 
 
 @app.command("import")
-def import_(barcodes: Annotated[list[str], typer.Argument(help="Vaulted cartridge(s).")]
+def import_(barcodes: Annotated[list[str], typer.Argument(help="Vaulted cartridge(s).")],
+            from_: Annotated[str | None, typer.Option(
+                "--from", metavar="s3", help="Take in cartridges another gateway archived to "
+                "the shared bucket (needs [s3] gateway; takes each one's lease).")] = None,
             ) -> None:
     """Put cartridges from the vault into free mailslots (then 'vtl move' them to slots)."""
     from vtl import mailslots
     from vtl.library import DestinationFull, ElementType
 
+    if from_ is not None:
+        _import_from_store([b.upper() for b in barcodes], from_)
+        return
     with open_library() as lib:
         barcodes = [b.upper() for b in barcodes]
         _check_all_known(lib, barcodes)
@@ -304,6 +348,25 @@ def import_(barcodes: Annotated[list[str], typer.Argument(help="Vaulted cartridg
         if len(barcodes) > free:
             raise DestinationFull(f"{len(barcodes)} cartridge(s) to import but {free} free mailslot(s)")
         done = [(bc, mailslots.import_cartridge(lib, bc).name) for bc in barcodes]
+        say("imported " + ", ".join(f"{bc} -> {where}" for bc, where in done),
+            {"imported": [{"barcode": bc, "to": where} for bc, where in done]})
+
+
+def _import_from_store(barcodes: list[str], source: str) -> None:
+    from vtl import archive as archives
+    from vtl.cli.s3_access import object_store
+    from vtl.shared_bucket import import_from_store
+
+    if source != "s3":
+        raise CliError(f"--from must be s3, not {source!r}")
+    if len(set(barcodes)) != len(barcodes):
+        raise CliError("a barcode is given twice")
+    with open_library() as lib, object_store(lib, None) as (client, _bucket, _prefix):
+        archives.settle(lib, client)
+        done = []
+        for bc in barcodes:
+            element = import_from_store(lib, bc, client)
+            done.append((bc, element.name if element is not None else "vault"))
         say("imported " + ", ".join(f"{bc} -> {where}" for bc, where in done),
             {"imported": [{"barcode": bc, "to": where} for bc, where in done]})
 

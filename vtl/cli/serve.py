@@ -152,8 +152,10 @@ def serve(
     library = Library.open(settings().root)
     lock: ServeLock | None = None
     status_page = None
+    keeper = None
     try:
         lock = ServeLock(library.root)
+        keeper = _lease_keeper(library)
         library.back_up_catalog(strict=False)  # at start: the state a crash is reconciled to
         cfg = library.config.iscsi
         portals = [parse_portal(p) for p in (portal or [cfg.portal])]
@@ -192,6 +194,8 @@ def serve(
 
         code = asyncio.run(_run(server_cfg, library, chap is not None, mutual is not None))
     finally:
+        if keeper is not None:
+            keeper.stop()
         if status_page is not None:
             status_page.shutdown()
             status_page.server_close()
@@ -200,6 +204,22 @@ def serve(
             lock.release()
     if code:
         raise typer.Exit(code)
+
+
+def _lease_keeper(library: Library):
+    """One gateway of several (``[s3] gateway``): renew the leases of the cartridges it holds
+    while it serves (vtl/leases.py)."""
+    from vtl.leases import LeaseKeeper, LeaseStore
+
+    s3 = library.config.s3
+    if not s3.gateway:
+        return None
+    bucket, prefix = s3.target()
+    keeper = LeaseKeeper(library.root, LeaseStore(s3.client(), bucket, prefix, s3.gateway,
+                                                  s3.lease_ttl)).start()
+    log.info("gateway %s: renewing its cartridge leases every %.1f s", s3.gateway,
+             max(s3.lease_ttl / 3, 0.2))
+    return keeper
 
 
 async def _run(config: ServerConfig, library, chap: bool, mutual: bool) -> int:

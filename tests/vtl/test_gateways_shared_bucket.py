@@ -1,0 +1,143 @@
+"""Two gateways (two library roots, as on two machines) sharing one bucket of a real
+single-node Ceph radosgw: a cartridge archived by one is imported by the other and reads
+back bit-identical, both ways; its lease keeps it on one gateway at a time; and when the
+holder's ``vtl serve`` is SIGKILLed, the other takes the cartridge once the lease expired."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cartridge_io import read_cartridge as read
+from cartridge_io import write_tape_files
+from ceph_cluster import CephCluster, running
+from served_library import VTL, free_port
+from typer.testing import CliRunner
+
+from vtl.cli.main import app
+
+boto3 = pytest.importorskip("boto3")
+runner = CliRunner()
+TTL = 2
+BC = "G00001L8"
+
+
+@pytest.fixture(scope="module")
+def ceph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephCluster]:
+    with running(tmp_path_factory.mktemp("ceph")) as cluster:
+        cluster.client().create_bucket(Bucket="shared")
+        yield cluster
+
+
+def vtl(root: Path, cluster: CephCluster, *args: str):
+    return runner.invoke(app, ["--root", str(root), "--json", *args], env=cluster.env())
+
+
+def gateway(root: Path, cluster: CephCluster, name: str, location: str, ttl: int) -> Path:
+    assert vtl(root, cluster, "init", "--store", location, "--drives", "1", "--slots", "4"
+               ).exit_code == 0
+    with open(root / "library.toml", "a") as f:
+        f.write(f'gateway = "{name}"\nlease_ttl = {ttl}\n')
+    return root
+
+
+def blocks_of(seed: int, n: int) -> list[bytes]:
+    rng = random.Random(seed)
+    return [rng.randbytes(64 << 10) for _ in range(n)]
+
+
+def remote(root: Path, cluster: CephCluster) -> dict[str, dict]:
+    r = vtl(root, cluster, "cartridge", "list", "--remote")
+    assert r.exit_code == 0, r.output
+    return {row["barcode"]: row for row in json.loads(r.stdout)}
+
+
+def two_gateways(tmp_path: Path, cluster: CephCluster, prefix: str, ttl: int
+                 ) -> tuple[Path, Path]:
+    location = f"s3://shared/{prefix}"
+    a = gateway(tmp_path / "a", cluster, "gw-a", location, ttl)
+    b = gateway(tmp_path / "b", cluster, "gw-b", location, ttl)
+    return a, b
+
+
+def test_a_cartridge_goes_from_one_gateway_to_the_other_and_back(ceph, tmp_path: Path
+                                                                 ) -> None:
+    a, b = two_gateways(tmp_path, ceph, "both-ways", 60)  # no vtl serve renews
+    assert vtl(a, ceph, "cartridge", "create", BC, "--capacity", "64MiB").exit_code == 0
+    first = blocks_of(1, 24)
+    write_tape_files(a, BC, [first])
+    r = vtl(a, ceph, "cartridge", "archive", BC)
+    assert r.exit_code == 0, r.output
+    seen = remote(b, ceph)[BC]
+    assert seen["archive"] and seen["held_by"] is None
+
+    r = vtl(b, ceph, "cartridge", "import", "--from", "s3", BC)
+    assert r.exit_code == 0, r.output
+    assert read(b, BC) == first
+    assert remote(a, ceph)[BC]["held_by"] == "gw-b"
+    assert json.loads(vtl(b, ceph, "cartridge", "show", BC).stdout)["lease"] == "gw-b"
+    for args in (("cartridge", "retrieve", BC), ("cartridge", "import", "--from", "s3", BC)):
+        r = vtl(a, ceph, *args)  # A still knows it as archived, but B holds it
+        assert r.exit_code == 2 and "in use by gateway gw-b" in r.stderr, (args, r.output)
+
+    second = blocks_of(2, 20)
+    write_tape_files(b, BC, [second, first[:3]])
+    r = vtl(b, ceph, "cartridge", "archive", BC)
+    assert r.exit_code == 0, r.output
+    seen = remote(a, ceph)[BC]
+    assert seen["held_by"] is None and seen["archive"] == json.loads(r.stdout)["archived"][0]["url"]
+    client = ceph.client()
+    manifests = [o["Key"] for o in client.list_objects_v2(
+        Bucket="shared", Prefix=f"both-ways/tapes/{BC}/")["Contents"]
+        if o["Key"].endswith("manifest.json")]
+    assert len(manifests) == 1  # the archive A made was replaced by B's
+
+    r = vtl(a, ceph, "cartridge", "retrieve", BC)
+    assert r.exit_code == 0, r.output
+    assert read(a, BC) == second + first[:3]
+
+
+def serve(root: Path, cluster: CephCluster) -> subprocess.Popen:
+    """``vtl serve`` on a free port, once it says ready (its lease keeper is running)."""
+    proc = subprocess.Popen([*VTL, "--root", str(root), "serve", "--portal",
+                             f"127.0.0.1:{free_port()}"], env={**os.environ, **cluster.env()},
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+        if line.strip() == "ready":
+            return proc
+    proc.kill()
+    raise AssertionError("vtl serve did not start")
+
+
+def test_a_killed_holder_loses_the_cartridge_once_its_lease_expires(ceph, tmp_path: Path
+                                                                    ) -> None:
+    a, b = two_gateways(tmp_path, ceph, "kill", TTL)
+    assert vtl(a, ceph, "cartridge", "create", BC, "--capacity", "64MiB").exit_code == 0
+    data = blocks_of(3, 16)
+    write_tape_files(a, BC, [data])
+    assert vtl(a, ceph, "cartridge", "archive", BC).exit_code == 0
+    assert vtl(b, ceph, "cartridge", "import", "--from", "s3", BC).exit_code == 0
+    holder = serve(b, ceph)
+    try:
+        time.sleep(TTL * 1.5)  # past one TTL: only renewals keep it B's
+        r = vtl(a, ceph, "cartridge", "retrieve", BC)
+        assert r.exit_code == 2 and "in use by gateway gw-b" in r.stderr, r.output
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    deadline = time.monotonic() + TTL * 3
+    while (r := vtl(a, ceph, "cartridge", "retrieve", BC)).exit_code != 0:
+        assert "in use by gateway gw-b" in r.stderr, r.output
+        assert time.monotonic() < deadline, "the dead holder's lease did not expire"
+        time.sleep(0.3)
+    assert read(a, BC) == data
+    assert remote(b, ceph)[BC]["held_by"] == "gw-a"
+    r = vtl(b, ceph, "cartridge", "archive", BC)  # B's copy is stale now
+    assert r.exit_code == 2 and "held by gateway gw-a" in r.stderr, r.output

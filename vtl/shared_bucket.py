@@ -1,0 +1,97 @@
+"""One bucket shared by several gateways (libraries with their own roots and ``[s3]
+gateway`` set): what the bucket holds (``vtl cartridge list --remote``) and taking in a
+cartridge another gateway archived (``vtl cartridge import --from s3``).
+
+A cartridge lives in one of two places: archived in the bucket (its newest complete
+archive under ``<prefix>/tapes/<BARCODE>/``), or local at the one gateway holding its lease
+(vtl/leases.py), which keeps the archive it started from in the bucket until it archives the
+cartridge again. The transfers themselves are vtl/archive.py's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from vtl import archive as archives
+from vtl.errors import DuplicateBarcode, LibraryError
+from vtl.library import CARTRIDGE_DIR, CARTRIDGE_EXT
+
+if TYPE_CHECKING:
+    from vtl.library import Element, Library
+
+
+@dataclass
+class RemoteCartridge:
+    barcode: str
+    archive: str | None  # URL of its newest complete archive
+    held_by: str | None  # gateway holding its lease (None: free or expired)
+    lease_until: str | None
+
+
+def remote_cartridges(client: Any, bucket: str, prefix: str, lease_ttl: int = 60
+                      ) -> list[RemoteCartridge]:
+    """Every cartridge the bucket knows: archived ones and leased ones, by barcode."""
+    import time
+
+    from vtl.leases import LeaseStore
+
+    start = "/".join(p for p in (prefix, "tapes") if p) + "/"
+    newest: dict[str, str] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start):
+        for obj in page.get("Contents", []):
+            barcode, archive_id, name = (obj["Key"][len(start):].split("/") + ["", ""])[:3]
+            if name == archives.MANIFEST and archive_id > newest.get(barcode, ""):
+                newest[barcode] = archive_id
+    leases = LeaseStore(client, bucket, prefix, "", lease_ttl).all()
+    out = []
+    for bc in sorted(set(newest) | set(leases)):
+        lease = leases.get(bc)
+        live = lease is not None and lease.expires > time.time()
+        url = (f"s3://{bucket}/{start}{bc}/{newest[bc]}" if bc in newest else None)
+        out.append(RemoteCartridge(bc, url, lease.gateway if live else None,
+                                   lease.until() if live else None))
+    return out
+
+
+def import_from_store(lib: Library, barcode: str, client: Any) -> Element | None:
+    """Take in the cartridge another gateway archived: its catalog row from the manifest
+    (archived here too), then a retrieval (which takes the lease). Returns where it went."""
+    if not lib.config.s3.gateway:
+        raise LibraryError("importing from the bucket needs [s3] gateway in library.toml "
+                           "(this library must be one gateway of several)")
+    bucket, prefix = lib.config.s3.target()
+    with lib.lock:
+        lib.refresh()
+        row = lib.catalog.cartridge(barcode)
+        if row is not None and not row.get("archived_to"):
+            raise DuplicateBarcode(f"cartridge {barcode} is already local in this library")
+        added = row is None
+        if added:
+            url = archives.latest_archive(client, bucket, prefix, barcode)
+            if url is None:
+                raise LibraryError(f"no cartridge {barcode} in s3://{bucket}/{prefix}")
+            _add_row(lib, barcode, url, archives.read_manifest(client, url) or {})
+        try:
+            return archives.retrieve(lib, barcode, client)
+        except BaseException:
+            if added:
+                lib.catalog.delete_cartridge(barcode)
+                lib._reload()
+            raise
+
+
+def _add_row(lib: Library, barcode: str, url: str, manifest: dict[str, Any]) -> None:
+    carried = dict(manifest.get("cartridge") or {})
+    if not carried.get("media") or not carried.get("capacity"):
+        raise LibraryError(f"archive {url} does not say the cartridge's media and capacity "
+                           f"(archived by an older vtl): retrieve it on its own library")
+    if carried.get("pool") not in {p["name"] for p in lib.catalog.pools()}:
+        carried["pool"] = None
+    with lib.catalog.transaction():
+        lib.catalog.insert_cartridge({
+            "barcode": barcode, **carried,
+            "path": f"{CARTRIDGE_DIR}/{barcode}{CARTRIDGE_EXT}",
+            "address": None, "archived_to": url})
+        lib.catalog.log("import", barcode, detail={"from": url})
+    lib._reload()
