@@ -261,7 +261,7 @@ def _lease_to_archive(lib: Library, leases: LeaseStore | None, barcode: str, cli
             try:
                 lease = leases.renew(mine)
             except lease_files.LeaseLost as exc:
-                lease_files.forget(lib.root, barcode)
+                lease_files.mark_lost(lib.root, barcode, str(exc))
                 raise lease_files.LeaseLost(f"{exc}; this copy of {barcode} is stale, "
                                             f"not archived") from None
         else:
@@ -456,7 +456,7 @@ def retrieve(lib: Library, barcode: str, client: Any) -> Element | None:
                     if report.errors:
                         raise ArchiveFailed(f"{main.name}: {report.errors[0]}")
                 except Exception as exc:
-                    _remove_local_copy(lib, barcode)
+                    remove_local_copy(lib, barcode)
                     _journal_drop(lib, barcode)
                     if isinstance(exc, ArchiveFailed):
                         raise
@@ -519,7 +519,7 @@ def _download(lib: Library, client: Any, url: str, manifest: dict[str, Any]) -> 
     return d / main
 
 
-def _remove_local_copy(lib: Library, barcode: str) -> None:
+def remove_local_copy(lib: Library, barcode: str) -> None:
     for p in _cartridge_dir(lib).glob(f"{barcode}{CARTRIDGE_EXT}*"):
         p.unlink(missing_ok=True)
     _fsync_dir(_cartridge_dir(lib))
@@ -611,7 +611,7 @@ def _settle_retrieve(lib: Library, client: Any, barcode: str, url: str,
     for p in _cartridge_dir(lib).glob(f"{barcode}{CARTRIDGE_EXT}*.retrieving"):
         p.unlink(missing_ok=True)
     if archived:  # the catalog still says archived: the local copy was not finished
-        _remove_local_copy(lib, barcode)
+        remove_local_copy(lib, barcode)
         _journal_drop(lib, barcode)
         return False
     _journal_drop(lib, barcode)

@@ -189,10 +189,33 @@ def remember(root: Path, lease: Lease) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    (_dir(root) / f"{lease.barcode}.lost").unlink(missing_ok=True)
 
 
 def forget(root: Path, barcode: str) -> None:
     (_dir(root) / f"{barcode}.json").unlink(missing_ok=True)
+
+
+def mark_lost(root: Path, barcode: str, why: str) -> None:
+    """Forget a lease another gateway took over and mark the local copy stale: mounting it
+    is refused (:func:`check_not_lost`) until ``import --from s3`` replaces it."""
+    forget(root, barcode)
+    (_dir(root) / f"{barcode}.lost").write_text(why + "\n")
+
+
+def lost(root: Path, barcode: str) -> str | None:
+    """Why this gateway's copy of ``barcode`` is stale, None when it is not."""
+    try:
+        return (_dir(root) / f"{barcode}.lost").read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def check_not_lost(root: Path, barcode: str) -> None:
+    why = lost(root, barcode)
+    if why is not None:
+        raise CartridgeLeased(f"{why}; this copy is stale ('vtl cartridge import --from s3 "
+                              f"{barcode}' replaces it with the current one)")
 
 
 class LeaseKeeper:
@@ -227,7 +250,7 @@ class LeaseKeeper:
                 except LeaseLost as exc:
                     log.error("%s; cartridge %s is no longer this gateway's", exc,
                               lease.barcode)
-                    forget(self.root, lease.barcode)
+                    mark_lost(self.root, lease.barcode, str(exc))
                 except Exception as exc:  # the store unreachable: try again next round
                     log.warning("renewing the lease on %s failed: %s", lease.barcode, exc)
 

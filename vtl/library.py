@@ -650,6 +650,10 @@ class Library:
         if row.get("archived_to"):
             raise CartridgeArchived(f"cartridge {barcode} is archived to {row['archived_to']}"
                                     f" ('vtl cartridge retrieve {barcode}' brings it back)")
+        if self.config.s3.gateway:  # one gateway of several: not a copy another one took
+            from vtl.leases import check_not_lost
+
+            check_not_lost(self.root, barcode)
         return self.root / row["path"]
 
     # ---- locks and claims ----------------------------------------------------------------

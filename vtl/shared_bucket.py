@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from vtl import archive as archives
 from vtl.errors import DuplicateBarcode, LibraryError
+from vtl.leases import lost
 from vtl.library import CARTRIDGE_DIR, CARTRIDGE_EXT
 
 if TYPE_CHECKING:
@@ -65,7 +66,9 @@ def import_from_store(lib: Library, barcode: str, client: Any) -> Element | None
         lib.refresh()
         row = lib.catalog.cartridge(barcode)
         if row is not None and not row.get("archived_to"):
-            raise DuplicateBarcode(f"cartridge {barcode} is already local in this library")
+            if lost(lib.root, barcode) is None:
+                raise DuplicateBarcode(f"cartridge {barcode} is already local in this library")
+            _drop_stale_copy(lib, barcode, client, bucket, prefix)
         added = row is None
         if added:
             url = archives.latest_archive(client, bucket, prefix, barcode)
@@ -79,6 +82,22 @@ def import_from_store(lib: Library, barcode: str, client: Any) -> Element | None
                 lib.catalog.delete_cartridge(barcode)
                 lib._reload()
             raise
+
+
+def _drop_stale_copy(lib: Library, barcode: str, client: Any, bucket: str, prefix: str
+                     ) -> None:
+    """A copy whose lease another gateway took over: its local files go, and the catalog
+    says archived again, so the retrieval that follows brings the current one."""
+    url = archives.latest_archive(client, bucket, prefix, barcode)
+    if url is None:
+        raise LibraryError(f"no cartridge {barcode} in s3://{bucket}/{prefix}")
+    with lib.held(barcode):
+        with lib.catalog.transaction():
+            lib.catalog.update_cartridge(barcode, archived_to=url, address=None,
+                                         open_since=None)
+            lib.catalog.log("drop-stale", barcode, detail={"current": url})
+        archives.remove_local_copy(lib, barcode)
+    lib._reload()
 
 
 def _add_row(lib: Library, barcode: str, url: str, manifest: dict[str, Any]) -> None:

@@ -141,3 +141,12 @@ def test_a_killed_holder_loses_the_cartridge_once_its_lease_expires(ceph, tmp_pa
     assert remote(b, ceph)[BC]["held_by"] == "gw-a"
     r = vtl(b, ceph, "cartridge", "archive", BC)  # B's copy is stale now
     assert r.exit_code == 2 and "held by gateway gw-a" in r.stderr, r.output
+    r = vtl(b, ceph, "cartridge", "verify", BC)  # and mounting it is refused
+    assert r.exit_code == 2 and "stale" in r.stderr, r.output
+
+    newer = blocks_of(4, 8)
+    write_tape_files(a, BC, [newer])
+    assert vtl(a, ceph, "cartridge", "archive", BC).exit_code == 0
+    r = vtl(b, ceph, "cartridge", "import", "--from", "s3", BC)  # the current one, for the stale
+    assert r.exit_code == 0, r.output
+    assert read(b, BC) == newer
