@@ -150,3 +150,48 @@ def test_a_killed_holder_loses_the_cartridge_once_its_lease_expires(ceph, tmp_pa
     r = vtl(b, ceph, "cartridge", "import", "--from", "s3", BC)  # the current one, for the stale
     assert r.exit_code == 0, r.output
     assert read(b, BC) == newer
+
+
+def test_conditional_puts_let_one_gateway_of_two_win_a_lease(ceph) -> None:
+    from vtl.leases import CartridgeLeased, LeaseLost, LeaseStore
+
+    client = ceph.client()
+    a, b = (LeaseStore(client, "shared", "race", gw, 1) for gw in ("gw-a", "gw-b"))
+    mine = a.take(BC)
+    with pytest.raises(CartridgeLeased, match="in use by gateway gw-a"):
+        b.take(BC)
+    mine = a.renew(mine)
+    time.sleep(1.1)  # expired, unrenewed: both see the same version and race to take it over
+    seen = b.read(BC)
+    won = b.renew(seen)  # what take() does with an expired lease
+    with pytest.raises(LeaseLost, match="held by gateway gw-b"):
+        a.renew(seen)  # the other taker, same ETag: 412
+    with pytest.raises(LeaseLost):
+        a.renew(mine)  # the old holder's renewal fails too
+    assert b.read(BC).gateway == "gw-b"
+    b.release(won)
+    assert b.read(BC) is None and a.take(BC).gateway == "gw-a"
+
+
+def test_two_gateways_racing_for_a_free_lease_one_gets_it(ceph) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from vtl.leases import CartridgeLeased, LeaseStore
+
+    client = ceph.client()
+    stores = [LeaseStore(client, "shared", "race2", gw, 30) for gw in ("gw-a", "gw-b")]
+    for n in range(5):
+        barcode, start = f"R{n:05d}L8", Barrier(2)
+
+        def take(store: LeaseStore, barcode=barcode, start=start) -> str:
+            start.wait()
+            try:
+                return store.take(barcode).gateway
+            except CartridgeLeased:
+                return "refused"
+
+        with ThreadPoolExecutor(2) as pool:
+            got = sorted(pool.map(take, stores))
+        holder = stores[0].read(barcode).gateway
+        assert got == sorted([holder, "refused"]), got
