@@ -130,6 +130,8 @@ class LeaseStore:
             if error_code(exc) not in ("PreconditionFailed", "412", "NoSuchKey", "404"):
                 raise
         now = self.read(lease.barcode)
+        if now is not None and now.gateway == self.gateway:  # ours, by a write we did not
+            return self._put(lease.barcode, IfMatch=now.etag)  # record (a crash after it)
         holder = f"gateway {now.gateway}" if now else "nobody (it was deleted)"
         raise LeaseLost(f"lease on {lease.barcode} lost: it is now held by {holder}")
 
@@ -177,8 +179,9 @@ def held(root: Path) -> dict[str, Lease]:
     return out
 
 
-def remember(root: Path, lease: Lease) -> None:
-    """Record a lease this gateway holds (atomically: write, fsync, rename)."""
+def remember(root: Path, lease: Lease, *, durable: bool = True) -> None:
+    """Record a lease this gateway holds (atomically: write, fsync, rename). A renewal's
+    record need not be durable: a lease naming this gateway is its own whatever the ETag."""
     _dir(root).mkdir(exist_ok=True)
     path = _dir(root) / f"{lease.barcode}.json"
     taken = json.loads(path.read_text())["taken"] if path.exists() else time.time()
@@ -187,7 +190,8 @@ def remember(root: Path, lease: Lease) -> None:
         json.dump({"gateway": lease.gateway, "expires": lease.expires, "etag": lease.etag,
                    "taken": taken}, f)
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
     (_dir(root) / f"{lease.barcode}.lost").unlink(missing_ok=True)
 
@@ -239,14 +243,15 @@ class LeaseKeeper:
 
     def renew_all(self) -> None:
         with local_lock(self.root):
+            here = self._local_barcodes()
             for lease in held(self.root).values():
-                if self._stale(lease.barcode):
+                if lease.barcode not in here and self._stale(lease.barcode):
                     log.warning("lease on %s: the cartridge is not here, letting it expire",
                                 lease.barcode)
                     forget(self.root, lease.barcode)
                     continue
                 try:
-                    remember(self.root, self.store.renew(lease))
+                    remember(self.root, self.store.renew(lease), durable=False)
                 except LeaseLost as exc:
                     log.error("%s; cartridge %s is no longer this gateway's", exc,
                               lease.barcode)
@@ -254,13 +259,19 @@ class LeaseKeeper:
                 except Exception as exc:  # the store unreachable: try again next round
                     log.warning("renewing the lease on %s failed: %s", lease.barcode, exc)
 
-    def _stale(self, barcode: str) -> bool:
-        """No file of the cartridge here (not even one being retrieved), no archive or
-        retrieval journal entry, and taken more than a TTL ago."""
+    def _local_barcodes(self) -> set[str]:
+        """Barcodes with a file here (the cartridge, a sidecar, one being retrieved)."""
         from vtl.library import CARTRIDGE_DIR, CARTRIDGE_EXT
 
-        if any((self.root / CARTRIDGE_DIR).glob(f"{barcode}{CARTRIDGE_EXT}*")):
-            return False
+        try:
+            names = os.listdir(self.root / CARTRIDGE_DIR)
+        except FileNotFoundError:
+            return set()
+        return {n.partition(CARTRIDGE_EXT)[0] for n in names if CARTRIDGE_EXT in n}
+
+    def _stale(self, barcode: str) -> bool:
+        """With no file of the cartridge here: no archive or retrieval journal entry
+        either, and taken more than a TTL ago."""
         if (self.root / "archive-journal" / f"{barcode}.json").exists():
             return False
         taken = json.loads((_dir(self.root) / f"{barcode}.json").read_text())["taken"]
