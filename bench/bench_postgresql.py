@@ -149,8 +149,7 @@ def main() -> None:
             results[f"restore {how}"] = timed(
                 f"EBM restore (latest, {how})",
                 lambda t=pg.dir / f"restored-{how}", f=fetch: pitr(t, f))
-        # As after `ebm restore`, no EBM process holds the catalog while the server's
-        # `ebm wal-fetch` runs use it (one that did saw the catalog damaged: bench/README).
+        # As after `ebm restore`: the EBM's process is gone before the server starts.
         ebm.close()
         for how, _fetch in ways:
             target = pg.dir / f"restored-{how}"

@@ -174,13 +174,35 @@ def damaged_message(path: Path, why: str) -> str:
     )
 
 
+# path -> a descriptor on the catalog file that this process never closes (see below).
+_HEADER_FDS: dict[str, int] = {}
+
+
+def _read_header(path: Path) -> bytes:
+    """The file's first bytes, read through a descriptor that stays open.
+
+    Why never closed: closing *any* descriptor of a file drops every POSIX lock this process
+    holds on it, including the SQLite connections' own (SQLite cannot know). A process that
+    already had the catalog open (an EBM whose backup catalog is open when its library opens
+    the same file) then held no lock, and another process closing its last connection took
+    the catalog for unused, checkpointed and reset the WAL under it: the catalog read as
+    malformed after a few such processes (seen with `ebm wal-fetch` runs beside an open EBM).
+    """
+    key = os.path.abspath(path)
+    fd = _HEADER_FDS.get(key)
+    st = os.stat(key)  # FileNotFoundError: missing
+    if fd is None or os.fstat(fd).st_ino != st.st_ino:  # first time, or the file was replaced
+        fd = os.open(key, os.O_RDONLY | os.O_CLOEXEC)
+        _HEADER_FDS[key] = fd  # the replaced file's descriptor stays open too, for its locks
+    return os.pread(fd, len(SQLITE_MAGIC), 0)
+
+
 def check_catalog_file(path: Path) -> None:
     """Refuse a catalog file that is missing, empty or not SQLite, before anything opens it
     (SQLite would silently start a new, empty database over a missing or 0-byte file)."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
+        head = _read_header(path)
     except FileNotFoundError:
         raise CatalogDamaged(damaged_message(path, "missing")) from None
     except OSError as e:

@@ -100,3 +100,20 @@ def test_claims_and_stale_pids(tmp_path: Path) -> None:
     assert not pid_alive(me, "0", socket.gethostname())  # pid reused
     cat.release(0)
     assert cat.claims() == {}
+
+
+def test_a_second_open_keeps_this_process_locks_on_the_catalog(tmp_path):
+    """Opening the catalog again in a process that has it open must not drop that process's
+    SQLite locks (closing any descriptor of a file drops them all): else another process
+    takes the catalog for unused, resets its WAL, and this process reads it as malformed."""
+    path = tmp_path / "catalog.sqlite"
+    MediaCatalog(path, create=True).close()
+    first, second = MediaCatalog(path), MediaCatalog(path)
+    probe = ("import fcntl, os, sys\nfd = os.open(sys.argv[1], os.O_RDWR)\ntry:\n"
+             "    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 510, 0x40000002)\n"
+             "    print('got it')\nexcept OSError:\n    print('refused')")
+    out = subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "refused"  # SQLite's shared-lock bytes are still held here
+    second.close()
+    first.close()
