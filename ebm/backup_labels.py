@@ -13,8 +13,9 @@ What the EBM adds in the labels' JSON fields:
 
 from __future__ import annotations
 
+import tempfile
 import uuid as uuidlib
-from typing import Any
+from typing import IO, Any
 
 from tape_formats.archive.entry import IndexEntry
 from tape_formats.archive.labels import (
@@ -25,9 +26,11 @@ from tape_formats.archive.labels import (
     decode_trailer,
     encode_header,
     encode_trailer,
+    write_trailer,
 )
 
-__all__ = ["LabelError", "header_block", "parse_header", "trailer_bytes", "parse_trailer"]
+__all__ = ["LabelError", "header_block", "parse_header", "trailer_bytes", "trailer_file",
+           "parse_trailer"]
 
 
 def header_block(*, uuid: str, dataset: str, translator: str, translator_version: str,
@@ -78,6 +81,22 @@ def trailer_bytes(*, uuid: str, entries: list[IndexEntry], size: int, sha256: st
     info = BackupTrailerInfo.from_index(uuidlib.UUID(uuid), entries, stream_bytes=size,
                                         stream_sha256=sha256, warnings=warnings, extra=extra)
     return encode_trailer(info)
+
+
+def trailer_file(*, uuid: str, entries: list[IndexEntry], size: int, sha256: str,
+                 warnings: list[str], extra: dict[str, Any]) -> IO[bytes]:
+    """:func:`trailer_bytes` in an unlinked temporary file (at offset 0), the file index
+    streamed into it: a tree of millions of files never holds its trailer in memory."""
+    info = BackupTrailerInfo.from_index(uuidlib.UUID(uuid), entries, stream_bytes=size,
+                                        stream_sha256=sha256, warnings=warnings, extra=extra)
+    out = tempfile.TemporaryFile(prefix="ebm-trailer-")
+    try:
+        write_trailer(info, out)
+    except BaseException:
+        out.close()
+        raise
+    out.seek(0)
+    return out
 
 
 def parse_trailer(data: bytes) -> BackupTrailerInfo | None:

@@ -385,7 +385,7 @@ class Ebm:
 
     def _run(self, ds: sqlite3.Row, pool: str, translator: Translator, req: BackupRequest,
              secret: bytes | None, progress: Progress | None) -> Backup:
-        from ebm.backup_labels import header_block, trailer_bytes
+        from ebm.backup_labels import header_block, trailer_file
         from ebm.crypto import BlockCipher, CryptoError
         from ebm.drive_session import DriveSession, MediaError, PoolMedia
         from ebm.mover import MoverError, TapeWriter
@@ -458,11 +458,11 @@ class Ebm:
                 options["full_reason"] = f"translator {ds['translator']} wrote a complete copy"
             state_enc = encode_state(result.state)  # JSON once, for trailer and catalog
             warnings = [str(w) for w in result.warnings]
-            trailer = trailer_bytes(
-                uuid=u, entries=entries, size=size, sha256=digest, warnings=warnings,
-                extra={"state": _state_b64(state_enc), "dataset": ds["name"],
-                       "level_name": level, "blocks": blocks})
-            written = writer.write_trailer(trailer)
+            with trailer_file(
+                    uuid=u, entries=entries, size=size, sha256=digest, warnings=warnings,
+                    extra={"state": _state_b64(state_enc), "dataset": ds["name"],
+                           "level_name": level, "blocks": blocks}) as trailer:
+                written = writer.write_trailer(trailer)
             vols = []
             for w in written:
                 w.volume.backup = backup.id

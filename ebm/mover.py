@@ -20,11 +20,12 @@ stream offsets.
 from __future__ import annotations
 
 import hashlib
+import io
 import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import IO, Protocol
 
 from ebm.catalog import BLOCK_SIZE, Volume
 from ebm.crypto import TRAILER_BASE, BlockAuthError, BlockCipher
@@ -290,13 +291,20 @@ class TapeWriter:
         vol.cart.write_filemarks(1, sync=False)
         return self._offset, self._block, self._hash.hexdigest() if self.hash_stream else ""
 
-    def write_trailer(self, trailer: bytes) -> list[WrittenVolume]:
-        """Write the trailer tape file, sync (the backup is durable from here), release."""
+    def write_trailer(self, trailer: bytes | IO[bytes]) -> list[WrittenVolume]:
+        """Write the trailer tape file (bytes, or a file read from where it stands), sync
+        (the backup is durable from here), release."""
         bs = self.block_size
-        chunks = [trailer[i:i + bs] for i in range(0, len(trailer), bs)] or [b""]
-        for i, chunk in enumerate(chunks):
+        src = io.BytesIO(trailer) if isinstance(trailer, bytes | bytearray) else trailer
+        chunk = src.read(bs)
+        i = 0
+        while True:
             payload = self.cipher.seal(TRAILER_BASE + i, chunk) if self.cipher else chunk
             self._put(payload, self.cipher is None, data_block=None)
+            chunk = src.read(bs)
+            if not chunk:
+                break
+            i += 1
         vol = self._vol
         assert vol is not None
         vol.cart.write_filemarks(1, sync=True)

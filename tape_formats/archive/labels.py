@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
+import tempfile
 import time
 import uuid as uuidlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import zstandard
 from construct import (
@@ -400,23 +403,28 @@ _INDEX_BATCH = 4096  # rows encoded and handed to the compressor at a time
 
 
 def encode_index(index: Iterable[IndexEntry]) -> bytes:
-    """The file index as zstd-compressed JSON lines (one IndexEntry per line).
+    """The file index as zstd-compressed JSON lines (one IndexEntry per line)."""
+    out = io.BytesIO()
+    write_index(index, out)
+    return out.getvalue()
 
-    Streamed through the compressor a batch of rows at a time: the uncompressed text of a
-    200,000-file index is ~35 MB, its compressed form a tenth of that."""
+
+def write_index(index: Iterable[IndexEntry], out: BinaryIO) -> int:
+    """:func:`encode_index` into ``out``, a batch of rows at a time (the uncompressed text of
+    a 200,000-file index is ~35 MB, its compressed form a tenth of that, and neither is held
+    whole); returns the bytes written."""
     encode = _INDEX_ENCODER.encode  # one encoder for all rows (json.dumps builds one per call)
     comp = zstandard.ZstdCompressor(level=6).compressobj()
-    out: list[bytes] = []
     batch: list[str] = []
+    n = 0
     for e in index:
         batch.append(encode(e.to_json()))
         if len(batch) >= _INDEX_BATCH:
-            out.append(comp.compress(("\n".join(batch) + "\n").encode("utf-8", "surrogateescape")))
+            n += out.write(comp.compress(("\n".join(batch) + "\n").encode("utf-8", "surrogateescape")))
             batch.clear()
     if batch:
-        out.append(comp.compress(("\n".join(batch) + "\n").encode("utf-8", "surrogateescape")))
-    out.append(comp.flush())
-    return b"".join(out)
+        n += out.write(comp.compress(("\n".join(batch) + "\n").encode("utf-8", "surrogateescape")))
+    return n + out.write(comp.flush())
 
 
 def decode_index(blob: bytes) -> list[IndexEntry]:
@@ -433,6 +441,15 @@ def decode_index(blob: bytes) -> list[IndexEntry]:
 
 def encode_trailer(info: BackupTrailerInfo) -> bytes:
     """Encode the trailer label (padded to 512 bytes; may span several tape blocks)."""
+    out = io.BytesIO()
+    write_trailer(info, out)
+    return out.getvalue()
+
+
+def write_trailer(info: BackupTrailerInfo, out: BinaryIO) -> int:
+    """:func:`encode_trailer` into the file ``out``, with the file index streamed through it
+    instead of built in memory: the bytes BACKUP_TRAILER would build (the index is its last
+    field), assembled around a spooled index. Returns the bytes written."""
     text = trailer_text(info)
     body = dict(
         backup_uuid=info.backup_uuid.bytes,
@@ -451,9 +468,28 @@ def encode_trailer(info: BackupTrailerInfo) -> bytes:
         stream_sha256=bytes.fromhex(info.stream_sha256),
         warnings=_json(list(info.warnings)),
         extra=_json(info.extra),
-        index=encode_index(info.index),
+        index=b"",
     )
-    return _encode(BACKUP_TRAILER, "trailer", text, body)
+    try:
+        head = TRAILER_BODY.build(body)[:-8]  # all fields but the index's length and bytes
+    except ConstructError as exc:
+        raise LabelError(f"cannot encode backup trailer: {exc}") from None
+    with tempfile.SpooledTemporaryFile(max_size=1 << 20, prefix="ebm-trailer-") as index:
+        size = write_index(info.index, index)
+        body_len = len(head) + 8 + size
+        if body_len >= 2**32:
+            raise LabelError(f"cannot encode backup trailer: index of {size} bytes is too big")
+        digest = hashlib.sha256()
+        start = (TRAILER_MAGIC + text.encode("utf-8") + b"\0" + FORMAT_VERSION.to_bytes(2, "big")
+                 + body_len.to_bytes(4, "big") + head + size.to_bytes(8, "big"))
+        digest.update(start)
+        n = out.write(start)
+        index.seek(0)
+        while chunk := index.read(1 << 20):
+            digest.update(chunk)
+            n += out.write(chunk)
+        n += out.write(digest.digest())
+        return n + out.write(bytes(-n % LABEL_ALIGN))
 
 
 def decode_trailer(data: bytes | memoryview, *, with_index: bool = True) -> BackupTrailerInfo:
