@@ -125,3 +125,18 @@ def test_one_runner_per_device_and_a_slow_drive_stalls_no_other(tmp_path, librar
         release.set()
         handler.close()
     assert all(not r.thread.is_alive() for r in handler.runners.values())
+
+
+def test_a_new_runner_kicks_first_for_a_completion_the_dead_one_did_not_announce(
+        tmp_path, library):
+    """A handler SIGKILLed between moving the tail and kicking: the kernel never sees that
+    completion unless the next handler kicks, and the initiator waits until cmd_time_out."""
+    sysfs = tmp_path / "uio"
+    fake_uio(sysfs, 0, "tcm-user/1/drive0/" + config_string("drive0", library.root), 1 << 20)
+    port = FakePort(FakeKernel())
+    handler = Handler(library, uio_class=sysfs, open_ring=lambda dev: port)
+    try:
+        assert handler.rescan() == ["drive0"]  # nothing waiting in the ring
+        wait_for(lambda: port.kicks >= 1)
+    finally:
+        handler.close()

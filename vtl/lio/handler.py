@@ -22,7 +22,7 @@ tcmu-runner runs beside us; instead the handler rescans sysfs every
 went (an unexport: the UIO read fails and the runner ends).
 
 Restart: the kernel keeps the devices and their rings when a handler dies. A new handler
-maps the ring, and the entries already waiting there (the command the old handler was
+maps the ring, kicks once (a completion the dead handler wrote but did not announce), and the entries already waiting there (the command the old handler was
 running when it died may be half done) are answered without running them, with UNIT
 ATTENTION / POWER ON, RESET (29/00) unless they only read state (INQUIRY, TEST UNIT READY,
 MODE SENSE ...), which run normally. Nothing acknowledged is lost: the models made it
@@ -154,6 +154,10 @@ class DeviceRunner:
 
     def _serve(self, port: UioRing) -> None:
         ring = Ring(port.area)
+        # An earlier handler killed between writing a completion (tail moved) and its kick
+        # left that command done but unannounced: the kernel looks at the tail only when
+        # kicked, so the initiator would wait for it until cmd_time_out. Kick once first.
+        port.kick()
         stale = (ring.head - ring.tail) % ring.cmdr_size
         if stale:
             log.info("%s: %d bytes of commands waiting from before this handler",
