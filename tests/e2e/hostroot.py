@@ -13,18 +13,28 @@ The initramfs only carries busybox, the modules (loaded before the chroot, since
 has none for this kernel) and /init; it is cached beside the other guest's. iSCSI LUNs of a
 host target can be attached as in the busybox guest (``boot_hostroot(..., luns=...)``),
 named ``/dev/e2e/<i>-sg|nst|sch`` by the same /init snippet (guest.NAME_LUNS).
+
+Networking, when a test asks for it: QEMU user networking (the guest is 10.0.2.15, its
+ports forwarded to the host's 127.0.0.1) lets the host's own initiators reach the guest's
+kernel iSCSI target. Host actions: the guest prints ``@@HOST name@@`` and waits
+(``python3 /tmp/host-wait.py``) until the host has run ``host_actions[name]()`` and says so
+over a forwarded port, so host-side checks happen at a fixed point of the guest's script.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
+import socket
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .guest import CACHE, NAME_LUNS, CpioWriter, Guest, fetch_kernel, pack_base
 from .qemu import Lun, Run, boot
+from .targets import free_port
 
 COVERED = ("/tmp", "/run", "/var/tmp")  # tmpfs in the guest (INIT)
 
@@ -33,7 +43,16 @@ COVERED = ("/tmp", "/run", "/var/tmp")  # tmpfs in the guest (INIT)
 # virtio_scsi for the iSCSI LUNs qemu attaches (boot_hostroot's ``luns``).
 MODULES = ("virtio_pci", "9p", "9pnet_virtio", "scsi_mod", "virtio_scsi", "st", "ch", "sg",
            "configfs", "target_core_mod", "target_core_user", "uio", "tcm_loop", "crc32c_generic",
-           "iscsi_target_mod", "overlay")
+           "iscsi_target_mod", "overlay", "virtio_net")
+HOST_DONE_PORT = 7009  # the guest's port where the host says "done" (host-wait.py)
+
+HOST_WAIT = """import socket, sys
+s = socket.create_server(("0.0.0.0", HOST_DONE_PORT))
+s.settimeout(float(sys.argv[1]) if len(sys.argv) > 1 else 300)
+c, _ = s.accept()
+c.sendall(b"ok")
+print("host done")
+""".replace("HOST_DONE_PORT", str(HOST_DONE_PORT))
 
 # The host's root, read-only, as the 9p share /init mounts.
 VIRTFS = ("-virtfs",
@@ -65,7 +84,11 @@ mkdir -p /host/dev/shm && mount -t tmpfs -o size=64m tmpfs /host/dev/shm
 mkdir -p /ovl && mount -t tmpfs tmpfs /ovl && mkdir -p /ovl/up /ovl/work
 mount -t overlay overlay -o lowerdir=/host/etc,upperdir=/ovl/up,workdir=/ovl/work /host/etc \
   || echo "@@E2E-WARN overlay on /etc failed@@"
-cp /test.sh /etc/e2e-lib.sh /host/tmp/
+cp /test.sh /etc/e2e-lib.sh /host-wait.py /host/tmp/
+ip link set lo up
+if [ -e /host/sys/class/net/eth0 ]; then  # (sysfs moved into /host above)
+  ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 || echo "@@E2E-WARN eth0 failed@@"
+fi
 echo "@@E2E-READY@@"
 chroot /host /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp \
   PYTHONDONTWRITEBYTECODE=1 /bin/sh -c 'cd /tmp && . /tmp/e2e-lib.sh && . /tmp/test.sh'
@@ -103,12 +126,52 @@ def build_hostroot_guest() -> Guest:
     return Guest(kernel=kernel, initrd=out, kernel_version=release, qemu_args=VIRTFS)
 
 
+def _tell_guest(port: int, deadline: float) -> None:
+    """Connect to the guest's host-wait.py through its forwarded port until it answers (the
+    forward accepts on the host before the guest listens, then closes: try again)."""
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+                if c.recv(2) == b"ok":
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+
+
 def boot_hostroot(guest: Guest, script: str, *, luns: Sequence[Lun] = (),
-                  timeout: float = 400, memory_mb: int = 1024) -> Run:
+                  timeout: float = 400, memory_mb: int = 1024,
+                  forwards: dict[int, int] | None = None,
+                  host_actions: dict[str, Callable[[], object]] | None = None) -> Run:
     """Boot once and run ``script`` (sh, using ``step``) in the chroot of the host's root.
 
     ``luns`` are attached as in :func:`qemu.boot` and named ``/dev/e2e/<i>-sg|nst|sch``
-    before the chroot (its /dev is the same devtmpfs)."""
+    before the chroot (its /dev is the same devtmpfs). ``forwards`` maps host ports (on
+    127.0.0.1) to guest ports; with it, or with ``host_actions``, the guest gets a network.
+    ``host_actions[name]()`` runs on the host when the guest prints ``@@HOST name@@``; the
+    guest waits for it with ``python3 /tmp/host-wait.py``; a failed action goes into the
+    run's context instead of ending the boot."""
     binds = "".join(p + "\n" for p in covered_paths()).encode()
-    return boot(guest, script, list(luns), timeout=timeout, memory_mb=memory_mb,
-                files={"binds": binds})
+    files = {"binds": binds, "host-wait.py": HOST_WAIT.encode()}
+    actions = dict(host_actions or {})
+    failed: list[str] = []
+    if forwards or actions:
+        ports = dict(forwards or {})
+        done_port = free_port()
+        ports[done_port] = HOST_DONE_PORT
+        fwd = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in ports.items())
+        guest = dataclasses.replace(guest, qemu_args=guest.qemu_args + (
+            "-netdev", f"user,id=n0,restrict=on{fwd}", "-device", "virtio-net-pci,netdev=n0"))
+        for name, action in actions.items():
+            def then_tell(name=name, action=action) -> None:
+                try:
+                    action()
+                except Exception as e:  # any failure: into the context, the guest goes on
+                    failed.append(f"host action {name} failed: {type(e).__name__}: {e}")
+                finally:
+                    _tell_guest(done_port, time.monotonic() + 60)
+            actions[name] = then_tell
+    run = boot(guest, script, list(luns), timeout=timeout, memory_mb=memory_mb,
+               files=files, host_actions=actions)
+    run.context += "".join(f"\n--- {f}" for f in failed)
+    return run
