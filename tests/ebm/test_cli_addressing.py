@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,7 @@ def library(tmp_path_factory) -> Path:
     for step in range(2):
         if step:  # the second backup: one file changed, one added
             write_tree(src, {"b/two.txt": b"two, longer\n", "c/new.txt": b"new\n"})
+            time.sleep(1.0)  # a later second: DATASET@TIME to the second names one backup
         r = run_cli(root, "backup", "home", "--source", str(src), "--pool", "pool")
         assert r.returncode == 0, r.stderr
     return root
