@@ -5,8 +5,8 @@ object in the same run, and so how many held cartridges one gateway's keeper thr
 renew within a TTL.
 
 Rows: an unconditional PUT (the peer), a renewal (``PUT`` with ``If-Match``), a take and a
-release of a free lease, and one keeper round over ``--leases`` held leases (sequential, as
-``LeaseKeeper.renew_all`` does). Ceph runs on the same box, so these are the store's and
+release of a free lease, and one keeper round over ``--leases`` held leases (``LeaseKeeper.renew_all``:
+``RENEW_THREADS`` PUTs at a time). Ceph runs on the same box, so these are the store's and
 boto3's costs without network latency: add the round trip of a real network per request.
 
 Usage::
@@ -55,7 +55,7 @@ def main() -> None:
 
     from ceph_cluster import running
 
-    from vtl.leases import LeaseKeeper, LeaseStore, remember
+    from vtl.leases import RENEW_THREADS, LeaseKeeper, LeaseStore, remember
 
     with tempfile.TemporaryDirectory(prefix="bench-leases-") as tmp, \
             running(Path(tmp) / "ceph") as cluster:
@@ -89,7 +89,7 @@ def main() -> None:
               f"{statistics.median(rounds):8.2f} s  ({per * 1e3:.2f} ms per lease, "
               f"{per / peer:.2f}x a PUT)")
         budget = args.ttl / 3
-        print(f"one keeper thread renews about {int(budget / per):,} leases per TTL/3 "
+        print(f"one keeper ({RENEW_THREADS} threads) renews about {int(budget / per):,} leases per TTL/3 "
               f"({budget:g} s at lease_ttl = {args.ttl}); requests to the store: "
               f"{3 / args.ttl:.3f} PUT/s per held cartridge")
 
