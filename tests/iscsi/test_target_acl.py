@@ -207,7 +207,8 @@ def test_a_new_chap_secret_keeps_the_live_session(root: Path, tmp_path: Path):
         fresh = login("host-a-secret-02")
         assert ready(fresh)
         assert ready(live) and live.reconnects == 0
-        assert len(sessions(root)) == 2
+        # the status file is rewritten every second (vtl/serve_status.py): poll, not a snapshot
+        assert wait_for(lambda: len(sessions(root)) == 2), sessions(root)
         # The ACL removed: both sessions asked to leave, then their connections closed.
         vtl(root, "target", "acl", "remove", HOST_A)
 
