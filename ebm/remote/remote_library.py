@@ -25,7 +25,9 @@ import hashlib
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ebm.remote.drive_encryption import (
     DriveEncryptionError,
@@ -70,6 +72,9 @@ _KIND = {Kind.DATA: RecordKind.DATA, Kind.FILEMARK: RecordKind.FILEMARK,
          Kind.END_OF_DATA: RecordKind.EOD}
 
 
+T = TypeVar("T")
+
+
 class RemoteError(LibraryError):
     """The remote library refuses (no free drive, no such cartridge, no empty slot): one
     line; the drive session reports it as a media error, the CLIs exit 2."""
@@ -103,6 +108,20 @@ class RemoteCartridge:
         pos = self.tape.read_position()
         self.position, self._file = pos.object, pos.file
 
+    def _settled(self, what: str, op: Callable[[], T]) -> T:
+        """``op`` (a command whose effect depends on the position), sent again only if the
+        drive is still where it was when a lost connection or a reset cut it off."""
+        start = self.position
+        try:
+            return op()
+        except PositionUncertain:
+            self._sync_position()
+            if self.position != start:
+                raise RemoteError(
+                    f"cartridge {self.barcode}: {what} at object {start} cut off (connection "
+                    f"lost or drive reset), drive now at {self.position}") from None
+            return op()
+
     # -- what the mover asks -------------------------------------------------------------
     @property
     def write_protected(self) -> bool:
@@ -116,7 +135,7 @@ class RemoteCartridge:
     def eod(self) -> int:
         if self._eod is None:
             here = self.position
-            self.tape.space(SPACE_EOD, 0)
+            self._settled("SPACE", lambda: self.tape.space(SPACE_EOD, 0))
             self._eod = self.tape.read_position().object
             self.locate(here)
         return self._eod
@@ -137,7 +156,7 @@ class RemoteCartridge:
     def object_kind(self, obj: int) -> RecordKind:
         here = self.position
         self.locate(obj)
-        kind = _KIND[self.tape.read(1 << 16).kind]
+        kind = _KIND[self._settled("READ", lambda: self.tape.read(1 << 16)).kind]
         self.locate(here)
         return kind
 
@@ -150,13 +169,13 @@ class RemoteCartridge:
         self.position, self._file = 0, 0
 
     def space_to_eod(self) -> None:
-        self.tape.space(SPACE_EOD, 0)
+        self._settled("SPACE", lambda: self.tape.space(SPACE_EOD, 0))
         self._sync_position()
         self._eod = self.position
 
     def space_filemarks(self, count: int) -> SpaceResult:
         before = self._file
-        sense = self.tape.space(SPACE_FILEMARKS, count)
+        sense = self._settled("SPACE", lambda: self.tape.space(SPACE_FILEMARKS, count))
         self._sync_position()
         if sense is None:
             return SpaceResult(count)
@@ -169,7 +188,7 @@ class RemoteCartridge:
                    own: bool = False) -> ReadResult:
         size = len(buf) if buf is not None else 1 << 24
         try:
-            out = self.tape.read(size)
+            out = self._settled("READ", lambda: self.tape.read(size))
         except ScsiError as e:
             if e.sense is not None and e.sense.key == MEDIUM_ERROR:
                 # the drive's word for a damaged record: the mover names cartridge and block
@@ -206,8 +225,8 @@ class RemoteCartridge:
                 ew = self.tape.write(data)
             else:
                 raise RemoteError(
-                    f"cartridge {self.barcode}: connection lost during WRITE at object "
-                    f"{start}, drive now at {self.position}") from None
+                    f"cartridge {self.barcode}: WRITE at object {start} cut off (connection "
+                    f"lost or drive reset), drive now at {self.position}") from None
         self.position = start + 1
         self._eod = self.position
         return WriteResult(ew)
@@ -224,8 +243,9 @@ class RemoteCartridge:
             if self.position == start:
                 ew = self.tape.write_filemarks(count)
             elif self.position != start + count:
-                raise RemoteError(f"cartridge {self.barcode}: connection lost during WRITE "
-                                  f"FILEMARKS at object {start}") from None
+                raise RemoteError(f"cartridge {self.barcode}: WRITE FILEMARKS at object "
+                                  f"{start} cut off (connection lost or drive reset), drive "
+                                  f"now at {self.position}") from None
             else:
                 ew = False
         self.position, self._file = start + count, file + count

@@ -21,6 +21,7 @@ from ebm.remote.initiator import (
     STATUS_CHECK_CONDITION,
     STATUS_GOOD,
     STATUS_RESERVATION_CONFLICT,
+    PositionUncertain,
     ScsiResult,
 )
 from vtl.scsi.opcodes import Opcode
@@ -147,6 +148,11 @@ def check(what: str, result: ScsiResult) -> Sense | None:
 # A command answered UNIT ATTENTION did not run (SAM-5 5.14): it is sent again, since a new
 # nexus (a reconnect), a reset or a medium change raises one for the next command of each.
 UNIT_ATTENTION_RETRIES = 5
+# ... except a command whose effect depends on where the tape is, answered with a reset (29/xx)
+# or a medium change (28/xx): the drive may be back at BOT (a restarted target or handler), so
+# sending a WRITE again could overwrite the start of the cartridge. The caller settles it
+# with READ POSITION (PositionUncertain), as after a lost connection.
+POSITION_RESET_ASCS = (0x28, 0x29)
 
 
 def _unit_attention(result: ScsiResult) -> bool:
@@ -180,13 +186,21 @@ class ScsiDevice:
         return result, check(f"{self.name}: {what}", result)
 
     def _execute(self, cdb: bytes, *, data_out: bytes | memoryview | None = None,
-                 read_len: int = 0, timeout: float | None = None) -> ScsiResult:
-        """Send ``cdb``, again while it is answered UNIT ATTENTION; no status check."""
+                 read_len: int = 0, timeout: float | None = None,
+                 positional: bool = False) -> ScsiResult:
+        """Send ``cdb``, again while it is answered UNIT ATTENTION; no status check.
+        ``positional``: a reset or medium change raises PositionUncertain instead."""
         for _attempt in range(UNIT_ATTENTION_RETRIES):
             result = self.transport.execute(self.lun, cdb, data_out=data_out,
                                             read_len=read_len, timeout=timeout)
             if not _unit_attention(result):
                 break
+            sense = parse_sense(result.sense)
+            if positional and sense is not None and sense.asc in POSITION_RESET_ASCS:
+                raise PositionUncertain(
+                    f"{self.name}: command 0x{cdb[0]:02x} answered UNIT ATTENTION "
+                    f"{sense.asc:02x}/{sense.ascq:02x} (reset or medium change): the tape "
+                    "position is unknown")
         return result
 
     def test_unit_ready(self) -> None:
@@ -278,7 +292,8 @@ class TapeDevice(ScsiDevice):
         written); EndOfMedium when it was not."""
         n = len(data)
         cdb = bytes([Opcode.WRITE_6, 0]) + n.to_bytes(3, "big") + b"\0"
-        return self._write_outcome("WRITE(6)", self._execute(cdb, data_out=data))
+        return self._write_outcome("WRITE(6)", self._execute(cdb, data_out=data,
+                                                             positional=True))
 
     def _write_outcome(self, what: str, result: ScsiResult) -> bool:
         """Early warning is CHECK CONDITION, NO SENSE with EOM after a write that *did* happen
@@ -293,12 +308,13 @@ class TapeDevice(ScsiDevice):
     def write_filemarks(self, count: int = 1, *, immediate: bool = False) -> bool:
         cdb = bytes([Opcode.WRITE_FILEMARKS_6, 1 if immediate else 0]) + \
             count.to_bytes(3, "big") + b"\0"
-        return self._write_outcome("WRITE FILEMARKS", self._execute(cdb, timeout=600))
+        return self._write_outcome("WRITE FILEMARKS",
+                                   self._execute(cdb, timeout=600, positional=True))
 
     def read(self, length: int) -> ReadOutcome:
         """READ(6) of one variable block of at most ``length`` bytes."""
         cdb = bytes([Opcode.READ_6, 0]) + length.to_bytes(3, "big") + b"\0"
-        result = self._execute(cdb, read_len=length)
+        result = self._execute(cdb, read_len=length, positional=True)
         sense = parse_sense(result.sense)
         if result.status == STATUS_CHECK_CONDITION and sense is not None:
             if sense.filemark:
@@ -331,7 +347,7 @@ class TapeDevice(ScsiDevice):
     def space(self, code: int, count: int) -> Sense | None:
         """SPACE(6) (count is signed 24-bit); returns the sense of a short space, if any."""
         cdb = bytes([Opcode.SPACE_6, code]) + (count & 0xFFFFFF).to_bytes(3, "big") + b"\0"
-        result = self._execute(cdb, timeout=600)
+        result = self._execute(cdb, timeout=600, positional=True)
         sense = parse_sense(result.sense)
         if result.status == STATUS_CHECK_CONDITION and sense is not None and (
                 sense.filemark or sense.key in (BLANK_CHECK, NO_SENSE)):

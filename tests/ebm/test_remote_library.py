@@ -158,6 +158,7 @@ def test_claimed_drive_is_reserved_against_other_initiators(served: Served):
         lib.load("R00004L8", bay.index)
         bay.mount().write_block(b"ebm data")
         other = TapeDevice(legacy, bay.lun, "legacy's view")
+        other.test_unit_ready()  # its new nexus's UNIT ATTENTION, as st's open takes it
         with pytest.raises(ReservationConflict, match="RESERVATION CONFLICT"):
             other.write(b"legacy data that must not interleave")
         assert lib.claim_drive("second job").index != bay.index  # the other drive
