@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from .guest import Guest
-from .qemu import Lun, boot
+from .qemu import boot
 
 # Marks for a module whose tests boot `vtl serve`.
 E2E_WITH_SERVE = [
@@ -50,11 +50,7 @@ def boot_one_drive(guest: Guest, root: Path, workdir: Path, script: str, *,
 
     srv = start_vtl(root, workdir)
     try:
-        changer = next(lu for lu in srv.luns if lu.type == "MEDIA_CHANGER")
-        drive = next(lu for lu in srv.luns if lu.type == "SEQUENTIAL_ACCESS")
-        luns = [Lun(srv.portal, changer.target, changer.lun),
-                Lun(srv.portal, drive.target, drive.lun)]
-        run = boot(guest, script, luns, timeout=timeout, memory_mb=memory_mb)
+        run = boot(guest, script, srv.guest_luns(), timeout=timeout, memory_mb=memory_mb)
     finally:
         stop(srv.proc, timeout=30)
     steps = GuestSteps(run, run.describe())

@@ -17,6 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # qemu imports this module
+    from .qemu import Lun
 
 
 def die_with_parent() -> None:
@@ -188,6 +192,16 @@ class VtlServer:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def guest_luns(self, drives: int = 1) -> list[Lun]:
+        """The changer, then the first ``drives`` drives by LUN: what a guest attaches as
+        /dev/e2e/0-*, 1-*, ..."""
+        from .qemu import Lun
+
+        changer = next(lu for lu in self.luns if lu.type == "MEDIA_CHANGER")
+        tapes = sorted((lu for lu in self.luns if lu.type == "SEQUENTIAL_ACCESS"),
+                       key=lambda lu: lu.lun)[:drives]
+        return [Lun(self.portal, lu.target, lu.lun) for lu in (changer, *tapes)]
 
 
 @contextmanager

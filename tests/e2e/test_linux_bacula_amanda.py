@@ -28,7 +28,7 @@ import pytest
 
 from .hostroot import boot_hostroot, build_hostroot_guest
 from .one_drive import E2E_WITH_SERVE
-from .qemu import Lun, Run, qemu_available
+from .qemu import Run, qemu_available
 from .targets import serving_vtl, vtl
 
 pytestmark = [
@@ -179,11 +179,7 @@ def guest_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     vtl(root, "cartridge", "create", "BAC001L8-BAC002L8", "--capacity", "4MiB")
     vtl(root, "cartridge", "create", "BAC003L8-BAC004L8", "--capacity", "64MiB")
     with serving_vtl(root, workdir) as srv:
-        changer = next(lu for lu in srv.luns if lu.type == "MEDIA_CHANGER")
-        drives = sorted((lu for lu in srv.luns if lu.type == "SEQUENTIAL_ACCESS"),
-                        key=lambda lu: lu.lun)
-        luns = [Lun(srv.portal, lu.target, lu.lun) for lu in (changer, *drives)]
-        run = boot_hostroot(guest, SCRIPT, luns=luns, timeout=600)
+        run = boot_hostroot(guest, SCRIPT, luns=srv.guest_luns(drives=2), timeout=600)
     assert run.done, f"guest did not finish\n{run.describe()}"
     return run
 

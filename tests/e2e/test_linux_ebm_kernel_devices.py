@@ -48,7 +48,7 @@ step eject 'mtx -f $CH status'
 
 def test_ebm_over_linux_st_and_ch(tmp_path: Path) -> None:
     from e2e.hostroot import boot_hostroot, build_hostroot_guest
-    from e2e.qemu import Lun, qemu_available
+    from e2e.qemu import qemu_available
     from e2e.targets import start_vtl, stop, vtl
 
     reason = qemu_available()
@@ -62,12 +62,8 @@ def test_ebm_over_linux_st_and_ch(tmp_path: Path) -> None:
     vtl(root, "cartridge", "create", BARCODE, "--capacity", "64MiB")
     srv = start_vtl(root, tmp_path)
     try:
-        changer = next(lu for lu in srv.luns if lu.type == "MEDIA_CHANGER")
-        drive = next(lu for lu in srv.luns if lu.type == "SEQUENTIAL_ACCESS")
-        luns = [Lun(srv.portal, changer.target, changer.lun),
-                Lun(srv.portal, drive.target, drive.lun)]
         script = SCRIPT.replace("EBM", str(EBM)).replace("BARCODE", BARCODE)
-        run = boot_hostroot(guest, script, luns=luns, timeout=600)
+        run = boot_hostroot(guest, script, luns=srv.guest_luns(), timeout=600)
     finally:
         stop(srv.proc, timeout=30)
     log = run.describe()

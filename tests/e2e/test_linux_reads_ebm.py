@@ -39,7 +39,7 @@ step incr 'mt -f $TAPE rewind && mt -f $TAPE fsf 4 && dd if=$TAPE bs=262144 2>/d
 
 def test_gnu_tar_on_linux_st_reads_ebm_backups(tmp_path: Path) -> None:
     from e2e.guest import build_guest
-    from e2e.qemu import Lun, boot, qemu_available
+    from e2e.qemu import boot, qemu_available
     from e2e.targets import start_vtl, stop, vtl
 
     reason = qemu_available()
@@ -62,10 +62,7 @@ def test_gnu_tar_on_linux_st_reads_ebm_backups(tmp_path: Path) -> None:
 
     srv = start_vtl(root, tmp_path)
     try:
-        changer = next(lu for lu in srv.luns if lu.type == "MEDIA_CHANGER")
-        drive = next(lu for lu in srv.luns if lu.type == "SEQUENTIAL_ACCESS")
-        luns = [Lun(srv.portal, changer.target, changer.lun), Lun(srv.portal, drive.target, drive.lun)]
-        run = boot(guest, SCRIPT, luns, timeout=420)
+        run = boot(guest, SCRIPT, srv.guest_luns(), timeout=420)
     finally:
         stop(srv.proc, timeout=30)
     log = run.describe()
