@@ -129,7 +129,7 @@ def main() -> None:
              str(copied)], check=True))
         seg_bytes = len(names) * pg.segment_mb << 20
         pg.own(work)  # restore_command runs as the server's user and opens the library
-        program = pg.ebm_program()
+        program = pg.fetch_program()
 
         def pitr(target: Path, fetch: bool) -> None:
             b, options = resolve_point(ebm.catalog, "pg", load_translator("postgresql"))

@@ -719,22 +719,34 @@ def wal_fetch(
     key_file: Path = typer.Option(None, "--key-file"),
     drive_key_file: Path = typer.Option(None, "--drive-key-file", metavar="FILE",
                                         help=DRIVE_KEY_HELP),
+    spool: Path = typer.Option(None, "--spool", metavar="DIR", help="prefetch spool (default: "
+                               "pg_wal/ebm-prefetch beside PATH)"),
+    prefetch_mb: int = typer.Option(256, "--prefetch-mb", min=0, help="read up to this many "
+                                    "MB of the following segments in the same tape pass"),
 ) -> None:
     """PostgreSQL's restore_command: one WAL file of a backup's chain from tape to PATH.
 
-    Written by `ebm restore` into the restored data directory. Exit status is what
-    PostgreSQL expects of a restore_command: 0 fetched (sha256 checked, written atomically),
-    1 not in the chain (the end of the archive), 126 any other failure (recovery stops)."""
+    Written by `ebm restore` into the restored data directory. The segments after it go to
+    a spool in the same tape pass, for the next calls (`python -m ebm.wal_spool` serves them
+    without the tape). Exit status is what PostgreSQL expects of a restore_command: 0
+    fetched (sha256 checked, written atomically), 1 not in the chain (the end of the
+    archive), 126 any other failure (recovery stops)."""
     from ebm.wal_fetch import EXIT_FATAL, EXIT_NOT_IN_CHAIN, WalNotInChain, fetch, locate
+    from ebm.wal_spool import WalSpool, spool_root
 
+    chain_spool = None
     try:
         ebm = S.ebm(readonly=True)
         b = ebm.catalog.backup(backup_spec)
+        chain_spool = WalSpool(spool_root(str(dest), str(spool) if spool else None), b.uuid)
         locate(ebm.catalog, b, name)  # "not in the chain" before anything heavy is loaded
         secret = _secret(passphrase_file, key_file)
         _check_drive_key(ebm, drive_key_file, ebm.catalog.chain(b))
-        fetch(ebm.catalog, ebm.library, b, name, dest, secret)
+        fetch(ebm.catalog, ebm.library, b, name, dest, secret,
+              chain_spool if prefetch_mb else None, prefetch_mb << 20)
     except WalNotInChain as e:
+        if chain_spool is not None:
+            chain_spool.discard()  # the end of the archive (or of recovery): nothing to keep
         sys.stderr.write(f"ebm wal-fetch: {e}\n")
         raise typer.Exit(EXIT_NOT_IN_CHAIN) from None
     except Exception as e:  # any failure must stop recovery, in one line

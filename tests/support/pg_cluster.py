@@ -166,14 +166,15 @@ class PgCluster:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def ebm_program(self) -> list[str]:
-        """How the server's user runs this checkout's ``ebm`` (what restore_command calls):
-        the venv's own script, unless that user cannot execute its interpreter (a venv made
-        from a Python under /root, while the server runs as ``postgres``); then the system
-        ``python3`` of the same version with the venv's packages on ``PYTHONPATH``."""
-        from ebm.wal_fetch import ebm_program
+    def fetch_program(self) -> list[str]:
+        """How the server's user runs this checkout's restore_command program
+        (:func:`ebm.wal_fetch.fetch_program`): the venv's own interpreter, unless that user
+        cannot execute it (a venv made from a Python under /root, while the server runs as
+        ``postgres``); then the system ``python3`` of the same version with the venv's
+        packages on ``PYTHONPATH``."""
+        from ebm.wal_fetch import fetch_program
 
-        program = ebm_program()
+        program = fetch_program()
         if self.user is None or subprocess.run(
                 ["runuser", "-u", self.user, "--", sys.executable, "-c", "pass"],
                 capture_output=True).returncode == 0:
@@ -186,7 +187,7 @@ class PgCluster:
             raise RuntimeError(f"the server's user {self.user} cannot run {sys.executable} "
                                f"and there is no system python{version}")
         paths = [str(Path(__file__).resolve().parents[2]), *site.getsitepackages()]
-        return ["env", "PYTHONPATH=" + ":".join(paths), system, "-m", "ebm"]
+        return ["env", "PYTHONPATH=" + ":".join(paths), system, *program[1:]]
 
     # -- talking to it -----------------------------------------------------------------------
     @property

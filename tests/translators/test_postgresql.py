@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import shlex
 import time
 from pathlib import Path
@@ -20,7 +21,8 @@ from ebm.controller import BackupRequest, RequestError
 from ebm.manager import JobError, decode_state, load_translator
 from ebm.points import resolve_point
 from ebm.restore import RestoreError, restore
-from ebm.wal_fetch import WalNotInChain, ebm_program, fetch, fetch_command
+from ebm.wal_fetch import WalNotInChain, fetch, fetch_command, fetch_program
+from ebm.wal_spool import WalSpool, serve
 from translators.base import TranslatorError
 from translators.pg.wal import parse_lsn
 
@@ -65,11 +67,11 @@ def _restore(ebm, dataset: str, target: Path, program: list[str] | None = None,
 
 
 def _run_ebm_as_server(pg: PgCluster, datadir: Path) -> None:
-    """Point the restore_command that `ebm restore` wrote at the ``ebm`` the test server's
-    user can run (:meth:`PgCluster.ebm_program`); the rest of the line stays as written."""
+    """Point the restore_command that `ebm restore` wrote at the program the test server's
+    user can run (:meth:`PgCluster.fetch_program`); the rest of the line stays as written."""
     conf = datadir / "postgresql.auto.conf"
-    mine = " ".join(map(shlex.quote, ebm_program()))
-    theirs = " ".join(map(shlex.quote, pg.ebm_program()))
+    mine = " ".join(map(shlex.quote, fetch_program()))
+    theirs = " ".join(map(shlex.quote, pg.fetch_program()))
     conf.write_text(conf.read_text().replace(f"'{mine} ", f"'{theirs} "))
 
 
@@ -106,11 +108,13 @@ def test_point_in_time_restore_recovers_exactly_the_commits_before_it(tmp_path, 
     _insert(pg, 3)
     pg.sql("SELECT pg_switch_wal()")
     _insert(pg, 4)
+    pg.sql("SELECT pg_switch_wal()")
+    _insert(pg, 5)
     incr = _backup(ebm)
     assert incr.level == "incr"
 
     latest = pg.dir / "latest"
-    _restore(ebm, "pg", latest, pg.ebm_program())
+    _restore(ebm, "pg", latest, pg.fetch_program())
     segment = decode_state(ebm.catalog.translator_state(incr.id))["segments"][-1]
     assert not (latest / "pg_wal" / segment["name"]).exists()  # restore_command fetches it
     at_lsn = pg.dir / "at-lsn"
@@ -121,10 +125,20 @@ def test_point_in_time_restore_recovers_exactly_the_commits_before_it(tmp_path, 
     fetched = tmp_path / "fetched"
     fetch(ebm.catalog, ebm.library, incr, segment["name"], fetched)
     assert hashlib.sha256(fetched.read_bytes()).hexdigest() == segment["sha256"]
+    # Asked for the first segment, wal-fetch reads the next ones into the spool in the same
+    # pass; restore_command's light entry then hands them over without the tape.
+    first, *ahead = [s for s in decode_state(ebm.catalog.translator_state(incr.id))["segments"]]
+    spool = WalSpool(str(tmp_path / "spool"), incr.uuid)
+    fetch(ebm.catalog, ebm.library, incr, first["name"], fetched, spool=spool)
+    assert sorted(os.listdir(spool.path)) == [s["name"] for s in ahead] != []
+    assert serve(["--root", "lib", "wal-fetch", incr.uuid, "--spool", spool.root,
+                  ahead[0]["name"], str(fetched)])
+    assert hashlib.sha256(fetched.read_bytes()).hexdigest() == ahead[0]["sha256"]
+    assert sorted(os.listdir(spool.path)) == [s["name"] for s in ahead[1:]]
     with pytest.raises(WalNotInChain):
         fetch(ebm.catalog, ebm.library, incr, "00000001000000000000FFFF", fetched)
     ebm.close()  # as after `ebm restore`: nothing else holds the catalog while they recover
-    assert _rows_after_recovery(pg, latest) == [1, 2, 3, 4]
+    assert _rows_after_recovery(pg, latest) == [1, 2, 3, 4, 5]
     assert _rows_after_recovery(pg, at_lsn) == [1, 2]
 
     to_time = pg.dir / "at-time"
@@ -139,7 +153,7 @@ def test_point_in_time_restore_recovers_exactly_the_commits_before_it(tmp_path, 
     r = run_cli(pg.dir / "lib", "wal-fetch", "no-such-backup", segment["name"], str(fetched))
     assert r.returncode == 126 and r.stderr.count("\n") == 1, r.stderr
     with open(plain / "tables" / "public.t.csv", newline="") as f:
-        assert [row[0] for row in csv.reader(f)] == ["i", "1", "2", "3", "4"]
+        assert [row[0] for row in csv.reader(f)] == ["i", "1", "2", "3", "4", "5"]
     assert "CREATE TABLE public.t" in (plain / "schema-pre.sql").read_text()
     assert "\\copy \"public\".\"t\" FROM" in (plain / "load.sql").read_text()
 

@@ -2,8 +2,8 @@
 the chosen point and then opens for writes.
 
 WAL comes from tape: ``restore_command`` is the EBM's ``ebm wal-fetch BACKUP %f %p``
-(:mod:`ebm.wal_fetch`), which the server runs, as its own OS user, for each WAL file it
-replays; that user must be able to open the library (or the restore is made with
+(:mod:`ebm.wal_fetch`, started through :mod:`ebm.wal_spool`, which serves the segments it read
+ahead), which the server runs, as its own OS user, for each WAL file it replays; that user must be able to open the library (or the restore is made with
 ``--wal-local``). With ``--wal-local`` the restore has put every segment the point needs into
 ``pg_wal`` itself, and ``restore_command = 'false'`` (still required for a targeted recovery)
 tells the server "not in the archive, use pg_wal". The copy must not archive into the

@@ -1,0 +1,145 @@
+"""The prefetch spool of ``ebm wal-fetch``, and the restore_command entry that serves from it.
+
+Recovery asks ``restore_command`` for one WAL file at a time, in order. Reading each from
+tape in its own process costs a drive claim, a LOCATE and a catalog per segment; so
+:func:`ebm.wal_fetch.fetch`, asked for segment N, reads N and the next segments of the same
+backup in the same tape pass and puts them here, each sha256-checked as it was read, fsynced
+and renamed into place (a name in the spool is always a whole, verified segment). The next
+calls are then a rename out of the spool and nothing else.
+
+Where: ``pg_wal/ebm-prefetch/<backup uuid>/`` of the restored data directory (``%p``'s
+directory), unless ``--spool DIR`` names another place. Inside ``pg_wal`` it is always
+writable by the server's user, on the file system of ``%p`` (handing a segment over is a
+rename, no copy), and ignored by PostgreSQL: only WAL file names in ``pg_wal`` are its own,
+and base backups of the restored server skip ``pg_wal``'s contents. The uuid level keeps a
+spool of one backup's chain from ever serving another's.
+
+Lifetime: a segment leaves the spool when it is handed over; the rest goes when wal-fetch
+answers "not in the chain" (the end of the archive; also PostgreSQL's timeline-history probe
+when it promotes), so nothing outlives the recovery. The spool is only a cache: whatever is
+missing from it is read from tape again.
+
+This module is the start of every restore_command call (``python -m ebm.wal_spool ARGS``,
+ARGS being ``ebm``'s own command line), so it imports nothing beyond ``os`` and ``sys``
+until it knows the file is not in the spool; then it runs ``ebm`` with ARGS.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+SPOOL_DIR = "ebm-prefetch"  # in pg_wal, beside %p
+PART = ".part"
+
+
+def spool_root(dest: str, spool: str | None = None) -> str:
+    """The spool directory for ``%p`` = ``dest`` (``--spool`` wins when given)."""
+    return spool or os.path.join(os.path.dirname(os.path.abspath(dest)), SPOOL_DIR)
+
+
+class WalSpool:
+    """One backup chain's prefetched WAL files: ``root/<uuid>/<name>``."""
+
+    def __init__(self, root: str, uuid: str) -> None:
+        self.root = root
+        self.path = os.path.join(root, uuid)
+
+    def take(self, name: str, dest: str) -> bool:
+        """Move WAL file ``name`` to ``dest`` (durably); False when the spool lacks it."""
+        if not _plain_name(name):
+            return False
+        src = os.path.join(self.path, name)
+        try:
+            os.replace(src, dest)
+        except FileNotFoundError:
+            return False
+        except OSError:  # another file system (EXDEV), or a spool we cannot move from
+            if not os.path.isfile(src):
+                return False
+            _copy(src, dest)
+            os.unlink(src)
+        fsync_dir(os.path.dirname(os.path.abspath(dest)))
+        return True
+
+    def create(self) -> bool:
+        """Make the directory (mode 0700); False when it cannot be made (no prefetch)."""
+        try:
+            os.makedirs(self.path, mode=0o700, exist_ok=True)
+        except OSError:
+            return False
+        return True
+
+    def part(self, name: str) -> str:
+        """Where a segment is written before :meth:`publish` gives it its name."""
+        return os.path.join(self.path, f".{name}{PART}")
+
+    def publish(self, names: list[str]) -> None:
+        """Give the written and fsynced ``.part`` files their names, then make the renames
+        durable: only a complete segment is ever found under its name."""
+        for name in names:
+            os.replace(self.part(name), os.path.join(self.path, name))
+        fsync_dir(self.path)
+
+    def discard(self) -> None:
+        """Remove this chain's spool, and the spool root if it is then empty."""
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.path):
+                os.unlink(os.path.join(self.path, name))
+            os.rmdir(self.path)
+        with contextlib.suppress(OSError):
+            os.rmdir(self.root)
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and "/" not in name and not name.startswith(".")
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _copy(src: str, dest: str) -> None:
+    tmp = os.path.join(os.path.dirname(os.path.abspath(dest)),
+                       f".{os.path.basename(dest)}.ebm-partial")
+    try:
+        with open(src, "rb") as fin, open(tmp, "wb") as fout:
+            while chunk := fin.read(1 << 20):
+                fout.write(chunk)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def serve(args: list[str]) -> bool:
+    """Hand WAL file ``%f`` over from the spool if it is there. ``args`` is the ``ebm``
+    command line of restore_command: ``... wal-fetch UUID [options] %f %p``."""
+    if "wal-fetch" not in args or len(args) < args.index("wal-fetch") + 4:
+        return False
+    uuid, name, dest = args[args.index("wal-fetch") + 1], args[-2], args[-1]
+    spool = args[args.index("--spool") + 1] if "--spool" in args[:-3] else None
+    try:
+        return WalSpool(spool_root(dest, spool), uuid).take(name, dest)
+    except OSError:
+        return False  # the tape path then fetches it, or says why it cannot
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if serve(args):
+        sys.exit(0)
+    from ebm.cli import app
+
+    app(args=args, prog_name="ebm")
+
+
+if __name__ == "__main__":
+    main()
