@@ -232,6 +232,9 @@ class TapeCartridge:
         self._io = medium if medium is not None else PlainMedium(fd)
         self._block_zstd = not self._io.compresses
         self.readonly = readonly
+        # Asked before each write when set: why writing is refused now, else None (a gateway
+        # whose lease on the cartridge lapsed, vtl/leases.py Fence); refused as write protect.
+        self.fence: Callable[[], str | None] | None = None
         self.barcode: str = hdr.barcode
         self.uuid: bytes = hdr.uuid
         self.created_ns: int = hdr.created_ns
@@ -411,7 +414,8 @@ class TapeCartridge:
 
     @property
     def write_protected(self) -> bool:
-        return bool(self._flags & HEADER_FLAG_WRITE_PROTECT) or self.readonly
+        return (bool(self._flags & HEADER_FLAG_WRITE_PROTECT) or self.readonly
+                or (self.fence is not None and self.fence() is not None))
 
     @property
     def used_bytes(self) -> int:
@@ -725,7 +729,8 @@ class TapeCartridge:
     def check_writable(self) -> None:
         """WriteProtected or WormOverwrite if writing at the position would be refused."""
         if self.write_protected:
-            raise WriteProtected(f"{self.barcode} is write protected")
+            why = self.fence() if self.fence is not None else None
+            raise WriteProtected(f"{self.barcode} is write protected" + (f": {why}" if why else ""))
         if self.worm and self.position < len(self.index):
             raise WormOverwrite(
                 f"{self.barcode} is WORM: cannot overwrite object {self.position} "

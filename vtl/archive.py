@@ -217,7 +217,10 @@ def archive(lib: Library, barcode: str, client: Any, bucket: str, prefix: str,
                 with kept(lib.root, leases):
                     entries = _upload(lib, client, bucket, prefix, base, files, rec, lock, s3,
                                       report)
+                if lease is not None:  # renewed just before the manifest, else refused
+                    lease = _still_ours(lib, leases, lease)
                 manifest = {"format": MANIFEST_FORMAT, "barcode": barcode, "url": url,
+                            "generation": lease.generation if lease is not None else 0,
                             "created": datetime.now(UTC).isoformat(timespec="seconds"),
                             "worm": bool(row["worm"]), "locked_until": report.locked_until,
                             "chunk_prefix": prefix,
@@ -232,7 +235,8 @@ def archive(lib: Library, barcode: str, client: Any, bucket: str, prefix: str,
                                     f"{exc}") from None
             _finish_archive(lib, barcode, url, row, files)
             if lease is not None:
-                _drop_other_archives(client, bucket, prefix, barcode, keep=archive_id)
+                _drop_other_archives(client, bucket, prefix, barcode,
+                                     keep=(lease.generation, archive_id))
                 _give_back(lib, leases, lease)
             return report
 
@@ -255,6 +259,7 @@ def _lease_to_archive(lib: Library, leases: LeaseStore | None, barcode: str, cli
 
     if leases is None:
         return None, False
+    lease_files.check_not_lost(lib.root, barcode)
     with lease_files.local_lock(lib.root):
         mine = lease_files.held(lib.root).get(barcode)
         if mine is not None:
@@ -272,6 +277,26 @@ def _lease_to_archive(lib: Library, leases: LeaseStore | None, barcode: str, cli
             lease = leases.take(barcode)
         lease_files.remember(lib.root, lease)
     return lease, mine is not None
+
+
+def _still_ours(lib: Library, leases: LeaseStore, lease: Lease) -> Lease:
+    """The lease renewed right before an archive's manifest goes up (LeaseLost, and the
+    copy marked stale, when another gateway took it over meanwhile). A holder paused after
+    this renewal uploads a manifest of its old generation: readers skip it."""
+    from vtl import leases as lease_files
+
+    with lease_files.local_lock(lib.root):
+        mine = lease_files.held(lib.root).get(lease.barcode)
+        if mine is None:
+            raise lease_files.LeaseLost(lease_files.lost(lib.root, lease.barcode)
+                                        or f"lease on {lease.barcode} lost")
+        try:
+            lease = leases.renew(mine)
+        except lease_files.LeaseLost as exc:
+            lease_files.mark_lost(lib.root, lease.barcode, str(exc))
+            raise
+        lease_files.remember(lib.root, lease, durable=False)
+    return lease
 
 
 def _take_lease(lib: Library, leases: LeaseStore, barcode: str) -> Lease:
@@ -310,23 +335,47 @@ def archives_of(client: Any, bucket: str, prefix: str, barcode: str) -> list[str
     return sorted(ids)
 
 
+def archive_url(bucket: str, prefix: str, barcode: str, archive_id: str) -> str:
+    return f"s3://{bucket}/" + "/".join(p for p in (prefix, "tapes", barcode, archive_id) if p)
+
+
+def ranked(client: Any, bucket: str, prefix: str, barcode: str, ids: list[str]
+           ) -> list[tuple[int, str]]:
+    """(generation, id) of each archive, lowest first: the last is the current one. The
+    generation is the fencing token of the lease its gateway held (0 without leases), so an
+    archive a holder uploaded after it lost its lease ranks below the new holder's. One
+    manifest GET per archive, none when there is only one."""
+    if len(ids) <= 1:
+        return [(0, i) for i in ids]
+    out = []
+    for archive_id in ids:
+        manifest = read_manifest(client, archive_url(bucket, prefix, barcode, archive_id))
+        out.append((int((manifest or {}).get("generation", 0)), archive_id))
+    return sorted(out)
+
+
 def latest_archive(client: Any, bucket: str, prefix: str, barcode: str) -> str | None:
-    """The URL of ``barcode``'s newest complete archive in the bucket, None when none."""
+    """The URL of ``barcode``'s current complete archive in the bucket (the highest
+    generation, then the newest id), None when none."""
     ids = archives_of(client, bucket, prefix, barcode)
     if not ids:
         return None
-    return f"s3://{bucket}/" + "/".join(p for p in (prefix, "tapes", barcode, ids[-1]) if p)
+    current = ranked(client, bucket, prefix, barcode, ids)[-1][1]
+    return archive_url(bucket, prefix, barcode, current)
 
 
 def _drop_other_archives(client: Any, bucket: str, prefix: str, barcode: str,
-                         keep: str) -> None:
-    """After a gateway archived ``barcode`` again, the earlier archives go (WORM ones stay:
-    the store refuses; the newest id is the current one)."""
+                         keep: tuple[int, str]) -> None:
+    """After a gateway archived ``barcode`` again, the archives ranked below its own go
+    (WORM ones stay: the store refuses). One of a newer generation is never deleted: a
+    holder that lost its lease cannot remove the new holder's archive."""
     for archive_id in archives_of(client, bucket, prefix, barcode):
-        if archive_id != keep:
-            url = f"s3://{bucket}/" + "/".join(
-                p for p in (prefix, "tapes", barcode, archive_id) if p)
-            _delete_archive(client, url, read_manifest(client, url))
+        if archive_id == keep[1]:
+            continue
+        url = archive_url(bucket, prefix, barcode, archive_id)
+        manifest = read_manifest(client, url)
+        if (int((manifest or {}).get("generation", 0)), archive_id) < keep:
+            _delete_archive(client, url, manifest)
 
 
 def _reader(path: Path) -> Callable[[int, int], bytes]:

@@ -2,16 +2,26 @@
 each with its own root) share one bucket.
 
 A lease is one small object, ``<prefix>/leases/<BARCODE>``, JSON ``{"gateway", "expires",
-"ttl"}`` (``expires`` in Unix seconds of the holder's clock). It is taken with a conditional
-PUT (``If-None-Match: *``: only one of two gateways racing for a free cartridge gets 200, the
-other 412), renewed and taken over with ``If-Match: <ETag>`` (only one writer of the version
-it read wins), and deleted when the holder archives the cartridge back. radosgw honours both
+"ttl", "generation"}`` (``expires`` in Unix seconds of the holder's clock). It is taken with a
+conditional PUT (``If-None-Match: *``: only one of two gateways racing for a free cartridge
+gets 200, the other 412), renewed and taken over with ``If-Match: <ETag>`` (only one writer of
+the version it read wins), and given back by writing it *released* (``gateway`` empty), so
+the object keeps its ``generation``: the fencing token, one more at every take-over, which
+goes into every archive manifest the holder uploads (vtl/archive.py). radosgw honours both
 conditions in unversioned buckets (the ETag given without quotes), not in versioned ones.
 
+Fencing, for a holder cut off from the bucket or paused while it still runs:
+- the holder takes its lease as lost at its last successful renewal + ``ttl`` - ``margin``
+  by its own monotonic clock (:class:`Fence`, asked by the cartridge before each write: the
+  drive then reports the cartridge write protected);
+- a taker waits until ``expires`` + ``grace`` by its clock (``margin`` and ``grace`` are each
+  a fifth of the TTL), so the two are apart by 0.4 TTL and a clock skew below that;
+- an archive uploaded late by a holder that lost its lease carries an older generation than
+  the new holder's: readers take the archive of the highest (generation, id), and a holder
+  deletes only archives below its own.
+
 The holder keeps what it took in ``<root>/leases/<BARCODE>.json`` (the ETag it last wrote);
-``vtl serve`` renews every such lease each ``ttl / 3`` seconds (:class:`LeaseKeeper`). A lease
-whose holder stopped renewing (killed, cut off) is free once ``expires`` has passed, by the
-clock of the gateway that wants it: clocks must agree to much better than the TTL.
+``vtl serve`` renews every such lease each ``ttl / 3`` seconds (:class:`LeaseKeeper`).
 This module knows the bucket and the local lease files, nothing of cartridge files.
 """
 
@@ -33,7 +43,10 @@ from vtl.errors import LibraryError
 
 LEASE_DIR = "leases"
 RENEW_THREADS = 8  # a keeper round's parallel renewals
+FENCE_FRACTION = 0.2  # of the TTL: the holder's margin, and the takers' grace
 log = logging.getLogger(__name__)
+# barcode -> monotonic time this process's lease on it lapses (renewals made here)
+_fence_at: dict[tuple[str, str], float] = {}
 
 
 class CartridgeLeased(LibraryError):
@@ -44,15 +57,32 @@ class LeaseLost(LibraryError):
     """This gateway's lease was taken over (it expired unrenewed) or deleted."""
 
 
+def margin(ttl: float) -> float:
+    """How long before its lease's expiry a holder stops writing."""
+    return ttl * FENCE_FRACTION
+
+
+def grace(ttl: float) -> float:
+    """How long past a lease's expiry a taker still waits (clock skew, a paused holder)."""
+    return ttl * FENCE_FRACTION
+
+
 @dataclass(frozen=True)
 class Lease:
     barcode: str
-    gateway: str
+    gateway: str  # "" when released
     expires: float
     etag: str
+    generation: int = 0  # the fencing token: one more at every take-over
+    fence_at: float = 0.0  # monotonic time this process must stop writing (0: not known)
 
     def until(self) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.expires))
+
+    def free(self, ttl: float, now: float | None = None) -> bool:
+        """Released, or expired for longer than the grace."""
+        now = time.time() if now is None else now
+        return not self.gateway or self.expires + grace(ttl) < now
 
 
 @dataclass(frozen=True)
@@ -79,10 +109,11 @@ class LeaseStore:
                 return None
             raise
         doc = json.loads(r["Body"].read())
-        return Lease(barcode, str(doc["gateway"]), float(doc["expires"]), _etag(r["ETag"]))
+        return Lease(barcode, str(doc["gateway"]), float(doc["expires"]), _etag(r["ETag"]),
+                     int(doc.get("generation", 0)))
 
     def all(self) -> dict[str, Lease]:
-        """Every lease object under the prefix, by barcode (expired ones included)."""
+        """Every lease object under the prefix, by barcode (expired and released included)."""
         start = self.key("-")[:-1]
         out = {}
         pages = self.client.get_paginator("list_objects_v2").paginate(
@@ -95,51 +126,69 @@ class LeaseStore:
         return out
 
     # ---- taking, renewing, giving back ----------------------------------------------------
-    def _put(self, barcode: str, **condition: str) -> Lease:
-        expires = time.time() + self.ttl
-        body = json.dumps({"gateway": self.gateway, "expires": expires, "ttl": self.ttl})
+    def _put(self, barcode: str, generation: int, *, gateway: str | None = None,
+             **condition: str) -> Lease:
+        sent = time.monotonic()
+        gateway = self.gateway if gateway is None else gateway
+        expires = time.time() + self.ttl if gateway else 0.0
+        body = json.dumps({"gateway": gateway, "expires": expires, "ttl": self.ttl,
+                           "generation": generation})
         r = self.client.put_object(Bucket=self.bucket, Key=self.key(barcode),
                                    Body=body.encode(), ContentType="application/json",
                                    **condition)
-        return Lease(barcode, self.gateway, expires, _etag(r["ETag"]))
+        fence_at = sent + self.ttl - margin(self.ttl)
+        return Lease(barcode, gateway, expires, _etag(r["ETag"]), generation, fence_at)
 
     def take(self, barcode: str) -> Lease:
-        """The lease for this gateway: a free one, an expired one, or one it holds already;
-        CartridgeLeased when another gateway's has not expired."""
+        """The lease for this gateway: a free one (generation 1), a released or expired one
+        (taken over: generation + 1), or one it holds already (renewed); CartridgeLeased when
+        another gateway's has not expired, grace included."""
         from tape_formats.store.s3_objects import error_code
 
         try:
-            return self._put(barcode, IfNoneMatch="*")
+            return self._put(barcode, 1, IfNoneMatch="*")
         except Exception as exc:
             if error_code(exc) not in ("PreconditionFailed", "412"):
                 raise
         held = self.read(barcode)
-        if held is None:  # released between our PUT and GET: try once more
-            return self._put(barcode, IfNoneMatch="*")
-        if held.gateway != self.gateway and held.expires > time.time():
+        if held is None:  # deleted between our PUT and GET: try once more
+            return self._put(barcode, 1, IfNoneMatch="*")
+        if held.gateway == self.gateway:  # ours: renewed, or (expired) taken over at once
+            if held.expires > time.time():
+                return self.renew(held)
+        elif not held.free(self.ttl):
             raise CartridgeLeased(f"cartridge {barcode} is in use by gateway {held.gateway} "
                                   f"(lease until {held.until()})")
-        return self.renew(held)
+        try:
+            return self._put(barcode, held.generation + 1, IfMatch=held.etag)
+        except Exception as exc:
+            if error_code(exc) not in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+                raise
+        now = self.read(barcode)  # another taker of the same version won
+        raise CartridgeLeased(f"cartridge {barcode} is in use by gateway "
+                              f"{now.gateway if now else 'another gateway'}")
 
     def renew(self, lease: Lease) -> Lease:
-        """The lease extended by one TTL, if nobody changed it since ``lease.etag``."""
+        """The lease extended by one TTL, same generation, if nobody changed it since
+        ``lease.etag``."""
         from tape_formats.store.s3_objects import error_code
 
         try:
-            return self._put(lease.barcode, IfMatch=lease.etag)
+            return self._put(lease.barcode, lease.generation, IfMatch=lease.etag)
         except Exception as exc:
             if error_code(exc) not in ("PreconditionFailed", "412", "NoSuchKey", "404"):
                 raise
         now = self.read(lease.barcode)
-        if now is not None and now.gateway == self.gateway:  # ours, by a write we did not
-            return self._put(lease.barcode, IfMatch=now.etag)  # record (a crash after it)
-        holder = f"gateway {now.gateway}" if now else "nobody (it was deleted)"
+        if (now is not None and now.gateway == self.gateway
+                and now.generation == lease.generation):  # ours, by a write we did not
+            return self._put(lease.barcode, now.generation, IfMatch=now.etag)  # record
+        holder = f"gateway {now.gateway}" if now and now.gateway else "nobody (it was released)"
         raise LeaseLost(f"lease on {lease.barcode} lost: it is now held by {holder}")
 
     def release(self, lease: Lease) -> None:
-        """Give the lease back (after checking it is still ours, by a renewal)."""
-        self.renew(lease)
-        self.client.delete_object(Bucket=self.bucket, Key=self.key(lease.barcode))
+        """Give the lease back: written released (if still ours), keeping its generation."""
+        held = self.renew(lease)
+        self._put(lease.barcode, held.generation, gateway="", IfMatch=held.etag)
 
 
 def _etag(raw: str) -> str:
@@ -176,7 +225,8 @@ def held(root: Path) -> dict[str, Lease]:
     out = {}
     for p in _dir(root).glob("*.json"):
         doc = json.loads(p.read_text())
-        out[p.stem] = Lease(p.stem, doc["gateway"], doc["expires"], doc["etag"])
+        out[p.stem] = Lease(p.stem, doc["gateway"], doc["expires"], doc["etag"],
+                            int(doc.get("generation", 0)))
     return out
 
 
@@ -186,26 +236,29 @@ def remember(root: Path, lease: Lease, *, durable: bool = True) -> None:
     _dir(root).mkdir(exist_ok=True)
     path = _dir(root) / f"{lease.barcode}.json"
     taken = json.loads(path.read_text())["taken"] if path.exists() else time.time()
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w") as f:
         json.dump({"gateway": lease.gateway, "expires": lease.expires, "etag": lease.etag,
-                   "taken": taken}, f)
+                   "generation": lease.generation, "taken": taken}, f)
         f.flush()
         if durable:
             os.fsync(f.fileno())
     os.replace(tmp, path)
+    if lease.fence_at:
+        _fence_at[(str(root), lease.barcode)] = lease.fence_at
     (_dir(root) / f"{lease.barcode}.lost").unlink(missing_ok=True)
 
 
 def forget(root: Path, barcode: str) -> None:
+    _fence_at.pop((str(root), barcode), None)
     (_dir(root) / f"{barcode}.json").unlink(missing_ok=True)
 
 
 def mark_lost(root: Path, barcode: str, why: str) -> None:
     """Forget a lease another gateway took over and mark the local copy stale: mounting it
     is refused (:func:`check_not_lost`) until ``import --from s3`` replaces it."""
-    forget(root, barcode)
-    (_dir(root) / f"{barcode}.lost").write_text(why + "\n")
+    (_dir(root) / f"{barcode}.lost").write_text(why + "\n")  # first: a Fence never sees
+    forget(root, barcode)  # neither the marker nor the record
 
 
 def lost(root: Path, barcode: str) -> str | None:
@@ -221,6 +274,43 @@ def check_not_lost(root: Path, barcode: str) -> None:
     if why is not None:
         raise CartridgeLeased(f"{why}; this copy is stale ('vtl cartridge import --from s3 "
                               f"{barcode}' replaces it with the current one)")
+
+
+class Fence:
+    """Asked by a mounted cartridge of a gateway before each write (``TapeCartridge.fence``):
+    None while this gateway's lease on it is good, else why not (the drive then reports the
+    cartridge write protected). Good means: not marked lost, and before the last successful
+    renewal + TTL - margin, by the monotonic clock when the renewal was made in this process
+    (``vtl serve``'s keeper), else by the expiry the local lease record holds (a renewal
+    made by another process of this gateway). A cartridge made here and never archived has
+    no lease and is not fenced. Costs a clock read per write; the files are read again only
+    when the known deadline has passed."""
+
+    def __init__(self, root: Path, barcode: str, ttl: float) -> None:
+        self.root, self.barcode, self.ttl = root, barcode, ttl
+        self._until = 0.0
+        self._why: str | None = None
+
+    def __call__(self) -> str | None:
+        now = time.monotonic()
+        if now < self._until:
+            return None
+        self._until, self._why = self._deadline(now)
+        return None if now < self._until else self._why
+
+    def _deadline(self, now: float) -> tuple[float, str | None]:
+        why = lost(self.root, self.barcode)
+        if why is not None:
+            return 0.0, why
+        mono = _fence_at.get((str(self.root), self.barcode))
+        if mono is None:
+            try:
+                doc = json.loads((_dir(self.root) / f"{self.barcode}.json").read_text())
+            except FileNotFoundError:
+                return now + margin(self.ttl), None  # no lease: a cartridge made here
+            mono = now + float(doc["expires"]) - margin(self.ttl) - time.time()
+        return mono, (f"lease on {self.barcode} not renewed for a TTL ({self.ttl:g} s): "
+                      f"another gateway may hold it now")
 
 
 class LeaseKeeper:

@@ -222,6 +222,10 @@ class DriveBay:
             except BaseException:
                 os.close(fd)
                 raise
+            if lib.config.s3.gateway:  # writes stop when this gateway's lease lapses
+                from vtl.leases import Fence
+
+                cart.fence = Fence(lib.root, barcode, lib.config.s3.lease_ttl)
             self.cartridge = cart
             self._lock_fd = fd
             self._mounted = barcode

@@ -38,18 +38,23 @@ def remote_cartridges(client: Any, bucket: str, prefix: str, lease_ttl: int = 60
     from vtl.leases import LeaseStore
 
     start = "/".join(p for p in (prefix, "tapes") if p) + "/"
-    newest: dict[str, str] = {}
+    ids: dict[str, list[str]] = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=start):
         for obj in page.get("Contents", []):
             barcode, archive_id, name = (obj["Key"][len(start):].split("/") + ["", ""])[:3]
-            if name == archives.MANIFEST and archive_id > newest.get(barcode, ""):
-                newest[barcode] = archive_id
+            if name == archives.MANIFEST:
+                ids.setdefault(barcode, []).append(archive_id)
     leases = LeaseStore(client, bucket, prefix, "", lease_ttl).all()
+    now = time.time()
     out = []
-    for bc in sorted(set(newest) | set(leases)):
+    for bc in sorted(set(ids) | {b for b, held in leases.items() if not held.free(lease_ttl)}):
         lease = leases.get(bc)
-        live = lease is not None and lease.expires > time.time()
-        url = (f"s3://{bucket}/{start}{bc}/{newest[bc]}" if bc in newest else None)
+        live = lease is not None and not lease.free(lease_ttl, now)
+        url = None
+        if bc in ids:  # the current one: highest generation (fencing token), then newest
+            url = archives.archive_url(bucket, prefix, bc,
+                                       archives.ranked(client, bucket, prefix, bc,
+                                                       sorted(ids[bc]))[-1][1])
         out.append(RemoteCartridge(bc, url, lease.gateway if live else None,
                                    lease.until() if live else None))
     return out

@@ -1,7 +1,9 @@
 """Two gateways (two library roots, as on two machines) sharing one bucket of a real
 single-node Ceph radosgw: a cartridge archived by one is imported by the other and reads
-back bit-identical, both ways; its lease keeps it on one gateway at a time; and when the
-holder's ``vtl serve`` is SIGKILLed, the other takes the cartridge once the lease expired."""
+back bit-identical, both ways; its lease keeps it on one gateway at a time; when the
+holder's ``vtl serve`` is SIGKILLed, the other takes the cartridge once the lease expired;
+and a holder paused (SIGSTOP) past its lease is fenced when it resumes: its drive refuses
+writes, its archive is refused, and an archive of its old generation is skipped."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import pytest
 from cartridge_io import read_cartridge as read
 from cartridge_io import write_tape_files
 from ceph_cluster import CephCluster, running
+from iscsi_support import RawInitiator, pattern, scsi_status, sense_of
 from served_library import VTL, free_port
 from typer.testing import CliRunner
 
@@ -104,10 +107,11 @@ def test_a_cartridge_goes_from_one_gateway_to_the_other_and_back(ceph, tmp_path:
     assert read(a, BC) == second + first[:3]
 
 
-def serve(root: Path, cluster: CephCluster) -> subprocess.Popen:
+def serve(root: Path, cluster: CephCluster, port: int = 0) -> subprocess.Popen:
     """``vtl serve`` on a free port, once it says ready (its lease keeper is running)."""
     proc = subprocess.Popen([*VTL, "--root", str(root), "serve", "--portal",
-                             f"127.0.0.1:{free_port()}"], env={**os.environ, **cluster.env()},
+                             f"127.0.0.1:{port or free_port()}"],
+                            env={**os.environ, **cluster.env()},
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     for line in proc.stdout:
         if line.strip() == "ready":
@@ -162,15 +166,19 @@ def test_conditional_puts_let_one_gateway_of_two_win_a_lease(ceph) -> None:
         b.take(BC)
     mine = a.renew(mine)
     time.sleep(1.1)  # expired, unrenewed: both see the same version and race to take it over
+    time.sleep(0.3)  # and past the takers' grace (a fifth of the TTL)
     seen = b.read(BC)
-    won = b.renew(seen)  # what take() does with an expired lease
+    won = b.take(BC)  # a take-over: the next generation
+    assert (seen.generation, won.generation) == (1, 2)
     with pytest.raises(LeaseLost, match="held by gateway gw-b"):
-        a.renew(seen)  # the other taker, same ETag: 412
-    with pytest.raises(LeaseLost):
-        a.renew(mine)  # the old holder's renewal fails too
+        a.renew(mine)  # the old holder's renewal fails
+    with pytest.raises(LeaseLost, match="held by gateway gw-b"):
+        a.renew(seen)  # and so does another taker's of the same version: 412
     assert b.read(BC).gateway == "gw-b"
     b.release(won)
-    assert b.read(BC) is None and a.take(BC).gateway == "gw-a"
+    released = b.read(BC)
+    assert (released.gateway, released.generation) == ("", 2)  # the token survives release
+    assert a.take(BC).generation == 3
 
 
 def test_two_gateways_racing_for_a_free_lease_one_gets_it(ceph) -> None:
@@ -195,3 +203,71 @@ def test_two_gateways_racing_for_a_free_lease_one_gets_it(ceph) -> None:
             got = sorted(pool.map(take, stores))
         holder = stores[0].read(barcode).gateway
         assert got == sorted([holder, "refused"]), got
+
+
+WRITE6 = bytes([0x0A, 0, 0, 0x40, 0, 0])  # one variable 16 KiB block
+
+
+def test_a_paused_holder_is_fenced_and_its_late_archive_is_skipped(ceph, tmp_path: Path
+                                                                   ) -> None:
+    from vtl import archive as archives
+    from vtl.library import Library
+
+    a, b = two_gateways(tmp_path, ceph, "fence", TTL)
+    assert vtl(a, ceph, "cartridge", "create", BC, "--capacity", "64MiB").exit_code == 0
+    write_tape_files(a, BC, [blocks_of(5, 4)])
+    assert vtl(a, ceph, "cartridge", "archive", BC).exit_code == 0  # lease generation 1
+    assert vtl(a, ceph, "cartridge", "retrieve", BC).exit_code == 0  # taken over: 2
+    with Library.open(a) as lib:
+        lib.load(BC, 0)
+    port = free_port()
+    holder = serve(a, ceph, port)
+    ini = RawInitiator(port, timeout=20)
+    try:
+        ini.login({"MaxRecvDataSegmentLength": "262144"}, target="iqn.2026-01.org.vtl-ebm:vtl")
+        for _ in range(20):  # the drive reports the load first
+            if scsi_status(ini.collect(ini.scsi(bytes(6), lun=1))[0]) == 0:
+                break
+        assert scsi_status(ini.write(WRITE6, pattern(16 << 10))) == 0  # A holds the lease
+        holder.send_signal(signal.SIGSTOP)  # cut off: no renewal, no write
+        try:
+            deadline = time.monotonic() + TTL * 4
+            while (r := vtl(b, ceph, "cartridge", "import", "--from", "s3", BC)).exit_code:
+                assert "in use by gateway gw-a" in r.stderr, r.output
+                assert time.monotonic() < deadline, "the paused holder's lease never lapsed"
+                time.sleep(0.3)
+            newer = blocks_of(6, 6)
+            write_tape_files(b, BC, [newer])
+            assert vtl(b, ceph, "cartridge", "archive", BC).exit_code == 0  # generation 3
+        finally:
+            holder.send_signal(signal.SIGCONT)
+        rsp = ini.write(WRITE6, pattern(16 << 10))  # the holder's late write
+        sense = sense_of(rsp)
+        assert scsi_status(rsp) == 2 and (sense[2] & 0xF, sense[12]) == (7, 0x27), sense.hex()
+    finally:
+        ini.close()
+        holder.terminate()
+        holder.wait(30)
+    with Library.open(a) as lib:
+        lib.unload(0)
+    r = vtl(a, ceph, "cartridge", "archive", BC)  # its copy is stale
+    assert r.exit_code == 2 and "lost" in r.stderr and "stale" in r.stderr, r.output
+
+    # An archive the old holder got up after its last renewal: newer id, old generation.
+    client = ceph.client()
+    current = archives.latest_archive(client, "shared", "fence", BC)
+    manifest = archives.read_manifest(client, current)
+    assert manifest["generation"] == 3
+    late = current.rsplit("/", 1)[0] + "/99991231T235959Zffff"
+    archives._put_manifest(client, "shared", late.split("/", 3)[3],
+                           {**manifest, "url": late, "generation": 2}, None)
+    assert archives.latest_archive(client, "shared", "fence", BC) == current
+    assert remote(b, ceph)[BC]["archive"] == current
+
+    r = vtl(a, ceph, "cartridge", "import", "--from", "s3", BC)  # the current one
+    assert r.exit_code == 0, r.output
+    assert read(a, BC) == newer
+    assert vtl(a, ceph, "cartridge", "archive", BC).exit_code == 0  # generation 4
+    assert len(archives.archives_of(client, "shared", "fence", BC)) == 1  # the late one went
+    assert vtl(b, ceph, "cartridge", "retrieve", BC).exit_code == 0
+    assert read(b, BC) == newer

@@ -73,3 +73,24 @@ def test_a_lease_left_by_a_crash_after_its_archive_is_let_expire(tmp_path: Path)
     LeaseKeeper(tmp_path, store).renew_all()  # type: ignore[arg-type]
     assert sorted(store.renewed) == ["A00004L8", "A00005L8"]  # A00005L8: just taken
     assert sorted(held(tmp_path)) == ["A00004L8", "A00005L8"]
+
+
+def test_the_fence_stops_writes_a_margin_before_the_lease_expires(tmp_path: Path) -> None:
+    from vtl.leases import Fence, forget, mark_lost
+
+    fence = Fence(tmp_path, "F00001L8", 10)
+    assert fence() is None  # no lease: a cartridge made on this gateway
+    now = time.monotonic()
+    remember(tmp_path, Lease("F00001L8", "gw-a", time.time() + 10, "e1", 2, now + 8))
+    fence._until = 0.0  # (it looks again after its margin; the test does not wait)
+    assert fence() is None
+    remember(tmp_path, Lease("F00001L8", "gw-a", time.time() + 10, "e2", 2, now - 1))
+    fence._until = 0.0  # a renewal made here a TTL - margin ago: lapsed by this clock
+    assert "not renewed for a TTL" in fence()
+    forget(tmp_path, "F00001L8")  # a record written by another process: its expiry counts
+    remember(tmp_path, Lease("F00001L8", "gw-a", time.time() + 1.5, "e3", 2))
+    assert "not renewed" in Fence(tmp_path, "F00001L8", 10)()  # 1.5 s left < the 2 s margin
+    remember(tmp_path, Lease("F00001L8", "gw-a", time.time() + 9, "e4", 2))
+    assert Fence(tmp_path, "F00001L8", 10)() is None
+    mark_lost(tmp_path, "F00001L8", "lease on F00001L8 lost: it is now held by gateway gw-b")
+    assert "gw-b" in Fence(tmp_path, "F00001L8", 10)()
