@@ -1,16 +1,21 @@
 """The SQLite translator: consistent snapshots of a live database, full or page-level delta.
 
-Backup uses SQLite's online backup API (``sqlite3.Connection.backup``) from a read-only
-connection, copying ``step_pages`` pages at a time, so writers in other processes are blocked
-only for one step and the copy is one transaction-consistent snapshot (SQLite restarts the copy
-if another connection writes mid-way; a database in WAL mode is read with its WAL). The
-snapshot goes to a temporary file (``TMPDIR``), is checked with ``PRAGMA integrity_check``,
-and is hashed page by page (BLAKE3, 16 bytes a page, :mod:`translators.block_hashes`; the
-file's sha256 on a second thread). An incremental of a WAL-mode database skips the copy: a
-TRUNCATE checkpoint, then one read transaction that pins the database file as its snapshot
-(:func:`_pin_in_place`) while the live file is hashed and its changed pages are written, with
-no integrity_check or row counts (they would read every page again; the restore runs
-integrity_check). A rollback-journal database, or one busy at that moment, is copied as above.
+A baseline uses SQLite's online backup API (``sqlite3.Connection.backup``), copying
+``step_pages`` pages at a time, so writers in other processes are blocked only for one step
+and the copy is one transaction-consistent snapshot (SQLite restarts the copy if another
+connection writes mid-way; a database in WAL mode is read with its WAL). The snapshot goes to
+a temporary file (``TMPDIR``), is checked with ``PRAGMA integrity_check``, and is hashed page
+by page (BLAKE3, 16 bytes a page, :mod:`translators.block_hashes`; the file's sha256 on a
+second thread). An incremental skips the copy: one read transaction pins the live database
+file as its snapshot (:func:`_pin_in_place`) while it is hashed and its changed pages are
+written, with no integrity_check or row counts (they would read every page again; the restore
+runs integrity_check). In WAL mode that is a TRUNCATE checkpoint, then a read transaction on
+the emptied WAL (writers go on, into the WAL); in a rollback-journal mode the transaction's
+SHARED lock (writers wait to commit until the read ends; a hot journal is rolled back by
+SQLite first). The file is read through a descriptor closed only after that transaction
+ended: closing any descriptor of a file drops every POSIX lock the process holds on it,
+SQLite's included. A database that cannot be pinned (one the EBM may not write in WAL mode, a
+busy checkpoint) is copied as above.
 Then:
 
 * baseline (no usable parent state, or the page size changed): two members,
@@ -106,39 +111,89 @@ def _describe(conn: sqlite3.Connection, *, checks: bool = True) -> dict:
     }
 
 
-def _pin_in_place(source: str) -> sqlite3.Connection | None:
+def _connect_uri(path: str) -> str:
+    """Read-write where the EBM may write the file (a hot journal is rolled back only by a
+    connection that may write; WAL mode needs the checkpoint), read-only elsewhere."""
+    uri = _ro_uri(path)
+    return uri.replace("?mode=ro", "?mode=rw") if os.access(path, os.W_OK) else uri
+
+
+@dataclass(slots=True)
+class Pinned:
+    """A read transaction on ``conn`` in which the live database file is the snapshot, and
+    ``fd``, the descriptor the file is read through. :meth:`close` ends the transaction
+    before it closes ``fd``: closing a descriptor of the file drops the process's POSIX
+    locks on it (SQLite's SHARED lock included), so ``fd`` may not go while they must hold."""
+
+    conn: sqlite3.Connection
+    fd: int
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        finally:
+            os.close(self.fd)
+
+
+def _begin_read(conn: sqlite3.Connection) -> None:
+    """Begin a read transaction and make it take its locks (a deferred BEGIN takes none)."""
+    conn.execute("BEGIN")
+    conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+
+
+def _begin_on_backfilled_wal(conn: sqlite3.Connection, uri: str, busy_timeout: float) -> None:
+    """Begin ``conn``'s read transaction on a WAL that is wholly copied into the database
+    file, so that it reads that file alone (see :func:`_pin_in_place`).
+
+    A second connection holds the write lock (``BEGIN IMMEDIATE``: no commit can slip in)
+    while a PASSIVE checkpoint copies every frame back and the read begins; a busy writer is
+    only waited for, never raced. A reader of this or another process still on an older
+    snapshot keeps the checkpoint from finishing: OperationalError then."""
+    gate = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=busy_timeout)
+    try:
+        gate.execute("BEGIN IMMEDIATE")
+        busy, frames, backfilled = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if busy or frames != backfilled:
+            raise sqlite3.OperationalError("a reader keeps the WAL checkpoint from finishing")
+        _begin_read(conn)
+    finally:
+        gate.close()  # rolls back: writers go on, into the WAL
+
+
+def _pin_in_place(source: str, busy_timeout: float = 5.0) -> Pinned | None:
     """A read transaction in which the database file itself is the snapshot, or None.
 
-    For a WAL-mode database: a TRUNCATE checkpoint empties the WAL, then a read transaction
-    begun on the empty WAL reads the database file alone (WAL read-mark 0), and while it is
-    open no checkpoint may write into that file (a checkpointer needs read-lock 0 for itself),
-    so its bytes stay the transaction's snapshot however much others write meanwhile (they
-    append to the WAL). An empty WAL seen after the transaction began proves it reads from
-    mark 0 (the WAL is only truncated when no reader holds a later mark). None (the caller
-    then copies a snapshot with the backup API) for a rollback-journal database, one we may
-    not write (the checkpoint), a busy checkpoint, or a writer that came in between."""
-    wal = source + "-wal"
+    Rollback-journal modes (DELETE, TRUNCATE, PERSIST, MEMORY, OFF): the transaction's SHARED
+    lock on the file keeps every writer from committing (a commit needs the EXCLUSIVE lock;
+    writers wait in their busy handler) until it ends; beginning it, SQLite rolls back a hot
+    journal a crashed writer left. WAL mode: a read transaction begun when every WAL frame is
+    already in the database file takes WAL read-lock 0 and reads that file alone, and while
+    it holds that lock no checkpoint may write into the file (a checkpointer needs read-lock
+    0 exclusively), so the file's bytes stay the snapshot however much others commit
+    meanwhile (into the WAL): :func:`_begin_on_backfilled_wal`. None (the caller then copies
+    a snapshot with the backup API) for a WAL database we may not write (the write lock and
+    the checkpoint), a reader keeping the checkpoint from finishing, a lock not granted
+    within ``busy_timeout``, a switch of journal mode, or a file replaced under its name
+    meanwhile."""
+    fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     conn = None
     try:
-        conn = sqlite3.connect(_ro_uri(source), uri=True, isolation_level=None)
-        rw = sqlite3.connect(_ro_uri(source).replace("?mode=ro", "?mode=rw"), uri=True,
-                             timeout=1.0)
-        try:
-            if rw.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                raise sqlite3.OperationalError("not in WAL mode")
-            busy = rw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-        finally:
-            rw.close()
-        if busy:
-            raise sqlite3.OperationalError("checkpoint busy")
-        conn.execute("BEGIN")
-        conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
-        if os.path.exists(wal) and os.path.getsize(wal) != 0:
-            raise sqlite3.OperationalError("written meanwhile")
-        return conn
+        uri = _connect_uri(source)
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=busy_timeout)
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+            _begin_on_backfilled_wal(conn, uri, busy_timeout)
+        else:
+            _begin_read(conn)
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                raise sqlite3.OperationalError("switched to WAL mode meanwhile")
+        st, ours = os.stat(source), os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (ours.st_dev, ours.st_ino):
+            raise sqlite3.OperationalError("replaced meanwhile")
+        return Pinned(conn, fd)
     except (sqlite3.Error, OSError):
         if conn is not None:
             conn.close()
+        os.close(fd)
         return None
 
 
@@ -157,30 +212,32 @@ class PageScan:
     changed: array = field(default_factory=lambda: array("I"))
 
 
-def scan_pages(path: str | Path, page_size: int, parent: bytes | None,
-               pages: int | None = None) -> PageScan:
-    """Hash ``path`` (its first ``pages`` pages, or all of it) page by page in 4 MiB reads
-    (memory stays flat whatever the size). The file's sha256 runs on a second thread
-    (hashlib lets go of the GIL for large buffers) while this one hashes the pages of the same
-    chunk, and the next chunk is read while the sha256 of the last one finishes."""
+def scan_pages(fd: int, page_size: int, parent: bytes | None, pages: int | None = None,
+               name: str = "database") -> PageScan:
+    """Hash the open file ``fd`` (its first ``pages`` pages, or all of it) page by page in
+    4 MiB preads (memory stays flat whatever the size; the descriptor is the caller's, never
+    closed here: see :class:`Pinned`). The file's sha256 runs on a second thread (hashlib
+    lets go of the GIL for large buffers) while this one hashes the pages of the same chunk,
+    and the next chunk is read while the sha256 of the last one finishes."""
     whole = hashlib.sha256()
     hashes = bytearray()
     changed = array("I")
     bufs = (bytearray(SCAN_CHUNK), bytearray(SCAN_CHUNK))  # a multiple of any page size
     left = pages * page_size if pages is not None else None
     pgno = 0
+    offset = 0
     hl = block_hashes.HASH_LEN
     page_hash = block_hashes.page_hash
-    with ThreadPoolExecutor(1, thread_name_prefix="ebm-sqlite-sha256") as pool, \
-            open(path, "rb", buffering=0) as f:
+    with ThreadPoolExecutor(1, thread_name_prefix="ebm-sqlite-sha256") as pool:
         pending = None
         for turn in itertools.count():
             view = memoryview(bufs[turn % 2])
-            n = f.readinto(view if left is None else view[:min(left, SCAN_CHUNK)])
+            n = os.preadv(fd, [view if left is None else view[:min(left, SCAN_CHUNK)]], offset)
             if pending is not None:
                 pending.result()  # the other buffer is free again
             if not n:
                 break
+            offset += n
             if left is not None:
                 left -= n
             pending = pool.submit(whole.update, view[:n])
@@ -192,7 +249,7 @@ def scan_pages(path: str | Path, page_size: int, parent: bytes | None,
                     changed.append(pgno + 1)
                 pgno += 1
     if pages is not None and pgno != pages:
-        raise TranslatorError(f"{path} holds {pgno} pages, the database says {pages}")
+        raise TranslatorError(f"{name} holds {pgno} pages, the database says {pages}")
     return PageScan(whole.hexdigest(), hashes, changed)
 
 
@@ -318,7 +375,7 @@ class SqliteTranslator(DeltaTranslator):
     def _snapshot(self, source: str, snap: str, name: str,
                   progress: ProgressCallback | None) -> dict:
         try:
-            src = sqlite3.connect(_ro_uri(source), uri=True)
+            src = sqlite3.connect(_connect_uri(source), uri=True)
             try:
                 dst = sqlite3.connect(snap)
                 try:
@@ -344,30 +401,36 @@ class SqliteTranslator(DeltaTranslator):
 
     @contextlib.contextmanager
     def _image(self, source: str, snap: str, name: str, parent_state: TranslatorState | None,
-               progress: ProgressCallback | None) -> Iterator[tuple[str, dict]]:
-        """The file to read and its metadata: for an incremental of a WAL-mode database the
-        live file itself, pinned by a read transaction (:func:`_pin_in_place`: no copy, no
-        second pass for checks; the restore runs integrity_check), else a snapshot copy."""
+               progress: ProgressCallback | None) -> Iterator[tuple[int, dict]]:
+        """A descriptor of the file to read and its metadata: for an incremental the live
+        file itself, pinned by a read transaction until the caller is done with it
+        (:func:`_pin_in_place`: no copy, no second pass for checks; the restore runs
+        integrity_check), else a snapshot copy."""
         usable = (isinstance(parent_state, dict) and parent_state.get("format") == STATE_FORMAT
                   and parent_state.get("name") == name)
-        conn = _pin_in_place(source) if usable else None
-        if conn is None:
-            yield snap, self._snapshot(source, snap, name, progress)
-            return
+        pin = _pin_in_place(source) if usable else None
         try:
+            meta = None
+            if pin is not None:
+                try:
+                    meta = _describe(pin.conn, checks=False)
+                except sqlite3.Error as exc:
+                    raise TranslatorError(f"cannot read {source}: {exc}") from None
+                if meta["page_size"] != parent_state.get("page_size"):  # type: ignore[union-attr]
+                    pin.close()  # every page differs: a checked baseline from a snapshot
+                    pin = meta = None
+            if meta is not None:
+                yield pin.fd, meta  # type: ignore[union-attr]
+                return
+            meta = self._snapshot(source, snap, name, progress)
+            fd = os.open(snap, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                meta = _describe(conn, checks=False)
-            except sqlite3.Error as exc:
-                raise TranslatorError(f"cannot read {source}: {exc}") from None
-            if meta["page_size"] != parent_state.get("page_size"):  # type: ignore[union-attr]
-                conn.close()  # every page differs: a checked baseline from a snapshot
-                conn = None
-                yield snap, self._snapshot(source, snap, name, progress)
-            else:
-                yield source, meta
+                yield fd, meta
+            finally:
+                os.close(fd)
         finally:
-            if conn is not None:
-                conn.close()
+            if pin is not None:
+                pin.close()
 
     def backup(self, source: str, parent_state: TranslatorState | None, writer: PaxWriter, *,
                progress: ProgressCallback | None = None) -> BackupResult:
@@ -376,20 +439,20 @@ class SqliteTranslator(DeltaTranslator):
         st = os.stat(source)
         with tempfile.TemporaryDirectory(prefix="ebm-sqlite-") as tmp, \
                 self._image(source, os.path.join(tmp, name), name, parent_state,
-                            progress) as (snap, meta):
+                            progress) as (fd, meta):
             meta["name"] = name
             meta["source"] = os.path.abspath(source)
             parent = _parent_hashes(parent_state, name, meta["page_size"])
-            scan = scan_pages(snap, meta["page_size"], parent, meta["page_count"])
+            scan = scan_pages(fd, meta["page_size"], parent, meta["page_count"], name)
             meta["sha256"] = scan.sha256
             base = {"page_size": meta["page_size"], "page_count": meta["page_count"],
                     "sha256": scan.sha256, "hashes": block_hashes.encode(scan.hashes)}
             if parent is None:
-                rows, size = self._write_full(snap, meta, st, writer)
+                rows, size = self._write_full(fd, meta, st, writer)
                 seq, level = 0, "baseline"
             else:
                 seq = int(parent_state.get("seq", 0)) + 1  # type: ignore[union-attr]
-                rows, size = self._write_delta(snap, meta, st, writer, scan,
+                rows, size = self._write_delta(fd, meta, st, writer, scan,
                                                parent_state["sha256"], seq)  # type: ignore[index]
                 level = "incremental"
         members = [r.path for r in rows]
@@ -409,22 +472,25 @@ class SqliteTranslator(DeltaTranslator):
                              mtime_ns=time.time_ns())
         return file_row(entry, writer.add(entry, data))
 
-    def _write_full(self, snap: str | Path, meta: dict, st: os.stat_result,
+    def _write_full(self, fd: int, meta: dict, st: os.stat_result,
                     writer: PaxWriter) -> tuple[list[IndexEntry], int]:
-        """Metadata member, then the database file as it is: a baseline."""
+        """Metadata member, then the database file (open as ``fd``, left open) as it is: a
+        baseline."""
         meta = {**meta, "kind": "baseline"}
         rows = [self._meta_row(meta, st, writer)]
-        size = os.path.getsize(snap)
+        size = meta["page_count"] * meta["page_size"]
         entry = ArchiveEntry(path=meta["name"], kind="file", size=size,
                              mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
                              mtime_ns=st.st_mtime_ns)
-        with open(snap, "rb", buffering=0) as f:
+        os.lseek(fd, 0, os.SEEK_SET)
+        with open(fd, "rb", buffering=0, closefd=False) as f:
             rows.append(file_row(entry, writer.add(entry, f)))
         return rows, size
 
-    def _write_delta(self, snap: str, meta: dict, st: os.stat_result, writer: PaxWriter,
+    def _write_delta(self, fd: int, meta: dict, st: os.stat_result, writer: PaxWriter,
                      scan: PageScan, parent_sha256: str, seq: int) -> tuple[list[IndexEntry], int]:
-        """Metadata member, then the pages that changed since the parent: an incremental."""
+        """Metadata member, then the pages that changed since the parent (read from ``fd``):
+        an incremental."""
         header = DeltaHeader(meta["page_size"], meta["page_count"], len(scan.changed),
                              bytes.fromhex(parent_sha256), bytes.fromhex(scan.sha256))
         meta = {**meta, "kind": "delta", "pages_changed": len(scan.changed),
@@ -434,13 +500,10 @@ class SqliteTranslator(DeltaTranslator):
         entry = ArchiveEntry(path=meta["delta_member"], kind="file", size=size,
                              mode=stat.S_IMODE(st.st_mode), uid=st.st_uid, gid=st.st_gid,
                              mtime_ns=st.st_mtime_ns)
-        fd = os.open(snap, os.O_RDONLY | os.O_CLOEXEC)
         try:
             loc = writer.add(entry, DeltaReader(header, fd, scan.changed))
         except DeltaError as exc:
             raise TranslatorError(str(exc)) from None
-        finally:
-            os.close(fd)
         rows.append(file_row(entry, loc, torn=loc.short))
         return rows, size
 
@@ -463,7 +526,11 @@ class SqliteTranslator(DeltaTranslator):
         finally:
             conn.close()
         meta.update(name=name, sha256=sha, consolidated=True)
-        rows, size = self._write_full(db, meta, os.stat(db), writer)
+        fd = os.open(db, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            rows, size = self._write_full(fd, meta, os.fstat(fd), writer)
+        finally:
+            os.close(fd)
         new_state = {**state, "members": [r.path for r in rows], "size": size,
                      "created_ns": time.time_ns()}
         return BackupResult(state=new_state, entries=rows, level_hint="baseline")
