@@ -208,6 +208,25 @@ def _punch(fd: int, off: int, length: int) -> None:
         off, length = off + n, length - n
 
 
+def _copy_sparse(src: Path, dst: Path) -> None:
+    """``src`` copied to a new ``dst`` extent by extent: holes stay holes, and
+    copy_file_range lets the filesystem share or clone blocks where it can."""
+    with open(src, "rb") as fin:
+        size = os.fstat(fin.fileno()).st_size
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            for off, length in data_extents(fin.fileno(), size):
+                end = off + length
+                while off < end:
+                    n = os.copy_file_range(fin.fileno(), fd, end - off, off, off)
+                    if n == 0:
+                        raise TranslatorError(f"{src} shrank while being copied")
+                    off += n
+        finally:
+            os.close(fd)
+
+
 def _split_member(path: str) -> tuple[str, bool]:
     """(volume name, whether it is an extent map) of an archive member."""
     member = path[: -len(META_SUFFIX)] if path.endswith(META_SUFFIX) else path
@@ -258,8 +277,9 @@ class _Rebuild(DeltaRebuild):
         return total
 
     def _resume(self) -> None:
-        """Continue from the image an earlier restore call left (``apply_chain``)."""
-        os.replace(self.final, self.tmp)
+        """Continue from the image an earlier restore call left (``apply_chain``), on a
+        copy: a delta that is refused or fails half-way leaves that image as it was."""
+        _copy_sparse(self.final, self.tmp)
         self.digest = self._digest_of_tmp(self.meta["chunk_size"] if self.meta else CHUNK_SIZE)
 
     def _digest_of_tmp(self, chunk_size: int) -> str:

@@ -142,3 +142,21 @@ def test_loop_device_round_trip(tmp_path):
     apply_chain(t, [entries(a0), entries(a1)], out)
     assert (out / name).read_bytes() == img.read_bytes()
     assert r1.level_hint == "incremental" and len(a1) < 2 * MiB
+
+
+def test_a_refused_delta_leaves_the_image_restored_before(tmp_path):
+    """One restore call per archive (``apply_chain``): a delta that does not apply to the
+    image an earlier call left must not take that image with it."""
+    img = make_image(tmp_path / "disk.img", 4 * MiB)
+    t = VolumeTranslator()
+    a0, r0 = run_backup(t, img)
+    write_at(img, 5, b"one")
+    _, r1 = run_backup(t, img, r0.state)
+    write_at(img, 5, b"two")
+    a2, _ = run_backup(t, img, r1.state)
+    out = tmp_path / "r"
+    apply_chain(t, [entries(a0)], out)
+    before = (out / "disk.img").read_bytes()
+    with pytest.raises(TranslatorError, match="does not apply"):
+        apply_chain(t, [entries(a2)], out)  # the delta of backup 1 was skipped
+    assert os.listdir(out) == ["disk.img"] and (out / "disk.img").read_bytes() == before
