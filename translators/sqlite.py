@@ -35,7 +35,8 @@ sha256, which the next delta names as its parent.
 Restore writes ``<target>/<name>`` through a temporary name: the baseline file, then each
 delta of the chain in order (each must apply to the file its predecessor made, by sha256),
 then checks the sha256 recorded at backup time and ``PRAGMA integrity_check``, and only then
-renames it into place. The bytes equal the snapshot of that backup.
+renames it into place, after removing a ``-journal``, ``-wal`` or ``-shm`` file left beside
+that name (SQLite would apply it to the restored file). The bytes equal the snapshot of that backup.
 
 Consolidation (``ebm consolidate``): the chain is restored into a work directory and written
 back as a baseline whose state is the last incremental's (same pages, same hashes).
@@ -82,6 +83,11 @@ META_SUFFIX = ".ebm-sqlite.json"
 DELTA_INFIX = ".ebm-sqlite-delta."
 STATE_FORMAT = "ebm-sqlite-state/3"  # /3: page hashes are BLAKE3 (/2: sha256)
 SQLITE_MAGIC = b"SQLite format 3\x00"
+# A database's companions. Left beside a restored file (a restore over an older copy of the
+# database), SQLite would apply them to it on the first open: a hot journal's pages rolled
+# "back" into the restored file (seen: "database disk image is malformed"), a WAL's frames
+# replayed over it. The restore removes them before the file takes its name.
+JOURNAL_SUFFIXES = ("-journal", "-wal", "-shm")
 
 
 def _ro_uri(path: str) -> str:
@@ -331,6 +337,9 @@ class _Rebuild(DeltaRebuild):
         if self.entry is not None:
             os.chmod(self.tmp, self.entry.mode)
             os.utime(self.tmp, ns=(self.entry.mtime_ns, self.entry.mtime_ns))
+        for suffix in JOURNAL_SUFFIXES:  # they belong to the file replaced: see the constant
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.final}{suffix}")
         os.replace(self.tmp, self.final)
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 
 import pytest
 from pax_helpers import entries
@@ -165,3 +166,23 @@ def test_wal_incremental_reads_the_live_file_pinned_against_writers(tmp_path, mo
         with sqlite3.connect(out) as restored:
             assert restored.execute("SELECT v FROM t WHERE id=7").fetchone()[0] == want
     conn.close()
+
+
+def test_restore_over_an_older_copy_drops_its_hot_journal(tmp_path):
+    """A hot journal left beside the name restored to belongs to the file replaced: SQLite
+    would roll its pages into the restored database on the first open (malformed)."""
+    db = tmp_path / "app.db"
+    make_db(db, rows=300, wal=False).close()
+    archive, result = backup(SqliteTranslator(), db)
+    target = tmp_path / "r"
+    target.mkdir()
+    make_db(target / "app.db", rows=900, wal=False).close()
+    crash = ("import os, sqlite3, sys\n"
+             "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+             "c.execute('PRAGMA cache_size=2'); c.execute('BEGIN')\n"
+             "c.execute('DELETE FROM t WHERE id > 10')\nos._exit(0)\n")
+    subprocess.run([sys.executable, "-c", crash, str(target / "app.db")], check=True)
+    assert (target / "app.db-journal").exists()
+    restore_chain(SqliteTranslator(), [archive], target)
+    assert os.listdir(target) == ["app.db"]
+    check_restored(target / "app.db", result.state["sha256"])
