@@ -14,7 +14,9 @@ retention (``[s3] worm_lock``, ``worm_retention_days``) and are never deleted by
 
 Durability, step by step (docs/store-format.md):
 1. a journal entry ``<root>/archive-journal/<BARCODE>.json`` is made durable first;
-2. objects are uploaded, each checked (Content-MD5 per part, size and ETag after);
+2. objects are uploaded, each checked (Content-MD5 per part, size and ETag after), under a
+   writer marker that keeps a bucket collection out until the manifest is up
+   (vtl/bucket_gc.py);
 3. the manifest is uploaded and checked;
 4. the catalog marks the cartridge archived (one transaction);
 5. only then are the local files deleted, and the journal entry.
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tape_formats.cartridge import _fsync_dir  # the cartridge's own: renames made durable
+from vtl.bucket_gc import library_name, uploading
 from vtl.errors import (
     CartridgeArchived,
     CartridgeInDrive,
@@ -214,19 +217,14 @@ def archive(lib: Library, barcode: str, client: Any, bucket: str, prefix: str,
             report = ArchiveReport(barcode, url, locked_until=lock and lock.until.isoformat())
             rec = recipes.load(recipe_path(main)) if recipe_path(main) in files else None
             try:
-                with kept(lib.root, leases):
+                with kept(lib.root, leases), uploading(
+                        client, bucket, prefix, library_name(s3.gateway, lib.root)):
                     entries = _upload(lib, client, bucket, prefix, base, files, rec, lock, s3,
                                       report)
-                if lease is not None:  # renewed just before the manifest, else refused
-                    lease = _still_ours(lib, leases, lease)
-                manifest = {"format": MANIFEST_FORMAT, "barcode": barcode, "url": url,
-                            "generation": lease.generation if lease is not None else 0,
-                            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                            "worm": bool(row["worm"]), "locked_until": report.locked_until,
-                            "chunk_prefix": prefix,
-                            "cartridge": {k: row.get(k) for k in CARRIED_FIELDS},
-                            "files": entries}
-                _put_manifest(client, bucket, base, manifest, lock)
+                    if lease is not None:  # renewed just before the manifest, else refused
+                        lease = _still_ours(lib, leases, lease)
+                    _put_manifest(client, bucket, base, _manifest(
+                        row, report, prefix, lease.generation if lease else 0, entries), lock)
             except Exception as exc:
                 _roll_back_archive(lib, client, barcode, url)
                 if lease is not None and not held_before:
@@ -415,6 +413,19 @@ def _upload(lib: Library, client: Any, bucket: str, prefix: str, base: str,
         report.files += 1
         report.bytes_uploaded += up.size
     return entries
+
+
+def _manifest(row: dict[str, Any], report: ArchiveReport, chunk_prefix: str, generation: int,
+              entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """What an archive's manifest.json says: its files, the catalog fields another gateway
+    takes the cartridge in with, and the lease generation it was written under (the fencing
+    token readers rank archives by; 0 for a library that is no gateway of several)."""
+    return {"format": MANIFEST_FORMAT, "barcode": report.barcode, "url": report.url,
+            "generation": generation,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "worm": bool(row["worm"]), "locked_until": report.locked_until,
+            "chunk_prefix": chunk_prefix,
+            "cartridge": {k: row.get(k) for k in CARRIED_FIELDS}, "files": entries}
 
 
 def _put_manifest(client: Any, bucket: str, base: str, manifest: dict[str, Any],

@@ -94,9 +94,10 @@ class LeaseStore:
     prefix: str
     gateway: str
     ttl: int
+    folder: str = LEASE_DIR  # another for other leases (the bucket collector's, "gc")
 
     def key(self, barcode: str) -> str:
-        return "/".join(p for p in (self.prefix, LEASE_DIR, barcode) if p)
+        return "/".join(p for p in (self.prefix, self.folder, barcode) if p)
 
     # ---- reading --------------------------------------------------------------------------
     def read(self, barcode: str) -> Lease | None:

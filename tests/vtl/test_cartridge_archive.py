@@ -194,3 +194,70 @@ def test_a_worm_cartridge_is_archived_under_object_lock(ceph, tmp_path: Path) ->
     assert read(root, "A00003L8") == data
     assert len(client.list_object_versions(Bucket="worm", Prefix=base + "/")["Versions"]
                ) == len(versions)  # a WORM archive outlives its retrieval
+
+
+def chunk_keys(client, bucket: str, prefix: str) -> set[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                              Prefix=f"{prefix}/chunks/")
+    return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+
+def test_bucket_gc_frees_the_chunks_only_a_deleted_cartridge_named(ceph, tmp_path: Path
+                                                                   ) -> None:
+    from vtl.bucket_gc import _archive_chunks, uploading
+    from vtl.leases import LeaseStore
+
+    cluster, client = ceph
+    root = tmp_path / "lib"
+    make_library(root, cluster, "dedup", "s3://tapes/gc")
+    shared = blocks_of(11, 24, 64 << 10)
+    kept, gone = ("A00011L8", shared + blocks_of(12, 8, 64 << 10)), \
+        ("A00012L8", shared + blocks_of(13, 8, 64 << 10))
+    urls = {}
+    for barcode, data in (kept, gone):
+        assert vtl(root, cluster, "cartridge", "create", barcode, "--capacity", "64MiB"
+                   ).exit_code == 0
+        write(root, barcode, data)
+        r = vtl(root, cluster, "cartridge", "archive", barcode)
+        assert r.exit_code == 0, r.output
+        urls[barcode] = json.loads(r.stdout)["archived"][0]["url"]
+    before = chunk_keys(client, "tapes", "gc")
+    for args in (("retrieve", gone[0]), ("delete", gone[0], "--yes")):  # its archive goes
+        assert vtl(root, cluster, "cartridge", *args).exit_code == 0
+    assert vtl(root, cluster, "store", "gc").exit_code == 0  # and its local chunks
+
+    with uploading(client, "tapes", "gc", "writer"):  # a writer between chunks and manifest
+        r = vtl(root, cluster, "store", "gc", "--bucket", "--grace", "0")
+        assert r.exit_code != 0 and "writer is uploading chunks" in r.stderr, r.output
+    other = LeaseStore(client, "tapes", "gc", "gw-x", 60, folder="gc")
+    held = other.take("collector")
+    r = vtl(root, cluster, "store", "gc", "--bucket", "--grace", "0")
+    assert r.exit_code != 0 and "another bucket collection (by gw-x)" in r.stderr, r.output
+    other.release(held)
+
+    r = vtl(root, cluster, "store", "gc", "--bucket")  # every chunk is younger than an hour
+    assert r.exit_code == 0 and json.loads(r.stdout)["chunks_deleted"] == 0, r.output
+    r = vtl(root, cluster, "store", "gc", "--bucket", "--grace", "0")
+    assert r.exit_code == 0, r.output
+    named = {f"gc/chunks/{cid.hex()}" for cid in _archive_chunks(
+        client, "tapes", urls[kept[0]].split("/", 3)[3])}
+    after = chunk_keys(client, "tapes", "gc")
+    assert after == named and json.loads(r.stdout)["chunks_deleted"] == len(before - named) > 0
+    r = vtl(root, cluster, "cartridge", "retrieve", kept[0])  # its chunks from the bucket
+    assert r.exit_code == 0, r.output
+    assert read(root, kept[0]) == kept[1]
+
+
+def test_bucket_gc_skips_a_locked_chunk(ceph) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from vtl.bucket_gc import collect
+
+    _cluster, client = ceph
+    until = datetime.now(UTC) + timedelta(days=1)
+    for name, lock in (("aa" * 32, {"ObjectLockMode": "COMPLIANCE",
+                                    "ObjectLockRetainUntilDate": until}), ("bb" * 32, {})):
+        client.put_object(Bucket="worm", Key=f"gcworm/chunks/{name}", Body=b"\0chunk", **lock)
+    r = collect(client, "worm", "gcworm", "test", grace=0)
+    assert (r.chunks_locked, r.chunks_deleted) == (1, 1)
+    assert chunk_keys(client, "worm", "gcworm") == {f"gcworm/chunks/{'aa' * 32}"}

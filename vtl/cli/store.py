@@ -63,11 +63,20 @@ def stats() -> None:
 def gc(
     timeout: Annotated[float, typer.Option(
         help="Seconds to wait for cartridges being written to reach a filemark.")] = 30.0,
+    bucket: Annotated[bool, typer.Option(
+        "--bucket", help="Collect the chunk objects of the library's [s3] location instead: "
+                         "those no archive manifest and no library's reference list names "
+                         "(every gateway's), older than --grace.")] = False,
+    grace: Annotated[float, typer.Option(
+        help="With --bucket: chunk objects younger than this many seconds stay.")] = 3600.0,
 ) -> None:
     """Free the chunks no cartridge references (after erase, relabel, delete)."""
     from tape_formats.store.chunk_store import StoreBusy
     from tape_formats.store.gc import collect
 
+    if bucket:
+        _gc_bucket(grace)
+        return
     with open_library() as lib:
         store, cartridges = _store_dirs(lib)
         try:
@@ -77,6 +86,34 @@ def gc(
     say(f"freed {r.chunks_freed} chunk(s), {human_size(r.bytes_freed)}; kept {r.chunks_kept}",
         {"chunks_freed": r.chunks_freed, "bytes_freed": r.bytes_freed,
          "chunks_kept": r.chunks_kept, "temporaries_freed": r.temporaries_freed})
+
+
+def _local_ids(lib: Any) -> set[bytes]:
+    """The chunk ids this library's own recipes name (none for a plain library)."""
+    from tape_formats.store.gc import referenced
+
+    if lib.config.store != "dedup":
+        return set()
+    store, cartridges = _store_dirs(lib)
+    return set(referenced(cartridges, store))
+
+
+def _gc_bucket(grace: float) -> None:
+    from dataclasses import asdict
+
+    from vtl.bucket_gc import collect, library_name
+    from vtl.cli.s3_access import object_store
+
+    if grace < 0:
+        raise CliError("--grace must be at least 0 seconds")
+    with open_library(readonly=True) as lib, object_store(lib, None) as (client, bucket,
+                                                                         prefix):
+        r = collect(client, bucket, prefix, library_name(lib.config.s3.gateway, lib.root),
+                    local_ids=_local_ids(lib), grace=grace)
+    say(f"deleted {r.chunks_deleted} chunk object(s), {human_size(r.bytes_deleted)}; kept "
+        f"{r.chunks_kept} named by {r.archives} archive(s) and {r.reference_lists} reference "
+        f"list(s), {r.chunks_young} younger than {grace:g} s, {r.chunks_locked} locked",
+        asdict(r))
 
 
 EndpointOpt = Annotated[str | None, typer.Option(
@@ -94,9 +131,12 @@ def push(
         "--evict", help="Then delete the local copies: reads fetch them back on demand "
                         "(only to the library's own [s3] location).")] = False,
 ) -> None:
-    """Copy the store's chunks to an S3 bucket (conditional: a chunk there is not resent)."""
+    """Copy the store's chunks to an S3 bucket (conditional: a chunk there is not resent),
+    then the list of chunks this library's cartridges name (so 'gc --bucket' keeps them)."""
+    from tape_formats.store.gc import referenced
     from tape_formats.store.s3_tier import evict as evict_chunks
     from tape_formats.store.s3_tier import push as push_chunks
+    from vtl.bucket_gc import library_name, put_references, uploading
     from vtl.cli.s3_access import object_store
 
     with open_library(readonly=not evict) as lib, object_store(
@@ -104,8 +144,11 @@ def push(
         if evict and (bucket, prefix) != lib.config.s3.target():
             raise CliError("--evict needs the library's own [s3] location (reads fetch "
                            "evicted chunks from there)")
-        store, _cartridges = _store_dirs(lib)
-        r = push_chunks(store, client, bucket, prefix)
+        store, cartridges = _store_dirs(lib)
+        who = library_name(lib.config.s3.gateway, lib.root)
+        with uploading(client, bucket, prefix, who):  # no bucket collection meanwhile
+            r = push_chunks(store, client, bucket, prefix)
+            put_references(client, bucket, prefix, who, referenced(cartridges, store))
         files, freed = evict_chunks(store, r.in_bucket) if evict else (0, 0)
     say(f"uploaded {r.uploaded} chunk(s), {human_size(r.bytes_uploaded)}; {r.already_there} "
         "already there" + (f"; evicted {files} local cop(ies), {human_size(freed)}"

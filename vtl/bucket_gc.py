@@ -1,0 +1,225 @@
+"""Garbage collection of a bucket's chunks (``vtl store gc --bucket``): the chunk objects
+under ``<prefix>/chunks/`` that no archive and no library's local cartridges name go.
+
+Marks, read from the bucket (every gateway's):
+- every archive manifest under ``<prefix>/tapes/`` (any generation, complete ones only): the
+  chunks its recipe object names;
+- every *reference list* ``<prefix>/refs/<library>``: the chunk ids a library's local
+  recipes named when it last pushed (``vtl store push`` writes it, after its uploads), so
+  chunks evicted from a library's cache (``push --evict``) survive while it uses them;
+- the running library's own local recipes.
+
+A chunk object survives when a mark names it, when it is younger than ``grace`` (its
+LastModified against this machine's clock: uploads of a writer that started before the
+collector, clock skew), or when the store keeps it (object lock: it is skipped, counted).
+
+Writers and the collector exclude each other in the bucket, as the local store's
+``gc.lock`` does on one disk: a writer (an archive from its first chunk to its manifest, a
+push from its first chunk to its reference list) first puts a *writer marker*
+``<prefix>/gc/writers/<name>-<random>`` (``expires`` one hour on), then reads the
+collector's lease ``<prefix>/gc/collector`` and waits while one runs; the collector first
+takes that lease (a conditional PUT, vtl/leases.py: one collector at a time), then lists
+the markers and refuses while an unexpired one exists. Each puts its own object before it
+reads the other's, so (the store being read-after-write consistent, as radosgw and S3 are)
+at least one of the two sees the other: no chunk is deleted between a writer finding it in
+the bucket (412 to its conditional PUT) and the manifest that names it. A writer killed
+meanwhile leaves a marker that blocks collection until it expires.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vtl.errors import LibraryError
+from vtl.leases import CartridgeLeased, LeaseStore
+
+GC_FOLDER = "gc"
+COLLECTOR = "collector"
+COLLECTOR_TTL = 3600  # seconds a collection may run before another may take over
+WRITER_TTL = 3600  # seconds a writer marker blocks collection unless deleted earlier
+REFS_DIR = "refs"
+DEFAULT_GRACE = 3600.0
+ID_SIZE = 32
+
+
+def library_name(gateway: str, root: Path) -> str:
+    """How a library signs its writer markers and reference list: its gateway name, else
+    this host and a hash of its root."""
+    import socket
+
+    import blake3
+
+    if gateway:
+        return gateway
+    digest = blake3.blake3(str(Path(root).resolve()).encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}-{digest}"
+
+
+class BucketBusy(LibraryError):
+    """Another collector runs, or a writer is between its first chunk and its manifest."""
+
+
+@dataclass
+class BucketGcReport:
+    archives: int = 0
+    reference_lists: int = 0
+    chunks_marked: int = 0
+    chunks_kept: int = 0
+    chunks_young: int = 0
+    chunks_locked: int = 0
+    chunks_deleted: int = 0
+    bytes_deleted: int = 0
+
+
+def _key(prefix: str, *parts: str) -> str:
+    return "/".join(p for p in (prefix, *parts) if p)
+
+
+def _collector_lease(client: Any, bucket: str, prefix: str, who: str) -> LeaseStore:
+    return LeaseStore(client, bucket, prefix, who, COLLECTOR_TTL, folder=GC_FOLDER)
+
+
+def _list(client: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        yield from page.get("Contents", [])
+
+
+# ---- writers ---------------------------------------------------------------------------------
+@contextlib.contextmanager
+def uploading(client: Any, bucket: str, prefix: str, who: str, *, wait: float = 60.0
+              ) -> Iterator[None]:
+    """Hold a writer marker while the body uploads chunks and the object naming them; waits
+    up to ``wait`` seconds for a running collection to end (BucketBusy after)."""
+    key = _key(prefix, GC_FOLDER, "writers", f"{who}-{secrets.token_hex(4)}")
+    body = json.dumps({"writer": who, "expires": time.time() + WRITER_TTL}).encode()
+    client.put_object(Bucket=bucket, Key=key, Body=body, ContentType="application/json")
+    try:
+        deadline = time.monotonic() + wait
+        while (running := _collector_lease(client, bucket, prefix, who).read(COLLECTOR)
+               ) is not None and not running.free(COLLECTOR_TTL):
+            if time.monotonic() > deadline:
+                raise BucketBusy(f"a bucket collection by {running.gateway} is running "
+                                 f"(until {running.until()} at the latest); try again later")
+            time.sleep(0.5)
+        yield
+    finally:
+        client.delete_object(Bucket=bucket, Key=key)
+
+
+def put_references(client: Any, bucket: str, prefix: str, who: str, ids: Iterable[bytes]
+                   ) -> None:
+    """The reference list of library ``who``: the chunk ids its local cartridges name."""
+    body = b"".join(sorted(set(ids)))
+    client.put_object(Bucket=bucket, Key=_key(prefix, REFS_DIR, who), Body=body)
+
+
+# ---- the collector ---------------------------------------------------------------------------
+def collect(client: Any, bucket: str, prefix: str, who: str, *,
+            local_ids: Iterable[bytes] = (), grace: float = DEFAULT_GRACE) -> BucketGcReport:
+    """Delete the chunk objects nothing marks (see the module doc); BucketBusy when another
+    collector or a writer is at work."""
+    leases = _collector_lease(client, bucket, prefix, f"{who}:{secrets.token_hex(3)}")
+    try:  # (a name of this run: a second run of the same library is refused too)
+        lease = leases.take(COLLECTOR)
+    except CartridgeLeased:
+        held = leases.read(COLLECTOR)
+        raise BucketBusy(f"another bucket collection (by {held.gateway if held else '?'}) "
+                         f"is running") from None
+    try:
+        _check_no_writer(client, bucket, prefix)
+        start = time.time()
+        chunks = list(_list(client, bucket, _key(prefix, "chunks") + "/"))
+        report = BucketGcReport()
+        marks = _marks(client, bucket, prefix, report)
+        marks.update(local_ids)
+        report.chunks_marked = len(marks)
+        for obj in chunks:
+            _sweep_one(client, bucket, obj, marks, start - grace, report)
+        return report
+    finally:
+        # deleted rather than written released: it needs no generation, and in a versioned
+        # bucket (radosgw refuses If-Match there) a release would fail and block for an hour
+        if (now := leases.read(COLLECTOR)) is not None and now.gateway == lease.gateway:
+            client.delete_object(Bucket=bucket, Key=leases.key(COLLECTOR))
+
+
+def _check_no_writer(client: Any, bucket: str, prefix: str) -> None:
+    now = time.time()
+    for obj in _list(client, bucket, _key(prefix, GC_FOLDER, "writers") + "/"):
+        try:
+            doc = json.loads(client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+        except Exception:  # deleted meanwhile: that writer is done
+            continue
+        if float(doc.get("expires", 0)) > now:
+            raise BucketBusy(f"{doc.get('writer', 'a writer')} is uploading chunks to the "
+                             f"bucket (since {obj['LastModified']:%Y-%m-%dT%H:%M:%SZ}); "
+                             f"try again later")
+
+
+def _marks(client: Any, bucket: str, prefix: str, report: BucketGcReport) -> set[bytes]:
+    from vtl.archive import MANIFEST
+
+    marks: set[bytes] = set()
+    for obj in _list(client, bucket, _key(prefix, "tapes") + "/"):
+        if obj["Key"].endswith("/" + MANIFEST):
+            report.archives += 1
+            marks.update(_archive_chunks(client, bucket, obj["Key"].rsplit("/", 1)[0]))
+    for obj in _list(client, bucket, _key(prefix, REFS_DIR) + "/"):
+        report.reference_lists += 1
+        body = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+        marks.update(body[i:i + ID_SIZE] for i in range(0, len(body), ID_SIZE))
+    return marks
+
+
+def _archive_chunks(client: Any, bucket: str, base: str) -> list[bytes]:
+    """The chunk ids the recipe of the archive at ``base`` names (none: a plain cartridge)."""
+    from tape_formats.store import recipe as recipes
+    from vtl.archive import read_manifest
+
+    manifest = read_manifest(client, f"s3://{bucket}/{base}") or {}
+    ids: list[bytes] = []
+    for entry in manifest.get("files", []):
+        if entry["name"].endswith(".recipe"):
+            with tempfile.TemporaryDirectory(prefix="vtl-gc-") as tmp:
+                path = Path(tmp) / entry["name"]
+                path.write_bytes(client.get_object(Bucket=bucket, Key=f"{base}/{entry['name']}"
+                                                   )["Body"].read())
+                ids.extend(recipes.load(path).ch_ids)
+    return ids
+
+
+def _sweep_one(client: Any, bucket: str, obj: dict[str, Any], marks: set[bytes],
+               older_than: float, report: BucketGcReport) -> None:
+    try:
+        cid = bytes.fromhex(obj["Key"].rsplit("/", 1)[1])
+    except ValueError:
+        cid = b""
+    if cid in marks:
+        report.chunks_kept += 1
+    elif obj["LastModified"].timestamp() > older_than:
+        report.chunks_young += 1
+    elif _locked(client, bucket, obj["Key"]):
+        report.chunks_locked += 1
+    else:
+        client.delete_object(Bucket=bucket, Key=obj["Key"])
+        report.chunks_deleted += 1
+        report.bytes_deleted += obj["Size"]
+
+
+def _locked(client: Any, bucket: str, key: str) -> bool:
+    """Whether the store keeps the object (a retention not yet over, or a legal hold): in a
+    versioned bucket a DELETE would only hide it behind a delete marker."""
+    from datetime import UTC, datetime
+
+    head = client.head_object(Bucket=bucket, Key=key)
+    until = head.get("ObjectLockRetainUntilDate")
+    return (until is not None and until > datetime.now(UTC)) or \
+        head.get("ObjectLockLegalHoldStatus") == "ON"
