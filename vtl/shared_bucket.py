@@ -1,6 +1,7 @@
 """One bucket shared by several gateways (libraries with their own roots and ``[s3]
-gateway`` set): what the bucket holds (``vtl cartridge list --remote``) and taking in a
-cartridge another gateway archived (``vtl cartridge import --from s3``).
+gateway`` set): what the bucket holds (``vtl cartridge list --remote``), taking in a
+cartridge another gateway archived (``vtl cartridge import --from s3``), and the catalog
+rows of the bucket's cartridges after a lost catalog (``vtl catalog rebuild --from-bucket``).
 
 A cartridge lives in one of two places: archived in the bucket (its newest complete
 archive under ``<prefix>/tapes/<BARCODE>/``), or local at the one gateway holding its lease
@@ -87,6 +88,27 @@ def import_from_store(lib: Library, barcode: str, client: Any) -> Element | None
                 lib.catalog.delete_cartridge(barcode)
                 lib._reload()
             raise
+
+
+def adopt_archived(lib: Library, client: Any) -> tuple[dict[str, str], list[str]]:
+    """After a catalog rebuild: a row, archived, for every cartridge of the bucket the
+    catalog lacks (it has no local file here), from its current archive's manifest.
+    Returns (barcode -> where, with the gateway holding its lease), and the skipped ones."""
+    bucket, prefix = lib.config.s3.target()
+    found: dict[str, str] = {}
+    skipped: list[str] = []
+    for rc in remote_cartridges(client, bucket, prefix, lib.config.s3.lease_ttl):
+        if rc.archive is None or lib.catalog.cartridge(rc.barcode) is not None:
+            continue  # a lease without an archive, or local here (its file was adopted)
+        try:
+            _add_row(lib, rc.barcode, rc.archive, archives.read_manifest(client, rc.archive)
+                     or {})
+        except (LibraryError, ValueError) as exc:
+            skipped.append(f"{rc.barcode}: {exc}")
+            continue
+        held = f" (lease: {rc.held_by} until {rc.lease_until})" if rc.held_by else ""
+        found[rc.barcode] = rc.archive + held
+    return found, skipped
 
 
 def _drop_stale_copy(lib: Library, barcode: str, client: Any, bucket: str, prefix: str

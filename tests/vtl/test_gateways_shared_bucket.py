@@ -25,6 +25,7 @@ from served_library import VTL, free_port
 from typer.testing import CliRunner
 
 from vtl.cli.main import app
+from vtl.leases import LeaseStore, kept
 
 boto3 = pytest.importorskip("boto3")
 runner = CliRunner()
@@ -149,7 +150,8 @@ def test_a_killed_holder_loses_the_cartridge_once_its_lease_expires(ceph, tmp_pa
     assert r.exit_code == 2 and "stale" in r.stderr, r.output
 
     newer = blocks_of(4, 8)
-    write_tape_files(a, BC, [newer])
+    with kept(a, LeaseStore(ceph.client(), "shared", "kill", "gw-a", TTL)):
+        write_tape_files(a, BC, [newer])  # (A runs no vtl serve: writes need renewals)
     assert vtl(a, ceph, "cartridge", "archive", BC).exit_code == 0
     r = vtl(b, ceph, "cartridge", "import", "--from", "s3", BC)  # the current one, for the stale
     assert r.exit_code == 0, r.output
@@ -157,7 +159,7 @@ def test_a_killed_holder_loses_the_cartridge_once_its_lease_expires(ceph, tmp_pa
 
 
 def test_conditional_puts_let_one_gateway_of_two_win_a_lease(ceph) -> None:
-    from vtl.leases import CartridgeLeased, LeaseLost, LeaseStore
+    from vtl.leases import CartridgeLeased, LeaseLost
 
     client = ceph.client()
     a, b = (LeaseStore(client, "shared", "race", gw, 1) for gw in ("gw-a", "gw-b"))
@@ -185,7 +187,7 @@ def test_two_gateways_racing_for_a_free_lease_one_gets_it(ceph) -> None:
     from concurrent.futures import ThreadPoolExecutor
     from threading import Barrier
 
-    from vtl.leases import CartridgeLeased, LeaseStore
+    from vtl.leases import CartridgeLeased
 
     client = ceph.client()
     stores = [LeaseStore(client, "shared", "race2", gw, 30) for gw in ("gw-a", "gw-b")]
@@ -271,3 +273,32 @@ def test_a_paused_holder_is_fenced_and_its_late_archive_is_skipped(ceph, tmp_pat
     assert len(archives.archives_of(client, "shared", "fence", BC)) == 1  # the late one went
     assert vtl(b, ceph, "cartridge", "retrieve", BC).exit_code == 0
     assert read(b, BC) == newer
+
+
+def test_a_lost_catalog_is_rebuilt_with_the_buckets_cartridges(ceph, tmp_path: Path) -> None:
+    a, b = two_gateways(tmp_path, ceph, "rebuild", 60)  # no vtl serve renews
+    others, mine, local = "C00001L8", "C00002L8", "C00003L8"
+    for barcode in (others, mine, local):
+        assert vtl(a, ceph, "cartridge", "create", barcode, "--capacity", "64MiB").exit_code == 0
+    write_tape_files(a, others, [blocks_of(7, 6)])
+    for args in (("archive", others), ("archive", mine), ("retrieve", mine)):
+        assert vtl(a, ceph, "cartridge", *args).exit_code == 0, args
+    assert vtl(b, ceph, "cartridge", "import", "--from", "s3", others).exit_code == 0
+    assert vtl(b, ceph, "cartridge", "archive", others).exit_code == 0
+    assert vtl(b, ceph, "cartridge", "retrieve", others).exit_code == 0  # B holds it now
+
+    for name in ("catalog.sqlite", "catalog.sqlite-wal", "catalog.sqlite-shm"):
+        (a / name).unlink(missing_ok=True)  # A's catalog is lost
+    r = vtl(a, ceph, "catalog", "rebuild", "--from-bucket")
+    assert r.exit_code == 0, r.output
+    where = json.loads(r.stdout)["cartridges"]
+    assert where[others].startswith("s3://shared/rebuild/tapes/C00001L8/")
+    assert "(lease: gw-b until" in where[others]
+    listed = {row["barcode"]: row for row in json.loads(
+        vtl(a, ceph, "cartridge", "list").stdout)}
+    assert listed[others]["location"].startswith("s3://")  # archived, in the bucket
+    assert not listed[mine]["location"].startswith("s3://")  # local: A holds its lease
+    assert json.loads(vtl(a, ceph, "cartridge", "show", mine).stdout)["lease"] == "gw-a"
+    assert not listed[local]["location"].startswith("s3://")  # made here, never archived
+    r = vtl(a, ceph, "cartridge", "retrieve", others)  # the row is a real one, and B's
+    assert r.exit_code == 2 and "in use by gateway gw-b" in r.stderr, r.output

@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from vtl.cli.common import console, emit_json, open_library, say, settings
+
+if TYPE_CHECKING:
+    from vtl.catalog_recovery import Recovery
 
 app = typer.Typer(help="The catalog file: check, back up, restore, rebuild from the cartridges.",
                   no_args_is_help=True)
@@ -121,15 +124,33 @@ def rebuild(
     force: Annotated[bool, typer.Option("--force", help="Rebuild a healthy catalog too "
                                         "(its events and schedules are lost).")] = False,
     passphrase_file: PassphraseOpt = None,
+    from_bucket: Annotated[bool, typer.Option(
+        "--from-bucket", help="Then add the cartridges archived in the library's [s3] "
+        "location that have no file here (every gateway's), as archived.")] = False,
 ) -> None:
     """Rebuild the media catalog AND the backup catalog from the cartridge files alone
-    (barcodes, media, WORM, usage, last known places, tape files, EBM backups)."""
+    (barcodes, media, WORM, usage, last known places, tape files, EBM backups), and with
+    --from-bucket the cartridges in the object store."""
     from vtl.catalog_recovery import rebuild as rebuild_catalog
 
     secret = _secret(passphrase_file)
     with _no_server():
         rec = rebuild_catalog(settings().root, secret=secret, force=force)
+        if from_bucket:
+            _adopt_from_bucket(rec)
     say(f"rebuilt the catalog: {len(rec.cartridges)} cartridge(s), {len(rec.backups)} "
         "backup(s)" + (f", {len(rec.skipped)} skipped ({'; '.join(rec.skipped)})"
                        if rec.skipped else ""),
         rec.to_json())
+
+
+def _adopt_from_bucket(rec: Recovery) -> None:
+    """The bucket's cartridges without a local file, as archived rows (vtl/shared_bucket.py)."""
+    from vtl.cli.s3_access import object_store
+    from vtl.shared_bucket import adopt_archived
+
+    with open_library() as lib, object_store(lib, None) as (client, _bucket, _prefix):
+        found, skipped = adopt_archived(lib, client)
+        lib.back_up_catalog()
+    rec.cartridges.update(found)
+    rec.skipped.extend(skipped)
