@@ -1,22 +1,23 @@
 """The SQLite translator: consistent snapshots of a live database, full or page-level delta.
 
-A baseline uses SQLite's online backup API (``sqlite3.Connection.backup``), copying
-``step_pages`` pages at a time, so writers in other processes are blocked only for one step
-and the copy is one transaction-consistent snapshot (SQLite restarts the copy if another
-connection writes mid-way; a database in WAL mode is read with its WAL). The snapshot goes to
-a temporary file (``TMPDIR``), is checked with ``PRAGMA integrity_check``, and is hashed page
-by page (BLAKE3, 16 bytes a page, :mod:`translators.block_hashes`; the file's sha256 on a
-second thread). An incremental skips the copy: one read transaction pins the live database
-file as its snapshot (:func:`_pin_in_place`) while it is hashed and its changed pages are
-written, with no integrity_check or row counts (they would read every page again; the restore
-runs integrity_check). In WAL mode that is a TRUNCATE checkpoint, then a read transaction on
-the emptied WAL (writers go on, into the WAL); in a rollback-journal mode the transaction's
-SHARED lock (writers wait to commit until the read ends; a hot journal is rolled back by
-SQLite first). The file is read through a descriptor closed only after that transaction
-ended: closing any descriptor of a file drops every POSIX lock the process holds on it,
-SQLite's included. A database that cannot be pinned (one the EBM may not write in WAL mode, a
-busy checkpoint) is copied as above.
-Then:
+Every backup reads the live database file in place, pinned by one read transaction
+(:func:`_pin_in_place`) while it is hashed page by page (BLAKE3, 16 bytes a page,
+:mod:`translators.block_hashes`; the file's sha256 on a second thread) and its pages (a
+baseline) or changed pages (an incremental) are written. In a rollback-journal mode that is
+the transaction's SHARED lock (writers wait to commit until the read ends; a hot journal is
+rolled back by SQLite first); in WAL mode, a read transaction begun on a WAL wholly
+checkpointed into the file (writers go on, into the WAL). The file is read through a
+descriptor closed only after that transaction ended: closing any descriptor of a file drops
+every POSIX lock the process holds on it, SQLite's included. A baseline runs ``PRAGMA
+integrity_check`` and counts the rows inside the same transaction; an incremental does not
+(both read every page again; the restore runs integrity_check).
+
+A database that cannot be pinned (WAL mode without write access: no checkpoint; a reader
+keeping the checkpoint from finishing; locked longer than the busy timeout) is copied with
+SQLite's online backup API (``sqlite3.Connection.backup``, ``step_pages`` pages at a time,
+restarted by SQLite when another connection writes between steps, so steady writers can keep
+it from finishing) into a temporary file (``TMPDIR``), checked with integrity_check, and
+read from there. Then:
 
 * baseline (no usable parent state, or the page size changed): two members,
   ``<name>.ebm-sqlite.json`` (metadata: page size and count, user_version, application_id,
@@ -36,7 +37,8 @@ Restore writes ``<target>/<name>`` through a temporary name: the baseline file, 
 delta of the chain in order (each must apply to the file its predecessor made, by sha256),
 then checks the sha256 recorded at backup time and ``PRAGMA integrity_check``, and only then
 renames it into place, after removing a ``-journal``, ``-wal`` or ``-shm`` file left beside
-that name (SQLite would apply it to the restored file). The bytes equal the snapshot of that backup.
+that name (SQLite would apply it to the restored file). The bytes equal the snapshot of that
+backup.
 
 Consolidation (``ebm consolidate``): the chain is restored into a work directory and written
 back as a baseline whose state is the last incremental's (same pages, same hashes).
@@ -88,6 +90,7 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 # "back" into the restored file (seen: "database disk image is malformed"), a WAL's frames
 # replayed over it. The restore removes them before the file takes its name.
 JOURNAL_SUFFIXES = ("-journal", "-wal", "-shm")
+NOT_CHECKED = "not run (in place)"  # an incremental's metadata: integrity_check is the restore's
 
 
 def _ro_uri(path: str) -> str:
@@ -111,7 +114,7 @@ def _describe(conn: sqlite3.Connection, *, checks: bool = True) -> dict:
         "page_count": one("PRAGMA page_count"),
         "user_version": one("PRAGMA user_version"),
         "application_id": one("PRAGMA application_id"),
-        "integrity_check": one("PRAGMA integrity_check") if checks else "not run (in place)",
+        "integrity_check": one("PRAGMA integrity_check") if checks else NOT_CHECKED,
         "tables": tables,
         "sqlite_version": sqlite3.sqlite_version,
     }
@@ -164,6 +167,11 @@ def _begin_on_backfilled_wal(conn: sqlite3.Connection, uri: str, busy_timeout: f
         _begin_read(conn)
     finally:
         gate.close()  # rolls back: writers go on, into the WAL
+
+
+def _require_intact(what: str, meta: dict) -> None:
+    if meta["integrity_check"] not in ("ok", NOT_CHECKED):
+        raise TranslatorError(f"{what} fails integrity_check: {meta['integrity_check']}")
 
 
 def _pin_in_place(source: str, busy_timeout: float = 5.0) -> Pinned | None:
@@ -404,32 +412,31 @@ class SqliteTranslator(DeltaTranslator):
                 src.close()
         except sqlite3.Error as exc:
             raise TranslatorError(f"cannot snapshot {source}: {exc}") from None
-        if meta["integrity_check"] != "ok":
-            raise TranslatorError(f"snapshot of {source} fails integrity_check: {meta['integrity_check']}")
+        _require_intact(f"snapshot of {source}", meta)
         return meta
 
     @contextlib.contextmanager
     def _image(self, source: str, snap: str, name: str, parent_state: TranslatorState | None,
                progress: ProgressCallback | None) -> Iterator[tuple[int, dict]]:
-        """A descriptor of the file to read and its metadata: for an incremental the live
-        file itself, pinned by a read transaction until the caller is done with it
-        (:func:`_pin_in_place`: no copy, no second pass for checks; the restore runs
-        integrity_check), else a snapshot copy."""
-        usable = (isinstance(parent_state, dict) and parent_state.get("format") == STATE_FORMAT
-                  and parent_state.get("name") == name)
-        pin = _pin_in_place(source) if usable else None
+        """A descriptor of the file to read and its metadata. The live file itself wherever a
+        read transaction pins it until the caller is done (:func:`_pin_in_place`): no copy.
+        An incremental runs no checks there (they would read every page again; the restore
+        runs integrity_check); a baseline runs integrity_check and counts the rows inside
+        that same transaction, on the very snapshot it stores. Else a copy through the
+        backup API."""
+        delta = (isinstance(parent_state, dict) and parent_state.get("format") == STATE_FORMAT
+                 and parent_state.get("name") == name)
+        pin = _pin_in_place(source)
         try:
-            meta = None
             if pin is not None:
                 try:
-                    meta = _describe(pin.conn, checks=False)
+                    meta = _describe(pin.conn, checks=not delta)
+                    if delta and meta["page_size"] != parent_state.get("page_size"):  # type: ignore[union-attr]
+                        meta = _describe(pin.conn)  # every page differs: a checked baseline
                 except sqlite3.Error as exc:
                     raise TranslatorError(f"cannot read {source}: {exc}") from None
-                if meta["page_size"] != parent_state.get("page_size"):  # type: ignore[union-attr]
-                    pin.close()  # every page differs: a checked baseline from a snapshot
-                    pin = meta = None
-            if meta is not None:
-                yield pin.fd, meta  # type: ignore[union-attr]
+                _require_intact(f"database {source}", meta)
+                yield pin.fd, meta
                 return
             meta = self._snapshot(source, snap, name, progress)
             fd = os.open(snap, os.O_RDONLY | os.O_CLOEXEC)

@@ -1,7 +1,7 @@
-"""SQLite incrementals read the live database in place, pinned by one read transaction: a
-writer process committing all the while (rollback journal: it waits; WAL: it goes on into
-the WAL) never reaches the bytes read, the restore equals the file as it was during the read,
-and a hot journal a crashed writer left is rolled back before anything is read."""
+"""SQLite backups read the live database in place, pinned by one read transaction: a writer
+process committing all the while (rollback journal: it waits; WAL: it goes on into the WAL)
+never reaches the bytes read, the restore equals the file as it was during the read, and a
+hot journal a crashed writer left is rolled back before anything is read."""
 
 from __future__ import annotations
 
@@ -79,7 +79,11 @@ def test_incremental_in_place_while_a_writer_process_commits(tmp_path, monkeypat
     db = tmp_path / "app.db"
     make_db(db, journal)
     t = SqliteTranslator()
-    a0, r0 = backup(t, db)
+
+    def no_copy(*args, **kw):  # the backup API restarts on every commit between its steps
+        raise AssertionError("copied through the backup API, not read in place")
+
+    monkeypatch.setattr(t, "_snapshot", no_copy)
     progress, stop = tmp_path / "progress", tmp_path / "stop"
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(progress), str(stop)])
     seen = tmp_path / "seen.db"
@@ -98,6 +102,8 @@ def test_incremental_in_place_while_a_writer_process_commits(tmp_path, monkeypat
 
     try:
         wait_for(lambda: generation(progress) >= 3, "the writer's first commits")
+        a0, r0 = backup(t, db)  # the baseline too, checked inside its read transaction
+        assert meta_of(a0)["integrity_check"] == "ok"
         monkeypatch.setattr(sqlite_translator, "scan_pages", scan_then_look)
         a1, r1 = backup(t, db, r0.state)
         monkeypatch.undo()
