@@ -50,12 +50,13 @@ import json
 import os
 import re
 import sqlite3
+import tempfile
 import time
 import uuid as uuidlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import quote
 
 from vtl import CATALOG_NAME
@@ -63,6 +64,7 @@ from vtl.barcode import is_cleaning_label
 
 BLOCK_SIZE = 256 * 1024
 _FILE_BATCH = 10_000  # file index rows per INSERT batch
+_BLOB_CHUNK = 1 << 20  # translator state bytes per incremental blob read or write
 POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # as `vtl pool create` takes
 
 SCHEMA = """
@@ -645,7 +647,8 @@ class Catalog:
         return list(reversed(out))
 
     def finish_backup(self, backup_id: int, *, size: int, nfiles: int, blocks: int, sha256: str,
-                      volumes: list[Volume], files: Iterable[FileRow], state: bytes | str | None,
+                      volumes: list[Volume], files: Iterable[FileRow],
+                      state: bytes | str | IO[bytes] | None,
                       media_updates: list[tuple[str, int, str]], level: str | None = None,
                       parent: int | None = None) -> None:
         """Record a durable backup in one transaction: extents, file index, translator state,
@@ -660,7 +663,7 @@ class Catalog:
                 )
             self._insert_files(backup_id, files)
             if state is not None:
-                self.db.execute("INSERT OR REPLACE INTO ebm_states VALUES (?, ?)", (backup_id, state))
+                self._store_state(backup_id, state)
             for barcode, append_at, mstate in media_updates:
                 self.db.execute(
                     "UPDATE ebm_media SET append_at=?, state=?, busy=NULL WHERE barcode=?",
@@ -674,6 +677,48 @@ class Catalog:
             if level is not None:  # what was really written (a translator may fall back to full)
                 self.db.execute("UPDATE ebm_backups SET level=?, parent=? WHERE id=?",
                                 (level, parent, backup_id))
+
+    def _store_state(self, backup_id: int, state: bytes | str | IO[bytes]) -> None:
+        """A state given as a file goes in a chunk at a time (SQLite's incremental blob I/O
+        into a zeroblob of its size): a state of millions of paths is never held whole."""
+        if not hasattr(state, "read"):
+            self.db.execute("INSERT OR REPLACE INTO ebm_states VALUES (?, ?)", (backup_id, state))
+            return
+        size = state.seek(0, 2)
+        state.seek(0)
+        self.db.execute("INSERT OR REPLACE INTO ebm_states VALUES (?, zeroblob(?))",
+                        (backup_id, size))
+        with self.db.blobopen("ebm_states", "state", backup_id) as blob:
+            while chunk := state.read(_BLOB_CHUNK):
+                blob.write(chunk)
+
+    def state_file(self, backup_id: int) -> IO[bytes] | None:
+        """A backup's translator state copied into an unlinked temporary file (at offset 0), a
+        chunk at a time; None if none is on record. For states too big to hold (the
+        filesystem translator's at millions of paths); the copy ends the read at once, so
+        no read transaction stays open for the length of a backup."""
+        rows = self.q("SELECT typeof(state) FROM ebm_states WHERE backup=?", (backup_id,))
+        if not rows or rows[0][0] == "null":
+            return None
+        out = tempfile.TemporaryFile(prefix="ebm-parent-state-")
+        try:
+            with self.db.blobopen("ebm_states", "state", backup_id, readonly=True) as blob:
+                while chunk := blob.read(_BLOB_CHUNK):
+                    out.write(chunk)
+        except BaseException:
+            out.close()
+            raise
+        out.seek(0)
+        return out
+
+    def state_head(self, backup_id: int, n: int = 8) -> tuple[str, bytes] | None:
+        """(SQLite type, first ``n`` bytes) of a backup's state: lets the manager pick how to
+        read it without loading it. None if none is on record."""
+        rows = self.q("SELECT typeof(state), CAST(substr(state, 1, ?) AS BLOB) FROM ebm_states "
+                      "WHERE backup=?", (n, backup_id))
+        if not rows or rows[0][0] == "null":
+            return None
+        return rows[0][0], bytes(rows[0][1])
 
     def _path_ids(self, paths: list[str]) -> dict[str, int]:
         stored = [_to_db(p) for p in paths]

@@ -85,7 +85,7 @@ def consolidate(ebm: Ebm, dataset: str, *, passphrase_file: Path | None = None,
 
     ``drive_key``: a chain written with the drive's encryption is read with it, and the new
     baseline is written with it (a dataset keeps its encryption)."""
-    from ebm.manager import decode_state
+    from ebm.manager import load_state
 
     cat = ebm.catalog
     ds = cat.dataset(dataset)
@@ -103,10 +103,9 @@ def consolidate(ebm: Ebm, dataset: str, *, passphrase_file: Path | None = None,
         ebm.use_drive_key(drive_key)
     if len(chain) == 1:
         raise JobError(f"backup {last.uuid} of {dataset} is already a full: nothing to consolidate")
-    raw = cat.translator_state(last.id)
-    if raw is None:
+    state = load_state(cat, last.id)
+    if state is None:
         raise JobError(f"backup {last.uuid} has no translator state on record: cannot consolidate")
-    state = decode_state(raw)
     translator = load_translator(ds["translator"])
     req = BackupRequest(dataset=dataset, full=True, compress=compress,
                         passphrase_file=passphrase_file, key_file=key_file)

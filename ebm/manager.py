@@ -32,7 +32,7 @@ import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from ebm.catalog import BLOCK_SIZE, Backup, Catalog, CatalogError, FileRow
 from ebm.controller import BackupRequest, RequestError
@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # the library and the translators are imported only when a jo
     from ebm.remote.drive_encryption import DriveKey
     from ebm.remote.ebm_host import RemoteSpec
     from tape_formats.archive.entry import IndexEntry
+    from tape_formats.archive.labels import Base64File
     from tape_formats.archive.writer import PaxWriter
     from translators.base import Progress as TranslatorProgress
     from translators.base import ProgressCallback, Translator
@@ -84,20 +85,28 @@ def load_translator(name: str) -> Translator:
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
-def encode_state(state: Any) -> bytes | None:
+def encode_state(state: Any) -> bytes | IO[bytes] | None:
     """The translator state as zstd-compressed compact JSON: what the catalog stores and the
     trailer carries (base64). Why compressed: a 50k-file tree's state is megabytes of JSON,
     and encoding it once, then moving opaque bytes, is what keeps a no-change incremental fast.
 
-    A state the translator hands as ``bytes`` is its own encoding (the filesystem
-    translator's packed, compressed rows): stored as is, and given back as is by
-    :func:`decode_state`, so it must not start with the zstd magic.
+    A state the translator hands as ``bytes``, or as a binary file (read from its start; the
+    filesystem translator's packed, compressed rows, tens of megabytes at millions of paths),
+    is its own encoding: stored as is and given back as a file by :func:`load_state`, so it
+    must not start with the zstd magic. A file is streamed into the catalog and the trailer,
+    never read whole.
     """
     if state is None:
         return None
-    if isinstance(state, bytes):
-        if state.startswith(ZSTD_MAGIC):
-            raise ValueError("a bytes translator state must not start with the zstd magic")
+    if hasattr(state, "read"):
+        state.seek(0)
+        head = state.read(len(ZSTD_MAGIC))
+        state.seek(0)
+    else:
+        head = state[:len(ZSTD_MAGIC)] if isinstance(state, bytes) else b""
+    if isinstance(state, bytes) or hasattr(state, "read"):
+        if head == ZSTD_MAGIC:
+            raise ValueError("an opaque translator state must not start with the zstd magic")
         return state
     text = state if isinstance(state, str) else json.dumps(
         state, separators=(",", ":"), check_circular=False)
@@ -105,6 +114,19 @@ def encode_state(state: Any) -> bytes | None:
     import zstandard
 
     return zstandard.ZstdCompressor(level=3).compress(raw)
+
+
+def load_state(catalog: Catalog, backup_id: int) -> Any:
+    """A backup's translator state as its translator gets it back: JSON decoded, or an opaque
+    state as a binary file (copied out of the catalog a chunk at a time, so a parent state of
+    millions of paths is streamed, not held). None if none is on record."""
+    head = catalog.state_head(backup_id)
+    if head is None:
+        return None
+    kind, first = head
+    if kind == "blob" and not first.startswith(ZSTD_MAGIC):
+        return catalog.state_file(backup_id)
+    return decode_state(catalog.translator_state(backup_id))
 
 
 @dataclass
@@ -397,12 +419,10 @@ class Ebm:
         level = "incr" if parent is not None else "full"
         parent_state = None
         if parent is not None:
-            raw = cat.translator_state(parent.id)
-            if raw is None:  # parent's state lost (rebuilt catalog): baseline
+            parent_state = load_state(cat, parent.id)
+            if parent_state is None:  # parent's state lost (rebuilt catalog): baseline
                 why_full = f"backup {parent.uuid} has no translator state on record"
                 parent, level = None, "full"
-            else:
-                parent_state = decode_state(raw)
         u = str(uuidlib.uuid4())
         cipher = BlockCipher.new(secret, u) if secret is not None else None
         options: dict[str, Any] = {"compress": req.compress, "block_size": BLOCK_SIZE}
@@ -433,6 +453,7 @@ class Ebm:
 
         session = None
         writer = None
+        state_enc = None
         job = JobProgress(self.root, u, ds["name"], level)  # live numbers for the status page
         try:
             session = DriveSession(self.library, f"ebm:{u}")
@@ -460,7 +481,7 @@ class Ebm:
             warnings = [str(w) for w in result.warnings]
             with trailer_file(
                     uuid=u, entries=entries, size=size, sha256=digest, warnings=warnings,
-                    extra={"state": _state_b64(state_enc), "dataset": ds["name"],
+                    extra={"state": _state_for_trailer(state_enc), "dataset": ds["name"],
                            "level_name": level, "blocks": blocks}) as trailer:
                 written = writer.write_trailer(trailer)
             vols = []
@@ -494,6 +515,9 @@ class Ebm:
             job.close()
             if session is not None:
                 session.close()
+            for spooled in (parent_state, state_enc):  # temporary files: closing deletes them
+                if hasattr(spooled, "close"):
+                    spooled.close()
         return cat.backup(backup.id)
 
 
@@ -541,12 +565,18 @@ def _row(e: IndexEntry) -> FileRow:
     )
 
 
-def _state_b64(state: bytes | str | None) -> str | None:
+def _state_for_trailer(state: bytes | str | IO[bytes] | None) -> str | Base64File | None:
+    """The state as the trailer's ``extra`` holds it: ``b:`` and base64 (a file streamed so,
+    not read whole), or ``s:`` and text from an older catalog."""
+    from tape_formats.archive.labels import Base64File
+
     if state is None:
         return None
     if isinstance(state, str):
         return "s:" + state
-    return "b:" + base64.b64encode(state).decode()
+    if isinstance(state, bytes):
+        return "b:" + base64.b64encode(state).decode()
+    return Base64File("b:", state)
 
 
 def state_from_b64(text: str | None) -> bytes | str | None:

@@ -13,8 +13,9 @@ needing the application at restore time. The EBM never looks inside a dataset; i
 3. ``backup(source, parent_state, writer, progress=...)`` - writes entries (and, for
    incrementals, deletion markers) to the writer and returns a :class:`BackupResult`: the file
    index (:class:`IndexEntry` rows with stream offsets and sha256), warnings, and the new
-   ``state`` (JSON-serialisable, or ``bytes`` in the translator's own encoding, kept as they
-   are: see ``ebm.manager.encode_state``) that the EBM stores in its catalog and hands back as
+   ``state`` (JSON-serialisable, or ``bytes`` or a binary file in the translator's own
+   encoding, kept as they are and handed back as a binary file: see
+   ``ebm.manager.encode_state``) that the EBM stores in its catalog and hands back as
    ``parent_state`` for the next incremental. ``parent_state=None`` means a baseline. The EBM
    closes the writer (end-of-archive blocks) after ``backup`` returns;
 4. ``restore(entries, target, select=...)`` - consumes ``(ArchiveEntry, EntryData)`` pairs

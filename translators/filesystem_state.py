@@ -16,9 +16,9 @@ lists, which :func:`walk_key` turns into one string comparison ("/" becomes NUL,
 below every character a name can hold).
 
 State blob: ``STATE_MAGIC`` then one zstd frame of rows ``<QqqqII`` (inode, size, mtime_ns,
-ctime_ns, st_mode, path length) each followed by the path as UTF-8 (``surrogateescape``). The
-manager stores bytes states as they are (``ebm.manager.encode_state``). The JSON state of
-format 1 (``{"format": "ebm-filesystem-state/1", "entries": {path: key}}``) is still read.
+ctime_ns, st_mode, path length) each followed by the path as UTF-8 (``surrogateescape``),
+handed to the manager as a temporary file, which it stores as is and hands back as a file
+(``ebm.manager.encode_state``, ``ebm.manager.load_state``). The JSON state of format 1 (``{"format": "ebm-filesystem-state/1", "entries": {path: key}}``) is still read.
 """
 
 from __future__ import annotations
@@ -78,11 +78,13 @@ def iter_packed(stream: IO[bytes], row: struct.Struct) -> Iterator[tuple[tuple, 
 
 
 class StateWriter:
-    """The new state, row by row in walk order, compressed as it goes."""
+    """The new state, row by row in walk order, compressed into an unlinked temporary file as
+    it goes (a state of millions of paths is tens of megabytes: never held whole)."""
 
     def __init__(self) -> None:
         self._comp = zstandard.ZstdCompressor(level=3).compressobj()
-        self._parts: list[bytes] = [STATE_MAGIC]
+        self._file = tempfile.TemporaryFile(prefix="ebm-state-")
+        self._file.write(STATE_MAGIC)
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self.rows = 0
@@ -98,29 +100,36 @@ class StateWriter:
 
     def _flush(self) -> None:
         if self._pending:
-            self._parts.append(self._comp.compress(b"".join(self._pending)))
+            self._file.write(self._comp.compress(b"".join(self._pending)))
             self._pending.clear()
             self._pending_bytes = 0
 
-    def finish(self) -> bytes:
+    def finish(self) -> IO[bytes]:
+        """The state blob as an open file at offset 0 (closing it deletes it)."""
         self._flush()
-        self._parts.append(self._comp.flush())
-        return b"".join(self._parts)
+        self._file.write(self._comp.flush())
+        self._file.seek(0)
+        return self._file
 
 
 def read_state(state: Any) -> Iterator[tuple[str, StateKey]]:
-    """(path, key) rows of a parent state in walk order, streamed (format 2) or sorted from
-    the JSON dict of format 1. :class:`BadState` if it is neither."""
-    if isinstance(state, bytes | bytearray) and state.startswith(STATE_MAGIC):
+    """(path, key) rows of a parent state in walk order, streamed (format 2, as bytes or as a
+    binary file read from its start) or sorted from the JSON dict of format 1.
+    :class:`BadState` if it is neither."""
+    if hasattr(state, "read"):
+        state.seek(0)
+        if state.read(len(STATE_MAGIC)) == STATE_MAGIC:
+            return _read_v2(state)
+    elif isinstance(state, bytes | bytearray) and state.startswith(STATE_MAGIC):
         return _read_v2(memoryview(state)[len(STATE_MAGIC):])
-    if isinstance(state, dict) and state.get("format") == STATE_FORMAT_V1:
+    elif isinstance(state, dict) and state.get("format") == STATE_FORMAT_V1:
         entries = state["entries"]
         return ((p, entries[p]) for p in sorted(entries, key=walk_key))
     raise BadState("parent state is not a filesystem translator state")
 
 
-def _read_v2(blob: memoryview) -> Iterator[tuple[str, StateKey]]:
-    reader = zstandard.ZstdDecompressor().stream_reader(blob)
+def _read_v2(blob: memoryview | IO[bytes]) -> Iterator[tuple[str, StateKey]]:
+    reader = zstandard.ZstdDecompressor().stream_reader(blob, closefd=False)
     try:
         for fields, path in iter_packed(reader, STATE_ROW):
             yield path, list(fields[:5])

@@ -25,6 +25,7 @@ Errors: :class:`BadMagic` (not one of our labels), :class:`UnsupportedVersion`,
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import io
@@ -446,11 +447,56 @@ def encode_trailer(info: BackupTrailerInfo) -> bytes:
     return out.getvalue()
 
 
+class Base64File:
+    """A string value of the trailer's ``extra`` written from a file, never held whole:
+    ``prefix`` then the base64 of ``file`` (read from its start). Why: a state of millions of
+    paths is tens of megabytes, and its base64 copies in one JSON string were what grew."""
+
+    def __init__(self, prefix: str, file: BinaryIO) -> None:
+        self.prefix = prefix
+        self.file = file
+
+    def size(self) -> int:
+        """Length of the JSON value written (quotes included)."""
+        n = self.file.seek(0, 2)
+        return len(json.dumps(self.prefix)) + 4 * -(-n // 3)
+
+    def write(self, out: BinaryIO, digest) -> int:
+        head = json.dumps(self.prefix).encode()[:-1]  # the opening quote and the prefix
+        digest.update(head)
+        n = out.write(head)
+        self.file.seek(0)
+        while chunk := self.file.read(_B64_CHUNK):
+            text = base64.b64encode(chunk)
+            digest.update(text)
+            n += out.write(text)
+        digest.update(b'"')
+        return n + out.write(b'"')
+
+
+_B64_CHUNK = 3 << 18  # a multiple of 3: the chunks' base64 joined is the whole file's
+_STREAMED = "\0ebm-streamed-value\0"  # stands for a Base64File while the JSON is built
+
+
+def _extra_parts(extra: dict) -> list[bytes | Base64File]:
+    """``extra`` as compact JSON, in pieces: text, and the Base64File values in place."""
+    files = {k: v for k, v in extra.items() if isinstance(v, Base64File)}
+    text = _json({k: (_STREAMED if k in files else v) for k, v in extra.items()})
+    parts: list[bytes | Base64File] = []
+    for key in sorted(files):  # _json sorts keys: the placeholders come in this order
+        before, text = text.split(json.dumps(_STREAMED), 1)
+        parts += [before.encode(), files[key]]
+    return parts + [text.encode()]
+
+
 def write_trailer(info: BackupTrailerInfo, out: BinaryIO) -> int:
-    """:func:`encode_trailer` into the file ``out``, with the file index streamed through it
-    instead of built in memory: the bytes BACKUP_TRAILER would build (the index is its last
-    field), assembled around a spooled index. Returns the bytes written."""
+    """:func:`encode_trailer` into the file ``out``, with the file index (and any
+    :class:`Base64File` value of ``extra``) streamed through it instead of built in memory:
+    the bytes BACKUP_TRAILER would build (``extra`` and the index are its last fields),
+    assembled around a spooled index. Returns the bytes written."""
     text = trailer_text(info)
+    extra = _extra_parts(info.extra)
+    extra_len = sum(p.size() if isinstance(p, Base64File) else len(p) for p in extra)
     body = dict(
         backup_uuid=info.backup_uuid.bytes,
         finished_ns=info.finished_ns,
@@ -467,23 +513,33 @@ def write_trailer(info: BackupTrailerInfo, out: BinaryIO) -> int:
         stream_bytes=info.stream_bytes,
         stream_sha256=bytes.fromhex(info.stream_sha256),
         warnings=_json(list(info.warnings)),
-        extra=_json(info.extra),
+        extra="",
         index=b"",
     )
     try:
-        head = TRAILER_BODY.build(body)[:-8]  # all fields but the index's length and bytes
+        head = TRAILER_BODY.build(body)[:-12]  # the fields before extra's length
     except ConstructError as exc:
         raise LabelError(f"cannot encode backup trailer: {exc}") from None
+    if extra_len >= 2**32:
+        raise LabelError(f"cannot encode backup trailer: extra of {extra_len} bytes is too big")
     with tempfile.SpooledTemporaryFile(max_size=1 << 20, prefix="ebm-trailer-") as index:
         size = write_index(info.index, index)
-        body_len = len(head) + 8 + size
+        body_len = len(head) + 4 + extra_len + 8 + size
         if body_len >= 2**32:
             raise LabelError(f"cannot encode backup trailer: index of {size} bytes is too big")
         digest = hashlib.sha256()
         start = (TRAILER_MAGIC + text.encode("utf-8") + b"\0" + FORMAT_VERSION.to_bytes(2, "big")
-                 + body_len.to_bytes(4, "big") + head + size.to_bytes(8, "big"))
+                 + body_len.to_bytes(4, "big") + head + extra_len.to_bytes(4, "big"))
         digest.update(start)
         n = out.write(start)
+        for part in extra:
+            if isinstance(part, Base64File):
+                n += part.write(out, digest)
+            else:
+                digest.update(part)
+                n += out.write(part)
+        digest.update(size.to_bytes(8, "big"))
+        n += out.write(size.to_bytes(8, "big"))
         index.seek(0)
         while chunk := index.read(1 << 20):
             digest.update(chunk)

@@ -44,8 +44,10 @@ def test_walk_order_is_walk_key_order(tmp_path):
 def test_state_streams_in_walk_order_and_round_trips(tmp_path):
     _tree(tmp_path)
     _, r0 = _backup(tmp_path)
-    assert isinstance(r0.state, bytes) and r0.state.startswith(STATE_MAGIC)
+    assert r0.state.read(len(STATE_MAGIC)) == STATE_MAGIC  # a temporary file, not bytes
     paths = [p for p, _ in read_state(r0.state)]
+    r0.state.seek(0)
+    assert [p for p, _ in read_state(r0.state.read())] == paths  # the same rows as bytes
     assert paths == sorted(paths, key=walk_key) and len(paths) == len(NAMES) ** 2 + len(NAMES) + 1
     st = os.lstat(tmp_path / "a" / "b")
     assert state_dict(r0.state)["a/b"] == [st.st_ino, st.st_size, st.st_mtime_ns,
