@@ -13,18 +13,26 @@ link name as UTF-8 (``surrogateescape``, so any Linux name round-trips).
 With ``spill=True`` the rows go to an unlinked temporary file once ``SPILL_BYTES`` have piled
 up, and iteration reads them back a chunk at a time: the index of a tree of millions of files
 then costs disk, not memory.
+
+The consumers at the end of a backup need no row objects: the trailer's counts are kept as
+rows are added (:meth:`PackedIndex.counts`), and the trailer's JSON lines are formatted
+straight from the packed fields (:meth:`PackedIndex.json_lines`, the same bytes as
+``IndexEntry.to_json`` through the index encoder), so a row is decoded into an
+:class:`IndexEntry` only by a consumer that asks for one (the catalog insert).
 """
 
 from __future__ import annotations
 
 import struct
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
+from json.encoder import encode_basestring
 
 from .entry import KINDS, IndexEntry
 
 _ROW = struct.Struct("<BBqqqqqqqII")
 _KIND_CODE = {k: i for i, k in enumerate(KINDS)}
+_FILE = _KIND_CODE["file"]
 _HAS_SHA, _DELETED, _TORN = 1, 2, 4
 SPILL_BYTES = 4 << 20  # rows held in memory before a spilling index writes them out
 _READ_CHUNK = 1 << 20
@@ -38,20 +46,37 @@ class PackedIndex:
         self._len = 0
         self._spill = spill
         self._file = None  # the spilled rows, when there are any
+        self._kind_counts = [0] * len(KINDS)  # rows that are not deletions, per kind
+        self._deleted = self._torn = self._file_bytes = 0
         self.extend(rows)
 
     def append(self, e: IndexEntry) -> None:
-        kind = _KIND_CODE.get(e.kind)
-        if kind is None:
-            raise ValueError(f"unknown index entry kind {e.kind!r}")
-        path = e.path.encode("utf-8", "surrogateescape")
-        link = e.linkname.encode("utf-8", "surrogateescape") if e.linkname else b""
-        sha = bytes.fromhex(e.sha256) if e.sha256 is not None else b""
-        flags = (_HAS_SHA if sha else 0) | (_DELETED if e.deleted else 0) | (_TORN if e.torn else 0)
-        self._buf += _ROW.pack(kind, flags, e.size, e.mtime_ns, e.mode, e.uid, e.gid,
-                               e.header_offset, e.data_offset, len(path), len(link))
+        self.add(e.path, e.kind, e.size, e.mtime_ns, e.mode, e.uid, e.gid, e.sha256,
+                 e.header_offset, e.data_offset, deleted=e.deleted, linkname=e.linkname,
+                 torn=e.torn)
+
+    def add(self, path: str, kind: str, size: int, mtime_ns: int, mode: int, uid: int, gid: int,
+            sha256: str | None, header_offset: int, data_offset: int, *, deleted: bool = False,
+            linkname: str = "", torn: bool = False) -> None:
+        """Append one row from its fields (what :meth:`append` does without an IndexEntry)."""
+        code = _KIND_CODE.get(kind)
+        if code is None:
+            raise ValueError(f"unknown index entry kind {kind!r}")
+        path_b = path.encode("utf-8", "surrogateescape")
+        link = linkname.encode("utf-8", "surrogateescape") if linkname else b""
+        sha = bytes.fromhex(sha256) if sha256 is not None else b""
+        flags = (_HAS_SHA if sha else 0) | (_DELETED if deleted else 0) | (_TORN if torn else 0)
+        if deleted:
+            self._deleted += 1
+        else:
+            self._kind_counts[code] += 1
+            self._torn += torn
+            if code == _FILE:
+                self._file_bytes += size
+        self._buf += _ROW.pack(code, flags, size, mtime_ns, mode, uid, gid,
+                               header_offset, data_offset, len(path_b), len(link))
         self._buf += sha
-        self._buf += path
+        self._buf += path_b
         self._buf += link
         self._len += 1
         if self._spill and len(self._buf) >= SPILL_BYTES:
@@ -72,7 +97,26 @@ class PackedIndex:
     def __len__(self) -> int:
         return self._len
 
+    def counts(self) -> dict[str, int]:
+        """The trailer's counts of these rows (what ``BackupTrailerInfo.from_index`` would
+        find by iterating): deletions apart, every other row by kind."""
+        per_kind = dict(zip(KINDS, self._kind_counts, strict=True))
+        return {
+            "entry_count": sum(self._kind_counts), "file_count": per_kind["file"],
+            "dir_count": per_kind["dir"], "symlink_count": per_kind["symlink"],
+            "hardlink_count": per_kind["hardlink"],
+            "other_count": per_kind["chardev"] + per_kind["blockdev"] + per_kind["fifo"],
+            "deleted_count": self._deleted, "torn_count": self._torn,
+            "data_bytes": self._file_bytes,
+        }
+
     def __iter__(self) -> Iterator[IndexEntry]:
+        for row in self.rows():
+            yield IndexEntry(*row)
+
+    def rows(self) -> Iterator[tuple]:
+        """Every row as a tuple in IndexEntry's field order (path, kind, size, mtime_ns, mode,
+        uid, gid, sha256, header_offset, data_offset, deleted, linkname, torn)."""
         if self._file is not None:
             self._file.seek(0)
             rest = b""
@@ -84,6 +128,29 @@ class PackedIndex:
                 raise ValueError("spilled index ends inside a row")
         yield from _decode(self._buf, whole=True)
 
+    def json_lines(self, batch: int) -> Iterator[str]:
+        """The rows as the trailer's JSON lines (``IndexEntry.to_json`` encoded compactly,
+        key order kept, non-ASCII as is), ``batch`` rows per string, each line ending in
+        "\\n"."""
+        lines: list[str] = []
+        for (path, kind, size, mtime, mode, uid, gid, sha, hoff, doff, deleted, link,
+             torn) in self.rows():
+            line = (f'{{"path":{encode_basestring(path)},"kind":"{kind}","size":{size},'
+                    f'"mtime_ns":{mtime},"mode":{mode},"uid":{uid},"gid":{gid},'
+                    f'"header_offset":{hoff},"data_offset":{doff}')
+            if sha is not None:
+                line += f',"sha256":"{sha}"'
+            if deleted:
+                line += ',"deleted":true'
+            if link:
+                line += f',"linkname":{encode_basestring(link)}'
+            lines.append(line + ("}\n" if not torn else ',"torn":true}\n'))
+            if len(lines) >= batch:
+                yield "".join(lines)
+                lines.clear()
+        if lines:
+            yield "".join(lines)
+
     def close(self) -> None:
         """Drop the spilled rows (the file goes when closed)."""
         if self._file is not None:
@@ -91,8 +158,9 @@ class PackedIndex:
             self._file = None
 
 
-def _decode(buf: bytes | bytearray, *, whole: bool = False) -> Iterator[IndexEntry]:
-    """The complete rows at the start of ``buf``; returns how many bytes they took."""
+def _decode(buf: bytes | bytearray, *, whole: bool = False) -> Generator[tuple, None, int]:
+    """The complete rows at the start of ``buf`` as tuples in IndexEntry's field order;
+    returns how many bytes they took."""
     view = memoryview(buf)  # appending while a row is being read raises BufferError
     try:
         unpack, size, pos, end = _ROW.unpack_from, _ROW.size, 0, len(view)
@@ -110,10 +178,8 @@ def _decode(buf: bytes | bytearray, *, whole: bool = False) -> Iterator[IndexEnt
             pos += plen
             link = str(view[pos:pos + llen], "utf-8", "surrogateescape") if llen else ""
             pos += llen
-            yield IndexEntry(path=path, kind=KINDS[kind], size=fsize, mtime_ns=mtime,
-                             mode=mode, uid=uid, gid=gid, sha256=sha, header_offset=hoff,
-                             data_offset=doff, deleted=bool(flags & _DELETED),
-                             linkname=link, torn=bool(flags & _TORN))
+            yield (path, KINDS[kind], fsize, mtime, mode, uid, gid, sha, hoff, doff,
+                   bool(flags & _DELETED), link, bool(flags & _TORN))
         if whole and pos != end:
             raise ValueError("packed index ends inside a row")
         return pos

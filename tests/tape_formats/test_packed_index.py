@@ -23,13 +23,14 @@ def _rows() -> list[IndexEntry]:
         IndexEntry(path="a/h", kind="hardlink", linkname="a/f"),
         IndexEntry(path="gone", kind="fifo", deleted=True, header_offset=5, data_offset=5),
         IndexEntry(path="n", kind="file", mtime_ns=-1),
+        IndexEntry(path='q"uo\\te\n\x01', kind="symlink", linkname='"\t\udc80'),
     ]
 
 
 def test_rows_round_trip_in_order():
     packed = PackedIndex(_rows()[:3])
     packed += _rows()[3:]
-    assert len(packed) == 7
+    assert len(packed) == 8
     assert list(packed) == _rows()
     assert list(packed) == _rows()  # re-iterable
 
@@ -45,8 +46,15 @@ def test_trailer_from_packed_index_equals_from_list():
              for index in (_rows(), PackedIndex(_rows()))]
     assert infos[0].file_count == infos[1].file_count == 3
     assert infos[0].deleted_count == infos[1].deleted_count == 1
-    decoded = [decode_trailer(encode_trailer(i)).index for i in infos]
-    assert decoded[0] == decoded[1] == _rows()
+    assert [getattr(infos[0], f) for f in _COUNTS] == [getattr(infos[1], f) for f in _COUNTS]
+    infos[1].finished_ns = infos[0].finished_ns
+    encoded = [encode_trailer(i) for i in infos]
+    assert encoded[0] == encoded[1]  # the packed rows format the same JSON lines, byte for byte
+    assert decode_trailer(encoded[1]).index == _rows()
+
+
+_COUNTS = ("entry_count", "file_count", "dir_count", "symlink_count", "hardlink_count",
+           "other_count", "deleted_count", "torn_count", "data_bytes")
 
 
 def test_spilled_rows_round_trip_across_read_chunks(monkeypatch):
