@@ -1,17 +1,25 @@
 """A library's chunk store: each distinct chunk once, compressed, named by its BLAKE3 hash.
 
-Layout (docs/store-format.md): ``<store>/chunks/<2 hex>/<62 hex>``, one file per chunk: one
-flag byte (0 stored as is, 1 a zstd frame with its checksum) and the payload. A chunk file
-appears whole or not at all (written under a temporary name, then renamed), so a file that
-exists may be shared by any writer without reading it. Durability is batched: ``sync``
-flushes the file system the store lives on (syncfs) once, at a cartridge's sync point,
-instead of an fsync per chunk; while new chunks stream in, a syncfs on a thread of its own
-every ``BACKGROUND_SYNC_BYTES`` keeps that last one short (as the plain cartridge's write-back
-pacing does, tape_formats/writeback_pacing.py).
+Layout (docs/store-format.md): new chunks are appended to this writer's own pack file
+(``<store>/packs/<16 hex>.pack``, pack.py: records of header, stored bytes, CRC32C) and the
+index (``<store>/index.sqlite``, chunk_index.py) maps each id to its record. A chunk's
+*stored bytes* are one flag byte (0 as is, 1 a zstd frame with its checksum) and the
+payload; they are what the S3 tier uploads, the same bytes on either side. Stores written
+before packs keep their ``chunks/<2 hex>/<62 hex>`` files, one per chunk: those are still
+read (and found by writers), never written.
+
+Durability is batched, in this order (``sync``, at a cartridge's sync point): the packs
+written since the last sync are fdatasync'd (and the packs folder, for a new pack), then
+their index rows are committed (SQLite, durable at commit). So a row always names a durable
+record, and a chunk a writer *finds* in the index needs no flush of its own; chunks of the
+current batch are visible to this ``ChunkStore`` only (``_pending``). While new chunks stream
+in, an fdatasync of the open pack on a thread of its own every ``BACKGROUND_SYNC_BYTES``
+keeps that last flush short (as the plain cartridge's write-back pacing does).
 
 The collector and the writers meet at ``gc.lock``: a writer holds it shared from its first
 chunk after a sync point until its recipe is durable (``Hold``); the collector takes it
 exclusively, so it never frees a chunk that a writer has just found and not yet recorded.
+A pack stays flocked by its writer while open, so compaction leaves it alone.
 """
 
 from __future__ import annotations
@@ -29,14 +37,18 @@ from typing import Protocol
 import zstandard
 
 from tape_formats.background_sync import BackgroundSync
+from tape_formats.store import pack as packs
+from tape_formats.store.chunk_index import ChunkIndex, Location
 
-CHUNKS_DIR = "chunks"
+CHUNKS_DIR = "chunks"  # the per-file layout of stores written before packs (read only)
 LOCK_NAME = "gc.lock"
 # Per-chunk compression: fast, like the drive's (cartridge.ZSTD_LEVEL), since new chunks
 # are compressed on the drive's write path.
 CHUNK_ZSTD_LEVEL = 1
-_RAW, _ZSTD = 0, 1
+_RAW, _ZSTD = packs.RAW, packs.ZSTD
 BACKGROUND_SYNC_BYTES = 32 << 20
+MAX_RUN = 4 << 20  # adjacent records read with one pread
+_OPEN_PACKS = 16  # pack descriptors a reader keeps open
 
 
 class StoreError(OSError):
@@ -71,13 +83,21 @@ def _syncfs(fd: int) -> None:
         raise OSError(err, f"syncfs: {os.strerror(err)}")
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Remote(Protocol):
     """Where chunks the local store lacks are fetched from (the S3 tier, s3_tier.py); the
     local store is then its cache."""
 
     def fetch(self, store: ChunkStore, chunk_id: bytes) -> bytes:
-        """The chunk file's bytes (flag byte and payload), left in ``store`` as a cached copy;
-        StoreError when the remote lacks it too."""
+        """The chunk's stored bytes (flag byte and payload), left in ``store`` as a cached
+        copy; StoreError when the remote lacks it too."""
         ...
 
     def prefetch(self, store: ChunkStore, ids: Sequence[bytes]) -> None:
@@ -98,119 +118,344 @@ def attach_remote(root: Path, remote: Remote | None) -> None:
         _REMOTES[key] = remote
 
 
+def unpack(chunk_id: bytes, flag: int, body: bytes | memoryview, length: int,
+           dctx: zstandard.ZstdDecompressor) -> bytes:
+    """A chunk's bytes from its stored form; StoreError unless ``length`` long."""
+    if flag == _RAW:
+        data = bytes(body)
+    elif flag == _ZSTD:
+        try:
+            data = dctx.decompress(body, max_output_size=length)
+        except zstandard.ZstdError:
+            data = b""
+    else:
+        data = b""
+    if len(data) != length:
+        raise StoreError(f"chunk {chunk_id.hex()} is damaged")
+    return data
+
+
 class ChunkStore:
-    """The chunk files of one store directory."""
+    """The packs, index and older chunk files of one store directory. Thread-safe: a
+    reader's read-ahead thread and the S3 tier's fetch threads share it with the drive."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.chunks = self.root / CHUNKS_DIR
-        if not self.chunks.is_dir():
-            raise StoreError(f"chunk store {self.root} is missing")
+        self.packs = self.root / packs.PACKS_DIR
+        if not self.packs.is_dir():
+            if not self.chunks.is_dir():
+                raise StoreError(f"chunk store {self.root} is missing")
+            self.packs.mkdir(exist_ok=True)  # a store from before packs: new chunks go there
+        self._legacy = self.chunks.is_dir() and any(True for _ in self.chunks.iterdir())
+        self.index = ChunkIndex(self.root)
         self.remote: Remote | None = _REMOTES.get(self.root.resolve()) if _REMOTES else None
-        self._made: set[str] = set()
-        self._unsynced = 0  # new chunk bytes since the last (background) flush
-        self._dir_fd: int | None = None
+        self._mutex = threading.Lock()
+        self._writer: packs.PackWriter | None = None
+        self._finished: list[packs.PackWriter] = []  # full packs not yet flushed
+        self._pending: dict[bytes, Location] = {}  # written since the last sync, not indexed
+        self._new_pack = False  # a pack created since the last sync: fsync the folder
+        self._legacy_hit = False  # found an old chunk file: syncfs at the next sync
+        self._unsynced = 0  # new pack bytes since the last (background) flush
         self._background: BackgroundSync | None = None
+        self._fds: dict[int, int] = {}  # pack -> open descriptor for reads (LRU)
 
     @staticmethod
     def create(root: Path) -> ChunkStore:
         """Make an empty store (idempotent)."""
-        (Path(root) / CHUNKS_DIR).mkdir(parents=True, exist_ok=True)
+        (Path(root) / packs.PACKS_DIR).mkdir(parents=True, exist_ok=True)
         (Path(root) / LOCK_NAME).touch(exist_ok=True)
         return ChunkStore(root)
 
     def path_of(self, chunk_id: bytes) -> Path:
+        """Where the per-file layout kept a chunk (stores from before packs)."""
         h = chunk_id.hex()
         return self.chunks / h[:2] / h[2:]
 
-    def has(self, chunk_id: bytes) -> bool:
-        return os.path.exists(self.path_of(chunk_id))
+    # -- lookups ----------------------------------------------------------------------------
+    def _locate(self, ids: Sequence[bytes]) -> dict[bytes, Location]:
+        with self._mutex:
+            found = {cid: loc for cid in ids if (loc := self._pending.get(cid)) is not None}
+        rest = [cid for cid in ids if cid not in found]
+        if rest:
+            found.update(self.index.lookup(rest))
+        return found
 
+    def _legacy_has(self, chunk_id: bytes) -> bool:
+        return self._legacy and os.path.exists(self.path_of(chunk_id))
+
+    def has(self, chunk_id: bytes) -> bool:
+        """Whether the store holds the chunk locally."""
+        return bool(self._locate([chunk_id])) or self._legacy_has(chunk_id)
+
+    # -- writes -----------------------------------------------------------------------------
     def put(self, chunk_id: bytes, data: bytes | memoryview,
             cctx: zstandard.ZstdCompressor) -> int:
         """Store a chunk unless the store has it; returns the bytes it took (0: a dedup hit)."""
-        h = chunk_id.hex()
-        sub = self.chunks / h[:2]
-        final = sub / h[2:]
-        if os.path.exists(final):
+        if self._locate([chunk_id]):
+            return 0
+        if self._legacy_has(chunk_id):
+            self._legacy_hit = True
             return 0
         packed = cctx.compress(data)
-        flag = _ZSTD if len(packed) < len(data) else _RAW
-        body = packed if flag == _ZSTD else data
-        if h[:2] not in self._made:
-            sub.mkdir(exist_ok=True)
-            self._made.add(h[:2])
-        tmp = sub / f".{h[2:]}.{os.getpid()}.{threading.get_ident()}.tmp"  # per writer thread
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            if os.writev(fd, [bytes((flag,)), body]) != 1 + len(body):
-                raise OSError(errno.EIO, "short write")
-        except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.close(fd)
-        os.rename(tmp, final)
-        self._unsynced += 1 + len(body)
-        if self._unsynced >= BACKGROUND_SYNC_BYTES:
-            self._unsynced = 0
+        if len(packed) < len(data):
+            return self._append(chunk_id, _ZSTD, packed)
+        return self._append(chunk_id, _RAW, data)
+
+    def put_stored(self, chunk_id: bytes, stored: bytes) -> int:
+        """Keep a chunk's stored bytes as they are (fetched from the S3 tier) unless the store
+        has it; durable and indexed at the next ``sync`` (or ``close``)."""
+        if not stored or stored[0] not in (_RAW, _ZSTD):
+            raise StoreError(f"chunk {chunk_id.hex()}: not a stored chunk")
+        if self.has(chunk_id):
+            return 0
+        return self._append(chunk_id, stored[0], memoryview(stored)[1:])
+
+    def _append(self, chunk_id: bytes, flag: int, body: bytes | memoryview) -> int:
+        with self._mutex:
+            if chunk_id in self._pending:
+                return 0
+            if self._writer is None:
+                self._writer = packs.PackWriter(self.packs)
+                self._new_pack = True
+            writer = self._writer
+            at = writer.append(chunk_id, flag, body)
+            self._pending[chunk_id] = Location(writer.number, at, len(body))
+            if writer.full:
+                self._finished.append(writer)
+                self._writer = None
+            self._unsynced += packs.record_size(len(body))
+            kick = self._unsynced >= BACKGROUND_SYNC_BYTES
+            if kick:
+                self._unsynced = 0
+        if kick:
             self._flusher().kick()
         return 1 + len(body)
 
     def _flusher(self) -> BackgroundSync:
         if self._background is None:
-            self._dir_fd = os.open(self.chunks, os.O_RDONLY)
-            self._background = BackgroundSync(self._dir_fd, f"chunk store {self.root}",
-                                              flush=_syncfs)
+            self._background = BackgroundSync(-1, f"chunk store {self.root}",
+                                               flush=self._flush_open_packs)
         return self._background
 
-    def get(self, chunk_id: bytes, length: int, dctx: zstandard.ZstdDecompressor) -> bytes:
-        """The chunk's bytes (``length`` long, as the recipe says)."""
-        try:
-            with open(self.path_of(chunk_id), "rb") as f:
-                raw = f.read()
-        except FileNotFoundError:
-            if self.remote is None:
-                raise StoreError(f"chunk {chunk_id.hex()} is missing from {self.root}") from None
-            raw = self.remote.fetch(self, chunk_id)
-        if raw[:1] == bytes((_RAW,)):
-            data = raw[1:]
-        elif raw[:1] == bytes((_ZSTD,)):
-            try:
-                data = dctx.decompress(raw[1:], max_output_size=length)
-            except zstandard.ZstdError:
-                data = b""
-        else:
-            data = b""
-        if len(data) != length:
-            raise StoreError(f"chunk {chunk_id.hex()} in {self.root} is damaged")
-        return data
+    def _flush_open_packs(self, _fd: int) -> None:
+        """fdatasync of the packs written since the last sync (the background flush; their
+        descriptors are closed only by ``sync``/``close``, after waiting for this)."""
+        with self._mutex:
+            fds = [w.fd for w in self._finished] + ([self._writer.fd] if self._writer else [])
+        for fd in fds:
+            os.fdatasync(fd)
 
     def sync(self) -> None:
-        """Make every chunk file written so far durable (one syncfs for the batch)."""
-        self._unsynced = 0
+        """Make every chunk written so far durable and indexed: packs, folder, then rows."""
+        with self._mutex:
+            rows = list(self._pending.items())
+            writers = [*self._finished, *([self._writer] if self._writer else [])]
+            new_pack, self._new_pack = self._new_pack, False
+            legacy_hit, self._legacy_hit = self._legacy_hit, False
+            self._unsynced = 0
         if self._background is not None:
+            self._background.wait()
             error = self._background.take_error()
             if error is not None:  # a background flush met it: it is this sync's to raise
                 raise error
-        fd = os.open(self.chunks, os.O_RDONLY)
+        if rows:
+            for w in writers:
+                os.fdatasync(w.fd)
+            if new_pack:
+                self.sync_folder()
+        if legacy_hit:
+            self.sync_all()
+        if rows:
+            self.index.add(rows)
+        with self._mutex:
+            for cid, loc in rows:
+                if self._pending.get(cid) == loc:
+                    del self._pending[cid]
+            done = [w for w in self._finished if w in writers]
+            self._finished = [w for w in self._finished if w not in writers]
+        for w in done:  # flushed and indexed: the collector may have it from now on
+            w.close()
+
+    def sync_folder(self) -> None:
+        """Make packs created or removed durable (fsync of the packs folder)."""
+        _fsync_dir(self.packs)
+
+    def sync_all(self) -> None:
+        """Flush the file system the store is on (syncfs): chunk files of the per-file layout
+        that another writer made or the collector removed."""
+        fd = os.open(self.root, os.O_RDONLY)
         try:
             _syncfs(fd)
         finally:
             os.close(fd)
 
     def close(self) -> None:
-        """Stop the background flush (no flush outlives the store's descriptor)."""
+        """Index what was cached since the last sync, stop the background flush, let go of
+        the packs and the index."""
+        with self._mutex:
+            pending = bool(self._pending)
+        if pending:
+            self.sync()
         background, self._background = self._background, None
         if background is not None:
             background.close()
-        if self._dir_fd is not None:
-            os.close(self._dir_fd)
-            self._dir_fd = None
+        with self._mutex:
+            writers = [*self._finished, *([self._writer] if self._writer else [])]
+            self._finished, self._writer = [], None
+            fds, self._fds = list(self._fds.values()), {}
+        for w in writers:
+            w.close()
+        for fd in fds:
+            os.close(fd)
+        self.index.close()
+
+    # -- reads ------------------------------------------------------------------------------
+    def _pread(self, pack: int, n: int, offset: int) -> bytes | None:
+        """``n`` bytes of a pack (None: the pack is gone, compacted since the lookup)."""
+        with self._mutex:
+            fd = self._fds.pop(pack, None)
+            if fd is None:
+                try:
+                    fd = os.open(self.packs / packs.pack_name(pack), os.O_RDONLY)
+                except FileNotFoundError:
+                    return None
+            self._fds[pack] = fd  # most recently used last
+            while len(self._fds) > _OPEN_PACKS:
+                os.close(self._fds.pop(next(iter(self._fds))))
+            return os.pread(fd, n, offset)
+
+    def _record(self, chunk_id: bytes, loc: Location) -> tuple[int, memoryview] | None:
+        buf = self._pread(loc.pack, packs.record_size(loc.stored), loc.offset)
+        if buf is None:
+            return None
+        try:
+            return packs.decode(buf, 0, chunk_id)
+        except packs.PackDamaged as exc:
+            raise StoreError(f"chunk {chunk_id.hex()} in {self.root}: {exc}") from None
+
+    def _read_local(self, chunk_id: bytes) -> tuple[int, memoryview | bytes] | None:
+        """(flag, stored payload) of a chunk held locally; None when it is not."""
+        for _attempt in range(2):  # a compaction may move it between lookup and read
+            loc = self._locate([chunk_id]).get(chunk_id)
+            if loc is None:
+                break
+            found = self._record(chunk_id, loc)
+            if found is not None:
+                return found
+        if not self._legacy:
+            return None
+        try:
+            with open(self.path_of(chunk_id), "rb") as f:
+                raw = f.read()
+        except FileNotFoundError:
+            return None
+        return (raw[0], raw[1:]) if raw else (-1, b"")
+
+    def read_stored(self, chunk_id: bytes) -> bytes | None:
+        """A chunk's stored bytes (flag byte and payload) as the local store holds them, for
+        the S3 tier; None when it is not held locally."""
+        found = self._read_local(chunk_id)
+        if found is None:
+            return None
+        flag, body = found
+        return bytes((flag & 0xFF,)) + bytes(body)
+
+    def get(self, chunk_id: bytes, length: int, dctx: zstandard.ZstdDecompressor) -> bytes:
+        """The chunk's bytes (``length`` long, as the recipe says)."""
+        found = self._read_local(chunk_id)
+        if found is None:
+            if self.remote is None:
+                raise StoreError(f"chunk {chunk_id.hex()} is missing from {self.root}")
+            raw = self.remote.fetch(self, chunk_id)
+            found = (raw[0], memoryview(raw)[1:]) if raw else (-1, b"")
+        try:
+            return unpack(chunk_id, found[0], found[1], length, dctx)
+        except StoreError:
+            raise StoreError(f"chunk {chunk_id.hex()} in {self.root} is damaged") from None
+
+    def read_many(self, ids: Sequence[bytes], lengths: Sequence[int],
+                  dctx: zstandard.ZstdDecompressor) -> list[bytes | None]:
+        """The chunks ``ids`` (read-ahead: records adjacent in a pack come with one pread);
+        None for a chunk not held locally (the caller fetches it with ``get``)."""
+        locs = self._locate(ids)
+        out: list[bytes | None] = []
+        i = 0
+        while i < len(ids):
+            loc = locs.get(ids[i])
+            if loc is None:
+                out.append(self.get(ids[i], lengths[i], dctx) if self._legacy_has(ids[i])
+                           else None)
+                i += 1
+                continue
+            end, k = loc.offset + packs.record_size(loc.stored), i + 1
+            while k < len(ids) and end - loc.offset < MAX_RUN:
+                nxt = locs.get(ids[k])
+                if nxt is None or nxt.pack != loc.pack or nxt.offset != end:
+                    break
+                end += packs.record_size(nxt.stored)
+                k += 1
+            buf = self._pread(loc.pack, end - loc.offset, loc.offset)
+            for j in range(i, k):
+                if buf is None:  # compacted since the lookup: one by one
+                    out.append(self.get(ids[j], lengths[j], dctx))
+                    continue
+                at = locs[ids[j]].offset - loc.offset
+                try:
+                    flag, body = packs.decode(buf, at, ids[j])
+                except packs.PackDamaged as exc:
+                    raise StoreError(f"chunk {ids[j].hex()} in {self.root}: {exc}") from None
+                try:
+                    out.append(unpack(ids[j], flag, body, lengths[j], dctx))
+                except StoreError:
+                    raise StoreError(f"chunk {ids[j].hex()} in {self.root} is damaged") \
+                        from None
+            i = k
+        return out
+
+    # -- listing and removal (the collector, the S3 tier) -----------------------------------
+    def ids(self) -> Iterator[bytes]:
+        """Every chunk held locally (indexed in a pack, or an older chunk file)."""
+        for cid, _loc in self.index.rows():
+            yield cid
+        for cid, _path in self.chunk_files():
+            if cid is not None and self.index.get(cid) is None:
+                yield cid
+
+    def discard(self, ids: Sequence[bytes]) -> tuple[int, int]:
+        """Forget the local copies of chunks (the S3 tier's eviction: the bucket has them).
+        Returns (chunks, stored bytes) dropped; a pack's space returns when the collector
+        compacts it."""
+        count = freed = 0
+        locs = self.index.lookup(ids)
+        self.index.remove(list(locs))
+        for loc in locs.values():
+            count += 1
+            freed += packs.record_size(loc.stored)
+        if self._legacy:
+            for cid in ids:
+                path = self.path_of(cid)
+                try:
+                    size = path.stat().st_size
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                count += cid not in locs
+                freed += size
+        return count, freed
+
+    def pack_files(self) -> Iterator[tuple[int, Path]]:
+        """Every pack file: (number, path)."""
+        for f in sorted(self.packs.iterdir()):
+            number = packs.pack_number(f.name)
+            if number is not None:
+                yield number, f
 
     def chunk_files(self) -> Iterator[tuple[bytes | None, Path]]:
-        """Every file under chunks/: (chunk id, path), or (None, path) for a leftover
-        temporary file of a writer that died."""
+        """Every file under chunks/ (the per-file layout): (chunk id, path), or (None, path)
+        for a leftover temporary file of a writer that died."""
+        if not self.chunks.is_dir():
+            return
         for sub in sorted(self.chunks.iterdir()):
             if not sub.is_dir():
                 continue

@@ -8,9 +8,9 @@ Instead the payload joins the cartridge's data stream, which FastCDC cuts into c
 (BLAKE3), compressed and stored once per library. Reads put skeleton and payloads back
 together, so the cartridge above sees the plain file's bytes at every offset.
 
-Sync point (``fsync``): the stream's tail becomes a last chunk, chunk files are made
-durable (one syncfs), the skeleton is fsync'd, then the recipe batch is appended and
-fsync'd. A crash before the recipe is durable leaves record headers whose payload the
+Sync point (``fsync``): the stream's tail becomes a last chunk, the new chunks are made
+durable and indexed (their packs fdatasync'd, then the index rows committed: chunk_store.py),
+the skeleton is fsync'd, then the recipe batch is appended and fsync'd. A crash before the recipe is durable leaves record headers whose payload the
 recipe lacks: they fail their CRC at the next open and are cut off like any torn tail.
 """
 
@@ -27,15 +27,16 @@ import zstandard
 
 from tape_formats.store import recipe as recipes
 from tape_formats.store.chunk_store import CHUNK_ZSTD_LEVEL, ChunkStore, StoreError
+from tape_formats.store.read_ahead import ReadAhead
 
 # FastCDC sizes: 32 KiB on average (8 KiB..128 KiB), small enough that a changed file costs
-# little beyond itself, large enough that a GB is ~30,000 chunk files.
+# little beyond itself, large enough that a GB is ~30,000 index rows.
 AVG_CHUNK = 32 << 10
 # The stream tail is cut once it holds this much; the last chunk found stays pending (its
 # end is only where the buffer ended, not a content-defined cut).
 CUT_BATCH = 1 << 20
-_CACHE = 4  # decoded chunks kept for reads (a block spans several, a chunk several blocks)
-# Chunks fetched ahead of a read from a remote store (about 1 MiB at 32 KiB a chunk).
+# Chunks fetched ahead of a read from a remote store (about 1 MiB at 32 KiB a chunk); local
+# chunks are read ahead by read_ahead.py.
 READ_AHEAD = 32
 
 
@@ -71,8 +72,7 @@ class DedupMedium:
         self._good_end = rec.good_end
         self._rewrite = rec.good_end != rec.file_size  # a torn batch: rewrite at next sync
         self._saved_ext, self._saved_ch = len(self._ext_off), len(self._ch_ids)
-        self._cut_since_sync = False
-        self._cache: dict[int, bytes] = {}
+        self._ahead = ReadAhead(self._store)
         self._end = os.fstat(fd).st_size
         # payloads past the skeleton's end were cut off (or never made durable with it)
         if self._ext_off and self._ext_off[-1] + self._ext_len[-1] > self._end:
@@ -87,12 +87,15 @@ class DedupMedium:
         n = max(0, min(n, self._end - offset))
         buf = bytearray(n)
         if n:
-            os.preadv(self.fd, [buf], offset)  # a hole or past the skeleton's end reads 0
-            self._overlay(memoryview(buf), offset)
+            self._fill(memoryview(buf), offset)
         return bytes(buf)
 
     def preadv(self, buffers: list, offset: int) -> int:
-        data = self.pread(sum(len(b) for b in buffers), offset)
+        n = max(0, min(sum(len(b) for b in buffers), self._end - offset))
+        if len(buffers) == 1:  # the cartridge's read-ahead span: filled in place
+            self._fill(memoryview(buffers[0]).cast("B")[:n], offset)
+            return n
+        data = self.pread(n, offset)
         at = 0
         for b in buffers:
             take = min(len(b), len(data) - at)
@@ -100,17 +103,27 @@ class DedupMedium:
             at += take
         return len(data)
 
-    def _overlay(self, out: memoryview, offset: int) -> None:
-        """Copy the payload bytes that fall in [offset, offset + len(out)) into ``out``."""
+    def _fill(self, out: memoryview, offset: int) -> None:
+        """The file's bytes at [offset, offset + len(out)): payloads from the stream, the
+        rest (record headers, filemarks) from the skeleton; its payload holes are not read."""
         end = offset + len(out)
-        i = max(0, bisect_right(self._ext_off, offset) - 1)
         ext_off, ext_len, ext_stream = self._ext_off, self._ext_len, self._ext_stream
-        while i < len(ext_off) and ext_off[i] < end:
-            a = max(offset, ext_off[i])
-            b = min(end, ext_off[i] + ext_len[i])
-            if a < b:
-                self._read_stream(ext_stream[i] + a - ext_off[i], out[a - offset:b - offset])
-            i += 1
+        i = max(0, bisect_right(ext_off, offset) - 1)
+        pos = offset
+        while pos < end:
+            if i < len(ext_off) and ext_off[i] + ext_len[i] <= pos:
+                i += 1
+            elif i < len(ext_off) and ext_off[i] <= pos:  # inside payload i
+                b = min(end, ext_off[i] + ext_len[i])
+                self._read_stream(ext_stream[i] + pos - ext_off[i], out[pos - offset:b - offset])
+                pos = b
+                i += 1
+            else:  # skeleton bytes up to the next payload
+                b = min(end, ext_off[i]) if i < len(ext_off) else end
+                part = out[pos - offset:b - offset]
+                got = os.preadv(self.fd, [part], pos)
+                part[got:] = bytes(len(part) - got)  # past the skeleton's end: zeros
+                pos = b
 
     def _read_stream(self, pos: int, out: memoryview) -> None:
         at = 0
@@ -131,15 +144,13 @@ class DedupMedium:
             pos += take
 
     def _chunk(self, j: int) -> bytes:
-        data = self._cache.get(j)
-        if data is None:
-            if self._store.remote is not None:  # chunks may live in S3: ask for the next ones
-                self._store.remote.prefetch(self._store, self._ch_ids[j + 1:j + 1 + READ_AHEAD])
-            data = self._store.get(self._ch_ids[j], self._ch_len[j], self._dctx)
-            if len(self._cache) >= _CACHE:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[j] = data
-        return data
+        return self._ahead.chunk(j, self._ch_ids, self._ch_len, self._fetch)
+
+    def _fetch(self, j: int) -> bytes:
+        """A chunk the local store lacks: from the S3 tier, asking for the next ones too."""
+        if self._store.remote is not None:
+            self._store.remote.prefetch(self._store, self._ch_ids[j + 1:j + 1 + READ_AHEAD])
+        return self._store.get(self._ch_ids[j], self._ch_len[j], self._dctx)
 
     # -- writes -----------------------------------------------------------------------------
     def pwrite(self, data: bytes | memoryview, offset: int) -> int:
@@ -181,7 +192,6 @@ class DedupMedium:
         if not final:
             cuts = cuts[:-1]
         used = 0
-        self._cut_since_sync = True  # a hit may be another writer's chunk, not durable yet
         try:
             for offset, length in cuts:
                 data = view[offset:offset + length]
@@ -226,7 +236,7 @@ class DedupMedium:
                 self._pending = bytearray()
             del self._ch_start[drop:], self._ch_len[drop:], self._ch_ids[drop:]
             self._chunked = stream_end - len(self._pending)
-            self._cache.clear()
+            self._ahead.forget()
         self._rewrite = True
         self._saved_ext = min(self._saved_ext, len(self._ext_off))
         self._saved_ch = min(self._saved_ch, len(self._ch_ids))
@@ -236,9 +246,7 @@ class DedupMedium:
         if self._readonly:
             return
         self._cut(final=True)
-        if self._cut_since_sync:
-            self._store.sync()
-            self._cut_since_sync = False
+        self._store.sync()  # (a chunk found in the index is durable already)
         if os.fstat(self.fd).st_size < self._end:
             os.ftruncate(self.fd, self._end)  # a payload at the end is a hole: extend
         os.fsync(self.fd)
@@ -262,6 +270,7 @@ class DedupMedium:
         return list(zip(self._ch_len[start:], self._ch_ids[start:], strict=True))
 
     def close(self) -> None:
+        self._ahead.close()
         self._hold.release()
         self._store.close()
         os.close(self.fd)

@@ -1,8 +1,10 @@
 """The object-store tier of a chunk store: chunks copied to an S3 bucket, fetched back on
 demand into the local store (which is then the cache).
 
-A chunk's object name is ``<prefix>/chunks/<hex id>`` and its body is the chunk file as it
-is (flag byte and payload), so the same bytes verify the same way on either side. Uploads are
+A chunk's object name is ``<prefix>/chunks/<hex id>`` and its body is the chunk's stored
+bytes as the local store keeps them in its pack (flag byte and payload:
+``ChunkStore.read_stored``), so the same bytes verify the same way on either side; the bucket
+keeps one object per chunk, not packs. Uploads are
 conditional (``If-None-Match: *``): a chunk another gateway or an earlier push already put is
 answered 412 and skipped, never rewritten, so a push never overwrites and can be retried or
 run by several writers at once. ``vtl store push/pull`` run it for a whole store, ``vtl
@@ -12,7 +14,6 @@ against a real single-node Ceph radosgw (tests/support/ceph_cluster.py).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,10 +43,10 @@ def push(store: ChunkStore, client: Any, bucket: str, prefix: str,
     from botocore.exceptions import ClientError
 
     report = PushReport()
-    chunks = ((cid, store.path_of(cid)) for cid in ids) if ids is not None else (
-        (cid, path) for cid, path in store.chunk_files() if cid is not None)
-    for cid, path in chunks:
-        body = path.read_bytes()
+    for cid in ids if ids is not None else store.ids():
+        body = store.read_stored(cid)
+        if body is None:
+            raise StoreError(f"chunk {cid.hex()} is missing from {store.root}")
         try:
             client.put_object(Bucket=bucket, Key=_key(prefix, cid), Body=body,
                               IfNoneMatch="*", ContentMD5=md5_b64(body),
@@ -63,41 +64,28 @@ def push(store: ChunkStore, client: Any, bucket: str, prefix: str,
 
 
 def evict(store: ChunkStore, ids: Iterable[bytes]) -> tuple[int, int]:
-    """Delete the local copies of chunks the bucket holds (after a push), so the store is a
-    cache: a read fetches them back (S3ChunkRemote). Returns (files, bytes) freed."""
-    files = freed = 0
-    for cid in ids:
-        path = store.path_of(cid)
-        try:
-            size = path.stat().st_size
-            path.unlink()
-        except FileNotFoundError:
-            continue
-        files += 1
-        freed += size
-    return files, freed
+    """Drop the local copies of chunks the bucket holds (after a push), so the store is a
+    cache: a read fetches them back (S3ChunkRemote). Returns (chunks, bytes) dropped; the
+    packs' space returns at the next ``vtl store gc`` (compaction)."""
+    return store.discard(list(ids))
 
 
 def pull(store: ChunkStore, client: Any, bucket: str, prefix: str,
          ids: Iterable[bytes]) -> int:
     """Fetch the chunks ``ids`` the local store lacks; returns how many came down. Each
-    appears whole or not at all (temporary name, then rename), as a written chunk does."""
+    is kept as a written chunk is (a pack record, indexed at the store's sync)."""
     from botocore.exceptions import ClientError
 
     fetched = 0
     for cid in ids:
-        final = store.path_of(cid)
-        if final.exists():
+        if store.has(cid):
             continue
         try:
             body = client.get_object(Bucket=bucket, Key=_key(prefix, cid))["Body"].read()
         except ClientError as exc:
             raise StoreError(f"chunk {cid.hex()} is in neither {store.root} nor "
                              f"s3://{bucket}/{prefix}: {exc}") from None
-        final.parent.mkdir(exist_ok=True)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(body)
-        os.rename(tmp, final)
+        store.put_stored(cid, body)
         fetched += 1
     if fetched:
         store.sync()
@@ -108,9 +96,9 @@ class S3ChunkRemote:
     """The bucket as the source of chunks a read finds missing locally (the Remote of
     chunk_store.py): a missing chunk is fetched while the reader waits, the next ones of
     the cartridge (``prefetch``) on a few threads meanwhile, so a restore of one tape file
-    GETs its own chunks and a read-ahead window, not the cartridge. Fetched chunk files stay
-    in the local store (the cache), written as a pushed chunk is read back: whole or not at
-    all. ``gets`` counts the GETs (tests, stats)."""
+    GETs its own chunks and a read-ahead window, not the cartridge. Fetched chunks stay in
+    the local store (the cache: appended to its pack, indexed at its next sync or close).
+    ``gets`` counts the GETs (tests, stats)."""
 
     def __init__(self, connect: Callable[[], Any], bucket: str, prefix: str,
                  workers: int = 4) -> None:
@@ -140,14 +128,10 @@ class S3ChunkRemote:
                              f"s3://{self.bucket}/{self.prefix}: {exc}") from None
         with self._lock:
             self.gets += 1
-        final = store.path_of(cid)
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         try:  # the cached copy is a convenience: the bytes in hand are the answer
-            final.parent.mkdir(exist_ok=True)
-            tmp.write_bytes(body)
-            os.rename(tmp, final)
+            store.put_stored(cid, body)
         except OSError:
-            tmp.unlink(missing_ok=True)
+            pass
         with self._lock:
             self._seen.add(cid)
         return body
@@ -160,10 +144,8 @@ class S3ChunkRemote:
                 return pending.result()
             except Exception:  # a failed read-ahead: try again in the open
                 pass
-        try:  # a read-ahead may have brought it since the caller looked
-            return store.path_of(chunk_id).read_bytes()
-        except FileNotFoundError:
-            return self._get(store, chunk_id)
+        cached = store.read_stored(chunk_id)  # a read-ahead may have brought it meanwhile
+        return cached if cached is not None else self._get(store, chunk_id)
 
     def prefetch(self, store: ChunkStore, ids: Sequence[bytes]) -> None:
         for cid in ids:

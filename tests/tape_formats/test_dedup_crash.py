@@ -1,6 +1,7 @@
 """Crash safety of the dedup store: writers that overwrite (dropping chunks) and a garbage
-collector, all killed with SIGKILL at random moments many times, lose no chunk that a
-cartridge still references and nothing a cartridge acknowledged as durable.
+collector (sweeping the index, compacting packs), all killed with SIGKILL at random moments
+many times, lose no chunk that a cartridge still references and nothing a cartridge
+acknowledged as durable.
 
 Two cartridges get the same deterministic blocks (so they share chunks), each writer now
 and then locates back to an earlier point and rewrites from there (the erase/relabel case:
@@ -61,7 +62,8 @@ from tape_formats.store.gc import collect
 store = ChunkStore(Path(sys.argv[1]))
 print("ready", flush=True)
 while True:
-    collect(store, Path(sys.argv[2]), timeout=60)
+    if collect(store, Path(sys.argv[2]), timeout=60).packs_compacted:
+        print("compacted", flush=True)
 """
 
 
@@ -92,6 +94,7 @@ def test_sigkill_writers_and_collector_lose_no_referenced_chunk(tmp_path: Path) 
     rng = random.Random(11)
     durable = dict.fromkeys(paths, 0)
     points = 0  # durable points reached, all rounds and cartridges
+    compactions = 0
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     for round_no in range(10):
         procs = {p: _start(WRITER, str(p), str(EVERY), str(round_no), env=env) for p in paths}
@@ -111,6 +114,7 @@ def test_sigkill_writers_and_collector_lose_no_referenced_chunk(tmp_path: Path) 
             proc.wait()
             outs[p] += proc.stdout.read() or b""
         gc.wait()
+        compactions += (gc.stdout.read() or b"").count(b"compacted")
         for p in paths:
             for line in outs[p].decode().splitlines():
                 word, _, n = line.partition(" ")
@@ -124,8 +128,10 @@ def test_sigkill_writers_and_collector_lose_no_referenced_chunk(tmp_path: Path) 
     for p in paths:
         assert verify_cartridge(p).ok
     # A last sweep after the dust settles frees only what no cartridge needs.
-    collect(ChunkStore(store_root), carts, timeout=5)
+    compactions += collect(ChunkStore(store_root), carts, timeout=5).packs_compacted
+    print(f"{points} durable points, {compactions} compaction runs seen")
+    assert compactions > 0
     for p in paths:
         check_cartridge(p)
     s = stats(ChunkStore(store_root), carts)
-    assert s.chunk_files == s.chunks  # every referenced chunk is there, and nothing else
+    assert s.stored_chunks == s.chunks  # every referenced chunk is there, and nothing else

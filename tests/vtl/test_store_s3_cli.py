@@ -10,6 +10,7 @@ import pytest
 from ceph_cluster import CephCluster, running
 from typer.testing import CliRunner
 
+from tape_formats.store.chunk_store import ChunkStore
 from vtl.cli.main import app
 from vtl.library import Library
 
@@ -50,9 +51,9 @@ def test_push_drop_pull_reads_back(endpoint: CephCluster, tmp_path: Path) -> Non
     assert json.loads(r.stdout)["uploaded"] > 0
     r = vtl(root, endpoint, "store", "push", "s3://vault/lib1")
     assert json.loads(r.stdout)["uploaded"] == 0  # If-None-Match: nothing sent twice
-    for chunk in (root / "store" / "chunks").rglob("*"):
-        if chunk.is_file():
-            chunk.unlink()
+    store = ChunkStore(root / "store")
+    store.discard(list(store.ids()))
+    store.close()
     r = vtl(root, endpoint, "store", "pull", "s3://vault/lib1")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["fetched"] > 0
@@ -77,7 +78,7 @@ def test_init_with_an_s3_store_makes_a_dedup_library_on_that_bucket(tmp_path: Pa
         assert lib.config.s3.location == "s3://vault/lib1"
     finally:
         lib.close()
-    assert (root / "store" / "chunks").is_dir()
+    assert (root / "store" / "packs").is_dir()
     r = runner.invoke(app, ["--root", str(tmp_path / "bad"), "init", "--store", "s3://"])
     assert r.exit_code == 2 and "s3://BUCKET/PREFIX" in r.stderr
     assert not (tmp_path / "bad").exists()  # refused before anything was made

@@ -44,7 +44,7 @@ def stats() -> None:
         s = store_stats(store, cartridges)
     data = {"cartridges": s.cartridges, "logical_bytes": s.logical_bytes,
             "unique_bytes": s.unique_bytes, "stored_bytes": s.stored_bytes,
-            "chunks": s.chunks, "chunk_files": s.chunk_files,
+            "chunks": s.chunks, "stored_chunks": s.stored_chunks, "packs": s.packs,
             "dedup_ratio": round(s.dedup_ratio, 3),
             "compression_ratio": round(s.compression_ratio, 3),
             "total_ratio": round(s.total_ratio, 3)}
@@ -54,7 +54,8 @@ def stats() -> None:
     console().print(
         f"{s.cartridges} cartridge(s): {human_size(s.logical_bytes)} logical, "
         f"{human_size(s.unique_bytes)} distinct in {s.chunks} chunk(s), "
-        f"{human_size(s.stored_bytes)} stored in {s.chunk_files} chunk file(s)\n"
+        f"{human_size(s.stored_bytes)} stored ({s.stored_chunks} chunk(s) in {s.packs} "
+        "pack(s))\n"
         f"dedup {s.dedup_ratio:.2f}x, compression {s.compression_ratio:.2f}x, "
         f"total {s.total_ratio:.2f}x", markup=False)
 
@@ -83,9 +84,11 @@ def gc(
             r = collect(store, cartridges, timeout=timeout)
         except StoreBusy as exc:
             raise CliError(str(exc)) from None
-    say(f"freed {r.chunks_freed} chunk(s), {human_size(r.bytes_freed)}; kept {r.chunks_kept}",
+    say(f"freed {r.chunks_freed} chunk(s), {human_size(r.bytes_freed)}; kept {r.chunks_kept}; "
+        f"packs removed {r.packs_removed}, compacted {r.packs_compacted}",
         {"chunks_freed": r.chunks_freed, "bytes_freed": r.bytes_freed,
-         "chunks_kept": r.chunks_kept, "temporaries_freed": r.temporaries_freed})
+         "chunks_kept": r.chunks_kept, "temporaries_freed": r.temporaries_freed,
+         "packs_removed": r.packs_removed, "packs_compacted": r.packs_compacted})
 
 
 def _local_ids(lib: Any) -> set[bytes]:

@@ -1,0 +1,125 @@
+"""Where each chunk of a store is: chunk id -> (pack, offset, stored length), in SQLite.
+
+``<store>/index.sqlite``, one table keyed by the 32-byte id (WITHOUT ROWID: the row is the
+key's B-tree entry, about 60 bytes per chunk, so 10 million chunks are ~0.6 GB on disk and
+a lookup reads a few pages, not the whole index into memory). WAL journal with
+``synchronous=FULL``: a commit is durable when it returns, and readers (other processes,
+other cartridges) never wait for a writer. Several writers' commits queue on SQLite's own
+lock (``busy_timeout``).
+
+A row exists only once its record is durable in its pack (chunk_store.py commits rows after
+the pack's fdatasync), so a chunk the index knows is a chunk that survives a crash: a writer
+that finds one needs no flush of its own for it. Duplicates (two writers storing the same
+new chunk at once) keep the first row (``INSERT OR IGNORE``); the other copy is dead space
+that compaction (gc.py) drops.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+INDEX_NAME = "index.sqlite"
+_LOOKUP_BATCH = 500  # ids per SELECT ... IN (...), under SQLite's variable limit
+_PAGE = 20_000  # rows per page of a full listing
+
+
+class Location(NamedTuple):
+    pack: int
+    offset: int
+    stored: int  # stored bytes (compressed chunk) in the record
+
+
+class ChunkIndex:
+    """The index of one store; one SQLite connection, usable from any thread."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = Path(root) / INDEX_NAME
+        self._db = sqlite3.connect(self.path, timeout=120, check_same_thread=False,
+                                   isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS chunks (id BLOB PRIMARY KEY, pack INTEGER NOT NULL,"
+                " offset INTEGER NOT NULL, stored INTEGER NOT NULL) WITHOUT ROWID")
+
+    def get(self, chunk_id: bytes) -> Location | None:
+        with self._lock:
+            row = self._db.execute("SELECT pack, offset, stored FROM chunks WHERE id = ?",
+                                   (chunk_id,)).fetchone()
+        return Location(*row) if row else None
+
+    def lookup(self, ids: Sequence[bytes]) -> dict[bytes, Location]:
+        """The locations of those of ``ids`` the index holds."""
+        found: dict[bytes, Location] = {}
+        unique = list(dict.fromkeys(ids))
+        with self._lock:
+            for i in range(0, len(unique), _LOOKUP_BATCH):
+                part = unique[i:i + _LOOKUP_BATCH]
+                marks = ",".join("?" * len(part))
+                for cid, pack, offset, stored in self._db.execute(
+                        f"SELECT id, pack, offset, stored FROM chunks WHERE id IN ({marks})",
+                        part):
+                    found[cid] = Location(pack, offset, stored)
+        return found
+
+    def add(self, rows: Iterable[tuple[bytes, Location]]) -> None:
+        """Record new chunks, durably (one transaction); an id already there keeps its row."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)",
+                                     ((cid, *loc) for cid, loc in rows))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def move(self, rows: Iterable[tuple[bytes, int, Location]]) -> None:
+        """Point chunks at their new copies (compaction), durably, in one transaction:
+        (id, old pack, new location); a row no longer in the old pack is left alone."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "UPDATE chunks SET pack = ?, offset = ?, stored = ? WHERE id = ? AND pack = ?",
+                    ((loc.pack, loc.offset, loc.stored, cid, old) for cid, old, loc in rows))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def remove(self, ids: Iterable[bytes]) -> None:
+        """Forget chunks (one transaction)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("DELETE FROM chunks WHERE id = ?", ((i,) for i in ids))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def rows(self) -> Iterator[tuple[bytes, Location]]:
+        """Every chunk the index holds, in id order, a page at a time (10 million rows do
+        not fit in memory as Python objects)."""
+        after = b""
+        while True:
+            with self._lock:
+                page = self._db.execute(
+                    "SELECT id, pack, offset, stored FROM chunks WHERE id > ? ORDER BY id "
+                    "LIMIT ?", (after, _PAGE)).fetchall()
+            for cid, pack, offset, stored in page:
+                yield cid, Location(pack, offset, stored)
+            if len(page) < _PAGE:
+                return
+            after = page[-1][0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

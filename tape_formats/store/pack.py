@@ -1,0 +1,133 @@
+"""Pack files: many chunks appended to one file, so a new chunk costs a write, not a file.
+
+A pack is ``<store>/packs/<16 hex>.pack``, written by one writer at a time (a ``PackWriter``
+holds an exclusive flock on it while it is open, so the collector leaves it alone) and
+closed for good at ``PACK_SIZE``; nothing is ever rewritten inside a pack. A record is a
+header (``VCK1``, the 32-byte chunk id, the flag byte of the stored form: 0 as is, 1 zstd,
+u32 length of the stored bytes), the stored bytes, and a CRC32C of header and bytes, so a
+record read at an offset the index gave proves it is the chunk asked for, whole. A crash
+leaves at most a torn record at a pack's end (``records`` stops there). Where a chunk is,
+and which records are live, is the index's business (chunk_index.py), not the pack's.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import crc32c
+
+PACKS_DIR = "packs"
+PACK_SUFFIX = ".pack"
+PACK_SIZE = 32 << 20  # a pack is closed once it holds this much
+MAGIC = b"VCK1"
+HEADER = struct.Struct("<4s32sBI")
+CRC_SIZE = 4
+RAW, ZSTD = 0, 1
+
+
+class PackDamaged(ValueError):
+    """A record is not where the index says, or fails its CRC."""
+
+
+def record_size(stored: int) -> int:
+    """Bytes a record of ``stored`` stored bytes takes in its pack."""
+    return HEADER.size + stored + CRC_SIZE
+
+
+def encode(chunk_id: bytes, flag: int, body: bytes | memoryview) -> list[bytes | memoryview]:
+    """A record as buffers for one writev (the body is not copied)."""
+    head = HEADER.pack(MAGIC, chunk_id, flag, len(body))
+    crc = crc32c.crc32c(body, crc32c.crc32c(head))
+    return [head, body, crc.to_bytes(4, "little")]
+
+
+def decode(buf: bytes | memoryview, at: int, chunk_id: bytes | None) -> tuple[int, memoryview]:
+    """(flag, stored bytes) of the record at ``at`` in ``buf``; PackDamaged unless it is
+    whole and (when given) holds ``chunk_id``."""
+    view = memoryview(buf)
+    if at + HEADER.size > len(view):
+        raise PackDamaged("record header cut short")
+    magic, cid, flag, n = HEADER.unpack_from(view, at)
+    end = at + HEADER.size + n
+    if magic != MAGIC or end + CRC_SIZE > len(view) or (chunk_id is not None
+                                                        and cid != chunk_id):
+        raise PackDamaged("not the record expected")
+    if crc32c.crc32c(view[at:end]) != int.from_bytes(view[end:end + CRC_SIZE], "little"):
+        raise PackDamaged("record fails its CRC")
+    return flag, view[at + HEADER.size:end]
+
+
+def records(data: bytes) -> Iterator[tuple[int, bytes, int]]:
+    """(offset, chunk id, record size) of each whole record from the start of a pack's
+    bytes, up to the first torn or damaged one (a crash's leftover)."""
+    at = 0
+    while at + HEADER.size <= len(data):
+        _magic, cid, _flag, n = HEADER.unpack_from(data, at)
+        try:
+            decode(data, at, None)
+        except PackDamaged:
+            return
+        size = record_size(n)
+        yield at, cid, size
+        at += size
+
+
+def pack_name(pack: int) -> str:
+    return f"{pack:016x}{PACK_SUFFIX}"
+
+
+def pack_number(name: str) -> int | None:
+    """The pack number a file name holds (None: not a pack)."""
+    if not name.endswith(PACK_SUFFIX) or len(name) != 16 + len(PACK_SUFFIX):
+        return None
+    try:
+        return int(name[:16], 16)
+    except ValueError:
+        return None
+
+
+def try_lock(fd: int) -> bool:
+    """An exclusive flock on a pack without waiting: False while a writer has it open."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+class PackWriter:
+    """One new pack, appended to by its owner only (flocked until ``close``)."""
+
+    def __init__(self, folder: Path) -> None:
+        while True:
+            number = int.from_bytes(os.urandom(8), "little") >> 1
+            path = folder / pack_name(number)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                break
+            except FileExistsError:
+                continue
+        fcntl.flock(fd, fcntl.LOCK_EX)  # new and ours: the collector skips a locked pack
+        self.number, self.path, self.fd, self.end = number, path, fd, 0
+
+    def append(self, chunk_id: bytes, flag: int, body: bytes | memoryview) -> int:
+        """Write one record at the pack's end; returns its offset."""
+        bufs = encode(chunk_id, flag, body)
+        size = record_size(len(body))
+        at = self.end
+        if os.pwritev(self.fd, bufs, at) != size:
+            raise OSError(errno.EIO, f"{self.path}: short write")
+        self.end = at + size
+        return at
+
+    @property
+    def full(self) -> bool:
+        return self.end >= PACK_SIZE
+
+    def close(self) -> None:
+        os.close(self.fd)
