@@ -5,9 +5,11 @@ reads and writes, truncate, fsync, size. The plain store is the cartridge file i
 calls, exactly as before); the dedup store (``dedup_medium.py``) keeps the same file as a
 sparse *skeleton* holding the header and the record headers at their usual offsets, and
 stores the record payloads as content-defined chunks, compressed, once per library
-(``chunk_store.py``), listed per cartridge in a recipe sidecar (``recipe.py``). ``gc.py``
-frees chunks no recipe references and counts what the store saves. The on-disk layout and
-the crash-safety argument are in docs/store-format.md.
+(``chunk_store.py``: appended to pack files, ``pack.py``, found through an SQLite index,
+``chunk_index.py``; read ahead in recipe order, ``chunk_read_ahead.py``), listed per
+cartridge in a recipe sidecar (``recipe.py``). ``gc.py`` frees chunks no recipe references,
+compacts packs and counts what the store saves. The on-disk layout and the crash-safety
+argument are in docs/store-format.md.
 
 This package must not know the record layout: it sees offsets and byte strings only.
 """

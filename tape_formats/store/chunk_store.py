@@ -48,6 +48,9 @@ CHUNK_ZSTD_LEVEL = 1
 _RAW, _ZSTD = packs.RAW, packs.ZSTD
 BACKGROUND_SYNC_BYTES = 32 << 20
 MAX_RUN = 4 << 20  # adjacent records read with one pread
+# New chunks of a cut are compressed on this many threads (zstd releases the GIL; the plain
+# store compresses on the drive's write-behind thread while the caller's thread feeds it).
+COMPRESS_THREADS = 2
 _OPEN_PACKS = 16  # pack descriptors a reader keeps open
 
 
@@ -81,14 +84,6 @@ def _syncfs(fd: int) -> None:
     elif _SYNCFS(fd) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"syncfs: {os.strerror(err)}")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Remote(Protocol):
@@ -159,6 +154,7 @@ class ChunkStore:
         self._unsynced = 0  # new pack bytes since the last (background) flush
         self._background: BackgroundSync | None = None
         self._fds: dict[int, int] = {}  # pack -> open descriptor for reads (LRU)
+        self._packs_fd: int | None = None  # the packs folder, for its fsync
 
     @staticmethod
     def create(root: Path) -> ChunkStore:
@@ -192,15 +188,36 @@ class ChunkStore:
     def put(self, chunk_id: bytes, data: bytes | memoryview,
             cctx: zstandard.ZstdCompressor) -> int:
         """Store a chunk unless the store has it; returns the bytes it took (0: a dedup hit)."""
-        if self._locate([chunk_id]):
+        return self.put_many([chunk_id], [data], cctx)
+
+    def put_many(self, ids: Sequence[bytes], datas: Sequence[bytes | memoryview],
+                 cctx: zstandard.ZstdCompressor) -> int:
+        """Store those of the chunks the store lacks, in order (one index lookup for all,
+        compressed on ``COMPRESS_THREADS`` threads); returns the bytes they took."""
+        known = self._locate(ids)
+        new: dict[bytes, bytes | memoryview] = {}
+        for cid, data in zip(ids, datas, strict=True):
+            if cid in known or cid in new:
+                continue
+            if self._legacy_has(cid):
+                self._legacy_hit = True
+                continue
+            new[cid] = data
+        if not new:
             return 0
-        if self._legacy_has(chunk_id):
-            self._legacy_hit = True
-            return 0
-        packed = cctx.compress(data)
-        if len(packed) < len(data):
-            return self._append(chunk_id, _ZSTD, packed)
-        return self._append(chunk_id, _RAW, data)
+        plain = list(new.values())
+        if len(plain) > 1 and COMPRESS_THREADS > 1:
+            packed = cctx.multi_compress_to_buffer(plain, threads=COMPRESS_THREADS)
+        else:
+            packed = [cctx.compress(data) for data in plain]
+        took = 0
+        for i, (cid, data) in enumerate(new.items()):
+            body = packed[i]
+            if len(body) < len(data):
+                took += self._append(cid, _ZSTD, body)
+            else:
+                took += self._append(cid, _RAW, data)
+        return took
 
     def put_stored(self, chunk_id: bytes, stored: bytes) -> int:
         """Keep a chunk's stored bytes as they are (fetched from the S3 tier) unless the store
@@ -279,7 +296,11 @@ class ChunkStore:
 
     def sync_folder(self) -> None:
         """Make packs created or removed durable (fsync of the packs folder)."""
-        _fsync_dir(self.packs)
+        with self._mutex:
+            if self._packs_fd is None:
+                self._packs_fd = os.open(self.packs, os.O_RDONLY | os.O_DIRECTORY)
+            folder = self._packs_fd
+        os.fsync(folder)
 
     def sync_all(self) -> None:
         """Flush the file system the store is on (syncfs): chunk files of the per-file layout
@@ -304,6 +325,9 @@ class ChunkStore:
             writers = [*self._finished, *([self._writer] if self._writer else [])]
             self._finished, self._writer = [], None
             fds, self._fds = list(self._fds.values()), {}
+            if self._packs_fd is not None:
+                fds.append(self._packs_fd)
+                self._packs_fd = None
         for w in writers:
             w.close()
         for fd in fds:

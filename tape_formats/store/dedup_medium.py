@@ -26,8 +26,8 @@ import pyfastcdc
 import zstandard
 
 from tape_formats.store import recipe as recipes
+from tape_formats.store.chunk_read_ahead import ReadAhead
 from tape_formats.store.chunk_store import CHUNK_ZSTD_LEVEL, ChunkStore, StoreError
-from tape_formats.store.read_ahead import ReadAhead
 
 # FastCDC sizes: 32 KiB on average (8 KiB..128 KiB), small enough that a changed file costs
 # little beyond itself, large enough that a GB is ~30,000 index rows.
@@ -36,7 +36,7 @@ AVG_CHUNK = 32 << 10
 # end is only where the buffer ended, not a content-defined cut).
 CUT_BATCH = 1 << 20
 # Chunks fetched ahead of a read from a remote store (about 1 MiB at 32 KiB a chunk); local
-# chunks are read ahead by read_ahead.py.
+# chunks are read ahead by chunk_read_ahead.py.
 READ_AHEAD = 32
 
 
@@ -191,21 +191,21 @@ class DedupMedium:
         cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(view)]  # (no view kept)
         if not final:
             cuts = cuts[:-1]
-        used = 0
+        pieces = [view[offset:offset + length] for offset, length in cuts]
         try:
-            for offset, length in cuts:
-                data = view[offset:offset + length]
-                cid = blake3.blake3(data).digest()
-                self._store.put(cid, data, self._cctx)
+            ids = [blake3.blake3(piece).digest() for piece in pieces]
+            self._store.put_many(ids, pieces, self._cctx)
+            for cid, piece in zip(ids, pieces, strict=True):
                 self._ch_start.append(self._chunked)
-                self._ch_len.append(length)
+                self._ch_len.append(len(piece))
                 self._ch_ids.append(cid)
-                self._chunked += length
-                used += length
-                data.release()
+                self._chunked += len(piece)
         finally:
+            used = sum(len(piece) for piece in pieces)
+            for piece in pieces:
+                piece.release()
             view.release()
-            del pending[:used]
+        del pending[:used]
 
     def truncate(self, length: int) -> None:
         os.ftruncate(self.fd, length)

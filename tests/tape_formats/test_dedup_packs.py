@@ -9,8 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cartridge_io import read_blocks
 
-from tape_formats.cartridge import RecordKind, TapeCartridge
+from tape_formats.cartridge import TapeCartridge
 from tape_formats.media import MEDIA
 from tape_formats.store.chunk_index import INDEX_NAME
 from tape_formats.store.chunk_store import ChunkStore, StoreError
@@ -41,12 +42,8 @@ def _write_files(path: Path, files: list[list[bytes]]) -> None:
 
 
 def _read_all(path: Path) -> list[bytes]:
-    out = []
     with TapeCartridge.open(path, readonly=True) as c:
-        while (r := c.read_block()).kind is not RecordKind.EOD:
-            if r.kind is RecordKind.DATA:
-                out.append(bytes(r.data))
-    return out
+        return read_blocks(c)
 
 
 def test_chunks_go_to_one_pack_and_a_damaged_record_is_an_io_error(tmp_path: Path) -> None:
