@@ -160,7 +160,7 @@ def _compact(store: ChunkStore, report: GcReport) -> None:
             os.close(fd)
     try:
         if rewrite:
-            _rewrite(store, rewrite, report)
+            _rewrite(store, rewrite, live, report)
     finally:
         for _number, _path, fd in rewrite:
             os.close(fd)
@@ -168,9 +168,13 @@ def _compact(store: ChunkStore, report: GcReport) -> None:
         store.sync_folder()
 
 
-def _rewrite(store: ChunkStore, old: list[tuple[int, Path, int]], report: GcReport) -> None:
-    """Copy the live records of ``old`` into new packs, move their rows, unlink ``old``."""
+def _rewrite(store: ChunkStore, old: list[tuple[int, Path, int]], live: dict[int, int],
+             report: GcReport) -> None:
+    """Copy the live records of ``old`` into new packs, move their rows, unlink ``old``
+    (not a pack where fewer live bytes were found than the index names: a damaged record
+    cut its walk short, and the rows past it still point there)."""
     moves: list[tuple[bytes, int, Location]] = []
+    moved: dict[int, int] = {}
     writer: packs.PackWriter | None = None
     done: list[packs.PackWriter] = []
     try:
@@ -187,6 +191,7 @@ def _rewrite(store: ChunkStore, old: list[tuple[int, Path, int]], report: GcRepo
                     writer = packs.PackWriter(store.packs)
                 new_at = writer.append(cid, flag, body)
                 moves.append((cid, number, Location(writer.number, new_at, loc.stored)))
+                moved[number] = moved.get(number, 0) + packs.record_size(loc.stored)
                 if writer.full:
                     done.append(writer)
                     writer = None
@@ -196,7 +201,9 @@ def _rewrite(store: ChunkStore, old: list[tuple[int, Path, int]], report: GcRepo
             os.fdatasync(w.fd)
         store.sync_folder()
         store.index.move(moves)  # from here the new packs hold the live chunks
-        for _number, path, fd in old:
+        for number, path, fd in old:
+            if moved.get(number, 0) != live[number]:
+                continue
             report.bytes_freed += os.fstat(fd).st_size
             path.unlink()
             report.packs_compacted += 1
