@@ -881,8 +881,12 @@ class _Restorer:
 
     def restore_file(self, rel: str, entry: ArchiveEntry, data: EntryData) -> None:
         path = self.abs(rel)
-        self.remove(rel)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:  # into an empty target nothing is there: no lstat before the create
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:  # whatever it is (a symlink too), it is replaced
+            self.remove(rel)
+            fd = os.open(path, flags, 0o600)
         try:
             view = self.buffer
             extents = entry.sparse_map if entry.sparse_map is not None else [(0, entry.size)]
