@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   python3-venv          # the virtualenv
+  python3-dev           # Python.h: builds the optional C extensions (setup.py)
   libiscsi-bin          # iscsi-ls / iscsi-inq: real initiators in the tests
   libiscsi-dev          # the benchmark's one-command-at-a-time libiscsi client
   tgt                   # the peer we benchmark against (tgt's --bstype ssc tape emulation)
@@ -58,7 +59,9 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+# Reinstalled when the package's metadata or a C extension's source changes (an editable
+# install builds the extensions once, in place).
+stamp=.venv/.installed-$(cat pyproject.toml setup.py tape_formats/archive/*.c | sha256sum | cut -c1-16)
 if [ ! -e "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[test,postgresql]'

@@ -8,6 +8,7 @@ generic parser here. The layout follows POSIX ``pax`` (ustar header, 'x' extende
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 
@@ -207,6 +208,19 @@ class UstarHeader:
     devminor: int
 
 
+def _header_sum(b: bytes) -> int:
+    """The unsigned checksum of a header block, its checksum field counted as spaces."""
+    return sum(b[:148]) + 256 + sum(b[156:])
+
+
+try:  # the same sum in C (tape_formats/archive/_paxfast.c), when it is built
+    from ._paxfast import header_sum  # type: ignore[import-not-found]
+except ImportError:
+    header_sum = _header_sum
+if os.environ.get("VTL_NO_FASTPATH"):
+    header_sum = _header_sum
+
+
 def _cstr(field: bytes) -> bytes:
     return field.split(b"\x00", 1)[0]
 
@@ -215,7 +229,7 @@ def parse_ustar(block: bytes | memoryview) -> UstarHeader:
     """Decode and checksum-verify one header block (ustar, pax or old GNU magic)."""
     b = bytes(block)
     stored = _parse_number(b[148:156])
-    unsigned = sum(b[:148]) + 256 + sum(b[156:])
+    unsigned = header_sum(b)
     if stored != unsigned:
         signed = sum((x - 256 if x > 127 else x) for x in b[:148]) + 256 + sum(
             (x - 256 if x > 127 else x) for x in b[156:]
