@@ -11,6 +11,8 @@ from setuptools import Extension, setup
 EXTENSIONS = [
     # the pax headers of a plain regular file (tape_formats/archive/writer.py)
     Extension("tape_formats.archive._paxfast", ["tape_formats/archive/_paxfast.c"], optional=True),
+    # READ(6)/WRITE(6) on the streaming fast paths (vtl/iscsi/stream_paths.py)
+    Extension("vtl._fastpath", ["vtl/_fastpath.c"], optional=True),
 ]
 
 setup(ext_modules=EXTENSIONS)

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vtl.iscsi import pdu
 from vtl.iscsi.pdu import ALL_ONES, BHS_LEN, Header, Op, RejectReason
@@ -71,6 +71,7 @@ class PduFraming:
     _max_dsl: int
     _last_rx: float
     _streams: dict
+    _paths: Any  # stream_paths.paths: the fast paths' implementation (C or Python)
     commands: int  # SCSI commands received (read by the status snapshot, vtl.iscsi.admin)
 
     # ==== receiving =========================================================================
@@ -89,7 +90,7 @@ class PduFraming:
 
     def _recv_pdu(self) -> tuple[Header | None, memoryview | None, bool]:
         """The next PDU: (header, data segment, data digest good); header None when the PDU
-        was a streaming READ or WRITE answered already (``_stream_read``/``_stream_write``)."""
+        was a streaming READ or WRITE answered already (stream_paths.py)."""
         hb = self._hbuf
         got = self.sock.recv_into(self._bhs_view)
         if got != BHS_LEN:  # rare: the header arrived in pieces (or the peer left)
@@ -101,10 +102,10 @@ class PduFraming:
             self.commands += 1  # `vtl target sessions` shows it; one add per command
         if hb[0] == _SCSI_CMD and self._streams:  # a streaming READ or WRITE?
             op = hb[32]
-            if op == _READ_6 and self._stream_read():
+            if op == _READ_6 and self._paths.stream_read(self, hb):
                 return None, None, True
             if op == _WRITE_6:
-                streamed = self._stream_write()
+                streamed = self._paths.stream_write(self, hb)
                 if streamed is not None:
                     return streamed
         hlen = BHS_LEN + hb[4] * 4 + (4 if self._hd else 0)

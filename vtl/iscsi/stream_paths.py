@@ -5,6 +5,12 @@ The two commands a tape stream is made of take a shorter way when the device off
 Header object or task exists, answered with one struct pack, and handed back to the general
 path, unchanged, whenever anything about the command is unusual. tests/iscsi/
 test_stream_paths.py holds both ways to byte-identical answers.
+
+Two implementations of the same decisions: the C extension ``vtl._fastpath`` (vtl/_fastpath.c,
+built by setup.py when a compiler is there), which spares the interpreter's share of each
+command, and the methods below, the fallback (extension missing, or ``VTL_NO_FASTPATH=1``)
+and the reference the tests hold the C one to, PDU for PDU. Both have one shape,
+``stream_read(conn, hbuf)`` and ``stream_write(conn, hbuf)``; ``paths`` is the one in use.
 """
 
 from __future__ import annotations
@@ -13,12 +19,14 @@ import logging
 import struct
 import threading
 from collections.abc import Callable
+from types import ModuleType
 from typing import TYPE_CHECKING, NamedTuple
 
 from vtl.iscsi import pdu
 from vtl.iscsi.lun_worker import LunWorker
 from vtl.iscsi.pdu import ALL_ONES, BHS_LEN, Header
 from vtl.iscsi.session import Session, TaskState
+from vtl.native import optional_extension
 
 if TYPE_CHECKING:
     from vtl.iscsi.config import TargetConfig
@@ -61,10 +69,12 @@ class StreamPaths:
     _workers: dict[int | None, LunWorker]
     _streams: dict[bytes, StreamLun]
     _tx_lock: threading.RLock
+    _paths: type[ReferencePaths] | ModuleType
 
     def bind_luns(self, target: TargetConfig, luns: frozenset[int]) -> None:
         """Look up the workers (and fast paths) of the LUNs the session sees, once at login
         (again when a reload shows it more)."""
+        self._paths = paths
         self._workers = {lun: w for lun in target.devices.luns
                          if lun in luns and (w := self.server.worker(target, lun))}
         self._streams = {}
@@ -75,14 +85,13 @@ class StreamPaths:
                 raw = pdu.encode_lun(lun)
                 self._streams[raw] = StreamLun(lun, raw, w, read, write)
 
-    def _stream_read(self) -> bool:
+    def _stream_read(self, hb: memoryview) -> bool:
         """Answer the READ(6) whose header is in ``_hbuf`` straight from the header, when it is
         the plain streaming case: in-order CmdSN, no data segment, AHS or header digest, a
         free ITT, nothing queued for the LUN, one Data-In PDU, and the device's
         ``stream_read`` takes it. That is the commonest command of a restore, and skipping
         the header object, the task and the generic result halves its cost. False: nothing
         happened, and the PDU goes the general way."""
-        hb = self._hbuf
         if hb[1] & _FRW != _FINAL_READ or hb[4] or hb[5] or hb[6] or hb[7] or self._hd:
             return False
         found = self._stream_for(hb)
@@ -105,14 +114,14 @@ class StreamPaths:
             self._after_command(stream.worker)
         return True
 
-    def _stream_write(self) -> tuple[Header | None, memoryview | None, bool] | None:
+    def _stream_write(self, hb: memoryview
+                      ) -> tuple[Header | None, memoryview | None, bool] | None:
         """The WRITE(6) whose header is in ``_hbuf``, in the streaming case: the whole block
         as immediate data in this PDU, no digests, in-order CmdSN, a free ITT, nothing
         queued for the LUN. Its data segment is read into a DonatedBuffer and offered to the
         device's ``stream_write``; taken, the answer is GOOD at once and the result is
         (None, None, True). Declined, the PDU goes the general way with its data already
         in: (header, data, True). None: not the case, nothing read past the header."""
-        hb = self._hbuf
         if hb[1] & _FRW != _FINAL_WRITE or hb[4] or self._hd or self._dd:
             return None
         found = self._stream_for(hb)
@@ -162,3 +171,27 @@ class StreamPaths:
         if prev is not None and prev.state is not TaskState.DONE:
             return None
         return stream, session, itt, edtl
+
+
+class ReferencePaths:
+    """The pure-Python fast paths in vtl._fastpath's shape (functions of the connection and
+    its header buffer): the fallback, and the reference for the C ones."""
+
+    stream_read = StreamPaths._stream_read
+    stream_write = StreamPaths._stream_write
+
+
+def _device_raised(what: str, cdb: bytes, exc: BaseException) -> None:
+    """vtl._fastpath's report of a device call that raised: logged as the Python path logs
+    it (``_after_command`` for the idle hook), and the command goes the general way."""
+    if what == "idle":
+        log.error("device idle() failed", exc_info=exc)
+    else:
+        log.error("%s raised on CDB %s", what, cdb.hex(), exc_info=exc)
+
+
+native = optional_extension("vtl._fastpath")
+if native is not None:
+    native.configure(TaskState.DONE, pdu.parse_bhs, _device_raised)
+# The implementation connections bind at login (tests switch it to compare the two).
+paths: type[ReferencePaths] | ModuleType = native or ReferencePaths

@@ -1,0 +1,685 @@
+/* vtl._fastpath: the streaming READ(6)/WRITE(6) fast paths of an iSCSI connection in C.
+ *
+ * The same decisions, in the same order, as StreamPaths._stream_read/_stream_write
+ * (vtl/iscsi/stream_paths.py), which stay the reference and the fallback: the 48-byte header
+ * is parsed here, the command is handed back unchanged (False / None) whenever anything about
+ * it is unusual, and the device's own stream_read/stream_write still decide for the tape.
+ * What this saves is the interpreter's share of a command: no Python frame for the header
+ * checks, the CmdSN window, the response header (packed here) or the idle hook.
+ * tests/iscsi/test_stream_paths.py holds both implementations to byte-identical PDUs.
+ *
+ * Owns nothing: every piece of state stays on the Python objects (Connection, Session,
+ * StreamLun), read and written through their attributes, so the two paths can never drift
+ * apart in what they remember. Locks are taken as the Python path takes them: the LUN's lock
+ * first, then the connection's _tx_lock (connection.py's lock order).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define BHS_LEN 48
+#define ALL_ONES 0xFFFFFFFFu
+/* SCSI Command flags (byte 1, RFC 7143 11.3.1): Final, Read, Write. */
+#define FRW 0xE0
+#define FINAL_READ 0xC0
+#define FINAL_WRITE 0xA0
+
+/* StreamLun's fields (a NamedTuple: read by index). */
+enum { SL_LUN, SL_LUN_RAW, SL_WORKER, SL_READ, SL_WRITE, SL_FIELDS };
+
+/* Set by configure(): TaskState.DONE, pdu.parse_bhs and the error reporter. */
+static PyObject *task_done, *parse_bhs, *report_error;
+
+static PyObject *s_hd, *s_dd, *s_streams, *s_session, *s_draining, *s_closing, *s_queue_depth,
+    *s_exp_cmdsn, *s_tasks, *s_taken, *s_freed, *s_posted, *s_state, *s_params,
+    *s_max_xmit_dsl, *s_max_burst, *s_lock, *s_nexus, *s_tx_lock, *s_statsn, *s_sendall,
+    *s_idle, *s_acquire, *s_release, *s_server, *s_config, *s_limits, *s_immediate_data,
+    *s_first_burst, *s_max_dsl, *s_max_transfer, *s_buffered, *s_max_buffered,
+    *s_write_buffer, *s_recv_exact, *s_tbuf, *s_stream_read, *s_stream_write, *s_idle_what;
+
+static PyObject *pad_bytes[4];
+static PyObject *r_none_none_true; /* (None, None, True) */
+
+static inline uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static inline void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+
+/* getattr(obj, name) as a C integer; -1 with an exception set on failure. */
+static int get_ll(PyObject *obj, PyObject *name, long long *out)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    *out = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* bool(getattr(obj, name)): 1, 0, or -1 on error. */
+static int get_true(PyObject *obj, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+static int set_ll(PyObject *obj, PyObject *name, long long value)
+{
+    PyObject *v = PyLong_FromLongLong(value);
+    if (v == NULL)
+        return -1;
+    int r = PyObject_SetAttr(obj, name, v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* obj.acquire() / obj.release(): 0, or -1 on error. */
+static int call_method0(PyObject *obj, PyObject *name)
+{
+    PyObject *r = PyObject_CallMethodNoArgs(obj, name);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Release ``lock`` keeping whatever exception is set (the with statement's __exit__). */
+static void release_keeping_error(PyObject *lock)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (call_method0(lock, s_release) < 0)
+        PyErr_WriteUnraisable(lock);
+    PyErr_Restore(type, value, tb);
+}
+
+/* A device call raised: hand an Exception to the reporter (it logs it) and go on; anything
+ * else (KeyboardInterrupt, SystemExit) propagates. 0 reported, -1 propagate. */
+static int report(PyObject *what, const uint8_t *hb)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    PyObject *cdb = PyBytes_FromStringAndSize((const char *)hb + 32, 6);
+    PyObject *r = cdb ? PyObject_CallFunctionObjArgs(report_error, what, cdb,
+                                                     value ? value : Py_None, NULL) : NULL;
+    Py_XDECREF(cdb);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+typedef struct {
+    PyObject *stream;  /* StreamLun */
+    PyObject *session;
+    uint32_t itt, edtl;
+} found_t;
+
+static void found_clear(found_t *f)
+{
+    Py_CLEAR(f->stream);
+    Py_CLEAR(f->session);
+}
+
+/* StreamPaths._stream_for: 1 with f filled (new references), 0 not the case, -1 error. */
+static int stream_for(PyObject *conn, const uint8_t *hb, found_t *f)
+{
+    long long qd, exp, taken, freed;
+    int r;
+    f->stream = f->session = NULL;
+    PyObject *streams = PyObject_GetAttr(conn, s_streams);
+    if (streams == NULL)
+        return -1;
+    PyObject *key = PyBytes_FromStringAndSize((const char *)hb + 8, 8);
+    if (key == NULL) {
+        Py_DECREF(streams);
+        return -1;
+    }
+    PyObject *stream = PyDict_Check(streams) ? PyDict_GetItemWithError(streams, key) : NULL;
+    Py_XINCREF(stream);
+    Py_DECREF(key);
+    Py_DECREF(streams);
+    if (stream == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    f->stream = stream;
+    if (!PyTuple_Check(stream) || PyTuple_GET_SIZE(stream) < SL_FIELDS)
+        goto no;
+    f->session = PyObject_GetAttr(conn, s_session);
+    if (f->session == NULL)
+        goto error;
+    if (f->session == Py_None)
+        goto no;
+    if ((r = get_true(conn, s_draining)) != 0 || (r = get_true(conn, s_closing)) != 0)
+        goto done_r;
+    if (get_ll(f->session, s_queue_depth, &qd) < 0)
+        goto error;
+    if (!qd)
+        goto no;
+    f->itt = be32(hb + 16);
+    f->edtl = be32(hb + 20);
+    uint32_t cmdsn = be32(hb + 24);
+    if (get_ll(f->session, s_exp_cmdsn, &exp) < 0)
+        goto error;
+    if ((long long)cmdsn != exp || f->itt == ALL_ONES)
+        goto no;
+    PyObject *tasks = PyObject_GetAttr(conn, s_tasks);
+    if (tasks == NULL)
+        goto error;
+    PyObject *itt = PyLong_FromUnsignedLong(f->itt);
+    r = itt ? PySequence_Contains(tasks, itt) : -1;
+    Py_XDECREF(itt);
+    Py_DECREF(tasks);
+    if (r != 0)
+        goto done_r;
+    if (get_ll(f->session, s_taken, &taken) < 0 || get_ll(f->session, s_freed, &freed) < 0)
+        goto error;
+    if (taken - freed >= qd)  /* window full */
+        goto no;
+    PyObject *posted = PyObject_GetAttr(conn, s_posted);
+    if (posted == NULL)
+        goto error;
+    PyObject *prev = PyDict_Check(posted)
+        ? PyDict_GetItemWithError(posted, PyTuple_GET_ITEM(stream, SL_LUN)) : NULL;
+    Py_XINCREF(prev);
+    Py_DECREF(posted);
+    if (prev == NULL) {
+        if (PyErr_Occurred())
+            goto error;
+        return 1;
+    }
+    PyObject *state = PyObject_GetAttr(prev, s_state);
+    Py_DECREF(prev);
+    if (state == NULL)
+        goto error;
+    Py_DECREF(state);  /* compared by identity only, as ``is not`` does */
+    if (state != task_done)
+        goto no;
+    return 1;
+done_r:
+    if (r < 0)
+        goto error;
+no:
+    found_clear(f);
+    return 0;
+error:
+    found_clear(f);
+    return -1;
+}
+
+/* The MaxCmdSN a response carries (Session.max_cmdsn). */
+static int max_cmdsn(PyObject *session, long long exp, uint32_t *out)
+{
+    long long qd, taken, freed;
+    if (get_ll(session, s_queue_depth, &qd) < 0 || get_ll(session, s_taken, &taken) < 0
+            || get_ll(session, s_freed, &freed) < 0)
+        return -1;
+    *out = (uint32_t)((exp + qd - 1 - (taken - freed)) & ALL_ONES);
+    return 0;
+}
+
+/* Number the response (conn.statsn += 1) and send ``frames``, all under _tx_lock:
+ * ResponseSender._send_data_in_good / _send_rsp_good. ``bhs`` gets StatSN, ExpCmdSN and
+ * MaxCmdSN at bytes 24..35 and becomes frames[0]. */
+static int send_numbered(PyObject *conn, PyObject *session, uint8_t *bhs, PyObject *frames,
+                         Py_ssize_t total)
+{
+    long long sn, exp;
+    uint32_t mx;
+    int ok = -1;
+    PyObject *tx = PyObject_GetAttr(conn, s_tx_lock);
+    if (tx == NULL)
+        return -1;
+    if (call_method0(tx, s_acquire) < 0) {
+        Py_DECREF(tx);
+        return -1;
+    }
+    if (get_ll(conn, s_statsn, &sn) < 0 || set_ll(conn, s_statsn, (sn + 1) & ALL_ONES) < 0)
+        goto out;
+    /* ExpCmdSN before the slot counters (Session.taken says why) */
+    if (get_ll(session, s_exp_cmdsn, &exp) < 0 || max_cmdsn(session, exp, &mx) < 0)
+        goto out;
+    put32(bhs + 24, (uint32_t)sn);
+    put32(bhs + 28, (uint32_t)exp);
+    put32(bhs + 32, mx);
+    PyObject *b = PyBytes_FromStringAndSize((const char *)bhs, BHS_LEN);
+    if (b == NULL)
+        goto out;
+    PyList_SET_ITEM(frames, 0, b);
+    PyObject *r = PyObject_CallMethod(conn, "_sendall", "On", frames, total);
+    if (r == NULL)
+        goto out;
+    Py_DECREF(r);
+    ok = 0;
+out:
+    if (ok < 0)
+        release_keeping_error(tx);
+    else if (call_method0(tx, s_release) < 0)
+        ok = -1;
+    Py_DECREF(tx);
+    return ok;
+}
+
+/* ScsiCommandRunner._after_command: the device's idle() hook, errors logged. */
+static int after_command(PyObject *worker, const uint8_t *hb)
+{
+    PyObject *idle = PyObject_GetAttr(worker, s_idle);
+    if (idle == NULL)
+        return -1;
+    if (idle == Py_None) {
+        Py_DECREF(idle);
+        return 0;
+    }
+    PyObject *r = PyObject_CallNoArgs(idle);
+    Py_DECREF(idle);
+    if (r == NULL)
+        return report(s_idle_what, hb);
+    Py_DECREF(r);
+    return 0;
+}
+
+/* session.exp_cmdsn += 1 (mod 2**32): the command is taken. */
+static int advance_cmdsn(PyObject *session)
+{
+    long long exp;
+    if (get_ll(session, s_exp_cmdsn, &exp) < 0)
+        return -1;
+    return set_ll(session, s_exp_cmdsn, (exp + 1) & ALL_ONES);
+}
+
+/* The header buffer: a writable or read-only buffer of at least BHS_LEN bytes. */
+static int header(PyObject *obj, Py_buffer *view)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (view->len < BHS_LEN) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "header buffer shorter than 48 bytes");
+        return -1;
+    }
+    return 0;
+}
+
+/* The device call under the LUN's lock, then (taken) the response and the idle hook. */
+typedef struct {
+    PyObject *conn;
+    const uint8_t *hb;
+    found_t *f;
+    PyObject *worker, *lock;
+} locked_t;
+
+static int lock_lun(locked_t *c)
+{
+    c->worker = PyTuple_GET_ITEM(c->f->stream, SL_WORKER);
+    c->lock = PyObject_GetAttr(c->worker, s_lock);
+    if (c->lock == NULL)
+        return -1;
+    if (call_method0(c->lock, s_acquire) < 0) {
+        Py_CLEAR(c->lock);
+        return -1;
+    }
+    return 0;
+}
+
+static int unlock_lun(locked_t *c, int status)
+{
+    if (status < 0)
+        release_keeping_error(c->lock);
+    else if (call_method0(c->lock, s_release) < 0)
+        status = -1;
+    Py_CLEAR(c->lock);
+    return status;
+}
+
+/* Call the device's stream_read/stream_write(nexus, cdb, arg); NULL after a reported
+ * Exception (*reported = 1), NULL with an exception set for anything else. */
+static PyObject *device_call(locked_t *c, int which, PyObject *arg, PyObject *what,
+                             int *reported)
+{
+    *reported = 0;
+    PyObject *nexus = PyObject_GetAttr(c->f->session, s_nexus);
+    if (nexus == NULL)
+        return NULL;
+    PyObject *cdb = PyBytes_FromStringAndSize((const char *)c->hb + 32, 16);
+    PyObject *r = cdb ? PyObject_CallFunctionObjArgs(PyTuple_GET_ITEM(c->f->stream, which),
+                                                     nexus, cdb, arg, NULL) : NULL;
+    Py_XDECREF(cdb);
+    Py_DECREF(nexus);
+    if (r == NULL && report(what, c->hb) == 0)
+        *reported = 1;
+    return r;
+}
+
+static int read_answer(locked_t *c)
+{
+    int reported;
+    uint32_t n = c->f->edtl;
+    PyObject *edtl = PyLong_FromUnsignedLong(n);
+    if (edtl == NULL)
+        return -1;
+    PyObject *data = device_call(c, SL_READ, edtl, s_stream_read, &reported);
+    Py_DECREF(edtl);
+    if (data == NULL)
+        return reported ? 0 : -1;
+    if (data == Py_None) {
+        Py_DECREF(data);
+        return 0;
+    }
+    if (advance_cmdsn(c->f->session) < 0) {
+        Py_DECREF(data);
+        return -1;
+    }
+    /* pdu.data_in_good: Final + Status, GOOD, no residual, TTT all ones */
+    uint8_t bhs[BHS_LEN] = {0x25, 0x81, 0, 0};
+    put32(bhs + 4, n);
+    memcpy(bhs + 8, PyBytes_AS_STRING(PyTuple_GET_ITEM(c->f->stream, SL_LUN_RAW)), 8);
+    put32(bhs + 16, c->f->itt);
+    put32(bhs + 20, ALL_ONES);
+    Py_ssize_t pad = -(Py_ssize_t)n & 3;
+    PyObject *frames = PyList_New(pad ? 3 : 2);
+    if (frames == NULL) {
+        Py_DECREF(data);
+        return -1;
+    }
+    PyList_SET_ITEM(frames, 1, data);  /* steals data */
+    if (pad) {
+        Py_INCREF(pad_bytes[pad]);
+        PyList_SET_ITEM(frames, 2, pad_bytes[pad]);
+    }
+    int r = send_numbered(c->conn, c->f->session, bhs, frames, BHS_LEN + n + pad);
+    Py_DECREF(frames);
+    if (r < 0)
+        return -1;
+    return after_command(c->worker, c->hb) < 0 ? -1 : 1;
+}
+
+PyDoc_STRVAR(stream_read_doc,
+"stream_read(conn, hbuf) -> bool\n\n"
+"StreamPaths._stream_read for the header in hbuf: True when the READ(6) was answered.");
+
+static PyObject *stream_read(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "stream_read(conn, hbuf)");
+        return NULL;
+    }
+    PyObject *conn = args[0];
+    Py_buffer view;
+    found_t f = {NULL, NULL, 0, 0};
+    int r;
+    long long lim;
+    if (header(args[1], &view) < 0)
+        return NULL;
+    const uint8_t *hb = view.buf;
+    if ((hb[1] & FRW) != FINAL_READ || hb[4] || hb[5] || hb[6] || hb[7]) {
+        r = 0;
+        goto out;
+    }
+    if ((r = get_true(conn, s_hd)) != 0) {  /* a header digest: the general path */
+        r = r < 0 ? -1 : 0;
+        goto out;
+    }
+    if ((r = stream_for(conn, hb, &f)) <= 0)
+        goto out;
+    r = 0;
+    if (PyTuple_GET_ITEM(f.stream, SL_READ) == Py_None
+            || !PyBytes_Check(PyTuple_GET_ITEM(f.stream, SL_LUN_RAW))
+            || PyBytes_GET_SIZE(PyTuple_GET_ITEM(f.stream, SL_LUN_RAW)) != 8)
+        goto out;
+    PyObject *p = PyObject_GetAttr(f.session, s_params);
+    if (p == NULL) {
+        r = -1;
+        goto out;
+    }
+    if (get_ll(p, s_max_xmit_dsl, &lim) < 0 || (f.edtl > lim)
+            || get_ll(p, s_max_burst, &lim) < 0 || (f.edtl > lim)) {
+        Py_DECREF(p);
+        r = PyErr_Occurred() ? -1 : 0;
+        goto out;
+    }
+    Py_DECREF(p);
+    locked_t c = {conn, hb, &f, NULL, NULL};
+    if ((r = lock_lun(&c)) < 0)
+        goto out;
+    r = unlock_lun(&c, read_answer(&c));
+out:
+    found_clear(&f);
+    PyBuffer_Release(&view);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r > 0);
+}
+
+/* StreamPaths._stream_write's checks before any data is read: 1 the case, 0 not, -1 error. */
+static int write_fits(PyObject *conn, const uint8_t *hb, found_t *f)
+{
+    long long v, buffered;
+    uint32_t dsl = be32(hb + 4) & 0xFFFFFF;
+    if (PyTuple_GET_ITEM(f->stream, SL_WRITE) == Py_None || dsl != f->edtl || !dsl)
+        return 0;
+    PyObject *p = PyObject_GetAttr(f->session, s_params);
+    if (p == NULL)
+        return -1;
+    int r = get_true(p, s_immediate_data);
+    if (r > 0)
+        r = get_ll(p, s_first_burst, &v) < 0 ? -1 : dsl <= v;
+    Py_DECREF(p);
+    if (r > 0)
+        r = get_ll(conn, s_max_dsl, &v) < 0 ? -1 : dsl <= v;
+    if (r <= 0)
+        return r;
+    PyObject *server = PyObject_GetAttr(conn, s_server);
+    PyObject *config = server ? PyObject_GetAttr(server, s_config) : NULL;
+    PyObject *limits = config ? PyObject_GetAttr(config, s_limits) : NULL;
+    Py_XDECREF(server);
+    Py_XDECREF(config);
+    if (limits == NULL)
+        return -1;
+    r = get_ll(limits, s_max_transfer, &v) < 0 ? -1 : f->edtl <= v;
+    if (r > 0 && get_ll(conn, s_buffered, &buffered) < 0)
+        r = -1;
+    if (r > 0)
+        r = get_ll(limits, s_max_buffered, &v) < 0 ? -1 : buffered + f->edtl <= v;
+    Py_DECREF(limits);
+    return r;
+}
+
+/* Read the data segment (and its padding) into a new write buffer: a memoryview of it. */
+static PyObject *receive_block(PyObject *conn, uint32_t n)
+{
+    PyObject *buf = PyObject_CallMethod(conn, "_write_buffer", "k", (unsigned long)n);
+    if (buf == NULL)
+        return NULL;
+    PyObject *view = PyMemoryView_FromObject(buf);
+    Py_DECREF(buf);
+    if (view == NULL)
+        return NULL;
+    PyObject *r = PyObject_CallMethodOneArg(conn, s_recv_exact, view);
+    if (r == NULL)
+        goto error;
+    Py_DECREF(r);
+    Py_ssize_t pad = -(Py_ssize_t)n & 3;
+    if (pad) {
+        PyObject *tbuf = PyObject_GetAttr(conn, s_tbuf);
+        PyObject *part = tbuf ? PySequence_GetSlice(tbuf, 0, pad) : NULL;
+        Py_XDECREF(tbuf);
+        r = part ? PyObject_CallMethodOneArg(conn, s_recv_exact, part) : NULL;
+        Py_XDECREF(part);
+        if (r == NULL)
+            goto error;
+        Py_DECREF(r);
+    }
+    return view;
+error:
+    Py_DECREF(view);
+    return NULL;
+}
+
+static int write_answer(locked_t *c, PyObject *view)
+{
+    int reported;
+    PyObject *taken = device_call(c, SL_WRITE, view, s_stream_write, &reported);
+    if (taken == NULL)
+        return reported ? 0 : -1;
+    int r = PyObject_IsTrue(taken);
+    Py_DECREF(taken);
+    if (r <= 0)
+        return r;
+    if (advance_cmdsn(c->f->session) < 0)
+        return -1;
+    /* pdu.scsi_rsp_good: Final, response 0, status GOOD, no LUN, ExpDataSN 0 (r2tsn) */
+    uint8_t bhs[BHS_LEN] = {0x21, 0x80, 0, 0};
+    put32(bhs + 16, c->f->itt);
+    PyObject *frames = PyList_New(1);
+    if (frames == NULL)
+        return -1;
+    r = send_numbered(c->conn, c->f->session, bhs, frames, BHS_LEN);
+    Py_DECREF(frames);
+    if (r < 0)
+        return -1;
+    return after_command(c->worker, c->hb) < 0 ? -1 : 1;
+}
+
+PyDoc_STRVAR(stream_write_doc,
+"stream_write(conn, hbuf) -> tuple | None\n\n"
+"StreamPaths._stream_write for the header in hbuf: None (not the case, nothing read past\n"
+"the header), (None, None, True) when the WRITE(6) was taken and answered, or\n"
+"(header, data, True) for the general path with the data already in.");
+
+static PyObject *stream_write(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "stream_write(conn, hbuf)");
+        return NULL;
+    }
+    PyObject *conn = args[0];
+    PyObject *result = NULL, *view = NULL;
+    Py_buffer hview;
+    found_t f = {NULL, NULL, 0, 0};
+    int r;
+    if (header(args[1], &hview) < 0)
+        return NULL;
+    const uint8_t *hb = hview.buf;
+    if ((hb[1] & FRW) != FINAL_WRITE || hb[4]) {
+        r = 0;
+        goto out;
+    }
+    if ((r = get_true(conn, s_hd)) != 0 || (r = get_true(conn, s_dd)) != 0) {  /* digests */
+        r = r < 0 ? -1 : 0;
+        goto out;
+    }
+    if ((r = stream_for(conn, hb, &f)) <= 0 || (r = write_fits(conn, hb, &f)) <= 0)
+        goto out;
+    view = receive_block(conn, f.edtl);
+    if (view == NULL) {
+        r = -1;
+        goto out;
+    }
+    locked_t c = {conn, hb, &f, NULL, NULL};
+    if ((r = lock_lun(&c)) < 0)
+        goto out;
+    r = unlock_lun(&c, write_answer(&c, view));
+    if (r > 0) {
+        Py_INCREF(r_none_none_true);
+        result = r_none_none_true;
+    } else if (r == 0) {  /* declined: the general path takes the PDU with its data in */
+        PyObject *raw = PyBytes_FromStringAndSize((const char *)hb, BHS_LEN);
+        PyObject *hdr = raw ? PyObject_CallOneArg(parse_bhs, raw) : NULL;
+        Py_XDECREF(raw);
+        result = hdr ? PyTuple_Pack(3, hdr, view, Py_True) : NULL;
+        Py_XDECREF(hdr);
+        if (result == NULL)
+            r = -1;
+    }
+out:
+    Py_XDECREF(view);
+    found_clear(&f);
+    PyBuffer_Release(&hview);
+    if (r < 0) {
+        Py_XDECREF(result);
+        return NULL;
+    }
+    if (result == NULL)
+        Py_RETURN_NONE;
+    return result;
+}
+
+PyDoc_STRVAR(configure_doc,
+"configure(task_done, parse_bhs, report_error)\n\n"
+"What the fast paths need from the Python side: TaskState.DONE, pdu.parse_bhs, and\n"
+"report_error(what, cdb, exc), called when a device call raised (it logs).");
+
+static PyObject *configure(PyObject *mod, PyObject *args)
+{
+    PyObject *done, *parse, *rep;
+    if (!PyArg_ParseTuple(args, "OOO:configure", &done, &parse, &rep))
+        return NULL;
+    Py_INCREF(done);
+    Py_INCREF(parse);
+    Py_INCREF(rep);
+    Py_XSETREF(task_done, done);
+    Py_XSETREF(parse_bhs, parse);
+    Py_XSETREF(report_error, rep);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"stream_read", (PyCFunction)(void (*)(void))stream_read, METH_FASTCALL, stream_read_doc},
+    {"stream_write", (PyCFunction)(void (*)(void))stream_write, METH_FASTCALL,
+     stream_write_doc},
+    {"configure", configure, METH_VARARGS, configure_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "vtl._fastpath",
+    "The streaming READ(6)/WRITE(6) fast paths in C (vtl/iscsi/stream_paths.py is the "
+    "reference).", -1, methods,
+};
+
+#define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
+
+PyMODINIT_FUNC PyInit__fastpath(void)
+{
+    INTERN(s_hd, "_hd"); INTERN(s_dd, "_dd"); INTERN(s_streams, "_streams");
+    INTERN(s_session, "session"); INTERN(s_draining, "draining");
+    INTERN(s_closing, "_closing"); INTERN(s_queue_depth, "queue_depth");
+    INTERN(s_exp_cmdsn, "exp_cmdsn"); INTERN(s_tasks, "tasks"); INTERN(s_taken, "taken");
+    INTERN(s_freed, "freed"); INTERN(s_posted, "_posted"); INTERN(s_state, "state");
+    INTERN(s_params, "params"); INTERN(s_max_xmit_dsl, "max_xmit_dsl");
+    INTERN(s_max_burst, "max_burst"); INTERN(s_lock, "lock"); INTERN(s_nexus, "nexus");
+    INTERN(s_tx_lock, "_tx_lock"); INTERN(s_statsn, "statsn"); INTERN(s_sendall, "_sendall");
+    INTERN(s_idle, "idle"); INTERN(s_acquire, "acquire"); INTERN(s_release, "release");
+    INTERN(s_server, "server"); INTERN(s_config, "config"); INTERN(s_limits, "limits");
+    INTERN(s_immediate_data, "immediate_data"); INTERN(s_first_burst, "first_burst");
+    INTERN(s_max_dsl, "_max_dsl"); INTERN(s_max_transfer, "max_transfer");
+    INTERN(s_buffered, "_buffered"); INTERN(s_max_buffered, "max_buffered");
+    INTERN(s_write_buffer, "_write_buffer"); INTERN(s_recv_exact, "_recv_exact");
+    INTERN(s_tbuf, "_tbuf"); INTERN(s_stream_read, "stream_read");
+    INTERN(s_stream_write, "stream_write"); INTERN(s_idle_what, "idle");
+    for (int i = 0; i < 4; i++) {
+        static const char zeros[4];
+        if ((pad_bytes[i] = PyBytes_FromStringAndSize(zeros, i)) == NULL)
+            return NULL;
+    }
+    if ((r_none_none_true = PyTuple_Pack(3, Py_None, Py_None, Py_True)) == NULL)
+        return NULL;
+    return PyModule_Create(&module);
+}

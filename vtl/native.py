@@ -1,0 +1,24 @@
+"""Loading the optional C extensions (setup.py builds them; each may be missing).
+
+An extension only ever speeds up a path that also exists in pure Python, so a missing one (no
+compiler at install time) is no error, and ``VTL_NO_FASTPATH=1`` turns them all off to run
+the reference path (tests, A/B benchmarks).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+DISABLE_ENV = "VTL_NO_FASTPATH"
+
+
+def optional_extension(name: str) -> ModuleType | None:
+    """The extension module ``name``, or None when it is not built or is turned off."""
+    if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
+        return None
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
