@@ -151,6 +151,7 @@ def serve(server: IscsiTarget, target: TargetConfig, stream: bytes, setup_pdus: 
 
 
 def measure(block: int, writes: int, reads: int, kind: str = "mixed") -> tuple[float, float]:
+    (REPO / ".cache").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="hot-path-", dir=REPO / ".cache"))
     try:
         lib = Library.create(work / "lib", LibraryConfig(drives=1, slots=4, mailslots=1))

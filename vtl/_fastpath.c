@@ -5,7 +5,8 @@
  * is parsed here, the command is handed back unchanged (False / None) whenever anything about
  * it is unusual, and the device's own stream_read/stream_write still decide for the tape.
  * What this saves is the interpreter's share of a command: no Python frame for the header
- * checks, the CmdSN window, the response header (packed here) or the idle hook.
+ * checks, the CmdSN window, the response header (packed here), the usual sendmsg (the rare
+ * cases still go through PduFraming._sendall) or the idle hook.
  * tests/iscsi/test_stream_paths.py holds both implementations to byte-identical PDUs.
  *
  * Owns nothing: every piece of state stays on the Python objects (Connection, Session,
@@ -17,6 +18,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #define BHS_LEN 48
 #define ALL_ONES 0xFFFFFFFFu
@@ -33,13 +35,15 @@ static PyObject *task_done, *parse_bhs, *report_error;
 
 static PyObject *s_hd, *s_dd, *s_streams, *s_session, *s_draining, *s_closing, *s_queue_depth,
     *s_exp_cmdsn, *s_tasks, *s_taken, *s_freed, *s_posted, *s_state, *s_params,
-    *s_max_xmit_dsl, *s_max_burst, *s_lock, *s_nexus, *s_tx_lock, *s_statsn, *s_sendall,
+    *s_max_xmit_dsl, *s_max_burst, *s_lock, *s_nexus, *s_tx_lock, *s_statsn,
     *s_idle, *s_acquire, *s_release, *s_server, *s_config, *s_limits, *s_immediate_data,
     *s_first_burst, *s_max_dsl, *s_max_transfer, *s_buffered, *s_max_buffered,
-    *s_write_buffer, *s_recv_exact, *s_tbuf, *s_stream_read, *s_stream_write, *s_idle_what;
+    *s_write_buffer, *s_recv_exact, *s_tbuf, *s_stream_read, *s_stream_write, *s_idle_what,
+    *s_sock_closed, *s_unsent_bytes, *s_sock, *s_sendmsg;
 
 static PyObject *pad_bytes[4];
 static PyObject *r_none_none_true; /* (None, None, True) */
+static PyObject *empty_tuple, *msg_dontwait;
 
 static inline uint32_t be32(const uint8_t *p)
 {
@@ -235,6 +239,77 @@ static int max_cmdsn(PyObject *session, long long exp, uint32_t *out)
     return 0;
 }
 
+/* PduFraming._sendall's common case: nothing waits before these frames and the socket takes
+ * them all at once. Anything else (earlier output waiting, a full socket, part of a frame
+ * sent, an error) goes to _sendall itself with the frames still unsent, which it handles as
+ * it always does. Call with _tx_lock held. */
+static int send_frames(PyObject *conn, PyObject *frames, Py_ssize_t total)
+{
+    long long unsent;
+    int r = get_true(conn, s_sock_closed);
+    if (r != 0)
+        return r < 0 ? -1 : 0;
+    if (get_ll(conn, s_unsent_bytes, &unsent) < 0)
+        return -1;
+    PyObject *rest = frames, *res = NULL;
+    Py_INCREF(rest);
+    if (!unsent) {
+        PyObject *sock = PyObject_GetAttr(conn, s_sock);
+        if (sock == NULL)
+            goto error;
+        res = PyObject_CallMethodObjArgs(sock, s_sendmsg, frames, empty_tuple, msg_dontwait,
+                                         NULL);
+        Py_DECREF(sock);
+        if (res == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_OSError))
+                goto error;
+            PyErr_Clear();  /* nothing went out: _sendall tries again and decides */
+        } else {
+            Py_ssize_t sent = PyLong_AsSsize_t(res);
+            Py_CLEAR(res);
+            if (sent == -1 && PyErr_Occurred())
+                goto error;
+            if (sent == total) {
+                Py_DECREF(rest);
+                return 0;
+            }
+            Py_ssize_t i = 0, n = PyList_GET_SIZE(frames);
+            for (; i < n; i++) {  /* the frames that went out whole */
+                Py_ssize_t size = PyObject_Length(PyList_GET_ITEM(frames, i));
+                if (size < 0)
+                    goto error;
+                if (sent < size)
+                    break;
+                sent -= size;
+            }
+            if (i == n) {
+                Py_DECREF(rest);
+                return 0;
+            }
+            Py_SETREF(rest, PyList_GetSlice(frames, i, n));
+            if (rest == NULL)
+                return -1;
+            if (sent) {  /* part of a frame went out */
+                PyObject *mv = PyMemoryView_FromObject(PyList_GET_ITEM(rest, 0));
+                PyObject *tail = mv ? PySequence_GetSlice(mv, sent, PY_SSIZE_T_MAX) : NULL;
+                Py_XDECREF(mv);
+                if (tail == NULL || PyList_SetItem(rest, 0, tail) < 0)
+                    goto error;
+            }
+            total = -1;
+        }
+    }
+    res = PyObject_CallMethod(conn, "_sendall", "On", rest, total);
+    Py_DECREF(rest);
+    if (res == NULL)
+        return -1;
+    Py_DECREF(res);
+    return 0;
+error:
+    Py_XDECREF(rest);
+    return -1;
+}
+
 /* Number the response (conn.statsn += 1) and send ``frames``, all under _tx_lock:
  * ResponseSender._send_data_in_good / _send_rsp_good. ``bhs`` gets StatSN, ExpCmdSN and
  * MaxCmdSN at bytes 24..35 and becomes frames[0]. */
@@ -263,11 +338,7 @@ static int send_numbered(PyObject *conn, PyObject *session, uint8_t *bhs, PyObje
     if (b == NULL)
         goto out;
     PyList_SET_ITEM(frames, 0, b);
-    PyObject *r = PyObject_CallMethod(conn, "_sendall", "On", frames, total);
-    if (r == NULL)
-        goto out;
-    Py_DECREF(r);
-    ok = 0;
+    ok = send_frames(conn, frames, total);
 out:
     if (ok < 0)
         release_keeping_error(tx);
@@ -665,7 +736,7 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     INTERN(s_freed, "freed"); INTERN(s_posted, "_posted"); INTERN(s_state, "state");
     INTERN(s_params, "params"); INTERN(s_max_xmit_dsl, "max_xmit_dsl");
     INTERN(s_max_burst, "max_burst"); INTERN(s_lock, "lock"); INTERN(s_nexus, "nexus");
-    INTERN(s_tx_lock, "_tx_lock"); INTERN(s_statsn, "statsn"); INTERN(s_sendall, "_sendall");
+    INTERN(s_tx_lock, "_tx_lock"); INTERN(s_statsn, "statsn");
     INTERN(s_idle, "idle"); INTERN(s_acquire, "acquire"); INTERN(s_release, "release");
     INTERN(s_server, "server"); INTERN(s_config, "config"); INTERN(s_limits, "limits");
     INTERN(s_immediate_data, "immediate_data"); INTERN(s_first_burst, "first_burst");
@@ -674,6 +745,11 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     INTERN(s_write_buffer, "_write_buffer"); INTERN(s_recv_exact, "_recv_exact");
     INTERN(s_tbuf, "_tbuf"); INTERN(s_stream_read, "stream_read");
     INTERN(s_stream_write, "stream_write"); INTERN(s_idle_what, "idle");
+    INTERN(s_sock_closed, "_sock_closed"); INTERN(s_unsent_bytes, "_unsent_bytes");
+    INTERN(s_sock, "sock"); INTERN(s_sendmsg, "sendmsg");
+    if ((empty_tuple = PyTuple_New(0)) == NULL
+            || (msg_dontwait = PyLong_FromLong(MSG_DONTWAIT)) == NULL)
+        return NULL;
     for (int i = 0; i < 4; i++) {
         static const char zeros[4];
         if ((pad_bytes[i] = PyBytes_FromStringAndSize(zeros, i)) == NULL)
