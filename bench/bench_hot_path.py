@@ -13,7 +13,9 @@ the part of a command vtl can make cheaper, measured without a second process to
 600 reads) and prints the differences per WRITE and per READ: counts that do not depend on the
 machine's load, for A/B comparisons of hot-path changes (needs Debian's valgrind; the
 kernel's share, syscalls included, is not counted). ``--data random|text`` changes what the
-blocks hold (default: half compressible, like bench_drive.py's ``mixed``).
+blocks hold (default: half compressible, like bench_drive.py's ``mixed``). The C fast paths
+(vtl._fastpath) serve when built; ``VTL_NO_FASTPATH=1`` in the environment measures the
+pure-Python ones (A/B in one checkout).
 """
 
 from __future__ import annotations
