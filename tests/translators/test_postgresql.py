@@ -139,6 +139,7 @@ def test_point_in_time_restore_recovers_exactly_the_commits_before_it(tmp_path, 
         fetch(ebm.catalog, ebm.library, incr, "00000001000000000000FFFF", fetched)
     ebm.close()  # as after `ebm restore`: nothing else holds the catalog while they recover
     assert _rows_after_recovery(pg, latest) == [1, 2, 3, 4, 5]
+    assert not (latest / "pg_wal" / "ebm-prefetch").exists()  # gone at the end of the archive
     assert _rows_after_recovery(pg, at_lsn) == [1, 2]
 
     to_time = pg.dir / "at-time"
