@@ -4,9 +4,11 @@ A sequential read (a restore) wants the chunks of the stream one after the other
 fetched in *windows* of ``WINDOW`` consecutive chunks of the recipe: the store reads records
 adjacent in a pack with one pread and decompresses them (chunk_store.read_many; zstd and
 pread release the GIL), and while the reader consumes window ``w`` the thread already
-reads ``w + 1``. Random access (a locate) costs one window. Decoded windows are kept for the
-current, previous and next window only (a block spans several chunks, a chunk several
-blocks, so reads step back a little).
+reads up to ``w + AHEAD``: a hand-over between threads can take milliseconds on a busy
+machine, so the reader should find its next window done rather than wait for one. Random
+access (a locate) costs one window. Decoded windows are kept from the previous one (a block
+spans several chunks, a chunk several blocks, so reads step back a little) to the last one
+asked for: about (AHEAD + 2) MiB.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import zstandard
 from tape_formats.store.chunk_store import ChunkStore
 
 WINDOW = 32  # chunks per window: about 1 MiB of stream at 32 KiB a chunk
+AHEAD = 3  # windows read ahead of the one being read
 
 
 class ReadAhead:
@@ -36,9 +39,10 @@ class ReadAhead:
         not hold locally (the S3 tier)."""
         w = j // WINDOW
         window = self._window(w, ids, lengths)
-        if (w + 1) * WINDOW < len(ids):
-            self._window(w + 1, ids, lengths)
-        for old in [k for k in self._windows if not w - 1 <= k <= w + 1]:
+        for ahead in range(w + 1, w + 1 + AHEAD):
+            if ahead * WINDOW < len(ids):
+                self._window(ahead, ids, lengths)
+        for old in [k for k in self._windows if not w - 1 <= k <= w + AHEAD]:
             self._windows.pop(old).cancel()
         got = window.result()
         i = j - w * WINDOW

@@ -136,7 +136,7 @@ class DedupMedium:
                 out[at:at + take] = src[:take]
             else:
                 j = bisect_right(self._ch_start, pos) - 1
-                data = self._chunk(j)
+                data = memoryview(self._chunk(j))
                 skip = pos - self._ch_start[j]
                 take = min(len(out) - at, len(data) - skip)
                 out[at:at + take] = data[skip:skip + take]
