@@ -4,8 +4,11 @@ chunk) still read and collected."""
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +106,52 @@ def test_a_store_of_chunk_files_still_reads_and_is_collected(tmp_path: Path) -> 
     b.unlink()
     assert collect(old, b.parent).chunks_freed > len(ids)
     assert not list(old.ids()) and not list(old.pack_files())
+
+
+# The collector, stopped for good at one step of a compaction (a SIGKILL there).
+KILLED_COLLECTOR = r"""
+import sys, time
+from pathlib import Path
+from tape_formats.store import gc
+from tape_formats.store.chunk_store import ChunkStore
+stage = sys.argv[3]
+def stop_here(*args, **kwargs):
+    print(stage, flush=True)
+    time.sleep(600)
+if stage == "before-move":  # the new pack is written and synced, the rows not moved
+    gc.ChunkStore.sync_folder = stop_here
+else:  # "before-unlink": the rows point at the new pack, the old one is still there
+    import tape_formats.store.chunk_index as ci
+    move = ci.ChunkIndex.move
+    def move_then_stop(self, rows):
+        move(self, rows)
+        stop_here()
+    ci.ChunkIndex.move = move_then_stop
+gc.collect(ChunkStore(Path(sys.argv[1])), Path(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize("stage", ["before-move", "before-unlink"])
+def test_a_collector_killed_inside_a_compaction_loses_nothing(tmp_path: Path,
+                                                              stage: str) -> None:
+    a = _new(tmp_path, "P00001L8")
+    keep, drop = _blocks(6, 5), _blocks(7, 20)
+    _write_files(a, [keep, drop])
+    with TapeCartridge.open(a) as c:
+        c.locate(len(keep) + 1)
+        c.erase()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_COLLECTOR, str(tmp_path / "store"),
+                             str(a.parent), stage], stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout.readline().decode().strip() == stage
+    finally:
+        proc.kill()
+        proc.wait()
+    assert _read_all(a) == keep
+    store = ChunkStore(tmp_path / "store")
+    assert len(list(store.pack_files())) == 2  # the old pack and the new one, both whole
+    collect(store, a.parent)  # the next run removes whichever no row points into
+    s = stats(store, a.parent)
+    assert s.packs == 1 and s.stored_chunks == s.chunks
+    assert _read_all(a) == keep
