@@ -48,6 +48,7 @@ WRITER_TTL = 3600  # seconds a writer marker blocks collection unless deleted ea
 REFS_DIR = "refs"
 DEFAULT_GRACE = 3600.0
 ID_SIZE = 32
+DELETE_BATCH = 1000  # keys per DeleteObjects request (S3's most)
 
 
 def library_name(gateway: str, root: Path) -> str:
@@ -141,8 +142,7 @@ def collect(client: Any, bucket: str, prefix: str, who: str, *,
         marks = _marks(client, bucket, prefix, report)
         marks.update(local_ids)
         report.chunks_marked = len(marks)
-        for obj in chunks:
-            _sweep_one(client, bucket, obj, marks, start - grace, report)
+        _sweep(client, bucket, chunks, marks, start - grace, report)
         return report
     finally:
         # deleted rather than written released: it needs no generation, and in a versioned
@@ -196,22 +196,56 @@ def _archive_chunks(client: Any, bucket: str, base: str) -> list[bytes]:
     return ids
 
 
-def _sweep_one(client: Any, bucket: str, obj: dict[str, Any], marks: set[bytes],
-               older_than: float, report: BucketGcReport) -> None:
+def _sweep(client: Any, bucket: str, chunks: list[dict[str, Any]], marks: set[bytes],
+           older_than: float, report: BucketGcReport) -> None:
+    """Delete the unmarked chunk objects older than ``older_than``, DELETE_BATCH at a time
+    (one DeleteObjects request each); in a bucket with object lock, each is HEADed first."""
+    locking = _object_lock_enabled(client, bucket)
+    doomed: list[dict[str, Any]] = []
+    for obj in chunks:
+        try:
+            cid = bytes.fromhex(obj["Key"].rsplit("/", 1)[1])
+        except ValueError:
+            cid = b""
+        if cid in marks:
+            report.chunks_kept += 1
+        elif obj["LastModified"].timestamp() > older_than:
+            report.chunks_young += 1
+        elif locking and _locked(client, bucket, obj["Key"]):
+            report.chunks_locked += 1
+        else:
+            doomed.append(obj)
+    for at in range(0, len(doomed), DELETE_BATCH):
+        _delete_batch(client, bucket, doomed[at:at + DELETE_BATCH], report)
+
+
+def _delete_batch(client: Any, bucket: str, objs: list[dict[str, Any]],
+                  report: BucketGcReport) -> None:
+    r = client.delete_objects(Bucket=bucket, Delete={
+        "Objects": [{"Key": o["Key"]} for o in objs], "Quiet": True})
+    refused = {e["Key"]: e.get("Code", "") for e in r.get("Errors", [])}
+    for obj in objs:
+        code = refused.get(obj["Key"])
+        if code is None:
+            report.chunks_deleted += 1
+            report.bytes_deleted += obj["Size"]
+        elif code == "AccessDenied":  # locked after all
+            report.chunks_locked += 1
+        else:
+            raise LibraryError(f"deleting s3://{bucket}/{obj['Key']}: {code}")
+
+
+def _object_lock_enabled(client: Any, bucket: str) -> bool:
+    from tape_formats.store.s3_objects import error_code
+
     try:
-        cid = bytes.fromhex(obj["Key"].rsplit("/", 1)[1])
-    except ValueError:
-        cid = b""
-    if cid in marks:
-        report.chunks_kept += 1
-    elif obj["LastModified"].timestamp() > older_than:
-        report.chunks_young += 1
-    elif _locked(client, bucket, obj["Key"]):
-        report.chunks_locked += 1
-    else:
-        client.delete_object(Bucket=bucket, Key=obj["Key"])
-        report.chunks_deleted += 1
-        report.bytes_deleted += obj["Size"]
+        conf = client.get_object_lock_configuration(Bucket=bucket)
+    except Exception as exc:
+        if error_code(exc) in ("ObjectLockConfigurationNotFoundError", "NoSuchKey", "404",
+                               "InvalidRequest", "NotImplemented"):
+            return False
+        raise
+    return conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
 
 
 def _locked(client: Any, bucket: str, key: str) -> bool:
