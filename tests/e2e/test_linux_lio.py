@@ -35,7 +35,7 @@ from ebm.remote.scsi_client import ScsiDevice
 from .checks import TAR_ROUNDTRIP, check_tar_roundtrip, mt_status, mtx_status
 from .hostroot import boot_hostroot, build_hostroot_guest
 from .qemu import qemu_available
-from .targets import free_port
+from .targets import E2E_STORE, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +57,7 @@ start_handler() { setsid $V lio handler >>/tmp/handler.log 2>&1 </dev/null & ech
 cat >/tmp/wait-ready <<'EOF'
 for i in $(seq 120); do [ $(grep -c ready /tmp/handler.log) -ge $1 ] && exit 0; sleep 1; done; exit 1
 EOF
-step init "$V init --drives 2 --slots 6 --mailslots 1 >/dev/null && $V cartridge create A00001L8-A00003L8 --capacity 64MiB >/dev/null && echo ok"
+step init "$V init STORE_OPT--drives 2 --slots 6 --mailslots 1 >/dev/null && $V cartridge create A00001L8-A00003L8 --capacity 64MiB >/dev/null && echo ok"
 start_handler
 step export "sh /tmp/wait-ready 1; $V lio export --fabric loopback && $V lio status"
 step devices "for i in \$(seq 120); do [ -e /dev/sch0 ] && [ -e /dev/nst1 ] && break; sleep 1; done; for d in /sys/bus/scsi/devices/*:*:*:*; do echo \$(basename \$d) type=\$(cat \$d/type) \$(cat \$d/model); done"
@@ -184,7 +184,8 @@ def _sections(text: str) -> dict[str, str]:
 def test_lio_tcm_loop_changer_and_drive(hostroot_guest):
     script = SCRIPT.replace("VTL", str(VTL)).replace("CONFIGFS", CONFIGFS).replace(
         "TAPE_IO", str(TAPE_IO)).replace("IQN_NAME", IQN).replace("HOST_A", HOST_A).replace(
-        "HOST_B", HOST_B).replace("PY", sys.executable)
+        "HOST_B", HOST_B).replace("PY", sys.executable).replace(
+        "STORE_OPT", "" if E2E_STORE == "plain" else f"--store {E2E_STORE} ")
     port = free_port()
     host: dict[str, object] = {}
     run = boot_hostroot(hostroot_guest, script, timeout=600, forwards={port: 3260},

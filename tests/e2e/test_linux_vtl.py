@@ -7,11 +7,16 @@ load another cartridge into another drive (fixed-block mode), and reload the fir
 prove its data survived the unload. Each guest command is a separate step so a failure
 names the command, its output and the serial log (dmesg included, with the sense data the
 st driver logged).
+
+The library here is a dedup one (issue 16: SSC sees no difference between the stores), unless
+VTL_E2E_STORE names another: the rest of the suite runs on the plain store by default, and the
+whole suite runs on dedup with VTL_E2E_STORE=dedup.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,7 +120,7 @@ step dmesg 'dmesg | grep -vE "^\[ *[0-9.]+\] (ACPI|PCI|pci|clocksource|x86|evm|F
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[VtlServer]:
     root = tmp_path / "lib"
-    vtl(root, "init")
+    vtl(root, "init", "--store", os.environ.get("VTL_E2E_STORE", "dedup"))
     for slot, barcode in enumerate(BARCODES, start=1):
         vtl(root, "cartridge", "create", barcode, "--slot", f"slot:{slot}")
     vtl(root, "cartridge", "create", PROTECTED, "--slot", "slot:3")
