@@ -1,5 +1,5 @@
-/* tape_formats.archive._paxfast: the pax headers of a plain regular file, in C, and the
- * ustar checksum a reader verifies.
+/* tape_formats.archive._paxfast: the pax headers of a plain regular file, in C, the ustar
+ * checksum a reader verifies, and the trailer's JSON lines of a packed file index.
  *
  * Why: a backup of many small files builds one extended header and one ustar header per
  * file; in Python that is ~15 us of struct packing, octal and decimal formatting and
@@ -13,6 +13,7 @@
  *   name, uname, gname: bytes; the rest ints (atime_ns may be None). The result is the pax
  *   'x' header block, its records padded to 512, then the file's ustar block.
  * header_sum(block) -> int: the unsigned checksum of a 512-byte header (parse_ustar's).
+ * index_json(rows) -> (bytes, used): packed file index rows as the trailer's JSON lines.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -174,7 +175,160 @@ static PyObject *header_sum(PyObject *self, PyObject *arg)
     return PyLong_FromUnsignedLong(sum);
 }
 
+/* ---- the trailer's file index: packed rows (packed_index.py) to JSON lines ---- */
+
+static const char *const KIND_NAMES[] = {"file", "dir", "symlink", "hardlink", "chardev",
+                                         "blockdev", "fifo"};
+#define ROW_SIZE (2 + 7 * 8 + 2 * 4) /* struct "<BBqqqqqqqII" */
+#define HAS_SHA 1
+#define DELETED 2
+#define TORN 4
+
+typedef struct {
+    char *buf;
+    Py_ssize_t len, cap;
+} Out;
+
+static int out_reserve(Out *o, Py_ssize_t more)
+{
+    if (o->len + more <= o->cap)
+        return 0;
+    Py_ssize_t cap = o->cap * 2 > o->len + more ? o->cap * 2 : o->len + more + 4096;
+    char *b = PyMem_Realloc(o->buf, (size_t)cap);
+    if (b == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    o->buf = b;
+    o->cap = cap;
+    return 0;
+}
+
+/* A JSON string as json's encoder writes it with ensure_ascii=False: '"' and '\\' and the
+ * control characters escaped, every other byte (UTF-8 or a raw name byte) as it is. */
+static int json_string(Out *o, const unsigned char *s, Py_ssize_t n)
+{
+    if (out_reserve(o, 6 * n + 2) < 0)
+        return -1;
+    char *w = o->buf + o->len;
+    *w++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c >= ' ' && c != '"' && c != '\\') {
+            *w++ = (char)c;
+            continue;
+        }
+        *w++ = '\\';
+        switch (c) {
+        case '"': *w++ = '"'; break;
+        case '\\': *w++ = '\\'; break;
+        case '\b': *w++ = 'b'; break;
+        case '\f': *w++ = 'f'; break;
+        case '\n': *w++ = 'n'; break;
+        case '\r': *w++ = 'r'; break;
+        case '\t': *w++ = 't'; break;
+        default:
+            w += sprintf(w, "u%04x", c);
+        }
+    }
+    *w++ = '"';
+    o->len = w - o->buf;
+    return 0;
+}
+
+static long long le64(const unsigned char *p)
+{
+    unsigned long long v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return (long long)v;
+}
+
+static unsigned int le32(const unsigned char *p)
+{
+    return (unsigned int)p[0] | (unsigned int)p[1] << 8 | (unsigned int)p[2] << 16
+           | (unsigned int)p[3] << 24;
+}
+
+/* index_json(data) -> (text, used): the complete packed rows at the start of ``data`` as the
+ * trailer's JSON lines (PackedIndex.json_lines' bytes), and how many bytes they took. */
+static PyObject *index_json(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const unsigned char *d = view.buf;
+    Py_ssize_t end = view.len, pos = 0;
+    Out o = {NULL, 0, 0};
+    static const char hex[] = "0123456789abcdef";
+    while (pos + ROW_SIZE <= end) {
+        const unsigned char *r = d + pos;
+        unsigned kind = r[0], flags = r[1];
+        unsigned int plen = le32(r + 58), llen = le32(r + 62);
+        Py_ssize_t sha = flags & HAS_SHA ? 32 : 0;
+        if (pos + ROW_SIZE + sha + (Py_ssize_t)plen + (Py_ssize_t)llen > end)
+            break;
+        if (kind >= sizeof KIND_NAMES / sizeof KIND_NAMES[0]) {
+            PyErr_SetString(PyExc_ValueError, "packed index row of an unknown kind");
+            goto fail;
+        }
+        const unsigned char *p = r + ROW_SIZE + sha;
+        if (out_reserve(&o, 400) < 0)
+            goto fail;
+        memcpy(o.buf + o.len, "{\"path\":", 8);
+        o.len += 8;
+        if (json_string(&o, p, plen) < 0 || out_reserve(&o, 400) < 0)
+            goto fail;
+        o.len += sprintf(o.buf + o.len,
+                         ",\"kind\":\"%s\",\"size\":%lld,\"mtime_ns\":%lld,\"mode\":%lld,"
+                         "\"uid\":%lld,\"gid\":%lld,\"header_offset\":%lld,\"data_offset\":%lld",
+                         KIND_NAMES[kind], le64(r + 2), le64(r + 10), le64(r + 18), le64(r + 26),
+                         le64(r + 34), le64(r + 42), le64(r + 50));
+        if (sha) {
+            char *w = o.buf + o.len;
+            memcpy(w, ",\"sha256\":\"", 11);
+            w += 11;
+            for (int i = 0; i < 32; i++) {
+                *w++ = hex[r[ROW_SIZE + i] >> 4];
+                *w++ = hex[r[ROW_SIZE + i] & 15];
+            }
+            *w++ = '"';
+            o.len = w - o.buf;
+        }
+        if (flags & DELETED) {
+            memcpy(o.buf + o.len, ",\"deleted\":true", 15);
+            o.len += 15;
+        }
+        if (llen) {
+            memcpy(o.buf + o.len, ",\"linkname\":", 12);
+            o.len += 12;
+            if (json_string(&o, p + plen, llen) < 0 || out_reserve(&o, 16) < 0)
+                goto fail;
+        }
+        if (flags & TORN) {
+            memcpy(o.buf + o.len, ",\"torn\":true", 12);
+            o.len += 12;
+        }
+        memcpy(o.buf + o.len, "}\n", 2);
+        o.len += 2;
+        pos += ROW_SIZE + sha + plen + llen;
+    }
+    PyBuffer_Release(&view);
+    PyObject *text = PyBytes_FromStringAndSize(o.buf ? o.buf : "", o.len);
+    PyMem_Free(o.buf);
+    if (text == NULL)
+        return NULL;
+    return Py_BuildValue("(Nn)", text, pos);
+fail:
+    PyBuffer_Release(&view);
+    PyMem_Free(o.buf);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"index_json", index_json, METH_O,
+     "The complete packed index rows at the start of a buffer as JSON lines, and the bytes used."},
     {"header_sum", header_sum, METH_O,
      "The unsigned checksum of a ustar header block (its checksum field as spaces)."},
     {"file_headers", file_headers, METH_VARARGS,

@@ -423,8 +423,8 @@ def write_index(index: Iterable[IndexEntry], out: BinaryIO) -> int:
     comp = zstandard.ZstdCompressor(level=_INDEX_LEVEL).compressobj()
     if isinstance(index, PackedIndex):
         n = 0
-        for text in index.json_lines(_INDEX_BATCH):
-            n += out.write(comp.compress(text.encode("utf-8", "surrogateescape")))
+        for text in index.json_lines():
+            n += out.write(comp.compress(text))
         return n + out.write(comp.flush())
     encode = _INDEX_ENCODER.encode  # one encoder for all rows (json.dumps builds one per call)
     batch: list[str] = []

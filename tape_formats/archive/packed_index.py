@@ -23,12 +23,20 @@ straight from the packed fields (:meth:`PackedIndex.json_lines`, the same bytes 
 
 from __future__ import annotations
 
+import os
 import struct
 import tempfile
 from collections.abc import Generator, Iterable, Iterator
 from json.encoder import encode_basestring
 
 from .entry import KINDS, IndexEntry
+
+try:  # the JSON lines in C (tape_formats/archive/_paxfast.c), when it is built
+    from ._paxfast import index_json as _index_json  # type: ignore[import-not-found]
+except ImportError:
+    _index_json = None
+if os.environ.get("VTL_NO_FASTPATH"):
+    _index_json = None
 
 _ROW = struct.Struct("<BBqqqqqqqII")
 _KIND_CODE = {k: i for i, k in enumerate(KINDS)}
@@ -128,34 +136,57 @@ class PackedIndex:
                 raise ValueError("spilled index ends inside a row")
         yield from _decode(self._buf, whole=True)
 
-    def json_lines(self, batch: int) -> Iterator[str]:
+    def json_lines(self) -> Iterator[bytes]:
         """The rows as the trailer's JSON lines (``IndexEntry.to_json`` encoded compactly,
-        key order kept, non-ASCII as is), ``batch`` rows per string, each line ending in
-        "\\n"."""
-        lines: list[str] = []
-        for (path, kind, size, mtime, mode, uid, gid, sha, hoff, doff, deleted, link,
-             torn) in self.rows():
-            line = (f'{{"path":{encode_basestring(path)},"kind":"{kind}","size":{size},'
-                    f'"mtime_ns":{mtime},"mode":{mode},"uid":{uid},"gid":{gid},'
-                    f'"header_offset":{hoff},"data_offset":{doff}')
-            if sha is not None:
-                line += f',"sha256":"{sha}"'
-            if deleted:
-                line += ',"deleted":true'
-            if link:
-                line += f',"linkname":{encode_basestring(link)}'
-            lines.append(line + ("}\n" if not torn else ',"torn":true}\n'))
-            if len(lines) >= batch:
-                yield "".join(lines)
-                lines.clear()
-        if lines:
-            yield "".join(lines)
+        key order kept, non-ASCII as is, names as their raw bytes), a chunk of rows at a time,
+        each line ending in "\\n". Formatted in C when the extension is built."""
+        parse = _json_chunk if _index_json is None else _index_json
+        rest = b""
+        for piece in self._pieces():
+            data = rest + piece if rest else piece
+            text, used = parse(data)
+            yield text
+            rest = data[used:]
+        if rest:
+            raise ValueError("packed index ends inside a row")
+
+    def _pieces(self) -> Iterator[bytes]:
+        """The packed bytes, spilled and held, a read chunk at a time (rows cut anywhere)."""
+        if self._file is not None:
+            self._file.seek(0)
+            while chunk := self._file.read(_READ_CHUNK):
+                yield chunk
+        for pos in range(0, len(self._buf), _READ_CHUNK):
+            yield bytes(self._buf[pos:pos + _READ_CHUNK])
 
     def close(self) -> None:
         """Drop the spilled rows (the file goes when closed)."""
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def _json_chunk(data: bytes) -> tuple[bytes, int]:
+    """The complete rows at the start of ``data`` as JSON lines, and the bytes they took:
+    the reference for the C ``index_json``."""
+    lines: list[str] = []
+    rows = _decode(data)
+    while True:
+        try:
+            (path, kind, size, mtime, mode, uid, gid, sha, hoff, doff, deleted, link,
+             torn) = next(rows)
+        except StopIteration as stop:
+            return "".join(lines).encode("utf-8", "surrogateescape"), stop.value
+        line = (f'{{"path":{encode_basestring(path)},"kind":"{kind}","size":{size},'
+                f'"mtime_ns":{mtime},"mode":{mode},"uid":{uid},"gid":{gid},'
+                f'"header_offset":{hoff},"data_offset":{doff}')
+        if sha is not None:
+            line += f',"sha256":"{sha}"'
+        if deleted:
+            line += ',"deleted":true'
+        if link:
+            line += f',"linkname":{encode_basestring(link)}'
+        lines.append(line + ("}\n" if not torn else ',"torn":true}\n'))
 
 
 def _decode(buf: bytes | bytearray, *, whole: bool = False) -> Generator[tuple, None, int]:

@@ -1,8 +1,9 @@
-"""The C header builder (tape_formats.archive._paxfast) writes PaxWriter's bytes exactly.
+"""The C extension tape_formats.archive._paxfast gives the bytes of the Python reference.
 
-PaxWriter's Python path is the reference: every entry is written once with the extension and
-once without it, and the two streams (and the locations and digests) must be identical, for
-the plain files the extension takes and for the ones it hands back to Python.
+PaxWriter's Python path is the reference for the headers: every entry is written once with
+the extension and once without it, and the two streams (and the locations and digests) must
+be identical, for the plain files the extension takes and for the ones it hands back to
+Python. The same for the header checksum and the trailer's JSON lines of a packed index.
 """
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ import random
 
 import pytest
 
-from tape_formats.archive import ArchiveEntry, PaxReader, PaxWriter, pax, writer
+from tape_formats.archive import (
+    ArchiveEntry,
+    IndexEntry,
+    PackedIndex,
+    PaxReader,
+    PaxWriter,
+    packed_index,
+    pax,
+    writer,
+)
 
 fast = pytest.importorskip("tape_formats.archive._paxfast", reason="C extension not built")
 
@@ -88,3 +98,23 @@ def test_header_sum_equals_the_python_sum():
         assert fast.header_sum(block) == pax._header_sum(block)
     with pytest.raises(ValueError):
         fast.header_sum(b"short")
+
+
+def test_index_json_equals_the_python_lines(monkeypatch):
+    """Names with quotes, control characters, non-UTF-8 bytes and non-ASCII text, every flag,
+    read back in chunks that cut rows in two."""
+    rows = [IndexEntry(path=".", kind="dir", mode=0o755, header_offset=0, data_offset=512),
+            IndexEntry(path="a/f", kind="file", size=2**40, mtime_ns=-1, mode=0o4755,
+                       uid=2**32 - 2, gid=7, sha256="ab" * 32, header_offset=1024,
+                       data_offset=2048),
+            IndexEntry(path="a/\udcff-raw\u00e9\u2028", kind="file", sha256="00" * 32, torn=True),
+            IndexEntry(path='q"\\\x00\x01\x1f\x7f\b\f\n\r\t', kind="symlink",
+                       linkname='"\t\udc80'),
+            IndexEntry(path="gone", kind="fifo", deleted=True, header_offset=5, data_offset=5)]
+    monkeypatch.setattr(packed_index, "_READ_CHUNK", 61)
+    index = PackedIndex(rows * 7)
+    monkeypatch.setattr(packed_index, "_index_json", None)
+    python_lines = b"".join(index.json_lines())
+    monkeypatch.setattr(packed_index, "_index_json", fast.index_json)
+    assert b"".join(index.json_lines()) == python_lines
+    assert python_lines.count(b"\n") == len(rows) * 7
