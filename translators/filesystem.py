@@ -106,6 +106,8 @@ PREFETCH_WINDOW = 4  # jobs in flight ahead of the writer
 PREFETCH_MAX_ENTRIES = 1024  # spooled entries per batch, changed or not
 CHUNK = 1024 * 1024
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
+# An index row as PackedIndex.add takes it (IndexEntry's fields in order), without the object.
+_Row = tuple[str, str, int, int, int, int, int, str | None, int, int, bool, str, bool]
 _IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
@@ -463,7 +465,7 @@ class FilesystemTranslator(Translator):
                             vanished.append((rel, rec.prev_mode))
                             continue
                         row, key = result
-                        prog.bytes_done += row.size
+                        prog.bytes_done += row[2]
                     else:
                         row, key = self._backup_other(abs_path, rel, kind, rec, writer)  # type: ignore[arg-type]
                 except FileNotFoundError:
@@ -472,7 +474,7 @@ class FilesystemTranslator(Translator):
                 except PermissionError as exc:
                     warnings.append(f"cannot read {rel}: {exc.strerror}")
                     continue
-                index.append(row)
+                index.add(*row)
                 state.add(rel, key)
                 prog.entries_done += 1
                 if progress is not None and time.monotonic() - last_report > 0.1:
@@ -490,7 +492,7 @@ class FilesystemTranslator(Translator):
         )
 
     def _backup_other(self, abs_path: str, rel: str, kind: str, st: os.stat_result,
-                      writer: PaxWriter) -> tuple[IndexEntry, list[int]]:
+                      writer: PaxWriter) -> tuple[_Row, list[int]]:
         entry = self._common(rel, kind, st)
         if kind == "symlink":
             entry.linkname = os.readlink(abs_path)
@@ -498,9 +500,8 @@ class FilesystemTranslator(Translator):
             entry.devmajor, entry.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
         entry.xattrs = read_xattrs(abs_path)
         loc = writer.add(entry, None)
-        row = IndexEntry(path=rel, kind=kind, size=0, mtime_ns=st.st_mtime_ns, mode=entry.mode,
-                         uid=st.st_uid, gid=st.st_gid, header_offset=loc.header_offset,
-                         data_offset=loc.data_offset, linkname=entry.linkname)
+        row = (rel, kind, 0, st.st_mtime_ns, entry.mode, st.st_uid, st.st_gid, None,
+               loc.header_offset, loc.data_offset, False, entry.linkname, False)
         return row, _state_key(st)
 
     @staticmethod
@@ -575,7 +576,7 @@ class FilesystemTranslator(Translator):
 
     def _backup_file(self, abs_path: str, rel: str, st_scan: os.stat_result, writer: PaxWriter,
                      links: dict[tuple[int, int], str], warnings: list[str],
-                     prefetched=_MISSING) -> tuple[IndexEntry, list[int]] | None:
+                     prefetched=_MISSING) -> tuple[_Row, list[int]] | None:
         """Capture one regular file consistently; None if it vanished or stopped being one."""
         if st_scan.st_nlink > 1:
             first = links.get((st_scan.st_dev, st_scan.st_ino))
@@ -583,10 +584,9 @@ class FilesystemTranslator(Translator):
                 entry = self._common(rel, "hardlink", st_scan)
                 entry.linkname = first
                 loc = writer.add(entry, None)
-                row = IndexEntry(path=rel, kind="hardlink", size=0, mtime_ns=st_scan.st_mtime_ns,
-                                 mode=entry.mode, uid=st_scan.st_uid, gid=st_scan.st_gid,
-                                 header_offset=loc.header_offset, data_offset=loc.data_offset,
-                                 linkname=first)
+                row = (rel, "hardlink", 0, st_scan.st_mtime_ns, entry.mode, st_scan.st_uid,
+                       st_scan.st_gid, None, loc.header_offset, loc.data_offset, False, first,
+                       False)
                 return row, _state_key(st_scan)
         res = prefetched
         if isinstance(res, BaseException):
@@ -611,9 +611,8 @@ class FilesystemTranslator(Translator):
         if torn:
             warnings.append(f"{rel} kept changing while being read ({self.retries + 1} attempts); "
                             "its archived copy may be inconsistent")
-        row = IndexEntry(path=rel, kind="file", size=st0.st_size, mtime_ns=st0.st_mtime_ns,
-                         mode=entry.mode, uid=st0.st_uid, gid=st0.st_gid, sha256=loc.sha256,
-                         header_offset=loc.header_offset, data_offset=loc.data_offset, torn=torn)
+        row = (rel, "file", st0.st_size, st0.st_mtime_ns, entry.mode, st0.st_uid, st0.st_gid,
+               loc.sha256, loc.header_offset, loc.data_offset, False, "", torn)
         key = _state_key(st0)
         if torn:
             key[2] = -1  # never matches: the next incremental takes the file again

@@ -64,7 +64,7 @@ class PackedIndex:
                  torn=e.torn)
 
     def add(self, path: str, kind: str, size: int, mtime_ns: int, mode: int, uid: int, gid: int,
-            sha256: str | None, header_offset: int, data_offset: int, *, deleted: bool = False,
+            sha256: str | None, header_offset: int, data_offset: int, deleted: bool = False,
             linkname: str = "", torn: bool = False) -> None:
         """Append one row from its fields (what :meth:`append` does without an IndexEntry)."""
         code = _KIND_CODE.get(kind)
