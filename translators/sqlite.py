@@ -156,14 +156,22 @@ def _begin_on_backfilled_wal(conn: sqlite3.Connection, uri: str, busy_timeout: f
 
     A second connection holds the write lock (``BEGIN IMMEDIATE``: no commit can slip in)
     while a PASSIVE checkpoint copies every frame back and the read begins; a busy writer is
-    only waited for, never raced. A reader of this or another process still on an older
-    snapshot keeps the checkpoint from finishing: OperationalError then."""
+    only waited for, never raced. A PASSIVE checkpoint gives up at once when another one
+    runs (a writer's automatic checkpoint after its last commit): it is retried until
+    ``busy_timeout``, as is one that a reader still on an older snapshot keeps from
+    finishing; OperationalError then."""
     gate = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=busy_timeout)
     try:
         gate.execute("BEGIN IMMEDIATE")
-        busy, frames, backfilled = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        if busy or frames != backfilled:
-            raise sqlite3.OperationalError("a reader keeps the WAL checkpoint from finishing")
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            busy, frames, backfilled = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if not busy and frames == backfilled:
+                break
+            if time.monotonic() > deadline:
+                raise sqlite3.OperationalError("the WAL checkpoint cannot finish (another "
+                                               "checkpoint, or a reader on an older snapshot)")
+            time.sleep(0.01)
         _begin_read(conn)
     finally:
         gate.close()  # rolls back: writers go on, into the WAL
