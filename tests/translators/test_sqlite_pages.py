@@ -186,3 +186,25 @@ def test_restore_over_an_older_copy_drops_its_hot_journal(tmp_path):
     restore_chain(SqliteTranslator(), [archive], target)
     assert os.listdir(target) == ["app.db"]
     check_restored(target / "app.db", result.state["sha256"])
+
+
+def test_block_hashes_skip_unchanged_blocks_and_find_the_same_pages(tmp_path):
+    """Pages of a 64 KiB block whose hash equals the parent's keep the parent's page hashes;
+    the result equals hashing every page (a parent state without block hashes)."""
+    from translators.sqlite import ParentHashes, scan_pages
+
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(70 * 4096))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        base = scan_pages(fd, 4096, None)
+        for page in (3, 40, 41):
+            os.pwrite(fd, b"changed", page * 4096 + 9)
+        os.pwrite(fd, os.urandom(5 * 4096), 70 * 4096)  # grows past a partial block
+        by_block = scan_pages(fd, 4096, ParentHashes(bytes(base.hashes), bytes(base.blocks)))
+        by_page = scan_pages(fd, 4096, ParentHashes(bytes(base.hashes), None))
+    finally:
+        os.close(fd)
+    assert list(by_block.changed) == [4, 41, 42, 71, 72, 73, 74, 75] == list(by_page.changed)
+    assert by_block.hashes == by_page.hashes and by_block.blocks == by_page.blocks
+    assert by_block.sha256 == by_page.sha256 == sha(path)
