@@ -14,6 +14,7 @@
  *   'x' header block, its records padded to 512, then the file's ustar block.
  * header_sum(block) -> int: the unsigned checksum of a 512-byte header (parse_ustar's).
  * index_json(rows) -> (bytes, used): packed file index rows as the trailer's JSON lines.
+ * ustar_fields(block) -> tuple | None: a plain ustar header's fields (parse_ustar's).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -175,6 +176,95 @@ static PyObject *header_sum(PyObject *self, PyObject *arg)
     return PyLong_FromUnsignedLong(sum);
 }
 
+/* ---- reading: the fields of a ustar header block ---- */
+
+/* A numeric field as pax._parse_number reads it, for the plain case only: spaces, octal
+ * digits, spaces, then the field's end or a NUL. Returns 0 and sets *value, or -1 for
+ * anything else (base-256, other characters), which the caller leaves to Python. */
+static int plain_octal(const unsigned char *f, int width, long long *value)
+{
+    int i = 0;
+    unsigned long long v = 0;
+    while (i < width && f[i] == ' ')
+        i++;
+    int digits = 0;
+    while (i < width && f[i] >= '0' && f[i] <= '7') {
+        v = (v << 3) | (unsigned)(f[i] - '0');
+        i++;
+        digits++;
+    }
+    if (digits > 21)
+        return -1;
+    while (i < width && f[i] == ' ')
+        i++;
+    if (i < width && f[i] != '\0')
+        return -1;
+    *value = (long long)v;
+    return 0;
+}
+
+static PyObject *cstr(const unsigned char *f, int width)
+{
+    const unsigned char *nul = memchr(f, 0, (size_t)width);
+    return PyBytes_FromStringAndSize((const char *)f, nul ? nul - f : width);
+}
+
+/* ustar_fields(block) -> tuple | None: pax.parse_ustar's UstarHeader fields of a POSIX
+ * ustar block whose checksum (unsigned) and numbers are plain; None for everything else
+ * (old GNU magic, base-256 numbers, a signed or bad checksum, bad magic): Python decides. */
+static PyObject *ustar_fields(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    const unsigned char *b = view.buf;
+    long long num[7]; /* chksum, mode, uid, gid, size, mtime, devmajor; devminor below */
+    static const int off[7] = {148, 100, 108, 116, 124, 136, 329};
+    static const int width[7] = {8, 8, 8, 8, 12, 12, 8};
+    long long devminor;
+    if (view.len != BLOCK || memcmp(b + 257, "ustar\0" "00", 8) != 0)
+        goto decline;
+    for (int i = 0; i < 7; i++)
+        if (plain_octal(b + off[i], width[i], &num[i]) < 0)
+            goto decline;
+    if (plain_octal(b + 337, 8, &devminor) < 0)
+        goto decline;
+    unsigned long sum = 8 * ' ';
+    for (int i = 0; i < BLOCK; i++)
+        if (i < 148 || i >= 156)
+            sum += b[i];
+    if ((unsigned long long)num[0] != sum)
+        goto decline;
+    PyObject *name = cstr(b, 100), *prefix = cstr(b + 345, 155);
+    if (name == NULL || prefix == NULL) {
+        Py_XDECREF(name);
+        Py_XDECREF(prefix);
+        goto done;
+    }
+    if (PyBytes_GET_SIZE(prefix)) {
+        PyObject *full = PyBytes_FromFormat("%s/%s", PyBytes_AS_STRING(prefix),
+                                            PyBytes_AS_STRING(name));
+        Py_DECREF(name);
+        name = full;
+    }
+    Py_DECREF(prefix);
+    if (name == NULL)
+        goto done;
+    char typeflag = b[156] ? (char)b[156] : '0';
+    result = Py_BuildValue("(NLLLLLy#NNNLL)", name, num[1], num[2], num[3], num[4], num[5],
+                           &typeflag, (Py_ssize_t)1, cstr(b + 157, 100), cstr(b + 265, 32),
+                           cstr(b + 297, 32), num[6], devminor);
+    goto done;
+decline:
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&view);
+    return result;
+}
+
 /* ---- the trailer's file index: packed rows (packed_index.py) to JSON lines ---- */
 
 static const char *const KIND_NAMES[] = {"file", "dir", "symlink", "hardlink", "chardev",
@@ -327,6 +417,8 @@ fail:
 }
 
 static PyMethodDef methods[] = {
+    {"ustar_fields", ustar_fields, METH_O,
+     "The fields of a plain POSIX ustar header block as a tuple, or None (use Python)."},
     {"index_json", index_json, METH_O,
      "The complete packed index rows at the start of a buffer as JSON lines, and the bytes used."},
     {"header_sum", header_sum, METH_O,

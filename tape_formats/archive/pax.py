@@ -213,12 +213,12 @@ def _header_sum(b: bytes) -> int:
     return sum(b[:148]) + 256 + sum(b[156:])
 
 
-try:  # the same sum in C (tape_formats/archive/_paxfast.c), when it is built
-    from ._paxfast import header_sum  # type: ignore[import-not-found]
+try:  # the same in C (tape_formats/archive/_paxfast.c), when it is built
+    from ._paxfast import header_sum, ustar_fields  # type: ignore[import-not-found]
 except ImportError:
-    header_sum = _header_sum
+    header_sum, ustar_fields = _header_sum, None
 if os.environ.get("VTL_NO_FASTPATH"):
-    header_sum = _header_sum
+    header_sum, ustar_fields = _header_sum, None
 
 
 def _cstr(field: bytes) -> bytes:
@@ -226,7 +226,10 @@ def _cstr(field: bytes) -> bytes:
 
 
 def parse_ustar(block: bytes | memoryview) -> UstarHeader:
-    """Decode and checksum-verify one header block (ustar, pax or old GNU magic)."""
+    """Decode and checksum-verify one header block (ustar, pax or old GNU magic). A plain
+    POSIX block is decoded in C when the extension is built; this code is the reference."""
+    if ustar_fields is not None and (fields := ustar_fields(block)) is not None:
+        return UstarHeader(*fields)
     b = bytes(block)
     stored = _parse_number(b[148:156])
     unsigned = header_sum(b)

@@ -14,7 +14,9 @@ import random
 import pytest
 
 from tape_formats.archive import (
+    ArchiveCorrupt,
     ArchiveEntry,
+    ArchiveError,
     IndexEntry,
     PackedIndex,
     PaxReader,
@@ -118,3 +120,48 @@ def test_index_json_equals_the_python_lines(monkeypatch):
     monkeypatch.setattr(packed_index, "_index_json", fast.index_json)
     assert b"".join(index.json_lines()) == python_lines
     assert python_lines.count(b"\n") == len(rows) * 7
+
+
+def _python_parse(block: bytes, monkeypatch):
+    monkeypatch.setattr(pax, "ustar_fields", None)
+    try:
+        return pax.parse_ustar(block)
+    except (ArchiveCorrupt, ArchiveError) as exc:
+        return type(exc)
+    finally:
+        monkeypatch.undo()
+
+
+def test_ustar_fields_equal_the_python_parse(monkeypatch):
+    """Every block the C decoder accepts decodes to Python's fields; it declines the rest
+    (old GNU magic, base-256, signed checksums, odd characters), never accepts a bad one."""
+    rng = random.Random(5)
+    blocks = []
+    for _block in range(300):
+        name = rng.choice([b"f", b"d/" * 70 + b"x", b"n" * 100,
+                           bytes(rng.randrange(1, 256) for _ in range(20))])
+        blocks.append(pax.build_ustar(
+            name=name, mode=rng.choice([0o644, 0o7777, 2**21]),
+            uid=rng.choice([0, 2**21 - 1, 2**22]),
+            gid=rng.randrange(2**21), size=rng.choice([0, 1, 8**11 - 1, 8**11, 2**40]),
+            mtime=rng.randrange(8**11), typeflag=rng.choice([b"0", b"5", b"x", b"\0"]),
+            linkname=rng.choice([b"", b"t" * 100]), uname=b"u" * rng.randrange(33),
+            gname=b"g", devmajor=rng.randrange(8), devminor=rng.randrange(8)))
+    for block in list(blocks[:100]):
+        for _ in range(3):  # corrupted: one byte anywhere, the checksum then fixed or not
+            bad = bytearray(block)
+            bad[rng.randrange(512)] = rng.choice([0, 32, ord("8"), ord("_"), 0x80, 0xFF, ord("1")])
+            blocks.append(bytes(bad))
+            fixed = bad[:148] + b"%06o\0 " % (sum(bad[:148]) + 256 + sum(bad[156:])) + bad[156:]
+            blocks.append(bytes(fixed))
+    gnu = bytearray(blocks[0])
+    gnu[257:265] = b"ustar  \0"
+    blocks.append(bytes(gnu))
+    taken = 0
+    for block in blocks:
+        fields = fast.ustar_fields(block)
+        expected = _python_parse(block, monkeypatch)
+        if fields is not None:
+            taken += 1
+            assert pax.UstarHeader(*fields) == expected, block
+    assert taken > 150
