@@ -805,17 +805,17 @@ class Catalog:
             args.append(_to_db(like))
         return [_file_row(r) for r in self.q(sql + " ORDER BY f.header_offset", args)]
 
-    def iter_files(self, backup_id: int) -> Iterator[FileRow]:
-        """Every row of a backup that is not a deletion, in stream order, read as it goes
-        (a cursor, not a list): what a whole-backup restore checks each entry against."""
+    def iter_stream_rows(self, backup_id: int) -> Iterator[tuple[int, str, bytes | None]]:
+        """(header_offset, path, sha256) of every row of a backup that is not a deletion, in
+        stream order, read as it goes (a cursor, not a list, and no FileRow each): what a
+        whole-backup restore checks each entry against."""
         cur = self.db.execute(
-            """SELECT p.path, f.kind, f.size, f.mtime_ns, f.mode, f.uid, f.gid, f.sha256,
-               f.header_offset, f.data_offset, f.deleted, f.backup, f.linkname
+            """SELECT f.header_offset, p.path, f.sha256
                FROM ebm_files f JOIN ebm_paths p ON p.id=f.path
                WHERE f.backup=? AND f.deleted=0 ORDER BY f.header_offset""", (backup_id,))
         try:
-            for r in cur:
-                yield _file_row(r)
+            for offset, path, sha256 in cur:
+                yield offset, _from_db(path), sha256
         finally:
             cur.close()
 

@@ -344,7 +344,7 @@ def _restore_whole(catalog: Catalog, library: Library, translator: Translator, b
     target.mkdir(parents=True, exist_ok=True)
     session = DriveSession(library, f"ebm-restore:{backup.uuid}")
     reader = TapeReader(catalog.volumes(backup.id), ReadMedia(session), backup.size, cipher)
-    rows = catalog.iter_files(backup.id)
+    rows = catalog.iter_stream_rows(backup.id)
     try:
         entries = _whole_stream(backup, reader, rows, stats, total, progress)
         _run_translator(translator, entries, target, backup, options)
@@ -360,24 +360,28 @@ def _restore_whole(catalog: Catalog, library: Library, translator: Translator, b
     return stats
 
 
+_StreamRow = tuple[int, str, bytes | None]  # header_offset, path, sha256 (Catalog.iter_stream_rows)
+
+
 class _RowDigests(Mapping[int, str]):
     """The sha256 the catalog recorded at each header offset, for PaxReader's ``expected``,
     looked up in increasing offset order only (the stream's): the rows are a cursor, not a
-    dict. The row met at each offset is kept for the path check."""
+    dict. The path of the row met at each offset is kept for the path check."""
 
-    def __init__(self, backup: Backup, rows: Iterator[FileRow]) -> None:
+    def __init__(self, backup: Backup, rows: Iterator[_StreamRow]) -> None:
         self.backup, self.rows = backup, rows
-        self.row: FileRow | None = next(rows, None)
-        self.met: FileRow | None = None
+        self.row: _StreamRow | None = next(rows, None)
+        self.met: str | None = None
 
     def get(self, offset: int, default: Any = None) -> Any:  # type: ignore[override]
-        if self.row is not None and self.row.header_offset < offset:
-            raise RestoreError(f"backup {self.backup.uuid}: entry {self.row.path!r} is missing "
+        row = self.row
+        if row is not None and row[0] < offset:
+            raise RestoreError(f"backup {self.backup.uuid}: entry {row[1]!r} is missing "
                                "from the tape")
         self.met = None
-        if self.row is not None and self.row.header_offset == offset:
-            self.met, self.row = self.row, next(self.rows, None)
-            return self.met.sha256.hex() if self.met.sha256 else default
+        if row is not None and row[0] == offset:
+            self.met, self.row = row[1], next(self.rows, None)
+            return row[2].hex() if row[2] else default
         return default
 
     def __getitem__(self, offset: int) -> str:
@@ -393,7 +397,7 @@ class _RowDigests(Mapping[int, str]):
         return True  # PaxReader takes a falsy mapping for "no digests"
 
 
-def _whole_stream(backup: Backup, reader: TapeReader, rows: Iterator[FileRow],
+def _whole_stream(backup: Backup, reader: TapeReader, rows: Iterator[_StreamRow],
                   stats: RestoreStats, total: int,
                   progress: Callable[[int, int | None], None] | None,
                   ) -> Iterator[tuple[ArchiveEntry, EntryData]]:
@@ -405,9 +409,9 @@ def _whole_stream(backup: Backup, reader: TapeReader, rows: Iterator[FileRow],
         met = digests.met
         if entry.deleted:
             continue
-        if met is not None and entry.path != met.path:
+        if met is not None and entry.path != met:
             raise RestoreError(
-                f"backup {backup.uuid}: found {entry.path!r} where the index says {met.path!r}")
+                f"backup {backup.uuid}: found {entry.path!r} where the index says {met!r}")
         stats.entries += 1
         stats.bytes += entry.size
         yield entry, data
@@ -416,7 +420,7 @@ def _whole_stream(backup: Backup, reader: TapeReader, rows: Iterator[FileRow],
             last = done
             progress(done, total)
     if digests.row is not None:
-        raise RestoreError(f"backup {backup.uuid}: entry {digests.row.path!r} is missing from "
+        raise RestoreError(f"backup {backup.uuid}: entry {digests.row[1]!r} is missing from "
                            "the tape")
     if progress:
         progress(done, total)
