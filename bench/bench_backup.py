@@ -10,7 +10,10 @@ around the mean), same machine, same moment:
 3. an incremental with nothing changed (the scan cost: goal < 2 s for 50k files);
 4. single-file restore of one file from the full backup (EBM LOCATEs to its blocks and
    reports how many tape blocks it read; tar must decompress the stream up to the file);
-5. full restore of the full backup into an empty directory.
+5. full restore of the full backup into an empty directory;
+6. with ``--concurrent``: two `ebm backup` commands (two datasets, two trees of that shape)
+   into one library of two drives, first one after the other, then both at once; the ratio
+   of the wall times (goal <= 0.7: the second drive is worth having).
 
 Peak resident memory: each tool runs in its own process (the EBM in a fresh interpreter that
 runs this script with ``--child``), and ``wait4`` reports that process's peak RSS; the EBM's
@@ -27,6 +30,9 @@ Usage::
     .venv/bin/python bench/bench_backup.py --small --files 50000   # the same shape, fewer files
     .venv/bin/python bench/bench_backup.py --small --files 2000000 --only ebm --backup-only
         # peak RSS at 2M files: full backup and no-change incremental only
+    .venv/bin/python bench/bench_backup.py --concurrent   # and two backups at once
+    .venv/bin/python bench/bench_backup.py --small --files 50000 --only '' --concurrent
+        # only the two concurrent backups (two trees of 50,000 small files)
 
 The EBM runs through its API in a child interpreter (the CLI adds only Python start-up). restic runs with
 a throwaway password in a local repository; ``tar | zstd`` uses ``zstd -T0 -1``.
@@ -60,34 +66,48 @@ def parse_size(text: str) -> int:
 
 def generate(root: Path, total: int, nfiles: int, seed: int = 1, ndirs: int | None = None) -> list[str]:
     """Half random, half compressible files in ``ndirs`` directories (default: a few hundred,
-    each with 7 subdirectories); sizes spread exponentially around the mean."""
+    each with 7 subdirectories); sizes spread exponentially around the mean.
+
+    Written a directory at a time through its descriptor (``os.open`` with ``dir_fd``), file
+    ``i`` in directory ``i % ndirs``: millions of small files in a few minutes, not tens."""
     rng = random.Random(seed)
     words = [bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 9)))
              for _ in range(2000)]
     mean = max(1, total // nfiles)
     flat = ndirs is not None
     ndirs = ndirs or max(1, nfiles // 100)
-    paths = []
     text_pool = b" ".join(rng.choice(words) for _ in range(400_000))
     rnd_pool = os.urandom(8 << 20)
-    made: set[str] = set()
-    for i in range(nfiles):
-        rel_dir = f"d{i % ndirs:04d}" if flat else f"d{i % ndirs:04d}/s{(i // ndirs) % 7}"
-        if rel_dir not in made:
-            os.makedirs(root / rel_dir, exist_ok=True)
-            made.add(rel_dir)
-        size = max(0, int(rng.expovariate(1 / mean)))
-        size = min(size, 64 * mean)
-        rel = f"{rel_dir}/f{i:07d}.{'bin' if i % 2 else 'txt'}"
-        pool = rnd_pool if i % 2 else text_pool
-        off = rng.randrange(0, max(1, len(pool) - size)) if size < len(pool) else 0
-        data = pool[off:off + size] if size <= len(pool) else (pool * (size // len(pool) + 1))[:size]
-        fd = os.open(root / rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    paths = [""] * nfiles
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    expo, randrange, lam = rng.expovariate, rng.randrange, 1 / mean
+    os.makedirs(root, exist_ok=True)
+    for d in range(ndirs):
+        subdirs = [f"d{d:04d}"] if flat else [f"d{d:04d}/s{k}" for k in range(7)]
+        fds = []
+        for sub in subdirs:
+            os.makedirs(root / sub, exist_ok=True)
+            fds.append(os.open(root / sub, os.O_RDONLY | os.O_DIRECTORY))
         try:
-            os.write(fd, data)
+            for i in range(d, nfiles, ndirs):
+                k = 0 if flat else (i // ndirs) % 7
+                size = min(max(0, int(expo(lam))), 64 * mean)
+                name = f"f{i:07d}.{'bin' if i % 2 else 'txt'}"
+                pool = rnd_pool if i % 2 else text_pool
+                if size <= len(pool):
+                    off = randrange(0, max(1, len(pool) - size))
+                    data = pool[off:off + size]
+                else:
+                    data = (pool * (size // len(pool) + 1))[:size]
+                fd = os.open(name, flags, 0o644, dir_fd=fds[k])
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
+                paths[i] = f"{subdirs[k]}/{name}"
         finally:
-            os.close(fd)
-        paths.append(rel)
+            for fd in fds:
+                os.close(fd)
     return paths
 
 
@@ -208,6 +228,77 @@ def bench_ebm(work: Path, src: Path, change, probe: str) -> dict:
         ebm.catalog, ebm.library, load_translator, b_full, work / "ebm-restore-full"))
     ebm.close()
     return out
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def concurrent_library(root: Path) -> None:
+    """A library of two drives and one pool of four cartridges: two jobs each get a drive
+    and a cartridge of their own, as two `ebm backup` commands started together would."""
+    from ebm.catalog import Catalog
+    from vtl.config import LibraryConfig
+    from vtl.library import Library
+
+    barcodes = [f"CONC{i}0L8" for i in range(1, 5)]
+    lib = Library.create(root, LibraryConfig(drives=2, slots=8, mailslots=2))
+    lib.create_cartridges(barcodes)
+    lib.close()
+    cat = Catalog.for_root(root)
+    cat.create_pool("conc")
+    cat.add_to_pool("conc", *barcodes)
+    cat.close()
+
+
+def ebm_backup_cmd(root: Path, dataset: str, src: Path) -> list[str]:
+    """`ebm backup` as a user runs it (``python -m ebm`` from this checkout)."""
+    return [sys.executable, "-m", "ebm", "--root", str(root), "backup", dataset,
+            "--source", str(src), "--pool", "conc"]
+
+
+def wait_all(procs: list[subprocess.Popen]) -> tuple[int, float]:
+    """Wait for every process; (largest peak RSS in KiB, CPU seconds of them all)."""
+    rss, cpu = 0, 0.0
+    for proc in procs:
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(f"error: {' '.join(proc.args)} failed (exit {proc.returncode})")
+        rss, cpu = max(rss, usage.ru_maxrss), cpu + usage.ru_utime + usage.ru_stime
+    return rss, cpu
+
+
+def bench_concurrent(work: Path, trees: list[Path]) -> dict:
+    """Full backups of two trees into one library: one after the other, then both at once
+    (each mode on a fresh library, so both write the same baselines). Wall, CPU, peak RSS."""
+    out: dict = {}
+    for mode in ("sequential", "concurrent"):
+        root = work / f"lib-{mode}"
+        concurrent_library(root)
+        cmds = [ebm_backup_cmd(root, f"tree{i}", src) for i, src in enumerate(trees)]
+        t0 = time.perf_counter()
+        rss, cpu = 0, 0.0
+        if mode == "sequential":
+            for cmd in cmds:
+                r, c = wait_all([subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL)])
+                rss, cpu = max(rss, r), cpu + c
+        else:
+            rss, cpu = wait_all([subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
+                                 for cmd in cmds])
+        out[f"{mode}_s"] = time.perf_counter() - t0
+        out[f"{mode}_cpu"] = cpu
+        out[f"{mode}_rss_kb"] = rss
+        shutil.rmtree(root)
+    out["ratio"] = out["concurrent_s"] / out["sequential_s"]
+    return out
+
+
+def report_concurrent(c: dict) -> None:
+    print("\ntwo EBM full backups on two drives of one library (`ebm backup`, two datasets):")
+    for mode in ("sequential", "concurrent"):
+        print(f"  {mode:11} {c[f'{mode}_s']:8.2f} s wall  {c[f'{mode}_cpu']:8.2f} s CPU  "
+              f"peak RSS {c[f'{mode}_rss_kb'] / 1024:.0f} MB")
+    print(f"  concurrent / sequential: {c['ratio']:.2f} (goal <= 0.70)")
 
 
 def bench_restic(work: Path, src: Path, change, probe: str) -> dict:
@@ -338,13 +429,16 @@ def main() -> None:
     ap.add_argument("--only", default="ebm,restic,tar", help="which tools to run")
     ap.add_argument("--backup-only", action="store_true",
                     help="full backup and no-change incremental only (RSS at millions of files)")
+    ap.add_argument("--concurrent", action="store_true",
+                    help="also: two EBM full backups of two such trees on two drives, one "
+                         "after the other and at once (--only '' for this alone)")
     args = ap.parse_args()
     BACKUP_ONLY["on"] = args.backup_only
     nfiles = args.files or (200_000 if args.small else 20_000)
     total = parse_size(args.size) if args.size else (nfiles * 100 if args.small else parse_size("500M"))
     ndirs = args.dirs or (max(1, nfiles // 500) if args.small else None)
     work = Path(tempfile.mkdtemp(prefix="ebm-bench-", dir=args.tmp))
-    tools = args.only.split(",")
+    tools = [t for t in args.only.split(",") if t]
     try:
         print(f"generating {total / 1e6:.0f} MB in {nfiles} files under {work} ...", flush=True)
         results: dict[str, dict] = {}
@@ -358,8 +452,19 @@ def main() -> None:
             shutil.rmtree(src)
             for leftover in work.glob("*restore*"):
                 shutil.rmtree(leftover, ignore_errors=True)  # the restored copies: disk space
+        if args.concurrent:
+            trees = [work / f"src-conc{i}" for i in range(2)]
+            t, _ = timed(lambda: [generate(src, total, nfiles, seed=1 + 2 * i, ndirs=ndirs)
+                                  for i, src in enumerate(trees)])
+            print(f"  two trees for the concurrent backups: {t:.1f}s; running ...", flush=True)
+            results["concurrent"] = bench_concurrent(work, trees)
+            for src in trees:
+                shutil.rmtree(src)
         print()
-        report(results, tools, total, nfiles)
+        if tools:
+            report(results, tools, total, nfiles)
+        if args.concurrent:
+            report_concurrent(results["concurrent"])
         print(json.dumps(results))
     finally:
         if not args.keep:
