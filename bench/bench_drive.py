@@ -703,10 +703,13 @@ def measure_streams(target: Target, streams: int, bs: int, total: int, verify: b
             nbytes = sum(r["written" if phase == "write" else "read"] for r in got) * bs
             res[f"{phase}_mbps"] = nbytes / 1e6 / wall
             res[f"cpu_s_per_gb_{phase}"] = cpu / (nbytes / 1e9)
+            res[f"client_cpu_s_per_gb_{phase}"] = sum(r["client_cpu_s"] for r in got) / (
+                nbytes / 1e9)
         out[f"x{n}"] = res
         log(f"{target.name}: {n} stream(s): write {res['write_mbps']:.0f} MB/s, read "
             f"{res['read_mbps']:.0f} MB/s, server CPU {res['cpu_s_per_gb_write']:.2f}/"
-            f"{res['cpu_s_per_gb_read']:.2f} s per GB w/r")
+            f"{res['cpu_s_per_gb_read']:.2f} s per GB w/r, clients "
+            f"{res['client_cpu_s_per_gb_write']:.2f}/{res['client_cpu_s_per_gb_read']:.2f}")
     one, many = out["x1"], out[f"x{streams}"]
     out["scaling_write"] = many["write_mbps"] / one["write_mbps"]
     out["scaling_read"] = many["read_mbps"] / one["read_mbps"]
@@ -721,16 +724,21 @@ def print_streams(result: dict[str, Any]) -> None:
           f"{human(cfg['streams_size'])}, best of {cfg['repeat']}; data: {cfg['data']}; "
           f"{cfg['cpus']} CPUs, load {cfg['loadavg_start']:.1f} -> {cfg['loadavg_end']:.1f}")
     print("MB/s = all drives' bytes / wall time of the phase (client start and login "
-          "included); CPU = server user+sys seconds per GB\n")
-    rows = [["target", "streams", "write MB/s", "read MB/s", "CPU/GB write", "CPU/GB read"]]
+          "included); CPU = server user+sys seconds per GB (the clients' in brackets);\n"
+          f"CPU ceiling = the MB/s at which server + clients would use all {cfg['cpus']} CPUs "
+          "(the kernel's write-back threads not counted)\n")
+    rows = [["target", "streams", "write MB/s", "read MB/s", "CPU/GB write", "CPU/GB read",
+             "CPU ceiling w/r"]]
     for name, res in result["streams"].items():
         if "error" in res:
-            rows.append([name, "-", "FAIL", "FAIL", "-", res["error"][:40]])
+            rows.append([name, "-", "FAIL", "FAIL", "-", res["error"][:40], "-"])
             continue
         for k in (1, n):
             r = res[f"x{k}"]
             rows.append([name, str(k), f"{r['write_mbps']:.0f}", f"{r['read_mbps']:.0f}",
-                         f"{r['cpu_s_per_gb_write']:.2f}", f"{r['cpu_s_per_gb_read']:.2f}"])
+                         _cpu_cell(r, "write"), _cpu_cell(r, "read"),
+                         f"{_ceiling(r, 'write', cfg['cpus']):.0f} / "
+                         f"{_ceiling(r, 'read', cfg['cpus']):.0f}"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for i, row in enumerate(rows):
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
@@ -741,6 +749,18 @@ def print_streams(result: dict[str, Any]) -> None:
         if "error" not in res:
             print(f"{name}: {n} streams / 1 stream: write {res['scaling_write']:.2f}x, read "
                   f"{res['scaling_read']:.2f}x")
+
+
+def _cpu_cell(r: dict[str, Any], phase: str) -> str:
+    """Server CPU per GB of a phase, the clients' in brackets."""
+    return f"{r[f'cpu_s_per_gb_{phase}']:.2f} ({r.get(f'client_cpu_s_per_gb_{phase}', 0):.2f})"
+
+
+def _ceiling(r: dict[str, Any], phase: str, cpus: int) -> float:
+    """MB/s at which the server and the clients together would keep every CPU busy: what
+    the machine allows the phase at this CPU per GB, however many streams run."""
+    per_gb = r[f"cpu_s_per_gb_{phase}"] + r.get(f"client_cpu_s_per_gb_{phase}", 0)
+    return cpus / per_gb * 1000 if per_gb > 0 else 0.0
 
 
 def best_streams(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
