@@ -799,14 +799,17 @@ class TapeCartridge:
         self._store(data, compress and self._block_zstd)
         return WriteResult(self.at_early_warning)
 
-    def queue_block(self, data: bytes | bytearray | memoryview, *, compress: bool = True
+    def queue_block(self, data: bytes | bytearray | memoryview, *, compress: bool = True,
+                    done: Callable[[bytes | bytearray | memoryview], None] | None = None
                     ) -> bool:
         """Accept a block to be written behind (a drive's buffered mode) when nothing but a
         disk error can keep it off the tape: an append at end of data that ends before the
         early-warning point even stored uncompressed. False: nothing queued, and the caller
         writes it with ``write_block`` (which first stores what is queued). ``data`` must not
-        change until it is stored. WriteProtected/WormOverwrite are raised at once, as by
-        ``write_block``; a disk error is raised later, by ``flush_writes``."""
+        change until it is stored; ``done(data)`` is then called from the writing thread
+        (also for a block dropped after a disk error), when no reference to it is kept.
+        WriteProtected/WormOverwrite are raised at once, as by ``write_block``; a disk error
+        is raised later, by ``flush_writes``."""
         wb = self._wb
         if wb is None or not wb.blocks:
             if self.position != len(self.index) or self.readonly:
@@ -824,7 +827,7 @@ class TapeCartridge:
         if key is not None:
             worst += ENVELOPE_OVERHEAD + len(key.kad)
         return wb.put(data, compress and self._block_zstd, worst, self._end,
-                      DATA_START + self.ew_point)
+                      DATA_START + self.ew_point, done)
 
     def append_now(self, data: bytes | bytearray | memoryview, *, compress: bool = True
                    ) -> bool:

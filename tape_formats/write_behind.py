@@ -27,6 +27,7 @@ from typing import Any
 Data = bytes | bytearray | memoryview
 Pack = Callable[[Data, bool], Any]  # (data, compress) -> packed block
 Append = Callable[[int, Any], None]  # (native length, packed block) -> stored
+Done = Callable[[Data], None]  # (data) once the buffer holds no reference to it
 
 
 class DeferredWriteError(Exception):
@@ -41,13 +42,14 @@ class DeferredWriteError(Exception):
 
 
 class _Block:
-    __slots__ = ("data", "native", "compress", "worst", "packed", "error", "ready")
+    __slots__ = ("data", "native", "compress", "worst", "done", "packed", "error", "ready")
 
-    def __init__(self, data: Data, compress: bool, worst: int) -> None:
+    def __init__(self, data: Data, compress: bool, worst: int, done: Done | None) -> None:
         self.data: Data | None = data
         self.native = len(data)
         self.compress = compress
         self.worst = worst
+        self.done = done
         self.packed: Any = None
         self.error: BaseException | None = None
         self.ready = False
@@ -93,11 +95,12 @@ class WriteBehind:
             t.start()
 
     def put(self, data: Data, compress: bool, worst: int, end: Callable[[], int],
-            ceiling: int) -> bool:
+            ceiling: int, done: Done | None = None) -> bool:
         """Queue ``data`` if ``end() + reserved + worst`` stays below ``ceiling``; False (and
         nothing queued) otherwise. ``end()`` is the medium offset after the last block stored:
         it is read under the buffer's lock, where it never lags behind ``reserved``, so the
-        sum can only overestimate."""
+        sum can only overestimate. ``done(data)`` is called once the block is stored (or
+        dropped) and the buffer holds no reference to ``data`` any more."""
         with self._room:
             while self.blocks and self.reserved + worst > self._limit:
                 self._room.wait()
@@ -105,7 +108,7 @@ class WriteBehind:
                 return False
             if end() + self.reserved + worst >= ceiling:
                 return False
-            block = _Block(data, compress, worst)
+            block = _Block(data, compress, worst, done)
             self._blocks.append(block)
             self._to_pack.append(block)
             self._backlog += block.native
@@ -197,7 +200,11 @@ class WriteBehind:
                     self._append(block.native, block.packed)
                 except BaseException as exc:  # kept for the next flush
                     error = exc
-            block.data = block.packed = None  # the memory goes back now
+            data, done = block.data, block.done
+            block.data = block.packed = block.done = None  # the memory goes back now
+            if done is not None:
+                done(data)
+            del data
             with head:
                 blocks.popleft()
                 self.blocks -= 1

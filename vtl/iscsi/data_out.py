@@ -17,7 +17,7 @@ from vtl.iscsi import pdu
 from vtl.iscsi.pdu import ALL_ONES, Header, Op, RejectReason
 from vtl.iscsi.session import Session, TaskState
 from vtl.iscsi.task import Task
-from vtl.scsi.base import DonatedBuffer, ScsiResult, Status
+from vtl.scsi.base import SPARE_BUFFERS, DonatedBuffer, ScsiResult, Status
 from vtl.scsi.sense import DATA_PHASE_CRC_ERROR_DETECTED, DATA_PHASE_ERROR, INSUFFICIENT_RESOURCES
 
 if TYPE_CHECKING:
@@ -39,10 +39,12 @@ class DataOutReceiver:
     _next_ttt: int
     _recently_aborted: deque[int]
 
-    def _write_buffer(self, edtl: int) -> DonatedBuffer:
+    def _write_buffer(self, edtl: int, whole: bool = True) -> DonatedBuffer:
         """A write command's whole buffer, for its immediate data to land in; kept as the
-        pre-task whose buffer ``_start_write`` adopts if the command goes the general way."""
-        buf = DonatedBuffer(edtl)
+        pre-task whose buffer ``_start_write`` adopts if the command goes the general way.
+        ``whole``: all ``edtl`` bytes arrive in this PDU, so a spare buffer (old contents)
+        may be taken; else a new one, zeroed, as data that never arrives must read."""
+        buf = SPARE_BUFFERS.take(edtl) if whole else DonatedBuffer(edtl)
         self._data_task = Task(0, b"", None, b"", edtl, False, True, buffer=buf)
         return buf
 
@@ -61,7 +63,7 @@ class DataOutReceiver:
             lim = self.server.config.limits
             if (0 < hdr.dsl <= edtl <= lim.max_transfer
                     and self._buffered + edtl <= lim.max_buffered):
-                return memoryview(self._write_buffer(edtl))[:hdr.dsl]
+                return memoryview(self._write_buffer(edtl, hdr.dsl == edtl))[:hdr.dsl]
         return memoryview(bytearray(hdr.dsl))
 
     def _start_write(self, task: Task, hdr: Header) -> None:

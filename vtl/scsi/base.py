@@ -20,7 +20,10 @@ Optional parts that let a transport skip work on the hot path:
   before the transport waits for the next command. A model may do speculative work there
   that no initiator can observe, as a tape drive reads the next block ahead into its buffer.
 * ``DonatedBuffer`` (below): a transport that allocates each command's Data-Out memory afresh
-  says so by its type, and a model may then keep it instead of copying.
+  says so by its type, and a model may then keep it instead of copying. A model that kept
+  one may hand it to ``SPARE_BUFFERS.give_back`` once nothing of it is needed any more (a
+  tape drive, when the block is on the medium), and the transport takes its next command's
+  buffer of that size from there: no allocation and no zeroing of a 256 KiB block per WRITE.
 * ``stream_read(nexus, cdb, length) -> bytes | memoryview | None``: the streaming READ of a
   sequential device, answered GOOD with exactly ``length`` bytes, or None: then nothing has
   changed and the transport runs the command through ``execute`` as usual (which handles
@@ -34,6 +37,7 @@ Optional parts that let a transport skip work on the hot path:
 from __future__ import annotations
 
 import enum
+import threading
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -95,6 +99,53 @@ def donated(data: bytes | bytearray | memoryview) -> bool:
     if type(data) is memoryview:
         data = data.obj
     return type(data) is bytes or type(data) is DonatedBuffer
+
+
+class SpareBuffers:
+    """DonatedBuffers given back by the models that kept them, for the next command of the
+    same size. A buffer taken here still holds its last command's bytes: ``take`` is only
+    for a command whose whole Data-Out is read into it before ``execute`` (the streaming
+    WRITE's case), never for one whose data arrives in pieces that may not all come.
+
+    ``give_back`` trusts its caller: nothing (model or transport) may look at the buffer
+    again. Bounded by ``keep_bytes``: beyond it a buffer given back is simply freed."""
+
+    def __init__(self, keep_bytes: int, largest: int) -> None:
+        self._keep = keep_bytes
+        self._largest = largest
+        self._kept = 0
+        self._spare: dict[int, list[DonatedBuffer]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> DonatedBuffer:
+        """A buffer of ``n`` bytes (old contents) or a new one (zeros)."""
+        with self._lock:
+            spare = self._spare.get(n)
+            if spare:
+                self._kept -= n
+                return spare.pop()
+        return DonatedBuffer(n)
+
+    def give_back(self, data: bytes | bytearray | memoryview) -> None:
+        """Keep the DonatedBuffer behind ``data`` for a later ``take`` (other data: nothing)."""
+        buf = data.obj if type(data) is memoryview else data
+        n = len(buf)
+        if type(buf) is not DonatedBuffer or not n or n > self._largest:
+            return
+        with self._lock:
+            spare = self._spare.setdefault(n, [])
+            if self._kept + n <= self._keep and not any(b is buf for b in spare):
+                self._kept += n
+                spare.append(buf)
+
+    @property
+    def kept_bytes(self) -> int:
+        return self._kept
+
+
+# One pool per process: 16 MiB holds the blocks four 256 KiB streams give back between two
+# WRITEs many times over; a block larger than 8 MiB (READ BLOCK LIMITS' maximum) is not kept.
+SPARE_BUFFERS = SpareBuffers(16 << 20, 8 << 20)
 
 
 @dataclass(slots=True)

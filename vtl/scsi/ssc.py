@@ -67,7 +67,15 @@ from tape_formats.write_behind import DeferredWriteError
 from vtl.barcode import is_cleaning_label
 from vtl.faults import READ, WRITE, device_key, take_injected
 from vtl.scsi import ssc_attributes as attributes
-from vtl.scsi.base import CheckCondition, Nexus, ResetKind, ScsiResult, Status, donated
+from vtl.scsi.base import (
+    SPARE_BUFFERS,
+    CheckCondition,
+    Nexus,
+    ResetKind,
+    ScsiResult,
+    Status,
+    donated,
+)
 from vtl.scsi.identities import (
     BITS_PER_MM,
     DENSITY,
@@ -787,7 +795,10 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
                 or self._has_injected(cart)  # written now, at a position that is known
                 or self._near_pew(cart, len(data))):
             return False
-        if not cart.queue_block(data if donated(data) else bytes(data), compress=compress):
+        if donated(data):  # kept as it is, and given back to the transport once stored
+            if not cart.queue_block(data, compress=compress, done=SPARE_BUFFERS.give_back):
+                return False
+        elif not cart.queue_block(bytes(data), compress=compress):
             return False
         self._buffered_for = nexus
         self.bytes_written += len(data)
