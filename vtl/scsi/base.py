@@ -119,11 +119,12 @@ class SpareBuffers:
 
     def take(self, n: int) -> DonatedBuffer:
         """A buffer of ``n`` bytes (old contents) or a new one (zeros)."""
-        with self._lock:
-            spare = self._spare.get(n)
-            if spare:
-                self._kept -= n
-                return spare.pop()
+        if self._spare.get(n):  # a look without the lock: most small sizes never come back
+            with self._lock:
+                spare = self._spare.get(n)
+                if spare:
+                    self._kept -= n
+                    return spare.pop()
         return DonatedBuffer(n)
 
     def give_back(self, data: bytes | bytearray | memoryview) -> None:
