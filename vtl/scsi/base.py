@@ -144,9 +144,9 @@ class SpareBuffers:
         return self._kept
 
 
-# One pool per process: 16 MiB holds the blocks four 256 KiB streams give back between two
+# One pool per process: 8 MiB holds the blocks four 256 KiB streams give back between two
 # WRITEs many times over; a block larger than 8 MiB (READ BLOCK LIMITS' maximum) is not kept.
-SPARE_BUFFERS = SpareBuffers(16 << 20, 8 << 20)
+SPARE_BUFFERS = SpareBuffers(8 << 20, 8 << 20)
 
 
 @dataclass(slots=True)
