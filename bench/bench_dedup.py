@@ -184,6 +184,9 @@ def main() -> int:
             print(f"{kind}: mean write {w:.1f} MB/s, read {r:.1f} MB/s")
         dw = sum(x[0] for x in rates["dedup"]) / sum(x[0] for x in rates["plain"])
         print(f"dedup/plain write throughput: {dw:.2f}x (first week {rates['dedup'][0][0] / first[0]:.2f}x)")
+        dr = sum(x[1] for x in rates["dedup"]) / sum(x[1] for x in rates["plain"])
+        print(f"dedup/plain read throughput: {dr:.2f}x (first week "
+              f"{rates['dedup'][0][1] / first[1]:.2f}x)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

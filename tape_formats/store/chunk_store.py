@@ -42,9 +42,11 @@ from tape_formats.store.chunk_index import ChunkIndex, Location
 
 CHUNKS_DIR = "chunks"  # the per-file layout of stores written before packs (read only)
 LOCK_NAME = "gc.lock"
-# Per-chunk compression: fast, like the drive's (cartridge.ZSTD_LEVEL), since new chunks
-# are compressed on the drive's write path.
-CHUNK_ZSTD_LEVEL = 1
+# Per-chunk compression: fast, the drive's level (block_packing.ZSTD_LEVEL), since new chunks
+# are compressed on the drive's write path and decompressed on its read path. Measured on the
+# bench_dedup tree: -1 against 1 stores 11% more (2.66:1 against 3.00:1) and decompresses in
+# two thirds of the CPU time.
+CHUNK_ZSTD_LEVEL = -1
 _RAW, _ZSTD = packs.RAW, packs.ZSTD
 BACKGROUND_SYNC_BYTES = 32 << 20
 MAX_RUN = 4 << 20  # adjacent records read with one pread

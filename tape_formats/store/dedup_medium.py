@@ -91,17 +91,18 @@ class DedupMedium:
         return bytes(buf)
 
     def preadv(self, buffers: list, offset: int) -> int:
+        """Filled in place, buffer after buffer (a record header and its payload, or the
+        cartridge's read-ahead span): no copy beyond the chunks' own."""
         n = max(0, min(sum(len(b) for b in buffers), self._end - offset))
-        if len(buffers) == 1:  # the cartridge's read-ahead span: filled in place
-            self._fill(memoryview(buffers[0]).cast("B")[:n], offset)
-            return n
-        data = self.pread(n, offset)
-        at = 0
+        pos, left = offset, n
         for b in buffers:
-            take = min(len(b), len(data) - at)
-            memoryview(b)[:take] = data[at:at + take]
-            at += take
-        return len(data)
+            view = memoryview(b).cast("B")
+            take = min(len(view), left)
+            if take:
+                self._fill(view[:take], pos)
+            pos += take
+            left -= take
+        return n
 
     def _fill(self, out: memoryview, offset: int) -> None:
         """The file's bytes at [offset, offset + len(out)): payloads from the stream, the
