@@ -111,7 +111,7 @@ def main() -> None:
         print(f"cluster: {size / 1e6:.0f} MB in databases", flush=True)
         ebm = make_library(work / "lib", barcodes(2), capacity=8 << 30)
         req = BackupRequest(dataset="pg", source=pg.source(), translator="postgresql",
-                            pool="pool", compress=not args.no_compress)
+                            pool="pool", compress=not args.no_compress, full=True)
         load_translator("postgresql").canonical_source(pg.source())  # imports done up front
         results: dict[str, float] = {}
         bb_dir = work / "basebackup"
