@@ -601,18 +601,35 @@ class Catalog:
         return Backup(**d)
 
     def backup(self, ident: int | str) -> Backup:
-        if isinstance(ident, int) or (isinstance(ident, str) and ident.isdigit()):
-            rows = self.q("SELECT * FROM ebm_backups WHERE id=?", (int(ident),))
-        elif len(ident) < 4:  # too short to be a uuid prefix anyone means
-            rows = self.q("SELECT * FROM ebm_backups WHERE uuid=?", (ident,))
+        """A backup by catalog id or by uuid (or a prefix of at least 4 characters).
+
+        A string of digits may be either: the short uuid `ebm list` shows is 8 hex digits,
+        about 2% of which are all decimal, while catalog ids stay short. So a digit string
+        shorter than 8 is an id first and a uuid prefix second; 8 digits or more the reverse.
+        """
+        if isinstance(ident, int):
+            rows = self._backup_rows_by_id(ident)
+        elif ident.isdigit() and len(ident) < 8:
+            rows = self._backup_rows_by_id(int(ident)) or self._backup_rows_by_uuid(ident)
+        elif ident.isdigit():
+            rows = self._backup_rows_by_uuid(ident) or self._backup_rows_by_id(int(ident))
         else:
-            rows = self.q("SELECT * FROM ebm_backups WHERE uuid=? OR uuid LIKE ?",
-                          (ident, f"{ident}%"))
-            if len(rows) > 1:
-                raise CatalogError(f"backup id {ident!r} is ambiguous")
+            rows = self._backup_rows_by_uuid(ident)
         if not rows:
             raise CatalogError(f"no backup {ident!r}{self.empty_note}")
         return self._row_to_backup(rows[0])
+
+    def _backup_rows_by_id(self, backup_id: int) -> list[sqlite3.Row]:
+        return self.q("SELECT * FROM ebm_backups WHERE id=?", (backup_id,))
+
+    def _backup_rows_by_uuid(self, ident: str) -> list[sqlite3.Row]:
+        if len(ident) < 4:  # too short to be a uuid prefix anyone means
+            return self.q("SELECT * FROM ebm_backups WHERE uuid=?", (ident,))
+        rows = self.q("SELECT * FROM ebm_backups WHERE uuid=? OR uuid LIKE ?",
+                      (ident, f"{ident}%"))
+        if len(rows) > 1:
+            raise CatalogError(f"backup id {ident!r} is ambiguous")
+        return rows
 
     def backups(self, dataset: str | None = None, states: Iterable[str] | None = None) -> list[Backup]:
         sql, args = "SELECT * FROM ebm_backups WHERE 1", []

@@ -177,3 +177,19 @@ def test_oncalendar_refusals():
     for bad in ("2027-*-* 02:00", "*-*-* 02:00:30", "Funday 02:00"):
         with pytest.raises(RequestError):
             next_run(bad, t)
+
+
+def test_a_short_id_of_decimal_digits_is_a_uuid_prefix(tmp_path: Path):
+    """About 2% of the 8-hex-digit short ids `ebm list` prints are all decimal digits: they
+    must find their backup, while short digit strings stay catalog ids."""
+    from ebm.catalog import Catalog, CatalogError
+
+    cat = Catalog(tmp_path / "c.sqlite")
+    digits = cat.begin_backup("home", "full", None, "filesystem", {},
+                              uuid="06548289-1c2d-4e5f-8a9b-0c1d2e3f4a5b")
+    other = cat.begin_backup("home", "full", None, "filesystem", {})
+    assert cat.backup("06548289").uuid == digits.uuid
+    assert cat.backup(str(other.id)).uuid == other.uuid
+    assert cat.backup(other.id).uuid == other.uuid
+    with pytest.raises(CatalogError, match="no backup"):
+        cat.backup("99999999")
