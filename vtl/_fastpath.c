@@ -375,9 +375,14 @@ static int advance_cmdsn(PyObject *session)
     return set_ll(session, s_exp_cmdsn, (exp + 1) & ALL_ONES);
 }
 
-/* The header buffer: a writable or read-only buffer of at least BHS_LEN bytes. */
+/* The header buffer: a writable or read-only buffer of at least BHS_LEN bytes (and the
+ * module configured: stream_paths.py does it on import). */
 static int header(PyObject *obj, Py_buffer *view)
 {
+    if (task_done == NULL || parse_bhs == NULL || report_error == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "vtl._fastpath: configure() first");
+        return -1;
+    }
     if (PyObject_GetBuffer(obj, view, PyBUF_SIMPLE) < 0)
         return -1;
     if (view->len < BHS_LEN) {
