@@ -120,8 +120,11 @@ class PoolMedia:
                     continue  # try another cartridge of the pool
                 raise
             if cart.write_protected:
+                # A gateway's lapsed lease (vtl/leases.py) protects the cartridge only until
+                # the lease is renewed: skip it for this job, but keep its catalog state.
+                lapsed = cart.fence is not None and cart.fence() is not None
                 self.session.unload()
-                self.catalog.release_media(barcode, state="read-only")
+                self.catalog.release_media(barcode, state=None if lapsed else "read-only")
                 continue
             at = row["append_at"] if row["state"] == "append" else 0
             if at > cart.eod:

@@ -126,3 +126,30 @@ def test_forget_applies_pool_retention_without_keep_rules(tmp_path: Path,
     cat = Catalog.for_root(root)
     assert {b.id: b.state for b in cat.backups("ds")} == {old.id: "expired", new.id: "done"}
     cat.close()
+
+
+def test_a_lapsed_lease_skips_a_cartridge_without_marking_it_read_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway's lapsed lease write-protects a cartridge only until it is renewed
+    (vtl/leases.py): the backup takes the next cartridge, and the first keeps its state."""
+    from ebm.drive_session import DriveSession
+
+    root, src = tmp_path / "lib", tmp_path / "src"
+    first, second = barcodes(2)
+    write_tree(src, {"a.txt": b"a\n"})
+    mount = DriveSession.mount
+
+    def fenced_mount(self: DriveSession, barcode: str):
+        cart = mount(self, barcode)
+        if barcode == first:
+            cart.fence = lambda: "lease not renewed for a TTL"
+        return cart
+
+    monkeypatch.setattr(DriveSession, "mount", fenced_mount)
+    ebm = make_library(root, [first, second])
+    try:
+        ebm.backup(BackupRequest(dataset="home", source=src, pool="pool"))
+        states = {bc: ebm.catalog.media(bc)["state"] for bc in (first, second)}
+    finally:
+        ebm.close()
+    assert states[first] not in ("read-only", "error") and states[second] == "append", states
