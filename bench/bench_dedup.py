@@ -10,7 +10,13 @@ of each store, through ``queue_block`` as a drive in buffered mode does, ended b
 (fsync), then read back and compared. Printed per week and store: MB/s written and read;
 at the end, logical bytes against bytes on disk.
 
+With ``--ebm`` the EBM backs up the same tree each week too, as a forced full (a native
+backup whose admin never takes incrementals: the worst case for space), onto a plain and a
+dedup library: the same questions (space against one full, MB/s of the tree) for the
+native path, whose pax stream is not GNU tar's.
+
     .venv/bin/python bench/bench_dedup.py                       # 640 MiB tree, 4 weeks, 2%
+    .venv/bin/python bench/bench_dedup.py --ebm                 # and the EBM's weekly fulls
     .venv/bin/python bench/bench_dedup.py --size 1G --weeks 4 --change 0.02 --dir /var/tmp
 """
 
@@ -113,6 +119,60 @@ def read_back(cart_path: Path, want: str) -> float:
     return elapsed
 
 
+class EbmLibraries:
+    """A plain and a dedup library, one pool each, that take one forced full a week."""
+
+    def __init__(self, work: Path, weeks: int, capacity: int) -> None:
+        from ebm.catalog import Catalog
+        from vtl.config import LibraryConfig
+        from vtl.library import Library
+
+        self.roots = {kind: work / f"ebm-{kind}" for kind in ("plain", "dedup")}
+        for kind, root in self.roots.items():
+            lib = Library.create(root, LibraryConfig(drives=1, slots=weeks + 2, mailslots=1,
+                                                     store=kind))
+            barcodes = [f"E{n:05d}L8" for n in range(1, weeks + 1)]
+            lib.create_cartridges(barcodes, capacity=capacity)
+            lib.close()
+            cat = Catalog.for_root(root)
+            cat.create_pool("weekly")
+            for bc in barcodes:
+                cat.add_to_pool("weekly", bc)
+            cat.close()
+        self.rates: dict[str, list[float]] = {"plain": [], "dedup": []}
+
+    def full(self, kind: str, tree: Path, size: int) -> float:
+        """MB/s of one forced full of ``tree`` (``size`` bytes of tar) onto ``kind``."""
+        from ebm.controller import BackupRequest
+        from ebm.manager import Ebm
+
+        ebm = Ebm(self.roots[kind])
+        try:
+            t0 = time.perf_counter()
+            ebm.backup(BackupRequest(dataset="tree", source=tree, pool="weekly", full=True))
+            rate = size / (time.perf_counter() - t0) / 1e6
+        finally:
+            ebm.close()
+        self.rates[kind].append(rate)
+        return rate
+
+    def report(self, weeks: int) -> None:
+        plain_first = None
+        for kind, root in self.roots.items():
+            places = [root / "cartridges"] + ([root / "store"] if kind == "dedup" else [])
+            on_disk = disk_bytes(places)
+            if kind == "plain":
+                plain_first = on_disk / weeks  # the fulls are alike: one full's share
+            rates = self.rates[kind]
+            print(f"EBM {kind} library on disk: {on_disk / 1e6:.2f} MB for {weeks} fulls; "
+                  f"{on_disk / plain_first:.2f}x one plain full (the mean); write week 1 "
+                  f"{rates[0]:.1f} MB/s, weeks 2-{weeks} "
+                  f"{min(rates[1:] or rates):.1f}-{max(rates[1:] or rates):.1f} MB/s")
+        p, d = self.rates["plain"], self.rates["dedup"]
+        print(f"EBM dedup/plain write throughput: week 1 {d[0] / p[0]:.2f}x, all weeks "
+              f"{sum(d) / sum(p):.2f}x")
+
+
 def disk_bytes(paths: list[Path]) -> int:
     """Bytes allocated on disk (a dedup skeleton is sparse)."""
     total = 0
@@ -128,6 +188,8 @@ def main() -> int:
     ap.add_argument("--weeks", type=int, default=4)
     ap.add_argument("--change", type=float, default=0.02, help="fraction of files changed")
     ap.add_argument("--dir", type=Path, default=None, help="scratch folder (a real disk)")
+    ap.add_argument("--ebm", action="store_true",
+                    help="the EBM also takes a full of the tree each week, plain and dedup")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-dedup-", dir=args.dir))
     rng = random.Random(16)
@@ -140,6 +202,7 @@ def main() -> int:
         store = work / "dedup" / "store"
         logical = 0
         rates: dict[str, list[tuple[float, float]]] = {"plain": [], "dedup": []}
+        ebm = EbmLibraries(work, args.weeks, 4 * args.size + (64 << 20)) if args.ebm else None
         print(f"tree: {len(files)} files; block {BLOCK >> 10} KiB; {args.change:.0%} of the "
               f"files changed each week", flush=True)
         for week in range(1, args.weeks + 1):
@@ -162,6 +225,8 @@ def main() -> int:
                 r = read_back(path, want)
                 rates[kind].append((size / w / 1e6, size / r / 1e6))
                 line.append(f"{kind} write {size / w / 1e6:6.1f} MB/s read {size / r / 1e6:6.1f} MB/s")
+                if ebm is not None:
+                    line.append(f"EBM {kind} {ebm.full(kind, tree, size):6.1f} MB/s")
             print(",  ".join(line), flush=True)
             tar.unlink()
         plain = disk_bytes([plain_dir])
@@ -171,7 +236,7 @@ def main() -> int:
         print(f"logical (tar bytes written): {logical / 1e6:.1f} MB over {args.weeks} weeks")
         print(f"plain store on disk: {plain / 1e6:.1f} MB ({logical / plain:.2f}x, zstd -1 "
               "per block)")
-        print(f"dedup store on disk: {dedup / 1e6:.1f} MB ({logical / dedup:.2f}x; dedup "
+        print(f"dedup store on disk: {dedup / 1e6:.2f} MB ({logical / dedup:.2f}x; dedup "
               f"{s.dedup_ratio:.2f}x, compression {s.compression_ratio:.2f}x; "
               f"{s.chunks} chunks)")
         one_full = logical / args.weeks
@@ -187,6 +252,8 @@ def main() -> int:
         dr = sum(x[1] for x in rates["dedup"]) / sum(x[1] for x in rates["plain"])
         print(f"dedup/plain read throughput: {dr:.2f}x (first week "
               f"{rates['dedup'][0][1] / first[1]:.2f}x)")
+        if ebm is not None:
+            ebm.report(args.weeks)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
