@@ -5,7 +5,7 @@ onto a new cartridge every "week", with a few percent of the files changed in be
 tree is built from real files of this machine (``/usr/lib``, ``/usr/share``: binaries,
 libraries, sources, text) up to ``--size``; between weeks ``--change`` of the files are
 modified (a random range overwritten; one in three also grows or shrinks, shifting the rest
-of the tar). Each week's tar (``tar -b 512``: 256 KiB blocks) is written to a new cartridge
+of the tar). Each week's tar (``tar -b 512``: 256 KiB blocks; ``--block-kib 10`` for GNU tar's default) is written to a new cartridge
 of each store, through ``queue_block`` as a drive in buffered mode does, ended by a filemark
 (fsync), then read back and compared. Printed per week and store: MB/s written and read;
 at the end, logical bytes against bytes on disk.
@@ -88,7 +88,8 @@ def change_files(files: list[Path], fraction: float, rng: random.Random) -> int:
 
 
 def make_tar(tree: Path, out: Path) -> None:
-    subprocess.run(["tar", "-b", "512", "-cf", str(out), "-C", str(tree), "."], check=True)
+    subprocess.run(["tar", "-b", str(BLOCK // 512), "-cf", str(out), "-C", str(tree), "."],
+                   check=True)
 
 
 def write(cart_path: Path, tar: Path) -> float:
@@ -188,9 +189,13 @@ def main() -> int:
     ap.add_argument("--weeks", type=int, default=4)
     ap.add_argument("--change", type=float, default=0.02, help="fraction of files changed")
     ap.add_argument("--dir", type=Path, default=None, help="scratch folder (a real disk)")
+    ap.add_argument("--block-kib", type=int, default=256,
+                    help="tar's block size in KiB (GNU tar's default is 10; Amanda 32)")
     ap.add_argument("--ebm", action="store_true",
                     help="the EBM also takes a full of the tree each week, plain and dedup")
     args = ap.parse_args()
+    global BLOCK
+    BLOCK = args.block_kib << 10
     work = Path(tempfile.mkdtemp(prefix="bench-dedup-", dir=args.dir))
     rng = random.Random(16)
     try:
