@@ -14,7 +14,9 @@ retention (``ebm forget``) may then expire the old chain. Work space: the datase
 ``TMPDIR`` or ``workdir``.
 
 Not provided: a PostgreSQL base backup rebuilt from base + WAL (that needs a server replaying
-WAL); its chains are consolidated by taking a new base backup.
+WAL); its chains are consolidated by taking a new base backup. A translator that cannot merge
+says so (``supports_consolidation = False``) and is refused first, from the catalog alone,
+before a drive is claimed or a cartridge mounted.
 """
 
 from __future__ import annotations
@@ -91,6 +93,10 @@ def consolidate(ebm: Ebm, dataset: str, *, passphrase_file: Path | None = None,
     ds = cat.dataset(dataset)
     if ds is None:
         raise RequestError(f"no dataset {dataset!r}")  # an unknown name: refused (exit 2)
+    translator = load_translator(ds["translator"])
+    if not translator.supports_consolidation:  # from the catalog alone: no drive, no tape
+        raise JobError(translator.consolidation_refusal
+                       or f"the {translator.name} translator does not consolidate chains")
     last = cat.last_good(dataset)
     if last is None:
         raise JobError(f"dataset {dataset} has no good backup to consolidate")
@@ -106,7 +112,6 @@ def consolidate(ebm: Ebm, dataset: str, *, passphrase_file: Path | None = None,
     state = load_state(cat, last.id)
     if state is None:
         raise JobError(f"backup {last.uuid} has no translator state on record: cannot consolidate")
-    translator = load_translator(ds["translator"])
     req = BackupRequest(dataset=dataset, full=True, compress=compress,
                         passphrase_file=passphrase_file, key_file=key_file)
     req.validate()

@@ -55,6 +55,11 @@ cartridges holding the chain may be the ones the new baseline is appended to:
    state is what the next incremental compares against (the data did not change, so it is
    normally the same state).
 
+A translator that cannot merge its chain (postgresql: a base backup rebuilt from base + WAL
+needs a server replaying the WAL) says so with ``supports_consolidation = False`` and a
+``consolidation_refusal`` telling the admin what to do instead; ``ebm consolidate`` then
+refuses before it claims a drive or mounts a cartridge.
+
 The defaults (:mod:`translators.merge`) spool the final view and copy it back: right for any
 translator whose members replace each other by path (filesystem, stream). A translator with
 deltas overrides both: sqlite and volume derive from
@@ -64,7 +69,8 @@ its baseline and deltas and whose ``merge_chain`` is that restore into ``workdir
 
 Writing a translator (docs/writing-a-translator.md has a worked example package):
 
-- subclass :class:`Translator`, set ``name``, ``version`` and ``supports_incremental``;
+- subclass :class:`Translator`, set ``name``, ``version`` and ``supports_incremental`` (and
+  ``supports_consolidation = False`` with a ``consolidation_refusal`` if chains cannot merge);
 - ``backup`` writes members with ``writer.add(ArchiveEntry(...), data)`` (data: bytes, or an
   object with ``readinto``/``read`` giving exactly ``entry.data_size`` bytes, so big members
   stream) and returns one :class:`IndexEntry` per member (``file_row`` builds a file's), plus
@@ -168,6 +174,10 @@ class Translator(ABC):
     name: ClassVar[str]
     version: ClassVar[str]
     supports_incremental: ClassVar[bool] = True
+    # False: ``ebm consolidate`` refuses the dataset at once, from the catalog alone (no drive
+    # claimed, no cartridge mounted), with ``consolidation_refusal`` as its one-line message.
+    supports_consolidation: ClassVar[bool] = True
+    consolidation_refusal: ClassVar[str] = ""
 
     @abstractmethod
     def validate_source(self, source: str) -> None:

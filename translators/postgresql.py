@@ -30,7 +30,8 @@ every chain segment is written into ``pg_wal`` instead. ``--as csv`` writes the 
 (:mod:`translators.pg.logical`) instead: schema SQL, one CSV per table, ``load.sql``.
 Either appears in the target only once complete (:mod:`translators.pg.unpack`).
 
-``ebm consolidate`` is refused (``merge_chain``): a new baseline is a new base backup.
+``ebm consolidate`` is refused (``supports_consolidation = False``, before any drive is
+claimed): a new baseline is a new base backup.
 """
 
 from __future__ import annotations
@@ -115,6 +116,12 @@ class PostgresqlTranslator(Translator):
     name = "postgresql"
     version = "1.0"
     supports_incremental = True
+    # A base backup image rebuilt from base + WAL needs a server replaying the WAL (the issue
+    # does not ask for one): refused by ``ebm consolidate`` before any drive is claimed.
+    supports_consolidation = False
+    consolidation_refusal = ("PostgreSQL chains are not consolidated: take a new base backup "
+                             "with `ebm backup DATASET --full`, then let retention expire the "
+                             "old chain")
     restore_forms = FORMS
 
     # -- source --------------------------------------------------------------------------
@@ -321,16 +328,6 @@ class PostgresqlTranslator(Translator):
         if options.get("form") == "csv":
             return ["logical"]
         return ["data"] if options.get("wal_fetch") else ["data", "wal"]
-
-    # -- consolidation -------------------------------------------------------------------
-    def merge_chain(self, entries: Iterable[tuple[ArchiveEntry, EntryData]], workdir: Path, *,
-                    progress: ProgressCallback | None = None) -> None:
-        """Refused: a base backup image rebuilt from base + WAL is not offered (the issue
-        does not ask for one). ``ebm backup DATASET --full`` is this translator's new full;
-        retention can expire the old chain after it."""
-        raise TranslatorError("PostgreSQL chains are not consolidated: take a new base backup "
-                              "with `ebm backup DATASET --full`, then let retention expire the "
-                              "old chain")
 
     # -- restore -------------------------------------------------------------------------
     def restore(self, entries: Iterable[tuple[ArchiveEntry, EntryData]], target: Path, *,

@@ -159,7 +159,7 @@ def test_point_in_time_restore_recovers_exactly_the_commits_before_it(tmp_path, 
     assert "\\copy \"public\".\"t\" FROM" in (plain / "load.sql").read_text()
 
 
-def test_wal_catalogue_has_lsn_ranges_sha256_and_commit_times(tmp_path, pg):
+def test_wal_catalogue_has_lsn_ranges_sha256_and_commit_times(tmp_path, pg, monkeypatch):
     ebm = _library(tmp_path)
     pg.sql("CREATE TABLE t (i int PRIMARY KEY, s text)")
     _backup(ebm, pg.source())
@@ -179,8 +179,10 @@ def test_wal_catalogue_has_lsn_ranges_sha256_and_commit_times(tmp_path, pg):
     assert all((pg.spool / s["name"]).exists() for s in segs)  # pruned by the next backup
     _backup(ebm)
     assert not any((pg.spool / s["name"]).exists() for s in segs)
-    with pytest.raises(JobError, match="PostgreSQL chains are not consolidated"):
-        consolidate(ebm, "pg")
+    with monkeypatch.context() as m:  # refused from the catalog: no drive, no cartridge
+        m.setattr(ebm.library, "claim_drive", lambda *_a: pytest.fail("a drive was claimed"))
+        with pytest.raises(JobError, match="PostgreSQL chains are not consolidated"):
+            consolidate(ebm, "pg")
     ebm.close()
 
 
