@@ -92,32 +92,34 @@ def make_tar(tree: Path, out: Path) -> None:
                    check=True)
 
 
-def write(cart_path: Path, tar: Path) -> float:
-    """Seconds to stream the tar onto the cartridge, through the final filemark's fsync."""
+def write(cart_path: Path, tar: Path) -> tuple[float, float]:
+    """Wall and process CPU seconds (all threads) to stream the tar onto the cartridge,
+    through the final filemark's fsync."""
     with open(tar, "rb") as f:
         blocks = iter(lambda: f.read(BLOCK), b"")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with TapeCartridge.open(cart_path) as cart:
             for b in blocks:
                 if not cart.queue_block(b):
                     cart.write_block(b)
             cart.flush_writes()
             cart.write_filemarks(1)
-            elapsed = time.perf_counter() - t0
-    return elapsed
+            elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return elapsed, cpu
 
 
-def read_back(cart_path: Path, want: str) -> float:
-    """Seconds to read the cartridge's first file; checks it is the tar, byte for byte."""
+def read_back(cart_path: Path, want: str) -> tuple[float, float]:
+    """Wall and process CPU seconds to read the cartridge's first file; checks it is the
+    tar, byte for byte."""
     h = hashlib.sha256()
     buf = bytearray(BLOCK)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with TapeCartridge.open(cart_path, readonly=True) as cart:
         while (r := cart.read_block(buf)).kind is RecordKind.DATA:
             h.update(r.data)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert h.hexdigest() == want, f"{cart_path.name} does not read back as written"
-    return elapsed
+    return elapsed, cpu
 
 
 class EbmLibraries:
@@ -207,6 +209,7 @@ def main() -> int:
         store = work / "dedup" / "store"
         logical = 0
         rates: dict[str, list[tuple[float, float]]] = {"plain": [], "dedup": []}
+        cpu: dict[str, list[tuple[float, float]]] = {"plain": [], "dedup": []}  # s per GB
         ebm = EbmLibraries(work, args.weeks, 4 * args.size + (64 << 20)) if args.ebm else None
         print(f"tree: {len(files)} files; block {BLOCK >> 10} KiB; {args.change:.0%} of the "
               f"files changed each week", flush=True)
@@ -226,10 +229,13 @@ def main() -> int:
                 path = folder / f"{barcode}.vtape"
                 TapeCartridge.create(path, barcode, MEDIA["LTO-8"],
                                      chunk_store=store if kind == "dedup" else None)
-                w = write(path, tar)
-                r = read_back(path, want)
+                w, wc = write(path, tar)
+                r, rc = read_back(path, want)
                 rates[kind].append((size / w / 1e6, size / r / 1e6))
-                line.append(f"{kind} write {size / w / 1e6:6.1f} MB/s read {size / r / 1e6:6.1f} MB/s")
+                cpu[kind].append((wc / size * 1e9, rc / size * 1e9))
+                line.append(f"{kind} write {size / w / 1e6:6.1f} MB/s ({wc / size * 1e9:.2f} "
+                            f"CPU s/GB) read {size / r / 1e6:6.1f} MB/s "
+                            f"({rc / size * 1e9:.2f} CPU s/GB)")
                 if ebm is not None:
                     line.append(f"EBM {kind} {ebm.full(kind, tree, size):6.1f} MB/s")
             print(",  ".join(line), flush=True)
@@ -251,9 +257,14 @@ def main() -> int:
         for kind in ("plain", "dedup"):
             w = sum(x[0] for x in rates[kind]) / len(rates[kind])
             r = sum(x[1] for x in rates[kind]) / len(rates[kind])
-            print(f"{kind}: mean write {w:.1f} MB/s, read {r:.1f} MB/s")
+            wc = sum(x[0] for x in cpu[kind]) / len(cpu[kind])
+            rc = sum(x[1] for x in cpu[kind]) / len(cpu[kind])
+            print(f"{kind}: mean write {w:.1f} MB/s ({wc:.2f} CPU s/GB; first week "
+                  f"{cpu[kind][0][0]:.2f}), read {r:.1f} MB/s ({rc:.2f} CPU s/GB)")
         dw = sum(x[0] for x in rates["dedup"]) / sum(x[0] for x in rates["plain"])
-        print(f"dedup/plain write throughput: {dw:.2f}x (first week {rates['dedup'][0][0] / first[0]:.2f}x)")
+        low = min(d[0] / p[0] for d, p in zip(rates["dedup"], rates["plain"], strict=True))
+        print(f"dedup/plain write throughput: {dw:.2f}x (first week "
+              f"{rates['dedup'][0][0] / first[0]:.2f}x, lowest week {low:.2f}x)")
         dr = sum(x[1] for x in rates["dedup"]) / sum(x[1] for x in rates["plain"])
         print(f"dedup/plain read throughput: {dr:.2f}x (first week "
               f"{rates['dedup'][0][1] / first[1]:.2f}x)")

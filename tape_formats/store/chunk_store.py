@@ -42,17 +42,9 @@ from tape_formats.store.chunk_index import ChunkIndex, Location
 
 CHUNKS_DIR = "chunks"  # the per-file layout of stores written before packs (read only)
 LOCK_NAME = "gc.lock"
-# Per-chunk compression: fast, the drive's level (block_packing.ZSTD_LEVEL), since new chunks
-# are compressed on the drive's write path and decompressed on its read path. Measured on the
-# bench_dedup tree: -1 against 1 stores 11% more (2.66:1 against 3.00:1) and decompresses in
-# two thirds of the CPU time.
-CHUNK_ZSTD_LEVEL = -1
 _RAW, _ZSTD = packs.RAW, packs.ZSTD
 BACKGROUND_SYNC_BYTES = 32 << 20
 MAX_RUN = 4 << 20  # adjacent records read with one pread
-# New chunks of a cut are compressed on this many threads (zstd releases the GIL; the plain
-# store compresses on the drive's write-behind thread while the caller's thread feeds it).
-COMPRESS_THREADS = 2
 _OPEN_PACKS = 16  # pack descriptors a reader keeps open
 
 
@@ -187,39 +179,19 @@ class ChunkStore:
         return bool(self._locate([chunk_id])) or self._legacy_has(chunk_id)
 
     # -- writes -----------------------------------------------------------------------------
-    def put(self, chunk_id: bytes, data: bytes | memoryview,
-            cctx: zstandard.ZstdCompressor) -> int:
-        """Store a chunk unless the store has it; returns the bytes it took (0: a dedup hit)."""
-        return self.put_many([chunk_id], [data], cctx)
-
-    def put_many(self, ids: Sequence[bytes], datas: Sequence[bytes | memoryview],
-                 cctx: zstandard.ZstdCompressor) -> int:
-        """Store those of the chunks the store lacks, in order (one index lookup for all,
-        compressed on ``COMPRESS_THREADS`` threads); returns the bytes they took."""
+    def lacking(self, ids: Sequence[bytes]) -> list[int]:
+        """Indexes of those of ``ids`` the store lacks (one index lookup for all; the write
+        path, chunk_writer.py, stores these)."""
         known = self._locate(ids)
-        new: dict[bytes, bytes | memoryview] = {}
-        for cid, data in zip(ids, datas, strict=True):
-            if cid in known or cid in new:
+        out = []
+        for i, cid in enumerate(ids):
+            if cid in known:
                 continue
             if self._legacy_has(cid):
                 self._legacy_hit = True
                 continue
-            new[cid] = data
-        if not new:
-            return 0
-        plain = list(new.values())
-        if len(plain) > 1 and COMPRESS_THREADS > 1:
-            packed = cctx.multi_compress_to_buffer(plain, threads=COMPRESS_THREADS)
-        else:
-            packed = [cctx.compress(data) for data in plain]
-        took = 0
-        for i, (cid, data) in enumerate(new.items()):
-            body = packed[i]
-            if len(body) < len(data):
-                took += self._append(cid, _ZSTD, body)
-            else:
-                took += self._append(cid, _RAW, data)
-        return took
+            out.append(i)
+        return out
 
     def put_stored(self, chunk_id: bytes, stored: bytes) -> int:
         """Keep a chunk's stored bytes as they are (fetched from the S3 tier) unless the store
@@ -231,25 +203,35 @@ class ChunkStore:
         return self._append(chunk_id, stored[0], memoryview(stored)[1:])
 
     def _append(self, chunk_id: bytes, flag: int, body: bytes | memoryview) -> int:
+        return self.append_many([(chunk_id, flag, body)])
+
+    def append_many(self, records: Sequence[tuple[bytes, int, bytes | memoryview]]) -> int:
+        """Append chunks in their stored form, (id, flag, stored payload), to this writer's
+        pack with one write (those already written since the last sync are skipped);
+        durable and indexed at the next ``sync``. Returns the stored bytes they took."""
         with self._mutex:
-            if chunk_id in self._pending:
+            records = [r for r in dict((r[0], r) for r in records).values()
+                       if r[0] not in self._pending]
+            if not records:
                 return 0
             if self._writer is None:
                 self._writer = packs.PackWriter(self.packs)
                 self._new_pack = True
             writer = self._writer
-            at = writer.append(chunk_id, flag, body)
-            self._pending[chunk_id] = Location(writer.number, at, len(body))
+            offsets = writer.append_many(records)
+            for (cid, _flag, body), at in zip(records, offsets, strict=True):
+                self._pending[cid] = Location(writer.number, at, len(body))
             if writer.full:
                 self._finished.append(writer)
                 self._writer = None
-            self._unsynced += packs.record_size(len(body))
+            took = sum(1 + len(body) for _cid, _flag, body in records)
+            self._unsynced += offsets[-1] - offsets[0] + packs.record_size(len(records[-1][2]))
             kick = self._unsynced >= BACKGROUND_SYNC_BYTES
             if kick:
                 self._unsynced = 0
         if kick:
             self._flusher().kick()
-        return 1 + len(body)
+        return took
 
     def _flusher(self) -> BackgroundSync:
         if self._background is None:

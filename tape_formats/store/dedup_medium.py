@@ -4,13 +4,16 @@ The cartridge file stays where it was, with the same size and offsets, as a spar
 *skeleton*: the header, the record headers and filemarks are written into it as before; a
 record's payload (the second buffer of a ``pwritev``) is not, its range stays a hole.
 Instead the payload joins the cartridge's data stream, which FastCDC cuts into chunks
-(cut across blocks, so block boundaries do not matter to dedup); each new chunk is hashed
-(BLAKE3), compressed and stored once per library. Reads put skeleton and payloads back
-together, so the cartridge above sees the plain file's bytes at every offset.
+(cut across blocks, so block boundaries do not matter to dedup); each chunk is hashed
+(BLAKE3) here, and the new ones are compressed and stored once per library by the
+cartridge's chunk writer (chunk_writer.py) on threads of its own while this one goes on.
+Reads put skeleton and payloads back together, so the cartridge above sees the plain file's
+bytes at every offset.
 
-Sync point (``fsync``): the stream's tail becomes a last chunk, the new chunks are made
-durable and indexed (their packs fdatasync'd, then the index rows committed: chunk_store.py),
-the skeleton is fsync'd, then the recipe batch is appended and fsync'd. A crash before the recipe is durable leaves record headers whose payload the
+Sync point (``fsync``): the stream's tail becomes a last chunk, the chunk writer is drained,
+the new chunks are made durable and indexed (their packs fdatasync'd, then the index rows
+committed: chunk_store.py), the skeleton is fsync'd, then the recipe batch is appended and
+fsync'd. A crash before the recipe is durable leaves record headers whose payload the
 recipe lacks: they fail their CRC at the next open and are cut off like any torn tail.
 """
 
@@ -27,7 +30,8 @@ import zstandard
 
 from tape_formats.store import recipe as recipes
 from tape_formats.store.chunk_read_ahead import ReadAhead
-from tape_formats.store.chunk_store import CHUNK_ZSTD_LEVEL, ChunkStore, StoreError
+from tape_formats.store.chunk_store import ChunkStore, StoreError
+from tape_formats.store.chunk_writer import ChunkWriter
 
 # FastCDC sizes: 32 KiB on average (8 KiB..128 KiB), small enough that a changed file costs
 # little beyond itself, large enough that a GB is ~30,000 index rows.
@@ -55,7 +59,7 @@ class DedupMedium:
             raise StoreError(str(exc)) from None
         self._store_rel = rec.store
         self._store = ChunkStore((recipe_path.parent / rec.store).resolve())
-        self._cctx = zstandard.ZstdCompressor(level=CHUNK_ZSTD_LEVEL)
+        self._writer = ChunkWriter(self._store)
         self._dctx = zstandard.ZstdDecompressor()
         self._cdc = pyfastcdc.FastCDC(avg_size=AVG_CHUNK)
         self._hold = self._store.hold()
@@ -107,6 +111,7 @@ class DedupMedium:
     def _fill(self, out: memoryview, offset: int) -> None:
         """The file's bytes at [offset, offset + len(out)): payloads from the stream, the
         rest (record headers, filemarks) from the skeleton; its payload holes are not read."""
+        self._writer.drain()  # chunks cut and not yet in their pack: wait for them
         end = offset + len(out)
         ext_off, ext_len, ext_stream = self._ext_off, self._ext_len, self._ext_stream
         i = max(0, bisect_right(ext_off, offset) - 1)
@@ -182,8 +187,9 @@ class DedupMedium:
         return n + len(payload)
 
     def _cut(self, *, final: bool) -> None:
-        """Cut the pending tail into chunks and store the new ones; without ``final`` the
-        last chunk found stays pending (the buffer's end is not a content-defined cut)."""
+        """Cut the pending tail into chunks, hash them and hand them to the chunk writer
+        (which stores the new ones behind this thread's back); without ``final`` the last
+        chunk found stays pending (the buffer's end is not a content-defined cut)."""
         pending = self._pending
         if not pending:
             return
@@ -192,23 +198,25 @@ class DedupMedium:
         cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(view)]  # (no view kept)
         if not final:
             cuts = cuts[:-1]
-        pieces = [view[offset:offset + length] for offset, length in cuts]
-        try:
-            ids = [blake3.blake3(piece).digest() for piece in pieces]
-            self._store.put_many(ids, pieces, self._cctx)
-            for cid, piece in zip(ids, pieces, strict=True):
-                self._ch_start.append(self._chunked)
-                self._ch_len.append(len(piece))
-                self._ch_ids.append(cid)
-                self._chunked += len(piece)
-        finally:
-            used = sum(len(piece) for piece in pieces)
-            for piece in pieces:
-                piece.release()
+        if not cuts:
             view.release()
-        del pending[:used]
+            return
+        pieces = [view[offset:offset + length] for offset, length in cuts]
+        ids = [blake3.blake3(piece).digest() for piece in pieces]
+        used = cuts[-1][0] + cuts[-1][1]
+        # The chunk writer keeps views of this buffer until they are stored: from here on it
+        # is never changed; what follows the last cut starts the next one.
+        self._writer.submit(ids, pieces)
+        self._pending = bytearray(view[used:])
+        view.release()
+        for cid, (_offset, length) in zip(ids, cuts, strict=True):
+            self._ch_start.append(self._chunked)
+            self._ch_len.append(length)
+            self._ch_ids.append(cid)
+            self._chunked += length
 
     def truncate(self, length: int) -> None:
+        self._writer.drain()
         os.ftruncate(self.fd, length)
         self._end = length
         self._drop_from(length)
@@ -247,6 +255,7 @@ class DedupMedium:
         if self._readonly:
             return
         self._cut(final=True)
+        self._writer.drain()  # every new chunk in its pack
         self._store.sync()  # (a chunk found in the index is durable already)
         if os.fstat(self.fd).st_size < self._end:
             os.ftruncate(self.fd, self._end)  # a payload at the end is a hole: extend
@@ -271,6 +280,7 @@ class DedupMedium:
         return list(zip(self._ch_len[start:], self._ch_ids[start:], strict=True))
 
     def close(self) -> None:
+        self._writer.close()
         self._ahead.close()
         self._hold.release()
         self._store.close()

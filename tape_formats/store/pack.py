@@ -16,7 +16,7 @@ import errno
 import fcntl
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import crc32c
@@ -28,6 +28,7 @@ MAGIC = b"VCK1"
 HEADER = struct.Struct("<4s32sBI")
 CRC_SIZE = 4
 RAW, ZSTD = 0, 1
+_IOV_MAX = 1020  # buffers per pwritev (Linux's IOV_MAX is 1024; three per record)
 
 
 class PackDamaged(ValueError):
@@ -117,13 +118,29 @@ class PackWriter:
 
     def append(self, chunk_id: bytes, flag: int, body: bytes | memoryview) -> int:
         """Write one record at the pack's end; returns its offset."""
-        bufs = encode(chunk_id, flag, body)
-        size = record_size(len(body))
+        return self.append_many([(chunk_id, flag, body)])[0]
+
+    def append_many(self, records: Sequence[tuple[bytes, int, bytes | memoryview]]
+                    ) -> list[int]:
+        """Write records (chunk id, flag, stored bytes) at the pack's end with one pwritev
+        (up to IOV_MAX buffers a call); returns their offsets. A short write is an error,
+        and the pack's end stays where it was (the torn tail is never indexed)."""
+        bufs: list[bytes | memoryview] = []
+        offsets = []
         at = self.end
-        if os.pwritev(self.fd, bufs, at) != size:
-            raise OSError(errno.EIO, f"{self.path}: short write")
-        self.end = at + size
-        return at
+        for chunk_id, flag, body in records:
+            offsets.append(at)
+            bufs += encode(chunk_id, flag, body)
+            at += record_size(len(body))
+        pos = self.end
+        for i in range(0, len(bufs), _IOV_MAX):
+            part = bufs[i:i + _IOV_MAX]
+            want = sum(len(b) for b in part)
+            if os.pwritev(self.fd, part, pos) != want:
+                raise OSError(errno.EIO, f"{self.path}: short write")
+            pos += want
+        self.end = at
+        return offsets
 
     @property
     def full(self) -> bool:

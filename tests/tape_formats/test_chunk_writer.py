@@ -1,0 +1,91 @@
+"""The dedup write pipeline: chunks stored behind the writer's back, in order, once each; a
+pack write that fails is reported at the sync point, never acknowledged as durable."""
+
+from __future__ import annotations
+
+import errno
+import random
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from tape_formats.cartridge import RecordKind, TapeCartridge
+from tape_formats.media import MEDIA
+from tape_formats.store import pack as packs
+from tape_formats.store.chunk_store import ChunkStore
+from tape_formats.store.chunk_writer import ChunkWriter
+
+
+def _new(tmp_path: Path) -> Path:
+    path = tmp_path / "D00001L8.vtape"
+    TapeCartridge.create(path, "D00001L8", MEDIA["LTO-8"], capacity=64 << 20,
+                         chunk_store=tmp_path / "store")
+    return path
+
+
+def _blocks(seed: int, n: int) -> list[bytes]:
+    rng = random.Random(seed)  # half random, half text-like: some chunks compress, some not
+    return [rng.randbytes(100_000) if i % 2 else bytes(rng.choices(b"tape ", k=100_000))
+            for i in range(n)]
+
+
+def test_a_chunk_twice_in_flight_is_stored_once(tmp_path: Path) -> None:
+    store = ChunkStore.create(tmp_path / "store")
+    writer = ChunkWriter(store)
+    piece = memoryview(random.Random(1).randbytes(50_000))
+    cid = bytes(32)
+    writer.submit([cid, cid], [piece, piece])
+    writer.submit([cid], [piece])
+    writer.drain()
+    store.sync()
+    writer.close()
+    (pack,) = store.packs.iterdir()
+    assert pack.stat().st_size == packs.record_size(50_000)  # raw: it does not compress
+    assert store.get(cid, 50_000, zstandard.ZstdDecompressor()) == piece
+    store.close()
+
+
+def test_blocks_read_back_while_chunks_are_in_flight(tmp_path: Path) -> None:
+    path = _new(tmp_path)
+    blocks = _blocks(2, 40)
+    with TapeCartridge.open(path) as c:
+        for b in blocks:
+            assert c.queue_block(b) or c.write_block(b)
+        c.flush_writes()
+        c.rewind()  # reads drain the chunk writer first
+        got = [bytes(c.read_block().data) for _ in blocks]
+    assert got == blocks
+
+
+def test_a_failed_pack_write_is_not_acknowledged(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _new(tmp_path)
+    durable = _blocks(3, 12)
+    with TapeCartridge.open(path) as c:
+        for b in durable:
+            c.write_block(b)
+        c.write_filemarks(1)
+
+    def full(*_args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ChunkStore, "append_many", full)
+    c = TapeCartridge.open(path)
+    c.space_to_eod()
+    with pytest.raises(OSError):  # at a later write or at the filemark, never acknowledged
+        for b in _blocks(4, 30):
+            c.write_block(b)
+        c.write_filemarks(1)
+    with pytest.raises(OSError):
+        c.write_filemarks(1)  # the error stays until the cartridge is closed
+    try:
+        c.close()
+    except OSError:
+        pass
+    monkeypatch.undo()
+    with TapeCartridge.open(path, readonly=True) as c:
+        got = []
+        while (r := c.read_block()).kind is RecordKind.DATA:
+            got.append(bytes(r.data))
+    assert got[:len(durable)] == durable
