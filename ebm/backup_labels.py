@@ -76,19 +76,19 @@ def parse_header(block: bytes | memoryview) -> dict[str, Any] | None:
     }
 
 
-def trailer_bytes(*, uuid: str, entries: list[IndexEntry], size: int, sha256: str,
+def trailer_bytes(*, uuid: str, entries: list[IndexEntry], size: int, digest: str,
                   warnings: list[str], extra: dict[str, Any]) -> bytes:
     info = BackupTrailerInfo.from_index(uuidlib.UUID(uuid), entries, stream_bytes=size,
-                                        stream_sha256=sha256, warnings=warnings, extra=extra)
+                                        stream_digest=digest, warnings=warnings, extra=extra)
     return encode_trailer(info)
 
 
-def trailer_file(*, uuid: str, entries: list[IndexEntry], size: int, sha256: str,
+def trailer_file(*, uuid: str, entries: list[IndexEntry], size: int, digest: str,
                  warnings: list[str], extra: dict[str, Any]) -> IO[bytes]:
     """:func:`trailer_bytes` in an unlinked temporary file (at offset 0), the file index
     streamed into it: a tree of millions of files never holds its trailer in memory."""
     info = BackupTrailerInfo.from_index(uuidlib.UUID(uuid), entries, stream_bytes=size,
-                                        stream_sha256=sha256, warnings=warnings, extra=extra)
+                                        stream_digest=digest, warnings=warnings, extra=extra)
     out = tempfile.TemporaryFile(prefix="ebm-trailer-")
     try:
         write_trailer(info, out)

@@ -470,7 +470,8 @@ class Ebm:
             except Exception as e:
                 raise _TranslatorFailed(f"translator {ds['translator']} failed: {e}") from e
             pax.close()  # end-of-archive blocks
-            size, blocks, digest = writer.finish_data()  # sha256 hashed on the writer thread
+            size, blocks = writer.finish_data()
+            digest = pax.stream_digest()  # the member digest: no second hash pass
             entries = result.entries
             if not isinstance(entries, PackedIndex):
                 entries = list(entries)  # iterated three times below
@@ -480,7 +481,7 @@ class Ebm:
             state_enc = encode_state(result.state)  # JSON once, for trailer and catalog
             warnings = [str(w) for w in result.warnings]
             with trailer_file(
-                    uuid=u, entries=entries, size=size, sha256=digest, warnings=warnings,
+                    uuid=u, entries=entries, size=size, digest=digest, warnings=warnings,
                     extra={"state": _state_for_trailer(state_enc), "dataset": ds["name"],
                            "level_name": level, "blocks": blocks}) as trailer:
                 written = writer.write_trailer(trailer)
@@ -536,14 +537,10 @@ def _canonical(t: Translator, source: str | Path) -> str:
 
 
 def _pax_writer(out: TapeWriter) -> PaxWriter:
-    """A PaxWriter that leaves the stream sha256 to the data mover.
-
-    Why: the mover hashes every byte it puts on tape on its writer thread, in parallel with
-    the translator; PaxWriter hashing the same bytes on the producer thread would only cost.
-    """
+    """A PaxWriter onto the data tape file; its stream digest goes into the trailer."""
     from tape_formats.archive.writer import PaxWriter
 
-    return PaxWriter(out, start_offset=0, hash_stream=False)
+    return PaxWriter(out, start_offset=0)
 
 
 def _progress_adapter(progress: Progress | None, job: JobProgress) -> ProgressCallback:

@@ -19,7 +19,6 @@ stream offsets.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import queue
 import threading
@@ -76,10 +75,12 @@ class TapeWriter:
     """A write-only stream (``write``/``tell``) that becomes the data tape file.
 
     Why a stream: the archive writer and translators only need ``.write``/``.tell``; the mover
-    owns blocking, hashing, encryption and spanning. A caller's bytes are copied once, into a
-    block buffer that is then handed to the writer thread as it is (the thread hashes,
-    seals/compresses and writes it while the producer fills the next one, and gives it back
-    to a small pool): no block is copied a second time on its way to the cartridge.
+    owns blocking, encryption and spanning. It does not hash: the stream digest comes from
+    the PaxWriter, built from the per-file sha256 it computes anyway (``stream_digest.py``).
+    A caller's bytes are copied once, into a block buffer that is then handed to the writer
+    thread as it is (the thread seals/compresses and writes it while the producer fills the
+    next one, and gives it back to a small pool): no block is copied a second time on its way
+    to the cartridge.
     """
 
     provider: MediaProvider
@@ -88,7 +89,6 @@ class TapeWriter:
     compress: bool = True
     block_size: int = BLOCK_SIZE
     on_block: Callable[[int], None] | None = None  # progress: bytes written so far
-    hash_stream: bool = True  # off when the producer (PaxWriter) already hashes the stream
     threaded: bool = True  # seal/compress/write blocks on a second thread (zstd and AES drop the GIL)
     volumes: list[_Vol] = field(default_factory=list)
 
@@ -97,7 +97,6 @@ class TapeWriter:
         self._fill = 0
         self._offset = 0
         self._block = 0
-        self._hash = hashlib.sha256()
         self._vol: _Vol | None = None
         self._q: queue.Queue | None = None
         self._spares: list[bytearray] = []  # block buffers the writer thread gave back
@@ -150,8 +149,6 @@ class TapeWriter:
     def write(self, data: bytes | memoryview) -> int:
         mv = memoryview(data).cast("B")
         n = len(mv)
-        if self.hash_stream and not self.threaded:
-            self._hash.update(mv)
         bs = self.block_size
         pos = 0
         if self._fill:
@@ -209,7 +206,6 @@ class TapeWriter:
             raise self._error
         assert self._q is not None
         self._q.put((buf, length, number))
-        # (the stream hash is computed on the writer thread, block by block, in order)
 
     def _drain(self) -> None:
         """Writer thread: blocks in order; the first error stops it and is re-raised later."""
@@ -223,8 +219,6 @@ class TapeWriter:
                 continue
             block = buf if length == len(buf) else memoryview(buf)[:length]
             try:
-                if self.hash_stream:
-                    self._hash.update(block)  # hashlib drops the GIL: runs beside the producer
                 self._seal_and_put(block, number)
             except BaseException as e:  # re-raised in the producer thread
                 self._error = e
@@ -275,11 +269,9 @@ class TapeWriter:
             return
         raise MoverError("no cartridge in the pool could take the block (all too small?)")
 
-    def finish_data(self) -> tuple[int, int, str]:
-        """Flush the last short block and end the data tape file.
-
-        Returns (stream size, block count, sha256 hex of the whole stream or "" when
-        ``hash_stream`` is off)."""
+    def finish_data(self) -> tuple[int, int]:
+        """Flush the last short block and end the data tape file; returns (stream size,
+        block count)."""
         if self._fill:
             self._emit_buffer(self._fill)
             self._fill = 0
@@ -289,7 +281,7 @@ class TapeWriter:
         if vol.data_object is None and self._block == 0:
             vol.data_object, vol.first_block, vol.last_block = vol.cart.position, 0, -1
         vol.cart.write_filemarks(1, sync=False)
-        return self._offset, self._block, self._hash.hexdigest() if self.hash_stream else ""
+        return self._offset, self._block
 
     def write_trailer(self, trailer: bytes | IO[bytes]) -> list[WrittenVolume]:
         """Write the trailer tape file (bytes, or a file read from where it stands), sync

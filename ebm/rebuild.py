@@ -211,7 +211,7 @@ def _record(catalog: Catalog, parts: list[Segment], res: RebuildResult) -> int:
         options["index_missing"] = True
     else:
         files = [_row(e) for e in trailer.index]
-        size, sha, nfiles = trailer.stream_bytes, trailer.stream_sha256, len(trailer.index)
+        size, sha, nfiles = trailer.stream_bytes, trailer.stream_digest, len(trailer.index)
         state = state_from_b64(trailer.extra.get("state"))
     with catalog.tx():
         cur = catalog.db.execute(

@@ -7,17 +7,22 @@ several blocks). Both labels are construct-defined::
     RawCopy(signed part):
         magic            b"EBM BACKUP HEADER\\n" | b"EBM BACKUP TRAILER\\n"   (readable)
         text             UTF-8, NUL-terminated: what this is and how to restore it by hand
-        format_version   uint16 big-endian (this module writes 1)
+        format_version   uint16 big-endian (headers: 1; trailers: 2, and 1 still reads)
         body             uint32 length + HEADER_BODY / TRAILER_BODY
     sha256               32 bytes over the whole signed part
     (zero padding to a multiple of 512 bytes, ignored on decode)
 
 Like Amanda's tape headers, the text comes first, so ``dd if=/dev/nst0 bs=256k count=1 | head``
 shows a person what the backup is and the exact commands that restore it without the EBM. The
-trailer repeats the backup's identity and adds counts, byte totals, the sha256 of the whole pax
-stream, warnings, a free-form JSON ``extra`` (the data mover records its tape layout there)
+trailer repeats the backup's identity and adds counts, byte totals, the stream digest,
+warnings, a free-form JSON ``extra`` (the data mover records its tape layout there)
 and the complete file index (JSON lines, zstd-compressed), so ``ebm catalog rebuild`` can
 rebuild the catalog from tapes alone.
+
+Trailer versions differ only in what the 32-byte ``stream_digest`` field means: version 1 is
+the sha256 of every byte of the pax stream; version 2 (written since) is the member digest of
+``stream_digest.py``, which costs no second pass over the data. Both decode;
+``BackupTrailerInfo.stream_digest_kind`` says which one a trailer holds.
 
 Errors: :class:`BadMagic` (not one of our labels), :class:`UnsupportedVersion`,
 :class:`LabelChecksumError` (damaged), all subclasses of :class:`LabelError`.
@@ -63,8 +68,11 @@ from construct import (
 
 from .entry import ArchiveError, IndexEntry
 from .packed_index import PackedIndex
+from .stream_digest import MEMBERS, PLAIN
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # what headers are written as
+TRAILER_VERSION = 2  # what trailers are written as: stream_digest is the member digest
+_TRAILER_VERSIONS = {1: PLAIN, 2: MEMBERS}  # version -> the kind of stream digest it holds
 HEADER_MAGIC = b"EBM BACKUP HEADER\n"
 TRAILER_MAGIC = b"EBM BACKUP TRAILER\n"
 LABEL_ALIGN = 512
@@ -122,7 +130,7 @@ TRAILER_BODY = Struct(
     "torn_count" / Int64ub,
     "data_bytes" / Int64ub,  # file content bytes (logical sizes of regular files)
     "stream_bytes" / Int64ub,  # length of the pax stream
-    "stream_sha256" / Bytes(32),
+    "stream_digest" / Bytes(32),  # v1: sha256 of the stream; v2: member digest
     "warnings" / _LongStr,  # JSON list of strings
     "extra" / _LongStr,  # JSON object (e.g. the data mover's tape layout)
     "index" / Prefixed(Int64ub, GreedyBytes),  # zstd(JSON lines of IndexEntry)
@@ -178,11 +186,11 @@ class BackupHeaderInfo:
 
 @dataclass(slots=True)
 class BackupTrailerInfo:
-    """Counts, totals, stream checksum and file index of a finished backup."""
+    """Counts, totals, stream digest and file index of a finished backup."""
 
     backup_uuid: uuidlib.UUID
     stream_bytes: int
-    stream_sha256: str  # hex
+    stream_digest: str  # hex, of the kind stream_digest_kind names
     index: list[IndexEntry] | PackedIndex = field(default_factory=list)
     finished_ns: int = field(default_factory=time.time_ns)
     complete: bool = True
@@ -197,17 +205,22 @@ class BackupTrailerInfo:
     data_bytes: int = 0
     warnings: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    format_version: int = TRAILER_VERSION
     text: str = ""
+
+    @property
+    def stream_digest_kind(self) -> str:
+        """``stream_digest.PLAIN`` (version 1) or ``stream_digest.MEMBERS`` (version 2)."""
+        return _TRAILER_VERSIONS[self.format_version]
 
     @classmethod
     def from_index(cls, backup_uuid: uuidlib.UUID, index: list[IndexEntry] | PackedIndex, *,
-                   stream_bytes: int, stream_sha256: str, warnings: Iterable[str] = (),
+                   stream_bytes: int, stream_digest: str, warnings: Iterable[str] = (),
                    extra: dict | None = None) -> BackupTrailerInfo:
         """Build a trailer whose counts are computed from ``index`` (a PackedIndex kept them
         as its rows were added)."""
         info = cls(backup_uuid=backup_uuid, stream_bytes=stream_bytes,
-                   stream_sha256=stream_sha256,
+                   stream_digest=stream_digest,
                    index=index if isinstance(index, PackedIndex) else list(index),
                    warnings=list(warnings), extra=dict(extra or {}))
         if isinstance(index, PackedIndex):
@@ -296,8 +309,9 @@ def trailer_text(info: BackupTrailerInfo) -> str:
     return (
         "This tape file is the trailer of EBM backup "
         f"{info.backup_uuid}: {info.entry_count} entries, {info.data_bytes} content bytes, "
-        f"{info.deleted_count} deletions, pax stream {info.stream_bytes} bytes, sha256 "
-        f"{info.stream_sha256}. It holds the backup's file index (zstd JSON lines).\n"
+        f"{info.deleted_count} deletions, pax stream {info.stream_bytes} bytes, "
+        f"{info.stream_digest_kind} {info.stream_digest}. It holds the backup's file index "
+        "(zstd JSON lines).\n"
     )
 
 
@@ -355,7 +369,8 @@ def encode_header(info: BackupHeaderInfo) -> bytes:
     return _encode(BACKUP_HEADER, "header", text, body)
 
 
-def _decode(label, magic: bytes, what: str, data: bytes | memoryview):
+def _decode(label, magic: bytes, what: str, data: bytes | memoryview,
+            versions: Iterable[int] = (FORMAT_VERSION,)):
     data = bytes(data)
     if not data.startswith(magic):
         raise BadMagic(f"not an EBM backup {what} (bad magic)")
@@ -363,9 +378,10 @@ def _decode(label, magic: bytes, what: str, data: bytes | memoryview):
     if nul < 0 or nul + 3 > len(data):
         raise LabelError(f"truncated EBM backup {what}")
     version = int.from_bytes(data[nul + 1 : nul + 3], "big")
-    if version != FORMAT_VERSION:
+    if version not in versions:
+        readable = ", ".join(str(v) for v in versions)
         raise UnsupportedVersion(
-            f"EBM backup {what} format version {version} is not supported (this reads {FORMAT_VERSION})"
+            f"EBM backup {what} format version {version} is not supported (this reads {readable})"
         )
     try:
         parsed = label.parse(data)
@@ -505,6 +521,8 @@ def write_trailer(info: BackupTrailerInfo, out: BinaryIO) -> int:
     :class:`Base64File` value of ``extra``) streamed through it instead of built in memory:
     the bytes BACKUP_TRAILER would build (``extra`` and the index are its last fields),
     assembled around a spooled index. Returns the bytes written."""
+    if info.format_version not in _TRAILER_VERSIONS:
+        raise LabelError(f"cannot encode backup trailer version {info.format_version}")
     text = trailer_text(info)
     extra = _extra_parts(info.extra)
     extra_len = sum(p.size() if isinstance(p, Base64File) else len(p) for p in extra)
@@ -522,7 +540,7 @@ def write_trailer(info: BackupTrailerInfo, out: BinaryIO) -> int:
         torn_count=info.torn_count,
         data_bytes=info.data_bytes,
         stream_bytes=info.stream_bytes,
-        stream_sha256=bytes.fromhex(info.stream_sha256),
+        stream_digest=bytes.fromhex(info.stream_digest),
         warnings=_json(list(info.warnings)),
         extra="",
         index=b"",
@@ -539,7 +557,8 @@ def write_trailer(info: BackupTrailerInfo, out: BinaryIO) -> int:
         if body_len >= 2**32:
             raise LabelError(f"cannot encode backup trailer: index of {size} bytes is too big")
         digest = hashlib.sha256()
-        start = (TRAILER_MAGIC + text.encode("utf-8") + b"\0" + FORMAT_VERSION.to_bytes(2, "big")
+        start = (TRAILER_MAGIC + text.encode("utf-8") + b"\0"
+                 + info.format_version.to_bytes(2, "big")
                  + body_len.to_bytes(4, "big") + head + extra_len.to_bytes(4, "big"))
         digest.update(start)
         n = out.write(start)
@@ -560,13 +579,13 @@ def write_trailer(info: BackupTrailerInfo, out: BinaryIO) -> int:
 
 
 def decode_trailer(data: bytes | memoryview, *, with_index: bool = True) -> BackupTrailerInfo:
-    v = _decode(BACKUP_TRAILER, TRAILER_MAGIC, "trailer", data)
+    v = _decode(BACKUP_TRAILER, TRAILER_MAGIC, "trailer", data, _TRAILER_VERSIONS)
     b = v.body
     warnings, extra = _json_fields("trailer", b.warnings, b.extra)
     return BackupTrailerInfo(
         backup_uuid=uuidlib.UUID(bytes=b.backup_uuid),
         stream_bytes=b.stream_bytes,
-        stream_sha256=b.stream_sha256.hex(),
+        stream_digest=b.stream_digest.hex(),
         index=decode_index(b.index) if with_index else [],
         finished_ns=b.finished_ns,
         complete=bool(b.complete),

@@ -11,6 +11,10 @@ by the entry's header offset) every entry's data is hashed as it passes and a mi
 :class:`ArchiveCorrupt` - at the latest when the iteration moves past the entry, so nothing
 damaged is restored silently (a restore that wants to be sure writes to a temporary name and
 renames after the entry's data is fully read, or checks ``EntryData.verified``).
+
+With ``stream_digest=True`` the reader also recomputes the stream's member digest
+(``stream_digest.py``) as it goes, from the same per-member sha256 it checks: ``ebm verify``
+compares it with a version 2 trailer's, in one hash pass over the data.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from .entry import (
     check_member_path,
     normalize_member_name,
 )
+from .stream_digest import StreamDigest
 
 CHUNK = 1024 * 1024
 
@@ -55,11 +60,12 @@ def _fsdecode(b: bytes) -> str:
 class _Input:
     """A small read buffer over the source so 512-byte header reads stay cheap."""
 
-    def __init__(self, inp: ByteSource, offset: int) -> None:
+    def __init__(self, inp: ByteSource, offset: int, digest: StreamDigest | None) -> None:
         self._inp = inp
         self._buf = b""
         self._pos = 0
         self.offset = offset
+        self.digest = digest  # every byte handed out but file data goes into it
 
     def _fill(self, want: int) -> bool:
         chunk = self._inp.read(max(want, CHUNK))
@@ -70,14 +76,21 @@ class _Input:
         self._pos = 0
         return True
 
-    def read_upto(self, n: int) -> memoryview:
-        """Up to ``n`` bytes (fewer only at EOF or at the buffer's end)."""
+    def read_data(self, n: int) -> memoryview:
+        """Up to ``n`` bytes of a file's data (fewer only at EOF or at the buffer's end)."""
         if self._pos >= len(self._buf):
             if not self._fill(n):
                 return memoryview(b"")
         mv = memoryview(self._buf)[self._pos : self._pos + n]
         self._pos += len(mv)
         self.offset += len(mv)
+        return mv
+
+    def read_upto(self, n: int) -> memoryview:
+        """:meth:`read_data` for the bytes around the data (headers, padding)."""
+        mv = self.read_data(n)
+        if self.digest is not None:
+            self.digest.meta(mv)
         return mv
 
     def read_exact(self, n: int, what: str) -> bytes:
@@ -106,13 +119,15 @@ class EntryData:
     """The stored content bytes of one entry (sparse files: the data extents, concatenated)."""
 
     def __init__(self, src: _Input | None, size: int, padding: int, expected: str | None,
-                 path: str, header_offset: int, data_offset: int) -> None:
+                 path: str, header_offset: int, data_offset: int,
+                 digest: StreamDigest | None = None) -> None:
         self._src = src
         self.size = size
         self.remaining = size
         self._padding = padding
         self._expected = expected
-        self._hash = hashlib.sha256() if expected is not None else None
+        self._digest = digest  # the stream digest this member's sha256 goes into
+        self._hash = hashlib.sha256() if expected is not None or digest is not None else None
         self.path = path
         self.header_offset = header_offset
         self.data_offset = data_offset
@@ -122,15 +137,20 @@ class EntryData:
             self._finish_hash()
 
     def _finish_hash(self) -> None:
-        if self._hash is not None and not self.verified:
-            if self._hash.hexdigest() != self._expected:
+        if self._hash is None:
+            return
+        raw = self._hash.digest()
+        if self._digest is not None:
+            self._digest.member(raw)
+        if not self.verified:
+            if raw.hex() != self._expected:
                 raise ArchiveCorrupt(f"sha256 mismatch for {self.path!r}: archive data is damaged")
             self.verified = True
 
     def _take(self, n: int) -> memoryview:
         if self.remaining <= 0 or self._src is None:
             return memoryview(b"")
-        mv = self._src.read_upto(min(n, self.remaining))
+        mv = self._src.read_data(min(n, self.remaining))
         if not mv:
             raise ArchiveCorrupt(f"archive truncated inside data of {self.path!r}")
         self.remaining -= len(mv)
@@ -182,12 +202,15 @@ class PaxReader:
     ``expected``: sha256 digests to verify, either ``{header_offset: hex}`` or an iterable of
     :class:`IndexEntry` (the trailer's index). ``require_end``: a stream that ends without the
     two zero blocks raises :class:`ArchiveCorrupt` (a torn backup is never taken as complete).
+    ``stream_digest``: keep :attr:`digest`, the member digest of the bytes read (meaningful
+    for a whole stream read from its start, once the iteration ended).
     """
 
     def __init__(self, inp: ByteSource, *, start_offset: int = 0,
                  expected: Mapping[int, str] | Iterable[IndexEntry] | None = None,
-                 require_end: bool = True) -> None:
-        self._in = _Input(inp, start_offset)
+                 require_end: bool = True, stream_digest: bool = False) -> None:
+        self.digest = StreamDigest() if stream_digest else None
+        self._in = _Input(inp, start_offset, self.digest)
         if expected is None or isinstance(expected, Mapping):
             self._expected: Mapping[int, str] = expected or {}
         else:
@@ -257,7 +280,8 @@ class PaxReader:
             total_stored = stored + (src.offset - data_offset)
             padding = pax.padding(total_stored)
             data = EntryData(src, stored, padding, self._expected.get(header_offset),
-                             entry.path, header_offset, data_offset)
+                             entry.path, header_offset, data_offset,
+                             self.digest if entry.kind == "file" else None)
             yield entry, data
             data._drain()
             pending, longname, longlink, header_offset = {}, None, None, None

@@ -26,8 +26,10 @@ plain ``tar -x`` of an incremental just skips deletions, while :class:`PaxReader
 ``ArchiveEntry(deleted=True)`` per path. Per-file sha256 digests are *not* written into the
 stream (they are only known after the data): they go into the trailer's file index.
 
-``close()`` writes the two zero blocks that end a tar archive. The writer hashes every byte it
-emits: ``stream_sha256`` and ``offset`` feed the backup trailer.
+``close()`` writes the two zero blocks that end a tar archive. The writer keeps the stream's
+member digest (``stream_digest.py``: every header and padding byte plus each member's data
+sha256, so no content byte is hashed twice): ``stream_digest()`` and ``offset`` feed the
+backup trailer.
 
 The headers of a plain regular file (ASCII name that fits, ids and times in the ustar ranges,
 no xattrs, not sparse: most files of a backup) are built by the C extension
@@ -45,6 +47,7 @@ from typing import BinaryIO, Protocol
 
 from . import pax
 from .entry import ArchiveEntry, ArchiveError, EntryLocation, check_member_path
+from .stream_digest import StreamDigest
 
 try:
     from . import _paxfast  # type: ignore[attr-defined]
@@ -103,8 +106,7 @@ class PaxWriter:
     blocks.
     """
 
-    def __init__(self, out: ByteSink, *, start_offset: int | None = None,
-                 hash_stream: bool = True) -> None:
+    def __init__(self, out: ByteSink, *, start_offset: int | None = None) -> None:
         self._out = out
         if start_offset is None:
             try:
@@ -113,18 +115,21 @@ class PaxWriter:
                 start_offset = 0
         self._offset = start_offset
         self._start = start_offset
-        # The whole-stream digest for the trailer; a data mover that already hashes every byte
-        # it puts on tape can pass hash_stream=False and save one sha256 pass.
-        self._hash = hashlib.sha256() if hash_stream else None
+        self._digest = StreamDigest()  # the trailer's stream digest, from what is hashed anyway
         self._closed = False
 
     # --- raw output -------------------------------------------------------------------
     def _emit(self, b: bytes | memoryview) -> None:
+        """Stream bytes that are not file data (headers, padding): into the stream digest."""
         if not b:
             return
         self._out.write(b)
-        if self._hash is not None:
-            self._hash.update(b)
+        self._digest.meta(b)
+        self._offset += len(b)
+
+    def _emit_data(self, b: bytes | memoryview) -> None:
+        """File data: its member's sha256 stands for it in the stream digest."""
+        self._out.write(b)
         self._offset += len(b)
 
     def tell(self) -> int:
@@ -139,11 +144,10 @@ class PaxWriter:
     def bytes_written(self) -> int:
         return self._offset - self._start
 
-    def stream_sha256(self) -> str:
-        """Hex sha256 of every byte written so far (call after close for the whole stream)."""
-        if self._hash is None:
-            raise ArchiveError("this writer was created with hash_stream=False")
-        return self._hash.hexdigest()
+    def stream_digest(self) -> str:
+        """Hex member digest (``stream_digest.py``) of the stream so far; after ``close``, of
+        the whole stream: what a version 2 trailer records."""
+        return self._digest.hexdigest()
 
     # --- headers ----------------------------------------------------------------------
     @staticmethod
@@ -282,14 +286,20 @@ class PaxWriter:
                   size: int, data) -> EntryLocation:
         """A file's headers (``head``), then its ``size`` data bytes and the padding."""
         if isinstance(data, (bytes, bytearray, memoryview)) and len(data) == size and size <= CHUNK:
-            # Small file: one write and one hash update for headers, data and padding.
+            # Small file: one write for headers, data and padding.
             digest = hashlib.sha256(data)
-            self._emit(b"".join((head, data, bytes(-stored_size % 512))))
+            pad = bytes(-stored_size % 512)
+            self._out.write(b"".join((head, data, pad)))
+            self._offset += len(head) + size + len(pad)
+            self._digest.meta(head)
+            self._digest.member(digest.digest())
+            self._digest.meta(pad)
             return EntryLocation(header_offset, data_offset, size, digest.hexdigest(), False,
                                  end_offset=self._offset)
         self._emit(head)
         digest = hashlib.sha256()
         written, short = self._copy_data(data, size, digest)  # written == data_size
+        self._digest.member(digest.digest())
         self._emit(bytes(pax.padding(stored_size)))
         return EntryLocation(
             header_offset, data_offset, written, digest.hexdigest(), short, end_offset=self._offset
@@ -309,12 +319,12 @@ class PaxWriter:
         remaining = size
         if isinstance(data, (bytes, bytearray, memoryview)):
             mv = memoryview(data)[:size]
-            self._emit(mv)
+            self._emit_data(mv)
             digest.update(mv)
             remaining -= len(mv)
         elif (read_view := getattr(data, "read_view", None)) is not None:
             while remaining and (mv := read_view(min(CHUNK, remaining))):  # no copy in between
-                self._emit(mv)
+                self._emit_data(mv)
                 digest.update(mv)
                 remaining -= len(mv)
         elif data is not None and remaining:
@@ -331,13 +341,13 @@ class PaxWriter:
                     view[:n] = chunk
                 if not n:
                     break
-                self._emit(view[:n])
+                self._emit_data(view[:n])
                 digest.update(view[:n])
                 remaining -= n
         short = remaining > 0
         while remaining:
             zeros = bytes(min(CHUNK, remaining))
-            self._emit(zeros)  # keep the stream valid; the caller marks the copy torn
+            self._emit_data(zeros)  # keep the stream valid; the caller marks the copy torn
             digest.update(zeros)
             remaining -= len(zeros)
         return size, short

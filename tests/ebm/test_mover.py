@@ -51,17 +51,17 @@ def _write(carts: Carts, data: bytes, cipher=None, chunk: int = 100_000, threade
     w.start()
     for i in range(0, len(data), chunk):
         w.write(data[i:i + chunk])
-    size, blocks, digest = w.finish_data()
+    size, blocks = w.finish_data()
     vols = [x.volume for x in w.write_trailer(b"TRAILER")]
-    return size, blocks, digest, vols
+    return size, blocks, vols
 
 
 @pytest.mark.parametrize("threaded", [True, False])
 def test_blocks_hash_and_random_reads(tmp_path: Path, threaded: bool) -> None:
     carts = Carts(tmp_path, [64 << 20])
     data = os.urandom(5 * BS + 1234)
-    size, blocks, digest, vols = _write(carts, data, chunk=77_777, threaded=threaded)
-    assert (size, blocks, digest) == (len(data), 6, hashlib.sha256(data).hexdigest())
+    size, blocks, vols = _write(carts, data, chunk=77_777, threaded=threaded)
+    assert (size, blocks) == (len(data), 6)
     assert vols[0].first_file == 0 and vols[0].last_file == 2 and vols[0].data_object == 2
     r = TapeReader(vols, carts, size)
     r.seek(3 * BS + 10)
@@ -77,7 +77,7 @@ def test_span_at_early_warning_and_at_end_of_medium(tmp_path: Path) -> None:
     # 1.2 MiB: early warning after the 4th block; the rest fits on the 64 MiB one.
     carts = Carts(tmp_path, [400 << 10, 1200 << 10, 64 << 20])
     data = os.urandom(9 * BS + 5)
-    size, blocks, digest, vols = _write(carts, data)
+    size, blocks, vols = _write(carts, data)
     assert [v.barcode for v in vols] == ["M00000L8", "M00001L8", "M00002L8"]
     assert vols[0].first_block == 0 and vols[0].last_block == 0
     assert all(b.first_block == a.last_block + 1 for a, b in zip(vols, vols[1:], strict=False))
@@ -94,7 +94,7 @@ def test_encrypted_blocks_and_corruption_is_named(tmp_path: Path) -> None:
     carts = Carts(tmp_path, [64 << 20])
     c = BlockCipher.new(b"pw", "u-1")
     data = b"compressible " * 100_000
-    size, _, _, vols = _write(carts, data, cipher=c)
+    size, _, vols = _write(carts, data, cipher=c)
     raw = carts.paths[0].read_bytes()
     assert b"compressible" not in raw
     assert len(raw) < len(data) // 5  # zstd before AES: encryption keeps compression
@@ -112,7 +112,7 @@ def test_encrypted_blocks_and_corruption_is_named(tmp_path: Path) -> None:
 
 def test_reader_refuses_blocks_no_volume_holds(tmp_path: Path) -> None:
     carts = Carts(tmp_path, [64 << 20])
-    size, _, _, vols = _write(carts, os.urandom(BS))
+    size, _, vols = _write(carts, os.urandom(BS))
     fake = [Volume(0, 0, "M00000L8", 0, 2, 0, 5, vols[0].data_object, 0, 0)]
     r = TapeReader(fake, carts, 3 * BS)
     r.seek(2 * BS)
@@ -130,13 +130,13 @@ def _pax_entries(w) -> None:
     w.close()
 
 
-def test_manager_pax_writer_leaves_the_hash_to_the_mover(tmp_path: Path) -> None:
-    """The manager's PaxWriter (public ``hash_stream=False``) writes the same stream as a
-    stock one, does not hash it itself, and the mover's sha256 is that of the stream."""
+def test_manager_pax_writer_digest_is_the_streams(tmp_path: Path) -> None:
+    """The manager's PaxWriter writes the same stream as a stock one, and its member digest
+    is what a reader recomputes from the stream the mover put on tape."""
     import io
 
     from ebm.manager import _pax_writer
-    from tape_formats.archive import ArchiveError, PaxWriter
+    from tape_formats.archive import PaxReader, PaxWriter
 
     carts = Carts(tmp_path, [64 << 20])
     w = TapeWriter(carts, lambda seq: b"HEADER %d" % seq)
@@ -144,14 +144,15 @@ def test_manager_pax_writer_leaves_the_hash_to_the_mover(tmp_path: Path) -> None
     pax = _pax_writer(w)
     assert isinstance(pax, PaxWriter)
     _pax_entries(pax)
-    with pytest.raises(ArchiveError, match="hash_stream=False"):
-        pax.stream_sha256()
-    size, _, digest = w.finish_data()
+    size, _ = w.finish_data()
     vols = [x.volume for x in w.write_trailer(b"TRAILER")]
     r = TapeReader(vols, carts, size)
     stream = r.read()
     r.close()
-    assert size == pax.bytes_written == len(stream) and digest == hashlib.sha256(stream).hexdigest()
+    reader = PaxReader(io.BytesIO(stream), stream_digest=True)
+    assert len(list(reader)) == 3 and reader.digest is not None
+    assert size == pax.bytes_written == len(stream)
+    assert pax.stream_digest() == reader.digest.hexdigest() != hashlib.sha256(stream).hexdigest()
     ref = io.BytesIO()
     _pax_entries(PaxWriter(ref))
     assert len(ref.getvalue()) == len(stream)  # same layout (file data differs: random)
@@ -174,7 +175,7 @@ def test_trailer_keeps_every_index_field() -> None:
         IndexEntry(path="gone", kind="file", deleted=True, header_offset=3584, data_offset=3584),
     ]
     u = str(uuid.uuid4())
-    info = parse_trailer(trailer_bytes(uuid=u, entries=entries, size=4096, sha256="cd" * 32,
+    info = parse_trailer(trailer_bytes(uuid=u, entries=entries, size=4096, digest="cd" * 32,
                                        warnings=["w"], extra={"state": None, "blocks": 1}))
     assert info is not None and str(info.backup_uuid) == u
     assert info.index == entries

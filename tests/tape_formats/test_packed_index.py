@@ -42,7 +42,7 @@ def test_unknown_kind_is_refused():
 
 def test_trailer_from_packed_index_equals_from_list():
     u = uuid.uuid4()
-    infos = [BackupTrailerInfo.from_index(u, index, stream_bytes=10, stream_sha256="00" * 32)
+    infos = [BackupTrailerInfo.from_index(u, index, stream_bytes=10, stream_digest="00" * 32)
              for index in (_rows(), PackedIndex(_rows()))]
     assert infos[0].file_count == infos[1].file_count == 3
     assert infos[0].deleted_count == infos[1].deleted_count == 1

@@ -342,7 +342,7 @@ def test_trailer_round_trip_with_index():
         IndexEntry(path="torn", kind="file", size=7, torn=True, header_offset=4096, data_offset=4608),
     ]
     uid = uuid.uuid4()
-    info = BackupTrailerInfo.from_index(uid, index, stream_bytes=10240, stream_sha256="cd" * 32,
+    info = BackupTrailerInfo.from_index(uid, index, stream_bytes=10240, stream_digest="cd" * 32,
                                         warnings=["torn kept changing"], extra={"volumes": ["A00001L8"]})
     assert (info.entry_count, info.file_count, info.dir_count, info.symlink_count) == (4, 2, 1, 1)
     assert (info.deleted_count, info.torn_count, info.data_bytes) == (1, 1, 17)
@@ -363,7 +363,7 @@ def test_large_index_compresses():
     index = [IndexEntry(path=f"dir{i // 100}/file{i}", kind="file", size=i, mtime_ns=i * 1000,
                         mode=0o644, sha256=f"{i:064x}", header_offset=i * 1536, data_offset=i * 1536 + 1024)
              for i in range(5000)]
-    raw = encode_trailer(BackupTrailerInfo.from_index(uuid.uuid4(), index, stream_bytes=1, stream_sha256="00" * 32))
+    raw = encode_trailer(BackupTrailerInfo.from_index(uuid.uuid4(), index, stream_bytes=1, stream_digest="00" * 32))
     raw_json = sum(len(json.dumps(e.to_json())) for e in index)
     assert len(raw) < raw_json / 3
     assert decode_trailer(raw).index == index
@@ -418,7 +418,7 @@ def test_damaged_streams_fail_only_with_archive_errors(flips, cut):
 
 _FUZZ_TRAILER = encode_trailer(BackupTrailerInfo.from_index(
     uuid.uuid4(), [IndexEntry(path=f"p{i}", kind="file", size=i, sha256="00" * 32) for i in range(50)],
-    stream_bytes=1, stream_sha256="11" * 32))
+    stream_bytes=1, stream_digest="11" * 32))
 
 
 @settings(max_examples=200, deadline=None)
