@@ -4,13 +4,39 @@ Each extension speeds up a path whose pure-Python version stays in the package a
 fallback and the reference its tests compare against, so every one is ``optional``: without a
 compiler or the Python headers (Debian's python3-dev) the build prints a warning and the
 install goes on. Another extension is one more line in ``EXTENSIONS``.
+
+``_paxfast`` links OpenSSL's libcrypto (its sha256) when pkg-config finds it (Debian's
+libssl-dev): that adds ``pack_files``, the filesystem translator's small files in one call;
+without it the module builds without that function and the translator's Python loop serves.
 """
+
+import shlex
+import subprocess
 
 from setuptools import Extension, setup
 
+
+def _libcrypto() -> dict:
+    """Extension arguments for libcrypto from pkg-config; {} when it is not installed."""
+    try:
+        flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libcrypto"], check=True,
+                               capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    args = shlex.split(flags)
+    return {
+        "define_macros": [("EBM_HAVE_LIBCRYPTO", "1")],
+        "include_dirs": [a[2:] for a in args if a.startswith("-I")],
+        "library_dirs": [a[2:] for a in args if a.startswith("-L")],
+        "libraries": [a[2:] for a in args if a.startswith("-l")],
+    }
+
+
 EXTENSIONS = [
-    # the pax headers of a plain regular file (tape_formats/archive/writer.py)
-    Extension("tape_formats.archive._paxfast", ["tape_formats/archive/_paxfast.c"], optional=True),
+    # the pax headers of a plain regular file (tape_formats/archive/writer.py) and the
+    # filesystem translator's small files (translators/filesystem.py)
+    Extension("tape_formats.archive._paxfast", ["tape_formats/archive/_paxfast.c"],
+              optional=True, **_libcrypto()),
     # READ(6)/WRITE(6) on the streaming fast paths (vtl/iscsi/stream_paths.py)
     Extension("vtl._fastpath", ["vtl/_fastpath.c"], optional=True),
 ]

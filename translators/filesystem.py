@@ -7,8 +7,12 @@ nanoseconds, extended attributes (every namespace the process can read; ``user.*
 and sparse files (data extents found with SEEK_DATA/SEEK_HOLE, stored as GNU sparse 1.0 so
 holes cost nothing on tape and GNU tar recreates them). Sockets are skipped with a warning.
 The walk stays on the source's filesystem (mount points below it are recorded as empty dirs).
-A source that is a symlink to a directory is that directory. Small files are read ahead by two
-worker threads in bounded batches (the archive is still written strictly in scan order).
+A source that is a symlink to a directory is that directory. Runs of plain entries (unchanged
+ones, and changed regular files with one link, no xattrs, no holes, a short ASCII name) go
+through the C extension in one call per run (``_paxfast.pack_files``: open, read between two
+fstats, headers, sha256, index and state rows); every other entry is Python's, here. Without
+the extension, small files are read ahead by two worker threads in bounded batches. Either way
+the archive is written strictly in scan order, and the same bytes.
 
 Incrementals. The state is, per path, ``[inode, size, mtime_ns, ctime_ns, st_mode]`` taken
 when the entry was captured, kept as a compressed stream of rows in walk order
@@ -95,8 +99,18 @@ from .filesystem_state import (
     ScanSpool,
     StateWriter,
     read_state,
+    record_at,
     walk_key,
 )
+
+try:  # a run of plain entries in one call (tape_formats/archive/_paxfast.c), when built
+    from tape_formats.archive._paxfast import pack_files as _pack_files  # type: ignore[import-not-found]
+except ImportError:
+    _pack_files = None
+if os.environ.get("VTL_NO_FASTPATH"):
+    _pack_files = None
+_PACK_PYTHON, _PACK_FULL = 1, 2  # why pack_files stopped: a row for Python, its output is full
+PACK_MAX_BYTES = 4 * 1024 * 1024  # stream bytes per pack_files call
 
 _MISSING = object()  # no prefetched result: read the file now
 _LARGE = object()  # too big to buffer: stream it
@@ -439,50 +453,62 @@ class FilesystemTranslator(Translator):
                        warnings: list[str], vanished: list[tuple[str, int]], index: PackedIndex,
                        state: StateWriter, prog: Progress, progress: ProgressCallback | None) -> None:
         """Pass 2, the writer thread: every spooled entry in walk order. A changed one is
-        archived (small files come read ahead by the prefetcher) and its key taken from what
-        was read; an unchanged or kept one carries its key over into the new state."""
-        last_report = 0.0
-        links: dict[tuple[int, int], str] = {}
-        link_changed = self._link_changed
-        prefetch = _Prefetcher(self, source, spool, link_changed)
+        archived and its key taken from what was read; an unchanged or kept one carries its
+        key over into the new state. Runs of plain entries go through the C extension in one
+        call each (:meth:`_write_packed`); otherwise small files come read ahead by the
+        prefetcher."""
+        out = _Pass(self, source, writer, warnings, vanished, index, state, prog, progress)
+        if _pack_files is not None and self._after_read is None:
+            self._write_packed(out, spool)
+            return
+        prefetch = _Prefetcher(self, source, spool, self._link_changed)
         try:
             for rec, prefetched in prefetch:
-                rel = rec.rel
-                if not _to_write(rec, link_changed):
-                    state.add(rel, [rec.st_ino, rec.st_size, rec.st_mtime_ns, rec.st_ctime_ns,
-                                    rec.st_mode])
-                    continue
-                abs_path = source if rel == "." else os.path.join(source, rel)
-                kind = _kind_of(rec.st_mode)
-                if kind is None:
-                    warnings.append(f"skipped socket or unknown file type {rel}")
-                    continue
-                try:
-                    if kind == "file":
-                        result = self._backup_file(abs_path, rel, rec, writer, links, warnings,  # type: ignore[arg-type]
-                                                   prefetched)
-                        if result is None:
-                            vanished.append((rel, rec.prev_mode))
-                            continue
-                        row, key = result
-                        prog.bytes_done += row[2]
-                    else:
-                        row, key = self._backup_other(abs_path, rel, kind, rec, writer)  # type: ignore[arg-type]
-                except FileNotFoundError:
-                    vanished.append((rel, rec.prev_mode))
-                    continue
-                except PermissionError as exc:
-                    warnings.append(f"cannot read {rel}: {exc.strerror}")
-                    continue
-                index.add(*row)
-                state.add(rel, key)
-                prog.entries_done += 1
-                if progress is not None and time.monotonic() - last_report > 0.1:
-                    last_report = time.monotonic()
-                    prog.path = rel
-                    progress(prog)
+                out.entry(rec, prefetched)
         finally:
             prefetch.close()
+
+    def _write_packed(self, out: _Pass, spool: ScanSpool) -> None:
+        """The spool's raw rows through ``_paxfast.pack_files``: it does every entry that
+        needs no decision of Python's (see its comment) and stops at the next one, which
+        :meth:`_Pass.entry` does (read inline: no prefetch), then the C goes on. The stream,
+        the index and the state come out byte for byte as the Python loop makes them."""
+        root_fd = os.open(out.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        unames: dict[int, bytes] = {}
+        gnames: dict[int, bytes] = {}
+        links = any(self._link_changed.values())
+        try:
+            rest = b""
+            for chunk in spool.chunks():
+                data = rest + chunk if rest else chunk
+                pos = 0
+                while True:
+                    (pos, stop, stream, feed, rows, keys, files, nbytes,
+                     nkeys) = _pack_files(data, pos, root_fd, out.writer.offset, unames, gnames,
+                                          self.buffer_limit, self.racy_window_ns, links,
+                                          PACK_MAX_BYTES)
+                    if stream:
+                        out.writer.add_prebuilt(stream, feed)
+                    if files:
+                        out.index.add_files(rows, files, nbytes)
+                        out.prog.entries_done += files
+                        out.prog.bytes_done += nbytes
+                    out.state.add_packed(keys, nkeys)
+                    if stop == _PACK_FULL:
+                        out.report(None)
+                        continue
+                    found = record_at(data, pos) if stop == _PACK_PYTHON else None
+                    if found is None:
+                        break
+                    rec, pos = found
+                    out.entry(rec, _MISSING)
+                    unames.setdefault(rec.st_uid, _uname(rec.st_uid).encode("utf-8", "surrogateescape"))
+                    gnames.setdefault(rec.st_gid, _gname(rec.st_gid).encode("utf-8", "surrogateescape"))
+                rest = data[pos:]
+            if rest:
+                raise TranslatorError("the scan spool ends inside a row")
+        finally:
+            os.close(root_fd)
 
     def _common(self, rel: str, kind: str, st: os.stat_result) -> ArchiveEntry:
         return ArchiveEntry(
@@ -643,6 +669,61 @@ class FilesystemTranslator(Translator):
                 select: Callable[[str], bool] | None = None,
                 progress: ProgressCallback | None = None) -> RestoreStats:
         return _Restorer(Path(target), select, progress).run(entries)
+
+
+class _Pass:
+    """One writing pass: where entries go and what is reported (``_write_entries``)."""
+
+    def __init__(self, t: FilesystemTranslator, source: str, writer: PaxWriter,
+                 warnings: list[str], vanished: list[tuple[str, int]], index: PackedIndex,
+                 state: StateWriter, prog: Progress, progress: ProgressCallback | None) -> None:
+        self.t, self.source, self.writer, self.warnings = t, source, writer, warnings
+        self.vanished, self.index, self.state = vanished, index, state
+        self.prog, self.progress = prog, progress
+        self.links: dict[tuple[int, int], str] = {}  # (dev, ino) -> first name archived
+        self.last_report = 0.0
+
+    def report(self, rel: str | None) -> None:
+        """Progress to the callback, at most every 0.1 s."""
+        if self.progress is not None and time.monotonic() - self.last_report > 0.1:
+            self.last_report = time.monotonic()
+            if rel is not None:
+                self.prog.path = rel
+            self.progress(self.prog)
+
+    def entry(self, rec: ScanRecord, prefetched: object) -> None:
+        """One spooled entry: archived (and its row indexed) or its key carried over."""
+        rel = rec.rel
+        if not _to_write(rec, self.t._link_changed):
+            self.state.add(rel, [rec.st_ino, rec.st_size, rec.st_mtime_ns, rec.st_ctime_ns,
+                                 rec.st_mode])
+            return
+        abs_path = self.source if rel == "." else os.path.join(self.source, rel)
+        kind = _kind_of(rec.st_mode)
+        if kind is None:
+            self.warnings.append(f"skipped socket or unknown file type {rel}")
+            return
+        try:
+            if kind == "file":
+                result = self.t._backup_file(abs_path, rel, rec, self.writer, self.links,  # type: ignore[arg-type]
+                                             self.warnings, prefetched)
+                if result is None:
+                    self.vanished.append((rel, rec.prev_mode))
+                    return
+                row, key = result
+                self.prog.bytes_done += row[2]
+            else:
+                row, key = self.t._backup_other(abs_path, rel, kind, rec, self.writer)  # type: ignore[arg-type]
+        except FileNotFoundError:
+            self.vanished.append((rel, rec.prev_mode))
+            return
+        except PermissionError as exc:
+            self.warnings.append(f"cannot read {rel}: {exc.strerror}")
+            return
+        self.index.add(*row)
+        self.state.add(rel, key)
+        self.prog.entries_done += 1
+        self.report(rel)
 
 
 def _to_write(rec: ScanRecord, link_changed: dict[tuple[int, int], bool] | None) -> bool:

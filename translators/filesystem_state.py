@@ -98,6 +98,15 @@ class StateWriter:
         if self._pending_bytes >= READ_CHUNK:
             self._flush()
 
+    def add_packed(self, rows: bytes, count: int) -> None:
+        """``count`` rows already packed as :meth:`add` packs them (``_paxfast.pack_files``)."""
+        if rows:
+            self._pending.append(rows)
+            self._pending_bytes += len(rows)
+            self.rows += count
+            if self._pending_bytes >= READ_CHUNK:
+                self._flush()
+
     def _flush(self) -> None:
         if self._pending:
             self._file.write(self._comp.compress(b"".join(self._pending)))
@@ -201,8 +210,28 @@ class ScanSpool:
         for fields, rel in iter_packed(self._file, SCAN_ROW):
             yield ScanRecord(fields, rel)
 
+    def chunks(self) -> Iterator[bytes]:
+        """The spooled rows as raw bytes, a read chunk at a time (rows cut anywhere): for a
+        consumer that parses them itself (``_paxfast.pack_files``, :func:`record_at`)."""
+        self._flush()
+        self._file.seek(0)
+        while chunk := self._file.read(READ_CHUNK):
+            yield chunk
+
     def close(self) -> None:
         self._file.close()
+
+
+def record_at(data: bytes, pos: int) -> tuple[ScanRecord, int] | None:
+    """The spooled row at ``pos`` of raw spool bytes and where the next one starts; None if
+    the row is not complete there."""
+    if pos + SCAN_ROW.size > len(data):
+        return None
+    fields = SCAN_ROW.unpack_from(data, pos)
+    stop = pos + SCAN_ROW.size + fields[-1]
+    if stop > len(data):
+        return None
+    return ScanRecord(fields, data[pos + SCAN_ROW.size:stop].decode("utf-8", "surrogateescape")), stop
 
 
 class _KeptStat:

@@ -15,6 +15,10 @@
  * header_sum(block) -> int: the unsigned checksum of a 512-byte header (parse_ustar's).
  * index_json(rows) -> (bytes, used): packed file index rows as the trailer's JSON lines.
  * ustar_fields(block) -> tuple | None: a plain ustar header's fields (parse_ustar's).
+ * pack_files(...): with libcrypto (EBM_HAVE_LIBCRYPTO, setup.py), the filesystem translator's
+ *   runs of plain spooled entries in one call: each file opened, read between two fstats,
+ *   its headers, data, padding, sha256, file index row and state row built here, ~40 us of
+ *   Python per file otherwise (translators/filesystem.py's loop stays the reference).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -96,6 +100,50 @@ static int plain_ascii(const char *s, Py_ssize_t n)
     return 1;
 }
 
+#define MAX_FILE_HEADERS (3 * BLOCK) /* pax 'x' block, its records (< 512), ustar block */
+
+/* The pax 'x' header (when the times need one) and the ustar block of a plain regular file
+ * into ``b`` (room for MAX_FILE_HEADERS): their length, or -1 when the file is not plain
+ * (PaxWriter.add's Python path decides then). atime_ns < 0: none. */
+static Py_ssize_t build_file_headers(char *b, const char *name, Py_ssize_t name_len,
+                                     long long mode, long long uid, long long gid,
+                                     long long size, long long mtime_ns, long long atime_ns,
+                                     const char *uname, Py_ssize_t uname_len,
+                                     const char *gname, Py_ssize_t gname_len)
+{
+    const long long max_id = 1LL << 21, max_12 = 1LL << 33;
+    if (name_len == 0 || name_len > 100 || !plain_ascii(name, name_len)
+        || uname_len > 32 || !plain_ascii(uname, uname_len)
+        || gname_len > 32 || !plain_ascii(gname, gname_len)
+        || uid < 0 || uid >= max_id || gid < 0 || gid >= max_id
+        || size < 0 || size >= max_12 || mtime_ns < 0 || mtime_ns / NS >= max_12
+        || memchr(name, 0, (size_t)name_len) || memchr(uname, 0, (size_t)uname_len)
+        || memchr(gname, 0, (size_t)gname_len))
+        return -1;
+    char body[160];
+    int body_len = 0;
+    char value[48];
+    if (mtime_ns % NS) {
+        int n = pax_time(value, mtime_ns);
+        body_len += pax_record(body + body_len, "mtime", value, n);
+    }
+    if (atime_ns >= 0) {
+        int n = pax_time(value, atime_ns);
+        body_len += pax_record(body + body_len, "atime", value, n);
+    }
+    Py_ssize_t head = body_len ? BLOCK + ((body_len + BLOCK - 1) / BLOCK) * BLOCK : 0;
+    if (body_len) {
+        ustar(b, "././@PaxHeader", 14, 0644, 0, 0, (unsigned long long)body_len, 0, 'x',
+              "", 0, "", 0);
+        memset(b + BLOCK, 0, (size_t)(head - BLOCK));
+        memcpy(b + BLOCK, body, (size_t)body_len);
+    }
+    ustar(b + head, name, name_len, (unsigned long long)mode & 07777777,
+          (unsigned long long)uid, (unsigned long long)gid, (unsigned long long)size,
+          (unsigned long long)(mtime_ns / NS), '0', uname, uname_len, gname, gname_len);
+    return head + BLOCK;
+}
+
 static PyObject *file_headers(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -116,42 +164,12 @@ static PyObject *file_headers(PyObject *self, PyObject *args)
         if (atime_ns < 0)
             Py_RETURN_NONE;
     }
-    const long long max_id = 1LL << 21, max_12 = 1LL << 33;
-    if (name_len == 0 || name_len > 100 || !plain_ascii(name, name_len)
-        || uname_len > 32 || !plain_ascii(uname, uname_len)
-        || gname_len > 32 || !plain_ascii(gname, gname_len)
-        || uid < 0 || uid >= max_id || gid < 0 || gid >= max_id
-        || size < 0 || size >= max_12 || mtime_ns < 0 || mtime_ns / NS >= max_12
-        || memchr(name, 0, (size_t)name_len) || memchr(uname, 0, (size_t)uname_len)
-        || memchr(gname, 0, (size_t)gname_len))
+    char b[MAX_FILE_HEADERS];
+    Py_ssize_t n = build_file_headers(b, name, name_len, mode, uid, gid, size, mtime_ns,
+                                      atime_ns, uname, uname_len, gname, gname_len);
+    if (n < 0)
         Py_RETURN_NONE;
-
-    char body[160];
-    int body_len = 0;
-    char value[48];
-    if (mtime_ns % NS) {
-        int n = pax_time(value, mtime_ns);
-        body_len += pax_record(body + body_len, "mtime", value, n);
-    }
-    if (atime_ns >= 0) {
-        int n = pax_time(value, atime_ns);
-        body_len += pax_record(body + body_len, "atime", value, n);
-    }
-    Py_ssize_t head = body_len ? BLOCK + ((body_len + BLOCK - 1) / BLOCK) * BLOCK : 0;
-    PyObject *out = PyBytes_FromStringAndSize(NULL, head + BLOCK);
-    if (out == NULL)
-        return NULL;
-    char *b = PyBytes_AS_STRING(out);
-    if (body_len) {
-        ustar(b, "././@PaxHeader", 14, 0644, 0, 0, (unsigned long long)body_len, 0, 'x',
-              "", 0, "", 0);
-        memset(b + BLOCK, 0, (size_t)(head - BLOCK));
-        memcpy(b + BLOCK, body, (size_t)body_len);
-    }
-    ustar(b + head, name, name_len, (unsigned long long)mode & 07777777,
-          (unsigned long long)uid, (unsigned long long)gid, (unsigned long long)size,
-          (unsigned long long)(mtime_ns / NS), '0', uname, uname_len, gname, gname_len);
-    return out;
+    return PyBytes_FromStringAndSize(b, n);
 }
 
 /* The unsigned ustar checksum of a 512-byte block: every byte, the checksum field's eight
@@ -416,6 +434,299 @@ fail:
     return NULL;
 }
 
+/* ---- the filesystem translator's small files: a run of spooled entries in one call ---- */
+#ifdef EBM_HAVE_LIBCRYPTO
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/sha.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <time.h>
+#include <unistd.h>
+
+/* translators/filesystem_state.py: SCAN_ROW "<BIQQQIIqqqqQqII", STATE_ROW "<QqqqII" */
+#define SCAN_SIZE 93
+#define STATE_SIZE 40
+#define SCAN_CHANGED 1
+#define SCAN_KEPT 4
+enum { RUN_END = 0, RUN_PYTHON = 1, RUN_FULL = 2 }; /* why pack_files stopped */
+
+static void put64(unsigned char *p, unsigned long long v)
+{
+    for (int i = 0; i < 8; i++, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+static void put32(unsigned char *p, unsigned int v)
+{
+    for (int i = 0; i < 4; i++, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+typedef struct {
+    Out stream, feed, index, state;
+    long long files, data_bytes, state_rows;
+} Run;
+
+/* A state row (STATE_ROW, then the path) of the five key fields. */
+static int state_row(Run *r, unsigned long long ino, long long size, long long mtime,
+                     long long ctime, unsigned int mode, const unsigned char *path,
+                     unsigned int plen)
+{
+    if (out_reserve(&r->state, STATE_SIZE + plen) < 0)
+        return -1;
+    unsigned char *w = (unsigned char *)r->state.buf + r->state.len;
+    put64(w, ino);
+    put64(w + 8, (unsigned long long)size);
+    put64(w + 16, (unsigned long long)mtime);
+    put64(w + 24, (unsigned long long)ctime);
+    put32(w + 32, mode);
+    put32(w + 36, plen);
+    memcpy(w + STATE_SIZE, path, plen);
+    r->state.len += STATE_SIZE + plen;
+    r->state_rows++;
+    return 0;
+}
+
+static long long ns_of(struct timespec t)
+{
+    return (long long)t.tv_sec * NS + t.tv_nsec;
+}
+
+static int stable(const struct stat *a, const struct stat *b)
+{
+    return a->st_size == b->st_size && ns_of(a->st_mtim) == ns_of(b->st_mtim)
+           && ns_of(a->st_ctim) == ns_of(b->st_ctim);
+}
+
+static ssize_t pread_full(int fd, char *buf, size_t want)
+{
+    size_t got = 0;
+    while (got < want) {
+        ssize_t n = pread(fd, buf + got, want - got, (off_t)got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? -1 : (ssize_t)got;
+        got += (size_t)n;
+    }
+    return (ssize_t)got;
+}
+
+/* Open a spooled file as FilesystemTranslator._open_file does (no following a symlink
+ * swapped in, O_NOATIME when allowed), fstat it, and read it whole into ``data`` between two
+ * fstats; a recently changed file (ctime under racy_ns old) is read twice and must read the
+ * same. Returns 1 with *st filled when the copy is clean, 0 for anything Python must decide
+ * (gone, no longer a plain file, extended attributes, holes, too big, changing, an error).
+ * Runs without the GIL: it touches no Python object; ``data`` has room for ``room`` bytes. */
+static int read_clean(int root_fd, const char *path, char *data, long long room,
+                      long long racy_ns, struct stat *st)
+{
+    int flags = O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK;
+    int fd = openat(root_fd, path, flags | O_NOATIME);
+    if (fd < 0 && errno == EPERM)
+        fd = openat(root_fd, path, flags);
+    if (fd < 0)
+        return 0;
+    int ok = 0;
+    struct stat st1;
+    if (fstat(fd, st) < 0 || !S_ISREG(st->st_mode) || st->st_nlink != 1 || st->st_size > room)
+        goto done;
+    if (st->st_size && (long long)st->st_blocks * 512 < st->st_size)
+        goto done; /* maybe sparse: _sparse_map decides */
+    ssize_t x = flistxattr(fd, NULL, 0);
+    if (x > 0)
+        goto done; /* read_xattrs and the Python header carry them */
+    size_t want = (size_t)st->st_size;
+    if (pread_full(fd, data, want) != (ssize_t)want || fstat(fd, &st1) < 0 || !stable(st, &st1))
+        goto done;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    if (ns_of(now) - ns_of(st->st_ctim) < racy_ns) {
+        char *again = want ? malloc(want) : NULL;
+        if (want && again == NULL)
+            goto done;
+        ok = pread_full(fd, again, want) == (ssize_t)want && memcmp(again, data, want) == 0
+             && fstat(fd, &st1) == 0 && stable(st, &st1);
+        free(again);
+        goto done;
+    }
+    ok = 1;
+done:
+    close(fd);
+    return ok;
+}
+
+/* The name for an id from the caller's cache ({id: bytes}); NULL (no error) when absent. */
+static PyObject *cached_name(PyObject *names, unsigned int id)
+{
+    PyObject *key = PyLong_FromUnsignedLong(id);
+    if (key == NULL)
+        return NULL;
+    PyObject *v = PyDict_GetItemWithError(names, key);
+    Py_DECREF(key);
+    return v != NULL && PyBytes_Check(v) ? v : NULL;
+}
+
+/* One changed regular file of the spool into the run's outputs: 1 done, 0 Python's, -1 error. */
+static int pack_file(Run *r, const unsigned char *row, const unsigned char *path,
+                     unsigned int plen, int root_fd, long long offset, PyObject *unames,
+                     PyObject *gnames, long long limit, long long racy_ns)
+{
+    long long scan_size = (long long)le64(row + 37);
+    if (plen == 0 || plen > 100 || le64(row + 21) != 1 || scan_size > limit || scan_size < 0)
+        return 0;
+    char cpath[101];
+    memcpy(cpath, path, plen);
+    cpath[plen] = '\0';
+    if (memchr(cpath, 0, plen) || !plain_ascii(cpath, plen))
+        return 0;
+    /* room for the headers, the data as scanned (plus growth up to the limit is refused by
+     * read_clean's room check) and the padding */
+    long long room = scan_size + 65536 < limit ? scan_size + 65536 : limit;
+    if (out_reserve(&r->stream, MAX_FILE_HEADERS + room + BLOCK) < 0)
+        return -1;
+    char *data = r->stream.buf + r->stream.len + MAX_FILE_HEADERS;
+    struct stat st;
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = read_clean(root_fd, cpath, data, room, racy_ns, &st);
+    Py_END_ALLOW_THREADS
+    if (!ok)
+        return 0;
+    PyObject *uname = cached_name(unames, st.st_uid), *gname = cached_name(gnames, st.st_gid);
+    if (PyErr_Occurred())
+        return -1;
+    if (uname == NULL || gname == NULL)
+        return 0;
+    long long size = st.st_size, mtime = ns_of(st.st_mtim), atime = ns_of(st.st_atim);
+    long long mode = st.st_mode & 07777;
+    char head[MAX_FILE_HEADERS];
+    Py_ssize_t hlen = build_file_headers(
+        head, cpath, plen, mode, st.st_uid, st.st_gid, size, mtime, atime < 0 ? -1 : atime,
+        PyBytes_AS_STRING(uname), PyBytes_GET_SIZE(uname), PyBytes_AS_STRING(gname),
+        PyBytes_GET_SIZE(gname));
+    if (hlen < 0 || atime < 0)
+        return 0;
+    /* headers, data, padding in place: the data moves down next to its headers */
+    char *w = r->stream.buf + r->stream.len;
+    memmove(w + hlen, data, (size_t)size);
+    memcpy(w, head, (size_t)hlen);
+    Py_ssize_t pad = (BLOCK - size % BLOCK) % BLOCK;
+    memset(w + hlen + size, 0, (size_t)pad);
+    unsigned char md[32];
+    SHA256((const unsigned char *)w + hlen, (size_t)size, md);
+    long long header_offset = offset + r->stream.len;
+    r->stream.len += hlen + size + pad;
+    /* the stream digest's view: headers, the data's sha256, padding */
+    if (out_reserve(&r->feed, hlen + 32 + pad) < 0)
+        return -1;
+    memcpy(r->feed.buf + r->feed.len, head, (size_t)hlen);
+    memcpy(r->feed.buf + r->feed.len + hlen, md, 32);
+    memset(r->feed.buf + r->feed.len + hlen + 32, 0, (size_t)pad);
+    r->feed.len += hlen + 32 + pad;
+    /* the file index row (packed_index.py's _ROW, sha256, path) */
+    if (out_reserve(&r->index, ROW_SIZE + 32 + plen) < 0)
+        return -1;
+    unsigned char *x = (unsigned char *)r->index.buf + r->index.len;
+    x[0] = 0; /* "file" */
+    x[1] = HAS_SHA;
+    long long fields[7] = {size, mtime, mode, st.st_uid, st.st_gid, header_offset,
+                           header_offset + hlen};
+    for (int i = 0; i < 7; i++)
+        put64(x + 2 + 8 * i, (unsigned long long)fields[i]);
+    put32(x + 58, plen);
+    put32(x + 62, 0);
+    memcpy(x + ROW_SIZE, md, 32);
+    memcpy(x + ROW_SIZE + 32, path, plen);
+    r->index.len += ROW_SIZE + 32 + plen;
+    r->files++;
+    r->data_bytes += size;
+    return state_row(r, st.st_ino, size, mtime, ns_of(st.st_ctim), st.st_mode, path, plen) < 0
+               ? -1 : 1;
+}
+
+/* pack_files(spool, pos, root_fd, offset, unames, gnames, limit, racy_ns, links, max_out)
+ *   -> (pos, stop, stream, feed, index, state, files, data_bytes, state_rows)
+ * The spooled entries from ``pos`` (SCAN_ROW rows, each then its path) that need no decision
+ * of Python's, as _write_entries would do them one by one: an entry that is not written
+ * carries its key into the state; a changed plain regular file (one link, no xattrs, no
+ * holes, up to ``limit`` bytes, an ASCII name of up to 100 bytes, its owner's names in the
+ * caches) is read cleanly and becomes its members' bytes at stream ``offset`` on, its
+ * digest-feed bytes, its index row and its state row. Stops at the end of the complete rows
+ * (stop 0), at a row Python must do (stop 1, ``pos`` at that row) or once ``max_out`` stream
+ * bytes are built (stop 2). ``links``: whether some hard-linked inode changed (then an
+ * unchanged name of a hard link is Python's). */
+static PyObject *pack_files(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer view;
+    Py_ssize_t pos, max_out;
+    int root_fd, links;
+    long long offset, limit, racy_ns;
+    PyObject *unames, *gnames;
+    if (!PyArg_ParseTuple(args, "y*niLO!O!LLpn", &view, &pos, &root_fd, &offset, &PyDict_Type,
+                          &unames, &PyDict_Type, &gnames, &limit, &racy_ns, &links, &max_out))
+        return NULL;
+    Run r;
+    memset(&r, 0, sizeof r);
+    const unsigned char *d = view.buf;
+    int stop = RUN_END;
+    while (pos + SCAN_SIZE <= view.len) {
+        const unsigned char *row = d + pos;
+        unsigned int plen = le32(row + 89);
+        if (pos + SCAN_SIZE + (Py_ssize_t)plen > view.len)
+            break;
+        if (r.stream.len >= max_out) {
+            stop = RUN_FULL;
+            break;
+        }
+        unsigned flags = row[0];
+        unsigned int mode = le32(row + 1);
+        const unsigned char *path = row + SCAN_SIZE;
+        int done;
+        if (!(flags & SCAN_CHANGED)) {
+            if (!(flags & SCAN_KEPT) && links && le64(row + 21) >= 2 && !S_ISDIR(mode))
+                done = 0; /* _to_write asks link_changed */
+            else
+                done = state_row(&r, (unsigned long long)le64(row + 5), le64(row + 37),
+                                 le64(row + 53), le64(row + 61), mode, path, plen) < 0 ? -1 : 1;
+        } else if (S_ISREG(mode)) {
+            done = pack_file(&r, row, path, plen, root_fd, offset, unames, gnames, limit,
+                             racy_ns);
+        } else {
+            done = 0;
+        }
+        if (done < 0)
+            goto fail;
+        if (done == 0) {
+            stop = RUN_PYTHON;
+            break;
+        }
+        pos += SCAN_SIZE + plen;
+    }
+    PyBuffer_Release(&view);
+    PyObject *res = Py_BuildValue("(niy#y#y#y#LLL)", pos, stop, r.stream.buf ? r.stream.buf : "",
+                                  r.stream.len, r.feed.buf ? r.feed.buf : "", r.feed.len,
+                                  r.index.buf ? r.index.buf : "", r.index.len,
+                                  r.state.buf ? r.state.buf : "", r.state.len, r.files,
+                                  r.data_bytes, r.state_rows);
+    PyMem_Free(r.stream.buf);
+    PyMem_Free(r.feed.buf);
+    PyMem_Free(r.index.buf);
+    PyMem_Free(r.state.buf);
+    return res;
+fail:
+    PyBuffer_Release(&view);
+    PyMem_Free(r.stream.buf);
+    PyMem_Free(r.feed.buf);
+    PyMem_Free(r.index.buf);
+    PyMem_Free(r.state.buf);
+    return NULL;
+}
+#endif /* EBM_HAVE_LIBCRYPTO */
+
 static PyMethodDef methods[] = {
     {"ustar_fields", ustar_fields, METH_O,
      "The fields of a plain POSIX ustar header block as a tuple, or None (use Python)."},
@@ -425,6 +736,10 @@ static PyMethodDef methods[] = {
      "The unsigned checksum of a ustar header block (its checksum field as spaces)."},
     {"file_headers", file_headers, METH_VARARGS,
      "The pax 'x' header and ustar block of a plain regular file, or None (use Python)."},
+#ifdef EBM_HAVE_LIBCRYPTO
+    {"pack_files", pack_files, METH_VARARGS,
+     "A run of spooled filesystem entries as stream bytes, index and state rows (see above)."},
+#endif
     {NULL, NULL, 0, NULL},
 };
 

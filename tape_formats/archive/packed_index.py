@@ -87,6 +87,18 @@ class PackedIndex:
         self._buf += path_b
         self._buf += link
         self._len += 1
+        self._maybe_spill()
+
+    def add_files(self, rows: bytes, count: int, data_bytes: int) -> None:
+        """``count`` rows of regular files (not deleted, not torn) already packed in this
+        layout, holding ``data_bytes`` in all: what ``_paxfast.pack_files`` builds."""
+        self._buf += rows
+        self._len += count
+        self._kind_counts[_FILE] += count
+        self._file_bytes += data_bytes
+        self._maybe_spill()
+
+    def _maybe_spill(self) -> None:
         if self._spill and len(self._buf) >= SPILL_BYTES:
             if self._file is None:
                 self._file = tempfile.TemporaryFile(prefix="ebm-index-")

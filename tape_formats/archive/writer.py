@@ -170,6 +170,16 @@ class PaxWriter:
             self._emit(self._pax_header(b"", [pax.pax_record(b"EBM.deleted", value)], 0, pax.TYPE_GLOBAL))
         return offset
 
+    def add_prebuilt(self, members: bytes, digest_feed: bytes) -> None:
+        """Whole file members (headers, data, padding) built elsewhere at :attr:`offset` on:
+        the filesystem translator's run of small files (``_paxfast.pack_files``).
+        ``digest_feed`` is the same bytes with each member's data replaced by its 32-byte
+        sha256 (what a member digest of the stream takes); this writer hashes the stream
+        bytes themselves."""
+        if self._closed:
+            raise ArchiveError("archive writer is closed")
+        self._emit(members)
+
     def add(self, entry: ArchiveEntry, data: BinaryIO | bytes | memoryview | None = None) -> EntryLocation:
         """Append one entry. ``data`` gives ``entry.data_size`` bytes for files (a file-like
         with ``readinto`` or ``read``, or a bytes-like); it is ignored for other kinds.
