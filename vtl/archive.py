@@ -394,7 +394,10 @@ def _upload(lib: Library, client: Any, bucket: str, prefix: str, base: str,
     if rec is not None:
         main = files[-1]
         store = ChunkStore((recipe_path(main).parent / rec.store).resolve())
-        pushed = push(store, client, bucket, prefix, sorted(set(rec.ch_ids)), lock=lock)
+        try:
+            pushed = push(store, client, bucket, prefix, sorted(set(rec.ch_ids)), lock=lock)
+        finally:
+            store.close()
         report.chunks_uploaded, report.chunks_already_there = pushed.uploaded, \
             pushed.already_there
         report.bytes_uploaded += pushed.bytes_uploaded
@@ -559,7 +562,10 @@ def _download(lib: Library, client: Any, url: str, manifest: dict[str, Any]) -> 
             store = ChunkStore((d / rec.store).resolve())
             hold = store.hold()
             hold.acquire()
-            pull(store, client, bucket, manifest["chunk_prefix"], sorted(set(rec.ch_ids)))
+            try:  # closed at once: its pack is flocked while open (vtl serve lives on)
+                pull(store, client, bucket, manifest["chunk_prefix"], sorted(set(rec.ch_ids)))
+            finally:
+                store.close()
             for entry in manifest["files"]:
                 if entry["form"] == "compact-skeleton":
                     full = temps[entry["name"]].with_name(entry["name"] + ".full.retrieving")

@@ -408,7 +408,7 @@ class Library:
             from vtl.inventory import STORE_DIR
             from vtl.s3_settings import attach_chunk_remote
 
-            attach_chunk_remote(root / STORE_DIR, config.s3)
+            attach_chunk_remote(root / STORE_DIR, config.s3, None if readonly else root)
         if not readonly:
             lib.reconcile()
         return lib
@@ -422,6 +422,10 @@ class Library:
                 bay.unmount()
             except Exception:  # close the rest anyway
                 pass
+        if self.config.s3.upload == "auto" and not self.catalog.readonly:
+            from vtl.s3_uploader import drain
+
+            drain(self.root)  # what this process wrote is in the bucket when it returns
         with self.lock:
             if back_up is None:
                 back_up = not self.catalog.readonly and self.catalog.conn.total_changes > 0

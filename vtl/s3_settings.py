@@ -14,6 +14,11 @@ Example::
     gateway = "gw-a"                    # set: this library is one gateway of several sharing
                                         # the bucket (leases, vtl/leases.py); absent: it owns it
     lease_ttl = 60                      # seconds a gateway's lease on a cartridge lasts unrenewed
+    upload = "auto"                     # a dedup library's chunks go to the bucket after each
+                                        # sync point (vtl/s3_uploader.py); "manual" (the
+                                        # default): only 'vtl store push' sends them
+    cache_size = 4294967296             # bytes of packs kept locally once the bucket has them
+                                        # (least recently used go first); 0: no limit
 
 Keys never need to be on a command line: a setting absent from the file comes from the
 environment. This module imports nothing heavy; :meth:`S3Settings.client` imports boto3.
@@ -30,6 +35,8 @@ from vtl.errors import LibraryError
 
 MIN_PART = 5 << 20
 LOCK_MODES = ("", "governance", "compliance")
+UPLOAD_MODES = ("manual", "auto")
+_INTEGERS = ("part_size", "worm_retention_days", "lease_ttl", "cache_size")
 
 
 class S3SettingsError(LibraryError):
@@ -56,11 +63,13 @@ class S3Settings:
     worm_retention_days: int = 0
     gateway: str = ""
     lease_ttl: int = 60
+    upload: str = "manual"
+    cache_size: int = 0
 
     def validate(self) -> S3Settings:
         for f in fields(self):
             value = getattr(self, f.name)
-            want = int if f.name in ("part_size", "worm_retention_days", "lease_ttl") else str
+            want = int if f.name in _INTEGERS else str
             if not isinstance(value, want) or isinstance(value, bool):
                 raise S3SettingsError(f"s3.{f.name} must be {'an integer' if want is int else 'a string'}")
         if self.location:
@@ -70,6 +79,10 @@ class S3Settings:
         if self.worm_lock not in LOCK_MODES:
             raise S3SettingsError(f"s3.worm_lock must be governance, compliance or empty, "
                                   f"not {self.worm_lock!r}")
+        if self.upload not in UPLOAD_MODES:
+            raise S3SettingsError(f"s3.upload must be auto or manual, not {self.upload!r}")
+        if self.cache_size < 0:
+            raise S3SettingsError("s3.cache_size must be 0 (no limit) or a number of bytes")
         if self.lease_ttl < 1:
             raise S3SettingsError("s3.lease_ttl must be at least 1 (seconds)")
         if self.gateway and not all(c.isalnum() or c in "-_.:@" for c in self.gateway):
@@ -121,11 +134,28 @@ class S3Settings:
         return boto3.client("s3", **kwargs)
 
 
-def attach_chunk_remote(store_root: Path, settings: S3Settings) -> None:
+def attach_chunk_remote(store_root: Path, settings: S3Settings,
+                        library_root: Path | None = None) -> None:
     """Let reads of a dedup library fetch the chunks its local store lacks from the bucket
-    (``<location>/chunks/``), with read-ahead; the client is made at the first miss."""
+    (``<location>/chunks/``), with read-ahead; the client is made at the first miss. With
+    ``library_root`` (a process that may write) and ``upload = "auto"``, chunks made durable
+    in this process are uploaded by the library's uploader (vtl/s3_uploader.py), which also
+    finishes what a crash left pending."""
+    import sqlite3
+
     from tape_formats.store.chunk_store import attach_remote
+    from tape_formats.store.s3_cache import CacheState
     from tape_formats.store.s3_tier import S3ChunkRemote
 
     bucket, prefix = settings.target()
-    attach_remote(store_root, S3ChunkRemote(settings.client, bucket, prefix))
+    try:
+        state: CacheState | None = CacheState(store_root)
+    except sqlite3.Error:  # a reader who may not write the store: fetches go unrecorded
+        state = None
+    on_synced = None
+    if library_root is not None and settings.upload == "auto":
+        from vtl.s3_uploader import uploader_for
+
+        on_synced = uploader_for(library_root, store_root, settings).kick
+    attach_remote(store_root, S3ChunkRemote(settings.client, bucket, prefix,
+                                            state=state, on_synced=on_synced))

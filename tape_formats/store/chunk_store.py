@@ -80,6 +80,16 @@ def _syncfs(fd: int) -> None:
         raise OSError(err, f"syncfs: {os.strerror(err)}")
 
 
+def _mark_used(fd: int) -> None:
+    """Set a pack's access time to now when a reader opens it: the S3 cache evicts the least
+    recently used packs first (s3_cache.py); its mtime stays. Best effort: a group member
+    who does not own the pack may not set it."""
+    try:
+        os.utime(fd, ns=(time.time_ns(), os.fstat(fd).st_mtime_ns))
+    except OSError:
+        pass
+
+
 class Remote(Protocol):
     """Where chunks the local store lacks are fetched from (the S3 tier, s3_tier.py); the
     local store is then its cache."""
@@ -91,6 +101,10 @@ class Remote(Protocol):
 
     def prefetch(self, store: ChunkStore, ids: Sequence[bytes]) -> None:
         """Start fetching those of ``ids`` the store lacks, in the background (read-ahead)."""
+        ...
+
+    def synced(self, store: ChunkStore) -> None:
+        """New chunks of ``store`` are durable and indexed (the uploader's cue: s3_cache.py)."""
         ...
 
 
@@ -269,6 +283,8 @@ class ChunkStore:
             self.sync_all()
         if rows:
             self.index.add(rows)
+            if self.remote is not None:
+                self.remote.synced(self)
         with self._mutex:
             for cid, loc in rows:
                 if self._pending.get(cid) == loc:
@@ -328,6 +344,7 @@ class ChunkStore:
                     fd = os.open(self.packs / packs.pack_name(pack), os.O_RDONLY)
                 except FileNotFoundError:
                     return None
+                _mark_used(fd)
             self._fds[pack] = fd  # most recently used last
             while len(self._fds) > _OPEN_PACKS:
                 os.close(self._fds.pop(next(iter(self._fds))))

@@ -6,7 +6,9 @@ recipe names are deleted (one transaction), older chunk files no recipe names ar
 with a dead writer's leftover temporary files. Compact: a pack no live row points into is
 unlinked; a pack whose live records are under ``COMPACT_BELOW`` of its size is rewritten:
 its live records are copied to a new pack, which is fdatasync'd, the rows are moved to it
-(one transaction), then the old pack is unlinked. A pack a writer still has open (flocked)
+(one transaction), then the old pack is unlinked. Small packs (under ``SMALL_PACK``, left by
+short sessions) are merged the same way when there are two or more: their records copied
+into full packs, rows moved, old packs unlinked. A pack a writer still has open (flocked)
 is left alone. It all runs with the store's lock held exclusively, so no writer is between
 finding a chunk and making its recipe durable (chunk_store.py); recipes on disk are then
 the whole truth. A SIGKILL at any point leaves either the old pack or the new one named by
@@ -27,6 +29,9 @@ from tape_formats.store.chunk_index import Location
 from tape_formats.store.chunk_store import ChunkStore
 
 COMPACT_BELOW = 0.5  # a pack with less live data than this fraction of its size is rewritten
+# Packs under this size (a short session's: a writer closes its pack when its cartridge
+# closes) are merged into full ones when there are two or more.
+SMALL_PACK = packs.PACK_SIZE // 4
 
 RECIPE_SUFFIX = ".recipe"
 
@@ -39,6 +44,7 @@ class GcReport:
     temporaries_freed: int = 0
     packs_removed: int = 0  # packs with nothing live, unlinked
     packs_compacted: int = 0  # packs rewritten into a new one without their dead records
+    packs_merged: int = 0  # of those, small packs merged with others
 
 
 @dataclass(slots=True)
@@ -140,6 +146,7 @@ def _live_bytes(store: ChunkStore) -> dict[int, int]:
 def _compact(store: ChunkStore, report: GcReport) -> None:
     live = _live_bytes(store)
     rewrite: list[tuple[int, Path, int]] = []  # (pack, path, fd holding its flock)
+    small: list[tuple[int, Path, int]] = []  # mostly live, but small: merged if several
     for number, path in store.pack_files():
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -156,7 +163,15 @@ def _compact(store: ChunkStore, report: GcReport) -> None:
             report.bytes_freed += size
         elif live[number] < COMPACT_BELOW * size:
             rewrite.append((number, path, fd))
+        elif size < SMALL_PACK:
+            small.append((number, path, fd))
         else:
+            os.close(fd)
+    if len(small) > 1:  # merged into one: one file and one descriptor, not many
+        rewrite += small
+        report.packs_merged = len(small)
+    else:
+        for _number, _path, fd in small:
             os.close(fd)
     try:
         if rewrite:

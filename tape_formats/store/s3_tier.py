@@ -14,6 +14,7 @@ against a real single-node Ceph radosgw (tests/support/ceph_cluster.py).
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tape_formats.store.chunk_store import ChunkStore, StoreError
+from tape_formats.store.s3_cache import CacheState, chunk_key
 from tape_formats.store.s3_objects import ObjectLock, md5_b64
 
 
@@ -30,10 +32,6 @@ class PushReport:
     already_there: int = 0
     bytes_uploaded: int = 0
     in_bucket: list[bytes] = field(default_factory=list)  # ids the bucket now holds
-
-
-def _key(prefix: str, chunk_id: bytes) -> str:
-    return f"{prefix.strip('/')}/chunks/{chunk_id.hex()}".lstrip("/")
 
 
 def push(store: ChunkStore, client: Any, bucket: str, prefix: str,
@@ -48,7 +46,7 @@ def push(store: ChunkStore, client: Any, bucket: str, prefix: str,
         if body is None:
             raise StoreError(f"chunk {cid.hex()} is missing from {store.root}")
         try:
-            client.put_object(Bucket=bucket, Key=_key(prefix, cid), Body=body,
+            client.put_object(Bucket=bucket, Key=chunk_key(prefix, cid), Body=body,
                               IfNoneMatch="*", ContentMD5=md5_b64(body),
                               **(lock.put_args() if lock else {}))
         except ClientError as exc:
@@ -81,7 +79,7 @@ def pull(store: ChunkStore, client: Any, bucket: str, prefix: str,
         if store.has(cid):
             continue
         try:
-            body = client.get_object(Bucket=bucket, Key=_key(prefix, cid))["Body"].read()
+            body = client.get_object(Bucket=bucket, Key=chunk_key(prefix, cid))["Body"].read()
         except ClientError as exc:
             raise StoreError(f"chunk {cid.hex()} is in neither {store.root} nor "
                              f"s3://{bucket}/{prefix}: {exc}") from None
@@ -97,12 +95,17 @@ class S3ChunkRemote:
     chunk_store.py): a missing chunk is fetched while the reader waits, the next ones of
     the cartridge (``prefetch``) on a few threads meanwhile, so a restore of one tape file
     GETs its own chunks and a read-ahead window, not the cartridge. Fetched chunks stay in
-    the local store (the cache: appended to its pack, indexed at its next sync or close).
-    ``gets`` counts the GETs (tests, stats)."""
+    the local store (the cache: appended to its pack, indexed at its next sync or close) and
+    are recorded in ``state`` as in the bucket (so the uploader never sends them back).
+    ``on_synced`` is called when a store of this remote made new chunks durable (the
+    uploader's cue). ``gets`` counts the GETs (tests, stats)."""
 
     def __init__(self, connect: Callable[[], Any], bucket: str, prefix: str,
-                 workers: int = 4) -> None:
+                 workers: int = 4, *, state: CacheState | None = None,
+                 on_synced: Callable[[], None] | None = None) -> None:
         self._connect = connect
+        self._state = state
+        self._on_synced = on_synced
         self._client: Any = None
         self.bucket, self.prefix = bucket, prefix
         self._lock = threading.Lock()
@@ -121,7 +124,7 @@ class S3ChunkRemote:
         from botocore.exceptions import ClientError
 
         try:
-            body = self._s3().get_object(Bucket=self.bucket, Key=_key(self.prefix, cid)
+            body = self._s3().get_object(Bucket=self.bucket, Key=chunk_key(self.prefix, cid)
                                          )["Body"].read()
         except ClientError as exc:
             raise StoreError(f"chunk {cid.hex()} is in neither {store.root} nor "
@@ -130,7 +133,9 @@ class S3ChunkRemote:
             self.gets += 1
         try:  # the cached copy is a convenience: the bytes in hand are the answer
             store.put_stored(cid, body)
-        except OSError:
+            if self._state is not None:
+                self._state.record([(cid, len(body))])
+        except (OSError, sqlite3.Error):
             pass
         with self._lock:
             self._seen.add(cid)
@@ -159,6 +164,10 @@ class S3ChunkRemote:
             with self._lock:
                 self._inflight[cid] = future
             future.add_done_callback(lambda _f, c=cid: self._done(c))
+
+    def synced(self, store: ChunkStore) -> None:
+        if self._on_synced is not None:
+            self._on_synced()
 
     def _done(self, cid: bytes) -> None:
         with self._lock:

@@ -9,12 +9,16 @@ from tape_formats.cartridge import RecordKind, TapeCartridge
 from vtl.library import Library
 
 
-def write_tape_files(root: Path, barcode: str, files: list[list[bytes]]) -> None:
-    """Each list of blocks as one tape file, through drive 0 of the library at ``root``."""
+def write_tape_files(root: Path, barcode: str, files: list[list[bytes]], *,
+                     append: bool = False) -> None:
+    """Each list of blocks as one tape file, through drive 0 of the library at ``root``
+    (from the beginning of the tape, or with ``append`` after what it holds)."""
     lib = Library.open(root)
     try:
         lib.load(barcode, 0)
         cart = lib.drives[0].mount()
+        if append:
+            cart.space_to_eod()
         for blocks in files:
             for block in blocks:
                 cart.write_block(block)

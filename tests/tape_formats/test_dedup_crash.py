@@ -1,5 +1,6 @@
 """Crash safety of the dedup store: writers that overwrite (dropping chunks) and a garbage
-collector (sweeping the index, compacting packs), all killed with SIGKILL at random moments
+collector (sweeping the index, compacting packs, merging the small packs each killed
+writer leaves), all killed with SIGKILL at random moments
 many times, lose no chunk that a cartridge still references and nothing a cartridge
 acknowledged as durable.
 
@@ -62,8 +63,9 @@ from tape_formats.store.gc import collect
 store = ChunkStore(Path(sys.argv[1]))
 print("ready", flush=True)
 while True:
-    if collect(store, Path(sys.argv[2]), timeout=60).packs_compacted:
-        print("compacted", flush=True)
+    report = collect(store, Path(sys.argv[2]), timeout=60)
+    if report.packs_compacted:
+        print("compacted", "merged" if report.packs_merged else "", flush=True)
 """
 
 
@@ -94,7 +96,7 @@ def test_sigkill_writers_and_collector_lose_no_referenced_chunk(tmp_path: Path) 
     rng = random.Random(11)
     durable = dict.fromkeys(paths, 0)
     points = 0  # durable points reached, all rounds and cartridges
-    compactions = 0
+    compactions = merges = 0  # merges: runs that merged the small packs killed writers left
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     for round_no in range(10):
         procs = {p: _start(WRITER, str(p), str(EVERY), str(round_no), env=env) for p in paths}
@@ -114,7 +116,9 @@ def test_sigkill_writers_and_collector_lose_no_referenced_chunk(tmp_path: Path) 
             proc.wait()
             outs[p] += proc.stdout.read() or b""
         gc.wait()
-        compactions += (gc.stdout.read() or b"").count(b"compacted")
+        said = gc.stdout.read() or b""
+        compactions += said.count(b"compacted")
+        merges += said.count(b"merged")
         for p in paths:
             for line in outs[p].decode().splitlines():
                 word, _, n = line.partition(" ")
@@ -128,9 +132,11 @@ def test_sigkill_writers_and_collector_lose_no_referenced_chunk(tmp_path: Path) 
     for p in paths:
         assert verify_cartridge(p).ok
     # A last sweep after the dust settles frees only what no cartridge needs.
-    compactions += collect(ChunkStore(store_root), carts, timeout=5).packs_compacted
-    print(f"{points} durable points, {compactions} compaction runs seen")
-    assert compactions > 0
+    last = collect(ChunkStore(store_root), carts, timeout=5)
+    compactions += last.packs_compacted
+    merges += bool(last.packs_merged)
+    print(f"{points} durable points, {compactions} compaction runs seen, {merges} merging")
+    assert compactions > 0 and merges > 0
     for p in paths:
         check_cartridge(p)
     s = stats(ChunkStore(store_root), carts)

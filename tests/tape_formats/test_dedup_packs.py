@@ -1,5 +1,5 @@
 """Pack files of the dedup store: chunks appended to packs and indexed, damaged records
-found, packs of mostly dead chunks compacted, and stores from before packs (one file per
+found, packs of mostly dead chunks compacted, small packs merged, and stores from before packs (one file per
 chunk) still read and collected."""
 
 from __future__ import annotations
@@ -80,6 +80,21 @@ def test_a_pack_of_mostly_dead_chunks_is_compacted(tmp_path: Path) -> None:
     assert after.stored_chunks == after.chunks
     assert _read_all(a) == keep
     assert collect(store, a.parent).packs_compacted == 0  # nothing left to gain
+
+
+def test_small_packs_of_short_sessions_are_merged(tmp_path: Path) -> None:
+    a = _new(tmp_path, "P00001L8")
+    sessions = [_blocks(10 + i, 4) for i in range(4)]
+    for blocks in sessions:  # each session's writer closes its own small pack
+        _write_files(a, [blocks])
+    store = ChunkStore(tmp_path / "store")
+    assert len(list(store.pack_files())) == 4
+    report = collect(store, a.parent)
+    assert (report.packs_merged, report.packs_compacted, report.chunks_freed) == (4, 4, 0)
+    assert len(list(store.pack_files())) == 1
+    assert _read_all(a) == [b for blocks in sessions for b in blocks]
+    assert collect(store, a.parent).packs_merged == 0  # one small pack stays as it is
+    store.close()
 
 
 def test_a_store_of_chunk_files_still_reads_and_is_collected(tmp_path: Path) -> None:

@@ -102,10 +102,13 @@ def init(
              "default: the owner only (0700/0600).")] = None,
     store: Annotated[str, typer.Option(
         help="Cartridge store: plain (a file per cartridge), dedup (chunks stored once "
-             "per library, compressed), or s3://BUCKET/PREFIX (dedup whose chunks may live "
-             "in that bucket: 'store push --evict', reads fetch on demand, cartridge "
-             "archive/retrieve; endpoint and keys from the environment or library.toml's "
-             "[s3]); see docs/store-format.md.")] = "plain",
+             "per library, compressed), or s3://BUCKET/PREFIX (dedup whose chunks go to "
+             "that bucket after each sync point, the local store a cache of them; reads "
+             "fetch on demand; cartridge archive/retrieve; endpoint and keys from the "
+             "environment or library.toml's [s3]); see docs/store-format.md.")] = "plain",
+    cache_size: Annotated[str | None, typer.Option(
+        help="With --store s3://...: local bytes of chunks kept once the bucket has them "
+             "(e.g. 50GiB; least recently used go first); default: no limit.")] = None,
 ) -> None:
     """Create a new library (refuses a directory that already has one)."""
     from vtl.access import group_id, make_root
@@ -126,7 +129,13 @@ def init(
 
     s3 = S3Settings()
     if store.startswith("s3://"):  # a dedup library backed by that bucket
-        s3.location, store = store, "dedup"
+        s3.location, s3.upload, store = store, "auto", "dedup"
+    if cache_size is not None:
+        if not s3.location:
+            raise CliError("--cache-size needs --store s3://BUCKET/PREFIX")
+        from vtl.cli.formatting import parse_size
+
+        s3.cache_size = parse_size(cache_size)
     config = LibraryConfig(
         name=name, drives=drives, slots=slots, mailslots=mailslots, media=media.upper(),
         changer_model=changer_model, drive_model=drive_model,

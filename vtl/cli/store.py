@@ -42,15 +42,24 @@ def stats() -> None:
     with open_library(readonly=True) as lib:
         store, cartridges = _store_dirs(lib)
         s = store_stats(store, cartridges)
+        tier = _tier_stats(lib, store)
+        store.close()
     data = {"cartridges": s.cartridges, "logical_bytes": s.logical_bytes,
             "unique_bytes": s.unique_bytes, "stored_bytes": s.stored_bytes,
             "chunks": s.chunks, "stored_chunks": s.stored_chunks, "packs": s.packs,
             "dedup_ratio": round(s.dedup_ratio, 3),
             "compression_ratio": round(s.compression_ratio, 3),
-            "total_ratio": round(s.total_ratio, 3)}
+            "total_ratio": round(s.total_ratio, 3), **tier}
     if settings().json:
         emit_json(data)
         return
+    if tier:
+        limit = human_size(tier["cache_size"]) if tier["cache_size"] else "no limit"
+        console().print(
+            f"local {human_size(tier['local_bytes'])} (cache size {limit}, "
+            f"{human_size(tier['pending_bytes'])} not in the bucket yet); bucket "
+            f"{human_size(tier['bucket_bytes'])} in {tier['bucket_chunks']} chunk(s); "
+            f"uploads {tier['upload']}", markup=False)
     console().print(
         f"{s.cartridges} cartridge(s): {human_size(s.logical_bytes)} logical, "
         f"{human_size(s.unique_bytes)} distinct in {s.chunks} chunk(s), "
@@ -58,6 +67,30 @@ def stats() -> None:
         "pack(s))\n"
         f"dedup {s.dedup_ratio:.2f}x, compression {s.compression_ratio:.2f}x, "
         f"total {s.total_ratio:.2f}x", markup=False)
+
+
+def _tier_stats(lib: Any, store: Any) -> dict[str, Any]:
+    """Local against bucket bytes of a library with an [s3] location (else nothing): the
+    packs on disk, those not uploaded yet, and the chunks known to be in the bucket (this
+    library's uploads and fetches, not a LIST of it)."""
+    from tape_formats.store.s3_cache import STATE_NAME, CacheState, cache_report
+
+    s3 = lib.config.s3
+    if not s3.location:
+        return {}
+    data = {"upload": s3.upload, "cache_size": s3.cache_size, "local_bytes": 0,
+            "pending_bytes": 0, "bucket_chunks": 0, "bucket_bytes": 0}
+    if not (store.root / STATE_NAME).exists():  # nothing uploaded by the uploader yet
+        data["local_bytes"] = data["pending_bytes"] = cache_report(store, None).local_bytes
+        return data
+    state = CacheState(store.root)
+    try:
+        cache = cache_report(store, state)
+        data["bucket_chunks"], data["bucket_bytes"] = state.bucket_bytes()
+    finally:
+        state.close()
+    data["local_bytes"], data["pending_bytes"] = cache.local_bytes, cache.pending_bytes
+    return data
 
 
 @app.command()
@@ -85,10 +118,12 @@ def gc(
         except StoreBusy as exc:
             raise CliError(str(exc)) from None
     say(f"freed {r.chunks_freed} chunk(s), {human_size(r.bytes_freed)}; kept {r.chunks_kept}; "
-        f"packs removed {r.packs_removed}, compacted {r.packs_compacted}",
+        f"packs removed {r.packs_removed}, compacted {r.packs_compacted} ({r.packs_merged} "
+        "small ones merged)",
         {"chunks_freed": r.chunks_freed, "bytes_freed": r.bytes_freed,
          "chunks_kept": r.chunks_kept, "temporaries_freed": r.temporaries_freed,
-         "packs_removed": r.packs_removed, "packs_compacted": r.packs_compacted})
+         "packs_removed": r.packs_removed, "packs_compacted": r.packs_compacted,
+         "packs_merged": r.packs_merged})
 
 
 def _local_ids(lib: Any) -> set[bytes]:

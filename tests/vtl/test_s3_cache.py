@@ -1,0 +1,138 @@
+"""A library made with ``vtl init --store s3://... --cache-size``: its chunks go to the
+bucket after each sync point (the uploader, vtl/s3_uploader.py), the local store keeps at
+most the cache size of them, least recently used packs evicted first, and a cartridge
+larger than the cache reads back bit-identical (evicted chunks fetched on demand). A
+SIGKILL of the uploader in the middle of its uploads loses nothing: the next start
+finishes them. Against a real single-node Ceph radosgw."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cartridge_io import read_cartridge, write_tape_files
+from ceph_cluster import CephCluster, running
+from typer.testing import CliRunner
+
+from tape_formats.store.chunk_store import ChunkStore
+from tape_formats.store.s3_cache import CacheState
+from vtl.cli.main import app
+from vtl.library import Library
+
+pytest.importorskip("boto3")
+runner = CliRunner()
+BUCKET = "cache"
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephCluster]:
+    with running(tmp_path_factory.mktemp("ceph")) as cluster:
+        cluster.client().create_bucket(Bucket=BUCKET)
+        yield cluster
+
+
+@pytest.fixture
+def s3_env(cluster: CephCluster, monkeypatch: pytest.MonkeyPatch) -> CephCluster:
+    for key, value in cluster.env().items():  # the library's own uploads reach the bucket
+        monkeypatch.setenv(key, value)
+    return cluster
+
+
+def vtl(root: Path, *args: str):
+    r = runner.invoke(app, ["--root", str(root), "--json", *args])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout) if r.stdout.strip() else None
+
+
+def _library(root: Path, prefix: str, *init: str) -> None:
+    vtl(root, "init", "--store", f"s3://{BUCKET}/{prefix}", "--drives", "1", "--slots", "2",
+        *init)
+    vtl(root, "cartridge", "create", "C00001L8", "--capacity", "64MiB")
+
+
+def _bucket_ids(cluster: CephCluster, prefix: str) -> set[bytes]:
+    pages = cluster.client().get_paginator("list_objects_v2").paginate(
+        Bucket=BUCKET, Prefix=f"{prefix}/chunks/")
+    return {bytes.fromhex(o["Key"].rsplit("/", 1)[1]) for p in pages for o in
+            p.get("Contents", [])}
+
+
+def _files(seed: int, n: int) -> list[list[bytes]]:
+    rng = random.Random(seed)
+    return [[rng.randbytes(64 << 10) for _ in range(16)] for _ in range(n)]  # 1 MiB each
+
+
+def test_a_cartridge_larger_than_the_cache_writes_evicts_and_reads_back(
+        s3_env: CephCluster, tmp_path: Path) -> None:
+    root = tmp_path / "lib"
+    _library(root, "small", "--cache-size", "3MiB")
+    config = (root / "library.toml").read_text()
+    assert 'upload = "auto"' in config and "cache_size = 3145728" in config
+    files = _files(1, 6)
+    for i in range(0, 6, 2):  # three sessions of 2 MiB: three packs, each uploaded at close
+        write_tape_files(root, "C00001L8", files[i:i + 2], append=True)
+    s = vtl(root, "store", "stats")
+    print("after the writes:", {k: s[k] for k in ("local_bytes", "bucket_bytes",
+                                                     "pending_bytes", "bucket_chunks")})
+    assert s["cache_size"] == 3 * MIB and s["pending_bytes"] == 0
+    assert 0 < s["local_bytes"] <= 3 * MIB  # the last session's pack: the most recent
+    assert s["bucket_bytes"] >= 6 * MIB and s["bucket_chunks"] == s["chunks"]
+    store = ChunkStore(root / "store")
+    assert {i for i in store.ids()} < _bucket_ids(s3_env, "small")
+    store.close()
+    assert read_cartridge(root, "C00001L8") == [b for f in files for b in f]
+    lib = Library.open(root)  # the read's fetched chunks went to a pack of its own:
+    lib.close()  # this writer's pass scans it (nothing to send) and trims the cache again
+    s = vtl(root, "store", "stats")
+    assert s["local_bytes"] <= 3 * MIB and s["pending_bytes"] == 0
+
+
+KILLED_UPLOADER = r"""
+import sys
+from pathlib import Path
+from vtl.library import Library
+Library.open(Path(sys.argv[1])).close()  # a start with uploads pending: a pass, drained
+"""
+
+
+def test_a_killed_uploader_is_finished_by_the_next_start(s3_env: CephCluster,
+                                                         tmp_path: Path) -> None:
+    root = tmp_path / "lib"
+    _library(root, "killed")
+    toml = root / "library.toml"
+    auto = toml.read_text()
+    toml.write_text(auto.replace('upload = "auto"', 'upload = "manual"'))
+    files = _files(2, 12)
+    write_tape_files(root, "C00001L8", files)  # 12 MiB durable locally, nothing uploaded
+    toml.write_text(auto)
+    state = CacheState(root / "store")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_UPLOADER, str(root)], env=env)
+    deadline = time.monotonic() + 120
+    while state.bucket_bytes()[0] < 20 and proc.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = state.bucket_bytes()[0]
+    store = ChunkStore(root / "store")
+    local = set(store.ids())
+    print(f"killed after {done} of {len(local)} chunks recorded uploaded")
+    assert done < len(local), "the uploader finished before the kill: no crash tested"
+    assert not local <= _bucket_ids(s3_env, "killed")
+    Library.open(root).close()  # the next start finishes the upload
+    assert local <= _bucket_ids(s3_env, "killed")
+    assert state.bucket_bytes()[0] == len(local)
+    state.close()
+    store.close()
+    assert vtl(root, "store", "stats")["pending_bytes"] == 0
+    assert read_cartridge(root, "C00001L8") == [b for f in files for b in f]
