@@ -173,12 +173,14 @@ class PaxWriter:
     def add_prebuilt(self, members: bytes, digest_feed: bytes) -> None:
         """Whole file members (headers, data, padding) built elsewhere at :attr:`offset` on:
         the filesystem translator's run of small files (``_paxfast.pack_files``).
-        ``digest_feed`` is the same bytes with each member's data replaced by its 32-byte
-        sha256 (what a member digest of the stream takes); this writer hashes the stream
-        bytes themselves."""
+        ``digest_feed`` is what the stream digest takes for them (``stream_digest.py``): the
+        same bytes with each member's data replaced by its 32-byte sha256."""
         if self._closed:
             raise ArchiveError("archive writer is closed")
-        self._emit(members)
+        if members:
+            self._out.write(members)
+            self._offset += len(members)
+            self._digest.meta(digest_feed)
 
     def add(self, entry: ArchiveEntry, data: BinaryIO | bytes | memoryview | None = None) -> EntryLocation:
         """Append one entry. ``data`` gives ``entry.data_size`` bytes for files (a file-like

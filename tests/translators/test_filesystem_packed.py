@@ -1,5 +1,5 @@
 """The C run of plain entries (``_paxfast.pack_files``) against the Python loop it replaces:
-the same stream, file index and state, byte for byte, on a tree of the awkward cases
+the same stream (and stream digest), file index and state, byte for byte, on a tree of the awkward cases
 (every kind of entry, xattrs, holes, hard links, long and non-UTF-8 names, a file over the
 buffer limit), for a baseline and for the incremental that follows it."""
 
@@ -62,7 +62,7 @@ def freeze_atimes(src: Path) -> None:
     os.utime(src, ns=(ahead, os.stat(src).st_mtime_ns))
 
 
-def run(src: Path, state, *, packed: bool, monkeypatch) -> tuple[bytes, list, bytes, list]:
+def run(src: Path, state, *, packed: bool, monkeypatch) -> tuple[bytes, str, list, bytes, list]:
     monkeypatch.setattr(fsmod, "_pack_files", fsmod._pack_files if packed else None)
     t = FilesystemTranslator()
     t.buffer_limit = 64 * 1024
@@ -70,7 +70,8 @@ def run(src: Path, state, *, packed: bool, monkeypatch) -> tuple[bytes, list, by
     w = PaxWriter(buf)
     result = t.backup(str(src), state, w)
     w.close()
-    return buf.getvalue(), list(result.entries.rows()), result.state.read(), result.warnings
+    return (buf.getvalue(), w.stream_digest(), list(result.entries.rows()), result.state.read(),
+            result.warnings)
 
 
 def test_packed_run_matches_the_python_loop(tmp_path, monkeypatch):
@@ -91,9 +92,9 @@ def test_packed_run_matches_the_python_loop(tmp_path, monkeypatch):
     (src / "d" / "plain03").write_bytes(b"a changed hard link")  # both names go again
     (src / "d" / "sub" / "new").write_bytes(b"new")  # (atimes stay ahead of these writes)
     monkeypatch.setattr(fsmod, "_pack_files", wrapped)
-    fast_inc = run(src, io.BytesIO(fast[2]), packed=True, monkeypatch=monkeypatch)
-    slow_inc = run(src, io.BytesIO(slow[2]), packed=False, monkeypatch=monkeypatch)
+    fast_inc = run(src, io.BytesIO(fast[3]), packed=True, monkeypatch=monkeypatch)
+    slow_inc = run(src, io.BytesIO(slow[3]), packed=False, monkeypatch=monkeypatch)
     assert fast_inc == slow_inc
-    paths = [row[0] for row in fast_inc[1]]
+    paths = [row[0] for row in fast_inc[2]]
     assert {"d/plain02", "d/plain03", "hard", "d/sub/new", "d/plain09"} <= set(paths)
     assert "d/plain01" not in paths
