@@ -320,7 +320,7 @@ class TapeCartridge:
         if chunk_store is not None and not path.exists():
             from tape_formats.store.dedup_medium import create_recipe
 
-            os.rename(create_recipe(path, Path(chunk_store)), recipe_path(path))
+            os.rename(create_recipe(path, Path(chunk_store), len(header)), recipe_path(path))
         try:
             os.link(tmp, path)  # fails if the cartridge exists: never replace one
         except FileExistsError:

@@ -8,9 +8,10 @@ cartridge (``<BARCODE>.vtape`` and its sidecars: index, MAM, recipe) under its o
 ``manifest.json`` (names, sizes, BLAKE3 and ETag of each object), written last: an archive
 without a manifest is incomplete. A dedup cartridge's payload chunks go to the library's
 shared ``<prefix>/chunks/`` (conditional PUTs, :mod:`tape_formats.store.s3_tier`) and its
-sparse skeleton is stored *compact*: the bytes outside the recipe's payload ranges, which
-retrieval puts back around holes. A WORM cartridge's objects get an S3 object-lock
-retention (``[s3] worm_lock``, ``worm_retention_days``) and are never deleted by retrieval.
+skeleton is stored *compact*: the bytes outside the recipe's payload ranges (a dense
+skeleton as it is; an older sparse one without its holes, which retrieval puts back). A WORM
+cartridge's objects get an S3 object-lock retention (``[s3] worm_lock``,
+``worm_retention_days``) and are never deleted by retrieval.
 
 Durability, step by step (docs/store-format.md):
 1. a journal entry ``<root>/archive-journal/<BARCODE>.json`` is made durable first;
@@ -117,14 +118,22 @@ def _complement(rec: Recipe, size: int) -> list[tuple[int, int]]:
 
 
 def compact_skeleton(path: Path, rec: Recipe) -> bytes:
-    """A dedup skeleton without its holes: the bytes outside the payload ranges, in order."""
+    """A dedup skeleton without its holes: the bytes outside the payload ranges, in order
+    (a dense skeleton is that already, up to its durable length)."""
+    if rec.skeleton is not None:
+        with open(path, "rb") as f:
+            return os.pread(f.fileno(), rec.skeleton, 0)
     size = path.stat().st_size
     with open(path, "rb") as f:
         return b"".join(os.pread(f.fileno(), n, off) for off, n in _complement(rec, size))
 
 
 def expand_skeleton(compact: Path, dest: Path, rec: Recipe, size: int) -> None:
-    """Write a compact skeleton back to a sparse file of ``size`` bytes (payloads as holes)."""
+    """Write a compact skeleton back to a sparse file of ``size`` bytes (payloads as holes);
+    a dense skeleton stays as it is."""
+    if rec.skeleton is not None:
+        os.replace(compact, dest)
+        return
     with open(compact, "rb") as src, open(dest, "wb") as out:
         for off, n in _complement(rec, size):
             os.pwrite(out.fileno(), src.read(n), off)

@@ -1,27 +1,31 @@
 """The dedup medium: a cartridge file whose record payloads live in the chunk store.
 
-The cartridge file stays where it was, with the same size and offsets, as a sparse
-*skeleton*: the header, the record headers and filemarks are written into it as before; a
-record's payload (the second buffer of a ``pwritev``) is not, its range stays a hole.
-Instead the payload joins the cartridge's data stream, which FastCDC cuts into chunks
-(cut across blocks, so block boundaries do not matter to dedup); each chunk is hashed
-(BLAKE3) here, and the new ones are compressed and stored once per library by the
-cartridge's chunk writer (chunk_writer.py) on threads of its own while this one goes on.
-Reads put skeleton and payloads back together, so the cartridge above sees the plain file's
-bytes at every offset.
+The cartridge file keeps the *skeleton*: the bytes outside the record payloads (the header,
+record headers, filemarks). A cartridge made now has a *dense* skeleton: those bytes back
+to back, so a file offset ``x`` outside the payloads is at ``x`` minus the payload bytes
+before it (32 bytes of disk per record, not a page); one made before (a ``VTLRCP1`` recipe)
+keeps its *sparse* skeleton: the same size and offsets as a plain file, payloads as holes,
+still read and appended to. A record's payload (the second buffer of a ``pwritev``) joins
+the cartridge's data stream, which FastCDC cuts into chunks (cut across blocks, so block
+boundaries do not matter to dedup); each chunk is hashed (BLAKE3) here, and the new ones are
+compressed and stored once per library by the cartridge's chunk writer (chunk_writer.py) on
+threads of its own while this one goes on. Reads put skeleton and payloads back together,
+so the cartridge above sees the plain file's bytes at every offset.
 
 Sync point (``fsync``): the stream's tail becomes a last chunk, the chunk writer is drained,
 the new chunks are made durable and indexed (their packs fdatasync'd, then the index rows
-committed: chunk_store.py), the skeleton is fsync'd, then the recipe batch is appended and
-fsync'd. A crash before the recipe is durable leaves record headers whose payload the
-recipe lacks: they fail their CRC at the next open and are cut off like any torn tail.
+committed: chunk_store.py), the skeleton is fsync'd, then the recipe batch (with the dense
+skeleton's length) is appended and fsync'd. A crash before the recipe is durable leaves
+skeleton bytes past the recipe's length, cut at the next read-write open (a sparse
+skeleton: record headers whose payload the recipe lacks; they fail their CRC and are cut
+off like any torn tail).
 """
 
 from __future__ import annotations
 
 import os
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from pathlib import Path
 
 import blake3
@@ -77,11 +81,50 @@ class DedupMedium:
         self._rewrite = rec.good_end != rec.file_size  # a torn batch: rewrite at next sync
         self._saved_ext, self._saved_ch = len(self._ext_off), len(self._ch_ids)
         self._ahead = ReadAhead(self._store)
-        self._end = os.fstat(fd).st_size
-        # payloads past the skeleton's end were cut off (or never made durable with it)
-        if self._ext_off and self._ext_off[-1] + self._ext_len[-1] > self._end:
-            self._drop_from(self._end)
+        self._dense = rec.skeleton is not None
+        if self._dense:
+            self._open_dense(rec.skeleton)
+        else:
             self._end = os.fstat(fd).st_size
+            # payloads past the skeleton's end were cut off (or never made durable with it)
+            if self._ext_off and self._ext_off[-1] + self._ext_len[-1] > self._end:
+                self._drop_from(self._end)
+                self._end = os.fstat(fd).st_size
+        self._saved_skel = self._skeleton_len()
+
+    def _open_dense(self, durable: int) -> None:
+        """The end of a dense skeleton: its length at the last recipe batch. Bytes past it
+        were never durable (a crash after writes, before their sync point): cut them. A
+        skeleton shorter than that was truncated (an overwrite) by a process that died
+        before rewriting its recipe: the payloads past its end go too."""
+        size = os.fstat(self.fd).st_size
+        if size < durable:
+            self._drop_from(self._file_offset(size))
+            durable = size
+        elif size > durable and not self._readonly:
+            os.ftruncate(self.fd, durable)
+        self._end = durable + self._streamed()
+
+    def _streamed(self) -> int:
+        """Payload bytes in the file (the data stream's length)."""
+        return self._chunked + len(self._pending)
+
+    def _skeleton_len(self) -> int:
+        return self._end - self._streamed() if self._dense else self._end
+
+    def _payload_before(self, offset: int) -> int:
+        """Payload bytes at file offsets below ``offset``."""
+        i = bisect_right(self._ext_off, offset) - 1
+        if i < 0:
+            return 0
+        return self._ext_stream[i] + min(self._ext_len[i], offset - self._ext_off[i])
+
+    def _file_offset(self, at: int) -> int:
+        """The lowest file offset whose byte is at ``at`` in the dense skeleton (the end of
+        the skeleton bytes before payload ``i``, the first whose end is not below ``at``)."""
+        ext_off, ext_stream = self._ext_off, self._ext_stream
+        i = bisect_left(range(len(ext_off)), at, key=lambda k: ext_off[k] - ext_stream[k])
+        return at + (ext_stream[i] if i < len(ext_off) else self._streamed())
 
     # -- reads ------------------------------------------------------------------------------
     def size(self) -> int:
@@ -110,12 +153,15 @@ class DedupMedium:
 
     def _fill(self, out: memoryview, offset: int) -> None:
         """The file's bytes at [offset, offset + len(out)): payloads from the stream, the
-        rest (record headers, filemarks) from the skeleton; its payload holes are not read."""
+        rest (record headers, filemarks) from the skeleton; a sparse one's payload holes are
+        not read, a dense one's bytes for the whole range come with one pread."""
         self._writer.drain()  # chunks cut and not yet in their pack: wait for them
         end = offset + len(out)
         ext_off, ext_len, ext_stream = self._ext_off, self._ext_len, self._ext_stream
         i = max(0, bisect_right(ext_off, offset) - 1)
         pos = offset
+        skel: memoryview | None = None  # dense: the range's skeleton bytes, from skel_at
+        skel_at = 0
         while pos < end:
             if i < len(ext_off) and ext_off[i] + ext_len[i] <= pos:
                 i += 1
@@ -127,7 +173,17 @@ class DedupMedium:
             else:  # skeleton bytes up to the next payload
                 b = min(end, ext_off[i]) if i < len(ext_off) else end
                 part = out[pos - offset:b - offset]
-                got = os.preadv(self.fd, [part], pos)
+                if not self._dense:
+                    got = os.preadv(self.fd, [part], pos)
+                else:
+                    at = pos - (ext_stream[i] if i < len(ext_off) else self._streamed())
+                    if skel is None:
+                        skel_at = at
+                        skel = memoryview(os.pread(
+                            self.fd, end - self._payload_before(end) - at, at))
+                    src = skel[at - skel_at:at - skel_at + len(part)]
+                    got = len(src)
+                    part[:got] = src
                 part[got:] = bytes(len(part) - got)  # past the skeleton's end: zeros
                 pos = b
 
@@ -161,8 +217,14 @@ class DedupMedium:
     # -- writes -----------------------------------------------------------------------------
     def pwrite(self, data: bytes | memoryview, offset: int) -> int:
         """Header-sized writes (a record header, a filemark, the cartridge header): into
-        the skeleton as they are."""
-        n = os.pwrite(self.fd, data, offset)
+        the skeleton as they are, never over a payload."""
+        at = offset
+        if self._dense:
+            i = bisect_right(self._ext_off, offset + len(data) - 1) - 1
+            if i >= 0 and self._ext_off[i] + self._ext_len[i] > offset:
+                raise StoreError(f"{self._path}: a write over a payload at offset {offset}")
+            at = offset - (self._ext_stream[i] + self._ext_len[i] if i >= 0 else 0)
+        n = os.pwrite(self.fd, data, at)
         self._end = max(self._end, offset + n)
         return n
 
@@ -173,7 +235,7 @@ class DedupMedium:
         head, payload = buffers
         if offset != self._end:
             raise StoreError(f"{self._path}: a dedup cartridge only appends at its end")
-        n = os.pwrite(self.fd, head, offset)
+        n = os.pwrite(self.fd, head, offset - self._streamed() if self._dense else offset)
         if n != len(head):
             return n
         start = offset + n
@@ -217,9 +279,13 @@ class DedupMedium:
 
     def truncate(self, length: int) -> None:
         self._writer.drain()
-        os.ftruncate(self.fd, length)
+        if self._dense:
+            self._drop_from(length)
+            os.ftruncate(self.fd, length - self._streamed())
+        else:
+            os.ftruncate(self.fd, length)
+            self._drop_from(length)
         self._end = length
-        self._drop_from(length)
 
     def _drop_from(self, length: int) -> None:
         """Forget the payload bytes at and past file offset ``length``."""
@@ -257,21 +323,26 @@ class DedupMedium:
         self._cut(final=True)
         self._writer.drain()  # every new chunk in its pack
         self._store.sync()  # (a chunk found in the index is durable already)
-        if os.fstat(self.fd).st_size < self._end:
+        if not self._dense and os.fstat(self.fd).st_size < self._end:
             os.ftruncate(self.fd, self._end)  # a payload at the end is a hole: extend
         os.fsync(self.fd)
         self._save_recipe()
         self._hold.release()
 
     def _save_recipe(self) -> None:
+        skel = self._skeleton_len() if self._dense else None
         if self._rewrite:
-            recipes.write_new(self._path, self._store_rel, self._extents(0), self._chunks(0))
+            recipes.write_new(self._path, self._store_rel, self._extents(0), self._chunks(0),
+                              skel)
             self._good_end = self._path.stat().st_size
             self._rewrite = False
-        elif (self._saved_ext, self._saved_ch) != (len(self._ext_off), len(self._ch_ids)):
-            data = recipes.batch(self._extents(self._saved_ext), self._chunks(self._saved_ch))
+        elif (self._saved_ext, self._saved_ch) != (len(self._ext_off), len(self._ch_ids)) or (
+                self._dense and skel != self._saved_skel):
+            data = recipes.batch(self._extents(self._saved_ext), self._chunks(self._saved_ch),
+                                 skel)
             self._good_end = recipes.append(self._path, self._good_end, data)
         self._saved_ext, self._saved_ch = len(self._ext_off), len(self._ch_ids)
+        self._saved_skel = self._skeleton_len()
 
     def _extents(self, start: int) -> list[tuple[int, int]]:
         return list(zip(self._ext_off[start:], self._ext_len[start:], strict=True))
@@ -297,11 +368,12 @@ def _running(lengths: array) -> array:
     return out
 
 
-def create_recipe(cartridge: Path, store_root: Path) -> Path:
-    """Write an empty recipe for a new cartridge under a temporary name; the caller renames
-    it into place (``recipe_path``) when the cartridge itself appears."""
+def create_recipe(cartridge: Path, store_root: Path, skeleton: int) -> Path:
+    """Write the recipe of a new cartridge whose file holds ``skeleton`` bytes (its header:
+    a dense skeleton) under a temporary name; the caller renames it into place
+    (``recipe_path``) when the cartridge itself appears."""
     ChunkStore.create(store_root)
     rel = os.path.relpath(store_root, cartridge.parent)
     tmp = cartridge.with_name(cartridge.name + ".recipe.new")
-    recipes.write_new(tmp, rel, [], [])
+    recipes.write_new(tmp, rel, [], [], skeleton)
     return tmp

@@ -50,3 +50,21 @@ def read_cartridge(root: Path, barcode: str) -> list[bytes]:
             cart.close()
     finally:
         lib.close()
+
+
+def new_dedup_cartridge(folder: Path, barcode: str, store: Path, *,
+                        sparse: bool = False) -> Path:
+    """A new dedup cartridge ``<folder>/<barcode>.vtape`` (64 MiB) on the chunk store
+    ``store``; ``sparse``: with the skeleton layout of an older vtl (a ``VTLRCP1`` recipe,
+    the file at full size with payloads as holes), which the store keeps reading and
+    appending to."""
+    from tape_formats.media import MEDIA
+    from tape_formats.store import recipe as recipes
+    from tape_formats.store.medium import recipe_path
+
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{barcode}.vtape"
+    TapeCartridge.create(path, barcode, MEDIA["LTO-8"], capacity=64 << 20, chunk_store=store)
+    if sparse:  # the header alone: the same bytes in either layout, so only the recipe differs
+        recipes.write_new(recipe_path(path), recipes.load(recipe_path(path)).store, [], [])
+    return path
