@@ -53,13 +53,6 @@ def stats() -> None:
     if settings().json:
         emit_json(data)
         return
-    if tier:
-        limit = human_size(tier["cache_size"]) if tier["cache_size"] else "no limit"
-        console().print(
-            f"local {human_size(tier['local_bytes'])} (cache size {limit}, "
-            f"{human_size(tier['pending_bytes'])} not in the bucket yet); bucket "
-            f"{human_size(tier['bucket_bytes'])} in {tier['bucket_chunks']} chunk(s); "
-            f"uploads {tier['upload']}", markup=False)
     console().print(
         f"{s.cartridges} cartridge(s): {human_size(s.logical_bytes)} logical, "
         f"{human_size(s.unique_bytes)} distinct in {s.chunks} chunk(s), "
@@ -67,6 +60,13 @@ def stats() -> None:
         "pack(s))\n"
         f"dedup {s.dedup_ratio:.2f}x, compression {s.compression_ratio:.2f}x, "
         f"total {s.total_ratio:.2f}x", markup=False)
+    if tier:
+        limit = human_size(tier["cache_size"]) if tier["cache_size"] else "no limit"
+        console().print(
+            f"local {human_size(tier['local_bytes'])} (cache size {limit}, "
+            f"{human_size(tier['pending_bytes'])} not in the bucket yet); bucket "
+            f"{human_size(tier['bucket_bytes'])} in {tier['bucket_chunks']} chunk(s); "
+            f"uploads {tier['upload']}", markup=False)
 
 
 def _tier_stats(lib: Any, store: Any) -> dict[str, Any]:
