@@ -20,7 +20,7 @@ the stream has lost chunks, so no later sync point may pretend otherwise.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import zstandard
@@ -52,16 +52,18 @@ class ChunkWriter:
         self._error: BaseException | None = None
         self._seen: set[bytes] = set()  # new chunks submitted since the last drain
 
-    def submit(self, ids: Sequence[bytes], pieces: Sequence[memoryview]) -> None:
+    def submit(self, ids: Sequence[bytes], pieces: Sequence[memoryview],
+               done: Callable[[], None] = lambda: None) -> None:
         """Store those of the chunks (``ids[i]`` holds ``pieces[i]``) that the store lacks,
-        in order, behind the caller's back. The pieces must stay unchanged until ``drain``
-        returns (they are views of a buffer the caller has let go of)."""
+        in order, behind the caller's back. The pieces must stay unchanged until ``done``
+        is called (from any thread: they are views of a buffer the caller lets go of)."""
         self._raise_error()
         new = [i for i in self._store.lacking(ids) if ids[i] not in self._seen]
         fresh: dict[bytes, memoryview] = {}
         for i in new:
             fresh.setdefault(ids[i], pieces[i])
         if not fresh:
+            done()
             return
         self._seen.update(fresh)
         self._room.acquire()
@@ -70,7 +72,7 @@ class ChunkWriter:
             self._submitted += 1
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="chunk-zstd")
-        self._pool.submit(self._store_batch, turn, list(fresh.items()))
+        self._pool.submit(self._store_batch, turn, list(fresh.items()), done)
 
     def _compressor(self) -> zstandard.ZstdCompressor:
         cctx = getattr(self._local, "cctx", None)
@@ -78,7 +80,8 @@ class ChunkWriter:
             cctx = self._local.cctx = zstandard.ZstdCompressor(level=CHUNK_ZSTD_LEVEL)
         return cctx
 
-    def _store_batch(self, turn: int, chunks: list[tuple[bytes, memoryview]]) -> None:
+    def _store_batch(self, turn: int, chunks: list[tuple[bytes, memoryview]],
+                     done: Callable[[], None]) -> None:
         """Compress a batch (any order across threads), then append it in its turn."""
         records: list[tuple[bytes, int, bytes | memoryview]] = []
         try:
@@ -101,6 +104,9 @@ class ChunkWriter:
         except BaseException as exc:
             self._fail(exc)
         finally:
+            records.clear()
+            chunks.clear()
+            done()
             with self._cv:
                 self._appended += 1
                 self._cv.notify_all()

@@ -36,6 +36,7 @@ from tape_formats.store import recipe as recipes
 from tape_formats.store.chunk_read_ahead import ReadAhead
 from tape_formats.store.chunk_store import ChunkStore, StoreError
 from tape_formats.store.chunk_writer import ChunkWriter
+from tape_formats.store.stream_tail import StreamTail
 
 # FastCDC sizes: 32 KiB on average (8 KiB..128 KiB), small enough that a changed file costs
 # little beyond itself, large enough that a GB is ~30,000 index rows.
@@ -74,7 +75,7 @@ class DedupMedium:
         self._ch_len, self._ch_ids = rec.ch_len, rec.ch_ids
         self._ch_start = _running(rec.ch_len)
         self._chunked = sum(rec.ch_len)
-        self._pending = bytearray()
+        self._pending = StreamTail()
         if sum(rec.ext_len) != self._chunked:
             raise StoreError(f"{recipe_path}: recipe extents and chunks disagree")
         self._good_end = rec.good_end
@@ -191,7 +192,7 @@ class DedupMedium:
         at = 0
         while at < len(out):
             if pos >= self._chunked:
-                src = memoryview(self._pending)[pos - self._chunked:]
+                src = self._pending.view()[pos - self._chunked:]
                 take = min(len(out) - at, len(src))
                 if take <= 0:
                     raise StoreError(f"{self._path}: data stream ends early")
@@ -242,7 +243,7 @@ class DedupMedium:
         self._ext_off.append(start)
         self._ext_len.append(len(payload))
         self._ext_stream.append(self._chunked + len(self._pending))
-        self._pending += payload
+        self._pending.append(payload)
         self._end = start + len(payload)
         if len(self._pending) >= CUT_BATCH:
             self._cut(final=False)
@@ -252,11 +253,10 @@ class DedupMedium:
         """Cut the pending tail into chunks, hash them and hand them to the chunk writer
         (which stores the new ones behind this thread's back); without ``final`` the last
         chunk found stays pending (the buffer's end is not a content-defined cut)."""
-        pending = self._pending
-        if not pending:
+        if not self._pending:
             return
         self._hold.acquire()  # before any chunk is looked up: the collector waits from here
-        view = memoryview(pending)
+        view = self._pending.view()
         cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(view)]  # (no view kept)
         if not final:
             cuts = cuts[:-1]
@@ -266,11 +266,11 @@ class DedupMedium:
         pieces = [view[offset:offset + length] for offset, length in cuts]
         ids = [blake3.blake3(piece).digest() for piece in pieces]
         used = cuts[-1][0] + cuts[-1][1]
-        # The chunk writer keeps views of this buffer until they are stored: from here on it
-        # is never changed; what follows the last cut starts the next one.
-        self._writer.submit(ids, pieces)
-        self._pending = bytearray(view[used:])
         view.release()
+        # The chunk writer keeps views of this buffer until they are stored, then gives it
+        # back; what follows the last cut starts the next one.
+        buf = self._pending.hand_over(used)
+        self._writer.submit(ids, pieces, lambda: self._pending.give_back(buf))
         for cid, (_offset, length) in zip(ids, cuts, strict=True):
             self._ch_start.append(self._chunked)
             self._ch_len.append(length)
@@ -301,14 +301,14 @@ class DedupMedium:
             return
         del self._ext_off[keep_ext:], self._ext_len[keep_ext:], self._ext_stream[keep_ext:]
         if stream_end >= self._chunked:
-            del self._pending[stream_end - self._chunked:]
+            self._pending.cut_back(stream_end - self._chunked)
         else:
             j = bisect_right(self._ch_start, stream_end) - 1
             head = self._chunk(j)[:stream_end - self._ch_start[j]] if j >= 0 else b""
-            self._pending = bytearray(head)
+            self._pending.reset(head)
             drop = j if j >= 0 else 0
             if j >= 0 and self._ch_start[j] == stream_end:
-                self._pending = bytearray()
+                self._pending.reset()
             del self._ch_start[drop:], self._ch_len[drop:], self._ch_ids[drop:]
             self._chunked = stream_end - len(self._pending)
             self._ahead.forget()

@@ -1,0 +1,74 @@
+"""The uncut tail of a dedup cartridge's data stream, in reused buffers of fixed size.
+
+Each record's payload is copied here (the caller may reuse its buffer once the write
+returns) until a batch is cut into chunks. A growing ``bytearray`` would reallocate several
+times per batch and fault fresh pages in each time (measured: 0.4-0.5 CPU s per GB written,
+more than the copy itself); a buffer of ``BUFFER_SIZE`` is filled in place instead, handed
+to the chunk writer whole when its batch is cut (its chunks are views of it), and comes back
+as a spare once they are stored. What follows the last cut is copied to the next buffer.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+BUFFER_SIZE = 2 << 20  # a 1 MiB batch plus the block that completes it
+SPARES = 8  # buffers kept for reuse (about the chunk writer's batches in flight)
+
+
+class StreamTail:
+    """The bytes of the stream after its last cut (``len`` of them)."""
+
+    def __init__(self) -> None:
+        self.spares: deque[bytearray] = deque()  # given back by the chunk writer (any thread)
+        self._buf = bytearray()
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def view(self) -> memoryview:
+        """The tail's bytes, valid until the next change."""
+        return memoryview(self._buf)[:self._n]
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        end = self._n + len(data)
+        if end > len(self._buf):
+            old = self._buf
+            self._move_to(self._fresh(end), self._n)
+            self.give_back(old)
+        self._buf[self._n:end] = data
+        self._n = end
+
+    def hand_over(self, used: int) -> bytearray:
+        """The buffer whose first ``used`` bytes were cut into chunks (the caller keeps views
+        of them; it is never written again until it comes back as a spare); the tail goes on
+        with the rest, in another buffer."""
+        old = self._buf
+        self._move_to(self._fresh(self._n - used), self._n, used)
+        return old
+
+    def cut_back(self, length: int) -> None:
+        """Drop the tail's bytes from ``length`` on."""
+        self._n = min(self._n, length)
+
+    def reset(self, data: bytes | memoryview = b"") -> None:
+        """Make the tail ``data`` (after a truncate into cut chunks)."""
+        self._buf, self._n = bytearray(data), len(data)
+
+    def give_back(self, buf: bytearray) -> None:
+        """A buffer the chunk writer is done with (thread-safe)."""
+        if len(buf) == BUFFER_SIZE and len(self.spares) < SPARES:
+            self.spares.append(buf)
+
+    def _fresh(self, need: int) -> bytearray:
+        if need <= BUFFER_SIZE:
+            try:
+                return self.spares.popleft()
+            except IndexError:
+                return bytearray(BUFFER_SIZE)
+        return bytearray(need + BUFFER_SIZE)  # a big block: room for the next one too
+
+    def _move_to(self, new: bytearray, end: int, start: int = 0) -> None:
+        new[:end - start] = memoryview(self._buf)[start:end]
+        self._buf, self._n = new, end - start
