@@ -37,7 +37,6 @@ claimed): a new baseline is a new base backup.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -198,19 +197,14 @@ class PostgresqlTranslator(Translator):
         segments = [describe(n, size) for n in names]
         for seg in segments:
             check_segment(src.spool / seg.name, info.system_identifier, size)
+        times_complete = commit_times(src.spool, segments, size)  # a few records a segment
         rows: list[IndexEntry] = []
-        # pg_waldump reads the segments for their commit times while they go to tape: two
-        # passes over the same page-cached files at once instead of one after the other.
-        with ThreadPoolExecutor(1, thread_name_prefix="ebm-pg-waldump") as pool:
-            times = pool.submit(commit_times, find_tool("pg_waldump", src.bindir), src.spool,
-                                segments, size)
-            for i, seg in enumerate(segments):
-                rows.append(self._add_file(writer, src.spool / seg.name, WAL_PREFIX + seg.name))
-                seg.sha256 = rows[-1].sha256 or ""
-                if progress is not None:
-                    progress(Progress("backup", i + 1, len(segments), (i + 1) * size,
-                                      len(segments) * size, seg.name))
-            times_complete = times.result()
+        for i, seg in enumerate(segments):
+            rows.append(self._add_file(writer, src.spool / seg.name, WAL_PREFIX + seg.name))
+            seg.sha256 = rows[-1].sha256 or ""
+            if progress is not None:
+                progress(Progress("backup", i + 1, len(segments), (i + 1) * size,
+                                  len(segments) * size, seg.name))
         for name in spool.histories():
             rows.append(self._add_file(writer, src.spool / name, WAL_PREFIX + name))
         members = self._logical(src, writer, rows, parent, None)

@@ -6,9 +6,12 @@ plain CSV, and one clear error for each bad input with nothing half-restored."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import hashlib
 import os
+import re
 import shlex
+import subprocess
 import time
 from pathlib import Path
 
@@ -159,6 +162,21 @@ def test_point_in_time_restore_recovers_exactly_the_commits_before_it(tmp_path, 
     assert "\\copy \"public\".\"t\" FROM" in (plain / "load.sql").read_text()
 
 
+def _waldump_commits(pg: PgCluster, segs: list[dict]) -> list[tuple]:
+    """Each segment's first and last commit time as ``pg_waldump`` prints them: the
+    cross-check of the translator's own record reader on real WAL."""
+    out = subprocess.run(
+        [str(pg.bin / "pg_waldump"), "--rmgr=Transaction", "-p", str(pg.spool),
+         segs[0]["name"], segs[-1]["name"]], capture_output=True, text=True,
+        env={**os.environ, "TZ": "UTC", "LC_ALL": "C"}).stdout
+    times: dict[int, list[float]] = {}
+    for m in re.finditer(r"lsn: ([0-9A-F]+/[0-9A-F]+),.*desc: COMMIT (\S+ \S+) UTC", out):
+        when = dt.datetime.fromisoformat(m.group(2)).replace(tzinfo=dt.UTC).timestamp()
+        times.setdefault(parse_lsn(m.group(1)) >> 20, []).append(when)  # 1 MiB segments
+    found = [times.get(parse_lsn(s["start_lsn"]) >> 20) for s in segs]
+    return [(round(t[0], 6), round(t[-1], 6)) if t else (None, None) for t in found]
+
+
 def test_wal_catalogue_has_lsn_ranges_sha256_and_commit_times(tmp_path, pg, monkeypatch):
     ebm = _library(tmp_path)
     pg.sql("CREATE TABLE t (i int PRIMARY KEY, s text)")
@@ -166,9 +184,18 @@ def test_wal_catalogue_has_lsn_ranges_sha256_and_commit_times(tmp_path, pg, monk
     before = time.time()
     pg.sql("CREATE TABLE u (i int)")  # a commit whose WAL record carries invalidations
     _insert(pg, 1)
+    # Commits on both sides of 1 MiB segment boundaries, and segments with none inside.
+    pg.sql("INSERT INTO u SELECT generate_series(1, 60000)")
+    for i in range(2, 40):
+        pg.sql(f"INSERT INTO t SELECT {i}, string_agg(md5((g * {i})::text), '') "
+               "FROM generate_series(1, 700) g")
     incr = _backup(ebm)
     state = decode_state(ebm.catalog.translator_state(incr.id))
     segs = state["segments"]
+    assert state["commit_times_complete"] and len(segs) > 4
+    ours = [tuple(t and round(t, 6) for t in (s["first_commit"], s["last_commit"]))
+            for s in segs]
+    assert ours == _waldump_commits(pg, segs)
     assert segs and all(len(s["sha256"]) == 64 for s in segs)
     assert [s["name"] for s in segs] == sorted(s["name"] for s in segs)
     assert all(parse_lsn(s["end_lsn"]) - parse_lsn(s["start_lsn"]) == 1 << 20 for s in segs)

@@ -7,7 +7,7 @@ ebm_wal_spool=/var/lib/ebm/wal/main ebm_logical=on``.
   finished WAL segment into and the EBM's next backup collects from (same host as the server);
 * ``ebm_logical`` (``on``/``off``, default ``off``) - also carry a logical export (schema SQL and
   CSV per table) in every backup, for ``ebm restore --as csv``;
-* ``ebm_bindir`` - where pg_basebackup, pg_dump and pg_waldump live (default: the newest
+* ``ebm_bindir`` - where pg_basebackup and pg_dump live (default: the newest
   ``/usr/lib/postgresql/*/bin``, then ``PATH``).
 
 Every other ``key=value`` goes to libpq unchanged. A ``password`` is refused: the source is

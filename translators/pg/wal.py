@@ -8,29 +8,27 @@ identifier, segment size, block size), which :func:`check_segment` compares with
 name and the cluster say, so a segment of another cluster or a truncated copy never gets on
 tape as if it were good.
 
-Commit times come from ``pg_waldump --rmgr=Transaction`` (one run over a contiguous range);
-they are what ``recovery_target_time`` compares against, so the catalogue can say which
-segments a point in time needs.
+Commit times (first and last of each segment) are read from the segments' records by
+:mod:`translators.pg.wal_records`; they are what ``recovery_target_time`` compares against,
+so the catalogue can say which segments a point in time needs.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 import struct
-import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from translators.base import TranslatorError
 
+from .wal_records import BadWal, WalView, segment_commits
+
 _SEGMENT = re.compile(r"^[0-9A-F]{24}$")
 _HISTORY = re.compile(r"^[0-9A-F]{8}\.history$")
 _LONG_HEADER = struct.Struct("<HHIQI4xQII")
 _XLP_LONG_HEADER = 0x0002
-_COMMIT = re.compile(r"lsn: ([0-9A-F]+/[0-9A-F]+),.*desc: COMMIT "
-                     r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) ([A-Za-z0-9_+:/-]+)")
 
 
 def parse_lsn(text: str) -> int:
@@ -110,45 +108,27 @@ def check_segment(path: Path, system_identifier: str, size: int) -> None:
                               f"identifier {sysid}, expected {system_identifier})")
 
 
-def _utc(stamp: str, zone: str) -> float | None:
-    """pg_waldump's commit time (we run it with TZ=UTC) as epoch seconds; None if its zone is
-    one we cannot read (the segment is then catalogued without commit times)."""
-    when = dt.datetime.fromisoformat(stamp)
-    if zone in ("UTC", "GMT", "+00", "Z"):
-        return when.replace(tzinfo=dt.UTC).timestamp()
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        return when.replace(tzinfo=ZoneInfo(zone)).timestamp()
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
-
-
-def commit_times(waldump: str, spool: Path, segments: list[Segment], size: int) -> bool:
-    """Fill first/last commit time of each segment (contiguous, in order) from one pg_waldump
-    run. pg_waldump stops at the end of valid WAL with a message and exit status 1; that is
-    the normal end of the last segment, so only its records count, not its status.
+def commit_times(spool: Path, segments: list[Segment], size: int) -> bool:
+    """Fill first/last commit time of each segment (contiguous, in order) from the segments'
+    own records (:mod:`translators.pg.wal_records`).
 
     Returns whether every commit was read: a segment without times then surely has no
     commits, which is what lets a restore drop a time target no commit goes past."""
     if not segments:
         return True
-    by_segno = {split_name(s.name, size)[1]: s for s in segments}
-    env = {**os.environ, "TZ": "UTC", "LC_ALL": "C"}
-    proc = subprocess.run([waldump, "--rmgr=Transaction", "-p", str(spool), segments[0].name,
-                           segments[-1].name], capture_output=True, text=True, env=env)
-    complete = proc.returncode in (0, 1)
-    for m in _COMMIT.finditer(proc.stdout):
-        seg = by_segno.get(parse_lsn(m.group(1)) // size)
-        if seg is None:
-            continue
-        t = _utc(m.group(2), m.group(3))
-        if t is None:
-            complete = False
-            continue
-        if seg.first_commit is None:
-            seg.first_commit = t
-        seg.last_commit = t
+    first = split_name(segments[0].name, size)[1]
+    with open(spool / segments[0].name, "rb") as f:
+        page_size = _LONG_HEADER.unpack(f.read(_LONG_HEADER.size))[-1]  # xlp_xlog_blcksz
+    wal = WalView([spool / s.name for s in segments], first, size, page_size)
+    complete = True
+    try:
+        for k, seg in enumerate(segments):
+            try:
+                seg.first_commit, seg.last_commit = segment_commits(wal, first + k)
+            except BadWal:
+                complete = False
+    finally:
+        wal.close()
     return complete
 
 
