@@ -169,6 +169,6 @@ def attach_chunk_remote(store_root: Path, settings: S3Settings,
     if library_root is not None and settings.upload == "auto":
         from vtl.s3_uploader import uploader_for
 
-        on_synced = uploader_for(library_root, store_root, settings).kick
+        on_synced = uploader_for(library_root, store_root, settings).synced
     attach_remote(store_root, S3ChunkRemote(settings.client, bucket, prefix,
                                             state=state, on_synced=on_synced))

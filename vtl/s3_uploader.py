@@ -5,17 +5,20 @@ One per library per process (``vtl serve``, the EBM's in-process library, a CLI 
 that writes), on a thread of its own. It runs a *pass* when a chunk store of this process
 made new chunks durable (a sync point: a filemark without IMMED, an unload; chunk_store.py
 calls the remote's ``synced``), when the library opens with uploads left pending (a crash
-or a kill between a sync point and its upload: the next start finishes them), and
-``Library.close`` waits for the passes asked for so far (``drain``), so a command that
-wrote returns with its chunks in the bucket.
+or a kill between a sync point and its upload: the next start finishes them), and at
+``Library.close``, which waits for it and every pass asked for before (``drain``), so a
+command that wrote returns with its chunks in the bucket and its packs trimmed.
 
 A pass (tape_formats/store/s3_cache.py): under a writer marker (vtl/bucket_gc.py: no bucket
 collection runs meanwhile) every pack's records past its upload progress are PUT with
 ``If-None-Match: *``; then this library's reference list is rewritten (the chunks its
 recipes name, so a bucket collection keeps those evicted from the cache); then, with a
-cache size, the least recently used packs the bucket holds whole are evicted. An error
-(the bucket unreachable) is logged and leaves the uploads pending for the next pass: the
-data is durable locally meanwhile.
+cache size, the least recently used packs the bucket holds whole are evicted. A sync point
+that finds more bytes not yet in the bucket than the cache size waits for the pass
+(``synced``): the local store stays near its bound, the drive slowed to the bucket's pace. An error
+(the bucket unreachable) is logged and leaves the uploads pending: the data is durable
+locally meanwhile, and a pass runs again ``RETRY_SECONDS`` later (in a process that lives
+on, as ``vtl serve``) or at the next start.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any
 from vtl.s3_settings import S3Settings
 
 log = logging.getLogger("vtl.s3")
+RETRY_SECONDS = 30  # after a failed pass (the bucket unreachable), the next one
 
 _UPLOADERS: dict[Path, Uploader] = {}
 _REGISTRY = threading.Lock()
@@ -54,6 +58,14 @@ class Uploader:
                 self._thread.start()
             self._cond.notify_all()
 
+    def synced(self) -> None:
+        """A sync point made new chunks durable: ask for a pass; with a cache size, wait for
+        it while the packs not in the bucket yet exceed the cache (the drive then writes at
+        the bucket's pace, as a gateway whose upload buffer is full)."""
+        self.kick()
+        if self.settings.cache_size and _pending(self.store_root) > self.settings.cache_size:
+            self.drain()
+
     def drain(self) -> None:
         with self._cond:
             want = self._asked
@@ -69,9 +81,13 @@ class Uploader:
             try:
                 self.run_pass()
                 self.last_error = None
-            except Exception as exc:  # the data is durable locally; the next pass retries
+            except Exception as exc:  # the data is durable locally; a later pass retries
                 self.last_error = exc
-                log.warning("upload to %s failed: %s", self.settings.location, exc)
+                log.warning("upload to %s failed: %s (retrying in %d s)",
+                            self.settings.location, exc, RETRY_SECONDS)
+                retry = threading.Timer(RETRY_SECONDS, self.kick)
+                retry.daemon = True  # a command that exits leaves it to the next start
+                retry.start()
             with self._cond:
                 self._done = target
                 self._cond.notify_all()
@@ -121,26 +137,28 @@ def uploader_for(library_root: Path, store_root: Path, settings: S3Settings) -> 
         up = _UPLOADERS.get(key)
         if up is None or up.settings != settings:
             up = _UPLOADERS[key] = Uploader(key, Path(store_root), settings)
-    if _pending(Path(store_root)):
+    if _pending(Path(store_root)) > 0:
         up.kick()
     return up
 
 
-def _pending(store_root: Path) -> bool:
+def _pending(store_root: Path) -> int:
     from tape_formats.store.chunk_store import ChunkStore
     from tape_formats.store.s3_cache import CacheState, cache_report
 
     store, state = ChunkStore(store_root), CacheState(store_root)
     try:
-        return cache_report(store, state).pending_bytes > 0
+        return cache_report(store, state).pending_bytes
     finally:
         state.close()
         store.close()
 
 
 def drain(library_root: Path) -> None:
-    """Wait for the passes this process asked for on the library (``Library.close``)."""
+    """``Library.close``: one more pass (its writers have let go of their packs, which may
+    now be evicted), then wait for every pass this process asked for."""
     with _REGISTRY:
         up = _UPLOADERS.get(Path(library_root).resolve())
     if up is not None:
+        up.kick()
         up.drain()

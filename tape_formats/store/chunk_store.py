@@ -283,8 +283,6 @@ class ChunkStore:
             self.sync_all()
         if rows:
             self.index.add(rows)
-            if self.remote is not None:
-                self.remote.synced(self)
         with self._mutex:
             for cid, loc in rows:
                 if self._pending.get(cid) == loc:
@@ -293,6 +291,8 @@ class ChunkStore:
             self._finished = [w for w in self._finished if w not in writers]
         for w in done:  # flushed and indexed: the collector may have it from now on
             w.close()
+        if rows and self.remote is not None:
+            self.remote.synced(self)  # the S3 cache uploads them (may wait: s3_uploader.py)
 
     def sync_folder(self) -> None:
         """Make packs created or removed durable (fsync of the packs folder)."""

@@ -1,6 +1,7 @@
 """A library made with ``vtl init --store s3://... --cache-size``: its chunks go to the
 bucket after each sync point (the uploader, vtl/s3_uploader.py), the local store keeps at
-most the cache size of them, least recently used packs evicted first, and a cartridge
+most the cache size of them, least recently used packs evicted first (a sync point waits
+for the uploader while more than that is not in the bucket yet), and a cartridge
 larger than the cache reads back bit-identical (evicted chunks fetched on demand). A
 SIGKILL of the uploader in the middle of its uploads loses nothing: the next start
 finishes them. Against a real single-node Ceph radosgw."""
@@ -23,7 +24,8 @@ from ceph_cluster import CephCluster, running
 from typer.testing import CliRunner
 
 from tape_formats.store.chunk_store import ChunkStore
-from tape_formats.store.s3_cache import CacheState
+from tape_formats.store.s3_cache import CacheState, cache_report
+from vtl import s3_uploader
 from vtl.cli.main import app
 from vtl.library import Library
 
@@ -72,19 +74,30 @@ def _files(seed: int, n: int) -> list[list[bytes]]:
 
 
 def test_a_cartridge_larger_than_the_cache_writes_evicts_and_reads_back(
-        s3_env: CephCluster, tmp_path: Path) -> None:
+        s3_env: CephCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = tmp_path / "lib"
-    _library(root, "small", "--cache-size", "3MiB")
+    _library(root, "small", "--cache-size", "4MiB")
     config = (root / "library.toml").read_text()
-    assert 'upload = "auto"' in config and "cache_size = 3145728" in config
+    assert 'upload = "auto"' in config and "cache_size = 4194304" in config
+    after_sync = []  # bytes not in the bucket yet when a sync point returns
+    synced = s3_uploader.Uploader.synced
+
+    def watched(self: s3_uploader.Uploader) -> None:
+        synced(self)
+        after_sync.append(cache_report(ChunkStore(root / "store"),
+                                       CacheState(root / "store")).pending_bytes)
+
+    monkeypatch.setattr(s3_uploader.Uploader, "synced", watched)
     files = _files(1, 6)
-    for i in range(0, 6, 2):  # three sessions of 2 MiB: three packs, each uploaded at close
-        write_tape_files(root, "C00001L8", files[i:i + 2], append=True)
+    for part in (files[:5], files[5:]):  # sessions of 5 and 1 MiB, a filemark every MiB
+        write_tape_files(root, "C00001L8", part, append=True)
+    assert len(after_sync) >= 6 and max(after_sync) <= 4 * MIB  # a full cache holds writers
     s = vtl(root, "store", "stats")
     print("after the writes:", {k: s[k] for k in ("local_bytes", "bucket_bytes",
                                                      "pending_bytes", "bucket_chunks")})
-    assert s["cache_size"] == 3 * MIB and s["pending_bytes"] == 0
-    assert 0 < s["local_bytes"] <= 3 * MIB  # the last session's pack: the most recent
+    assert s["cache_size"] == 4 * MIB and s["pending_bytes"] == 0
+    assert 0 < s["local_bytes"] <= 4 * MIB  # the last session's pack: the most recent
+    assert s["packs"] == 1
     assert s["bucket_bytes"] >= 6 * MIB and s["bucket_chunks"] == s["chunks"]
     store = ChunkStore(root / "store")
     assert {i for i in store.ids()} < _bucket_ids(s3_env, "small")
@@ -93,7 +106,7 @@ def test_a_cartridge_larger_than_the_cache_writes_evicts_and_reads_back(
     lib = Library.open(root)  # the read's fetched chunks went to a pack of its own:
     lib.close()  # this writer's pass scans it (nothing to send) and trims the cache again
     s = vtl(root, "store", "stats")
-    assert s["local_bytes"] <= 3 * MIB and s["pending_bytes"] == 0
+    assert s["local_bytes"] <= 4 * MIB and s["pending_bytes"] == 0
 
 
 KILLED_UPLOADER = r"""
