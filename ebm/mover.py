@@ -147,13 +147,16 @@ class TapeWriter:
         return self._offset
 
     def write(self, data: bytes | memoryview) -> int:
+        """Append ``data`` to the stream. The copies into block buffers go through a
+        memoryview: CPython 3.11's ``bytearray[a:b] = memoryview`` first copies the view into
+        a temporary bytearray (a second memcpy, and an mmap for a large block)."""
         mv = memoryview(data).cast("B")
         n = len(mv)
         bs = self.block_size
         pos = 0
         if self._fill:
             take = min(bs - self._fill, n)
-            self._buf[self._fill:self._fill + take] = mv[:take]
+            memoryview(self._buf)[self._fill:self._fill + take] = mv[:take]
             self._fill += take
             pos = take
             if self._fill == bs:
@@ -164,7 +167,7 @@ class TapeWriter:
             pos += bs
         if pos < n:
             rest = n - pos
-            self._buf[:rest] = mv[pos:]
+            memoryview(self._buf)[:rest] = mv[pos:]
             self._fill = rest
         self._offset += n
         return n
@@ -177,7 +180,7 @@ class TapeWriter:
             self._seal_and_put(block, self._block - 1)
             return
         buf = self._spare()
-        buf[:len(block)] = block
+        memoryview(buf)[:len(block)] = block
         self._hand_off(buf, len(block))
 
     def _emit_buffer(self, length: int) -> None:
