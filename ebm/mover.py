@@ -24,6 +24,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import IO, Protocol
 
 from ebm.catalog import BLOCK_SIZE, Volume
@@ -34,6 +35,11 @@ from tape_formats.cartridge import (
     RecordKind,
     TapeCartridge,
 )
+from tape_formats.write_behind import DeferredWriteError
+
+
+def _nothing() -> None:
+    """A release for a block the cartridge may keep: nothing to give back."""
 
 
 class MoverError(Exception):
@@ -78,9 +84,10 @@ class TapeWriter:
     owns blocking, encryption and spanning. It does not hash: the stream digest comes from
     the PaxWriter, built from the per-file sha256 it computes anyway (``stream_digest.py``).
     A caller's bytes are copied once, into a block buffer that is then handed to the writer
-    thread as it is (the thread seals/compresses and writes it while the producer fills the
-    next one, and gives it back to a small pool): no block is copied a second time on its way
-    to the cartridge.
+    thread as it is (the thread seals it when encrypting and queues it on the cartridge's
+    write buffer, whose threads compress and append it while the producer fills the next
+    one; the buffer goes back to a small pool once stored): no block is copied a second
+    time on its way to the cartridge.
     """
 
     provider: MediaProvider
@@ -221,13 +228,10 @@ class TapeWriter:
             if self._error is not None:
                 continue
             block = buf if length == len(buf) else memoryview(buf)[:length]
-            try:
-                self._seal_and_put(block, number)
+            try:  # the buffer goes back to the pool once the cartridge holds no reference
+                self._seal_and_put(block, number, release=partial(self._spares.append, buf))
             except BaseException as e:  # re-raised in the producer thread
                 self._error = e
-            else:  # the cartridge stored it (write_block keeps no reference): reuse
-                del block
-                self._spares.append(buf)
 
     def _join(self) -> None:
         if self._thread is not None:
@@ -238,18 +242,59 @@ class TapeWriter:
         if self._error is not None:
             raise self._error
 
-    def _seal_and_put(self, block: bytes | memoryview, number: int) -> None:
+    def _seal_and_put(self, block: bytes | memoryview, number: int,
+                      release: Callable[[], object] | None = None) -> None:
+        """Data block ``number``: sealed when encrypting, then put on tape. ``release``
+        (threaded mode: the block is the mover's own buffer) is called once nothing refers to
+        ``block`` any more; without it the block is stored before this returns."""
         if self.cipher is not None:
             payload: bytes | memoryview = self.cipher.seal(number, block, compress=self.compress)
             compress = False
+            if release is not None:  # the sealed copy is all the cartridge keeps
+                release()
+                release = _nothing
         else:
             payload, compress = block, self.compress
-        self._put(payload, compress, data_block=number)
+        self._put(payload, compress, data_block=number, release=release)
         if self.on_block is not None:
             self.on_block((number + 1) * self.block_size)
 
-    def _put(self, payload: bytes | memoryview, compress: bool, data_block: int | None) -> None:
-        """Write one block on the current volume, spanning to the next when it is full."""
+    def _put(self, payload: bytes | memoryview, compress: bool, data_block: int | None,
+             release: Callable[[], object] | None = None) -> None:
+        """Write one block on the current volume, spanning to the next when it is full.
+
+        A data block that only a disk error could keep off this volume (before early
+        warning, not its first on the volume) is queued on the cartridge's write buffer when
+        the caller gives ``release``: the buffer's threads compress and append it (two
+        compressing at once when blocks pile up, as ``zstd -T0`` does) while this thread
+        takes the next block. Anything else first waits for the queued blocks (their disk
+        error, if any, is a MoverError here) and is written at once."""
+        vol = self._vol
+        assert vol is not None
+        queue_block = getattr(vol.cart, "queue_block", None)  # a remote drive has none
+        if (release is not None and data_block is not None and vol.data_object is not None
+                and queue_block is not None
+                and queue_block(payload, compress=compress, done=lambda _data: release())):
+            vol.last_block = data_block
+            return
+        self._flush_queued()
+        self._put_now(payload, compress, data_block)
+        if release is not None:
+            release()
+
+    def _flush_queued(self) -> None:
+        """Wait for the blocks queued on the current volume; their disk error is ours."""
+        vol = self._vol
+        assert vol is not None
+        flush = getattr(vol.cart, "flush_writes", None)
+        if flush is None:
+            return
+        try:
+            flush()
+        except DeferredWriteError as e:
+            raise MoverError(f"cartridge {vol.barcode}: {e}") from None
+
+    def _put_now(self, payload: bytes | memoryview, compress: bool, data_block: int | None) -> None:
         for _attempt in range(3):
             vol = self._vol
             assert vol is not None
@@ -279,6 +324,7 @@ class TapeWriter:
             self._emit_buffer(self._fill)
             self._fill = 0
         self._join()
+        self._flush_queued()
         vol = self._vol
         assert vol is not None
         if vol.data_object is None and self._block == 0:

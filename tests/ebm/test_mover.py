@@ -181,3 +181,26 @@ def test_trailer_keeps_every_index_field() -> None:
     assert info.index == entries
     assert (info.entry_count, info.deleted_count, info.torn_count) == (4, 1, 1)
     assert info.extra["blocks"] == 1 and info.warnings == ["w"]
+
+
+def test_a_queued_blocks_disk_error_fails_the_stream(tmp_path: Path, monkeypatch) -> None:
+    """Data blocks go through the cartridge's write buffer; a disk error there (raised
+    behind the mover's back) still stops the backup with a MoverError naming the cartridge."""
+    carts = Carts(tmp_path, [64 << 20])
+    w = TapeWriter(carts, lambda seq: b"HEADER %d" % seq)
+    w.start()
+    cart = w.volumes[0].cart
+    real, stored = cart._store_packed, []
+
+    def failing(native, packed):
+        stored.append(native)
+        if len(stored) == 4:  # the header, the first data block, then two queued ones
+            raise OSError(5, "Input/output error")
+        return real(native, packed)
+
+    monkeypatch.setattr(cart, "_store_packed", failing)
+    with pytest.raises(MoverError, match="cartridge M00000L8: .*Input/output error"):
+        for _ in range(12):
+            w.write(os.urandom(BS))
+        w.finish_data()
+    w.abort()
