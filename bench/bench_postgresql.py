@@ -19,6 +19,9 @@ gets a pgbench database (``--scale 20`` is about 300 MB on disk). Then, each tim
    pg_wal by the restore, recovery reads them there).
 
 Ratios are EBM / peer (below 1 is faster). Goal: baseline within 1.2x of pg_basebackup.
+Each step also prints its CPU seconds (this process and the tools it waited for, user +
+system; the server's own processes are not counted, for either side): on a loaded machine
+they move less than the wall times do.
 
 Usage::
 
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -51,11 +55,21 @@ def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
+CPU: dict[str, float] = {}  # CPU seconds of the last timed() step, and the best per baseline
+
+
+def cpu_seconds() -> float:
+    """User + system seconds of this process (all threads) and the children it waited for."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def timed(what: str, fn) -> float:
-    t0 = time.monotonic()
+    c0, t0 = cpu_seconds(), time.monotonic()
     fn()
     secs = time.monotonic() - t0
-    print(f"  {what}: {secs:.2f} s", flush=True)
+    CPU["last"] = cpu_seconds() - c0
+    print(f"  {what}: {secs:.2f} s, CPU {CPU['last']:.2f} s", flush=True)
     return secs
 
 
@@ -68,6 +82,10 @@ def report_baselines(results: dict[str, float], ebm_bytes: int, bb_bytes: int,
           f" = {results['ebm'] / results['pg_basebackup']:.2f}x (goal <= 1.2x)")
     print(f"baseline: EBM {results['ebm']:.2f} s / pg_dump -Fc {results['pg_dump']:.2f} s"
           f" = {results['ebm'] / results['pg_dump']:.2f}x")
+    ebm_cpu, bb_cpu = CPU["ebm"], CPU["pg_basebackup"]
+    print(f"baseline CPU (best): EBM {ebm_cpu:.2f} s = {ebm_cpu / (ebm_bytes / 1e9):.2f} s/GB, "
+          f"pg_basebackup {bb_cpu:.2f} s = {bb_cpu / (bb_bytes / 1e9):.2f} s/GB "
+          f"= {ebm_cpu / bb_cpu:.2f}x")
 
 
 def main() -> None:
@@ -127,6 +145,7 @@ def main() -> None:
             for key, label, fn in pair if i % 2 == 0 else pair[::-1]:
                 secs = timed(label, fn)
                 results[key] = min(results.get(key, secs), secs)
+                CPU[key] = min(CPU.get(key, CPU["last"]), CPU["last"])
             print(f"  load average {os.getloadavg()[0]:.1f}", flush=True)
         base = ebm.catalog.backups("pg")[-1]
         dump = work / "pgbench.dump"
