@@ -12,8 +12,9 @@ command that wrote returns with its chunks in the bucket and its packs trimmed.
 A pass (tape_formats/store/s3_cache.py): under a writer marker (vtl/bucket_gc.py: no bucket
 collection runs meanwhile) every pack's records past its upload progress are PUT with
 ``If-None-Match: *``; then this library's reference list is rewritten (the chunks its
-recipes name, so a bucket collection keeps those evicted from the cache); then, with a
-cache size, the least recently used packs the bucket holds whole are evicted. A sync point
+recipes name, so a bucket collection keeps those evicted from the cache; written in every
+pass that uploads or evicts, before it evicts); then, with a cache size, the least
+recently used packs the bucket holds whole are evicted. A sync point
 that finds more bytes not yet in the bucket than the cache size waits for the pass
 (``synced``): the local store stays near its bound, the drive slowed to the bucket's pace. An error
 (the bucket unreachable) is logged and leaves the uploads pending: the data is durable
@@ -111,18 +112,22 @@ class Uploader:
         store, state = ChunkStore(self.store_root), CacheState(self.store_root)
         try:
             up = UploadReport()
-            if cache_report(store, state).pending_bytes:
+            cache = cache_report(store, state)
+            limit = self.settings.cache_size
+            evicting = bool(limit) and cache.local_bytes > limit
+            if cache.pending_bytes or evicting:
+                # The reference list goes up after the uploads and before any eviction, so
+                # a bucket collection keeps what the recipes name once it is only there.
                 if self._client is None:
                     self._client = self.settings.client()
                 who = library_name(self.settings.gateway, self.library_root)
                 with uploading(self._client, bucket, prefix, who):
-                    up = upload_pending(store, state, self._client, bucket, prefix)
+                    if cache.pending_bytes:
+                        up = upload_pending(store, state, self._client, bucket, prefix)
                     put_references(self._client, bucket, prefix, who,
                                    referenced(self.library_root / CARTRIDGE_DIR, store))
-            if self.settings.cache_size:
-                cache = evict_to(store, state, self.settings.cache_size)
-            else:
-                cache = cache_report(store, state)
+            if evicting:
+                cache = evict_to(store, state, limit)
             return up, cache
         finally:
             state.close()
