@@ -56,10 +56,13 @@ import uuid as uuidlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from vtl import CATALOG_NAME
+
+if TYPE_CHECKING:  # not imported at run time: the CLI's start-up stays light
+    from tape_formats.archive.packed_index import PackedIndex
 from vtl.barcode import is_cleaning_label
 
 BLOCK_SIZE = 256 * 1024
@@ -664,7 +667,7 @@ class Catalog:
         return list(reversed(out))
 
     def finish_backup(self, backup_id: int, *, size: int, nfiles: int, blocks: int, sha256: str,
-                      volumes: list[Volume], files: Iterable[FileRow],
+                      volumes: list[Volume], files: Iterable[FileRow] | PackedIndex,
                       state: bytes | str | IO[bytes] | None,
                       media_updates: list[tuple[str, int, str]], level: str | None = None,
                       parent: int | None = None) -> None:
@@ -737,32 +740,28 @@ class Catalog:
             return None
         return rows[0][0], bytes(rows[0][1])
 
-    def _path_ids(self, paths: list[str]) -> dict[str, int]:
-        stored = [_to_db(p) for p in paths]
-        self.db.executemany("INSERT OR IGNORE INTO ebm_paths(path) VALUES (?)", ((p,) for p in stored))
-        ids: dict[str, int] = {}
-        for i in range(0, len(stored), 500):
-            chunk = stored[i:i + 500]
-            for r in self.db.execute(
-                f"SELECT id, path FROM ebm_paths WHERE path IN ({','.join('?' * len(chunk))})", chunk
-            ):
-                ids[_from_db(r[1])] = r[0]
-        return ids
-
-    def _insert_files(self, backup_id: int, files: Iterable[FileRow]) -> None:
-        """Insert the file index in batches, so memory does not grow with the file count."""
-        it = iter(files)
-        while rows := list(itertools.islice(it, _FILE_BATCH)):
-            ids = self._path_ids([f.path for f in rows])
+    def _insert_files(self, backup_id: int, files: Iterable[FileRow] | PackedIndex) -> None:
+        """Insert the file index in batches, so memory does not grow with the file count: the
+        batch's new paths first, then its rows, each finding its path id by a lookup in the
+        same statement (no id map in Python). A :class:`PackedIndex` is read as plain tuples,
+        without an object per row."""
+        if hasattr(files, "rows"):  # a PackedIndex
+            rows: Iterator[tuple] = (
+                (backup_id, _to_db(path), kind, size, mtime, mode, uid, gid, sha, hoff, doff,
+                 int(deleted), _to_db(link) if link else None)
+                for (path, kind, size, mtime, mode, uid, gid, sha, hoff, doff, deleted, link,
+                     _torn) in files.rows(raw_sha=True))
+        else:
+            rows = ((backup_id, _to_db(f.path), f.kind, f.size, f.mtime_ns, f.mode, f.uid, f.gid,
+                     f.sha256, f.header_offset, f.data_offset, int(f.deleted),
+                     _to_db(f.linkname) if f.linkname else None) for f in files)
+        while batch := list(itertools.islice(rows, _FILE_BATCH)):
+            self.db.executemany("INSERT OR IGNORE INTO ebm_paths(path) VALUES (?)",
+                                ((r[1],) for r in batch))
             self.db.executemany(
                 "INSERT OR REPLACE INTO ebm_files(backup, path, kind, size, mtime_ns, mode, uid, gid, "
                 "sha256, header_offset, data_offset, deleted, linkname) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                ((backup_id, ids[f.path], f.kind, f.size, f.mtime_ns, f.mode, f.uid, f.gid, f.sha256,
-                  f.header_offset, f.data_offset, int(f.deleted),
-                  _to_db(f.linkname) if f.linkname else None)
-                 for f in rows),
-            )
+                "VALUES (?,(SELECT id FROM ebm_paths WHERE path=?),?,?,?,?,?,?,?,?,?,?,?)", batch)
 
     def fail_backup(self, backup_id: int, error: str) -> None:
         from tape_formats.archive.entry import printable_path  # a name in it may not be UTF-8

@@ -491,7 +491,7 @@ class Ebm:
                 vols.append(w.volume)
             cat.finish_backup(
                 backup.id, size=size, nfiles=len(entries), blocks=blocks, sha256=digest,
-                volumes=vols, files=(_row(e) for e in entries),
+                volumes=vols, files=entries if isinstance(entries, PackedIndex) else map(_row, entries),
                 state=state_enc,
                 media_updates=[(w.volume.barcode, w.append_at, "full" if w.full else "append")
                                for w in written],

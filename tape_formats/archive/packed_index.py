@@ -134,19 +134,20 @@ class PackedIndex:
         for row in self.rows():
             yield IndexEntry(*row)
 
-    def rows(self) -> Iterator[tuple]:
+    def rows(self, *, raw_sha: bool = False) -> Iterator[tuple]:
         """Every row as a tuple in IndexEntry's field order (path, kind, size, mtime_ns, mode,
-        uid, gid, sha256, header_offset, data_offset, deleted, linkname, torn)."""
+        uid, gid, sha256, header_offset, data_offset, deleted, linkname, torn); the sha256 as
+        hex, or as its 32 bytes with ``raw_sha`` (what the catalog stores)."""
         if self._file is not None:
             self._file.seek(0)
             rest = b""
             while chunk := self._file.read(_READ_CHUNK):
                 data = rest + chunk if rest else chunk
-                used = yield from _decode(data)
+                used = yield from _decode(data, raw_sha=raw_sha)
                 rest = data[used:]
             if rest:
                 raise ValueError("spilled index ends inside a row")
-        yield from _decode(self._buf, whole=True)
+        yield from _decode(self._buf, whole=True, raw_sha=raw_sha)
 
     def json_lines(self) -> Iterator[bytes]:
         """The rows as the trailer's JSON lines (``IndexEntry.to_json`` encoded compactly,
@@ -201,9 +202,10 @@ def _json_chunk(data: bytes) -> tuple[bytes, int]:
         lines.append(line + ("}\n" if not torn else ',"torn":true}\n'))
 
 
-def _decode(buf: bytes | bytearray, *, whole: bool = False) -> Generator[tuple, None, int]:
-    """The complete rows at the start of ``buf`` as tuples in IndexEntry's field order;
-    returns how many bytes they took."""
+def _decode(buf: bytes | bytearray, *, whole: bool = False,
+            raw_sha: bool = False) -> Generator[tuple, None, int]:
+    """The complete rows at the start of ``buf`` as tuples in IndexEntry's field order (the
+    sha256 as hex, or as bytes with ``raw_sha``); returns how many bytes they took."""
     view = memoryview(buf)  # appending while a row is being read raises BufferError
     try:
         unpack, size, pos, end = _ROW.unpack_from, _ROW.size, 0, len(view)
@@ -215,7 +217,7 @@ def _decode(buf: bytes | bytearray, *, whole: bool = False) -> Generator[tuple, 
             pos += size
             sha = None
             if flags & _HAS_SHA:
-                sha = view[pos:pos + 32].hex()
+                sha = view[pos:pos + 32].hex() if not raw_sha else bytes(view[pos:pos + 32])
                 pos += 32
             path = str(view[pos:pos + plen], "utf-8", "surrogateescape")
             pos += plen

@@ -35,6 +35,13 @@ def test_rows_round_trip_in_order():
     assert list(packed) == _rows()  # re-iterable
 
 
+def test_rows_with_raw_sha_give_the_digest_bytes():
+    packed = PackedIndex(_rows())
+    for hexed, raw in zip(packed.rows(), packed.rows(raw_sha=True), strict=True):
+        assert raw[7] == (bytes.fromhex(hexed[7]) if hexed[7] else None)
+        assert raw[:7] + raw[8:] == hexed[:7] + hexed[8:]
+
+
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="unknown index entry kind"):
         PackedIndex().append(IndexEntry(path="x", kind="socket"))
