@@ -10,7 +10,8 @@ The walk stays on the source's filesystem (mount points below it are recorded as
 A source that is a symlink to a directory is that directory. Runs of plain entries (unchanged
 ones, and changed regular files with one link, no xattrs, no holes, a short ASCII name) go
 through the C extension in one call per run (``_paxfast.pack_files``: open, read between two
-fstats, headers, sha256, index and state rows); every other entry is Python's, here. Without
+fstats, headers, sha256, index and state rows), and a baseline's walk lists and lstats a
+directory per C call (``_paxfast.scan_dir``); every other entry is Python's, here. Without
 the extension, small files are read ahead by two worker threads in bounded batches. Either way
 the archive is written strictly in scan order, and the same bytes.
 
@@ -103,12 +104,13 @@ from .filesystem_state import (
     walk_key,
 )
 
-try:  # a run of plain entries in one call (tape_formats/archive/_paxfast.c), when built
+try:  # a run of plain entries, a baseline's directory, in one call each (_paxfast.c), if built
     from tape_formats.archive._paxfast import pack_files as _pack_files  # type: ignore[import-not-found]
+    from tape_formats.archive._paxfast import scan_dir as _scan_dir  # type: ignore[import-not-found]
 except ImportError:
-    _pack_files = None
+    _pack_files = _scan_dir = None
 if os.environ.get("VTL_NO_FASTPATH"):
-    _pack_files = None
+    _pack_files = _scan_dir = None
 _PACK_PYTHON, _PACK_FULL = 1, 2  # why pack_files stopped: a row for Python, its output is full
 PACK_MAX_BYTES = 4 * 1024 * 1024  # stream bytes per pack_files call
 
@@ -361,6 +363,12 @@ class FilesystemTranslator(Translator):
         path that the walk did not meet is gone, unless it lies under a directory that could
         not be listed (then its parent row is spooled as KEPT, in its place). Returns the gone
         paths with their parent modes, and the count and bytes of what is to be written."""
+        if prev is None and not self.exclude and _scan_dir is not None:
+            done = self._scan_baseline(source, spool, warnings)
+            if done is not None:
+                self._link_changed = {}
+                return [], *done
+            spool.clear()  # a directory Python must walk: the whole walk is Python's
         unlisted: list[str] = []
         gone: list[tuple[str, int]] = []
         todo_count = todo_bytes = 0
@@ -405,6 +413,50 @@ class FilesystemTranslator(Translator):
             pending = next(prev, None)  # type: ignore[arg-type]
         self._link_changed = link_changed
         return gone, todo_count, todo_bytes
+
+    def _scan_baseline(self, source: str, spool: ScanSpool,
+                       warnings: list[str]) -> tuple[int, int] | None:
+        """Pass 1 of a baseline without excludes, a directory per C call (``_paxfast.scan_dir``:
+        the same rows, order and mount-point rule as :meth:`walk`); None as soon as one
+        directory is Python's to walk (a name that is not ASCII, a listing or lstat failing).
+        Returns the count and bytes of what is to be written (everything)."""
+        root_st = os.stat(source)
+        spool.add(".", root_st, CHANGED)
+        count, nbytes = 1, 0
+        notes: list[str] = []
+        # per directory being spooled: its path, its rows' prefix, its rows, its subdirectories
+        # still to enter (last first) and how much of its rows is spooled
+        stack: list[tuple[bytes, bytes, bytes, list, int]] = []
+
+        def enter(abs_dir: bytes, prefix: bytes) -> bool:
+            nonlocal count, nbytes
+            listed = _scan_dir(abs_dir, prefix)
+            if listed is None:
+                return False
+            rows, subdirs, n, file_bytes = listed
+            count += n
+            nbytes += file_bytes
+            stack.append((abs_dir, prefix, rows, subdirs[::-1], 0))
+            return True
+
+        if not enter(os.fsencode(source), b""):
+            return None
+        while stack:
+            abs_dir, prefix, rows, subdirs, done = stack[-1]
+            if not subdirs:
+                spool.add_packed(rows[done:])
+                stack.pop()
+                continue
+            end, name, dev = subdirs.pop()
+            spool.add_packed(rows[done:end])  # up to and including the subdirectory's row
+            stack[-1] = (abs_dir, prefix, rows, subdirs, end)
+            if dev != root_st.st_dev:
+                notes.append(f"not crossing into the mount point {os.fsdecode(prefix + name)}")
+                continue
+            if not enter(abs_dir + b"/" + name, prefix + name + b"/"):
+                return None
+        warnings += notes
+        return count, nbytes
 
     # ------------------------------------------------------------------ backup
     def backup(self, source: str, parent_state: TranslatorState | None, writer: PaxWriter, *,

@@ -181,7 +181,6 @@ class ScanSpool:
         self._file = tempfile.TemporaryFile(prefix="ebm-scan-")
         self._pending: list[bytes] = []
         self._pending_bytes = 0
-        self.count = 0
 
     def add(self, rel: str, st: Any, flags: int, prev_mode: int = 0) -> None:
         path = _encode_path(rel)
@@ -191,9 +190,23 @@ class ScanSpool:
             st.st_blocks, prev_mode, len(path)))
         self._pending.append(path)
         self._pending_bytes += SCAN_ROW.size + len(path)
-        self.count += 1
         if self._pending_bytes >= READ_CHUNK:
             self._flush()
+
+    def add_packed(self, rows: bytes) -> None:
+        """Rows already packed as :meth:`add` packs them (``_paxfast.scan_dir``)."""
+        if rows:
+            self._pending.append(rows)
+            self._pending_bytes += len(rows)
+            if self._pending_bytes >= READ_CHUNK:
+                self._flush()
+
+    def clear(self) -> None:
+        """Forget every row spooled so far (a walk that starts over)."""
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._file.seek(0)
+        self._file.truncate()
 
     def add_kept(self, rel: str, key: StateKey) -> None:
         """A parent path under a directory that could not be listed: its key carries over."""

@@ -725,6 +725,169 @@ fail:
     PyMem_Free(r.state.buf);
     return NULL;
 }
+/* ---- the filesystem translator's walk of a baseline: one directory in one call ---- */
+#include <dirent.h>
+
+typedef struct {
+    char *name;
+    size_t len;
+} Name;
+
+static int by_name(const void *a, const void *b)
+{
+    const Name *x = a, *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(x->name, y->name, n);
+    return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+static void free_names(Name *names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(names[i].name);
+    free(names);
+}
+
+/* The names in a directory (not "." and ".."), or -1 when one is not ASCII (Python sorts
+ * str names; for ASCII that is the byte order used here) or the listing fails. */
+static Py_ssize_t list_names(int dfd, Name **out)
+{
+    DIR *dir = fdopendir(dfd);
+    if (dir == NULL) {
+        close(dfd);
+        return -1;
+    }
+    size_t n = 0, cap = 64;
+    Name *names = malloc(cap * sizeof *names);
+    struct dirent *de;
+    int bad = names == NULL;
+    errno = 0;
+    while (!bad && (de = readdir(dir)) != NULL) {
+        const char *s = de->d_name;
+        if (s[0] == '.' && (s[1] == '\0' || (s[1] == '.' && s[2] == '\0')))
+            continue;
+        size_t len = strlen(s);
+        if (!plain_ascii(s, (Py_ssize_t)len)) {
+            bad = 1;
+            break;
+        }
+        if (n == cap) {
+            Name *more = realloc(names, 2 * cap * sizeof *names);
+            if (more == NULL) {
+                bad = 1;
+                break;
+            }
+            names = more;
+            cap *= 2;
+        }
+        names[n].name = malloc(len + 1);
+        if (names[n].name == NULL) {
+            bad = 1;
+            break;
+        }
+        memcpy(names[n].name, s, len + 1);
+        names[n++].len = len;
+    }
+    if (!bad && errno != 0)
+        bad = 1;
+    closedir(dir);
+    if (bad) {
+        if (names)
+            free_names(names, n);
+        return -1;
+    }
+    qsort(names, n, sizeof *names, by_name);
+    *out = names;
+    return (Py_ssize_t)n;
+}
+
+/* scan_dir(path, prefix) -> (rows, dirs, count, files_bytes) | None
+ * The walk's entries of one directory of a baseline as ScanSpool rows (SCAN_ROW, flags
+ * CHANGED, then prefix + name), sorted by name, each lstat'ed; ``dirs``: for each
+ * subdirectory, (end of its row in ``rows``, name, st_dev), where its own entries go in
+ * pre-order; ``files_bytes``: the sizes of the regular files. None when Python must walk
+ * (a name that is not ASCII, a listing or an lstat that fails). */
+static PyObject *scan_dir(PyObject *self, PyObject *args)
+{
+    (void)self;
+    const char *path, *prefix;
+    Py_ssize_t prefix_len;
+    if (!PyArg_ParseTuple(args, "yy#", &path, &prefix, &prefix_len))
+        return NULL;
+    Name *names = NULL;
+    Py_ssize_t n;
+    Out rows = {NULL, 0, 0};
+    struct stat *st = NULL;
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    int dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    n = dfd < 0 ? -1 : list_names(dup(dfd), &names);
+    if (n >= 0 && (st = malloc(((size_t)n + 1) * sizeof *st)) != NULL) {
+        for (Py_ssize_t i = 0; i < n && ok; i++)
+            ok = fstatat(dfd, names[i].name, &st[i], AT_SYMLINK_NOFOLLOW) == 0;
+    } else {
+        ok = 0;
+    }
+    if (dfd >= 0)
+        close(dfd);
+    Py_END_ALLOW_THREADS
+    PyObject *dirs = NULL, *result = NULL;
+    long long file_bytes = 0;
+    if (!ok)
+        goto decline;
+    dirs = PyList_New(0);
+    if (dirs == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t plen = prefix_len + (Py_ssize_t)names[i].len;
+        if (out_reserve(&rows, SCAN_SIZE + plen) < 0)
+            goto done;
+        unsigned char *w = (unsigned char *)rows.buf + rows.len;
+        const struct stat *s = &st[i];
+        w[0] = SCAN_CHANGED;
+        put32(w + 1, s->st_mode);
+        put64(w + 5, s->st_ino);
+        put64(w + 13, s->st_dev);
+        put64(w + 21, s->st_nlink);
+        put32(w + 29, s->st_uid);
+        put32(w + 33, s->st_gid);
+        put64(w + 37, (unsigned long long)s->st_size);
+        put64(w + 45, (unsigned long long)ns_of(s->st_atim));
+        put64(w + 53, (unsigned long long)ns_of(s->st_mtim));
+        put64(w + 61, (unsigned long long)ns_of(s->st_ctim));
+        put64(w + 69, s->st_rdev);
+        put64(w + 77, (unsigned long long)s->st_blocks);
+        put32(w + 85, 0);
+        put32(w + 89, (unsigned int)plen);
+        memcpy(w + SCAN_SIZE, prefix, (size_t)prefix_len);
+        memcpy(w + SCAN_SIZE + prefix_len, names[i].name, names[i].len);
+        rows.len += SCAN_SIZE + plen;
+        if (S_ISREG(s->st_mode))
+            file_bytes += s->st_size;
+        if (S_ISDIR(s->st_mode)) {
+            PyObject *item = Py_BuildValue("(ny#K)", rows.len, names[i].name,
+                                           (Py_ssize_t)names[i].len,
+                                           (unsigned long long)s->st_dev);
+            if (item == NULL || PyList_Append(dirs, item) < 0) {
+                Py_XDECREF(item);
+                goto done;
+            }
+            Py_DECREF(item);
+        }
+    }
+    result = Py_BuildValue("(y#OnL)", rows.buf ? rows.buf : "", rows.len, dirs, n, file_bytes);
+    goto done;
+decline:
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    Py_XDECREF(dirs);
+    if (names)
+        free_names(names, (size_t)n);
+    free(st);
+    PyMem_Free(rows.buf);
+    return result;
+}
 #endif /* EBM_HAVE_LIBCRYPTO */
 
 static PyMethodDef methods[] = {
@@ -739,6 +902,8 @@ static PyMethodDef methods[] = {
 #ifdef EBM_HAVE_LIBCRYPTO
     {"pack_files", pack_files, METH_VARARGS,
      "A run of spooled filesystem entries as stream bytes, index and state rows (see above)."},
+    {"scan_dir", scan_dir, METH_VARARGS,
+     "One directory of a baseline walk as scan spool rows, sorted, lstat'ed (see above)."},
 #endif
     {NULL, NULL, 0, NULL},
 };

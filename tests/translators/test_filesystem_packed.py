@@ -1,5 +1,6 @@
 """The C run of plain entries (``_paxfast.pack_files``) against the Python loop it replaces:
-the same stream (and stream digest), file index and state, byte for byte, on a tree of the awkward cases
+and the C walk of a baseline (``_paxfast.scan_dir``) against :meth:`walk`: the same stream
+(and stream digest), file index and state, byte for byte, on a tree of the awkward cases
 (every kind of entry, xattrs, holes, hard links, long and non-UTF-8 names, a file over the
 buffer limit), for a baseline and for the incremental that follows it."""
 
@@ -20,16 +21,25 @@ from translators.filesystem import FilesystemTranslator
 pytestmark = pytest.mark.skipif(fsmod._pack_files is None,
                                 reason="the C extension is not built (or VTL_NO_FASTPATH)")
 IS_ROOT = os.geteuid() == 0
+SCAN_DIR = fsmod._scan_dir
+LISTED: list[int] = []  # directories scan_dir listed (not left to Python)
 
 
-def awkward_tree(src: Path) -> None:
+def counted_scan_dir(path: bytes, prefix: bytes):
+    listed = SCAN_DIR(path, prefix)
+    LISTED.append(listed is not None)
+    return listed
+
+
+def awkward_tree(src: Path, *, ascii_names: bool) -> None:
     (src / "d" / "sub").mkdir(parents=True)
     for i in range(30):
         (src / "d" / f"plain{i:02d}").write_bytes(bytes([i]) * (i * 37))
     (src / "empty").write_bytes(b"")
     (src / ("long-" * 25)).write_bytes(b"a name over 100 bytes")
-    (src / "naïve").write_bytes(b"non-ASCII name")
-    (src / os.fsdecode(b"raw\xff")).write_bytes(b"a name that is not UTF-8")
+    if not ascii_names:  # (scan_dir leaves such a walk to Python)
+        (src / "naïve").write_bytes(b"non-ASCII name")
+        (src / os.fsdecode(b"raw\xff")).write_bytes(b"a name that is not UTF-8")
     (src / "big").write_bytes(os.urandom(100_000))  # over the buffer limit below
     (src / "xattr").write_bytes(b"x")
     os.setxattr(src / "xattr", "user.k", b"v")
@@ -64,6 +74,7 @@ def freeze_atimes(src: Path) -> None:
 
 def run(src: Path, state, *, packed: bool, monkeypatch) -> tuple[bytes, str, list, bytes, list]:
     monkeypatch.setattr(fsmod, "_pack_files", fsmod._pack_files if packed else None)
+    monkeypatch.setattr(fsmod, "_scan_dir", counted_scan_dir if packed else None)
     t = FilesystemTranslator()
     t.buffer_limit = 64 * 1024
     buf = io.BytesIO()
@@ -74,9 +85,11 @@ def run(src: Path, state, *, packed: bool, monkeypatch) -> tuple[bytes, str, lis
             result.warnings)
 
 
-def test_packed_run_matches_the_python_loop(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ascii_names", [False, True], ids=["python-walk", "c-walk"])
+def test_packed_run_matches_the_python_loop(tmp_path, monkeypatch, ascii_names):
     src = tmp_path / "src"
-    awkward_tree(src)
+    awkward_tree(src, ascii_names=ascii_names)
+    LISTED.clear()
     real = fsmod._pack_files
     done = []
     monkeypatch.setattr(fsmod, "_pack_files",
@@ -84,6 +97,7 @@ def test_packed_run_matches_the_python_loop(tmp_path, monkeypatch):
     wrapped = fsmod._pack_files
     fast = run(src, None, packed=True, monkeypatch=monkeypatch)
     assert sum(done) >= 25  # the plain files went through C
+    assert all(LISTED) == ascii_names and len(LISTED) >= (3 if ascii_names else 1)
     slow = run(src, None, packed=False, monkeypatch=monkeypatch)
     assert fast == slow
 
