@@ -124,8 +124,8 @@ def test_a_killed_uploader_is_finished_by_the_next_start(s3_env: CephCluster,
     toml = root / "library.toml"
     auto = toml.read_text()
     toml.write_text(auto.replace('upload = "auto"', 'upload = "manual"'))
-    files = _files(2, 12)
-    write_tape_files(root, "C00001L8", files)  # 12 MiB durable locally, nothing uploaded
+    files = _files(2, 8)
+    write_tape_files(root, "C00001L8", files)  # 8 MiB durable locally, nothing uploaded
     toml.write_text(auto)
     state = CacheState(root / "store")
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
