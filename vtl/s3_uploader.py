@@ -25,6 +25,7 @@ on, as ``vtl serve``) or at the next start.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,10 @@ def _pending(store_root: Path) -> int:
     from tape_formats.store.chunk_store import ChunkStore
     from tape_formats.store.s3_cache import CacheState, cache_report
 
-    store, state = ChunkStore(store_root), CacheState(store_root)
+    try:
+        store, state = ChunkStore(store_root), CacheState(store_root)
+    except (OSError, sqlite3.Error):  # no store (yet): nothing pending; a pass would say why
+        return 0
     try:
         return cache_report(store, state).pending_bytes
     finally:

@@ -21,6 +21,8 @@ from cartridge_io import write_tape_files
 from ceph_cluster import CephCluster, running
 from typer.testing import CliRunner
 
+from tape_formats.store.chunk_store import ChunkStore
+from tape_formats.store.pack import try_lock
 from vtl.cli.main import app
 
 boto3 = pytest.importorskip("boto3")
@@ -245,6 +247,12 @@ def test_bucket_gc_frees_the_chunks_only_a_deleted_cartridge_named(ceph, tmp_pat
     assert after == named and json.loads(r.stdout)["chunks_deleted"] == len(before - named) > 0
     r = vtl(root, cluster, "cartridge", "retrieve", kept[0])  # its chunks from the bucket
     assert r.exit_code == 0, r.output
+    for _number, path in ChunkStore(root / "store").pack_files():  # (in this process, as
+        fd = os.open(path, os.O_RDONLY)  # in vtl serve) the retrieval let go of its pack
+        try:
+            assert try_lock(fd), f"{path.name} is still held after the retrieval"
+        finally:
+            os.close(fd)
     assert read(root, kept[0]) == kept[1]
 
 
