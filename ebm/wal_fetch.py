@@ -108,6 +108,15 @@ def locate(catalog: Catalog, backup: Backup, name: str) -> tuple[Backup, FileRow
     raise WalNotInChain(f"{name} is not in the chain of backup {backup.uuid}")
 
 
+def chain_names(catalog: Catalog, backup: Backup) -> list[str]:
+    """The WAL file names of ``backup``'s chain as a restore's final view has them."""
+    final: dict[str, bool] = {}
+    for b in reversed(catalog.chain(backup)):
+        for r in catalog.files(b.id, WAL_PREFIX + "*"):
+            final.setdefault(r.path[len(WAL_PREFIX):], not r.deleted and r.kind == "file")
+    return sorted(name for name, present in final.items() if present)
+
+
 def fetch(catalog: Catalog, library: Library, backup: Backup, name: str, dest: Path,
           secret: bytes | None = None, spool: WalSpool | None = None,
           prefetch_bytes: int = PREFETCH_MB << 20) -> int:
@@ -118,6 +127,9 @@ def fetch(catalog: Catalog, library: Library, backup: Backup, name: str, dest: P
     ahead = _following(catalog, backup, owner, row, name, prefetch_bytes) if spool else []
     if ahead and not (spool and spool.create()):
         ahead = []  # no spool directory: this one segment only
+    if ahead and spool:
+        with contextlib.suppress(OSError):  # a cache: without it the CLI answers instead
+            spool.write_chain(chain_names(catalog, backup))
     from ebm.drive_session import DriveSession, ReadMedia
     from ebm.mover import MoverError
     from ebm.restore import RestoreError, RestoreStats, cipher_for, read_rows

@@ -14,9 +14,14 @@ rename, no copy), and ignored by PostgreSQL: only WAL file names in ``pg_wal`` a
 and base backups of the restored server skip ``pg_wal``'s contents. The uuid level keeps a
 spool of one backup's chain from ever serving another's.
 
-Lifetime: a segment leaves the spool when it is handed over; the rest goes when wal-fetch
-answers "not in the chain" (the end of the archive; also PostgreSQL's timeline-history probe
-when it promotes), so nothing outlives the recovery. The spool is only a cache: whatever is
+The first tape pass also leaves ``.chain``, the names of every WAL file the chain holds, so
+the light entry answers "not in the chain" (exit 1) itself: recovery asks for the segment
+after the last and for the next timeline's history file when it reaches the end, and each
+such answer used to start the ``ebm`` CLI.
+
+Lifetime: a segment leaves the spool when it is handed over; the rest goes at the end of
+recovery (``recovery_end_command``, :mod:`translators.pg.recovery`), or when the CLI answers
+"not in the chain", so nothing outlives the recovery. The spool is only a cache: whatever is
 missing from it is read from tape again.
 
 This module is the start of every restore_command call (``python -m ebm.wal_spool ARGS``,
@@ -32,6 +37,7 @@ import sys
 
 SPOOL_DIR = "ebm-prefetch"  # in pg_wal, beside %p
 PART = ".part"
+CHAIN = ".chain"  # the WAL file names the chain holds, one a line
 
 
 def spool_root(dest: str, spool: str | None = None) -> str:
@@ -82,6 +88,22 @@ class WalSpool:
             os.replace(self.part(name), os.path.join(self.path, name))
         fsync_dir(self.path)
 
+    def write_chain(self, names: list[str]) -> None:
+        """Record the chain's WAL file names (once; a cache like the segments)."""
+        path = os.path.join(self.path, CHAIN)
+        if not os.path.exists(path):
+            with open(path + PART, "w") as f:
+                f.write("".join(n + "\n" for n in names))
+            os.replace(path + PART, path)
+
+    def in_chain(self, name: str) -> bool | None:
+        """Whether the chain holds WAL file ``name``; None when no pass has said yet."""
+        try:
+            with open(os.path.join(self.path, CHAIN)) as f:
+                return name in f.read().split("\n")
+        except OSError:
+            return None
+
     def discard(self) -> None:
         """Remove this chain's spool, and the spool root if it is then empty."""
         with contextlib.suppress(OSError):
@@ -119,23 +141,38 @@ def _copy(src: str, dest: str) -> None:
             os.unlink(tmp)
 
 
-def serve(args: list[str]) -> bool:
-    """Hand WAL file ``%f`` over from the spool if it is there. ``args`` is the ``ebm``
-    command line of restore_command: ``... wal-fetch UUID [options] %f %p``."""
+def _request(args: list[str]) -> tuple[WalSpool, str, str] | None:
+    """(spool, ``%f``, ``%p``) of restore_command's ``ebm`` command line ``... wal-fetch UUID
+    [options] %f %p``; None for any other command line."""
     if "wal-fetch" not in args or len(args) < args.index("wal-fetch") + 4:
-        return False
+        return None
     uuid, name, dest = args[args.index("wal-fetch") + 1], args[-2], args[-1]
     spool = args[args.index("--spool") + 1] if "--spool" in args[:-3] else None
+    return WalSpool(spool_root(dest, spool), uuid), name, dest
+
+
+def serve(args: list[str]) -> bool:
+    """Hand WAL file ``%f`` over from the spool if it is there."""
+    req = _request(args)
     try:
-        return WalSpool(spool_root(dest, spool), uuid).take(name, dest)
+        return req is not None and req[0].take(req[1], req[2])
     except OSError:
         return False  # the tape path then fetches it, or says why it cannot
+
+
+def absent(args: list[str]) -> bool:
+    """Whether the spool's ``.chain`` says the chain has no WAL file ``%f``."""
+    req = _request(args)
+    return req is not None and _plain_name(req[1]) and req[0].in_chain(req[1]) is False
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if serve(args):
         sys.exit(0)
+    if absent(args):  # restore_command's "not in the archive"
+        sys.stderr.write(f"ebm wal-fetch: {args[-2]} is not in the chain\n")
+        sys.exit(1)
     from ebm.cli import app
 
     app(args=args, prog_name="ebm")

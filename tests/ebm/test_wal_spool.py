@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ebm.wal_spool import WalSpool, serve, spool_root
+from ebm.wal_spool import WalSpool, absent, serve, spool_root
 
 SEG = "000000010000000000000003"
 UUID = "0f0e0d0c-0000-4000-8000-000000000001"
@@ -75,3 +75,19 @@ def test_the_entry_serves_without_loading_the_cli(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert dest.read_bytes() == b"wal"
+
+
+def test_the_entry_answers_not_in_the_chain_from_the_chain_list(tmp_path):
+    spool = _spooled(tmp_path / "spool")
+    dest = tmp_path / "dest"
+    missing, later = "00000002.history", "000000010000000000000004"
+    assert not absent(_args(spool, missing, dest))  # no pass has listed the chain yet
+    spool.write_chain([SEG, later])
+    assert absent(_args(spool, missing, dest)) and not absent(_args(spool, later, dest))
+    code = ("import sys; from ebm.wal_spool import main\n"
+            "try:\n    main(sys.argv[1:])\n"
+            "finally:\n    assert 'ebm.cli' not in sys.modules")
+    r = subprocess.run([sys.executable, "-c", code, *_args(spool, missing, dest)],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert not dest.exists()

@@ -133,11 +133,12 @@ def test_point_in_time_restore_recovers_exactly_the_commits_before_it(tmp_path, 
     first, *ahead = [s for s in decode_state(ebm.catalog.translator_state(incr.id))["segments"]]
     spool = WalSpool(str(tmp_path / "spool"), incr.uuid)
     fetch(ebm.catalog, ebm.library, incr, first["name"], fetched, spool=spool)
-    assert sorted(os.listdir(spool.path)) == [s["name"] for s in ahead] != []
+    assert sorted(os.listdir(spool.path)) == [".chain", *(s["name"] for s in ahead)] != [".chain"]
+    assert spool.in_chain(first["name"]) and spool.in_chain("00000002.history") is False
     assert serve(["--root", "lib", "wal-fetch", incr.uuid, "--spool", spool.root,
                   ahead[0]["name"], str(fetched)])
     assert hashlib.sha256(fetched.read_bytes()).hexdigest() == ahead[0]["sha256"]
-    assert sorted(os.listdir(spool.path)) == [s["name"] for s in ahead[1:]]
+    assert sorted(os.listdir(spool.path)) == [".chain", *(s["name"] for s in ahead[1:])]
     with pytest.raises(WalNotInChain):
         fetch(ebm.catalog, ebm.library, incr, "00000001000000000000FFFF", fetched)
     ebm.close()  # as after `ebm restore`: nothing else holds the catalog while they recover
@@ -150,6 +151,7 @@ def test_point_in_time_restore_recovers_exactly_the_commits_before_it(tmp_path, 
     assert r.returncode == 0, r.stderr
     conf = (to_time / "postgresql.auto.conf").read_text()
     assert "recovery_target_time" in conf and " wal-fetch " in conf
+    assert "recovery_end_command = 'rm -rf pg_wal/ebm-prefetch'" in conf
     assert not (to_time / "pg_wal" / segment["name"]).exists()
     _run_ebm_as_server(pg, to_time)
     assert _rows_after_recovery(pg, to_time) == [1, 2]

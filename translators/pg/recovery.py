@@ -19,6 +19,8 @@ import os
 import shlex
 from pathlib import Path
 
+from ebm.wal_spool import SPOOL_DIR
+
 AUTO_CONF = "postgresql.auto.conf"
 
 
@@ -40,6 +42,8 @@ def recovery_settings(target_time: float | None, target_lsn: str | None,
     lines = [f"# Added by `ebm restore`: {where}",
              f"restore_command = {_conf_quote(restore_command(fetch))}",
              "archive_mode = 'off'"]
+    if fetch:  # wal-fetch's read-ahead spool goes once recovery is over (ebm.wal_spool)
+        lines.append(f"recovery_end_command = 'rm -rf pg_wal/{SPOOL_DIR}'")
     if target_time is not None:
         stamp = dt.datetime.fromtimestamp(target_time, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
         lines.append(f"recovery_target_time = '{stamp}'")
