@@ -11,8 +11,9 @@ gets a pgbench database (``--scale 20`` is about 300 MB on disk). Then, each tim
 2. ``pg_basebackup -D DIR -Ft -X fetch -c fast`` (a base.tar on local disk, fsynced);
 3. ``pg_dump -Fc`` of the pgbench database to a file;
 4. ``pgbench`` writes WAL (``--wal-seconds``, or with ``--wal-mb N`` until N MB of WAL are
-   written), then an EBM incremental archives it (MB/s of WAL), against ``cp`` of the same
-   archived segments to a directory on the same disk, synced;
+   written), then an EBM incremental archives it (MB/s of WAL, CPU s per GB), against ``cp``
+   of the same archived segments to a directory on the same disk plus ``sync`` (wall and CPU
+   ratios);
 5. point-in-time restore of the latest point, both ways: ``ebm restore`` (the base backup)
    then PostgreSQL's recovery until it promotes, fetching each segment from tape through
    ``ebm wal-fetch`` (its restore_command); and ``--wal-local`` (every segment put into
@@ -169,6 +170,7 @@ def main() -> None:
         wal = int(pg.sql(wal_sql))
         results["wal"] = timed(f"EBM incremental ({wal / 1e6:.0f} MB of WAL)",
                                lambda: ebm.backup(BackupRequest(dataset="pg"), retries=0))
+        CPU["wal"] = CPU["last"]
         incr = ebm.catalog.backups("pg")[-1]
         names = [seg["name"] for seg in decode_state(ebm.catalog.translator_state(incr.id))
                  ["segments"]]
@@ -177,6 +179,7 @@ def main() -> None:
         results["cp"] = timed(f"cp of the same {len(names)} segments, synced", lambda: subprocess.run(
             ["sh", "-c", 'cp "$@" && sync', "cp", *(str(pg.spool / n) for n in names),
              str(copied)], check=True))
+        CPU["cp"] = CPU["last"]
         seg_bytes = len(names) * pg.segment_mb << 20
         pg.own(work)  # restore_command runs as the server's user and opens the library
         program = pg.fetch_program()
@@ -211,7 +214,11 @@ def main() -> None:
         print(f"WAL archive: {wal / 1e6:.0f} MB written, {len(names)} segments "
               f"({seg_bytes / 1e6:.0f} MB) in {results['wal']:.2f} s "
               f"= {seg_bytes / 1e6 / results['wal']:.0f} MB/s; cp + sync {results['cp']:.2f} s"
-              f" = {results['wal'] / results['cp']:.2f}x")
+              f"; EBM / cp + sync = {results['wal'] / results['cp']:.2f}x")
+        gb = seg_bytes / 1e9
+        print(f"WAL archive CPU: EBM {CPU['wal'] / gb:.2f} s/GB, cp + sync "
+              f"{CPU['cp'] / gb:.2f} s/GB = {CPU['wal'] / CPU['cp']:.2f}x "
+              f"(load average {os.getloadavg()[0]:.1f})")
         for how in ("restore_command", "wal-local"):
             r, c = results[f"restore {how}"], results[f"recovery {how}"]
             print(f"PITR ({how}): {r:.2f} s restore + {c:.2f} s recovery = {r + c:.2f} s")
