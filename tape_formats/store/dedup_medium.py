@@ -47,6 +47,9 @@ CUT_BATCH = 1 << 20
 # Chunks fetched ahead of a read from a remote store (about 1 MiB at 32 KiB a chunk); local
 # chunks are read ahead by chunk_read_ahead.py.
 READ_AHEAD = 32
+# Dense skeleton bytes read at once for reads: the headers of ~2,000 records.
+SKELETON_WINDOW = 64 << 10
+_NOTHING = memoryview(b"")
 
 
 class DedupMedium:
@@ -82,6 +85,10 @@ class DedupMedium:
         self._rewrite = rec.good_end != rec.file_size  # a torn batch: rewrite at next sync
         self._saved_ext, self._saved_ch = len(self._ext_off), len(self._ch_ids)
         self._ahead = ReadAhead(self._store)
+        # the chunk read last, its index and stream offset
+        self._last_j, self._last, self._last_start = -1, _NOTHING, 0
+        self._undrained = False  # chunks submitted to the writer since its last drain
+        self._skel_window, self._skel_at = _NOTHING, 0  # dense: skeleton bytes read ahead
         self._dense = rec.skeleton is not None
         if self._dense:
             self._open_dense(rec.skeleton)
@@ -141,6 +148,10 @@ class DedupMedium:
     def preadv(self, buffers: list, offset: int) -> int:
         """Filled in place, buffer after buffer (a record header and its payload, or the
         cartridge's read-ahead span): no copy beyond the chunks' own."""
+        if len(buffers) == 2 and self._dense and not self._undrained:
+            n = self._read_record(buffers[0], buffers[1], offset)
+            if n >= 0:
+                return n
         n = max(0, min(sum(len(b) for b in buffers), self._end - offset))
         pos, left = offset, n
         for b in buffers:
@@ -152,11 +163,38 @@ class DedupMedium:
             left -= take
         return n
 
+    def _read_record(self, head: bytearray | memoryview, payload: bytearray | memoryview,
+                     offset: int) -> int:
+        """A dense cartridge's record read whole, the case of every block read: ``head`` the
+        skeleton bytes right before payload ``i``, ``payload`` exactly that payload; -1 for
+        any other shape (``_fill`` then takes it piece by piece)."""
+        start, size, ext_off = offset + len(head), len(payload), self._ext_off
+        i = bisect_right(ext_off, start) - 1
+        if i < 0 or ext_off[i] != start or self._ext_len[i] != size or (
+                i and ext_off[i - 1] + self._ext_len[i - 1] > offset):
+            return -1
+        stream = self._ext_stream[i]
+        at = offset - stream - self._skel_at  # in the skeleton window
+        skel = self._skel_window
+        if at < 0 or at + len(head) > len(skel):
+            skel, at = self._skeleton_view(offset - stream, len(head)), 0
+            if len(skel) < len(head):
+                return -1
+        head[:] = skel[at:at + len(head)]
+        skip = stream - self._last_start  # in the chunk read last, most often
+        if 0 <= skip and skip + size <= len(self._last):
+            payload[:] = self._last[skip:skip + size]
+        else:
+            self._read_stream(stream, memoryview(payload).cast("B"))
+        return len(head) + size
+
     def _fill(self, out: memoryview, offset: int) -> None:
         """The file's bytes at [offset, offset + len(out)): payloads from the stream, the
         rest (record headers, filemarks) from the skeleton; a sparse one's payload holes are
         not read, a dense one's bytes for the whole range come with one pread."""
-        self._writer.drain()  # chunks cut and not yet in their pack: wait for them
+        if self._undrained:  # chunks cut and not yet in their pack: wait for them
+            self._writer.drain()
+            self._undrained = False
         end = offset + len(out)
         ext_off, ext_len, ext_stream = self._ext_off, self._ext_len, self._ext_stream
         i = max(0, bisect_right(ext_off, offset) - 1)
@@ -180,13 +218,23 @@ class DedupMedium:
                     at = pos - (ext_stream[i] if i < len(ext_off) else self._streamed())
                     if skel is None:
                         skel_at = at
-                        skel = memoryview(os.pread(
-                            self.fd, end - self._payload_before(end) - at, at))
+                        skel = self._skeleton_view(at, end - self._payload_before(end) - at)
                     src = skel[at - skel_at:at - skel_at + len(part)]
                     got = len(src)
                     part[:got] = src
                 part[got:] = bytes(len(part) - got)  # past the skeleton's end: zeros
                 pos = b
+
+    def _skeleton_view(self, at: int, need: int) -> memoryview:
+        """The dense skeleton's bytes from ``at`` on, at least ``need`` of them where the
+        file has them: from the cached window (``SKELETON_WINDOW`` bytes, the headers of
+        some 2,000 small records, read with one pread), which every write drops."""
+        rel = at - self._skel_at
+        if 0 <= rel and rel + need <= len(self._skel_window):
+            return self._skel_window[rel:]
+        self._skel_window = memoryview(os.pread(self.fd, max(need, SKELETON_WINDOW), at))
+        self._skel_at = at
+        return self._skel_window
 
     def _read_stream(self, pos: int, out: memoryview) -> None:
         at = 0
@@ -199,15 +247,20 @@ class DedupMedium:
                 out[at:at + take] = src[:take]
             else:
                 j = bisect_right(self._ch_start, pos) - 1
-                data = memoryview(self._chunk(j))
+                data = self._chunk(j)
                 skip = pos - self._ch_start[j]
                 take = min(len(out) - at, len(data) - skip)
                 out[at:at + take] = data[skip:skip + take]
             at += take
             pos += take
 
-    def _chunk(self, j: int) -> bytes:
-        return self._ahead.chunk(j, self._ch_ids, self._ch_len, self._fetch)
+    def _chunk(self, j: int) -> memoryview:
+        """Chunk ``j``; the last one asked for again (the next small record) from memory."""
+        if j != self._last_j:
+            self._last = memoryview(self._ahead.chunk(j, self._ch_ids, self._ch_len,
+                                                      self._fetch))
+            self._last_j, self._last_start = j, self._ch_start[j]
+        return self._last
 
     def _fetch(self, j: int) -> bytes:
         """A chunk the local store lacks: from the S3 tier, asking for the next ones too."""
@@ -225,6 +278,7 @@ class DedupMedium:
             if i >= 0 and self._ext_off[i] + self._ext_len[i] > offset:
                 raise StoreError(f"{self._path}: a write over a payload at offset {offset}")
             at = offset - (self._ext_stream[i] + self._ext_len[i] if i >= 0 else 0)
+        self._skel_window = _NOTHING
         n = os.pwrite(self.fd, data, at)
         self._end = max(self._end, offset + n)
         return n
@@ -236,6 +290,7 @@ class DedupMedium:
         head, payload = buffers
         if offset != self._end:
             raise StoreError(f"{self._path}: a dedup cartridge only appends at its end")
+        self._skel_window = _NOTHING
         n = os.pwrite(self.fd, head, offset - self._streamed() if self._dense else offset)
         if n != len(head):
             return n
@@ -271,6 +326,7 @@ class DedupMedium:
         # back; what follows the last cut starts the next one.
         buf = self._pending.hand_over(used)
         self._writer.submit(ids, pieces, lambda: self._pending.give_back(buf))
+        self._undrained = True
         for cid, (_offset, length) in zip(ids, cuts, strict=True):
             self._ch_start.append(self._chunked)
             self._ch_len.append(length)
@@ -279,6 +335,7 @@ class DedupMedium:
 
     def truncate(self, length: int) -> None:
         self._writer.drain()
+        self._skel_window = _NOTHING
         if self._dense:
             self._drop_from(length)
             os.ftruncate(self.fd, length - self._streamed())
@@ -312,6 +369,7 @@ class DedupMedium:
             del self._ch_start[drop:], self._ch_len[drop:], self._ch_ids[drop:]
             self._chunked = stream_end - len(self._pending)
             self._ahead.forget()
+            self._last_j, self._last = -1, _NOTHING
         self._rewrite = True
         self._saved_ext = min(self._saved_ext, len(self._ext_off))
         self._saved_ch = min(self._saved_ch, len(self._ch_ids))
