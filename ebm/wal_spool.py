@@ -10,7 +10,7 @@ calls are then a rename out of the spool and nothing else.
 Where: ``pg_wal/ebm-prefetch/<backup uuid>/`` of the restored data directory (``%p``'s
 directory), unless ``--spool DIR`` names another place. Inside ``pg_wal`` it is always
 writable by the server's user, on the file system of ``%p`` (handing a segment over is a
-rename, no copy), and ignored by PostgreSQL: only WAL file names in ``pg_wal`` are its own,
+hard link, no copy), and ignored by PostgreSQL: only WAL file names in ``pg_wal`` are its own,
 and base backups of the restored server skip ``pg_wal``'s contents. The uuid level keeps a
 spool of one backup's chain from ever serving another's.
 
@@ -19,8 +19,9 @@ the light entry answers "not in the chain" (exit 1) itself: recovery asks for th
 after the last and for the next timeline's history file when it reaches the end, and each
 such answer used to start the ``ebm`` CLI.
 
-Lifetime: a segment leaves the spool when it is handed over; the rest goes at the end of
-recovery (``recovery_end_command``, :mod:`translators.pg.recovery`), or when the CLI answers
+Lifetime: a segment leaves the spool when a later one is handed over (recovery asks for the
+segment it ended in again when it promotes, and a hard link hands it over twice without the
+tape); the rest goes at the end of recovery (``recovery_end_command``, :mod:`translators.pg.recovery`), or when the CLI answers
 "not in the chain", so nothing outlives the recovery. The spool is only a cache: whatever is
 missing from it is read from tape again.
 
@@ -53,21 +54,37 @@ class WalSpool:
         self.path = os.path.join(root, uuid)
 
     def take(self, name: str, dest: str) -> bool:
-        """Move WAL file ``name`` to ``dest`` (durably); False when the spool lacks it."""
+        """Hand WAL file ``name`` over at ``dest`` (durably); False when the spool lacks it.
+
+        A hard link, no copy; the spool keeps the segment until a later one is taken, since
+        recovery asks for the segment it ended in once more when it promotes."""
         if not _plain_name(name):
             return False
         src = os.path.join(self.path, name)
+        tmp = os.path.join(os.path.dirname(os.path.abspath(dest)),
+                           f".{os.path.basename(dest)}.ebm-link")
         try:
-            os.replace(src, dest)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            os.link(src, tmp)
+            os.replace(tmp, dest)
         except FileNotFoundError:
             return False
-        except OSError:  # another file system (EXDEV), or a spool we cannot move from
+        except OSError:  # another file system (EXDEV), or a spool we cannot link from
             if not os.path.isfile(src):
                 return False
             _copy(src, dest)
-            os.unlink(src)
         fsync_dir(os.path.dirname(os.path.abspath(dest)))
+        self._drop_before(name)
         return True
+
+    def _drop_before(self, name: str) -> None:
+        """Remove the spooled segments before ``name``: recovery has gone past them."""
+        with contextlib.suppress(OSError):
+            for other in os.listdir(self.path):
+                if len(other) == len(name) == 24 and other < name:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(self.path, other))
 
     def create(self) -> bool:
         """Make the directory (mode 0700); False when it cannot be made (no prefetch)."""

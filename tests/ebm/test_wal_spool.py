@@ -28,14 +28,19 @@ def _args(spool: WalSpool | None, name: str, dest: Path) -> list[str]:
     return ["--root", "/lib", "wal-fetch", UUID, *where, name, str(dest)]
 
 
-def test_a_spooled_segment_is_moved_to_the_destination_once(tmp_path):
+def test_a_spooled_segment_stays_until_a_later_one_is_handed_over(tmp_path):
     spool = _spooled(tmp_path / "spool")
+    later = "000000010000000000000004"
+    _spooled(tmp_path / "spool", later, b"later")
     dest = tmp_path / "pg_wal" / "RECOVERYXLOG"
     dest.parent.mkdir()
     assert serve(_args(spool, SEG, dest))
     assert dest.read_bytes() == b"wal"
-    assert not serve(_args(spool, SEG, dest))  # handed over: the next ask goes to tape
-    assert os.listdir(spool.path) == []
+    dest.unlink()  # as PostgreSQL does before each restore_command
+    assert serve(_args(spool, SEG, dest))  # asked again when recovery promotes
+    assert serve(_args(spool, later, dest)) and dest.read_bytes() == b"later"
+    assert os.listdir(spool.path) == [later]  # recovery is past SEG
+    assert os.listdir(dest.parent) == ["RECOVERYXLOG"]
 
 
 def test_the_default_spool_is_in_the_directory_of_the_destination(tmp_path):
