@@ -7,7 +7,8 @@ libraries, sources, text) up to ``--size``; between weeks ``--change`` of the fi
 modified (a random range overwritten; one in three also grows or shrinks, shifting the rest
 of the tar). Each week's tar (``tar -b 512``: 256 KiB blocks; ``--block-kib 10`` for GNU tar's default) is written to a new cartridge
 of each store, through ``queue_block`` as a drive in buffered mode does, ended by a filemark
-(fsync), then read back and compared. Printed per week and store: MB/s written and read;
+(fsync), then read back and compared. Printed per week and store: MB/s written and read,
+and the process's CPU seconds (all threads) per GB for each, which a busy box moves less;
 at the end, logical bytes against bytes on disk.
 
 With ``--ebm`` the EBM backs up the same tree each week too, as a forced full (a native
