@@ -8,6 +8,13 @@ the records ahead in one go into the *span*, and decodes the next blocks from th
 restore of 10 KiB blocks then costs one read syscall per ~50 blocks instead of one each).
 The cache holds only what the cartridge put in it; it never reads the file itself. Anything
 that changes the tape (a write, a filemark, an erase, a cut) empties it, span included.
+
+A block too big for the span is decoded into one of two buffers that alternate, like the
+drive's own READ buffers (vtl/scsi/ssc.py): a view of one stays valid until the next-but-one
+block is decoded, so the drive hands it to the transport as it is instead of copying it into
+its buffer (a 256 KiB block stored as is costs no memcpy on the way to ``sendmsg``). A
+compressed record is read into a third buffer, reused, before zstd decodes it into memory of
+its own.
 """
 
 from __future__ import annotations
@@ -20,12 +27,13 @@ SPAN_RECORD_MAX = 128 * 1024 + 32
 
 
 class ReadAhead:
-    """Object ``obj``'s decoded block (``obj`` -1: empty). ``data`` is a view of the reused
-    ``buffer`` or of the span for a block stored as is, or the decompressor's own bytes
-    (``own``). The span holds the file's bytes ``[span_off, span_off + span_len)``."""
+    """Object ``obj``'s decoded block (``obj`` -1: empty). ``data`` is a view of one of the
+    two alternating ``buffer``s (``lasting``) or of the span for a block stored as is, or the
+    decompressor's own bytes (``own``). The span holds the file's bytes
+    ``[span_off, span_off + span_len)``."""
 
-    __slots__ = ("obj", "native", "stored", "data", "own", "_buf", "_span", "span_off",
-                 "span_len")
+    __slots__ = ("obj", "native", "stored", "data", "own", "lasting", "_bufs", "_which",
+                 "_raw", "_span", "span_off", "span_len")
 
     def __init__(self) -> None:
         self.obj = -1
@@ -33,7 +41,11 @@ class ReadAhead:
         self.stored = 0
         self.data: bytes | memoryview = b""
         self.own = False  # data is memory of its own, not a view of a reused buffer
-        self._buf = memoryview(bytearray(0))
+        # data is a view of an alternating buffer: valid until the next-but-one decode
+        self.lasting = False
+        self._bufs = [memoryview(bytearray(0)), memoryview(bytearray(0))]
+        self._which = 0
+        self._raw = memoryview(bytearray(0))
         self._span = memoryview(bytearray(0))
         self.span_off = 0
         self.span_len = 0
@@ -47,13 +59,24 @@ class ReadAhead:
         """Empty it and let go of the decoded bytes (the cartridge closes)."""
         self.clear()
         self.data = b""
-        self._span = memoryview(bytearray(0))
+        self._span = self._raw = memoryview(bytearray(0))
+        self._bufs = [self._raw, self._raw]
 
     def buffer(self, size: int) -> memoryview:
-        """The reused buffer a stored block is read into, at least ``size`` bytes."""
-        if len(self._buf) < size:
-            self._buf = memoryview(bytearray(size))
-        return self._buf
+        """The next of the two alternating buffers a stored block is read into, at least
+        ``size`` bytes (the other one may still be on its way to the initiator)."""
+        which = self._which = self._which ^ 1
+        buf = self._bufs[which]
+        if len(buf) < size:
+            buf = self._bufs[which] = memoryview(bytearray(size))
+        return buf
+
+    def raw_buffer(self, size: int) -> memoryview:
+        """The reused buffer a compressed record is read into: exactly ``size`` bytes,
+        valid until the next call (its payload is decoded into memory of its own at once)."""
+        if len(self._raw) < size:
+            self._raw = memoryview(bytearray(size))
+        return self._raw[:size]
 
     def in_span(self, off: int, size: int) -> memoryview | None:
         """The file's bytes ``[off, off + size)`` when the span holds them all."""
@@ -74,6 +97,7 @@ class ReadAhead:
         self.span_off, self.span_len = off, length
 
     def hold(self, obj: int, native: int, stored: int, data: bytes | memoryview,
-             own: bool) -> None:
+             own: bool, lasting: bool = False) -> None:
         self.native, self.stored, self.data, self.own = native, stored, data, own
+        self.lasting = lasting
         self.obj = obj
