@@ -8,7 +8,8 @@ seen twice is stored once), those the store lacks are compressed on ``COMPRESS_T
 threads (zstd releases the GIL; one batch per thread at a time, each thread with its own
 compressor), and each batch's records go to the writer's pack in the order the batches were
 cut, with one ``pwritev`` per batch. At most ``IN_FLIGHT`` batches wait or run, which bounds
-memory (a batch holds about 1 MiB of stream) and makes a writer that outruns the pool wait.
+memory (a batch holds one 2 MiB stream buffer, stream_tail.py, about 16 MiB for a writing
+cartridge with its spares) and makes a writer that outruns the pool wait.
 
 Nothing here is durable by itself: a sync point first ``drain``s the writer (every batch
 appended to its pack), then runs the store's ``sync`` (packs, then index rows). A reader of
