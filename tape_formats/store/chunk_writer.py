@@ -74,9 +74,13 @@ class ChunkWriter:
         with self._cv:
             turn = self._submitted
             self._submitted += 1
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="chunk-zstd")
-        self._pool.submit(self._store_batch, turn, list(fresh.items()), done)
+        chunks = list(fresh.items())
+        try:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="chunk-zstd")
+            self._pool.submit(self._store_batch, turn, chunks, done)
+        except RuntimeError:  # no thread to be had (interpreter shutdown): store it here
+            self._store_batch(turn, chunks, done)
 
     def _compressor(self) -> zstandard.ZstdCompressor:
         cctx = getattr(self._local, "cctx", None)
