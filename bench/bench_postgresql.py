@@ -112,7 +112,7 @@ def main() -> None:
     from ebm.manager import decode_state, load_translator
     from ebm.points import resolve_point
     from ebm.restore import restore
-    from ebm.wal_fetch import fetch_command
+    from ebm.wal_fetch import fetch_options
 
     with PgCluster(segment_mb=16, base=Path(tempfile.gettempdir()),  # local disk, not tmpfs
                    settings={"shared_buffers": "128MB", "fsync": "on",
@@ -187,7 +187,7 @@ def main() -> None:
         def pitr(target: Path, fetch: bool) -> None:
             b, options = resolve_point(ebm.catalog, "pg", load_translator("postgresql"))
             if fetch:
-                options["wal_fetch"] = fetch_command(ebm.root, b, program)
+                options.update(fetch_options(ebm.root, ebm.catalog, b, program))
             restore(ebm.catalog, ebm.library, load_translator, b, target, options=options)
 
         port = free_port()

@@ -699,14 +699,13 @@ def _wal_from_tape(ebm: Ebm, b: Backup, options: dict[str, Any], wal_local: bool
     catalog (with the same key files, by absolute path), unless ``--wal-local``."""
     if wal_local:
         return
-    from ebm.wal_fetch import fetch_command
+    from ebm.wal_fetch import fetch_options
 
-    argv = fetch_command(ebm.root, b)
+    options.update(fetch_options(ebm.root, ebm.catalog, b))
     for flag, path in zip(("--passphrase-file", "--key-file", "--drive-key-file"), key_files,
                           strict=True):
         if path is not None:
-            argv += [flag, str(path.absolute())]
-    options["wal_fetch"] = argv
+            options["wal_fetch"] += [flag, str(path.absolute())]
 
 
 @app.command("wal-fetch")

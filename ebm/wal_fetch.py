@@ -16,7 +16,8 @@ file is not in the spool.
 
 The answer follows ``restore_command``'s contract: exit 0 when the file is there; exit 1
 when the chain has no such file (the normal end of the archive: PostgreSQL then looks in
-``pg_wal`` and ends recovery; the spool is removed then); and any other failure (catalog,
+``pg_wal`` and ends recovery; the light entry gives the same answer from the spool's
+``.chain``); and any other failure (catalog,
 tape, damaged data) exits :data:`EXIT_FATAL`, above 125, which PostgreSQL takes as "abort
 recovery" instead of "end of the archive" (a damaged segment must never promote a server
 that is missing commits). A damaged segment read ahead is dropped, not served: its own call
@@ -77,6 +78,15 @@ def fetch_command(catalog_root: Path, backup: Backup,
 
     where = "--catalog" if (root / REMOTE_CONFIG).exists() else "--root"
     return [*argv, where, str(root), "wal-fetch", backup.uuid]
+
+
+def fetch_options(catalog_root: Path, catalog: Catalog, backup: Backup,
+                  program: list[str] | None = None) -> dict[str, object]:
+    """The restore options of a physical restore that fetches WAL from tape: restore_command's
+    argv (:func:`fetch_command`) and the chain's WAL names, which the restore leaves in the
+    spool, so restore_command answers "not in the chain" without the CLI from the start."""
+    return {"wal_fetch": fetch_command(catalog_root, backup, program),
+            "wal_chain": chain_names(catalog, backup)}
 
 
 def _check_name(name: str) -> str:

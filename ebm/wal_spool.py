@@ -14,10 +14,11 @@ hard link, no copy), and ignored by PostgreSQL: only WAL file names in ``pg_wal`
 and base backups of the restored server skip ``pg_wal``'s contents. The uuid level keeps a
 spool of one backup's chain from ever serving another's.
 
-The first tape pass also leaves ``.chain``, the names of every WAL file the chain holds, so
-the light entry answers "not in the chain" (exit 1) itself: recovery asks for the segment
-after the last and for the next timeline's history file when it reaches the end, and each
-such answer used to start the ``ebm`` CLI.
+``ebm restore`` leaves ``.chain`` there, the names of every WAL file the chain holds (the
+first tape pass writes it too when it is missing), so the light entry answers "not in the
+chain" (exit 1) itself: recovery asks for history files and the segment before its start
+when it begins, and for the segment after the last and the next timeline's history file
+when it ends; each such answer used to start the ``ebm`` CLI.
 
 Lifetime: a segment leaves the spool when a later one is handed over (recovery asks for the
 segment it ended in again when it promotes, and a hard link hands it over twice without the

@@ -352,7 +352,8 @@ class PostgresqlTranslator(Translator):
                 if not (staged.path / "backup_label").exists():
                     raise TranslatorError("the backup holds no base backup (backup_label)")
                 recovery.prepare(staged.path, options.get("target_time"),
-                                 options.get("target_lsn"), options.get("wal_fetch"))
+                                 options.get("target_lsn"), options.get("wal_fetch"),
+                                 options.get("wal_chain"))
             staged.commit()
         except BaseException:
             staged.discard()

@@ -24,7 +24,7 @@ from ebm.controller import BackupRequest, RequestError
 from ebm.manager import JobError, decode_state, load_translator
 from ebm.points import resolve_point
 from ebm.restore import RestoreError, restore
-from ebm.wal_fetch import WalNotInChain, fetch, fetch_command, fetch_program
+from ebm.wal_fetch import WalNotInChain, fetch, fetch_options, fetch_program
 from ebm.wal_spool import WalSpool, serve
 from translators.base import TranslatorError
 from translators.pg.wal import parse_lsn
@@ -65,7 +65,7 @@ def _restore(ebm, dataset: str, target: Path, program: list[str] | None = None,
     the WAL goes into pg_wal as with ``--wal-local``."""
     backup, options = resolve_point(ebm.catalog, dataset, load_translator("postgresql"), **point)
     if options["form"] == "physical" and program is not None:
-        options["wal_fetch"] = fetch_command(ebm.root, backup, program)
+        options.update(fetch_options(ebm.root, ebm.catalog, backup, program))
     restore(ebm.catalog, ebm.library, load_translator, backup, target, options=options)
 
 
@@ -120,6 +120,8 @@ def test_point_in_time_restore_recovers_exactly_the_commits_before_it(tmp_path, 
     _restore(ebm, "pg", latest, pg.fetch_program())
     segment = decode_state(ebm.catalog.translator_state(incr.id))["segments"][-1]
     assert not (latest / "pg_wal" / segment["name"]).exists()  # restore_command fetches it
+    seeded = WalSpool(str(latest / "pg_wal" / "ebm-prefetch"), incr.uuid)
+    assert seeded.in_chain(segment["name"]) and seeded.in_chain("00000002.history") is False
     at_lsn = pg.dir / "at-lsn"
     _restore(ebm, "pg", at_lsn, lsn=lsn_between)  # --wal-local: no restore_command
     assert "restore_command = 'false'" in (at_lsn / "postgresql.auto.conf").read_text()

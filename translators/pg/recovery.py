@@ -19,7 +19,7 @@ import os
 import shlex
 from pathlib import Path
 
-from ebm.wal_spool import SPOOL_DIR
+from ebm.wal_spool import CHAIN, SPOOL_DIR, WalSpool
 
 AUTO_CONF = "postgresql.auto.conf"
 
@@ -55,8 +55,9 @@ def recovery_settings(target_time: float | None, target_lsn: str | None,
 
 
 def prepare(datadir: Path, target_time: float | None, target_lsn: str | None,
-            fetch: list[str] | None = None) -> None:
-    """recovery.signal plus the settings appended to postgresql.auto.conf (later lines win)."""
+            fetch: list[str] | None = None, chain: list[str] | None = None) -> None:
+    """recovery.signal plus the settings appended to postgresql.auto.conf (later lines win);
+    with ``chain`` (the WAL names restore_command can fetch), the spool's list of them."""
     conf = datadir / AUTO_CONF
     with open(conf, "a") as f:
         f.write("\n" + "\n".join(recovery_settings(target_time, target_lsn, fetch)) + "\n")
@@ -66,4 +67,19 @@ def prepare(datadir: Path, target_time: float | None, target_lsn: str | None,
         for path in (datadir, datadir / AUTO_CONF, datadir / "recovery.signal"):
             os.chown(path, st.st_uid, st.st_gid)  # the directory itself is not a member
     os.chmod(datadir / "recovery.signal", 0o600)
+    if fetch and chain is not None:
+        _seed_spool(datadir, fetch[fetch.index("wal-fetch") + 1], chain, st)
     os.chmod(datadir, 0o700)  # the server refuses a group- or world-readable data directory
+
+
+def _seed_spool(datadir: Path, uuid: str, chain: list[str], owner: os.stat_result) -> None:
+    """The spool's list of the chain's WAL names (ebm.wal_spool), so restore_command answers
+    the server's first "is there a history file / an earlier segment" questions itself. Owned
+    by the server's user, who fills the spool later."""
+    spool = WalSpool(str(datadir / "pg_wal" / SPOOL_DIR), uuid)
+    if not spool.create():
+        return  # only a cache: the CLI answers instead
+    spool.write_chain(chain)
+    if os.geteuid() == 0:
+        for path in (spool.root, spool.path, os.path.join(spool.path, CHAIN)):
+            os.chown(path, owner.st_uid, owner.st_gid)
