@@ -19,6 +19,7 @@ native path, whose pax stream is not GNU tar's.
     .venv/bin/python bench/bench_dedup.py                       # 640 MiB tree, 4 weeks, 2%
     .venv/bin/python bench/bench_dedup.py --ebm                 # and the EBM's weekly fulls
     .venv/bin/python bench/bench_dedup.py --size 1G --weeks 4 --change 0.02 --dir /var/tmp
+    .venv/bin/python bench/bench_dedup.py --size 200M --block-kib 10 --dir /var/tmp  # GNU tar -b 20
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ class EbmLibraries:
 
 
 def disk_bytes(paths: list[Path]) -> int:
-    """Bytes allocated on disk (a dedup skeleton is sparse)."""
+    """Bytes allocated on disk (an older dedup cartridge's skeleton is sparse)."""
     total = 0
     for p in paths:
         for f in ([p] if p.is_file() else [x for x in p.rglob("*") if x.is_file()]):
