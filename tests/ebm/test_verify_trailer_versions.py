@@ -11,6 +11,7 @@ import pytest
 from ebm_helpers import barcodes, make_library, manifest, write_tree
 
 import ebm.manager
+import ebm.verify
 from ebm.controller import BackupRequest
 from ebm.manager import load_translator
 from ebm.restore import restore
@@ -65,6 +66,11 @@ def test_verify_and_restore_either_trailer_version(tmp_path: Path, monkeypatch: 
     assert manifest(tmp_path / "r") == manifest(src)
     restore(ebm_.catalog, ebm_.library, load_translator, b, tmp_path / "one", ["d/b"])
     assert (tmp_path / "one/d/b").read_bytes() == b"text " * 1000
+    # no readable trailer: the stream still checks out (both digest kinds computed)
+    monkeypatch.setattr(ebm.verify, "parse_trailer", lambda raw: None)
+    vr = verify_backup(ebm_.catalog, ebm_.library, b)
+    assert vr.problems == [f"backup {b.uuid}: no valid trailer on cartridge {barcodes(1)[0]}"]
+    monkeypatch.undo()
     # a catalog digest that is neither kind of the stream's: verify names it
     ebm_.catalog.db.execute("UPDATE ebm_backups SET sha256=? WHERE id=?", ("00" * 32, b.id))
     vr = verify_backup(ebm_.catalog, ebm_.library, ebm_.catalog.backup(b.uuid))
