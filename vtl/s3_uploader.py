@@ -25,6 +25,7 @@ on, as ``vtl serve``) or at the next start.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -45,6 +46,10 @@ class Uploader:
 
     def __init__(self, library_root: Path, store_root: Path, settings: S3Settings) -> None:
         self.library_root, self.store_root, self.settings = library_root, store_root, settings
+        # Where the bucket is, as this process's environment says when the library opens:
+        # the thread's passes (and retries) reach the same store whatever changes later.
+        self._target = (settings.target(),
+                        settings.endpoint or os.environ.get("VTL_S3_ENDPOINT", ""))
         self._cond = threading.Condition()
         self._asked = self._done = 0
         self._client: Any = None
@@ -87,9 +92,10 @@ class Uploader:
                 self.last_error = exc
                 log.warning("upload to %s failed: %s (retrying in %d s)",
                             self.settings.location, exc, RETRY_SECONDS)
-                retry = threading.Timer(RETRY_SECONDS, self.kick)
-                retry.daemon = True  # a command that exits leaves it to the next start
-                retry.start()
+                if self.library_root.exists():  # (not a library deleted under us)
+                    retry = threading.Timer(RETRY_SECONDS, self.kick)
+                    retry.daemon = True  # a command that exits leaves it to the next start
+                    retry.start()
             with self._cond:
                 self._done = target
                 self._cond.notify_all()
@@ -109,7 +115,7 @@ class Uploader:
         from vtl.bucket_gc import library_name, put_references, uploading
         from vtl.library import CARTRIDGE_DIR
 
-        bucket, prefix = self.settings.target()
+        (bucket, prefix), endpoint = self._target
         store, state = ChunkStore(self.store_root), CacheState(self.store_root)
         try:
             up = UploadReport()
@@ -120,7 +126,7 @@ class Uploader:
                 # The reference list goes up after the uploads and before any eviction, so
                 # a bucket collection keeps what the recipes name once it is only there.
                 if self._client is None:
-                    self._client = self.settings.client()
+                    self._client = self.settings.client(endpoint or None)
                 who = library_name(self.settings.gateway, self.library_root)
                 with uploading(self._client, bucket, prefix, who):
                     if cache.pending_bytes:

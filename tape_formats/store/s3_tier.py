@@ -8,7 +8,9 @@ keeps one object per chunk, not packs. Uploads are
 conditional (``If-None-Match: *``): a chunk another gateway or an earlier push already put is
 answered 412 and skipped, never rewritten, so a push never overwrites and can be retried or
 run by several writers at once. ``vtl store push/pull`` run it for a whole store, ``vtl
-cartridge archive/retrieve`` for one cartridge's chunks (vtl/archive.py). The tests run it
+cartridge archive/retrieve`` for one cartridge's chunks (vtl/archive.py); a library with
+``upload = "auto"`` sends new packs' chunks as they become durable (s3_cache.py, the same
+objects). The tests run it
 against a real single-node Ceph radosgw (tests/support/ceph_cluster.py).
 """
 

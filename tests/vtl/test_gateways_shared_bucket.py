@@ -47,8 +47,9 @@ def vtl(root: Path, cluster: CephCluster, *args: str):
 def gateway(root: Path, cluster: CephCluster, name: str, location: str, ttl: int) -> Path:
     assert vtl(root, cluster, "init", "--store", location, "--drives", "1", "--slots", "4"
                ).exit_code == 0
-    with open(root / "library.toml", "a") as f:
-        f.write(f'gateway = "{name}"\nlease_ttl = {ttl}\n')
+    toml = root / "library.toml"  # chunks move with archives here, not the uploader's
+    toml.write_text(toml.read_text().replace('upload = "auto"', 'upload = "manual"')
+                    + f'gateway = "{name}"\nlease_ttl = {ttl}\n')  # (timing as before it)
     return root
 
 
