@@ -583,10 +583,10 @@ class TapeCartridge:
         A data block longer than ``buf`` fills ``buf`` and reports its full length (the
         drive turns that into ILI); the position still moves past the whole block.
         ``own``: the caller takes the data wherever it is; a block that was decompressed
-        into memory of its own (never reused), or read ahead into one of the read-ahead's
-        alternating buffers (valid until the next-but-one block is decoded, as long as a
-        view of the drive's own alternating buffers), then comes back as is instead of being
-        copied into ``buf`` (the result's ``data`` is what to use either way).
+        into memory of its own (never reused), or read ahead into the read-ahead's
+        alternating buffers or spans (valid until the next-but-one block is decoded, as long
+        as a view of the drive's own alternating buffers), then comes back as is instead of
+        being copied into ``buf`` (the result's ``data`` is what to use either way).
         """
         wb = self._wb
         if wb is not None and wb.blocks:
@@ -641,13 +641,14 @@ class TapeCartridge:
         ahead.obj = -1
         try:
             raw = self._from_span(r)
-            native, stored, data, lasting = self._decode(p, r, ahead.buffer(meta >> 16)
-                                                         if raw is None else None, raw)
+            native, stored, data, _ = self._decode(p, r, ahead.buffer(meta >> 16)
+                                                   if raw is None else None, raw)
         except (CartridgeError, OSError, zstandard.ZstdError):
             return
-        # zstd's (or the decryption's) output is memory of its own; a view is reused memory,
-        # and lasts until the next-but-one decode when it is one of the alternating buffers
-        ahead.hold(p, native, stored, data, own=type(data) is bytes, lasting=lasting)
+        # zstd's (or the decryption's) output is memory of its own; a view is of one of the
+        # alternating buffers or spans, and lasts until the next-but-one decode
+        own = type(data) is bytes
+        ahead.hold(p, native, stored, data, own=own, lasting=not own)
 
     def _from_span(self, r: int) -> memoryview | None:
         """Record ``r`` (header and payload) out of the read-ahead span, refilled with one
@@ -700,12 +701,6 @@ class TapeCartridge:
             payload = out
             if got != RECORD_HEADER_SIZE + stored:
                 raise CorruptRecord(f"{self.barcode}: block {p} is cut short", p)
-        elif compressed or encrypted:
-            # Decoded into memory of its own below: the raw record is scratch, read into the
-            # read-ahead's reused buffer instead of new memory per block.
-            scratch = self._ahead.raw_buffer(RECORD_HEADER_SIZE + stored)
-            raw = scratch[:self._io.preadv([scratch], off)]
-            payload = raw[RECORD_HEADER_SIZE:]
         else:
             raw = self._io.pread(RECORD_HEADER_SIZE + stored, off)
             payload = memoryview(raw)[RECORD_HEADER_SIZE :]

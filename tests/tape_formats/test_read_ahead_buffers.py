@@ -1,6 +1,6 @@
-"""The read-ahead's buffers for blocks too big for the span (tape_formats/read_ahead.py): a
-block stored as is is handed out without a copy and stays intact until the next-but-one
-block is decoded; a compressed one is read into reused memory, and damage is still reported."""
+"""The read-ahead's alternating buffers and spans (tape_formats/read_ahead.py): a block
+stored as is is handed out without a copy and stays intact until the next-but-one block is
+decoded; compressed blocks and damage read as before."""
 
 from __future__ import annotations
 
@@ -89,3 +89,23 @@ def test_a_damaged_compressed_record_is_still_reported(big_blocks, damage: str) 
     assert c._ahead.obj == -1  # nothing cached: the READ meets the damage itself
     with pytest.raises(CorruptRecord):
         c.read_block(bytearray(BLOCK), own=True)
+
+
+def test_small_blocks_from_the_span_are_handed_out_without_a_copy(tmp_path: Path) -> None:
+    """32 KiB blocks come out of the span (two that alternate): each view stays intact while
+    the next block is decoded ahead, also across a refill of the span."""
+    p = tmp_path / "C00001L8.vtape"
+    TapeCartridge.create(p, "C00001L8", MEDIA["LTO-8"], capacity=64 << 20)
+    rnd = random.Random(4)
+    blocks = [rnd.randbytes(32768) for _ in range(40)]  # 1.25 MiB: the span is refilled
+    with TapeCartridge.open(p) as c:
+        for b in blocks:
+            c.write_block(b)
+        c.rewind()
+        for b in blocks:
+            c.read_ahead()
+            buf = bytearray(32768)
+            r = c.read_block(buf, own=True)
+            assert bytes(r.data) == b and buf == bytearray(32768)
+            c.read_ahead()
+            assert bytes(r.data) == b
