@@ -583,10 +583,10 @@ class TapeCartridge:
         A data block longer than ``buf`` fills ``buf`` and reports its full length (the
         drive turns that into ILI); the position still moves past the whole block.
         ``own``: the caller takes the data wherever it is; a block that was decompressed
-        into memory of its own (never reused), or read ahead into the read-ahead's
-        alternating buffers or spans (valid until the next-but-one block is decoded, as long
-        as a view of the drive's own alternating buffers), then comes back as is instead of
-        being copied into ``buf`` (the result's ``data`` is what to use either way).
+        into memory of its own (never reused), or read ahead into one of the read-ahead's
+        alternating buffers (valid until the next-but-one block is decoded, as long as a
+        view of the drive's own alternating buffers), then comes back as is instead of being
+        copied into ``buf`` (the result's ``data`` is what to use either way).
         """
         wb = self._wb
         if wb is not None and wb.blocks:
@@ -641,14 +641,14 @@ class TapeCartridge:
         ahead.obj = -1
         try:
             raw = self._from_span(r)
-            native, stored, data, _ = self._decode(p, r, ahead.buffer(meta >> 16)
-                                                   if raw is None else None, raw)
+            native, stored, data, lasting = self._decode(p, r, ahead.buffer(meta >> 16)
+                                                         if raw is None else None, raw)
         except (CartridgeError, OSError, zstandard.ZstdError):
             return
-        # zstd's (or the decryption's) output is memory of its own; a view is of one of the
-        # alternating buffers or spans, and lasts until the next-but-one decode
-        own = type(data) is bytes
-        ahead.hold(p, native, stored, data, own=own, lasting=not own)
+        # zstd's (or the decryption's) output is memory of its own; a view is reused memory,
+        # and lasts until the next-but-one decode when it is one of the alternating buffers
+        # (a view of the span is copied out by read_block)
+        ahead.hold(p, native, stored, data, own=type(data) is bytes, lasting=lasting)
 
     def _from_span(self, r: int) -> memoryview | None:
         """Record ``r`` (header and payload) out of the read-ahead span, refilled with one

@@ -9,12 +9,12 @@ restore of 10 KiB blocks then costs one read syscall per ~50 blocks instead of o
 The cache holds only what the cartridge put in it; it never reads the file itself. Anything
 that changes the tape (a write, a filemark, an erase, a cut) empties it, span included.
 
-Nothing decoded ahead is copied on its way to the initiator. The span itself is two buffers
-that alternate, each refill going into the other one, and a block too big for the span is
-decoded into one of two buffers that alternate as well, like the drive's own READ buffers
-(vtl/scsi/ssc.py): a view of either stays valid until the next-but-one block is decoded, so
-the drive hands it to the transport as it is instead of copying it into its buffer (a block
-stored as is costs no memcpy on the way to ``sendmsg``; zstd's output is memory of its own).
+A block too big for the span is decoded into one of two buffers that alternate, like the
+drive's own READ buffers (vtl/scsi/ssc.py): a view of one stays valid until the next-but-one
+block is decoded, so the drive hands it to the transport as it is instead of copying it into
+its buffer (a 256 KiB block stored as is costs no memcpy on the way to ``sendmsg``; zstd's
+output is memory of its own). A block from the span is copied out: two spans that alternate
+measured no faster at 32 KiB (bench/README.md).
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ SPAN_RECORD_MAX = 128 * 1024 + 32
 
 class ReadAhead:
     """Object ``obj``'s decoded block (``obj`` -1: empty). ``data`` is a view of one of the
-    two alternating ``buffer``s or of the span for a block stored as is (``lasting``), or the
+    two alternating ``buffer``s (``lasting``) or of the span for a block stored as is, or the
     decompressor's own bytes (``own``). The span holds the file's bytes
     ``[span_off, span_off + span_len)``."""
 
     __slots__ = ("obj", "native", "stored", "data", "own", "lasting", "_bufs", "_which",
-                 "_span", "_spans", "_which_span", "span_off", "span_len")
+                 "_span", "span_off", "span_len")
 
     def __init__(self) -> None:
         self.obj = -1
@@ -41,13 +41,11 @@ class ReadAhead:
         self.stored = 0
         self.data: bytes | memoryview = b""
         self.own = False  # data is memory of its own, not a view of a reused buffer
-        # data is a view of an alternating buffer or span: valid until the next-but-one decode
+        # data is a view of an alternating buffer: valid until the next-but-one decode
         self.lasting = False
         self._bufs = [memoryview(bytearray(0)), memoryview(bytearray(0))]
         self._which = 0
         self._span = memoryview(bytearray(0))
-        self._spans = [self._span, self._span]  # the span is the one of them last filled
-        self._which_span = 0
         self.span_off = 0
         self.span_len = 0
 
@@ -62,7 +60,6 @@ class ReadAhead:
         self.data = b""
         self._span = memoryview(bytearray(0))
         self._bufs = [self._span, self._span]
-        self._spans = [self._span, self._span]
 
     def buffer(self, size: int) -> memoryview:
         """The next of the two alternating buffers a stored block is read into, at least
@@ -84,12 +81,9 @@ class ReadAhead:
         """The span's memory, at least ``size`` bytes, emptied (the cartridge fills it and
         says how much with ``filled``)."""
         self.span_len = 0
-        which = self._which_span = self._which_span ^ 1  # the other one: views of the last
-        span = self._spans[which]                         # fill stay intact
-        if len(span) < size:
-            span = self._spans[which] = memoryview(bytearray(size))
-        self._span = span
-        return span[:size]
+        if len(self._span) < size:
+            self._span = memoryview(bytearray(size))
+        return self._span[:size]
 
     def filled(self, off: int, length: int) -> None:
         self.span_off, self.span_len = off, length
