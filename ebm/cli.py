@@ -526,7 +526,7 @@ def show(backup_spec: str = typer.Argument(..., metavar="BACKUP")) -> None:
     def human() -> None:
         out().print(f"backup {b.uuid} (id {b.id}) of {b.dataset}: {b.level}, {b.state}")
         out().print(f"  started {human_time(b.started)}, finished {human_time(b.finished)}")
-        out().print(f"  {b.nfiles} entries, {human_size(b.size)} stream, {b.blocks} blocks, sha256 {b.sha256}")
+        out().print(f"  {b.nfiles} entries, {human_size(b.size)} stream, {b.blocks} blocks, stream digest {b.sha256}")
         if b.encrypted:
             out().print("  encrypted (AES-256-GCM, scrypt)")
         if b.level == "full" and b.options.get("full_reason"):
