@@ -8,7 +8,9 @@ modified (a random range overwritten; one in three also grows or shrinks, shifti
 of the tar). Each week's tar (``tar -b 512``: 256 KiB blocks; ``--block-kib 10`` for GNU tar's default) is written to a new cartridge
 of each store, through ``queue_block`` as a drive in buffered mode does, ended by a filemark
 (fsync), then read back and compared. Printed per week and store: MB/s written and read,
-and the process's CPU seconds (all threads) per GB for each, which a busy box moves less;
+and the process's CPU seconds (all threads) per GB for each, which a busy box moves less,
+with the cores that makes (CPU seconds over wall seconds: below the peer's, the store's
+threads waited, on each other or on a box too busy to run them);
 at the end, logical bytes against bytes on disk.
 
 With ``--ebm`` the EBM backs up the same tree each week too, as a forced full (a native
@@ -20,6 +22,7 @@ native path, whose pax stream is not GNU tar's.
     .venv/bin/python bench/bench_dedup.py --ebm                 # and the EBM's weekly fulls
     .venv/bin/python bench/bench_dedup.py --size 1G --weeks 4 --change 0.02 --dir /var/tmp
     .venv/bin/python bench/bench_dedup.py --size 200M --block-kib 10 --dir /var/tmp  # GNU tar -b 20
+    .venv/bin/python bench/bench_dedup.py --weeks 1 --threads --dir /var/tmp  # who waits on what
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench_write_behind import size_arg  # noqa: E402
+from thread_times import ThreadTimes  # noqa: E402
 
 from tape_formats.cartridge import RecordKind, TapeCartridge  # noqa: E402
 from tape_formats.media import MEDIA  # noqa: E402
@@ -195,6 +199,8 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, default=None, help="scratch folder (a real disk)")
     ap.add_argument("--block-kib", type=int, default=256,
                     help="tar's block size in KiB (GNU tar's default is 10; Amanda 32)")
+    ap.add_argument("--threads", action="store_true",
+                    help="per thread of the first week's writes: CPU, run queue, asleep")
     ap.add_argument("--ebm", action="store_true",
                     help="the EBM also takes a full of the tree each week, plain and dedup")
     args = ap.parse_args()
@@ -231,13 +237,19 @@ def main() -> int:
                 path = folder / f"{barcode}.vtape"
                 TapeCartridge.create(path, barcode, MEDIA["LTO-8"],
                                      chunk_store=store if kind == "dedup" else None)
-                w, wc = write(path, tar)
+                if args.threads and week == 1:  # (the sampling costs ~1% of a core)
+                    with ThreadTimes() as times:
+                        w, wc = write(path, tar)
+                    print(f"  {kind} write, per thread:")
+                    times.report(size)
+                else:
+                    w, wc = write(path, tar)
                 r, rc = read_back(path, want)
                 rates[kind].append((size / w / 1e6, size / r / 1e6))
                 cpu[kind].append((wc / size * 1e9, rc / size * 1e9))
                 line.append(f"{kind} write {size / w / 1e6:6.1f} MB/s ({wc / size * 1e9:.2f} "
-                            f"CPU s/GB) read {size / r / 1e6:6.1f} MB/s "
-                            f"({rc / size * 1e9:.2f} CPU s/GB)")
+                            f"CPU s/GB, {wc / w:.2f} cores) read {size / r / 1e6:6.1f} MB/s "
+                            f"({rc / size * 1e9:.2f} CPU s/GB, {rc / r:.2f} cores)")
                 if ebm is not None:
                     line.append(f"EBM {kind} {ebm.full(kind, tree, size):6.1f} MB/s")
             print(",  ".join(line), flush=True)
