@@ -404,7 +404,8 @@ def _upload(lib: Library, client: Any, bucket: str, prefix: str, base: str,
         main = files[-1]
         store = ChunkStore((recipe_path(main).parent / rec.store).resolve())
         try:
-            pushed = push(store, client, bucket, prefix, sorted(set(rec.ch_ids)), lock=lock)
+            pushed = push(store, client, bucket, prefix, sorted(set(rec.ch_ids)), lock=lock,
+                          part_size=s3.part_size)
         finally:
             store.close()
         report.chunks_uploaded, report.chunks_already_there = pushed.uploaded, \

@@ -1,17 +1,25 @@
-"""Garbage collection of a bucket's chunks (``vtl store gc --bucket``): the chunk objects
-under ``<prefix>/chunks/`` that no archive and no library's local cartridges name go.
+"""Garbage collection of a bucket's chunks (``vtl store gc --bucket``): the pack objects
+under ``<prefix>/packs/`` whose manifest names no chunk that an archive or a library's local
+cartridges name go (with their manifests), and so do the per-chunk objects of the older
+layout under ``<prefix>/chunks/`` that nothing names (tape_formats/store/s3_packs.py).
 
 Marks, read from the bucket (every gateway's):
 - every archive manifest under ``<prefix>/tapes/`` (any generation, complete ones only): the
   chunks its recipe object names;
 - every *reference list* ``<prefix>/refs/<library>``: the chunk ids a library's local
-  recipes named when it last pushed (``vtl store push`` writes it, after its uploads), so
-  chunks evicted from a library's cache (``push --evict``) survive while it uses them;
+  recipes named when it last pushed (``vtl store push`` and the uploader write it, after
+  their uploads), so chunks evicted from a library's cache survive while it uses them;
 - the running library's own local recipes.
 
-A chunk object survives when a mark names it, when it is younger than ``grace`` (its
-LastModified against this machine's clock: uploads of a writer that started before the
-collector, clock skew), or when the store keeps it (object lock: it is skipped, counted).
+An object survives when a mark names it (a pack: one of its chunks), when it is younger
+than ``grace`` (its LastModified against this machine's clock: uploads of a writer that
+started before the collector, clock skew), or when the store keeps it (object lock: it is
+skipped, counted). A pack object without a manifest (a crash between its put and its
+manifest's, the manifest being put second and deleted first) goes once older than
+``grace``. A pack whose live records are under half its bytes is kept and counted
+(``packs_mostly_dead``): rewriting it is left to a later version. A gateway that still
+maps a chunk to a deleted pack finds it gone at its next GET or upload pass and reads the
+manifests again (s3_packs.fetch_many, s3_cache.upload_pending).
 
 Writers and the collector exclude each other in the bucket, as the local store's
 ``gc.lock`` does on one disk: a writer (an archive from its first chunk to its manifest, a
@@ -38,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tape_formats.store import s3_packs
 from vtl.errors import LibraryError
 from vtl.leases import CartridgeLeased, LeaseStore
 
@@ -73,11 +82,17 @@ class BucketGcReport:
     archives: int = 0
     reference_lists: int = 0
     chunks_marked: int = 0
-    chunks_kept: int = 0
-    chunks_young: int = 0
+    chunks_kept: int = 0  # live chunks found (in pack objects or per-chunk objects)
+    chunks_young: int = 0  # per-chunk objects spared by the grace
     chunks_locked: int = 0
-    chunks_deleted: int = 0
+    chunks_deleted: int = 0  # per-chunk objects, and chunks of pack objects, deleted
     bytes_deleted: int = 0
+    packs_kept: int = 0
+    packs_young: int = 0  # dead (or without a manifest) but younger than the grace
+    packs_locked: int = 0
+    packs_deleted: int = 0
+    packs_mostly_dead: int = 0  # kept, but less than half of their bytes live
+    bytes_dead_in_kept: int = 0  # the dead records' bytes in those
 
 
 def _key(prefix: str, *parts: str) -> str:
@@ -138,11 +153,15 @@ def collect(client: Any, bucket: str, prefix: str, who: str, *,
         _check_no_writer(client, bucket, prefix)
         start = time.time()
         chunks = list(_list(client, bucket, _key(prefix, "chunks") + "/"))
+        pack_objects = list(_list(client, bucket, _key(prefix, s3_packs.PACKS) + "/"))
         report = BucketGcReport()
         marks = _marks(client, bucket, prefix, report)
         marks.update(local_ids)
         report.chunks_marked = len(marks)
-        _sweep(client, bucket, chunks, marks, start - grace, report)
+        locking = _object_lock_enabled(client, bucket)
+        _sweep(client, bucket, chunks, marks, start - grace, locking, report)
+        _sweep_packs(client, bucket, prefix, pack_objects, marks, start - grace, locking,
+                     report)
         return report
     finally:
         # deleted rather than written released: it needs no generation, and in a versioned
@@ -197,10 +216,10 @@ def _archive_chunks(client: Any, bucket: str, base: str) -> list[bytes]:
 
 
 def _sweep(client: Any, bucket: str, chunks: list[dict[str, Any]], marks: set[bytes],
-           older_than: float, report: BucketGcReport) -> None:
-    """Delete the unmarked chunk objects older than ``older_than``, DELETE_BATCH at a time
-    (one DeleteObjects request each); in a bucket with object lock, each is HEADed first."""
-    locking = _object_lock_enabled(client, bucket)
+           older_than: float, locking: bool, report: BucketGcReport) -> None:
+    """Delete the unmarked per-chunk objects older than ``older_than``, DELETE_BATCH at a
+    time (one DeleteObjects request each); with object lock (``locking``), each is HEADed
+    first."""
     doomed: list[dict[str, Any]] = []
     for obj in chunks:
         try:
@@ -219,20 +238,70 @@ def _sweep(client: Any, bucket: str, chunks: list[dict[str, Any]], marks: set[by
         _delete_batch(client, bucket, doomed[at:at + DELETE_BATCH], report)
 
 
+def _sweep_packs(client: Any, bucket: str, prefix: str, objects: list[dict[str, Any]],
+                 marks: set[bytes], older_than: float, locking: bool,
+                 report: BucketGcReport) -> None:
+    """Delete the pack objects older than ``older_than`` whose manifest names no marked
+    chunk, or that have no manifest (a crash between the two puts, or between the two
+    deletes): manifests first, then packs, so a manifest always names a pack that is there.
+    Packs that are mostly dead are counted, not rewritten."""
+    doomed: list[tuple[dict[str, Any], int]] = []  # (pack object, chunks it held)
+    for obj in objects:
+        name = obj["Key"].rsplit("/", 1)[1]
+        rows = s3_packs.read_manifest(client, bucket, prefix, name) or []
+        live = sum(w.size for cid, w in rows if cid in marks)
+        if live:
+            report.packs_kept += 1
+            report.chunks_kept += sum(1 for cid, _w in rows if cid in marks)
+            if live * 2 < obj["Size"]:
+                report.packs_mostly_dead += 1
+                report.bytes_dead_in_kept += obj["Size"] - live
+        elif obj["LastModified"].timestamp() > older_than:
+            report.packs_young += 1
+        elif locking and _locked(client, bucket, obj["Key"]):
+            report.packs_locked += 1
+        else:
+            doomed.append((obj, len(rows)))
+    for at in range(0, len(doomed), DELETE_BATCH):
+        batch = doomed[at:at + DELETE_BATCH]
+        names = [o["Key"].rsplit("/", 1)[1] for o, _n in batch]
+        kept = _delete_keys(client, bucket, [s3_packs.manifest_key(prefix, n) for n in names])
+        gone = [(o, n) for (o, n), name in zip(batch, names, strict=True)
+                if s3_packs.manifest_key(prefix, name) not in kept]
+        kept = _delete_keys(client, bucket, [o["Key"] for o, _n in gone])
+        for obj, n in gone:
+            if obj["Key"] in kept:
+                report.packs_locked += 1
+                continue
+            report.packs_deleted += 1
+            report.chunks_deleted += n
+            report.bytes_deleted += obj["Size"]
+        report.packs_locked += len(batch) - len(gone)
+
+
+def _delete_keys(client: Any, bucket: str, keys: list[str]) -> set[str]:
+    """Delete ``keys`` (one request); returns those the store keeps (object lock)."""
+    if not keys:
+        return set()
+    r = client.delete_objects(Bucket=bucket, Delete={
+        "Objects": [{"Key": k} for k in keys], "Quiet": True})
+    kept = set()
+    for e in r.get("Errors", []):
+        if e.get("Code") != "AccessDenied":
+            raise LibraryError(f"deleting s3://{bucket}/{e['Key']}: {e.get('Code')}")
+        kept.add(e["Key"])
+    return kept
+
+
 def _delete_batch(client: Any, bucket: str, objs: list[dict[str, Any]],
                   report: BucketGcReport) -> None:
-    r = client.delete_objects(Bucket=bucket, Delete={
-        "Objects": [{"Key": o["Key"]} for o in objs], "Quiet": True})
-    refused = {e["Key"]: e.get("Code", "") for e in r.get("Errors", [])}
+    kept = _delete_keys(client, bucket, [o["Key"] for o in objs])
     for obj in objs:
-        code = refused.get(obj["Key"])
-        if code is None:
-            report.chunks_deleted += 1
-            report.bytes_deleted += obj["Size"]
-        elif code == "AccessDenied":  # locked after all
+        if obj["Key"] in kept:  # locked after all
             report.chunks_locked += 1
         else:
-            raise LibraryError(f"deleting s3://{bucket}/{obj['Key']}: {code}")
+            report.chunks_deleted += 1
+            report.bytes_deleted += obj["Size"]
 
 
 def _object_lock_enabled(client: Any, bucket: str) -> bool:

@@ -10,8 +10,9 @@ or a kill between a sync point and its upload: the next start finishes them), an
 command that wrote returns with its chunks in the bucket and its packs trimmed.
 
 A pass (tape_formats/store/s3_cache.py): under a writer marker (vtl/bucket_gc.py: no bucket
-collection runs meanwhile) every pack's records past its upload progress are PUT with
-``If-None-Match: *``; then this library's reference list is rewritten (the chunks its
+collection runs meanwhile) every pack's records past its upload progress that the bucket
+does not hold yet are put into pack objects of several MiB, each with its manifest
+(tape_formats/store/s3_packs.py); then this library's reference list is rewritten (the chunks its
 recipes name, so a bucket collection keeps those evicted from the cache; written in every
 pass that uploads or evicts, before it evicts); then, with a cache size, the least
 recently used packs the bucket holds whole are evicted. A sync point
@@ -130,7 +131,8 @@ class Uploader:
                 who = library_name(self.settings.gateway, self.library_root)
                 with uploading(self._client, bucket, prefix, who):
                     if cache.pending_bytes:
-                        up = upload_pending(store, state, self._client, bucket, prefix)
+                        up = upload_pending(store, state, self._client, bucket, prefix,
+                                            part_size=self.settings.part_size)
                     put_references(self._client, bucket, prefix, who,
                                    referenced(self.library_root / CARTRIDGE_DIR, store))
             if evicting:

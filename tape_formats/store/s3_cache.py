@@ -4,19 +4,24 @@ A library with ``[s3] upload = "auto"`` writes its chunks into local packs as an
 library does; this module moves them to the bucket and keeps the local copies under
 ``[s3] cache_size``. It owns ``<store>/s3_cache.sqlite`` (WAL):
 
-- ``scanned(pack, upto)``: every whole record of the pack below byte ``upto`` is in the
-  bucket. An upload pass reads each pack past its ``upto`` (a pack a writer still appends
-  to as far as its records are whole), PUTs each record's stored bytes to
-  ``<prefix>/chunks/<hex>`` with ``If-None-Match: *`` (a 412 means the bucket has it: the
-  same as uploaded), then advances ``upto``. A pack no writer holds (no flock) whose scan
-  stops short of its end has a torn tail (a crash's): ``upto`` becomes its size.
-- ``in_bucket(id, stored)``: chunks known to be in the bucket (uploaded, answered 412, or
-  fetched from it), so a pack rewritten by compaction or filled by fetches is scanned
-  without sending its chunks again, and ``vtl store stats`` can say how much the bucket
-  holds.
+- ``scanned(pack, upto)``: every whole record of the local pack below byte ``upto`` is in
+  the bucket. An upload pass reads each pack past its ``upto`` (a pack a writer still
+  appends to as far as its records are whole), puts the records the bucket does not hold
+  into pack objects of a few MiB with their manifests (s3_packs.py; a pass's records are
+  spread over ``UPLOAD_THREADS`` objects sent at once), then advances ``upto`` past each
+  object's records in order. A pack no writer holds (no flock) whose scan stops short of
+  its end has a torn tail (a crash's): ``upto`` becomes its size.
+- ``in_bucket(id, stored, pack, offset)``: chunks known to be in the bucket and, when known,
+  where (pack object and record offset): uploaded from here, read from another gateway's
+  manifest (``manifests``: the manifests read), or fetched from it. So a pack rewritten by
+  compaction or filled by fetches is scanned without sending its chunks again, a reader
+  finds a chunk's byte range without asking the bucket, and ``vtl store stats`` can say
+  how much the bucket holds. Rows of a state from before pack objects have no pack: their
+  chunks are ``<prefix>/chunks/<hex>`` objects.
 
-A crash anywhere loses only progress: rows are committed after the PUTs they record, so the
-next pass sends again (and is answered 412) what was up but not recorded.
+A crash anywhere loses only progress: rows are committed after the objects they record are
+up, so the next pass sends again what was up but not recorded (a spare pack object whose
+chunks are also elsewhere: the bucket collector removes it once nothing names it).
 
 Eviction (``evict_to``) removes whole packs, least recently used first (by the pack's
 access time, which a reader sets when it opens a pack: chunk_store.py), until the packs
@@ -31,6 +36,7 @@ finding the pack, fetches it from the bucket (S3ChunkRemote).
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import threading
@@ -41,18 +47,15 @@ from pathlib import Path
 from typing import Any
 
 from tape_formats.store import pack as packs
+from tape_formats.store import s3_packs
 from tape_formats.store.chunk_store import ChunkStore
-from tape_formats.store.s3_objects import error_code, md5_b64
+from tape_formats.store.s3_objects import DEFAULT_PART
+from tape_formats.store.s3_packs import Where
 
 STATE_NAME = "s3_cache.sqlite"
-UPLOAD_THREADS = 4  # PUTs in flight during a pass (radosgw answers them in parallel)
-BATCH = 64  # records uploaded between two commits of the state
+UPLOAD_THREADS = 4  # pack objects in flight during a pass (radosgw takes them in parallel)
+MIN_PACK = 2 << 20  # a pass's records are split into pack objects no smaller than this
 _LOOKUP = 500
-
-
-def chunk_key(prefix: str, chunk_id: bytes) -> str:
-    """The object name of a chunk (the same as s3_tier's pushes and fetches)."""
-    return f"{prefix.strip('/')}/chunks/{chunk_id.hex()}".lstrip("/")
 
 
 class CacheState:
@@ -70,37 +73,86 @@ class CacheState:
                              "upto INTEGER NOT NULL)")
             self._db.execute("CREATE TABLE IF NOT EXISTS in_bucket (id BLOB PRIMARY KEY, "
                              "stored INTEGER NOT NULL) WITHOUT ROWID")
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(in_bucket)")}
+            if "pack" not in columns:  # a state from before pack objects: rows stay valid
+                self._db.execute("ALTER TABLE in_bucket ADD COLUMN pack TEXT")
+                self._db.execute("ALTER TABLE in_bucket ADD COLUMN offset INTEGER")
+            self._db.execute("CREATE INDEX IF NOT EXISTS in_bucket_pack ON in_bucket(pack)")
+            self._db.execute("CREATE TABLE IF NOT EXISTS manifests (pack TEXT PRIMARY KEY) "
+                             "WITHOUT ROWID")
 
     def scanned(self) -> dict[int, int]:
         with self._lock:
             return dict(self._db.execute("SELECT pack, upto FROM scanned"))
 
     def known(self, ids: Sequence[bytes]) -> set[bytes]:
-        """Those of ``ids`` known to be in the bucket."""
+        """Those of ``ids`` known to be in a pack object of the bucket (a chunk of the
+        per-chunk layout is sent again, into a pack: the collector may have taken it)."""
         found: set[bytes] = set()
         with self._lock:
             for i in range(0, len(ids), _LOOKUP):
                 part = ids[i:i + _LOOKUP]
                 marks = ",".join("?" * len(part))
                 found.update(r[0] for r in self._db.execute(
-                    f"SELECT id FROM in_bucket WHERE id IN ({marks})", part))
+                    f"SELECT id FROM in_bucket WHERE id IN ({marks}) AND pack IS NOT NULL",
+                    part))
         return found
 
     def record(self, chunks: Iterable[tuple[bytes, int]], pack: int | None = None,
                upto: int = 0) -> None:
-        """Chunks now in the bucket, and (with ``pack``) the pack's scan progress: one
-        transaction."""
+        """Chunks now in the bucket (where unknown), and (with ``pack``) the local pack's
+        scan progress: one transaction."""
+        self._write(((cid, stored, None, None) for cid, stored in chunks), pack, upto)
+
+    def add_locations(self, found: Sequence[tuple[bytes, Where]], manifest: str | None = None,
+                      pack: int | None = None, upto: int = 0) -> None:
+        """Chunks now known in pack objects (uploaded, or read from a manifest: then
+        ``manifest`` is marked read), and the local pack's scan progress: one transaction."""
+        self._write(((cid, w.stored, w.pack, w.offset) for cid, w in found), pack, upto,
+                    manifest)
+
+    def _write(self, rows: Iterable[tuple[bytes, int, str | None, int | None]],
+               pack: int | None, upto: int, manifest: str | None = None) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.executemany("INSERT OR IGNORE INTO in_bucket VALUES (?, ?)", chunks)
+                self._db.executemany(
+                    "INSERT INTO in_bucket (id, stored, pack, offset) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET pack = excluded.pack, "
+                    "offset = excluded.offset WHERE excluded.pack IS NOT NULL AND "
+                    "in_bucket.pack IS NULL", rows)
                 if pack is not None:
                     self._db.execute("INSERT OR REPLACE INTO scanned VALUES (?, ?)",
                                      (pack, upto))
+                if manifest is not None:
+                    self._db.execute("INSERT OR IGNORE INTO manifests VALUES (?)", (manifest,))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def locate(self, ids: Sequence[bytes]) -> dict[bytes, Where]:
+        """Where those of ``ids`` in a known pack object are."""
+        found: dict[bytes, Where] = {}
+        with self._lock:
+            for i in range(0, len(ids), _LOOKUP):
+                part = ids[i:i + _LOOKUP]
+                marks = ",".join("?" * len(part))
+                for cid, stored, pack, offset in self._db.execute(
+                        f"SELECT id, stored, pack, offset FROM in_bucket WHERE id IN ({marks}) "
+                        "AND pack IS NOT NULL", part):
+                    found[cid] = Where(pack, offset, stored)
+        return found
+
+    def manifests_seen(self) -> set[str]:
+        with self._lock:
+            return {r[0] for r in self._db.execute("SELECT pack FROM manifests")}
+
+    def drop_pack(self, pack: str) -> None:
+        """A pack object is gone (collected): forget where its chunks were."""
+        with self._lock:
+            self._db.execute("DELETE FROM in_bucket WHERE pack = ?", (pack,))
+            self._db.execute("DELETE FROM manifests WHERE pack = ?", (pack,))
 
     def forget_packs(self, numbers: Iterable[int]) -> None:
         """Drop the progress of packs that are gone (compacted, evicted)."""
@@ -114,6 +166,12 @@ class CacheState:
                                         ).fetchone()
         return int(n), int(total)
 
+    def bucket_packs(self) -> int:
+        """Pack objects known to hold chunks (uploaded here or read from manifests)."""
+        with self._lock:
+            return int(self._db.execute("SELECT count(DISTINCT pack) FROM in_bucket "
+                                        "WHERE pack IS NOT NULL").fetchone()[0])
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -121,8 +179,9 @@ class CacheState:
 
 @dataclass(slots=True)
 class UploadReport:
-    uploaded: int = 0  # chunks PUT
-    already_there: int = 0  # answered 412 or known from before
+    uploaded: int = 0  # chunks put into pack objects
+    already_there: int = 0  # known in the bucket from before
+    packs_put: int = 0  # pack objects (and manifests) put
     bytes_uploaded: int = 0
     packs_done: int = 0  # packs whose every record is now in the bucket
 
@@ -137,25 +196,16 @@ class CacheReport:
     bytes_evicted: int = 0
 
 
-def _put(client: Any, bucket: str, key: str, body: bytes) -> bool:
-    """One conditional PUT; False when the bucket has the object already (412)."""
-    try:
-        client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*",
-                          ContentMD5=md5_b64(body))
-    except Exception as exc:
-        if error_code(exc) in ("PreconditionFailed", "412"):
-            return False
-        raise
-    return True
-
-
 def upload_pending(store: ChunkStore, state: CacheState, client: Any, bucket: str,
-                   prefix: str) -> UploadReport:
+                   prefix: str, *, part_size: int = DEFAULT_PART) -> UploadReport:
     """One pass: every pack's records past its ``upto`` into the bucket (module docstring)."""
     report = UploadReport()
+    # The bucket's chunk table as of now (no collection runs during a pass): packs other
+    # gateways put are read (their chunks are not sent again), collected ones forgotten.
+    s3_packs.ChunkMap(state).refresh(client, bucket, prefix, forget=True)
     done = state.scanned()
     present = set()
-    with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="chunk-upload") as pool:
+    with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="pack-upload") as pool:
         for number, path in store.pack_files():
             present.add(number)
             try:
@@ -163,47 +213,59 @@ def upload_pending(store: ChunkStore, state: CacheState, client: Any, bucket: st
             except FileNotFoundError:
                 continue
             try:
-                _upload_pack(fd, number, done.get(number, 0), state, pool, client, bucket,
-                             prefix, report)
+                _upload_pack(fd, number, done.get(number, 0), state, pool,
+                             _Target(client, bucket, prefix, part_size), report)
             finally:
                 os.close(fd)
     state.forget_packs(n for n in done if n not in present)
     return report
 
 
+@dataclass(frozen=True, slots=True)
+class _Target:
+    client: Any
+    bucket: str
+    prefix: str
+    part_size: int
+
+
 def _upload_pack(fd: int, number: int, upto: int, state: CacheState, pool: ThreadPoolExecutor,
-                 client: Any, bucket: str, prefix: str, report: UploadReport) -> None:
+                 to: _Target, report: UploadReport) -> None:
     size = os.fstat(fd).st_size
     if size <= upto:
         return
     writing = not packs.try_lock(fd)  # (released when fd closes: nobody reopens a pack)
     data = os.pread(fd, size - upto, upto)
     found = list(packs.records(data))
-    for i in range(0, len(found), BATCH):
-        batch = found[i:i + BATCH]
-        known = state.known([cid for _at, cid, _n in batch])
-        todo: list[tuple[bytes, bytes]] = []
-        rows: list[tuple[bytes, int]] = []
-        for at, cid, _n in batch:
+    known = state.known([cid for _at, cid, _n in found])
+    todo: dict[bytes, tuple[int, s3_packs.Record]] = {}  # id -> (its record's end, record)
+    for at, cid, n in found:
+        if cid in known or cid in todo:
+            report.already_there += 1
+        else:
             flag, body = packs.decode(data, at, cid)
-            rows.append((cid, 1 + len(body)))
-            if cid in known:
-                report.already_there += 1
-            else:
-                todo.append((cid, bytes((flag,)) + bytes(body)))
-        sent = pool.map(lambda c: _put(client, bucket, chunk_key(prefix, c[0]), c[1]), todo)
-        for (_cid, body), new in zip(todo, sent, strict=True):
-            if new:
-                report.uploaded += 1
-                report.bytes_uploaded += len(body)
-            else:
-                report.already_there += 1
-        last_at, _cid, last_size = batch[-1]
-        state.record(rows, number, upto + last_at + last_size)
+            todo[cid] = (at + n, (cid, flag, body))
     end = upto + (found[-1][0] + found[-1][2] if found else 0)
     if not writing and end < size:  # a torn tail no writer will finish
-        state.record([], number, size)
         end = size
+    if todo:
+        records = [r for _end, r in todo.values()]
+        total = sum(packs.record_size(len(r[2])) for r in records)
+        target = max(MIN_PACK, min(s3_packs.PACK_TARGET, -(-total // UPLOAD_THREADS)))
+        groups = s3_packs.split(records, target)
+        ends = list(itertools.accumulate(len(g) for g in groups))
+        stops = [e for e, _r in todo.values()]
+        sent = pool.map(lambda g: s3_packs.put_pack(to.client, to.bucket, to.prefix, g,
+                                                    part_size=to.part_size), groups)
+        for i, placed in enumerate(sent):  # progress in order, one pack object at a time
+            last = i == len(groups) - 1
+            state.add_locations(placed, placed[0][1].pack, pack=number,
+                                upto=end if last else upto + stops[ends[i] - 1])
+            report.packs_put += 1
+            report.uploaded += len(placed)
+            report.bytes_uploaded += sum(w.stored for _cid, w in placed)
+    else:
+        state.add_locations([], pack=number, upto=end)
     if end >= size and not writing:
         report.packs_done += 1
 

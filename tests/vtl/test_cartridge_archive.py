@@ -21,6 +21,7 @@ from cartridge_io import write_tape_files
 from ceph_cluster import CephCluster, running
 from typer.testing import CliRunner
 
+from tape_formats.store import s3_packs
 from tape_formats.store.chunk_store import ChunkStore
 from tape_formats.store.pack import try_lock
 from vtl.cli.main import app
@@ -204,6 +205,12 @@ def chunk_keys(client, bucket: str, prefix: str) -> set[str]:
     return {o["Key"] for page in pages for o in page.get("Contents", [])}
 
 
+def pack_chunks(client, bucket: str, prefix: str) -> dict[str, set[bytes]]:
+    """The chunks of each pack object, as its manifest names them."""
+    return {name: {cid for cid, _where in rows}
+            for name, rows in s3_packs.read_all(client, bucket, prefix).items()}
+
+
 def test_bucket_gc_frees_the_chunks_only_a_deleted_cartridge_named(ceph, tmp_path: Path
                                                                    ) -> None:
     from vtl.bucket_gc import _archive_chunks, uploading
@@ -223,7 +230,7 @@ def test_bucket_gc_frees_the_chunks_only_a_deleted_cartridge_named(ceph, tmp_pat
         r = vtl(root, cluster, "cartridge", "archive", barcode)
         assert r.exit_code == 0, r.output
         urls[barcode] = json.loads(r.stdout)["archived"][0]["url"]
-    before = chunk_keys(client, "tapes", "gc")
+    before = pack_chunks(client, "tapes", "gc")
     for args in (("retrieve", gone[0]), ("delete", gone[0], "--yes")):  # its archive goes
         assert vtl(root, cluster, "cartridge", *args).exit_code == 0
     assert vtl(root, cluster, "store", "gc").exit_code == 0  # and its local chunks
@@ -241,10 +248,13 @@ def test_bucket_gc_frees_the_chunks_only_a_deleted_cartridge_named(ceph, tmp_pat
     assert r.exit_code == 0 and json.loads(r.stdout)["chunks_deleted"] == 0, r.output
     r = vtl(root, cluster, "store", "gc", "--bucket", "--grace", "0")
     assert r.exit_code == 0, r.output
-    named = {f"gc/chunks/{cid.hex()}" for cid in _archive_chunks(
-        client, "tapes", urls[kept[0]].split("/", 3)[3])}
-    after = chunk_keys(client, "tapes", "gc")
-    assert after == named and json.loads(r.stdout)["chunks_deleted"] == len(before - named) > 0
+    named = set(_archive_chunks(client, "tapes", urls[kept[0]].split("/", 3)[3]))
+    after = pack_chunks(client, "tapes", "gc")
+    out = json.loads(r.stdout)
+    assert named <= set().union(*after.values())  # what the kept archive names stays
+    assert all(chunks & named for chunks in after.values())  # packs of nothing named go
+    assert out["packs_deleted"] == len(before) - len(after) > 0
+    assert out["chunks_deleted"] == sum(len(c) for n, c in before.items() if n not in after)
     r = vtl(root, cluster, "cartridge", "retrieve", kept[0])  # its chunks from the bucket
     assert r.exit_code == 0, r.output
     for _number, path in ChunkStore(root / "store").pack_files():  # (in this process, as

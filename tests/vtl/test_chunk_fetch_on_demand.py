@@ -15,6 +15,7 @@ from ceph_cluster import CephCluster, running
 from typer.testing import CliRunner
 
 from tape_formats.store import recipe as recipes
+from tape_formats.store import s3_packs
 from tape_formats.store.chunk_store import ChunkStore
 from tape_formats.store.dedup_medium import READ_AHEAD
 from tape_formats.store.medium import recipe_path
@@ -36,20 +37,28 @@ def vtl(root: Path, cluster: CephCluster, *args: str):
     return runner.invoke(app, ["--root", str(root), "--json", *args], env=cluster.env())
 
 
-def test_restoring_one_file_gets_only_its_chunks(cluster: CephCluster, tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def _written(root: Path, cluster: CephCluster, monkeypatch: pytest.MonkeyPatch, prefix: str,
+             barcode: str, seed: int, blocks: int, n: int) -> list[list[bytes]]:
+    """A dedup library at ``root`` with the bucket at ``prefix``, ``n`` tape files of
+    ``blocks`` 64 KiB blocks written on ``barcode``; returns them."""
     for key, value in cluster.env().items():  # the library's own reads reach the bucket too
         monkeypatch.setenv(key, value)
-    root = tmp_path / "lib"
     assert vtl(root, cluster, "init", "--store", "dedup", "--drives", "1", "--slots", "2"
                ).exit_code == 0
     with open(root / "library.toml", "a") as f:
-        f.write('\n[s3]\nlocation = "s3://chunks/lib"\n')
-    assert vtl(root, cluster, "cartridge", "create", "A00001L8", "--capacity", "64MiB"
+        f.write(f'\n[s3]\nlocation = "s3://chunks/{prefix}"\n')
+    assert vtl(root, cluster, "cartridge", "create", barcode, "--capacity", "64MiB"
                ).exit_code == 0
-    rng = random.Random(5)
-    files = [[rng.randbytes(64 << 10) for _ in range(24)] for _ in range(4)]  # 1.5 MiB each
-    write_tape_files(root, "A00001L8", files)
+    rng = random.Random(seed)
+    files = [[rng.randbytes(64 << 10) for _ in range(blocks)] for _ in range(n)]
+    write_tape_files(root, barcode, files)
+    return files
+
+
+def test_restoring_one_file_gets_only_its_chunks(cluster: CephCluster, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "lib"
+    files = _written(root, cluster, monkeypatch, "lib", "A00001L8", 5, 24, 4)  # 1.5 MiB each
     r = vtl(root, cluster, "store", "push", "--evict")
     assert r.exit_code == 0, r.output
     pushed = json.loads(r.stdout)
@@ -67,11 +76,39 @@ def test_restoring_one_file_gets_only_its_chunks(cluster: CephCluster, tmp_path:
         cart.locate(third.first_object)
         assert read_blocks(cart, to_filemark=True) == files[2]
         per_file = total // len(files)
-        print(f"one file of {len(files)}: {remote.gets} GETs of {total} chunks")
-        assert remote.gets <= per_file + READ_AHEAD + 2 and remote.gets < total * 0.7
+        print(f"one file of {len(files)}: {remote.chunks_fetched} of {total} chunks in "
+              f"{remote.gets} ranged GETs")
+        assert remote.chunks_fetched <= per_file + READ_AHEAD + 2
+        assert remote.chunks_fetched < total * 0.7
+        assert remote.gets * 4 <= remote.chunks_fetched  # adjacent records: one GET
         cart.locate(0)  # the rest of the cartridge comes down as it is read
         assert read_blocks(cart) == [b for blocks in files for b in blocks]
-        assert remote.gets <= total  # each chunk fetched once, then read from the cache
+        assert remote.chunks_fetched <= total  # each chunk fetched once, then from the cache
+        cart.close()
+    finally:
+        lib.close()
+
+
+def test_chunks_of_the_per_chunk_layout_still_read(cluster: CephCluster, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bucket filled by an earlier version holds one object per chunk,
+    ``<prefix>/chunks/<hex>``: a read finds no manifest naming them and GETs those."""
+    root = tmp_path / "lib"
+    files = _written(root, cluster, monkeypatch, "old", "A00002L8", 6, 8, 2)
+    store = ChunkStore(root / "store")
+    ids = list(store.ids())
+    client = cluster.client()
+    for cid in ids:  # as versions before pack objects pushed them
+        client.put_object(Bucket="chunks", Key=s3_packs.legacy_key("old", cid),
+                          Body=store.read_stored(cid))
+    store.discard(ids)
+    store.close()
+    lib = Library.open(root, readonly=True)
+    try:
+        cart = lib.open_readonly("A00002L8")
+        remote = ChunkStore(root / "store").remote
+        assert read_blocks(cart) == [b for blocks in files for b in blocks]
+        assert remote is not None and remote.chunks_fetched == remote.gets == len(ids)
         cart.close()
     finally:
         lib.close()

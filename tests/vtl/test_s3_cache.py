@@ -23,6 +23,7 @@ from cartridge_io import read_cartridge, write_tape_files
 from ceph_cluster import CephCluster, running
 from typer.testing import CliRunner
 
+from tape_formats.store import s3_packs
 from tape_formats.store.chunk_store import ChunkStore
 from tape_formats.store.s3_cache import CacheState, cache_report
 from vtl import s3_uploader
@@ -62,10 +63,9 @@ def _library(root: Path, prefix: str, *init: str) -> None:
 
 
 def _bucket_ids(cluster: CephCluster, prefix: str) -> set[bytes]:
-    pages = cluster.client().get_paginator("list_objects_v2").paginate(
-        Bucket=BUCKET, Prefix=f"{prefix}/chunks/")
-    return {bytes.fromhex(o["Key"].rsplit("/", 1)[1]) for p in pages for o in
-            p.get("Contents", [])}
+    """The chunks the pack objects' manifests name."""
+    found = s3_packs.read_all(cluster.client(), BUCKET, prefix)
+    return {cid for rows in found.values() for cid, _where in rows}
 
 
 def _files(seed: int, n: int) -> list[list[bytes]]:
@@ -99,6 +99,7 @@ def test_a_cartridge_larger_than_the_cache_writes_evicts_and_reads_back(
     assert 0 < s["local_bytes"] <= 4 * MIB  # the last session's pack: the most recent
     assert s["packs"] == 1
     assert s["bucket_bytes"] >= 6 * MIB and s["bucket_chunks"] == s["chunks"]
+    assert 0 < s["bucket_packs"] * 4 < s["chunks"]  # objects of many chunks, not one each
     store = ChunkStore(root / "store")
     assert {i for i in store.ids()} < _bucket_ids(s3_env, "small")
     store.close()
@@ -112,7 +113,10 @@ def test_a_cartridge_larger_than_the_cache_writes_evicts_and_reads_back(
 KILLED_UPLOADER = r"""
 import sys
 from pathlib import Path
+from tape_formats.store import s3_cache, s3_packs
 from vtl.library import Library
+s3_cache.UPLOAD_THREADS = 1  # small pack objects, one at a time
+s3_cache.MIN_PACK = s3_packs.PACK_TARGET = 256 << 10
 Library.open(Path(sys.argv[1])).close()  # a start with uploads pending: a pass, drained
 """
 

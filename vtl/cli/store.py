@@ -65,21 +65,22 @@ def stats() -> None:
         console().print(
             f"local {human_size(tier['local_bytes'])} (cache size {limit}, "
             f"{human_size(tier['pending_bytes'])} not in the bucket yet); bucket "
-            f"{human_size(tier['bucket_bytes'])} in {tier['bucket_chunks']} chunk(s); "
+            f"{human_size(tier['bucket_bytes'])} in {tier['bucket_chunks']} chunk(s), "
+            f"{tier['bucket_packs']} pack object(s); "
             f"uploads {tier['upload']}", markup=False)
 
 
 def _tier_stats(lib: Any, store: Any) -> dict[str, Any]:
     """Local against bucket bytes of a library with an [s3] location (else nothing): the
-    packs on disk, those not uploaded yet, and the chunks known to be in the bucket (this
-    library's uploads and fetches, not a LIST of it)."""
+    packs on disk, those not uploaded yet, and the chunks and pack objects known to be in
+    the bucket (this library's uploads, fetches and the manifests it read, not a LIST)."""
     from tape_formats.store.s3_cache import STATE_NAME, CacheState, cache_report
 
     s3 = lib.config.s3
     if not s3.location:
         return {}
     data = {"upload": s3.upload, "cache_size": s3.cache_size, "local_bytes": 0,
-            "pending_bytes": 0, "bucket_chunks": 0, "bucket_bytes": 0}
+            "pending_bytes": 0, "bucket_chunks": 0, "bucket_bytes": 0, "bucket_packs": 0}
     if not (store.root / STATE_NAME).exists():  # nothing uploaded by the uploader yet
         data["local_bytes"] = data["pending_bytes"] = cache_report(store, None).local_bytes
         return data
@@ -87,6 +88,7 @@ def _tier_stats(lib: Any, store: Any) -> dict[str, Any]:
     try:
         cache = cache_report(store, state)
         data["bucket_chunks"], data["bucket_bytes"] = state.bucket_bytes()
+        data["bucket_packs"] = state.bucket_packs()
     finally:
         state.close()
     data["local_bytes"], data["pending_bytes"] = cache.local_bytes, cache.pending_bytes
@@ -148,10 +150,12 @@ def _gc_bucket(grace: float) -> None:
                                                                          prefix):
         r = collect(client, bucket, prefix, library_name(lib.config.s3.gateway, lib.root),
                     local_ids=_local_ids(lib), grace=grace)
-    say(f"deleted {r.chunks_deleted} chunk object(s), {human_size(r.bytes_deleted)}; kept "
-        f"{r.chunks_kept} named by {r.archives} archive(s) and {r.reference_lists} reference "
-        f"list(s), {r.chunks_young} younger than {grace:g} s, {r.chunks_locked} locked",
-        asdict(r))
+    say(f"deleted {r.packs_deleted} pack object(s) and {r.chunks_deleted} chunk(s), "
+        f"{human_size(r.bytes_deleted)}; kept {r.chunks_kept} chunk(s) in {r.packs_kept} pack "
+        f"object(s) named by {r.archives} archive(s) and {r.reference_lists} reference "
+        f"list(s) ({r.packs_mostly_dead} mostly dead, {human_size(r.bytes_dead_in_kept)} "
+        f"dead in them), {r.packs_young + r.chunks_young} object(s) younger than {grace:g} s, "
+        f"{r.packs_locked + r.chunks_locked} locked", asdict(r))
 
 
 EndpointOpt = Annotated[str | None, typer.Option(
