@@ -78,7 +78,7 @@ def _write(root: Path, mib: int, blocks: list[bytes]) -> float:
 
 
 def _read(root: Path) -> tuple[int, int]:
-    """(bytes read, GETs) of the whole cartridge."""
+    """(bytes read, GETs of chunk data) of the whole cartridge."""
     from tape_formats.cartridge import RecordKind
     from tape_formats.store.chunk_store import ChunkStore
     from vtl.library import Library
@@ -157,6 +157,12 @@ def _run(args: argparse.Namespace, cluster, tmp: Path, blocks: list[bytes], gb: 
     (got2, gets2), wall, cpu, ceph_cpu = _timed(lambda: _read(s3), ceph)
     rows.append((f"read again, cache warm ({gets2} GETs)", wall, cpu, ceph_cpu))
     assert got0 == got == got2 == args.mib << 20
+    objects = {}
+    for kind in ("packs", "manifests", "chunks"):
+        pages = cluster.client().get_paginator("list_objects_v2").paginate(
+            Bucket="bench", Prefix=f"lib/{kind}/")
+        objects[kind] = sum(len(p.get("Contents", [])) for p in pages)
+    print("bucket objects: " + ", ".join(f"{n} under {k}/" for k, n in objects.items()))
     print(f"{'step':40} {'MB/s':>7} {'x peer':>7} {'CPU s/GB':>9} {'Ceph CPU s/GB':>14}")
     for i, (name, wall, cpu, ceph_cpu) in enumerate(rows):
         peer = rows[0 if i < 2 else 2][1]

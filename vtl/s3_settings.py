@@ -137,14 +137,18 @@ class S3Settings:
 def _client_config() -> Any:
     """Checksums only where S3 requires them: every PUT here carries its Content-MD5
     already, and botocore >= 1.36 would add a CRC32 of each body on top (about a fifth of
-    a small chunk PUT's CPU, measured against radosgw: bench/bench_s3_cache.py)."""
+    a small chunk PUT's CPU, measured against radosgw: bench/bench_s3_cache.py). For the
+    same reason the body is not hashed again into the request's signature (SigV4's
+    payload SHA-256, which botocore computes over plain http): the signature covers the
+    headers, Content-MD5 among them, so a changed body is still refused."""
     from botocore.config import Config
 
+    unsigned = {"payload_signing_enabled": False}
     try:
         return Config(request_checksum_calculation="when_required",
-                      response_checksum_validation="when_required")
+                      response_checksum_validation="when_required", s3=unsigned)
     except TypeError:  # an older botocore: it adds no checksums of its own
-        return Config()
+        return Config(s3=unsigned)
 
 
 def attach_chunk_remote(store_root: Path, settings: S3Settings,

@@ -44,9 +44,10 @@ AVG_CHUNK = 32 << 10
 # The stream tail is cut once it holds this much; the last chunk found stays pending (its
 # end is only where the buffer ended, not a content-defined cut).
 CUT_BATCH = 1 << 20
-# Chunks fetched ahead of a read from a remote store (about 1 MiB at 32 KiB a chunk); local
-# chunks are read ahead by chunk_read_ahead.py.
-READ_AHEAD = 32
+# Chunks fetched ahead of a read from a remote store (about 4 MiB at 32 KiB a chunk: the S3
+# tier asks for them with ranged GETs of 2-4 MiB, bench/bench_s3_cache.py); local chunks are
+# read ahead by chunk_read_ahead.py.
+READ_AHEAD = 128
 # Dense skeleton bytes read at once for reads: the headers of ~2,000 records.
 SKELETON_WINDOW = 64 << 10
 _NOTHING = memoryview(b"")

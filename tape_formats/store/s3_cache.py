@@ -7,9 +7,9 @@ library does; this module moves them to the bucket and keeps the local copies un
 - ``scanned(pack, upto)``: every whole record of the local pack below byte ``upto`` is in
   the bucket. An upload pass reads each pack past its ``upto`` (a pack a writer still
   appends to as far as its records are whole), puts the records the bucket does not hold
-  into pack objects of a few MiB with their manifests (s3_packs.py; a pass's records are
-  spread over ``UPLOAD_THREADS`` objects sent at once), then advances ``upto`` past each
-  object's records in order. A pack no writer holds (no flock) whose scan stops short of
+  into pack objects of up to 8 MiB with their manifests (s3_packs.py; up to
+  ``UPLOAD_THREADS`` sent at once), then advances ``upto`` past each object's records in
+  order. A pack no writer holds (no flock) whose scan stops short of
   its end has a torn tail (a crash's): ``upto`` becomes its size.
 - ``in_bucket(id, stored, pack, offset)``: chunks known to be in the bucket and, when known,
   where (pack object and record offset): uploaded from here, read from another gateway's
@@ -36,7 +36,6 @@ finding the pack, fetches it from the bucket (S3ChunkRemote).
 
 from __future__ import annotations
 
-import itertools
 import os
 import sqlite3
 import threading
@@ -54,7 +53,6 @@ from tape_formats.store.s3_packs import Where
 
 STATE_NAME = "s3_cache.sqlite"
 UPLOAD_THREADS = 4  # pack objects in flight during a pass (radosgw takes them in parallel)
-MIN_PACK = 2 << 20  # a pass's records are split into pack objects no smaller than this
 _LOOKUP = 500
 
 
@@ -238,29 +236,31 @@ def _upload_pack(fd: int, number: int, upto: int, state: CacheState, pool: Threa
     data = os.pread(fd, size - upto, upto)
     found = list(packs.records(data))
     known = state.known([cid for _at, cid, _n in found])
-    todo: dict[bytes, tuple[int, s3_packs.Record]] = {}  # id -> (its record's end, record)
+    view = memoryview(data)
+    # id -> (its record's start and end in ``data``, record): the records were checked by
+    # ``packs.records``; they are sent in their encoding as it is
+    todo: dict[bytes, tuple[int, int, s3_packs.Record]] = {}
     for at, cid, n in found:
         if cid in known or cid in todo:
             report.already_there += 1
         else:
-            flag, body = packs.decode(data, at, cid)
-            todo[cid] = (at + n, (cid, flag, body))
+            flag = view[at + packs.HEADER.size - 5]
+            body = view[at + packs.HEADER.size:at + n - packs.CRC_SIZE]
+            todo[cid] = (at, at + n, (cid, flag, body))
     end = upto + (found[-1][0] + found[-1][2] if found else 0)
     if not writing and end < size:  # a torn tail no writer will finish
         end = size
     if todo:
-        records = [r for _end, r in todo.values()]
-        total = sum(packs.record_size(len(r[2])) for r in records)
-        target = max(MIN_PACK, min(s3_packs.PACK_TARGET, -(-total // UPLOAD_THREADS)))
-        groups = s3_packs.split(records, target)
-        ends = list(itertools.accumulate(len(g) for g in groups))
-        stops = [e for e, _r in todo.values()]
-        sent = pool.map(lambda g: s3_packs.put_pack(to.client, to.bucket, to.prefix, g,
-                                                    part_size=to.part_size), groups)
+        rows = list(todo.values())
+        records = [r for _start, _end, r in rows]
+        groups = s3_packs.split(records)
+        sent = pool.map(lambda g: s3_packs.put_pack(
+            to.client, to.bucket, to.prefix, records[g], part_size=to.part_size,
+            encoded=_runs(view, rows[g])), groups)
         for i, placed in enumerate(sent):  # progress in order, one pack object at a time
             last = i == len(groups) - 1
             state.add_locations(placed, placed[0][1].pack, pack=number,
-                                upto=end if last else upto + stops[ends[i] - 1])
+                                upto=end if last else upto + rows[groups[i].stop - 1][1])
             report.packs_put += 1
             report.uploaded += len(placed)
             report.bytes_uploaded += sum(w.stored for _cid, w in placed)
@@ -268,6 +268,18 @@ def _upload_pack(fd: int, number: int, upto: int, state: CacheState, pool: Threa
         state.add_locations([], pack=number, upto=end)
     if end >= size and not writing:
         report.packs_done += 1
+
+
+def _runs(view: memoryview, rows: list[tuple[int, int, s3_packs.Record]]
+          ) -> list[memoryview]:
+    """The bytes of records [start, end) of ``view``, adjacent ones as one slice."""
+    out: list[list[int]] = []
+    for start, end, _r in rows:
+        if out and out[-1][1] == start:
+            out[-1][1] = end
+        else:
+            out.append([start, end])
+    return [view[a:e] for a, e in out]
 
 
 def _last_used(st: os.stat_result) -> float:

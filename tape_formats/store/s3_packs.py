@@ -9,7 +9,8 @@ its offset in the pack, its stored length and flag. Any gateway maps a chunk id 
 byte range) from the manifests it has read (a table kept by s3_cache.CacheState, or in
 memory) and fetches it, and the chunks next to it, with one ranged GET. Both are put with
 Content-MD5 and ``If-None-Match: *`` (multipart with the configured part size when larger
-than one part), and checked after (size and ETag: s3_objects.put_bytes/put_file).
+than one part), and the ETag the store answers is checked against the MD5 sent
+(s3_objects.put_bytes/put_file).
 
 Stores written before packs put one object per chunk, ``<prefix>/chunks/<hex>`` (body: the
 stored bytes); a chunk no manifest names is still looked for there (``legacy_key``).
@@ -94,41 +95,49 @@ def decode_manifest(pack: str, body: bytes) -> list[tuple[bytes, Where]]:
 Record = tuple[bytes, int, bytes | memoryview]  # chunk id, flag, stored payload (no flag byte)
 
 
-def split(records: Sequence[Record], target: int = PACK_TARGET) -> list[list[Record]]:
-    """Records into groups of about equal size, each near ``target`` bytes at most."""
-    total = sum(packs.record_size(len(r[2])) for r in records)
-    n = max(1, -(-total // target))
-    each = -(-total // n)
-    out: list[list[Record]] = [[]]
-    size = 0
-    for r in records:
+def split(records: Sequence[Record], target: int | None = None) -> list[slice]:
+    """Where to cut ``records`` into groups of about equal size, each near ``target``
+    (default PACK_TARGET) bytes at most: a slice of ``records`` per group."""
+    target = target or PACK_TARGET
+    sizes = [packs.record_size(len(r[2])) for r in records]
+    n = max(1, -(-sum(sizes) // target))
+    each = -(-sum(sizes) // n)
+    out, start, size = [], 0, 0
+    for i, n_bytes in enumerate(sizes):
         if size >= each:
-            out.append([])
-            size = 0
-        out[-1].append(r)
-        size += packs.record_size(len(r[2]))
-    return [g for g in out if g]
+            out.append(slice(start, i))
+            start, size = i, 0
+        size += n_bytes
+    if start < len(records):
+        out.append(slice(start, len(records)))
+    return out
 
 
 def put_pack(client: Any, bucket: str, prefix: str, records: Sequence[Record], *,
-             part_size: int = DEFAULT_PART, lock: Any = None) -> list[tuple[bytes, Where]]:
-    """One pack object of ``records``, then its manifest; returns where each chunk now is."""
+             part_size: int = DEFAULT_PART, lock: Any = None,
+             encoded: Sequence[bytes | memoryview] | None = None) -> list[tuple[bytes, Where]]:
+    """One pack object of ``records``, then its manifest; returns where each chunk now is.
+    ``encoded``: the records already in the pack encoding, as a local pack holds them (so
+    they are sent as they are, not encoded again)."""
     name = new_pack_name()
     bufs: list[bytes | memoryview] = []
     rows, at = [], 0
     for cid, flag, body in records:
-        bufs += packs.encode(cid, flag, body)
+        if encoded is None:
+            bufs += packs.encode(cid, flag, body)
         rows.append((cid, at, 1 + len(body), flag))
         at += packs.record_size(len(body))
-    data = b"".join(bufs)
+    data = b"".join(encoded if encoded is not None else bufs)
+    if len(data) != at:
+        raise PackObjectError(f"pack {name}: {len(data)} bytes encoded for {at}")
     key = pack_key(prefix, name)
     if len(data) <= part_size:
-        put_bytes(client, bucket, key, data, lock, IfNoneMatch="*")
+        put_bytes(client, bucket, key, data, lock, quick=True, IfNoneMatch="*")
     else:
         put_file(client, bucket, key, lambda o, n: data[o:o + n], len(data),
                  part_size=part_size, lock=lock)
     put_bytes(client, bucket, manifest_key(prefix, name), encode_manifest(len(data), rows),
-              lock, IfNoneMatch="*")
+              lock, quick=True, IfNoneMatch="*")
     return [(cid, Where(name, offset, stored)) for cid, offset, stored, _flag in rows]
 
 
@@ -205,7 +214,7 @@ def get_run(client: Any, bucket: str, prefix: str, run: Sequence[tuple[bytes, Wh
             flag, body = packs.decode(buf, w.offset - start, cid)
         except packs.PackDamaged as exc:
             raise PackObjectError(f"chunk {cid.hex()} in pack {pack}: {exc}") from None
-        out[cid] = bytes((flag,)) + bytes(body)
+        out[cid] = b"".join((bytes((flag,)), body))
     return out
 
 

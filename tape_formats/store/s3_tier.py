@@ -26,6 +26,7 @@ from typing import Any
 
 from tape_formats.store import s3_packs
 from tape_formats.store.chunk_store import ChunkStore, StoreError
+from tape_formats.store.pack import RAW, ZSTD
 from tape_formats.store.s3_cache import STATE_NAME, CacheState
 from tape_formats.store.s3_objects import DEFAULT_PART, ObjectLock
 from tape_formats.store.s3_packs import ChunkMap
@@ -81,7 +82,7 @@ def push(store: ChunkStore, client: Any, bucket: str, prefix: str,
         if todo:
             with ThreadPoolExecutor(4, thread_name_prefix="pack-push") as pool:
                 for placed in pool.map(
-                        lambda g: s3_packs.put_pack(client, bucket, prefix, g,
+                        lambda g: s3_packs.put_pack(client, bucket, prefix, todo[g],
                                                     part_size=part_size, lock=lock),
                         s3_packs.split(todo)):
                     chunk_map.add(placed, placed[0][1].pack)
@@ -101,6 +102,19 @@ def evict(store: ChunkStore, ids: Iterable[bytes]) -> tuple[int, int]:
     return store.discard(list(ids))
 
 
+def _keep(store: ChunkStore, got: dict[bytes, bytes]) -> None:
+    """Fetched chunks (stored bytes) into the local store, those it lacks, with one write;
+    durable and indexed at its next sync."""
+    ids = list(got)
+    records = [(ids[i], got[ids[i]][0], memoryview(got[ids[i]])[1:])
+               for i in store.lacking(ids)]
+    for cid, flag, _body in records:
+        if flag not in (RAW, ZSTD):
+            raise StoreError(f"chunk {cid.hex()}: not a stored chunk")
+    if records:
+        store.append_many(records)
+
+
 def pull(store: ChunkStore, client: Any, bucket: str, prefix: str,
          ids: Iterable[bytes]) -> int:
     """Fetch the chunks ``ids`` the local store lacks; returns how many came down. Each
@@ -116,7 +130,7 @@ def pull(store: ChunkStore, client: Any, bucket: str, prefix: str,
                 if cid not in got:
                     raise StoreError(f"chunk {cid.hex()} is in neither {store.root} nor "
                                      f"s3://{bucket}/{prefix}")
-                store.put_stored(cid, got[cid])
+            _keep(store, got)
     finally:
         if state is not None:
             state.close()
@@ -175,8 +189,7 @@ class S3ChunkRemote:
         got = s3_packs.fetch_many(client, self.bucket, self.prefix, self._map, ids,
                                   refreshed=self._may_refresh, counted=self._count)
         try:  # the cached copy is a convenience: the bytes in hand are the answer
-            for cid, body in got.items():
-                store.put_stored(cid, body)
+            _keep(store, got)
             if self._state is not None:
                 self._state.record([(cid, len(body)) for cid, body in got.items()])
         except (OSError, sqlite3.Error):

@@ -116,7 +116,7 @@ from pathlib import Path
 from tape_formats.store import s3_cache, s3_packs
 from vtl.library import Library
 s3_cache.UPLOAD_THREADS = 1  # small pack objects, one at a time
-s3_cache.MIN_PACK = s3_packs.PACK_TARGET = 256 << 10
+s3_packs.PACK_TARGET = 256 << 10
 Library.open(Path(sys.argv[1])).close()  # a start with uploads pending: a pass, drained
 """
 
