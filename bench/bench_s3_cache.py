@@ -5,17 +5,19 @@ single-node Ceph radosgw started here.
 
 Each library gets one cartridge written in one session of ``--mib`` MiB of incompressible
 256 KiB blocks (a filemark every 16 MiB), through the library API as the drive writes it,
-then closed: the S3 library's close waits until the bucket holds every chunk, so its
-figure is *write through to the bucket*. Then the S3 library reads the cartridge back with
-the cache evicted (every chunk a miss: GETs with read-ahead) and once more (hits).
-Printed: MB/s of each step and the ratio to the peer, the process's CPU seconds per GB
-(all its threads: chunking, hashing, compression, uploads) and Ceph's (monitor, OSD,
-radosgw), GET counts, and the load average. Ceph runs on the same box: no network.
+then closed: the S3 library's close waits until the bucket holds every chunk (in pack
+objects: tape_formats/store/s3_packs.py), so its figure is *write through to the bucket*.
+Then the S3 library reads the cartridge back with the cache evicted (every chunk a miss:
+ranged GETs of pack objects, with read-ahead) and once more (hits). Printed: MB/s of each
+step and the ratio to the peer, the process's CPU seconds per GB (all its threads:
+chunking, hashing, compression, uploads) and Ceph's (monitor, OSD, radosgw), the GETs of
+chunk data, the objects the bucket then holds (pack objects, manifests, per-chunk objects
+of the older layout), and the load average. Ceph runs on the same box: no network.
 
 Usage::
 
-    .venv/bin/python bench/bench_s3_cache.py              # 256 MiB, cache 64 MiB
-    .venv/bin/python bench/bench_s3_cache.py --mib 512 --cache-mib 128
+    .venv/bin/python bench/bench_s3_cache.py --mib 256 --cache-mib 512  # the S3 tier's goal
+    .venv/bin/python bench/bench_s3_cache.py --mib 512 --cache-mib 128  # cache < data
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from tape_formats.store import s3_packs
 from tape_formats.store.chunk_store import ChunkStore
-from tape_formats.store.s3_cache import CacheState, cache_report
+from tape_formats.store.s3_cache import CacheState, cache_report, evict_to
 from vtl import s3_uploader
 from vtl.cli.main import app
 from vtl.library import Library
@@ -153,3 +153,25 @@ def test_a_killed_uploader_is_finished_by_the_next_start(s3_env: CephCluster,
     store.close()
     assert vtl(root, "store", "stats")["pending_bytes"] == 0
     assert read_cartridge(root, "C00001L8") == [b for f in files for b in f]
+
+
+def test_a_second_gateway_sends_only_what_the_bucket_lacks(s3_env: CephCluster,
+                                                          tmp_path: Path) -> None:
+    """Two libraries (gateways) on one prefix: B reads A's manifests before it uploads, so
+    the chunks both wrote are in the bucket once, and B, its cache emptied, reads its
+    cartridge back from pack objects A put as well as its own."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        _library(root, "shared")
+    common, own = _files(4, 2), _files(5, 1)
+    write_tape_files(a, "C00001L8", common)  # A's close: its chunks are in the bucket
+    write_tape_files(b, "C00001L8", common + own)
+    found = s3_packs.read_all(s3_env.client(), BUCKET, "shared")
+    ids = [cid for rows in found.values() for cid, _where in rows]
+    assert len(ids) == len(set(ids)), "a chunk was sent twice"
+    store, state = ChunkStore(b / "store"), CacheState(b / "store")
+    assert set(store.ids()) <= set(ids)
+    assert evict_to(store, state, 0).local_bytes == 0
+    state.close()
+    store.close()
+    assert read_cartridge(b, "C00001L8") == [blk for f in common + own for blk in f]
