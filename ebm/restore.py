@@ -16,10 +16,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fnmatch
+import itertools
 import math
 import os
 import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -346,7 +347,7 @@ def _restore_whole(catalog: Catalog, library: Library, translator: Translator, b
     reader = TapeReader(catalog.volumes(backup.id), ReadMedia(session), backup.size, cipher)
     rows = catalog.iter_stream_rows(backup.id)
     try:
-        entries = _whole_stream(backup, reader, rows, stats, total, progress)
+        entries = _WholeStream(backup, reader, rows, stats, total, progress)
         _run_translator(translator, entries, target, backup, options)
     except MoverError as e:
         raise RestoreError(str(e)) from None
@@ -366,12 +367,27 @@ _StreamRow = tuple[int, str, bytes | None]  # header_offset, path, sha256 (Catal
 class _RowDigests(Mapping[int, str]):
     """The sha256 the catalog recorded at each header offset, for PaxReader's ``expected``,
     looked up in increasing offset order only (the stream's): the rows are a cursor, not a
-    dict. The path of the row met at each offset is kept for the path check."""
+    dict, read a batch ahead (:meth:`ahead`). The path of the row met at each offset is kept
+    for the path check."""
 
     def __init__(self, backup: Backup, rows: Iterator[_StreamRow]) -> None:
         self.backup, self.rows = backup, rows
-        self.row: _StreamRow | None = next(rows, None)
+        self.batch: list[_StreamRow] = []  # rows read from the cursor; batch[at] is the next
+        self.at = 0
         self.met: str | None = None
+
+    def ahead(self, n: int) -> tuple[list[_StreamRow], int]:
+        """The batch and the index of the next row in it, with ``n`` rows from there on
+        (fewer at the end): what ``extract_files`` checks a run of members against."""
+        if len(self.batch) - self.at < n:
+            self.batch = self.batch[self.at:] + list(itertools.islice(self.rows, n))
+            self.at = 0
+        return self.batch, self.at
+
+    @property
+    def row(self) -> _StreamRow | None:
+        batch, at = self.ahead(1)
+        return batch[at] if at < len(batch) else None
 
     def get(self, offset: int, default: Any = None) -> Any:  # type: ignore[override]
         row = self.row
@@ -380,7 +396,8 @@ class _RowDigests(Mapping[int, str]):
                                "from the tape")
         self.met = None
         if row is not None and row[0] == offset:
-            self.met, self.row = row[1], next(self.rows, None)
+            self.met = row[1]
+            self.at += 1
             return row[2].hex() if row[2] else default
         return default
 
@@ -397,36 +414,87 @@ class _RowDigests(Mapping[int, str]):
         return True  # PaxReader takes a falsy mapping for "no digests"
 
 
-def _whole_stream(backup: Backup, reader: TapeReader, rows: Iterator[_StreamRow],
-                  stats: RestoreStats, total: int,
-                  progress: Callable[[int, int | None], None] | None,
-                  ) -> Iterator[tuple[ArchiveEntry, EntryData]]:
-    from tape_formats.archive.reader import PaxReader
+class _WholeStream:
+    """The entries of a whole full backup, front to back, each checked against the catalog
+    row at its offset; iterated as the translator's ``entries``. Also offers the filesystem
+    translator :meth:`extract_files`: a run of plain small files straight from the read
+    buffer in one C call."""
 
-    digests = _RowDigests(backup, rows)
-    done = last = 0
-    for entry, data in PaxReader(reader, expected=digests, require_end=False):
-        met = digests.met
-        if entry.deleted:
-            continue
-        if met is not None and entry.path != met:
-            raise RestoreError(
-                f"backup {backup.uuid}: found {entry.path!r} where the index says {met!r}")
-        stats.entries += 1
-        stats.bytes += entry.size
-        yield entry, data
-        done += entry.size
-        if progress and done - last >= 64 << 20:
-            last = done
-            progress(done, total)
-    if digests.row is not None:
-        raise RestoreError(f"backup {backup.uuid}: entry {digests.row[1]!r} is missing from "
-                           "the tape")
-    if progress:
-        progress(done, total)
+    RUN = 1024  # catalog rows handed to one extract_files call
+
+    def __init__(self, backup: Backup, reader: TapeReader, rows: Iterator[_StreamRow],
+                 stats: RestoreStats, total: int,
+                 progress: Callable[[int, int | None], None] | None) -> None:
+        from tape_formats.archive.reader import PaxReader
+
+        self.backup, self.stats, self.total, self.progress = backup, stats, total, progress
+        self.digests = _RowDigests(backup, rows)
+        self.pax = PaxReader(reader, expected=self.digests, require_end=False)
+        self.done = self.last = 0
+        self.extract = _extractor()
+
+    def __iter__(self) -> Iterator[tuple[ArchiveEntry, EntryData]]:
+        digests = self.digests
+        for entry, data in self.pax:
+            met = digests.met
+            if entry.deleted:
+                continue
+            if met is not None and entry.path != met:
+                raise RestoreError(f"backup {self.backup.uuid}: found {entry.path!r} where the "
+                                   f"index says {met!r}")
+            self.stats.entries += 1
+            self.stats.bytes += entry.size
+            yield entry, data
+            self.advanced(entry.size)
+        if digests.row is not None:
+            raise RestoreError(f"backup {self.backup.uuid}: entry {digests.row[1]!r} is "
+                               "missing from the tape")
+        if self.progress:
+            self.progress(self.done, self.total)
+
+    def advanced(self, nbytes: int) -> None:
+        self.done += nbytes
+        if self.progress and self.done - self.last >= 64 << 20:
+            self.last = self.done
+            self.progress(self.done, self.total)
+
+    def extract_files(self, dirfd: int, prefix: bytes, owner: bool) -> tuple[int, int]:
+        """Create the plain regular files that come next in the stream and sit directly in
+        the directory open as ``dirfd`` (``prefix``: its path and ``/``, ``b""`` for the
+        root), each checked against its catalog row (path, sha256), with their mode, times
+        and, when ``owner``, their owner; stops at the first member that is anything else
+        (the iteration yields that one). Returns (files, data bytes); (0, 0) without the
+        C extension."""
+        extract = self.extract
+        if extract is None:
+            return 0, 0
+        batch, at = self.digests.ahead(self.RUN)
+
+        def take(buf: bytes, pos: int, offset: int) -> tuple[int, tuple[int, int]]:
+            used, files, nbytes = extract(buf, pos, offset, dirfd, prefix, batch, at, owner)
+            return used, (files, nbytes)
+
+        files, nbytes = self.pax.take_members(take)
+        self.digests.at += files
+        self.stats.entries += files
+        self.stats.bytes += nbytes
+        self.advanced(nbytes)
+        return files, nbytes
 
 
-def _run_translator(translator: Translator, entries: Iterator[tuple[ArchiveEntry, EntryData]],
+def _extractor() -> Callable[..., tuple[int, int, int]] | None:
+    """``_paxfast.extract_files`` (tape_formats/archive/_paxfast.c), or None when it is not
+    built or ``VTL_NO_FASTPATH`` is set: then every entry takes the translator's own path."""
+    if os.environ.get("VTL_NO_FASTPATH"):
+        return None
+    try:
+        from tape_formats.archive._paxfast import extract_files  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return extract_files  # type: ignore[no-any-return]
+
+
+def _run_translator(translator: Translator, entries: Iterable[tuple[ArchiveEntry, EntryData]],
                     target: Path, backup: Backup, options: dict[str, Any] | None) -> None:
     """The translator's restore, its failures as one-line RestoreErrors."""
     from translators.base import TranslatorError

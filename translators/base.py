@@ -19,7 +19,10 @@ needing the application at restore time. The EBM never looks inside a dataset; i
    ``parent_state`` for the next incremental. ``parent_state=None`` means a baseline. The EBM
    closes the writer (end-of-archive blocks) after ``backup`` returns;
 4. ``restore(entries, target, select=...)`` - consumes ``(ArchiveEntry, EntryData)`` pairs
-   (from :class:`PaxReader`) into ``target``.
+   (from :class:`PaxReader`) into ``target``. A whole backup's ``entries`` also offer
+   ``extract_files(dirfd, prefix, owner) -> (files, bytes)``: the plain regular files that
+   come next in one directory, created in one C call (the filesystem translator uses it
+   between entries; others just iterate).
 
 Chain semantics (``apply_chain``): to restore backup N of a chain, restore the baseline and
 then every incremental up to N, in order, into the same (initially empty) target. Each

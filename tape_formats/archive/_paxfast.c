@@ -19,6 +19,9 @@
  *   runs of plain spooled entries in one call: each file opened, read between two fstats,
  *   its headers, data, padding, sha256, file index row and state row built here, ~40 us of
  *   Python per file otherwise (translators/filesystem.py's loop stays the reference).
+ * extract_files(...): with libcrypto, the other way: a run of buffered plain file members of
+ *   one directory checked against the catalog's rows and created as files in one call, the
+ *   GIL released (ebm/restore.py's whole-backup stream; filesystem.py's _Restorer).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -227,6 +230,25 @@ static PyObject *cstr(const unsigned char *f, int width)
     return PyBytes_FromStringAndSize((const char *)f, nul ? nul - f : width);
 }
 
+/* The numbers of a POSIX ustar block (ustar magic, plain octal fields, the unsigned
+ * checksum right) into ``num`` (indexes F_*): 0, or -1 for anything Python must decide. */
+enum { F_CHKSUM, F_MODE, F_UID, F_GID, F_SIZE, F_MTIME, F_DEVMAJOR, F_DEVMINOR, PLAIN_FIELDS };
+static int plain_header(const unsigned char *b, long long *num)
+{
+    static const int off[PLAIN_FIELDS] = {148, 100, 108, 116, 124, 136, 329, 337};
+    static const int width[PLAIN_FIELDS] = {8, 8, 8, 8, 12, 12, 8, 8};
+    if (memcmp(b + 257, "ustar\0" "00", 8) != 0)
+        return -1;
+    for (int i = 0; i < PLAIN_FIELDS; i++)
+        if (plain_octal(b + off[i], width[i], &num[i]) < 0)
+            return -1;
+    unsigned long sum = 8 * ' ';
+    for (int i = 0; i < BLOCK; i++)
+        if (i < 148 || i >= 156)
+            sum += b[i];
+    return (unsigned long long)num[F_CHKSUM] == sum ? 0 : -1;
+}
+
 /* ustar_fields(block) -> tuple | None: pax.parse_ustar's UstarHeader fields of a POSIX
  * ustar block whose checksum (unsigned) and numbers are plain; None for everything else
  * (old GNU magic, base-256 numbers, a signed or bad checksum, bad magic): Python decides. */
@@ -238,22 +260,8 @@ static PyObject *ustar_fields(PyObject *self, PyObject *arg)
         return NULL;
     PyObject *result = NULL;
     const unsigned char *b = view.buf;
-    long long num[7]; /* chksum, mode, uid, gid, size, mtime, devmajor; devminor below */
-    static const int off[7] = {148, 100, 108, 116, 124, 136, 329};
-    static const int width[7] = {8, 8, 8, 8, 12, 12, 8};
-    long long devminor;
-    if (view.len != BLOCK || memcmp(b + 257, "ustar\0" "00", 8) != 0)
-        goto decline;
-    for (int i = 0; i < 7; i++)
-        if (plain_octal(b + off[i], width[i], &num[i]) < 0)
-            goto decline;
-    if (plain_octal(b + 337, 8, &devminor) < 0)
-        goto decline;
-    unsigned long sum = 8 * ' ';
-    for (int i = 0; i < BLOCK; i++)
-        if (i < 148 || i >= 156)
-            sum += b[i];
-    if ((unsigned long long)num[0] != sum)
+    long long num[PLAIN_FIELDS];
+    if (view.len != BLOCK || plain_header(b, num) < 0)
         goto decline;
     PyObject *name = cstr(b, 100), *prefix = cstr(b + 345, 155);
     if (name == NULL || prefix == NULL) {
@@ -271,9 +279,10 @@ static PyObject *ustar_fields(PyObject *self, PyObject *arg)
     if (name == NULL)
         goto done;
     char typeflag = b[156] ? (char)b[156] : '0';
-    result = Py_BuildValue("(NLLLLLy#NNNLL)", name, num[1], num[2], num[3], num[4], num[5],
-                           &typeflag, (Py_ssize_t)1, cstr(b + 157, 100), cstr(b + 265, 32),
-                           cstr(b + 297, 32), num[6], devminor);
+    result = Py_BuildValue("(NLLLLLy#NNNLL)", name, num[F_MODE], num[F_UID], num[F_GID],
+                           num[F_SIZE], num[F_MTIME], &typeflag, (Py_ssize_t)1,
+                           cstr(b + 157, 100), cstr(b + 265, 32), cstr(b + 297, 32),
+                           num[F_DEVMAJOR], num[F_DEVMINOR]);
     goto done;
 decline:
     result = Py_None;
@@ -888,6 +897,249 @@ done:
     PyMem_Free(rows.buf);
     return result;
 }
+/* ---- restoring: a run of plain regular files of one directory in one call ---- */
+
+typedef struct {
+    char base[101]; /* the name inside the directory, NUL-terminated */
+    const unsigned char *data;
+    long long size, mode, uid, gid, mtime_ns, atime_ns;
+    unsigned char sha[32];
+} Plain;
+
+/* A pax time as parse_pax_time reads it, plain case only: up to 10 digits of seconds, then
+ * optionally '.' and 1 to 9 digits. 0 and *ns, or -1 (Python decides). */
+static int plain_pax_time(const unsigned char *v, Py_ssize_t n, long long *ns)
+{
+    long long secs = 0, frac = 0;
+    Py_ssize_t i = 0;
+    for (; i < n && v[i] >= '0' && v[i] <= '9'; i++) {
+        if (i == 10)
+            return -1;
+        secs = secs * 10 + (v[i] - '0');
+    }
+    if (i == 0)
+        return -1;
+    if (i < n) {
+        if (v[i++] != '.')
+            return -1;
+        int digits = 0;
+        for (; i < n && v[i] >= '0' && v[i] <= '9'; i++, digits++) {
+            if (digits == 9)
+                return -1;
+            frac = frac * 10 + (v[i] - '0');
+        }
+        if (digits == 0 || i < n)
+            return -1;
+        for (; digits < 9; digits++)
+            frac *= 10;
+    }
+    *ns = secs * NS + frac;
+    return 0;
+}
+
+/* The records of a plain file's pax 'x' header (parse_pax_records' format): only mtime,
+ * atime and ctime (which a restore does not set). 0, or -1 for anything else. */
+static int plain_records(const unsigned char *b, Py_ssize_t n, long long *mtime,
+                         long long *atime)
+{
+    Py_ssize_t pos = 0;
+    while (pos < n) {
+        long long len = 0;
+        Py_ssize_t i = pos;
+        for (; i < n && i - pos < 6 && b[i] >= '0' && b[i] <= '9'; i++)
+            len = len * 10 + (b[i] - '0');
+        if (i == pos || i >= n || b[i] != ' ' || len <= i - pos + 1 || pos + len > n
+            || b[pos + len - 1] != '\n')
+            return -1;
+        const unsigned char *kv = b + i + 1;
+        Py_ssize_t kv_len = pos + len - 1 - (i + 1);
+        const unsigned char *eq = memchr(kv, '=', (size_t)kv_len);
+        if (eq == NULL || eq - kv != 5)
+            return -1;
+        long long t, *into = &t;
+        if (memcmp(kv, "mtime", 5) == 0)
+            into = mtime;
+        else if (memcmp(kv, "atime", 5) == 0)
+            into = atime;
+        else if (memcmp(kv, "ctime", 5) != 0)
+            return -1;
+        if (plain_pax_time(eq + 1, kv_len - 6, into) < 0)
+            return -1;
+        pos += len;
+    }
+    return 0;
+}
+
+/* The member at ``b`` (``avail`` bytes buffered) if it is a plain regular file named
+ * ``prefix`` + a name of one component: an optional pax 'x' header of times only, a ustar
+ * block (no prefix field, ASCII name), its data and padding, all in the buffer. Fills ``p``
+ * (but its sha) and returns the member's length, or 0 for anything Python must read. */
+static Py_ssize_t plain_member(const unsigned char *b, Py_ssize_t avail, const char *prefix,
+                               Py_ssize_t prefix_len, Plain *p)
+{
+    long long num[PLAIN_FIELDS], mtime = -1, atime = -1;
+    Py_ssize_t at = 0;
+    if (avail < BLOCK || plain_header(b, num) < 0)
+        return 0;
+    if (b[156] == 'x') {
+        long long body = num[F_SIZE];
+        if (body <= 0 || body > 4 * BLOCK)
+            return 0;
+        at = BLOCK + (Py_ssize_t)((body + BLOCK - 1) / BLOCK) * BLOCK;
+        if (avail < at + BLOCK || plain_records(b + BLOCK, (Py_ssize_t)body, &mtime, &atime) < 0
+            || plain_header(b + at, num) < 0)
+            return 0;
+    }
+    const unsigned char *h = b + at;
+    if ((h[156] != '0' && h[156] != '\0') || h[345] != '\0')
+        return 0;
+    Py_ssize_t name_len = (Py_ssize_t)strnlen((const char *)h, 100);
+    const unsigned char *base = h + prefix_len;
+    Py_ssize_t base_len = name_len - prefix_len;
+    if (base_len <= 0 || memcmp(h, prefix, (size_t)prefix_len) != 0
+        || !plain_ascii((const char *)h, name_len) || memchr(base, '/', (size_t)base_len)
+        || (base[0] == '.' && (base_len == 1 || (base_len == 2 && base[1] == '.'))))
+        return 0;
+    long long size = num[F_SIZE];
+    Py_ssize_t len = at + BLOCK + (Py_ssize_t)size + (Py_ssize_t)((BLOCK - size % BLOCK) % BLOCK);
+    if (size > avail || len > avail || (mtime < 0 && num[F_MTIME] >= 9000000000LL))
+        return 0;
+    memcpy(p->base, base, (size_t)base_len);
+    p->base[base_len] = '\0';
+    p->data = h + BLOCK;
+    p->size = size;
+    p->mode = num[F_MODE] & 07777;
+    p->uid = num[F_UID];
+    p->gid = num[F_GID];
+    p->mtime_ns = mtime >= 0 ? mtime : num[F_MTIME] * NS;
+    p->atime_ns = atime >= 0 ? atime : p->mtime_ns;
+    return len;
+}
+
+/* The catalog row (header_offset, path, sha256) that must describe the member at
+ * ``offset`` named ``name``: its sha256 into ``sha``, 0; -1 when it does not (a missing
+ * entry, another path, no digest: Python raises or decides), -2 with an exception set. */
+static int row_matches(PyObject *row, long long offset, const unsigned char *name,
+                       Py_ssize_t name_len, unsigned char *sha)
+{
+    if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != 3)
+        return -1;
+    long long row_offset = PyLong_AsLongLong(PyTuple_GET_ITEM(row, 0));
+    if (row_offset == -1 && PyErr_Occurred())
+        return -2;
+    PyObject *path = PyTuple_GET_ITEM(row, 1), *digest = PyTuple_GET_ITEM(row, 2);
+    if (row_offset != offset || !PyUnicode_Check(path) || !PyUnicode_IS_ASCII(path)
+        || PyUnicode_GET_LENGTH(path) != name_len
+        || memcmp(PyUnicode_DATA(path), name, (size_t)name_len) != 0
+        || !PyBytes_Check(digest) || PyBytes_GET_SIZE(digest) != 32)
+        return -1;
+    memcpy(sha, PyBytes_AS_STRING(digest), 32);
+    return 0;
+}
+
+static int write_full(int fd, const unsigned char *data, long long size)
+{
+    while (size > 0) {
+        ssize_t n = write(fd, data, (size_t)size);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        data += n;
+        size -= n;
+    }
+    return 0;
+}
+
+/* One planned file created in ``dirfd`` as _Restorer.restore_file does (exclusive create
+ * with no following, data, owner when ``owner``, mode, times): 0, or -1 with nothing left
+ * behind (Python then restores it and reports what went wrong). Runs without the GIL. */
+static int create_plain(int dirfd, const Plain *p, int owner)
+{
+    unsigned char md[32];
+    SHA256(p->data, (size_t)p->size, md);
+    if (memcmp(md, p->sha, 32) != 0)
+        return -1;
+    int fd = openat(dirfd, p->base, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -1;
+    struct timespec times[2] = {{p->atime_ns / NS, p->atime_ns % NS},
+                                {p->mtime_ns / NS, p->mtime_ns % NS}};
+    int ok = write_full(fd, p->data, p->size) == 0
+             && (!owner || fchown(fd, (uid_t)p->uid, (gid_t)p->gid) == 0)
+             && fchmod(fd, (mode_t)p->mode) == 0 && futimens(fd, times) == 0;
+    if (close(fd) == 0 && ok)
+        return 0;
+    unlinkat(dirfd, p->base, 0);
+    return -1;
+}
+
+/* extract_files(buf, pos, offset, dirfd, prefix, rows, row_at, owner)
+ *   -> (used, files, data_bytes)
+ * The members buffered in ``buf`` from ``pos`` (stream ``offset``) that are plain regular
+ * files in one directory (plain_member: ``prefix`` is its path and '/', b"" for the root),
+ * each checked against the next catalog row of ``rows`` from ``row_at`` (same offset, same
+ * path, its sha256 over the data), created in ``dirfd`` with the GIL released. Stops at the
+ * first member that is anything else, is cut by the buffer's end, has no matching row, or
+ * fails (its file removed): Python restores that one, reporting the failure as it would.
+ * ``used``: the bytes of the ``files`` members done; ``data_bytes``: their sizes. */
+static PyObject *extract_files(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer view;
+    Py_ssize_t pos, prefix_len, row_at;
+    long long offset;
+    int dirfd, owner;
+    const char *prefix;
+    PyObject *rows;
+    if (!PyArg_ParseTuple(args, "y*nLiy#O!np", &view, &pos, &offset, &dirfd, &prefix,
+                          &prefix_len, &PyList_Type, &rows, &row_at, &owner))
+        return NULL;
+    if (pos < 0 || pos > view.len || row_at < 0 || row_at > PyList_GET_SIZE(rows)) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "extract_files: pos or row_at out of range");
+        return NULL;
+    }
+    Py_ssize_t nrows = PyList_GET_SIZE(rows) - row_at;
+    Plain *plan = nrows > 0 ? PyMem_Malloc(sizeof(Plain) * (size_t)nrows) : NULL;
+    Py_ssize_t *lens = nrows > 0 ? PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)nrows) : NULL;
+    PyObject *result = NULL;
+    if (nrows > 0 && (plan == NULL || lens == NULL)) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t planned = 0, at = pos;
+    const unsigned char *b = view.buf;
+    while (planned < nrows && at < view.len && prefix_len < 100) {
+        Plain *p = &plan[planned];
+        Py_ssize_t len = plain_member(b + at, view.len - at, prefix, prefix_len, p);
+        if (len == 0)
+            break;
+        const unsigned char *name = p->data - BLOCK;
+        int m = row_matches(PyList_GET_ITEM(rows, row_at + planned), offset + (at - pos), name,
+                            (Py_ssize_t)strnlen((const char *)name, 100), p->sha);
+        if (m == -2)
+            goto done;
+        if (m < 0)
+            break;
+        lens[planned++] = len;
+        at += len;
+    }
+    Py_ssize_t files = 0, used = 0;
+    long long data_bytes = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (; files < planned && create_plain(dirfd, &plan[files], owner) == 0; files++) {
+        used += lens[files];
+        data_bytes += plan[files].size;
+    }
+    Py_END_ALLOW_THREADS
+    result = Py_BuildValue("(nnL)", used, files, data_bytes);
+done:
+    PyMem_Free(plan);
+    PyMem_Free(lens);
+    PyBuffer_Release(&view);
+    return result;
+}
 #endif /* EBM_HAVE_LIBCRYPTO */
 
 static PyMethodDef methods[] = {
@@ -904,6 +1156,8 @@ static PyMethodDef methods[] = {
      "A run of spooled filesystem entries as stream bytes, index and state rows (see above)."},
     {"scan_dir", scan_dir, METH_VARARGS,
      "One directory of a baseline walk as scan spool rows, sorted, lstat'ed (see above)."},
+    {"extract_files", extract_files, METH_VARARGS,
+     "A run of buffered plain file members of one directory created as files (see above)."},
 #endif
     {NULL, NULL, 0, NULL},
 };
