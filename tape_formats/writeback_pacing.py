@@ -4,9 +4,11 @@ A drive streams its buffer to tape as data arrives; a file left to the page cach
 instead hold GBs of dirty pages until the next filemark's fsync (seconds, long enough for an
 initiator's NOP-Out timeout). So every ``WRITEBACK_CHUNK`` bytes appended, write-out of what
 came before starts (sync_file_range, not waiting), and every ``BACKGROUND_SYNC_CHUNK`` bytes
-an fdatasync runs on a thread of its own (``BackgroundSync``), so the disk's write cache
-drains during the stream, not all at the next filemark. Pacing adds no durability promise:
-the cartridge's ``sync`` still decides what is durable; this only keeps that ``sync`` short.
+an fdatasync runs, both on a thread of its own (``BackgroundSync``), so the disk's write cache
+drains during the stream, not all at the next filemark, and the appending thread (the
+initiator's command, when blocks are written at once) never waits in the block layer.
+Pacing adds no durability promise: the cartridge's ``sync`` still decides what is durable;
+this only keeps that ``sync`` short.
 It never writes data, only says when the kernel should.
 """
 
@@ -35,6 +37,13 @@ def _sync_file_range() -> ctypes._CFuncPtr | None:
 _START_WRITEBACK = _sync_file_range()
 
 
+def _start_write_out(fd: int, offset: int, length: int) -> None:
+    """Start write-out of the range, not waiting (run on the background sync thread)."""
+    start = _START_WRITEBACK  # looked up at each call, not bound once
+    if start is not None:
+        start(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # a hint: errors surface at fsync
+
+
 class WritebackPacer:
     """Paces one open cartridge file: ``appended`` after each record, ``take_error`` before
     the cartridge's own fsync, ``close`` before the descriptor is closed."""
@@ -43,7 +52,7 @@ class WritebackPacer:
         self._fd = fd
         self._handed = start  # data before this offset was handed to the disk
         self._synced = start  # data before this offset had a background fdatasync
-        self.background = BackgroundSync(fd, name)
+        self.background = BackgroundSync(fd, name, start_write_out=_start_write_out)
 
     def restart(self, offset: int) -> None:
         """What lies before ``offset`` was written (and synced) before: start pacing there."""
@@ -55,8 +64,7 @@ class WritebackPacer:
             self._handed = offset  # the tape was cut back
             self._synced = min(self._synced, offset)
         elif end - self._handed >= WRITEBACK_CHUNK and _START_WRITEBACK is not None:
-            _START_WRITEBACK(self._fd, self._handed, end - self._handed,
-                             _SYNC_FILE_RANGE_WRITE)  # a hint: errors surface at fsync
+            self.background.write_out(self._handed, end)
             self._handed = end
             if end - self._synced >= BACKGROUND_SYNC_CHUNK:
                 self._synced = end

@@ -220,28 +220,39 @@ def test_tape_files_summary(cart_path: Path) -> None:
 
 def test_written_data_is_handed_to_the_disk_as_it_streams(cart_path: Path, monkeypatch) -> None:
     """Every WRITEBACK_CHUNK bytes the cartridge starts write-out of what came before (not
-    waiting), so a filemark's fsync only has a short tail left; a cut starts it over."""
+    waiting, and on the background sync thread, never the one that appends), so a
+    filemark's fsync only has a short tail left; a cut starts it over."""
+    import threading
+
     import tape_formats.writeback_pacing as pacing
 
     calls: list[tuple[int, int]] = []
+    threads: set[threading.Thread] = set()
 
     def start(fd: int, offset: int, length: int, flags: int) -> int:
         calls.append((offset, length))
+        threads.add(threading.current_thread())
         return 0
 
     monkeypatch.setattr(pacing, "WRITEBACK_CHUNK", 1 << 20)
     monkeypatch.setattr(pacing, "_START_WRITEBACK", start)
     block = os.urandom(256 << 10)
     with TapeCartridge.open(cart_path) as c:
-        for _ in range(10):
+
+        def write() -> None:
             c.write_block(block, compress=False)
+            c._pacer.background.wait()  # the write-out asked for has been started
+
+        for _ in range(10):
+            write()
         assert len(calls) == 2  # 4 blocks + headers pass 1 MiB, then 4 more
         assert calls[1][0] == calls[0][0] + calls[0][1]  # contiguous ranges, none twice
         assert calls[0][1] >= 1 << 20
+        assert threading.current_thread() not in threads
         c.locate(2)
-        c.write_block(block, compress=False)  # cut back: the range restarts from here
+        write()  # cut back: the range restarts from here
         for _ in range(4):
-            c.write_block(block, compress=False)
+            write()
         assert calls[-1][0] == c.index.offsets[2]
         c.write_filemarks(1)
     with TapeCartridge.open(cart_path) as c:  # and the data is all there
