@@ -28,6 +28,7 @@ from vtl.iscsi.pdu import ALL_ONES, Op
 from vtl.library import Library
 from vtl.scsi.devices import build_device_set
 from vtl.scsi.ssc import MIN_BUFFERED_WRITE
+from vtl.scsi.ssc_streams import WRITE_STREAMS
 
 SIZES = [65536, 1000, 65536, 300, 131072, 70000, 4096, 65536]
 WRITE_SIZES = [1000, 16384, 65536, 100000, 262144, 300000]
@@ -214,8 +215,11 @@ def _script(lib_dir: Path, *, fast: bool) -> tuple[list[list[bytes]], int]:
 
 @pytest.fixture(scope="module")
 def general_path(tmp_path_factory: pytest.TempPathFactory) -> list[list[bytes]]:
-    """The answers without fast paths (once for both implementations)."""
-    return _script(tmp_path_factory.mktemp("slow"), fast=False)[0]
+    """The answers without fast paths (once for both implementations), with big blocks
+    buffered however many drives other tests left streaming (as tests/conftest.py does)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(WRITE_STREAMS, "enough", 1 << 30)
+        return _script(tmp_path_factory.mktemp("slow"), fast=False)[0]
 
 
 @pytest.mark.parametrize("impl", ["c", "python"])

@@ -165,6 +165,7 @@ from vtl.scsi.ssc_encryption import DriveEncryption, EncryptionCommands, decrypt
 from vtl.scsi.ssc_immediate import ImmediateWork
 from vtl.scsi.ssc_partitions import MediumPartitionPage, PartitionCommands
 from vtl.scsi.ssc_protection import ControlDataProtectionPage, methods_for_generation
+from vtl.scsi.ssc_streams import WRITE_STREAMS
 from vtl.scsi.ssc_volume_pages import device_configuration_extension, volume_statistics
 
 if TYPE_CHECKING:
@@ -786,14 +787,16 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
     def _buffer_block(self, cart: TapeCartridge, nexus: Nexus, data: bytes | memoryview,
                       compress: bool) -> bool:
         """Hand a variable-mode block to the write buffer (buffered mode, a block big enough
-        to be worth a thread hand-off, no other initiator's blocks waiting, and room before
-        early warning). False: nothing queued, write it now. The buffer keeps ``data`` itself
+        to be worth a thread hand-off, no other initiator's blocks waiting, room before early
+        warning, and fewer drives streaming than CPUs: ssc_streams). False: nothing queued,
+        write it now. The buffer keeps ``data`` itself
         when the transport gave it away, else a copy (it is the transport's once we return).
         Raises what ``queue_block`` raises (write protect, WORM)."""
         if (not self.buffered_mode or len(data) < MIN_BUFFERED_WRITE or self._part
                 or (nexus != self._buffered_for and cart.writes_pending)
                 or self._has_injected(cart)  # written now, at a position that is known
-                or self._near_pew(cart, len(data))):
+                or self._near_pew(cart, len(data))
+                or WRITE_STREAMS.wrote(id(self))):  # as many streams as CPUs: no hand-off
             return False
         if donated(data):  # kept as it is, and given back to the transport once stored
             if not cart.queue_block(data, compress=compress, done=SPARE_BUFFERS.give_back):
@@ -812,11 +815,14 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         """A block the write buffer did not take (smaller than MIN_BUFFERED_WRITE, say),
         written at once when it is a plain append whose answer can only be GOOD
         (``TapeCartridge.append_now``; nowhere near the PEW zone, whose crossing the general
-        path reports): what ``cmd_write6`` would do, without its general path. False:
-        nothing written. Raises what ``append_now`` raises."""
+        path reports): what ``cmd_write6`` would do, without its general path. A donated
+        buffer goes back to the transport's spares once stored. False: nothing written.
+        Raises what ``append_now`` raises."""
         if self._near_pew(cart, len(data)) or not cart.append_now(data, compress=compress):
             return False
         self.bytes_written += len(data)
+        if donated(data):  # stored, nothing keeps it: the transport's next WRITE reuses it
+            SPARE_BUFFERS.give_back(data)
         return True
 
     def _stream_cart(self, nexus: Nexus, pr_class: int) -> TapeCartridge | None:

@@ -1,0 +1,52 @@
+"""Which drives of this process are writing a stream now: when they are as many as the CPUs,
+big blocks are written on the command's own thread instead of through the write buffer.
+
+The write buffer (tape_formats/write_behind.py) answers a WRITE as soon as the block is
+queued and stores it on a thread of its own: one stream then gets a second core for zstd and
+the file write while the initiator sends the next block. That hand-off costs CPU of its own
+(a wake-up, a context switch and the buffer's bookkeeping per block: about a quarter of the
+server's CPU per GB at 256 KiB, bench/README.md). Once as many drives stream as there are
+CPUs, their command threads keep every core busy already, and the hand-off is pure cost:
+storing each block on the thread that received it then leaves more CPU for the streams.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+# A drive counts as streaming for this long after its last WRITE.
+STREAM_WINDOW = 0.5
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class WriteStreams:
+    """The time of each drive's last WRITE; ``busy`` says whether at least ``enough``
+    drives (at least two) wrote within ``STREAM_WINDOW`` seconds."""
+
+    def __init__(self, enough: int) -> None:
+        self.enough = max(2, enough)
+        self._last: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def wrote(self, drive: int) -> bool:
+        """Note a WRITE on ``drive`` now; True when enough drives stream to write it at once."""
+        now = time.monotonic()
+        since = now - STREAM_WINDOW
+        with self._lock:
+            last = self._last
+            last[drive] = now
+            if len(last) < self.enough:
+                return False
+            return sum(1 for t in last.values() if t >= since) >= self.enough
+
+
+# One per process: the drives of one process share its CPUs.
+WRITE_STREAMS = WriteStreams(_cpus())
