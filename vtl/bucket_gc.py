@@ -16,10 +16,12 @@ than ``grace`` (its LastModified against this machine's clock: uploads of a writ
 started before the collector, clock skew), or when the store keeps it (object lock: it is
 skipped, counted). A pack object without a manifest (a crash between its put and its
 manifest's, the manifest being put second and deleted first) goes once older than
-``grace``. A pack whose live records are under half its bytes is kept and counted
-(``packs_mostly_dead``): rewriting it is left to a later version. A gateway that still
-maps a chunk to a deleted pack finds it gone at its next GET or upload pass and reads the
-manifests again (s3_packs.fetch_many, s3_cache.upload_pending).
+``grace``. A pack older than ``grace`` whose live records are under half its bytes is
+rewritten: its live records are copied into a new pack object (and manifest), then it is
+deleted as a dead one (not in a bucket with object lock: there it is only counted, as a
+young one is, ``packs_mostly_dead``). A gateway that still maps a chunk to a deleted pack
+finds it gone at its next GET or upload pass and reads the manifests again
+(s3_packs.fetch_many, s3_cache.upload_pending).
 
 Writers and the collector exclude each other in the bucket, as the local store's
 ``gc.lock`` does on one disk: a writer (an archive from its first chunk to its manifest, a
@@ -91,7 +93,8 @@ class BucketGcReport:
     packs_young: int = 0  # dead (or without a manifest) but younger than the grace
     packs_locked: int = 0
     packs_deleted: int = 0
-    packs_mostly_dead: int = 0  # kept, but less than half of their bytes live
+    packs_rewritten: int = 0  # less than half of their bytes live: copied, then deleted
+    packs_mostly_dead: int = 0  # as those, but young or locked: kept as they are
     bytes_dead_in_kept: int = 0  # the dead records' bytes in those
 
 
@@ -244,24 +247,60 @@ def _sweep_packs(client: Any, bucket: str, prefix: str, objects: list[dict[str, 
     """Delete the pack objects older than ``older_than`` whose manifest names no marked
     chunk, or that have no manifest (a crash between the two puts, or between the two
     deletes): manifests first, then packs, so a manifest always names a pack that is there.
-    Packs that are mostly dead are counted, not rewritten."""
+    Then rewrite those older than ``older_than`` whose live records are under half their
+    bytes (not in a bucket with object lock: counted only)."""
     doomed: list[tuple[dict[str, Any], int]] = []  # (pack object, chunks it held)
+    sparse: list[tuple[dict[str, Any], list[tuple[bytes, s3_packs.Where]]]] = []
     for obj in objects:
         name = obj["Key"].rsplit("/", 1)[1]
         rows = s3_packs.read_manifest(client, bucket, prefix, name) or []
-        live = sum(w.size for cid, w in rows if cid in marks)
+        live = [(cid, w) for cid, w in rows if cid in marks]
+        young = obj["LastModified"].timestamp() > older_than
         if live:
             report.packs_kept += 1
-            report.chunks_kept += sum(1 for cid, _w in rows if cid in marks)
-            if live * 2 < obj["Size"]:
-                report.packs_mostly_dead += 1
-                report.bytes_dead_in_kept += obj["Size"] - live
-        elif obj["LastModified"].timestamp() > older_than:
+            report.chunks_kept += len(live)
+            dead = obj["Size"] - sum(w.size for _cid, w in live)
+            if dead * 2 > obj["Size"]:
+                if young or locking:
+                    report.packs_mostly_dead += 1
+                    report.bytes_dead_in_kept += dead
+                else:
+                    sparse.append((obj, live))
+                    report.chunks_deleted += len(rows) - len(live)
+        elif young:
             report.packs_young += 1
         elif locking and _locked(client, bucket, obj["Key"]):
             report.packs_locked += 1
         else:
             doomed.append((obj, len(rows)))
+    for obj, live in sparse:
+        new = _rewrite(client, bucket, prefix, live)
+        doomed.append((obj, 0))
+        report.packs_rewritten += 1
+        report.bytes_deleted -= new
+    _delete_packs(client, bucket, prefix, doomed, report)
+
+
+def _rewrite(client: Any, bucket: str, prefix: str,
+             live: list[tuple[bytes, s3_packs.Where]]) -> int:
+    """The live records of a mostly dead pack into a new pack object (with its manifest,
+    before the old one goes: a crash between leaves both, and the old one is rewritten
+    again next time); returns the new pack's size. A gateway that still maps a chunk to
+    the old pack finds it gone at its next GET and reads the new manifest."""
+    got: dict[bytes, bytes] = {}
+    for run in s3_packs.runs(live):
+        part = s3_packs.get_run(client, bucket, prefix, run)
+        if part is None:
+            raise LibraryError(f"pack {run[0][1].pack} vanished while it was collected")
+        got.update(part)
+    records = [(cid, got[cid][0], memoryview(got[cid])[1:]) for cid, _w in live]
+    placed = s3_packs.put_pack(client, bucket, prefix, records)
+    return sum(w.size for _cid, w in placed)
+
+
+def _delete_packs(client: Any, bucket: str, prefix: str,
+                  doomed: list[tuple[dict[str, Any], int]], report: BucketGcReport) -> None:
+    """Manifests first, then their packs, DELETE_BATCH at a time."""
     for at in range(0, len(doomed), DELETE_BATCH):
         batch = doomed[at:at + DELETE_BATCH]
         names = [o["Key"].rsplit("/", 1)[1] for o, _n in batch]

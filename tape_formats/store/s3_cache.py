@@ -105,7 +105,9 @@ class CacheState:
     def add_locations(self, found: Sequence[tuple[bytes, Where]], manifest: str | None = None,
                       pack: int | None = None, upto: int = 0) -> None:
         """Chunks now known in pack objects (uploaded, or read from a manifest: then
-        ``manifest`` is marked read), and the local pack's scan progress: one transaction."""
+        ``manifest`` is marked read), and the local pack's scan progress: one transaction.
+        The pack last learnt of is where a chunk is looked for (a collection's rewrite of a
+        pack is newer than the pack)."""
         self._write(((cid, w.stored, w.pack, w.offset) for cid, w in found), pack, upto,
                     manifest)
 
@@ -117,8 +119,7 @@ class CacheState:
                 self._db.executemany(
                     "INSERT INTO in_bucket (id, stored, pack, offset) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (id) DO UPDATE SET pack = excluded.pack, "
-                    "offset = excluded.offset WHERE excluded.pack IS NOT NULL AND "
-                    "in_bucket.pack IS NULL", rows)
+                    "offset = excluded.offset WHERE excluded.pack IS NOT NULL", rows)
                 if pack is not None:
                     self._db.execute("INSERT OR REPLACE INTO scanned VALUES (?, ?)",
                                      (pack, upto))

@@ -259,14 +259,19 @@ class ChunkMap:
             self._mem = {c: w for c, w in self._mem.items() if w.pack != pack}
             self._seen.discard(pack)
 
-    def refresh(self, client: Any, bucket: str, prefix: str, *, forget: bool = False) -> int:
+    def refresh(self, client: Any, bucket: str, prefix: str, *, forget: bool = False,
+                again: bool = False) -> int:
         """Read the manifests not read before; returns how many. With ``forget``, first
-        forget the packs whose manifest is gone (collected)."""
+        forget the packs whose manifest is gone (collected); with ``again``, read every
+        manifest again (a pack found gone whose chunks a collection moved to a pack read
+        before: it ran while this map was refreshed)."""
         seen = self._table.manifests_seen() if self._table is not None else set(self._seen)
         names = list_manifests(client, bucket, prefix)
         if forget:
             for gone in seen - set(names):
                 self.drop_pack(gone)
+        if again:
+            seen = set()
         n = 0
         for name in names:
             if name in seen:
@@ -291,6 +296,9 @@ def fetch_many(client: Any, bucket: str, prefix: str, chunk_map: ChunkMap,
         found = chunk_map.locate(want)
         if attempt == 1 or (len(found) < len(want) and (refreshed is None or refreshed())):
             chunk_map.refresh(client, bucket, prefix)
+            found = chunk_map.locate(want)
+        if attempt == 1 and len(found) < len(want):
+            chunk_map.refresh(client, bucket, prefix, again=True)
             found = chunk_map.locate(want)
         gone = False
         for run in runs(found.items()):

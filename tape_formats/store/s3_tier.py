@@ -102,6 +102,19 @@ def evict(store: ChunkStore, ids: Iterable[bytes]) -> tuple[int, int]:
     return store.discard(list(ids))
 
 
+def _fetched(store: ChunkStore, bucket: str, prefix: str, ids: Sequence[bytes],
+             fetch: Callable[[], dict[bytes, bytes]]) -> dict[bytes, bytes]:
+    """``fetch()``, a failure to reach the bucket or a damaged range as a StoreError (the
+    medium error a reader reports), naming the first chunk asked for."""
+    try:
+        return fetch()
+    except StoreError:
+        raise
+    except Exception as exc:  # botocore's errors, a damaged pack object
+        raise StoreError(f"chunk {ids[0].hex()} and {len(ids) - 1} more: not in {store.root}, "
+                         f"and fetching from s3://{bucket}/{prefix} failed: {exc}") from None
+
+
 def _keep(store: ChunkStore, got: dict[bytes, bytes]) -> None:
     """Fetched chunks (stored bytes) into the local store, those it lacks, with one write;
     durable and indexed at its next sync."""
@@ -125,7 +138,8 @@ def pull(store: ChunkStore, client: Any, bucket: str, prefix: str,
         chunk_map = ChunkMap(state)
         for i in range(0, len(wanted), FETCH_BATCH):
             part = wanted[i:i + FETCH_BATCH]
-            got = s3_packs.fetch_many(client, bucket, prefix, chunk_map, part)
+            got = _fetched(store, bucket, prefix, part, lambda p=part: s3_packs.fetch_many(
+                client, bucket, prefix, chunk_map, p))
             for cid in part:
                 if cid not in got:
                     raise StoreError(f"chunk {cid.hex()} is in neither {store.root} nor "
@@ -185,9 +199,9 @@ class S3ChunkRemote:
             return True
 
     def _get(self, store: ChunkStore, ids: Sequence[bytes]) -> dict[bytes, bytes]:
-        client = self._s3()
-        got = s3_packs.fetch_many(client, self.bucket, self.prefix, self._map, ids,
-                                  refreshed=self._may_refresh, counted=self._count)
+        got = _fetched(store, self.bucket, self.prefix, ids, lambda: s3_packs.fetch_many(
+            self._s3(), self.bucket, self.prefix, self._map, ids,
+            refreshed=self._may_refresh, counted=self._count))
         try:  # the cached copy is a convenience: the bytes in hand are the answer
             _keep(store, got)
             if self._state is not None:

@@ -113,3 +113,36 @@ def test_chunks_of_the_per_chunk_layout_still_read(cluster: CephCluster, tmp_pat
         cart.close()
     finally:
         lib.close()
+
+
+def test_bucket_gc_rewrites_a_mostly_dead_pack(cluster: CephCluster, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pack object holding a deleted cartridge's chunks and fewer of a kept one is
+    rewritten by ``gc --bucket``; a reader that still maps the kept chunks to the old pack
+    finds it gone and reads them from the new one."""
+    root = tmp_path / "lib"
+    _written(root, cluster, monkeypatch, "gc", "A00003L8", 7, 24, 1)  # 1.5 MiB, deleted
+    kept = [[random.Random(8).randbytes(64 << 10) for _ in range(6)]]
+    assert vtl(root, cluster, "cartridge", "create", "A00004L8", "--capacity", "64MiB"
+               ).exit_code == 0
+    write_tape_files(root, "A00004L8", kept)
+    assert vtl(root, cluster, "store", "push").exit_code == 0  # one pack object of both
+    assert vtl(root, cluster, "cartridge", "delete", "A00003L8", "--yes").exit_code == 0
+    assert vtl(root, cluster, "store", "push").exit_code == 0  # the reference list again
+    r = vtl(root, cluster, "store", "gc", "--bucket", "--grace", "0")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert (out["packs_rewritten"], out["packs_deleted"]) == (1, 1) and out["chunks_deleted"]
+    ids = set(recipes.load(recipe_path(root / "cartridges" / "A00004L8.vtape")).ch_ids)
+    found = s3_packs.read_all(cluster.client(), "chunks", "gc")
+    assert [{cid for cid, _w in rows} for rows in found.values()] == [ids]
+    store = ChunkStore(root / "store")
+    store.discard(list(store.ids()))  # (the library's table still names the old pack)
+    store.close()
+    lib = Library.open(root, readonly=True)
+    try:
+        cart = lib.open_readonly("A00004L8")
+        assert read_blocks(cart) == kept[0]
+        cart.close()
+    finally:
+        lib.close()

@@ -153,8 +153,9 @@ def _gc_bucket(grace: float) -> None:
     say(f"deleted {r.packs_deleted} pack object(s) and {r.chunks_deleted} chunk(s), "
         f"{human_size(r.bytes_deleted)}; kept {r.chunks_kept} chunk(s) in {r.packs_kept} pack "
         f"object(s) named by {r.archives} archive(s) and {r.reference_lists} reference "
-        f"list(s) ({r.packs_mostly_dead} mostly dead, {human_size(r.bytes_dead_in_kept)} "
-        f"dead in them), {r.packs_young + r.chunks_young} object(s) younger than {grace:g} s, "
+        f"list(s); {r.packs_rewritten} pack(s) rewritten without their dead chunks, "
+        f"{r.packs_mostly_dead} mostly dead kept ({human_size(r.bytes_dead_in_kept)} dead in "
+        f"them); {r.packs_young + r.chunks_young} object(s) younger than {grace:g} s, "
         f"{r.packs_locked + r.chunks_locked} locked", asdict(r))
 
 
