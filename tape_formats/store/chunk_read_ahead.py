@@ -20,7 +20,7 @@ import zstandard
 
 from tape_formats.store.chunk_store import ChunkStore
 
-WINDOW = 32  # chunks per window: about 1 MiB of stream at 32 KiB a chunk
+WINDOW = 8  # chunks per window: about 1 MiB of stream at 128 KiB a chunk (dedup_medium.py)
 AHEAD = 3  # windows read ahead of the one being read
 
 

@@ -38,16 +38,21 @@ from tape_formats.store.chunk_store import ChunkStore, StoreError
 from tape_formats.store.chunk_writer import ChunkWriter
 from tape_formats.store.stream_tail import StreamTail
 
-# FastCDC sizes: 32 KiB on average (8 KiB..128 KiB), small enough that a changed file costs
-# little beyond itself, large enough that a GB is ~30,000 index rows.
-AVG_CHUNK = 32 << 10
+# FastCDC sizes: 128 KiB on average (32 KiB..512 KiB; FastCDC's mean is ~160 KiB), so a GB
+# is ~6,500 index rows. Against 32 KiB (bench_dedup's tar, bench/README.md): zstd spends
+# ~10% less CPU per byte on the bigger chunks and stores them ~5% smaller, a read decodes
+# a quarter as many frames (~15% less CPU), and the weekly fulls' dedup loses little (a
+# changed file costs a chunk or two more). Cartridges cut at 32 KiB keep reading (a recipe
+# holds each chunk's length); a store's old chunks do not match the new cuts, so the first
+# full after the change stores its data again.
+AVG_CHUNK = 128 << 10
 # The stream tail is cut once it holds this much; the last chunk found stays pending (its
 # end is only where the buffer ended, not a content-defined cut).
 CUT_BATCH = 1 << 20
-# Chunks fetched ahead of a read from a remote store (about 4 MiB at 32 KiB a chunk: the S3
+# Chunks fetched ahead of a read from a remote store (about 5 MiB at 128 KiB a chunk: the S3
 # tier asks for them with ranged GETs of 2-4 MiB, bench/bench_s3_cache.py); local chunks are
 # read ahead by chunk_read_ahead.py.
-READ_AHEAD = 128
+READ_AHEAD = 32
 # Dense skeleton bytes read at once for reads: the headers of ~2,000 records.
 SKELETON_WINDOW = 64 << 10
 _NOTHING = memoryview(b"")
