@@ -3,9 +3,11 @@ in time, and optionally a logical export that needs no PostgreSQL at all to read
 
 Source: a libpq conninfo plus ``ebm_wal_spool=DIR`` (see :mod:`translators.pg.source`).
 
-Baseline: ``pg_basebackup -D - -Ft -X fetch`` streamed through the replication protocol and
-converted member by member into ``data/...`` pax members (:mod:`translators.pg.basebackup`):
-the data directory, ``backup_label`` and the WAL that makes it consistent.
+Baseline: a base backup streamed through the replication protocol (read in this process
+from PostgreSQL 15 on, :mod:`translators.pg.replication`; ``pg_basebackup -D - -Ft -X fetch``
+for older servers) and converted member by member into ``data/...`` pax members
+(:mod:`translators.pg.basebackup`): the data directory, ``backup_label``, ``backup_manifest``
+and the WAL that makes it consistent.
 
 Incremental: the WAL archived since the parent. The server's ``archive_command`` (set by the
 EBM, :mod:`translators.pg.server`) copies each finished segment into the spool; a backup
@@ -55,6 +57,7 @@ from .base import (
 )
 from .pg import logical, recovery
 from .pg.basebackup import DATA_PREFIX, run_basebackup
+from .pg.replication import MIN_SERVER
 from .pg.server import (
     close_quietly,
     connect,
@@ -160,8 +163,8 @@ class PostgresqlTranslator(Translator):
             if progress is not None:
                 progress(Progress("backup", 0, None, done, None, path))
 
-        bb = run_basebackup(find_tool("pg_basebackup", src.bindir), src, writer,
-                            info.segment_size, step)
+        tool = None if info.version >= MIN_SERVER else find_tool("pg_basebackup", src.bindir)
+        bb = run_basebackup(src, writer, info.segment_size, step, tool=tool)
         consistent = now(conn)
         last = max(bb.segments, key=lambda s: split_name(s.name, info.segment_size)[1])
         # The backup's end switched segments, so its last one goes to the archiver now: seeing

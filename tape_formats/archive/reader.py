@@ -51,7 +51,10 @@ _KINDS = {
 
 
 class ByteSource(Protocol):
-    def read(self, n: int, /) -> bytes: ...
+    """``read`` returns bytes, or a memoryview of a buffer the source never writes to
+    again (kept as it is, without a copy)."""
+
+    def read(self, n: int, /) -> bytes | memoryview: ...
 
 
 def _fsdecode(b: bytes) -> str:
@@ -63,7 +66,7 @@ class _Input:
 
     def __init__(self, inp: ByteSource, offset: int, digest: StreamDigest | None) -> None:
         self._inp = inp
-        self._buf = b""
+        self._buf: bytes | memoryview = b""
         self._pos = 0
         self.offset = offset
         self.digest = digest  # every byte handed out but file data goes into it
@@ -72,8 +75,10 @@ class _Input:
         chunk = self._inp.read(max(want, CHUNK))
         if not chunk:
             return False
+        if not isinstance(chunk, bytes | memoryview):
+            chunk = bytes(chunk)  # a bytearray the source may fill again
         rest = self._buf[self._pos :]
-        self._buf = rest + bytes(chunk) if rest else bytes(chunk)
+        self._buf = bytes(rest) + bytes(chunk) if rest else chunk
         self._pos = 0
         return True
 

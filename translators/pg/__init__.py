@@ -6,7 +6,9 @@
                     needs, archiving set-up and the WAL switch that closes a backup's range;
 * ``wal``         - WAL segment names and LSNs, segment checks, commit times, the spool;
 * ``wal_records`` - commit times read from a segment's own pages and records;
-* ``basebackup``  - ``pg_basebackup`` tar on stdin turned into pax members on the fly;
+* ``replication`` - a base backup read through the replication protocol (PostgreSQL 15+);
+* ``basebackup``  - the base backup's tar (from ``replication``, or ``pg_basebackup`` on
+                    stdin for older servers) turned into pax members on the fly;
 * ``logical``     - schema SQL and every table as CSV from one exported snapshot;
 * ``recovery``    - the recovery settings a restored data directory starts with;
 * ``unpack``      - restored members into a directory that appears only when complete.

@@ -1,14 +1,18 @@
-"""The physical baseline: ``pg_basebackup -D - -Ft -X fetch`` turned into pax members on the fly.
+"""The physical baseline: the server's base backup tar turned into pax members on the fly.
 
-The server streams a tar of its data directory through the replication protocol; pg_basebackup
-writes it to our pipe and :class:`PaxReader` (the archive format's own reader, which reads GNU
-and ustar tar) walks it member by member, each member going straight to the EBM's writer as
-``data/<path>`` with its mode, owner and mtime. Nothing is staged on disk. ``-X fetch`` puts the
-WAL from the backup's start to its end into ``data/pg_wal``, so the baseline alone is a
-consistent cluster; ``backup_label`` and ``backup_manifest`` are members like any other.
+The server streams a tar of its data directory through the replication protocol. From
+PostgreSQL 15 on the EBM reads it itself (:mod:`translators.pg.replication`); from older
+servers through ``pg_basebackup -D - -Ft -X fetch``, which writes it to our pipe. Either way
+:class:`PaxReader` (the archive format's own reader, which reads GNU and ustar tar) walks it
+member by member, each member going straight to the EBM's writer as ``data/<path>`` with its
+mode, owner and mtime. Nothing is staged on disk. The WAL from the backup's start to its end
+comes in ``data/pg_wal`` (``-X fetch``, the protocol's ``WAL``), so the baseline alone is a
+consistent cluster; ``backup_label`` and ``backup_manifest`` are members like any other (the
+protocol sends the manifest after the tar; it is added as the member pg_basebackup puts
+into its tar).
 
-One tar on stdout is all pg_basebackup can write, so a cluster with extra tablespaces is
-refused by it with a clear message, which we pass on.
+One tar is all a baseline takes, so a cluster with extra tablespaces is refused with a clear
+message (pg_basebackup's own, on the older path).
 """
 
 from __future__ import annotations
@@ -20,14 +24,24 @@ import os
 import re
 import subprocess
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from io import RawIOBase
 from typing import IO
 
-from tape_formats.archive import ArchiveCorrupt, IndexEntry, PaxReader, PaxWriter
+from tape_formats.archive import (
+    ArchiveCorrupt,
+    ArchiveEntry,
+    EntryLocation,
+    IndexEntry,
+    PaxReader,
+    PaxWriter,
+)
+from tape_formats.archive.reader import ByteSource
 from translators.base import TranslatorError, file_row
 
+from .replication import BaseBackupStream
 from .source import PgSource
 from .wal import Segment, describe, is_segment, parse_lsn
 
@@ -49,6 +63,7 @@ class BaseBackup:
     timeline: int = 0
     segments: list[Segment] = field(default_factory=list)
     bytes: int = 0
+    owner: tuple[int, int] = (0, 0)  # uid, gid of backup_label: the server's user
 
 
 def _stderr_reader(proc: subprocess.Popen, lines: list[str]) -> threading.Thread:
@@ -72,44 +87,40 @@ def _wide_pipe(stdout: IO[bytes]) -> RawIOBase:
     return stdout.raw  # type: ignore[attr-defined]  # nothing was read through the buffer
 
 
-def run_basebackup(tool: str, src: PgSource, writer: PaxWriter, segment_size: int,
-                   progress: Callable[[int, str], None] | None = None) -> BaseBackup:
-    """Stream one base backup into ``writer`` and return its rows and label facts."""
+def run_basebackup(src: PgSource, writer: PaxWriter, segment_size: int,
+                   progress: Callable[[int, str], None] | None = None, *,
+                   tool: str | None = None) -> BaseBackup:
+    """Stream one base backup into ``writer`` and return its rows and label facts: through
+    the replication protocol in this process, or through ``tool`` (pg_basebackup) when
+    given (servers before PostgreSQL 15)."""
+    if tool is not None:
+        return _through_tool(tool, src, writer, segment_size, progress)
+    stream = BaseBackupStream(src)
+    try:
+        out = _convert(stream, writer, segment_size, progress)
+        stream.finish()
+        if stream.manifest is not None:
+            _add_manifest(out, writer, stream.manifest)
+    except ArchiveCorrupt as exc:
+        raise TranslatorError(f"base backup failed: {exc}") from None
+    finally:
+        stream.close()
+    _read_label(out, stream.stop_lsn)
+    return out
+
+
+def _through_tool(tool: str, src: PgSource, writer: PaxWriter, segment_size: int,
+                  progress: Callable[[int, str], None] | None) -> BaseBackup:
     argv = [tool, "-d", src.conninfo, "-D", "-", "-Ft", "-X", "fetch", "--checkpoint=fast",
             "--label=ebm", "--verbose", "--no-password"]
     env = {**os.environ, "LC_ALL": "C"}
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     errors: list[str] = []
     err_thread = _stderr_reader(proc, errors)
-    out = BaseBackup()
     try:
         assert proc.stdout is not None
         tar = _wide_pipe(proc.stdout)
-        for entry, data in PaxReader(tar):
-            entry = dataclasses.replace(entry, path=DATA_PREFIX + entry.path)
-            if entry.kind != "file":  # directories (empty ones matter: pg_notify) and links
-                loc = writer.add(entry)
-                out.rows.append(IndexEntry(
-                    path=entry.path, kind=entry.kind, mtime_ns=entry.mtime_ns, mode=entry.mode,
-                    uid=entry.uid, gid=entry.gid, header_offset=loc.header_offset,
-                    data_offset=loc.data_offset, linkname=entry.linkname))
-                continue
-            name = entry.path[len(DATA_PREFIX):]
-            if name == "backup_label":
-                body = data.read()
-                out.label = body.decode("utf-8", "replace")
-                loc = writer.add(entry, body)
-            else:
-                loc = writer.add(entry, data)
-            row = file_row(entry, loc)
-            out.rows.append(row)
-            out.bytes += entry.size
-            if name.startswith("pg_wal/") and is_segment(name[7:]):
-                seg = describe(name[7:], segment_size)
-                seg.sha256 = row.sha256 or ""
-                out.segments.append(seg)
-            if progress is not None:
-                progress(out.bytes, entry.path)
+        out = _convert(tar, writer, segment_size, progress)
         while tar.read(PIPE_SIZE):  # tar padding after the end marker: let it exit
             pass
     except ArchiveCorrupt as exc:
@@ -125,8 +136,58 @@ def run_basebackup(tool: str, src: PgSource, writer: PaxWriter, segment_size: in
     err_thread.join(5)
     if rc != 0:
         raise TranslatorError(f"pg_basebackup failed: {_last(errors) or f'exit status {rc}'}")
-    _read_label(out, errors)
+    end = next((m for m in map(_END.search, errors) if m), None)
+    _read_label(out, parse_lsn(end.group(1)) if end else 0)
     return out
+
+
+def _convert(tar: ByteSource, writer: PaxWriter, segment_size: int,
+             progress: Callable[[int, str], None] | None) -> BaseBackup:
+    """Every member of the tar ``tar`` into ``writer`` as ``data/<path>``."""
+    out = BaseBackup()
+    for entry, data in PaxReader(tar):
+        entry = dataclasses.replace(entry, path=DATA_PREFIX + entry.path)
+        if entry.kind != "file":  # directories (empty ones matter: pg_notify) and links
+            loc = writer.add(entry)
+            out.rows.append(IndexEntry(
+                path=entry.path, kind=entry.kind, mtime_ns=entry.mtime_ns, mode=entry.mode,
+                uid=entry.uid, gid=entry.gid, header_offset=loc.header_offset,
+                data_offset=loc.data_offset, linkname=entry.linkname))
+            continue
+        name = entry.path[len(DATA_PREFIX):]
+        if name == "backup_label":
+            body = data.read()
+            out.label = body.decode("utf-8", "replace")
+            out.owner = (entry.uid, entry.gid)
+            loc = writer.add(entry, body)
+        else:
+            loc = writer.add(entry, data)
+        _add_row(out, entry, loc, segment_size)
+        if progress is not None:
+            progress(out.bytes, entry.path)
+    return out
+
+
+def _add_row(out: BaseBackup, entry: ArchiveEntry, loc: EntryLocation, segment_size: int) -> None:
+    row = file_row(entry, loc)
+    out.rows.append(row)
+    out.bytes += entry.size
+    name = entry.path[len(DATA_PREFIX):]
+    if name.startswith("pg_wal/") and is_segment(name[7:]):
+        seg = describe(name[7:], segment_size)
+        seg.sha256 = row.sha256 or ""
+        out.segments.append(seg)
+
+
+def _add_manifest(out: BaseBackup, writer: PaxWriter, manifest: IO[bytes]) -> None:
+    """The manifest as the member pg_basebackup puts into its tar (mode 0600), owned as the
+    backup_label is (the server's user)."""
+    size = manifest.seek(0, os.SEEK_END)
+    manifest.seek(0)
+    uid, gid = out.owner
+    entry = ArchiveEntry(path=DATA_PREFIX + "backup_manifest", kind="file", size=size,
+                         mode=0o600, uid=uid, gid=gid, mtime_ns=time.time_ns())
+    _add_row(out, entry, writer.add(entry, manifest), 0)
 
 
 def _last(lines: list[str]) -> str:
@@ -137,14 +198,13 @@ def _last(lines: list[str]) -> str:
     return lines[-1].removeprefix("pg_basebackup: ").strip() if lines else ""
 
 
-def _read_label(out: BaseBackup, stderr: list[str]) -> None:
+def _read_label(out: BaseBackup, stop_lsn: int) -> None:
     start = _START.search(out.label)
     tli = _TIMELINE.search(out.label)
-    end = next((m for m in map(_END.search, stderr) if m), None)
-    if start is None or tli is None or end is None:
-        raise TranslatorError("pg_basebackup gave no backup_label or WAL end point")
+    if start is None or tli is None or not stop_lsn:
+        raise TranslatorError("the base backup gave no backup_label or WAL end point")
     out.start_lsn = parse_lsn(start.group(1))
     out.timeline = int(tli.group(1))
-    out.stop_lsn = parse_lsn(end.group(1))
+    out.stop_lsn = stop_lsn
     if not out.segments:
-        raise TranslatorError("pg_basebackup sent no WAL (-X fetch): the backup is not consistent")
+        raise TranslatorError("the base backup sent no WAL: it is not consistent")
