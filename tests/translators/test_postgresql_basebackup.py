@@ -5,6 +5,7 @@ same members, a manifest, a label and WAL; tablespaces refused in one line."""
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 from pg_cluster import PgCluster, pg_bindir
@@ -77,3 +78,16 @@ def test_tablespaces_are_refused_in_one_line(pg):
     # the refused backup left nothing running on the server: the next one works
     stream = BaseBackupStream(PgSource.parse(pg.source()))
     stream.close()
+
+
+def test_a_backup_stopped_midway_ends_its_reader_and_the_server_side(pg):
+    stream = BaseBackupStream(PgSource.parse(pg.source()))
+    assert stream.read(512)  # the read-ahead thread is running, maybe waiting on a full queue
+    stream.close()
+    assert not stream._thread.is_alive()
+    for _ in range(100):  # the server notices the dropped connection and ends the backup
+        if pg.sql("SELECT count(*) FROM pg_stat_replication") == "0":
+            break
+        time.sleep(0.05)
+    bb, members = _take(pg, None)
+    assert bb.segments and "data/backup_manifest" in members

@@ -22,7 +22,12 @@ the archive, ``WAIT false`` (the translator itself waits for the end segment's a
 
 from __future__ import annotations
 
+import contextlib
+import os
+import queue
+import socket
 import tempfile
+import threading
 from typing import IO, Any
 
 from translators.base import TranslatorError
@@ -32,6 +37,7 @@ from .source import PgSource
 from .wal import parse_lsn
 
 CHUNK = 1 << 20  # what one read hands the tar reader (the server sends 32 KiB messages)
+AHEAD = 4  # chunks the read-ahead thread may hold
 SLACK = 64 << 10  # room past CHUNK for the message that crosses it
 MANIFEST_IN_MEMORY = 64 << 20  # a larger manifest (millions of files) spills to a temp file
 COMMAND = ("BASE_BACKUP (LABEL 'ebm', CHECKPOINT 'fast', WAL true, WAIT false, TABLESPACE_MAP true, "
@@ -59,6 +65,14 @@ class BaseBackupStream:
         except BaseException:
             self._conn.close()
             raise
+        # Reading the socket (libpq, GIL released) overlaps the consumer's hashing and
+        # writing, as the pg_basebackup process did; a few chunks ahead at most.
+        self._ahead: queue.Queue[memoryview | BaseException] = queue.Queue(AHEAD)
+        self._stop = False
+        self._ended = False
+        self._thread = threading.Thread(target=self._read_ahead, name="pg-basebackup-read",
+                                        daemon=True)
+        self._thread.start()
 
     def _fail(self, what: str) -> TranslatorError:
         msg = " ".join(self._pq.get_error_message().split()) or "no reason given"
@@ -100,9 +114,33 @@ class BaseBackupStream:
         return data
 
     def read(self, n: int = CHUNK) -> memoryview:
-        """Up to about ``max(n, CHUNK)`` bytes of the archive in a buffer of their own (the
-        tar reader keeps views of it), at least one message's worth; empty at the archive's
-        end (the manifest's start, or the end of the COPY)."""
+        """The archive's next chunk (about ``CHUNK`` bytes, from the read-ahead thread), in a
+        buffer of its own (the tar reader keeps views of it); empty at the archive's end."""
+        if self._ended:
+            return memoryview(b"")
+        item = self._ahead.get()
+        if isinstance(item, BaseException):
+            self._ended = True
+            raise item
+        if not item:
+            self._ended = True
+        return item
+
+    def _read_ahead(self) -> None:
+        """Read-ahead thread: chunks into the queue until the archive ends or :meth:`close`
+        stops it; an error goes into the queue in the chunk's place."""
+        try:
+            while not self._stop:
+                chunk = self._chunk(CHUNK)
+                self._ahead.put(chunk)
+                if not chunk:
+                    return
+        except BaseException as exc:
+            self._ahead.put(exc)
+
+    def _chunk(self, n: int) -> memoryview:
+        """Up to about ``max(n, CHUNK)`` bytes of the archive, at least one message's worth;
+        empty at the archive's end (the manifest's start, or the end of the COPY)."""
         want = max(n, CHUNK)
         buf = bytearray(want + SLACK)
         view = memoryview(buf)
@@ -136,6 +174,7 @@ class BaseBackupStream:
         the end LSN into :attr:`stop_lsn`."""
         while self.read(CHUNK):
             pass  # anything after the tar's end-of-archive blocks
+        self._thread.join()
         while (msg := self._message()) is not None:
             if msg[0] == 0x6D and self.manifest is None:
                 self.manifest = tempfile.SpooledTemporaryFile(MANIFEST_IN_MEMORY)
@@ -154,7 +193,16 @@ class BaseBackupStream:
             self.manifest.seek(0)
 
     def close(self) -> None:
-        """Drop the connection (an unfinished backup is aborted by the server)."""
+        """Stop the read-ahead thread and drop the connection (an unfinished backup is
+        aborted by the server)."""
+        if self._thread.is_alive():
+            self._stop = True
+            with contextlib.suppress(OSError):  # a wait for the server's next message ends
+                with socket.socket(fileno=os.dup(self._pq.socket)) as sock:
+                    sock.shutdown(socket.SHUT_RDWR)
+            while self._thread.is_alive():  # it may wait to put a chunk: make room
+                with contextlib.suppress(queue.Empty):
+                    self._ahead.get(timeout=0.05)
         self._conn.close()
         if self.manifest is not None:
             self.manifest.close()
