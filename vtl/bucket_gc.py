@@ -20,8 +20,11 @@ manifest's, the manifest being put second and deleted first) goes once older tha
 rewritten: its live records are copied into a new pack object (and manifest), then it is
 deleted as a dead one (not in a bucket with object lock: there it is only counted, as a
 young one is, ``packs_mostly_dead``). A gateway that still maps a chunk to a deleted pack
-finds it gone at its next GET or upload pass and reads the manifests again
-(s3_packs.fetch_many, s3_cache.upload_pending).
+finds it gone at its next GET and reads the manifests again (s3_packs.fetch_many); a
+collection that deleted packs rewrites ``<prefix>/gc/collected`` before its lease goes, and
+the next upload pass of every gateway, seeing it changed, lists the manifests and forgets
+the packs gone (s3_cache.upload_pending), so no gateway counts a collected chunk as in the
+bucket.
 
 Writers and the collector exclude each other in the bucket, as the local store's
 ``gc.lock`` does on one disk: a writer (an archive from its first chunk to its manifest, a
@@ -165,6 +168,10 @@ def collect(client: Any, bucket: str, prefix: str, who: str, *,
         _sweep(client, bucket, chunks, marks, start - grace, locking, report)
         _sweep_packs(client, bucket, prefix, pack_objects, marks, start - grace, locking,
                      report)
+        if report.packs_deleted:  # (before the lease goes: a writer then sees it)
+            client.put_object(Bucket=bucket, Key=s3_packs.collected_key(prefix),
+                              Body=json.dumps({"by": who, "at": time.time()}).encode(),
+                              ContentType="application/json")
         return report
     finally:
         # deleted rather than written released: it needs no generation, and in a versioned

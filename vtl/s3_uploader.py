@@ -130,9 +130,10 @@ class Uploader:
                     self._client = self.settings.client(endpoint or None)
                 who = library_name(self.settings.gateway, self.library_root)
                 with uploading(self._client, bucket, prefix, who):
-                    if cache.pending_bytes:
-                        up = upload_pending(store, state, self._client, bucket, prefix,
-                                            part_size=self.settings.part_size)
+                    # (also when only evicting: a collection since the last pass may have
+                    # taken chunks of local packs, which this pass then sends again)
+                    up = upload_pending(store, state, self._client, bucket, prefix,
+                                        part_size=self.settings.part_size)
                     put_references(self._client, bucket, prefix, who,
                                    referenced(self.library_root / CARTRIDGE_DIR, store))
             if evicting:

@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ from tape_formats.store.s3_packs import Where
 
 STATE_NAME = "s3_cache.sqlite"
 UPLOAD_THREADS = 4  # pack objects in flight during a pass (radosgw takes them in parallel)
+REFRESH_SECONDS = 60.0  # an upload pass reads new manifests at least this often
 _LOOKUP = 500
 
 
@@ -78,6 +80,8 @@ class CacheState:
             self._db.execute("CREATE INDEX IF NOT EXISTS in_bucket_pack ON in_bucket(pack)")
             self._db.execute("CREATE TABLE IF NOT EXISTS manifests (pack TEXT PRIMARY KEY) "
                              "WITHOUT ROWID")
+            self._db.execute("CREATE TABLE IF NOT EXISTS refreshed (what TEXT PRIMARY KEY, "
+                             "mark TEXT NOT NULL, at REAL NOT NULL)")
 
     def scanned(self) -> dict[int, int]:
         with self._lock:
@@ -143,6 +147,19 @@ class CacheState:
                     found[cid] = Where(pack, offset, stored)
         return found
 
+    def last_refresh(self) -> tuple[str, float]:
+        """(the bucket's collection mark, time) of the last full reading of the manifests
+        by an upload pass (("", 0): none yet)."""
+        with self._lock:
+            row = self._db.execute("SELECT mark, at FROM refreshed WHERE what = 'manifests'"
+                                   ).fetchone()
+        return (row[0], row[1]) if row else ("", 0.0)
+
+    def refreshed(self, mark: str, at: float) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO refreshed VALUES ('manifests', ?, ?)",
+                             (mark, at))
+
     def manifests_seen(self) -> set[str]:
         with self._lock:
             return {r[0] for r in self._db.execute("SELECT pack FROM manifests")}
@@ -199,9 +216,7 @@ def upload_pending(store: ChunkStore, state: CacheState, client: Any, bucket: st
                    prefix: str, *, part_size: int = DEFAULT_PART) -> UploadReport:
     """One pass: every pack's records past its ``upto`` into the bucket (module docstring)."""
     report = UploadReport()
-    # The bucket's chunk table as of now (no collection runs during a pass): packs other
-    # gateways put are read (their chunks are not sent again), collected ones forgotten.
-    s3_packs.ChunkMap(state).refresh(client, bucket, prefix, forget=True)
+    _refresh(state, client, bucket, prefix)
     done = state.scanned()
     present = set()
     with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="pack-upload") as pool:
@@ -218,6 +233,25 @@ def upload_pending(store: ChunkStore, state: CacheState, client: Any, bucket: st
                 os.close(fd)
     state.forget_packs(n for n in done if n not in present)
     return report
+
+
+def _refresh(state: CacheState, client: Any, bucket: str, prefix: str) -> None:
+    """The bucket's chunk table as of now (no collection runs during a pass): the packs
+    collected since the last reading forgotten, those other gateways put read (their
+    chunks are not sent again). The LIST of every manifest runs when the collection mark
+    (s3_packs.collected_mark) has changed, or ``REFRESH_SECONDS`` after the last one: a
+    pass costs one HEAD otherwise. A changed mark also resets every local pack's upload
+    progress: a chunk the collection took (nothing named it) may still be in a local pack,
+    and a recipe may name it again; the pass then scans the packs again and sends what
+    the bucket lacks, before any of them may be evicted."""
+    mark = s3_packs.collected_mark(client, bucket, prefix)
+    seen, at = state.last_refresh()
+    now = time.time()
+    if mark != seen:
+        state.forget_packs(list(state.scanned()))
+    if mark != seen or not 0 <= now - at < REFRESH_SECONDS:
+        s3_packs.ChunkMap(state).refresh(client, bucket, prefix, forget=True)
+        state.refreshed(mark, now)
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,6 +71,22 @@ def legacy_key(prefix: str, chunk_id: bytes) -> str:
     return _key(prefix, LEGACY_CHUNKS, chunk_id.hex())
 
 
+def collected_key(prefix: str) -> str:
+    """The object a bucket collection rewrites after it removed pack objects."""
+    return _key(prefix, "gc", "collected")
+
+
+def collected_mark(client: Any, bucket: str, prefix: str) -> str:
+    """The ETag of the last collection's mark ('' before any): when it changes, packs a
+    gateway knows may be gone."""
+    try:
+        return str(client.head_object(Bucket=bucket, Key=collected_key(prefix))["ETag"])
+    except Exception as exc:
+        if error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+            return ""
+        raise
+
+
 def new_pack_name() -> str:
     return os.urandom(8).hex()
 

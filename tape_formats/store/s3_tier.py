@@ -63,7 +63,7 @@ def push(store: ChunkStore, client: Any, bucket: str, prefix: str,
     state = _state_of(store)
     try:
         chunk_map = ChunkMap(state)
-        chunk_map.refresh(client, bucket, prefix)  # the bucket's chunk table
+        chunk_map.refresh(client, bucket, prefix, forget=True)  # the bucket's chunk table
         todo: list[s3_packs.Record] = []
         wanted = list(dict.fromkeys(ids if ids is not None else store.ids()))
         there = chunk_map.locate(wanted)

@@ -23,8 +23,10 @@ from cartridge_io import read_cartridge, write_tape_files
 from ceph_cluster import CephCluster, running
 from typer.testing import CliRunner
 
+from tape_formats.store import recipe as recipes
 from tape_formats.store import s3_packs
 from tape_formats.store.chunk_store import ChunkStore
+from tape_formats.store.medium import recipe_path
 from tape_formats.store.s3_cache import CacheState, cache_report, evict_to
 from vtl import s3_uploader
 from vtl.cli.main import app
@@ -175,3 +177,23 @@ def test_a_second_gateway_sends_only_what_the_bucket_lacks(s3_env: CephCluster,
     state.close()
     store.close()
     assert read_cartridge(b, "C00001L8") == [blk for f in common + own for blk in f]
+
+
+def test_chunks_a_collection_took_are_sent_again_when_named_again(
+        s3_env: CephCluster, tmp_path: Path) -> None:
+    """A bucket collection takes the chunks of a deleted cartridge that are still in the
+    local cache; a new cartridge of the same data dedups against that cache. The next
+    pass, seeing the collection's mark, scans the local packs again and sends those chunks
+    before it evicts their pack: the cartridge reads back once the cache is trimmed."""
+    root = tmp_path / "lib"
+    _library(root, "again", "--cache-size", "4MiB")
+    first, more = _files(6, 2), _files(7, 4)
+    write_tape_files(root, "C00001L8", first)
+    vtl(root, "cartridge", "delete", "C00001L8", "--yes")
+    vtl(root, "store", "push")  # the reference list without its chunks
+    assert vtl(root, "store", "gc", "--bucket", "--grace", "0")["packs_deleted"] > 0
+    vtl(root, "cartridge", "create", "C00002L8", "--capacity", "64MiB")
+    write_tape_files(root, "C00002L8", first + more)
+    ids = set(recipes.load(recipe_path(root / "cartridges" / "C00002L8.vtape")).ch_ids)
+    assert ids <= _bucket_ids(s3_env, "again")
+    assert read_cartridge(root, "C00002L8") == [b for f in first + more for b in f]
