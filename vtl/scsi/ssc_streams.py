@@ -13,7 +13,6 @@ storing each block on the thread that received it then leaves more CPU for the s
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 # A drive counts as streaming for this long after its last WRITE.
@@ -28,24 +27,32 @@ def _cpus() -> int:
 
 
 class WriteStreams:
-    """The time of each drive's last WRITE; ``busy`` says whether at least ``enough``
-    drives (at least two) wrote within ``STREAM_WINDOW`` seconds."""
+    """The time of each drive's last WRITE; ``wrote`` says whether at least ``enough``
+    drives (at least two) wrote within ``STREAM_WINDOW`` seconds, counted again at most
+    every ``RECOUNT`` seconds so that a WRITE costs a clock read and a dict store."""
+
+    RECOUNT = 0.05
 
     def __init__(self, enough: int) -> None:
         self.enough = max(2, enough)
         self._last: dict[int, float] = {}
-        self._lock = threading.Lock()
+        self._busy = False
+        self._recount_at = 0.0
 
     def wrote(self, drive: int) -> bool:
-        """Note a WRITE on ``drive`` now; True when enough drives stream to write it at once."""
+        """Note a WRITE on ``drive`` now; True when enough drives stream to write it at once.
+        (No lock: a dict store and ``list`` of its values are atomic under the GIL, and a
+        count that is a moment old only moves the switch by a block or two.)"""
         now = time.monotonic()
-        since = now - STREAM_WINDOW
-        with self._lock:
-            last = self._last
-            last[drive] = now
-            if len(last) < self.enough:
-                return False
-            return sum(1 for t in last.values() if t >= since) >= self.enough
+        last = self._last
+        last[drive] = now
+        if len(last) < self.enough:
+            return False
+        if now >= self._recount_at:
+            self._recount_at = now + self.RECOUNT
+            since = now - STREAM_WINDOW
+            self._busy = sum(t >= since for t in list(last.values())) >= self.enough
+        return self._busy
 
 
 # One per process: the drives of one process share its CPUs.
