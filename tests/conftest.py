@@ -52,8 +52,8 @@ def fast_dir(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture(autouse=True)
 def _buffered_writes_stay_buffered(monkeypatch) -> None:
-    """Drives of this process write big blocks at once while as many stream as there are
-    CPUs (vtl/scsi/ssc_streams.py); tests that write to several drives in a row must not
+    """Drives of this process write big blocks at once while twice as many stream as there
+    are CPUs (vtl/scsi/ssc_streams.py); tests that write to several drives in a row must not
     switch that on by chance, so it is off unless a test sets ``WRITE_STREAMS.enough``."""
     from vtl.scsi.ssc_streams import WRITE_STREAMS
 

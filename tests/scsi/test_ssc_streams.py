@@ -1,4 +1,5 @@
-"""As many drives streaming as CPUs: big blocks are written at once, not handed to the buffer.
+"""Enough drives streaming for every CPU: big blocks are written at once, not handed to the
+buffer.
 
 What must hold: the rule counts drives that wrote within the window only; a block written at
 once is on the medium when its WRITE returns GOOD (nothing pending), reads back the same,

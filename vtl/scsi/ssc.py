@@ -788,15 +788,15 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
                       compress: bool) -> bool:
         """Hand a variable-mode block to the write buffer (buffered mode, a block big enough
         to be worth a thread hand-off, no other initiator's blocks waiting, room before early
-        warning, and fewer drives streaming than CPUs: ssc_streams). False: nothing queued,
-        write it now. The buffer keeps ``data`` itself
-        when the transport gave it away, else a copy (it is the transport's once we return).
-        Raises what ``queue_block`` raises (write protect, WORM)."""
+        warning, and fewer than twice as many drives streaming as CPUs: ssc_streams). False:
+        nothing queued, write it now. The buffer keeps ``data`` itself when the transport
+        gave it away, else a copy (it is the transport's once we return). Raises what
+        ``queue_block`` raises (write protect, WORM)."""
         if (not self.buffered_mode or len(data) < MIN_BUFFERED_WRITE or self._part
                 or (nexus != self._buffered_for and cart.writes_pending)
                 or self._has_injected(cart)  # written now, at a position that is known
                 or self._near_pew(cart, len(data))
-                or WRITE_STREAMS.wrote(id(self))):  # as many streams as CPUs: no hand-off
+                or WRITE_STREAMS.wrote(id(self))):  # streams enough for every CPU: no hand-off
             return False
         if donated(data):  # kept as it is, and given back to the transport once stored
             if not cart.queue_block(data, compress=compress, done=SPARE_BUFFERS.give_back):

@@ -1,13 +1,15 @@
-"""Which drives of this process are writing a stream now: when they are as many as the CPUs,
-big blocks are written on the command's own thread instead of through the write buffer.
+"""Which drives of this process are writing a stream now: when they are twice as many as the
+CPUs, big blocks are written on the command's own thread instead of through the write buffer.
 
 The write buffer (tape_formats/write_behind.py) answers a WRITE as soon as the block is
 queued and stores it on a thread of its own: one stream then gets a second core for zstd and
 the file write while the initiator sends the next block. That hand-off costs CPU of its own
 (a wake-up, a context switch and the buffer's bookkeeping per block: about a quarter of the
-server's CPU per GB at 256 KiB, bench/README.md). Once as many drives stream as there are
-CPUs, their command threads keep every core busy already, and the hand-off is pure cost:
-storing each block on the thread that received it then leaves more CPU for the streams.
+server's CPU per GB at 256 KiB, bench/README.md). Once twice as many drives stream as there
+are CPUs, their command threads keep every core busy already (a stream written at once uses
+less than a core: its initiator waits for each block), and the hand-off is pure cost: storing
+each block on the thread that received it then leaves more CPU for the streams. Fewer
+streams keep the buffer, which lets each of them use more than a core.
 """
 
 from __future__ import annotations
@@ -56,4 +58,4 @@ class WriteStreams:
 
 
 # One per process: the drives of one process share its CPUs.
-WRITE_STREAMS = WriteStreams(_cpus())
+WRITE_STREAMS = WriteStreams(2 * _cpus())
