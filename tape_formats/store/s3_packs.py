@@ -22,7 +22,7 @@ import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from tape_formats.store import pack as packs
 from tape_formats.store.s3_objects import DEFAULT_PART, error_code, put_bytes, put_file
@@ -245,12 +245,24 @@ def get_legacy(client: Any, bucket: str, prefix: str, chunk_id: bytes) -> bytes 
         raise
 
 
+class LocationTable(Protocol):
+    """Where a ChunkMap keeps what it learnt (s3_cache.CacheState)."""
+
+    def locate(self, ids: Sequence[bytes]) -> dict[bytes, Where]: ...
+
+    def add_locations(self, found: Sequence[tuple[bytes, Where]],
+                      manifest: str | None = None) -> None: ...
+
+    def manifests_seen(self) -> set[str]: ...
+
+    def drop_pack(self, pack: str) -> None: ...
+
+
 class ChunkMap:
     """Chunk id -> where it is in the bucket: the manifests read so far, kept in ``table``
-    (s3_cache.CacheState: ``locate``, ``add_locations``, ``manifests_seen``, ``drop_pack``)
     or, without one, in memory. ``refresh`` reads the manifests not seen yet."""
 
-    def __init__(self, table: Any = None) -> None:
+    def __init__(self, table: LocationTable | None = None) -> None:
         self._table = table
         self._mem: dict[bytes, Where] = {}
         self._seen: set[str] = set()
