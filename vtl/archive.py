@@ -7,7 +7,7 @@ Objects of one archive, under ``<prefix>/tapes/<BARCODE>/<archive id>/``: each f
 cartridge (``<BARCODE>.vtape`` and its sidecars: index, MAM, recipe) under its own name, then
 ``manifest.json`` (names, sizes, BLAKE3 and ETag of each object), written last: an archive
 without a manifest is incomplete. A dedup cartridge's payload chunks go to the library's
-shared ``<prefix>/chunks/`` (conditional PUTs, :mod:`tape_formats.store.s3_tier`) and its
+shared pack objects (those the bucket lacks, :mod:`tape_formats.store.s3_tier`) and its
 skeleton is stored *compact*: the bytes outside the recipe's payload ranges (a dense
 skeleton as it is; an older sparse one without its holes, which retrieval puts back). A WORM
 cartridge's objects get an S3 object-lock retention (``[s3] worm_lock``,

@@ -35,7 +35,8 @@ takes that lease (a conditional PUT, vtl/leases.py: one collector at a time), th
 the markers and refuses while an unexpired one exists. Each puts its own object before it
 reads the other's, so (the store being read-after-write consistent, as radosgw and S3 are)
 at least one of the two sees the other: no chunk is deleted between a writer finding it in
-the bucket (412 to its conditional PUT) and the manifest that names it. A writer killed
+the bucket (named by a pack manifest it read) and the object naming it (an archive
+manifest, a reference list). A writer killed
 meanwhile leaves a marker that blocks collection until it expires.
 """
 
@@ -146,8 +147,9 @@ def put_references(client: Any, bucket: str, prefix: str, who: str, ids: Iterabl
 # ---- the collector ---------------------------------------------------------------------------
 def collect(client: Any, bucket: str, prefix: str, who: str, *,
             local_ids: Iterable[bytes] = (), grace: float = DEFAULT_GRACE) -> BucketGcReport:
-    """Delete the chunk objects nothing marks (see the module doc); BucketBusy when another
-    collector or a writer is at work."""
+    """Delete the pack objects (and older per-chunk objects) nothing marks, rewrite the
+    mostly dead packs (see the module doc); BucketBusy when another collector or a writer
+    is at work."""
     leases = _collector_lease(client, bucket, prefix, f"{who}:{secrets.token_hex(3)}")
     try:  # (a name of this run: a second run of the same library is refused too)
         lease = leases.take(COLLECTOR)

@@ -154,7 +154,8 @@ def _client_config() -> Any:
 def attach_chunk_remote(store_root: Path, settings: S3Settings,
                         library_root: Path | None = None) -> None:
     """Let reads of a dedup library fetch the chunks its local store lacks from the bucket
-    (``<location>/chunks/``), with read-ahead; the client is made at the first miss. With
+    (ranged GETs of its pack objects, tape_formats/store/s3_packs.py), with read-ahead; the
+    client is made at the first miss. With
     ``library_root`` (a process that may write) and ``upload = "auto"``, chunks made durable
     in this process are uploaded by the library's uploader (vtl/s3_uploader.py), which also
     finishes what a crash left pending."""

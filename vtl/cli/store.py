@@ -100,11 +100,12 @@ def gc(
     timeout: Annotated[float, typer.Option(
         help="Seconds to wait for cartridges being written to reach a filemark.")] = 30.0,
     bucket: Annotated[bool, typer.Option(
-        "--bucket", help="Collect the chunk objects of the library's [s3] location instead: "
-                         "those no archive manifest and no library's reference list names "
-                         "(every gateway's), older than --grace.")] = False,
+        "--bucket", help="Collect the pack objects of the library's [s3] location instead: "
+                         "those holding no chunk an archive manifest or a library's "
+                         "reference list (every gateway's) names, older than --grace; "
+                         "mostly dead ones are rewritten.")] = False,
     grace: Annotated[float, typer.Option(
-        help="With --bucket: chunk objects younger than this many seconds stay.")] = 3600.0,
+        help="With --bucket: pack objects younger than this many seconds stay.")] = 3600.0,
 ) -> None:
     """Free the chunks no cartridge references (after erase, relabel, delete)."""
     from tape_formats.store.chunk_store import StoreBusy
