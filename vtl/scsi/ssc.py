@@ -815,14 +815,16 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         """A block the write buffer did not take (smaller than MIN_BUFFERED_WRITE, say),
         written at once when it is a plain append whose answer can only be GOOD
         (``TapeCartridge.append_now``; nowhere near the PEW zone, whose crossing the general
-        path reports): what ``cmd_write6`` would do, without its general path. A donated
-        buffer goes back to the transport's spares once stored. False: nothing written.
-        Raises what ``append_now`` raises."""
+        path reports): what ``cmd_write6`` would do, without its general path. A big
+        block's donated buffer goes back to the transport's spares once stored (a small
+        one costs less to allocate afresh than to pool). False: nothing written. Raises
+        what ``append_now`` raises."""
         if self._near_pew(cart, len(data)) or not cart.append_now(data, compress=compress):
             return False
-        self.bytes_written += len(data)
-        if donated(data):  # stored, nothing keeps it: the transport's next WRITE reuses it
-            SPARE_BUFFERS.give_back(data)
+        n = len(data)
+        self.bytes_written += n
+        if n >= MIN_BUFFERED_WRITE and donated(data):  # stored, nothing keeps it: the
+            SPARE_BUFFERS.give_back(data)  # transport's next WRITE of a big block reuses it
         return True
 
     def _stream_cart(self, nexus: Nexus, pr_class: int) -> TapeCartridge | None:
