@@ -91,3 +91,17 @@ def test_a_backup_stopped_midway_ends_its_reader_and_the_server_side(pg):
         time.sleep(0.05)
     bb, members = _take(pg, None)
     assert bb.segments and "data/backup_manifest" in members
+
+
+def test_a_backup_the_server_cuts_off_fails_in_one_line(pg):
+    stream = BaseBackupStream(PgSource.parse(pg.source()))
+    try:
+        assert stream.read(512)
+        pg.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_replication")
+        one_line = ("^base backup failed.*(server closed the connection unexpectedly"
+                    "|terminating connection)[^\\n]*$")  # which one depends on timing
+        with pytest.raises(TranslatorError, match=one_line):
+            while stream.read(1 << 20):
+                pass
+    finally:
+        stream.close()

@@ -40,8 +40,8 @@ CHUNK = 1 << 20  # what one read hands the tar reader (the server sends 32 KiB m
 AHEAD = 4  # chunks the read-ahead thread may hold
 SLACK = 64 << 10  # room past CHUNK for the message that crosses it
 MANIFEST_IN_MEMORY = 64 << 20  # a larger manifest (millions of files) spills to a temp file
-COMMAND = ("BASE_BACKUP (LABEL 'ebm', CHECKPOINT 'fast', WAL true, WAIT false, TABLESPACE_MAP true, "
-           "MANIFEST 'yes')")
+COMMAND = ("BASE_BACKUP (LABEL 'ebm', CHECKPOINT 'fast', WAL true, WAIT false, "
+           "TABLESPACE_MAP true, MANIFEST 'yes')")
 MIN_SERVER = 150000  # the typed CopyData stream above; older servers: pg_basebackup
 
 
@@ -57,8 +57,8 @@ class BaseBackupStream:
         self._status = _pq_module().ExecStatus
         self._state = "before"  # then "archive" (from its 'n'), "after" (from the 'm')
         self._copy_done = False
+        self._end: Any = None  # the result set after the COPY: the end LSN
         self.manifest: IO[bytes] | None = None
-        self.start_lsn = 0
         self.stop_lsn = 0
         try:
             self._start()
@@ -89,8 +89,7 @@ class BaseBackupStream:
             self._pq.send_query(COMMAND.encode())
         except Exception:  # psycopg.OperationalError, with libpq's message
             raise self._fail("sending BASE_BACKUP") from None
-        start = self._result("starting")
-        self.start_lsn = parse_lsn(start.get_value(0, 0).decode())
+        self._result("starting")  # the start LSN, which backup_label also gives
         spaces = self._result("listing tablespaces")
         if spaces.ntuples != 1 or spaces.get_value(0, 0) is not None:
             raise TranslatorError("the cluster has tablespaces outside its data directory: "
@@ -105,9 +104,13 @@ class BaseBackupStream:
         try:
             n, data = self._pq.get_copy_data(0)
         except Exception as exc:  # psycopg.OperationalError: the server or the link failed
-            raise TranslatorError(f"base backup failed: {' '.join(str(exc).split())}") from None
-        if n == -1:
+            why = " ".join(str(exc).split()).split(" This probably means")[0]
+            raise TranslatorError(f"base backup failed: {why}") from None
+        if n == -1:  # the COPY ended: normally, or with the server's error
             self._copy_done = True
+            self._end = self._pq.get_result()
+            if self._end is None or self._end.status != self._status.TUPLES_OK:
+                raise self._fail("streaming")
             return None
         if n < 1:
             raise TranslatorError("base backup failed: an empty message in the COPY stream")
@@ -182,10 +185,9 @@ class BaseBackupStream:
                 self.manifest.write(msg[1:])
             elif msg[0] != 0x70:
                 raise TranslatorError(f"base backup failed: unexpected message {chr(msg[0])!r}")
-        end = self._pq.get_result()
-        if end is None or end.status != self._status.TUPLES_OK or end.ntuples != 1:
+        if self._end.ntuples != 1:
             raise self._fail("ending")
-        self.stop_lsn = parse_lsn(end.get_value(0, 0).decode())
+        self.stop_lsn = parse_lsn(self._end.get_value(0, 0).decode())
         while (res := self._pq.get_result()) is not None:
             if res.status not in (self._status.COMMAND_OK, self._status.TUPLES_OK):
                 raise self._fail("ending")
