@@ -1,6 +1,7 @@
 """The base backup read through the replication protocol in the EBM's process against the one
 pg_basebackup writes (the path for servers before PostgreSQL 15), on one real cluster: the
-same members, a manifest, a label and WAL; tablespaces refused in one line."""
+same members, a manifest, a label and WAL; tablespaces, a stop midway and a backup the
+server cuts off each end cleanly, in one line."""
 
 from __future__ import annotations
 
