@@ -29,14 +29,18 @@ import zstandard
 from tape_formats.store import pack as packs
 from tape_formats.store.chunk_store import ChunkStore
 
-# Chunks are compressed at zstd -3, two steps faster than the drive's -1
+# Chunks are compressed with zstd's fast strategy, the family of the drive's -1
 # (block_packing.ZSTD_LEVEL): compression is most of a first full's CPU (the dedup path also
 # cuts and hashes, which the plain one does not) and decompression most of a restore's.
-# Measured on the bench_dedup tar in 32 KiB chunks (CPU s per GB at load ~14): -1 compresses
-# in 2.73 and decompresses in 1.68, storing 0.424 of the bytes; -3: 2.06, 1.00, 0.474 (12%
-# more stored, against a dedup store of ~1.0x one plain full); -5: 1.63, 0.65, 0.522.
-# Chunks stored at any level read back alike (a zstd frame says how to decode it).
-CHUNK_ZSTD_LEVEL = -3
+# Measured on the bench_dedup tar in 128 KiB chunks (CPU s per GB, best and median of four
+# passes at load ~7; stored fraction of the bytes): level -3 compresses in 1.84-2.06 and
+# decompresses in 0.55-0.57, storing 0.449; -5: 1.64-1.74, 0.49-0.51, 0.494; -3's settings
+# with matches of at least 7 bytes (5), a 16 K-entry hash table (8 K) and a step of 2 (3):
+# 1.68-1.72, 0.47-0.49, 0.444, as small as -3 for 15% less CPU both ways. (-1: 2.41, 0.403.)
+# Chunks stored with any settings read back alike (a zstd frame says how to decode it).
+CHUNK_ZSTD_PARAMS = zstandard.ZstdCompressionParameters(
+    strategy=zstandard.STRATEGY_FAST, window_log=18, hash_log=14, chain_log=12, search_log=1,
+    min_match=7, target_length=2)
 COMPRESS_THREADS = 2
 IN_FLIGHT = 2 * COMPRESS_THREADS + 2  # batches submitted and not yet appended
 
@@ -85,7 +89,8 @@ class ChunkWriter:
     def _compressor(self) -> zstandard.ZstdCompressor:
         cctx = getattr(self._local, "cctx", None)
         if cctx is None:
-            cctx = self._local.cctx = zstandard.ZstdCompressor(level=CHUNK_ZSTD_LEVEL)
+            cctx = self._local.cctx = zstandard.ZstdCompressor(
+                compression_params=CHUNK_ZSTD_PARAMS)
         return cctx
 
     def _store_batch(self, turn: int, chunks: list[tuple[bytes, memoryview]],

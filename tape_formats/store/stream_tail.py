@@ -37,7 +37,7 @@ class StreamTail:
             old = self._buf
             self._move_to(self._fresh(end), self._n)
             self.give_back(old)
-        self._buf[self._n:end] = data
+        _copy(self._buf, self._n, data)
         self._n = end
 
     def hand_over(self, used: int) -> bytearray:
@@ -70,5 +70,16 @@ class StreamTail:
         return bytearray(need + BUFFER_SIZE)  # a big block: room for the next one too
 
     def _move_to(self, new: bytearray, end: int, start: int = 0) -> None:
-        new[:end - start] = memoryview(self._buf)[start:end]
+        _copy(new, 0, memoryview(self._buf)[start:end])
         self._buf, self._n = new, end - start
+
+
+def _copy(dst: bytearray, at: int, src: bytes | bytearray | memoryview) -> None:
+    """``src`` into ``dst`` from ``at`` on, with one memcpy: a bytearray slice assigned
+    anything but a bytearray copies it into a temporary bytearray first (CPython 3.11:
+    ``bytearray_ass_subscript``), twice the copying and an allocation per block, where a
+    memoryview slice takes the bytes as they are."""
+    view = memoryview(src)
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    memoryview(dst)[at:at + view.nbytes] = view
