@@ -470,6 +470,7 @@ def main() -> None:
     ndirs = args.dirs or (max(1, nfiles // 500) if args.small else None)
     work = Path(tempfile.mkdtemp(prefix="ebm-bench-", dir=args.tmp))
     tools = [t for t in args.only.split(",") if t]
+    settle_deletions()  # those of an earlier run too
     try:
         print(f"generating {total / 1e6:.0f} MB in {nfiles} files under {work} ...", flush=True)
         results: dict[str, dict] = {}
