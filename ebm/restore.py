@@ -421,7 +421,6 @@ class _WholeStream:
     buffer in one C call."""
 
     RUN = 1024  # catalog rows handed to one extract_files call
-    THREADS = min(2, os.cpu_count() or 1)  # creating a run's files: most of a small-file restore
 
     def __init__(self, backup: Backup, reader: TapeReader, rows: Iterator[_StreamRow],
                  stats: RestoreStats, total: int,
@@ -472,8 +471,7 @@ class _WholeStream:
         batch, at = self.digests.ahead(self.RUN)
 
         def take(buf: bytes, pos: int, offset: int) -> tuple[int, tuple[int, int]]:
-            used, files, nbytes = extract(buf, pos, offset, dirfd, prefix, batch, at, owner,
-                                          self.THREADS)
+            used, files, nbytes = extract(buf, pos, offset, dirfd, prefix, batch, at, owner)
             return used, (files, nbytes)
 
         files, nbytes = self.pax.take_members(take)

@@ -736,7 +736,6 @@ fail:
 }
 /* ---- the filesystem translator's walk of a baseline: one directory in one call ---- */
 #include <dirent.h>
-#include <pthread.h>
 
 typedef struct {
     char *name;
@@ -1075,49 +1074,7 @@ static int create_plain(int dirfd, const Plain *p, int owner)
     return -1;
 }
 
-typedef struct {
-    int dirfd, owner;
-    const Plain *plan;
-    Py_ssize_t from, to, stop; /* stop: the first index of [from, to) not created */
-} Share;
-
-static void *create_share(void *arg)
-{
-    Share *s = arg;
-    for (s->stop = s->from; s->stop < s->to; s->stop++)
-        if (create_plain(s->dirfd, &s->plan[s->stop], s->owner) < 0)
-            break;
-    return NULL;
-}
-
-/* The planned files created in order, the second half on a thread of its own when
- * ``threads`` is 2 and the run is long enough (the kernel's work per file, most of a
- * restore of small files, then runs on two cores). Returns how many from the start were
- * created; any created after the first failure is removed again, so the caller sees one
- * prefix done and the rest untouched, as with one thread. Runs without the GIL. */
-static Py_ssize_t create_run(int dirfd, const Plain *plan, Py_ssize_t n, int owner, int threads)
-{
-    Share a = {dirfd, owner, plan, 0, n, 0}, b = a;
-    pthread_t tid;
-    int split = threads >= 2 && n >= 64;
-    if (split) {
-        a.to = b.from = n / 2;
-        split = pthread_create(&tid, NULL, create_share, &b) == 0;
-        if (!split)
-            a.to = n;
-    }
-    create_share(&a);
-    if (!split)
-        return a.stop;
-    pthread_join(tid, NULL);
-    if (a.stop == a.to)
-        return b.stop;
-    for (Py_ssize_t i = b.from; i < b.stop; i++)
-        unlinkat(dirfd, plan[i].base, 0);
-    return a.stop;
-}
-
-/* extract_files(buf, pos, offset, dirfd, prefix, rows, row_at, owner, threads)
+/* extract_files(buf, pos, offset, dirfd, prefix, rows, row_at, owner)
  *   -> (used, files, data_bytes)
  * The members buffered in ``buf`` from ``pos`` (stream ``offset``) that are plain regular
  * files in one directory (plain_member: ``prefix`` is its path and '/', b"" for the root),
@@ -1132,11 +1089,11 @@ static PyObject *extract_files(PyObject *self, PyObject *args)
     Py_buffer view;
     Py_ssize_t pos, prefix_len, row_at;
     long long offset;
-    int dirfd, owner, threads = 1;
+    int dirfd, owner;
     const char *prefix;
     PyObject *rows;
-    if (!PyArg_ParseTuple(args, "y*nLiy#O!np|i", &view, &pos, &offset, &dirfd, &prefix,
-                          &prefix_len, &PyList_Type, &rows, &row_at, &owner, &threads))
+    if (!PyArg_ParseTuple(args, "y*nLiy#O!np", &view, &pos, &offset, &dirfd, &prefix,
+                          &prefix_len, &PyList_Type, &rows, &row_at, &owner))
         return NULL;
     if (pos < 0 || pos > view.len || row_at < 0 || row_at > PyList_GET_SIZE(rows)) {
         PyBuffer_Release(&view);
@@ -1168,15 +1125,14 @@ static PyObject *extract_files(PyObject *self, PyObject *args)
         lens[planned++] = len;
         at += len;
     }
-    Py_ssize_t files, used = 0;
+    Py_ssize_t files = 0, used = 0;
     long long data_bytes = 0;
     Py_BEGIN_ALLOW_THREADS
-    files = create_run(dirfd, plan, planned, owner, threads);
-    Py_END_ALLOW_THREADS
-    for (Py_ssize_t i = 0; i < files; i++) {
-        used += lens[i];
-        data_bytes += plan[i].size;
+    for (; files < planned && create_plain(dirfd, &plan[files], owner) == 0; files++) {
+        used += lens[files];
+        data_bytes += plan[files].size;
     }
+    Py_END_ALLOW_THREADS
     result = Py_BuildValue("(nnL)", used, files, data_bytes);
 done:
     PyMem_Free(plan);

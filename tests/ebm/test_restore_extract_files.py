@@ -128,31 +128,3 @@ def test_extract_files_stops_at_a_member_that_is_not_plain(tmp_path: Path) -> No
     assert oct(os.stat(tmp_path / "d/a").st_mode & 0o7777) == oct(0o644)
     assert not (tmp_path / "d/b").exists()
 
-
-def _members(n: int) -> tuple[bytes, list]:
-    out = io.BytesIO()
-    w = PaxWriter(out)
-    rows = []
-    for i in range(n):
-        data = b"%d" % i
-        loc = w.add(ArchiveEntry(path=f"d/f{i:03d}", kind="file", size=len(data), mode=0o640,
-                                 mtime_ns=10**18 + i), data)
-        rows.append((loc.header_offset, f"d/f{i:03d}", hashlib.sha256(data).digest()))
-    return out.getvalue(), rows
-
-
-@pytest.mark.parametrize("bad", [10, 90])
-def test_two_threads_leave_one_prefix_done(tmp_path: Path, bad: int) -> None:
-    """A run on two threads that fails at member ``bad`` (in either half) creates exactly the
-    members before it: the ones after it are removed again, for Python to restore in order."""
-    buf, rows = _members(120)
-    (tmp_path / "d").mkdir()
-    (tmp_path / f"d/f{bad:03d}").write_bytes(b"in the way")
-    fd = os.open(tmp_path / "d", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        used, files, _ = _paxfast.extract_files(buf, 0, 0, fd, b"d/", rows, 0, False, 2)
-    finally:
-        os.close(fd)
-    assert files == bad and used == rows[bad][0]
-    assert sorted(os.listdir(tmp_path / "d")) == [f"f{i:03d}" for i in range(bad + 1)]
-    assert (tmp_path / "d/f009").read_bytes() == b"9"
