@@ -37,6 +37,10 @@ Usage::
     .venv/bin/python bench/bench_backup.py --small --files 50000 --only '' --concurrent
         # only the two concurrent backups (two trees of 50,000 small files)
 
+Every tool's tree and restored copies stay until the end (deleting them between tools slowed
+the next tool's file creation: ``settle_deletions``), so ``--tmp`` needs room for all of
+them at once (~7 GB of 4 KiB blocks for ``--small``).
+
 The EBM runs through its API in a child interpreter (the CLI adds only Python start-up). restic runs with
 a throwaway password in a local repository; ``tar | zstd`` uses ``zstd -T0 -1``.
 """
@@ -132,12 +136,12 @@ def du(path: Path) -> int:
 
 
 def settle_deletions() -> None:
-    """Write the deletions out before the next tool's tree is made. Why: on an ext4 without
-    a journal (this machine's root) a new file skips every inode of its group freed in the
-    last 60 s, or 360 s while the inode table block is still dirty (``recently_deleted`` in
-    the kernel's inode allocator): after 600,000 deletions that made the next tool's file
-    creation several times slower, for a few minutes. ``sync`` shortens that window to the
-    60 s the next tree's generation takes anyway."""
+    """Write out earlier deletions before the first tree is made. Why: on an ext4 without a
+    journal (this machine's root) a new file skips every inode of its group freed in the
+    last 60 s, or 360 s while the inode table block is dirty (``recently_deleted`` in the
+    kernel's inode allocator), so creating files soon after a mass deletion costs several
+    times the CPU. ``sync`` shortens the window, but creating files in those blocks dirties
+    them again: the bench deletes nothing until the end."""
     os.sync()
 
 
@@ -481,10 +485,9 @@ def main() -> None:
             probe = paths[len(paths) // 2]
             print(f"  tree for {tool}: {t:.1f}s; running {tool} ...", flush=True)
             results[tool] = tool_run(tool, work, src, paths, probe)
-            shutil.rmtree(src)
-            for leftover in work.glob("*restore*"):
-                shutil.rmtree(leftover, ignore_errors=True)  # the restored copies: disk space
-            settle_deletions()
+            # Each tool's tree and restored copies stay until the end (the work directory
+            # goes then): deleted here, they slowed the next tool's file creation for
+            # minutes, sync or not (see settle_deletions).
         if args.concurrent:
             trees = [work / f"src-conc{i}" for i in range(2)]
             t, _ = timed(lambda: [generate(src, total, nfiles, seed=1 + 2 * i, ndirs=ndirs)
