@@ -229,6 +229,7 @@ def main() -> int:
             size = tar.stat().st_size
             logical += size
             want = hashlib.sha256(tar.read_bytes()).hexdigest()
+            os.sync()  # the new tar's dirty pages would be written back during the first kind
             barcode = f"W{week:05d}L8"
             line = [f"week {week}: tar {size / 1e6:7.1f} MB"]
             order = ["plain", "dedup"] if week % 2 else ["dedup", "plain"]
