@@ -315,6 +315,24 @@ def _from_db(value: str | bytes | None) -> str | None:
     return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
+def _row_batches(backup_id: int, files: Iterable[FileRow] | PackedIndex) -> Iterator[list[tuple]]:
+    """The ``ebm_files`` parameters of ``files``, ``_FILE_BATCH`` rows at a time, built in
+    Python (the reference for ``PackedIndex.catalog_batches``). A :class:`PackedIndex` is read
+    as plain tuples, without an object per row."""
+    if hasattr(files, "rows"):  # a PackedIndex
+        rows: Iterator[tuple] = (
+            (backup_id, _to_db(path), kind, size, mtime, mode, uid, gid, sha, hoff, doff,
+             int(deleted), _to_db(link) if link else None)
+            for (path, kind, size, mtime, mode, uid, gid, sha, hoff, doff, deleted, link,
+                 _torn) in files.rows(raw_sha=True))
+    else:
+        rows = ((backup_id, _to_db(f.path), f.kind, f.size, f.mtime_ns, f.mode, f.uid, f.gid,
+                 f.sha256, f.header_offset, f.data_offset, int(f.deleted),
+                 _to_db(f.linkname) if f.linkname else None) for f in files)
+    while batch := list(itertools.islice(rows, _FILE_BATCH)):
+        yield batch
+
+
 def _file_row(r: sqlite3.Row) -> FileRow:
     d = dict(r)
     return FileRow(**{**d, "path": _from_db(d["path"]), "linkname": _from_db(d["linkname"]),
@@ -743,21 +761,15 @@ class Catalog:
     def _insert_files(self, backup_id: int, files: Iterable[FileRow] | PackedIndex) -> None:
         """Insert the file index in batches, so memory does not grow with the file count: the
         batch's new paths first, then its rows, each finding its path id by a lookup in the
-        same statement (no id map in Python). A :class:`PackedIndex` is read as plain tuples,
-        without an object per row."""
-        if hasattr(files, "rows"):  # a PackedIndex
-            rows: Iterator[tuple] = (
-                (backup_id, _to_db(path), kind, size, mtime, mode, uid, gid, sha, hoff, doff,
-                 int(deleted), _to_db(link) if link else None)
-                for (path, kind, size, mtime, mode, uid, gid, sha, hoff, doff, deleted, link,
-                     _torn) in files.rows(raw_sha=True))
-        else:
-            rows = ((backup_id, _to_db(f.path), f.kind, f.size, f.mtime_ns, f.mode, f.uid, f.gid,
-                     f.sha256, f.header_offset, f.data_offset, int(f.deleted),
-                     _to_db(f.linkname) if f.linkname else None) for f in files)
-        while batch := list(itertools.islice(rows, _FILE_BATCH)):
-            self.db.executemany("INSERT OR IGNORE INTO ebm_paths(path) VALUES (?)",
-                                ((r[1],) for r in batch))
+        same statement (no id map in Python). A :class:`PackedIndex` hands over its rows as
+        ready parameter tuples decoded in C when the extension is built (no Python per row:
+        that was ~40% of the insert at 200,000 files), else as plain tuples."""
+        batches = files.catalog_batches(backup_id) if hasattr(files, "catalog_batches") else None
+        if batches is None:
+            batches = ((batch, [(r[1],) for r in batch])
+                       for batch in _row_batches(backup_id, files))
+        for batch, paths in batches:
+            self.db.executemany("INSERT OR IGNORE INTO ebm_paths(path) VALUES (?)", paths)
             self.db.executemany(
                 "INSERT OR REPLACE INTO ebm_files(backup, path, kind, size, mtime_ns, mode, uid, gid, "
                 "sha256, header_offset, data_offset, deleted, linkname) "

@@ -14,6 +14,8 @@
  *   'x' header block, its records padded to 512, then the file's ustar block.
  * header_sum(block) -> int: the unsigned checksum of a 512-byte header (parse_ustar's).
  * index_json(rows) -> (bytes, used): packed file index rows as the trailer's JSON lines.
+ * index_rows(rows, backup) -> (rows, paths, used): the same rows as the catalog's insert
+ *   parameters (ebm/catalog.py), no Python per row.
  * ustar_fields(block) -> tuple | None: a plain ustar header's fields (parse_ustar's).
  * pack_files(...): with libcrypto (EBM_HAVE_LIBCRYPTO, setup.py), the filesystem translator's
  *   runs of plain spooled entries in one call: each file opened, read between two fstats,
@@ -367,6 +369,40 @@ static unsigned int le32(const unsigned char *p)
            | (unsigned int)p[3] << 24;
 }
 
+/* One packed row (packed_index.py's layout) seen in place: its fixed part, sha256 (when it has
+ * one), path and link name. */
+typedef struct {
+    const unsigned char *r, *sha, *path, *link;
+    unsigned kind, flags;
+    Py_ssize_t plen, llen, size;
+} PackedRow;
+
+/* The row at ``d + pos``: 1 when it is complete before ``end``, 0 when it runs past it, -1
+ * (ValueError set) for a kind packed_index.py never writes. */
+static int packed_row(const unsigned char *d, Py_ssize_t pos, Py_ssize_t end, PackedRow *row)
+{
+    if (pos + ROW_SIZE > end)
+        return 0;
+    const unsigned char *r = d + pos;
+    row->r = r;
+    row->kind = r[0];
+    row->flags = r[1];
+    row->plen = le32(r + 58);
+    row->llen = le32(r + 62);
+    Py_ssize_t sha = row->flags & HAS_SHA ? 32 : 0;
+    row->size = ROW_SIZE + sha + row->plen + row->llen;
+    if (pos + row->size > end)
+        return 0;
+    if (row->kind >= sizeof KIND_NAMES / sizeof KIND_NAMES[0]) {
+        PyErr_SetString(PyExc_ValueError, "packed index row of an unknown kind");
+        return -1;
+    }
+    row->sha = sha ? r + ROW_SIZE : NULL;
+    row->path = r + ROW_SIZE + sha;
+    row->link = row->path + row->plen;
+    return 1;
+}
+
 /* index_json(data) -> (text, used): the complete packed rows at the start of ``data`` as the
  * trailer's JSON lines (PackedIndex.json_lines' bytes), and how many bytes they took. */
 static PyObject *index_json(PyObject *self, PyObject *arg)
@@ -379,18 +415,12 @@ static PyObject *index_json(PyObject *self, PyObject *arg)
     Py_ssize_t end = view.len, pos = 0;
     Out o = {NULL, 0, 0};
     static const char hex[] = "0123456789abcdef";
-    while (pos + ROW_SIZE <= end) {
-        const unsigned char *r = d + pos;
-        unsigned kind = r[0], flags = r[1];
-        unsigned int plen = le32(r + 58), llen = le32(r + 62);
-        Py_ssize_t sha = flags & HAS_SHA ? 32 : 0;
-        if (pos + ROW_SIZE + sha + (Py_ssize_t)plen + (Py_ssize_t)llen > end)
-            break;
-        if (kind >= sizeof KIND_NAMES / sizeof KIND_NAMES[0]) {
-            PyErr_SetString(PyExc_ValueError, "packed index row of an unknown kind");
-            goto fail;
-        }
-        const unsigned char *p = r + ROW_SIZE + sha;
+    PackedRow row;
+    int got;
+    while ((got = packed_row(d, pos, end, &row)) > 0) {
+        const unsigned char *r = row.r, *p = row.path;
+        unsigned kind = row.kind, flags = row.flags;
+        Py_ssize_t plen = row.plen, llen = row.llen;
         if (out_reserve(&o, 400) < 0)
             goto fail;
         memcpy(o.buf + o.len, "{\"path\":", 8);
@@ -402,7 +432,7 @@ static PyObject *index_json(PyObject *self, PyObject *arg)
                          "\"uid\":%lld,\"gid\":%lld,\"header_offset\":%lld,\"data_offset\":%lld",
                          KIND_NAMES[kind], le64(r + 2), le64(r + 10), le64(r + 18), le64(r + 26),
                          le64(r + 34), le64(r + 42), le64(r + 50));
-        if (sha) {
+        if (row.sha) {
             char *w = o.buf + o.len;
             memcpy(w, ",\"sha256\":\"", 11);
             w += 11;
@@ -429,8 +459,10 @@ static PyObject *index_json(PyObject *self, PyObject *arg)
         }
         memcpy(o.buf + o.len, "}\n", 2);
         o.len += 2;
-        pos += ROW_SIZE + sha + plen + llen;
+        pos += row.size;
     }
+    if (got < 0)
+        goto fail;
     PyBuffer_Release(&view);
     PyObject *text = PyBytes_FromStringAndSize(o.buf ? o.buf : "", o.len);
     PyMem_Free(o.buf);
@@ -441,6 +473,76 @@ fail:
     PyBuffer_Release(&view);
     PyMem_Free(o.buf);
     return NULL;
+}
+
+/* index_rows(data, backup) -> (rows, paths, used): the complete packed rows at the start of
+ * ``data`` as the catalog's ebm_files parameters (ebm/catalog.py's _insert_files: backup,
+ * path, kind, size, mtime_ns, mode, uid, gid, sha256 bytes or None, header and data offsets,
+ * deleted 0/1, linkname or None), the paths alone as 1-tuples (for ebm_paths), and how many
+ * bytes they took. A path or link name is a str when it is UTF-8, else its bytes (the
+ * catalog's _to_db), so the insert needs no Python per row. */
+static PyObject *db_name(const unsigned char *s, Py_ssize_t n)
+{
+    PyObject *str = PyUnicode_DecodeUTF8((const char *)s, n, NULL);
+    if (str != NULL || !PyErr_ExceptionMatches(PyExc_UnicodeDecodeError))
+        return str;
+    PyErr_Clear();
+    return PyBytes_FromStringAndSize((const char *)s, n);
+}
+
+static PyObject *index_rows(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer view;
+    PyObject *backup, *kinds[sizeof KIND_NAMES / sizeof KIND_NAMES[0]] = {NULL};
+    if (!PyArg_ParseTuple(args, "y*O", &view, &backup))
+        return NULL;
+    PyObject *rows = PyList_New(0), *paths = PyList_New(0), *result = NULL;
+    if (rows == NULL || paths == NULL)
+        goto done;
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
+        if ((kinds[k] = PyUnicode_InternFromString(KIND_NAMES[k])) == NULL)
+            goto done;
+    const unsigned char *d = view.buf;
+    Py_ssize_t end = view.len, pos = 0;
+    PackedRow row;
+    int got;
+    while ((got = packed_row(d, pos, end, &row)) > 0) {
+        const unsigned char *r = row.r;
+        PyObject *path = db_name(row.path, row.plen);
+        if (path == NULL)
+            goto done;
+        PyObject *link = row.llen ? db_name(row.link, row.llen) : Py_NewRef(Py_None);
+        PyObject *digest = row.sha ? PyBytes_FromStringAndSize((const char *)row.sha, 32)
+                                   : Py_NewRef(Py_None);
+        PyObject *params = NULL, *one = NULL;
+        if (link != NULL && digest != NULL)
+            params = Py_BuildValue("(OOOLLLLLOLLiO)", backup, path, kinds[row.kind], le64(r + 2),
+                                   le64(r + 10), le64(r + 18), le64(r + 26), le64(r + 34),
+                                   digest, le64(r + 42), le64(r + 50),
+                                   (row.flags & DELETED) ? 1 : 0, link);
+        if (params != NULL)
+            one = PyTuple_Pack(1, path);
+        Py_DECREF(path);
+        Py_XDECREF(link);
+        Py_XDECREF(digest);
+        int bad = one == NULL || PyList_Append(rows, params) < 0
+                  || PyList_Append(paths, one) < 0;
+        Py_XDECREF(params);
+        Py_XDECREF(one);
+        if (bad)
+            goto done;
+        pos += row.size;
+    }
+    if (got == 0)
+        result = Py_BuildValue("(OOn)", rows, paths, pos);
+done:
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++)
+        Py_XDECREF(kinds[k]);
+    Py_XDECREF(rows);
+    Py_XDECREF(paths);
+    PyBuffer_Release(&view);
+    return result;
 }
 
 /* ---- the filesystem translator's small files: a run of spooled entries in one call ---- */
@@ -1147,6 +1249,8 @@ static PyMethodDef methods[] = {
      "The fields of a plain POSIX ustar header block as a tuple, or None (use Python)."},
     {"index_json", index_json, METH_O,
      "The complete packed index rows at the start of a buffer as JSON lines, and the bytes used."},
+    {"index_rows", index_rows, METH_VARARGS,
+     "The complete packed index rows at the start of a buffer as catalog rows (see above)."},
     {"header_sum", header_sum, METH_O,
      "The unsigned checksum of a ustar header block (its checksum field as spaces)."},
     {"file_headers", file_headers, METH_VARARGS,

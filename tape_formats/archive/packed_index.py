@@ -17,8 +17,9 @@ then costs disk, not memory.
 The consumers at the end of a backup need no row objects: the trailer's counts are kept as
 rows are added (:meth:`PackedIndex.counts`), and the trailer's JSON lines are formatted
 straight from the packed fields (:meth:`PackedIndex.json_lines`, the same bytes as
-``IndexEntry.to_json`` through the index encoder), so a row is decoded into an
-:class:`IndexEntry` only by a consumer that asks for one (the catalog insert).
+``IndexEntry.to_json`` through the index encoder), and the catalog's insert parameters are
+built from them in C (:meth:`PackedIndex.catalog_batches`), so a row is decoded into an
+:class:`IndexEntry` only by a consumer that asks for one.
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ from json.encoder import encode_basestring
 
 from .entry import KINDS, IndexEntry
 
-try:  # the JSON lines in C (tape_formats/archive/_paxfast.c), when it is built
+try:  # JSON lines and catalog rows in C (tape_formats/archive/_paxfast.c), when it is built
     from ._paxfast import index_json as _index_json  # type: ignore[import-not-found]
+    from ._paxfast import index_rows as _index_rows  # type: ignore[import-not-found]
 except ImportError:
-    _index_json = None
+    _index_json = _index_rows = None
 if os.environ.get("VTL_NO_FASTPATH"):
-    _index_json = None
+    _index_json = _index_rows = None
 
 _ROW = struct.Struct("<BBqqqqqqqII")
 _KIND_CODE = {k: i for i, k in enumerate(KINDS)}
@@ -159,6 +161,26 @@ class PackedIndex:
             data = rest + piece if rest else piece
             text, used = parse(data)
             yield text
+            rest = data[used:]
+        if rest:
+            raise ValueError("packed index ends inside a row")
+
+    def catalog_batches(self, backup: int) -> Iterator[tuple[list[tuple], list[tuple]]] | None:
+        """The rows as the catalog's ``ebm_files`` parameters, a read chunk of rows at a time:
+        (rows, their paths as 1-tuples), decoded in C (``_paxfast.index_rows``: a path is a
+        str when it is UTF-8, else its bytes). None when the extension is not built: the
+        catalog then builds them from :meth:`rows` (ebm/catalog.py, the reference)."""
+        if _index_rows is None:
+            return None
+        return self._catalog_batches(backup)
+
+    def _catalog_batches(self, backup: int) -> Iterator[tuple[list[tuple], list[tuple]]]:
+        rest = b""
+        for piece in self._pieces():
+            data = rest + piece if rest else piece
+            rows, paths, used = _index_rows(data, backup)
+            if rows:
+                yield rows, paths
             rest = data[used:]
         if rest:
             raise ValueError("packed index ends inside a row")
