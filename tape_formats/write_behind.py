@@ -79,6 +79,9 @@ class WriteBehind:
         self._to_pack: deque[_Block] = deque()  # accepted, nobody packing them yet
         self._backlog = 0  # bytes in _to_pack
         self._help_from = max(1, limit // 4)  # helpers pack while the backlog is this big
+        # A full buffer wakes its writer once this much is stored again, not per block: a
+        # wake-up is a futex call made holding the GIL (bench/README.md, bench_dedup.py).
+        self._wake_at = limit - limit // 4
         self.blocks = 0  # queued or being stored
         self.reserved = 0  # their worst-case medium bytes
         self._error: BaseException | None = None
@@ -214,7 +217,8 @@ class WriteBehind:
                         self._error = error
                     self._lost += 1
                     self._lost_bytes += block.native
-                self._room.notify_all()
+                if not self.blocks or self.reserved <= self._wake_at:
+                    self._room.notify_all()
 
     def _helper(self, pack: Pack) -> None:
         """A helper thread: packs the oldest unclaimed block while the backlog is big."""

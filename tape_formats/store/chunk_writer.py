@@ -57,6 +57,10 @@ class ChunkWriter:
         self._cv = threading.Condition(threading.Lock())
         self._submitted = 0  # batches handed to the pool
         self._appended = 0  # batches whose turn at the pack is over (in order)
+        # compressed batches waiting for their turn, by turn: (records, done)
+        self._ready: dict[int, tuple[list, Callable[[], None]]] = {}
+        self._appending = False  # a thread is appending the ready batches in order
+        self._draining = 0  # threads waiting in drain
         self._error: BaseException | None = None
         self._seen: set[bytes] = set()  # new chunks submitted since the last drain
 
@@ -95,7 +99,9 @@ class ChunkWriter:
 
     def _store_batch(self, turn: int, chunks: list[tuple[bytes, memoryview]],
                      done: Callable[[], None]) -> None:
-        """Compress a batch (any order across threads), then append it in its turn."""
+        """Compress a batch (any order across threads), then append it in its turn: a
+        thread whose batch is early leaves it for the one appending (never waits for its
+        turn), and the thread whose batch is next appends it and every one ready behind."""
         records: list[tuple[bytes, int, bytes | memoryview]] = []
         try:
             if self._error is None:
@@ -108,22 +114,37 @@ class ChunkWriter:
                         records.append((cid, packs.RAW, piece))
         except BaseException as exc:  # kept, raised to the writer
             self._fail(exc)
+        chunks.clear()
         with self._cv:
-            while self._appended != turn:
-                self._cv.wait()
-        try:
-            if self._error is None:
-                self._store.append_many(records)
-        except BaseException as exc:
-            self._fail(exc)
-        finally:
-            records.clear()
-            chunks.clear()
-            done()
+            self._ready[turn] = (records, done)
+            if self._appending or turn != self._appended:
+                return  # the thread appending, or the one whose batch is next, takes it
+            self._appending = True
+        self._append_ready()
+
+    def _append_ready(self) -> None:
+        """Append the batches ready in order, from the next one on, until one is missing
+        (its thread appends it and those behind it when it is done)."""
+        while True:
             with self._cv:
-                self._appended += 1
-                self._cv.notify_all()
-            self._room.release()
+                item = self._ready.pop(self._appended, None)
+                if item is None:
+                    self._appending = False
+                    return
+            records, done = item
+            try:
+                if self._error is None:
+                    self._store.append_many(records)
+            except BaseException as exc:
+                self._fail(exc)
+            finally:
+                records.clear()
+                done()
+                with self._cv:
+                    self._appended += 1
+                    if self._draining:  # the only waiter: wake it only when there is one
+                        self._cv.notify_all()
+                self._room.release()
 
     def _fail(self, exc: BaseException) -> None:
         with self._cv:
@@ -138,8 +159,12 @@ class ChunkWriter:
         """Wait until every batch submitted is in its pack (not durable yet: the store's
         ``sync`` does that); raises the error of a batch that failed."""
         with self._cv:
-            while self._appended != self._submitted:
-                self._cv.wait()
+            self._draining += 1
+            try:
+                while self._appended != self._submitted:
+                    self._cv.wait()
+            finally:
+                self._draining -= 1
         self._seen.clear()  # in the store's pending rows from now on
         self._raise_error()
 

@@ -90,3 +90,42 @@ def test_a_failed_pack_write_is_not_acknowledged(tmp_path: Path,
         while (r := c.read_block()).kind is RecordKind.DATA:
             got.append(bytes(r.data))
     assert got[:len(durable)] == durable
+
+
+def test_batches_compressed_out_of_order_are_appended_in_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    store = ChunkStore.create(tmp_path / "store")
+    appended: list[bytes] = []
+    real = ChunkStore.append_many
+
+    def record(self: ChunkStore, records: list) -> int:
+        appended.extend(cid for cid, _flag, _body in records)
+        return real(self, records)
+
+    class SlowFirst:  # the first batch compresses last: later ones wait for its turn
+        def compress(self, piece: memoryview) -> bytes:
+            if piece[0] == 0:
+                time.sleep(0.2)
+            return bytes(piece)  # "does not shrink": stored raw
+
+    monkeypatch.setattr(ChunkStore, "append_many", record)
+    monkeypatch.setattr(ChunkWriter, "_compressor", lambda self: SlowFirst())
+    writer = ChunkWriter(store)
+    done: list[int] = []
+    lock = threading.Lock()
+    ids = [bytes([n]) * 32 for n in range(5)]
+    for n, cid in enumerate(ids):
+        def finished(n: int = n) -> None:
+            with lock:
+                done.append(n)
+        writer.submit([cid], [memoryview(bytes([n]) * 1000)], finished)
+    writer.drain()
+    writer.close()
+    assert appended == ids
+    assert sorted(done) == list(range(5))
+    store.sync()
+    assert all(store.has(cid) for cid in ids)
+    store.close()
