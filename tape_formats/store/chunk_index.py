@@ -12,10 +12,17 @@ the pack's fdatasync), so a chunk the index knows is a chunk that survives a cra
 that finds one needs no flush of its own for it. Duplicates (two writers storing the same
 new chunk at once) keep the first row (``INSERT OR IGNORE``); the other copy is dead space
 that compaction (gc.py) drops.
+
+A process killed inside a COMMIT, after its frames reached the WAL and before the wal-index
+(``-shm``) published them, leaves a transaction *in flight*: the live connections do not see
+it, yet the next open that recovers the WAL (after every connection died) replays it, unless
+a later write transaction overwrote its frames first. ``settle`` is such a write: after it,
+what the live connections see is what any recovery will see (chunk_store.py, ``Hold``).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -100,6 +107,23 @@ class ChunkIndex:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany("DELETE FROM chunks WHERE id = ?", ((i,) for i in ids))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def settle(self) -> None:
+        """Make what the index shows final: one write transaction (a fresh random value in a
+        one-row table), whose frames go where those of a transaction left in flight by a
+        killed process would be published, so no later recovery of the WAL replays that
+        one (its frames past ours no longer chain to a valid commit)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("CREATE TABLE IF NOT EXISTS settled (k INTEGER PRIMARY KEY,"
+                                 " nonce BLOB NOT NULL)")
+                self._db.execute("INSERT OR REPLACE INTO settled VALUES (0, ?)",
+                                 (os.urandom(16),))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

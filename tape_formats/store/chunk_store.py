@@ -19,7 +19,11 @@ keeps that last flush short (as the plain cartridge's write-back pacing does).
 The collector and the writers meet at ``gc.lock``: a writer holds it shared from its first
 chunk after a sync point until its recipe is durable (``Hold``); the collector takes it
 exclusively, so it never frees a chunk that a writer has just found and not yet recorded.
-A pack stays flocked by its writer while open, so compaction leaves it alone.
+A pack stays flocked by its writer while open, so compaction leaves it alone. A collector
+killed inside an index commit may leave that transaction in flight (chunk_index.py): not
+seen by the writer that takes the lock next, replayed by a later recovery of the WAL. So
+the collector marks ``gc.lock`` (its first byte) while it runs and settles the index when it
+starts; a writer that finds the mark settles the index before its first lookup.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -42,6 +46,8 @@ from tape_formats.store.chunk_index import ChunkIndex, Location
 
 CHUNKS_DIR = "chunks"  # the per-file layout of stores written before packs (read only)
 LOCK_NAME = "gc.lock"
+# gc.lock's first byte while a collector runs: still there, the collector died in its run
+COLLECTING, IDLE = b"\x01", b"\x00"
 _RAW, _ZSTD = packs.RAW, packs.ZSTD
 BACKGROUND_SYNC_BYTES = 32 << 20
 MAX_RUN = 4 << 20  # adjacent records read with one pread
@@ -496,11 +502,14 @@ class ChunkStore:
 
     # -- the collector's lock ---------------------------------------------------------------
     def hold(self) -> Hold:
-        return Hold(self.root / LOCK_NAME)
+        return Hold(self.root / LOCK_NAME, settle=self.index.settle)
 
     def exclusive(self, timeout: float) -> Hold:
-        """The collector's side of the lock; StoreBusy after ``timeout`` seconds."""
-        hold = Hold(self.root / LOCK_NAME, exclusive=True, timeout=timeout)
+        """The collector's side of the lock (marked, the index settled); StoreBusy after
+        ``timeout`` seconds. The collector calls ``finish`` once its last index transaction
+        has returned."""
+        hold = Hold(self.root / LOCK_NAME, exclusive=True, timeout=timeout,
+                    settle=self.index.settle)
         hold.acquire()
         return hold
 
@@ -510,12 +519,21 @@ class StoreBusy(Exception):
 
 
 class Hold:
-    """A flock on the store's gc.lock: shared for a writer, exclusive for the collector."""
+    """A flock on the store's gc.lock: shared for a writer, exclusive for the collector.
 
-    def __init__(self, path: Path, *, exclusive: bool = False, timeout: float = 0) -> None:
+    The collector writes ``COLLECTING`` into the file's first byte once it has the lock,
+    then settles the index (``settle``: no transaction a killed process left in flight can
+    come back, chunk_index.py), and writes ``IDLE`` when its run is over (``finish``). A
+    writer that takes the lock and finds ``COLLECTING`` follows a collector that died in its
+    run, maybe inside an index commit: it settles the index before it looks a chunk up (so
+    a chunk it finds stays found) and writes ``IDLE``."""
+
+    def __init__(self, path: Path, *, exclusive: bool = False, timeout: float = 0,
+                 settle: Callable[[], None] | None = None) -> None:
         self._path = path
         self._exclusive = exclusive
         self._timeout = timeout
+        self._settle = settle
         self._fd: int | None = None
 
     @property
@@ -541,10 +559,23 @@ class Hold:
                                 "the store is in use: a cartridge is being written since its "
                                 "last filemark (try again later)") from None
                         time.sleep(0.05)
+            if self._settle is not None:
+                if self._exclusive:
+                    os.pwrite(fd, COLLECTING, 0)
+                    self._settle()
+                elif os.pread(fd, 1, 0) == COLLECTING:
+                    self._settle()
+                    os.pwrite(fd, IDLE, 0)
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
+
+    def finish(self) -> None:
+        """The collector's run is over, every index transaction of it returned (committed
+        or rolled back): nothing of it is in flight."""
+        if self._fd is not None:
+            os.pwrite(self._fd, IDLE, 0)
 
     def release(self) -> None:
         fd, self._fd = self._fd, None

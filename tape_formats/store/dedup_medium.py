@@ -441,7 +441,8 @@ def create_recipe(cartridge: Path, store_root: Path, skeleton: int) -> Path:
     """Write the recipe of a new cartridge whose file holds ``skeleton`` bytes (its header:
     a dense skeleton) under a temporary name; the caller renames it into place
     (``recipe_path``) when the cartridge itself appears."""
-    ChunkStore.create(store_root)
+    ChunkStore.create(store_root).close()  # (its index's connection is closed now, not by a
+    # later garbage collection: sqlite3 connections sit in reference cycles)
     rel = os.path.relpath(store_root, cartridge.parent)
     tmp = cartridge.with_name(cartridge.name + ".recipe.new")
     recipes.write_new(tmp, rel, [], [], skeleton)

@@ -11,9 +11,11 @@ short sessions) are merged the same way when there are two or more: their record
 into full packs, rows moved, old packs unlinked. A pack a writer still has open (flocked)
 is left alone. It all runs with the store's lock held exclusively, so no writer is between
 finding a chunk and making its recipe durable (chunk_store.py); recipes on disk are then
-the whole truth. A SIGKILL at any point leaves either the old pack or the new one named by
-the index, never neither, and at worst a pack no row points into, which the next run
-removes. A reader that looked a chunk up just before its pack went reads its already open
+the whole truth. The lock is marked while a run goes on, and the index settled first: a run
+killed inside an index commit leaves the mark, and the writer that comes next settles the
+index before it trusts a lookup (chunk_store.py, ``Hold``). A SIGKILL at any point leaves
+either the old pack or the new one named by the index, never neither, and at worst a pack
+no row points into, which the next run removes. A reader that looked a chunk up just before its pack went reads its already open
 descriptor, or looks it up again (chunk_store.py).
 """
 
@@ -94,11 +96,12 @@ def collect(store: ChunkStore, cartridge_dir: Path, *, timeout: float = 30.0) ->
     """Free every chunk no cartridge references and compact the packs that then hold
     mostly dead records (StoreBusy if writers hold the store)."""
     report = GcReport()
-    with store.exclusive(timeout):
+    with store.exclusive(timeout) as hold:
         refs = referenced(cartridge_dir, store)
         _sweep_index(store, refs, report)
         _sweep_files(store, refs, report)
         _compact(store, report)
+        hold.finish()
     return report
 
 

@@ -154,7 +154,7 @@ def init(
         from tape_formats.store.chunk_store import ChunkStore
         from vtl.inventory import STORE_DIR
 
-        ChunkStore.create(root / STORE_DIR)
+        ChunkStore.create(root / STORE_DIR).close()
     say(
         f"created library {name!r} at {root}: {drives} drives, {slots} slots, "
         f"{mailslots} mailslots, {config.media}",
