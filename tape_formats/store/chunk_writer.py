@@ -8,7 +8,7 @@ seen twice is stored once), those the store lacks are compressed on ``COMPRESS_T
 threads (zstd releases the GIL; one batch per thread at a time, each thread with its own
 compressor), and each batch's records go to the writer's pack in the order the batches were
 cut, with one ``pwritev`` per batch. At most ``IN_FLIGHT`` batches wait or run, which bounds
-memory (a batch holds one 2 MiB stream buffer, stream_tail.py, about 16 MiB for a writing
+memory (a batch holds one 5 MiB stream buffer, stream_tail.py, about 25 MiB for a writing
 cartridge with its spares) and makes a writer that outruns the pool wait.
 
 Nothing here is durable by itself: a sync point first ``drain``s the writer (every batch
@@ -42,7 +42,8 @@ CHUNK_ZSTD_PARAMS = zstandard.ZstdCompressionParameters(
     strategy=zstandard.STRATEGY_FAST, window_log=18, hash_log=14, chain_log=12, search_log=1,
     min_match=7, target_length=2)
 COMPRESS_THREADS = 2
-IN_FLIGHT = 2 * COMPRESS_THREADS + 2  # batches submitted and not yet appended
+IN_FLIGHT = 2 * COMPRESS_THREADS  # batches submitted and not yet appended (one compressing,
+# one waiting per thread: 4 MiB batches keep a thread busy for several ms each)
 
 
 class ChunkWriter:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections import deque
 
-BUFFER_SIZE = 2 << 20  # a 1 MiB batch plus the block that completes it
-SPARES = 8  # buffers kept for reuse (about the chunk writer's batches in flight)
+BUFFER_SIZE = 5 << 20  # a 4 MiB batch (dedup_medium.CUT_BATCH) plus the block completing it
+SPARES = 5  # buffers kept for reuse (the chunk writer's batches in flight, and one)
 
 
 class StreamTail:

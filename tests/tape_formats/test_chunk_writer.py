@@ -49,7 +49,7 @@ def test_a_chunk_twice_in_flight_is_stored_once(tmp_path: Path) -> None:
 def test_blocks_read_back_while_chunks_are_in_flight(tmp_path: Path) -> None:
     path = _new(tmp_path)
     blocks = _blocks(2, 40)
-    blocks[7] = random.Random(5).randbytes(3 << 20)  # bigger than a stream buffer
+    blocks[7] = random.Random(5).randbytes(6 << 20)  # bigger than a stream buffer
     with TapeCartridge.open(path) as c:
         for b in blocks:
             assert c.queue_block(b) or c.write_block(b)
