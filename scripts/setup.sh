@@ -21,6 +21,7 @@ APT_PACKAGES=(
   stenc                 # drive encryption from the guest (SECURITY PROTOCOL IN/OUT)
   autoconf automake libtool pkg-config libfuse-dev libxml2-dev libicu-dev icu-devtools \
   uuid-dev libsnmp-dev  # build IBM's LTFS (../shared/third_party) for the LTFS e2e test
+  fuse                  # fusermount, copied into the LTFS e2e guest (libfuse-dev does not pull it in)
   tar zstd              # GNU tar in the guest; tar | zstd as a backup peer
   restic                # backup benchmark peer
   sqlite3               # inspecting catalogs by hand
