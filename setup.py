@@ -40,6 +40,9 @@ EXTENSIONS = [
               optional=True, **_libcrypto()),
     # READ(6)/WRITE(6) on the streaming fast paths (vtl/iscsi/stream_paths.py)
     Extension("vtl._fastpath", ["vtl/_fastpath.c"], optional=True),
+    # a dedup cartridge's payload copies with the GIL released (tape_formats/store/stream_tail.py)
+    Extension("tape_formats.store._streamfast", ["tape_formats/store/_streamfast.c"],
+              optional=True),
 ]
 
 setup(ext_modules=EXTENSIONS)

@@ -12,6 +12,11 @@ from __future__ import annotations
 
 from collections import deque
 
+try:  # the same copy with the GIL released (setup.py builds it; optional)
+    from ._streamfast import copy_into as _copy_into  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - without a compiler
+    _copy_into = None
+
 BUFFER_SIZE = 5 << 20  # a 4 MiB batch (dedup_medium.CUT_BATCH) plus the block completing it
 SPARES = 5  # buffers kept for reuse (the chunk writer's batches in flight, and one)
 
@@ -78,7 +83,11 @@ def _copy(dst: bytearray, at: int, src: bytes | bytearray | memoryview) -> None:
     """``src`` into ``dst`` from ``at`` on, with one memcpy: a bytearray slice assigned
     anything but a bytearray copies it into a temporary bytearray first (CPython 3.11:
     ``bytearray_ass_subscript``), twice the copying and an allocation per block, where a
-    memoryview slice takes the bytes as they are."""
+    memoryview slice takes the bytes as they are. ``_streamfast.copy_into`` does that
+    memcpy with the GIL released (the compress threads take it meanwhile)."""
+    if _copy_into is not None:
+        _copy_into(dst, at, src)
+        return
     view = memoryview(src)
     if view.format != "B" or view.ndim != 1:
         view = view.cast("B")
