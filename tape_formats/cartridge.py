@@ -61,6 +61,7 @@ from tape_formats.records import (
     IncompatFeature,
     RecordHeader,
     RecordKind,
+    pack_record_header,
 )
 from tape_formats.store.medium import MediumFile, PlainMedium, open_medium, recipe_path
 from tape_formats.write_behind import WriteBehind
@@ -568,7 +569,9 @@ class TapeCartridge:
     def next_data_length(self) -> int:
         """The length of the data block at the position, -1 when the next object is a
         filemark or the end of data (a look at the index: no I/O, nothing moves)."""
-        self.wait_writes()
+        wb = self._wb  # wait_writes(), inline: asked on every streaming READ
+        if wb is not None and wb.blocks:
+            wb.wait()
         p = self.position
         idx = self.index
         if p >= idx.objects:
@@ -628,7 +631,9 @@ class TapeCartridge:
         zstd. A small record is decoded from the span, the records ahead read in one go
         (``read_ahead.py``). Called while the drive is idle between commands; any failure
         just leaves the cache empty, so the real read meets the same error and reports it."""
-        self.wait_writes()
+        wb = self._wb  # wait_writes(), inline: called after every streaming READ
+        if wb is not None and wb.blocks:
+            wb.wait()
         p = self.position
         idx = self.index
         ahead = self._ahead
@@ -769,8 +774,7 @@ class TapeCartridge:
         obj = len(idx)
         if crc is None:
             crc = crc32c.crc32c(payload)
-        head = RecordHeader(kind, flags, len(payload), native,
-                            idx.fm_total, obj, crc).pack()
+        head = pack_record_header(kind, flags, len(payload), native, idx.fm_total, obj, crc)
         off = idx.end
         try:
             if len(payload):
@@ -800,7 +804,7 @@ class TapeCartridge:
         self.check_writable()
         if self.position < len(self.index):
             self._cut_at_position()
-        self._store(data, compress and self._block_zstd)
+        self._store(data, compress and self._block_zstd, self._sealing_key)
         return WriteResult(self.at_early_warning)
 
     def queue_block(self, data: bytes | bytearray | memoryview, *, compress: bool = True,
@@ -853,7 +857,7 @@ class TapeCartridge:
         if self.index.medium_end + worst >= DATA_START + self.ew_point:
             return False
         self._ahead.clear()
-        self._store(data, compress and self._block_zstd)
+        self._store(data, compress and self._block_zstd, key)
         return True
 
     def _end(self) -> int:
@@ -884,9 +888,11 @@ class TapeCartridge:
         if wb is not None and wb.blocks:
             wb.wait()
 
-    def _store(self, data: bytes | bytearray | memoryview, compress: bool) -> None:
-        """Compress (when it pays) and append one data block at end of data."""
-        self._store_packed(len(data), self._packer.pack(data, compress, self._sealing_key))
+    def _store(self, data: bytes | bytearray | memoryview, compress: bool,
+               key: DataKey | None) -> None:
+        """Compress (when it pays), encrypt with ``key`` (the ``_sealing_key`` the caller
+        looked up) and append one data block at end of data."""
+        self._store_packed(len(data), self._packer.pack(data, compress, key))
 
     def _store_packed(self, native: int, packed: Packed) -> None:
         """Append one data block that ``BlockPacker.pack`` prepared, at end of data."""

@@ -128,6 +128,14 @@ assert RECORD_STRUCT.size == RECORD_HEADER_SIZE == 32
 _CRC_SPAN = RECORD_HEADER_SIZE - 4  # the header CRC covers the bytes before it
 
 
+def pack_record_header(kind: int, flags: int, stored_len: int, native_len: int, file_no: int,
+                       obj: int, payload_crc: int) -> bytes:
+    """``RecordHeader(...).pack()`` without the tuple (every appended block packs one)."""
+    head = RECORD_STRUCT.pack(RECORD_MAGIC, kind, flags, stored_len, native_len, file_no, obj,
+                              payload_crc, 0)
+    return head[:_CRC_SPAN] + crc32c.crc32c(head[:_CRC_SPAN]).to_bytes(4, "little")
+
+
 class RecordHeader(NamedTuple):
     """One record header's fields (RECORD_HEADER), packed and unpacked on the hot path."""
 
@@ -145,8 +153,7 @@ class RecordHeader(NamedTuple):
         return self.native_len if self.kind == RecordKind.FILEMARK_RUN else 1
 
     def pack(self) -> bytes:
-        head = RECORD_STRUCT.pack(RECORD_MAGIC, *self, 0)
-        return head[:_CRC_SPAN] + crc32c.crc32c(head[:_CRC_SPAN]).to_bytes(4, "little")
+        return pack_record_header(*self)
 
     @classmethod
     def unpack(cls, raw: bytes | bytearray | memoryview) -> RecordHeader | None:

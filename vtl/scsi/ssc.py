@@ -836,7 +836,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         bay = self.bay
         if (cart is None or not self._loaded or bay.cartridge is not cart or self._part
                 or bay.media_generation != self._gen or not self._plain_nexus(nexus, pr_class)
-                or self._immediate.running or self._immediate.failed_for(nexus)):
+                or self._immediate.busy_for(nexus)):
             return None
         return cart
 

@@ -70,6 +70,14 @@ class ImmediateWork:
         failed = self._failed
         return failed is not None and failed[0] == nexus
 
+    def busy_for(self, nexus: Nexus) -> bool:
+        """``running`` or ``failed_for(nexus)``, in one call (the streaming fast paths ask
+        it on every command)."""
+        if self._thread is not None:
+            return True
+        failed = self._failed
+        return failed is not None and failed[0] == nexus
+
     def take_failure(self, nexus: Nexus) -> CheckCondition | None:
         """The deferred error the last work left for ``nexus`` (once)."""
         failed = self._failed

@@ -95,7 +95,9 @@ class ControlDataProtectionPage(ModePage):
 
     @property
     def active(self) -> bool:
-        return self.write or self.read
+        """LBP_W or LBP_R (asked on every streaming READ and WRITE: one call, not three)."""
+        cur = self.current
+        return cur[0] in _PROTECTION and bool(cur[2] & (_LBP_W | _LBP_R))
 
     def information(self, block: bytes | bytearray | memoryview) -> bytes:
         """The protection information of ``block`` under the method in effect."""
