@@ -106,6 +106,7 @@ class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, Re
         self._bhs_view = self._hbuf[:BHS_LEN]
         self._tbuf = memoryview(bytearray(8))  # padding + data digest
         self._data_task: Task | None = None
+        self._pre_buffer: bytearray | None = None  # see DataOutReceiver._write_buffer
         self._hd = False
         self._dd = False
         self._max_dsl = LOGIN_MAX_DSL  # MaxRecvDataSegmentLength once logged in

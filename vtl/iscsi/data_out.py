@@ -34,18 +34,20 @@ class DataOutReceiver:
     lock: threading.Lock
     tasks: dict[int, Task]
     _data_task: Task | None
+    _pre_buffer: DonatedBuffer | None
     _buffered: int
     _ttt_map: dict[int, Task]
     _next_ttt: int
     _recently_aborted: deque[int]
 
     def _write_buffer(self, edtl: int, whole: bool = True) -> DonatedBuffer:
-        """A write command's whole buffer, for its immediate data to land in; kept as the
-        pre-task whose buffer ``_start_write`` adopts if the command goes the general way.
+        """A write command's whole buffer, for its immediate data to land in; kept as
+        ``_pre_buffer``, which ``_start_write`` adopts if the command goes the general way
+        (a bare attribute, not a Task: the streaming WRITE asks for one per command).
         ``whole``: all ``edtl`` bytes arrive in this PDU, so a spare buffer (old contents)
         may be taken; else a new one, zeroed, as data that never arrives must read."""
         buf = SPARE_BUFFERS.take(edtl) if whole else DonatedBuffer(edtl)
-        self._data_task = Task(0, b"", None, b"", edtl, False, True, buffer=buf)
+        self._pre_buffer = buf
         return buf
 
     def _data_destination(self, hdr: Header) -> memoryview:
@@ -82,9 +84,9 @@ class DataOutReceiver:
             # to retry later instead of holding unbounded memory.
             self._answer(task, ScsiResult(Status.TASK_SET_FULL))
             return
-        pre = self._data_task
-        if pre is not None and pre.buffer is not None and len(pre.buffer) == edtl:
-            task.buffer = pre.buffer
+        pre = self._pre_buffer
+        if pre is not None and len(pre) == edtl:
+            task.buffer = pre
         else:
             task.buffer = DonatedBuffer(edtl)
         dsl = hdr.dsl

@@ -66,6 +66,7 @@ class PduFraming:
     _bhs_view: memoryview
     _tbuf: memoryview
     _data_task: Task | None
+    _pre_buffer: bytearray | None  # a write command's buffer (data_out.py's _write_buffer)
     _hd: bool
     _dd: bool
     _max_dsl: int
@@ -126,6 +127,7 @@ class PduFraming:
             self._reject(bhs, RejectReason.PROTOCOL_ERROR)
             raise ProtocolError(f"data segment of {dsl} bytes exceeds {limit}")
         self._data_task = None
+        self._pre_buffer = None
         if not dsl:
             return hdr, None, True
         dest = self._data_destination(hdr)
