@@ -625,6 +625,29 @@ class TapeCartridge:
         out[:n] = data[:n]
         return ReadResult(RecordKind.DATA, native, out[:n])
 
+    def take_read_ahead(self, length: int, buf: memoryview | bytearray
+                        ) -> bytes | memoryview | None:
+        """``read_block(buf, own=True).data`` in the streaming READ's usual case, in one
+        call: the read-ahead holds the data block at the position, decoded, ``length``
+        bytes long, and no write is queued. None: not that case, nothing moved or counted
+        (the caller asks ``next_data_length`` and ``read_block``)."""
+        ahead = self._ahead
+        wb = self._wb
+        if (self.position != ahead.obj or ahead.native != length or len(buf) < length
+                or (wb is not None and (wb.blocks or wb.failed))):
+            return None
+        ahead.obj = -1
+        self.position += 1
+        with self._lock:
+            self.counters.read_native += length
+            self.counters.read_stored += ahead.stored
+        data = ahead.data
+        if ahead.own or ahead.lasting:
+            return data
+        out = memoryview(buf)[:length]
+        out[:] = data[:length]
+        return out
+
     def read_ahead(self) -> None:
         """Decode the data block at the position into the read-ahead cache, without moving
         or counting: the next read_block of it then costs a copy instead of pread + crc32c +

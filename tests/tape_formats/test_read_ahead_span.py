@@ -100,3 +100,26 @@ def test_a_damaged_record_in_the_span_is_reported_by_the_read(small_blocks) -> N
     assert c._ahead.obj == -1
     with pytest.raises(CorruptRecord):
         c.read_block()
+
+
+def test_take_read_ahead_is_read_block_in_one_call(small_blocks) -> None:
+    """The streaming READ's shortcut hands out what read_block would, moves and counts the
+    same, and declines (nothing moved) whatever is not a decoded block of that length."""
+    c, blocks = small_blocks
+    buf = bytearray(16384)
+    assert c.take_read_ahead(10240, buf) is None  # nothing read ahead yet
+    for i in range(61):
+        c.read_ahead()
+        assert c.take_read_ahead(10239, buf) is None  # another length: declined
+        assert c.position == i
+        before = (c.counters.read_native, c.counters.read_stored)
+        data = c.take_read_ahead(10240, buf)
+        assert data is not None and bytes(data) == blocks[i]
+        assert c.position == i + 1
+        assert c.counters.read_native == before[0] + 10240
+        assert c.counters.read_stored > before[1]
+    c.read_ahead()  # the filemark: nothing held
+    assert c.take_read_ahead(10240, buf) is None
+    assert c.read_block(buf).kind == RecordKind.FILEMARK
+    c.read_ahead()
+    assert bytes(c.take_read_ahead(10240, buf)) == blocks[61]
