@@ -425,9 +425,11 @@ class DedupMedium:
     def close(self) -> None:
         self._writer.close()
         self._ahead.close()
-        self._hold.release()
-        self._store.close()
-        os.close(self.fd)
+        try:
+            self._store.close()  # (rows it commits, if any, under the lock: not mid-run)
+        finally:
+            self._hold.release()
+            os.close(self.fd)
 
 
 def _running(lengths: array) -> array:
