@@ -689,9 +689,9 @@ class TapeCartridge:
         if size > SPAN_RECORD_MAX:
             return None
         ahead = self._ahead
-        raw = ahead.in_span(off, size)
-        if raw is not None:
-            return raw
+        start = off - ahead.span_off  # ahead.in_span(off, size), inline: once per READ
+        if start >= 0 and start + size <= ahead.span_len:
+            return ahead.span[start:start + size]
         want = min(SPAN_BYTES, idx.end - off)
         got = self._io.preadv([ahead.span_buffer(want)], off)
         ahead.filled(off, got)
@@ -740,7 +740,7 @@ class TapeCartridge:
         try:
             if encrypted:
                 payload = unseal(self.crypto, payload, native)
-            else:
+            elif self.crypto is not None:  # no settings: every plain block reads
                 check_plain(self.crypto)
         except DecryptError as exc:
             raise UndecryptableBlock(f"{self.barcode}: block {p}: {exc.reason}", p,

@@ -33,7 +33,7 @@ class ReadAhead:
     ``[span_off, span_off + span_len)``."""
 
     __slots__ = ("obj", "native", "stored", "data", "own", "lasting", "_bufs", "_which",
-                 "_span", "span_off", "span_len")
+                 "span", "span_off", "span_len")
 
     def __init__(self) -> None:
         self.obj = -1
@@ -45,7 +45,7 @@ class ReadAhead:
         self.lasting = False
         self._bufs = [memoryview(bytearray(0)), memoryview(bytearray(0))]
         self._which = 0
-        self._span = memoryview(bytearray(0))
+        self.span = memoryview(bytearray(0))
         self.span_off = 0
         self.span_len = 0
 
@@ -58,8 +58,8 @@ class ReadAhead:
         """Empty it and let go of the decoded bytes (the cartridge closes)."""
         self.clear()
         self.data = b""
-        self._span = memoryview(bytearray(0))
-        self._bufs = [self._span, self._span]
+        self.span = memoryview(bytearray(0))
+        self._bufs = [self.span, self.span]
 
     def buffer(self, size: int) -> memoryview:
         """The next of the two alternating buffers a stored block is read into, at least
@@ -75,15 +75,15 @@ class ReadAhead:
         start = off - self.span_off
         if start < 0 or start + size > self.span_len:
             return None
-        return self._span[start:start + size]
+        return self.span[start:start + size]
 
     def span_buffer(self, size: int) -> memoryview:
         """The span's memory, at least ``size`` bytes, emptied (the cartridge fills it and
         says how much with ``filled``)."""
         self.span_len = 0
-        if len(self._span) < size:
-            self._span = memoryview(bytearray(size))
-        return self._span[:size]
+        if len(self.span) < size:
+            self.span = memoryview(bytearray(size))
+        return self.span[:size]
 
     def filled(self, off: int, length: int) -> None:
         self.span_off, self.span_len = off, length
