@@ -469,8 +469,7 @@ class FilesystemTranslator(Translator):
             except BadState as exc:
                 raise TranslatorError(str(exc)) from None
         warnings: list[str] = []
-        # rows on disk past a few MiB: memory stays flat; the catalog may insert them early
-        index = PackedIndex(spill=True, sink=getattr(writer, "index_sink", None))
+        index = PackedIndex(spill=True)  # rows on disk past a few MiB: memory stays flat
         spool = ScanSpool()
         try:
             try:

@@ -12,9 +12,7 @@ link name as UTF-8 (``surrogateescape``, so any Linux name round-trips).
 
 With ``spill=True`` the rows go to an unlinked temporary file once ``SPILL_BYTES`` have piled
 up, and iteration reads them back a chunk at a time: the index of a tree of millions of files
-then costs disk, not memory. With a ``sink`` (a callable) every ~``SINK_BYTES`` of whole rows
-are also handed to it as they pile up, in order (the catalog inserts them while the backup is
-still writing: :class:`ebm.catalog.IndexStager`); ``handed_over`` says how many bytes went.
+then costs disk, not memory.
 
 The consumers at the end of a backup need no row objects: the trailer's counts are kept as
 rows are added (:meth:`PackedIndex.counts`), and the trailer's JSON lines are formatted
@@ -29,7 +27,7 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from json.encoder import encode_basestring
 
 from .entry import KINDS, IndexEntry
@@ -47,23 +45,17 @@ _KIND_CODE = {k: i for i, k in enumerate(KINDS)}
 _FILE = _KIND_CODE["file"]
 _HAS_SHA, _DELETED, _TORN = 1, 2, 4
 SPILL_BYTES = 4 << 20  # rows held in memory before a spilling index writes them out
-SINK_BYTES = 1 << 20  # rows piled up before they are handed to a sink
 _READ_CHUNK = 1 << 20
 
 
 class PackedIndex:
     """An append-only, re-iterable sequence of IndexEntry rows kept as packed bytes."""
 
-    def __init__(self, rows: Iterable[IndexEntry] = (), *, spill: bool = False,
-                 sink: Callable[[bytes], object] | None = None) -> None:
+    def __init__(self, rows: Iterable[IndexEntry] = (), *, spill: bool = False) -> None:
         self._buf = bytearray()
         self._len = 0
         self._spill = spill
         self._file = None  # the spilled rows, when there are any
-        self._spilled = 0  # bytes in the file
-        self.sink = sink
-        self._sunk = 0  # bytes of _buf already handed to the sink
-        self.handed_over = 0  # bytes handed to the sink in all (a prefix of the rows)
         self._kind_counts = [0] * len(KINDS)  # rows that are not deletions, per kind
         self._deleted = self._torn = self._file_bytes = 0
         self.extend(rows)
@@ -109,27 +101,12 @@ class PackedIndex:
         self._maybe_spill()
 
     def _maybe_spill(self) -> None:
-        if self.sink is not None and len(self._buf) - self._sunk >= SINK_BYTES:
-            self._hand_over()
         if self._spill and len(self._buf) >= SPILL_BYTES:
-            if self.sink is not None:
-                self._hand_over()
             if self._file is None:
                 self._file = tempfile.TemporaryFile(prefix="ebm-index-")
             self._file.seek(0, 2)
             self._file.write(self._buf)
-            self._spilled += len(self._buf)
             self._buf = bytearray()
-            self._sunk = 0
-
-    def _hand_over(self) -> None:
-        """The rows added since the last hand-over, to the sink (whole rows: a row is
-        appended whole before this runs)."""
-        chunk = bytes(self._buf[self._sunk:])
-        if chunk:
-            self.sink(chunk)  # type: ignore[misc]
-            self.handed_over += len(chunk)
-            self._sunk = len(self._buf)
 
     def extend(self, rows: Iterable[IndexEntry]) -> None:
         for e in rows:
@@ -188,22 +165,18 @@ class PackedIndex:
         if rest:
             raise ValueError("packed index ends inside a row")
 
-    def catalog_batches(self, backup: int, start: int = 0,
-                        ) -> Iterator[tuple[list[tuple], list[tuple]]] | None:
+    def catalog_batches(self, backup: int) -> Iterator[tuple[list[tuple], list[tuple]]] | None:
         """The rows as the catalog's ``ebm_files`` parameters, a read chunk of rows at a time:
         (rows, their paths as 1-tuples), decoded in C (``_paxfast.index_rows``: a path is a
         str when it is UTF-8, else its bytes). None when the extension is not built: the
-        catalog then builds them from :meth:`rows` (ebm/catalog.py, the reference).
-        ``start``: the rows from that byte on (a row's start: ``handed_over`` or less, at
-        a hand-over's end), those before are in the catalog already."""
+        catalog then builds them from :meth:`rows` (ebm/catalog.py, the reference)."""
         if _index_rows is None:
             return None
-        return self._catalog_batches(backup, start)
+        return self._catalog_batches(backup)
 
-    def _catalog_batches(self, backup: int, start: int = 0,
-                         ) -> Iterator[tuple[list[tuple], list[tuple]]]:
+    def _catalog_batches(self, backup: int) -> Iterator[tuple[list[tuple], list[tuple]]]:
         rest = b""
-        for piece in self._pieces(start):
+        for piece in self._pieces():
             data = rest + piece if rest else piece
             rows, paths, used = _index_rows(data, backup)
             if rows:
@@ -212,14 +185,13 @@ class PackedIndex:
         if rest:
             raise ValueError("packed index ends inside a row")
 
-    def _pieces(self, start: int = 0) -> Iterator[bytes]:
-        """The packed bytes from byte ``start`` on, spilled and held, a read chunk at a time
-        (rows cut anywhere)."""
-        if self._file is not None and start < self._spilled:
-            self._file.seek(start)
+    def _pieces(self) -> Iterator[bytes]:
+        """The packed bytes, spilled and held, a read chunk at a time (rows cut anywhere)."""
+        if self._file is not None:
+            self._file.seek(0)
             while chunk := self._file.read(_READ_CHUNK):
                 yield chunk
-        for pos in range(max(0, start - self._spilled), len(self._buf), _READ_CHUNK):
+        for pos in range(0, len(self._buf), _READ_CHUNK):
             yield bytes(self._buf[pos:pos + _READ_CHUNK])
 
     def close(self) -> None:
@@ -280,17 +252,3 @@ def _decode(buf: bytes | bytearray, *, whole: bool = False,
         return pos
     finally:
         view.release()
-
-
-def catalog_rows(chunk: bytes, backup: int) -> tuple[list[tuple], list[tuple]]:
-    """A sink's chunk of whole packed rows as ``ebm_files`` parameters and their paths (see
-    :meth:`PackedIndex.catalog_batches`); needs the C extension (``stageable()``)."""
-    rows, paths, used = _index_rows(chunk, backup)  # type: ignore[misc]
-    if used != len(chunk):
-        raise ValueError("a handed-over chunk of the index ends inside a row")
-    return rows, paths
-
-
-def stageable() -> bool:
-    """Whether :func:`catalog_rows` can run (the C extension is built and not turned off)."""
-    return _index_rows is not None
