@@ -472,6 +472,8 @@ def main() -> None:
     nfiles = args.files or (200_000 if args.small else 20_000)
     total = parse_size(args.size) if args.size else (nfiles * 100 if args.small else parse_size("500M"))
     ndirs = args.dirs or (max(1, nfiles // 500) if args.small else None)
+    if args.tmp:
+        Path(args.tmp).mkdir(parents=True, exist_ok=True)  # the README's commands name new folders
     work = Path(tempfile.mkdtemp(prefix="ebm-bench-", dir=args.tmp))
     tools = [t for t in args.only.split(",") if t]
     settle_deletions()  # those of an earlier run too

@@ -206,6 +206,8 @@ def main() -> int:
     args = ap.parse_args()
     global BLOCK
     BLOCK = args.block_kib << 10
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)  # the README's commands name new folders
     work = Path(tempfile.mkdtemp(prefix="bench-dedup-", dir=args.dir))
     rng = random.Random(16)
     try:
