@@ -17,6 +17,7 @@ of each of their commits in turn.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import shutil
@@ -186,14 +187,16 @@ collect(ChunkStore(Path(sys.argv[1])), Path(sys.argv[2]), timeout=60)
 """
 
 
-def _shim(tmp_path: Path) -> Path:
+def _shim(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """The kill-at-WAL-sync shim, built, and an environment whose Python children import
+    this checkout."""
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler for the LD_PRELOAD shim")
     src = Path(__file__).resolve().parents[1] / "support" / "kill_at_wal_sync.c"
     out = tmp_path / "kill_at_wal_sync.so"
     subprocess.run([cc, "-shared", "-fPIC", "-o", str(out), str(src), "-ldl"], check=True)
-    return out
+    return out, dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
 
 
 def _two_cartridges(base: Path) -> tuple[Path, Path, Path, Path]:
@@ -213,11 +216,8 @@ def test_a_collector_killed_inside_an_index_commit_loses_no_chunk_found_after(
     frames in the WAL, not yet published): a writer that then takes the lock and finds the
     chunks that transaction removed must not lose them when a later open of the index
     recovers the WAL (docs/store-format.md, garbage collection)."""
-    shim = _shim(tmp_path)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    kill_at = 0
-    while True:
-        kill_at += 1
+    shim, env = _shim(tmp_path)
+    for kill_at in itertools.count(1):
         carts, store_root, a, b = _two_cartridges(tmp_path / f"run{kill_at}")
         with TapeCartridge.open(a) as c:  # A stores the chunks, then lets them go
             for obj in range(EVERY - 1):
@@ -286,11 +286,8 @@ def test_a_writer_killed_inside_an_index_commit_leaves_no_row_to_a_removed_pack(
     collector then removes that pack, which no row it sees points into. A later recovery of
     the WAL must not bring those rows back: a writer would find the chunks and record them
     (the collector settles the index before it looks at it)."""
-    shim = _shim(tmp_path)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    kill_at = 0
-    while True:
-        kill_at += 1
+    shim, env = _shim(tmp_path)
+    for kill_at in itertools.count(1):
         carts, store_root, a, b = _two_cartridges(tmp_path / f"run{kill_at}")
         holder = subprocess.Popen([sys.executable, "-c", HITTER, str(b), str(EVERY)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
