@@ -10,11 +10,14 @@ as a spare once they are stored. What follows the last cut is copied to the next
 
 from __future__ import annotations
 
+import os
 from collections import deque
 
 try:  # the same copy with the GIL released (setup.py builds it; optional)
     from ._streamfast import copy_into as _copy_into  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - without a compiler
+    _copy_into = None
+if os.environ.get("VTL_NO_FASTPATH"):  # the reference path, as for the other extensions
     _copy_into = None
 
 BUFFER_SIZE = 5 << 20  # a 4 MiB batch (dedup_medium.CUT_BATCH) plus the block completing it
