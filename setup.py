@@ -8,7 +8,10 @@ install goes on. Another extension is one more line in ``EXTENSIONS``.
 ``_paxfast`` links OpenSSL's libcrypto (its sha256) when pkg-config finds it (Debian's
 libssl-dev): that adds ``pack_files``, ``scan_dir`` and ``extract_files``, the filesystem
 translator's small files in one call on backup and on restore; without it the module builds
-without those functions and the Python loops serve.
+without those functions and the Python loops serve. It links SQLite (Debian's libsqlite3-dev)
+when pkg-config finds it: that adds ``stage_rows``, the catalog's insert of a chunk of the file
+index with the GIL released, which lets the EBM insert the index while a backup still writes
+(ebm/catalog.py's IndexStager); without it the index goes in at the end.
 """
 
 import shlex
@@ -17,27 +20,37 @@ import subprocess
 from setuptools import Extension, setup
 
 
-def _libcrypto() -> dict:
-    """Extension arguments for libcrypto from pkg-config; {} when it is not installed."""
+def _pkg(name: str, macro: str) -> dict:
+    """Extension arguments for a library from pkg-config; {} when it is not installed."""
     try:
-        flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libcrypto"], check=True,
+        flags = subprocess.run(["pkg-config", "--cflags", "--libs", name], check=True,
                                capture_output=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return {}
     args = shlex.split(flags)
     return {
-        "define_macros": [("EBM_HAVE_LIBCRYPTO", "1")],
+        "define_macros": [(macro, "1")],
         "include_dirs": [a[2:] for a in args if a.startswith("-I")],
         "library_dirs": [a[2:] for a in args if a.startswith("-L")],
         "libraries": [a[2:] for a in args if a.startswith("-l")],
     }
 
 
+def _libs(*found: dict) -> dict:
+    """The union of some _pkg results."""
+    out: dict = {}
+    for f in found:
+        for k, v in f.items():
+            out.setdefault(k, []).extend(v)
+    return out
+
+
 EXTENSIONS = [
     # the pax headers of a plain regular file (tape_formats/archive/writer.py) and the
     # filesystem translator's small files (translators/filesystem.py)
     Extension("tape_formats.archive._paxfast", ["tape_formats/archive/_paxfast.c"],
-              optional=True, **_libcrypto()),
+              optional=True, **_libs(_pkg("libcrypto", "EBM_HAVE_LIBCRYPTO"),
+                                     _pkg("sqlite3", "EBM_HAVE_SQLITE"))),
     # READ(6)/WRITE(6) on the streaming fast paths (vtl/iscsi/stream_paths.py)
     Extension("vtl._fastpath", ["vtl/_fastpath.c"], optional=True),
     # a dedup cartridge's payload copies with the GIL released (tape_formats/store/stream_tail.py)

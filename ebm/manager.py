@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from ebm.catalog import BLOCK_SIZE, Backup, Catalog, CatalogError, FileRow
+from ebm.catalog import BLOCK_SIZE, Backup, Catalog, CatalogError, FileRow, IndexStager
 from ebm.controller import BackupRequest, RequestError
 from ebm.job_progress import JobProgress
 from vtl import CATALOG_NAME
@@ -411,7 +411,7 @@ class Ebm:
         from ebm.crypto import BlockCipher, CryptoError
         from ebm.drive_session import DriveSession, MediaError, PoolMedia
         from ebm.mover import MoverError, TapeWriter
-        from tape_formats.archive.packed_index import PackedIndex
+        from tape_formats.archive.packed_index import PackedIndex, stageable
         from tape_formats.cartridge import CartridgeError
 
         cat = self.catalog
@@ -454,6 +454,7 @@ class Ebm:
         session = None
         writer = None
         state_enc = None
+        stager = None
         job = JobProgress(self.root, u, ds["name"], level)  # live numbers for the status page
         try:
             session = DriveSession(self.library, f"ebm:{u}")
@@ -462,6 +463,8 @@ class Ebm:
                                 cipher=cipher, compress=req.compress)
             writer.start()
             pax = _pax_writer(writer)
+            if stageable():  # the file index goes into the catalog while the backup writes
+                stager = pax.index_sink = IndexStager(cat.path, backup.id)
             try:
                 result = translator.backup(ds["source"], parent_state, pax,
                                            progress=_progress_adapter(progress, job))
@@ -485,6 +488,11 @@ class Ebm:
                     extra={"state": _state_for_trailer(state_enc), "dataset": ds["name"],
                            "level_name": level, "blocks": blocks}) as trailer:
                 written = writer.write_trailer(trailer)
+            staged = 0
+            if stager is not None:
+                staged = stager.close()
+                if staged and getattr(entries, "sink", None) is not stager:
+                    staged = -1  # rows of another index: finish_backup drops them
             vols = []
             for w in written:
                 w.volume.backup = backup.id
@@ -495,7 +503,7 @@ class Ebm:
                 state=state_enc,
                 media_updates=[(w.volume.barcode, w.append_at, "full" if w.full else "append")
                                for w in written],
-                level=level, parent=parent.id if parent else None,
+                level=level, parent=parent.id if parent else None, staged=staged,
             )
             if warnings:
                 options["warnings"] = warnings[:100]
@@ -506,6 +514,8 @@ class Ebm:
             if writer is not None:
                 with contextlib.suppress(Exception):
                     writer.abort()
+            if stager is not None:  # no staged row lands after fail_backup drops them
+                stager.close()
             cat.fail_backup(backup.id, msg)
             if isinstance(e, _TranslatorFailed):
                 raise

@@ -10,6 +10,7 @@ APT_PACKAGES=(
   python3-venv          # the virtualenv
   python3-dev           # Python.h: builds the optional C extensions (setup.py)
   libssl-dev            # libcrypto's sha256 for the small-file run in _paxfast (setup.py)
+  libsqlite3-dev        # the catalog insert beside the writing pass in _paxfast (setup.py)
   libiscsi-bin          # iscsi-ls / iscsi-inq: real initiators in the tests
   libiscsi-dev          # the benchmark's one-command-at-a-time libiscsi client
   tgt                   # the peer we benchmark against (tgt's --bstype ssc tape emulation)

@@ -469,7 +469,8 @@ class FilesystemTranslator(Translator):
             except BadState as exc:
                 raise TranslatorError(str(exc)) from None
         warnings: list[str] = []
-        index = PackedIndex(spill=True)  # rows on disk past a few MiB: memory stays flat
+        # rows on disk past a few MiB: memory stays flat; the catalog may insert them early
+        index = PackedIndex(spill=True, sink=getattr(writer, "index_sink", None))
         spool = ScanSpool()
         try:
             try:

@@ -21,6 +21,9 @@
  *   runs of plain spooled entries in one call: each file opened, read between two fstats,
  *   its headers, data, padding, sha256, file index row and state row built here, ~40 us of
  *   Python per file otherwise (translators/filesystem.py's loop stays the reference).
+ * stage_rows(catalog, backup, rows): with SQLite (EBM_HAVE_SQLITE, setup.py), a chunk of packed
+ *   index rows inserted into the catalog's ebm_paths and ebm_files as Catalog._insert_files
+ *   does, on a connection of its own, the GIL released (ebm.catalog.IndexStager).
  * extract_files(...): with libcrypto, the other way: a run of buffered plain file members of
  *   one directory checked against the catalog's rows and created as files in one call, the
  *   GIL released (ebm/restore.py's whole-backup stream; filesystem.py's _Restorer).
@@ -597,6 +600,190 @@ done:
     PyBuffer_Release(&view);
     return result;
 }
+
+/* ---- the catalog's insert of a chunk of packed rows, SQLite's C API, the GIL released ---- */
+#ifdef EBM_HAVE_SQLITE
+#include <sqlite3.h>
+#include <stdint.h>
+
+/* Whether n bytes are UTF-8 as Python's strict decoder takes it (no overlong forms, no
+ * surrogates, nothing past U+10FFFF): then index_rows gives a str, else bytes. */
+static int utf8_ok(const unsigned char *s, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        int len;
+        unsigned cp, min;
+        if (c >= 0xC2 && c <= 0xDF) {
+            len = 2, cp = c & 0x1F, min = 0x80;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            len = 3, cp = c & 0x0F, min = 0x800;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            len = 4, cp = c & 0x07, min = 0x10000;
+        } else {
+            return 0;
+        }
+        if (i + len > n)
+            return 0;
+        for (int k = 1; k < len; k++) {
+            unsigned cc = s[i + k];
+            if ((cc & 0xC0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (cc & 0x3F);
+        }
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF))
+            return 0;
+        i += len;
+    }
+    return 1;
+}
+
+/* A path or link name bound as the sqlite3 module binds index_rows' str (TEXT) or bytes (BLOB). */
+static int bind_name(sqlite3_stmt *st, int i, const unsigned char *s, Py_ssize_t n)
+{
+    return utf8_ok(s, n) ? sqlite3_bind_text(st, i, (const char *)s, (int)n, SQLITE_STATIC)
+                         : sqlite3_bind_blob(st, i, s, (int)n, SQLITE_STATIC);
+}
+
+static int step_reset(sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    int rc2 = sqlite3_reset(st);
+    return rc == SQLITE_DONE ? rc2 : rc;
+}
+
+/* The rows (checked whole by the caller) into ebm_paths and ebm_files in one transaction on a
+ * connection of their own, as Catalog._insert_files does with index_rows' parameters. No
+ * Python object is touched: runs without the GIL. SQLITE_OK, else the error text in err. */
+static int insert_rows(const char *path, long long backup, const unsigned char *d,
+                       Py_ssize_t len, char *err, size_t errlen)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *ps = NULL, *ls = NULL, *fs = NULL;
+    int began = 0;
+    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_busy_timeout(db, 30000);
+    if (rc == SQLITE_OK) /* the backup's final commit syncs the WAL: these go with it */
+        rc = sqlite3_exec(db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL)) == SQLITE_OK)
+        began = 1;
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(db, "INSERT OR IGNORE INTO ebm_paths(path) VALUES (?)", -1,
+                                &ps, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(db, "SELECT id FROM ebm_paths WHERE path=?", -1, &ls, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(
+            db, "INSERT OR REPLACE INTO ebm_files(backup, path, kind, size, mtime_ns, mode, uid, "
+            "gid, sha256, header_offset, data_offset, deleted, linkname) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", -1, &fs, NULL);
+    Py_ssize_t pos = 0;
+    PackedRow row;
+    while (rc == SQLITE_OK && packed_row(d, pos, len, &row) > 0) {
+        const unsigned char *r = row.r;
+        if ((rc = bind_name(ps, 1, row.path, row.plen)) != SQLITE_OK
+            || (rc = step_reset(ps)) != SQLITE_OK)
+            break;
+        /* the path's id: the row just inserted, else (a path of an earlier backup) looked up */
+        sqlite3_int64 path_id = sqlite3_last_insert_rowid(db);
+        if (sqlite3_changes(db) != 1) {
+            if ((rc = bind_name(ls, 1, row.path, row.plen)) != SQLITE_OK)
+                break;
+            rc = sqlite3_step(ls);
+            path_id = sqlite3_column_int64(ls, 0);
+            int rc2 = sqlite3_reset(ls);
+            if (rc != SQLITE_ROW) {
+                rc = rc2 != SQLITE_OK ? rc2 : SQLITE_CORRUPT; /* a path that must be there */
+                break;
+            }
+            rc = SQLITE_OK;
+        }
+        const char *kind = KIND_NAMES[row.kind];
+        rc = sqlite3_bind_int64(fs, 1, backup);
+        if (rc == SQLITE_OK) rc = sqlite3_bind_int64(fs, 2, path_id);
+        if (rc == SQLITE_OK) rc = sqlite3_bind_text(fs, 3, kind, -1, SQLITE_STATIC);
+        for (int k = 0; k < 5 && rc == SQLITE_OK; k++) /* size, mtime_ns, mode, uid, gid */
+            rc = sqlite3_bind_int64(fs, 4 + k, le64(r + 2 + 8 * k));
+        if (rc == SQLITE_OK)
+            rc = row.sha ? sqlite3_bind_blob(fs, 9, row.sha, 32, SQLITE_STATIC)
+                         : sqlite3_bind_null(fs, 9);
+        if (rc == SQLITE_OK) rc = sqlite3_bind_int64(fs, 10, le64(r + 42));
+        if (rc == SQLITE_OK) rc = sqlite3_bind_int64(fs, 11, le64(r + 50));
+        if (rc == SQLITE_OK) rc = sqlite3_bind_int(fs, 12, (row.flags & DELETED) ? 1 : 0);
+        if (rc == SQLITE_OK)
+            rc = row.llen ? bind_name(fs, 13, row.link, row.llen) : sqlite3_bind_null(fs, 13);
+        if (rc == SQLITE_OK)
+            rc = step_reset(fs);
+        pos += row.size;
+    }
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+    if (rc != SQLITE_OK) {
+        snprintf(err, errlen, "%s", db ? sqlite3_errmsg(db) : "out of memory");
+        if (began)
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    }
+    sqlite3_finalize(ps);
+    sqlite3_finalize(ls);
+    sqlite3_finalize(fs);
+    sqlite3_close(db);
+    return rc;
+}
+
+/* stage_rows(path, backup, rows) -> count: whole packed rows (a PackedIndex sink's chunk)
+ * inserted into the catalog at ``path`` for backup id ``backup``, in one transaction of their
+ * own, the GIL released throughout (ebm.catalog.IndexStager's thread: Python's executemany
+ * took the GIL back for every row and fought the writing pass for it). RuntimeError with
+ * SQLite's message when the insert fails (nothing of it stays). */
+static PyObject *stage_rows(PyObject *self, PyObject *args)
+{
+    (void)self;
+    const char *path;
+    long long backup;
+    Py_buffer view;
+    if (!PyArg_ParseTuple(args, "sLy*", &path, &backup, &view))
+        return NULL;
+    const unsigned char *d = view.buf;
+    Py_ssize_t pos = 0, count = 0;
+    PackedRow row;
+    int got;
+    while ((got = packed_row(d, pos, view.len, &row)) > 0) {
+        pos += row.size;
+        count++;
+    }
+    if (got < 0 || pos != view.len) {
+        if (got == 0)
+            PyErr_SetString(PyExc_ValueError, "a chunk of the index ends inside a row");
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    char err[512] = "";
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = insert_rows(path, backup, d, view.len, err, sizeof err);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&view);
+    if (rc != SQLITE_OK)
+        return PyErr_Format(PyExc_RuntimeError, "catalog insert: %s", err);
+    return PyLong_FromSsize_t(count);
+}
+
+/* sqlite_symbol() -> int: where this module's sqlite3_libversion lies, so the caller can check
+ * it is the one the sqlite3 module uses (one copy of SQLite in the process, or its POSIX
+ * locks would not see each other's). */
+static PyObject *sqlite_symbol(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyLong_FromVoidPtr((void *)(uintptr_t)&sqlite3_libversion);
+}
+#endif
 
 /* ---- the filesystem translator's small files: a run of spooled entries in one call ---- */
 #ifdef EBM_HAVE_LIBCRYPTO
@@ -1313,6 +1500,12 @@ static PyMethodDef methods[] = {
      "The unsigned checksum of a ustar header block (its checksum field as spaces)."},
     {"file_headers", file_headers, METH_VARARGS,
      "The pax 'x' header and ustar block of a plain regular file, or None (use Python)."},
+#ifdef EBM_HAVE_SQLITE
+    {"stage_rows", stage_rows, METH_VARARGS,
+     "Whole packed index rows inserted into a catalog in one transaction (see above)."},
+    {"sqlite_symbol", sqlite_symbol, METH_NOARGS,
+     "The address of the SQLite this module links (one copy in the process?)."},
+#endif
 #ifdef EBM_HAVE_LIBCRYPTO
     {"pack_files", pack_files, METH_VARARGS,
      "A run of spooled filesystem entries as stream bytes, index and state rows (see above)."},

@@ -12,7 +12,9 @@ link name as UTF-8 (``surrogateescape``, so any Linux name round-trips).
 
 With ``spill=True`` the rows go to an unlinked temporary file once ``SPILL_BYTES`` have piled
 up, and iteration reads them back a chunk at a time: the index of a tree of millions of files
-then costs disk, not memory.
+then costs disk, not memory. With a ``sink`` (a callable) every ~``SINK_BYTES`` of whole rows
+are also handed to it as they pile up, in order (the catalog inserts them while the backup is
+still writing: :class:`ebm.catalog.IndexStager`); ``handed_over`` says how many bytes went.
 
 The consumers at the end of a backup need no row objects: the trailer's counts are kept as
 rows are added (:meth:`PackedIndex.counts`), and the trailer's JSON lines are formatted
@@ -27,7 +29,7 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from json.encoder import encode_basestring
 
 from .entry import KINDS, IndexEntry
@@ -37,25 +39,37 @@ try:  # JSON lines and catalog rows in C (tape_formats/archive/_paxfast.c), when
     from ._paxfast import index_rows as _index_rows  # type: ignore[import-not-found]
 except ImportError:
     _index_json = _index_rows = None
+try:  # the catalog insert of a sink's chunk, when _paxfast links SQLite (setup.py)
+    from ._paxfast import sqlite_symbol as _sqlite_symbol  # type: ignore[import-not-found]
+    from ._paxfast import stage_rows as _stage_rows  # type: ignore[import-not-found]
+except ImportError:
+    _stage_rows = _sqlite_symbol = None
 if os.environ.get("VTL_NO_FASTPATH"):
-    _index_json = _index_rows = None
+    _index_json = _index_rows = _stage_rows = None
+_one_sqlite: bool | None = None  # stageable()'s check, once
 
 _ROW = struct.Struct("<BBqqqqqqqII")
 _KIND_CODE = {k: i for i, k in enumerate(KINDS)}
 _FILE = _KIND_CODE["file"]
 _HAS_SHA, _DELETED, _TORN = 1, 2, 4
 SPILL_BYTES = 4 << 20  # rows held in memory before a spilling index writes them out
+SINK_BYTES = 1 << 20  # rows piled up before they are handed to a sink
 _READ_CHUNK = 1 << 20
 
 
 class PackedIndex:
     """An append-only, re-iterable sequence of IndexEntry rows kept as packed bytes."""
 
-    def __init__(self, rows: Iterable[IndexEntry] = (), *, spill: bool = False) -> None:
+    def __init__(self, rows: Iterable[IndexEntry] = (), *, spill: bool = False,
+                 sink: Callable[[bytes], object] | None = None) -> None:
         self._buf = bytearray()
         self._len = 0
         self._spill = spill
         self._file = None  # the spilled rows, when there are any
+        self._spilled = 0  # bytes in the file
+        self.sink = sink
+        self._sunk = 0  # bytes of _buf already handed to the sink
+        self.handed_over = 0  # bytes handed to the sink in all (a prefix of the rows)
         self._kind_counts = [0] * len(KINDS)  # rows that are not deletions, per kind
         self._deleted = self._torn = self._file_bytes = 0
         self.extend(rows)
@@ -101,12 +115,27 @@ class PackedIndex:
         self._maybe_spill()
 
     def _maybe_spill(self) -> None:
+        if self.sink is not None and len(self._buf) - self._sunk >= SINK_BYTES:
+            self._hand_over()
         if self._spill and len(self._buf) >= SPILL_BYTES:
+            if self.sink is not None:
+                self._hand_over()
             if self._file is None:
                 self._file = tempfile.TemporaryFile(prefix="ebm-index-")
             self._file.seek(0, 2)
             self._file.write(self._buf)
+            self._spilled += len(self._buf)
             self._buf = bytearray()
+            self._sunk = 0
+
+    def _hand_over(self) -> None:
+        """The rows added since the last hand-over, to the sink (whole rows: a row is
+        appended whole before this runs)."""
+        chunk = bytes(self._buf[self._sunk:])
+        if chunk:
+            self.sink(chunk)  # type: ignore[misc]
+            self.handed_over += len(chunk)
+            self._sunk = len(self._buf)
 
     def extend(self, rows: Iterable[IndexEntry]) -> None:
         for e in rows:
@@ -165,18 +194,22 @@ class PackedIndex:
         if rest:
             raise ValueError("packed index ends inside a row")
 
-    def catalog_batches(self, backup: int) -> Iterator[tuple[list[tuple], list[tuple]]] | None:
+    def catalog_batches(self, backup: int, start: int = 0,
+                        ) -> Iterator[tuple[list[tuple], list[tuple]]] | None:
         """The rows as the catalog's ``ebm_files`` parameters, a read chunk of rows at a time:
         (rows, their paths as 1-tuples), decoded in C (``_paxfast.index_rows``: a path is a
         str when it is UTF-8, else its bytes). None when the extension is not built: the
-        catalog then builds them from :meth:`rows` (ebm/catalog.py, the reference)."""
+        catalog then builds them from :meth:`rows` (ebm/catalog.py, the reference).
+        ``start``: the rows from that byte on (a row's start: ``handed_over`` or less, at
+        a hand-over's end), those before are in the catalog already."""
         if _index_rows is None:
             return None
-        return self._catalog_batches(backup)
+        return self._catalog_batches(backup, start)
 
-    def _catalog_batches(self, backup: int) -> Iterator[tuple[list[tuple], list[tuple]]]:
+    def _catalog_batches(self, backup: int, start: int = 0,
+                         ) -> Iterator[tuple[list[tuple], list[tuple]]]:
         rest = b""
-        for piece in self._pieces():
+        for piece in self._pieces(start):
             data = rest + piece if rest else piece
             rows, paths, used = _index_rows(data, backup)
             if rows:
@@ -185,13 +218,14 @@ class PackedIndex:
         if rest:
             raise ValueError("packed index ends inside a row")
 
-    def _pieces(self) -> Iterator[bytes]:
-        """The packed bytes, spilled and held, a read chunk at a time (rows cut anywhere)."""
-        if self._file is not None:
-            self._file.seek(0)
+    def _pieces(self, start: int = 0) -> Iterator[bytes]:
+        """The packed bytes from byte ``start`` on, spilled and held, a read chunk at a time
+        (rows cut anywhere)."""
+        if self._file is not None and start < self._spilled:
+            self._file.seek(start)
             while chunk := self._file.read(_READ_CHUNK):
                 yield chunk
-        for pos in range(0, len(self._buf), _READ_CHUNK):
+        for pos in range(max(0, start - self._spilled), len(self._buf), _READ_CHUNK):
             yield bytes(self._buf[pos:pos + _READ_CHUNK])
 
     def close(self) -> None:
@@ -252,3 +286,30 @@ def _decode(buf: bytes | bytearray, *, whole: bool = False,
         return pos
     finally:
         view.release()
+
+
+def stage_rows(catalog: str, backup: int, chunk: bytes) -> int:
+    """A sink's chunk of whole packed rows inserted into the catalog file ``catalog`` for
+    ``backup``, in one transaction on a connection of its own, without the GIL (C:
+    ``_paxfast.stage_rows``); the count of rows. Needs :func:`stageable`."""
+    return _stage_rows(catalog, backup, chunk)  # type: ignore[misc]
+
+
+def stageable() -> bool:
+    """Whether :func:`stage_rows` can run: the C extension is built with SQLite, not turned
+    off, and links the very SQLite the ``sqlite3`` module uses (one copy in the process: two
+    would not see each other's file locks)."""
+    global _one_sqlite
+    if _stage_rows is None or _index_rows is None:
+        return False
+    if _one_sqlite is None:
+        try:
+            import _sqlite3
+            import ctypes
+
+            theirs = ctypes.cast(ctypes.CDLL(_sqlite3.__file__).sqlite3_libversion,
+                                 ctypes.c_void_p).value
+            _one_sqlite = theirs == _sqlite_symbol()  # type: ignore[misc]
+        except (ImportError, OSError, AttributeError):
+            _one_sqlite = False
+    return _one_sqlite

@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from functools import lru_cache
 from typing import BinaryIO, Protocol
 
@@ -117,6 +118,9 @@ class PaxWriter:
         self._start = start_offset
         self._digest = StreamDigest()  # the trailer's stream digest, from what is hashed anyway
         self._closed = False
+        # Where a translator's PackedIndex may hand its finished rows as it grows (the
+        # EBM's catalog stager, ebm.catalog.IndexStager); None: nobody takes them early.
+        self.index_sink: Callable[[bytes], object] | None = None
 
     # --- raw output -------------------------------------------------------------------
     def _emit(self, b: bytes | memoryview) -> None:
