@@ -170,3 +170,35 @@ def test_a_collector_killed_inside_a_compaction_loses_nothing(tmp_path: Path,
     s = stats(store, a.parent)
     assert s.packs == 1 and s.stored_chunks == s.chunks
     assert _read_all(a) == keep
+
+
+def test_a_batch_is_written_in_pieces_of_at_most_write_max(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Big writes take big page-cache folios, slow to fill on this machine kind (pack.py):
+    a batch goes to the pack in writes of WRITE_MAX bytes at most, a body bigger than that
+    split across them, and reads back as the records it was."""
+    from tape_formats.store import pack as packs
+
+    sizes: list[int] = []
+    real = os.pwritev
+
+    def pwritev(fd: int, bufs: list, offset: int) -> int:
+        sizes.append(sum(len(b) for b in bufs))
+        return real(fd, bufs, offset)
+
+    monkeypatch.setattr(packs.os, "pwritev", pwritev)
+    rng = random.Random(5)
+    bodies = [rng.randbytes(n) for n in (100, packs.WRITE_MAX + 3, 70_000, 3 * packs.WRITE_MAX,
+                                         1, 200_000)]
+    folder = tmp_path / "packs"
+    folder.mkdir()
+    writer = packs.PackWriter(folder)
+    recs = [(bytes([i]) * 32, packs.RAW, memoryview(b)) for i, b in enumerate(bodies)]
+    offsets = writer.append_many(recs)
+    writer.close()
+    assert max(sizes) == packs.WRITE_MAX
+    assert sum(sizes) == sum(packs.record_size(len(b)) for b in bodies)
+    data = next(folder.iterdir()).read_bytes()
+    assert [at for at, _cid, _size in packs.records(data)] == offsets
+    for (cid, _flag, body), at in zip(recs, offsets, strict=True):
+        assert packs.decode(data, at, cid)[1] == body
