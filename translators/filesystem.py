@@ -530,18 +530,20 @@ class FilesystemTranslator(Translator):
         unames: dict[int, bytes] = {}
         gnames: dict[int, bytes] = {}
         links = any(self._link_changed.values())
+        stream, feed = bytearray(), bytearray()  # pack_files' output buffers, reused
         try:
             rest = b""
             for chunk in spool.chunks():
                 data = rest + chunk if rest else chunk
                 pos = 0
                 while True:
-                    (pos, stop, stream, feed, rows, keys, files, nbytes,
+                    (pos, stop, stream_len, feed_len, rows, keys, files, nbytes,
                      nkeys) = _pack_files(data, pos, root_fd, out.writer.offset, unames, gnames,
                                           self.buffer_limit, self.racy_window_ns, links,
-                                          PACK_MAX_BYTES)
-                    if stream:
-                        out.writer.add_prebuilt(stream, feed)
+                                          PACK_MAX_BYTES, stream, feed)
+                    if stream_len:  # the writer copies them: the next call may refill them
+                        with memoryview(stream) as sv, memoryview(feed) as fv:
+                            out.writer.add_prebuilt(sv[:stream_len], fv[:feed_len])
                     if files:
                         out.index.add_files(rows, files, nbytes)
                         out.prog.entries_done += files

@@ -174,11 +174,12 @@ class PaxWriter:
             self._emit(self._pax_header(b"", [pax.pax_record(b"EBM.deleted", value)], 0, pax.TYPE_GLOBAL))
         return offset
 
-    def add_prebuilt(self, members: bytes, digest_feed: bytes) -> None:
+    def add_prebuilt(self, members: bytes | memoryview, digest_feed: bytes | memoryview) -> None:
         """Whole file members (headers, data, padding) built elsewhere at :attr:`offset` on:
         the filesystem translator's run of small files (``_paxfast.pack_files``).
         ``digest_feed`` is what the stream digest takes for them (``stream_digest.py``): the
-        same bytes with each member's data replaced by its 32-byte sha256."""
+        same bytes with each member's data replaced by its 32-byte sha256. Both may be views
+        of buffers the caller refills next: ``out.write`` copies (as for file data)."""
         if self._closed:
             raise ArchiveError("archive writer is closed")
         if members:

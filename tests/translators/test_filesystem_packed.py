@@ -112,3 +112,22 @@ def test_packed_run_matches_the_python_loop(tmp_path, monkeypatch, ascii_names):
     paths = [row[0] for row in fast_inc[2]]
     assert {"d/plain02", "d/plain03", "hard", "d/sub/new", "d/plain09"} <= set(paths)
     assert "d/plain01" not in paths
+
+
+def test_short_runs_reuse_and_grow_the_output_buffers(tmp_path, monkeypatch):
+    """pack_files fills the caller's two bytearrays call after call (a run cut every ~1 KB
+    here) and grows them for a file bigger than they are: the stream is still the Python
+    loop's, byte for byte."""
+    src = tmp_path / "src"
+    awkward_tree(src, ascii_names=True)
+    (src / "d" / "sub" / "f60k").write_bytes(os.urandom(60_000))  # under the 64 KiB limit
+    freeze_atimes(src)
+    monkeypatch.setattr(fsmod, "PACK_MAX_BYTES", 1000)
+    calls = []
+    real = fsmod._pack_files
+    monkeypatch.setattr(fsmod, "_pack_files", lambda *a: (calls.append(len(a[-2])), real(*a))[1])
+    wrapped = fsmod._pack_files
+    fast = run(src, None, packed=True, monkeypatch=monkeypatch)
+    monkeypatch.setattr(fsmod, "_pack_files", wrapped)
+    assert len(calls) > 10 and max(calls) > 60_000  # (the stream buffer's size before each)
+    assert fast == run(src, None, packed=False, monkeypatch=monkeypatch)
