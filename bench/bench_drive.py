@@ -665,19 +665,35 @@ def best_of(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def box_ticks() -> tuple[int, int]:
+    """(busy, all) clock ticks of every CPU since boot, from /proc/stat: busy is all but
+    idle and iowait, so it also counts the kernel's threads (write-back) and other jobs."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
+    return total - fields[3] - fields[4], total
+
+
 def _phase_together(target: Target, luns: list[int], bs: int, count: int, verify: bool,
                     timeout: float, phase: str, compression: bool, data: str
-                    ) -> tuple[list[dict[str, Any]], float, float]:
+                    ) -> tuple[list[dict[str, Any]], float, float, float]:
     """One phase (write or read) on every LUN at once, one client each: (the clients'
-    results, wall seconds from the first start to the last end, server CPU seconds)."""
+    results, wall seconds from the first start to the last end, server CPU seconds, the
+    share of the machine's CPUs busy meanwhile, 0-1: near 1 the phase was CPU-bound, by
+    whatever ran)."""
     pid = target.pid_for_stats()
     c0 = cpu_seconds(pid)
+    b0, a0 = box_ticks()
     t0 = time.monotonic()
     with ThreadPoolExecutor(len(luns)) as pool:
         results = list(pool.map(lambda lun: _client(
             target.portal, target.iqn, lun, bs, count, verify, timeout, phase, compression,
             data), luns))
-    return results, time.monotonic() - t0, cpu_seconds(pid) - c0
+    wall = time.monotonic() - t0
+    b1, a1 = box_ticks()
+    return results, wall, cpu_seconds(pid) - c0, (b1 - b0) / (a1 - a0) if a1 > a0 else 0.0
 
 
 def measure_streams(target: Target, streams: int, bs: int, total: int, verify: bool,
@@ -693,8 +709,8 @@ def measure_streams(target: Target, streams: int, bs: int, total: int, verify: b
         res: dict[str, Any] = {}
         for phase in ("write", "read"):
             try:
-                got, wall, cpu = _phase_together(target, luns, bs, count, verify, timeout,
-                                                 phase, compression, data)
+                got, wall, cpu, busy = _phase_together(target, luns, bs, count, verify,
+                                                       timeout, phase, compression, data)
             except BenchError as e:
                 return {**out, "error": str(e)}
             bad = [r for r in got if not r.get("ok")]
@@ -703,13 +719,15 @@ def measure_streams(target: Target, streams: int, bs: int, total: int, verify: b
             nbytes = sum(r["written" if phase == "write" else "read"] for r in got) * bs
             res[f"{phase}_mbps"] = nbytes / 1e6 / wall
             res[f"cpu_s_per_gb_{phase}"] = cpu / (nbytes / 1e9)
+            res[f"box_busy_{phase}"] = busy
             res[f"client_cpu_s_per_gb_{phase}"] = sum(r["client_cpu_s"] for r in got) / (
                 nbytes / 1e9)
         out[f"x{n}"] = res
         log(f"{target.name}: {n} stream(s): write {res['write_mbps']:.0f} MB/s, read "
             f"{res['read_mbps']:.0f} MB/s, server CPU {res['cpu_s_per_gb_write']:.2f}/"
             f"{res['cpu_s_per_gb_read']:.2f} s per GB w/r, clients "
-            f"{res['client_cpu_s_per_gb_write']:.2f}/{res['client_cpu_s_per_gb_read']:.2f}")
+            f"{res['client_cpu_s_per_gb_write']:.2f}/{res['client_cpu_s_per_gb_read']:.2f}, "
+            f"CPUs busy {res['box_busy_write']:.0%}/{res['box_busy_read']:.0%}")
     one, many = out["x1"], out[f"x{streams}"]
     out["scaling_write"] = many["write_mbps"] / one["write_mbps"]
     out["scaling_read"] = many["read_mbps"] / one["read_mbps"]
@@ -726,19 +744,22 @@ def print_streams(result: dict[str, Any]) -> None:
     print("MB/s = all drives' bytes / wall time of the phase (client start and login "
           "included); CPU = server user+sys seconds per GB (the clients' in brackets);\n"
           f"CPU ceiling = the MB/s at which server + clients would use all {cfg['cpus']} CPUs "
-          "(the kernel's write-back threads not counted)\n")
+          "(the kernel's write-back threads not counted); CPUs busy = share of all CPUs busy "
+          "during the phase\n(anything that ran: the kernel's threads, other jobs), the lowest "
+          "of the runs\n")
     rows = [["target", "streams", "write MB/s", "read MB/s", "CPU/GB write", "CPU/GB read",
-             "CPU ceiling w/r"]]
+             "CPU ceiling w/r", "CPUs busy w/r"]]
     for name, res in result["streams"].items():
         if "error" in res:
-            rows.append([name, "-", "FAIL", "FAIL", "-", res["error"][:40], "-"])
+            rows.append([name, "-", "FAIL", "FAIL", "-", res["error"][:40], "-", "-"])
             continue
         for k in (1, n):
             r = res[f"x{k}"]
             rows.append([name, str(k), f"{r['write_mbps']:.0f}", f"{r['read_mbps']:.0f}",
                          _cpu_cell(r, "write"), _cpu_cell(r, "read"),
                          f"{_ceiling(r, 'write', cfg['cpus']):.0f} / "
-                         f"{_ceiling(r, 'read', cfg['cpus']):.0f}"])
+                         f"{_ceiling(r, 'read', cfg['cpus']):.0f}",
+                         f"{r.get('box_busy_write', 0):.0%} / {r.get('box_busy_read', 0):.0%}"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for i, row in enumerate(rows):
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
