@@ -720,6 +720,11 @@ def measure_streams(target: Target, streams: int, bs: int, total: int, verify: b
             res[f"{phase}_mbps"] = nbytes / 1e6 / wall
             res[f"cpu_s_per_gb_{phase}"] = cpu / (nbytes / 1e9)
             res[f"box_busy_{phase}"] = busy
+            if phase == "write":  # where the phase's wall time went: the WRITEs, the filemark
+                res["wall_s_write"] = wall
+                res["blocks_s_fastest"] = min(r["write_s"] for r in got)
+                res["blocks_s_slowest"] = max(r["write_s"] for r in got)
+                res["filemark_s_slowest"] = max(r["wfm_s"] for r in got)
             res[f"client_cpu_s_per_gb_{phase}"] = sum(r["client_cpu_s"] for r in got) / (
                 nbytes / 1e9)
         out[f"x{n}"] = res
@@ -727,7 +732,9 @@ def measure_streams(target: Target, streams: int, bs: int, total: int, verify: b
             f"{res['read_mbps']:.0f} MB/s, server CPU {res['cpu_s_per_gb_write']:.2f}/"
             f"{res['cpu_s_per_gb_read']:.2f} s per GB w/r, clients "
             f"{res['client_cpu_s_per_gb_write']:.2f}/{res['client_cpu_s_per_gb_read']:.2f}, "
-            f"CPUs busy {res['box_busy_write']:.0%}/{res['box_busy_read']:.0%}")
+            f"CPUs busy {res['box_busy_write']:.0%}/{res['box_busy_read']:.0%}; write phase "
+            f"{res['wall_s_write']:.2f} s: WRITEs {res['blocks_s_fastest']:.2f}-"
+            f"{res['blocks_s_slowest']:.2f} s, filemark up to {res['filemark_s_slowest']:.2f} s")
     one, many = out["x1"], out[f"x{streams}"]
     out["scaling_write"] = many["write_mbps"] / one["write_mbps"]
     out["scaling_read"] = many["read_mbps"] / one["read_mbps"]
