@@ -24,6 +24,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from tape_formats.malloc_tuning import keep_freed_memory
+
 Data = bytes | bytearray | memoryview
 Pack = Callable[[Data, bool], Any]  # (data, compress) -> packed block
 Append = Callable[[int, Any], None]  # (native length, packed block) -> stored
@@ -69,6 +71,7 @@ class WriteBehind:
 
     def __init__(self, new_packer: Callable[[], Pack], append: Append, limit: int, name: str,
                  packers: int = 2) -> None:
+        keep_freed_memory()  # (once per process) blocks come and go at the data rate
         self._append = append
         self._limit = limit
         lock = threading.Lock()

@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import zstandard
 
+from tape_formats.malloc_tuning import keep_freed_memory
 from tape_formats.store import pack as packs
 from tape_formats.store.chunk_store import ChunkStore
 
@@ -54,6 +55,7 @@ class ChunkWriter:
     """The compress-and-append stages of one writer (one open dedup cartridge)."""
 
     def __init__(self, store: ChunkStore, threads: int = COMPRESS_THREADS) -> None:
+        keep_freed_memory()  # (once per process) zstd's outputs come and go per chunk
         self._store = store
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None  # started by the first new chunk
