@@ -719,6 +719,345 @@ static PyObject *configure(PyObject *mod, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ---- The cartridge's read-ahead: TapeCartridge.read_ahead's usual case ------------------
+ *
+ * tape_formats/cartridge.py's read_ahead decodes the data block at the position into the
+ * read-ahead cache while the drive is idle. Its usual case in a restore of small blocks - a
+ * plain record already in the read-ahead span, no write queued, settings that read plain
+ * blocks - is done here: the record header's checks and CRC, the payload's
+ * crc32c, zstd for a compressed block, and the cache's fields set as ReadAhead.hold sets
+ * them. Everything else (the span to refill, a record too big for the span, encryption, a
+ * write to wait for) is the Python method's, called as it is: it stays the reference, and
+ * tests/tape_formats/test_read_ahead_native.py holds the two to the same cache contents. */
+
+#define RH_SIZE 32
+#define RH_CRC_SPAN 28
+#define KIND_DATA 1
+#define KIND_FILEMARK_RUN 3
+#define FLAG_COMPRESSED 0x01
+#define FLAG_ENCRYPTED 0x02
+
+/* Set by configure_read_ahead(). */
+static PyObject *ra_fallback, *ra_zstd_error, *ra_crc32c, *ra_decrypt_only, *ra_max_output;
+static long long ra_span_record_max;
+
+static PyObject *s_wb, *s_blocks, *s_position, *s_index, *s_ahead, *s_obj, *s_objects,
+    *s_run_rec, *s_meta, *s_offsets, *s_end, *s_crypto, *s_span, *s_span_off, *s_span_len,
+    *s_native, *s_stored, *s_data, *s_own, *s_lasting, *s_dctx, *s_decompress, *s_run_first,
+    *s_run_extra, *s_decrypt;
+
+PyDoc_STRVAR(configure_read_ahead_doc,
+"configure_read_ahead(fallback, zstd_error, crc32c, span_record_max, decrypt_only)\n\n"
+"TapeCartridge.read_ahead (called for every case but the usual one), zstandard.ZstdError,\n"
+"crc32c.crc32c, read_ahead.SPAN_RECORD_MAX and DecryptMode.DECRYPT (plain blocks refused).");
+
+static PyObject *configure_read_ahead(PyObject *mod, PyObject *args)
+{
+    PyObject *fallback, *zerr, *crc, *decrypt_only;
+    long long span_max;
+    if (!PyArg_ParseTuple(args, "OOOLO:configure_read_ahead", &fallback, &zerr, &crc, &span_max,
+                          &decrypt_only))
+        return NULL;
+    Py_INCREF(fallback);
+    Py_INCREF(zerr);
+    Py_INCREF(crc);
+    Py_INCREF(decrypt_only);
+    Py_XSETREF(ra_fallback, fallback);
+    Py_XSETREF(ra_zstd_error, zerr);
+    Py_XSETREF(ra_crc32c, crc);
+    Py_XSETREF(ra_decrypt_only, decrypt_only);
+    ra_span_record_max = span_max;
+    Py_RETURN_NONE;
+}
+
+static inline uint32_t le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline uint64_t le64(const uint8_t *p)
+{
+    return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
+}
+
+/* crc32c.crc32c(bytes [p, p + n)) == want: 1, 0, or -1 with an exception set. */
+static int crc_is(const uint8_t *p, Py_ssize_t n, uint32_t want)
+{
+    PyObject *view = PyMemoryView_FromMemory((char *)p, n, PyBUF_READ);
+    if (view == NULL)
+        return -1;
+    PyObject *r = PyObject_CallOneArg(ra_crc32c, view);
+    Py_DECREF(view);
+    if (r == NULL)
+        return -1;
+    unsigned long got = PyLong_AsUnsignedLong(r);
+    Py_DECREF(r);
+    if (got == (unsigned long)-1 && PyErr_Occurred())
+        return -1;
+    return got == want;
+}
+
+/* The index's array('Q') as a buffer of uint64 (a view the caller releases). */
+static int u64_array(PyObject *idx, PyObject *name, Py_buffer *view)
+{
+    PyObject *arr = PyObject_GetAttr(idx, name);
+    if (arr == NULL)
+        return -1;
+    int r = PyObject_GetBuffer(arr, view, PyBUF_FORMAT);
+    Py_DECREF(arr);
+    if (r < 0)
+        return -1;
+    if (view->itemsize != 8 || view->format == NULL || strcmp(view->format, "Q") != 0) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_TypeError, "the index arrays must be array('Q')");
+        return -1;
+    }
+    return 0;
+}
+
+/* The data block at the position decoded into the cache, from the span (1), not the usual
+ * case (0: the Python method decides), or -1 with an exception set. Leaves the cache
+ * empty (obj -1) when the record is damaged, as the Python method does. */
+/* PositionIndex.record_of(obj) with runs of filemarks (the three run arrays and meta);
+ * -1 when the arrays disagree (the Python method then decides). */
+static long long record_of(PyObject *idx, const Py_buffer *meta, long long obj)
+{
+    Py_buffer rec_b, first_b, extra_b;
+    if (u64_array(idx, s_run_rec, &rec_b) < 0)
+        return -2;
+    if (u64_array(idx, s_run_first, &first_b) < 0) {
+        PyBuffer_Release(&rec_b);
+        return -2;
+    }
+    if (u64_array(idx, s_run_extra, &extra_b) < 0) {
+        PyBuffer_Release(&rec_b);
+        PyBuffer_Release(&first_b);
+        return -2;
+    }
+    const uint64_t *runs = rec_b.buf, *first = first_b.buf, *extra = extra_b.buf;
+    Py_ssize_t n = first_b.len / 8, lo = 0, hi = n;
+    long long r = obj;
+    if (rec_b.len / 8 != n || extra_b.len / 8 != n) {
+        r = -1;
+        goto out;
+    }
+    while (lo < hi) {  /* bisect_right(run_first, obj) */
+        Py_ssize_t mid = (lo + hi) / 2;
+        if ((uint64_t)obj < first[mid])
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    Py_ssize_t j = lo - 1;
+    if (j < 0)
+        goto out;
+    if ((Py_ssize_t)runs[j] >= meta->len / 8) {
+        r = -1;
+        goto out;
+    }
+    if ((uint64_t)obj < first[j] + (((const uint64_t *)meta->buf)[runs[j]] >> 16))
+        r = (long long)runs[j];
+    else
+        r = obj - (long long)extra[j];
+out:
+    PyBuffer_Release(&rec_b);
+    PyBuffer_Release(&first_b);
+    PyBuffer_Release(&extra_b);
+    return r;
+}
+
+static int ahead_from_span(PyObject *cart, PyObject *idx, PyObject *ahead, long long p,
+                           int runs)
+{
+    /* encryption settings that refuse plain blocks (check_plain): the Python method's */
+    PyObject *crypto = PyObject_GetAttr(cart, s_crypto);
+    if (crypto == NULL)
+        return -1;
+    int refused = 0;
+    if (crypto != Py_None) {
+        PyObject *mode = PyObject_GetAttr(crypto, s_decrypt);
+        refused = mode == NULL ? -1 : PyObject_RichCompareBool(mode, ra_decrypt_only, Py_EQ);
+        Py_XDECREF(mode);
+    }
+    Py_DECREF(crypto);
+    if (refused)
+        return refused < 0 ? -1 : 0;
+    Py_buffer meta, offs;
+    if (u64_array(idx, s_meta, &meta) < 0)
+        return -1;
+    if (u64_array(idx, s_offsets, &offs) < 0) {
+        PyBuffer_Release(&meta);
+        return -1;
+    }
+    int result = 0;
+    Py_ssize_t nmeta = meta.len / 8, noffs = offs.len / 8;
+    long long end, span_off, span_len, r = p;
+    if (runs && (r = record_of(idx, &meta, p)) < 0) {
+        if (r == -2)
+            result = -1;
+        goto done;
+    }
+    if (r >= nmeta || r >= noffs)
+        goto done;
+    uint64_t m = ((uint64_t *)meta.buf)[r];
+    if ((m & 0xFF) != KIND_DATA) {  /* a filemark: nothing to read ahead */
+        result = 1;
+        goto done;
+    }
+    if (m & (FLAG_ENCRYPTED << 8))
+        goto done;
+    long long off = (long long)((uint64_t *)offs.buf)[r];
+    if (r + 1 < noffs)
+        end = (long long)((uint64_t *)offs.buf)[r + 1];
+    else if (get_ll(idx, s_end, &end) < 0)
+        goto fail;
+    long long size = end - off;
+    if (size > ra_span_record_max)
+        goto done;
+    if (get_ll(ahead, s_span_off, &span_off) < 0 || get_ll(ahead, s_span_len, &span_len) < 0)
+        goto fail;
+    long long start = off - span_off;
+    if (start < 0 || start + size > span_len)
+        goto done;  /* the span is refilled by the Python method */
+    /* From here on it is this function's: the cache is emptied first, as in Python. */
+    if (set_ll(ahead, s_obj, -1) < 0)
+        goto fail;
+    result = 1;
+    long long native = (long long)(m >> 16), stored = size - RH_SIZE;
+    int compressed = (m & (FLAG_COMPRESSED << 8)) != 0;
+    PyObject *span = PyObject_GetAttr(ahead, s_span);
+    if (span == NULL)
+        goto fail;
+    Py_buffer sv;
+    if (PyObject_GetBuffer(span, &sv, PyBUF_SIMPLE) < 0) {
+        Py_DECREF(span);
+        goto fail;
+    }
+    PyObject *data = NULL;
+    const uint8_t *raw = (const uint8_t *)sv.buf + start;
+    int ok;
+    if (size < RH_SIZE || start + size > sv.len)
+        goto released;  /* damaged: the real READ reports it */
+    /* RecordHeader.unpack, then the checks of TapeCartridge._decode */
+    if (raw[0] != 'R' || raw[1] != 'C')
+        goto released;
+    if ((ok = crc_is(raw, RH_CRC_SPAN, le32(raw + 28))) <= 0)
+        goto checked;
+    unsigned kind = raw[2];
+    uint32_t stored_len = le32(raw + 4), native_len = le32(raw + 8);
+    if (kind < 1 || kind > 3 || (kind == KIND_FILEMARK_RUN && native_len < 2)
+            || (long long)le64(raw + 16) != p || (long long)stored_len != stored)
+        goto released;
+    if ((ok = crc_is(raw + RH_SIZE, (Py_ssize_t)stored, le32(raw + 24))) <= 0)
+        goto checked;
+    if (compressed) {
+        PyObject *dctx = PyObject_GetAttr(cart, s_dctx);
+        PyObject *payload = PyMemoryView_FromMemory((char *)raw + RH_SIZE, (Py_ssize_t)stored,
+                                                    PyBUF_READ);
+        PyObject *limit = PyLong_FromLongLong(native);
+        if (dctx != NULL && payload != NULL && limit != NULL) {
+            PyObject *cargs[3] = {dctx, payload, limit};
+            data = PyObject_VectorcallMethod(s_decompress, cargs, 2, ra_max_output);
+        }
+        Py_XDECREF(dctx);
+        Py_XDECREF(payload);
+        Py_XDECREF(limit);
+        if (data == NULL) {
+            if (PyErr_ExceptionMatches(ra_zstd_error))
+                PyErr_Clear();  /* does not decompress: the real READ reports it */
+            else
+                ok = -1;
+            goto checked;
+        }
+        if (!PyBytes_Check(data) || PyBytes_GET_SIZE(data) != native)
+            goto released;  /* the wrong length (or not bytes: left to the real READ) */
+    } else {
+        data = PySequence_GetSlice(span, start + RH_SIZE, start + size);
+        if (data == NULL) {
+            ok = -1;
+            goto checked;
+        }
+    }
+    /* ReadAhead.hold(p, native, stored, data, own=type(data) is bytes, lasting=False) */
+    PyBuffer_Release(&sv);
+    Py_DECREF(span);
+    if (set_ll(ahead, s_native, native) < 0 || set_ll(ahead, s_stored, stored) < 0
+            || PyObject_SetAttr(ahead, s_data, data) < 0
+            || PyObject_SetAttr(ahead, s_own, PyBytes_CheckExact(data) ? Py_True : Py_False) < 0
+            || PyObject_SetAttr(ahead, s_lasting, Py_False) < 0
+            || set_ll(ahead, s_obj, p) < 0) {
+        Py_DECREF(data);
+        goto fail;
+    }
+    Py_DECREF(data);
+    goto done;
+checked:
+    if (ok < 0) {
+        Py_XDECREF(data);
+        PyBuffer_Release(&sv);
+        Py_DECREF(span);
+        goto fail;
+    }
+released:
+    Py_XDECREF(data);
+    PyBuffer_Release(&sv);
+    Py_DECREF(span);
+    goto done;
+fail:
+    result = -1;
+done:
+    PyBuffer_Release(&meta);
+    PyBuffer_Release(&offs);
+    return result;
+}
+
+PyDoc_STRVAR(read_ahead_doc,
+"read_ahead(cart) -> None\n\n"
+"TapeCartridge.read_ahead(cart): the usual case here, every other by the Python method.");
+
+static PyObject *read_ahead(PyObject *mod, PyObject *cart)
+{
+    if (ra_fallback == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure_read_ahead() was not called");
+        return NULL;
+    }
+    PyObject *wb = PyObject_GetAttr(cart, s_wb);
+    if (wb == NULL)
+        return NULL;
+    int busy = 0;
+    if (wb != Py_None)
+        busy = get_true(wb, s_blocks);
+    Py_DECREF(wb);
+    if (busy < 0)
+        return NULL;
+    if (busy)
+        return PyObject_CallOneArg(ra_fallback, cart);
+    long long p, aobj, objects;
+    PyObject *idx = PyObject_GetAttr(cart, s_index);
+    if (idx == NULL)
+        return NULL;
+    PyObject *ahead = PyObject_GetAttr(cart, s_ahead);
+    int r = -1;
+    if (ahead == NULL || get_ll(cart, s_position, &p) < 0 || get_ll(ahead, s_obj, &aobj) < 0
+            || get_ll(idx, s_objects, &objects) < 0)
+        goto out;
+    if (p == aobj || p >= objects) {
+        r = 1;
+        goto out;
+    }
+    r = get_true(idx, s_run_rec);  /* runs of filemarks: objects are not records */
+    if (r >= 0)
+        r = ahead_from_span(cart, idx, ahead, p, r);
+out:
+    Py_DECREF(idx);
+    Py_XDECREF(ahead);
+    if (r < 0)
+        return NULL;
+    if (r == 0)
+        return PyObject_CallOneArg(ra_fallback, cart);
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(recv_spin_doc,
 "recv_spin(fd, buf, spin_ns) -> int\n\n"
 "recv() into buf without blocking, tried again (yielding the CPU between tries, so a peer\n"
@@ -779,13 +1118,16 @@ static PyMethodDef methods[] = {
      stream_write_doc},
     {"configure", configure, METH_VARARGS, configure_doc},
     {"recv_spin", (PyCFunction)(void (*)(void))recv_spin, METH_FASTCALL, recv_spin_doc},
+    {"read_ahead", read_ahead, METH_O, read_ahead_doc},
+    {"configure_read_ahead", configure_read_ahead, METH_VARARGS, configure_read_ahead_doc},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "vtl._fastpath",
     "The streaming READ(6)/WRITE(6) fast paths in C (vtl/iscsi/stream_paths.py is the "
-    "reference).", -1, methods,
+    "reference), the socket spin (vtl/iscsi/recv_spin.py) and the usual case of "
+    "TapeCartridge.read_ahead.", -1, methods,
 };
 
 #define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
@@ -810,6 +1152,18 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     INTERN(s_stream_write, "stream_write"); INTERN(s_idle_what, "idle");
     INTERN(s_sock_closed, "_sock_closed"); INTERN(s_unsent_bytes, "_unsent_bytes");
     INTERN(s_sock, "sock"); INTERN(s_sendmsg, "sendmsg");
+    INTERN(s_wb, "_wb"); INTERN(s_blocks, "blocks"); INTERN(s_position, "position");
+    INTERN(s_index, "index"); INTERN(s_ahead, "_ahead"); INTERN(s_obj, "obj");
+    INTERN(s_objects, "objects"); INTERN(s_run_rec, "run_rec"); INTERN(s_meta, "meta");
+    INTERN(s_offsets, "offsets"); INTERN(s_end, "end"); INTERN(s_crypto, "crypto");
+    INTERN(s_span, "span"); INTERN(s_span_off, "span_off"); INTERN(s_span_len, "span_len");
+    INTERN(s_native, "native"); INTERN(s_stored, "stored"); INTERN(s_data, "data");
+    INTERN(s_own, "own"); INTERN(s_lasting, "lasting"); INTERN(s_dctx, "_dctx");
+    INTERN(s_decompress, "decompress"); INTERN(s_run_first, "run_first");
+    INTERN(s_run_extra, "run_extra"); INTERN(s_decrypt, "decrypt");
+    PyObject *max_output = PyUnicode_InternFromString("max_output_size");
+    if (max_output == NULL || (ra_max_output = PyTuple_Pack(1, max_output)) == NULL)
+        return NULL;
     if ((empty_tuple = PyTuple_New(0)) == NULL
             || (msg_dontwait = PyLong_FromLong(MSG_DONTWAIT)) == NULL)
         return NULL;

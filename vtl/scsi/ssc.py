@@ -51,6 +51,10 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import crc32c
+import zstandard
+
+from tape_formats.block_crypto import DecryptMode
 from tape_formats.cartridge import (
     WRITE_BEHIND_BYTES,
     CartridgeError,
@@ -63,9 +67,11 @@ from tape_formats.cartridge import (
     WriteProtected,
 )
 from tape_formats.mam import MamError
+from tape_formats.read_ahead import SPAN_RECORD_MAX
 from tape_formats.write_behind import DeferredWriteError
 from vtl.barcode import is_cleaning_label
 from vtl.faults import READ, WRITE, device_key, take_injected
+from vtl.native import optional_extension
 from vtl.scsi import ssc_attributes as attributes
 from vtl.scsi.base import (
     SPARE_BUFFERS,
@@ -172,6 +178,16 @@ if TYPE_CHECKING:
     from vtl.library import DriveBay
 
 log = logging.getLogger(__name__)
+
+# TapeCartridge.read_ahead, its usual case (a plain record in the span) in C when the
+# extension is built: vtl/_fastpath.c; tests/tape_formats/test_read_ahead_native.py holds the
+# two to the same cache contents.
+_native = optional_extension("vtl._fastpath")
+if _native is not None:
+    _native.configure_read_ahead(TapeCartridge.read_ahead, zstandard.ZstdError, crc32c.crc32c,
+                                 SPAN_RECORD_MAX, DecryptMode.DECRYPT)
+read_ahead: Callable[[TapeCartridge], None] = (
+    _native.read_ahead if _native is not None else TapeCartridge.read_ahead)
 
 MAX_BLOCK = 8 * 1024 * 1024  # READ BLOCK LIMITS maximum (LTO drives report 8 MiB)
 MAX_FIXED_TRANSFER = 64 * 1024 * 1024  # fixed-mode READ/WRITE byte cap per command
@@ -856,7 +872,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
                 or self._part):
             return
         try:
-            cart.read_ahead()
+            read_ahead(cart)
         except Exception:  # speculative work: the real READ reports errors
             log.debug("drive %s: read-ahead failed", self.bay.index, exc_info=True)
 

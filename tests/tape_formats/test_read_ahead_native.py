@@ -1,0 +1,197 @@
+"""The read-ahead's usual case in C (vtl._fastpath.read_ahead, used by the drive's idle hook)
+against the reference, TapeCartridge.read_ahead: two copies of one cartridge, one decoded by
+each, must hold the same cache (block, lengths, bytes, ownership, span) after every call and
+give the same READ results, through small and big blocks, compressed and not, filemarks and
+runs of them, end of data, relocation, writes and damaged records (payload, header, a zstd
+frame whose checksums are right but which does not decompress)."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import crc32c
+import pytest
+
+from tape_formats.block_crypto import CryptoSettings, DecryptMode
+from tape_formats.cartridge import CorruptRecord, RecordKind, TapeCartridge, UndecryptableBlock
+from tape_formats.media import MEDIA
+from tape_formats.records import RECORD_HEADER_SIZE, RECORD_STRUCT, pack_record_header
+from vtl.scsi import ssc
+
+native = ssc._native
+pytestmark = pytest.mark.skipif(native is None, reason="vtl._fastpath is not built (or off)")
+
+TEXT = b"2026-12-04 host backup[4000]: wrote block ok\n" * 3000
+SIZES = [10240, 10240, 65536, 300, 32768, 200000, 10240, 64512, 1, 131072, 10240]
+
+
+def _blocks() -> list[bytes | int]:
+    """Blocks (random or text, so stored as is or compressed) and filemark counts (ints)."""
+    rnd = random.Random(15)
+    out: list[bytes | int] = []
+    for i in range(90):
+        n = SIZES[i % len(SIZES)]
+        out.append(rnd.randbytes(n) if i % 3 else TEXT[i:i + n])
+        if i in (20, 50):
+            out.append(1 if i == 20 else 3)
+    return out
+
+
+def _damage(path: Path, c: TapeCartridge, rec: int, how: str) -> None:
+    off = c.index.offsets[rec]
+    with open(path, "r+b") as f:
+        f.seek(off)
+        head = bytearray(f.read(RECORD_HEADER_SIZE))
+        fields = RECORD_STRUCT.unpack(head)
+        if how == "payload":  # one payload byte flipped: the payload CRC fails
+            f.seek(off + RECORD_HEADER_SIZE + 7)
+            b = f.read(1)
+            f.seek(off + RECORD_HEADER_SIZE + 7)
+            f.write(bytes([b[0] ^ 1]))
+        elif how == "header":  # one header byte flipped: the header CRC fails
+            f.seek(off + 9)
+            f.write(bytes([head[9] ^ 1]))
+        elif how == "zstd":  # garbage with right CRCs where a zstd frame was
+            stored = fields[3]
+            junk = bytes(range(256)) * (stored // 256 + 1)
+            junk = junk[:stored]
+            _, kind, flags, stored_len, native_len, file_no, o, _, _ = fields
+            f.seek(off)
+            f.write(pack_record_header(kind, flags, stored_len, native_len, file_no, o,
+                                       crc32c.crc32c(junk)) + junk)
+
+
+def _state(c: TapeCartridge) -> tuple:
+    a = c._ahead
+    held = (a.native, a.stored, bytes(a.data), a.own, a.lasting) if a.obj != -1 else None
+    return c.position, a.obj, held, a.span_off, a.span_len
+
+
+def _read(c: TapeCartridge, own: bool) -> tuple:
+    try:
+        r = c.read_block(bytearray(300000), own=own)
+    except (CorruptRecord, UndecryptableBlock) as exc:
+        c.position = exc.position + 1  # step past the bad block, as the drive does
+        return type(exc).__name__, exc.position
+    return r.kind, r.length, bytes(r.data) if r.kind == RecordKind.DATA else None, c.position
+
+
+@pytest.fixture
+def twins(tmp_path: Path):
+    p = tmp_path / "A00001L8.vtape"
+    TapeCartridge.create(p, "A00001L8", MEDIA["LTO-8"], capacity=256 << 20)
+    c = TapeCartridge.open(p)
+    for b in _blocks():
+        if isinstance(b, int):
+            c.write_filemarks(b, sync=False)
+        else:
+            c.write_block(b)
+    c.sync()
+    idx = c.index
+    data_recs = [r for r in range(idx.records) if idx.meta[r] & 0xFF == 1]
+    compressed = [r for r in data_recs if idx.meta[r] & (1 << 8)]
+    assert idx.run_rec  # objects and records differ past the run of filemarks
+    c.close()
+    _damage(p, c, data_recs[7], "payload")
+    _damage(p, c, data_recs[12], "header")
+    _damage(p, c, compressed[9], "zstd")
+    _damage(p, c, data_recs[70], "payload")  # past the run
+    q = tmp_path / "B00001L8.vtape"
+    for f in tmp_path.iterdir():
+        if f.name.startswith("A00001L8"):
+            shutil.copy(f, tmp_path / f.name.replace("A00001L8", "B00001L8"))
+    ref, nat = TapeCartridge.open(p), TapeCartridge.open(q)
+    yield ref, nat
+    ref.close()
+    nat.close()
+
+
+@pytest.fixture
+def counted(monkeypatch: pytest.MonkeyPatch):
+    """How often the C function handed a call to the Python method."""
+    calls = {"fallback": 0}
+
+    def fallback(cart: TapeCartridge) -> None:
+        calls["fallback"] += 1
+        TapeCartridge.read_ahead(cart)
+
+    native.configure_read_ahead(fallback, *_config()[1:])
+    yield calls
+    native.configure_read_ahead(*_config())
+
+
+def _config() -> tuple:
+    import zstandard
+
+    from tape_formats.read_ahead import SPAN_RECORD_MAX
+    return (TapeCartridge.read_ahead, zstandard.ZstdError, crc32c.crc32c, SPAN_RECORD_MAX,
+            DecryptMode.DECRYPT)
+
+
+@pytest.mark.parametrize("crypto", ["none", "plain readable", "decrypt only"])
+def test_c_and_python_read_ahead_hold_the_same(twins, counted, crypto: str) -> None:
+    ref, nat = twins
+    if crypto != "none":  # the drive's encryption settings, without a key
+        mode = DecryptMode.DECRYPT if crypto == "decrypt only" else DecryptMode.DISABLE
+        for c in twins:
+            c.set_crypto(CryptoSettings(decrypt=mode))
+    steps = 0
+    for own in (True, False):
+        ref.rewind()
+        nat.rewind()
+        while True:
+            ref.read_ahead()
+            native.read_ahead(nat)
+            assert _state(nat) == _state(ref), steps
+            ref.read_ahead()  # a second call on a hit changes nothing
+            native.read_ahead(nat)
+            assert _state(nat) == _state(ref), steps
+            a, b = _read(ref, own), _read(nat, own)
+            assert a == b, steps
+            steps += 1
+            if a[0] == RecordKind.EOD:
+                break
+    assert steps > 180
+    # most blocks were the C function's own (the rest: span refills, big records)
+    if crypto == "decrypt only":  # plain blocks refused: the Python method's case
+        assert counted["fallback"] >= steps, counted
+    else:
+        assert counted["fallback"] < steps // 4, counted
+
+
+def test_c_read_ahead_after_moves_and_writes(twins) -> None:
+    ref, nat = twins
+    rnd = random.Random(3)
+    n = len(ref.index)
+    for step in range(120):
+        what = rnd.random()
+        if what < 0.15:
+            obj = rnd.randrange(n)
+            ref.locate(obj)
+            nat.locate(obj)
+        elif what < 0.2 and step > 100:  # a write cuts the tape: both the same
+            data = rnd.randbytes(rnd.choice([100, 10240, 70000]))
+            for c in (ref, nat):
+                c.write_block(data)
+            n = len(ref.index)
+        ref.read_ahead()
+        native.read_ahead(nat)
+        assert _state(nat) == _state(ref), step
+        assert _read(ref, True) == _read(nat, True), step
+
+
+def test_c_read_ahead_without_configuration_or_with_a_bad_index(twins) -> None:
+    ref, nat = twins
+    class NotAnIndex:
+        objects = 5
+        run_rec = ()
+        meta = [1, 1, 1, 1, 1]
+        offsets = [0, 1, 2, 3, 4]
+        end = 5
+
+    nat.index = NotAnIndex()  # type: ignore[assignment]
+    with pytest.raises((TypeError, BufferError)):
+        native.read_ahead(nat)
+    nat.index = ref.index
