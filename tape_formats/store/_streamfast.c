@@ -12,6 +12,12 @@
  *   dst: a writable contiguous buffer (the stream's bytearray), src: any contiguous buffer;
  *   src's bytes go to dst[at:at + len(src)] (ValueError when they do not fit). Both buffers
  *   stay exported during the copy, so neither can be resized or freed under it.
+ *
+ * new_buffer(n) -> bytearray
+ *   A bytearray of n bytes whose contents are undefined: not zero-filled, so a new stream
+ *   buffer's pages are first touched by copy_into, the GIL released, instead of by
+ *   bytearray(n)'s memset holding it (a fresh 5 MiB buffer's page faults took ~20 ms on this
+ *   VM kind). The stream tail only ever exposes bytes it copied in.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -55,12 +61,29 @@ static PyObject *copy_into(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Py_RETURN_NONE;
 }
 
+static PyObject *new_buffer(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    Py_ssize_t n = PyLong_AsSsize_t(arg);
+    if (n == -1 && PyErr_Occurred())
+        return NULL;
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "new_buffer: negative size");
+        return NULL;
+    }
+    return PyByteArray_FromStringAndSize(NULL, n);
+}
+
+PyDoc_STRVAR(new_buffer_doc,
+             "new_buffer(n): a bytearray of n bytes, not zero-filled (contents undefined).");
+
 PyDoc_STRVAR(copy_into_doc,
              "copy_into(dst, at, src): src's bytes into dst from offset at, the GIL released\n"
              "for big copies.");
 
 static PyMethodDef methods[] = {
     {"copy_into", (PyCFunction)(void (*)(void))copy_into, METH_FASTCALL, copy_into_doc},
+    {"new_buffer", new_buffer, METH_O, new_buffer_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -15,10 +15,11 @@ from collections import deque
 
 try:  # the same copy with the GIL released (setup.py builds it; optional)
     from ._streamfast import copy_into as _copy_into  # type: ignore[import-not-found]
+    from ._streamfast import new_buffer as _new_buffer  # type: ignore[import-not-found]
 except ImportError:  # pragma: no cover - without a compiler
-    _copy_into = None
+    _copy_into = _new_buffer = None
 if os.environ.get("VTL_NO_FASTPATH"):  # the reference path, as for the other extensions
-    _copy_into = None
+    _copy_into = _new_buffer = None
 
 BUFFER_SIZE = 5 << 20  # a 4 MiB batch (dedup_medium.CUT_BATCH) plus the block completing it
 SPARES = 5  # buffers kept for reuse (the chunk writer's batches in flight, and one)
@@ -74,12 +75,22 @@ class StreamTail:
             try:
                 return self.spares.popleft()
             except IndexError:
-                return bytearray(BUFFER_SIZE)
-        return bytearray(need + BUFFER_SIZE)  # a big block: room for the next one too
+                return _new(BUFFER_SIZE)
+        return _new(need + BUFFER_SIZE)  # a big block: room for the next one too
 
     def _move_to(self, new: bytearray, end: int, start: int = 0) -> None:
         _copy(new, 0, memoryview(self._buf)[start:end])
         self._buf, self._n = new, end - start
+
+
+def _new(size: int) -> bytearray:
+    """A buffer for the stream: ``_streamfast.new_buffer`` leaves it unfilled, so its pages
+    are first touched by the copies into it, with the GIL released; ``bytearray(size)``
+    zero-fills it holding the GIL (the reference and the fallback). Only bytes copied in
+    are ever read."""
+    if _new_buffer is not None:
+        return _new_buffer(size)
+    return bytearray(size)
 
 
 def _copy(dst: bytearray, at: int, src: bytes | bytearray | memoryview) -> None:

@@ -18,6 +18,7 @@ def copy_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
             pytest.skip("_streamfast not built")
     else:
         monkeypatch.setattr(stream_tail, "_copy_into", None)
+        monkeypatch.setattr(stream_tail, "_new_buffer", None)
     return request.param
 
 
@@ -55,3 +56,13 @@ def test_a_copy_that_does_not_fit_is_refused() -> None:
         stream_tail._copy_into(bytearray(4), -1, b"a")
     with pytest.raises(BufferError):
         stream_tail._copy_into(b"read only", 0, b"a")
+
+
+def test_new_buffer_is_a_bytearray_of_the_size_asked() -> None:
+    if stream_tail._new_buffer is None:
+        pytest.skip("_streamfast not built")
+    for n in (0, 1, 5 << 20):
+        buf = stream_tail._new_buffer(n)
+        assert type(buf) is bytearray and len(buf) == n
+    with pytest.raises(ValueError):
+        stream_tail._new_buffer(-1)
