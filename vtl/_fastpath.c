@@ -18,10 +18,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
-#include <errno.h>
-#include <sched.h>
 #include <sys/socket.h>
-#include <time.h>
 
 #define BHS_LEN 48
 #define ALL_ONES 0xFFFFFFFFu
@@ -1058,66 +1055,11 @@ out:
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(recv_spin_doc,
-"recv_spin(fd, buf, spin_ns) -> int\n\n"
-"recv() into buf without blocking, tried again (yielding the CPU between tries, so a peer\n"
-"waiting for this CPU runs) until bytes arrive or spin_ns nanoseconds have passed, with the\n"
-"GIL released: the bytes received (0: the peer closed), or -1 when nothing came in time\n"
-"(the caller then blocks in its usual recv). See vtl/iscsi/framing.py's RecvSpin.");
-
-static inline long long now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
-}
-
-static PyObject *recv_spin(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "recv_spin(fd, buf, spin_ns)");
-        return NULL;
-    }
-    long fd = PyLong_AsLong(args[0]);
-    long long spin = PyLong_AsLongLong(args[2]);
-    if ((fd == -1 || spin == -1) && PyErr_Occurred())
-        return NULL;
-    Py_buffer view;
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_WRITABLE) < 0)
-        return NULL;
-    ssize_t got;
-    int err = 0;
-    Py_BEGIN_ALLOW_THREADS
-    long long end = now_ns() + spin;
-    for (;;) {
-        got = recv((int)fd, view.buf, (size_t)view.len, MSG_DONTWAIT);
-        if (got >= 0)
-            break;
-        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-            err = errno;
-            break;
-        }
-        if (now_ns() >= end) {
-            got = -1;
-            break;
-        }
-        sched_yield();
-    }
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&view);
-    if (err) {
-        errno = err;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    return PyLong_FromSsize_t(got);
-}
-
 static PyMethodDef methods[] = {
     {"stream_read", (PyCFunction)(void (*)(void))stream_read, METH_FASTCALL, stream_read_doc},
     {"stream_write", (PyCFunction)(void (*)(void))stream_write, METH_FASTCALL,
      stream_write_doc},
     {"configure", configure, METH_VARARGS, configure_doc},
-    {"recv_spin", (PyCFunction)(void (*)(void))recv_spin, METH_FASTCALL, recv_spin_doc},
     {"read_ahead", read_ahead, METH_O, read_ahead_doc},
     {"configure_read_ahead", configure_read_ahead, METH_VARARGS, configure_read_ahead_doc},
     {NULL, NULL, 0, NULL},
@@ -1126,8 +1068,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "vtl._fastpath",
     "The streaming READ(6)/WRITE(6) fast paths in C (vtl/iscsi/stream_paths.py is the "
-    "reference), the socket spin (vtl/iscsi/recv_spin.py) and the usual case of "
-    "TapeCartridge.read_ahead.", -1, methods,
+    "reference) and the usual case of TapeCartridge.read_ahead.", -1, methods,
 };
 
 #define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL

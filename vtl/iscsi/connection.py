@@ -110,8 +110,6 @@ class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, Re
         self._hd = False
         self._dd = False
         self._max_dsl = LOGIN_MAX_DSL  # MaxRecvDataSegmentLength once logged in
-        self._spin_next = False  # framing.py / recv_spin.py
-        self._spin_skip = 0
         # protocol state
         self.login = LoginHandler(server.config)
         self.session: Session | None = None

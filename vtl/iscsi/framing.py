@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from vtl.iscsi import pdu
 from vtl.iscsi.pdu import ALL_ONES, BHS_LEN, Header, Op, RejectReason
-from vtl.iscsi.recv_spin import SPIN
 from vtl.scsi.opcodes import Opcode
 
 if TYPE_CHECKING:
@@ -72,8 +71,6 @@ class PduFraming:
     _dd: bool
     _max_dsl: int
     _last_rx: float
-    _spin_next: bool  # the last PDU was a streaming command: spin for the next (recv_spin.py)
-    _spin_skip: int  # chances to spin left out after a spin that found nothing
     _streams: dict
     _paths: Any  # stream_paths.paths: the fast paths' implementation (C or Python)
     commands: int  # SCSI commands received (read by the status snapshot, vtl.iscsi.admin)
@@ -96,9 +93,7 @@ class PduFraming:
         """The next PDU: (header, data segment, data digest good); header None when the PDU
         was a streaming READ or WRITE answered already (stream_paths.py)."""
         hb = self._hbuf
-        got = SPIN.recv_header(self) if self._spin_next else -1
-        if got < 0:
-            got = self.sock.recv_into(self._bhs_view)
+        got = self.sock.recv_into(self._bhs_view)
         if got != BHS_LEN:  # rare: the header arrived in pieces (or the peer left)
             if not got:
                 raise ConnectionGone()
@@ -109,14 +104,11 @@ class PduFraming:
         if hb[0] == _SCSI_CMD and self._streams:  # a streaming READ or WRITE?
             op = hb[32]
             if op == _READ_6 and self._paths.stream_read(self, hb):
-                self._spin_next = SPIN.on  # the stream's next command follows at once
                 return None, None, True
             if op == _WRITE_6:
                 streamed = self._paths.stream_write(self, hb)
                 if streamed is not None:
-                    self._spin_next = SPIN.on and streamed[0] is None
                     return streamed
-        self._spin_next = False
         hlen = BHS_LEN + hb[4] * 4 + (4 if self._hd else 0)
         if hlen > BHS_LEN:
             self._recv_exact(hb[BHS_LEN:hlen])
