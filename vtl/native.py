@@ -14,11 +14,14 @@ from types import ModuleType
 DISABLE_ENV = "VTL_NO_FASTPATH"
 
 
-def optional_extension(name: str) -> ModuleType | None:
-    """The extension module ``name``, or None when it is not built or is turned off."""
+def optional_extension(name: str, *needs: str) -> ModuleType | None:
+    """The extension module ``name``, or None when it is not built, is turned off, or lacks
+    one of the functions ``needs`` (built from older source: an editable install whose
+    extension was not rebuilt must fall back, not fail at import)."""
     if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
         return None
     try:
-        return importlib.import_module(name)
+        module = importlib.import_module(name)
     except ImportError:
         return None
+    return module if all(hasattr(module, n) for n in needs) else None

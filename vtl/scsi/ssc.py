@@ -182,9 +182,7 @@ log = logging.getLogger(__name__)
 # TapeCartridge.read_ahead, its usual case (a plain record in the span) in C when the
 # extension is built: vtl/_fastpath.c; tests/tape_formats/test_read_ahead_native.py holds the
 # two to the same cache contents.
-_native = optional_extension("vtl._fastpath")
-if _native is not None and not hasattr(_native, "configure_read_ahead"):
-    _native = None  # built before it had the read-ahead: the Python path serves
+_native = optional_extension("vtl._fastpath", "configure_read_ahead", "read_ahead")
 if _native is not None:
     _native.configure_read_ahead(TapeCartridge.read_ahead, zstandard.ZstdError, crc32c.crc32c,
                                  SPAN_RECORD_MAX, DecryptMode.DECRYPT)
