@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Stream variable-mode blocks to one tape drive over iSCSI and read them back: vtl vs tgt.
+"""Stream blocks to one tape drive over iSCSI and read them back: vtl vs tgt.
 
 Why this exists: issue 3 asks that ``vtl serve`` match the peer (Debian's tgt with its SSC
 tape emulation, ``--bstype ssc``) at every block size, reach 400 MB/s per drive at 256 KiB and
@@ -22,6 +22,10 @@ Usage (from the repository root):
                                   # 10K/32K/64512/64K/256K/1M of incompressible data
     .venv/bin/python bench/bench_drive.py --streams 4 --quick
                                   # 4 drives at once against one, 256 KiB, CPU per GB
+    .venv/bin/python bench/bench_drive.py --legacy --quick --mode fixed
+                                  # fixed-block mode, one block per command (mt setblk N)
+    .venv/bin/python bench/bench_drive.py --legacy --quick --mode fixed --fixed-block 512
+                                  # fixed 512-byte blocks, N/512 of them per command
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ DATA_KINDS = {  # the client's --data, and what the report says of it
 }
 CLIENT_SRC = REPO / "bench" / "iscsi_tape_client.c"
 CLIENT_BIN = CACHE / "iscsi_tape_client"
+# The client's drive mode for every run: None = variable; 0 = fixed, one block per command;
+# N = fixed N-byte blocks (main() sets it from --mode/--fixed-block).
+FIXED_BLOCK: int | None = None
 TGT_IQN = "iqn.2026-01.dev.vtl:bench-tgt"
 VTL_IQN = "iqn.2026-01.dev.vtl:bench-vtl"
 BARCODE = "BNCH01L8"
@@ -183,6 +190,8 @@ def _client(portal: str, iqn: str, lun: int, block_size: int, count: int, verify
         cmd.append("--no-verify")
     if not compression:
         cmd.append("--no-compression")
+    if FIXED_BLOCK is not None:
+        cmd += ["--fixed", str(FIXED_BLOCK)]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -861,6 +870,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="what the client writes: mixed (default; half random, half text, zstd "
                          "~2:1), random (incompressible, as compressed or encrypted backups), "
                          "text (compresses well) or zero")
+    ap.add_argument("--mode", choices=["variable", "fixed"], default="variable",
+                    help="the drive's block mode: variable (default; one block per WRITE(6), "
+                         "as tar, Amanda and Bacula run st) or fixed (MODE SELECT block length, "
+                         "WRITE/READ(6) with FIXED set, as after `mt setblk N`)")
+    ap.add_argument("--fixed-block", default="0",
+                    help="--mode fixed: the block length (default 0: the command's size, one "
+                         "block per command; 512: N/512 blocks per command); every size must "
+                         "be a multiple of it")
     ap.add_argument("--total", default="2G", help="bytes streamed per block size (default 2G)")
     ap.add_argument("--quick", action="store_true", help="256 MiB per block size")
     ap.add_argument("--long", action="store_true",
@@ -908,6 +925,12 @@ def main(argv: list[str] | None = None) -> int:
             sizes = [parse_size(args.streams_size)]
         if any(s > 0xFFFFFF for s in sizes):
             raise BenchError("WRITE(6) carries at most 16 MiB - 1 per block")
+        global FIXED_BLOCK
+        if args.mode == "fixed":
+            FIXED_BLOCK = 0 if args.fixed_block.strip() == "0" else parse_size(args.fixed_block)
+            if FIXED_BLOCK and any(s % FIXED_BLOCK for s in sizes):
+                raise BenchError(f"--fixed-block {args.fixed_block}: every block size must be "
+                                 "a multiple of it")
         build_client()
         CACHE.mkdir(parents=True, exist_ok=True)
         workdir = args.workdir or Path(tempfile.mkdtemp(prefix="run-", dir=CACHE))
@@ -935,6 +958,15 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def mode_text(args: argparse.Namespace) -> str:
+    """The drive mode as the report states it."""
+    if args.mode != "fixed":
+        return "variable mode"
+    if FIXED_BLOCK:
+        return f"fixed mode, {human(FIXED_BLOCK)} blocks (size / {human(FIXED_BLOCK)} per command)"
+    return "fixed mode, one block of the size per command"
+
+
 def run_all(args: argparse.Namespace, sizes: list[int], total: int, long_total: int,
             long_size: int, workdir: Path, targets: list[str]) -> dict[str, Any]:
     verify = not args.no_verify
@@ -944,6 +976,7 @@ def run_all(args: argparse.Namespace, sizes: list[int], total: int, long_total: 
             "sizes": sizes, "total_per_size": total, "verify": verify, "repeat": args.repeat,
             "workdir": str(workdir), "filesystem": fs_type(workdir),
             "data": DATA_KINDS[args.data],
+            "mode": mode_text(args),
             "zstd3_ratio": round(data_ratio(256 << 10, args.data) or 0, 2),
             "vtl_compression": args.compression,
             "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()[0],
@@ -1059,7 +1092,8 @@ def print_report(result: dict[str, Any]) -> None:
     cfg = result["config"]
     targets = result["targets"]
     rep = cfg.get("repeat", 1)
-    print(f"\nVariable-mode stream, one command at a time (libiscsi), {human(cfg['total_per_size'])} "
+    print(f"\nStream in {cfg.get('mode', 'variable mode')}, one command at a time "
+          f"(libiscsi), {human(cfg['total_per_size'])} "
           f"per block size, verify={'on' if cfg['verify'] else 'off'}"
           + (f", best of {rep} runs" if rep > 1 else ""))
     print(f"work dir {cfg['workdir']} ({cfg['filesystem']}); data: {cfg['data']} "

@@ -1,26 +1,32 @@
 /*
- * iscsi_tape_client: stream variable-mode blocks to an iSCSI tape drive and read them back,
- * one synchronous command at a time, the way the Linux st driver drives a tape.
+ * iscsi_tape_client: stream blocks to an iSCSI tape drive and read them back, one synchronous
+ * command at a time, the way the Linux st driver drives a tape (variable mode, or fixed mode
+ * as after `mt setblk N`).
  *
  * Why C and libiscsi: the benchmark must measure the target, not the client. A Python
  * initiator would be the bottleneck; libiscsi is the same initiator stack the project's
  * real-client tests use (iscsi-ls, iscsi-inq, qemu's iscsi driver).
  *
  * Sequence: TEST UNIT READY until ready -> MODE SENSE(6) (12 bytes, as st does at open) ->
- * MODE SELECT(6) to block length 0 if the drive is in fixed mode -> REWIND ->
- * N x WRITE(6) variable -> WRITE FILEMARKS(6) 1 -> REWIND -> N x READ(6) variable with SILI.
+ * MODE SELECT(6) to block length 0 (--fixed: to the fixed block length) unless the drive is
+ * there already -> REWIND -> N x WRITE(6) variable (--fixed: FIXED, BLOCK_SIZE / length
+ * blocks each) -> WRITE FILEMARKS(6) 1 -> REWIND -> N x READ(6) variable with SILI (--fixed:
+ * FIXED, no SILI: SSC forbids both).
  *
  * Output: one JSON object on stdout (times in seconds, errors with raw sense bytes).
  * Exit status 0 when every command returned GOOD (or a NO SENSE early-warning), else 1.
  *
  * Usage: iscsi_tape_client PORTAL TARGET_IQN LUN BLOCK_SIZE COUNT [--no-verify]
  *                          [--write-only | --read-only] [--no-compression]
- *                          [--data mixed|random|text|zero]
+ *                          [--data mixed|random|text|zero] [--fixed LENGTH]
  * --no-compression sends MODE SELECT(6) with the data compression page's DCE bit cleared
  * before the stream (as `mt compression 0` does).
  * --write-only stops after the filemark; --read-only rewinds and reads COUNT blocks written
  * by an earlier --write-only run (so the caller can measure the server's CPU per phase).
  * --data picks the pool (below): mixed (default), random (incompressible), text or zero.
+ * --fixed LENGTH runs the drive in fixed-block mode with blocks of LENGTH bytes (0: LENGTH =
+ * BLOCK_SIZE, one block per command, as `mt setblk 10240` under `tar -b 20`); BLOCK_SIZE
+ * must be a multiple of it (`mt setblk 512` under tar: 20 blocks per command).
  */
 #include <sys/resource.h>
 #include <errno.h>
@@ -192,7 +198,7 @@ int main(int argc, char **argv)
     if (argc < 6) {
         fprintf(stderr, "usage: %s PORTAL TARGET_IQN LUN BLOCK_SIZE COUNT [--no-verify] "
                         "[--write-only|--read-only] [--no-compression] "
-                        "[--data mixed|random|text|zero]\n", argv[0]);
+                        "[--data mixed|random|text|zero] [--fixed LENGTH]\n", argv[0]);
         return 2;
     }
     const char *portal = argv[1];
@@ -201,6 +207,7 @@ int main(int argc, char **argv)
     long bs = atol(argv[4]);
     long count = atol(argv[5]);
     int verify = 1, do_write = 1, do_read = 1, compression = 1;
+    long fixed = -1; /* fixed-block length; -1: variable mode */
     enum data_kind data = DATA_MIXED;
     for (int a = 6; a < argc; a++) {
         if (strcmp(argv[a], "--no-verify") == 0)
@@ -211,6 +218,8 @@ int main(int argc, char **argv)
             do_write = 0;
         else if (strcmp(argv[a], "--no-compression") == 0)
             compression = 0;
+        else if (strcmp(argv[a], "--fixed") == 0 && a + 1 < argc)
+            fixed = atol(argv[++a]);
         else if (strcmp(argv[a], "--data") == 0 && a + 1 < argc) {
             const char *k = argv[++a];
             if (strcmp(k, "mixed") == 0)
@@ -235,6 +244,16 @@ int main(int argc, char **argv)
         fprintf(stderr, "bad block size or count\n");
         return 2;
     }
+    if (fixed == 0)
+        fixed = bs;
+    if (fixed != -1 && (fixed < 0 || fixed > 0xFFFFFF || bs % fixed != 0)) {
+        fprintf(stderr, "bad --fixed %ld: the block size must be a multiple of it\n", fixed);
+        return 2;
+    }
+    /* the drive's block length, and each WRITE/READ(6)'s byte 1 and transfer length */
+    uint32_t want_blen = fixed > 0 ? (uint32_t)fixed : 0;
+    unsigned char wflags = fixed > 0 ? 0x01 : 0x00, rflags = fixed > 0 ? 0x01 : 0x02;
+    uint32_t xfer = fixed > 0 ? (uint32_t)(bs / fixed) : (uint32_t)bs;
 
     size_t pool_size = (size_t)bs + 64 * POOL_CHUNK * 2;
     unsigned char *pool = make_pool(pool_size, data);
@@ -304,7 +323,7 @@ int main(int argc, char **argv)
         memcpy(ms, t->datain.data, 12);
         dev_specific = ms[2] & 0x70; /* keep the buffered mode, clear WP */
         uint32_t blen = ((uint32_t)ms[9] << 16) | ((uint32_t)ms[10] << 8) | ms[11];
-        need_select = ms[3] < 8 || blen != 0;
+        need_select = ms[3] < 8 || blen != want_blen;
     }
     if (t)
         scsi_free_scsi_task(t);
@@ -314,7 +333,8 @@ int main(int argc, char **argv)
         memset(param, 0, sizeof param);
         param[2] = dev_specific;
         param[3] = 8; /* block descriptor length */
-        /* density 0 (keep), number of blocks 0, block length 0 = variable */
+        /* density 0 (keep), number of blocks 0, block length (0 = variable) */
+        put24(param + 9, want_blen);
         if (!mode_select6(ctx, lun, param, sizeof param, "mode_select")) {
             ok = 0;
             goto out;
@@ -343,12 +363,13 @@ int main(int argc, char **argv)
         goto read_phase;
     }
 
-    /* N x WRITE(6), variable mode. */
+    /* N x WRITE(6): one variable block, or bs / fixed fixed blocks. */
     t0 = now();
     for (long i = 0; i < count; i++) {
         memset(cdb, 0, sizeof cdb);
         cdb[0] = 0x0A;
-        put24(cdb + 2, (uint32_t)bs);
+        cdb[1] = wflags;
+        put24(cdb + 2, xfer);
         t = run(ctx, lun, cdb, 6, SCSI_XFER_WRITE, bs, pool + block_offset(i, pool_size, bs), NULL);
         if (t == NULL) {
             record_error("write", i, NULL, iscsi_get_error(ctx));
@@ -395,13 +416,13 @@ read_phase:
         goto out;
     }
 
-    /* N x READ(6), variable mode, SILI. */
+    /* N x READ(6): variable mode with SILI, or fixed. */
     t0 = now();
     for (long i = 0; i < written; i++) {
         memset(cdb, 0, sizeof cdb);
         cdb[0] = 0x08;
-        cdb[1] = 0x02; /* SILI */
-        put24(cdb + 2, (uint32_t)bs);
+        cdb[1] = rflags;
+        put24(cdb + 2, xfer);
         t = run(ctx, lun, cdb, 6, SCSI_XFER_READ, bs, NULL, rbuf);
         if (t == NULL) {
             record_error("read", i, NULL, iscsi_get_error(ctx));
@@ -435,10 +456,10 @@ out:
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     double cpu = ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
-    printf("{\"client_cpu_s\":%.3f,\"block_size\":%ld,\"count\":%ld,\"written\":%ld,\"read\":%ld,"
+    printf("{\"client_cpu_s\":%.3f,\"fixed_block\":%ld,\"block_size\":%ld,\"count\":%ld,\"written\":%ld,\"read\":%ld,"
            "\"write_s\":%.6f,\"wfm_s\":%.6f,\"read_s\":%.6f,\"early_warning\":%ld,"
            "\"mismatches\":%ld,\"verified\":%s,\"ok\":%s,\"errors\":[%s]}\n",
-           cpu, bs, count, written, read_n, t_write, t_wfm, t_read, early_warning, mismatches,
+           cpu, fixed > 0 ? fixed : 0, bs, count, written, read_n, t_write, t_wfm, t_read, early_warning, mismatches,
            verify ? "true" : "false", ok ? "true" : "false", errors_json);
     free(pool);
     free(rbuf);
