@@ -443,17 +443,38 @@ static PyObject *device_call(locked_t *c, int which, PyObject *arg, PyObject *wh
     return r;
 }
 
+static PyObject *native_drive(PyObject *read);
+static PyObject *drive_read(PyObject *drive, PyObject *nexus, const uint8_t *cdb,
+                            uint32_t length);
+static int drive_idle(PyObject *drive);
+
 static int read_answer(locked_t *c)
 {
     int reported;
     uint32_t n = c->f->edtl;
-    PyObject *edtl = PyLong_FromUnsignedLong(n);
-    if (edtl == NULL)
-        return -1;
-    PyObject *data = device_call(c, SL_READ, edtl, s_stream_read, &reported);
-    Py_DECREF(edtl);
-    if (data == NULL)
-        return reported ? 0 : -1;
+    PyObject *data = NULL;
+    /* the drive's usual case in C (below), else its stream_read method */
+    PyObject *drive = native_drive(PyTuple_GET_ITEM(c->f->stream, SL_READ));
+    if (drive != NULL) {
+        PyObject *nexus = PyObject_GetAttr(c->f->session, s_nexus);
+        if (nexus == NULL)
+            return -1;
+        data = drive_read(drive, nexus, c->hb + 32, n);
+        Py_DECREF(nexus);
+        if (data == NULL && PyErr_Occurred())
+            return report(s_stream_read, c->hb) == 0 ? 0 : -1;
+        if (data == NULL)
+            drive = NULL;  /* not served here: the method decides, the idle hook follows */
+    }
+    if (data == NULL) {
+        PyObject *edtl = PyLong_FromUnsignedLong(n);
+        if (edtl == NULL)
+            return -1;
+        data = device_call(c, SL_READ, edtl, s_stream_read, &reported);
+        Py_DECREF(edtl);
+        if (data == NULL)
+            return reported ? 0 : -1;
+    }
     if (data == Py_None) {
         Py_DECREF(data);
         return 0;
@@ -483,6 +504,8 @@ static int read_answer(locked_t *c)
     Py_DECREF(frames);
     if (r < 0)
         return -1;
+    if (drive != NULL)
+        return drive_idle(drive) < 0 ? -1 : 1;
     return after_command(c->worker, c->hb) < 0 ? -1 : 1;
 }
 
@@ -1055,6 +1078,342 @@ out:
     Py_RETURN_NONE;
 }
 
+/* ---- The drive's streaming READ(6): TapeDrive.stream_read's usual case -------------------
+ *
+ * vtl/scsi/ssc.py's TapeDrive.stream_read answers a READ(6) of the next block from the
+ * read-ahead cache the idle hook filled (take_read_ahead), after the checks the general path
+ * would make (unit attentions, reservations, IMMED work, injected faults, protection, the
+ * same cartridge). Its usual case is done here, reading the same attributes in the same
+ * order, so that a streaming READ whose block was decoded ahead runs no Python frame at all:
+ * the checks, the hand-out (position, counters), the Data-In sent straight from the cache
+ * (a view of the read-ahead span, or zstd's output: no copy into the drive's buffer), then
+ * TapeDrive.idle's usual case and the next read-ahead. Anything else - a check that does not
+ * pass plainly, the block not decoded ahead, another length - calls the Python method, which
+ * decides as it always did: it stays the reference and the fallback (VTL_NO_FASTPATH=1), and
+ * tests/iscsi/test_stream_read_native.py holds the two to the same answers and positions.
+ * Owns nothing either: the state stays on the drive and the cartridge. */
+
+#define OP_READ_6 0x08
+#define READ6_SILI 0x02
+#define LBP_RW 0xC0  /* LBP_W | LBP_R (ssc_protection) */
+
+/* Set by configure_drive_read(): TapeDrive.stream_read (a StreamLun whose read is this
+ * function bound to a drive is served here; None: never). */
+static PyObject *dr_method;
+static unsigned long long dr_served;  /* READs answered here (tests, diagnostics) */
+
+static PyObject *s_protection, *s_current, *s_dcart, *s_loaded, *s_bay, *s_cartridge, *s_part,
+    *s_media_generation, *s_gen, *s_last_nexus, *s_ua, *s_reserve6, *s_pr, *s_reservation,
+    *s_immediate, *s_thread, *s_failed, *s_library, *s_faults, *s_media, *s_barcode,
+    *s_streaming, *s_bytes_read, *s_sense, *s_pop, *s_counters, *s_read_native,
+    *s_read_stored, *s_closed, *s_error, *s_cart_lock;
+
+/* The drive a StreamLun's read callable belongs to when it is TapeDrive.stream_read bound
+ * to it (borrowed), else NULL. */
+static PyObject *native_drive(PyObject *read)
+{
+    if (dr_method == NULL || dr_method == Py_None || !PyMethod_Check(read)
+            || PyMethod_GET_FUNCTION(read) != dr_method)
+        return NULL;
+    return PyMethod_GET_SELF(read);
+}
+
+/* getattr(obj, name) is want (1), is not (0), -1 on error. */
+static int attr_is(PyObject *obj, PyObject *name, PyObject *want)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    Py_DECREF(v);
+    return v == want;
+}
+
+/* getattr(obj, name) is an empty dict (1: nothing to look up), is not (0), -1 on error. */
+static int attr_empty_dict(PyObject *obj, PyObject *name, PyObject **out)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    if (PyDict_CheckExact(v) && PyDict_GET_SIZE(v) == 0) {
+        Py_DECREF(v);
+        return 1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Protection off for the streaming paths (ControlDataProtectionPage.active false): 1, 0, -1. */
+static int protection_off(PyObject *drive)
+{
+    PyObject *page = PyObject_GetAttr(drive, s_protection);
+    PyObject *cur = page ? PyObject_GetAttr(page, s_current) : NULL;
+    Py_XDECREF(page);
+    if (cur == NULL)
+        return -1;
+    int r = 0;
+    if (PyByteArray_Check(cur) && PyByteArray_GET_SIZE(cur) >= 3) {
+        const uint8_t *b = (const uint8_t *)PyByteArray_AS_STRING(cur);
+        r = b[0] == 0 || !(b[2] & LBP_RW);  /* no LBP method, or neither LBP_W nor LBP_R */
+    }
+    Py_DECREF(cur);
+    return r;
+}
+
+/* TapeDrive._stream_cart(nexus, PR_READ) and _has_injected, only where the answer is plain:
+ * the cartridge (new reference) when every check passes untouched, NULL with no exception
+ * when one does not (the Python method decides), NULL with one on error. Under drive.lock. */
+static PyObject *plain_cart(PyObject *drive, PyObject *nexus)
+{
+    PyObject *cart = PyObject_GetAttr(drive, s_dcart), *bay = NULL, *o = NULL;
+    long long part, gen, bgen;
+    int r;
+    if (cart == NULL || cart == Py_None)
+        goto no;
+    if ((r = get_true(drive, s_loaded)) <= 0)
+        goto done_r;
+    if ((bay = PyObject_GetAttr(drive, s_bay)) == NULL)
+        goto error;
+    if ((r = attr_is(bay, s_cartridge, cart)) <= 0 || (r = attr_is(drive, s_last_nexus, nexus)) <= 0)
+        goto done_r;
+    if (get_ll(drive, s_part, &part) < 0 || get_ll(bay, s_media_generation, &bgen) < 0
+            || get_ll(drive, s_gen, &gen) < 0)
+        goto error;
+    if (part || bgen != gen)
+        goto no;
+    /* _plain_nexus: no UA for this nexus, no reservation at all (the Python method weighs
+     * one), then ImmediateWork.busy_for: nothing running or failed */
+    if ((r = attr_empty_dict(drive, s_ua, &o)) < 0)
+        goto error;
+    if (r == 0) {
+        PyObject *pending = PyDict_Check(o) ? PyDict_GetItemWithError(o, nexus) : NULL;
+        if (pending == NULL && (!PyDict_Check(o) || PyErr_Occurred()))
+            goto error_or_no;
+        if (pending != NULL && (r = PyObject_IsTrue(pending)) != 0)
+            goto done_r;
+        Py_CLEAR(o);
+    }
+    if ((r = attr_is(drive, s_reserve6, Py_None)) <= 0)
+        goto done_r;
+    if ((o = PyObject_GetAttr(drive, s_pr)) == NULL)
+        goto error;
+    if ((r = attr_is(o, s_reservation, Py_None)) <= 0)
+        goto done_r;
+    Py_CLEAR(o);
+    if ((o = PyObject_GetAttr(drive, s_immediate)) == NULL)
+        goto error;
+    if ((r = attr_is(o, s_thread, Py_None)) <= 0 || (r = attr_is(o, s_failed, Py_None)) <= 0)
+        goto done_r;
+    Py_CLEAR(o);
+    /* _has_injected: library.faults.media_errors(barcode) is empty */
+    PyObject *lib = PyObject_GetAttr(bay, s_library);
+    PyObject *faults = lib ? PyObject_GetAttr(lib, s_faults) : NULL;
+    Py_XDECREF(lib);
+    o = faults ? PyObject_GetAttr(faults, s_media) : NULL;
+    Py_XDECREF(faults);
+    if (o == NULL)
+        goto error;
+    if (!PyDict_Check(o))
+        goto no;
+    if (PyDict_GET_SIZE(o)) {
+        PyObject *barcode = PyObject_GetAttr(cart, s_barcode);
+        PyObject *errs = barcode ? PyDict_GetItemWithError(o, barcode) : NULL;
+        Py_XDECREF(barcode);
+        if (errs == NULL && PyErr_Occurred())
+            goto error;
+        if (errs != NULL && (r = PyObject_IsTrue(errs)) != 0)
+            goto done_r;
+    }
+    Py_DECREF(o);
+    Py_DECREF(bay);
+    return cart;
+error_or_no:
+    if (PyErr_Occurred())
+        goto error;
+    goto no;
+done_r:
+    if (r < 0)
+        goto error;
+no:
+    Py_XDECREF(o);
+    Py_XDECREF(bay);
+    Py_XDECREF(cart);
+    return NULL;
+error:
+    Py_XDECREF(o);
+    Py_XDECREF(bay);
+    Py_XDECREF(cart);
+    if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_RuntimeError, "vtl._fastpath: drive state unreadable");
+    return NULL;
+}
+
+/* obj.name += delta (an int attribute). */
+static int add_ll(PyObject *obj, PyObject *name, long long delta)
+{
+    long long v;
+    if (get_ll(obj, name, &v) < 0)
+        return -1;
+    return set_ll(obj, name, v + delta);
+}
+
+/* TapeCartridge.take_read_ahead(length, ...)'s usual case: the block at the position decoded
+ * ahead, ``length`` bytes, no write queued or failed: the cache's data (new reference; sent
+ * as it is, no copy), the position and the counters moved. NULL without an exception: not
+ * that case, nothing changed. */
+static PyObject *take_ahead(PyObject *cart, long long length)
+{
+    long long pos, obj, native, stored;
+    PyObject *data = NULL, *counters = NULL, *lock = NULL;
+    PyObject *ahead = PyObject_GetAttr(cart, s_ahead);
+    if (ahead == NULL)
+        return NULL;
+    PyObject *wb = PyObject_GetAttr(cart, s_wb);
+    if (wb == NULL)
+        goto out;
+    int busy = 0;
+    if (wb != Py_None) {
+        busy = get_true(wb, s_blocks);
+        if (busy == 0)
+            busy = !attr_is(wb, s_error, Py_None);  /* WriteBehind.failed; -1 reads as busy */
+    }
+    Py_DECREF(wb);
+    if (busy || PyErr_Occurred())
+        goto out;
+    if (get_ll(cart, s_position, &pos) < 0 || get_ll(ahead, s_obj, &obj) < 0
+            || get_ll(ahead, s_native, &native) < 0)
+        goto out;
+    if (pos != obj || native != length)
+        goto out;
+    if (get_ll(ahead, s_stored, &stored) < 0 || (data = PyObject_GetAttr(ahead, s_data)) == NULL)
+        goto out;
+    Py_ssize_t have = PyObject_Length(data);
+    if (have != length) {  /* (-1: not sized) the Python method copies what it needs */
+        PyErr_Clear();
+        Py_CLEAR(data);
+        goto out;
+    }
+    if (set_ll(ahead, s_obj, -1) < 0 || set_ll(cart, s_position, pos + 1) < 0)
+        goto fail;
+    if ((counters = PyObject_GetAttr(cart, s_counters)) == NULL
+            || (lock = PyObject_GetAttr(cart, s_cart_lock)) == NULL
+            || call_method0(lock, s_acquire) < 0)
+        goto fail;
+    if (add_ll(counters, s_read_native, length) < 0 || add_ll(counters, s_read_stored, stored) < 0) {
+        release_keeping_error(lock);
+        goto fail;
+    }
+    if (call_method0(lock, s_release) < 0)
+        goto fail;
+    goto out;
+fail:
+    Py_CLEAR(data);
+out:
+    Py_XDECREF(counters);
+    Py_XDECREF(lock);
+    Py_DECREF(ahead);
+    return data;
+}
+
+/* TapeDrive.stream_read(nexus, cdb, length) where its answer is plain: the block (new
+ * reference), or NULL without an exception for "ask the Python method", or with one. */
+static PyObject *drive_read(PyObject *drive, PyObject *nexus, const uint8_t *cdb,
+                            uint32_t length)
+{
+    /* streaming_read_length(cdb) == length, and length > 0 */
+    if (cdb[0] != OP_READ_6 || (cdb[1] & ~READ6_SILI) || cdb[5] || !length
+            || ((uint32_t)cdb[2] << 16 | (uint32_t)cdb[3] << 8 | cdb[4]) != length)
+        return NULL;
+    int r = protection_off(drive);
+    if (r <= 0)
+        return NULL;
+    PyObject *lock = PyObject_GetAttr(drive, s_lock), *data = NULL, *cart = NULL;
+    if (lock == NULL)
+        return NULL;
+    if (call_method0(lock, s_acquire) < 0) {
+        Py_DECREF(lock);
+        return NULL;
+    }
+    if ((cart = plain_cart(drive, nexus)) == NULL || (data = take_ahead(cart, length)) == NULL)
+        goto out;
+    /* self._streaming = True; self.bytes_read += length; self._plain_done(nexus) */
+    PyObject *sense = NULL;
+    if (PyObject_SetAttr(drive, s_streaming, Py_True) < 0 || add_ll(drive, s_bytes_read, length) < 0
+            || (r = attr_empty_dict(drive, s_sense, &sense)) < 0)
+        goto fail;
+    if (r == 0) {
+        PyObject *res = PyObject_CallMethodObjArgs(sense, s_pop, nexus, Py_None, NULL);
+        Py_DECREF(sense);
+        if (res == NULL)
+            goto fail;
+        Py_DECREF(res);
+    }
+    dr_served++;
+    goto out;
+fail:
+    Py_CLEAR(data);
+out:
+    Py_XDECREF(cart);
+    if (PyErr_Occurred())
+        release_keeping_error(lock);
+    else if (call_method0(lock, s_release) < 0)
+        Py_CLEAR(data);
+    Py_DECREF(lock);
+    return data;
+}
+
+/* TapeDrive.idle after a READ served here: the next block decoded ahead (its usual case in
+ * read_ahead above). Never raises an Exception (speculative work: the real READ reports
+ * errors), as the Python method. 0, or -1 for anything that is not an Exception. */
+static int drive_idle(PyObject *drive)
+{
+    PyObject *cart = NULL, *bay = NULL, *r = NULL;
+    long long part;
+    int ok;
+    if ((ok = get_true(drive, s_streaming)) <= 0)
+        goto out;
+    if (PyObject_SetAttr(drive, s_streaming, Py_False) < 0)
+        goto out;
+    if ((cart = PyObject_GetAttr(drive, s_dcart)) == NULL || cart == Py_None)
+        goto out;
+    if ((ok = get_true(drive, s_loaded)) <= 0 || (ok = get_true(cart, s_closed)) != 0)
+        goto out;
+    if ((bay = PyObject_GetAttr(drive, s_bay)) == NULL || (ok = attr_is(bay, s_cartridge, cart)) <= 0
+            || get_ll(drive, s_part, &part) < 0 || part)
+        goto out;
+    r = read_ahead(NULL, cart);
+    Py_XDECREF(r);
+out:
+    Py_XDECREF(cart);
+    Py_XDECREF(bay);
+    if (!PyErr_Occurred())
+        return 0;
+    if (!PyErr_ExceptionMatches(PyExc_Exception))
+        return -1;
+    PyErr_Clear();
+    return 0;
+}
+
+PyDoc_STRVAR(configure_drive_read_doc,
+"configure_drive_read(method)\n\n"
+"TapeDrive.stream_read: a LUN whose stream_read is this function bound to a drive has its\n"
+"usual READ(6) answered in C (None: never).");
+
+static PyObject *configure_drive_read(PyObject *mod, PyObject *method)
+{
+    Py_INCREF(method);
+    Py_XSETREF(dr_method, method);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(drive_reads_doc,
+"drive_reads() -> int\n\n"
+"How many READ(6) were answered by the drive's usual case in C (tests, diagnostics).");
+
+static PyObject *drive_reads(PyObject *mod, PyObject *unused)
+{
+    return PyLong_FromUnsignedLongLong(dr_served);
+}
+
 static PyMethodDef methods[] = {
     {"stream_read", (PyCFunction)(void (*)(void))stream_read, METH_FASTCALL, stream_read_doc},
     {"stream_write", (PyCFunction)(void (*)(void))stream_write, METH_FASTCALL,
@@ -1062,6 +1421,8 @@ static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, configure_doc},
     {"read_ahead", read_ahead, METH_O, read_ahead_doc},
     {"configure_read_ahead", configure_read_ahead, METH_VARARGS, configure_read_ahead_doc},
+    {"configure_drive_read", configure_drive_read, METH_O, configure_drive_read_doc},
+    {"drive_reads", drive_reads, METH_NOARGS, drive_reads_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1102,6 +1463,18 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     INTERN(s_own, "own"); INTERN(s_lasting, "lasting"); INTERN(s_dctx, "_dctx");
     INTERN(s_decompress, "decompress"); INTERN(s_run_first, "run_first");
     INTERN(s_run_extra, "run_extra"); INTERN(s_decrypt, "decrypt");
+    INTERN(s_protection, "protection"); INTERN(s_current, "current"); INTERN(s_dcart, "_cart");
+    INTERN(s_loaded, "_loaded"); INTERN(s_bay, "bay"); INTERN(s_cartridge, "cartridge");
+    INTERN(s_part, "_part"); INTERN(s_media_generation, "media_generation");
+    INTERN(s_gen, "_gen"); INTERN(s_last_nexus, "_last_nexus"); INTERN(s_ua, "_ua");
+    INTERN(s_reserve6, "_reserve6"); INTERN(s_pr, "pr"); INTERN(s_reservation, "reservation");
+    INTERN(s_immediate, "_immediate"); INTERN(s_thread, "_thread"); INTERN(s_failed, "_failed");
+    INTERN(s_library, "library"); INTERN(s_faults, "faults"); INTERN(s_media, "_media");
+    INTERN(s_barcode, "barcode"); INTERN(s_streaming, "_streaming");
+    INTERN(s_bytes_read, "bytes_read"); INTERN(s_sense, "_sense"); INTERN(s_pop, "pop");
+    INTERN(s_counters, "counters"); INTERN(s_read_native, "read_native");
+    INTERN(s_read_stored, "read_stored"); INTERN(s_closed, "_closed"); INTERN(s_error, "_error");
+    INTERN(s_cart_lock, "_lock");
     PyObject *max_output = PyUnicode_InternFromString("max_output_size");
     if (max_output == NULL || (ra_max_output = PyTuple_Pack(1, max_output)) == NULL)
         return NULL;

@@ -1295,6 +1295,14 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
             raise WRITE_ERROR() from None
 
 
+# TapeDrive.stream_read's usual case (the block decoded ahead, every check plain) answered in
+# C, with no Python frame, when the extension is built: vtl/_fastpath.c "The drive's streaming
+# READ(6)". Every other case calls the method above; tests/iscsi/test_stream_read_native.py
+# holds the two to the same answers.
+if _native is not None and hasattr(_native, "configure_drive_read"):
+    _native.configure_drive_read(TapeDrive.stream_read)
+
+
 class _MediumConfigurationPage(ModePage):
     """Mode page 0x1D: WORMM set while a WORM cartridge is loaded; label and filemark
     restrictions as LTO drives report them (no overwrite of labels; filemarks only at EOD)."""
