@@ -5,7 +5,8 @@ onto a new cartridge every "week", with a few percent of the files changed in be
 tree is built from real files of this machine (``/usr/lib``, ``/usr/share``: binaries,
 libraries, sources, text) up to ``--size``; between weeks ``--change`` of the files are
 modified (a random range overwritten; one in three also grows or shrinks, shifting the rest
-of the tar). Each week's tar (``tar -b 512``: 256 KiB blocks; ``--block-kib 10`` for GNU tar's default) is written to a new cartridge
+of the tar; ``--data random``: the same names and sizes filled with random bytes, as
+compressed or encrypted data). Each week's tar (``tar -b 512``: 256 KiB blocks; ``--block-kib 10`` for GNU tar's default) is written to a new cartridge
 of each store, through ``queue_block`` as a drive in buffered mode does, ended by a filemark
 (fsync), then read back and compared. Printed per week and store: MB/s written and read,
 and the process's CPU seconds (all threads) per GB for each, which a busy box moves less,
@@ -23,6 +24,7 @@ native path, whose pax stream is not GNU tar's.
     .venv/bin/python bench/bench_dedup.py --size 1G --weeks 4 --change 0.02 --dir /var/tmp
     .venv/bin/python bench/bench_dedup.py --size 200M --block-kib 10 --dir /var/tmp  # GNU tar -b 20
     .venv/bin/python bench/bench_dedup.py --weeks 1 --threads --dir /var/tmp  # who waits on what
+    .venv/bin/python bench/bench_dedup.py --data random --dir /var/tmp  # incompressible files
 """
 
 from __future__ import annotations
@@ -53,8 +55,10 @@ BLOCK = 256 << 10
 SOURCES = ("/usr/lib", "/usr/share")
 
 
-def build_tree(dst: Path, size: int) -> list[Path]:
-    """Copy regular files from SOURCES into ``dst`` until ``size`` bytes (sorted walk)."""
+def build_tree(dst: Path, size: int, rng: random.Random | None = None) -> list[Path]:
+    """Copy regular files from SOURCES into ``dst`` until ``size`` bytes (sorted walk); with
+    ``rng``, files of the same names and sizes filled with its random bytes instead
+    (incompressible: what compressed or encrypted backups send)."""
     files, total = [], 0
     for src in SOURCES:
         for dirpath, dirnames, filenames in os.walk(src):
@@ -66,7 +70,10 @@ def build_tree(dst: Path, size: int) -> list[Path]:
                         continue
                     out = dst / f.relative_to("/")
                     out.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(f, out)
+                    if rng is None:
+                        shutil.copyfile(f, out)
+                    else:
+                        out.write_bytes(rng.randbytes(f.stat().st_size))
                 except OSError:
                     continue
                 files.append(out)
@@ -201,6 +208,9 @@ def main() -> int:
                     help="tar's block size in KiB (GNU tar's default is 10; Amanda 32)")
     ap.add_argument("--threads", action="store_true",
                     help="per thread of the first week's writes: CPU, run queue, asleep")
+    ap.add_argument("--data", choices=("files", "random"), default="files",
+                    help="the tree's contents: this machine's files, or random bytes (the "
+                    "same names and sizes: incompressible, as compressed or encrypted data)")
     ap.add_argument("--ebm", action="store_true",
                     help="the EBM also takes a full of the tree each week, plain and dedup")
     args = ap.parse_args()
@@ -212,7 +222,7 @@ def main() -> int:
     rng = random.Random(16)
     try:
         tree = work / "tree"
-        files = build_tree(tree, args.size)
+        files = build_tree(tree, args.size, rng if args.data == "random" else None)
         plain_dir, dedup_dir = work / "plain", work / "dedup" / "cartridges"
         plain_dir.mkdir()
         dedup_dir.mkdir(parents=True)
@@ -221,8 +231,8 @@ def main() -> int:
         rates: dict[str, list[tuple[float, float]]] = {"plain": [], "dedup": []}
         cpu: dict[str, list[tuple[float, float]]] = {"plain": [], "dedup": []}  # s per GB
         ebm = EbmLibraries(work, args.weeks, 4 * args.size + (64 << 20)) if args.ebm else None
-        print(f"tree: {len(files)} files; block {BLOCK >> 10} KiB; {args.change:.0%} of the "
-              f"files changed each week", flush=True)
+        print(f"tree: {len(files)} files ({args.data}); block {BLOCK >> 10} KiB; "
+              f"{args.change:.0%} of the files changed each week", flush=True)
         for week in range(1, args.weeks + 1):
             if week > 1:
                 change_files(files, args.change, rng)
