@@ -7,9 +7,15 @@ before it (32 bytes of disk per record, not a page); one made before (a ``VTLRCP
 keeps its *sparse* skeleton: the same size and offsets as a plain file, payloads as holes,
 still read and appended to. A record's payload (the second buffer of a ``pwritev``) joins
 the cartridge's data stream, which FastCDC cuts into chunks (cut across blocks, so block
-boundaries do not matter to dedup); each chunk is hashed (BLAKE3) here, and the new ones are
-compressed and stored once per library by the cartridge's chunk writer (chunk_writer.py) on
-threads of its own while this one goes on. Reads put skeleton and payloads back together,
+boundaries do not matter to dedup). The writing thread only copies payloads into a stream
+buffer (stream_tail.py) and hands each full one (``CUT_BATCH``) to the *cut thread*
+(serial_thread.py), which cuts it, hashes each chunk (BLAKE3) and gives the batch to the
+cartridge's chunk writer (chunk_writer.py), whose threads compress the new ones and store
+them once per library; what a batch leaves uncut (its last chunk, whose end is only the
+buffer's) the cut thread carries to the front of the next one. Everything else (reads,
+truncates, sync points, close) first waits for the cut thread (``_settle``): the carried
+bytes then go back to the front of the writing thread's buffer, and the stream is chunks
+plus that one uncut tail, as when the cut ran on the writing thread. Reads put skeleton and payloads back together,
 so the cartridge above sees the plain file's bytes at every offset.
 
 Sync point (``fsync``): the stream's tail becomes a last chunk, the chunk writer is drained,
@@ -36,7 +42,8 @@ from tape_formats.store import recipe as recipes
 from tape_formats.store.chunk_read_ahead import ReadAhead
 from tape_formats.store.chunk_store import ChunkStore, StoreError
 from tape_formats.store.chunk_writer import ChunkWriter
-from tape_formats.store.stream_tail import StreamTail
+from tape_formats.store.serial_thread import SerialThread
+from tape_formats.store.stream_tail import HEADROOM, StreamTail, join
 
 # FastCDC sizes: 128 KiB on average (64 KiB..512 KiB; FastCDC's mean is ~180 KiB), so a GB
 # is ~5,500 index rows. Against 32 KiB (bench_dedup's tar, bench/README.md): zstd spends
@@ -51,12 +58,18 @@ AVG_CHUNK = 128 << 10
 # (cut 0.28 -> 0.21 CPU s per GB alone; callgrind: 4.6% fewer instructions per GB written),
 # chunks ~180 KiB on average instead of ~160, four weekly fulls as small.
 MIN_CHUNK = AVG_CHUNK // 2
-# The stream tail is cut once it holds this much; the last chunk found stays pending (its
-# end is only where the buffer ended, not a content-defined cut). A batch costs an index
-# query, a hand-off to the compress pool and a few wake-ups made holding the GIL: 4 MiB
-# against 1 MiB (bench_dedup's first full, three interleaved sets at load 4-11) took 3-6%
+MAX_CHUNK = 4 * AVG_CHUNK  # (pyfastcdc's default): what a batch leaves uncut fits the
+# headroom of a stream buffer, in front of the next batch
+assert MAX_CHUNK <= HEADROOM
+# The stream tail goes to the cut once it holds this much; the last chunk found is carried
+# to the next batch (its end is only where the buffer ended, not a content-defined cut).
+# A batch costs an index query, a hand-off to the compress pool and a few wake-ups made
+# holding the GIL: 4 MiB against 1 MiB (bench_dedup's first full, three interleaved sets at load 4-11) took 3-6%
 # less CPU per GB and 20-35% fewer voluntary context switches, for ~10 MiB more buffers.
 CUT_BATCH = 4 << 20
+# Batches handed to the cut thread and not cut yet, the one being cut included: the writing
+# thread copies the next batch while one is cut, and waits when it is this far ahead.
+CUT_QUEUE = 2
 # Chunks fetched ahead of a read from a remote store (about 5 MiB at 128 KiB a chunk: the S3
 # tier asks for them with ranged GETs of 2-4 MiB, bench/bench_s3_cache.py); local chunks are
 # read ahead by chunk_read_ahead.py.
@@ -83,7 +96,8 @@ class DedupMedium:
         self._store = ChunkStore((recipe_path.parent / rec.store).resolve())
         self._writer = ChunkWriter(self._store)
         self._dctx = zstandard.ZstdDecompressor()
-        self._cdc = pyfastcdc.FastCDC(avg_size=AVG_CHUNK, min_size=MIN_CHUNK)
+        self._cdc = pyfastcdc.FastCDC(avg_size=AVG_CHUNK, min_size=MIN_CHUNK,
+                                      max_size=MAX_CHUNK)
         self._hold = self._store.hold()
         # extents: payload ranges of the file, with their stream offsets
         self._ext_off, self._ext_len = rec.ext_off, rec.ext_len
@@ -93,6 +107,10 @@ class DedupMedium:
         self._ch_start = _running(rec.ch_len)
         self._chunked = sum(rec.ch_len)
         self._pending = StreamTail()
+        self._stream_len = self._chunked  # payload bytes in the file (the stream's length)
+        self._cutter: SerialThread[tuple[bytearray, int, int]] = SerialThread(
+            self._cut_batch, CUT_QUEUE, f"dedup cut {recipe_path.stem}")
+        self._carry = _NOTHING  # the cut thread's: what its last batch left uncut
         if sum(rec.ext_len) != self._chunked:
             raise StoreError(f"{recipe_path}: recipe extents and chunks disagree")
         self._good_end = rec.good_end
@@ -129,7 +147,16 @@ class DedupMedium:
 
     def _streamed(self) -> int:
         """Payload bytes in the file (the data stream's length)."""
-        return self._chunked + len(self._pending)
+        return self._stream_len
+
+    def _settle(self) -> None:
+        """Wait for the cut thread (raising the error a batch met), and put what it left
+        uncut back in front of the tail: the stream is ``_chunked`` bytes of chunks, then
+        ``_pending``."""
+        self._cutter.wait()
+        if self._carry:
+            self._pending.prepend(self._carry)
+            self._carry = _NOTHING
 
     def _skeleton_len(self) -> int:
         return self._end - self._streamed() if self._dense else self._end
@@ -162,6 +189,7 @@ class DedupMedium:
     def preadv(self, buffers: list, offset: int) -> int:
         """Filled in place, buffer after buffer (a record header and its payload, or the
         cartridge's read-ahead span): no copy beyond the chunks' own."""
+        self._settle()
         if len(buffers) == 2 and self._dense and not self._undrained:
             n = self._read_record(buffers[0], buffers[1], offset)
             if n >= 0:
@@ -206,6 +234,7 @@ class DedupMedium:
         """The file's bytes at [offset, offset + len(out)): payloads from the stream, the
         rest (record headers, filemarks) from the skeleton; a sparse one's payload holes are
         not read, a dense one's bytes for the whole range come with one pread."""
+        self._settle()
         if self._undrained:  # chunks cut and not yet in their pack: wait for them
             self._writer.drain()
             self._undrained = False
@@ -311,34 +340,45 @@ class DedupMedium:
         start = offset + n
         self._ext_off.append(start)
         self._ext_len.append(len(payload))
-        self._ext_stream.append(self._chunked + len(self._pending))
+        self._ext_stream.append(self._stream_len)
+        if len(payload) > self._pending.room() and self._pending:
+            self._hand_to_cut()  # (a big block: what is there goes first, as it is)
         self._pending.append(payload)
+        self._stream_len += len(payload)
         self._end = start + len(payload)
         if len(self._pending) >= CUT_BATCH:
-            self._cut(final=False)
+            self._hand_to_cut()
         return n + len(payload)
 
-    def _cut(self, *, final: bool) -> None:
-        """Cut the pending tail into chunks, hash them and hand them to the chunk writer
-        (which stores the new ones behind this thread's back); without ``final`` the last
-        chunk found stays pending (the buffer's end is not a content-defined cut)."""
-        if not self._pending:
-            return
+    def _hand_to_cut(self) -> None:
+        """The tail's buffer to the cut thread (raises the error an earlier batch met)."""
         self._hold.acquire()  # before any chunk is looked up: the collector waits from here
-        view = self._pending.view()
+        self._cutter.put(self._pending.take())
+
+    def _cut_batch(self, batch: tuple[bytearray, int, int], final: bool = False) -> None:
+        """Cut a buffer's bytes ``[start, end)``, behind what the last batch left uncut,
+        into chunks, hash them and hand them to the chunk writer (which stores the new ones
+        behind this thread's back); without ``final`` the last chunk found is carried to the
+        next batch (the buffer's end is not a content-defined cut). On the cut thread, or
+        on a settled writer's (``final``)."""
+        buf, start, end = join(self._carry, *batch, self._pending.give_back)
+        self._carry = _NOTHING
+        view = memoryview(buf)[start:end]
         cuts = [(c.offset, c.length) for c in self._cdc.cut_buf(view)]  # (no view kept)
-        if not final:
-            cuts = cuts[:-1]
+        if not final and cuts:
+            cuts.pop()
+        used = cuts[-1][0] + cuts[-1][1] if cuts else 0
+        if used < len(view):  # (a copy: the buffer comes back to the writer once stored)
+            self._carry = bytes(view[used:])
         if not cuts:
             view.release()
+            self._pending.give_back(buf)
             return
         pieces = [view[offset:offset + length] for offset, length in cuts]
         ids = [blake3.blake3(piece).digest() for piece in pieces]
-        used = cuts[-1][0] + cuts[-1][1]
         view.release()
         # The chunk writer keeps views of this buffer until they are stored, then gives it
-        # back; what follows the last cut starts the next one.
-        buf = self._pending.hand_over(used)
+        # back.
         self._writer.submit(ids, pieces, lambda: self._pending.give_back(buf))
         self._undrained = True
         for cid, (_offset, length) in zip(ids, cuts, strict=True):
@@ -348,6 +388,7 @@ class DedupMedium:
             self._chunked += length
 
     def truncate(self, length: int) -> None:
+        self._settle()
         self._writer.drain()
         self._skel_window = _NOTHING
         if self._dense:
@@ -384,6 +425,7 @@ class DedupMedium:
             self._chunked = stream_end - len(self._pending)
             self._ahead.forget()
             self._last_j, self._last = -1, _NOTHING
+        self._stream_len = self._chunked + len(self._pending)
         self._rewrite = True
         self._saved_ext = min(self._saved_ext, len(self._ext_off))
         self._saved_ch = min(self._saved_ch, len(self._ch_ids))
@@ -392,7 +434,10 @@ class DedupMedium:
         """A sync point: chunks, skeleton, then the recipe, each durable before the next."""
         if self._readonly:
             return
-        self._cut(final=True)
+        self._settle()
+        if self._pending:
+            self._hold.acquire()
+            self._cut_batch(self._pending.take(), final=True)
         self._writer.drain()  # every new chunk in its pack
         self._store.sync()  # (a chunk found in the index is durable already)
         if not self._dense and os.fstat(self.fd).st_size < self._end:
@@ -423,6 +468,7 @@ class DedupMedium:
         return list(zip(self._ch_len[start:], self._ch_ids[start:], strict=True))
 
     def close(self) -> None:
+        self._cutter.close()
         self._writer.close()
         self._ahead.close()
         try:
