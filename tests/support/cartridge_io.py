@@ -3,7 +3,10 @@ into drive 0, write tape files (each ended by a filemark), unload; read data blo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tape_formats.cartridge import RecordKind, TapeCartridge
 from vtl.library import Library
@@ -68,3 +71,32 @@ def new_dedup_cartridge(folder: Path, barcode: str, store: Path, *,
     if sparse:  # the header alone: the same bytes in either layout, so only the recipe differs
         recipes.write_new(recipe_path(path), recipes.load(recipe_path(path)).store, [], [])
     return path
+
+
+def check_failed_writes_not_acknowledged(path: Path, durable: list[bytes],
+                                         more: list[bytes], fail: Callable[[], None],
+                                         undo: Callable[[], None]) -> None:
+    """``durable`` written up to a filemark, then, with ``fail()`` in force, ``more``
+    appended: a later write or the filemark raises OSError (never acknowledged), a second
+    filemark too (the error stays until close); after ``undo()`` the cartridge reads back
+    with ``durable`` first."""
+    with TapeCartridge.open(path) as c:
+        for b in durable:
+            c.write_block(b)
+        c.write_filemarks(1)
+    fail()
+    c = TapeCartridge.open(path)
+    c.space_to_eod()
+    with pytest.raises(OSError):
+        for b in more:
+            c.write_block(b)
+        c.write_filemarks(1)
+    with pytest.raises(OSError):
+        c.write_filemarks(1)
+    try:
+        c.close()
+    except OSError:
+        pass
+    undo()
+    with TapeCartridge.open(path, readonly=True) as c:
+        assert read_blocks(c)[:len(durable)] == durable

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from cartridge_io import check_failed_writes_not_acknowledged
 
-from tape_formats.cartridge import RecordKind, TapeCartridge
+from tape_formats.cartridge import TapeCartridge
 from tape_formats.media import MEDIA
 from tape_formats.store import pack as packs
 from tape_formats.store.chunk_store import ChunkStore
@@ -61,35 +62,12 @@ def test_blocks_read_back_while_chunks_are_in_flight(tmp_path: Path) -> None:
 
 def test_a_failed_pack_write_is_not_acknowledged(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    path = _new(tmp_path)
-    durable = _blocks(3, 12)
-    with TapeCartridge.open(path) as c:
-        for b in durable:
-            c.write_block(b)
-        c.write_filemarks(1)
-
     def full(*_args: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ChunkStore, "append_many", full)
-    c = TapeCartridge.open(path)
-    c.space_to_eod()
-    with pytest.raises(OSError):  # at a later write or at the filemark, never acknowledged
-        for b in _blocks(4, 30):
-            c.write_block(b)
-        c.write_filemarks(1)
-    with pytest.raises(OSError):
-        c.write_filemarks(1)  # the error stays until the cartridge is closed
-    try:
-        c.close()
-    except OSError:
-        pass
-    monkeypatch.undo()
-    with TapeCartridge.open(path, readonly=True) as c:
-        got = []
-        while (r := c.read_block()).kind is RecordKind.DATA:
-            got.append(bytes(r.data))
-    assert got[:len(durable)] == durable
+    check_failed_writes_not_acknowledged(
+        _new(tmp_path), _blocks(3, 12), _blocks(4, 30),
+        lambda: monkeypatch.setattr(ChunkStore, "append_many", full), monkeypatch.undo)
 
 
 def test_batches_compressed_out_of_order_are_appended_in_order(

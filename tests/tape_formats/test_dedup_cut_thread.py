@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pyfastcdc
 import pytest
+from cartridge_io import check_failed_writes_not_acknowledged, read_blocks
 
-from tape_formats.cartridge import RecordKind, TapeCartridge
+from tape_formats.cartridge import TapeCartridge
 from tape_formats.media import MEDIA
 from tape_formats.store import dedup_medium
 from tape_formats.store import recipe as recipes
@@ -55,10 +56,7 @@ def test_the_chunks_are_one_cut_of_the_whole_stream(tmp_path: Path, queued: bool
     rec = recipes.load(recipe_path(path))
     assert list(rec.ch_len) == _cut_lengths(b"".join(blocks))
     with TapeCartridge.open(path, readonly=True) as c:
-        got = []
-        while (r := c.read_block()).kind is RecordKind.DATA:
-            got.append(bytes(r.data))
-    assert got == blocks
+        assert read_blocks(c) == blocks
 
 
 def test_reads_and_a_truncate_while_batches_are_being_cut(
@@ -82,45 +80,20 @@ def test_reads_and_a_truncate_while_batches_are_being_cut(
         c.write_filemarks(1)
     want = blocks[:30] + _stream(3)[:10]
     with TapeCartridge.open(path, readonly=True) as c:
-        got = []
-        while (r := c.read_block()).kind is RecordKind.DATA:
-            got.append(bytes(r.data))
-    assert got == want
+        assert read_blocks(c) == want
     rec = recipes.load(recipe_path(path))
     assert sum(rec.ch_len) == sum(len(b) for b in want)
 
 
 def test_a_failed_cut_fails_the_later_writes_and_the_sync_point(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = _new(tmp_path)
-    durable = _stream(4)[:5]
-    with TapeCartridge.open(path) as c:
-        for b in durable:
-            c.write_block(b)
-        c.write_filemarks(1)
-
     def broken(self: dedup_medium.DedupMedium, batch: tuple, final: bool = False) -> None:
         raise OSError(5, "cut failed")
 
-    monkeypatch.setattr(dedup_medium.DedupMedium, "_cut_batch", broken)
-    c = TapeCartridge.open(path)
-    c.space_to_eod()
-    with pytest.raises(OSError):  # at a later write or at the filemark, never acknowledged
-        for b in _stream(5):
-            c.write_block(b)
-        c.write_filemarks(1)
-    with pytest.raises(OSError):
-        c.write_filemarks(1)
-    try:
-        c.close()
-    except OSError:
-        pass
-    monkeypatch.undo()
-    with TapeCartridge.open(path, readonly=True) as c:
-        got = []
-        while (r := c.read_block()).kind is RecordKind.DATA:
-            got.append(bytes(r.data))
-    assert got[:len(durable)] == durable
+    check_failed_writes_not_acknowledged(
+        _new(tmp_path), _stream(4)[:5], _stream(5),
+        lambda: monkeypatch.setattr(dedup_medium.DedupMedium, "_cut_batch", broken),
+        monkeypatch.undo)
 
 
 def test_jobs_run_in_order_and_at_most_depth_wait() -> None:
