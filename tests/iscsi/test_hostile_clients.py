@@ -18,6 +18,7 @@ server's thread count stays below its baseline plus the per-portal cap plus THRE
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -34,12 +35,9 @@ GOOD = "iqn.2026-11.org.vtl-ebm:good"
 RSS_BOUND_KIB = 32 << 10  # +32 MiB over the baseline (main before the fix: +47 MiB in 4 s)
 LATENCY_BOUND = 1.0  # seconds for one INQUIRY of the well-behaved initiator, one attacker
 # With four attackers, five initiators and the server share two cores and one LUN. The
-# attackers run as processes of their own (tests/support/never_reading_initiator.py): as
-# threads of this test process they shared its GIL with the measuring loop. As processes:
-# 0.27 s for this module alone and 0.18 s after the whole of tests/iscsi at load 4.5-6, but
-# 1.57 s in a whole fresh suite at load ~1 (2026-12-04): the measuring loop still runs in the
-# test process, whose other threads (left by earlier tests) it shares a GIL with. Main before
-# the back-pressure fix took 3.8 s.
+# attackers and the well-behaved initiator (tests/support/inquiry_probe.py) run as processes
+# of their own, so what is measured is the server. Main before the back-pressure fix took
+# 3.8 s; with the probe in the test process, 1.57 s in a whole fresh suite (2026-12-04).
 LATENCY_BOUND_FOUR = 4.0
 FLOOD_SECONDS = 3.0
 PORTAL_CAP = 64  # vtl serve's defaults
@@ -59,9 +57,12 @@ def served(tmp_path_factory) -> Iterator[Served]:
     assert "Traceback" not in s.stderr()
 
 
+SUPPORT = Path(__file__).parents[1] / "support"
+
+
 def _attackers(port: int, kinds: list[bool]) -> list[subprocess.Popen[str]]:
     """Never-reading initiators (True: immediate commands), each a process of its own."""
-    script = Path(__file__).parents[1] / "support" / "never_reading_initiator.py"
+    script = SUPPORT / "never_reading_initiator.py"
     return [subprocess.Popen([sys.executable, str(script), str(port), IQN, str(k),
                               "1" if imm else "0", str(FLOOD_SECONDS)],
                              stdout=subprocess.PIPE, text=True)
@@ -69,33 +70,34 @@ def _attackers(port: int, kinds: list[bool]) -> list[subprocess.Popen[str]]:
 
 
 def _attack(served: Served, kinds: list[bool]) -> tuple[int, int, float, int]:
-    """Run never-reading initiators while a well-behaved one sends INQUIRYs; (baseline RSS
-    KiB, peak RSS KiB, worst latency s, commands sent)."""
+    """Run never-reading initiators while a well-behaved one (a process of its own,
+    tests/support/inquiry_probe.py) sends INQUIRYs; (baseline RSS KiB, peak RSS KiB, worst
+    latency s, commands sent)."""
     pid = served.proc.pid
-    good = RawInitiator(served.port, name=GOOD, isid=b"\x80\0\0\0\x20\x01")
-    good.login(target=IQN)
-    base = proc_status(pid, "VmRSS")
-    procs = _attackers(served.port, kinds)
-    peak, worst = base, 0.0
+    good = subprocess.Popen([sys.executable, str(SUPPORT / "inquiry_probe.py"),
+                             str(served.port), IQN, str(FLOOD_SECONDS)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    procs: list[subprocess.Popen[str]] = []
     try:
+        assert good.stdout.readline().strip() == "ready"
+        base = proc_status(pid, "VmRSS")
+        procs = _attackers(served.port, kinds)
+        good.stdin.write("go\n")
+        good.stdin.flush()
+        peak = base
         while any(p.poll() is None for p in procs):
-            t0 = time.monotonic()
-            itt = good.scsi(INQUIRY, lun=0, read=96)
-            rsp, data = good.collect(itt)
-            worst = max(worst, time.monotonic() - t0)
-            assert scsi_status(rsp) == 0 and data[8:11] == b"IBM"
             peak = max(peak, proc_status(pid, "VmRSS"))
             time.sleep(0.05)
+        took = json.loads(good.communicate(timeout=60)[0])
         sent = sum(int(p.communicate(timeout=30)[0]) for p in procs)
-        assert all(p.returncode == 0 for p in procs)
+        assert good.returncode == 0 and all(p.returncode == 0 for p in procs)
     finally:
-        for p in procs:
+        for p in [good, *procs]:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    good.logout()
-    good.close()
-    return base, peak, worst, sent
+    assert len(took) > 10  # the probe kept being answered all along
+    return base, peak, max(took), sent
 
 
 def test_never_reading_initiator_gets_bounded_memory(served: Served):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from vtl.iscsi import pdu
@@ -38,6 +39,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("vtl.iscsi")
 
 _NO_OPCODES: frozenset[int] = frozenset()
+# Seconds the connection's thread sleeps after a SCSI Command the initiator had no right to
+# send (beyond MaxCmdSN, or immediate with the task table full): what a flood of them costs
+# the server (parsing, Rejects, the GIL every other connection needs) is then bounded by the
+# pace of its own tasks, not by how fast it can write. A well-behaved initiator never waits.
+MISBEHAVING_PAUSE = 0.001
 # Where a CDB ends in the BHS, by opcode group (SPC-4 4.2.5.1): 6, 10, 10, variable, 16, 12
 # bytes; groups 3, 6 and 7 (variable length, vendor specific) keep all 16.
 _CDB_END = (38, 42, 42, 48, 48, 44, 48, 48)
@@ -87,6 +93,7 @@ class ScsiCommandRunner:
         immediate = hdr.immediate
         if not session.accept_cmdsn(hdr.words[1], immediate, task=True):
             log.debug("%s: CmdSN %d outside window, ignored", self.peer, hdr.words[1])
+            time.sleep(MISBEHAVING_PAUSE)
             return
         itt = hdr.itt
         if itt in self.tasks or itt == ALL_ONES:
@@ -96,6 +103,7 @@ class ScsiCommandRunner:
         if immediate and len(self.tasks) >= session.queue_depth:
             # Immediate commands hold no CmdSN slot: bound them by the task table instead.
             self._reject(hdr.raw, RejectReason.IMMEDIATE_COMMAND_REJECT)
+            time.sleep(MISBEHAVING_PAUSE)
             return
         if self.draining:
             # Shutting down: finish what is in flight, ask for new commands to be retried.
@@ -177,7 +185,7 @@ class ScsiCommandRunner:
                 return
         self._posted[task.lun] = task
         try:
-            worker.post(self._run, worker, task)
+            worker.post(self, self._run, worker, task)
         except RuntimeError:  # the server is shutting down
             self._answer(task, ScsiResult(Status.BUSY))
 

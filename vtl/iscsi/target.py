@@ -268,7 +268,7 @@ class IscsiTarget:
             worker = self.workers.get((session.target.iqn, lun))
             if worker is not None:
                 try:  # after the commands still queued for the LUN
-                    worker.post(_nexus_lost, worker, session.nexus)
+                    worker.post_barrier(_nexus_lost, worker, session.nexus)
                 except RuntimeError:  # worker already shut down
                     _nexus_lost(worker, session.nexus)
 
