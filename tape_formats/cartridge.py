@@ -35,12 +35,14 @@ from tape_formats.block_crypto import (
     CryptoSettings,
     DataKey,
     DecryptError,
+    DecryptMode,
     Envelope,
     check_plain,
     envelope,
     unseal,
 )
 from tape_formats.block_packing import BlockPacker, Packed
+from tape_formats.block_runs import pack_run, unpack_run
 from tape_formats.index import PositionIndex
 from tape_formats.mam import MamStore
 from tape_formats.media import MEDIA, MediaType, media_by_density
@@ -625,6 +627,54 @@ class TapeCartridge:
         out[:n] = data[:n]
         return ReadResult(RecordKind.DATA, native, out[:n])
 
+    def read_blocks(self, buf: memoryview, size: int) -> int:
+        """Read data blocks of exactly ``size`` bytes at the position into ``buf`` (one
+        ``size`` slot each, as many as it holds) and move past them: a fixed-block READ's
+        blocks, the same bytes as one ``read_block`` each, their records read in one go
+        (through the read-ahead span when they fit: the next command's are read with them)
+        and decoded by ``block_runs.unpack_run``. Stops before the first object that is
+        anything else (a filemark, end of data, another length) or fails a check, and
+        before any block while the drive decrypts only (encrypted blocks end a run too):
+        the caller reads that one with ``read_block``, which reports it. Returns the blocks
+        read."""
+        wb = self._wb
+        if wb is not None and wb.blocks:
+            wb.wait()
+        p = self.position
+        idx = self.index
+        n = min(len(buf) // size, idx.objects - p)
+        crypto = self.crypto
+        if n <= 0 or (crypto is not None and crypto.decrypt == DecryptMode.DECRYPT):
+            return 0  # plain blocks refused: read_block says so
+        r0 = p if not idx.run_rec else idx.record_of(p)
+        offsets = idx.offsets
+        last = min(r0 + n, len(offsets))
+        base = offsets[r0]
+        # n blocks take at most n records of a stored block each: read no further
+        end = min(offsets[last] if last < len(offsets) else idx.end,
+                  base + n * (RECORD_HEADER_SIZE + size))
+        ahead = self._ahead
+        raw = ahead.in_span(base, end - base)
+        if raw is None:
+            if end - base <= SPAN_BYTES:  # the records after them come along
+                ahead.obj = -1  # its block may be a view of the span
+                got = self._io.preadv([ahead.span_buffer(min(SPAN_BYTES, idx.end - base))],
+                                      base)
+                ahead.filled(base, got)
+                raw = ahead.span[:got]
+            else:
+                raw = memoryview(self._io.pread(end - base, base))
+        done, stored = unpack_run(raw, base, offsets, idx.meta, r0, idx.end, p, size,
+                                  buf[: n * size], self._dctx)
+        if done:
+            if p <= ahead.obj < p + done:
+                ahead.obj = -1
+            self.position = p + done
+            with self._lock:
+                self.counters.read_native += done * size
+                self.counters.read_stored += stored
+        return done
+
     def take_read_ahead(self, length: int, buf: memoryview | bytearray
                         ) -> bytes | memoryview | None:
         """``read_block(buf, own=True).data`` in the streaming READ's usual case, in one
@@ -829,6 +879,45 @@ class TapeCartridge:
             self._cut_at_position()
         self._store(data, compress and self._block_zstd, self._sealing_key)
         return WriteResult(self.at_early_warning)
+
+    def write_blocks(self, data: memoryview, size: int, *, compress: bool = True) -> int:
+        """Write the blocks ``data[i * size : (i + 1) * size]`` at the position in one go (a
+        fixed-block WRITE's blocks): the same records as one ``write_block`` each
+        (``block_runs.pack_run``), one file write. Returns how many were written: all of
+        them, or fewer when the next would not fit (its ``write_block`` then raises
+        EndOfMedium), or 0 while blocks are encrypted (written one by one). Raises what
+        ``write_block`` raises; after a disk error none of them is on the tape."""
+        self.wait_writes()
+        self._ahead.clear()
+        self.check_writable()
+        if self.position < len(self.index):
+            self._cut_at_position()
+        if self._sealing_key is not None:
+            return 0
+        idx = self.index
+        off = idx.end
+        records, offsets, meta, stored = pack_run(
+            data, size, self._packer, compress and self._block_zstd,
+            self.capacity - self.used_bytes, idx.fm_total, idx.objects, off)
+        if not meta:
+            return 0
+        try:
+            if self._io.pwrite(records, off) != len(records):
+                raise OSError(errno.EIO, "short write")
+        except OSError:
+            try:  # nothing half-written: cut back to the last whole record
+                self._io.truncate(off)
+            except OSError:
+                pass
+            raise
+        idx.append_data(offsets, meta, off + len(records))
+        self.position = idx.objects
+        self._dirty = True
+        self._pacer.appended(off, idx.end)
+        with self._lock:
+            self.counters.written_native += len(meta) * size
+            self.counters.written_stored += stored
+        return len(meta)
 
     def queue_block(self, data: bytes | bytearray | memoryview, *, compress: bool = True,
                     done: Callable[[bytes | bytearray | memoryview], None] | None = None

@@ -96,6 +96,14 @@ class PositionIndex:
         self.meta.append(pack_meta(kind, native_len, flags))
         self.end = offset + size
 
+    def append_data(self, offsets: array, meta: array, end: int) -> None:
+        """Append data records at once (``offsets``/``meta`` as ``append`` would store them,
+        one object each): a fixed-block command's blocks; ``end`` is the last one's end."""
+        self.offsets.extend(offsets)
+        self.meta.extend(meta)
+        self.objects += len(meta)
+        self.end = end
+
     def _add_filemarks(self, rec: int, first: int, count: int) -> None:
         self.fm_first.append(first)
         self.fm_before.append(self.fm_total)

@@ -191,6 +191,10 @@ read_ahead: Callable[[TapeCartridge], None] = (
 
 MAX_BLOCK = 8 * 1024 * 1024  # READ BLOCK LIMITS maximum (LTO drives report 8 MiB)
 MAX_FIXED_TRANSFER = 64 * 1024 * 1024  # fixed-mode READ/WRITE byte cap per command
+# Fixed-mode READ/WRITE(6) move their blocks as one run through the cartridge
+# (TapeCartridge.read_blocks/write_blocks); False: block by block, the reference that
+# tests/scsi/test_ssc_fixed_runs.py holds the runs to.
+FIXED_RUNS = True
 DEFAULT_BUFFERED_MODE = 1
 # In buffered mode a variable-mode WRITE(6) of at least this many bytes is answered once the
 # block is in the drive's buffer (TapeCartridge.queue_block); smaller blocks cost less to
@@ -726,7 +730,13 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         if count * bs > MAX_FIXED_TRANSFER:
             raise invalid_field_in_cdb(2)
         buf = self._buffer(count * bs)
-        for i in range(count):
+        plain = FIXED_RUNS and not self.protection.read and not self._has_injected(cart)
+        if count == 1 and plain:  # one block per command: as a variable-mode READ
+            return self._read_one_fixed(cart, buf)
+        # The usual run of plain blocks in one go, then the one that ends it block by block
+        # (the reference path, which says what it is).
+        first = cart.read_blocks(buf, bs) if plain else 0
+        for i in range(first, count):
             chunk = buf[i * bs : (i + 1) * bs]
             if self._injected(cart, READ):
                 return self._read_failed(CorruptRecord("injected error", cart.position),
@@ -750,6 +760,25 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         self.bytes_read += count * bs
         self._streaming = True
         return buf
+
+    def _read_one_fixed(self, cart: TapeCartridge, buf: memoryview):
+        """A fixed-mode READ of one block (``buf`` its size), no protection or injected
+        errors: the block without a copy where the cartridge has it (``read_block(own)``),
+        else the conditions of ``_read_fixed`` for a count of 1."""
+        bs = len(buf)
+        try:
+            r = cart.read_block(buf, own=True)
+        except (CorruptRecord, OSError) as exc:
+            return self._read_failed(exc, 1, b"")
+        if r.kind == RecordKind.DATA:
+            if r.length != bs:
+                raise NO_ADDITIONAL_SENSE(ili=True, information=1, data=b"")
+            self.bytes_read += bs
+            self._streaming = True
+            return r.data
+        if r.kind == RecordKind.FILEMARK:
+            raise FILEMARK_DETECTED(filemark=True, information=1, data=b"")
+        raise END_OF_DATA_DETECTED(information=1, eom=cart.at_early_warning, data=b"")
 
     def stream_read(self, nexus: Nexus, cdb: bytes | memoryview, length: int
                     ) -> bytes | memoryview | None:
@@ -964,7 +993,16 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         self._flush_writes(cart, req.nexus)
         before = cart.used_bytes
         early = False
-        for i in range(count):
+        first = 0
+        if FIXED_RUNS and not self.protection.write and not self._has_injected(cart):
+            # All blocks in one go (as many as fit: the one that does not, and those after
+            # it, then take the block-by-block path, which says so).
+            try:
+                first = cart.write_blocks(data[:total], bs, compress=compress)
+            except (CartridgeError, OSError) as exc:
+                raise self._write_error(exc, count) from None
+            early = cart.at_early_warning
+        for i in range(first, count):
             try:
                 if self._injected(cart, WRITE):
                     raise OSError(errno.EIO, "injected error")

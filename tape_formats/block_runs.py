@@ -1,0 +1,108 @@
+"""Runs of fixed-length data blocks: many records packed, or checked and decoded, in one call.
+
+A drive in fixed-block mode (``mt setblk 512``) moves a command's N blocks at once, and each
+block is still one record of the cartridge format (its own header, checksum and compression:
+docs/cartridge-format.md), so the file holds exactly what N single-block writes would leave.
+What a run saves is the per-block round trip through the cartridge: one write (or read) of
+the whole run, one index extension, one counter update.
+
+``pack_run`` builds the records of a run; ``unpack_run`` checks and decodes the records of a
+run into the caller's buffer and stops, without raising, at the first one that is not a plain
+data block of the run's length or fails its checks (the caller reads that one the single-block
+way, which reports it). Neither touches a file or a tape position: ``tape_formats.cartridge``
+does (``write_blocks``, ``read_blocks``).
+"""
+
+from __future__ import annotations
+
+from array import array
+
+import crc32c
+import zstandard
+
+from tape_formats.block_packing import BlockPacker
+from tape_formats.index import pack_meta
+from tape_formats.records import (
+    FLAG_COMPRESSED,
+    FLAG_ENCRYPTED,
+    RECORD_HEADER_SIZE,
+    RecordHeader,
+    RecordKind,
+    pack_record_header,
+)
+
+_DATA = int(RecordKind.DATA)
+
+
+def pack_run(data: memoryview, size: int, packer: BlockPacker, compress: bool, room: int,
+             file_no: int, obj: int, offset: int) -> tuple[bytes, array, array, int]:
+    """The records of the blocks ``data[i * size : (i + 1) * size]``, objects ``obj``...,
+    the first at file ``offset``: as many as fit in ``room`` bytes of medium (the first block
+    that does not fit and the rest are left out). Returns (the records as one bytes,
+    their file offsets, their index meta words, payload bytes stored). Each block is packed
+    by ``packer`` as a single-block write packs it (no key: runs are never encrypted)."""
+    parts: list[bytes | memoryview] = []
+    offsets = array("Q")
+    meta = array("Q")
+    stored = 0
+    for i in range(len(data) // size):
+        payload, flags, crc = packer.pack(data[i * size : (i + 1) * size], compress)
+        rec = RECORD_HEADER_SIZE + len(payload)
+        if rec > room:
+            break
+        room -= rec
+        parts.append(pack_record_header(_DATA, flags, len(payload), size, file_no, obj + i,
+                                        crc))
+        parts.append(payload)
+        offsets.append(offset)
+        meta.append(pack_meta(_DATA, size, flags))
+        offset += rec
+        stored += len(payload)
+    return b"".join(parts), offsets, meta, stored
+
+
+def unpack_run(raw: memoryview, base: int, offsets: array, meta: array, r0: int, end: int,
+               obj: int, size: int, buf: memoryview, dctx: zstandard.ZstdDecompressor
+               ) -> tuple[int, int]:
+    """Decode records ``r0``... (objects ``obj``...) into ``buf``, one ``size`` slot each,
+    from ``raw``: the file's bytes from offset ``base`` on (``end``: where the last record
+    ends). Stops before the first record that is not a plain data block of ``size`` bytes
+    (a filemark, another length, an encrypted block), lies beyond ``raw``, or fails a check
+    (header, checksum, decompression): the single-block read meets it and reports it.
+    Returns (blocks decoded, their payload bytes stored)."""
+    n = min(len(buf) // size, len(meta) - r0)
+    want = pack_meta(_DATA, size, 0)
+    last = len(offsets) - 1
+    stored_total = 0
+    for j in range(n):
+        r = r0 + j
+        m = meta[r]
+        if m & ~(FLAG_COMPRESSED << 8) != want:
+            return j, stored_total
+        off = offsets[r] - base
+        nxt = (offsets[r + 1] if r < last else end) - base
+        if nxt > len(raw):
+            return j, stored_total
+        stored = nxt - off - RECORD_HEADER_SIZE
+        rec = RecordHeader.unpack(raw[off:nxt])
+        if rec is None or rec.obj != obj + j or rec.stored_len != stored \
+                or rec.kind != _DATA or rec.flags & FLAG_ENCRYPTED:
+            return j, stored_total
+        payload = raw[off + RECORD_HEADER_SIZE : nxt]
+        if crc32c.crc32c(payload) != rec.payload_crc:
+            return j, stored_total
+        slot = buf[j * size : (j + 1) * size]
+        if m & (FLAG_COMPRESSED << 8):
+            try:
+                block = dctx.decompress(payload, max_output_size=size)
+            except zstandard.ZstdError:
+                return j, stored_total
+            if len(block) != size:
+                return j, stored_total
+            slot[:] = block
+        elif stored != size:
+            return j, stored_total
+        else:
+            slot[:] = payload
+        stored_total += stored
+    return n, stored_total
