@@ -53,6 +53,8 @@ EXTENSIONS = [
                                      _pkg("sqlite3", "EBM_HAVE_SQLITE"))),
     # READ(6)/WRITE(6) on the streaming fast paths (vtl/iscsi/stream_paths.py)
     Extension("vtl._fastpath", ["vtl/_fastpath.c"], optional=True),
+    # a fixed-block command's records packed or decoded in one call (tape_formats/block_runs.py)
+    Extension("tape_formats._blockruns", ["tape_formats/_blockruns.c"], optional=True),
     # a dedup cartridge's payload copies with the GIL released (tape_formats/store/stream_tail.py)
     Extension("tape_formats.store._streamfast", ["tape_formats/store/_streamfast.c"],
               optional=True),

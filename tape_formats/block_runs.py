@@ -15,17 +15,19 @@ does (``write_blocks``, ``read_blocks``).
 
 from __future__ import annotations
 
+import os
 from array import array
 
 import crc32c
 import zstandard
 
-from tape_formats.block_packing import BlockPacker
+from tape_formats.block_packing import MIN_COMPRESS, MISSES_BEFORE_SKIP, SKIP_BLOCKS, BlockPacker
 from tape_formats.index import pack_meta
 from tape_formats.records import (
     FLAG_COMPRESSED,
     FLAG_ENCRYPTED,
     RECORD_HEADER_SIZE,
+    RECORD_MAGIC,
     RecordHeader,
     RecordKind,
     pack_record_header,
@@ -34,13 +36,14 @@ from tape_formats.records import (
 _DATA = int(RecordKind.DATA)
 
 
-def pack_run(data: memoryview, size: int, packer: BlockPacker, compress: bool, room: int,
-             file_no: int, obj: int, offset: int) -> tuple[bytes, array, array, int]:
+def _pack_run(data: memoryview, size: int, packer: BlockPacker, compress: bool, room: int,
+              file_no: int, obj: int, offset: int) -> tuple[bytes, bytes, bytes, int]:
     """The records of the blocks ``data[i * size : (i + 1) * size]``, objects ``obj``...,
     the first at file ``offset``: as many as fit in ``room`` bytes of medium (the first block
     that does not fit and the rest are left out). Returns (the records as one bytes,
-    their file offsets, their index meta words, payload bytes stored). Each block is packed
-    by ``packer`` as a single-block write packs it (no key: runs are never encrypted)."""
+    their file offsets and their index meta words as 64-bit words in machine order, payload
+    bytes stored). Each block is packed by ``packer`` as a single-block write packs it (no
+    key: runs are never encrypted)."""
     parts: list[bytes | memoryview] = []
     offsets = array("Q")
     meta = array("Q")
@@ -58,10 +61,10 @@ def pack_run(data: memoryview, size: int, packer: BlockPacker, compress: bool, r
         meta.append(pack_meta(_DATA, size, flags))
         offset += rec
         stored += len(payload)
-    return b"".join(parts), offsets, meta, stored
+    return b"".join(parts), offsets.tobytes(), meta.tobytes(), stored
 
 
-def unpack_run(raw: memoryview, base: int, offsets: array, meta: array, r0: int, end: int,
+def _unpack_run(raw: memoryview, base: int, offsets: array, meta: array, r0: int, end: int,
                obj: int, size: int, buf: memoryview, dctx: zstandard.ZstdDecompressor
                ) -> tuple[int, int]:
     """Decode records ``r0``... (objects ``obj``...) into ``buf``, one ``size`` slot each,
@@ -106,3 +109,18 @@ def unpack_run(raw: memoryview, base: int, offsets: array, meta: array, r0: int,
             slot[:] = payload
         stored_total += stored
     return n, stored_total
+
+
+# The same two in C (tape_formats/_blockruns.c) when the extension is built;
+# tests/tape_formats/test_block_runs.py holds them to these.
+try:  # setup.py builds it; optional
+    from tape_formats import _blockruns as _native  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - without a compiler
+    _native = None
+if os.environ.get("VTL_NO_FASTPATH", "") not in ("", "0"):  # the reference, as elsewhere
+    _native = None
+if _native is not None:
+    _native.configure(RECORD_MAGIC, MIN_COMPRESS, MISSES_BEFORE_SKIP, SKIP_BLOCKS,
+                      zstandard.ZstdError)
+pack_run = _native.pack_run if _native is not None else _pack_run
+unpack_run = _native.unpack_run if _native is not None else _unpack_run

@@ -899,7 +899,8 @@ class TapeCartridge:
         records, offsets, meta, stored = pack_run(
             data, size, self._packer, compress and self._block_zstd,
             self.capacity - self.used_bytes, idx.fm_total, idx.objects, off)
-        if not meta:
+        written = len(meta) // 8  # one 64-bit index word each
+        if not written:
             return 0
         try:
             if self._io.pwrite(records, off) != len(records):
@@ -915,9 +916,9 @@ class TapeCartridge:
         self._dirty = True
         self._pacer.appended(off, idx.end)
         with self._lock:
-            self.counters.written_native += len(meta) * size
+            self.counters.written_native += written * size
             self.counters.written_stored += stored
-        return len(meta)
+        return written
 
     def queue_block(self, data: bytes | bytearray | memoryview, *, compress: bool = True,
                     done: Callable[[bytes | bytearray | memoryview], None] | None = None

@@ -96,12 +96,13 @@ class PositionIndex:
         self.meta.append(pack_meta(kind, native_len, flags))
         self.end = offset + size
 
-    def append_data(self, offsets: array, meta: array, end: int) -> None:
-        """Append data records at once (``offsets``/``meta`` as ``append`` would store them,
-        one object each): a fixed-block command's blocks; ``end`` is the last one's end."""
-        self.offsets.extend(offsets)
-        self.meta.extend(meta)
-        self.objects += len(meta)
+    def append_data(self, offsets: bytes, meta: bytes, end: int) -> None:
+        """Append data records at once, one object each: a fixed-block command's blocks.
+        ``offsets``/``meta`` hold the words ``append`` would store, in machine order (an
+        array's ``tobytes``); ``end`` is where the last record ends."""
+        self.offsets.frombytes(offsets)
+        self.meta.frombytes(meta)
+        self.objects += len(meta) // self.meta.itemsize
         self.end = end
 
     def _add_filemarks(self, rec: int, first: int, count: int) -> None:
