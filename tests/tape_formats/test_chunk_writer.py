@@ -107,3 +107,35 @@ def test_batches_compressed_out_of_order_are_appended_in_order(
     store.sync()
     assert all(store.has(cid) for cid in ids)
     store.close()
+
+
+def test_after_incompressible_chunks_some_are_stored_raw_untried(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tape_formats.store import chunk_writer
+
+    store = ChunkStore.create(tmp_path / "store")
+    writer = ChunkWriter(store, threads=1)
+    tried: list[int] = []
+    real = writer._compressor()
+
+    class Counting:
+        def compress(self, piece: memoryview) -> bytes:
+            tried.append(piece[0])
+            return real.compress(piece)
+
+    monkeypatch.setattr(writer, "_compressor", lambda: Counting())
+    rng = random.Random(9)
+    n = chunk_writer.MISSES_BEFORE_SKIP + chunk_writer.SKIP_CHUNKS + 2
+    pieces = [memoryview(bytes([i]) + rng.randbytes(20_000)) for i in range(n)]
+    text = memoryview(bytes([n]) + b"compressible " * 2000)
+    writer.submit([bytes([i]) * 32 for i in range(n + 1)], [*pieces, text])
+    writer.drain()
+    store.sync()
+    writer.close()
+    skipped = set(range(chunk_writer.MISSES_BEFORE_SKIP,
+                        chunk_writer.MISSES_BEFORE_SKIP + chunk_writer.SKIP_CHUNKS))
+    assert tried == [i for i in range(n + 1) if i not in skipped]  # then tried again
+    dctx = zstandard.ZstdDecompressor()
+    for i, piece in enumerate([*pieces, text]):
+        assert store.get(bytes([i]) * 32, len(piece), dctx) == piece
+    store.close()
