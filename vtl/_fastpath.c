@@ -1432,6 +1432,9 @@ static struct PyModuleDef module = {
     "reference) and the usual case of TapeCartridge.read_ahead.", -1, methods,
 };
 
+/* vtl/_fastpath_write.c: the write side (append_now, ssc_stream_write, configure_write). */
+int fastpath_write_init(PyObject *module);
+
 #define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
 
 PyMODINIT_FUNC PyInit__fastpath(void)
@@ -1488,5 +1491,10 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     }
     if ((r_none_none_true = PyTuple_Pack(3, Py_None, Py_None, Py_True)) == NULL)
         return NULL;
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL || fastpath_write_init(m) < 0) {  /* vtl/_fastpath_write.c */
+        Py_XDECREF(m);
+        return NULL;
+    }
+    return m;
 }

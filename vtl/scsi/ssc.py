@@ -47,6 +47,7 @@ must copy. WRITE hands the Data-Out view straight to the cartridge.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -54,6 +55,7 @@ from typing import TYPE_CHECKING
 import crc32c
 import zstandard
 
+from tape_formats import block_packing
 from tape_formats.block_crypto import DecryptMode
 from tape_formats.cartridge import (
     WRITE_BEHIND_BYTES,
@@ -68,7 +70,10 @@ from tape_formats.cartridge import (
 )
 from tape_formats.mam import MamError
 from tape_formats.read_ahead import SPAN_RECORD_MAX
+from tape_formats.records import DATA_START, HEADER_FLAG_WRITE_PROTECT, RECORD_MAGIC
+from tape_formats.store.medium import PlainMedium
 from tape_formats.write_behind import DeferredWriteError
+from tape_formats.writeback_pacing import WRITEBACK_CHUNK
 from vtl.barcode import is_cleaning_label
 from vtl.faults import READ, WRITE, device_key, take_injected
 from vtl.native import optional_extension
@@ -188,6 +193,8 @@ if _native is not None:
                                  SPAN_RECORD_MAX, DecryptMode.DECRYPT)
 read_ahead: Callable[[TapeCartridge], None] = (
     _native.read_ahead if _native is not None else TapeCartridge.read_ahead)
+_wnative = optional_extension("vtl._fastpath", "configure_write", "ssc_stream_write",
+                              "append_now")
 
 MAX_BLOCK = 8 * 1024 * 1024  # READ BLOCK LIMITS maximum (LTO drives report 8 MiB)
 MAX_FIXED_TRANSFER = 64 * 1024 * 1024  # fixed-mode READ/WRITE byte cap per command
@@ -278,6 +285,13 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         # SSC-4 data encryption: the key lives here, in memory (ssc_encryption).
         self.encryption = DriveEncryption()
         self._add_pages()
+        # The write side in C (vtl/_fastpath_write.c): mode page 0x0F for its DCE bit, and
+        # the cartridge stream_write last found writable by this drive (_can_write: its
+        # generation, fixed per cartridge), which the C path asks instead.
+        self._compression_page = self.mode_page(0x0F)
+        self._writable: TapeCartridge | None = None
+        if _wnative is not None:  # the streaming WRITE's usual case in C, this method else
+            self.stream_write = functools.partial(_wnative.ssc_stream_write, self)
 
     # ------------------------------------------------------------------ pages
     def _add_pages(self) -> None:
@@ -822,6 +836,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
             if (cart is None or cart.write_failed or not self._can_write(cart)
                     or self._has_injected(cart)):
                 return False
+            self._writable = cart
             compress = self.compression
             try:
                 if (not self._buffer_block(cart, nexus, data, compress)
@@ -1339,6 +1354,19 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
 # holds the two to the same answers.
 if _native is not None and hasattr(_native, "configure_drive_read"):
     _native.configure_drive_read(TapeDrive.stream_read)
+
+# TapeDrive.stream_write and TapeCartridge.append_now, their usual case (a variable-mode block
+# written at once as a plain append) in C when the extension is built: vtl/_fastpath_write.c;
+# tests/scsi/test_stream_write_native.py holds the two to the same cartridge bytes and answers.
+if _wnative is not None:
+    _wnative.configure_write(
+        TapeCartridge.append_now, TapeDrive.stream_write, PlainMedium, crc32c.crc32c,
+        crc32c._crc32c.__file__, crc32c.hardware_based, CartridgeError, globals(),
+        {"DATA_START": DATA_START, "MIN_COMPRESS": block_packing.MIN_COMPRESS,
+         "MISSES_BEFORE_SKIP": block_packing.MISSES_BEFORE_SKIP,
+         "SKIP_BLOCKS": block_packing.SKIP_BLOCKS, "WRITEBACK_CHUNK": WRITEBACK_CHUNK,
+         "HEADER_FLAG_WRITE_PROTECT": HEADER_FLAG_WRITE_PROTECT, "MAX_BLOCK": MAX_BLOCK,
+         "MIN_BUFFERED_WRITE": MIN_BUFFERED_WRITE, "RECORD_MAGIC": RECORD_MAGIC})
 
 
 class _MediumConfigurationPage(ModePage):
