@@ -601,8 +601,13 @@ static int write_fits(PyObject *conn, const uint8_t *hb, found_t *f)
 }
 
 /* Read the data segment (and its padding) into a new write buffer: a memoryview of it. */
+PyObject *fastpath_receive_block(PyObject *conn, uint32_t n);  /* vtl/_fastpath_write.c */
+int fastpath_receive_ready(void);
+
 static PyObject *receive_block(PyObject *conn, uint32_t n)
 {
+    if (fastpath_receive_ready())
+        return fastpath_receive_block(conn, n);
     PyObject *buf = PyObject_CallMethod(conn, "_write_buffer", "k", (unsigned long)n);
     if (buf == NULL)
         return NULL;

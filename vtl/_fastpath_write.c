@@ -799,6 +799,155 @@ static PyObject *ssc_stream_write(PyObject *mod, PyObject *const *args, Py_ssize
     return PyBool_FromLong(r);
 }
 
+/* ---------------------------------------------------------------- the block's receive */
+
+/* Set by configure_receive(): vtl.iscsi.data_out's globals (SPARE_BUFFERS and DonatedBuffer
+ * are looked up there at each use, as DataOutReceiver._write_buffer does), ConnectionGone
+ * and time.monotonic. Until then fastpath_receive_block says "not here". */
+static PyObject *rx_globals, *rx_gone, *rx_monotonic;
+static PyObject *w_sock, *w_recv_into, *w_last_rx, *w_pre_buffer, *w_tbuf, *w_spare,
+    *w_take, *w_donated;
+
+int fastpath_receive_ready(void)
+{
+    return rx_globals != NULL;
+}
+
+/* FramingMixin._recv_exact(view) for a view of n bytes: 0, or -1 with an exception set. */
+static int recv_exact(PyObject *conn, PyObject *sock, PyObject *view, Py_ssize_t n)
+{
+    PyObject *r = PyObject_CallMethodOneArg(sock, w_recv_into, view);
+    if (r == NULL)
+        return -1;
+    Py_ssize_t got = PyLong_AsSsize_t(r);
+    Py_DECREF(r);
+    if (got == -1 && PyErr_Occurred())
+        return -1;
+    while (got < n) {
+        if (!got) {
+            PyErr_SetNone(rx_gone);
+            return -1;
+        }
+        PyObject *now = PyObject_CallNoArgs(rx_monotonic);
+        int bad = now == NULL || PyObject_SetAttr(conn, w_last_rx, now) < 0;
+        Py_XDECREF(now);
+        if (bad)
+            return -1;
+        PyObject *rest = PySequence_GetSlice(view, got, n);
+        r = rest ? PyObject_CallMethodOneArg(sock, w_recv_into, rest) : NULL;
+        Py_XDECREF(rest);
+        if (r == NULL)
+            return -1;
+        Py_ssize_t more = PyLong_AsSsize_t(r);
+        Py_DECREF(r);
+        if (more == -1 && PyErr_Occurred())
+            return -1;
+        if (!more) {
+            PyErr_SetNone(rx_gone);
+            return -1;
+        }
+        got += more;
+    }
+    return 0;
+}
+
+/* DataOutReceiver._write_buffer(n) (the whole block arrives in this PDU): a spare buffer of
+ * that size when SPARE_BUFFERS holds one, else a new DonatedBuffer; kept as _pre_buffer.
+ * A new one is not zeroed: every byte of it is received before anything reads it (a
+ * connection that goes away drops it unread). New reference, or NULL. */
+static PyObject *write_buffer(PyObject *conn, uint32_t n)
+{
+    PyObject *buf = NULL, *size = PyLong_FromUnsignedLong(n);
+    if (size == NULL)
+        return NULL;
+    PyObject *spare = PyDict_GetItemWithError(rx_globals, w_spare_buffers);
+    Py_XINCREF(spare);
+    PyObject *kept = spare ? PyObject_GetAttr(spare, w_spare) : NULL;
+    if (spare == NULL && !PyErr_Occurred())
+        PyErr_SetString(PyExc_KeyError, "SPARE_BUFFERS");
+    int some = 0;
+    if (kept != NULL) {
+        PyObject *list = PyDict_Check(kept) ? PyDict_GetItemWithError(kept, size) : NULL;
+        some = list != NULL ? PyObject_IsTrue(list) : PyErr_Occurred() ? -1 : 0;
+    }
+    if (kept != NULL && some > 0) {
+        buf = PyObject_CallMethodOneArg(spare, w_take, size);
+    } else if (kept != NULL && some == 0) {
+        PyObject *type = PyDict_GetItemWithError(rx_globals, w_donated);
+        if (type == NULL && !PyErr_Occurred())
+            PyErr_SetString(PyExc_KeyError, "DonatedBuffer");
+        buf = type ? PyObject_CallNoArgs(type) : NULL;
+        if (buf != NULL && (!PyByteArray_Check(buf) || PyByteArray_Resize(buf, n) < 0)) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "DonatedBuffer is not a bytearray");
+            Py_CLEAR(buf);
+        }
+    }
+    Py_XDECREF(kept);
+    Py_XDECREF(spare);
+    Py_DECREF(size);
+    if (buf != NULL && PyObject_SetAttr(conn, w_pre_buffer, buf) < 0)
+        Py_CLEAR(buf);
+    return buf;
+}
+
+/* StreamPaths._stream_write's receive: the block into its write buffer, then its padding;
+ * a memoryview of the block (new reference), or NULL with an exception set. */
+PyObject *fastpath_receive_block(PyObject *conn, uint32_t n)
+{
+    PyObject *buf = write_buffer(conn, n);
+    if (buf == NULL)
+        return NULL;
+    PyObject *view = PyMemoryView_FromObject(buf);
+    Py_DECREF(buf);
+    if (view == NULL)
+        return NULL;
+    PyObject *sock = PyObject_GetAttr(conn, w_sock);
+    if (sock == NULL || recv_exact(conn, sock, view, n) < 0)
+        goto error;
+    Py_ssize_t pad = -(Py_ssize_t)n & 3;
+    if (pad) {
+        PyObject *tbuf = PyObject_GetAttr(conn, w_tbuf);
+        PyObject *part = tbuf ? PySequence_GetSlice(tbuf, 0, pad) : NULL;
+        Py_XDECREF(tbuf);
+        int r = part ? recv_exact(conn, sock, part, pad) : -1;
+        Py_XDECREF(part);
+        if (r < 0)
+            goto error;
+    }
+    Py_DECREF(sock);
+    return view;
+error:
+    Py_XDECREF(sock);
+    Py_DECREF(view);
+    return NULL;
+}
+
+PyDoc_STRVAR(configure_receive_doc,
+"configure_receive(data_out_globals, connection_gone, monotonic)\n\n"
+"vtl.iscsi.data_out's globals (SPARE_BUFFERS, DonatedBuffer), framing.ConnectionGone and\n"
+"time.monotonic: the streaming WRITE's block is then received in C (_write_buffer and\n"
+"_recv_exact's work), else through those Python methods.");
+
+static PyObject *configure_receive(PyObject *mod, PyObject *args)
+{
+    PyObject *globals, *gone, *monotonic;
+    if (!PyArg_ParseTuple(args, "O!OO:configure_receive", &PyDict_Type, &globals, &gone,
+                          &monotonic))
+        return NULL;
+    if (!PyExceptionClass_Check(gone)) {
+        PyErr_SetString(PyExc_TypeError, "configure_receive: an exception class expected");
+        return NULL;
+    }
+    Py_INCREF(globals);
+    Py_INCREF(gone);
+    Py_INCREF(monotonic);
+    Py_XSETREF(rx_globals, globals);
+    Py_XSETREF(rx_gone, gone);
+    Py_XSETREF(rx_monotonic, monotonic);
+    Py_RETURN_NONE;
+}
+
 /* ---------------------------------------------------------------- configuration */
 
 /* crc32c's own C function from its extension module (already loaded by Python), checked
@@ -892,6 +1041,7 @@ static PyMethodDef write_methods[] = {
     {"ssc_stream_write", (PyCFunction)(void (*)(void))ssc_stream_write, METH_FASTCALL,
      ssc_stream_write_doc},
     {"configure_write", configure_write, METH_VARARGS, configure_write_doc},
+    {"configure_receive", configure_receive, METH_VARARGS, configure_receive_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -932,6 +1082,10 @@ int fastpath_write_init(PyObject *module)
     W_INTERN(w_streaming, "_streaming"); W_INTERN(w_sense, "_sense"); W_INTERN(w_pop, "pop");
     W_INTERN(w_kw_compress, "compress");
     W_INTERN(w_key, "key");
+    W_INTERN(w_sock, "sock"); W_INTERN(w_recv_into, "recv_into");
+    W_INTERN(w_last_rx, "_last_rx"); W_INTERN(w_pre_buffer, "_pre_buffer");
+    W_INTERN(w_tbuf, "_tbuf"); W_INTERN(w_spare, "_spare"); W_INTERN(w_take, "take");
+    W_INTERN(w_donated, "DonatedBuffer");
     W_INTERN(w_write_streams, "WRITE_STREAMS"); W_INTERN(w_wrote, "wrote");
     W_INTERN(w_spare_buffers, "SPARE_BUFFERS"); W_INTERN(w_give_back, "give_back");
     return PyModule_AddFunctions(module, write_methods);

@@ -18,11 +18,13 @@ from __future__ import annotations
 import logging
 import struct
 import threading
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, NamedTuple
 
-from vtl.iscsi import pdu
+from vtl.iscsi import data_out, pdu
+from vtl.iscsi.framing import ConnectionGone
 from vtl.iscsi.lun_worker import LunWorker
 from vtl.iscsi.pdu import ALL_ONES, BHS_LEN, Header
 from vtl.iscsi.session import Session, TaskState
@@ -193,5 +195,7 @@ def _device_raised(what: str, cdb: bytes, exc: BaseException) -> None:
 native = optional_extension("vtl._fastpath")
 if native is not None:
     native.configure(TaskState.DONE, pdu.parse_bhs, _device_raised)
+    if hasattr(native, "configure_receive"):  # a streaming WRITE's block received in C
+        native.configure_receive(data_out.__dict__, ConnectionGone, time.monotonic)
 # The implementation connections bind at login (tests switch it to compare the two).
 paths: type[ReferencePaths] | ModuleType = native or ReferencePaths
