@@ -152,7 +152,8 @@ def serve(server: IscsiTarget, target: TargetConfig, stream: bytes, setup_pdus: 
     return time.perf_counter() - sock.started
 
 
-def measure(block: int, writes: int, reads: int, kind: str = "mixed") -> tuple[float, float]:
+def measure(block: int, writes: int, reads: int, kind: str = "mixed", fixed: int | None = None
+            ) -> tuple[float, float]:
     (REPO / ".cache").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="hot-path-", dir=REPO / ".cache"))
     try:
@@ -166,8 +167,16 @@ def measure(block: int, writes: int, reads: int, kind: str = "mixed") -> tuple[f
         start.append(command(3, bytes([0x01, 0, 0, 0, 0, 0])))  # REWIND
         data = block_data(kind, block)
         size = block.to_bytes(3, "big")
+        wflags, rflags = b"\0", b"\2"  # variable mode; READ with SILI
+        if fixed is not None:  # MODE SELECT(6): block length (the command's size if 0)
+            length = fixed or block
+            start.append(command(4, bytes([0x15, 0x10, 0, 0, 12, 0]),
+                                 data=bytes([0, 0, 0x10, 8, 0, 0, 0, 0]) + length.to_bytes(4, "big")))
+            size = (block // length).to_bytes(3, "big")
+            wflags, rflags = b"\1", b"\1"
+        first = len(start)
         w = serve(server, target, b"".join(
-            start + [command(4 + i, bytes([0x0A, 0]) + size + b"\0", data=data)
+            start + [command(first + i, b"\x0a" + wflags + size + b"\0", data=data)
                      for i in range(writes)]), len(start))
         settle = time.perf_counter()  # buffered mode: count the blocks still being stored
         cart = lib.drives[0].cartridge
@@ -175,8 +184,8 @@ def measure(block: int, writes: int, reads: int, kind: str = "mixed") -> tuple[f
             cart.wait_writes()
         w += time.perf_counter() - settle
         r = serve(server, target, b"".join(
-            start + [command(4 + i, bytes([0x08, 2]) + size + b"\0", read=block)
-                     for i in range(reads)]), len(start))
+            start[:4] + [command(4 + i, b"\x08" + rflags + size + b"\0", read=block)
+                         for i in range(reads)]), 4)
         lib.close()
         return w / writes * 1e6, r / max(reads, 1) * 1e6
     finally:
@@ -216,6 +225,8 @@ def main() -> int:
                     help="instructions per WRITE and READ under valgrind (repeatable under load)")
     ap.add_argument("--data", choices=("mixed", "random", "text"), default="mixed",
                     help="what the blocks hold (bench_drive.py's --data)")
+    ap.add_argument("--fixed-block", type=int, default=None,
+                    help="fixed-block mode (bench_drive.py's --mode fixed --fixed-block N)")
     args = ap.parse_args()
     if args.callgrind:
         if shutil.which("valgrind") is None:
@@ -226,7 +237,7 @@ def main() -> int:
               f"{args.block_size} bytes, {args.data} data (server side, no network)")
         return 0
     reads = args.count if args.reads is None else min(args.reads, args.count)
-    w, r = measure(args.block_size, args.count, reads, args.data)
+    w, r = measure(args.block_size, args.count, reads, args.data, args.fixed_block)
     print(f"{args.block_size >> 10} KiB {args.data}: WRITE(6) {w:.1f} us, READ(6) {r:.1f} us per command "
           f"(server side, no network; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})")
     return 0

@@ -1002,14 +1002,14 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         data = memoryview(req.data_out)
         if len(data) < total:
             raise PARAMETER_LIST_LENGTH_ERROR()
-        blocks = [data[i * bs : (i + 1) * bs] for i in range(count)]
+        blocks = None
         if self.protection.write:  # every block's LBP CRC checks before any is written
-            blocks = [self.protection.strip(b) for b in blocks]
+            blocks = [self.protection.strip(data[i * bs : (i + 1) * bs]) for i in range(count)]
         self._flush_writes(cart, req.nexus)
         before = cart.used_bytes
         early = False
         first = 0
-        if FIXED_RUNS and not self.protection.write and not self._has_injected(cart):
+        if FIXED_RUNS and blocks is None and not self._has_injected(cart):
             # All blocks in one go (as many as fit: the one that does not, and those after
             # it, then take the block-by-block path, which says so).
             try:
@@ -1021,7 +1021,8 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
             try:
                 if self._injected(cart, WRITE):
                     raise OSError(errno.EIO, "injected error")
-                res = cart.write_block(blocks[i], compress=compress)
+                res = cart.write_block(data[i * bs : (i + 1) * bs] if blocks is None
+                                       else blocks[i], compress=compress)
             except (CartridgeError, OSError) as exc:
                 self.bytes_written += i * bs
                 raise self._write_error(exc, count - i) from None
