@@ -3,13 +3,13 @@
 A dedup cartridge's stream is cut into chunks and hashed on the cartridge's cut thread
 (dedup_medium.py: FastCDC, BLAKE3); what a cut yields goes to a ``ChunkWriter`` as one
 *batch* and the cut thread returns at once. Here each batch's chunks are looked up in the
-index with one query (on the caller's thread, so that a chunk seen twice is stored once), those the store lacks are compressed on ``COMPRESS_THREADS``
-threads (zstd releases the GIL; one batch per thread at a time, each thread with its own
-compressor), and each batch's records go to the writer's pack in the order the batches were
-cut, with one ``pwritev`` per batch. At most ``IN_FLIGHT`` batches wait or run, which bounds
-memory (a batch holds one 5.5 MiB stream buffer, stream_tail.py: about 40 MiB for a
-writing cartridge with the cut's and the spares) and makes a writer that outruns the pool
-wait.
+index with one query (on the caller's thread, so that a chunk seen twice is stored once),
+those the store lacks are compressed on ``COMPRESS_THREADS`` threads (zstd releases the
+GIL; one batch per thread at a time, each thread with its own compressor), and each
+batch's records go to the writer's pack in the order the batches were cut, with one
+``pwritev`` per batch. At most ``IN_FLIGHT`` batches wait or run, which bounds memory (a
+batch holds one 5.5 MiB stream buffer, stream_tail.py: about 40 MiB for a writing
+cartridge with the cut's and the spares) and makes a writer that outruns the pool wait.
 
 Nothing here is durable by itself: a sync point first ``drain``s the writer (every batch
 appended to its pack), then runs the store's ``sync`` (packs, then index rows). A reader of

@@ -15,8 +15,8 @@ them once per library; what a batch leaves uncut (its last chunk, whose end is o
 buffer's) the cut thread carries to the front of the next one. Everything else (reads,
 truncates, sync points, close) first waits for the cut thread (``_settle``): the carried
 bytes then go back to the front of the writing thread's buffer, and the stream is chunks
-plus that one uncut tail, as when the cut ran on the writing thread. Reads put skeleton and payloads back together,
-so the cartridge above sees the plain file's bytes at every offset.
+plus that one uncut tail, as when the cut ran on the writing thread. Reads put skeleton and
+payloads back together, so the cartridge above sees the plain file's bytes at every offset.
 
 Sync point (``fsync``): the stream's tail becomes a last chunk, the chunk writer is drained,
 the new chunks are made durable and indexed (their packs fdatasync'd, then the index rows
@@ -64,8 +64,9 @@ assert MAX_CHUNK <= HEADROOM
 # The stream tail goes to the cut once it holds this much; the last chunk found is carried
 # to the next batch (its end is only where the buffer ended, not a content-defined cut).
 # A batch costs an index query, a hand-off to the compress pool and a few wake-ups made
-# holding the GIL: 4 MiB against 1 MiB (bench_dedup's first full, three interleaved sets at load 4-11) took 3-6%
-# less CPU per GB and 20-35% fewer voluntary context switches, for ~10 MiB more buffers.
+# holding the GIL: 4 MiB against 1 MiB (bench_dedup's first full, three interleaved sets at
+# load 4-11) took 3-6% less CPU per GB and 20-35% fewer voluntary context switches, for ~10
+# MiB more buffers.
 CUT_BATCH = 4 << 20
 # Batches handed to the cut thread and not cut yet, the one being cut included: the writing
 # thread copies the next batch while one is cut, and waits when it is this far ahead.
