@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,6 +40,9 @@ LATENCY_BOUND = 1.0  # seconds for one INQUIRY of the well-behaved initiator, on
 # 3.8 s; with the probe in the test process, 1.57 s in a whole fresh suite (2026-12-04).
 LATENCY_BOUND_FOUR = 4.0
 FLOOD_SECONDS = 3.0
+SLOW_READ_RATE = 5000  # bytes a second a slow reader takes (35 INQUIRY answers)
+LOGIN_FLOOD_HELD = 100  # half-logged-in connections each flooding process keeps open
+LOGIN_AFTER_FLOOD_BOUND = 20.0  # seconds until a new login works once a login flood stops
 PORTAL_CAP = 64  # vtl serve's defaults
 INITIATOR_CAP = 8
 THREAD_SLACK = 8  # flushers, connections on their way out
@@ -60,19 +63,33 @@ def served(tmp_path_factory) -> Iterator[Served]:
 SUPPORT = Path(__file__).parents[1] / "support"
 
 
-def _attackers(port: int, kinds: list[bool]) -> list[subprocess.Popen[str]]:
-    """Never-reading initiators (True: immediate commands), each a process of its own."""
+def _attackers(port: int, kinds: list[bool], read_rate: int = 0
+               ) -> list[subprocess.Popen[str]]:
+    """Never-reading initiators (True: immediate commands), each a process of its own;
+    with ``read_rate``, slow readers (that many bytes a second) instead."""
     script = SUPPORT / "never_reading_initiator.py"
+    rate = [str(read_rate)] if read_rate else []
     return [subprocess.Popen([sys.executable, str(script), str(port), IQN, str(k),
-                              "1" if imm else "0", str(FLOOD_SECONDS)],
+                              "1" if imm else "0", str(FLOOD_SECONDS), *rate],
                              stdout=subprocess.PIPE, text=True)
             for k, imm in enumerate(kinds)]
 
 
-def _attack(served: Served, kinds: list[bool]) -> tuple[int, int, float, int]:
-    """Run never-reading initiators while a well-behaved one (a process of its own,
-    tests/support/inquiry_probe.py) sends INQUIRYs; (baseline RSS KiB, peak RSS KiB, worst
-    latency s, commands sent)."""
+def _login_flooders(port: int, n: int) -> list[subprocess.Popen[str]]:
+    """Processes opening connections left half-logged-in (tests/support/login_flood.py),
+    each keeping LOGIN_FLOOD_HELD open: together more than the portal's cap."""
+    return [subprocess.Popen([sys.executable, str(SUPPORT / "login_flood.py"), str(port),
+                              IQN, str(FLOOD_SECONDS), str(LOGIN_FLOOD_HELD)],
+                             stdout=subprocess.PIPE, text=True)
+            for _ in range(n)]
+
+
+def _attack(served: Served, attackers: Callable[[], list[subprocess.Popen[str]]],
+            during: Callable[[], None] | None = None) -> tuple[int, int, float, int]:
+    """Run ``attackers`` while a well-behaved initiator (a process of its own,
+    tests/support/inquiry_probe.py) sends INQUIRYs, calling ``during`` between two looks
+    at the server's memory; (baseline RSS KiB, peak RSS KiB, worst latency s, what the
+    attackers printed, summed)."""
     pid = served.proc.pid
     good = subprocess.Popen([sys.executable, str(SUPPORT / "inquiry_probe.py"),
                              str(served.port), IQN, str(FLOOD_SECONDS)],
@@ -81,12 +98,14 @@ def _attack(served: Served, kinds: list[bool]) -> tuple[int, int, float, int]:
     try:
         assert good.stdout.readline().strip() == "ready"
         base = proc_status(pid, "VmRSS")
-        procs = _attackers(served.port, kinds)
+        procs = attackers()
         good.stdin.write("go\n")
         good.stdin.flush()
         peak = base
         while any(p.poll() is None for p in procs):
             peak = max(peak, proc_status(pid, "VmRSS"))
+            if during is not None:
+                during()
             time.sleep(0.05)
         took = json.loads(good.communicate(timeout=60)[0])
         sent = sum(int(p.communicate(timeout=30)[0]) for p in procs)
@@ -101,7 +120,7 @@ def _attack(served: Served, kinds: list[bool]) -> tuple[int, int, float, int]:
 
 
 def test_never_reading_initiator_gets_bounded_memory(served: Served):
-    base, peak, worst, sent = _attack(served, [False])
+    base, peak, worst, sent = _attack(served, lambda: _attackers(served.port, [False]))
     print(f"1 never-reading initiator: {sent} commands sent, RSS {base >> 10} -> "
           f"{peak >> 10} MiB, worst INQUIRY latency of another {worst * 1000:.0f} ms")
     assert sent > 20_000  # the flood happened (kernel buffers alone hold fewer)
@@ -110,11 +129,50 @@ def test_never_reading_initiator_gets_bounded_memory(served: Served):
 
 
 def test_four_never_reading_initiators_get_bounded_memory(served: Served):
-    base, peak, worst, sent = _attack(served, [False, True, False, True])
+    base, peak, worst, sent = _attack(
+        served, lambda: _attackers(served.port, [False, True, False, True]))
     print(f"4 never-reading initiators: {sent} commands sent, RSS {base >> 10} -> "
           f"{peak >> 10} MiB, worst INQUIRY latency of another {worst * 1000:.0f} ms")
     assert peak - base < RSS_BOUND_KIB
     assert worst < LATENCY_BOUND_FOUR
+
+
+def test_four_slow_reading_initiators_do_not_hold_up_another(served: Served):
+    """Slow readers empty their socket a little at a time: the server's output to them
+    keeps draining (its flusher, its back-pressure) and never holds up the device."""
+    base, peak, worst, sent = _attack(
+        served, lambda: _attackers(served.port, [False, True, False, True], SLOW_READ_RATE))
+    print(f"4 slow-reading initiators ({SLOW_READ_RATE} B/s): {sent} commands sent, RSS "
+          f"{base >> 10} -> {peak >> 10} MiB, worst INQUIRY latency of another "
+          f"{worst * 1000:.0f} ms")
+    assert peak - base < RSS_BOUND_KIB
+    assert worst < LATENCY_BOUND_FOUR
+
+
+def test_login_flood_does_not_hold_up_another(served: Served):
+    """Connections opened as fast as two processes can and left half-logged-in: a logged-in
+    initiator keeps being answered, and once the flood stops a new one can log in.
+
+    Not asserted: a new initiator logging in *during* the flood waits behind the accept
+    backlog (it fills, 4096 connections, each costing the server a thread start): up to
+    4.7 s at load 7-8 (2026-12-04, bench/README.md)."""
+    base, peak, worst, opened = _attack(served, lambda: _login_flooders(served.port, 2))
+    t0 = time.monotonic()
+    while True:  # the backlog the flood left (connections closed since) drains first
+        try:
+            took = _inquiry_works(served.port)
+            break
+        except (OSError, ConnectionError, LoginRefused):
+            assert time.monotonic() - t0 < LOGIN_AFTER_FLOOD_BOUND
+            time.sleep(0.05)
+    after = time.monotonic() - t0
+    print(f"login flood: {opened} connections opened, RSS {base >> 10} -> {peak >> 10} MiB, "
+          f"worst INQUIRY latency of another {worst * 1000:.0f} ms; a new login + INQUIRY "
+          f"after it: {after * 1000:.0f} ms ({took * 1000:.0f} ms the last try)")
+    assert opened > 2 * LOGIN_FLOOD_HELD  # more than the portal's cap came and went
+    assert peak - base < RSS_BOUND_KIB
+    assert worst < LATENCY_BOUND_FOUR
+    assert after < LOGIN_AFTER_FLOOD_BOUND
 
 
 def _inquiry_works(port: int, name: str = GOOD, isid: bytes = b"\x80\0\0\0\x20\x02") -> float:

@@ -71,6 +71,13 @@ class Limits:
     # Responses one connection may hold for an initiator that does not read them; beyond,
     # the sender waits (with the CmdSN window, rarely reached: QueueDepth responses).
     max_unsent: int = 16 << 20
+    # Output the initiator may leave unread in the socket before the connection stops
+    # reading its PDUs (framing.py _await_reader). Two 3 s floods of INQUIRYs from four
+    # never-reading initiators (and the server's start) cost it 7.2 s of CPU unbounded (the
+    # kernel's buffers take megabytes first), 6.0 s at 1 MiB, 4.0-4.6 s at 512 KiB, 3.3-3.8 s
+    # at 256 KiB (2026-12-04, load 4-6). A READ streaming to a slower pipelined reader keeps
+    # this much queued for it.
+    max_unread: int = 512 << 10
     nop_interval: float = 30.0  # seconds of silence before a NOP-In ping (0 = never)
     nop_timeout: float = 30.0  # seconds to wait for the ping's answer before dropping
     login_timeout: float = 15.0  # seconds a connection may take to finish logging in

@@ -134,6 +134,7 @@ class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, Re
         self.closed = threading.Event()
         self.opened = time.monotonic()
         self._last_rx = self.opened
+        self._unread_due = self.opened  # when _serve next asks how much the peer left unread
         self._ping_ttt: int | None = None
         self._ping_sent = 0.0
         self.thread = threading.Thread(target=self._serve, name=f"iscsi {self.peer}",
@@ -148,6 +149,8 @@ class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, Re
             while not self._closing:
                 if self._unsent_bytes:
                     self._await_unsent()
+                elif self._last_rx >= self._unread_due:
+                    self._await_reader()
                 hdr, data, digest_ok = self._recv_pdu()
                 if hdr is not None:  # None: answered on the streaming fast path
                     self._dispatch(hdr, data, digest_ok)

@@ -11,9 +11,12 @@ full is never waited on by a thread holding a device (``_sendall`` says how).
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import select
 import socket
+import struct
+import termios
 import threading
 import time
 from collections import deque
@@ -33,6 +36,10 @@ LOGIN_MAX_DSL = 64 * 1024
 MAX_HEADER = BHS_LEN + 255 * 4 + 4  # BHS + the largest AHS + a header digest
 SEND_WAIT = 0.05  # seconds a full socket may hold up a sender before its frames are set aside
 FLUSH_CHUNK = 1 << 20  # bytes the flusher joins into one write
+UNREAD_EVERY = 0.001  # seconds between two looks at what the peer left unread
+UNREAD_NAP = (0.0005, 0.02)  # first and longest sleep while it leaves too much unread
+_INT = struct.Struct("i")
+_ZERO_INT = bytes(4)
 # Compared per PDU: plain ints, not enum attribute lookups (vtl/scsi/opcodes.py says why).
 _SCSI_CMD = int(Op.SCSI_CMD)
 _READ_6 = int(Opcode.READ_6)
@@ -71,6 +78,7 @@ class PduFraming:
     _dd: bool
     _max_dsl: int
     _last_rx: float
+    _unread_due: float  # when _serve next calls _await_reader
     _streams: dict
     _paths: Any  # stream_paths.paths: the fast paths' implementation (C or Python)
     commands: int  # SCSI commands received (read by the status snapshot, vtl.iscsi.admin)
@@ -270,6 +278,27 @@ class PduFraming:
         with self._tx_cond:
             while self._unsent_bytes and not self._closing and not self._sock_closed:
                 self._tx_cond.wait(0.5)
+
+    def _unread(self) -> int:
+        """Bytes written to the socket that the peer has not taken yet (SIOCOUTQ)."""
+        return _INT.unpack(fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, _ZERO_INT))[0]
+
+    def _await_reader(self) -> None:
+        """Back-pressure before the socket is full: read no new PDU while the peer leaves
+        more than ``max_unread`` bytes of our output unread (asked at most every
+        UNREAD_EVERY). The kernel would otherwise take megabytes of answers first - tens
+        of thousands of INQUIRYs run for an initiator that never reads them, the device and
+        the GIL taken from every other initiator meanwhile. A peer that reads what it
+        asked for before asking again (one command at a time, as st does) never waits."""
+        limit = self._limits.max_unread
+        nap = UNREAD_NAP[0]
+        try:
+            while self._unread() > limit and not self._closing:
+                time.sleep(nap)
+                nap = min(nap * 2, UNREAD_NAP[1])
+        except OSError:  # closed meanwhile: the next read says so
+            pass
+        self._unread_due = time.monotonic() + UNREAD_EVERY
 
     def _next_statsn(self) -> int:
         with self._tx_lock:  # the connection's thread and LUN workers both number responses
