@@ -57,7 +57,8 @@ static PyObject *w_wb, *w_blocks, *w_failed, *w_position, *w_index, *w_objects, 
     *w_pr, *w_reservation, *w_immediate, *w_thread, *w_failed_imm, *w_library, *w_faults,
     *w_media, *w_writable, *w_buffered_mode, *w_buffered_for, *w_devconf_ext,
     *w_comp_page, *w_bytes_written, *w_streaming, *w_sense, *w_pop, *w_kw_compress,
-    *w_write_streams, *w_wrote, *w_spare_buffers, *w_give_back, *w_key;
+    *w_write_streams, *w_wrote, *w_spare_buffers, *w_give_back, *w_key, *w_queue_block,
+    *w_kw_queue, *w_donated_type;
 
 /* ---------------------------------------------------------------- small helpers */
 
@@ -611,6 +612,48 @@ static int wb_state(PyObject *cart, int *failed, int *pending)
     return r < 0 ? -1 : 0;
 }
 
+static int done(PyObject *dev, PyObject *nexus);
+
+/* A CartridgeError or OSError with nothing stored: declined (0), the general path meets
+ * it again and reports it; anything else stays an error (-1). */
+static int stored_nothing(void)
+{
+    if (PyErr_ExceptionMatches(w_cart_error) || PyErr_ExceptionMatches(PyExc_OSError)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
+}
+
+/* _buffer_block's queue_block call for a donated block (the transport's DonatedBuffer, or
+ * bytes): cart.queue_block(data, compress=..., done=SPARE_BUFFERS.give_back). 1 queued,
+ * 0 not taken (write it now), 2 a block that is not donated (the Python method copies
+ * it), -1 error. */
+static int queue(PyObject *cart, PyObject *data, int compress)
+{
+    PyObject *base = PyMemoryView_Check(data) ? PyMemoryView_GET_BASE(data) : data;
+    if (base == NULL || (!PyBytes_CheckExact(base) && (PyObject *)Py_TYPE(base) != w_donated_type))
+        return 2;
+    PyObject *spare = PyDict_GetItemWithError(w_globals, w_spare_buffers);
+    if (spare == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_KeyError, "SPARE_BUFFERS");
+        return -1;
+    }
+    PyObject *give_back = PyObject_GetAttr(spare, w_give_back);
+    if (give_back == NULL)
+        return -1;
+    PyObject *args[] = {cart, data, compress ? Py_True : Py_False, give_back};
+    PyObject *res = PyObject_VectorcallMethod(w_queue_block, args,
+                                              2, w_kw_queue);
+    Py_DECREF(give_back);
+    if (res == NULL)
+        return -1;
+    int r = PyObject_IsTrue(res);
+    Py_DECREF(res);
+    return r;
+}
+
 /* What stream_write decides under the drive's lock: 1 written (GOOD), 0 declined (nothing
  * changed), 2 the Python method's, -1 error. */
 static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize_t n)
@@ -642,7 +685,25 @@ static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize
         Py_DECREF(cart);
         return 2;
     }
-    /* the write buffer's case (_buffer_block): the Python method's */
+    /* compression from mode page 0x0F (DCE) */
+    PyObject *page = PyObject_GetAttr(dev, w_comp_page);
+    PyObject *cur = page ? PyObject_GetAttr(page, w_current) : NULL;
+    Py_XDECREF(page);
+    if (cur == NULL)
+        goto error;
+    int compress;
+    if (PyByteArray_Check(cur) && PyByteArray_GET_SIZE(cur) > 0)
+        compress = (PyByteArray_AS_STRING(cur)[0] & 0x80) != 0;
+    else if (PyBytes_Check(cur) && PyBytes_GET_SIZE(cur) > 0)
+        compress = (PyBytes_AS_STRING(cur)[0] & 0x80) != 0;
+    else
+        compress = -1;
+    Py_DECREF(cur);
+    if (compress < 0) {
+        Py_DECREF(cart);
+        return 2;
+    }
+    /* the write buffer's case (_buffer_block) */
     long long mode;
     if (w_get_ll(dev, w_buffered_mode, &mode) < 0)
         goto error;
@@ -670,39 +731,29 @@ static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize
             Py_XDECREF(many);
             if (r < 0)
                 goto error;
-            if (!r) {  /* into the write buffer */
-                Py_DECREF(cart);
-                return 2;
+            if (!r) {  /* into the write buffer, or (not taken) written now */
+                r = queue(cart, data, compress);
+                if (r == 2 || r == 1) {
+                    Py_DECREF(cart);
+                    if (r == 2)
+                        return 2;
+                    if (w_add(dev, w_bytes_written, n) < 0
+                            || PyObject_SetAttr(dev, w_buffered_for, nexus) < 0)
+                        return -1;
+                    return done(dev, nexus);
+                }
+                if (r < 0) {
+                    Py_DECREF(cart);
+                    return stored_nothing();
+                }
             }
         }
     }
-    /* _write_now: compression from mode page 0x0F (DCE) */
-    PyObject *page = PyObject_GetAttr(dev, w_comp_page);
-    PyObject *cur = page ? PyObject_GetAttr(page, w_current) : NULL;
-    Py_XDECREF(page);
-    if (cur == NULL)
-        goto error;
-    int compress;
-    if (PyByteArray_Check(cur) && PyByteArray_GET_SIZE(cur) > 0)
-        compress = (PyByteArray_AS_STRING(cur)[0] & 0x80) != 0;
-    else if (PyBytes_Check(cur) && PyBytes_GET_SIZE(cur) > 0)
-        compress = (PyBytes_AS_STRING(cur)[0] & 0x80) != 0;
-    else
-        compress = -1;
-    Py_DECREF(cur);
-    if (compress < 0) {
-        Py_DECREF(cart);
-        return 2;
-    }
+    /* _write_now */
     r = append_now_c(cart, data, compress);
     Py_DECREF(cart);
-    if (r < 0) {  /* nothing stored: execute meets it again and reports it */
-        if (PyErr_ExceptionMatches(w_cart_error) || PyErr_ExceptionMatches(PyExc_OSError)) {
-            PyErr_Clear();
-            return 0;
-        }
-        return -1;
-    }
+    if (r < 0)
+        return stored_nothing();
     if (r == 0)
         return 0;
     if (w_add(dev, w_bytes_written, n) < 0)
@@ -718,13 +769,22 @@ static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize
             return -1;
         Py_DECREF(res);
     }
+    return done(dev, nexus);
+error:
+    Py_DECREF(cart);
+    return -1;
+}
+
+/* After a block stored or queued: _streaming off, and _plain_done (the nexus's sense is
+ * gone). 1, or -1. */
+static int done(PyObject *dev, PyObject *nexus)
+{
     if (PyObject_SetAttr(dev, w_streaming, Py_False) < 0)
         return -1;
-    /* _plain_done: the nexus's sense is gone */
     PyObject *sense = PyObject_GetAttr(dev, w_sense);
     if (sense == NULL)
         return -1;
-    r = 1;
+    int r = 1;
     if (PyDict_Check(sense)) {
         if (PyDict_GET_SIZE(sense) && PyDict_DelItem(sense, nexus) < 0) {
             if (PyErr_ExceptionMatches(PyExc_KeyError))
@@ -739,9 +799,6 @@ static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize
     }
     Py_DECREF(sense);
     return r;
-error:
-    Py_DECREF(cart);
-    return -1;
 }
 
 PyDoc_STRVAR(ssc_stream_write_doc,
@@ -1019,6 +1076,13 @@ static PyObject *configure_write(PyObject *mod, PyObject *args)
         if ((*want[i].into = PyLong_AsLongLong(v)) == -1 && PyErr_Occurred())
             return NULL;
     }
+    PyObject *donated_type = PyDict_GetItemString(consts, "DonatedBuffer");
+    if (donated_type == NULL || !PyType_Check(donated_type)) {
+        PyErr_SetString(PyExc_ValueError, "configure_write: DonatedBuffer, a class");
+        return NULL;
+    }
+    Py_INCREF(donated_type);
+    Py_XSETREF(w_donated_type, donated_type);
     PyObject *magic = PyDict_GetItemString(consts, "RECORD_MAGIC");
     if (magic == NULL || !PyBytes_Check(magic) || PyBytes_GET_SIZE(magic) != 2) {
         PyErr_SetString(PyExc_ValueError, "configure_write: RECORD_MAGIC, 2 bytes");
@@ -1081,7 +1145,11 @@ int fastpath_write_init(PyObject *module)
     W_INTERN(w_comp_page, "_compression_page"); W_INTERN(w_bytes_written, "bytes_written");
     W_INTERN(w_streaming, "_streaming"); W_INTERN(w_sense, "_sense"); W_INTERN(w_pop, "pop");
     W_INTERN(w_kw_compress, "compress");
-    W_INTERN(w_key, "key");
+    W_INTERN(w_key, "key"); W_INTERN(w_queue_block, "queue_block");
+    PyObject *kw_done = PyUnicode_InternFromString("done");
+    if (kw_done == NULL || (w_kw_queue = PyTuple_Pack(2, w_kw_compress, kw_done)) == NULL)
+        return -1;
+    Py_DECREF(kw_done);
     W_INTERN(w_sock, "sock"); W_INTERN(w_recv_into, "recv_into");
     W_INTERN(w_last_rx, "_last_rx"); W_INTERN(w_pre_buffer, "_pre_buffer");
     W_INTERN(w_tbuf, "_tbuf"); W_INTERN(w_spare, "_spare"); W_INTERN(w_take, "take");

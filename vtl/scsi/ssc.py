@@ -81,6 +81,7 @@ from vtl.scsi import ssc_attributes as attributes
 from vtl.scsi.base import (
     SPARE_BUFFERS,
     CheckCondition,
+    DonatedBuffer,
     Nexus,
     ResetKind,
     ScsiResult,
@@ -1367,7 +1368,8 @@ if _wnative is not None:
          "MISSES_BEFORE_SKIP": block_packing.MISSES_BEFORE_SKIP,
          "SKIP_BLOCKS": block_packing.SKIP_BLOCKS, "WRITEBACK_CHUNK": WRITEBACK_CHUNK,
          "HEADER_FLAG_WRITE_PROTECT": HEADER_FLAG_WRITE_PROTECT, "MAX_BLOCK": MAX_BLOCK,
-         "MIN_BUFFERED_WRITE": MIN_BUFFERED_WRITE, "RECORD_MAGIC": RECORD_MAGIC})
+         "MIN_BUFFERED_WRITE": MIN_BUFFERED_WRITE, "RECORD_MAGIC": RECORD_MAGIC,
+         "DonatedBuffer": DonatedBuffer})
 
 
 class _MediumConfigurationPage(ModePage):
