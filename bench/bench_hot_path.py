@@ -192,7 +192,7 @@ def measure(block: int, writes: int, reads: int, kind: str = "mixed", fixed: int
         shutil.rmtree(work, ignore_errors=True)
 
 
-def callgrind(block: int, kind: str) -> tuple[int, int]:
+def callgrind(block: int, kind: str, fixed: int | None = None) -> tuple[int, int]:
     """Instructions per WRITE and per READ: three runs under valgrind (100 writes and 100
     reads, 600 and 100, 600 and 600), the differences divided by the 500 extra commands."""
     counts = {}
@@ -200,7 +200,8 @@ def callgrind(block: int, kind: str) -> tuple[int, int]:
         r = subprocess.run(
             ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
              __file__, "--block-size", str(block), "--count", str(writes), "--reads",
-             str(reads), "--data", kind],
+             str(reads), "--data", kind]
+            + ([] if fixed is None else ["--fixed-block", str(fixed)]),
             capture_output=True, text=True, check=True)
         m = re.search(r"Collected : (\d+)", r.stderr)
         if m is None:
@@ -232,7 +233,7 @@ def main() -> int:
         if shutil.which("valgrind") is None:
             print("error: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
             return 2
-        per_write, per_read = callgrind(args.block_size, args.data)
+        per_write, per_read = callgrind(args.block_size, args.data, args.fixed_block)
         print(f"{per_write} instructions per WRITE(6), {per_read} per READ(6) of "
               f"{args.block_size} bytes, {args.data} data (server side, no network)")
         return 0
