@@ -25,6 +25,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -58,6 +59,12 @@ class OneAtATimeSocket:
         self.responses = 0
         self.setup_pdus = setup_pdus
         self.started = 0.0  # when the first measured PDU was handed out
+        # A real socket that nobody writes to, for the connection's unread-output check
+        # (framing.py _await_reader asks SIOCOUTQ of our fileno: always 0 here).
+        self._idle = socket.socketpair()
+
+    def fileno(self) -> int:
+        return self._idle[0].fileno()
 
     def recv_into(self, view: memoryview, nbytes: int = 0, flags: int = 0) -> int:
         n = len(view)
