@@ -90,6 +90,13 @@ class OneAtATimeSocket:
         self.responses += 1
         return n
 
+    def fileno(self) -> int:
+        """A real descriptor for the connection's unread-output check (TIOCOUTQ): an idle
+        socket of a pair, which never has output waiting."""
+        if not hasattr(self, "_idle"):
+            self._idle = socket.socketpair()
+        return self._idle[0].fileno()
+
     def setblocking(self, flag: bool) -> None:
         pass
 
@@ -106,7 +113,8 @@ class OneAtATimeSocket:
         pass
 
     def close(self) -> None:
-        pass
+        for s in getattr(self, "_idle", ()):
+            s.close()
 
 
 def command(itt: int, cdb: bytes, *, read: int = 0, data: bytes = b"") -> bytes:
