@@ -90,13 +90,6 @@ class OneAtATimeSocket:
         self.responses += 1
         return n
 
-    def fileno(self) -> int:
-        """A real descriptor for the connection's unread-output check (TIOCOUTQ): an idle
-        socket of a pair, which never has output waiting."""
-        if not hasattr(self, "_idle"):
-            self._idle = socket.socketpair()
-        return self._idle[0].fileno()
-
     def setblocking(self, flag: bool) -> None:
         pass
 
@@ -113,7 +106,7 @@ class OneAtATimeSocket:
         pass
 
     def close(self) -> None:
-        for s in getattr(self, "_idle", ()):
+        for s in self._idle:
             s.close()
 
 
