@@ -21,16 +21,6 @@ BS = 512
 TEXT = b"".join(b"%06d /srv/www/site/page-%d.html 200 OK\n" % (i, i * 13) for i in range(3000))
 
 
-def _answers(ini: RawInitiator, itt: int) -> list[bytes]:
-    out = []
-    while True:
-        p = ini.recv()
-        assert p.hdr.itt == itt, f"unexpected PDU 0x{p.op:02x}"
-        out.append(bytes(p.hdr.raw) + p.data)
-        if p.op == Op.SCSI_RSP or (p.op == Op.DATA_IN and p.hdr.flags & 1):
-            return out
-
-
 def _session(lib_dir: Path, runs: bool) -> tuple[list[list[bytes]], bytes]:
     """The command sequence against a fresh library; (every answer, what was read back)."""
     lib = Library.create(lib_dir, LibraryConfig(drives=1, slots=4, mailslots=1))
@@ -48,7 +38,7 @@ def _session(lib_dir: Path, runs: bool) -> tuple[list[list[bytes]], bytes]:
                      "InitialR2T": "No", "FirstBurstLength": "65536"})
 
             def cmd(cdb: bytes, **kw) -> list[bytes]:
-                answer = _answers(a, a.scsi(cdb, lun=1, **kw))
+                answer = a.answers(a.scsi(cdb, lun=1, **kw))
                 log.append(answer)
                 return answer
 

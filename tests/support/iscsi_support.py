@@ -313,6 +313,17 @@ class RawInitiator:
             else:
                 raise AssertionError(f"unexpected PDU 0x{p.op:02x} itt={p.hdr.itt:x}")
 
+    def answers(self, itt: int) -> list[bytes]:
+        """Every PDU of one command's answer, header and data, as bytes (to compare two
+        runs' answers byte for byte)."""
+        out = []
+        while True:
+            p = self.recv()
+            assert p.hdr.itt == itt, f"unexpected PDU 0x{p.op:02x}"
+            out.append(bytes(p.hdr.raw) + p.data)
+            if p.op == Op.SCSI_RSP or (p.op == Op.DATA_IN and p.hdr.flags & 1):
+                return out
+
     def nop_reply(self, ping: Pdu) -> None:
         bhs = pdu.encode_layout(Op.NOP_OUT, immediate=True, flags=0x80, itt=ALL_ONES,
                                 ttt=ping.hdr.words[0], cmdsn=self.cmdsn,
