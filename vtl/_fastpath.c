@@ -18,7 +18,9 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <errno.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #define BHS_LEN 48
 #define ALL_ONES 0xFFFFFFFFu
@@ -765,6 +767,7 @@ static PyObject *configure(PyObject *mod, PyObject *args)
 /* Set by configure_read_ahead(). */
 static PyObject *ra_fallback, *ra_zstd_error, *ra_crc32c, *ra_decrypt_only, *ra_max_output;
 static long long ra_span_record_max;
+static PyObject *ra_plain_medium;  /* PlainMedium (ahead_direct), or NULL */
 
 static PyObject *s_wb, *s_blocks, *s_position, *s_index, *s_ahead, *s_obj, *s_objects,
     *s_run_rec, *s_meta, *s_offsets, *s_end, *s_crypto, *s_span, *s_span_off, *s_span_len,
@@ -772,17 +775,23 @@ static PyObject *s_wb, *s_blocks, *s_position, *s_index, *s_ahead, *s_obj, *s_ob
     *s_run_extra, *s_decrypt;
 
 PyDoc_STRVAR(configure_read_ahead_doc,
-"configure_read_ahead(fallback, zstd_error, crc32c, span_record_max, decrypt_only)\n\n"
+"configure_read_ahead(fallback, zstd_error, crc32c, span_record_max, decrypt_only,\n"
+"                     plain_medium=None)\n\n"
 "TapeCartridge.read_ahead (called for every case but the usual one), zstandard.ZstdError,\n"
-"crc32c.crc32c, read_ahead.SPAN_RECORD_MAX and DecryptMode.DECRYPT (plain blocks refused).");
+"crc32c.crc32c, read_ahead.SPAN_RECORD_MAX, DecryptMode.DECRYPT (plain blocks refused) and\n"
+"PlainMedium (records too big for the span read here from such a file; None: never).");
 
 static PyObject *configure_read_ahead(PyObject *mod, PyObject *args)
 {
-    PyObject *fallback, *zerr, *crc, *decrypt_only;
+    PyObject *fallback, *zerr, *crc, *decrypt_only, *plain_medium = NULL;
     long long span_max;
-    if (!PyArg_ParseTuple(args, "OOOLO:configure_read_ahead", &fallback, &zerr, &crc, &span_max,
-                          &decrypt_only))
+    if (!PyArg_ParseTuple(args, "OOOLO|O:configure_read_ahead", &fallback, &zerr, &crc, &span_max,
+                          &decrypt_only, &plain_medium))
         return NULL;
+    if (plain_medium == Py_None)
+        plain_medium = NULL;
+    Py_XINCREF(plain_medium);
+    Py_XSETREF(ra_plain_medium, plain_medium);
     Py_INCREF(fallback);
     Py_INCREF(zerr);
     Py_INCREF(crc);
@@ -922,6 +931,116 @@ out:
     return r;
 }
 
+/* ---- A record too big for the span, stored as is (rdfast) --------------------------------
+ * TapeCartridge._decode's "direct" case for the read-ahead: the payload read with one preadv
+ * (GIL released) straight into the next of ReadAhead's two alternating buffers
+ * (ReadAhead.buffer), the record header beside it, then the same checks as the span's and
+ * the payload's crc32c; held as a view of that buffer (own False, lasting True), as
+ * read_ahead's Python method holds it. Only for a plain cartridge file (PlainMedium, set by
+ * configure_read_ahead): another medium (dedup) is the Python method's. 1 done (the cache
+ * left empty when the record is damaged or the read fails), 0 the Python method's, -1 error. */
+static PyObject *s_io, *s_fd, *s_bufs, *s_which;
+
+static int ahead_direct(PyObject *cart, PyObject *ahead, long long p, uint64_t m,
+                        long long off, long long size)
+{
+    long long native = (long long)(m >> 16), stored = size - RH_SIZE, fd = -1, which;
+    if (ra_plain_medium == NULL || stored < 0)
+        return 0;
+    PyObject *io = PyObject_GetAttr(cart, s_io);
+    if (io == NULL)
+        return -1;
+    int plain = (PyObject *)Py_TYPE(io) == ra_plain_medium;
+    int r = plain ? get_ll(io, s_fd, &fd) : 0;
+    Py_DECREF(io);
+    if (r < 0 || !plain)
+        return r;
+    /* ReadAhead.buffer(native): the other buffer, grown when too small */
+    PyObject *bufs = PyObject_GetAttr(ahead, s_bufs);
+    if (bufs == NULL)
+        return -1;
+    if (!PyList_CheckExact(bufs) || PyList_GET_SIZE(bufs) != 2 || get_ll(ahead, s_which, &which) < 0) {
+        Py_DECREF(bufs);
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    which = (which ^ 1) & 1;
+    PyObject *buf = PyList_GET_ITEM(bufs, which);
+    Py_INCREF(buf);
+    Py_ssize_t have = PyObject_Length(buf);
+    if (have < 0)
+        goto error;
+    if (have < native) {
+        PyObject *ba = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)native);
+        if (ba == NULL)
+            goto error;
+        memset(PyByteArray_AS_STRING(ba), 0, (size_t)native);
+        Py_SETREF(buf, PyMemoryView_FromObject(ba));
+        Py_DECREF(ba);
+        if (buf == NULL)
+            goto error_nobuf;
+        Py_INCREF(buf);
+        if (PyList_SetItem(bufs, which, buf) < 0)  /* steals one reference */
+            goto error;
+    }
+    if (set_ll(ahead, s_which, which) < 0 || set_ll(ahead, s_obj, -1) < 0)
+        goto error;
+    Py_buffer bv;
+    if (PyObject_GetBuffer(buf, &bv, PyBUF_WRITABLE) < 0)
+        goto error;
+    uint8_t head[RH_SIZE];
+    struct iovec iov[2] = {{head, RH_SIZE}, {bv.buf, (size_t)native}};
+    ssize_t got;
+    int err;
+    do {
+        Py_BEGIN_ALLOW_THREADS
+        got = preadv((int)fd, iov, 2, (off_t)off);
+        Py_END_ALLOW_THREADS
+        err = errno;
+        if (got < 0 && err == EINTR && PyErr_CheckSignals() < 0) {
+            PyBuffer_Release(&bv);
+            goto error;
+        }
+    } while (got < 0 && err == EINTR);
+    int ok = 0;
+    /* cut short, or a read error: damaged (the real READ meets it and reports it) */
+    if (got == RH_SIZE + stored && head[0] == 'R' && head[1] == 'C')
+        ok = crc_is(head, RH_CRC_SPAN, le32(head + 28));
+    if (ok > 0) {
+        unsigned kind = head[2];
+        uint32_t native_len = le32(head + 8);
+        ok = !(kind < 1 || kind > 3 || (kind == KIND_FILEMARK_RUN && native_len < 2)
+               || (long long)le64(head + 16) != p || (long long)le32(head + 4) != stored);
+    }
+    if (ok > 0)
+        ok = crc_is(bv.buf, (Py_ssize_t)native, le32(head + 24));
+    PyBuffer_Release(&bv);
+    if (ok <= 0) {
+        Py_DECREF(buf);
+        Py_DECREF(bufs);
+        return ok < 0 ? -1 : 1;
+    }
+    /* ReadAhead.hold(p, native, stored, view, own=False, lasting=True) */
+    PyObject *data = PySequence_GetSlice(buf, 0, (Py_ssize_t)native);
+    if (data == NULL)
+        goto error;
+    if (set_ll(ahead, s_native, native) < 0 || set_ll(ahead, s_stored, stored) < 0
+            || PyObject_SetAttr(ahead, s_data, data) < 0
+            || PyObject_SetAttr(ahead, s_own, Py_False) < 0
+            || PyObject_SetAttr(ahead, s_lasting, Py_True) < 0 || set_ll(ahead, s_obj, p) < 0) {
+        Py_DECREF(data);
+        goto error;
+    }
+    Py_DECREF(data);
+    Py_DECREF(buf);
+    Py_DECREF(bufs);
+    return 1;
+error:
+    Py_XDECREF(buf);
+error_nobuf:
+    Py_DECREF(bufs);
+    return -1;
+}
+
 static int ahead_from_span(PyObject *cart, PyObject *idx, PyObject *ahead, long long p,
                            int runs)
 {
@@ -968,8 +1087,11 @@ static int ahead_from_span(PyObject *cart, PyObject *idx, PyObject *ahead, long 
     else if (get_ll(idx, s_end, &end) < 0)
         goto fail;
     long long size = end - off;
-    if (size > ra_span_record_max)
+    if (size > ra_span_record_max) {  /* read straight into a buffer of the cache's */
+        if (!(m & (FLAG_COMPRESSED << 8)))
+            result = ahead_direct(cart, ahead, p, m, off, size);
         goto done;
+    }
     if (get_ll(ahead, s_span_off, &span_off) < 0 || get_ll(ahead, s_span_len, &span_len) < 0)
         goto fail;
     long long start = off - span_off;
@@ -1514,6 +1636,7 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     INTERN(s_counters, "counters"); INTERN(s_read_native, "read_native");
     INTERN(s_read_stored, "read_stored"); INTERN(s_closed, "_closed"); INTERN(s_error, "_error");
     INTERN(s_cart_lock, "_lock");
+    INTERN(s_io, "_io"); INTERN(s_fd, "fd"); INTERN(s_bufs, "_bufs"); INTERN(s_which, "_which");
     PyObject *max_output = PyUnicode_InternFromString("max_output_size");
     if (max_output == NULL || (ra_max_output = PyTuple_Pack(1, max_output)) == NULL)
         return NULL;

@@ -98,6 +98,10 @@ def twins(tmp_path: Path):
     _damage(p, c, data_recs[12], "header")
     _damage(p, c, compressed[9], "zstd")
     _damage(p, c, data_recs[70], "payload")  # past the run
+    big = [r for r in data_recs if idx.meta[r] >> 16 > 150000 and r not in compressed]
+    assert len(big) >= 4  # too big for the span, stored as is: read straight into a buffer
+    _damage(p, c, big[1], "payload")
+    _damage(p, c, big[2], "header")
     q = tmp_path / "B00001L8.vtape"
     for f in tmp_path.iterdir():
         if f.name.startswith("A00001L8"):
@@ -126,8 +130,9 @@ def _config() -> tuple:
     import zstandard
 
     from tape_formats.read_ahead import SPAN_RECORD_MAX
+    from tape_formats.store.medium import PlainMedium
     return (TapeCartridge.read_ahead, zstandard.ZstdError, crc32c.crc32c, SPAN_RECORD_MAX,
-            DecryptMode.DECRYPT)
+            DecryptMode.DECRYPT, PlainMedium)
 
 
 @pytest.mark.parametrize("crypto", ["none", "plain readable", "decrypt only"])

@@ -189,9 +189,14 @@ log = logging.getLogger(__name__)
 # extension is built: vtl/_fastpath.c; tests/tape_formats/test_read_ahead_native.py holds the
 # two to the same cache contents.
 _native = optional_extension("vtl._fastpath", "configure_read_ahead", "read_ahead")
+# A record too big for the span, stored as is, is read there too from a plain cartridge file.
 if _native is not None:
-    _native.configure_read_ahead(TapeCartridge.read_ahead, zstandard.ZstdError, crc32c.crc32c,
-                                 SPAN_RECORD_MAX, DecryptMode.DECRYPT)
+    _ra_config = (TapeCartridge.read_ahead, zstandard.ZstdError, crc32c.crc32c, SPAN_RECORD_MAX,
+                  DecryptMode.DECRYPT)
+    try:
+        _native.configure_read_ahead(*_ra_config, PlainMedium)
+    except TypeError:  # built before the big records' case: the span's only
+        _native.configure_read_ahead(*_ra_config)
 read_ahead: Callable[[TapeCartridge], None] = (
     _native.read_ahead if _native is not None else TapeCartridge.read_ahead)
 _wnative = optional_extension("vtl._fastpath", "configure_write", "ssc_stream_write",
