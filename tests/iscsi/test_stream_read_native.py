@@ -66,17 +66,6 @@ def read6(n: int, flags: int = 0) -> bytes:
 READ_POSITION = bytes([0x34, 0, 0, 0, 0, 0, 0, 0, 0, 0])
 
 
-def _answer(ini: RawInitiator, itt: int) -> list[bytes]:
-    """Every PDU of one command's answer, header and data, as bytes."""
-    out = []
-    while True:
-        p = ini.recv()
-        assert p.hdr.itt == itt, f"unexpected PDU 0x{p.op:02x}"
-        out.append(bytes(p.hdr.raw) + p.data)
-        if p.op == Op.SCSI_RSP or (p.op == Op.DATA_IN and p.hdr.flags & 1):
-            return out
-
-
 def _lbp(on: bool) -> tuple[bytes, bytes]:
     """MODE SELECT(10) of the control data protection page: CRC32C on reads and writes."""
     page = bytearray(8 + 32)
@@ -122,7 +111,7 @@ def _run(root: Path, mode: str) -> tuple[list[list[bytes]], int]:
                            "InitialR2T": "No", "FirstBurstLength": "262144"})
 
             def cmd(ini: RawInitiator, cdb: bytes, **kw) -> None:
-                answers.append(_answer(ini, ini.scsi(cdb, lun=1, **kw)))
+                answers.append(ini.answers(ini.scsi(cdb, lun=1, **kw)))
 
             cmd(a, bytes(6))  # TEST UNIT READY: the power-on UA
             cmd(b, bytes(6))
