@@ -6,7 +6,7 @@
  * fallback (VTL_NO_FASTPATH=1, or no compiler):
  *
  *   append_now(cart, data, compress)   TapeCartridge.append_now (tape_formats/cartridge.py)
- *   ssc_stream_write(dev, nexus, cdb, data)  SscDevice.stream_write (vtl/scsi/ssc.py)
+ *   ssc_stream_write(dev, nexus, cdb, data)  TapeDrive.stream_write (vtl/scsi/ssc.py)
  *
  * append_now takes a plain append on a plain cartridge file (no write queued, at end of
  * data, not write protected, no fence, no encryption key, a PlainMedium) and does what
@@ -16,12 +16,17 @@
  * index, the position, the dirty flag, the pacer and the counters as the Python path keeps
  * them. Any other case calls TapeCartridge.append_now itself.
  *
- * ssc_stream_write makes SscDevice.stream_write's decisions in the same order, reading the
- * state on the Python objects (it owns nothing), for the case that ends in a block written
- * at once; anything unusual (protection information, injected faults, a unit attention or
- * sense to hand back... see `usual` below) or a block for the write buffer is handed to the
- * Python method as it is. tests/scsi/test_stream_write_native.py holds the two to the same
- * cartridge bytes, positions, counters and answers.
+ * ssc_stream_write makes TapeDrive.stream_write's decisions in the same order, reading the
+ * state on the Python objects (it owns nothing): a block for the write buffer is queued
+ * (cart.queue_block, as _buffer_block calls it), any other is written at once (append_now);
+ * anything unusual (protection information, injected faults, a unit attention or
+ * reservation for the nexus... see `usual` below, a block that is not donated) is handed to
+ * the Python method as it is. tests/scsi/test_stream_write_native.py holds the two to the
+ * same cartridge bytes, positions, counters and answers.
+ *
+ * fastpath_receive_block (called by _fastpath.c's stream_write once configure_receive ran)
+ * receives the block as StreamPaths._stream_write does: DataOutReceiver._write_buffer's
+ * buffer, FramingMixin._recv_exact's loop.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -473,7 +478,7 @@ static PyObject *append_now(PyObject *mod, PyObject *const *args, Py_ssize_t nar
 
 /* The drive's state allows the C path (1), or it is a case for the Python method (0): the
  * things a plain append never meets are checked here, cheaply, and any of them sends the
- * command to SscDevice.stream_write, which knows them all. -1: error. */
+ * command to TapeDrive.stream_write, which knows them all. -1: error. */
 static int usual(PyObject *dev, PyObject *nexus)
 {
     int r;
@@ -675,7 +680,7 @@ static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize
         Py_DECREF(cart);
         return 0;
     }
-    /* _can_write: the cartridge the Python path last found writable (SscDevice._writable) */
+    /* _can_write: the cartridge the Python path last found writable (TapeDrive._writable) */
     PyObject *ok = PyObject_GetAttr(dev, w_writable);
     if (ok == NULL)
         goto error;
@@ -803,8 +808,8 @@ static int done(PyObject *dev, PyObject *nexus)
 
 PyDoc_STRVAR(ssc_stream_write_doc,
 "ssc_stream_write(dev, nexus, cdb, data) -> bool\n\n"
-"SscDevice.stream_write(dev, nexus, cdb, data): a block written at once in C; every other\n"
-"case is the Python method's.");
+"TapeDrive.stream_write(dev, nexus, cdb, data): a block queued for the write buffer or\n"
+"written at once in C; every other case is the Python method's.");
 
 static PyObject *ssc_stream_write(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
