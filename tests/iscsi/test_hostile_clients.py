@@ -157,8 +157,9 @@ def test_login_flood_does_not_hold_up_another(served: Served):
     initiator keeps being answered, and once the flood stops a new one can log in.
 
     Not asserted: a new initiator logging in *during* the flood waits behind the accept
-    backlog (it fills, 4096 connections, each costing the server a thread start): up to
-    4.7 s at load 7-8 (2026-12-04, bench/README.md)."""
+    backlog, which fills (4096) when the flood outpaces the server's logins: up to 2.2-3.5 s
+    at load 6-7 with the login phase on the event loop, 4.7 s when each connection cost a
+    thread start (2026-12-04, bench/README.md)."""
     base, peak, worst, opened = _attack(served, lambda: _login_flooders(served.port, 2))
     t0 = time.monotonic()
     while True:  # the backlog the flood left (connections closed since) drains first

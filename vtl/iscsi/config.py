@@ -81,7 +81,7 @@ class Limits:
     nop_interval: float = 30.0  # seconds of silence before a NOP-In ping (0 = never)
     nop_timeout: float = 30.0  # seconds to wait for the ping's answer before dropping
     login_timeout: float = 15.0  # seconds a connection may take to finish logging in
-    # Each connection costs a thread: past the portal's cap a new connection pushes out the
+    # A logged-in connection costs a thread: past the portal's cap a new one pushes out the
     # oldest one not logged in yet, else is closed; past the initiator's the login is refused.
     max_connections_per_portal: int = 64
     max_connections_per_initiator: int = 8

@@ -1,6 +1,8 @@
 """One iSCSI connection: login and the full feature phase (RFC 7143), on a thread of its own.
 
-Each connection runs on a thread of its own that owns the socket in blocking mode: it reads a
+The login phase is served from the target's event loop (a few small PDUs; a connection that
+never finishes logging in costs no thread). From the full feature phase on, the connection
+runs on a thread of its own that owns the socket in blocking mode: it reads a
 PDU (the header into a small buffer, a data segment straight into its destination, e.g. the
 task's write buffer), handles it and writes the answer with one ``sendmsg`` of the header and
 slices of the device's buffer. No event loop sits in the data path: measured on this project's
@@ -26,6 +28,7 @@ side of the socket and StatSN numbering, reentrant); never the other way round.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import socket
@@ -66,6 +69,15 @@ log = logging.getLogger("vtl.iscsi")
 
 POLL = 0.002  # seconds between checks while waiting for a running task to end
 _EMPTY = memoryview(b"")
+
+
+def _login_dsl(buf: bytearray) -> int:
+    """A login PDU's data segment with its padding, from its header in ``buf`` (no AHS or
+    digests before the login ends; a segment beyond LOGIN_MAX_DSL is a protocol error)."""
+    dsl = int.from_bytes(buf[5:8], "big")
+    if buf[4] or dsl > LOGIN_MAX_DSL:
+        raise ProtocolError("login PDU with an AHS or too much data")
+    return dsl + pdu.pad_len(dsl)
 
 
 class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, ResponseSender):
@@ -134,14 +146,85 @@ class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, Re
         self.closed = threading.Event()
         self.opened = time.monotonic()
         self._last_rx = self.opened
-        self._unread_due = self.opened  # when _serve next asks how much the peer left unread
+        # When _serve next asks how much the peer left unread (not before it logs in).
+        self._unread_due = float("inf")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_loop = False  # the login is being served from the event loop
+        self._login_buf = bytearray()
         self._ping_ttt: int | None = None
         self._ping_sent = 0.0
         self.thread = threading.Thread(target=self._serve, name=f"iscsi {self.peer}",
                                        daemon=True)
 
     def start(self) -> None:
+        """Serve the connection on its own thread from the start (login included)."""
         self.thread.start()
+
+    # ==== login on the event loop ============================================================
+    def start_on_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve the login phase from ``loop`` (no thread yet), then the connection's own
+        thread from the full feature phase on: a connection costs a thread only once it
+        has logged in, and a flood of connections left half-logged-in no thread start each
+        (the loop waited for those, one at a time, while the accept backlog filled)."""
+        self._loop = loop
+        self._on_loop = True
+        self.sock.setblocking(False)
+        loop.add_reader(self.sock.fileno(), self._login_readable)
+
+    def _login_readable(self) -> None:
+        """Read what has come of the next login PDU; handle it once whole (on the loop)."""
+        buf = self._login_buf
+        try:
+            have = len(buf)
+            need = BHS_LEN - have
+            if need <= 0:
+                need = BHS_LEN + _login_dsl(buf) - have
+            chunk = self.sock.recv(need)
+            if not chunk:
+                raise ConnectionGone()
+            buf += chunk
+            self._last_rx = time.monotonic()
+            if len(buf) < BHS_LEN or len(buf) < BHS_LEN + _login_dsl(buf):
+                return
+            raw = bytes(buf[:BHS_LEN])
+            dsl = int.from_bytes(raw[5:8], "big")
+            data = memoryview(bytes(buf[BHS_LEN:BHS_LEN + dsl]))
+            buf.clear()
+            self._dispatch(pdu.parse_bhs(raw), data, True)
+        except (BlockingIOError, InterruptedError):
+            return
+        except ConnectionGone:
+            self._loop_teardown()
+            return
+        except (OSError, ProtocolError) as exc:
+            if not self._closing:
+                log.info("%s: closing during login: %s", self.peer, exc)
+            self._loop_teardown()
+            return
+        except Exception:  # a bug must not take the loop down; drop just this connection
+            log.exception("%s: internal error during login, closing connection", self.peer)
+            self._loop_teardown()
+            return
+        if self._closing:  # refused, or the answer did not fit
+            self._loop_teardown()
+        elif self.full_feature:  # the thread takes over, reading the next PDU
+            self._loop.remove_reader(self.sock.fileno())
+            self.sock.setblocking(True)
+            self._on_loop = False
+            try:
+                self.thread.start()
+            except RuntimeError as exc:  # no thread to be had
+                log.warning("%s: cannot serve the connection: %s", self.peer, exc)
+                self._teardown()
+
+    def _loop_teardown(self) -> None:
+        if self._sock_closed:  # once (a reader callback and an abort may both ask)
+            return
+        try:
+            self._loop.remove_reader(self.sock.fileno())
+        except (OSError, ValueError):
+            pass
+        self._teardown()
 
     # ==== the connection's thread ===========================================================
     def _serve(self) -> None:
@@ -189,7 +272,16 @@ class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, Re
         except OSError:
             pass
 
-    abort = close
+    def abort(self) -> None:
+        """End the connection from any thread; one still logging in on the event loop is
+        torn down there at once, not when its reader next runs."""
+        self.close()
+        loop = self._loop
+        if self._on_loop and loop is not None:
+            try:
+                loop.call_soon_threadsafe(self._loop_teardown)
+            except RuntimeError:  # the loop is closed: nothing serves the connection
+                pass
 
     @property
     def closing(self) -> bool:
@@ -261,6 +353,7 @@ class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, Re
         self._login_response(c, flags, LoginStatus.SUCCESS, encode_keys(result.keys), tsih)
         if result.complete:
             self.full_feature = True
+            self._unread_due = self._last_rx
             p = self.login.params
             self._hd, self._dd = p.header_digest, p.data_digest
             self._max_dsl = p.max_recv_dsl

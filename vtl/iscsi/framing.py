@@ -79,6 +79,7 @@ class PduFraming:
     _max_dsl: int
     _last_rx: float
     _unread_due: float  # when _serve next calls _await_reader
+    _on_loop: bool  # the login is being served from the event loop (connection.py)
     _streams: dict
     _paths: Any  # stream_paths.paths: the fast paths' implementation (C or Python)
     commands: int  # SCSI commands received (read by the status snapshot, vtl.iscsi.admin)
@@ -219,6 +220,8 @@ class PduFraming:
 
     def _writable(self) -> bool:
         """Wait up to SEND_WAIT for room in the socket's send buffer."""
+        if self._on_loop:  # never wait on the event loop
+            return False
         poller = self._poller
         if poller is None:
             poller = self._poller = select.poll()
@@ -228,6 +231,10 @@ class PduFraming:
     def _hold(self, frames: list) -> None:
         """Copy frames aside for the flusher (under ``_tx_lock``); past ``max_unsent`` bytes
         wait for it first, the last-resort bound (a LUN's lock may be held meanwhile)."""
+        if self._on_loop:  # a login answer the socket would not take: nothing waits there
+            log.info("%s: login response not taken, closing", self.peer)
+            self.close()
+            return
         limit = self._limits.max_unsent
         while (self._unsent_bytes > limit and not self._sock_closed
                and not self._closing):

@@ -14,8 +14,9 @@ Why, rather than one target per device (AWS Tape Gateway's choice):
 The ``TargetConfig`` list allows more targets later (e.g. per-device) without touching the
 protocol code.
 
-Threads: the event loop only accepts connections, runs the NOP-In watchdog and sequences a
-clean stop; every connection has a thread of its own (see ``connection.py`` for why; capped
+Threads: the event loop accepts connections, serves their login phase, runs the NOP-In
+watchdog and sequences a clean stop; every logged-in connection has a thread of its own
+(see ``connection.py`` for why; capped
 per portal and per initiator name, ``Limits.max_connections_per_*``), and
 every LUN a lock and a worker thread (shared by all sessions) for the commands that may take
 long, so a connection keeps answering NOP-Outs and task management while they run.
@@ -99,16 +100,13 @@ class IscsiTarget:
             conn = Connection(self, sock, portal)
             with self._lock:
                 self.connections.add(conn)
-            try:
-                conn.start()
-            except RuntimeError as exc:  # no thread to be had: refuse this one, keep going
-                log.warning("%s: cannot serve the connection: %s", conn.peer, exc)
-                with self._lock:
-                    self.connections.discard(conn)
-                sock.close()
+            conn.start_on_loop(loop)  # a thread of its own once logged in
+            # sock_accept does not yield while the backlog holds connections: let the
+            # logins, teardowns and the watchdog run between two accepts.
+            await asyncio.sleep(0)
 
     def _make_room(self, portal: tuple[str, int], sock: socket.socket) -> bool:
-        """Enforce ``max_connections_per_portal`` (each connection costs a thread): at the
+        """Enforce ``max_connections_per_portal`` (each costs a thread once logged in): at the
         cap, the oldest connection that has not logged in yet makes room (a flood of idle
         sockets cannot lock initiators out); with none, the new one is refused."""
         cap = self.config.limits.max_connections_per_portal
