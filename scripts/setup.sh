@@ -64,7 +64,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Reinstalled when the package's metadata or a C extension's source changes (an editable
 # install builds the extensions once, in place).
-stamp=.venv/.installed-$(cat pyproject.toml setup.py tape_formats/*.c tape_formats/archive/*.c tape_formats/store/*.c vtl/*.c | sha256sum | cut -c1-16)
+stamp=.venv/.installed-$(cat pyproject.toml setup.py tape_formats/*.c tape_formats/archive/*.c tape_formats/store/*.c vtl/*.c vtl/*.h | sha256sum | cut -c1-16)
 if [ ! -e "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[test,postgresql]'

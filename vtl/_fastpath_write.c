@@ -29,7 +29,7 @@
  * buffer, FramingMixin._recv_exact's loop.
  */
 #define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_fastpath_common.h"
 #include <dlfcn.h>
 #include <errno.h>
 #include <stdint.h>
@@ -67,59 +67,6 @@ static PyObject *w_wb, *w_blocks, *w_failed, *w_position, *w_index, *w_objects, 
 
 /* ---------------------------------------------------------------- small helpers */
 
-static int w_get_ll(PyObject *obj, PyObject *name, long long *out)
-{
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v == NULL)
-        return -1;
-    *out = PyLong_AsLongLong(v);
-    Py_DECREF(v);
-    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
-}
-
-static int w_set_ll(PyObject *obj, PyObject *name, long long value)
-{
-    PyObject *v = PyLong_FromLongLong(value);
-    if (v == NULL)
-        return -1;
-    int r = PyObject_SetAttr(obj, name, v);
-    Py_DECREF(v);
-    return r;
-}
-
-/* bool(getattr(obj, name)): 1, 0, -1 with an exception set. */
-static int w_true(PyObject *obj, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v == NULL)
-        return -1;
-    int r = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return r;
-}
-
-/* getattr(obj, name) is None: 1, 0, -1. */
-static int w_none(PyObject *obj, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v == NULL)
-        return -1;
-    int r = v == Py_None;
-    Py_DECREF(v);
-    return r;
-}
-
-static inline void w_put32le(uint8_t *p, uint32_t v)
-{
-    p[0] = v; p[1] = v >> 8; p[2] = v >> 16; p[3] = v >> 24;
-}
-
-static inline void w_put64le(uint8_t *p, uint64_t v)
-{
-    w_put32le(p, (uint32_t)v);
-    w_put32le(p + 4, (uint32_t)(v >> 32));
-}
-
 /* crc32c of [p, p + n) with the GIL held through Python (no C function found). */
 static int w_crc_py(const void *p, Py_ssize_t n, uint32_t *out)
 {
@@ -151,31 +98,31 @@ static int append_case(PyObject *cart, Py_ssize_t n, PyObject *idx, long long *f
         return -1;
     int r = 0;
     if (wb != Py_None) {  /* wb.blocks or wb.failed (its _error, read as the property does) */
-        r = w_true(wb, w_blocks);
-        if (r == 0 && (r = w_none(wb, w_failed)) >= 0)
+        r = get_true(wb, w_blocks);
+        if (r == 0 && (r = attr_is(wb, w_failed, Py_None)) >= 0)
             r = !r;
     }
     Py_DECREF(wb);
     if (r != 0)
         return r < 0 ? -1 : 0;
     long long pos, objects, flags;
-    if (w_get_ll(cart, w_position, &pos) < 0 || w_get_ll(idx, w_objects, &objects) < 0)
+    if (get_ll(cart, w_position, &pos) < 0 || get_ll(idx, w_objects, &objects) < 0)
         return -1;
     if (pos != objects)
         return 0;
-    if ((r = w_true(cart, w_readonly)) != 0)
+    if ((r = get_true(cart, w_readonly)) != 0)
         return r < 0 ? -1 : 0;
     /* check_writable (write protect, a fence to ask) and the sealing key: Python's */
-    if (w_get_ll(cart, w_flags, &flags) < 0)
+    if (get_ll(cart, w_flags, &flags) < 0)
         return -1;
     if (flags & w_wp_flag)
         return 2;
-    if ((r = w_none(cart, w_fence)) <= 0)
+    if ((r = attr_is(cart, w_fence, Py_None)) <= 0)
         return r < 0 ? -1 : 2;
     PyObject *crypto = PyObject_GetAttr(cart, w_crypto);  /* settings without a key: plain */
     if (crypto == NULL)
         return -1;
-    r = crypto == Py_None ? 1 : w_none(crypto, w_key);
+    r = crypto == Py_None ? 1 : attr_is(crypto, w_key, Py_None);
     Py_DECREF(crypto);
     if (r <= 0)
         return r < 0 ? -1 : 2;
@@ -183,14 +130,14 @@ static int append_case(PyObject *cart, Py_ssize_t n, PyObject *idx, long long *f
     if (io == NULL)
         return -1;
     r = Py_IS_TYPE(io, (PyTypeObject *)w_plain_medium) ? 1 : 2;
-    if (r == 1 && w_get_ll(io, w_fd, fd) < 0)
+    if (r == 1 && get_ll(io, w_fd, fd) < 0)
         r = -1;
     Py_DECREF(io);
     if (r != 1)
         return r;
     /* the early-warning check, on the medium's end (a run of filemarks counts in full) */
     long long end, ew, extra = 0;
-    if (w_get_ll(idx, w_end, &end) < 0 || w_get_ll(cart, w_ew_point, &ew) < 0)
+    if (get_ll(idx, w_end, &end) < 0 || get_ll(cart, w_ew_point, &ew) < 0)
         return -1;
     PyObject *runs = PyObject_GetAttr(idx, w_run_extra);
     if (runs == NULL)
@@ -214,7 +161,7 @@ static PyObject *pack_payload(PyObject *cart, PyObject *data, Py_ssize_t n, int 
 {
     *flags = 0;
     if (compress) {
-        int z = w_true(cart, w_block_zstd);
+        int z = get_true(cart, w_block_zstd);
         if (z < 0)
             return NULL;
         compress = z;
@@ -228,10 +175,10 @@ static PyObject *pack_payload(PyObject *cart, PyObject *data, Py_ssize_t n, int 
         return NULL;
     PyObject *payload = NULL;
     long long skip, misses;
-    if (w_get_ll(packer, w_skip, &skip) < 0)
+    if (get_ll(packer, w_skip, &skip) < 0)
         goto out;
     if (skip) {
-        if (w_set_ll(packer, w_skip, skip - 1) < 0)
+        if (set_ll(packer, w_skip, skip - 1) < 0)
             goto out;
         Py_INCREF(data);
         payload = data;
@@ -243,7 +190,7 @@ static PyObject *pack_payload(PyObject *cart, PyObject *data, Py_ssize_t n, int 
     if (packed == NULL)
         goto out;
     if (PyBytes_GET_SIZE(packed) < n) {
-        if (w_set_ll(packer, w_misses, 0) < 0) {
+        if (set_ll(packer, w_misses, 0) < 0) {
             Py_DECREF(packed);
             goto out;
         }
@@ -252,9 +199,9 @@ static PyObject *pack_payload(PyObject *cart, PyObject *data, Py_ssize_t n, int 
         goto out;
     }
     Py_DECREF(packed);
-    if (w_get_ll(packer, w_misses, &misses) < 0 || w_set_ll(packer, w_misses, misses + 1) < 0)
+    if (get_ll(packer, w_misses, &misses) < 0 || set_ll(packer, w_misses, misses + 1) < 0)
         goto out;
-    if (misses + 1 >= w_misses_before_skip && w_set_ll(packer, w_skip, w_skip_blocks) < 0)
+    if (misses + 1 >= w_misses_before_skip && set_ll(packer, w_skip, w_skip_blocks) < 0)
         goto out;
     Py_INCREF(data);
     payload = data;
@@ -264,12 +211,6 @@ out:
 }
 
 /* getattr(obj, name) += by. */
-static int w_add(PyObject *obj, PyObject *name, long long by)
-{
-    long long v;
-    return w_get_ll(obj, name, &v) < 0 ? -1 : w_set_ll(obj, name, v + by);
-}
-
 /* _store_packed + _append for a DATA record, the payload packed: 0 or -1 (an exception set;
  * nothing stored). */
 static int store(PyObject *cart, PyObject *idx, long long fd, PyObject *payload, Py_ssize_t n,
@@ -280,8 +221,8 @@ static int store(PyObject *cart, PyObject *idx, long long fd, PyObject *payload,
     if (PyObject_GetBuffer(payload, &pv, PyBUF_SIMPLE) < 0)
         return -1;
     int r = -1;
-    if (w_get_ll(idx, w_end, &end) < 0 || w_get_ll(cart, w_capacity, &capacity) < 0
-            || w_get_ll(idx, w_fm_total, &fm_total) < 0 || w_get_ll(idx, w_objects, &obj) < 0)
+    if (get_ll(idx, w_end, &end) < 0 || get_ll(cart, w_capacity, &capacity) < 0
+            || get_ll(idx, w_fm_total, &fm_total) < 0 || get_ll(idx, w_objects, &obj) < 0)
         goto out;
     PyObject *runs = PyObject_GetAttr(idx, w_run_extra);
     if (runs == NULL)
@@ -303,26 +244,26 @@ static int store(PyObject *cart, PyObject *idx, long long fd, PyObject *payload,
     memcpy(head, w_magic, 2);
     head[2] = WR_KIND_DATA;
     head[3] = (uint8_t)flags;
-    w_put32le(head + 4, (uint32_t)pv.len);
-    w_put32le(head + 8, (uint32_t)n);
-    w_put32le(head + 12, (uint32_t)fm_total);
-    w_put64le(head + 16, (uint64_t)obj);
+    put32le(head + 4, (uint32_t)pv.len);
+    put32le(head + 8, (uint32_t)n);
+    put32le(head + 12, (uint32_t)fm_total);
+    put64le(head + 16, (uint64_t)obj);
     uint32_t pcrc = 0, hcrc = 0;
     if (w_crc_fn == NULL) {
         if (w_crc_py(pv.buf, pv.len, &pcrc) < 0)
             goto out;
-        w_put32le(head + 24, pcrc);
+        put32le(head + 24, pcrc);
         if (w_crc_py(head, WR_CRC_SPAN, &hcrc) < 0)
             goto out;
-        w_put32le(head + 28, hcrc);
+        put32le(head + 28, hcrc);
     }
     struct iovec iov[2] = {{head, WR_HEADER}, {pv.buf, (size_t)pv.len}};
     ssize_t want = WR_HEADER + pv.len, written;
     int err = 0;
     Py_BEGIN_ALLOW_THREADS
     if (w_crc_fn != NULL) {
-        w_put32le(head + 24, w_crc_c(pv.buf, pv.len));
-        w_put32le(head + 28, w_crc_c(head, WR_CRC_SPAN));
+        put32le(head + 24, w_crc_c(pv.buf, pv.len));
+        put32le(head + 28, w_crc_c(head, WR_CRC_SPAN));
     }
     do {
         written = pwritev((int)fd, iov, pv.len ? 2 : 1, (off_t)end);
@@ -363,8 +304,8 @@ static int store(PyObject *cart, PyObject *idx, long long fd, PyObject *payload,
     Py_XDECREF(offsets);
     Py_XDECREF(meta);
     long long new_end = end + want;
-    if (!ok || w_set_ll(idx, w_objects, obj + 1) < 0 || w_set_ll(idx, w_end, new_end) < 0
-            || w_set_ll(cart, w_position, obj + 1) < 0
+    if (!ok || set_ll(idx, w_objects, obj + 1) < 0 || set_ll(idx, w_end, new_end) < 0
+            || set_ll(cart, w_position, obj + 1) < 0
             || PyObject_SetAttr(cart, w_dirty, Py_True) < 0)
         goto out;
     /* WritebackPacer.appended: nothing to do unless the tape was cut back or a write-out
@@ -373,7 +314,7 @@ static int store(PyObject *cart, PyObject *idx, long long fd, PyObject *payload,
     if (pacer == NULL)
         goto out;
     long long handed;
-    int pr = w_get_ll(pacer, w_handed, &handed);
+    int pr = get_ll(pacer, w_handed, &handed);
     if (pr == 0 && (handed > end || new_end - handed >= w_writeback_chunk)) {
         PyObject *a = PyLong_FromLongLong(end), *b = PyLong_FromLongLong(new_end);
         PyObject *res = a && b ? PyObject_CallMethodObjArgs(pacer, w_appended, a, b, NULL)
@@ -390,8 +331,8 @@ static int store(PyObject *cart, PyObject *idx, long long fd, PyObject *payload,
     PyObject *counters = PyObject_GetAttr(cart, w_counters);
     if (counters == NULL)
         goto out;
-    r = (w_add(counters, w_written_native, n) < 0
-         || w_add(counters, w_written_stored, pv.len) < 0) ? -1 : 0;
+    r = (add_ll(counters, w_written_native, n) < 0
+         || add_ll(counters, w_written_stored, pv.len) < 0) ? -1 : 0;
     Py_DECREF(counters);
 out:
     PyBuffer_Release(&pv);
@@ -404,7 +345,7 @@ static int clear_ahead(PyObject *cart)
     PyObject *ahead = PyObject_GetAttr(cart, w_ahead);
     if (ahead == NULL)
         return -1;
-    int r = (w_set_ll(ahead, w_obj, -1) < 0 || w_set_ll(ahead, w_span_len, 0) < 0) ? -1 : 0;
+    int r = (set_ll(ahead, w_obj, -1) < 0 || set_ll(ahead, w_span_len, 0) < 0) ? -1 : 0;
     Py_DECREF(ahead);
     return r;
 }
@@ -517,12 +458,12 @@ static int usual(PyObject *dev, PyObject *nexus)
         r = PyObject_IsTrue(ua);
     }
     Py_DECREF(ua);
-    if (r != 0 || (r = w_none(dev, w_reserve6)) <= 0)
+    if (r != 0 || (r = attr_is(dev, w_reserve6, Py_None)) <= 0)
         return r < 0 ? -1 : 0;
     PyObject *pr = PyObject_GetAttr(dev, w_pr);
     if (pr == NULL)
         return -1;
-    r = w_none(pr, w_reservation);
+    r = attr_is(pr, w_reservation, Py_None);
     Py_DECREF(pr);
     if (r <= 0)
         return r;
@@ -530,9 +471,9 @@ static int usual(PyObject *dev, PyObject *nexus)
     PyObject *imm = PyObject_GetAttr(dev, w_immediate);
     if (imm == NULL)
         return -1;
-    r = w_none(imm, w_thread);
+    r = attr_is(imm, w_thread, Py_None);
     if (r > 0)
-        r = w_none(imm, w_failed_imm);
+        r = attr_is(imm, w_failed_imm, Py_None);
     Py_DECREF(imm);
     if (r <= 0)
         return r;
@@ -544,7 +485,7 @@ static int usual(PyObject *dev, PyObject *nexus)
     Py_XDECREF(lib);
     if (faults == NULL)
         return -1;
-    r = w_true(faults, w_media);
+    r = get_true(faults, w_media);
     Py_DECREF(faults);
     if (r != 0)
         return r < 0 ? -1 : 0;
@@ -571,16 +512,16 @@ static PyObject *stream_cart(PyObject *dev)
     PyObject *cart = PyObject_GetAttr(dev, w_cart);
     if (cart == NULL || cart == Py_None)
         return cart;
-    int r = w_true(dev, w_loaded);
+    int r = get_true(dev, w_loaded);
     if (r > 0) {
         PyObject *bay = PyObject_GetAttr(dev, w_bay);
         PyObject *bc = bay ? PyObject_GetAttr(bay, w_cartridge) : NULL;
         long long g1 = 0, g2 = 0;
         r = bc == NULL ? -1 : bc == cart;
-        if (r > 0 && (r = w_true(dev, w_part)) >= 0)
+        if (r > 0 && (r = get_true(dev, w_part)) >= 0)
             r = !r;  /* another partition: declined, the general path's */
         if (r > 0)
-            r = (w_get_ll(bay, w_media_generation, &g1) < 0 || w_get_ll(dev, w_gen, &g2) < 0)
+            r = (get_ll(bay, w_media_generation, &g1) < 0 || get_ll(dev, w_gen, &g2) < 0)
                 ? -1 : g1 == g2;
         Py_XDECREF(bc);
         Py_XDECREF(bay);
@@ -606,10 +547,10 @@ static int wb_state(PyObject *cart, int *failed, int *pending)
     int r = 0;
     if (wb != Py_None) {
         long long blocks;
-        r = w_none(wb, w_failed);  /* WriteBehind.failed: _error is not None */
+        r = attr_is(wb, w_failed, Py_None);  /* WriteBehind.failed: _error is not None */
         if (r >= 0) {
             *failed = !r;
-            r = w_get_ll(wb, w_blocks, &blocks);
+            r = get_ll(wb, w_blocks, &blocks);
             *pending = *failed || blocks > 0;
         }
     }
@@ -710,7 +651,7 @@ static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize
     }
     /* the write buffer's case (_buffer_block) */
     long long mode;
-    if (w_get_ll(dev, w_buffered_mode, &mode) < 0)
+    if (get_ll(dev, w_buffered_mode, &mode) < 0)
         goto error;
     if (mode && n >= w_min_buffered) {
         int for_other = 0;
@@ -742,7 +683,7 @@ static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize
                     Py_DECREF(cart);
                     if (r == 2)
                         return 2;
-                    if (w_add(dev, w_bytes_written, n) < 0
+                    if (add_ll(dev, w_bytes_written, n) < 0
                             || PyObject_SetAttr(dev, w_buffered_for, nexus) < 0)
                         return -1;
                     return done(dev, nexus);
@@ -761,7 +702,7 @@ static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize
         return stored_nothing();
     if (r == 0)
         return 0;
-    if (w_add(dev, w_bytes_written, n) < 0)
+    if (add_ll(dev, w_bytes_written, n) < 0)
         return -1;
     if (n >= w_min_buffered) {  /* a big block's donated buffer back to the spares */
         PyObject *spare = PyDict_GetItemWithError(w_globals, w_spare_buffers);
