@@ -172,3 +172,23 @@ def test_binary_encodings():
 def test_key_text_round_trip():
     pairs = [("A", "1"), ("B", "x,y"), ("C", "")]
     assert parse_keys(encode_keys(pairs)) == pairs
+
+
+def test_login_pdus_by_struct_match_their_construct_layouts():
+    """The event loop parses Login Requests and builds Login Responses with struct; the
+    construct layouts in pdu.py stay the reference."""
+    from vtl.iscsi import pdu
+    from vtl.iscsi.pdu import Op
+
+    req = pdu.encode_layout(Op.LOGIN_REQ, immediate=True, dsl=300, flags=0x87, version_max=0,
+                            version_min=0, isid=b"\x80\x01\x02\x03\x04\x05", tsih=0x1234,
+                            itt=0xDEADBEEF, cid=7, cmdsn=0xFFFFFFFE, expstatsn=42)
+    want = pdu.decode_layout(req)
+    got = pdu.parse_login_request(req)
+    for name in got._fields:
+        assert getattr(got, name) == getattr(want, name), name
+    fields = dict(flags=0x81, isid=b"\x40\0\0\0\x10\x02", tsih=0xBEEF, itt=0x01020304,
+                  statsn=0xFFFFFFFF, expcmdsn=5, maxcmdsn=36, status_class=2,
+                  status_detail=3)
+    assert pdu.login_response(dsl=70000, **fields) == pdu.encode_layout(
+        Op.LOGIN_RSP, dsl=70000, version_max=0, version_active=0, **fields)

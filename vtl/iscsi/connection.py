@@ -321,7 +321,7 @@ class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, Re
 
     # ---- login ---------------------------------------------------------------------------
     def _on_login(self, hdr: Header, data: memoryview) -> None:
-        c = pdu.decode_layout(hdr.raw)
+        c = pdu.parse_login_request(hdr.raw)
         if not self.login.started:
             self._isid = c.isid
             self.statsn = c.expstatsn
@@ -366,16 +366,17 @@ class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, Re
                      "CRC32C" if p.data_digest else "None", p.max_recv_dsl, p.max_xmit_dsl)
 
 
-    def _login_response(self, c, flags: int, status: LoginStatus, data: bytes, tsih: int) -> None:
+    def _login_response(self, c: pdu.LoginRequest, flags: int, status: LoginStatus,
+                        data: bytes, tsih: int) -> None:
         exp = self._login_cmdsn
         if self.session is not None:
             exp = self.session.exp_cmdsn
         mx = (exp + self.server.config.limits.queue_depth - 1) & ALL_ONES
         with self._tx_lock:
-            bhs = pdu.encode_layout(
-                Op.LOGIN_RSP, dsl=len(data), flags=flags, version_max=0, version_active=0,
-                isid=c.isid, tsih=tsih, itt=c.itt, statsn=self._next_statsn(), expcmdsn=exp,
-                maxcmdsn=mx, status_class=int(status) >> 8, status_detail=int(status) & 0xFF,
+            bhs = pdu.login_response(
+                dsl=len(data), flags=flags, isid=c.isid, tsih=tsih, itt=c.itt,
+                statsn=self._next_statsn(), expcmdsn=exp, maxcmdsn=mx,
+                status_class=int(status) >> 8, status_detail=int(status) & 0xFF,
             )
             self._send(bhs, data)
 

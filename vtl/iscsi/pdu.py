@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import construct as cs
 import crc32c as _crc32c
@@ -362,6 +363,38 @@ def encode_layout(op: Op, *, immediate: bool = False, dsl: int = 0, total_ahs_le
         dict(op=dict(reserved=False, immediate=immediate, opcode=int(op)), dsl=dsl,
              total_ahs_len=total_ahs_len, **defaults)
     )
+
+
+class LoginRequest(NamedTuple):
+    """The fields of a Login Request BHS the target uses (RFC 7143 11.12)."""
+
+    flags: int
+    version_max: int
+    version_min: int
+    isid: bytes
+    tsih: int
+    itt: int
+    cid: int
+    cmdsn: int
+    expstatsn: int
+
+
+_LOGIN_REQ = struct.Struct(">xBBBx3x6sHIH2xII")
+_LOGIN_RSP = struct.Struct(">BBBBI6sHI4xIIIBB10x")
+
+
+def parse_login_request(bhs: bytes | bytearray | memoryview) -> LoginRequest:
+    """A Login Request's fields by one struct unpack: served on the event loop, where
+    construct's parse was a third of a login's time under a flood of them."""
+    return LoginRequest(*_LOGIN_REQ.unpack_from(bhs))
+
+
+def login_response(*, flags: int, dsl: int, isid: bytes, tsih: int, itt: int, statsn: int,
+                   expcmdsn: int, maxcmdsn: int, status_class: int, status_detail: int
+                   ) -> bytes:
+    """A Login Response BHS (version 0, no AHS), what ``encode_layout`` builds, by one pack."""
+    return _LOGIN_RSP.pack(int(Op.LOGIN_RSP), flags, 0, 0, dsl, isid, tsih, itt, statsn,
+                           expcmdsn, maxcmdsn, status_class, status_detail)
 
 
 def decode_layout(header: bytes | bytearray | memoryview) -> cs.Container:
