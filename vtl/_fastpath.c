@@ -15,7 +15,7 @@
  * first, then the connection's _tx_lock (connection.py's lock order).
  */
 #define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_fastpath_common.h"
 #include <stdint.h>
 #include <string.h>
 #include <errno.h>
@@ -46,58 +46,6 @@ static PyObject *s_hd, *s_dd, *s_streams, *s_session, *s_draining, *s_closing, *
 static PyObject *pad_bytes[4];
 static PyObject *r_none_none_true; /* (None, None, True) */
 static PyObject *empty_tuple, *msg_dontwait;
-
-static inline uint32_t be32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static inline void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
-}
-
-/* getattr(obj, name) as a C integer; -1 with an exception set on failure. */
-static int get_ll(PyObject *obj, PyObject *name, long long *out)
-{
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v == NULL)
-        return -1;
-    *out = PyLong_AsLongLong(v);
-    Py_DECREF(v);
-    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
-}
-
-/* bool(getattr(obj, name)): 1, 0, or -1 on error. */
-static int get_true(PyObject *obj, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v == NULL)
-        return -1;
-    int r = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return r;
-}
-
-static int set_ll(PyObject *obj, PyObject *name, long long value)
-{
-    PyObject *v = PyLong_FromLongLong(value);
-    if (v == NULL)
-        return -1;
-    int r = PyObject_SetAttr(obj, name, v);
-    Py_DECREF(v);
-    return r;
-}
-
-/* obj.acquire() / obj.release(): 0, or -1 on error. */
-static int call_method0(PyObject *obj, PyObject *name)
-{
-    PyObject *r = PyObject_CallMethodNoArgs(obj, name);
-    if (r == NULL)
-        return -1;
-    Py_DECREF(r);
-    return 0;
-}
 
 /* Release ``lock`` keeping whatever exception is set (the with statement's __exit__). */
 static void release_keeping_error(PyObject *lock)
@@ -804,16 +752,6 @@ static PyObject *configure_read_ahead(PyObject *mod, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static inline uint32_t le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static inline uint64_t le64(const uint8_t *p)
-{
-    return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
-}
-
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <nmmintrin.h>
 #define HAVE_CRC_INSN 1
@@ -1276,16 +1214,6 @@ static PyObject *native_drive(PyObject *read)
     return PyMethod_GET_SELF(read);
 }
 
-/* getattr(obj, name) is want (1), is not (0), -1 on error. */
-static int attr_is(PyObject *obj, PyObject *name, PyObject *want)
-{
-    PyObject *v = PyObject_GetAttr(obj, name);
-    if (v == NULL)
-        return -1;
-    Py_DECREF(v);
-    return v == want;
-}
-
 /* getattr(obj, name) is an empty dict (1: nothing to look up), is not (0), -1 on error. */
 static int attr_empty_dict(PyObject *obj, PyObject *name, PyObject **out)
 {
@@ -1403,15 +1331,6 @@ error:
     if (!PyErr_Occurred())
         PyErr_SetString(PyExc_RuntimeError, "vtl._fastpath: drive state unreadable");
     return NULL;
-}
-
-/* obj.name += delta (an int attribute). */
-static int add_ll(PyObject *obj, PyObject *name, long long delta)
-{
-    long long v;
-    if (get_ll(obj, name, &v) < 0)
-        return -1;
-    return set_ll(obj, name, v + delta);
 }
 
 /* TapeCartridge.take_read_ahead(length, ...)'s usual case: the block at the position decoded
