@@ -1199,8 +1199,8 @@ static PyObject *dr_method;
 static unsigned long long dr_served;  /* READs answered here (tests, diagnostics) */
 
 static PyObject *s_protection, *s_current, *s_dcart, *s_loaded, *s_bay, *s_cartridge, *s_part,
-    *s_media_generation, *s_gen, *s_last_nexus, *s_ua, *s_reserve6, *s_pr, *s_reservation,
-    *s_immediate, *s_thread, *s_failed, *s_library, *s_faults, *s_media, *s_barcode,
+    *s_media_generation, *s_gen,
+    *s_library, *s_faults, *s_media, *s_barcode,
     *s_streaming, *s_bytes_read, *s_sense, *s_pop, *s_counters, *s_read_native,
     *s_read_stored, *s_closed, *s_error, *s_cart_lock;
 
@@ -1245,6 +1245,8 @@ static int protection_off(PyObject *drive)
     return r;
 }
 
+static nexus_names_t dr_nexus_names;  /* set by configure_drive_read */
+
 /* TapeDrive._stream_cart(nexus, PR_READ) and _has_injected, only where the answer is plain:
  * the cartridge (new reference) when every check passes untouched, NULL with no exception
  * when one does not (the Python method decides), NULL with one on error. Under drive.lock. */
@@ -1259,37 +1261,15 @@ static PyObject *plain_cart(PyObject *drive, PyObject *nexus)
         goto done_r;
     if ((bay = PyObject_GetAttr(drive, s_bay)) == NULL)
         goto error;
-    if ((r = attr_is(bay, s_cartridge, cart)) <= 0 || (r = attr_is(drive, s_last_nexus, nexus)) <= 0)
+    if ((r = attr_is(bay, s_cartridge, cart)) <= 0)
         goto done_r;
     if (get_ll(drive, s_part, &part) < 0 || get_ll(bay, s_media_generation, &bgen) < 0
             || get_ll(drive, s_gen, &gen) < 0)
         goto error;
     if (part || bgen != gen)
         goto no;
-    /* _plain_nexus: no UA for this nexus, no reservation at all (the Python method weighs
-     * one), then ImmediateWork.busy_for: nothing running or failed */
-    if ((r = attr_empty_dict(drive, s_ua, &o)) < 0)
-        goto error;
-    if (r == 0) {
-        PyObject *pending = PyDict_Check(o) ? PyDict_GetItemWithError(o, nexus) : NULL;
-        if (pending == NULL && (!PyDict_Check(o) || PyErr_Occurred()))
-            goto error_or_no;
-        if (pending != NULL && (r = PyObject_IsTrue(pending)) != 0)
-            goto done_r;
-        Py_CLEAR(o);
-    }
-    if ((r = attr_is(drive, s_reserve6, Py_None)) <= 0)
+    if ((r = plain_nexus(drive, nexus, &dr_nexus_names)) <= 0)
         goto done_r;
-    if ((o = PyObject_GetAttr(drive, s_pr)) == NULL)
-        goto error;
-    if ((r = attr_is(o, s_reservation, Py_None)) <= 0)
-        goto done_r;
-    Py_CLEAR(o);
-    if ((o = PyObject_GetAttr(drive, s_immediate)) == NULL)
-        goto error;
-    if ((r = attr_is(o, s_thread, Py_None)) <= 0 || (r = attr_is(o, s_failed, Py_None)) <= 0)
-        goto done_r;
-    Py_CLEAR(o);
     /* _has_injected: library.faults.media_errors(barcode) is empty */
     PyObject *lib = PyObject_GetAttr(bay, s_library);
     PyObject *faults = lib ? PyObject_GetAttr(lib, s_faults) : NULL;
@@ -1312,10 +1292,6 @@ static PyObject *plain_cart(PyObject *drive, PyObject *nexus)
     Py_DECREF(o);
     Py_DECREF(bay);
     return cart;
-error_or_no:
-    if (PyErr_Occurred())
-        goto error;
-    goto no;
 done_r:
     if (r < 0)
         goto error;
@@ -1546,14 +1522,14 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     INTERN(s_protection, "protection"); INTERN(s_current, "current"); INTERN(s_dcart, "_cart");
     INTERN(s_loaded, "_loaded"); INTERN(s_bay, "bay"); INTERN(s_cartridge, "cartridge");
     INTERN(s_part, "_part"); INTERN(s_media_generation, "media_generation");
-    INTERN(s_gen, "_gen"); INTERN(s_last_nexus, "_last_nexus"); INTERN(s_ua, "_ua");
-    INTERN(s_reserve6, "_reserve6"); INTERN(s_pr, "pr"); INTERN(s_reservation, "reservation");
-    INTERN(s_immediate, "_immediate"); INTERN(s_thread, "_thread"); INTERN(s_failed, "_failed");
+    INTERN(s_gen, "_gen");
     INTERN(s_library, "library"); INTERN(s_faults, "faults"); INTERN(s_media, "_media");
     INTERN(s_barcode, "barcode"); INTERN(s_streaming, "_streaming");
     INTERN(s_bytes_read, "bytes_read"); INTERN(s_sense, "_sense"); INTERN(s_pop, "pop");
     INTERN(s_counters, "counters"); INTERN(s_read_native, "read_native");
     INTERN(s_read_stored, "read_stored"); INTERN(s_closed, "_closed"); INTERN(s_error, "_error");
+    if (nexus_names_init(&dr_nexus_names) < 0)
+        return NULL;
     INTERN(s_cart_lock, "_lock");
     INTERN(s_io, "_io"); INTERN(s_fd, "fd"); INTERN(s_bufs, "_bufs"); INTERN(s_which, "_which");
     PyObject *max_output = PyUnicode_InternFromString("max_output_size");

@@ -105,4 +105,60 @@ static inline int call_method0(PyObject *obj, PyObject *name)
     return 0;
 }
 
+/* The attribute names plain_nexus reads, interned once per caller (nexus_names_init). */
+typedef struct {
+    PyObject *last_nexus, *ua, *reserve6, *pr, *reservation, *immediate, *thread, *failed;
+} nexus_names_t;
+
+static inline int nexus_names_init(nexus_names_t *n)
+{
+    const char *text[] = {"_last_nexus", "_ua", "_reserve6", "pr", "reservation", "_immediate",
+                          "_thread", "_failed"};
+    PyObject **slot[] = {&n->last_nexus, &n->ua, &n->reserve6, &n->pr, &n->reservation,
+                         &n->immediate, &n->thread, &n->failed};
+    for (size_t i = 0; i < sizeof text / sizeof *text; i++)
+        if ((*slot[i] = PyUnicode_InternFromString(text[i])) == NULL)
+            return -1;
+    return 0;
+}
+
+/* The drive's nexus checks both streaming paths make before touching the tape
+ * (TapeDrive._plain_nexus and ImmediateWork.busy_for, their plain answer): ``nexus`` spoke
+ * last, no unit attention waits for it, no RESERVE(6) and no persistent reservation, no IMMED
+ * work running or failed. 1 plain; 0 not (the Python method decides); -1 with an exception. */
+static inline int plain_nexus(PyObject *drive, PyObject *nexus, const nexus_names_t *n)
+{
+    int r = attr_is(drive, n->last_nexus, nexus);
+    if (r <= 0)
+        return r;
+    PyObject *o = PyObject_GetAttr(drive, n->ua);
+    if (o == NULL)
+        return -1;
+    r = 0;
+    if (!PyDict_Check(o)) {
+        r = 1;  /* not the usual dict: the Python method's case */
+    } else if (PyDict_GET_SIZE(o)) {
+        PyObject *pending = PyDict_GetItemWithError(o, nexus);
+        r = pending != NULL ? PyObject_IsTrue(pending) : PyErr_Occurred() ? -1 : 0;
+    }
+    Py_DECREF(o);
+    if (r != 0)
+        return r < 0 ? -1 : 0;
+    if ((r = attr_is(drive, n->reserve6, Py_None)) <= 0)
+        return r;
+    if ((o = PyObject_GetAttr(drive, n->pr)) == NULL)
+        return -1;
+    r = attr_is(o, n->reservation, Py_None);
+    Py_DECREF(o);
+    if (r <= 0)
+        return r;
+    if ((o = PyObject_GetAttr(drive, n->immediate)) == NULL)
+        return -1;
+    r = attr_is(o, n->thread, Py_None);
+    if (r > 0)
+        r = attr_is(o, n->failed, Py_None);
+    Py_DECREF(o);
+    return r;
+}
+
 #endif

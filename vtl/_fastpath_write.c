@@ -58,8 +58,8 @@ static PyObject *w_wb, *w_blocks, *w_failed, *w_position, *w_index, *w_objects, 
     *w_compress, *w_capacity, *w_fm_total, *w_offsets, *w_meta, *w_append, *w_dirty,
     *w_pacer, *w_handed, *w_appended, *w_counters, *w_written_native, *w_written_stored,
     *w_protection, *w_current, *w_lock, *w_acquire, *w_release, *w_cart, *w_loaded, *w_bay,
-    *w_cartridge, *w_part, *w_media_generation, *w_gen, *w_last_nexus, *w_ua, *w_reserve6,
-    *w_pr, *w_reservation, *w_immediate, *w_thread, *w_failed_imm, *w_library, *w_faults,
+    *w_cartridge, *w_part, *w_media_generation, *w_gen,
+    *w_library, *w_faults,
     *w_media, *w_writable, *w_buffered_mode, *w_buffered_for, *w_devconf_ext,
     *w_comp_page, *w_bytes_written, *w_streaming, *w_sense, *w_pop, *w_kw_compress,
     *w_write_streams, *w_wrote, *w_spare_buffers, *w_give_back, *w_key, *w_queue_block,
@@ -420,6 +420,8 @@ static PyObject *append_now(PyObject *mod, PyObject *const *args, Py_ssize_t nar
 /* The drive's state allows the C path (1), or it is a case for the Python method (0): the
  * things a plain append never meets are checked here, cheaply, and any of them sends the
  * command to TapeDrive.stream_write, which knows them all. -1: error. */
+static nexus_names_t w_nexus_names;
+
 static int usual(PyObject *dev, PyObject *nexus)
 {
     int r;
@@ -439,43 +441,8 @@ static int usual(PyObject *dev, PyObject *nexus)
     Py_DECREF(cur);
     if (r <= 0)
         return r;
-    /* the nexus spoke last, no unit attention to tell it, no reservation */
-    PyObject *last = PyObject_GetAttr(dev, w_last_nexus);
-    if (last == NULL)
-        return -1;
-    r = last == nexus;
-    Py_DECREF(last);
-    if (!r)
-        return 0;
-    PyObject *ua = PyObject_GetAttr(dev, w_ua);
-    if (ua == NULL)
-        return -1;
-    r = 0;
-    if (PyDict_Check(ua)) {
-        PyObject *pending = PyDict_GET_SIZE(ua) ? PyDict_GetItemWithError(ua, nexus) : NULL;
-        r = pending != NULL ? PyObject_IsTrue(pending) : PyErr_Occurred() ? -1 : 0;
-    } else {
-        r = PyObject_IsTrue(ua);
-    }
-    Py_DECREF(ua);
-    if (r != 0 || (r = attr_is(dev, w_reserve6, Py_None)) <= 0)
-        return r < 0 ? -1 : 0;
-    PyObject *pr = PyObject_GetAttr(dev, w_pr);
-    if (pr == NULL)
-        return -1;
-    r = attr_is(pr, w_reservation, Py_None);
-    Py_DECREF(pr);
-    if (r <= 0)
-        return r;
-    /* no IMMED work running or failed */
-    PyObject *imm = PyObject_GetAttr(dev, w_immediate);
-    if (imm == NULL)
-        return -1;
-    r = attr_is(imm, w_thread, Py_None);
-    if (r > 0)
-        r = attr_is(imm, w_failed_imm, Py_None);
-    Py_DECREF(imm);
-    if (r <= 0)
+    /* the nexus spoke last, no unit attention to tell it, no reservation, no IMMED work */
+    if ((r = plain_nexus(dev, nexus, &w_nexus_names)) <= 0)
         return r;
     /* no injected media errors at all (FaultTable._media empty) */
     PyObject *bay = PyObject_GetAttr(dev, w_bay);
@@ -1081,10 +1048,8 @@ int fastpath_write_init(PyObject *module)
     W_INTERN(w_cart, "_cart"); W_INTERN(w_loaded, "_loaded"); W_INTERN(w_bay, "bay");
     W_INTERN(w_cartridge, "cartridge"); W_INTERN(w_part, "_part");
     W_INTERN(w_media_generation, "media_generation"); W_INTERN(w_gen, "_gen");
-    W_INTERN(w_last_nexus, "_last_nexus"); W_INTERN(w_ua, "_ua");
-    W_INTERN(w_reserve6, "_reserve6"); W_INTERN(w_pr, "pr");
-    W_INTERN(w_reservation, "reservation"); W_INTERN(w_immediate, "_immediate");
-    W_INTERN(w_thread, "_thread"); W_INTERN(w_failed_imm, "_failed");
+    if (nexus_names_init(&w_nexus_names) < 0)
+        return -1;
     W_INTERN(w_library, "library"); W_INTERN(w_faults, "faults"); W_INTERN(w_media, "_media");
     W_INTERN(w_writable, "_writable"); W_INTERN(w_buffered_mode, "buffered_mode");
     W_INTERN(w_buffered_for, "_buffered_for"); W_INTERN(w_devconf_ext, "devconf_ext");
