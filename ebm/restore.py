@@ -19,7 +19,9 @@ import fnmatch
 import itertools
 import math
 import os
+import queue
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -346,12 +348,14 @@ def _restore_whole(catalog: Catalog, library: Library, translator: Translator, b
     session = DriveSession(library, f"ebm-restore:{backup.uuid}")
     reader = TapeReader(catalog.volumes(backup.id), ReadMedia(session), backup.size, cipher)
     rows = catalog.iter_stream_rows(backup.id)
+    ahead = _ReadAhead(reader)
     try:
-        entries = _WholeStream(backup, reader, rows, stats, total, progress)
+        entries = _WholeStream(backup, ahead, rows, stats, total, progress)
         _run_translator(translator, entries, target, backup, options)
     except MoverError as e:
         raise RestoreError(str(e)) from None
     finally:
+        ahead.close()  # the thread stopped: the reader is this thread's again
         stats.blocks_read += reader.blocks_read
         rows.close()  # type: ignore[attr-defined]
         with contextlib.suppress(Exception):
@@ -359,6 +363,73 @@ def _restore_whole(catalog: Catalog, library: Library, translator: Translator, b
         with contextlib.suppress(Exception):
             session.close()
     return stats
+
+
+class _ReadAhead:
+    """The tape side of a whole-stream restore (block reads, checksums, decompression,
+    decryption: :class:`TapeReader`) on a thread of its own, up to ``DEPTH`` chunks of
+    ``CHUNK`` bytes ahead of the consumer, which meanwhile parses the stream and writes the
+    files (``_paxfast.extract_files`` releases the GIL while it creates them, zstd and the
+    pread while they run). Why: on one thread a large-file restore waited for each
+    block's decompression between file writes. A read error is raised in the consumer at
+    the point of the stream where it happened; nothing is read past it.
+
+    A ByteSource for :class:`PaxReader`: ``read`` hands out views of buffers never written
+    again. Memory: at most ``DEPTH + 2`` chunks (queued, being filled, being consumed)."""
+
+    CHUNK = 1 << 20
+    DEPTH = 6
+
+    def __init__(self, reader: TapeReader) -> None:
+        self.reader = reader
+        self.queue: queue.Queue[memoryview | BaseException | None] = queue.Queue(self.DEPTH)
+        self.stopping = threading.Event()
+        self.rest: memoryview | None = None  # what is left of the chunk taken last
+        self.ended = False
+        self.thread = threading.Thread(target=self._run, name="ebm-restore-read", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        item: memoryview | BaseException | None
+        while not self.stopping.is_set():
+            try:
+                buf = bytearray(self.CHUNK)
+                n = self.reader.readinto(buf)
+                item = memoryview(buf)[:n] if n else None
+            except BaseException as e:  # handed to the consumer, which raises it
+                item = e
+            self.queue.put(item)  # close() empties the queue: a blocked put goes on
+            if not isinstance(item, memoryview):
+                return
+
+    def read(self, n: int) -> memoryview | bytes:
+        if self.ended:
+            return b""
+        mv = self.rest
+        if mv is None:
+            item = self.queue.get()
+            if not isinstance(item, memoryview):
+                self.ended = True
+                if item is None:
+                    return b""
+                raise item
+            mv = item
+        if len(mv) > n:
+            self.rest = mv[n:]
+            return mv[:n]
+        self.rest = None
+        return mv
+
+    def close(self) -> None:
+        """Stop the thread and wait for it (it may be blocked on a full queue)."""
+        self.stopping.set()
+        while self.thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self.queue.get_nowait()
+            self.thread.join(0.01)
+        self.ended = True
+        self.rest = None
 
 
 _StreamRow = tuple[int, str, bytes | None]  # header_offset, path, sha256 (Catalog.iter_stream_rows)
@@ -422,7 +493,7 @@ class _WholeStream:
 
     RUN = 1024  # catalog rows handed to one extract_files call
 
-    def __init__(self, backup: Backup, reader: TapeReader, rows: Iterator[_StreamRow],
+    def __init__(self, backup: Backup, reader: _ReadAhead, rows: Iterator[_StreamRow],
                  stats: RestoreStats, total: int,
                  progress: Callable[[int, int | None], None] | None) -> None:
         from tape_formats.archive.reader import PaxReader

@@ -78,7 +78,7 @@ class _Input:
         if not isinstance(chunk, bytes | memoryview):
             chunk = bytes(chunk)  # a bytearray the source may fill again
         rest = self._buf[self._pos :]
-        self._buf = bytes(rest) + bytes(chunk) if rest else chunk
+        self._buf = b"".join((rest, chunk)) if rest else chunk  # one copy, not three
         self._pos = 0
         return True
 
