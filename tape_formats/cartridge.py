@@ -637,6 +637,21 @@ class TapeCartridge:
         before any block while the drive decrypts only (encrypted blocks end a run too):
         the caller reads that one with ``read_block``, which reports it. Returns the blocks
         read."""
+        return self._read_run(buf, size, False)
+
+    def read_run(self, buf: memoryview, size: int) -> bool:
+        """``read_blocks`` all or nothing: True when every slot of ``buf`` was filled and the
+        position moved past them all; False with nothing moved or counted (a block that is
+        not a plain one of ``size`` bytes among them, a write queued: the caller takes the
+        general path, which reads them again and reports what it meets). A streaming
+        fixed-mode READ's run (TapeDrive.stream_read)."""
+        wb = self._wb
+        if wb is not None and (wb.blocks or wb.failed):
+            return False
+        return self._read_run(buf, size, True) > 0
+
+    def _read_run(self, buf: memoryview, size: int, whole: bool) -> int:
+        """read_blocks, or (``whole``) only a run that fills ``buf``: else 0, nothing moved."""
         wb = self._wb
         if wb is not None and wb.blocks:
             wb.wait()
@@ -644,7 +659,8 @@ class TapeCartridge:
         idx = self.index
         n = min(len(buf) // size, idx.objects - p)
         crypto = self.crypto
-        if n <= 0 or (crypto is not None and crypto.decrypt == DecryptMode.DECRYPT):
+        if (n <= 0 or (crypto is not None and crypto.decrypt == DecryptMode.DECRYPT)
+                or (whole and n * size != len(buf))):
             return 0  # plain blocks refused: read_block says so
         r0 = p if not idx.run_rec else idx.record_of(p)
         offsets = idx.offsets
@@ -666,6 +682,8 @@ class TapeCartridge:
                 raw = memoryview(self._io.pread(end - base, base))
         done, stored = unpack_run(raw, base, offsets, idx.meta, r0, idx.end, p, size,
                                   buf[: n * size], self._dctx)
+        if whole and done != n:
+            return 0  # nothing moved or counted (the span holds what was read: harmless)
         if done:
             if p <= ahead.obj < p + done:
                 ahead.obj = -1
@@ -971,6 +989,26 @@ class TapeCartridge:
             return False
         self._ahead.clear()
         self._store(data, compress and self._block_zstd, key)
+        return True
+
+    def append_run_now(self, data: memoryview, size: int, *, compress: bool = True) -> bool:
+        """``write_blocks`` of the whole run when that is a plain append (``append_now``'s
+        rule for a fixed-block WRITE's blocks): nothing queued, the position at end of data,
+        no key sealing blocks, and the run ends before the early-warning point even stored
+        uncompressed, so every block goes on the tape and nothing but a disk error can make
+        the answer anything but GOOD. False: nothing written (the caller takes the general
+        path). Raises what ``write_blocks`` raises, with nothing written."""
+        wb = self._wb
+        if ((wb is not None and (wb.blocks or wb.failed)) or self.position != len(self.index)
+                or self.readonly or self._sealing_key is not None):
+            return False
+        self.check_writable()
+        count = len(data) // size
+        if (count * size != len(data) or self.index.medium_end
+                + count * (RECORD_HEADER_SIZE + size) >= DATA_START + self.ew_point):
+            return False
+        if self.write_blocks(data, size, compress=compress) != count:  # pragma: no cover
+            raise CartridgeError(f"{self.barcode}: a run cut short before early warning")
         return True
 
     def _end(self) -> int:

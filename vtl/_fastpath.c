@@ -1191,6 +1191,7 @@ out:
 
 #define OP_READ_6 0x08
 #define READ6_SILI 0x02
+#define READ6_FIXED 0x01
 #define LBP_RW 0xC0  /* LBP_W | LBP_R (ssc_protection) */
 
 /* Set by configure_drive_read(): TapeDrive.stream_read (a StreamLun whose read is this
@@ -1198,7 +1199,7 @@ out:
 static PyObject *dr_method;
 static unsigned long long dr_served;  /* READs answered here (tests, diagnostics) */
 
-static PyObject *s_protection, *s_current, *s_dcart, *s_loaded, *s_bay, *s_cartridge, *s_part,
+static PyObject *s_block_size, *s_protection, *s_current, *s_dcart, *s_loaded, *s_bay, *s_cartridge, *s_part,
     *s_media_generation, *s_gen,
     *s_library, *s_faults, *s_media, *s_barcode,
     *s_streaming, *s_bytes_read, *s_sense, *s_pop, *s_counters, *s_read_native,
@@ -1372,10 +1373,22 @@ out:
 static PyObject *drive_read(PyObject *drive, PyObject *nexus, const uint8_t *cdb,
                             uint32_t length)
 {
-    /* streaming_read_length(cdb) == length, and length > 0 */
-    if (cdb[0] != OP_READ_6 || (cdb[1] & ~READ6_SILI) || cdb[5] || !length
-            || ((uint32_t)cdb[2] << 16 | (uint32_t)cdb[3] << 8 | cdb[4]) != length)
+    /* streaming_read_length(cdb) == length, and length > 0; or (fixed mode) one block of
+     * the mode's block size, which reads as a variable-mode READ of that size */
+    uint32_t count = (uint32_t)cdb[2] << 16 | (uint32_t)cdb[3] << 8 | cdb[4];
+    if (cdb[0] != OP_READ_6 || cdb[5] || !length)
         return NULL;
+    if (cdb[1] == READ6_FIXED) {
+        long long bs;
+        if (count != 1)
+            return NULL;  /* a run: the Python method's */
+        if (get_ll(drive, s_block_size, &bs) < 0)
+            return NULL;
+        if (bs != (long long)length)
+            return NULL;
+    } else if ((cdb[1] & ~READ6_SILI) || count != length) {
+        return NULL;
+    }
     int r = protection_off(drive);
     if (r <= 0)
         return NULL;
@@ -1525,6 +1538,7 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     INTERN(s_gen, "_gen");
     INTERN(s_library, "library"); INTERN(s_faults, "faults"); INTERN(s_media, "_media");
     INTERN(s_barcode, "barcode"); INTERN(s_streaming, "_streaming");
+    INTERN(s_block_size, "block_size");
     INTERN(s_bytes_read, "bytes_read"); INTERN(s_sense, "_sense"); INTERN(s_pop, "pop");
     INTERN(s_counters, "counters"); INTERN(s_read_native, "read_native");
     INTERN(s_read_stored, "read_stored"); INTERN(s_closed, "_closed"); INTERN(s_error, "_error");

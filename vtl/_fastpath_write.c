@@ -63,7 +63,7 @@ static PyObject *w_wb, *w_blocks, *w_failed, *w_position, *w_index, *w_objects, 
     *w_media, *w_writable, *w_buffered_mode, *w_buffered_for, *w_devconf_ext,
     *w_comp_page, *w_bytes_written, *w_streaming, *w_sense, *w_pop, *w_kw_compress,
     *w_write_streams, *w_wrote, *w_spare_buffers, *w_give_back, *w_key, *w_queue_block,
-    *w_kw_queue, *w_donated_type;
+    *w_kw_queue, *w_donated_type, *w_block_size;
 
 /* ---------------------------------------------------------------- small helpers */
 
@@ -568,8 +568,10 @@ static int queue(PyObject *cart, PyObject *data, int compress)
 }
 
 /* What stream_write decides under the drive's lock: 1 written (GOOD), 0 declined (nothing
- * changed), 2 the Python method's, -1 error. */
-static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize_t n)
+ * changed), 2 the Python method's, -1 error. ``fixed``: one block of a fixed-mode WRITE,
+ * never buffered (_write_fixed_now). */
+static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize_t n,
+                        int fixed)
 {
     int r = usual(dev, nexus);
     if (r <= 0)
@@ -620,7 +622,7 @@ static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize
     long long mode;
     if (get_ll(dev, w_buffered_mode, &mode) < 0)
         goto error;
-    if (mode && n >= w_min_buffered) {
+    if (mode && n >= w_min_buffered && !fixed) {  /* fixed mode: written now */
         int for_other = 0;
         if (pending) {
             PyObject *bf = PyObject_GetAttr(dev, w_buffered_for);
@@ -732,15 +734,25 @@ static PyObject *ssc_stream_write(PyObject *mod, PyObject *const *args, Py_ssize
     if (PyObject_GetBuffer(args[2], &cv, PyBUF_SIMPLE) < 0)
         return NULL;
     const uint8_t *cdb = cv.buf;
-    /* streaming_write_length: WRITE(6), byte 1 and CONTROL 0 */
-    long long want = cv.len >= 6 && cdb[0] == 0x0A && !cdb[1] && !cdb[5]
+    /* streaming_write_length: WRITE(6), byte 1 and CONTROL 0; streaming_fixed_count: byte 1
+     * just FIXED (the count in blocks of the drive's block size) */
+    int plain = cv.len >= 6 && cdb[0] == 0x0A && !cdb[5];
+    int fixed = plain && cdb[1] == 0x01;
+    long long want = plain && (!cdb[1] || fixed)
         ? (long long)cdb[2] << 16 | cdb[3] << 8 | cdb[4] : -1;
     PyBuffer_Release(&cv);
     Py_ssize_t n = PyObject_Length(data);
     if (n < 0)
         return NULL;
-    if (want != n || n > w_max_block)
+    if (fixed) {  /* one block of the mode's size here (never buffered); a run: Python's */
+        long long bs;
+        if (get_ll(dev, w_block_size, &bs) < 0)
+            return NULL;
+        if (want != 1 || bs != n || n > w_max_block)
+            return PyObject_Vectorcall(w_stream_write_py, args, 4, NULL);
+    } else if (want != n || n > w_max_block) {
         Py_RETURN_FALSE;
+    }
     PyObject *lock = PyObject_GetAttr(dev, w_lock);
     if (lock == NULL)
         return NULL;
@@ -750,7 +762,7 @@ static PyObject *ssc_stream_write(PyObject *mod, PyObject *const *args, Py_ssize
         return NULL;
     }
     Py_DECREF(res);
-    int r = write_locked(dev, nexus, data, n);
+    int r = write_locked(dev, nexus, data, n, fixed);
     PyObject *et = NULL, *ev = NULL, *tb = NULL;
     if (r < 0)
         PyErr_Fetch(&et, &ev, &tb);
@@ -1056,7 +1068,7 @@ int fastpath_write_init(PyObject *module)
     W_INTERN(w_comp_page, "_compression_page"); W_INTERN(w_bytes_written, "bytes_written");
     W_INTERN(w_streaming, "_streaming"); W_INTERN(w_sense, "_sense"); W_INTERN(w_pop, "pop");
     W_INTERN(w_kw_compress, "compress");
-    W_INTERN(w_key, "key"); W_INTERN(w_queue_block, "queue_block");
+    W_INTERN(w_key, "key"); W_INTERN(w_block_size, "block_size"); W_INTERN(w_queue_block, "queue_block");
     PyObject *kw_done = PyUnicode_InternFromString("done");
     if (kw_done == NULL || (w_kw_queue = PyTuple_Pack(2, w_kw_compress, kw_done)) == NULL)
         return -1;

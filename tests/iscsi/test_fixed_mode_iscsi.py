@@ -1,7 +1,8 @@
 """Fixed-block mode over iSCSI, as after `mt setblk 512` (`tar -b 20`: 20 blocks per
 command): multi-block WRITE(6)/READ(6) through a real connection (immediate data, R2T for
-the big ones, Data-In over several PDUs), with the blocks moved as runs (ssc.FIXED_RUNS) and
-block by block (the reference): byte-identical PDUs, the data back as written, and the
+the big ones, Data-In over several PDUs), with the blocks moved as runs (ssc.FIXED_RUNS; the
+streaming fast paths taking the plain commands) and block by block through the general path
+(the reference): byte-identical PDUs, the data back as written, and the
 conditions a run meets mid-way (a filemark, a block of another length, end of data)."""
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def _session(lib_dir: Path, runs: bool) -> tuple[list[list[bytes]], bytes]:
     lib.create_cartridge("X00001L8", capacity=32 << 20)
     lib.load("X00001L8", 0)
     devices = dict(build_device_set(lib).luns)
+    if not runs:  # the reference: every command through the general path, block by block
+        devices[1].stream_read = devices[1].stream_write = None
     rng = random.Random(5)
     log: list[list[bytes]] = []
     back = bytearray()

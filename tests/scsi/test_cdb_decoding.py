@@ -19,6 +19,7 @@ from vtl.scsi.ssc_cdb import (
     decode_space16,
     decode_write_filemarks,
     immediate,
+    streaming_fixed_count,
     streaming_read_length,
     streaming_write_length,
     verify_as_read6,
@@ -56,6 +57,19 @@ def test_streaming_read_length(cdb, expected):
 ])
 def test_streaming_write_length(cdb, expected):
     assert streaming_write_length(cdb) == expected
+
+
+@pytest.mark.parametrize("cdb, expected", [
+    (bytes([0x08, 1, 0, 0, 20, 0]), 20),  # READ(6), fixed: 20 blocks
+    (bytes([0x0A, 1, 0, 0, 1, 0]), 1),  # WRITE(6), fixed: one block
+    (bytes([0x08, 3, 0, 0, 20, 0]), None),  # FIXED with SILI: the general path refuses it
+    (bytes([0x08, 0, 0, 0, 20, 0]), None),  # variable mode
+    (bytes([0x0A, 1, 0, 0, 1, 4]), None),  # control byte set
+    (bytes([0x13, 1, 0, 0, 1, 0]), None),  # VERIFY(6)
+])
+def test_streaming_fixed_count(cdb, expected):
+    assert streaming_fixed_count(cdb) == expected
+    assert streaming_fixed_count(memoryview(cdb + bytes(10))) == expected
 
 
 def test_verify_reads_like_read6_without_sili():

@@ -166,6 +166,7 @@ from vtl.scsi.ssc_cdb import (
     decode_space16,
     decode_write_filemarks,
     immediate,
+    streaming_fixed_count,
     streaming_read_length,
     streaming_write_length,
     transfer_length,
@@ -219,6 +220,7 @@ MIN_BUFFERED_WRITE = 16 * 1024
 _HOT = frozenset(map(int, (Opcode.READ_6, Opcode.WRITE_6, Opcode.WRITE_FILEMARKS_6,
                            Opcode.SPACE_6, Opcode.READ_POSITION)))
 _INLINE = frozenset(map(int, (Opcode.READ_6, Opcode.WRITE_6, Opcode.READ_POSITION)))
+_READ_6 = int(Opcode.READ_6)
 _WRITE_6 = int(Opcode.WRITE_6)  # may join the blocks in the write buffer (before_command)
 _NOT_INLINE: frozenset[int] = frozenset()
 
@@ -806,15 +808,32 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         variable mode, the next object a data block of exactly the requested and expected
         ``length``, nothing pending for ``nexus``. None otherwise, with nothing changed, and
         the command goes through ``execute``: the same answer either way, but filemarks,
-        ILI, errors, UAs and reservations live in one place only (``cmd_read6``)."""
-        if streaming_read_length(cdb) != length or self.protection.active:
+        ILI, errors, UAs and reservations live in one place only (``cmd_read6``).
+        Fixed mode too (``streaming_fixed_count``), ``length`` the count's blocks of the
+        mode's size: one block as a variable-mode READ of that size, several as one run
+        (``TapeCartridge.read_run``), all of them plain or none."""
+        run = 0  # fixed mode, several blocks: their size
+        if streaming_read_length(cdb) != length:
+            bs = self._stream_fixed(cdb, _READ_6, length)
+            if not bs or (length > bs and not FIXED_RUNS):
+                return None
+            run = bs if length > bs else 0
+        if self.protection.active:
             return None
         with self.lock:
             cart = self._stream_cart(nexus, PR_READ)
             if cart is None or length <= 0 or self._has_injected(cart):
                 return None
             buf = self._buffer(length)
-            data = cart.take_read_ahead(length, buf)  # the usual case: decoded while idle
+            if run:  # all plain blocks of the mode's size, as one run (_read_fixed's first)
+                try:
+                    data = buf if cart.read_run(buf, run) else None
+                except (CartridgeError, OSError):
+                    data = None
+                if data is None:
+                    return None  # nothing moved: execute meets what ends the run, reports it
+            else:
+                data = cart.take_read_ahead(length, buf)  # the usual case: decoded while idle
             if data is None:
                 if cart.writes_pending or cart.next_data_length() != length:
                     return None
@@ -827,15 +846,35 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
             self._plain_done(nexus)
             return data
 
+    def _stream_fixed(self, cdb: bytes | memoryview, opcode: int, n: int) -> int:
+        """The mode's block size when ``cdb`` is a plain fixed-mode ``opcode`` (READ(6) or
+        WRITE(6): ``streaming_fixed_count``) of one or more blocks, ``n`` bytes in all; else
+        0 (a command for the general path)."""
+        count = streaming_fixed_count(cdb)
+        bs = self.block_size
+        if (not count or not bs or count * bs != n or cdb[0] != opcode
+                or n > MAX_FIXED_TRANSFER):
+            return 0
+        return bs
+
     def stream_write(self, nexus: Nexus, cdb: bytes | memoryview, data: memoryview) -> bool:
         """WRITE(6) in the streaming case (the transport's fast path, see vtl/scsi/base.py):
         variable mode, a block that the write buffer takes (buffered mode, MIN_BUFFERED_WRITE
         bytes or more, given away by the transport: DonatedBuffer) or that is written at once
         as a plain append before early warning (``_write_now``). False otherwise, with
         nothing changed, and the command goes through ``execute`` (``cmd_write6`` handles
-        every other case and every error)."""
+        every other case and every error). Fixed mode too (``streaming_fixed_count``):
+        its blocks are written at once, never buffered (as ``_write_fixed``), one block as
+        a variable-mode block of that size, several as one run (``append_run_now``)."""
         n = len(data)
-        if streaming_write_length(cdb) != n or n > MAX_BLOCK or self.protection.active:
+        bs = 0
+        if streaming_write_length(cdb) != n:
+            bs = self._stream_fixed(cdb, _WRITE_6, n)
+            if not bs:
+                return False
+        elif n > MAX_BLOCK:
+            return False
+        if self.protection.active:
             return False
         with self.lock:
             cart = self._stream_cart(nexus, PR_WRITE)
@@ -845,7 +884,10 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
             self._writable = cart
             compress = self.compression
             try:
-                if (not self._buffer_block(cart, nexus, data, compress)
+                if bs:  # fixed mode: written now
+                    if not self._write_fixed_now(cart, data, bs, compress):
+                        return False
+                elif (not self._buffer_block(cart, nexus, data, compress)
                         and not self._write_now(cart, data, compress)):
                     return False
             except (CartridgeError, OSError):
@@ -895,6 +937,20 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         self.bytes_written += n
         if n >= MIN_BUFFERED_WRITE and donated(data):  # stored, nothing keeps it: the
             SPARE_BUFFERS.give_back(data)  # transport's next WRITE of a big block reuses it
+        return True
+
+    def _write_fixed_now(self, cart: TapeCartridge, data: memoryview, bs: int,
+                         compress: bool) -> bool:
+        """A fixed-mode WRITE's blocks written at once when they are a plain append (what
+        ``_write_fixed`` would do, GOOD): one block as ``_write_now``, several as one run
+        (``TapeCartridge.append_run_now``). False: nothing written."""
+        n = len(data)
+        if n == bs:
+            return self._write_now(cart, data, compress)
+        if (not FIXED_RUNS or self._near_pew(cart, n)
+                or not cart.append_run_now(data, bs, compress=compress)):
+            return False
+        self.bytes_written += n
         return True
 
     def _stream_cart(self, nexus: Nexus, pr_class: int) -> TapeCartridge | None:

@@ -62,6 +62,15 @@ def streaming_write_length(cdb: bytes | memoryview) -> int | None:
     return int.from_bytes(cdb[2:5], "big")
 
 
+def streaming_fixed_count(cdb: bytes | memoryview) -> int | None:
+    """The block count of a fixed-mode READ(6) or WRITE(6) with nothing unusual (byte 1 just
+    FIXED, no SILI; CONTROL byte 0), or None for any other CDB: the fixed-mode case of
+    ``stream_read``/``stream_write`` (the bytes are the count times the mode's block size)."""
+    if (cdb[0] != _READ_6 and cdb[0] != _WRITE_6) or cdb[1] != FIXED or cdb[5]:
+        return None
+    return int.from_bytes(cdb[2:5], "big")
+
+
 def verify_as_read6(cdb: bytes) -> bytes:
     """The READ(6) a VERIFY(6) performs without transferring data: same FIXED bit and
     length, no SILI (VERIFY has none; BYTCMP is not supported, the usage mask refuses it)."""
