@@ -744,10 +744,19 @@ def measure_streams(target: Target, streams: int, bs: int, total: int, verify: b
             f"CPUs busy {res['box_busy_write']:.0%}/{res['box_busy_read']:.0%}; write phase "
             f"{res['wall_s_write']:.2f} s: WRITEs {res['blocks_s_fastest']:.2f}-"
             f"{res['blocks_s_slowest']:.2f} s, filemark up to {res['filemark_s_slowest']:.2f} s")
-    one, many = out["x1"], out[f"x{streams}"]
-    out["scaling_write"] = many["write_mbps"] / one["write_mbps"]
-    out["scaling_read"] = many["read_mbps"] / one["read_mbps"]
+    _scaling(out, streams)
     return out
+
+
+def _scaling(out: dict[str, Any], streams: int) -> None:
+    """N streams / one stream, and the most the CPUs allow it: the N streams' CPU ceiling
+    (server + clients at their CPU per GB) over one stream's MB/s. A bound under the goal
+    means no scheduling can reach it at that CPU cost; only a lower CPU per GB can."""
+    one, many = out["x1"], out[f"x{streams}"]
+    cpus = os.cpu_count() or 1
+    for phase in ("write", "read"):
+        out[f"scaling_{phase}"] = many[f"{phase}_mbps"] / one[f"{phase}_mbps"]
+        out[f"scaling_bound_{phase}"] = _ceiling(many, phase, cpus) / one[f"{phase}_mbps"]
 
 
 def print_streams(result: dict[str, Any]) -> None:
@@ -785,7 +794,9 @@ def print_streams(result: dict[str, Any]) -> None:
     for name, res in result["streams"].items():
         if "error" not in res:
             print(f"{name}: {n} streams / 1 stream: write {res['scaling_write']:.2f}x, read "
-                  f"{res['scaling_read']:.2f}x")
+                  f"{res['scaling_read']:.2f}x (the CPUs allow at most "
+                  f"{res['scaling_bound_write']:.2f}x / {res['scaling_bound_read']:.2f}x: "
+                  f"the {n} streams' CPU ceiling over one stream's MB/s)")
 
 
 def _cpu_cell(r: dict[str, Any], phase: str) -> str:
@@ -810,9 +821,7 @@ def best_streams(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, A
     for k in ("x1", f"x{new['streams']}"):
         a, b = old[k], new[k]
         out[k] = {key: (max if key.endswith("mbps") else min)(a[key], b[key]) for key in a}
-    one, many = out["x1"], out[f"x{new['streams']}"]
-    out["scaling_write"] = many["write_mbps"] / one["write_mbps"]
-    out["scaling_read"] = many["read_mbps"] / one["read_mbps"]
+    _scaling(out, new["streams"])
     return out
 
 
