@@ -37,7 +37,7 @@ def _sync_file_range() -> ctypes._CFuncPtr | None:
 _START_WRITEBACK = _sync_file_range()
 
 
-def _start_write_out(fd: int, offset: int, length: int) -> None:
+def start_write_out(fd: int, offset: int, length: int) -> None:
     """Start write-out of the range, not waiting (run on the background sync thread)."""
     start = _START_WRITEBACK  # looked up at each call, not bound once
     if start is not None:
@@ -52,7 +52,7 @@ class WritebackPacer:
         self._fd = fd
         self._handed = start  # data before this offset was handed to the disk
         self._synced = start  # data before this offset had a background fdatasync
-        self.background = BackgroundSync(fd, name, start_write_out=_start_write_out)
+        self.background = BackgroundSync(fd, name, start_write_out=start_write_out)
 
     def restart(self, offset: int) -> None:
         """What lies before ``offset`` was written (and synced) before: start pacing there."""

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import zstandard
 from cartridge_io import read_blocks
 
 from tape_formats.cartridge import TapeCartridge
@@ -202,3 +203,72 @@ def test_a_batch_is_written_in_pieces_of_at_most_write_max(tmp_path: Path,
     assert [at for at, _cid, _size in packs.records(data)] == offsets
     for (cid, _flag, body), at in zip(recs, offsets, strict=True):
         assert packs.decode(data, at, cid)[1] == body
+
+
+def test_the_background_flush_indexes_what_it_made_durable(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """While chunks stream in, the store's background thread starts the packs' write-out
+    every WRITE_OUT_BYTES and, every BACKGROUND_SYNC_BYTES, fdatasyncs them (the packs
+    folder too for a new pack), then commits the rows of the records written before that
+    flush: the sync point indexes only the rest. A row is never committed before its pack's
+    flush; the S3 cache's cue (``synced``) still comes at the sync point."""
+    from tape_formats.store import chunk_store as cs
+    from tape_formats.store import pack as packs
+
+    monkeypatch.setattr(cs, "BACKGROUND_SYNC_BYTES", 400_000)
+    monkeypatch.setattr(cs, "WRITE_OUT_BYTES", 150_000)
+    monkeypatch.setattr(packs, "PACK_SIZE", 1 << 20)
+    events: list[tuple[str, object]] = []
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        events.append(("fdatasync", fd))
+        real_fdatasync(fd)
+
+    def write_out(fd: int, offset: int, length: int) -> None:
+        events.append(("write_out", fd))
+
+    monkeypatch.setattr(cs.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(cs, "start_write_out", write_out)
+    ChunkStore.create(tmp_path / "store")
+    store = ChunkStore(tmp_path / "store")
+    real_add = store.index.add
+
+    def add(rows: object) -> None:
+        rows = list(rows)  # type: ignore[call-overload]
+        events.append(("add", len(rows)))
+        real_add(rows)
+
+    store.index.add = add  # type: ignore[method-assign]
+    cues: list[int] = []
+
+    class Remote:
+        def synced(self, _store: ChunkStore) -> None:
+            cues.append(1)
+
+    store.remote = Remote()  # type: ignore[assignment]
+    rng = random.Random(9)
+    ids = []
+    for n in range(40):
+        cid = bytes([n]) * 32
+        ids.append(cid)
+        store.append_many([(cid, packs.RAW, rng.randbytes(50_000))])
+    assert store._background is not None
+    store._background.wait()
+    committed = sum(n for kind, n in events if kind == "add")
+    assert 8 <= committed <= 40  # rows indexed behind the writer's back (a flush asked for
+    # while one runs is dropped: the next one, or the sync point, takes its rows)
+    assert any(kind == "write_out" for kind, _ in events)
+    first_add = next(i for i, (kind, _) in enumerate(events) if kind == "add")
+    assert any(kind == "fdatasync" for kind, _ in events[:first_add])
+    assert len(store.index.lookup(ids)) == committed
+    assert not cues
+    store.sync()
+    assert sum(n for kind, n in events if kind == "add") == 40
+    assert len(store.index.lookup(ids)) == 40 and cues == [1]
+    store.sync()  # nothing new: no rows, no cue
+    assert cues == [1]
+    store.close()
+    reopened = ChunkStore(tmp_path / "store")
+    assert len(reopened.get(ids[7], 50_000, zstandard.ZstdDecompressor())) == 50_000
+    reopened.close()
