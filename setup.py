@@ -6,7 +6,7 @@ compiler or the Python headers (Debian's python3-dev) the build prints a warning
 install goes on. Another extension is one more line in ``EXTENSIONS``.
 
 ``_paxfast`` links OpenSSL's libcrypto (its sha256) when pkg-config finds it (Debian's
-libssl-dev): that adds ``pack_files``, ``scan_dir`` and ``extract_files``, the filesystem
+libssl-dev): that adds ``pack_files``, ``scan_dir``, ``extract_files`` and ``Extractor``, the filesystem
 translator's small files in one call on backup and on restore; without it the module builds
 without those functions and the Python loops serve. It links SQLite (Debian's libsqlite3-dev)
 when pkg-config finds it: that adds ``stage_rows``, the catalog's insert of a chunk of the file

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fnmatch
+import io
 import itertools
 import math
 import os
@@ -349,13 +350,19 @@ def _restore_whole(catalog: Catalog, library: Library, translator: Translator, b
     reader = TapeReader(catalog.volumes(backup.id), ReadMedia(session), backup.size, cipher)
     rows = catalog.iter_stream_rows(backup.id)
     ahead = _ReadAhead(reader)
+    entries = None
     try:
         entries = _WholeStream(backup, ahead, rows, stats, total, progress)
         _run_translator(translator, entries, target, backup, options)
+        entries.close()
     except MoverError as e:
         raise RestoreError(str(e)) from None
     finally:
-        ahead.close()  # the thread stopped: the reader is this thread's again
+        try:
+            if entries is not None:  # after an error too: no file written once this returns
+                entries.close(check=False)
+        finally:
+            ahead.close()  # the thread stopped: the reader is this thread's again
         stats.blocks_read += reader.blocks_read
         rows.close()  # type: ignore[attr-defined]
         with contextlib.suppress(Exception):
@@ -503,6 +510,7 @@ class _WholeStream:
         self.pax = PaxReader(reader, expected=self.digests, require_end=False)
         self.done = self.last = 0
         self.extract = _extractor()
+        self.unsettled = 0  # files handed to the extractor since the last settle_files
 
     def __iter__(self) -> Iterator[tuple[ArchiveEntry, EntryData]]:
         digests = self.digests
@@ -535,34 +543,70 @@ class _WholeStream:
         root), each checked against its catalog row (path, sha256), with their mode, times
         and, when ``owner``, their owner; stops at the first member that is anything else
         (the iteration yields that one). Returns (files, data bytes); (0, 0) without the
-        C extension."""
+        C extension. The files are created by the extractor's threads, behind the reading:
+        they are all there once :meth:`settle_files` returned."""
         extract = self.extract
         if extract is None:
             return 0, 0
         batch, at = self.digests.ahead(self.RUN)
 
         def take(buf: bytes, pos: int, offset: int) -> tuple[int, tuple[int, int]]:
-            used, files, nbytes = extract(buf, pos, offset, dirfd, prefix, batch, at, owner)
+            used, files, nbytes = extract.submit(buf, pos, offset, dirfd, prefix, batch, at,
+                                                 owner)
             return used, (files, nbytes)
 
         files, nbytes = self.pax.take_members(take)
         self.digests.at += files
         self.stats.entries += files
         self.stats.bytes += nbytes
+        self.unsettled += files
         self.advanced(nbytes)
         return files, nbytes
 
+    def settle_files(self) -> Iterator[tuple[ArchiveEntry, EntryData]]:
+        """Wait until every file :meth:`extract_files` took is created; then the entries of
+        those that failed (nothing of them is left on disk), for the translator to restore
+        the ordinary way, which reports what went wrong (a damaged member's digest, a file
+        in the way, a full disk). Also what :meth:`close` checks that nothing is left
+        unsettled."""
+        from tape_formats.archive.reader import PaxReader
 
-def _extractor() -> Callable[..., tuple[int, int, int]] | None:
-    """``_paxfast.extract_files`` (tape_formats/archive/_paxfast.c), or None when it is not
-    built or ``VTL_NO_FASTPATH`` is set: then every entry takes the translator's own path."""
+        self.unsettled = 0
+        if self.extract is None:
+            return
+        for member, offset, sha in self.extract.settle():
+            self.stats.entries -= 1  # counted again when the translator restores it
+            yield from PaxReader(io.BytesIO(member), start_offset=offset,
+                                 expected={offset: sha.hex()}, require_end=False)
+
+    def close(self, check: bool = True) -> None:
+        """Stop the extractor's threads once every file it took is written. With ``check``,
+        raises if a translator took files and did not settle them (their failures would go
+        unreported)."""
+        if self.extract is None:
+            return
+        left = self.unsettled
+        failed = self.extract.settle()
+        self.extract.close()
+        if check and left and failed:
+            raise RestoreError(f"backup {self.backup.uuid}: {len(failed)} file(s) could not be "
+                               "created and were not restored")
+
+
+EXTRACT_WORKERS = 2  # threads creating the files of a whole restore (_paxfast.Extractor)
+
+
+def _extractor() -> Any:
+    """A ``_paxfast.Extractor`` (tape_formats/archive/_paxfast.c): ``extract_files``' runs
+    created by worker threads; None when it is not built or ``VTL_NO_FASTPATH`` is set: then
+    every entry takes the translator's own path."""
     if os.environ.get("VTL_NO_FASTPATH"):
         return None
     try:
-        from tape_formats.archive._paxfast import extract_files  # type: ignore[import-not-found]
+        from tape_formats.archive._paxfast import Extractor  # type: ignore[import-not-found]
     except ImportError:
         return None
-    return extract_files  # type: ignore[no-any-return]
+    return Extractor(EXTRACT_WORKERS)
 
 
 def _run_translator(translator: Translator, entries: Iterable[tuple[ArchiveEntry, EntryData]],

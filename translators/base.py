@@ -21,8 +21,11 @@ needing the application at restore time. The EBM never looks inside a dataset; i
 4. ``restore(entries, target, select=...)`` - consumes ``(ArchiveEntry, EntryData)`` pairs
    (from :class:`PaxReader`) into ``target``. A whole backup's ``entries`` also offer
    ``extract_files(dirfd, prefix, owner) -> (files, bytes)``: the plain regular files that
-   come next in one directory, created in one C call (the filesystem translator uses it
-   between entries; others just iterate).
+   come next in one directory, taken in one C call and created by threads behind the reading,
+   and ``settle_files()``, which waits until they all exist and yields the entries of those
+   that failed, to restore the ordinary way (the filesystem translator calls both, settling
+   before anything that may touch those files and at the end; others just iterate). A
+   translator that takes files and never settles them fails the restore.
 
 Chain semantics (``apply_chain``): to restore backup N of a chain, restore the baseline and
 then every incremental up to N, in order, into the same (initially empty) target. Each

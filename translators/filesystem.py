@@ -882,6 +882,8 @@ class _Restorer:
         self.safe_dirs: set[str] = {"."}
         self.buffer = memoryview(bytearray(CHUNK))  # one copy buffer for every file
         self.run_dir: tuple[str, int] | None = None  # the directory extract_files creates in
+        # the stream's settle_files: waits for the files extract_files handed to threads
+        self.settle_fn: Callable[[], Iterable[tuple[ArchiveEntry, EntryData]]] | None = None
 
     def abs(self, rel: str) -> str:
         return self.target if rel == "." else os.path.join(self.target, rel)
@@ -946,6 +948,7 @@ class _Restorer:
             st = os.lstat(path)
         except FileNotFoundError:
             return False
+        self.settle()  # a file still being created may be this one or below it
         if stat.S_ISDIR(st.st_mode):
             self.close_run_dir()  # it may be this directory or one below it
             shutil.rmtree(path)
@@ -963,6 +966,7 @@ class _Restorer:
         os.makedirs(self.target, exist_ok=True)
         # whole streams offer runs of plain small files in one call (ebm/restore.py)
         extract = getattr(entries, "extract_files", None) if self.select is None else None
+        self.settle_fn = getattr(entries, "settle_files", None) if extract is not None else None
         try:
             return self.run_entries(entries, extract)
         finally:
@@ -1031,6 +1035,17 @@ class _Restorer:
         self.stats.entries += files
         self.stats.files += files
         self.stats.bytes += nbytes
+
+    def settle(self) -> None:
+        """Wait until the files ``extract_files`` took are all created (before anything that
+        may touch them: a removal, a hard link to one, the directories' times); the ones
+        that failed are restored here the ordinary way, which raises what went wrong."""
+        if self.settle_fn is None:
+            return
+        for entry, data in self.settle_fn():
+            self.stats.files -= 1  # counted by extract_run, again by restore_file
+            self.stats.bytes -= entry.size
+            self.restore_file(check_member_path(entry.path), entry, data)
 
     def close_run_dir(self) -> None:
         if self.run_dir is not None:
@@ -1103,6 +1118,7 @@ class _Restorer:
 
     def restore_hardlink(self, rel: str, entry: ArchiveEntry) -> None:
         src_rel = check_member_path(entry.linkname)
+        self.settle()  # the link's target may still be being created
         self.ensure_parents(src_rel)
         src = self.abs(src_rel)
         try:
@@ -1166,6 +1182,7 @@ class _Restorer:
 
     def finish_dirs(self) -> None:
         """Directory metadata after all children, deepest first; then untouched parents' times."""
+        self.settle()
         for entry in sorted(self.dir_entries, key=lambda e: -1 if e.path == "." else e.path.count("/"), reverse=True):
             path = self.abs(entry.path)
             try:

@@ -27,6 +27,8 @@
  * extract_files(...): with libcrypto, the other way: a run of buffered plain file members of
  *   one directory checked against the catalog's rows and created as files in one call, the
  *   GIL released (ebm/restore.py's whole-backup stream; filesystem.py's _Restorer).
+ * Extractor: extract_files' runs planned in the call and created by worker threads of its
+ *   own, behind the reading (ebm/restore.py's whole restore; see its section below).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1434,6 +1436,34 @@ static int create_plain(int dirfd, const Plain *p, int owner)
     return -1;
 }
 
+/* The run of members at ``b + pos`` (``len`` bytes buffered, stream ``offset`` at ``pos``)
+ * that extract_files takes: plain_member, each matching the next row of ``rows`` from
+ * ``row_at``, at most ``max`` of them. Fills ``plan`` and each member's length into
+ * ``lens``; returns how many, or -1 with an exception set. Holds the GIL (reads rows). */
+static Py_ssize_t plan_run(const unsigned char *b, Py_ssize_t len, Py_ssize_t pos,
+                           long long offset, const char *prefix, Py_ssize_t prefix_len,
+                           PyObject *rows, Py_ssize_t row_at, Py_ssize_t max, Plain *plan,
+                           Py_ssize_t *lens)
+{
+    Py_ssize_t planned = 0, at = pos;
+    while (planned < max && at < len && prefix_len < 100) {
+        Plain *p = &plan[planned];
+        Py_ssize_t n = plain_member(b + at, len - at, prefix, prefix_len, p);
+        if (n == 0)
+            break;
+        const unsigned char *name = p->data - BLOCK;
+        int m = row_matches(PyList_GET_ITEM(rows, row_at + planned), offset + (at - pos), name,
+                            (Py_ssize_t)strnlen((const char *)name, 100), p->sha);
+        if (m == -2)
+            return -1;
+        if (m < 0)
+            break;
+        lens[planned++] = n;
+        at += n;
+    }
+    return planned;
+}
+
 /* extract_files(buf, pos, offset, dirfd, prefix, rows, row_at, owner)
  *   -> (used, files, data_bytes)
  * The members buffered in ``buf`` from ``pos`` (stream ``offset``) that are plain regular
@@ -1443,23 +1473,44 @@ static int create_plain(int dirfd, const Plain *p, int owner)
  * first member that is anything else, is cut by the buffer's end, has no matching row, or
  * fails (its file removed): Python restores that one, reporting the failure as it would.
  * ``used``: the bytes of the ``files`` members done; ``data_bytes``: their sizes. */
-static PyObject *extract_files(PyObject *self, PyObject *args)
-{
-    (void)self;
+typedef struct {
     Py_buffer view;
     Py_ssize_t pos, prefix_len, row_at;
     long long offset;
     int dirfd, owner;
     const char *prefix;
     PyObject *rows;
-    if (!PyArg_ParseTuple(args, "y*nLiy#O!np", &view, &pos, &offset, &dirfd, &prefix,
-                          &prefix_len, &PyList_Type, &rows, &row_at, &owner))
-        return NULL;
-    if (pos < 0 || pos > view.len || row_at < 0 || row_at > PyList_GET_SIZE(rows)) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "extract_files: pos or row_at out of range");
-        return NULL;
+} RunArgs;
+
+/* extract_files' arguments (Extractor.submit's too): 0, or -1 with an exception set and
+ * no buffer held. */
+static int run_args(PyObject *args, RunArgs *a, const char *who)
+{
+    if (!PyArg_ParseTuple(args, "y*nLiy#O!np", &a->view, &a->pos, &a->offset, &a->dirfd,
+                          &a->prefix, &a->prefix_len, &PyList_Type, &a->rows, &a->row_at,
+                          &a->owner))
+        return -1;
+    if (a->pos < 0 || a->pos > a->view.len || a->row_at < 0
+        || a->row_at > PyList_GET_SIZE(a->rows)) {
+        PyBuffer_Release(&a->view);
+        PyErr_Format(PyExc_ValueError, "%s: pos or row_at out of range", who);
+        return -1;
     }
+    return 0;
+}
+
+static PyObject *extract_files(PyObject *self, PyObject *args)
+{
+    (void)self;
+    RunArgs a;
+    if (run_args(args, &a, "extract_files") < 0)
+        return NULL;
+    Py_buffer view = a.view;
+    Py_ssize_t pos = a.pos, prefix_len = a.prefix_len, row_at = a.row_at;
+    long long offset = a.offset;
+    int dirfd = a.dirfd, owner = a.owner;
+    const char *prefix = a.prefix;
+    PyObject *rows = a.rows;
     Py_ssize_t nrows = PyList_GET_SIZE(rows) - row_at;
     Plain *plan = nrows > 0 ? PyMem_Malloc(sizeof(Plain) * (size_t)nrows) : NULL;
     Py_ssize_t *lens = nrows > 0 ? PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)nrows) : NULL;
@@ -1468,23 +1519,10 @@ static PyObject *extract_files(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
-    Py_ssize_t planned = 0, at = pos;
-    const unsigned char *b = view.buf;
-    while (planned < nrows && at < view.len && prefix_len < 100) {
-        Plain *p = &plan[planned];
-        Py_ssize_t len = plain_member(b + at, view.len - at, prefix, prefix_len, p);
-        if (len == 0)
-            break;
-        const unsigned char *name = p->data - BLOCK;
-        int m = row_matches(PyList_GET_ITEM(rows, row_at + planned), offset + (at - pos), name,
-                            (Py_ssize_t)strnlen((const char *)name, 100), p->sha);
-        if (m == -2)
-            goto done;
-        if (m < 0)
-            break;
-        lens[planned++] = len;
-        at += len;
-    }
+    Py_ssize_t planned = plan_run(view.buf, view.len, pos, offset, prefix, prefix_len, rows,
+                                  row_at, nrows, plan, lens);
+    if (planned < 0)
+        goto done;
     Py_ssize_t files = 0, used = 0;
     long long data_bytes = 0;
     Py_BEGIN_ALLOW_THREADS
@@ -1500,6 +1538,353 @@ done:
     PyBuffer_Release(&view);
     return result;
 }
+
+/* ---- Extractor: extract_files' runs created by threads of its own, behind the reader ----
+ *
+ * Why: a whole restore's one thread parsed the stream and created every file, so reading,
+ * hashing and the kernel's file creation and page-cache writes took turns. An Extractor
+ * plans a run as extract_files does (same checks, with the GIL) and returns at once; its
+ * worker threads (no GIL, no Python objects) hash and create the files while the caller
+ * reads on. Runs of one directory never run at once (two creators in one directory wait
+ * on its lock), runs of different directories do. A job holds the caller's buffer (a
+ * Py_buffer: its bytes never change, see ebm/restore.py) and a dup of the directory's
+ * descriptor; at most EXTRACT_IN_FLIGHT jobs are queued or running (memory stays flat).
+ * A file that fails (digest, create, write, metadata) is removed by the worker as
+ * create_plain does, and its member's bytes come back from settle(), for Python to restore
+ * the ordinary way, which reports what went wrong.
+ *
+ * Extractor(workers) ; .submit(buf, pos, offset, dirfd, prefix, rows, row_at, owner)
+ *   -> (used, files, data_bytes), extract_files' arguments and answer, the files queued;
+ * .settle() -> [(member bytes, header offset, sha256)]: waits for every queued file, and
+ *   returns the members that failed since the last settle; .close(): settle, stop threads.
+ * Lock order: the GIL, then ``mu`` (never the GIL while holding ``mu``). */
+#include <pthread.h>
+
+#define EXTRACT_WORKERS_MAX 4
+#define EXTRACT_IN_FLIGHT 8
+
+typedef struct Job {
+    struct Job *next;
+    Py_buffer view;
+    int dirfd, owner;
+    char key[101]; /* the directory's prefix */
+    Py_ssize_t n, pos;
+    long long offset; /* the stream offset of view.buf + pos */
+    Plain *plan;
+    Py_ssize_t *lens;
+    unsigned char *failed;
+    Py_ssize_t nfailed;
+} Job;
+
+typedef struct {
+    PyObject_HEAD
+    pthread_mutex_t mu;
+    pthread_cond_t work, done; /* work: queued or stopping; done: a job finished */
+    Job *queue, *finished;     /* queue in submit order (a singly linked list) */
+    const char *running[EXTRACT_WORKERS_MAX];
+    pthread_t threads[EXTRACT_WORKERS_MAX];
+    int workers, started, stopping, in_flight;
+    PyObject *failures; /* list of (bytes, int, bytes) */
+} Extractor;
+
+typedef struct {
+    Extractor *x;
+    int slot;
+} WorkerArg;
+
+static void job_free_nogil(Job *j)
+{
+    PyMem_RawFree(j->plan);
+    PyMem_RawFree(j->lens);
+    PyMem_RawFree(j->failed);
+}
+
+/* The first queued job whose directory no other worker is in, unlinked; NULL if none. */
+static Job *take_job(Extractor *x)
+{
+    for (Job **link = &x->queue; *link != NULL; link = &(*link)->next) {
+        Job *j = *link;
+        int busy = 0;
+        for (int w = 0; w < x->workers; w++)
+            busy |= x->running[w] != NULL && strcmp(x->running[w], j->key) == 0;
+        if (!busy) {
+            *link = j->next;
+            j->next = NULL;
+            return j;
+        }
+    }
+    return NULL;
+}
+
+static void *extract_worker(void *arg)
+{
+    Extractor *x = ((WorkerArg *)arg)->x;
+    int slot = ((WorkerArg *)arg)->slot;
+    PyMem_RawFree(arg);
+    pthread_mutex_lock(&x->mu);
+    for (;;) {
+        Job *j = take_job(x);
+        if (j == NULL) {
+            if (x->stopping)
+                break;
+            pthread_cond_wait(&x->work, &x->mu);
+            continue;
+        }
+        x->running[slot] = j->key;
+        pthread_mutex_unlock(&x->mu);
+        for (Py_ssize_t i = 0; i < j->n; i++) {
+            j->failed[i] = create_plain(j->dirfd, &j->plan[i], j->owner) != 0;
+            j->nfailed += j->failed[i];
+        }
+        close(j->dirfd);
+        pthread_mutex_lock(&x->mu);
+        x->running[slot] = NULL;
+        j->next = x->finished;
+        x->finished = j;
+        x->in_flight--;
+        pthread_cond_broadcast(&x->done);
+        pthread_cond_broadcast(&x->work); /* a job of this directory may go now */
+    }
+    pthread_mutex_unlock(&x->mu);
+    return NULL;
+}
+
+/* Free the finished jobs (with the GIL): their buffers released, failed members noted.
+ * 0, or -1 with an exception set (the jobs are freed either way). */
+static int collect(Extractor *x)
+{
+    pthread_mutex_lock(&x->mu);
+    Job *j = x->finished;
+    x->finished = NULL;
+    pthread_mutex_unlock(&x->mu);
+    int rc = 0;
+    while (j != NULL) {
+        Job *next = j->next;
+        const unsigned char *b = j->view.buf;
+        Py_ssize_t at = j->pos;
+        for (Py_ssize_t i = 0; i < j->n && j->nfailed; at += j->lens[i], i++) {
+            if (!j->failed[i] || rc < 0)
+                continue;
+            PyObject *item = Py_BuildValue("(y#Ly#)", (const char *)b + at, j->lens[i],
+                                           j->offset + (at - j->pos),
+                                           (const char *)j->plan[i].sha, (Py_ssize_t)32);
+            if (item == NULL || PyList_Append(x->failures, item) < 0)
+                rc = -1;
+            Py_XDECREF(item);
+        }
+        PyBuffer_Release(&j->view);
+        job_free_nogil(j);
+        PyMem_RawFree(j);
+        j = next;
+    }
+    return rc;
+}
+
+/* Wait (GIL released) until at most ``limit`` jobs are queued or running. */
+static void wait_in_flight(Extractor *x, int limit)
+{
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&x->mu);
+    while (x->in_flight > limit)
+        pthread_cond_wait(&x->done, &x->mu);
+    pthread_mutex_unlock(&x->mu);
+    Py_END_ALLOW_THREADS
+}
+
+static int start_workers(Extractor *x)
+{
+    for (; x->started < x->workers; x->started++) {
+        WorkerArg *arg = PyMem_RawMalloc(sizeof(WorkerArg));
+        if (arg == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        arg->x = x;
+        arg->slot = x->started;
+        int e = pthread_create(&x->threads[x->started], NULL, extract_worker, arg);
+        if (e != 0) {
+            PyMem_RawFree(arg);
+            errno = e;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *extractor_submit(Extractor *x, PyObject *args)
+{
+    RunArgs a;
+    if (run_args(args, &a, "submit") < 0)
+        return NULL;
+    Py_buffer view = a.view;
+    Py_ssize_t pos = a.pos, prefix_len = a.prefix_len, row_at = a.row_at;
+    const char *prefix = a.prefix;
+    PyObject *rows = a.rows;
+    Job *j = NULL;
+    if (x->stopping) {
+        PyErr_SetString(PyExc_ValueError, "submit: the extractor is closed");
+        goto fail;
+    }
+    if (collect(x) < 0 || start_workers(x) < 0)
+        goto fail;
+    Py_ssize_t nrows = PyList_GET_SIZE(rows) - row_at;
+    if (nrows == 0 || prefix_len >= 100) {
+        PyBuffer_Release(&view);
+        return Py_BuildValue("(nnL)", (Py_ssize_t)0, (Py_ssize_t)0, 0LL);
+    }
+    j = PyMem_RawCalloc(1, sizeof(Job));
+    if (j == NULL)
+        goto nomem;
+    j->plan = PyMem_RawMalloc(sizeof(Plain) * (size_t)nrows);
+    j->lens = PyMem_RawMalloc(sizeof(Py_ssize_t) * (size_t)nrows);
+    j->failed = PyMem_RawCalloc((size_t)nrows, 1);
+    if (j->plan == NULL || j->lens == NULL || j->failed == NULL)
+        goto nomem;
+    Py_ssize_t n = plan_run(view.buf, view.len, pos, a.offset, prefix, prefix_len, rows,
+                            row_at, nrows, j->plan, j->lens);
+    if (n < 0)
+        goto fail;
+    Py_ssize_t used = 0;
+    long long data_bytes = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        used += j->lens[i];
+        data_bytes += j->plan[i].size;
+    }
+    if (n == 0 || (j->dirfd = fcntl(a.dirfd, F_DUPFD_CLOEXEC, 0)) < 0) {
+        int none = n == 0;
+        job_free_nogil(j);
+        PyMem_RawFree(j);
+        PyBuffer_Release(&view);
+        if (none)
+            return Py_BuildValue("(nnL)", (Py_ssize_t)0, (Py_ssize_t)0, 0LL);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    j->view = view;
+    j->owner = a.owner;
+    j->n = n;
+    j->pos = pos;
+    j->offset = a.offset;
+    memcpy(j->key, prefix, (size_t)prefix_len);
+    j->key[prefix_len] = '\0';
+    wait_in_flight(x, EXTRACT_IN_FLIGHT - 1);
+    pthread_mutex_lock(&x->mu);
+    Job **link = &x->queue;
+    while (*link != NULL)
+        link = &(*link)->next;
+    *link = j;
+    x->in_flight++;
+    pthread_cond_signal(&x->work);
+    pthread_mutex_unlock(&x->mu);
+    return Py_BuildValue("(nnL)", used, n, data_bytes);
+nomem:
+    PyErr_NoMemory();
+fail:
+    if (j != NULL) {
+        job_free_nogil(j);
+        PyMem_RawFree(j);
+    }
+    PyBuffer_Release(&view);
+    return NULL;
+}
+
+static PyObject *extractor_settle(Extractor *x, PyObject *unused)
+{
+    (void)unused;
+    wait_in_flight(x, 0);
+    if (collect(x) < 0)
+        return NULL;
+    PyObject *out = x->failures, *fresh = PyList_New(0);
+    if (fresh == NULL)
+        return NULL;
+    x->failures = fresh;
+    return out;
+}
+
+static void extractor_stop(Extractor *x)
+{
+    wait_in_flight(x, 0);
+    pthread_mutex_lock(&x->mu);
+    x->stopping = 1;
+    pthread_cond_broadcast(&x->work);
+    pthread_mutex_unlock(&x->mu);
+    Py_BEGIN_ALLOW_THREADS
+    for (int w = 0; w < x->started; w++)
+        pthread_join(x->threads[w], NULL);
+    Py_END_ALLOW_THREADS
+    x->started = 0;
+}
+
+static PyObject *extractor_close(Extractor *x, PyObject *unused)
+{
+    (void)unused;
+    extractor_stop(x);
+    if (collect(x) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static int extractor_init(Extractor *x, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"workers", NULL};
+    int workers = 2;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|i", kwlist, &workers))
+        return -1;
+    if (x->failures != NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Extractor.__init__ called twice");
+        return -1;
+    }
+    if (workers < 1 || workers > EXTRACT_WORKERS_MAX) {
+        PyErr_Format(PyExc_ValueError, "workers must be 1 to %d", EXTRACT_WORKERS_MAX);
+        return -1;
+    }
+    x->failures = PyList_New(0);
+    if (x->failures == NULL)
+        return -1;
+    pthread_mutex_init(&x->mu, NULL);
+    pthread_cond_init(&x->work, NULL);
+    pthread_cond_init(&x->done, NULL);
+    x->workers = workers;
+    return 0;
+}
+
+static void extractor_dealloc(Extractor *x)
+{
+    if (x->failures != NULL) { /* initialised */
+        extractor_stop(x);
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        collect(x);
+        PyErr_Restore(type, value, tb);
+        pthread_mutex_destroy(&x->mu);
+        pthread_cond_destroy(&x->work);
+        pthread_cond_destroy(&x->done);
+        Py_CLEAR(x->failures);
+    }
+    Py_TYPE(x)->tp_free((PyObject *)x);
+}
+
+static PyMethodDef extractor_methods[] = {
+    {"submit", (PyCFunction)extractor_submit, METH_VARARGS,
+     "extract_files' run, planned now and created by the workers: (used, files, data_bytes)."},
+    {"settle", (PyCFunction)extractor_settle, METH_NOARGS,
+     "Wait for every submitted file; the members that failed: [(bytes, offset, sha256)]."},
+    {"close", (PyCFunction)extractor_close, METH_NOARGS,
+     "Wait for every submitted file and stop the workers (failures are left for settle)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ExtractorType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tape_formats.archive._paxfast.Extractor",
+    .tp_basicsize = sizeof(Extractor),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "extract_files' runs created by worker threads (see the C source).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)extractor_init,
+    .tp_dealloc = (destructor)extractor_dealloc,
+    .tp_methods = extractor_methods,
+};
 #endif /* EBM_HAVE_LIBCRYPTO */
 
 static PyMethodDef methods[] = {
@@ -1538,5 +1923,11 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__paxfast(void)
 {
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+#ifdef EBM_HAVE_LIBCRYPTO
+    if (m != NULL && (PyType_Ready(&ExtractorType) < 0
+                      || PyModule_AddObjectRef(m, "Extractor", (PyObject *)&ExtractorType) < 0))
+        Py_CLEAR(m);
+#endif
+    return m;
 }

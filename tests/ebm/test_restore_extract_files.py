@@ -1,6 +1,6 @@
-"""A whole restore creates runs of plain small files in one C call (``_paxfast.extract_files``
-through ``_WholeStream.extract_files``); everything else, and every failure, goes through the
-filesystem translator's Python path. Both must give the same tree, byte for byte, with the
+"""A whole restore creates runs of plain files in C (``_paxfast.Extractor``, on threads of its
+own, through ``_WholeStream.extract_files``; ``_paxfast.extract_files`` in one call); everything
+else, and every failure, goes through the filesystem translator's Python path. Both must give the same tree, byte for byte, with the
 same modes, times and (as root) owners, and the same errors."""
 
 from __future__ import annotations
@@ -48,17 +48,26 @@ def _full(tmp_path: Path):
 
 
 def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Count the files the C path created."""
+    """Count the files the C path took."""
     made: list[int] = []
+    real = restore_mod._extractor
 
-    def extractor():
-        def extract(*args):
-            used, files, nbytes = _paxfast.extract_files(*args)
+    class Counting:
+        def __init__(self) -> None:
+            self.x = real()
+
+        def submit(self, *args):
+            used, files, nbytes = self.x.submit(*args)
             made.append(files)
             return used, files, nbytes
-        return extract
 
-    monkeypatch.setattr(restore_mod, "_extractor", extractor)
+        def settle(self):
+            return self.x.settle()
+
+        def close(self) -> None:
+            self.x.close()
+
+    monkeypatch.setattr(restore_mod, "_extractor", Counting)
     return made
 
 
@@ -128,3 +137,78 @@ def test_extract_files_stops_at_a_member_that_is_not_plain(tmp_path: Path) -> No
     assert oct(os.stat(tmp_path / "d/a").st_mode & 0o7777) == oct(0o644)
     assert not (tmp_path / "d/b").exists()
 
+
+
+def _members(tmp_path: Path, names: list[str]) -> tuple[bytes, list[tuple[int, str, bytes]]]:
+    out = io.BytesIO()
+    w = PaxWriter(out)
+    rows = []
+    for name in names:
+        data = name.encode() * 1000
+        rows.append((out.tell(), name, hashlib.sha256(data).digest()))
+        w.add(ArchiveEntry(path=name, kind="file", size=len(data), mode=0o640,
+                           mtime_ns=10**18), data)
+    return out.getvalue(), rows
+
+
+def _dirfd(path: Path) -> int:
+    path.mkdir(exist_ok=True)
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def test_the_extractor_creates_what_extract_files_would(tmp_path: Path) -> None:
+    buf, rows = _members(tmp_path, [f"d/f{i}" for i in range(5)] + ["e/g"])
+    x = _paxfast.Extractor(2)
+    fd = _dirfd(tmp_path / "d")
+    try:
+        used, files, nbytes = x.submit(buf, 0, 0, fd, b"d/", rows, 0, False)
+    finally:
+        os.close(fd)  # the workers hold a descriptor of their own
+    assert files == 5 and used == rows[5][0] and nbytes == sum(len(f"d/f{i}") * 1000 for i in range(5))
+    fd = _dirfd(tmp_path / "e")
+    try:
+        assert x.submit(buf, used, used, fd, b"e/", rows, 5, False)[1] == 1
+    finally:
+        os.close(fd)
+    assert x.settle() == []
+    x.close()
+    for i in range(5):
+        assert (tmp_path / f"d/f{i}").read_bytes() == f"d/f{i}".encode() * 1000
+        st = os.stat(tmp_path / f"d/f{i}")
+        assert (st.st_mode & 0o7777, st.st_mtime_ns) == (0o640, 10**18)
+    assert (tmp_path / "e/g").read_bytes() == b"e/g" * 1000
+
+
+def test_the_extractor_hands_back_the_members_it_could_not_create(tmp_path: Path) -> None:
+    buf, rows = _members(tmp_path, ["d/a", "d/b", "d/c"])
+    rows[1] = (rows[1][0], "d/b", b"\x02" * 32)  # the data does not match: refused
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/c").write_bytes(b"in the way")  # exclusive create fails
+    x = _paxfast.Extractor(1)
+    fd = _dirfd(tmp_path / "d")
+    try:
+        used, files, _ = x.submit(buf, 0, 0, fd, b"d/", rows, 0, False)
+    finally:
+        os.close(fd)
+    assert (used, files) == (len(buf), 3)  # all three planned and taken
+    failed = x.settle()
+    x.close()
+    assert [(off, sha) for _, off, sha in failed] == [(rows[1][0], b"\x02" * 32),
+                                                      (rows[2][0], rows[2][2])]
+    assert all(member == buf[off:off + len(member)] for member, off, _ in failed)
+    assert (tmp_path / "d/a").read_bytes() == b"d/a" * 1000
+    assert not (tmp_path / "d/b").exists()  # nothing of a refused file is left
+    assert (tmp_path / "d/c").read_bytes() == b"in the way"  # Python decides what to do
+
+
+def test_a_restore_that_took_files_and_never_settled_them_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ebm, _, b = _full(tmp_path)
+    ebm.catalog.db.execute(
+        "UPDATE ebm_files SET sha256=? WHERE backup=? AND path="
+        "(SELECT id FROM ebm_paths WHERE path='d2/f008')", (b"\x01" * 32, b.id))
+    monkeypatch.setattr(restore_mod._WholeStream, "settle_files", lambda self: iter(()))
+    with pytest.raises(RestoreError, match="1 file.s. could not be created"):
+        restore(ebm.catalog, ebm.library, load_translator, b, tmp_path / "out")
+    assert not (tmp_path / "out/d2/f008").exists()
+    ebm.close()
