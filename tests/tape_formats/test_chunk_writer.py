@@ -84,10 +84,10 @@ def test_batches_compressed_out_of_order_are_appended_in_order(
         return real(self, records)
 
     class SlowFirst:  # the first batch compresses last: later ones wait for its turn
-        def compress(self, piece: memoryview) -> bytes:
-            if piece[0] == 0:
+        def multi_compress_to_buffer(self, pieces: list[memoryview], threads: int) -> list:
+            if pieces[0][0] == 0:
                 time.sleep(0.2)
-            return bytes(piece)  # "does not shrink": stored raw
+            return [bytes(piece) for piece in pieces]  # "does not shrink": stored raw
 
     monkeypatch.setattr(ChunkStore, "append_many", record)
     monkeypatch.setattr(ChunkWriter, "_compressor", lambda self: SlowFirst())
@@ -119,9 +119,9 @@ def test_after_incompressible_chunks_some_are_stored_raw_untried(
     real = writer._compressor()
 
     class Counting:
-        def compress(self, piece: memoryview) -> bytes:
-            tried.append(piece[0])
-            return real.compress(piece)
+        def multi_compress_to_buffer(self, pieces: list[memoryview], threads: int) -> list:
+            tried.extend(piece[0] for piece in pieces)
+            return [real.compress(piece) for piece in pieces]
 
     monkeypatch.setattr(writer, "_compressor", lambda: Counting())
     rng = random.Random(9)
