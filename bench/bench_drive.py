@@ -181,6 +181,59 @@ def cpu_seconds(pid: int | None) -> float:
     return total / CLK_TCK
 
 
+class SwitchCounter:
+    """Context switches of a server's threads (and its children's) during one client run,
+    voluntary and involuntary, from /proc/PID/task/*/status polled every ``interval`` s: a
+    thread's counts go when it exits (a connection's thread at logout), so the last poll is
+    kept, and at most one interval of its switches is missed. A thread that sleeps until the
+    next command (client on another vCPU: a cross-vCPU wake-up per command) switches
+    voluntarily; one preempted by the client it woke (both on one vCPU), involuntarily."""
+
+    def __init__(self, pid: int | None, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.first: dict[str, tuple[int, int]] = {}
+        self.last: dict[str, tuple[int, int]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _poll(self) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        for p in proc_tree(self.pid) if self.pid else []:
+            with contextlib.suppress(OSError):
+                for tid in os.listdir(f"/proc/{p}/task"):
+                    with contextlib.suppress(OSError, ValueError, IndexError):
+                        text = Path(f"/proc/{p}/task/{tid}/status").read_text()
+                        vol = int(text.split("\nvoluntary_ctxt_switches:")[1].split()[0])
+                        inv = int(text.split("nonvoluntary_ctxt_switches:")[1].split()[0])
+                        out[tid] = (vol, inv)
+        return out
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.last.update(self._poll())
+
+    def __enter__(self) -> SwitchCounter:
+        self.first = self._poll()
+        self.last = dict(self.first)
+        if self.pid:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(2)
+        self.last.update(self._poll())
+
+    def per(self, n: int) -> list[float]:
+        """[voluntary, involuntary] switches per ``n`` (commands) over the run."""
+        vol = sum(v - self.first.get(t, (0, 0))[0] for t, (v, _) in self.last.items())
+        inv = sum(i - self.first.get(t, (0, 0))[1] for t, (_, i) in self.last.items())
+        return [vol / n, inv / n] if n else [0.0, 0.0]
+
+
 def _client(portal: str, iqn: str, lun: int, block_size: int, count: int, verify: bool,
             timeout: float, phase: str, compression: bool = True,
             data: str = "mixed") -> dict[str, Any]:
@@ -208,7 +261,9 @@ def run_client(portal: str, iqn: str, lun: int, block_size: int, count: int, ver
     """Write phase then read phase (two client runs), with the server's CPU time for each.
     ``compression=False``: the client turns the drive's compression off (MODE SELECT)."""
     c0 = cpu_seconds(server_pid)
-    w = _client(portal, iqn, lun, block_size, count, verify, timeout, "write", compression, data)
+    with SwitchCounter(server_pid) as sw:
+        w = _client(portal, iqn, lun, block_size, count, verify, timeout, "write", compression,
+                    data)
     c1 = cpu_seconds(server_pid)
     out: dict[str, Any] = {k: w[k] for k in ("block_size", "count", "written", "write_s", "wfm_s",
                                              "early_warning")}
@@ -217,10 +272,13 @@ def run_client(portal: str, iqn: str, lun: int, block_size: int, count: int, ver
     out["read"], out["read_s"], out["mismatches"] = 0, 0.0, 0
     out["server_cpu_write_s"] = c1 - c0
     out["client_cpu_write_s"] = w["client_cpu_s"]
+    out["server_switches_write"] = sw.per(w["written"])
     if w["ok"]:
-        r = _client(portal, iqn, lun, block_size, w["written"], verify, timeout, "read",
-                    compression, data)
+        with SwitchCounter(server_pid) as sr:
+            r = _client(portal, iqn, lun, block_size, w["written"], verify, timeout, "read",
+                        compression, data)
         c2 = cpu_seconds(server_pid)
+        out["server_switches_read"] = sr.per(r["read"])
         out["read"], out["read_s"], out["mismatches"] = r["read"], r["read_s"], r["mismatches"]
         out["errors"] += r["errors"]
         out["ok"] = r["ok"]
@@ -666,12 +724,19 @@ def best_of(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
         return new
     out = dict(new)
     out["runs"] = old.get("runs", 1) + 1
+    out["each_run"] = old.get("each_run", [_run_summary(old)]) + [_run_summary(new)]
     for key in ("write_mbps", "read_mbps"):
         out[key] = max(old[key], new[key])
     for key in ("server_cpu_s_per_gb_write", "server_cpu_s_per_gb_read"):
         if key in old and key in new:
             out[key] = min(old[key], new[key])
     return out
+
+
+def _run_summary(res: dict[str, Any]) -> dict[str, Any]:
+    """One run's MB/s and server switches per command, kept by ``best_of`` for the report."""
+    return {k: res[k] for k in ("write_mbps", "read_mbps", "server_switches_write",
+                                "server_switches_read") if k in res}
 
 
 def box_ticks() -> tuple[int, int]:
@@ -1129,6 +1194,26 @@ def print_report(result: dict[str, Any]) -> None:
             if tg.get("server_cpu_s_per_gb_read") and vt.get("server_cpu_s_per_gb_read"):
                 parts.append(f"read {vt['server_cpu_s_per_gb_read'] / tg['server_cpu_s_per_gb_read']:.2f}")
         print(f"  {human(r['block_size']):>8}: " + "; ".join(parts))
+    print("\nserver context switches per command, voluntary/involuntary, each run (MB/s): "
+          "mostly voluntary = the server slept\nuntil each command (client on the other vCPU, "
+          "a cross-vCPU wake-up each way), mostly involuntary = the client it woke\npreempted "
+          "it (both on one vCPU); the placement, not the code, sets a small block's MB/s:")
+    for r in result["rows"]:
+        parts = []
+        for t in targets:
+            res = r.get(t, {})
+            if "server_switches_write" not in res:
+                continue
+            cells = []
+            for run in res.get("each_run", [_run_summary(res)]):
+                ws, rs = run.get("server_switches_write"), run.get("server_switches_read")
+                cell = f"write {ws[0]:.2f}/{ws[1]:.2f} ({run['write_mbps']:.0f})"
+                if rs:
+                    cell += f" read {rs[0]:.2f}/{rs[1]:.2f} ({run['read_mbps']:.0f})"
+                cells.append(cell)
+            parts.append(f"{t} " + ", ".join(cells))
+        if parts:
+            print(f"  {human(r['block_size']):>8}: " + "; ".join(parts))
     for r in result["rows"]:
         for t in targets:
             if "error" in r.get(t, {}):
