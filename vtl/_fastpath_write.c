@@ -568,10 +568,9 @@ static int queue(PyObject *cart, PyObject *data, int compress)
 }
 
 /* What stream_write decides under the drive's lock: 1 written (GOOD), 0 declined (nothing
- * changed), 2 the Python method's, -1 error. ``fixed``: one block of a fixed-mode WRITE,
- * never buffered (_write_fixed_now). */
-static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize_t n,
-                        int fixed)
+ * changed), 2 the Python method's, -1 error. (One block of a fixed-mode WRITE is a
+ * variable-mode block of the mode's size.) */
+static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize_t n)
 {
     int r = usual(dev, nexus);
     if (r <= 0)
@@ -622,7 +621,7 @@ static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize
     long long mode;
     if (get_ll(dev, w_buffered_mode, &mode) < 0)
         goto error;
-    if (mode && n >= w_min_buffered && !fixed) {  /* fixed mode: written now */
+    if (mode && n >= w_min_buffered) {
         int for_other = 0;
         if (pending) {
             PyObject *bf = PyObject_GetAttr(dev, w_buffered_for);
@@ -744,7 +743,7 @@ static PyObject *ssc_stream_write(PyObject *mod, PyObject *const *args, Py_ssize
     Py_ssize_t n = PyObject_Length(data);
     if (n < 0)
         return NULL;
-    if (fixed) {  /* one block of the mode's size here (never buffered); a run: Python's */
+    if (fixed) {  /* one block of the mode's size here, as a variable one; a run: Python's */
         long long bs;
         if (get_ll(dev, w_block_size, &bs) < 0)
             return NULL;
@@ -762,7 +761,7 @@ static PyObject *ssc_stream_write(PyObject *mod, PyObject *const *args, Py_ssize
         return NULL;
     }
     Py_DECREF(res);
-    int r = write_locked(dev, nexus, data, n, fixed);
+    int r = write_locked(dev, nexus, data, n);
     PyObject *et = NULL, *ev = NULL, *tb = NULL;
     if (r < 0)
         PyErr_Fetch(&et, &ev, &tb);

@@ -201,6 +201,62 @@ def test_disk_failure_under_buffered_blocks_is_a_deferred_error(two, monkeypatch
         assert read(drv, BLOCK).d == b
 
 
+def _setblk(drv, bs: int, buffered: bool) -> None:
+    good(drv, 0x15, 0x10, 0, 0, 12, 0, data=bytes([0, 0, 0x10 if buffered else 0, 8, 0, 0, 0, 0,
+                                                   0]) + bs.to_bytes(3, "big"))
+
+
+def test_fixed_mode_buffers_one_block_commands_and_counts_lost_blocks(two, monkeypatch):
+    """Fixed mode (`mt setblk 65536`): a one-block WRITE(6) goes into the buffer as the
+    same variable-mode block would, a command of several blocks is written now (it waits
+    for the buffer first); a disk failure under buffered blocks is a deferred error whose
+    INFORMATION counts the blocks lost, and the tape ends after the last block stored."""
+    buffered, plain = two
+    for d, on in ((buffered, True), (plain, False)):
+        _setblk(d, BLOCK, on)
+    queued = []
+    real_queue = TapeCartridge.queue_block
+
+    def counting_queue(self, data, **kw):
+        ok = real_queue(self, data, **kw)
+        queued.append(ok)
+        return ok
+
+    monkeypatch.setattr(TapeCartridge, "queue_block", counting_queue)
+    rnd = random.Random(12)
+    blocks = [_block(rnd, BLOCK) for _ in range(8)]
+    for cdb, data in ((bytes([0x0A, 1, 0, 0, 1, 0]), blocks[0]),
+                      (bytes([0x0A, 1, 0, 0, 1, 0]), blocks[1]),
+                      (bytes([0x0A, 1, 0, 0, 2, 0]), blocks[2] + blocks[3]),
+                      (bytes([0x0A, 1, 0, 0, 1, 0]), blocks[4])):
+        for d in two:
+            assert d.execute(A, cdb, data).status == Status.GOOD
+    assert queued == [True, True, True]  # the buffered drive's one-block commands
+    assert pos(buffered) == pos(plain) == 5
+    cart = buffered._medium()
+    cart.wait_writes()
+    go = threading.Event()
+
+    def failing_append(*args):
+        go.wait(5)
+        raise OSError(errno.EIO, "disk on fire")
+
+    real_append = cart._append
+    monkeypatch.setattr(cart, "_append", failing_append)
+    for b in blocks[5:]:  # all three wait in the buffer: answered GOOD
+        assert run(buffered, 0x0A, 1, 0, 0, 1, 0, data=b).status == Status.GOOD
+    go.set()
+    cart.wait_writes()
+    monkeypatch.setattr(cart, "_append", real_append)
+    r = run(buffered, 0x0A, 1, 0, 0, 1, 0, data=blocks[5])  # ends with the deferred error
+    assert r.status == Status.CHECK_CONDITION and r.s.raw[0] & 0x7F == 0x71
+    assert r.s.code == (SenseKey.MEDIUM_ERROR, 0x0C, 0) and r.s.info == 3
+    assert pos(buffered) == 5
+    rewind(buffered)
+    r = run(buffered, 0x08, 1, 0, 0, 5, 0)
+    assert r.status == Status.GOOD and r.d == b"".join(blocks[:5])
+
+
 def test_a_deferred_error_ends_the_next_write_which_is_not_written(two, monkeypatch):
     drv = two[0]
     cart = drv._medium()

@@ -863,9 +863,9 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         bytes or more, given away by the transport: DonatedBuffer) or that is written at once
         as a plain append before early warning (``_write_now``). False otherwise, with
         nothing changed, and the command goes through ``execute`` (``cmd_write6`` handles
-        every other case and every error). Fixed mode too (``streaming_fixed_count``):
-        its blocks are written at once, never buffered (as ``_write_fixed``), one block as
-        a variable-mode block of that size, several as one run (``append_run_now``)."""
+        every other case and every error). Fixed mode too (``streaming_fixed_count``), as
+        ``_write_fixed``: one block as a variable-mode block of that size, several written
+        at once as one run (``_write_run_now``)."""
         n = len(data)
         bs = 0
         if streaming_write_length(cdb) != n:
@@ -884,8 +884,8 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
             self._writable = cart
             compress = self.compression
             try:
-                if bs:  # fixed mode: written now
-                    if not self._write_fixed_now(cart, data, bs, compress):
+                if n > bs > 0:  # fixed mode, several blocks: written now, as one run
+                    if not self._write_run_now(cart, data, bs, compress):
                         return False
                 elif (not self._buffer_block(cart, nexus, data, compress)
                         and not self._write_now(cart, data, compress)):
@@ -939,14 +939,12 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
             SPARE_BUFFERS.give_back(data)  # transport's next WRITE of a big block reuses it
         return True
 
-    def _write_fixed_now(self, cart: TapeCartridge, data: memoryview, bs: int,
-                         compress: bool) -> bool:
-        """A fixed-mode WRITE's blocks written at once when they are a plain append (what
-        ``_write_fixed`` would do, GOOD): one block as ``_write_now``, several as one run
-        (``TapeCartridge.append_run_now``). False: nothing written."""
+    def _write_run_now(self, cart: TapeCartridge, data: memoryview, bs: int,
+                       compress: bool) -> bool:
+        """A fixed-mode WRITE's blocks written at once as one run when they are a plain
+        append (what ``_write_fixed`` would do, GOOD: ``TapeCartridge.append_run_now``).
+        False: nothing written."""
         n = len(data)
-        if n == bs:
-            return self._write_now(cart, data, compress)
         if (not FIXED_RUNS or self._near_pew(cart, n)
                 or not cart.append_run_now(data, bs, compress=compress)):
             return False
@@ -1055,8 +1053,10 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
 
     def _write_fixed(self, cart: TapeCartridge, req: Request, count: int,
                      compress: bool) -> None:
-        """``count`` blocks of the mode's block size, written now; a failure reports the
-        blocks not written as INFORMATION."""
+        """``count`` blocks of the mode's block size; a failure reports the blocks not
+        written as INFORMATION. One block goes into the write buffer as a variable-mode
+        block would (``_buffer_block``: buffered mode, big enough; a deferred error counts
+        blocks either way); several are written now."""
         bs = self.block_size
         total = count * bs
         if total > MAX_FIXED_TRANSFER:
@@ -1067,6 +1067,13 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         blocks = None
         if self.protection.write:  # every block's LBP CRC checks before any is written
             blocks = [self.protection.strip(data[i * bs : (i + 1) * bs]) for i in range(count)]
+        elif count == 1:  # one block: into the write buffer as a variable-mode block
+            try:
+                if self._buffer_block(cart, req.nexus, data if len(data) == bs else data[:bs],
+                                      compress):
+                    return None
+            except (CartridgeError, OSError) as exc:
+                raise self._write_error(exc, count) from None
         self._flush_writes(cart, req.nexus)
         before = cart.used_bytes
         early = False
