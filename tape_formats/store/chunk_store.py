@@ -239,10 +239,11 @@ class ChunkStore:
     def _append(self, chunk_id: bytes, flag: int, body: bytes | memoryview) -> int:
         return self.append_many([(chunk_id, flag, body)])
 
-    def append_many(self, records: Sequence[tuple[bytes, int, bytes | memoryview]]) -> int:
-        """Append chunks in their stored form, (id, flag, stored payload), to this writer's
-        pack with one write (those already written since the last sync are skipped);
-        durable and indexed at the next ``sync``. Returns the stored bytes they took."""
+    def append_many(self, records: Sequence[packs.Record]) -> int:
+        """Append chunks in their stored form, (id, flag, stored payload[, record CRC]), to
+        this writer's pack with one write (those already written since the last sync are
+        skipped); durable and indexed at the next ``sync``. Returns the stored bytes they
+        took."""
         with self._mutex:
             records = [r for r in dict((r[0], r) for r in records).values()
                        if r[0] not in self._pending]
@@ -253,12 +254,12 @@ class ChunkStore:
                 self._new_pack = True
             writer = self._writer
             offsets = writer.append_many(records)
-            for (cid, _flag, body), at in zip(records, offsets, strict=True):
-                self._pending[cid] = Location(writer.number, at, len(body))
+            for rec, at in zip(records, offsets, strict=True):
+                self._pending[rec[0]] = Location(writer.number, at, len(rec[2]))
             if writer.full:
                 self._finished.append(writer)
                 self._writer = None
-            took = sum(1 + len(body) for _cid, _flag, body in records)
+            took = sum(1 + len(rec[2]) for rec in records)
             wrote = offsets[-1] - offsets[0] + packs.record_size(len(records[-1][2]))
             self._unsynced += wrote
             self._unwritten += wrote

@@ -135,7 +135,7 @@ class ChunkWriter:
         """Compress a batch (any order across threads), then append it in its turn: a
         thread whose batch is early leaves it for the one appending (never waits for its
         turn), and the thread whose batch is next appends it and every one ready behind."""
-        records: list[tuple[bytes, int, Buffer]] = []
+        records: list[packs.Record] = []
         try:
             if self._error is None:
                 self._compress(chunks, records)
@@ -150,9 +150,9 @@ class ChunkWriter:
         self._append_ready()
 
     def _compress(self, chunks: list[tuple[bytes, memoryview]],
-                  records: list[tuple[bytes, int, Buffer]]) -> None:
-        """The batch's records, in order: each chunk as a zstd frame when that is smaller,
-        else as it is (after ``MISSES_BEFORE_SKIP`` such chunks in a row, the next
+                  records: list[packs.Record]) -> None:
+        """The batch's records, in order, with their CRCs (computed here, off the store's
+        lock): each chunk as a zstd frame when that is smaller, else as it is (after ``MISSES_BEFORE_SKIP`` such chunks in a row, the next
         ``SKIP_CHUNKS`` untried). The chunks to try go to zstd a run at a time, one call
         (one release of the GIL) for the run: a run ends where the misses could reach
         ``MISSES_BEFORE_SKIP``, so the same chunks are tried as one by one."""
@@ -162,18 +162,20 @@ class ChunkWriter:
             if self._skip:
                 self._skip -= 1
                 cid, piece = chunks[i]
-                records.append((cid, packs.RAW, piece))
+                records.append((cid, packs.RAW, piece, packs.record_crc(cid, packs.RAW, piece)))
                 i += 1
                 continue
             run = chunks[i:i + MISSES_BEFORE_SKIP - self._misses]
             bodies = _compress_run(cctx, [piece for _cid, piece in run])
             for k, (cid, piece) in enumerate(run):
                 body = bodies[k]
-                if len(body) < len(piece):
-                    records.append((cid, packs.ZSTD, body))
+                if len(body) < len(piece):  # (its CRC now, while in the cache)
+                    records.append((cid, packs.ZSTD, body,
+                                    packs.record_crc(cid, packs.ZSTD, body)))
                     self._misses = 0
                 else:
-                    records.append((cid, packs.RAW, piece))
+                    records.append((cid, packs.RAW, piece,
+                                    packs.record_crc(cid, packs.RAW, piece)))
                     self._misses += 1
                     if self._misses >= MISSES_BEFORE_SKIP:  # (only at the run's end)
                         self._misses, self._skip = 0, SKIP_CHUNKS

@@ -80,7 +80,7 @@ def test_batches_compressed_out_of_order_are_appended_in_order(
     real = ChunkStore.append_many
 
     def record(self: ChunkStore, records: list) -> int:
-        appended.extend(cid for cid, _flag, _body in records)
+        appended.extend(rec[0] for rec in records)
         return real(self, records)
 
     class SlowFirst:  # the first batch compresses last: later ones wait for its turn
