@@ -53,7 +53,8 @@ EXTENSIONS = [
                                      _pkg("sqlite3", "EBM_HAVE_SQLITE"))),
     # READ(6)/WRITE(6) on the streaming fast paths (vtl/iscsi/stream_paths.py); the write
     # side's device call and cartridge append (vtl/scsi/ssc.py, tape_formats/cartridge.py)
-    Extension("vtl._fastpath", ["vtl/_fastpath.c", "vtl/_fastpath_write.c"],
+    Extension("vtl._fastpath", ["vtl/_fastpath.c", "vtl/_fastpath_write.c",
+                                "vtl/_fastpath_spin.c"],
               depends=["vtl/_fastpath_common.h"], optional=True),
     # a fixed-block command's records packed or decoded in one call (tape_formats/block_runs.py)
     Extension("tape_formats._blockruns", ["tape_formats/_blockruns.c"], optional=True),

@@ -1500,6 +1500,8 @@ static struct PyModuleDef module = {
 
 /* vtl/_fastpath_write.c: the write side (append_now, ssc_stream_write, configure_write). */
 int fastpath_write_init(PyObject *module);
+/* vtl/_fastpath_spin.c: recv_spin, a short wait on the CPU for a stream's next command. */
+int fastpath_spin_init(PyObject *module);
 
 #define INTERN(var, text) if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL
 
@@ -1560,7 +1562,7 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     if ((r_none_none_true = PyTuple_Pack(3, Py_None, Py_None, Py_True)) == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&module);
-    if (m == NULL || fastpath_write_init(m) < 0) {  /* vtl/_fastpath_write.c */
+    if (m == NULL || fastpath_write_init(m) < 0 || fastpath_spin_init(m) < 0) {
         Py_XDECREF(m);
         return NULL;
     }

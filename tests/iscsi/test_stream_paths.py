@@ -23,8 +23,9 @@ import pytest
 from iscsi_support import RawInitiator, running_target
 
 from vtl.config import LibraryConfig
-from vtl.iscsi import pdu, stream_paths
+from vtl.iscsi import pdu, recv_spin, stream_paths
 from vtl.iscsi.pdu import ALL_ONES, Op
+from vtl.iscsi.recv_spin import SPIN
 from vtl.library import Library
 from vtl.scsi.devices import build_device_set
 from vtl.scsi.ssc import MIN_BUFFERED_WRITE
@@ -222,14 +223,28 @@ def general_path(tmp_path_factory: pytest.TempPathFactory) -> list[list[bytes]]:
         return _script(tmp_path_factory.mktemp("slow"), fast=False)[0]
 
 
-@pytest.mark.parametrize("impl", ["c", "python"])
+@pytest.mark.parametrize("impl", ["c", "c-spin", "python"])
 def test_fast_and_general_paths_answer_identically(
         tmp_path: Path, general_path: list[list[bytes]], impl: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    chosen = stream_paths.native if impl == "c" else stream_paths.ReferencePaths
+    chosen = stream_paths.ReferencePaths if impl == "python" else stream_paths.native
     if chosen is None:
         pytest.skip("vtl._fastpath is not built (or VTL_NO_FASTPATH is set)")
     calls = {"read": 0, "write": 0}
+    spins = {"found": 0}
+    if impl == "c-spin":  # VTL_SPIN_US (recv_spin.py): a spin for the next command
+        native = recv_spin._native
+
+        class Everywhere:  # whichever CPU the test's initiator runs on; counted
+            @staticmethod
+            def recv_spin(fd, buf, ns, other_cpu_only):
+                got = native.recv_spin(fd, buf, ns, False)
+                spins["found"] += got > 0
+                return got
+
+        monkeypatch.setattr(recv_spin, "_native", Everywhere)
+        monkeypatch.setattr(SPIN, "ns", 200_000_000)
+        monkeypatch.setattr(SPIN, "on", True)
 
     class Counting:  # the implementation under test, counted: it did run
         @staticmethod
@@ -251,3 +266,5 @@ def test_fast_and_general_paths_answer_identically(
         assert x == y, f"answer {i} differs"
     assert hits["read"] > 50 and hits["write"] > 10, hits  # the fast paths did serve
     assert hits["small write"] > 3, hits  # written at once (TapeCartridge.append_now)
+    if impl == "c-spin":
+        assert spins["found"] > 10, spins  # the next command was found by a spin

@@ -116,6 +116,8 @@ class Connection(PduFraming, StreamPaths, DataOutReceiver, ScsiCommandRunner, Re
         # receive state
         self._hbuf = memoryview(bytearray(MAX_HEADER))
         self._bhs_view = self._hbuf[:BHS_LEN]
+        self._spin_next = False  # see PduFraming._recv_pdu and recv_spin.py
+        self._spin_skip = 0
         self._tbuf = memoryview(bytearray(8))  # padding + data digest
         self._data_task: Task | None = None
         self._pre_buffer: bytearray | None = None  # see DataOutReceiver._write_buffer

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from vtl.iscsi import pdu
 from vtl.iscsi.pdu import ALL_ONES, BHS_LEN, Header, Op, RejectReason
+from vtl.iscsi.recv_spin import SPIN, SPIN_MAX_BYTES
 from vtl.scsi.opcodes import Opcode
 
 if TYPE_CHECKING:
@@ -79,6 +80,8 @@ class PduFraming:
     _max_dsl: int
     _last_rx: float
     _unread_due: float  # when _serve next calls _await_reader
+    _spin_next: bool  # the last PDU was a small streamed command: spin for the next
+    _spin_skip: int  # chances to spin left out after a spin that found nothing (recv_spin.py)
     _on_loop: bool  # the login is being served from the event loop (connection.py)
     _streams: dict
     _paths: Any  # stream_paths.paths: the fast paths' implementation (C or Python)
@@ -102,7 +105,12 @@ class PduFraming:
         """The next PDU: (header, data segment, data digest good); header None when the PDU
         was a streaming READ or WRITE answered already (stream_paths.py)."""
         hb = self._hbuf
-        got = self.sock.recv_into(self._bhs_view)
+        got = -1
+        if self._spin_next:  # VTL_SPIN_US: wait on the CPU a moment first (recv_spin.py)
+            self._spin_next = False
+            got = SPIN.recv_header(self)
+        if got < 0:
+            got = self.sock.recv_into(self._bhs_view)
         if got != BHS_LEN:  # rare: the header arrived in pieces (or the peer left)
             if not got:
                 raise ConnectionGone()
@@ -113,10 +121,14 @@ class PduFraming:
         if hb[0] == _SCSI_CMD and self._streams:  # a streaming READ or WRITE?
             op = hb[32]
             if op == _READ_6 and self._paths.stream_read(self, hb):
+                if SPIN.on:
+                    self._spin_next = int.from_bytes(hb[20:24], "big") <= SPIN_MAX_BYTES
                 return None, None, True
             if op == _WRITE_6:
                 streamed = self._paths.stream_write(self, hb)
                 if streamed is not None:
+                    if SPIN.on and streamed[0] is None:
+                        self._spin_next = int.from_bytes(hb[20:24], "big") <= SPIN_MAX_BYTES
                     return streamed
         hlen = BHS_LEN + hb[4] * 4 + (4 if self._hd else 0)
         if hlen > BHS_LEN:
