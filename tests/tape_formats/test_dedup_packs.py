@@ -272,3 +272,23 @@ def test_the_background_flush_indexes_what_it_made_durable(tmp_path: Path,
     reopened = ChunkStore(tmp_path / "store")
     assert len(reopened.get(ids[7], 50_000, zstandard.ZstdDecompressor())) == 50_000
     reopened.close()
+
+
+def test_the_index_takes_many_rows_in_few_statements(tmp_path: Path) -> None:
+    """``ChunkIndex.add`` inserts ``_INSERT_BATCH`` rows a statement, in one transaction:
+    every row lands, an id given twice keeps its first row, one already there its old row."""
+    from tape_formats.store import chunk_index as ci
+
+    index = ci.ChunkIndex(tmp_path)
+    index.add([(b"\x01" * 32, ci.Location(9, 9, 9))])
+    n = 2 * ci._INSERT_BATCH + 7
+    rows = [(i.to_bytes(32, "big"), ci.Location(1, i, 100 + i)) for i in range(2, n)]
+    rows.insert(ci._INSERT_BATCH, (rows[3][0], ci.Location(2, 0, 0)))  # twice: the first wins
+    rows.append((b"\x01" * 32, ci.Location(3, 3, 3)))  # already there: kept as it was
+    index.add(rows)
+    found = index.lookup([cid for cid, _loc in rows])
+    assert len(found) == n - 1
+    assert found[rows[3][0]] == ci.Location(1, 5, 105)
+    assert found[b"\x01" * 32] == ci.Location(9, 9, 9)
+    assert all(found[cid] == loc for cid, loc in rows[:ci._INSERT_BATCH])
+    index.close()
