@@ -656,12 +656,21 @@ class TapeCartridge:
         if wb is not None and wb.blocks:
             wb.wait()
         p = self.position
+        done, stored = self._decode_run(p, buf, size, whole)
+        if done:
+            self._pass_run(p, done, size, stored)
+        return done
+
+    def _decode_run(self, p: int, buf: memoryview, size: int, whole: bool) -> tuple[int, int]:
+        """Decode the data blocks of ``size`` bytes from object ``p`` on into ``buf`` (one
+        slot each; ``whole``: all of its slots or none), without moving or counting: (blocks
+        decoded, their payload bytes stored)."""
         idx = self.index
         n = min(len(buf) // size, idx.objects - p)
         crypto = self.crypto
         if (n <= 0 or (crypto is not None and crypto.decrypt == DecryptMode.DECRYPT)
                 or (whole and n * size != len(buf))):
-            return 0  # plain blocks refused: read_block says so
+            return 0, 0  # plain blocks refused: read_block says so
         r0 = p if not idx.run_rec else idx.record_of(p)
         offsets = idx.offsets
         last = min(r0 + n, len(offsets))
@@ -683,15 +692,55 @@ class TapeCartridge:
         done, stored = unpack_run(raw, base, offsets, idx.meta, r0, idx.end, p, size,
                                   buf[: n * size], self._dctx)
         if whole and done != n:
-            return 0  # nothing moved or counted (the span holds what was read: harmless)
+            return 0, 0  # (the span holds what was read: harmless)
+        return done, stored
+
+    def _pass_run(self, p: int, done: int, size: int, stored: int) -> None:
+        """Move past ``done`` blocks read from object ``p`` on, and count them."""
+        ahead = self._ahead
+        if p <= ahead.obj < p + done:
+            ahead.obj = -1
+        self.position = p + done
+        with self._lock:
+            self.counters.read_native += done * size
+            self.counters.read_stored += stored
+
+    def run_ahead(self, count: int, size: int) -> None:
+        """Decode the ``count`` data blocks of ``size`` bytes at the position into the
+        read-ahead's run, without moving or counting: a fixed-mode READ's next run, decoded
+        while the drive is idle (``take_run_ahead``), as ``read_ahead`` decodes the next
+        block. Only a whole run of plain blocks is kept; anything else (or a failure) leaves
+        it empty, and the READ meets it and reports it."""
+        wb = self._wb
+        if wb is not None and (wb.blocks or wb.failed):
+            return
+        ahead = self._ahead
+        p = self.position
+        if ahead.run_obj == p and ahead.run_count == count and ahead.run_size == size:
+            return
+        ahead.run_obj = -1
+        buf = ahead.run_buffer(count * size)
+        try:
+            done, stored = self._decode_run(p, buf, size, True)
+        except (CartridgeError, OSError):
+            return
         if done:
-            if p <= ahead.obj < p + done:
-                ahead.obj = -1
-            self.position = p + done
-            with self._lock:
-                self.counters.read_native += done * size
-                self.counters.read_stored += stored
-        return done
+            ahead.hold_run(p, count, size, stored, buf)
+
+    def take_run_ahead(self, length: int, size: int) -> memoryview | None:
+        """``read_run`` in the streaming READ's usual case, in one call: the read-ahead's run
+        starts at the position, ``length`` bytes of ``size``-byte blocks, and no write is
+        queued. Returns its data (valid until the next-but-one run decoded) with the
+        position moved past it and its blocks counted; None: not that case, nothing moved."""
+        ahead = self._ahead
+        wb = self._wb
+        p = self.position
+        if (p != ahead.run_obj or ahead.run_size != size or ahead.run_count * size != length
+                or (wb is not None and (wb.blocks or wb.failed))):
+            return None
+        ahead.run_obj = -1
+        self._pass_run(p, ahead.run_count, size, ahead.run_stored)
+        return ahead.run_data
 
     def take_read_ahead(self, length: int, buf: memoryview | bytearray
                         ) -> bytes | memoryview | None:

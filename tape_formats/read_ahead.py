@@ -33,7 +33,8 @@ class ReadAhead:
     ``[span_off, span_off + span_len)``."""
 
     __slots__ = ("obj", "native", "stored", "data", "own", "lasting", "_bufs", "_which",
-                 "span", "span_off", "span_len")
+                 "span", "span_off", "span_len", "run_obj", "run_count", "run_size",
+                 "run_stored", "run_data", "_run_bufs", "_run_which")
 
     def __init__(self) -> None:
         self.obj = -1
@@ -48,10 +49,22 @@ class ReadAhead:
         self.span = memoryview(bytearray(0))
         self.span_off = 0
         self.span_len = 0
+        # A fixed-mode READ's next run (TapeCartridge.run_ahead): ``run_count`` blocks of
+        # ``run_size`` bytes from object ``run_obj`` on (-1: none), decoded into one of two
+        # alternating buffers of its own (the other may still be on its way to the
+        # initiator; the single block's buffers are the C read-ahead's too).
+        self.run_obj = -1
+        self.run_count = 0
+        self.run_size = 0
+        self.run_stored = 0
+        self.run_data = memoryview(bytearray(0))
+        self._run_bufs = [bytearray(0), bytearray(0)]
+        self._run_which = 0
 
     def clear(self) -> None:
-        """The tape changed: forget the decoded block and the span."""
+        """The tape changed: forget the decoded block, the run and the span."""
         self.obj = -1
+        self.run_obj = -1
         self.span_len = 0
 
     def release(self) -> None:
@@ -60,6 +73,8 @@ class ReadAhead:
         self.data = b""
         self.span = memoryview(bytearray(0))
         self._bufs = [self.span, self.span]
+        self.run_data = self.span
+        self._run_bufs = [bytearray(0), bytearray(0)]
 
     def buffer(self, size: int) -> memoryview:
         """The next of the two alternating buffers a stored block is read into, at least
@@ -69,6 +84,19 @@ class ReadAhead:
         if len(buf) < size:
             buf = self._bufs[which] = memoryview(bytearray(size))
         return buf
+
+    def run_buffer(self, size: int) -> memoryview:
+        """The next of the run's two alternating buffers, exactly ``size`` bytes."""
+        which = self._run_which = self._run_which ^ 1
+        buf = self._run_bufs[which]
+        if len(buf) < size:
+            buf = self._run_bufs[which] = bytearray(size)
+        return memoryview(buf)[:size]
+
+    def hold_run(self, obj: int, count: int, size: int, stored: int, data: memoryview
+                 ) -> None:
+        self.run_count, self.run_size, self.run_stored, self.run_data = count, size, stored, data
+        self.run_obj = obj
 
     def in_span(self, off: int, size: int) -> memoryview | None:
         """The file's bytes ``[off, off + size)`` when the span holds them all."""

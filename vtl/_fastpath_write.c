@@ -63,7 +63,7 @@ static PyObject *w_wb, *w_blocks, *w_failed, *w_position, *w_index, *w_objects, 
     *w_media, *w_writable, *w_buffered_mode, *w_buffered_for, *w_devconf_ext,
     *w_comp_page, *w_bytes_written, *w_streaming, *w_sense, *w_pop, *w_kw_compress,
     *w_write_streams, *w_wrote, *w_spare_buffers, *w_give_back, *w_key, *w_queue_block,
-    *w_kw_queue, *w_donated_type, *w_block_size;
+    *w_kw_queue, *w_donated_type, *w_block_size, *w_run_obj;
 
 /* ---------------------------------------------------------------- small helpers */
 
@@ -339,13 +339,14 @@ out:
     return r;
 }
 
-/* The cartridge's read-ahead forgets the block it holds (ReadAhead.clear). */
+/* The cartridge's read-ahead forgets the block and the run it holds (ReadAhead.clear). */
 static int clear_ahead(PyObject *cart)
 {
     PyObject *ahead = PyObject_GetAttr(cart, w_ahead);
     if (ahead == NULL)
         return -1;
-    int r = (set_ll(ahead, w_obj, -1) < 0 || set_ll(ahead, w_span_len, 0) < 0) ? -1 : 0;
+    int r = (set_ll(ahead, w_obj, -1) < 0 || set_ll(ahead, w_run_obj, -1) < 0
+             || set_ll(ahead, w_span_len, 0) < 0) ? -1 : 0;
     Py_DECREF(ahead);
     return r;
 }
@@ -1067,7 +1068,8 @@ int fastpath_write_init(PyObject *module)
     W_INTERN(w_comp_page, "_compression_page"); W_INTERN(w_bytes_written, "bytes_written");
     W_INTERN(w_streaming, "_streaming"); W_INTERN(w_sense, "_sense"); W_INTERN(w_pop, "pop");
     W_INTERN(w_kw_compress, "compress");
-    W_INTERN(w_key, "key"); W_INTERN(w_block_size, "block_size"); W_INTERN(w_queue_block, "queue_block");
+    W_INTERN(w_key, "key"); W_INTERN(w_block_size, "block_size");
+    W_INTERN(w_run_obj, "run_obj"); W_INTERN(w_queue_block, "queue_block");
     PyObject *kw_done = PyUnicode_InternFromString("done");
     if (kw_done == NULL || (w_kw_queue = PyTuple_Pack(2, w_kw_compress, kw_done)) == NULL)
         return -1;

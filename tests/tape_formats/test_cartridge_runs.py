@@ -2,7 +2,9 @@
 or nothing. A run that meets anything but plain blocks of its size (a filemark, another
 length, end of data, a damaged record) moves and counts nothing; a run that could reach
 early warning, or meets a queued write, an overwrite or write protect, writes nothing; and
-what they do is what read_blocks/write_blocks do."""
+what they do is what read_blocks/write_blocks do. run_ahead/take_run_ahead: the next run
+decoded while the drive is idle, handed out once, at its position only, forgotten when the
+tape changes."""
 
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ import pytest
 from tape_formats.cartridge import TapeCartridge, WriteProtected
 from tape_formats.media import MEDIA
 from tape_formats.records import RECORD_HEADER_SIZE
+from vtl.scsi import ssc
+
+native = ssc._wnative
 
 MiB = 1 << 20
 BS = 512
@@ -80,3 +85,39 @@ def test_append_run_now_declines_with_nothing_written(cart):
     assert cart.used_bytes + 8 * (RECORD_HEADER_SIZE + BS) >= cart.ew_point
     assert not cart.at_early_warning
     assert cart.write_blocks(run, BS) == 8  # the general way on: still room
+
+
+def test_run_ahead_is_taken_once_and_forgotten_when_the_tape_changes(cart):
+    rng = random.Random(3)
+    data = rng.randbytes(40 * BS)
+    assert cart.append_run_now(memoryview(data), BS)
+    cart.locate(0)
+    cart.run_ahead(20, BS)
+    before = _state(cart)
+    assert cart.take_run_ahead(10 * BS, BS) is None  # another count: not this run
+    assert cart.take_run_ahead(20 * BS, 2 * BS) is None  # another size
+    assert _state(cart) == before
+    got = cart.take_run_ahead(20 * BS, BS)
+    assert bytes(got) == data[: 20 * BS] and cart.position == 20
+    assert cart.counters.read_native == before[3] + 20 * BS
+    assert cart.take_run_ahead(20 * BS, BS) is None  # taken once
+    cart.run_ahead(20, BS)  # the next run; the one handed out stays as it was
+    assert bytes(got) == data[: 20 * BS]
+    cart.locate(21)
+    assert cart.take_run_ahead(20 * BS, BS) is None  # not at the position
+    cart.locate(20)
+    assert bytes(cart.take_run_ahead(20 * BS, BS)) == data[20 * BS:]
+    cart.locate(30)
+    cart.run_ahead(10, BS)
+    cart.locate(39)
+    cart.write_block(rng.randbytes(BS))  # the tape changes: the run is forgotten
+    cart.locate(30)
+    assert cart.take_run_ahead(10 * BS, BS) is None
+    cart.run_ahead(20, BS)  # past end of data: nothing held
+    assert cart.take_run_ahead(20 * BS, BS) is None
+    cart.run_ahead(5, BS)
+    if native is not None:  # the C append forgets it too
+        cart.space_to_eod()
+        assert native.append_now(cart, rng.randbytes(BS), True)
+        cart.locate(30)
+        assert cart.take_run_ahead(5 * BS, BS) is None

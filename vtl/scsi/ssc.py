@@ -287,6 +287,9 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         self.bytes_written = 0  # from initiators, this load
         self.bytes_read = 0
         self._streaming = False  # the last command was a READ(6) that returned data
+        # (blocks, block size) when it was a streaming fixed-mode READ of several blocks: the
+        # next run is decoded ahead (TapeCartridge.run_ahead) instead of the next block
+        self._run_ahead: tuple[int, int] | None = None
         self._buffered_for: Nexus | None = None  # whose WRITEs are in the write buffer
         # REWIND, LOAD UNLOAD, ERASE with IMMED: the work after the status (ssc_immediate).
         self._immediate = ImmediateWork(self.lock, f"drive{bay.index}")
@@ -468,6 +471,7 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
 
     def before_command(self, nexus: Nexus, spec: CommandSpec) -> None:
         self._streaming = False
+        self._run_ahead = None
         if not spec.ua_exempt:
             failed = self._immediate.take_failure(nexus)
             if failed is not None:  # the IMMED work this nexus asked for did not succeed
@@ -826,12 +830,15 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
                 return None
             buf = self._buffer(length)
             if run:  # all plain blocks of the mode's size, as one run (_read_fixed's first)
-                try:
-                    data = buf if cart.read_run(buf, run) else None
-                except (CartridgeError, OSError):
-                    data = None
+                data = cart.take_run_ahead(length, run)  # the usual case: decoded while idle
+                if data is None:
+                    try:
+                        data = buf if cart.read_run(buf, run) else None
+                    except (CartridgeError, OSError):
+                        data = None
                 if data is None:
                     return None  # nothing moved: execute meets what ends the run, reports it
+                self._run_ahead = (length // run, run)  # idle decodes the next one
             else:
                 data = cart.take_read_ahead(length, buf)  # the usual case: decoded while idle
             if data is None:
@@ -967,16 +974,22 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
     def idle(self) -> None:
         """Between commands (the transport calls this under the lock after sending a
         response): after a READ, decode the next block ahead like a drive's read buffer, so a
-        one-READ-at-a-time initiator (Linux st) finds it ready. Never raises."""
+        one-READ-at-a-time initiator (Linux st) finds it ready; after a streaming fixed-mode
+        READ of several blocks, the next run of as many (``TapeCartridge.run_ahead``). Never
+        raises."""
         if not self._streaming:
             return
         self._streaming = False
+        run, self._run_ahead = self._run_ahead, None
         cart = self._cart
         if (cart is None or not self._loaded or cart.closed or self.bay.cartridge is not cart
                 or self._part):
             return
         try:
-            read_ahead(cart)
+            if run is not None:
+                cart.run_ahead(*run)
+            else:
+                read_ahead(cart)
         except Exception:  # speculative work: the real READ reports errors
             log.debug("drive %s: read-ahead failed", self.bay.index, exc_info=True)
 
