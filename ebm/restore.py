@@ -385,7 +385,7 @@ class _ReadAhead:
     again. Memory: at most ``DEPTH + 2`` chunks (queued, being filled, being consumed)."""
 
     CHUNK = 1 << 20
-    DEPTH = 6
+    DEPTH = 4
 
     def __init__(self, reader: TapeReader) -> None:
         self.reader = reader
