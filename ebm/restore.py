@@ -388,6 +388,9 @@ class _ReadAhead:
     DEPTH = 4
 
     def __init__(self, reader: TapeReader) -> None:
+        from tape_formats.malloc_tuning import keep_freed_memory
+
+        keep_freed_memory()  # (once per process) a chunk comes and goes per MiB read
         self.reader = reader
         self.queue: queue.Queue[memoryview | BaseException | None] = queue.Queue(self.DEPTH)
         self.stopping = threading.Event()
