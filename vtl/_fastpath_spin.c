@@ -11,6 +11,10 @@
 #include <sys/socket.h>
 #include <time.h>
 
+/* A sched_yield that took longer than this ran another thread: the CPU is wanted, and a
+ * spin would take turns from whoever wants it (four streams on two vCPUs, other jobs). */
+#define YIELDED_NS 20000
+
 static inline long long now_ns(void)
 {
     struct timespec ts;
@@ -21,7 +25,8 @@ static inline long long now_ns(void)
 PyDoc_STRVAR(recv_spin_doc,
 "recv_spin(fd, buf, spin_ns, other_cpu_only) -> int\n\n"
 "recv() into buf without blocking, tried again (yielding the CPU between tries, so a\n"
-"thread waiting for this CPU runs) until bytes arrive or spin_ns nanoseconds have passed,\n"
+"thread waiting for this CPU runs, and giving up once one did) until bytes arrive or\n"
+"spin_ns nanoseconds have passed,\n"
 "with the GIL released: the bytes received (0: the peer closed), -1 when nothing came in\n"
 "time, -2 without trying when other_cpu_only and the socket's last packet came from this\n"
 "CPU (SO_INCOMING_CPU: the peer runs here, and would wait for the spin). Either negative:\n"
@@ -62,11 +67,16 @@ static PyObject *recv_spin(PyObject *mod, PyObject *const *args, Py_ssize_t narg
                 err = errno;
                 break;
             }
-            if (now_ns() >= end) {
+            long long t = now_ns();
+            if (t >= end) {
                 got = -1;
                 break;
             }
             sched_yield();
+            if (now_ns() - t > YIELDED_NS) {  /* another thread wanted this CPU: stop */
+                got = -1;
+                break;
+            }
         }
     }
     Py_END_ALLOW_THREADS

@@ -9,8 +9,9 @@ instead of sleeping spares it, at the price of the CPU the poll burns. So the th
 only (a) after a small streamed READ(6)/WRITE(6) (up to SPIN_MAX_BYTES: above it the
 transfer, not the wake-up, is the cost), (b) when the initiator's last packet came from
 another CPU (``SO_INCOMING_CPU``, checked in C: on the same CPU it would wait for the spin
-to end), (c) while a CPU is left: at most CPUs - 1 connections spin at once, and a spin
-that found nothing skips the next SKIP_AFTER_MISS chances.
+to end), (c) while the CPU is otherwise idle: at most CPUs - 1 connections spin at once, a
+spin ends as soon as a ``sched_yield`` between its tries ran another thread, and a spin that
+found nothing skips the next SKIP_AFTER_MISS chances.
 
 Off by default: measured on a busy box only, where it did not pay unless the two processes
 were pinned to two vCPUs (bench/README.md); ``VTL_SPIN_US=60`` turns it on for an A/B on a
