@@ -1199,6 +1199,8 @@ out:
 static PyObject *dr_method;
 static unsigned long long dr_served;  /* READs answered here (tests, diagnostics) */
 
+static PyObject *s_run_ahead, *s_run_ahead_m, *s_run_obj, *s_run_size, *s_run_count,
+    *s_run_stored, *s_run_data;
 static PyObject *s_block_size, *s_protection, *s_current, *s_dcart, *s_loaded, *s_bay, *s_cartridge, *s_part,
     *s_media_generation, *s_gen,
     *s_library, *s_faults, *s_media, *s_barcode,
@@ -1310,6 +1312,22 @@ error:
     return NULL;
 }
 
+/* A write queued or failed in the cartridge's write buffer (1), none (0), -1 error. */
+static int wb_busy(PyObject *cart)
+{
+    PyObject *wb = PyObject_GetAttr(cart, s_wb);
+    if (wb == NULL)
+        return -1;
+    int busy = 0;
+    if (wb != Py_None) {
+        busy = get_true(wb, s_blocks);
+        if (busy == 0)
+            busy = !attr_is(wb, s_error, Py_None);  /* WriteBehind.failed; -1 reads as busy */
+    }
+    Py_DECREF(wb);
+    return PyErr_Occurred() ? -1 : busy != 0;
+}
+
 /* TapeCartridge.take_read_ahead(length, ...)'s usual case: the block at the position decoded
  * ahead, ``length`` bytes, no write queued or failed: the cache's data (new reference; sent
  * as it is, no copy), the position and the counters moved. NULL without an exception: not
@@ -1321,17 +1339,7 @@ static PyObject *take_ahead(PyObject *cart, long long length)
     PyObject *ahead = PyObject_GetAttr(cart, s_ahead);
     if (ahead == NULL)
         return NULL;
-    PyObject *wb = PyObject_GetAttr(cart, s_wb);
-    if (wb == NULL)
-        goto out;
-    int busy = 0;
-    if (wb != Py_None) {
-        busy = get_true(wb, s_blocks);
-        if (busy == 0)
-            busy = !attr_is(wb, s_error, Py_None);  /* WriteBehind.failed; -1 reads as busy */
-    }
-    Py_DECREF(wb);
-    if (busy || PyErr_Occurred())
+    if (wb_busy(cart) != 0)
         goto out;
     if (get_ll(cart, s_position, &pos) < 0 || get_ll(ahead, s_obj, &obj) < 0
             || get_ll(ahead, s_native, &native) < 0)
@@ -1368,6 +1376,52 @@ out:
     return data;
 }
 
+/* TapeCartridge.take_run_ahead(length, size)'s usual case: the run decoded ahead starts at
+ * the position, ``length`` bytes of ``size``-byte blocks, no write queued or failed: its data
+ * (new reference; sent as it is), the position moved past it and its blocks counted. NULL
+ * without an exception: not that case, nothing changed. */
+static PyObject *take_run(PyObject *cart, long long length, long long size)
+{
+    long long pos, robj, rsize, rcount, rstored, obj;
+    PyObject *data = NULL, *counters = NULL, *lock = NULL;
+    PyObject *ahead = PyObject_GetAttr(cart, s_ahead);
+    if (ahead == NULL)
+        return NULL;
+    int busy = wb_busy(cart);
+    if (busy != 0)
+        goto out;
+    if (get_ll(cart, s_position, &pos) < 0 || get_ll(ahead, s_run_obj, &robj) < 0
+            || get_ll(ahead, s_run_size, &rsize) < 0 || get_ll(ahead, s_run_count, &rcount) < 0)
+        goto out;
+    if (pos != robj || rsize != size || rcount * size != length)
+        goto out;
+    if (get_ll(ahead, s_run_stored, &rstored) < 0 || get_ll(ahead, s_obj, &obj) < 0
+            || (data = PyObject_GetAttr(ahead, s_run_data)) == NULL)
+        goto out;
+    if (set_ll(ahead, s_run_obj, -1) < 0 || (pos <= obj && obj < pos + rcount
+                                               && set_ll(ahead, s_obj, -1) < 0)
+            || set_ll(cart, s_position, pos + rcount) < 0)
+        goto fail;
+    if ((counters = PyObject_GetAttr(cart, s_counters)) == NULL
+            || (lock = PyObject_GetAttr(cart, s_cart_lock)) == NULL
+            || call_method0(lock, s_acquire) < 0)
+        goto fail;
+    if (add_ll(counters, s_read_native, length) < 0 || add_ll(counters, s_read_stored, rstored) < 0) {
+        release_keeping_error(lock);
+        goto fail;
+    }
+    if (call_method0(lock, s_release) < 0)
+        goto fail;
+    goto out;
+fail:
+    Py_CLEAR(data);
+out:
+    Py_XDECREF(counters);
+    Py_XDECREF(lock);
+    Py_DECREF(ahead);
+    return data;
+}
+
 /* TapeDrive.stream_read(nexus, cdb, length) where its answer is plain: the block (new
  * reference), or NULL without an exception for "ask the Python method", or with one. */
 static PyObject *drive_read(PyObject *drive, PyObject *nexus, const uint8_t *cdb,
@@ -1378,14 +1432,14 @@ static PyObject *drive_read(PyObject *drive, PyObject *nexus, const uint8_t *cdb
     uint32_t count = (uint32_t)cdb[2] << 16 | (uint32_t)cdb[3] << 8 | cdb[4];
     if (cdb[0] != OP_READ_6 || cdb[5] || !length)
         return NULL;
+    long long bs = 0;  /* a run: the mode's block size (several blocks) */
     if (cdb[1] == READ6_FIXED) {
-        long long bs;
-        if (count != 1)
-            return NULL;  /* a run: the Python method's */
         if (get_ll(drive, s_block_size, &bs) < 0)
             return NULL;
-        if (bs != (long long)length)
+        if (bs <= 0 || (long long)count * bs != (long long)length)
             return NULL;
+        if (count == 1)
+            bs = 0;  /* one block: as a variable-mode READ of its size */
     } else if ((cdb[1] & ~READ6_SILI) || count != length) {
         return NULL;
     }
@@ -1399,13 +1453,23 @@ static PyObject *drive_read(PyObject *drive, PyObject *nexus, const uint8_t *cdb
         Py_DECREF(lock);
         return NULL;
     }
-    if ((cart = plain_cart(drive, nexus)) == NULL || (data = take_ahead(cart, length)) == NULL)
+    if ((cart = plain_cart(drive, nexus)) == NULL
+            || (data = bs ? take_run(cart, length, bs) : take_ahead(cart, length)) == NULL)
         goto out;
     /* self._streaming = True; self.bytes_read += length; self._plain_done(nexus) */
     PyObject *sense = NULL;
     if (PyObject_SetAttr(drive, s_streaming, Py_True) < 0 || add_ll(drive, s_bytes_read, length) < 0
             || (r = attr_empty_dict(drive, s_sense, &sense)) < 0)
         goto fail;
+    if (bs) {  /* self._run_ahead = (count, bs): the idle hook decodes the next run */
+        PyObject *next = Py_BuildValue("(LL)", (long long)count, bs);
+        int bad = next == NULL || PyObject_SetAttr(drive, s_run_ahead, next) < 0;
+        Py_XDECREF(next);
+        if (bad) {
+            Py_XDECREF(sense);
+            goto fail;
+        }
+    }
     if (r == 0) {
         PyObject *res = PyObject_CallMethodObjArgs(sense, s_pop, nexus, Py_None, NULL);
         Py_DECREF(sense);
@@ -1432,13 +1496,21 @@ out:
  * errors), as the Python method. 0, or -1 for anything that is not an Exception. */
 static int drive_idle(PyObject *drive)
 {
-    PyObject *cart = NULL, *bay = NULL, *r = NULL;
+    PyObject *cart = NULL, *bay = NULL, *r = NULL, *run = NULL;
     long long part;
     int ok;
     if ((ok = get_true(drive, s_streaming)) <= 0)
         goto out;
     if (PyObject_SetAttr(drive, s_streaming, Py_False) < 0)
         goto out;
+    /* run, self._run_ahead = self._run_ahead, None */
+    if ((run = PyObject_GetAttr(drive, s_run_ahead)) == NULL
+            || PyObject_SetAttr(drive, s_run_ahead, Py_None) < 0)
+        goto out;
+    if (run != Py_None && (!PyTuple_Check(run) || PyTuple_GET_SIZE(run) != 2)) {
+        PyErr_SetString(PyExc_TypeError, "TapeDrive._run_ahead: (blocks, size) expected");
+        goto out;
+    }
     if ((cart = PyObject_GetAttr(drive, s_dcart)) == NULL || cart == Py_None)
         goto out;
     if ((ok = get_true(drive, s_loaded)) <= 0 || (ok = get_true(cart, s_closed)) != 0)
@@ -1446,9 +1518,14 @@ static int drive_idle(PyObject *drive)
     if ((bay = PyObject_GetAttr(drive, s_bay)) == NULL || (ok = attr_is(bay, s_cartridge, cart)) <= 0
             || get_ll(drive, s_part, &part) < 0 || part)
         goto out;
-    r = read_ahead(NULL, cart);
+    if (run != Py_None)  /* after a run: the next one (TapeCartridge.run_ahead) */
+        r = PyObject_CallMethodObjArgs(cart, s_run_ahead_m, PyTuple_GET_ITEM(run, 0),
+                                       PyTuple_GET_ITEM(run, 1), NULL);
+    else
+        r = read_ahead(NULL, cart);
     Py_XDECREF(r);
 out:
+    Py_XDECREF(run);
     Py_XDECREF(cart);
     Py_XDECREF(bay);
     if (!PyErr_Occurred())
@@ -1541,6 +1618,10 @@ PyMODINIT_FUNC PyInit__fastpath(void)
     INTERN(s_library, "library"); INTERN(s_faults, "faults"); INTERN(s_media, "_media");
     INTERN(s_barcode, "barcode"); INTERN(s_streaming, "_streaming");
     INTERN(s_block_size, "block_size");
+    INTERN(s_run_ahead, "_run_ahead"); INTERN(s_run_ahead_m, "run_ahead");
+    INTERN(s_run_obj, "run_obj"); INTERN(s_run_size, "run_size");
+    INTERN(s_run_count, "run_count"); INTERN(s_run_stored, "run_stored");
+    INTERN(s_run_data, "run_data");
     INTERN(s_bytes_read, "bytes_read"); INTERN(s_sense, "_sense"); INTERN(s_pop, "pop");
     INTERN(s_counters, "counters"); INTERN(s_read_native, "read_native");
     INTERN(s_read_stored, "read_stored"); INTERN(s_closed, "_closed"); INTERN(s_error, "_error");
