@@ -157,7 +157,10 @@ chmod 666 $CHSG $NST0 $NST1
 export AM="runuser -u backup --"
 step amlabel '$AM amlabel e2e E2E-01 slot 4'
 step amcheck '$AM amcheck e2e'
-step amdump '$AM amdump e2e; echo amdump-rc=$?; cat /tmp/amanda/log/log.*'
+step amdump '$AM amdump e2e; rc=$?; echo amdump-rc=$rc; echo $rc > /tmp/amdump.rc; cat /tmp/amanda/log/log.*'
+# A failed dump says why: amreport's report, the run's amdump log and Amanda's debug logs
+# (planner, driver, dumper, taper, chunker, the changer's mtx calls, the client's sendsize).
+step amanda_why '[ "$(cat /tmp/amdump.rc)" = 0 ] && exit 0; $AM amreport e2e -f /tmp/amanda/report; cat /tmp/amanda/report; for f in /tmp/amanda/log/amdump.* $(find /var/log/amanda -name "*.debug" | sort); do echo "=== $f"; cat "$f"; done'
 step amfetchdump 'mkdir -p /tmp/restore && cd /tmp/restore && $AM amfetchdump -a -p e2e localhost /tmp/data </dev/null | tar -xf - && diff -r /tmp/data /tmp/restore && echo RESTORED-IDENTICAL'
 """
 
@@ -180,6 +183,7 @@ def guest_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     vtl(root, "cartridge", "create", "BAC003L8-BAC004L8", "--capacity", "64MiB")
     with serving_vtl(root, workdir) as srv:
         run = boot_hostroot(guest, SCRIPT, luns=srv.guest_luns(drives=2), timeout=600)
+    run.context = "--- vtl serve log ---\n" + srv.log_text()
     assert run.done, f"guest did not finish\n{run.describe()}"
     return run
 
@@ -236,7 +240,7 @@ def test_amanda_chg_robot_dump_and_restore(guest_run: Run) -> None:
     label = run.ok("amlabel")  # chg-robot loads slot 4 by mtx, Amanda labels it
     assert "Found an empty tape." in label and "Success!" in label, run.describe()
     assert "0 problems found" in run.ok("amcheck"), run.describe()
-    dump = run.ok("amdump")
+    dump = run.ok("amdump")  # if not 0, the step amanda_why in the log says why
     assert "amdump-rc=0" in dump and "SUCCESS dumper localhost /tmp/data" in dump, run.describe()
     assert "Slot 4 with label E2E-01 is usable" in dump, run.describe()
     assert "INFO taper tape E2E-01" in dump, run.describe()
