@@ -566,18 +566,20 @@ class _WholeStream:
         self.advanced(nbytes)
         return files, nbytes
 
-    def settle_files(self) -> Iterator[tuple[ArchiveEntry, EntryData]]:
+    def settle_files(self, wait: bool = True) -> Iterator[tuple[ArchiveEntry, EntryData]]:
         """Wait until every file :meth:`extract_files` took is created; then the entries of
         those that failed (nothing of them is left on disk), for the translator to restore
         the ordinary way, which reports what went wrong (a damaged member's digest, a file
-        in the way, a full disk). Also what :meth:`close` checks that nothing is left
-        unsettled."""
+        in the way, a full disk). Not ``wait``: the failures known so far only, without
+        waiting (a translator looks after each run, so a damaged member stops the restore
+        soon, not at its end)."""
         from tape_formats.archive.reader import PaxReader
 
-        self.unsettled = 0
         if self.extract is None:
             return
-        for member, offset, sha in self.extract.settle():
+        if wait:
+            self.unsettled = 0
+        for member, offset, sha in self.extract.settle(wait):
             self.stats.entries -= 1  # counted again when the translator restores it
             yield from PaxReader(io.BytesIO(member), start_offset=offset,
                                  expected={offset: sha.hex()}, require_end=False)

@@ -22,8 +22,8 @@ needing the application at restore time. The EBM never looks inside a dataset; i
    (from :class:`PaxReader`) into ``target``. A whole backup's ``entries`` also offer
    ``extract_files(dirfd, prefix, owner) -> (files, bytes)``: the plain regular files that
    come next in one directory, taken in one C call and created by threads behind the reading,
-   and ``settle_files()``, which waits until they all exist and yields the entries of those
-   that failed, to restore the ordinary way (the filesystem translator calls both, settling
+   and ``settle_files(wait=True)``, which waits until they all exist (with ``wait`` false:
+   does not wait) and yields the entries of those that failed, to restore the ordinary way (the filesystem translator calls both, settling
    before anything that may touch those files and at the end; others just iterate). A
    translator that takes files and never settles them fails the restore.
 

@@ -883,7 +883,7 @@ class _Restorer:
         self.buffer = memoryview(bytearray(CHUNK))  # one copy buffer for every file
         self.run_dir: tuple[str, int] | None = None  # the directory extract_files creates in
         # the stream's settle_files: waits for the files extract_files handed to threads
-        self.settle_fn: Callable[[], Iterable[tuple[ArchiveEntry, EntryData]]] | None = None
+        self.settle_fn: Callable[[bool], Iterable[tuple[ArchiveEntry, EntryData]]] | None = None
 
     def abs(self, rel: str) -> str:
         return self.target if rel == "." else os.path.join(self.target, rel)
@@ -1035,14 +1035,16 @@ class _Restorer:
         self.stats.entries += files
         self.stats.files += files
         self.stats.bytes += nbytes
+        self.settle(wait=False)  # the files that failed so far: a damaged one stops us now
 
-    def settle(self) -> None:
+    def settle(self, wait: bool = True) -> None:
         """Wait until the files ``extract_files`` took are all created (before anything that
         may touch them: a removal, a hard link to one, the directories' times); the ones
-        that failed are restored here the ordinary way, which raises what went wrong."""
+        that failed are restored here the ordinary way, which raises what went wrong. Not
+        ``wait``: only the failures known so far."""
         if self.settle_fn is None:
             return
-        for entry, data in self.settle_fn():
+        for entry, data in self.settle_fn(wait):
             self.stats.files -= 1  # counted by extract_run, again by restore_file
             self.stats.bytes -= entry.size
             self.restore_file(check_member_path(entry.path), entry, data)

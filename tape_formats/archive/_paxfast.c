@@ -1555,8 +1555,9 @@ done:
  *
  * Extractor(workers) ; .submit(buf, pos, offset, dirfd, prefix, rows, row_at, owner)
  *   -> (used, files, data_bytes), extract_files' arguments and answer, the files queued;
- * .settle() -> [(member bytes, header offset, sha256)]: waits for every queued file, and
- *   returns the members that failed since the last settle; .close(): settle, stop threads.
+ * .settle(wait=True) -> [(member bytes, header offset, sha256)]: waits for every queued
+ *   file (not with wait false: then of the jobs done only), and returns the members that
+ *   failed since the last settle; .close(): wait, stop the threads.
  * Lock order: the GIL, then ``mu`` (never the GIL while holding ``mu``). */
 #include <pthread.h>
 
@@ -1788,10 +1789,13 @@ fail:
     return NULL;
 }
 
-static PyObject *extractor_settle(Extractor *x, PyObject *unused)
+static PyObject *extractor_settle(Extractor *x, PyObject *args)
 {
-    (void)unused;
-    wait_in_flight(x, 0);
+    int wait = 1;
+    if (!PyArg_ParseTuple(args, "|p", &wait))
+        return NULL;
+    if (wait)
+        wait_in_flight(x, 0);
     if (collect(x) < 0)
         return NULL;
     PyObject *out = x->failures, *fresh = PyList_New(0);
@@ -1867,8 +1871,9 @@ static void extractor_dealloc(Extractor *x)
 static PyMethodDef extractor_methods[] = {
     {"submit", (PyCFunction)extractor_submit, METH_VARARGS,
      "extract_files' run, planned now and created by the workers: (used, files, data_bytes)."},
-    {"settle", (PyCFunction)extractor_settle, METH_NOARGS,
-     "Wait for every submitted file; the members that failed: [(bytes, offset, sha256)]."},
+    {"settle", (PyCFunction)extractor_settle, METH_VARARGS,
+     "Wait for every submitted file (unless wait=False: only those done); the members that "
+     "failed: [(bytes, offset, sha256)]."},
     {"close", (PyCFunction)extractor_close, METH_NOARGS,
      "Wait for every submitted file and stop the workers (failures are left for settle)."},
     {NULL, NULL, 0, NULL},

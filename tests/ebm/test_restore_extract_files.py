@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -61,8 +62,8 @@ def _counting(monkeypatch: pytest.MonkeyPatch) -> list[int]:
             made.append(files)
             return used, files, nbytes
 
-        def settle(self):
-            return self.x.settle()
+        def settle(self, wait: bool = True):
+            return self.x.settle(wait)
 
         def close(self) -> None:
             self.x.close()
@@ -191,7 +192,12 @@ def test_the_extractor_hands_back_the_members_it_could_not_create(tmp_path: Path
     finally:
         os.close(fd)
     assert (used, files) == (len(buf), 3)  # all three planned and taken
-    failed = x.settle()
+    failed: list = []
+    deadline = time.monotonic() + 10
+    while len(failed) < 2 and time.monotonic() < deadline:  # without waiting: those done
+        failed += x.settle(False)
+        time.sleep(0.01)
+    assert x.settle() == []
     x.close()
     assert [(off, sha) for _, off, sha in failed] == [(rows[1][0], b"\x02" * 32),
                                                       (rows[2][0], rows[2][2])]
@@ -207,7 +213,7 @@ def test_a_restore_that_took_files_and_never_settled_them_fails(
     ebm.catalog.db.execute(
         "UPDATE ebm_files SET sha256=? WHERE backup=? AND path="
         "(SELECT id FROM ebm_paths WHERE path='d2/f008')", (b"\x01" * 32, b.id))
-    monkeypatch.setattr(restore_mod._WholeStream, "settle_files", lambda self: iter(()))
+    monkeypatch.setattr(restore_mod._WholeStream, "settle_files", lambda self, wait=True: iter(()))
     with pytest.raises(RestoreError, match="1 file.s. could not be created"):
         restore(ebm.catalog, ebm.library, load_translator, b, tmp_path / "out")
     assert not (tmp_path / "out/d2/f008").exists()
