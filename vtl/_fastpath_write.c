@@ -48,7 +48,7 @@ typedef uint32_t (*crc_fn_t)(uint32_t, const unsigned char *, unsigned long);
 static PyObject *w_append_py, *w_stream_write_py, *w_plain_medium, *w_crc32c, *w_cart_error,
     *w_globals;
 static long long w_data_start, w_min_compress, w_misses_before_skip, w_skip_blocks,
-    w_writeback_chunk, w_wp_flag, w_max_block, w_min_buffered;
+    w_writeback_chunk, w_wp_flag, w_max_block, w_min_buffered, w_max_fixed;
 static char w_magic[2];
 static crc_fn_t w_crc_fn;  /* crc32c's own function, when found and checked; else Python */
 
@@ -63,7 +63,8 @@ static PyObject *w_wb, *w_blocks, *w_failed, *w_position, *w_index, *w_objects, 
     *w_media, *w_writable, *w_buffered_mode, *w_buffered_for, *w_devconf_ext,
     *w_comp_page, *w_bytes_written, *w_streaming, *w_sense, *w_pop, *w_kw_compress,
     *w_write_streams, *w_wrote, *w_spare_buffers, *w_give_back, *w_key, *w_queue_block,
-    *w_kw_queue, *w_donated_type, *w_block_size, *w_run_obj;
+    *w_kw_queue, *w_donated_type, *w_block_size, *w_run_obj, *w_fixed_runs, *w_append_run_now,
+    *w_kw_only_compress;
 
 /* ---------------------------------------------------------------- small helpers */
 
@@ -568,10 +569,42 @@ static int queue(PyObject *cart, PyObject *data, int compress)
     return r;
 }
 
+/* TapeDrive._write_run_now's case once stream_write's checks passed: FIXED_RUNS, then
+ * cart.append_run_now(data, size, compress=...). 1 written, 0 not (nothing written), -1
+ * error. Takes the reference to ``cart``. */
+static int write_run(PyObject *dev, PyObject *nexus, PyObject *cart, PyObject *data,
+                     Py_ssize_t n, long long size, int compress)
+{
+    PyObject *on = PyDict_GetItemWithError(w_globals, w_fixed_runs);
+    int r = on != NULL ? PyObject_IsTrue(on) : PyErr_Occurred() ? -1 : 0;
+    if (r <= 0) {
+        Py_DECREF(cart);
+        return r;
+    }
+    PyObject *sz = PyLong_FromLongLong(size);
+    PyObject *args[] = {cart, data, sz, compress ? Py_True : Py_False};
+    PyObject *res = sz ? PyObject_VectorcallMethod(w_append_run_now, args,
+                                                   3,
+                                                   w_kw_only_compress) : NULL;
+    Py_XDECREF(sz);
+    Py_DECREF(cart);
+    if (res == NULL)
+        return stored_nothing();
+    r = PyObject_IsTrue(res);
+    Py_DECREF(res);
+    if (r <= 0)
+        return r;
+    if (add_ll(dev, w_bytes_written, n) < 0)
+        return -1;
+    return done(dev, nexus);
+}
+
 /* What stream_write decides under the drive's lock: 1 written (GOOD), 0 declined (nothing
  * changed), 2 the Python method's, -1 error. (One block of a fixed-mode WRITE is a
- * variable-mode block of the mode's size.) */
-static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize_t n)
+ * variable-mode block of the mode's size; ``run``: several blocks of that size, written
+ * now as one run, _write_run_now.) */
+static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize_t n,
+                        long long run)
 {
     int r = usual(dev, nexus);
     if (r <= 0)
@@ -618,6 +651,8 @@ static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize
         Py_DECREF(cart);
         return 2;
     }
+    if (run)  /* _write_run_now: PEWS is 0 (usual), no faults injected */
+        return write_run(dev, nexus, cart, data, n, run, compress);
     /* the write buffer's case (_buffer_block) */
     long long mode;
     if (get_ll(dev, w_buffered_mode, &mode) < 0)
@@ -744,12 +779,15 @@ static PyObject *ssc_stream_write(PyObject *mod, PyObject *const *args, Py_ssize
     Py_ssize_t n = PyObject_Length(data);
     if (n < 0)
         return NULL;
-    if (fixed) {  /* one block of the mode's size here, as a variable one; a run: Python's */
+    long long run = 0;  /* several fixed-mode blocks: their size */
+    if (fixed) {  /* one block of the mode's size: as a variable one; several: one run */
         long long bs;
         if (get_ll(dev, w_block_size, &bs) < 0)
             return NULL;
-        if (want != 1 || bs != n || n > w_max_block)
+        if (bs <= 0 || want * bs != n || n > (want > 1 ? w_max_fixed : w_max_block))
             return PyObject_Vectorcall(w_stream_write_py, args, 4, NULL);
+        if (want > 1)
+            run = bs;
     } else if (want != n || n > w_max_block) {
         Py_RETURN_FALSE;
     }
@@ -762,7 +800,7 @@ static PyObject *ssc_stream_write(PyObject *mod, PyObject *const *args, Py_ssize
         return NULL;
     }
     Py_DECREF(res);
-    int r = write_locked(dev, nexus, data, n);
+    int r = write_locked(dev, nexus, data, n, run);
     PyObject *et = NULL, *ev = NULL, *tb = NULL;
     if (r < 0)
         PyErr_Fetch(&et, &ev, &tb);
@@ -991,6 +1029,7 @@ static PyObject *configure_write(PyObject *mod, PyObject *args)
         {"MISSES_BEFORE_SKIP", &w_misses_before_skip}, {"SKIP_BLOCKS", &w_skip_blocks},
         {"WRITEBACK_CHUNK", &w_writeback_chunk}, {"HEADER_FLAG_WRITE_PROTECT", &w_wp_flag},
         {"MAX_BLOCK", &w_max_block}, {"MIN_BUFFERED_WRITE", &w_min_buffered},
+        {"MAX_FIXED_TRANSFER", &w_max_fixed},
     };
     for (size_t i = 0; i < sizeof want / sizeof *want; i++) {
         PyObject *v = PyDict_GetItemString(consts, want[i].name);
@@ -1069,7 +1108,11 @@ int fastpath_write_init(PyObject *module)
     W_INTERN(w_streaming, "_streaming"); W_INTERN(w_sense, "_sense"); W_INTERN(w_pop, "pop");
     W_INTERN(w_kw_compress, "compress");
     W_INTERN(w_key, "key"); W_INTERN(w_block_size, "block_size");
-    W_INTERN(w_run_obj, "run_obj"); W_INTERN(w_queue_block, "queue_block");
+    W_INTERN(w_run_obj, "run_obj"); W_INTERN(w_fixed_runs, "FIXED_RUNS");
+    W_INTERN(w_append_run_now, "append_run_now");
+    if ((w_kw_only_compress = PyTuple_Pack(1, w_kw_compress)) == NULL)
+        return -1;
+    W_INTERN(w_queue_block, "queue_block");
     PyObject *kw_done = PyUnicode_InternFromString("done");
     if (kw_done == NULL || (w_kw_queue = PyTuple_Pack(2, w_kw_compress, kw_done)) == NULL)
         return -1;
