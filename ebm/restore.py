@@ -343,7 +343,9 @@ def _restore_whole(catalog: Catalog, library: Library, translator: Translator, b
     """A whole full backup: its pax stream read once, front to back, with no per-entry LOCATE
     or reader, and no final view held in memory. Each entry is checked against the catalog
     row at its offset (path, sha256; rows streamed in the same order), and every row must be
-    met, as the entry-by-entry path checks."""
+    met, as the entry-by-entry path checks. Four threads: the tape read (:class:`_ReadAhead`),
+    the parsing (this one) and two creating the plain files (``_WholeStream.extract_files``);
+    every file is written, or its failure raised, before this returns."""
     stats = RestoreStats([backup.uuid])
     target.mkdir(parents=True, exist_ok=True)
     session = DriveSession(library, f"ebm-restore:{backup.uuid}")
@@ -375,10 +377,10 @@ def _restore_whole(catalog: Catalog, library: Library, translator: Translator, b
 class _ReadAhead:
     """The tape side of a whole-stream restore (block reads, checksums, decompression,
     decryption: :class:`TapeReader`) on a thread of its own, up to ``DEPTH`` chunks of
-    ``CHUNK`` bytes ahead of the consumer, which meanwhile parses the stream and writes the
-    files (``_paxfast.extract_files`` releases the GIL while it creates them, zstd and the
-    pread while they run). Why: on one thread a large-file restore waited for each
-    block's decompression between file writes. A read error is raised in the consumer at
+    ``CHUNK`` bytes ahead of the consumer, which meanwhile parses the stream and hands the
+    files to the creator threads (``_paxfast.Extractor``; zstd and the pread release the
+    GIL while they run). Why: on one thread a large-file restore waited for each block's
+    decompression between file writes. A read error is raised in the consumer at
     the point of the stream where it happened; nothing is read past it.
 
     A ByteSource for :class:`PaxReader`: ``read`` hands out views of buffers never written
