@@ -42,17 +42,13 @@ from tape_formats.store.chunk_store import ChunkStore
 # the plain store): two passes at load ~4, 1.52-1.61 against 1.84-1.97 to compress, 0.55-0.63
 # against 0.68-0.72 to decompress, storing 0.492 (a step of 3: 1.65-1.70, 0.470); four
 # weekly fulls take 1.19x one plain cartridge instead of 1.07-1.10x (goal < 1.3x).
-# Now a step of 5 (2026-12-04 evening, the first full still short of 0.8x the plain store on
-# a quiet box): the whole 714 MB tar in its chunks, two passes at load ~4, 1.47-1.58
-# against 1.60-1.70 to compress, 0.474 against 0.495 to decompress, storing 0.512 of the
-# bytes against 0.492 (a step of 6: 1.46-1.50, 0.527; 8: 1.31-1.41, 0.560); the first full
-# 2.97 CPU s/GB against 3.05 (median of four interleaved pairs, load 5); four weekly fulls
-# 363.8 MB, 1.24x one plain cartridge (348.6 MB, 1.19x before; goal < 1.3x).
-# Chunks stored with any settings read back alike (a zstd frame says how to decode it), and
-# dedup against them (a chunk's id is the hash of its bytes, not of its stored form).
+# A step of 5 (tried 2026-12-04): ~8% less CPU to compress but 0.512 of the bytes stored,
+# four fulls 1.24-1.27x one plain cartridge: too close to the 1.3x goal for ~3% of the
+# first full's CPU, so 4 stays.
+# Chunks stored with any settings read back alike (a zstd frame says how to decode it).
 CHUNK_ZSTD_PARAMS = zstandard.ZstdCompressionParameters(
     strategy=zstandard.STRATEGY_FAST, window_log=18, hash_log=14, chain_log=12, search_log=1,
-    min_match=7, target_length=5)
+    min_match=7, target_length=4)
 # Incompressible chunks in a row (compressed or encrypted data: zstd finds nothing and the
 # chunk is stored raw) after which the next ``SKIP_CHUNKS`` are stored raw without trying,
 # then one is tried again, as the drive's block packer does (block_packing.py): zstd runs
