@@ -77,6 +77,10 @@ def _compress_run(cctx: zstandard.ZstdCompressor, pieces: list[memoryview]) -> S
         return [cctx.compress(piece) for piece in pieces]
 
 
+def _nothing() -> None:
+    pass
+
+
 class ChunkWriter:
     """The compress-and-append stages of one writer (one open dedup cartridge)."""
 
@@ -101,10 +105,15 @@ class ChunkWriter:
         self._misses = self._skip = 0
 
     def submit(self, ids: Sequence[bytes], pieces: Sequence[memoryview],
-               done: Callable[[], None] = lambda: None) -> None:
+               done: Callable[[], None] = lambda: None, *, last: bool = False) -> None:
         """Store those of the chunks (``ids[i]`` holds ``pieces[i]``) that the store lacks,
         in order, behind the caller's back. The pieces must stay unchanged until ``done``
-        is called (from any thread: they are views of a buffer the caller lets go of)."""
+        is called (from any thread: they are views of a buffer the caller lets go of).
+
+        ``last``: the batch a sync point waits for (no other comes behind it before the
+        drain): its new chunks go to the pool as one batch per thread, so every thread
+        compresses a share of it instead of one doing it all while the others wait
+        (``done`` goes with the last share: the shares are appended in order)."""
         self._raise_error()
         new = [i for i in self._store.lacking(ids) if ids[i] not in self._seen]
         fresh: dict[bytes, memoryview] = {}
@@ -114,11 +123,19 @@ class ChunkWriter:
             done()
             return
         self._seen.update(fresh)
+        chunks = list(fresh.items())
+        shares = min(self._threads, len(chunks)) if last else 1
+        for k in range(shares):
+            share = chunks[len(chunks) * k // shares:len(chunks) * (k + 1) // shares]
+            self._submit_batch(share, done if k == shares - 1 else _nothing)
+
+    def _submit_batch(self, chunks: list[tuple[bytes, memoryview]],
+                      done: Callable[[], None]) -> None:
+        """One batch to the pool, in its turn (waits for room)."""
         self._room.acquire()
         with self._cv:
             turn = self._submitted
             self._submitted += 1
-        chunks = list(fresh.items())
         try:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="chunk-zstd")

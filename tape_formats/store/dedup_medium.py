@@ -382,7 +382,7 @@ class DedupMedium:
         view.release()
         # The chunk writer keeps views of this buffer until they are stored, then gives it
         # back.
-        self._writer.submit(ids, pieces, lambda: self._pending.give_back(buf))
+        self._writer.submit(ids, pieces, lambda: self._pending.give_back(buf), last=final)
         self._undrained = True
         for cid, (_offset, length) in zip(ids, cuts, strict=True):
             self._ch_start.append(self._chunked)

@@ -139,3 +139,44 @@ def test_after_incompressible_chunks_some_are_stored_raw_untried(
     for i, piece in enumerate([*pieces, text]):
         assert store.get(bytes([i]) * 32, len(piece), dctx) == piece
     store.close()
+
+
+def test_a_sync_points_last_batch_is_compressed_by_every_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    store = ChunkStore.create(tmp_path / "store")
+    appended: list[bytes] = []
+    real = ChunkStore.append_many
+
+    def record(self: ChunkStore, records: list) -> int:
+        appended.extend(rec[0] for rec in records)
+        return real(self, records)
+
+    names: set[str] = set()
+    both = threading.Barrier(2, timeout=10)  # each share waits for the other's thread
+
+    class Meeting:
+        def multi_compress_to_buffer(self, pieces: list[memoryview], threads: int) -> list:
+            names.add(threading.current_thread().name)
+            both.wait()
+            return [bytes(piece) for piece in pieces]  # stored raw
+
+    monkeypatch.setattr(ChunkStore, "append_many", record)
+    monkeypatch.setattr(ChunkWriter, "_compressor", lambda self: Meeting())
+    writer = ChunkWriter(store, threads=2)
+    done: list[int] = []
+    ids = [bytes([n]) * 32 for n in range(5)]
+    pieces = [memoryview(bytes([n]) * 1000) for n in range(5)]
+    writer.submit([*ids, ids[0]], [*pieces, pieces[0]], lambda: done.append(len(appended)),
+                  last=True)
+    writer.drain()
+    writer.close()
+    assert len(names) == 2
+    assert appended == ids  # in order, once each
+    assert done == [5]  # once, after every share was appended
+    store.sync()
+    dctx = zstandard.ZstdDecompressor()
+    for cid, piece in zip(ids, pieces, strict=True):
+        assert store.get(cid, len(piece), dctx) == piece
+    store.close()
