@@ -1398,6 +1398,11 @@ static PyObject *take_run(PyObject *cart, long long length, long long size)
     if (get_ll(ahead, s_run_stored, &rstored) < 0 || get_ll(ahead, s_obj, &obj) < 0
             || (data = PyObject_GetAttr(ahead, s_run_data)) == NULL)
         goto out;
+    if (PyObject_Length(data) != length) {  /* (never: run_buffer is exact) the method's */
+        PyErr_Clear();
+        Py_CLEAR(data);
+        goto out;
+    }
     if (set_ll(ahead, s_run_obj, -1) < 0 || (pos <= obj && obj < pos + rcount
                                                && set_ll(ahead, s_obj, -1) < 0)
             || set_ll(cart, s_position, pos + rcount) < 0)
