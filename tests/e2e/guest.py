@@ -119,12 +119,15 @@ LIB_SCRIPT = r"""# Helpers for /test.sh. `step NAME 'shell command'` runs the co
 # printing its combined output between markers together with its exit status, so the host
 # can assert on each step separately. Steps run under dash, not busybox sh: Debian's busybox
 # prefers its own applets over $PATH, and the tests must run the real mt, tar and sha256sum.
+# STEP-TIME (the guest's uptime at both ends) tells a failure under load from a wrong answer.
 step() {
   _name=$1; shift
+  _began=$(cut -d' ' -f1 /proc/uptime)
   echo "@@STEP-BEGIN $_name@@"
   timeout ${E2E_STEP_TIMEOUT:-300} /usr/bin/dash -c "$*" 2>&1
   _rc=$?
   echo "@@STEP-END $_name rc=$_rc@@"
+  echo "@@STEP-TIME $_name ${_began}s-$(cut -d' ' -f1 /proc/uptime)s@@"
   return 0
 }
 """
