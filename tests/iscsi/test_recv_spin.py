@@ -115,9 +115,9 @@ def test_policy_backs_off_after_a_miss_and_spins_in_its_slots_only(
         assert policy.recv_header(conn) == 48
 
 
-def test_off_without_the_extension_or_a_number(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_on_by_default_off_without_the_extension_or_a_number(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(recv_spin.SPIN_ENV, raising=False)
-    assert recv_spin._spin_ns() == 0
+    assert recv_spin._spin_ns() == recv_spin.DEFAULT_SPIN_US * 1000
     monkeypatch.setenv(recv_spin.SPIN_ENV, "0")
     assert recv_spin._spin_ns() == 0
     monkeypatch.setenv(recv_spin.SPIN_ENV, "junk")

@@ -1,4 +1,4 @@
-"""A short wait on the CPU for a stream's next command (off unless ``VTL_SPIN_US`` is set).
+"""A short wait on the CPU for a stream's next command (60 us by default; ``VTL_SPIN_US``).
 
 With one command outstanding (Linux st, the bench's libiscsi client) a connection's thread
 sleeps in ``recv`` after each answer and the initiator's next command wakes it. When the
@@ -13,9 +13,10 @@ to end), (c) while the CPU is otherwise idle: at most CPUs - 1 connections spin 
 spin ends as soon as a ``sched_yield`` between its tries ran another thread, and a spin that
 found nothing skips the next SKIP_AFTER_MISS chances.
 
-Off by default: measured on a busy box only, where it did not pay unless the two processes
-were pinned to two vCPUs (bench/README.md); ``VTL_SPIN_US=60`` turns it on for an A/B on a
-quiet one. The call is ``vtl._fastpath.recv_spin`` (vtl/_fastpath_spin.c); without the
+On by default (60 us) since the quiet-box A/B (bench/README.md, 2026-12-04 23:27-23:31, same
+tgt figures in both runs): 10 KiB / 32 KiB / 64,512 B random READ 1.23x / 1.24x / 1.24x tgt
+without it, 2.27x / 1.90x / 1.83x with it; on a busy box it almost never spins (the yield
+rule). ``VTL_SPIN_US=0`` turns it off. The call is ``vtl._fastpath.recv_spin`` (vtl/_fastpath_spin.c); without the
 extension the spin stays off.
 """
 
@@ -71,11 +72,15 @@ class RecvSpin:
         return max(got, -1)
 
 
+DEFAULT_SPIN_US = 60
+
+
 def _spin_ns() -> int:
-    """``VTL_SPIN_US`` in nanoseconds; 0 (off) when unset, zero or not a number."""
+    """``VTL_SPIN_US`` in nanoseconds: DEFAULT_SPIN_US when unset, 0 (off) when zero or not a
+    number."""
     text = os.environ.get(SPIN_ENV, "")
     if not text:
-        return 0
+        return DEFAULT_SPIN_US * 1000
     try:
         us = int(text)
     except ValueError:
