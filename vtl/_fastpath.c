@@ -1328,6 +1328,26 @@ static int wb_busy(PyObject *cart)
     return PyErr_Occurred() ? -1 : busy != 0;
 }
 
+/* The cartridge's read counters moved by a block or run handed out from the read-ahead, under
+ * the cartridge's lock as its Python methods do: 0, or -1 with an exception. */
+static int count_read(PyObject *cart, long long length, long long stored)
+{
+    int rc = -1;
+    PyObject *lock = NULL, *counters = PyObject_GetAttr(cart, s_counters);
+    if (counters == NULL || (lock = PyObject_GetAttr(cart, s_cart_lock)) == NULL
+            || call_method0(lock, s_acquire) < 0)
+        goto out;
+    if (add_ll(counters, s_read_native, length) < 0 || add_ll(counters, s_read_stored, stored) < 0) {
+        release_keeping_error(lock);
+        goto out;
+    }
+    rc = call_method0(lock, s_release) < 0 ? -1 : 0;
+out:
+    Py_XDECREF(counters);
+    Py_XDECREF(lock);
+    return rc;
+}
+
 /* TapeCartridge.take_read_ahead(length, ...)'s usual case: the block at the position decoded
  * ahead, ``length`` bytes, no write queued or failed: the cache's data (new reference; sent
  * as it is, no copy), the position and the counters moved. NULL without an exception: not
@@ -1335,7 +1355,7 @@ static int wb_busy(PyObject *cart)
 static PyObject *take_ahead(PyObject *cart, long long length)
 {
     long long pos, obj, native, stored;
-    PyObject *data = NULL, *counters = NULL, *lock = NULL;
+    PyObject *data = NULL;
     PyObject *ahead = PyObject_GetAttr(cart, s_ahead);
     if (ahead == NULL)
         return NULL;
@@ -1356,22 +1376,12 @@ static PyObject *take_ahead(PyObject *cart, long long length)
     }
     if (set_ll(ahead, s_obj, -1) < 0 || set_ll(cart, s_position, pos + 1) < 0)
         goto fail;
-    if ((counters = PyObject_GetAttr(cart, s_counters)) == NULL
-            || (lock = PyObject_GetAttr(cart, s_cart_lock)) == NULL
-            || call_method0(lock, s_acquire) < 0)
-        goto fail;
-    if (add_ll(counters, s_read_native, length) < 0 || add_ll(counters, s_read_stored, stored) < 0) {
-        release_keeping_error(lock);
-        goto fail;
-    }
-    if (call_method0(lock, s_release) < 0)
+    if (count_read(cart, length, stored) < 0)
         goto fail;
     goto out;
 fail:
     Py_CLEAR(data);
 out:
-    Py_XDECREF(counters);
-    Py_XDECREF(lock);
     Py_DECREF(ahead);
     return data;
 }
@@ -1383,7 +1393,7 @@ out:
 static PyObject *take_run(PyObject *cart, long long length, long long size)
 {
     long long pos, robj, rsize, rcount, rstored, obj;
-    PyObject *data = NULL, *counters = NULL, *lock = NULL;
+    PyObject *data = NULL;
     PyObject *ahead = PyObject_GetAttr(cart, s_ahead);
     if (ahead == NULL)
         return NULL;
@@ -1407,22 +1417,12 @@ static PyObject *take_run(PyObject *cart, long long length, long long size)
                                                && set_ll(ahead, s_obj, -1) < 0)
             || set_ll(cart, s_position, pos + rcount) < 0)
         goto fail;
-    if ((counters = PyObject_GetAttr(cart, s_counters)) == NULL
-            || (lock = PyObject_GetAttr(cart, s_cart_lock)) == NULL
-            || call_method0(lock, s_acquire) < 0)
-        goto fail;
-    if (add_ll(counters, s_read_native, length) < 0 || add_ll(counters, s_read_stored, rstored) < 0) {
-        release_keeping_error(lock);
-        goto fail;
-    }
-    if (call_method0(lock, s_release) < 0)
+    if (count_read(cart, length, rstored) < 0)
         goto fail;
     goto out;
 fail:
     Py_CLEAR(data);
 out:
-    Py_XDECREF(counters);
-    Py_XDECREF(lock);
     Py_DECREF(ahead);
     return data;
 }
