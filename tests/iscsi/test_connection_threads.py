@@ -9,14 +9,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from iscsi_support import FakeDevice, RawInitiator, pattern, running_target
+from iscsi_support import FakeDevice, RawInitiator, pattern, read6, running_target
 
 from vtl.iscsi import pdu
 from vtl.iscsi.pdu import ALL_ONES, Op
-
-
-def read6(n: int) -> bytes:
-    return bytes([0x08, 0]) + n.to_bytes(3, "big") + b"\0"
 
 
 @pytest.mark.parametrize("digests", [False, True])

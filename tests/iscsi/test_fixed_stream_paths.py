@@ -21,7 +21,7 @@ import types
 from pathlib import Path
 
 import pytest
-from iscsi_support import RawInitiator, running_target
+from iscsi_support import READ_POSITION, RawInitiator, lbp_select, two_sessions
 
 from tape_formats.records import DATA_START
 from vtl import faults
@@ -38,7 +38,6 @@ pytestmark = pytest.mark.skipif(native is None or not hasattr(native, "drive_rea
 
 TEXT = b"".join(b"2026-12-04 22:%02d:%02d backup: /srv/data/%05d.log stored\n"
                 % (i // 60 % 60, i % 60, i) for i in range(6000))
-READ_POSITION = bytes([0x34, 0, 0, 0, 0, 0, 0, 0, 0, 0])
 
 
 def _data(rng: random.Random, n: int) -> bytes:
@@ -49,14 +48,6 @@ def _data(rng: random.Random, n: int) -> bytes:
         return bytes(n)
     start = rng.randrange(len(TEXT))
     return (TEXT * (n // len(TEXT) + 2))[start:start + n]
-
-
-def _lbp(on: bool) -> tuple[bytes, bytes]:
-    """MODE SELECT(10) of the control data protection page: CRC32C on reads and writes."""
-    page = bytearray(8 + 32)
-    page[8:12] = bytes([0x4A, 0xF0, 0, 28])
-    page[12:15] = bytes([2, 4, 0xC0]) if on else bytes(3)
-    return bytes([0x55, 0x10, 0, 0, 0, 0, 0, 0, len(page), 0]), bytes(page)
 
 
 def _setblk(bs: int, buffered: bool) -> tuple[bytes, bytes]:
@@ -96,14 +87,8 @@ def _run(root: Path, mode: str, worm: bool) -> tuple[list[list[bytes]], bytes, i
     sent = 0
     rng = random.Random(11 + worm)
     try:
-        with pytest.MonkeyPatch.context() as mp, running_target(devices=devices) as t:
-            mp.setattr(stream_paths, "paths",
-                       stream_paths.ReferencePaths if mode == "python" else native)
-            a = RawInitiator(t.port, isid=b"\x80\0\0\0\0\x01")
-            b = RawInitiator(t.port, isid=b"\x80\0\0\0\0\x02")
-            for ini in (a, b):
-                ini.login({"MaxRecvDataSegmentLength": "262144", "ImmediateData": "Yes",
-                           "InitialR2T": "No", "FirstBurstLength": "262144"})
+        paths = stream_paths.ReferencePaths if mode == "python" else native
+        with two_sessions(devices, paths=paths) as (a, b):
 
             def cmd(ini: RawInitiator, cdb: bytes, **kw) -> None:
                 answers.append(ini.answers(ini.scsi(cdb, lun=1, **kw)))
@@ -197,15 +182,11 @@ def _run(root: Path, mode: str, worm: bool) -> tuple[list[list[bytes]], bytes, i
                     cmd(a, bytes([0x03, 0, 0, 0, 18, 0]), read=18)  # REQUEST SENSE
                 if step % 151 == 150 or (protected and step % 151 == 20):
                     protected = not protected  # LBP on for a while, then off
-                    select(a, _lbp(protected))
+                    select(a, lbp_select(protected))
                 cmd(a, READ_POSITION, read=20)
                 if step == clear_at:
                     faults.clear_media_errors(lib.root, barcode)
                     cmd(a, bytes(6))
-            a.logout()
-            b.logout()
-            a.close()
-            b.close()
         cart = drive._medium()
         cart.flush_writes()
         records = cart.path.read_bytes()[DATA_START:]

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from iscsi_support import RawInitiator, running_target
+from iscsi_support import RawInitiator, read6, two_sessions
 
 from vtl.config import LibraryConfig
 from vtl.iscsi import pdu, recv_spin, stream_paths
@@ -47,21 +47,6 @@ def _blocks() -> list[bytes | None]:
         if i % 5 == 4:
             out.append(None)  # a filemark
     return out
-
-
-def read6(n: int, flags: int = 0) -> bytes:
-    return bytes([0x08, flags]) + n.to_bytes(3, "big") + b"\0"
-
-
-def _answers(ini: RawInitiator, itt: int) -> list[bytes]:
-    """Every PDU of one command's answer, header and data, as bytes."""
-    out = []
-    while True:
-        p = ini.recv()
-        assert p.hdr.itt == itt, f"unexpected PDU 0x{p.op:02x}"
-        out.append(bytes(p.hdr.raw) + p.data)
-        if p.op == Op.SCSI_RSP or (p.op == Op.DATA_IN and p.hdr.flags & 1):
-            return out
 
 
 def _script(lib_dir: Path, *, fast: bool) -> tuple[list[list[bytes]], int]:
@@ -92,15 +77,10 @@ def _script(lib_dir: Path, *, fast: bool) -> tuple[list[list[bytes]], int]:
     log: list[list[bytes]] = []
     rnd = random.Random(11)
     try:
-        with running_target(devices=devices) as t:
-            a = RawInitiator(t.port, isid=b"\x80\0\0\0\0\x01")
-            b = RawInitiator(t.port, isid=b"\x80\0\0\0\0\x02")
-            for ini in (a, b):
-                ini.login({"MaxRecvDataSegmentLength": str(MRDSL), "ImmediateData": "Yes",
-                           "InitialR2T": "No", "FirstBurstLength": str(FIRST_BURST)})
+        with two_sessions(devices, mrdsl=MRDSL, first_burst=FIRST_BURST) as (a, b):
 
             def cmd(ini: RawInitiator, cdb: bytes, **kw) -> None:
-                log.append(_answers(ini, ini.scsi(cdb, lun=1, **kw)))
+                log.append(ini.answers(ini.scsi(cdb, lun=1, **kw)))
 
             def write(block: bytes | None) -> None:
                 if block is None:
@@ -148,7 +128,7 @@ def _script(lib_dir: Path, *, fast: bool) -> tuple[list[list[bytes]], int]:
                                             cmdsn=a.cmdsn, expstatsn=a.expstatsn,
                                             cdb=read6(n).ljust(16, b"\0"))
                     a.send(bhs)
-                    log.append(_answers(a, itt))
+                    log.append(a.answers(itt))
                 elif roll < 0.91:
                     itt = a.next_itt()  # CmdSN behind the window: ignored, then a NOP
                     bhs = pdu.encode_layout(Op.SCSI_CMD, flags=0xC0, lun=pdu.encode_lun(1),
@@ -199,17 +179,13 @@ def _script(lib_dir: Path, *, fast: bool) -> tuple[list[list[bytes]], int]:
             cmd(a, bytes([0x01, 0, 0, 0, 0, 0]))  # REWIND: read the whole tape back
             while True:
                 itt = a.scsi(read6(MAX_READ, 0x02), lun=1, read=MAX_READ)
-                answer = _answers(a, itt)
+                answer = a.answers(itt)
                 tape_after.append(answer)
                 if len(answer[-1]) > 48 and answer[-1][0] & 0x3F == Op.SCSI_RSP:
                     sense = answer[-1][50:]
                     if sense[2] & 0x0F == 8:  # BLANK CHECK: end of data
                         break
             log.append([b"".join(x) for x in tape_after])
-            a.logout()
-            b.logout()
-            a.close()
-            b.close()
     finally:
         lib.close()
     return log, hits

@@ -17,7 +17,8 @@ import random
 from pathlib import Path
 
 import pytest
-from iscsi_support import RawInitiator, running_target
+from cartridge_io import mixed_objects, write_objects
+from iscsi_support import READ_POSITION, RawInitiator, lbp_select, read6, two_sessions
 
 from tape_formats.cartridge import TapeCartridge
 from tape_formats.records import RECORD_HEADER_SIZE
@@ -40,14 +41,7 @@ OBJECTS = 74  # 70 blocks and 4 filemarks
 
 def _tape() -> list[bytes | int]:
     """Blocks (random or text) and filemark counts (ints)."""
-    rnd = random.Random(21)
-    out: list[bytes | int] = []
-    for i in range(70):
-        n = SIZES[i % len(SIZES)]
-        out.append(rnd.randbytes(n) if i % 3 else TEXT[i:i + n])
-        if i in (15, 40):
-            out.append(1 if i == 15 else 3)  # a filemark, a run of three
-    return out
+    return mixed_objects(21, 70, SIZES, TEXT, {15: 1, 40: 3})  # a filemark, a run of three
 
 
 def _damage(path: Path, off: int, at: int) -> None:
@@ -59,36 +53,14 @@ def _damage(path: Path, off: int, at: int) -> None:
         f.write(bytes([b[0] ^ 1]))
 
 
-def read6(n: int, flags: int = 0) -> bytes:
-    return bytes([0x08, flags]) + n.to_bytes(3, "big") + b"\0"
-
-
-READ_POSITION = bytes([0x34, 0, 0, 0, 0, 0, 0, 0, 0, 0])
-
-
-def _lbp(on: bool) -> tuple[bytes, bytes]:
-    """MODE SELECT(10) of the control data protection page: CRC32C on reads and writes."""
-    page = bytearray(8 + 32)
-    page[8:12] = bytes([0x4A, 0xF0, 0, 28])
-    page[12:15] = bytes([2, 4, 0xC0]) if on else bytes(3)
-    return bytes([0x55, 0x10, 0, 0, 0, 0, 0, 0, len(page), 0]), bytes(page)
-
-
 def _run(root: Path, mode: str) -> tuple[list[list[bytes]], int]:
     """The sequence against a fresh copy of the tape; (answers, READs the C drive served)."""
     lib = Library.create(root, LibraryConfig(drives=1, slots=4, mailslots=1))
     lib.create_cartridge(BARCODE, capacity=64 << 20)
     path = lib.cartridge_path(BARCODE)
     c = TapeCartridge.open(path)
-    for b in _tape():
-        if isinstance(b, int):
-            c.write_filemarks(b, sync=False)
-        else:
-            c.write_block(b)
-    c.sync()
-    idx = c.index
-    data_recs = [r for r in range(idx.records) if idx.meta[r] & 0xFF == 1]
-    offsets = [idx.offsets[r] for r in (data_recs[9], data_recs[30])]
+    data_recs = write_objects(c, _tape())
+    offsets = [c.index.offsets[r] for r in (data_recs[9], data_recs[30])]
     c.close()
     _damage(path, offsets[0], RECORD_HEADER_SIZE + 5)  # the payload's CRC fails
     _damage(path, offsets[1], 9)  # the record header's CRC fails
@@ -101,14 +73,8 @@ def _run(root: Path, mode: str) -> tuple[list[list[bytes]], int]:
     rnd = random.Random(5)
     before = native.drive_reads()
     try:
-        with pytest.MonkeyPatch.context() as mp, running_target(devices=devices) as t:
-            mp.setattr(stream_paths, "paths",
-                       stream_paths.ReferencePaths if mode == "python" else native)
-            a = RawInitiator(t.port, isid=b"\x80\0\0\0\0\x01")
-            b = RawInitiator(t.port, isid=b"\x80\0\0\0\0\x02")
-            for ini in (a, b):
-                ini.login({"MaxRecvDataSegmentLength": "262144", "ImmediateData": "Yes",
-                           "InitialR2T": "No", "FirstBurstLength": "262144"})
+        paths = stream_paths.ReferencePaths if mode == "python" else native
+        with two_sessions(devices, paths=paths) as (a, b):
 
             def cmd(ini: RawInitiator, cdb: bytes, **kw) -> None:
                 answers.append(ini.answers(ini.scsi(cdb, lun=1, **kw)))
@@ -161,13 +127,9 @@ def _run(root: Path, mode: str) -> tuple[list[list[bytes]], int]:
                     cmd(a, bytes(6))  # TEST UNIT READY: a command off the data path reads it
                 if step % 97 == 96 or (protected and step % 97 == 12):
                     protected = not protected  # LBP on for a while, then off
-                    sel, page = _lbp(protected)
+                    sel, page = lbp_select(protected)
                     cmd(a, sel, write=page, immediate_data=len(page))
                 cmd(a, READ_POSITION, read=20)
-            a.logout()
-            b.logout()
-            a.close()
-            b.close()
     finally:
         lib.close()
     return answers, native.drive_reads() - before

@@ -15,6 +15,7 @@ from iscsi_support import (
     LoginRefused,
     RawInitiator,
     pattern,
+    read6,
     running_target,
     scsi_status,
     sense_of,
@@ -39,9 +40,6 @@ def tool(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 def write6(n: int) -> bytes:
     return bytes([0x0A, 0]) + n.to_bytes(3, "big") + b"\0"
 
-
-def read6(n: int) -> bytes:
-    return bytes([0x08, 0]) + n.to_bytes(3, "big") + b"\0"
 
 
 # ---- libiscsi -----------------------------------------------------------------------------

@@ -3,7 +3,8 @@ into drive 0, write tape files (each ended by a filemark), unload; read data blo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import random
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,34 @@ def write_tape_files(root: Path, barcode: str, files: list[list[bytes]], *,
         lib.unload(0)
     finally:
         lib.close()
+
+
+def mixed_objects(seed: int, count: int, sizes: list[int], text: bytes,
+                  marks: dict[int, int]) -> list[bytes | int]:
+    """``count`` blocks of ``sizes`` in turn, every third one a slice of ``text`` (stored
+    compressed), the others random (stored as is), with ``marks[i]`` filemarks (an int) after
+    block ``i``."""
+    rnd = random.Random(seed)
+    out: list[bytes | int] = []
+    for i in range(count):
+        n = sizes[i % len(sizes)]
+        out.append(rnd.randbytes(n) if i % 3 else text[i:i + n])
+        if i in marks:
+            out.append(marks[i])
+    return out
+
+
+def write_objects(cart: TapeCartridge, objects: Iterable[bytes | int]) -> list[int]:
+    """Blocks (bytes) and runs of filemarks (ints: how many) from the cartridge's position,
+    synced once at the end; the record numbers of the index's data records."""
+    for obj in objects:
+        if isinstance(obj, int):
+            cart.write_filemarks(obj, sync=False)
+        else:
+            cart.write_block(obj)
+    cart.sync()
+    idx = cart.index
+    return [r for r in range(idx.records) if idx.meta[r] & 0xFF == 1]
 
 
 def read_blocks(cart: TapeCartridge, *, to_filemark: bool = False) -> list[bytes]:

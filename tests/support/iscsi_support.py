@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from vtl.iscsi import pdu
+import pytest
+
+from vtl.iscsi import pdu, stream_paths
 from vtl.iscsi.config import Limits, ServerConfig, TargetConfig
 from vtl.iscsi.login import encode_keys, parse_keys
 from vtl.iscsi.pdu import ALL_ONES, Op
@@ -58,25 +60,9 @@ class FakeDevice:
         if op == 0x00:
             return ScsiResult()
         if op == 0x12:
-            alloc = int.from_bytes(cdb[3:5], "big")
-            if cdb[1] & 1:
-                if cdb[2] == 0x00:
-                    return ScsiResult(data=bytes([self.type, 0, 0, 2, 0, 0x80])[:alloc])
-                if cdb[2] == 0x80:
-                    sn = b"FAKE0001"
-                    return ScsiResult(data=(bytes([self.type, 0x80, 0, len(sn)]) + sn)[:alloc])
-                return ScsiResult(Status.CHECK_CONDITION, b"",
-                                  fixed_sense(SenseKey.ILLEGAL_REQUEST, 0x24, 0, field_pointer=2))
-            data = bytearray(36)
-            data[0] = self.type
-            data[1] = 0x80
-            data[2] = 6
-            data[3] = 2
-            data[4] = 31
-            data[8:16] = b"VTLTEST "
-            data[16:32] = self.product.ljust(16).encode()
-            data[32:36] = b"0001"
-            return ScsiResult(data=bytes(data[:alloc]))
+            vpd = {0x00: bytes([self.type, 0, 0, 2, 0, 0x80]),
+                   0x80: bytes([self.type, 0x80, 0, 8]) + b"FAKE0001"}
+            return _inquiry(cdb, self.type, 0x80, self.product, vpd, field_pointer=2)
         if op == 0x03:
             return ScsiResult(data=fixed_sense(SenseKey.NO_SENSE, 0, 0)[: cdb[4]])
         if op == 0x0A:  # WRITE(6): keep the data
@@ -103,6 +89,26 @@ class FakeDevice:
 
     def nexus_lost(self, nexus: Nexus) -> None:
         self.lost.append(nexus)
+
+
+def _inquiry(cdb: bytes, peripheral_type: int, rmb: int, product: str, vpd: dict[int, bytes],
+             field_pointer: int | None = None) -> ScsiResult:
+    """A fake device's INQUIRY: the standard data (SPC-4, vendor VTLTEST, revision 0001;
+    ``rmb`` 0x80 for a removable medium, else 0) or a page of ``vpd``, cut to the allocation
+    length; another page: ILLEGAL REQUEST, invalid field in CDB."""
+    alloc = int.from_bytes(cdb[3:5], "big")
+    if cdb[1] & 1:
+        page = vpd.get(cdb[2])
+        if page is None:
+            return ScsiResult(Status.CHECK_CONDITION, b"", fixed_sense(
+                SenseKey.ILLEGAL_REQUEST, 0x24, 0, field_pointer=field_pointer))
+        return ScsiResult(data=page[:alloc])
+    data = bytearray(36)
+    data[0], data[1], data[2], data[3], data[4] = peripheral_type, rmb, 6, 2, 31
+    data[8:16] = b"VTLTEST "
+    data[16:32] = product.ljust(16).encode()
+    data[32:36] = b"0001"
+    return ScsiResult(data=bytes(data[:alloc]))
 
 
 def pattern(n: int) -> bytes:
@@ -383,6 +389,48 @@ class RawInitiator:
         return self.recv()
 
 
+@contextmanager
+def two_sessions(devices: dict, *, paths=None, mrdsl: int = 262144,
+                 first_burst: int = 262144) -> Iterator[tuple[RawInitiator, RawInitiator]]:
+    """A target serving ``devices``, with sessions A and B (ISIDs ...01 and ...02) logged in
+    with immediate data and no initial R2T, as the streaming fast path tests send. ``paths``:
+    the fast paths' implementation the sessions take (stream_paths.ReferencePaths or the C
+    module; None: the default). Both sessions log out at the block's normal end."""
+    with pytest.MonkeyPatch.context() as mp:
+        if paths is not None:
+            mp.setattr(stream_paths, "paths", paths)
+        with running_target(devices=devices) as t:
+            a = RawInitiator(t.port, isid=b"\x80\0\0\0\0\x01")
+            b = RawInitiator(t.port, isid=b"\x80\0\0\0\0\x02")
+            try:
+                for ini in (a, b):
+                    ini.login({"MaxRecvDataSegmentLength": str(mrdsl), "ImmediateData": "Yes",
+                               "InitialR2T": "No", "FirstBurstLength": str(first_burst)})
+                yield a, b
+                a.logout()
+                b.logout()
+            finally:
+                a.close()
+                b.close()
+
+
+READ_POSITION = bytes([0x34, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+
+
+def read6(n: int, flags: int = 0) -> bytes:
+    """READ(6) of ``n`` bytes (or blocks, with the FIXED bit in ``flags``)."""
+    return bytes([0x08, flags]) + n.to_bytes(3, "big") + b"\0"
+
+
+def lbp_select(on: bool) -> tuple[bytes, bytes]:
+    """MODE SELECT(10) of the control data protection page: CRC32C on reads and writes (or
+    none); the CDB and its parameter data."""
+    page = bytearray(8 + 32)
+    page[8:12] = bytes([0x4A, 0xF0, 0, 28])
+    page[12:15] = bytes([2, 4, 0xC0]) if on else bytes(3)
+    return bytes([0x55, 0x10, 0, 0, 0, 0, 0, 0, len(page), 0]), bytes(page)
+
+
 class LoginRefused(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(f"login refused 0x{status:04x}")
@@ -434,18 +482,7 @@ class FakeDisk:
         if op == 0x00:
             return ScsiResult()
         if op == 0x12:
-            alloc = int.from_bytes(cdb[3:5], "big")
-            if cdb[1] & 1:
-                if cdb[2] == 0x00:
-                    return ScsiResult(data=bytes([0, 0, 0, 1, 0])[:alloc])
-                return ScsiResult(Status.CHECK_CONDITION, b"",
-                                  fixed_sense(SenseKey.ILLEGAL_REQUEST, 0x24, 0))
-            data = bytearray(36)
-            data[2], data[3], data[4] = 6, 2, 31
-            data[8:16] = b"VTLTEST "
-            data[16:32] = b"FAKEDISK        "
-            data[32:36] = b"0001"
-            return ScsiResult(data=bytes(data[:alloc]))
+            return _inquiry(cdb, 0, 0, "FAKEDISK", {0x00: bytes([0, 0, 0, 1, 0])})
         if op == 0x25:
             return ScsiResult(data=struct.pack(">II", self.blocks - 1, self.BLOCK))
         if op == 0x9E and cdb[1] & 0x1F == 0x10:

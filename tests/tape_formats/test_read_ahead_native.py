@@ -13,6 +13,7 @@ from pathlib import Path
 
 import crc32c
 import pytest
+from cartridge_io import mixed_objects, write_objects
 
 from tape_formats.block_crypto import CryptoSettings, DecryptMode
 from tape_formats.cartridge import CorruptRecord, RecordKind, TapeCartridge, UndecryptableBlock
@@ -29,14 +30,7 @@ SIZES = [10240, 10240, 65536, 300, 32768, 200000, 10240, 64512, 1, 131072, 10240
 
 def _blocks() -> list[bytes | int]:
     """Blocks (random or text, so stored as is or compressed) and filemark counts (ints)."""
-    rnd = random.Random(15)
-    out: list[bytes | int] = []
-    for i in range(90):
-        n = SIZES[i % len(SIZES)]
-        out.append(rnd.randbytes(n) if i % 3 else TEXT[i:i + n])
-        if i in (20, 50):
-            out.append(1 if i == 20 else 3)
-    return out
+    return mixed_objects(15, 90, SIZES, TEXT, {20: 1, 50: 3})
 
 
 def _damage(path: Path, c: TapeCartridge, rec: int, how: str) -> None:
@@ -83,14 +77,8 @@ def twins(tmp_path: Path):
     p = tmp_path / "A00001L8.vtape"
     TapeCartridge.create(p, "A00001L8", MEDIA["LTO-8"], capacity=256 << 20)
     c = TapeCartridge.open(p)
-    for b in _blocks():
-        if isinstance(b, int):
-            c.write_filemarks(b, sync=False)
-        else:
-            c.write_block(b)
-    c.sync()
+    data_recs = write_objects(c, _blocks())
     idx = c.index
-    data_recs = [r for r in range(idx.records) if idx.meta[r] & 0xFF == 1]
     compressed = [r for r in data_recs if idx.meta[r] & (1 << 8)]
     assert idx.run_rec  # objects and records differ past the run of filemarks
     c.close()
