@@ -26,6 +26,14 @@ def _restore(ebm, backup, target: Path, patterns=None, secret=None):
     return restore(ebm.catalog, ebm.library, load_translator, backup, target, patterns, secret)
 
 
+def _every_point_restores(ebm, points: list, prefix: Path) -> None:
+    """Each (backup, manifest) point restores, into ``prefix`` + its number, to its manifest."""
+    for i, (b, want) in enumerate(points):
+        target = prefix.with_name(f"{prefix.name}{i}")
+        _restore(ebm, b, target)
+        assert manifest(target) == want, f"point {i} differs"
+
+
 def _touch_mtime(path: Path, delta_ns: int = 1_000_000_000) -> None:
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + delta_ns))
@@ -69,10 +77,7 @@ def test_chain_of_incrementals_every_point_restores_identical(tmp_path: Path) ->
     b = _backup(ebm, "ds")
     points.append((b, manifest(src)))
 
-    for i, (b, want) in enumerate(points):
-        target = tmp_path / f"restore{i}"
-        _restore(ebm, b, target)
-        assert manifest(target) == want, f"point {i} differs"
+    _every_point_restores(ebm, points, tmp_path / "restore")
     ebm.close()
 
 
@@ -171,10 +176,7 @@ def test_random_trees_every_point_restores(base, steps) -> None:
                 p.write_bytes(data)
                 _touch_mtime(p, n + 1)
             points.append((_backup(ebm, "ds"), manifest(src)))
-        for i, (b, want) in enumerate(points):
-            target = tmp / f"r{i}"
-            _restore(ebm, b, target)
-            assert manifest(target) == want, f"point {i}"
+        _every_point_restores(ebm, points, tmp / "r")
         ebm.close()
 
 

@@ -8,9 +8,12 @@ the blocks lost, and the tape ends after the last block stored.
 from __future__ import annotations
 
 import errno
+import os
 import random
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from test_ssc import A, B, MiB, check, good, pos, read, rewind, run, wfm, write
@@ -119,19 +122,47 @@ def _block(rnd: random.Random, n: int) -> bytes:
     return rnd.randbytes(n // 2) + bytes(n - n // 2)
 
 
-def test_buffered_and_unbuffered_drives_answer_alike(two, monkeypatch):
-    """A random mix of writes (past early warning to the end of the medium), filemarks,
-    reads, spacing and READ POSITION: every answer identical, status, sense and data."""
-    buffered, plain = two
-    queued = []
+@pytest.fixture
+def queued(monkeypatch) -> list[bool]:
+    """What each TapeCartridge.queue_block call answered (True: the block went into the
+    buffer), in order."""
+    answers: list[bool] = []
     real_queue = TapeCartridge.queue_block
 
     def counting_queue(self, data, **kw):
         ok = real_queue(self, data, **kw)
-        queued.append(ok)
+        answers.append(ok)
         return ok
 
     monkeypatch.setattr(TapeCartridge, "queue_block", counting_queue)
+    return answers
+
+
+@contextmanager
+def _failing_disk(monkeypatch, cart: TapeCartridge, err: int = errno.EIO) -> Iterator[None]:
+    """The cartridge's stores fail with ``err``; they wait for the block's end, so that what
+    is written in it waits in the buffer (answered GOOD). After the block the buffer has
+    drained, failing, and stores work again."""
+    go = threading.Event()
+
+    def failing_append(*args):
+        go.wait(5)
+        raise OSError(err, os.strerror(err))
+
+    real_append = cart._append
+    monkeypatch.setattr(cart, "_append", failing_append)
+    try:
+        yield
+    finally:
+        go.set()
+    cart.wait_writes()
+    monkeypatch.setattr(cart, "_append", real_append)
+
+
+def test_buffered_and_unbuffered_drives_answer_alike(two, queued):
+    """A random mix of writes (past early warning to the end of the medium), filemarks,
+    reads, spacing and READ POSITION: every answer identical, status, sense and data."""
+    buffered, plain = two
     rnd = random.Random(5)
     sizes = [512, 20000, 65536, 100000, 262144, 300000]
     for step in range(300):
@@ -170,19 +201,9 @@ def test_disk_failure_under_buffered_blocks_is_a_deferred_error(two, monkeypatch
         assert write(drv, b).status == Status.GOOD
     cart = drv._medium()
     cart.wait_writes()
-    real_append = cart._append
-    go = threading.Event()
-
-    def failing_append(*args):
-        go.wait(5)
-        raise OSError(errno.EIO, "disk on fire")
-
-    monkeypatch.setattr(cart, "_append", failing_append)
-    for b in blocks[3:]:  # all three wait in the buffer: answered GOOD
-        assert write(drv, b).status == Status.GOOD
-    go.set()
-    cart.wait_writes()
-    monkeypatch.setattr(cart, "_append", real_append)
+    with _failing_disk(monkeypatch, cart):
+        for b in blocks[3:]:  # all three wait in the buffer: answered GOOD
+            assert write(drv, b).status == Status.GOOD
     # INQUIRY does not take the deferred error (as with a UA); the next command does
     assert good(drv, 0x12, 0, 0, 0, 36, 0)[0] == 0x01
     r = run(drv, 0, 0, 0, 0, 0, 0)
@@ -206,7 +227,8 @@ def _setblk(drv, bs: int, buffered: bool) -> None:
                                                    0]) + bs.to_bytes(3, "big"))
 
 
-def test_fixed_mode_buffers_one_block_commands_and_counts_lost_blocks(two, monkeypatch):
+def test_fixed_mode_buffers_one_block_commands_and_counts_lost_blocks(two, queued,
+                                                                       monkeypatch):
     """Fixed mode (`mt setblk 65536`): a one-block WRITE(6) goes into the buffer as the
     same variable-mode block would, a command of several blocks is written now (it waits
     for the buffer first); a disk failure under buffered blocks is a deferred error whose
@@ -214,15 +236,6 @@ def test_fixed_mode_buffers_one_block_commands_and_counts_lost_blocks(two, monke
     buffered, plain = two
     for d, on in ((buffered, True), (plain, False)):
         _setblk(d, BLOCK, on)
-    queued = []
-    real_queue = TapeCartridge.queue_block
-
-    def counting_queue(self, data, **kw):
-        ok = real_queue(self, data, **kw)
-        queued.append(ok)
-        return ok
-
-    monkeypatch.setattr(TapeCartridge, "queue_block", counting_queue)
     rnd = random.Random(12)
     blocks = [_block(rnd, BLOCK) for _ in range(8)]
     for cdb, data in ((bytes([0x0A, 1, 0, 0, 1, 0]), blocks[0]),
@@ -235,19 +248,9 @@ def test_fixed_mode_buffers_one_block_commands_and_counts_lost_blocks(two, monke
     assert pos(buffered) == pos(plain) == 5
     cart = buffered._medium()
     cart.wait_writes()
-    go = threading.Event()
-
-    def failing_append(*args):
-        go.wait(5)
-        raise OSError(errno.EIO, "disk on fire")
-
-    real_append = cart._append
-    monkeypatch.setattr(cart, "_append", failing_append)
-    for b in blocks[5:]:  # all three wait in the buffer: answered GOOD
-        assert run(buffered, 0x0A, 1, 0, 0, 1, 0, data=b).status == Status.GOOD
-    go.set()
-    cart.wait_writes()
-    monkeypatch.setattr(cart, "_append", real_append)
+    with _failing_disk(monkeypatch, cart):
+        for b in blocks[5:]:  # all three wait in the buffer: answered GOOD
+            assert run(buffered, 0x0A, 1, 0, 0, 1, 0, data=b).status == Status.GOOD
     r = run(buffered, 0x0A, 1, 0, 0, 1, 0, data=blocks[5])  # ends with the deferred error
     assert r.status == Status.CHECK_CONDITION and r.s.raw[0] & 0x7F == 0x71
     assert r.s.code == (SenseKey.MEDIUM_ERROR, 0x0C, 0) and r.s.info == 3
@@ -263,15 +266,8 @@ def test_a_deferred_error_ends_the_next_write_which_is_not_written(two, monkeypa
     blocks = [bytes([i]) * BLOCK for i in range(3)]
     assert write(drv, blocks[0]).status == Status.GOOD
     cart.wait_writes()
-
-    def failing_append(*args):
-        raise OSError(errno.ENOSPC, "no space left")
-
-    real_append = cart._append
-    monkeypatch.setattr(cart, "_append", failing_append)
-    assert write(drv, blocks[1]).status == Status.GOOD
-    cart.wait_writes()
-    monkeypatch.setattr(cart, "_append", real_append)
+    with _failing_disk(monkeypatch, cart, errno.ENOSPC):
+        assert write(drv, blocks[1]).status == Status.GOOD
     r = write(drv, blocks[2])
     assert r.status == Status.CHECK_CONDITION and r.s.raw[0] & 0x7F == 0x71
     assert r.s.code == (SenseKey.MEDIUM_ERROR, 0x0C, 0) and r.s.info == 1

@@ -60,6 +60,20 @@ def test_blocks_read_back_while_chunks_are_in_flight(tmp_path: Path) -> None:
     assert got == blocks
 
 
+@pytest.fixture
+def appended(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The chunk ids ChunkStore.append_many is given, in order."""
+    ids: list[bytes] = []
+    real = ChunkStore.append_many
+
+    def record(self: ChunkStore, records: list) -> int:
+        ids.extend(rec[0] for rec in records)
+        return real(self, records)
+
+    monkeypatch.setattr(ChunkStore, "append_many", record)
+    return ids
+
+
 def test_a_failed_pack_write_is_not_acknowledged(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     def full(*_args: object) -> int:
@@ -71,17 +85,11 @@ def test_a_failed_pack_write_is_not_acknowledged(tmp_path: Path,
 
 
 def test_batches_compressed_out_of_order_are_appended_in_order(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, appended: list[bytes]) -> None:
     import threading
     import time
 
     store = ChunkStore.create(tmp_path / "store")
-    appended: list[bytes] = []
-    real = ChunkStore.append_many
-
-    def record(self: ChunkStore, records: list) -> int:
-        appended.extend(rec[0] for rec in records)
-        return real(self, records)
 
     class SlowFirst:  # the first batch compresses last: later ones wait for its turn
         def multi_compress_to_buffer(self, pieces: list[memoryview], threads: int) -> list:
@@ -89,7 +97,6 @@ def test_batches_compressed_out_of_order_are_appended_in_order(
                 time.sleep(0.2)
             return [bytes(piece) for piece in pieces]  # "does not shrink": stored raw
 
-    monkeypatch.setattr(ChunkStore, "append_many", record)
     monkeypatch.setattr(ChunkWriter, "_compressor", lambda self: SlowFirst())
     writer = ChunkWriter(store)
     done: list[int] = []
@@ -142,17 +149,10 @@ def test_after_incompressible_chunks_some_are_stored_raw_untried(
 
 
 def test_a_sync_points_last_batch_is_compressed_by_every_thread(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, appended: list[bytes]) -> None:
     import threading
 
     store = ChunkStore.create(tmp_path / "store")
-    appended: list[bytes] = []
-    real = ChunkStore.append_many
-
-    def record(self: ChunkStore, records: list) -> int:
-        appended.extend(rec[0] for rec in records)
-        return real(self, records)
-
     names: set[str] = set()
     both = threading.Barrier(2, timeout=10)  # each share waits for the other's thread
 
@@ -162,7 +162,6 @@ def test_a_sync_points_last_batch_is_compressed_by_every_thread(
             both.wait()
             return [bytes(piece) for piece in pieces]  # stored raw
 
-    monkeypatch.setattr(ChunkStore, "append_many", record)
     monkeypatch.setattr(ChunkWriter, "_compressor", lambda self: Meeting())
     writer = ChunkWriter(store, threads=2)
     done: list[int] = []
