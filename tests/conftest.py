@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,6 +49,25 @@ def fast_dir(tmp_path: Path) -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="vtl-test-", dir=shm))
     yield d
     shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def fast_library(fast_dir: Path) -> Iterator[Callable[..., Library]]:
+    """``fast_library(*barcodes, **options)``: the test's library (default config) in
+    ``fast_dir``, with those cartridges (``options``: create_cartridge's, e.g. capacity);
+    closed when the test ends."""
+    made: list[Library] = []
+
+    def make(*barcodes: str, **options: Any) -> Library:
+        lib = Library.create(fast_dir / "lib")
+        made.append(lib)
+        for barcode in barcodes:
+            lib.create_cartridge(barcode, **options)
+        return lib
+
+    yield make
+    for lib in made:
+        lib.close()
 
 
 @pytest.fixture(autouse=True)

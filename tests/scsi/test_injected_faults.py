@@ -10,18 +10,14 @@ import pytest
 from test_ssc import MiB, check, good, read, rewind, run, write
 
 from vtl import faults
-from vtl.library import Library
 from vtl.scsi.base import Status
 from vtl.scsi.smc import MediumChanger
 from vtl.scsi.ssc import TapeDrive
 
 
 @pytest.fixture
-def lib(fast_dir):
-    lib = Library.create(fast_dir / "lib")
-    lib.create_cartridge("F00001L8", capacity=64 * MiB)
-    yield lib
-    lib.close()
+def lib(fast_library):
+    return fast_library("F00001L8", capacity=64 * MiB)
 
 
 @pytest.fixture

@@ -18,11 +18,8 @@ from vtl.scsi.ssc import TapeDrive
 
 
 @pytest.fixture
-def lib(fast_dir):
-    lib = Library.create(fast_dir / "lib")
-    lib.create_cartridge("L00001L8", capacity=64 * MiB)
-    yield lib
-    lib.close()
+def lib(fast_library):
+    return fast_library("L00001L8", capacity=64 * MiB)
 
 
 @pytest.fixture

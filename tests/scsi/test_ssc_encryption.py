@@ -48,12 +48,8 @@ def set_key(drv, enc: int = 2, dec: int = 3, key: bytes = KEY, kad: bytes = b"",
 
 
 @pytest.fixture
-def lib(fast_dir):
-    lib = Library.create(fast_dir / "lib")
-    lib.create_cartridge("A00001L8", capacity=4 * MiB)
-    lib.create_cartridge("A00002L8", capacity=4 * MiB)
-    yield lib
-    lib.close()
+def lib(fast_library):
+    return fast_library("A00001L8", "A00002L8", capacity=4 * MiB)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-from vtl.library import Library
 from vtl.scsi.base import Nexus, Status
 from vtl.scsi.ssc import TapeDrive
 
@@ -31,16 +30,14 @@ def code(res) -> tuple[int, int, int]:
 
 
 @pytest.fixture
-def drv(fast_dir):
-    lib = Library.create(fast_dir / "lib")
-    lib.create_cartridge("I00001L8", capacity=4 << 20)
+def drv(fast_library):
+    lib = fast_library("I00001L8", capacity=4 << 20)
     d = TapeDrive(lib.load("I00001L8", 0))
     for nx in (A, B):
         d.execute(nx, bytes(6))  # the power-on unit attentions
     assert d.execute(A, bytes([0x0A, 0, 0, 0, 4, 0]), b"data").status == Status.GOOD
     yield d
     d._immediate.wait()
-    lib.close()
 
 
 def _slow(cart, name: str, gate: threading.Event, fail: bool = False) -> None:

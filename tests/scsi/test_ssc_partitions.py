@@ -18,11 +18,8 @@ REST = b"\xff\xff"
 
 
 @pytest.fixture
-def lib(fast_dir):
-    lib = Library.create(fast_dir / "lib")
-    lib.create_cartridge("P00001L8")  # a full-size LTO-8 cartridge (the file stays small)
-    yield lib
-    lib.close()
+def lib(fast_library):
+    return fast_library("P00001L8")  # a full-size LTO-8 cartridge (the file stays small)
 
 
 @pytest.fixture

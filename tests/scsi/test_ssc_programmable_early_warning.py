@@ -10,19 +10,16 @@ import pytest
 from test_ltfs_commands import mode_select10, mode_sense10
 from test_ssc import MiB, run, write
 
-from vtl.library import Library
 from vtl.scsi.base import Status
 from vtl.scsi.ssc import TapeDrive
 
 
 @pytest.fixture
-def drv(fast_dir):
-    lib = Library.create(fast_dir / "lib")
-    lib.create_cartridge("E00001L8", capacity=16 * MiB)  # early warning at 15 MiB
+def drv(fast_library):
+    lib = fast_library("E00001L8", capacity=16 * MiB)  # early warning at 15 MiB
     d = TapeDrive(lib.load("E00001L8", 0))
     run(d, 0, 0, 0, 0, 0, 0)
-    yield d
-    lib.close()
+    return d
 
 
 def _answers(drv, blocks: int) -> list[tuple[int, int, bool] | None]:

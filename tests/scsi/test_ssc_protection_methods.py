@@ -9,7 +9,6 @@ import os
 import pytest
 from test_ssc import MiB, check, good, read, rewind, run, write
 
-from vtl.library import Library
 from vtl.scsi.base import Status
 from vtl.scsi.identities import drive_identity
 from vtl.scsi.reed_solomon_crc import _shift, rs_crc, rs_protection_information
@@ -39,12 +38,8 @@ def test_folded_crc_equals_the_shift_register(n: int) -> None:
 
 
 @pytest.fixture
-def lib(fast_dir):
-    lib = Library.create(fast_dir / "lib")
-    lib.create_cartridge("R00001L8", capacity=64 * MiB)
-    lib.create_cartridge("R00001L6", capacity=64 * MiB)
-    yield lib
-    lib.close()
+def lib(fast_library):
+    return fast_library("R00001L8", "R00001L6", capacity=64 * MiB)
 
 
 def _select_lbp(drv, method: int, flags: int = 0xC0) -> Status:

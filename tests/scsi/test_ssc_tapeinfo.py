@@ -8,18 +8,13 @@ from __future__ import annotations
 import pytest
 from test_ssc import MiB, good, run
 
-from vtl.library import Library
 from vtl.scsi.identities import drive_identity
 from vtl.scsi.ssc import TapeDrive
 
 
 @pytest.fixture
-def lib(fast_dir):
-    lib = Library.create(fast_dir / "lib")
-    for bc in ("T00001L8", "T00001LY", "T00001L7"):
-        lib.create_cartridge(bc, capacity=16 * MiB)
-    yield lib
-    lib.close()
+def lib(fast_library):
+    return fast_library("T00001L8", "T00001LY", "T00001L7", capacity=16 * MiB)
 
 
 @pytest.mark.parametrize(("model", "barcode", "medium", "density"), [
