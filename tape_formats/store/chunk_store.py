@@ -288,6 +288,18 @@ class ChunkStore:
         with self._mutex:
             return [w.fd for w in self._finished] + ([self._writer.fd] if self._writer else [])
 
+    def _flush_packs(self, writers: Sequence[packs.PackWriter]) -> None:
+        """fdatasync those of ``writers`` with bytes past what an earlier flush made
+        durable, and note how far each one now is. A full pack is flushed once, not again
+        by every later flush until the sync point (on this disk each fdatasync is a cache
+        flush, 0.06-3.8 ms even for a clean file: ~10 of them at a first full's end)."""
+        with self._mutex:
+            todo = [(w, w.end) for w in writers if w.end > w.durable]
+        for w, end in todo:
+            os.fdatasync(w.fd)
+            with self._mutex:
+                w.durable = max(w.durable, end)
+
     def _write_out_open_packs(self, _fd: int, _start: int, _length: int) -> None:
         """Start the write-out of the packs' dirty pages (the background thread; a hint)."""
         for fd in self._open_pack_fds():
@@ -300,9 +312,9 @@ class ChunkStore:
         with self._mutex:
             rows = list(self._pending.items())  # written before the flush: covered by it
             new_pack, self._new_pack = self._new_pack, False
+            writers = [*self._finished, *([self._writer] if self._writer else [])]
         try:
-            for fd in self._open_pack_fds():
-                os.fdatasync(fd)
+            self._flush_packs(writers)
             if new_pack:
                 self.sync_folder()
         except BaseException:
@@ -338,8 +350,7 @@ class ChunkStore:
             indexed, self._indexed = self._indexed, False
             self._unsynced = self._unwritten = 0
         if rows:
-            for w in writers:
-                os.fdatasync(w.fd)
+            self._flush_packs(writers)
             if new_pack:
                 self.sync_folder()
         if legacy_hit:

@@ -154,6 +154,7 @@ class PackWriter:
                 continue
         fcntl.flock(fd, fcntl.LOCK_EX)  # new and ours: the collector skips a locked pack
         self.number, self.path, self.fd, self.end = number, path, fd, 0
+        self.durable = 0  # bytes made durable by an fdatasync (the owner's to set)
 
     def append(self, chunk_id: bytes, flag: int, body: Buffer) -> int:
         """Write one record at the pack's end; returns its offset."""

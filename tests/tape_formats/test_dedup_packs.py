@@ -274,6 +274,50 @@ def test_the_background_flush_indexes_what_it_made_durable(tmp_path: Path,
     reopened.close()
 
 
+def test_a_flush_skips_the_packs_an_earlier_one_made_durable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The background flushes and the sync point fdatasync only packs with bytes past what
+    an earlier flush made durable: a full pack is not flushed again by each later flush
+    until the sync point (each fdatasync is a disk cache flush), so a round flushes the pack
+    it left open and those begun since, and every pack is durable at the sync point."""
+    from tape_formats.store import chunk_store as cs
+    from tape_formats.store import pack as packs
+
+    monkeypatch.setattr(cs, "BACKGROUND_SYNC_BYTES", 150_000)
+    monkeypatch.setattr(packs, "PACK_SIZE", 200_000)
+    flushed: dict[int, int] = {}  # inode -> size at its last fdatasync
+    calls = rounds = 0
+    real_fdatasync, real_round = os.fdatasync, cs.ChunkStore._flush_packs
+
+    def fdatasync(fd: int) -> None:
+        nonlocal calls
+        calls += 1
+        st = os.fstat(fd)
+        real_fdatasync(fd)
+        flushed[st.st_ino] = st.st_size
+
+    def flush_round(self: ChunkStore, writers: list) -> None:
+        nonlocal rounds
+        rounds += 1
+        real_round(self, writers)
+
+    monkeypatch.setattr(cs.os, "fdatasync", fdatasync)
+    monkeypatch.setattr(cs.ChunkStore, "_flush_packs", flush_round)
+    ChunkStore.create(tmp_path / "store")
+    store = ChunkStore(tmp_path / "store")
+    rng = random.Random(5)
+    for n in range(40):
+        store.append_many([(bytes([n]) * 32, packs.RAW, rng.randbytes(50_000))])
+        if store._background is not None:  # (each flush asked for runs: none is dropped)
+            store._background.wait()
+    store.sync()
+    pack_files = list((tmp_path / "store" / PACKS_DIR).iterdir())
+    assert len(pack_files) >= 8 and rounds >= 10
+    assert calls <= rounds + len(pack_files)  # (before: every finished pack each round)
+    assert sorted(flushed.values()) == sorted(f.stat().st_size for f in pack_files)
+    store.close()
+
+
 def test_the_index_takes_many_rows_in_few_statements(tmp_path: Path) -> None:
     """``ChunkIndex.add`` inserts ``_INSERT_BATCH`` rows a statement, in one transaction:
     every row lands, an id given twice keeps its first row, one already there its old row."""
