@@ -169,16 +169,21 @@ def proc_tree(pid: int) -> list[int]:
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of a process tree (all threads), from /proc/PID/stat."""
+def cpu_split(pid: int | None) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process tree (all threads), from /proc/PID/stat."""
     if pid is None:
-        return 0.0
-    total = 0
+        return 0.0, 0.0
+    user = system = 0
     for p in proc_tree(pid):
         with contextlib.suppress(OSError, IndexError, ValueError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
+            user, system = user + int(fields[11]), system + int(fields[12])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process tree (all threads), from /proc/PID/stat."""
+    return sum(cpu_split(pid))
 
 
 class SwitchCounter:
@@ -754,22 +759,28 @@ def box_ticks() -> tuple[int, int]:
 
 def _phase_together(target: Target, luns: list[int], bs: int, count: int, verify: bool,
                     timeout: float, phase: str, compression: bool, data: str
-                    ) -> tuple[list[dict[str, Any]], float, float, float]:
+                    ) -> tuple[list[dict[str, Any]], float, float, float, dict[str, float]]:
     """One phase (write or read) on every LUN at once, one client each: (the clients'
     results, wall seconds from the first start to the last end, server CPU seconds, the
     share of the machine's CPUs busy meanwhile, 0-1: near 1 the phase was CPU-bound, by
-    whatever ran)."""
+    whatever ran; the server's system share of its CPU and its voluntary and involuntary
+    context switches per command)."""
     pid = target.pid_for_stats()
-    c0 = cpu_seconds(pid)
+    u0, s0 = cpu_split(pid)
     b0, a0 = box_ticks()
     t0 = time.monotonic()
-    with ThreadPoolExecutor(len(luns)) as pool:
+    with SwitchCounter(pid) as sw, ThreadPoolExecutor(len(luns)) as pool:
         results = list(pool.map(lambda lun: _client(
             target.portal, target.iqn, lun, bs, count, verify, timeout, phase, compression,
             data), luns))
     wall = time.monotonic() - t0
     b1, a1 = box_ticks()
-    return results, wall, cpu_seconds(pid) - c0, (b1 - b0) / (a1 - a0) if a1 > a0 else 0.0
+    u1, s1 = cpu_split(pid)
+    cpu = (u1 - u0) + (s1 - s0)
+    vol, inv = sw.per(sum(r["written" if phase == "write" else "read"] for r in results))
+    how = {"sys_share": (s1 - s0) / cpu if cpu > 0 else 0.0, "switches_vol": vol,
+           "switches_inv": inv}
+    return results, wall, cpu, (b1 - b0) / (a1 - a0) if a1 > a0 else 0.0, how
 
 
 def measure_streams(target: Target, streams: int, bs: int, total: int, verify: bool,
@@ -785,8 +796,8 @@ def measure_streams(target: Target, streams: int, bs: int, total: int, verify: b
         res: dict[str, Any] = {}
         for phase in ("write", "read"):
             try:
-                got, wall, cpu, busy = _phase_together(target, luns, bs, count, verify,
-                                                       timeout, phase, compression, data)
+                got, wall, cpu, busy, how = _phase_together(target, luns, bs, count, verify,
+                                                            timeout, phase, compression, data)
             except BenchError as e:
                 return {**out, "error": str(e)}
             bad = [r for r in got if not r.get("ok")]
@@ -796,6 +807,8 @@ def measure_streams(target: Target, streams: int, bs: int, total: int, verify: b
             res[f"{phase}_mbps"] = nbytes / 1e6 / wall
             res[f"cpu_s_per_gb_{phase}"] = cpu / (nbytes / 1e9)
             res[f"box_busy_{phase}"] = busy
+            for key, value in how.items():
+                res[f"{key}_{phase}"] = value
             if phase == "write":  # where the phase's wall time went: the WRITEs, the filemark
                 res["wall_s_write"] = wall
                 res["blocks_s_fastest"] = min(r["write_s"] for r in got)
@@ -810,7 +823,11 @@ def measure_streams(target: Target, streams: int, bs: int, total: int, verify: b
             f"{res['client_cpu_s_per_gb_write']:.2f}/{res['client_cpu_s_per_gb_read']:.2f}, "
             f"CPUs busy {res['box_busy_write']:.0%}/{res['box_busy_read']:.0%}; write phase "
             f"{res['wall_s_write']:.2f} s: WRITEs {res['blocks_s_fastest']:.2f}-"
-            f"{res['blocks_s_slowest']:.2f} s, filemark up to {res['filemark_s_slowest']:.2f} s")
+            f"{res['blocks_s_slowest']:.2f} s, filemark up to {res['filemark_s_slowest']:.2f} s; "
+            f"server system share {res['sys_share_write']:.0%}/{res['sys_share_read']:.0%}, "
+            f"switches per command {res['switches_vol_write']:.2f}+{res['switches_inv_write']:.2f}/"
+            f"{res['switches_vol_read']:.2f}+{res['switches_inv_read']:.2f} w/r (voluntary+"
+            f"involuntary)")
     _scaling(out, streams)
     return out
 
@@ -838,12 +855,13 @@ def print_streams(result: dict[str, Any]) -> None:
           f"CPU ceiling = the MB/s at which server + clients would use all {cfg['cpus']} CPUs "
           "(the kernel's write-back threads not counted); CPUs busy = share of all CPUs busy "
           "during the phase\n(anything that ran: the kernel's threads, other jobs), the lowest "
-          "of the runs\n")
+          "of the runs; server sys = the kernel's share of the server's CPU; switches/cmd = "
+          "the server's context switches per command\n")
     rows = [["target", "streams", "write MB/s", "read MB/s", "CPU/GB write", "CPU/GB read",
-             "CPU ceiling w/r", "CPUs busy w/r"]]
+             "CPU ceiling w/r", "CPUs busy w/r", "server sys w/r", "switches/cmd w/r"]]
     for name, res in result["streams"].items():
         if "error" in res:
-            rows.append([name, "-", "FAIL", "FAIL", "-", res["error"][:40], "-", "-"])
+            rows.append([name, "-", "FAIL", "FAIL", "-", res["error"][:40], "-", "-", "-", "-"])
             continue
         for k in (1, n):
             r = res[f"x{k}"]
@@ -851,7 +869,9 @@ def print_streams(result: dict[str, Any]) -> None:
                          _cpu_cell(r, "write"), _cpu_cell(r, "read"),
                          f"{_ceiling(r, 'write', cfg['cpus']):.0f} / "
                          f"{_ceiling(r, 'read', cfg['cpus']):.0f}",
-                         f"{r.get('box_busy_write', 0):.0%} / {r.get('box_busy_read', 0):.0%}"])
+                         f"{r.get('box_busy_write', 0):.0%} / {r.get('box_busy_read', 0):.0%}",
+                         f"{r.get('sys_share_write', 0):.0%} / {r.get('sys_share_read', 0):.0%}",
+                         f"{_switches(r, 'write')} / {_switches(r, 'read')}"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for i, row in enumerate(rows):
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
@@ -864,6 +884,11 @@ def print_streams(result: dict[str, Any]) -> None:
                   f"{res['scaling_read']:.2f}x (the CPUs allow at most "
                   f"{res['scaling_bound_write']:.2f}x / {res['scaling_bound_read']:.2f}x: "
                   f"the {n} streams' CPU ceiling over one stream's MB/s)")
+
+
+def _switches(r: dict[str, Any], phase: str) -> str:
+    """The server's context switches per command in a phase, voluntary + involuntary."""
+    return f"{r.get(f'switches_vol_{phase}', 0) + r.get(f'switches_inv_{phase}', 0):.1f}"
 
 
 def _cpu_cell(r: dict[str, Any], phase: str) -> str:
