@@ -98,46 +98,82 @@ _Common = (
     "dsl" / cs.Int24ub,
 )
 
-# Requests and responses that carry a Target Transfer Tag and no CDB: Text and NOP.
-_TTT_REQUEST = cs.Struct(
-    "op" / _Flags,
-    "flags" / cs.Int8ub,  # F C (Text); reserved (NOP)
-    cs.Padding(2),
-    *_Common,
-    "lun" / cs.Bytes(8),
-    "itt" / cs.Int32ub,
-    "ttt" / cs.Int32ub,
-    "cmdsn" / cs.Int32ub,
-    "expstatsn" / cs.Int32ub,
-    cs.Padding(16),
-)
-_TTT_RESPONSE = cs.Struct(
-    "op" / _Flags,
-    "flags" / cs.Int8ub,
-    cs.Padding(2),
-    *_Common,
-    "lun" / cs.Bytes(8),
-    "itt" / cs.Int32ub,
-    "ttt" / cs.Int32ub,
-    "statsn" / cs.Int32ub,
-    "expcmdsn" / cs.Int32ub,
-    "maxcmdsn" / cs.Int32ub,
-    cs.Padding(12),
-)
 
-LAYOUTS: dict[Op, cs.Struct] = {
-    Op.SCSI_CMD: cs.Struct(
+def _lun_request(word5: str, *tail: cs.Construct) -> cs.Struct:
+    """An initiator's request with a LUN (SCSI Command 11.3, Task Management 11.5, Text
+    11.10, NOP-Out 11.18): bytes 2-3 reserved, the LUN, the ITT, ``word5`` (bytes 20-23),
+    CmdSN and ExpStatSN; ``tail`` from byte 32 on."""
+    return cs.Struct(
         "op" / _Flags,
-        "flags" / cs.Int8ub,  # F R W . . ATTR(3)
+        "flags" / cs.Int8ub,
         cs.Padding(2),
         *_Common,
         "lun" / cs.Bytes(8),
         "itt" / cs.Int32ub,
-        "edtl" / cs.Int32ub,
+        word5 / cs.Int32ub,
         "cmdsn" / cs.Int32ub,
         "expstatsn" / cs.Int32ub,
-        "cdb" / cs.Bytes(16),
-    ),
+        *tail,
+    )
+
+
+def _ttt_response(byte3: str | None, *tail: cs.Construct) -> cs.Struct:
+    """A target's PDU with a LUN and a Target Transfer Tag (Data-In 11.7, R2T 11.8, Text
+    11.11, NOP-In 11.19): byte 3 ``byte3`` (else reserved), the LUN, ITT, TTT, StatSN,
+    ExpCmdSN and MaxCmdSN; ``tail`` from byte 36 on."""
+    return cs.Struct(
+        "op" / _Flags,
+        "flags" / cs.Int8ub,
+        *((cs.Padding(1), byte3 / cs.Int8ub) if byte3 else (cs.Padding(2),)),
+        *_Common,
+        "lun" / cs.Bytes(8),
+        "itt" / cs.Int32ub,
+        "ttt" / cs.Int32ub,
+        "statsn" / cs.Int32ub,
+        "expcmdsn" / cs.Int32ub,
+        "maxcmdsn" / cs.Int32ub,
+        *tail,
+    )
+
+
+# Login and Logout requests end alike (bytes 16-47): ITT, CID, CmdSN, ExpStatSN.
+_ConnectionRequestTail = (
+    "itt" / cs.Int32ub,
+    "cid" / cs.Int16ub,
+    cs.Padding(2),
+    "cmdsn" / cs.Int32ub,
+    "expstatsn" / cs.Int32ub,
+    cs.Padding(16),
+)
+
+# Requests and responses that carry a Target Transfer Tag and no CDB: Text and NOP (flags
+# F C in Text, reserved in NOP).
+_TTT_REQUEST = _lun_request("ttt", cs.Padding(16))
+_TTT_RESPONSE = _ttt_response(None, cs.Padding(12))
+
+
+def _untagged_response(byte2: str, *tail: cs.Construct) -> cs.Struct:
+    """A response with no LUN and no transfer tag (Task Management 11.6, Logout 11.15,
+    Reject 11.17): ``byte2`` names byte 2 (response or reason), then the ITT, StatSN,
+    ExpCmdSN and MaxCmdSN; ``tail`` from byte 36 on."""
+    return cs.Struct(
+        "op" / _Flags,
+        "flags" / cs.Int8ub,
+        byte2 / cs.Int8ub,
+        cs.Padding(1),
+        *_Common,
+        cs.Padding(8),
+        "itt" / cs.Int32ub,
+        cs.Padding(4),
+        "statsn" / cs.Int32ub,
+        "expcmdsn" / cs.Int32ub,
+        "maxcmdsn" / cs.Int32ub,
+        *tail,
+    )
+
+
+LAYOUTS: dict[Op, cs.Struct] = {
+    Op.SCSI_CMD: _lun_request("edtl", "cdb" / cs.Bytes(16)),  # flags: F R W . . ATTR(3)
     Op.DATA_OUT: cs.Struct(
         "op" / _Flags,
         "flags" / cs.Int8ub,  # F
@@ -153,18 +189,8 @@ LAYOUTS: dict[Op, cs.Struct] = {
         "offset" / cs.Int32ub,
         cs.Padding(4),
     ),
-    Op.DATA_IN: cs.Struct(
-        "op" / _Flags,
-        "flags" / cs.Int8ub,  # F A . . . O U S
-        cs.Padding(1),
-        "status" / cs.Int8ub,
-        *_Common,
-        "lun" / cs.Bytes(8),
-        "itt" / cs.Int32ub,
-        "ttt" / cs.Int32ub,
-        "statsn" / cs.Int32ub,
-        "expcmdsn" / cs.Int32ub,
-        "maxcmdsn" / cs.Int32ub,
+    Op.DATA_IN: _ttt_response(  # flags: F A . . . O U S
+        "status",
         "datasn" / cs.Int32ub,
         "offset" / cs.Int32ub,
         "residual" / cs.Int32ub,
@@ -185,17 +211,8 @@ LAYOUTS: dict[Op, cs.Struct] = {
         "bidi_residual" / cs.Int32ub,
         "residual" / cs.Int32ub,
     ),
-    Op.R2T: cs.Struct(
-        "op" / _Flags,
-        "flags" / cs.Int8ub,
-        cs.Padding(2),
-        *_Common,
-        "lun" / cs.Bytes(8),
-        "itt" / cs.Int32ub,
-        "ttt" / cs.Int32ub,
-        "statsn" / cs.Int32ub,
-        "expcmdsn" / cs.Int32ub,
-        "maxcmdsn" / cs.Int32ub,
+    Op.R2T: _ttt_response(
+        None,
         "r2tsn" / cs.Int32ub,
         "offset" / cs.Int32ub,
         "desired_length" / cs.Int32ub,
@@ -208,12 +225,7 @@ LAYOUTS: dict[Op, cs.Struct] = {
         *_Common,
         "isid" / cs.Bytes(6),
         "tsih" / cs.Int16ub,
-        "itt" / cs.Int32ub,
-        "cid" / cs.Int16ub,
-        cs.Padding(2),
-        "cmdsn" / cs.Int32ub,
-        "expstatsn" / cs.Int32ub,
-        cs.Padding(16),
+        *_ConnectionRequestTail,
     ),
     Op.LOGIN_RSP: cs.Struct(
         "op" / _Flags,
@@ -237,59 +249,23 @@ LAYOUTS: dict[Op, cs.Struct] = {
     Op.TEXT_RSP: _TTT_RESPONSE,
     Op.NOP_OUT: _TTT_REQUEST,
     Op.NOP_IN: _TTT_RESPONSE,
-    Op.TMF_REQ: cs.Struct(
-        "op" / _Flags,
-        "flags" / cs.Int8ub,  # 1 function(7)
-        cs.Padding(2),
-        *_Common,
-        "lun" / cs.Bytes(8),
-        "itt" / cs.Int32ub,
-        "ref_itt" / cs.Int32ub,
-        "cmdsn" / cs.Int32ub,
-        "expstatsn" / cs.Int32ub,
+    Op.TMF_REQ: _lun_request(  # flags: 1 function(7)
+        "ref_itt",
         "ref_cmdsn" / cs.Int32ub,
         "expdatasn" / cs.Int32ub,
         cs.Padding(8),
     ),
-    Op.TMF_RSP: cs.Struct(
-        "op" / _Flags,
-        "flags" / cs.Int8ub,
-        "response" / cs.Int8ub,
-        cs.Padding(1),
-        *_Common,
-        cs.Padding(8),
-        "itt" / cs.Int32ub,
-        cs.Padding(4),
-        "statsn" / cs.Int32ub,
-        "expcmdsn" / cs.Int32ub,
-        "maxcmdsn" / cs.Int32ub,
-        cs.Padding(12),
-    ),
+    Op.TMF_RSP: _untagged_response("response", cs.Padding(12)),
     Op.LOGOUT_REQ: cs.Struct(
         "op" / _Flags,
         "flags" / cs.Int8ub,  # 1 reason(7)
         cs.Padding(2),
         *_Common,
         cs.Padding(8),
-        "itt" / cs.Int32ub,
-        "cid" / cs.Int16ub,
-        cs.Padding(2),
-        "cmdsn" / cs.Int32ub,
-        "expstatsn" / cs.Int32ub,
-        cs.Padding(16),
+        *_ConnectionRequestTail,
     ),
-    Op.LOGOUT_RSP: cs.Struct(
-        "op" / _Flags,
-        "flags" / cs.Int8ub,
-        "response" / cs.Int8ub,
-        cs.Padding(1),
-        *_Common,
-        cs.Padding(8),
-        "itt" / cs.Int32ub,
-        cs.Padding(4),
-        "statsn" / cs.Int32ub,
-        "expcmdsn" / cs.Int32ub,
-        "maxcmdsn" / cs.Int32ub,
+    Op.LOGOUT_RSP: _untagged_response(
+        "response",
         cs.Padding(4),
         "time2wait" / cs.Int16ub,
         "time2retain" / cs.Int16ub,
@@ -313,18 +289,8 @@ LAYOUTS: dict[Op, cs.Struct] = {
         "param3" / cs.Int16ub,
         cs.Padding(4),
     ),
-    Op.REJECT: cs.Struct(
-        "op" / _Flags,
-        "flags" / cs.Int8ub,
-        "reason" / cs.Int8ub,
-        cs.Padding(1),
-        *_Common,
-        cs.Padding(8),
-        "itt" / cs.Int32ub,  # always 0xffffffff
-        cs.Padding(4),
-        "statsn" / cs.Int32ub,
-        "expcmdsn" / cs.Int32ub,
-        "maxcmdsn" / cs.Int32ub,
+    Op.REJECT: _untagged_response(  # its ITT always 0xffffffff
+        "reason",
         "datasn" / cs.Int32ub,
         cs.Padding(8),
     ),
