@@ -133,18 +133,25 @@ def _ibm_td(gen: int, revision: str, writes: tuple[int, ...], reads: tuple[int, 
     )
 
 
-def _hpe(gen: int, writes: tuple[str, ...], reads: tuple[str, ...]) -> DriveIdentity:
+def _hp(gen: int, writes: tuple[str, ...], reads: tuple[str, ...], *, revision: str,
+        description: str, vendor: str = "HP") -> DriveIdentity:
+    """An HPE StoreEver drive (IEEE OUI 00-14-38), named for its vendor string."""
     return DriveIdentity(
-        name=f"HPE-LTO{gen}",
-        vendor="HPE",
+        name=f"{vendor}-LTO{gen}",
+        vendor=vendor,
         product=f"Ultrium {gen}-SCSI",
-        revision="Q3B7",
-        description=f"HPE StoreEver LTO-{gen} Ultrium (vendor string HPE)",
+        revision=revision,
+        description=description,
         ieee_oui=0x001438,
         generation=gen,
         write_media=writes,
         read_media=reads,
     )
+
+
+def _hpe(gen: int, writes: tuple[str, ...], reads: tuple[str, ...]) -> DriveIdentity:
+    return _hp(gen, writes, reads, vendor="HPE", revision="Q3B7",
+               description=f"HPE StoreEver LTO-{gen} Ultrium (vendor string HPE)")
 
 
 DRIVES: dict[str, DriveIdentity] = {
@@ -155,30 +162,12 @@ DRIVES: dict[str, DriveIdentity] = {
         _ibm_td(7, "J4D1", (7, 6), (7, 6, 5)),
         _ibm_td(8, "K4K1", (8, 7), (8, 7)),
         _ibm_td(9, "N9M1", (9, 8), (9, 8)),
-        DriveIdentity(
-            name="HP-LTO8",
-            vendor="HP",
-            product="Ultrium 8-SCSI",
-            revision="Q3B7",
-            description="HPE StoreEver LTO-8 Ultrium 30750",
-            ieee_oui=0x001438,
-            generation=8,
-            write_media=("LTO-8", "LTO-7"),
-            read_media=("LTO-8", "LTO-7"),
-        ),
+        _hp(8, ("LTO-8", "LTO-7"), ("LTO-8", "LTO-7"), revision="Q3B7",
+            description="HPE StoreEver LTO-8 Ultrium 30750"),
         _hpe(8, ("LTO-8", "LTO-7"), ("LTO-8", "LTO-7")),
         _hpe(9, ("LTO-9", "LTO-8"), ("LTO-9", "LTO-8")),
-        DriveIdentity(
-            name="HP-LTO7",
-            vendor="HP",
-            product="Ultrium 7-SCSI",
-            revision="P3CW",
-            description="HPE StoreEver LTO-7 Ultrium 15000",
-            ieee_oui=0x001438,
-            generation=7,
-            write_media=("LTO-7", "LTO-6"),
-            read_media=("LTO-7", "LTO-6", "LTO-5"),
-        ),
+        _hp(7, ("LTO-7", "LTO-6"), ("LTO-7", "LTO-6", "LTO-5"), revision="P3CW",
+            description="HPE StoreEver LTO-7 Ultrium 15000"),
     )
 }
 DEFAULT_DRIVE = "IBM-TD8"
