@@ -209,8 +209,7 @@ def adopt_cartridge(lib: Library, barcode: str, *, slot: int | None = None, vaul
                 raise DestinationFull("no free slot (use --vault)")
             address = free[0].address
         with lib.held(barcode):
-            cart = open_cartridge(path, readonly=True)
-            try:
+            with open_cartridge(path, readonly=True) as cart:
                 if cart.barcode != barcode:
                     raise BadBarcode(f"{path.name} holds cartridge {cart.barcode}, not {barcode}")
                 stats = cartridge_stats(cart)
@@ -230,8 +229,6 @@ def adopt_cartridge(lib: Library, barcode: str, *, slot: int | None = None, vaul
                     row["state"] = "read-only"
                 if cleaner:
                     row.update(state="cleaning", pool=None)
-            finally:
-                cart.close()
             with lib.catalog.transaction():
                 if address is not None and lib.catalog.at(address) is not None:
                     raise DestinationFull(f"{lib.element_name(address)} is occupied")
@@ -342,13 +339,10 @@ def erase_cartridge(lib: Library, barcode: str) -> None:
         if row["write_protected"]:
             raise CartridgeProtected(f"cartridge {barcode} is write protected")
         with lib.held(barcode):
-            cart = open_cartridge(lib.root / row["path"], count_load=False)
-            try:
+            with open_cartridge(lib.root / row["path"], count_load=False) as cart:
                 cart.locate(0)
                 cart.erase()
                 cart.sync()
-            finally:
-                cart.close()
             lib.catalog.update_cartridge(
                 barcode, used_bytes=0, native_bytes=0, files=0, blocks=0, state="scratch",
                 last_written=now_iso(),
@@ -361,11 +355,8 @@ def set_write_protect(lib: Library, barcode: str, protect: bool) -> None:
     with lib.lock:
         row = _offline(lib, barcode)
         with lib.held(barcode):
-            cart = open_cartridge(lib.root / row["path"], count_load=False)
-            try:
+            with open_cartridge(lib.root / row["path"], count_load=False) as cart:
                 cart.set_write_protect(protect)
-            finally:
-                cart.close()
             values: dict[str, Any] = {"write_protected": int(protect)}
             if protect and row["state"] in AUTO_STATES:
                 values["state"] = "read-only"
@@ -386,12 +377,9 @@ def make_worm(lib: Library, barcode: str) -> None:
             raise LibraryError(f"cartridge {barcode} is already WORM")
         with lib.held(barcode):
             path = lib.root / row["path"]
-            cart = open_cartridge(path, readonly=True)
-            try:
+            with open_cartridge(path, readonly=True) as cart:
                 blank = cart.eod == 0
                 mtype = cart.media
-            finally:
-                cart.close()
             if not blank:
                 raise CartridgeProtected(
                     f"cartridge {barcode} holds data; only a blank cartridge can become WORM"
