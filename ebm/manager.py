@@ -547,10 +547,11 @@ def _canonical(t: Translator, source: str | Path) -> str:
 
 
 def _pax_writer(out: TapeWriter) -> PaxWriter:
-    """A PaxWriter onto the data tape file; its stream digest goes into the trailer."""
+    """A PaxWriter onto the data tape file; its stream digest goes into the trailer (hashed
+    on a thread of its own: off the writing thread, the backup's critical path)."""
     from tape_formats.archive.writer import PaxWriter
 
-    return PaxWriter(out, start_offset=0)
+    return PaxWriter(out, start_offset=0, digest_behind=True)
 
 
 def _progress_adapter(progress: Progress | None, job: JobProgress) -> ProgressCallback:

@@ -47,3 +47,56 @@ class StreamDigest:
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
+
+
+class StreamDigestBehind:
+    """A :class:`StreamDigest` hashed on a worker thread, a chunk behind its feeder.
+
+    The same digest of the same bytes in the same order: ``meta`` and ``member`` copy their
+    bytes into a buffer (the caller may reuse its own right after, as ``pack_files``' feed
+    buffer is), and each full buffer goes to one worker that hashes the chunks in the order
+    given (hashlib releases the GIL). Why: at 200,000 small files the stream digest hashes
+    ~400 MB of headers and padding, ~0.3-0.5 s of the writing thread, which is the backup's
+    critical path while the second core has room. At most ``_AHEAD`` chunks wait (memory
+    stays flat); ``hexdigest`` waits for them all. The worker ends with its executor (shut
+    down in ``hexdigest``, or when an abandoned writer's digest is collected)."""
+
+    __slots__ = ("_d", "_buf", "_pool", "_pending")
+
+    _CHUNK = 1 << 20
+    _AHEAD = 4
+
+    def __init__(self) -> None:
+        self._d = StreamDigest()
+        self._buf = bytearray()
+        self._pool = None
+        self._pending: list = []
+
+    def meta(self, b: bytes | memoryview) -> None:
+        self._buf += b
+        if len(self._buf) >= self._CHUNK:
+            self._hand_off()
+
+    member = meta  # 32 bytes into the same sha256, in their place
+
+    def _hand_off(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="stream-digest")
+        buf, self._buf = self._buf, bytearray()
+        self._pending.append(self._pool.submit(self._d.meta, buf))
+        while self._pending and (len(self._pending) > self._AHEAD or self._pending[0].done()):
+            self._pending.pop(0).result()
+
+    def hexdigest(self) -> str:
+        for f in self._pending:
+            f.result()
+        self._pending.clear()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        if self._buf:
+            self._d.meta(self._buf)
+            self._buf = bytearray()
+        return self._d.hexdigest()

@@ -48,7 +48,7 @@ from typing import BinaryIO, Protocol
 
 from . import pax
 from .entry import ArchiveEntry, ArchiveError, EntryLocation, check_member_path
-from .stream_digest import StreamDigest
+from .stream_digest import StreamDigest, StreamDigestBehind
 
 try:
     from . import _paxfast  # type: ignore[attr-defined]
@@ -107,7 +107,8 @@ class PaxWriter:
     blocks.
     """
 
-    def __init__(self, out: ByteSink, *, start_offset: int | None = None) -> None:
+    def __init__(self, out: ByteSink, *, start_offset: int | None = None,
+                 digest_behind: bool = False) -> None:
         self._out = out
         if start_offset is None:
             try:
@@ -116,7 +117,9 @@ class PaxWriter:
                 start_offset = 0
         self._offset = start_offset
         self._start = start_offset
-        self._digest = StreamDigest()  # the trailer's stream digest, from what is hashed anyway
+        # the trailer's stream digest, from what is hashed anyway; ``digest_behind``: hashed
+        # on a worker thread (a backup's big streams), not on the writing one
+        self._digest = StreamDigestBehind() if digest_behind else StreamDigest()
         self._closed = False
         # Where a translator's PackedIndex may hand its finished rows as it grows (the
         # EBM's catalog stager, ebm.catalog.IndexStager); None: nobody takes them early.

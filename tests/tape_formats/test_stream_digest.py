@@ -19,7 +19,7 @@ from tape_formats.archive import (
     decode_trailer,
     encode_trailer,
 )
-from tape_formats.archive.stream_digest import MEMBERS, PLAIN, StreamDigest
+from tape_formats.archive.stream_digest import MEMBERS, PLAIN, StreamDigest, StreamDigestBehind
 
 BIG = 10_000 * 256  # more than the writer's and the reader's 1 MiB chunks
 
@@ -28,9 +28,9 @@ class _Short(io.BytesIO):
     """A source that ends before the size its entry announced (the writer pads it)."""
 
 
-def _stream() -> tuple[bytes, PaxWriter, list]:
+def _stream(digest_behind: bool = False) -> tuple[bytes, PaxWriter, list]:
     out = io.BytesIO()
-    w = PaxWriter(out)
+    w = PaxWriter(out, digest_behind=digest_behind)
     locs = [
         w.add(ArchiveEntry("d", "dir", mode=0o755, mtime_ns=1)),
         w.add(ArchiveEntry("d/small", "file", size=5, mtime_ns=2), b"hello"),
@@ -60,6 +60,27 @@ def _reread(stream: bytes) -> str:
 def test_reader_recomputes_the_writers_digest() -> None:
     stream, w, _locs = _stream()
     assert _reread(stream) == w.stream_digest() != hashlib.sha256(stream).hexdigest()
+
+
+def test_the_digest_hashed_behind_on_a_thread_is_the_same() -> None:
+    stream, w, _locs = _stream(digest_behind=True)
+    assert _reread(stream) == w.stream_digest() == _stream()[1].stream_digest()
+
+
+def test_digest_behind_copies_what_it_is_fed_and_keeps_the_order() -> None:
+    """The feeder reuses its buffer right after each call (pack_files' feed): the worker must
+    hash what was fed, in order, across chunk hand-offs and mid-stream digests."""
+    plain, behind = StreamDigest(), StreamDigestBehind()
+    buf = bytearray(700_000)
+    for i in range(12):
+        buf[:] = bytes([i]) * len(buf)
+        plain.meta(bytes(buf))
+        behind.meta(memoryview(buf))
+        plain.member(bytes([i]) * 32)
+        behind.member(bytes([i]) * 32)
+        if i in (3, 7):
+            assert behind.hexdigest() == plain.hexdigest()
+    assert behind.hexdigest() == plain.hexdigest()
 
 
 def test_digest_is_the_stream_with_each_files_data_replaced_by_its_sha256() -> None:
