@@ -43,6 +43,7 @@ from tape_formats.block_crypto import (
 )
 from tape_formats.block_packing import BlockPacker, Packed
 from tape_formats.block_runs import pack_run, unpack_run
+from tape_formats.durable import fsync_dir
 from tape_formats.index import PositionIndex
 from tape_formats.mam import MamStore
 from tape_formats.media import MEDIA, MediaType, media_by_density
@@ -330,7 +331,7 @@ class TapeCartridge:
             raise CartridgeError(f"{path} already exists") from None
         finally:
             os.unlink(tmp)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     @classmethod
     def open(cls, path: Path, *, readonly: bool = False, count_load: bool | None = None
@@ -1345,14 +1346,6 @@ class TapeFile(NamedTuple):
 
 
 _SUM_SLICE = 1 << 16  # index entries summed per slice (512 KiB of the meta array)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def verify_cartridge(path: Path) -> VerifyReport:

@@ -42,7 +42,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tape_formats.cartridge import _fsync_dir  # the cartridge's own: renames made durable
+from tape_formats.durable import fsync_dir
 from vtl.bucket_gc import library_name, uploading
 from vtl.errors import (
     CartridgeArchived,
@@ -156,12 +156,12 @@ def _journal_write(lib: Library, barcode: str, entry: dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.rename(tmp, d / f"{barcode}.json")
-    _fsync_dir(d)
+    fsync_dir(d)
 
 
 def _journal_drop(lib: Library, barcode: str) -> None:
     (_journal(lib) / f"{barcode}.json").unlink(missing_ok=True)
-    _fsync_dir(_journal(lib))
+    fsync_dir(_journal(lib))
 
 
 def pending(lib: Library) -> list[dict[str, Any]]:
@@ -460,7 +460,7 @@ def _finish_archive(lib: Library, barcode: str, url: str, row: dict[str, Any],
     lib._reload()
     for path in files:
         path.unlink(missing_ok=True)
-    _fsync_dir(_cartridge_dir(lib))
+    fsync_dir(_cartridge_dir(lib))
     _journal_drop(lib, barcode)
 
 
@@ -588,7 +588,7 @@ def _download(lib: Library, client: Any, url: str, manifest: dict[str, Any]) -> 
                 continue
             os.rename(temps[entry["name"]], d / entry["name"])
         os.rename(temps[main], d / main)
-        _fsync_dir(d)
+        fsync_dir(d)
     finally:
         if hold is not None:
             hold.release()
@@ -598,7 +598,7 @@ def _download(lib: Library, client: Any, url: str, manifest: dict[str, Any]) -> 
 def remove_local_copy(lib: Library, barcode: str) -> None:
     for p in _cartridge_dir(lib).glob(f"{barcode}{CARTRIDGE_EXT}*"):
         p.unlink(missing_ok=True)
-    _fsync_dir(_cartridge_dir(lib))
+    fsync_dir(_cartridge_dir(lib))
 
 
 def _delete_archive(client: Any, url: str, manifest: dict[str, Any] | None) -> None:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tape_formats.durable import fsync_dir
 from vtl import CATALOG_NAME
 from vtl.catalog import MediaCatalog, now_iso
 from vtl.errors import CatalogDamaged, LibraryError
@@ -126,7 +127,7 @@ def take_copy(catalog: MediaCatalog, root: Path) -> Path:
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, final)
-    _fsync_dir(folder)
+    fsync_dir(folder)
     _trim_journal(root, started)
     for old in copies(root)[KEEP:]:
         old.unlink(missing_ok=True)
@@ -208,14 +209,5 @@ def _install(root: Path, copy: Path) -> Path | None:
         os.fsync(dst.fileno())
     aside = set_aside(root)
     os.replace(tmp, live)
-    _fsync_dir(live.parent)
+    fsync_dir(live.parent)
     return aside
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
