@@ -18,7 +18,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,9 +184,9 @@ class CephCluster:
 
 
 @contextlib.contextmanager
-def running(root: Path) -> Iterator[CephCluster]:
-    """A cluster started for a test module and stopped after it; the test is skipped (with
-    the reason) where Ceph cannot be had."""
+def running(root: Path, buckets: Iterable[str] = ()) -> Iterator[CephCluster]:
+    """A cluster started for a test module, with ``buckets`` made, and stopped after it; the
+    test is skipped (with the reason) where Ceph cannot be had."""
     import pytest
 
     try:
@@ -194,9 +194,21 @@ def running(root: Path) -> Iterator[CephCluster]:
     except CephUnavailable as exc:
         pytest.skip(f"no Ceph here: {exc}")
     try:
+        for bucket in buckets:
+            cluster.client().create_bucket(Bucket=bucket)
         yield cluster
     finally:
         cluster.stop()
+
+
+def vtl_json(root: Path, cluster: CephCluster, *args: str):
+    """``vtl --root ROOT --json ARGS`` in this process (typer's CliRunner), with the cluster's
+    S3 endpoint and keys in its environment; the CliRunner's Result."""
+    from typer.testing import CliRunner
+
+    from vtl.cli.main import app
+
+    return CliRunner().invoke(app, ["--root", str(root), "--json", *args], env=cluster.env())
 
 
 if __name__ == "__main__":  # a manual check: how long does it take here?

@@ -19,15 +19,13 @@ import pytest
 from cartridge_io import read_cartridge as read
 from cartridge_io import write_tape_files
 from ceph_cluster import CephCluster, running
-from typer.testing import CliRunner
+from ceph_cluster import vtl_json as vtl
 
 from tape_formats.store import s3_packs
 from tape_formats.store.chunk_store import ChunkStore
 from tape_formats.store.pack import try_lock
-from vtl.cli.main import app
 
 boto3 = pytest.importorskip("boto3")
-runner = CliRunner()
 PART = 5 << 20
 
 
@@ -38,10 +36,6 @@ def ceph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[CephCluster
         client.create_bucket(Bucket="tapes")
         client.create_bucket(Bucket="worm", ObjectLockEnabledForBucket=True)
         yield cluster, client
-
-
-def vtl(root: Path, cluster: CephCluster, *args: str):
-    return runner.invoke(app, ["--root", str(root), "--json", *args], env=cluster.env())
 
 
 def make_library(root: Path, cluster: CephCluster, store: str, location: str,

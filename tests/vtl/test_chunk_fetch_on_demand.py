@@ -12,29 +12,22 @@ from pathlib import Path
 import pytest
 from cartridge_io import read_blocks, write_tape_files
 from ceph_cluster import CephCluster, running
-from typer.testing import CliRunner
+from ceph_cluster import vtl_json as vtl
 
 from tape_formats.store import dedup_medium, s3_packs
 from tape_formats.store import recipe as recipes
 from tape_formats.store.chunk_store import ChunkStore
 from tape_formats.store.medium import recipe_path
-from vtl.cli.main import app
 from vtl.library import Library
 
 pytest.importorskip("boto3")
-runner = CliRunner()
 WINDOW = 8  # chunks of read-ahead in the test of one file (about 1 MiB)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephCluster]:
-    with running(tmp_path_factory.mktemp("ceph")) as cluster:
-        cluster.client().create_bucket(Bucket="chunks")
+    with running(tmp_path_factory.mktemp("ceph"), ["chunks"]) as cluster:
         yield cluster
-
-
-def vtl(root: Path, cluster: CephCluster, *args: str):
-    return runner.invoke(app, ["--root", str(root), "--json", *args], env=cluster.env())
 
 
 def _written(root: Path, cluster: CephCluster, monkeypatch: pytest.MonkeyPatch, prefix: str,

@@ -20,28 +20,21 @@ import pytest
 from cartridge_io import read_cartridge as read
 from cartridge_io import write_tape_files
 from ceph_cluster import CephCluster, running
+from ceph_cluster import vtl_json as vtl
 from iscsi_support import RawInitiator, pattern, scsi_status, sense_of
 from served_library import VTL, free_port
-from typer.testing import CliRunner
 
-from vtl.cli.main import app
 from vtl.leases import LeaseStore, kept
 
 boto3 = pytest.importorskip("boto3")
-runner = CliRunner()
 TTL = 2
 BC = "G00001L8"
 
 
 @pytest.fixture(scope="module")
 def ceph(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephCluster]:
-    with running(tmp_path_factory.mktemp("ceph")) as cluster:
-        cluster.client().create_bucket(Bucket="shared")
+    with running(tmp_path_factory.mktemp("ceph"), ["shared"]) as cluster:
         yield cluster
-
-
-def vtl(root: Path, cluster: CephCluster, *args: str):
-    return runner.invoke(app, ["--root", str(root), "--json", *args], env=cluster.env())
 
 
 def gateway(root: Path, cluster: CephCluster, name: str, location: str, ttl: int) -> Path:

@@ -40,8 +40,7 @@ MIB = 1 << 20
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephCluster]:
-    with running(tmp_path_factory.mktemp("ceph")) as cluster:
-        cluster.client().create_bucket(Bucket=BUCKET)
+    with running(tmp_path_factory.mktemp("ceph"), [BUCKET]) as cluster:
         yield cluster
 
 

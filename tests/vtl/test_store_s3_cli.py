@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from ceph_cluster import CephCluster, running
+from ceph_cluster import vtl_json as vtl
 from typer.testing import CliRunner
 
 from tape_formats.store.chunk_store import ChunkStore
@@ -20,13 +21,8 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephCluster]:
-    with running(tmp_path_factory.mktemp("ceph")) as cluster:
-        cluster.client().create_bucket(Bucket="vault")
+    with running(tmp_path_factory.mktemp("ceph"), ["vault"]) as cluster:
         yield cluster
-
-
-def vtl(root: Path, endpoint: CephCluster, *args: str):
-    return runner.invoke(app, ["--root", str(root), "--json", *args], env=endpoint.env())
 
 
 def test_push_drop_pull_reads_back(endpoint: CephCluster, tmp_path: Path) -> None:
