@@ -4,25 +4,22 @@ connection gets a reject/sense or is closed, and a well-behaved session keeps wo
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
 import struct
-import threading
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from iscsi_support import RawInitiator, scsi_status
+from iscsi_support import RawInitiator, scsi_status, serving
 
 from vtl.config import LibraryConfig
 from vtl.iscsi import pdu
 from vtl.iscsi.config import Limits, ServerConfig, TargetConfig
 from vtl.iscsi.login import encode_keys
 from vtl.iscsi.pdu import ALL_ONES, Op
-from vtl.iscsi.target import IscsiTarget
 from vtl.library import Library
 from vtl.scsi.devices import build_device_set
 
@@ -51,18 +48,10 @@ def target(tmp_path_factory) -> Iterator[tuple[int, Errors]]:
     logging.getLogger("vtl.iscsi").addHandler(errors)
     cfg = ServerConfig([TargetConfig(IQN, build_device_set(lib))], portals=[("127.0.0.1", 0)],
                        limits=Limits(nop_interval=0, login_timeout=5))
-    server = IscsiTarget(cfg)
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(server.start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
     try:
-        yield server.bound[0][1], errors
+        with serving(cfg) as t:
+            yield t.port, errors
     finally:
-        asyncio.run_coroutine_threadsafe(server.stop(grace=5), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
         lib.close()
         logging.getLogger("vtl.iscsi").removeHandler(errors)
 

@@ -375,32 +375,17 @@ def test_ipv6_portal():
         s.close()
     except OSError:
         pytest.skip("no ::1")
-    import asyncio
-    import threading
-
-    from iscsi_support import FakeDevice
+    from iscsi_support import FakeDevice, serving
 
     from vtl.iscsi.config import ServerConfig, TargetConfig
-    from vtl.iscsi.target import IscsiTarget
     from vtl.scsi.base import DeviceSet
 
     cfg = ServerConfig([TargetConfig(TEST_IQN, DeviceSet({0: FakeDevice(8)}))],
                        portals=[("::1", 0)])
-    server = IscsiTarget(cfg)
-    loop = asyncio.new_event_loop()
-    loop.run_until_complete(server.start())
-    th = threading.Thread(target=loop.run_forever, daemon=True)
-    th.start()
-    try:
-        port = server.bound[0][1]
-        r = tool("iscsi-ls", "-s", f"iscsi://[::1]:{port}/")
+    with serving(cfg) as t:
+        r = tool("iscsi-ls", "-s", f"iscsi://[::1]:{t.port}/")
         assert r.returncode == 0, r.stderr
-        assert f"Portal:[::1]:{port},1" in r.stdout and "MEDIA_CHANGER" in r.stdout
-    finally:
-        asyncio.run_coroutine_threadsafe(server.stop(grace=2), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        th.join(5)
-        loop.close()
+        assert f"Portal:[::1]:{t.port},1" in r.stdout and "MEDIA_CHANGER" in r.stdout
 
 
 def test_single_pdu_fast_paths_match_the_general_encoders():

@@ -146,6 +146,14 @@ def running_target(*, luns: int = 2, limits: Limits | None = None, chap=None, mu
         mutual_chap=mutual,
         limits=limits or Limits(),
     )
+    with serving(cfg, devices) as t:
+        yield t
+
+
+@contextmanager
+def serving(cfg: ServerConfig, devices: dict | None = None) -> Iterator[RunningTarget]:
+    """An IscsiTarget for ``cfg`` in its own event-loop thread, on the first portal's port;
+    stopped (5 s grace) when the block ends."""
     server = IscsiTarget(cfg)
     loop = asyncio.new_event_loop()
     started = threading.Event()
@@ -160,9 +168,9 @@ def running_target(*, luns: int = 2, limits: Limits | None = None, chap=None, mu
     thread.start()
     assert started.wait(10)
     try:
-        yield RunningTarget(server, loop, server.bound[0][1], devices)
+        yield RunningTarget(server, loop, server.bound[0][1], devices or {})
     finally:
-        asyncio.run_coroutine_threadsafe(server.stop(grace=5), loop).result(20)
+        asyncio.run_coroutine_threadsafe(server.stop(grace=5), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
