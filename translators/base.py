@@ -242,6 +242,32 @@ def file_row(entry: ArchiveEntry, loc: EntryLocation, *, torn: bool = False) -> 
                       header_offset=loc.header_offset, data_offset=loc.data_offset, torn=torn)
 
 
+class PieceReader:
+    """``readinto`` over a member's bytes made piece by piece, so a member never sits in
+    memory whole (what the pax writer streams): ``_next_piece`` gives the next piece (a
+    memoryview, maybe of a buffer the next call fills again), None at the end."""
+
+    _pending: memoryview = memoryview(b"")
+
+    def _next_piece(self) -> memoryview | None:
+        raise NotImplementedError
+
+    def readinto(self, b) -> int:
+        out = memoryview(b)
+        done = 0
+        while done < len(out):
+            if not self._pending:
+                piece = self._next_piece()
+                if piece is None:
+                    break
+                self._pending = piece
+            n = min(len(out) - done, len(self._pending))
+            out[done:done + n] = self._pending[:n]
+            self._pending = self._pending[n:]
+            done += n
+        return done
+
+
 def delete_stale_members(parent_state: TranslatorState | None, members: list[str],
                          writer: PaxWriter) -> list[IndexEntry]:
     """For translators that always write a complete copy: record as deleted every member of the

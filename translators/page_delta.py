@@ -23,6 +23,8 @@ from typing import BinaryIO
 
 from construct import Bytes, Const, Int32ub, Struct
 
+from .base import PieceReader
+
 MAGIC = b"EBMSQLD1"
 DELTA_HEADER = Struct(
     "magic" / Const(MAGIC),
@@ -57,7 +59,7 @@ class DeltaHeader:
         return HEADER_SIZE + self.records * (4 + self.page_size)
 
 
-class DeltaReader:
+class DeltaReader(PieceReader):
     """``readinto`` over a delta body built on the fly from ``pages`` (page numbers, 1-based)
     of the open file ``fd``: header first, then one record per page, read with pread. What the
     pax writer streams, so a delta never sits in memory whole."""
@@ -69,25 +71,17 @@ class DeltaReader:
         self._pending = memoryview(header.build())
         self._record = bytearray(4 + self._ps)
 
-    def readinto(self, b) -> int:
-        out = memoryview(b)
-        done = 0
-        while done < len(out):
-            if not self._pending:
-                pgno = next(self._pages, None)
-                if pgno is None:
-                    break
-                rec = memoryview(self._record)
-                rec[:4] = PAGE_NUMBER.build(pgno)
-                got = os.preadv(self._fd, [rec[4:]], (pgno - 1) * self._ps)
-                if got != self._ps:
-                    raise DeltaError(f"page {pgno} is short in the snapshot")
-                self._pending = rec
-            n = min(len(out) - done, len(self._pending))
-            out[done:done + n] = self._pending[:n]
-            self._pending = self._pending[n:]
-            done += n
-        return done
+    def _next_piece(self) -> memoryview | None:
+        """The next page's record (page number, then the page), in the one record buffer."""
+        pgno = next(self._pages, None)
+        if pgno is None:
+            return None
+        rec = memoryview(self._record)
+        rec[:4] = PAGE_NUMBER.build(pgno)
+        got = os.preadv(self._fd, [rec[4:]], (pgno - 1) * self._ps)
+        if got != self._ps:
+            raise DeltaError(f"page {pgno} is short in the snapshot")
+        return rec
 
 
 def _read_exact(src: BinaryIO, n: int, what: str) -> bytes:

@@ -45,6 +45,7 @@ from tape_formats.archive import ArchiveEntry, EntryData, IndexEntry, PaxWriter
 from . import block_hashes
 from .base import (
     BackupResult,
+    PieceReader,
     Progress,
     ProgressCallback,
     TranslatorError,
@@ -140,7 +141,7 @@ def _extents(scan: ChunkScan, chunks: Iterable[int]) -> list[tuple[int, int]]:
     return out
 
 
-class _ChunkReader:
+class _ChunkReader(PieceReader):
     """``readinto`` over the chunks to store, each hashed again as it is read: a chunk that
     changed since the scan is still streamed (the member must keep its announced size) and
     listed in ``moved``, and the caller fails the attempt."""
@@ -148,23 +149,11 @@ class _ChunkReader:
     def __init__(self, fd: int, scan: ChunkScan, chunks: Iterable[int]) -> None:
         self._fd, self._scan = fd, scan
         self._chunks: Iterator[int] = iter(chunks)
-        self._pending = memoryview(b"")
         self.moved: list[int] = []
 
-    def readinto(self, b) -> int:
-        out = memoryview(b)
-        done = 0
-        while done < len(out):
-            if not self._pending:
-                i = next(self._chunks, None)
-                if i is None:
-                    break
-                self._pending = memoryview(self._read(i))
-            n = min(len(out) - done, len(self._pending))
-            out[done:done + n] = self._pending[:n]
-            self._pending = self._pending[n:]
-            done += n
-        return done
+    def _next_piece(self) -> memoryview | None:
+        i = next(self._chunks, None)
+        return None if i is None else memoryview(self._read(i))
 
     def _read(self, i: int) -> bytes:
         n = self._scan.length(i)
