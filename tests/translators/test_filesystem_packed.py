@@ -131,3 +131,41 @@ def test_short_runs_reuse_and_grow_the_output_buffers(tmp_path, monkeypatch):
     monkeypatch.setattr(fsmod, "_pack_files", wrapped)
     assert len(calls) > 10 and max(calls) > 60_000  # (the stream buffer's size before each)
     assert fast == run(src, None, packed=False, monkeypatch=monkeypatch)
+
+
+def test_a_file_changed_after_the_scan_is_left_to_python(tmp_path, monkeypatch):
+    """pack_files takes the scan's lstat as the "before" of its read (no fstat of its own
+    first) and opens each file from its directory's descriptor: a file that changed after
+    the scan (grown, or replaced by another inode of the same size and content) fails the
+    check after the read and goes to the Python loop, which archives it as it is now."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(20):
+        (src / "d" / f"plain{i:02d}").write_bytes(bytes([65 + i]) * (i * 37 + 1))
+    (src / "top").write_bytes(b"a file at the root")
+    freeze_atimes(src)
+    real_scan = FilesystemTranslator._scan_into
+
+    def scan_then_change(self, *a):
+        out = real_scan(self, *a)
+        (src / "d" / "plain03").write_bytes(b"grown after the scan")
+        os.rename(src / "d" / "plain05", src / "d" / "old05")
+        (src / "d" / "plain05").write_bytes(bytes([70]) * (5 * 37 + 1))  # same bytes, new inode
+        return out
+
+    monkeypatch.setattr(FilesystemTranslator, "_scan_into", scan_then_change)
+    real = fsmod._pack_files
+    done = []
+    monkeypatch.setattr(fsmod, "_pack_files", lambda *a: (r := real(*a), done.append(r[6]))[0])
+    wrapped = fsmod._pack_files
+    stream, digest, rows, _state, _warnings = run(src, None, packed=True, monkeypatch=monkeypatch)
+    monkeypatch.setattr(fsmod, "_pack_files", wrapped)
+    assert sum(done) == 19  # 21 files, two of them Python's
+    from tape_formats.archive import PaxReader
+
+    got = {e.path: d.read() for e, d in PaxReader(io.BytesIO(stream)) if e.kind == "file"}
+    assert got["d/plain03"] == b"grown after the scan"
+    assert got["d/plain05"] == bytes([70]) * (5 * 37 + 1) and got["top"] == b"a file at the root"
+    assert got["d/plain07"] == bytes([72]) * (7 * 37 + 1)
+    sizes = {row[0]: row[2] for row in rows}
+    assert sizes["d/plain03"] == len(b"grown after the scan")
