@@ -37,15 +37,10 @@ step incr 'mt -f $TAPE rewind && mt -f $TAPE fsf 4 && dd if=$TAPE bs=262144 2>/d
 """
 
 
-def test_gnu_tar_on_linux_st_reads_ebm_backups(tmp_path: Path) -> None:
-    from e2e.guest import build_guest
-    from e2e.qemu import boot, qemu_available
+def test_gnu_tar_on_linux_st_reads_ebm_backups(guest, tmp_path: Path) -> None:
+    from e2e.qemu import boot
     from e2e.targets import start_vtl, stop, vtl
 
-    reason = qemu_available()
-    if reason:
-        pytest.skip(reason)
-    guest = build_guest()
     root = tmp_path / "lib"
     vtl(root, "init")
     vtl(root, "cartridge", "create", BARCODE, "--slot", "slot:1")

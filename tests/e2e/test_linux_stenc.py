@@ -37,19 +37,14 @@ step read_nokey 'mt -f $TAPE rewind && dd if=$TAPE of=/tmp/out bs=4096; echo "dd
 """
 
 
-def test_stenc_sets_a_key_and_reads_need_it(tmp_path: Path) -> None:
-    from e2e.guest import build_guest
-    from e2e.qemu import qemu_available
+def test_stenc_sets_a_key_and_reads_need_it(guest, tmp_path: Path) -> None:
     from e2e.targets import vtl
 
-    reason = qemu_available()
-    if reason:
-        pytest.skip(reason)
     root = tmp_path / "lib"
     vtl(root, "init")
     vtl(root, "cartridge", "create", BARCODE, "--slot", "slot:1")
     script = SCRIPT.replace("$KEY", KEY).replace("$MARKER", MARKER)
-    steps = boot_one_drive(build_guest(), root, tmp_path, script, timeout=300)
+    steps = boot_one_drive(guest, root, tmp_path, script, timeout=300)
     log, ok = steps.log, steps.ok
     assert "Not encrypting" in ok("detail0"), log
     assert "Encrypting" in ok("key_on") and "vtl-e2e-key" in ok("key_on"), log
