@@ -157,6 +157,11 @@ def early_warning_margin(capacity: int) -> int:
 WRITE_BEHIND_BYTES = 4 << 20
 # Threads compressing buffered blocks (the second one only helps when blocks pile up).
 WRITE_BEHIND_PACKERS = 2
+# ... when blocks are not compressed here (a dedup medium compresses per chunk) nor sealed:
+# packing is then a CRC32C (~0.06 CPU s per GB), less than a second thread's hand-offs cost
+# (a dedup first full, bench_dedup's tar: ~1,200 of its ~5,000 voluntary context switches
+# were the helper's, bench/README.md).
+WRITE_BEHIND_PACKERS_UNCOMPRESSED = 1
 
 log = logging.getLogger("tape_formats.cartridge")
 
@@ -255,7 +260,7 @@ class TapeCartridge:
         self._packer = BlockPacker()  # for blocks written on the drive's thread
         self._dctx = zstandard.ZstdDecompressor()
         self._dirty = False  # records written since the last durable point
-        self._pacer = WritebackPacer(fd, self.barcode, DATA_START)
+        self._pacer = WritebackPacer(fd, self.barcode, DATA_START, enabled=self._io.paced)
         self._lock = threading.Lock()
         self._closed = False
         self.ew_point = self.capacity - early_warning_margin(self.capacity)
@@ -1005,9 +1010,11 @@ class TapeCartridge:
                 return False
             self.check_writable()
             if wb is None:
+                packers = WRITE_BEHIND_PACKERS if (
+                    self._block_zstd or self._sealing_key is not None
+                ) else WRITE_BEHIND_PACKERS_UNCOMPRESSED
                 wb = self._wb = WriteBehind(self._new_packer, self._store_packed,
-                                            WRITE_BEHIND_BYTES, self.barcode,
-                                            packers=WRITE_BEHIND_PACKERS)
+                                            WRITE_BEHIND_BYTES, self.barcode, packers=packers)
         elif self.write_protected:
             raise WriteProtected(f"{self.barcode} is write protected")
         self._ahead.clear()

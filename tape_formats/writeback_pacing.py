@@ -48,8 +48,10 @@ class WritebackPacer:
     """Paces one open cartridge file: ``appended`` after each record, ``take_error`` before
     the cartridge's own fsync, ``close`` before the descriptor is closed."""
 
-    def __init__(self, fd: int, name: str, start: int) -> None:
+    def __init__(self, fd: int, name: str, start: int, *, enabled: bool = True) -> None:
+        """``enabled=False``: a pacer that does nothing (a file the records do not go to)."""
         self._fd = fd
+        self._enabled = enabled
         self._handed = start  # data before this offset was handed to the disk
         self._synced = start  # data before this offset had a background fdatasync
         self.background = BackgroundSync(fd, name, start_write_out=start_write_out)
@@ -60,6 +62,8 @@ class WritebackPacer:
 
     def appended(self, offset: int, end: int) -> None:
         """A record was appended at ``offset``; end of data is now ``end``."""
+        if not self._enabled:
+            return
         if self._handed > offset:
             self._handed = offset  # the tape was cut back
             self._synced = min(self._synced, offset)

@@ -21,6 +21,9 @@ class MediumFile(Protocol):
     fd: int
     #: True when the store compresses (per chunk): the cartridge then stores blocks as they are.
     compresses: bool
+    #: True when the cartridge's records are written to ``fd`` at their offsets, so the
+    #: cartridge paces the file's write-back (writeback_pacing.py).
+    paced: bool
 
     def pread(self, n: int, offset: int) -> bytes: ...
     def preadv(self, buffers: list, offset: int) -> int: ...
@@ -36,6 +39,7 @@ class PlainMedium:
     """The cartridge file on the local disk, as it always was."""
 
     compresses = False
+    paced = True
 
     def __init__(self, fd: int) -> None:
         self.fd = fd

@@ -122,3 +122,22 @@ def test_blocks_are_stored_as_they_are_and_compressed_per_chunk(tmp_path: Path) 
         assert c.used_bytes > len(text)  # capacity counts logical bytes, as dedup VTLs do
     s = stats(ChunkStore(tmp_path / "store"), tmp_path / "cartridges")
     assert s.compression_ratio > 5
+
+
+def test_a_dedup_cartridge_streams_without_a_packer_or_pacer_thread(tmp_path: Path) -> None:
+    """A dedup medium compresses per chunk, so the drive's write buffer only checksums its
+    blocks: one thread stores them (no helper packer and its hand-offs); and its file is the
+    skeleton, so the cartridge's write-back pacer stays idle (the chunk store paces its
+    packs). The blocks read back as queued; a plain cartridge keeps both."""
+    blocks = _blocks(11, 100)  # ~10 MB: past the pacer's first write-out
+    plain = tmp_path / "P00001L8.vtape"
+    TapeCartridge.create(plain, "P00001L8", MEDIA["LTO-8"], capacity=64 << 20)
+    for path, threads, paced in ((_new(tmp_path, "D00002L8"), 1, False), (plain, 2, True)):
+        with TapeCartridge.open(path) as c:
+            for b in blocks:
+                assert c.queue_block(b)
+            assert c._wb is not None and len(c._wb._threads) == threads
+            c.flush_writes()
+            c.write_filemarks(1)
+            assert (c._pacer.background._thread is not None) == paced
+        assert _read_all(path) == blocks
