@@ -39,7 +39,7 @@ from __future__ import annotations
 import enum
 import threading
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Status(enum.IntEnum):
@@ -202,57 +202,34 @@ class CheckCondition(Exception):  # named after the SCSI status it produces
         self.deferred = deferred
 
     def sense(self) -> bytes:
-        return fixed_sense(
-            self.key,
-            self.asc,
-            self.ascq,
-            information=self.information,
-            filemark=self.filemark,
-            eom=self.eom,
-            ili=self.ili,
-            field_pointer=self.field_pointer,
-            cd=self.cd,
-            bit=self.bit,
-            deferred=self.deferred,
-        )
+        """Fixed-format sense data (SPC-4 4.5.3), 18 bytes, response code 0x70 (current) or
+        0x71 (deferred: about an earlier command, e.g. a buffered write that failed)."""
+        s = bytearray(18)
+        s[0] = 0x71 if self.deferred else 0x70
+        if self.information is not None:
+            s[0] |= 0x80
+            s[3:7] = (self.information & 0xFFFFFFFF).to_bytes(4, "big")
+        s[2] = (int(self.key) & 0x0F) | (0x80 if self.filemark else 0) | (
+            0x40 if self.eom else 0) | (0x20 if self.ili else 0)
+        s[7] = 10  # additional sense length
+        s[12] = self.asc
+        s[13] = self.ascq
+        if self.field_pointer is not None:
+            s[15] = 0x80 | (0x40 if self.cd else 0)
+            if self.bit is not None:
+                s[15] |= 0x08 | (self.bit & 0x07)
+            s[16:18] = self.field_pointer.to_bytes(2, "big")
+        return bytes(s)
 
     def result(self) -> ScsiResult:
         return ScsiResult(Status.CHECK_CONDITION, self.data, self.sense())
 
 
-def fixed_sense(
-    key: SenseKey,
-    asc: int,
-    ascq: int = 0,
-    *,
-    information: int | None = None,
-    filemark: bool = False,
-    eom: bool = False,
-    ili: bool = False,
-    field_pointer: int | None = None,
-    cd: bool = True,
-    bit: int | None = None,
-    deferred: bool = False,
-) -> bytes:
-    """Fixed-format sense data (SPC-4 4.5.3), 18 bytes, response code 0x70 (current) or
-    0x71 (deferred: about an earlier command, e.g. a buffered write that failed)."""
-    s = bytearray(18)
-    s[0] = 0x71 if deferred else 0x70
-    if information is not None:
-        s[0] |= 0x80
-        s[3:7] = (information & 0xFFFFFFFF).to_bytes(4, "big")
-    s[2] = (int(key) & 0x0F) | (0x80 if filemark else 0) | (0x40 if eom else 0) | (
-        0x20 if ili else 0
-    )
-    s[7] = 10  # additional sense length
-    s[12] = asc
-    s[13] = ascq
-    if field_pointer is not None:
-        s[15] = 0x80 | (0x40 if cd else 0)
-        if bit is not None:
-            s[15] |= 0x08 | (bit & 0x07)
-        s[16:18] = field_pointer.to_bytes(2, "big")
-    return bytes(s)
+def fixed_sense(key: SenseKey, asc: int, ascq: int = 0, **fields: Any) -> bytes:
+    """The sense bytes of ``CheckCondition(key, asc, ascq, **fields)``, where nothing is
+    raised: ``fields`` are its keyword fields (information, filemark, eom, ili,
+    field_pointer, cd, bit, deferred)."""
+    return CheckCondition(key, asc, ascq, **fields).sense()
 
 
 class ResetKind(enum.Enum):

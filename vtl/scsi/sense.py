@@ -10,7 +10,8 @@ the one command (INFORMATION, FILEMARK/EOM/ILI, field pointer):
 
 so no key/ASC/ASCQ triple is spelled in hex anywhere else (as tgt's ``ASC_*`` and the
 kernel's ``sense_reason_t`` table). The bytes themselves are built in one place,
-``vtl.scsi.base.fixed_sense`` (descriptor format: ``vtl.scsi.spc.descriptor_sense``).
+``vtl.scsi.base.CheckCondition.sense`` (``fixed_sense`` where nothing is raised; descriptor
+format: ``vtl.scsi.spc.descriptor_sense``).
 """
 
 from __future__ import annotations
