@@ -187,16 +187,10 @@ class CheckCondition(Exception):  # named after the SCSI status it produces
         deferred: bool = False,
     ) -> None:
         super().__init__(f"{key.name} {asc:02x}/{ascq:02x}")
-        self.key = key
-        self.asc = asc
-        self.ascq = ascq
-        self.information = information
-        self.filemark = filemark
-        self.eom = eom
-        self.ili = ili
-        self.field_pointer = field_pointer
-        self.cd = cd
-        self.bit = bit
+        self.key, self.asc, self.ascq = key, asc, ascq
+        self.information = information  # bytes 3-6, with VALID
+        self.filemark, self.eom, self.ili = filemark, eom, ili  # byte 2's flags
+        self.field_pointer, self.cd, self.bit = field_pointer, cd, bit  # sense-key specific
         # Data already transferred before the condition (e.g. a short READ with ILI).
         self.data = data
         self.deferred = deferred
