@@ -62,6 +62,7 @@ import os
 import pwd
 import shutil
 import stat
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -96,11 +97,13 @@ from .filesystem_state import (
     IN_PREV,
     KEPT,
     BadState,
+    LiveSpool,
     ScanRecord,
     ScanSpool,
     StateWriter,
     read_state,
     record_at,
+    scan_row,
     walk_key,
 )
 
@@ -364,11 +367,8 @@ class FilesystemTranslator(Translator):
         not be listed (then its parent row is spooled as KEPT, in its place). Returns the gone
         paths with their parent modes, and the count and bytes of what is to be written."""
         if prev is None and not self.exclude and _scan_dir is not None:
-            done = self._scan_baseline(source, spool, warnings)
-            if done is not None:
-                self._link_changed = {}
-                return [], *done
-            spool.clear()  # a directory Python must walk: the whole walk is Python's
+            self._link_changed = {}
+            return [], *self._scan_baseline(source, spool, warnings)
         unlisted: list[str] = []
         gone: list[tuple[str, int]] = []
         todo_count = todo_bytes = 0
@@ -415,48 +415,12 @@ class FilesystemTranslator(Translator):
         return gone, todo_count, todo_bytes
 
     def _scan_baseline(self, source: str, spool: ScanSpool,
-                       warnings: list[str]) -> tuple[int, int] | None:
-        """Pass 1 of a baseline without excludes, a directory per C call (``_paxfast.scan_dir``:
-        the same rows, order and mount-point rule as :meth:`walk`); None as soon as one
-        directory is Python's to walk (a name that is not ASCII, a listing or lstat failing).
-        Returns the count and bytes of what is to be written (everything)."""
-        root_st = os.stat(source)
-        spool.add(".", root_st, CHANGED)
-        count, nbytes = 1, 0
-        notes: list[str] = []
-        # per directory being spooled: its path, its rows' prefix, its rows, its subdirectories
-        # still to enter (last first) and how much of its rows is spooled
-        stack: list[tuple[bytes, bytes, bytes, list, int]] = []
-
-        def enter(abs_dir: bytes, prefix: bytes) -> bool:
-            nonlocal count, nbytes
-            listed = _scan_dir(abs_dir, prefix)
-            if listed is None:
-                return False
-            rows, subdirs, n, file_bytes = listed
-            count += n
-            nbytes += file_bytes
-            stack.append((abs_dir, prefix, rows, subdirs[::-1], 0))
-            return True
-
-        if not enter(os.fsencode(source), b""):
-            return None
-        while stack:
-            abs_dir, prefix, rows, subdirs, done = stack[-1]
-            if not subdirs:
-                spool.add_packed(rows[done:])
-                stack.pop()
-                continue
-            end, name, dev = subdirs.pop()
-            spool.add_packed(rows[done:end])  # up to and including the subdirectory's row
-            stack[-1] = (abs_dir, prefix, rows, subdirs, end)
-            if dev != root_st.st_dev:
-                notes.append(f"not crossing into the mount point {os.fsdecode(prefix + name)}")
-                continue
-            if not enter(abs_dir + b"/" + name, prefix + name + b"/"):
-                return None
-        warnings += notes
-        return count, nbytes
+                       warnings: list[str]) -> tuple[int, int]:
+        """Pass 1 of a baseline without excludes (:meth:`_scan_live` into ``spool``): the
+        count and bytes of what is to be written (everything)."""
+        prog = Progress("scan", 0, 1, 0, 0)
+        self._scan_live(source, spool, warnings, prog)
+        return prog.entries_total or 0, prog.bytes_total or 0
 
     # ------------------------------------------------------------------ backup
     def backup(self, source: str, parent_state: TranslatorState | None, writer: PaxWriter, *,
@@ -471,6 +435,9 @@ class FilesystemTranslator(Translator):
         warnings: list[str] = []
         # rows on disk past a few MiB: memory stays flat; the catalog may insert them early
         index = PackedIndex(spill=True, sink=getattr(writer, "index_sink", None))
+        if (prev is None and not self.exclude and _scan_dir is not None
+                and _pack_files is not None and self._after_read is None):
+            return self._backup_live(source, writer, warnings, index, progress)
         spool = ScanSpool()
         try:
             try:
@@ -490,6 +457,12 @@ class FilesystemTranslator(Translator):
                                 progress)
         finally:
             spool.close()
+        return self._finish_backup(writer, index, state, warnings, vanished, prog, progress,
+                                   "baseline" if prev is None else "incremental")
+
+    def _finish_backup(self, writer: PaxWriter, index: PackedIndex, state: StateWriter,
+                       warnings: list[str], vanished: list[tuple[str, int]], prog: Progress,
+                       progress: ProgressCallback | None, level_hint: str) -> BackupResult:
         if vanished:
             gone_now = [(p, mode) for p, mode in vanished if mode]
             if gone_now:
@@ -500,7 +473,111 @@ class FilesystemTranslator(Translator):
         if progress is not None:
             progress(prog)
         return BackupResult(state=state.finish(), entries=index, warnings=warnings,
-                            level_hint="baseline" if prev is None else "incremental")
+                            level_hint=level_hint)
+
+    def _backup_live(self, source: str, writer: PaxWriter, warnings: list[str],
+                     index: PackedIndex, progress: ProgressCallback | None) -> BackupResult:
+        """A baseline without excludes: the walk (:meth:`_scan_live`, on a thread of its own)
+        and the writing pass at once, the pass reading the spool behind the walk. The same
+        stream, index, state and warnings as the scan first and the pass after (the walk's
+        warnings first); the progress totals grow while the walk runs."""
+        spool = LiveSpool()
+        prog = Progress("backup", 0, 1, 0, 0)
+        walk_warnings: list[str] = []
+
+        def walk() -> None:
+            try:
+                self._scan_live(source, spool, walk_warnings, prog)
+            except BaseException as exc:
+                spool.finish(exc)
+            else:
+                spool.finish()
+
+        self._link_changed = {}
+        state = StateWriter()
+        vanished: list[tuple[str, int]] = []
+        scanner = threading.Thread(target=walk, name="fs-scan", daemon=True)
+        scanner.start()
+        try:
+            self._write_entries(source, spool, writer, warnings, vanished, index, state, prog,
+                                progress)
+        finally:
+            spool.cancel()
+            scanner.join()
+            spool.close()
+        warnings[:0] = walk_warnings
+        return self._finish_backup(writer, index, state, warnings, vanished, prog, progress,
+                                   "baseline")
+
+    def _scan_live(self, source: str, spool: LiveSpool | ScanSpool, warnings: list[str],
+                   prog: Progress) -> None:
+        """:meth:`walk`'s rows for a baseline, a directory per C call (``scan_dir``), or per
+        Python listing (:meth:`_list_dir`) where the C leaves one to Python (a name that is not
+        ASCII, a listing or lstat failing): the same rows, order and warnings as the walk.
+        Counts the entries and file bytes into ``prog``'s totals as it goes."""
+        root_st = os.stat(source)
+        spool.add_packed(scan_row(".", root_st, CHANGED))
+        # per directory being spooled: its path, its rows' prefix, its rows, its subdirectories
+        # still to enter (last first) and how much of its rows is spooled
+        stack: list[tuple[bytes, bytes, bytes, list, int]] = []
+
+        def enter(abs_dir: bytes, prefix: bytes) -> None:
+            listed = _scan_dir(abs_dir, prefix)
+            if listed is None:
+                listed = self._list_dir(abs_dir, prefix, warnings)
+                if listed is None:
+                    return
+            rows, subdirs, n, file_bytes = listed
+            prog.entries_total = (prog.entries_total or 0) + n
+            prog.bytes_total = (prog.bytes_total or 0) + file_bytes
+            stack.append((abs_dir, prefix, rows, subdirs[::-1], 0))
+
+        enter(os.fsencode(source), b"")
+        while stack and not spool.cancelled:
+            abs_dir, prefix, rows, subdirs, done = stack[-1]
+            if not subdirs:
+                spool.add_packed(rows[done:])
+                stack.pop()
+                continue
+            end, name, dev = subdirs.pop()
+            spool.add_packed(rows[done:end])  # up to and including the subdirectory's row
+            stack[-1] = (abs_dir, prefix, rows, subdirs, end)
+            if dev != root_st.st_dev:
+                warnings.append(f"not crossing into the mount point {os.fsdecode(prefix + name)}")
+                continue
+            enter(abs_dir + b"/" + name, prefix + name + b"/")
+
+    @staticmethod
+    def _list_dir(abs_dir: bytes, prefix: bytes,
+                  warnings: list[str]) -> tuple[bytes, list, int, int] | None:
+        """One directory as :meth:`walk` lists it, in ``scan_dir``'s return shape (its rows,
+        (end of row, name, st_dev) of each subdirectory, count, file bytes); None (and the
+        walk's warning) when it cannot be listed."""
+        rel_prefix = os.fsdecode(prefix)
+        try:
+            with os.scandir(os.fsdecode(abs_dir)) as it:
+                items = sorted(it, key=_by_name)
+        except OSError as exc:
+            warnings.append(f"cannot list {rel_prefix or '.'}: {exc.strerror}")
+            return None
+        rows: list[bytes] = []
+        subdirs: list[tuple[int, bytes, int]] = []
+        end = file_bytes = 0
+        for item in items:
+            rel = rel_prefix + item.name
+            try:
+                st = item.stat(follow_symlinks=False)
+            except OSError as exc:
+                warnings.append(f"cannot stat {rel}: {exc.strerror}")
+                continue
+            row = scan_row(rel, st, CHANGED)
+            rows.append(row)
+            end += len(row)
+            if stat.S_ISREG(st.st_mode):
+                file_bytes += st.st_size
+            elif stat.S_ISDIR(st.st_mode):
+                subdirs.append((end, os.fsencode(item.name), st.st_dev))
+        return b"".join(rows), subdirs, len(rows), file_bytes
 
     def _write_entries(self, source: str, spool: ScanSpool, writer: PaxWriter,
                        warnings: list[str], vanished: list[tuple[str, int]], index: PackedIndex,

@@ -23,8 +23,10 @@ handed to the manager as a temporary file, which it stores as is and hands back 
 
 from __future__ import annotations
 
+import os
 import struct
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -174,8 +176,19 @@ class ScanRecord:
         self.rel = rel
 
 
+def scan_row(rel: str, st: Any, flags: int, prev_mode: int = 0) -> bytes:
+    """One spool row (:data:`SCAN_ROW`, then the path) as :meth:`ScanSpool.add` writes it."""
+    path = _encode_path(rel)
+    return SCAN_ROW.pack(
+        flags, st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid,
+        st.st_size, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns, st.st_rdev,
+        st.st_blocks, prev_mode, len(path)) + path
+
+
 class ScanSpool:
     """The walk's entries in an unlinked temporary file: written once, then read in order."""
+
+    cancelled = False  # (LiveSpool's: a reader that stopped reading)
 
     def __init__(self) -> None:
         self._file = tempfile.TemporaryFile(prefix="ebm-scan-")
@@ -183,15 +196,7 @@ class ScanSpool:
         self._pending_bytes = 0
 
     def add(self, rel: str, st: Any, flags: int, prev_mode: int = 0) -> None:
-        path = _encode_path(rel)
-        self._pending.append(SCAN_ROW.pack(
-            flags, st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid,
-            st.st_size, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns, st.st_rdev,
-            st.st_blocks, prev_mode, len(path)))
-        self._pending.append(path)
-        self._pending_bytes += SCAN_ROW.size + len(path)
-        if self._pending_bytes >= READ_CHUNK:
-            self._flush()
+        self.add_packed(scan_row(rel, st, flags, prev_mode))
 
     def add_packed(self, rows: bytes) -> None:
         """Rows already packed as :meth:`add` packs them (``_paxfast.scan_dir``)."""
@@ -254,3 +259,64 @@ class _KeptStat:
         self.st_ino, self.st_size, self.st_mtime_ns, self.st_ctime_ns, self.st_mode = key
         self.st_dev = self.st_nlink = self.st_uid = self.st_gid = self.st_atime_ns = 0
         self.st_rdev = self.st_blocks = 0
+
+
+class LiveSpool(ScanSpool):
+    """A :class:`ScanSpool` that one thread writes while another reads it: the baseline's
+    scan runs beside the writing pass instead of before it. Rows go to an unlinked temporary
+    file (memory stays flat however far the scan runs ahead); :meth:`chunks` yields them as
+    they are written and ends when the writer calls :meth:`finish` (raising the writer's
+    error, if any); :meth:`cancel` tells the writer (``cancelled``) that nobody reads on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._fd = self._file.fileno()  # pwrite and pread at offsets: no shared file position
+        self._end = 0  # bytes written and visible to the reader
+        self._done = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self.cancelled = False
+
+    def _flush(self) -> None:
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_bytes = 0
+        done = 0
+        while done < len(data):
+            done += os.pwrite(self._fd, memoryview(data)[done:], self._end + done)
+        with self._cond:
+            self._end += len(data)
+            self._cond.notify_all()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        try:
+            if error is None:
+                self._flush()
+        except BaseException as exc:  # a full disk: the reader raises it
+            error = exc
+        with self._cond:
+            self._done, self._error = True, error
+            self._cond.notify_all()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def chunks(self) -> Iterator[bytes]:
+        pos = 0
+        while True:
+            with self._cond:
+                while self._end == pos and not self._done:
+                    self._cond.wait()
+                if self._error is not None:
+                    raise self._error
+                end = self._end
+            if end == pos:
+                return
+            data = os.pread(self._fd, min(end - pos, READ_CHUNK), pos)
+            if not data:
+                raise OSError("the scan spool ends early")
+            pos += len(data)
+            yield data
+
+    def __iter__(self) -> Iterator[ScanRecord]:
+        raise TypeError("a LiveSpool is read by chunks()")

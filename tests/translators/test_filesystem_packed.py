@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -144,7 +145,8 @@ def test_a_file_changed_after_the_scan_is_left_to_python(tmp_path, monkeypatch):
         (src / "d" / f"plain{i:02d}").write_bytes(bytes([65 + i]) * (i * 37 + 1))
     (src / "top").write_bytes(b"a file at the root")
     freeze_atimes(src)
-    real_scan = FilesystemTranslator._scan_into
+    # (the live walk's rows of a tree this small reach the pass only when the walk returns)
+    real_scan = FilesystemTranslator._scan_live
 
     def scan_then_change(self, *a):
         out = real_scan(self, *a)
@@ -153,7 +155,7 @@ def test_a_file_changed_after_the_scan_is_left_to_python(tmp_path, monkeypatch):
         (src / "d" / "plain05").write_bytes(bytes([70]) * (5 * 37 + 1))  # same bytes, new inode
         return out
 
-    monkeypatch.setattr(FilesystemTranslator, "_scan_into", scan_then_change)
+    monkeypatch.setattr(FilesystemTranslator, "_scan_live", scan_then_change)
     real = fsmod._pack_files
     done = []
     monkeypatch.setattr(fsmod, "_pack_files", lambda *a: (r := real(*a), done.append(r[6]))[0])
@@ -169,3 +171,61 @@ def test_a_file_changed_after_the_scan_is_left_to_python(tmp_path, monkeypatch):
     assert got["d/plain07"] == bytes([72]) * (7 * 37 + 1)
     sizes = {row[0]: row[2] for row in rows}
     assert sizes["d/plain03"] == len(b"grown after the scan")
+
+
+def test_the_walk_beside_the_pass_matches_the_python_loop(tmp_path, monkeypatch):
+    """A baseline's walk runs on its own thread while the pass packs the rows behind it
+    (LiveSpool): on a tree whose rows span many spool chunks, with a directory the C leaves
+    to Python in the middle, the same stream, index, state and warnings as the Python loop."""
+    src = tmp_path / "src"
+    for d in range(12):
+        sub = src / f"d{d:02d}"
+        sub.mkdir(parents=True)
+        for i in range(300):
+            (sub / f"file-with-a-longish-name-{i:04d}").write_bytes(bytes([d]) * (i % 50))
+    (src / "d05" / "naïve").write_bytes(b"a name the C leaves to Python")
+    (src / "d05" / "deeper").mkdir()
+    (src / "d05" / "deeper" / "x").write_bytes(b"x")
+    freeze_atimes(src)
+    LISTED.clear()
+    fast = run(src, None, packed=True, monkeypatch=monkeypatch)
+    assert LISTED.count(False) == 1 and len(LISTED) == 14
+    assert fast == run(src, None, packed=False, monkeypatch=monkeypatch)
+    assert len(fast[2]) == 12 * 301 + 4
+
+
+def test_a_failing_walk_fails_the_backup(tmp_path, monkeypatch):
+    src = tmp_path / "src"
+    awkward_tree(src, ascii_names=True)
+
+    def broken(path: bytes, prefix: bytes):
+        if prefix:
+            raise OSError(5, "the disk is gone")
+        return SCAN_DIR(path, prefix)
+
+    monkeypatch.setattr(fsmod, "_scan_dir", broken)
+    w = PaxWriter(io.BytesIO())
+    with pytest.raises(OSError, match="the disk is gone"):
+        FilesystemTranslator().backup(str(src), None, w)
+
+
+def test_live_spool_hands_rows_over_as_written():
+    from translators.filesystem_state import LiveSpool
+
+    spool = LiveSpool()
+    rows = [bytes([i % 251]) * (1000 + i) for i in range(600)]  # ~900 KB: several chunks
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.extend(spool.chunks()))
+    reader.start()
+    for r in rows:
+        spool.add_packed(r)
+    spool.finish()
+    reader.join()
+    assert b"".join(got) == b"".join(rows) and len(got) > 2
+    spool.close()
+    failed = LiveSpool()
+    failed.add_packed(b"x" * 10)
+    failed.finish(OSError("gone"))
+    with pytest.raises(OSError, match="gone"):
+        list(failed.chunks())
+    failed.close()
