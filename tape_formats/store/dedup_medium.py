@@ -9,13 +9,14 @@ still read and appended to. A record's payload (the second buffer of a ``pwritev
 the cartridge's data stream, which FastCDC cuts into chunks (cut across blocks, so block
 boundaries do not matter to dedup). The writing thread only copies payloads into a stream
 buffer (stream_tail.py) and hands each full one (``CUT_BATCH``) to the *cut thread*
-(serial_thread.py), which cuts it, hashes each chunk (BLAKE3) and gives the batch to the
-cartridge's chunk writer (chunk_writer.py), whose threads compress the new ones and store
-them once per library; what a batch leaves uncut (its last chunk, whose end is only the
-buffer's) the cut thread carries to the front of the next one. Everything else (reads,
-truncates, sync points, close) first waits for the cut thread (``_settle``): the carried
-bytes then go back to the front of the writing thread's buffer, and the stream is chunks
-plus that one uncut tail, as when the cut ran on the writing thread. Reads put skeleton and
+(serial_thread.py), which cuts it and hands the chunks to the *hash thread*, which hashes
+each chunk (BLAKE3) and gives the batch to the cartridge's chunk writer (chunk_writer.py),
+whose threads compress the new ones and store them once per library; what a batch leaves
+uncut (its last chunk, whose end is only the buffer's) the cut thread carries to the front
+of the next one. Everything else (reads, truncates, sync points, close) first waits for
+the cut and hash threads (``_settle``): the carried bytes then go back to the front of the
+writing thread's buffer, and the stream is chunks plus that one uncut tail, as when the
+cut ran on the writing thread. Reads put skeleton and
 payloads back together, so the cartridge above sees the plain file's bytes at every offset.
 
 Sync point (``fsync``): the stream's tail becomes a last chunk, the chunk writer is drained,
@@ -72,6 +73,12 @@ CUT_BATCH = 4 << 20
 # Batches handed to the cut thread and not cut yet, the one being cut included: the writing
 # thread copies the next batch while one is cut, and waits when it is this far ahead.
 CUT_QUEUE = 2
+# Cut batches handed to the hash thread and not hashed yet, the one being hashed included:
+# the cut thread finds the next batch's chunks (FastCDC) while the last batch's are hashed
+# (BLAKE3) and handed to the chunk writer, so the serial part of the write path is the
+# longer of the two (~0.3 CPU s per GB each) instead of their sum, which could not always
+# keep both compress threads fed (bench/README.md, bench_dedup.py).
+HASH_QUEUE = 1
 # Chunks fetched ahead of a read from a remote store (about 5 MiB at 128 KiB a chunk: the S3
 # tier asks for them with ranged GETs of 2-4 MiB, bench/bench_s3_cache.py); local chunks are
 # read ahead by chunk_read_ahead.py.
@@ -117,6 +124,8 @@ class DedupMedium:
         self._cutter: SerialThread[tuple[bytearray, int, int]] = SerialThread(
             self._cut_batch, CUT_QUEUE, f"dedup cut {recipe_path.stem}")
         self._carry = _NOTHING  # the cut thread's: what its last batch left uncut
+        self._hasher: SerialThread[tuple[bytearray, int, list[tuple[int, int]], bool]] = \
+            SerialThread(self._hash_batch, HASH_QUEUE, f"dedup hash {recipe_path.stem}")
         if sum(rec.ext_len) != self._chunked:
             raise StoreError(f"{recipe_path}: recipe extents and chunks disagree")
         self._good_end = rec.good_end
@@ -160,7 +169,8 @@ class DedupMedium:
         """Wait for the cut thread (raising the error a batch met), and put what it left
         uncut back in front of the tail: the stream is ``_chunked`` bytes of chunks, then
         ``_pending``."""
-        self._cutter.wait()
+        self._cutter.wait()  # (its last jobs put theirs to the hash thread)
+        self._hasher.wait()
         if self._carry:
             self._pending.prepend(self._carry)
             self._carry = _NOTHING
@@ -364,10 +374,10 @@ class DedupMedium:
 
     def _cut_batch(self, batch: tuple[bytearray, int, int], final: bool = False) -> None:
         """Cut a buffer's bytes ``[start, end)``, behind what the last batch left uncut,
-        into chunks, hash them and hand them to the chunk writer (which stores the new ones
-        behind this thread's back); without ``final`` the last chunk found is carried to the
-        next batch (the buffer's end is not a content-defined cut). On the cut thread, or
-        on a settled writer's (``final``)."""
+        into chunks, and hand them to the hash thread (``_hash_batch``); without ``final``
+        the last chunk found is carried to the next batch (the buffer's end is not a
+        content-defined cut). On the cut thread, or on a settled writer's (``final``: the
+        caller then waits for the hash thread)."""
         buf, start, end = join(self._carry, *batch, self._pending.give_back)
         self._carry = _NOTHING
         view = memoryview(buf)[start:end]
@@ -377,11 +387,19 @@ class DedupMedium:
         used = cuts[-1][0] + cuts[-1][1] if cuts else 0
         if used < len(view):  # (a copy: the buffer comes back to the writer once stored)
             self._carry = bytes(view[used:])
+        view.release()
         if not cuts:
-            view.release()
             self._pending.give_back(buf)
             return
-        pieces = [view[offset:offset + length] for offset, length in cuts]
+        self._hasher.put((buf, start, cuts, final))
+
+    def _hash_batch(self, job: tuple[bytearray, int, list[tuple[int, int]], bool]) -> None:
+        """Hash the chunks cut from ``buf`` (at ``cuts``, from ``start`` on), hand them to
+        the chunk writer (which stores the new ones behind this thread's back) and add them
+        to the stream's chunks. On the hash thread, in the order the batches were cut."""
+        buf, start, cuts, final = job
+        view = memoryview(buf)
+        pieces = [view[start + offset:start + offset + length] for offset, length in cuts]
         ids = [blake3.blake3(piece).digest() for piece in pieces]
         view.release()
         # The chunk writer keeps views of this buffer until they are stored, then gives it
@@ -456,6 +474,7 @@ class DedupMedium:
             if self._pending:
                 self._hold.acquire()
                 self._cut_batch(self._pending.take(), final=True)
+                self._hasher.wait()
             self._writer.drain()  # every new chunk in its pack
             self._store.sync()  # (a chunk found in the index is durable already)
         finally:
@@ -496,6 +515,7 @@ class DedupMedium:
 
     def close(self) -> None:
         self._cutter.close()
+        self._hasher.close()
         self._writer.close()
         if self._skeleton_flush is not None:
             self._skeleton_flush.close()

@@ -59,15 +59,18 @@ def test_the_chunks_are_one_cut_of_the_whole_stream(tmp_path: Path, queued: bool
         assert read_blocks(c) == blocks
 
 
+@pytest.mark.parametrize("stage", ["_cut_batch", "_hash_batch"])
 def test_reads_and_a_truncate_while_batches_are_being_cut(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = dedup_medium.DedupMedium._cut_batch
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
+    """The cut thread or the hash thread behind: reads, a truncate and the sync point wait
+    for both."""
+    real = getattr(dedup_medium.DedupMedium, stage)
 
-    def slow(self: dedup_medium.DedupMedium, batch: tuple, final: bool = False) -> None:
+    def slow(self: dedup_medium.DedupMedium, *args: object, **kw: object) -> None:
         time.sleep(0.05)  # the writer goes on well ahead of the cut
-        real(self, batch, final)
+        real(self, *args, **kw)
 
-    monkeypatch.setattr(dedup_medium.DedupMedium, "_cut_batch", slow)
+    monkeypatch.setattr(dedup_medium.DedupMedium, stage, slow)
     path = _new(tmp_path)
     blocks = _stream(2)
     with TapeCartridge.open(path) as c:
@@ -85,14 +88,15 @@ def test_reads_and_a_truncate_while_batches_are_being_cut(
     assert sum(rec.ch_len) == sum(len(b) for b in want)
 
 
+@pytest.mark.parametrize("stage", ["_cut_batch", "_hash_batch"])
 def test_a_failed_cut_fails_the_later_writes_and_the_sync_point(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(self: dedup_medium.DedupMedium, batch: tuple, final: bool = False) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
+    def broken(self: dedup_medium.DedupMedium, *args: object, **kw: object) -> None:
         raise OSError(5, "cut failed")
 
     check_failed_writes_not_acknowledged(
         _new(tmp_path), _stream(4)[:5], _stream(5),
-        lambda: monkeypatch.setattr(dedup_medium.DedupMedium, "_cut_batch", broken),
+        lambda: monkeypatch.setattr(dedup_medium.DedupMedium, stage, broken),
         monkeypatch.undo)
 
 
