@@ -701,8 +701,9 @@ static PyObject *configure(PyObject *mod, PyObject *args)
  * plain record already in the read-ahead span, no write queued, settings that read plain
  * blocks - is done here: the record header's checks and CRC, the payload's
  * crc32c, zstd for a compressed block, and the cache's fields set as ReadAhead.hold sets
- * them. Everything else (the span to refill, a record too big for the span, encryption, a
- * write to wait for) is the Python method's, called as it is: it stays the reference, and
+ * them; a record too big for the span is read on its own (ahead_direct, ahead_compressed).
+ * Everything else (the span to refill, encryption, a write to wait for, a medium that is not
+ * a plain file) is the Python method's, called as it is: it stays the reference, and
  * tests/tape_formats/test_read_ahead_native.py holds the two to the same cache contents. */
 
 #define RH_SIZE 32
@@ -869,6 +870,47 @@ out:
     return r;
 }
 
+/* zstd's output for a compressed payload, `native` bytes (TapeCartridge._decode's
+ * decompress and length check): new bytes, or NULL with *ok 0 when the payload does not
+ * decompress to that length (the real READ reports it) or -1 with an exception set. */
+static PyObject *unzstd(PyObject *cart, const uint8_t *payload, long long stored,
+                        long long native, int *ok)
+{
+    PyObject *data = NULL;
+    PyObject *dctx = PyObject_GetAttr(cart, s_dctx);
+    PyObject *view = PyMemoryView_FromMemory((char *)payload, (Py_ssize_t)stored, PyBUF_READ);
+    PyObject *limit = PyLong_FromLongLong(native);
+    if (dctx != NULL && view != NULL && limit != NULL) {
+        PyObject *cargs[3] = {dctx, view, limit};
+        data = PyObject_VectorcallMethod(s_decompress, cargs, 2, ra_max_output);
+    }
+    Py_XDECREF(dctx);
+    Py_XDECREF(view);
+    Py_XDECREF(limit);
+    *ok = 0;
+    if (data == NULL) {
+        if (PyErr_ExceptionMatches(ra_zstd_error))
+            PyErr_Clear();  /* does not decompress */
+        else
+            *ok = -1;
+    } else if (!PyBytes_Check(data) || PyBytes_GET_SIZE(data) != native) {
+        Py_CLEAR(data);  /* the wrong length (or not bytes: left to the real READ) */
+    }
+    return data;
+}
+
+/* ReadAhead.hold(p, native, stored, data, own=type(data) is bytes, lasting): 0, or -1 with
+ * an exception set. */
+static int hold(PyObject *ahead, long long p, long long native, long long stored,
+                PyObject *data, int lasting)
+{
+    return (set_ll(ahead, s_native, native) < 0 || set_ll(ahead, s_stored, stored) < 0
+            || PyObject_SetAttr(ahead, s_data, data) < 0
+            || PyObject_SetAttr(ahead, s_own, PyBytes_CheckExact(data) ? Py_True : Py_False) < 0
+            || PyObject_SetAttr(ahead, s_lasting, lasting ? Py_True : Py_False) < 0
+            || set_ll(ahead, s_obj, p) < 0) ? -1 : 0;
+}
+
 /* ---- A record too big for the span, stored as is (rdfast) --------------------------------
  * TapeCartridge._decode's "direct" case for the read-ahead: the payload read with one preadv
  * (GIL released) straight into the next of ReadAhead's two alternating buffers
@@ -879,104 +921,188 @@ out:
  * left empty when the record is damaged or the read fails), 0 the Python method's, -1 error. */
 static PyObject *s_io, *s_fd, *s_bufs, *s_which;
 
-static int ahead_direct(PyObject *cart, PyObject *ahead, long long p, uint64_t m,
-                        long long off, long long size)
+/* The cartridge's file descriptor when it is a plain cartridge file (PlainMedium): 1, 0
+ * another medium (the Python method's), -1 error. */
+static int plain_fd(PyObject *cart, long long *fd)
 {
-    long long native = (long long)(m >> 16), stored = size - RH_SIZE, fd = -1, which;
-    if (ra_plain_medium == NULL || stored < 0)
+    if (ra_plain_medium == NULL)
         return 0;
     PyObject *io = PyObject_GetAttr(cart, s_io);
     if (io == NULL)
         return -1;
     int plain = (PyObject *)Py_TYPE(io) == ra_plain_medium;
-    int r = plain ? get_ll(io, s_fd, &fd) : 0;
+    int r = plain ? get_ll(io, s_fd, fd) : 0;
     Py_DECREF(io);
-    if (r < 0 || !plain)
-        return r;
-    /* ReadAhead.buffer(native): the other buffer, grown when too small */
+    return r < 0 ? -1 : plain;
+}
+
+/* preadv(2) of `n` iovecs at `off`, the GIL released, again after EINTR: the bytes read,
+ * -1 a read error (errno), -2 with the exception set (a signal handler raised). */
+static ssize_t pread_all(long long fd, struct iovec *iov, int n, long long off)
+{
+    ssize_t got;
+    int err;
+    do {
+        Py_BEGIN_ALLOW_THREADS
+        got = preadv((int)fd, iov, n, (off_t)off);
+        Py_END_ALLOW_THREADS
+        err = errno;
+        if (got < 0 && err == EINTR && PyErr_CheckSignals() < 0)
+            return -2;
+    } while (got < 0 && err == EINTR);
+    return got;
+}
+
+/* The checks of RecordHeader.unpack and TapeCartridge._decode on a record header read with
+ * `got` bytes of the record: 1 good, 0 damaged, -1 error. */
+static int head_good(const uint8_t *head, ssize_t got, long long p, long long stored)
+{
+    if (got != RH_SIZE + stored || head[0] != 'R' || head[1] != 'C')
+        return 0;
+    int ok = crc_is(head, RH_CRC_SPAN, le32(head + 28));
+    if (ok <= 0)
+        return ok;
+    unsigned kind = head[2];
+    uint32_t native_len = le32(head + 8);
+    return !(kind < 1 || kind > 3 || (kind == KIND_FILEMARK_RUN && native_len < 2)
+             || (long long)le64(head + 16) != p || (long long)le32(head + 4) != stored);
+}
+
+/* ReadAhead.buffer(size) as read_ahead's Python method takes it before it decodes a record
+ * too big for the span: the other of the two alternating buffers, grown (zeroed) when
+ * smaller than `size`, `which` flipped; the cache emptied (obj -1). A new reference; NULL
+ * with *r 0 (not the expected list: the Python method's) or -1 (an exception set). */
+static PyObject *next_buffer(PyObject *ahead, long long size, int *r)
+{
+    long long which;
+    *r = -1;
     PyObject *bufs = PyObject_GetAttr(ahead, s_bufs);
     if (bufs == NULL)
-        return -1;
+        return NULL;
     if (!PyList_CheckExact(bufs) || PyList_GET_SIZE(bufs) != 2 || get_ll(ahead, s_which, &which) < 0) {
         Py_DECREF(bufs);
-        return PyErr_Occurred() ? -1 : 0;
+        *r = PyErr_Occurred() ? -1 : 0;
+        return NULL;
     }
     which = (which ^ 1) & 1;
     PyObject *buf = PyList_GET_ITEM(bufs, which);
     Py_INCREF(buf);
     Py_ssize_t have = PyObject_Length(buf);
-    if (have < 0)
-        goto error;
-    if (have < native) {
-        PyObject *ba = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)native);
-        if (ba == NULL)
-            goto error;
-        memset(PyByteArray_AS_STRING(ba), 0, (size_t)native);
-        Py_SETREF(buf, PyMemoryView_FromObject(ba));
-        Py_DECREF(ba);
-        if (buf == NULL)
-            goto error_nobuf;
-        Py_INCREF(buf);
-        if (PyList_SetItem(bufs, which, buf) < 0)  /* steals one reference */
-            goto error;
+    if (have >= 0 && have < size) {
+        PyObject *ba = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)size);
+        Py_CLEAR(buf);
+        if (ba != NULL) {
+            memset(PyByteArray_AS_STRING(ba), 0, (size_t)size);
+            buf = PyMemoryView_FromObject(ba);
+            Py_DECREF(ba);
+        }
+        if (buf != NULL) {
+            Py_INCREF(buf);
+            if (PyList_SetItem(bufs, which, buf) < 0)  /* steals one reference, even then */
+                Py_CLEAR(buf);
+        }
     }
-    if (set_ll(ahead, s_which, which) < 0 || set_ll(ahead, s_obj, -1) < 0)
-        goto error;
+    Py_DECREF(bufs);
+    if (have < 0 || buf == NULL || set_ll(ahead, s_which, which) < 0
+            || set_ll(ahead, s_obj, -1) < 0) {
+        Py_XDECREF(buf);
+        return NULL;
+    }
+    *r = 1;
+    return buf;
+}
+
+/* `buf`: ReadAhead.buffer(native), a reference this function owns. */
+static int ahead_direct(PyObject *ahead, long long fd, PyObject *buf, long long p,
+                        long long native, long long off, long long stored)
+{
+    int r;
     Py_buffer bv;
     if (PyObject_GetBuffer(buf, &bv, PyBUF_WRITABLE) < 0)
         goto error;
     uint8_t head[RH_SIZE];
     struct iovec iov[2] = {{head, RH_SIZE}, {bv.buf, (size_t)native}};
-    ssize_t got;
-    int err;
-    do {
-        Py_BEGIN_ALLOW_THREADS
-        got = preadv((int)fd, iov, 2, (off_t)off);
-        Py_END_ALLOW_THREADS
-        err = errno;
-        if (got < 0 && err == EINTR && PyErr_CheckSignals() < 0) {
-            PyBuffer_Release(&bv);
-            goto error;
-        }
-    } while (got < 0 && err == EINTR);
-    int ok = 0;
-    /* cut short, or a read error: damaged (the real READ meets it and reports it) */
-    if (got == RH_SIZE + stored && head[0] == 'R' && head[1] == 'C')
-        ok = crc_is(head, RH_CRC_SPAN, le32(head + 28));
-    if (ok > 0) {
-        unsigned kind = head[2];
-        uint32_t native_len = le32(head + 8);
-        ok = !(kind < 1 || kind > 3 || (kind == KIND_FILEMARK_RUN && native_len < 2)
-               || (long long)le64(head + 16) != p || (long long)le32(head + 4) != stored);
+    ssize_t got = pread_all(fd, iov, 2, off);
+    if (got == -2) {
+        PyBuffer_Release(&bv);
+        goto error;
     }
+    /* cut short, or a read error: damaged (the real READ meets it and reports it) */
+    int ok = head_good(head, got, p, stored);
     if (ok > 0)
         ok = crc_is(bv.buf, (Py_ssize_t)native, le32(head + 24));
     PyBuffer_Release(&bv);
     if (ok <= 0) {
         Py_DECREF(buf);
-        Py_DECREF(bufs);
         return ok < 0 ? -1 : 1;
     }
-    /* ReadAhead.hold(p, native, stored, view, own=False, lasting=True) */
+    /* held as a view of the buffer: own False (not bytes), lasting True */
     PyObject *data = PySequence_GetSlice(buf, 0, (Py_ssize_t)native);
     if (data == NULL)
         goto error;
-    if (set_ll(ahead, s_native, native) < 0 || set_ll(ahead, s_stored, stored) < 0
-            || PyObject_SetAttr(ahead, s_data, data) < 0
-            || PyObject_SetAttr(ahead, s_own, Py_False) < 0
-            || PyObject_SetAttr(ahead, s_lasting, Py_True) < 0 || set_ll(ahead, s_obj, p) < 0) {
-        Py_DECREF(data);
-        goto error;
-    }
+    r = hold(ahead, p, native, stored, data, 1);
     Py_DECREF(data);
     Py_DECREF(buf);
-    Py_DECREF(bufs);
-    return 1;
+    return r < 0 ? -1 : 1;
 error:
-    Py_XDECREF(buf);
-error_nobuf:
-    Py_DECREF(bufs);
+    Py_DECREF(buf);
     return -1;
+}
+
+/* ---- A compressed record too big for the span (scale4) -----------------------------------
+ * TapeCartridge._decode's pread case for the read-ahead (a 256 KiB block of half compressible
+ * data is stored in ~135 KiB, more than the span takes): ReadAhead.buffer(native) taken as the
+ * Python method takes it (it flips the alternating buffers, grown when too small), the record
+ * read into bytes of its own with one pread (GIL released), the header's checks, the
+ * payload's crc32c and zstd; held as zstd's output (own True, lasting False), as read_ahead's
+ * Python method holds it. A plain cartridge file only. 1 done (the cache left empty when the
+ * record is damaged, does not decompress or the read fails), 0 the Python method's, -1 error. */
+static int ahead_compressed(PyObject *cart, PyObject *ahead, long long fd, long long p,
+                            long long native, long long off, long long stored)
+{
+    int r;
+    long long size = RH_SIZE + stored;
+    PyObject *raw = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)size);
+    if (raw == NULL)
+        return -1;
+    uint8_t *rec = (uint8_t *)PyBytes_AS_STRING(raw);
+    struct iovec iov[1] = {{rec, (size_t)size}};
+    ssize_t got = pread_all(fd, iov, 1, off);
+    if (got == -2) {
+        Py_DECREF(raw);
+        return -1;
+    }
+    int ok = head_good(rec, got, p, stored);
+    if (ok > 0)
+        ok = crc_is(rec + RH_SIZE, (Py_ssize_t)stored, le32(rec + 24));
+    PyObject *data = ok > 0 ? unzstd(cart, rec + RH_SIZE, stored, native, &ok) : NULL;
+    Py_DECREF(raw);
+    if (data == NULL)  /* damaged: the cache stays empty, the real READ reports it */
+        return ok < 0 ? -1 : 1;
+    r = hold(ahead, p, native, stored, data, 0) < 0 ? -1 : 1;
+    Py_DECREF(data);
+    return r;
+}
+
+/* A record too big for the span: ahead_direct or ahead_compressed, on a plain cartridge
+ * file, once ReadAhead.buffer(native) was taken as the Python method takes it (the
+ * compressed record's decode does not use it). 1 done, 0 the Python method's, -1 error. */
+static int ahead_big(PyObject *cart, PyObject *ahead, long long p, uint64_t m,
+                     long long off, long long size)
+{
+    long long native = (long long)(m >> 16), stored = size - RH_SIZE, fd = -1;
+    if (stored < 0)
+        return 0;
+    int r = plain_fd(cart, &fd);
+    if (r <= 0)
+        return r;
+    PyObject *buf = next_buffer(ahead, native, &r);
+    if (buf == NULL)
+        return r;
+    if (!(m & (FLAG_COMPRESSED << 8)))
+        return ahead_direct(ahead, fd, buf, p, native, off, stored);
+    Py_DECREF(buf);
+    return ahead_compressed(cart, ahead, fd, p, native, off, stored);
 }
 
 static int ahead_from_span(PyObject *cart, PyObject *idx, PyObject *ahead, long long p,
@@ -1026,8 +1152,7 @@ static int ahead_from_span(PyObject *cart, PyObject *idx, PyObject *ahead, long 
         goto fail;
     long long size = end - off;
     if (size > ra_span_record_max) {  /* read straight into a buffer of the cache's */
-        if (!(m & (FLAG_COMPRESSED << 8)))
-            result = ahead_direct(cart, ahead, p, m, off, size);
+        result = ahead_big(cart, ahead, p, m, off, size);
         goto done;
     }
     if (get_ll(ahead, s_span_off, &span_off) < 0 || get_ll(ahead, s_span_len, &span_len) < 0)
@@ -1067,26 +1192,9 @@ static int ahead_from_span(PyObject *cart, PyObject *idx, PyObject *ahead, long 
     if ((ok = crc_is(raw + RH_SIZE, (Py_ssize_t)stored, le32(raw + 24))) <= 0)
         goto checked;
     if (compressed) {
-        PyObject *dctx = PyObject_GetAttr(cart, s_dctx);
-        PyObject *payload = PyMemoryView_FromMemory((char *)raw + RH_SIZE, (Py_ssize_t)stored,
-                                                    PyBUF_READ);
-        PyObject *limit = PyLong_FromLongLong(native);
-        if (dctx != NULL && payload != NULL && limit != NULL) {
-            PyObject *cargs[3] = {dctx, payload, limit};
-            data = PyObject_VectorcallMethod(s_decompress, cargs, 2, ra_max_output);
-        }
-        Py_XDECREF(dctx);
-        Py_XDECREF(payload);
-        Py_XDECREF(limit);
-        if (data == NULL) {
-            if (PyErr_ExceptionMatches(ra_zstd_error))
-                PyErr_Clear();  /* does not decompress: the real READ reports it */
-            else
-                ok = -1;
-            goto checked;
-        }
-        if (!PyBytes_Check(data) || PyBytes_GET_SIZE(data) != native)
-            goto released;  /* the wrong length (or not bytes: left to the real READ) */
+        data = unzstd(cart, raw + RH_SIZE, stored, native, &ok);
+        if (data == NULL)
+            goto checked;  /* ok 0: the real READ reports it */
     } else {
         data = PySequence_GetSlice(span, start + RH_SIZE, start + size);
         if (data == NULL) {
@@ -1094,18 +1202,12 @@ static int ahead_from_span(PyObject *cart, PyObject *idx, PyObject *ahead, long 
             goto checked;
         }
     }
-    /* ReadAhead.hold(p, native, stored, data, own=type(data) is bytes, lasting=False) */
     PyBuffer_Release(&sv);
     Py_DECREF(span);
-    if (set_ll(ahead, s_native, native) < 0 || set_ll(ahead, s_stored, stored) < 0
-            || PyObject_SetAttr(ahead, s_data, data) < 0
-            || PyObject_SetAttr(ahead, s_own, PyBytes_CheckExact(data) ? Py_True : Py_False) < 0
-            || PyObject_SetAttr(ahead, s_lasting, Py_False) < 0
-            || set_ll(ahead, s_obj, p) < 0) {
-        Py_DECREF(data);
-        goto fail;
-    }
+    ok = hold(ahead, p, native, stored, data, 0);
     Py_DECREF(data);
+    if (ok < 0)
+        goto fail;
     goto done;
 checked:
     if (ok < 0) {
