@@ -62,7 +62,8 @@ class WritebackPacer:
 
     def appended(self, offset: int, end: int) -> None:
         """A record was appended at ``offset``; end of data is now ``end``."""
-        if not self._enabled:
+        if not self._enabled:  # (_handed kept at the end: the drive's C write path reads
+            self._handed = end  # it and calls this only when a write-out would be due)
             return
         if self._handed > offset:
             self._handed = offset  # the tape was cut back
