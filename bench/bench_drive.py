@@ -814,6 +814,10 @@ def measure_streams(target: Target, streams: int, bs: int, total: int, verify: b
                 res["blocks_s_fastest"] = min(r["write_s"] for r in got)
                 res["blocks_s_slowest"] = max(r["write_s"] for r in got)
                 res["filemark_s_slowest"] = max(r["wfm_s"] for r in got)
+            else:  # and the READs' (the rest is client start-up, login and REWIND)
+                res["wall_s_read"] = wall
+                res["reads_s_fastest"] = min(r["read_s"] for r in got)
+                res["reads_s_slowest"] = max(r["read_s"] for r in got)
             res[f"client_cpu_s_per_gb_{phase}"] = sum(r["client_cpu_s"] for r in got) / (
                 nbytes / 1e9)
         out[f"x{n}"] = res
@@ -824,6 +828,8 @@ def measure_streams(target: Target, streams: int, bs: int, total: int, verify: b
             f"CPUs busy {res['box_busy_write']:.0%}/{res['box_busy_read']:.0%}; write phase "
             f"{res['wall_s_write']:.2f} s: WRITEs {res['blocks_s_fastest']:.2f}-"
             f"{res['blocks_s_slowest']:.2f} s, filemark up to {res['filemark_s_slowest']:.2f} s; "
+            f"read phase {res['wall_s_read']:.2f} s: READs {res['reads_s_fastest']:.2f}-"
+            f"{res['reads_s_slowest']:.2f} s; "
             f"server system share {res['sys_share_write']:.0%}/{res['sys_share_read']:.0%}, "
             f"switches per command {res['switches_vol_write']:.2f}+{res['switches_inv_write']:.2f}/"
             f"{res['switches_vol_read']:.2f}+{res['switches_inv_read']:.2f} w/r (voluntary+"
