@@ -267,6 +267,7 @@ class TapeCartridge:
         self._ahead = ReadAhead()  # a decoded block and the records ahead: a read buffer
         # Write-behind buffer (buffered mode), started by the first queue_block.
         self._wb: WriteBehind | None = None
+        self._queued_end = 0  # the object after the last one queued (while any are)
         # The drive's tape data encryption settings (keys in memory only): set_crypto.
         self.crypto: CryptoSettings | None = None
         # Partitions after this one (partition 0), opened on first use (``partition``).
@@ -967,11 +968,18 @@ class TapeCartridge:
             self._cut_at_position()
         if self._sealing_key is not None:
             return 0
+        return self._append_run(data, size, compress and self._block_zstd)
+
+    def _append_run(self, data: bytes | bytearray | memoryview, size: int, compress: bool
+                    ) -> int:
+        """``write_blocks``' append at end of data, its checks done: as many blocks as fit,
+        packed with the cartridge's packer (``_packer``: the drive's thread, or the write
+        buffer's storing one while blocks are queued)."""
         idx = self.index
         off = idx.end
         records, offsets, meta, stored = pack_run(
-            data, size, self._packer, compress and self._block_zstd,
-            self.capacity - self.used_bytes, idx.fm_total, idx.objects, off)
+            data, size, self._packer, compress, self.capacity - self.used_bytes, idx.fm_total,
+            idx.objects, off)
         written = len(meta) // 8  # one 64-bit index word each
         if not written:
             return 0
@@ -1004,26 +1012,79 @@ class TapeCartridge:
         (also for a block dropped after a disk error), when no reference to it is kept.
         WriteProtected/WormOverwrite are raised at once, as by ``write_block``; a disk error
         is raised later, by ``flush_writes``."""
+        wb, first = self._write_buffer()
+        if wb is None:
+            return False
+        worst = RECORD_HEADER_SIZE + len(data)
+        key = self._sealing_key
+        if key is not None:
+            worst += ENVELOPE_OVERHEAD + len(key.kad)
+        if not wb.put(data, compress and self._block_zstd, worst, self._end,
+                      DATA_START + self.ew_point, done):
+            return False
+        self._queued_end = first + 1
+        return True
+
+    def queue_run(self, data: bytes | bytearray | memoryview, size: int, *,
+                  compress: bool = True,
+                  done: Callable[[bytes | bytearray | memoryview], None] | None = None
+                  ) -> bool:
+        """``queue_block`` for a fixed-block WRITE's blocks ``data[i * size : (i + 1) *
+        size]``: accepted as one item of the write buffer when all of them end before the
+        early-warning point even stored uncompressed, and packed into the records
+        ``write_blocks`` would write (``block_runs.pack_run``: one record per block,
+        numbered from the object after the last one queued). The run is lazy: no thread
+        is woken for it, the caller stores it with ``store_queued`` once it has answered
+        (the drive's idle hook), and anything that waits for the buffer has the buffer's
+        thread store it. False: nothing queued (also while blocks are encrypted: those are
+        written one by one). A disk error drops the run whole and counts its blocks lost
+        (``flush_writes``)."""
+        count = len(data) // size if size > 0 else 0
+        if count * size != len(data) or not count or self._sealing_key is not None:
+            return False
+        wb, first = self._write_buffer()
+        if wb is None:
+            return False
+        compress = compress and self._block_zstd
+        if not wb.put(data, compress, count * (RECORD_HEADER_SIZE + size), self._end,
+                      DATA_START + self.ew_point, done, (size, first, compress), count,
+                      lazy=True):
+            return False
+        self._queued_end = first + count
+        return True
+
+    def store_queued(self) -> None:
+        """Store what is queued on this thread now when nothing else is storing it (the
+        lazy runs of ``queue_run``), else let the write buffer's thread do it."""
+        wb = self._wb
+        if wb is not None and wb.blocks:
+            wb.store_here()
+
+    def _write_buffer(self) -> tuple[WriteBehind | None, int]:
+        """The write buffer to queue an append into (started on first use) and the object
+        number the append will get; (None, 0) when it may not be queued (the position is not
+        at end of data). Raises WriteProtected/WormOverwrite as ``write_block`` does. Only
+        the thread queueing adds blocks, so a buffer seen holding some ends at
+        ``_queued_end``, and an empty one at the end of the index."""
         wb = self._wb
         if wb is None or not wb.blocks:
             if self.position != len(self.index) or self.readonly:
-                return False
+                return None, 0
             self.check_writable()
             if wb is None:
                 packers = WRITE_BEHIND_PACKERS if (
                     self._block_zstd or self._sealing_key is not None
                 ) else WRITE_BEHIND_PACKERS_UNCOMPRESSED
-                wb = self._wb = WriteBehind(self._new_packer, self._store_packed,
-                                            WRITE_BEHIND_BYTES, self.barcode, packers=packers)
-        elif self.write_protected:
-            raise WriteProtected(f"{self.barcode} is write protected")
+                wb = self._wb = WriteBehind(self._new_packer, self._store_queued,
+                                            WRITE_BEHIND_BYTES, self.barcode, packers=packers,
+                                            store_packer=self._new_packer(self._packer))
+            first = len(self.index)
+        else:
+            if self.write_protected:
+                raise WriteProtected(f"{self.barcode} is write protected")
+            first = self._queued_end
         self._ahead.clear()
-        worst = RECORD_HEADER_SIZE + len(data)
-        key = self._sealing_key
-        if key is not None:
-            worst += ENVELOPE_OVERHEAD + len(key.kad)
-        return wb.put(data, compress and self._block_zstd, worst, self._end,
-                      DATA_START + self.ew_point, done)
+        return wb, first
 
     def append_now(self, data: bytes | bytearray | memoryview, *, compress: bool = True
                    ) -> bool:
@@ -1114,12 +1175,33 @@ class TapeCartridge:
             self.counters.written_native += native
             self.counters.written_stored += len(payload)
 
-    def _new_packer(self) -> Callable[[bytes | bytearray | memoryview, bool], Packed]:
-        """A packer of its own (zstd context, skip state) for one write-behind thread. The
-        key is the one in force when the block is packed: ``set_crypto`` waits for the
-        buffer to empty first."""
-        pack = BlockPacker().pack
+    def _new_packer(self, packer: BlockPacker | None = None
+                    ) -> Callable[[bytes | bytearray | memoryview, bool], Packed]:
+        """A packer of its own (zstd context, skip state) for one write-behind thread, or
+        ``packer``'s (the storing thread gets the cartridge's own, which nobody else uses
+        while blocks are queued: blocks it packs in order come out as written without the
+        buffer; a run of ``queue_run`` is packed by ``_store_queued`` with it too). The key
+        is the one in force when the block is packed: ``set_crypto`` waits for the buffer to
+        empty first."""
+        if packer is None:
+            packer = BlockPacker()
+        pack = packer.pack
         return lambda data, compress: pack(data, compress, self._sealing_key)
+
+    def _store_queued(self, native: int, packed: Packed | tuple[int, int, bool],
+                      data: bytes | bytearray | memoryview | None = None) -> None:
+        """Append what the write buffer packed (one data block), or a run of blocks
+        ``data`` (``queue_run``'s (size, first object, compress)), packed now with the
+        cartridge's packer: only one thread appends, and its records' offsets are known."""
+        if data is None:
+            self._store_packed(native, packed)  # type: ignore[arg-type]
+            return
+        size, first, compress = packed  # type: ignore[misc]
+        if first != self.index.objects:  # pragma: no cover - queue_run's numbering
+            raise CartridgeError(f"{self.barcode}: a queued run numbered from object "
+                                 f"{first} met end of data at {self.index.objects}")
+        if self._append_run(data, size, compress) != native // size:  # pragma: no cover
+            raise EndOfMedium(f"{self.barcode} is full ({self.capacity} bytes)")
 
     # -- encryption ---------------------------------------------------------------------
     @property

@@ -10,6 +10,10 @@ the order they were accepted. Compression is the bottleneck of a stream of real 
 core compresses a tar of source code at ~250 MB/s), so it gets a second core when the
 buffer fills up faster than one thread empties it.
 
+A fixed-block WRITE's blocks are queued as one lazy item (``TapeCartridge.queue_run``): the
+drive answers, then packs and stores them itself from its idle hook (``store_here``): the
+zstd per block overlaps the initiator's turn, with no hand-off to another thread.
+
 What may be queued is decided by ``TapeCartridge.queue_block``: only appends that nothing but
 a disk error can stop. Every other operation waits until the buffer is empty, so positions,
 early warning, end of medium and overwrites behave exactly as without the buffer. A disk
@@ -28,8 +32,13 @@ from tape_formats.malloc_tuning import keep_freed_memory
 
 Data = bytes | bytearray | memoryview
 Pack = Callable[[Data, bool], Any]  # (data, compress) -> packed block
-Append = Callable[[int, Any], None]  # (native length, packed block) -> stored
+Append = Callable[..., None]  # (native length, packed block) or (native, run, data) -> stored
 Done = Callable[[Data], None]  # (data) once the buffer holds no reference to it
+
+
+# The storing thread wakes this often while idle, and stores the lazy blocks
+# (``put(lazy=True)``) their caller did not store (no idle hook came).
+LAZY_WAIT = 0.1
 
 
 class DeferredWriteError(Exception):
@@ -44,14 +53,18 @@ class DeferredWriteError(Exception):
 
 
 class _Block:
-    __slots__ = ("data", "native", "compress", "worst", "done", "packed", "error", "ready")
+    __slots__ = ("data", "native", "compress", "worst", "done", "run", "count", "packed",
+                 "error", "ready")
 
-    def __init__(self, data: Data, compress: bool, worst: int, done: Done | None) -> None:
+    def __init__(self, data: Data, compress: bool, worst: int, done: Done | None,
+                 run: Any, count: int) -> None:
         self.data: Data | None = data
         self.native = len(data)
         self.compress = compress
         self.worst = worst
         self.done = done
+        self.run = run  # None: one block; else what ``pack`` needs for a run of blocks
+        self.count = count  # blocks (tape objects) it holds
         self.packed: Any = None
         self.error: BaseException | None = None
         self.ready = False
@@ -67,10 +80,14 @@ class WriteBehind:
     ``limit`` bounds the worst-case medium bytes waiting (each block counted as stored
     uncompressed, with its record header): ``put`` blocks while the buffer is full, which keeps
     memory flat however fast the initiator sends.
+
+    ``store_packer``, when given, is the storing thread's ``pack`` (else ``new_packer()``):
+    the caller's own, used by nobody else while blocks are queued, so that blocks packed in
+    order by one thread come out as the caller's writes without the buffer would have.
     """
 
     def __init__(self, new_packer: Callable[[], Pack], append: Append, limit: int, name: str,
-                 packers: int = 2) -> None:
+                 packers: int = 2, store_packer: Pack | None = None) -> None:
         keep_freed_memory()  # (once per process) blocks come and go at the data rate
         self._append = append
         self._limit = limit
@@ -91,7 +108,10 @@ class WriteBehind:
         self._lost = 0
         self._lost_bytes = 0
         self._stopping = False
-        self._threads = [threading.Thread(target=self._store, args=(new_packer(),),
+        self._claimed = False  # a caller stores the queued blocks itself (store_here)
+        self._storer_idle = False  # the storing thread waits for work
+        self._own_pack = store_packer or new_packer()  # the storing thread's (store_here's)
+        self._threads = [threading.Thread(target=self._store, args=(self._own_pack,),
                                           daemon=True, name=f"write-behind {name}")]
         for i in range(1, max(1, packers)):
             self._threads.append(threading.Thread(
@@ -101,12 +121,18 @@ class WriteBehind:
             t.start()
 
     def put(self, data: Data, compress: bool, worst: int, end: Callable[[], int],
-            ceiling: int, done: Done | None = None) -> bool:
+            ceiling: int, done: Done | None = None, run: Any = None, count: int = 1,
+            lazy: bool = False) -> bool:
         """Queue ``data`` if ``end() + reserved + worst`` stays below ``ceiling``; False (and
         nothing queued) otherwise. ``end()`` is the medium offset after the last block stored:
         it is read under the buffer's lock, where it never lags behind ``reserved``, so the
         sum can only overestimate. ``done(data)`` is called once the block is stored (or
-        dropped) and the buffer holds no reference to ``data`` any more."""
+        dropped) and the buffer holds no reference to ``data`` any more. ``run``, when not
+        None, makes ``data`` a run of ``count`` blocks (a fixed-block WRITE's), not packed
+        but appended as ``append(native, run, data)`` (the appender packs it: its records'
+        offsets are known then); a deferred error counts its ``count`` blocks lost.
+        ``lazy``: the storing thread is not woken for it: the caller stores it with
+        ``store_here`` once it has answered (anything that waits for the buffer wakes it)."""
         with self._room:
             while self.blocks and self.reserved + worst > self._limit:
                 self._room.wait()
@@ -114,13 +140,13 @@ class WriteBehind:
                 return False
             if end() + self.reserved + worst >= ceiling:
                 return False
-            block = _Block(data, compress, worst, done)
+            block = _Block(data, compress, worst, done, run, count)
             self._blocks.append(block)
             self._to_pack.append(block)
             self._backlog += block.native
             self.blocks += 1
             self.reserved += worst
-            if self.blocks == 1:
+            if self._storer_idle and not lazy:
                 self._head.notify()
             elif self._backlog >= self._help_from:
                 self._help.notify()
@@ -130,15 +156,50 @@ class WriteBehind:
     def failed(self) -> bool:
         return self._error is not None
 
+    def store_here(self) -> bool:
+        """Pack and store what is queued on the calling thread (the one that queues), when
+        the storing thread waits for work and nobody packs any of it: a lazy block is
+        answered first and stored right after, on the thread that took it, with no
+        hand-off. Otherwise the storing thread is woken for it. True: stored here (or
+        dropped after an error, as the storing thread drops blocks)."""
+        with self._head:
+            if not self._blocks:
+                return False
+            if (not self._storer_idle or self._claimed
+                    or len(self._to_pack) != len(self._blocks)):
+                self._head.notify()
+                return False
+            self._claimed = True
+            work = list(self._to_pack)  # all of them, in order: the same as _blocks
+            self._to_pack.clear()
+            self._backlog = 0
+            skip = self._error is not None
+        try:
+            for block in work:
+                if not skip:
+                    self._pack(self._own_pack, block)
+                block.ready = True
+                skip = self._finish(block, skip)
+        finally:
+            with self._head:
+                self._claimed = False
+                if self._blocks:
+                    self._head.notify()
+        return True
+
     def wait(self) -> None:
         """Until every queued block is stored or dropped (an error stays for ``flush``)."""
         with self._room:
+            if self.blocks:
+                self._head.notify()  # lazy blocks: the storing thread stores them
             while self.blocks:
                 self._room.wait()
 
     def flush(self) -> None:
         """``wait``, then raise the error a queued block met, once."""
         with self._room:
+            if self.blocks:
+                self._head.notify()  # lazy blocks: the storing thread stores them
             while self.blocks:
                 self._room.wait()
             error = self._error
@@ -167,6 +228,8 @@ class WriteBehind:
 
     @staticmethod
     def _pack(pack: Pack, block: _Block) -> None:
+        if block.run is not None:  # a run: packed by append
+            return
         try:
             block.packed = pack(block.data, block.compress)
         except BaseException as exc:  # kept for the next flush
@@ -180,10 +243,15 @@ class WriteBehind:
         to_pack = self._to_pack
         while True:
             with head:
-                while not blocks:
-                    if self._stopping:
+                while not blocks or self._claimed:
+                    if self._stopping and not blocks:
                         return
-                    head.wait()
+                    self._storer_idle = True
+                    # Lazy blocks nobody stored (no idle hook came): taken after LAZY_WAIT.
+                    timed_out = not head.wait(LAZY_WAIT)
+                    self._storer_idle = False
+                    if timed_out and blocks and not self._claimed:
+                        break
                 block = blocks[0]
                 work = None
                 if not block.ready:
@@ -200,28 +268,37 @@ class WriteBehind:
                 work.ready = True
                 if work is not block:
                     continue  # packed a later one while a helper has the head: go round
-            error = block.error
-            if not skip and error is None:
-                try:
+            self._finish(block, skip)
+
+    def _finish(self, block: _Block, skip: bool) -> bool:
+        """Append the head block (packed), or drop it (``skip``: an earlier one failed);
+        returns whether the blocks after it are to be dropped."""
+        error = block.error
+        if not skip and error is None:
+            try:
+                if block.run is None:
                     self._append(block.native, block.packed)
-                except BaseException as exc:  # kept for the next flush
-                    error = exc
-            data, done = block.data, block.done
-            block.data = block.packed = block.done = None  # the memory goes back now
-            if done is not None:
-                done(data)
-            del data
-            with head:
-                blocks.popleft()
-                self.blocks -= 1
-                self.reserved -= block.worst
-                if skip or error is not None:
-                    if error is not None:
-                        self._error = error
-                    self._lost += 1
-                    self._lost_bytes += block.native
-                if not self.blocks or self.reserved <= self._wake_at:
-                    self._room.notify_all()
+                else:
+                    self._append(block.native, block.run, block.data)
+            except BaseException as exc:  # kept for the next flush
+                error = exc
+        data, done = block.data, block.done
+        block.data = block.packed = block.done = None  # the memory goes back now
+        if done is not None:
+            done(data)
+        del data
+        with self._head:
+            self._blocks.popleft()
+            self.blocks -= 1
+            self.reserved -= block.worst
+            if skip or error is not None:
+                if error is not None:
+                    self._error = error
+                self._lost += block.count
+                self._lost_bytes += block.native
+            if not self.blocks or self.reserved <= self._wake_at:
+                self._room.notify_all()
+            return self._error is not None
 
     def _helper(self, pack: Pack) -> None:
         """A helper thread: packs the oldest unclaimed block while the backlog is big."""

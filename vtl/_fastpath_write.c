@@ -64,7 +64,7 @@ static PyObject *w_wb, *w_blocks, *w_failed, *w_position, *w_index, *w_objects, 
     *w_comp_page, *w_bytes_written, *w_streaming, *w_sense, *w_pop, *w_kw_compress,
     *w_write_streams, *w_wrote, *w_spare_buffers, *w_give_back, *w_key, *w_queue_block,
     *w_kw_queue, *w_donated_type, *w_block_size, *w_run_obj, *w_fixed_runs, *w_append_run_now,
-    *w_kw_only_compress;
+    *w_kw_only_compress, *w_queue_run, *w_min_buffered_run;
 
 /* ---------------------------------------------------------------- small helpers */
 
@@ -541,10 +541,11 @@ static int stored_nothing(void)
 }
 
 /* _buffer_block's queue_block call for a donated block (the transport's DonatedBuffer, or
- * bytes): cart.queue_block(data, compress=..., done=SPARE_BUFFERS.give_back). 1 queued,
- * 0 not taken (write it now), 2 a block that is not donated (the Python method copies
- * it), -1 error. */
-static int queue(PyObject *cart, PyObject *data, int compress)
+ * bytes): cart.queue_block(data, compress=..., done=SPARE_BUFFERS.give_back), or with
+ * ``run`` (a fixed-mode WRITE's blocks of that size) cart.queue_run(data, run, ...). 1
+ * queued, 0 not taken (write it now), 2 a block that is not donated (the Python method
+ * copies it), -1 error. */
+static int queue(PyObject *cart, PyObject *data, int compress, long long run)
 {
     PyObject *base = PyMemoryView_Check(data) ? PyMemoryView_GET_BASE(data) : data;
     if (base == NULL || (!PyBytes_CheckExact(base) && (PyObject *)Py_TYPE(base) != w_donated_type))
@@ -558,9 +559,17 @@ static int queue(PyObject *cart, PyObject *data, int compress)
     PyObject *give_back = PyObject_GetAttr(spare, w_give_back);
     if (give_back == NULL)
         return -1;
-    PyObject *args[] = {cart, data, compress ? Py_True : Py_False, give_back};
-    PyObject *res = PyObject_VectorcallMethod(w_queue_block, args,
-                                              2, w_kw_queue);
+    PyObject *res = NULL;
+    if (run) {  /* a small run's buffer is not pooled (_buffer_block) */
+        PyObject *sz = PyLong_FromLongLong(run);
+        PyObject *args[] = {cart, data, sz, compress ? Py_True : Py_False,
+                            PyObject_Length(data) >= w_min_buffered ? give_back : Py_None};
+        res = sz ? PyObject_VectorcallMethod(w_queue_run, args, 3, w_kw_queue) : NULL;
+        Py_XDECREF(sz);
+    } else {
+        PyObject *args[] = {cart, data, compress ? Py_True : Py_False, give_back};
+        res = PyObject_VectorcallMethod(w_queue_block, args, 2, w_kw_queue);
+    }
     Py_DECREF(give_back);
     if (res == NULL)
         return -1;
@@ -599,10 +608,24 @@ static int write_run(PyObject *dev, PyObject *nexus, PyObject *cart, PyObject *d
     return done(dev, nexus);
 }
 
+/* A global of vtl.scsi.ssc that is an int (MIN_BUFFERED_RUN, looked up at each use as the
+ * Python method does): 0, or -1 with an exception set. */
+static int global_ll(PyObject *name, long long *into)
+{
+    PyObject *v = PyDict_GetItemWithError(w_globals, name);
+    if (v == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_SetObject(PyExc_KeyError, name);
+        return -1;
+    }
+    *into = PyLong_AsLongLong(v);
+    return *into == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
 /* What stream_write decides under the drive's lock: 1 written (GOOD), 0 declined (nothing
  * changed), 2 the Python method's, -1 error. (One block of a fixed-mode WRITE is a
- * variable-mode block of the mode's size; ``run``: several blocks of that size, written
- * now as one run, _write_run_now.) */
+ * variable-mode block of the mode's size; ``run``: several blocks of that size, queued as
+ * one run as _buffer_block does, or written now as one run, _write_run_now.) */
 static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize_t n,
                         long long run)
 {
@@ -651,13 +674,19 @@ static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize
         Py_DECREF(cart);
         return 2;
     }
-    if (run)  /* _write_run_now: PEWS is 0 (usual), no faults injected */
-        return write_run(dev, nexus, cart, data, n, run, compress);
     /* the write buffer's case (_buffer_block) */
-    long long mode;
+    long long mode, min_size = w_min_buffered;
     if (get_ll(dev, w_buffered_mode, &mode) < 0)
         goto error;
-    if (mode && n >= w_min_buffered) {
+    if (mode && run) {  /* a run: MIN_BUFFERED_RUN, FIXED_RUNS */
+        PyObject *on = PyDict_GetItemWithError(w_globals, w_fixed_runs);
+        r = on != NULL ? PyObject_IsTrue(on) : PyErr_Occurred() ? -1 : 0;
+        if (r < 0 || global_ll(w_min_buffered_run, &min_size) < 0)
+            goto error;
+        if (!r)
+            mode = 0;
+    }
+    if (mode && n >= min_size) {
         int for_other = 0;
         if (pending) {
             PyObject *bf = PyObject_GetAttr(dev, w_buffered_for);
@@ -669,20 +698,23 @@ static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize
                 goto error;
         }
         if (!for_other) {
-            PyObject *ws = PyDict_GetItemWithError(w_globals, w_write_streams);
-            Py_XINCREF(ws);  /* borrowed from a dict the call may change */
-            PyObject *id = ws ? PyLong_FromVoidPtr(dev) : NULL;
-            PyObject *many = id ? PyObject_CallMethodOneArg(ws, w_wrote, id) : NULL;
-            if (ws == NULL && !PyErr_Occurred())
-                PyErr_SetString(PyExc_KeyError, "WRITE_STREAMS");
-            Py_XDECREF(ws);
-            Py_XDECREF(id);
-            r = many ? PyObject_IsTrue(many) : -1;
-            Py_XDECREF(many);
-            if (r < 0)
-                goto error;
+            r = 0;  /* a run is stored by this thread: no hand-off, no stream to count */
+            if (!run) {
+                PyObject *ws = PyDict_GetItemWithError(w_globals, w_write_streams);
+                Py_XINCREF(ws);  /* borrowed from a dict the call may change */
+                PyObject *id = ws ? PyLong_FromVoidPtr(dev) : NULL;
+                PyObject *many = id ? PyObject_CallMethodOneArg(ws, w_wrote, id) : NULL;
+                if (ws == NULL && !PyErr_Occurred())
+                    PyErr_SetString(PyExc_KeyError, "WRITE_STREAMS");
+                Py_XDECREF(ws);
+                Py_XDECREF(id);
+                r = many ? PyObject_IsTrue(many) : -1;
+                Py_XDECREF(many);
+                if (r < 0)
+                    goto error;
+            }
             if (!r) {  /* into the write buffer, or (not taken) written now */
-                r = queue(cart, data, compress);
+                r = queue(cart, data, compress, run);
                 if (r == 2 || r == 1) {
                     Py_DECREF(cart);
                     if (r == 2)
@@ -699,6 +731,8 @@ static int write_locked(PyObject *dev, PyObject *nexus, PyObject *data, Py_ssize
             }
         }
     }
+    if (run)  /* _write_run_now: PEWS is 0 (usual), no faults injected */
+        return write_run(dev, nexus, cart, data, n, run, compress);
     /* _write_now */
     r = append_now_c(cart, data, compress);
     Py_DECREF(cart);
@@ -1112,7 +1146,8 @@ int fastpath_write_init(PyObject *module)
     W_INTERN(w_append_run_now, "append_run_now");
     if ((w_kw_only_compress = PyTuple_Pack(1, w_kw_compress)) == NULL)
         return -1;
-    W_INTERN(w_queue_block, "queue_block");
+    W_INTERN(w_queue_block, "queue_block"); W_INTERN(w_queue_run, "queue_run");
+    W_INTERN(w_min_buffered_run, "MIN_BUFFERED_RUN");
     PyObject *kw_done = PyUnicode_InternFromString("done");
     if (kw_done == NULL || (w_kw_queue = PyTuple_Pack(2, w_kw_compress, kw_done)) == NULL)
         return -1;

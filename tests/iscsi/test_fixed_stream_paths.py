@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from iscsi_support import READ_POSITION, RawInitiator, lbp_select, two_sessions
 
+from tape_formats.cartridge import TapeCartridge
 from tape_formats.records import DATA_START
 from vtl import faults
 from vtl.config import LibraryConfig
@@ -61,9 +62,10 @@ def _compression(on: bool) -> tuple[bytes, bytes]:
     return bytes([0x15, 0x10, 0, 0, 4 + 16, 0]), bytes(4) + page
 
 
-def _run(root: Path, mode: str, worm: bool) -> tuple[list[list[bytes]], bytes, int, int]:
+def _run(root: Path, mode: str, worm: bool
+         ) -> tuple[list[list[bytes]], bytes, int, int, int]:
     """The sequence against a fresh library; (answers, the cartridge's records, READ/WRITE(6)
-    sent, of them run by ``execute``)."""
+    sent, of them run by ``execute``, runs queued lazily in the write buffer)."""
     lib = Library.create(root, LibraryConfig(drives=1, slots=4, mailslots=1))
     barcode = "W00001LY" if worm else "F00001L8"
     lib.create_cartridge(barcode, capacity=40 << 20)
@@ -83,12 +85,22 @@ def _run(root: Path, mode: str, worm: bool) -> tuple[list[list[bytes]], bytes, i
         return general(nexus, cdb, data_out)
 
     drive.execute = execute
+    queued = 0
+    queue_run = TapeCartridge.queue_run
+
+    def counting_queue_run(self, *args, **kw):
+        nonlocal queued
+        ok = queue_run(self, *args, **kw)
+        queued += ok
+        return ok
+
     answers: list[list[bytes]] = []
     sent = 0
     rng = random.Random(11 + worm)
     try:
         paths = stream_paths.ReferencePaths if mode == "python" else native
-        with two_sessions(devices, paths=paths) as (a, b):
+        with pytest.MonkeyPatch.context() as mp, two_sessions(devices, paths=paths) as (a, b):
+            mp.setattr(TapeCartridge, "queue_run", counting_queue_run)
 
             def cmd(ini: RawInitiator, cdb: bytes, **kw) -> None:
                 answers.append(ini.answers(ini.scsi(cdb, lun=1, **kw)))
@@ -192,7 +204,7 @@ def _run(root: Path, mode: str, worm: bool) -> tuple[list[list[bytes]], bytes, i
         records = cart.path.read_bytes()[DATA_START:]
     finally:
         lib.close()
-    return answers, records, sent, executed
+    return answers, records, sent, executed, queued
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["rewritable", "worm"])
@@ -204,8 +216,8 @@ def reference(request, tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.parametrize("mode", ["c", "python"])
 def test_fixed_mode_fast_paths_answer_as_the_general_path(tmp_path: Path, reference,
                                                           mode: str) -> None:
-    worm, (general, records, sent, executed) = reference
-    answers, got, sent_here, executed_here = _run(tmp_path / mode, mode, worm)
+    worm, (general, records, sent, executed, queued) = reference
+    answers, got, sent_here, executed_here, queued_here = _run(tmp_path / mode, mode, worm)
     assert len(answers) == len(general)
     for i, (x, y) in enumerate(zip(answers, general, strict=True)):
         assert x == y, f"answer {i} differs"
@@ -213,6 +225,8 @@ def test_fixed_mode_fast_paths_answer_as_the_general_path(tmp_path: Path, refere
     assert sent_here == sent
     # the plain ones took a fast path (the transport refuses a few itself: LBP's lengths)
     assert executed_here < executed * 0.6, (executed_here, executed, sent)
+    # buffered runs of several blocks went into the write buffer (lazily) on every path
+    assert queued_here == queued > 5, (queued_here, queued)
     sense = [x[-1][50:] for x in general if x[-1][0] & 0x3F == Op.SCSI_RSP and len(x[-1]) > 50]
     keys = {(s[2] & 0x0F, s[2] & 0xE0) for s in sense if len(s) > 2}
     # the sequence met filemarks, ILI, end of data (or early warning) and medium errors

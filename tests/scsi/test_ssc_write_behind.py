@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import pytest
 from test_ssc import A, B, MiB, check, good, pos, read, rewind, run, wfm, write
 
+from tape_formats import write_behind
 from tape_formats.cartridge import TapeCartridge
 from tape_formats.write_behind import DeferredWriteError, WriteBehind
 from vtl.library import Library
@@ -81,6 +82,66 @@ def test_packers_work_in_parallel_and_blocks_are_appended_in_order():
     assert wb.close() is None
     assert stored == list(range(200))
     assert len(set(packed_by.values())) == 2
+
+
+def test_a_lazy_block_is_stored_by_its_caller_or_by_the_buffer_once_waited_for(monkeypatch):
+    """``put(lazy=True)`` wakes no thread: ``store_here`` stores it on the calling thread,
+    a ``wait`` has the storing thread store it, and one nobody stores is taken by the
+    storing thread after LAZY_WAIT. A run (``run``) is appended unpacked, with its data."""
+    by: list[tuple[str, object]] = []
+
+    def append(native, packed, data=None):
+        by.append((threading.current_thread().name, packed if data is None else (packed, data)))
+
+    monkeypatch.setattr(write_behind, "LAZY_WAIT", 30.0)  # no wake-up in the middle
+    wb = WriteBehind(_identity_packer, append, limit=1 << 20, name="t")
+    end = lambda: 0  # noqa: E731
+    _until_idle(wb)
+    assert wb.put(b"a", False, 100, end, 1 << 30, lazy=True)
+    assert wb.put(b"bc", False, 100, end, 1 << 30, run=(1, "run"), count=2, lazy=True)
+    assert wb.blocks == 2
+    assert wb.store_here()
+    me = threading.current_thread().name
+    assert by == [(me, b"a"), (me, ((1, "run"), b"bc"))] and wb.blocks == 0
+    assert not wb.store_here()  # nothing queued
+    assert wb.put(b"d", False, 100, end, 1 << 30, lazy=True)
+    wb.wait()
+    assert by[-1] == ("write-behind t", b"d")
+    assert wb.close() is None
+    monkeypatch.setattr(write_behind, "LAZY_WAIT", 0.05)
+    wb = WriteBehind(_identity_packer, append, limit=1 << 20, name="u")
+    assert wb.put(b"e", False, 100, end, 1 << 30, lazy=True)
+    deadline = time.monotonic() + 5
+    while wb.blocks and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert by[-1] == ("write-behind u", b"e")  # nobody stored it: the storing thread did
+    assert wb.close() is None
+
+
+def _until_idle(wb: WriteBehind) -> None:
+    """Until the storing thread waits for work (a lazy block is then the caller's)."""
+    deadline = time.monotonic() + 10
+    while not wb._storer_idle and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert wb._storer_idle
+
+
+def test_a_failure_under_a_lazy_run_counts_its_blocks_lost(monkeypatch):
+    def append(native, packed, data=None):
+        if data == b"bad":
+            raise OSError(errno.EIO, "disk on fire")
+
+    monkeypatch.setattr(write_behind, "LAZY_WAIT", 30.0)
+    wb = WriteBehind(_identity_packer, append, limit=1 << 20, name="t")
+    end = lambda: 0  # noqa: E731
+    _until_idle(wb)
+    assert wb.put(b"bad", False, 100, end, 1 << 30, run=(1,), count=3, lazy=True)
+    assert wb.put(b"x", False, 100, end, 1 << 30, lazy=True)
+    assert wb.store_here()
+    with pytest.raises(DeferredWriteError) as exc:
+        wb.flush()
+    assert exc.value.lost == 4 and exc.value.lost_bytes == 4
+    assert wb.close() is None
 
 
 def test_put_refuses_what_could_reach_the_ceiling_and_waits_for_room():
@@ -230,9 +291,9 @@ def _setblk(drv, bs: int, buffered: bool) -> None:
 def test_fixed_mode_buffers_one_block_commands_and_counts_lost_blocks(two, queued,
                                                                        monkeypatch):
     """Fixed mode (`mt setblk 65536`): a one-block WRITE(6) goes into the buffer as the
-    same variable-mode block would, a command of several blocks is written now (it waits
-    for the buffer first); a disk failure under buffered blocks is a deferred error whose
-    INFORMATION counts the blocks lost, and the tape ends after the last block stored."""
+    same variable-mode block would, a command of several blocks as one run (queue_run); a
+    disk failure under buffered blocks is a deferred error whose INFORMATION counts the
+    blocks lost, and the tape ends after the last block stored."""
     buffered, plain = two
     for d, on in ((buffered, True), (plain, False)):
         _setblk(d, BLOCK, on)
@@ -258,6 +319,49 @@ def test_fixed_mode_buffers_one_block_commands_and_counts_lost_blocks(two, queue
     rewind(buffered)
     r = run(buffered, 0x08, 1, 0, 0, 5, 0)
     assert r.status == Status.GOOD and r.d == b"".join(blocks[:5])
+
+
+def test_fixed_mode_runs_are_answered_then_stored_by_the_idle_hook(two, monkeypatch):
+    """`mt setblk 512`: a WRITE(6) of several blocks is answered GOOD with the run queued
+    lazily (TapeCartridge.queue_run), stored by the drive's idle hook on the same thread,
+    else by the buffer's thread for the next command that waits; the tape is byte for byte
+    what the unbuffered drive writes. A disk failure under a run is a deferred error
+    counting all its blocks lost; the tape ends before the run."""
+    monkeypatch.setattr(write_behind, "LAZY_WAIT", 30.0)  # no wake-up in the middle
+    buffered, plain = two
+    for d, on in ((buffered, True), (plain, False)):
+        _setblk(d, 512, on)
+    text = b"".join(b"%06d backup wrote /srv/%d.log\n" % (i, i) for i in range(2000))
+    rnd = random.Random(3)
+    runs = [text[i * 10240:(i + 1) * 10240] for i in range(4)] + [rnd.randbytes(20 * 512)]
+    cart = buffered._medium()
+    for i, data in enumerate(runs):
+        if i == 1:
+            _until_idle(cart._wb)
+        for d in two:
+            assert write(d, data, fixed=True).status == Status.GOOD
+        if i == 1:
+            assert cart.writes_pending  # answered, not stored yet
+            buffered.idle()
+            assert not cart.writes_pending  # stored by the idle hook, on this thread
+        # else READ POSITION waits for it (the buffer's thread stores it)
+        assert pos(buffered) == pos(plain) == 20 * (i + 1)
+    wfm(buffered)
+    wfm(plain)
+    assert cart.path.read_bytes()[4096:] == plain._medium().path.read_bytes()[4096:]
+
+    def failing(*args):
+        raise OSError(errno.EIO, "disk on fire")
+
+    monkeypatch.setattr(cart, "_append_run", failing)
+    assert write(buffered, runs[0], fixed=True).status == Status.GOOD
+    buffered.idle()
+    cart.wait_writes()
+    monkeypatch.delattr(cart, "_append_run")
+    r = run(buffered, 0x10, 0, 0, 0, 1, 0)  # WRITE FILEMARKS: the deferred error
+    assert r.status == Status.CHECK_CONDITION and r.s.raw[0] & 0x7F == 0x71
+    assert r.s.code == (SenseKey.MEDIUM_ERROR, 0x0C, 0) and r.s.info == 20
+    assert pos(buffered) == 101  # five runs and a filemark
 
 
 def test_a_deferred_error_ends_the_next_write_which_is_not_written(two, monkeypatch):
@@ -300,8 +404,8 @@ def test_a_buffered_block_is_safe_from_the_transport_reusing_its_memory(two, mon
     kept = []
     real_new_packer = cart._new_packer
 
-    def new_packer():
-        real_pack = real_new_packer()
+    def new_packer(packer=None):
+        real_pack = real_new_packer(packer)
 
         def pack(data, compress):
             gate.wait(5)

@@ -214,6 +214,12 @@ DEFAULT_BUFFERED_MODE = 1
 # block is in the drive's buffer (TapeCartridge.queue_block); smaller blocks cost less to
 # write at once than to hand to another thread (TapeCartridge.append_now, on the fast path).
 MIN_BUFFERED_WRITE = 16 * 1024
+# A fixed-mode WRITE's several blocks (``mt setblk 512``) of at least this many bytes go into
+# the write buffer as one lazy run (TapeCartridge.queue_run): answered GOOD at once, packed
+# and stored by the drive's idle hook right after the answer went out, so zstd per block
+# (most of their cost) overlaps the initiator's turn instead of delaying the answer
+# (bench/README.md, blkgrp).
+MIN_BUFFERED_RUN = 0
 
 # Commands on the data path: skip the catalog refresh (a cartridge being read or written is
 # flocked by this process, nobody can move it meanwhile).
@@ -891,8 +897,9 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
             self._writable = cart
             compress = self.compression
             try:
-                if n > bs > 0:  # fixed mode, several blocks: written now, as one run
-                    if not self._write_run_now(cart, data, bs, compress):
+                if n > bs > 0:  # fixed mode, several blocks: queued or written now, one run
+                    if (not self._buffer_block(cart, nexus, data, compress, bs)
+                            and not self._write_run_now(cart, data, bs, compress)):
                         return False
                 elif (not self._buffer_block(cart, nexus, data, compress)
                         and not self._write_now(cart, data, compress)):
@@ -904,24 +911,34 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
             return True
 
     def _buffer_block(self, cart: TapeCartridge, nexus: Nexus, data: bytes | memoryview,
-                      compress: bool) -> bool:
+                      compress: bool, run: int = 0) -> bool:
         """Hand a variable-mode block to the write buffer (buffered mode, a block big enough
         to be worth a thread hand-off, no other initiator's blocks waiting, room before early
         warning, and fewer than twice as many drives streaming as CPUs: ssc_streams). False:
         nothing queued, write it now. The buffer keeps ``data`` itself when the transport
         gave it away, else a copy (it is the transport's once we return). Raises what
-        ``queue_block`` raises (write protect, WORM)."""
-        if (not self.buffered_mode or len(data) < MIN_BUFFERED_WRITE or self._part
+        ``queue_block`` raises (write protect, WORM). ``run``: a fixed-mode WRITE's blocks
+        of that size, queued as one lazy run (``TapeCartridge.queue_run``, FIXED_RUNS and
+        MIN_BUFFERED_RUN bytes or more), which ``idle`` stores right after the answer."""
+        if (not self.buffered_mode or self._part
+                or len(data) < (MIN_BUFFERED_RUN if run else MIN_BUFFERED_WRITE)
+                or (run and not FIXED_RUNS)
                 or (nexus != self._buffered_for and cart.writes_pending)
                 or self._has_injected(cart)  # written now, at a position that is known
                 or self._near_pew(cart, len(data))
-                or WRITE_STREAMS.wrote(id(self))):  # streams enough for every CPU: no hand-off
+                # streams enough for every CPU: no hand-off (a run is stored by this thread)
+                or (not run and WRITE_STREAMS.wrote(id(self)))):
             return False
-        if donated(data):  # kept as it is, and given back to the transport once stored
-            if not cart.queue_block(data, compress=compress, done=SPARE_BUFFERS.give_back):
+        if not donated(data):
+            if not (cart.queue_run(bytes(data), run, compress=compress) if run
+                    else cart.queue_block(bytes(data), compress=compress)):
                 return False
-        elif not cart.queue_block(bytes(data), compress=compress):
-            return False
+        elif not (cart.queue_run(data, run, compress=compress, done=SPARE_BUFFERS.give_back
+                                 if len(data) >= MIN_BUFFERED_WRITE else None)
+                  if run else cart.queue_block(data, compress=compress,
+                                               done=SPARE_BUFFERS.give_back)):
+            return False  # (a donated buffer is kept as it is, a big one given back once
+            # stored: a small one costs less to allocate afresh than to pool, _write_now)
         self._buffered_for = nexus
         self.bytes_written += len(data)
         return True
@@ -975,8 +992,15 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         """Between commands (the transport calls this under the lock after sending a
         response): after a READ, decode the next block ahead like a drive's read buffer, so a
         one-READ-at-a-time initiator (Linux st) finds it ready; after a streaming fixed-mode
-        READ of several blocks, the next run of as many (``TapeCartridge.run_ahead``). Never
-        raises."""
+        READ of several blocks, the next run of as many (``TapeCartridge.run_ahead``). First,
+        a fixed-mode WRITE's run queued lazily is stored (``TapeCartridge.store_queued``).
+        Never raises."""
+        cart = self._cart
+        if cart is not None:
+            try:  # a fixed-mode WRITE's run queued lazily (TapeCartridge.queue_run)
+                cart.store_queued()
+            except Exception:  # pragma: no cover - a disk error is kept for the next flush
+                log.exception("drive %s: storing the queued blocks failed", self.bay.index)
         if not self._streaming:
             return
         self._streaming = False
@@ -1068,8 +1092,8 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
                      compress: bool) -> None:
         """``count`` blocks of the mode's block size; a failure reports the blocks not
         written as INFORMATION. One block goes into the write buffer as a variable-mode
-        block would (``_buffer_block``: buffered mode, big enough; a deferred error counts
-        blocks either way); several are written now."""
+        block would, several as one run (``_buffer_block``: buffered mode, big enough; a
+        deferred error counts blocks either way); else they are written now."""
         bs = self.block_size
         total = count * bs
         if total > MAX_FIXED_TRANSFER:
@@ -1080,10 +1104,11 @@ class TapeDrive(EncryptionCommands, DiagnosticCommands, PartitionCommands, ScsiM
         blocks = None
         if self.protection.write:  # every block's LBP CRC checks before any is written
             blocks = [self.protection.strip(data[i * bs : (i + 1) * bs]) for i in range(count)]
-        elif count == 1:  # one block: into the write buffer as a variable-mode block
+        else:  # into the write buffer: one block as a variable-mode block, several as a run
             try:
-                if self._buffer_block(cart, req.nexus, data if len(data) == bs else data[:bs],
-                                      compress):
+                if self._buffer_block(cart, req.nexus,
+                                      data if len(data) == total else data[:total], compress,
+                                      bs if count > 1 else 0):
                     return None
             except (CartridgeError, OSError) as exc:
                 raise self._write_error(exc, count) from None
