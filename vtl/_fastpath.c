@@ -936,21 +936,38 @@ static int plain_fd(PyObject *cart, long long *fd)
     return r < 0 ? -1 : plain;
 }
 
+int fastpath_crc32c(const void *p, Py_ssize_t n, uint32_t *out);  /* vtl/_fastpath_write.c */
+
 /* preadv(2) of `n` iovecs at `off`, the GIL released, again after EINTR: the bytes read,
- * -1 a read error (errno), -2 with the exception set (a signal handler raised). */
-static ssize_t pread_all(long long fd, struct iovec *iov, int n, long long off)
+ * -1 a read error (errno), -2 with the exception set (a signal handler raised). When all
+ * `want` bytes came, the payload's crc32c is computed in the same release if crc32c's C
+ * function was found: `crc` (a payload of `crc_len` bytes at `crc_at`) is then set and
+ * *have_crc 1. */
+static ssize_t pread_all(long long fd, struct iovec *iov, int n, long long off, ssize_t want,
+                         const void *crc_at, Py_ssize_t crc_len, uint32_t *crc, int *have_crc)
 {
     ssize_t got;
     int err;
+    *have_crc = 0;
     do {
         Py_BEGIN_ALLOW_THREADS
         got = preadv((int)fd, iov, n, (off_t)off);
-        Py_END_ALLOW_THREADS
         err = errno;
+        if (got == want)
+            *have_crc = fastpath_crc32c(crc_at, crc_len, crc);
+        Py_END_ALLOW_THREADS
         if (got < 0 && err == EINTR && PyErr_CheckSignals() < 0)
             return -2;
     } while (got < 0 && err == EINTR);
     return got;
+}
+
+/* Does the payload's crc32c match `want`: the one pread_all computed, else crc32c.crc32c's
+ * (1 yes, 0 no, -1 error). */
+static int payload_crc_is(const uint8_t *p, Py_ssize_t n, uint32_t want, int have_crc,
+                          uint32_t crc)
+{
+    return have_crc ? crc == want : crc_is(p, n, want);
 }
 
 /* The checks of RecordHeader.unpack and TapeCartridge._decode on a record header read with
@@ -1022,7 +1039,10 @@ static int ahead_direct(PyObject *ahead, long long fd, PyObject *buf, long long 
         goto error;
     uint8_t head[RH_SIZE];
     struct iovec iov[2] = {{head, RH_SIZE}, {bv.buf, (size_t)native}};
-    ssize_t got = pread_all(fd, iov, 2, off);
+    uint32_t crc;
+    int have_crc;
+    ssize_t got = pread_all(fd, iov, 2, off, RH_SIZE + stored, bv.buf, (Py_ssize_t)native,
+                            &crc, &have_crc);
     if (got == -2) {
         PyBuffer_Release(&bv);
         goto error;
@@ -1030,7 +1050,7 @@ static int ahead_direct(PyObject *ahead, long long fd, PyObject *buf, long long 
     /* cut short, or a read error: damaged (the real READ meets it and reports it) */
     int ok = head_good(head, got, p, stored);
     if (ok > 0)
-        ok = crc_is(bv.buf, (Py_ssize_t)native, le32(head + 24));
+        ok = payload_crc_is(bv.buf, (Py_ssize_t)native, le32(head + 24), have_crc, crc);
     PyBuffer_Release(&bv);
     if (ok <= 0) {
         Py_DECREF(buf);
@@ -1067,14 +1087,17 @@ static int ahead_compressed(PyObject *cart, PyObject *ahead, long long fd, long 
         return -1;
     uint8_t *rec = (uint8_t *)PyBytes_AS_STRING(raw);
     struct iovec iov[1] = {{rec, (size_t)size}};
-    ssize_t got = pread_all(fd, iov, 1, off);
+    uint32_t crc;
+    int have_crc;
+    ssize_t got = pread_all(fd, iov, 1, off, size, rec + RH_SIZE, (Py_ssize_t)stored, &crc,
+                            &have_crc);
     if (got == -2) {
         Py_DECREF(raw);
         return -1;
     }
     int ok = head_good(rec, got, p, stored);
     if (ok > 0)
-        ok = crc_is(rec + RH_SIZE, (Py_ssize_t)stored, le32(rec + 24));
+        ok = payload_crc_is(rec + RH_SIZE, (Py_ssize_t)stored, le32(rec + 24), have_crc, crc);
     PyObject *data = ok > 0 ? unzstd(cart, rec + RH_SIZE, stored, native, &ok) : NULL;
     Py_DECREF(raw);
     if (data == NULL)  /* damaged: the cache stays empty, the real READ reports it */

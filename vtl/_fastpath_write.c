@@ -88,6 +88,16 @@ static inline uint32_t w_crc_c(const void *p, Py_ssize_t n)
     return w_crc_fn(0xFFFFFFFFu, p, (unsigned long)n) ^ 0xFFFFFFFFu;
 }
 
+/* crc32c of [p, p + n) in C, for _fastpath.c's read-ahead (no GIL needed): 1 with *out set,
+ * 0 when configure_write found no C function (then crc32c.crc32c is the caller's). */
+int fastpath_crc32c(const void *p, Py_ssize_t n, uint32_t *out)
+{
+    if (w_crc_fn == NULL)
+        return 0;
+    *out = w_crc_c(p, n);
+    return 1;
+}
+
 /* ---------------------------------------------------------------- append_now */
 
 /* The cartridge's checks before anything is stored: 1 the C case, 0 "not an append now"
