@@ -91,7 +91,8 @@ class WriteBehind:
         keep_freed_memory()  # (once per process) blocks come and go at the data rate
         self._append = append
         self._limit = limit
-        lock = threading.Lock()
+        lock = self._lock = threading.Lock()  # (taken as it is on the hot paths: a
+        # Condition's ``with`` is a Python frame each way)
         self._room = threading.Condition(lock)  # put() and flush() wait here
         self._head = threading.Condition(lock)  # the storing thread waits for its next block
         self._help = threading.Condition(lock)  # helpers wait for a backlog
@@ -133,7 +134,7 @@ class WriteBehind:
         offsets are known then); a deferred error counts its ``count`` blocks lost.
         ``lazy``: the storing thread is not woken for it: the caller stores it with
         ``store_here`` once it has answered (anything that waits for the buffer wakes it)."""
-        with self._room:
+        with self._lock:
             while self.blocks and self.reserved + worst > self._limit:
                 self._room.wait()
             if self._error is not None or self._stopping:
@@ -162,7 +163,7 @@ class WriteBehind:
         answered first and stored right after, on the thread that took it, with no
         hand-off. Otherwise the storing thread is woken for it. True: stored here (or
         dropped after an error, as the storing thread drops blocks)."""
-        with self._head:
+        with self._lock:
             if not self._blocks:
                 return False
             if (not self._storer_idle or self._claimed
@@ -176,12 +177,12 @@ class WriteBehind:
             skip = self._error is not None
         try:
             for block in work:
-                if not skip:
+                if not skip and block.run is None:  # (a run is packed by append)
                     self._pack(self._own_pack, block)
                 block.ready = True
                 skip = self._finish(block, skip)
         finally:
-            with self._head:
+            with self._lock:
                 self._claimed = False
                 if self._blocks:
                     self._head.notify()
@@ -287,7 +288,7 @@ class WriteBehind:
         if done is not None:
             done(data)
         del data
-        with self._head:
+        with self._lock:
             self._blocks.popleft()
             self.blocks -= 1
             self.reserved -= block.worst
