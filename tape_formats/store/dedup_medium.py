@@ -77,8 +77,11 @@ CUT_QUEUE = 2
 # the cut thread finds the next batch's chunks (FastCDC) while the last batch's are hashed
 # (BLAKE3) and handed to the chunk writer, so the serial part of the write path is the
 # longer of the two (~0.3 CPU s per GB each) instead of their sum, which could not always
-# keep both compress threads fed (bench/README.md, bench_dedup.py).
-HASH_QUEUE = 1
+# keep both compress threads fed (bench/README.md, bench_dedup.py). Two rather than one
+# (a stream buffer more, 5.5 MiB): bench_dedup's first full on a quiet box, 20 interleaved
+# runs each, median 592-603 -> 605-618 MB/s (a deeper chunk writer, IN_FLIGHT 6: about
+# the same; 2 MiB cut batches: 530, worse).
+HASH_QUEUE = 2
 # Chunks fetched ahead of a read from a remote store (about 5 MiB at 128 KiB a chunk: the S3
 # tier asks for them with ranged GETs of 2-4 MiB, bench/bench_s3_cache.py); local chunks are
 # read ahead by chunk_read_ahead.py.
