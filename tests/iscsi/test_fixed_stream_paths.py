@@ -30,6 +30,7 @@ from vtl.config import LibraryConfig
 from vtl.iscsi import stream_paths
 from vtl.iscsi.pdu import Op
 from vtl.library import Library
+from vtl.scsi import ssc
 from vtl.scsi.devices import build_device_set
 from vtl.scsi.ssc import TapeDrive
 
@@ -101,6 +102,7 @@ def _run(root: Path, mode: str, worm: bool
         paths = stream_paths.ReferencePaths if mode == "python" else native
         with pytest.MonkeyPatch.context() as mp, two_sessions(devices, paths=paths) as (a, b):
             mp.setattr(TapeCartridge, "queue_run", counting_queue_run)
+            mp.setattr(ssc, "MIN_BUFFERED_RUN", 0)  # every run lazy: its path is compared
 
             def cmd(ini: RawInitiator, cdb: bytes, **kw) -> None:
                 answers.append(ini.answers(ini.scsi(cdb, lun=1, **kw)))

@@ -22,6 +22,7 @@ from tape_formats import write_behind
 from tape_formats.cartridge import TapeCartridge
 from tape_formats.write_behind import DeferredWriteError, WriteBehind
 from vtl.library import Library
+from vtl.scsi import ssc
 from vtl.scsi.base import DonatedBuffer, SenseKey, Status
 from vtl.scsi.ssc import TapeDrive
 
@@ -328,6 +329,7 @@ def test_fixed_mode_runs_are_answered_then_stored_by_the_idle_hook(two, monkeypa
     what the unbuffered drive writes. A disk failure under a run is a deferred error
     counting all its blocks lost; the tape ends before the run."""
     monkeypatch.setattr(write_behind, "LAZY_WAIT", 30.0)  # no wake-up in the middle
+    monkeypatch.setattr(ssc, "MIN_BUFFERED_RUN", 0)  # 10 KiB runs lazy too
     buffered, plain = two
     for d, on in ((buffered, True), (plain, False)):
         _setblk(d, 512, on)
