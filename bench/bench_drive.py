@@ -783,11 +783,22 @@ def _phase_together(target: Target, luns: list[int], bs: int, count: int, verify
     return results, wall, cpu, (b1 - b0) / (a1 - a0) if a1 > a0 else 0.0, how
 
 
+def _data_window(got: list[dict[str, Any]], phase: str) -> float:
+    """Seconds from the first client's first data command to the last one's completion
+    (0 if a client did not report its window)."""
+    spans = [r.get(f"{phase}_window") for r in got]
+    if not spans or any(not w or w[0] <= 0 or w[1] < w[0] for w in spans):
+        return 0.0
+    return max(w[1] for w in spans) - min(w[0] for w in spans)
+
+
 def measure_streams(target: Target, streams: int, bs: int, total: int, verify: bool,
                     timeout: float, compression: bool, data: str) -> dict[str, Any]:
     """``total`` bytes at ``bs`` on one drive, then on ``streams`` drives at once (one client
-    each, the same bytes per drive): aggregate MB/s of each (bytes / wall time of the phase,
-    client start-up and login included alike) and the server's CPU per GB."""
+    each, the same bytes per drive): aggregate MB/s of each (all drives' bytes over the
+    window from the first data command to the last one's completion, as fio reports a
+    group; the older figure over the whole phase, client start-up and login included, is
+    kept as ``*_mbps_phase``) and the server's CPU per GB."""
     count = max(1, total // bs)
     out: dict[str, Any] = {"block_size": bs, "streams": streams, "count": count}
     for n in (1, streams):
@@ -804,7 +815,15 @@ def measure_streams(target: Target, streams: int, bs: int, total: int, verify: b
             if bad:
                 return {**out, "error": f"{phase}: {bad[0].get('errors')}"}
             nbytes = sum(r["written" if phase == "write" else "read"] for r in got) * bs
-            res[f"{phase}_mbps"] = nbytes / 1e6 / wall
+            # fio's group bandwidth: the bytes over the window from the first data command's
+            # start to the last one's completion (writing, the filemark's: the data durable),
+            # on every client's clock (CLOCK_MONOTONIC); the same rule for one stream and N,
+            # tgt and vtl. The phase's wall time (client start-up, login and REWIND in it)
+            # is kept as the older figure.
+            window = _data_window(got, phase)
+            res[f"{phase}_mbps"] = nbytes / 1e6 / window if window > 0 else nbytes / 1e6 / wall
+            res[f"{phase}_mbps_phase"] = nbytes / 1e6 / wall
+            res[f"window_s_{phase}"] = window
             res[f"cpu_s_per_gb_{phase}"] = cpu / (nbytes / 1e9)
             res[f"box_busy_{phase}"] = busy
             for key, value in how.items():
@@ -822,7 +841,8 @@ def measure_streams(target: Target, streams: int, bs: int, total: int, verify: b
                 nbytes / 1e9)
         out[f"x{n}"] = res
         log(f"{target.name}: {n} stream(s): write {res['write_mbps']:.0f} MB/s, read "
-            f"{res['read_mbps']:.0f} MB/s, server CPU {res['cpu_s_per_gb_write']:.2f}/"
+            f"{res['read_mbps']:.0f} MB/s (over the phase {res['write_mbps_phase']:.0f}/"
+            f"{res['read_mbps_phase']:.0f}), server CPU {res['cpu_s_per_gb_write']:.2f}/"
             f"{res['cpu_s_per_gb_read']:.2f} s per GB w/r, clients "
             f"{res['client_cpu_s_per_gb_write']:.2f}/{res['client_cpu_s_per_gb_read']:.2f}, "
             f"CPUs busy {res['box_busy_write']:.0%}/{res['box_busy_read']:.0%}; write phase "
@@ -846,6 +866,9 @@ def _scaling(out: dict[str, Any], streams: int) -> None:
     cpus = os.cpu_count() or 1
     for phase in ("write", "read"):
         out[f"scaling_{phase}"] = many[f"{phase}_mbps"] / one[f"{phase}_mbps"]
+        if f"{phase}_mbps_phase" in many and f"{phase}_mbps_phase" in one:
+            out[f"scaling_{phase}_phase"] = (many[f"{phase}_mbps_phase"]
+                                             / one[f"{phase}_mbps_phase"])
         out[f"scaling_bound_{phase}"] = _ceiling(many, phase, cpus) / one[f"{phase}_mbps"]
 
 
@@ -856,8 +879,9 @@ def print_streams(result: dict[str, Any]) -> None:
           f"at a time) against one stream, {human(cfg['total_per_size'])} per drive at "
           f"{human(cfg['streams_size'])}, best of {cfg['repeat']}; data: {cfg['data']}; "
           f"{cfg['cpus']} CPUs, load {cfg['loadavg_start']:.1f} -> {cfg['loadavg_end']:.1f}")
-    print("MB/s = all drives' bytes / wall time of the phase (client start and login "
-          "included); CPU = server user+sys seconds per GB (the clients' in brackets);\n"
+    print("MB/s = all drives' bytes / the window from the first data command to the last "
+          "one's completion (as fio reports a group; writing, the filemark's completion), in "
+          "brackets over the whole phase (client start, login and REWIND included); CPU = server user+sys seconds per GB (the clients' in brackets);\n"
           f"CPU ceiling = the MB/s at which server + clients would use all {cfg['cpus']} CPUs "
           "(the kernel's write-back threads not counted); CPUs busy = share of all CPUs busy "
           "during the phase\n(anything that ran: the kernel's threads, other jobs), the lowest "
@@ -871,7 +895,7 @@ def print_streams(result: dict[str, Any]) -> None:
             continue
         for k in (1, n):
             r = res[f"x{k}"]
-            rows.append([name, str(k), f"{r['write_mbps']:.0f}", f"{r['read_mbps']:.0f}",
+            rows.append([name, str(k), _mbps_cell(r, "write"), _mbps_cell(r, "read"),
                          _cpu_cell(r, "write"), _cpu_cell(r, "read"),
                          f"{_ceiling(r, 'write', cfg['cpus']):.0f} / "
                          f"{_ceiling(r, 'read', cfg['cpus']):.0f}",
@@ -890,6 +914,20 @@ def print_streams(result: dict[str, Any]) -> None:
                   f"{res['scaling_read']:.2f}x (the CPUs allow at most "
                   f"{res['scaling_bound_write']:.2f}x / {res['scaling_bound_read']:.2f}x: "
                   f"the {n} streams' CPU ceiling over one stream's MB/s)")
+            if "each_scaling" in res:
+                print(f"{name}: each run's {n}/1 write / read: " + ", ".join(
+                    f"{w:.2f}x / {r:.2f}x" for w, r in res["each_scaling"]))
+            if "scaling_write_phase" in res:
+                print(f"{name}: the same over the whole phases (the older figure): write "
+                      f"{res['scaling_write_phase']:.2f}x, read {res['scaling_read_phase']:.2f}x")
+
+
+def _mbps_cell(r: dict[str, Any], phase: str) -> str:
+    """A phase's MB/s over its data window, over the whole phase in brackets."""
+    cell = f"{r[f'{phase}_mbps']:.0f}"
+    if f"{phase}_mbps_phase" in r:
+        cell += f" ({r[f'{phase}_mbps_phase']:.0f})"
+    return cell
 
 
 def _switches(r: dict[str, Any], phase: str) -> str:
@@ -918,9 +956,15 @@ def best_streams(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, A
     out = dict(new)
     for k in ("x1", f"x{new['streams']}"):
         a, b = old[k], new[k]
-        out[k] = {key: (max if key.endswith("mbps") else min)(a[key], b[key]) for key in a}
+        out[k] = {key: (max if "mbps" in key else min)(a[key], b[key]) for key in a if key in b}
     _scaling(out, new["streams"])
+    out["each_scaling"] = old.get("each_scaling", [_run_scaling(old)]) + [_run_scaling(new)]
     return out
+
+
+def _run_scaling(res: dict[str, Any]) -> tuple[float, float]:
+    """One stream run's N/1 write and read ratios (the best-of mixes runs figure by figure)."""
+    return res["scaling_write"], res["scaling_read"]
 
 
 def long_run(vtl: VtlTarget, total: int, bs: int, verify: bool, timeout: float,
