@@ -36,9 +36,15 @@ Append = Callable[..., None]  # (native length, packed block) or (native, run, d
 Done = Callable[[Data], None]  # (data) once the buffer holds no reference to it
 
 
-# The storing thread wakes this often while idle, and stores the lazy blocks
-# (``put(lazy=True)``) their caller did not store (no idle hook came).
+# The lazy blocks (``put(lazy=True)``) their caller did not store (no idle hook came) are
+# stored by the storing thread after this long. It keeps that timer only while lazy blocks
+# come; after one LAZY_WAIT with none, it sleeps until woken: an idle buffer makes no wake-up.
 LAZY_WAIT = 0.1
+
+# The storing thread's sleep (``_sleep``): awake or on the LAZY_WAIT timer; sleeping with no
+# timeout (nothing queued, no lazy block lately); woken by a lazy ``put`` (its block gets
+# LAZY_WAIT for the caller's idle hook first). Every other wake-up clears it back to AWAKE.
+AWAKE, ASLEEP, KICKED = 0, 1, 2
 
 
 class DeferredWriteError(Exception):
@@ -111,6 +117,8 @@ class WriteBehind:
         self._stopping = False
         self._claimed = False  # a caller stores the queued blocks itself (store_here)
         self._storer_idle = False  # the storing thread waits for work
+        self._sleep = AWAKE  # ASLEEP: it waits with no timeout (KICKED: a lazy put woke it)
+        self._lazy_seen = False  # a lazy block came since the storing thread's timer started
         self._own_pack = store_packer or new_packer()  # the storing thread's (store_here's)
         self._threads = [threading.Thread(target=self._store, args=(self._own_pack,),
                                           daemon=True, name=f"write-behind {name}")]
@@ -148,9 +156,17 @@ class WriteBehind:
             self.blocks += 1
             self.reserved += worst
             if self._storer_idle and not lazy:
+                self._sleep = AWAKE
                 self._head.notify()
-            elif self._backlog >= self._help_from:
-                self._help.notify()
+            else:
+                if lazy:
+                    if self._sleep == ASLEEP:  # start its LAZY_WAIT timer for this block
+                        self._sleep = KICKED
+                        self._head.notify()
+                    else:
+                        self._lazy_seen = True
+                if self._backlog >= self._help_from:
+                    self._help.notify()
         return True
 
     @property
@@ -168,6 +184,7 @@ class WriteBehind:
                 return False
             if (not self._storer_idle or self._claimed
                     or len(self._to_pack) != len(self._blocks)):
+                self._sleep = AWAKE
                 self._head.notify()
                 return False
             self._claimed = True
@@ -185,6 +202,7 @@ class WriteBehind:
             with self._lock:
                 self._claimed = False
                 if self._blocks:
+                    self._sleep = AWAKE
                     self._head.notify()
         return True
 
@@ -192,6 +210,7 @@ class WriteBehind:
         """Until every queued block is stored or dropped (an error stays for ``flush``)."""
         with self._room:
             if self.blocks:
+                self._sleep = AWAKE
                 self._head.notify()  # lazy blocks: the storing thread stores them
             while self.blocks:
                 self._room.wait()
@@ -200,6 +219,7 @@ class WriteBehind:
         """``wait``, then raise the error a queued block met, once."""
         with self._room:
             if self.blocks:
+                self._sleep = AWAKE
                 self._head.notify()  # lazy blocks: the storing thread stores them
             while self.blocks:
                 self._room.wait()
@@ -219,6 +239,7 @@ class WriteBehind:
             error = exc
         with self._room:
             self._stopping = True
+            self._sleep = AWAKE
             self._head.notify_all()
             self._help.notify_all()
         me = threading.current_thread()
@@ -244,12 +265,21 @@ class WriteBehind:
         to_pack = self._to_pack
         while True:
             with head:
-                while not blocks or self._claimed:
+                kicked = False
+                while not blocks or self._claimed or kicked:
                     if self._stopping and not blocks:
                         return
                     self._storer_idle = True
-                    # Lazy blocks nobody stored (no idle hook came): taken after LAZY_WAIT.
-                    timed_out = not head.wait(LAZY_WAIT)
+                    if blocks or self._lazy_seen or kicked:
+                        # Lazy blocks nobody stored (no idle hook came): taken after LAZY_WAIT.
+                        kicked = self._lazy_seen = False
+                        timed_out = not head.wait(LAZY_WAIT)
+                    else:  # nothing queued, no lazy block lately: until someone wakes it
+                        self._sleep = ASLEEP
+                        head.wait()
+                        kicked = self._sleep == KICKED
+                        self._sleep = AWAKE
+                        timed_out = False
                     self._storer_idle = False
                     if timed_out and blocks and not self._claimed:
                         break
@@ -320,4 +350,5 @@ class WriteBehind:
                 self._pack(pack, block)
             with help_:
                 block.ready = True
+                self._sleep = AWAKE
                 self._head.notify()

@@ -119,6 +119,52 @@ def test_a_lazy_block_is_stored_by_its_caller_or_by_the_buffer_once_waited_for(m
     assert wb.close() is None
 
 
+def _switches(thread: threading.Thread) -> int:
+    """The thread's context switches so far (each wake-up from a wait is one)."""
+    status = open(f"/proc/self/task/{thread.native_id}/status").read().splitlines()
+    return sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="needs Linux /proc")
+def test_an_idle_buffer_wakes_no_thread_and_still_stores_an_unattended_lazy_block(
+        monkeypatch):
+    """After one LAZY_WAIT with nothing queued the storing thread sleeps with no timeout (no
+    polling: zero wake-ups while idle); a lazy block put then starts its timer, and nobody
+    storing it, the storing thread does after LAZY_WAIT. A ``wait`` right after a lazy put
+    does not wait for that timer."""
+    by: list[str] = []
+    monkeypatch.setattr(write_behind, "LAZY_WAIT", 0.02)
+    wb = WriteBehind(_identity_packer, lambda native, packed: by.append(
+        threading.current_thread().name), limit=1 << 20, name="t")
+    end = lambda: 0  # noqa: E731
+    assert wb.put(b"a", False, 100, end, 1 << 30, lazy=True)
+    assert wb.store_here()
+    _until_asleep(wb)
+    storer = wb._threads[0]
+    before = _switches(storer)
+    time.sleep(0.3)  # 15 LAZY_WAITs
+    assert _switches(storer) == before
+    assert wb.put(b"b", False, 100, end, 1 << 30, lazy=True)  # nobody stores it
+    deadline = time.monotonic() + 5
+    while wb.blocks and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert by == [threading.current_thread().name, "write-behind t"]
+    monkeypatch.setattr(write_behind, "LAZY_WAIT", 30.0)
+    _until_asleep(wb)
+    t0 = time.monotonic()
+    assert wb.put(b"c", False, 100, end, 1 << 30, lazy=True)
+    wb.wait()
+    assert time.monotonic() - t0 < 10 and by[-1] == "write-behind t"
+    assert wb.close() is None
+
+
+def _until_asleep(wb: WriteBehind) -> None:
+    deadline = time.monotonic() + 10
+    while wb._sleep != write_behind.ASLEEP and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert wb._sleep == write_behind.ASLEEP
+
+
 def _until_idle(wb: WriteBehind) -> None:
     """Until the storing thread waits for work (a lazy block is then the caller's)."""
     deadline = time.monotonic() + 10
