@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ebm.catalog import Backup, Catalog, CatalogError, FileRow
-from ebm.wal_spool import WalSpool, fsync_dir
+from ebm.wal_spool import WalSpool
+from tape_formats.durable import fsync_dir
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -27,8 +27,9 @@ tape); the rest goes at the end of recovery (``recovery_end_command``, :mod:`tra
 missing from it is read from tape again.
 
 This module is the start of every restore_command call (``python -m ebm.wal_spool ARGS``,
-ARGS being ``ebm``'s own command line), so it imports nothing beyond ``os`` and ``sys``
-until it knows the file is not in the spool; then it runs ``ebm`` with ARGS.
+ARGS being ``ebm``'s own command line), so it imports nothing beyond ``os``, ``sys`` and
+``tape_formats.durable`` (``os`` alone) until it knows the file is not in the spool; then it
+runs ``ebm`` with ARGS.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+
+from tape_formats.durable import fsync_dir
 
 SPOOL_DIR = "ebm-prefetch"  # in pg_wal, beside %p
 PART = ".part"
@@ -134,14 +137,6 @@ class WalSpool:
 
 def _plain_name(name: str) -> bool:
     return bool(name) and "/" not in name and not name.startswith(".")
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _copy(src: str, dest: str) -> None:
