@@ -45,6 +45,16 @@ static inline void put64le(uint8_t *p, uint64_t v)
     put32le(p + 4, (uint32_t)(v >> 32));
 }
 
+/* A METH_FASTCALL function's argument count: 0 when it is n, else -1 with a TypeError
+ * naming the call as ``usage`` says it ("append_now(cart, data, compress)"). */
+static inline int check_nargs(Py_ssize_t nargs, Py_ssize_t n, const char *usage)
+{
+    if (nargs == n)
+        return 0;
+    PyErr_Format(PyExc_TypeError, "%s: %zd arguments, not %zd", usage, n, nargs);
+    return -1;
+}
+
 /* getattr(obj, name) as a C integer; -1 with an exception set on failure. */
 static inline int get_ll(PyObject *obj, PyObject *name, long long *out)
 {

@@ -6,6 +6,7 @@
 #define PY_SSIZE_T_CLEAN
 #define _GNU_SOURCE
 #include <Python.h>
+#include "_fastpath_common.h"
 #include <errno.h>
 #include <sched.h>
 #include <sys/socket.h>
@@ -34,10 +35,8 @@ PyDoc_STRVAR(recv_spin_doc,
 
 static PyObject *recv_spin(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "recv_spin(fd, buf, spin_ns, other_cpu_only)");
+    if (check_nargs(nargs, 4, "recv_spin(fd, buf, spin_ns, other_cpu_only)") < 0)
         return NULL;
-    }
     long fd_l = PyLong_AsLong(args[0]);
     long long spin = PyLong_AsLongLong(args[2]);
     if ((fd_l == -1 || spin == -1) && PyErr_Occurred())

@@ -412,10 +412,8 @@ PyDoc_STRVAR(append_now_doc,
 
 static PyObject *append_now(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "append_now(cart, data, compress)");
+    if (check_nargs(nargs, 3, "append_now(cart, data, compress)") < 0)
         return NULL;
-    }
     if (w_configured() < 0)
         return NULL;
     int compress = PyObject_IsTrue(args[2]);
@@ -802,10 +800,8 @@ PyDoc_STRVAR(ssc_stream_write_doc,
 
 static PyObject *ssc_stream_write(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "ssc_stream_write(dev, nexus, cdb, data)");
+    if (check_nargs(nargs, 4, "ssc_stream_write(dev, nexus, cdb, data)") < 0)
         return NULL;
-    }
     if (w_configured() < 0)
         return NULL;
     PyObject *dev = args[0], *nexus = args[1], *data = args[3];
