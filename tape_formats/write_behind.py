@@ -209,20 +209,12 @@ class WriteBehind:
     def wait(self) -> None:
         """Until every queued block is stored or dropped (an error stays for ``flush``)."""
         with self._room:
-            if self.blocks:
-                self._sleep = AWAKE
-                self._head.notify()  # lazy blocks: the storing thread stores them
-            while self.blocks:
-                self._room.wait()
+            self._drain()
 
     def flush(self) -> None:
         """``wait``, then raise the error a queued block met, once."""
         with self._room:
-            if self.blocks:
-                self._sleep = AWAKE
-                self._head.notify()  # lazy blocks: the storing thread stores them
-            while self.blocks:
-                self._room.wait()
+            self._drain()
             error = self._error
             if error is None:
                 return
@@ -247,6 +239,14 @@ class WriteBehind:
             if t is not me:
                 t.join()
         return error
+
+    def _drain(self) -> None:
+        """(Under the lock) until the buffer is empty."""
+        if self.blocks:
+            self._sleep = AWAKE
+            self._head.notify()  # lazy blocks: the storing thread stores them
+        while self.blocks:
+            self._room.wait()
 
     @staticmethod
     def _pack(pack: Pack, block: _Block) -> None:
