@@ -44,7 +44,7 @@ from tape_formats.block_crypto import (
 from tape_formats.block_packing import BlockPacker, Packed
 from tape_formats.block_runs import pack_run, unpack_run
 from tape_formats.durable import fsync_dir
-from tape_formats.index import PositionIndex
+from tape_formats.index import PositionIndex, meta_native_bytes, meta_objects
 from tape_formats.mam import MamStore
 from tape_formats.media import MEDIA, MediaType, media_by_density
 from tape_formats.read_ahead import SPAN_BYTES, SPAN_RECORD_MAX, ReadAhead
@@ -61,16 +61,37 @@ from tape_formats.records import (
     KNOWN_INCOMPAT,
     READABLE_VERSIONS,
     RECORD_HEADER_SIZE,
+    RUN_COUNT_SHIFT,
+    RUN_MAX_COUNT,
+    RUN_SIZE_MASK,
     IncompatFeature,
     RecordHeader,
     RecordKind,
     pack_record_header,
+    run_native,
 )
 from tape_formats.store.medium import MediumFile, PlainMedium, open_medium, recipe_path
 from tape_formats.write_behind import WriteBehind
 from tape_formats.writeback_pacing import WritebackPacer
 
 _DATA = int(RecordKind.DATA)  # the kind byte compared on the per-block path
+_DATA_RUN = int(RecordKind.DATA_RUN)
+_FILEMARK_RUN = int(RecordKind.FILEMARK_RUN)
+
+# Multi-block data records (RecordKind.DATA_RUN): a fixed-mode WRITE's blocks stored as
+# records of up to RUN_MAX_BYTES of blocks each (one header, one zstd frame, one CRC, one
+# index entry) instead of one record per block. Off: one record per block, as every build
+# before wrote (the reference of the equivalence tests). VTL_DATA_RUNS=0/1 overrides.
+DATA_RUNS = False
+if os.environ.get("VTL_DATA_RUNS", "") != "":
+    DATA_RUNS = os.environ["VTL_DATA_RUNS"] != "0"
+# A run record's blocks at most (native bytes): a READ of one block decodes at most this.
+RUN_MAX_BYTES = 128 * 1024
+
+
+def run_blocks(size: int) -> int:
+    """Blocks of ``size`` bytes one DATA_RUN record holds at most (< 2: no runs)."""
+    return min(RUN_MAX_COUNT, RUN_MAX_BYTES // size) if size > 0 else 0
 
 
 class CartridgeError(Exception):
@@ -240,6 +261,9 @@ class TapeCartridge:
         # compresses per chunk, so blocks then go to it as they are.
         self._io = medium if medium is not None else PlainMedium(fd)
         self._block_zstd = not self._io.compresses
+        # Fixed-mode runs of blocks stored as DATA_RUN records (``DATA_RUNS`` at open; the
+        # tests set it per cartridge). Not on a medium that compresses itself (a dedup store).
+        self.data_runs = DATA_RUNS
         self.readonly = readonly
         # Asked before each write when set: why writing is refused now, else None (a gateway
         # whose lease on the cartridge lapsed, vtl/leases.py Fence); refused as write protect.
@@ -360,7 +384,10 @@ class TapeCartridge:
             hdr = _parse_header(os.pread(fd, HEADER_SIZE, 0), path)
             cart = cls(path, fd, hdr, readonly, open_medium(path, fd, readonly=readonly))
             cart._recover()
-            if cart.index.run_rec and not readonly:
+            if (cart.index.run_rec and not readonly
+                    and not cart._incompat & IncompatFeature.FILEMARK_RUNS
+                    and any(cart.index.meta[r] & 0xFF == _FILEMARK_RUN
+                            for r in cart.index.run_rec)):
                 # runs written by a build that did not flag them yet
                 cart._require(IncompatFeature.FILEMARK_RUNS)
             cart._pacer.restart(cart.index.end)
@@ -586,7 +613,10 @@ class TapeCartridge:
         if p >= idx.objects:
             return -1
         meta = idx.meta[p if not idx.run_rec else idx.record_of(p)]
-        return meta >> 16 if meta & 0xFF == _DATA else -1
+        kind = meta & 0xFF
+        if kind == _DATA_RUN:
+            return meta >> 16 & RUN_SIZE_MASK
+        return meta >> 16 if kind == _DATA else -1
 
     def read_block(self, buf: memoryview | bytearray | None = None, *,
                    own: bool = False) -> ReadResult:
@@ -617,10 +647,17 @@ class TapeCartridge:
             if p >= idx.objects:
                 return ReadResult(RecordKind.EOD, 0)
             r = p if not idx.run_rec else idx.record_of(p)
-            if idx.meta[r] & 0xFF != _DATA:  # a filemark, alone or in a run
+            kind = idx.meta[r] & 0xFF
+            if kind == _DATA:
+                native, stored, data, direct = self._decode(p, r, buf)
+            elif kind == _DATA_RUN:
+                native, stored, data = self._decode_in_run(p, r)
+                direct = False
+                if buf is None:
+                    data = bytes(data)
+            else:  # a filemark, alone or in a run
                 self.position = p + 1
                 return ReadResult(RecordKind.FILEMARK, 0)
-            native, stored, data, direct = self._decode(p, r, buf)
             if own and not direct and (buf is None or len(buf) >= native):
                 direct = True  # decompressed into memory of its own: no copy into buf
         self.position = p + 1
@@ -678,7 +715,45 @@ class TapeCartridge:
         if (n <= 0 or (crypto is not None and crypto.decrypt == DecryptMode.DECRYPT)
                 or (whole and n * size != len(buf))):
             return 0, 0  # plain blocks refused: read_block says so
-        r0 = p if not idx.run_rec else idx.record_of(p)
+        if not idx.run_rec:
+            return self._decode_records(p, p, buf, size, n, whole)
+        done = stored = 0
+        while done < n:
+            q = p + done
+            r = idx.record_of(q)
+            m = idx.meta[r]
+            kind = m & 0xFF
+            if kind == _DATA_RUN:
+                if m >> 16 & RUN_SIZE_MASK != size:
+                    break
+                try:
+                    blocks, rstored = self._run_blocks(q, r)
+                except CorruptRecord:
+                    break  # read_block meets it and reports it
+                count = meta_objects(m)
+                j = q - idx.first_object(r)
+                k = min(count - j, n - done)
+                buf[done * size : (done + k) * size] = blocks[j * size : (j + k) * size]
+                stored += rstored * (j + k) // count - rstored * j // count
+                done += k
+            elif kind == _DATA:
+                got, st = self._decode_records(q, r, buf[done * size :], size, n - done, False)
+                if not got:
+                    break
+                done += got
+                stored += st
+            else:
+                break
+        if whole and done != n:
+            return 0, 0
+        return done, stored
+
+    def _decode_records(self, p: int, r0: int, buf: memoryview, size: int, n: int,
+                        whole: bool) -> tuple[int, int]:
+        """``_decode_run``'s part for records of one block each, from record ``r0``
+        (object ``p``) on, at most ``n`` blocks: ``block_runs.unpack_run`` over them, which
+        stops before anything else (a DATA_RUN record among them too)."""
+        idx = self.index
         offsets = idx.offsets
         last = min(r0 + n, len(offsets))
         base = offsets[r0]
@@ -789,6 +864,13 @@ class TapeCartridge:
         r = p if not idx.run_rec else idx.record_of(p)
         meta = idx.meta[r]
         if meta & 0xFF != _DATA:
+            if meta & 0xFF == _DATA_RUN:
+                ahead.obj = -1
+                try:
+                    native, stored, data = self._decode_in_run(p, r)
+                except CartridgeError:
+                    return
+                ahead.hold(p, native, stored, data, own=True)
             return
         ahead.obj = -1
         try:
@@ -882,6 +964,59 @@ class TapeCartridge:
             raise CorruptRecord(f"{self.barcode}: block {p} has the wrong length", p)
         return native, stored, data, False
 
+    def _decode_in_run(self, p: int, r: int) -> tuple[int, int, memoryview]:
+        """Data block ``p`` of DATA_RUN record ``r``: (block size, its share of the run's
+        stored bytes, a view of the decoded run: memory of its own, never reused)."""
+        blocks, stored = self._run_blocks(p, r)
+        m = self.index.meta[r]
+        size = m >> 16 & RUN_SIZE_MASK
+        count = m >> (16 + RUN_COUNT_SHIFT)
+        j = p - self.index.first_object(r)
+        return (size, stored * (j + 1) // count - stored * j // count,
+                blocks[j * size : (j + 1) * size])
+
+    def _run_blocks(self, p: int, r: int) -> tuple[memoryview, int]:
+        """DATA_RUN record ``r`` checked and decoded (header, crc32c, zstd), kept in the
+        read-ahead so the run's next blocks are copies: (its blocks back to back, at least
+        its count's worth; the payload's stored bytes). ``p``: the object being read, named
+        by the CorruptRecord raised when the record is damaged."""
+        idx = self.index
+        off = idx.offsets[r]
+        ahead = self._ahead
+        if ahead.rec_off == off:
+            return ahead.rec_data, ahead.rec_stored
+        meta = idx.meta[r]
+        count = meta >> (16 + RUN_COUNT_SHIFT)
+        size = meta >> 16 & RUN_SIZE_MASK
+        stored = (idx.offsets[r + 1] if r + 1 < len(idx.offsets) else idx.end) - off \
+            - RECORD_HEADER_SIZE
+        raw = self._from_span(r)
+        if raw is None:
+            raw = memoryview(self._io.pread(RECORD_HEADER_SIZE + stored, off))
+        rec = RecordHeader.unpack(raw)
+        if (rec is None or rec.kind != _DATA_RUN or rec.obj != idx.first_object(r)
+                or rec.stored_len != stored or rec.native_len != meta >> 16
+                or rec.flags & FLAG_ENCRYPTED):
+            raise CorruptRecord(f"{self.barcode}: record header of block {p} is damaged", p)
+        payload = raw[RECORD_HEADER_SIZE : RECORD_HEADER_SIZE + stored]
+        if len(payload) != stored:
+            raise CorruptRecord(f"{self.barcode}: block {p} is cut short", p)
+        if crc32c.crc32c(payload) != rec.payload_crc:
+            raise CorruptRecord(f"{self.barcode}: block {p} fails its checksum", p)
+        if rec.flags & FLAG_COMPRESSED:
+            try:
+                data: bytes = self._dctx.decompress(payload, max_output_size=RUN_MAX_BYTES)
+            except zstandard.ZstdError as exc:
+                raise CorruptRecord(f"{self.barcode}: block {p} does not decompress: {exc}",
+                                    p) from None
+        else:
+            data = bytes(payload)  # the span is reused: the run's blocks get memory of their own
+        if len(data) < count * size:
+            raise CorruptRecord(f"{self.barcode}: block {p} has the wrong length", p)
+        blocks = memoryview(data)
+        ahead.rec_off, ahead.rec_data, ahead.rec_stored = off, blocks, stored
+        return blocks, stored
+
     def check_writable(self) -> None:
         """WriteProtected or WormOverwrite if writing at the position would be refused."""
         if self.write_protected:
@@ -904,7 +1039,19 @@ class TapeCartridge:
             return
         rec, keep = idx.cut_point(p)
         idx.drop_sidecar_after(self.path, rec)  # index first: crash-consistent order
-        if keep:
+        if keep and idx.meta[rec] & 0xFF == _DATA_RUN:
+            # a data run keeps its blocks before the position: the same payload, a smaller
+            # count (readers take the first ``count`` blocks of what it decodes to)
+            first = p - keep
+            old = RecordHeader.unpack(self._io.pread(RECORD_HEADER_SIZE, idx.offsets[rec]))
+            if old is None or old.kind != _DATA_RUN or old.obj != first:
+                raise CorruptRecord(f"{self.barcode}: record header of block {first} is "
+                                    f"damaged", first)
+            head = old._replace(native_len=run_native(keep, old.native_len & RUN_SIZE_MASK)
+                                ).pack()
+            if self._io.pwrite(head, idx.offsets[rec]) != len(head):
+                raise OSError(errno.EIO, "short write")
+        elif keep:
             first = p - keep
             kind = RecordKind.FILEMARK_RUN if keep > 1 else RecordKind.FILEMARK
             head = RecordHeader(kind, 0, 0, keep if keep > 1 else 0,
@@ -974,7 +1121,65 @@ class TapeCartridge:
                     ) -> int:
         """``write_blocks``' append at end of data, its checks done: as many blocks as fit,
         packed with the cartridge's packer (``_packer``: the drive's thread, or the write
-        buffer's storing one while blocks are queued)."""
+        buffer's storing one while blocks are queued). With ``data_runs`` (a plain file
+        medium, blocks of at most half ``RUN_MAX_BYTES``) as DATA_RUN records of up to
+        ``run_blocks(size)`` blocks each, else one record per block."""
+        per = run_blocks(size) if self.data_runs and self._block_zstd else 0
+        if per < 2 or len(data) < 2 * size:
+            return self._append_records(data, size, compress)
+        idx = self.index
+        off = pos = idx.end
+        room = self.capacity - self.used_bytes
+        view = data if isinstance(data, memoryview) else memoryview(data)
+        n = len(view) // size
+        pack = self._packer.pack
+        parts: list[bytes | memoryview] = []
+        entries: list[tuple[int, int, int, int, int]] = []
+        done = stored = 0
+        obj, fm = idx.objects, idx.fm_total
+        while done < n:
+            k = min(per, n - done)
+            payload, flags, crc = pack(view[done * size : (done + k) * size], compress)
+            if RECORD_HEADER_SIZE * k + len(payload) > room:
+                break  # the rest one record per block: as many as fit
+            kind, native = (_DATA_RUN, run_native(k, size)) if k > 1 else (_DATA, size)
+            parts.append(pack_record_header(kind, flags, len(payload), native, fm, obj + done,
+                                            crc))
+            parts.append(payload)
+            rec = RECORD_HEADER_SIZE + len(payload)
+            entries.append((pos, rec, kind, native, flags))
+            room -= RECORD_HEADER_SIZE * k + len(payload)
+            pos += rec
+            stored += len(payload)
+            done += k
+        if entries:
+            if any(e[2] == _DATA_RUN for e in entries):
+                self._require(IncompatFeature.DATA_RUNS)
+            records = b"".join(parts)
+            try:
+                if self._io.pwrite(records, off) != len(records):
+                    raise OSError(errno.EIO, "short write")
+            except OSError:
+                try:  # nothing half-written: cut back to the last whole record
+                    self._io.truncate(off)
+                except OSError:
+                    pass
+                raise
+            for entry in entries:
+                idx.append(*entry)
+            self.position = idx.objects
+            self._dirty = True
+            self._pacer.appended(off, idx.end)
+            with self._lock:
+                self.counters.written_native += done * size
+                self.counters.written_stored += stored
+        if done < n:
+            done += self._append_records(view[done * size :], size, compress)
+        return done
+
+    def _append_records(self, data: bytes | bytearray | memoryview, size: int, compress: bool
+                        ) -> int:
+        """``_append_run`` one record per block (``block_runs.pack_run``)."""
         idx = self.index
         off = idx.end
         records, offsets, meta, stored = pack_run(
@@ -1416,10 +1621,16 @@ class TapeCartridge:
         slice at a time so a file of millions of blocks needs no copy of its index."""
         idx = self.index
         total = 0
-        first = idx.record_of(start) if start < end else 0
-        for lo in range(first, first + end - start, _SUM_SLICE):
-            hi = min(lo + _SUM_SLICE, first + end - start)
-            total += sum(m >> 16 for m in idx.meta[lo:hi])
+        if start >= end:
+            return 0
+        first = idx.record_of(start)
+        last = idx.record_of(end - 1) + 1  # runs of data lie whole inside a tape file
+        if not idx.run_rec:
+            for lo in range(first, last, _SUM_SLICE):
+                total += sum(m >> 16 for m in idx.meta[lo : min(lo + _SUM_SLICE, last)])
+            return total
+        for lo in range(first, last, _SUM_SLICE):
+            total += sum(map(meta_native_bytes, idx.meta[lo : min(lo + _SUM_SLICE, last)]))
         return total
 
 
@@ -1472,6 +1683,8 @@ def verify_cartridge(path: Path) -> VerifyReport:
                 payload, pcrc = b"", 0
             if crc32c.crc32c(payload) != pcrc:
                 report.errors.append(f"object {obj}: checksum mismatch")
+            elif kind == _DATA_RUN:
+                _verify_run(report, dctx, obj, flags, payload, native)
             elif flags & FLAG_COMPRESSED and not flags & FLAG_ENCRYPTED:  # sealed: no key here
                 try:
                     if len(dctx.decompress(payload, max_output_size=native)) != native:
@@ -1479,7 +1692,11 @@ def verify_cartridge(path: Path) -> VerifyReport:
                 except zstandard.ZstdError:
                     report.errors.append(f"object {obj}: compressed payload is damaged")
             report.objects += rec.objects
-            if kind != RecordKind.DATA:
+            if kind == _DATA_RUN:
+                report.blocks += rec.objects
+                report.native_bytes += rec.objects * (native & RUN_SIZE_MASK)
+                report.stored_bytes += stored
+            elif kind != RecordKind.DATA:
                 report.filemarks += rec.objects
             else:
                 report.blocks += 1
@@ -1489,6 +1706,25 @@ def verify_cartridge(path: Path) -> VerifyReport:
     finally:
         medium.close()
     return report
+
+
+def _verify_run(report: VerifyReport, dctx: zstandard.ZstdDecompressor, obj: int, flags: int,
+                payload: bytes, native: int) -> None:
+    """verify_cartridge's check of a DATA_RUN's payload: it holds at least its blocks."""
+    want = (native >> RUN_COUNT_SHIFT) * (native & RUN_SIZE_MASK)
+    if flags & FLAG_ENCRYPTED:
+        report.errors.append(f"object {obj}: an encrypted run of blocks")
+        return
+    if not flags & FLAG_COMPRESSED:
+        have = len(payload)
+    else:
+        try:
+            have = len(dctx.decompress(payload, max_output_size=RUN_MAX_BYTES))
+        except zstandard.ZstdError:
+            report.errors.append(f"object {obj}: compressed payload is damaged")
+            return
+    if have < want:
+        report.errors.append(f"object {obj}: wrong decompressed length")
 
 
 def rebuild_index(path: Path) -> int:

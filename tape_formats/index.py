@@ -3,8 +3,10 @@
 LOCATE and SPACE must not scan the tape, so the index keeps, per *record*, its file offset and
 a packed (native length, record flags, kind) word. A data block or a filemark is one record and
 one logical object; a run of N filemarks (``RecordKind.FILEMARK_RUN``, what WRITE FILEMARKS
-with a count of N writes) is one record and N objects. Runs are rare, so object -> record is
-the identity up to the first run and a bisect over the runs after it. Filemark records (single
+with a count of N writes) is one record and N objects, and so is a run of N data blocks
+(``RecordKind.DATA_RUN``, a fixed-mode WRITE's blocks). Without runs object -> record is
+the identity; with them it is the identity up to the first run and a bisect over the runs
+after it. Filemark records (single
 or run) are listed with their first object and the filemarks before them, so "filemarks
 before object p", "the n-th filemark" and "the next/previous filemark" are bisects, whatever
 the counts: SPACE over millions of filemarks or blocks costs microseconds.
@@ -29,12 +31,16 @@ from tape_formats.records import (
     INDEX_HEADER,
     INDEX_HEADER_SIZE,
     RECORD_HEADER_SIZE,
+    RUN_COUNT_SHIFT,
+    RUN_SIZE_MASK,
     RecordKind,
+    run_native,
 )
 
 _DATA = int(RecordKind.DATA)
 _FILEMARK = int(RecordKind.FILEMARK)
 _RUN = int(RecordKind.FILEMARK_RUN)
+_DATA_RUN = int(RecordKind.DATA_RUN)
 _NOT_DATA = re.compile(b"[^" + re.escape(bytes([_DATA])) + b"]")
 
 
@@ -42,6 +48,26 @@ def pack_meta(kind: int, native_len: int, flags: int) -> int:
     """An index entry's word: native length, the record's flags byte (FLAG_COMPRESSED,
     FLAG_ENCRYPTED), kind."""
     return (native_len << 16) | (flags << 8) | kind
+
+
+def meta_objects(meta: int) -> int:
+    """Logical objects of the record an index word describes (a run's count, else one)."""
+    kind = meta & 0xFF
+    if kind == _RUN:
+        return meta >> 16
+    if kind == _DATA_RUN:
+        return meta >> (16 + RUN_COUNT_SHIFT)
+    return 1
+
+
+def meta_native_bytes(meta: int) -> int:
+    """Native data bytes of the record an index word describes (0 for filemarks)."""
+    kind = meta & 0xFF
+    if kind == _DATA:
+        return meta >> 16
+    if kind == _DATA_RUN:
+        return (meta >> (16 + RUN_COUNT_SHIFT)) * (meta >> 16 & RUN_SIZE_MASK)
+    return 0
 
 
 class PositionIndex:
@@ -81,17 +107,22 @@ class PositionIndex:
     def medium_end(self) -> int:
         """Where end of data is on the *medium*: a filemark in a run takes the room of a
         filemark record (capacity, early warning, VOLUME OVERFLOW stay as they were), though
-        the file holds one record for the run."""
+        the file holds one record for the run; a block of a data run a record header's room
+        too (its share of the run's payload is in ``end``)."""
         return self.end + (self.run_extra[-1] * RECORD_HEADER_SIZE if self.run_extra else 0)
 
     def append(self, offset: int, size: int, kind: int, native_len: int, flags: int) -> None:
         rec = len(self.offsets)
-        if kind != _DATA:
+        if kind == _DATA:
+            self.objects += 1
+        elif kind == _DATA_RUN:
+            count = native_len >> RUN_COUNT_SHIFT
+            self._add_run(rec, self.objects, count)
+            self.objects += count
+        else:
             count = native_len if kind == _RUN else 1
             self._add_filemarks(rec, self.objects, count)
             self.objects += count
-        else:
-            self.objects += 1
         self.offsets.append(offset)
         self.meta.append(pack_meta(kind, native_len, flags))
         self.end = offset + size
@@ -110,9 +141,14 @@ class PositionIndex:
         self.fm_before.append(self.fm_total)
         self.fm_total += count
         if count > 1:
-            self.run_rec.append(rec)
-            self.run_first.append(first)
-            self.run_extra.append((self.run_extra[-1] if self.run_extra else 0) + count - 1)
+            self._add_run(rec, first, count)
+
+    def _add_run(self, rec: int, first: int, count: int) -> None:
+        """Record ``rec`` stands for ``count`` objects from ``first`` on (a run of either
+        kind; a data run of one block, left by a cut, too)."""
+        self.run_rec.append(rec)
+        self.run_first.append(first)
+        self.run_extra.append((self.run_extra[-1] if self.run_extra else 0) + count - 1)
 
     # object <-> record ---------------------------------------------------------------
     def record_of(self, obj: int) -> int:
@@ -123,7 +159,7 @@ class PositionIndex:
         if j < 0:
             return obj
         rec = self.run_rec[j]
-        if obj < self.run_first[j] + (self.meta[rec] >> 16):
+        if obj < self.run_first[j] + meta_objects(self.meta[rec]):
             return rec
         return obj - self.run_extra[j]
 
@@ -133,13 +169,17 @@ class PositionIndex:
         return rec + (self.run_extra[j] if j >= 0 else 0)
 
     def kind(self, obj: int) -> RecordKind:
-        """DATA or FILEMARK (a filemark inside a run is a filemark like any other)."""
-        return RecordKind.DATA if self.meta[self.record_of(obj)] & 0xFF == _DATA \
-            else RecordKind.FILEMARK
+        """DATA or FILEMARK (a filemark inside a run is a filemark like any other, a block
+        inside a data run a data block)."""
+        kind = self.meta[self.record_of(obj)] & 0xFF
+        return RecordKind.DATA if kind == _DATA or kind == _DATA_RUN else RecordKind.FILEMARK
 
     def native_len(self, obj: int) -> int:
         m = self.meta[self.record_of(obj)]
-        return m >> 16 if m & 0xFF == _DATA else 0
+        kind = m & 0xFF
+        if kind == _DATA_RUN:
+            return m >> 16 & RUN_SIZE_MASK
+        return m >> 16 if kind == _DATA else 0
 
     def cut_point(self, obj: int) -> tuple[int, int]:
         """(record holding ``obj``, objects of it kept when the tape is cut at ``obj``): the
@@ -149,13 +189,17 @@ class PositionIndex:
 
     def truncate(self, obj: int) -> None:
         """Drop objects obj.. (an overwrite in the middle of the tape); a run that ``obj``
-        lies inside keeps its filemarks before ``obj`` (as a FILEMARK if only one is left)."""
+        lies inside keeps its filemarks before ``obj`` (as a FILEMARK if only one is left),
+        a data run its blocks before ``obj`` (the record whole, its count made smaller: the
+        cartridge rewrites the record's header so)."""
         if obj >= self.objects:
             return
         rec, keep = self.cut_point(obj)
         first = obj - keep
         before = self.filemarks_before(first)
         offset = self.offsets[rec]
+        meta = self.meta[rec]
+        size = (self.offsets[rec + 1] if rec + 1 < len(self.offsets) else self.end) - offset
         del self.offsets[rec:]
         del self.meta[rec:]
         fm = bisect.bisect_left(self.fm_first, first)
@@ -169,7 +213,10 @@ class PositionIndex:
         self.objects = first
         self.end = offset
         self.durable_count = min(self.durable_count, rec)
-        if keep:
+        if keep and meta & 0xFF == _DATA_RUN:
+            self.append(offset, size, _DATA_RUN,
+                        run_native(keep, meta >> 16 & RUN_SIZE_MASK), meta >> 8 & 0xFF)
+        elif keep:
             self.append(offset, RECORD_HEADER_SIZE, _RUN if keep > 1 else _FILEMARK,
                         keep if keep > 1 else 0, 0)
 
@@ -238,8 +285,11 @@ class PositionIndex:
         extra = 0
         for found in _NOT_DATA.finditer(kinds):
             rec = found.start()
-            count = meta[rec] >> 16 if kinds[rec] == _RUN else 1
-            self._add_filemarks(rec, rec + extra, count)
+            count = meta_objects(meta[rec])
+            if kinds[rec] == _DATA_RUN:
+                self._add_run(rec, rec + extra, count)
+            else:
+                self._add_filemarks(rec, rec + extra, count)
             extra += count - 1
         self.objects = len(meta) + extra
         self.durable_count = len(self.offsets)

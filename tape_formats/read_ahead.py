@@ -34,7 +34,8 @@ class ReadAhead:
 
     __slots__ = ("obj", "native", "stored", "data", "own", "lasting", "_bufs", "_which",
                  "span", "span_off", "span_len", "run_obj", "run_count", "run_size",
-                 "run_stored", "run_data", "_run_bufs", "_run_which")
+                 "run_stored", "run_data", "_run_bufs", "_run_which", "rec_off", "rec_data",
+                 "rec_stored")
 
     def __init__(self) -> None:
         self.obj = -1
@@ -60,11 +61,19 @@ class ReadAhead:
         self.run_data = memoryview(bytearray(0))
         self._run_bufs = [bytearray(0), bytearray(0)]
         self._run_which = 0
+        # The last DATA_RUN record decoded (TapeCartridge._run_blocks): its file offset (-1:
+        # none), its blocks (memory of its own, never reused: views of it may be handed
+        # out) and its payload's stored bytes. A READ of the run's next block copies from it.
+        self.rec_off = -1
+        self.rec_data = memoryview(b"")
+        self.rec_stored = 0
 
     def clear(self) -> None:
-        """The tape changed: forget the decoded block, the run and the span."""
+        """The tape changed: forget the decoded block, the run, the run record and the
+        span."""
         self.obj = -1
         self.run_obj = -1
+        self.rec_off = -1
         self.span_len = 0
 
     def release(self) -> None:
@@ -75,6 +84,7 @@ class ReadAhead:
         self._bufs = [self.span, self.span]
         self.run_data = self.span
         self._run_bufs = [bytearray(0), bytearray(0)]
+        self.rec_data = memoryview(b"")
 
     def buffer(self, size: int) -> memoryview:
         """The next of the two alternating buffers a stored block is read into, at least

@@ -67,11 +67,12 @@ class IncompatFeature(enum.IntFlag):
     FILEMARK_RUNS = 0x01  # records of kind FILEMARK_RUN
     ENCRYPTED_BLOCKS = 0x02  # data records with FLAG_ENCRYPTED
     PARTITIONS = 0x04  # more than one partition: ``extra_partitions`` sibling files
+    DATA_RUNS = 0x08  # records of kind DATA_RUN
 
 
 # a plain int: ~ on it keeps every bit
 KNOWN_INCOMPAT = int(IncompatFeature.FILEMARK_RUNS | IncompatFeature.ENCRYPTED_BLOCKS
-                     | IncompatFeature.PARTITIONS)
+                     | IncompatFeature.PARTITIONS | IncompatFeature.DATA_RUNS)
 
 CARTRIDGE_HEADER_BODY = Struct(
     "magic" / Const(CARTRIDGE_MAGIC),
@@ -106,9 +107,37 @@ class RecordKind(enum.IntEnum):
     # ``native_len`` filemarks in a row (at least 2), one logical object each: WRITE FILEMARKS
     # with a count of millions is one record, not millions (docs/cartridge-format.md).
     FILEMARK_RUN = 3
+    # A fixed-mode WRITE's blocks of one size as one record: ``native_len`` is
+    # ``count << RUN_COUNT_SHIFT | block size`` (``run_native``), the payload one zstd frame
+    # of the blocks back to back (or the blocks as they are); one logical object per block.
+    # Cut inside (an overwrite after SPACE/LOCATE), the header is rewritten with the smaller
+    # count and the payload kept: the payload holds *at least* ``count`` blocks.
+    DATA_RUN = 4
 
 
-STORED_KINDS = frozenset({RecordKind.DATA, RecordKind.FILEMARK, RecordKind.FILEMARK_RUN})
+STORED_KINDS = frozenset({RecordKind.DATA, RecordKind.FILEMARK, RecordKind.FILEMARK_RUN,
+                          RecordKind.DATA_RUN})
+
+# A DATA_RUN's native_len: its block count in the top byte, the block size (SSC's 24-bit
+# fixed block length) below it.
+RUN_COUNT_SHIFT = 24
+RUN_SIZE_MASK = (1 << RUN_COUNT_SHIFT) - 1
+RUN_MAX_COUNT = 0xFF
+
+
+def run_native(count: int, size: int) -> int:
+    """A DATA_RUN's native_len (also its index entry's length field) for ``count`` blocks
+    of ``size`` bytes."""
+    return count << RUN_COUNT_SHIFT | size
+
+
+def record_objects(kind: int, native_len: int) -> int:
+    """Logical objects a record of ``kind`` with ``native_len`` stands for."""
+    if kind == RecordKind.FILEMARK_RUN:
+        return native_len
+    if kind == RecordKind.DATA_RUN:
+        return native_len >> RUN_COUNT_SHIFT
+    return 1
 
 RECORD_HEADER = Struct(
     "magic" / Const(RECORD_MAGIC),
@@ -142,7 +171,8 @@ class RecordHeader(NamedTuple):
     kind: int
     flags: int
     stored_len: int  # payload bytes in the file
-    native_len: int  # the block's length as written; a FILEMARK_RUN's filemark count
+    native_len: int  # the block's length as written; a FILEMARK_RUN's filemark count;
+    # a DATA_RUN's run_native(count, size)
     file_no: int  # filemarks before this record's first object
     obj: int  # logical object number of the record's (first) object
     payload_crc: int
@@ -150,7 +180,7 @@ class RecordHeader(NamedTuple):
     @property
     def objects(self) -> int:
         """Logical objects the record stands for: a run's count, else one."""
-        return self.native_len if self.kind == RecordKind.FILEMARK_RUN else 1
+        return record_objects(self.kind, self.native_len)
 
     def pack(self) -> bytes:
         return pack_record_header(*self)
@@ -165,7 +195,9 @@ class RecordHeader(NamedTuple):
             RECORD_STRUCT.unpack_from(raw)
         if magic != RECORD_MAGIC or crc32c.crc32c(memoryview(raw)[:_CRC_SPAN]) != hcrc:
             return None
-        if kind not in STORED_KINDS or (kind == RecordKind.FILEMARK_RUN and native < 2):
+        if kind not in STORED_KINDS or (kind == RecordKind.FILEMARK_RUN and native < 2) or (
+                kind == RecordKind.DATA_RUN and (native >> RUN_COUNT_SHIFT == 0
+                                                 or native & RUN_SIZE_MASK == 0)):
             return None
         return tuple.__new__(cls, (kind, flags, stored, native, file_no, obj, pcrc))
 
@@ -182,7 +214,8 @@ INDEX_HEADER = Struct(
 INDEX_HEADER_SIZE = INDEX_HEADER.sizeof()
 INDEX_ENTRY = Struct(
     "offset" / Int64ul,  # file offset of the record header
-    # native_len << 16 | record flags << 8 | kind (a FILEMARK_RUN's native_len is its count)
+    # native_len << 16 | record flags << 8 | kind (a FILEMARK_RUN's native_len is its count,
+    # a DATA_RUN's run_native(count, size), as in the record header)
     "meta" / Int64ul,
 )
 INDEX_ENTRY_SIZE = INDEX_ENTRY.sizeof()

@@ -710,6 +710,7 @@ static PyObject *configure(PyObject *mod, PyObject *args)
 #define RH_CRC_SPAN 28
 #define KIND_DATA 1
 #define KIND_FILEMARK_RUN 3
+#define KIND_DATA_RUN 4  /* RecordKind.DATA_RUN: native_len is count << 24 | block size */
 #define FLAG_COMPRESSED 0x01
 #define FLAG_ENCRYPTED 0x02
 
@@ -822,8 +823,19 @@ static int u64_array(PyObject *idx, PyObject *name, Py_buffer *view)
 /* The data block at the position decoded into the cache, from the span (1), not the usual
  * case (0: the Python method decides), or -1 with an exception set. Leaves the cache
  * empty (obj -1) when the record is damaged, as the Python method does. */
-/* PositionIndex.record_of(obj) with runs of filemarks (the three run arrays and meta);
- * -1 when the arrays disagree (the Python method then decides). */
+/* index.meta_objects: the logical objects of the record an index word describes. */
+static uint64_t meta_objects(uint64_t m)
+{
+    unsigned kind = (unsigned)(m & 0xFF);
+    if (kind == KIND_FILEMARK_RUN)
+        return m >> 16;
+    if (kind == KIND_DATA_RUN)
+        return m >> 40;
+    return 1;
+}
+
+/* PositionIndex.record_of(obj) with runs of filemarks or data (the three run arrays and
+ * meta); -1 when the arrays disagree (the Python method then decides). */
 static long long record_of(PyObject *idx, const Py_buffer *meta, long long obj)
 {
     Py_buffer rec_b, first_b, extra_b;
@@ -859,7 +871,7 @@ static long long record_of(PyObject *idx, const Py_buffer *meta, long long obj)
         r = -1;
         goto out;
     }
-    if ((uint64_t)obj < first[j] + (((const uint64_t *)meta->buf)[runs[j]] >> 16))
+    if ((uint64_t)obj < first[j] + meta_objects(((const uint64_t *)meta->buf)[runs[j]]))
         r = (long long)runs[j];
     else
         r = obj - (long long)extra[j];
@@ -1162,6 +1174,8 @@ static int ahead_from_span(PyObject *cart, PyObject *idx, PyObject *ahead, long 
     if (r >= nmeta || r >= noffs)
         goto done;
     uint64_t m = ((uint64_t *)meta.buf)[r];
+    if ((m & 0xFF) == KIND_DATA_RUN)
+        goto done;  /* a block of a run of data: the Python method's (result 0) */
     if ((m & 0xFF) != KIND_DATA) {  /* a filemark: nothing to read ahead */
         result = 1;
         goto done;

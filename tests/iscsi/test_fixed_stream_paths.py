@@ -12,7 +12,8 @@ block size changed mid-tape; filemarks and variable-mode blocks of other lengths
 (the fixed READs meet filemarks, ILI and end of data mid-run); LOCATE and REWIND (overwrites,
 or WORM refusing them); injected read and write errors; logical block protection on and off;
 a second initiator's reservation; and a small cartridge written up to early warning and end
-of medium."""
+of medium. The same again with multi-block records (``TapeCartridge.data_runs``: a
+run of blocks stored as one DATA_RUN record), the three paths against each other."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 from iscsi_support import READ_POSITION, RawInitiator, lbp_select, two_sessions
 
+from tape_formats import cartridge as cartridge_module
 from tape_formats.cartridge import TapeCartridge
 from tape_formats.records import DATA_START
 from vtl import faults
@@ -63,14 +65,35 @@ def _compression(on: bool) -> tuple[bytes, bytes]:
     return bytes([0x15, 0x10, 0, 0, 4 + 16, 0]), bytes(4) + page
 
 
-def _run(root: Path, mode: str, worm: bool
+def _run(root: Path, mode: str, worm: bool, data_runs: bool = False
          ) -> tuple[list[list[bytes]], bytes, int, int, int]:
     """The sequence against a fresh library; (answers, the cartridge's records, READ/WRITE(6)
     sent, of them run by ``execute``, runs queued lazily in the write buffer)."""
-    lib = Library.create(root, LibraryConfig(drives=1, slots=4, mailslots=1))
-    barcode = "W00001LY" if worm else "F00001L8"
-    lib.create_cartridge(barcode, capacity=40 << 20)
-    lib.load(barcode, 0)
+    cartridge_module.DATA_RUNS = data_runs  # read when the cartridge is opened
+    decode = TapeCartridge._run_blocks
+
+    def counting_decode(self, *args):
+        RUN_DECODES[mode] = RUN_DECODES.get(mode, 0) + 1
+        return decode(self, *args)
+
+    RUN_DECODES[mode] = 0
+    TapeCartridge._run_blocks = counting_decode  # type: ignore[method-assign]
+    try:
+        lib = Library.create(root, LibraryConfig(drives=1, slots=4, mailslots=1))
+        barcode = "W00001LY" if worm else "F00001L8"
+        lib.create_cartridge(barcode, capacity=40 << 20)
+        lib.load(barcode, 0)
+        return _sequence(lib, barcode, mode, worm)
+    finally:
+        cartridge_module.DATA_RUNS = False
+        TapeCartridge._run_blocks = decode  # type: ignore[method-assign]
+
+
+RUN_DECODES: dict[str, int] = {}  # DATA_RUN records decoded, per path (the last sequence's)
+
+
+def _sequence(lib: Library, barcode: str, mode: str, worm: bool
+              ) -> tuple[list[list[bytes]], bytes, int, int, int]:
     devices = dict(build_device_set(lib).luns)
     drive = devices[1]
     if mode == "general":
@@ -209,21 +232,25 @@ def _run(root: Path, mode: str, worm: bool
     return answers, records, sent, executed, queued
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["rewritable", "worm"])
+@pytest.fixture(scope="module", params=[(False, False), (True, False), (False, True)],
+                ids=["rewritable", "worm", "data-runs"])
 def reference(request, tmp_path_factory: pytest.TempPathFactory):
-    worm = request.param
-    return worm, _run(tmp_path_factory.mktemp("general"), "general", worm)
+    worm, data_runs = request.param
+    return worm, data_runs, _run(tmp_path_factory.mktemp("general"), "general", worm, data_runs)
 
 
 @pytest.mark.parametrize("mode", ["c", "python"])
 def test_fixed_mode_fast_paths_answer_as_the_general_path(tmp_path: Path, reference,
                                                           mode: str) -> None:
-    worm, (general, records, sent, executed, queued) = reference
-    answers, got, sent_here, executed_here, queued_here = _run(tmp_path / mode, mode, worm)
+    worm, data_runs, (general, records, sent, executed, queued) = reference
+    answers, got, sent_here, executed_here, queued_here = _run(tmp_path / mode, mode, worm,
+                                                               data_runs)
     assert len(answers) == len(general)
     for i, (x, y) in enumerate(zip(answers, general, strict=True)):
         assert x == y, f"answer {i} differs"
     assert got == records
+    if data_runs:  # blocks were read out of runs of blocks
+        assert RUN_DECODES[mode] > 20, RUN_DECODES
     assert sent_here == sent
     # the plain ones took a fast path (the transport refuses a few itself: LBP's lengths)
     assert executed_here < executed * 0.6, (executed_here, executed, sent)

@@ -12,9 +12,16 @@ import random
 
 import pytest
 
-from tape_formats.cartridge import TapeCartridge, WriteProtected
+from tape_formats.cartridge import (
+    CartridgeError,
+    CorruptRecord,
+    TapeCartridge,
+    WriteProtected,
+    rebuild_index,
+    verify_cartridge,
+)
 from tape_formats.media import MEDIA
-from tape_formats.records import RECORD_HEADER_SIZE
+from tape_formats.records import RECORD_HEADER_SIZE, IncompatFeature, RecordKind
 from vtl.scsi import ssc
 
 native = ssc._wnative
@@ -121,3 +128,211 @@ def test_run_ahead_is_taken_once_and_forgotten_when_the_tape_changes(cart):
         assert native.append_now(cart, rng.randbytes(BS), True)
         cart.locate(30)
         assert cart.take_run_ahead(5 * BS, BS) is None
+
+
+# -- multi-block records (RecordKind.DATA_RUN) against one record per block ---------------
+
+TEXT = b"".join(b"%05d 2026-12-05 amanda dumped /srv/b/%d.tar\n" % (i, i * 3)
+                for i in range(20000))
+
+
+def _blocks(rng: random.Random, n: int) -> bytes:
+    roll = rng.random()
+    if roll < 0.4:
+        return rng.randbytes(n)
+    if roll < 0.5:
+        return bytes(n)
+    at = rng.randrange(len(TEXT) - n) if n < len(TEXT) else 0
+    return (TEXT * (n // len(TEXT) + 1))[at:at + n]
+
+
+def _pair(tmp_path, capacity=1 << 30):
+    carts = []
+    for name in ("P00001L8", "Q00001L8"):
+        p = tmp_path / f"{name}.vtape"
+        TapeCartridge.create(p, name, MEDIA["LTO-8"], capacity=capacity)
+        carts.append(TapeCartridge.open(p))
+    carts[1].data_runs = True
+    return carts
+
+
+def _do(cart: TapeCartridge, op: str, arg, read_ahead) -> tuple:
+    """One operation; what it returned or raised, and where the tape is after it."""
+    try:
+        if op == "w":
+            size, data = arg
+            out = cart.write_blocks(memoryview(data), size)
+        elif op == "v":
+            out = cart.write_block(arg).early_warning
+        elif op == "f":
+            out = cart.write_filemarks(arg, sync=False).early_warning
+        elif op == "l":
+            out = cart.locate(min(arg, cart.eod))
+        elif op == "s":
+            r = cart.space_blocks(arg)
+            out = (r.moved, r.stopped)
+        elif op == "S":
+            r = cart.space_filemarks(arg)
+            out = (r.moved, r.stopped)
+        elif op == "r":
+            if arg[1]:
+                read_ahead(cart)
+            r = cart.read_block(bytearray(arg[0]) if arg[0] else None)
+            out = (r.kind, r.length, bytes(r.data))
+        elif op == "R":
+            size, count = arg
+            buf = memoryview(bytearray(size * count))
+            n = cart.read_blocks(buf, size)
+            out = (n, bytes(buf[: n * size]))
+        elif op == "A":  # the streaming READ's run: decoded ahead, then taken whole
+            size, count = arg
+            cart.run_ahead(count, size)
+            got = cart.take_run_ahead(count * size, size)
+            if got is None:
+                buf = memoryview(bytearray(size * count))
+                out = ("run", cart.read_run(buf, size), bytes(buf))
+            else:
+                out = ("ahead", bytes(got))
+        elif op == "n":
+            p = cart.position
+            out = (cart.next_data_length(), cart.object_kind(p),
+                   cart.block_length(p) if p < cart.eod else None, cart.block_number_at(p))
+        elif op == "e":
+            out = cart.erase()
+        else:
+            out = cart.rewind()
+    except CartridgeError as exc:
+        out = (type(exc).__name__, getattr(exc, "position", None))
+    return out, cart.position, cart.eod, cart.files, cart.counters.read_native, \
+        cart.counters.written_native
+
+
+def _summary(cart: TapeCartridge) -> tuple:
+    cart.sync()
+    rep = verify_cartridge(cart.path)
+    assert not rep.errors, rep.errors
+    return (rep.objects, rep.blocks, rep.filemarks, rep.native_bytes, cart.eod,
+            list(cart.tape_files()))
+
+
+def _everything(cart: TapeCartridge) -> list:
+    cart.rewind()
+    out = []
+    while True:
+        r = cart.read_block()
+        if r.kind == RecordKind.EOD:
+            return out
+        out.append((r.kind, bytes(r.data)))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_data_runs_read_and_space_as_records_of_one_block(tmp_path, seed):
+    """The same operations on a cartridge with one record per block and on one with runs of
+    blocks (switched off and on midway: old records and runs on one tape): the same results,
+    positions, counts and errors; writes, filemarks and erases inside runs (after LOCATE or
+    SPACE back) cut them as they cut records; the same objects after close, reopen from the
+    index and an index rebuilt from the records, and in verify."""
+    rng = random.Random(seed)
+    carts = _pair(tmp_path)
+    from vtl.scsi.ssc import read_ahead as c_read_ahead
+    read_aheads = [TapeCartridge.read_ahead, c_read_ahead]
+    try:
+        size = 512
+        for step in range(300):
+            op = rng.choice("wwwwvfllssSrrrRRAAnmeb" if step % 97 else "e")
+            if op == "m":
+                size = rng.choice((512, 512, 1024, 4096, 10240, 100 * 1024))
+                carts[1].data_runs = rng.random() < 0.85
+                continue
+            arg = None
+            if op == "w":
+                arg = (size, _blocks(rng, size * rng.choice((1, 2, 3, 20, 255, 256, 600))))
+            elif op == "v":
+                arg = _blocks(rng, rng.choice((100, size, size + 1)))
+            elif op == "f":
+                arg = rng.choice((0, 1, 1, 3))
+            elif op == "l":
+                arg = rng.randrange(carts[0].eod + 2)
+            elif op in "sS":
+                arg = rng.choice((-300, -40, -3, -1, 1, 2, 5, 40, 300))
+            elif op == "r":
+                arg = (rng.choice((0, size, size - 1, size + 7)), rng.random() < 0.5)
+            elif op in "RA":
+                arg = (size, rng.choice((1, 2, 7, 20, 128, 300)))
+            ra = rng.choice(read_aheads)
+            answers = [_do(c, op, arg, ra) for c in carts]
+            assert answers[0] == answers[1], (step, op, arg)
+        carts[1].data_runs = True
+        for c in carts:  # the tape ends with runs, whatever the sequence cut
+            c.space_to_eod()
+            c.write_blocks(memoryview(TEXT[: 700 * BS]), BS)
+            c.write_filemarks(1)
+            c.write_blocks(memoryview(TEXT[: 3 * 4096]), 4096)
+        assert carts[1].format_features & IncompatFeature.DATA_RUNS
+        assert carts[1].index.records < carts[0].index.records
+        assert _summary(carts[0]) == _summary(carts[1])
+        assert _everything(carts[0]) == _everything(carts[1])
+        paths = [c.path for c in carts]
+    finally:
+        for c in carts:
+            c.close()
+    for how in ("sidecar", "rebuilt"):
+        if how == "rebuilt":
+            for p in paths:
+                assert rebuild_index(p) > 0
+        carts = [TapeCartridge.open(p) for p in paths]
+        try:
+            assert _summary(carts[0]) == _summary(carts[1])
+            assert _everything(carts[0]) == _everything(carts[1])
+        finally:
+            for c in carts:
+                c.close()
+
+
+def test_a_torn_run_is_cut_off_whole(tmp_path):
+    """A crash in the middle of a run record: reopening cuts the record off (its blocks
+    are gone together, as a torn record's one block is) and keeps everything before."""
+    p = tmp_path / "T00001L8.vtape"
+    TapeCartridge.create(p, "T00001L8", MEDIA["LTO-8"], capacity=1 << 30)
+    rng = random.Random(5)
+    first, second = _blocks(rng, 300 * BS), _blocks(rng, 100 * BS)
+    with TapeCartridge.open(p) as c:
+        c.data_runs = True
+        assert c.write_blocks(memoryview(first), BS) == 300
+        c.write_filemarks(1)
+        last = c.index.records
+        assert c.write_blocks(memoryview(second), BS) == 100
+        assert c.index.records == last + 1
+        cut = c.index.offsets[last] + 40
+    with open(p, "r+b") as f:
+        f.truncate(cut)
+    with TapeCartridge.open(p) as c:
+        assert c.eod == 301 and c.index.end == cut - 40
+        assert _everything(c) == [(RecordKind.DATA, first[i * BS:(i + 1) * BS])
+                                  for i in range(300)] + [(RecordKind.FILEMARK, b"")]
+    assert not verify_cartridge(p).errors
+
+
+def test_a_damaged_run_fails_each_of_its_blocks(tmp_path):
+    p = tmp_path / "D00001L8.vtape"
+    TapeCartridge.create(p, "D00001L8", MEDIA["LTO-8"], capacity=1 << 30)
+    data = TEXT[: 20 * BS]
+    with TapeCartridge.open(p) as c:
+        c.data_runs = True
+        c.write_blocks(memoryview(data), BS)
+        c.write_blocks(memoryview(data), BS)
+        off = c.index.offsets[0] + RECORD_HEADER_SIZE + 10
+    with open(p, "r+b") as f:
+        f.seek(off)
+        f.write(b"\xff")
+    with TapeCartridge.open(p, readonly=True) as c:
+        for obj in (0, 7, 19):
+            c.locate(obj)
+            with pytest.raises(CorruptRecord) as err:
+                c.read_block()
+            assert err.value.position == obj and c.position == obj
+        c.locate(0)
+        assert c.read_blocks(memoryview(bytearray(40 * BS)), BS) == 0
+        c.locate(20)
+        assert bytes(c.read_block().data) == data[:BS]
+    assert verify_cartridge(p).errors == ["object 0: checksum mismatch"]

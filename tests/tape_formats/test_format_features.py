@@ -13,6 +13,7 @@ from pathlib import Path
 import crc32c
 import pytest
 
+from tape_formats import cartridge, records
 from tape_formats.cartridge import NotACartridge, TapeCartridge, verify_cartridge
 from tape_formats.media import MEDIA
 from tape_formats.records import (
@@ -96,3 +97,45 @@ def test_a_version_1_only_reader_refuses_a_flagged_cartridge(path: Path) -> None
         c.write_filemarks(2)
     assert _header(path).version != 1
     assert os.path.getsize(path) > HEADER_SIZE
+
+
+def test_the_first_run_of_blocks_flags_the_cartridge(path: Path) -> None:
+    """Runs of blocks on: single blocks and filemarks leave the cartridge at version 1; the
+    first DATA_RUN record sets DATA_RUNS. A build that knows every bit but this one (the
+    builds before it) refuses the cartridge untouched instead of cutting the run off."""
+    with TapeCartridge.open(path) as c:
+        c.data_runs = True
+        c.write_block(b"x" * 512)
+        assert c.write_blocks(memoryview(b"y" * 512), 512) == 1  # one block: a record
+        c.write_filemarks(1)
+        assert c.format_features == IncompatFeature(0)
+        assert c.write_blocks(memoryview(b"z" * 512 * 10), 512) == 10
+        assert c.format_features == IncompatFeature.DATA_RUNS
+    hdr = _header(path)
+    assert hdr.version == FORMAT_VERSION_FEATURES and hdr.incompat == IncompatFeature.DATA_RUNS
+    with TapeCartridge.open(path) as c:  # this build reads it, and keeps the flag as it is
+        assert c.eod == 13 and c.format_features == IncompatFeature.DATA_RUNS
+    assert verify_cartridge(path).ok
+    before = path.read_bytes()
+    with pytest.MonkeyPatch.context() as mp:  # an older build's known bits
+        mp.setattr(records, "KNOWN_INCOMPAT", records.KNOWN_INCOMPAT & ~IncompatFeature.DATA_RUNS)
+        mp.setattr(cartridge, "KNOWN_INCOMPAT", records.KNOWN_INCOMPAT)
+        with pytest.raises(NotACartridge, match="newer vtl"):
+            TapeCartridge.open(path)
+    assert path.read_bytes() == before
+
+
+def test_old_cartridges_read_and_append_with_runs_on(path: Path) -> None:
+    """One record per block written before, runs of blocks appended after: both read."""
+    old = bytes(range(256)) * 2 * 30
+    with TapeCartridge.open(path) as c:
+        assert c.write_blocks(memoryview(old), 512) == 30
+    with TapeCartridge.open(path) as c:
+        c.data_runs = True
+        c.space_to_eod()
+        assert c.write_blocks(memoryview(old[::-1]), 512) == 30
+        assert c.index.records == 31
+        c.rewind()
+        buf = memoryview(bytearray(60 * 512))
+        assert c.read_blocks(buf, 512) == 60
+        assert bytes(buf) == old + old[::-1]
