@@ -23,7 +23,6 @@ cartridge a drive has open; one left set by a crash is reconciled by
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import socket
@@ -293,13 +292,6 @@ class MediaCatalog:
             self.schema_version(SCHEMA_COMPONENT) == 0
         ):
             raise CatalogDamaged(damaged_message(self.path, "damaged (no media catalog in it)"))
-
-    @functools.cached_property
-    def db(self) -> Any:
-        """sqlite-utils over the same connection, made on first use (its import is slow)."""
-        import sqlite_utils
-
-        return sqlite_utils.Database(self.conn)
 
     # ---- schema ---------------------------------------------------------------------------
     def _migrate(self) -> None:

@@ -1,7 +1,7 @@
 """Both CLIs start fast, which this checks by what they import, not by timing them (a shared
 CI machine's clock says little; ``bench/bench_cli_startup.py`` measures): ``--help`` imports
 none of the heavy modules (crypto, compression, construct, rich, croniter, rtslib, the S3
-client, translators, sqlite-utils, the library or the iSCSI target); a listing (``vtl
+client, translators, sqlite3, the library or the iSCSI target); a listing (``vtl
 cartridge list``, ``vtl status``, ``ebm list``) loads the library but no rich (its tables
 are plain, vtl.cli.tables), tape, crypto or compression code."""
 
@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 HEAVY = ("cryptography", "zstandard", "construct", "rich", "croniter", "rtslib", "rtslib_fb",
-         "boto3", "botocore", "translators", "sqlite_utils", "sqlite3", "vtl.library",
+         "boto3", "botocore", "translators", "sqlite3", "vtl.library",
          "vtl.iscsi", "tape_formats", "ebm.manager", "tomllib")
 # What a listing needs neither: it reads the catalog and prints a table.
 HEAVY_FOR_LISTS = ("cryptography", "zstandard", "construct", "crc32c", "rich", "croniter",
-                   "rtslib", "rtslib_fb", "boto3", "botocore", "translators", "sqlite_utils",
+                   "rtslib", "rtslib_fb", "boto3", "botocore", "translators",
                    "vtl.iscsi", "tape_formats.cartridge")
 
 PROBE = """

@@ -23,8 +23,8 @@ def test_schema_wal_and_version(tmp_path: Path) -> None:
     cat = MediaCatalog(tmp_path / "c.sqlite", create=True)
     assert cat.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert cat.schema_version("vtl") == SCHEMA_VERSION
-    assert {"cartridges", "pools", "drive_claims", "events", "schema_versions"} <= set(
-        cat.db.table_names())
+    assert {"cartridges", "pools", "drive_claims", "events", "schema_versions"} <= {
+        r[0] for r in cat.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert [p["name"] for p in cat.pools()] == ["Default", "Scratch"]
     cat.set_schema_version("ebm", 3)  # other components version their own tables
     cat.close()
