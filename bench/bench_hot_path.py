@@ -8,6 +8,8 @@ the part of a command vtl can make cheaper, measured without a second process to
     .venv/bin/python bench/bench_hot_path.py                  # us per command, 64 KiB
     .venv/bin/python bench/bench_hot_path.py --block-size 256K
     .venv/bin/python bench/bench_hot_path.py --callgrind      # instructions per WRITE and READ
+    .venv/bin/python bench/bench_hot_path.py --callgrind --block-size 256K --at-once
+                                          # the four-stream WRITE (stored on its own thread)
 
 ``--callgrind`` runs the script three times under valgrind (100 or 600 writes, then 100 or
 600 reads) and prints the differences per WRITE and per READ: counts that do not depend on the
@@ -200,7 +202,8 @@ def measure(block: int, writes: int, reads: int, kind: str = "mixed", fixed: int
         shutil.rmtree(work, ignore_errors=True)
 
 
-def callgrind(block: int, kind: str, fixed: int | None = None) -> tuple[int, int]:
+def callgrind(block: int, kind: str, fixed: int | None = None, at_once: bool = False
+              ) -> tuple[int, int]:
     """Instructions per WRITE and per READ: three runs under valgrind (100 writes and 100
     reads, 600 and 100, 600 and 600), the differences divided by the 500 extra commands."""
     counts = {}
@@ -209,7 +212,8 @@ def callgrind(block: int, kind: str, fixed: int | None = None) -> tuple[int, int
             ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
              __file__, "--block-size", str(block), "--count", str(writes), "--reads",
              str(reads), "--data", kind]
-            + ([] if fixed is None else ["--fixed-block", str(fixed)]),
+            + ([] if fixed is None else ["--fixed-block", str(fixed)])
+            + (["--at-once"] if at_once else []),
             capture_output=True, text=True, check=True)
         m = re.search(r"Collected : (\d+)", r.stderr)
         if m is None:
@@ -236,12 +240,20 @@ def main() -> int:
                     help="what the blocks hold (bench_drive.py's --data)")
     ap.add_argument("--fixed-block", type=int, default=None,
                     help="fixed-block mode (bench_drive.py's --mode fixed --fixed-block N)")
+    ap.add_argument("--at-once", action="store_true",
+                    help="big blocks written on the command's thread, as while twice as many "
+                         "drives stream as there are CPUs (vtl/scsi/ssc_streams.py): the "
+                         "four-stream path on two CPUs")
     args = ap.parse_args()
+    if args.at_once:
+        from vtl.scsi.ssc_streams import WRITE_STREAMS
+        WRITE_STREAMS.enough = 1  # this one drive counts as enough streams
     if args.callgrind:
         if shutil.which("valgrind") is None:
             print("error: valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
             return 2
-        per_write, per_read = callgrind(args.block_size, args.data, args.fixed_block)
+        per_write, per_read = callgrind(args.block_size, args.data, args.fixed_block,
+                                        args.at_once)
         print(f"{per_write} instructions per WRITE(6), {per_read} per READ(6) of "
               f"{args.block_size} bytes, {args.data} data (server side, no network)")
         return 0
