@@ -30,6 +30,8 @@ from pathlib import Path
 
 import crc32c
 
+from tape_formats.durable import fsync_dir
+
 MAGIC = b"VTLRCP1\n"  # sparse skeleton (written before dense ones; still read and appended)
 MAGIC_DENSE = b"VTLRCP2\n"
 _BATCH = struct.Struct("<2sHIII")
@@ -133,11 +135,7 @@ def write_new(path: Path, store: str, ext: list[tuple[int, int]],
     finally:
         os.close(fd)
     os.rename(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    fsync_dir(path.parent)
 
 
 def append(path: Path, good_end: int, data: bytes) -> int:
