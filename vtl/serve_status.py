@@ -1,8 +1,9 @@
 """The running ``vtl serve``'s status file, ``<root>/serve-status.json``: how the CLI (``vtl
 target sessions``) sees live sessions without talking to the server.
 
-The server rewrites it every :data:`INTERVAL` seconds and at each change it makes (atomically:
-temp file, fsync, rename; mode 0600 like every library file) and removes it when it stops. A
+The server writes it when it starts, then every :data:`INTERVAL` seconds while a connection
+is open if it changed (nothing else changes it), and on SIGHUP's reload (atomically: temp
+file, rename; mode 0600 like every library file); it removes it when it stops. A
 reader trusts it only while ``serve.lock`` is held (a server killed with SIGKILL leaves the
 file behind, not the lock).
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -245,6 +246,58 @@ def test_nop_out_echo_and_target_ping_timeout():
                 assert p.op == Op.NOP_IN
         assert time.monotonic() < deadline
         ini.close()
+
+
+def test_an_idle_target_parks_its_watchdog_and_still_times_out_a_login():
+    """With no connection the watchdog waits for one (no timer: an idle server makes no
+    wake-up); a connection that then never logs in is still dropped after login_timeout."""
+    with running_target(limits=Limits(login_timeout=0.5)) as t:
+        time.sleep(0.3)  # the watchdog has found no connection
+        assert not t.server._connected.is_set()
+        sock = socket.create_connection(("127.0.0.1", t.port), timeout=5)
+        opened = time.monotonic()
+        try:
+            assert sock.recv(1) == b""  # closed by the target, nothing sent
+        except ConnectionResetError:
+            pass
+        finally:
+            sock.close()
+        assert 0.4 < time.monotonic() - opened < 4
+
+
+def test_the_status_file_is_rewritten_only_while_someone_is_connected(tmp_path, monkeypatch):
+    """``vtl serve``'s status publisher: written at start, then each INTERVAL while a
+    connection is open and the status changed; once the last one went, written once more
+    (no session) and then left alone: no timer while nobody is connected."""
+    from vtl import serve_status
+    from vtl.cli.serve import _publish_status
+
+    writes: list[dict] = []
+    monkeypatch.setattr(serve_status, "INTERVAL", 0.02)
+    monkeypatch.setattr(serve_status, "write", lambda root, data: writes.append(data))
+
+    def settle(check) -> None:
+        deadline = time.monotonic() + 5
+        while not check() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert check()
+
+    with running_target() as t:
+        task = asyncio.run_coroutine_threadsafe(_publish_status(t.server, tmp_path), t.loop)
+        try:
+            settle(lambda: len(writes) == 1)
+            time.sleep(0.2)
+            assert len(writes) == 1 and writes[0]["sessions"] == []
+            ini = RawInitiator(t.port)
+            ini.login()
+            settle(lambda: writes[-1]["sessions"])
+            ini.close()
+            settle(lambda: not writes[-1]["sessions"])
+            n = len(writes)
+            time.sleep(0.2)
+            assert len(writes) == n
+        finally:
+            task.cancel()
 
 
 def test_task_management_abort_and_resets():

@@ -270,24 +270,35 @@ def _reload(server: IscsiTarget, root: Path, library: Library | None = None) -> 
     _write_status(server, root)
 
 
-def _write_status(server: IscsiTarget, root: Path) -> None:
+def _status(server: IscsiTarget) -> dict:
     from vtl.iscsi.admin import device_counters, sessions
 
+    return {"pid": os.getpid(), "portals": _portals(server.bound),
+            "targets": [t.iqn for t in server.config.targets], "sessions": sessions(server),
+            "drives": device_counters(server)}
+
+
+def _write_status(server: IscsiTarget, root: Path, status: dict | None = None) -> bool:
     try:
-        serve_status.write(root, {"pid": os.getpid(), "portals": _portals(server.bound),
-                                  "targets": [t.iqn for t in server.config.targets],
-                                  "sessions": sessions(server),
-                                  "drives": device_counters(server)})
+        serve_status.write(root, _status(server) if status is None else status)
     except OSError as e:
         log.warning("cannot write %s: %s", serve_status.STATUS_NAME, e)
+        return False
+    return True
 
 
 async def _publish_status(server: IscsiTarget, root: Path) -> None:
-    """Rewrite the status file ``vtl target sessions`` reads, every INTERVAL seconds."""
+    """Rewrite the status file ``vtl target sessions`` reads every INTERVAL seconds when it
+    changed. Only commands on a connection change the sessions and the drives' counters
+    (SIGHUP's reload writes it itself): with none open, it waits for one, no wake-up."""
     import asyncio
 
+    written = None
     while True:
-        _write_status(server, root)
+        status = _status(server)
+        if status != written and _write_status(server, root, status):
+            written = status
+        await server.until_connected()
         await asyncio.sleep(serve_status.INTERVAL)
 
 

@@ -60,6 +60,7 @@ class IscsiTarget:
         self._lock = threading.Lock()  # the three tables above, used by connection threads
         self._listeners: list[socket.socket] = []
         self._background: list[asyncio.Task] = []
+        self._connected = asyncio.Event()  # set by _accept: a connection opened
         self.workers: dict[tuple[str, int], LunWorker] = {}
         for t in config.targets:
             for lun, dev in t.devices.luns.items():
@@ -100,6 +101,7 @@ class IscsiTarget:
             conn = Connection(self, sock, portal)
             with self._lock:
                 self.connections.add(conn)
+            self._connected.set()
             conn.start_on_loop(loop)  # a thread of its own once logged in
             # sock_accept does not yield while the backlog holds connections: let the
             # logins, teardowns and the watchdog run between two accepts.
@@ -145,11 +147,22 @@ class IscsiTarget:
                     "connections (max_connections_per_initiator)", conn.peer, name, cap)
         return False
 
+    async def until_connected(self) -> None:
+        """Return once a connection is open: at once while one is, else when the next one
+        is accepted. The loop's timers wait here: a server nobody is connected to makes no
+        wake-up."""
+        with self._lock:
+            if self.connections:
+                return
+        self._connected.clear()  # (on the loop, as _accept: no connection came in between)
+        await self._connected.wait()
+
     async def _watchdog(self) -> None:
         """Login timeouts and NOP-In pings for every connection, from one timer."""
         lim = self.config.limits
         period = 0.25 if lim.nop_interval < 5 or lim.login_timeout < 5 else 1.0
         while True:
+            await self.until_connected()
             await asyncio.sleep(period)
             now = time.monotonic()
             with self._lock:
