@@ -152,7 +152,7 @@ def _pair(tmp_path, capacity=1 << 30):
         p = tmp_path / f"{name}.vtape"
         TapeCartridge.create(p, name, MEDIA["LTO-8"], capacity=capacity)
         carts.append(TapeCartridge.open(p))
-    carts[1].data_runs = True
+    carts[0].data_runs, carts[1].data_runs = False, True
     return carts
 
 
