@@ -974,6 +974,12 @@ class TapeCartridge:
     def _decode_in_run(self, p: int, r: int) -> tuple[int, int, memoryview]:
         """Data block ``p`` of DATA_RUN record ``r``: (block size, its share of the run's
         stored bytes, a view of the decoded run: memory of its own, never reused)."""
+        if self.crypto is not None:  # a run's blocks are plain: refused while decrypting only
+            try:
+                check_plain(self.crypto)
+            except DecryptError as exc:
+                raise UndecryptableBlock(f"{self.barcode}: block {p}: {exc.reason}", p,
+                                         exc.reason, exc.kad) from None
         blocks, stored = self._run_blocks(p, r)
         m = self.index.meta[r]
         size = m >> 16 & RUN_SIZE_MASK

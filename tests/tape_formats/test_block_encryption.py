@@ -128,3 +128,27 @@ def test_plain_blocks_and_decrypt_only(path: Path) -> None:
 def test_a_key_must_be_256_bits() -> None:
     with pytest.raises(ValueError, match="32 bytes"):
         DataKey(b"short")
+
+
+@pytest.mark.parametrize("data_runs", [False, True])
+def test_plain_runs_of_blocks_read_as_plain_blocks(path: Path, data_runs: bool) -> None:
+    """Blocks a fixed-mode WRITE stored in the clear (one record each, or a DATA_RUN) read
+    alike under each setting: refused while the drive decrypts only, else read."""
+    text = TEXT * 3
+    with TapeCartridge.open(path) as c:
+        c.data_runs = data_runs
+        assert c.write_blocks(memoryview(text[: 512 * 20]), 512) == 20
+        assert (c.index.records == 1) == data_runs
+        for settings in (CryptoSettings(EncryptMode.DISABLE, DecryptMode.DECRYPT, KEY),
+                         CryptoSettings(EncryptMode.DISABLE, DecryptMode.MIXED, KEY), None):
+            c.set_crypto(settings)
+            c.locate(3)
+            if settings is not None and settings.decrypt == DecryptMode.DECRYPT:
+                with pytest.raises(UndecryptableBlock) as err:
+                    c.read_block()
+                assert err.value.reason == DecryptError.NOT_ENCRYPTED and c.position == 3
+                assert c.read_blocks(memoryview(bytearray(512 * 4)), 512) == 0
+            else:
+                assert bytes(c.read_block().data) == text[512 * 3 : 512 * 4]
+                buf = memoryview(bytearray(512 * 4))
+                assert c.read_blocks(buf, 512) == 4 and bytes(buf) == text[512 * 4 : 512 * 8]
