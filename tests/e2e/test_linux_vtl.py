@@ -3,7 +3,8 @@
 One boot runs the whole story a backup admin would: inventory the changer, load a
 cartridge, check the drive's status and settings, write a multi-file tar tape, position
 with every mt verb and check the block numbers, read everything back bit-identical, unload,
-load another cartridge into another drive (fixed-block mode), and reload the first one to
+load another cartridge into another drive (fixed-block mode: 64 KiB blocks, then GNU tar's
+512-byte blocks read, positioned and overwritten inside runs), and reload the first one to
 prove its data survived the unload. Each guest command is a separate step so a failure
 names the command, its output and the serial log (dmesg included, with the sense data the
 st driver logged).
@@ -97,6 +98,8 @@ step mam 'sg_read_attr $TAPESG'
 step unload 'mt -f $TAPE offline; mtx -f $CHSG unload 1 0 && mtx -f $CHSG status'
 step load2 'mtx -f $CHSG load 2 1 && DEV=$TAPE1; eval "$WAIT_READY"; mt -f $TAPE1 status'
 step fixed 'mt -f $TAPE1 setblk 65536 && dd if=src/c/f3 of=$TAPE1 bs=65536 count=4 && mt -f $TAPE1 tell && mt -f $TAPE1 rewind && dd if=$TAPE1 of=fx bs=65536 count=4 && dd if=src/c/f3 of=fy bs=65536 count=4 && cmp fx fy && mt -f $TAPE1 setblk 0 && echo FIXED-OK'
+step fixed512 'mt -f $TAPE1 rewind && mt -f $TAPE1 setblk 512 && tar -cf $TAPE1 -b 20 -C src c && tar -cf c512.tar -b 20 -C src c && echo "SIZE=$(wc -c < c512.tar)" && mt -f $TAPE1 tell && mt -f $TAPE1 rewind && rm -rf o512 && mkdir o512 && tar -xf $TAPE1 -b 20 -C o512 && (cd o512 && grep " c/" ../sums | sha256sum -c) && mt -f $TAPE1 rewind && mt -f $TAPE1 fsr 7 && mt -f $TAPE1 tell && dd if=$TAPE1 of=r7 bs=512 count=3 && dd if=c512.tar of=e7 bs=512 skip=7 count=3 && cmp r7 e7 && mt -f $TAPE1 tell && mt -f $TAPE1 bsr 2 && mt -f $TAPE1 tell && echo FIXED512-READ-OK'
+step fixed512_cut 'mt -f $TAPE1 seek 25 && dd if=/dev/urandom of=p4 bs=512 count=4 && dd if=p4 of=$TAPE1 bs=512 count=4 && mt -f $TAPE1 tell && mt -f $TAPE1 rewind && dd if=$TAPE1 of=all bs=512 count=29 && dd if=c512.tar of=h25 bs=512 count=25 && cat h25 p4 | cmp - all && mt -f $TAPE1 eod && mt -f $TAPE1 tell && mt -f $TAPE1 setblk 0 && echo FIXED512-CUT-OK'
 step unload2 'mt -f $TAPE1 offline; mtx -f $CHSG unload 2 1 && mtx -f $CHSG transfer 2 10 && mtx -f $CHSG status'
 step mailslot 'mtx -f $CHSG transfer 10 41 && mtx -f $CHSG status'
 step move_empty 'mtx -f $CHSG transfer 20 21'
@@ -220,6 +223,15 @@ def test_linux_st_ch_against_vtl_serve(guest, server):
     assert {"BOT", "ONLINE"} <= ms.flags, log
     out = ok("fixed")
     assert "FIXED-OK" in out and mt_tell(out) == [5], log
+    # 512-byte fixed blocks as GNU tar writes them (-b 20: 20 blocks a WRITE, kept as runs of
+    # blocks on the cartridge): read back, positioned inside a run (st's own read-ahead spaces
+    # back over what it buffered), and overwritten from the middle of a run.
+    out = ok("fixed512")
+    blocks = int(re.search(r"SIZE=(\d+)", out).group(1)) // 512
+    assert "FIXED512-READ-OK" in out and out.count(": OK") == 3, log
+    assert mt_tell(out) == [blocks + 1, 7, 10, 8], log
+    out = ok("fixed512_cut")
+    assert "FIXED512-CUT-OK" in out and mt_tell(out) == [30, 30], log
     st = mtx_status(ok("unload2"))
     assert st.slots[10].full and st.slots[10].tag == BARCODES[1] and not st.slots[2].full, log
 
