@@ -724,6 +724,13 @@ class TapeCartridge:
             return 0, 0  # plain blocks refused: read_block says so
         if not idx.run_rec:
             return self._decode_records(p, p, buf, size, n, whole)
+        ahead = self._ahead
+        j = p - ahead.rec_first
+        if 0 <= j <= ahead.rec_count - n and ahead.rec_first >= 0 and ahead.rec_size == size:
+            # the usual streaming case: all of them in the run record decoded last
+            buf[: n * size] = ahead.rec_data[j * size : (j + n) * size]
+            rstored, count = ahead.rec_stored, ahead.rec_count
+            return n, rstored * (j + n) // count - rstored * j // count
         done = stored = 0
         while done < n:
             q = p + done
@@ -1028,6 +1035,7 @@ class TapeCartridge:
             raise CorruptRecord(f"{self.barcode}: block {p} has the wrong length", p)
         blocks = memoryview(data)
         ahead.rec_off, ahead.rec_data, ahead.rec_stored = off, blocks, stored
+        ahead.rec_first, ahead.rec_count, ahead.rec_size = rec.obj, count, size
         return blocks, stored
 
     def check_writable(self) -> None:
@@ -1136,7 +1144,10 @@ class TapeCartridge:
         packed with the cartridge's packer (``_packer``: the drive's thread, or the write
         buffer's storing one while blocks are queued). With ``data_runs`` (a plain file
         medium, blocks of at most a quarter of ``RUN_MAX_BYTES``) as DATA_RUN records of up to
-        ``run_blocks(size)`` blocks each, else one record per block."""
+        ``run_blocks(size)`` blocks each when they shrink; blocks that do not (incompressible
+        data, compression off or skipped) stay one record each, stored as they are, so their
+        reads keep the per-record C paths (a run stored as is would save no room: each block
+        counts a record header's room either way)."""
         per = run_blocks(size) if self.data_runs and self._block_zstd else 0
         if per < 2 or len(data) < 2 * size:
             return self._append_records(data, size, compress)
@@ -1147,26 +1158,47 @@ class TapeCartridge:
         n = len(view) // size
         pack = self._packer.pack
         parts: list[bytes | memoryview] = []
-        entries: list[tuple[int, int, int, int, int]] = []
+        # in file order: (offset, size, kind, native, flags) of a run record, or the
+        # (offsets, meta, end) of one record per block (block_runs.pack_run)
+        entries: list[tuple] = []
         done = stored = 0
         obj, fm = idx.objects, idx.fm_total
+        runs = False
         while done < n:
             k = min(per, n - done)
-            payload, flags, crc = pack(view[done * size : (done + k) * size], compress)
+            chunk = view[done * size : (done + k) * size]
+            payload, flags, crc = pack(chunk, compress) if k > 1 else (b"", 0, 0)
+            if not flags & FLAG_COMPRESSED:  # did not shrink: a record per block, as is
+                # (a last block alone: packed as a single-block write packs it)
+                records, offs, meta, st = pack_run(chunk, size, self._packer,
+                                                   compress and k == 1, room, fm, obj + done,
+                                                   pos)
+                got = len(meta) // 8
+                if got:
+                    parts.append(records)
+                    entries.append((offs, meta, pos + len(records)))
+                    room -= len(records)
+                    pos += len(records)
+                    stored += st
+                    done += got
+                if got < k:
+                    break
+                continue
             if RECORD_HEADER_SIZE * k + len(payload) > room:
                 break  # the rest one record per block: as many as fit
-            kind, native = (_DATA_RUN, run_native(k, size)) if k > 1 else (_DATA, size)
-            parts.append(pack_record_header(kind, flags, len(payload), native, fm, obj + done,
-                                            crc))
+            native = run_native(k, size)
+            parts.append(pack_record_header(_DATA_RUN, flags, len(payload), native, fm,
+                                            obj + done, crc))
             parts.append(payload)
             rec = RECORD_HEADER_SIZE + len(payload)
-            entries.append((pos, rec, kind, native, flags))
+            entries.append((pos, rec, _DATA_RUN, native, flags))
+            runs = True
             room -= RECORD_HEADER_SIZE * k + len(payload)
             pos += rec
             stored += len(payload)
             done += k
         if entries:
-            if any(e[2] == _DATA_RUN for e in entries):
+            if runs:
                 self._require(IncompatFeature.DATA_RUNS)
             records = b"".join(parts)
             try:
@@ -1179,7 +1211,10 @@ class TapeCartridge:
                     pass
                 raise
             for entry in entries:
-                idx.append(*entry)
+                if len(entry) == 3:
+                    idx.append_data(*entry)
+                else:
+                    idx.append(*entry)
             self.position = idx.objects
             self._dirty = True
             self._pacer.appended(off, idx.end)

@@ -35,7 +35,7 @@ class ReadAhead:
     __slots__ = ("obj", "native", "stored", "data", "own", "lasting", "_bufs", "_which",
                  "span", "span_off", "span_len", "run_obj", "run_count", "run_size",
                  "run_stored", "run_data", "_run_bufs", "_run_which", "rec_off", "rec_data",
-                 "rec_stored")
+                 "rec_stored", "rec_first", "rec_count", "rec_size")
 
     def __init__(self) -> None:
         self.obj = -1
@@ -67,13 +67,16 @@ class ReadAhead:
         self.rec_off = -1
         self.rec_data = memoryview(b"")
         self.rec_stored = 0
+        self.rec_first = -1  # its first object, block count and block size
+        self.rec_count = 0
+        self.rec_size = 0
 
     def clear(self) -> None:
         """The tape changed: forget the decoded block, the run, the run record and the
         span."""
         self.obj = -1
         self.run_obj = -1
-        self.rec_off = -1
+        self.rec_off = self.rec_first = -1
         self.span_len = 0
 
     def release(self) -> None:
