@@ -144,6 +144,9 @@ class WriteBehind:
         ``store_here`` once it has answered (anything that waits for the buffer wakes it)."""
         with self._lock:
             while self.blocks and self.reserved + worst > self._limit:
+                if self._storer_idle:  # full of lazy blocks: the storing thread takes them
+                    self._sleep = AWAKE
+                    self._head.notify()
                 self._room.wait()
             if self._error is not None or self._stopping:
                 return False

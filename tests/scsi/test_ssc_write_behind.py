@@ -158,6 +158,23 @@ def test_an_idle_buffer_wakes_no_thread_and_still_stores_an_unattended_lazy_bloc
     assert wb.close() is None
 
 
+def test_a_put_waiting_for_room_has_the_lazy_blocks_stored(monkeypatch):
+    """A buffer full of lazy blocks nobody stored: the put that waits for room wakes the
+    storing thread (as ``wait`` does), not LAZY_WAIT later."""
+    stored: list[bytes] = []
+    monkeypatch.setattr(write_behind, "LAZY_WAIT", 30.0)
+    wb = WriteBehind(_identity_packer, lambda native, packed: stored.append(packed),
+                     limit=250, name="t")
+    end = lambda: 0  # noqa: E731
+    t0 = time.monotonic()
+    for data in (b"a", b"b", b"c", b"d"):  # two fit: the third put waits for room
+        assert wb.put(data, False, 100, end, 1 << 30, lazy=True)
+    assert time.monotonic() - t0 < 10
+    wb.wait()
+    assert stored == [b"a", b"b", b"c", b"d"]
+    assert wb.close() is None
+
+
 def _until_asleep(wb: WriteBehind) -> None:
     deadline = time.monotonic() + 10
     while wb._sleep != write_behind.ASLEEP and time.monotonic() < deadline:
