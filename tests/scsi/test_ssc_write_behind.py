@@ -175,6 +175,40 @@ def test_a_put_waiting_for_room_has_the_lazy_blocks_stored(monkeypatch):
     assert wb.close() is None
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_nothing_waits_for_the_lazy_timer(seed, monkeypatch):
+    """Random puts (lazy or not, runs or blocks), store_here, wait, flush and pauses on a
+    small buffer, LAZY_WAIT at 30 s: every call returns at once (nothing waits for the
+    timer) and the blocks are stored in order."""
+    rnd = random.Random(seed)
+    monkeypatch.setattr(write_behind, "LAZY_WAIT", 30.0)
+    stored: list[bytes] = []
+
+    def append(native, packed, data=None):
+        stored.append(packed if data is None else data)
+
+    wb = WriteBehind(_identity_packer, append, limit=rnd.choice([300, 2000, 1 << 20]),
+                     name="t", packers=rnd.choice([1, 2, 3]))
+    end = lambda: 0  # noqa: E731
+    t0 = time.monotonic()
+    for i in range(300):
+        lazy = rnd.random() < 0.6
+        run = (1,) if lazy and rnd.random() < 0.5 else None
+        assert wb.put(b"%d" % i, False, 100, end, 1 << 40, run=run, lazy=lazy)
+        op = rnd.random()
+        if op < 0.3:
+            wb.store_here()
+        elif op < 0.35:
+            wb.wait()
+        elif op < 0.38:
+            wb.flush()
+        elif op < 0.45:
+            time.sleep(rnd.choice([0, 0.0005, 0.003]))
+    assert wb.close() is None
+    assert time.monotonic() - t0 < 20
+    assert stored == [b"%d" % i for i in range(300)]
+
+
 def _until_asleep(wb: WriteBehind) -> None:
     deadline = time.monotonic() + 10
     while wb._sleep != write_behind.ASLEEP and time.monotonic() < deadline:
