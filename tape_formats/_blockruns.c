@@ -23,6 +23,7 @@
 #define HEADER 32
 #define CRC_SPAN 28
 #define KIND_DATA 1
+#define KIND_DATA_RUN 4  /* RecordKind.DATA_RUN: native_len = count << 24 | block size */
 #define FLAG_COMPRESSED 0x01
 #define FLAG_ENCRYPTED 0x02
 
@@ -369,18 +370,25 @@ static PyObject *unpack_run(PyObject *self, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_ValueError, "unpack_run: r0 outside the index");
         goto done;
     }
-    if (n > records - r0)
-        n = records - r0;
     const uint64_t want = ((uint64_t)size << 16) | KIND_DATA;
     const uint8_t *rb = raw.buf;
     uint8_t *out = buf.buf;
     long long stored_total = 0;
-    Py_ssize_t j;
-    for (j = 0; j < n; j++) {
-        Py_ssize_t r = r0 + j;
+    Py_ssize_t j = 0;  /* blocks decoded */
+    for (Py_ssize_t r = r0; j < n && r < records; r++) {
         uint64_t m = mv[r];
-        if ((m & ~((uint64_t)FLAG_COMPRESSED << 8)) != want)
-            break;
+        Py_ssize_t count = 1;
+        unsigned kind = KIND_DATA;
+        if ((m & ~((uint64_t)FLAG_COMPRESSED << 8)) != want) {
+            /* a run of blocks of this size, all of them wanted */
+            if ((m & 0xFF) != KIND_DATA_RUN || ((m >> 16) & 0xFFFFFF) != (uint64_t)size
+                    || (m & ((uint64_t)FLAG_ENCRYPTED << 8)))
+                break;
+            count = (Py_ssize_t)((m >> 40) & 0xFF);
+            if (count < 1 || count > n - j)
+                break;
+            kind = KIND_DATA_RUN;
+        }
         uint64_t o = ov[r], nx = r + 1 < noffs ? ov[r + 1] : end;
         if (o < base || nx < o + HEADER || nx - base > (uint64_t)raw.len)
             break;
@@ -388,26 +396,29 @@ static PyObject *unpack_run(PyObject *self, PyObject *const *args, Py_ssize_t na
         uint64_t stored = nx - o - HEADER;
         /* RecordHeader.unpack: magic, header CRC, a known kind; then the object, length */
         if (h[0] != (uint8_t)magic[0] || h[1] != (uint8_t)magic[1]
-                || crc32c(h, CRC_SPAN) != get32(h + 28) || h[2] != KIND_DATA
+                || crc32c(h, CRC_SPAN) != get32(h + 28) || h[2] != kind
                 || (h[3] & FLAG_ENCRYPTED) || get64(h + 16) != obj + j
-                || get32(h + 4) != stored)
+                || get32(h + 4) != stored
+                || (kind == KIND_DATA_RUN && get32(h + 8) != (uint32_t)(m >> 16)))
             break;
         const uint8_t *payload = h + HEADER;
         if (crc32c(payload, stored) != get32(h + 24))
             break;
         uint8_t *slot = out + j * size;
+        Py_ssize_t len = count * size;
         if (m & ((uint64_t)FLAG_COMPRESSED << 8)) {
-            int d = decompress_into(dctx, payload, (Py_ssize_t)stored, slot, size);
+            int d = decompress_into(dctx, payload, (Py_ssize_t)stored, slot, len);
             if (d < 0)
                 goto done;
             if (d == 0)
                 break;
-        } else if (stored != (uint64_t)size) {
+        } else if (stored != (uint64_t)len) {
             break;
         } else {
-            memcpy(slot, payload, size);
+            memcpy(slot, payload, len);
         }
         stored_total += (long long)stored;
+        j += count;
     }
     result = Py_BuildValue("(nL)", j, stored_total);
 done:

@@ -28,12 +28,15 @@ from tape_formats.records import (
     FLAG_ENCRYPTED,
     RECORD_HEADER_SIZE,
     RECORD_MAGIC,
+    RUN_COUNT_SHIFT,
+    RUN_SIZE_MASK,
     RecordHeader,
     RecordKind,
     pack_record_header,
 )
 
 _DATA = int(RecordKind.DATA)
+_DATA_RUN = int(RecordKind.DATA_RUN)
 
 
 def _pack_run(data: memoryview, size: int, packer: BlockPacker, compress: bool, room: int,
@@ -69,46 +72,60 @@ def _unpack_run(raw: memoryview, base: int, offsets: array, meta: array, r0: int
                ) -> tuple[int, int]:
     """Decode records ``r0``... (objects ``obj``...) into ``buf``, one ``size`` slot each,
     from ``raw``: the file's bytes from offset ``base`` on (``end``: where the last record
-    ends). Stops before the first record that is not a plain data block of ``size`` bytes
-    (a filemark, another length, an encrypted block), lies beyond ``raw``, or fails a check
-    (header, checksum, decompression): the single-block read meets it and reports it.
-    Returns (blocks decoded, their payload bytes stored)."""
-    n = min(len(buf) // size, len(meta) - r0)
+    ends). A record is a plain data block of ``size`` bytes, or a run of them
+    (``RecordKind.DATA_RUN``) whose blocks all fit in ``buf`` and whose payload holds just
+    them. Stops before the first record that is anything else (a filemark, another length,
+    an encrypted block, a run cut short by an overwrite), lies beyond ``raw``, or fails a
+    check (header, checksum, decompression): the caller reads that one its own way, which
+    reports it. Returns (blocks decoded, their payload bytes stored)."""
+    n = len(buf) // size
     want = pack_meta(_DATA, size, 0)
     last = len(offsets) - 1
+    records = len(meta)
     stored_total = 0
-    for j in range(n):
-        r = r0 + j
+    j = 0
+    r = r0
+    while j < n and r < records:
         m = meta[r]
+        count, kind = 1, _DATA
         if m & ~(FLAG_COMPRESSED << 8) != want:
-            return j, stored_total
+            if (m & 0xFF != _DATA_RUN or m >> 16 & RUN_SIZE_MASK != size
+                    or m & (FLAG_ENCRYPTED << 8)):
+                break
+            count, kind = m >> (16 + RUN_COUNT_SHIFT), _DATA_RUN
+            if not 1 <= count <= n - j:
+                break
         off = offsets[r] - base
         nxt = (offsets[r + 1] if r < last else end) - base
         if nxt > len(raw):
-            return j, stored_total
+            break
         stored = nxt - off - RECORD_HEADER_SIZE
         rec = RecordHeader.unpack(raw[off:nxt])
         if rec is None or rec.obj != obj + j or rec.stored_len != stored \
-                or rec.kind != _DATA or rec.flags & FLAG_ENCRYPTED:
-            return j, stored_total
+                or rec.kind != kind or rec.flags & FLAG_ENCRYPTED \
+                or (kind == _DATA_RUN and rec.native_len != m >> 16):
+            break
         payload = raw[off + RECORD_HEADER_SIZE : nxt]
         if crc32c.crc32c(payload) != rec.payload_crc:
-            return j, stored_total
-        slot = buf[j * size : (j + 1) * size]
+            break
+        length = count * size
+        slot = buf[j * size : j * size + length]
         if m & (FLAG_COMPRESSED << 8):
             try:
-                block = dctx.decompress(payload, max_output_size=size)
+                block = dctx.decompress(payload, max_output_size=length)
             except zstandard.ZstdError:
-                return j, stored_total
-            if len(block) != size:
-                return j, stored_total
+                break
+            if len(block) != length:
+                break
             slot[:] = block
-        elif stored != size:
-            return j, stored_total
+        elif stored != length:
+            break
         else:
             slot[:] = payload
         stored_total += stored
-    return n, stored_total
+        j += count
+        r += 1
+    return j, stored_total
 
 
 # The same two in C (tape_formats/_blockruns.c) when the extension is built;

@@ -737,6 +737,15 @@ class TapeCartridge:
             r = idx.record_of(q)
             m = idx.meta[r]
             kind = m & 0xFF
+            if kind == _DATA or (kind == _DATA_RUN and idx.first_object(r) == q):
+                # records of one block, and runs wanted whole: block_runs.unpack_run
+                got, st = self._decode_records(q, r, buf[done * size :], size, n - done, False)
+                if got:
+                    done += got
+                    stored += st
+                    continue
+                if kind == _DATA:
+                    break
             if kind == _DATA_RUN:
                 if m >> 16 & RUN_SIZE_MASK != size:
                     break
@@ -750,12 +759,6 @@ class TapeCartridge:
                 buf[done * size : (done + k) * size] = blocks[j * size : (j + k) * size]
                 stored += rstored * (j + k) // count - rstored * j // count
                 done += k
-            elif kind == _DATA:
-                got, st = self._decode_records(q, r, buf[done * size :], size, n - done, False)
-                if not got:
-                    break
-                done += got
-                stored += st
             else:
                 break
         if whole and done != n:
@@ -764,9 +767,9 @@ class TapeCartridge:
 
     def _decode_records(self, p: int, r0: int, buf: memoryview, size: int, n: int,
                         whole: bool) -> tuple[int, int]:
-        """``_decode_run``'s part for records of one block each, from record ``r0``
-        (object ``p``) on, at most ``n`` blocks: ``block_runs.unpack_run`` over them, which
-        stops before anything else (a DATA_RUN record among them too)."""
+        """``_decode_run``'s part for records of one block each and runs of blocks wanted
+        whole, from record ``r0`` (object ``p``) on, at most ``n`` blocks:
+        ``block_runs.unpack_run`` over them, which stops before anything else."""
         idx = self.index
         offsets = idx.offsets
         last = min(r0 + n, len(offsets))

@@ -14,7 +14,13 @@ import zstandard
 from tape_formats import block_runs
 from tape_formats.block_packing import BlockPacker
 from tape_formats.index import pack_meta
-from tape_formats.records import FLAG_COMPRESSED, FLAG_ENCRYPTED, RecordKind
+from tape_formats.records import (
+    FLAG_COMPRESSED,
+    FLAG_ENCRYPTED,
+    RecordKind,
+    pack_record_header,
+    run_native,
+)
 
 native = block_runs._native
 pytestmark = pytest.mark.skipif(native is None, reason="tape_formats._blockruns not built")
@@ -119,3 +125,42 @@ def test_unpack_run_stops_where_the_reference_does():
         else:
             continue
         assert both_unpack(raw, offsets, meta, 512, 30)[0] == bad, (trial, what)
+
+
+def test_unpack_run_takes_runs_of_blocks_wanted_whole():
+    """Records of one block and DATA_RUN records mixed: a run is decoded when all its
+    blocks fit in the buffer and its payload holds just them; anything else stops both."""
+    rng = random.Random(10)
+    cctx = zstandard.ZstdCompressor(level=-1)
+    parts, offs, metas, datas = [], array("Q"), array("Q"), []
+    off, obj = 1000, 50
+    for count, how in ((1, "plain"), (20, "zstd"), (1, "plain"), (7, "raw"), (30, "zstd"),
+                       (3, "cut"), (5, "zstd")):
+        data = data_of(rng, "text", 512 * count)
+        if how == "plain":
+            payload, flags, kind, native = data, 0, RecordKind.DATA, 512
+        else:
+            whole = data + (data_of(rng, "text", 512) if how == "cut" else b"")
+            payload = cctx.compress(whole) if how != "raw" else whole
+            flags = FLAG_COMPRESSED if how != "raw" else 0
+            kind, native = RecordKind.DATA_RUN, run_native(count, 512)
+        head = pack_record_header(int(kind), flags, len(payload), native, 0, obj,
+                                  crc32c.crc32c(payload))
+        parts.append(head + payload)
+        offs.append(off)
+        metas.append(pack_meta(int(kind), native, flags))
+        datas.append(data)
+        off += len(head) + len(payload)
+        obj += count
+    raw = bytearray(b"".join(parts))
+    blocks = sum(len(d) for d in datas) // 512
+    assert both_unpack(raw, offs, metas, 512, blocks)[0] == 1 + 20 + 1 + 7 + 30  # the cut run
+    assert both_unpack(raw, offs, metas, 512, 25)[0] == 22  # the raw run does not fit whole
+    assert both_unpack(raw, offs, metas, 512, 10)[0] == 1  # nor the first one
+    assert both_unpack(raw, offs, metas, 512, 40, r0=2, obj=71)[0] == 1 + 7 + 30
+    assert both_unpack(raw, offs, metas, 256, 40)[0] == 0  # another size
+    bad = array("Q", metas)
+    bad[1] |= FLAG_ENCRYPTED << 8
+    assert both_unpack(raw, offs, bad, 512, 60)[0] == 1
+    raw[offs[4] - 1000 + 40] ^= 1  # a run's payload damaged
+    assert both_unpack(raw, offs, metas, 512, 60)[0] == 1 + 20 + 1 + 7
