@@ -1203,27 +1203,13 @@ class TapeCartridge:
         if entries:
             if runs:
                 self._require(IncompatFeature.DATA_RUNS)
-            records = b"".join(parts)
-            try:
-                if self._io.pwrite(records, off) != len(records):
-                    raise OSError(errno.EIO, "short write")
-            except OSError:
-                try:  # nothing half-written: cut back to the last whole record
-                    self._io.truncate(off)
-                except OSError:
-                    pass
-                raise
+            self._put_records(b"".join(parts), off)
             for entry in entries:
                 if len(entry) == 3:
                     idx.append_data(*entry)
                 else:
                     idx.append(*entry)
-            self.position = idx.objects
-            self._dirty = True
-            self._pacer.appended(off, idx.end)
-            with self._lock:
-                self.counters.written_native += done * size
-                self.counters.written_stored += stored
+            self._appended_blocks(off, done * size, stored)
         if done < n:
             done += self._append_records(view[done * size :], size, compress)
         return done
@@ -1239,23 +1225,33 @@ class TapeCartridge:
         written = len(meta) // 8  # one 64-bit index word each
         if not written:
             return 0
+        self._put_records(records, off)
+        idx.append_data(offsets, meta, off + len(records))
+        self._appended_blocks(off, written * size, stored)
+        return written
+
+    def _put_records(self, records: bytes, off: int) -> None:
+        """Write whole records at end of data ``off`` in one go; after a disk error nothing
+        half-written is left (the file is cut back to the last whole record)."""
         try:
             if self._io.pwrite(records, off) != len(records):
                 raise OSError(errno.EIO, "short write")
         except OSError:
-            try:  # nothing half-written: cut back to the last whole record
+            try:
                 self._io.truncate(off)
             except OSError:
                 pass
             raise
-        idx.append_data(offsets, meta, off + len(records))
-        self.position = idx.objects
+
+    def _appended_blocks(self, off: int, native: int, stored: int) -> None:
+        """After data records from ``off`` went into the file and the index: the position
+        at end of data, the dirty flag, the write-back pacer, the counters."""
+        self.position = self.index.objects
         self._dirty = True
-        self._pacer.appended(off, idx.end)
+        self._pacer.appended(off, self.index.end)
         with self._lock:
-            self.counters.written_native += written * size
+            self.counters.written_native += native
             self.counters.written_stored += stored
-        return written
 
     def queue_block(self, data: bytes | bytearray | memoryview, *, compress: bool = True,
                     done: Callable[[bytes | bytearray | memoryview], None] | None = None
