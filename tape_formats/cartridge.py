@@ -76,7 +76,6 @@ from tape_formats.writeback_pacing import WritebackPacer
 
 _DATA = int(RecordKind.DATA)  # the kind byte compared on the per-block path
 _DATA_RUN = int(RecordKind.DATA_RUN)
-_FILEMARK_RUN = int(RecordKind.FILEMARK_RUN)
 
 # Multi-block data records (RecordKind.DATA_RUN): a fixed-mode WRITE's blocks stored as
 # records of up to RUN_MAX_BYTES of blocks each (one header, one zstd frame, one CRC, one
@@ -391,11 +390,11 @@ class TapeCartridge:
             hdr = _parse_header(os.pread(fd, HEADER_SIZE, 0), path)
             cart = cls(path, fd, hdr, readonly, open_medium(path, fd, readonly=readonly))
             cart._recover()
-            if (cart.index.run_rec and not readonly
-                    and not cart._incompat & IncompatFeature.FILEMARK_RUNS
-                    and any(cart.index.meta[r] & 0xFF == _FILEMARK_RUN
-                            for r in cart.index.run_rec)):
-                # runs written by a build that did not flag them yet
+            idx = cart.index
+            if (idx.fm_total > len(idx.fm_first) and not readonly
+                    and not cart._incompat & IncompatFeature.FILEMARK_RUNS):
+                # runs of filemarks (a filemark record holding more than one) written by a
+                # build that did not flag them yet; O(1), however many runs of data there are
                 cart._require(IncompatFeature.FILEMARK_RUNS)
             cart._pacer.restart(cart.index.end)
         except BaseException:
